@@ -1,0 +1,74 @@
+/* moco.c: main() of bin/moco, a git-style front end that dispatches to the
+ * subcommands of the three processes (loader/, augment/, trainer/). It is the
+ * only code that includes more than one of them, and the only place that
+ * exits. Exit status: 0 success, 1 failure, 2 bad usage. */
+#include <stdio.h>
+#include <string.h>
+
+#include "augment/cmd.h"
+#include "loader/cmd.h"
+#include "trainer/cmd.h"
+
+typedef struct {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *about;
+} command;
+
+static int bench_main(int argc, char **argv);
+
+static const command commands[] = {
+    {"mkdb", loader_mkdb_main, "pack an image folder, CIFAR-10 or IDX files into a dataset LMDB"},
+    {"info", loader_info_main, "describe a dataset LMDB (count, classes, sizes, encodings)"},
+    MOCO_AUGMENT_COMMANDS
+    MOCO_TRAINER_COMMANDS
+    {"bench", bench_main, "benchmarks: moco bench WHAT (see moco bench --help)"},
+    {NULL, NULL, NULL},
+};
+
+/* `moco bench WHAT`: the benchmarks, one per process kind. */
+static const command benches[] = {
+    MOCO_AUGMENT_BENCHES
+    MOCO_TRAINER_BENCHES
+    {NULL, NULL, NULL},
+};
+
+static int bench_main(int argc, char **argv)
+{
+    if (argc >= 2)
+        for (const command *c = benches; c->name; c++)
+            if (!strcmp(argv[1], c->name)) return c->main(argc - 1, argv + 1);
+    int help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
+    FILE *f = help ? stdout : stderr;
+    if (argc >= 2 && !help) fprintf(f, "moco bench: unknown benchmark '%s'\n", argv[1]);
+    fprintf(f, "usage: moco bench WHAT [options]   (moco bench WHAT --help for its flags)\n\nbenchmarks:\n");
+    for (const command *c = benches; c->name; c++) fprintf(f, "  %-9s %s\n", c->name, c->about);
+    return help ? 0 : 2;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moco COMMAND [options]   (moco COMMAND --help for its flags)\n\n"
+               "MoCo self-supervised training, as processes joined by ZeroMQ.\n\ncommands:\n");
+    for (const command *c = commands; c->name; c++) fprintf(f, "  %-9s %s\n", c->name, c->about);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (const command *c = commands; c->name; c++)
+        if (!strcmp(argv[1], c->name)) {
+            int rc = c->main(argc - 1, argv + 1);
+            return rc < 0 || rc > 2 ? 1 : rc;
+        }
+    fprintf(stderr, "moco: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,78 @@
+/* db.h: a dataset LMDB environment: reading records and metadata, and the
+ * metadata encoding shared with the writer (loader/mkdb).
+ *
+ * Layout (formats/README.md, "Dataset database"): an LMDB environment
+ * directory with two named databases: "samples" (key: 8-byte big-endian
+ * index 0..count-1, value: a record, see record.h) and "meta" (key: a short
+ * ASCII name, value: little-endian integers or UTF-8 text).
+ *
+ * LMDB caveats that apply here: open the environment after any fork(), never
+ * before; keep read transactions short (moco_db_get opens and resets one per
+ * call, cheaply); a moco_db handle belongs to one thread at a time. */
+#ifndef MOCO_DB_H
+#define MOCO_DB_H
+
+#include <lmdb.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/record.h"
+
+#define MOCO_DB_FORMAT_VERSION 1
+#define MOCO_DB_SAMPLES "samples"
+#define MOCO_DB_META "meta"
+#define MOCO_DB_MAX_CLASSES 100000
+
+typedef struct {
+    uint32_t format_version;
+    uint64_t count;              /* samples, keyed 0..count-1 */
+    uint32_t nclasses;
+    char **class_names;          /* nclasses UTF-8 names */
+    uint64_t *class_counts;      /* nclasses counts */
+    uint64_t unlabelled;         /* samples with label -1 */
+    char *source;                /* where the data came from (a path) */
+    char *source_format;         /* "folder", "cifar10" or "idx" */
+    uint64_t payload_bytes;      /* sum of payload lengths */
+    uint64_t enc_counts[MOCO_ENC_COUNT];
+    uint32_t min_w, max_w, min_h, max_h;
+    uint64_t skipped;            /* inputs rejected at conversion */
+    int shuffled;                /* 1 if written in a --shuffle order */
+    uint64_t shuffle_seed;
+} moco_db_meta;
+
+/* Free what a meta owns (names, counts, strings) and zero it. */
+void moco_db_meta_clear(moco_db_meta *m);
+
+/* Write every field of m into the meta database inside txn.
+ * Returns 0 or an LMDB error code (MDB_MAP_FULL included, for the caller's
+ * map-growth retry), with a message. */
+int moco_db_meta_put(MDB_txn *txn, MDB_dbi meta, const moco_db_meta *m);
+
+/* Read and validate the metadata (fills a zeroed *m; caller clears it).
+ * Returns 0, MOCO_ECORRUPT (missing or malformed entry, named), MOCO_EFORMAT
+ * (newer format version) or an LMDB error. */
+int moco_db_meta_get(MDB_txn *txn, MDB_dbi meta, const char *path, moco_db_meta *m);
+
+typedef struct moco_db moco_db;
+
+/* Open a dataset read-only and read its metadata. Returns 0 or an error
+ * naming path; *out is NULL on failure. */
+int moco_db_open(const char *path, moco_db **out);
+
+/* Close and free; *db becomes NULL. Safe on NULL. */
+void moco_db_destroy(moco_db **db);
+
+const moco_db_meta *moco_db_get_meta(const moco_db *db);
+const char *moco_db_path(const moco_db *db);
+
+/* Copy the raw value of sample `index` into *buf (grown with realloc as
+ * needed; *cap is its capacity) and set *len. The value is not parsed.
+ * Returns 0, MOCO_ENOTFOUND, or an LMDB/alloc error. */
+int moco_db_get(moco_db *db, uint64_t index, uint8_t **buf, size_t *cap, size_t *len);
+
+/* Call fn(ctx, index, value, len) for every sample in key order, inside one
+ * read transaction (value valid only during the call). Stops early and
+ * returns fn's value if it returns non-zero. */
+int moco_db_foreach(moco_db *db, int (*fn)(void *ctx, uint64_t index, const uint8_t *val, size_t len), void *ctx);
+
+#endif

@@ -1,0 +1,173 @@
+/* opts.c: table-driven long-option parser with strict validation. */
+#include "formats/opts.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_OPTS 128
+static _Thread_local const moco_optspec *seen_spec;
+static _Thread_local unsigned char seen_flags[MAX_OPTS];
+
+static const moco_opt *find(const moco_optspec *s, const char *name, size_t len)
+{
+    for (const moco_opt *o = s->opts; o && o->name; o++)
+        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0) return o;
+    return NULL;
+}
+
+static int choice_ok(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *e = strchr(p, '|');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && strncmp(p, v, n) == 0) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+static int bad(const moco_optspec *s, const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "%s: ", s->cmd);
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\nTry '%s --help'.\n", s->cmd);
+    return MOCO_OPTS_USAGE;
+}
+
+static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
+{
+    char *end = NULL;
+    int range = o->min < o->max;
+    errno = 0;
+    switch (o->kind) {
+    case MOCO_OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno) return bad(s, "--%s: '%s' is not an integer", o->name, v);
+        if (range && (x < o->min || x > o->max)) {
+            char r[64];
+            snprintf(r, sizeof r, "[%.0f, %.0f]", o->min, o->max);
+            fprintf(stderr, "%s: --%s: %ld is outside %s\n", s->cmd, o->name, x, r);
+            return MOCO_OPTS_USAGE;
+        }
+        *(long *)o->dst = x;
+        break;
+    }
+    case MOCO_OPT_U64: {
+        if (*v == '-') return bad(s, "--%s: '%s' is not a non-negative integer", o->name, v);
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*v || *end || errno) return bad(s, "--%s: '%s' is not a non-negative integer", o->name, v);
+        if (range && ((double)x < o->min || (double)x > o->max)) {
+            fprintf(stderr, "%s: --%s: %llu is outside [%.0f, %.0f]\n", s->cmd, o->name, x, o->min, o->max);
+            return MOCO_OPTS_USAGE;
+        }
+        *(uint64_t *)o->dst = x;
+        break;
+    }
+    case MOCO_OPT_DOUBLE: {
+        double x = strtod(v, &end);
+        if (!*v || *end || errno || !isfinite(x)) return bad(s, "--%s: '%s' is not a finite number", o->name, v);
+        if (range && (x < o->min || x > o->max)) {
+            fprintf(stderr, "%s: --%s: %g is outside [%g, %g]\n", s->cmd, o->name, x, o->min, o->max);
+            return MOCO_OPTS_USAGE;
+        }
+        *(double *)o->dst = x;
+        break;
+    }
+    case MOCO_OPT_STR:
+        if (!*v) return bad(s, "--%s: empty value%s", o->name, "");
+        *(const char **)o->dst = v;
+        break;
+    case MOCO_OPT_CHOICE:
+        if (!choice_ok(o->choices, v)) {
+            fprintf(stderr, "%s: --%s: '%s' is not one of %s\nTry '%s --help'.\n", s->cmd, o->name, v, o->choices, s->cmd);
+            return MOCO_OPTS_USAGE;
+        }
+        *(const char **)o->dst = v;
+        break;
+    case MOCO_OPT_FLAG:
+        break;
+    }
+    return MOCO_OPTS_OK;
+}
+
+int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, int *npos)
+{
+    int np = 0, only_pos = 0;
+    seen_spec = s;
+    memset(seen_flags, 0, sizeof seen_flags);
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (only_pos || a[0] != '-' || a[1] == 0) {
+            if (np >= s->max_pos) return bad(s, "unexpected argument '%s'%s", a, "");
+            pos[np++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) { only_pos = 1; continue; }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            moco_opts_help(s);
+            return MOCO_OPTS_HELP;
+        }
+        if (a[1] != '-') return bad(s, "unknown option '%s' (options are --long)%s", a, "");
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const moco_opt *o = find(s, name, len);
+        if (!o) return bad(s, "unknown option '%s'%s", a, "");
+        seen_flags[o - s->opts] = 1;
+        if (o->kind == MOCO_OPT_FLAG) {
+            if (eq) return bad(s, "--%s takes no value%s", o->name, "");
+            *(int *)o->dst = 1;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) return bad(s, "--%s needs a value%s", o->name, "");
+            v = argv[++i];
+        }
+        int rc = set_value(s, o, v);
+        if (rc) return rc;
+    }
+    if (np < s->min_pos) return bad(s, "missing argument(s): expected %s%s", s->synopsis, "");
+    *npos = np;
+    return MOCO_OPTS_OK;
+}
+
+int moco_opts_seen(const moco_optspec *s, const char *name)
+{
+    if (seen_spec != s) return 0;
+    const moco_opt *o = find(s, name, strlen(name));
+    return o ? seen_flags[o - s->opts] : 0;
+}
+
+void moco_opts_help(const moco_optspec *s)
+{
+    printf("usage: %s %s\n", s->cmd, s->synopsis);
+    if (s->about) printf("\n%s\n", s->about);
+    printf("\noptions:\n");
+    for (const moco_opt *o = s->opts; o && o->name; o++) {
+        char lhs[64], def[96] = "";
+        const char *mv = o->kind == MOCO_OPT_FLAG ? "" : o->kind == MOCO_OPT_STR ? " S"
+                       : o->kind == MOCO_OPT_CHOICE ? " X" : o->kind == MOCO_OPT_DOUBLE ? " F" : " N";
+        snprintf(lhs, sizeof lhs, "--%s%s", o->name, mv);
+        switch (o->kind) {
+        case MOCO_OPT_INT: snprintf(def, sizeof def, " (default %ld)", *(long *)o->dst); break;
+        case MOCO_OPT_U64: snprintf(def, sizeof def, " (default %" PRIu64 ")", *(uint64_t *)o->dst); break;
+        case MOCO_OPT_DOUBLE: snprintf(def, sizeof def, " (default %g)", *(double *)o->dst); break;
+        case MOCO_OPT_STR:
+            if (*(const char **)o->dst) snprintf(def, sizeof def, " (default %s)", *(const char **)o->dst);
+            break;
+        case MOCO_OPT_CHOICE:
+            snprintf(def, sizeof def, " [%s] (default %s)", o->choices,
+                     *(const char **)o->dst ? *(const char **)o->dst : "none");
+            break;
+        case MOCO_OPT_FLAG: break;
+        }
+        printf("  %-22s %s%s\n", lhs, o->help, def);
+    }
+    printf("  %-22s %s\n", "--help", "show this help and exit");
+}

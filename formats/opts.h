@@ -1,0 +1,52 @@
+/* opts.h: the command-line parser every `moco` subcommand uses, so that all
+ * of them behave alike: `--name value` or `--name=value`, `--help` lists every
+ * flag with its default, and an unknown flag, a missing value, a value out of
+ * range or a wrong number of positional arguments is an error (the caller
+ * exits with status 2). Nothing is silently ignored. */
+#ifndef MOCO_OPTS_H
+#define MOCO_OPTS_H
+
+#include <stdint.h>
+
+typedef enum {
+    MOCO_OPT_FLAG,   /* dst: int*, set to 1 when present; takes no value */
+    MOCO_OPT_INT,    /* dst: long* */
+    MOCO_OPT_U64,    /* dst: uint64_t* */
+    MOCO_OPT_DOUBLE, /* dst: double* */
+    MOCO_OPT_STR,    /* dst: const char** (points into argv) */
+    MOCO_OPT_CHOICE, /* dst: const char**; value must be one of `choices` */
+} moco_opt_kind;
+
+typedef struct {
+    const char *name;    /* long name without "--" */
+    moco_opt_kind kind;
+    void *dst;
+    const char *help;
+    double min, max;     /* inclusive range for numbers; ignored if min >= max */
+    const char *choices; /* MOCO_OPT_CHOICE: "a|b|c" */
+} moco_opt;
+
+typedef struct {
+    const char *cmd;      /* "moco mkdb" */
+    const char *synopsis; /* "SRC OUT [options]" */
+    const char *about;    /* one paragraph, may be NULL */
+    const moco_opt *opts; /* terminated by an entry with name == NULL */
+    int min_pos, max_pos; /* allowed count of positional arguments */
+} moco_optspec;
+
+enum { MOCO_OPTS_OK = 0, MOCO_OPTS_HELP = 1, MOCO_OPTS_USAGE = 2 };
+
+/* Parse argv[1..argc) (argv[0] is the subcommand name). Positional arguments
+ * are stored in pos[0..*npos) (pos must hold max_pos entries). Returns
+ * MOCO_OPTS_OK; MOCO_OPTS_HELP after printing help to stdout; or
+ * MOCO_OPTS_USAGE after printing the error and a hint to stderr. Each
+ * option may be given more than once; the last value wins. */
+int moco_opts_parse(const moco_optspec *spec, int argc, char **argv, char **pos, int *npos);
+
+/* Print the help text of spec to stdout. */
+void moco_opts_help(const moco_optspec *spec);
+
+/* moco_opts_seen(spec, "name"): whether the last parse saw --name. */
+int moco_opts_seen(const moco_optspec *spec, const char *name);
+
+#endif

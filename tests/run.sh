@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# run.sh: run every unit-test program given as arguments, then every
+# tests/cli_*.sh script, and end with one summary line. Exit status 77 from a
+# test means "skipped" (e.g. ../shared data absent). Non-zero overall if any
+# test failed.
+#   MOCO     path of bin/moco (the scripts use it)
+#   TESTS    optional regex: run only tests whose name matches
+set -u
+cd "$(dirname "$0")/.."
+export MOCO=${MOCO:-$PWD/bin/moco}
+export MOCO_TEST_TMP=${MOCO_TEST_TMP:-$PWD/tests/tmp}
+mkdir -p "$MOCO_TEST_TMP"
+pass=0; fail=0; skip=0; failed=()
+run_one() {
+  local name=$1; shift
+  if [ -n "${TESTS:-}" ] && ! [[ $name =~ $TESTS ]]; then return; fi
+  local t0=$SECONDS log="$MOCO_TEST_TMP/$name.log"
+  "$@" >"$log" 2>&1
+  local rc=$?
+  case $rc in
+    0) pass=$((pass+1)); echo "PASS  $name ($((SECONDS-t0))s)";;
+    77) skip=$((skip+1)); echo "SKIP  $name: $(tail -n 1 "$log")";;
+    *) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name (exit $rc), last lines of $log:"; tail -n 25 "$log" | sed 's/^/    /';;
+  esac
+}
+for t in "$@"; do run_one "$(basename "$t")" "$t"; done
+for s in tests/cli_*.sh; do [ -e "$s" ] && run_one "$(basename "$s" .sh)" bash "$s"; done
+echo "TESTS: $pass passed, $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# install-deps.sh: install, with apt-get and only when missing, every Debian
+# package this project needs to build, test and run its demo.
+# Promise: a no-op (one dpkg-query call, well under a second) when all are present.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config
+  libvips-dev           # image decode/encode, resize, the workers' image library
+  libturbojpeg0-dev     # TurboJPEG API: the workers' JPEG hot path (libvips uses libjpeg-turbo underneath)
+  libzmq3-dev           # ZeroMQ: the sockets between processes
+  liblmdb-dev           # LMDB: the record store
+  libopenblas-dev       # OpenBLAS: the trainer's GEMMs
+  zlib1g-dev            # gzip'd IDX files (MNIST / Fashion-MNIST)
+  libcmocka-dev         # the C unit-test framework
+  dataset-fashion-mnist # the demo's dataset, under /usr/share/datasets/fashion-mnist
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  s=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$s" = "installed" ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
