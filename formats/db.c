@@ -217,6 +217,13 @@ int moco_db_open(const char *path, moco_db **out)
                       db->samples ? MOCO_DB_META : MOCO_DB_SAMPLES, mdb_strerror(rc));
         goto fail;
     }
+    /* commit, so the database handles outlive this transaction */
+    rc = mdb_txn_commit(t);
+    t = NULL;
+    if (rc || (rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &t))) {
+        rc = moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc));
+        goto fail;
+    }
     if ((rc = moco_db_meta_get(t, db->meta, path, &db->m))) goto fail;
     MDB_stat st;
     if ((rc = mdb_stat(t, db->samples, &st))) { rc = moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc)); goto fail; }

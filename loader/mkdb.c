@@ -1,4 +1,511 @@
-/* mkdb.c: placeholder until the converter lands. */
+/* mkdb.c: `moco mkdb SRC OUT`: pack a dataset into a dataset LMDB.
+ *
+ * How it works: the source is enumerated (loader/sources.c) into items, in
+ * a seeded random order with --shuffle. A pool of threads prepares items in
+ * parallel (read the file, decode it fully with libvips to prove it is a
+ * sane image, re-encode it when it must be: --max-side, formats other than
+ * JPEG/PNG, non-8-bit pixels), into a bounded window of result slots. The
+ * main thread consumes the slots in item order, gives the valid records
+ * consecutive indices, and commits them in batches through loader/dbwriter.c,
+ * which writes to a temporary directory and renames it to OUT at the end.
+ *
+ * Promises: the output is complete or absent; the indices are dense; every
+ * rejected input is named on stderr and counted; the run fails only when
+ * nothing valid was found, or on the first bad input with --strict; memory
+ * is bounded by the window, not by the dataset size. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <turbojpeg.h>
+#include <vips/vips.h>
+
+#include "formats/errors.h"
+#include "formats/opts.h"
+#include "formats/record.h"
+#include "formats/rng.h"
 #include "loader/cmd.h"
-int loader_mkdb_main(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "moco mkdb: not yet\n"); return 1; }
+#include "loader/dbwriter.h"
+#include "loader/sources.h"
+
+#define WINDOW 2048 /* items prepared ahead of the writer */
+
+typedef struct {
+    uint8_t *rec; /* whole record, or NULL when skipped */
+    size_t len;
+    char *why;    /* reason for skipping (malloc'd) */
+    int ready;
+} slot;
+
+typedef struct {
+    const mk_source *src;
+    const size_t *order; /* item order to write in */
+    size_t n;
+    long max_side;
+    slot slots[WINDOW];
+    size_t next, consumed; /* claimed by workers / consumed by the writer */
+    int stop;
+    pthread_mutex_t mu;
+    pthread_cond_t ready_cv, space_cv;
+} job;
+
+static volatile sig_atomic_t interrupted;
+
+/* libvips also logs decode problems as GLib warnings; we report each bad
+ * input once, with its name, so drop those. */
+static void quiet_log(const gchar *dom, GLogLevelFlags lvl, const gchar *msg, gpointer u)
+{
+    (void)dom; (void)lvl; (void)msg; (void)u;
+}
+static void on_signal(int sig) { (void)sig; interrupted = 1; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char *vips_reason(const char *what)
+{
+    char *e = vips_error_buffer_copy();
+    char *msg = NULL;
+    size_t l = e ? strlen(e) : 0;
+    while (l && (e[l - 1] == '\n' || e[l - 1] == ' ')) e[--l] = 0;
+    if (asprintf(&msg, "%s%s%s", what, e && *e ? ": " : "", e ? e : "") < 0) msg = NULL;
+    g_free(e);
+    return msg;
+}
+
+static char *reason(const char *fmt, const char *a)
+{
+    char *m = NULL;
+    if (asprintf(&m, fmt, a) < 0) m = NULL;
+    return m;
+}
+
+static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return *why = reason("cannot open: %s", strerror(errno)), -1;
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *b = malloc(cap);
+    while (b) {
+        if (n == cap) {
+            uint8_t *nb = cap >= MOCO_MAX_PAYLOAD ? NULL : realloc(b, cap * 2);
+            if (!nb) { free(b); b = NULL; break; }
+            b = nb;
+            cap *= 2;
+        }
+        size_t r = fread(b + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!b) return *why = reason("%s", "too large or out of memory"), -1;
+    if (err) { free(b); return *why = reason("%s", "read error"), -1; }
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+/* JPEG fast path: decode fully with TurboJPEG (the decoder libvips uses
+ * underneath, without libvips' per-image setup). Returns 1 if the JPEG is
+ * sane and filled h; 0 if it is corrupt or truncated (*why set); -1 if this
+ * path does not apply (libvips decides). Warnings other than a premature
+ * end of data are recoverable, as in libvips, and accepted. */
+static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, moco_rec_header *h, char **why)
+{
+    int w, hh, sub, cs;
+    if (!tj || flen > 0xFFFFFFFFu) return -1;
+    if (tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &hh, &sub, &cs) != 0 || w < 1 || hh < 1)
+        return *why = reason("corrupt or truncated JPEG header: %s", tjGetErrorStr2(tj)), 0;
+    if (w < 1 || hh < 1 || w > (int)MOCO_MAX_SIDE || hh > (int)MOCO_MAX_SIDE)
+        return *why = reason("image size out of range (%s)", "1..65535"), 0;
+    int ch = cs == TJCS_GRAY ? 1 : cs == TJCS_CMYK || cs == TJCS_YCCK ? 4 : 3;
+    int pf = ch == 1 ? TJPF_GRAY : ch == 4 ? TJPF_CMYK : TJPF_RGB;
+    if ((uint64_t)w * (uint64_t)hh > ((uint64_t)1 << 28)) return -1; /* huge: let libvips stream it */
+    uint8_t *px = malloc((size_t)w * (size_t)hh * (size_t)ch);
+    if (!px) return -1;
+    int r = tjDecompress2(tj, file, (unsigned long)flen, px, w, 0, hh, pf, 0), ok = 1;
+    if (r != 0) {
+        const char *msg = tjGetErrorStr2(tj);
+        if (tjGetErrorCode(tj) == TJERR_FATAL || strstr(msg, "Premature end")) {
+            *why = reason("corrupt or truncated JPEG data: %s", msg);
+            ok = 0;
+        }
+    }
+    free(px);
+    if (ok) {
+        h->encoding = MOCO_ENC_JPEG;
+        h->channels = (uint8_t)ch;
+        h->width = (uint32_t)w;
+        h->height = (uint32_t)hh;
+    }
+    return ok;
+}
+
+/* Decode fully, check dimensions, re-encode if needed. On success returns 0
+ * with *payload (maybe == file) and the header fields filled. */
+static int check_image(const uint8_t *file, size_t flen, long max_side, moco_rec_header *h, uint8_t **payload,
+                       size_t *plen, char **why)
+{
+    static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF}, PNGSIG[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
+    int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
+    VipsImage *im = vips_image_new_from_buffer(file, flen, "", "fail_on", VIPS_FAIL_ON_ERROR, "access",
+                                               VIPS_ACCESS_SEQUENTIAL, NULL);
+    if (!im) return *why = vips_reason("not a readable image"), -1;
+    int rc = -1, w = vips_image_get_width(im), hh = vips_image_get_height(im), bands = vips_image_get_bands(im);
+    VipsImage *t = NULL;
+    double avg;
+    void *out = NULL;
+    size_t olen = 0;
+    if (w < 1 || hh < 1 || w > (int)MOCO_MAX_SIDE || hh > (int)MOCO_MAX_SIDE) {
+        *why = reason("image size out of range (%s)", "1..65535");
+        goto done;
+    }
+    if (bands < 1 || bands > 4) {
+        *why = reason("unsupported number of bands (%s)", "1-4 accepted");
+        goto done;
+    }
+    int eightbit = vips_image_get_format(im) == VIPS_FORMAT_UCHAR;
+    int shrink = max_side > 0 && (w > max_side || hh > max_side);
+    if (enc >= 0 && eightbit && !shrink) {
+        /* stored as it is: prove the whole file decodes */
+        if (vips_avg(im, &avg, NULL)) { *why = vips_reason("corrupt or truncated image data"); goto done; }
+        h->encoding = (uint8_t)enc;
+        h->channels = (uint8_t)bands;
+        h->width = (uint32_t)w;
+        h->height = (uint32_t)hh;
+        rc = 0;
+        goto done;
+    }
+    /* re-encode: 8-bit, shrunk, lossless PNG unless the source was JPEG */
+    VipsImage *cur = im;
+    g_object_ref(cur);
+    if (!eightbit) {
+        VipsInterpretation want = bands <= 2 ? VIPS_INTERPRETATION_B_W : VIPS_INTERPRETATION_sRGB;
+        if (vips_colourspace(cur, &t, want, NULL) || (g_object_unref(cur), cur = t, t = NULL,
+                                                      vips_cast_uchar(cur, &t, NULL))) {
+            g_object_unref(cur);
+            *why = vips_reason("cannot convert to 8-bit");
+            goto done;
+        }
+        g_object_unref(cur);
+        cur = t;
+        t = NULL;
+    }
+    if (shrink) {
+        double s = (double)max_side / (double)(w > hh ? w : hh);
+        if (vips_resize(cur, &t, s, NULL)) { g_object_unref(cur); *why = vips_reason("cannot resize"); goto done; }
+        g_object_unref(cur);
+        cur = t;
+        t = NULL;
+    }
+    int r = enc == MOCO_ENC_JPEG ? vips_jpegsave_buffer(cur, &out, &olen, "Q", 95, NULL)
+                                 : vips_pngsave_buffer(cur, &out, &olen, "compression", 6, NULL);
+    if (r) {
+        g_object_unref(cur);
+        *why = vips_reason("corrupt or truncated image data");
+        goto done;
+    }
+    h->encoding = enc == MOCO_ENC_JPEG ? MOCO_ENC_JPEG : MOCO_ENC_PNG;
+    h->channels = (uint8_t)vips_image_get_bands(cur);
+    h->width = (uint32_t)vips_image_get_width(cur);
+    h->height = (uint32_t)vips_image_get_height(cur);
+    g_object_unref(cur);
+    *payload = out;
+    *plen = olen;
+    rc = 0;
+done:
+    g_object_unref(im);
+    return rc;
+}
+
+static void prepare(const job *j, size_t i, slot *s, tjhandle tj)
+{
+    const mk_item *it = &j->src->items[j->order[i]];
+    moco_rec_header h = {.label = it->label};
+    if (it->pixels) { /* CIFAR / IDX: already validated */
+        h.encoding = MOCO_ENC_RAW;
+        h.channels = (uint8_t)it->c;
+        h.width = it->w;
+        h.height = it->h;
+        s->rec = moco_rec_build(&h, it->pixels, it->w * it->h * it->c, &s->len);
+        if (!s->rec) s->why = reason("%s", "out of memory");
+        return;
+    }
+    uint8_t *file = NULL, *payload = NULL;
+    size_t flen = 0, plen = 0;
+    if (read_file(it->path, &file, &flen, &s->why)) return;
+    if (flen == 0) {
+        s->why = reason("%s", "empty file");
+    } else {
+        static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
+        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3) ? check_jpeg_tj(tj, file, flen, &h, &s->why) : -1;
+        int ok = fast == 1 || (fast < 0 && check_image(file, flen, j->max_side, &h, &payload, &plen, &s->why) == 0);
+        if (ok) {
+        const uint8_t *p = payload ? payload : file;
+        size_t n = payload ? plen : flen;
+        if (n > MOCO_MAX_PAYLOAD) s->why = reason("%s", "larger than the 1 GiB record limit");
+        else if (!(s->rec = moco_rec_build(&h, p, (uint32_t)n, &s->len))) s->why = reason("%s", "out of memory");
+        }
+    }
+    if (payload) g_free(payload);
+    free(file);
+}
+
+static void *worker(void *arg)
+{
+    job *j = arg;
+    tjhandle tj = tjInitDecompress();
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        while (!j->stop && j->next < j->n && j->next >= j->consumed + WINDOW) pthread_cond_wait(&j->space_cv, &j->mu);
+        if (j->stop || j->next >= j->n) {
+            pthread_mutex_unlock(&j->mu);
+            break;
+        }
+        size_t i = j->next++;
+        pthread_mutex_unlock(&j->mu);
+        slot s = {0};
+        prepare(j, i, &s, tj);
+        pthread_mutex_lock(&j->mu);
+        s.ready = 1;
+        j->slots[i % WINDOW] = s;
+        pthread_cond_broadcast(&j->ready_cv);
+        pthread_mutex_unlock(&j->mu);
+    }
+    if (tj) tjDestroy(tj);
+    vips_thread_shutdown();
+    return NULL;
+}
+
+static void progress(size_t done, size_t n, double t0, int final)
+{
+    double el = now_s() - t0, rate = el > 0 ? (double)done / el : 0;
+    double eta = rate > 0 ? (double)(n - done) / rate : 0;
+    fprintf(stderr, "\r  %zu/%zu  %3.0f%%  %.0f/s  ETA %.0fs   %s", done, n, n ? 100.0 * (double)done / (double)n : 100.0,
+            rate, eta, final ? "\n" : "");
+}
+
+typedef struct {
+    const char *format, *split;
+    int shuffle, strict, force, quiet;
+    uint64_t seed, map_size;
+    long max_side, threads, batch;
+} mk_opts;
+
+/* The writer loop: consume slots in order, batch, commit, count. */
+static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show)
+{
+    uint8_t **recs = calloc((size_t)o->batch, sizeof *recs);
+    size_t *lens = calloc((size_t)o->batch, sizeof *lens), nb = 0;
+    uint64_t written = 0;
+    long kill_after = getenv("MOCO_MKDB_TEST_KILL_AFTER") ? atol(getenv("MOCO_MKDB_TEST_KILL_AFTER")) : -1;
+    long batches = 0;
+    double t0 = now_s(), last = 0;
+    int rc = 0;
+    if (!recs || !lens) rc = moco_err(MOCO_ENOMEM, "out of memory");
+    for (size_t i = 0; i < j->n && !rc; i++) {
+        pthread_mutex_lock(&j->mu);
+        while (!j->slots[i % WINDOW].ready && !interrupted) pthread_cond_wait(&j->ready_cv, &j->mu);
+        slot s = j->slots[i % WINDOW];
+        memset(&j->slots[i % WINDOW], 0, sizeof s);
+        if (s.ready) j->consumed = i + 1;
+        pthread_cond_broadcast(&j->space_cv);
+        pthread_mutex_unlock(&j->mu);
+        if (interrupted) {
+            free(s.rec);
+            free(s.why);
+            rc = moco_err(MOCO_EINTR, "interrupted");
+            break;
+        }
+        const mk_item *it = &j->src->items[j->order[i]];
+        if (!s.rec) {
+            if (show) fputc('\n', stderr);
+            if (it->pixels) fprintf(stderr, "moco mkdb: skipping %s at offset %" PRIu64 ": %s\n", it->path, it->offset, s.why ? s.why : "?");
+            else fprintf(stderr, "moco mkdb: skipping %s: %s\n", it->path, s.why ? s.why : "?");
+            m->skipped++;
+            if (o->strict) rc = moco_err(MOCO_ECORRUPT, "%s: %s (--strict stops at the first bad input)", it->path, s.why ? s.why : "?");
+            free(s.why);
+            continue;
+        }
+        moco_rec_header h;
+        const uint8_t *pl;
+        moco_rec_parse(s.rec, s.len, 0, it->path, &h, &pl); /* built by us: valid */
+        if (h.label >= 0) m->class_counts[h.label]++;
+        else m->unlabelled++;
+        m->payload_bytes += h.payload_len;
+        m->enc_counts[h.encoding]++;
+        if (!m->count || h.width < m->min_w) m->min_w = h.width;
+        if (!m->count || h.height < m->min_h) m->min_h = h.height;
+        if (h.width > m->max_w) m->max_w = h.width;
+        if (h.height > m->max_h) m->max_h = h.height;
+        m->count++;
+        recs[nb] = s.rec;
+        lens[nb++] = s.len;
+        if (nb == (size_t)o->batch || i + 1 == j->n) {
+            rc = dbw_put_batch(w, written, recs, lens, nb);
+            for (size_t k = 0; k < nb; k++) free(recs[k]);
+            written += nb;
+            nb = 0;
+            if (++batches == kill_after) raise(SIGKILL); /* test hook: die midway */
+        }
+        if (show && (now_s() - last > 0.25 || i + 1 == j->n)) {
+            last = now_s();
+            progress(i + 1, j->n, t0, i + 1 == j->n);
+        }
+    }
+    if (!rc && nb) {
+        rc = dbw_put_batch(w, written, recs, lens, nb);
+        written += nb;
+    }
+    for (size_t k = 0; k < nb && rc; k++) free(recs[k]);
+    free(recs);
+    free(lens);
+    return rc;
+}
+
+int loader_mkdb_main(int argc, char **argv)
+{
+    mk_opts o = {.format = "auto", .map_size = 64u << 20, .threads = 0, .batch = 1024};
+    const moco_opt opts[] = {
+        {"format", MOCO_OPT_CHOICE, &o.format, "source format", 0, 0, "auto|folder|cifar10|idx"},
+        {"split", MOCO_OPT_STR, &o.split, "split to convert when SRC holds several (train, test, val, ...)", 0, 0, NULL},
+        {"shuffle", MOCO_OPT_FLAG, &o.shuffle, "write the samples in a seeded random order", 0, 0, NULL},
+        {"seed", MOCO_OPT_U64, &o.seed, "seed of --shuffle", 0, 0, NULL},
+        {"max-side", MOCO_OPT_INT, &o.max_side, "shrink images whose longer side exceeds N and re-encode (0: keep)", 0, 65535, NULL},
+        {"strict", MOCO_OPT_FLAG, &o.strict, "fail on the first corrupt, truncated or non-image input", 0, 0, NULL},
+        {"force", MOCO_OPT_FLAG, &o.force, "replace OUT if it exists (only once the new one is complete)", 0, 0, NULL},
+        {"threads", MOCO_OPT_INT, &o.threads, "threads preparing images (0: one per core)", 0, 256, NULL},
+        {"batch", MOCO_OPT_INT, &o.batch, "records per LMDB transaction", 1, 1000000, NULL},
+        {"map-size", MOCO_OPT_U64, &o.map_size, "initial LMDB map size in bytes (grown automatically)", 4096, 1e15, NULL},
+        {"quiet", MOCO_OPT_FLAG, &o.quiet, "no progress bar", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {
+        "moco mkdb", "SRC OUT [options]",
+        "Pack a dataset into a dataset LMDB at OUT (see formats/README.md). SRC is one of:\n"
+        "  an image folder SRC/<class>/<image> (JPEG and PNG stored as they are, other\n"
+        "    formats libvips reads stored as lossless PNG), or SRC/<split>/<class>/<image>;\n"
+        "  a CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin);\n"
+        "  an IDX directory (MNIST / Fashion-MNIST, plain or .gz), e.g.\n"
+        "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
+        "Bad inputs are named on stderr, skipped and counted. OUT appears only when complete.",
+        opts, 2, 2};
+    char *pos[2];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    const char *srcp = pos[0], *out = pos[1];
+    if (o.threads == 0) o.threads = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+    int show = !o.quiet && isatty(STDERR_FILENO);
+
+    if (VIPS_INIT("moco")) {
+        fprintf(stderr, "moco mkdb: cannot start libvips\n");
+        return 1;
+    }
+    vips_cache_set_max(0);
+    vips_concurrency_set(1);
+    g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING, quiet_log, NULL);
+
+    mk_source src;
+    moco_db_meta m = {0};
+    dbw *w = NULL;
+    size_t *order = NULL;
+    job *j = NULL;
+    pthread_t *th = NULL;
+    long started = 0;
+    double t0 = now_s();
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
+    if ((rc = mk_source_open(srcp, o.format, o.split, &src))) {
+        fprintf(stderr, "moco mkdb: %s\n", moco_errmsg());
+        return rc == MOCO_EINVAL ? 2 : 1;
+    }
+    if (src.n == 0) {
+        fprintf(stderr, "moco mkdb: %s: no input files\n", src.root);
+        mk_source_free(&src);
+        return 1;
+    }
+    if ((rc = dbw_open(out, o.force, (size_t)o.map_size, &w))) {
+        fprintf(stderr, "moco mkdb: %s\n", moco_errmsg());
+        mk_source_free(&src);
+        return 1;
+    }
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    order = malloc(src.n * sizeof *order);
+    j = calloc(1, sizeof *j);
+    m.nclasses = src.nclasses;
+    m.class_names = src.classes;
+    m.class_counts = calloc(src.nclasses ? src.nclasses : 1, sizeof *m.class_counts);
+    th = calloc((size_t)o.threads, sizeof *th);
+    if (!order || !j || !m.class_counts || !th) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto done; }
+    if (o.shuffle) {
+        moco_rng r;
+        moco_rng_init(&r, o.seed, 0x6d6b6462 /* "mkdb" */, 0, 0);
+        moco_rng_permutation(&r, (uint64_t *)order, src.n); /* size_t is 64-bit here */
+    } else {
+        for (size_t i = 0; i < src.n; i++) order[i] = i;
+    }
+    j->src = &src;
+    j->order = order;
+    j->n = src.n;
+    j->max_side = o.max_side;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->ready_cv, NULL);
+    pthread_cond_init(&j->space_cv, NULL);
+    for (; started < o.threads; started++)
+        if (pthread_create(&th[started], NULL, worker, j)) break;
+    if (!started) { rc = moco_err(MOCO_EIO, "cannot start threads"); goto done; }
+    rc = write_all(j, w, &o, &m, show);
+    pthread_mutex_lock(&j->mu);
+    j->stop = 1;
+    pthread_cond_broadcast(&j->space_cv);
+    pthread_mutex_unlock(&j->mu);
+    for (long t = 0; t < started; t++) pthread_join(th[t], NULL);
+    for (size_t i = 0; i < WINDOW; i++) { free(j->slots[i].rec); free(j->slots[i].why); }
+    if (!rc && m.count == 0) rc = moco_err(MOCO_ECORRUPT, "%s: no valid images among %zu inputs", src.root, src.n);
+    if (!rc) {
+        unsigned grows = dbw_grow_count(w);
+        m.source = src.root;
+        m.source_format = (char *)src.format;
+        m.shuffled = o.shuffle;
+        m.shuffle_seed = o.seed;
+        rc = dbw_finish(&w, &m);
+        m.source = NULL;
+        m.source_format = NULL;
+        if (!rc) {
+            double el = now_s() - t0;
+            printf("moco mkdb: wrote %" PRIu64 " samples in %u classes to %s in %.1f s (%.0f samples/s, %ld threads)",
+                   m.count, m.nclasses, out, el, (double)m.count / (el > 0 ? el : 1), started);
+            printf("; skipped %" PRIu64 "; %.1f MB of payload%s", m.skipped, (double)m.payload_bytes / 1e6,
+                   grows ? "" : "\n");
+            if (grows) printf("; map grown %u times\n", grows);
+        }
+    }
+done:
+    if (rc) fprintf(stderr, "moco mkdb: %s; nothing written to %s\n", moco_errmsg(), out);
+    dbw_abort(&w);
+    if (j) {
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->ready_cv);
+        pthread_cond_destroy(&j->space_cv);
+    }
+    free(j);
+    free(th);
+    free(order);
+    free(m.class_counts);
+    m.class_names = NULL;
+    mk_source_free(&src);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    vips_shutdown();
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,44 @@
+/* sources.h: what `moco mkdb` converts: an image folder, CIFAR-10 binary
+ * batches, or IDX files (MNIST / Fashion-MNIST), enumerated into a flat list
+ * of items with labels and class names.
+ *
+ * Folder items are file paths, read and checked later (in parallel) by
+ * mkdb. CIFAR and IDX files are read and validated completely here: a
+ * truncated or malformed file is an error naming the file and the byte
+ * offset, and no item list is returned. */
+#ifndef LOADER_SOURCES_H
+#define LOADER_SOURCES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *path;            /* folder: the image file; raw: the source file */
+    const uint8_t *pixels; /* raw sources: h*w*c HWC pixels; NULL for files */
+    uint64_t offset;       /* raw sources: byte offset of the sample in path */
+    int32_t label;
+    uint32_t w, h, c;      /* raw sources only */
+} mk_item;
+
+typedef struct {
+    mk_item *items;
+    size_t n;
+    char **classes;
+    uint32_t nclasses;
+    const char *format;    /* "folder", "cifar10" or "idx" (static string) */
+    char *root;            /* the directory actually read (after --split) */
+    uint8_t **blobs;       /* raw sources: owned pixel memory */
+    size_t nblobs;
+} mk_source;
+
+/* Detect the format of src ("auto") or use the one given ("folder",
+ * "cifar10", "idx"), pick the split (NULL: the source must hold only one),
+ * and enumerate. Returns 0, MOCO_EINVAL (bad split/format, with a message),
+ * MOCO_ENOTFOUND, MOCO_ECORRUPT (truncated or malformed file, naming it and
+ * the offset), MOCO_EIO or MOCO_ENOMEM. On failure *s is empty. */
+int mk_source_open(const char *src, const char *format, const char *split, mk_source *s);
+
+/* Free everything s owns; safe on a zeroed or already-freed source. */
+void mk_source_free(mk_source *s);
+
+#endif
