@@ -117,6 +117,7 @@ int loader_info_main(int argc, char **argv)
         if (m->unlabelled) printf("  unlabelled  %" PRIu64 "\n", m->unlabelled);
         if (verify) printf("verified  %" PRIu64 " records, %" PRIu64 " bad\n", v.n, v.bad);
     }
+    int bad = verify && (v.bad || v.n != m->count);
     moco_db_destroy(&db);
-    return verify && (v.bad || v.n != m->count) ? 1 : 0;
+    return bad ? 1 : 0;
 }

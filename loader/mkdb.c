@@ -228,7 +228,7 @@ done:
     return rc;
 }
 
-static void prepare(const job *j, size_t i, slot *s, tjhandle tj)
+static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
 {
     const mk_item *it = &j->src->items[j->order[i]];
     moco_rec_header h = {.label = it->label};
@@ -248,7 +248,11 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle tj)
         s->why = reason("%s", "empty file");
     } else {
         static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
-        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3) ? check_jpeg_tj(tj, file, flen, &h, &s->why) : -1;
+        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3) ? check_jpeg_tj(*tj, file, flen, &h, &s->why) : -1;
+        if (fast == 0 && *tj) { /* a handle is not reliable after an error: start afresh */
+            tjDestroy(*tj);
+            *tj = tjInitDecompress();
+        }
         int ok = fast == 1 || (fast < 0 && check_image(file, flen, j->max_side, &h, &payload, &plen, &s->why) == 0);
         if (ok) {
         const uint8_t *p = payload ? payload : file;
@@ -275,7 +279,7 @@ static void *worker(void *arg)
         size_t i = j->next++;
         pthread_mutex_unlock(&j->mu);
         slot s = {0};
-        prepare(j, i, &s, tj);
+        prepare(j, i, &s, &tj);
         pthread_mutex_lock(&j->mu);
         s.ready = 1;
         j->slots[i % WINDOW] = s;

@@ -1,0 +1,485 @@
+/* test_mkdb.c: `moco mkdb` and `moco info` end to end, on fixtures this test
+ * makes itself: image folders with corrupt, truncated, empty and non-image
+ * files mixed in; CIFAR-10 and IDX files, whole, truncated and malformed;
+ * map growth from a tiny map; atomic output under SIGKILL; --shuffle. */
+#include "tests/testutil.h"
+
+#include <vips/vips.h>
+#include <zlib.h>
+
+#include "formats/db.h"
+#include "formats/errors.h"
+#include "formats/record.h"
+
+static char tmp[4096];
+
+static void write_bytes(const char *path, const void *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, n, f), n);
+    fclose(f);
+}
+
+static uint8_t *read_bytes(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n + 1);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
+/* A w x h x bands test image with a seeded pattern, saved by libvips in the
+ * format chosen by the file suffix. */
+static void make_image(const char *path, int w, int h, int bands, int seed)
+{
+    uint8_t *px = malloc((size_t)w * h * bands);
+    for (int i = 0; i < w * h * bands; i++) px[i] = (uint8_t)((i * 7 + seed * 31 + (i / (w * bands)) * 3) & 0xFF);
+    VipsImage *im = vips_image_new_from_memory_copy(px, (size_t)w * h * bands, w, h, bands, VIPS_FORMAT_UCHAR);
+    assert_non_null(im);
+    if (vips_image_write_to_file(im, path, NULL)) fail_msg("cannot write %s: %s", path, vips_error_buffer());
+    g_object_unref(im);
+    free(px);
+}
+
+static int run_mkdb(const char *args)
+{
+    return tu_sh("%s mkdb %s >%s/out.txt 2>%s/err.txt", tu_moco(), args, tmp, tmp);
+}
+
+static int err_has(const char *needle)
+{
+    char p[4200];
+    size_t n;
+    snprintf(p, sizeof p, "%s/err.txt", tmp);
+    char *e = (char *)read_bytes(p, &n);
+    e[n] = 0;
+    int r = strstr(e, needle) != NULL;
+    if (!r) print_message("stderr lacks '%s':\n%s\n", needle, e);
+    free(e);
+    return r;
+}
+
+static moco_db *open_db(const char *path)
+{
+    moco_db *db;
+    int rc = moco_db_open(path, &db);
+    if (rc) fail_msg("open %s: %s", path, moco_errmsg());
+    return db;
+}
+
+/* The payload of record i and its parsed header. */
+static const uint8_t *get_rec(moco_db *db, uint64_t i, moco_rec_header *h, uint8_t **buf, size_t *cap)
+{
+    size_t len;
+    const uint8_t *pl;
+    assert_int_equal(moco_db_get(db, i, buf, cap, &len), 0);
+    if (moco_rec_parse(*buf, len, 1, "record", h, &pl)) fail_msg("%s", moco_errmsg());
+    return pl;
+}
+
+static void test_folder_with_bad_files(void **st)
+{
+    (void)st;
+    char p[4300], q[4300];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_folder"));
+    tu_sh("mkdir -p %s/src/ants %s/src/bees", tmp, tmp);
+    snprintf(p, sizeof p, "%s/src/ants/a1.jpg", tmp); make_image(p, 40, 30, 3, 1);
+    snprintf(p, sizeof p, "%s/src/ants/a2.png", tmp); make_image(p, 20, 25, 3, 2);
+    snprintf(p, sizeof p, "%s/src/ants/gray.png", tmp); make_image(p, 16, 16, 1, 3);
+    snprintf(p, sizeof p, "%s/src/bees/b1.webp", tmp); make_image(p, 24, 24, 3, 4);
+    snprintf(p, sizeof p, "%s/src/bees/b2.tif", tmp); make_image(p, 12, 10, 3, 5);
+    snprintf(p, sizeof p, "%s/src/bees/sub", tmp); tu_sh("mkdir -p %s", p);
+    snprintf(p, sizeof p, "%s/src/bees/sub/b3.jpg", tmp); make_image(p, 64, 48, 3, 6);
+    /* bad ones: empty, text, random bytes named .jpg, truncated JPEG and PNG */
+    snprintf(p, sizeof p, "%s/src/bees/empty.jpg", tmp); write_bytes(p, "", 0);
+    snprintf(p, sizeof p, "%s/src/bees/notes.txt", tmp); write_bytes(p, "not an image\n", 13);
+    uint8_t junk[500];
+    for (int i = 0; i < 500; i++) junk[i] = (uint8_t)(i * 131 + 7);
+    junk[0] = 0xFF; junk[1] = 0xD8; junk[2] = 0xFF;
+    snprintf(p, sizeof p, "%s/src/ants/junk.jpg", tmp); write_bytes(p, junk, sizeof junk);
+    size_t n;
+    snprintf(q, sizeof q, "%s/src/bees/sub/b3.jpg", tmp);
+    uint8_t *full = read_bytes(q, &n);
+    snprintf(p, sizeof p, "%s/src/ants/trunc.jpg", tmp); write_bytes(p, full, n * 2 / 3);
+    free(full);
+    snprintf(q, sizeof q, "%s/src/ants/a2.png", tmp);
+    full = read_bytes(q, &n);
+    snprintf(p, sizeof p, "%s/src/bees/trunc.png", tmp); write_bytes(p, full, n / 2);
+    free(full);
+
+    char args[9000];
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    const char *bad[] = {"empty.jpg", "notes.txt", "junk.jpg", "trunc.jpg", "trunc.png"};
+    for (int i = 0; i < 5; i++) assert_true(err_has(bad[i]));
+    assert_false(err_has("a1.jpg"));
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    const moco_db_meta *m = moco_db_get_meta(db);
+    assert_int_equal(m->count, 6);
+    assert_int_equal(m->skipped, 5);
+    assert_int_equal(m->nclasses, 2);
+    assert_string_equal(m->class_names[0], "ants");
+    assert_string_equal(m->class_names[1], "bees");
+    assert_int_equal(m->class_counts[0], 3);
+    assert_int_equal(m->class_counts[1], 3);
+    assert_int_equal(m->enc_counts[MOCO_ENC_JPEG], 2);
+    assert_int_equal(m->enc_counts[MOCO_ENC_PNG], 4);
+    assert_int_equal(m->min_w, 12);
+    assert_int_equal(m->max_w, 64);
+    /* sorted order: ants/a1.jpg a2.png gray.png, bees/b1.webp b2.tif sub/b3.jpg */
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    moco_rec_header h;
+    const uint8_t *pl = get_rec(db, 0, &h, &buf, &cap);
+    snprintf(q, sizeof q, "%s/src/ants/a1.jpg", tmp);
+    full = read_bytes(q, &n);
+    assert_int_equal(h.encoding, MOCO_ENC_JPEG);
+    assert_int_equal(h.payload_len, n);
+    assert_memory_equal(pl, full, n); /* JPEG stored byte for byte */
+    assert_int_equal(h.width, 40);
+    assert_int_equal(h.height, 30);
+    assert_int_equal(h.channels, 3);
+    assert_int_equal(h.label, 0);
+    free(full);
+    pl = get_rec(db, 2, &h, &buf, &cap);
+    assert_int_equal(h.channels, 1);
+    assert_int_equal(h.encoding, MOCO_ENC_PNG);
+    /* WebP re-encoded as lossless PNG: same pixels */
+    pl = get_rec(db, 3, &h, &buf, &cap);
+    assert_int_equal(h.encoding, MOCO_ENC_PNG);
+    assert_int_equal(h.label, 1);
+    VipsImage *a = vips_image_new_from_buffer(pl, h.payload_len, "", NULL), *b;
+    snprintf(q, sizeof q, "%s/src/bees/b1.webp", tmp);
+    b = vips_image_new_from_file(q, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    size_t la, lb;
+    void *pa = vips_image_write_to_memory(a, &la), *pb = vips_image_write_to_memory(b, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(pa, pb, la);
+    g_free(pa);
+    g_free(pb);
+    g_object_unref(a);
+    g_object_unref(b);
+    free(buf);
+    moco_db_destroy(&db);
+    /* info --json agrees */
+    assert_int_equal(tu_sh("%s info --json %s/db > %s/info.json && grep -q '\"count\":6' %s/info.json && "
+                           "grep -q '\"png\":4' %s/info.json", tu_moco(), tmp, tmp, tmp, tmp), 0);
+    assert_int_equal(tu_sh("%s info --verify %s/db >/dev/null", tu_moco(), tmp), 0);
+
+    /* --strict: fails on the first bad file, leaves nothing */
+    snprintf(args, sizeof args, "%s/src %s/strict --strict --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("--strict"));
+    snprintf(p, sizeof p, "%s/strict", tmp);
+    assert_false(tu_exists(p));
+    /* OUT exists: refused, then replaced with --force */
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("exists"));
+    snprintf(args, sizeof args, "%s/src %s/db --quiet --force --max-side 32", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/db", tmp);
+    db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->max_w, 32); /* --max-side shrank the 40 and 64 px images */
+    assert_int_equal(moco_db_get_meta(db)->max_h, 25); /* 64x48 -> 32x24, 40x30 -> 32x24, 20x25 kept */
+    moco_db_destroy(&db);
+}
+
+static void test_nothing_valid_fails(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_none"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    snprintf(p, sizeof p, "%s/src/c/x.jpg", tmp);
+    write_bytes(p, "garbage", 7);
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("no valid images"));
+    snprintf(p, sizeof p, "%s/db", tmp);
+    assert_false(tu_exists(p));
+    assert_int_equal(tu_sh("ls %s | grep -q tmp-", tmp), 1); /* temporary removed too */
+    /* usage errors exit 2 */
+    snprintf(args, sizeof args, "%s/src %s/db --bogus", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 2);
+    snprintf(args, sizeof args, "%s/src %s/db --threads lots", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 2);
+    snprintf(args, sizeof args, "%s/src", tmp);
+    assert_int_equal(run_mkdb(args), 2);
+}
+
+/* CIFAR-10 batch with n records; label i%10, pixels from (i, channel, pos). */
+static void make_cifar(const char *path, int n, size_t cut, int bad_label_at)
+{
+    size_t len = (size_t)n * 3073;
+    uint8_t *b = malloc(len);
+    for (int i = 0; i < n; i++) {
+        uint8_t *r = b + (size_t)i * 3073;
+        r[0] = (uint8_t)(i == bad_label_at ? 10 : i % 10);
+        for (int c = 0; c < 3; c++)
+            for (int k = 0; k < 1024; k++) r[1 + c * 1024 + k] = (uint8_t)(i * 3 + c * 50 + k);
+    }
+    write_bytes(path, b, len - cut);
+    free(b);
+}
+
+static void test_cifar_binary(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_cifar"));
+    tu_sh("mkdir -p %s/c", tmp);
+    for (int k = 1; k <= 5; k++) {
+        snprintf(p, sizeof p, "%s/c/data_batch_%d.bin", tmp, k);
+        make_cifar(p, 4, 0, -1);
+    }
+    snprintf(p, sizeof p, "%s/c/test_batch.bin", tmp);
+    make_cifar(p, 3, 0, -1);
+    snprintf(args, sizeof args, "%s/c %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 2); /* both splits present: must choose */
+    assert_true(err_has("--split"));
+    snprintf(args, sizeof args, "%s/c %s/train --split train --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(args, sizeof args, "%s/c %s/test --split test --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/train", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 20);
+    assert_string_equal(moco_db_get_meta(db)->class_names[3], "cat");
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    moco_rec_header h;
+    const uint8_t *pl = get_rec(db, 6, &h, &buf, &cap); /* batch 2, record 2 */
+    assert_int_equal(h.encoding, MOCO_ENC_RAW);
+    assert_int_equal(h.label, 2);
+    assert_int_equal(h.width, 32);
+    assert_int_equal(h.channels, 3);
+    for (int k = 0; k < 1024; k += 97) /* CHW planes became HWC */
+        for (int c = 0; c < 3; c++) assert_int_equal(pl[k * 3 + c], (uint8_t)(2 * 3 + c * 50 + k));
+    free(buf);
+    moco_db_destroy(&db);
+    snprintf(p, sizeof p, "%s/test", tmp);
+    db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 3);
+    moco_db_destroy(&db);
+    /* truncated batch: error names the file and the offset, no output */
+    snprintf(p, sizeof p, "%s/c/data_batch_3.bin", tmp);
+    make_cifar(p, 4, 100, -1);
+    snprintf(args, sizeof args, "%s/c %s/bad --split train --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("data_batch_3.bin"));
+    assert_true(err_has("offset 9219"));
+    snprintf(p, sizeof p, "%s/bad", tmp);
+    assert_false(tu_exists(p));
+    /* malformed label */
+    snprintf(p, sizeof p, "%s/c/data_batch_3.bin", tmp);
+    make_cifar(p, 4, 0, 2);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("label 10"));
+    assert_true(err_has("offset 6146"));
+}
+
+static void be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* IDX pair for n images of r x c; gz: write compressed. cut: bytes removed
+ * from the image file's end; magic: image file magic. */
+static void make_idx(const char *dir, const char *pre, uint32_t n, uint32_t r, uint32_t c, size_t cut, uint32_t magic, int gz)
+{
+    size_t il = 16 + (size_t)n * r * c, ll = 8 + n;
+    uint8_t *im = malloc(il), *lb = malloc(ll);
+    be32(im, magic); be32(im + 4, n); be32(im + 8, r); be32(im + 12, c);
+    for (size_t i = 16; i < il; i++) im[i] = (uint8_t)(i * 13);
+    for (uint32_t i = 0; i < n && r * c >= 4; i++) moco_put_le32(im + 16 + (size_t)i * r * c, i); /* distinct images */
+    be32(lb, 0x801); be32(lb + 4, n);
+    for (uint32_t i = 0; i < n; i++) lb[8 + i] = (uint8_t)(i % 10);
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s-images-idx3-ubyte%s", dir, pre, gz ? ".gz" : "");
+    if (gz) {
+        gzFile f = gzopen(p, "wb");
+        gzwrite(f, im, (unsigned)(il - cut));
+        gzclose(f);
+    } else {
+        write_bytes(p, im, il - cut);
+    }
+    snprintf(p, sizeof p, "%s/%s-labels-idx1-ubyte", dir, pre);
+    write_bytes(p, lb, ll);
+    free(im);
+    free(lb);
+}
+
+static void test_idx_and_map_growth(void **st)
+{
+    (void)st;
+    char p[4300], args[9000], d[4300];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_idx"));
+    snprintf(d, sizeof d, "%s/fashion", tmp);
+    tu_sh("mkdir -p %s", d);
+    make_idx(d, "train", 3000, 28, 28, 0, 0x803, 1);
+    make_idx(d, "t10k", 7, 28, 28, 0, 0x803, 0);
+    /* tiny initial map: must grow, data intact */
+    snprintf(args, sizeof args, "%s %s/train --split train --map-size 65536 --batch 500 --quiet", d, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_int_equal(tu_sh("grep -q 'map grown' %s/out.txt", tmp), 0);
+    snprintf(p, sizeof p, "%s/train", tmp);
+    moco_db *db = open_db(p);
+    const moco_db_meta *m = moco_db_get_meta(db);
+    assert_int_equal(m->count, 3000);
+    assert_string_equal(m->class_names[0], "T-shirt/top"); /* "fashion" in the path */
+    assert_string_equal(m->source_format, "idx");
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    moco_rec_header h;
+    const uint8_t *pl = get_rec(db, 2999, &h, &buf, &cap);
+    assert_int_equal(h.label, 9);
+    assert_int_equal(h.channels, 1);
+    assert_int_equal(h.width, 28);
+    for (int k = 61; k < 784; k += 61) assert_int_equal(pl[k], (uint8_t)((16 + 2999 * 784 + k) * 13));
+    free(buf);
+    moco_db_destroy(&db);
+    snprintf(args, sizeof args, "%s %s/test --split test --quiet", d, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    /* truncated (gz) and malformed files: named, with the offset */
+    make_idx(d, "train", 3000, 28, 28, 1000, 0x803, 1);
+    snprintf(args, sizeof args, "%s %s/bad --split train --quiet", d, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("train-images-idx3-ubyte.gz"));
+    assert_true(err_has("truncated at offset 2351016"));
+    make_idx(d, "train", 30, 28, 28, 0, 0x802, 0);
+    tu_sh("rm -f %s/train-images-idx3-ubyte.gz", d);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("bad magic"));
+    snprintf(p, sizeof p, "%s/bad", tmp);
+    assert_false(tu_exists(p));
+    /* a label file that disagrees on the count */
+    make_idx(d, "train", 30, 28, 28, 0, 0x803, 0);
+    snprintf(p, sizeof p, "%s/train-labels-idx1-ubyte", d);
+    uint8_t lb[8 + 29];
+    be32(lb, 0x801); be32(lb + 4, 29);
+    memset(lb + 8, 1, 29);
+    write_bytes(p, lb, sizeof lb);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("29 labels"));
+}
+
+static void test_killed_midway_leaves_nothing(void **st)
+{
+    (void)st;
+    char d[4300], args[9000], p[4300];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_kill"));
+    snprintf(d, sizeof d, "%s/mnist", tmp);
+    tu_sh("mkdir -p %s", d);
+    make_idx(d, "train", 2000, 28, 28, 0, 0x803, 0);
+    int st2 = tu_sh("MOCO_MKDB_TEST_KILL_AFTER=2 %s mkdb %s %s/db --batch 100 --quiet >/dev/null 2>&1", tu_moco(), d, tmp);
+    assert_int_equal(st2, 128 + 9); /* SIGKILL, by the test hook, after 2 of 20 batches */
+    snprintf(p, sizeof p, "%s/db", tmp);
+    assert_false(tu_exists(p));
+    assert_int_equal(tu_sh("ls %s | grep -q 'db.tmp-'", tmp), 0); /* its partial work is only a temporary */
+    /* the next run completes and removes the stale temporary */
+    snprintf(args, sizeof args, "%s %s/db --quiet", d, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_true(err_has("interrupted run"));
+    assert_int_equal(tu_sh("ls %s | grep -q 'db.tmp-'", tmp), 1);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 2000);
+    moco_db_destroy(&db);
+}
+
+/* payload byte 0..8 of every record, as a fingerprint */
+static void fingerprints(const char *path, uint64_t *fp, int32_t *labels, uint64_t n)
+{
+    moco_db *db = open_db(path);
+    assert_int_equal(moco_db_get_meta(db)->count, n);
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        moco_rec_header h;
+        const uint8_t *pl = get_rec(db, i, &h, &buf, &cap);
+        memcpy(&fp[i], pl, 8);
+        labels[i] = h.label;
+    }
+    free(buf);
+    moco_db_destroy(&db);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_shuffle_is_a_reproducible_permutation(void **st)
+{
+    (void)st;
+    enum { N = 500 };
+    char d[4300], args[9000], p[4300];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_shuffle"));
+    snprintf(d, sizeof d, "%s/m", tmp);
+    tu_sh("mkdir -p %s", d);
+    make_idx(d, "train", N, 4, 4, 0, 0x803, 0); /* 16-byte images, distinct first 4 bytes */
+    static uint64_t plain[N], s1[N], s2[N], s3[N];
+    static int32_t lp[N], l1[N], l2[N], l3[N];
+    const char *names[] = {"plain", "s1", "s2", "s3"};
+    const char *extra[] = {"", "--shuffle --seed 7", "--shuffle --seed 7", "--shuffle --seed 8"};
+    uint64_t *fps[] = {plain, s1, s2, s3};
+    int32_t *lbs[] = {lp, l1, l2, l3};
+    for (int k = 0; k < 4; k++) {
+        snprintf(args, sizeof args, "%s %s/%s %s --quiet", d, tmp, names[k], extra[k]);
+        assert_int_equal(run_mkdb(args), 0);
+        snprintf(p, sizeof p, "%s/%s", tmp, names[k]);
+        fingerprints(p, fps[k], lbs[k], N);
+    }
+    assert_memory_equal(s1, s2, sizeof s1); /* same seed, same order */
+    assert_memory_equal(l1, l2, sizeof l1);
+    assert_memory_not_equal(s1, plain, sizeof s1);
+    assert_memory_not_equal(s1, s3, sizeof s1);
+    /* labels travel with their images */
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++)
+            if (s1[i] == plain[j]) assert_int_equal(l1[i], lp[j]);
+    qsort(s1, N, 8, cmp_u64);
+    qsort(plain, N, 8, cmp_u64);
+    assert_memory_equal(s1, plain, sizeof s1); /* a permutation: nothing lost or repeated */
+    for (int i = 1; i < N; i++) assert_true(plain[i] != plain[i - 1]);
+    assert_int_equal(tu_sh("%s info --json %s/s1 | grep -q '\"shuffle_seed\":7'", tu_moco(), tmp), 0);
+}
+
+static void test_fashion_mnist_package(void **st)
+{
+    (void)st;
+    const char *src = "/usr/share/datasets/fashion-mnist";
+    if (!tu_exists(src)) skip();
+    char args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_fashion"));
+    snprintf(args, sizeof args, "%s %s/test --split test --quiet", src, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_int_equal(tu_sh("%s info --json %s/test | grep -q '\"count\":10000,\"num_classes\":10'", tu_moco(), tmp), 0);
+}
+
+int main(void)
+{
+    if (VIPS_INIT("test_mkdb")) return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_folder_with_bad_files),
+        cmocka_unit_test(test_nothing_valid_fails),
+        cmocka_unit_test(test_cifar_binary),
+        cmocka_unit_test(test_idx_and_map_growth),
+        cmocka_unit_test(test_killed_midway_leaves_nothing),
+        cmocka_unit_test(test_shuffle_is_a_reproducible_permutation),
+        cmocka_unit_test(test_fashion_mnist_package),
+    };
+    int r = cmocka_run_group_tests(tests, NULL, NULL);
+    vips_shutdown();
+    return r;
+}
