@@ -367,11 +367,8 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
             progress(i + 1, j->n, t0, i + 1 == j->n);
         }
     }
-    if (!rc && nb) {
-        rc = dbw_put_batch(w, written, recs, lens, nb);
-        written += nb;
-    }
-    for (size_t k = 0; k < nb && rc; k++) free(recs[k]);
+    if (!rc && nb) rc = dbw_put_batch(w, written, recs, lens, nb); /* the last item was skipped */
+    for (size_t k = 0; k < nb; k++) free(recs[k]);
     free(recs);
     free(lens);
     return rc;
