@@ -5,5 +5,6 @@
 
 int loader_mkdb_main(int argc, char **argv);
 int loader_info_main(int argc, char **argv);
+int loader_stream_main(int argc, char **argv);
 
 #endif

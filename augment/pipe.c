@@ -1,0 +1,213 @@
+/* pipe.c: the augmentation worker's side of the pipeline protocol
+ * (formats/pipeline.h): `moco augment --connect LOADER --push CONSUMER`.
+ *
+ * A DEALER connected to the loader receives SAMPLEs, at most as many as
+ * this worker advertised in READY(free, received) messages, which it also
+ * sends once a second as its heartbeat. Each sample becomes one PAIR pushed
+ * to the consumer (views sent without copying), or one FAILED report to the
+ * loader. Output waits for the consumer (POLLOUT) while heartbeats go on, so
+ * a slow consumer slows this worker down instead of filling its memory.
+ * Memory is bounded by --queue records plus one pair.
+ *
+ * Exit: 0 on the loader's STOP; 1 when the loader is silent for
+ * --loader-timeout seconds, or on a signal (augment_pipe_stop set). The
+ * augmentation itself is a function given by the caller (augment_pair in
+ * the worker; something trivial in the pipeline's tests). */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "augment/pipe.h"
+#include "formats/errors.h"
+#include "formats/pipeline.h"
+#include "formats/wire.h"
+
+#define MAX_QUEUE 64
+
+typedef struct {
+    zmq_msg_t rec;
+    uint32_t epoch;
+    uint64_t index;
+} queued;
+
+volatile sig_atomic_t augment_pipe_stop;
+#define stop_flag augment_pipe_stop
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void free_view(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+static void send_ready(void *dealer, int free_slots, uint64_t received)
+{
+    uint8_t b[32];
+    size_t n = moco_pipe_ready(b, (uint32_t)(free_slots > 0 ? free_slots : 0), received);
+    zmq_send(dealer, b, n, ZMQ_DONTWAIT);
+}
+
+int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
+{
+    int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 4;
+    void *zctx = zmq_ctx_new(), *dealer = zmq_socket(zctx, ZMQ_DEALER), *push = zmq_socket(zctx, ZMQ_PUSH);
+    int hwm = cfg->sndhwm > 0 ? cfg->sndhwm : 4, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
+    queued q[MAX_QUEUE];
+    int qhead = 0, qlen = 0, have_out = 0;
+    uint64_t received = 0;
+    uint8_t hdr[MOCO_WIRE_PAIR_SIZE];
+    uint8_t *qv = NULL, *kv = NULL;
+    size_t vmax = cfg->view_bytes;
+    memset(st, 0, sizeof *st);
+    if (!dealer || !push || zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger) || zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(dealer, ZMQ_RCVHWM, &rhwm, sizeof rhwm)) {
+        rc = moco_err(MOCO_EZMQ, "cannot create sockets: %s", zmq_strerror(errno));
+        goto out;
+    }
+    if (zmq_connect(dealer, cfg->loader_ep)) {
+        rc = moco_err(MOCO_EZMQ, "cannot connect to the loader at %s: %s", cfg->loader_ep, zmq_strerror(errno));
+        goto out;
+    }
+    if (zmq_connect(push, cfg->push_ep)) {
+        rc = moco_err(MOCO_EZMQ, "cannot connect to the consumer at %s: %s", cfg->push_ep, zmq_strerror(errno));
+        goto out;
+    }
+    double loader_seen = now_s(), last_ready = 0, t_report = now_s();
+    send_ready(dealer, cap, 0);
+    while (!stop_flag) {
+        zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
+        int busy = !have_out && qlen > 0;
+        if (zmq_poll(it, have_out ? 2 : 1, busy ? 0 : 100) < 0) {
+            if (errno == EINTR) continue;
+            rc = moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
+            break;
+        }
+        /* everything the loader has sent */
+        for (;;) {
+            zmq_msg_t f[2];
+            zmq_msg_init(&f[0]);
+            if (zmq_msg_recv(&f[0], dealer, ZMQ_DONTWAIT) < 0) { zmq_msg_close(&f[0]); break; }
+            loader_seen = now_s();
+            int nf = 1, extra = 0;
+            while (zmq_msg_more(&f[nf - 1])) {
+                zmq_msg_t x;
+                zmq_msg_init(&x);
+                zmq_msg_recv(&x, dealer, 0);
+                if (nf < 2) f[nf++] = x;
+                else { extra = 1; if (!zmq_msg_more(&x)) { zmq_msg_close(&x); break; } zmq_msg_close(&x); }
+            }
+            uint16_t type = 0;
+            moco_wire_sample smp;
+            if (extra || moco_wire_peek(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &type)) {
+                st->malformed++;
+            } else if (type == MOCO_MSG_SAMPLE && nf == 2 &&
+                       !moco_wire_sample_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &smp)) {
+                received++;
+                if (qlen == MAX_QUEUE) {
+                    st->overflow++; /* the loader broke its credit; it re-issues what is never acknowledged */
+                } else {
+                    queued *e = &q[(qhead + qlen++) % MAX_QUEUE];
+                    e->epoch = smp.epoch;
+                    e->index = smp.index;
+                    zmq_msg_init(&e->rec);
+                    zmq_msg_move(&e->rec, &f[1]);
+                }
+            } else if (type == MOCO_MSG_STOP && nf == 1) {
+                for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+                st->stopped = 1;
+                goto out;
+            } else if (type != MOCO_MSG_HEARTBEAT || nf != 1) {
+                st->malformed++;
+            }
+            for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+        }
+        /* send the finished pair when the consumer takes it */
+        if (have_out && (it[1].revents & ZMQ_POLLOUT)) {
+            zmq_msg_t mq, mk;
+            moco_wire_pair ph;
+            moco_wire_pair_parse(hdr, sizeof hdr, &ph); /* packed by us: valid */
+            size_t vb = moco_wire_pair_view_bytes(&ph);
+            zmq_msg_init_data(&mq, qv, vb, free_view, NULL); /* zero copy: zmq frees the views */
+            zmq_msg_init_data(&mk, kv, vb, free_view, NULL);
+            qv = kv = NULL;
+            if (zmq_send(push, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+                zmq_msg_send(&mq, push, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_msg_send(&mk, push, ZMQ_DONTWAIT) < 0) {
+                /* POLLOUT said yes; a failure here means the socket is closing */
+                zmq_msg_close(&mq);
+                zmq_msg_close(&mk);
+                rc = moco_err(MOCO_EZMQ, "sending a pair to %s: %s", cfg->push_ep, zmq_strerror(errno));
+                break;
+            }
+            have_out = 0;
+            st->pairs++;
+            send_ready(dealer, cap - qlen, received);
+            last_ready = now_s();
+        }
+        /* make the next pair */
+        if (!have_out && qlen > 0) {
+            queued *e = &q[qhead];
+            qhead = (qhead + 1) % MAX_QUEUE;
+            qlen--;
+            if (!qv) qv = malloc(vmax);
+            if (!kv) kv = malloc(vmax);
+            augment_pipe_views info;
+            int r = !qv || !kv ? moco_err(MOCO_ENOMEM, "out of memory for views")
+                               : fn(fnctx, zmq_msg_data(&e->rec), zmq_msg_size(&e->rec), e->epoch, e->index, qv, kv, &info);
+            if (r == 0) {
+                moco_wire_pair ph = {.epoch = e->epoch, .label = info.label, .index = e->index, .height = (uint16_t)info.height,
+                                     .width = (uint16_t)info.width, .channels = (uint8_t)info.channels, .layout = MOCO_LAYOUT_HWC_U8};
+                moco_wire_pair_pack(hdr, &ph);
+                have_out = 1;
+            } else {
+                uint8_t fb[MOCO_WIRE_FAILED_MIN + MOCO_WIRE_REASON_MAX];
+                size_t fl = moco_wire_failed_pack(fb, e->epoch, e->index, r, moco_errmsg());
+                zmq_send(dealer, fb, fl, ZMQ_DONTWAIT);
+                st->failed++;
+                if (st->failed <= 20) fprintf(stderr, "moco augment: %s\n", moco_errmsg());
+                send_ready(dealer, cap - qlen, received);
+                last_ready = now_s();
+            }
+            zmq_msg_close(&e->rec);
+        }
+        double t = now_s();
+        if (t - last_ready >= 1.0) {
+            send_ready(dealer, cap - qlen - have_out, received);
+            last_ready = t;
+        }
+        if (t - loader_seen > cfg->loader_timeout) {
+            rc = moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", cfg->loader_ep, t - loader_seen);
+            break;
+        }
+        if (cfg->report && t - t_report >= 1.0) {
+            cfg->report(cfg->report_ctx, st, qlen, have_out);
+            t_report = t;
+        }
+    }
+    if (stop_flag && !rc) rc = moco_err(MOCO_EINTR, "interrupted");
+out:
+    while (qlen > 0) {
+        zmq_msg_close(&q[qhead].rec);
+        qhead = (qhead + 1) % MAX_QUEUE;
+        qlen--;
+    }
+    free(qv);
+    free(kv);
+    if (dealer) zmq_close(dealer);
+    if (push) zmq_close(push);
+    zmq_ctx_term(zctx);
+    return rc;
+}
+

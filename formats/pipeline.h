@@ -1,0 +1,67 @@
+/* pipeline.h: the control messages of the streaming pipeline (loader <->
+ * workers, loader <-> consumer): credits, heartbeats, acknowledgements,
+ * epoch boundaries and the resume state. The data messages (SAMPLE, PAIR,
+ * FAILED) are in wire.h. See formats/README.md, "Pipeline protocol".
+ *
+ * Every message's first frame starts with the common 8-byte prefix of all
+ * moco wire messages: magic "MOCW", u16 LE version (1), u16 LE type. Control
+ * types are 16..31. All integers little-endian. Parsers check every length
+ * against the frame size and never trust a count from the wire.
+ *
+ * Sockets: the loader binds a ROUTER for workers ("work") and a ROUTER for
+ * the consumer ("ctl"); workers and the consumer connect DEALERs. Workers
+ * PUSH pairs to the consumer's PULL ("pairs"). A sample is retired only when
+ * the consumer acknowledges it, so a worker that dies with work in hand
+ * loses nothing: the loader re-issues, the consumer drops duplicates by
+ * (epoch, index). */
+#ifndef MOCO_PIPELINE_H
+#define MOCO_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/wire.h"
+
+/* Control message types: READY, HEARTBEAT, EPOCH_END and STOP are numbered
+ * in wire.h; their layouts are defined here, with three more:
+ *   READY      worker -> loader, on every change and as its heartbeat:
+ *              u32 free (queue slots free now), u64 received (SAMPLEs
+ *              received so far); the loader's credit is free - (sent - received)
+ *   HEARTBEAT  any -> peer: the prefix alone
+ *   EPOCH_END  loader -> consumer: u32 epoch, u64 delivered, u32 nfailed,
+ *              nfailed x u64 indices of records the workers could not decode
+ *   STOP       loader -> worker: the prefix alone; finish and exit */
+enum {
+    MOCO_MSG_HELLO = 8, /* consumer -> loader: u32 epoch (0xFFFFFFFF: the loader's choice), u64 count
+                         * (0: unknown); optional frame 2: bitmap of the indices of that epoch
+                         * already delivered, ceil(count / 8) bytes, bit i = byte i/8, bit i%8 */
+    MOCO_MSG_ACK = 9,   /* consumer -> loader: u32 epoch, u32 n, n x u64 indices received */
+    MOCO_MSG_END = 10,  /* loader -> consumer: u32 epochs completed; no more data */
+};
+
+/* Small fixed messages. buf must hold 32 bytes; returns the length. */
+size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received);
+size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP */
+size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
+size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
+
+/* ACK: 16 + 8 n bytes; EPOCH_END: 24 + 8 nfailed bytes. Caller sizes buf. */
+size_t moco_pipe_ack(uint8_t *buf, uint32_t epoch, const uint64_t *idx, uint32_t n);
+size_t moco_pipe_epoch_end(uint8_t *buf, uint32_t epoch, uint64_t delivered, const uint64_t *failed, uint32_t nfailed);
+
+/* A parsed control message. Pointers refer into the frame. */
+typedef struct {
+    uint16_t type;
+    uint32_t epoch;       /* HELLO, ACK, EPOCH_END, END (epochs) */
+    uint32_t credits;     /* READY: free slots */
+    uint64_t received;    /* READY: SAMPLEs received so far */
+    uint64_t count;       /* HELLO: dataset size; EPOCH_END: delivered */
+    uint32_t n;           /* ACK: indices; EPOCH_END: failed */
+    const uint8_t *idx;   /* n x u64 LE (use moco_get_le64) */
+} moco_pipe_msg;
+
+/* Parse the first frame of a control message, checking its exact length
+ * for its type. Returns 0, MOCO_ECORRUPT or MOCO_EFORMAT (with a message). */
+int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m);
+
+#endif

@@ -1,0 +1,103 @@
+/* wire.h: the messages moco processes send each other over ZeroMQ.
+ * See formats/README.md, "Wire messages", for the byte layouts.
+ *
+ * Every message is a ZeroMQ multipart message whose first frame (the header)
+ * starts with the same 8 bytes: the ASCII magic "MOCW", a little-endian u16
+ * version (MOCO_WIRE_VERSION) and a little-endian u16 message type. The rest
+ * of the header is fixed per type; bulk data (a record, pixels) follows in
+ * further frames so that it can be sent and received without copying.
+ *
+ * Promises: the parsers read only within the frame they are given (they are
+ * safe on any bytes: fuzzable), reject a wrong magic, a wrong version, an
+ * unknown or unexpected type and a short or over-long header with
+ * MOCO_ECORRUPT / MOCO_EFORMAT and a message naming what was wrong. The
+ * packers never fail (callers give buffers of the stated sizes). No function
+ * here allocates or touches a socket. */
+#ifndef MOCO_WIRE_H
+#define MOCO_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOCO_WIRE_MAGIC "MOCW"
+#define MOCO_WIRE_VERSION 1
+#define MOCO_WIRE_PREFIX_SIZE 8
+
+typedef enum {
+    MOCO_MSG_SAMPLE = 1,    /* loader -> worker: (epoch, index) + record frame */
+    MOCO_MSG_PAIR = 2,      /* worker -> trainer: header + query view + key view */
+    MOCO_MSG_FAILED = 3,    /* worker -> loader: (epoch, index) could not be augmented */
+    /* Reserved for the pipeline (credit dispatch, liveness, epochs); their
+     * numbers are fixed now, their layouts are defined where implemented. */
+    MOCO_MSG_READY = 4,     /* worker -> loader: credit for more samples */
+    MOCO_MSG_HEARTBEAT = 5, /* either way: I am alive */
+    MOCO_MSG_EPOCH_END = 6, /* loader -> downstream: no more samples of an epoch */
+    MOCO_MSG_STOP = 7,      /* anyone -> peer: finish and exit */
+    MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid in version 1 */
+} moco_msg_type;
+
+/* Header frame sizes (exact, for version 1). */
+#define MOCO_WIRE_SAMPLE_SIZE 24
+#define MOCO_WIRE_PAIR_SIZE 32
+#define MOCO_WIRE_FAILED_MIN 24        /* followed by 0..MOCO_WIRE_REASON_MAX bytes of text */
+#define MOCO_WIRE_REASON_MAX 1000
+
+/* Pixel layouts of a PAIR's views. */
+#define MOCO_LAYOUT_HWC_U8 0
+
+typedef struct {
+    uint32_t epoch;
+    uint64_t index;
+} moco_wire_sample;
+
+typedef struct {
+    uint32_t epoch;
+    int32_t label;      /* class index, -1 unlabelled */
+    uint64_t index;
+    uint16_t height, width;
+    uint8_t channels;   /* 1 or 3 */
+    uint8_t layout;     /* MOCO_LAYOUT_HWC_U8 */
+} moco_wire_pair;
+
+typedef struct {
+    uint32_t epoch;
+    int32_t code;        /* a MOCO_E* code */
+    uint64_t index;
+    const char *reason;  /* UTF-8, NOT NUL-terminated; points into the frame */
+    size_t reason_len;
+} moco_wire_failed;
+
+/* Write the 8-byte prefix. */
+void moco_wire_prefix_pack(uint8_t out[MOCO_WIRE_PREFIX_SIZE], uint16_t type);
+
+/* Check magic and version of a header frame and return its type in *type.
+ * Returns 0, MOCO_ECORRUPT (shorter than 8 bytes, wrong magic, type 0 or >=
+ * MOCO_MSG_TYPE_MAX) or MOCO_EFORMAT (another version). */
+int moco_wire_peek(const void *frame, size_t len, uint16_t *type);
+
+/* SAMPLE header: out must hold MOCO_WIRE_SAMPLE_SIZE bytes. */
+void moco_wire_sample_pack(uint8_t out[MOCO_WIRE_SAMPLE_SIZE], const moco_wire_sample *s);
+int moco_wire_sample_parse(const void *frame, size_t len, moco_wire_sample *out);
+
+/* PAIR header: out must hold MOCO_WIRE_PAIR_SIZE bytes. The parser also
+ * checks that height, width >= 1, channels is 1 or 3 and layout is known. */
+void moco_wire_pair_pack(uint8_t out[MOCO_WIRE_PAIR_SIZE], const moco_wire_pair *p);
+int moco_wire_pair_parse(const void *frame, size_t len, moco_wire_pair *out);
+
+/* Bytes in each view frame of a PAIR: height * width * channels. */
+static inline size_t moco_wire_pair_view_bytes(const moco_wire_pair *p)
+{
+    return (size_t)p->height * p->width * p->channels;
+}
+
+/* FAILED header + reason text (truncated to MOCO_WIRE_REASON_MAX bytes):
+ * out must hold MOCO_WIRE_FAILED_MIN + MOCO_WIRE_REASON_MAX bytes. Returns
+ * the frame length. reason may be NULL. */
+size_t moco_wire_failed_pack(uint8_t *out, uint32_t epoch, uint64_t index, int32_t code, const char *reason);
+/* out->reason points into frame (valid while the frame is). */
+int moco_wire_failed_parse(const void *frame, size_t len, moco_wire_failed *out);
+
+/* "SAMPLE", "PAIR", ... or "?" */
+const char *moco_msg_type_name(int type);
+
+#endif

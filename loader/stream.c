@@ -1,0 +1,601 @@
+/* stream.c: `moco loader`, the LMDB-backed streaming loader. The design and
+ * its promises are in stream.h; the messages in formats/pipeline.h and
+ * formats/wire.h. One thread, one ZeroMQ context, two ROUTER sockets polled
+ * together; the LMDB environment is opened here, after any fork. */
+#include "loader/stream.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "formats/db.h"
+#include "formats/errors.h"
+#include "formats/opts.h"
+#include "formats/pipeline.h"
+#include "formats/rng.h"
+#include "formats/wire.h"
+#include "loader/cmd.h"
+
+#define MAX_WORKERS 1024
+#define MAX_ID 255
+#define NO_EPOCH 0xFFFFFFFFu
+
+enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
+
+typedef struct {
+    uint8_t id[MAX_ID];
+    size_t idlen;
+    double last_seen;
+    uint32_t free_slots;
+    uint64_t sent, received; /* SAMPLEs sent to it / it says it received */
+    int alive;
+} worker;
+
+typedef struct {
+    /* configuration */
+    const char *db_path, *work_ep, *ctl_ep, *log_path;
+    uint64_t seed;
+    long epochs, start_epoch, window;
+    double worker_timeout, reissue_after, consumer_timeout, consumer_wait;
+    int quiet;
+    /* resources */
+    moco_db *db;
+    uint64_t n;
+    void *zctx, *work, *ctl;
+    FILE *log;
+    uint8_t *rec;
+    size_t reccap;
+    /* workers and consumer */
+    worker w[MAX_WORKERS];
+    int nw, rr;
+    uint8_t cid[MAX_ID];
+    size_t cidlen;
+    int have_consumer;
+    double cons_seen;
+    /* the current epoch */
+    uint32_t epoch;
+    int started;
+    uint8_t *st;
+    uint16_t *owner;
+    float *t_issued;
+    uint64_t *perm, *ring, *failed;
+    size_t cursor, rhead, rlen, nfailed;
+    uint64_t ndone, outstanding;
+    /* counters */
+    uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks;
+} loader;
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int s) { (void)s; stop_flag = 1; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void loader_epoch_order(uint64_t seed, uint32_t epoch, uint64_t *perm, uint64_t n)
+{
+    moco_rng r;
+    moco_rng_init(&r, seed, epoch, 0x7065726d /* "perm" */, 0);
+    moco_rng_permutation(&r, perm, n);
+}
+
+/* ---- sending ---- */
+
+/* Send frames to the ROUTER peer id; ZMQ_ROUTER_MANDATORY makes an unknown
+ * peer an error (EHOSTUNREACH) rather than a silent drop. */
+static int send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (zmq_send(sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
+    if (zmq_send(sock, a, alen, (b ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) return -1;
+    if (b && zmq_send(sock, b, blen, ZMQ_DONTWAIT) < 0) return -1;
+    return 0;
+}
+
+static void queue_push(loader *L, uint64_t idx)
+{
+    L->ring[(L->rhead + L->rlen) % L->n] = idx;
+    L->rlen++;
+}
+
+/* Take a sample back from whoever had it. */
+static void reissue(loader *L, uint64_t idx)
+{
+    L->st[idx] = PENDING;
+    L->outstanding--;
+    L->reissued++;
+    queue_push(L, idx);
+}
+
+static void worker_dead(loader *L, int k, const char *why)
+{
+    worker *w = &L->w[k];
+    w->alive = 0;
+    L->dead_workers++;
+    uint64_t back = 0;
+    for (uint64_t i = 0; i < L->n; i++)
+        if (L->st[i] == ISSUED && L->owner[i] == k) { reissue(L, i); back++; }
+    fprintf(stderr, "moco loader: worker %d %s; re-issuing its %" PRIu64 " samples\n", k, why, back);
+}
+
+/* Start epoch e; samples set in bitmap (ceil(n/8) bytes, may be NULL) were
+ * already delivered. */
+static void begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
+{
+    L->epoch = e;
+    L->started = 1;
+    loader_epoch_order(L->seed, e, L->perm, L->n);
+    memset(L->st, PENDING, L->n);
+    L->cursor = L->rhead = L->rlen = L->nfailed = 0;
+    L->ndone = L->outstanding = 0;
+    if (bitmap)
+        for (uint64_t i = 0; i < L->n; i++)
+            if (bitmap[i >> 3] >> (i & 7) & 1) { L->st[i] = DONE; L->ndone++; }
+}
+
+/* The next pending sample to issue, or -1. Re-issues go first. */
+static int64_t next_sample(loader *L)
+{
+    while (L->rlen) {
+        uint64_t i = L->ring[L->rhead];
+        L->rhead = (L->rhead + 1) % L->n;
+        L->rlen--;
+        if (L->st[i] == PENDING) return (int64_t)i;
+    }
+    while (L->cursor < L->n) {
+        uint64_t i = L->perm[L->cursor++];
+        if (L->st[i] == PENDING) return (int64_t)i;
+    }
+    return -1;
+}
+
+static int64_t credit(const worker *w)
+{
+    int64_t inflight = (int64_t)(w->sent - w->received);
+    return w->alive ? (int64_t)w->free_slots - inflight : 0;
+}
+
+/* Hand out samples while workers have credit and the window allows. */
+static int dispatch(loader *L)
+{
+    if (!L->have_consumer || !L->started) return 0;
+    for (int tries = 0; tries < L->nw && L->outstanding < (uint64_t)L->window;) {
+        int k = L->rr;
+        L->rr = (L->rr + 1) % L->nw;
+        worker *w = &L->w[k];
+        if (credit(w) <= 0) { tries++; continue; }
+        int64_t i = next_sample(L);
+        if (i < 0) return 0;
+        size_t len;
+        int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
+        if (rc) return rc; /* an LMDB failure is fatal: the database is ours */
+        uint8_t hdr[MOCO_WIRE_SAMPLE_SIZE];
+        moco_wire_sample smp = {.epoch = L->epoch, .index = (uint64_t)i};
+        moco_wire_sample_pack(hdr, &smp);
+        if (send_to(L->work, w->id, w->idlen, hdr, sizeof hdr, L->rec, len)) {
+            /* unroutable or full: the worker is gone or stuck */
+            L->st[i] = PENDING;
+            queue_push(L, (uint64_t)i);
+            worker_dead(L, k, errno == EHOSTUNREACH ? "disconnected" : "is not accepting work");
+            tries++;
+            continue;
+        }
+        L->st[i] = ISSUED;
+        L->owner[i] = (uint16_t)k;
+        L->t_issued[i] = (float)now_s();
+        L->outstanding++;
+        L->sent++;
+        w->sent++;
+        tries = 0;
+    }
+    return 0;
+}
+
+/* ---- receiving ---- */
+
+/* Receive one multipart message from a ROUTER: identity into id, the first
+ * data frame into a/alen, an optional second into b/blen. Returns the
+ * number of data frames (1 or 2), or -1 (malformed: more frames, empty). */
+typedef struct {
+    uint8_t id[MAX_ID];
+    size_t idlen;
+    zmq_msg_t f[2];
+    int nf;
+} inmsg;
+
+static int recv_router(void *sock, inmsg *m)
+{
+    zmq_msg_t part;
+    int more = 1, idx = 0, bad = 0;
+    m->nf = 0;
+    m->idlen = 0;
+    while (more) {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            if (idx == 0) return 0;
+            bad = 1;
+            break;
+        }
+        more = zmq_msg_more(&part);
+        if (idx == 0) {
+            m->idlen = zmq_msg_size(&part) < MAX_ID ? zmq_msg_size(&part) : MAX_ID;
+            memcpy(m->id, zmq_msg_data(&part), m->idlen);
+            zmq_msg_close(&part);
+        } else if (m->nf < 2) {
+            m->f[m->nf++] = part;
+        } else {
+            zmq_msg_close(&part);
+            bad = 1;
+        }
+        idx++;
+    }
+    if (bad || m->nf == 0) {
+        for (int i = 0; i < m->nf; i++) zmq_msg_close(&m->f[i]);
+        m->nf = 0;
+        return -1;
+    }
+    return m->nf;
+}
+
+static void close_msg(inmsg *m)
+{
+    for (int i = 0; i < m->nf; i++) zmq_msg_close(&m->f[i]);
+    m->nf = 0;
+}
+
+static int find_worker(loader *L, const uint8_t *id, size_t idlen)
+{
+    for (int k = 0; k < L->nw; k++)
+        if (L->w[k].idlen == idlen && !memcmp(L->w[k].id, id, idlen)) return k;
+    return -1;
+}
+
+static void on_worker_msg(loader *L, inmsg *m)
+{
+    const uint8_t *p = zmq_msg_data(&m->f[0]);
+    size_t n = zmq_msg_size(&m->f[0]);
+    uint16_t type;
+    if (moco_wire_peek(p, n, &type)) { L->dropped++; return; }
+    int k = find_worker(L, m->id, m->idlen);
+    if (type == MOCO_MSG_READY) {
+        moco_pipe_msg pm;
+        if (m->nf != 1 || moco_pipe_parse(p, n, &pm)) { L->dropped++; return; }
+        if (k < 0) {
+            for (k = 0; k < L->nw && L->w[k].alive; k++) {}
+            if (k == L->nw) {
+                if (L->nw == MAX_WORKERS) { L->dropped++; return; }
+                L->nw++;
+            }
+            memset(&L->w[k], 0, sizeof L->w[k]);
+            memcpy(L->w[k].id, m->id, m->idlen);
+            L->w[k].idlen = m->idlen;
+            L->w[k].sent = pm.received;
+            if (!L->quiet) fprintf(stderr, "moco loader: worker %d joined\n", k);
+        } else if (!L->w[k].alive) {
+            L->w[k].sent = pm.received; /* back from the dead: what it had was re-issued */
+            if (!L->quiet) fprintf(stderr, "moco loader: worker %d is back\n", k);
+        }
+        worker *w = &L->w[k];
+        w->alive = 1;
+        w->last_seen = now_s();
+        w->free_slots = pm.credits;
+        if (pm.received <= w->sent) w->received = pm.received;
+        return;
+    }
+    if (k < 0) { L->dropped++; return; } /* unknown peer: say READY first */
+    L->w[k].last_seen = now_s();
+    if (type == MOCO_MSG_HEARTBEAT) return;
+    if (type == MOCO_MSG_FAILED) {
+        moco_wire_failed f;
+        if (moco_wire_failed_parse(p, n, &f)) { L->dropped++; return; }
+        if (f.epoch != L->epoch || f.index >= L->n) return; /* stale */
+        if (L->st[f.index] == ISSUED || L->st[f.index] == PENDING) {
+            if (L->st[f.index] == ISSUED) L->outstanding--;
+            L->st[f.index] = FAILED;
+            L->failed[L->nfailed++] = f.index;
+            L->failed_total++;
+            fprintf(stderr, "moco loader: record %" PRIu64 " failed in a worker: %.*s\n", f.index, (int)f.reason_len, f.reason);
+            if (L->log)
+                fprintf(L->log, "{\"event\":\"failed\",\"epoch\":%u,\"index\":%" PRIu64 ",\"reason\":\"%.*s\"}\n", L->epoch,
+                        f.index, (int)f.reason_len, f.reason);
+        }
+        return;
+    }
+    L->dropped++;
+}
+
+static int on_consumer_msg(loader *L, inmsg *m)
+{
+    const uint8_t *p = zmq_msg_data(&m->f[0]);
+    size_t n = zmq_msg_size(&m->f[0]);
+    moco_pipe_msg pm;
+    if (moco_pipe_parse(p, n, &pm)) { L->dropped++; return 0; }
+    if (pm.type == MOCO_MSG_HELLO) {
+        if (pm.count && pm.count != L->n)
+            return moco_err(MOCO_EINVAL, "the consumer's state is for a dataset of %" PRIu64 " samples; %s holds %" PRIu64,
+                            pm.count, L->db_path, L->n);
+        const uint8_t *bm = NULL;
+        if (m->nf == 2) {
+            if (zmq_msg_size(&m->f[1]) != (L->n + 7) / 8) { L->dropped++; return 0; }
+            bm = zmq_msg_data(&m->f[1]);
+        }
+        memcpy(L->cid, m->id, m->idlen);
+        L->cidlen = m->idlen;
+        L->have_consumer = 1;
+        L->cons_seen = now_s();
+        uint32_t e = pm.epoch != NO_EPOCH ? pm.epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
+        if (L->epochs && e >= (uint32_t)L->epochs)
+            return moco_err(MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
+        /* samples it has not got go out again: also those acknowledged by a previous consumer */
+        begin_epoch(L, e, bm);
+        if (!L->quiet)
+            fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
+                    L->ndone, L->n);
+        return 0;
+    }
+    if (!L->cidlen || m->idlen != L->cidlen || memcmp(m->id, L->cid, m->idlen)) { L->dropped++; return 0; }
+    if (!L->have_consumer) fprintf(stderr, "moco loader: the consumer is back\n");
+    L->have_consumer = 1;
+    L->cons_seen = now_s();
+    if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
+    if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
+    if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
+    for (uint32_t j = 0; j < pm.n; j++) {
+        uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);
+        if (i >= L->n) { L->dropped++; continue; }
+        if (L->st[i] == DONE || L->st[i] == FAILED) { L->dup_acks++; continue; }
+        if (L->st[i] == ISSUED) L->outstanding--;
+        L->st[i] = DONE;
+        L->ndone++;
+        L->acked++;
+    }
+    return 0;
+}
+
+/* ---- periodic work ---- */
+
+static void heartbeats(loader *L)
+{
+    uint8_t hb[16];
+    size_t hl = moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT);
+    for (int k = 0; k < L->nw; k++)
+        if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
+    if (L->have_consumer) send_to(L->ctl, L->cid, L->cidlen, hb, hl, NULL, 0);
+}
+
+static void check_timeouts(loader *L, double t)
+{
+    for (int k = 0; k < L->nw; k++)
+        if (L->w[k].alive && t - L->w[k].last_seen > L->worker_timeout) worker_dead(L, k, "went silent");
+    if (!L->started || L->reissue_after <= 0) return;
+    uint64_t late = 0;
+    for (uint64_t i = 0; i < L->n; i++)
+        if (L->st[i] == ISSUED && t - L->t_issued[i] > L->reissue_after) { reissue(L, i); late++; }
+    if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s\n", late, L->reissue_after);
+}
+
+static void report(loader *L, double t, double t0, uint64_t *last_sent, double *last_t)
+{
+    int alive = 0;
+    for (int k = 0; k < L->nw; k++) alive += L->w[k].alive;
+    double rate = t > *last_t ? (double)(L->sent - *last_sent) / (t - *last_t) : 0;
+    *last_sent = L->sent;
+    *last_t = t;
+    if (L->log) {
+        fprintf(L->log,
+                "{\"t\":%.3f,\"epoch\":%u,\"done\":%" PRIu64 ",\"of\":%" PRIu64 ",\"records_per_s\":%.1f,\"in_flight\":%" PRIu64
+                ",\"requeued\":%zu,\"workers\":%d,\"sent\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"failed\":%" PRIu64
+                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 "}\n",
+                t - t0, L->epoch, L->ndone, L->n, rate, L->outstanding, L->rlen, alive, L->sent, L->reissued, L->failed_total,
+                L->dropped, L->dead_workers);
+        fflush(L->log);
+    }
+    if (!L->quiet && isatty(STDERR_FILENO))
+        fprintf(stderr, "\rloader: epoch %u %" PRIu64 "/%" PRIu64 "  %.0f rec/s  in flight %" PRIu64 "  workers %d  failed %" PRIu64 "   ",
+                L->epoch, L->ndone, L->n, rate, L->outstanding, alive, L->failed_total);
+}
+
+static int epoch_complete(loader *L)
+{
+    if (!L->started || L->ndone + L->nfailed < L->n) return 0;
+    size_t len = 24 + 8 * L->nfailed;
+    uint8_t *b = malloc(len);
+    if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
+    moco_pipe_epoch_end(b, L->epoch, L->ndone, L->failed, (uint32_t)L->nfailed);
+    int rc = send_to(L->ctl, L->cid, L->cidlen, b, len, NULL, 0);
+    free(b);
+    if (rc) return moco_err(MOCO_EZMQ, "cannot tell the consumer that epoch %u ended: %s", L->epoch, zmq_strerror(errno));
+    if (!L->quiet)
+        fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %zu failed\n",
+                isatty(STDERR_FILENO) ? "\n" : "", L->epoch, L->ndone, L->nfailed);
+    if (L->log)
+        fprintf(L->log, "{\"event\":\"epoch_end\",\"epoch\":%u,\"delivered\":%" PRIu64 ",\"failed\":%zu}\n", L->epoch, L->ndone,
+                L->nfailed);
+    if (L->epochs && L->epoch + 1 >= (uint32_t)L->epochs) return 1;
+    begin_epoch(L, L->epoch + 1, NULL);
+    return 0;
+}
+
+static void say_goodbye(loader *L)
+{
+    uint8_t b[16];
+    size_t l = moco_pipe_end(b, L->epoch + 1);
+    if (L->have_consumer) send_to(L->ctl, L->cid, L->cidlen, b, l, NULL, 0);
+    l = moco_pipe_simple(b, MOCO_MSG_STOP);
+    for (int k = 0; k < L->nw; k++)
+        if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
+}
+
+static void *open_router(loader *L, const char *ep, int *rc)
+{
+    void *s = zmq_socket(L->zctx, ZMQ_ROUTER);
+    int one = 1, hwm = 1000, linger = 1000;
+    if (!s || zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(s, ep)) {
+        *rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep, zmq_strerror(errno));
+        if (s) zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int run(loader *L)
+{
+    int rc = 0;
+    if (!(L->work = open_router(L, L->work_ep, &rc)) || !(L->ctl = open_router(L, L->ctl_ep, &rc))) return rc;
+    if (!L->quiet) fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s; consumer: %s\n", L->db_path, L->n, L->work_ep, L->ctl_ep);
+    double t0 = now_s(), last_hb = 0, last_rep = t0, waited_since = t0;
+    uint64_t last_sent = 0;
+    int finished = 0;
+    while (!stop_flag && !finished) {
+        zmq_pollitem_t items[2] = {{L->work, 0, ZMQ_POLLIN, 0}, {L->ctl, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, 100) < 0) {
+            if (errno == EINTR) continue;
+            return moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
+        }
+        inmsg m;
+        for (int burst = 0; burst < 256 && (items[1].revents & ZMQ_POLLIN); burst++) {
+            int r = recv_router(L->ctl, &m);
+            if (r == 0) break;
+            if (r < 0) { L->dropped++; continue; }
+            rc = on_consumer_msg(L, &m);
+            close_msg(&m);
+            if (rc) return rc;
+        }
+        for (int burst = 0; burst < 256 && (items[0].revents & ZMQ_POLLIN); burst++) {
+            int r = recv_router(L->work, &m);
+            if (r == 0) break;
+            if (r < 0) { L->dropped++; continue; }
+            on_worker_msg(L, &m);
+            close_msg(&m);
+        }
+        double t = now_s();
+        if (t - last_hb >= 1.0) {
+            heartbeats(L);
+            check_timeouts(L, t);
+            last_hb = t;
+        }
+        if (L->have_consumer && t - L->cons_seen > L->consumer_timeout) {
+            fprintf(stderr, "moco loader: the consumer has been silent for %.0f s; pausing until it or another one connects\n",
+                    t - L->cons_seen);
+            L->have_consumer = 0;
+        }
+        if (L->have_consumer) waited_since = t;
+        else if (t - waited_since > L->consumer_wait)
+            return moco_err(MOCO_ETIMEOUT, "no consumer on %s for %.0f s (--consumer-wait)", L->ctl_ep, t - waited_since);
+        if (L->have_consumer) {
+            int r = epoch_complete(L);
+            if (r < 0) return r;
+            finished = r;
+            if (!finished && (rc = dispatch(L))) return rc;
+        }
+        if (t - last_rep >= 1.0) report(L, t, t0, &last_sent, &last_rep);
+    }
+    report(L, now_s(), t0, &last_sent, &last_rep);
+    say_goodbye(L);
+    if (stop_flag) return moco_err(MOCO_EINTR, "interrupted");
+    if (!L->quiet)
+        fprintf(stderr, "moco loader: done: %" PRIu64 " samples sent, %" PRIu64 " re-issued, %" PRIu64 " failed, %" PRIu64
+                        " malformed messages dropped\n", L->sent, L->reissued, L->failed_total, L->dropped);
+    return 0;
+}
+
+int loader_stream_main(int argc, char **argv)
+{
+    loader *L = calloc(1, sizeof *L);
+    if (!L) return 1;
+    L->work_ep = NULL;
+    L->ctl_ep = NULL;
+    L->epochs = 1;
+    L->window = 1024;
+    L->worker_timeout = 5;
+    L->reissue_after = 120;
+    L->consumer_timeout = 10;
+    L->consumer_wait = 300;
+    const moco_opt opts[] = {
+        {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
+        {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555)", 0, 0, NULL},
+        {"ctl", MOCO_OPT_STR, &L->ctl_ep, "endpoint the consumer connects to", 0, 0, NULL},
+        {"epochs", MOCO_OPT_INT, &L->epochs, "number of epochs (0: unbounded)", 0, 1e9, NULL},
+        {"start-epoch", MOCO_OPT_INT, &L->start_epoch, "first epoch (the consumer's resume state overrides it)", 0, 1e9, NULL},
+        {"seed", MOCO_OPT_U64, &L->seed, "seed of the per-epoch order", 0, 0, NULL},
+        {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
+        {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
+        {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged this long (0: never)", 0, 1e6, NULL},
+        {"consumer-timeout", MOCO_OPT_DOUBLE, &L->consumer_timeout, "seconds of consumer silence before pausing", 0.2, 3600, NULL},
+        {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},
+        {"log", MOCO_OPT_STR, &L->log_path, "write JSON lines of statistics here, once a second", 0, 0, NULL},
+        {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco loader", "--db DB --bind ENDPOINT --ctl ENDPOINT [options]",
+                               "Stream the records of a dataset LMDB to augmentation workers (moco augment --connect),\n"
+                               "every valid sample exactly once per epoch to the consumer (moco train or the sink).",
+                               opts, 0, 0};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) { free(L); return rc == MOCO_OPTS_HELP ? 0 : 2; }
+    if (!L->db_path || !L->work_ep || !L->ctl_ep) {
+        fprintf(stderr, "moco loader: --db, --bind and --ctl are required\nTry 'moco loader --help'.\n");
+        free(L);
+        return 2;
+    }
+    int status = 1;
+    if ((rc = moco_db_open(L->db_path, &L->db))) {
+        fprintf(stderr, "moco loader: %s\n", moco_errmsg());
+        free(L);
+        return 2;
+    }
+    L->n = moco_db_get_meta(L->db)->count;
+    if (L->n == 0 || L->n > ((uint64_t)1 << 40)) {
+        fprintf(stderr, "moco loader: %s: %" PRIu64 " samples\n", L->db_path, L->n);
+        goto out;
+    }
+    L->st = malloc(L->n);
+    L->owner = malloc(L->n * sizeof *L->owner);
+    L->t_issued = malloc(L->n * sizeof *L->t_issued);
+    L->perm = malloc(L->n * sizeof *L->perm);
+    L->ring = malloc(L->n * sizeof *L->ring);
+    L->failed = malloc(L->n * sizeof *L->failed);
+    if (!L->st || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed) {
+        fprintf(stderr, "moco loader: out of memory for %" PRIu64 " samples\n", L->n);
+        goto out;
+    }
+    if (L->log_path && !(L->log = fopen(L->log_path, "a"))) {
+        fprintf(stderr, "moco loader: cannot open %s: %s\n", L->log_path, strerror(errno));
+        goto out;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    L->zctx = zmq_ctx_new();
+    rc = run(L);
+    if (rc) fprintf(stderr, "moco loader: %s\n", moco_errmsg());
+    else status = 0;
+out:
+    if (L->work) zmq_close(L->work);
+    if (L->ctl) zmq_close(L->ctl);
+    if (L->zctx) zmq_ctx_term(L->zctx);
+    if (L->log) fclose(L->log);
+    moco_db_destroy(&L->db);
+    free(L->st);
+    free(L->owner);
+    free(L->t_issued);
+    free(L->perm);
+    free(L->ring);
+    free(L->failed);
+    free(L->rec);
+    free(L);
+    return status;
+}

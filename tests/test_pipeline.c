@@ -1,0 +1,430 @@
+/* test_pipeline.c: the streaming pipeline end to end, with real processes:
+ * `moco loader` and `moco sink` from bin/moco, and workers that are forked
+ * children running augment_pipe_run() with a trivial augmentation (so that
+ * these tests check the plumbing, not the image code). Every test is bounded
+ * in time and checks the sink's per-epoch index sets: exactly the dataset,
+ * once per epoch, whatever is done to the workers. */
+#include "tests/testutil.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "augment/pipe.h"
+#include "formats/errors.h"
+#include "formats/record.h"
+#include "formats/rng.h"
+#include "loader/stream.h"
+
+#define N 300 /* samples in the test dataset */
+
+static char tmp[1024], work_ep[1200], ctl_ep[1200], pairs_ep[1200];
+
+static void setup_dirs(const char *name)
+{
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir(name));
+    snprintf(work_ep, sizeof work_ep, "ipc://%s/work", tmp);
+    snprintf(ctl_ep, sizeof ctl_ep, "ipc://%s/ctl", tmp);
+    snprintf(pairs_ep, sizeof pairs_ep, "ipc://%s/pairs", tmp);
+}
+
+static void be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* An IDX dataset of N 8x8 images (pixel 0..3 = index) packed by mkdb. */
+static void make_db(void)
+{
+    char p[1400];
+    snprintf(p, sizeof p, "%s/src", tmp);
+    tu_sh("mkdir -p %s", p);
+    uint8_t im[16 + N * 64], lb[8 + N];
+    be32(im, 0x803); be32(im + 4, N); be32(im + 8, 8); be32(im + 12, 8);
+    be32(lb, 0x801); be32(lb + 4, N);
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 64; k++) im[16 + i * 64 + k] = (uint8_t)(k * 3 + i);
+        moco_put_le32(im + 16 + i * 64, (uint32_t)i);
+        lb[8 + i] = (uint8_t)(i % 10);
+    }
+    snprintf(p, sizeof p, "%s/src/train-images-idx3-ubyte", tmp);
+    FILE *f = fopen(p, "wb");
+    fwrite(im, 1, sizeof im, f);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/src/train-labels-idx1-ubyte", tmp);
+    f = fopen(p, "wb");
+    fwrite(lb, 1, sizeof lb, f);
+    fclose(f);
+    assert_int_equal(tu_sh("%s mkdb %s/src %s/db --quiet >/dev/null", tu_moco(), tmp, tmp), 0);
+}
+
+/* ---- processes ---- */
+
+/* every child a test starts, killed by the teardown if the test fails */
+static pid_t children[256];
+static int nchildren;
+
+static pid_t track(pid_t pid)
+{
+    if (pid > 0 && nchildren < 256) children[nchildren++] = pid;
+    return pid;
+}
+
+static int teardown(void **st)
+{
+    (void)st;
+    for (int i = 0; i < nchildren; i++)
+        if (kill(children[i], SIGKILL) == 0) waitpid(children[i], NULL, 0);
+    nchildren = 0;
+    return 0;
+}
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (log) {
+            FILE *f = freopen(log, "w", stderr);
+            (void)f;
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return track(pid);
+}
+
+/* Wait for pid up to secs; kill it and fail on timeout. Returns its exit
+ * status (128 + signal when killed by one). */
+static int wait_for(pid_t pid, double secs)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec) > secs) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            fail_msg("process %d did not finish in %.0f s", (int)pid, secs);
+        }
+        usleep(10000);
+    }
+}
+
+static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
+                     augment_pipe_views *info)
+{
+    (void)ctx;
+    (void)epoch;
+    moco_rec_header h;
+    const uint8_t *pl;
+    char what[64];
+    snprintf(what, sizeof what, "record %llu", (unsigned long long)index);
+    int rc = moco_rec_parse(rec, len, 1, what, &h, &pl);
+    if (rc) return rc;
+    if (moco_get_le32(pl) != index) return moco_err(MOCO_ECORRUPT, "%s holds image %u", what, moco_get_le32(pl));
+    for (int i = 0; i < 64; i++) {
+        q[i] = pl[i];
+        k[i] = pl[63 - i];
+    }
+    memset(info, 0, sizeof *info);
+    info->label = h.label;
+    info->height = info->width = 8;
+    info->channels = 1;
+    return 0;
+}
+
+static void on_term(int s)
+{
+    (void)s;
+    augment_pipe_stop = 1;
+}
+
+/* A worker process: the real pipeline loop with the fake augmentation. */
+static pid_t start_worker(int queue)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sigaction sa = {.sa_handler = on_term};
+        sigaction(SIGTERM, &sa, NULL);
+        augment_pipe_cfg cfg = {.loader_ep = work_ep, .push_ep = pairs_ep, .view_bytes = 64, .queue = queue, .sndhwm = 2,
+                                .loader_timeout = 10};
+        augment_pipe_stats st;
+        int rc = augment_pipe_run(&cfg, fake_pair, NULL, &st);
+        _exit(rc ? 1 : 0);
+    }
+    return track(pid);
+}
+
+static pid_t start_loader(const char *extra)
+{
+    static char cmd[4096];
+    snprintf(cmd, sizeof cmd, "exec %s loader --db %s/db --bind %s --ctl %s --quiet --log %s/loader.jsonl %s", tu_moco(), tmp,
+             work_ep, ctl_ep, tmp, extra);
+    char log[1400];
+    snprintf(log, sizeof log, "%s/loader.err", tmp);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    return spawn(argv, log);
+}
+
+static pid_t start_sink(const char *extra, const char *name)
+{
+    static char cmd[4096];
+    snprintf(cmd, sizeof cmd, "exec %s sink --bind %s --connect %s --quiet --count %d --index-log %s/%s.idx --json %s/%s.json %s >/dev/null",
+             tu_moco(), pairs_ep, ctl_ep, N, tmp, name, tmp, name, extra);
+    char log[1400];
+    snprintf(log, sizeof log, "%s/%s.err", tmp, name);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    return spawn(argv, log);
+}
+
+/* Per-epoch counts of each index in the sink's log; asserts each epoch in
+ * [e0, e1) holds every index exactly once (minus `skip` for epoch e0). */
+static void check_index_log(const char *name, int e0, int e1, const uint8_t *skip)
+{
+    char p[1400];
+    snprintf(p, sizeof p, "%s/%s.idx", tmp, name);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    static int seen[16][N];
+    memset(seen, 0, sizeof seen);
+    unsigned e;
+    unsigned long long i;
+    while (fscanf(f, "%u %llu", &e, &i) == 2) {
+        assert_true(e < 16 && i < N);
+        seen[e][i]++;
+    }
+    fclose(f);
+    for (int ep = e0; ep < e1; ep++)
+        for (int k = 0; k < N; k++) {
+            int want = (ep == e0 && skip && skip[k]) ? 0 : 1;
+            if (seen[ep][k] != want) fail_msg("%s: epoch %d index %d seen %d times, expected %d", name, ep, k, seen[ep][k], want);
+        }
+}
+
+static int json_has(const char *name, const char *needle)
+{
+    char p[1400];
+    snprintf(p, sizeof p, "%s/%s.json", tmp, name);
+    return tu_sh("grep -q '%s' %s", needle, p) == 0;
+}
+
+static void run_clean(int workers, int epochs)
+{
+    char extra[64];
+    snprintf(extra, sizeof extra, "--epochs %d --seed 5", epochs);
+    pid_t L = start_loader(extra), S = start_sink("", "sink");
+    pid_t W[8];
+    for (int i = 0; i < workers; i++) W[i] = start_worker(4);
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    for (int i = 0; i < workers; i++) assert_int_equal(wait_for(W[i], 10), 0); /* STOP from the loader */
+    check_index_log("sink", 0, epochs, NULL);
+    assert_true(json_has("sink", "\"ok\":true"));
+}
+
+static void test_one_epoch_one_worker(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_one");
+    make_db();
+    run_clean(1, 1);
+}
+
+static void test_two_epochs_three_workers(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_three");
+    make_db();
+    run_clean(3, 2);
+    assert_true(json_has("sink", "\"epochs\":2"));
+}
+
+/* SIGKILL a worker every 0.3 s and start a replacement: nothing lost, nothing
+ * duplicated (the sink drops the duplicates; its log shows what it kept). */
+static void test_workers_killed_repeatedly(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_kill");
+    make_db();
+    pid_t L = start_loader("--epochs 3 --worker-timeout 0.5"), S = start_sink("--delay-ms 2", "sink");
+    pid_t W[3];
+    for (int i = 0; i < 3; i++) W[i] = start_worker(4);
+    int kills = 0;
+    for (int round = 0; round < 400; round++) {
+        usleep(300000);
+        if (waitpid(S, NULL, WNOHANG) != 0) {
+            /* the sink has exited: reap it through wait_for below */
+            break;
+        }
+        int v = round % 3;
+        kill(W[v], SIGKILL);
+        waitpid(W[v], NULL, 0);
+        kills++;
+        W[v] = start_worker(4);
+    }
+    print_message("  killed %d workers\n", kills);
+    assert_true(kills >= 2);
+    for (int i = 0; i < 3; i++) { kill(W[i], SIGKILL); waitpid(W[i], NULL, 0); }
+    kill(L, SIGTERM);
+    wait_for(L, 10);
+    check_index_log("sink", 0, 3, NULL);
+    assert_true(json_has("sink", "\"ok\":true"));
+}
+
+/* The consumer stops mid-epoch; a fresh pipeline resumes from its state and
+ * delivers exactly the rest of that epoch, then the next one. */
+static void test_resume_mid_epoch(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_resume");
+    make_db();
+    pid_t L = start_loader("--epochs 2 --seed 9 --consumer-timeout 1"), S = start_sink("--stop-after 120", "first");
+    pid_t W = start_worker(4);
+    assert_int_equal(wait_for(S, 60), 3); /* stopped on purpose */
+    kill(L, SIGTERM);
+    kill(W, SIGTERM);
+    wait_for(L, 10);
+    wait_for(W, 15);
+    /* the delivered set of epoch 0, as a checkpoint would hold it */
+    static uint8_t got[N];
+    char p[1400], q[1400];
+    snprintf(p, sizeof p, "%s/first.idx", tmp);
+    FILE *f = fopen(p, "r");
+    snprintf(q, sizeof q, "%s/resume.txt", tmp);
+    FILE *o = fopen(q, "w");
+    unsigned e;
+    unsigned long long i;
+    int n = 0;
+    while (fscanf(f, "%u %llu", &e, &i) == 2) {
+        assert_int_equal(e, 0);
+        assert_false(got[i]);
+        got[i] = 1;
+        fprintf(o, "%llu\n", i);
+        n++;
+    }
+    fclose(f);
+    fclose(o);
+    assert_int_equal(n, 120);
+    tu_sh("rm -f %s/work %s/ctl %s/pairs", tmp, tmp, tmp);
+    char extra[1600];
+    snprintf(extra, sizeof extra, "--resume-epoch 0 --resume-indices %s", q);
+    L = start_loader("--epochs 2 --seed 9");
+    S = start_sink(extra, "second");
+    W = start_worker(4);
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    check_index_log("second", 0, 2, got);
+    assert_true(json_has("second", "\"ok\":true"));
+}
+
+static long rss_kb(pid_t pid)
+{
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* A slow consumer: the window bounds what is in flight, memory stays flat. */
+static void test_slow_consumer_bounded(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_slow");
+    make_db();
+    pid_t L = start_loader("--epochs 1 --window 16"), S = start_sink("--delay-ms 10", "sink");
+    pid_t W[2] = {start_worker(4), start_worker(4)};
+    sleep(1);
+    long l1 = rss_kb(L), w1 = rss_kb(W[0]);
+    sleep(2);
+    long l2 = rss_kb(L), w2 = rss_kb(W[0]);
+    print_message("  RSS loader %ld -> %ld kB, worker %ld -> %ld kB\n", l1, l2, w1, w2);
+    assert_true(l2 - l1 < 2048 && w2 - w1 < 2048);
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    for (int i = 0; i < 2; i++) wait_for(W[i], 10);
+    check_index_log("sink", 0, 1, NULL);
+    /* the loader's in-flight count never exceeded the window */
+    assert_int_equal(tu_sh("grep -o '\"in_flight\":[0-9]*' %s/loader.jsonl | cut -d: -f2 | awk '$1 > 16 {bad=1} END {exit bad}'", tmp), 0);
+}
+
+/* Garbage sent to every endpoint is dropped and counted; the run is exact. */
+static void test_malformed_messages_dropped(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_garbage");
+    make_db();
+    pid_t L = start_loader("--epochs 2"), S = start_sink("--delay-ms 1", "sink");
+    pid_t W = start_worker(4);
+    void *ctx = zmq_ctx_new();
+    void *d1 = zmq_socket(ctx, ZMQ_DEALER), *d2 = zmq_socket(ctx, ZMQ_DEALER), *p = zmq_socket(ctx, ZMQ_PUSH);
+    zmq_connect(d1, work_ep);
+    zmq_connect(d2, ctl_ep);
+    zmq_connect(p, pairs_ep);
+    moco_rng r;
+    moco_rng_init(&r, 3, 0, 0, 0);
+    for (int i = 0; i < 200; i++) {
+        uint8_t junk[64];
+        size_t n = moco_rng_below(&r, sizeof junk);
+        for (size_t k = 0; k < n; k++) junk[k] = (uint8_t)moco_rng_u64(&r);
+        if (i % 4 == 0 && n >= 8) memcpy(junk, "MOCW\x01\x00", 6); /* right magic, junk after */
+        zmq_send(d1, junk, n, ZMQ_DONTWAIT);
+        zmq_send(d2, junk, n, ZMQ_DONTWAIT);
+        zmq_send(p, junk, n, (i % 2 ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
+        zmq_send(p, junk, n, ZMQ_DONTWAIT);
+        usleep(2000);
+    }
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    wait_for(W, 10);
+    zmq_close(d1);
+    zmq_close(d2);
+    zmq_close(p);
+    zmq_ctx_term(ctx);
+    check_index_log("sink", 0, 2, NULL);
+    assert_true(json_has("sink", "\"ok\":true"));
+    assert_false(json_has("sink", "\"malformed_dropped\":0,"));
+    assert_int_equal(tu_sh("tail -n 1 %s/loader.jsonl | grep -q '\"dropped_msgs\":0,'", tmp), 1);
+}
+
+static void test_epoch_order(void **st)
+{
+    (void)st;
+    static uint64_t a[1000], b[1000], c[1000], d[1000];
+    loader_epoch_order(1, 0, a, 1000);
+    loader_epoch_order(1, 0, b, 1000);
+    loader_epoch_order(1, 1, c, 1000);
+    loader_epoch_order(2, 0, d, 1000);
+    assert_memory_equal(a, b, sizeof a);
+    assert_memory_not_equal(a, c, sizeof a);
+    assert_memory_not_equal(a, d, sizeof a);
+    static char seen[1000];
+    for (int i = 0; i < 1000; i++) {
+        assert_true(c[i] < 1000);
+        assert_false(seen[c[i]]);
+        seen[c[i]] = 1;
+    }
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_epoch_order),
+        cmocka_unit_test_teardown(test_one_epoch_one_worker, teardown),
+        cmocka_unit_test_teardown(test_two_epochs_three_workers, teardown),
+        cmocka_unit_test_teardown(test_workers_killed_repeatedly, teardown),
+        cmocka_unit_test_teardown(test_resume_mid_epoch, teardown),
+        cmocka_unit_test_teardown(test_slow_consumer_bounded, teardown),
+        cmocka_unit_test_teardown(test_malformed_messages_dropped, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

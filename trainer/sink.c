@@ -1,0 +1,189 @@
+/* sink.c: `moco sink`, a consumer that only counts and checks what the
+ * pipeline delivers: per epoch, every index at most once (the stream drops
+ * duplicates; the sink re-checks), the count against the loader's
+ * EPOCH_END, view sizes consistent. It is the pipeline's benchmark consumer
+ * (`--delay-ms` makes it a slow one) and the tests' witness (`--index-log`). */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "formats/errors.h"
+#include "formats/opts.h"
+#include "formats/record.h"
+#include "trainer/stream.h"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int s) { (void)s; stop_flag = 1; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Read "index" lines into a bitmap of count bits. */
+static int load_indices(const char *path, uint64_t count, uint8_t **bm)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return moco_err(MOCO_EIO, "cannot open %s", path);
+    *bm = calloc((size_t)((count + 7) / 8), 1);
+    unsigned long long i;
+    int rc = 0;
+    while (*bm && fscanf(f, "%llu", &i) == 1) {
+        if (i >= count) { rc = moco_err(MOCO_EINVAL, "%s: index %llu >= --count %" PRIu64, path, i, count); break; }
+        (*bm)[i >> 3] |= (uint8_t)(1u << (i & 7));
+    }
+    fclose(f);
+    if (!*bm) return moco_err(MOCO_ENOMEM, "out of memory");
+    return rc;
+}
+
+int trainer_sink_main(int argc, char **argv)
+{
+    const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL;
+    long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
+    uint64_t count = 0;
+    double timeout = 60;
+    int q = 0;
+    const moco_opt opts[] = {
+        {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here)", 0, 0, NULL},
+        {"connect", MOCO_OPT_STR, &ctl_ep, "the loader's control endpoint", 0, 0, NULL},
+        {"count", MOCO_OPT_U64, &count, "dataset size: check that every epoch delivers it all", 0, 0, NULL},
+        {"delay-ms", MOCO_OPT_INT, &delay_ms, "sleep this long per pair (a slow consumer)", 0, 100000, NULL},
+        {"index-log", MOCO_OPT_STR, &index_log, "write 'epoch index' of every pair received here", 0, 0, NULL},
+        {"resume-epoch", MOCO_OPT_INT, &resume_epoch, "resume this epoch (with --resume-indices)", 0, 1e9, NULL},
+        {"resume-indices", MOCO_OPT_STR, &resume_file, "file of indices of --resume-epoch already delivered", 0, 0, NULL},
+        {"stop-after", MOCO_OPT_INT, &stop_after, "exit (status 3) after this many pairs, as if killed", 0, 1e12, NULL},
+        {"loader-timeout", MOCO_OPT_DOUBLE, &timeout, "seconds of loader silence that end the run with an error", 0.5, 1e6, NULL},
+        {"json", MOCO_OPT_STR, &json_out, "also write the final JSON summary to this file", 0, 0, NULL},
+        {"quiet", MOCO_OPT_FLAG, &q, "no progress on stderr", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco sink", "--bind ENDPOINT --connect ENDPOINT [options]",
+                               "Consume the pipeline's pairs, count and check them, and print a JSON summary as the last line.",
+                               opts, 0, 0};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    quiet = q;
+    if (!bind_ep || !ctl_ep) {
+        fprintf(stderr, "moco sink: --bind and --connect are required\n");
+        return 2;
+    }
+    if ((resume_epoch >= 0) != (resume_file != NULL) || (resume_file && !count)) {
+        fprintf(stderr, "moco sink: --resume-epoch, --resume-indices and --count go together\n");
+        return 2;
+    }
+    uint8_t *bm = NULL;
+    if (resume_file && (rc = load_indices(resume_file, count, &bm))) {
+        fprintf(stderr, "moco sink: %s\n", moco_errmsg());
+        return 2;
+    }
+    FILE *log = index_log ? fopen(index_log, "w") : NULL;
+    if (index_log && !log) {
+        fprintf(stderr, "moco sink: cannot write %s\n", index_log);
+        free(bm);
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    stream_cfg cfg = {.pairs_ep = bind_ep, .ctl_ep = ctl_ep, .resume_epoch = resume_epoch >= 0 ? (uint32_t)resume_epoch : STREAM_NO_EPOCH,
+                      .resume_bitmap = bm, .count = count, .loader_timeout = timeout};
+    trainer_stream *s;
+    if ((rc = stream_open(&cfg, &s))) {
+        fprintf(stderr, "moco sink: %s\n", moco_errmsg());
+        free(bm);
+        if (log) fclose(log);
+        return 1;
+    }
+    uint64_t total = 0, in_epoch = 0, resumed = 0, bad = 0, bytes = 0, failed = 0;
+    if (bm)
+        for (uint64_t i = 0; i < count; i++) resumed += bm[i >> 3] >> (i & 7) & 1;
+    uint32_t epochs = 0, h = 0, w = 0, c = 0;
+    double t0 = now_s(), t_first = 0, last = t0;
+    int status = 0;
+    char per_epoch[4096] = "";
+    while (!stop_flag) {
+        stream_event ev;
+        rc = stream_next(s, 250, &ev);
+        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) continue;
+        if (rc == MOCO_ETIMEOUT) moco_err(rc, "%s", moco_errmsg());
+        if (rc) {
+            fprintf(stderr, "\nmoco sink: %s\n", moco_errmsg());
+            status = 1;
+            break;
+        }
+        if (ev.kind == STREAM_PAIR) {
+            if (!t_first) t_first = now_s();
+            if (!h) { h = ev.pair.height; w = ev.pair.width; c = ev.pair.channels; }
+            if (ev.pair.height != h || ev.pair.width != w || ev.pair.channels != c) bad++;
+            total++;
+            in_epoch++;
+            bytes += 2 * moco_wire_pair_view_bytes(&ev.pair);
+            if (log) fprintf(log, "%u %" PRIu64 "\n", ev.pair.epoch, ev.pair.index);
+            if (delay_ms) usleep((useconds_t)delay_ms * 1000);
+            if (stop_after && (long)total >= stop_after) {
+                stream_destroy(&s);
+                if (log) fclose(log);
+                free(bm);
+                fprintf(stderr, "moco sink: stopping after %" PRIu64 " pairs (--stop-after)\n", total);
+                return 3;
+            }
+        } else if (ev.kind == STREAM_EPOCH_END) {
+            uint64_t here = in_epoch + (epochs == 0 ? resumed : 0);
+            int ok = here == ev.delivered && (!count || ev.delivered + ev.nfailed == count);
+            if (!ok) {
+                fprintf(stderr, "\nmoco sink: epoch %u: received %" PRIu64 ", loader delivered %" PRIu64 ", failed %u, count %" PRIu64 "\n",
+                        ev.epoch, here, ev.delivered, ev.nfailed, count);
+                status = 1;
+            }
+            for (uint32_t j = 0; j < ev.nfailed; j++)
+                fprintf(stderr, "moco sink: epoch %u: record %" PRIu64 " could not be decoded\n", ev.epoch, moco_get_le64(ev.failed + 8 * j));
+            failed += ev.nfailed;
+            size_t l = strlen(per_epoch);
+            if (l < sizeof per_epoch - 100)
+                snprintf(per_epoch + l, sizeof per_epoch - l, "%s{\"epoch\":%u,\"pairs\":%" PRIu64 ",\"failed\":%u,\"ok\":%s}",
+                         l ? "," : "", ev.epoch, here, ev.nfailed, ok ? "true" : "false");
+            if (!quiet) fprintf(stderr, "%smoco sink: epoch %u: %" PRIu64 " pairs%s\n", isatty(2) ? "\n" : "", ev.epoch, here, ok ? "" : " (MISMATCH)");
+            epochs++;
+            in_epoch = 0;
+        } else if (ev.kind == STREAM_END) {
+            break;
+        }
+        double t = now_s();
+        if (!quiet && isatty(2) && t - last > 1) {
+            stream_stats st;
+            stream_get_stats(s, &st);
+            fprintf(stderr, "\rsink: %" PRIu64 " pairs  %.0f pairs/s  starved %.0f%%   ", total, (double)total / (t - t0),
+                    100 * st.waited_s / (t - t0));
+            last = t;
+        }
+    }
+    if (stop_flag) status = 1;
+    double el = now_s() - (t_first ? t_first : t0);
+    stream_stats st;
+    stream_get_stats(s, &st);
+    stream_destroy(&s);
+    if (log) fclose(log);
+    free(bm);
+    if (bad) { fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size\n", bad); status = 1; }
+    char json[6000];
+    snprintf(json, sizeof json,
+             "{\"pairs\":%" PRIu64 ",\"epochs\":%u,\"per_epoch\":[%s],\"failed\":%" PRIu64 ",\"duplicates_dropped\":%" PRIu64
+             ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
+             "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"ok\":%s}",
+             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, el > 0 ? (double)total / el : 0,
+             el > 0 ? (double)bytes / el / 1e6 : 0, 100 * st.waited_s / (now_s() - t0), h, w, c, status ? "false" : "true");
+    printf("%s\n", json);
+    if (json_out) {
+        FILE *f = fopen(json_out, "w");
+        if (f) { fprintf(f, "%s\n", json); fclose(f); }
+    }
+    return status;
+}

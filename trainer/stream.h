@@ -1,0 +1,81 @@
+/* stream.h: the consumer end of the pipeline, used by the trainer and by
+ * the counting sink. It binds the PULL socket the workers push pairs to,
+ * connects to the loader's control socket, and turns what arrives into an
+ * ordered sequence of events: PAIR, EPOCH_END, END.
+ *
+ * Promises:
+ * - each (epoch, index) is returned at most once: duplicates (a re-issued
+ *   sample that the first worker had in fact finished) and pairs of finished
+ *   epochs are dropped and counted;
+ * - every PAIR is acknowledged to the loader, which re-issues what is never
+ *   acknowledged, so with EPOCH_END(e) all valid samples of e have been
+ *   returned, and no PAIR of epoch e+1 is returned before EPOCH_END(e);
+ * - malformed frames are dropped and counted, never trusted;
+ * - the resume state (epoch, bitmap of indices delivered in it) can be read
+ *   at any time for a checkpoint, and given back at open.
+ * Not thread-safe: one thread owns a stream (ZeroMQ sockets are per thread). */
+#ifndef TRAINER_STREAM_H
+#define TRAINER_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/wire.h"
+
+#define STREAM_NO_EPOCH 0xFFFFFFFFu
+
+typedef struct {
+    const char *pairs_ep;         /* bound here (PULL) */
+    const char *ctl_ep;           /* the loader's control endpoint (connected) */
+    uint32_t resume_epoch;        /* STREAM_NO_EPOCH: let the loader choose */
+    const uint8_t *resume_bitmap; /* delivered indices of resume_epoch, or NULL */
+    uint64_t count;               /* dataset size if known (bitmap bits), else 0 */
+    int rcvhwm;                   /* pairs queued here at most (0: 16) */
+    double loader_timeout;        /* seconds of loader silence that are an error (0: 60) */
+} stream_cfg;
+
+enum { STREAM_PAIR = 1, STREAM_EPOCH_END = 2, STREAM_END = 3 };
+
+typedef struct {
+    int kind;
+    /* STREAM_PAIR: header and the two views, valid until the next call */
+    moco_wire_pair pair;
+    const uint8_t *q, *k;
+    /* STREAM_EPOCH_END (epoch, delivered, failed indices as u64 LE) and
+     * STREAM_END (epoch = epochs completed) */
+    uint32_t epoch;
+    uint64_t delivered;
+    uint32_t nfailed;
+    const uint8_t *failed;
+} stream_event;
+
+typedef struct {
+    uint64_t pairs, duplicates, stale, malformed, acks_sent;
+    double waited_s; /* time spent inside stream_next waiting for data */
+} stream_stats;
+
+typedef struct trainer_stream trainer_stream;
+
+/* Bind, connect and say HELLO. Returns 0 or MOCO_EZMQ / MOCO_ENOMEM. */
+int stream_open(const stream_cfg *cfg, trainer_stream **out);
+
+/* Wait up to timeout_ms (-1: until something happens) for the next event.
+ * Returns 0 with *ev filled, MOCO_ETIMEOUT if nothing came in time, or an
+ * error (the loader silent longer than loader_timeout: MOCO_ETIMEOUT with a
+ * message naming it). */
+int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev);
+
+/* The current epoch and the bitmap of its indices returned so far
+ * (*nbytes = ceil(bits / 8)); valid until the next stream_next. */
+void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **bitmap, size_t *nbytes);
+
+void stream_get_stats(const trainer_stream *s, stream_stats *st);
+
+/* Send outstanding acknowledgements, close, free; *s = NULL. */
+void stream_destroy(trainer_stream **s);
+
+/* `moco sink`: a consumer that only counts and checks (also the pipeline
+ * benchmark's consumer). */
+int trainer_sink_main(int argc, char **argv);
+
+#endif
