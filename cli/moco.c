@@ -8,6 +8,7 @@
 #include "augment/cmd.h"
 #include "loader/cmd.h"
 #include "trainer/cmd.h"
+#include "trainer/stream.h"
 
 typedef struct {
     const char *name;
@@ -20,8 +21,10 @@ static int bench_main(int argc, char **argv);
 static const command commands[] = {
     {"mkdb", loader_mkdb_main, "pack an image folder, CIFAR-10 or IDX files into a dataset LMDB"},
     {"info", loader_info_main, "describe a dataset LMDB (count, classes, sizes, encodings)"},
+    {"loader", loader_stream_main, "stream a dataset LMDB to augmentation workers, exactly once per epoch"},
     MOCO_AUGMENT_COMMANDS
     MOCO_TRAINER_COMMANDS
+    {"sink", trainer_sink_main, "a consumer that only counts and checks the pairs (pipeline tests, benchmark)"},
     {"bench", bench_main, "benchmarks: moco bench WHAT (see moco bench --help)"},
     {NULL, NULL, NULL},
 };
@@ -66,7 +69,7 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name)) {
             int rc = c->main(argc - 1, argv + 1);
-            return rc < 0 || rc > 2 ? 1 : rc;
+            return rc < 0 || rc > 125 ? 1 : rc;
         }
     fprintf(stderr, "moco: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
