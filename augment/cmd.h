@@ -5,8 +5,15 @@
 #ifndef AUGMENT_CMD_H
 #define AUGMENT_CMD_H
 
-#define MOCO_AUGMENT_COMMANDS
+int augment_worker_main(int argc, char **argv);
+int augment_preview_main(int argc, char **argv);
+int augment_bench_main(int argc, char **argv);
+
+#define MOCO_AUGMENT_COMMANDS \
+    {"augment", augment_worker_main, "augmentation worker: SAMPLE records in, MoCo query/key view PAIRs out"}, \
+    {"preview", augment_preview_main, "PNG contact sheet of a recipe: original | query | key, n samples"},
 /* entries of the `moco bench` table, same form */
-#define MOCO_AUGMENT_BENCHES
+#define MOCO_AUGMENT_BENCHES \
+    {"augment", augment_bench_main, "augmentation pairs/s and decode/s, in-process or N worker processes"},
 
 #endif
