@@ -28,7 +28,7 @@
 #include "formats/pipeline.h"
 #include "formats/wire.h"
 
-#define MAX_QUEUE 64
+#define MAX_QUEUE AUGMENT_PIPE_MAX_QUEUE
 
 typedef struct {
     zmq_msg_t rec;
@@ -59,18 +59,27 @@ static void send_ready(void *dealer, int free_slots, uint64_t received)
     zmq_send(dealer, b, n, ZMQ_DONTWAIT);
 }
 
+/* A finished pair waiting for the consumer. */
+typedef struct {
+    uint8_t hdr[MOCO_WIRE_PAIR_SIZE];
+    uint8_t *q, *k;
+    size_t bytes;
+} outpair;
+
+#define OUT_MAX 8 /* pairs made before sending them together: fewer wake-ups downstream */
+
 int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
 {
-    int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 4;
+    int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 16;
     void *zctx = zmq_ctx_new(), *dealer = zmq_socket(zctx, ZMQ_DEALER), *push = zmq_socket(zctx, ZMQ_PUSH);
-    int hwm = cfg->sndhwm > 0 ? cfg->sndhwm : 4, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
+    int hwm = cfg->sndhwm > 0 ? cfg->sndhwm : 16, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
     queued q[MAX_QUEUE];
-    int qhead = 0, qlen = 0, have_out = 0;
-    uint64_t received = 0;
-    uint8_t hdr[MOCO_WIRE_PAIR_SIZE];
-    uint8_t *qv = NULL, *kv = NULL;
+    outpair out[OUT_MAX];
+    int qhead = 0, qlen = 0, nout = 0, last_free = -1;
+    uint64_t received = 0, last_recv = 0;
     size_t vmax = cfg->view_bytes;
     memset(st, 0, sizeof *st);
+    memset(out, 0, sizeof out);
     if (!dealer || !push || zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
         zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger) || zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(dealer, ZMQ_RCVHWM, &rhwm, sizeof rhwm)) {
@@ -86,11 +95,19 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
         goto out;
     }
     double loader_seen = now_s(), last_ready = 0, t_report = now_s();
-    send_ready(dealer, cap, 0);
     while (!stop_flag) {
+        /* credit: advertise when half the queue is free (and as a heartbeat) */
+        int free_now = cap - qlen - nout;
+        double t = now_s();
+        if ((free_now >= (cap + 1) / 2 && (free_now != last_free || received != last_recv)) || t - last_ready >= 1.0) {
+            send_ready(dealer, free_now, received);
+            last_free = free_now;
+            last_recv = received;
+            last_ready = t;
+        }
         zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
-        int busy = !have_out && qlen > 0;
-        if (zmq_poll(it, have_out ? 2 : 1, busy ? 0 : 100) < 0) {
+        int busy = qlen > 0 && nout < OUT_MAX;
+        if (zmq_poll(it, nout ? 2 : 1, busy ? 0 : 100) < 0) {
             if (errno == EINTR) continue;
             rc = moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
             break;
@@ -134,65 +151,62 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             }
             for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         }
-        /* send the finished pair when the consumer takes it */
-        if (have_out && (it[1].revents & ZMQ_POLLOUT)) {
-            zmq_msg_t mq, mk;
-            moco_wire_pair ph;
-            moco_wire_pair_parse(hdr, sizeof hdr, &ph); /* packed by us: valid */
-            size_t vb = moco_wire_pair_view_bytes(&ph);
-            zmq_msg_init_data(&mq, qv, vb, free_view, NULL); /* zero copy: zmq frees the views */
-            zmq_msg_init_data(&mk, kv, vb, free_view, NULL);
-            qv = kv = NULL;
-            if (zmq_send(push, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-                zmq_msg_send(&mq, push, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_msg_send(&mk, push, ZMQ_DONTWAIT) < 0) {
-                /* POLLOUT said yes; a failure here means the socket is closing */
-                zmq_msg_close(&mq);
-                zmq_msg_close(&mk);
-                rc = moco_err(MOCO_EZMQ, "sending a pair to %s: %s", cfg->push_ep, zmq_strerror(errno));
-                break;
+        /* send finished pairs, together, once the batch is full or nothing else is waiting */
+        if (nout && (it[1].revents & ZMQ_POLLOUT) && (nout == OUT_MAX || qlen == 0)) {
+            int sent = 0;
+            while (sent < nout) {
+                outpair *o = &out[sent];
+                zmq_msg_t mq, mk;
+                if (zmq_send(push, o->hdr, sizeof o->hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) break; /* full: later */
+                zmq_msg_init_data(&mq, o->q, o->bytes, free_view, NULL); /* zero copy: zmq frees the views */
+                zmq_msg_init_data(&mk, o->k, o->bytes, free_view, NULL);
+                o->q = o->k = NULL;
+                /* once the first frame is accepted the rest of the message is too */
+                zmq_msg_send(&mq, push, ZMQ_SNDMORE);
+                zmq_msg_send(&mk, push, 0);
+                sent++;
+                st->pairs++;
             }
-            have_out = 0;
-            st->pairs++;
-            send_ready(dealer, cap - qlen, received);
-            last_ready = now_s();
+            memmove(out, out + sent, (size_t)(nout - sent) * sizeof *out);
+            nout -= sent;
+            memset(out + nout, 0, (size_t)(OUT_MAX - nout) * sizeof *out);
         }
-        /* make the next pair */
-        if (!have_out && qlen > 0) {
+        /* make pairs */
+        while (qlen > 0 && nout < OUT_MAX) {
             queued *e = &q[qhead];
             qhead = (qhead + 1) % MAX_QUEUE;
             qlen--;
-            if (!qv) qv = malloc(vmax);
-            if (!kv) kv = malloc(vmax);
+            outpair *o = &out[nout];
+            o->q = malloc(vmax);
+            o->k = malloc(vmax);
             augment_pipe_views info;
-            int r = !qv || !kv ? moco_err(MOCO_ENOMEM, "out of memory for views")
-                               : fn(fnctx, zmq_msg_data(&e->rec), zmq_msg_size(&e->rec), e->epoch, e->index, qv, kv, &info);
+            int r = !o->q || !o->k ? moco_err(MOCO_ENOMEM, "out of memory for views")
+                                   : fn(fnctx, zmq_msg_data(&e->rec), zmq_msg_size(&e->rec), e->epoch, e->index, o->q, o->k, &info);
             if (r == 0) {
                 moco_wire_pair ph = {.epoch = e->epoch, .label = info.label, .index = e->index, .height = (uint16_t)info.height,
                                      .width = (uint16_t)info.width, .channels = (uint8_t)info.channels, .layout = MOCO_LAYOUT_HWC_U8};
-                moco_wire_pair_pack(hdr, &ph);
-                have_out = 1;
+                moco_wire_pair_pack(o->hdr, &ph);
+                o->bytes = moco_wire_pair_view_bytes(&ph);
+                nout++;
             } else {
+                free(o->q);
+                free(o->k);
+                o->q = o->k = NULL;
                 uint8_t fb[MOCO_WIRE_FAILED_MIN + MOCO_WIRE_REASON_MAX];
                 size_t fl = moco_wire_failed_pack(fb, e->epoch, e->index, r, moco_errmsg());
                 zmq_send(dealer, fb, fl, ZMQ_DONTWAIT);
                 st->failed++;
                 if (st->failed <= 20) fprintf(stderr, "moco augment: %s\n", moco_errmsg());
-                send_ready(dealer, cap - qlen, received);
-                last_ready = now_s();
             }
             zmq_msg_close(&e->rec);
         }
-        double t = now_s();
-        if (t - last_ready >= 1.0) {
-            send_ready(dealer, cap - qlen - have_out, received);
-            last_ready = t;
-        }
+        t = now_s();
         if (t - loader_seen > cfg->loader_timeout) {
             rc = moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", cfg->loader_ep, t - loader_seen);
             break;
         }
         if (cfg->report && t - t_report >= 1.0) {
-            cfg->report(cfg->report_ctx, st, qlen, have_out);
+            cfg->report(cfg->report_ctx, st, qlen, nout);
             t_report = t;
         }
     }
@@ -203,8 +217,10 @@ out:
         qhead = (qhead + 1) % MAX_QUEUE;
         qlen--;
     }
-    free(qv);
-    free(kv);
+    for (int i = 0; i < OUT_MAX; i++) {
+        free(out[i].q);
+        free(out[i].k);
+    }
     if (dealer) zmq_close(dealer);
     if (push) zmq_close(push);
     zmq_ctx_term(zctx);

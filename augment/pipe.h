@@ -11,6 +11,8 @@ typedef struct {
     int stopped; /* the loader said STOP */
 } augment_pipe_stats;
 
+#define AUGMENT_PIPE_MAX_QUEUE 64
+
 /* What the augmentation step made: the views' shape and the label. */
 typedef struct {
     int32_t label;

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "augment/cmd.h"
+#include "augment/pipe.h"
+#include "cli/run.h"
 #include "loader/cmd.h"
 #include "trainer/cmd.h"
 #include "trainer/stream.h"
@@ -25,12 +27,14 @@ static const command commands[] = {
     MOCO_AUGMENT_COMMANDS
     MOCO_TRAINER_COMMANDS
     {"sink", trainer_sink_main, "a consumer that only counts and checks the pairs (pipeline tests, benchmark)"},
+    {"run", cli_run_main, "start a whole pipeline on a dataset: loader, N workers, consumer; supervise it"},
     {"bench", bench_main, "benchmarks: moco bench WHAT (see moco bench --help)"},
     {NULL, NULL, NULL},
 };
 
 /* `moco bench WHAT`: the benchmarks, one per process kind. */
 static const command benches[] = {
+    {"pipeline", cli_bench_pipeline_main, "the whole pipeline into the counting sink: pairs/s, starved %, per stage"},
     MOCO_AUGMENT_BENCHES
     MOCO_TRAINER_BENCHES
     {NULL, NULL, NULL},
@@ -66,6 +70,10 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    /* `moco augment --connect ...` is the pipeline worker (augment/pipe_main.c) */
+    if (!strcmp(argv[1], "augment"))
+        for (int i = 2; i < argc; i++)
+            if (!strncmp(argv[i], "--connect", 9)) return augment_pipe_main(argc - 1, argv + 1);
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name)) {
             int rc = c->main(argc - 1, argv + 1);

@@ -48,7 +48,7 @@ int trainer_sink_main(int argc, char **argv)
     const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL;
     long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
     uint64_t count = 0;
-    double timeout = 60;
+    double timeout = 60, seconds = 0;
     int q = 0;
     const moco_opt opts[] = {
         {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here)", 0, 0, NULL},
@@ -60,6 +60,7 @@ int trainer_sink_main(int argc, char **argv)
         {"resume-indices", MOCO_OPT_STR, &resume_file, "file of indices of --resume-epoch already delivered", 0, 0, NULL},
         {"stop-after", MOCO_OPT_INT, &stop_after, "exit (status 3) after this many pairs, as if killed", 0, 1e12, NULL},
         {"loader-timeout", MOCO_OPT_DOUBLE, &timeout, "seconds of loader silence that end the run with an error", 0.5, 1e6, NULL},
+        {"seconds", MOCO_OPT_DOUBLE, &seconds, "stop after this long from the first pair (0: at the end of the stream)", 0, 1e9, NULL},
         {"json", MOCO_OPT_STR, &json_out, "also write the final JSON summary to this file", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &q, "no progress on stderr", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
@@ -157,6 +158,7 @@ int trainer_sink_main(int argc, char **argv)
             break;
         }
         double t = now_s();
+        if (seconds > 0 && t_first && t - t_first >= seconds) break;
         if (!quiet && isatty(2) && t - last > 1) {
             stream_stats st;
             stream_get_stats(s, &st);

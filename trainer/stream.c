@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "formats/errors.h"
@@ -16,7 +17,7 @@
 
 struct trainer_stream {
     void *zctx, *pull, *ctl;
-    double loader_timeout, loader_seen, last_hb, last_ack;
+    double loader_timeout, loader_seen, last_hb, last_ack, last_pair;
     uint32_t epoch;          /* the epoch being returned */
     int have_epoch;
     uint8_t *seen;           /* bitmap of indices returned in epoch */
@@ -237,6 +238,7 @@ static int on_pair(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
     s->ncur = 3;
     ev->kind = STREAM_PAIR;
     ev->pair = p;
+    s->last_pair = now_s();
     ev->q = zmq_msg_data(&s->cur[1]);
     ev->k = zmq_msg_data(&s->cur[2]);
     s->st.pairs++;
@@ -295,6 +297,10 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             return MOCO_ETIMEOUT;
         }
         flush_acks(s);
+        if (t - s->last_pair < 0.005) { /* pairs are flowing: let a few gather rather than wake per pair */
+            usleep(250);
+            continue;
+        }
         zmq_pollitem_t it[2] = {{s->ctl, 0, ZMQ_POLLIN, 0}, {s->pull, 0, ZMQ_POLLIN, 0}};
         double left = deadline - t;
         long ms = left > 0.25 ? 250 : (long)(left * 1000) + 1;

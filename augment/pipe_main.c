@@ -1,0 +1,78 @@
+/* pipe_main.c: `moco augment`, the pipeline worker's command line. */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "augment/augment.h"
+#include "augment/pipe.h"
+#include "formats/errors.h"
+#include "formats/opts.h"
+
+static int make_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
+                     augment_pipe_views *v)
+{
+    augment_info info;
+    int rc = augment_pair(ctx, rec, len, epoch, index, q, k, &info);
+    if (rc == 0) *v = (augment_pipe_views){info.label, info.height, info.width, info.channels};
+    return rc;
+}
+
+static void on_signal(int s)
+{
+    (void)s;
+    augment_pipe_stop = 1;
+}
+
+int augment_pipe_main(int argc, char **argv)
+{
+    augment_flags af;
+    augment_pipe_cfg cfg = {.queue = 64, .sndhwm = 16, .loader_timeout = 30};
+    struct sigaction sa = {.sa_handler = on_signal};
+    long queue = 64, hwm = 16;
+    int quiet = 0;
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
+    int n = augment_flags_opts(&af, opts);
+    opts[n++] = (moco_opt){"connect", MOCO_OPT_STR, &cfg.loader_ep, "the loader's worker endpoint (moco loader --bind)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"push", MOCO_OPT_STR, &cfg.push_ep, "the consumer's pair endpoint (moco train / moco sink --bind)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"queue", MOCO_OPT_INT, &queue, "records this worker holds at most (its credit)", 1, AUGMENT_PIPE_MAX_QUEUE, NULL};
+    opts[n++] = (moco_opt){"sndhwm", MOCO_OPT_INT, &hwm, "pairs queued for the consumer at most", 1, 1000, NULL};
+    opts[n++] = (moco_opt){"loader-timeout", MOCO_OPT_DOUBLE, &cfg.loader_timeout, "exit if the loader is silent this long (s)", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "no summary on stderr", 0, 0, NULL};
+    opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
+    const moco_optspec spec = {"moco augment", "--connect LOADER --push CONSUMER [recipe options]",
+                               "An augmentation worker: turns each record the loader hands it into a (query, key) pair\n"
+                               "of uint8 views and pushes it to the consumer. Start as many as the consumer needs, here\n"
+                               "or on other hosts (tcp://). Every view is a pure function of (seed, epoch, index, view).",
+                               opts, 0, 0};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    if (!cfg.loader_ep || !cfg.push_ep) {
+        fprintf(stderr, "moco augment: --connect and --push are required\nTry 'moco augment --help'.\n");
+        return 2;
+    }
+    cfg.queue = (int)queue;
+    cfg.sndhwm = (int)hwm;
+    augment_recipe r;
+    if (augment_flags_recipe(&af, &spec, &r)) return 2;
+    if (augment_vips_init(argv[0])) {
+        fprintf(stderr, "moco augment: %s\n", moco_errmsg());
+        return 1;
+    }
+    augment_ctx *ctx;
+    if ((rc = augment_ctx_new(&r, &ctx))) {
+        fprintf(stderr, "moco augment: %s\n", moco_errmsg());
+        return 1;
+    }
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    augment_pipe_stats st;
+    cfg.view_bytes = augment_view_max_bytes(&r);
+    rc = augment_pipe_run(&cfg, make_pair, ctx, &st);
+    augment_ctx_destroy(&ctx);
+    if (!quiet || rc)
+        fprintf(stderr, "moco augment: %s%s%" PRIu64 " pairs, %" PRIu64 " failed records, %" PRIu64 " malformed messages\n",
+                rc ? moco_errmsg() : "", rc ? "; " : "", st.pairs, st.failed, st.malformed);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,370 @@
+/* run.c: `moco run DB`, one command from a dataset LMDB to a running
+ * pipeline: it starts the loader, N augmentation workers and the consumer
+ * (the counting sink with --sink) as separate processes of this same
+ * program, on ipc:// sockets in a private directory (mode 0700), passes each
+ * its own flags, and supervises them:
+ * - a worker that dies (SIGKILL, crash) is reported and replaced; the loader
+ *   re-issues its samples, so nothing is lost;
+ * - Ctrl-C / SIGTERM is forwarded to every process;
+ * - the run succeeds when the consumer and the loader exit 0; it fails
+ *   (exit 1) as soon as either fails, and stops the others. */
+#include <errno.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "augment/augment.h"
+#include "cli/run.h"
+#include "formats/db.h"
+#include "formats/errors.h"
+#include "formats/opts.h"
+
+#define MAX_WORKERS 64
+#define MAX_ARGS 128
+
+static volatile sig_atomic_t got_signal;
+static void on_signal(int s) { got_signal = s; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    char *v[MAX_ARGS];
+    int n;
+} argvec;
+
+static void add(argvec *a, const char *s)
+{
+    if (a->n < MAX_ARGS - 1) a->v[a->n++] = strdup(s);
+    a->v[a->n] = NULL;
+}
+
+static void addf(argvec *a, const char *flag, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void addf(argvec *a, const char *flag, const char *fmt, ...)
+{
+    char b[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    add(a, flag);
+    add(a, b);
+}
+
+static void free_args(argvec *a)
+{
+    for (int i = 0; i < a->n; i++) free(a->v[i]);
+    a->n = 0;
+}
+
+static pid_t spawn(const argvec *a, const char *log)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        signal(SIGINT, SIG_IGN); /* the supervisor forwards what it gets */
+        if (log) {
+            FILE *f = freopen(log, "a", stderr);
+            (void)f;
+        }
+        execv("/proc/self/exe", a->v);
+        fprintf(stderr, "moco run: cannot start %s: %s\n", a->v[1], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static const char *describe(int st, char *b, size_t n)
+{
+    if (WIFEXITED(st)) snprintf(b, n, "exit status %d", WEXITSTATUS(st));
+    else snprintf(b, n, "signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    return b;
+}
+
+static int run_pipeline(int argc, char **argv, int bench);
+
+int cli_run_main(int argc, char **argv) { return run_pipeline(argc, argv, 0); }
+int cli_bench_pipeline_main(int argc, char **argv) { return run_pipeline(argc, argv, 1); }
+
+/* Print the benchmark's JSON line: the sink's summary and the loader's
+ * last statistics, per stage. */
+static void bench_summary(const char *run_dir, long workers)
+{
+    char p[1200], sinkj[8192] = "", loadj[4096] = "", line[4096];
+    snprintf(p, sizeof p, "%s/sink.json", run_dir);
+    FILE *f = fopen(p, "r");
+    if (f) { if (!fgets(sinkj, sizeof sinkj, f)) sinkj[0] = 0; fclose(f); }
+    snprintf(p, sizeof p, "%s/loader.jsonl", run_dir);
+    f = fopen(p, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "{\"t\"", 4)) snprintf(loadj, sizeof loadj, "%s", line);
+    if (f) fclose(f);
+    sinkj[strcspn(sinkj, "\n")] = 0;
+    loadj[strcspn(loadj, "\n")] = 0;
+    double pps = 0, starved = 0;
+    const char *x = strstr(sinkj, "\"pairs_per_s\":");
+    if (x) pps = atof(x + 14);
+    x = strstr(sinkj, "\"starved_pct\":");
+    if (x) starved = atof(x + 14);
+    printf("{\"bench\":\"pipeline\",\"workers\":%ld,\"pairs_per_s\":%.1f,\"pairs_per_s_per_worker\":%.1f,\"starved_pct\":%.1f,"
+           "\"sink\":%s,\"loader\":%s}\n",
+           workers, pps, pps / (double)workers, starved, *sinkj ? sinkj : "null", *loadj ? loadj : "null");
+}
+
+static int run_pipeline(int argc, char **argv, int bench)
+{
+    long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
+    uint64_t seed = 0;
+    int sink = 0, quiet = 0;
+    const char *run_dir = NULL, *dbflag = NULL;
+    double worker_timeout = 5, seconds = 10;
+    augment_flags af;
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 16];
+    int n = augment_flags_opts(&af, opts);
+    int seed_at = -1;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(opts[i].name, "seed")) seed_at = i;
+    if (seed_at >= 0) { /* one --seed for the loader's order and the views */
+        opts[seed_at].dst = &seed;
+        opts[seed_at].help = "seed of the epoch order and of the augmentations";
+    }
+    opts[n++] = (moco_opt){"workers", MOCO_OPT_INT, &workers, "augmentation worker processes", 1, MAX_WORKERS, NULL};
+    opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs, "epochs to stream", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
+    opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
+    opts[n++] = (moco_opt){"worker-timeout", MOCO_OPT_DOUBLE, &worker_timeout, "loader: seconds of silence that make a worker dead", 0.2, 3600, NULL};
+    if (bench) {
+        opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB (required)", 0, 0, NULL};
+        opts[n++] = (moco_opt){"seconds", MOCO_OPT_DOUBLE, &seconds, "measure this long", 0.5, 1e6, NULL};
+    } else {
+        opts[n++] = (moco_opt){"sink", MOCO_OPT_FLAG, &sink, "consume with the counting sink (until the trainer lands: required)", 0, 0, NULL};
+    }
+    opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"max-respawn", MOCO_OPT_INT, &max_respawn, "replace dead workers at most this many times", 0, 1e6, NULL};
+    opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "less output", 0, 0, NULL};
+    opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
+    const moco_optspec run_spec = {"moco run", "DB [options]",
+                                   "Start the loader, --workers augmentation workers and the consumer on DB, supervise them,\n"
+                                   "and replace workers that die. Logs go to --run-dir; sockets to a private directory.",
+                                   opts, 1, 1};
+    const moco_optspec bench_spec = {"moco bench pipeline", "--db DB [--workers N] [--seconds T] [recipe options]",
+                                      "The whole pipeline (loader, N worker processes, sockets) into the counting sink for\n"
+                                      "--seconds; prints pairs/s, starved % and per-stage figures, the last line one JSON object.",
+                                      opts, 0, 0};
+    const moco_optspec spec = bench ? bench_spec : run_spec;
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    const char *db = bench ? dbflag : pos[0];
+    if (bench) {
+        if (!db) { fprintf(stderr, "moco bench pipeline: --db is required\n"); return 2; }
+        sink = 1;
+        quiet = 1;
+        if (!moco_opts_seen(&spec, "epochs")) epochs = 1000000;
+    }
+    augment_recipe recipe;
+    af.seed = seed;
+    if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
+    if (!sink) {
+        fprintf(stderr, "moco run: the trainer has not landed yet; use --sink to consume with the counting sink\n");
+        return 2;
+    }
+    moco_db *d;
+    if (moco_db_open(db, &d)) {
+        fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        return 2;
+    }
+    uint64_t count = moco_db_get_meta(d)->count;
+    moco_db_destroy(&d);
+
+    char rdir[1024], sockdir[] = "/tmp/moco-run-XXXXXX";
+    if (!run_dir) {
+        time_t t = time(NULL);
+        struct tm tm;
+        localtime_r(&t, &tm);
+        mkdir("runs", 0755);
+        snprintf(rdir, sizeof rdir, "runs/run-%04d%02d%02d-%02d%02d%02d-%d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)getpid());
+        run_dir = rdir;
+    }
+    if (mkdir(run_dir, 0755) && errno != EEXIST) {
+        fprintf(stderr, "moco run: cannot create %s: %s\n", run_dir, strerror(errno));
+        return 1;
+    }
+    if (!mkdtemp(sockdir)) { /* mode 0700 */
+        fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
+        return 1;
+    }
+    char work[128], ctl[128], pairs[128], log[1200];
+    snprintf(work, sizeof work, "ipc://%s/work", sockdir);
+    snprintf(ctl, sizeof ctl, "ipc://%s/ctl", sockdir);
+    snprintf(pairs, sizeof pairs, "ipc://%s/pairs", sockdir);
+
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    argvec la = {0}, ca = {0}, wa = {0};
+    add(&la, "moco");
+    add(&la, "loader");
+    addf(&la, "--db", "%s", db);
+    addf(&la, "--bind", "%s", work);
+    addf(&la, "--ctl", "%s", ctl);
+    addf(&la, "--epochs", "%ld", epochs);
+    addf(&la, "--start-epoch", "%ld", start_epoch);
+    addf(&la, "--seed", "%llu", (unsigned long long)seed);
+    addf(&la, "--window", "%ld", window);
+    addf(&la, "--worker-timeout", "%g", worker_timeout);
+    addf(&la, "--log", "%s/loader.jsonl", run_dir);
+    if (quiet) add(&la, "--quiet");
+    add(&ca, "moco");
+    add(&ca, "sink");
+    addf(&ca, "--bind", "%s", pairs);
+    addf(&ca, "--connect", "%s", ctl);
+    addf(&ca, "--count", "%llu", (unsigned long long)count);
+    addf(&ca, "--json", "%s/sink.json", run_dir);
+    if (bench) addf(&ca, "--seconds", "%g", seconds);
+    if (quiet) add(&ca, "--quiet");
+    add(&wa, "moco");
+    add(&wa, "augment");
+    addf(&wa, "--connect", "%s", work);
+    addf(&wa, "--push", "%s", pairs);
+    /* the recipe, spelled out so that every worker makes the same views */
+    addf(&wa, "--recipe", "%s", recipe.name);
+    addf(&wa, "--size", "%d", recipe.size);
+    addf(&wa, "--seed", "%llu", (unsigned long long)seed);
+    for (int i = 1; i < argc; i++) /* pass recipe overrides as given */
+        for (int k = 0; k < AUGMENT_FLAGS_NOPTS && opts[k].name; k++) {
+            size_t l = strlen(opts[k].name);
+            if (k != seed_at && !strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, opts[k].name, l) &&
+                strcmp(opts[k].name, "recipe") && strcmp(opts[k].name, "size") &&
+                (argv[i][2 + l] == 0 || argv[i][2 + l] == '=')) {
+                add(&wa, argv[i]);
+                if (argv[i][2 + l] == 0 && opts[k].kind != MOCO_OPT_FLAG && i + 1 < argc) add(&wa, argv[++i]);
+                break;
+            }
+        }
+    add(&wa, "--quiet");
+
+    pid_t lp, cp, wp[MAX_WORKERS] = {0};
+    snprintf(log, sizeof log, "%s/loader.log", run_dir);
+    lp = spawn(&la, quiet ? log : NULL);
+    snprintf(log, sizeof log, "%s/sink.log", run_dir);
+    if (bench) { /* the sink's own summary goes to its log; ours is the last line */
+        pid_t p = fork();
+        if (p == 0) {
+            FILE *f = freopen(log, "a", stdout);
+            (void)f;
+            execv("/proc/self/exe", ca.v);
+            _exit(127);
+        }
+        cp = p;
+    } else {
+        cp = spawn(&ca, NULL);
+    }
+    snprintf(log, sizeof log, "%s/workers.log", run_dir);
+    for (int i = 0; i < workers; i++) wp[i] = spawn(&wa, log);
+    if (!quiet)
+        fprintf(stderr, "moco run: %s: %llu samples, %ld epochs, %ld workers; logs in %s\n", db, (unsigned long long)count,
+                epochs, workers, run_dir);
+    int lst = -1, cst = -1, status = 0, respawned = 0, stopping = 0, consumer_done = 0;
+    double stop_at = 0;
+    while (lst < 0 || cst < 0) {
+        if (got_signal && !stopping) {
+            fprintf(stderr, "\nmoco run: %s: stopping every process\n", strsignal(got_signal));
+            stopping = 1;
+            status = 1;
+            stop_at = now_s();
+            kill(lp, SIGTERM);
+            kill(cp, SIGTERM);
+            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
+        }
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p <= 0) {
+            if (stopping && now_s() - stop_at > 15) { /* someone ignores SIGTERM */
+                if (lst < 0) kill(lp, SIGKILL);
+                if (cst < 0) kill(cp, SIGKILL);
+                for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGKILL);
+            }
+            usleep(50000);
+            continue;
+        }
+        char why[128];
+        if (p == lp) {
+            lst = st;
+            if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done) {
+                if (!stopping) fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
+                status = 1;
+                if (!stopping) { stopping = 1; stop_at = now_s(); kill(cp, SIGTERM); }
+            }
+        } else if (p == cp) {
+            cst = st;
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && lst < 0 && !stopping) {
+                /* the consumer had enough (--seconds): end the stream */
+                stopping = 1;
+                stop_at = now_s();
+                kill(lp, SIGTERM);
+                for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
+                consumer_done = 1;
+            }
+            if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+                if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
+                status = 1;
+                if (!stopping) { stopping = 1; stop_at = now_s(); kill(lp, SIGTERM); }
+            }
+        } else {
+            for (int i = 0; i < workers; i++)
+                if (wp[i] == p) {
+                    wp[i] = 0;
+                    int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+                    if (!clean && !stopping && lst < 0) {
+                        fprintf(stderr, "moco run: worker %d died (%s)", i, describe(st, why, sizeof why));
+                        if (respawned < max_respawn) {
+                            wp[i] = spawn(&wa, log);
+                            respawned++;
+                            fprintf(stderr, "; started a replacement\n");
+                        } else {
+                            fprintf(stderr, "; not replaced (--max-respawn)\n");
+                        }
+                    }
+                }
+        }
+    }
+    /* loader and consumer are done: workers got STOP; give them a moment */
+    double t = now_s();
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < workers; i++)
+            if (wp[i] > 0) {
+                if (waitpid(wp[i], NULL, WNOHANG) == wp[i]) wp[i] = 0;
+                else left++;
+            }
+        if (!left) break;
+        if (now_s() - t > 5)
+            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], now_s() - t > 10 ? SIGKILL : SIGTERM);
+        usleep(50000);
+    }
+    char sock[200];
+    const char *names[] = {"work", "ctl", "pairs"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(sock, sizeof sock, "%s/%s", sockdir, names[i]);
+        unlink(sock);
+    }
+    rmdir(sockdir);
+    free_args(&la);
+    free_args(&ca);
+    free_args(&wa);
+    if (bench) bench_summary(run_dir, workers);
+    else fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status ? "FAILED" : "finished", respawned, respawned == 1 ? "" : "s");
+    return status;
+}
