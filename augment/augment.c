@@ -14,6 +14,9 @@
 #include "formats/record.h"
 #include "formats/rng.h"
 
+/* Bit-identical parameters and pixels on every CPU: no fused multiply-add. */
+#pragma GCC optimize("fp-contract=off")
+
 /* ---- recipes ---- */
 
 int augment_recipe_init(augment_recipe *r, const char *name, int size)
@@ -376,13 +379,6 @@ static void apply_op(float *f, size_t n, int c, const augment_view_params *p, in
     }
 }
 
-/* Round a 0..255 float to uint8 (half up; the value is clamped first). */
-static inline uint8_t q8(float v)
-{
-    v = v < 0.f ? 0.f : v > 255.f ? 255.f : v;
-    return (uint8_t)(int)(v + 0.5f);
-}
-
 static int make_view(augment_ctx *c, const uint8_t *px, int w, int h, int ch, double fx, double fy,
                      const augment_view_params *p, uint8_t *out, int oc)
 {
@@ -400,17 +396,7 @@ static int make_view(augment_ctx *c, const uint8_t *px, int w, int h, int ch, do
         for (int i = 0; i < 4; i++) apply_op(f, n, ch, p, p->order[i]);
     if (!r->gray_first && p->gray) augment_grayscale(f, n, ch);
     if (p->blur) augment_blur(f, S, S, ch, blur_kernel(r), p->sigma, c->blur_tmp);
-    const float *R = f, *G = f + (ch == 3 ? n : 0), *B = f + (ch == 3 ? 2 * n : 0);
-    if (oc == 3)
-        for (size_t i = 0; i < n; i++) {
-            out[3 * i] = q8(R[i]);
-            out[3 * i + 1] = q8(G[i]);
-            out[3 * i + 2] = q8(B[i]);
-        }
-    else if (ch == 1)
-        for (size_t i = 0; i < n; i++) out[i] = q8(R[i]);
-    else /* colour source, one channel out */
-        for (size_t i = 0; i < n; i++) out[i] = q8(0.299f * R[i] + 0.587f * G[i] + 0.114f * B[i]);
+    augment_quantize(out, f, n, ch, oc);
     return 0;
 }
 

@@ -163,4 +163,9 @@ void augment_grayscale(float *img, size_t n, int c);
 int augment_blur_radius(int ksize, double sigma, float *k);
 void augment_blur(float *img, int h, int w, int c, int ksize, double sigma, float *tmp);
 
+/* Round planar float (c planes of n pixels) to uint8 HWC with oc channels:
+ * as is, grey replicated (c 1, oc 3) or made grey (c 3, oc 1, ITU-R 601
+ * weights); values clamped to [0, 255] and rounded half up. */
+void augment_quantize(uint8_t *out, const float *f, size_t n, int c, int oc);
+
 #endif

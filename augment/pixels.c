@@ -26,8 +26,10 @@
 #define HOT
 #endif
 
-/* Let -O2 vectorise loops whose trip count is not a multiple of the width. */
-#pragma GCC optimize("vect-cost-model=dynamic", "no-trapping-math")
+/* Let -O2 vectorise loops whose trip count is not a multiple of the width;
+ * never fuse a*b+c (FMA) so that every CPU gives bit-identical views (the
+ * AVX2 clones do not use FMA either; reductions stay in order). */
+#pragma GCC optimize("vect-cost-model=dynamic", "no-trapping-math", "fp-contract=off")
 
 /* Filter taps of one output coordinate: weights w[0..n) for inputs lo.. */
 typedef struct {
@@ -109,23 +111,27 @@ HOT static void vrow8(float *restrict out, const uint8_t *restrict in, size_t n,
     }
 }
 
+typedef float v4f __attribute__((vector_size(16)));
+
 /* One interleaved float row (pixels from x0) into c planar rows (plane
  * stride ps), horizontal taps, flip folded in. */
 static inline void hrow(float *out, size_t ps, const float *in, int x0, const tap *t, const float *w, int dw, int c, int flip)
 {
     if (c == 3) {
+        /* one pixel (3 floats + 1 that is ignored) per vector operation; the
+         * row has at least one float of slack after it (see the caller) */
         for (int x = 0; x < dw; x++) {
             const tap *tx = &t[x];
             const float *p = in + (size_t)(tx->lo - x0) * 3;
             const float *wx = w + tx->off;
-            float a0 = 0, a1 = 0, a2 = 0;
+            v4f a = {0, 0, 0, 0};
             for (int k = 0; k < tx->n; k++) {
-                a0 += wx[k] * p[3 * k];
-                a1 += wx[k] * p[3 * k + 1];
-                a2 += wx[k] * p[3 * k + 2];
+                v4f v;
+                memcpy(&v, p + 3 * k, sizeof v);
+                a += wx[k] * v;
             }
             int o = flip ? dw - 1 - x : x;
-            out[o] = a0, out[ps + o] = a1, out[2 * ps + o] = a2;
+            out[o] = a[0], out[ps + o] = a[1], out[2 * ps + o] = a[2];
         }
     } else {
         for (int x = 0; x < dw; x++) {
@@ -156,7 +162,7 @@ int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int
         if (tx[x].lo + tx[x].n > x1) x1 = tx[x].lo + tx[x].n;
     }
     size_t span = (size_t)(x1 - x0) * c, dps = (size_t)dh * dw;
-    if (span * dh > augment_resample_tmp(bw, dh, dw, c)) return -1;
+    if (span * dh + 4 > augment_resample_tmp(bw, dh, dw, c)) return -1; /* + slack for hrow's 4-float loads */
     for (int y = 0; y < dh; y++) {
         float *row = tmp + (size_t)y * span;
         vrow8(row, src + ((size_t)ty[y].lo * sw + x0) * c, span, wy + ty[y].off, ty[y].n, (size_t)sw * c);
@@ -313,4 +319,22 @@ HOT void augment_blur(float *restrict img, int h, int w, int c, int ksize, doubl
             }
         }
     }
+}
+
+/* Round a planar float image (c = 1 or 3 planes of n) to uint8 HWC with oc
+ * channels: as is, grey replicated (c 1, oc 3), or grey by 0.299, 0.587,
+ * 0.114 (c 3, oc 1). Values are clamped to [0, 255], then rounded half up. */
+HOT void augment_quantize(uint8_t *restrict out, const float *restrict f, size_t n, int c, int oc)
+{
+    const float *R = f, *G = f + (c == 3 ? n : 0), *B = f + (c == 3 ? 2 * n : 0);
+    if (oc == 3)
+        for (size_t i = 0; i < n; i++) {
+            out[3 * i] = (uint8_t)(int)(clamp255(R[i]) + 0.5f);
+            out[3 * i + 1] = (uint8_t)(int)(clamp255(G[i]) + 0.5f);
+            out[3 * i + 2] = (uint8_t)(int)(clamp255(B[i]) + 0.5f);
+        }
+    else if (c == 1)
+        for (size_t i = 0; i < n; i++) out[i] = (uint8_t)(int)(clamp255(R[i]) + 0.5f);
+    else
+        for (size_t i = 0; i < n; i++) out[i] = (uint8_t)(int)(clamp255(GRAY_R * R[i] + GRAY_G * G[i] + GRAY_B * B[i]) + 0.5f);
 }

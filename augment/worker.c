@@ -96,7 +96,8 @@ int augment_worker_main(int argc, char **argv)
     const moco_optspec spec = {"moco augment", "--pull EP --push EP [--failed EP] [recipe options]",
                                "Augmentation worker: receives SAMPLE messages (formats/wire.h), decodes each record once\n"
                                "and sends a PAIR of two independently augmented uint8 views. A view is a pure function of\n"
-                               "(recipe, seed, epoch, index, view). Bad records are reported as FAILED and skipped.",
+                               "(recipe, seed, epoch, index, view). Bad records are reported as FAILED and skipped.\n"
+                               "(With --connect LOADER --push EP instead, it speaks the pipeline's credit protocol.)",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
@@ -135,6 +136,9 @@ int augment_worker_main(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    if (!quiet)
+        fprintf(stderr, "moco augment: ready: recipe %s, size %d, seed %" PRIu64 ", pulling from %s, pushing to %s\n", r.name,
+                r.size, r.seed, pull_ep, push_ep);
     size_t vb = augment_view_max_bytes(&r);
     uint64_t pairs = 0, failed = 0, malformed = 0;
     zmq_pollitem_t item = {pull, 0, ZMQ_POLLIN, 0};
