@@ -304,6 +304,7 @@ typedef struct {
     int shuffle, strict, force, quiet;
     uint64_t seed, map_size;
     long max_side, threads, batch;
+    uint64_t limit;
 } mk_opts;
 
 /* The writer loop: consume slots in order, batch, commit, count. */
@@ -388,6 +389,7 @@ int loader_mkdb_main(int argc, char **argv)
         {"threads", MOCO_OPT_INT, &o.threads, "threads preparing images (0: one per core)", 0, 256, NULL},
         {"batch", MOCO_OPT_INT, &o.batch, "records per LMDB transaction", 1, 1000000, NULL},
         {"map-size", MOCO_OPT_U64, &o.map_size, "initial LMDB map size in bytes (grown automatically)", 4096, 1e15, NULL},
+        {"limit", MOCO_OPT_U64, &o.limit, "convert only the first N inputs (after --shuffle; 0: all)", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &o.quiet, "no progress bar", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -457,7 +459,7 @@ int loader_mkdb_main(int argc, char **argv)
     }
     j->src = &src;
     j->order = order;
-    j->n = src.n;
+    j->n = o.limit && o.limit < src.n ? (size_t)o.limit : src.n;
     j->max_side = o.max_side;
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->ready_cv, NULL);

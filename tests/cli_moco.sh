@@ -23,7 +23,7 @@ for b in $($M bench --help | awk '/^benchmarks:/{f=1;next} f && NF {print $1}');
 done
 $M bench nothing >/dev/null 2>&1; [ $? -eq 2 ] || fail "unknown benchmark should exit 2"
 # mkdb lists every flag it accepts, and checks values
-for f in format split shuffle seed max-side strict force threads batch map-size quiet; do
+for f in format split shuffle seed max-side strict force threads batch map-size limit quiet; do
   $M mkdb --help | grep -q -- "--$f" || fail "moco mkdb --help does not list --$f"
 done
 $M mkdb a b --format tiff >/dev/null 2>&1; [ $? -eq 2 ] || fail "bad --format value should exit 2"
