@@ -212,6 +212,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     }
     if (stop_flag && !rc) rc = moco_err(MOCO_EINTR, "interrupted");
 out:
+    if (cfg->report) cfg->report(cfg->report_ctx, st, qlen, nout); /* the final figures */
     while (qlen > 0) {
         zmq_msg_close(&q[qhead].rec);
         qhead = (qhead + 1) % MAX_QUEUE;

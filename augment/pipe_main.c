@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "augment/augment.h"
 #include "augment/pipe.h"
@@ -16,6 +18,33 @@ static int make_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, 
     int rc = augment_pair(ctx, rec, len, epoch, index, q, k, &info);
     if (rc == 0) *v = (augment_pipe_views){info.label, info.height, info.width, info.channels};
     return rc;
+}
+
+typedef struct {
+    FILE *f;
+    uint64_t last_pairs;
+    double last_t;
+} reporter;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* once a second: one JSON line (O_APPEND: lines of several workers do not mix) */
+static void report(void *ctx, const augment_pipe_stats *st, int queued, int pending)
+{
+    reporter *r = ctx;
+    double t = mono_s();
+    fprintf(r->f, "{\"pid\":%d,\"pairs\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"failed\":%" PRIu64 ",\"malformed\":%" PRIu64
+                  ",\"queued\":%d,\"pending\":%d}\n",
+            (int)getpid(), st->pairs, (double)(st->pairs - r->last_pairs) / (t - r->last_t), st->failed, st->malformed, queued,
+            pending);
+    fflush(r->f);
+    r->last_pairs = st->pairs;
+    r->last_t = t;
 }
 
 static void on_signal(int s)
@@ -38,6 +67,8 @@ int augment_pipe_main(int argc, char **argv)
     opts[n++] = (moco_opt){"queue", MOCO_OPT_INT, &queue, "records this worker holds at most (its credit)", 1, AUGMENT_PIPE_MAX_QUEUE, NULL};
     opts[n++] = (moco_opt){"sndhwm", MOCO_OPT_INT, &hwm, "pairs queued for the consumer at most", 1, 1000, NULL};
     opts[n++] = (moco_opt){"loader-timeout", MOCO_OPT_DOUBLE, &cfg.loader_timeout, "exit if the loader is silent this long (s)", 1, 1e6, NULL};
+    const char *logp = NULL;
+    opts[n++] = (moco_opt){"log", MOCO_OPT_STR, &logp, "append JSON lines of statistics here, once a second", 0, 0, NULL};
     opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "no summary on stderr", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco augment", "--connect LOADER --push CONSUMER [recipe options]",
@@ -67,10 +98,21 @@ int augment_pipe_main(int argc, char **argv)
     }
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    reporter rep = {.last_t = mono_s()};
+    if (logp) {
+        if (!(rep.f = fopen(logp, "a"))) {
+            fprintf(stderr, "moco augment: cannot open %s\n", logp);
+            augment_ctx_destroy(&ctx);
+            return 1;
+        }
+        cfg.report = report;
+        cfg.report_ctx = &rep;
+    }
     augment_pipe_stats st;
     cfg.view_bytes = augment_view_max_bytes(&r);
     rc = augment_pipe_run(&cfg, make_pair, ctx, &st);
     augment_ctx_destroy(&ctx);
+    if (rep.f) fclose(rep.f);
     if (!quiet || rc)
         fprintf(stderr, "moco augment: %s%s%" PRIu64 " pairs, %" PRIu64 " failed records, %" PRIu64 " malformed messages\n",
                 rc ? moco_errmsg() : "", rc ? "; " : "", st.pairs, st.failed, st.malformed);
