@@ -31,6 +31,19 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Resident set size of a process in kB (0 if unknown). */
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
+}
+
 typedef struct {
     uint8_t **val;
     size_t *len;
@@ -71,7 +84,7 @@ static void records_free(records *r)
 
 /* N worker processes between a feeder and a sink; returns pairs/s. */
 static int bench_workers(const records *rs, int nw, double seconds, char **rargv, int rargc, double *rate,
-                         uint64_t *failed)
+                         uint64_t *failed, long rss[2], uint64_t *pairs)
 {
     char in_ep[128], out_ep[128], fail_ep[128];
     snprintf(in_ep, sizeof in_ep, "ipc:///tmp/moco-bench-%d-in", (int)getpid());
@@ -114,28 +127,37 @@ static int bench_workers(const records *rs, int nw, double seconds, char **rargv
     zmq_pollitem_t items[3] = {{push, 0, ZMQ_POLLOUT, 0}, {pull, 0, ZMQ_POLLIN, 0}, {fail, 0, ZMQ_POLLIN, 0}};
     for (;;) {
         if (zmq_poll(items, 3, 100) < 0) break;
-        if (items[0].revents & ZMQ_POLLOUT) {
+        /* bursts: send while the workers take, drain all that arrived */
+        for (int burst = 0; burst < 256 && (items[0].revents & ZMQ_POLLOUT); burst++) {
             uint64_t i = sent % rs->n;
             uint8_t h[MOCO_WIRE_SAMPLE_SIZE];
             moco_wire_sample s = {(uint32_t)(sent / rs->n), i};
             moco_wire_sample_pack(h, &s);
-            if (zmq_send(push, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) == (int)sizeof h) {
-                zmq_send(push, rs->val[i], rs->len[i], 0);
-                sent++;
-            }
+            if (zmq_send(push, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) != (int)sizeof h) break;
+            zmq_send(push, rs->val[i], rs->len[i], 0);
+            sent++;
         }
-        if (items[1].revents & ZMQ_POLLIN) {
+        for (int burst = 0; burst < 1024 && (items[1].revents & ZMQ_POLLIN); burst++) {
             int more;
             size_t ml = sizeof more;
-            do {
-                zmq_msg_t m;
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, pull, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&m);
+                break;
+            }
+            zmq_msg_close(&m);
+            do { /* the rest of the multipart message is there already */
+                zmq_getsockopt(pull, ZMQ_RCVMORE, &more, &ml);
+                if (!more) break;
                 zmq_msg_init(&m);
                 zmq_msg_recv(&m, pull, 0);
                 zmq_msg_close(&m);
-                zmq_getsockopt(pull, ZMQ_RCVMORE, &more, &ml);
             } while (more);
             got++;
             if (got == (uint64_t)4 * nw) t0 = now(), got0 = got; /* warm-up over */
+            if (got == 10000)
+                for (int i = 0; i < np; i++) rss[0] += rss_kb(pids[i]);
         }
         if (items[2].revents & ZMQ_POLLIN) {
             char b[2048];
@@ -150,7 +172,9 @@ static int bench_workers(const records *rs, int nw, double seconds, char **rargv
         if (t - start > seconds + 30) break;
     }
     *rate = t1 > t0 ? (double)(got - got0) / (t1 - t0) : 0;
+    *pairs = got;
     *failed = nfail;
+    for (int i = 0; i < np; i++) rss[1] += rss_kb(pids[i]);
     for (int i = 0; i < np; i++) kill(pids[i], SIGTERM);
     for (int i = 0; i < np; i++) waitpid(pids[i], NULL, 0);
     if (t1 == 0) rc = moco_err(MOCO_ETIMEOUT, "bench: the workers produced %" PRIu64 " pairs", got);
@@ -230,6 +254,7 @@ int augment_bench_main(int argc, char **argv)
     printf("decode only (full resolution, libvips for non-JPEG): %.0f images/s (%" PRIu64 " in %.2f s)\n", decode_rate, nd, t - t0);
     double pair_rate = 0;
     uint64_t np_ = 0, failed = 0;
+    long rss[2] = {0, 0}; /* after 10,000 pairs, at the end */
     if (workers == 1) {
         size_t vb = augment_view_max_bytes(&r);
         uint8_t *q = malloc(vb), *k = malloc(vb);
@@ -240,9 +265,10 @@ int augment_bench_main(int argc, char **argv)
             uint64_t i = np_ % rs.n;
             if (augment_pair(ctx, rs.val[i], rs.len[i], (uint32_t)(np_ / rs.n), i, q, k, &info)) failed++;
             else if (info.decoded_w != info.src_w) scaled++;
-            np_++;
+            if (++np_ == 10000) rss[0] = rss_kb(getpid());
         } while ((t = now()) - t0 < seconds);
         pair_rate = np_ / (t - t0);
+        rss[1] = rss_kb(getpid());
         printf("pairs, in-process, 1 worker: %.0f pairs/s (%" PRIu64 " in %.2f s, %" PRIu64 " failed, %.0f%% decoded at a DCT scale)\n",
                pair_rate, np_, t - t0, failed, 100.0 * scaled / (np_ ? np_ : 1));
         free(q), free(k);
@@ -261,7 +287,7 @@ int augment_bench_main(int argc, char **argv)
             }
             rargv[rargc++] = argv[i];
         }
-        if ((rc = bench_workers(&rs, (int)workers, seconds, rargv, rargc, &pair_rate, &failed))) {
+        if ((rc = bench_workers(&rs, (int)workers, seconds, rargv, rargc, &pair_rate, &failed, rss, &np_))) {
             fprintf(stderr, "moco bench augment: %s\n", moco_errmsg());
             augment_ctx_destroy(&ctx);
             records_free(&rs);
@@ -270,9 +296,13 @@ int augment_bench_main(int argc, char **argv)
         printf("pairs, %ld worker processes over ZeroMQ (ipc): %.0f pairs/s, %.0f per worker\n", workers, pair_rate,
                pair_rate / workers);
     }
+    if (rss[0])
+        printf("resident memory (%s): %ld kB after 10,000 pairs, %ld kB at the end (%+.1f%%)\n",
+               workers == 1 ? "this process" : "all workers", rss[0], rss[1], 100.0 * (rss[1] - rss[0]) / rss[0]);
     printf("{\"recipe\":\"%s\",\"size\":%d,\"records\":%" PRIu64 ",\"workers\":%ld,\"pairs_per_s\":%.1f,"
-           "\"pairs_per_s_per_worker\":%.1f,\"decode_per_s\":%.1f,\"failed\":%" PRIu64 "}\n",
-           r.name, r.size, rs.n, workers, pair_rate, pair_rate / workers, decode_rate, failed + bad);
+           "\"pairs_per_s_per_worker\":%.1f,\"decode_per_s\":%.1f,\"failed\":%" PRIu64 ",\"pairs\":%" PRIu64
+           ",\"rss_kb_at_10k\":%ld,\"rss_kb_end\":%ld}\n",
+           r.name, r.size, rs.n, workers, pair_rate, pair_rate / workers, decode_rate, failed + bad, np_, rss[0], rss[1]);
     augment_ctx_destroy(&ctx);
     records_free(&rs);
     return 0;

@@ -307,12 +307,52 @@ static void test_three_workers(void **state)
     run_workers(3);
 }
 
+/* moco preview and moco bench augment on a small dataset made by moco mkdb
+ * from images written here. */
+static void test_preview_and_bench(void **state)
+{
+    (void)state;
+    const char *d = tu_tmpdir("augment_cli");
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", d);
+    for (int cls = 0; cls < 2; cls++) {
+        char sub[700];
+        snprintf(sub, sizeof sub, "%s/src/c%d", dir, cls);
+        assert_int_equal(tu_sh("mkdir -p '%s'", sub), 0);
+        for (int i = 0; i < 3; i++) {
+            int w = 60 + 17 * i, h = 45 + 9 * cls;
+            uint8_t *px = malloc((size_t)w * h * 3);
+            for (int j = 0; j < w * h * 3; j++) px[j] = (uint8_t)(j * (i + 3) + cls * 50);
+            VipsImage *im = vips_image_new_from_memory(px, (size_t)w * h * 3, w, h, 3, VIPS_FORMAT_UCHAR);
+            char path[800];
+            snprintf(path, sizeof path, "%s/%d.%s", sub, i, i == 2 ? "png" : "jpg");
+            assert_int_equal(vips_image_write_to_file(im, path, NULL), 0);
+            g_object_unref(im);
+            free(px);
+        }
+    }
+    assert_int_equal(tu_sh("%s mkdb '%s/src' '%s/db' --quiet > '%s/mkdb.log' 2>&1", tu_moco(), dir, dir, dir), 0);
+    assert_int_equal(tu_sh("%s preview '%s/db' --recipe v2 --size 64 --n 6 --out '%s/grid.png' --seed 3", tu_moco(), dir, dir), 0);
+    char png[700];
+    snprintf(png, sizeof png, "%s/grid.png", dir);
+    VipsImage *g = vips_image_new_from_file(png, NULL);
+    assert_non_null(g);
+    printf("preview: %dx%d, %d bands\n", g->Xsize, g->Ysize, g->Bands);
+    assert_true(g->Xsize > 3 * 96 && g->Ysize > 96 && g->Bands == 3);
+    g_object_unref(g);
+    assert_int_equal(tu_sh("%s preview '%s/db' --out '%s/x.png' --bogus 2>/dev/null", tu_moco(), dir, dir), 2);
+    assert_int_equal(tu_sh("%s bench augment --db '%s/db' --recipe v1 --size 48 --seconds 0.2 > '%s/bench.txt'", tu_moco(),
+                           dir, dir), 0);
+    assert_int_equal(tu_sh("tail -n 1 '%s/bench.txt' | grep -q '\"pairs_per_s\":[1-9]'", dir), 0);
+    assert_int_equal(tu_sh("tail -n 1 '%s/bench.txt' | grep -q '\"decode_per_s\":[1-9].*\"failed\":0'", dir), 0);
+}
+
 int main(void)
 {
     if (augment_vips_init("test_augment_wire")) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_reject),        cmocka_unit_test(test_fuzz),
-        cmocka_unit_test(test_one_worker), cmocka_unit_test(test_three_workers),
+        cmocka_unit_test(test_one_worker), cmocka_unit_test(test_three_workers), cmocka_unit_test(test_preview_and_bench),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
