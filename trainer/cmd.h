@@ -7,6 +7,9 @@
 
 #define MOCO_TRAINER_COMMANDS
 /* entries of the `moco bench` table, same form */
-#define MOCO_TRAINER_BENCHES
+#define MOCO_TRAINER_BENCHES \
+    {"train", trainer_bench_main, "full MoCo training steps on synthetic data (trainer/bench.c)"},
+
+int trainer_bench_main(int argc, char **argv);
 
 #endif

@@ -1,0 +1,331 @@
+/* test_nn.c: every layer of trainer/nn.h, forward and backward, against
+ * PyTorch's numbers (tests/golden/trainer/layers.safetensors, written by
+ * tools/gen_trainer_golden.py), against the plain reference kernels, and
+ * against central finite differences. Each comparison prints the largest
+ * difference; tolerances are relative to the largest magnitude of the
+ * expected tensor: 2e-5 for single layers (float32 rounding; 1e-4 for BN's
+ * dx, which cancels), 1e-2 for finite differences (step 2e-3 on float32). */
+#include "tests/testutil.h"
+
+#include <math.h>
+
+#include "formats/errors.h"
+#include "formats/rng.h"
+#include "formats/safetensors.h"
+#include "trainer/nn.h"
+
+#define GOLDEN "tests/golden/trainer/layers.safetensors"
+#define TOL 2e-5
+
+static moco_st *G;
+
+static const float *gt(const char *name, size_t want)
+{
+    const moco_st_tensor *t = moco_st_find(G, name);
+    if (!t) fail_msg("golden tensor %s missing", name);
+    if (t->dtype != MOCO_ST_F32 || (t->end - t->begin) / 4 != want)
+        fail_msg("golden tensor %s: %llu floats, expected %zu", name, (unsigned long long)(t->end - t->begin) / 4, want);
+    return moco_st_data(G, t);
+}
+
+static size_t gnumel(const char *name)
+{
+    const moco_st_tensor *t = moco_st_find(G, name);
+    if (!t) fail_msg("golden tensor %s missing", name);
+    return (t->end - t->begin) / moco_st_dtype_size(t->dtype);
+}
+
+/* Fail unless max|got - want| <= tol * max(max|want|, 1e-3). */
+static void check(const char *what, const float *got, const float *want, size_t n, double tol)
+{
+    double md = 0, scale = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= md)) md = d, at = i; /* NaN sticks */
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    double rel = md / fmax(scale, 1e-3);
+    printf("  %-28s n=%-6zu max|diff| %.3g (at %zu, scale %.3g) rel %.3g tol %.0e %s\n", what, n, md, at, scale, rel, tol,
+           rel <= tol ? "ok" : "MISMATCH");
+    if (!(rel <= tol)) fail_msg("%s: relative difference %g over %g (got %g, want %g at %zu)", what, rel, tol, (double)got[at],
+                                (double)want[at], at);
+}
+
+static float *fz(size_t n) { return test_calloc(n ? n : 1, sizeof(float)); }
+
+static void randn(float *p, size_t n, uint64_t seed)
+{
+    moco_rng r;
+    moco_rng_init(&r, seed, 99, 0, 0);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(2.0 * moco_rng_uniform(&r) - 1.0);
+}
+
+static int setup(void **st)
+{
+    (void)st;
+    if (moco_st_open(GOLDEN, &G)) {
+        fprintf(stderr, "%s\n", moco_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    (void)st;
+    moco_st_destroy(&G);
+    return 0;
+}
+
+static void test_conv_golden(void **st)
+{
+    (void)st;
+    for (int c = 0; c < 6; c++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "conv%d.dims", c);
+        int64_t dims[7];
+        assert_int_equal(moco_st_read(G, nm, MOCO_ST_I64, 1, (int64_t[]){7}, dims), 0);
+        int N = (int)dims[0], Ci = (int)dims[1], H = (int)dims[2], Co = (int)dims[3], k = (int)dims[4], s = (int)dims[5], p = (int)dims[6];
+        for (int budget = 0; budget < 2; budget++) { /* chunks of one image, then the whole batch */
+            nn_conv d;
+            size_t work = nn_conv_init(&d, N, Ci, H, H, Co, k, s, p, budget ? (size_t)1 << 24 : 1);
+            printf("conv%d: N %d Ci %d H %d Co %d k %d s %d p %d, chunk %d\n", c, N, Ci, H, Co, k, s, p, d.chunk);
+            size_t nx = (size_t)N * Ci * H * H, ny = (size_t)N * Co * d.Ho * d.Wo, nw = (size_t)Co * Ci * k * k;
+#define G_(suf, n) (snprintf(nm, sizeof nm, "conv%d." suf, c), gt(nm, n))
+            const float *x = G_("x", nx), *w = G_("w", nw), *y = G_("y", ny), *dy = G_("dy", ny), *dx = G_("dx", nx), *dw = G_("dw", nw);
+#undef G_
+            float *xc = fz(nx), *yc = fz(ny), *dyc = fz(ny), *dxc = fz(nx), *dwc = fz(nw), *out = fz(ny > nx ? ny : nx), *wk = fz(work);
+            nn_nchw_to_cnhw(xc, x, N, Ci, H * H);
+            nn_nchw_to_cnhw(dyc, dy, N, Co, d.Ho * d.Wo);
+            conv2d_forward(yc, xc, w, &d, wk);
+            nn_cnhw_to_nchw(out, yc, N, Co, d.Ho * d.Wo);
+            check("conv forward", out, y, ny, TOL);
+            conv2d_backward(dxc, dwc, dyc, xc, w, &d, wk);
+            nn_cnhw_to_nchw(out, dxc, N, Ci, H * H);
+            check("conv backward dx", out, dx, nx, TOL);
+            check("conv backward dw", dwc, dw, nw, TOL);
+            /* the reference kernels */
+            memset(dxc, 0, nx * 4), memset(dwc, 0, nw * 4);
+            conv2d_forward_ref(yc, xc, w, &d);
+            nn_cnhw_to_nchw(out, yc, N, Co, d.Ho * d.Wo);
+            check("conv forward (ref)", out, y, ny, TOL);
+            conv2d_backward_ref(dxc, dwc, dyc, xc, w, &d);
+            nn_cnhw_to_nchw(out, dxc, N, Ci, H * H);
+            check("conv backward dx (ref)", out, dx, nx, TOL);
+            check("conv backward dw (ref)", dwc, dw, nw, TOL);
+            test_free(xc), test_free(yc), test_free(dyc), test_free(dxc), test_free(dwc), test_free(out), test_free(wk);
+        }
+    }
+}
+
+static void test_bn_golden(void **st)
+{
+    (void)st;
+    const int N = 8, C = 3, HW = 9;
+    const size_t n = (size_t)N * C * HW;
+    for (int S = 1; S <= 4; S *= 2) {
+        char nm[64];
+#define G_(suf, k) (snprintf(nm, sizeof nm, "bn%d." suf, S), gt(nm, k))
+        const float *x = G_("x", n), *gamma = G_("gamma", C), *beta = G_("beta", C), *y = G_("y", n), *dy = G_("dy", n),
+                    *dx = G_("dx", n), *dg = G_("dgamma", C), *db = G_("dbeta", C), *ye = G_("y_eval", n), *rm1 = G_("rm1", C),
+                    *rv1 = G_("rv1", C), *rm0 = G_("rm0", C), *rv0 = G_("rv0", C);
+#undef G_
+        printf("batch norm, %d split(s)\n", S);
+        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+        for (int ref = 0; ref < 2; ref++) {
+            float *xc = fz(n), *yc = fz(n), *dyc = fz(n), *dxc = fz(n), *out = fz(n), rm[3], rv[3], mean[12], istd[12], dgc[3] = {0},
+                  dbc[3] = {0};
+            memcpy(rm, rm0, sizeof rm), memcpy(rv, rv0, sizeof rv);
+            nn_nchw_to_cnhw(xc, x, N, C, HW);
+            nn_nchw_to_cnhw(dyc, dy, N, C, HW);
+            if (ref) bn_forward_ref(yc, mean, istd, rm, rv, xc, gamma, beta, 1, &d);
+            else bn_forward(yc, mean, istd, rm, rv, xc, NULL, gamma, beta, 0, 1, &d);
+            nn_cnhw_to_nchw(out, yc, N, C, HW);
+            check(ref ? "bn train forward (ref)" : "bn train forward", out, y, n, TOL);
+            check("bn running_mean", rm, rm1, C, TOL);
+            check("bn running_var", rv, rv1, C, TOL);
+            if (ref) bn_backward_ref(dxc, dgc, dbc, dyc, xc, mean, istd, gamma, &d);
+            else bn_backward(dxc, NULL, dgc, dbc, dyc, yc, xc, mean, istd, gamma, 0, &d);
+            nn_cnhw_to_nchw(out, dxc, N, C, HW);
+            check("bn backward dx", out, dx, n, 1e-4);
+            check("bn backward dgamma", dgc, dg, C, TOL);
+            check("bn backward dbeta", dbc, db, C, TOL);
+            float rmk[3];
+            memcpy(rmk, rm, sizeof rmk);
+            if (ref) bn_forward_ref(yc, NULL, NULL, rm, rv, xc, gamma, beta, 0, &d);
+            else bn_forward(yc, NULL, NULL, rm, rv, xc, NULL, gamma, beta, 0, 0, &d);
+            nn_cnhw_to_nchw(out, yc, N, C, HW);
+            check("bn eval forward", out, ye, n, TOL);
+            check("bn eval keeps running_mean", rm, rmk, C, 0);
+            test_free(xc), test_free(yc), test_free(dyc), test_free(dxc), test_free(out);
+        }
+    }
+}
+
+/* bn_forward/backward fused with residual add and ReLU == the unfused refs */
+static void test_bn_fused(void **st)
+{
+    (void)st;
+    const int N = 6, C = 4, HW = 5, S = 3;
+    const size_t n = (size_t)N * C * HW;
+    nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+    float *x = fz(n), *res = fz(n), *y = fz(n), *t = fz(n), *yr = fz(n), *dy = fz(n), *dy2 = fz(n), *dx = fz(n), *dres = fz(n),
+          *dt = fz(n), *dxr = fz(n), *dresr = fz(n);
+    float g[4] = {1.2f, 0.7f, -0.5f, 1.0f}, b[4] = {0.1f, -0.3f, 0.2f, 0}, rm[4] = {0}, rv[4] = {1, 1, 1, 1}, rm2[4] = {0},
+          rv2[4] = {1, 1, 1, 1}, mean[12], is[12], mean2[12], is2[12], dg[4] = {0}, db[4] = {0}, dgr[4] = {0}, dbr[4] = {0};
+    randn(x, n, 1), randn(res, n, 2), randn(dy, n, 3);
+    memcpy(dy2, dy, n * 4);
+    bn_forward(y, mean, is, rm, rv, x, res, g, b, 1, 1, &d);
+    bn_forward_ref(t, mean2, is2, rm2, rv2, x, g, b, 1, &d);
+    add_forward(t, t, res, n);
+    relu_forward(yr, t, n);
+    check("fused bn+add+relu forward", y, yr, n, TOL);
+    check("fused saved mean", mean, mean2, 12, TOL);
+    check("fused saved invstd", is, is2, 12, TOL);
+    bn_backward(dx, dres, dg, db, dy, y, x, mean, is, g, 1, &d);
+    relu_backward(dt, dy2, yr, n);
+    float *dt2 = fz(n);
+    add_backward(dt2, dresr, dt, n);
+    bn_backward_ref(dxr, dgr, dbr, dt2, x, mean2, is2, g, &d);
+    check("fused backward dx", dx, dxr, n, 1e-4);
+    check("fused backward dres", dres, dresr, n, TOL);
+    check("fused backward dgamma", dg, dgr, 4, TOL);
+    check("fused backward dbeta", db, dbr, 4, TOL);
+    test_free(x), test_free(res), test_free(y), test_free(t), test_free(yr), test_free(dy), test_free(dy2), test_free(dx),
+        test_free(dres), test_free(dt), test_free(dxr), test_free(dresr), test_free(dt2);
+}
+
+static void test_small_layers_golden(void **st)
+{
+    (void)st;
+    /* max-pool 3/2/1 on ReLU output (ties) */
+    nn_pool pd;
+    nn_pool_init(&pd, 2, 3, 9, 9, 3, 2, 1);
+    size_t nx = 2 * 3 * 81, ny = (size_t)2 * 3 * pd.Ho * pd.Wo;
+    float *xc = fz(nx), *yc = fz(ny), *dyc = fz(ny), *dxc = fz(nx), *o = fz(nx);
+    nn_nchw_to_cnhw(xc, gt("pool.x", nx), 2, 3, 81);
+    nn_nchw_to_cnhw(dyc, gt("pool.dy", ny), 2, 3, pd.Ho * pd.Wo);
+    maxpool_forward(yc, xc, &pd);
+    nn_cnhw_to_nchw(o, yc, 2, 3, pd.Ho * pd.Wo);
+    check("maxpool forward", o, gt("pool.y", ny), ny, 0);
+    maxpool_backward(dxc, dyc, xc, &pd);
+    nn_cnhw_to_nchw(o, dxc, 2, 3, 81);
+    check("maxpool backward (first max wins)", o, gt("pool.dx", nx), nx, TOL);
+    test_free(xc), test_free(yc), test_free(dyc), test_free(dxc), test_free(o);
+    /* linear */
+    const float *x = gt("fc.x", 35), *w = gt("fc.w", 21), *b = gt("fc.b", 3), *dy = gt("fc.dy", 15);
+    for (int ref = 0; ref < 2; ref++) {
+        float y[15], dx[35] = {0}, dw[21] = {0}, db[3] = {0};
+        (ref ? linear_forward_ref : linear_forward)(y, x, w, b, 5, 7, 3);
+        check(ref ? "linear forward (ref)" : "linear forward", y, gt("fc.y", 15), 15, TOL);
+        (ref ? linear_backward_ref : linear_backward)(dx, dw, db, dy, x, w, 5, 7, 3);
+        check("linear dx", dx, gt("fc.dx", 35), 35, TOL);
+        check("linear dw", dw, gt("fc.dw", 21), 21, TOL);
+        check("linear db", db, gt("fc.db", 3), 3, TOL);
+    }
+    /* L2 normalise */
+    float y[24], dx[24] = {0};
+    l2norm_forward(y, gt("l2.x", 24), 4, 6);
+    check("l2norm forward", y, gt("l2.y", 24), 24, TOL);
+    l2norm_backward(dx, gt("l2.dy", 24), gt("l2.x", 24), 4, 6);
+    check("l2norm backward", dx, gt("l2.dx", 24), 24, TOL);
+    /* InfoNCE */
+    const int N = 6, D = 8, K = 20;
+    float T = gt("nce.T", 1)[0], logits[6 * 21], dq[48] = {0};
+    float loss = infonce_forward_backward(dq, logits, gt("nce.q", 48), gt("nce.k", 48), gt("nce.queue", 160), N, D, K, T);
+    check("infonce loss", &loss, gt("nce.loss", 1), 1, TOL);
+    check("infonce dq", dq, gt("nce.dq", 48), 48, TOL);
+    assert_int_equal(gnumel("nce.dq"), 48);
+}
+
+/* ---- finite differences: L = sum(out * r) ---- */
+
+typedef void (*fwd_fn)(float *out, const float *inp, void *ctx);
+
+static double objective(fwd_fn f, void *ctx, float *out, const float *x, const float *r, size_t ny)
+{
+    f(out, x, ctx);
+    double s = 0;
+    for (size_t i = 0; i < ny; i++) s += (double)out[i] * r[i];
+    return s;
+}
+
+/* Compare the analytic dx with central differences at every coordinate. */
+static void fd_check(const char *what, fwd_fn f, void *ctx, float *x, size_t nx, size_t ny, const float *r, const float *dx)
+{
+    float *out = fz(ny), *num = fz(nx);
+    const float h = 2e-3f;
+    for (size_t i = 0; i < nx; i++) {
+        float keep = x[i];
+        x[i] = keep + h;
+        double a = objective(f, ctx, out, x, r, ny);
+        x[i] = keep - h;
+        double b = objective(f, ctx, out, x, r, ny);
+        x[i] = keep;
+        num[i] = (float)((a - b) / (2.0 * h));
+    }
+    check(what, dx, num, nx, 1e-2);
+    test_free(out), test_free(num);
+}
+
+typedef struct { nn_conv d; const float *w; float *work; } conv_ctx;
+static void conv_fwd(float *out, const float *x, void *c) { conv_ctx *k = c; conv2d_forward(out, x, k->w, &k->d, k->work); }
+static void conv_fwd_w(float *out, const float *w, void *c) { conv_ctx *k = c; conv2d_forward(out, k->w, w, &k->d, k->work); }
+
+typedef struct { nn_bn d; const float *g, *b, *res; float rm[8], rv[8], mean[64], is[64]; } bn_ctx;
+static void bn_fwd(float *out, const float *x, void *c)
+{
+    bn_ctx *k = c;
+    bn_forward(out, k->mean, k->is, k->rm, k->rv, x, k->res, k->g, k->b, 1, 1, &k->d);
+}
+
+typedef struct { int N, F; } l2_ctx;
+static void l2_fwd(float *out, const float *x, void *c) { l2_ctx *k = c; l2norm_forward(out, x, k->N, k->F); }
+
+static void test_finite_differences(void **st)
+{
+    (void)st;
+    /* conv 3x3 stride 2 pad 1: dx and dw */
+    conv_ctx cc;
+    size_t work = nn_conv_init(&cc.d, 2, 3, 5, 5, 4, 3, 2, 1, 64);
+    size_t nx = 2 * 3 * 25, nw = 4 * 3 * 9, ny = (size_t)2 * 4 * cc.d.Ho * cc.d.Wo;
+    float *x = fz(nx), *w = fz(nw), *r = fz(ny), *dx = fz(nx), *dw = fz(nw), *ry = fz(ny);
+    cc.work = fz(work);
+    randn(x, nx, 4), randn(w, nw, 5), randn(r, ny, 6);
+    cc.w = w;
+    conv2d_backward(dx, dw, r, x, w, &cc.d, cc.work);
+    fd_check("conv dx vs finite diff", conv_fwd, &cc, x, nx, ny, r, dx);
+    cc.w = x;
+    fd_check("conv dw vs finite diff", conv_fwd_w, &cc, w, nw, ny, r, dw);
+    test_free(x), test_free(w), test_free(r), test_free(dx), test_free(dw), test_free(ry), test_free(cc.work);
+    /* BN train, 2 splits, with residual and ReLU */
+    bn_ctx bc = {.d = {4, 2, 3, 2, 1e-5f, 0.1f}};
+    size_t n = 4 * 2 * 3;
+    float g[2] = {1.3f, -0.8f}, b[2] = {0.2f, 0.1f};
+    float *bx = fz(n), *res = fz(n), *y = fz(n), *br = fz(n), *bdx = fz(n), *dres = fz(n), dg[2] = {0}, db[2] = {0};
+    randn(bx, n, 7), randn(res, n, 8), randn(br, n, 9);
+    bc.g = g, bc.b = b, bc.res = res;
+    bn_fwd(y, bx, &bc);
+    float *dyc = fz(n);
+    memcpy(dyc, br, n * 4);
+    bn_backward(bdx, dres, dg, db, dyc, y, bx, bc.mean, bc.is, g, 1, &bc.d);
+    fd_check("bn(+res, relu) dx vs finite diff", bn_fwd, &bc, bx, n, n, br, bdx);
+    test_free(bx), test_free(res), test_free(y), test_free(br), test_free(bdx), test_free(dres), test_free(dyc);
+    /* L2 normalise */
+    l2_ctx lc = {3, 5};
+    float lx[15], lr[15], ldx[15] = {0};
+    randn(lx, 15, 10), randn(lr, 15, 11);
+    l2norm_backward(ldx, lr, lx, 3, 5);
+    fd_check("l2norm dx vs finite diff", l2_fwd, &lc, lx, 15, 15, lr, ldx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_bn_golden),
+        cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_small_layers_golden),
+        cmocka_unit_test(test_finite_differences),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

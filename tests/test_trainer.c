@@ -1,0 +1,381 @@
+/* test_trainer.c: whole encoders and the MoCo step against PyTorch
+ * (tests/golden/trainer/, from tools/gen_trainer_golden.py): resnet18-cifar
+ * width 8 and resnet50 width 4 (7x7 stem, max-pool, Bottleneck, MLP head):
+ * outputs in train and eval mode, every parameter gradient, BN running
+ * statistics; MoCo steps (shuffle BN with 2 splits, queue, InfoNCE, SGD with
+ * momentum and weight decay, momentum update of the key encoder, symmetric
+ * loss): losses, weights of both encoders, the queue. Weights are loaded
+ * from safetensors files with torchvision's names. Plus: parameter counts
+ * of torchvision's resnet18/34/50, save/load round trip, refused loads,
+ * and a NaN loss. Tolerances (relative to the largest magnitude of the
+ * expected tensor) are stated at each check; each prints its largest
+ * difference. */
+#include "tests/testutil.h"
+
+#include <math.h>
+
+#include "formats/errors.h"
+#include "formats/safetensors.h"
+#include "trainer/moco.h"
+
+#define DIR "tests/golden/trainer/"
+
+static int nfail;
+
+static void check(const char *what, const float *got, const float *want, size_t n, double tol)
+{
+    double md = 0, scale = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    double rel = md / fmax(scale, 1e-3);
+    int ok = rel <= tol;
+    if (!ok || getenv("VERBOSE"))
+        printf("  %-44s n=%-7zu max|diff| %.3g (scale %.3g) rel %.3g tol %.0e %s\n", what, n, md, scale, rel, tol,
+               ok ? "ok" : "MISMATCH");
+    if (!ok) nfail++;
+}
+
+/* Largest relative difference over a group, printed once. */
+typedef struct { double worst; const char *where; char buf[96]; } worst_t;
+static void track(worst_t *w, const char *name, const float *got, const float *want, size_t n)
+{
+    double md = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    double rel = md / fmax(scale, 1e-3);
+    if (!(rel <= w->worst)) w->worst = rel, snprintf(w->buf, sizeof w->buf, "%s", name), w->where = w->buf;
+}
+
+static const float *gf(moco_st *st, const char *name, size_t n)
+{
+    const moco_st_tensor *t = moco_st_find(st, name);
+    if (!t) fail_msg("golden tensor %s missing", name);
+    if (t->dtype != MOCO_ST_F32 || (t->end - t->begin) / 4 != n) fail_msg("golden tensor %s has the wrong size", name);
+    return moco_st_data(st, t);
+}
+
+/* Write the tensors of st named PREFIX<name> as a file of <name>s: a
+ * torchvision-named state_dict, as PyTorch would save it. */
+static const char *extract(moco_st *st, const char *prefix, const char *file)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tu_tmpdir(file), "w.safetensors");
+    moco_st_entry e[1024];
+    int n = 0;
+    size_t pl = strlen(prefix);
+    for (int i = 0; i < moco_st_count(st); i++) {
+        const moco_st_tensor *t = moco_st_at(st, i);
+        if (strncmp(t->name, prefix, pl)) continue;
+        assert_true(n < 1024);
+        e[n] = (moco_st_entry){t->name + pl, t->dtype, t->ndim, {0}, moco_st_data(st, t)};
+        memcpy(e[n].shape, t->shape, sizeof t->shape);
+        n++;
+    }
+    assert_int_equal(moco_st_write(path, e, n, NULL, 0), 0);
+    return path;
+}
+
+static void model_case(const char *file, const char *arch, int width, int mlp, int N, int size, int splits, int dim, double tol)
+{
+    moco_st *st;
+    char path[256];
+    snprintf(path, sizeof path, DIR "%s", file);
+    if (moco_st_open(path, &st)) fail_msg("%s", moco_errmsg());
+    rn_cfg cfg = {arch, width, mlp, dim, splits, N, size};
+    resnet *m;
+    assert_int_equal(rn_new(&cfg, 7, 1, NULL, &m), 0);
+    const char *w = extract(st, "init.", file);
+    if (rn_load(m, w)) fail_msg("load: %s", moco_errmsg());
+    printf("%s: %s width %d%s, batch %d, %dx%d, %d BN splits, %zu parameters\n", file, arch, width, mlp ? " mlp" : "", N, size,
+           size, splits, m->nparams);
+    const float *x = gf(st, "x", (size_t)N * 3 * size * size);
+    const float *out = rn_forward(m, x, NULL, 1);
+    nfail = 0;
+    check("train-mode output", out, gf(st, "out", (size_t)N * dim), (size_t)N * dim, tol);
+    rn_backward(m, gf(st, "dout", (size_t)N * dim));
+    worst_t wg = {0, "", ""}, wb = {0, "", ""};
+    int ng = 0;
+    for (int i = 0; i < m->ntensors; i++) {
+        const rn_tensor *t = &m->tensors[i];
+        char nm[128];
+        if (t->kind == RN_PARAM) {
+            snprintf(nm, sizeof nm, "grad.%s", t->name);
+            const float *want = gf(st, nm, t->numel);
+            check(nm, rn_grad(m, t), want, t->numel, tol);
+            track(&wg, nm, rn_grad(m, t), want, t->numel);
+            ng++;
+        } else if (t->kind == RN_BUFFER) {
+            snprintf(nm, sizeof nm, "after.%s", t->name);
+            const float *want = gf(st, nm, t->numel);
+            check(nm, rn_data(m, t), want, t->numel, tol);
+            track(&wb, nm, rn_data(m, t), want, t->numel);
+        } else {
+            snprintf(nm, sizeof nm, "after.%s", t->name);
+            int64_t c;
+            assert_int_equal(moco_st_read(st, nm, MOCO_ST_I64, 0, NULL, &c), 0);
+            assert_int_equal(*(int64_t *)rn_data(m, t), c);
+        }
+    }
+    printf("  %d parameter gradients: largest relative difference %.3g (%s), tol %.0e\n", ng, wg.worst, wg.where, tol);
+    printf("  BN running statistics: largest relative difference %.3g (%s)\n", wb.worst, wb.where);
+    out = rn_forward(m, x, NULL, 0);
+    check("eval-mode output (running stats)", out, gf(st, "out_eval", (size_t)N * dim), (size_t)N * dim, tol);
+    rn_destroy(&m);
+    moco_st_destroy(&st);
+    if (nfail) fail_msg("%s: %d mismatches", file, nfail);
+}
+
+static void test_resnet18_cifar_w8(void **s)
+{
+    (void)s;
+    model_case("r18c_w8.safetensors", "resnet18-cifar", 8, 0, 4, 16, 1, 32, 2e-4);
+}
+
+static void test_resnet50_w4_mlp(void **s)
+{
+    (void)s;
+    model_case("r50_w4.safetensors", "resnet50", 4, 1, 8, 48, 1, 16, 1e-3);
+}
+
+static void moco_case(const char *file, double tol)
+{
+    moco_st *st;
+    char path[256];
+    snprintf(path, sizeof path, DIR "%s", file);
+    if (moco_st_open(path, &st)) fail_msg("%s", moco_errmsg());
+    int64_t c[8];
+    float cf[4];
+    assert_int_equal(moco_st_read(st, "cfg", MOCO_ST_I64, 1, (int64_t[]){8}, c), 0);
+    assert_int_equal(moco_st_read(st, "cfgf", MOCO_ST_F32, 1, (int64_t[]){4}, cf), 0);
+    int N = (int)c[0], size = (int)c[1], K = (int)c[2], dim = (int)c[3], steps = (int)c[7];
+    moco_cfg cfg = {{"resnet18-cifar", 4, (int)c[6], dim, (int)c[4], N, size}, K, cf[1], cf[0], (int)c[5], cf[2], 0.9f, cf[3], 5};
+    moco *mc;
+    if (moco_new(&cfg, &mc)) fail_msg("%s", moco_errmsg());
+    const char *w = extract(st, "init.", file);
+    if (rn_load(mc->q, w) || rn_load(mc->k, w)) fail_msg("load: %s", moco_errmsg());
+    printf("%s: resnet18-cifar width 4%s, N %d, %dx%d, K %d, dim %d, %lld BN splits%s, %d steps\n", file, c[6] ? " mlp" : "", N,
+           size, size, K, dim, (long long)c[4], c[5] ? ", symmetric" : "", steps);
+    memcpy(mc->queue, gf(st, "queue0", (size_t)dim * K), sizeof(float) * (size_t)dim * K);
+    float *init = malloc(sizeof(float) * mc->q->nparams);
+    memcpy(init, mc->q->params, sizeof(float) * mc->q->nparams);
+    nfail = 0;
+    int dirs = c[5] ? 2 : 1;
+    for (int s = 0; s < steps; s++) {
+        char nm[64];
+        size_t nx = (size_t)N * 3 * size * size;
+        snprintf(nm, sizeof nm, "step%d.x1", s);
+        const float *x1 = gf(st, nm, nx);
+        snprintf(nm, sizeof nm, "step%d.x2", s);
+        const float *x2 = gf(st, nm, nx);
+        int64_t perm[64];
+        snprintf(nm, sizeof nm, "step%d.perm", s);
+        assert_int_equal(moco_st_read(st, nm, MOCO_ST_I64, 1, (int64_t[]){(int64_t)N * dirs}, perm), 0);
+        float loss;
+        assert_int_equal(moco_step(mc, x1, x2, (const uint64_t *)perm, cf[2], &loss), 0);
+        snprintf(nm, sizeof nm, "step%d.loss", s);
+        const float *want = gf(st, nm, 1);
+        printf("  step %d: loss %.6f, PyTorch %.6f\n", s, (double)loss, (double)want[0]);
+        check(nm, &loss, want, 1, 1e-5);
+    }
+    /* weights: compare the change from the initial weights, so that small
+     * SGD steps are not hidden by the weights' own magnitude */
+    worst_t wq = {0, "", ""}, wk = {0, "", ""}, wbuf = {0, "", ""};
+    for (int e = 0; e < 2; e++) {
+        resnet *m = e ? mc->k : mc->q;
+        for (int i = 0; i < m->ntensors; i++) {
+            const rn_tensor *t = &m->tensors[i];
+            char nm[128];
+            snprintf(nm, sizeof nm, "%s.%s", e ? "k" : "q", t->name);
+            if (t->kind == RN_COUNT) {
+                int64_t v;
+                assert_int_equal(moco_st_read(st, nm, MOCO_ST_I64, 0, NULL, &v), 0);
+                assert_int_equal(*(int64_t *)rn_data(m, t), v);
+                continue;
+            }
+            const float *want = gf(st, nm, t->numel), *got = rn_data(m, t);
+            if (t->kind == RN_BUFFER) {
+                check(nm, got, want, t->numel, tol);
+                track(&wbuf, nm, got, want, t->numel);
+                continue;
+            }
+            float *dg = malloc(sizeof(float) * t->numel), *dw = malloc(sizeof(float) * t->numel);
+            for (size_t j = 0; j < t->numel; j++) dg[j] = got[j] - init[t->off + j], dw[j] = want[j] - init[t->off + j];
+            char lbl[140];
+            snprintf(lbl, sizeof lbl, "%s (change)", nm);
+            check(lbl, dg, dw, t->numel, tol);
+            track(e ? &wk : &wq, nm, dg, dw, t->numel);
+            free(dg), free(dw);
+        }
+    }
+    printf("  query weights after the steps (change from init): largest relative difference %.3g (%s), tol %.0e\n", wq.worst,
+           wq.where, tol);
+    printf("  key weights after the steps (change from init): largest relative difference %.3g (%s)\n", wk.worst, wk.where);
+    printf("  BN running statistics of both encoders: largest relative difference %.3g (%s)\n", wbuf.worst, wbuf.where);
+    check("queue", mc->queue, gf(st, "queue", (size_t)dim * K), (size_t)dim * K, tol);
+    int64_t ptr;
+    assert_int_equal(moco_st_read(st, "ptr", MOCO_ST_I64, 1, (int64_t[]){1}, &ptr), 0);
+    assert_int_equal(mc->ptr, ptr);
+    free(init);
+    moco_destroy(&mc);
+    moco_st_destroy(&st);
+    if (nfail) fail_msg("%s: %d mismatches", file, nfail);
+}
+
+static void test_moco_steps(void **s)
+{
+    (void)s;
+    moco_case("moco_a.safetensors", 1e-3);
+}
+
+static void test_moco_symmetric_mlp(void **s)
+{
+    (void)s;
+    moco_case("moco_b.safetensors", 1e-3);
+}
+
+static void test_torchvision_shapes(void **s)
+{
+    (void)s;
+    /* parameter counts of torchvision.models.resnetXX(num_classes=1000) */
+    const struct { const char *arch; size_t params; } want[] = {
+        {"resnet18", 11689512}, {"resnet34", 21797672}, {"resnet50", 25557032}};
+    for (int i = 0; i < 3; i++) {
+        rn_cfg cfg = {want[i].arch, 64, 0, 1000, 1, 2, 32};
+        resnet *m;
+        assert_int_equal(rn_new(&cfg, 1, 0, NULL, &m), 0);
+        printf("%s: %zu parameters (torchvision %zu), %d tensors\n", want[i].arch, m->nparams, want[i].params, m->ntensors);
+        assert_int_equal(m->nparams, want[i].params);
+        assert_non_null(rn_find(m, "conv1.weight"));
+        assert_non_null(rn_find(m, "bn1.running_mean"));
+        assert_int_equal(rn_find(m, "bn1.num_batches_tracked")->kind, RN_COUNT);
+        assert_non_null(rn_find(m, "layer2.0.downsample.1.weight"));
+        assert_non_null(rn_find(m, "fc.weight"));
+        if (i == 2) {
+            assert_non_null(rn_find(m, "layer1.0.downsample.1.weight"));
+            assert_int_equal(rn_find(m, "layer4.2.conv3.weight")->shape[0], 2048);
+        }
+        rn_destroy(&m);
+    }
+    rn_cfg bad = {"resnet19", 64, 0, 128, 1, 2, 32};
+    resnet *m = NULL;
+    assert_int_equal(rn_new(&bad, 1, 0, NULL, &m), MOCO_EINVAL);
+    bad.arch = "resnet18", bad.bn_splits = 3;
+    assert_int_equal(rn_new(&bad, 1, 0, NULL, &m), MOCO_EINVAL);
+    bad.bn_splits = 1, bad.size = 0;
+    assert_int_equal(rn_new(&bad, 1, 0, NULL, &m), MOCO_EINVAL);
+    assert_null(m);
+}
+
+static void test_save_load(void **s)
+{
+    (void)s;
+    const char *dir = tu_tmpdir("trainer_save_load");
+    char p[600], q[600];
+    snprintf(p, sizeof p, "%s/a.safetensors", dir);
+    rn_cfg cfg = {"resnet18-cifar", 4, 1, 16, 1, 2, 8};
+    resnet *a, *b;
+    assert_int_equal(rn_new(&cfg, 1, 0, NULL, &a), 0);
+    assert_int_equal(rn_new(&cfg, 2, 0, NULL, &b), 0);
+    assert_non_null(rn_find(a, "fc.0.weight"));
+    assert_non_null(rn_find(a, "fc.2.bias"));
+    assert_null(rn_find(a, "fc.weight"));
+    a->counts[3] = 42;
+    assert_int_equal(rn_save(a, p), 0);
+    assert_int_equal(rn_load(b, p), 0);
+    assert_memory_equal(a->params, b->params, sizeof(float) * a->nparams);
+    assert_memory_equal(a->buffers, b->buffers, sizeof(float) * a->nbuffers);
+    assert_memory_equal(a->counts, b->counts, sizeof(int64_t) * a->ncounts);
+    /* wrong architecture: refused, naming the tensor, nothing changed */
+    rn_cfg c2 = cfg;
+    c2.mlp = 0;
+    resnet *c;
+    assert_int_equal(rn_new(&c2, 3, 0, NULL, &c), 0);
+    float keep = c->params[0];
+    int rc = rn_load(c, p);
+    printf("fc head file into an MLP-less model: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_ENOTFOUND);
+    assert_non_null(strstr(moco_errmsg(), "fc.weight"));
+    assert_true(c->params[0] == keep);
+    c2 = cfg, c2.width = 8;
+    rn_destroy(&c);
+    assert_int_equal(rn_new(&c2, 3, 0, NULL, &c), 0);
+    rc = rn_load(c, p);
+    printf("width 4 file into width 8: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "conv1.weight"));
+    rn_destroy(&c);
+    /* a file with a float num_batches_tracked, and one with an extra tensor */
+    moco_st *st;
+    assert_int_equal(moco_st_open(p, &st), 0);
+    moco_st_entry e[200];
+    int n = moco_st_count(st);
+    for (int i = 0; i < n; i++) {
+        const moco_st_tensor *t = moco_st_at(st, i);
+        e[i] = (moco_st_entry){t->name, t->dtype, t->ndim, {0}, moco_st_data(st, t)};
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+    }
+    snprintf(q, sizeof q, "%s/b.safetensors", dir);
+    int64_t extra = 0;
+    e[n] = (moco_st_entry){"projector.weight", MOCO_ST_I64, 1, {1}, &extra};
+    assert_int_equal(moco_st_write(q, e, n + 1, NULL, 0), 0);
+    rc = rn_load(b, q);
+    printf("extra tensor: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "projector.weight"));
+    for (int i = 0; i < n; i++)
+        if (strstr(e[i].name, "num_batches_tracked")) e[i].dtype = MOCO_ST_F64;
+    assert_int_equal(moco_st_write(q, e, n, NULL, 0), 0);
+    rc = rn_load(b, q);
+    printf("F64 counter: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_EFORMAT);
+    assert_non_null(strstr(moco_errmsg(), "bn1.num_batches_tracked"));
+    moco_st_destroy(&st);
+    rn_destroy(&a);
+    rn_destroy(&b);
+}
+
+static void test_nan_loss(void **s)
+{
+    (void)s;
+    moco_cfg cfg = {{"resnet18-cifar", 4, 0, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco *mc;
+    assert_int_equal(moco_new(&cfg, &mc), 0);
+    size_t nx = 4 * 3 * 8 * 8;
+    float *x = calloc(2 * nx, sizeof(float)), loss;
+    for (size_t i = 0; i < 2 * nx; i++) x[i] = (float)((i * 7919) % 13) / 13.0f - 0.5f;
+    assert_int_equal(moco_step(mc, x, x + nx, NULL, 0.06f, &loss), 0);
+    assert_true(isfinite(loss));
+    float *before = malloc(sizeof(float) * mc->q->nparams), *qb = malloc(sizeof(float) * 8 * 16);
+    memcpy(before, mc->q->params, sizeof(float) * mc->q->nparams);
+    memcpy(qb, mc->queue, sizeof(float) * 8 * 16);
+    x[5] = NAN;
+    int rc = moco_step(mc, x, x + nx, NULL, 0.06f, &loss);
+    printf("NaN input: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_ENUMERIC);
+    assert_memory_equal(before, mc->q->params, sizeof(float) * mc->q->nparams);
+    assert_memory_equal(qb, mc->queue, sizeof(float) * 8 * 16);
+    assert_int_equal(mc->steps, 1);
+    cfg.K = 6; /* not a multiple of the batch */
+    moco *bad = NULL;
+    assert_int_equal(moco_new(&cfg, &bad), MOCO_EINVAL);
+    free(x), free(before), free(qb);
+    moco_destroy(&mc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resnet18_cifar_w8), cmocka_unit_test(test_resnet50_w4_mlp),
+        cmocka_unit_test(test_moco_steps),        cmocka_unit_test(test_moco_symmetric_mlp),
+        cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_nan_loss),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,104 @@
+/* nn.h: the layers of the trainer, as llm.c writes them: free functions
+ * x_forward(out, ..., inp, ..., dims) and x_backward(dinp, dweight, ...,
+ * dout, ..., dims). Backward ADDS into every gradient it is given (dinp
+ * included), so zeroing is one memset; a NULL gradient pointer is skipped.
+ *
+ * Layout: image activations are channel-major over the batch, (C,N,H,W):
+ * channel c of the whole batch is one contiguous run of N*H*W floats, so a
+ * convolution over a chunk of images is one GEMM with the weights and BN
+ * statistics are single passes. Vectors are (N,F) row-major. PyTorch's
+ * (N,C,H,W) converts with nn_nchw_to_cnhw / nn_cnhw_to_nchw.
+ * Letters: N batch, C/Ci/Co channels, H,W input and Ho,Wo output size,
+ * k kernel size, F features, O outputs, S batch-norm splits.
+ *
+ * Each fast kernel has a plain reference beside it (suffix _ref), in the
+ * NCHW-free (C,N,H,W) layout too, which the tests compare it with. */
+#ifndef TRAINER_NN_H
+#define TRAINER_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void nn_nchw_to_cnhw(float *out, const float *inp, int N, int C, int HW);
+void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW);
+
+/* ---- 2-D convolution, no bias ---- */
+typedef struct {
+    int N, Ci, H, W, Co, k, stride, pad, Ho, Wo;
+    int chunk; /* images per lowered GEMM (set by nn_conv_init) */
+} nn_conv;
+
+/* Fill Ho, Wo and chunk; work_floats is the scratch budget per call (the
+ * chunk is the most images whose im2col fits, at least 1). Returns the
+ * scratch floats the calls need (0 for a 1x1 stride-1 unpadded conv). */
+size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats);
+/* Multiply-adds of one forward pass. */
+double nn_conv_macs(const nn_conv *d);
+
+/* out (Co,N,Ho,Wo) = conv(inp (Ci,N,H,W), w (Co,Ci,k,k)); work as sized above */
+void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work);
+/* dinp (Ci,N,H,W) += ..., dw (Co,Ci,k,k) += ... from dout (Co,N,Ho,Wo) */
+void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work);
+void conv2d_forward_ref(float *out, const float *inp, const float *w, const nn_conv *d);
+void conv2d_backward_ref(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d);
+
+/* ---- batch normalisation, fused with an optional residual add and ReLU ----
+ * train: y = relu?( (x - mean_s) * invstd_s * gamma + beta + res? ) with the
+ * statistics of split s = {n : n % S == s} (PyTorch's SplitBatchNorm view),
+ * biased variance, eps; running_mean/var (C) updated with momentum as
+ * PyTorch does, unbiased variance, averaged over the splits.
+ * mean/invstd (S,C) are saved for backward.
+ * eval (train == 0): running statistics are used and not changed. */
+typedef struct {
+    int N, C, HW, S;
+    float eps, momentum;
+} nn_bn;
+
+/* y,x,res (C,N,HW); gamma,beta,rmean,rvar (C); mean,invstd (S,C). res may be NULL. */
+void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
+                const float *gamma, const float *beta, int relu, int train, const nn_bn *d);
+/* dout (C,N,HW) is the gradient of y (it is overwritten: the ReLU mask is
+ * applied in place); dx, dres (may be NULL) (C,N,HW), dgamma, dbeta (C) += ...
+ * y is the forward output (for the mask), x the input. Train mode only. */
+void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
+                 const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
+/* Unfused references: y = bn(x) (no add, no ReLU) */
+void bn_forward_ref(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *gamma,
+                    const float *beta, int train, const nn_bn *d);
+void bn_backward_ref(float *dx, float *dgamma, float *dbeta, const float *dout, const float *x, const float *mean,
+                     const float *invstd, const float *gamma, const nn_bn *d);
+
+/* ---- element-wise ---- n elements */
+void relu_forward(float *out, const float *inp, size_t n);
+void relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+void add_forward(float *out, const float *a, const float *b, size_t n);
+void add_backward(float *da, float *db, const float *dout, size_t n);
+
+/* ---- max-pool (k, stride, pad; PyTorch's first-max tie rule) ---- */
+typedef struct { int N, C, H, W, k, stride, pad, Ho, Wo; } nn_pool;
+void nn_pool_init(nn_pool *d, int N, int C, int H, int W, int k, int stride, int pad);
+/* out (C,N,Ho,Wo), inp (C,N,H,W) */
+void maxpool_forward(float *out, const float *inp, const nn_pool *d);
+void maxpool_backward(float *dinp, const float *dout, const float *inp, const nn_pool *d);
+
+/* ---- global average pool: out (N,C) = mean over HW of inp (C,N,HW) ---- */
+void avgpool_forward(float *out, const float *inp, int N, int C, int HW);
+void avgpool_backward(float *dinp, const float *dout, int N, int C, int HW);
+
+/* ---- fully connected: out (N,O) = inp (N,F) w^T + b; w (O,F), b (O) ---- */
+void linear_forward(float *out, const float *inp, const float *w, const float *b, int N, int F, int O);
+void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w, int N, int F, int O);
+void linear_forward_ref(float *out, const float *inp, const float *w, const float *b, int N, int F, int O);
+void linear_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w, int N, int F, int O);
+
+/* ---- L2 normalisation of rows: out (N,F) = inp / max(|inp|, 1e-12) ---- */
+void l2norm_forward(float *out, const float *inp, int N, int F);
+void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, int F);
+
+/* ---- InfoNCE: logits (N,1+K) = [q.k, q.queue] / T, cross-entropy with the
+ * positive at 0, mean over N. q,k (N,D); queue (D,K); logits is scratch
+ * (N,1+K). Returns the loss; with dq != NULL also dq (N,D) += dloss/dq. */
+float infonce_forward_backward(float *dq, float *logits, const float *q, const float *k, const float *queue, int N, int D,
+                               int K, float T);
+
+#endif

@@ -1,0 +1,549 @@
+/* resnet.c: builds the op list of a ResNet (resnet.h) once, plans one
+ * activation arena (every activation of a train forward, BN statistics, a
+ * few recycled gradient slots, the im2col scratch) and runs forward and
+ * backward over the op list. The tensor table follows torchvision's
+ * state_dict order; the op list follows execution order.
+ *
+ * Gradient slots: backward walks the ops in reverse; the gradient of an
+ * activation lives in a slot from the first op that needs it until the op
+ * that produced it has run, so a ResNet needs only 3-4 slots of the largest
+ * activation's size rather than a gradient per activation. */
+#include "trainer/resnet.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/errors.h"
+#include "formats/rng.h"
+#include "formats/safetensors.h"
+
+#define RN_WORK_FLOATS ((size_t)4 << 20) /* im2col scratch budget: 16 MB */
+
+enum { OP_CONV, OP_BN, OP_MAXPOOL, OP_AVGPOOL, OP_LINEAR, OP_RELU };
+
+struct rn_op {
+    int type;
+    int in, out, res; /* activation ids; res -1 */
+    int relu;
+    nn_conv conv;
+    nn_bn bn;
+    nn_pool pool;
+    int tw;            /* tensor index of the weight (conv, linear, BN gamma) */
+    int mean, invstd;  /* BN saved statistics (activation ids) */
+    int N, C, HW, F, O;
+    int zero_in, zero_res; /* zero these gradient slots before this op's backward */
+};
+
+typedef struct {
+    size_t numel, off;
+    int slot;  /* gradient slot, planned */
+    int grad;  /* needs a gradient */
+} rn_act;
+
+struct rn_arena {
+    float *base;
+    size_t bytes;
+    int nacts;
+    rn_act *acts;
+    int nslots;
+    size_t slot_floats;
+    float *slots;
+    float *work;
+    int final_act;
+};
+
+/* ------------------------------------------------------------- building */
+
+typedef struct {
+    resnet *m;
+    rn_arena *a;
+    int capt, capo, capa;
+    int err;
+    int N;
+} builder;
+
+static void *grow(void *p, int *cap, int need, size_t elt)
+{
+    if (need <= *cap) return p;
+    int c = *cap ? *cap * 2 : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(p, (size_t)c * elt);
+    if (q) *cap = c;
+    return q;
+}
+
+static int b_tensor(builder *b, const char *name, const char *suffix, int kind, int ndim, int64_t s0, int64_t s1, int64_t s2, int64_t s3)
+{
+    resnet *m = b->m;
+    rn_tensor *t = grow(m->tensors, &b->capt, m->ntensors + 1, sizeof *t);
+    if (!t) return b->err = MOCO_ENOMEM, 0;
+    m->tensors = t;
+    t += m->ntensors;
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s%s%s", name, *name ? "." : "", suffix);
+    t->kind = kind, t->ndim = ndim;
+    int64_t s[4] = {s0, s1, s2, s3};
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) t->shape[i] = s[i], t->numel *= (size_t)s[i];
+    size_t *n = kind == RN_PARAM ? &m->nparams : kind == RN_BUFFER ? &m->nbuffers : &m->ncounts;
+    t->off = *n;
+    *n += t->numel;
+    return m->ntensors++;
+}
+
+static int b_act(builder *b, size_t numel, int grad)
+{
+    rn_arena *a = b->a;
+    rn_act *p = grow(a->acts, &b->capa, a->nacts + 1, sizeof *p);
+    if (!p) return b->err = MOCO_ENOMEM, 0;
+    a->acts = p;
+    p[a->nacts] = (rn_act){numel, 0, -1, grad};
+    return a->nacts++;
+}
+
+static rn_op *b_op(builder *b, int type)
+{
+    resnet *m = b->m;
+    rn_op *o = grow(m->ops, &b->capo, m->nops + 1, sizeof *o);
+    if (!o) {
+        b->err = MOCO_ENOMEM;
+        static rn_op dummy;
+        return &dummy;
+    }
+    m->ops = o;
+    o += m->nops++;
+    memset(o, 0, sizeof *o);
+    o->type = type, o->res = -1;
+    return o;
+}
+
+static int t_conv(builder *b, const char *name, int co, int ci, int k)
+{
+    return b_tensor(b, name, "weight", RN_PARAM, 4, co, ci, k, k);
+}
+
+static int t_bn(builder *b, const char *name, int c)
+{
+    int t = b_tensor(b, name, "weight", RN_PARAM, 1, c, 0, 0, 0);
+    b_tensor(b, name, "bias", RN_PARAM, 1, c, 0, 0, 0);
+    b_tensor(b, name, "running_mean", RN_BUFFER, 1, c, 0, 0, 0);
+    b_tensor(b, name, "running_var", RN_BUFFER, 1, c, 0, 0, 0);
+    b_tensor(b, name, "num_batches_tracked", RN_COUNT, 0, 0, 0, 0, 0);
+    return t;
+}
+
+/* conv op: returns the output activation; *H becomes the output size */
+static int o_conv(builder *b, int in, int tw, int ci, int co, int k, int s, int p, int *H)
+{
+    rn_op *o = b_op(b, OP_CONV);
+    nn_conv_init(&o->conv, b->N, ci, *H, *H, co, k, s, p, RN_WORK_FLOATS);
+    *H = o->conv.Ho;
+    o->in = in, o->tw = tw;
+    o->out = b_act(b, (size_t)b->N * co * *H * *H, 1);
+    b->m->macs += nn_conv_macs(&o->conv);
+    return o->out;
+}
+
+static int o_bn(builder *b, int in, int tw, int c, int H, int res, int relu)
+{
+    rn_op *o = b_op(b, OP_BN);
+    o->bn = (nn_bn){b->N, c, H * H, b->m->cfg.bn_splits, 1e-5f, 0.1f};
+    o->in = in, o->tw = tw, o->res = res, o->relu = relu;
+    o->mean = b_act(b, (size_t)c * o->bn.S, 0);
+    o->invstd = b_act(b, (size_t)c * o->bn.S, 0);
+    o->out = b_act(b, (size_t)b->N * c * H * H, 1);
+    return b->m->ops[b->m->nops - 1].out;
+}
+
+static int o_linear(builder *b, int in, int tw, int F, int O)
+{
+    rn_op *o = b_op(b, OP_LINEAR);
+    o->in = in, o->tw = tw, o->N = b->N, o->F = F, o->O = O;
+    o->out = b_act(b, (size_t)b->N * O, 1);
+    b->m->macs += (double)b->N * F * O;
+    return b->m->ops[b->m->nops - 1].out;
+}
+
+/* One residual block; returns its output. */
+static int block(builder *b, const char *pre, int in, int inpl, int planes, int stride, int bottleneck, int *H)
+{
+    char n[64];
+    int exp = bottleneck ? 4 : 1, out = planes * exp;
+    int ds = stride != 1 || inpl != out;
+    int c1, b1, c2, b2, c3 = 0, b3 = 0, dc = 0, db = 0;
+#define NM(s) (snprintf(n, sizeof n, "%s.%s", pre, s), n)
+    if (!bottleneck) {
+        c1 = t_conv(b, NM("conv1"), planes, inpl, 3), b1 = t_bn(b, NM("bn1"), planes);
+        c2 = t_conv(b, NM("conv2"), planes, planes, 3), b2 = t_bn(b, NM("bn2"), planes);
+    } else {
+        c1 = t_conv(b, NM("conv1"), planes, inpl, 1), b1 = t_bn(b, NM("bn1"), planes);
+        c2 = t_conv(b, NM("conv2"), planes, planes, 3), b2 = t_bn(b, NM("bn2"), planes);
+        c3 = t_conv(b, NM("conv3"), out, planes, 1), b3 = t_bn(b, NM("bn3"), out);
+    }
+    if (ds) dc = t_conv(b, NM("downsample.0"), out, inpl, 1), db = t_bn(b, NM("downsample.1"), out);
+#undef NM
+    int H0 = *H, Hd = *H, x;
+    if (!bottleneck) {
+        x = o_conv(b, in, c1, inpl, planes, 3, stride, 1, H);
+        x = o_bn(b, x, b1, planes, *H, -1, 1);
+        x = o_conv(b, x, c2, planes, planes, 3, 1, 1, H);
+    } else {
+        x = o_conv(b, in, c1, inpl, planes, 1, 1, 0, H);
+        x = o_bn(b, x, b1, planes, *H, -1, 1);
+        x = o_conv(b, x, c2, planes, planes, 3, stride, 1, H);
+        x = o_bn(b, x, b2, planes, *H, -1, 1);
+        x = o_conv(b, x, c3, planes, out, 1, 1, 0, H);
+    }
+    int r = in;
+    if (ds) {
+        r = o_conv(b, in, dc, inpl, out, 1, stride, 0, &Hd);
+        r = o_bn(b, r, db, out, Hd, -1, 0);
+    }
+    (void)H0;
+    return o_bn(b, x, bottleneck ? b3 : b2, out, *H, r, 1);
+}
+
+static int build(builder *b)
+{
+    resnet *m = b->m;
+    const rn_cfg *c = &m->cfg;
+    const char *a = c->arch;
+    int cifar = strstr(a, "-cifar") != NULL, bottleneck, nb[4];
+    if (!strcmp(a, "resnet18") || !strcmp(a, "resnet18-cifar")) bottleneck = 0, nb[0] = 2, nb[1] = 2, nb[2] = 2, nb[3] = 2;
+    else if (!strcmp(a, "resnet34")) bottleneck = 0, nb[0] = 3, nb[1] = 4, nb[2] = 6, nb[3] = 3;
+    else if (!strcmp(a, "resnet50") || !strcmp(a, "resnet50-cifar")) bottleneck = 1, nb[0] = 3, nb[1] = 4, nb[2] = 6, nb[3] = 3;
+    else return moco_err(MOCO_EINVAL, "unknown architecture '%s' (resnet18 resnet34 resnet50 resnet18-cifar resnet50-cifar)", a);
+    int W = c->width, H = c->size;
+    int x = b_act(b, (size_t)b->N * 3 * H * H, 0);
+    int tc = t_conv(b, "conv1", W, 3, cifar ? 3 : 7), tb = t_bn(b, "bn1", W);
+    x = cifar ? o_conv(b, x, tc, 3, W, 3, 1, 1, &H) : o_conv(b, x, tc, 3, W, 7, 2, 3, &H);
+    x = o_bn(b, x, tb, W, H, -1, 1);
+    if (!cifar) {
+        rn_op *o = b_op(b, OP_MAXPOOL);
+        nn_pool_init(&o->pool, b->N, W, H, H, 3, 2, 1);
+        H = o->pool.Ho;
+        o->in = x;
+        o->out = x = b_act(b, (size_t)b->N * W * H * H, 1);
+    }
+    int inpl = W;
+    for (int l = 0; l < 4; l++)
+        for (int i = 0; i < nb[l]; i++) {
+            char pre[32];
+            snprintf(pre, sizeof pre, "layer%d.%d", l + 1, i);
+            int planes = W << l;
+            x = block(b, pre, x, inpl, planes, i == 0 && l > 0 ? 2 : 1, bottleneck, &H);
+            inpl = planes * (bottleneck ? 4 : 1);
+        }
+    m->features = inpl;
+    rn_op *o = b_op(b, OP_AVGPOOL);
+    o->in = x, o->N = b->N, o->C = inpl, o->HW = H * H;
+    o->out = x = b_act(b, (size_t)b->N * inpl, 1);
+    if (c->mlp) {
+        int w0 = b_tensor(b, "fc.0", "weight", RN_PARAM, 2, inpl, inpl, 0, 0);
+        b_tensor(b, "fc.0", "bias", RN_PARAM, 1, inpl, 0, 0, 0);
+        int w2 = b_tensor(b, "fc.2", "weight", RN_PARAM, 2, c->dim, inpl, 0, 0);
+        b_tensor(b, "fc.2", "bias", RN_PARAM, 1, c->dim, 0, 0, 0);
+        x = o_linear(b, x, w0, inpl, inpl);
+        o = b_op(b, OP_RELU);
+        o->in = x, o->N = b->N, o->F = inpl;
+        o->out = x = b_act(b, (size_t)b->N * inpl, 1);
+        x = o_linear(b, x, w2, inpl, c->dim);
+    } else {
+        int w = b_tensor(b, "fc", "weight", RN_PARAM, 2, c->dim, inpl, 0, 0);
+        b_tensor(b, "fc", "bias", RN_PARAM, 1, c->dim, 0, 0, 0);
+        x = o_linear(b, x, w, inpl, c->dim);
+    }
+    b->a->final_act = x;
+    m->macs_first = nn_conv_macs(&m->ops[0].conv);
+    return b->err;
+}
+
+/* Plan gradient slots (reverse liveness) and lay out the arena. */
+static int plan(resnet *m, rn_arena *a)
+{
+    int *free_ = calloc((size_t)a->nacts + 8, sizeof *free_), nfree = 0;
+    if (!free_) return moco_err(MOCO_ENOMEM, "out of memory planning the model");
+    a->nslots = 0, a->slot_floats = 0;
+    for (int i = 0; i < a->nacts; i++)
+        if (a->acts[i].grad && a->acts[i].numel > a->slot_floats) a->slot_floats = a->acts[i].numel;
+#define TAKE(id)                                                                                                        \
+    (a->acts[id].slot = nfree ? free_[--nfree] : a->nslots++)
+    TAKE(a->final_act);
+    for (int i = m->nops - 1; i >= 0; i--) {
+        rn_op *o = &m->ops[i];
+        o->zero_in = o->zero_res = 0;
+        if (a->acts[o->in].grad && a->acts[o->in].slot < 0) TAKE(o->in), o->zero_in = 1;
+        if (o->res >= 0 && a->acts[o->res].slot < 0) TAKE(o->res), o->zero_res = 1;
+        free_[nfree++] = a->acts[o->out].slot;
+    }
+#undef TAKE
+    free(free_);
+    size_t off = 0, work = 0;
+    for (int i = 0; i < a->nacts; i++) a->acts[i].off = off, off += (a->acts[i].numel + 15) & ~(size_t)15;
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].type == OP_CONV) {
+            nn_conv *d = &m->ops[i].conv;
+            size_t w = nn_conv_init(d, d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad, RN_WORK_FLOATS);
+            work = w > work ? w : work;
+        }
+    size_t total = off + (size_t)a->nslots * a->slot_floats + work + 16;
+    a->bytes = total * sizeof(float);
+    a->base = malloc(a->bytes);
+    if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
+    a->slots = a->base + off;
+    a->work = a->slots + (size_t)a->nslots * a->slot_floats;
+    return 0;
+}
+
+static double gauss(moco_rng *r)
+{
+    double u1 = moco_rng_uniform(r), u2 = moco_rng_uniform(r);
+    return sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
+}
+
+static void init_params(resnet *m, uint64_t seed)
+{
+    memset(m->buffers, 0, sizeof(float) * m->nbuffers);
+    memset(m->counts, 0, sizeof(int64_t) * m->ncounts);
+    for (int i = 0; i < m->ntensors; i++) {
+        rn_tensor *t = &m->tensors[i];
+        moco_rng r;
+        moco_rng_init(&r, seed, 1, (uint64_t)i, 0);
+        const char *suf = strrchr(t->name, '.') + 1;
+        float *p = rn_data(m, t);
+        if (t->kind == RN_BUFFER) {
+            float v = !strcmp(suf, "running_var") ? 1.0f : 0.0f;
+            for (size_t j = 0; j < t->numel; j++) p[j] = v;
+        } else if (t->kind == RN_PARAM && t->ndim == 4) { /* conv: Kaiming normal, fan_out, relu */
+            double sd = sqrt(2.0 / (double)(t->shape[0] * t->shape[2] * t->shape[3]));
+            for (size_t j = 0; j < t->numel; j++) p[j] = (float)(sd * gauss(&r));
+        } else if (t->kind == RN_PARAM && !strncmp(t->name, "fc", 2)) { /* Linear: U(-1/sqrt(fan_in), ..) */
+            int64_t fan_in = t->ndim == 2 ? t->shape[1] : m->tensors[i - 1].shape[1];
+            double bound = 1.0 / sqrt((double)fan_in);
+            for (size_t j = 0; j < t->numel; j++) p[j] = (float)(bound * (2.0 * moco_rng_uniform(&r) - 1.0));
+        } else if (t->kind == RN_PARAM) { /* BN */
+            float v = !strcmp(suf, "weight") ? 1.0f : 0.0f;
+            for (size_t j = 0; j < t->numel; j++) p[j] = v;
+        }
+    }
+}
+
+int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **out)
+{
+    *out = NULL;
+    if (cfg->width < 1 || cfg->width > 4096 || cfg->dim < 1 || cfg->bn_splits < 1 || cfg->batch < 1 ||
+        cfg->batch % cfg->bn_splits || cfg->size < 1 || cfg->size > 4096)
+        return moco_err(MOCO_EINVAL, "bad model configuration: width %d, dim %d, batch %d, bn splits %d, size %d "
+                                     "(splits must divide the batch)", cfg->width, cfg->dim, cfg->batch, cfg->bn_splits, cfg->size);
+    if (cfg->batch / cfg->bn_splits < 2)
+        return moco_err(MOCO_EINVAL, "batch %d over %d BN splits leaves fewer than 2 samples per split", cfg->batch, cfg->bn_splits);
+    resnet *m = calloc(1, sizeof *m);
+    rn_arena *a = calloc(1, sizeof *a);
+    int rc = MOCO_ENOMEM;
+    if (!m || !a) {
+        free(m), free(a);
+        return moco_err(MOCO_ENOMEM, "out of memory");
+    }
+    m->cfg = *cfg;
+    builder b = {m, a, 0, 0, 0, 0, cfg->batch};
+    m->arena = a, m->owns_arena = 1;
+    if ((rc = build(&b))) goto fail;
+    int H = cfg->size;
+    for (int i = 0; i < m->nops; i++) /* every spatial size must stay >= 1 */
+        if (m->ops[i].type == OP_AVGPOOL) H = m->ops[i].HW;
+    if (H < 1 || (m->ops[0].conv.Ho < 1)) {
+        rc = moco_err(MOCO_EINVAL, "input size %d is too small for %s", cfg->size, cfg->arch);
+        goto fail;
+    }
+    for (int i = 0; i < m->nops; i++)
+        if ((m->ops[i].type == OP_CONV && m->ops[i].conv.Ho < 1) || (m->ops[i].type == OP_MAXPOOL && m->ops[i].pool.Ho < 1)) {
+            rc = moco_err(MOCO_EINVAL, "input size %d is too small for %s", cfg->size, cfg->arch);
+            goto fail;
+        }
+    if (share) {
+        if (share->nops != m->nops || share->arena->nacts != a->nacts || share->cfg.batch != cfg->batch) {
+            rc = moco_err(MOCO_EINVAL, "shared activations come from a different model");
+            goto fail;
+        }
+        /* keep our op list (same plan), use share's arena */
+        free(a->acts);
+        free(a);
+        m->arena = share->arena, m->owns_arena = 0;
+        memcpy(m->ops, share->ops, sizeof *m->ops * (size_t)m->nops);
+    } else if ((rc = plan(m, a))) {
+        goto fail;
+    }
+    size_t np = m->nparams * (grads ? 3 : 1) + m->nbuffers;
+    m->params = malloc(sizeof(float) * np + sizeof(int64_t) * (m->ncounts + 1));
+    if (!m->params) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory for %zu parameters", m->nparams);
+        goto fail;
+    }
+    m->grads = grads ? m->params + m->nparams : NULL;
+    m->momentum = grads ? m->params + 2 * m->nparams : NULL;
+    m->buffers = m->params + m->nparams * (grads ? 3 : 1);
+    m->counts = (int64_t *)(m->buffers + m->nbuffers);
+    if (((uintptr_t)m->counts & 7)) m->counts = (int64_t *)((float *)m->counts + 1);
+    if (grads) memset(m->grads, 0, sizeof(float) * 2 * m->nparams);
+    init_params(m, seed);
+    *out = m;
+    return 0;
+fail:
+    rn_destroy(&m);
+    return rc;
+}
+
+void rn_destroy(resnet **pm)
+{
+    resnet *m = pm ? *pm : NULL;
+    if (!m) return;
+    if (m->owns_arena && m->arena) {
+        free(m->arena->base);
+        free(m->arena->acts);
+        free(m->arena);
+    }
+    free(m->params);
+    free(m->tensors);
+    free(m->ops);
+    free(m);
+    *pm = NULL;
+}
+
+/* ------------------------------------------------------------- running */
+
+#define ACT(id) (a->base + a->acts[id].off)
+#define GRAD(id) (a->slots + (size_t)a->acts[id].slot * a->slot_floats)
+
+static float *P(const resnet *m, int t) { return m->params + m->tensors[t].off; }
+static float *B(const resnet *m, int t) { return m->buffers + m->tensors[t].off; }
+
+const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int train)
+{
+    rn_arena *a = m->arena;
+    const int N = m->cfg.batch, HW = m->cfg.size * m->cfg.size;
+    float *x0 = ACT(0);
+    for (int i = 0; i < N; i++) {
+        const float *src = x + (size_t)(perm ? perm[i] : (uint64_t)i) * 3 * HW;
+        for (int c = 0; c < 3; c++) memcpy(x0 + ((size_t)c * N + i) * HW, src + (size_t)c * HW, sizeof(float) * (size_t)HW);
+    }
+    for (int i = 0; i < m->nops; i++) {
+        rn_op *o = &m->ops[i];
+        switch (o->type) {
+        case OP_CONV: conv2d_forward(ACT(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work); break;
+        case OP_BN:
+            bn_forward(ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3), ACT(o->in),
+                       o->res >= 0 ? ACT(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
+            if (train) m->counts[m->tensors[o->tw + 4].off]++;
+            break;
+        case OP_MAXPOOL: maxpool_forward(ACT(o->out), ACT(o->in), &o->pool); break;
+        case OP_AVGPOOL: avgpool_forward(ACT(o->out), ACT(o->in), o->N, o->C, o->HW); break;
+        case OP_LINEAR: linear_forward(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O); break;
+        case OP_RELU: relu_forward(ACT(o->out), ACT(o->in), (size_t)o->N * o->F); break;
+        }
+    }
+    return ACT(a->final_act);
+}
+
+void rn_backward(resnet *m, const float *dout)
+{
+    rn_arena *a = m->arena;
+    memcpy(GRAD(a->final_act), dout, sizeof(float) * a->acts[a->final_act].numel);
+    for (int i = m->nops - 1; i >= 0; i--) {
+        rn_op *o = &m->ops[i];
+        int gin = a->acts[o->in].grad;
+        if (o->zero_in) memset(GRAD(o->in), 0, sizeof(float) * a->acts[o->in].numel);
+        if (o->zero_res) memset(GRAD(o->res), 0, sizeof(float) * a->acts[o->res].numel);
+        float *din = gin ? GRAD(o->in) : NULL;
+        float *G = m->grads;
+        switch (o->type) {
+        case OP_CONV:
+            conv2d_backward(din, G + m->tensors[o->tw].off, GRAD(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work);
+            break;
+        case OP_BN:
+            bn_backward(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
+                        GRAD(o->out), ACT(o->out), ACT(o->in), ACT(o->mean), ACT(o->invstd), P(m, o->tw), o->relu, &o->bn);
+            break;
+        case OP_MAXPOOL: maxpool_backward(din, GRAD(o->out), ACT(o->in), &o->pool); break;
+        case OP_AVGPOOL: avgpool_backward(din, GRAD(o->out), o->N, o->C, o->HW); break;
+        case OP_LINEAR:
+            linear_backward(din, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off, GRAD(o->out), ACT(o->in), P(m, o->tw),
+                            o->N, o->F, o->O);
+            break;
+        case OP_RELU: relu_backward(din, GRAD(o->out), ACT(o->out), (size_t)o->N * o->F); break;
+        }
+    }
+}
+
+void rn_zero_grad(resnet *m)
+{
+    if (m->grads) memset(m->grads, 0, sizeof(float) * m->nparams);
+}
+
+const rn_tensor *rn_find(const resnet *m, const char *name)
+{
+    for (int i = 0; i < m->ntensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+void *rn_data(const resnet *m, const rn_tensor *t)
+{
+    return t->kind == RN_PARAM ? (void *)(m->params + t->off) : t->kind == RN_BUFFER ? (void *)(m->buffers + t->off)
+                                                                                      : (void *)(m->counts + t->off);
+}
+
+float *rn_grad(const resnet *m, const rn_tensor *t) { return t->kind == RN_PARAM && m->grads ? m->grads + t->off : NULL; }
+
+size_t rn_arena_bytes(const resnet *m) { return m->arena->bytes; }
+
+int rn_save(const resnet *m, const char *path)
+{
+    moco_st_entry *e = calloc((size_t)m->ntensors, sizeof *e);
+    if (!e) return moco_err(MOCO_ENOMEM, "out of memory");
+    for (int i = 0; i < m->ntensors; i++) {
+        const rn_tensor *t = &m->tensors[i];
+        e[i].name = t->name;
+        e[i].dtype = t->kind == RN_COUNT ? MOCO_ST_I64 : MOCO_ST_F32;
+        e[i].ndim = t->ndim;
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+        e[i].data = rn_data(m, t);
+    }
+    char meta[160];
+    snprintf(meta, sizeof meta, "%s width %d dim %d%s", m->cfg.arch, m->cfg.width, m->cfg.dim, m->cfg.mlp ? " mlp" : "");
+    const char *kv[] = {"moco.arch", meta};
+    int rc = moco_st_write(path, e, m->ntensors, kv, 1);
+    free(e);
+    return rc;
+}
+
+int rn_load(resnet *m, const char *path)
+{
+    moco_st *st;
+    int rc = moco_st_open(path, &st);
+    if (rc) return rc;
+    /* check everything first, then copy: never a partial load */
+    for (int i = 0; i < m->ntensors && !rc; i++) {
+        const rn_tensor *t = &m->tensors[i];
+        const moco_st_tensor *f = moco_st_find(st, t->name);
+        moco_st_dtype dt = t->kind == RN_COUNT ? MOCO_ST_I64 : MOCO_ST_F32;
+        int same = f && f->dtype == dt && f->ndim == t->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == t->shape[d];
+        if (!same) { /* let moco_st_read word the error */
+            rc = moco_st_read(st, t->name, dt, t->ndim, t->shape, NULL);
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", moco_errmsg());
+            moco_err(rc, "%s: %s", path, msg);
+        }
+    }
+    for (int i = 0; !rc && i < moco_st_count(st); i++)
+        if (!rn_find(m, moco_st_at(st, i)->name))
+            rc = moco_err(MOCO_EINVAL, "%s: tensor '%s' is not part of %s", path, moco_st_at(st, i)->name, m->cfg.arch);
+    for (int i = 0; i < m->ntensors && !rc; i++) {
+        const rn_tensor *t = &m->tensors[i];
+        rc = moco_st_read(st, t->name, t->kind == RN_COUNT ? MOCO_ST_I64 : MOCO_ST_F32, t->ndim, t->shape, rn_data(m, t));
+    }
+    moco_st_destroy(&st);
+    return rc;
+}

@@ -1,0 +1,110 @@
+/* resnet.h: ResNet encoders as torchvision defines them, with a projection
+ * head, built on the layers of nn.h.
+ *
+ * Architectures: resnet18, resnet34 (BasicBlock), resnet50 (Bottleneck,
+ * stride on the 3x3 conv as torchvision), each with the 7x7/2 stem and a
+ * 3x3/2 max-pool; resnet18-cifar and resnet50-cifar with a 3x3/1 stem and
+ * no max-pool (the official MoCo CIFAR-10 demo). `width` is the base width
+ * (64 in torchvision): layers have width, 2w, 4w, 8w planes. The head is
+ * fc: Linear(features, dim), or with mlp: fc.0 Linear(features, features),
+ * fc.1 ReLU, fc.2 Linear(features, dim). BN layers compute their batch
+ * statistics over `bn_splits` interleaved sub-batches (n % S), exactly as
+ * the demo's SplitBatchNorm does; 1 is plain BatchNorm2d.
+ *
+ * Memory: parameters, their gradients and momentum buffer, the BN buffers
+ * and the activations are each one allocation, made by rn_new; nothing is
+ * allocated by forward or backward. A key encoder can share the activation
+ * arena of the query encoder (rn_new's `share`): the two never need their
+ * activations at the same time in the MoCo step.
+ *
+ * Tensor names and shapes are those of torchvision's state_dict, in its
+ * order ("conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
+ * "layer1.0.downsample.1.weight", "fc.weight" / "fc.0.weight", ...). */
+#ifndef TRAINER_RESNET_H
+#define TRAINER_RESNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trainer/nn.h"
+
+typedef struct {
+    const char *arch; /* resnet18 resnet34 resnet50 resnet18-cifar resnet50-cifar */
+    int width;        /* base width, 64 in torchvision */
+    int mlp;          /* MoCo v2 MLP head */
+    int dim;          /* output features */
+    int bn_splits;    /* >= 1, divides batch */
+    int batch;        /* N the buffers are sized for */
+    int size;         /* input height = width */
+} rn_cfg;
+
+enum { RN_PARAM, RN_BUFFER, RN_COUNT }; /* float param, float buffer, int64 counter */
+
+typedef struct {
+    char name[64];
+    int kind;
+    size_t off; /* into params, buffers or counts */
+    size_t numel;
+    int ndim;
+    int64_t shape[4];
+} rn_tensor;
+
+typedef struct rn_op rn_op;
+typedef struct rn_arena rn_arena;
+
+typedef struct {
+    rn_cfg cfg;
+    int ntensors;
+    rn_tensor *tensors;  /* state_dict order */
+    size_t nparams, nbuffers, ncounts;
+    float *params;       /* all trainable floats */
+    float *grads;        /* same size (NULL without grads) */
+    float *momentum;     /* SGD momentum buffer (NULL without grads) */
+    float *buffers;      /* BN running mean / var */
+    int64_t *counts;     /* BN num_batches_tracked */
+    int nops;
+    rn_op *ops;
+    rn_arena *arena;
+    int owns_arena;
+    int features;        /* before the head */
+    double macs;         /* multiply-adds of one forward of the batch (convs, linears) */
+    double macs_first;   /* of the first conv (no input gradient is computed) */
+} resnet;
+
+/* Build a model with parameters initialised as torchvision does (Kaiming
+ * normal fan_out for convs, BN 1/0, Linear's default uniform) from stream
+ * (seed, 1, tensor index). grads != 0 allocates gradients and the momentum
+ * buffer. share != NULL: use share's activations (same cfg required).
+ * Returns 0, MOCO_EINVAL (unknown arch, bad width/dim, batch not divisible
+ * by bn_splits, size too small) or MOCO_ENOMEM. */
+int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **out);
+void rn_destroy(resnet **m);
+
+/* Forward x (N,3,size,size), NCHW as PyTorch, row perm[i] of x as batch
+ * row i when perm != NULL. train: batch statistics and running-average
+ * updates; else running statistics. Returns the head output (N,dim),
+ * valid until the next call on a model sharing the arena. */
+const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int train);
+
+/* After a train forward: add the gradients of dout (N,dim) to m->grads. */
+void rn_backward(resnet *m, const float *dout);
+
+void rn_zero_grad(resnet *m);
+
+/* Tensor by state_dict name, or NULL; its data pointer (float or int64). */
+const rn_tensor *rn_find(const resnet *m, const char *name);
+void *rn_data(const resnet *m, const rn_tensor *t);
+/* The gradient of a parameter tensor (NULL for buffers or without grads). */
+float *rn_grad(const resnet *m, const rn_tensor *t);
+
+/* Save / load every tensor of the state_dict as safetensors. Loading checks
+ * every name, dtype and shape first (messages name the tensor) and changes
+ * nothing unless all are right; tensors in the file that the model lacks
+ * are an error too. */
+int rn_save(const resnet *m, const char *path);
+int rn_load(resnet *m, const char *path);
+
+/* Bytes of the activation arena (for reports). */
+size_t rn_arena_bytes(const resnet *m);
+
+#endif
