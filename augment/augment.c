@@ -385,7 +385,7 @@ static int make_view(augment_ctx *c, const uint8_t *px, int w, int h, int ch, do
     const augment_recipe *r = &c->r;
     int S = r->size;
     double bx = p->crop_x * fx, by = p->crop_y * fy, bw = p->crop_w * fx, bh = p->crop_h * fy;
-    size_t need = augment_resample_tmp(bw, S, S, ch);
+    size_t need = augment_resample_tmp(bw, bh, S, S, ch);
     if (grow((void **)&c->rs_tmp, &c->rs_cap, need, sizeof(float))) return moco_err(MOCO_ENOMEM, "%s: out of memory", c->what);
     float *f = c->view;
     if (augment_resample(f, S, S, px, h, w, ch, bx, by, bw, bh, p->flip, c->rs_tmp))

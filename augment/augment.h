@@ -137,9 +137,9 @@ int augment_vips_init(const char *argv0);
  * dw) planar float, with Pillow's / torchvision's filter (triangle support
  * scaled by the shrink factor, taps clamped to the box, as torchvision
  * crops first), flipped horizontally if flip. tmp holds
- * augment_resample_tmp(bw, dh, dw, c) floats. Returns 0, or -1 for a box
- * outside the image or an output over 2048. */
-size_t augment_resample_tmp(double bw, int dh, int dw, int c);
+ * augment_resample_tmp(bw, bh, dh, dw, c) floats (rows, taps and
+ * weights: no static state). Returns 0, or -1 for an empty box. */
+size_t augment_resample_tmp(double bw, double bh, int dh, int dw, int c);
 int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int sw, int c, double bx, double by,
                      double bw, double bh, int flip, float *tmp);
 

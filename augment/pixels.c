@@ -16,7 +16,6 @@
 #define GRAY_R 0.299f
 #define GRAY_G 0.587f
 #define GRAY_B 0.114f
-#define MAX_TAPS 4096
 
 /* Hot kernels get an AVX2 clone, picked at load time by the CPU (ifunc);
  * the default clone is plain x86-64 (SSE2). */
@@ -36,6 +35,8 @@ typedef struct {
     int lo, n;
     int off; /* offset of the weights in the weight array */
 } tap;
+
+_Static_assert(sizeof(tap) == 3 * sizeof(float), "taps are carved out of the float scratch buffer");
 
 static double tri(double x)
 {
@@ -81,10 +82,20 @@ static int coeffs(double b0, double bl, int n_in, int n_out, tap *t, float *w, i
     return used;
 }
 
-size_t augment_resample_tmp(double bw, int dh, int dw, int c)
+/* Weights one axis may need: n_out * (2 * ceil(support) + 2). */
+static size_t axis_weights(double bl, int n_out)
 {
-    double fs = bw / dw > 1.0 ? bw / dw : 1.0;
-    return ((size_t)ceil(bw) + 2 * (size_t)ceil(fs) + 4) * (size_t)dh * (size_t)c;
+    double fs = bl / n_out > 1.0 ? bl / n_out : 1.0;
+    return (size_t)n_out * (2 * (size_t)ceil(fs) + 2);
+}
+
+/* tmp holds, in floats: the dh rows of the vertical pass (each at most
+ * ceil(bw) + 2 pixels, + 4 floats of slack), the taps of both axes (3 ints
+ * each) and their weights. */
+size_t augment_resample_tmp(double bw, double bh, int dh, int dw, int c)
+{
+    return ((size_t)ceil(bw) + 2) * (size_t)dh * (size_t)c + 4 + 3 * ((size_t)dw + dh) + axis_weights(bw, dw) +
+           axis_weights(bh, dh) + 8;
 }
 
 /* out[i] = sum_k w[k] * in[k * stride + i], i < n: the contiguous inner
@@ -150,19 +161,20 @@ static inline void hrow(float *out, size_t ps, const float *in, int x0, const ta
 int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int sw, int c, double bx, double by,
                      double bw, double bh, int flip, float *tmp)
 {
-    enum { MAXO = 2048 };
-    static _Thread_local tap tx[MAXO], ty[MAXO];
-    static _Thread_local float wx[MAX_TAPS * 16], wy[MAX_TAPS * 16];
-    if (dw > MAXO || dh > MAXO || dw < 1 || dh < 1) return -1;
-    if (coeffs(bx, bw, sw, dw, tx, wx, MAX_TAPS * 16) < 0) return -1;
-    if (coeffs(by, bh, sh, dh, ty, wy, MAX_TAPS * 16) < 0) return -1;
+    if (dw < 1 || dh < 1 || !(bw > 0) || !(bh > 0)) return -1;
+    size_t cx = axis_weights(bw, dw), cy = axis_weights(bh, dh);
+    size_t rows = ((size_t)ceil(bw) + 2) * (size_t)dh * (size_t)c + 4;
+    tap *tx = (tap *)(void *)(tmp + rows), *ty = tx + dw; /* tap is 3 ints, float-aligned */
+    float *wx = tmp + rows + 3 * ((size_t)dw + dh), *wy = wx + cx;
+    if (coeffs(bx, bw, sw, dw, tx, wx, (int)cx) < 0) return -1;
+    if (coeffs(by, bh, sh, dh, ty, wy, (int)cy) < 0) return -1;
     int x0 = tx[0].lo, x1 = tx[0].lo + tx[0].n;
     for (int x = 1; x < dw; x++) {
         if (tx[x].lo < x0) x0 = tx[x].lo;
         if (tx[x].lo + tx[x].n > x1) x1 = tx[x].lo + tx[x].n;
     }
     size_t span = (size_t)(x1 - x0) * c, dps = (size_t)dh * dw;
-    if (span * dh + 4 > augment_resample_tmp(bw, dh, dw, c)) return -1; /* + slack for hrow's 4-float loads */
+    if (span * dh + 4 > rows) return -1; /* + slack for hrow's 4-float loads */
     for (int y = 0; y < dh; y++) {
         float *row = tmp + (size_t)y * span;
         vrow8(row, src + ((size_t)ty[y].lo * sw + x0) * c, span, wy + ty[y].off, ty[y].n, (size_t)sw * c);

@@ -38,7 +38,7 @@ static int fit_original(const uint8_t *px, int w, int h, int c, int S, uint8_t *
     if (*ow < 1) *ow = 1;
     if (*oh < 1) *oh = 1;
     size_t n = (size_t)*ow * *oh;
-    float *f = malloc(n * c * sizeof(float)), *tmp = malloc(augment_resample_tmp(w, *oh, *ow, c) * sizeof(float));
+    float *f = malloc(n * c * sizeof(float)), *tmp = malloc(augment_resample_tmp(w, h, *oh, *ow, c) * sizeof(float));
     int rc = f && tmp ? augment_resample(f, *oh, *ow, px, h, w, c, 0, 0, w, h, 0, tmp) : -1;
     if (!rc)
         for (size_t i = 0; i < n; i++)

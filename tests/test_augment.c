@@ -85,7 +85,7 @@ static void test_golden_resize(void **state)
         /* params: top, left, height, width, out_h, out_w, flip */
         int oh = (int)g.p[4], ow = (int)g.p[5];
         float *out = malloc((size_t)g.c * oh * ow * sizeof(float));
-        float *tmp = malloc(augment_resample_tmp(g.p[3], oh, ow, (int)g.c) * sizeof(float));
+        float *tmp = malloc(augment_resample_tmp(g.p[3], g.p[2], oh, ow, (int)g.c) * sizeof(float));
         assert_int_equal(augment_resample(out, oh, ow, g.in, (int)g.h, (int)g.w, (int)g.c, g.p[1], g.p[0], g.p[3], g.p[2],
                                           (int)g.p[6], tmp), 0);
         compare(cases[i], out, &g, 0.02);
@@ -384,6 +384,14 @@ static void test_encodings_and_dct(void **state)
     assert_int_equal(augment_pair(c, png, len, 0, 1, q, k, &info), 0);
     assert_int_equal(info.channels, 3);
     free(png);
+    /* extreme shapes: a 1x1 image, a 6000x3 strip (a 190x shrink) */
+    uint8_t *tiny = raw_record(1, 1, 3, 1, &len);
+    assert_int_equal(augment_pair(c, tiny, len, 0, 1, q, k, &info), 0);
+    free(tiny);
+    tiny = raw_record(6000, 3, 1, 1, &len);
+    assert_int_equal(augment_pair(c, tiny, len, 0, 1, q, k, &info), 0);
+    assert_int_equal(info.channels, 1);
+    free(tiny);
     uint8_t *rgba = raw_record(20, 10, 4, 1, &len);
     assert_int_equal(augment_pair(c, rgba, len, 0, 1, q, k, &info), 0);
     assert_int_equal(info.channels, 3);
