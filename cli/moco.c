@@ -10,7 +10,10 @@
 #include "cli/run.h"
 #include "loader/cmd.h"
 #include "trainer/cmd.h"
+#include "trainer/export.h"
+#include "trainer/plot.h"
 #include "trainer/stream.h"
+#include "trainer/train.h"
 
 typedef struct {
     const char *name;
@@ -26,6 +29,11 @@ static const command commands[] = {
     {"loader", loader_stream_main, "stream a dataset LMDB to augmentation workers, exactly once per epoch"},
     MOCO_AUGMENT_COMMANDS
     MOCO_TRAINER_COMMANDS
+    {"train", train_main, "train MoCo on the pairs the pipeline streams (moco run starts it all)"},
+    {"knn", train_knn_main, "kNN accuracy of a checkpoint's encoder on labelled LMDBs"},
+    {"embed", embed_main, "features of a dataset by a checkpoint's encoder, as safetensors"},
+    {"export", export_main, "a checkpoint's encoder as a torchvision state_dict (safetensors)"},
+    {"plot", plot_main, "draw a run's loss, accuracy, kNN and throughput curves as a PNG"},
     {"sink", trainer_sink_main, "a consumer that only counts and checks the pairs (pipeline tests, benchmark)"},
     {"run", cli_run_main, "start a whole pipeline on a dataset: loader, N workers, consumer; supervise it"},
     {"bench", bench_main, "benchmarks: moco bench WHAT (see moco bench --help)"},

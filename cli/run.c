@@ -24,6 +24,7 @@
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "trainer/train.h"
 
 #define MAX_WORKERS 64
 #define MAX_ARGS 128
@@ -146,23 +147,55 @@ static int run_pipeline(int argc, char **argv, int bench)
         opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB (required)", 0, 0, NULL};
         opts[n++] = (moco_opt){"seconds", MOCO_OPT_DOUBLE, &seconds, "measure this long", 0.5, 1e6, NULL};
     } else {
-        opts[n++] = (moco_opt){"sink", MOCO_OPT_FLAG, &sink, "consume with the counting sink (until the trainer lands: required)", 0, 0, NULL};
+        opts[n++] = (moco_opt){"sink", MOCO_OPT_FLAG, &sink, "consume with the counting sink instead of training", 0, 0, NULL};
     }
     opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
     opts[n++] = (moco_opt){"max-respawn", MOCO_OPT_INT, &max_respawn, "replace dead workers at most this many times", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "less output", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec run_spec = {"moco run", "DB [options]",
-                                   "Start the loader, --workers augmentation workers and the consumer on DB, supervise them,\n"
-                                   "and replace workers that die. Logs go to --run-dir; sockets to a private directory.",
+                                   "Start the loader, --workers augmentation workers and the trainer (or, with --sink, the\n"
+                                   "counting sink) on DB, supervise them, and replace workers that die. Every flag not listed\n"
+                                   "here goes to the trainer (see moco train --help: --preset, --arch, --lr, --knn-train, ...).\n"
+                                   "The run directory holds logs, metrics.jsonl and checkpoints; sockets go to a private directory.",
                                    opts, 1, 1};
     const moco_optspec bench_spec = {"moco bench pipeline", "--db DB [--workers N] [--seconds T] [recipe options]",
                                       "The whole pipeline (loader, N worker processes, sockets) into the counting sink for\n"
                                       "--seconds; prints pairs/s, starved % and per-stage figures, the last line one JSON object.",
                                       opts, 0, 0};
     const moco_optspec spec = bench ? bench_spec : run_spec;
+    /* moco run: our flags (and the recipe's) here, every other flag to the
+     * trainer, which checks them before anything starts. DB comes first. */
+    char *mine[MAX_ARGS], *theirs[MAX_ARGS];
+    int nmine = 0, ntheirs = 0;
+    mine[nmine++] = argv[0];
+    theirs[ntheirs++] = "train";
+    for (int i = 1; i < argc && nmine < MAX_ARGS - 1 && ntheirs < MAX_ARGS - 8; i++) {
+        const char *a = argv[i];
+        if (bench || strncmp(a, "--", 2) || !strcmp(a, "--help")) { mine[nmine++] = argv[i]; continue; }
+        size_t l = strcspn(a + 2, "=");
+        const moco_opt *o = NULL;
+        for (int k = 0; opts[k].name; k++)
+            if (strlen(opts[k].name) == l && !strncmp(opts[k].name, a + 2, l)) o = &opts[k];
+        char **dst = o ? mine : theirs;
+        int *nd = o ? &nmine : &ntheirs;
+        dst[(*nd)++] = argv[i];
+        int takes_value = o ? o->kind != MOCO_OPT_FLAG : (i + 1 < argc && strncmp(argv[i + 1], "--", 2));
+        if (!a[2 + l] && takes_value && i + 1 < argc) dst[(*nd)++] = argv[++i];
+    }
+    if (!bench && argc > 1 && !strncmp(argv[1], "--", 2) && strcmp(argv[1], "--help")) {
+        fprintf(stderr, "moco run: the dataset comes first: moco run DB [options]\n");
+        return 2;
+    }
+    const char *preset = NULL;
+    int aug_plus = 0;
+    for (int i = 1; i < ntheirs; i++) {
+        if (!strcmp(theirs[i], "--preset") && i + 1 < ntheirs) preset = theirs[i + 1];
+        if (!strncmp(theirs[i], "--preset=", 9)) preset = theirs[i] + 9;
+        if (!strcmp(theirs[i], "--aug-plus")) aug_plus = 1;
+    }
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    int np, rc = moco_opts_parse(&spec, nmine, mine, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     const char *db = bench ? dbflag : pos[0];
     if (bench) {
@@ -173,11 +206,11 @@ static int run_pipeline(int argc, char **argv, int bench)
     }
     augment_recipe recipe;
     af.seed = seed;
+    if (!moco_opts_seen(&spec, "recipe") && preset) /* the preset's augmentation */
+        af.recipe = !strcmp(preset, "cifar") ? "cifar" : !strcmp(preset, "moco-v1") ? "v1" : "v2";
+    if (!moco_opts_seen(&spec, "recipe") && aug_plus) af.recipe = "v2";
+    if (preset && !strcmp(preset, "cifar") && !moco_opts_seen(&spec, "epochs")) epochs = 200;
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
-    if (!sink) {
-        fprintf(stderr, "moco run: the trainer has not landed yet; use --sink to consume with the counting sink\n");
-        return 2;
-    }
     moco_db *d;
     if (moco_db_open(db, &d)) {
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
@@ -214,6 +247,27 @@ static int run_pipeline(int argc, char **argv, int bench)
     sigaction(SIGTERM, &sa, NULL);
 
     argvec la = {0}, ca = {0}, wa = {0};
+    if (!sink) {
+        add(&ca, "moco");
+        for (int i = 0; i < ntheirs; i++) add(&ca, theirs[i]);
+        addf(&ca, "--connect", "%s", ctl);
+        addf(&ca, "--bind", "%s", pairs);
+        addf(&ca, "--out", "%s", run_dir);
+        addf(&ca, "--epochs", "%ld", epochs);
+        addf(&ca, "--seed", "%llu", (unsigned long long)seed);
+        addf(&ca, "--size", "%d", recipe.size);
+        addf(&ca, "--count", "%llu", (unsigned long long)count);
+        train_cfg tc;
+        if (train_parse_args(ca.n - 1, ca.v + 1, &tc)) {
+            free_args(&ca);
+            rmdir(sockdir);
+            return 2;
+        }
+    } else if (ntheirs > 1) {
+        fprintf(stderr, "moco run: with --sink, '%s' means nothing\n", theirs[1]);
+        rmdir(sockdir);
+        return 2;
+    }
     add(&la, "moco");
     add(&la, "loader");
     addf(&la, "--db", "%s", db);
@@ -226,14 +280,16 @@ static int run_pipeline(int argc, char **argv, int bench)
     addf(&la, "--worker-timeout", "%g", worker_timeout);
     addf(&la, "--log", "%s/loader.jsonl", run_dir);
     if (quiet) add(&la, "--quiet");
-    add(&ca, "moco");
-    add(&ca, "sink");
-    addf(&ca, "--bind", "%s", pairs);
-    addf(&ca, "--connect", "%s", ctl);
-    addf(&ca, "--count", "%llu", (unsigned long long)count);
-    addf(&ca, "--json", "%s/sink.json", run_dir);
-    if (bench) addf(&ca, "--seconds", "%g", seconds);
-    if (quiet) add(&ca, "--quiet");
+    if (sink) {
+        add(&ca, "moco");
+        add(&ca, "sink");
+        addf(&ca, "--bind", "%s", pairs);
+        addf(&ca, "--connect", "%s", ctl);
+        addf(&ca, "--count", "%llu", (unsigned long long)count);
+        addf(&ca, "--json", "%s/sink.json", run_dir);
+        if (bench) addf(&ca, "--seconds", "%g", seconds);
+        if (quiet) add(&ca, "--quiet");
+    }
     add(&wa, "moco");
     add(&wa, "augment");
     addf(&wa, "--connect", "%s", work);
@@ -253,6 +309,7 @@ static int run_pipeline(int argc, char **argv, int bench)
                 break;
             }
         }
+    addf(&wa, "--log", "%s/workers.jsonl", run_dir);
     add(&wa, "--quiet");
 
     pid_t lp, cp, wp[MAX_WORKERS] = {0};

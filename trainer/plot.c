@@ -1,0 +1,172 @@
+/* plot.c: `moco plot RUN_DIR --out curves.png`: four panels drawn with
+ * libvips from RUN_DIR/metrics.jsonl: loss, contrastive top-1 accuracy,
+ * kNN top-1 accuracy and throughput (pairs/s), against epochs (the epoch
+ * records; the step records fill in the loss and accuracy between them). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vips/vips.h>
+
+#include "formats/errors.h"
+#include "formats/opts.h"
+#include "trainer/plot.h"
+
+#define MAXPTS 100000
+#define PW 560 /* panel size */
+#define PH 360
+#define MARGIN 60
+
+typedef struct {
+    double x[MAXPTS], y[MAXPTS];
+    int n;
+} series;
+
+static int field(const char *line, const char *key, double *v)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\":", key);
+    const char *p = strstr(line, k);
+    if (!p || !strncmp(p + strlen(k), "null", 4)) return 0;
+    *v = atof(p + strlen(k));
+    return 1;
+}
+
+static void add(series *s, double x, double y)
+{
+    if (s->n < MAXPTS && isfinite(x) && isfinite(y)) {
+        s->x[s->n] = x;
+        s->y[s->n] = y;
+        s->n++;
+    }
+}
+
+static int text(VipsImage *im, const char *str, int x, int y, int size)
+{
+    VipsImage *t;
+    char font[32];
+    snprintf(font, sizeof font, "sans %d", size);
+    if (vips_text(&t, str, "font", font, "dpi", 72, NULL)) return -1;
+    double ink[3] = {30, 30, 30};
+    /* the text mask is a band of 0..255: paint ink through it */
+    int r = vips_draw_mask(im, ink, 3, t, x, y, NULL);
+    g_object_unref(t);
+    return r;
+}
+
+static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, double epochs)
+{
+    double white[3] = {255, 255, 255}, grey[3] = {200, 200, 200}, ink[3] = {20, 90, 200}, axis[3] = {60, 60, 60};
+    vips_draw_rect(im, white, 3, ox, oy, PW, PH, "fill", TRUE, NULL);
+    int x0 = ox + MARGIN, y0 = oy + PH - 40, w = PW - MARGIN - 20, h = PH - 80;
+    text(im, title, ox + MARGIN, oy + 10, 14);
+    vips_draw_line(im, axis, 3, x0, y0, x0 + w, y0, NULL);
+    vips_draw_line(im, axis, 3, x0, y0, x0, y0 - h, NULL);
+    if (s->n == 0) {
+        text(im, "no data", x0 + w / 2 - 30, y0 - h / 2, 12);
+        return 0;
+    }
+    double lo = s->y[0], hi = s->y[0];
+    for (int i = 1; i < s->n; i++) {
+        lo = s->y[i] < lo ? s->y[i] : lo;
+        hi = s->y[i] > hi ? s->y[i] : hi;
+    }
+    if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
+    double pad = 0.05 * (hi - lo);
+    lo -= pad;
+    hi += pad;
+    char lab[64];
+    for (int k = 0; k <= 4; k++) {
+        double v = lo + (hi - lo) * k / 4;
+        int y = y0 - (int)(h * k / 4.0);
+        vips_draw_line(im, grey, 3, x0 + 1, y, x0 + w, y, NULL);
+        snprintf(lab, sizeof lab, "%.3g", v);
+        text(im, lab, ox + 5, y - 7, 10);
+    }
+    double xmax = epochs > 0 ? epochs : 1;
+    for (int k = 0; k <= 4; k++) {
+        snprintf(lab, sizeof lab, "%.3g", xmax * k / 4);
+        text(im, lab, x0 + (int)(w * k / 4.0) - 8, y0 + 8, 10);
+    }
+    text(im, "epoch", x0 + w / 2 - 15, y0 + 22, 10);
+    int px = -1, py = -1;
+    for (int i = 0; i < s->n; i++) {
+        int x = x0 + (int)(w * s->x[i] / xmax), y = y0 - (int)(h * (s->y[i] - lo) / (hi - lo));
+        if (px >= 0) vips_draw_line(im, ink, 3, px, py, x, y, NULL);
+        if (s->n < 200) vips_draw_rect(im, ink, 3, x - 2, y - 2, 5, 5, "fill", TRUE, NULL);
+        px = x;
+        py = y;
+    }
+    return 0;
+}
+
+int plot_main(int argc, char **argv)
+{
+    const char *out = "curves.png";
+    const moco_opt opts[] = {
+        {"out", MOCO_OPT_STR, &out, "PNG to write", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco plot", "RUN_DIR [--out curves.png]",
+                               "Draw loss, contrastive accuracy, kNN accuracy and throughput against epochs from\n"
+                               "RUN_DIR/metrics.jsonl (written by moco train).",
+                               opts, 1, 1};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "moco plot: cannot read %s\n", path);
+        return 1;
+    }
+    static series loss, acc, knn, speed;
+    double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
+    char line[8192];
+    /* two passes: epoch records first (they give steps per epoch) */
+    while (fgets(line, sizeof line, f)) {
+        double e, st, v;
+        if (!strstr(line, "\"type\":\"epoch\"") || !field(line, "epoch", &e) || !field(line, "step", &st)) continue;
+        if (e + 1 > epochs) epochs = e + 1;
+        if (e >= 0 && st > 0) spe = st / (e + 1);
+        if (field(line, "knn_top1", &v)) add(&knn, e + 1, v);
+        if (field(line, "pairs_per_s", &v)) add(&speed, e + 1, v);
+    }
+    rewind(f);
+    while (fgets(line, sizeof line, f)) {
+        double st, v;
+        if (!strstr(line, "\"type\":\"step\"") || !field(line, "step", &st) || spe <= 0) continue;
+        if (field(line, "loss", &v)) add(&loss, st / spe, v);
+        if (field(line, "acc", &v)) add(&acc, st / spe, v);
+    }
+    fclose(f);
+    if (epochs == 0) {
+        fprintf(stderr, "moco plot: %s has no epoch records yet\n", path);
+        return 1;
+    }
+    if (VIPS_INIT("moco")) return 1;
+    VipsImage *im = NULL, *black;
+    if (vips_black(&black, 2 * PW + 30, 2 * PH + 30, "bands", 3, NULL) || vips_linear1(black, &im, 1, 235, NULL) ||
+        vips_cast_uchar(im, &black, NULL)) {
+        fprintf(stderr, "moco plot: libvips: %s\n", vips_error_buffer());
+        return 1;
+    }
+    g_object_unref(im);
+    im = black;
+    VipsImage *mem = vips_image_copy_memory(im);
+    g_object_unref(im);
+    if (!mem) return 1;
+    panel(mem, 10, 10, "InfoNCE loss", &loss, epochs);
+    panel(mem, PW + 20, 10, "contrastive top-1 accuracy (%)", &acc, epochs);
+    panel(mem, 10, PH + 20, "kNN top-1 accuracy (%)", &knn, epochs);
+    panel(mem, PW + 20, PH + 20, "throughput (pairs/s)", &speed, epochs);
+    rc = vips_pngsave(mem, out, NULL);
+    g_object_unref(mem);
+    if (rc) {
+        fprintf(stderr, "moco plot: cannot write %s: %s\n", out, vips_error_buffer());
+        return 1;
+    }
+    printf("moco plot: %s (%g epochs)\n", out, epochs);
+    return 0;
+}

@@ -1,0 +1,537 @@
+/* train.c: `moco train`, MoCo v1/v2 training on streamed pairs.
+ *
+ * It consumes the pipeline (trainer/stream.h), forms batches of
+ * --batch-size pairs within an epoch (the last partial batch of an epoch is
+ * dropped, as the official code's drop_last does), turns the uint8 views
+ * into normalised float NCHW, and runs the MoCo step (trainer/moco.h) with
+ * the learning rate of the official schedule (step decay at --schedule
+ * epochs, or --cos), optionally after a linear warm-up. At the end of each
+ * epoch it writes a checkpoint (trainer/ckpt.h) and, every --knn-every
+ * epochs, measures kNN accuracy (trainer/knn.h). Resuming (--resume)
+ * restores the model, optimiser, queue, step and the stream position, so the
+ * stream continues exactly where the checkpoint stood.
+ *
+ * Output in --out: metrics.jsonl (one record per --log-every steps and one
+ * per epoch), checkpoint_last.safetensors (every epoch and --save-every
+ * steps), checkpoint_epoch_NNNN.safetensors (the last --keep kept) and
+ * checkpoint_best.safetensors (best kNN). */
+#include <cblas.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <vips/vips.h>
+
+#include "formats/errors.h"
+#include "formats/opts.h"
+#include "trainer/ckpt.h"
+#include "trainer/evalset.h"
+#include "trainer/knn.h"
+#include "trainer/moco.h"
+#include "trainer/stream.h"
+#include "trainer/train.h"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int s) { (void)s; stop_flag = 1; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double train_lr(const train_cfg *c, int64_t epoch, int64_t step_in_epoch, int64_t steps_per_epoch)
+{
+    double e = (double)epoch + (steps_per_epoch > 0 ? (double)step_in_epoch / (double)steps_per_epoch : 0);
+    if (c->warmup_epochs > 0 && e < c->warmup_epochs) return c->lr * (e + 1.0 / (steps_per_epoch > 0 ? steps_per_epoch : 1)) / c->warmup_epochs;
+    double lr = c->lr;
+    if (c->cos) {
+        lr *= 0.5 * (1.0 + cos(M_PI * (double)epoch / (double)c->epochs));
+    } else {
+        for (int i = 0; i < c->nschedule; i++)
+            if (epoch >= c->schedule[i]) lr *= 0.1;
+    }
+    return lr;
+}
+
+int train_parse_schedule(const char *s, train_cfg *c)
+{
+    c->nschedule = 0;
+    if (!s || !*s) return 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || c->nschedule == TRAIN_MAX_SCHEDULE)
+            return moco_err(MOCO_EINVAL, "--schedule '%s': expected comma-separated epochs, e.g. 120,160", s);
+        c->schedule[c->nschedule++] = (int)v;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) return moco_err(MOCO_EINVAL, "--schedule '%s': expected comma-separated epochs", s);
+    }
+    return 0;
+}
+
+/* uint8 HWC views (c = 1 or 3) -> float NCHW (3 channels), normalised */
+static void to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3])
+{
+    float *o = x + (size_t)row * 3 * S * S;
+    for (int ch = 0; ch < 3; ch++) {
+        float a = 1.0f / (255.0f * std[ch]), b = -mean[ch] / std[ch];
+        int src = c == 1 ? 0 : ch;
+        for (int i = 0; i < S * S; i++) o[(size_t)ch * S * S + i] = (float)v[(size_t)i * c + src] * a + b;
+    }
+}
+
+/* Embed every sample of an evaluation set with the query encoder (eval
+ * mode, batches of the model's N, padded), L2-normalised. */
+static int embed(resnet *m, evalset *es, float *x, float **feat, int32_t **labels, int64_t *n)
+{
+    int N = m->cfg.batch, D = m->cfg.dim, S = m->cfg.size;
+    *n = evalset_count(es);
+    *feat = malloc(sizeof **feat * (size_t)*n * D);
+    *labels = malloc(sizeof **labels * (size_t)(*n + N));
+    if (!*feat || !*labels) return moco_err(MOCO_ENOMEM, "out of memory for %lld features", (long long)*n);
+    for (int64_t s = 0; s < *n; s += N) {
+        int cnt = (int)(*n - s < N ? *n - s : N);
+        if (cnt < N) memset(x, 0, sizeof *x * (size_t)N * 3 * S * S);
+        int rc = evalset_read(es, s, cnt, x, *labels + s);
+        if (rc) return rc;
+        const float *out = rn_forward(m, x, NULL, 0);
+        for (int i = 0; i < cnt; i++) {
+            double ss = 0;
+            for (int d = 0; d < D; d++) ss += (double)out[(size_t)i * D + d] * out[(size_t)i * D + d];
+            float inv = (float)(1.0 / (sqrt(ss) > 1e-12 ? sqrt(ss) : 1e-12));
+            for (int d = 0; d < D; d++) (*feat)[(size_t)(s + i) * D + d] = out[(size_t)i * D + d] * inv;
+        }
+    }
+    return 0;
+}
+
+int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
+              double *top1)
+{
+    evalset *tr = NULL, *te = NULL;
+    float *x = NULL, *ftr = NULL, *fte = NULL;
+    int32_t *ltr = NULL, *lte = NULL, *pred = NULL;
+    int64_t ntr = 0, nte = 0;
+    int S = m->cfg.size, rc;
+    if ((rc = evalset_open(train_db, S, mean, std, &tr)) || (rc = evalset_open(test_db, S, mean, std, &te))) goto out;
+    x = malloc(sizeof *x * (size_t)m->cfg.batch * 3 * S * S);
+    if (!x) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
+    if ((rc = embed(m, tr, x, &ftr, &ltr, &ntr)) || (rc = embed(m, te, x, &fte, &lte, &nte))) goto out;
+    pred = malloc(sizeof *pred * (size_t)nte);
+    if (!pred) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
+    int classes = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
+    if ((rc = knn_classify(pred, ftr, ltr, ntr, fte, nte, m->cfg.dim, classes, k, t))) goto out;
+    int64_t right = 0;
+    for (int64_t i = 0; i < nte; i++) right += pred[i] == lte[i];
+    *top1 = 100.0 * (double)right / (double)(nte ? nte : 1);
+out:
+    evalset_destroy(&tr);
+    evalset_destroy(&te);
+    free(x); free(ftr); free(fte); free(ltr); free(lte); free(pred);
+    return rc;
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* The configuration as metadata key/value strings. */
+static int config_meta(const train_cfg *c, char *buf, size_t n, const char **meta)
+{
+    snprintf(buf, n,
+             "{\"arch\":\"%s\",\"width\":%d,\"mlp\":%d,\"dim\":%d,\"K\":%d,\"m\":%g,\"T\":%g,\"batch_size\":%d,\"lr\":%g,"
+             "\"momentum\":%g,\"wd\":%g,\"cos\":%d,\"epochs\":%d,\"bn_splits\":%d,\"symmetric\":%d,\"size\":%d,\"seed\":%llu}",
+             c->arch, c->width, c->mlp, c->dim, c->K, c->m, c->T, c->batch, c->lr, c->momentum, c->wd, c->cos, c->epochs,
+             c->bn_splits, c->symmetric, c->size, (unsigned long long)c->seed);
+    meta[0] = "format";
+    meta[1] = "moco-checkpoint-1";
+    meta[2] = "config";
+    meta[3] = buf;
+    return 2;
+}
+
+int train_run(const train_cfg *c)
+{
+    int rc = 0, N = c->batch, S = c->size;
+    moco *mc = NULL;
+    trainer_stream *s = NULL;
+    FILE *metrics = NULL;
+    float *x1 = NULL, *x2 = NULL;
+    uint64_t *batch_idx = NULL;
+    uint8_t *delivered = NULL;
+    ckpt_state rs = {0};
+    char path[4200], cfgjson[2048];
+    const char *meta[4];
+    int nmeta = config_meta(c, cfgjson, sizeof cfgjson, meta);
+
+    moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
+                             .batch = N, .size = S},
+                     .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
+                     .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
+    if ((rc = moco_new(&mcfg, &mc))) return rc;
+    int64_t epoch = c->start_epoch, step = 0;
+    uint32_t resume_epoch = STREAM_NO_EPOCH;
+    if (c->resume) {
+        if ((rc = ckpt_load(c->resume, mc, &rs))) goto out;
+        epoch = rs.epoch;
+        step = rs.step;
+        resume_epoch = (uint32_t)rs.pipe_epoch;
+        fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", c->resume, (long long)epoch, (long long)step);
+    }
+    if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
+    if (!(metrics = fopen(path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
+    x1 = malloc(sizeof *x1 * (size_t)N * 3 * S * S);
+    x2 = malloc(sizeof *x2 * (size_t)N * 3 * S * S);
+    batch_idx = malloc(sizeof *batch_idx * (size_t)N);
+    if (!x1 || !x2 || !batch_idx) { rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %d", N); goto out; }
+    /* the stream position: the loader wants a bitmap of exactly ceil(count / 8) bytes */
+    size_t need = (size_t)((c->count + 7) / 8);
+    int has_bits = 0;
+    for (size_t i = 0; i < rs.delivered_bytes; i++) has_bits |= rs.delivered[i] != 0;
+    if (has_bits && !c->count) {
+        rc = moco_err(MOCO_EINVAL, "%s was saved mid-epoch: resuming it needs --count (the dataset size)", c->resume);
+        goto out;
+    }
+    if (has_bits) {
+        if (!(delivered = calloc(need, 1))) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
+        memcpy(delivered, rs.delivered, rs.delivered_bytes < need ? rs.delivered_bytes : need);
+    }
+    stream_cfg sc = {.pairs_ep = c->bind, .ctl_ep = c->connect, .resume_epoch = resume_epoch,
+                     .resume_bitmap = has_bits ? delivered : NULL, .count = c->count, .loader_timeout = c->loader_timeout};
+    if ((rc = stream_open(&sc, &s))) goto out;
+
+    int64_t steps_per_epoch = c->count ? (int64_t)(c->count / (uint64_t)N) : 0, step_in_epoch = 0;
+    int nb = 0, tty = isatty(STDERR_FILENO);
+    double t_epoch = now_s(), t_log = now_s(), waited0 = 0, best = -1, loss_sum = 0, acc_sum = 0;
+    int64_t log_steps = 0, pairs_epoch = 0;
+    double e_loss = 0, e_acc = 0;
+    int64_t e_steps = 0;
+    while (!stop_flag) {
+        stream_event ev;
+        rc = stream_next(s, 1000, &ev);
+        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) { rc = 0; continue; }
+        if (rc) goto out;
+        if (ev.kind == STREAM_END) break;
+        if (ev.kind == STREAM_EPOCH_END) {
+            /* drop the partial batch (drop_last), close the epoch */
+            stream_stats st;
+            stream_get_stats(s, &st);
+            double el = now_s() - t_epoch;
+            double knn = -1;
+            if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0) {
+                double tk = now_s();
+                if ((rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn))) goto out;
+                fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn, now_s() - tk);
+            }
+            char knns[32] = "null";
+            if (knn >= 0) snprintf(knns, sizeof knns, "%.2f", knn);
+            fprintf(metrics,
+                    "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs\":%lld,"
+                    "\"dropped\":%d,\"failed\":%u,\"seconds\":%.2f,\"pairs_per_s\":%.2f,\"starved_pct\":%.1f,\"knn_top1\":%s,\"peak_rss_mb\":%.0f}\n",
+                    (long long)epoch, (long long)step, e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0,
+                    train_lr(c, epoch, 0, steps_per_epoch), (long long)pairs_epoch, nb, ev.nfailed, el,
+                    el > 0 ? (double)(e_steps * N) / el : 0, el > 0 ? 100 * (st.waited_s - waited0) / el : 0, knns, peak_rss_mb());
+            fflush(metrics);
+            if (!tty) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
+                              e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N) / el : 0);
+            waited0 = st.waited_s;
+            nb = 0;
+            epoch = (int64_t)ev.epoch + 1;
+            step_in_epoch = 0;
+            pairs_epoch = 0;
+            e_loss = e_acc = 0;
+            e_steps = 0;
+            /* checkpoint: the next epoch, nothing of it delivered yet */
+            ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = epoch, .delivered = NULL, .delivered_bytes = 0};
+            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
+            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)epoch);
+            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            if (c->keep > 0 && epoch - c->keep >= 1) {
+                snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(epoch - c->keep));
+                unlink(path);
+            }
+            if (knn > best) {
+                best = knn;
+                snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
+                if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            }
+            t_epoch = now_s();
+            if (c->epochs && epoch >= c->epochs) break;
+            continue;
+        }
+        /* a pair */
+        if (ev.pair.height != S || ev.pair.width != S) {
+            rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
+                          ev.pair.epoch, ev.pair.index, ev.pair.height, ev.pair.width, S, S);
+            goto out;
+        }
+        to_float(x1, ev.q, nb, S, ev.pair.channels, c->mean, c->std);
+        to_float(x2, ev.k, nb, S, ev.pair.channels, c->mean, c->std);
+        batch_idx[nb++] = ev.pair.index;
+        pairs_epoch++;
+        if (nb < N) continue;
+        nb = 0;
+        float lr = (float)train_lr(c, epoch, step_in_epoch, steps_per_epoch), loss;
+        rc = moco_step(mc, x1, x2, NULL, lr, &loss);
+        if (rc) goto out; /* a non-finite loss: stop before anything is written */
+        /* contrastive top-1: the positive (column 0) ranks first. After the
+         * step mc->logits holds their gradient, softmax / N with 1 / N taken
+         * off the positive: a monotone image of the logits, once that is
+         * added back. (With --symmetric, of the last direction.) */
+        int right = 0, K1 = c->K + 1;
+        for (int i = 0; i < N; i++) {
+            const float *l = mc->logits + (size_t)i * K1;
+            float pos = l[0] + 1.0f / (float)N;
+            int top = 1;
+            for (int j = 1; j < K1 && top; j++) top = pos >= l[j];
+            right += top;
+        }
+        double acc = 100.0 * right / N;
+        step++;
+        step_in_epoch++;
+        loss_sum += loss;
+        acc_sum += acc;
+        e_loss += loss;
+        e_acc += acc;
+        e_steps++;
+        log_steps++;
+        if (log_steps == c->log_every) {
+            double t = now_s();
+            stream_stats st;
+            stream_get_stats(s, &st);
+            fprintf(metrics, "{\"type\":\"step\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs_per_s\":%.2f}\n",
+                    (long long)epoch, (long long)step, loss_sum / log_steps, acc_sum / log_steps, lr,
+                    (double)(log_steps * N) / (t - t_log));
+            fflush(metrics);
+            if (tty) {
+                double el = now_s() - t_epoch, rate = (double)(e_steps * N) / (el > 0 ? el : 1);
+                double eta = steps_per_epoch ? (double)((steps_per_epoch - step_in_epoch) * N) / (rate > 0 ? rate : 1) : 0;
+                fprintf(stderr, "\repoch %lld step %lld/%lld  loss %.4f  acc %5.1f%%  lr %.4g  %.1f pairs/s  starved %.0f%%  ETA %.0fs   ",
+                        (long long)epoch, (long long)step_in_epoch, (long long)steps_per_epoch, loss_sum / log_steps,
+                        acc_sum / log_steps, lr, rate, 100 * (st.waited_s - waited0) / (el > 0 ? el : 1), eta);
+            }
+            loss_sum = acc_sum = 0;
+            log_steps = 0;
+            t_log = t;
+        }
+        if (c->save_every > 0 && step % c->save_every == 0) {
+            /* mid-epoch: the delivered set, minus nothing (the batch was just used) */
+            uint32_t pe;
+            const uint8_t *bm;
+            size_t nbytes;
+            stream_position(s, &pe, &bm, &nbytes);
+            size_t need = c->count ? (size_t)((c->count + 7) / 8) : nbytes;
+            free(delivered);
+            delivered = calloc(need ? need : 1, 1);
+            if (!delivered) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
+            memcpy(delivered, bm, need < nbytes ? need : nbytes);
+            ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = pe, .delivered = delivered, .delivered_bytes = need};
+            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
+            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+        }
+    }
+    if (stop_flag) rc = moco_err(MOCO_EINTR, "interrupted; the last checkpoint is in %s", c->out);
+out:
+    if (metrics) fclose(metrics);
+    stream_destroy(&s);
+    moco_destroy(&mc);
+    free(x1);
+    free(x2);
+    free(batch_idx);
+    free(delivered);
+    free((void *)rs.delivered);
+    return rc;
+}
+
+/* Presets: the official recipes. Applied before the user's flags. */
+static void preset(train_cfg *c, const char *name, const moco_optspec *spec)
+{
+#define SET(flag, field, v) if (!moco_opts_seen(spec, flag)) c->field = v
+    if (!strcmp(name, "moco-v1")) {
+        SET("lr", lr, 0.03); SET("moco-t", T, 0.07); SET("moco-m", m, 0.999); SET("moco-k", K, 65536);
+    } else if (!strcmp(name, "moco-v2")) {
+        SET("lr", lr, 0.03); SET("moco-t", T, 0.2); SET("mlp", mlp, 1); SET("cos", cos, 1); SET("moco-m", m, 0.999);
+        SET("moco-k", K, 65536);
+    } else if (!strcmp(name, "cifar")) {
+        SET("arch", arch, "resnet18-cifar"); SET("batch-size", batch, 512); SET("lr", lr, 0.06); SET("wd", wd, 5e-4);
+        SET("moco-k", K, 4096); SET("moco-m", m, 0.99); SET("moco-t", T, 0.1); SET("cos", cos, 1); SET("bn-splits", bn_splits, 8);
+        SET("epochs", epochs, 200); SET("size", size, 32);
+    }
+#undef SET
+}
+
+int train_parse_args(int argc, char **argv, train_cfg *out)
+{
+    train_cfg c = {.arch = "resnet50", .width = 64, .dim = 128, .K = 65536, .m = 0.999, .T = 0.07, .batch = 256, .lr = 0.03,
+                   .momentum = 0.9, .wd = 1e-4, .epochs = 200, .bn_splits = 1, .size = 224, .knn_every = 1, .knn_k = 200,
+                   .knn_t = 0.1, .log_every = 10, .keep = 3, .loader_timeout = 120, .threads = 2};
+    long width = 64, dim = 128, K = 65536, batch = 256, epochs = 200, splits = 1, size = 224, warm = 0, knn_every = 1,
+         knn_k = 200, log_every = 10, keep = 3, save_every = 0, start_epoch = 0, threads = 2;
+    uint64_t seed = 0, count = 0;
+    const char *schedule = "120,160", *presetname = NULL, *norm = "auto";
+    int aug_plus = 0;
+    const moco_opt opts[] = {
+        {"connect", MOCO_OPT_STR, &c.connect, "the loader's control endpoint", 0, 0, NULL},
+        {"bind", MOCO_OPT_STR, &c.bind, "endpoint the workers push pairs to", 0, 0, NULL},
+        {"out", MOCO_OPT_STR, &c.out, "run directory: metrics.jsonl, checkpoints", 0, 0, NULL},
+        {"preset", MOCO_OPT_CHOICE, &presetname, "official recipe defaults (flags given override them)", 0, 0, "moco-v1|moco-v2|cifar"},
+        {"arch", MOCO_OPT_CHOICE, &c.arch, "encoder", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
+        {"width", MOCO_OPT_INT, &width, "base width of the ResNet", 1, 1024, NULL},
+        {"epochs", MOCO_OPT_INT, &epochs, "epochs in all", 1, 1e6, NULL},
+        {"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch (without --resume)", 0, 1e6, NULL},
+        {"batch-size", MOCO_OPT_INT, &batch, "pairs per step", 2, 65536, NULL},
+        {"lr", MOCO_OPT_DOUBLE, &c.lr, "initial learning rate", 0, 100, NULL},
+        {"momentum", MOCO_OPT_DOUBLE, &c.momentum, "SGD momentum", 0, 1, NULL},
+        {"wd", MOCO_OPT_DOUBLE, &c.wd, "weight decay", 0, 1, NULL},
+        {"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1 (without --cos)", 0, 0, NULL},
+        {"cos", MOCO_OPT_FLAG, &c.cos, "cosine learning-rate schedule", 0, 0, NULL},
+        {"warmup-epochs", MOCO_OPT_INT, &warm, "linear warm-up of the lr over this many epochs", 0, 1e6, NULL},
+        {"moco-dim", MOCO_OPT_INT, &dim, "feature dimension", 1, 65536, NULL},
+        {"moco-k", MOCO_OPT_INT, &K, "queue size (a multiple of the batch size)", 1, 1e8, NULL},
+        {"moco-m", MOCO_OPT_DOUBLE, &c.m, "key encoder momentum", 0, 1, NULL},
+        {"moco-t", MOCO_OPT_DOUBLE, &c.T, "softmax temperature", 1e-4, 100, NULL},
+        {"mlp", MOCO_OPT_FLAG, &c.mlp, "MLP projection head (MoCo v2)", 0, 0, NULL},
+        {"aug-plus", MOCO_OPT_FLAG, &aug_plus, "MoCo v2 augmentation (the workers' --recipe v2; informational here)", 0, 0, NULL},
+        {"symmetric", MOCO_OPT_FLAG, &c.symmetric, "symmetric loss, both key sets enqueued", 0, 0, NULL},
+        {"bn-splits", MOCO_OPT_INT, &splits, "BN statistics over this many sub-batches (shuffle BN on one process)", 1, 1024, NULL},
+        {"size", MOCO_OPT_INT, &size, "view side the model takes", 8, 4096, NULL},
+        {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
+        {"seed", MOCO_OPT_U64, &seed, "seed of weights, queue and key permutations", 0, 0, NULL},
+        {"resume", MOCO_OPT_STR, &c.resume, "checkpoint to resume from (model, optimiser, queue, stream position)", 0, 0, NULL},
+        {"count", MOCO_OPT_U64, &count, "samples per epoch (for the ETA and the lr schedule within an epoch)", 0, 0, NULL},
+        {"knn-train", MOCO_OPT_STR, &c.knn_train, "labelled LMDB: kNN bank", 0, 0, NULL},
+        {"knn-test", MOCO_OPT_STR, &c.knn_test, "labelled LMDB: kNN queries", 0, 0, NULL},
+        {"knn-every", MOCO_OPT_INT, &knn_every, "kNN monitor every N epochs", 1, 1e6, NULL},
+        {"knn-k", MOCO_OPT_INT, &knn_k, "neighbours", 1, 1e6, NULL},
+        {"knn-t", MOCO_OPT_DOUBLE, &c.knn_t, "kNN temperature", 1e-4, 100, NULL},
+        {"save-every", MOCO_OPT_INT, &save_every, "also checkpoint every N steps (0: only per epoch)", 0, 1e9, NULL},
+        {"keep", MOCO_OPT_INT, &keep, "per-epoch checkpoints kept", 1, 1e6, NULL},
+        {"log-every", MOCO_OPT_INT, &log_every, "steps per metrics record", 1, 1e9, NULL},
+        {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
+        {"loader-timeout", MOCO_OPT_DOUBLE, &c.loader_timeout, "seconds of loader silence that stop training", 1, 1e7, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco train", "--connect CTL --bind PAIRS --out RUN_DIR [options]",
+                               "Train MoCo on pairs streamed by the pipeline (moco run starts it all). Flags follow the\n"
+                               "official main_moco.py.",
+                               opts, 0, 0};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc;
+    c.width = (int)width; c.dim = (int)dim; c.K = (int)K; c.batch = (int)batch; c.epochs = (int)epochs;
+    c.bn_splits = (int)splits; c.size = (int)size; c.warmup_epochs = (int)warm; c.knn_every = (int)knn_every;
+    c.knn_k = (int)knn_k; c.log_every = (int)log_every; c.keep = (int)keep; c.save_every = (int)save_every;
+    c.start_epoch = (int)start_epoch; c.seed = seed; c.count = count; c.threads = (int)threads;
+    if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
+    if (!c.connect || !c.bind || !c.out) {
+        fprintf(stderr, "moco train: --connect, --bind and --out are required\nTry 'moco train --help'.\n");
+        return MOCO_OPTS_USAGE;
+    }
+    if (train_parse_schedule(schedule, &c)) {
+        fprintf(stderr, "moco train: %s\n", moco_errmsg());
+        return MOCO_OPTS_USAGE;
+    }
+    if (c.K % (c.batch * (c.symmetric ? 2 : 1)) || c.batch % c.bn_splits) {
+        fprintf(stderr, "moco train: --moco-k %d must be a multiple of the keys per step (%d), and --batch-size of --bn-splits\n",
+                c.K, c.batch * (c.symmetric ? 2 : 1));
+        return MOCO_OPTS_USAGE;
+    }
+    int cifar_norm = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && c.size <= 64);
+    static const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
+    static const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
+    for (int i = 0; i < 3; i++) {
+        c.mean[i] = !strcmp(norm, "none") ? 0.0f : cifar_norm ? cm[i] : im[i];
+        c.std[i] = !strcmp(norm, "none") ? 1.0f : cifar_norm ? cs[i] : is[i];
+    }
+    *out = c;
+    return 0;
+}
+
+int train_main(int argc, char **argv)
+{
+    train_cfg c;
+    int rc = train_parse_args(argc, argv, &c);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    openblas_set_num_threads(c.threads);
+    if (VIPS_INIT("moco")) return 1;
+    vips_cache_set_max(0);
+    vips_concurrency_set(1);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    rc = train_run(&c);
+    if (rc) fprintf(stderr, "\nmoco train: %s\n", moco_errmsg());
+    else fprintf(stderr, "\nmoco train: done; checkpoints and metrics.jsonl in %s\n", c.out);
+    return rc ? 1 : 0;
+}
+
+int train_knn_main(int argc, char **argv)
+{
+    const char *ckpt = NULL, *trdb = NULL, *tedb = NULL, *arch = "resnet18-cifar", *norm = "auto";
+    long width = 64, dim = 128, size = 32, batch = 256, k = 200, threads = 2;
+    double t = 0.1;
+    int mlp = 0;
+    const moco_opt opts[] = {
+        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint (moco train) whose encoder_q is evaluated", 0, 0, NULL},
+        {"train", MOCO_OPT_STR, &trdb, "labelled LMDB: the feature bank", 0, 0, NULL},
+        {"test", MOCO_OPT_STR, &tedb, "labelled LMDB: the queries", 0, 0, NULL},
+        {"k", MOCO_OPT_INT, &k, "neighbours", 1, 1e6, NULL},
+        {"t", MOCO_OPT_DOUBLE, &t, "temperature of the vote weights exp(sim / t)", 1e-4, 100, NULL},
+        {"arch", MOCO_OPT_CHOICE, &arch, "encoder the checkpoint holds", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
+        {"width", MOCO_OPT_INT, &width, "its base width", 1, 1024, NULL},
+        {"mlp", MOCO_OPT_FLAG, &mlp, "it has the MLP head", 0, 0, NULL},
+        {"moco-dim", MOCO_OPT_INT, &dim, "its feature dimension", 1, 65536, NULL},
+        {"size", MOCO_OPT_INT, &size, "input side (resize + centre crop)", 8, 4096, NULL},
+        {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
+        {"batch", MOCO_OPT_INT, &batch, "images per forward", 1, 65536, NULL},
+        {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco knn", "--ckpt CKPT --train DB --test DB [options]",
+                               "Weighted kNN accuracy (the MoCo CIFAR-10 demo's monitor) of a checkpoint's query encoder.",
+                               opts, 0, 0};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    if (!ckpt || !trdb || !tedb) {
+        fprintf(stderr, "moco knn: --ckpt, --train and --test are required\n");
+        return 2;
+    }
+    int cifar_norm = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && size <= 64);
+    float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
+    if (!cifar_norm) {
+        const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
+        for (int i = 0; i < 3; i++) { mean[i] = !strcmp(norm, "none") ? 0 : im[i]; std[i] = !strcmp(norm, "none") ? 1 : is[i]; }
+    }
+    openblas_set_num_threads((int)threads);
+    if (VIPS_INIT("moco")) return 1;
+    vips_cache_set_max(0);
+    rn_cfg rc_ = {.arch = arch, .width = (int)width, .mlp = mlp, .dim = (int)dim, .bn_splits = 1, .batch = (int)batch, .size = (int)size};
+    resnet *m = NULL;
+    double top1 = 0, t0 = now_s();
+    if ((rc = rn_new(&rc_, 0, 0, NULL, &m)) || (rc = ckpt_load_encoder(ckpt, m)) ||
+        (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, &top1))) {
+        fprintf(stderr, "moco knn: %s\n", moco_errmsg());
+        rn_destroy(&m);
+        return 1;
+    }
+    rn_destroy(&m);
+    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ckpt, now_s() - t0);
+    return 0;
+}

@@ -1,0 +1,45 @@
+/* train.h: `moco train` (trainer/train.c) and the pieces its tests use. */
+#ifndef TRAINER_TRAIN_H
+#define TRAINER_TRAIN_H
+
+#include <stdint.h>
+
+#include "trainer/moco.h"
+
+#define TRAIN_MAX_SCHEDULE 16
+
+typedef struct {
+    const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
+    int width, dim, K, batch, epochs, start_epoch, bn_splits, size, mlp, symmetric, cos, warmup_epochs;
+    int schedule[TRAIN_MAX_SCHEDULE], nschedule;
+    double lr, momentum, wd, m, T, knn_t, loader_timeout;
+    int knn_every, knn_k, log_every, keep, save_every, threads;
+    uint64_t seed, count;
+    float mean[3], std[3];
+} train_cfg;
+
+/* The learning rate at (epoch, step within it): the official schedule (x0.1
+ * at each --schedule epoch passed, or half-cosine over the epochs), after a
+ * linear warm-up over warmup_epochs when set. */
+double train_lr(const train_cfg *c, int64_t epoch, int64_t step_in_epoch, int64_t steps_per_epoch);
+
+/* "120,160" -> c->schedule. Returns 0 or MOCO_EINVAL. */
+int train_parse_schedule(const char *s, train_cfg *c);
+
+/* kNN top-1 (percent) of encoder m (eval mode): bank = train_db, queries
+ * = test_db, both embedded without augmentation. */
+int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
+              double *top1);
+
+/* Parse `moco train` flags into *c: MOCO_OPTS_OK, MOCO_OPTS_HELP (help
+ * printed) or MOCO_OPTS_USAGE (error printed). */
+int train_parse_args(int argc, char **argv, train_cfg *c);
+
+int train_run(const train_cfg *c);
+int train_main(int argc, char **argv);
+
+/* `moco knn --ckpt CKPT --train DB --test DB`: the kNN protocol on a
+ * checkpoint's query encoder; the last line is JSON with knn_top1. */
+int train_knn_main(int argc, char **argv);
+
+#endif
