@@ -400,6 +400,16 @@ static int make_view(augment_ctx *c, const uint8_t *px, int w, int h, int ch, do
     return 0;
 }
 
+int augment_view(augment_ctx *c, const uint8_t *px, int w, int h, int ch, const augment_view_params *p, uint8_t *out,
+                 int oc)
+{
+    snprintf(c->what, sizeof c->what, "view of a %dx%dx%d image", w, h, ch);
+    if ((ch != 1 && ch != 3) || (oc != 1 && oc != 3) || p->crop_x < 0 || p->crop_y < 0 || p->crop_w < 1 || p->crop_h < 1 ||
+        p->crop_x + p->crop_w > w || p->crop_y + p->crop_h > h)
+        return moco_err(MOCO_EINVAL, "%s: bad channels or crop", c->what);
+    return make_view(c, px, w, h, ch, 1.0, 1.0, p, out, oc);
+}
+
 int augment_pair(augment_ctx *c, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
                  augment_info *info)
 {

@@ -117,6 +117,13 @@ typedef struct {
 int augment_pair(augment_ctx *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q,
                  uint8_t *k, augment_info *info);
 
+/* Make one view of decoded pixels px (h, w, ch) HWC with the given
+ * parameters (as augment_pair does, without DCT scaling) into out (oc
+ * channels). For tests and tools that choose the parameters themselves.
+ * Returns 0 or MOCO_EINVAL (crop outside the image, bad channels). */
+int augment_view(augment_ctx *ctx, const uint8_t *px, int w, int h, int ch, const augment_view_params *p, uint8_t *out,
+                 int oc);
+
 /* Decode a record at full resolution (no augmentation), for the preview and
  * the decode benchmark. *px points into ctx (valid until the next call) or
  * into rec; channels is 1 or 3. */

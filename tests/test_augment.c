@@ -23,7 +23,7 @@
 
 typedef struct {
     uint32_t c, h, w, oc, oh, ow, np;
-    double p[16];
+    double p[32];
     uint8_t *in;
     float *out;
 } golden;
@@ -40,7 +40,7 @@ static void golden_load(const char *name, golden *g)
     assert_memory_equal(magic, "MAGD", 4);
     assert_int_equal(fread(hd, 4, 7, f), 7);
     g->c = hd[0], g->h = hd[1], g->w = hd[2], g->oc = hd[3], g->oh = hd[4], g->ow = hd[5], g->np = hd[6];
-    assert_true(g->np <= 16);
+    assert_true(g->np <= 32);
     assert_int_equal(fread(g->p, 8, g->np, f), g->np);
     size_t ni = (size_t)g->c * g->h * g->w, no = (size_t)g->oc * g->oh * g->ow;
     g->in = malloc(ni);
@@ -158,6 +158,52 @@ static void test_golden_blur(void **state)
     float k[AUGMENT_BLUR_KMAX];
     assert_int_equal(augment_blur_radius(23, 0.1, k), 0); /* a delta: skipped */
     assert_true(augment_blur_radius(23, 2.0, k) >= 7);
+}
+
+/* Whole views through augment_view(): the recipe's order of ops, flip,
+ * grayscale before (v1) or after (v2) the jitter, blur, one rounding. */
+static void test_golden_chain(void **state)
+{
+    (void)state;
+    const char *cases[] = {"chain_v1", "chain_v2", "chain_v2_gray"};
+    for (int ci = 0; ci < 3; ci++) {
+        golden g;
+        golden_load(cases[ci], &g);
+        assert_int_equal(g.np, 20);
+        const double *p = g.p;
+        augment_recipe r;
+        assert_int_equal(augment_recipe_init(&r, p[0] == 1 ? "v1" : "v2", (int)p[1]), 0);
+        r.blur_kernel = (int)p[19];
+        augment_ctx *c;
+        assert_int_equal(augment_ctx_new(&r, &c), 0);
+        augment_view_params vp = {0};
+        vp.crop_y = (int)p[2], vp.crop_x = (int)p[3], vp.crop_h = (int)p[4], vp.crop_w = (int)p[5];
+        vp.flip = (int)p[6], vp.jitter = (int)p[7];
+        for (int i = 0; i < 4; i++) vp.order[i] = (int)p[8 + i];
+        vp.brightness = p[12], vp.contrast = p[13], vp.saturation = p[14], vp.hue = p[15];
+        vp.gray = (int)p[16], vp.blur = (int)p[17], vp.sigma = p[18];
+        size_t n = (size_t)g.oh * g.ow;
+        uint8_t *out = malloc(n * 3);
+        assert_int_equal(augment_view(c, g.in, (int)g.w, (int)g.h, 3, &vp, out, 3), 0);
+        int maxd = 0;
+        size_t exact = 0;
+        for (size_t i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) {
+                double ref = g.out[k * n + i];
+                int want = (int)floor((ref < 0 ? 0 : ref > 255 ? 255 : ref) + 0.5), d = abs((int)out[3 * i + k] - want);
+                if (d > maxd) maxd = d;
+                exact += d == 0;
+            }
+        printf("%-14s uint8 view vs round(torchvision chain): max |diff| %d, %.2f%% exact\n", cases[ci], maxd,
+               100.0 * exact / (3.0 * n));
+        assert_true(maxd <= 1);
+        /* off-by-one values come from rounding ties and from torchvision's
+         * 0.2989 red weight (ours 0.299), which the jitter amplifies */
+        assert_true(exact >= 0.97 * 3 * n);
+        free(out);
+        augment_ctx_destroy(&c);
+        golden_free(&g);
+    }
 }
 
 /* ---- crop sampler ---- */
@@ -520,7 +566,8 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_resize),   cmocka_unit_test(test_golden_colour),
-        cmocka_unit_test(test_golden_blur),     cmocka_unit_test(test_crop_stats),
+        cmocka_unit_test(test_golden_blur),     cmocka_unit_test(test_golden_chain),
+        cmocka_unit_test(test_crop_stats),
         cmocka_unit_test(test_crop_fallback),   cmocka_unit_test(test_param_ranges),
         cmocka_unit_test(test_determinism),     cmocka_unit_test(test_grayscale_inputs),
         cmocka_unit_test(test_encodings_and_dct), cmocka_unit_test(test_bad_records),

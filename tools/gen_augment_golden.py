@@ -94,6 +94,33 @@ def main():
                  lambda v: F.adjust_saturation(v, s), lambda v: F.adjust_hue(v, h)][op](t)
         write("jitter_%d%d%d%d" % order, rgb, t * 255.0, tuple(order) + (b, c, s, h))
 
+    # Whole views: the recipe chains with given parameters, rounded to uint8
+    # as the worker does (chain.bin: params = recipe (1 v1, 2 v2), size,
+    # top, left, h, w, flip, jitter, order[4], b, c, s, h, gray, blur, sigma, ksize)
+    big8 = image(3, 50, 44, 4)
+    xb = as_float(big8)
+    for name, rec, p in [
+        ("chain_v1", 1, (40, 3, 5, 41, 33, 1, 1, (2, 0, 3, 1), 1.3, 0.8, 1.2, 0.3, 1, 0, 0.0, 5)),
+        ("chain_v2", 2, (40, 6, 2, 30, 38, 0, 1, (1, 3, 2, 0), 0.7, 1.35, 0.75, -0.08, 0, 1, 1.3, 5)),
+        ("chain_v2_gray", 2, (40, 0, 0, 50, 44, 1, 1, (3, 2, 1, 0), 1.1, 0.9, 1.3, 0.05, 1, 1, 0.6, 5)),
+    ]:
+        size, top, left, h, w, flip, jit, order, b, c, s, hh, gray, blur, sigma, ks = p
+        t = F.resized_crop(xb, top, left, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True)
+        ops = [lambda v: F.adjust_brightness(v, b), lambda v: F.adjust_contrast(v, c),
+               lambda v: F.adjust_saturation(v, s), lambda v: F.adjust_hue(v, hh)]
+        if rec == 1 and gray:
+            t = F.rgb_to_grayscale(t, 3)
+        if jit:
+            for op in order:
+                t = ops[op](t)
+        if rec == 2 and gray:
+            t = F.rgb_to_grayscale(t, 3)
+        if blur:
+            t = F.gaussian_blur(t, [ks, ks], [sigma, sigma])
+        if flip:
+            t = F.hflip(t)
+        write(name, big8, t * 255.0, (rec, size, top, left, h, w, flip, jit) + tuple(order) + (b, c, s, hh, gray, blur, sigma, ks))
+
     # RandomResizedCrop sampling statistics
     n = 100000
     with open(os.path.join(OUT, "crop_stats.txt"), "w") as f:
