@@ -279,6 +279,8 @@ static int run_pipeline(int argc, char **argv, int bench)
     addf(&la, "--window", "%ld", window);
     addf(&la, "--worker-timeout", "%g", worker_timeout);
     addf(&la, "--log", "%s/loader.jsonl", run_dir);
+    /* the trainer goes quiet during kNN evaluations; if it dies, we stop the loader */
+    addf(&la, "--consumer-wait", "%d", 10000000);
     if (quiet) add(&la, "--quiet");
     if (sink) {
         add(&ca, "moco");
