@@ -68,27 +68,31 @@ int augment_recipe_check(const augment_recipe *r)
 int augment_flags_opts(augment_flags *f, moco_opt *o)
 {
     memset(f, 0, sizeof *f);
-    f->recipe = "v2";
+    /* shown as the defaults by --help: the v2 values; the named recipe's own
+     * values apply to every flag not given */
+    f->recipe = "v2", f->size = 224, f->scale_min = 0.2, f->scale_max = 1, f->ratio_min = 0.75, f->ratio_max = 4.0 / 3;
+    f->flip_p = 0.5, f->jitter_p = 0.8, f->brightness = f->contrast = f->saturation = 0.4, f->hue = 0.1, f->gray_p = 0.2;
+    f->blur_p = 0.5, f->sigma_min = 0.1, f->sigma_max = 2.0;
     const moco_opt t[AUGMENT_FLAGS_NOPTS] = {
-        {"recipe", MOCO_OPT_CHOICE, &f->recipe, "augmentation recipe (default v2)", 0, 0, "v1|v2|cifar"},
-        {"size", MOCO_OPT_INT, &f->size, "output side in pixels (default 224, cifar 32)", 1, 2048, NULL},
-        {"scale-min", MOCO_OPT_DOUBLE, &f->scale_min, "crop area fraction, low (v1/v2 0.2, cifar 0.08)", 0, 1, NULL},
-        {"scale-max", MOCO_OPT_DOUBLE, &f->scale_max, "crop area fraction, high (1)", 0, 1, NULL},
-        {"ratio-min", MOCO_OPT_DOUBLE, &f->ratio_min, "crop aspect ratio, low (3/4)", 0, 0, NULL},
-        {"ratio-max", MOCO_OPT_DOUBLE, &f->ratio_max, "crop aspect ratio, high (4/3)", 0, 0, NULL},
-        {"flip-p", MOCO_OPT_DOUBLE, &f->flip_p, "horizontal flip probability (0.5)", 0, 1, NULL},
-        {"jitter-p", MOCO_OPT_DOUBLE, &f->jitter_p, "colour jitter probability (v1 1, v2/cifar 0.8)", 0, 1, NULL},
-        {"brightness", MOCO_OPT_DOUBLE, &f->brightness, "jitter brightness strength (0.4)", 0, 0, NULL},
-        {"contrast", MOCO_OPT_DOUBLE, &f->contrast, "jitter contrast strength (0.4)", 0, 0, NULL},
-        {"saturation", MOCO_OPT_DOUBLE, &f->saturation, "jitter saturation strength (0.4)", 0, 0, NULL},
-        {"hue", MOCO_OPT_DOUBLE, &f->hue, "jitter hue strength, <= 0.5 (v1 0.4, v2/cifar 0.1)", 0, 0.5, NULL},
-        {"gray-p", MOCO_OPT_DOUBLE, &f->gray_p, "random grayscale probability (0.2)", 0, 1, NULL},
-        {"blur-p", MOCO_OPT_DOUBLE, &f->blur_p, "Gaussian blur probability (v2 0.5, else 0)", 0, 1, NULL},
-        {"blur-sigma-min", MOCO_OPT_DOUBLE, &f->sigma_min, "blur sigma, low (0.1)", 0, 0, NULL},
-        {"blur-sigma-max", MOCO_OPT_DOUBLE, &f->sigma_max, "blur sigma, high (2.0)", 0, 0, NULL},
-        {"blur-kernel", MOCO_OPT_INT, &f->blur_kernel, "blur kernel size, odd (0: 2*floor(size/20)+1)", 0, 257, NULL},
-        {"channels", MOCO_OPT_INT, &f->channels, "output channels: 0 as input, 1 or 3", 0, 3, NULL},
-        {"seed", MOCO_OPT_U64, &f->seed, "augmentation seed (default 0)", 0, 0, NULL},
+        {"recipe", MOCO_OPT_CHOICE, &f->recipe, "augmentation recipe; the defaults below are v2's", 0, 0, "v1|v2|cifar"},
+        {"size", MOCO_OPT_INT, &f->size, "output side in pixels (cifar: 32)", 1, 2048, NULL},
+        {"scale-min", MOCO_OPT_DOUBLE, &f->scale_min, "crop area fraction, low (cifar: 0.08)", 0, 1, NULL},
+        {"scale-max", MOCO_OPT_DOUBLE, &f->scale_max, "crop area fraction, high", 0, 1, NULL},
+        {"ratio-min", MOCO_OPT_DOUBLE, &f->ratio_min, "crop aspect ratio w/h, low (log-uniform)", 0, 0, NULL},
+        {"ratio-max", MOCO_OPT_DOUBLE, &f->ratio_max, "crop aspect ratio w/h, high", 0, 0, NULL},
+        {"flip-p", MOCO_OPT_DOUBLE, &f->flip_p, "horizontal flip probability", 0, 1, NULL},
+        {"jitter-p", MOCO_OPT_DOUBLE, &f->jitter_p, "colour jitter probability (v1: 1)", 0, 1, NULL},
+        {"brightness", MOCO_OPT_DOUBLE, &f->brightness, "jitter brightness strength", 0, 0, NULL},
+        {"contrast", MOCO_OPT_DOUBLE, &f->contrast, "jitter contrast strength", 0, 0, NULL},
+        {"saturation", MOCO_OPT_DOUBLE, &f->saturation, "jitter saturation strength", 0, 0, NULL},
+        {"hue", MOCO_OPT_DOUBLE, &f->hue, "jitter hue strength, <= 0.5 (v1: 0.4)", 0, 0.5, NULL},
+        {"gray-p", MOCO_OPT_DOUBLE, &f->gray_p, "random grayscale probability", 0, 1, NULL},
+        {"blur-p", MOCO_OPT_DOUBLE, &f->blur_p, "Gaussian blur probability (v1, cifar: 0)", 0, 1, NULL},
+        {"blur-sigma-min", MOCO_OPT_DOUBLE, &f->sigma_min, "blur sigma, low", 0, 0, NULL},
+        {"blur-sigma-max", MOCO_OPT_DOUBLE, &f->sigma_max, "blur sigma, high", 0, 0, NULL},
+        {"blur-kernel", MOCO_OPT_INT, &f->blur_kernel, "blur kernel size, odd; 0: 2*floor(size/20)+1 (23 at 224)", 0, 257, NULL},
+        {"channels", MOCO_OPT_INT, &f->channels, "output channels: 0 as the input (1 or 3), 1, or 3", 0, 3, NULL},
+        {"seed", MOCO_OPT_U64, &f->seed, "augmentation seed: view = f(seed, epoch, index, view)", 0, 0, NULL},
         {"no-dct", MOCO_OPT_FLAG, &f->no_dct, "never decode JPEG at a reduced DCT scale", 0, 0, NULL},
     };
     memcpy(o, t, sizeof t);

@@ -59,8 +59,8 @@ int augment_preview_main(int argc, char **argv)
     int no = augment_flags_opts(&f, opts);
     moco_opt extra[] = {
         {"out", MOCO_OPT_STR, &out, "output PNG (required)", 0, 0, NULL},
-        {"n", MOCO_OPT_INT, &n, "samples to show, spread over the dataset (default 16)", 1, 256, NULL},
-        {"epoch", MOCO_OPT_INT, &epoch, "epoch whose views to show (default 0)", 0, 4294967295.0, NULL},
+        {"n", MOCO_OPT_INT, &n, "samples to show, spread over the dataset", 1, 256, NULL},
+        {"epoch", MOCO_OPT_INT, &epoch, "epoch whose views to show", 0, 4294967295.0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     memcpy(opts + no, extra, sizeof extra);

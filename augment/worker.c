@@ -88,7 +88,7 @@ int augment_worker_main(int argc, char **argv)
         {"push", MOCO_OPT_STR, &push_ep, "endpoint to PUSH PAIR messages to (required)", 0, 0, NULL},
         {"failed", MOCO_OPT_STR, &fail_ep, "endpoint to PUSH FAILED reports to (default: none, log only)", 0, 0, NULL},
         {"bind", MOCO_OPT_FLAG, &bind, "bind the endpoints instead of connecting", 0, 0, NULL},
-        {"hwm", MOCO_OPT_INT, &hwm, "high-water mark of each socket, in messages (default 16)", 1, 100000, NULL},
+        {"hwm", MOCO_OPT_INT, &hwm, "high-water mark of each socket, in messages", 1, 100000, NULL},
         {"quiet", MOCO_OPT_FLAG, &quiet, "no summary at exit", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };

@@ -413,6 +413,19 @@ static void test_grayscale_inputs(void **state)
     }
     assert_int_equal(augment_pair(g1, jrec, len2, 0, 5, q1, k1, &info), 0); /* grey JPEG */
     assert_int_equal(info.channels, 1);
+    /* a colour record with --channels 1: one channel, the ITU-R 601 grey of the 3-channel view */
+    size_t lc;
+    uint8_t *crec = encoded_record(40, 30, 3, "png", &lc, NULL, NULL);
+    augment_ctx *c1 = ctx_for("cifar", 24, 1, SEED), *c3 = ctx_for("cifar", 24, 3, SEED);
+    assert_int_equal(augment_pair(c1, crec, lc, 0, 6, q1, k1, &info), 0);
+    assert_int_equal(info.channels, 1);
+    assert_int_equal(augment_pair(c3, crec, lc, 0, 6, q3, k3, &info), 0);
+    for (int i = 0; i < 24 * 24; i++) {
+        double g = 0.299 * q3[3 * i] + 0.587 * q3[3 * i + 1] + 0.114 * q3[3 * i + 2];
+        assert_true(fabs(g - q1[i]) <= 1.5);
+    }
+    augment_ctx_destroy(&c1), augment_ctx_destroy(&c3);
+    free(crec);
     augment_ctx_destroy(&g1), augment_ctx_destroy(&g3);
     free(rec), free(jrec);
 }
@@ -556,6 +569,22 @@ static void test_recipes(void **state)
     assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
     r.blur_kernel = 0, r.hue = 0.6;
     assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
+    /* the shared flags: a recipe's own values unless a flag is given */
+    augment_flags f;
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 1];
+    augment_flags_opts(&f, opts);
+    opts[AUGMENT_FLAGS_NOPTS] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
+    const moco_optspec spec = {"t", "", NULL, opts, 0, 0};
+    char *a1[] = {"t", "--recipe", "cifar"}, *a2[] = {"t", "--recipe=v1", "--size", "48", "--hue", "0.2", "--seed", "9"};
+    char *pos[1];
+    int np;
+    assert_int_equal(moco_opts_parse(&spec, 3, a1, pos, &np), 0);
+    assert_int_equal(augment_flags_recipe(&f, &spec, &r), 0);
+    assert_true(r.size == 32 && r.scale_min == 0.08 && r.blur_p == 0 && r.jitter_p == 0.8 && r.seed == 0);
+    augment_flags_opts(&f, opts);
+    assert_int_equal(moco_opts_parse(&spec, 8, a2, pos, &np), 0);
+    assert_int_equal(augment_flags_recipe(&f, &spec, &r), 0);
+    assert_true(r.size == 48 && r.hue == 0.2 && r.jitter_p == 1.0 && r.gray_first && r.seed == 9 && r.blur_p == 0);
 }
 
 int main(void)
