@@ -8,7 +8,11 @@
 set -u
 cd "$(dirname "$0")/.."
 export MOCO=${MOCO:-$PWD/bin/moco}
-export MOCO_TEST_TMP=${MOCO_TEST_TMP:-$PWD/tests/tmp}
+# each invocation gets its own scratch directory, so that two suites running
+# at once do not trample each other; it is removed when everything passed
+own_tmp=0
+if [ -z "${MOCO_TEST_TMP:-}" ]; then MOCO_TEST_TMP=$PWD/tests/tmp/run-$$; own_tmp=1; fi
+export MOCO_TEST_TMP
 mkdir -p "$MOCO_TEST_TMP"
 pass=0; fail=0; skip=0; failed=()
 run_one() {
@@ -26,4 +30,5 @@ run_one() {
 for t in "$@"; do run_one "$(basename "$t")" "$t"; done
 for s in tests/cli_*.sh; do [ -e "$s" ] && run_one "$(basename "$s" .sh)" bash "$s"; done
 echo "TESTS: $pass passed, $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
+if [ "$fail" -eq 0 ] && [ $own_tmp -eq 1 ]; then rm -rf "$MOCO_TEST_TMP"; fi
 [ "$fail" -eq 0 ]
