@@ -165,7 +165,7 @@ void augment_grayscale(float *img, size_t n, int c);
  * (ksize odd <= AUGMENT_BLUR_KMAX, sigma) with reflect padding; outer taps
  * whose total weight is below 0.02/255 per side are skipped.
  * augment_blur_radius() writes the ksize weights into k and returns the
- * radius used. tmp holds h*w floats. */
+ * radius used. tmp holds h*w floats; w <= 2048 (a wider image is left as is). */
 #define AUGMENT_BLUR_KMAX 257
 int augment_blur_radius(int ksize, double sigma, float *k);
 void augment_blur(float *img, int h, int w, int c, int ksize, double sigma, float *tmp);

@@ -238,7 +238,7 @@ HOT void augment_hue(float *restrict img, size_t n, int c, double f)
         float cr = maxc - minc;
         float eqf = /* grey pixel: avoid 0/0 as torchvision does */ maxc == minc ? 1.0f : 0.0f;
         float s = cr / (maxc + eqf), crd = cr + eqf;
-        float rc = (maxc - r) / crd, gc = (maxc - g) / crd, bc = (maxc - b) / crd;
+        float inv = 1.0f / crd, rc = (maxc - r) * inv, gc = (maxc - g) * inv, bc = (maxc - b) * inv;
         float hr = bc - gc, hg = 2.0f + rc - bc, hb = 4.0f + gc - rc;
         float h = maxc == g ? hg : hb;
         h = maxc == r ? hr : h;
@@ -302,19 +302,16 @@ HOT void augment_blur(float *restrict img, int h, int w, int c, int ksize, doubl
     if (r == 0) return; /* the kernel is a delta at this sigma */
     const float *kc = k + half; /* kc[-r..r] */
     size_t ps = (size_t)h * w;
+    float pad[2048 + 2 * (AUGMENT_BLUR_KMAX / 2) + 8];
+    if (w > 2048) return; /* views are at most 2048 wide (augment_recipe_check) */
     for (int ch = 0; ch < c; ch++) {
         float *P = img + ch * ps;
-        /* horizontal: P -> tmp; interior contiguous, borders reflected */
+        /* horizontal: P -> tmp, each row reflect-padded by r first, so that
+         * the whole row is one contiguous, vectorised loop */
         for (int y = 0; y < h; y++) {
             const float *in = P + (size_t)y * w;
-            float *out = tmp + (size_t)y * w;
-            if (w > 2 * r) vrow(out + r, in, (size_t)(w - 2 * r), k + half - r, 2 * r + 1, 1);
-            for (int x = 0; x < w; x++) {
-                if (x == r && w > 2 * r) x = w - r;
-                float a = 0;
-                for (int j = -r; j <= r; j++) a += kc[j] * in[reflect(x + j, w)];
-                out[x] = a;
-            }
+            for (int x = -r; x < w + r; x++) pad[x + r] = in[x >= 0 && x < w ? x : reflect(x, w)];
+            vrow(tmp + (size_t)y * w, pad, (size_t)w, k + half - r, 2 * r + 1, 1);
         }
         /* vertical: tmp -> P, contiguous rows */
         for (int y = 0; y < h; y++) {
