@@ -11,6 +11,7 @@
 #include "loader/cmd.h"
 #include "trainer/cmd.h"
 #include "trainer/export.h"
+#include "trainer/lincls.h"
 #include "trainer/plot.h"
 #include "trainer/stream.h"
 #include "trainer/train.h"
@@ -31,6 +32,7 @@ static const command commands[] = {
     MOCO_TRAINER_COMMANDS
     {"train", train_main, "train MoCo on the pairs the pipeline streams (moco run starts it all)"},
     {"knn", train_knn_main, "kNN accuracy of a checkpoint's encoder on labelled LMDBs"},
+    {"lincls", lincls_main, "linear evaluation: a classifier on a checkpoint's frozen features"},
     {"embed", embed_main, "features of a dataset by a checkpoint's encoder, as safetensors"},
     {"export", export_main, "a checkpoint's encoder as a torchvision state_dict (safetensors)"},
     {"plot", plot_main, "draw a run's loss, accuracy, kNN and throughput curves as a PNG"},

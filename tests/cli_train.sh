@@ -42,6 +42,11 @@ got=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "
 $M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 8 --size 28 >/dev/null 2>"$T/knn.err"
 [ $? -eq 1 ] && grep -q "encoder_q.conv1.weight" "$T/knn.err" || fail "a checkpoint of another width should be refused, naming the tensor"
 
+# linear evaluation on the frozen features
+lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
+      --size 28 --epochs 10 --schedule 6,8 --lr 1 --threads 1 | tail -1)
+echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls: $lin"
+
 # 2. resume mid-epoch == uninterrupted
 pipeline() { # $1: dir, rest: trainer flags
   local d=$1; shift

@@ -547,3 +547,11 @@ int rn_load(resnet *m, const char *path)
     moco_st_destroy(&st);
     return rc;
 }
+
+const float *rn_pooled(const resnet *m)
+{
+    const rn_arena *a = m->arena;
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].type == OP_AVGPOOL) return ACT(m->ops[i].out);
+    return NULL;
+}

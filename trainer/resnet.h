@@ -104,6 +104,11 @@ float *rn_grad(const resnet *m, const rn_tensor *t);
 int rn_save(const resnet *m, const char *path);
 int rn_load(resnet *m, const char *path);
 
+/* The backbone's features, the global-average-pool output (N, features),
+ * of the last forward (valid until the next call on the arena): what the
+ * linear-evaluation protocol classifies. */
+const float *rn_pooled(const resnet *m);
+
 /* Bytes of the activation arena (for reports). */
 size_t rn_arena_bytes(const resnet *m);
 

@@ -1,0 +1,23 @@
+/* lincls.h: linear evaluation on frozen features (trainer/lincls.c). */
+#ifndef TRAINER_LINCLS_H
+#define TRAINER_LINCLS_H
+
+#include <stdint.h>
+
+typedef struct {
+    int epochs, batch;
+    double lr, momentum, wd;
+    int schedule[16], nschedule;
+    uint64_t seed;
+} lincls_cfg;
+
+/* Train a linear softmax classifier on xtr (ntr, F) with labels in [0, C),
+ * then write its test top-1 (percent) on xte into *top1. Returns 0,
+ * MOCO_ENOMEM, or MOCO_ENUMERIC if the loss stops being finite. */
+int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const float *xte, const int32_t *yte, int64_t nte,
+                      int F, int C, const lincls_cfg *c, double *top1);
+
+/* `moco lincls --ckpt CKPT --train DB --test DB` */
+int lincls_main(int argc, char **argv);
+
+#endif
