@@ -20,9 +20,11 @@ grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
 timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 28 --run-dir "$T/r2" --worker-timeout 1 --quiet \
   >"$T/r2.out" 2>"$T/r2.err" &
 run=$!
-for i in $(seq 50); do pgrep -f "augment --connect ipc:///tmp/moco-run" >/dev/null && break; sleep 0.1; done
+# only a worker of this run: a child of its `moco run` whose command is `moco augment`
+mine() { for p in $(pgrep -P $run); do grep -q 'augment' /proc/$p/cmdline 2>/dev/null && echo $p; done | head -1; }
+for i in $(seq 50); do [ -n "$(mine)" ] && break; sleep 0.1; done
 sleep 0.5
-victim=$(pgrep -f "augment --connect ipc:///tmp/moco-run" | head -1)
+victim=$(mine)
 [ -n "$victim" ] && kill -KILL "$victim"
 wait $run || { cat "$T/r2.err"; fail "moco run with a killed worker exited non-zero"; }
 grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r2/sink.json" || fail "r2: $(cat "$T/r2/sink.json")"
