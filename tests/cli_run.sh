@@ -17,20 +17,23 @@ timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 2
 grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
 grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
 # a worker killed midway (slow consumer so that the run lasts)
-timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 28 --run-dir "$T/r2" --worker-timeout 1 --quiet \
+timeout 120 $M run "$T/db" --sink --workers 2 --epochs 6 --recipe cifar --size 28 --run-dir "$T/r2" --worker-timeout 1 --quiet \
   >"$T/r2.out" 2>"$T/r2.err" &
 run=$!
 # only a worker of this run: a child of its `moco run` whose command is `moco augment`
-mine() { for p in $(pgrep -P $run); do grep -q 'augment' /proc/$p/cmdline 2>/dev/null && echo $p; done | head -1; }
-for i in $(seq 50); do [ -n "$(mine)" ] && break; sleep 0.1; done
-sleep 0.5
+mine() { for c in $(pgrep -P $run); do for p in $c $(pgrep -P $c); do
+  grep -q 'augment' /proc/$p/cmdline 2>/dev/null && echo $p; done; done | head -1; }
+for i in $(seq 100); do [ -n "$(mine)" ] && break; sleep 0.05; done
+sleep 0.3
 victim=$(mine)
 [ -n "$victim" ] && kill -KILL "$victim"
 wait $run || { cat "$T/r2.err"; fail "moco run with a killed worker exited non-zero"; }
-grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r2/sink.json" || fail "r2: $(cat "$T/r2/sink.json")"
+grep -q "\"pairs\":$((6 * N)),\"epochs\":6" "$T/r2/sink.json" || fail "r2: $(cat "$T/r2/sink.json")"
 grep -q '"ok":true' "$T/r2/sink.json" || fail "r2 not ok"
-grep -q "died" "$T/r2.err" && echo "killed worker $victim was replaced" || echo "note: the run finished before the kill landed"
+[ -n "$victim" ] || fail "found no worker of the run to kill"
+grep -q "died" "$T/r2.err" || fail "the killed worker $victim was not reported"
+echo "killed worker $victim; it was replaced"
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 should exit 2"
 $M run /nonexistent --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "a missing DB should exit 2"
-echo "moco run: 2 x $N pairs, exactly"
+echo "moco run: 2 x $N pairs, exactly; 6 x $N with a worker killed"
