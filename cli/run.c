@@ -332,9 +332,14 @@ static int run_pipeline(int argc, char **argv, int bench)
     }
     snprintf(log, sizeof log, "%s/workers.log", run_dir);
     for (int i = 0; i < workers; i++) wp[i] = spawn(&wa, log);
-    if (!quiet)
+    if (!quiet) {
         fprintf(stderr, "moco run: %s: %llu samples, %ld epochs, %ld workers; logs in %s\n", db, (unsigned long long)count,
                 epochs, workers, run_dir);
+        fprintf(stderr, "moco run: more workers from another terminal:");
+        for (int i = 0; i < wa.n; i++)
+            if (strcmp(wa.v[i], "--quiet")) fprintf(stderr, " %s", wa.v[i]);
+        fprintf(stderr, "\n");
+    }
     int lst = -1, cst = -1, status = 0, respawned = 0, stopping = 0, consumer_done = 0;
     double stop_at = 0;
     while (lst < 0 || cst < 0) {
