@@ -13,6 +13,7 @@
 #include "formats/rng.h"
 #include "formats/safetensors.h"
 #include "trainer/nn.h"
+#include "trainer/par.h"
 
 #define GOLDEN "tests/golden/trainer/layers.safetensors"
 #define TOL 2e-5
@@ -87,10 +88,11 @@ static void test_conv_golden(void **st)
         int64_t dims[7];
         assert_int_equal(moco_st_read(G, nm, MOCO_ST_I64, 1, (int64_t[]){7}, dims), 0);
         int N = (int)dims[0], Ci = (int)dims[1], H = (int)dims[2], Co = (int)dims[3], k = (int)dims[4], s = (int)dims[5], p = (int)dims[6];
-        for (int budget = 0; budget < 2; budget++) { /* chunks of one image, then the whole batch */
+        for (int budget = 0; budget < 4; budget++) { /* chunks of one image, then the whole batch; 1 then 2 threads */
+            par_set_threads(budget < 2 ? 1 : 2);
             nn_conv d;
-            size_t work = nn_conv_init(&d, N, Ci, H, H, Co, k, s, p, budget ? (size_t)1 << 24 : 1);
-            printf("conv%d: N %d Ci %d H %d Co %d k %d s %d p %d, chunk %d\n", c, N, Ci, H, Co, k, s, p, d.chunk);
+            size_t work = nn_conv_init(&d, N, Ci, H, H, Co, k, s, p, budget % 2 ? (size_t)1 << 24 : 1);
+            printf("conv%d: N %d Ci %d H %d Co %d k %d s %d p %d, chunk %d, %d threads\n", c, N, Ci, H, Co, k, s, p, d.chunk, d.nthreads);
             size_t nx = (size_t)N * Ci * H * H, ny = (size_t)N * Co * d.Ho * d.Wo, nw = (size_t)Co * Ci * k * k;
 #define G_(suf, n) (snprintf(nm, sizeof nm, "conv%d." suf, c), gt(nm, n))
             const float *x = G_("x", nx), *w = G_("w", nw), *y = G_("y", ny), *dy = G_("dy", ny), *dx = G_("dx", nx), *dw = G_("dw", nw);
@@ -117,6 +119,7 @@ static void test_conv_golden(void **st)
             test_free(xc), test_free(yc), test_free(dyc), test_free(dxc), test_free(dwc), test_free(out), test_free(wk);
         }
     }
+    par_set_threads(1);
 }
 
 static void test_bn_golden(void **st)

@@ -3,9 +3,63 @@
  * the small layers. The plain references live in nn_ref.c. */
 #include "trainer/nn.h"
 
+#include "trainer/par.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+/* Hot element-wise loops: restrict pointers, GCC's dynamic vectoriser cost
+ * model (-O2 only vectorises loops of known trip count), and an AVX2 clone
+ * picked at load time (no FMA, so results do not depend on it). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define NN_HOT __attribute__((optimize("vect-cost-model=dynamic"), target_clones("avx2", "default")))
+#else
+#define NN_HOT
+#endif
+
+NN_HOT static void vec_affine(float *restrict y, const float *restrict x, int n, float a, float b)
+{
+    for (int i = 0; i < n; i++) y[i] = x[i] * a + b;
+}
+
+NN_HOT static void vec_affine_relu(float *restrict y, const float *restrict x, int n, float a, float b)
+{
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * a + b;
+        y[i] = v <= 0.0f ? 0.0f : v; /* NaN passes, as torch.relu */
+    }
+}
+
+NN_HOT static void vec_affine_add(float *restrict y, const float *restrict x, const float *restrict r, int n, float a, float b)
+{
+    for (int i = 0; i < n; i++) y[i] = x[i] * a + b + r[i];
+}
+
+NN_HOT static void vec_affine_add_relu(float *restrict y, const float *restrict x, const float *restrict r, int n, float a, float b)
+{
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * a + b + r[i];
+        y[i] = v <= 0.0f ? 0.0f : v;
+    }
+}
+
+/* dx += A*dy + B*x + C */
+NN_HOT static void vec_bn_dx(float *restrict dx, const float *restrict dy, const float *restrict x, size_t n, float A, float B, float C)
+{
+    for (size_t i = 0; i < n; i++) dx[i] += A * dy[i] + B * x[i] + C;
+}
+
+/* d = y > 0 ? d : 0 */
+NN_HOT static void vec_relu_mask(float *restrict d, const float *restrict y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
+}
+
+NN_HOT static void vec_add(float *restrict y, const float *restrict x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
 
 void nn_nchw_to_cnhw(float *out, const float *inp, int N, int C, int HW)
 {
@@ -27,15 +81,21 @@ static int conv_direct(const nn_conv *d) { return d->k == 1 && d->stride == 1 &&
 
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
 {
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1};
+    int T = par_threads();
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0};
+    size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
+    int most = (N + T - 1) / T; /* at least one chunk per thread */
     if (conv_direct(d)) {
-        d->chunk = N;
-        return 0;
+        int c = (N + 2 * T - 1) / (2 * T);
+        d->chunk = c < 1 ? 1 : c;
+        per = 0;
+    } else {
+        size_t c = per ? work_floats / per : 1;
+        d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
     }
-    size_t per = (size_t)Ci * k * k * d->Ho * d->Wo;
-    size_t c = work_floats / per;
-    d->chunk = c < 1 ? 1 : c > (size_t)N ? N : (int)c;
-    return per * (size_t)d->chunk;
+    /* per thread: the lowered chunk, and (threads > 0) a private dW */
+    d->work_per = per * (size_t)d->chunk + (size_t)Co * Ci * k * k;
+    return d->work_per * (size_t)T;
 }
 
 double nn_conv_macs(const nn_conv *d)
@@ -102,7 +162,7 @@ static void col2im(float *dinp, const float *col, const nn_conv *d, int n0, int 
                             int lo = p - kw, hi = W + p - kw;
                             if (lo < 0) lo = 0;
                             if (hi > Wo) hi = Wo;
-                            for (int ow = lo; ow < hi; ow++) irow[ow - p + kw] += orow[ow];
+                            if (hi > lo) vec_add(irow + lo - p + kw, orow + lo, (size_t)(hi - lo));
                         } else {
                             for (int ow = 0; ow < Wo; ow++) {
                                 int iw = ow * s - p + kw;
@@ -114,144 +174,222 @@ static void col2im(float *dinp, const float *col, const nn_conv *d, int n0, int 
             }
 }
 
+typedef struct {
+    const nn_conv *d;
+    float *out, *dinp, *dw, *work;
+    const float *inp, *w, *dout;
+    int tasks;
+} conv_job;
+
+static void conv_fwd_task(void *ctx, int t, int th)
+{
+    const conv_job *j = ctx;
+    const nn_conv *d = j->d;
+    const int K = d->Ci * d->k * d->k, n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
+    const size_t HoWo = (size_t)d->Ho * d->Wo, NHoWo = (size_t)d->N * HoWo;
+    const float *b = j->inp + n0 * HoWo;
+    int ldb = (int)NHoWo;
+    if (!conv_direct(d)) {
+        float *col = j->work + (size_t)th * d->work_per;
+        im2col(col, j->inp, d, n0, n);
+        b = col, ldb = (int)(n * HoWo);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->Co, (int)(n * HoWo), K, 1.0f, j->w, K, b, ldb, 0.0f,
+                j->out + n0 * HoWo, (int)NHoWo);
+}
+
 void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
 {
-    const int K = d->Ci * d->k * d->k;
+    conv_job j = {d, out, NULL, NULL, work, inp, w, NULL, (d->N + d->chunk - 1) / d->chunk};
+    par_for_max(j.tasks, d->nthreads, conv_fwd_task, &j);
+}
+
+static void conv_bwd_task(void *ctx, int t, int th)
+{
+    const conv_job *j = ctx;
+    const nn_conv *d = j->d;
+    const int K = d->Ci * d->k * d->k, n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
     const size_t HoWo = (size_t)d->Ho * d->Wo, NHoWo = (size_t)d->N * HoWo;
+    const int cols = (int)(n * HoWo);
+    float *col = j->work + (size_t)th * d->work_per;
+    float *dw = th ? col + (d->work_per - (size_t)d->Co * K) : j->dw; /* thread 0 adds straight into dw */
+    const float *dout = j->dout + n0 * HoWo;
     if (conv_direct(d)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->Co, (int)NHoWo, K, 1.0f, w, K, inp, (int)NHoWo, 0.0f, out,
-                    (int)NHoWo);
+        if (j->dw)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, cols, 1.0f, dout, (int)NHoWo, j->inp + n0 * HoWo,
+                        (int)NHoWo, 1.0f, dw, K);
+        if (j->dinp)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, cols, d->Co, 1.0f, j->w, K, dout, (int)NHoWo, 1.0f,
+                        j->dinp + n0 * HoWo, (int)NHoWo);
         return;
     }
-    for (int n0 = 0; n0 < d->N; n0 += d->chunk) {
-        int n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
-        im2col(work, inp, d, n0, n);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->Co, (int)(n * HoWo), K, 1.0f, w, K, work, (int)(n * HoWo),
-                    0.0f, out + n0 * HoWo, (int)NHoWo);
+    if (j->dw) {
+        im2col(col, j->inp, d, n0, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, cols, 1.0f, dout, (int)NHoWo, col, cols, 1.0f, dw, K);
+    }
+    if (j->dinp) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, cols, d->Co, 1.0f, j->w, K, dout, (int)NHoWo, 0.0f, col, cols);
+        col2im(j->dinp, col, d, n0, n);
     }
 }
 
 void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
 {
-    const int K = d->Ci * d->k * d->k;
-    const size_t HoWo = (size_t)d->Ho * d->Wo, NHoWo = (size_t)d->N * HoWo;
-    if (conv_direct(d)) {
-        if (dw)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, (int)NHoWo, 1.0f, dout, (int)NHoWo, inp, (int)NHoWo,
-                        1.0f, dw, K);
-        if (dinp)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)NHoWo, d->Co, 1.0f, w, K, dout, (int)NHoWo, 1.0f, dinp,
-                        (int)NHoWo);
-        return;
-    }
-    for (int n0 = 0; n0 < d->N; n0 += d->chunk) {
-        int n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
-        const int cols = (int)(n * HoWo);
-        if (dw) {
-            im2col(work, inp, d, n0, n);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, cols, 1.0f, dout + n0 * HoWo, (int)NHoWo, work, cols,
-                        1.0f, dw, K);
+    conv_job j = {d, NULL, dinp, dw, work, inp, w, dout, (d->N + d->chunk - 1) / d->chunk};
+    const size_t nw = (size_t)d->Co * d->Ci * d->k * d->k;
+    int T = d->nthreads < j.tasks ? d->nthreads : j.tasks;
+    if (T > par_threads()) T = par_threads();
+    if (dw)
+        for (int t = 1; t < T; t++) memset(work + (size_t)(t + 1) * d->work_per - nw, 0, sizeof(float) * nw);
+    par_for_max(j.tasks, T, conv_bwd_task, &j);
+    if (dw)
+        for (int t = 1; t < T; t++) {
+            const float *p = work + (size_t)(t + 1) * d->work_per - nw;
+            for (size_t i = 0; i < nw; i++) dw[i] += p[i];
         }
-        if (dinp) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, cols, d->Co, 1.0f, w, K, dout + n0 * HoWo, (int)NHoWo, 0.0f,
-                        work, cols);
-            col2im(dinp, work, d, n0, n);
-        }
-    }
 }
 
 /* ------------------------------------------------------------ batch norm */
 
-/* Visit split s of channel c: runs of HW floats at images n = s, s+S, ... */
-#define FOR_SPLIT(base, d, s, body)                                                                                    \
-    for (int n_ = (s); n_ < (d)->N; n_ += (d)->S) {                                                                    \
-        size_t o_ = (size_t)n_ * (d)->HW;                                                                              \
-        for (int i_ = 0; i_ < (d)->HW; i_++) {                                                                         \
-            size_t j = (base) + o_ + (size_t)i_;                                                                       \
-            body;                                                                                                      \
-        }                                                                                                              \
+/* Sums over one run of n floats, in 8 float lanes (vectorisable without
+ * reassociating one chain), returned in double. */
+NN_HOT static double run_sum(const float *x, int n)
+{
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += x[i + k];
+    double s = 0;
+    for (int k = 0; k < 8; k++) s += a[k];
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+NN_HOT static double run_sqdev(const float *x, int n, float m)
+{
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) {
+            float t = x[i + k] - m;
+            a[k] += t * t;
+        }
+    double s = 0;
+    for (int k = 0; k < 8; k++) s += a[k];
+    for (; i < n; i++) s += (double)(x[i] - m) * (x[i] - m);
+    return s;
+}
+
+/* sum dy and sum dy * (x - m) over one run */
+NN_HOT static void run_dsums(const float *dy, const float *x, int n, float m, double *sdy, double *sdyx)
+{
+    float a[8] = {0}, b[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += dy[i + k], b[k] += dy[i + k] * (x[i + k] - m);
+    double s = 0, t = 0;
+    for (int k = 0; k < 8; k++) s += a[k], t += b[k];
+    for (; i < n; i++) s += dy[i], t += (double)dy[i] * (x[i] - m);
+    *sdy += s, *sdyx += t;
+}
+
+typedef struct {
+    float *y, *mean, *invstd, *rmean, *rvar, *dx, *dres, *dgamma, *dbeta, *dout;
+    const float *x, *res, *gamma, *beta, *cy;
+    const float *cmean, *cinvstd;
+    int relu, train;
+    const nn_bn *d;
+} bn_job;
+
+/* Runs of split s of channel c: images n = s, s+S, ...; a run is HW floats,
+ * or the whole channel when S == 1. */
+#define BN_RUNS(d, S, s, base, off, len)                                                                               \
+    for (int n_ = (S) == 1 ? 0 : (s), len = (S) == 1 ? (d)->N * (d)->HW : (d)->HW; n_ < ((S) == 1 ? 1 : (d)->N); n_ += (S)) \
+        for (size_t off = (base) + (size_t)n_ * ((S) == 1 ? 0 : (size_t)(d)->HW), once_ = 1; once_; once_ = 0)
+
+static void bn_fwd_task(void *ctx, int c, int th)
+{
+    (void)th;
+    const bn_job *j = ctx;
+    const nn_bn *d = j->d;
+    const size_t base = (size_t)c * d->N * d->HW;
+    const int S = j->train ? d->S : 1;
+    const double M = (double)(d->N / S) * d->HW;
+    double msum = 0, vsum = 0;
+    for (int s = 0; s < S; s++) {
+        float mu, is;
+        if (j->train) {
+            double sum = 0, sq = 0;
+            BN_RUNS(d, S, s, base, o, len) sum += run_sum(j->x + o, len);
+            float m = (float)(sum / M);
+            BN_RUNS(d, S, s, base, o, len) sq += run_sqdev(j->x + o, len, m);
+            double var = sq / M;
+            mu = m;
+            is = (float)(1.0 / sqrt(var + d->eps));
+            j->mean[s * d->C + c] = mu, j->invstd[s * d->C + c] = is;
+            msum += m, vsum += M > 1 ? var * M / (M - 1) : var;
+        } else {
+            mu = j->rmean[c];
+            is = (float)(1.0 / sqrt((double)j->rvar[c] + d->eps));
+        }
+        const float a = is * j->gamma[c], b = j->beta[c] - mu * a;
+        BN_RUNS(d, S, s, base, o, len)
+        {
+            if (j->res) {
+                if (j->relu) vec_affine_add_relu(j->y + o, j->x + o, j->res + o, len, a, b);
+                else vec_affine_add(j->y + o, j->x + o, j->res + o, len, a, b);
+            } else if (j->relu) {
+                vec_affine_relu(j->y + o, j->x + o, len, a, b);
+            } else {
+                vec_affine(j->y + o, j->x + o, len, a, b);
+            }
+        }
     }
+    if (j->train) {
+        j->rmean[c] = (float)((1.0 - d->momentum) * j->rmean[c] + d->momentum * (msum / S));
+        j->rvar[c] = (float)((1.0 - d->momentum) * j->rvar[c] + d->momentum * (vsum / S));
+    }
+}
 
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d)
 {
-    const size_t NHW = (size_t)d->N * d->HW;
-    const int S = train ? d->S : 1;
+    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d};
+    par_for(d->C, bn_fwd_task, &j);
+}
+
+static void bn_bwd_task(void *ctx, int c, int th)
+{
+    (void)th;
+    const bn_job *j = ctx;
+    const nn_bn *d = j->d;
+    const size_t NHW = (size_t)d->N * d->HW, base = (size_t)c * NHW;
+    const int S = d->S;
     const double M = (double)(d->N / S) * d->HW;
-    for (int c = 0; c < d->C; c++) {
-        const size_t base = (size_t)c * NHW;
-        double msum = 0, vsum = 0;
-        for (int s = 0; s < S; s++) {
-            float mu, is;
-            if (train) {
-                double sum = 0, sq = 0;
-                if (S == 1)
-                    for (size_t j = base; j < base + NHW; j++) sum += x[j];
-                else
-                    FOR_SPLIT(base, d, s, sum += x[j]);
-                double m = sum / M;
-                if (S == 1)
-                    for (size_t j = base; j < base + NHW; j++) sq += (x[j] - m) * (x[j] - m);
-                else
-                    FOR_SPLIT(base, d, s, sq += (x[j] - m) * (x[j] - m));
-                double var = sq / M;
-                mu = (float)m;
-                is = (float)(1.0 / sqrt(var + d->eps));
-                mean[s * d->C + c] = mu, invstd[s * d->C + c] = is;
-                msum += m, vsum += M > 1 ? var * M / (M - 1) : var;
-            } else {
-                mu = rmean[c];
-                is = (float)(1.0 / sqrt((double)rvar[c] + d->eps));
-            }
-            const float a = is * gamma[c], b = beta[c] - mu * a;
-#define BN_APPLY(j)                                                                                                    \
-    do {                                                                                                               \
-        float v = x[j] * a + b;                                                                                        \
-        if (res) v += res[j];                                                                                          \
-        if (relu && !(v > 0.0f)) v = v != v ? v : 0.0f;                                                                \
-        y[j] = v;                                                                                                      \
-    } while (0)
-            if (S == 1)
-                for (size_t j = base; j < base + NHW; j++) BN_APPLY(j);
-            else
-                FOR_SPLIT(base, d, s, BN_APPLY(j));
-        }
-        if (train) {
-            rmean[c] = (float)((1.0 - d->momentum) * rmean[c] + d->momentum * (msum / S));
-            rvar[c] = (float)((1.0 - d->momentum) * rvar[c] + d->momentum * (vsum / S));
-        }
+    float *dout = j->dout;
+    if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
+    if (j->dres) vec_add(j->dres + base, dout + base, NHW);
+    for (int s = 0; s < S; s++) {
+        const float mu = j->cmean[s * d->C + c], is = j->cinvstd[s * d->C + c];
+        double sdy = 0, sdxm = 0;
+        BN_RUNS(d, S, s, base, o, len) run_dsums(dout + o, j->x + o, len, mu, &sdy, &sdxm);
+        double sdyx = sdxm * is;
+        if (j->dgamma) j->dgamma[c] += (float)sdyx;
+        if (j->dbeta) j->dbeta[c] += (float)sdy;
+        if (!j->dx) continue;
+        /* dx = g*is*(dy - sdy/M - (x-mu)*is*sdyx/M) = A*dy + B*x + C */
+        const float A = j->gamma[c] * is, B = (float)(-(double)A * is * sdyx / M),
+                    C = (float)(-(double)A * sdy / M - (double)B * mu);
+        BN_RUNS(d, S, s, base, o, len)
+        vec_bn_dx(j->dx + o, dout + o, j->x + o, (size_t)len, A, B, C);
     }
 }
 
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
 {
-    const size_t NHW = (size_t)d->N * d->HW;
-    const int S = d->S;
-    const double M = (double)(d->N / S) * d->HW;
-    for (int c = 0; c < d->C; c++) {
-        const size_t base = (size_t)c * NHW;
-        if (relu)
-            for (size_t j = base; j < base + NHW; j++) dout[j] = y[j] > 0.0f ? dout[j] : 0.0f;
-        if (dres)
-            for (size_t j = base; j < base + NHW; j++) dres[j] += dout[j];
-        for (int s = 0; s < S; s++) {
-            const float mu = mean[s * d->C + c], is = invstd[s * d->C + c];
-            double sdy = 0, sdyx = 0;
-            if (S == 1)
-                for (size_t j = base; j < base + NHW; j++) sdy += dout[j], sdyx += dout[j] * ((x[j] - mu) * is);
-            else
-                FOR_SPLIT(base, d, s, (sdy += dout[j], sdyx += dout[j] * ((x[j] - mu) * is)));
-            if (dgamma) dgamma[c] += (float)sdyx;
-            if (dbeta) dbeta[c] += (float)sdy;
-            if (!dx) continue;
-            const float g = gamma[c] * is, ma = (float)(sdy / M), mb = (float)(sdyx / M);
-            if (S == 1)
-                for (size_t j = base; j < base + NHW; j++) dx[j] += g * (dout[j] - ma - (x[j] - mu) * is * mb);
-            else
-                FOR_SPLIT(base, d, s, dx[j] += g * (dout[j] - ma - (x[j] - mu) * is * mb));
-        }
-    }
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d};
+    par_for(d->C, bn_bwd_task, &j);
 }
 
 /* ----------------------------------------------------------- element-wise */

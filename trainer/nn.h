@@ -25,12 +25,15 @@ void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW);
 /* ---- 2-D convolution, no bias ---- */
 typedef struct {
     int N, Ci, H, W, Co, k, stride, pad, Ho, Wo;
-    int chunk; /* images per lowered GEMM (set by nn_conv_init) */
+    int chunk;       /* images per lowered GEMM (set by nn_conv_init) */
+    int nthreads;    /* par_threads() at nn_conv_init: chunks run side by side */
+    size_t work_per; /* scratch floats per thread */
 } nn_conv;
 
-/* Fill Ho, Wo and chunk; work_floats is the scratch budget per call (the
- * chunk is the most images whose im2col fits, at least 1). Returns the
- * scratch floats the calls need (0 for a 1x1 stride-1 unpadded conv). */
+/* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
+ * per thread (the chunk is the most images whose im2col fits, at least 1,
+ * at most N / threads). Returns the scratch floats the calls need:
+ * per thread, the chunk's im2col and a private weight gradient. */
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats);
 /* Multiply-adds of one forward pass. */
 double nn_conv_macs(const nn_conv *d);

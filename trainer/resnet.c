@@ -19,7 +19,15 @@
 #include "formats/rng.h"
 #include "formats/safetensors.h"
 
-#define RN_WORK_FLOATS ((size_t)4 << 20) /* im2col scratch budget: 16 MB */
+/* im2col scratch per thread, in floats: 1M (4 MB) by default; the
+ * environment variable MOCO_CONV_WORK (floats) overrides it for tuning. */
+static size_t work_floats(void)
+{
+    const char *e = getenv("MOCO_CONV_WORK");
+    long v = e ? atol(e) : 0;
+    return v > 0 ? (size_t)v : (size_t)1 << 20;
+}
+#define RN_WORK_FLOATS work_floats()
 
 enum { OP_CONV, OP_BN, OP_MAXPOOL, OP_AVGPOOL, OP_LINEAR, OP_RELU };
 

@@ -1,0 +1,148 @@
+#!/usr/bin/python3
+"""bench_pytorch_step.py: time the MoCo training step in PyTorch (Debian's
+python3-torch, CPU) beside `moco bench train` with the same settings, and
+print both as JSON lines (the same fields: pairs_per_s, step_ms,
+gflop_per_s, peak_rss_mb).
+
+    /usr/bin/python3 tools/bench_pytorch_step.py --arch resnet18-cifar --width 16 \
+        --batch-size 256 --size 32 --steps 5 --threads 2 [--K 4096] [--mlp] [--symmetric]
+
+The step is the official CIFAR-10 demo's: momentum update of the key encoder,
+shuffled key forward under no_grad (SplitBatchNorm with --bn-splits), query
+forward, InfoNCE against the queue, backward, SGD (momentum 0.9, weight
+decay), enqueue. Each side runs in its own process (PyTorch first, then
+bin/moco), so the peak RSS figures are per process. --no-moco skips ours.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_trainer_golden import make  # noqa: E402  (the same torchvision-named ResNet)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="resnet18-cifar")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--mlp", action="store_true")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--K", type=int, default=4096)
+    ap.add_argument("--m", type=float, default=0.99)
+    ap.add_argument("--T", type=float, default=0.1)
+    ap.add_argument("--bn-splits", type=int, default=8)
+    ap.add_argument("--symmetric", action="store_true")
+    ap.add_argument("--lr", type=float, default=0.06)
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--moco", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bin", "moco"))
+    ap.add_argument("--no-moco", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    N = a.batch_size
+    fq = make(a.arch, width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.bn_splits)
+    fk = make(a.arch, width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.bn_splits)
+    fk.load_state_dict(fq.state_dict())
+    for p in fk.parameters():
+        p.requires_grad = False
+    queue = F.normalize(torch.randn(a.dim, a.K), dim=0)
+    opt = torch.optim.SGD(fq.parameters(), a.lr, momentum=0.9, weight_decay=a.wd)
+    labels = torch.zeros(N, dtype=torch.long)
+    x1, x2 = torch.rand(N, 3, a.size, a.size) * 4 - 2, torch.rand(N, 3, a.size, a.size) * 4 - 2
+    ptr = 0
+
+    def ctr(im_q, im_k):
+        q = F.normalize(fq(im_q), dim=1)
+        with torch.no_grad():
+            perm = torch.randperm(N)
+            k = F.normalize(fk(im_k[perm]), dim=1)[torch.argsort(perm)]
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.clone()], 1) / a.T
+        return F.cross_entropy(logits, labels), k
+
+    def step():
+        nonlocal ptr
+        with torch.no_grad():
+            for pq, pk in zip(fq.parameters(), fk.parameters()):
+                pk.data = pk.data * a.m + pq.data * (1.0 - a.m)
+        opt.zero_grad()
+        if a.symmetric:
+            l12, k2 = ctr(x1, x2)
+            l21, k1 = ctr(x2, x1)
+            loss, k = l12 + l21, torch.cat([k1, k2], 0)
+        else:
+            loss, k = ctr(x1, x2)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            queue[:, ptr:ptr + k.shape[0]] = k.t()
+        ptr = (ptr + k.shape[0]) % a.K
+        return loss.item()
+
+    # model FLOPs as bin/moco counts them: 2 x MACs of convs and linears,
+    # f_q forward + backward (2x, less the first conv's input gradient) + f_k forward
+    macs = [0.0, None]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            m = out.numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
+            if macs[1] is None:
+                macs[1] = m
+        else:
+            m = out.numel() * mod.in_features
+        macs[0] += m
+
+    hs = [mod.register_forward_hook(hook) for mod in fq.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        fq.eval()
+        fq(x1)
+        fq.train()
+    for h in hs:
+        h.remove()
+    f, first = macs[0], macs[1]
+    flop = 2 * (2 if a.symmetric else 1) * (f + (2 * f - first) + f)
+    fq.train(), fk.train()
+    print(f"pytorch {torch.__version__}: {a.arch} width {a.width}{' mlp' if a.mlp else ''}, batch {N}, {a.size}x{a.size}, "
+          f"K {a.K}, bn splits {a.bn_splits}{', symmetric' if a.symmetric else ''}, {a.threads} threads, "
+          f"{flop / 1e9:.2f} GFLOP per step", flush=True)
+    total = 0.0
+    for s in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        dt = time.perf_counter() - t0
+        print(f"  step {s}{' (warm-up)' if s < a.warmup else ''}: {dt * 1e3:.1f} ms, loss {loss:.4f}", flush=True)
+        if s >= a.warmup:
+            total += dt
+    st = total / a.steps
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res = {"bench": "train-pytorch", "arch": a.arch, "width": a.width, "batch": N, "size": a.size, "K": a.K,
+           "threads": a.threads, "steps": a.steps, "pairs_per_s": round(N / st, 2), "step_ms": round(st * 1e3, 1),
+           "gflop_per_s": round(flop / st / 1e9, 1), "peak_rss_mb": round(rss)}
+    print(json.dumps(res), flush=True)
+    if a.no_moco:
+        return
+    cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size", str(N),
+           "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
+           "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr", str(a.lr),
+           "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
+    print("$ " + " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+    print(out, end="")
+    ours = json.loads(out.strip().splitlines()[-1])
+    print(f"side by side: pytorch {res['pairs_per_s']} pairs/s, {res['peak_rss_mb']} MB; "
+          f"moco {ours['pairs_per_s']} pairs/s, {ours['peak_rss_mb']} MB; speed-up {ours['pairs_per_s'] / res['pairs_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
