@@ -91,27 +91,40 @@ static size_t axis_weights(double bl, int n_out)
 
 /* tmp holds, in floats: the dh rows of the vertical pass (each at most
  * ceil(bw) + 2 pixels, + 4 floats of slack), the taps of both axes (3 ints
- * each) and their weights. */
+ * each), their weights, the padded horizontal weights and their columns. */
 size_t augment_resample_tmp(double bw, double bh, int dh, int dw, int c)
 {
-    return ((size_t)ceil(bw) + 2) * (size_t)dh * (size_t)c + 4 + 3 * ((size_t)dw + dh) + axis_weights(bw, dw) +
-           axis_weights(bh, dh) + 8;
+    return ((size_t)ceil(bw) + 2) * (size_t)dh * (size_t)c + 4 + 3 * ((size_t)dw + dh) + 2 * axis_weights(bw, dw) +
+           axis_weights(bh, dh) + (size_t)dw + 8;
 }
 
-/* out[i] = sum_k w[k] * in[k * stride + i], i < n: the contiguous inner
- * loop of the vertical resample and of the blur. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint8_t v8u8 __attribute__((vector_size(8)));
+
+/* out[i] = sum_k w[k] * in[k * stride + i], i < n: the vertical passes of
+ * the blur and (vrow8, over uint8 rows) of the resample. Blocks of 8
+ * outputs stay in a register across the taps (one load per tap, one store
+ * per block); the sum runs over k in order, as in the scalar tail. */
 HOT static void vrow(float *restrict out, const float *restrict in, size_t n, const float *w, int taps, size_t stride)
 {
-    for (size_t i = 0; i < n; i++) out[i] = w[0] * in[i];
-    for (int k = 1; k < taps; k++) {
-        const float *restrict ik = in + (size_t)k * stride;
-        float wk = w[k];
-        for (size_t i = 0; i < n; i++) out[i] += wk * ik[i];
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f v, a;
+        memcpy(&v, in + i, sizeof v);
+        a = w[0] * v;
+        for (int k = 1; k < taps; k++) {
+            memcpy(&v, in + (size_t)k * stride + i, sizeof v);
+            a += w[k] * v;
+        }
+        memcpy(out + i, &a, sizeof a);
+    }
+    for (; i < n; i++) {
+        float a = w[0] * in[i];
+        for (int k = 1; k < taps; k++) a += w[k] * in[(size_t)k * stride + i];
+        out[i] = a;
     }
 }
 
-/* out[i] = sum_k w[k] * in[k * stride + i] over uint8 rows: the vertical
- * pass, contiguous over the interleaved row. */
 HOT static void vrow8(float *restrict out, const uint8_t *restrict in, size_t n, const float *w, int taps, size_t stride)
 {
     for (size_t i = 0; i < n; i++) out[i] = w[0] * in[i];
@@ -125,18 +138,36 @@ HOT static void vrow8(float *restrict out, const uint8_t *restrict in, size_t n,
 typedef float v4f __attribute__((vector_size(16)));
 
 /* One interleaved float row (pixels from x0) into c planar rows (plane
- * stride ps), horizontal taps, flip folded in. */
-static inline void hrow(float *out, size_t ps, const float *in, int x0, const tap *t, const float *w, int dw, int c, int flip)
+ * stride ps), horizontal taps, flip folded in. Every output has the same
+ * number of taps nt (zero-padded weights w + x*nt from column lo[x]), so the
+ * tap loop has a fixed count and its branch is predicted. */
+static inline __attribute__((always_inline)) void hrow(float *out, size_t ps, const float *in, int x0, const int *lo, const float *w, int nt, int dw, int c,
+                        int flip)
 {
     if (c == 3) {
         /* one pixel (3 floats + 1 that is ignored) per vector operation; the
          * row has at least one float of slack after it (see the caller) */
-        for (int x = 0; x < dw; x++) {
-            const tap *tx = &t[x];
-            const float *p = in + (size_t)(tx->lo - x0) * 3;
-            const float *wx = w + tx->off;
+        int x = 0;
+        for (; x + 2 <= dw; x += 2) { /* two outputs at once: independent sums */
+            const float *p = in + (size_t)(lo[x] - x0) * 3, *p1 = in + (size_t)(lo[x + 1] - x0) * 3;
+            const float *wx = w + (size_t)x * nt, *wx1 = wx + nt;
+            v4f a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+            for (int k = 0; k < nt; k++) {
+                v4f v, v1;
+                memcpy(&v, p + 3 * k, sizeof v);
+                memcpy(&v1, p1 + 3 * k, sizeof v1);
+                a += wx[k] * v;
+                b += wx1[k] * v1;
+            }
+            int o = flip ? dw - 1 - x : x, o1 = flip ? dw - 2 - x : x + 1;
+            out[o] = a[0], out[ps + o] = a[1], out[2 * ps + o] = a[2];
+            out[o1] = b[0], out[ps + o1] = b[1], out[2 * ps + o1] = b[2];
+        }
+        for (; x < dw; x++) {
+            const float *p = in + (size_t)(lo[x] - x0) * 3;
+            const float *wx = w + (size_t)x * nt;
             v4f a = {0, 0, 0, 0};
-            for (int k = 0; k < tx->n; k++) {
+            for (int k = 0; k < nt; k++) {
                 v4f v;
                 memcpy(&v, p + 3 * k, sizeof v);
                 a += wx[k] * v;
@@ -146,11 +177,10 @@ static inline void hrow(float *out, size_t ps, const float *in, int x0, const ta
         }
     } else {
         for (int x = 0; x < dw; x++) {
-            const tap *tx = &t[x];
-            const float *p = in + (tx->lo - x0);
-            const float *wx = w + tx->off;
+            const float *p = in + (lo[x] - x0);
+            const float *wx = w + (size_t)x * nt;
             float a0 = 0;
-            for (int k = 0; k < tx->n; k++) a0 += wx[k] * p[k];
+            for (int k = 0; k < nt; k++) a0 += wx[k] * p[k];
             out[flip ? dw - 1 - x : x] = a0;
         }
     }
@@ -158,7 +188,7 @@ static inline void hrow(float *out, size_t ps, const float *in, int x0, const ta
 
 /* Vertical pass first (contiguous, vectorised, on the full crop width),
  * then the horizontal pass on the dh output rows only. */
-int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int sw, int c, double bx, double by,
+HOT int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int sw, int c, double bx, double by,
                      double bw, double bh, int flip, float *tmp)
 {
     if (dw < 1 || dh < 1 || !(bw > 0) || !(bh > 0)) return -1;
@@ -175,10 +205,25 @@ int augment_resample(float *dst, int dh, int dw, const uint8_t *src, int sh, int
     }
     size_t span = (size_t)(x1 - x0) * c, dps = (size_t)dh * dw;
     if (span * dh + 4 > rows) return -1; /* + slack for hrow's 4-float loads */
+    /* pad the horizontal taps to one count nt: the window of x starts at
+     * min(lo, x1 - nt) (inside [x0, x1)); zero weights cost exact zeros */
+    int nt = 1;
+    for (int x = 0; x < dw; x++)
+        if (tx[x].n > nt) nt = tx[x].n;
+    if ((size_t)nt * dw > cx) return -1;
+    float *wp = wy + cy;
+    int *lo = (int *)(void *)(wp + (size_t)nt * dw);
+    for (int x = 0; x < dw; x++) {
+        int l = tx[x].lo < x1 - nt ? tx[x].lo : x1 - nt;
+        float *d = wp + (size_t)x * nt;
+        for (int k = 0; k < nt; k++) d[k] = 0.f;
+        for (int k = 0; k < tx[x].n; k++) d[tx[x].lo - l + k] = wx[tx[x].off + k];
+        lo[x] = l;
+    }
     for (int y = 0; y < dh; y++) {
         float *row = tmp + (size_t)y * span;
         vrow8(row, src + ((size_t)ty[y].lo * sw + x0) * c, span, wy + ty[y].off, ty[y].n, (size_t)sw * c);
-        hrow(dst + (size_t)y * dw, dps, row, x0, tx, wx, dw, c, flip);
+        hrow(dst + (size_t)y * dw, dps, row, x0, lo, wp, nt, dw, c, flip);
     }
     return 0;
 }
@@ -242,7 +287,7 @@ HOT void augment_hue(float *restrict img, size_t n, int c, double f)
         float hr = bc - gc, hg = 2.0f + rc - bc, hb = 4.0f + gc - rc;
         float h = maxc == g ? hg : hb;
         h = maxc == r ? hr : h;
-        h = h / 6.0f + 1.0f;
+        h = h * (1.0f / 6.0f) + 1.0f; /* a multiply, not a division: <= 1 ulp from torchvision */
         h -= (float)(int)h; /* fmod(h, 1), h > 0 */
         h += hf;
         h -= (float)(int)h; /* (h + f) % 1.0 */
