@@ -66,7 +66,7 @@ typedef struct {
     size_t bytes;
 } outpair;
 
-#define OUT_MAX 8 /* pairs made before sending them together: fewer wake-ups downstream */
+#define OUT_MAX 32 /* pairs made before sending them together: fewer wake-ups downstream */
 
 int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
 {
@@ -105,12 +105,16 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             last_recv = received;
             last_ready = t;
         }
-        zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
+        /* block only when there is nothing to do: a poll is a system call,
+         * and with work queued the receives and sends below need none */
         int busy = qlen > 0 && nout < OUT_MAX;
-        if (zmq_poll(it, nout ? 2 : 1, busy ? 0 : 100) < 0) {
-            if (errno == EINTR) continue;
-            rc = moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
-            break;
+        if (!busy) {
+            zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
+            if (zmq_poll(it, nout ? 2 : 1, 100) < 0) {
+                if (errno == EINTR) continue;
+                rc = moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
+                break;
+            }
         }
         /* everything the loader has sent */
         for (;;) {
@@ -152,7 +156,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         }
         /* send finished pairs, together, once the batch is full or nothing else is waiting */
-        if (nout && (it[1].revents & ZMQ_POLLOUT) && (nout == OUT_MAX || qlen == 0)) {
+        if (nout && (nout == OUT_MAX || qlen == 0)) {
             int sent = 0;
             while (sent < nout) {
                 outpair *o = &out[sent];

@@ -56,9 +56,9 @@ static void on_signal(int s)
 int augment_pipe_main(int argc, char **argv)
 {
     augment_flags af;
-    augment_pipe_cfg cfg = {.queue = 64, .sndhwm = 16, .loader_timeout = 30};
+    augment_pipe_cfg cfg = {.queue = 64, .sndhwm = 64, .loader_timeout = 30};
     struct sigaction sa = {.sa_handler = on_signal};
-    long queue = 64, hwm = 16;
+    long queue = 64, hwm = 64;
     int quiet = 0;
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
     int n = augment_flags_opts(&af, opts);
