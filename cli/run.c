@@ -289,6 +289,7 @@ static int run_pipeline(int argc, char **argv, int bench)
         addf(&ca, "--connect", "%s", ctl);
         addf(&ca, "--count", "%llu", (unsigned long long)count);
         addf(&ca, "--json", "%s/sink.json", run_dir);
+        addf(&ca, "--log", "%s/sink.jsonl", run_dir);
         if (bench) addf(&ca, "--seconds", "%g", seconds);
         if (quiet) add(&ca, "--quiet");
     }

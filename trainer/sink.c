@@ -45,7 +45,7 @@ static int load_indices(const char *path, uint64_t count, uint8_t **bm)
 
 int trainer_sink_main(int argc, char **argv)
 {
-    const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL;
+    const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL, *stats_path = NULL;
     long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
     uint64_t count = 0;
     double timeout = 60, seconds = 0;
@@ -61,6 +61,7 @@ int trainer_sink_main(int argc, char **argv)
         {"stop-after", MOCO_OPT_INT, &stop_after, "exit (status 3) after this many pairs, as if killed", 0, 1e12, NULL},
         {"loader-timeout", MOCO_OPT_DOUBLE, &timeout, "seconds of loader silence that end the run with an error", 0.5, 1e6, NULL},
         {"seconds", MOCO_OPT_DOUBLE, &seconds, "stop after this long from the first pair (0: at the end of the stream)", 0, 1e9, NULL},
+        {"log", MOCO_OPT_STR, &stats_path, "append a JSON line of statistics here once a second", 0, 0, NULL},
         {"json", MOCO_OPT_STR, &json_out, "also write the final JSON summary to this file", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &q, "no progress on stderr", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
@@ -85,7 +86,13 @@ int trainer_sink_main(int argc, char **argv)
         fprintf(stderr, "moco sink: %s\n", moco_errmsg());
         return 2;
     }
-    FILE *log = index_log ? fopen(index_log, "w") : NULL;
+    FILE *log = index_log ? fopen(index_log, "w") : NULL, *stats = stats_path ? fopen(stats_path, "a") : NULL;
+    if (stats_path && !stats) {
+        fprintf(stderr, "moco sink: cannot write %s\n", stats_path);
+        free(bm);
+        if (log) fclose(log);
+        return 1;
+    }
     if (index_log && !log) {
         fprintf(stderr, "moco sink: cannot write %s\n", index_log);
         free(bm);
@@ -107,7 +114,8 @@ int trainer_sink_main(int argc, char **argv)
     if (bm)
         for (uint64_t i = 0; i < count; i++) resumed += bm[i >> 3] >> (i & 7) & 1;
     uint32_t epochs = 0, h = 0, w = 0, c = 0;
-    double t0 = now_s(), t_first = 0, last = t0;
+    double t0 = now_s(), t_first = 0, last = t0, last_stat = t0, last_wait = 0;
+    uint64_t last_total = 0;
     int status = 0;
     char per_epoch[4096] = "";
     while (!stop_flag) {
@@ -132,6 +140,7 @@ int trainer_sink_main(int argc, char **argv)
             if (stop_after && (long)total >= stop_after) {
                 stream_destroy(&s);
                 if (log) fclose(log);
+                if (stats) fclose(stats);
                 free(bm);
                 fprintf(stderr, "moco sink: stopping after %" PRIu64 " pairs (--stop-after)\n", total);
                 return 3;
@@ -159,6 +168,18 @@ int trainer_sink_main(int argc, char **argv)
         }
         double t = now_s();
         if (seconds > 0 && t_first && t - t_first >= seconds) break;
+        if (stats && t - last_stat >= 1.0) {
+            stream_stats st;
+            stream_get_stats(s, &st);
+            fprintf(stats, "{\"t\":%.3f,\"pairs\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"starved_pct\":%.1f,\"duplicates\":%" PRIu64
+                           ",\"malformed\":%" PRIu64 ",\"epochs\":%u}\n",
+                    t - t0, total, (double)(total - last_total) / (t - last_stat), 100 * (st.waited_s - last_wait) / (t - last_stat),
+                    st.duplicates, st.malformed, epochs);
+            fflush(stats);
+            last_stat = t;
+            last_total = total;
+            last_wait = st.waited_s;
+        }
         if (!quiet && isatty(2) && t - last > 1) {
             stream_stats st;
             stream_get_stats(s, &st);
@@ -173,6 +194,7 @@ int trainer_sink_main(int argc, char **argv)
     stream_get_stats(s, &st);
     stream_destroy(&s);
     if (log) fclose(log);
+    if (stats) fclose(stats);
     free(bm);
     if (bad) { fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size\n", bad); status = 1; }
     char json[6000];

@@ -217,7 +217,7 @@ int train_run(const train_cfg *c)
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / (uint64_t)N) : 0, step_in_epoch = 0;
     int nb = 0, tty = isatty(STDERR_FILENO);
-    double t_epoch = now_s(), t_log = now_s(), waited0 = 0, best = -1, loss_sum = 0, acc_sum = 0;
+    double t_epoch = now_s(), t_log = now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
     double e_loss = 0, e_acc = 0;
     int64_t e_steps = 0;
@@ -315,9 +315,11 @@ int train_run(const train_cfg *c)
             double t = now_s();
             stream_stats st;
             stream_get_stats(s, &st);
-            fprintf(metrics, "{\"type\":\"step\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs_per_s\":%.2f}\n",
+            fprintf(metrics, "{\"type\":\"step\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs_per_s\":%.2f,"
+                             "\"starved_pct\":%.1f}\n",
                     (long long)epoch, (long long)step, loss_sum / log_steps, acc_sum / log_steps, lr,
-                    (double)(log_steps * N) / (t - t_log));
+                    (double)(log_steps * N) / (t - t_log), 100 * (st.waited_s - waited_log) / (t - t_log));
+            waited_log = st.waited_s;
             fflush(metrics);
             if (tty) {
                 double el = now_s() - t_epoch, rate = (double)(e_steps * N) / (el > 0 ? el : 1);
