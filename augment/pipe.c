@@ -66,13 +66,15 @@ typedef struct {
     size_t bytes;
 } outpair;
 
-#define OUT_MAX 32 /* pairs made before sending them together: fewer wake-ups downstream */
+#define OUT_MAX 32                    /* pairs sent together in one PAIRS message ... */
+#define OUT_BYTES ((size_t)4 << 20)   /* ... or fewer, once they hold this many bytes */
 
 int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
 {
     int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 16;
     void *zctx = zmq_ctx_new(), *dealer = zmq_socket(zctx, ZMQ_DEALER), *push = zmq_socket(zctx, ZMQ_PUSH);
-    int hwm = cfg->sndhwm > 0 ? cfg->sndhwm : 16, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
+    /* the high-water mark counts messages, and a message holds a batch */
+    int hwm = cfg->sndhwm > OUT_MAX ? cfg->sndhwm / OUT_MAX : 2, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
     queued q[MAX_QUEUE];
     outpair out[OUT_MAX];
     int qhead = 0, qlen = 0, nout = 0, last_free = -1;
@@ -155,25 +157,37 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             }
             for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         }
-        /* send finished pairs, together, once the batch is full or nothing else is waiting */
-        if (nout && (nout == OUT_MAX || qlen == 0)) {
-            int sent = 0;
-            while (sent < nout) {
-                outpair *o = &out[sent];
-                zmq_msg_t mq, mk;
-                if (zmq_send(push, o->hdr, sizeof o->hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) break; /* full: later */
-                zmq_msg_init_data(&mq, o->q, o->bytes, free_view, NULL); /* zero copy: zmq frees the views */
-                zmq_msg_init_data(&mk, o->k, o->bytes, free_view, NULL);
-                o->q = o->k = NULL;
-                /* once the first frame is accepted the rest of the message is too */
-                zmq_msg_send(&mq, push, ZMQ_SNDMORE);
-                zmq_msg_send(&mk, push, 0);
-                sent++;
-                st->pairs++;
+        /* send the finished pairs as one PAIRS message (two frames: headers,
+         * views), once the batch is full, large, or nothing else is waiting */
+        size_t outbytes = 0;
+        for (int i = 0; i < nout; i++) outbytes += 2 * out[i].bytes;
+        if (nout && (nout == OUT_MAX || qlen == 0 || outbytes >= OUT_BYTES)) {
+            moco_wire_pair ph[OUT_MAX];
+            uint8_t hb[16 + MOCO_WIRE_PAIR_SIZE * OUT_MAX];
+            for (int i = 0; i < nout; i++) moco_wire_pair_parse(out[i].hdr, sizeof out[i].hdr, &ph[i]);
+            size_t hl = moco_pipe_pairs_pack(hb, ph, (uint32_t)nout);
+            uint8_t *data = malloc(outbytes);
+            if (!data) { rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", outbytes); break; }
+            size_t off = 0;
+            for (int i = 0; i < nout; i++) {
+                memcpy(data + off, out[i].q, out[i].bytes);
+                memcpy(data + off + out[i].bytes, out[i].k, out[i].bytes);
+                off += 2 * out[i].bytes;
             }
-            memmove(out, out + sent, (size_t)(nout - sent) * sizeof *out);
-            nout -= sent;
-            memset(out + nout, 0, (size_t)(OUT_MAX - nout) * sizeof *out);
+            zmq_msg_t md;
+            zmq_msg_init_data(&md, data, outbytes, free_view, NULL); /* zero copy: zmq frees it */
+            if (zmq_send(push, hb, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&md); /* the consumer is not taking: try again later */
+            } else {
+                zmq_msg_send(&md, push, 0); /* once the first frame is accepted, the rest is too */
+                for (int i = 0; i < nout; i++) {
+                    free(out[i].q);
+                    free(out[i].k);
+                }
+                st->pairs += (uint64_t)nout;
+                nout = 0;
+                memset(out, 0, sizeof out);
+            }
         }
         /* make pairs */
         while (qlen > 0 && nout < OUT_MAX) {

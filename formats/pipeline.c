@@ -103,3 +103,40 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
         return moco_err(MOCO_ECORRUPT, "%s message (type %u) is not a control message", moco_msg_type_name(m->type), m->type);
     }
 }
+
+size_t moco_pipe_pairs_pack(uint8_t *b, const moco_wire_pair *pairs, uint32_t n)
+{
+    moco_wire_prefix_pack(b, MOCO_MSG_PAIRS);
+    moco_put_le32(b + 8, n);
+    moco_put_le32(b + 12, 0);
+    for (uint32_t i = 0; i < n; i++) moco_wire_pair_pack(b + 16 + (size_t)MOCO_WIRE_PAIR_SIZE * i, &pairs[i]);
+    return 16 + (size_t)MOCO_WIRE_PAIR_SIZE * n;
+}
+
+int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n)
+{
+    uint16_t type;
+    int rc = moco_wire_peek(hdr, hlen, &type);
+    if (rc) return rc;
+    if (type != MOCO_MSG_PAIRS) return moco_err(MOCO_ECORRUPT, "%s message where PAIRS was expected", moco_msg_type_name(type));
+    if (hlen < 16) return moco_err(MOCO_ECORRUPT, "PAIRS header of %zu bytes", hlen);
+    uint32_t cnt = moco_get_le32(hdr + 8);
+    if (cnt < 1 || cnt > MOCO_PAIRS_MAX || moco_get_le32(hdr + 12) != 0)
+        return moco_err(MOCO_ECORRUPT, "PAIRS of %u pairs (1..%d) or a non-zero reserved field", cnt, MOCO_PAIRS_MAX);
+    if (hlen != 16 + (size_t)MOCO_WIRE_PAIR_SIZE * cnt)
+        return moco_err(MOCO_ECORRUPT, "PAIRS header of %zu bytes for %u pairs", hlen, cnt);
+    size_t need = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        moco_wire_pair p;
+        if ((rc = moco_wire_pair_parse(hdr + 16 + (size_t)MOCO_WIRE_PAIR_SIZE * i, MOCO_WIRE_PAIR_SIZE, &p))) return rc;
+        need += 2 * moco_wire_pair_view_bytes(&p);
+    }
+    if (need != data_len) return moco_err(MOCO_ECORRUPT, "PAIRS views need %zu bytes, the frame holds %zu", need, data_len);
+    *n = cnt;
+    return 0;
+}
+
+void moco_pipe_pairs_at(const uint8_t *hdr, uint32_t i, moco_wire_pair *p)
+{
+    moco_wire_pair_parse(hdr + 16 + (size_t)MOCO_WIRE_PAIR_SIZE * i, MOCO_WIRE_PAIR_SIZE, p);
+}

@@ -37,7 +37,13 @@ enum {
                          * already delivered, ceil(count / 8) bytes, bit i = byte i/8, bit i%8 */
     MOCO_MSG_ACK = 9,   /* consumer -> loader: u32 epoch, u32 n, n x u64 indices received */
     MOCO_MSG_END = 10,  /* loader -> consumer: u32 epochs completed; no more data */
+    MOCO_MSG_PAIRS = 11, /* worker -> consumer: a batch of PAIRs in two frames (fewer messages):
+                          * frame 1: prefix, u32 n (1..MOCO_PAIRS_MAX), u32 0, then n PAIR header
+                          * frames of 32 bytes each (wire.h); frame 2: the views, q1 k1 q2 k2 ...,
+                          * each height * width * channels bytes of its header, nothing between */
 };
+
+#define MOCO_PAIRS_MAX 4096
 
 /* Small fixed messages. buf must hold 32 bytes; returns the length. */
 size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received);
@@ -48,6 +54,16 @@ size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
 /* ACK: 16 + 8 n bytes; EPOCH_END: 24 + 8 nfailed bytes. Caller sizes buf. */
 size_t moco_pipe_ack(uint8_t *buf, uint32_t epoch, const uint64_t *idx, uint32_t n);
 size_t moco_pipe_epoch_end(uint8_t *buf, uint32_t epoch, uint64_t delivered, const uint64_t *failed, uint32_t nfailed);
+
+/* PAIRS header frame: 16 + 32 n bytes; pairs[i] packed with
+ * moco_wire_pair_pack. */
+size_t moco_pipe_pairs_pack(uint8_t *buf, const moco_wire_pair *pairs, uint32_t n);
+
+/* Check a PAIRS message: frame 1 (hdr, hlen) and the length of frame 2.
+ * Every header must parse and the views must fill frame 2 exactly. On
+ * success *n is the count; moco_pipe_pairs_at() reads header i. */
+int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n);
+void moco_pipe_pairs_at(const uint8_t *hdr, uint32_t i, moco_wire_pair *p);
 
 /* A parsed control message. Pointers refer into the frame. */
 typedef struct {

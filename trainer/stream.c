@@ -24,11 +24,15 @@ struct trainer_stream {
     size_t seen_bytes;
     uint64_t acks[ACK_BATCH];
     uint32_t nacks, ack_epoch;
-    /* a PAIR of a later epoch, held until the EPOCH_END before it */
-    zmq_msg_t held[3];
-    int nheld;
-    zmq_msg_t cur[3];        /* frames of the PAIR last returned */
-    int ncur;
+    /* the pair message being consumed: a PAIR (3 frames: header, q, k) or
+     * a PAIRS batch (2 frames: headers, views); its next pair is mi of mn,
+     * at byte moff of the views. It stays alive until all of it is
+     * consumed, so the views last returned stay valid until the next call;
+     * a pair of a later epoch waits in it for the EPOCH_END before it. */
+    zmq_msg_t mf[3];
+    int mnf, batch;
+    uint32_t mi, mn;
+    size_t moff;
     zmq_msg_t ctlmsg;        /* the EPOCH_END last returned */
     int have_ctlmsg;
     int ended;
@@ -203,44 +207,71 @@ static int on_ctl(trainer_stream *s, stream_event *ev)
     return 0;
 }
 
-/* Check a PAIR; returns 1 if it is returned now, 0 if dropped, 2 if held. */
-static int on_pair(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
+/* Take a pair message from the socket as the current one, after checking
+ * it; returns 1 if there is one, 0 if none is waiting. */
+static int take_message(trainer_stream *s)
 {
+    zmq_msg_t f[3];
+    int n = recv_multi(s->pull, f);
+    if (n == 0) return 0;
+    if (n < 0) { s->st.malformed++; return 0; }
     moco_wire_pair p;
-    if (n != 3 || moco_wire_pair_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &p) ||
-        zmq_msg_size(&f[1]) != moco_wire_pair_view_bytes(&p) || zmq_msg_size(&f[2]) != moco_wire_pair_view_bytes(&p) ||
-        p.index >= MAX_INDEX) {
+    uint32_t cnt = 0;
+    const uint8_t *h = zmq_msg_data(&f[0]);
+    size_t hl = zmq_msg_size(&f[0]);
+    uint16_t type = 0;
+    int ok = !moco_wire_peek(h, hl, &type);
+    if (ok && type == MOCO_MSG_PAIR)
+        ok = n == 3 && !moco_wire_pair_parse(h, hl, &p) && zmq_msg_size(&f[1]) == moco_wire_pair_view_bytes(&p) &&
+             zmq_msg_size(&f[2]) == moco_wire_pair_view_bytes(&p);
+    else if (ok && type == MOCO_MSG_PAIRS)
+        ok = n == 2 && !moco_pipe_pairs_parse(h, hl, zmq_msg_size(&f[1]), &cnt);
+    else
+        ok = 0;
+    if (!ok) {
         s->st.malformed++;
         drop_frames(f, &n);
         return 0;
     }
-    if (!s->have_epoch) { s->epoch = p.epoch; s->have_epoch = 1; }
-    if (p.epoch < s->epoch) { /* a late duplicate of a finished epoch */
-        s->st.stale++;
-        drop_frames(f, &n);
-        return 0;
+    memcpy(s->mf, f, sizeof(zmq_msg_t) * (size_t)n);
+    s->mnf = n;
+    s->batch = type == MOCO_MSG_PAIRS;
+    s->mn = s->batch ? cnt : 1;
+    s->mi = 0;
+    s->moff = 0;
+    return 1;
+}
+
+/* The current message's next pair: header and views. */
+static void peek_pair(const trainer_stream *s, moco_wire_pair *p, const uint8_t **q, const uint8_t **k)
+{
+    if (!s->batch) {
+        moco_wire_pair_parse(zmq_msg_data((zmq_msg_t *)&s->mf[0]), zmq_msg_size((zmq_msg_t *)&s->mf[0]), p);
+        *q = zmq_msg_data((zmq_msg_t *)&s->mf[1]);
+        *k = zmq_msg_data((zmq_msg_t *)&s->mf[2]);
+        return;
     }
-    if (p.epoch > s->epoch) { /* EPOCH_END of the current epoch is on its way */
-        memcpy(s->held, f, sizeof(zmq_msg_t) * 3);
-        s->nheld = 3;
-        return 2;
-    }
-    if (seen_get(s, p.index)) {
+    moco_pipe_pairs_at(zmq_msg_data((zmq_msg_t *)&s->mf[0]), s->mi, p);
+    const uint8_t *d = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&s->mf[1]) + s->moff;
+    *q = d;
+    *k = d + moco_wire_pair_view_bytes(p);
+}
+
+/* Decide about pair p: 1 return it, 0 dropped, 2 it belongs to a later
+ * epoch (wait for EPOCH_END), -1 out of memory. */
+static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
+{
+    if (p->index >= MAX_INDEX) { s->st.malformed++; return 0; }
+    if (!s->have_epoch) { s->epoch = p->epoch; s->have_epoch = 1; }
+    if (p->epoch < s->epoch) { s->st.stale++; return 0; } /* a late duplicate of a finished epoch */
+    if (p->epoch > s->epoch) return 2;                    /* EPOCH_END of this epoch is on its way */
+    if (seen_get(s, p->index)) {
         s->st.duplicates++;
-        ack(s, p.epoch, p.index); /* the loader may not have heard the first ack */
-        drop_frames(f, &n);
+        ack(s, p->epoch, p->index); /* the loader may not have heard the first ack */
         return 0;
     }
-    if (seen_set(s, p.index)) { drop_frames(f, &n); return -1; }
-    ack(s, p.epoch, p.index);
-    drop_frames(s->cur, &s->ncur);
-    memcpy(s->cur, f, sizeof(zmq_msg_t) * 3);
-    s->ncur = 3;
-    ev->kind = STREAM_PAIR;
-    ev->pair = p;
-    s->last_pair = now_s();
-    ev->q = zmq_msg_data(&s->cur[1]);
-    ev->k = zmq_msg_data(&s->cur[2]);
+    if (seen_set(s, p->index)) return -1;
+    ack(s, p->epoch, p->index);
     s->st.pairs++;
     return 1;
 }
@@ -249,7 +280,6 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
 {
     double t0 = now_s(), deadline = timeout_ms < 0 ? 1e300 : t0 + timeout_ms / 1000.0;
     memset(ev, 0, sizeof *ev);
-    drop_frames(s->cur, &s->ncur);
     if (s->ended) {
         ev->kind = STREAM_END;
         return 0;
@@ -262,29 +292,28 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             s->last_hb = t;
         }
         if (s->nacks && t - s->last_ack > 0.02) flush_acks(s);
-        /* a held PAIR waits for the EPOCH_END before it */
-        if (s->nheld) {
-            if (on_ctl(s, ev)) break;
+        if (s->mnf && s->mi == s->mn) drop_frames(s->mf, &s->mnf); /* all consumed, and the caller done with it */
+        if (on_ctl(s, ev)) break;
+        int waiting = 0; /* the current pair waits for an EPOCH_END */
+        if (s->mnf || take_message(s)) {
             moco_wire_pair p;
-            moco_wire_pair_parse(zmq_msg_data(&s->held[0]), zmq_msg_size(&s->held[0]), &p);
-            if (p.epoch == s->epoch) {
-                zmq_msg_t f[3];
-                memcpy(f, s->held, sizeof f);
-                s->nheld = 0;
-                int r = on_pair(s, f, 3, ev);
-                if (r < 0) return MOCO_ENOMEM;
-                if (r == 1) break;
-                continue;
-            }
-        } else {
-            if (on_ctl(s, ev)) break;
-            zmq_msg_t f[3];
-            int n = recv_multi(s->pull, f);
-            if (n < 0) { s->st.malformed++; continue; }
-            if (n > 0) {
-                int r = on_pair(s, f, n, ev);
-                if (r < 0) return MOCO_ENOMEM;
-                if (r == 1) break;
+            const uint8_t *q, *k;
+            peek_pair(s, &p, &q, &k);
+            int r = accept_pair(s, &p);
+            if (r < 0) return moco_err(MOCO_ENOMEM, "out of memory for the delivered-index bitmap");
+            if (r == 2) {
+                waiting = 1;
+            } else {
+                s->mi++;
+                s->moff += 2 * moco_wire_pair_view_bytes(&p);
+                if (r == 1) {
+                    ev->kind = STREAM_PAIR;
+                    ev->pair = p;
+                    ev->q = q;
+                    ev->k = k;
+                    s->last_pair = now_s();
+                    break;
+                }
                 continue;
             }
         }
@@ -297,14 +326,14 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             return MOCO_ETIMEOUT;
         }
         flush_acks(s);
-        if (t - s->last_pair < 0.005) { /* pairs are flowing: let a few gather rather than wake per pair */
+        if (!waiting && t - s->last_pair < 0.005) { /* pairs are flowing: let a few gather rather than wake per pair */
             usleep(250);
             continue;
         }
         zmq_pollitem_t it[2] = {{s->ctl, 0, ZMQ_POLLIN, 0}, {s->pull, 0, ZMQ_POLLIN, 0}};
         double left = deadline - t;
         long ms = left > 0.25 ? 250 : (long)(left * 1000) + 1;
-        zmq_poll(it, s->nheld ? 1 : 2, ms);
+        zmq_poll(it, s->mnf ? 1 : 2, ms);
     }
     s->st.waited_s += now_s() - t0;
     return 0;
@@ -324,8 +353,7 @@ void stream_destroy(trainer_stream **ps)
     trainer_stream *s = *ps;
     if (!s) return;
     if (s->ctl) flush_acks(s);
-    drop_frames(s->cur, &s->ncur);
-    drop_frames(s->held, &s->nheld);
+    drop_frames(s->mf, &s->mnf);
     if (s->have_ctlmsg) zmq_msg_close(&s->ctlmsg);
     if (s->pull) zmq_close(s->pull);
     if (s->ctl) zmq_close(s->ctl);
