@@ -378,13 +378,29 @@ static void test_nan_loss(void **s)
     moco_destroy(&mc);
 }
 
+/* `moco bench train`: runs a tiny configuration and ends with its JSON
+ * line; bad settings are usage errors (exit 2). */
+static void test_bench_cli(void **s)
+{
+    (void)s;
+    const char *dir = tu_tmpdir("trainer_bench");
+    int rc = tu_sh("%s bench train --width 4 --batch-size 8 --size 8 --K 16 --steps 1 --warmup 0 --bn-splits 2 --mlp --symmetric "
+                   "> %s/out.txt 2>&1", tu_moco(), dir);
+    assert_int_equal(rc, 0);
+    assert_int_equal(tu_sh("tail -n 1 %s/out.txt | grep -q '^{\"bench\":\"train\".*\"pairs_per_s\":.*\"step_ms\":.*"
+                           "\"gflop_per_s\":.*\"peak_rss_mb\":'", dir), 0);
+    assert_int_equal(tu_sh("%s bench train --K 12 --batch-size 8 --width 4 --size 8 > /dev/null 2>&1", tu_moco()), 2);
+    assert_int_equal(tu_sh("%s bench train --arch resnet101 > /dev/null 2>&1", tu_moco()), 2);
+    assert_int_equal(tu_sh("%s bench train --width 4 --batch-size 8 --size 8 --bn-splits 3 > /dev/null 2>&1", tu_moco()), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resnet18_cifar_w8), cmocka_unit_test(test_resnet50_w4_mlp),
         cmocka_unit_test(test_moco_steps),        cmocka_unit_test(test_moco_symmetric_mlp),
         cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load),
-        cmocka_unit_test(test_nan_loss),
+        cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */
     return cmocka_run_group_tests(tests, NULL, NULL);

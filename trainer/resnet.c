@@ -18,6 +18,7 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
+#include "trainer/par.h"
 
 /* im2col scratch per thread, in floats: 1M (4 MB) by default; the
  * environment variable MOCO_CONV_WORK (floats) overrides it for tuning. */
@@ -454,6 +455,22 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
     return ACT(a->final_act);
 }
 
+typedef struct { float *p; size_t n, per; } zero_job;
+static void zero_task(void *ctx, int t, int th)
+{
+    (void)th;
+    const zero_job *z = ctx;
+    size_t a = (size_t)t * z->per, b = a + z->per < z->n ? a + z->per : z->n;
+    memset(z->p + a, 0, sizeof(float) * (b - a));
+}
+
+/* memset on the compute threads (gradient slots are tens of MB) */
+static void zero(float *p, size_t n)
+{
+    zero_job z = {p, n, ((size_t)1 << 18)};
+    par_for((int)((n + z.per - 1) / z.per), zero_task, &z);
+}
+
 void rn_backward(resnet *m, const float *dout)
 {
     rn_arena *a = m->arena;
@@ -461,8 +478,8 @@ void rn_backward(resnet *m, const float *dout)
     for (int i = m->nops - 1; i >= 0; i--) {
         rn_op *o = &m->ops[i];
         int gin = a->acts[o->in].grad;
-        if (o->zero_in) memset(GRAD(o->in), 0, sizeof(float) * a->acts[o->in].numel);
-        if (o->zero_res) memset(GRAD(o->res), 0, sizeof(float) * a->acts[o->res].numel);
+        if (o->zero_in) zero(GRAD(o->in), a->acts[o->in].numel);
+        if (o->zero_res) zero(GRAD(o->res), a->acts[o->res].numel);
         float *din = gin ? GRAD(o->in) : NULL;
         float *G = m->grads;
         switch (o->type) {
