@@ -166,6 +166,36 @@ static void test_bn_golden(void **st)
     }
 }
 
+/* fast conv == reference conv on shapes the golden file lacks ("same"
+ * 5x5, planes smaller than the kernel, 2 threads) */
+static void test_conv_vs_ref(void **st)
+{
+    (void)st;
+    const int cases[][7] = {{3, 2, 7, 3, 5, 1, 2}, {2, 3, 2, 2, 3, 1, 1}, {4, 2, 5, 3, 3, 1, 1}, {2, 2, 6, 2, 5, 2, 2}, {3, 4, 1, 2, 3, 1, 1}};
+    for (int t = 1; t <= 2; t++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            par_set_threads(t);
+            const int *q = cases[c];
+            nn_conv d;
+            size_t work = nn_conv_init(&d, q[0], q[1], q[2], q[2], q[3], q[4], q[5], q[6], 40);
+            size_t nx = (size_t)q[0] * q[1] * q[2] * q[2], ny = (size_t)q[0] * q[3] * d.Ho * d.Wo, nw = (size_t)q[3] * q[1] * q[4] * q[4];
+            float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
+                  *dwr = fz(nw), *wk = fz(work);
+            randn(x, nx, 20 + c), randn(w, nw, 30 + c), randn(dy, ny, 40 + c);
+            conv2d_forward(y, x, w, &d, wk);
+            conv2d_forward_ref(yr, x, w, &d);
+            printf("conv N %d Ci %d H %d Co %d k %d s %d p %d, %d thread(s), chunk %d\n", q[0], q[1], q[2], q[3], q[4], q[5], q[6], t, d.chunk);
+            check("forward vs ref", y, yr, ny, TOL);
+            conv2d_backward(dx, dw, dy, x, w, &d, wk);
+            conv2d_backward_ref(dxr, dwr, dy, x, w, &d);
+            check("dx vs ref", dx, dxr, nx, TOL);
+            check("dw vs ref", dw, dwr, nw, TOL);
+            test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
+                test_free(dwr), test_free(wk);
+        }
+    par_set_threads(1);
+}
+
 /* bn_forward/backward fused with residual add and ReLU == the unfused refs */
 static void test_bn_fused(void **st)
 {
@@ -326,7 +356,8 @@ static void test_finite_differences(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_bn_golden),
+        cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_conv_vs_ref),
+        cmocka_unit_test(test_bn_golden),
         cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_small_layers_golden),
         cmocka_unit_test(test_finite_differences),
     };

@@ -103,11 +103,59 @@ double nn_conv_macs(const nn_conv *d)
     return (double)d->N * d->Co * d->Ho * d->Wo * (double)d->Ci * d->k * d->k;
 }
 
+/* Stride-1 "same" lowering of one image plane: dst[oh][ow] = src[oh+dh][ow+dw]
+ * (0 outside). One copy of the whole shifted plane; the columns that wrapped
+ * into the neighbouring row, and the rows outside, are then zeroed. */
+static void same_plane_copy(float *dst, const float *src, int H, int W, int dh, int dw)
+{
+    int oh0 = dh < 0 ? -dh : 0, oh1 = dh > 0 ? H - dh : H;
+    if (oh1 <= oh0) {
+        memset(dst, 0, sizeof(float) * (size_t)H * W);
+        return;
+    }
+    memset(dst, 0, sizeof(float) * (size_t)oh0 * W);
+    memset(dst + (size_t)oh1 * W, 0, sizeof(float) * (size_t)(H - oh1) * W);
+    long S = (long)(oh0 + dh) * W + dw, D = (long)oh0 * W, L = (long)(oh1 - oh0) * W;
+    if (S < 0) D -= S, L += S, S = 0;
+    if (S + L > (long)H * W) L = (long)H * W - S;
+    if (L > 0) memcpy(dst + D, src + S, sizeof(float) * (size_t)L);
+    for (int oh = oh0; oh < oh1; oh++) {
+        float *r = dst + (size_t)oh * W;
+        if (dw > 0)
+            for (int ow = W - dw; ow < W; ow++) r[ow] = 0.0f;
+        else
+            for (int ow = 0; ow < -dw; ow++) r[ow] = 0.0f;
+    }
+    if (S == 0 && D > (long)oh0 * W) /* columns before the copy's start */
+        for (long i = (long)oh0 * W; i < D; i++) dst[i] = 0.0f;
+}
+
+/* The adjoint: dst[oh+dh][ow+dw] += src[oh][ow] over the valid positions.
+ * src is scratch: its padding positions are zeroed so that one contiguous
+ * add over the shifted plane adds exactly the valid terms. */
+static void same_plane_add(float *dst, float *src, int H, int W, int dh, int dw)
+{
+    int oh0 = dh < 0 ? -dh : 0, oh1 = dh > 0 ? H - dh : H;
+    if (oh1 <= oh0) return;
+    for (int oh = oh0; oh < oh1; oh++) {
+        float *r = src + (size_t)oh * W;
+        if (dw > 0)
+            for (int ow = W - dw; ow < W; ow++) r[ow] = 0.0f;
+        else
+            for (int ow = 0; ow < -dw; ow++) r[ow] = 0.0f;
+    }
+    long S = (long)(oh0 + dh) * W + dw, D = (long)oh0 * W, L = (long)(oh1 - oh0) * W;
+    if (S < 0) D -= S, L += S, S = 0;
+    if (S + L > (long)H * W) L = (long)H * W - S;
+    if (L > 0) vec_add(dst + S, src + D, (size_t)L);
+}
+
 /* col (Ci*k*k, n*Ho*Wo) from images n0..n0+n of inp (Ci,N,H,W) */
 static void im2col(float *col, const float *inp, const nn_conv *d, int n0, int n)
 {
     const int k = d->k, s = d->stride, p = d->pad, Ho = d->Ho, Wo = d->Wo, H = d->H, W = d->W;
     const size_t HoWo = (size_t)Ho * Wo, ld = (size_t)n * HoWo;
+    const int same = s == 1 && Ho == H && Wo == W; /* "same" stride-1 conv: whole shifted planes */
     for (int ci = 0; ci < d->Ci; ci++)
         for (int kh = 0; kh < k; kh++)
             for (int kw = 0; kw < k; kw++) {
@@ -115,6 +163,10 @@ static void im2col(float *col, const float *inp, const nn_conv *d, int n0, int n
                 for (int j = 0; j < n; j++) {
                     const float *im = inp + ((size_t)ci * d->N + n0 + j) * H * W;
                     float *o = row + (size_t)j * HoWo;
+                    if (same) {
+                        same_plane_copy(o, im, H, W, kh - p, kw - p);
+                        continue;
+                    }
                     for (int oh = 0; oh < Ho; oh++) {
                         int ih = oh * s - p + kh;
                         float *orow = o + (size_t)oh * Wo;
@@ -142,17 +194,22 @@ static void im2col(float *col, const float *inp, const nn_conv *d, int n0, int n
 }
 
 /* dinp (Ci,N,H,W) images n0.. += col2im(col) */
-static void col2im(float *dinp, const float *col, const nn_conv *d, int n0, int n)
+static void col2im(float *dinp, float *col, const nn_conv *d, int n0, int n)
 {
     const int k = d->k, s = d->stride, p = d->pad, Ho = d->Ho, Wo = d->Wo, H = d->H, W = d->W;
     const size_t HoWo = (size_t)Ho * Wo, ld = (size_t)n * HoWo;
+    const int same = s == 1 && Ho == H && Wo == W;
     for (int ci = 0; ci < d->Ci; ci++)
         for (int kh = 0; kh < k; kh++)
             for (int kw = 0; kw < k; kw++) {
-                const float *row = col + ((size_t)(ci * k + kh) * k + kw) * ld;
+                float *row = col + ((size_t)(ci * k + kh) * k + kw) * ld;
                 for (int j = 0; j < n; j++) {
                     float *im = dinp + ((size_t)ci * d->N + n0 + j) * H * W;
-                    const float *o = row + (size_t)j * HoWo;
+                    float *o = row + (size_t)j * HoWo;
+                    if (same) {
+                        same_plane_add(im, o, H, W, kh - p, kw - p);
+                        continue;
+                    }
                     for (int oh = 0; oh < Ho; oh++) {
                         int ih = oh * s - p + kh;
                         if (ih < 0 || ih >= H) continue;
