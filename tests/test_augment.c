@@ -451,6 +451,43 @@ static void test_encodings_and_dct(void **state)
     assert_int_equal(augment_pair(c, tiny, len, 0, 1, q, k, &info), 0);
     assert_int_equal(info.channels, 1);
     free(tiny);
+    /* a 16-bit grey PNG with alpha decodes through libvips to 8-bit grey */
+    {
+        uint8_t *px = make_pixels(30, 20, 1, 9);
+        VipsImage *im = vips_image_new_from_memory(px, 600, 30, 20, 1, VIPS_FORMAT_UCHAR), *u16, *g16, *ga;
+        assert_int_equal(vips_cast_ushort(im, &u16, NULL), 0);
+        assert_int_equal(vips_linear1(u16, &g16, 257.0, 0.0, "uchar", FALSE, NULL), 0);
+        VipsImage *g16u, *alpha, *tagged;
+        assert_int_equal(vips_cast_ushort(g16, &g16u, NULL), 0);
+        assert_int_equal(vips_black(&alpha, 30, 20, NULL), 0);
+        VipsImage *alpha16;
+        assert_int_equal(vips_linear1(alpha, &alpha16, 1.0, 65535.0, NULL), 0);
+        VipsImage *alpha16u;
+        assert_int_equal(vips_cast_ushort(alpha16, &alpha16u, NULL), 0);
+        assert_int_equal(vips_bandjoin2(g16u, alpha16u, &ga, NULL), 0);
+        assert_int_equal(vips_copy(ga, &tagged, "interpretation", VIPS_INTERPRETATION_GREY16, NULL), 0);
+        void *buf;
+        size_t bl;
+        assert_int_equal(vips_pngsave_buffer(tagged, &buf, &bl, NULL), 0);
+        moco_rec_header hd = {MOCO_REC_VERSION, MOCO_ENC_PNG, 2, 3, 30, 20, 0, 0};
+        size_t rl;
+        uint8_t *rec16 = moco_rec_build(&hd, buf, (uint32_t)bl, &rl);
+        const uint8_t *dpx;
+        int dw, dh, dc;
+        int32_t lab;
+        assert_int_equal(augment_decode(c, rec16, rl, 11, &dpx, &dw, &dh, &dc, &lab), 0);
+        assert_true(dw == 30 && dh == 20 && dc == 1 && lab == 3);
+        int maxd = 0;
+        for (int i = 0; i < 600; i++) maxd = abs((int)dpx[i] - (int)px[i]) > maxd ? abs((int)dpx[i] - (int)px[i]) : maxd;
+        printf("16-bit grey+alpha PNG: decoded to 8-bit grey, max |diff| to the 8-bit source %d\n", maxd);
+        assert_true(maxd <= 1);
+        assert_int_equal(augment_pair(c, rec16, rl, 0, 11, q, k, &info), 0);
+        assert_int_equal(info.channels, 1);
+        free(rec16), free(px);
+        g_free(buf);
+        VipsImage *all[] = {im, u16, g16, g16u, alpha, alpha16, alpha16u, ga, tagged};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) g_object_unref(all[i]);
+    }
     uint8_t *rgba = raw_record(20, 10, 4, 1, &len);
     assert_int_equal(augment_pair(c, rgba, len, 0, 1, q, k, &info), 0);
     assert_int_equal(info.channels, 3);
