@@ -8,6 +8,11 @@ Uses Debian's python3-torch (1.13) and torchvision; run with /usr/bin/python3:
 Deterministic (torch.manual_seed), CPU, float32. Tensors are NCHW as PyTorch
 keeps them; model tensors carry torchvision's state_dict names.
 
+    /usr/bin/python3 tools/gen_trainer_golden.py --check-torchvision ARCH WEIGHTS IO
+loads WEIGHTS (a safetensors file saved by moco's rn_save) into
+torchvision.models.ARCH(num_classes=...) with a strict load_state_dict and
+compares its eval-mode output on IO's "x" with IO's "out".
+
 Files:
   layers.safetensors       conv (several k/stride/pad), BN (train S=1,2,4;
                            eval), max-pool, linear, L2 norm, InfoNCE: inputs,
@@ -275,7 +280,36 @@ def moco_case(fname, symmetric, mlp, steps):
     save_st(os.path.join(OUT, fname), t)
 
 
+def load_st(path):
+    import numpy as np
+    with open(path, "rb") as f:
+        b = f.read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    dt = {"F32": np.float32, "I64": np.int64}
+    return {k: torch.from_numpy(np.frombuffer(b, dt[v["dtype"]], int(np.prod(v["shape"], dtype=np.int64)),
+                                              8 + n + v["data_offsets"][0]).reshape(v["shape"]).copy())
+            for k, v in h.items()}
+
+
+def check_torchvision(arch, weights, io):
+    import torchvision
+    sd, t = load_st(weights), load_st(io)
+    model = getattr(torchvision.models, arch)(num_classes=sd["fc.weight"].shape[0])
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(t["x"])
+    d = ((out - t["out"]).abs().max() / t["out"].abs().max()).item()
+    print(f"torchvision.models.{arch}: strict load_state_dict of {len(sd)} tensors ok; eval output vs moco: "
+          f"largest relative difference {d:.3g}")
+    sys.exit(0 if d < 1e-4 else 1)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--check-torchvision":
+        check_torchvision(*sys.argv[2:])
     os.makedirs(OUT, exist_ok=True)
     layers()
     torch.manual_seed(1)
