@@ -355,7 +355,8 @@ HOT void augment_blur(float *restrict img, int h, int w, int c, int ksize, doubl
          * the whole row is one contiguous, vectorised loop */
         for (int y = 0; y < h; y++) {
             const float *in = P + (size_t)y * w;
-            for (int x = -r; x < w + r; x++) pad[x + r] = in[x >= 0 && x < w ? x : reflect(x, w)];
+            memcpy(pad + r, in, (size_t)w * sizeof *pad);
+            for (int i = 1; i <= r; i++) pad[r - i] = in[reflect(-i, w)], pad[r + w - 1 + i] = in[reflect(w - 1 + i, w)];
             vrow(tmp + (size_t)y * w, pad, (size_t)w, k + half - r, 2 * r + 1, 1);
         }
         /* vertical: tmp -> P, contiguous rows */
