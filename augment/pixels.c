@@ -292,7 +292,8 @@ HOT void augment_hue(float *restrict img, size_t n, int c, double f)
         h += hf;
         h -= (float)(int)h; /* (h + f) % 1.0 */
         float h6 = h * 6.0f, fi = (float)(int)h6, fr = h6 - fi, v = maxc;
-        float p = clamp255(v * (1.0f - s)), q = clamp255(v * (1.0f - s * fr)), t = clamp255(v * (1.0f - s * (1.0f - fr)));
+        /* torchvision clamps p, q, t to [0, 1]; here 0 <= s, fr <= 1 keep them in [0, v] already */
+        float p = v * (1.0f - s), q = v * (1.0f - s * fr), t = v * (1.0f - s * (1.0f - fr));
         float ro = v, go = p, bo = q;               /* sector 5 */
         ro = fi < 5.f ? t : ro; go = fi < 5.f ? p : go; bo = fi < 5.f ? v : bo;
         ro = fi < 4.f ? p : ro; go = fi < 4.f ? q : go; bo = fi < 4.f ? v : bo;
