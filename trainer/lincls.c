@@ -13,12 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <vips/vips.h>
 
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/rng.h"
 #include "trainer/ckpt.h"
+#include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/lincls.h"
 #include "trainer/train.h"
@@ -130,32 +130,23 @@ out:
 
 int lincls_main(int argc, char **argv)
 {
-    const char *ckpt = NULL, *trdb = NULL, *tedb = NULL, *arch = "resnet18-cifar", *norm = "auto", *schedule = "60,80";
-    long width = 64, dim = 128, size = 32, fbatch = 256, epochs = 100, batch = 256, threads = 2;
+    const char *trdb = NULL, *tedb = NULL, *schedule = "60,80";
+    long epochs = 100, batch = 256;
     uint64_t seed = 0;
     double lr = 30, momentum = 0.9, wd = 0;
-    int mlp = 0;
-    const moco_opt opts[] = {
-        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint (moco train) whose encoder_q backbone is evaluated", 0, 0, NULL},
-        {"train", MOCO_OPT_STR, &trdb, "labelled LMDB to train the classifier on", 0, 0, NULL},
-        {"test", MOCO_OPT_STR, &tedb, "labelled LMDB to measure it on", 0, 0, NULL},
-        {"epochs", MOCO_OPT_INT, &epochs, "epochs of the classifier", 1, 1e6, NULL},
-        {"lr", MOCO_OPT_DOUBLE, &lr, "learning rate (official: 30)", 0, 1e4, NULL},
-        {"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1", 0, 0, NULL},
-        {"momentum", MOCO_OPT_DOUBLE, &momentum, "SGD momentum", 0, 1, NULL},
-        {"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL},
-        {"batch-size", MOCO_OPT_INT, &batch, "classifier batch", 1, 1e6, NULL},
-        {"seed", MOCO_OPT_U64, &seed, "seed of the classifier's init and order", 0, 0, NULL},
-        {"arch", MOCO_OPT_CHOICE, &arch, "encoder the checkpoint holds", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
-        {"width", MOCO_OPT_INT, &width, "its base width", 1, 1024, NULL},
-        {"mlp", MOCO_OPT_FLAG, &mlp, "it has the MLP head", 0, 0, NULL},
-        {"moco-dim", MOCO_OPT_INT, &dim, "its feature dimension", 1, 65536, NULL},
-        {"size", MOCO_OPT_INT, &size, "input side (resize + centre crop)", 8, 4096, NULL},
-        {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
-        {"forward-batch", MOCO_OPT_INT, &fbatch, "images per forward when computing features", 1, 65536, NULL},
-        {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
-        {NULL, 0, NULL, NULL, 0, 0, NULL},
-    };
+    evalmodel_flags ef;
+    moco_opt opts[EVALMODEL_NOPTS + 12];
+    int n = evalmodel_opts(&ef, opts, "forward-batch");
+    opts[n++] = (moco_opt){"train", MOCO_OPT_STR, &trdb, "labelled LMDB to train the classifier on", 0, 0, NULL};
+    opts[n++] = (moco_opt){"test", MOCO_OPT_STR, &tedb, "labelled LMDB to measure it on", 0, 0, NULL};
+    opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs, "epochs of the classifier", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"lr", MOCO_OPT_DOUBLE, &lr, "learning rate (official: 30)", 0, 1e4, NULL};
+    opts[n++] = (moco_opt){"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1", 0, 0, NULL};
+    opts[n++] = (moco_opt){"momentum", MOCO_OPT_DOUBLE, &momentum, "SGD momentum", 0, 1, NULL};
+    opts[n++] = (moco_opt){"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL};
+    opts[n++] = (moco_opt){"batch-size", MOCO_OPT_INT, &batch, "classifier batch", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"seed", MOCO_OPT_U64, &seed, "seed of the classifier's init and order", 0, 0, NULL};
+    opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco lincls", "--ckpt CKPT --train DB --test DB [options]",
                                "Linear evaluation: a linear classifier on the frozen backbone features of a checkpoint's\n"
                                "query encoder (MoCo's main_lincls.py, on precomputed centre-crop features).",
@@ -164,31 +155,21 @@ int lincls_main(int argc, char **argv)
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     train_cfg tc;
-    if (!ckpt || !trdb || !tedb || train_parse_schedule(schedule, &tc)) {
-        fprintf(stderr, "moco lincls: %s\n", !ckpt || !trdb || !tedb ? "--ckpt, --train and --test are required" : moco_errmsg());
+    if (!ef.ckpt || !trdb || !tedb || train_parse_schedule(schedule, &tc)) {
+        fprintf(stderr, "moco lincls: %s\n", !ef.ckpt || !trdb || !tedb ? "--ckpt, --train and --test are required" : moco_errmsg());
         return 2;
     }
     lincls_cfg lc = {.epochs = (int)epochs, .batch = (int)batch, .lr = lr, .momentum = momentum, .wd = wd, .seed = seed,
                      .nschedule = tc.nschedule};
     memcpy(lc.schedule, tc.schedule, sizeof lc.schedule);
-    int cifar = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && size <= 64);
-    float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
-    if (!cifar) {
-        const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
-        for (int i = 0; i < 3; i++) { mean[i] = !strcmp(norm, "none") ? 0 : im[i]; std[i] = !strcmp(norm, "none") ? 1 : is[i]; }
-    }
-    openblas_set_num_threads((int)threads);
-    if (VIPS_INIT("moco")) return 1;
-    vips_cache_set_max(0);
-    rn_cfg c = {.arch = arch, .width = (int)width, .mlp = mlp, .dim = (int)dim, .bn_splits = 1, .batch = (int)fbatch, .size = (int)size};
     resnet *m = NULL;
     evalset *tr = NULL, *te = NULL;
-    float *xtr = NULL, *xte = NULL;
+    float *xtr = NULL, *xte = NULL, mean[3], std[3];
     int32_t *ytr = NULL, *yte = NULL;
     int64_t ntr = 0, nte = 0;
     double top1 = 0;
-    if ((rc = rn_new(&c, 0, 0, NULL, &m)) || (rc = ckpt_load_encoder(ckpt, m)) || (rc = evalset_open(trdb, (int)size, mean, std, &tr)) ||
-        (rc = evalset_open(tedb, (int)size, mean, std, &te)) || (rc = features(m, tr, &xtr, &ytr, &ntr)) ||
+    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open(trdb, (int)ef.size, mean, std, &tr)) ||
+        (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)) || (rc = features(m, tr, &xtr, &ytr, &ntr)) ||
         (rc = features(m, te, &xte, &yte, &nte)))
         goto out;
     int C = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);

@@ -32,6 +32,7 @@
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "trainer/ckpt.h"
+#include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/knn.h"
 #include "trainer/moco.h"
@@ -454,13 +455,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
                 c.K, c.batch * (c.symmetric ? 2 : 1));
         return MOCO_OPTS_USAGE;
     }
-    int cifar_norm = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && c.size <= 64);
-    static const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
-    static const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
-    for (int i = 0; i < 3; i++) {
-        c.mean[i] = !strcmp(norm, "none") ? 0.0f : cifar_norm ? cm[i] : im[i];
-        c.std[i] = !strcmp(norm, "none") ? 1.0f : cifar_norm ? cs[i] : is[i];
-    }
+    evalmodel_norm(norm, c.size, c.mean, c.std);
     *out = c;
     return 0;
 }
@@ -485,55 +480,36 @@ int train_main(int argc, char **argv)
 
 int train_knn_main(int argc, char **argv)
 {
-    const char *ckpt = NULL, *trdb = NULL, *tedb = NULL, *arch = "resnet18-cifar", *norm = "auto";
-    long width = 64, dim = 128, size = 32, batch = 256, k = 200, threads = 2;
+    const char *trdb = NULL, *tedb = NULL;
+    long k = 200;
     double t = 0.1;
-    int mlp = 0;
-    const moco_opt opts[] = {
-        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint (moco train) whose encoder_q is evaluated", 0, 0, NULL},
-        {"train", MOCO_OPT_STR, &trdb, "labelled LMDB: the feature bank", 0, 0, NULL},
-        {"test", MOCO_OPT_STR, &tedb, "labelled LMDB: the queries", 0, 0, NULL},
-        {"k", MOCO_OPT_INT, &k, "neighbours", 1, 1e6, NULL},
-        {"t", MOCO_OPT_DOUBLE, &t, "temperature of the vote weights exp(sim / t)", 1e-4, 100, NULL},
-        {"arch", MOCO_OPT_CHOICE, &arch, "encoder the checkpoint holds", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
-        {"width", MOCO_OPT_INT, &width, "its base width", 1, 1024, NULL},
-        {"mlp", MOCO_OPT_FLAG, &mlp, "it has the MLP head", 0, 0, NULL},
-        {"moco-dim", MOCO_OPT_INT, &dim, "its feature dimension", 1, 65536, NULL},
-        {"size", MOCO_OPT_INT, &size, "input side (resize + centre crop)", 8, 4096, NULL},
-        {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
-        {"batch", MOCO_OPT_INT, &batch, "images per forward", 1, 65536, NULL},
-        {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
-        {NULL, 0, NULL, NULL, 0, 0, NULL},
-    };
+    evalmodel_flags ef;
+    moco_opt opts[EVALMODEL_NOPTS + 6];
+    int n = evalmodel_opts(&ef, opts, "batch");
+    opts[n++] = (moco_opt){"train", MOCO_OPT_STR, &trdb, "labelled LMDB: the feature bank", 0, 0, NULL};
+    opts[n++] = (moco_opt){"test", MOCO_OPT_STR, &tedb, "labelled LMDB: the queries", 0, 0, NULL};
+    opts[n++] = (moco_opt){"k", MOCO_OPT_INT, &k, "neighbours", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"t", MOCO_OPT_DOUBLE, &t, "temperature of the vote weights exp(sim / t)", 1e-4, 100, NULL};
+    opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco knn", "--ckpt CKPT --train DB --test DB [options]",
                                "Weighted kNN accuracy (the MoCo CIFAR-10 demo's monitor) of a checkpoint's query encoder.",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!ckpt || !trdb || !tedb) {
+    if (!ef.ckpt || !trdb || !tedb) {
         fprintf(stderr, "moco knn: --ckpt, --train and --test are required\n");
         return 2;
     }
-    int cifar_norm = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && size <= 64);
-    float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
-    if (!cifar_norm) {
-        const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
-        for (int i = 0; i < 3; i++) { mean[i] = !strcmp(norm, "none") ? 0 : im[i]; std[i] = !strcmp(norm, "none") ? 1 : is[i]; }
-    }
-    openblas_set_num_threads((int)threads);
-    if (VIPS_INIT("moco")) return 1;
-    vips_cache_set_max(0);
-    rn_cfg rc_ = {.arch = arch, .width = (int)width, .mlp = mlp, .dim = (int)dim, .bn_splits = 1, .batch = (int)batch, .size = (int)size};
     resnet *m = NULL;
+    float mean[3], std[3];
     double top1 = 0, t0 = now_s();
-    if ((rc = rn_new(&rc_, 0, 0, NULL, &m)) || (rc = ckpt_load_encoder(ckpt, m)) ||
-        (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, &top1))) {
+    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, &top1))) {
         fprintf(stderr, "moco knn: %s\n", moco_errmsg());
         rn_destroy(&m);
         return 1;
     }
     rn_destroy(&m);
-    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ckpt, now_s() - t0);
+    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt, now_s() - t0);
     return 0;
 }

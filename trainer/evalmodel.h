@@ -1,0 +1,32 @@
+/* evalmodel.h: what the evaluation commands (knn, lincls, embed) share: the
+ * flags that describe the encoder a checkpoint holds, the input
+ * normalisation, and loading the query encoder for evaluation. */
+#ifndef TRAINER_EVALMODEL_H
+#define TRAINER_EVALMODEL_H
+
+#include "formats/opts.h"
+#include "trainer/resnet.h"
+
+typedef struct {
+    const char *ckpt, *arch, *norm;
+    long width, dim, size, batch, threads;
+    int mlp;
+} evalmodel_flags;
+
+#define EVALMODEL_NOPTS 10
+
+/* Set defaults in f and write its option entries (--ckpt, --arch, --width,
+ * --mlp, --moco-dim, --size, --normalize, batch_flag, --threads) into opts;
+ * returns how many. */
+int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
+
+/* The input mean and std: "cifar", "imagenet", "none", or "auto" (CIFAR's
+ * for size <= 64, ImageNet's above). */
+void evalmodel_norm(const char *norm, int size, float mean[3], float std[3]);
+
+/* Set the BLAS threads, start libvips, build the encoder (no gradients) and
+ * load encoder_q from f->ckpt. Returns 0 or an error naming the file and
+ * the tensor; *m NULL on failure. */
+int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float std[3]);
+
+#endif
