@@ -1,7 +1,9 @@
 /* bench.c: `moco bench train`: full MoCo steps (moco.h) on synthetic data
  * in one process. Prints each step's time, a summary, and as its last line
  * one JSON object with pairs_per_s, step_ms, gflop_per_s (model FLOPs done:
- * f_q forward + backward and f_k forward, per direction) and peak_rss_mb.
+ * f_q forward + backward and f_k forward, per direction), peak_rss_mb, and
+ * for shared machines cpu_ms_per_step and the best step (best_step_ms,
+ * best_pairs_per_s).
  * tools/bench_pytorch_step.py times the same step in PyTorch. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,9 +133,10 @@ int trainer_bench_main(int argc, char **argv)
            best * 1e3, (double)batch / step_s, flop / step_s / 1e9, rss, c_all / (double)steps * 1e3);
     printf("{\"bench\":\"train\",\"arch\":\"%s\",\"width\":%ld,\"mlp\":%s,\"batch\":%ld,\"size\":%ld,\"K\":%ld,\"bn_splits\":%ld,"
            "\"symmetric\":%s,\"threads\":%ld,\"steps\":%ld,\"pairs_per_s\":%.2f,\"step_ms\":%.1f,\"gflop_per_s\":%.1f,"
-           "\"peak_rss_mb\":%.0f,\"cpu_ms_per_step\":%.1f,\"loss\":%.4f}\n",
+           "\"peak_rss_mb\":%.0f,\"cpu_ms_per_step\":%.1f,\"best_step_ms\":%.1f,\"best_pairs_per_s\":%.2f,\"loss\":%.4f}\n",
            arch, width, mlp ? "true" : "false", batch, size, K, splits, sym ? "true" : "false", threads, steps,
-           (double)batch / step_s, step_s * 1e3, flop / step_s / 1e9, rss, c_all / (double)steps * 1e3, (double)loss);
+           (double)batch / step_s, step_s * 1e3, flop / step_s / 1e9, rss, c_all / (double)steps * 1e3, best * 1e3,
+           (double)batch / best, (double)loss);
     free(x);
     moco_destroy(&mc);
     return 0;
