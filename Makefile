@@ -39,6 +39,13 @@ $(shell mkdir -p build; echo $(FLAVOR) | cmp -s - build/flavor || echo $(FLAVOR)
 .PHONY: all test demo clean deps tests unit-tests
 all: bin/moco
 
+# The tests run their own copy, build/FLAVOR/moco: bin/moco may be relinked
+# (or switch flavour) under a running suite.
+TEST_MOCO := $(BUILD)/moco
+$(TEST_MOCO): $(CLI_OBJS) $(LIB_OBJS)
+	@echo "  LD   $@"
+	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIB_OBJS) $(LDLIBS)
+
 bin/moco: $(CLI_OBJS) $(LIB_OBJS) build/flavor
 	@mkdir -p bin
 	@echo "  LD   $@ ($(FLAVOR))"
@@ -57,12 +64,12 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS) tests/testutil.h
 deps:
 	@bash tools/install-deps.sh
 
-tests: bin/moco $(TEST_BINS)
+tests: bin/moco $(TEST_MOCO) $(TEST_BINS)
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
 	@$(MAKE) --no-print-directory tests
-	@MOCO=$(CURDIR)/bin/moco BUILD=$(BUILD) bash tests/run.sh $(TEST_BINS)
+	@MOCO=$(CURDIR)/$(TEST_MOCO) BUILD=$(BUILD) bash tests/run.sh $(TEST_BINS)
 
 demo: deps
 	@$(MAKE) --no-print-directory bin/moco

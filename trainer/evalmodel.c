@@ -1,12 +1,12 @@
 /* evalmodel.c: shared flags and loading for the evaluation commands. */
 #include "trainer/evalmodel.h"
 
-#include <cblas.h>
 #include <string.h>
 #include <vips/vips.h>
 
 #include "formats/errors.h"
 #include "trainer/ckpt.h"
+#include "trainer/par.h"
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
@@ -41,7 +41,7 @@ int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float st
     *m = NULL;
     if (!f->ckpt) return moco_err(MOCO_EINVAL, "--ckpt is required");
     evalmodel_norm(f->norm, (int)f->size, mean, std);
-    openblas_set_num_threads((int)f->threads);
+    par_set_threads((int)f->threads);
     if (VIPS_INIT("moco")) return moco_err(MOCO_EVIPS, "cannot start libvips");
     vips_cache_set_max(0);
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,

@@ -36,6 +36,7 @@
 #include "trainer/evalset.h"
 #include "trainer/knn.h"
 #include "trainer/moco.h"
+#include "trainer/par.h"
 #include "trainer/stream.h"
 #include "trainer/train.h"
 
@@ -132,7 +133,10 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
     pred = malloc(sizeof *pred * (size_t)nte);
     if (!pred) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     int classes = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
-    if ((rc = knn_classify(pred, ftr, ltr, ntr, fte, nte, m->cfg.dim, classes, k, t))) goto out;
+    openblas_set_num_threads(par_threads()); /* one large sgemm per chunk: let OpenBLAS use every thread */
+    rc = knn_classify(pred, ftr, ltr, ntr, fte, nte, m->cfg.dim, classes, k, t);
+    openblas_set_num_threads(par_threads() > 1 ? 1 : par_threads()); /* back to the engine's setting */
+    if (rc) goto out;
     int64_t right = 0;
     for (int64_t i = 0; i < nte; i++) right += pred[i] == lte[i];
     *top1 = 100.0 * (double)right / (double)(nte ? nte : 1);
@@ -465,7 +469,7 @@ int train_main(int argc, char **argv)
     train_cfg c;
     int rc = train_parse_args(argc, argv, &c);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    openblas_set_num_threads(c.threads);
+    par_set_threads(c.threads); /* chunks of images in parallel, OpenBLAS at one thread per call */
     if (VIPS_INIT("moco")) return 1;
     vips_cache_set_max(0);
     vips_concurrency_set(1);
