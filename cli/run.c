@@ -219,6 +219,19 @@ static int run_pipeline(int argc, char **argv, int bench)
     uint64_t count = moco_db_get_meta(d)->count;
     moco_db_destroy(&d);
 
+    if (!sink) { /* the trainer's flags are checked before anything is created */
+        argvec v = {0};
+        add(&v, "train");
+        for (int i = 1; i < ntheirs; i++) add(&v, theirs[i]);
+        const char *fixed[] = {"--connect", "ipc://x", "--bind", "ipc://x", "--out", "x"};
+        for (int i = 0; i < 6; i++) add(&v, fixed[i]);
+        addf(&v, "--epochs", "%ld", epochs);
+        addf(&v, "--size", "%d", recipe.size);
+        train_cfg tc;
+        int bad = train_parse_args(v.n, v.v, &tc);
+        free_args(&v);
+        if (bad) return 2;
+    }
     char rdir[1024], sockdir[] = "/tmp/moco-run-XXXXXX";
     if (!run_dir) {
         time_t t = time(NULL);
