@@ -529,7 +529,7 @@ int loader_stream_main(int argc, char **argv)
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
         {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555)", 0, 0, NULL},
-        {"ctl", MOCO_OPT_STR, &L->ctl_ep, "endpoint the consumer connects to", 0, 0, NULL},
+        {"ctl", MOCO_OPT_STR, &L->ctl_ep, "endpoint the consumer connects to (default: --bind's ipc path + .ctl, or tcp port + 1)", 0, 0, NULL},
         {"epochs", MOCO_OPT_INT, &L->epochs, "number of epochs (0: unbounded)", 0, 1e9, NULL},
         {"start-epoch", MOCO_OPT_INT, &L->start_epoch, "first epoch (the consumer's resume state overrides it)", 0, 1e9, NULL},
         {"seed", MOCO_OPT_U64, &L->seed, "seed of the per-epoch order", 0, 0, NULL},
@@ -542,17 +542,33 @@ int loader_stream_main(int argc, char **argv)
         {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
-    const moco_optspec spec = {"moco loader", "--db DB --bind ENDPOINT --ctl ENDPOINT [options]",
+    const moco_optspec spec = {"moco loader", "--db DB --bind ENDPOINT [--ctl ENDPOINT] [options]",
                                "Stream the records of a dataset LMDB to augmentation workers (moco augment --connect),\n"
                                "every valid sample exactly once per epoch to the consumer (moco train or the sink).",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) { free(L); return rc == MOCO_OPTS_HELP ? 0 : 2; }
-    if (!L->db_path || !L->work_ep || !L->ctl_ep) {
-        fprintf(stderr, "moco loader: --db, --bind and --ctl are required\nTry 'moco loader --help'.\n");
+    if (!L->db_path || !L->work_ep) {
+        fprintf(stderr, "moco loader: --db and --bind are required\nTry 'moco loader --help'.\n");
         free(L);
         return 2;
+    }
+    char ctl_buf[1100];
+    if (!L->ctl_ep) { /* derived from --bind: ipc://P -> ipc://P.ctl, tcp://H:N -> tcp://H:N+1 */
+        const char *colon = strrchr(L->work_ep, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!strncmp(L->work_ep, "ipc://", 6)) {
+            snprintf(ctl_buf, sizeof ctl_buf, "%s.ctl", L->work_ep);
+        } else if (!strncmp(L->work_ep, "tcp://", 6) && end && !*end && port > 0 && port < 65535) {
+            snprintf(ctl_buf, sizeof ctl_buf, "%.*s:%ld", (int)(colon - L->work_ep), L->work_ep, port + 1);
+        } else {
+            fprintf(stderr, "moco loader: cannot derive the consumer endpoint from %s: give --ctl\n", L->work_ep);
+            free(L);
+            return 2;
+        }
+        L->ctl_ep = ctl_buf;
     }
     int status = 1;
     if ((rc = moco_db_open(L->db_path, &L->db))) {
