@@ -24,6 +24,7 @@
 #include <zmq.h>
 
 #include "augment/pipe.h"
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/wire.h"
@@ -38,13 +39,6 @@ typedef struct {
 
 volatile sig_atomic_t augment_pipe_stop;
 #define stop_flag augment_pipe_stop
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_view(void *data, void *hint)
 {
@@ -96,11 +90,11 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
         rc = moco_err(MOCO_EZMQ, "cannot connect to the consumer at %s: %s", cfg->push_ep, zmq_strerror(errno));
         goto out;
     }
-    double loader_seen = now_s(), last_ready = 0, t_report = now_s();
+    double loader_seen = moco_now_s(), last_ready = 0, t_report = moco_now_s();
     while (!stop_flag) {
         /* credit: advertise when half the queue is free (and as a heartbeat) */
         int free_now = cap - qlen - nout;
-        double t = now_s();
+        double t = moco_now_s();
         if ((free_now >= (cap + 1) / 2 && (free_now != last_free || received != last_recv)) || t - last_ready >= 1.0) {
             send_ready(dealer, free_now, received);
             last_free = free_now;
@@ -123,7 +117,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             zmq_msg_t f[2];
             zmq_msg_init(&f[0]);
             if (zmq_msg_recv(&f[0], dealer, ZMQ_DONTWAIT) < 0) { zmq_msg_close(&f[0]); break; }
-            loader_seen = now_s();
+            loader_seen = moco_now_s();
             int nf = 1, extra = 0;
             while (zmq_msg_more(&f[nf - 1])) {
                 zmq_msg_t x;
@@ -218,7 +212,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             }
             zmq_msg_close(&e->rec);
         }
-        t = now_s();
+        t = moco_now_s();
         if (t - loader_seen > cfg->loader_timeout) {
             rc = moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", cfg->loader_ep, t - loader_seen);
             break;

@@ -8,6 +8,7 @@
 
 #include "augment/augment.h"
 #include "augment/pipe.h"
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 
@@ -26,18 +27,11 @@ typedef struct {
     double last_t;
 } reporter;
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* once a second: one JSON line (O_APPEND: lines of several workers do not mix) */
 static void report(void *ctx, const augment_pipe_stats *st, int queued, int pending)
 {
     reporter *r = ctx;
-    double t = mono_s();
+    double t = moco_now_s();
     fprintf(r->f, "{\"pid\":%d,\"pairs\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"failed\":%" PRIu64 ",\"malformed\":%" PRIu64
                   ",\"queued\":%d,\"pending\":%d}\n",
             (int)getpid(), st->pairs, (double)(st->pairs - r->last_pairs) / (t - r->last_t), st->failed, st->malformed, queued,
@@ -98,7 +92,7 @@ int augment_pipe_main(int argc, char **argv)
     }
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    reporter rep = {.last_t = mono_s()};
+    reporter rep = {.last_t = moco_now_s()};
     if (logp) {
         if (!(rep.f = fopen(logp, "a"))) {
             fprintf(stderr, "moco augment: cannot open %s\n", logp);

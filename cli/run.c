@@ -22,6 +22,7 @@
 #include "augment/augment.h"
 #include "cli/run.h"
 #include "formats/db.h"
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "trainer/train.h"
@@ -31,13 +32,6 @@
 
 static volatile sig_atomic_t got_signal;
 static void on_signal(int s) { got_signal = s; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
     char *v[MAX_ARGS];
@@ -361,7 +355,7 @@ static int run_pipeline(int argc, char **argv, int bench)
             fprintf(stderr, "\nmoco run: %s: stopping every process\n", strsignal(got_signal));
             stopping = 1;
             status = 1;
-            stop_at = now_s();
+            stop_at = moco_now_s();
             kill(lp, SIGTERM);
             kill(cp, SIGTERM);
             for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
@@ -369,7 +363,7 @@ static int run_pipeline(int argc, char **argv, int bench)
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p <= 0) {
-            if (stopping && now_s() - stop_at > 15) { /* someone ignores SIGTERM */
+            if (stopping && moco_now_s() - stop_at > 15) { /* someone ignores SIGTERM */
                 if (lst < 0) kill(lp, SIGKILL);
                 if (cst < 0) kill(cp, SIGKILL);
                 for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGKILL);
@@ -383,14 +377,14 @@ static int run_pipeline(int argc, char **argv, int bench)
             if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done) {
                 if (!stopping) fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
-                if (!stopping) { stopping = 1; stop_at = now_s(); kill(cp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = moco_now_s(); kill(cp, SIGTERM); }
             }
         } else if (p == cp) {
             cst = st;
             if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && lst < 0 && !stopping) {
                 /* the consumer had enough (--seconds): end the stream */
                 stopping = 1;
-                stop_at = now_s();
+                stop_at = moco_now_s();
                 kill(lp, SIGTERM);
                 for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
                 consumer_done = 1;
@@ -398,7 +392,7 @@ static int run_pipeline(int argc, char **argv, int bench)
             if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
-                if (!stopping) { stopping = 1; stop_at = now_s(); kill(lp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = moco_now_s(); kill(lp, SIGTERM); }
             }
         } else {
             for (int i = 0; i < workers; i++)
@@ -419,7 +413,7 @@ static int run_pipeline(int argc, char **argv, int bench)
         }
     }
     /* loader and consumer are done: workers got STOP; give them a moment */
-    double t = now_s();
+    double t = moco_now_s();
     for (;;) {
         int left = 0;
         for (int i = 0; i < workers; i++)
@@ -428,8 +422,8 @@ static int run_pipeline(int argc, char **argv, int bench)
                 else left++;
             }
         if (!left) break;
-        if (now_s() - t > 5)
-            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], now_s() - t > 10 ? SIGKILL : SIGTERM);
+        if (moco_now_s() - t > 5)
+            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], moco_now_s() - t > 10 ? SIGKILL : SIGTERM);
         usleep(50000);
     }
     char sock[200];

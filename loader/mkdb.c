@@ -25,6 +25,7 @@
 #include <turbojpeg.h>
 #include <vips/vips.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/record.h"
@@ -63,13 +64,6 @@ static void quiet_log(const gchar *dom, GLogLevelFlags lvl, const gchar *msg, gp
     (void)dom; (void)lvl; (void)msg; (void)u;
 }
 static void on_signal(int sig) { (void)sig; interrupted = 1; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *vips_reason(const char *what)
 {
@@ -293,7 +287,7 @@ static void *worker(void *arg)
 
 static void progress(size_t done, size_t n, double t0, int final)
 {
-    double el = now_s() - t0, rate = el > 0 ? (double)done / el : 0;
+    double el = moco_now_s() - t0, rate = el > 0 ? (double)done / el : 0;
     double eta = rate > 0 ? (double)(n - done) / rate : 0;
     fprintf(stderr, "\r  %zu/%zu  %3.0f%%  %.0f/s  ETA %.0fs   %s", done, n, n ? 100.0 * (double)done / (double)n : 100.0,
             rate, eta, final ? "\n" : "");
@@ -315,7 +309,7 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
     uint64_t written = 0;
     long kill_after = getenv("MOCO_MKDB_TEST_KILL_AFTER") ? atol(getenv("MOCO_MKDB_TEST_KILL_AFTER")) : -1;
     long batches = 0;
-    double t0 = now_s(), last = 0;
+    double t0 = moco_now_s(), last = 0;
     int rc = 0;
     if (!recs || !lens) rc = moco_err(MOCO_ENOMEM, "out of memory");
     for (size_t i = 0; i < j->n && !rc; i++) {
@@ -363,8 +357,8 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
             nb = 0;
             if (++batches == kill_after) raise(SIGKILL); /* test hook: die midway */
         }
-        if (show && (now_s() - last > 0.25 || i + 1 == j->n)) {
-            last = now_s();
+        if (show && (moco_now_s() - last > 0.25 || i + 1 == j->n)) {
+            last = moco_now_s();
             progress(i + 1, j->n, t0, i + 1 == j->n);
         }
     }
@@ -425,7 +419,7 @@ int loader_mkdb_main(int argc, char **argv)
     job *j = NULL;
     pthread_t *th = NULL;
     long started = 0;
-    double t0 = now_s();
+    double t0 = moco_now_s();
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
     if ((rc = mk_source_open(srcp, o.format, o.split, &src))) {
         fprintf(stderr, "moco mkdb: %s\n", moco_errmsg());
@@ -485,7 +479,7 @@ int loader_mkdb_main(int argc, char **argv)
         m.source = NULL;
         m.source_format = NULL;
         if (!rc) {
-            double el = now_s() - t0;
+            double el = moco_now_s() - t0;
             printf("moco mkdb: wrote %" PRIu64 " samples in %u classes to %s in %.1f s (%.0f samples/s, %ld threads)",
                    m.count, m.nclasses, out, el, (double)m.count / (el > 0 ? el : 1), started);
             printf("; skipped %" PRIu64 "; %.1f MB of payload%s", m.skipped, (double)m.payload_bytes / 1e6,

@@ -16,6 +16,7 @@
 #include <zmq.h>
 
 #include "formats/db.h"
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/pipeline.h"
@@ -74,13 +75,6 @@ typedef struct {
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void loader_epoch_order(uint64_t seed, uint32_t epoch, uint64_t *perm, uint64_t n)
 {
@@ -191,7 +185,7 @@ static int dispatch(loader *L)
         }
         L->st[i] = ISSUED;
         L->owner[i] = (uint16_t)k;
-        L->t_issued[i] = (float)now_s();
+        L->t_issued[i] = (float)moco_now_s();
         L->outstanding++;
         L->sent++;
         w->sent++;
@@ -287,13 +281,13 @@ static void on_worker_msg(loader *L, inmsg *m)
         }
         worker *w = &L->w[k];
         w->alive = 1;
-        w->last_seen = now_s();
+        w->last_seen = moco_now_s();
         w->free_slots = pm.credits;
         if (pm.received <= w->sent) w->received = pm.received;
         return;
     }
     if (k < 0) { L->dropped++; return; } /* unknown peer: say READY first */
-    L->w[k].last_seen = now_s();
+    L->w[k].last_seen = moco_now_s();
     if (type == MOCO_MSG_HEARTBEAT) return;
     if (type == MOCO_MSG_FAILED) {
         moco_wire_failed f;
@@ -332,7 +326,7 @@ static int on_consumer_msg(loader *L, inmsg *m)
         memcpy(L->cid, m->id, m->idlen);
         L->cidlen = m->idlen;
         L->have_consumer = 1;
-        L->cons_seen = now_s();
+        L->cons_seen = moco_now_s();
         uint32_t e = pm.epoch != NO_EPOCH ? pm.epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
         if (L->epochs && e >= (uint32_t)L->epochs)
             return moco_err(MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
@@ -346,7 +340,7 @@ static int on_consumer_msg(loader *L, inmsg *m)
     if (!L->cidlen || m->idlen != L->cidlen || memcmp(m->id, L->cid, m->idlen)) { L->dropped++; return 0; }
     if (!L->have_consumer) fprintf(stderr, "moco loader: the consumer is back\n");
     L->have_consumer = 1;
-    L->cons_seen = now_s();
+    L->cons_seen = moco_now_s();
     if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
     if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
@@ -455,7 +449,7 @@ static int run(loader *L)
     int rc = 0;
     if (!(L->work = open_router(L, L->work_ep, &rc)) || !(L->ctl = open_router(L, L->ctl_ep, &rc))) return rc;
     if (!L->quiet) fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s; consumer: %s\n", L->db_path, L->n, L->work_ep, L->ctl_ep);
-    double t0 = now_s(), last_hb = 0, last_rep = t0, waited_since = t0;
+    double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0;
     uint64_t last_sent = 0;
     int finished = 0;
     while (!stop_flag && !finished) {
@@ -480,7 +474,7 @@ static int run(loader *L)
             on_worker_msg(L, &m);
             close_msg(&m);
         }
-        double t = now_s();
+        double t = moco_now_s();
         if (t - last_hb >= 1.0) {
             heartbeats(L);
             check_timeouts(L, t);
@@ -505,7 +499,7 @@ static int run(loader *L)
          * then serves a burst (each costs syscalls in both processes) */
         if (L->outstanding) usleep(250);
     }
-    report(L, now_s(), t0, &last_sent, &last_rep);
+    report(L, moco_now_s(), t0, &last_sent, &last_rep);
     say_goodbye(L);
     if (stop_flag) return moco_err(MOCO_EINTR, "interrupted");
     if (!L->quiet)

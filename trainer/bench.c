@@ -11,19 +11,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/rng.h"
 #include "trainer/cmd.h"
 #include "trainer/moco.h"
 #include "trainer/par.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* CPU seconds of the whole process (all threads): on a shared machine it
  * shows the work done, which wall time mixes with other processes' load. */
@@ -115,14 +109,14 @@ int trainer_bench_main(int argc, char **argv)
     double t_all = 0, best = 1e30, c_all = 0;
     float loss = 0;
     for (long s = 0; s < warmup + steps; s++) {
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = moco_now_s(), c0 = cpu_s();
         if ((rc = moco_step(mc, x, x + n, NULL, (float)lr, &loss))) {
             fprintf(stderr, "moco bench train: %s\n", moco_errmsg());
             free(x);
             moco_destroy(&mc);
             return 1;
         }
-        double dt = now_s() - t0, dc = cpu_s() - c0;
+        double dt = moco_now_s() - t0, dc = cpu_s() - c0;
         printf("  step %ld%s: %.1f ms, %.1f CPU ms, loss %.4f\n", s, s < warmup ? " (warm-up)" : "", dt * 1e3, dc * 1e3,
                (double)loss);
         fflush(stdout);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/record.h"
@@ -18,13 +19,6 @@
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Read "index" lines into a bitmap of count bits. */
 static int load_indices(const char *path, uint64_t count, uint8_t **bm)
@@ -114,7 +108,7 @@ int trainer_sink_main(int argc, char **argv)
     if (bm)
         for (uint64_t i = 0; i < count; i++) resumed += bm[i >> 3] >> (i & 7) & 1;
     uint32_t epochs = 0, h = 0, w = 0, c = 0;
-    double t0 = now_s(), t_first = 0, last = t0, last_stat = t0, last_wait = 0;
+    double t0 = moco_now_s(), t_first = 0, last = t0, last_stat = t0, last_wait = 0;
     uint64_t last_total = 0;
     int status = 0;
     char per_epoch[4096] = "";
@@ -129,7 +123,7 @@ int trainer_sink_main(int argc, char **argv)
             break;
         }
         if (ev.kind == STREAM_PAIR) {
-            if (!t_first) t_first = now_s();
+            if (!t_first) t_first = moco_now_s();
             if (!h) { h = ev.pair.height; w = ev.pair.width; c = ev.pair.channels; }
             if (ev.pair.height != h || ev.pair.width != w || ev.pair.channels != c) bad++;
             total++;
@@ -166,7 +160,7 @@ int trainer_sink_main(int argc, char **argv)
         } else if (ev.kind == STREAM_END) {
             break;
         }
-        double t = now_s();
+        double t = moco_now_s();
         if (seconds > 0 && t_first && t - t_first >= seconds) break;
         if (stats && t - last_stat >= 1.0) {
             stream_stats st;
@@ -189,7 +183,7 @@ int trainer_sink_main(int argc, char **argv)
         }
     }
     if (stop_flag) status = 1;
-    double el = now_s() - (t_first ? t_first : t0);
+    double el = moco_now_s() - (t_first ? t_first : t0);
     stream_stats st;
     stream_get_stats(s, &st);
     stream_destroy(&s);
@@ -203,7 +197,7 @@ int trainer_sink_main(int argc, char **argv)
              ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
              "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"ok\":%s}",
              total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, el > 0 ? (double)total / el : 0,
-             el > 0 ? (double)bytes / el / 1e6 : 0, 100 * st.waited_s / (now_s() - t0), h, w, c, status ? "false" : "true");
+             el > 0 ? (double)bytes / el / 1e6 : 0, 100 * st.waited_s / (moco_now_s() - t0), h, w, c, status ? "false" : "true");
     printf("%s\n", json);
     if (json_out) {
         FILE *f = fopen(json_out, "w");

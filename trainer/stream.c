@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
@@ -39,13 +40,6 @@ struct trainer_stream {
     stream_stats st;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int seen_get(const trainer_stream *s, uint64_t i)
 {
     return (i >> 3) < s->seen_bytes && (s->seen[i >> 3] >> (i & 7) & 1);
@@ -75,7 +69,7 @@ static void flush_acks(trainer_stream *s)
     /* if the control queue is full the loader is gone or stuck; it re-issues
      * what it never hears about, and duplicates are dropped here */
     s->nacks = 0;
-    s->last_ack = now_s();
+    s->last_ack = moco_now_s();
 }
 
 static void ack(trainer_stream *s, uint32_t epoch, uint64_t index)
@@ -129,7 +123,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
         rc = moco_err(MOCO_EZMQ, "cannot greet the loader at %s: %s", cfg->ctl_ep, zmq_strerror(errno));
         goto fail;
     }
-    s->loader_seen = s->last_hb = s->last_ack = now_s();
+    s->loader_seen = s->last_hb = s->last_ack = moco_now_s();
     *out = s;
     return 0;
 fail:
@@ -171,7 +165,7 @@ static int on_ctl(trainer_stream *s, stream_event *ev)
     int n = recv_multi(s->ctl, f);
     if (n == 0) return 0;
     if (n < 0) { s->st.malformed++; return 0; }
-    s->loader_seen = now_s();
+    s->loader_seen = moco_now_s();
     moco_pipe_msg pm;
     if (n != 1 || moco_pipe_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &pm)) {
         s->st.malformed++;
@@ -278,14 +272,14 @@ static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
 
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
 {
-    double t0 = now_s(), deadline = timeout_ms < 0 ? 1e300 : t0 + timeout_ms / 1000.0;
+    double t0 = moco_now_s(), deadline = timeout_ms < 0 ? 1e300 : t0 + timeout_ms / 1000.0;
     memset(ev, 0, sizeof *ev);
     if (s->ended) {
         ev->kind = STREAM_END;
         return 0;
     }
     for (;;) {
-        double t = now_s();
+        double t = moco_now_s();
         if (t - s->last_hb >= 1.0) {
             uint8_t hb[16];
             zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
@@ -311,18 +305,18 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
                     ev->pair = p;
                     ev->q = q;
                     ev->k = k;
-                    s->last_pair = now_s();
+                    s->last_pair = moco_now_s();
                     break;
                 }
                 continue;
             }
         }
         if (t - s->loader_seen > s->loader_timeout) {
-            s->st.waited_s += now_s() - t0;
+            s->st.waited_s += moco_now_s() - t0;
             return moco_err(MOCO_ETIMEOUT, "the loader has been silent for %.0f s", t - s->loader_seen);
         }
         if (t >= deadline) {
-            s->st.waited_s += now_s() - t0;
+            s->st.waited_s += moco_now_s() - t0;
             return MOCO_ETIMEOUT;
         }
         flush_acks(s);
@@ -335,7 +329,7 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
         long ms = left > 0.25 ? 250 : (long)(left * 1000) + 1;
         zmq_poll(it, s->mnf ? 1 : 2, ms);
     }
-    s->st.waited_s += now_s() - t0;
+    s->st.waited_s += moco_now_s() - t0;
     return 0;
 }
 

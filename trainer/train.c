@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <vips/vips.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "trainer/ckpt.h"
@@ -42,13 +43,6 @@
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double train_lr(const train_cfg *c, int64_t epoch, int64_t step_in_epoch, int64_t steps_per_epoch)
 {
@@ -222,7 +216,7 @@ int train_run(const train_cfg *c)
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / (uint64_t)N) : 0, step_in_epoch = 0;
     int nb = 0, tty = isatty(STDERR_FILENO);
-    double t_epoch = now_s(), t_log = now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
+    double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
     double e_loss = 0, e_acc = 0;
     int64_t e_steps = 0;
@@ -236,12 +230,12 @@ int train_run(const train_cfg *c)
             /* drop the partial batch (drop_last), close the epoch */
             stream_stats st;
             stream_get_stats(s, &st);
-            double el = now_s() - t_epoch;
+            double el = moco_now_s() - t_epoch;
             double knn = -1;
             if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0) {
-                double tk = now_s();
+                double tk = moco_now_s();
                 if ((rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn))) goto out;
-                fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn, now_s() - tk);
+                fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn, moco_now_s() - tk);
             }
             char knns[32] = "null";
             if (knn >= 0) snprintf(knns, sizeof knns, "%.2f", knn);
@@ -276,7 +270,7 @@ int train_run(const train_cfg *c)
                 snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
                 if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
             }
-            t_epoch = now_s();
+            t_epoch = moco_now_s();
             if (c->epochs && epoch >= c->epochs) break;
             continue;
         }
@@ -317,7 +311,7 @@ int train_run(const train_cfg *c)
         e_steps++;
         log_steps++;
         if (log_steps == c->log_every) {
-            double t = now_s();
+            double t = moco_now_s();
             stream_stats st;
             stream_get_stats(s, &st);
             fprintf(metrics, "{\"type\":\"step\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs_per_s\":%.2f,"
@@ -327,7 +321,7 @@ int train_run(const train_cfg *c)
             waited_log = st.waited_s;
             fflush(metrics);
             if (tty) {
-                double el = now_s() - t_epoch, rate = (double)(e_steps * N) / (el > 0 ? el : 1);
+                double el = moco_now_s() - t_epoch, rate = (double)(e_steps * N) / (el > 0 ? el : 1);
                 double eta = steps_per_epoch ? (double)((steps_per_epoch - step_in_epoch) * N) / (rate > 0 ? rate : 1) : 0;
                 fprintf(stderr, "\repoch %lld step %lld/%lld  loss %.4f  acc %5.1f%%  lr %.4g  %.1f pairs/s  starved %.0f%%  ETA %.0fs   ",
                         (long long)epoch, (long long)step_in_epoch, (long long)steps_per_epoch, loss_sum / log_steps,
@@ -507,13 +501,13 @@ int train_knn_main(int argc, char **argv)
     }
     resnet *m = NULL;
     float mean[3], std[3];
-    double top1 = 0, t0 = now_s();
+    double top1 = 0, t0 = moco_now_s();
     if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, &top1))) {
         fprintf(stderr, "moco knn: %s\n", moco_errmsg());
         rn_destroy(&m);
         return 1;
     }
     rn_destroy(&m);
-    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt, now_s() - t0);
+    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt, moco_now_s() - t0);
     return 0;
 }
