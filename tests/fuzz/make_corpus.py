@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""make_corpus.py: write the seed corpus of every fuzz target into
+tests/fuzz/corpus/<target>/ : small, valid samples of each format (see the
+layouts in formats/README.md). Run from the repository root; the images are
+tests/fuzz/seed.jpg and seed.png (16x16, from CPython's test data)."""
+import os, struct, zlib, json
+
+R = 'tests/fuzz/corpus'
+JPG = open('tests/fuzz/seed.jpg', 'rb').read()
+PNG = open('tests/fuzz/seed.png', 'rb').read()
+
+def out(t, name, b):
+    os.makedirs(f'{R}/{t}', exist_ok=True)
+    open(f'{R}/{t}/{name}', 'wb').write(b)
+
+def rec(enc, ch, label, w, h, payload):
+    return b'MOCR' + struct.pack('<HBBiIIIII', 1, enc, ch, label, w, h, len(payload), zlib.crc32(payload), 0) + payload
+
+def pre(t): return b'MOCW' + struct.pack('<HH', 1, t)
+
+# record parser
+raw = bytes(range(48))
+out('fuzz_record', 'raw4x4x3', rec(0, 3, 2, 4, 4, raw))
+out('fuzz_record', 'gray', rec(0, 1, -1, 3, 2, bytes(6)))
+out('fuzz_record', 'jpeg', rec(1, 3, 5, 16, 16, JPG))
+out('fuzz_record', 'png', rec(2, 3, 1, 16, 16, PNG))
+# wire data messages
+out('fuzz_wire', 'sample', pre(1) + struct.pack('<IIQ', 3, 0, 17))
+pair = pre(2) + struct.pack('<IiQHHBBH', 1, 4, 9, 2, 2, 3, 0, 0)
+out('fuzz_wire', 'pair', pair)
+out('fuzz_wire', 'failed', pre(3) + struct.pack('<IiQ', 2, -32999, 5) + b'record 5: CRC mismatch')
+out('fuzz_wire', 'failed_empty', pre(3) + struct.pack('<IiQ', 2, -32998, 6))
+# PAIRS: u32 data length, then the header frame (2 pairs of 2x2x3: 2*2*12 bytes)
+pairs = pre(11) + struct.pack('<II', 2, 0) + pair[8:].rjust(24, b'\0')
+pairs = pre(11) + struct.pack('<II', 2, 0) + (pre(2) + struct.pack('<IiQHHBBH', 1, 4, 9, 2, 2, 3, 0, 0)) + \
+    (pre(2) + struct.pack('<IiQHHBBH', 1, 4, 10, 2, 2, 3, 0, 0))
+out('fuzz_wire', 'pairs', struct.pack('<I', 48) + pairs)
+# control messages
+out('fuzz_pipeline', 'ready', pre(4) + struct.pack('<IQ', 8, 100))
+out('fuzz_pipeline', 'heartbeat', pre(5))
+out('fuzz_pipeline', 'stop', pre(7))
+out('fuzz_pipeline', 'hello', pre(8) + struct.pack('<IQ', 0xFFFFFFFF, 50000))
+out('fuzz_pipeline', 'ack', pre(9) + struct.pack('<II', 1, 3) + struct.pack('<3Q', 4, 5, 6))
+out('fuzz_pipeline', 'epoch_end', pre(6) + struct.pack('<IQI', 1, 49998, 2) + struct.pack('<2Q', 7, 99))
+out('fuzz_pipeline', 'end', pre(10) + struct.pack('<I', 2))
+
+# safetensors
+def st(tensors, meta=None):
+    hdr, data = {}, b''
+    if meta: hdr['__metadata__'] = meta
+    for name, dt, shape, b in tensors:
+        hdr[name] = {'dtype': dt, 'shape': shape, 'data_offsets': [len(data), len(data) + len(b)]}
+        data += b
+    h = json.dumps(hdr).encode()
+    h += b' ' * (-len(h) % 8)
+    return struct.pack('<Q', len(h)) + h + data
+out('fuzz_safetensors', 'one', st([('w', 'F32', [2, 2], struct.pack('<4f', 1, 2, 3, 4))]))
+out('fuzz_safetensors', 'two', st([('a.b', 'F32', [3], struct.pack('<3f', 1, -2, 0.5)), ('n', 'I64', [], struct.pack('<q', 7))],
+                                  {'epoch': '3', 'arch': 'resnet18'}))
+out('fuzz_safetensors', 'empty', st([]))
+
+# CIFAR / IDX (first byte: 0 cifar, 1 idx, 2 idx .gz names; idx: u16 image-file length)
+c = bytes([3]) + bytes(i % 256 for i in range(3072))
+out('fuzz_sources', 'cifar1', b'\0' + c)
+out('fuzz_sources', 'cifar2', b'\0' + c + bytes([9]) + bytes(3072))
+img = struct.pack('>IIII', 0x803, 2, 3, 2) + bytes(range(12))
+lab = struct.pack('>II', 0x801, 2) + bytes([1, 7])
+out('fuzz_sources', 'idx', b'\1' + struct.pack('<H', len(img)) + img + lab)
+out('fuzz_sources', 'idx_gz', b'\2' + struct.pack('<H', len(gz := zlib.compress(b'', 9)) * 0 + len(img)) + img + lab)
+gi = __import__('gzip').compress(img); gl = __import__('gzip').compress(lab)
+out('fuzz_sources', 'idx_gzreal', b'\2' + struct.pack('<H', len(gi)) + gi + gl)
+
+# augment: 8 bytes (encoding, channels, label, u16 w, u16 h, flags) + payload
+out('fuzz_augment', 'jpeg', bytes([1, 2, 5]) + struct.pack('<HH', 15, 15) + b'\0' + JPG)
+out('fuzz_augment', 'png', bytes([2, 2, 1]) + struct.pack('<HH', 15, 15) + b'\0' + PNG)
+out('fuzz_augment', 'raw', bytes([0, 2, 1]) + struct.pack('<HH', 7, 7) + b'\0' + bytes(range(192)))
+out('fuzz_augment', 'raw_fit', bytes([0, 0, 1]) + struct.pack('<HH', 0, 0) + bytes([1 | 14]) + bytes(range(64)))
+
+# dataset metadata: entries (u8 key id, u16 length, value); key ids as in fuzz_meta.c
+def ent(k, v): return bytes([k]) + struct.pack('<H', len(v)) + v
+u64 = lambda x: struct.pack('<Q', x)
+meta = (ent(0, u64(1)) + ent(1, u64(5)) + ent(2, u64(0)) + ent(3, u64(1000)) + ent(4, u64(1)) + ent(5, b'/data/x') +
+        ent(6, b'folder') + ent(7, b'cat\ndog\n') + ent(8, u64(2) + u64(3)) + ent(9, u64(0) + u64(5) + u64(0)) +
+        ent(10, struct.pack('<4I', 32, 32, 32, 32)))
+out('fuzz_meta', 'valid', meta)
+out('fuzz_meta', 'shuffled', meta + ent(11, u64(42)))

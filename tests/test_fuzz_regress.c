@@ -1,0 +1,175 @@
+/* test_fuzz_regress.c: hostile inputs for every parser the fuzz targets
+ * (tests/fuzz/fuzz_*.c) exercise, each asserting a clean MOCO_E* error and
+ * no out-of-bounds access (run it under `make test SANITIZE=address`).
+ * Inputs that a fuzzer found to crash belong here, with the target, the
+ * date and the fix named in a comment above the test; the others are
+ * hand-made edge cases of the same kind (lengths and counts that lie). */
+#include "tests/testutil.h"
+
+#include "formats/errors.h"
+#include "formats/pipeline.h"
+#include "formats/record.h"
+#include "formats/safetensors.h"
+#include "formats/wire.h"
+#include "loader/sources.h"
+
+/* A copy of exactly n bytes on the heap, so that ASan sees the bounds. */
+static uint8_t *dup_n(const void *p, size_t n)
+{
+    uint8_t *b = malloc(n ? n : 1);
+    assert_non_null(b);
+    if (n) memcpy(b, p, n);
+    return b;
+}
+
+static void prefix(uint8_t *b, uint16_t type)
+{
+    memcpy(b, "MOCW", 4);
+    moco_put_le16(b + 4, 1);
+    moco_put_le16(b + 6, type);
+}
+
+static void test_record_lies(void **st)
+{
+    (void)st;
+    uint8_t r[40] = {0};
+    moco_rec_header h = {.version = 1, .encoding = MOCO_ENC_RAW, .channels = 3, .label = 0, .width = 2, .height = 1,
+                         .payload_len = 6, .crc32 = 0};
+    moco_rec_header_pack(&h, r);
+    moco_rec_header g;
+    const uint8_t *pl;
+    for (size_t n = 0; n < 38; n++) { /* every truncation, the header included */
+        uint8_t *b = dup_n(r, n);
+        assert_true(moco_rec_parse(b, n, 0, "t", &g, &pl) < 0);
+        free(b);
+    }
+    moco_put_le32(r + 20, 0xFFFFFFF8u); /* payload length that wraps len - 32 */
+    uint8_t *b = dup_n(r, 40);
+    assert_int_equal(moco_rec_parse(b, 40, 0, "t", &g, &pl), MOCO_ECORRUPT);
+    free(b);
+}
+
+static void test_wire_lies(void **st)
+{
+    (void)st;
+    uint8_t f[64] = {0};
+    moco_wire_sample s;
+    moco_wire_pair p;
+    moco_wire_failed fl;
+    uint16_t type;
+    for (size_t n = 0; n < MOCO_WIRE_PAIR_SIZE; n++) {
+        uint8_t *b = dup_n(f, n);
+        assert_true(moco_wire_peek(b, n, &type) < 0);
+        free(b);
+    }
+    prefix(f, MOCO_MSG_PAIR); /* height 0 */
+    uint8_t *b = dup_n(f, MOCO_WIRE_PAIR_SIZE);
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &p), MOCO_ECORRUPT);
+    assert_true(moco_wire_sample_parse(b, MOCO_WIRE_PAIR_SIZE, &s) < 0);
+    free(b);
+    prefix(f, MOCO_MSG_FAILED); /* a FAILED one byte short */
+    b = dup_n(f, MOCO_WIRE_FAILED_MIN - 1);
+    assert_int_equal(moco_wire_failed_parse(b, MOCO_WIRE_FAILED_MIN - 1, &fl), MOCO_ECORRUPT);
+    free(b);
+    prefix(f, MOCO_MSG_PAIRS); /* PAIRS claiming 4096 pairs in a 16-byte frame */
+    moco_put_le32(f + 8, MOCO_PAIRS_MAX);
+    uint32_t n = 0;
+    b = dup_n(f, 16);
+    assert_int_equal(moco_pipe_pairs_parse(b, 16, 0, &n), MOCO_ECORRUPT);
+    moco_put_le32(b + 8, 0xFFFFFFFFu);
+    assert_int_equal(moco_pipe_pairs_parse(b, 16, 0, &n), MOCO_ECORRUPT);
+    free(b);
+}
+
+static void test_control_lies(void **st)
+{
+    (void)st;
+    uint8_t f[24] = {0};
+    moco_pipe_msg m;
+    prefix(f, MOCO_MSG_ACK); /* ACK announcing 2^32-1 indices in 16 bytes */
+    moco_put_le32(f + 12, 0xFFFFFFFFu);
+    uint8_t *b = dup_n(f, 16);
+    assert_int_equal(moco_pipe_parse(b, 16, &m), MOCO_ECORRUPT);
+    free(b);
+    prefix(f, MOCO_MSG_EPOCH_END); /* EPOCH_END announcing 2^31 failures in 24 bytes */
+    moco_put_le32(f + 20, 0x80000000u);
+    b = dup_n(f, 24);
+    assert_int_equal(moco_pipe_parse(b, 24, &m), MOCO_ECORRUPT);
+    free(b);
+    for (uint16_t t = 1; t < 16; t++) { /* every type, prefix alone and one byte short */
+        prefix(f, t);
+        b = dup_n(f, 8);
+        int rc = moco_pipe_parse(b, 8, &m);
+        assert_true(rc == 0 ? (t == MOCO_MSG_HEARTBEAT || t == MOCO_MSG_STOP) : rc < 0);
+        assert_true(moco_pipe_parse(b, 7, &m) < 0);
+        free(b);
+    }
+}
+
+static void test_safetensors_lies(void **st)
+{
+    (void)st;
+    const char *hdrs[] = {
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,18446744073709551615]}}",
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_offsets\":[0,8]}}",
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}",
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}",
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    };
+    for (size_t i = 0; i < sizeof hdrs / sizeof *hdrs; i++) {
+        size_t hl = strlen(hdrs[i]), n = 8 + hl + 8;
+        uint8_t *b = calloc(1, n);
+        assert_non_null(b);
+        moco_put_le64(b, hl);
+        memcpy(b + 8, hdrs[i], hl);
+        moco_st *t = NULL;
+        int rc = moco_st_parse(b, n, "t", &t);
+        if (rc != MOCO_ECORRUPT) fail_msg("header %zu: rc %d, expected MOCO_ECORRUPT", i, rc);
+        assert_null(t);
+        moco_put_le64(b, 0xFFFFFFFFFFFFFFF0ull); /* a header length that wraps */
+        assert_int_equal(moco_st_parse(b, n, "t", &t), MOCO_ECORRUPT);
+        free(b);
+    }
+}
+
+static void test_idx_lies(void **st)
+{
+    (void)st;
+    const char *d = tu_tmpdir("fuzz_regress_idx");
+    char p[4200];
+    /* header promising 2^32-1 images of 65535 x 65535 over a 16-byte file */
+    const uint8_t img[16] = {0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF};
+    const uint8_t lab[8] = {0, 0, 8, 1, 0xFF, 0xFF, 0xFF, 0xFF};
+    snprintf(p, sizeof p, "%s/t10k-images-idx3-ubyte", d);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(img, 1, sizeof img, f), sizeof img);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/t10k-labels-idx1-ubyte", d);
+    assert_non_null(f = fopen(p, "wb"));
+    assert_int_equal(fwrite(lab, 1, sizeof lab, f), sizeof lab);
+    fclose(f);
+    mk_source s = {0};
+    assert_int_equal(mk_source_open(d, "idx", NULL, &s), MOCO_ECORRUPT);
+    assert_int_equal(s.n, 0);
+    mk_source_free(&s);
+    /* a CIFAR batch of one record and one byte */
+    snprintf(p, sizeof p, "%s/test_batch.bin", d);
+    assert_non_null(f = fopen(p, "wb"));
+    for (int i = 0; i < 3074; i++) fputc(i ? 7 : 3, f);
+    fclose(f);
+    assert_int_equal(mk_source_open(d, "cifar10", NULL, &s), MOCO_ECORRUPT);
+    mk_source_free(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_record_lies),      cmocka_unit_test(test_wire_lies),
+        cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
+        cmocka_unit_test(test_idx_lies),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
