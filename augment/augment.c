@@ -243,12 +243,21 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* Decode through libvips: sRGB or B_W, 8 bits, alpha dropped. */
+/* Decode through libvips: sRGB or B_W, 8 bits, alpha dropped. *w, *h hold
+ * the record header's size on entry; a payload of another size is refused. */
 static int decode_vips(augment_ctx *c, const uint8_t *pl, size_t n, const uint8_t **px, int *w, int *h, int *ch)
 {
     VipsImage *im = vips_image_new_from_buffer(pl, n, "", "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
                                                VIPS_FAIL_ON_TRUNCATED, NULL);
     if (!im) goto fail;
+    /* the size the payload claims, checked before anything is allocated for it:
+     * a few hundred bytes can claim gigapixels (found by fuzz_augment) */
+    if (im->Xsize != *w || im->Ysize != *h) {
+        int rc = moco_err(MOCO_ECORRUPT, "%s: header says %dx%d, payload claims %dx%d", c->what, *w, *h, im->Xsize,
+                          im->Ysize);
+        g_object_unref(im);
+        return rc;
+    }
     int colour = im->Bands - vips_image_hasalpha(im) >= 3;
     VipsImage *t = NULL;
     if (vips_colourspace(im, &t, colour ? VIPS_INTERPRETATION_sRGB : VIPS_INTERPRETATION_B_W, NULL)) goto fail_im;
@@ -285,6 +294,8 @@ static int decode_jpeg(augment_ctx *c, const uint8_t *pl, size_t n, int *num, in
 {
     int jw, jh, ss, cs;
     if (tjDecompressHeader3(c->tj, pl, (unsigned long)n, &jw, &jh, &ss, &cs) == 0 && cs != TJCS_CMYK && cs != TJCS_YCCK) {
+        if (jw != *w || jh != *h) /* before allocating: see decode_vips */
+            return moco_err(MOCO_ECORRUPT, "%s: header says %dx%d, payload claims %dx%d", c->what, *w, *h, jw, jh);
         tjscalingfactor sf = {*num, *den};
         int sw = TJSCALED(jw, sf), sh = TJSCALED(jh, sf), pc = cs == TJCS_GRAY ? 1 : 3;
         if (grow((void **)&c->dec, &c->dec_cap, (size_t)sw * sh * pc, 1)) return moco_err(MOCO_ENOMEM, "%s: out of memory", c->what);

@@ -6,6 +6,8 @@
  * hand-made edge cases of the same kind (lengths and counts that lie). */
 #include "tests/testutil.h"
 
+#include "augment/augment.h"
+
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
@@ -164,12 +166,55 @@ static void test_idx_lies(void **st)
     mk_source_free(&s);
 }
 
+/* fuzz_augment, 2026-11-24: a 546-byte JPEG in a record whose header says
+ * 16x16, but whose SOF0 claims 28259x25455, made the worker allocate 2.1 GB
+ * (vips_image_write_to_memory; TurboJPEG's path would have too) before the
+ * size check refused it. Fix (augment/augment.c, decode_jpeg and
+ * decode_vips): the payload's claimed size is compared with the record
+ * header's before anything is allocated. The input is the fuzzer's file,
+ * tests/fuzz/regress/fuzz_augment-jpeg-claims-huge: 8 bytes for the harness
+ * (JPEG, 3 channels, label 5, 16x16), then the payload. */
+static void test_augment_jpeg_claims_huge(void **st)
+{
+    (void)st;
+    FILE *f = fopen("tests/fuzz/regress/fuzz_augment-jpeg-claims-huge", "rb");
+    assert_non_null(f);
+    uint8_t in[4096];
+    size_t n = fread(in, 1, sizeof in, f);
+    fclose(f);
+    assert_int_equal(n, 554);
+    moco_rec_header h = {.version = MOCO_REC_VERSION, .encoding = MOCO_ENC_JPEG, .channels = 3, .label = 5,
+                         .width = 16, .height = 16};
+    size_t len;
+    uint8_t *rec = moco_rec_build(&h, in + 8, (uint32_t)(n - 8), &len);
+    assert_non_null(rec);
+    augment_recipe r;
+    augment_ctx *ctx = NULL;
+    assert_int_equal(augment_recipe_init(&r, "cifar", 16), 0);
+    assert_int_equal(augment_ctx_new(&r, &ctx), 0);
+    uint8_t *q = malloc(augment_view_max_bytes(&r)), *k = malloc(augment_view_max_bytes(&r));
+    assert_non_null(q);
+    assert_non_null(k);
+    augment_info info;
+    assert_int_equal(augment_pair(ctx, rec, len, 1, 7, q, k, &info), MOCO_ECORRUPT);
+    /* refused from the header, before decoding ("claims", not "decodes to") */
+    if (!strstr(moco_errmsg(), "claims 28259x25455")) fail_msg("message: %s", moco_errmsg());
+    augment_ctx_destroy(&ctx);
+    free(q);
+    free(k);
+    free(rec);
+}
+
 int main(void)
 {
+    if (augment_vips_init("test_fuzz_regress")) {
+        fprintf(stderr, "libvips: %s\n", moco_errmsg());
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_lies),      cmocka_unit_test(test_wire_lies),
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
-        cmocka_unit_test(test_idx_lies),
+        cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
