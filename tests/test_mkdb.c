@@ -21,19 +21,6 @@ static void write_bytes(const char *path, const void *b, size_t n)
     fclose(f);
 }
 
-static uint8_t *read_bytes(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*n + 1);
-    assert_int_equal(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 /* A w x h x bands test image with a seeded pattern, saved by libvips in the
  * format chosen by the file suffix. */
 static void make_image(const char *path, int w, int h, int bands, int seed)
@@ -57,7 +44,7 @@ static int err_has(const char *needle)
     char p[4200];
     size_t n;
     snprintf(p, sizeof p, "%s/err.txt", tmp);
-    char *e = (char *)read_bytes(p, &n);
+    char *e = (char *)tu_read_file(p, &n);
     e[n] = 0;
     int r = strstr(e, needle) != NULL;
     if (!r) print_message("stderr lacks '%s':\n%s\n", needle, e);
@@ -105,11 +92,11 @@ static void test_folder_with_bad_files(void **st)
     snprintf(p, sizeof p, "%s/src/ants/junk.jpg", tmp); write_bytes(p, junk, sizeof junk);
     size_t n;
     snprintf(q, sizeof q, "%s/src/bees/sub/b3.jpg", tmp);
-    uint8_t *full = read_bytes(q, &n);
+    uint8_t *full = tu_read_file(q, &n);
     snprintf(p, sizeof p, "%s/src/ants/trunc.jpg", tmp); write_bytes(p, full, n * 2 / 3);
     free(full);
     snprintf(q, sizeof q, "%s/src/ants/a2.png", tmp);
-    full = read_bytes(q, &n);
+    full = tu_read_file(q, &n);
     snprintf(p, sizeof p, "%s/src/bees/trunc.png", tmp); write_bytes(p, full, n / 2);
     free(full);
 
@@ -139,7 +126,7 @@ static void test_folder_with_bad_files(void **st)
     moco_rec_header h;
     const uint8_t *pl = get_rec(db, 0, &h, &buf, &cap);
     snprintf(q, sizeof q, "%s/src/ants/a1.jpg", tmp);
-    full = read_bytes(q, &n);
+    full = tu_read_file(q, &n);
     assert_int_equal(h.encoding, MOCO_ENC_JPEG);
     assert_int_equal(h.payload_len, n);
     assert_memory_equal(pl, full, n); /* JPEG stored byte for byte */

@@ -11,19 +11,6 @@
 #include "formats/rng.h"
 #include "formats/safetensors.h"
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*len + 1);
-    assert_int_equal(fread(b, 1, *len, f), *len);
-    fclose(f);
-    return b;
-}
-
 /* A header + data buffer from a JSON string and n data bytes. */
 static uint8_t *mk(const char *json, size_t ndata, size_t *len)
 {
@@ -66,7 +53,7 @@ static void test_round_trip(void **s)
     const char *meta[] = {"format", "pt", "k\"ey", "v\\al"};
     assert_int_equal(moco_st_write(p, e, 4, meta, 2), 0);
     size_t len;
-    uint8_t *b = slurp(p, &len);
+    uint8_t *b = tu_read_file(p, &len);
     uint64_t hl = 0;
     memcpy(&hl, b, 8);
     assert_int_equal((8 + hl) % 8, 0);
@@ -125,7 +112,7 @@ static void test_truncated_everywhere(void **s)
     moco_st_entry e[] = {{"a", MOCO_ST_F32, 2, {2, 2}, w}, {"b", MOCO_ST_F32, 1, {2}, w + 4}};
     assert_int_equal(moco_st_write(p, e, 2, NULL, 0), 0);
     size_t len;
-    uint8_t *b = slurp(p, &len);
+    uint8_t *b = tu_read_file(p, &len);
     for (size_t n = 0; n < len; n++) {
         moco_st *st = NULL;
         int rc = moco_st_parse(b, n, "trunc", &st);

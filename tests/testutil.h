@@ -59,6 +59,21 @@ static inline int tu_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
+/* The whole of a file (malloc'd, one spare byte for a NUL); fails the test
+ * if it cannot be read. */
+static inline uint8_t *tu_read_file(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n + 1);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
 /* Directory of ../shared/data, or NULL when absent (tests then skip). */
 static inline const char *tu_shared_data(void)
 {
