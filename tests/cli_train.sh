@@ -41,6 +41,16 @@ got=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "moco knn says $got, the training monitor said $want"
 $M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 8 --size 28 >/dev/null 2>"$T/knn.err"
 [ $? -eq 1 ] && grep -q "encoder_q.conv1.weight" "$T/knn.err" || fail "a checkpoint of another width should be refused, naming the tensor"
+# the random-init baseline: reproducible for a seed, another seed gives other features, and not with --ckpt too
+E="--db $T/db --arch resnet18-cifar --width 4 --size 28 --threads 1"
+$M embed --random-init 1 $E --out "$T/r1a.st" >/dev/null && $M embed --random-init 1 $E --out "$T/r1b.st" >/dev/null \
+  && $M embed --random-init 2 $E --out "$T/r2.st" >/dev/null || fail "moco embed --random-init"
+cmp -s "$T/r1a.st" "$T/r1b.st" || fail "--random-init 1 twice gave different features"
+cmp -s "$T/r1a.st" "$T/r2.st" && fail "--random-init 1 and 2 gave the same features"
+$M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
+  | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
+$M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>&1
+[ $? -eq 1 ] || fail "--ckpt with --random-init should be refused"
 
 # linear evaluation on the frozen features
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \

@@ -10,7 +10,8 @@
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
-    *f = (evalmodel_flags){.arch = "resnet18-cifar", .norm = "auto", .width = 64, .dim = 128, .size = 32, .batch = 256, .threads = 2};
+    *f = (evalmodel_flags){.arch = "resnet18-cifar", .norm = "auto", .width = 64, .dim = 128, .size = 32, .batch = 256, .threads = 2,
+                            .init_seed = -1};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch", MOCO_OPT_CHOICE, &f->arch, "encoder the checkpoint holds", 0, 0,
@@ -22,6 +23,8 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
     o[n++] = (moco_opt){"normalize", MOCO_OPT_CHOICE, &f->norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"};
     o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward", 1, 65536, NULL};
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
+    o[n++] = (moco_opt){"random-init", MOCO_OPT_INT, &f->init_seed,
+                        "no checkpoint: the encoder as moco train --seed S initialises it (a baseline)", 0, 1e15, NULL};
     return n;
 }
 
@@ -39,14 +42,14 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
 int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float std[3])
 {
     *m = NULL;
-    if (!f->ckpt) return moco_err(MOCO_EINVAL, "--ckpt is required");
+    if (!f->ckpt == (f->init_seed < 0)) return moco_err(MOCO_EINVAL, "give one of --ckpt and --random-init");
     evalmodel_norm(f->norm, (int)f->size, mean, std);
     par_set_threads((int)f->threads);
     if (VIPS_INIT("moco")) return moco_err(MOCO_EVIPS, "cannot start libvips");
     vips_cache_set_max(0);
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
                 .batch = (int)f->batch, .size = (int)f->size};
-    int rc = rn_new(&c, 0, 0, NULL, m);
-    if (!rc && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
+    int rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
+    if (!rc && f->ckpt && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
     return rc;
 }

@@ -9,14 +9,15 @@
 
 typedef struct {
     const char *ckpt, *arch, *norm;
-    long width, dim, size, batch, threads;
+    long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt */
     int mlp;
 } evalmodel_flags;
 
-#define EVALMODEL_NOPTS 10
+#define EVALMODEL_NOPTS 11
 
 /* Set defaults in f and write its option entries (--ckpt, --arch, --width,
- * --mlp, --moco-dim, --size, --normalize, batch_flag, --threads) into opts;
+ * --mlp, --moco-dim, --size, --normalize, batch_flag, --threads,
+ * --random-init) into opts;
  * returns how many. */
 int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 
@@ -25,7 +26,7 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3]);
 
 /* Set the BLAS threads, start libvips, build the encoder (no gradients) and
- * load encoder_q from f->ckpt. Returns 0 or an error naming the file and
+ * load encoder_q from f->ckpt (or keep the seeded initialisation). Returns 0 or an error naming the file and
  * the tensor; *m NULL on failure. */
 int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float std[3]);
 

@@ -84,8 +84,8 @@ int embed_main(int argc, char **argv)
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!ef.ckpt || !db || !out) {
-        fprintf(stderr, "moco embed: --ckpt, --db and --out are required\n");
+    if (!(ef.ckpt || ef.init_seed >= 0) || !db || !out) {
+        fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;
     }
     const int B = (int)ef.batch, S = (int)ef.size, D = (int)ef.dim;
@@ -115,7 +115,9 @@ int embed_main(int argc, char **argv)
     }
     for (int64_t i = 0; i < cnt; i++) lab64[i] = lab[i];
     moco_st_entry e[2] = {{"features", MOCO_ST_F32, 2, {cnt, D}, feat}, {"labels", MOCO_ST_I64, 1, {cnt}, lab64}};
-    const char *meta[] = {"ckpt", ef.ckpt, "db", db};
+    char what[64];
+    snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
+    const char *meta[] = {"ckpt", ef.ckpt ? ef.ckpt : what, "db", db};
     rc = moco_st_write(out, e, 2, meta, 2);
 out:
     if (rc) fprintf(stderr, "moco embed: %s\n", moco_errmsg());

@@ -155,8 +155,9 @@ int lincls_main(int argc, char **argv)
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     train_cfg tc;
-    if (!ef.ckpt || !trdb || !tedb || train_parse_schedule(schedule, &tc)) {
-        fprintf(stderr, "moco lincls: %s\n", !ef.ckpt || !trdb || !tedb ? "--ckpt, --train and --test are required" : moco_errmsg());
+    int have = (ef.ckpt || ef.init_seed >= 0) && trdb && tedb;
+    if (!have || train_parse_schedule(schedule, &tc)) {
+        fprintf(stderr, "moco lincls: %s\n", !have ? "--ckpt (or --random-init), --train and --test are required" : moco_errmsg());
         return 2;
     }
     lincls_cfg lc = {.epochs = (int)epochs, .batch = (int)batch, .lr = lr, .momentum = momentum, .wd = wd, .seed = seed,

@@ -495,8 +495,8 @@ int train_knn_main(int argc, char **argv)
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!ef.ckpt || !trdb || !tedb) {
-        fprintf(stderr, "moco knn: --ckpt, --train and --test are required\n");
+    if (!(ef.ckpt || ef.init_seed >= 0) || !trdb || !tedb) {
+        fprintf(stderr, "moco knn: --ckpt (or --random-init), --train and --test are required\n");
         return 2;
     }
     resnet *m = NULL;
@@ -508,6 +508,9 @@ int train_knn_main(int argc, char **argv)
         return 1;
     }
     rn_destroy(&m);
-    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt, moco_now_s() - t0);
+    char what[64];
+    if (!ef.ckpt) snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
+    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt ? ef.ckpt : what,
+           moco_now_s() - t0);
     return 0;
 }
