@@ -36,7 +36,7 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # bin/moco is the last flavour built: relink when the flavour changes.
 $(shell mkdir -p build; echo $(FLAVOR) | cmp -s - build/flavor || echo $(FLAVOR) > build/flavor)
 
-.PHONY: all test demo clean deps tests unit-tests
+.PHONY: all test demo clean deps tests unit-tests quality-tools
 all: bin/moco
 
 # The tests run their own copy, build/FLAVOR/moco: bin/moco may be relinked
@@ -74,6 +74,13 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory bin/moco
 	@bash tools/demo.sh
+
+# The quality experiment (tools/quality/README.md): not part of bin/moco.
+quality-tools: $(BUILD)/tools/quality/views_epoch
+$(BUILD)/tools/quality/views_epoch: tools/quality/views_epoch.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD   $@"
+	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
 
 clean:
 	rm -rf build bin tests/tmp
