@@ -12,6 +12,7 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
+#include "trainer/conv3.h"
 #include "trainer/nn.h"
 #include "trainer/par.h"
 
@@ -196,6 +197,46 @@ static void test_conv_vs_ref(void **st)
     par_set_threads(1);
 }
 
+/* the direct 3x3 kernels (conv3.h) at every SIMD level this CPU has ==
+ * the reference: odd and non-square planes, one image per chunk and many,
+ * 1 and 2 threads; dinp and dw add to what is there */
+static void test_conv3_vs_ref(void **st)
+{
+    (void)st;
+    const int cases[][5] = {{3, 8, 7, 7, 16}, {5, 16, 6, 4, 8}, {2, 8, 9, 5, 8}, {4, 16, 8, 8, 24}};
+    const int top = conv3_simd();
+    if (!top) printf("no AVX2/AVX-512 here: the direct kernels are not used\n");
+    for (int level = top; level >= 1; level--)
+        for (int t = 1; t <= 2; t++)
+            for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+                conv3_set_simd(level);
+                par_set_threads(t);
+                const int *q = cases[c], N = q[0], Ci = q[1], H = q[2], W = q[3], Co = q[4];
+                nn_conv d;
+                size_t work = nn_conv_init(&d, N, Ci, H, W, Co, 3, 1, 1, c % 2 ? (size_t)1 << 20 : 40);
+                printf("conv3 level %d: N %d Ci %d %dx%d Co %d, %d thread(s), chunk %d, direct %d\n", level, N, Ci, H, W, Co, t,
+                       d.chunk, d.direct);
+                assert_int_equal(d.direct, level);
+                size_t nx = (size_t)N * Ci * H * W, ny = (size_t)N * Co * H * W, nw = (size_t)Co * Ci * 9;
+                float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
+                      *dwr = fz(nw), *wk = fz(work);
+                randn(x, nx, 50 + c), randn(w, nw, 60 + c), randn(dy, ny, 70 + c), randn(dx, nx, 80 + c), randn(dw, nw, 90 + c);
+                memcpy(dxr, dx, nx * 4), memcpy(dwr, dw, nw * 4);
+                for (size_t i = 0; i < work; i++) wk[i] = NAN; /* the kernels must not read scratch they did not write */
+                conv2d_forward(y, x, w, &d, wk);
+                conv2d_forward_ref(yr, x, w, &d);
+                check("forward vs ref", y, yr, ny, TOL);
+                conv2d_backward(dx, dw, dy, x, w, &d, wk);
+                conv2d_backward_ref(dxr, dwr, dy, x, w, &d);
+                check("dx vs ref", dx, dxr, nx, TOL);
+                check("dw vs ref", dw, dwr, nw, TOL);
+                test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
+                    test_free(dwr), test_free(wk);
+            }
+    conv3_set_simd(-1);
+    par_set_threads(1);
+}
+
 /* bn_forward/backward fused with residual add and ReLU == the unfused refs */
 static void test_bn_fused(void **st)
 {
@@ -357,6 +398,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_conv_vs_ref),
+        cmocka_unit_test(test_conv3_vs_ref),
         cmocka_unit_test(test_bn_golden),
         cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_small_layers_golden),
         cmocka_unit_test(test_finite_differences),

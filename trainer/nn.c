@@ -3,6 +3,7 @@
  * the small layers. The plain references live in nn_ref.c. */
 #include "trainer/nn.h"
 
+#include "trainer/conv3.h"
 #include "trainer/par.h"
 
 #include <cblas.h>
@@ -82,9 +83,21 @@ static int conv_direct(const nn_conv *d) { return d->k == 1 && d->stride == 1 &&
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
+    /* direct 3x3 kernels where the padded grid wastes at most half (not 4x4) */
+    int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
+    if (simd && Ci % (simd == 2 ? 8 : 4) == 0 && Co % (simd == 2 ? 8 : 4) == 0) {
+        /* per image: padded input, output gradient and input gradient, in
+         * a quarter of the im2col budget (1 MB by default: L2-sized) */
+        size_t img = (size_t)(2 * Ci + Co) * (H + 2) * (W + 2), c = work_floats / 4 / img;
+        d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
+        d->direct = simd;
+        d->ld = conv3_ld(d->chunk, H, W);
+        d->work_per = (size_t)(2 * Ci + Co) * d->ld + (size_t)Co * Ci * 9;
+        return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
+    }
     if (conv_direct(d)) {
         int c = (N + 2 * T - 1) / (2 * T);
         d->chunk = c < 1 ? 1 : c;
@@ -236,12 +249,21 @@ typedef struct {
     float *out, *dinp, *dw, *work;
     const float *inp, *w, *dout;
     int tasks;
+    const float *wr; /* direct: the rearranged weights */
 } conv_job;
 
 static void conv_fwd_task(void *ctx, int t, int th)
 {
     const conv_job *j = ctx;
     const nn_conv *d = j->d;
+    if (d->direct) {
+        const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
+        float *x = j->work + (size_t)th * d->work_per, *y = x + (size_t)d->Ci * d->ld;
+        conv3_pad(x, d->ld, j->inp, d->Ci, d->N, n0, n, d->H, d->W);
+        conv3_forward(d->direct, y, x, j->wr, d->Ci, d->Co, d->ld, n, d->H, d->W);
+        conv3_unpad(j->out, y, d->ld, d->Co, d->N, n0, n, d->H, d->W, 0);
+        return;
+    }
     const int K = d->Ci * d->k * d->k, n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
     const size_t HoWo = (size_t)d->Ho * d->Wo, NHoWo = (size_t)d->N * HoWo;
     const float *b = j->inp + n0 * HoWo;
@@ -257,7 +279,12 @@ static void conv_fwd_task(void *ctx, int t, int th)
 
 void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
 {
-    conv_job j = {d, out, NULL, NULL, work, inp, w, NULL, (d->N + d->chunk - 1) / d->chunk};
+    conv_job j = {d, out, NULL, NULL, work, inp, w, NULL, (d->N + d->chunk - 1) / d->chunk, NULL};
+    if (d->direct) {
+        float *wr = work + (size_t)d->nthreads * d->work_per;
+        conv3_weights_fwd(wr, w, d->Co, d->Ci);
+        j.wr = wr;
+    }
     par_for_max(j.tasks, d->nthreads, conv_fwd_task, &j);
 }
 
@@ -271,6 +298,19 @@ static void conv_bwd_task(void *ctx, int t, int th)
     float *col = j->work + (size_t)th * d->work_per;
     float *dw = th ? col + (d->work_per - (size_t)d->Co * K) : j->dw; /* thread 0 adds straight into dw */
     const float *dout = j->dout + n0 * HoWo;
+    if (d->direct) {
+        float *x = col, *dy = x + (size_t)d->Ci * d->ld, *dx = dy + (size_t)d->Co * d->ld;
+        conv3_pad(dy, d->ld, j->dout, d->Co, d->N, n0, n, d->H, d->W);
+        if (j->dw) {
+            conv3_pad(x, d->ld, j->inp, d->Ci, d->N, n0, n, d->H, d->W);
+            conv3_dweight(d->direct, dw, dy, x, d->Co, d->Ci, d->ld, n, d->H, d->W);
+        }
+        if (j->dinp) {
+            conv3_forward(d->direct, dx, dy, j->wr, d->Co, d->Ci, d->ld, n, d->H, d->W);
+            conv3_unpad(j->dinp, dx, d->ld, d->Ci, d->N, n0, n, d->H, d->W, 1);
+        }
+        return;
+    }
     if (conv_direct(d)) {
         if (j->dw)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, cols, 1.0f, dout, (int)NHoWo, j->inp + n0 * HoWo,
@@ -292,8 +332,13 @@ static void conv_bwd_task(void *ctx, int t, int th)
 
 void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
 {
-    conv_job j = {d, NULL, dinp, dw, work, inp, w, dout, (d->N + d->chunk - 1) / d->chunk};
+    conv_job j = {d, NULL, dinp, dw, work, inp, w, dout, (d->N + d->chunk - 1) / d->chunk, NULL};
     const size_t nw = (size_t)d->Co * d->Ci * d->k * d->k;
+    if (d->direct && dinp) {
+        float *wr = work + (size_t)d->nthreads * d->work_per;
+        conv3_weights_bwd(wr, w, d->Co, d->Ci);
+        j.wr = wr;
+    }
     int T = d->nthreads < j.tasks ? d->nthreads : j.tasks;
     if (T > par_threads()) T = par_threads();
     if (dw)

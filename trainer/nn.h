@@ -28,12 +28,18 @@ typedef struct {
     int chunk;       /* images per lowered GEMM (set by nn_conv_init) */
     int nthreads;    /* par_threads() at nn_conv_init: chunks run side by side */
     size_t work_per; /* scratch floats per thread */
+    int direct;      /* 3x3 stride 1 pad 1 on the direct kernels (conv3.h): their SIMD level, else 0 */
+    size_t ld;       /* direct: floats per channel of a chunk in the padded layout */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
  * per thread (the chunk is the most images whose im2col fits, at least 1,
  * at most N / threads). Returns the scratch floats the calls need:
- * per thread, the chunk's im2col and a private weight gradient. */
+ * per thread, the chunk's im2col and a private weight gradient.
+ * 3x3 stride-1 pad-1 convolutions whose channel counts are multiples of 8
+ * (4 with AVX2 only) run on the direct kernels of conv3.h instead, with
+ * chunks of padded images sized for the L2 cache (MOCO_CONV3=0 turns them
+ * off); the scratch then holds the padded chunks and the rearranged weights. */
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats);
 /* Multiply-adds of one forward pass. */
 double nn_conv_macs(const nn_conv *d);
