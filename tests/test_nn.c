@@ -198,12 +198,15 @@ static void test_conv_vs_ref(void **st)
 }
 
 /* the direct 3x3 kernels (conv3.h) at every SIMD level this CPU has ==
- * the reference: odd and non-square planes, one image per chunk and many,
- * 1 and 2 threads; dinp and dw add to what is there */
+ * the reference: odd and non-square planes, stride 1 and 2, partial groups
+ * of 16 images, one image per chunk and many, 1 and 2 threads; dinp and dw
+ * add to what is there */
 static void test_conv3_vs_ref(void **st)
 {
     (void)st;
-    const int cases[][5] = {{3, 8, 7, 7, 16}, {5, 16, 6, 4, 8}, {2, 8, 9, 5, 8}, {4, 16, 8, 8, 24}};
+    /* N, Ci, H, W, Co, stride */
+    const int cases[][6] = {{3, 8, 7, 7, 16, 1},  {5, 16, 6, 4, 8, 1},  {2, 8, 9, 5, 8, 1},   {4, 16, 8, 8, 24, 1},
+                            {18, 8, 4, 4, 8, 1},  {3, 8, 8, 8, 16, 2},  {17, 4, 9, 7, 8, 2},  {20, 8, 16, 16, 4, 2}};
     const int top = conv3_simd();
     if (!top) printf("no AVX2/AVX-512 here: the direct kernels are not used\n");
     for (int level = top; level >= 1; level--)
@@ -211,13 +214,15 @@ static void test_conv3_vs_ref(void **st)
             for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
                 conv3_set_simd(level);
                 par_set_threads(t);
-                const int *q = cases[c], N = q[0], Ci = q[1], H = q[2], W = q[3], Co = q[4];
+                const int *q = cases[c], N = q[0], Ci = q[1], H = q[2], W = q[3], Co = q[4], S = q[5];
                 nn_conv d;
-                size_t work = nn_conv_init(&d, N, Ci, H, W, Co, 3, 1, 1, c % 2 ? (size_t)1 << 20 : 40);
-                printf("conv3 level %d: N %d Ci %d %dx%d Co %d, %d thread(s), chunk %d, direct %d\n", level, N, Ci, H, W, Co, t,
-                       d.chunk, d.direct);
-                assert_int_equal(d.direct, level);
-                size_t nx = (size_t)N * Ci * H * W, ny = (size_t)N * Co * H * W, nw = (size_t)Co * Ci * 9;
+                size_t work = nn_conv_init(&d, N, Ci, H, W, Co, 3, S, 1, c % 2 ? (size_t)1 << 20 : 40);
+                printf("conv3 level %d: N %d Ci %d %dx%d Co %d stride %d, %d thread(s), chunk %d, direct %d, lanes %d\n", level, N,
+                       Ci, H, W, Co, S, t, d.chunk, d.direct, d.lanes);
+                if (S == 2) assert_int_equal(d.lanes, level == 2);
+                else if (level == 2) assert_true(d.direct == 2 || d.lanes);
+                else assert_int_equal(d.direct, (H + 2) * (W + 2) <= 2 * H * W); /* the padded grid: not on tiny planes */
+                size_t nx = (size_t)N * Ci * H * W, ny = (size_t)N * Co * d.Ho * d.Wo, nw = (size_t)Co * Ci * 9;
                 float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
                       *dwr = fz(nw), *wk = fz(work);
                 randn(x, nx, 50 + c), randn(w, nw, 60 + c), randn(dy, ny, 70 + c), randn(dx, nx, 80 + c), randn(dw, nw, 90 + c);

@@ -97,11 +97,137 @@ void conv3_weights_fwd(float *wr, const float *w, int Co, int Ci)
             for (int t = 0; t < 9; t++) wr[((size_t)ci * 9 + t) * Co + co] = w[((size_t)co * Ci + ci) * 9 + t];
 }
 
-void conv3_weights_bwd(float *wr, const float *w, int Co, int Ci)
+void conv3_weights_bwd(float *wr, const float *w, int Co, int Ci, int flip)
 {
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++)
-            for (int t = 0; t < 9; t++) wr[((size_t)co * 9 + t) * Ci + ci] = w[((size_t)co * Ci + ci) * 9 + (8 - t)];
+            for (int t = 0; t < 9; t++) wr[((size_t)co * 9 + t) * Ci + ci] = w[((size_t)co * Ci + ci) * 9 + (flip ? 8 - t : t)];
+}
+
+size_t conv3l_ld(int n, int Hs, int Ws) { return (size_t)((n + 15) / 16) * Hs * Ws * 16; }
+
+#if CONV3_X86
+/* r[16] (16 rows of 16) transposed in place: unpacks within 128-bit
+ * blocks, then a 4x4 transpose of the blocks. */
+__attribute__((target("avx512f"))) static inline void tr16(__m512 *r)
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD),
+               v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88), v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+        r[j] = _mm512_shuffle_f32x4(v0, v2, 0x88), r[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88), r[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
+/* 16 consecutive positions i0.. of m image planes s[l] -> 16 vectors at d + off[k] */
+__attribute__((target("avx512f"))) static void pack16(float *d, const long *off, const float *const *s, int m, size_t i0)
+{
+    __m512 r[16];
+    for (int l = 0; l < 16; l++) r[l] = l < m ? _mm512_loadu_ps(s[l] + i0) : _mm512_setzero_ps();
+    tr16(r);
+    for (int k = 0; k < 16; k++) _mm512_storeu_ps(d + off[k], r[k]);
+}
+
+__attribute__((target("avx512f"))) static void unpack16(float *const *d, int m, size_t i0, const float *s, const long *off, int add)
+{
+    __m512 r[16];
+    for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(s + off[k]);
+    tr16(r);
+    for (int l = 0; l < m; l++)
+        _mm512_storeu_ps(d[l] + i0, add ? _mm512_add_ps(_mm512_loadu_ps(d[l] + i0), r[l]) : r[l]);
+}
+#endif
+
+/* Offsets (floats) of the lanes vectors of plane positions i0..i0+15. */
+static void lane_offsets(long *off, size_t i0, int W, int Ws, int p)
+{
+    for (int k = 0; k < 16; k++) {
+        size_t i = i0 + k;
+        off[k] = ((long)(i / W + p) * Ws + (long)(i % W) + p) * 16;
+    }
+}
+
+void conv3l_pack(float *dst, size_t ld, const float *src, int C, int N, int n0, int n, int H, int W, int p)
+{
+    const int Hs = H + 2 * p, Ws = W + 2 * p, G = (n + 15) / 16;
+    const size_t HW = (size_t)H * W, gs = (size_t)Hs * Ws * 16;
+    const int fast = CONV3_X86 && conv3_simd() == 2 && HW % 16 == 0;
+    (void)fast;
+    for (int c = 0; c < C; c++)
+        for (int g = 0; g < G; g++) {
+            float *d = dst + (size_t)c * ld + (size_t)g * gs;
+            const int m = n - g * 16 < 16 ? n - g * 16 : 16;
+            const float *s[16];
+            for (int l = 0; l < m; l++) s[l] = src + ((size_t)c * N + n0 + g * 16 + l) * HW;
+            if (p) { /* the border: first and last rows, and the sides */
+                memset(d, 0, sizeof(float) * 16 * (size_t)Ws);
+                memset(d + (size_t)(Hs - 1) * Ws * 16, 0, sizeof(float) * 16 * (size_t)Ws);
+                for (int h = 1; h < Hs - 1; h++) {
+                    memset(d + (size_t)h * Ws * 16, 0, sizeof(float) * 16);
+                    memset(d + ((size_t)h * Ws + Ws - 1) * 16, 0, sizeof(float) * 16);
+                }
+            }
+#if CONV3_X86
+            if (fast) {
+                long off[16];
+                for (size_t i0 = 0; i0 < HW; i0 += 16) {
+                    lane_offsets(off, i0, W, Ws, p);
+                    pack16(d, off, s, m, i0);
+                }
+                continue;
+            }
+#endif
+            if (m < 16)
+                for (int h = 0; h < H; h++) memset(d + ((size_t)(h + p) * Ws + p) * 16, 0, sizeof(float) * 16 * (size_t)W);
+            for (int h = 0; h < H; h++)
+                for (int w = 0; w < W; w++) {
+                    float *o = d + ((size_t)(h + p) * Ws + w + p) * 16;
+                    const size_t i = (size_t)h * W + w;
+                    for (int l = 0; l < m; l++) o[l] = s[l][i];
+                }
+        }
+}
+
+void conv3l_unpack(float *dst, const float *src, size_t ld, int C, int N, int n0, int n, int H, int W, int p, int add)
+{
+    const int Hs = H + 2 * p, Ws = W + 2 * p, G = (n + 15) / 16;
+    const size_t HW = (size_t)H * W, gs = (size_t)Hs * Ws * 16;
+    const int fast = CONV3_X86 && conv3_simd() == 2 && HW % 16 == 0;
+    (void)fast;
+    for (int c = 0; c < C; c++)
+        for (int g = 0; g < G; g++) {
+            const float *sg = src + (size_t)c * ld + (size_t)g * gs;
+            const int m = n - g * 16 < 16 ? n - g * 16 : 16;
+            float *d[16];
+            for (int l = 0; l < m; l++) d[l] = dst + ((size_t)c * N + n0 + g * 16 + l) * HW;
+#if CONV3_X86
+            if (fast) {
+                long off[16];
+                for (size_t i0 = 0; i0 < HW; i0 += 16) {
+                    lane_offsets(off, i0, W, Ws, p);
+                    unpack16(d, m, i0, sg, off, add);
+                }
+                continue;
+            }
+#endif
+            for (int h = 0; h < H; h++)
+                for (int w = 0; w < W; w++) {
+                    const float *v = sg + ((size_t)(h + p) * Ws + w + p) * 16;
+                    const size_t i = (size_t)h * W + w;
+                    if (add)
+                        for (int l = 0; l < m; l++) d[l][i] += v[l];
+                    else
+                        for (int l = 0; l < m; l++) d[l][i] = v[l];
+                }
+        }
 }
 
 #if CONV3_X86
@@ -239,6 +365,116 @@ __attribute__((target("avx2,fma"))) static void dw256(float *dw, const float *dy
             }
 }
 
+/* ---- image lanes, AVX-512: 4 channels x 4 positions of 16 images ---- */
+
+#define LF(i)                                                                                                         \
+    b = _mm512_set1_ps(wt[i]);                                                                                        \
+    a##i##0 = _mm512_fmadd_ps(b, x0, a##i##0), a##i##1 = _mm512_fmadd_ps(b, x1, a##i##1),                             \
+    a##i##2 = _mm512_fmadd_ps(b, x2, a##i##2), a##i##3 = _mm512_fmadd_ps(b, x3, a##i##3)
+#define LST(i)                                                                                                        \
+    _mm512_storeu_ps(o + (size_t)(i) * ldo, a##i##0), _mm512_storeu_ps(o + (size_t)(i) * ldo + 16, a##i##1),          \
+        _mm512_storeu_ps(o + (size_t)(i) * ldo + 32, a##i##2), _mm512_storeu_ps(o + (size_t)(i) * ldo + 48, a##i##3)
+
+__attribute__((target("avx512f"))) static void lfwd512(float *out, size_t ldo, const float *in, size_t ldi, const float *wr,
+                                                       int Cin, int Cout, int G, int Ho, int Wo, int Hp, int Wp, int s)
+{
+    long off[9];
+    for (int t = 0; t < 9; t++) off[t] = ((long)(t / 3) * Wp + t % 3) * 16;
+    const long st = 16L * s;
+    for (int g = 0; g < G; g++)
+        for (int h = 0; h < Ho; h++)
+            for (int co = 0; co < Cout; co += 4)
+                for (int w = 0; w < Wo; w += 4) {
+                    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+                           a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00, b;
+                    const float *xb = in + (((size_t)g * Hp + (size_t)s * h) * Wp + (size_t)s * w) * 16;
+                    for (int ci = 0; ci < Cin; ci++) {
+                        const float *x = xb + (size_t)ci * ldi, *wc = wr + (size_t)ci * 9 * Cout + co;
+                        for (int t = 0; t < 9; t++) {
+                            const float *xp = x + off[t], *wt = wc + (size_t)t * Cout;
+                            __m512 x0 = _mm512_loadu_ps(xp), x1 = _mm512_loadu_ps(xp + st), x2 = _mm512_loadu_ps(xp + 2 * st),
+                                   x3 = _mm512_loadu_ps(xp + 3 * st);
+                            LF(0);
+                            LF(1);
+                            LF(2);
+                            LF(3);
+                        }
+                    }
+                    float *o = out + (size_t)co * ldo + (((size_t)g * Ho + h) * Wo + w) * 16;
+                    LST(0), LST(1), LST(2), LST(3);
+                }
+}
+
+__attribute__((target("avx512f"))) static void ldw512(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx,
+                                                      int Co, int Ci, int G, int Ho, int Wo, int Hp, int Wp, int s)
+{
+    /* blocks of RB output rows (across groups): about 64 positions, whose
+     * data stays in L2 over the 9 taps and all channel pairs */
+    const int rows = G * Ho, RB = Wo >= 64 ? 1 : (64 + Wo - 1) / Wo;
+    for (int r0 = 0; r0 < rows; r0 += RB) {
+        const int r1 = r0 + RB < rows ? r0 + RB : rows;
+        for (int t = 0; t < 9; t++)
+            for (int co = 0; co < Co; co += 4)
+                for (int ci = 0; ci < Ci; ci += 4) {
+                    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
+                           c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+                    for (int r = r0; r < r1; r++) {
+                        const int g = r / Ho, h = r % Ho;
+                        const float *y = dy + (size_t)co * ldy + (size_t)r * Wo * 16;
+                        const float *xx = x + (size_t)ci * ldx + (((size_t)g * Hp + (size_t)s * h + t / 3) * Wp + t % 3) * 16;
+                        for (int w = 0; w < Wo; w++) {
+                            const float *yw = y + (size_t)w * 16, *xw = xx + (size_t)s * w * 16;
+                            __m512 y0 = _mm512_loadu_ps(yw), y1 = _mm512_loadu_ps(yw + ldy), y2 = _mm512_loadu_ps(yw + 2 * ldy),
+                                   y3 = _mm512_loadu_ps(yw + 3 * ldy);
+                            __m512 x0 = _mm512_loadu_ps(xw), x1 = _mm512_loadu_ps(xw + ldx), x2 = _mm512_loadu_ps(xw + 2 * ldx),
+                                   x3 = _mm512_loadu_ps(xw + 3 * ldx);
+                            DW4(0);
+                            DW4(1);
+                            DW4(2);
+                            DW4(3);
+                        }
+                    }
+                    RED512(0, 0), RED512(0, 1), RED512(0, 2), RED512(0, 3), RED512(1, 0), RED512(1, 1), RED512(1, 2),
+                        RED512(1, 3);
+                    RED512(2, 0), RED512(2, 1), RED512(2, 2), RED512(2, 3), RED512(3, 0), RED512(3, 1), RED512(3, 2),
+                        RED512(3, 3);
+                }
+    }
+}
+
+#define LSC(i)                                                                                                        \
+    _mm512_storeu_ps(o + (size_t)(i) * ldx, _mm512_add_ps(_mm512_loadu_ps(o + (size_t)(i) * ldx), a##i##0)),          \
+        _mm512_storeu_ps(o + (size_t)(i) * ldx + st, _mm512_add_ps(_mm512_loadu_ps(o + (size_t)(i) * ldx + st), a##i##1)), \
+        _mm512_storeu_ps(o + (size_t)(i) * ldx + 2 * st,                                                              \
+                         _mm512_add_ps(_mm512_loadu_ps(o + (size_t)(i) * ldx + 2 * st), a##i##2)),                    \
+        _mm512_storeu_ps(o + (size_t)(i) * ldx + 3 * st, _mm512_add_ps(_mm512_loadu_ps(o + (size_t)(i) * ldx + 3 * st), a##i##3))
+
+__attribute__((target("avx512f"))) static void ldx512(float *dx, size_t ldx, const float *dy, size_t ldy, const float *wb,
+                                                      int Co, int Ci, int G, int Ho, int Wo, int Hp, int Wp, int s)
+{
+    const long st = 16L * s;
+    for (int g = 0; g < G; g++)
+        for (int h = 0; h < Ho; h++)
+            for (int w = 0; w < Wo; w += 4)
+                for (int ci = 0; ci < Ci; ci += 4)
+                    for (int t = 0; t < 9; t++) {
+                        __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+                               a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00, b;
+                        const float *yb = dy + (((size_t)g * Ho + h) * Wo + w) * 16;
+                        for (int co = 0; co < Co; co++) {
+                            const float *yp = yb + (size_t)co * ldy, *wt = wb + ((size_t)co * 9 + t) * Ci + ci;
+                            __m512 x0 = _mm512_loadu_ps(yp), x1 = _mm512_loadu_ps(yp + 16), x2 = _mm512_loadu_ps(yp + 32),
+                                   x3 = _mm512_loadu_ps(yp + 48);
+                            LF(0);
+                            LF(1);
+                            LF(2);
+                            LF(3);
+                        }
+                        float *o = dx + (size_t)ci * ldx + (((size_t)g * Hp + (size_t)s * h + t / 3) * Wp + (size_t)s * w + t % 3) * 16;
+                        LSC(0), LSC(1), LSC(2), LSC(3);
+                    }
+}
+
 #endif /* CONV3_X86 */
 
 static void offsets(long *off, int W)
@@ -281,4 +517,62 @@ void conv3_dweight(int simd, float *dw, const float *dy, const float *x, int Co,
                 for (size_t q = 0; q < Q; q++) s += dy[(size_t)co * ld + q] * x[(size_t)ci * ld + q + off[t]];
                 dw[((size_t)co * Ci + ci) * 9 + t] += s;
             }
+}
+
+/* The lanes kernels exist for AVX-512 only: nn.c uses them when
+ * conv3_simd() == 2; the plain loops below keep other builds linking. */
+void conv3l_forward(float *out, size_t ldo, const float *in, size_t ldi, const float *wr, int Cin, int Cout, int G, int Ho,
+                    int Wo, int Hp, int Wp, int s)
+{
+#if CONV3_X86
+    if (conv3_simd() == 2) return lfwd512(out, ldo, in, ldi, wr, Cin, Cout, G, Ho, Wo, Hp, Wp, s);
+#endif
+    for (int co = 0; co < Cout; co++)
+        for (size_t p = 0; p < (size_t)G * Ho * Wo; p++)
+            for (int l = 0; l < 16; l++) {
+                const size_t g = p / ((size_t)Ho * Wo), h = p / Wo % Ho, w = p % Wo;
+                float a = 0;
+                for (int ci = 0; ci < Cin; ci++)
+                    for (int t = 0; t < 9; t++)
+                        a += wr[((size_t)ci * 9 + t) * Cout + co] *
+                             in[(size_t)ci * ldi + ((g * Hp + s * h + t / 3) * Wp + s * w + t % 3) * 16 + l];
+                out[(size_t)co * ldo + p * 16 + l] = a;
+            }
+}
+
+void conv3l_dweight(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx, int Co, int Ci, int G, int Ho, int Wo,
+                    int Hp, int Wp, int s)
+{
+#if CONV3_X86
+    if (conv3_simd() == 2) return ldw512(dw, dy, ldy, x, ldx, Co, Ci, G, Ho, Wo, Hp, Wp, s);
+#endif
+    for (int co = 0; co < Co; co++)
+        for (int ci = 0; ci < Ci; ci++)
+            for (int t = 0; t < 9; t++) {
+                float a = 0;
+                for (size_t p = 0; p < (size_t)G * Ho * Wo; p++) {
+                    const size_t g = p / ((size_t)Ho * Wo), h = p / Wo % Ho, w = p % Wo;
+                    for (int l = 0; l < 16; l++)
+                        a += dy[(size_t)co * ldy + p * 16 + l] *
+                             x[(size_t)ci * ldx + ((g * Hp + s * h + t / 3) * Wp + s * w + t % 3) * 16 + l];
+                }
+                dw[((size_t)co * Ci + ci) * 9 + t] += a;
+            }
+}
+
+void conv3l_dinput(float *dx, size_t ldx, const float *dy, size_t ldy, const float *wb, int Co, int Ci, int G, int Ho, int Wo,
+                   int Hp, int Wp, int s)
+{
+#if CONV3_X86
+    if (conv3_simd() == 2) return ldx512(dx, ldx, dy, ldy, wb, Co, Ci, G, Ho, Wo, Hp, Wp, s);
+#endif
+    for (int ci = 0; ci < Ci; ci++)
+        for (size_t p = 0; p < (size_t)G * Ho * Wo; p++)
+            for (int t = 0; t < 9; t++)
+                for (int l = 0; l < 16; l++) {
+                    const size_t g = p / ((size_t)Ho * Wo), h = p / Wo % Ho, w = p % Wo;
+                    float a = 0;
+                    for (int co = 0; co < Co; co++) a += wb[((size_t)co * 9 + t) * Ci + ci] * dy[(size_t)co * ldy + p * 16 + l];
+                    dx[(size_t)ci * ldx + ((g * Hp + s * h + t / 3) * Wp + s * w + t % 3) * 16 + l] += a;
+                }
 }

@@ -31,9 +31,9 @@ void conv3_pad(float *dst, size_t ld, const float *src, int C, int N, int n0, in
 void conv3_unpad(float *dst, const float *src, size_t ld, int C, int N, int n0, int n, int H, int W, int add);
 
 /* Weights w (Co,Ci,3,3) rearranged for the kernels: fwd (Ci,9,Co); bwd
- * (Co,9,Ci) flipped (the data gradient's weights). */
+ * (Co,9,Ci), flipped (the data gradient's weights) when flip. */
 void conv3_weights_fwd(float *wr, const float *w, int Co, int Ci);
-void conv3_weights_bwd(float *wr, const float *w, int Co, int Ci);
+void conv3_weights_bwd(float *wr, const float *w, int Co, int Ci, int flip);
 
 /* out (Cout, ld) grid positions 0..n*P: out[co][q] = sum over ci, t of
  * wr[ci][t][co] * in[ci][q + off(t)]; in (Cin, ld) padded. Cout % 8 == 0. */
@@ -41,5 +41,33 @@ void conv3_forward(int simd, float *out, const float *in, const float *wr, int C
 /* dw (Co,Ci,3,3) += sum over the grid of dy[co][q] * x[ci][q + off(t)];
  * dy, x (C, ld) padded. Ci % 4 == 0, Co % 4 == 0. */
 void conv3_dweight(int simd, float *dw, const float *dy, const float *x, int Co, int Ci, size_t ld, int n, int H, int W);
+
+/* ---- the image-lanes layout (AVX-512 only) ----
+ * For small planes and stride 2: 16 images sit in the 16 lanes of a vector.
+ * A chunk of n images of one channel is ceil(n/16) groups of Hs x Ws
+ * positions of 16 floats (lanes past n are zero); the plane has a border of
+ * p zeros (Hs = H + 2p). Every tap of every output position is then one
+ * aligned vector, for stride 1 or 2, with no grid positions wasted. */
+
+/* Floats per channel of n images in the lanes layout of Hs x Ws planes. */
+size_t conv3l_ld(int n, int Hs, int Ws);
+/* dst (C, ld) = images n0..n0+n of src (C,N,H,W) in the lanes layout, border p. */
+void conv3l_pack(float *dst, size_t ld, const float *src, int C, int N, int n0, int n, int H, int W, int p);
+/* dst (C,N,H,W) images n0.. = (add: +=) the interior of src (C, ld), border p. */
+void conv3l_unpack(float *dst, const float *src, size_t ld, int C, int N, int n0, int n, int H, int W, int p, int add);
+/* out (Cout, ldo) unpadded Ho x Wo: out[co][h,w] = sum over ci, kh, kw of
+ * wr[ci][kh*3+kw][co] * in[ci][s*h+kh, s*w+kw]; in (Cin, ldi) with border 1
+ * (Hp x Wp); G groups; Cout % 4 == 0, Wo % 4 == 0. */
+void conv3l_forward(float *out, size_t ldo, const float *in, size_t ldi, const float *wr, int Cin, int Cout, int G, int Ho,
+                    int Wo, int Hp, int Wp, int s);
+/* dw (Co,Ci,3,3) += sum of dy[co][h,w] * x[ci][s*h+kh, s*w+kw]; dy (Co, ldy)
+ * unpadded, x (Ci, ldx) border 1. Co % 4 == 0, Ci % 4 == 0. */
+void conv3l_dweight(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx, int Co, int Ci, int G, int Ho, int Wo,
+                    int Hp, int Wp, int s);
+/* dx (Ci, ldx) border 1 (zeroed by the caller) += at [s*h+kh, s*w+kw] the
+ * sum over co of wb[co][kh*3+kw][ci] * dy[co][h,w] (wb: conv3_weights_bwd
+ * unflipped); dy (Co, ldy) unpadded. Ci % 4 == 0, Wo % 4 == 0. */
+void conv3l_dinput(float *dx, size_t ldx, const float *dy, size_t ldy, const float *wb, int Co, int Ci, int G, int Ho, int Wo,
+                   int Hp, int Wp, int s);
 
 #endif

@@ -80,12 +80,33 @@ void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW)
 
 static int conv_direct(const nn_conv *d) { return d->k == 1 && d->stride == 1 && d->pad == 0; }
 
+/* Channel strides of the lanes layout: padded input, output, padded output. */
+static void conv_lanes_lds(const nn_conv *d, size_t *ldx, size_t *ldy, size_t *ldyp)
+{
+    *ldx = conv3l_ld(d->chunk, d->H + 2, d->W + 2);
+    *ldy = conv3l_ld(d->chunk, d->Ho, d->Wo);
+    *ldyp = conv3l_ld(d->chunk, d->Ho + 2, d->Wo + 2);
+}
+
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
+    /* image-lanes kernels: stride 2, and stride 1 on small planes */
+    if (conv3_simd() == 2 && k == 3 && pad == 1 && (stride == 2 || (stride == 1 && H * W <= 64)) && d->Ho > 0 &&
+        d->Wo % 4 == 0 && Ci % 4 == 0 && Co % 4 == 0) {
+        size_t grp = 16 * ((size_t)2 * Ci * (H + 2) * (W + 2) + (size_t)Co * ((size_t)d->Ho * d->Wo + (size_t)(d->Ho + 2) * (d->Wo + 2)));
+        size_t c = work_floats / 4 / grp, most16 = ((size_t)most + 15) / 16;
+        c = c < 1 ? 1 : c > most16 ? most16 : c;
+        d->chunk = (int)(16 * c);
+        d->lanes = 1;
+        size_t ldx, ldy, ldyp;
+        conv_lanes_lds(d, &ldx, &ldy, &ldyp);
+        d->work_per = 2 * (size_t)Ci * ldx + (size_t)Co * (ldy + ldyp) + (size_t)Co * Ci * 9;
+        return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
+    }
     /* direct 3x3 kernels where the padded grid wastes at most half (not 4x4) */
     int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
     if (simd && Ci % (simd == 2 ? 8 : 4) == 0 && Co % (simd == 2 ? 8 : 4) == 0) {
@@ -256,6 +277,16 @@ static void conv_fwd_task(void *ctx, int t, int th)
 {
     const conv_job *j = ctx;
     const nn_conv *d = j->d;
+    if (d->lanes) {
+        const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
+        size_t ldx, ldy, ldyp;
+        conv_lanes_lds(d, &ldx, &ldy, &ldyp);
+        float *x = j->work + (size_t)th * d->work_per, *y = x + (size_t)d->Ci * ldx;
+        conv3l_pack(x, ldx, j->inp, d->Ci, d->N, n0, n, d->H, d->W, 1);
+        conv3l_forward(y, ldy, x, ldx, j->wr, d->Ci, d->Co, (n + 15) / 16, d->Ho, d->Wo, d->H + 2, d->W + 2, d->stride);
+        conv3l_unpack(j->out, y, ldy, d->Co, d->N, n0, n, d->Ho, d->Wo, 0, 0);
+        return;
+    }
     if (d->direct) {
         const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
         float *x = j->work + (size_t)th * d->work_per, *y = x + (size_t)d->Ci * d->ld;
@@ -280,7 +311,7 @@ static void conv_fwd_task(void *ctx, int t, int th)
 void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
 {
     conv_job j = {d, out, NULL, NULL, work, inp, w, NULL, (d->N + d->chunk - 1) / d->chunk, NULL};
-    if (d->direct) {
+    if (d->direct || d->lanes) {
         float *wr = work + (size_t)d->nthreads * d->work_per;
         conv3_weights_fwd(wr, w, d->Co, d->Ci);
         j.wr = wr;
@@ -298,6 +329,28 @@ static void conv_bwd_task(void *ctx, int t, int th)
     float *col = j->work + (size_t)th * d->work_per;
     float *dw = th ? col + (d->work_per - (size_t)d->Co * K) : j->dw; /* thread 0 adds straight into dw */
     const float *dout = j->dout + n0 * HoWo;
+    if (d->lanes) {
+        size_t ldx, ldy, ldyp;
+        conv_lanes_lds(d, &ldx, &ldy, &ldyp);
+        const int G = (n + 15) / 16, s = d->stride;
+        float *x = col, *y = x + (size_t)d->Ci * ldx, *yp = y + (size_t)d->Co * ldy, *dx = yp + (size_t)d->Co * ldyp;
+        conv3l_pack(y, ldy, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 0);
+        if (j->dw) {
+            conv3l_pack(x, ldx, j->inp, d->Ci, d->N, n0, n, d->H, d->W, 1);
+            conv3l_dweight(dw, y, ldy, x, ldx, d->Co, d->Ci, G, d->Ho, d->Wo, d->H + 2, d->W + 2, s);
+        }
+        if (j->dinp && s == 1) { /* a convolution of the padded gradient with the flipped weights */
+            size_t ldu = conv3l_ld(d->chunk, d->H, d->W);
+            conv3l_pack(yp, ldyp, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 1);
+            conv3l_forward(dx, ldu, yp, ldyp, j->wr, d->Co, d->Ci, G, d->H, d->W, d->Ho + 2, d->Wo + 2, 1);
+            conv3l_unpack(j->dinp, dx, ldu, d->Ci, d->N, n0, n, d->H, d->W, 0, 1);
+        } else if (j->dinp) { /* stride 2: each tap's product added at its input positions */
+            memset(dx, 0, sizeof(float) * (size_t)d->Ci * ldx);
+            conv3l_dinput(dx, ldx, y, ldy, j->wr, d->Co, d->Ci, G, d->Ho, d->Wo, d->H + 2, d->W + 2, s);
+            conv3l_unpack(j->dinp, dx, ldx, d->Ci, d->N, n0, n, d->H, d->W, 1, 1);
+        }
+        return;
+    }
     if (d->direct) {
         float *x = col, *dy = x + (size_t)d->Ci * d->ld, *dx = dy + (size_t)d->Co * d->ld;
         conv3_pad(dy, d->ld, j->dout, d->Co, d->N, n0, n, d->H, d->W);
@@ -334,9 +387,9 @@ void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp
 {
     conv_job j = {d, NULL, dinp, dw, work, inp, w, dout, (d->N + d->chunk - 1) / d->chunk, NULL};
     const size_t nw = (size_t)d->Co * d->Ci * d->k * d->k;
-    if (d->direct && dinp) {
+    if ((d->direct || d->lanes) && dinp) {
         float *wr = work + (size_t)d->nthreads * d->work_per;
-        conv3_weights_bwd(wr, w, d->Co, d->Ci);
+        conv3_weights_bwd(wr, w, d->Co, d->Ci, d->direct || d->stride == 1);
         j.wr = wr;
     }
     int T = d->nthreads < j.tasks ? d->nthreads : j.tasks;

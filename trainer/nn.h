@@ -29,6 +29,7 @@ typedef struct {
     int nthreads;    /* par_threads() at nn_conv_init: chunks run side by side */
     size_t work_per; /* scratch floats per thread */
     int direct;      /* 3x3 stride 1 pad 1 on the direct kernels (conv3.h): their SIMD level, else 0 */
+    int lanes;       /* 3x3 pad 1 on the image-lanes kernels (conv3.h, AVX-512) */
     size_t ld;       /* direct: floats per channel of a chunk in the padded layout */
 } nn_conv;
 
@@ -39,7 +40,10 @@ typedef struct {
  * 3x3 stride-1 pad-1 convolutions whose channel counts are multiples of 8
  * (4 with AVX2 only) run on the direct kernels of conv3.h instead, with
  * chunks of padded images sized for the L2 cache (MOCO_CONV3=0 turns them
- * off); the scratch then holds the padded chunks and the rearranged weights. */
+ * off); the scratch then holds the padded chunks and the rearranged weights.
+ * With AVX-512, 3x3 pad-1 convolutions of stride 2, and of stride 1 on
+ * planes of 8x8 or less, run on the image-lanes kernels (channels multiples
+ * of 4, output width a multiple of 4; chunks of 16 images). */
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats);
 /* Multiply-adds of one forward pass. */
 double nn_conv_macs(const nn_conv *d);
