@@ -52,22 +52,48 @@ size_t conv3_ld(int n, int H, int W)
     return (q + 48 + 2 * (size_t)(W + 2) + 2 + 16 + 15) & ~(size_t)15;
 }
 
+/* Plane copies, vectorised as nn.c's element-wise loops (AVX2 clone, no
+ * per-row library calls: rows are 4-32 floats). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CONV3_HOT                                                                                                     \
+    __attribute__((optimize("vect-cost-model=dynamic", "no-tree-loop-distribute-patterns"), target_clones("avx2", "default")))
+#else
+#define CONV3_HOT
+#endif
+
+/* p: the zero-bordered (H+2) x (W+2) plane of s (H x W) */
+CONV3_HOT static void plane_pad(float *restrict p, const float *restrict s, int H, int W)
+{
+    const int W2 = W + 2;
+    for (int i = 0; i < W2 + 1; i++) p[i] = 0.0f;
+    for (int h = 0; h < H; h++) {
+        float *restrict r = p + (size_t)(h + 1) * W2 + 1;
+        const float *restrict sr = s + (size_t)h * W;
+        for (int w = 0; w < W; w++) r[w] = sr[w];
+        r[W] = 0.0f, r[W + 1] = 0.0f; /* right border, next row's left border */
+    }
+    for (int i = 0; i < W2 - 1; i++) p[(size_t)(H + 1) * W2 + 1 + i] = 0.0f;
+}
+
+/* d (H x W) = (add: +=) rows of s with stride W + 2 */
+CONV3_HOT static void plane_unpad(float *restrict d, const float *restrict s, int H, int W, int add)
+{
+    for (int h = 0; h < H; h++) {
+        const float *restrict sr = s + (size_t)h * (W + 2);
+        float *restrict dr = d + (size_t)h * W;
+        if (add)
+            for (int w = 0; w < W; w++) dr[w] += sr[w];
+        else
+            for (int w = 0; w < W; w++) dr[w] = sr[w];
+    }
+}
+
 void conv3_pad(float *dst, size_t ld, const float *src, int C, int N, int n0, int n, int H, int W)
 {
     const size_t W2 = (size_t)W + 2, P = (size_t)(H + 2) * W2;
     for (int c = 0; c < C; c++) {
         float *d = dst + (size_t)c * ld;
-        for (int j = 0; j < n; j++) {
-            const float *s = src + ((size_t)c * N + n0 + j) * H * W;
-            float *p = d + (size_t)j * P;
-            memset(p, 0, sizeof(float) * (W2 + 1));
-            for (int h = 0; h < H; h++) {
-                float *r = p + (h + 1) * W2 + 1;
-                memcpy(r, s + (size_t)h * W, sizeof(float) * (size_t)W);
-                r[W] = 0.0f, r[W + 1] = 0.0f; /* right border, next row's left border */
-            }
-            memset(p + (H + 1) * W2 + 1, 0, sizeof(float) * (W2 - 1));
-        }
+        for (int j = 0; j < n; j++) plane_pad(d + (size_t)j * P, src + ((size_t)c * N + n0 + j) * H * W, H, W);
         memset(d + (size_t)n * P, 0, sizeof(float) * (ld - (size_t)n * P));
     }
 }
@@ -76,18 +102,7 @@ void conv3_unpad(float *dst, const float *src, size_t ld, int C, int N, int n0, 
 {
     const size_t W2 = (size_t)W + 2, P = (size_t)(H + 2) * W2;
     for (int c = 0; c < C; c++)
-        for (int j = 0; j < n; j++) {
-            const float *s = src + (size_t)c * ld + (size_t)j * P;
-            float *d = dst + ((size_t)c * N + n0 + j) * H * W;
-            for (int h = 0; h < H; h++) {
-                const float *restrict sr = s + (size_t)h * W2;
-                float *restrict dr = d + (size_t)h * W;
-                if (add)
-                    for (int w = 0; w < W; w++) dr[w] += sr[w];
-                else
-                    memcpy(dr, sr, sizeof(float) * (size_t)W);
-            }
-        }
+        for (int j = 0; j < n; j++) plane_unpad(dst + ((size_t)c * N + n0 + j) * H * W, src + (size_t)c * ld + (size_t)j * P, H, W, add);
 }
 
 void conv3_weights_fwd(float *wr, const float *w, int Co, int Ci)
@@ -405,17 +420,41 @@ __attribute__((target("avx512f"))) static void lfwd512(float *out, size_t ldo, c
                 }
 }
 
+/* The 16 sums of a00..a33 (lane 4i+j: the sum of the lanes of aij), by a
+ * tree of unpacks and shuffles, added to dw[co+i][ci+j][t]. */
+__attribute__((target("avx512f"))) static void red16(float *dw, int Ci, int co, int ci, int t, __m512 a00, __m512 a01,
+                                                     __m512 a02, __m512 a03, __m512 a10, __m512 a11, __m512 a12, __m512 a13,
+                                                     __m512 a20, __m512 a21, __m512 a22, __m512 a23, __m512 a30, __m512 a31,
+                                                     __m512 a32, __m512 a33)
+{
+#define P1(x, y) _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+#define P2(x, y) _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(x, y, 0xEE))
+#define P3(x, y) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD))
+    __m512 u0 = P2(P1(a00, a01), P1(a02, a03)), u1 = P2(P1(a10, a11), P1(a12, a13)), u2 = P2(P1(a20, a21), P1(a22, a23)),
+           u3 = P2(P1(a30, a31), P1(a32, a33));
+    float v[16];
+    _mm512_storeu_ps(v, P3(P3(u0, u1), P3(u2, u3)));
+#undef P1
+#undef P2
+#undef P3
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) dw[((size_t)(co + i) * Ci + ci + j) * 9 + t] += v[4 * i + j];
+}
+
 __attribute__((target("avx512f"))) static void ldw512(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx,
                                                       int Co, int Ci, int G, int Ho, int Wo, int Hp, int Wp, int s)
 {
-    /* blocks of RB output rows (across groups): about 64 positions, whose
-     * data stays in L2 over the 9 taps and all channel pairs */
-    const int rows = G * Ho, RB = Wo >= 64 ? 1 : (64 + Wo - 1) / Wo;
+    /* blocks of RB output rows (across groups) whose data fits in L2; in a
+     * block, 4 input and 4 output channels stay in L1 over the 9 taps */
+    const int rows = G * Ho;
+    const size_t row_bytes = 64 * ((size_t)Ci * s * Wp + (size_t)Co * Wo);
+    int RB = (int)((512 << 10) / row_bytes);
+    RB = RB < 1 ? 1 : RB > rows ? rows : RB;
     for (int r0 = 0; r0 < rows; r0 += RB) {
         const int r1 = r0 + RB < rows ? r0 + RB : rows;
-        for (int t = 0; t < 9; t++)
+        for (int ci = 0; ci < Ci; ci += 4)
             for (int co = 0; co < Co; co += 4)
-                for (int ci = 0; ci < Ci; ci += 4) {
+                for (int t = 0; t < 9; t++) {
                     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
                            c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
                     for (int r = r0; r < r1; r++) {
@@ -434,10 +473,7 @@ __attribute__((target("avx512f"))) static void ldw512(float *dw, const float *dy
                             DW4(3);
                         }
                     }
-                    RED512(0, 0), RED512(0, 1), RED512(0, 2), RED512(0, 3), RED512(1, 0), RED512(1, 1), RED512(1, 2),
-                        RED512(1, 3);
-                    RED512(2, 0), RED512(2, 1), RED512(2, 2), RED512(2, 3), RED512(3, 0), RED512(3, 1), RED512(3, 2),
-                        RED512(3, 3);
+                    red16(dw, Ci, co, ci, t, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33);
                 }
     }
 }
