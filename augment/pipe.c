@@ -1,13 +1,17 @@
 /* pipe.c: the augmentation worker's side of the pipeline protocol
  * (formats/pipeline.h): `moco augment --connect LOADER --push CONSUMER`.
  *
- * A DEALER connected to the loader receives SAMPLEs, at most as many as
- * this worker advertised in READY(free, received) messages, which it also
- * sends once a second as its heartbeat. Each sample becomes one PAIR pushed
- * to the consumer (views sent without copying), or one FAILED report to the
+ * A DEALER connected to the loader receives records, in SAMPLES batches
+ * (or single SAMPLEs from a version-1 loader), at most as many as this
+ * worker advertised in READY(free, received, batch) messages, which it
+ * sends when a batch's worth of its queue is free and once a second as its
+ * heartbeat. A batch stays one ZeroMQ frame; the queue points into it and
+ * it is freed when its last record is done. Each record becomes one pair,
+ * pushed to the consumer in PAIRS batches, or one FAILED report to the
  * loader. Output waits for the consumer (POLLOUT) while heartbeats go on, so
  * a slow consumer slows this worker down instead of filling its memory.
- * Memory is bounded by --queue records plus one pair.
+ * Memory is bounded by --queue records (and the batch frames they point
+ * into) plus one PAIRS batch.
  *
  * Exit: 0 on the loader's STOP; 1 when the loader is silent for
  * --loader-timeout seconds, or on a signal (augment_pipe_stop set). The
@@ -31,11 +35,64 @@
 
 #define MAX_QUEUE AUGMENT_PIPE_MAX_QUEUE
 
+/* A received frame of records, shared by the queue entries that point
+ * into it; freed with the last of them. */
 typedef struct {
-    zmq_msg_t rec;
+    zmq_msg_t m;
+    int refs;
+} holder;
+
+typedef struct {
+    holder *h;
+    const uint8_t *rec;
+    size_t len;
     uint32_t epoch;
     uint64_t index;
 } queued;
+
+static void release(queued *e)
+{
+    if (e->h && --e->h->refs == 0) {
+        zmq_msg_close(&e->h->m);
+        free(e->h);
+    }
+    e->h = NULL;
+}
+
+/* Queue the records of frame f (a SAMPLE's record, or a SAMPLES's records
+ * as listed in hdr with n entries), taking f over. Returns the records
+ * received; those beyond the queue's room are counted in st->overflow. */
+static uint64_t enqueue(queued *q, int qhead, int *qlen, zmq_msg_t *f, const uint8_t *hdr, uint32_t n,
+                        const moco_wire_sample *one, augment_pipe_stats *st)
+{
+    holder *h = malloc(sizeof *h);
+    if (!h) { /* the loader re-issues what is never acknowledged */
+        st->overflow += n;
+        return n;
+    }
+    zmq_msg_init(&h->m);
+    zmq_msg_move(&h->m, f);
+    h->refs = 1; /* ours until the loop ends */
+    const uint8_t *data = zmq_msg_data(&h->m);
+    size_t off = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        moco_pipe_sample s = {0};
+        if (hdr) moco_pipe_samples_at(hdr, i, &s);
+        else s = (moco_pipe_sample){.epoch = one->epoch, .index = one->index};
+        size_t len = hdr ? s.len : zmq_msg_size(&h->m);
+        if (*qlen == MAX_QUEUE) {
+            st->overflow++; /* the loader broke its credit; it re-issues what is never acknowledged */
+        } else {
+            queued *e = &q[(qhead + (*qlen)++) % MAX_QUEUE];
+            *e = (queued){.h = h, .rec = data + off, .len = len, .epoch = s.epoch, .index = s.index};
+            h->refs++;
+        }
+        off += len;
+    }
+    queued self = {.h = h};
+    release(&self);
+    return n;
+}
 
 volatile sig_atomic_t augment_pipe_stop;
 #define stop_flag augment_pipe_stop
@@ -46,10 +103,10 @@ static void free_view(void *data, void *hint)
     free(data);
 }
 
-static void send_ready(void *dealer, int free_slots, uint64_t received)
+static void send_ready(void *dealer, int free_slots, uint64_t received, int batch)
 {
     uint8_t b[32];
-    size_t n = moco_pipe_ready(b, (uint32_t)(free_slots > 0 ? free_slots : 0), received);
+    size_t n = moco_pipe_ready(b, (uint32_t)(free_slots > 0 ? free_slots : 0), received, (uint32_t)batch);
     zmq_send(dealer, b, n, ZMQ_DONTWAIT);
 }
 
@@ -60,12 +117,17 @@ typedef struct {
     size_t bytes;
 } outpair;
 
-#define OUT_MAX 32                    /* pairs sent together in one PAIRS message ... */
+#define OUT_MAX 64                    /* pairs sent together in one PAIRS message ... */
 #define OUT_BYTES ((size_t)4 << 20)   /* ... or fewer, once they hold this many bytes */
 
 int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
 {
     int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 16;
+    /* records per SAMPLES: a quarter of the queue, so that while this worker
+     * works through one batch, more are on their way (a wake-up of the
+     * loader can take milliseconds on a busy machine) */
+    int batch = cap / 4 > 1 ? cap / 4 : 1;
+    if (batch > MOCO_SAMPLES_MAX) batch = MOCO_SAMPLES_MAX;
     void *zctx = zmq_ctx_new(), *dealer = zmq_socket(zctx, ZMQ_DEALER), *push = zmq_socket(zctx, ZMQ_PUSH);
     /* the high-water mark counts messages, and a message holds a batch */
     int hwm = cfg->sndhwm > OUT_MAX ? cfg->sndhwm / OUT_MAX : 2, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
@@ -92,11 +154,11 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     }
     double loader_seen = moco_now_s(), last_ready = 0, t_report = moco_now_s();
     while (!stop_flag) {
-        /* credit: advertise when half the queue is free (and as a heartbeat) */
+        /* credit: advertise when a batch's worth is free (and as a heartbeat) */
         int free_now = cap - qlen - nout;
         double t = moco_now_s();
-        if ((free_now >= (cap + 1) / 2 && (free_now != last_free || received != last_recv)) || t - last_ready >= 1.0) {
-            send_ready(dealer, free_now, received);
+        if ((free_now >= batch && (free_now != last_free || received != last_recv)) || t - last_ready >= 1.0) {
+            send_ready(dealer, free_now, received, batch);
             last_free = free_now;
             last_recv = received;
             last_ready = t;
@@ -128,20 +190,15 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             }
             uint16_t type = 0;
             moco_wire_sample smp;
+            uint32_t cnt = 0;
             if (extra || moco_wire_peek(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &type)) {
                 st->malformed++;
+            } else if (type == MOCO_MSG_SAMPLES && nf == 2 &&
+                       !moco_pipe_samples_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), zmq_msg_size(&f[1]), &cnt)) {
+                received += enqueue(q, qhead, &qlen, &f[1], zmq_msg_data(&f[0]), cnt, NULL, st);
             } else if (type == MOCO_MSG_SAMPLE && nf == 2 &&
                        !moco_wire_sample_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &smp)) {
-                received++;
-                if (qlen == MAX_QUEUE) {
-                    st->overflow++; /* the loader broke its credit; it re-issues what is never acknowledged */
-                } else {
-                    queued *e = &q[(qhead + qlen++) % MAX_QUEUE];
-                    e->epoch = smp.epoch;
-                    e->index = smp.index;
-                    zmq_msg_init(&e->rec);
-                    zmq_msg_move(&e->rec, &f[1]);
-                }
+                received += enqueue(q, qhead, &qlen, &f[1], NULL, 1, &smp, st);
             } else if (type == MOCO_MSG_STOP && nf == 1) {
                 for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
                 st->stopped = 1;
@@ -193,7 +250,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             o->k = malloc(vmax);
             augment_pipe_views info;
             int r = !o->q || !o->k ? moco_err(MOCO_ENOMEM, "out of memory for views")
-                                   : fn(fnctx, zmq_msg_data(&e->rec), zmq_msg_size(&e->rec), e->epoch, e->index, o->q, o->k, &info);
+                                   : fn(fnctx, e->rec, e->len, e->epoch, e->index, o->q, o->k, &info);
             if (r == 0) {
                 moco_wire_pair ph = {.epoch = e->epoch, .label = info.label, .index = e->index, .height = (uint16_t)info.height,
                                      .width = (uint16_t)info.width, .channels = (uint8_t)info.channels, .layout = MOCO_LAYOUT_HWC_U8};
@@ -210,7 +267,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
                 st->failed++;
                 if (st->failed <= 20) fprintf(stderr, "moco augment: %s\n", moco_errmsg());
             }
-            zmq_msg_close(&e->rec);
+            release(e);
         }
         t = moco_now_s();
         if (t - loader_seen > cfg->loader_timeout) {
@@ -226,7 +283,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
 out:
     if (cfg->report) cfg->report(cfg->report_ctx, st, qlen, nout); /* the final figures */
     while (qlen > 0) {
-        zmq_msg_close(&q[qhead].rec);
+        release(&q[qhead]);
         qhead = (qhead + 1) % MAX_QUEUE;
         qlen--;
     }

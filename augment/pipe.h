@@ -11,7 +11,7 @@ typedef struct {
     int stopped; /* the loader said STOP */
 } augment_pipe_stats;
 
-#define AUGMENT_PIPE_MAX_QUEUE 64
+#define AUGMENT_PIPE_MAX_QUEUE 1024
 
 /* What the augmentation step made: the views' shape and the label. */
 typedef struct {
@@ -27,7 +27,8 @@ typedef int (*augment_pipe_fn)(void *ctx, const uint8_t *rec, size_t len, uint32
 typedef struct {
     const char *loader_ep, *push_ep;
     size_t view_bytes;     /* largest view fn writes */
-    int queue;             /* records held at most (the credit), 1..64 */
+    int queue;             /* records held at most (the credit), 1..AUGMENT_PIPE_MAX_QUEUE; the
+                            * loader sends batches of a quarter of it */
     int sndhwm;            /* pairs queued towards the consumer at most */
     double loader_timeout; /* seconds */
     void (*report)(void *ctx, const augment_pipe_stats *st, int queued, int pending);

@@ -11,12 +11,13 @@ size_t moco_pipe_simple(uint8_t *b, uint16_t type)
     return MOCO_WIRE_PREFIX_SIZE;
 }
 
-size_t moco_pipe_ready(uint8_t *b, uint32_t free_slots, uint64_t received)
+size_t moco_pipe_ready(uint8_t *b, uint32_t free_slots, uint64_t received, uint32_t batch)
 {
-    moco_wire_prefix_pack(b, MOCO_MSG_READY);
+    moco_wire_prefix_pack(b, MOCO_MSG_READY); /* version 2: with batch */
     moco_put_le32(b + 8, free_slots);
     moco_put_le64(b + 12, received);
-    return 20;
+    moco_put_le32(b + 20, batch);
+    return 24;
 }
 
 size_t moco_pipe_end(uint8_t *b, uint32_t epochs)
@@ -65,15 +66,19 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     if (rc) return rc;
     m->epoch = m->credits = m->n = 0;
     m->count = m->received = 0;
+    m->batch = 0;
     m->idx = NULL;
     switch (m->type) {
     case MOCO_MSG_HEARTBEAT:
     case MOCO_MSG_STOP:
         return want(n, MOCO_WIRE_PREFIX_SIZE, moco_msg_type_name(m->type));
-    case MOCO_MSG_READY:
-        if ((rc = want(n, 20, "READY"))) return rc;
+    case MOCO_MSG_READY: /* version 1: 20 bytes; version 2: 24, with batch */
+        if ((rc = want(n, moco_wire_version(p) >= 2 ? 24 : 20, "READY"))) return rc;
         m->credits = moco_get_le32(p + 8);
         m->received = moco_get_le64(p + 12);
+        if (n == 24) m->batch = moco_get_le32(p + 20);
+        if (m->batch > MOCO_SAMPLES_MAX)
+            return moco_err(MOCO_ECORRUPT, "READY asks for batches of %u records (at most %d)", m->batch, MOCO_SAMPLES_MAX);
         return 0;
     case MOCO_MSG_END:
         if ((rc = want(n, 12, "END"))) return rc;
@@ -139,4 +144,47 @@ int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint
 void moco_pipe_pairs_at(const uint8_t *hdr, uint32_t i, moco_wire_pair *p)
 {
     moco_wire_pair_parse(hdr + 16 + (size_t)MOCO_WIRE_PAIR_SIZE * i, MOCO_WIRE_PAIR_SIZE, p);
+}
+
+size_t moco_pipe_samples_pack(uint8_t *b, const moco_pipe_sample *s, uint32_t n)
+{
+    moco_wire_prefix_pack(b, MOCO_MSG_SAMPLES);
+    moco_put_le32(b + 8, n);
+    moco_put_le32(b + 12, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *e = b + 16 + (size_t)MOCO_SAMPLES_ENTRY * i;
+        moco_put_le32(e, s[i].epoch);
+        moco_put_le32(e + 4, s[i].len);
+        moco_put_le64(e + 8, s[i].index);
+    }
+    return 16 + (size_t)MOCO_SAMPLES_ENTRY * n;
+}
+
+int moco_pipe_samples_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n)
+{
+    uint16_t type;
+    int rc = moco_wire_peek(hdr, hlen, &type);
+    if (rc) return rc;
+    if (type != MOCO_MSG_SAMPLES) return moco_err(MOCO_ECORRUPT, "%s message where SAMPLES was expected", moco_msg_type_name(type));
+    if (moco_wire_version(hdr) < 2) return moco_err(MOCO_ECORRUPT, "SAMPLES in a version-1 message (it is new in version 2)");
+    if (hlen < 16) return moco_err(MOCO_ECORRUPT, "SAMPLES header of %zu bytes", hlen);
+    uint32_t cnt = moco_get_le32(hdr + 8);
+    if (cnt < 1 || cnt > MOCO_SAMPLES_MAX || moco_get_le32(hdr + 12) != 0)
+        return moco_err(MOCO_ECORRUPT, "SAMPLES of %u records (1..%d) or a non-zero reserved field", cnt, MOCO_SAMPLES_MAX);
+    if (hlen != 16 + (size_t)MOCO_SAMPLES_ENTRY * cnt)
+        return moco_err(MOCO_ECORRUPT, "SAMPLES header of %zu bytes for %u records", hlen, cnt);
+    uint64_t need = 0; /* at most 1024 x (2^32 - 1): no overflow */
+    for (uint32_t i = 0; i < cnt; i++) need += moco_get_le32(hdr + 16 + (size_t)MOCO_SAMPLES_ENTRY * i + 4);
+    if (need != data_len)
+        return moco_err(MOCO_ECORRUPT, "SAMPLES records need %llu bytes, the frame holds %zu", (unsigned long long)need, data_len);
+    *n = cnt;
+    return 0;
+}
+
+void moco_pipe_samples_at(const uint8_t *hdr, uint32_t i, moco_pipe_sample *s)
+{
+    const uint8_t *e = hdr + 16 + (size_t)MOCO_SAMPLES_ENTRY * i;
+    s->epoch = moco_get_le32(e);
+    s->len = moco_get_le32(e + 4);
+    s->index = moco_get_le64(e + 8);
 }

@@ -4,8 +4,9 @@
  * FAILED) are in wire.h. See formats/README.md, "Pipeline protocol".
  *
  * Every message's first frame starts with the common 8-byte prefix of all
- * moco wire messages: magic "MOCW", u16 LE version (1), u16 LE type. Control
- * types are 16..31. All integers little-endian. Parsers check every length
+ * moco wire messages: magic "MOCW", u16 LE version, u16 LE type (wire.h).
+ * Version 2 of the protocol adds SAMPLES (a batch of records in one
+ * message) and the READY that asks for it. All integers little-endian. Parsers check every length
  * against the frame size and never trust a count from the wire.
  *
  * Sockets: the loader binds a ROUTER for workers ("work") and a ROUTER for
@@ -25,8 +26,10 @@
 /* Control message types: READY, HEARTBEAT, EPOCH_END and STOP are numbered
  * in wire.h; their layouts are defined here, with three more:
  *   READY      worker -> loader, on every change and as its heartbeat:
- *              u32 free (queue slots free now), u64 received (SAMPLEs
- *              received so far); the loader's credit is free - (sent - received)
+ *              u32 free (queue slots free now), u64 received (records
+ *              received so far, in SAMPLE and SAMPLES messages); version 2
+ *              adds u32 batch (most records per SAMPLES it takes; 0: send
+ *              single SAMPLEs). The loader's credit is free - (sent - received)
  *   HEARTBEAT  any -> peer: the prefix alone
  *   EPOCH_END  loader -> consumer: u32 epoch, u64 delivered, u32 nfailed,
  *              nfailed x u64 indices of records the workers could not decode
@@ -41,12 +44,19 @@ enum {
                           * frame 1: prefix, u32 n (1..MOCO_PAIRS_MAX), u32 0, then n PAIR header
                           * frames of 32 bytes each (wire.h); frame 2: the views, q1 k1 q2 k2 ...,
                           * each height * width * channels bytes of its header, nothing between */
+    MOCO_MSG_SAMPLES = 12, /* loader -> worker (version 2): a batch of records in two frames:
+                            * frame 1: prefix, u32 n (1..MOCO_SAMPLES_MAX), u32 0, then n entries
+                            * of 16 bytes: u32 epoch, u32 record length, u64 index; frame 2: the
+                            * records as stored, in entry order, nothing between */
 };
 
 #define MOCO_PAIRS_MAX 4096
+#define MOCO_SAMPLES_MAX 1024
+#define MOCO_SAMPLES_ENTRY 16
 
-/* Small fixed messages. buf must hold 32 bytes; returns the length. */
-size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received);
+/* Small fixed messages. buf must hold 32 bytes; returns the length. READY
+ * is written in its version-2 form (24 bytes, with batch). */
+size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received, uint32_t batch);
 size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP */
 size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
 size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
@@ -65,12 +75,31 @@ size_t moco_pipe_pairs_pack(uint8_t *buf, const moco_wire_pair *pairs, uint32_t 
 int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n);
 void moco_pipe_pairs_at(const uint8_t *hdr, uint32_t i, moco_wire_pair *p);
 
+/* One entry of a SAMPLES message. */
+typedef struct {
+    uint32_t epoch;
+    uint32_t len;   /* bytes of this record in frame 2 */
+    uint64_t index;
+} moco_pipe_sample;
+
+/* SAMPLES header frame: 16 + 16 n bytes (n <= MOCO_SAMPLES_MAX). */
+size_t moco_pipe_samples_pack(uint8_t *buf, const moco_pipe_sample *s, uint32_t n);
+
+/* Check a SAMPLES message: frame 1 (hdr, hlen) and the length of frame 2.
+ * The prefix must say version 2 or later, n must be 1..MOCO_SAMPLES_MAX,
+ * the header exactly 16 + 16 n bytes and the record lengths must add up to
+ * data_len exactly. On success *n is the count; moco_pipe_samples_at()
+ * reads entry i (record i starts after the lengths of entries 0..i-1). */
+int moco_pipe_samples_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n);
+void moco_pipe_samples_at(const uint8_t *hdr, uint32_t i, moco_pipe_sample *s);
+
 /* A parsed control message. Pointers refer into the frame. */
 typedef struct {
     uint16_t type;
     uint32_t epoch;       /* HELLO, ACK, EPOCH_END, END (epochs) */
     uint32_t credits;     /* READY: free slots */
-    uint64_t received;    /* READY: SAMPLEs received so far */
+    uint64_t received;    /* READY: records received so far */
+    uint32_t batch;       /* READY: most records per SAMPLES (0: version 1, single SAMPLEs) */
     uint64_t count;       /* HELLO: dataset size; EPOCH_END: delivered */
     uint32_t n;           /* ACK: indices; EPOCH_END: failed */
     const uint8_t *idx;   /* n x u64 LE (use moco_get_le64) */

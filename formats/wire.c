@@ -5,20 +5,29 @@
 #include <string.h>
 
 #include "formats/errors.h"
+#include "formats/pipeline.h"
 #include "formats/record.h"
 
 const char *moco_msg_type_name(int type)
 {
-    static const char *const names[] = {"?", "SAMPLE", "PAIR", "FAILED", "READY", "HEARTBEAT", "EPOCH_END", "STOP"};
+    static const char *const names[] = {"?",     "SAMPLE", "PAIR", "FAILED", "READY", "HEARTBEAT", "EPOCH_END",
+                                        "STOP",  "HELLO",  "ACK",  "END",    "PAIRS", "SAMPLES"};
     return type > 0 && type < (int)(sizeof names / sizeof *names) ? names[type] : "?";
+}
+
+uint16_t moco_wire_type_version(uint16_t type)
+{
+    return type == MOCO_MSG_READY || type == MOCO_MSG_SAMPLES ? 2 : 1;
 }
 
 void moco_wire_prefix_pack(uint8_t out[MOCO_WIRE_PREFIX_SIZE], uint16_t type)
 {
     memcpy(out, MOCO_WIRE_MAGIC, 4);
-    moco_put_le16(out + 4, MOCO_WIRE_VERSION);
+    moco_put_le16(out + 4, moco_wire_type_version(type));
     moco_put_le16(out + 6, type);
 }
+
+uint16_t moco_wire_version(const void *frame) { return moco_get_le16((const uint8_t *)frame + 4); }
 
 int moco_wire_peek(const void *frame, size_t len, uint16_t *type)
 {
@@ -31,8 +40,8 @@ int moco_wire_peek(const void *frame, size_t len, uint16_t *type)
         return moco_err(MOCO_ECORRUPT, "wire message: bad magic %02x %02x %02x %02x (expected \"MOCW\")", p[0], p[1],
                         p[2], p[3]);
     uint16_t v = moco_get_le16(p + 4), t = moco_get_le16(p + 6);
-    if (v != MOCO_WIRE_VERSION)
-        return moco_err(MOCO_EFORMAT, "wire message: version %u, this build speaks version %d", v, MOCO_WIRE_VERSION);
+    if (v < 1 || v > MOCO_WIRE_VERSION)
+        return moco_err(MOCO_EFORMAT, "wire message: version %u, this build speaks versions 1 to %d", v, MOCO_WIRE_VERSION);
     if (t == 0 || t >= MOCO_MSG_TYPE_MAX) return moco_err(MOCO_ECORRUPT, "wire message: invalid type %u", t);
     *type = t;
     return 0;

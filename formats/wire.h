@@ -3,9 +3,13 @@
  *
  * Every message is a ZeroMQ multipart message whose first frame (the header)
  * starts with the same 8 bytes: the ASCII magic "MOCW", a little-endian u16
- * version (MOCO_WIRE_VERSION) and a little-endian u16 message type. The rest
- * of the header is fixed per type; bulk data (a record, pixels) follows in
- * further frames so that it can be sent and received without copying.
+ * version and a little-endian u16 message type. The version is the lowest
+ * protocol version that defines the message's layout (1 for most; 2 for the
+ * SAMPLES batch and the READY that asks for it), so that a peer of version
+ * 1 still understands everything it can. A reader accepts versions 1 up to
+ * MOCO_WIRE_VERSION. The rest of the header is fixed per type; bulk data (a
+ * record, pixels) follows in further frames so that it can be sent and
+ * received without copying.
  *
  * Promises: the parsers read only within the frame they are given (they are
  * safe on any bytes: fuzzable), reject a wrong magic, a wrong version, an
@@ -20,7 +24,7 @@
 #include <stdint.h>
 
 #define MOCO_WIRE_MAGIC "MOCW"
-#define MOCO_WIRE_VERSION 1
+#define MOCO_WIRE_VERSION 2 /* the newest version this build reads and writes */
 #define MOCO_WIRE_PREFIX_SIZE 8
 
 typedef enum {
@@ -67,13 +71,22 @@ typedef struct {
     size_t reason_len;
 } moco_wire_failed;
 
-/* Write the 8-byte prefix. */
+/* Write the 8-byte prefix, with the version that defines type's layout
+ * (moco_wire_type_version). */
 void moco_wire_prefix_pack(uint8_t out[MOCO_WIRE_PREFIX_SIZE], uint16_t type);
+
+/* The version whose layout this build writes for type: 2 for SAMPLES and
+ * READY, 1 for the others. */
+uint16_t moco_wire_type_version(uint16_t type);
 
 /* Check magic and version of a header frame and return its type in *type.
  * Returns 0, MOCO_ECORRUPT (shorter than 8 bytes, wrong magic, type 0 or >=
- * MOCO_MSG_TYPE_MAX) or MOCO_EFORMAT (another version). */
+ * MOCO_MSG_TYPE_MAX) or MOCO_EFORMAT (version 0 or newer than
+ * MOCO_WIRE_VERSION). */
 int moco_wire_peek(const void *frame, size_t len, uint16_t *type);
+
+/* The version field of a frame that moco_wire_peek accepted. */
+uint16_t moco_wire_version(const void *frame);
 
 /* SAMPLE header: out must hold MOCO_WIRE_SAMPLE_SIZE bytes. */
 void moco_wire_sample_pack(uint8_t out[MOCO_WIRE_SAMPLE_SIZE], const moco_wire_sample *s);

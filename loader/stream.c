@@ -35,7 +35,8 @@ typedef struct {
     size_t idlen;
     double last_seen;
     uint32_t free_slots;
-    uint64_t sent, received; /* SAMPLEs sent to it / it says it received */
+    uint32_t batch;          /* most records per SAMPLES message; 0: single SAMPLEs (a version-1 worker) */
+    uint64_t sent, received; /* records sent to it / it says it received */
     int alive;
 } worker;
 
@@ -53,6 +54,7 @@ typedef struct {
     FILE *log;
     uint8_t *rec;
     size_t reccap;
+    moco_pipe_sample *bent;  /* the entries of the batch being built */
     /* workers and consumer */
     worker w[MAX_WORKERS];
     int nw, rr;
@@ -70,7 +72,7 @@ typedef struct {
     size_t cursor, rhead, rlen, nfailed;
     uint64_t ndone, outstanding;
     /* counters */
-    uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks;
+    uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
 } loader;
 
 static volatile sig_atomic_t stop_flag;
@@ -158,7 +160,86 @@ static int64_t credit(const worker *w)
     return w->alive ? (int64_t)w->free_slots - inflight : 0;
 }
 
-/* Hand out samples while workers have credit and the window allows. */
+#define BATCH_BYTES ((size_t)4 << 20) /* a SAMPLES message stops growing at this size */
+
+static void free_batch(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Send worker k up to max pending samples: one SAMPLES message (or, to a
+ * version-1 worker, one SAMPLE), the records read from the database into
+ * one buffer that ZeroMQ frees once sent. Returns the number of samples
+ * sent (0: none pending), or a MOCO_E* code on a database failure. The
+ * samples are marked issued to k as they are read, so that a failed send
+ * is simply the worker's death: worker_dead() takes them all back. */
+static int64_t send_batch(loader *L, int k, uint32_t max)
+{
+    worker *w = &L->w[k];
+    size_t cap = 0, used = 0;
+    uint8_t *buf = NULL;
+    uint32_t n = 0;
+    float now = (float)moco_now_s();
+    while (n < max && used < BATCH_BYTES) {
+        int64_t i = next_sample(L);
+        if (i < 0) break;
+        size_t len;
+        int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
+        if (!rc && (len > UINT32_MAX || used + len < used)) rc = moco_err(MOCO_ECORRUPT, "record %" PRId64 " of %zu bytes", i, len);
+        if (!rc && used + len > cap) {
+            size_t nc = cap ? cap : (size_t)64 << 10;
+            while (nc < used + len) nc *= 2;
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", nc);
+            else { buf = nb; cap = nc; }
+        }
+        if (rc) { /* an LMDB failure is fatal: the database is ours */
+            free(buf);
+            return rc;
+        }
+        memcpy(buf + used, L->rec, len);
+        used += len;
+        L->st[i] = ISSUED;
+        L->owner[i] = (uint16_t)k;
+        L->t_issued[i] = now;
+        L->outstanding++;
+        L->bent[n] = (moco_pipe_sample){.epoch = L->epoch, .len = (uint32_t)len, .index = (uint64_t)i};
+        n++;
+    }
+    if (n == 0) { free(buf); return 0; }
+    uint8_t hdr[16 + MOCO_SAMPLES_ENTRY * MOCO_SAMPLES_MAX];
+    size_t hl;
+    if (w->batch) {
+        hl = moco_pipe_samples_pack(hdr, L->bent, n);
+    } else {
+        moco_wire_sample smp = {.epoch = L->epoch, .index = L->bent[0].index};
+        moco_wire_sample_pack(hdr, &smp);
+        hl = MOCO_WIRE_SAMPLE_SIZE;
+    }
+    zmq_msg_t data;
+    if (!buf) buf = malloc(1); /* an empty record: still a frame */
+    if (!buf || zmq_msg_init_data(&data, buf, used, free_batch, NULL)) {
+        free(buf);
+        return moco_err(MOCO_ENOMEM, "out of memory for a message");
+    }
+    /* unroutable or full: the worker is gone or stuck */
+    if (zmq_send(L->work, w->id, w->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(L->work, hdr, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&data);
+        worker_dead(L, k, errno == EHOSTUNREACH ? "disconnected" : "is not accepting work");
+        return n;
+    }
+    if (zmq_msg_send(&data, L->work, ZMQ_DONTWAIT) < 0) zmq_msg_close(&data); /* not expected once the first frames went */
+    L->sent += n;
+    w->sent += n;
+    L->msgs_sent++;
+    return n;
+}
+
+/* Hand out samples while workers have credit and the window allows: to
+ * each in turn, as many as its credit, the window and its batch size allow
+ * in one message. */
 static int dispatch(loader *L)
 {
     if (!L->have_consumer || !L->started) return 0;
@@ -166,30 +247,15 @@ static int dispatch(loader *L)
         int k = L->rr;
         L->rr = (L->rr + 1) % L->nw;
         worker *w = &L->w[k];
-        if (credit(w) <= 0) { tries++; continue; }
-        int64_t i = next_sample(L);
-        if (i < 0) return 0;
-        size_t len;
-        int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
-        if (rc) return rc; /* an LMDB failure is fatal: the database is ours */
-        uint8_t hdr[MOCO_WIRE_SAMPLE_SIZE];
-        moco_wire_sample smp = {.epoch = L->epoch, .index = (uint64_t)i};
-        moco_wire_sample_pack(hdr, &smp);
-        if (send_to(L->work, w->id, w->idlen, hdr, sizeof hdr, L->rec, len)) {
-            /* unroutable or full: the worker is gone or stuck */
-            L->st[i] = PENDING;
-            queue_push(L, (uint64_t)i);
-            worker_dead(L, k, errno == EHOSTUNREACH ? "disconnected" : "is not accepting work");
-            tries++;
-            continue;
-        }
-        L->st[i] = ISSUED;
-        L->owner[i] = (uint16_t)k;
-        L->t_issued[i] = (float)moco_now_s();
-        L->outstanding++;
-        L->sent++;
-        w->sent++;
-        tries = 0;
+        int64_t c = credit(w), room = L->window - (int64_t)L->outstanding;
+        if (c <= 0) { tries++; continue; }
+        int64_t max = w->batch ? w->batch : 1;
+        if (max > c) max = c;
+        if (max > room) max = room;
+        int64_t r = send_batch(L, k, (uint32_t)max);
+        if (r < 0) return (int)r;
+        if (r == 0) return 0; /* nothing pending */
+        tries = w->alive ? 0 : tries + 1;
     }
     return 0;
 }
@@ -283,6 +349,7 @@ static void on_worker_msg(loader *L, inmsg *m)
         w->alive = 1;
         w->last_seen = moco_now_s();
         w->free_slots = pm.credits;
+        w->batch = pm.batch;
         if (pm.received <= w->sent) w->received = pm.received;
         return;
     }
@@ -389,9 +456,9 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         fprintf(L->log,
                 "{\"t\":%.3f,\"epoch\":%u,\"done\":%" PRIu64 ",\"of\":%" PRIu64 ",\"records_per_s\":%.1f,\"in_flight\":%" PRIu64
                 ",\"requeued\":%zu,\"workers\":%d,\"sent\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 "}\n",
+                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 ",\"sample_msgs\":%" PRIu64 "}\n",
                 t - t0, L->epoch, L->ndone, L->n, rate, L->outstanding, L->rlen, alive, L->sent, L->reissued, L->failed_total,
-                L->dropped, L->dead_workers);
+                L->dropped, L->dead_workers, L->msgs_sent);
         fflush(L->log);
     }
     if (!L->quiet && isatty(STDERR_FILENO))
@@ -495,9 +562,10 @@ static int run(loader *L)
             if (!finished && (rc = dispatch(L))) return rc;
         }
         if (t - last_rep >= 1.0) report(L, t, t0, &last_sent, &last_rep);
-        /* while samples flow, let messages gather for a moment: one wake-up
-         * then serves a burst (each costs syscalls in both processes) */
-        if (L->outstanding) usleep(250);
+        /* no pause to let messages gather: workers ask for work in batches
+         * (READY when a batch's worth is free), the consumer acknowledges in
+         * batches, and samples go out in SAMPLES messages, so each wake-up
+         * already serves many samples */
     }
     report(L, moco_now_s(), t0, &last_sent, &last_rep);
     say_goodbye(L);
@@ -581,7 +649,8 @@ int loader_stream_main(int argc, char **argv)
     L->perm = malloc(L->n * sizeof *L->perm);
     L->ring = malloc(L->n * sizeof *L->ring);
     L->failed = malloc(L->n * sizeof *L->failed);
-    if (!L->st || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed) {
+    L->bent = malloc(MOCO_SAMPLES_MAX * sizeof *L->bent);
+    if (!L->st || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed || !L->bent) {
         fprintf(stderr, "moco loader: out of memory for %" PRIu64 " samples\n", L->n);
         goto out;
     }
@@ -608,6 +677,7 @@ out:
     free(L->perm);
     free(L->ring);
     free(L->failed);
+    free(L->bent);
     free(L->rec);
     free(L);
     return status;

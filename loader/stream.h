@@ -6,8 +6,10 @@
  * Design (see formats/pipeline.h for the messages):
  * - epoch order: a permutation of 0..N-1 that is a pure function of
  *   (seed, epoch) (formats/rng.h, key (seed, epoch, "perm")).
- * - credit: a worker says READY(n); the loader sends it at most n SAMPLEs.
- *   A slow worker holds up nobody; a new worker joins at any time.
+ * - credit: a worker says READY(free, received, batch); the loader sends it
+ *   at most free - (sent - received) records, batch at a time in one
+ *   SAMPLES message (single SAMPLEs to a version-1 worker). A slow worker
+ *   holds up nobody; a new worker joins at any time.
  * - per sample state: pending, issued (to worker w, at time t), done
  *   (acknowledged by the consumer), failed (the worker could not decode it).
  *   A worker silent for --worker-timeout is declared dead and its issued

@@ -67,9 +67,11 @@ static void test_reject(void **state)
     b[0] = 'X';
     assert_int_equal(moco_wire_sample_parse(b, MOCO_WIRE_SAMPLE_SIZE, &so), MOCO_ECORRUPT);
     printf("bad magic: %s\n", moco_errmsg());
-    b[0] = 'M', b[4] = 2;
+    b[0] = 'M', b[4] = MOCO_WIRE_VERSION + 1;
     assert_int_equal(moco_wire_sample_parse(b, MOCO_WIRE_SAMPLE_SIZE, &so), MOCO_EFORMAT);
     printf("version: %s\n", moco_errmsg());
+    b[4] = 0;
+    assert_int_equal(moco_wire_sample_parse(b, MOCO_WIRE_SAMPLE_SIZE, &so), MOCO_EFORMAT);
     b[4] = 1, b[6] = 0;
     assert_int_equal(moco_wire_peek(b, MOCO_WIRE_SAMPLE_SIZE, &t), MOCO_ECORRUPT);
     b[6] = 200;

@@ -81,6 +81,31 @@ static void test_wire_lies(void **st)
     moco_put_le32(b + 8, 0xFFFFFFFFu);
     assert_int_equal(moco_pipe_pairs_parse(b, 16, 0, &n), MOCO_ECORRUPT);
     free(b);
+    /* SAMPLES: record lengths that would wrap a 32-bit sum, a count beyond
+     * the maximum or the frame, the header one entry short, a version-1
+     * prefix, and the lengths one byte over and under the data frame */
+    uint8_t h[16 + 2 * MOCO_SAMPLES_ENTRY];
+    moco_pipe_sample e[2] = {{1, 0xFFFFFFFFu, 3}, {1, 2, 4}};
+    size_t hl = moco_pipe_samples_pack(h, e, 2);
+    b = dup_n(h, hl);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 1, &n), MOCO_ECORRUPT); /* 2^32 + 1 bytes claimed */
+    assert_int_equal(moco_pipe_samples_parse(b, hl - MOCO_SAMPLES_ENTRY, 1, &n), MOCO_ECORRUPT);
+    for (size_t k = 0; k < hl; k++) assert_true(moco_pipe_samples_parse(b, k, 0, &n) < 0);
+    moco_put_le32(b + 8, MOCO_SAMPLES_MAX + 1);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 0, &n), MOCO_ECORRUPT);
+    moco_put_le32(b + 8, 0xFFFFFFFFu);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 0, &n), MOCO_ECORRUPT);
+    free(b);
+    e[0].len = 5;
+    hl = moco_pipe_samples_pack(h, e, 2);
+    b = dup_n(h, hl);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 7, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 6, &n), MOCO_ECORRUPT);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 8, &n), MOCO_ECORRUPT);
+    moco_put_le16(b + 4, 1);
+    assert_int_equal(moco_pipe_samples_parse(b, hl, 7, &n), MOCO_ECORRUPT);
+    free(b);
 }
 
 static void test_control_lies(void **st)
@@ -97,6 +122,25 @@ static void test_control_lies(void **st)
     moco_put_le32(f + 20, 0x80000000u);
     b = dup_n(f, 24);
     assert_int_equal(moco_pipe_parse(b, 24, &m), MOCO_ECORRUPT);
+    free(b);
+    /* READY: version 1 is 20 bytes, version 2 is 24 with a batch size of
+     * at most MOCO_SAMPLES_MAX; any other length or batch is refused */
+    uint8_t r[24];
+    assert_int_equal(moco_pipe_ready(r, 8, 9, 16), 24);
+    for (size_t k = 0; k < 24; k++) {
+        b = dup_n(r, k);
+        assert_true(moco_pipe_parse(b, k, &m) < 0);
+        free(b);
+    }
+    b = dup_n(r, 24);
+    assert_int_equal(moco_pipe_parse(b, 24, &m), 0);
+    assert_int_equal(m.batch, 16);
+    moco_put_le32(b + 20, MOCO_SAMPLES_MAX + 1);
+    assert_int_equal(moco_pipe_parse(b, 24, &m), MOCO_ECORRUPT);
+    moco_put_le16(b + 4, 1); /* version 1: 20 bytes, no batch */
+    assert_int_equal(moco_pipe_parse(b, 24, &m), MOCO_ECORRUPT);
+    assert_int_equal(moco_pipe_parse(b, 20, &m), 0);
+    assert_int_equal(m.batch, 0);
     free(b);
     for (uint16_t t = 1; t < 16; t++) { /* every type, prefix alone and one byte short */
         prefix(f, t);

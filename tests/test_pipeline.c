@@ -13,6 +13,7 @@
 
 #include "augment/pipe.h"
 #include "formats/errors.h"
+#include "formats/pipeline.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "loader/stream.h"
@@ -154,6 +155,7 @@ static pid_t start_worker(int queue)
                                 .loader_timeout = 10};
         augment_pipe_stats st;
         int rc = augment_pipe_run(&cfg, fake_pair, NULL, &st);
+        if (rc) fprintf(stderr, "worker %d: %s\n", (int)getpid(), moco_errmsg());
         _exit(rc ? 1 : 0);
     }
     return track(pid);
@@ -162,12 +164,22 @@ static pid_t start_worker(int queue)
 static pid_t start_loader(const char *extra)
 {
     static char cmd[4096];
-    snprintf(cmd, sizeof cmd, "exec %s loader --db %s/db --bind %s --ctl %s --quiet --log %s/loader.jsonl %s", tu_moco(), tmp,
+    snprintf(cmd, sizeof cmd, "exec %s loader --db %s/db --bind %s --ctl %s --log %s/loader.jsonl %s", tu_moco(), tmp,
              work_ep, ctl_ep, tmp, extra);
     char log[1400];
     snprintf(log, sizeof log, "%s/loader.err", tmp);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     return spawn(argv, log);
+}
+
+/* Wait until the loader has said "worker K joined" n times (loader.err). */
+static void wait_joined(int n)
+{
+    for (int i = 0; i < 1000; i++) {
+        if (tu_sh("test $(grep -c 'joined' %s/loader.err) -ge %d", tmp, n) == 0) return;
+        usleep(10000);
+    }
+    fail_msg("%d workers did not join in 10 s", n);
 }
 
 static pid_t start_sink(const char *extra, const char *name)
@@ -212,18 +224,67 @@ static int json_has(const char *name, const char *needle)
     return tu_sh("grep -q '%s' %s", needle, p) == 0;
 }
 
-static void run_clean(int workers, int epochs)
+static void run_clean_q(int workers, int epochs, int queue)
 {
     char extra[64];
     snprintf(extra, sizeof extra, "--epochs %d --seed 5", epochs);
-    pid_t L = start_loader(extra), S = start_sink("", "sink");
+    pid_t L = start_loader(extra);
     pid_t W[8];
-    for (int i = 0; i < workers; i++) W[i] = start_worker(4);
+    for (int i = 0; i < workers; i++) W[i] = start_worker(queue);
+    /* the consumer last, once every worker has joined: an epoch of N takes
+     * a fraction of a second, and a worker that joins after the end never
+     * hears STOP (it leaves after its --loader-timeout) */
+    wait_joined(workers);
+    pid_t S = start_sink("", "sink");
     assert_int_equal(wait_for(S, 60), 0);
     assert_int_equal(wait_for(L, 10), 0);
-    for (int i = 0; i < workers; i++) assert_int_equal(wait_for(W[i], 10), 0); /* STOP from the loader */
+    for (int i = 0; i < workers; i++) {
+        int rc = wait_for(W[i], 10);
+        if (rc) fail_msg("worker %d exit status %d", i, rc);
+    } /* STOP from the loader */
     check_index_log("sink", 0, epochs, NULL);
     assert_true(json_has("sink", "\"ok\":true"));
+}
+
+/* queue 4: SAMPLES of one record each (the worker asks for a quarter) */
+static void run_clean(int workers, int epochs) { run_clean_q(workers, epochs, 4); }
+
+/* The loader's last counts: records sent and SAMPLE/SAMPLES messages. */
+static void loader_counts(long *sent, long *msgs)
+{
+    char p[1400];
+    snprintf(p, sizeof p, "%s/loader.jsonl", tmp);
+    size_t n;
+    char *txt = (char *)tu_read_file(p, &n);
+    assert_non_null(txt);
+    char *last = NULL, *x = txt;
+    while ((x = strstr(x, "\"sample_msgs\":"))) last = x++;
+    assert_non_null(last);
+    *msgs = atol(last + 14);
+    while (last > txt && strncmp(last, "\"sent\":", 7)) last--;
+    *sent = atol(last + 7);
+    free(txt);
+}
+
+/* Batches of 16 records (queue 64) to one and to three workers: exactly
+ * the index set of every epoch, in far fewer messages than records. */
+static void test_batched_exact(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_batch1");
+    make_db();
+    run_clean_q(1, 2, 64);
+    long sent, msgs;
+    loader_counts(&sent, &msgs);
+    print_message("  1 worker: %ld records in %ld messages\n", sent, msgs);
+    assert_true(sent >= 2 * N && msgs > 0 && msgs * 4 < sent);
+    teardown(NULL);
+    setup_dirs("pipe_batch3");
+    make_db();
+    run_clean_q(3, 2, 64);
+    loader_counts(&sent, &msgs);
+    print_message("  3 workers: %ld records in %ld messages\n", sent, msgs);
+    assert_true(sent >= 2 * N && msgs > 0 && msgs * 2 < sent);
 }
 
 static void test_one_epoch_one_worker(void **st)
@@ -252,7 +313,7 @@ static void test_workers_killed_repeatedly(void **st)
     make_db();
     pid_t L = start_loader("--epochs 3 --worker-timeout 0.5"), S = start_sink("--delay-ms 2", "sink");
     pid_t W[3];
-    for (int i = 0; i < 3; i++) W[i] = start_worker(4);
+    for (int i = 0; i < 3; i++) W[i] = start_worker(i ? 64 : 4); /* batches of 16, and of 1 */
     int kills = 0;
     for (int round = 0; round < 400; round++) {
         usleep(300000);
@@ -264,7 +325,7 @@ static void test_workers_killed_repeatedly(void **st)
         kill(W[v], SIGKILL);
         waitpid(W[v], NULL, 0);
         kills++;
-        W[v] = start_worker(4);
+        W[v] = start_worker(v ? 64 : 4);
     }
     print_message("  killed %d workers\n", kills);
     assert_true(kills >= 2);
@@ -395,6 +456,109 @@ static void test_malformed_messages_dropped(void **st)
     assert_int_equal(tu_sh("tail -n 1 %s/loader.jsonl | grep -q '\"dropped_msgs\":0,'", tmp), 1);
 }
 
+/* A record of the test dataset's shape for index i (what fake_pair checks). */
+static uint8_t *test_record(uint64_t i, size_t *len)
+{
+    uint8_t px[64];
+    for (int k = 0; k < 64; k++) px[k] = (uint8_t)k;
+    moco_put_le32(px, (uint32_t)i);
+    moco_rec_header h = {.version = MOCO_REC_VERSION, .encoding = MOCO_ENC_RAW, .channels = 1, .label = 1, .width = 8, .height = 8};
+    return moco_rec_build(&h, px, 64, len);
+}
+
+/* The worker against a scripted loader: it asks for batches (READY of
+ * version 2), takes a version-1 SAMPLE and SAMPLES batches alike, drops
+ * SAMPLES whose lengths do not add up or that claim version 1, and makes
+ * exactly one pair per good record. */
+static void test_worker_speaks_both(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_worker");
+    void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER), *pull = zmq_socket(ctx, ZMQ_PULL);
+    int tmo = 10000;
+    zmq_setsockopt(router, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    zmq_setsockopt(pull, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    assert_int_equal(zmq_bind(router, work_ep), 0);
+    assert_int_equal(zmq_bind(pull, pairs_ep), 0);
+    pid_t W = start_worker(64);
+    uint8_t id[256], b[64];
+    int idl = zmq_recv(router, id, sizeof id, 0);
+    assert_true(idl > 0);
+    int bl = zmq_recv(router, b, sizeof b, 0);
+    moco_pipe_msg m;
+    assert_int_equal(moco_pipe_parse(b, (size_t)bl, &m), 0);
+    assert_int_equal(m.type, MOCO_MSG_READY);
+    assert_int_equal(bl, 24);
+    assert_int_equal(m.batch, 16);
+    assert_int_equal(m.credits, 64);
+    /* a version-1 SAMPLE: index 0 */
+    size_t rl;
+    uint8_t *r = test_record(0, &rl), h[16 + MOCO_SAMPLES_ENTRY * 16];
+    moco_wire_sample_pack(h, &(moco_wire_sample){.epoch = 2, .index = 0});
+    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+    zmq_send(router, h, MOCO_WIRE_SAMPLE_SIZE, ZMQ_SNDMORE);
+    zmq_send(router, r, rl, 0);
+    free(r);
+    /* SAMPLES of 10 (indices 1..10), then two bad ones (indices 50..52) */
+    for (int variant = 0; variant < 3; variant++) {
+        moco_pipe_sample e[10];
+        uint8_t data[10 * 200];
+        size_t used = 0;
+        uint32_t n = variant ? 3 : 10;
+        for (uint32_t i = 0; i < n; i++) {
+            r = test_record(variant ? 50 + i : 1 + i, &rl);
+            assert_true(used + rl <= sizeof data);
+            memcpy(data + used, r, rl);
+            used += rl;
+            free(r);
+            e[i] = (moco_pipe_sample){.epoch = 2, .len = (uint32_t)rl, .index = variant ? 50 + i : 1 + i};
+        }
+        size_t hl = moco_pipe_samples_pack(h, e, n);
+        if (variant == 1) used--;    /* the lengths claim one byte more than the frame */
+        if (variant == 2) h[4] = 1;  /* SAMPLES is not a version-1 message */
+        zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+        zmq_send(router, h, hl, ZMQ_SNDMORE);
+        zmq_send(router, data, used, 0);
+    }
+    int seen[11] = {0}, got = 0;
+    while (got < 11) {
+        zmq_msg_t f[2];
+        zmq_msg_init(&f[0]);
+        zmq_msg_init(&f[1]);
+        assert_true(zmq_msg_recv(&f[0], pull, 0) >= 0);
+        assert_true(zmq_msg_more(&f[0]));
+        assert_true(zmq_msg_recv(&f[1], pull, 0) >= 0);
+        uint32_t n;
+        assert_int_equal(moco_pipe_pairs_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), zmq_msg_size(&f[1]), &n), 0);
+        for (uint32_t i = 0; i < n; i++) {
+            moco_wire_pair p;
+            moco_pipe_pairs_at(zmq_msg_data(&f[0]), i, &p);
+            assert_int_equal(p.epoch, 2);
+            assert_true(p.index <= 10);
+            seen[p.index]++;
+            got++;
+        }
+        zmq_msg_close(&f[0]);
+        zmq_msg_close(&f[1]);
+    }
+    for (int i = 0; i <= 10; i++) assert_int_equal(seen[i], 1);
+    /* it has counted what it received, and asks for more */
+    for (;;) {
+        assert_int_equal(zmq_recv(router, id, sizeof id, 0), idl);
+        bl = zmq_recv(router, b, sizeof b, 0);
+        assert_int_equal(moco_pipe_parse(b, (size_t)bl, &m), 0);
+        if (m.type == MOCO_MSG_READY && m.received == 11) break;
+        assert_true(m.type == MOCO_MSG_READY && m.received < 11);
+    }
+    size_t sl = moco_pipe_simple(b, MOCO_MSG_STOP);
+    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+    zmq_send(router, b, sl, 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    zmq_close(router);
+    zmq_close(pull);
+    zmq_ctx_term(ctx);
+}
+
 static void test_epoch_order(void **st)
 {
     (void)st;
@@ -419,7 +583,9 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epoch_order),
+        cmocka_unit_test_teardown(test_worker_speaks_both, teardown),
         cmocka_unit_test_teardown(test_one_epoch_one_worker, teardown),
+        cmocka_unit_test_teardown(test_batched_exact, teardown),
         cmocka_unit_test_teardown(test_two_epochs_three_workers, teardown),
         cmocka_unit_test_teardown(test_workers_killed_repeatedly, teardown),
         cmocka_unit_test_teardown(test_resume_mid_epoch, teardown),

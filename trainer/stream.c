@@ -14,11 +14,12 @@
 #include "formats/record.h"
 
 #define ACK_BATCH 256
+#define ACK_DELAY_S 0.02 /* acknowledgements wait here at most this long */
 #define MAX_INDEX ((uint64_t)1 << 40)
 
 struct trainer_stream {
     void *zctx, *pull, *ctl;
-    double loader_timeout, loader_seen, last_hb, last_ack, last_pair;
+    double loader_timeout, loader_seen, last_hb, last_ack, last_ctl;
     uint32_t epoch;          /* the epoch being returned */
     int have_epoch;
     uint8_t *seen;           /* bitmap of indices returned in epoch */
@@ -31,7 +32,7 @@ struct trainer_stream {
      * consumed, so the views last returned stay valid until the next call;
      * a pair of a later epoch waits in it for the EPOCH_END before it. */
     zmq_msg_t mf[3];
-    int mnf, batch;
+    int mnf, batch, held;    /* held: its next pair waits for an EPOCH_END */
     uint32_t mi, mn;
     size_t moff;
     zmq_msg_t ctlmsg;        /* the EPOCH_END last returned */
@@ -123,7 +124,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
         rc = moco_err(MOCO_EZMQ, "cannot greet the loader at %s: %s", cfg->ctl_ep, zmq_strerror(errno));
         goto fail;
     }
-    s->loader_seen = s->last_hb = s->last_ack = moco_now_s();
+    s->loader_seen = s->last_hb = s->last_ack = s->last_ctl = moco_now_s();
     *out = s;
     return 0;
 fail:
@@ -285,10 +286,17 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
             s->last_hb = t;
         }
-        if (s->nacks && t - s->last_ack > 0.02) flush_acks(s);
+        if (s->nacks && t - s->last_ack >= ACK_DELAY_S) flush_acks(s);
         if (s->mnf && s->mi == s->mn) drop_frames(s->mf, &s->mnf); /* all consumed, and the caller done with it */
-        if (on_ctl(s, ev)) break;
-        int waiting = 0; /* the current pair waits for an EPOCH_END */
+        /* the control socket is read between pair messages, while a pair
+         * waits for its EPOCH_END, and every 10 ms: not on every pair (an
+         * empty read costs a system call), which is safe because a pair of
+         * epoch e+1 is held until EPOCH_END(e) has been read */
+        if (!s->mnf || s->held || t - s->last_ctl > 0.01) {
+            s->last_ctl = t;
+            if (on_ctl(s, ev)) break;
+        }
+        s->held = 0;
         if (s->mnf || take_message(s)) {
             moco_wire_pair p;
             const uint8_t *q, *k;
@@ -296,7 +304,7 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             int r = accept_pair(s, &p);
             if (r < 0) return moco_err(MOCO_ENOMEM, "out of memory for the delivered-index bitmap");
             if (r == 2) {
-                waiting = 1;
+                s->held = 1;
             } else {
                 s->mi++;
                 s->moff += 2 * moco_wire_pair_view_bytes(&p);
@@ -305,7 +313,6 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
                     ev->pair = p;
                     ev->q = q;
                     ev->k = k;
-                    s->last_pair = moco_now_s();
                     break;
                 }
                 continue;
@@ -319,14 +326,14 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             s->st.waited_s += moco_now_s() - t0;
             return MOCO_ETIMEOUT;
         }
-        flush_acks(s);
-        if (!waiting && t - s->last_pair < 0.005) { /* pairs are flowing: let a few gather rather than wake per pair */
-            usleep(250);
-            continue;
-        }
+        /* nothing to return: sleep until a message comes (pairs arrive in
+         * batches, so this is one wake-up per batch, not per pair), or until
+         * the acknowledgements held here are due (ACK_BATCH of them or
+         * ACK_DELAY_S old: every message wakes the loader) */
         zmq_pollitem_t it[2] = {{s->ctl, 0, ZMQ_POLLIN, 0}, {s->pull, 0, ZMQ_POLLIN, 0}};
         double left = deadline - t;
-        long ms = left > 0.25 ? 250 : (long)(left * 1000) + 1;
+        if (s->nacks && s->last_ack + ACK_DELAY_S - t < left) left = s->last_ack + ACK_DELAY_S - t;
+        long ms = left > 0.25 ? 250 : left > 0 ? (long)(left * 1000) + 1 : 0;
         zmq_poll(it, s->mnf ? 1 : 2, ms);
     }
     s->st.waited_s += moco_now_s() - t0;

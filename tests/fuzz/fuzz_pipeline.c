@@ -1,6 +1,6 @@
 /* fuzz_pipeline.c: libFuzzer target for the pipeline control messages
- * (formats/pipeline.c, moco_pipe_parse): READY, HEARTBEAT, HELLO, ACK,
- * EPOCH_END, END, STOP. Checks: a parsed ACK / EPOCH_END index list lies
+ * (formats/pipeline.c, moco_pipe_parse): READY (versions 1 and 2),
+ * HEARTBEAT, HELLO, ACK, EPOCH_END, END, STOP. Checks: a parsed ACK / EPOCH_END index list lies
  * inside the frame (every index is read back, as the loader does). */
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,6 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         volatile uint64_t s = 0;
         for (uint32_t i = 0; i < m.n; i++) s ^= moco_get_le64(m.idx + 8 * (size_t)i);
         (void)s;
+    } else if (rc == 0 && m.batch > MOCO_SAMPLES_MAX) {
+        abort();
     } else if (rc > 0) {
         abort();
     }

@@ -2,8 +2,10 @@
  * formats/wire.c: moco_wire_peek and the SAMPLE, PAIR and FAILED parsers
  * (every parser gets every input), plus the PAIRS batch header
  * (moco_pipe_pairs_parse, formats/pipeline.c) with a data length taken from
- * the first 4 bytes. Checks: no out-of-bounds read, a FAILED reason lies
- * inside the frame, PAIRS headers read back within the frame. */
+ * the first 4 bytes, and the SAMPLES batch header (moco_pipe_samples_parse)
+ * the same way. Checks: no out-of-bounds read, a FAILED reason lies inside
+ * the frame, PAIRS headers read back within the frame, SAMPLES record
+ * lengths add up to the data frame. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (uint32_t i = 0; i < n; i++) {
                 moco_pipe_pairs_at(f + 4, i, &p);
                 tot += 2 * moco_wire_pair_view_bytes(&p);
+            }
+            if (tot != dlen) abort();
+        }
+        if (moco_pipe_samples_parse(f + 4, size - 4, dlen, &n) == 0) {
+            if (n < 1 || n > MOCO_SAMPLES_MAX || size - 4 != 16 + (size_t)MOCO_SAMPLES_ENTRY * n) abort();
+            size_t tot = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                moco_pipe_sample e;
+                moco_pipe_samples_at(f + 4, i, &e);
+                tot += e.len;
             }
             if (tot != dlen) abort();
         }

@@ -16,7 +16,7 @@ def out(t, name, b):
 def rec(enc, ch, label, w, h, payload):
     return b'MOCR' + struct.pack('<HBBiIIIII', 1, enc, ch, label, w, h, len(payload), zlib.crc32(payload), 0) + payload
 
-def pre(t): return b'MOCW' + struct.pack('<HH', 1, t)
+def pre(t, v=1): return b'MOCW' + struct.pack('<HH', v, t)
 
 # record parser
 raw = bytes(range(48))
@@ -35,8 +35,12 @@ pairs = pre(11) + struct.pack('<II', 2, 0) + pair[8:].rjust(24, b'\0')
 pairs = pre(11) + struct.pack('<II', 2, 0) + (pre(2) + struct.pack('<IiQHHBBH', 1, 4, 9, 2, 2, 3, 0, 0)) + \
     (pre(2) + struct.pack('<IiQHHBBH', 1, 4, 10, 2, 2, 3, 0, 0))
 out('fuzz_wire', 'pairs', struct.pack('<I', 48) + pairs)
+# SAMPLES (version 2): u32 data length, then the header frame (records of 40 and 33 bytes)
+out('fuzz_wire', 'samples', struct.pack('<I', 73) + pre(12, 2) + struct.pack('<II', 2, 0) +
+    struct.pack('<IIQ', 1, 40, 7) + struct.pack('<IIQ', 1, 33, 8))
 # control messages
 out('fuzz_pipeline', 'ready', pre(4) + struct.pack('<IQ', 8, 100))
+out('fuzz_pipeline', 'ready2', pre(4, 2) + struct.pack('<IQI', 64, 100, 16))
 out('fuzz_pipeline', 'heartbeat', pre(5))
 out('fuzz_pipeline', 'stop', pre(7))
 out('fuzz_pipeline', 'hello', pre(8) + struct.pack('<IQ', 0xFFFFFFFF, 50000))
