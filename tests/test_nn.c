@@ -206,7 +206,8 @@ static void test_conv3_vs_ref(void **st)
     (void)st;
     /* N, Ci, H, W, Co, stride */
     const int cases[][6] = {{3, 8, 7, 7, 16, 1},  {5, 16, 6, 4, 8, 1},  {2, 8, 9, 5, 8, 1},   {4, 16, 8, 8, 24, 1},
-                            {18, 8, 4, 4, 8, 1},  {3, 8, 8, 8, 16, 2},  {17, 4, 9, 7, 8, 2},  {20, 8, 16, 16, 4, 2}};
+                            {18, 8, 4, 4, 8, 1},  {3, 8, 8, 8, 16, 2},  {17, 4, 9, 7, 8, 2},  {20, 8, 16, 16, 4, 2},
+                            {3, 3, 10, 10, 16, 1}, {2, 1, 9, 6, 8, 1}};
     const int top = conv3_simd();
     if (!top) printf("no AVX2/AVX-512 here: the direct kernels are not used\n");
     for (int level = top; level >= 1; level--)
@@ -222,6 +223,7 @@ static void test_conv3_vs_ref(void **st)
                 if (S == 2) assert_int_equal(d.lanes, level == 2);
                 else if (level == 2) assert_true(d.direct == 2 || d.lanes);
                 else assert_int_equal(d.direct, (H + 2) * (W + 2) <= 2 * H * W); /* the padded grid: not on tiny planes */
+                if (Ci < 4) assert_int_equal(d.direct, level); /* the stem: any input channel count */
                 size_t nx = (size_t)N * Ci * H * W, ny = (size_t)N * Co * d.Ho * d.Wo, nw = (size_t)Co * Ci * 9;
                 float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
                       *dwr = fz(nw), *wk = fz(work);
@@ -235,6 +237,15 @@ static void test_conv3_vs_ref(void **st)
                 conv2d_backward_ref(dxr, dwr, dy, x, w, &d);
                 check("dx vs ref", dx, dxr, nx, TOL);
                 check("dw vs ref", dw, dwr, nw, TOL);
+                if (d.lanes && t == 1) { /* the plain loops of the lanes kernels (non-AVX-512 builds) */
+                    conv3_set_simd(0);
+                    randn(dx, nx, 80 + c), randn(dw, nw, 90 + c);
+                    conv2d_forward(y, x, w, &d, wk);
+                    check("forward, plain loops", y, yr, ny, TOL);
+                    conv2d_backward(dx, dw, dy, x, w, &d, wk);
+                    check("dx, plain loops", dx, dxr, nx, TOL);
+                    check("dw, plain loops", dw, dwr, nw, TOL);
+                }
                 test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
                     test_free(dwr), test_free(wk);
             }

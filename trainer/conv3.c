@@ -291,12 +291,12 @@ __attribute__((target("avx512f"))) static void fwd512(float *out, const float *i
     c##i##2 = _mm512_fmadd_ps(y##i, x2, c##i##2), c##i##3 = _mm512_fmadd_ps(y##i, x3, c##i##3)
 #define RED512(i, j) dw[((size_t)(co + i) * Ci + ci + j) * 9 + t] += _mm512_reduce_add_ps(c##i##j)
 
-__attribute__((target("avx512f"))) static void dw512(float *dw, const float *dy, const float *x, int Co, int Ci, size_t ld,
+__attribute__((target("avx512f"))) static void dw512(float *dw, const float *dy, const float *x, int Co, int Ci, int cn, size_t ld,
                                                      size_t Q, const long *off)
 {
     for (int t = 0; t < 9; t++)
         for (int co = 0; co < Co; co += 4)
-            for (int ci = 0; ci < Ci; ci += 4) {
+            for (int ci = 0; ci < cn; ci += 4) {
                 __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00,
                        c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
                 const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
@@ -312,6 +312,30 @@ __attribute__((target("avx512f"))) static void dw512(float *dw, const float *dy,
                 }
                 RED512(0, 0), RED512(0, 1), RED512(0, 2), RED512(0, 3), RED512(1, 0), RED512(1, 1), RED512(1, 2), RED512(1, 3);
                 RED512(2, 0), RED512(2, 1), RED512(2, 2), RED512(2, 3), RED512(3, 0), RED512(3, 1), RED512(3, 2), RED512(3, 3);
+            }
+}
+
+/* input channels ci0..Ci one at a time, 4 output channels in registers
+ * (the 3-channel stem) */
+__attribute__((target("avx512f"))) static void dw512_tail(float *dw, const float *dy, const float *x, int Co, int Ci, int ci0,
+                                                          size_t ld, size_t Q, const long *off)
+{
+    for (int t = 0; t < 9; t++)
+        for (int co = 0; co < Co; co += 4)
+            for (int ci = ci0; ci < Ci; ci++) {
+                __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+                const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
+                for (size_t q = 0; q < Q; q += 16) {
+                    __m512 xv = _mm512_loadu_ps(xx + q);
+                    c0 = _mm512_fmadd_ps(_mm512_loadu_ps(y + q), xv, c0);
+                    c1 = _mm512_fmadd_ps(_mm512_loadu_ps(y + ld + q), xv, c1);
+                    c2 = _mm512_fmadd_ps(_mm512_loadu_ps(y + 2 * ld + q), xv, c2);
+                    c3 = _mm512_fmadd_ps(_mm512_loadu_ps(y + 3 * ld + q), xv, c3);
+                }
+                dw[((size_t)co * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c0);
+                dw[((size_t)(co + 1) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c1);
+                dw[((size_t)(co + 2) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c2);
+                dw[((size_t)(co + 3) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c3);
             }
 }
 
@@ -359,12 +383,12 @@ __attribute__((target("avx2,fma"))) static float hsum256(__m256 v)
 #define DW2(i) c##i##0 = _mm256_fmadd_ps(y##i, x0, c##i##0), c##i##1 = _mm256_fmadd_ps(y##i, x1, c##i##1)
 #define RED256(i, j) dw[((size_t)(co + i) * Ci + ci + j) * 9 + t] += hsum256(c##i##j)
 
-__attribute__((target("avx2,fma"))) static void dw256(float *dw, const float *dy, const float *x, int Co, int Ci, size_t ld,
+__attribute__((target("avx2,fma"))) static void dw256(float *dw, const float *dy, const float *x, int Co, int Ci, int cn, size_t ld,
                                                       size_t Q, const long *off)
 {
     for (int t = 0; t < 9; t++)
         for (int co = 0; co < Co; co += 4)
-            for (int ci = 0; ci < Ci; ci += 2) {
+            for (int ci = 0; ci < cn; ci += 2) {
                 __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
                 const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
                 for (size_t q = 0; q < Q; q += 8) {
@@ -377,6 +401,28 @@ __attribute__((target("avx2,fma"))) static void dw256(float *dw, const float *dy
                     DW2(3);
                 }
                 RED256(0, 0), RED256(0, 1), RED256(1, 0), RED256(1, 1), RED256(2, 0), RED256(2, 1), RED256(3, 0), RED256(3, 1);
+            }
+}
+
+__attribute__((target("avx2,fma"))) static void dw256_tail(float *dw, const float *dy, const float *x, int Co, int Ci, int ci0,
+                                                           size_t ld, size_t Q, const long *off)
+{
+    for (int t = 0; t < 9; t++)
+        for (int co = 0; co < Co; co += 4)
+            for (int ci = ci0; ci < Ci; ci++) {
+                __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+                const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
+                for (size_t q = 0; q < Q; q += 8) {
+                    __m256 xv = _mm256_loadu_ps(xx + q);
+                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(y + q), xv, c0);
+                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(y + ld + q), xv, c1);
+                    c2 = _mm256_fmadd_ps(_mm256_loadu_ps(y + 2 * ld + q), xv, c2);
+                    c3 = _mm256_fmadd_ps(_mm256_loadu_ps(y + 3 * ld + q), xv, c3);
+                }
+                dw[((size_t)co * Ci + ci) * 9 + t] += hsum256(c0);
+                dw[((size_t)(co + 1) * Ci + ci) * 9 + t] += hsum256(c1);
+                dw[((size_t)(co + 2) * Ci + ci) * 9 + t] += hsum256(c2);
+                dw[((size_t)(co + 3) * Ci + ci) * 9 + t] += hsum256(c3);
             }
 }
 
@@ -442,8 +488,9 @@ __attribute__((target("avx512f"))) static void red16(float *dw, int Ci, int co, 
 }
 
 __attribute__((target("avx512f"))) static void ldw512(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx,
-                                                      int Co, int Ci, int G, int Ho, int Wo, int Hp, int Wp, int s)
+                                                      int Co, int Ci, int G, int Ho, int Wo, int Hp, int Wp, int s, int pd)
 {
+    const size_t Hd = (size_t)Ho + 2 * pd, Wd = (size_t)Wo + 2 * pd;
     /* blocks of RB output rows (across groups) whose data fits in L2; in a
      * block, 4 input and 4 output channels stay in L1 over the 9 taps */
     const int rows = G * Ho;
@@ -459,7 +506,7 @@ __attribute__((target("avx512f"))) static void ldw512(float *dw, const float *dy
                            c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
                     for (int r = r0; r < r1; r++) {
                         const int g = r / Ho, h = r % Ho;
-                        const float *y = dy + (size_t)co * ldy + (size_t)r * Wo * 16;
+                        const float *y = dy + (size_t)co * ldy + (((size_t)g * Hd + h + pd) * Wd + pd) * 16;
                         const float *xx = x + (size_t)ci * ldx + (((size_t)g * Hp + (size_t)s * h + t / 3) * Wp + t % 3) * 16;
                         for (int w = 0; w < Wo; w++) {
                             const float *yw = y + (size_t)w * 16, *xw = xx + (size_t)s * w * 16;
@@ -543,8 +590,18 @@ void conv3_dweight(int simd, float *dw, const float *dy, const float *x, int Co,
     const size_t Q = (size_t)n * (H + 2) * (W + 2);
     dy += W + 3; /* grid position q of the output is padded position q + (W+2) + 1 */
 #if CONV3_X86
-    if (simd == 2) return dw512(dw, dy, x, Co, Ci, ld, Q, off);
-    if (simd == 1) return dw256(dw, dy, x, Co, Ci, ld, Q, off);
+    /* whole blocks of input channels, then the rest one by one */
+    const int cb = simd == 2 ? Ci / 4 * 4 : Ci / 2 * 2;
+    if (simd == 2) {
+        if (cb) dw512(dw, dy, x, Co, Ci, cb, ld, Q, off);
+        if (cb < Ci) dw512_tail(dw, dy, x, Co, Ci, cb, ld, Q, off);
+        return;
+    }
+    if (simd == 1) {
+        if (cb) dw256(dw, dy, x, Co, Ci, cb, ld, Q, off);
+        if (cb < Ci) dw256_tail(dw, dy, x, Co, Ci, cb, ld, Q, off);
+        return;
+    }
 #endif
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++)
@@ -577,11 +634,12 @@ void conv3l_forward(float *out, size_t ldo, const float *in, size_t ldi, const f
 }
 
 void conv3l_dweight(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx, int Co, int Ci, int G, int Ho, int Wo,
-                    int Hp, int Wp, int s)
+                    int Hp, int Wp, int s, int pd)
 {
 #if CONV3_X86
-    if (conv3_simd() == 2) return ldw512(dw, dy, ldy, x, ldx, Co, Ci, G, Ho, Wo, Hp, Wp, s);
+    if (conv3_simd() == 2) return ldw512(dw, dy, ldy, x, ldx, Co, Ci, G, Ho, Wo, Hp, Wp, s, pd);
 #endif
+    const size_t Hd = (size_t)Ho + 2 * pd, Wd = (size_t)Wo + 2 * pd;
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++)
             for (int t = 0; t < 9; t++) {
@@ -589,7 +647,7 @@ void conv3l_dweight(float *dw, const float *dy, size_t ldy, const float *x, size
                 for (size_t p = 0; p < (size_t)G * Ho * Wo; p++) {
                     const size_t g = p / ((size_t)Ho * Wo), h = p / Wo % Ho, w = p % Wo;
                     for (int l = 0; l < 16; l++)
-                        a += dy[(size_t)co * ldy + p * 16 + l] *
+                        a += dy[(size_t)co * ldy + ((g * Hd + h + pd) * Wd + w + pd) * 16 + l] *
                              x[(size_t)ci * ldx + ((g * Hp + s * h + t / 3) * Wp + s * w + t % 3) * 16 + l];
                 }
                 dw[((size_t)co * Ci + ci) * 9 + t] += a;

@@ -61,9 +61,10 @@ void conv3l_unpack(float *dst, const float *src, size_t ld, int C, int N, int n0
 void conv3l_forward(float *out, size_t ldo, const float *in, size_t ldi, const float *wr, int Cin, int Cout, int G, int Ho,
                     int Wo, int Hp, int Wp, int s);
 /* dw (Co,Ci,3,3) += sum of dy[co][h,w] * x[ci][s*h+kh, s*w+kw]; dy (Co, ldy)
- * unpadded, x (Ci, ldx) border 1. Co % 4 == 0, Ci % 4 == 0. */
+ * Ho x Wo with border pd (0 or 1), x (Ci, ldx) border 1. Co % 4 == 0,
+ * Ci % 4 == 0. */
 void conv3l_dweight(float *dw, const float *dy, size_t ldy, const float *x, size_t ldx, int Co, int Ci, int G, int Ho, int Wo,
-                    int Hp, int Wp, int s);
+                    int Hp, int Wp, int s, int pd);
 /* dx (Ci, ldx) border 1 (zeroed by the caller) += at [s*h+kh, s*w+kw] the
  * sum over co of wb[co][kh*3+kw][ci] * dy[co][h,w] (wb: conv3_weights_bwd
  * unflipped); dy (Co, ldy) unpadded. Ci % 4 == 0, Wo % 4 == 0. */

@@ -109,7 +109,8 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
     }
     /* direct 3x3 kernels where the padded grid wastes at most half (not 4x4) */
     int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
-    if (simd && Ci % (simd == 2 ? 8 : 4) == 0 && Co % (simd == 2 ? 8 : 4) == 0) {
+    const int vec = simd == 2 ? 8 : 4;
+    if (simd && (Ci % vec == 0 || Ci < vec) && Co % vec == 0) { /* Ci < vec: the stem (dinp in plain loops) */
         /* per image: padded input, output gradient and input gradient, in
          * a quarter of the im2col budget (1 MB by default: L2-sized) */
         size_t img = (size_t)(2 * Ci + Co) * (H + 2) * (W + 2), c = work_floats / 4 / img;
@@ -334,14 +335,16 @@ static void conv_bwd_task(void *ctx, int t, int th)
         conv_lanes_lds(d, &ldx, &ldy, &ldyp);
         const int G = (n + 15) / 16, s = d->stride;
         float *x = col, *y = x + (size_t)d->Ci * ldx, *yp = y + (size_t)d->Co * ldy, *dx = yp + (size_t)d->Co * ldyp;
-        conv3l_pack(y, ldy, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 0);
+        /* the output gradient, with a border where the stride-1 data gradient convolves it */
+        const int pd = j->dinp && s == 1;
+        if (pd) conv3l_pack(yp, ldyp, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 1);
+        else conv3l_pack(y, ldy, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 0);
         if (j->dw) {
             conv3l_pack(x, ldx, j->inp, d->Ci, d->N, n0, n, d->H, d->W, 1);
-            conv3l_dweight(dw, y, ldy, x, ldx, d->Co, d->Ci, G, d->Ho, d->Wo, d->H + 2, d->W + 2, s);
+            conv3l_dweight(dw, pd ? yp : y, pd ? ldyp : ldy, x, ldx, d->Co, d->Ci, G, d->Ho, d->Wo, d->H + 2, d->W + 2, s, pd);
         }
-        if (j->dinp && s == 1) { /* a convolution of the padded gradient with the flipped weights */
+        if (pd) { /* a convolution of the padded gradient with the flipped weights */
             size_t ldu = conv3l_ld(d->chunk, d->H, d->W);
-            conv3l_pack(yp, ldyp, j->dout, d->Co, d->N, n0, n, d->Ho, d->Wo, 1);
             conv3l_forward(dx, ldu, yp, ldyp, j->wr, d->Co, d->Ci, G, d->H, d->W, d->Ho + 2, d->Wo + 2, 1);
             conv3l_unpack(j->dinp, dx, ldu, d->Ci, d->N, n0, n, d->H, d->W, 0, 1);
         } else if (j->dinp) { /* stride 2: each tap's product added at its input positions */
@@ -359,7 +362,7 @@ static void conv_bwd_task(void *ctx, int t, int th)
             conv3_dweight(d->direct, dw, dy, x, d->Co, d->Ci, d->ld, n, d->H, d->W);
         }
         if (j->dinp) {
-            conv3_forward(d->direct, dx, dy, j->wr, d->Co, d->Ci, d->ld, n, d->H, d->W);
+            conv3_forward(d->Ci % (d->direct == 2 ? 8 : 4) ? 0 : d->direct, dx, dy, j->wr, d->Co, d->Ci, d->ld, n, d->H, d->W);
             conv3_unpad(j->dinp, dx, d->ld, d->Ci, d->N, n0, n, d->H, d->W, 1);
         }
         return;

@@ -41,6 +41,8 @@ typedef struct {
  * (4 with AVX2 only) run on the direct kernels of conv3.h instead, with
  * chunks of padded images sized for the L2 cache (MOCO_CONV3=0 turns them
  * off); the scratch then holds the padded chunks and the rearranged weights.
+ * So does a stem with fewer input channels (RGB), whose input gradient then
+ * runs in plain loops (slow; training never asks for it).
  * With AVX-512, 3x3 pad-1 convolutions of stride 2, and of stride 1 on
  * planes of 8x8 or less, run on the image-lanes kernels (channels multiples
  * of 4, output width a multiple of 4; chunks of 16 images). */
