@@ -187,9 +187,9 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
         size_t len;
         int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
         if (!rc && (len > UINT32_MAX || used + len < used)) rc = moco_err(MOCO_ECORRUPT, "record %" PRId64 " of %zu bytes", i, len);
-        if (!rc && used + len > cap) {
-            size_t nc = cap ? cap : (size_t)64 << 10;
-            while (nc < used + len) nc *= 2;
+        if (!rc && used + len > cap) { /* first guess: max records like this one */
+            size_t nc = cap ? 2 * cap : len * max < BATCH_BYTES ? len * max : BATCH_BYTES;
+            if (nc < used + len) nc = used + len;
             uint8_t *nb = realloc(buf, nc);
             if (!nb) rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", nc);
             else { buf = nb; cap = nc; }

@@ -255,8 +255,13 @@ static void loader_counts(long *sent, long *msgs)
     char p[1400];
     snprintf(p, sizeof p, "%s/loader.jsonl", tmp);
     size_t n;
-    char *txt = (char *)tu_read_file(p, &n);
+    uint8_t *raw = tu_read_file(p, &n);
+    assert_non_null(raw);
+    char *txt = malloc(n + 1); /* tu_read_file's bytes are not a string */
     assert_non_null(txt);
+    memcpy(txt, raw, n);
+    txt[n] = 0;
+    free(raw);
     char *last = NULL, *x = txt;
     while ((x = strstr(x, "\"sample_msgs\":"))) last = x++;
     assert_non_null(last);
