@@ -121,7 +121,7 @@ static int run_pipeline(int argc, char **argv, int bench)
     uint64_t seed = 0;
     int sink = 0, quiet = 0;
     const char *run_dir = NULL, *dbflag = NULL;
-    double worker_timeout = 5, seconds = 10;
+    double worker_timeout = 5, seconds = 10, warmup = 1;
     augment_flags af;
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 16];
     int n = augment_flags_opts(&af, opts);
@@ -140,6 +140,9 @@ static int run_pipeline(int argc, char **argv, int bench)
     if (bench) {
         opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB (required)", 0, 0, NULL};
         opts[n++] = (moco_opt){"seconds", MOCO_OPT_DOUBLE, &seconds, "measure this long", 0.5, 1e6, NULL};
+        opts[n++] = (moco_opt){"warmup", MOCO_OPT_DOUBLE, &warmup,
+                               "seconds after the first pair not measured (processes start, caches fill; bench augment also measures warm)",
+                               0, 1e6, NULL};
     } else {
         opts[n++] = (moco_opt){"sink", MOCO_OPT_FLAG, &sink, "consume with the counting sink instead of training", 0, 0, NULL};
     }
@@ -155,7 +158,8 @@ static int run_pipeline(int argc, char **argv, int bench)
                                    opts, 1, 1};
     const moco_optspec bench_spec = {"moco bench pipeline", "--db DB [--workers N] [--seconds T] [recipe options]",
                                       "The whole pipeline (loader, N worker processes, sockets) into the counting sink for\n"
-                                      "--seconds; prints pairs/s, starved % and per-stage figures, the last line one JSON object.",
+                                      "--warmup + --seconds, measured over the last --seconds; prints pairs/s, starved % and\n"
+                                      "per-stage figures, the last line one JSON object.",
                                       opts, 0, 0};
     const moco_optspec spec = bench ? bench_spec : run_spec;
     /* moco run: our flags (and the recipe's) here, every other flag to the
@@ -298,6 +302,7 @@ static int run_pipeline(int argc, char **argv, int bench)
         addf(&ca, "--json", "%s/sink.json", run_dir);
         addf(&ca, "--log", "%s/sink.jsonl", run_dir);
         if (bench) addf(&ca, "--seconds", "%g", seconds);
+        if (bench) addf(&ca, "--warmup", "%g", warmup);
         if (quiet) add(&ca, "--quiet");
     }
     add(&wa, "moco");

@@ -42,7 +42,7 @@ int trainer_sink_main(int argc, char **argv)
     const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL, *stats_path = NULL;
     long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
     uint64_t count = 0;
-    double timeout = 60, seconds = 0;
+    double timeout = 60, seconds = 0, warmup = 0;
     int q = 0;
     const moco_opt opts[] = {
         {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here)", 0, 0, NULL},
@@ -55,6 +55,8 @@ int trainer_sink_main(int argc, char **argv)
         {"stop-after", MOCO_OPT_INT, &stop_after, "exit (status 3) after this many pairs, as if killed", 0, 1e12, NULL},
         {"loader-timeout", MOCO_OPT_DOUBLE, &timeout, "seconds of loader silence that end the run with an error", 0.5, 1e6, NULL},
         {"seconds", MOCO_OPT_DOUBLE, &seconds, "stop after this long from the first pair (0: at the end of the stream)", 0, 1e9, NULL},
+        {"warmup", MOCO_OPT_DOUBLE, &warmup, "pairs of this many seconds after the first are not counted in pairs_per_s; "
+                                             "with --seconds, the run lasts warmup + seconds", 0, 1e6, NULL},
         {"log", MOCO_OPT_STR, &stats_path, "append a JSON line of statistics here once a second", 0, 0, NULL},
         {"json", MOCO_OPT_STR, &json_out, "also write the final JSON summary to this file", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &q, "no progress on stderr", 0, 0, NULL},
@@ -105,10 +107,11 @@ int trainer_sink_main(int argc, char **argv)
         return 1;
     }
     uint64_t total = 0, in_epoch = 0, resumed = 0, bad = 0, bytes = 0, failed = 0;
+    uint64_t total0 = 0, bytes0 = 0; /* counted before the warm-up ended */
     if (bm)
         for (uint64_t i = 0; i < count; i++) resumed += bm[i >> 3] >> (i & 7) & 1;
     uint32_t epochs = 0, h = 0, w = 0, c = 0;
-    double t0 = moco_now_s(), t_first = 0, last = t0, last_stat = t0, last_wait = 0;
+    double t0 = moco_now_s(), t_first = 0, t_meas = 0, last = t0, last_stat = t0, last_wait = 0;
     uint64_t last_total = 0;
     int status = 0;
     char per_epoch[4096] = "";
@@ -161,7 +164,12 @@ int trainer_sink_main(int argc, char **argv)
             break;
         }
         double t = moco_now_s();
-        if (seconds > 0 && t_first && t - t_first >= seconds) break;
+        if (t_first && !t_meas && t - t_first >= warmup) { /* the measurement starts */
+            t_meas = warmup > 0 ? t : t_first;
+            total0 = warmup > 0 ? total : 0;
+            bytes0 = warmup > 0 ? bytes : 0;
+        }
+        if (seconds > 0 && t_first && t - t_first >= warmup + seconds) break;
         if (stats && t - last_stat >= 1.0) {
             stream_stats st;
             stream_get_stats(s, &st);
@@ -183,7 +191,8 @@ int trainer_sink_main(int argc, char **argv)
         }
     }
     if (stop_flag) status = 1;
-    double el = moco_now_s() - (t_first ? t_first : t0);
+    double el = moco_now_s() - (t_meas ? t_meas : t_first ? t_first : t0);
+    if (!t_meas) total0 = bytes0 = 0; /* ended within the warm-up: count it all */
     stream_stats st;
     stream_get_stats(s, &st);
     stream_destroy(&s);
@@ -195,9 +204,9 @@ int trainer_sink_main(int argc, char **argv)
     snprintf(json, sizeof json,
              "{\"pairs\":%" PRIu64 ",\"epochs\":%u,\"per_epoch\":[%s],\"failed\":%" PRIu64 ",\"duplicates_dropped\":%" PRIu64
              ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
-             "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"ok\":%s}",
-             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, el > 0 ? (double)total / el : 0,
-             el > 0 ? (double)bytes / el / 1e6 : 0, 100 * st.waited_s / (moco_now_s() - t0), h, w, c, status ? "false" : "true");
+             "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"warmup_s\":%g,\"ok\":%s}",
+             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, el > 0 ? (double)(total - total0) / el : 0,
+             el > 0 ? (double)(bytes - bytes0) / el / 1e6 : 0, 100 * st.waited_s / (moco_now_s() - t0), h, w, c, warmup, status ? "false" : "true");
     printf("%s\n", json);
     if (json_out) {
         FILE *f = fopen(json_out, "w");
