@@ -120,6 +120,41 @@ typedef struct {
 #define OUT_MAX 64                    /* pairs sent together in one PAIRS message ... */
 #define OUT_BYTES ((size_t)4 << 20)   /* ... or fewer, once they hold this many bytes */
 
+/* Send the finished pairs as one PAIRS message (two frames: headers,
+ * views). If the consumer is not taking, they stay for a later try.
+ * Returns 0, or MOCO_ENOMEM. */
+static int send_pairs(void *push, outpair *out, int *nout, size_t *outbytes, augment_pipe_stats *st)
+{
+    moco_wire_pair ph[OUT_MAX];
+    uint8_t hb[16 + MOCO_WIRE_PAIR_SIZE * OUT_MAX];
+    for (int i = 0; i < *nout; i++) moco_wire_pair_parse(out[i].hdr, sizeof out[i].hdr, &ph[i]);
+    size_t hl = moco_pipe_pairs_pack(hb, ph, (uint32_t)*nout);
+    uint8_t *data = malloc(*outbytes);
+    if (!data) return moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", *outbytes);
+    size_t off = 0;
+    for (int i = 0; i < *nout; i++) {
+        memcpy(data + off, out[i].q, out[i].bytes);
+        memcpy(data + off + out[i].bytes, out[i].k, out[i].bytes);
+        off += 2 * out[i].bytes;
+    }
+    zmq_msg_t md;
+    zmq_msg_init_data(&md, data, *outbytes, free_view, NULL); /* zero copy: zmq frees it */
+    if (zmq_send(push, hb, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&md); /* the consumer is not taking: try again later */
+        return 0;
+    }
+    zmq_msg_send(&md, push, 0); /* once the first frame is accepted, the rest is too */
+    for (int i = 0; i < *nout; i++) {
+        free(out[i].q);
+        free(out[i].k);
+        out[i].q = out[i].k = NULL;
+    }
+    st->pairs += (uint64_t)*nout;
+    *nout = 0;
+    *outbytes = 0;
+    return 0;
+}
+
 int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnctx, augment_pipe_stats *st)
 {
     int rc = 0, cap = cfg->queue > 0 && cfg->queue <= MAX_QUEUE ? cfg->queue : 16;
@@ -134,6 +169,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     queued q[MAX_QUEUE];
     outpair out[OUT_MAX];
     int qhead = 0, qlen = 0, nout = 0, last_free = -1;
+    size_t outbytes = 0; /* view bytes of the nout finished pairs */
     uint64_t received = 0, last_recv = 0;
     size_t vmax = cfg->view_bytes;
     memset(st, 0, sizeof *st);
@@ -163,9 +199,11 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             last_recv = received;
             last_ready = t;
         }
-        /* block only when there is nothing to do: a poll is a system call,
-         * and with work queued the receives and sends below need none */
-        int busy = qlen > 0 && nout < OUT_MAX;
+        /* a full batch goes first, so that there is room to work on */
+        if ((nout == OUT_MAX || outbytes >= OUT_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st))) break;
+        /* block only when there is nothing to do: a poll is three system
+         * calls, and with work queued the receives and sends below need none */
+        int busy = qlen > 0 && nout < OUT_MAX && outbytes < OUT_BYTES;
         if (!busy) {
             zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
             if (zmq_poll(it, nout ? 2 : 1, 100) < 0) {
@@ -174,8 +212,10 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
                 break;
             }
         }
-        /* everything the loader has sent */
-        for (;;) {
+        /* everything the loader has sent; not while a batch's worth of work
+         * is queued (an empty read is a system call), but at least twice a
+         * second (its heartbeats) */
+        for (int rd = !busy || qlen < batch || t - loader_seen > 0.5; rd;) {
             zmq_msg_t f[2];
             zmq_msg_init(&f[0]);
             if (zmq_msg_recv(&f[0], dealer, ZMQ_DONTWAIT) < 0) { zmq_msg_close(&f[0]); break; }
@@ -208,40 +248,11 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             }
             for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         }
-        /* send the finished pairs as one PAIRS message (two frames: headers,
-         * views), once the batch is full, large, or nothing else is waiting */
-        size_t outbytes = 0;
-        for (int i = 0; i < nout; i++) outbytes += 2 * out[i].bytes;
-        if (nout && (nout == OUT_MAX || qlen == 0 || outbytes >= OUT_BYTES)) {
-            moco_wire_pair ph[OUT_MAX];
-            uint8_t hb[16 + MOCO_WIRE_PAIR_SIZE * OUT_MAX];
-            for (int i = 0; i < nout; i++) moco_wire_pair_parse(out[i].hdr, sizeof out[i].hdr, &ph[i]);
-            size_t hl = moco_pipe_pairs_pack(hb, ph, (uint32_t)nout);
-            uint8_t *data = malloc(outbytes);
-            if (!data) { rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", outbytes); break; }
-            size_t off = 0;
-            for (int i = 0; i < nout; i++) {
-                memcpy(data + off, out[i].q, out[i].bytes);
-                memcpy(data + off + out[i].bytes, out[i].k, out[i].bytes);
-                off += 2 * out[i].bytes;
-            }
-            zmq_msg_t md;
-            zmq_msg_init_data(&md, data, outbytes, free_view, NULL); /* zero copy: zmq frees it */
-            if (zmq_send(push, hb, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(&md); /* the consumer is not taking: try again later */
-            } else {
-                zmq_msg_send(&md, push, 0); /* once the first frame is accepted, the rest is too */
-                for (int i = 0; i < nout; i++) {
-                    free(out[i].q);
-                    free(out[i].k);
-                }
-                st->pairs += (uint64_t)nout;
-                nout = 0;
-                memset(out, 0, sizeof out);
-            }
-        }
+        /* the finished pairs, once the batch is full, large, or nothing else is waiting */
+        if (nout && (nout == OUT_MAX || qlen == 0 || outbytes >= OUT_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st)))
+            break;
         /* make pairs */
-        while (qlen > 0 && nout < OUT_MAX) {
+        while (qlen > 0 && nout < OUT_MAX && outbytes < OUT_BYTES) {
             queued *e = &q[qhead];
             qhead = (qhead + 1) % MAX_QUEUE;
             qlen--;
@@ -256,6 +267,7 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
                                      .width = (uint16_t)info.width, .channels = (uint8_t)info.channels, .layout = MOCO_LAYOUT_HWC_U8};
                 moco_wire_pair_pack(o->hdr, &ph);
                 o->bytes = moco_wire_pair_view_bytes(&ph);
+                outbytes += 2 * o->bytes;
                 nout++;
             } else {
                 free(o->q);

@@ -1,5 +1,6 @@
 /* pipe_main.c: `moco augment`, the pipeline worker's command line. */
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,12 @@ int augment_pipe_main(int argc, char **argv)
     cfg.sndhwm = (int)hwm;
     augment_recipe r;
     if (augment_flags_recipe(&af, &spec, &r)) return 2;
+    /* A PAIRS batch (up to 4 MB) is allocated per message and freed by
+     * ZeroMQ's I/O thread once sent. glibc would map each one afresh (at or
+     * above its mmap threshold) and fault its pages in again every time;
+     * from the heap, kept untrimmed, the same pages serve every batch. */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 20);
     if (augment_vips_init(argv[0])) {
         fprintf(stderr, "moco augment: %s\n", moco_errmsg());
         return 1;
