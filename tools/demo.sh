@@ -4,13 +4,13 @@
 # MoCo (the official CIFAR-10 demo's recipe, scaled down to run in minutes on
 # two cores) with the pipeline of separate processes, and report kNN accuracy
 # after every epoch. Everything goes to demo/ (ignored by git).
-#   DEMO_EPOCHS (2), DEMO_WIDTH (8), DEMO_WORKERS (2) change the run.
+#   DEMO_EPOCHS (3), DEMO_WIDTH (8), DEMO_WORKERS (2) change the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=bin/moco
 SRC=/usr/share/datasets/fashion-mnist
 OUT=demo
-EPOCHS=${DEMO_EPOCHS:-2}
+EPOCHS=${DEMO_EPOCHS:-3}
 WIDTH=${DEMO_WIDTH:-8}
 WORKERS=${DEMO_WORKERS:-2}
 mkdir -p "$OUT"
