@@ -6,8 +6,8 @@
  *
  *   views_epoch records DB OUT                 payloads of DB, as (u32 LE length, bytes), index order
  *   views_epoch ours DB OUT SEED EPOCHS        our cifar-recipe views, (epoch, index) order
- *   views_epoch train VIEWS N EPOCHS SEED BANK_DB TEST_DB
- *       resnet18-cifar width 16, batch 256, K 4096, m 0.99, T 0.1, lr 0.03
+ *   views_epoch train VIEWS N EPOCHS SEED BANK_DB TEST_DB [LR]
+ *       resnet18-cifar width 16, batch 256, K 4096, m 0.99, T 0.1, lr LR (0.03)
  *       cosine over 20 epochs, wd 5e-4, 8 BN splits; batches in the order of
  *       moco_rng_permutation(seed, 77, epoch, 0); one JSON line per epoch
  *       with the mean loss and the kNN top-1 (k 200, t 0.1).
@@ -97,13 +97,13 @@ static void to_float(float *o, const uint8_t *src)
         for (int i = 0; i < S * S; i++) o[ch * S * S + i] = ((float)src[i * 3 + ch] / 255.0f - mean[ch]) / std[ch];
 }
 
-static int train(const char *views, long n, int epochs, uint64_t seed, const char *bank, const char *test)
+static int train(const char *views, long n, int epochs, uint64_t seed, const char *bank, const char *test, double lr0)
 {
     const int N = 256;
     static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
     par_set_threads(2);
     moco_cfg mc = {.enc = {.arch = "resnet18-cifar", .width = 16, .dim = 128, .bn_splits = 8, .batch = N, .size = S},
-                   .K = 4096, .m = 0.99f, .T = 0.1f, .lr = 0.03f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = seed};
+                   .K = 4096, .m = 0.99f, .T = 0.1f, .lr = (float)lr0, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = seed};
     moco *m = NULL;
     if (moco_new(&mc, &m)) return fail("model");
     FILE *f = fopen(views, "rb");
@@ -116,7 +116,7 @@ static int train(const char *views, long n, int epochs, uint64_t seed, const cha
         moco_rng g;
         moco_rng_init(&g, seed, 77, (uint64_t)e, 0);
         moco_rng_permutation(&g, perm, (uint64_t)n);
-        float lr = (float)(0.03 * 0.5 * (1.0 + cos(M_PI * e / 20.0)));
+        float lr = (float)(lr0 * 0.5 * (1.0 + cos(M_PI * e / 20.0)));
         double sum = 0;
         int steps = 0;
         for (long b = 0; b + N <= n && !rc; b += N) {
@@ -145,8 +145,9 @@ int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "records")) return records(argv[2], argv[3]);
     if (argc == 6 && !strcmp(argv[1], "ours")) return ours(argv[2], argv[3], strtoull(argv[4], NULL, 10), atoi(argv[5]));
-    if (argc == 8 && !strcmp(argv[1], "train"))
-        return train(argv[2], atol(argv[3]), atoi(argv[4]), strtoull(argv[5], NULL, 10), argv[6], argv[7]);
+    if ((argc == 8 || argc == 9) && !strcmp(argv[1], "train"))
+        return train(argv[2], atol(argv[3]), atoi(argv[4]), strtoull(argv[5], NULL, 10), argv[6], argv[7],
+                     argc == 9 ? atof(argv[8]) : 0.03);
     fprintf(stderr, "usage: see the comment at the top of tools/quality/views_epoch.c\n");
     return 2;
 }
