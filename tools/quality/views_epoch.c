@@ -30,6 +30,9 @@
 #define S 32
 #define VB (S * S * 3)
 
+/* CIFAR-10's mean and std, as the reference's Normalize and moco train use */
+static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
+
 static int fail(const char *what)
 {
     fprintf(stderr, "views_epoch: %s: %s\n", what, moco_errmsg());
@@ -92,7 +95,6 @@ static int ours(const char *dbpath, const char *out, uint64_t seed, int epochs)
 
 static void to_float(float *o, const uint8_t *src)
 {
-    static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
     for (int ch = 0; ch < 3; ch++)
         for (int i = 0; i < S * S; i++) o[ch * S * S + i] = ((float)src[i * 3 + ch] / 255.0f - mean[ch]) / std[ch];
 }
@@ -100,7 +102,6 @@ static void to_float(float *o, const uint8_t *src)
 static int train(const char *views, long n, int epochs, uint64_t seed, const char *bank, const char *test, double lr0)
 {
     const int N = 256;
-    static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
     par_set_threads(2);
     moco_cfg mc = {.enc = {.arch = "resnet18-cifar", .width = 16, .dim = 128, .bn_splits = 8, .batch = N, .size = S},
                    .K = 4096, .m = 0.99f, .T = 0.1f, .lr = (float)lr0, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = seed};
