@@ -109,13 +109,34 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     }
 }
 
-size_t moco_pipe_pairs_pack(uint8_t *b, const moco_wire_pair *pairs, uint32_t n)
+/* The 16-byte head of a batch message (PAIRS, SAMPLES): prefix, u32 count,
+ * u32 reserved 0; then count entries of `entry` bytes. */
+static size_t batch_head_pack(uint8_t *b, uint16_t type, uint32_t n, size_t entry)
 {
-    moco_wire_prefix_pack(b, MOCO_MSG_PAIRS);
+    moco_wire_prefix_pack(b, type);
     moco_put_le32(b + 8, n);
     moco_put_le32(b + 12, 0);
+    return 16 + entry * n;
+}
+
+/* Check that head: the count within 1..max, the reserved field 0, and the
+ * frame exactly as long as the count says. what/unit name it in messages. */
+static int batch_head_check(const uint8_t *hdr, size_t hlen, size_t entry, uint32_t max, const char *what,
+                            const char *unit, uint32_t *cnt)
+{
+    if (hlen < 16) return moco_err(MOCO_ECORRUPT, "%s header of %zu bytes", what, hlen);
+    *cnt = moco_get_le32(hdr + 8);
+    if (*cnt < 1 || *cnt > max || moco_get_le32(hdr + 12) != 0)
+        return moco_err(MOCO_ECORRUPT, "%s of %u %s (1..%u) or a non-zero reserved field", what, *cnt, unit, max);
+    if (hlen != 16 + entry * *cnt)
+        return moco_err(MOCO_ECORRUPT, "%s header of %zu bytes for %u %s", what, hlen, *cnt, unit);
+    return 0;
+}
+
+size_t moco_pipe_pairs_pack(uint8_t *b, const moco_wire_pair *pairs, uint32_t n)
+{
     for (uint32_t i = 0; i < n; i++) moco_wire_pair_pack(b + 16 + (size_t)MOCO_WIRE_PAIR_SIZE * i, &pairs[i]);
-    return 16 + (size_t)MOCO_WIRE_PAIR_SIZE * n;
+    return batch_head_pack(b, MOCO_MSG_PAIRS, n, MOCO_WIRE_PAIR_SIZE);
 }
 
 int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n)
@@ -124,12 +145,8 @@ int moco_pipe_pairs_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint
     int rc = moco_wire_peek(hdr, hlen, &type);
     if (rc) return rc;
     if (type != MOCO_MSG_PAIRS) return moco_err(MOCO_ECORRUPT, "%s message where PAIRS was expected", moco_msg_type_name(type));
-    if (hlen < 16) return moco_err(MOCO_ECORRUPT, "PAIRS header of %zu bytes", hlen);
-    uint32_t cnt = moco_get_le32(hdr + 8);
-    if (cnt < 1 || cnt > MOCO_PAIRS_MAX || moco_get_le32(hdr + 12) != 0)
-        return moco_err(MOCO_ECORRUPT, "PAIRS of %u pairs (1..%d) or a non-zero reserved field", cnt, MOCO_PAIRS_MAX);
-    if (hlen != 16 + (size_t)MOCO_WIRE_PAIR_SIZE * cnt)
-        return moco_err(MOCO_ECORRUPT, "PAIRS header of %zu bytes for %u pairs", hlen, cnt);
+    uint32_t cnt;
+    if ((rc = batch_head_check(hdr, hlen, MOCO_WIRE_PAIR_SIZE, MOCO_PAIRS_MAX, "PAIRS", "pairs", &cnt))) return rc;
     size_t need = 0;
     for (uint32_t i = 0; i < cnt; i++) {
         moco_wire_pair p;
@@ -148,16 +165,13 @@ void moco_pipe_pairs_at(const uint8_t *hdr, uint32_t i, moco_wire_pair *p)
 
 size_t moco_pipe_samples_pack(uint8_t *b, const moco_pipe_sample *s, uint32_t n)
 {
-    moco_wire_prefix_pack(b, MOCO_MSG_SAMPLES);
-    moco_put_le32(b + 8, n);
-    moco_put_le32(b + 12, 0);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *e = b + 16 + (size_t)MOCO_SAMPLES_ENTRY * i;
         moco_put_le32(e, s[i].epoch);
         moco_put_le32(e + 4, s[i].len);
         moco_put_le64(e + 8, s[i].index);
     }
-    return 16 + (size_t)MOCO_SAMPLES_ENTRY * n;
+    return batch_head_pack(b, MOCO_MSG_SAMPLES, n, MOCO_SAMPLES_ENTRY);
 }
 
 int moco_pipe_samples_parse(const uint8_t *hdr, size_t hlen, size_t data_len, uint32_t *n)
@@ -167,12 +181,8 @@ int moco_pipe_samples_parse(const uint8_t *hdr, size_t hlen, size_t data_len, ui
     if (rc) return rc;
     if (type != MOCO_MSG_SAMPLES) return moco_err(MOCO_ECORRUPT, "%s message where SAMPLES was expected", moco_msg_type_name(type));
     if (moco_wire_version(hdr) < 2) return moco_err(MOCO_ECORRUPT, "SAMPLES in a version-1 message (it is new in version 2)");
-    if (hlen < 16) return moco_err(MOCO_ECORRUPT, "SAMPLES header of %zu bytes", hlen);
-    uint32_t cnt = moco_get_le32(hdr + 8);
-    if (cnt < 1 || cnt > MOCO_SAMPLES_MAX || moco_get_le32(hdr + 12) != 0)
-        return moco_err(MOCO_ECORRUPT, "SAMPLES of %u records (1..%d) or a non-zero reserved field", cnt, MOCO_SAMPLES_MAX);
-    if (hlen != 16 + (size_t)MOCO_SAMPLES_ENTRY * cnt)
-        return moco_err(MOCO_ECORRUPT, "SAMPLES header of %zu bytes for %u records", hlen, cnt);
+    uint32_t cnt;
+    if ((rc = batch_head_check(hdr, hlen, MOCO_SAMPLES_ENTRY, MOCO_SAMPLES_MAX, "SAMPLES", "records", &cnt))) return rc;
     uint64_t need = 0; /* at most 1024 x (2^32 - 1): no overflow */
     for (uint32_t i = 0; i < cnt; i++) need += moco_get_le32(hdr + 16 + (size_t)MOCO_SAMPLES_ENTRY * i + 4);
     if (need != data_len)
