@@ -195,23 +195,58 @@ def layers():
     save_st(os.path.join(OUT, "layers.safetensors"), t)
 
 
-def model_case(fname, arch, width, mlp, N, size, splits, dim):
+def grads64(arch, width, mlp, dim, splits, state, x, dout, eps=0.0, seed=0):
+    """Float64 forward and backward with every weight and input scaled by
+    (1 + eps * u), u uniform in [-1, 1] (seeded): with eps at float32's
+    rounding, how far the exact gradients move under float32-sized noise."""
+    g = torch.Generator().manual_seed(seed)
+    noise = lambda v: v.double() * (1 + eps * (2 * torch.rand(v.shape, generator=g, dtype=torch.float64) - 1))
+    model = make(arch, width=width, mlp=mlp, dim=dim, bn_splits=splits).double()
+    model.load_state_dict({k: noise(v) if v.is_floating_point() else v for k, v in state.items()})
+    model.train()
+    out = model(noise(x))
+    out.backward(dout.double())
+    return model, out
+
+
+def model_case(fname, arch, width, mlp, N, size, splits, dim, seed):
     """Reference computed in float64 (stored as float32): float32 results
     of a deep net with BN depend on summation order by more than rounding
     (BN over few values amplifies them), so the truth is the fair target.
-    PyTorch's own float32 error against it is stored as torch_f32_err."""
-    model = make(arch, width=width, mlp=mlp, dim=dim, bn_splits=splits)
-    t = {f"init.{k}": v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(N, 3, size, size)
-    m32 = make(arch, width=width, mlp=mlp, dim=dim, bn_splits=splits)
-    m32.load_state_dict(model.state_dict())
-    model = model.double()
-    model.train()
-    out = model(x.double())
-    dout = torch.randn_like(out)
-    out.backward(dout)
+    PyTorch's own float32 error against it is stored as torch_f32_err.
+
+    A case can also be ill-conditioned outright: a ReLU or max-pool decision
+    that float32 rounding flips, amplified by BN over few values, moves some
+    gradient by percents (the first resnet50 case moved 8.8% under 4 of 5
+    float32-sized perturbations of its weights, so its pass or failure
+    depended on the BLAS kernels' summation order). Each case is therefore
+    probed with 8 perturbations of relative size 2^-22 in float64, and the
+    first seed from `seed` on whose gradients all stay within 1e-4 is kept;
+    the probe's result is stored as f64_perturb_err."""
+    for attempt in range(50):
+        torch.manual_seed(seed + attempt)
+        model = make(arch, width=width, mlp=mlp, dim=dim, bn_splits=splits)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        x = torch.randn(N, 3, size, size)
+        m32 = make(arch, width=width, mlp=mlp, dim=dim, bn_splits=splits)
+        m32.load_state_dict(state)
+        with torch.no_grad():
+            dout = torch.randn_like(m32(x))
+        m32.load_state_dict(state)
+        model, out = grads64(arch, width, mlp, dim, splits, state, x, dout)
+        probe = 0.0
+        for s in range(1, 9):
+            mp, _ = grads64(arch, width, mlp, dim, splits, state, x, dout, 2.0 ** -22, s)
+            probe = max([probe] + [((pp.grad - p.grad).abs().max() / p.grad.abs().max()).item()
+                                   for pp, p in zip(mp.parameters(), model.parameters())])
+        print(f"{fname}: seed {seed + attempt}: float64 gradients under float32-sized perturbations move by {probe:.3g}")
+        if probe < 5e-4:
+            break
+    else:
+        sys.exit(f"{fname}: no well-conditioned case in 50 seeds")
+    t = {f"init.{k}": v for k, v in state.items()}
     out32 = m32(x)
-    out32.backward(dout.float())
+    out32.backward(dout)
     err = max(((p32.grad.double() - p.grad).abs().max() / p.grad.abs().max()).item()
               for p32, p in zip(m32.parameters(), model.parameters()))
     print(f"{fname}: PyTorch float32 vs float64: largest relative gradient difference {err:.3g}")
@@ -219,7 +254,8 @@ def model_case(fname, arch, width, mlp, N, size, splits, dim):
     with torch.no_grad():
         oe = model(x.double())
     t.update({"x": x, "out": out.float(), "dout": dout.float(), "out_eval": oe.float(),
-              "torch_f32_err": torch.tensor([err], dtype=torch.float32)})
+              "torch_f32_err": torch.tensor([err], dtype=torch.float32),
+              "f64_perturb_err": torch.tensor([probe], dtype=torch.float32)})
     for k, p in model.named_parameters():
         t[f"grad.{k}"] = p.grad.float()
     for k, v in model.state_dict().items():
@@ -312,10 +348,8 @@ if __name__ == "__main__":
         check_torchvision(*sys.argv[2:])
     os.makedirs(OUT, exist_ok=True)
     layers()
-    torch.manual_seed(1)
-    model_case("r18c_w8.safetensors", "resnet18-cifar", 8, False, 4, 16, 1, 32)
-    torch.manual_seed(1)
-    model_case("r50_w4.safetensors", "resnet50", 4, True, 16, 48, 1, 16)
+    model_case("r18c_w8.safetensors", "resnet18-cifar", 8, False, 4, 16, 1, 32, 1)
+    model_case("r50_w4.safetensors", "resnet50", 4, True, 16, 48, 1, 16, 1)
     torch.manual_seed(2)
     moco_case("moco_a.safetensors", False, False, 3)
     moco_case("moco_b.safetensors", True, True, 2)
