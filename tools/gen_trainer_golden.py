@@ -217,7 +217,7 @@ def model_case(fname, arch, width, mlp, N, size, splits, dim, seed):
 
     A case can also be ill-conditioned outright: a ReLU or max-pool decision
     that float32 rounding flips, amplified by BN over few values, moves some
-    gradient by percents (the first resnet50 case moved 8.8% under 4 of 5
+    gradient by percents (the first resnet50 case moved 8.8% under 1 of 5
     float32-sized perturbations of its weights, so its pass or failure
     depended on the BLAS kernels' summation order). Each case is therefore
     probed with 8 perturbations of relative size 2^-22 in float64, and the
