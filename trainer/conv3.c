@@ -325,28 +325,32 @@ __attribute__((target("avx512f"))) static void dw512(float *dw, const float *dy,
 }
 
 /* input channels ci0..Ci one at a time, 4 output channels in registers
- * (the 3-channel stem) */
-__attribute__((target("avx512f"))) static void dw512_tail(float *dw, const float *dy, const float *x, int Co, int Ci, int ci0,
-                                                          size_t ld, size_t Q, const long *off)
-{
-    for (int t = 0; t < 9; t++)
-        for (int co = 0; co < Co; co += 4)
-            for (int ci = ci0; ci < Ci; ci++) {
-                __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-                const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
-                for (size_t q = 0; q < Q; q += 16) {
-                    __m512 xv = _mm512_loadu_ps(xx + q);
-                    c0 = _mm512_fmadd_ps(_mm512_loadu_ps(y + q), xv, c0);
-                    c1 = _mm512_fmadd_ps(_mm512_loadu_ps(y + ld + q), xv, c1);
-                    c2 = _mm512_fmadd_ps(_mm512_loadu_ps(y + 2 * ld + q), xv, c2);
-                    c3 = _mm512_fmadd_ps(_mm512_loadu_ps(y + 3 * ld + q), xv, c3);
-                }
-                dw[((size_t)co * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c0);
-                dw[((size_t)(co + 1) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c1);
-                dw[((size_t)(co + 2) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c2);
-                dw[((size_t)(co + 3) * Ci + ci) * 9 + t] += _mm512_reduce_add_ps(c3);
-            }
-}
+ * (the 3-channel stem); one body for both SIMD levels: V vector type, L
+ * lanes, LD load, FMA, Z zero, RED horizontal sum */
+#define DW_TAIL(name, tgt, V, L, LD, FMA, Z, RED)                                                                     \
+    __attribute__((target(tgt))) static void name(float *dw, const float *dy, const float *x, int Co, int Ci, int ci0, \
+                                                  size_t ld, size_t Q, const long *off)                               \
+    {                                                                                                                 \
+        for (int t = 0; t < 9; t++)                                                                                   \
+            for (int co = 0; co < Co; co += 4)                                                                        \
+                for (int ci = ci0; ci < Ci; ci++) {                                                                   \
+                    V c0 = Z(), c1 = c0, c2 = c0, c3 = c0;                                                            \
+                    const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];                        \
+                    for (size_t q = 0; q < Q; q += L) {                                                               \
+                        V xv = LD(xx + q);                                                                            \
+                        c0 = FMA(LD(y + q), xv, c0);                                                                  \
+                        c1 = FMA(LD(y + ld + q), xv, c1);                                                             \
+                        c2 = FMA(LD(y + 2 * ld + q), xv, c2);                                                         \
+                        c3 = FMA(LD(y + 3 * ld + q), xv, c3);                                                         \
+                    }                                                                                                 \
+                    dw[((size_t)co * Ci + ci) * 9 + t] += RED(c0);                                                    \
+                    dw[((size_t)(co + 1) * Ci + ci) * 9 + t] += RED(c1);                                              \
+                    dw[((size_t)(co + 2) * Ci + ci) * 9 + t] += RED(c2);                                              \
+                    dw[((size_t)(co + 3) * Ci + ci) * 9 + t] += RED(c3);                                              \
+                }                                                                                                     \
+    }
+
+DW_TAIL(dw512_tail, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_setzero_ps, _mm512_reduce_add_ps)
 
 /* ---- AVX2 + FMA: 4 channels x 3 vectors of 8 positions ---- */
 
@@ -413,27 +417,7 @@ __attribute__((target("avx2,fma"))) static void dw256(float *dw, const float *dy
             }
 }
 
-__attribute__((target("avx2,fma"))) static void dw256_tail(float *dw, const float *dy, const float *x, int Co, int Ci, int ci0,
-                                                           size_t ld, size_t Q, const long *off)
-{
-    for (int t = 0; t < 9; t++)
-        for (int co = 0; co < Co; co += 4)
-            for (int ci = ci0; ci < Ci; ci++) {
-                __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-                const float *y = dy + (size_t)co * ld, *xx = x + (size_t)ci * ld + off[t];
-                for (size_t q = 0; q < Q; q += 8) {
-                    __m256 xv = _mm256_loadu_ps(xx + q);
-                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(y + q), xv, c0);
-                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(y + ld + q), xv, c1);
-                    c2 = _mm256_fmadd_ps(_mm256_loadu_ps(y + 2 * ld + q), xv, c2);
-                    c3 = _mm256_fmadd_ps(_mm256_loadu_ps(y + 3 * ld + q), xv, c3);
-                }
-                dw[((size_t)co * Ci + ci) * 9 + t] += hsum256(c0);
-                dw[((size_t)(co + 1) * Ci + ci) * 9 + t] += hsum256(c1);
-                dw[((size_t)(co + 2) * Ci + ci) * 9 + t] += hsum256(c2);
-                dw[((size_t)(co + 3) * Ci + ci) * 9 + t] += hsum256(c3);
-            }
-}
+DW_TAIL(dw256_tail, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_setzero_ps, hsum256)
 
 /* ---- image lanes, AVX-512: 4 channels x 4 positions of 16 images ---- */
 
