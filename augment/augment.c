@@ -35,8 +35,11 @@ int augment_recipe_init(augment_recipe *r, const char *name, int size)
     } else if (!strcmp(name, "cifar")) { /* the official MoCo CIFAR-10 demo */
         r->name = "cifar", r->size = 32, r->scale_min = 0.08, r->scale_max = 1.0;
         r->jitter_p = 0.8, r->hue = 0.1;
+    } else if (!strcmp(name, "lincls")) { /* main_lincls.py's training views: crop and flip only */
+        r->name = "lincls", r->size = 224, r->scale_min = 0.08, r->scale_max = 1.0;
+        r->gray_p = 0;
     } else {
-        return moco_err(MOCO_EINVAL, "unknown recipe '%s' (v1, v2 or cifar)", name);
+        return moco_err(MOCO_EINVAL, "unknown recipe '%s' (v1, v2, cifar or lincls)", name);
     }
     if (size > 0) r->size = size;
     return 0;
@@ -74,7 +77,7 @@ int augment_flags_opts(augment_flags *f, moco_opt *o)
     f->flip_p = 0.5, f->jitter_p = 0.8, f->brightness = f->contrast = f->saturation = 0.4, f->hue = 0.1, f->gray_p = 0.2;
     f->blur_p = 0.5, f->sigma_min = 0.1, f->sigma_max = 2.0;
     const moco_opt t[AUGMENT_FLAGS_NOPTS] = {
-        {"recipe", MOCO_OPT_CHOICE, &f->recipe, "augmentation recipe; the defaults below are v2's", 0, 0, "v1|v2|cifar"},
+        {"recipe", MOCO_OPT_CHOICE, &f->recipe, "augmentation recipe; the defaults below are v2's", 0, 0, "v1|v2|cifar|lincls"},
         {"size", MOCO_OPT_INT, &f->size, "output side in pixels (cifar: 32)", 1, 2048, NULL},
         {"scale-min", MOCO_OPT_DOUBLE, &f->scale_min, "crop area fraction, low (cifar: 0.08)", 0, 1, NULL},
         {"scale-max", MOCO_OPT_DOUBLE, &f->scale_max, "crop area fraction, high", 0, 1, NULL},

@@ -26,7 +26,7 @@
 
 /* One recipe: every parameter of the chain. */
 typedef struct {
-    const char *name;           /* "v1", "v2" or "cifar" */
+    const char *name;           /* "v1", "v2", "cifar" or "lincls" */
     int size;                   /* output side (square views) */
     double scale_min, scale_max; /* RandomResizedCrop area fraction */
     double ratio_min, ratio_max; /* aspect ratio range (sampled log-uniformly) */

@@ -32,7 +32,7 @@ static const command commands[] = {
     MOCO_TRAINER_COMMANDS
     {"train", train_main, "train MoCo on the pairs the pipeline streams (moco run starts it all)"},
     {"knn", train_knn_main, "kNN accuracy of a checkpoint's encoder on labelled LMDBs"},
-    {"lincls", lincls_main, "linear evaluation: a classifier on a checkpoint's frozen features"},
+    {"lincls", cli_lincls_main, "linear evaluation: a classifier on a checkpoint's frozen features"},
     {"embed", embed_main, "features of a dataset by a checkpoint's encoder, as safetensors"},
     {"export", export_main, "a checkpoint's encoder as a torchvision state_dict (safetensors)"},
     {"plot", plot_main, "draw a run's loss, accuracy, kNN and throughput curves as a PNG"},

@@ -25,6 +25,7 @@
 #include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "trainer/lincls.h"
 #include "trainer/train.h"
 
 #define MAX_WORKERS 64
@@ -85,10 +86,33 @@ static const char *describe(int st, char *b, size_t n)
     return b;
 }
 
-static int run_pipeline(int argc, char **argv, int bench);
+static int run_pipeline(int argc, char **argv, int bench, const char *consumer);
 
-int cli_run_main(int argc, char **argv) { return run_pipeline(argc, argv, 0); }
-int cli_bench_pipeline_main(int argc, char **argv) { return run_pipeline(argc, argv, 1); }
+int cli_run_main(int argc, char **argv) { return run_pipeline(argc, argv, 0, "train"); }
+
+/* `moco lincls`: with --cached-features (or as the pipeline's consumer,
+ * --connect) the evaluation itself; otherwise a pipeline on the --train
+ * dataset with the "lincls" recipe whose consumer is that evaluation. */
+int cli_lincls_main(int argc, char **argv)
+{
+    const char *db = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--cached-features") || !strcmp(argv[i], "--help") || !strncmp(argv[i], "--connect", 9))
+            return lincls_main(argc, argv);
+        if (!strcmp(argv[i], "--train") && i + 1 < argc) db = argv[i + 1];
+        if (!strncmp(argv[i], "--train=", 8)) db = argv[i] + 8;
+    }
+    if (!db) return lincls_main(argc, argv); /* it says what is missing */
+    char **v = malloc(sizeof *v * (size_t)(argc + 2));
+    if (!v) return 1;
+    v[0] = argv[0], v[1] = (char *)db;
+    for (int i = 1; i < argc; i++) v[i + 1] = argv[i];
+    v[argc + 1] = NULL;
+    int rc = run_pipeline(argc + 1, v, 0, "lincls");
+    free(v);
+    return rc;
+}
+int cli_bench_pipeline_main(int argc, char **argv) { return run_pipeline(argc, argv, 1, "sink"); }
 
 /* Print the benchmark's JSON line: the sink's summary and the loader's
  * last statistics, per stage. */
@@ -115,8 +139,9 @@ static void bench_summary(const char *run_dir, long workers)
            workers, pps, pps / (double)workers, starved, *sinkj ? sinkj : "null", *loadj ? loadj : "null");
 }
 
-static int run_pipeline(int argc, char **argv, int bench)
+static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
 {
+    int lincls = !strcmp(consumer, "lincls");
     long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
     uint64_t seed = 0;
     int sink = 0, quiet = 0;
@@ -167,7 +192,7 @@ static int run_pipeline(int argc, char **argv, int bench)
     char *mine[MAX_ARGS], *theirs[MAX_ARGS];
     int nmine = 0, ntheirs = 0;
     mine[nmine++] = argv[0];
-    theirs[ntheirs++] = "train";
+    theirs[ntheirs++] = (char *)consumer;
     for (int i = 1; i < argc && nmine < MAX_ARGS - 1 && ntheirs < MAX_ARGS - 8; i++) {
         const char *a = argv[i];
         if (bench || strncmp(a, "--", 2) || !strcmp(a, "--help")) { mine[nmine++] = argv[i]; continue; }
@@ -207,8 +232,14 @@ static int run_pipeline(int argc, char **argv, int bench)
     if (!moco_opts_seen(&spec, "recipe") && preset) /* the preset's augmentation */
         af.recipe = !strcmp(preset, "cifar") ? "cifar" : !strcmp(preset, "moco-v1") ? "v1" : "v2";
     if (!moco_opts_seen(&spec, "recipe") && aug_plus) af.recipe = "v2";
+    if (lincls) { /* main_lincls.py: crops and flips, 100 epochs; the size of moco lincls's --size (32) */
+        if (!moco_opts_seen(&spec, "recipe")) af.recipe = "lincls";
+        if (!moco_opts_seen(&spec, "size")) af.size = 32;
+        if (!moco_opts_seen(&spec, "epochs")) epochs = 100;
+    }
     if (preset && !strcmp(preset, "cifar") && !moco_opts_seen(&spec, "epochs")) epochs = 200;
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
+    if (lincls && !moco_opts_seen(&spec, "size")) recipe.size = 32;
     moco_db *d;
     if (moco_db_open(db, &d)) {
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
@@ -217,7 +248,7 @@ static int run_pipeline(int argc, char **argv, int bench)
     uint64_t count = moco_db_get_meta(d)->count;
     moco_db_destroy(&d);
 
-    if (!sink) { /* the trainer's flags are checked before anything is created */
+    if (!sink && !lincls) { /* the trainer's flags are checked before anything is created */
         argvec v = {0};
         add(&v, "train");
         for (int i = 1; i < ntheirs; i++) add(&v, theirs[i]);
@@ -269,7 +300,7 @@ static int run_pipeline(int argc, char **argv, int bench)
         addf(&ca, "--size", "%d", recipe.size);
         addf(&ca, "--count", "%llu", (unsigned long long)count);
         train_cfg tc;
-        if (train_parse_args(ca.n - 1, ca.v + 1, &tc)) {
+        if (!lincls && train_parse_args(ca.n - 1, ca.v + 1, &tc)) {
             free_args(&ca);
             rmdir(sockdir);
             return 2;

@@ -8,6 +8,7 @@
 #     with a final checkpoint byte-identical to an uninterrupted run's (one
 #     worker: the order of samples is then deterministic);
 #  3. a truncated checkpoint is refused with a message, exit 1.
+# Also: kNN, embed, and linear evaluation (cached and streamed).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -47,6 +48,27 @@ $M embed --random-init 1 $E --out "$T/r1a.st" >/dev/null && $M embed --random-in
   && $M embed --random-init 2 $E --out "$T/r2.st" >/dev/null || fail "moco embed --random-init"
 cmp -s "$T/r1a.st" "$T/r1b.st" || fail "--random-init 1 twice gave different features"
 cmp -s "$T/r1a.st" "$T/r2.st" && fail "--random-init 1 and 2 gave the same features"
+# .npy: pooled features (N, 32 = 8 x width 4) by default, the head's (N, 128) with --head; labels beside
+CK="--ckpt $T/r1/checkpoint_last.safetensors"
+$M embed $CK $E --out "$T/f.npy" >/dev/null && $M embed $CK $E --out "$T/h.npy" --head >/dev/null || fail "moco embed .npy"
+npy_ok() { # file, dtype, shape, data bytes
+  [ "$(head -c 6 "$1" | od -An -tx1 | tr -d ' ')" = "934e554d5059" ] || return 1
+  head -c 128 "$1" | grep -aq "'descr': '$2', 'fortran_order': False, 'shape': ($3), }" || return 1
+  [ "$(stat -c %s "$1")" -eq $((128 + $4)) ]
+}
+npy_ok "$T/f.npy" '<f4' '512, 32' $((512 * 32 * 4)) || fail "f.npy: $(head -c 128 "$T/f.npy" | tr -d '\0')"
+npy_ok "$T/h.npy" '<f4' '512, 128' $((512 * 128 * 4)) || fail "h.npy: $(head -c 128 "$T/h.npy" | tr -d '\0')"
+npy_ok "$T/f.labels.npy" '<i8' '512,' $((512 * 8)) || fail "f.labels.npy"
+if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  /usr/bin/python3 -c "import numpy as n, sys; f = n.load(sys.argv[1]); h = n.load(sys.argv[2]); l = n.load(sys.argv[3])
+assert f.shape == (512, 32) and h.shape == (512, 128) and f.min() >= 0 and set(l.tolist()) <= set(range(10)), (f.shape, h.shape)" \
+    "$T/f.npy" "$T/h.npy" "$T/f.labels.npy" || fail "numpy cannot read the .npy files"
+fi
+# export: the backbone by default, the head with --with-head
+$M export $CK --out "$T/bb.st" >/dev/null && $M export $CK --out "$T/wh.st" --with-head >/dev/null || fail "moco export"
+head -c 65536 "$T/bb.st" | grep -aq '"layer4.1.bn2.running_var"' || fail "export: no backbone tensors"
+head -c 65536 "$T/bb.st" | grep -aq '"fc.weight"' && fail "export: the head should be dropped by default"
+head -c 65536 "$T/wh.st" | grep -aq '"fc.weight"' || fail "export --with-head: no fc.weight"
 $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
   | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
 $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>&1
@@ -55,7 +77,22 @@ $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db
 # linear evaluation on the frozen features
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
       --size 28 --epochs 10 --schedule 6,8 --lr 1 --threads 1 | tail -1)
-echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls: $lin"
+echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-features: $lin"
+# streamed: every epoch new crops from a loader and a worker; each image
+# exactly once per epoch; top-5 >= top-1; the encoder unchanged. With whole
+# images and no flips the views are the evaluation views: above chance (10%).
+L="--ckpt $T/r1/checkpoint_last.safetensors --train $T/db --test $T/db --arch resnet18-cifar --width 4 --size 28 --epochs 4 --schedule 3 --lr 1 --threads 1"
+lin=$(timeout 120 $M lincls $L --workers 1 --run-dir "$T/lin" --scale-min 1 --flip-p 0 2>"$T/lin.err" | tail -1)
+echo "$lin" | grep -q '"augmented":true,"train_views":2048,"test":512,"encoder_unchanged":true' || fail "moco lincls (streamed): $lin"
+echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls (streamed, whole images) at chance: $lin"
+t1=$(echo "$lin" | grep -o '"lincls_top1":[0-9.]*' | cut -d: -f2); t5=$(echo "$lin" | grep -o '"lincls_top5":[0-9.]*' | cut -d: -f2)
+awk -v a="$t1" -v b="$t5" 'BEGIN { exit !(b >= a) }' || fail "top-5 $t5 below top-1 $t1"
+[ "$(cat "$T/lin/lincls.json")" = "$lin" ] || fail "lincls.json differs from the printed result"
+lin=$(timeout 120 $M lincls $L --workers 1 --run-dir "$T/lin2" 2>>"$T/lin.err" | tail -1) # the default crops and flips
+echo "$lin" | grep -q '"augmented":true,"train_views":2048' || fail "moco lincls (streamed, random crops): $lin"
+# the frozen-weights check can fail: a test hook changes a BN buffer after training
+MOCO_TEST_LINCLS_TOUCH=1 $M lincls $L --cached-features >/dev/null 2>"$T/lin3.err"
+[ $? -eq 1 ] && grep -q "frozen encoder changed.*bn1.running_mean" "$T/lin3.err" || fail "a changed encoder was not reported: $(cat "$T/lin3.err")"
 
 # 2. resume mid-epoch == uninterrupted
 pipeline() { # $1: dir, rest: trainer flags

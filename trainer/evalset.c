@@ -21,14 +21,14 @@ struct evalset {
     size_t reccap, pxcap;
 };
 
-int evalset_open(const char *path, int size, const float mean[3], const float std[3], evalset **out)
+static int open_set(const char *path, int size, const float mean[3], const float std[3], int need_labels, evalset **out)
 {
     *out = NULL;
     evalset *e = calloc(1, sizeof *e);
     if (!e) return moco_err(MOCO_ENOMEM, "out of memory");
     int rc = moco_db_open(path, &e->db);
     if (rc) { free(e); return rc; }
-    if (moco_db_get_meta(e->db)->unlabelled || moco_db_get_meta(e->db)->nclasses < 1) {
+    if (need_labels && (moco_db_get_meta(e->db)->unlabelled || moco_db_get_meta(e->db)->nclasses < 1)) {
         rc = moco_err(MOCO_EINVAL, "%s: evaluation needs labels for every sample", path);
         evalset_destroy(&e);
         return rc;
@@ -39,6 +39,21 @@ int evalset_open(const char *path, int size, const float mean[3], const float st
     e->tj = tjInitDecompress();
     *out = e;
     return 0;
+}
+
+int evalset_open(const char *path, int size, const float mean[3], const float std[3], evalset **out)
+{
+    return open_set(path, size, mean, std, 1, out);
+}
+
+int evalset_open_any(const char *path, int size, const float mean[3], const float std[3], evalset **out)
+{
+    return open_set(path, size, mean, std, 0, out);
+}
+
+int evalset_labelled(const evalset *e)
+{
+    return !moco_db_get_meta(e->db)->unlabelled && moco_db_get_meta(e->db)->nclasses >= 1;
 }
 
 void evalset_destroy(evalset **pe)

@@ -15,6 +15,10 @@ typedef struct evalset evalset;
 /* Open path read-only. Returns 0 or an error naming it (MOCO_ENOTFOUND,
  * MOCO_ECORRUPT, ...). The dataset must be labelled (no label -1). */
 int evalset_open(const char *path, int size, const float mean[3], const float std[3], evalset **out);
+/* The same for any dataset (labels -1 where it has none); evalset_labelled
+ * says whether it has them. */
+int evalset_open_any(const char *path, int size, const float mean[3], const float std[3], evalset **out);
+int evalset_labelled(const evalset *e);
 void evalset_destroy(evalset **e);
 
 int64_t evalset_count(const evalset *e);

@@ -1,13 +1,20 @@
 /* export.c: `moco export` and `moco embed`, taking trained weights out.
- * export: the query encoder of a checkpoint as a plain state_dict with
- *   torchvision's names (encoder_q. stripped), optionally without the head
- *   (--backbone), for torchvision's load_state_dict.
- * embed: the L2-normalised features of every sample of a dataset, with its
- *   labels, as safetensors (features F32 (N, dim), labels I64 (N)). */
+ * export: the query encoder's backbone (the projection head dropped, as the
+ *   papers do downstream; --with-head keeps it) as a plain state_dict with
+ *   torchvision's names (encoder_q. stripped), for torchvision's
+ *   load_state_dict (strict=False without the head; strict with it).
+ * embed: the pooled backbone features (or, with --head, the head's
+ *   outputs) of every sample of a dataset in index order, not normalised:
+ *   a NumPy .npy file (float32 (N, F); labels, when the dataset has them,
+ *   in OUT-without-.npy.labels.npy as int64 (N)) or, for any other name,
+ *   safetensors (features F32 (N, F), labels I64 (N)). Written atomically. */
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/errors.h"
 #include "formats/opts.h"
@@ -20,17 +27,18 @@
 int export_main(int argc, char **argv)
 {
     const char *ckpt = NULL, *out = NULL, *which = "encoder_q";
-    int backbone = 0;
+    int with_head = 0;
     const moco_opt opts[] = {
         {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train", 0, 0, NULL},
         {"out", MOCO_OPT_STR, &out, "safetensors file to write", 0, 0, NULL},
         {"encoder", MOCO_OPT_CHOICE, &which, "which encoder", 0, 0, "encoder_q|encoder_k"},
-        {"backbone", MOCO_OPT_FLAG, &backbone, "drop the projection head (fc.*)", 0, 0, NULL},
+        {"with-head", MOCO_OPT_FLAG, &with_head, "keep the projection head (fc.*); without it, the backbone only", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco export", "--ckpt CKPT --out FILE [options]",
-                               "Write an encoder of a checkpoint with torchvision's state_dict names, e.g. for\n"
-                               "torchvision.models.resnet50().load_state_dict(safetensors.torch.load_file(FILE)).",
+                               "Write the backbone of a checkpoint's encoder (the projection head dropped) with torchvision's\n"
+                               "state_dict names, e.g. for torchvision.models.resnet50().load_state_dict(\n"
+                               "safetensors.torch.load_file(FILE), strict=False); --with-head keeps fc.* too.",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
@@ -51,7 +59,7 @@ int export_main(int argc, char **argv)
         const moco_st_tensor *t = moco_st_at(f, i);
         if (strncmp(t->name, which, pl - 1) || t->name[pl - 1] != '.') continue;
         const char *name = t->name + pl;
-        if (backbone && !strncmp(name, "fc.", 3)) continue;
+        if (!with_head && !strncmp(name, "fc.", 3)) continue;
         e[k].name = name;
         e[k].dtype = t->dtype;
         e[k].ndim = t->ndim;
@@ -70,17 +78,54 @@ int export_main(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+/* a NumPy .npy file (format 1.0): dtype "<f4" or "<i8", C order, 2-D
+ * (rows, cols) or 1-D (cols 0); written to path.tmp, then renamed */
+static int write_npy(const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
+{
+    char hdr[256], tmp[1200];
+    int n = cols ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }", descr,
+                            (long long)rows, (long long)cols)
+                 : snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,), }", descr, (long long)rows);
+    int total = (10 + n + 1 + 63) / 64 * 64; /* magic, version, length, dict, padding, newline */
+    memset(hdr + n, ' ', (size_t)(total - 10 - n - 1));
+    hdr[total - 10 - 1] = '\n';
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno));
+    uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)((total - 10) & 0xff), (uint8_t)((total - 10) >> 8)};
+    size_t cnt = (size_t)rows * (size_t)(cols ? cols : 1);
+    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)(total - 10), f) == (size_t)(total - 10) &&
+             fwrite(data, elem, cnt, f) == cnt;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path)) {
+        unlink(tmp);
+        return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
 int embed_main(int argc, char **argv)
 {
     const char *db = NULL, *out = NULL;
+    int head = 0;
     evalmodel_flags ef;
-    moco_opt opts[EVALMODEL_NOPTS + 4];
+    moco_opt opts[EVALMODEL_NOPTS + 5];
     int n = evalmodel_opts(&ef, opts, "batch");
-    opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &db, "dataset LMDB to embed", 0, 0, NULL};
-    opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out, "safetensors file: features (N, dim), labels (N)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &db, "dataset LMDB to embed (labelled or not)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out, "FILE.npy (labels to FILE.labels.npy) or a safetensors file", 0, 0, NULL};
+    opts[n++] = (moco_opt){"head", MOCO_OPT_FLAG, &head, "the projection head's outputs instead of the pooled features", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco embed", "--ckpt CKPT --db DB --out FILE [options]",
-                               "Features of every sample of DB by a checkpoint's query encoder (no augmentation).", opts, 0, 0};
+                               "Features of every sample of DB, in index order, by a checkpoint's query encoder (evaluation\n"
+                               "view, no augmentation): the pooled backbone features, or the head's outputs with --head; not\n"
+                               "normalised.",
+                               opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
@@ -88,40 +133,47 @@ int embed_main(int argc, char **argv)
         fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;
     }
-    const int B = (int)ef.batch, S = (int)ef.size, D = (int)ef.dim;
+    const int B = (int)ef.batch, S = (int)ef.size;
     resnet *m = NULL;
     evalset *es = NULL;
     float *x = NULL, *feat = NULL, mean[3], std[3];
     int32_t *lab = NULL;
     int64_t *lab64 = NULL, cnt = 0;
-    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open(db, S, mean, std, &es))) goto out;
+    int D = 0, labelled = 0;
+    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open_any(db, S, mean, std, &es))) goto out;
+    D = head ? (int)ef.dim : m->features;
+    labelled = evalset_labelled(es);
     cnt = evalset_count(es);
     x = malloc(sizeof *x * (size_t)B * 3 * S * S);
-    feat = malloc(sizeof *feat * (size_t)cnt * D);
+    feat = malloc(sizeof *feat * (size_t)(cnt ? cnt : 1) * D);
     lab = malloc(sizeof *lab * (size_t)(cnt + B));
-    lab64 = malloc(sizeof *lab64 * (size_t)cnt);
+    lab64 = malloc(sizeof *lab64 * (size_t)(cnt ? cnt : 1));
     if (!x || !feat || !lab || !lab64) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     for (int64_t s = 0; s < cnt; s += B) {
         int k = (int)(cnt - s < B ? cnt - s : B);
         if (k < B) memset(x, 0, sizeof *x * (size_t)B * 3 * S * S);
         if ((rc = evalset_read(es, s, k, x, lab + s))) goto out;
         const float *o = rn_forward(m, x, NULL, 0);
-        for (int i = 0; i < k; i++) {
-            double ss = 0;
-            for (int d = 0; d < D; d++) ss += (double)o[(size_t)i * D + d] * o[(size_t)i * D + d];
-            double inv = 1.0 / (sqrt(ss) > 1e-12 ? sqrt(ss) : 1e-12);
-            for (int d = 0; d < D; d++) feat[(size_t)(s + i) * D + d] = (float)(o[(size_t)i * D + d] * inv);
-        }
+        memcpy(feat + (size_t)s * D, head ? o : rn_pooled(m), sizeof *feat * (size_t)k * D);
     }
     for (int64_t i = 0; i < cnt; i++) lab64[i] = lab[i];
-    moco_st_entry e[2] = {{"features", MOCO_ST_F32, 2, {cnt, D}, feat}, {"labels", MOCO_ST_I64, 1, {cnt}, lab64}};
-    char what[64];
-    snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
-    const char *meta[] = {"ckpt", ef.ckpt ? ef.ckpt : what, "db", db};
-    rc = moco_st_write(out, e, 2, meta, 2);
+    if (ends_with(out, ".npy")) {
+        rc = write_npy(out, feat, "<f4", sizeof *feat, cnt, D);
+        if (!rc && labelled) {
+            char lp[1200];
+            snprintf(lp, sizeof lp, "%.*s.labels.npy", (int)(strlen(out) - 4), out);
+            rc = write_npy(lp, lab64, "<i8", sizeof *lab64, cnt, 0);
+        }
+    } else {
+        moco_st_entry e[2] = {{"features", MOCO_ST_F32, 2, {cnt, D}, feat}, {"labels", MOCO_ST_I64, 1, {cnt}, lab64}};
+        char what[64];
+        snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
+        const char *meta[] = {"ckpt", ef.ckpt ? ef.ckpt : what, "db", db, "features", head ? "head" : "pooled"};
+        rc = moco_st_write(out, e, labelled ? 2 : 1, meta, 3);
+    }
 out:
     if (rc) fprintf(stderr, "moco embed: %s\n", moco_errmsg());
-    else printf("moco embed: %lld x %d features to %s\n", (long long)cnt, D, out);
+    else printf("moco embed: %lld x %d %s features to %s\n", (long long)cnt, D, head ? "head" : "pooled", out);
     rn_destroy(&m);
     evalset_destroy(&es);
     free(x); free(feat); free(lab); free(lab64);

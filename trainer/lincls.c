@@ -1,14 +1,23 @@
 /* lincls.c: `moco lincls`, the linear-evaluation protocol of MoCo
  * (main_lincls.py): a linear classifier trained on the frozen backbone's
- * pooled features (the head dropped), reported as test top-1 accuracy.
+ * pooled features (the head dropped, BN in evaluation mode), reported as
+ * test top-1 and top-5 accuracy.
  *
  * As the official script: weights initialised N(0, 0.01), bias 0; SGD with
  * momentum 0.9, no weight decay, lr 30 divided by 10 at epochs 60 and 80 of
- * 100, batch 256; cross-entropy. Deviation, for speed on a CPU: the features
- * are computed once, on the evaluation view of each image (resize + centre
- * crop), instead of through a random crop and flip at every epoch; so the
- * classifier sees no augmentation. */
+ * 100, batch 256, the last partial batch kept; cross-entropy. Training
+ * images come in one of two ways:
+ * - streamed (the default; `moco lincls` starts a loader and augmentation
+ *   workers with the "lincls" recipe, cli/run.c): every epoch each image
+ *   arrives as a new random-resized crop (scale 0.08-1) with a random flip,
+ *   and goes through the frozen encoder;
+ * - --cached-features: the features of each image's evaluation view
+ *   (resize + centre crop) computed once, no augmentation (fast on a CPU).
+ * Test images: resize + centre crop, always. The encoder's parameters and
+ * BN buffers are compared with a copy taken before training: a change is
+ * an error naming the tensor. */
 #include <cblas.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +30,7 @@
 #include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/lincls.h"
+#include "trainer/stream.h"
 #include "trainer/train.h"
 
 /* pooled features of every sample of es */
@@ -44,11 +54,13 @@ static int features(resnet *m, evalset *es, float **feat, int32_t **labels, int6
     return rc;
 }
 
-/* Softmax cross-entropy on one batch; adds the gradient into gw (C, F), gb (C);
- * returns the mean loss. logits (B, C) is scratch. */
+/* Softmax cross-entropy on one batch; writes the gradient into gw (C, F),
+ * gb (C); returns the mean loss. logits (B, C) is scratch. */
 static double ce_batch(const float *x, const int32_t *y, int B, int F, int C, const float *w, const float *b, float *logits,
                        float *gw, float *gb)
 {
+    memset(gw, 0, sizeof *gw * (size_t)C * F);
+    memset(gb, 0, sizeof *gb * (size_t)C);
     for (int i = 0; i < B; i++) memcpy(logits + (size_t)i * C, b, sizeof *b * (size_t)C);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, F, 1.0f, x, F, w, F, 1.0f, logits, C);
     double loss = 0;
@@ -66,90 +78,229 @@ static double ce_batch(const float *x, const int32_t *y, int B, int F, int C, co
     return loss / B;
 }
 
-int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const float *xte, const int32_t *yte, int64_t nte,
-                      int F, int C, const lincls_cfg *c, double *top1)
+/* the classifier and its SGD state */
+typedef struct {
+    int F, C, batch;
+    float *w, *b, *gw, *gb, *vw, *vb, *logits;
+} cls;
+
+static void cls_free(cls *k)
 {
-    size_t nw = (size_t)C * F;
-    float *w = malloc(sizeof *w * nw), *b = calloc((size_t)C, sizeof *b), *gw = malloc(sizeof *gw * nw),
-          *gb = malloc(sizeof *gb * (size_t)C), *vw = calloc(nw, sizeof *vw), *vb = calloc((size_t)C, sizeof *vb),
-          *xb = malloc(sizeof *xb * (size_t)c->batch * F), *logits = malloc(sizeof *logits * (size_t)(c->batch > 1024 ? c->batch : 1024) * C);
-    int32_t *yb = malloc(sizeof *yb * (size_t)c->batch);
-    uint64_t *perm = malloc(sizeof *perm * (size_t)ntr);
-    int rc = 0;
-    if (!w || !b || !gw || !gb || !vw || !vb || !xb || !logits || !yb || !perm) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
+    free(k->w); free(k->b); free(k->gw); free(k->gb); free(k->vw); free(k->vb); free(k->logits);
+    memset(k, 0, sizeof *k);
+}
+
+static int cls_init(cls *k, int F, int C, int batch, uint64_t seed)
+{
+    size_t nw = (size_t)C * F, nl = (size_t)(batch > 1024 ? batch : 1024) * C;
+    *k = (cls){.F = F, .C = C, .batch = batch, .w = malloc(sizeof *k->w * nw), .b = calloc((size_t)C, sizeof *k->b),
+               .gw = malloc(sizeof *k->gw * nw), .gb = malloc(sizeof *k->gb * (size_t)C), .vw = calloc(nw, sizeof *k->vw),
+               .vb = calloc((size_t)C, sizeof *k->vb), .logits = malloc(sizeof *k->logits * nl)};
+    if (!k->w || !k->b || !k->gw || !k->gb || !k->vw || !k->vb || !k->logits) {
+        cls_free(k);
+        return moco_err(MOCO_ENOMEM, "out of memory for a %d x %d classifier", C, F);
+    }
     moco_rng r;
-    moco_rng_init(&r, c->seed, 0x6c696e, 0, 0);
+    moco_rng_init(&r, seed, 0x6c696e, 0, 0);
     for (size_t i = 0; i < nw; i++) { /* N(0, 0.01), Box-Muller */
         double u1 = moco_rng_uniform(&r), u2 = moco_rng_uniform(&r);
-        w[i] = (float)(0.01 * sqrt(-2 * log(1 - u1)) * cos(2 * M_PI * u2));
+        k->w[i] = (float)(0.01 * sqrt(-2 * log(1 - u1)) * cos(2 * M_PI * u2));
     }
-    for (int e = 0; e < c->epochs; e++) {
-        double lr = c->lr;
-        for (int k = 0; k < c->nschedule; k++)
-            if (e >= c->schedule[k]) lr *= 0.1;
+    return 0;
+}
+
+static double cls_lr(const lincls_cfg *c, int epoch)
+{
+    double lr = c->lr;
+    for (int i = 0; i < c->nschedule; i++)
+        if (epoch >= c->schedule[i]) lr *= 0.1;
+    return lr;
+}
+
+/* one SGD step (torch.optim.SGD: momentum, weight decay) on B <= batch rows */
+static int cls_step(cls *k, const float *x, const int32_t *y, int B, const lincls_cfg *c, int epoch, double *loss)
+{
+    size_t nw = (size_t)k->C * k->F;
+    float lr = (float)cls_lr(c, epoch), mom = (float)c->momentum, wd = (float)c->wd;
+    *loss = ce_batch(x, y, B, k->F, k->C, k->w, k->b, k->logits, k->gw, k->gb);
+    if (!isfinite(*loss)) return moco_err(MOCO_ENUMERIC, "linear classifier: the loss became %g at epoch %d", *loss, epoch);
+    for (size_t i = 0; i < nw; i++) {
+        k->vw[i] = mom * k->vw[i] + k->gw[i] + wd * k->w[i];
+        k->w[i] -= lr * k->vw[i];
+    }
+    for (int i = 0; i < k->C; i++) {
+        k->vb[i] = mom * k->vb[i] + k->gb[i] + wd * k->b[i];
+        k->b[i] -= lr * k->vb[i];
+    }
+    return 0;
+}
+
+/* top-1 and top-5 (percent) on n rows */
+static void cls_eval(cls *k, const float *x, const int32_t *y, int64_t n, double *top1, double *top5)
+{
+    int64_t r1 = 0, r5 = 0;
+    for (int64_t s = 0; s < n; s += 1024) {
+        int B = (int)(n - s < 1024 ? n - s : 1024), C = k->C;
+        for (int i = 0; i < B; i++) memcpy(k->logits + (size_t)i * C, k->b, sizeof *k->b * (size_t)C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, k->F, 1.0f, x + (size_t)s * k->F, k->F, k->w, k->F, 1.0f,
+                    k->logits, C);
+        for (int i = 0; i < B; i++) {
+            const float *l = k->logits + (size_t)i * C;
+            int truth = y[s + i], above = 0; /* classes scored above the truth (ties: the lower index first) */
+            for (int c = 0; c < C; c++) above += l[c] > l[truth] || (l[c] == l[truth] && c < truth);
+            r1 += above == 0;
+            r5 += above < 5;
+        }
+    }
+    *top1 = 100.0 * (double)r1 / (double)(n ? n : 1);
+    *top5 = 100.0 * (double)r5 / (double)(n ? n : 1);
+}
+
+int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const float *xte, const int32_t *yte, int64_t nte,
+                      int F, int C, const lincls_cfg *c, double *top1, double *top5)
+{
+    cls k;
+    float *xb = malloc(sizeof *xb * (size_t)c->batch * F);
+    int32_t *yb = malloc(sizeof *yb * (size_t)c->batch);
+    uint64_t *perm = malloc(sizeof *perm * (size_t)(ntr ? ntr : 1));
+    int rc = 0;
+    if (!xb || !yb || !perm) { free(xb); free(yb); free(perm); return moco_err(MOCO_ENOMEM, "out of memory"); }
+    if ((rc = cls_init(&k, F, C, c->batch, c->seed))) goto out;
+    for (int e = 0; e < c->epochs && !rc; e++) {
+        moco_rng r;
         moco_rng_init(&r, c->seed, 0x6c696e, (uint64_t)e + 1, 0);
         moco_rng_permutation(&r, perm, (uint64_t)ntr);
-        for (int64_t s = 0; s + c->batch <= ntr || (s < ntr && s == 0); s += c->batch) {
+        for (int64_t s = 0; s < ntr && !rc; s += c->batch) {
             int B = (int)(ntr - s < c->batch ? ntr - s : c->batch);
             for (int i = 0; i < B; i++) {
                 memcpy(xb + (size_t)i * F, xtr + (size_t)perm[s + i] * F, sizeof *xb * (size_t)F);
                 yb[i] = ytr[perm[s + i]];
             }
-            memset(gw, 0, sizeof *gw * nw);
-            memset(gb, 0, sizeof *gb * (size_t)C);
-            double loss = ce_batch(xb, yb, B, F, C, w, b, logits, gw, gb);
-            if (!isfinite(loss)) { rc = moco_err(MOCO_ENUMERIC, "linear classifier: the loss became %g at epoch %d", loss, e); goto out; }
-            for (size_t i = 0; i < nw; i++) { /* torch.optim.SGD */
-                float g = gw[i] + (float)c->wd * w[i];
-                vw[i] = (float)c->momentum * vw[i] + g;
-                w[i] -= (float)lr * vw[i];
-            }
-            for (int i = 0; i < C; i++) {
-                vb[i] = (float)c->momentum * vb[i] + gb[i] + (float)c->wd * b[i];
-                b[i] -= (float)lr * vb[i];
-            }
+            double loss;
+            rc = cls_step(&k, xb, yb, B, c, e, &loss);
         }
     }
-    int64_t right = 0;
-    for (int64_t s = 0; s < nte; s += 1024) {
-        int B = (int)(nte - s < 1024 ? nte - s : 1024);
-        for (int i = 0; i < B; i++) memcpy(logits + (size_t)i * C, b, sizeof *b * (size_t)C);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, F, 1.0f, xte + (size_t)s * F, F, w, F, 1.0f, logits, C);
-        for (int i = 0; i < B; i++) {
-            int best = 0;
-            for (int k = 1; k < C; k++)
-                if (logits[(size_t)i * C + k] > logits[(size_t)i * C + best]) best = k;
-            right += best == yte[s + i];
-        }
-    }
-    *top1 = 100.0 * (double)right / (double)(nte ? nte : 1);
+    if (!rc) cls_eval(&k, xte, yte, nte, top1, top5);
 out:
-    free(w); free(b); free(gw); free(gb); free(vw); free(vb); free(xb); free(logits); free(yb); free(perm);
+    cls_free(&k);
+    free(xb); free(yb); free(perm);
     return rc;
+}
+
+/* Streamed training: every pair's query view (a random-resized crop and
+ * flip, the "lincls" recipe) with its label, through the frozen encoder,
+ * one classifier step per batch; the last partial batch of an epoch kept. */
+static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect, const char *bind, uint64_t count,
+                    const float mean[3], const float std[3], int64_t *seen)
+{
+    int N = m->cfg.batch, S = m->cfg.size, F = m->features, epoch = 0, nb = 0;
+    float *x = calloc((size_t)N * 3 * S * S, sizeof *x);
+    int32_t *y = malloc(sizeof *y * (size_t)N);
+    trainer_stream *s = NULL;
+    int rc = 0;
+    double loss_sum = 0;
+    int64_t steps = 0;
+    if (!x || !y) { rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %d", N); goto out; }
+    stream_cfg sc = {.pairs_ep = bind, .ctl_ep = connect, .resume_epoch = STREAM_NO_EPOCH, .count = count, .loader_timeout = 120};
+    if ((rc = stream_open(&sc, &s))) goto out;
+    for (;;) {
+        stream_event ev;
+        rc = stream_next(s, 1000, &ev);
+        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) { rc = 0; continue; }
+        if (rc) goto out;
+        if (ev.kind == STREAM_PAIR) {
+            if (ev.pair.height != S || ev.pair.width != S) {
+                rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
+                              ev.pair.epoch, ev.pair.index, ev.pair.height, ev.pair.width, S, S);
+                goto out;
+            }
+            if (ev.pair.label < 0 || ev.pair.label >= k->C) {
+                rc = moco_err(MOCO_EINVAL, "record %" PRIu64 " has label %d; linear evaluation needs a class in [0, %d)",
+                              ev.pair.index, ev.pair.label, k->C);
+                goto out;
+            }
+            train_view_to_float(x, ev.q, nb, S, ev.pair.channels, mean, std);
+            y[nb++] = ev.pair.label;
+            (*seen)++;
+        }
+        int last = ev.kind != STREAM_PAIR;
+        if (nb == N || (last && nb > 0)) { /* the encoder runs on N rows; the classifier takes the first nb */
+            rn_forward(m, x, NULL, 0);
+            double loss;
+            if ((rc = cls_step(k, rn_pooled(m), y, nb, c, epoch, &loss))) goto out;
+            loss_sum += loss, steps++;
+            nb = 0;
+        }
+        (void)F;
+        if (ev.kind == STREAM_EPOCH_END) {
+            fprintf(stderr, "moco lincls: epoch %d: loss %.4f, lr %g\n", epoch, steps ? loss_sum / steps : 0, cls_lr(c, epoch));
+            loss_sum = 0, steps = 0;
+            if (++epoch >= c->epochs) break;
+        }
+        if (ev.kind == STREAM_END) break;
+    }
+    if (epoch < c->epochs) rc = moco_err(MOCO_EIO, "the stream ended after %d of %d epochs", epoch, c->epochs);
+out:
+    stream_destroy(&s);
+    free(x); free(y);
+    return rc;
+}
+
+/* every parameter and BN buffer of m, to compare after training */
+static float *snapshot(const resnet *m)
+{
+    float *p = malloc(sizeof *p * (m->nparams + m->nbuffers + 1));
+    if (p) {
+        memcpy(p, m->params, sizeof *p * m->nparams);
+        memcpy(p + m->nparams, m->buffers, sizeof *p * m->nbuffers);
+    }
+    return p;
+}
+
+static int unchanged(const resnet *m, const float *snap)
+{
+    for (int i = 0; i < m->ntensors; i++) {
+        const rn_tensor *t = &m->tensors[i];
+        if (t->kind == RN_COUNT) continue;
+        const float *was = snap + (t->kind == RN_BUFFER ? m->nparams : 0) + t->off;
+        if (memcmp(was, rn_data(m, t), sizeof *was * t->numel))
+            return moco_err(MOCO_EINVAL, "the frozen encoder changed during linear evaluation: tensor %s", t->name);
+    }
+    return 0;
 }
 
 int lincls_main(int argc, char **argv)
 {
-    const char *trdb = NULL, *tedb = NULL, *schedule = "60,80";
+    const char *trdb = NULL, *tedb = NULL, *schedule = "60,80", *connect = NULL, *bind = NULL, *out = NULL;
     long epochs = 100, batch = 256;
-    uint64_t seed = 0;
+    uint64_t seed = 0, count = 0;
     double lr = 30, momentum = 0.9, wd = 0;
+    int cached = 0;
     evalmodel_flags ef;
-    moco_opt opts[EVALMODEL_NOPTS + 12];
+    moco_opt opts[EVALMODEL_NOPTS + 18];
     int n = evalmodel_opts(&ef, opts, "forward-batch");
     opts[n++] = (moco_opt){"train", MOCO_OPT_STR, &trdb, "labelled LMDB to train the classifier on", 0, 0, NULL};
     opts[n++] = (moco_opt){"test", MOCO_OPT_STR, &tedb, "labelled LMDB to measure it on", 0, 0, NULL};
+    opts[n++] = (moco_opt){"cached-features", MOCO_OPT_FLAG, &cached,
+                           "features of the centre-crop views computed once, no augmentation (fast)", 0, 0, NULL};
     opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs, "epochs of the classifier", 1, 1e6, NULL};
     opts[n++] = (moco_opt){"lr", MOCO_OPT_DOUBLE, &lr, "learning rate (official: 30)", 0, 1e4, NULL};
     opts[n++] = (moco_opt){"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1", 0, 0, NULL};
     opts[n++] = (moco_opt){"momentum", MOCO_OPT_DOUBLE, &momentum, "SGD momentum", 0, 1, NULL};
     opts[n++] = (moco_opt){"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL};
-    opts[n++] = (moco_opt){"batch-size", MOCO_OPT_INT, &batch, "classifier batch", 1, 1e6, NULL};
-    opts[n++] = (moco_opt){"seed", MOCO_OPT_U64, &seed, "seed of the classifier's init and order", 0, 0, NULL};
+    opts[n++] = (moco_opt){"batch-size", MOCO_OPT_INT, &batch, "classifier batch (streamed: also the encoder's)", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"seed", MOCO_OPT_U64, &seed, "seed of the classifier's init and order (and of the crops)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"connect", MOCO_OPT_STR, &connect, "streamed: the loader's control endpoint (set by moco lincls)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"bind", MOCO_OPT_STR, &bind, "streamed: endpoint the workers push views to (set by moco lincls)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"count", MOCO_OPT_U64, &count, "streamed: samples in the training set (set by moco lincls)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out, "streamed: the run directory; lincls.json is written there", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco lincls", "--ckpt CKPT --train DB --test DB [options]",
-                               "Linear evaluation: a linear classifier on the frozen backbone features of a checkpoint's\n"
-                               "query encoder (MoCo's main_lincls.py, on precomputed centre-crop features).",
+                               "Linear evaluation (MoCo's main_lincls.py): a linear classifier on the frozen backbone\n"
+                               "features of a checkpoint's query encoder. By default each epoch sees new random-resized\n"
+                               "crops and flips, made by a loader and --workers augmentation workers (the flags of moco run\n"
+                               "apply); --cached-features trains on the centre-crop features computed once. The last line\n"
+                               "is a JSON object with lincls_top1 and lincls_top5.",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
@@ -160,28 +311,61 @@ int lincls_main(int argc, char **argv)
         fprintf(stderr, "moco lincls: %s\n", !have ? "--ckpt (or --random-init), --train and --test are required" : moco_errmsg());
         return 2;
     }
+    if (!cached && (!connect || !bind)) {
+        fprintf(stderr, "moco lincls: streamed training needs --connect and --bind (moco lincls without --cached-features sets them)\n");
+        return 2;
+    }
+    if (!cached) ef.batch = batch; /* one forward per classifier step */
     lincls_cfg lc = {.epochs = (int)epochs, .batch = (int)batch, .lr = lr, .momentum = momentum, .wd = wd, .seed = seed,
                      .nschedule = tc.nschedule};
     memcpy(lc.schedule, tc.schedule, sizeof lc.schedule);
     resnet *m = NULL;
     evalset *tr = NULL, *te = NULL;
-    float *xtr = NULL, *xte = NULL, mean[3], std[3];
+    float *xtr = NULL, *xte = NULL, *snap = NULL, mean[3], std[3];
     int32_t *ytr = NULL, *yte = NULL;
     int64_t ntr = 0, nte = 0;
-    double top1 = 0;
+    double top1 = 0, top5 = 0;
+    cls k = {0};
     if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open(trdb, (int)ef.size, mean, std, &tr)) ||
-        (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)) || (rc = features(m, tr, &xtr, &ytr, &ntr)) ||
-        (rc = features(m, te, &xte, &yte, &nte)))
+        (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)))
         goto out;
+    if (!(snap = snapshot(m))) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     int C = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
-    rc = lincls_train_eval(xtr, ytr, ntr, xte, yte, nte, m->features, C, &lc, &top1);
+    if (cached) {
+        if ((rc = features(m, tr, &xtr, &ytr, &ntr)) || (rc = features(m, te, &xte, &yte, &nte))) goto out;
+        rc = lincls_train_eval(xtr, ytr, ntr, xte, yte, nte, m->features, C, &lc, &top1, &top5);
+    } else {
+        if ((rc = cls_init(&k, m->features, C, (int)batch, seed)) ||
+            (rc = streamed(m, &k, &lc, connect, bind, count ? count : (uint64_t)evalset_count(tr), mean, std, &ntr)) ||
+            (rc = features(m, te, &xte, &yte, &nte)))
+            goto out;
+        cls_eval(&k, xte, yte, nte, &top1, &top5);
+    }
+    if (rc) goto out;
+    if (getenv("MOCO_TEST_LINCLS_TOUCH")) m->buffers[0] += 1; /* test hook: the check below must see it */
+    rc = unchanged(m, snap);
 out:
-    if (rc) fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
-    else printf("{\"lincls_top1\":%.2f,\"features\":%d,\"epochs\":%d,\"train\":%lld,\"test\":%lld}\n", top1, m->features, lc.epochs,
-                (long long)ntr, (long long)nte);
+    if (rc) {
+        fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
+    } else {
+        char line[512];
+        snprintf(line, sizeof line,
+                 "{\"lincls_top1\":%.2f,\"lincls_top5\":%.2f,\"features\":%d,\"epochs\":%d,\"augmented\":%s,"
+                 "\"train_views\":%lld,\"test\":%lld,\"encoder_unchanged\":true}\n",
+                 top1, top5, m->features, lc.epochs, cached ? "false" : "true", (long long)ntr, (long long)nte);
+        fputs(line, stdout);
+        fflush(stdout);
+        if (out) {
+            char path[1200];
+            snprintf(path, sizeof path, "%s/lincls.json", out);
+            FILE *f = fopen(path, "w");
+            if (f) { fputs(line, f); fclose(f); }
+        }
+    }
+    cls_free(&k);
     rn_destroy(&m);
     evalset_destroy(&tr);
     evalset_destroy(&te);
-    free(xtr); free(xte); free(ytr); free(yte);
+    free(xtr); free(xte); free(ytr); free(yte); free(snap);
     return rc ? 1 : 0;
 }

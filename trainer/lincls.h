@@ -11,13 +11,15 @@ typedef struct {
     uint64_t seed;
 } lincls_cfg;
 
-/* Train a linear softmax classifier on xtr (ntr, F) with labels in [0, C),
- * then write its test top-1 (percent) on xte into *top1. Returns 0,
- * MOCO_ENOMEM, or MOCO_ENUMERIC if the loss stops being finite. */
+/* Train a linear softmax classifier on xtr (ntr, F) with labels in [0, C)
+ * (every epoch a seeded permutation, the last partial batch kept), then
+ * write its test top-1 and top-5 (percent) on xte. Returns 0, MOCO_ENOMEM,
+ * or MOCO_ENUMERIC if the loss stops being finite. */
 int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const float *xte, const int32_t *yte, int64_t nte,
-                      int F, int C, const lincls_cfg *c, double *top1);
+                      int F, int C, const lincls_cfg *c, double *top1, double *top5);
 
-/* `moco lincls --ckpt CKPT --train DB --test DB` */
+/* The linear-evaluation consumer: `moco lincls --cached-features ...`, or
+ * streamed with --connect/--bind as `moco lincls` (cli/run.c) starts it. */
 int lincls_main(int argc, char **argv);
 
 #endif

@@ -76,8 +76,7 @@ int train_parse_schedule(const char *s, train_cfg *c)
     return 0;
 }
 
-/* uint8 HWC views (c = 1 or 3) -> float NCHW (3 channels), normalised */
-static void to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3])
+void train_view_to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3])
 {
     float *o = x + (size_t)row * 3 * S * S;
     for (int ch = 0; ch < 3; ch++) {
@@ -280,8 +279,8 @@ int train_run(const train_cfg *c)
                           ev.pair.epoch, ev.pair.index, ev.pair.height, ev.pair.width, S, S);
             goto out;
         }
-        to_float(x1, ev.q, nb, S, ev.pair.channels, c->mean, c->std);
-        to_float(x2, ev.k, nb, S, ev.pair.channels, c->mean, c->std);
+        train_view_to_float(x1, ev.q, nb, S, ev.pair.channels, c->mean, c->std);
+        train_view_to_float(x2, ev.k, nb, S, ev.pair.channels, c->mean, c->std);
         batch_idx[nb++] = ev.pair.index;
         pairs_epoch++;
         if (nb < N) continue;

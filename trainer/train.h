@@ -26,6 +26,11 @@ double train_lr(const train_cfg *c, int64_t epoch, int64_t step_in_epoch, int64_
 /* "120,160" -> c->schedule. Returns 0 or MOCO_EINVAL. */
 int train_parse_schedule(const char *s, train_cfg *c);
 
+/* One uint8 HWC view (c = 1 or 3 channels, S x S) into row `row` of x, a
+ * float NCHW batch with 3 channels, normalised with mean and std (grey is
+ * replicated). */
+void train_view_to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3]);
+
 /* kNN top-1 (percent) of encoder m (eval mode): bank = train_db, queries
  * = test_db, both embedded without augmentation. */
 int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
