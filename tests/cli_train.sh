@@ -31,6 +31,11 @@ for f in checkpoint_last checkpoint_best checkpoint_epoch_0002; do
   [ -s "$T/r1/$f.safetensors" ] || fail "no $f.safetensors"
 done
 
+# --resume of a finished run directory: its checkpoint_last ends the run, nothing to train, exit 0
+timeout 60 $M run "$T/db" --workers 1 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL --run-dir "$T/r1" --resume "$T/r1" \
+  --quiet >/dev/null 2>"$T/r1b.err" && grep -q "checkpoint_last.safetensors ends the run (epoch 2 of 2)" "$T/r1b.err" \
+  || fail "resuming a finished run: $(tail -3 "$T/r1b.err")"
+[ "$(grep -c '"type":"epoch"' "$T/r1/metrics.jsonl")" = 2 ] || fail "resuming a finished run trained more"
 grep '"type":"step"' "$T/r1/metrics.jsonl" | grep -q '"acc":[1-9]' || fail "contrastive accuracy never above 0: $(grep step "$T/r1/metrics.jsonl" | tail -2)"
 $M plot "$T/r1" --out "$T/curves.png" >/dev/null && [ "$(head -c 4 "$T/curves.png" | od -An -c | tr -d ' ')" = "211PNG" ] \
   || fail "moco plot did not write a PNG"

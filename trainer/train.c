@@ -183,12 +183,24 @@ int train_run(const train_cfg *c)
     if ((rc = moco_new(&mcfg, &mc))) return rc;
     int64_t epoch = c->start_epoch, step = 0;
     uint32_t resume_epoch = STREAM_NO_EPOCH;
-    if (c->resume) {
-        if ((rc = ckpt_load(c->resume, mc, &rs))) goto out;
+    const char *resume = c->resume;
+    char rpath[4200];
+    struct stat sb;
+    if (resume && !stat(resume, &sb) && S_ISDIR(sb.st_mode)) { /* a run directory: its last checkpoint */
+        snprintf(rpath, sizeof rpath, "%s/checkpoint_last.safetensors", resume);
+        resume = rpath;
+    }
+    if (resume) {
+        if ((rc = ckpt_load(resume, mc, &rs))) goto out;
         epoch = rs.epoch;
         step = rs.step;
         resume_epoch = (uint32_t)rs.pipe_epoch;
-        fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", c->resume, (long long)epoch, (long long)step);
+        if (c->epochs && epoch >= c->epochs) {
+            fprintf(stderr, "moco train: %s ends the run (epoch %lld of %d): nothing left to train\n", resume, (long long)epoch,
+                    c->epochs);
+            goto out;
+        }
+        fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
     }
     if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
@@ -202,7 +214,7 @@ int train_run(const train_cfg *c)
     int has_bits = 0;
     for (size_t i = 0; i < rs.delivered_bytes; i++) has_bits |= rs.delivered[i] != 0;
     if (has_bits && !c->count) {
-        rc = moco_err(MOCO_EINVAL, "%s was saved mid-epoch: resuming it needs --count (the dataset size)", c->resume);
+        rc = moco_err(MOCO_EINVAL, "%s was saved mid-epoch: resuming it needs --count (the dataset size)", resume);
         goto out;
     }
     if (has_bits) {
@@ -413,7 +425,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"size", MOCO_OPT_INT, &size, "view side the model takes", 8, 4096, NULL},
         {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
         {"seed", MOCO_OPT_U64, &seed, "seed of weights, queue and key permutations", 0, 0, NULL},
-        {"resume", MOCO_OPT_STR, &c.resume, "checkpoint to resume from (model, optimiser, queue, stream position)", 0, 0, NULL},
+        {"resume", MOCO_OPT_STR, &c.resume, "checkpoint (or run directory: its checkpoint_last) to resume from: model, optimiser, queue, stream position", 0, 0, NULL},
         {"count", MOCO_OPT_U64, &count, "samples per epoch (for the ETA and the lr schedule within an epoch)", 0, 0, NULL},
         {"knn-train", MOCO_OPT_STR, &c.knn_train, "labelled LMDB: kNN bank", 0, 0, NULL},
         {"knn-test", MOCO_OPT_STR, &c.knn_test, "labelled LMDB: kNN queries", 0, 0, NULL},
