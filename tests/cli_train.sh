@@ -39,6 +39,11 @@ timeout 60 $M run "$T/db" --workers 1 --epochs 2 --recipe cifar --size 28 --seed
 grep '"type":"step"' "$T/r1/metrics.jsonl" | grep -q '"acc":[1-9]' || fail "contrastive accuracy never above 0: $(grep step "$T/r1/metrics.jsonl" | tail -2)"
 $M plot "$T/r1" --out "$T/curves.png" >/dev/null && [ "$(head -c 4 "$T/curves.png" | od -An -c | tr -d ' ')" = "211PNG" ] \
   || fail "moco plot did not write a PNG"
+printf '{"epoch": 1, "loss": 5.5, "knn_top1": 20.0, "pairs_per_s": 100}\n{"epoch": 2, "loss": 5.0, "knn_top1": 30.0}\n' >"$T/ref.jsonl"
+$M plot "$T/r1" --compare "$T/ref.jsonl" --out "$T/cmp.png" >/dev/null && $M plot "$T/r1" --compare "$T/r1" --out "$T/cmp2.png" >/dev/null \
+  && [ "$(head -c 4 "$T/cmp.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "moco plot --compare"
+cmp -s "$T/curves.png" "$T/cmp.png" && fail "moco plot --compare drew nothing more"
+$M plot "$T/r1" --compare "$T/nothing.jsonl" --out "$T/cmp3.png" >/dev/null 2>&1; [ $? -eq 1 ] || fail "--compare of a missing file should fail"
 
 # moco knn on the final checkpoint reproduces the monitor's last figure
 want=$(grep '"type":"epoch"' "$T/r1/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)

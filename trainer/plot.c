@@ -1,7 +1,10 @@
 /* plot.c: `moco plot RUN_DIR --out curves.png`: four panels drawn with
  * libvips from RUN_DIR/metrics.jsonl: loss, contrastive top-1 accuracy,
  * kNN top-1 accuracy and throughput (pairs/s), against epochs (the epoch
- * records; the step records fill in the loss and accuracy between them). */
+ * records; the step records fill in the loss and accuracy between them).
+ * --compare adds a second run in orange: another RUN_DIR, or a JSON-lines
+ * file of per-epoch records {"epoch": 1-based, "loss", "knn_top1",
+ * "pairs_per_s"} such as ../shared/reference's PyTorch run. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,22 +57,40 @@ static int text(VipsImage *im, const char *str, int x, int y, int size)
     return r;
 }
 
-static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, double epochs)
+static void draw(VipsImage *im, const series *s, double *ink, int x0, int y0, int w, int h, double lo, double hi, double xmax)
 {
-    double white[3] = {255, 255, 255}, grey[3] = {200, 200, 200}, ink[3] = {20, 90, 200}, axis[3] = {60, 60, 60};
+    int px = -1, py = -1;
+    for (int i = 0; i < s->n; i++) {
+        int x = x0 + (int)(w * s->x[i] / xmax), y = y0 - (int)(h * (s->y[i] - lo) / (hi - lo));
+        if (px >= 0) vips_draw_line(im, ink, 3, px, py, x, y, NULL);
+        if (s->n < 200) vips_draw_rect(im, ink, 3, x - 2, y - 2, 5, 5, "fill", TRUE, NULL);
+        px = x;
+        py = y;
+    }
+}
+
+/* one panel: s in blue, c (may be empty) in orange, on a y range that holds both */
+static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, const series *c, double epochs)
+{
+    double white[3] = {255, 255, 255}, grey[3] = {200, 200, 200}, ink[3] = {20, 90, 200}, axis[3] = {60, 60, 60},
+           orange[3] = {230, 120, 20};
     vips_draw_rect(im, white, 3, ox, oy, PW, PH, "fill", TRUE, NULL);
     int x0 = ox + MARGIN, y0 = oy + PH - 40, w = PW - MARGIN - 20, h = PH - 80;
     text(im, title, ox + MARGIN, oy + 10, 14);
     vips_draw_line(im, axis, 3, x0, y0, x0 + w, y0, NULL);
     vips_draw_line(im, axis, 3, x0, y0, x0, y0 - h, NULL);
-    if (s->n == 0) {
+    if (s->n == 0 && c->n == 0) {
         text(im, "no data", x0 + w / 2 - 30, y0 - h / 2, 12);
         return 0;
     }
-    double lo = s->y[0], hi = s->y[0];
-    for (int i = 1; i < s->n; i++) {
+    double lo = s->n ? s->y[0] : c->y[0], hi = lo;
+    for (int i = 0; i < s->n; i++) {
         lo = s->y[i] < lo ? s->y[i] : lo;
         hi = s->y[i] > hi ? s->y[i] : hi;
+    }
+    for (int i = 0; i < c->n; i++) {
+        lo = c->y[i] < lo ? c->y[i] : lo;
+        hi = c->y[i] > hi ? c->y[i] : hi;
     }
     if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
     double pad = 0.05 * (hi - lo);
@@ -89,65 +110,87 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
         text(im, lab, x0 + (int)(w * k / 4.0) - 8, y0 + 8, 10);
     }
     text(im, "epoch", x0 + w / 2 - 15, y0 + 22, 10);
-    int px = -1, py = -1;
-    for (int i = 0; i < s->n; i++) {
-        int x = x0 + (int)(w * s->x[i] / xmax), y = y0 - (int)(h * (s->y[i] - lo) / (hi - lo));
-        if (px >= 0) vips_draw_line(im, ink, 3, px, py, x, y, NULL);
-        if (s->n < 200) vips_draw_rect(im, ink, 3, x - 2, y - 2, 5, 5, "fill", TRUE, NULL);
-        px = x;
-        py = y;
-    }
+    draw(im, c, orange, x0, y0, w, h, lo, hi, xmax);
+    draw(im, s, ink, x0, y0, w, h, lo, hi, xmax);
     return 0;
 }
 
-int plot_main(int argc, char **argv)
+/* a run's series from its metrics.jsonl (0-based epoch records, step
+ * records), or from a file of 1-based per-epoch records without "type";
+ * returns the number of epochs, -1 if path cannot be read */
+static double load(const char *path, series *loss, series *acc, series *knn, series *speed)
 {
-    const char *out = "curves.png";
-    const moco_opt opts[] = {
-        {"out", MOCO_OPT_STR, &out, "PNG to write", 0, 0, NULL},
-        {NULL, 0, NULL, NULL, 0, 0, NULL},
-    };
-    const moco_optspec spec = {"moco plot", "RUN_DIR [--out curves.png]",
-                               "Draw loss, contrastive accuracy, kNN accuracy and throughput against epochs from\n"
-                               "RUN_DIR/metrics.jsonl (written by moco train).",
-                               opts, 1, 1};
-    char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
     FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "moco plot: cannot read %s\n", path);
-        return 1;
-    }
-    static series loss, acc, knn, speed;
+    if (!f) return -1;
     double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
     char line[8192];
     /* two passes: epoch records first (they give steps per epoch) */
     while (fgets(line, sizeof line, f)) {
         double e, st, v;
-        if (!strstr(line, "\"type\":\"epoch\"") || !field(line, "epoch", &e) || !field(line, "step", &st)) continue;
+        int ours = strstr(line, "\"type\":\"epoch\"") != NULL, plain = !strstr(line, "\"type\":");
+        if (!(ours || plain) || !field(line, "epoch", &e)) continue;
+        if (plain) e -= 1; /* 1-based */
         if (e + 1 > epochs) epochs = e + 1;
-        if (e >= 0 && st > 0) spe = st / (e + 1);
-        if (field(line, "knn_top1", &v)) add(&knn, e + 1, v);
-        if (field(line, "pairs_per_s", &v)) add(&speed, e + 1, v);
+        if (ours && field(line, "step", &st) && e >= 0 && st > 0) spe = st / (e + 1);
+        if (plain && field(line, "loss", &v)) add(loss, e + 1, v);
+        if (field(line, "knn_top1", &v)) add(knn, e + 1, v);
+        if (field(line, "pairs_per_s", &v)) add(speed, e + 1, v);
     }
     rewind(f);
     while (fgets(line, sizeof line, f)) {
         double st, v;
         if (!strstr(line, "\"type\":\"step\"") || !field(line, "step", &st) || spe <= 0) continue;
-        if (field(line, "loss", &v)) add(&loss, st / spe, v);
-        if (field(line, "acc", &v)) add(&acc, st / spe, v);
+        if (field(line, "loss", &v)) add(loss, st / spe, v);
+        if (field(line, "acc", &v)) add(acc, st / spe, v);
     }
     fclose(f);
+    return epochs;
+}
+
+int plot_main(int argc, char **argv)
+{
+    const char *out = "curves.png", *compare = NULL, *label = NULL, *clabel = NULL;
+    const moco_opt opts[] = {
+        {"out", MOCO_OPT_STR, &out, "PNG to write", 0, 0, NULL},
+        {"compare", MOCO_OPT_STR, &compare, "another RUN_DIR, or a JSON-lines file of per-epoch records, drawn in orange", 0, 0, NULL},
+        {"label", MOCO_OPT_STR, &label, "legend of RUN_DIR with --compare (default: its path)", 0, 0, NULL},
+        {"compare-label", MOCO_OPT_STR, &clabel, "legend of the --compare run (default: its path)", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    const moco_optspec spec = {"moco plot", "RUN_DIR [--out curves.png] [--compare RUN_DIR2|EPOCHS.jsonl]",
+                               "Draw loss, contrastive accuracy, kNN accuracy and throughput against epochs from\n"
+                               "RUN_DIR/metrics.jsonl (written by moco train); --compare draws a second run beside it.",
+                               opts, 1, 1};
+    char *pos[1];
+    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    char path[4200], cpath[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
+    static series loss, acc, knn, speed, closs, cacc, cknn, cspeed;
+    double epochs = load(path, &loss, &acc, &knn, &speed), cepochs = 0;
+    if (epochs < 0) {
+        fprintf(stderr, "moco plot: cannot read %s\n", path);
+        return 1;
+    }
     if (epochs == 0) {
         fprintf(stderr, "moco plot: %s has no epoch records yet\n", path);
         return 1;
     }
+    if (compare) {
+        snprintf(cpath, sizeof cpath, "%s/metrics.jsonl", compare);
+        FILE *d = fopen(cpath, "r");
+        if (d) fclose(d);
+        else snprintf(cpath, sizeof cpath, "%s", compare);
+        if ((cepochs = load(cpath, &closs, &cacc, &cknn, &cspeed)) <= 0) {
+            fprintf(stderr, "moco plot: %s: %s\n", cpath, cepochs < 0 ? "cannot read it" : "no per-epoch records");
+            return 1;
+        }
+        if (cepochs > epochs) epochs = cepochs;
+    }
     if (VIPS_INIT("moco")) return 1;
+    int top = compare ? 30 : 0;
     VipsImage *im = NULL, *black;
-    if (vips_black(&black, 2 * PW + 30, 2 * PH + 30, "bands", 3, NULL) || vips_linear1(black, &im, 1, 235, NULL) ||
+    if (vips_black(&black, 2 * PW + 30, 2 * PH + 30 + top, "bands", 3, NULL) || vips_linear1(black, &im, 1, 235, NULL) ||
         vips_cast_uchar(im, &black, NULL)) {
         fprintf(stderr, "moco plot: libvips: %s\n", vips_error_buffer());
         return 1;
@@ -157,10 +200,20 @@ int plot_main(int argc, char **argv)
     VipsImage *mem = vips_image_copy_memory(im);
     g_object_unref(im);
     if (!mem) return 1;
-    panel(mem, 10, 10, "InfoNCE loss", &loss, epochs);
-    panel(mem, PW + 20, 10, "contrastive top-1 accuracy (%)", &acc, epochs);
-    panel(mem, 10, PH + 20, "kNN top-1 accuracy (%)", &knn, epochs);
-    panel(mem, PW + 20, PH + 20, "throughput (pairs/s)", &speed, epochs);
+    if (compare) {
+        char legend[9000];
+        double blue[3] = {20, 90, 200}, orange[3] = {230, 120, 20};
+        vips_draw_rect(mem, blue, 3, 10, 12, 24, 6, "fill", TRUE, NULL);
+        snprintf(legend, sizeof legend, "%s", label ? label : pos[0]);
+        text(mem, legend, 40, 6, 12);
+        vips_draw_rect(mem, orange, 3, PW + 20, 12, 24, 6, "fill", TRUE, NULL);
+        snprintf(legend, sizeof legend, "%s", clabel ? clabel : compare);
+        text(mem, legend, PW + 50, 6, 12);
+    }
+    panel(mem, 10, 10 + top, "InfoNCE loss", &loss, &closs, epochs);
+    panel(mem, PW + 20, 10 + top, "contrastive top-1 accuracy (%)", &acc, &cacc, epochs);
+    panel(mem, 10, PH + 20 + top, "kNN top-1 accuracy (%)", &knn, &cknn, epochs);
+    panel(mem, PW + 20, PH + 20 + top, "throughput (pairs/s)", &speed, &cspeed, epochs);
     rc = vips_pngsave(mem, out, NULL);
     g_object_unref(mem);
     if (rc) {

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""pytorch_views_epoch.py VIEWS N SEED OUT: one epoch of the MoCo CIFAR-10
+"""pytorch_views_epoch.py VIEWS N SEED OUT [--no-shuffle] [--bn-splits S]: one epoch of the MoCo CIFAR-10
 demo's recipe in PyTorch (resnet18-cifar width 16 built as torchvision does,
 conv1 replaced as the demo does, SplitBatchNorm 8, batch 256, K 4096, m 0.99,
 T 0.1, lr 0.03, wd 5e-4) on the first N pairs of a views file, batches in
 the same order as `views_epoch train` (SplitMix64 permutation (seed, 77, 0,
 0)). Writes encoder_q as a checkpoint that `moco knn --ckpt OUT --width 16`
-evaluates."""
+evaluates. --no-shuffle feeds the key batch unpermuted (no shuffle BN);
+--bn-splits S changes the 8 BN splits (1: BN over the whole batch)."""
 import sys, os, json, struct, numpy as np, torch, torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from gen_trainer_golden import make, save_st
@@ -32,11 +33,16 @@ def perm(seed, e, n):
     for i in range(n, 1, -1):
         j = g.below(i); p[i - 1], p[j] = p[j], p[i - 1]
     return p
-views, n, seed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import argparse
+ap = argparse.ArgumentParser()
+ap.add_argument('views'); ap.add_argument('n', type=int); ap.add_argument('seed', type=int); ap.add_argument('out')
+ap.add_argument('--no-shuffle', action='store_true'); ap.add_argument('--bn-splits', type=int, default=8)
+a_ = ap.parse_args()
+views, n, seed, out, shuffle, splits = a_.views, a_.n, a_.seed, a_.out, not a_.no_shuffle, a_.bn_splits
 torch.set_num_threads(2); torch.manual_seed(seed)
 N, K, dim, m, T = 256, 4096, 128, 0.99, 0.1
-fq = make('resnet18-cifar', width=16, mlp=False, dim=dim, bn_splits=8)
-fk = make('resnet18-cifar', width=16, mlp=False, dim=dim, bn_splits=8)
+fq = make('resnet18-cifar', width=16, mlp=False, dim=dim, bn_splits=splits)
+fk = make('resnet18-cifar', width=16, mlp=False, dim=dim, bn_splits=splits)
 for mod in fq.modules():  # the demo's init: torchvision's (BN 1/0), conv1 replaced after it (default Conv2d init)
     if isinstance(mod, torch.nn.BatchNorm2d): torch.nn.init.ones_(mod.weight); torch.nn.init.zeros_(mod.bias)
 fq.conv1.reset_parameters()
@@ -56,7 +62,7 @@ for b in range(0, n - N + 1, N):
         for pq, pk in zip(fq.parameters(), fk.parameters()): pk.data = pk.data * m + pq.data * (1 - m)
     q = F.normalize(fq(x1), dim=1)
     with torch.no_grad():
-        pr = torch.randperm(N); k = F.normalize(fk(x2[pr]), dim=1)[torch.argsort(pr)]
+        pr = torch.randperm(N) if shuffle else torch.arange(N); k = F.normalize(fk(x2[pr]), dim=1)[torch.argsort(pr)]
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.clone()], 1) / T
     loss = F.cross_entropy(logits, labels)
     opt.zero_grad(); loss.backward(); opt.step()
