@@ -86,7 +86,7 @@ $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db
 
 # linear evaluation on the frozen features
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
-      --size 28 --epochs 10 --schedule 6,8 --lr 1 --threads 1 | tail -1)
+      --size 28 --epochs 10 --schedule 6,8 --lr 1 --threads 1 --cached-features | tail -1)
 echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-features: $lin"
 # streamed: every epoch new crops from a loader and a worker; each image
 # exactly once per epoch; top-5 >= top-1; the encoder unchanged. With whole
