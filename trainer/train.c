@@ -98,6 +98,7 @@ static int embed(resnet *m, evalset *es, float *x, float **feat, int32_t **label
     for (int64_t s = 0; s < *n; s += N) {
         int cnt = (int)(*n - s < N ? *n - s : N);
         if (cnt < N) memset(x, 0, sizeof *x * (size_t)N * 3 * S * S);
+        if (stop_flag) return moco_err(MOCO_EINTR, "interrupted during the kNN evaluation"); /* SIGTERM: stop now */
         int rc = evalset_read(es, s, cnt, x, *labels + s);
         if (rc) return rc;
         const float *out = rn_forward(m, x, NULL, 0);
@@ -358,8 +359,8 @@ int train_run(const train_cfg *c)
             if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
         }
     }
-    if (stop_flag) rc = moco_err(MOCO_EINTR, "interrupted; the last checkpoint is in %s", c->out);
 out:
+    if (stop_flag && (rc == 0 || rc == MOCO_EINTR)) rc = moco_err(MOCO_EINTR, "interrupted; the last checkpoint is in %s", c->out);
     if (metrics) fclose(metrics);
     stream_destroy(&s);
     moco_destroy(&mc);
