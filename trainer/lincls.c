@@ -193,7 +193,7 @@ out:
 static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect, const char *bind, uint64_t count,
                     const float mean[3], const float std[3], int64_t *seen)
 {
-    int N = m->cfg.batch, S = m->cfg.size, F = m->features, epoch = 0, nb = 0;
+    int N = m->cfg.batch, S = m->cfg.size, epoch = 0, nb = 0;
     float *x = calloc((size_t)N * 3 * S * S, sizeof *x);
     int32_t *y = malloc(sizeof *y * (size_t)N);
     trainer_stream *s = NULL;
@@ -231,7 +231,6 @@ static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect,
             loss_sum += loss, steps++;
             nb = 0;
         }
-        (void)F;
         if (ev.kind == STREAM_EPOCH_END) {
             fprintf(stderr, "moco lincls: epoch %d: loss %.4f, lr %g\n", epoch, steps ? loss_sum / steps : 0, cls_lr(c, epoch));
             loss_sum = 0, steps = 0;
