@@ -35,6 +35,26 @@ size_t moco_pipe_hello(uint8_t *b, uint32_t epoch, uint64_t count)
     return 20;
 }
 
+size_t moco_pipe_welcome(uint8_t *b, uint32_t epoch, uint32_t epochs, uint64_t count, uint32_t flags, uint32_t heartbeat_ms)
+{
+    moco_wire_prefix_pack(b, MOCO_MSG_WELCOME);
+    moco_put_le32(b + 8, epoch);
+    moco_put_le32(b + 12, epochs);
+    moco_put_le64(b + 16, count);
+    moco_put_le32(b + 24, flags);
+    moco_put_le32(b + 28, heartbeat_ms);
+    return 32;
+}
+
+size_t moco_pipe_refused(uint8_t *b, int32_t code, const char *reason)
+{
+    moco_wire_prefix_pack(b, MOCO_MSG_REFUSED);
+    moco_put_le32(b + 8, (uint32_t)code);
+    size_t n = reason ? strnlen(reason, MOCO_WIRE_REASON_MAX) : 0;
+    if (n) memcpy(b + 12, reason, n);
+    return 12 + n;
+}
+
 size_t moco_pipe_ack(uint8_t *b, uint32_t epoch, const uint64_t *idx, uint32_t n)
 {
     moco_wire_prefix_pack(b, MOCO_MSG_ACK);
@@ -68,6 +88,10 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     m->count = m->received = 0;
     m->batch = 0;
     m->idx = NULL;
+    m->epochs = m->flags = m->heartbeat_ms = 0;
+    m->code = 0;
+    m->reason = NULL;
+    m->reason_len = 0;
     switch (m->type) {
     case MOCO_MSG_HEARTBEAT:
     case MOCO_MSG_STOP:
@@ -89,10 +113,26 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
         m->epoch = moco_get_le32(p + 8);
         m->count = moco_get_le64(p + 12);
         return 0;
+    case MOCO_MSG_WELCOME:
+        if ((rc = want(n, 32, "WELCOME"))) return rc;
+        m->epoch = moco_get_le32(p + 8);
+        m->epochs = moco_get_le32(p + 12);
+        m->count = moco_get_le64(p + 16);
+        m->flags = moco_get_le32(p + 24);
+        m->heartbeat_ms = moco_get_le32(p + 28);
+        return 0;
+    case MOCO_MSG_REFUSED:
+        if (n < 12 || n > 12 + MOCO_WIRE_REASON_MAX)
+            return moco_err(MOCO_ECORRUPT, "REFUSED message of %zu bytes (12..%d)", n, 12 + MOCO_WIRE_REASON_MAX);
+        m->code = (int32_t)moco_get_le32(p + 8);
+        m->reason = (const char *)p + 12;
+        m->reason_len = n - 12;
+        return 0;
     case MOCO_MSG_ACK:
         if (n < 16) return want(n, 16, "ACK");
         m->epoch = moco_get_le32(p + 8);
         m->n = moco_get_le32(p + 12);
+        if (m->n > MOCO_ACK_MAX) return moco_err(MOCO_ECORRUPT, "ACK of %u indices (at most %d)", m->n, MOCO_ACK_MAX);
         if ((rc = want(n, 16 + 8 * (size_t)m->n, "ACK"))) return rc;
         m->idx = p + 16;
         return 0;

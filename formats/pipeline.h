@@ -34,25 +34,35 @@
  *   EPOCH_END  loader -> consumer: u32 epoch, u64 delivered, u32 nfailed,
  *              nfailed x u64 indices of records the workers could not decode
  *   STOP       loader -> worker: the prefix alone; finish and exit */
-enum {
-    MOCO_MSG_HELLO = 8, /* consumer -> loader: u32 epoch (0xFFFFFFFF: the loader's choice), u64 count
-                         * (0: unknown); optional frame 2: bitmap of the indices of that epoch
-                         * already delivered, ceil(count / 8) bytes, bit i = byte i/8, bit i%8 */
-    MOCO_MSG_ACK = 9,   /* consumer -> loader: u32 epoch, u32 n, n x u64 indices received */
-    MOCO_MSG_END = 10,  /* loader -> consumer: u32 epochs completed; no more data */
-    MOCO_MSG_PAIRS = 11, /* worker -> consumer: a batch of PAIRs in two frames (fewer messages):
-                          * frame 1: prefix, u32 n (1..MOCO_PAIRS_MAX), u32 0, then n PAIR header
-                          * frames of 32 bytes each (wire.h); frame 2: the views, q1 k1 q2 k2 ...,
-                          * each height * width * channels bytes of its header, nothing between */
-    MOCO_MSG_SAMPLES = 12, /* loader -> worker (version 2): a batch of records in two frames:
-                            * frame 1: prefix, u32 n (1..MOCO_SAMPLES_MAX), u32 0, then n entries
-                            * of 16 bytes: u32 epoch, u32 record length, u64 index; frame 2: the
-                            * records as stored, in entry order, nothing between */
-};
+/* The control types (HELLO, ACK, END, PAIRS, SAMPLES, WELCOME, REFUSED)
+ * are numbered with the others in wire.h's moco_msg_type. */
 
 #define MOCO_PAIRS_MAX 4096
 #define MOCO_SAMPLES_MAX 1024
 #define MOCO_SAMPLES_ENTRY 16
+#define MOCO_ACK_MAX 4096 /* indices in one ACK */
+
+/* Size limits (formats/README.md, "Limits"): every socket sets
+ * ZMQ_MAXMSGSIZE from these, so a larger frame disconnects its sender. */
+#define MOCO_BATCH_BYTES ((size_t)4 << 20)   /* a SAMPLES or PAIRS batch stops growing at this size */
+#define MOCO_VIEW_SIDE_MAX 2048              /* largest view side (recipes: 1..2048) */
+#define MOCO_VIEW_BYTES_MAX ((size_t)MOCO_VIEW_SIDE_MAX * MOCO_VIEW_SIDE_MAX * 3)
+#define MOCO_PAIRS_FRAME_MAX (MOCO_BATCH_BYTES + 2 * MOCO_VIEW_BYTES_MAX) /* any frame of PAIR / PAIRS */
+#define MOCO_RECORD_WIRE_MAX ((size_t)64 << 20) /* a longer record is reported failed, never sent */
+#define MOCO_SAMPLES_FRAME_MAX (MOCO_BATCH_BYTES + MOCO_RECORD_WIRE_MAX)
+#define MOCO_CTL_FRAME_MAX 65536             /* READY, FAILED, HEARTBEAT, ACK, HELLO, WELCOME, REFUSED, END */
+#define MOCO_EPOCH_FAILED_MAX (1u << 20)     /* failed indices an EPOCH_END may list; more fails the run */
+#define MOCO_COUNT_MAX ((uint64_t)1 << 36)   /* largest dataset a stream serves (HELLO bitmaps: 8 GiB) */
+
+/* Timing (formats/README.md, "Liveness"): every peer sends a HEARTBEAT (a
+ * worker: READY) at least this often; the defaults of the timeouts. */
+#define MOCO_HEARTBEAT_S 1.0
+#define MOCO_WORKER_TIMEOUT_S 5.0    /* loader: a silent worker is dead */
+#define MOCO_CONSUMER_TIMEOUT_S 10.0 /* loader: a silent consumer is gone (the stream pauses) */
+#define MOCO_LOADER_TIMEOUT_S 60.0   /* consumer: a silent loader is an error */
+
+/* WELCOME flags */
+#define MOCO_WELCOME_SERVE 1u /* pairs come on this (control) socket: serve mode */
 
 /* Small fixed messages. buf must hold 32 bytes; returns the length. READY
  * is written in its version-2 form (24 bytes, with batch). */
@@ -60,6 +70,10 @@ size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received, uin
 size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP */
 size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
 size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
+/* WELCOME: 32 bytes. REFUSED: 12 + reason bytes (at most
+ * MOCO_WIRE_REASON_MAX; buf holds 12 + MOCO_WIRE_REASON_MAX). */
+size_t moco_pipe_welcome(uint8_t *buf, uint32_t epoch, uint32_t epochs, uint64_t count, uint32_t flags, uint32_t heartbeat_ms);
+size_t moco_pipe_refused(uint8_t *buf, int32_t code, const char *reason);
 
 /* ACK: 16 + 8 n bytes; EPOCH_END: 24 + 8 nfailed bytes. Caller sizes buf. */
 size_t moco_pipe_ack(uint8_t *buf, uint32_t epoch, const uint64_t *idx, uint32_t n);
@@ -96,11 +110,17 @@ void moco_pipe_samples_at(const uint8_t *hdr, uint32_t i, moco_pipe_sample *s);
 /* A parsed control message. Pointers refer into the frame. */
 typedef struct {
     uint16_t type;
-    uint32_t epoch;       /* HELLO, ACK, EPOCH_END, END (epochs) */
+    uint32_t epoch;       /* HELLO, ACK, EPOCH_END, END (epochs), WELCOME */
+    uint32_t epochs;      /* WELCOME: epochs in the run (0: unbounded) */
+    uint32_t flags;       /* WELCOME: MOCO_WELCOME_* */
+    uint32_t heartbeat_ms; /* WELCOME */
+    int32_t code;         /* REFUSED */
+    const char *reason;   /* REFUSED: not NUL-terminated, reason_len bytes */
+    size_t reason_len;
     uint32_t credits;     /* READY: free slots */
     uint64_t received;    /* READY: records received so far */
     uint32_t batch;       /* READY: most records per SAMPLES (0: version 1, single SAMPLEs) */
-    uint64_t count;       /* HELLO: dataset size; EPOCH_END: delivered */
+    uint64_t count;       /* HELLO, WELCOME: dataset size; EPOCH_END: delivered */
     uint32_t n;           /* ACK: indices; EPOCH_END: failed */
     const uint8_t *idx;   /* n x u64 LE (use moco_get_le64) */
 } moco_pipe_msg;

@@ -24,20 +24,27 @@
 #include <stdint.h>
 
 #define MOCO_WIRE_MAGIC "MOCW"
-#define MOCO_WIRE_VERSION 2 /* the newest version this build reads and writes */
+#define MOCO_WIRE_VERSION 3 /* the newest version this build reads and writes */
 #define MOCO_WIRE_PREFIX_SIZE 8
 
 typedef enum {
+    /* every message type of every version, in one place; layouts in
+     * formats/README.md (data: this header; control: pipeline.h) */
     MOCO_MSG_SAMPLE = 1,    /* loader -> worker: (epoch, index) + record frame */
-    MOCO_MSG_PAIR = 2,      /* worker -> trainer: header + query view + key view */
+    MOCO_MSG_PAIR = 2,      /* worker -> consumer: header + query view + key view */
     MOCO_MSG_FAILED = 3,    /* worker -> loader: (epoch, index) could not be augmented */
-    /* Reserved for the pipeline (credit dispatch, liveness, epochs); their
-     * numbers are fixed now, their layouts are defined where implemented. */
     MOCO_MSG_READY = 4,     /* worker -> loader: credit for more samples */
     MOCO_MSG_HEARTBEAT = 5, /* either way: I am alive */
-    MOCO_MSG_EPOCH_END = 6, /* loader -> downstream: no more samples of an epoch */
-    MOCO_MSG_STOP = 7,      /* anyone -> peer: finish and exit */
-    MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid in version 1 */
+    MOCO_MSG_EPOCH_END = 6, /* loader -> consumer: every sample of an epoch is done or failed */
+    MOCO_MSG_STOP = 7,      /* loader -> worker: finish and exit */
+    MOCO_MSG_HELLO = 8,     /* consumer -> loader: start or resume; the resume state */
+    MOCO_MSG_ACK = 9,       /* consumer -> loader: these (epoch, index) were received */
+    MOCO_MSG_END = 10,      /* loader -> consumer: no more data */
+    MOCO_MSG_PAIRS = 11,    /* worker -> consumer: a batch of PAIRs in two frames */
+    MOCO_MSG_SAMPLES = 12,  /* loader -> worker (version 2): a batch of records in two frames */
+    MOCO_MSG_WELCOME = 13,  /* loader -> consumer (version 3): HELLO accepted; count, epochs, mode */
+    MOCO_MSG_REFUSED = 14,  /* loader -> a peer (version 3): HELLO refused, with the reason */
+    MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid */
 } moco_msg_type;
 
 /* Header frame sizes (exact, for version 1). */
