@@ -32,6 +32,7 @@
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/wire.h"
+#include "formats/zsec.h"
 
 #define MAX_QUEUE AUGMENT_PIPE_MAX_QUEUE
 
@@ -164,6 +165,9 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     int batch = cap / 4 > 1 ? cap / 4 : 1;
     if (batch > MOCO_SAMPLES_MAX) batch = MOCO_SAMPLES_MAX;
     void *zctx = zmq_ctx_new(), *dealer = zmq_socket(zctx, ZMQ_DEALER), *push = zmq_socket(zctx, ZMQ_PUSH);
+    moco_sec *sec = NULL;
+    /* the largest frame the loader sends (a SAMPLES batch); the push socket receives nothing */
+    int64_t maxin = (int64_t)MOCO_SAMPLES_FRAME_MAX, maxpush = MOCO_CTL_FRAME_MAX;
     /* the high-water mark counts messages, and a message holds a batch */
     int hwm = cfg->sndhwm > OUT_MAX ? cfg->sndhwm / OUT_MAX : 2, zero = 0, linger = 2000, rhwm = 2 * MAX_QUEUE;
     queued q[MAX_QUEUE];
@@ -176,10 +180,14 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     memset(out, 0, sizeof out);
     if (!dealer || !push || zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
         zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger) || zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(dealer, ZMQ_RCVHWM, &rhwm, sizeof rhwm)) {
+        zmq_setsockopt(dealer, ZMQ_RCVHWM, &rhwm, sizeof rhwm) || zmq_setsockopt(dealer, ZMQ_MAXMSGSIZE, &maxin, sizeof maxin) ||
+        zmq_setsockopt(push, ZMQ_MAXMSGSIZE, &maxpush, sizeof maxpush)) {
         rc = moco_err(MOCO_EZMQ, "cannot create sockets: %s", zmq_strerror(errno));
         goto out;
     }
+    if ((rc = moco_sec_new(zctx, cfg->keys, cfg->insecure, "moco augment", NULL, &sec)) ||
+        (rc = moco_sec_connect(sec, dealer, cfg->loader_ep)) || (rc = moco_sec_connect(sec, push, cfg->push_ep)))
+        goto out;
     if (zmq_connect(dealer, cfg->loader_ep)) {
         rc = moco_err(MOCO_EZMQ, "cannot connect to the loader at %s: %s", cfg->loader_ep, zmq_strerror(errno));
         goto out;
@@ -305,6 +313,7 @@ out:
     }
     if (dealer) zmq_close(dealer);
     if (push) zmq_close(push);
+    moco_sec_destroy(&sec);
     zmq_ctx_term(zctx);
     return rc;
 }

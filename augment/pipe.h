@@ -26,6 +26,8 @@ typedef int (*augment_pipe_fn)(void *ctx, const uint8_t *rec, size_t len, uint32
 
 typedef struct {
     const char *loader_ep, *push_ep;
+    const char *keys;      /* key directory (CURVE on tcp endpoints), or NULL */
+    int insecure;          /* tcp without keys */
     size_t view_bytes;     /* largest view fn writes */
     int queue;             /* records held at most (the credit), 1..AUGMENT_PIPE_MAX_QUEUE; the
                             * loader sends batches of a quarter of it */

@@ -55,10 +55,12 @@ int augment_pipe_main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     long queue = 256, hwm = 64;
     int quiet = 0;
-    moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 10];
     int n = augment_flags_opts(&af, opts);
     opts[n++] = (moco_opt){"connect", MOCO_OPT_STR, &cfg.loader_ep, "the loader's worker endpoint (moco loader --bind)", 0, 0, NULL};
     opts[n++] = (moco_opt){"push", MOCO_OPT_STR, &cfg.push_ep, "the consumer's pair endpoint (moco train / moco sink --bind)", 0, 0, NULL};
+    opts[n++] = (moco_opt){"keys", MOCO_OPT_STR, &cfg.keys, "key directory (moco keygen): CURVE on tcp endpoints", 0, 0, NULL};
+    opts[n++] = (moco_opt){"insecure", MOCO_OPT_FLAG, &cfg.insecure, "allow tcp endpoints without --keys", 0, 0, NULL};
     opts[n++] = (moco_opt){"queue", MOCO_OPT_INT, &queue, "records this worker holds at most (its credit; the loader sends a quarter at a time)", 1, AUGMENT_PIPE_MAX_QUEUE, NULL};
     opts[n++] = (moco_opt){"sndhwm", MOCO_OPT_INT, &hwm, "pairs queued for the consumer at most", 1, 1000, NULL};
     opts[n++] = (moco_opt){"loader-timeout", MOCO_OPT_DOUBLE, &cfg.loader_timeout, "exit if the loader is silent this long (s)", 1, 1e6, NULL};

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "formats/pipeline.h"
 #include "formats/rng.h"
 #include "formats/wire.h"
+#include "formats/zsec.h"
 #include "loader/cmd.h"
 
 #define MAX_WORKERS 1024
@@ -37,21 +39,28 @@ typedef struct {
     uint32_t free_slots;
     uint32_t batch;          /* most records per SAMPLES message; 0: single SAMPLEs (a version-1 worker) */
     uint64_t sent, received; /* records sent to it / it says it received */
-    int alive;
+    uint64_t holding;        /* samples issued to it and not yet acknowledged or failed */
+    double progress;         /* when one of its samples was last acknowledged (or it was first given work) */
+    uint64_t acked_at_progress; /* the loader's acknowledged count then */
+    int alive, banned;       /* banned: it held samples without progress while others made some */
 } worker;
 
 typedef struct {
     /* configuration */
-    const char *db_path, *work_ep, *ctl_ep, *log_path;
+    const char *db_path, *work_ep, *ctl_ep, *pairs_ep, *log_path, *keys;
     uint64_t seed;
     long epochs, start_epoch, window;
-    double worker_timeout, reissue_after, consumer_timeout, consumer_wait;
-    int quiet;
+    double worker_timeout, reissue_after, consumer_timeout, consumer_wait, stall_timeout;
+    int quiet, insecure;
     /* resources */
     moco_db *db;
     uint64_t n;
-    void *zctx, *work, *ctl;
+    void *zctx, *work, *ctl, *pairs; /* pairs: serve mode, the workers' pairs to forward to the consumer */
+    moco_sec *sec;
     FILE *log;
+    zmq_msg_t fw[3];                 /* serve mode: a checked pair message waiting for room towards the consumer */
+    int nfw;
+    double last_ack_t;               /* when the consumer last acknowledged a sample */
     uint8_t *rec;
     size_t reccap;
     moco_pipe_sample *bent;  /* the entries of the batch being built */
@@ -66,14 +75,43 @@ typedef struct {
     uint32_t epoch;
     int started;
     uint8_t *st;
+    uint8_t *touched;                /* issued at least once in this epoch (serve mode checks pairs against it) */
     uint16_t *owner;
     float *t_issued;
     uint64_t *perm, *ring, *failed;
     size_t cursor, rhead, rlen, nfailed;
     uint64_t ndone, outstanding;
+    int end_pending;                 /* the epoch is complete; EPOCH_END waits for room towards the consumer */
     /* counters */
     uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
+    /* rejections: counted, logged, never trusted */
+    uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
 } loader;
+
+/* One JSON line of an event to the log; `fmt` gives the fields after "event". */
+static void log_event(loader *L, const char *event, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void log_event(loader *L, const char *event, const char *fmt, ...)
+{
+    if (!L->log) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(L->log, "{\"event\":\"%s\",\"epoch\":%u", event, L->epoch);
+    if (fmt && *fmt) fputc(',', L->log);
+    vfprintf(L->log, fmt, ap);
+    fputs("}\n", L->log);
+    fflush(L->log);
+    va_end(ap);
+}
+
+/* A peer's routing id as hex, for messages. */
+static const char *hexid(const uint8_t *id, size_t n, char *buf)
+{
+    static const char hx[] = "0123456789abcdef";
+    if (n > 16) n = 16;
+    for (size_t i = 0; i < n; i++) { buf[2 * i] = hx[id[i] >> 4]; buf[2 * i + 1] = hx[id[i] & 15]; }
+    buf[2 * n] = 0;
+    return buf;
+}
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
@@ -104,8 +142,16 @@ static void queue_push(loader *L, uint64_t idx)
 }
 
 /* Take a sample back from whoever had it. */
+/* Sample idx (ISSUED) leaves the hands of its worker. */
+static void unhold(loader *L, uint64_t idx)
+{
+    worker *w = &L->w[L->owner[idx]];
+    if (w->holding) w->holding--;
+}
+
 static void reissue(loader *L, uint64_t idx)
 {
+    unhold(L, idx);
     L->st[idx] = PENDING;
     L->outstanding--;
     L->reissued++;
@@ -127,9 +173,13 @@ static void worker_dead(loader *L, int k, const char *why)
  * already delivered. */
 static void begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
 {
+    /* a consumer resuming the running epoch: pairs issued before still count as issued */
+    if (!(L->started && L->epoch == e)) memset(L->touched, 0, L->n);
     L->epoch = e;
     L->started = 1;
+    L->end_pending = 0;
     loader_epoch_order(L->seed, e, L->perm, L->n);
+    for (int k = 0; k < L->nw; k++) L->w[k].holding = 0;
     memset(L->st, PENDING, L->n);
     L->cursor = L->rhead = L->rlen = L->nfailed = 0;
     L->ndone = L->outstanding = 0;
@@ -157,10 +207,9 @@ static int64_t next_sample(loader *L)
 static int64_t credit(const worker *w)
 {
     int64_t inflight = (int64_t)(w->sent - w->received);
-    return w->alive ? (int64_t)w->free_slots - inflight : 0;
+    return w->alive && !w->banned ? (int64_t)w->free_slots - inflight : 0;
 }
 
-#define BATCH_BYTES ((size_t)4 << 20) /* a SAMPLES message stops growing at this size */
 
 static void free_batch(void *data, void *hint)
 {
@@ -181,14 +230,22 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
     uint8_t *buf = NULL;
     uint32_t n = 0;
     float now = (float)moco_now_s();
-    while (n < max && used < BATCH_BYTES) {
+    while (n < max && used < MOCO_BATCH_BYTES) {
         int64_t i = next_sample(L);
         if (i < 0) break;
         size_t len;
         int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
-        if (!rc && (len > UINT32_MAX || used + len < used)) rc = moco_err(MOCO_ECORRUPT, "record %" PRId64 " of %zu bytes", i, len);
+        if (!rc && len > MOCO_RECORD_WIRE_MAX) { /* larger than any worker accepts: failed, never sent */
+            L->st[i] = FAILED;
+            L->failed[L->nfailed++] = (uint64_t)i;
+            L->failed_total++;
+            fprintf(stderr, "moco loader: record %" PRId64 " of %s is %zu bytes, over the %zu-byte limit of a message; failed\n",
+                    i, L->db_path, len, MOCO_RECORD_WIRE_MAX);
+            log_event(L, "failed", "\"index\":%" PRId64 ",\"reason\":\"record of %zu bytes over the message limit\"", i, len);
+            continue;
+        }
         if (!rc && used + len > cap) { /* first guess: max records like this one */
-            size_t nc = cap ? 2 * cap : len * max < BATCH_BYTES ? len * max : BATCH_BYTES;
+            size_t nc = cap ? 2 * cap : len * max < MOCO_BATCH_BYTES ? len * max : MOCO_BATCH_BYTES;
             if (nc < used + len) nc = used + len;
             uint8_t *nb = realloc(buf, nc);
             if (!nb) rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %zu bytes", nc);
@@ -201,9 +258,11 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
         memcpy(buf + used, L->rec, len);
         used += len;
         L->st[i] = ISSUED;
+        L->touched[i] = 1;
         L->owner[i] = (uint16_t)k;
         L->t_issued[i] = now;
         L->outstanding++;
+        if (!w->holding++) w->progress = moco_now_s(), w->acked_at_progress = L->acked;
         L->bent[n] = (moco_pipe_sample){.epoch = L->epoch, .len = (uint32_t)len, .index = (uint64_t)i};
         n++;
     }
@@ -331,7 +390,7 @@ static void on_worker_msg(loader *L, inmsg *m)
         moco_pipe_msg pm;
         if (m->nf != 1 || moco_pipe_parse(p, n, &pm)) { L->dropped++; return; }
         if (k < 0) {
-            for (k = 0; k < L->nw && L->w[k].alive; k++) {}
+            for (k = 0; k < L->nw && (L->w[k].alive || L->w[k].banned); k++) {}
             if (k == L->nw) {
                 if (L->nw == MAX_WORKERS) { L->dropped++; return; }
                 L->nw++;
@@ -341,7 +400,7 @@ static void on_worker_msg(loader *L, inmsg *m)
             L->w[k].idlen = m->idlen;
             L->w[k].sent = pm.received;
             if (!L->quiet) fprintf(stderr, "moco loader: worker %d joined\n", k);
-        } else if (!L->w[k].alive) {
+        } else if (!L->w[k].alive && !L->w[k].banned) {
             L->w[k].sent = pm.received; /* back from the dead: what it had was re-issued */
             if (!L->quiet) fprintf(stderr, "moco loader: worker %d is back\n", k);
         }
@@ -358,21 +417,108 @@ static void on_worker_msg(loader *L, inmsg *m)
     if (type == MOCO_MSG_HEARTBEAT) return;
     if (type == MOCO_MSG_FAILED) {
         moco_wire_failed f;
-        if (moco_wire_failed_parse(p, n, &f)) { L->dropped++; return; }
-        if (f.epoch != L->epoch || f.index >= L->n) return; /* stale */
-        if (L->st[f.index] == ISSUED || L->st[f.index] == PENDING) {
-            if (L->st[f.index] == ISSUED) L->outstanding--;
+        if (m->nf != 1 || moco_wire_failed_parse(p, n, &f)) { L->dropped++; return; }
+        if (f.epoch < L->epoch) return; /* stale: a report about a finished epoch */
+        /* only the worker that holds a sample may say it failed */
+        if (f.epoch != L->epoch || f.index >= L->n || L->st[f.index] != ISSUED || L->owner[f.index] != k) {
+            char hb[40];
+            L->rejected_failed++;
+            if (L->rejected_failed <= 20 || !(L->rejected_failed & (L->rejected_failed - 1)))
+                fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
+                                "which does not hold it (%" PRIu64 " rejected so far)\n",
+                        f.index, f.epoch, k, hexid(m->id, m->idlen, hb), L->rejected_failed);
+            log_event(L, "rejected", "\"what\":\"FAILED\",\"index\":%" PRIu64 ",\"claimed_epoch\":%u,\"worker\":%d", f.index,
+                      f.epoch, k);
+            return;
+        }
+        {
+            unhold(L, f.index);
+            L->w[k].progress = moco_now_s(), L->w[k].acked_at_progress = L->acked;
+            L->outstanding--;
             L->st[f.index] = FAILED;
             L->failed[L->nfailed++] = f.index;
             L->failed_total++;
-            fprintf(stderr, "moco loader: record %" PRIu64 " failed in a worker: %.*s\n", f.index, (int)f.reason_len, f.reason);
-            if (L->log)
-                fprintf(L->log, "{\"event\":\"failed\",\"epoch\":%u,\"index\":%" PRIu64 ",\"reason\":\"%.*s\"}\n", L->epoch,
-                        f.index, (int)f.reason_len, f.reason);
+            /* the reason is a peer's text: only printable ASCII goes to the terminal and the JSON log */
+            char why[MOCO_WIRE_REASON_MAX + 1];
+            size_t wl = 0;
+            for (size_t j = 0; j < f.reason_len; j++) {
+                char c = f.reason[j];
+                why[wl++] = c >= 0x20 && c < 0x7f && c != '"' && c != '\\' ? c : '?';
+            }
+            why[wl] = 0;
+            fprintf(stderr, "moco loader: record %" PRIu64 " failed in a worker: %s\n", f.index, why);
+            log_event(L, "failed", "\"index\":%" PRIu64 ",\"reason\":\"%s\"", f.index, why);
         }
         return;
     }
     L->dropped++;
+}
+
+/* Answer a HELLO we do not accept: REFUSED with the reason, logged and
+ * counted; the run goes on. */
+static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...)
+{
+    char why[512], hb[40];
+    uint8_t b[12 + MOCO_WIRE_REASON_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    L->refused_hellos++;
+    send_to(L->ctl, m->id, m->idlen, b, moco_pipe_refused(b, code, why), NULL, 0);
+    fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", hexid(m->id, m->idlen, hb), why,
+            L->refused_hellos);
+    log_event(L, "refused_hello", "\"peer\":\"%s\",\"reason\":\"%s\"", hb, why);
+}
+
+static int is_consumer(const loader *L, const inmsg *m)
+{
+    return L->cidlen && m->idlen == L->cidlen && !memcmp(m->id, L->cid, m->idlen);
+}
+
+static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
+{
+    /* one consumer per run: another may take over only once it has been
+     * silent for --consumer-timeout (killed, to be resumed) */
+    if (L->have_consumer && !is_consumer(L, m)) {
+        refuse(L, m, MOCO_EINVAL, "another consumer is connected to this run (silent ones are replaced after %.0f s)",
+               L->consumer_timeout);
+        return;
+    }
+    if (pm->count && pm->count != L->n) {
+        refuse(L, m, MOCO_EINVAL, "the consumer's state is for a dataset of %" PRIu64 " samples; %s holds %" PRIu64, pm->count,
+               L->db_path, L->n);
+        return;
+    }
+    const uint8_t *bm = NULL;
+    if (m->nf == 2) {
+        if (pm->epoch == NO_EPOCH || zmq_msg_size(&m->f[1]) != (L->n + 7) / 8) {
+            refuse(L, m, MOCO_EINVAL, "a resume bitmap of %zu bytes; this dataset needs %" PRIu64 " (and an epoch)",
+                   zmq_msg_size(&m->f[1]), (L->n + 7) / 8);
+            return;
+        }
+        bm = zmq_msg_data(&m->f[1]);
+    }
+    uint32_t e = pm->epoch != NO_EPOCH ? pm->epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
+    if (L->epochs && e >= (uint32_t)L->epochs) {
+        refuse(L, m, MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
+        return;
+    }
+    memcpy(L->cid, m->id, m->idlen);
+    L->cidlen = m->idlen;
+    L->have_consumer = 1;
+    L->cons_seen = moco_now_s();
+    /* samples it has not got go out again: also those acknowledged by a previous consumer */
+    begin_epoch(L, e, bm);
+    uint8_t b[32];
+    send_to(L->ctl, L->cid, L->cidlen, b,
+            moco_pipe_welcome(b, e, (uint32_t)L->epochs, L->n, L->pairs ? MOCO_WELCOME_SERVE : 0, (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
+            NULL, 0);
+    if (!L->quiet)
+        fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
+                L->ndone, L->n);
+    log_event(L, "consumer", "\"delivered_before\":%" PRIu64, L->ndone);
 }
 
 static int on_consumer_msg(loader *L, inmsg *m)
@@ -382,45 +528,124 @@ static int on_consumer_msg(loader *L, inmsg *m)
     moco_pipe_msg pm;
     if (moco_pipe_parse(p, n, &pm)) { L->dropped++; return 0; }
     if (pm.type == MOCO_MSG_HELLO) {
-        if (pm.count && pm.count != L->n)
-            return moco_err(MOCO_EINVAL, "the consumer's state is for a dataset of %" PRIu64 " samples; %s holds %" PRIu64,
-                            pm.count, L->db_path, L->n);
-        const uint8_t *bm = NULL;
-        if (m->nf == 2) {
-            if (zmq_msg_size(&m->f[1]) != (L->n + 7) / 8) { L->dropped++; return 0; }
-            bm = zmq_msg_data(&m->f[1]);
-        }
-        memcpy(L->cid, m->id, m->idlen);
-        L->cidlen = m->idlen;
-        L->have_consumer = 1;
-        L->cons_seen = moco_now_s();
-        uint32_t e = pm.epoch != NO_EPOCH ? pm.epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
-        if (L->epochs && e >= (uint32_t)L->epochs)
-            return moco_err(MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
-        /* samples it has not got go out again: also those acknowledged by a previous consumer */
-        begin_epoch(L, e, bm);
-        if (!L->quiet)
-            fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
-                    L->ndone, L->n);
+        on_hello(L, m, &pm);
         return 0;
     }
-    if (!L->cidlen || m->idlen != L->cidlen || memcmp(m->id, L->cid, m->idlen)) { L->dropped++; return 0; }
+    if (!is_consumer(L, m) || m->nf != 1) { L->dropped++; return 0; }
     if (!L->have_consumer) fprintf(stderr, "moco loader: the consumer is back\n");
     L->have_consumer = 1;
     L->cons_seen = moco_now_s();
     if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
     if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
+    double now = moco_now_s();
     for (uint32_t j = 0; j < pm.n; j++) {
         uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);
-        if (i >= L->n) { L->dropped++; continue; }
+        if (i >= L->n || !L->touched[i]) { /* never handed out: the consumer cannot have it */
+            if (i < L->n && L->st[i] == DONE) { L->dup_acks++; continue; } /* delivered before a resume */
+            L->rejected_acks++;
+            continue;
+        }
         if (L->st[i] == DONE || L->st[i] == FAILED) { L->dup_acks++; continue; }
-        if (L->st[i] == ISSUED) L->outstanding--;
+        if (L->st[i] == ISSUED) {
+            L->w[L->owner[i]].progress = now, L->w[L->owner[i]].acked_at_progress = L->acked;
+            unhold(L, i);
+            L->outstanding--;
+        }
         L->st[i] = DONE;
         L->ndone++;
         L->acked++;
+        L->last_ack_t = now;
     }
     return 0;
+}
+
+/* ---- serve mode: the workers' pairs, checked, to the consumer ---- */
+
+/* Check a pair message from a worker (frames f, nf) against the epoch's
+ * state. Returns 1 to forward it, 0 to drop it as stale (a late duplicate
+ * of a finished epoch), -1 to reject it (malformed; a pair of another
+ * epoch, of an index out of range or never handed out). */
+static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
+{
+    const uint8_t *h = zmq_msg_data(&f[0]);
+    size_t hl = zmq_msg_size(&f[0]);
+    uint16_t type;
+    uint32_t cnt = 1;
+    moco_wire_pair one;
+    *npairs = 1;
+    if (moco_wire_peek(h, hl, &type)) return -1;
+    if (type == MOCO_MSG_PAIRS) {
+        if (nf != 2 || moco_pipe_pairs_parse(h, hl, zmq_msg_size(&f[1]), &cnt)) return -1;
+    } else if (type == MOCO_MSG_PAIR) {
+        if (nf != 3 || moco_wire_pair_parse(h, hl, &one) || zmq_msg_size(&f[1]) != moco_wire_pair_view_bytes(&one) ||
+            zmq_msg_size(&f[2]) != moco_wire_pair_view_bytes(&one))
+            return -1;
+    } else {
+        return -1;
+    }
+    *npairs = cnt;
+    int current = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        moco_wire_pair p = one;
+        if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
+        if (p.index >= L->n || p.epoch > L->epoch) return -1;
+        if (p.epoch == L->epoch) {
+            if (!L->touched[p.index]) return -1;
+            current = 1;
+        }
+    }
+    return current;
+}
+
+/* Forward what waits in L->fw; returns 1 if it went (or there was nothing),
+ * 0 if the consumer has no room (try again later). */
+static int forward_pending(loader *L)
+{
+    if (!L->nfw) return 1;
+    if (!L->have_consumer) return 0;
+    if (zmq_send(L->ctl, L->cid, L->cidlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return 0; /* full, or gone: later */
+    for (int i = 0; i < L->nfw; i++)
+        if (zmq_msg_send(&L->fw[i], L->ctl, i + 1 < L->nfw ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&L->fw[i]);
+    L->nfw = 0;
+    L->forwarded++;
+    return 1;
+}
+
+/* Read and forward pair messages while the consumer takes them. */
+static void serve_pairs(loader *L)
+{
+    for (int burst = 0; burst < 256; burst++) {
+        if (!forward_pending(L)) return;
+        zmq_msg_t f[4];
+        int nf = 0, more = 1, bad = 0;
+        while (more) {
+            zmq_msg_init(&f[nf < 3 ? nf : 3]);
+            if (zmq_msg_recv(&f[nf < 3 ? nf : 3], L->pairs, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&f[nf < 3 ? nf : 3]);
+                if (nf == 0) return;
+                bad = 1;
+                break;
+            }
+            more = zmq_msg_more(&f[nf < 3 ? nf : 3]);
+            if (nf < 3) nf++;
+            else { zmq_msg_close(&f[3]); bad = 1; }
+        }
+        uint32_t np = 0;
+        int r = bad ? -1 : check_pairs(L, f, nf, &np);
+        if (r == 1) {
+            memcpy(L->fw, f, sizeof(zmq_msg_t) * (size_t)nf);
+            L->nfw = nf;
+            continue;
+        }
+        for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+        if (r == 0) { L->stale_pairs += np; continue; }
+        L->rejected_pairs += np;
+        if (L->rejected_pairs <= 20 || !(L->rejected_pairs & (L->rejected_pairs - 1)))
+            fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "
+                            "or never handed out; %" PRIu64 " pairs rejected so far)\n", np, L->rejected_pairs);
+        log_event(L, "rejected", "\"what\":\"pairs\",\"pairs\":%u,\"total\":%" PRIu64, np, L->rejected_pairs);
+    }
 }
 
 /* ---- periodic work ---- */
@@ -438,6 +663,23 @@ static void check_timeouts(loader *L, double t)
 {
     for (int k = 0; k < L->nw; k++)
         if (L->w[k].alive && t - L->w[k].last_seen > L->worker_timeout) worker_dead(L, k, "went silent");
+    /* a worker that holds samples and returns none of them, while the
+     * consumer acknowledges plenty from the others, is stuck or lying: its
+     * samples go to the others, and it gets no more work */
+    for (int k = 0; L->started && L->stall_timeout > 0 && k < L->nw; k++) {
+        worker *w = &L->w[k];
+        if (!w->alive || w->banned || !w->holding || t - w->progress <= L->stall_timeout ||
+            L->acked - w->acked_at_progress <= 2 * (uint64_t)L->window)
+            continue;
+        char hb[40];
+        fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %" PRIu64
+                        " others were delivered; it gets no more work\n", k, hexid(w->id, w->idlen, hb), w->holding,
+                t - w->progress, L->acked - w->acked_at_progress);
+        log_event(L, "stalled_worker", "\"worker\":%d,\"peer\":\"%s\",\"held\":%" PRIu64, k, hb, w->holding);
+        L->stalled_workers++;
+        worker_dead(L, k, "stalled");
+        w->banned = 1;
+    }
     if (!L->started || L->reissue_after <= 0) return;
     uint64_t late = 0;
     for (uint64_t i = 0; i < L->n; i++)
@@ -456,9 +698,13 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         fprintf(L->log,
                 "{\"t\":%.3f,\"epoch\":%u,\"done\":%" PRIu64 ",\"of\":%" PRIu64 ",\"records_per_s\":%.1f,\"in_flight\":%" PRIu64
                 ",\"requeued\":%zu,\"workers\":%d,\"sent\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 ",\"sample_msgs\":%" PRIu64 "}\n",
+                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 ",\"sample_msgs\":%" PRIu64
+                ",\"refused_hellos\":%" PRIu64 ",\"rejected_failed\":%" PRIu64 ",\"rejected_acks\":%" PRIu64
+                ",\"rejected_pairs\":%" PRIu64 ",\"stalled_workers\":%" PRIu64 ",\"auth_rejected\":%" PRIu64
+                ",\"forwarded_msgs\":%" PRIu64 ",\"stale_pairs\":%" PRIu64 "}\n",
                 t - t0, L->epoch, L->ndone, L->n, rate, L->outstanding, L->rlen, alive, L->sent, L->reissued, L->failed_total,
-                L->dropped, L->dead_workers, L->msgs_sent);
+                L->dropped, L->dead_workers, L->msgs_sent, L->refused_hellos, L->rejected_failed, L->rejected_acks,
+                L->rejected_pairs, L->stalled_workers, moco_sec_rejected(L->sec), L->forwarded, L->stale_pairs);
         fflush(L->log);
     }
     if (!L->quiet && isatty(STDERR_FILENO))
@@ -469,13 +715,20 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
 static int epoch_complete(loader *L)
 {
     if (!L->started || L->ndone + L->nfailed < L->n) return 0;
+    if (L->nfailed > MOCO_EPOCH_FAILED_MAX)
+        return moco_err(MOCO_ECORRUPT, "%zu records of %s failed in epoch %u (more than %u): the dataset is damaged", L->nfailed,
+                        L->db_path, L->epoch, MOCO_EPOCH_FAILED_MAX);
     size_t len = 24 + 8 * L->nfailed;
     uint8_t *b = malloc(len);
     if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
     moco_pipe_epoch_end(b, L->epoch, L->ndone, L->failed, (uint32_t)L->nfailed);
     int rc = send_to(L->ctl, L->cid, L->cidlen, b, len, NULL, 0);
     free(b);
-    if (rc) return moco_err(MOCO_EZMQ, "cannot tell the consumer that epoch %u ended: %s", L->epoch, zmq_strerror(errno));
+    if (rc) { /* no room towards the consumer (serve mode), or it is gone: try again on the next turn */
+        L->end_pending = 1;
+        return 0;
+    }
+    L->end_pending = 0;
     if (!L->quiet)
         fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %zu failed\n",
                 isatty(STDERR_FILENO) ? "\n" : "", L->epoch, L->ndone, L->nfailed);
@@ -491,21 +744,38 @@ static void say_goodbye(loader *L)
 {
     uint8_t b[16];
     size_t l = moco_pipe_end(b, L->epoch + 1);
-    if (L->have_consumer) send_to(L->ctl, L->cid, L->cidlen, b, l, NULL, 0);
+    for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]); /* stale duplicates by now */
+    L->nfw = 0;
+    /* serve mode: the pipe to the consumer may be full for a moment */
+    for (double t0 = moco_now_s(); L->have_consumer && send_to(L->ctl, L->cid, L->cidlen, b, l, NULL, 0) && errno == EAGAIN &&
+                                   moco_now_s() - t0 < 5;) {
+        zmq_pollitem_t it = {L->ctl, 0, ZMQ_POLLOUT, 0};
+        zmq_poll(&it, 1, 100);
+    }
     l = moco_pipe_simple(b, MOCO_MSG_STOP);
     for (int k = 0; k < L->nw; k++)
         if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
 }
 
-static void *open_router(loader *L, const char *ep, int *rc)
+/* A socket of ours bound at ep: type, send HWM, largest frame accepted. */
+static void *open_bound(loader *L, int type, const char *ep, int sndhwm, int64_t maxmsg, int *rc)
 {
-    void *s = zmq_socket(L->zctx, ZMQ_ROUTER);
+    void *s = zmq_socket(L->zctx, type);
     int one = 1, hwm = 1000, linger = 1000;
-    if (!s || zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
-        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
-        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(s, ep)) {
-        *rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep, zmq_strerror(errno));
+    if (!s || (type == ZMQ_ROUTER && zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one)) ||
+        zmq_setsockopt(s, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger)) {
+        *rc = moco_err(MOCO_EZMQ, "cannot create a socket for %s: %s", ep, zmq_strerror(errno));
         if (s) zmq_close(s);
+        return NULL;
+    }
+    if ((*rc = moco_sec_bind(L->sec, s, ep))) {
+        zmq_close(s);
+        return NULL;
+    }
+    if (zmq_bind(s, ep)) {
+        *rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep, zmq_strerror(errno));
+        zmq_close(s);
         return NULL;
     }
     return s;
@@ -514,14 +784,30 @@ static void *open_router(loader *L, const char *ep, int *rc)
 static int run(loader *L)
 {
     int rc = 0;
-    if (!(L->work = open_router(L, L->work_ep, &rc)) || !(L->ctl = open_router(L, L->ctl_ep, &rc))) return rc;
-    if (!L->quiet) fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s; consumer: %s\n", L->db_path, L->n, L->work_ep, L->ctl_ep);
+    /* the consumer's socket also carries a HELLO's bitmap, and in serve mode the pairs */
+    int64_t ctl_max = (int64_t)((L->n + 7) / 8 + 64);
+    if (ctl_max < MOCO_CTL_FRAME_MAX) ctl_max = MOCO_CTL_FRAME_MAX;
+    if ((rc = moco_sec_new(L->zctx, L->keys, L->insecure, "moco loader", L->log, &L->sec))) return rc;
+    if (!(L->work = open_bound(L, ZMQ_ROUTER, L->work_ep, 1000, MOCO_CTL_FRAME_MAX, &rc)) ||
+        !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? 16 : 1000, ctl_max, &rc)) ||
+        (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
+        return rc;
+    if (L->pairs) { /* a few pair messages wait here at most: the workers feel the consumer's pace */
+        int hwm = 4;
+        zmq_setsockopt(L->pairs, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    }
+    if (!L->quiet)
+        fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s%s%s; consumer: %s%s\n", L->db_path, L->n, L->work_ep,
+                L->pairs ? ", their pairs: " : "", L->pairs ? L->pairs_ep : "", L->ctl_ep, L->pairs ? " (serve mode)" : "");
     double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0;
     uint64_t last_sent = 0;
     int finished = 0;
     while (!stop_flag && !finished) {
-        zmq_pollitem_t items[2] = {{L->work, 0, ZMQ_POLLIN, 0}, {L->ctl, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, 100) < 0) {
+        /* serve mode: new pairs when none waits for room, else room towards the consumer */
+        zmq_pollitem_t items[3] = {{L->work, 0, ZMQ_POLLIN, 0},
+                                   {L->ctl, 0, (short)(ZMQ_POLLIN | (L->nfw && L->have_consumer ? ZMQ_POLLOUT : 0)), 0},
+                                   {L->pairs, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, L->pairs && !L->nfw ? 3 : 2, 100) < 0) {
             if (errno == EINTR) continue;
             return moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
         }
@@ -541,6 +827,7 @@ static int run(loader *L)
             on_worker_msg(L, &m);
             close_msg(&m);
         }
+        if (L->pairs && L->have_consumer) serve_pairs(L);
         double t = moco_now_s();
         if (t - last_hb >= 1.0) {
             heartbeats(L);
@@ -588,6 +875,7 @@ int loader_stream_main(int argc, char **argv)
     L->reissue_after = 120;
     L->consumer_timeout = 10;
     L->consumer_wait = 300;
+    L->stall_timeout = 10;
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
         {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555)", 0, 0, NULL},
@@ -595,10 +883,16 @@ int loader_stream_main(int argc, char **argv)
         {"epochs", MOCO_OPT_INT, &L->epochs, "number of epochs (0: unbounded)", 0, 1e9, NULL},
         {"start-epoch", MOCO_OPT_INT, &L->start_epoch, "first epoch (the consumer's resume state overrides it)", 0, 1e9, NULL},
         {"seed", MOCO_OPT_U64, &L->seed, "seed of the per-epoch order", 0, 0, NULL},
+        {"pairs", MOCO_OPT_STR, &L->pairs_ep, "serve mode: bind this endpoint for the workers' pairs (moco augment --push) and "
+                                              "forward them, checked, to the consumer over --ctl (one socket: PairStream, moco sink --connect)", 0, 0, NULL},
+        {"keys", MOCO_OPT_STR, &L->keys, "key directory (moco keygen): CURVE on every tcp endpoint", 0, 0, NULL},
+        {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
         {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged this long (0: never)", 0, 1e6, NULL},
         {"consumer-timeout", MOCO_OPT_DOUBLE, &L->consumer_timeout, "seconds of consumer silence before pausing", 0.2, 3600, NULL},
+        {"stall-timeout", MOCO_OPT_DOUBLE, &L->stall_timeout, "a worker that returns none of its samples this long, while "
+                                                              "2 x --window others are delivered, gets no more work (0: never)", 0, 1e6, NULL},
         {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},
         {"log", MOCO_OPT_STR, &L->log_path, "write JSON lines of statistics here, once a second", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},
@@ -639,18 +933,19 @@ int loader_stream_main(int argc, char **argv)
         return 2;
     }
     L->n = moco_db_get_meta(L->db)->count;
-    if (L->n == 0 || L->n > ((uint64_t)1 << 40)) {
+    if (L->n == 0 || L->n > MOCO_COUNT_MAX) {
         fprintf(stderr, "moco loader: %s: %" PRIu64 " samples\n", L->db_path, L->n);
         goto out;
     }
     L->st = malloc(L->n);
+    L->touched = calloc(L->n, 1);
     L->owner = malloc(L->n * sizeof *L->owner);
     L->t_issued = malloc(L->n * sizeof *L->t_issued);
     L->perm = malloc(L->n * sizeof *L->perm);
     L->ring = malloc(L->n * sizeof *L->ring);
     L->failed = malloc(L->n * sizeof *L->failed);
     L->bent = malloc(MOCO_SAMPLES_MAX * sizeof *L->bent);
-    if (!L->st || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed || !L->bent) {
+    if (!L->st || !L->touched || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed || !L->bent) {
         fprintf(stderr, "moco loader: out of memory for %" PRIu64 " samples\n", L->n);
         goto out;
     }
@@ -666,12 +961,16 @@ int loader_stream_main(int argc, char **argv)
     if (rc) fprintf(stderr, "moco loader: %s\n", moco_errmsg());
     else status = 0;
 out:
+    for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
     if (L->work) zmq_close(L->work);
     if (L->ctl) zmq_close(L->ctl);
+    if (L->pairs) zmq_close(L->pairs);
+    moco_sec_destroy(&L->sec);
     if (L->zctx) zmq_ctx_term(L->zctx);
     if (L->log) fclose(L->log);
     moco_db_destroy(&L->db);
     free(L->st);
+    free(L->touched);
     free(L->owner);
     free(L->t_issued);
     free(L->perm);

@@ -39,13 +39,17 @@ static int load_indices(const char *path, uint64_t count, uint8_t **bm)
 
 int trainer_sink_main(int argc, char **argv)
 {
+    int insecure = 0;
+    const char *keys = NULL;
     const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL, *stats_path = NULL;
     long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
     uint64_t count = 0;
     double timeout = 60, seconds = 0, warmup = 0;
     int q = 0;
     const moco_opt opts[] = {
-        {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here)", 0, 0, NULL},
+        {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here; none: the loader serves them on --connect)", 0, 0, NULL},
+        {"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen): CURVE on tcp endpoints", 0, 0, NULL},
+        {"insecure", MOCO_OPT_FLAG, &insecure, "allow tcp endpoints without --keys", 0, 0, NULL},
         {"connect", MOCO_OPT_STR, &ctl_ep, "the loader's control endpoint", 0, 0, NULL},
         {"count", MOCO_OPT_U64, &count, "dataset size: check that every epoch delivers it all", 0, 0, NULL},
         {"delay-ms", MOCO_OPT_INT, &delay_ms, "sleep this long per pair (a slow consumer)", 0, 100000, NULL},
@@ -62,15 +66,15 @@ int trainer_sink_main(int argc, char **argv)
         {"quiet", MOCO_OPT_FLAG, &q, "no progress on stderr", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
-    const moco_optspec spec = {"moco sink", "--bind ENDPOINT --connect ENDPOINT [options]",
+    const moco_optspec spec = {"moco sink", "--connect ENDPOINT [--bind ENDPOINT] [options]",
                                "Consume the pipeline's pairs, count and check them, and print a JSON summary as the last line.",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     quiet = q;
-    if (!bind_ep || !ctl_ep) {
-        fprintf(stderr, "moco sink: --bind and --connect are required\n");
+    if (!ctl_ep) {
+        fprintf(stderr, "moco sink: --connect is required\n");
         return 2;
     }
     if ((resume_epoch >= 0) != (resume_file != NULL) || (resume_file && !count)) {
@@ -97,7 +101,7 @@ int trainer_sink_main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    stream_cfg cfg = {.pairs_ep = bind_ep, .ctl_ep = ctl_ep, .resume_epoch = resume_epoch >= 0 ? (uint32_t)resume_epoch : STREAM_NO_EPOCH,
+    stream_cfg cfg = {.pairs_ep = bind_ep, .ctl_ep = ctl_ep, .keys = keys, .insecure = insecure, .resume_epoch = resume_epoch >= 0 ? (uint32_t)resume_epoch : STREAM_NO_EPOCH,
                       .resume_bitmap = bm, .count = count, .loader_timeout = timeout};
     trainer_stream *s;
     if ((rc = stream_open(&cfg, &s))) {
@@ -203,9 +207,12 @@ int trainer_sink_main(int argc, char **argv)
     char json[6000];
     snprintf(json, sizeof json,
              "{\"pairs\":%" PRIu64 ",\"epochs\":%u,\"per_epoch\":[%s],\"failed\":%" PRIu64 ",\"duplicates_dropped\":%" PRIu64
-             ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
+             ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"rejected_epoch\":%" PRIu64
+             ",\"rejected_index\":%" PRIu64 ",\"held\":%" PRIu64 ",\"held_dropped\":%" PRIu64 ",\"auth_rejected\":%" PRIu64
+             ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
              "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"warmup_s\":%g,\"ok\":%s}",
-             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, el > 0 ? (double)(total - total0) / el : 0,
+             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, st.rejected_epoch, st.rejected_index, st.held,
+             st.held_dropped, st.auth_rejected, el > 0 ? (double)(total - total0) / el : 0,
              el > 0 ? (double)(bytes - bytes0) / el / 1e6 : 0, 100 * st.waited_s / (moco_now_s() - t0), h, w, c, warmup, status ? "false" : "true");
     printf("%s\n", json);
     if (json_out) {

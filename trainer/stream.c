@@ -12,32 +12,46 @@
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
+#include "formats/zsec.h"
 
 #define ACK_BATCH 256
 #define ACK_DELAY_S 0.02 /* acknowledgements wait here at most this long */
-#define MAX_INDEX ((uint64_t)1 << 40)
+#define HELD_MAX 256     /* pair messages of the next epoch kept until its EPOCH_END */
+
+/* A pair message being consumed: a PAIR (3 frames: header, q, k) or a
+ * PAIRS batch (2 frames: headers, views); its next pair is mi of mn, at
+ * byte moff of the views. */
+typedef struct {
+    zmq_msg_t f[3];
+    int nf, batch;
+    uint32_t mi, mn;
+    size_t moff;
+    uint32_t epoch; /* held: the epoch whose turn it waits for */
+} pmsg;
 
 struct trainer_stream {
     void *zctx, *pull, *ctl;
+    moco_sec *sec;
+    int serve;               /* pairs come on ctl */
+    const char *ctl_ep;
     double loader_timeout, loader_seen, last_hb, last_ack, last_ctl;
     uint32_t epoch;          /* the epoch being returned */
-    int have_epoch;
-    uint8_t *seen;           /* bitmap of indices returned in epoch */
+    int have_epoch, welcomed;
+    uint64_t count;          /* dataset size: the bitmap's bits; pairs of larger indices are rejected */
+    uint8_t *seen;           /* bitmap of indices returned in epoch, ceil(count / 8) bytes */
     size_t seen_bytes;
     uint64_t acks[ACK_BATCH];
     uint32_t nacks, ack_epoch;
-    /* the pair message being consumed: a PAIR (3 frames: header, q, k) or
-     * a PAIRS batch (2 frames: headers, views); its next pair is mi of mn,
-     * at byte moff of the views. It stays alive until all of it is
-     * consumed, so the views last returned stay valid until the next call;
-     * a pair of a later epoch waits in it for the EPOCH_END before it. */
-    zmq_msg_t mf[3];
-    int mnf, batch, held;    /* held: its next pair waits for an EPOCH_END */
-    uint32_t mi, mn;
-    size_t moff;
+    /* the message being consumed; it stays alive until all of it is
+     * consumed, so the views last returned stay valid until the next call */
+    pmsg cur;
+    pmsg held[HELD_MAX];     /* ring: pair messages of the next epoch */
+    int hhead, nheld;
     zmq_msg_t ctlmsg;        /* the EPOCH_END last returned */
     int have_ctlmsg;
     int ended;
+    int refused;             /* the loader sent REFUSED: the message is in refusal */
+    char refusal[MOCO_WIRE_REASON_MAX + 1];
     stream_stats st;
 };
 
@@ -46,18 +60,17 @@ static int seen_get(const trainer_stream *s, uint64_t i)
     return (i >> 3) < s->seen_bytes && (s->seen[i >> 3] >> (i & 7) & 1);
 }
 
-static int seen_set(trainer_stream *s, uint64_t i)
+static void seen_set(trainer_stream *s, uint64_t i) { s->seen[i >> 3] |= (uint8_t)(1u << (i & 7)); }
+
+/* The dataset's size is known (given, or from WELCOME): the bitmap. */
+static int set_count(trainer_stream *s, uint64_t count)
 {
-    if ((i >> 3) >= s->seen_bytes) {
-        size_t nb = s->seen_bytes ? s->seen_bytes : 1024;
-        while (nb <= (i >> 3)) nb *= 2;
-        uint8_t *p = realloc(s->seen, nb);
-        if (!p) return moco_err(MOCO_ENOMEM, "out of memory for the delivered-index bitmap");
-        memset(p + s->seen_bytes, 0, nb - s->seen_bytes);
-        s->seen = p;
-        s->seen_bytes = nb;
-    }
-    s->seen[i >> 3] |= (uint8_t)(1u << (i & 7));
+    if (count == 0 || count > MOCO_COUNT_MAX)
+        return moco_err(MOCO_EINVAL, "a dataset of %llu samples (1..%llu)", (unsigned long long)count,
+                        (unsigned long long)MOCO_COUNT_MAX);
+    s->count = s->st.count = count;
+    s->seen_bytes = (size_t)((count + 7) / 8);
+    if (!(s->seen = calloc(s->seen_bytes, 1))) return moco_err(MOCO_ENOMEM, "out of memory for the delivered-index bitmap");
     return 0;
 }
 
@@ -86,41 +99,43 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     trainer_stream *s = calloc(1, sizeof *s);
     *out = NULL;
     if (!s) return moco_err(MOCO_ENOMEM, "out of memory");
-    s->loader_timeout = cfg->loader_timeout > 0 ? cfg->loader_timeout : 60;
+    s->loader_timeout = cfg->loader_timeout > 0 ? cfg->loader_timeout : MOCO_LOADER_TIMEOUT_S;
+    s->serve = cfg->pairs_ep == NULL;
+    s->ctl_ep = cfg->ctl_ep;
     s->zctx = zmq_ctx_new();
-    s->pull = zmq_socket(s->zctx, ZMQ_PULL);
-    s->ctl = zmq_socket(s->zctx, ZMQ_DEALER);
-    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 16, linger = 0, chwm = 10000;
     int rc = 0;
-    if (!s->pull || !s->ctl || zmq_setsockopt(s->pull, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
-        zmq_setsockopt(s->pull, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(s->ctl, ZMQ_SNDHWM, &chwm, sizeof chwm) || zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger)) {
+    if ((rc = moco_sec_new(s->zctx, cfg->keys, cfg->insecure, "moco consumer", NULL, &s->sec))) goto fail;
+    if (!s->serve) s->pull = zmq_socket(s->zctx, ZMQ_PULL);
+    s->ctl = zmq_socket(s->zctx, ZMQ_DEALER);
+    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 16, linger = 0, chwm = 10000, crhwm = s->serve ? 16 : 1000;
+    int64_t maxmsg = (int64_t)MOCO_PAIRS_FRAME_MAX; /* a PAIRS frame; an EPOCH_END of 2^20 failed indices is smaller */
+    if ((!s->serve && (!s->pull || zmq_setsockopt(s->pull, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+                       zmq_setsockopt(s->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+                       zmq_setsockopt(s->pull, ZMQ_LINGER, &linger, sizeof linger))) ||
+        !s->ctl || zmq_setsockopt(s->ctl, ZMQ_SNDHWM, &chwm, sizeof chwm) || zmq_setsockopt(s->ctl, ZMQ_RCVHWM, &crhwm, sizeof crhwm) ||
+        zmq_setsockopt(s->ctl, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger)) {
         rc = moco_err(MOCO_EZMQ, "cannot create sockets: %s", zmq_strerror(errno));
         goto fail;
     }
-    if (zmq_bind(s->pull, cfg->pairs_ep)) {
-        rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", cfg->pairs_ep, zmq_strerror(errno));
+    if (!s->serve && ((rc = moco_sec_bind(s->sec, s->pull, cfg->pairs_ep)) || zmq_bind(s->pull, cfg->pairs_ep))) {
+        if (!rc) rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", cfg->pairs_ep, zmq_strerror(errno));
         goto fail;
     }
-    if (zmq_connect(s->ctl, cfg->ctl_ep)) {
-        rc = moco_err(MOCO_EZMQ, "cannot connect to %s: %s", cfg->ctl_ep, zmq_strerror(errno));
+    if ((rc = moco_sec_connect(s->sec, s->ctl, cfg->ctl_ep)) || zmq_connect(s->ctl, cfg->ctl_ep)) {
+        if (!rc) rc = moco_err(MOCO_EZMQ, "cannot connect to %s: %s", cfg->ctl_ep, zmq_strerror(errno));
         goto fail;
     }
+    if (cfg->count && (rc = set_count(s, cfg->count))) goto fail;
     uint8_t h[32];
     size_t hl = moco_pipe_hello(h, cfg->resume_epoch, cfg->count);
+    int withmap = cfg->resume_epoch != STREAM_NO_EPOCH && cfg->resume_bitmap && cfg->count;
     if (cfg->resume_epoch != STREAM_NO_EPOCH) {
         s->epoch = cfg->resume_epoch;
         s->have_epoch = 1;
-        if (cfg->resume_bitmap && cfg->count) {
-            size_t nb = (size_t)((cfg->count + 7) / 8);
-            if ((rc = seen_set(s, cfg->count - 1))) goto fail;
-            memcpy(s->seen, cfg->resume_bitmap, nb);
-            memset(s->seen + nb, 0, s->seen_bytes - nb);
-        }
+        if (withmap) memcpy(s->seen, cfg->resume_bitmap, s->seen_bytes);
     }
-    int withmap = cfg->resume_epoch != STREAM_NO_EPOCH && cfg->resume_bitmap && cfg->count;
     if (zmq_send(s->ctl, h, hl, withmap ? ZMQ_SNDMORE : 0) != (int)hl ||
-        (withmap && zmq_send(s->ctl, cfg->resume_bitmap, (size_t)((cfg->count + 7) / 8), 0) < 0)) {
+        (withmap && zmq_send(s->ctl, cfg->resume_bitmap, s->seen_bytes, 0) < 0)) {
         rc = moco_err(MOCO_EZMQ, "cannot greet the loader at %s: %s", cfg->ctl_ep, zmq_strerror(errno));
         goto fail;
     }
@@ -159,21 +174,41 @@ static int recv_multi(void *sock, zmq_msg_t *f)
     return n;
 }
 
-/* Handle one message from the loader; returns 1 if it produced an event. */
-static int on_ctl(trainer_stream *s, stream_event *ev)
+/* A control message from the loader (frames f, n; taken over). Returns 1
+ * if it produced an event, 0 if not, or an error (REFUSED, a WELCOME that
+ * does not fit this consumer). */
+static int handle_ctl(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
 {
-    zmq_msg_t f[3];
-    int n = recv_multi(s->ctl, f);
-    if (n == 0) return 0;
-    if (n < 0) { s->st.malformed++; return 0; }
-    s->loader_seen = moco_now_s();
     moco_pipe_msg pm;
     if (n != 1 || moco_pipe_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &pm)) {
         s->st.malformed++;
         drop_frames(f, &n);
         return 0;
     }
-    if (pm.type == MOCO_MSG_EPOCH_END) {
+    int rc = 0;
+    if (pm.type == MOCO_MSG_WELCOME && !s->welcomed) {
+        int serve = (pm.flags & MOCO_WELCOME_SERVE) != 0;
+        if (serve != s->serve)
+            rc = moco_err(MOCO_EINVAL, "the loader at %s %s; %s", s->ctl_ep,
+                          serve ? "serves pairs on its control socket (--serve)" : "has its workers push pairs to the consumer",
+                          serve ? "connect without a pair endpoint (no --bind)" : "give the endpoint they push to (--bind)");
+        else if (s->count && pm.count != s->count)
+            rc = moco_err(MOCO_EINVAL, "the loader at %s streams a dataset of %llu samples, not %llu", s->ctl_ep,
+                          (unsigned long long)pm.count, (unsigned long long)s->count);
+        else if (!s->count)
+            rc = set_count(s, pm.count);
+        if (!rc) {
+            s->welcomed = 1;
+            s->epoch = pm.epoch;
+            s->have_epoch = 1;
+        }
+    } else if (pm.type == MOCO_MSG_REFUSED) {
+        size_t l = pm.reason_len;
+        for (size_t i = 0; i < l; i++) s->refusal[i] = pm.reason[i] >= 0x20 && pm.reason[i] < 0x7f ? pm.reason[i] : '?';
+        s->refusal[l] = 0;
+        s->refused = 1;
+        rc = moco_err(MOCO_EINVAL, "the loader at %s refused this consumer: %s", s->ctl_ep, s->refusal);
+    } else if (pm.type == MOCO_MSG_EPOCH_END && s->welcomed && pm.epoch == s->epoch) {
         flush_acks(s);
         ev->kind = STREAM_EPOCH_END;
         ev->epoch = pm.epoch;
@@ -185,31 +220,35 @@ static int on_ctl(trainer_stream *s, stream_event *ev)
         s->have_ctlmsg = 1;
         /* the next epoch starts empty */
         s->epoch = pm.epoch + 1;
-        s->have_epoch = 1;
-        if (s->seen) memset(s->seen, 0, s->seen_bytes);
+        memset(s->seen, 0, s->seen_bytes);
         return 1;
-    }
-    if (pm.type == MOCO_MSG_END) {
+    } else if (pm.type == MOCO_MSG_END && s->welcomed) {
         flush_acks(s);
         ev->kind = STREAM_END;
         ev->epoch = pm.epoch;
         s->ended = 1;
-        drop_frames(f, &n);
-        return 1;
+        rc = 1;
+    } else if (pm.type != MOCO_MSG_HEARTBEAT) {
+        s->st.malformed++; /* also an EPOCH_END of another epoch: never trusted */
     }
-    if (pm.type != MOCO_MSG_HEARTBEAT) s->st.malformed++;
     drop_frames(f, &n);
-    return 0;
+    return rc;
 }
 
-/* Take a pair message from the socket as the current one, after checking
- * it; returns 1 if there is one, 0 if none is waiting. */
-static int take_message(trainer_stream *s)
+/* Read the control socket (direct mode); returns 1 if it produced an event. */
+static int on_ctl(trainer_stream *s, stream_event *ev)
 {
     zmq_msg_t f[3];
-    int n = recv_multi(s->pull, f);
+    int n = recv_multi(s->ctl, f);
     if (n == 0) return 0;
+    s->loader_seen = moco_now_s();
     if (n < 0) { s->st.malformed++; return 0; }
+    return handle_ctl(s, f, n, ev);
+}
+
+/* Check frames f (n) as a pair message and make it the current one. */
+static int set_current(trainer_stream *s, zmq_msg_t *f, int n)
+{
     moco_wire_pair p;
     uint32_t cnt = 0;
     const uint8_t *h = zmq_msg_data(&f[0]);
@@ -228,47 +267,95 @@ static int take_message(trainer_stream *s)
         drop_frames(f, &n);
         return 0;
     }
-    memcpy(s->mf, f, sizeof(zmq_msg_t) * (size_t)n);
-    s->mnf = n;
-    s->batch = type == MOCO_MSG_PAIRS;
-    s->mn = s->batch ? cnt : 1;
-    s->mi = 0;
-    s->moff = 0;
+    memcpy(s->cur.f, f, sizeof(zmq_msg_t) * (size_t)n);
+    s->cur.nf = n;
+    s->cur.batch = type == MOCO_MSG_PAIRS;
+    s->cur.mn = s->cur.batch ? cnt : 1;
+    s->cur.mi = 0;
+    s->cur.moff = 0;
     return 1;
+}
+
+/* Take the next message as the current one: a held one whose epoch has
+ * come, else from the socket (serve mode: control messages are handled on
+ * the way, in order). Returns 1 (a current message), 0 (none waiting), 2
+ * (an event in *ev) or an error. */
+static int take_message(trainer_stream *s, stream_event *ev)
+{
+    if (s->nheld && s->held[s->hhead].epoch <= s->epoch) {
+        s->cur = s->held[s->hhead];
+        s->hhead = (s->hhead + 1) % HELD_MAX;
+        s->nheld--;
+        return 1;
+    }
+    if (!s->welcomed && !s->serve) return 0; /* pairs only once the loader has welcomed us: then the count is known */
+    for (;;) {
+        zmq_msg_t f[3];
+        int n = recv_multi(s->serve ? s->ctl : s->pull, f);
+        if (n == 0) return 0;
+        if (s->serve) s->loader_seen = moco_now_s();
+        if (n < 0) { s->st.malformed++; continue; }
+        uint16_t type = 0;
+        if (s->serve && (moco_wire_peek(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), &type) ||
+                         (type != MOCO_MSG_PAIR && type != MOCO_MSG_PAIRS))) {
+            int r = handle_ctl(s, f, n, ev);
+            if (r) return r < 0 ? r : 2;
+            continue;
+        }
+        if (s->serve && !s->welcomed) { s->st.malformed++; drop_frames(f, &n); continue; }
+        if (set_current(s, f, n)) return 1;
+    }
 }
 
 /* The current message's next pair: header and views. */
 static void peek_pair(const trainer_stream *s, moco_wire_pair *p, const uint8_t **q, const uint8_t **k)
 {
-    if (!s->batch) {
-        moco_wire_pair_parse(zmq_msg_data((zmq_msg_t *)&s->mf[0]), zmq_msg_size((zmq_msg_t *)&s->mf[0]), p);
-        *q = zmq_msg_data((zmq_msg_t *)&s->mf[1]);
-        *k = zmq_msg_data((zmq_msg_t *)&s->mf[2]);
+    const pmsg *m = &s->cur;
+    if (!m->batch) {
+        moco_wire_pair_parse(zmq_msg_data((zmq_msg_t *)&m->f[0]), zmq_msg_size((zmq_msg_t *)&m->f[0]), p);
+        *q = zmq_msg_data((zmq_msg_t *)&m->f[1]);
+        *k = zmq_msg_data((zmq_msg_t *)&m->f[2]);
         return;
     }
-    moco_pipe_pairs_at(zmq_msg_data((zmq_msg_t *)&s->mf[0]), s->mi, p);
-    const uint8_t *d = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&s->mf[1]) + s->moff;
+    moco_pipe_pairs_at(zmq_msg_data((zmq_msg_t *)&m->f[0]), m->mi, p);
+    const uint8_t *d = (const uint8_t *)zmq_msg_data((zmq_msg_t *)&m->f[1]) + m->moff;
     *q = d;
     *k = d + moco_wire_pair_view_bytes(p);
 }
 
-/* Decide about pair p: 1 return it, 0 dropped, 2 it belongs to a later
- * epoch (wait for EPOCH_END), -1 out of memory. */
+/* Decide about pair p: 1 return it, 0 dropped, 2 it belongs to the next
+ * epoch (hold it until EPOCH_END). */
 static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
 {
-    if (p->index >= MAX_INDEX) { s->st.malformed++; return 0; }
-    if (!s->have_epoch) { s->epoch = p->epoch; s->have_epoch = 1; }
+    if (p->index >= s->count) { s->st.rejected_index++; return 0; }
     if (p->epoch < s->epoch) { s->st.stale++; return 0; } /* a late duplicate of a finished epoch */
-    if (p->epoch > s->epoch) return 2;                    /* EPOCH_END of this epoch is on its way */
+    if (p->epoch == s->epoch + 1) return 2;              /* EPOCH_END of this epoch is on its way */
+    if (p->epoch != s->epoch) { s->st.rejected_epoch++; return 0; }
     if (seen_get(s, p->index)) {
         s->st.duplicates++;
         ack(s, p->epoch, p->index); /* the loader may not have heard the first ack */
         return 0;
     }
-    if (seen_set(s, p->index)) return -1;
+    seen_set(s, p->index);
     ack(s, p->epoch, p->index);
     s->st.pairs++;
     return 1;
+}
+
+/* The current message's next pair is of the next epoch: keep the message
+ * (from that pair on) until EPOCH_END; beyond HELD_MAX, drop it (what is
+ * never acknowledged is sent again). */
+static void hold_current(trainer_stream *s)
+{
+    if (s->nheld == HELD_MAX) {
+        s->st.held_dropped += s->cur.mn - s->cur.mi;
+        drop_frames(s->cur.f, &s->cur.nf);
+        return;
+    }
+    s->st.held += s->cur.mn - s->cur.mi;
+    s->cur.epoch = s->epoch + 1;
+    s->held[(s->hhead + s->nheld++) % HELD_MAX] = s->cur;
+    s->cur.nf = 0;
 }
 
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
@@ -279,48 +366,50 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
         ev->kind = STREAM_END;
         return 0;
     }
+    if (s->refused) return moco_err(MOCO_EINVAL, "the loader at %s refused this consumer: %s", s->ctl_ep, s->refusal);
+    int rc = 0;
     for (;;) {
         double t = moco_now_s();
-        if (t - s->last_hb >= 1.0) {
+        if (t - s->last_hb >= MOCO_HEARTBEAT_S) {
             uint8_t hb[16];
             zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
             s->last_hb = t;
         }
         if (s->nacks && t - s->last_ack >= ACK_DELAY_S) flush_acks(s);
-        if (s->mnf && s->mi == s->mn) drop_frames(s->mf, &s->mnf); /* all consumed, and the caller done with it */
-        /* the control socket is read between pair messages, while a pair
-         * waits for its EPOCH_END, and every 10 ms: not on every pair (an
-         * empty read costs a system call), which is safe because a pair of
-         * epoch e+1 is held until EPOCH_END(e) has been read */
-        if (!s->mnf || s->held || t - s->last_ctl > 0.01) {
+        if (s->cur.nf && s->cur.mi == s->cur.mn) drop_frames(s->cur.f, &s->cur.nf); /* all consumed, and the caller done with it */
+        /* direct mode: the control socket is read between pair messages and
+         * every 10 ms: not on every pair (an empty read costs a system
+         * call), which is safe because a pair of epoch e+1 is held until
+         * EPOCH_END(e) has been read. Serve mode: one socket, in order. */
+        if (!s->serve && (!s->cur.nf || t - s->last_ctl > 0.01)) {
             s->last_ctl = t;
-            if (on_ctl(s, ev)) break;
+            if ((rc = on_ctl(s, ev))) break;
         }
-        s->held = 0;
-        if (s->mnf || take_message(s)) {
+        if (s->cur.nf || (rc = take_message(s, ev)) == 1) {
+            rc = 0;
             moco_wire_pair p;
             const uint8_t *q, *k;
             peek_pair(s, &p, &q, &k);
             int r = accept_pair(s, &p);
-            if (r < 0) return moco_err(MOCO_ENOMEM, "out of memory for the delivered-index bitmap");
             if (r == 2) {
-                s->held = 1;
-            } else {
-                s->mi++;
-                s->moff += 2 * moco_wire_pair_view_bytes(&p);
-                if (r == 1) {
-                    ev->kind = STREAM_PAIR;
-                    ev->pair = p;
-                    ev->q = q;
-                    ev->k = k;
-                    break;
-                }
+                hold_current(s);
                 continue;
             }
+            s->cur.mi++;
+            s->cur.moff += 2 * moco_wire_pair_view_bytes(&p);
+            if (r == 1) {
+                ev->kind = STREAM_PAIR;
+                ev->pair = p;
+                ev->q = q;
+                ev->k = k;
+                break;
+            }
+            continue;
         }
+        if (rc) break; /* an event (2) or an error */
         if (t - s->loader_seen > s->loader_timeout) {
             s->st.waited_s += moco_now_s() - t0;
-            return moco_err(MOCO_ETIMEOUT, "the loader has been silent for %.0f s", t - s->loader_seen);
+            return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", s->ctl_ep, t - s->loader_seen);
         }
         if (t >= deadline) {
             s->st.waited_s += moco_now_s() - t0;
@@ -334,10 +423,10 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
         double left = deadline - t;
         if (s->nacks && s->last_ack + ACK_DELAY_S - t < left) left = s->last_ack + ACK_DELAY_S - t;
         long ms = left > 0.25 ? 250 : left > 0 ? (long)(left * 1000) + 1 : 0;
-        zmq_poll(it, s->mnf ? 1 : 2, ms);
+        zmq_poll(it, s->serve || s->cur.nf || !s->welcomed ? 1 : 2, ms);
     }
     s->st.waited_s += moco_now_s() - t0;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **bitmap, size_t *nbytes)
@@ -347,17 +436,27 @@ void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **b
     *nbytes = s->seen_bytes;
 }
 
-void stream_get_stats(const trainer_stream *s, stream_stats *st) { *st = s->st; }
+void stream_get_stats(const trainer_stream *s, stream_stats *st)
+{
+    *st = s->st;
+    st->auth_rejected = moco_sec_rejected(s->sec);
+}
 
 void stream_destroy(trainer_stream **ps)
 {
     trainer_stream *s = *ps;
     if (!s) return;
     if (s->ctl) flush_acks(s);
-    drop_frames(s->mf, &s->mnf);
+    drop_frames(s->cur.f, &s->cur.nf);
+    while (s->nheld) {
+        drop_frames(s->held[s->hhead].f, &s->held[s->hhead].nf);
+        s->hhead = (s->hhead + 1) % HELD_MAX;
+        s->nheld--;
+    }
     if (s->have_ctlmsg) zmq_msg_close(&s->ctlmsg);
     if (s->pull) zmq_close(s->pull);
     if (s->ctl) zmq_close(s->ctl);
+    moco_sec_destroy(&s->sec);
     if (s->zctx) zmq_ctx_term(s->zctx);
     free(s->seen);
     free(s);

@@ -10,7 +10,14 @@
  * - every PAIR is acknowledged to the loader, which re-issues what is never
  *   acknowledged, so with EPOCH_END(e) all valid samples of e have been
  *   returned, and no PAIR of epoch e+1 is returned before EPOCH_END(e);
- * - malformed frames are dropped and counted, never trusted;
+ * - malformed frames are dropped and counted, never trusted; a pair is
+ *   returned only if its epoch is the current one and its index is below
+ *   the dataset's count; one of the next epoch is held (bounded) until
+ *   EPOCH_END, any other is rejected and counted; nothing is allocated by a
+ *   number a peer sent (the delivered bitmap has the dataset's size);
+ * - two topologies: the workers push to a PULL bound here (pairs_ep), or,
+ *   in serve mode (pairs_ep NULL), the loader forwards them on the one
+ *   control socket (formats/README.md, "serve mode");
  * - the resume state (epoch, bitmap of indices delivered in it) can be read
  *   at any time for a checkpoint, and given back at open.
  * Not thread-safe: one thread owns a stream (ZeroMQ sockets are per thread). */
@@ -25,8 +32,10 @@
 #define STREAM_NO_EPOCH 0xFFFFFFFFu
 
 typedef struct {
-    const char *pairs_ep;         /* bound here (PULL) */
+    const char *pairs_ep;         /* bound here (PULL); NULL: serve mode, the pairs come on ctl_ep */
     const char *ctl_ep;           /* the loader's control endpoint (connected) */
+    const char *keys;             /* key directory for tcp endpoints (CURVE), or NULL */
+    int insecure;                 /* allow tcp without keys */
     uint32_t resume_epoch;        /* STREAM_NO_EPOCH: let the loader choose */
     const uint8_t *resume_bitmap; /* delivered indices of resume_epoch, or NULL */
     uint64_t count;               /* dataset size if known (bitmap bits), else 0 */
@@ -51,6 +60,12 @@ typedef struct {
 
 typedef struct {
     uint64_t pairs, duplicates, stale, malformed, acks_sent;
+    /* rejected and counted: a pair of an epoch neither current nor next, an
+     * index >= the dataset's count; held: pairs of the next epoch kept until
+     * EPOCH_END; held_dropped: more of them than HELD_MAX messages (the
+     * loader sends what is never acknowledged again) */
+    uint64_t rejected_epoch, rejected_index, held, held_dropped, auth_rejected;
+    uint64_t count;  /* the dataset's size (given or from the loader's WELCOME) */
     double waited_s; /* time spent inside stream_next waiting for data */
 } stream_stats;
 

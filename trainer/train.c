@@ -222,7 +222,7 @@ int train_run(const train_cfg *c)
         if (!(delivered = calloc(need, 1))) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
         memcpy(delivered, rs.delivered, rs.delivered_bytes < need ? rs.delivered_bytes : need);
     }
-    stream_cfg sc = {.pairs_ep = c->bind, .ctl_ep = c->connect, .resume_epoch = resume_epoch,
+    stream_cfg sc = {.pairs_ep = c->bind, .ctl_ep = c->connect, .keys = c->keys, .insecure = c->insecure, .resume_epoch = resume_epoch,
                      .resume_bitmap = has_bits ? delivered : NULL, .count = c->count, .loader_timeout = c->loader_timeout};
     if ((rc = stream_open(&sc, &s))) goto out;
 
@@ -253,10 +253,15 @@ int train_run(const train_cfg *c)
             if (knn >= 0) snprintf(knns, sizeof knns, "%.2f", knn);
             fprintf(metrics,
                     "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs\":%lld,"
-                    "\"dropped\":%d,\"failed\":%u,\"seconds\":%.2f,\"pairs_per_s\":%.2f,\"starved_pct\":%.1f,\"knn_top1\":%s,\"peak_rss_mb\":%.0f}\n",
+                    "\"dropped\":%d,\"failed\":%u,\"seconds\":%.2f,\"pairs_per_s\":%.2f,\"starved_pct\":%.1f,\"knn_top1\":%s,\"peak_rss_mb\":%.0f,"
+                    "\"stream\":{\"duplicates\":%llu,\"stale\":%llu,\"malformed\":%llu,\"rejected_epoch\":%llu,"
+                    "\"rejected_index\":%llu,\"held\":%llu,\"held_dropped\":%llu,\"auth_rejected\":%llu}}\n",
                     (long long)epoch, (long long)step, e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0,
                     train_lr(c, epoch, 0, steps_per_epoch), (long long)pairs_epoch, nb, ev.nfailed, el,
-                    el > 0 ? (double)(e_steps * N) / el : 0, el > 0 ? 100 * (st.waited_s - waited0) / el : 0, knns, peak_rss_mb());
+                    el > 0 ? (double)(e_steps * N) / el : 0, el > 0 ? 100 * (st.waited_s - waited0) / el : 0, knns, peak_rss_mb(),
+                    (unsigned long long)st.duplicates, (unsigned long long)st.stale, (unsigned long long)st.malformed,
+                    (unsigned long long)st.rejected_epoch, (unsigned long long)st.rejected_index, (unsigned long long)st.held,
+                    (unsigned long long)st.held_dropped, (unsigned long long)st.auth_rejected);
             fflush(metrics);
             if (!tty) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N) / el : 0);
@@ -401,7 +406,9 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     int aug_plus = 0;
     const moco_opt opts[] = {
         {"connect", MOCO_OPT_STR, &c.connect, "the loader's control endpoint", 0, 0, NULL},
-        {"bind", MOCO_OPT_STR, &c.bind, "endpoint the workers push pairs to", 0, 0, NULL},
+        {"bind", MOCO_OPT_STR, &c.bind, "endpoint the workers push pairs to (none: the loader serves them on --connect, moco run --serve)", 0, 0, NULL},
+        {"keys", MOCO_OPT_STR, &c.keys, "key directory (moco keygen): CURVE on tcp endpoints", 0, 0, NULL},
+        {"insecure", MOCO_OPT_FLAG, &c.insecure, "allow tcp endpoints without --keys", 0, 0, NULL},
         {"out", MOCO_OPT_STR, &c.out, "run directory: metrics.jsonl, checkpoints", 0, 0, NULL},
         {"preset", MOCO_OPT_CHOICE, &presetname, "official recipe defaults (flags given override them)", 0, 0, "moco-v1|moco-v2|cifar"},
         {"arch", MOCO_OPT_CHOICE, &c.arch, "encoder", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
@@ -440,7 +447,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"loader-timeout", MOCO_OPT_DOUBLE, &c.loader_timeout, "seconds of loader silence that stop training", 1, 1e7, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
-    const moco_optspec spec = {"moco train", "--connect CTL --bind PAIRS --out RUN_DIR [options]",
+    const moco_optspec spec = {"moco train", "--connect CTL [--bind PAIRS] --out RUN_DIR [options]",
                                "Train MoCo on pairs streamed by the pipeline (moco run starts it all). Flags follow the\n"
                                "official main_moco.py.",
                                opts, 0, 0};
@@ -452,8 +459,8 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     c.knn_k = (int)knn_k; c.log_every = (int)log_every; c.keep = (int)keep; c.save_every = (int)save_every;
     c.start_epoch = (int)start_epoch; c.seed = seed; c.count = count; c.threads = (int)threads;
     if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
-    if (!c.connect || !c.bind || !c.out) {
-        fprintf(stderr, "moco train: --connect, --bind and --out are required\nTry 'moco train --help'.\n");
+    if (!c.connect || !c.out) {
+        fprintf(stderr, "moco train: --connect and --out are required\nTry 'moco train --help'.\n");
         return MOCO_OPTS_USAGE;
     }
     if (train_parse_schedule(schedule, &c)) {

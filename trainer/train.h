@@ -10,6 +10,8 @@
 
 typedef struct {
     const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
+    const char *keys;  /* key directory for tcp endpoints (CURVE) */
+    int insecure;      /* tcp without keys */
     int width, dim, K, batch, epochs, start_epoch, bn_splits, size, mlp, symmetric, cos, warmup_epochs;
     int schedule[TRAIN_MAX_SCHEDULE], nschedule;
     double lr, momentum, wd, m, T, knn_t, loader_timeout;
