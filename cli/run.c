@@ -79,6 +79,12 @@ static pid_t spawn(const argvec *a, const char *log)
     return pid;
 }
 
+/* Signal a child; never pid 0 or -1 (the process group, everyone). */
+static void sig(pid_t p, int s)
+{
+    if (p > 0) kill(p, s);
+}
+
 static const char *describe(int st, char *b, size_t n)
 {
     if (WIFEXITED(st)) snprintf(b, n, "exit status %d", WEXITSTATUS(st));
@@ -87,6 +93,33 @@ static const char *describe(int st, char *b, size_t n)
 }
 
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer);
+
+/* The command that adds a worker: on another host when bound to tcp (the
+ * wildcard host replaced by this host's name; the key directory must be
+ * there at the same path), else from another terminal here. */
+static void print_worker_command(const argvec *wa, const char *host, long port)
+{
+    char exe[4096], me[256] = "localhost";
+    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[l > 0 ? l : 0] = 0;
+    if (host && (!*host || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "[::]")) && !gethostname(me, sizeof me))
+        host = me;
+    fprintf(stderr, "moco run: more workers %s:\n  %s augment", host ? "from another host (with a copy of the key directory)"
+                                                                : "from another terminal",
+            l > 0 ? exe : "moco");
+    for (int i = 2; i < wa->n; i++) {
+        const char *a = wa->v[i];
+        if (!strcmp(a, "--quiet")) continue;
+        if (!strcmp(a, "--log")) { i++; continue; } /* this run's own log */
+        if (host && (!strcmp(a, "--connect") || !strcmp(a, "--push")) && i + 1 < wa->n) {
+            fprintf(stderr, " %s tcp://%s:%ld", a, host, port + (strcmp(a, "--push") == 0));
+            i++;
+            continue;
+        }
+        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
+    }
+    fprintf(stderr, "\n");
+}
 
 int cli_run_main(int argc, char **argv) { return run_pipeline(argc, argv, 0, "train"); }
 
@@ -144,11 +177,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int lincls = !strcmp(consumer, "lincls");
     long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
     uint64_t seed = 0;
-    int sink = 0, quiet = 0;
-    const char *run_dir = NULL, *dbflag = NULL;
+    int sink = 0, quiet = 0, insecure = 0;
+    const char *run_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
     double worker_timeout = 5, seconds = 10, warmup = 1;
     augment_flags af;
-    moco_opt opts[AUGMENT_FLAGS_NOPTS + 16];
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 24];
     int n = augment_flags_opts(&af, opts);
     int seed_at = -1;
     for (int i = 0; i < n; i++)
@@ -171,10 +204,21 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     } else {
         opts[n++] = (moco_opt){"sink", MOCO_OPT_FLAG, &sink, "consume with the counting sink instead of training", 0, 0, NULL};
     }
+    if (!lincls) {
+        opts[n++] = (moco_opt){"serve", MOCO_OPT_STR, &serve,
+                               "no trainer: serve the pairs to an external consumer that connects here (ipc://PATH, or "
+                               "tcp://HOST:PORT with --keys): moco_stream.PairStream, moco sink --connect, moco train --connect", 0, 0, NULL};
+        opts[n++] = (moco_opt){"bind", MOCO_OPT_STR, &bind,
+                               "tcp://HOST:PORT: workers connect here (PORT) and push their pairs to PORT+1, so that workers on "
+                               "other hosts can join (the command is printed); default: private ipc sockets", 0, 0, NULL};
+        opts[n++] = (moco_opt){"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen DIR): CURVE on every tcp endpoint", 0, 0, NULL};
+        opts[n++] = (moco_opt){"insecure", MOCO_OPT_FLAG, &insecure, "allow tcp endpoints without --keys", 0, 0, NULL};
+    }
     opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
     opts[n++] = (moco_opt){"max-respawn", MOCO_OPT_INT, &max_respawn, "replace dead workers at most this many times", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "less output", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
+    (void)insecure;
     const moco_optspec run_spec = {"moco run", "DB [options]",
                                    "Start the loader, --workers augmentation workers and the trainer (or, with --sink, the\n"
                                    "counting sink) on DB, supervise them, and replace workers that die. Every flag not listed\n"
@@ -247,6 +291,30 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     uint64_t count = moco_db_get_meta(d)->count;
     moco_db_destroy(&d);
+    if (bind) {
+        const char *colon = strrchr(bind, ':');
+        char *end = NULL;
+        long p = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (strncmp(bind, "tcp://", 6) || !colon || colon - bind <= 6 || !end || *end || p < 1 || p > 65534) {
+            fprintf(stderr, "moco run: --bind takes tcp://HOST:PORT (PORT and PORT+1 are used), not '%s'\n", bind);
+            return 2;
+        }
+    }
+    if (serve && strncmp(serve, "tcp://", 6) && strncmp(serve, "ipc://", 6)) {
+        fprintf(stderr, "moco run: --serve takes ipc://PATH or tcp://HOST:PORT, not '%s'\n", serve);
+        return 2;
+    }
+    if ((bind || (serve && !strncmp(serve, "tcp://", 6))) && !keys && !insecure) {
+        fprintf(stderr, "moco run: %s is a tcp endpoint: give --keys DIR (make one with moco keygen DIR) or, to let anyone "
+                        "who can reach it in, --insecure\n", bind ? bind : serve);
+        return 2;
+    }
+    char keys_abs[4096];
+    if (keys && !realpath(keys, keys_abs)) {
+        fprintf(stderr, "moco run: --keys %s: %s\n", keys, strerror(errno));
+        return 2;
+    }
+    if (keys) keys = keys_abs;
 
     if (!sink && !lincls) { /* the trainer's flags are checked before anything is created */
         argvec v = {0};
@@ -279,21 +347,33 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
         return 1;
     }
-    char work[128], ctl[128], pairs[128], log[1200];
+    char work[1100], ctl[1100], pairs[1100], log[1200], host[256] = "";
+    long port = 0;
     snprintf(work, sizeof work, "ipc://%s/work", sockdir);
     snprintf(ctl, sizeof ctl, "ipc://%s/ctl", sockdir);
     snprintf(pairs, sizeof pairs, "ipc://%s/pairs", sockdir);
+    if (bind) { /* tcp://HOST:PORT: workers at PORT, their pairs to PORT+1 */
+        snprintf(host, sizeof host, "%.*s", (int)(strrchr(bind, ':') - bind - 6), bind + 6);
+        port = atol(strrchr(bind, ':') + 1);
+        snprintf(work, sizeof work, "tcp://%s:%ld", host, port);
+        snprintf(pairs, sizeof pairs, "tcp://%s:%ld", host, port + 1);
+    }
+    if (serve) snprintf(ctl, sizeof ctl, "%s", serve);
 
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
     argvec la = {0}, ca = {0}, wa = {0};
-    if (!sink) {
+    if (serve && !bench) {
+        sink = 0; /* no consumer here: it connects to --serve */
+    } else if (!sink) {
         add(&ca, "moco");
         for (int i = 0; i < ntheirs; i++) add(&ca, theirs[i]);
         addf(&ca, "--connect", "%s", ctl);
         addf(&ca, "--bind", "%s", pairs);
+        if (keys) addf(&ca, "--keys", "%s", keys);
+        if (insecure) add(&ca, "--insecure");
         addf(&ca, "--out", "%s", run_dir);
         addf(&ca, "--epochs", "%ld", epochs);
         addf(&ca, "--seed", "%llu", (unsigned long long)seed);
@@ -305,7 +385,13 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             rmdir(sockdir);
             return 2;
         }
-    } else if (ntheirs > 1) {
+    }
+    if (serve && !bench && ntheirs > 1) {
+        fprintf(stderr, "moco run: with --serve there is no trainer here; '%s' means nothing\n", theirs[1]);
+        rmdir(sockdir);
+        return 2;
+    }
+    if (sink && ntheirs > 1) {
         fprintf(stderr, "moco run: with --sink, '%s' means nothing\n", theirs[1]);
         rmdir(sockdir);
         return 2;
@@ -321,13 +407,18 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     addf(&la, "--window", "%ld", window);
     addf(&la, "--worker-timeout", "%g", worker_timeout);
     addf(&la, "--log", "%s/loader.jsonl", run_dir);
+    if (serve) addf(&la, "--pairs", "%s", pairs);
+    if (keys) addf(&la, "--keys", "%s", keys);
+    if (insecure) add(&la, "--insecure");
     /* the trainer goes quiet during kNN evaluations; if it dies, we stop the loader */
     addf(&la, "--consumer-wait", "%d", 10000000);
     if (quiet) add(&la, "--quiet");
     if (sink) {
         add(&ca, "moco");
         add(&ca, "sink");
-        addf(&ca, "--bind", "%s", pairs);
+        if (!serve) addf(&ca, "--bind", "%s", pairs);
+        if (keys) addf(&ca, "--keys", "%s", keys);
+        if (insecure) add(&ca, "--insecure");
         addf(&ca, "--connect", "%s", ctl);
         addf(&ca, "--count", "%llu", (unsigned long long)count);
         addf(&ca, "--json", "%s/sink.json", run_dir);
@@ -340,6 +431,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     add(&wa, "augment");
     addf(&wa, "--connect", "%s", work);
     addf(&wa, "--push", "%s", pairs);
+    if (keys) addf(&wa, "--keys", "%s", keys);
+    if (insecure) add(&wa, "--insecure");
     /* the recipe, spelled out so that every worker makes the same views */
     addf(&wa, "--recipe", "%s", recipe.name);
     addf(&wa, "--size", "%d", recipe.size);
@@ -371,20 +464,25 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             _exit(127);
         }
         cp = p;
-    } else {
+    } else if (ca.n) {
         cp = spawn(&ca, NULL);
+    } else {
+        cp = -1; /* serve mode: the consumer is elsewhere */
     }
     snprintf(log, sizeof log, "%s/workers.log", run_dir);
     for (int i = 0; i < workers; i++) wp[i] = spawn(&wa, log);
     if (!quiet) {
         fprintf(stderr, "moco run: %s: %llu samples, %ld epochs, %ld workers; logs in %s\n", db, (unsigned long long)count,
                 epochs, workers, run_dir);
-        fprintf(stderr, "moco run: more workers from another terminal:");
-        for (int i = 0; i < wa.n; i++)
-            if (strcmp(wa.v[i], "--quiet")) fprintf(stderr, " %s", wa.v[i]);
-        fprintf(stderr, "\n");
+        print_worker_command(&wa, bind ? host : NULL, port);
+        if (serve && !bench)
+            fprintf(stderr, "moco run: serving %s: connect a consumer, e.g.\n"
+                            "  python3: moco_stream.PairStream(\"%s\"%s%s%s)   (tools/python)\n"
+                            "  moco sink --connect %s%s%s\n",
+                    serve, serve, keys ? ", keys=\"" : "", keys ? keys : "", keys ? "\"" : "", serve, keys ? " --keys " : "",
+                    keys ? keys : "");
     }
-    int lst = -1, cst = -1, status = 0, respawned = 0, stopping = 0, consumer_done = 0;
+    int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0;
     double stop_at = 0;
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
@@ -392,17 +490,17 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             stopping = 1;
             status = 1;
             stop_at = moco_now_s();
-            kill(lp, SIGTERM);
-            kill(cp, SIGTERM);
-            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
+            sig(lp, SIGTERM);
+            sig(cp, SIGTERM);
+            for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
         }
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p <= 0) {
             if (stopping && moco_now_s() - stop_at > 15) { /* someone ignores SIGTERM */
-                if (lst < 0) kill(lp, SIGKILL);
-                if (cst < 0) kill(cp, SIGKILL);
-                for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGKILL);
+                if (lst < 0) sig(lp, SIGKILL);
+                if (cst < 0) sig(cp, SIGKILL);
+                for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGKILL);
             }
             usleep(50000);
             continue;
@@ -413,7 +511,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done) {
                 if (!stopping) fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
-                if (!stopping) { stopping = 1; stop_at = moco_now_s(); kill(cp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(cp, SIGTERM); }
             }
         } else if (p == cp) {
             cst = st;
@@ -421,14 +519,14 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 /* the consumer had enough (--seconds): end the stream */
                 stopping = 1;
                 stop_at = moco_now_s();
-                kill(lp, SIGTERM);
-                for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], SIGTERM);
+                sig(lp, SIGTERM);
+                for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
                 consumer_done = 1;
             }
             if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
-                if (!stopping) { stopping = 1; stop_at = moco_now_s(); kill(lp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
             }
         } else {
             for (int i = 0; i < workers; i++)
@@ -459,7 +557,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             }
         if (!left) break;
         if (moco_now_s() - t > 5)
-            for (int i = 0; i < workers; i++) if (wp[i] > 0) kill(wp[i], moco_now_s() - t > 10 ? SIGKILL : SIGTERM);
+            for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], moco_now_s() - t > 10 ? SIGKILL : SIGTERM);
         usleep(50000);
     }
     char sock[200];

@@ -95,6 +95,7 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     switch (m->type) {
     case MOCO_MSG_HEARTBEAT:
     case MOCO_MSG_STOP:
+    case MOCO_MSG_BYE:
         return want(n, MOCO_WIRE_PREFIX_SIZE, moco_msg_type_name(m->type));
     case MOCO_MSG_READY: /* version 1: 20 bytes; version 2: 24, with batch */
         if ((rc = want(n, moco_wire_version(p) >= 2 ? 24 : 20, "READY"))) return rc;

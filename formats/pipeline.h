@@ -67,7 +67,7 @@
 /* Small fixed messages. buf must hold 32 bytes; returns the length. READY
  * is written in its version-2 form (24 bytes, with batch). */
 size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received, uint32_t batch);
-size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP */
+size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP, BYE */
 size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
 size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
 /* WELCOME: 32 bytes. REFUSED: 12 + reason bytes (at most

@@ -44,6 +44,7 @@ typedef enum {
     MOCO_MSG_SAMPLES = 12,  /* loader -> worker (version 2): a batch of records in two frames */
     MOCO_MSG_WELCOME = 13,  /* loader -> consumer (version 3): HELLO accepted; count, epochs, mode */
     MOCO_MSG_REFUSED = 14,  /* loader -> a peer (version 3): HELLO refused, with the reason */
+    MOCO_MSG_BYE = 15,      /* consumer -> loader (version 3): I am leaving; another may say HELLO now */
     MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid */
 } moco_msg_type;
 

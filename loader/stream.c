@@ -536,6 +536,15 @@ static int on_consumer_msg(loader *L, inmsg *m)
     L->have_consumer = 1;
     L->cons_seen = moco_now_s();
     if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
+    if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO may come from anyone */
+        if (!L->quiet) fprintf(stderr, "moco loader: the consumer said goodbye; waiting for a consumer\n");
+        log_event(L, "consumer_left", "\"delivered\":%" PRIu64, L->ndone);
+        L->have_consumer = 0;
+        L->cidlen = 0;
+        for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
+        L->nfw = 0;
+        return 0;
+    }
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
     if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
     double now = moco_now_s();

@@ -446,7 +446,11 @@ void stream_destroy(trainer_stream **ps)
 {
     trainer_stream *s = *ps;
     if (!s) return;
-    if (s->ctl) flush_acks(s);
+    if (s->ctl) {
+        flush_acks(s);
+        uint8_t b[16]; /* goodbye: the loader may serve another consumer at once */
+        zmq_send(s->ctl, b, moco_pipe_simple(b, MOCO_MSG_BYE), ZMQ_DONTWAIT);
+    }
     drop_frames(s->cur.f, &s->cur.nf);
     while (s->nheld) {
         drop_frames(s->held[s->hhead].f, &s->held[s->hhead].nf);
@@ -455,7 +459,11 @@ void stream_destroy(trainer_stream **ps)
     }
     if (s->have_ctlmsg) zmq_msg_close(&s->ctlmsg);
     if (s->pull) zmq_close(s->pull);
-    if (s->ctl) zmq_close(s->ctl);
+    if (s->ctl) {
+        int linger = 200; /* the last acknowledgements and the goodbye go out */
+        zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(s->ctl);
+    }
     moco_sec_destroy(&s->sec);
     if (s->zctx) zmq_ctx_term(s->zctx);
     free(s->seen);

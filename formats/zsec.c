@@ -1,0 +1,642 @@
+/* zsec.c: CURVE on every tcp socket, our own ZAP handler, handshake counting
+ * and `moco keygen` (the contract is in zsec.h).
+ *
+ * One thread per moco_sec owns three kinds of sockets in the caller's
+ * context: a REP bound to inproc://zeromq.zap.01 (RFC 27: libzmq asks it about
+ * every CURVE client of every bound socket of the context), a PAIR joined to
+ * the callers (control: register a monitor, stop), and one PAIR per socket
+ * monitor that moco_sec_bind started (handshake failures are counted there,
+ * so each failed handshake counts once whatever its cause). */
+#include "formats/zsec.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "formats/errors.h"
+
+#define KEY_FILE_MAX (64 * 1024) /* a certificate is < 1 KiB; refuse anything huge */
+#define ALLOW_MAX 4096           /* certificates in allowed/ */
+#define MON_MAX 1024             /* monitored sockets alive at once */
+#define ZAP_FRAMES_MAX 16
+#define ZAP_FRAME_MAX 1024
+#define FAIL_EVENTS (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | \
+                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+
+typedef struct {
+    uint8_t pub[32], sec[32];
+    int has_sec;
+} cert;
+
+struct moco_sec {
+    void *zctx;
+    int keyed, insecure;
+    char who[64], *dir;
+    FILE *log;
+    uint8_t server_pub[32], server_sec[32], client_pub[32], client_sec[32];
+    uint8_t (*allowed)[32];
+    size_t nallowed;
+    pthread_t thread;
+    int running;
+    void *ctl;          /* the callers' end of the control pair (under mu) */
+    pthread_mutex_t mu;
+    unsigned nmon;      /* monitors started, for unique names */
+    char ctl_ep[64];
+    _Atomic uint64_t rejected;
+    /* handler thread only */
+    void *mons[MON_MAX];
+    int nmons;
+    time_t warn_at;
+    unsigned warn_burst, warn_dropped;
+};
+
+/* ---- helpers ---- */
+
+/* s as the body of a JSON string (no quotes); bytes >= 0x80 as \u00XX. */
+static const char *jesc(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
+        else if (c < 0x20 || c >= 0x7f) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        else out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static void log_line(moco_sec *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_line(moco_sec *s, const char *fmt, ...)
+{
+    if (!s->log) return;
+    char who[200], line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(s->log, "{\"event\":\"auth_rejected\",\"who\":\"%s\",\"t\":%lld,%s}\n", jesc(s->who, strlen(s->who), who, sizeof who),
+            (long long)time(NULL), line);
+    fflush(s->log);
+}
+
+/* A one-line stderr warning: the first 5, then at most one per 10 s (a
+ * misconfigured peer retries every 100 ms). */
+static void warn(moco_sec *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(moco_sec *s, const char *fmt, ...)
+{
+    time_t now = time(NULL);
+    if (s->warn_burst >= 5 && now - s->warn_at < 10) {
+        s->warn_dropped++;
+        return;
+    }
+    s->warn_burst++;
+    s->warn_at = now;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (s->warn_dropped) fprintf(stderr, "%s: %s (and %u more rejections since the last warning)\n", s->who, msg, s->warn_dropped);
+    else fprintf(stderr, "%s: %s\n", s->who, msg);
+    s->warn_dropped = 0;
+}
+
+static int z85_key(const char *v, size_t n, uint8_t out[32])
+{
+    static const char z85[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+    char buf[41];
+    if (n != 40) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!v[i] || !strchr(z85, v[i])) return -1;
+    memcpy(buf, v, 40);
+    buf[40] = 0;
+    return zmq_z85_decode(out, buf) ? 0 : -1;
+}
+
+/* ---- certificates (ZPL text) ---- */
+
+/* The curve section's public-key and secret-key of a ZPL certificate (any
+ * bytes in, a precise complaint out). */
+static int parse_cert(const char *path, const char *b, size_t n, int need_secret, cert *c)
+{
+    int in_curve = 0, have_pub = 0, lineno = 0;
+    memset(c, 0, sizeof *c);
+    if (memchr(b, 0, n)) return moco_err(MOCO_ECORRUPT, "%s: not a certificate (holds a NUL byte)", path);
+    for (size_t ls = 0, next; ls < n; ls = next) {
+        size_t e = ls;
+        while (e < n && b[e] != '\n') e++;
+        next = e + 1;
+        lineno++;
+        size_t end = e > ls && b[e - 1] == '\r' ? e - 1 : e, p = ls;
+        while (p < end && (b[p] == ' ' || b[p] == '\t')) p++;
+        if (p == end || b[p] == '#') continue;
+        size_t q = p;
+        while (q < end && b[q] != ' ' && b[q] != '\t' && b[q] != '=') q++;
+        if (p == ls) { /* depth 0: a section name (or a root-level name = value) */
+            in_curve = q - p == 5 && !memcmp(b + p, "curve", 5);
+            continue;
+        }
+        int is_pub = q - p == 10 && !memcmp(b + p, "public-key", 10);
+        int is_sec = q - p == 10 && !memcmp(b + p, "secret-key", 10);
+        if (!in_curve || (!is_pub && !is_sec)) continue;
+        const char *what = is_pub ? "public-key" : "secret-key";
+        while (q < end && (b[q] == ' ' || b[q] == '\t')) q++;
+        if (q == end || b[q] != '=') return moco_err(MOCO_ECORRUPT, "%s: line %d: no '=' after %s", path, lineno, what);
+        for (q++; q < end && (b[q] == ' ' || b[q] == '\t');) q++;
+        size_t vs = q, ve;
+        if (q < end && (b[q] == '"' || b[q] == '\'')) {
+            char qc = b[q];
+            for (vs = ++q; q < end && b[q] != qc;) q++;
+            if (q == end) return moco_err(MOCO_ECORRUPT, "%s: line %d: unterminated quote", path, lineno);
+            ve = q++;
+        } else {
+            while (q < end && b[q] != ' ' && b[q] != '\t') q++; /* '#' is a Z85 character */
+            ve = q;
+        }
+        while (q < end && (b[q] == ' ' || b[q] == '\t')) q++;
+        if (q < end && b[q] != '#') return moco_err(MOCO_ECORRUPT, "%s: line %d: characters after the %s", path, lineno, what);
+        if (is_pub ? have_pub : c->has_sec) return moco_err(MOCO_ECORRUPT, "%s: line %d: a second %s", path, lineno, what);
+        if (z85_key(b + vs, ve - vs, is_pub ? c->pub : c->sec))
+            return moco_err(MOCO_ECORRUPT, "%s: line %d: %s is not a 40-character Z85 key", path, lineno, what);
+        *(is_pub ? &have_pub : &c->has_sec) = 1;
+    }
+    if (!have_pub) return moco_err(MOCO_ECORRUPT, "%s: no public-key in a curve section (not a ZeroMQ certificate)", path);
+    if (need_secret && !c->has_sec)
+        return moco_err(MOCO_ECORRUPT, "%s: no secret-key (a public certificate where a *_secret file is needed)", path);
+    if (c->has_sec) {
+        char pz[41], sz[41], dz[41];
+        zmq_z85_encode(pz, c->pub, 32);
+        zmq_z85_encode(sz, c->sec, 32);
+        int ok = zmq_curve_public(dz, sz) == 0 && !strcmp(dz, pz);
+        explicit_bzero(sz, sizeof sz);
+        if (!ok) return moco_err(MOCO_ECORRUPT, "%s: its public-key does not belong to its secret-key", path);
+    }
+    return 0;
+}
+
+/* Read and parse one certificate file: a regular file of at most 64 KiB,
+ * mode 0600 or stricter. */
+static int load_cert(const char *path, int need_secret, cert *c)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    char *buf = NULL;
+    size_t n = 0;
+    if (fstat(fd, &st)) rc = moco_err(MOCO_EIO, "cannot stat %s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) rc = moco_err(MOCO_ECORRUPT, "%s is not a regular file", path);
+    else if (st.st_mode & 077)
+        rc = moco_err(MOCO_EIO, "%s is open to group or others (mode %04o): chmod 600 %s", path,
+                      (unsigned)(st.st_mode & 07777), path);
+    else if (st.st_size > KEY_FILE_MAX)
+        rc = moco_err(MOCO_ECORRUPT, "%s: %lld bytes, not a certificate (at most %d)", path, (long long)st.st_size, KEY_FILE_MAX);
+    else if (!(buf = malloc(KEY_FILE_MAX + 1))) rc = moco_err(MOCO_ENOMEM, "%s: out of memory", path);
+    while (!rc) { /* read to the end (the file may change under us: cap again) */
+        ssize_t r = read(fd, buf + n, KEY_FILE_MAX + 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = moco_err(MOCO_EIO, "cannot read %s: %s", path, strerror(errno));
+        else if (r == 0) break;
+        else if ((n += (size_t)r) > KEY_FILE_MAX) rc = moco_err(MOCO_ECORRUPT, "%s: over %d bytes, not a certificate", path, KEY_FILE_MAX);
+    }
+    close(fd);
+    if (!rc) rc = parse_cert(path, buf, n, need_secret, c);
+    if (buf) explicit_bzero(buf, n), free(buf);
+    return rc;
+}
+
+static int load_dir(moco_sec *s, const char *dir)
+{
+    char path[4200];
+    struct stat st;
+    cert c;
+    int rc;
+    if (strlen(dir) > 4000) return moco_err(MOCO_EINVAL, "key directory path too long");
+    if (stat(dir, &st)) return moco_err(MOCO_EIO, "key directory %s: %s (make one with moco keygen)", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "key directory %s is not a directory", dir);
+    if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", dir, dir);
+    snprintf(path, sizeof path, "%s/server.key_secret", dir);
+    if ((rc = load_cert(path, 1, &c))) return rc;
+    memcpy(s->server_pub, c.pub, 32), memcpy(s->server_sec, c.sec, 32);
+    snprintf(path, sizeof path, "%s/client.key_secret", dir);
+    if ((rc = load_cert(path, 1, &c))) return rc;
+    memcpy(s->client_pub, c.pub, 32), memcpy(s->client_sec, c.sec, 32);
+    snprintf(path, sizeof path, "%s/server.key", dir);
+    if ((rc = load_cert(path, 0, &c))) return rc;
+    if (memcmp(c.pub, s->server_pub, 32))
+        return moco_err(MOCO_ECORRUPT, "%s does not match %s/server.key_secret (keys of two deployments?)", path, dir);
+    explicit_bzero(&c, sizeof c);
+
+    snprintf(path, sizeof path, "%s/allowed", dir);
+    if (stat(path, &st)) return moco_err(MOCO_EIO, "allow list %s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "allow list %s is not a directory", path);
+    if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", path, path);
+    DIR *d = opendir(path);
+    if (!d) return moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (!(s->allowed = malloc(ALLOW_MAX * sizeof *s->allowed))) rc = moco_err(MOCO_ENOMEM, "out of memory");
+    for (struct dirent *de; !rc && (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        if (s->nallowed == ALLOW_MAX) rc = moco_err(MOCO_EINVAL, "%s/allowed: more than %d certificates", dir, ALLOW_MAX);
+        snprintf(path, sizeof path, "%s/allowed/%s", dir, de->d_name);
+        if (!rc && !(rc = load_cert(path, 0, &c))) memcpy(s->allowed[s->nallowed++], c.pub, 32);
+    }
+    closedir(d);
+    explicit_bzero(&c, sizeof c);
+    return rc;
+}
+
+/* ---- the handler thread ---- */
+
+static int send_str(void *sock, const char *str, int more)
+{
+    return zmq_send(sock, str, strlen(str), more ? ZMQ_SNDMORE : 0) < 0 ? -1 : 0;
+}
+
+static int allowed(const moco_sec *s, const uint8_t key[32])
+{
+    for (size_t i = 0; i < s->nallowed; i++)
+        if (!memcmp(s->allowed[i], key, 32)) return 1;
+    return 0;
+}
+
+/* One ZAP request (RFC 27): version, request id, domain, address, identity,
+ * mechanism, credentials. Every request gets exactly one reply (REP). */
+static void handle_zap(moco_sec *s, void *zap)
+{
+    zmq_msg_t f[ZAP_FRAMES_MAX];
+    int nf = 0, more = 1, too_many = 0, too_big = 0;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, zap, 0) < 0) { zmq_msg_close(&m); break; }
+        more = zmq_msg_more(&m);
+        if (zmq_msg_size(&m) > ZAP_FRAME_MAX) too_big = 1;
+        if (nf < ZAP_FRAMES_MAX) f[nf++] = m;
+        else too_many = 1, zmq_msg_close(&m);
+    }
+    if (more) goto out; /* interrupted mid-message (context ending): no reply possible */
+#define FR(i) ((const char *)zmq_msg_data(&f[i]))
+#define FN(i) zmq_msg_size(&f[i])
+#define IS(i, lit) (FN(i) == sizeof lit - 1 && !memcmp(FR(i), lit, sizeof lit - 1))
+    const char *code = "500", *text = "malformed ZAP request";
+    char user[41] = "", peer[300] = "?", kz[41] = "", mech[48] = "";
+    if (nf >= 4 && !too_big) jesc(FR(3), FN(3), peer, sizeof peer);
+    if (too_many || too_big || nf < 6 || !IS(0, "1.0") || FN(1) > 255) {
+        log_line(s, "\"peer\":\"%s\",\"reason\":\"malformed ZAP request\"", peer);
+    } else if (!IS(2, "moco")) {
+        code = "400", text = "unknown ZAP domain";
+        log_line(s, "\"peer\":\"%s\",\"reason\":\"unknown ZAP domain (a CURVE socket not set up by moco_sec_bind)\"", peer);
+    } else if (!IS(5, "CURVE") || nf != 7 || FN(6) != 32) {
+        code = "400", text = "CURVE only";
+        jesc(FR(5), FN(5) < 20 ? FN(5) : 20, mech, sizeof mech);
+        log_line(s, "\"peer\":\"%s\",\"reason\":\"mechanism %s not allowed\"", peer, mech);
+        warn(s, "rejected %s: mechanism %s (only CURVE is allowed)", peer, mech);
+    } else {
+        zmq_z85_encode(kz, (const uint8_t *)FR(6), 32);
+        if (allowed(s, (const uint8_t *)FR(6))) {
+            code = "200", text = "OK";
+            memcpy(user, kz, sizeof user);
+        } else {
+            code = "400", text = "client key not allowed";
+            log_line(s, "\"peer\":\"%s\",\"reason\":\"client key not allowed\",\"key\":\"%s\"", peer, kz);
+            warn(s, "rejected %s: its key %s is not in %s/allowed/ (copy that host's client.key there)", peer, kz, s->dir);
+        }
+    }
+    /* reply: version, request id (echoed), status code, status text, user id, metadata */
+    if (send_str(zap, "1.0", 1) == 0 && zmq_send(zap, nf >= 2 && FN(1) <= 255 ? FR(1) : "", nf >= 2 && FN(1) <= 255 ? FN(1) : 0, ZMQ_SNDMORE) >= 0 &&
+        send_str(zap, code, 1) == 0 && send_str(zap, text, 1) == 0 && send_str(zap, user, 1) == 0)
+        send_str(zap, "", 0);
+#undef FR
+#undef FN
+#undef IS
+out:
+    for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+}
+
+static const char *protocol_detail(uint32_t v)
+{
+    switch (v) {
+    case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: return "mechanism mismatch (a client without CURVE keys?)";
+    case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: return "cryptographic error (a client with the wrong server.key?)";
+    case ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: return "key exchange failed";
+    default: return v >> 28 == 2 ? "ZAP protocol error" : "ZMTP protocol error";
+    }
+}
+
+/* One monitor event: frame 1 = u16 event + u32 value, frame 2 = endpoint.
+ * Returns 1 when the monitor stopped (its socket closed or re-monitored). */
+static int handle_mon(moco_sec *s, void *mon)
+{
+    uint8_t head[8];
+    char ep[256] = "", jep[1600];
+    int nf = 0, hn = -1, en = 0, more = 1;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, mon, 0) < 0) { zmq_msg_close(&m); return 0; }
+        more = zmq_msg_more(&m);
+        size_t n = zmq_msg_size(&m);
+        if (nf == 0 && n == 6) memcpy(head, zmq_msg_data(&m), 6), hn = 6;
+        if (nf == 1) memcpy(ep, zmq_msg_data(&m), en = (int)(n < sizeof ep ? n : sizeof ep - 1));
+        zmq_msg_close(&m);
+        nf++;
+    }
+    if (hn != 6 || nf != 2) return 0; /* not a libzmq 4.x event: ignore */
+    uint16_t ev;
+    uint32_t val;
+    memcpy(&ev, head, 2), memcpy(&val, head + 2, 4);
+    if (ev == ZMQ_EVENT_MONITOR_STOPPED) return 1;
+    if (!(ev & FAIL_EVENTS)) return 0;
+    uint64_t total = atomic_fetch_add(&s->rejected, 1) + 1;
+    jesc(ep, (size_t)en, jep, sizeof jep);
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return 0; /* the ZAP handler logged it, with the peer and key */
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        log_line(s, "\"endpoint\":\"%s\",\"kind\":\"protocol\",\"code\":\"0x%08x\",\"reason\":\"%s\",\"rejected\":%llu", jep, val,
+                 protocol_detail(val), (unsigned long long)total);
+        warn(s, "rejected a connection to %s: %s", jep, protocol_detail(val));
+    } else {
+        log_line(s, "\"endpoint\":\"%s\",\"kind\":\"no_detail\",\"errno\":%u,\"reason\":\"handshake failed: %s\",\"rejected\":%llu", jep,
+                 val, strerror((int)val), (unsigned long long)total);
+        warn(s, "handshake failed on %s: %s", jep, strerror((int)val));
+    }
+    return 0;
+}
+
+/* A control request: "M<endpoint>" joins a new monitor; "S" stops. */
+static int handle_ctl(moco_sec *s, void *ctl)
+{
+    char req[128];
+    int n = zmq_recv(ctl, req, sizeof req - 1, 0);
+    if (n < 0) return errno == ETERM ? -1 : 0;
+    req[n < (int)sizeof req - 1 ? n : (int)sizeof req - 1] = 0;
+    if (req[0] == 'S') return -1;
+    if (req[0] != 'M') return 0;
+    void *m = s->nmons < MON_MAX ? zmq_socket(s->zctx, ZMQ_PAIR) : NULL;
+    int linger = 0;
+    if (m && (zmq_setsockopt(m, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(m, req + 1))) zmq_close(m), m = NULL;
+    if (m) s->mons[s->nmons++] = m;
+    send_str(ctl, m ? "OK" : s->nmons >= MON_MAX ? "Etoo many monitored sockets" : "Ecannot join the socket monitor", 0);
+    return 0;
+}
+
+static void *sec_thread(void *arg)
+{
+    moco_sec *s = arg;
+    int linger = 0;
+    void *ctl = zmq_socket(s->zctx, ZMQ_PAIR), *zap = zmq_socket(s->zctx, ZMQ_REP);
+    if (!ctl || zmq_setsockopt(ctl, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(ctl, s->ctl_ep)) goto done;
+    if (!zap || zmq_setsockopt(zap, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(zap, "inproc://zeromq.zap.01")) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "Ecannot bind the ZAP handler (inproc://zeromq.zap.01): %s%s", zmq_strerror(zmq_errno()),
+                 zmq_errno() == EADDRINUSE ? " (one moco_sec per ZeroMQ context)" : "");
+        send_str(ctl, msg, 0);
+        goto done;
+    }
+    if (send_str(ctl, "OK", 0)) goto done;
+    zmq_pollitem_t items[2 + MON_MAX];
+    for (;;) {
+        items[0] = (zmq_pollitem_t){ctl, 0, ZMQ_POLLIN, 0};
+        items[1] = (zmq_pollitem_t){zap, 0, ZMQ_POLLIN, 0};
+        for (int i = 0; i < s->nmons; i++) items[2 + i] = (zmq_pollitem_t){s->mons[i], 0, ZMQ_POLLIN, 0};
+        int nmons = s->nmons;
+        if (zmq_poll(items, 2 + nmons, -1) < 0) {
+            if (zmq_errno() == EINTR) continue;
+            break; /* ETERM: the context is ending */
+        }
+        if (items[1].revents & ZMQ_POLLIN) handle_zap(s, zap);
+        for (int i = nmons - 1; i >= 0; i--) /* backwards: a stopped monitor is removed in place */
+            if ((items[2 + i].revents & ZMQ_POLLIN) && handle_mon(s, s->mons[i])) {
+                zmq_close(s->mons[i]);
+                s->mons[i] = s->mons[--s->nmons];
+            }
+        if ((items[0].revents & ZMQ_POLLIN) && handle_ctl(s, ctl) < 0) break;
+    }
+done:
+    for (int i = 0; i < s->nmons; i++) zmq_close(s->mons[i]);
+    s->nmons = 0;
+    if (zap) zmq_close(zap);
+    if (ctl) zmq_close(ctl);
+    return NULL;
+}
+
+/* Send a request to the thread and wait for its answer (under mu). */
+static int ctl_call(moco_sec *s, const char *req, char *ans, size_t cap)
+{
+    zmq_pollitem_t it = {s->ctl, 0, ZMQ_POLLIN, 0};
+    if (zmq_send(s->ctl, req, strlen(req), ZMQ_DONTWAIT) < 0) return moco_err(MOCO_EZMQ, "%s: security thread: %s", s->who, zmq_strerror(zmq_errno()));
+    if (zmq_poll(&it, 1, 10000) <= 0) return moco_err(MOCO_ETIMEOUT, "%s: security thread does not answer", s->who);
+    int n = zmq_recv(s->ctl, ans, cap - 1, 0);
+    if (n < 0) return moco_err(MOCO_EZMQ, "%s: security thread: %s", s->who, zmq_strerror(zmq_errno()));
+    ans[(size_t)n < cap - 1 ? (size_t)n : cap - 1] = 0;
+    return ans[0] == 'O' ? 0 : moco_err(MOCO_EZMQ, "%s: %s", s->who, ans + 1);
+}
+
+/* ---- the API ---- */
+
+int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who, FILE *log, moco_sec **out)
+{
+    *out = NULL;
+    if (!zctx) return moco_err(MOCO_EINVAL, "moco_sec_new: no ZeroMQ context");
+    moco_sec *s = calloc(1, sizeof *s);
+    if (!s) return moco_err(MOCO_ENOMEM, "out of memory");
+    s->zctx = zctx, s->insecure = insecure != 0, s->log = log;
+    snprintf(s->who, sizeof s->who, "%s", who ? who : "moco");
+    pthread_mutex_init(&s->mu, NULL);
+    atomic_init(&s->rejected, 0);
+    if (!keys_dir) {
+        *out = s;
+        return 0;
+    }
+    int rc, linger = 0;
+    char ans[256];
+    if (!zmq_has("curve")) {
+        rc = moco_err(MOCO_EZMQ, "this libzmq has no CURVE support (it needs libsodium)");
+        goto fail;
+    }
+    if (!(s->dir = strdup(keys_dir))) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = load_dir(s, keys_dir))) goto fail;
+    s->keyed = 1;
+    snprintf(s->ctl_ep, sizeof s->ctl_ep, "inproc://moco-sec-ctl-%p", (void *)s);
+    s->ctl = zmq_socket(zctx, ZMQ_PAIR);
+    if (!s->ctl || zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(s->ctl, s->ctl_ep)) {
+        rc = moco_err(MOCO_EZMQ, "%s: control socket: %s", s->who, zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, sec_thread, s)) {
+        rc = moco_err(MOCO_EIO, "%s: cannot start the ZAP handler thread", s->who);
+        goto fail;
+    }
+    s->running = 1;
+    zmq_pollitem_t it = {s->ctl, 0, ZMQ_POLLIN, 0}; /* wait until the ZAP socket is bound */
+    int n = zmq_poll(&it, 1, 10000) > 0 ? zmq_recv(s->ctl, ans, sizeof ans - 1, 0) : -1;
+    ans[n > 0 ? n : 0] = 0;
+    if (n < 0 || ans[0] != 'O') {
+        rc = moco_err(MOCO_EZMQ, "%s: %s", s->who, n > 0 ? ans + 1 : "the ZAP handler thread did not start");
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    moco_sec_destroy(&s);
+    return rc;
+}
+
+enum { EP_LOCAL, EP_TCP, EP_OTHER };
+
+static int ep_kind(const char *ep)
+{
+    if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9)) return EP_LOCAL;
+    return strncmp(ep, "tcp://", 6) ? EP_OTHER : EP_TCP;
+}
+
+/* The checks bind and connect share; 1 = go on with CURVE, 0 = nothing to do. */
+static int precheck(moco_sec *s, void *sock, const char *ep, const char *role)
+{
+    if (!sock || !ep) return moco_err(MOCO_EINVAL, "moco_sec_%s: no socket or endpoint", role);
+    int k = ep_kind(ep);
+    if (k == EP_LOCAL) return 0;
+    if (k == EP_OTHER) return moco_err(MOCO_EINVAL, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", ep);
+    if (s && s->keyed) return 1;
+    if (!s || !s->insecure) return moco_err(MOCO_EINVAL, "%s needs --keys DIR (see moco keygen) or --insecure", ep);
+    return 0;
+}
+
+static int setopt(void *sock, int opt, const void *v, size_t n, const char *name, const char *ep)
+{
+    return zmq_setsockopt(sock, opt, v, n) ? moco_err(MOCO_EZMQ, "%s: setting %s: %s", ep, name, zmq_strerror(zmq_errno())) : 0;
+}
+
+int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint)
+{
+    int rc = precheck(s, sock, endpoint, "bind"), one = 1;
+    if (rc <= 0) return rc;
+    if ((rc = setopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one, "ZMQ_CURVE_SERVER", endpoint)) ||
+        (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->server_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)) ||
+        (rc = setopt(sock, ZMQ_ZAP_DOMAIN, "moco", 4, "ZMQ_ZAP_DOMAIN", endpoint)))
+        return rc;
+    char req[96], ans[256];
+    pthread_mutex_lock(&s->mu);
+    snprintf(req, sizeof req, "Minproc://moco-sec-mon-%p-%u", (void *)s, ++s->nmon);
+    if (zmq_socket_monitor(sock, req + 1, FAIL_EVENTS | ZMQ_EVENT_MONITOR_STOPPED))
+        rc = moco_err(MOCO_EZMQ, "%s: zmq_socket_monitor: %s", endpoint, zmq_strerror(zmq_errno()));
+    else if ((rc = ctl_call(s, req, ans, sizeof ans)))
+        zmq_socket_monitor(sock, NULL, 0);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint)
+{
+    int rc = precheck(s, sock, endpoint, "connect");
+    if (rc <= 0) return rc;
+    if ((rc = setopt(sock, ZMQ_CURVE_SERVERKEY, s->server_pub, 32, "ZMQ_CURVE_SERVERKEY", endpoint)) ||
+        (rc = setopt(sock, ZMQ_CURVE_PUBLICKEY, s->client_pub, 32, "ZMQ_CURVE_PUBLICKEY", endpoint)) ||
+        (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->client_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)))
+        return rc;
+    return 0;
+}
+
+uint64_t moco_sec_rejected(const moco_sec *s)
+{
+    return s ? atomic_load(&((moco_sec *)s)->rejected) : 0;
+}
+
+void moco_sec_destroy(moco_sec **sp)
+{
+    moco_sec *s = sp ? *sp : NULL;
+    if (!s) return;
+    *sp = NULL;
+    if (s->running) {
+        pthread_mutex_lock(&s->mu);
+        zmq_send(s->ctl, "S", 1, ZMQ_DONTWAIT); /* fails only if the thread has ended already */
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    if (s->ctl) zmq_close(s->ctl);
+    pthread_mutex_destroy(&s->mu);
+    free(s->allowed);
+    free(s->dir);
+    explicit_bzero(s, sizeof *s);
+    free(s);
+}
+
+/* ---- moco keygen ---- */
+
+static int write_cert(const char *dir, const char *name, const char *pub, const char *sec)
+{
+    char path[4200], tmp[4300], text[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int n = snprintf(text, sizeof text,
+                     "#   ****  Generated by moco keygen  ****\n%s\nmetadata\ncurve\n    public-key = \"%s\"\n%s%s%s",
+                     sec ? "#   ZeroMQ CURVE **Secret** Certificate\n"
+                           "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n"
+                         : "#   ZeroMQ CURVE Public Certificate\n"
+                           "#   Give it to the peers that must know this key (a server's allowed/ directory).\n",
+                     pub, sec ? "    secret-key = \"" : "", sec ? sec : "", sec ? "\"\n" : "");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600), rc = 0;
+    if (fd < 0) rc = moco_err(MOCO_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    else {
+        if (fchmod(fd, 0600) || write(fd, text, (size_t)n) != n || fsync(fd))
+            rc = moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        if (close(fd) && !rc) rc = moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        if (!rc && rename(tmp, path)) rc = moco_err(MOCO_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        if (rc) unlink(tmp);
+    }
+    explicit_bzero(text, sizeof text);
+    return rc;
+}
+
+/* mkdir DIR 0700 unless it is a directory already; then chmod 0700. */
+static int private_dir(const char *dir)
+{
+    struct stat st;
+    if (mkdir(dir, 0700) && errno != EEXIST) return moco_err(MOCO_EIO, "cannot create %s: %s", dir, strerror(errno));
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return moco_err(MOCO_EEXIST, "%s exists and is not a directory", dir);
+    if (chmod(dir, 0700)) return moco_err(MOCO_EIO, "chmod 700 %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+int moco_keygen(const char *dir, int force)
+{
+    char sub[4200], spub[41], ssec[41], cpub[41], csec[41];
+    if (!dir || !*dir || strlen(dir) > 4000) return moco_err(MOCO_EINVAL, "moco keygen: bad directory name");
+    DIR *d = opendir(dir);
+    if (d) {
+        int empty = 1;
+        for (struct dirent *de; empty && (de = readdir(d));)
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) empty = 0;
+        closedir(d);
+        if (!empty && !force) return moco_err(MOCO_EEXIST, "%s exists and is not empty (--force rewrites its keys)", dir);
+    } else if (errno != ENOENT) {
+        return moco_err(errno == ENOTDIR ? MOCO_EEXIST : MOCO_EIO, "%s: %s", dir, strerror(errno));
+    }
+    int rc;
+    snprintf(sub, sizeof sub, "%s/allowed", dir);
+    if ((rc = private_dir(dir)) || (rc = private_dir(sub))) return rc;
+    if (zmq_curve_keypair(spub, ssec) || zmq_curve_keypair(cpub, csec))
+        return moco_err(MOCO_EZMQ, "zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(zmq_errno()));
+    if (!(rc = write_cert(dir, "server.key_secret", spub, ssec)) && !(rc = write_cert(dir, "server.key", spub, NULL)) &&
+        !(rc = write_cert(dir, "client.key_secret", cpub, csec)) && !(rc = write_cert(dir, "client.key", cpub, NULL)))
+        rc = write_cert(sub, "client.key", cpub, NULL);
+    explicit_bzero(ssec, sizeof ssec);
+    explicit_bzero(csec, sizeof csec);
+    for (int i = 0; !rc && i < 2; i++) { /* make the renames durable */
+        int fd = open(i ? dir : sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) fsync(fd), close(fd);
+    }
+    return rc;
+}

@@ -1,0 +1,55 @@
+/* zsec.h: transport security for every ZeroMQ socket of a moco process.
+ *
+ * Promise: a tcp endpoint is either encrypted and authenticated with CURVE
+ * (keys from a `moco keygen` directory; a bound socket admits only clients
+ * whose public key is in DIR/allowed/, checked by our own ZAP handler, RFC 27)
+ * or refused, unless the caller explicitly asked for --insecure. ipc:// and
+ * inproc:// endpoints pass untouched (protected by the file system / the
+ * process). Rejected handshakes on bound sockets are counted and logged.
+ * Key files are ZeroMQ's ZPL certificates (CZMQ zcert, pyzmq zmq.auth);
+ * see formats/README.md, "Security: keys, CURVE, ZAP". */
+#ifndef MOCO_ZSEC_H
+#define MOCO_ZSEC_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct moco_sec moco_sec;
+
+/* One per ZeroMQ context (process). keys_dir may be NULL (then only ipc/inproc endpoints,
+ * or tcp with insecure=1, are allowed). With keys_dir: loads DIR/server.key_secret,
+ * DIR/client.key_secret, DIR/server.key and every public certificate in DIR/allowed/
+ * (the allow list; names starting with '.' are skipped), refusing (MOCO_EIO /
+ * MOCO_ECORRUPT with a message naming the file) missing or malformed files, a public key
+ * that does not match its secret key, and key files readable or writable by group/others
+ * ("chmod 600 FILE"); then starts the ZAP handler thread and returns only once it is bound
+ * (a CURVE server without a ZAP handler would accept anyone).
+ * who: a name for messages, e.g. "moco loader". log: a FILE* for JSON-line events, or NULL
+ * (written from the handler thread, one fprintf + fflush per line). */
+int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who, FILE *log, moco_sec **out);
+
+/* Call before zmq_bind(sock, endpoint), in the thread that owns sock. tcp:// without keys
+ * and without insecure -> MOCO_EINVAL ("tcp://... needs --keys DIR (see moco keygen) or
+ * --insecure"). tcp with keys: ZMQ_CURVE_SERVER=1, the server secret key, ZMQ_ZAP_DOMAIN
+ * "moco", and a socket monitor that counts failed handshakes. ipc://, inproc://: nothing to
+ * do, returns 0. Any other transport: MOCO_EINVAL. s may be NULL (= no keys, not insecure). */
+int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint);
+
+/* Call before zmq_connect. tcp without keys and without insecure -> MOCO_EINVAL as above.
+ * tcp with keys: the client keypair (client.key_secret) and ZMQ_CURVE_SERVERKEY (server.key). */
+int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint);
+
+/* Handshakes rejected so far on this context's bound sockets (thread-safe read). */
+uint64_t moco_sec_rejected(const moco_sec *s);
+
+/* Stop the thread, close its sockets, free. Call after closing your own sockets and
+ * before zmq_ctx_term. *s = NULL; NULL-safe. */
+void moco_sec_destroy(moco_sec **s);
+
+/* Create the key directory (mode 0700): server.key, server.key_secret, client.key,
+ * client.key_secret, allowed/client.key, every file mode 0600. Refuses an existing
+ * non-empty DIR unless force (then it rewrites only these files; other files in
+ * allowed/ stay). Each file is written to FILE.tmp, fsync'ed and renamed. */
+int moco_keygen(const char *dir, int force);
+
+#endif
