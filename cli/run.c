@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -68,6 +69,7 @@ static pid_t spawn(const argvec *a, const char *log)
     pid_t pid = fork();
     if (pid == 0) {
         signal(SIGINT, SIG_IGN); /* the supervisor forwards what it gets */
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* and if it dies, nothing is left running */
         if (log) {
             FILE *f = freopen(log, "a", stderr);
             (void)f;

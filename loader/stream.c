@@ -418,8 +418,9 @@ static void on_worker_msg(loader *L, inmsg *m)
     if (type == MOCO_MSG_FAILED) {
         moco_wire_failed f;
         if (m->nf != 1 || moco_wire_failed_parse(p, n, &f)) { L->dropped++; return; }
-        if (f.epoch < L->epoch) return; /* stale: a report about a finished epoch */
-        /* only the worker that holds a sample may say it failed */
+        /* only the worker that holds a sample may say it failed; every
+         * report not applied is counted (also a late one about a finished
+         * epoch, which a real worker may send after a re-issue) */
         if (f.epoch != L->epoch || f.index >= L->n || L->st[f.index] != ISSUED || L->owner[f.index] != k) {
             char hb[40];
             L->rejected_failed++;
