@@ -14,6 +14,9 @@ PKGS=(
   zlib1g-dev            # gzip'd IDX files (MNIST / Fashion-MNIST)
   libcmocka-dev         # the C unit-test framework
   dataset-fashion-mnist # the demo's dataset, under /usr/share/datasets/fashion-mnist
+  python3-zmq           # the Python consumer (tools/python/moco_stream) and the hostile-peer tests
+  python3-numpy         # its arrays
+  python3-torch         # moco_stream.torch and tools/python/train_moco_torch.py
 )
 
 missing=()

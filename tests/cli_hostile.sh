@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# cli_hostile.sh: strangers and allowed-but-hostile peers against real
+# pipelines over tcp on loopback with CURVE (tests/hostile.py): the counts of
+# the real consumer stay exact, every hostile message is rejected and
+# counted, nothing of a stranger gets through. Skipped without python3-zmq
+# or the Fashion-MNIST package.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/hostile
+SRC=/usr/share/datasets/fashion-mnist
+[ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
+/usr/bin/python3 -c 'import zmq, zmq.auth' 2>/dev/null || { echo "skipped: python3-zmq absent"; exit 77; }
+rm -rf "$T" && mkdir -p "$T"
+$M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
+$M keygen "$T/keys" >/dev/null || fail keygen
+base=$(( 20000 + ($$ % 2000) * 10 ))
+timeout 240 /usr/bin/python3 tests/hostile.py direct "$M" "$T/db" 10000 "$T/keys" "$T/direct" $base || fail "direct mode"
+timeout 240 /usr/bin/python3 tests/hostile.py serve "$M" "$T/db" 10000 "$T/keys" "$T/serve" $((base + 5)) || fail "serve mode"
+echo "cli_hostile: ok"

@@ -1,0 +1,273 @@
+"""hostile.py: hostile and stranger peers against a real pipeline over tcp
+with CURVE (issue 12), driven by tests/cli_hostile.sh.
+
+    hostile.py direct MOCO DB N KEYS OUT PORT
+    hostile.py serve  MOCO DB N KEYS OUT PORT
+
+direct: loader (work tcp PORT, ctl tcp PORT+1), one worker, a sink that binds
+tcp PORT+2, every endpoint with --keys. While 20 epochs stream, it sends:
+  - strangers: a plain (no CURVE) peer, a peer with a key not in allowed/,
+    a peer that uses a wrong server key, to each of the three ports;
+  - from an allowed key: a forged HELLO to ctl (REFUSED), 100 spoofed FAILED
+    reports after a READY with no credit, 7 PAIRs of epoch 1000, 5 PAIRs of
+    index 2^40-1 and 3 of index N, a 40 MB frame to the sink and a 1 MB
+    frame to the loader (both over the limits: the sender is cut off).
+serve: `moco run DB --serve tcp://PORT+2 --bind tcp://PORT --keys`, the
+real consumer `moco sink --connect`; a forged HELLO (REFUSED), 9 PAIRs of
+epoch 1000 and 4 of index N sent to the loader's pair port (rejected at the
+loader), strangers to the serve port.
+Then it checks exact counts: every index exactly once per epoch at the real
+consumer, each hostile message rejected and counted exactly, strangers
+counted and nothing of theirs through. Exit 0 or 1 with the reason."""
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import zmq
+import zmq.auth
+
+MAGIC = b"MOCW"
+
+
+def prefix(version, typ):
+    return MAGIC + struct.pack("<HH", version, typ)
+
+
+def pair_msg(epoch, index, label=0, h=28, w=28, c=1):
+    hdr = prefix(1, 2) + struct.pack("<IiQHHBBH", epoch, label, index, h, w, c, 0, 0)
+    view = bytes(h * w * c)
+    return [hdr, view, view]
+
+
+def fail(msg):
+    print("FAIL: " + msg)
+    sys.exit(1)
+
+
+def curve_client(ctx, typ, keys, server_public=None, client_pair=None):
+    s = ctx.socket(typ)
+    s.linger = 0
+    pub, sec = client_pair or zmq.auth.load_certificate(os.path.join(keys, "client.key_secret"))
+    s.curve_publickey, s.curve_secretkey = pub, sec
+    s.curve_serverkey = server_public or zmq.auth.load_certificate(os.path.join(keys, "server.key"))[0]
+    return s
+
+
+def strangers(ctx, keys, endpoints, tmp):
+    """Three kinds of stranger to each endpoint; each sends what would be a
+    valid message. Returns the sockets (closed by the caller)."""
+    other_dir = os.path.join(tmp, "stranger-keys")
+    os.makedirs(other_dir, exist_ok=True)
+    pub, sec = zmq.auth.create_certificates(other_dir, "x")
+    stranger_pair = zmq.auth.load_certificate(sec)
+    wrong_server = zmq.auth.load_certificate(sec)[0]
+    socks = []
+    for ep, typ, msg in endpoints:
+        plain = ctx.socket(typ)
+        plain.linger = 0
+        unknown = curve_client(ctx, typ, keys, client_pair=stranger_pair)
+        wrong = curve_client(ctx, typ, keys, server_public=wrong_server)
+        for s in (plain, unknown, wrong):
+            s.connect(ep)
+            for _ in range(3):
+                try:
+                    s.send_multipart(msg, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            socks.append(s)
+    return socks
+
+
+def last_stats(path):
+    last = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith('{"t"'):
+                last = json.loads(line)
+    return last
+
+
+def check_index_log(path, n, epochs):
+    seen = {}
+    with open(path) as f:
+        for line in f:
+            e, i = line.split()
+            seen.setdefault(int(e), []).append(int(i))
+    if sorted(seen) != list(range(epochs)):
+        fail("epochs at the consumer: %s, expected 0..%d" % (sorted(seen), epochs - 1))
+    for e, idx in seen.items():
+        if len(idx) != n or len(set(idx)) != n or min(idx) != 0 or max(idx) != n - 1:
+            fail("epoch %d: %d pairs, %d distinct, expected each of %d once" % (e, len(idx), len(set(idx)), n))
+
+
+def wait_line(path, needle, seconds):
+    t = time.time()
+    while time.time() - t < seconds:
+        if os.path.exists(path) and needle in open(path, errors="replace").read():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def direct(moco, db, n, keys, out, port):
+    epochs = 20
+    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    loader_log = os.path.join(out, "loader.jsonl")
+    procs = []
+    lerr = open(os.path.join(out, "loader.err"), "w")
+    procs.append(subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
+                                   str(epochs), "--log", loader_log, "--worker-timeout", "2"], stderr=lerr))
+    serr = open(os.path.join(out, "sink.err"), "w")
+    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
+                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=serr)
+    werr = open(os.path.join(out, "worker.err"), "w")
+    procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
+                                   "--size", "28"], stderr=werr))
+    ctx = zmq.Context()
+    hostile = []
+    try:
+        if not wait_line(os.path.join(out, "loader.err"), "consumer connected", 20):
+            fail("the sink did not connect")
+        # strangers first: nothing of theirs may get through
+        hostile += strangers(ctx, keys, [(work, zmq.DEALER, [prefix(2, 4) + struct.pack("<IQI", 64, 0, 16)]),
+                                         (ctl, zmq.DEALER, [prefix(1, 8) + struct.pack("<IQ", 0, n)]),
+                                         (pairs, zmq.PUSH, pair_msg(0, 1))], out)
+        # allowed but hostile: a forged HELLO while the real consumer lives
+        h = curve_client(ctx, zmq.DEALER, keys)
+        h.connect(ctl)
+        h.send(prefix(1, 8) + struct.pack("<IQ", 5, n))
+        if not h.poll(5000):
+            fail("no answer to a forged HELLO")
+        ans = h.recv()
+        if ans[6:8] != struct.pack("<H", 14):
+            fail("a forged HELLO was answered with type %d, expected REFUSED (14)" % struct.unpack("<H", ans[6:8]))
+        hostile.append(h)
+        # spoofed FAILED reports: a READY with no credit, then 100 FAILED
+        w = curve_client(ctx, zmq.DEALER, keys)
+        w.connect(work)
+        w.send(prefix(2, 4) + struct.pack("<IQI", 0, 0, 16))
+        for i in range(100):
+            w.send(prefix(1, 3) + struct.pack("<IiQ", 0, -32999, (i * 97) % n) + b"spoofed")
+        hostile.append(w)
+        # future-epoch and out-of-range pairs, and an oversized frame
+        p = curve_client(ctx, zmq.PUSH, keys)
+        p.connect(pairs)
+        for i in range(7):
+            p.send_multipart(pair_msg(1000, i))
+        for i in range(5):
+            p.send_multipart(pair_msg(0, 2**40 - 1))
+        for i in range(3):
+            p.send_multipart(pair_msg(0, n))
+        hostile.append(p)
+        big = curve_client(ctx, zmq.PUSH, keys)
+        big.connect(pairs)
+        big.send(b"\0" * (40 << 20))
+        big2 = curve_client(ctx, zmq.DEALER, keys)
+        big2.connect(work)
+        big2.send(b"\0" * (1 << 20))
+        hostile += [big, big2]
+        rc = sink.wait(timeout=120)
+        lrc = procs[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        for s in hostile:
+            s.close(0)
+        ctx.term()
+        for p_ in procs + [sink]:
+            if p_.poll() is None:
+                p_.kill()
+    if rc != 0 or lrc != 0:
+        fail("sink exited %s, loader %s" % (rc, lrc))
+    check_index_log(os.path.join(out, "index.log"), n, epochs)
+    sj = json.load(open(os.path.join(out, "sink.json")))
+    ls = last_stats(loader_log)
+    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed_dropped": 0, "held": 0}
+    for k, v in want.items():
+        if sj[k] != v:
+            fail("sink %s = %s, expected %s (%s)" % (k, sj[k], v, json.dumps(sj)))
+    if sj["auth_rejected"] < 3:
+        fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % sj["auth_rejected"])
+    want = {"refused_hellos": 1, "rejected_failed": 100, "failed": 0, "dropped_msgs": 0}
+    for k, v in want.items():
+        if ls[k] != v:
+            fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))
+    if ls["auth_rejected"] < 6:
+        fail("loader counted %d rejected handshakes, expected at least 6 (3 strangers x 2 ports)" % ls["auth_rejected"])
+    print("direct: %d epochs x %d exact; sink rejected_epoch %d rejected_index %d auth_rejected %d; loader refused_hellos %d "
+          "rejected_failed %d auth_rejected %d" % (epochs, n, sj["rejected_epoch"], sj["rejected_index"], sj["auth_rejected"],
+                                                   ls["refused_hellos"], ls["rejected_failed"], ls["auth_rejected"]))
+
+
+def serve(moco, db, n, keys, out, port):
+    epochs = 20
+    work, pairs_in, ctl = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    run_dir = os.path.join(out, "run")
+    rerr = open(os.path.join(out, "run.err"), "w")
+    run = subprocess.Popen([moco, "run", db, "--serve", ctl, "--bind", work, "--keys", keys, "--workers", "1", "--epochs",
+                            str(epochs), "--recipe", "cifar", "--size", "28", "--run-dir", run_dir], stderr=rerr)
+    ctx = zmq.Context()
+    hostile = []
+    # 9 + 4 bad pairs at the loader's pair port, before the consumer comes:
+    # they wait there, and the loader checks them once it serves
+    p = curve_client(ctx, zmq.PUSH, keys)
+    p.connect(pairs_in)
+    for i in range(9):
+        p.send_multipart(pair_msg(1000, i))
+    for i in range(4):
+        p.send_multipart(pair_msg(0, n + i))
+    hostile.append(p)
+    time.sleep(1.0)
+    serr = open(os.path.join(out, "sink.err"), "w")
+    sink = subprocess.Popen([moco, "sink", "--connect", ctl, "--keys", keys, "--count", str(n), "--index-log",
+                             os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=serr)
+    try:
+        if not wait_line(os.path.join(out, "run.err"), "consumer connected", 20):
+            fail("the sink did not connect")
+        h = curve_client(ctx, zmq.DEALER, keys)
+        h.connect(ctl)
+        h.send(prefix(1, 8) + struct.pack("<IQ", 0xFFFFFFFF, 0))
+        if not h.poll(5000):
+            fail("no answer to a forged HELLO")
+        if h.recv()[6:8] != struct.pack("<H", 14):
+            fail("a forged HELLO was not REFUSED")
+        hostile.append(h)
+        hostile += strangers(ctx, keys, [(ctl, zmq.DEALER, [prefix(1, 8) + struct.pack("<IQ", 0, n)])], out)
+        rc = sink.wait(timeout=120)
+        rrc = run.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        for s in hostile:
+            s.close(0)
+        ctx.term()
+        for p_ in (run, sink):
+            if p_.poll() is None:
+                p_.kill()
+    if rc != 0 or rrc != 0:
+        fail("sink exited %s, moco run %s" % (rc, rrc))
+    check_index_log(os.path.join(out, "index.log"), n, epochs)
+    ls = last_stats(os.path.join(run_dir, "loader.jsonl"))
+    want = {"refused_hellos": 1, "rejected_pairs": 13}
+    for k, v in want.items():
+        if ls[k] != v:
+            fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))
+    if ls["auth_rejected"] < 3:
+        fail("loader counted %d rejected handshakes, expected at least 3" % ls["auth_rejected"])
+    sj = json.load(open(os.path.join(out, "sink.json")))
+    if sj["rejected_epoch"] or sj["rejected_index"] or sj["malformed_dropped"]:
+        fail("the consumer saw what the loader should have stopped: %s" % json.dumps(sj))
+    print("serve: %d epochs x %d exact; loader refused_hellos %d rejected_pairs %d auth_rejected %d"
+          % (epochs, n, ls["refused_hellos"], ls["rejected_pairs"], ls["auth_rejected"]))
+
+
+if __name__ == "__main__":
+    mode, moco, db, n, keys, out, port = sys.argv[1:8]
+    os.makedirs(out, exist_ok=True)
+    (direct if mode == "direct" else serve)(moco, db, int(n), keys, out, int(port))
