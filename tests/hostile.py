@@ -24,6 +24,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import zmq
@@ -81,6 +82,22 @@ def strangers(ctx, keys, endpoints, tmp):
     return socks
 
 
+def fake_worker(ctx, keys, ep, stop):
+    """Takes samples (READY with credit, heart-beating) and returns none."""
+    s = curve_client(ctx, zmq.DEALER, keys)
+    s.connect(ep)
+    received = 0
+    while not stop.is_set():
+        s.send(prefix(2, 4) + struct.pack("<IQI", 256, received, 64))
+        t = time.time()
+        while time.time() - t < 0.3:
+            if s.poll(50):
+                f = s.recv_multipart()
+                if f[0][6:8] == struct.pack("<H", 12):
+                    received += struct.unpack("<I", f[0][8:12])[0]
+    s.close(0)
+
+
 def last_stats(path):
     last = None
     with open(path) as f:
@@ -120,7 +137,7 @@ def direct(moco, db, n, keys, out, port):
     procs = []
     lerr = open(os.path.join(out, "loader.err"), "w")
     procs.append(subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
-                                   str(epochs), "--log", loader_log, "--worker-timeout", "2"], stderr=lerr))
+                                   str(epochs), "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "2"], stderr=lerr))
     serr = open(os.path.join(out, "sink.err"), "w")
     sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
                              "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
@@ -130,6 +147,10 @@ def direct(moco, db, n, keys, out, port):
                                    "--size", "28"], stderr=werr))
     ctx = zmq.Context()
     hostile = []
+    stop = threading.Event()
+    # a worker that holds samples and never returns them
+    fake = threading.Thread(target=fake_worker, args=(ctx, keys, work, stop))
+    fake.start()
     try:
         if not wait_line(os.path.join(out, "loader.err"), "consumer connected", 20):
             fail("the sink did not connect")
@@ -176,6 +197,8 @@ def direct(moco, db, n, keys, out, port):
     except subprocess.TimeoutExpired:
         fail("the run hung")
     finally:
+        stop.set()
+        fake.join()
         for s in hostile:
             s.close(0)
         ctx.term()
@@ -193,15 +216,16 @@ def direct(moco, db, n, keys, out, port):
             fail("sink %s = %s, expected %s (%s)" % (k, sj[k], v, json.dumps(sj)))
     if sj["auth_rejected"] < 3:
         fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % sj["auth_rejected"])
-    want = {"refused_hellos": 1, "rejected_failed": 100, "failed": 0, "dropped_msgs": 0}
+    want = {"refused_hellos": 1, "rejected_failed": 100, "failed": 0, "dropped_msgs": 0, "stalled_workers": 1}
     for k, v in want.items():
         if ls[k] != v:
             fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))
     if ls["auth_rejected"] < 6:
         fail("loader counted %d rejected handshakes, expected at least 6 (3 strangers x 2 ports)" % ls["auth_rejected"])
     print("direct: %d epochs x %d exact; sink rejected_epoch %d rejected_index %d auth_rejected %d; loader refused_hellos %d "
-          "rejected_failed %d auth_rejected %d" % (epochs, n, sj["rejected_epoch"], sj["rejected_index"], sj["auth_rejected"],
-                                                   ls["refused_hellos"], ls["rejected_failed"], ls["auth_rejected"]))
+          "rejected_failed %d stalled_workers %d auth_rejected %d" % (epochs, n, sj["rejected_epoch"], sj["rejected_index"],
+                                                              sj["auth_rejected"], ls["refused_hellos"], ls["rejected_failed"],
+                                                              ls["stalled_workers"], ls["auth_rejected"]))
 
 
 def serve(moco, db, n, keys, out, port):
