@@ -23,6 +23,7 @@ typedef struct {
 } command;
 
 static int bench_main(int argc, char **argv);
+int cli_keygen_main(int argc, char **argv); /* cli/keygen.c */
 
 static const command commands[] = {
     {"mkdb", loader_mkdb_main, "pack an image folder, CIFAR-10 or IDX files into a dataset LMDB"},
@@ -37,6 +38,7 @@ static const command commands[] = {
     {"export", export_main, "a checkpoint's encoder as a torchvision state_dict (safetensors)"},
     {"plot", plot_main, "draw a run's loss, accuracy, kNN and throughput curves as a PNG"},
     {"sink", trainer_sink_main, "a consumer that only counts and checks the pairs (pipeline tests, benchmark)"},
+    {"keygen", cli_keygen_main, "create the key directory of a deployment (CURVE keys and the allow list)"},
     {"run", cli_run_main, "start a whole pipeline on a dataset: loader, N workers, consumer; supervise it"},
     {"bench", bench_main, "benchmarks: moco bench WHAT (see moco bench --help)"},
     {NULL, NULL, NULL},

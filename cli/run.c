@@ -171,7 +171,7 @@ static void bench_summary(const char *run_dir, long workers)
     if (x) starved = atof(x + 14);
     printf("{\"bench\":\"pipeline\",\"workers\":%ld,\"pairs_per_s\":%.1f,\"pairs_per_s_per_worker\":%.1f,\"starved_pct\":%.1f,"
            "\"sink\":%s,\"loader\":%s}\n",
-           workers, pps, pps / (double)workers, starved, *sinkj ? sinkj : "null", *loadj ? loadj : "null");
+           workers, pps, workers ? pps / (double)workers : 0, starved, *sinkj ? sinkj : "null", *loadj ? loadj : "null");
 }
 
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
@@ -179,7 +179,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int lincls = !strcmp(consumer, "lincls");
     long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
     uint64_t seed = 0;
-    int sink = 0, quiet = 0, insecure = 0;
+    int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
     const char *run_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
     double worker_timeout = 5, seconds = 10, warmup = 1;
     augment_flags af;
@@ -192,7 +192,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         opts[seed_at].dst = &seed;
         opts[seed_at].help = "seed of the epoch order and of the augmentations";
     }
-    opts[n++] = (moco_opt){"workers", MOCO_OPT_INT, &workers, "augmentation worker processes", 1, MAX_WORKERS, NULL};
+    opts[n++] = (moco_opt){"workers", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones)", 0, MAX_WORKERS, NULL};
     opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs, "epochs to stream", 1, 1e6, NULL};
     opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
@@ -215,6 +215,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                                "other hosts can join (the command is printed); default: private ipc sockets", 0, 0, NULL};
         opts[n++] = (moco_opt){"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen DIR): CURVE on every tcp endpoint", 0, 0, NULL};
         opts[n++] = (moco_opt){"insecure", MOCO_OPT_FLAG, &insecure, "allow tcp endpoints without --keys", 0, 0, NULL};
+        opts[n++] = (moco_opt){"workers-via-tcp", MOCO_OPT_FLAG, &via_tcp,
+                               "with --bind: local workers connect over tcp too (default: over private ipc sockets, "
+                               "without the encryption cost), as remote ones do", 0, 0, NULL};
     }
     opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
     opts[n++] = (moco_opt){"max-respawn", MOCO_OPT_INT, &max_respawn, "replace dead workers at most this many times", 0, 1e6, NULL};
@@ -302,6 +305,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             return 2;
         }
     }
+    if (workers == 0 && !bind) {
+        fprintf(stderr, "moco run: --workers 0 needs --bind (workers on other hosts)\n");
+        return 2;
+    }
     if (serve && strncmp(serve, "tcp://", 6) && strncmp(serve, "ipc://", 6)) {
         fprintf(stderr, "moco run: --serve takes ipc://PATH or tcp://HOST:PORT, not '%s'\n", serve);
         return 2;
@@ -349,7 +356,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
         return 1;
     }
-    char work[1100], ctl[1100], pairs[1100], log[1200], host[256] = "";
+    char work[2300], ctl[1100], pairs[2300], log[1200], host[256] = "", wwork[1100], wpairs[1100];
     long port = 0;
     snprintf(work, sizeof work, "ipc://%s/work", sockdir);
     snprintf(ctl, sizeof ctl, "ipc://%s/ctl", sockdir);
@@ -357,8 +364,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     if (bind) { /* tcp://HOST:PORT: workers at PORT, their pairs to PORT+1 */
         snprintf(host, sizeof host, "%.*s", (int)(strrchr(bind, ':') - bind - 6), bind + 6);
         port = atol(strrchr(bind, ':') + 1);
-        snprintf(work, sizeof work, "tcp://%s:%ld", host, port);
-        snprintf(pairs, sizeof pairs, "tcp://%s:%ld", host, port + 1);
+        /* bound on both: local workers over ipc, remote ones over tcp (CURVE) */
+        snprintf(work, sizeof work, "ipc://%s/work,tcp://%s:%ld", sockdir, host, port);
+        snprintf(pairs, sizeof pairs, "ipc://%s/pairs,tcp://%s:%ld", sockdir, host, port + 1);
+    }
+    /* what the local workers connect to */
+    snprintf(wwork, sizeof wwork, "ipc://%s/work", sockdir);
+    snprintf(wpairs, sizeof wpairs, "ipc://%s/pairs", sockdir);
+    if (bind && via_tcp) {
+        snprintf(wwork, sizeof wwork, "tcp://%s:%ld", host, port);
+        snprintf(wpairs, sizeof wpairs, "tcp://%s:%ld", host, port + 1);
     }
     if (serve) snprintf(ctl, sizeof ctl, "%s", serve);
 
@@ -431,8 +446,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     add(&wa, "moco");
     add(&wa, "augment");
-    addf(&wa, "--connect", "%s", work);
-    addf(&wa, "--push", "%s", pairs);
+    addf(&wa, "--connect", "%s", wwork);
+    addf(&wa, "--push", "%s", wpairs);
     if (keys) addf(&wa, "--keys", "%s", keys);
     if (insecure) add(&wa, "--insecure");
     /* the recipe, spelled out so that every worker makes the same views */

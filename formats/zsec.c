@@ -157,7 +157,7 @@ static int parse_cert(const char *path, const char *b, size_t n, int need_secret
         if (q < end && (b[q] == '"' || b[q] == '\'')) {
             char qc = b[q];
             for (vs = ++q; q < end && b[q] != qc;) q++;
-            if (q == end) return moco_err(MOCO_ECORRUPT, "%s: line %d: unterminated quote", path, lineno);
+            if (q == end) return moco_err(MOCO_ECORRUPT, "%s: line %d: unterminated quote in the %s", path, lineno, what);
             ve = q++;
         } else {
             while (q < end && b[q] != ' ' && b[q] != '\t') q++; /* '#' is a Z85 character */
@@ -269,37 +269,27 @@ static int allowed(const moco_sec *s, const uint8_t key[32])
     return 0;
 }
 
-/* One ZAP request (RFC 27): version, request id, domain, address, identity,
- * mechanism, credentials. Every request gets exactly one reply (REP). */
-static void handle_zap(moco_sec *s, void *zap)
+/* Answer one ZAP request (RFC 27) of nf frames: version, request id, domain,
+ * address, identity, mechanism, credentials. bad: too many or too big frames. */
+static void zap_answer(moco_sec *s, void *zap, zmq_msg_t *f, int nf, int bad)
 {
-    zmq_msg_t f[ZAP_FRAMES_MAX];
-    int nf = 0, more = 1, too_many = 0, too_big = 0;
-    while (more) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, zap, 0) < 0) { zmq_msg_close(&m); break; }
-        more = zmq_msg_more(&m);
-        if (zmq_msg_size(&m) > ZAP_FRAME_MAX) too_big = 1;
-        if (nf < ZAP_FRAMES_MAX) f[nf++] = m;
-        else too_many = 1, zmq_msg_close(&m);
-    }
-    if (more) goto out; /* interrupted mid-message (context ending): no reply possible */
 #define FR(i) ((const char *)zmq_msg_data(&f[i]))
 #define FN(i) zmq_msg_size(&f[i])
 #define IS(i, lit) (FN(i) == sizeof lit - 1 && !memcmp(FR(i), lit, sizeof lit - 1))
     const char *code = "500", *text = "malformed ZAP request";
     char user[41] = "", peer[300] = "?", kz[41] = "", mech[48] = "";
-    if (nf >= 4 && !too_big) jesc(FR(3), FN(3), peer, sizeof peer);
-    if (too_many || too_big || nf < 6 || !IS(0, "1.0") || FN(1) > 255) {
-        log_line(s, "\"peer\":\"%s\",\"reason\":\"malformed ZAP request\"", peer);
+    if (nf >= 4 && !bad) jesc(FR(3), FN(3), peer, sizeof peer);
+    if (bad || nf < 6 || !IS(0, "1.0") || FN(1) > 255) {
+        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"malformed ZAP request\"", peer);
     } else if (!IS(2, "moco")) {
         code = "400", text = "unknown ZAP domain";
-        log_line(s, "\"peer\":\"%s\",\"reason\":\"unknown ZAP domain (a CURVE socket not set up by moco_sec_bind)\"", peer);
-    } else if (!IS(5, "CURVE") || nf != 7 || FN(6) != 32) {
+        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"unknown ZAP domain (a CURVE socket not set up by moco_sec_bind)\"", peer);
+    } else if (IS(5, "CURVE") && (nf != 7 || FN(6) != 32)) {
+        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"malformed ZAP request (CURVE credentials)\"", peer);
+    } else if (!IS(5, "CURVE")) {
         code = "400", text = "CURVE only";
         jesc(FR(5), FN(5) < 20 ? FN(5) : 20, mech, sizeof mech);
-        log_line(s, "\"peer\":\"%s\",\"reason\":\"mechanism %s not allowed\"", peer, mech);
+        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"mechanism %s not allowed\"", peer, mech);
         warn(s, "rejected %s: mechanism %s (only CURVE is allowed)", peer, mech);
     } else {
         zmq_z85_encode(kz, (const uint8_t *)FR(6), 32);
@@ -308,18 +298,39 @@ static void handle_zap(moco_sec *s, void *zap)
             memcpy(user, kz, sizeof user);
         } else {
             code = "400", text = "client key not allowed";
-            log_line(s, "\"peer\":\"%s\",\"reason\":\"client key not allowed\",\"key\":\"%s\"", peer, kz);
+            log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"client key not allowed\",\"key\":\"%s\"", peer, kz);
             warn(s, "rejected %s: its key %s is not in %s/allowed/ (copy that host's client.key there)", peer, kz, s->dir);
         }
     }
     /* reply: version, request id (echoed), status code, status text, user id, metadata */
-    if (send_str(zap, "1.0", 1) == 0 && zmq_send(zap, nf >= 2 && FN(1) <= 255 ? FR(1) : "", nf >= 2 && FN(1) <= 255 ? FN(1) : 0, ZMQ_SNDMORE) >= 0 &&
+    int echo = nf >= 2 && FN(1) <= 255;
+    if (send_str(zap, "1.0", 1) == 0 && zmq_send(zap, echo ? FR(1) : "", echo ? FN(1) : 0, ZMQ_SNDMORE) >= 0 &&
         send_str(zap, code, 1) == 0 && send_str(zap, text, 1) == 0 && send_str(zap, user, 1) == 0)
         send_str(zap, "", 0);
 #undef FR
 #undef FN
 #undef IS
-out:
+}
+
+/* Receive one ZAP request and answer it: every request gets exactly one
+ * reply (REP), however malformed. */
+static void handle_zap(moco_sec *s, void *zap)
+{
+    zmq_msg_t f[ZAP_FRAMES_MAX], spare;
+    int nf = 0, more = 1, bad = 0;
+    while (more) {
+        zmq_msg_t *m = nf < ZAP_FRAMES_MAX ? &f[nf] : &spare;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, zap, 0) < 0) {
+            zmq_msg_close(m);
+            break; /* the context is ending: no reply possible */
+        }
+        more = zmq_msg_more(m);
+        if (zmq_msg_size(m) > ZAP_FRAME_MAX) bad = 1;
+        if (m == &spare) bad = 1, zmq_msg_close(m);
+        else nf++;
+    }
+    if (!more) zap_answer(s, zap, f, nf, bad);
     for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
 }
 

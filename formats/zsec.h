@@ -17,7 +17,7 @@
 typedef struct moco_sec moco_sec;
 
 /* One per ZeroMQ context (process). keys_dir may be NULL (then only ipc/inproc endpoints,
- * or tcp with insecure=1, are allowed). With keys_dir: loads DIR/server.key_secret,
+ * or tcp with insecure=1, are allowed; with keys, insecure changes nothing). With keys_dir: loads DIR/server.key_secret,
  * DIR/client.key_secret, DIR/server.key and every public certificate in DIR/allowed/
  * (the allow list; names starting with '.' are skipped), refusing (MOCO_EIO /
  * MOCO_ECORRUPT with a message naming the file) missing or malformed files, a public key

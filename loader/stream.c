@@ -23,6 +23,7 @@
 #include "formats/pipeline.h"
 #include "formats/rng.h"
 #include "formats/wire.h"
+#include "formats/endpoints.h"
 #include "formats/zsec.h"
 #include "loader/cmd.h"
 
@@ -779,12 +780,7 @@ static void *open_bound(loader *L, int type, const char *ep, int sndhwm, int64_t
         if (s) zmq_close(s);
         return NULL;
     }
-    if ((*rc = moco_sec_bind(L->sec, s, ep))) {
-        zmq_close(s);
-        return NULL;
-    }
-    if (zmq_bind(s, ep)) {
-        *rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep, zmq_strerror(errno));
+    if ((*rc = moco_bind_endpoints(L->sec, s, ep))) {
         zmq_close(s);
         return NULL;
     }
@@ -888,7 +884,8 @@ int loader_stream_main(int argc, char **argv)
     L->stall_timeout = 10;
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
-        {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555)", 0, 0, NULL},
+        {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint(s) the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555; "
+                                             "a comma-separated list binds each: ipc in the clear, tcp with CURVE)", 0, 0, NULL},
         {"ctl", MOCO_OPT_STR, &L->ctl_ep, "endpoint the consumer connects to (default: --bind's ipc path + .ctl, or tcp port + 1)", 0, 0, NULL},
         {"epochs", MOCO_OPT_INT, &L->epochs, "number of epochs (0: unbounded)", 0, 1e9, NULL},
         {"start-epoch", MOCO_OPT_INT, &L->start_epoch, "first epoch (the consumer's resume state overrides it)", 0, 1e9, NULL},
@@ -925,7 +922,11 @@ int loader_stream_main(int argc, char **argv)
         const char *colon = strrchr(L->work_ep, ':');
         char *end = NULL;
         long port = colon ? strtol(colon + 1, &end, 10) : 0;
-        if (!strncmp(L->work_ep, "ipc://", 6)) {
+        if (strchr(L->work_ep, ',')) {
+            fprintf(stderr, "moco loader: --bind lists several endpoints: give --ctl\n");
+            free(L);
+            return 2;
+        } else if (!strncmp(L->work_ep, "ipc://", 6)) {
             snprintf(ctl_buf, sizeof ctl_buf, "%s.ctl", L->work_ep);
         } else if (!strncmp(L->work_ep, "tcp://", 6) && end && !*end && port > 0 && port < 65535) {
             snprintf(ctl_buf, sizeof ctl_buf, "%.*s:%ld", (int)(colon - L->work_ep), L->work_ep, port + 1);

@@ -12,6 +12,7 @@
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
+#include "formats/endpoints.h"
 #include "formats/zsec.h"
 
 #define ACK_BATCH 256
@@ -117,10 +118,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
         rc = moco_err(MOCO_EZMQ, "cannot create sockets: %s", zmq_strerror(errno));
         goto fail;
     }
-    if (!s->serve && ((rc = moco_sec_bind(s->sec, s->pull, cfg->pairs_ep)) || zmq_bind(s->pull, cfg->pairs_ep))) {
-        if (!rc) rc = moco_err(MOCO_EZMQ, "cannot bind %s: %s", cfg->pairs_ep, zmq_strerror(errno));
-        goto fail;
-    }
+    if (!s->serve && (rc = moco_bind_endpoints(s->sec, s->pull, cfg->pairs_ep))) goto fail;
     if ((rc = moco_sec_connect(s->sec, s->ctl, cfg->ctl_ep)) || zmq_connect(s->ctl, cfg->ctl_ep)) {
         if (!rc) rc = moco_err(MOCO_EZMQ, "cannot connect to %s: %s", cfg->ctl_ep, zmq_strerror(errno));
         goto fail;

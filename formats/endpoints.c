@@ -1,0 +1,52 @@
+/* endpoints.c: bind a socket to a list of endpoints (endpoints.h). */
+#include "formats/endpoints.h"
+
+#include <errno.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "formats/errors.h"
+
+/* Split list into at most MOCO_ENDPOINTS_MAX endpoints in buf. */
+static int split(const char *list, char *buf, size_t n, char **ep, int *nep)
+{
+    *nep = 0;
+    if (!list || !*list || strlen(list) >= n) return moco_err(MOCO_EINVAL, "endpoint list '%s' is empty or too long", list ? list : "");
+    strcpy(buf, list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*nep == MOCO_ENDPOINTS_MAX) return moco_err(MOCO_EINVAL, "more than %d endpoints in '%s'", MOCO_ENDPOINTS_MAX, list);
+        ep[(*nep)++] = t;
+    }
+    if (!*nep) return moco_err(MOCO_EINVAL, "no endpoint in '%s'", list);
+    return 0;
+}
+
+int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list)
+{
+    char buf[4096], *ep[MOCO_ENDPOINTS_MAX];
+    int nep, rc = split(list, buf, sizeof buf, ep, &nep);
+    if (rc) return rc;
+    int secured = 0;
+    for (int pass = 0; pass < 2; pass++) /* the clear ones, then the tcp ones with CURVE */
+        for (int i = 0; i < nep; i++) {
+            int tcp = !strncmp(ep[i], "tcp://", 6);
+            if (tcp != pass) continue;
+            if (tcp && !secured++ && (rc = moco_sec_bind(sec, sock, ep[i]))) return rc;
+            if (zmq_bind(sock, ep[i])) return moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep[i], zmq_strerror(errno));
+        }
+    return 0;
+}
+
+int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n)
+{
+    char buf[4096], *ep[MOCO_ENDPOINTS_MAX];
+    int nep, rc = split(list, buf, sizeof buf, ep, &nep);
+    if (rc) return rc;
+    size_t l = strlen(scheme);
+    for (int i = 0; i < nep; i++)
+        if (!strncmp(ep[i], scheme, l) && !strncmp(ep[i] + l, "://", 3) && strlen(ep[i]) < n) {
+            strcpy(out, ep[i]);
+            return 0;
+        }
+    return MOCO_ENOTFOUND;
+}

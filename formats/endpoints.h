@@ -1,0 +1,26 @@
+/* endpoints.h: binding one socket to a list of endpoints, the private ones
+ * in the clear and the tcp ones with CURVE.
+ *
+ * "ipc:///run/x/work,tcp://0.0.0.0:5555" binds both: workers on this host
+ * connect to the ipc path (protected by its 0700 directory, no encryption
+ * cost), workers on other hosts to the tcp port (CURVE, formats/zsec.h).
+ * libzmq takes a socket's security options when an endpoint is bound, so the
+ * non-tcp endpoints are bound first, then the socket is made a CURVE server
+ * (moco_sec_bind) and the tcp ones are bound. */
+#ifndef MOCO_ENDPOINTS_H
+#define MOCO_ENDPOINTS_H
+
+#include "formats/zsec.h"
+
+#define MOCO_ENDPOINTS_MAX 8
+
+/* Bind sock to every endpoint of the comma-separated list. Returns 0, or
+ * MOCO_EINVAL (an empty or too long list, tcp without keys: the message
+ * names the endpoint) or MOCO_EZMQ (cannot bind, naming the endpoint). */
+int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list);
+
+/* The first endpoint of the list whose scheme is `scheme` ("tcp", "ipc"),
+ * copied into out (size n); 0 if there is one, MOCO_ENOTFOUND if not. */
+int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n);
+
+#endif

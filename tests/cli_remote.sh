@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# cli_remote.sh: `moco run DB --bind tcp://... --keys DIR --workers 0` prints
+# the command that adds a worker from another host; pasted twice (here, on
+# loopback, as another host with a copy of DIR would), the two workers
+# deliver 2 epochs exactly once each, over CURVE. A tcp endpoint without
+# --keys is refused with a message. Skipped without Fashion-MNIST.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/remote
+SRC=/usr/share/datasets/fashion-mnist
+[ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
+rm -rf "$T" && mkdir -p "$T"
+$M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
+$M keygen "$T/keys" >/dev/null || fail keygen
+port=$(( 30000 + ($$ % 2000) * 10 ))
+# secure by default
+$M run "$T/db" --sink --bind tcp://127.0.0.1:$port --workers 1 --run-dir "$T/r0" 2>"$T/r0.err" && fail "tcp without --keys ran"
+grep -q -- "--keys" "$T/r0.err" || fail "no hint about --keys: $(cat "$T/r0.err")"
+timeout 120 $M run "$T/db" --sink --bind tcp://127.0.0.1:$port --keys "$T/keys" --workers 0 --epochs 2 --recipe cifar --size 28 \
+  --run-dir "$T/r1" 2>"$T/r1.err" &
+run=$!
+for i in $(seq 100); do grep -q " augment --connect tcp://" "$T/r1.err" && break; sleep 0.05; done
+cmd=$(grep " augment --connect tcp://" "$T/r1.err" | head -1)
+[ -n "$cmd" ] || { kill $run; fail "no worker command printed: $(cat "$T/r1.err")"; }
+echo "pasting:$cmd"
+(cd / && eval "$cmd" --quiet 2>"$T/w1.err") &
+(cd / && eval "$cmd" --quiet 2>"$T/w2.err") &
+wait $run || { cat "$T/r1.err"; fail "moco run exited non-zero"; }
+wait
+grep -q '"pairs":20000,"epochs":2' "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
+grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
+grep -q "worker 1 joined" "$T/r1.err" || fail "the second pasted worker never joined"
+echo "cli_remote: ok"

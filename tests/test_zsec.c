@@ -1,0 +1,662 @@
+/* test_zsec.c: transport security (formats/zsec.h) over real loopback tcp:
+ * the key directory moco keygen writes (modes, refusals, pyzmq reads it), an
+ * allowed CURVE client gets through, a plain client, a client whose key is
+ * not allowed and a client with the wrong server key get nothing through and
+ * are each counted once, tcp without keys is refused, and a certificate added
+ * to allowed/ admits its client. Ports are drawn from a seeded random high
+ * range (retried on EADDRINUSE); scratch under $MOCO_TEST_TMP or /tmp. */
+#include "tests/testutil.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "formats/errors.h"
+#include "formats/zsec.h"
+
+static char base[1024];  /* scratch directory of this run */
+static char keys[1100];  /* a key directory made by moco_keygen */
+static uint64_t rng;
+
+static void make_base(void)
+{
+    const char *t = getenv("MOCO_TEST_TMP");
+    snprintf(base, sizeof base, "%s/zsec-XXXXXX", t ? t : "/tmp");
+    assert_non_null(mkdtemp(base));
+    snprintf(keys, sizeof keys, "%s/keys", base);
+    assert_int_equal(moco_keygen(keys, 0), 0);
+}
+
+static uint32_t next_rand(void)
+{
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(rng >> 33);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void write_file(const char *path, const void *data, size_t n, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+static mode_t mode_of(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_mode & 07777;
+}
+
+/* ---- a CURVE server: ROUTER on 127.0.0.1, its own context and moco_sec ---- */
+
+typedef struct {
+    void *ctx, *router;
+    moco_sec *sec;
+    char ep[64], log[1200];
+    FILE *logf;
+} server;
+
+static void server_start(server *sv, const char *dir)
+{
+    memset(sv, 0, sizeof *sv);
+    snprintf(sv->log, sizeof sv->log, "%s/server-%u.jsonl", base, next_rand());
+    assert_non_null(sv->logf = fopen(sv->log, "w"));
+    assert_non_null(sv->ctx = zmq_ctx_new());
+    assert_int_equal(moco_sec_new(sv->ctx, dir, 0, "test server", sv->logf, &sv->sec), 0);
+    assert_non_null(sv->router = zmq_socket(sv->ctx, ZMQ_ROUTER));
+    int linger = 0;
+    zmq_setsockopt(sv->router, ZMQ_LINGER, &linger, sizeof linger);
+    for (int i = 0;; i++) {
+        snprintf(sv->ep, sizeof sv->ep, "tcp://127.0.0.1:%u", 20000 + next_rand() % 40000);
+        assert_int_equal(moco_sec_bind(sv->sec, sv->router, sv->ep), 0);
+        if (zmq_bind(sv->router, sv->ep) == 0) break;
+        if (zmq_errno() != EADDRINUSE || i == 100) fail_msg("bind %s: %s", sv->ep, zmq_strerror(zmq_errno()));
+    }
+    int mech = -1;
+    size_t n = sizeof mech;
+    assert_int_equal(zmq_getsockopt(sv->router, ZMQ_MECHANISM, &mech, &n), 0);
+    assert_int_equal(mech, ZMQ_CURVE);
+}
+
+static void server_stop(server *sv)
+{
+    zmq_close(sv->router);
+    moco_sec_destroy(&sv->sec);
+    assert_null(sv->sec);
+    zmq_ctx_term(sv->ctx);
+    fclose(sv->logf);
+}
+
+/* Messages (not frames) the server's ROUTER receives within ms; the last
+ * payload into last (and its User-Id property, set by our ZAP handler). */
+static int server_drain(server *sv, int ms, char *last, size_t cap, char *user)
+{
+    int count = 0;
+    double end = now_ms() + ms;
+    for (double t; (t = now_ms()) < end;) {
+        zmq_pollitem_t it = {sv->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, (long)(end - t) + 1) <= 0) continue;
+        int more = 1, frame = 0;
+        while (more) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            assert_true(zmq_msg_recv(&m, sv->router, 0) >= 0);
+            more = zmq_msg_more(&m);
+            if (frame++ == 1 && last) {
+                size_t n = zmq_msg_size(&m) < cap - 1 ? zmq_msg_size(&m) : cap - 1;
+                memcpy(last, zmq_msg_data(&m), n);
+                last[n] = 0;
+                const char *u = zmq_msg_gets(&m, "User-Id");
+                if (user) snprintf(user, 41, "%s", u ? u : "");
+            }
+            zmq_msg_close(&m);
+        }
+        count++;
+    }
+    return count;
+}
+
+/* A DEALER client in ctx; reconnect_ms 0 keeps libzmq's default (100 ms). */
+static void *client(void *ctx, int reconnect_ms)
+{
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(d);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    if (reconnect_ms) zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &reconnect_ms, sizeof reconnect_ms);
+    return d;
+}
+
+/* The client sends a message every 20 ms for ms while the server drains:
+ * returns the count the server received. */
+static int send_for(server *sv, void *cl, int ms)
+{
+    int got = 0;
+    for (double end = now_ms() + ms; now_ms() < end;) {
+        zmq_send(cl, "secret", 6, ZMQ_DONTWAIT);
+        got += server_drain(sv, 20, NULL, 0, NULL);
+    }
+    return got + server_drain(sv, 100, NULL, 0, NULL);
+}
+
+/* Wait up to 3 s for the server's rejection count to reach want, then 300 ms
+ * more (so that an extra count would show); returns the count. */
+static uint64_t rejected_settle(server *sv, uint64_t want)
+{
+    for (double end = now_ms() + 3000; moco_sec_rejected(sv->sec) < want && now_ms() < end;) server_drain(sv, 20, NULL, 0, NULL);
+    server_drain(sv, 300, NULL, 0, NULL);
+    return moco_sec_rejected(sv->sec);
+}
+
+static char *slurp(const char *path)
+{
+    size_t n;
+    char *b = (char *)tu_read_file(path, &n);
+    b[n] = 0;
+    return b;
+}
+
+/* ---- 1. keygen, loading, refusals ---- */
+
+static void expect_refused(const char *file, const void *data, size_t n, int code, const char *words)
+{
+    char path[1300], save[1300];
+    snprintf(path, sizeof path, "%s/%s", keys, file);
+    snprintf(save, sizeof save, "%s/%s.save", base, file[0] == 'a' ? "allowed" : file);
+    assert_int_equal(rename(path, save), 0);
+    write_file(path, data, n, 0600);
+    void *ctx = zmq_ctx_new();
+    moco_sec *s = (moco_sec *)1;
+    int rc = moco_sec_new(ctx, keys, 0, "t", NULL, &s);
+    if (rc != code || !strstr(moco_errmsg(), path) || (words && !strstr(moco_errmsg(), words)))
+        fail_msg("%s: got %d '%s', want %d naming the file and '%s'", file, rc, moco_errmsg(), code, words ? words : "");
+    assert_null(s);
+    zmq_ctx_term(ctx);
+    assert_int_equal(rename(save, path), 0);
+}
+
+/* A loadable variant must load (robust parser, not a fragile one). */
+static void expect_loads(const char *file, const char *text)
+{
+    char path[1300], save[1300];
+    snprintf(path, sizeof path, "%s/%s", keys, file);
+    snprintf(save, sizeof save, "%s/%s.save", base, file);
+    assert_int_equal(rename(path, save), 0);
+    write_file(path, text, strlen(text), 0600);
+    void *ctx = zmq_ctx_new();
+    moco_sec *s = NULL;
+    if (moco_sec_new(ctx, keys, 0, "t", NULL, &s)) fail_msg("%s did not load: %s", file, moco_errmsg());
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx);
+    assert_int_equal(rename(save, path), 0);
+}
+
+/* The Z85 public key of a certificate file (first "public-key" line). */
+static void pubkey_of(const char *path, char out[41])
+{
+    char *t = slurp(path), *p = strstr(t, "public-key = \"");
+    assert_non_null(p);
+    memcpy(out, p + 14, 40);
+    out[40] = 0;
+    free(t);
+}
+
+static void test_keygen_and_load(void **st)
+{
+    (void)st;
+    static const char *files[] = {"server.key", "server.key_secret", "client.key", "client.key_secret", "allowed/client.key"};
+    char p[1300], spub[41], spub2[41], cpub[41];
+    assert_int_equal(mode_of(keys), 0700);
+    snprintf(p, sizeof p, "%s/allowed", keys);
+    assert_int_equal(mode_of(p), 0700);
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s/%s", keys, files[i]);
+        assert_int_equal(mode_of(p), 0600);
+    }
+    snprintf(p, sizeof p, "%s/client.key", keys);
+    pubkey_of(p, cpub);
+    snprintf(p, sizeof p, "%s/allowed/client.key", keys);
+    pubkey_of(p, spub);
+    assert_string_equal(cpub, spub);
+
+    /* not over an existing directory, unless forced (new keys, same layout) */
+    snprintf(p, sizeof p, "%s/server.key", keys);
+    pubkey_of(p, spub);
+    assert_int_equal(moco_keygen(keys, 0), MOCO_EEXIST);
+    assert_non_null(strstr(moco_errmsg(), "--force"));
+    pubkey_of(p, spub2);
+    assert_string_equal(spub, spub2);
+    snprintf(p, sizeof p, "%s/allowed/other-host", keys);
+    write_file(p, "x", 1, 0600);
+    assert_int_equal(moco_keygen(keys, 1), 0);
+    assert_true(tu_exists(p)); /* other certificates in allowed/ stay */
+    assert_int_equal(unlink(p), 0);
+    snprintf(p, sizeof p, "%s/server.key", keys);
+    pubkey_of(p, spub2);
+    assert_string_not_equal(spub, spub2);
+    assert_int_equal(mode_of(p), 0600);
+
+    /* pyzmq reads our certificates (when python3-zmq is installed) */
+    if (tu_sh("/usr/bin/python3 -c 'import zmq.auth' 2>/dev/null") == 0)
+        assert_int_equal(tu_sh("cd '%s' && /usr/bin/python3 -c \"import zmq.auth as a; s=a.load_certificate('server.key_secret'); "
+                               "p=a.load_certificate('server.key'); c=a.load_certificate('client.key_secret'); "
+                               "w=a.load_certificate('allowed/client.key'); "
+                               "assert s[0]==p[0] and len(s[1])==40 and p[1] is None and c[0]==w[0] and c[0]!=s[0]\"",
+                               keys),
+                         0);
+    else
+        fprintf(stderr, "note: python3-zmq missing, pyzmq compatibility not checked\n");
+
+    /* it loads */
+    void *ctx = zmq_ctx_new();
+    moco_sec *s = NULL, *s2 = (moco_sec *)1;
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &s), 0);
+    assert_non_null(s);
+    assert_int_equal(moco_sec_rejected(s), 0);
+    /* one ZAP handler per context */
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &s2), MOCO_EZMQ);
+    assert_null(s2);
+    moco_sec_destroy(&s);
+    moco_sec_destroy(&s); /* NULL-safe */
+    zmq_ctx_term(ctx);
+
+    /* group- or world-readable key files are refused, named, with the fix */
+    static const char *modes_files[] = {"client.key_secret", "server.key", "allowed/client.key"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", keys, modes_files[i]);
+        assert_int_equal(chmod(p, 0644), 0);
+        ctx = zmq_ctx_new();
+        assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &s), MOCO_EIO);
+        char want[1400];
+        snprintf(want, sizeof want, "chmod 600 %s", p);
+        if (!strstr(moco_errmsg(), want)) fail_msg("message '%s' lacks '%s'", moco_errmsg(), want);
+        zmq_ctx_term(ctx);
+        assert_int_equal(chmod(p, 0600), 0);
+    }
+
+    /* truncated, garbage, wrong keys: refused cleanly, naming the file */
+    snprintf(p, sizeof p, "%s/server.key_secret", keys);
+    char *good = slurp(p);
+    size_t glen = strlen(good);
+    expect_refused("server.key_secret", good, glen - 20, MOCO_ECORRUPT, "secret-key");   /* cut inside the secret key */
+    size_t cut = (size_t)(strstr(good, "public-key = \"") - good) + 30;
+    expect_refused("server.key_secret", good, cut, MOCO_ECORRUPT, "public-key"); /* cut inside the public key */
+    expect_refused("server.key_secret", good, 100, MOCO_ECORRUPT, "no public-key"); /* cut inside the comments */
+    expect_refused("server.key", "", 0, MOCO_ECORRUPT, "no public-key");
+    expect_refused("server.key", "metadata\n\0curve\n", 16, MOCO_ECORRUPT, "NUL");
+    uint8_t junk[3000];
+    for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)(next_rand() % 255 + 1);
+    expect_refused("client.key_secret", junk, sizeof junk, MOCO_ECORRUPT, NULL);
+    char *big = malloc(70000);
+    memset(big, '#', 70000);
+    expect_refused("server.key", big, 70000, MOCO_ECORRUPT, "bytes");
+    free(big);
+    char t[512];
+    snprintf(t, sizeof t, "curve\n    public-key = \"%.39s\"\n", spub2);
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "40-character Z85");
+    snprintf(t, sizeof t, "curve\n    public-key = \"%s1\"\n", spub2);
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "40-character Z85");
+    snprintf(t, sizeof t, "curve\n    public-key = \"~%.39s\"\n", spub2 + 1);
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "40-character Z85");
+    snprintf(t, sizeof t, "metadata\n    public-key = \"%s\"\n", spub2); /* outside the curve section */
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "no public-key");
+    snprintf(t, sizeof t, "curve\n    public-key = \"%s\"\n    public-key = \"%s\"\n", spub2, spub2);
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "second public-key");
+    snprintf(t, sizeof t, "curve\n    public-key = \"%s\"\n", cpub); /* another deployment's server */
+    expect_refused("server.key", t, strlen(t), MOCO_ECORRUPT, "does not match");
+    char *swapped = strdup(good), *pk = strstr(swapped, "public-key = \"");
+    memcpy(pk + 14, cpub, 40); /* a public key that does not belong to the secret key */
+    expect_refused("server.key_secret", swapped, glen, MOCO_ECORRUPT, "does not belong");
+    free(swapped);
+    expect_refused("client.key_secret", t, strlen(t), MOCO_ECORRUPT, "no secret-key"); /* public where secret is needed */
+    expect_refused("allowed/client.key", "curve\n    public-key = \"short\"\n", 31, MOCO_ECORRUPT, "allowed/client.key");
+
+    /* random damage: refused cleanly (naming the file) or still a valid certificate */
+    char *bad = malloc(glen + 1);
+    for (int i = 0; i < 300; i++) {
+        memcpy(bad, good, glen);
+        size_t n = glen;
+        for (int k = 1 + (int)(next_rand() % 4); k > 0; k--) {
+            size_t at = next_rand() % n;
+            switch (next_rand() % 3) {
+            case 0: bad[at] = (char)(next_rand() % 256); break;
+            case 1: n = at; break;
+            default: bad[at] = "\n\r\t \"'=#"[next_rand() % 8]; break;
+            }
+            if (!n) break;
+        }
+        snprintf(p, sizeof p, "%s/server.key_secret", keys);
+        write_file(p, bad, n, 0600);
+        ctx = zmq_ctx_new();
+        int rc = moco_sec_new(ctx, keys, 0, "t", NULL, &s);
+        if (rc) {
+            assert_int_equal(rc, MOCO_ECORRUPT);
+            assert_non_null(strstr(moco_errmsg(), p));
+        }
+        moco_sec_destroy(&s);
+        zmq_ctx_term(ctx);
+    }
+    free(bad);
+    write_file(p, good, glen, 0600);
+
+    /* missing files and a directory in allowed/ */
+    snprintf(p, sizeof p, "%s/client.key_secret", keys);
+    char mv[1400];
+    snprintf(mv, sizeof mv, "%s/moved", base);
+    assert_int_equal(rename(p, mv), 0);
+    ctx = zmq_ctx_new();
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &s), MOCO_EIO);
+    assert_non_null(strstr(moco_errmsg(), p));
+    assert_int_equal(rename(mv, p), 0);
+    snprintf(p, sizeof p, "%s/allowed/subdir", keys);
+    assert_int_equal(mkdir(p, 0700), 0);
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &s), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), p));
+    assert_int_equal(rmdir(p), 0);
+    assert_int_equal(moco_sec_new(ctx, "/nonexistent/keys", 0, "t", NULL, &s), MOCO_EIO);
+    assert_non_null(strstr(moco_errmsg(), "moco keygen"));
+    zmq_ctx_term(ctx);
+
+    /* loadable variants: CRLF, single quotes, comments, unquoted, other sections */
+    snprintf(t, sizeof t, "# c\r\nmetadata\r\n    name = \"x\"\r\ncurve\r\n    public-key = '%s'   # ok\r\n", spub2);
+    expect_loads("server.key", t);
+    snprintf(t, sizeof t, "curve\n\tpublic-key=%s\nother\n    public-key = \"junk\"\n", spub2);
+    expect_loads("server.key", t);
+    free(good);
+}
+
+/* ---- the ZAP handler itself, spoken to directly (RFC 27) ---- */
+
+/* Send frames (NULL-terminated list of {data, size}) and return the status
+ * code of the reply, checking its version and echoed request id. */
+static int zap_call(void *req, int nf, const char *const *fr, const size_t *len, char *user)
+{
+    for (int i = 0; i < nf; i++) assert_int_equal(zmq_send(req, fr[i], len[i], i + 1 < nf ? ZMQ_SNDMORE : 0), (int)len[i]);
+    char f[6][64];
+    int n = 0, more = 1;
+    while (more) {
+        int r = zmq_recv(req, n < 6 ? f[n] : f[5], 63, 0);
+        assert_true(r >= 0 && r < 64);
+        f[n < 6 ? n : 5][r] = 0;
+        size_t sz = sizeof more;
+        zmq_getsockopt(req, ZMQ_RCVMORE, &more, &sz);
+        n++;
+    }
+    assert_int_equal(n, 6);
+    assert_string_equal(f[0], "1.0");
+    if (nf >= 2 && len[1] < 64) assert_memory_equal(f[1], fr[1], len[1]);
+    if (user) strcpy(user, f[4]);
+    return atoi(f[2]);
+}
+
+static void test_zap_handler(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new(), *req;
+    moco_sec *s = NULL;
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "zap test", NULL, &s), 0);
+    assert_non_null(req = zmq_socket(ctx, ZMQ_REQ));
+    int linger = 0, tmo = 5000;
+    zmq_setsockopt(req, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(req, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    assert_int_equal(zmq_connect(req, "inproc://zeromq.zap.01"), 0);
+    char p[1200], cpub[41], user[64];
+    uint8_t ck[32], other[32];
+    snprintf(p, sizeof p, "%s/client.key", keys);
+    pubkey_of(p, cpub);
+    assert_non_null(zmq_z85_decode(ck, cpub));
+    memcpy(other, ck, 32);
+    other[0] ^= 1;
+    const char *ok[] = {"1.0", "7", "moco", "127.0.0.1", "", "CURVE", (const char *)ck};
+    size_t okl[] = {3, 1, 4, 9, 0, 5, 32};
+    assert_int_equal(zap_call(req, 7, ok, okl, user), 200);
+    assert_string_equal(user, cpub);
+    const char *unknown[] = {"1.0", "8", "moco", "127.0.0.2", "", "CURVE", (const char *)other};
+    assert_int_equal(zap_call(req, 7, unknown, okl, user), 400);
+    assert_string_equal(user, "");
+    const char *v2[] = {"2.0", "9", "moco", "127.0.0.1", "", "CURVE", (const char *)ck};
+    assert_int_equal(zap_call(req, 7, v2, okl, NULL), 500);
+    assert_int_equal(zap_call(req, 6, ok, okl, NULL), 500);          /* no credentials */
+    size_t short_key[] = {3, 1, 4, 9, 0, 5, 31};
+    assert_int_equal(zap_call(req, 7, ok, short_key, NULL), 500);
+    const char *dom[] = {"1.0", "10", "other", "127.0.0.1", "", "CURVE", (const char *)ck};
+    size_t doml[] = {3, 2, 5, 9, 0, 5, 32};
+    assert_int_equal(zap_call(req, 7, dom, doml, NULL), 400);
+    const char *plain[] = {"1.0", "11", "moco", "127.0.0.1", "", "PLAIN", "user", "pass"};
+    size_t plainl[] = {3, 2, 4, 9, 0, 5, 4, 4};
+    assert_int_equal(zap_call(req, 8, plain, plainl, NULL), 400);
+    const char *null_mech[] = {"1.0", "12", "moco", "127.0.0.1", "", "NULL"};
+    size_t nulll[] = {3, 2, 4, 9, 0, 4};
+    assert_int_equal(zap_call(req, 6, null_mech, nulll, NULL), 400);
+    const char *many[20];
+    size_t manyl[20];
+    for (int i = 0; i < 20; i++) many[i] = i < 7 ? ok[i] : "x", manyl[i] = i < 7 ? okl[i] : 1;
+    assert_int_equal(zap_call(req, 20, many, manyl, NULL), 500);
+    char *huge = calloc(1, 5000);
+    const char *hg[] = {"1.0", "13", "moco", huge, "", "CURVE", (const char *)ck};
+    size_t hgl[] = {3, 2, 4, 5000, 0, 5, 32};
+    assert_int_equal(zap_call(req, 7, hg, hgl, NULL), 500);
+    free(huge);
+    assert_int_equal(zap_call(req, 7, ok, okl, NULL), 200); /* still serving */
+    assert_int_equal(moco_sec_rejected(s), 0);            /* counted by the monitors only */
+    zmq_close(req);
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx);
+}
+
+/* ---- 2. an allowed client gets through ---- */
+
+static void test_allowed_client(void **st)
+{
+    (void)st;
+    server sv;
+    server_start(&sv, keys);
+    void *cctx = zmq_ctx_new();
+    moco_sec *cs = NULL;
+    assert_int_equal(moco_sec_new(cctx, keys, 0, "test client", NULL, &cs), 0);
+    void *cl = client(cctx, 0);
+    assert_int_equal(moco_sec_connect(cs, cl, sv.ep), 0);
+    assert_int_equal(zmq_connect(cl, sv.ep), 0);
+    assert_int_equal(zmq_send(cl, "hello", 5, 0), 5);
+    char last[64] = "", user[41] = "", cpub[41], p[1200];
+    int got = 0;
+    for (double end = now_ms() + 5000; !got && now_ms() < end;) got = server_drain(&sv, 50, last, sizeof last, user);
+    assert_int_equal(got, 1);
+    assert_string_equal(last, "hello");
+    snprintf(p, sizeof p, "%s/client.key", keys);
+    pubkey_of(p, cpub);
+    assert_string_equal(user, cpub); /* the ZAP handler's user id: the client's key */
+    assert_int_equal(moco_sec_rejected(sv.sec), 0);
+    zmq_close(cl);
+    moco_sec_destroy(&cs);
+    zmq_ctx_term(cctx);
+    server_stop(&sv);
+    char *log = slurp(sv.log);
+    assert_null(strstr(log, "auth_rejected"));
+    free(log);
+}
+
+/* ---- 3. everyone else gets nothing through and is counted ---- */
+
+enum { PLAIN, UNKNOWN_KEY, WRONG_SERVER_KEY };
+
+static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
+{
+    server sv;
+    server_start(&sv, keys);
+    void *cctx = zmq_ctx_new(), *cl = client(cctx, reconnect_ms);
+    char pub[41], sec[41], spub[41], p[1200];
+    snprintf(p, sizeof p, "%s/server.key", keys);
+    pubkey_of(p, spub);
+    if (kind != PLAIN) {
+        char cpub[41], csec[41];
+        assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+        if (kind == WRONG_SERVER_KEY) { /* an allowed client keypair, but not this server's key */
+            moco_sec *cs = NULL;
+            assert_int_equal(moco_sec_new(cctx, keys, 0, "c", NULL, &cs), 0);
+            assert_int_equal(moco_sec_connect(cs, cl, sv.ep), 0);
+            moco_sec_destroy(&cs);
+            assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
+            assert_int_equal(zmq_setsockopt(cl, ZMQ_CURVE_SERVERKEY, cpub, 40), 0);
+        } else {
+            assert_int_equal(zmq_setsockopt(cl, ZMQ_CURVE_SERVERKEY, spub, 40), 0);
+            assert_int_equal(zmq_setsockopt(cl, ZMQ_CURVE_PUBLICKEY, pub, 40), 0);
+            assert_int_equal(zmq_setsockopt(cl, ZMQ_CURVE_SECRETKEY, sec, 40), 0);
+        }
+    }
+    assert_int_equal(zmq_connect(cl, sv.ep), 0);
+    assert_int_equal(send_for(&sv, cl, 500), 0); /* nothing gets through */
+    uint64_t n = rejected_settle(&sv, want_exact ? want_exact : 1);
+    if (want_exact) assert_int_equal(n, want_exact);
+    else {
+        assert_true(n >= 1);
+        fprintf(stderr, "note: a retrying client was rejected %llu times in 500 ms\n", (unsigned long long)n);
+    }
+    zmq_close(cl);
+    zmq_ctx_term(cctx);
+    server_stop(&sv);
+    char *log = slurp(sv.log);
+    assert_non_null(strstr(log, "\"event\":\"auth_rejected\""));
+    assert_non_null(strstr(log, "\"who\":\"test server\""));
+    /* a plain client: the server sees the mechanism mismatch, or (when the
+     * client saw it first and hung up) a write to a closed connection */
+    if (kind == PLAIN) assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\""));
+    if (kind == WRONG_SERVER_KEY) assert_non_null(strstr(log, "cryptographic"));
+    if (kind == UNKNOWN_KEY) {
+        char want[100];
+        snprintf(want, sizeof want, "\"key\":\"%s\"", pub);
+        assert_non_null(strstr(log, want));
+        assert_non_null(strstr(log, "\"peer\":\"127.0.0.1\""));
+        assert_non_null(strstr(log, "client key not allowed"));
+    }
+    free(log);
+}
+
+/* With a 10 s reconnect interval each client makes exactly one attempt in
+ * the window, and each failed handshake counts exactly once. */
+static void test_plain_client_rejected(void **st) { (void)st; bad_client(PLAIN, 10000, 1); }
+static void test_unknown_key_rejected(void **st) { (void)st; bad_client(UNKNOWN_KEY, 10000, 1); }
+static void test_wrong_server_key_rejected(void **st) { (void)st; bad_client(WRONG_SERVER_KEY, 10000, 1); }
+
+/* With libzmq's default 100 ms reconnect interval a rejected client may
+ * retry within the window, so the count is >= 1 but not exact (each retry is
+ * a new handshake, counted once). Still nothing gets through. */
+static void test_retrying_client_rejected(void **st)
+{
+    (void)st;
+    bad_client(UNKNOWN_KEY, 0, 0);
+    bad_client(PLAIN, 0, 0);
+}
+
+/* ---- 4. tcp without keys ---- */
+
+static void test_tcp_needs_keys(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_ROUTER);
+    moco_sec *s = NULL, *ins = NULL;
+    assert_int_equal(moco_sec_new(ctx, NULL, 0, "t", NULL, &s), 0);
+    assert_int_equal(moco_sec_bind(s, sock, "tcp://0.0.0.0:5555"), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "tcp://0.0.0.0:5555 needs --keys DIR"));
+    assert_non_null(strstr(moco_errmsg(), "--insecure"));
+    assert_int_equal(moco_sec_connect(s, sock, "tcp://10.0.0.1:5555"), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "--keys"));
+    assert_int_equal(moco_sec_bind(NULL, sock, "tcp://0.0.0.0:5555"), MOCO_EINVAL);
+    assert_int_equal(moco_sec_bind(s, sock, "udp://0.0.0.0:5555"), MOCO_EINVAL);
+    assert_int_equal(moco_sec_bind(s, sock, "ipc:///tmp/x"), 0);
+    assert_int_equal(moco_sec_connect(s, sock, "inproc://x"), 0);
+    assert_int_equal(moco_sec_connect(NULL, sock, "ipc:///tmp/x"), 0);
+    assert_int_equal(moco_sec_rejected(s), 0);
+    assert_int_equal(moco_sec_new(ctx, NULL, 1, "t", NULL, &ins), 0);
+    assert_int_equal(moco_sec_bind(ins, sock, "tcp://0.0.0.0:5555"), 0);
+    assert_int_equal(moco_sec_connect(ins, sock, "tcp://10.0.0.1:5555"), 0);
+    int mech = -1;
+    size_t n = sizeof mech;
+    assert_int_equal(zmq_getsockopt(sock, ZMQ_MECHANISM, &mech, &n), 0);
+    assert_int_equal(mech, ZMQ_NULL); /* insecure really is plain */
+    zmq_close(sock);
+    moco_sec_destroy(&s);
+    moco_sec_destroy(&ins);
+    /* with keys, ipc stays plain and tcp gets CURVE (and many binds are fine) */
+    assert_int_equal(moco_sec_new(ctx, keys, 1, "t", NULL, &s), 0);
+    for (int i = 0; i < 50; i++) {
+        sock = zmq_socket(ctx, ZMQ_ROUTER);
+        assert_int_equal(moco_sec_bind(s, sock, "ipc:///tmp/x"), 0);
+        assert_int_equal(zmq_getsockopt(sock, ZMQ_MECHANISM, &mech, &n), 0);
+        assert_int_equal(mech, ZMQ_NULL);
+        assert_int_equal(moco_sec_bind(s, sock, "tcp://127.0.0.1:0"), 0);
+        assert_int_equal(zmq_getsockopt(sock, ZMQ_MECHANISM, &mech, &n), 0);
+        assert_int_equal(mech, ZMQ_CURVE);
+        zmq_close(sock);
+    }
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx);
+}
+
+/* ---- 5. a second client's certificate in allowed/ admits it ---- */
+
+static void test_added_client_admitted(void **st)
+{
+    (void)st;
+    char other[1200], host[1200];
+    snprintf(other, sizeof other, "%s/other", base);
+    snprintf(host, sizeof host, "%s/host2", base);
+    assert_int_equal(moco_keygen(other, 0), 0);
+    /* host2: the deployment's directory with a client keypair of its own */
+    assert_int_equal(tu_sh("cp -rp '%s' '%s' && cp -p '%s'/client.key* '%s'/", keys, host, other, host), 0);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) /* admit it: its client.key into allowed/, any name */
+            assert_int_equal(tu_sh("cp -p '%s/client.key' '%s/allowed/worker-b.cert'", other, keys), 0);
+        server sv;
+        server_start(&sv, keys);
+        void *cctx = zmq_ctx_new(), *cl = client(cctx, 10000);
+        moco_sec *cs = NULL;
+        assert_int_equal(moco_sec_new(cctx, host, 0, "host2", NULL, &cs), 0);
+        assert_int_equal(moco_sec_connect(cs, cl, sv.ep), 0);
+        assert_int_equal(zmq_connect(cl, sv.ep), 0);
+        assert_int_equal(zmq_send(cl, "from host2", 10, 0), 10);
+        char last[64] = "";
+        int got = server_drain(&sv, round ? 0 : 700, last, sizeof last, NULL);
+        for (double end = now_ms() + 5000; round && !got && now_ms() < end;) got = server_drain(&sv, 50, last, sizeof last, NULL);
+        assert_int_equal(got, round); /* refused before, admitted after */
+        if (round) assert_string_equal(last, "from host2");
+        assert_int_equal(rejected_settle(&sv, round ? 0 : 1), round ? 0 : 1);
+        zmq_close(cl);
+        moco_sec_destroy(&cs);
+        zmq_ctx_term(cctx);
+        server_stop(&sv);
+    }
+    char p[1300];
+    snprintf(p, sizeof p, "%s/allowed/worker-b.cert", keys);
+    assert_int_equal(unlink(p), 0);
+}
+
+int main(void)
+{
+    rng = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
+    make_base();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keygen_and_load),
+        cmocka_unit_test(test_zap_handler),
+        cmocka_unit_test(test_allowed_client),
+        cmocka_unit_test(test_plain_client_rejected),
+        cmocka_unit_test(test_unknown_key_rejected),
+        cmocka_unit_test(test_wrong_server_key_rejected),
+        cmocka_unit_test(test_retrying_client_rejected),
+        cmocka_unit_test(test_tcp_needs_keys),
+        cmocka_unit_test(test_added_client_admitted),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    if (rc == 0) tu_sh("rm -rf '%s'", base);
+    return rc;
+}
