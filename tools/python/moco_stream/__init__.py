@@ -1,0 +1,668 @@
+"""moco_stream: the Python consumer of `moco run DB --serve ENDPOINT`.
+
+Written from formats/README.md ("Consumer protocol over one socket: serve
+mode (version 3)") alone. It promises:
+
+* one ZeroMQ DEALER, owned by one background thread, which sends HELLO (with
+  the resume state), waits for WELCOME or REFUSED, checks every frame strictly
+  (magic, version 1..3, type, exact lengths, n ranges, views filling frame 2
+  exactly), drops and counts whatever fails, ACKs every accepted pair on
+  receipt (at most 4096 indices per ACK, at least every 20 ms), and sends a
+  HEARTBEAT every second, also while the caller is slow; close() sends BYE;
+* every index of every epoch is yielded exactly once: duplicates (re-sent
+  pairs) are dropped and ACKed again; a pair of the next epoch is held
+  (bounded) until EPOCH_END of the current one; any other epoch or an index
+  >= count is dropped; nothing is allocated by a number a peer sent;
+* backpressure: at most `prefetch` messages wait for the caller; when they
+  are full the thread stops reading the socket (the loader then stops) but
+  keeps heart-beating;
+* state() describes what was YIELDED to the caller; PairStream(resume=state)
+  yields exactly the rest;
+* a loader silent for `timeout` seconds (while we listen), REFUSED, or a
+  missing WELCOME raise StreamError from the iterator.
+"""
+import collections
+import os
+import struct
+import threading
+import time
+
+import numpy as np
+import zmq
+
+__all__ = ["PairStream", "StreamError", "Batch", "MAGIC", "PAIRS_FRAME_MAX"]
+
+Batch = collections.namedtuple("Batch", "xq xk labels indices epoch")
+
+# formats/README.md, "Wire messages", "Pipeline protocol", "Limits"
+MAGIC = b"MOCW"
+VERSION_MAX = 3
+T_PAIR, T_HEARTBEAT, T_EPOCH_END, T_HELLO, T_ACK, T_END, T_PAIRS = 2, 5, 6, 8, 9, 10, 11
+T_WELCOME, T_REFUSED, T_BYE = 13, 14, 15
+EPOCH_ANY = 0xFFFFFFFF
+VIEW_SIDE_MAX = 2048
+PAIRS_N_MAX = 4096
+ACK_MAX = 4096
+EPOCH_FAILED_MAX = 1 << 20
+COUNT_MAX = 1 << 36
+PAIRS_FRAME_MAX = 4 * 1024 * 1024 + 2 * 2048 * 2048 * 3
+REASON_MAX = 1000
+HEARTBEAT_S = 1.0
+ACK_EVERY_S = 0.02
+HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
+HELD_MSGS_MAX = 16          # ... in at most this many messages (the loader's 16 ahead)
+
+PREFIX = struct.Struct("<4sHH")
+PAIR_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("type", "<u2"),
+                       ("epoch", "<u4"), ("label", "<i4"), ("index", "<u8"),
+                       ("height", "<u2"), ("width", "<u2"), ("channels", "u1"),
+                       ("layout", "u1"), ("reserved", "<u2")])
+assert PAIR_DTYPE.itemsize == 32
+
+
+class StreamError(RuntimeError):
+    """The stream cannot go on: REFUSED (code, reason), no WELCOME, a silent
+    loader, or an inconsistent loader."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+def prefix(mtype, version=1):
+    return PREFIX.pack(MAGIC, version, mtype)
+
+
+def pack_hello(epoch=EPOCH_ANY, count=0):
+    return prefix(T_HELLO) + struct.pack("<IQ", epoch, count)
+
+
+def pack_ack(epoch, indices):
+    return prefix(T_ACK) + struct.pack("<II", epoch, len(indices)) + \
+        np.asarray(indices, dtype="<u8").tobytes()
+
+
+def _new_bitmap(count):
+    # np.zeros is calloc'd: pages are touched only when bits are set
+    return np.zeros((count + 7) // 8, dtype=np.uint8)
+
+
+def _bits_test(bitmap, idx):
+    return (bitmap[idx >> 3] >> (idx & 7).astype(np.uint8)) & 1
+
+
+def _bits_set(bitmap, idx):
+    np.bitwise_or.at(bitmap, idx >> 3, (np.uint8(1) << (idx & 7).astype(np.uint8)))
+
+
+class _Queue:
+    """Bounded (in pair messages) queue; control items always fit."""
+
+    def __init__(self, bound):
+        self.bound, self.items, self.npairs = bound, collections.deque(), 0
+        self.cv = threading.Condition()
+
+    def full(self):
+        return self.npairs >= self.bound
+
+    def put(self, item, pairs):
+        with self.cv:
+            self.items.append((item, pairs))
+            self.npairs += pairs
+            self.cv.notify_all()
+
+    def get(self, timeout):
+        with self.cv:
+            if not self.items:
+                self.cv.wait(timeout)
+            if not self.items:
+                return None
+            item, pairs = self.items.popleft()
+            self.npairs -= pairs
+            self.cv.notify_all()
+            return item
+
+    def wait_room(self, timeout):
+        with self.cv:
+            if self.full():
+                self.cv.wait(timeout)
+            return not self.full()
+
+
+class PairStream:
+    """Iterate over Batch(xq, xk, labels, indices, epoch) until END.
+
+    endpoint: the loader's serve endpoint, ipc://... or tcp://host:port.
+    keys: a `moco keygen` directory (client.key_secret, server.key): CURVE.
+    resume: a dict from state(). batch_size: None yields one Batch per
+    message, B yields batches of exactly B pairs of one epoch and one shape
+    (the last of an epoch may be smaller). prefetch: messages waiting for the
+    caller. timeout: seconds of loader silence (or without WELCOME) that end
+    the stream with StreamError.
+    """
+
+    def __init__(self, endpoint, keys=None, resume=None, batch_size=None, prefetch=16,
+                 timeout=60.0, insecure=False):
+        if endpoint.startswith("tcp://") and keys is None and not insecure:
+            raise ValueError("a tcp endpoint needs keys= (a `moco keygen` directory) "
+                             "or insecure=True")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be None or >= 1")
+        self.endpoint, self.timeout = endpoint, float(timeout)
+        self.batch_size = batch_size
+        self.count = self.epochs = None
+        self.heartbeat_ms = self.flags = None
+        self.stats = collections.Counter(pairs=0, duplicates=0, stale=0, rejected_epoch=0,
+                                         rejected_index=0, malformed=0, held=0,
+                                         held_overflow=0, refused=0, unknown=0,
+                                         heartbeats_sent=0, acks_sent=0, acked=0,
+                                         messages=0, yielded=0)
+        self.epoch_ends = []
+        self.ended = None                  # epochs completed, from END
+        self._hello_epoch, self._hello_count, self._hello_bitmap = EPOCH_ANY, 0, None
+        if resume is not None:
+            self._check_resume(resume)
+        # caller-side state: what was yielded
+        self._y_epoch = self._hello_epoch
+        self._y_bitmap = None
+        self._y_base = self._hello_bitmap  # resumed: already delivered before
+        self._welcome_epoch = EPOCH_ANY
+        self._pending = {}                 # shape -> list of partial Batch (batch_size)
+        self._out = collections.deque()
+        self._done = False
+        self._welcomed = threading.Event()
+        self._q = _Queue(max(1, int(prefetch)))
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        try:
+            self._setup_socket(keys)
+        except Exception:
+            self._sock.close(0)
+            self._ctx.term()
+            raise
+        self._thread = threading.Thread(target=self._run, name="moco_stream", daemon=True)
+        self._thread.start()
+
+    # ---- setup --------------------------------------------------------------
+    def _check_resume(self, r):
+        if not isinstance(r, dict) or r.get("version") != 1:
+            raise ValueError("resume: not a moco_stream state (version 1)")
+        try:
+            epoch, count, bm = int(r["epoch"]), int(r["count"]), bytes(r["delivered"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError("resume: not a moco_stream state: %r" % e)
+        if epoch == EPOCH_ANY:     # state taken before WELCOME: the loader's choice
+            return
+        if not 0 <= epoch < EPOCH_ANY or not 0 < count <= COUNT_MAX:
+            raise ValueError("resume: epoch or count out of range")
+        if len(bm) != (count + 7) // 8:
+            raise ValueError("resume: the bitmap must be ceil(count/8) bytes")
+        if count % 8 and bm and bm[-1] >> (count % 8):
+            raise ValueError("resume: bits set past count")
+        self._hello_epoch, self._hello_count, self._hello_bitmap = epoch, count, bm
+
+    def _setup_socket(self, keys):
+        s = self._sock
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, PAIRS_FRAME_MAX)
+        s.setsockopt(zmq.RCVHWM, 4)
+        if keys is not None:
+            import zmq.auth as zauth
+            pub, sec = zauth.load_certificate(os.path.join(keys, "client.key_secret"))
+            if sec is None:
+                raise ValueError("%s: no secret key" % os.path.join(keys, "client.key_secret"))
+            server = zauth.load_certificate(os.path.join(keys, "server.key"))[0]
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, server
+        s.connect(self.endpoint)
+
+    # ---- caller side --------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            while not self._out:
+                if self._done:
+                    raise StopIteration
+                item = self._q.get(0.5)
+                if item is None:
+                    if not self._thread.is_alive() and not self._q.items:
+                        self._done = True
+                        raise StreamError("moco_stream: the receiver thread stopped")
+                    continue
+                self._take(item)
+            b = self._out.popleft()
+            if isinstance(b, Batch):
+                self._mark_yielded(b)
+                return b
+            self._y_epoch, self._y_bitmap, self._y_base = b[1], None, None   # EPOCH_END
+
+    def _take(self, item):
+        kind = item[0]
+        if kind == "batch":
+            if self.batch_size is None:
+                self._out.append(item[1])
+            else:
+                self._accumulate(item[1])
+        elif kind == "epoch_end":
+            self._flush_pending()
+            self._out.append(("advance", item[1] + 1))
+        elif kind == "end":
+            self._flush_pending()
+            self._done = True
+        elif kind == "error":
+            self._done = True
+            self._out.clear()
+            raise item[1]
+
+    def _accumulate(self, b):
+        parts = self._pending.setdefault(b.xq.shape[1:], [])
+        parts.append(b)
+        have = sum(len(p.indices) for p in parts)
+        B = self.batch_size
+        while have >= B:
+            xb = _concat(parts)
+            self._out.append(Batch(xb.xq[:B], xb.xk[:B], xb.labels[:B], xb.indices[:B], xb.epoch))
+            rest = Batch(xb.xq[B:], xb.xk[B:], xb.labels[B:], xb.indices[B:], xb.epoch)
+            parts[:] = [rest] if len(rest.indices) else []
+            have -= B
+
+    def _flush_pending(self):
+        for parts in self._pending.values():
+            if parts:
+                self._out.append(_concat(parts))
+        self._pending.clear()
+
+    def _mark_yielded(self, b):
+        if self._y_epoch != b.epoch:           # the first batch, when not resuming
+            self._y_epoch, self._y_bitmap, self._y_base = b.epoch, None, None
+        if self._y_bitmap is None:
+            self._y_bitmap = _new_bitmap(self.count)
+        _bits_set(self._y_bitmap, b.indices.astype(np.uint64))
+        self.stats["yielded"] += len(b.indices)
+
+    def wait_welcome(self, timeout=None):
+        """Block until WELCOME (then count and epochs are set) or raise StreamError."""
+        deadline = time.monotonic() + (self.timeout + 1 if timeout is None else timeout)
+        while not self._welcomed.wait(0.05):
+            with self._q.cv:
+                err = next((it for it, _ in self._q.items if it[0] == "error"), None)
+            if err is not None:
+                raise err[1]
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise StreamError("moco_stream: no WELCOME from %s" % self.endpoint)
+        return self
+
+    def state(self):
+        """{"version": 1, "epoch", "count", "delivered"}: what was yielded so far.
+        Before WELCOME (and without resume) epoch is 0xFFFFFFFF: the loader's choice."""
+        epoch = self._y_epoch
+        if epoch == EPOCH_ANY and self._welcomed.is_set():
+            epoch = self._welcome_epoch
+        if epoch == EPOCH_ANY:
+            return {"version": 1, "epoch": EPOCH_ANY, "count": 0, "delivered": b""}
+        count = self.count if self.count is not None else self._hello_count
+        bm = _new_bitmap(count) if self._y_bitmap is None else self._y_bitmap.copy()
+        if self._y_base is not None:
+            bm |= np.frombuffer(self._y_base, np.uint8)
+        return {"version": 1, "epoch": int(epoch), "count": int(count), "delivered": bm.tobytes()}
+
+    def close(self):
+        """Stop: the last ACKs and a BYE go out (the loader takes a successor's
+        HELLO at once); then the socket closes."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        if not self._thread.is_alive() and not self._ctx.closed:
+            self._sock.close(0)
+            self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- receiver thread ----------------------------------------------------
+    def _run(self):
+        try:
+            self._receive()
+        except StreamError as e:
+            self._q.put(("error", e), 0)
+        except Exception as e:  # a bug: surface it to the caller
+            self._q.put(("error", StreamError("moco_stream: %r" % e)), 0)
+        finally:
+            if self._welcomed.is_set() and self._stop.is_set():   # close(): BYE, after the last ACKs
+                self._send([prefix(T_BYE, 3)])
+                self._sock.close(linger=500)
+            else:
+                self._sock.close(0)
+
+    def _send(self, frames):
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+            return True
+        except zmq.Again:
+            return False
+
+    def _receive(self):
+        hello = [pack_hello(self._hello_epoch, self._hello_count)]
+        if self._hello_bitmap is not None:
+            hello.append(self._hello_bitmap)
+        deadline = time.monotonic() + self.timeout
+        while not self._send(hello):
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise StreamError("moco_stream: cannot send HELLO to %s" % self.endpoint)
+            time.sleep(0.01)
+        while not self._welcomed.is_set():     # wait for WELCOME or REFUSED
+            if self._stop.is_set():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamError("moco_stream: no WELCOME from %s within %.1f s"
+                                  % (self.endpoint, self.timeout))
+            if self._sock.poll(min(left, 0.1) * 1000, zmq.POLLIN):
+                frames = self._sock.recv_multipart(copy=False)
+                self.stats["messages"] += 1
+                self._before_welcome(frames)
+        self._stream()
+
+    def _header(self, frames):
+        """(type, version, frame-1 bytes) of a message, or None (counted malformed)."""
+        h = frames[0].bytes
+        if len(h) < 8:
+            self.stats["malformed"] += 1
+            return None
+        magic, version, mtype = PREFIX.unpack_from(h)
+        if magic != MAGIC or not 1 <= version <= VERSION_MAX or mtype == 0 or mtype >= 64:
+            self.stats["malformed"] += 1
+            return None
+        return mtype, version, h
+
+    def _before_welcome(self, frames):
+        hd = self._header(frames)
+        if hd is None:
+            return
+        mtype, _, h = hd
+        if mtype == T_REFUSED and len(frames) == 1 and 12 <= len(h) <= 12 + REASON_MAX:
+            code = struct.unpack_from("<i", h, 8)[0]
+            reason = h[12:].decode("utf-8", "replace")
+            self.stats["refused"] += 1
+            raise StreamError("moco_stream: the loader refused the HELLO: %s (%d)"
+                              % (reason, code), code)
+        if mtype == T_WELCOME and len(frames) == 1 and len(h) == 32:
+            epoch, epochs, count, flags, hb = struct.unpack_from("<IIQII", h, 8)
+            if not 0 < count <= COUNT_MAX:
+                raise StreamError("moco_stream: WELCOME count %d out of range" % count)
+            if self._hello_count and count != self._hello_count:
+                raise StreamError("moco_stream: WELCOME count %d, resume state %d"
+                                  % (count, self._hello_count))
+            if self._hello_epoch != EPOCH_ANY and epoch != self._hello_epoch:
+                raise StreamError("moco_stream: WELCOME epoch %d, resume state %d"
+                                  % (epoch, self._hello_epoch))
+            if not flags & 1:
+                raise StreamError("moco_stream: the loader is not in serve mode (flags %#x)" % flags)
+            self.count, self.epochs, self.flags, self.heartbeat_ms = count, epochs, flags, hb
+            self._epoch = self._welcome_epoch = epoch
+            self._welcomed.set()
+            return
+        self.stats["malformed" if mtype in (T_WELCOME, T_REFUSED) else "unknown"] += 1
+
+    # -- after WELCOME
+    def _stream(self):
+        count = self.count
+        self._seen = _new_bitmap(count)                   # accepted in self._epoch
+        if self._hello_bitmap is not None:
+            self._seen[:] = np.frombuffer(self._hello_bitmap, np.uint8)
+        self._held = []                                   # (Batch) of self._epoch + 1
+        self._held_idx = set()
+        self._acks = []                                   # indices of self._epoch to ACK
+        self._ack_since = None
+        hb_every = HEARTBEAT_S if not self.heartbeat_ms else min(HEARTBEAT_S, self.heartbeat_ms / 1000)
+        now = time.monotonic()
+        next_hb, heard = now, now
+        sock = self._sock
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_hb:
+                if self._send([prefix(T_HEARTBEAT)]):
+                    self.stats["heartbeats_sent"] += 1
+                next_hb = now + hb_every
+            if self._acks and (len(self._acks) >= ACK_MAX or now - self._ack_since >= ACK_EVERY_S):
+                self._flush_acks()
+            wait = next_hb - now
+            if self._acks:
+                wait = min(wait, max(0.0, self._ack_since + ACK_EVERY_S - now))
+            if self._q.full():                  # backpressure: do not read, keep beating
+                self._q.wait_room(min(wait, 0.1))
+                heard = time.monotonic()        # we were not listening
+                continue
+            if now - heard > self.timeout:
+                raise StreamError("moco_stream: no message from the loader for %.1f s" % self.timeout)
+            if not sock.poll(max(1, int(min(wait, 0.1) * 1000)), zmq.POLLIN):
+                if self._acks:
+                    self._flush_acks()
+                continue
+            frames = sock.recv_multipart(copy=False)
+            heard = time.monotonic()
+            self.stats["messages"] += 1
+            if self._message(frames) == "end":
+                self._flush_acks()
+                return
+        self._flush_acks()
+
+    def _flush_acks(self):
+        while self._acks:
+            chunk = self._acks[:ACK_MAX]
+            if not self._send([pack_ack(self._epoch, chunk)]):
+                return                          # HWM: retry on the next round
+            del self._acks[:ACK_MAX]
+            self.stats["acks_sent"] += 1
+            self.stats["acked"] += len(chunk)
+        self._ack_since = None
+
+    def _ack(self, idx):
+        if not self._acks:
+            self._ack_since = time.monotonic()
+        self._acks.extend(idx.tolist())
+
+    def _message(self, frames):
+        hd = self._header(frames)
+        if hd is None:
+            return None
+        mtype, _, h = hd
+        if mtype == T_PAIRS:
+            return self._pairs(frames, h, single=False)
+        if mtype == T_PAIR:
+            return self._pairs(frames, h, single=True)
+        if len(frames) != 1:
+            self.stats["malformed"] += 1
+        elif mtype == T_HEARTBEAT:
+            if len(h) != 8:
+                self.stats["malformed"] += 1
+        elif mtype == T_EPOCH_END:
+            return self._epoch_end(frames)
+        elif mtype == T_END:
+            if len(h) != 12:
+                self.stats["malformed"] += 1
+                return None
+            self.ended = struct.unpack_from("<I", h, 8)[0]
+            self._q.put(("end", self.ended), 0)
+            return "end"
+        elif mtype in (T_WELCOME, T_REFUSED):    # a second answer to one HELLO
+            self.stats["malformed"] += 1
+        elif mtype <= 14:                        # known types a loader does not send
+            self.stats["malformed"] += 1
+        else:
+            self.stats["unknown"] += 1
+        return None
+
+    def _epoch_end(self, frames):
+        h = frames[0].bytes
+        if len(h) < 24:
+            self.stats["malformed"] += 1
+            return None
+        epoch, delivered, nfailed = struct.unpack_from("<IQI", h, 8)
+        if nfailed > EPOCH_FAILED_MAX or len(h) != 24 + 8 * nfailed:
+            self.stats["malformed"] += 1
+            return None
+        if epoch != self._epoch:
+            self.stats["rejected_epoch_end"] += 1
+            return None
+        failed = np.frombuffer(h, dtype="<u8", count=nfailed, offset=24).astype(np.int64)
+        self._flush_acks()
+        self._acks = []                     # unsent ACKs of a finished epoch are moot
+        seen = int(np.unpackbits(self._seen).sum())
+        self.stats["missing"] += max(0, self.count - seen - len(failed))
+        self.epoch_ends.append((epoch, delivered, failed.tolist()))
+        self._q.put(("epoch_end", epoch, delivered, failed), 0)
+        # the next epoch begins: release what was held
+        self._epoch += 1
+        self._seen = _new_bitmap(self.count)
+        held, self._held, self._held_idx = self._held, [], set()
+        for hb in held:
+            idx = hb.indices.astype(np.uint64)
+            self._ack(idx)
+            _bits_set(self._seen, idx)
+            self.stats["pairs"] += len(idx)
+            self._q.put(("batch", hb), 1)
+        return None
+
+    def _pairs(self, frames, h, single):
+        """Validate a PAIRS (or PAIR) message; queue the pairs of this epoch."""
+        if single:
+            if len(frames) != 3 or len(h) != 32:
+                self.stats["malformed"] += 1
+                return None
+            hdr = np.frombuffer(h, dtype=PAIR_DTYPE, count=1)
+            views = [frames[1].buffer, frames[2].buffer]
+        else:
+            if len(frames) != 2 or len(h) < 16:
+                self.stats["malformed"] += 1
+                return None
+            n, zero = struct.unpack_from("<II", h, 8)
+            if not 1 <= n <= PAIRS_N_MAX or zero != 0 or len(h) != 16 + 32 * n:
+                self.stats["malformed"] += 1
+                return None
+            hdr = np.frombuffer(h, dtype=PAIR_DTYPE, count=n, offset=16)
+            views = [frames[1].buffer]
+        ok = ((hdr["magic"] == MAGIC) & (hdr["version"] >= 1) & (hdr["version"] <= VERSION_MAX)
+              & (hdr["type"] == T_PAIR) & (hdr["height"] >= 1) & (hdr["height"] <= VIEW_SIDE_MAX)
+              & (hdr["width"] >= 1) & (hdr["width"] <= VIEW_SIDE_MAX)
+              & ((hdr["channels"] == 1) | (hdr["channels"] == 3))
+              & (hdr["layout"] == 0) & (hdr["reserved"] == 0))
+        if not ok.all():
+            self.stats["malformed"] += 1
+            return None
+        size = (hdr["height"].astype(np.int64) * hdr["width"] * hdr["channels"])
+        if single:
+            if views[0].nbytes != size[0] or views[1].nbytes != size[0]:
+                self.stats["malformed"] += 1
+                return None
+        elif views[0].nbytes != 2 * int(size.sum()):
+            self.stats["malformed"] += 1
+            return None
+        # per pair: epoch and index
+        epoch, index = hdr["epoch"].astype(np.int64), hdr["index"]
+        bad_index = index >= np.uint64(self.count)
+        cur, nxt = epoch == self._epoch, epoch == self._epoch + 1
+        stale = (epoch < self._epoch) & ~bad_index
+        bad_epoch = ~cur & ~nxt & ~stale & ~bad_index
+        self.stats["rejected_index"] += int(bad_index.sum())
+        self.stats["stale"] += int(stale.sum())
+        self.stats["rejected_epoch"] += int(bad_epoch.sum())
+        keep_cur = cur & ~bad_index
+        keep_nxt = nxt & ~bad_index
+        # duplicates within the epoch (also within this message)
+        if keep_cur.any():
+            pos = np.flatnonzero(keep_cur)
+            idx = index[pos]
+            first = _first_occurrence(idx)
+            dup = (_bits_test(self._seen, idx) == 1) | ~first
+            if dup.any():
+                self.stats["duplicates"] += int(dup.sum())
+                self._ack(idx[dup])                    # acknowledge again
+            keep_cur[pos[dup]] = False
+            acc = idx[~dup]
+            if len(acc):
+                _bits_set(self._seen, acc)
+                self._ack(acc)
+                self.stats["pairs"] += len(acc)
+        if keep_nxt.any() and len(self._held) >= HELD_MSGS_MAX:
+            self.stats["held_overflow"] += int(keep_nxt.sum())
+            keep_nxt[:] = False
+        if keep_nxt.any():
+            for p in np.flatnonzero(keep_nxt):
+                i = int(index[p])
+                if i in self._held_idx:
+                    self.stats["duplicates"] += 1
+                    keep_nxt[p] = False
+                elif len(self._held_idx) >= HELD_MAX:
+                    self.stats["held_overflow"] += 1
+                    keep_nxt[p] = False
+                else:
+                    self._held_idx.add(i)
+                    self.stats["held"] += 1
+        if not keep_cur.any() and not keep_nxt.any():
+            return None
+        for sel, dest in ((keep_cur, "q"), (keep_nxt, "held")):
+            if sel.any():
+                for b in _build_batches(hdr, size, views, sel, single):
+                    if dest == "q":
+                        self._q.put(("batch", b), 1)
+                    else:
+                        self._held.append(b)
+        return None
+
+
+def _first_occurrence(idx):
+    """True where idx[i] did not occur before i."""
+    if len(idx) < 2:
+        return np.ones(len(idx), dtype=bool)
+    _, first = np.unique(idx, return_index=True)
+    m = np.zeros(len(idx), dtype=bool)
+    m[first] = True
+    return m
+
+
+def _build_batches(hdr, size, views, sel, single):
+    """Batches (one per run of equal shape) of the selected pairs, as views
+    of the frame where possible."""
+    n = len(hdr)
+    if single:
+        h, w, c = int(hdr["height"][0]), int(hdr["width"][0]), int(hdr["channels"][0])
+        xq = np.frombuffer(views[0], np.uint8).reshape(1, h, w, c)
+        xk = np.frombuffer(views[1], np.uint8).reshape(1, h, w, c)
+        return [Batch(xq, xk, hdr["label"].astype(np.int64), hdr["index"].astype(np.int64),
+                      int(hdr["epoch"][0]))]
+    buf = np.frombuffer(views[0], np.uint8)
+    shp = np.stack([hdr["height"], hdr["width"], hdr["channels"]], 1).astype(np.int64)
+    out = []
+    if (shp == shp[0]).all():
+        groups = [(0, n)]
+    else:      # runs of one shape
+        change = np.flatnonzero((shp[1:] != shp[:-1]).any(1)) + 1
+        bounds = [0] + change.tolist() + [n]
+        groups = list(zip(bounds[:-1], bounds[1:]))
+    offs = np.concatenate([[0], np.cumsum(2 * size)])
+    epoch = int(hdr["epoch"][np.flatnonzero(sel)[0]])
+    for a, b in groups:
+        s = sel[a:b]
+        if not s.any():
+            continue
+        h, w, c = (int(v) for v in shp[a])
+        blk = buf[offs[a]:offs[b]].reshape(b - a, 2, h, w, c)
+        if not s.all():
+            blk = blk[s]                       # a copy of the kept pairs only
+        out.append(Batch(blk[:, 0], blk[:, 1], hdr["label"][a:b][s].astype(np.int64),
+                         hdr["index"][a:b][s].astype(np.int64), epoch))
+    return out
+
+
+def _concat(parts):
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(np.concatenate([p.xq for p in parts]), np.concatenate([p.xk for p in parts]),
+                 np.concatenate([p.labels for p in parts]),
+                 np.concatenate([p.indices for p in parts]), parts[0].epoch)

@@ -1,0 +1,305 @@
+"""Unit tests of moco_stream.PairStream against a fake loader (fake_loader.py):
+WELCOME/REFUSED, exactly once over epochs with duplicates, re-sent and early
+next-epoch pairs, hostile messages dropped with exact counts, ACK coverage,
+resume and BYE, backpressure with heartbeats, timeouts, CURVE. Run:
+    PYTHONPATH=tools/python /usr/bin/python3 -m unittest discover -s tools/python/tests
+"""
+import os
+import shutil
+import struct
+import tempfile
+import time
+import unittest
+
+import numpy as np
+
+import moco_stream
+from fake_loader import FakeLoader, pairs_msg, pair_msg, prefix
+
+SHAPE = (4, 4, 3)
+
+
+def collect(stream, check_pixels=True):
+    """{epoch: [indices]} of everything yielded."""
+    got = {}
+    for b in stream:
+        assert b.xq.shape[0] == b.xk.shape[0] == len(b.labels) == len(b.indices)
+        assert b.xq.dtype == np.uint8 and b.indices.dtype == np.int64
+        if check_pixels:
+            for j, i in enumerate(b.indices):
+                assert (b.xq[j] == i % 251).all() and (b.xk[j] == (i * 7 + 3) % 251).all()
+                assert b.labels[j] == i % 10
+        got.setdefault(b.epoch, []).extend(int(i) for i in b.indices)
+    return got
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.loaders, self.streams = [], []
+
+    def tearDown(self):
+        for s in self.streams:
+            s.close()
+        for f in self.loaders:
+            f.close()
+
+    def loader(self, **kw):
+        kw.setdefault("resend_after", 100.0)
+        f = FakeLoader(**kw)
+        f.start()
+        self.loaders.append(f)
+        return f
+
+    def stream(self, endpoint, **kw):
+        kw.setdefault("timeout", 10.0)
+        if endpoint.startswith("tcp://") and "keys" not in kw:
+            kw["insecure"] = True
+        s = moco_stream.PairStream(endpoint, **kw)
+        self.streams.append(s)
+        return s
+
+    def assertExact(self, got, epochs, count, failed=()):
+        want = sorted(set(range(count)) - set(failed))
+        for e in epochs:
+            self.assertEqual(sorted(got.get(e, [])), want, "epoch %d" % e)
+        self.assertEqual(sorted(got), sorted(epochs))
+
+
+class TestHandshake(Base):
+    def test_welcome(self):
+        f = self.loader(count=30, epochs=1, start_epoch=4)
+        s = self.stream(f.endpoint).wait_welcome()
+        self.assertEqual((s.count, s.epochs), (30, 5))
+        self.assertEqual(s.state(), {"version": 1, "epoch": 4, "count": 30, "delivered": bytes(4)})
+        self.assertExact(collect(s), [4], 30)
+        self.assertEqual(f.hellos, [(0xFFFFFFFF, 0, None)])
+        self.assertEqual(s.state()["epoch"], 5)
+        self.assertEqual(s.ended, 5)
+
+    def test_refused(self):
+        f = self.loader(refuse=(-33007, "another consumer is connected"))
+        s = self.stream(f.endpoint)
+        with self.assertRaises(moco_stream.StreamError) as cm:
+            next(iter(s))
+        self.assertIn("another consumer is connected", str(cm.exception))
+        self.assertEqual(cm.exception.code, -33007)
+        self.assertEqual(s.stats["refused"], 1)
+
+    def test_no_welcome(self):
+        d = tempfile.mkdtemp()
+        try:
+            s = self.stream("ipc://%s/nobody" % d, timeout=0.5)
+            t0 = time.monotonic()
+            with self.assertRaises(moco_stream.StreamError):
+                next(iter(s))
+            self.assertLess(time.monotonic() - t0, 3)
+        finally:
+            shutil.rmtree(d)
+
+    def test_silent_loader(self):
+        f = self.loader(silent=True)
+        s = self.stream(f.endpoint, timeout=1.0)
+        t0 = time.monotonic()
+        with self.assertRaisesRegex(moco_stream.StreamError, "no message"):
+            next(iter(s))
+        self.assertLess(time.monotonic() - t0, 4)
+
+    def test_tcp_needs_keys(self):
+        with self.assertRaises(ValueError):
+            moco_stream.PairStream("tcp://127.0.0.1:1")
+        moco_stream.PairStream("tcp://127.0.0.1:1", insecure=True, timeout=0.1).close()
+
+    def test_bad_resume(self):
+        with self.assertRaises(ValueError):
+            moco_stream.PairStream("ipc:///nonexistent/x", resume={"version": 1, "epoch": 0,
+                                   "count": 20, "delivered": b"\0"})
+
+
+class TestExactlyOnce(Base):
+    def test_two_epochs_dups_resent_early(self):
+        count, failed = 301, (5, 77)
+        f = self.loader(count=count, epochs=2, dup=True, early_next=True, failed=failed)
+        s = self.stream(f.endpoint)
+        got = collect(s)
+        self.assertIsNone(f.error)
+        self.assertExact(got, [0, 1], count, failed)
+        n = count - len(failed)
+        msgs = -(-n // 7)
+        # per epoch: 2 duplicates per message but the first; + the early pair once
+        self.assertEqual(s.stats["duplicates"], 2 * 2 * (msgs - 1) + 1)
+        self.assertEqual(s.stats["held"], 1)
+        self.assertEqual(s.stats["pairs"], 2 * n)
+        self.assertEqual([(e, d, fl) for e, d, fl in s.epoch_ends],
+                         [(0, count - 2, [5, 77]), (1, count - 2, [5, 77])])
+        for e in (0, 1):           # ACKs cover every accepted index, nothing else
+            self.assertEqual(set(f.acks[e]), set(range(count)) - set(failed))
+        self.assertEqual(s.stats["malformed"] + s.stats["rejected_index"], 0)
+
+    def test_batch_size(self):
+        f = self.loader(count=100, epochs=2, per_msg=9)
+        s = self.stream(f.endpoint, batch_size=16)
+        sizes = {}
+        got = {}
+        for b in s:
+            sizes.setdefault(b.epoch, []).append(len(b.indices))
+            got.setdefault(b.epoch, []).extend(b.indices.tolist())
+        self.assertEqual(sizes[0], [16] * 6 + [4])
+        self.assertEqual(sizes[1], [16] * 6 + [4])
+        self.assertExact(got, [0, 1], 100)
+
+    def test_big_acks(self):
+        f = self.loader(count=20000, epochs=1, shape=(1, 1, 1), per_msg=4096)
+        s = self.stream(f.endpoint, batch_size=1000)
+        got = collect(s, check_pixels=False)
+        self.assertExact(got, [0], 20000)
+        self.assertLessEqual(max(f.ack_sizes), 4096)
+        self.assertEqual(sorted(f.acks[0]), list(range(20000)))
+
+    def test_hostile(self):
+        e = 2
+        good = (4, 4, 3)
+        wrong_magic = pairs_msg([(e, 3, good)])
+        wrong_magic[0] = b"MOCX" + wrong_magic[0][4:]
+        huge_n = pairs_msg([(e, 3, good)], n=2 ** 31)
+        n5000 = pairs_msg([(e, 3, good)], n=5000)
+        v4 = pairs_msg([(e, 3, good)])
+        v4[0] = prefix(11, 4) + v4[0][8:]
+        bad_inner = pairs_msg([(e, 3, good)])
+        bad_inner[0] = bad_inner[0][:16 + 28] + b"\x02" + bad_inner[0][16 + 29:]   # channels 2
+        hostile = [
+            pairs_msg([(e + 5, 1, good)]),                  # rejected_epoch
+            pairs_msg([(e, 50, good)]),                     # rejected_index (== count)
+            pairs_msg([(e, 2 ** 40 - 1, good)]),            # rejected_index
+            pairs_msg([(e - 1, 2, good)]),                  # stale
+            pairs_msg([(e, 3, good), (e, 4, good)], short=1),   # malformed
+            wrong_magic, huge_n, n5000, v4, bad_inner,      # malformed x5
+            [prefix(6) + struct.pack("<IQI", e, 0, 2 ** 30)],  # EPOCH_END nfailed huge: malformed
+            [prefix(5) + b"x"],                             # HEARTBEAT too long: malformed
+            [prefix(40, 3) + b"future"],                    # unknown
+            pair_msg(e, 7, (2, 2, 1)),                      # single PAIR: accepted
+            pairs_msg([(e, 8, (3, 3, 3)), (e, 9, (3, 3, 3)), (e, 10, (5, 2, 1)), (e, 8, (3, 3, 3))]),
+        ]
+        f = self.loader(count=50, epochs=1, start_epoch=e, hostile=hostile)
+        s = self.stream(f.endpoint)
+        got = collect(s)
+        self.assertIsNone(f.error)
+        self.assertExact(got, [e], 50)
+        st = s.stats
+        self.assertEqual((st["rejected_epoch"], st["rejected_index"], st["stale"], st["malformed"],
+                          st["unknown"]), (1, 2, 1, 8, 1), dict(st))
+        # 7, 8, 9, 10 came early, so the stream's copies are duplicates; so is the twin 8
+        self.assertEqual(st["duplicates"], 5)
+        self.assertEqual(st["pairs"], 50)
+
+
+    def test_held_bounded(self):
+        early = [pairs_msg([(1, i, SHAPE)]) for i in range(17)]   # epoch 1 before EPOCH_END(0)
+        f = self.loader(count=50, epochs=2, hostile=early)
+        s = self.stream(f.endpoint)
+        self.assertExact(collect(s), [0, 1], 50)
+        self.assertEqual((s.stats["held"], s.stats["held_overflow"], s.stats["duplicates"]),
+                         (16, 1, 16))
+
+
+class TestResume(Base):
+    def test_resume(self):
+        count = 200
+        f1 = self.loader(count=count, epochs=2, seed=3)
+        s1 = self.stream(f1.endpoint, batch_size=16, prefetch=4)
+        first = {}
+        it = iter(s1)
+        for _ in range(5):
+            b = next(it)
+            first.setdefault(b.epoch, []).extend(b.indices.tolist())
+        st = s1.state()
+        s1.close()
+        for _ in range(100):
+            if f1.byes:
+                break
+            time.sleep(0.02)
+        self.assertEqual(len(f1.byes), 1)          # close() says BYE
+        f1.close()
+        self.loaders.remove(f1)
+        self.assertEqual((st["epoch"], st["count"], len(st["delivered"])), (0, count, 25))
+        bits = np.unpackbits(np.frombuffer(st["delivered"], np.uint8), bitorder="little")
+        self.assertEqual(sorted(np.flatnonzero(bits).tolist()), sorted(first[0]))
+        f2 = self.loader(count=count, epochs=2, seed=4)
+        s2 = self.stream(f2.endpoint, resume=st)
+        second = collect(s2)
+        self.assertEqual(f2.hellos, [(0, count, st["delivered"])])
+        union = {0: first[0] + second[0], 1: second[1]}
+        self.assertExact(union, [0, 1], count)
+
+
+class TestBackpressure(Base):
+    def test_heartbeats_while_slow(self):
+        f = self.loader(count=400, epochs=1, per_msg=1, shape=(8, 8, 3))
+        s = self.stream(f.endpoint, prefetch=2).wait_welcome()
+        time.sleep(2.6)                 # the caller does not read
+        hb = len(f.heartbeats)
+        self.assertGreaterEqual(hb, 2)
+        self.assertLess(len(f.acks.get(0, [])), 400)   # the loader was held back
+        self.assertExact(collect(s), [0], 400)
+
+
+class TestTorch(Base):
+    def test_dataset(self):
+        try:
+            import torch
+            from moco_stream.torch import PairDataset, MEAN_STD
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        f = self.loader(count=60, epochs=1, per_msg=8)
+        ds = PairDataset(f.endpoint, recipe="cifar", batch_size=32, insecure=True, timeout=10)
+        self.streams.append(ds.stream)
+        mean, std = MEAN_STD["cifar"]
+        seen = []
+        for xq, xk, labels, indices, epoch in torch.utils.data.DataLoader(ds, batch_size=None):
+            self.assertEqual(xq.dtype, torch.float32)
+            self.assertEqual(tuple(xq.shape[1:]), (3, 4, 4))
+            i = int(indices[0])
+            for c in range(3):
+                want = ((i % 251) / 255 - mean[c]) / std[c]
+                self.assertAlmostEqual(float(xq[0, c, 1, 2]), want, places=5)
+            self.assertEqual(int(labels[0]), i % 10)
+            seen.extend(indices.tolist())
+        self.assertEqual(sorted(seen), list(range(60)))
+        self.assertEqual(ds.stream.state()["epoch"], 1)
+
+
+class TestCurve(Base):
+    def setUp(self):
+        super().setUp()
+        import zmq.auth as zauth
+        self.dir = tempfile.mkdtemp()
+        zauth.create_certificates(self.dir, "server")
+        zauth.create_certificates(self.dir, "client")
+        os.mkdir(os.path.join(self.dir, "allowed"))
+        shutil.copy(os.path.join(self.dir, "client.key"), os.path.join(self.dir, "allowed"))
+        self.other = tempfile.mkdtemp()          # a client key that is not allowed
+        zauth.create_certificates(self.other, "client")
+        shutil.copy(os.path.join(self.dir, "server.key"), self.other)
+
+    def tearDown(self):
+        super().tearDown()
+        shutil.rmtree(self.dir)
+        shutil.rmtree(self.other)
+
+    def test_curve(self):
+        f = self.loader(count=40, epochs=1, curve_dir=self.dir)
+        self.assertTrue(f.endpoint.startswith("tcp://127.0.0.1:"))
+        with self.assertRaises(ValueError):
+            moco_stream.PairStream(f.endpoint)
+        s = self.stream(f.endpoint, keys=self.dir)
+        self.assertExact(collect(s), [0], 40)
+
+    def test_curve_not_allowed(self):
+        f = self.loader(count=40, epochs=1, curve_dir=self.dir)
+        s = self.stream(f.endpoint, keys=self.other, timeout=1.0)
+        with self.assertRaises(moco_stream.StreamError):
+            next(iter(s))
+        self.assertEqual(f.hellos, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
