@@ -83,6 +83,10 @@ typedef struct {
     size_t cursor, rhead, rlen, nfailed;
     uint64_t ndone, outstanding;
     int end_pending;                 /* the epoch is complete; EPOCH_END waits for room towards the consumer */
+    int ended;                       /* serve mode: END sent; waiting for BYE or a successor that resumes */
+    uint32_t max_epoch;              /* the latest epoch begun (a resume may take the loader back) */
+    int bye;                         /* the consumer said BYE after END */
+    double linger;                   /* serve mode: after END, seconds without a consumer before exiting */
     /* counters */
     uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
     /* rejections: counted, logged, never trusted */
@@ -177,6 +181,7 @@ static void begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
     /* a consumer resuming the running epoch: pairs issued before still count as issued */
     if (!(L->started && L->epoch == e)) memset(L->touched, 0, L->n);
     L->epoch = e;
+    if (e > L->max_epoch) L->max_epoch = e;
     L->started = 1;
     L->end_pending = 0;
     loader_epoch_order(L->seed, e, L->perm, L->n);
@@ -502,6 +507,11 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         }
         bm = zmq_msg_data(&m->f[1]);
     }
+    if (L->ended && pm->epoch == NO_EPOCH) {
+        refuse(L, m, MOCO_EINVAL, "this run is over (all %ld epochs were delivered); a consumer with a resume state may "
+                                  "still take what it did not get", L->epochs);
+        return;
+    }
     uint32_t e = pm->epoch != NO_EPOCH ? pm->epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
     if (L->epochs && e >= (uint32_t)L->epochs) {
         refuse(L, m, MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
@@ -511,6 +521,7 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
     L->cidlen = m->idlen;
     L->have_consumer = 1;
     L->cons_seen = moco_now_s();
+    L->ended = L->bye = 0; /* a successor resuming after END: the run goes on */
     /* samples it has not got go out again: also those acknowledged by a previous consumer */
     begin_epoch(L, e, bm);
     uint8_t b[32];
@@ -539,6 +550,7 @@ static int on_consumer_msg(loader *L, inmsg *m)
     L->cons_seen = moco_now_s();
     if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
     if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO may come from anyone */
+        L->bye = L->ended;
         if (!L->quiet) fprintf(stderr, "moco loader: the consumer said goodbye; waiting for a consumer\n");
         log_event(L, "consumer_left", "\"delivered\":%" PRIu64, L->ndone);
         L->have_consumer = 0;
@@ -600,8 +612,8 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
     for (uint32_t i = 0; i < cnt; i++) {
         moco_wire_pair p = one;
         if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
-        if (p.index >= L->n || p.epoch > L->epoch) return -1;
-        if (p.epoch == L->epoch) {
+        if (p.index >= L->n || p.epoch > L->max_epoch) return -1; /* (epoch, max_epoch]: left over from before a resume */
+        if (p.epoch == L->epoch && L->started) {
             if (!L->touched[p.index]) return -1;
             current = 1;
         }
@@ -751,7 +763,8 @@ static int epoch_complete(loader *L)
     return 0;
 }
 
-static void say_goodbye(loader *L)
+/* END to the consumer: the run is over. */
+static void send_end(loader *L)
 {
     uint8_t b[16];
     size_t l = moco_pipe_end(b, L->epoch + 1);
@@ -763,6 +776,13 @@ static void say_goodbye(loader *L)
         zmq_pollitem_t it = {L->ctl, 0, ZMQ_POLLOUT, 0};
         zmq_poll(&it, 1, 100);
     }
+}
+
+static void say_goodbye(loader *L)
+{
+    uint8_t b[16];
+    size_t l;
+    if (!L->ended) send_end(L);
     l = moco_pipe_simple(b, MOCO_MSG_STOP);
     for (int k = 0; k < L->nw; k++)
         if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
@@ -848,12 +868,20 @@ static int run(loader *L)
         if (L->have_consumer) waited_since = t;
         else if (t - waited_since > L->consumer_wait)
             return moco_err(MOCO_ETIMEOUT, "no consumer on %s for %.0f s (--consumer-wait)", L->ctl_ep, t - waited_since);
-        if (L->have_consumer) {
+        if (L->have_consumer && !L->ended) {
             int r = epoch_complete(L);
             if (r < 0) return r;
-            finished = r;
-            if (!finished && (rc = dispatch(L))) return rc;
+            if (r && L->pairs) { /* serve mode: END, then wait for BYE, or for a successor that resumes */
+                send_end(L);
+                L->ended = 1;
+                L->started = 0;
+                log_event(L, "end", "\"epochs\":%ld", L->epochs);
+            } else {
+                finished = r;
+            }
+            if (!r && (rc = dispatch(L))) return rc;
         }
+        if (L->ended && (L->bye || (!L->have_consumer && t - waited_since > L->linger))) finished = 1;
         if (t - last_rep >= 1.0) report(L, t, t0, &last_sent, &last_rep);
         /* no pause to let messages gather: workers ask for work in batches
          * (READY when a batch's worth is free), the consumer acknowledges in
@@ -882,6 +910,7 @@ int loader_stream_main(int argc, char **argv)
     L->consumer_timeout = 10;
     L->consumer_wait = 300;
     L->stall_timeout = 10;
+    L->linger = 30;
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
         {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint(s) the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555; "
@@ -898,6 +927,8 @@ int loader_stream_main(int argc, char **argv)
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
         {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged this long (0: never)", 0, 1e6, NULL},
         {"consumer-timeout", MOCO_OPT_DOUBLE, &L->consumer_timeout, "seconds of consumer silence before pausing", 0.2, 3600, NULL},
+        {"linger", MOCO_OPT_DOUBLE, &L->linger, "serve mode: after the last epoch, wait this long without a consumer "
+                                                "(one killed before it got everything resumes here) unless it says BYE", 0, 1e6, NULL},
         {"stall-timeout", MOCO_OPT_DOUBLE, &L->stall_timeout, "a worker that returns none of its samples this long, while "
                                                               "2 x --window others are delivered, gets no more work (0: never)", 0, 1e6, NULL},
         {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},

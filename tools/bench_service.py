@@ -4,8 +4,8 @@ run (issue 12's benchmarks). The last line printed is one JSON object.
 
   consumer: one `moco run DB --serve ipc://...` (loader + --workers
       workers); its consumers take turns on the same workers: the C sink
-      (`moco sink --connect`), then moco_stream.PairStream (tools/python),
-      --rounds times. Reported: pairs/s of each and PairStream / C sink.
+      (`moco sink --connect`) and moco_stream.PairStream (tools/python),
+      --rounds times, the order alternating. Reported: pairs/s of each and PairStream / C sink.
   transport: `moco bench pipeline` into the C sink with the workers on
       private ipc sockets, then on tcp over loopback with CURVE
       (--bind tcp://127.0.0.1:PORT --keys DIR --workers-via-tcp),
@@ -82,8 +82,12 @@ def consumer_bench(a, tmp):
     try:
         time.sleep(1.0)
         for r in range(a.rounds):
-            c = c_sink(a.moco, ep, a.seconds, a.warmup)
-            p = pairstream(ep, a.seconds, a.warmup)
+            if r % 2 == 0:  # alternate the order, so that neither always goes first
+                c = c_sink(a.moco, ep, a.seconds, a.warmup)
+                p = pairstream(ep, a.seconds, a.warmup)
+            else:
+                p = pairstream(ep, a.seconds, a.warmup)
+                c = c_sink(a.moco, ep, a.seconds, a.warmup)
             rounds.append({"c_sink": round(c, 1), "pairstream": round(p, 1), "ratio": round(p / c, 3)})
             print("consumer round %d: C sink %.1f pairs/s, PairStream %.1f pairs/s, ratio %.3f (load %s)"
                   % (r + 1, c, p, p / c, os.getloadavg()[0]), file=sys.stderr)
@@ -102,7 +106,7 @@ def transport_bench(a, tmp):
     port = 40000 + os.getpid() % 5000
     for r in range(a.rounds):
         fig = {}
-        for mode in ("ipc", "tcp"):
+        for mode in (("ipc", "tcp") if r % 2 == 0 else ("tcp", "ipc")):
             extra = ["--bind", "tcp://127.0.0.1:%d" % (port + 2 * r), "--keys", keys, "--workers-via-tcp"] if mode == "tcp" else []
             out = subprocess.run([a.moco, "bench", "pipeline", "--db", a.db, "--recipe", a.recipe, "--size", str(a.size),
                                   "--workers", str(a.workers), "--seconds", str(a.seconds), "--warmup", str(a.warmup),

@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
 # soak.sh: fault-injection soak of the real pipeline processes (issue 7).
 # Not part of `make test`: it runs for minutes and stops by itself.
-#   bash tests/soak/soak.sh [MINUTES] [SEED]     (defaults: 15, 1)
+#   bash tests/soak/soak.sh [MINUTES] [SEED] [TRANSPORT]   (defaults: 15, 1, tcp)
+# TRANSPORT tcp (issue 12): every endpoint on loopback tcp with CURVE
+# (moco keygen), and rounds alternate between two consumers: odd rounds the
+# C sink binding the pair port (workers push to it), even rounds serve mode
+# (the loader forwards the pairs) read by tests/soak/ps_consumer.py, a
+# moco_stream.PairStream that is SIGKILLed now and then and resumes from
+# its stored state. The garbage bursts then come from strangers (no key),
+# and a fourth fault joins: `hostile` (tests/soak/burst.py: strangers with
+# no key, an unknown key and a wrong server key, and from the allowed key a
+# forged HELLO, spoofed FAILED reports, PAIRs of a far epoch and of indices
+# out of range, a 40 MB and a 1 MB frame). Checked per round, besides the
+# below: no message of a stranger got through (the sink's malformed count
+# stays 0), the sink rejected exactly the far-epoch and out-of-range pairs
+# sent to it (serve rounds: the loader rejected at least those), the loader
+# refused at least the forged HELLOs and ignored at least the spoofed
+# FAILED reports, and no record was marked failed that is not corrupt.
+# TRANSPORT ipc: the original soak on ipc:// endpoints.
 # Run from the repository root after `make`; uses bin/moco (or $MOCO).
 #
 # What it does: converts the CIFAR-10 test split from
@@ -29,6 +45,7 @@
 set -u
 MIN=${1:-15}
 SEED=${2:-1}
+TRANSPORT=${3:-tcp}
 cd "$(dirname "$0")/../.."
 M=${MOCO:-$PWD/bin/moco}
 O=$PWD/build/soak
@@ -58,12 +75,27 @@ echo "soak: $N records, corrupt: $(tr '\n' ' ' < "$O/corrupt.txt")"
 RANDOM=$SEED
 t_end=$(( $(date +%s) + MIN * 60 ))
 kills=0; stops=0; mal=0; bursts=0; gmsgs=0; rounds=0; epochs_total=0; pairs_total=0; failed_total=0
+hbursts=0; ckills=0; h_sent_total=0
 S=$(mktemp -d /tmp/moco-soak-XXXXXX)
+KEYS=()
+if [ "$TRANSPORT" = tcp ]; then
+  /usr/bin/python3 -c 'import zmq, numpy' 2>/dev/null || fail "TRANSPORT tcp needs python3-zmq and python3-numpy"
+  rm -rf "$O/keys" && $M keygen "$O/keys" >/dev/null || fail keygen
+  KEYS=(--keys "$O/keys")
+  P=$(( 40000 + (SEED * 7 + $$) % 10000 ))
+  WORK=tcp://127.0.0.1:$P; CTL=tcp://127.0.0.1:$((P + 1)); PAIRS=tcp://127.0.0.1:$((P + 2))
+else
+  WORK=ipc://$S/work; CTL=ipc://$S/ctl; PAIRS=ipc://$S/pairs
+fi
 declare -A wpid killed
 start_worker() { # slot
-  nice -n 19 $M augment --connect ipc://$S/work --push ipc://$S/pairs --recipe cifar --size 32 --seed 1 --quiet \
+  nice -n 19 $M augment --connect $WORK --push $PAIRS "${KEYS[@]}" --recipe cifar --size 32 --seed 1 --quiet \
     2>>"$R/workers.err" &
   wpid[$1]=$!
+}
+start_consumer() { # serve rounds: the PairStream consumer, resumed from its state
+  nice -n 19 /usr/bin/python3 tests/soak/ps_consumer.py $CTL "$O/keys" "$R/index.log" "$R/ps.state" 2>>"$R/sink.err" &
+  sink=$!
 }
 best_round=""; best_eps=0; ep_secs=0
 while :; do
@@ -76,10 +108,18 @@ while :; do
   rounds=$((rounds + 1))
   R=$O/round$rounds; rm -rf "$R"; mkdir -p "$R"
   t0=$(date +%s)
-  nice -n 19 $M sink --bind ipc://$S/pairs --connect ipc://$S/ctl --count $N --json "$R/sink.json" \
-    --index-log "$R/index.log" --quiet >"$R/sink.out" 2>"$R/sink.err" &
-  sink=$!
-  nice -n 19 $M loader --db "$O/db" --bind ipc://$S/work --ctl ipc://$S/ctl --epochs $E --seed $SEED \
+  serve=0; [ "$TRANSPORT" = tcp ] && [ $((rounds % 2)) -eq 0 ] && serve=1
+  h_epoch=0; h_range=0; h_failed=0; h_hello=0
+  SERVE=()
+  if [ $serve -eq 1 ]; then
+    SERVE=(--pairs $PAIRS --consumer-timeout 2)
+    start_consumer
+  else
+    nice -n 19 $M sink --bind $PAIRS --connect $CTL "${KEYS[@]}" --count $N --json "$R/sink.json" \
+      --index-log "$R/index.log" --quiet >"$R/sink.out" 2>"$R/sink.err" &
+    sink=$!
+  fi
+  nice -n 19 $M loader --db "$O/db" --bind $WORK --ctl $CTL "${SERVE[@]}" "${KEYS[@]}" --epochs $E --seed $SEED \
     --worker-timeout 1 --log "$R/loader.jsonl" --quiet 2>"$R/loader.err" &
   loader=$!
   for i in $(seq $W); do start_worker $i; done
@@ -96,16 +136,39 @@ while :; do
     [ $now -ge $next ] || continue
     next=$(( now + 1 + RANDOM % 4 ))
     slot=$(( 1 + RANDOM % W ))
-    case $(( RANDOM % 3 )) in
+    nf=3; [ "$TRANSPORT" = tcp ] && nf=5
+    case $(( RANDOM % nf )) in
       0) kill -KILL ${wpid[$slot]} 2>/dev/null && { killed[${wpid[$slot]}]=1; kills=$((kills + 1)); start_worker $slot; } ;;
       1) p=${wpid[$slot]}; kill -STOP $p 2>/dev/null && { stops=$((stops + 1)); ( sleep $(( 2 + RANDOM % 4 )); kill -CONT $p 2>/dev/null ) & } ;;
-      2) g=$("$O/garbage" $RANDOM 50 ipc://$S/work:dealer ipc://$S/ctl:dealer ipc://$S/pairs:push 2>>"$R/garbage.err") \
+      2) g=$("$O/garbage" $RANDOM 50 $WORK:dealer $CTL:dealer $PAIRS:push 2>>"$R/garbage.err") \
            && { bursts=$((bursts + 1)); gmsgs=$((gmsgs + g)); } ;;
+      3) h=$(/usr/bin/python3 tests/soak/burst.py "$O/keys" $WORK $CTL $PAIRS $N $RANDOM 2>>"$R/burst.err") || fail "burst.py"
+         hbursts=$((hbursts + 1)); echo "$h" >> "$R/bursts.jsonl"
+         h_epoch=$((h_epoch + $(echo "$h" | grep -oE '"far_epoch": [0-9]+' | grep -oE '[0-9]+$')))
+         h_range=$((h_range + $(echo "$h" | grep -oE '"out_of_range": [0-9]+' | grep -oE '[0-9]+$')))
+         h_failed=$((h_failed + $(echo "$h" | grep -oE '"failed": [0-9]+' | grep -oE '[0-9]+$')))
+         h_hello=$((h_hello + 1)) ;;
+      4) if [ $serve -eq 1 ] && kill -KILL $sink 2>/dev/null; then wait $sink 2>/dev/null; ckills=$((ckills + 1)); start_consumer; fi ;;
     esac
   done
   wait $loader; lrc=$?
   for i in $(seq 30); do kill -0 $sink 2>/dev/null || break; sleep 1; done
   wait $sink; src=$?
+  if [ "$TRANSPORT" = tcp ]; then
+    ls_=$(grep '^{"t"' "$R/loader.jsonl" | tail -n 1)
+    lget() { echo "$ls_" | grep -oE "\"$1\":[0-9]+" | cut -d: -f2; }
+    [ "$(lget refused_hellos)" -ge $h_hello ] || fail "round $rounds: the loader refused $(lget refused_hellos) HELLOs, $h_hello forged"
+    [ "$(lget rejected_failed)" -ge $h_failed ] || fail "round $rounds: $(lget rejected_failed) FAILED reports ignored, $h_failed spoofed"
+    if [ $serve -eq 1 ]; then
+      [ "$(lget rejected_pairs)" -ge $((h_epoch + h_range)) ] || fail "round $rounds: the loader rejected $(lget rejected_pairs) pairs, $((h_epoch + h_range)) bad ones sent"
+    else
+      sget() { grep -oE "\"$1\":[0-9]+" "$R/sink.json" | cut -d: -f2; }
+      [ "$(sget rejected_epoch)" -eq $h_epoch ] && [ "$(sget rejected_index)" -eq $h_range ] \
+        || fail "round $rounds: the sink rejected $(sget rejected_epoch) + $(sget rejected_index) pairs, $h_epoch far-epoch + $h_range out-of-range sent"
+      [ "$(sget malformed_dropped)" -eq 0 ] || fail "round $rounds: $(sget malformed_dropped) malformed messages reached the sink through CURVE"
+    fi
+    h_sent_total=$((h_sent_total + h_epoch + h_range + h_failed + h_hello))
+  fi
   t1=$(date +%s)
   # workers: make sure every one is running (CONT) and let them exit on STOP
   for i in $(seq $W); do kill -CONT ${wpid[$i]} 2>/dev/null; done
@@ -122,8 +185,12 @@ while :; do
     fi
   done
   wait 2>/dev/null
-  sj=$(sed 's/"per_epoch":\[[^]]*\]//' "$R/sink.json" 2>/dev/null | grep -oE '"(pairs|failed|duplicates_dropped|stale_dropped|malformed_dropped)":[0-9]+' | tr '\n' ' ')
-  mal=$((mal + $(grep -oE '"malformed_dropped":[0-9]+' "$R/sink.json" | cut -d: -f2)))
+  if [ $serve -eq 1 ]; then
+    sj="PairStream $(tail -n 1 "$R/sink.err")"
+  else
+    sj=$(sed 's/"per_epoch":\[[^]]*\]//' "$R/sink.json" 2>/dev/null | grep -oE '"(pairs|failed|duplicates_dropped|stale_dropped|malformed_dropped|rejected_epoch|rejected_index)":[0-9]+' | tr '\n' ' ')
+    mal=$((mal + $(grep -oE '"malformed_dropped":[0-9]+' "$R/sink.json" | cut -d: -f2)))
+  fi
   [ $lrc -eq 0 ] || fail "round $rounds: loader exited $lrc: $(tail -n 3 "$R/loader.err")"
   [ $src -eq 0 ] || fail "round $rounds: sink exited $src: $(tail -n 3 "$R/sink.err")"
   [ $wcrash -eq 0 ] || fail "round $rounds: $wcrash worker(s) died unkilled: $(cat "$R/workers.check")"
@@ -159,7 +226,9 @@ rss=$(awk 'NR > 10 && $2 > 0 { if (!f) { fl = $2; fs = $3; f = 1 } if ($2 > ml) 
   END { printf "loader first %d kB max %d kB last %d kB; sink first %d kB max %d kB last %d kB", fl, ml, ll, fs, ms, ls }' "$best_round/rss.txt")
 {
   echo "SOAK OK: $MIN min asked, seed $SEED, $rounds rounds, $epochs_total epochs, $pairs_total pairs, 0 lost, 0 duplicated"
+  echo "  transport: $TRANSPORT"
   echo "  faults: $kills SIGKILLs (workers restarted), $stops SIGSTOP/SIGCONT, $bursts garbage bursts ($gmsgs messages; the sink dropped $mal as malformed)"
+  [ "$TRANSPORT" = tcp ] && echo "  hostile: $hbursts bursts ($h_sent_total forged messages, all rejected and counted), $ckills PairStream consumers SIGKILLed and resumed"
   echo "  corrupt records: $K ($(tr '\n' ' ' < "$O/corrupt.txt")), $failed_total failed reports, all per epoch, none unexplained"
   echo "  RSS over the longest round ($best_round, $best_eps epochs): $rss"
 } | tee "$O/summary.txt"

@@ -449,6 +449,11 @@ class PairStream:
             self.stats["messages"] += 1
             if self._message(frames) == "end":
                 self._flush_acks()
+                # the loader waits for BYE (close()) after END: a consumer
+                # killed before it yielded everything may still resume from
+                # it; keep beating until then
+                while not self._stop.wait(hb_every):
+                    self._send([prefix(T_HEARTBEAT)])
                 return
         self._flush_acks()
 
