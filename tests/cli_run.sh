@@ -34,19 +34,23 @@ grep -q '"ok":true' "$T/r2/sink.json" || fail "r2 not ok"
 grep -q "died" "$T/r2.err" || fail "the killed worker $victim was not reported"
 echo "killed worker $victim; it was replaced"
 # the same processes started by hand over tcp:// (as across hosts), the
-# consumer endpoint derived from --bind (port + 1)
+# consumer endpoint derived from --bind (port + 1), with CURVE keys (tcp
+# without them is refused)
 P=$((20000 + ($$ % 20000)))
-$M loader --db "$T/db" --bind tcp://127.0.0.1:$P --epochs 1 --seed 3 --quiet &
+$M loader --db "$T/db" --bind tcp://127.0.0.1:$P --epochs 1 --quiet 2>"$T/nokeys.err" && fail "a tcp loader without --keys ran"
+grep -q -- "--keys" "$T/nokeys.err" || fail "no --keys hint: $(cat "$T/nokeys.err")"
+$M keygen "$T/keys" >/dev/null || fail keygen
+$M loader --db "$T/db" --bind tcp://127.0.0.1:$P --keys "$T/keys" --epochs 1 --seed 3 --quiet &
 LP=$!
-$M sink --bind tcp://127.0.0.1:$((P + 2)) --connect tcp://127.0.0.1:$((P + 1)) --count $N --json "$T/tcp.json" --quiet >/dev/null &
+$M sink --bind tcp://127.0.0.1:$((P + 2)) --connect tcp://127.0.0.1:$((P + 1)) --keys "$T/keys" --count $N --json "$T/tcp.json" --quiet >/dev/null &
 SP=$!
-$M augment --connect tcp://127.0.0.1:$P --push tcp://127.0.0.1:$((P + 2)) --recipe cifar --size 28 --quiet &
+$M augment --connect tcp://127.0.0.1:$P --push tcp://127.0.0.1:$((P + 2)) --keys "$T/keys" --recipe cifar --size 28 --quiet &
 WP=$!
 wait $SP || fail "the tcp:// sink failed"
 wait $LP $WP
 grep -q "\"pairs\":$N,\"epochs\":1" "$T/tcp.json" || fail "tcp: $(cat "$T/tcp.json")"
 
 # usage errors
-$M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 should exit 2"
+$M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 without --bind should exit 2"
 $M run /nonexistent --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "a missing DB should exit 2"
 echo "moco run: 2 x $N pairs, exactly; 6 x $N with a worker killed; 1 x $N over tcp://"
