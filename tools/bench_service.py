@@ -19,6 +19,7 @@ Each figure is measured over --seconds after a --warmup; the CPU model
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,15 +50,20 @@ def last_json(text):
 
 
 def c_sink(moco, ep, seconds, warmup):
+    """(pairs/s, CPU seconds of the consumer process)"""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([moco, "sink", "--connect", ep, "--seconds", str(seconds), "--warmup", str(warmup), "--quiet"],
                          capture_output=True, text=True, timeout=seconds + warmup + 60)
     if out.returncode != 0:
         raise RuntimeError("moco sink: " + out.stderr[-500:])
-    return last_json(out.stdout)["pairs_per_s"]
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return last_json(out.stdout)["pairs_per_s"], r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 
 
 def pairstream(ep, seconds, warmup):
+    """(pairs/s, CPU seconds of this process while it read)"""
     import moco_stream
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     n = 0
     t_start = None
     with moco_stream.PairStream(ep, timeout=60) as s:
@@ -70,7 +76,8 @@ def pairstream(ep, seconds, warmup):
                 n += len(b.indices)
                 if t - t_start >= seconds:
                     break
-    return n / (time.time() - t_start)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return n / (time.time() - t_start), r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 
 
 def consumer_bench(a, tmp):
@@ -83,14 +90,15 @@ def consumer_bench(a, tmp):
         time.sleep(1.0)
         for r in range(a.rounds):
             if r % 2 == 0:  # alternate the order, so that neither always goes first
-                c = c_sink(a.moco, ep, a.seconds, a.warmup)
-                p = pairstream(ep, a.seconds, a.warmup)
+                c, cc = c_sink(a.moco, ep, a.seconds, a.warmup)
+                p, pc = pairstream(ep, a.seconds, a.warmup)
             else:
-                p = pairstream(ep, a.seconds, a.warmup)
-                c = c_sink(a.moco, ep, a.seconds, a.warmup)
-            rounds.append({"c_sink": round(c, 1), "pairstream": round(p, 1), "ratio": round(p / c, 3)})
-            print("consumer round %d: C sink %.1f pairs/s, PairStream %.1f pairs/s, ratio %.3f (load %s)"
-                  % (r + 1, c, p, p / c, os.getloadavg()[0]), file=sys.stderr)
+                p, pc = pairstream(ep, a.seconds, a.warmup)
+                c, cc = c_sink(a.moco, ep, a.seconds, a.warmup)
+            rounds.append({"c_sink": round(c, 1), "pairstream": round(p, 1), "ratio": round(p / c, 3),
+                           "c_sink_cpu_s": round(cc, 2), "pairstream_cpu_s": round(pc, 2)})
+            print("consumer round %d: C sink %.1f pairs/s (%.2f CPU s), PairStream %.1f pairs/s (%.2f CPU s), ratio %.3f "
+                  "(load %s)" % (r + 1, c, cc, p, pc, p / c, os.getloadavg()[0]), file=sys.stderr)
     finally:
         run.terminate()
         run.wait(timeout=30)
