@@ -18,6 +18,18 @@
 
 #define GAP 4
 #define BG 40
+#define HEAD 22 /* the band of column headings at the top */
+
+/* Draw str in light ink at (x, y) of a memory image. */
+static int heading(VipsImage *im, const char *str, int x, int y)
+{
+    VipsImage *t;
+    double ink[3] = {235, 235, 235};
+    if (vips_text(&t, str, "font", "sans 11", "dpi", 72, NULL)) return -1;
+    int r = vips_draw_mask(im, ink, 3, t, x, y, NULL);
+    g_object_unref(t);
+    return r;
+}
 
 /* Put a (h, w, c) uint8 HWC tile, enlarged z times, at (x0, y0) of an RGB
  * canvas of width cw. */
@@ -93,7 +105,7 @@ int augment_preview_main(int argc, char **argv)
     if ((uint64_t)n > count) n = (long)count;
     int S = r.size, z = S < 96 ? (96 + S - 1) / S : 1, T = S * z; /* tile side on the sheet */
     int cols = n >= 8 ? 2 : 1, rows = (int)((n + cols - 1) / cols);
-    int cellw = 3 * T + 2 * GAP, cw = cols * cellw + (cols + 1) * 3 * GAP, ch = rows * (T + GAP) + GAP;
+    int cellw = 3 * T + 2 * GAP, cw = cols * cellw + (cols + 1) * 3 * GAP, ch = HEAD + rows * (T + GAP) + GAP;
     size_t vb = augment_view_max_bytes(&r);
     canvas = malloc((size_t)cw * ch * 3), q = malloc(vb), k = malloc(vb), orig = malloc(vb);
     if (!canvas || !q || !k || !orig) {
@@ -104,7 +116,7 @@ int augment_preview_main(int argc, char **argv)
     int failed = 0;
     for (long i = 0; i < n; i++) {
         uint64_t index = (uint64_t)i * count / (uint64_t)n;
-        int x0 = 3 * GAP + (int)(i % cols) * (cellw + 3 * GAP), y0 = GAP + (int)(i / cols) * (T + GAP);
+        int x0 = 3 * GAP + (int)(i % cols) * (cellw + 3 * GAP), y0 = HEAD + GAP + (int)(i / cols) * (T + GAP);
         const uint8_t *px;
         int w, h, c, ow, oh;
         int32_t label;
@@ -123,7 +135,19 @@ int augment_preview_main(int argc, char **argv)
         blit(canvas, cw, x0 + T + GAP, y0, q, S, S, info.channels, z);
         blit(canvas, cw, x0 + 2 * (T + GAP), y0, k, S, S, info.channels, z);
     }
-    VipsImage *im = vips_image_new_from_memory(canvas, (size_t)cw * ch * 3, cw, ch, 3, VIPS_FORMAT_UCHAR);
+    VipsImage *im = vips_image_new_from_memory(canvas, (size_t)cw * ch * 3, cw, ch, 3, VIPS_FORMAT_UCHAR), *mem = NULL;
+    if (im) { /* the headings, over each column of each group */
+        mem = vips_image_copy_memory(im);
+        g_object_unref(im);
+        im = mem;
+        static const char *const names[3] = {"original", "query", "key"};
+        for (int g = 0; im && g < cols; g++)
+            for (int j = 0; j < 3; j++)
+                if (heading(im, names[j], 3 * GAP + g * (cellw + 3 * GAP) + j * (T + GAP) + 2, 4)) {
+                    g_object_unref(im);
+                    im = NULL;
+                }
+    }
     if (!im || vips_pngsave(im, out, NULL)) {
         if (im) g_object_unref(im);
         moco_err(MOCO_EVIPS, "write %s: %s", out, vips_error_buffer());

@@ -57,6 +57,33 @@ static int text(VipsImage *im, const char *str, int x, int y, int size)
     return r;
 }
 
+void plot_axis(double lo, double hi, int zero, double cap, double *alo, double *ahi, double *step)
+{
+    if (zero && lo > 0) lo = 0;
+    if (!(hi - lo > 1e-12)) { /* one value: a little room around it */
+        double pad = fabs(lo) > 0 ? fabs(lo) * 0.1 : 1;
+        int nonneg = lo >= 0;
+        lo -= pad, hi += pad;
+        if (zero && nonneg && lo < 0) lo = 0;
+    }
+    double raw = (hi - lo) / 5, mag = pow(10, floor(log10(raw))), st = mag;
+    static const double mult[] = {1, 2, 5, 10};
+    for (int i = 0; i < 4; i++)
+        if (mult[i] * mag >= raw) { st = mult[i] * mag; break; }
+    double a = floor(lo / st + 1e-9) * st, b = ceil(hi / st - 1e-9) * st;
+    if (cap > 0 && b > cap && hi <= cap) b = cap;
+    if (b <= a) b = a + st;
+    *alo = a, *ahi = b, *step = st;
+}
+
+void plot_tick_label(double v, double step, char *buf, size_t n)
+{
+    int dec = step >= 1 ? 0 : (int)ceil(-log10(step) - 1e-9);
+    if (dec > 6) dec = 6;
+    if (fabs(v) < step * 1e-6) v = 0; /* no "-0" */
+    snprintf(buf, n, "%.*f", dec, v);
+}
+
 static void draw(VipsImage *im, const series *s, double *ink, int x0, int y0, int w, int h, double lo, double hi, double xmax)
 {
     int px = -1, py = -1;
@@ -70,7 +97,7 @@ static void draw(VipsImage *im, const series *s, double *ink, int x0, int y0, in
 }
 
 /* one panel: s in blue, c (may be empty) in orange, on a y range that holds both */
-static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, const series *c, double epochs)
+static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, const series *c, double epochs, int percent)
 {
     double white[3] = {255, 255, 255}, grey[3] = {200, 200, 200}, ink[3] = {20, 90, 200}, axis[3] = {60, 60, 60},
            orange[3] = {230, 120, 20};
@@ -92,22 +119,21 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
         lo = c->y[i] < lo ? c->y[i] : lo;
         hi = c->y[i] > hi ? c->y[i] : hi;
     }
-    if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
-    double pad = 0.05 * (hi - lo);
-    lo -= pad;
-    hi += pad;
+    double step, xlo, xhi, xstep;
+    plot_axis(lo, hi, percent, percent ? 100 : 0, &lo, &hi, &step);
     char lab[64];
-    for (int k = 0; k <= 4; k++) {
-        double v = lo + (hi - lo) * k / 4;
-        int y = y0 - (int)(h * k / 4.0);
+    for (double v = lo; v <= hi + step * 1e-6; v += step) {
+        int y = y0 - (int)(h * (v - lo) / (hi - lo));
         vips_draw_line(im, grey, 3, x0 + 1, y, x0 + w, y, NULL);
-        snprintf(lab, sizeof lab, "%.3g", v);
+        plot_tick_label(v, step, lab, sizeof lab);
         text(im, lab, ox + 5, y - 7, 10);
     }
-    double xmax = epochs > 0 ? epochs : 1;
-    for (int k = 0; k <= 4; k++) {
-        snprintf(lab, sizeof lab, "%.3g", xmax * k / 4);
-        text(im, lab, x0 + (int)(w * k / 4.0) - 8, y0 + 8, 10);
+    plot_axis(0, epochs > 0 ? epochs : 1, 1, 0, &xlo, &xhi, &xstep);
+    if (xstep < 1) xstep = 1, xhi = ceil(xhi); /* whole epochs */
+    double xmax = xhi;
+    for (double v = 0; v <= xhi + 1e-9; v += xstep) {
+        plot_tick_label(v, xstep, lab, sizeof lab);
+        text(im, lab, x0 + (int)(w * v / xmax) - 4, y0 + 8, 10);
     }
     text(im, "epoch", x0 + w / 2 - 15, y0 + 22, 10);
     draw(im, c, orange, x0, y0, w, h, lo, hi, xmax);
@@ -210,10 +236,10 @@ int plot_main(int argc, char **argv)
         snprintf(legend, sizeof legend, "%s", clabel ? clabel : compare);
         text(mem, legend, PW + 50, 6, 12);
     }
-    panel(mem, 10, 10 + top, "InfoNCE loss", &loss, &closs, epochs);
-    panel(mem, PW + 20, 10 + top, "contrastive top-1 accuracy (%)", &acc, &cacc, epochs);
-    panel(mem, 10, PH + 20 + top, "kNN top-1 accuracy (%)", &knn, &cknn, epochs);
-    panel(mem, PW + 20, PH + 20 + top, "throughput (pairs/s)", &speed, &cspeed, epochs);
+    panel(mem, 10, 10 + top, "InfoNCE loss (nats)", &loss, &closs, epochs, 0);
+    panel(mem, PW + 20, 10 + top, "contrastive top-1 accuracy (%)", &acc, &cacc, epochs, 1);
+    panel(mem, 10, PH + 20 + top, "kNN top-1 accuracy (%)", &knn, &cknn, epochs, 1);
+    panel(mem, PW + 20, PH + 20 + top, "throughput (pairs/s)", &speed, &cspeed, epochs, 0);
     rc = vips_pngsave(mem, out, NULL);
     g_object_unref(mem);
     if (rc) {

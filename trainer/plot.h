@@ -1,7 +1,19 @@
-/* plot.h: `moco plot` (trainer/plot.c). */
+/* plot.h: `moco plot` (trainer/plot.c), and the axis rule it draws with. */
 #ifndef TRAINER_PLOT_H
 #define TRAINER_PLOT_H
 
+#include <stddef.h>
+
 int plot_main(int argc, char **argv);
+
+/* A readable axis for data in [lo, hi]: ticks at multiples of a step of
+ * 1, 2 or 5 x 10^k, 3 to 6 intervals, the range widened to whole steps.
+ * zero: the axis starts at 0 (accuracies); cap > 0: it ends at most there
+ * (100 for a percentage). */
+void plot_axis(double lo, double hi, int zero, double cap, double *alo, double *ahi, double *step);
+
+/* The label of tick value v on an axis of that step: fixed-point with just
+ * the decimals the step needs ("0.5", "1350", "62"), never an exponent. */
+void plot_tick_label(double v, double step, char *buf, size_t n);
 
 #endif
