@@ -63,8 +63,14 @@ static void test_hand_example(void **st)
     assert_int_equal(pred[0], 1);
     assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 3, 0.1f), 0);
     assert_int_equal(pred[0], 0);
-    /* k larger than the bank: all vote */
+    /* k larger than the bank: all four vote. t=1: e^1 + e^-1 = 3.086 (label
+     * 0) vs e^0.8 + e^0.6 = 4.048 (label 1); t=0.1: e^10 + e^-10 = 22026 vs
+     * e^8 + e^6 = 3384 */
     assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 200, 1.0f), 0);
+    assert_int_equal(pred[0], 1);
+    pred[0] = -1;
+    assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 200, 0.1f), 0);
+    assert_int_equal(pred[0], 0);
     lab[3] = 5;
     assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 3, 1.0f), MOCO_EINVAL);
     lab[3] = 0;
