@@ -10,7 +10,7 @@ int augment_preview_main(int argc, char **argv);
 int augment_bench_main(int argc, char **argv);
 
 #define MOCO_AUGMENT_COMMANDS \
-    {"augment", augment_worker_main, "augmentation worker: SAMPLE records in, MoCo query/key view PAIRs out"}, \
+    {"augment", augment_worker_main, "augmentation worker: records from the loader in, MoCo query/key view pairs out"}, \
     {"preview", augment_preview_main, "PNG contact sheet of a recipe: original | query | key, n samples"},
 /* entries of the `moco bench` table, same form */
 #define MOCO_AUGMENT_BENCHES \

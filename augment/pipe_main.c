@@ -71,7 +71,9 @@ int augment_pipe_main(int argc, char **argv)
     const moco_optspec spec = {"moco augment", "--connect LOADER --push CONSUMER [recipe options]",
                                "An augmentation worker: turns each record the loader hands it into a (query, key) pair\n"
                                "of uint8 views and pushes it to the consumer. Start as many as the consumer needs, here\n"
-                               "or on other hosts (tcp://). Every view is a pure function of (seed, epoch, index, view).",
+                               "or on other hosts (tcp://, with --keys). Every view is a pure function of (seed, epoch,\n"
+                               "index, view). (moco augment --pull EP --push EP is the standalone worker that moco bench\n"
+                               "augment starts; moco augment --pull --help lists its flags.)",
                                opts, 0, 0};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);

@@ -82,10 +82,14 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    /* `moco augment --connect ...` is the pipeline worker (augment/pipe_main.c) */
-    if (!strcmp(argv[1], "augment"))
+    /* `moco augment` is the pipeline worker (augment/pipe_main.c), also for
+     * --help; only `moco augment --pull ...` is the standalone worker that
+     * `moco bench augment` starts (augment/worker.c) */
+    if (!strcmp(argv[1], "augment")) {
         for (int i = 2; i < argc; i++)
-            if (!strncmp(argv[i], "--connect", 9)) return augment_pipe_main(argc - 1, argv + 1);
+            if (!strncmp(argv[i], "--pull", 6)) return augment_worker_main(argc - 1, argv + 1);
+        return augment_pipe_main(argc - 1, argv + 1);
+    }
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name)) {
             int rc = c->main(argc - 1, argv + 1);

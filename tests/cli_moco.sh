@@ -28,6 +28,11 @@ for f in format split shuffle seed max-side strict force threads batch map-size 
 done
 $M mkdb a b --format tiff >/dev/null 2>&1; [ $? -eq 2 ] || fail "bad --format value should exit 2"
 $M mkdb a b --max-side -3 >/dev/null 2>&1; [ $? -eq 2 ] || fail "negative --max-side should exit 2"
+# augment --help is the pipeline worker's, with every flag a worker on another host needs
+for f in connect push keys insecure recipe size seed queue; do
+  $M augment --help | grep -q -- "--$f " || fail "moco augment --help does not list --$f"
+done
+$M augment --pull x --help | grep -q -- "--pull" || fail "moco augment --pull --help: the standalone worker's flags"
 $M info >/dev/null 2>&1; [ $? -eq 2 ] || fail "info without DB should exit 2"
 $M info /nonexistent/db >/dev/null 2>&1; [ $? -eq 1 ] || fail "info on a missing DB should exit 1"
 echo "cli ok: commands: $cmds"
