@@ -7,19 +7,12 @@
 
 #include "formats/db.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "loader/cmd.h"
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
+/* JSON strings: the project's one writer (formats/jsonw.h) */
+#define json_str moco_json_fput
 
 typedef struct {
     uint64_t n, bad, expect;

@@ -19,6 +19,7 @@
 #include "formats/db.h"
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/pipeline.h"
 #include "formats/rng.h"
@@ -93,19 +94,19 @@ typedef struct {
     uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
 } loader;
 
-/* One JSON line of an event to the log; `fmt` gives the fields after "event". */
-static void log_event(loader *L, const char *event, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void log_event(loader *L, const char *event, const char *fmt, ...)
+/* An event line of the log: ev_begin, the fields (moco_jw_*), ev_end. */
+static moco_jw *ev_begin(const loader *L, moco_jw *w, const char *event)
 {
-    if (!L->log) return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(L->log, "{\"event\":\"%s\",\"epoch\":%u", event, L->epoch);
-    if (fmt && *fmt) fputc(',', L->log);
-    vfprintf(L->log, fmt, ap);
-    fputs("}\n", L->log);
-    fflush(L->log);
-    va_end(ap);
+    moco_jw_begin(w);
+    moco_jw_str(w, "event", event);
+    moco_jw_u64(w, "epoch", L->epoch);
+    return w;
+}
+
+static void ev_end(const loader *L, moco_jw *w)
+{
+    if (L->log) moco_jw_line(w, L->log);
+    else moco_jw_free(w);
 }
 
 /* A peer's routing id as hex, for messages. */
@@ -247,7 +248,12 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
             L->failed_total++;
             fprintf(stderr, "moco loader: record %" PRId64 " of %s is %zu bytes, over the %zu-byte limit of a message; failed\n",
                     i, L->db_path, len, MOCO_RECORD_WIRE_MAX);
-            log_event(L, "failed", "\"index\":%" PRId64 ",\"reason\":\"record of %zu bytes over the message limit\"", i, len);
+            moco_jw w;
+            ev_begin(L, &w, "failed");
+            moco_jw_i64(&w, "index", i);
+            moco_jw_str(&w, "reason", "record over the message limit");
+            moco_jw_u64(&w, "bytes", len);
+            ev_end(L, &w);
             continue;
         }
         if (!rc && used + len > cap) { /* first guess: max records like this one */
@@ -434,8 +440,14 @@ static void on_worker_msg(loader *L, inmsg *m)
                 fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
                                 "which does not hold it (%" PRIu64 " rejected so far)\n",
                         f.index, f.epoch, k, hexid(m->id, m->idlen, hb), L->rejected_failed);
-            log_event(L, "rejected", "\"what\":\"FAILED\",\"index\":%" PRIu64 ",\"claimed_epoch\":%u,\"worker\":%d", f.index,
-                      f.epoch, k);
+            moco_jw w;
+            ev_begin(L, &w, "rejected");
+            moco_jw_str(&w, "what", "FAILED");
+            moco_jw_u64(&w, "index", f.index);
+            moco_jw_u64(&w, "claimed_epoch", f.epoch);
+            moco_jw_i64(&w, "worker", k);
+            moco_jw_str(&w, "peer", hb);
+            ev_end(L, &w);
             return;
         }
         {
@@ -454,7 +466,11 @@ static void on_worker_msg(loader *L, inmsg *m)
             }
             why[wl] = 0;
             fprintf(stderr, "moco loader: record %" PRIu64 " failed in a worker: %s\n", f.index, why);
-            log_event(L, "failed", "\"index\":%" PRIu64 ",\"reason\":\"%s\"", f.index, why);
+            moco_jw w;
+            ev_begin(L, &w, "failed");
+            moco_jw_u64(&w, "index", f.index);
+            moco_jw_strn(&w, "reason", f.reason, f.reason_len); /* the peer's bytes, escaped */
+            ev_end(L, &w);
         }
         return;
     }
@@ -476,7 +492,11 @@ static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...
     send_to(L->ctl, m->id, m->idlen, b, moco_pipe_refused(b, code, why), NULL, 0);
     fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", hexid(m->id, m->idlen, hb), why,
             L->refused_hellos);
-    log_event(L, "refused_hello", "\"peer\":\"%s\",\"reason\":\"%s\"", hb, why);
+    moco_jw w;
+    ev_begin(L, &w, "refused_hello");
+    moco_jw_str(&w, "peer", hb);
+    moco_jw_str(&w, "reason", why);
+    ev_end(L, &w);
 }
 
 static int is_consumer(const loader *L, const inmsg *m)
@@ -531,7 +551,10 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
     if (!L->quiet)
         fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
                 L->ndone, L->n);
-    log_event(L, "consumer", "\"delivered_before\":%" PRIu64, L->ndone);
+    moco_jw w;
+    ev_begin(L, &w, "consumer");
+    moco_jw_u64(&w, "delivered_before", L->ndone);
+    ev_end(L, &w);
 }
 
 static int on_consumer_msg(loader *L, inmsg *m)
@@ -552,7 +575,10 @@ static int on_consumer_msg(loader *L, inmsg *m)
     if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO may come from anyone */
         L->bye = L->ended;
         if (!L->quiet) fprintf(stderr, "moco loader: the consumer said goodbye; waiting for a consumer\n");
-        log_event(L, "consumer_left", "\"delivered\":%" PRIu64, L->ndone);
+        moco_jw w;
+        ev_begin(L, &w, "consumer_left");
+        moco_jw_u64(&w, "delivered", L->ndone);
+        ev_end(L, &w);
         L->have_consumer = 0;
         L->cidlen = 0;
         for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
@@ -667,7 +693,12 @@ static void serve_pairs(loader *L)
         if (L->rejected_pairs <= 20 || !(L->rejected_pairs & (L->rejected_pairs - 1)))
             fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "
                             "or never handed out; %" PRIu64 " pairs rejected so far)\n", np, L->rejected_pairs);
-        log_event(L, "rejected", "\"what\":\"pairs\",\"pairs\":%u,\"total\":%" PRIu64, np, L->rejected_pairs);
+        moco_jw w;
+        ev_begin(L, &w, "rejected");
+        moco_jw_str(&w, "what", "pairs");
+        moco_jw_u64(&w, "pairs", np);
+        moco_jw_u64(&w, "total", L->rejected_pairs);
+        ev_end(L, &w);
     }
 }
 
@@ -698,7 +729,12 @@ static void check_timeouts(loader *L, double t)
         fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %" PRIu64
                         " others were delivered; it gets no more work\n", k, hexid(w->id, w->idlen, hb), w->holding,
                 t - w->progress, L->acked - w->acked_at_progress);
-        log_event(L, "stalled_worker", "\"worker\":%d,\"peer\":\"%s\",\"held\":%" PRIu64, k, hb, w->holding);
+        moco_jw j;
+        ev_begin(L, &j, "stalled_worker");
+        moco_jw_i64(&j, "worker", k);
+        moco_jw_str(&j, "peer", hb);
+        moco_jw_u64(&j, "held", w->holding);
+        ev_end(L, &j);
         L->stalled_workers++;
         worker_dead(L, k, "stalled");
         w->banned = 1;
@@ -718,17 +754,31 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
     *last_sent = L->sent;
     *last_t = t;
     if (L->log) {
-        fprintf(L->log,
-                "{\"t\":%.3f,\"epoch\":%u,\"done\":%" PRIu64 ",\"of\":%" PRIu64 ",\"records_per_s\":%.1f,\"in_flight\":%" PRIu64
-                ",\"requeued\":%zu,\"workers\":%d,\"sent\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"dropped_msgs\":%" PRIu64 ",\"dead_workers\":%" PRIu64 ",\"sample_msgs\":%" PRIu64
-                ",\"refused_hellos\":%" PRIu64 ",\"rejected_failed\":%" PRIu64 ",\"rejected_acks\":%" PRIu64
-                ",\"rejected_pairs\":%" PRIu64 ",\"stalled_workers\":%" PRIu64 ",\"auth_rejected\":%" PRIu64
-                ",\"forwarded_msgs\":%" PRIu64 ",\"stale_pairs\":%" PRIu64 "}\n",
-                t - t0, L->epoch, L->ndone, L->n, rate, L->outstanding, L->rlen, alive, L->sent, L->reissued, L->failed_total,
-                L->dropped, L->dead_workers, L->msgs_sent, L->refused_hellos, L->rejected_failed, L->rejected_acks,
-                L->rejected_pairs, L->stalled_workers, moco_sec_rejected(L->sec), L->forwarded, L->stale_pairs);
-        fflush(L->log);
+        moco_jw w;
+        moco_jw_begin(&w);
+        moco_jw_num(&w, "t", t - t0, 3);
+        moco_jw_u64(&w, "epoch", L->epoch);
+        moco_jw_u64(&w, "done", L->ndone);
+        moco_jw_u64(&w, "of", L->n);
+        moco_jw_num(&w, "records_per_s", rate, 1);
+        moco_jw_u64(&w, "in_flight", L->outstanding);
+        moco_jw_u64(&w, "requeued", L->rlen);
+        moco_jw_i64(&w, "workers", alive);
+        moco_jw_u64(&w, "sent", L->sent);
+        moco_jw_u64(&w, "reissued", L->reissued);
+        moco_jw_u64(&w, "failed", L->failed_total);
+        moco_jw_u64(&w, "dropped_msgs", L->dropped);
+        moco_jw_u64(&w, "dead_workers", L->dead_workers);
+        moco_jw_u64(&w, "sample_msgs", L->msgs_sent);
+        moco_jw_u64(&w, "refused_hellos", L->refused_hellos);
+        moco_jw_u64(&w, "rejected_failed", L->rejected_failed);
+        moco_jw_u64(&w, "rejected_acks", L->rejected_acks);
+        moco_jw_u64(&w, "rejected_pairs", L->rejected_pairs);
+        moco_jw_u64(&w, "stalled_workers", L->stalled_workers);
+        moco_jw_u64(&w, "auth_rejected", moco_sec_rejected(L->sec));
+        moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
+        moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
+        moco_jw_line(&w, L->log);
     }
     if (!L->quiet && isatty(STDERR_FILENO))
         fprintf(stderr, "\rloader: epoch %u %" PRIu64 "/%" PRIu64 "  %.0f rec/s  in flight %" PRIu64 "  workers %d  failed %" PRIu64 "   ",
@@ -755,9 +805,11 @@ static int epoch_complete(loader *L)
     if (!L->quiet)
         fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %zu failed\n",
                 isatty(STDERR_FILENO) ? "\n" : "", L->epoch, L->ndone, L->nfailed);
-    if (L->log)
-        fprintf(L->log, "{\"event\":\"epoch_end\",\"epoch\":%u,\"delivered\":%" PRIu64 ",\"failed\":%zu}\n", L->epoch, L->ndone,
-                L->nfailed);
+    moco_jw w;
+    ev_begin(L, &w, "epoch_end");
+    moco_jw_u64(&w, "delivered", L->ndone);
+    moco_jw_u64(&w, "failed", L->nfailed);
+    ev_end(L, &w);
     if (L->epochs && L->epoch + 1 >= (uint32_t)L->epochs) return 1;
     begin_epoch(L, L->epoch + 1, NULL);
     return 0;
@@ -875,7 +927,10 @@ static int run(loader *L)
                 send_end(L);
                 L->ended = 1;
                 L->started = 0;
-                log_event(L, "end", "\"epochs\":%ld", L->epochs);
+                moco_jw w;
+                ev_begin(L, &w, "end");
+                moco_jw_i64(&w, "epochs", L->epochs);
+                ev_end(L, &w);
             } else {
                 finished = r;
             }

@@ -31,6 +31,8 @@ run_one() {
 }
 for t in "$@"; do run_one "$(basename "$t")" "$t"; done
 for s in tests/cli_*.sh; do [ -e "$s" ] && run_one "$(basename "$s" .sh)" bash "$s"; done
+# last: every JSON line the suite wrote must parse (skipped without python3)
+if command -v python3 >/dev/null; then run_one json_lines python3 tests/check_json.py "$MOCO_TEST_TMP"; fi
 echo "TESTS: $pass passed, $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
 if [ "$fail" -eq 0 ] && [ $own_tmp -eq 1 ]; then rm -rf "$MOCO_TEST_TMP"; fi
 [ "$fail" -eq 0 ]

@@ -1,0 +1,186 @@
+/* jsonw.c: the JSON line writer (jsonw.h). */
+#include "formats/jsonw.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/errors.h"
+
+static void put(moco_jw *w, const char *s, size_t n)
+{
+    if (w->oom) return;
+    if (w->len + n + 2 > w->cap) {
+        size_t nc = w->cap ? w->cap : 256;
+        while (nc < w->len + n + 2) nc *= 2;
+        char *p = realloc(w->buf, nc);
+        if (!p) { w->oom = 1; return; }
+        w->buf = p, w->cap = nc;
+    }
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+    w->buf[w->len] = 0;
+}
+
+static void puts_(moco_jw *w, const char *s) { put(w, s, strlen(s)); }
+
+/* The length of a valid UTF-8 sequence at s (n bytes left), or 0. */
+static int utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    int k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (!k || (size_t)k > n) return 0;
+    for (int i = 1; i < k; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    uint32_t cp = k == 1 ? c : k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
+    for (int i = 1; i < k; i++) cp = cp << 6 | (s[i] & 0x3F);
+    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0; /* overlong, surrogate */
+    return k;
+}
+
+static void quote(moco_jw *w, const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    put(w, "\"", 1);
+    for (size_t i = 0; i < len;) {
+        unsigned c = p[i];
+        char e[8];
+        if (c == '"' || c == '\\') {
+            e[0] = '\\', e[1] = (char)c;
+            put(w, e, 2);
+            i++;
+        } else if (c < 0x20) {
+            snprintf(e, sizeof e, "\\u%04x", c);
+            put(w, e, 6);
+            i++;
+        } else {
+            int k = utf8_len(p + i, len - i);
+            if (k) put(w, s + i, (size_t)k), i += (size_t)k;
+            else put(w, "\\ufffd", 6), i++;
+        }
+    }
+    put(w, "\"", 1);
+}
+
+static void key(moco_jw *w, const char *k)
+{
+    if (w->n++) put(w, ",", 1);
+    quote(w, k, strlen(k));
+    put(w, ":", 1);
+}
+
+void moco_jw_begin(moco_jw *w)
+{
+    memset(w, 0, sizeof *w);
+    put(w, "{", 1);
+}
+
+void moco_jw_strn(moco_jw *w, const char *k, const char *v, size_t len)
+{
+    key(w, k);
+    if (v) quote(w, v, len);
+    else puts_(w, "null");
+}
+
+void moco_jw_str(moco_jw *w, const char *k, const char *v) { moco_jw_strn(w, k, v, v ? strlen(v) : 0); }
+
+void moco_jw_i64(moco_jw *w, const char *k, int64_t v)
+{
+    char b[32];
+    key(w, k);
+    snprintf(b, sizeof b, "%" PRId64, v);
+    puts_(w, b);
+}
+
+void moco_jw_u64(moco_jw *w, const char *k, uint64_t v)
+{
+    char b[32];
+    key(w, k);
+    snprintf(b, sizeof b, "%" PRIu64, v);
+    puts_(w, b);
+}
+
+void moco_jw_num(moco_jw *w, const char *k, double v, int decimals)
+{
+    char b[512];
+    key(w, k);
+    if (!isfinite(v)) { puts_(w, "null"); return; }
+    snprintf(b, sizeof b, "%.*f", decimals < 0 ? 0 : decimals > 17 ? 17 : decimals, v);
+    if (!strcmp(b, "-0") || !strncmp(b, "-0.", 3)) { /* -0.000 is valid JSON but reads badly */
+        int zero = 1;
+        for (const char *q = b + 1; *q; q++) zero &= *q == '0' || *q == '.';
+        if (zero) memmove(b, b + 1, strlen(b));
+    }
+    puts_(w, b);
+}
+
+void moco_jw_bool(moco_jw *w, const char *k, int v)
+{
+    key(w, k);
+    puts_(w, v ? "true" : "false");
+}
+
+void moco_jw_null(moco_jw *w, const char *k)
+{
+    key(w, k);
+    puts_(w, "null");
+}
+
+void moco_jw_raw(moco_jw *w, const char *k, const char *json)
+{
+    key(w, k);
+    puts_(w, json && *json ? json : "null");
+}
+
+const char *moco_jw_end(moco_jw *w)
+{
+    put(w, "}", 1);
+    return w->oom ? NULL : w->buf;
+}
+
+void moco_jw_free(moco_jw *w)
+{
+    free(w->buf);
+    memset(w, 0, sizeof *w);
+}
+
+int moco_jw_line(moco_jw *w, FILE *f)
+{
+    const char *s = moco_jw_end(w);
+    int rc = 0;
+    if (!s) rc = moco_err(MOCO_ENOMEM, "out of memory for a JSON line");
+    else if (f && (fputs(s, f) < 0 || fputc('\n', f) < 0 || fflush(f))) rc = moco_err(MOCO_EIO, "cannot write a JSON line");
+    moco_jw_free(w);
+    return rc;
+}
+
+void moco_json_fput(FILE *f, const char *s)
+{
+    moco_jw w;
+    memset(&w, 0, sizeof w);
+    quote(&w, s, strlen(s));
+    fputs(w.oom ? "null" : w.buf, f);
+    moco_jw_free(&w);
+}
+
+void moco_json_quote(const char *s, size_t len, char *out, size_t cap)
+{
+    if (!cap) return;
+    for (;;) { /* too long: quote a shorter prefix (on a character boundary) */
+        moco_jw w;
+        memset(&w, 0, sizeof w);
+        quote(&w, s, len);
+        if (!w.oom && w.len < cap) {
+            memcpy(out, w.buf, w.len + 1);
+            moco_jw_free(&w);
+            return;
+        }
+        size_t over = w.oom ? len / 2 + 1 : w.len - cap + 1;
+        moco_jw_free(&w);
+        if (cap < 3 || len == 0) { out[0] = 0; return; }
+        len = over >= len ? 0 : len - over;
+        while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80) len--;
+    }
+}

@@ -1,0 +1,57 @@
+/* jsonw.h: the one JSON writer of the project: every JSON line a moco
+ * process prints or logs is built with it, so that every line parses
+ * (RFC 8259), whatever bytes a path, a peer or a library message holds.
+ *
+ *   moco_jw w;
+ *   moco_jw_begin(&w);
+ *   moco_jw_str(&w, "event", "failed");
+ *   moco_jw_u64(&w, "index", i);
+ *   moco_jw_str(&w, "reason", vips_error_buffer());   (newlines, quotes: escaped)
+ *   moco_jw_line(&w, log);                            ("}\n", written, flushed, freed)
+ *
+ * Strings are escaped ("\"", "\\", control characters as \u00XX) and
+ * invalid UTF-8 becomes U+FFFD. Non-finite numbers are written as null.
+ * The builder grows its buffer; on allocation failure the line is dropped
+ * and moco_jw_line returns MOCO_ENOMEM (a log line is not worth a crash). */
+#ifndef MOCO_JSONW_H
+#define MOCO_JSONW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int n;    /* members so far (a comma before the next) */
+    int oom;  /* an allocation failed: the line is lost */
+} moco_jw;
+
+void moco_jw_begin(moco_jw *w);
+void moco_jw_str(moco_jw *w, const char *key, const char *val);              /* NULL: null */
+void moco_jw_strn(moco_jw *w, const char *key, const char *val, size_t len);
+void moco_jw_i64(moco_jw *w, const char *key, int64_t v);
+void moco_jw_u64(moco_jw *w, const char *key, uint64_t v);
+void moco_jw_num(moco_jw *w, const char *key, double v, int decimals);     /* fixed-point; NaN, inf: null */
+void moco_jw_bool(moco_jw *w, const char *key, int v);
+void moco_jw_null(moco_jw *w, const char *key);
+/* A value that is already JSON (a nested object or array built by another
+ * moco_jw, or a literal); NULL or "" writes null. */
+void moco_jw_raw(moco_jw *w, const char *key, const char *json);
+
+/* Close the object; the text (NUL-terminated) stays owned by w until
+ * moco_jw_free. NULL if an allocation failed. */
+const char *moco_jw_end(moco_jw *w);
+void moco_jw_free(moco_jw *w);
+
+/* End, write the line and a newline to f, flush, free. 0, MOCO_ENOMEM or MOCO_EIO. */
+int moco_jw_line(moco_jw *w, FILE *f);
+
+/* Write s (NUL-terminated) to f as a JSON string, quotes included. */
+void moco_json_fput(FILE *f, const char *s);
+
+/* Escape s (len bytes) as a JSON string, quotes included, into a buffer of
+ * cap bytes (NUL-terminated, truncated at a character boundary if needed). */
+void moco_json_quote(const char *s, size_t len, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,54 @@
+"""check_json.py: every JSON line the test suite produced parses (issue 15:
+"the tests parse every JSON line the suite produces").
+
+    check_json.py DIR
+
+Reads every *.jsonl and *.json file under DIR (the suite's scratch
+directory, run by tests/run.sh at the end) and every line in *.out / *.log
+files that starts with '{': each must be one valid JSON value. Prints the
+count and each bad line with its file; exit 1 if any is bad, 77 if no
+JSON was found (nothing to check is not a pass)."""
+import json
+import os
+import sys
+
+
+def main(top):
+    good, bad = 0, []
+    for d, _, files in os.walk(top):
+        for f in files:
+            p = os.path.join(d, f)
+            kind = f.rsplit(".", 1)[-1]
+            if kind not in ("jsonl", "json", "out", "log"):
+                continue
+            try:
+                with open(p, "rb") as fh:
+                    data = fh.read(64 << 20)
+            except OSError:
+                continue
+            if kind == "json" and data.strip().startswith(b"{") and b"\n" in data.strip():
+                try:
+                    json.loads(data)  # a pretty-printed document
+                    good += 1
+                    continue
+                except ValueError:
+                    pass
+            for n, line in enumerate(data.split(b"\n"), 1):
+                s = line.strip()
+                if not s or (kind in ("out", "log") and not s.startswith(b"{\"")):
+                    continue
+                try:
+                    json.loads(s.decode("utf-8"))
+                    good += 1
+                except (ValueError, UnicodeDecodeError) as e:
+                    bad.append("%s:%d: %s: %r" % (p, n, e, s[:200]))
+    for b in bad[:40]:
+        print("bad JSON line: " + b)
+    print("check_json: %d JSON lines parse, %d do not" % (good, len(bad)))
+    if bad:
+        return 1
+    return 0 if good else 77
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
