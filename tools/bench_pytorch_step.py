@@ -5,7 +5,12 @@ print both as JSON lines (the same fields: pairs_per_s, step_ms,
 gflop_per_s, peak_rss_mb).
 
     /usr/bin/python3 tools/bench_pytorch_step.py --arch resnet18-cifar --width 16 \
-        --batch-size 256 --size 32 --steps 5 --threads 2 [--K 4096] [--mlp] [--symmetric]
+        --batch-size 256 --size 32 --steps 5 --threads 2 [--K 4096] [--mlp] [--symmetric] [--bf16 | --peers]
+
+--bf16: PyTorch under torch.cpu.amp.autocast(dtype=torch.bfloat16), the one
+line a PyTorch user adds for bf16. --peers: both peers side by side in one
+run, each in its own process (PyTorch fp32, PyTorch bf16 autocast), then
+ours; the last line is one JSON object with all three and the CPU model.
 
 The step is the official CIFAR-10 demo's: momentum update of the key encoder,
 shuffled key forward under no_grad (SplitBatchNorm with --bn-splits), query
@@ -48,7 +53,11 @@ def main():
     ap.add_argument("--wd", type=float, default=5e-4)
     ap.add_argument("--moco", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bin", "moco"))
     ap.add_argument("--no-moco", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="PyTorch with bf16 autocast (CPU)")
+    ap.add_argument("--peers", action="store_true", help="PyTorch fp32 and bf16, then ours, side by side")
     a = ap.parse_args()
+    if a.peers:
+        return peers(a)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     N = a.batch_size
@@ -64,12 +73,14 @@ def main():
     ptr = 0
 
     def ctr(im_q, im_k):
-        q = F.normalize(fq(im_q), dim=1)
-        with torch.no_grad():
-            perm = torch.randperm(N)
-            k = F.normalize(fk(im_k[perm]), dim=1)[torch.argsort(perm)]
-        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.clone()], 1) / a.T
-        return F.cross_entropy(logits, labels), k
+        with torch.cpu.amp.autocast(enabled=a.bf16, dtype=torch.bfloat16):
+            q = F.normalize(fq(im_q), dim=1)
+            with torch.no_grad():
+                perm = torch.randperm(N)
+                k = F.normalize(fk(im_k[perm]), dim=1)[torch.argsort(perm)]
+            logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.clone().to(q.dtype)], 1) / a.T
+            loss = F.cross_entropy(logits.float(), labels)
+        return loss, k.float()
 
     def step():
         nonlocal ptr
@@ -113,7 +124,7 @@ def main():
     f, first = macs[0], macs[1]
     flop = 2 * (2 if a.symmetric else 1) * (f + (2 * f - first) + f)
     fq.train(), fk.train()
-    print(f"pytorch {torch.__version__}: {a.arch} width {a.width}{' mlp' if a.mlp else ''}, batch {N}, {a.size}x{a.size}, "
+    print(f"pytorch {torch.__version__}{' bf16 autocast' if a.bf16 else ''}: {a.arch} width {a.width}{' mlp' if a.mlp else ''}, batch {N}, {a.size}x{a.size}, "
           f"K {a.K}, bn splits {a.bn_splits}{', symmetric' if a.symmetric else ''}, {a.threads} threads, "
           f"{flop / 1e9:.2f} GFLOP per step", flush=True)
     total, best, cpu = 0.0, 1e30, 0.0
@@ -129,7 +140,7 @@ def main():
             best = min(best, dt)
     st = total / a.steps
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res = {"bench": "train-pytorch", "arch": a.arch, "width": a.width, "batch": N, "size": a.size, "K": a.K,
+    res = {"bench": "train-pytorch-bf16" if a.bf16 else "train-pytorch", "arch": a.arch, "width": a.width, "batch": N, "size": a.size, "K": a.K,
            "threads": a.threads, "steps": a.steps, "pairs_per_s": round(N / st, 2), "step_ms": round(st * 1e3, 1),
            "gflop_per_s": round(flop / st / 1e9, 1), "peak_rss_mb": round(rss),
            "best_step_ms": round(best * 1e3, 1), "best_pairs_per_s": round(N / best, 2),
@@ -151,6 +162,40 @@ def main():
           f"moco {ours['best_pairs_per_s']} pairs/s; speed-up {ours['best_pairs_per_s'] / res['best_pairs_per_s']:.2f}x")
     print(f"side by side (CPU time per step, all threads; spinning threads count too): pytorch {res['cpu_ms_per_step']} ms; "
           f"moco {ours['cpu_ms_per_step']} ms; ratio {res['cpu_ms_per_step'] / ours['cpu_ms_per_step']:.2f}x")
+
+
+def cpu_model():
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name:")), "?") + \
+        " (family %s, model %s)" % tuple(next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith(k)), "?")
+                                       for k in ("CPU family:", "Model:"))
+
+
+def peers(a):
+    """PyTorch fp32, PyTorch bf16 autocast (each its own process), then ours."""
+    args = [x for x in sys.argv[1:] if x not in ("--peers", "--bf16")]
+    figs = {}
+    for name, extra in (("pytorch_fp32", []), ("pytorch_bf16", ["--bf16"])):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__)] + args + extra + ["--no-moco"], stdout=subprocess.PIPE,
+                             text=True, check=True).stdout
+        print(out, end="", flush=True)
+        figs[name] = json.loads(out.strip().splitlines()[-1])
+    cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size",
+           str(a.batch_size), "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
+           str(a.threads), "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
+           str(a.lr), "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
+    print("$ " + " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+    print(out, end="")
+    figs["moco_fp32"] = json.loads(out.strip().splitlines()[-1])
+    o = figs["moco_fp32"]["pairs_per_s"]
+    res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
+           "threads": a.threads, "mlp": a.mlp,
+           "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
+           "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()},
+           "ours_over_pytorch_fp32": round(o / figs["pytorch_fp32"]["pairs_per_s"], 2),
+           "ours_over_pytorch_bf16": round(o / figs["pytorch_bf16"]["pairs_per_s"], 2)}
+    print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":
