@@ -1,7 +1,15 @@
-/* evalset.c: evaluation inputs from a dataset LMDB (see evalset.h). */
+/* evalset.c: evaluation inputs from a dataset LMDB (see evalset.h).
+ *
+ * The preprocessing equals torchvision's eval transforms on a PIL image bit
+ * for bit (tests/test_evalset.c against tools/gen_eval_golden.py): JPEG
+ * through TurboJPEG with libjpeg's defaults (ISLOW IDCT, fancy upsampling),
+ * as Pillow decodes it; Pillow's fixed-point bilinear resampling; the
+ * truncated long side and round-half-even crop offsets of torchvision;
+ * uint8 pixels / 255 in float32, then (x - mean) / std. */
 #include "trainer/evalset.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +27,7 @@ struct evalset {
     tjhandle tj;
     uint8_t *rec, *px;
     size_t reccap, pxcap;
+    uint8_t *crop; /* (size, size, 3): one image after resize + crop */
 };
 
 static int open_set(const char *path, int size, const float mean[3], const float std[3], int need_labels, evalset **out)
@@ -34,6 +43,12 @@ static int open_set(const char *path, int size, const float mean[3], const float
         return rc;
     }
     e->size = size;
+    if (size < 1 || !(e->crop = malloc((size_t)size * size * 3))) {
+        rc = size < 1 ? moco_err(MOCO_EINVAL, "%s: evaluation size %d", path, size)
+                      : moco_err(MOCO_ENOMEM, "out of memory");
+        evalset_destroy(&e);
+        return rc;
+    }
     memcpy(e->mean, mean, sizeof e->mean);
     memcpy(e->std, std, sizeof e->std);
     e->tj = tjInitDecompress();
@@ -64,6 +79,7 @@ void evalset_destroy(evalset **pe)
     if (e->tj) tjDestroy(e->tj);
     free(e->rec);
     free(e->px);
+    free(e->crop);
     free(e);
     *pe = NULL;
 }
@@ -128,66 +144,237 @@ bad:
     return moco_err(MOCO_ECORRUPT, "%s: record %" PRId64 " cannot be decoded", moco_db_path(e->db), i);
 }
 
-/* Bilinear sample with the antialiasing support of a downscale (Pillow's
- * triangle filter) along one axis: weights for output o. */
-static int taps(int in, int out, int o, double scale_off, int *first, float *wts, int maxw)
+
+/* ---- Resize(size) + CenterCrop(size), as torchvision 0.14 on a PIL image ----
+ *
+ * torchvision hands a PIL image to Image.resize(..., BILINEAR), which is
+ * Pillow's separable convolution (libImaging/Resample.c): for each output
+ * index o along an axis of in -> out samples, scale = in / out, the triangle
+ * filter's support is max(scale, 1) (antialiased when shrinking), its centre
+ * (o + 0.5) * scale, the taps [lo, hi) are the input samples within the
+ * support (rounded ends), the weights are the triangle at
+ * (j - centre + 0.5) / support, divided by their sum, then turned into
+ * 22-bit fixed point (round half up). Each output value is
+ * (2^21 + sum pixel * weight) >> 22, clipped to 0..255, so every pass
+ * rounds to uint8. The horizontal pass runs first (only when the width
+ * changes), then the vertical one (only when the height changes). The crop
+ * then copies pixels. Below, the fast kernel computes only the cropped
+ * outputs (each output depends only on its own taps, so this is the same as
+ * resizing everything first), and the reference does exactly what Pillow
+ * does: the whole image, then the crop. */
+
+#define EVAL_PREC 22 /* Pillow's PRECISION_BITS for 8-bit images */
+
+void evalset_geometry(int h, int w, int size, int *rh, int *rw, int *top, int *left)
 {
-    double scale = (double)in / out, support = scale > 1 ? scale : 1.0;
-    double centre = (o + 0.5) * scale + scale_off;
+    /* _compute_resized_output_size: int(size * long / short), a double
+     * quotient (both operands exact) truncated */
+    int shrt = w <= h ? w : h, lng = w <= h ? h : w;
+    int nl = (int)((double)((int64_t)size * lng) / (double)shrt);
+    *rw = w <= h ? size : nl;
+    *rh = w <= h ? nl : size;
+    /* center_crop: int(round((h - th) / 2.0)), Python's round: half to even */
+    int dy = *rh - size, dx = *rw - size;
+    *top = dy / 2 + (dy % 2 && (dy / 2) % 2);
+    *left = dx / 2 + (dx % 2 && (dx / 2) % 2);
+}
+
+static inline uint8_t clip8(int32_t ss)
+{
+    int32_t v = ss >> EVAL_PREC;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* Pillow's taps for outputs first..first+count-1 of an in -> out axis:
+ * lo[i], n[i] and k[i * ksize + t] (fixed point). Returns ksize, or 0 when
+ * out of memory. *lo, *n and *k are malloc'd (caller frees). */
+static int pil_taps(int in, int out, int first, int count, int **lo, int **n, int32_t **k)
+{
+    double scale = (double)in / out, fscale = scale < 1.0 ? 1.0 : scale;
+    double support = 1.0 * fscale; /* bilinear: support 1 */
+    int ksize = (int)ceil(support) * 2 + 1;
+    *lo = malloc((size_t)count * sizeof **lo);
+    *n = malloc((size_t)count * sizeof **n);
+    *k = calloc((size_t)count * ksize, sizeof **k);
+    double *w = malloc((size_t)ksize * sizeof *w);
+    if (!*lo || !*n || !*k || !w) {
+        free(*lo), free(*n), free(*k), free(w);
+        *lo = *n = NULL, *k = NULL;
+        return 0;
+    }
+    for (int i = 0; i < count; i++) {
+        double centre = 0.0 + (first + i + 0.5) * scale, ss = 1.0 / fscale, sum = 0.0;
+        int xmin = (int)(centre - support + 0.5), xmax = (int)(centre + support + 0.5);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in) xmax = in;
+        xmax -= xmin;
+        for (int t = 0; t < xmax; t++) {
+            double x = fabs((t + xmin - centre + 0.5) * ss);
+            w[t] = x < 1.0 ? 1.0 - x : 0.0;
+            sum += w[t];
+        }
+        for (int t = 0; t < xmax; t++) {
+            double v = sum != 0.0 ? w[t] / sum : w[t];
+            (*k)[(size_t)i * ksize + t] = (int32_t)(v < 0 ? -0.5 + v * (1 << EVAL_PREC) : 0.5 + v * (1 << EVAL_PREC));
+        }
+        (*lo)[i] = xmin;
+        (*n)[i] = xmax;
+    }
+    free(w);
+    return ksize;
+}
+
+int evalset_resize_crop(uint8_t *out, int size, const uint8_t *in, int h, int w, int c)
+{
+    const int S = size;
+    int rh, rw, top, left, rc = 0;
+    evalset_geometry(h, w, S, &rh, &rw, &top, &left);
+    int *xlo = NULL, *xn = NULL, *ylo = NULL, *yn = NULL, kx = 0, ky = 0;
+    int32_t *xk = NULL, *yk = NULL;
+    uint8_t *tmp = NULL;
+    const int horiz = rw != w, vert = rh != h;
+    if ((horiz && !(kx = pil_taps(w, rw, left, S, &xlo, &xn, &xk))) ||
+        (vert && !(ky = pil_taps(h, rh, top, S, &ylo, &yn, &yk)))) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory");
+        goto done;
+    }
+    /* the input rows the vertical pass reads: [y0, y1) */
+    int y0 = vert ? ylo[0] : top, y1 = vert ? ylo[S - 1] + yn[S - 1] : top + S;
+    /* src: rows y0..y1 of the horizontally resampled (or just shifted) image */
+    const uint8_t *src;
+    size_t stride;
+    if (horiz) {
+        if (!(tmp = malloc((size_t)(y1 - y0) * S * c))) {
+            rc = moco_err(MOCO_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int y = y0; y < y1; y++) {
+            const uint8_t *row = in + (size_t)y * w * c;
+            uint8_t *o = tmp + (size_t)(y - y0) * S * c;
+            for (int j = 0; j < S; j++) {
+                const int32_t *k = xk + (size_t)j * kx;
+                const uint8_t *p = row + (size_t)xlo[j] * c;
+                for (int ch = 0; ch < c; ch++) {
+                    int32_t ss = 1 << (EVAL_PREC - 1);
+                    for (int t = 0; t < xn[j]; t++) ss += p[(size_t)t * c + ch] * k[t];
+                    o[(size_t)j * c + ch] = clip8(ss);
+                }
+            }
+        }
+        src = tmp;
+        stride = (size_t)S * c;
+    } else {
+        src = in + (size_t)y0 * w * c + (size_t)left * c;
+        stride = (size_t)w * c;
+    }
+    for (int i = 0; i < S; i++) {
+        uint8_t *o = out + (size_t)i * S * c;
+        if (!vert) {
+            memcpy(o, src + (size_t)i * stride, (size_t)S * c);
+            continue;
+        }
+        const int32_t *k = yk + (size_t)i * ky;
+        const uint8_t *p = src + (size_t)(ylo[i] - y0) * stride;
+        for (int j = 0; j < S * c; j++) {
+            int32_t ss = 1 << (EVAL_PREC - 1);
+            for (int t = 0; t < yn[i]; t++) ss += p[(size_t)t * stride + j] * k[t];
+            o[j] = clip8(ss);
+        }
+    }
+done:
+    free(xlo), free(xn), free(xk), free(ylo), free(yn), free(yk), free(tmp);
+    return rc;
+}
+
+/* Reference: output o of an in -> out axis at p[0], p[step], ..., weights
+ * computed on the spot (Pillow's formulas, written out once more). */
+static uint8_t ref_sample(const uint8_t *p, size_t step, int in, int out, int o)
+{
+    double scale = (double)in / out, support = scale > 1.0 ? scale : 1.0;
+    double centre = (o + 0.5) * scale;
     int lo = (int)(centre - support + 0.5), hi = (int)(centre + support + 0.5);
     if (lo < 0) lo = 0;
     if (hi > in) hi = in;
-    if (hi - lo > maxw) hi = lo + maxw;
-    double sum = 0;
+    double sum = 0.0;
+    for (int j = lo; j < hi; j++) sum += fmax(0.0, 1.0 - fabs((j - centre + 0.5) * (1.0 / support)));
+    int32_t ss = 1 << (EVAL_PREC - 1);
     for (int j = lo; j < hi; j++) {
-        double x = (j + 0.5 - centre) / support;
-        double wv = x < 0 ? 1 + x : 1 - x;
-        wts[j - lo] = (float)(wv > 0 ? wv : 0);
-        sum += wts[j - lo];
+        double wt = fmax(0.0, 1.0 - fabs((j - centre + 0.5) * (1.0 / support)));
+        if (sum != 0.0) wt /= sum;
+        ss += p[(size_t)j * step] * (int32_t)(0.5 + wt * (1 << EVAL_PREC));
     }
-    for (int j = lo; j < hi; j++) wts[j - lo] = sum > 0 ? (float)(wts[j - lo] / sum) : 0;
-    *first = lo;
-    return hi - lo;
+    return clip8(ss);
+}
+
+int evalset_resize_crop_ref(uint8_t *out, int size, const uint8_t *in, int h, int w, int c)
+{
+    int rh, rw, top, left;
+    evalset_geometry(h, w, size, &rh, &rw, &top, &left);
+    uint8_t *a = malloc((size_t)h * rw * c), *b = malloc((size_t)rh * rw * c);
+    if (!a || !b) {
+        free(a), free(b);
+        return moco_err(MOCO_ENOMEM, "out of memory");
+    }
+    /* horizontal pass (h, rw), then vertical (rh, rw), each only when needed */
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < rw; x++)
+            for (int ch = 0; ch < c; ch++)
+                a[((size_t)y * rw + x) * c + ch] = rw == w ? in[((size_t)y * w + x) * c + ch]
+                                                           : ref_sample(in + (size_t)y * w * c + ch, (size_t)c, w, rw, x);
+    for (int y = 0; y < rh; y++)
+        for (int x = 0; x < rw; x++)
+            for (int ch = 0; ch < c; ch++)
+                b[((size_t)y * rw + x) * c + ch] = rh == h ? a[((size_t)y * rw + x) * c + ch]
+                                                           : ref_sample(a + (size_t)x * c + ch, (size_t)rw * c, h, rh, y);
+    for (int y = 0; y < size; y++)
+        memcpy(out + (size_t)y * size * c, b + ((size_t)(top + y) * rw + left) * c, (size_t)size * c);
+    free(a), free(b);
+    return 0;
+}
+
+/* Record i resized and cropped into e->crop (S, S, 3). */
+static int read_one(evalset *e, int64_t i, int32_t *label)
+{
+    const int S = e->size;
+    size_t len;
+    int rc = moco_db_get(e->db, (uint64_t)i, &e->rec, &e->reccap, &len);
+    if (rc) return rc;
+    moco_rec_header h;
+    const uint8_t *pl;
+    char what[64];
+    snprintf(what, sizeof what, "record %" PRId64, i);
+    if ((rc = moco_rec_parse(e->rec, len, 1, what, &h, &pl))) return rc;
+    int w = 0, hh = 0, c = 3;
+    if ((rc = decode(e, i, &h, pl, &w, &hh, &c))) return rc;
+    *label = h.label;
+    if ((rc = evalset_resize_crop(e->crop, S, e->px, hh, w, c))) return rc;
+    if (c == 1) /* grey to RGB (PIL's convert("RGB")), in place from the end */
+        for (size_t p = (size_t)S * S; p-- > 0;) e->crop[3 * p] = e->crop[3 * p + 1] = e->crop[3 * p + 2] = e->crop[p];
+    return 0;
+}
+
+int evalset_read_u8(evalset *e, int64_t start, int n, uint8_t *px, int32_t *labels)
+{
+    const size_t plane = (size_t)e->size * e->size * 3;
+    for (int b = 0; b < n; b++) {
+        int rc = read_one(e, start + b, &labels[b]);
+        if (rc) return rc;
+        memcpy(px + (size_t)b * plane, e->crop, plane);
+    }
+    return 0;
 }
 
 int evalset_read(evalset *e, int64_t start, int n, float *x, int32_t *labels)
 {
     const int S = e->size;
     for (int b = 0; b < n; b++) {
-        int64_t i = start + b;
-        size_t len;
-        int rc = moco_db_get(e->db, (uint64_t)i, &e->rec, &e->reccap, &len);
+        int rc = read_one(e, start + b, &labels[b]);
         if (rc) return rc;
-        moco_rec_header h;
-        const uint8_t *pl;
-        char what[64];
-        snprintf(what, sizeof what, "record %" PRId64, i);
-        if ((rc = moco_rec_parse(e->rec, len, 1, what, &h, &pl))) return rc;
-        int w = 0, hh = 0, c = 3;
-        if ((rc = decode(e, i, &h, pl, &w, &hh, &c))) return rc;
-        labels[b] = h.label;
-        /* Resize(S): shorter side to S; CenterCrop(S) */
-        int rw = w <= hh ? S : (int)((double)w * S / hh + 0.5), rh = w <= hh ? (int)((double)hh * S / w + 0.5) : S;
-        if (w == S && hh == S) rw = rh = S;
-        int ox = (rw - S) / 2, oy = (rh - S) / 2;
+        /* ToTensor (u8 / 255 in float32), then Normalize ((x - mean) / std) */
         float *out = x + (size_t)b * 3 * S * S;
-        enum { MAXW = 512 };
-        float wy[MAXW], wx[MAXW];
-        for (int oyi = 0; oyi < S; oyi++) {
-            int fy, ny = taps(hh, rh, oyi + oy, 0, &fy, wy, MAXW);
-            for (int oxi = 0; oxi < S; oxi++) {
-                int fx, nx = taps(w, rw, oxi + ox, 0, &fx, wx, MAXW);
-                float acc[3] = {0, 0, 0};
-                for (int a = 0; a < ny; a++)
-                    for (int q = 0; q < nx; q++) {
-                        const uint8_t *p = e->px + ((size_t)(fy + a) * w + (fx + q)) * c;
-                        float wt = wy[a] * wx[q];
-                        for (int ch = 0; ch < 3; ch++) acc[ch] += wt * p[c == 1 ? 0 : ch];
-                    }
-                for (int ch = 0; ch < 3; ch++)
-                    out[((size_t)ch * S + oyi) * S + oxi] = (acc[ch] / 255.0f - e->mean[ch]) / e->std[ch];
-            }
-        }
+        for (int ch = 0; ch < 3; ch++)
+            for (int p = 0; p < S * S; p++)
+                out[(size_t)ch * S * S + p] = ((float)e->crop[(size_t)p * 3 + ch] / 255.0f - e->mean[ch]) / e->std[ch];
     }
     return 0;
 }

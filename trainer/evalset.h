@@ -1,10 +1,19 @@
 /* evalset.h: a labelled dataset LMDB read as evaluation inputs, for the kNN
  * monitor and linear evaluation: each image decoded (raw pixels, JPEG
  * through TurboJPEG, anything else through libvips), resized so that its
- * shorter side is `size` (antialiased) and centre-cropped to size x size
- * (torchvision's Resize(size) + CenterCrop(size); images already size x size
- * are untouched), grey replicated to 3 channels, normalised with the
- * recipe's mean and std, as float NCHW. No augmentation. */
+ * shorter side is `size` and centre-cropped to size x size, grey replicated
+ * to 3 channels, normalised with the recipe's mean and std, as float NCHW.
+ * No augmentation.
+ *
+ * This is torchvision 0.14's Resize(size), CenterCrop(size), ToTensor(),
+ * Normalize(mean, std) on a PIL image (Pillow 9.4), bit for bit on 8-bit
+ * RGB / grey JPEG and PNG (tests/test_evalset.c): the same JPEG decode
+ * (libjpeg-turbo, ISLOW IDCT, fancy upsampling), Pillow's BILINEAR resize
+ * (antialiased when shrinking, 22-bit fixed point, uint8 after each pass),
+ * the long side int(size * long / short), the crop offsets
+ * int(round((len - size) / 2.0)) (half to even), uint8 / 255 in float32.
+ * Not covered: images with alpha (flattened here, premultiplied by PIL),
+ * palette, 16-bit and CMYK images (converted by libvips here). */
 #ifndef TRAINER_EVALSET_H
 #define TRAINER_EVALSET_H
 
@@ -27,5 +36,20 @@ int evalset_classes(const evalset *e);
 /* Samples [start, start + n) into x (n, 3, size, size) and labels[n].
  * Returns 0, or MOCO_ECORRUPT naming the record that cannot be decoded. */
 int evalset_read(evalset *e, int64_t start, int n, float *x, int32_t *labels);
+/* The same samples before normalisation: px (n, size, size, 3) uint8 HWC,
+ * the pixels torchvision's ToTensor would see. Same errors. */
+int evalset_read_u8(evalset *e, int64_t start, int n, uint8_t *px, int32_t *labels);
+
+/* Resize(size) + CenterCrop(size) geometry for an h x w image: the resized
+ * rh x rw and the crop's top-left corner. */
+void evalset_geometry(int h, int w, int size, int *rh, int *rw, int *top, int *left);
+/* Resize(size) + CenterCrop(size) of one image, as Pillow's
+ * Image.resize(BILINEAR) then crop: out (size, size, c) from in (h, w, c),
+ * c channels interleaved (any c >= 1). Computes only the cropped outputs.
+ * Returns 0 or MOCO_ENOMEM. */
+int evalset_resize_crop(uint8_t *out, int size, const uint8_t *in, int h, int w, int c);
+/* The plain reference of the same (whole image resized, then cropped), for
+ * the tests; same results bit for bit. */
+int evalset_resize_crop_ref(uint8_t *out, int size, const uint8_t *in, int h, int w, int c);
 
 #endif

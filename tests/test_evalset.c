@@ -1,0 +1,198 @@
+/* test_evalset.c: evaluation preprocessing (trainer/evalset.h) against
+ * torchvision's eval transforms, bit for bit: tools/gen_eval_golden.py ran
+ * Resize(size), CenterCrop(size), ToTensor(), Normalize(mean, std) (torchvision
+ * 0.14 on Pillow 9.4) on non-square JPEGs (4:2:0, 4:4:4, progressive, grey)
+ * and a PNG stored in tests/golden/eval/. Here the same files are packed
+ * with `moco mkdb` (stored as they are) and read back through evalset: the
+ * uint8 pixels after resize + crop must be identical, the normalised floats
+ * within 1e-6. Also: the fast resize kernel against its plain reference on
+ * seeded random images (up- and downscaling, 1 and 3 channels), and the
+ * geometry (truncated long side, round-half-even crop offsets). */
+#include "tests/testutil.h"
+
+#include <math.h>
+
+#include "formats/errors.h"
+#include "formats/rng.h"
+#include "trainer/evalset.h"
+
+#define GOLDEN "tests/golden/eval/"
+#define SEED 20261129u
+
+/* sorted by name, so that mkdb's class index (sorted folders) is the index */
+static const char *SOURCES[] = {"e1_formica.jpg", "e2_ant1.jpg",   "e3_antphotos.jpg",
+                                "e4_wide.jpg",    "e5_grey.jpg",   "e6_synth.png"};
+enum { NSRC = sizeof SOURCES / sizeof *SOURCES };
+
+typedef struct {
+    uint32_t size, src_w, src_h, rw, rh, top, left;
+    float mean[3], std[3];
+    uint8_t *crop; /* (size, size, 3) */
+    float *x;      /* (3, size, size) */
+} golden;
+
+static void golden_load(const char *src, int size, golden *g)
+{
+    char path[512], stem[128];
+    snprintf(stem, sizeof stem, "%s", src);
+    *strrchr(stem, '.') = 0;
+    snprintf(path, sizeof path, GOLDEN "%s_s%d.bin", stem, size);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open %s (run /usr/bin/python3 tools/gen_eval_golden.py)", path);
+    char magic[4];
+    uint32_t hd[8];
+    assert_int_equal(fread(magic, 1, 4, f), 4);
+    assert_memory_equal(magic, "MEVG", 4);
+    assert_int_equal(fread(hd, 4, 8, f), 8);
+    assert_int_equal(hd[0], 1);
+    g->size = hd[1], g->src_w = hd[2], g->src_h = hd[3], g->rw = hd[4], g->rh = hd[5], g->top = hd[6], g->left = hd[7];
+    assert_int_equal(g->size, size);
+    assert_int_equal(fread(g->mean, 4, 3, f), 3);
+    assert_int_equal(fread(g->std, 4, 3, f), 3);
+    size_t n = (size_t)size * size * 3;
+    g->crop = malloc(n);
+    g->x = malloc(n * sizeof(float));
+    assert_int_equal(fread(g->crop, 1, n, f), n);
+    assert_int_equal(fread(g->x, sizeof(float), n, f), n);
+    fclose(f);
+}
+
+/* tests/golden/eval/<src> into <dir>/src/<stem>/<src>, one class each, then
+ * `moco mkdb` into <dir>/db. */
+static void make_db(const char *dir)
+{
+    for (int i = 0; i < NSRC; i++) {
+        char stem[128];
+        snprintf(stem, sizeof stem, "%s", SOURCES[i]);
+        *strrchr(stem, '.') = 0;
+        assert_int_equal(tu_sh("mkdir -p %s/src/%s && cp " GOLDEN "%s %s/src/%s/", dir, stem, SOURCES[i], dir, stem), 0);
+    }
+    if (tu_sh("%s mkdb %s/src %s/db --quiet >%s/mkdb.txt 2>&1", tu_moco(), dir, dir, dir) != 0) {
+        tu_sh("cat %s/mkdb.txt", dir);
+        fail_msg("moco mkdb failed (MOCO=%s)", tu_moco());
+    }
+}
+
+static void test_golden_torchvision(void **st)
+{
+    (void)st;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("evalset_golden"));
+    make_db(dir);
+    char db[4200];
+    snprintf(db, sizeof db, "%s/db", dir);
+    const int sizes[2] = {32, 96};
+    int bad = 0;
+    for (int si = 0; si < 2; si++) {
+        const int S = sizes[si];
+        golden g[NSRC];
+        for (int i = 0; i < NSRC; i++) golden_load(SOURCES[i], S, &g[i]);
+        evalset *e = NULL;
+        int rc = evalset_open(db, S, g[0].mean, g[0].std, &e);
+        if (rc) fail_msg("evalset_open %s: %s", db, moco_errmsg());
+        assert_int_equal(evalset_count(e), NSRC);
+        size_t n = (size_t)S * S * 3;
+        uint8_t *px = malloc(n * NSRC);
+        float *x = malloc(n * NSRC * sizeof(float));
+        int32_t lab[NSRC], lab2[NSRC];
+        if ((rc = evalset_read_u8(e, 0, NSRC, px, lab)) || (rc = evalset_read(e, 0, NSRC, x, lab2)))
+            fail_msg("evalset_read: %s", moco_errmsg());
+        for (int i = 0; i < NSRC; i++) {
+            assert_int_equal(lab[i], i);
+            assert_int_equal(lab2[i], i);
+            int rh, rw, top, left;
+            evalset_geometry((int)g[i].src_h, (int)g[i].src_w, S, &rh, &rw, &top, &left);
+            int geo_ok = rh == (int)g[i].rh && rw == (int)g[i].rw && top == (int)g[i].top && left == (int)g[i].left;
+            int maxd = 0;
+            size_t ndiff = 0;
+            for (size_t j = 0; j < n; j++) {
+                int d = abs((int)px[i * n + j] - (int)g[i].crop[j]);
+                if (d > maxd) maxd = d;
+                ndiff += d != 0;
+            }
+            double fmax = 0;
+            for (size_t j = 0; j < n; j++) {
+                double d = fabs((double)x[i * n + j] - g[i].x[j]);
+                if (!(d <= fmax)) fmax = d; /* NaN counts as worst */
+            }
+            printf("  %-17s size %2d: %3dx%-3d -> %3dx%-3d crop (%2d,%2d) %s | uint8 max diff %3d, %5zu of %zu differ"
+                   " | float max |diff| %.3g (tol 1e-6)\n",
+                   SOURCES[i], S, g[i].src_w, g[i].src_h, g[i].rw, g[i].rh, g[i].top, g[i].left,
+                   geo_ok ? "geometry ok" : "GEOMETRY DIFFERS", maxd, ndiff, n, fmax);
+            if (!geo_ok)
+                printf("    ours: %dx%d crop (%d,%d)\n", rw, rh, top, left);
+            bad += !geo_ok || ndiff != 0 || !(fmax <= 1e-6);
+        }
+        free(px), free(x);
+        for (int i = 0; i < NSRC; i++) free(g[i].crop), free(g[i].x);
+        evalset_destroy(&e);
+    }
+    if (bad) fail_msg("%d of %d golden cases differ from torchvision", bad, 2 * NSRC);
+}
+
+/* The fast kernel (crop region only, precomputed fixed-point taps) against
+ * the plain reference (whole image resized, then cropped). */
+static void test_kernel_vs_reference(void **st)
+{
+    (void)st;
+    moco_rng r;
+    moco_rng_init(&r, SEED, 0, 0, 0);
+    printf("  seed %u\n", SEED);
+    int cases = 0;
+    size_t values = 0;
+    for (int t = 0; t < 300; t++) {
+        int S = 1 + (int)moco_rng_below(&r, t < 150 ? 40 : 120);
+        int h = 1 + (int)moco_rng_below(&r, t % 3 == 0 ? 4 * S + 8 : 300);
+        int w = 1 + (int)moco_rng_below(&r, t % 5 == 0 ? S + 3 : 300);
+        int c = t % 4 == 0 ? 1 : 3;
+        size_t ni = (size_t)h * w * c, no = (size_t)S * S * c;
+        uint8_t *in = malloc(ni), *a = malloc(no), *b = malloc(no);
+        /* smooth plus noise, with saturated patches for the clipping */
+        for (size_t j = 0; j < ni; j++) {
+            size_t p = j / c;
+            int v = (int)((p % w) * 255 / w + (p / w) * 97 / h) + (int)moco_rng_below(&r, 64) - 32;
+            in[j] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+        assert_int_equal(evalset_resize_crop(a, S, in, h, w, c), 0);
+        assert_int_equal(evalset_resize_crop_ref(b, S, in, h, w, c), 0);
+        size_t diff = 0;
+        for (size_t j = 0; j < no; j++) diff += a[j] != b[j];
+        if (diff) fail_msg("case %d: %dx%dx%d to %d: %zu of %zu values differ from the reference", t, w, h, c, S, diff, no);
+        cases++;
+        values += no;
+        free(in), free(a), free(b);
+    }
+    printf("  %d random images (%zu values): fast kernel == reference\n", cases, values);
+}
+
+static void test_geometry(void **st)
+{
+    (void)st;
+    int rh, rw, top, left;
+    /* torchvision: long side int(size * long / short), not rounded */
+    evalset_geometry(130, 193, 32, &rh, &rw, &top, &left); /* 32 * 193 / 130 = 47.5 */
+    assert_int_equal(rh, 32), assert_int_equal(rw, 47), assert_int_equal(top, 0), assert_int_equal(left, 8);
+    evalset_geometry(272, 199, 32, &rh, &rw, &top, &left); /* 43.7 -> 43; (43 - 32) / 2 = 5.5 -> 6 */
+    assert_int_equal(rh, 43), assert_int_equal(rw, 32), assert_int_equal(top, 6), assert_int_equal(left, 0);
+    evalset_geometry(131, 96, 96, &rh, &rw, &top, &left); /* no resize; 17.5 -> 18 (half to even) */
+    assert_int_equal(rh, 131), assert_int_equal(rw, 96), assert_int_equal(top, 18);
+    evalset_geometry(100, 125, 96, &rh, &rw, &top, &left); /* 120; 12 */
+    assert_int_equal(rw, 120), assert_int_equal(left, 12);
+    evalset_geometry(10, 15, 96, &rh, &rw, &top, &left); /* upscale: 144; 24 */
+    assert_int_equal(rh, 96), assert_int_equal(rw, 144), assert_int_equal(left, 24);
+    evalset_geometry(50, 55, 32, &rh, &rw, &top, &left); /* 35.2 -> 35; 1.5 -> 2 */
+    assert_int_equal(rw, 35), assert_int_equal(left, 2);
+    evalset_geometry(50, 57, 32, &rh, &rw, &top, &left); /* 36.48 -> 36; 2 */
+    assert_int_equal(rw, 36), assert_int_equal(left, 2);
+    evalset_geometry(50, 59, 32, &rh, &rw, &top, &left); /* 37.76 -> 37; 2.5 -> 2 (half to even) */
+    assert_int_equal(rw, 37), assert_int_equal(left, 2);
+    evalset_geometry(32, 32, 32, &rh, &rw, &top, &left);
+    assert_int_equal(rh, 32), assert_int_equal(rw, 32), assert_int_equal(top, 0), assert_int_equal(left, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_geometry), cmocka_unit_test(test_kernel_vs_reference),
+                                       cmocka_unit_test(test_golden_torchvision)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
