@@ -17,6 +17,8 @@ PKGS=(
   python3-zmq           # the Python consumer (tools/python/moco_stream) and the hostile-peer tests
   python3-numpy         # its arrays
   python3-torch         # moco_stream.torch and tools/python/train_moco_torch.py
+  python3-torchvision   # the reference scripts (golden files, torchvision timings)
+  python3-pil           # PIL: the picture tests, torchvision's image path
 )
 
 missing=()
