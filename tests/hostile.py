@@ -210,7 +210,9 @@ def direct(moco, db, n, keys, out, port):
     check_index_log(os.path.join(out, "index.log"), n, epochs)
     sj = json.load(open(os.path.join(out, "sink.json")))
     ls = last_stats(loader_log)
-    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed_dropped": 0, "held": 0}
+    # (held is not checked: a real pair of the next epoch may arrive before
+    # the sink has read EPOCH_END; it is held, then delivered, legitimately)
+    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed_dropped": 0, "held_dropped": 0}
     for k, v in want.items():
         if sj[k] != v:
             fail("sink %s = %s, expected %s (%s)" % (k, sj[k], v, json.dumps(sj)))
