@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name)) {
             int rc = c->main(argc - 1, argv + 1);
-            return rc < 0 || rc > 125 ? 1 : rc;
+            return rc == 130 ? 130 : rc < 0 || rc > 125 ? 1 : rc; /* 130: stopped by a signal, resumable */
         }
     fprintf(stderr, "moco: unknown command '%s'\n\n", argv[1]);
     usage(stderr);

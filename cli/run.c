@@ -7,7 +7,12 @@
  *   re-issues its samples, so nothing is lost;
  * - Ctrl-C / SIGTERM is forwarded to every process;
  * - the run succeeds when the consumer and the loader exit 0; it fails
- *   (exit 1) as soon as either fails, and stops the others. */
+ *   (exit 1) as soon as either fails, and stops the others; after Ctrl-C /
+ *   SIGTERM (or a trainer that exits 130) it exits 130 and, when the run
+ *   directory holds a checkpoint, prints the command that resumes the run.
+ * A training run's --run-dir (--out is the same flag) must be empty unless
+ * --resume or --overwrite (trainer flags) is given. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -123,7 +128,35 @@ static void print_worker_command(const argvec *wa, const char *host, long port)
     fprintf(stderr, "\n");
 }
 
-int cli_run_main(int argc, char **argv) { return run_pipeline(argc, argv, 0, "train"); }
+/* The command that continues an interrupted training run: this one,
+ * without --resume, --overwrite, --run-dir / --out, plus --run-dir DIR
+ * --resume DIR. */
+static void print_resume(int argc, char **argv, const char *run_dir)
+{
+    char exe[4096];
+    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[l > 0 ? l : 0] = 0;
+    fprintf(stderr, "moco run: resume with:\n  %s %s", l > 0 ? exe : "moco", argv[0]);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--resume") || !strcmp(a, "--run-dir") || !strcmp(a, "--out")) { i++; continue; }
+        if (!strncmp(a, "--resume=", 9) || !strncmp(a, "--run-dir=", 10) || !strncmp(a, "--out=", 6) || !strcmp(a, "--overwrite"))
+            continue;
+        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
+    }
+    const char *q = strpbrk(run_dir, " \"'$\\") ? "'" : "";
+    fprintf(stderr, " --run-dir %s%s%s --resume %s%s%s\n", q, run_dir, q, q, run_dir, q);
+}
+
+int cli_run_main(int argc, char **argv)
+{
+    int rc = run_pipeline(argc, argv, 0, "train");
+    if (rc == 130) { /* interrupted; exit here because cli/moco.c turns statuses above 125 into 1 */
+        fflush(NULL);
+        exit(130);
+    }
+    return rc;
+}
 
 /* `moco lincls`: with --cached-features (or as the pipeline's consumer,
  * --connect) the evaluation itself; otherwise a pipeline on the --train
@@ -180,7 +213,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
     uint64_t seed = 0;
     int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
-    const char *run_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
+    const char *run_dir = NULL, *out_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
     double worker_timeout = 5, seconds = 10, warmup = 1;
     augment_flags af;
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 24];
@@ -220,6 +253,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                                "without the encryption cost), as remote ones do", 0, 0, NULL};
     }
     opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
+    if (!bench) opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out_dir, "the same as --run-dir", 0, 0, NULL};
     opts[n++] = (moco_opt){"max-respawn", MOCO_OPT_INT, &max_respawn, "replace dead workers at most this many times", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "less output", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
@@ -260,8 +294,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         return 2;
     }
     const char *preset = NULL;
-    int aug_plus = 0;
+    int aug_plus = 0, resuming = 0, overwrite = 0;
     for (int i = 1; i < ntheirs; i++) {
+        if (!strcmp(theirs[i], "--resume") || !strncmp(theirs[i], "--resume=", 9)) resuming = 1;
+        if (!strcmp(theirs[i], "--overwrite")) overwrite = 1;
         if (!strcmp(theirs[i], "--preset") && i + 1 < ntheirs) preset = theirs[i + 1];
         if (!strncmp(theirs[i], "--preset=", 9)) preset = theirs[i] + 9;
         if (!strcmp(theirs[i], "--aug-plus")) aug_plus = 1;
@@ -270,6 +306,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int np, rc = moco_opts_parse(&spec, nmine, mine, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     const char *db = bench ? dbflag : pos[0];
+    if (out_dir && run_dir && strcmp(out_dir, run_dir)) {
+        fprintf(stderr, "moco run: --out %s and --run-dir %s: the same flag twice, with two directories\n", out_dir, run_dir);
+        return 2;
+    }
+    if (out_dir) run_dir = out_dir;
     if (bench) {
         if (!db) { fprintf(stderr, "moco bench pipeline: --db is required\n"); return 2; }
         sink = 1;
@@ -337,6 +378,20 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         int bad = train_parse_args(v.n, v.v, &tc);
         free_args(&v);
         if (bad) return 2;
+    }
+    if (!sink && !lincls && !serve && run_dir && !resuming && !overwrite) { /* a training run's directory starts empty */
+        DIR *dd = opendir(run_dir);
+        struct dirent *de;
+        const char *held = NULL;
+        while (dd && !held && (de = readdir(dd)))
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) held = de->d_name;
+        if (held) {
+            fprintf(stderr, "moco run: --run-dir %s is not empty (it holds %s): give --resume %s to continue its run, "
+                            "--overwrite to start afresh there, or another --run-dir\n", run_dir, held, run_dir);
+            closedir(dd);
+            return 2;
+        }
+        if (dd) closedir(dd);
     }
     char rdir[1024], sockdir[] = "/tmp/moco-run-XXXXXX";
     if (!run_dir) {
@@ -482,6 +537,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         }
         cp = p;
     } else if (ca.n) {
+        setenv("MOCO_RUN_SUPERVISED", "1", 1); /* the trainer leaves the resume hint to us */
         cp = spawn(&ca, NULL);
     } else {
         cp = -1; /* serve mode: the consumer is elsewhere */
@@ -499,13 +555,13 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                     serve, serve, keys ? ", keys=\"" : "", keys ? keys : "", keys ? "\"" : "", serve, keys ? " --keys " : "",
                     keys ? keys : "");
     }
-    int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0;
+    int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0, interrupted = 0;
     double stop_at = 0;
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
             fprintf(stderr, "\nmoco run: %s: stopping every process\n", strsignal(got_signal));
             stopping = 1;
-            status = 1;
+            interrupted = 1;
             stop_at = moco_now_s();
             sig(lp, SIGTERM);
             sig(cp, SIGTERM);
@@ -540,7 +596,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
                 consumer_done = 1;
             }
-            if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 130) { /* interrupted: it kept a checkpoint */
+                interrupted = 1;
+                if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
+            } else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
                 if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
@@ -587,7 +646,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     free_args(&la);
     free_args(&ca);
     free_args(&wa);
+    if (interrupted) status = 130; /* whatever the others said while stopping */
     if (bench) bench_summary(run_dir, workers);
-    else fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status ? "FAILED" : "finished", respawned, respawned == 1 ? "" : "s");
+    else fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status == 130 ? "interrupted" : status ? "FAILED" : "finished",
+                 respawned, respawned == 1 ? "" : "s");
+    char last[1200];
+    snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
+    if (status == 130 && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0) print_resume(argc, argv, run_dir);
     return status;
 }

@@ -1,12 +1,18 @@
 /* ckpt.c: MoCo checkpoints (see ckpt.h). */
 #include "trainer/ckpt.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "formats/errors.h"
-#include "formats/safetensors.h"
+#include "formats/json.h"
 
 static moco_st_dtype dtype_of(const rn_tensor *t) { return t->kind == RN_COUNT ? MOCO_ST_I64 : MOCO_ST_F32; }
 
@@ -33,9 +39,11 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     int cap = 3 * mc->q->ntensors + 16;
     moco_st_entry *e = calloc((size_t)cap, sizeof *e);
     char (*names)[MOCO_ST_MAX_NAME + 1] = calloc((size_t)cap, sizeof *names);
-    if (!e || !names) {
+    const char **meta2 = calloc((size_t)(2 * nmeta + 2), sizeof *meta2);
+    if (!e || !names || !meta2) {
         free(e);
         free(names);
+        free(meta2);
         return moco_err(MOCO_ENOMEM, "%s: out of memory", path);
     }
     int n = add_model(e, 0, names, mc->q, "encoder_q.", 0);
@@ -53,11 +61,187 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     static const uint8_t none[1];
     e[n++] = (moco_st_entry){"pipeline.delivered", MOCO_ST_U8, 1, {(int64_t)st->delivered_bytes},
                              st->delivered_bytes ? st->delivered : none};
-    int rc = moco_st_write(path, e, n, meta, nmeta);
+    /* the data section is the entries' bytes in this order (moco_st_write) */
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = moco_st_dtype_size(e[i].dtype);
+        for (int d = 0; d < e[i].ndim; d++) bytes *= (size_t)e[i].shape[d];
+        crc = crc32_z(crc, e[i].data, bytes);
+    }
+    char crcs[16];
+    snprintf(crcs, sizeof crcs, "%08lx", (unsigned long)crc);
+    for (int i = 0; i < 2 * nmeta; i++) meta2[i] = meta[i];
+    meta2[2 * nmeta] = "data_crc32";
+    meta2[2 * nmeta + 1] = crcs;
+    int rc = moco_st_write(path, e, n, meta2, nmeta + 1);
     free(e);
     free(names);
+    free(meta2);
     return rc;
 }
+
+/* ---- reading the header's __metadata__ ---------------------------------- */
+
+/* The header of the file open as fd: its "config" (decoded, "" if none)
+ * and "data_crc32" ("" if none) metadata strings. */
+static int read_meta(int fd, const char *path, char *config, size_t ccap, char *crc, size_t crccap)
+{
+    config[0] = crc[0] = 0;
+    uint8_t b8[8];
+    struct stat sb;
+    if (fstat(fd, &sb)) return moco_err(MOCO_EIO, "%s: %s", path, strerror(errno));
+    if (pread(fd, b8, 8, 0) != 8) return moco_err(MOCO_ECORRUPT, "%s: shorter than a safetensors header", path);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | b8[i];
+    if (hl < 2 || hl > MOCO_ST_MAX_HEADER || hl > (uint64_t)sb.st_size - 8)
+        return moco_err(MOCO_ECORRUPT, "%s: header length %llu does not fit the file", path, (unsigned long long)hl);
+    char *h = malloc(hl);
+    int maxtok = (int)(hl / 2 + 2), nt, rc = 0;
+    moco_json_tok *tk = malloc(sizeof *tk * (size_t)maxtok);
+    if (!h || !tk) { rc = moco_err(MOCO_ENOMEM, "%s: out of memory", path); goto out; }
+    if (pread(fd, h, hl, 8) != (ssize_t)hl) { rc = moco_err(MOCO_EIO, "%s: cannot read the header", path); goto out; }
+    if ((rc = moco_json_parse(h, hl, path, tk, maxtok, &nt))) goto out;
+    if (tk[0].type != MOCO_JSON_OBJ) { rc = moco_err(MOCO_ECORRUPT, "%s: header is not a JSON object", path); goto out; }
+    int md = moco_json_get(h, tk, 0, "__metadata__");
+    if (md < 0 || tk[md].type != MOCO_JSON_OBJ) goto out;
+    int c = moco_json_get(h, tk, md, "config"), k = moco_json_get(h, tk, md, "data_crc32");
+    if ((c >= 0 && (tk[c].type != MOCO_JSON_STR || moco_json_str(h, &tk[c], config, ccap))) ||
+        (k >= 0 && (tk[k].type != MOCO_JSON_STR || moco_json_str(h, &tk[k], crc, crccap))))
+        rc = moco_err(MOCO_ECORRUPT, "%s: __metadata__ config or data_crc32 malformed", path);
+out:
+    free(h);
+    free(tk);
+    return rc;
+}
+
+static int cfg_int(const char *s, const moco_json_tok *tk, int obj, const char *key, int *v)
+{
+    int i = moco_json_get(s, tk, obj, key);
+    uint64_t u;
+    *v = -1;
+    if (i < 0) return 0;
+    if (tk[i].type != MOCO_JSON_NUM || moco_json_u64(s, &tk[i], &u) || u > 0x7fffffff) return MOCO_ECORRUPT;
+    *v = (int)u;
+    return 0;
+}
+
+/* The config JSON (as config_meta writes it) into *c. */
+static int parse_config(const char *js, const char *path, ckpt_config *c)
+{
+    *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .epochs = -1, .cos = -1,
+                       .warmup_epochs = -1, .lr = NAN, .count = -1};
+    if (!*js) return 0;
+    moco_json_tok tk[256];
+    int nt, rc = 0;
+    if (moco_json_parse(js, strlen(js), path, tk, 256, &nt) || tk[0].type != MOCO_JSON_OBJ)
+        return moco_err(MOCO_ECORRUPT, "%s: __metadata__ config is not a JSON object", path);
+    c->has_config = 1;
+    int i = moco_json_get(js, tk, 0, "arch");
+    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->arch, sizeof c->arch))) rc = MOCO_ECORRUPT;
+    i = moco_json_get(js, tk, 0, "schedule");
+    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->schedule, sizeof c->schedule))) rc = MOCO_ECORRUPT;
+    c->has_schedule = i >= 0;
+    if (cfg_int(js, tk, 0, "width", &c->width) || cfg_int(js, tk, 0, "mlp", &c->mlp) || cfg_int(js, tk, 0, "dim", &c->dim) ||
+        cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
+        cfg_int(js, tk, 0, "epochs", &c->epochs) || cfg_int(js, tk, 0, "cos", &c->cos) ||
+        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs))
+        rc = MOCO_ECORRUPT;
+    i = moco_json_get(js, tk, 0, "lr");
+    if (i >= 0) {
+        char num[64];
+        if (tk[i].type != MOCO_JSON_NUM || tk[i].len >= sizeof num) rc = MOCO_ECORRUPT;
+        else snprintf(num, sizeof num, "%.*s", (int)tk[i].len, js + tk[i].start), c->lr = strtod(num, NULL);
+    }
+    i = moco_json_get(js, tk, 0, "count");
+    uint64_t u;
+    if (i >= 0) {
+        if (tk[i].type != MOCO_JSON_NUM || moco_json_u64(js, &tk[i], &u) || u > (uint64_t)INT64_MAX) rc = MOCO_ECORRUPT;
+        else c->count = (int64_t)u;
+    }
+    return rc ? moco_err(MOCO_ECORRUPT, "%s: __metadata__ config has a malformed field", path) : 0;
+}
+
+int ckpt_read_config(const char *path, ckpt_config *cfg)
+{
+    char config[4096], crc[32];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
+    int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
+    close(fd);
+    return rc ? rc : parse_config(config, path, cfg);
+}
+
+/* the CRC-32 of the data section, and every F32 tensor finite */
+static int check_data(const moco_st *f, const char *path, const char *want)
+{
+    int n = moco_st_count(f);
+    const uint8_t *base = NULL;
+    uint64_t len = 0;
+    for (int i = 0; i < n; i++) {
+        const moco_st_tensor *t = moco_st_at(f, i);
+        if (t->begin == 0 && t->end > 0) base = moco_st_data(f, t);
+        if (t->end > len) len = t->end;
+    }
+    if (*want) {
+        uLong crc = crc32_z(0L, Z_NULL, 0);
+        if (base) crc = crc32_z(crc, base, (z_size_t)len);
+        char got[16];
+        snprintf(got, sizeof got, "%08lx", (unsigned long)crc);
+        if (strcmp(got, want))
+            return moco_err(MOCO_ECORRUPT, "%s: the tensor data fails its checksum (CRC-32 %s, the header says %s): the file is damaged",
+                            path, got, want);
+    }
+    for (int i = 0; i < n; i++) {
+        const moco_st_tensor *t = moco_st_at(f, i);
+        if (t->dtype != MOCO_ST_F32) continue;
+        const uint8_t *p = moco_st_data(f, t);
+        uint64_t cnt = (t->end - t->begin) / 4;
+        for (uint64_t j = 0; j < cnt; j++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * j, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) {
+                float v;
+                memcpy(&v, &u, 4);
+                return moco_err(MOCO_ENUMERIC, "%s: tensor %s holds %s at element %llu: refusing diverged weights", path, t->name,
+                                isnan(v) ? "NaN" : "an infinity", (unsigned long long)j);
+            }
+        }
+    }
+    return 0;
+}
+
+int ckpt_open(const char *path, moco_st **out, ckpt_config *cfg)
+{
+    char config[4096], crc[32];
+    moco_st *f = NULL;
+    int rc = 0;
+    *out = NULL;
+    /* the header is read through a second descriptor: retry if the file was
+     * replaced (an atomic rename by a running trainer) in between */
+    for (int attempt = 0;; attempt++) {
+        struct stat a, b;
+        if (stat(path, &a))
+            return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
+        if ((rc = moco_st_open(path, &f))) return rc;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { rc = moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno)); goto fail; }
+        rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
+        int same = !fstat(fd, &b) && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+        close(fd);
+        if (rc) goto fail;
+        if (same || attempt == 3) break;
+        moco_st_destroy(&f);
+    }
+    if ((rc = check_data(f, path, crc))) goto fail;
+    if (cfg && (rc = parse_config(config, path, cfg))) goto fail;
+    *out = f;
+    return 0;
+fail:
+    moco_st_destroy(&f);
+    return rc;
+}
+
+/* ---- loading ----------------------------------------------------------- */
 
 /* check (dry) or copy every tensor of m from prefix */
 static int read_model(const moco_st *f, resnet *m, const char *prefix, int momentum, int dry, const char *path)
@@ -93,7 +277,7 @@ static int read_i64(const moco_st *f, const char *name, int64_t *v)
 int ckpt_load(const char *path, moco *mc, ckpt_state *st)
 {
     moco_st *f;
-    int rc = moco_st_open(path, &f);
+    int rc = ckpt_open(path, &f, NULL);
     if (rc) return rc;
     int64_t ptr, ep, step, seed, pe;
     int64_t qshape[2] = {mc->cfg.enc.dim, mc->cfg.K};
@@ -141,7 +325,7 @@ out:
 int ckpt_load_encoder(const char *path, resnet *m)
 {
     moco_st *f;
-    int rc = moco_st_open(path, &f);
+    int rc = ckpt_open(path, &f, NULL);
     if (rc) return rc;
     if (!(rc = read_model(f, m, "encoder_q.", 0, 1, path))) read_model(f, m, "encoder_q.", 0, 0, path);
     moco_st_destroy(&f);

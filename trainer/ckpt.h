@@ -7,16 +7,24 @@
  *       randomness is a function of (seed, step), so this is the RNG state);
  *   pipeline.epoch I64[1], pipeline.delivered U8[ceil(n/8)]: the stream
  *       position (indices of pipeline.epoch already trained on);
- * and the configuration as "__metadata__" strings. Written atomically
- * (temporary file, fsync, rename): a crash leaves the previous file intact.
- * Loading checks every name, dtype and shape against the model before
- * changing anything. */
+ * and "__metadata__" strings: "format" (moco-checkpoint-1), "config" (the
+ * training configuration as JSON: arch, width, mlp, dim, size, K, lr,
+ * schedule, epochs, ...; see train_config_meta) and "data_crc32" (the CRC-32
+ * of the whole data section, 8 hex digits). Written atomically (temporary
+ * file, fsync, rename): a crash leaves the previous file intact.
+ *
+ * Every load (ckpt_open and what uses it) checks the CRC-32 when the file
+ * has one (files written before it existed have none; MOCO_ECORRUPT naming
+ * the file) and refuses NaN or infinite values in any F32 tensor
+ * (MOCO_ENUMERIC naming the tensor and the element). Loading into a model
+ * checks every name, dtype and shape before changing anything. */
 #ifndef TRAINER_CKPT_H
 #define TRAINER_CKPT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/safetensors.h"
 #include "trainer/moco.h"
 
 typedef struct {
@@ -26,8 +34,29 @@ typedef struct {
     size_t delivered_bytes;
 } ckpt_state;
 
-/* meta: key/value pairs (may be NULL). */
+/* What a checkpoint's "config" metadata says. Absent fields: -1 (ints),
+ * NAN (lr), "" (strings); has_config 0 when there is no config at all. */
+typedef struct {
+    int has_config, has_schedule;
+    char arch[32], schedule[128];
+    int width, mlp, dim, size, K, batch, epochs, cos, warmup_epochs;
+    double lr;
+    int64_t count;
+} ckpt_config;
+
+/* meta: key/value pairs (may be NULL); "data_crc32" is added here. */
 int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char *const *meta, int nmeta);
+
+/* Open and check a checkpoint (CRC-32, finite F32 tensors; see above) and
+ * read its config into *cfg (may be NULL). Returns 0 and *f (moco_st_destroy
+ * it), or MOCO_EIO / MOCO_ECORRUPT / MOCO_ENUMERIC / MOCO_ENOMEM naming the
+ * file; *f NULL on failure. */
+int ckpt_open(const char *path, moco_st **f, ckpt_config *cfg);
+
+/* Only the config (the header is read, not the tensors). Returns 0 (also
+ * when the file has no config: cfg->has_config 0), or MOCO_EIO /
+ * MOCO_ECORRUPT naming the file. */
+int ckpt_read_config(const char *path, ckpt_config *cfg);
 
 /* Restore mc (built with the same configuration) and fill *st (its
  * delivered bitmap malloc'd, to free()). Returns 0 or an error naming the

@@ -1,6 +1,7 @@
 /* evalmodel.c: shared flags and loading for the evaluation commands. */
 #include "trainer/evalmodel.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <vips/vips.h>
 
@@ -10,16 +11,15 @@
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
-    *f = (evalmodel_flags){.arch = "resnet18-cifar", .norm = "auto", .width = 64, .dim = 128, .size = 32, .batch = 256, .threads = 2,
-                            .init_seed = -1};
+    *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used)", 0, 0, NULL};
-    o[n++] = (moco_opt){"arch", MOCO_OPT_CHOICE, &f->arch, "encoder the checkpoint holds", 0, 0,
+    o[n++] = (moco_opt){"arch", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
                         "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"};
-    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width", 1, 1024, NULL};
-    o[n++] = (moco_opt){"mlp", MOCO_OPT_FLAG, &f->mlp, "it has the MLP head", 0, 0, NULL};
-    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension", 1, 65536, NULL};
-    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side (resize + centre crop)", 8, 4096, NULL};
+    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 1, 1024, NULL};
+    o[n++] = (moco_opt){"mlp", MOCO_OPT_FLAG, &f->mlp, "it has the MLP head (default: as the checkpoint says)", 0, 0, NULL};
+    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 1, 65536, NULL};
+    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 8, 4096, NULL};
     o[n++] = (moco_opt){"normalize", MOCO_OPT_CHOICE, &f->norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"};
     o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward", 1, 65536, NULL};
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
@@ -39,17 +39,48 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
     }
 }
 
-int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float std[3])
+/* f's description of the encoder against the checkpoint's config */
+static int describe(evalmodel_flags *f, const ckpt_config *c)
+{
+    const char *p = f->ckpt;
+    if (f->arch && c->arch[0] && strcmp(f->arch, c->arch))
+        return moco_err(MOCO_EINVAL, "%s holds a %s encoder; --arch %s contradicts it", p, c->arch, f->arch);
+    if (f->width && c->width > 0 && f->width != c->width)
+        return moco_err(MOCO_EINVAL, "%s holds an encoder of width %d (encoder_q.conv1.weight has %d output channels); "
+                        "--width %ld contradicts it", p, c->width, c->width, f->width);
+    if (f->mlp && c->mlp == 0)
+        return moco_err(MOCO_EINVAL, "%s holds an encoder with the linear head (fc.weight); --mlp contradicts it", p);
+    if (f->dim && c->dim > 0 && f->dim != c->dim)
+        return moco_err(MOCO_EINVAL, "%s holds an encoder of --moco-dim %d; --moco-dim %ld contradicts it", p, c->dim, f->dim);
+    if (!f->arch && c->arch[0]) {
+        snprintf(f->arch_buf, sizeof f->arch_buf, "%s", c->arch);
+        f->arch = f->arch_buf;
+    }
+    if (!f->width && c->width > 0) f->width = c->width;
+    if (!f->mlp && c->mlp > 0) f->mlp = 1;
+    if (!f->dim && c->dim > 0) f->dim = c->dim;
+    if (!f->size && c->size > 0) f->size = c->size;
+    return 0;
+}
+
+int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
 {
     *m = NULL;
     if (!f->ckpt == (f->init_seed < 0)) return moco_err(MOCO_EINVAL, "give one of --ckpt and --random-init");
+    ckpt_config cc;
+    int rc;
+    if (f->ckpt && ((rc = ckpt_read_config(f->ckpt, &cc)) || (rc = describe(f, &cc)))) return rc;
+    if (!f->arch) f->arch = "resnet18-cifar";
+    if (!f->width) f->width = 64;
+    if (!f->dim) f->dim = 128;
+    if (!f->size) f->size = 32;
     evalmodel_norm(f->norm, (int)f->size, mean, std);
     par_set_threads((int)f->threads);
     if (VIPS_INIT("moco")) return moco_err(MOCO_EVIPS, "cannot start libvips");
     vips_cache_set_max(0);
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
                 .batch = (int)f->batch, .size = (int)f->size};
-    int rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
+    rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
     if (!rc && f->ckpt && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
     return rc;
 }

@@ -1,6 +1,12 @@
 /* evalmodel.h: what the evaluation commands (knn, lincls, embed) share: the
  * flags that describe the encoder a checkpoint holds, the input
- * normalisation, and loading the query encoder for evaluation. */
+ * normalisation, and loading the query encoder for evaluation.
+ *
+ * Checkpoints describe themselves: arch, width, head (mlp or not), dim and
+ * the training --size come from their "config" metadata, so the flags are
+ * needed only for --random-init or for checkpoints without a config. A flag
+ * given that contradicts the checkpoint is an error (--size may differ: it
+ * is the evaluation's input side). */
 #ifndef TRAINER_EVALMODEL_H
 #define TRAINER_EVALMODEL_H
 
@@ -11,6 +17,9 @@ typedef struct {
     const char *ckpt, *arch, *norm;
     long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt */
     int mlp;
+    char arch_buf[32]; /* the checkpoint's arch, when f->arch comes from it */
+    /* not given: arch NULL, width / dim / size 0, mlp 0; evalmodel_open
+     * fills them in (from the checkpoint, else resnet18-cifar, 64, 128, 32) */
 } evalmodel_flags;
 
 #define EVALMODEL_NOPTS 11
@@ -25,9 +34,12 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
  * for size <= 64, ImageNet's above). */
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3]);
 
-/* Set the BLAS threads, start libvips, build the encoder (no gradients) and
- * load encoder_q from f->ckpt (or keep the seeded initialisation). Returns 0 or an error naming the file and
- * the tensor; *m NULL on failure. */
-int evalmodel_open(const evalmodel_flags *f, resnet **m, float mean[3], float std[3]);
+/* Set the BLAS threads, start libvips, resolve the encoder's description
+ * into f (see above; MOCO_EINVAL when a flag contradicts the checkpoint),
+ * build it (no gradients) and load encoder_q from f->ckpt (or keep the
+ * seeded initialisation). Returns 0 or an error naming the file and the
+ * tensor (MOCO_ECORRUPT: checksum; MOCO_ENUMERIC: NaN or infinite weights);
+ * *m NULL on failure. */
+int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3]);
 
 #endif

@@ -2,7 +2,10 @@
  * export: the query encoder's backbone (the projection head dropped, as the
  *   papers do downstream; --with-head keeps it) as a plain state_dict with
  *   torchvision's names (encoder_q. stripped), for torchvision's
- *   load_state_dict (strict=False without the head; strict with it).
+ *   load_state_dict (strict=False without the head; strict with it). The
+ *   checkpoint is checked first (checksum, no NaN or infinite weights), and
+ *   its description (arch, width, mlp, dim) goes into the metadata
+ *   ("moco.arch", "moco.encoder").
  * embed: the pooled backbone features (or, with --head, the head's
  *   outputs) of every sample of a dataset in index order, not normalised:
  *   a NumPy .npy file (float32 (N, F); labels, when the dataset has them,
@@ -48,7 +51,8 @@ int export_main(int argc, char **argv)
         return 2;
     }
     moco_st *f;
-    if ((rc = moco_st_open(ckpt, &f))) {
+    ckpt_config cc;
+    if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
     }
@@ -67,10 +71,14 @@ int export_main(int argc, char **argv)
         e[k].data = moco_st_data(f, t);
         k++;
     }
-    const char *meta[] = {"format", "pt", "source", ckpt};
+    /* what the encoder is, from the checkpoint's config (rn_save's moco.arch too) */
+    char desc[160];
+    snprintf(desc, sizeof desc, "{\"arch\":\"%s\",\"width\":%d,\"mlp\":%d,\"dim\":%d,\"head\":%d}", cc.arch, cc.width,
+             cc.mlp, cc.dim, with_head);
+    const char *meta[] = {"format", "pt", "source", ckpt, "moco.arch", cc.arch, "moco.encoder", desc};
     rc = !e ? moco_err(MOCO_ENOMEM, "out of memory")
          : k == 0 ? moco_err(MOCO_ENOTFOUND, "%s: no %s.* tensors (not a moco checkpoint?)", ckpt, which)
-                  : moco_st_write(out, e, k, meta, 2);
+                  : moco_st_write(out, e, k, meta, cc.has_config && cc.arch[0] ? 4 : 2);
     if (rc) fprintf(stderr, "moco export: %s\n", moco_errmsg());
     else printf("moco export: %d tensors of %s to %s\n", k, which, out);
     free(e);
@@ -133,14 +141,16 @@ int embed_main(int argc, char **argv)
         fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;
     }
-    const int B = (int)ef.batch, S = (int)ef.size;
+    int B = 0, S = 0;
     resnet *m = NULL;
     evalset *es = NULL;
     float *x = NULL, *feat = NULL, mean[3], std[3];
     int32_t *lab = NULL;
     int64_t *lab64 = NULL, cnt = 0;
     int D = 0, labelled = 0;
-    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open_any(db, S, mean, std, &es))) goto out;
+    if ((rc = evalmodel_open(&ef, &m, mean, std))) goto out; /* resolves ef from the checkpoint */
+    B = (int)ef.batch, S = (int)ef.size;
+    if ((rc = evalset_open_any(db, S, mean, std, &es))) goto out;
     D = head ? (int)ef.dim : m->features;
     labelled = evalset_labelled(es);
     cnt = evalset_count(es);

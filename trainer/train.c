@@ -7,15 +7,27 @@
  * the learning rate of the official schedule (step decay at --schedule
  * epochs, or --cos), optionally after a linear warm-up. At the end of each
  * epoch it writes a checkpoint (trainer/ckpt.h) and, every --knn-every
- * epochs, measures kNN accuracy (trainer/knn.h). Resuming (--resume)
+ * epochs, measures kNN accuracy (trainer/knn.h); the checkpoint is written
+ * first, so a stop during the evaluation loses nothing. Resuming (--resume)
  * restores the model, optimiser, queue, step and the stream position, so the
- * stream continues exactly where the checkpoint stood.
+ * stream continues exactly where the checkpoint stood; records of
+ * metrics.jsonl past the checkpoint's step are dropped (they are trained
+ * again) and a "resume" record is added. Changing the schedule (--epochs,
+ * --lr, --cos, --schedule, --warmup-epochs, --batch-size) on resume needs
+ * --allow-schedule-change.
+ *
+ * Trustworthy edges: every input (--knn-train, --knn-test, --resume,
+ * --keys, --out) is checked before the first step; an --out that already
+ * holds something is refused without --resume or --overwrite; SIGINT /
+ * SIGTERM stop before the next step with a checkpoint and the command that
+ * resumes (exit 130).
  *
  * Output in --out: metrics.jsonl (one record per --log-every steps and one
  * per epoch), checkpoint_last.safetensors (every epoch and --save-every
  * steps), checkpoint_epoch_NNNN.safetensors (the last --keep kept) and
  * checkpoint_best.safetensors (best kNN). */
 #include <cblas.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -148,14 +160,25 @@ static double peak_rss_mb(void)
     return (double)ru.ru_maxrss / 1024.0;
 }
 
-/* The configuration as metadata key/value strings. */
-static int config_meta(const train_cfg *c, char *buf, size_t n, const char **meta)
+/* "120,160" from c->schedule */
+static void schedule_str(const train_cfg *c, char *buf, size_t n)
 {
+    size_t at = 0;
+    buf[0] = 0;
+    for (int i = 0; i < c->nschedule && at < n; i++) at += (size_t)snprintf(buf + at, n - at, i ? ",%d" : "%d", c->schedule[i]);
+}
+
+int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta)
+{
+    char sched[TRAIN_MAX_SCHEDULE * 12];
+    schedule_str(c, sched, sizeof sched);
     snprintf(buf, n,
              "{\"arch\":\"%s\",\"width\":%d,\"mlp\":%d,\"dim\":%d,\"K\":%d,\"m\":%g,\"T\":%g,\"batch_size\":%d,\"lr\":%g,"
-             "\"momentum\":%g,\"wd\":%g,\"cos\":%d,\"epochs\":%d,\"bn_splits\":%d,\"symmetric\":%d,\"size\":%d,\"seed\":%llu}",
-             c->arch, c->width, c->mlp, c->dim, c->K, c->m, c->T, c->batch, c->lr, c->momentum, c->wd, c->cos, c->epochs,
-             c->bn_splits, c->symmetric, c->size, (unsigned long long)c->seed);
+             "\"momentum\":%g,\"wd\":%g,\"cos\":%d,\"schedule\":\"%s\",\"warmup_epochs\":%d,\"epochs\":%d,\"bn_splits\":%d,"
+             "\"symmetric\":%d,\"size\":%d,\"seed\":%llu,\"count\":%llu}",
+             c->arch, c->width, c->mlp, c->dim, c->K, c->m, c->T, c->batch, c->lr, c->momentum, c->wd, c->cos, sched,
+             c->warmup_epochs, c->epochs, c->bn_splits, c->symmetric, c->size, (unsigned long long)c->seed,
+             (unsigned long long)c->count);
     meta[0] = "format";
     meta[1] = "moco-checkpoint-1";
     meta[2] = "config";
@@ -163,8 +186,144 @@ static int config_meta(const train_cfg *c, char *buf, size_t n, const char **met
     return 2;
 }
 
-int train_run(const train_cfg *c)
+/* Every input path, before anything trains: the kNN sets open as labelled
+ * datasets, the checkpoint to resume exists, the key directory is one. */
+static int check_inputs(const train_cfg *c, const char *resume)
 {
+    struct stat sb;
+    if (resume && stat(resume, &sb))
+        return moco_err(MOCO_ENOTFOUND, "--resume %s: %s", resume, strerror(errno));
+    if (c->keys && (stat(c->keys, &sb) || !S_ISDIR(sb.st_mode)))
+        return moco_err(MOCO_ENOTFOUND, "--keys %s: not a directory", c->keys);
+    const char *sets[2] = {c->knn_train, c->knn_test}, *names[2] = {"--knn-train", "--knn-test"};
+    for (int i = 0; i < 2; i++) {
+        evalset *e = NULL;
+        if (!sets[i]) continue;
+        int rc = evalset_open(sets[i], c->size, c->mean, c->std, &e);
+        evalset_destroy(&e);
+        if (rc) return moco_err(rc, "%s %s: %s", names[i], sets[i], moco_errmsg());
+    }
+    return 0;
+}
+
+/* --out without --resume: refused when it holds anything but the logs moco
+ * run writes there (loader.*, workers.*); with --overwrite, the old run's
+ * metrics.jsonl and checkpoint_*.safetensors are removed. */
+static int check_out_dir(const char *out, int overwrite)
+{
+    DIR *d = opendir(out);
+    if (!d) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "--out %s: %s", out, strerror(errno));
+    struct dirent *de;
+    char first[256] = "", path[4400];
+    int rc = 0;
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        size_t l = strlen(n);
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strncmp(n, "loader.", 7) || !strncmp(n, "workers.", 8)) continue;
+        int ours = !strcmp(n, "metrics.jsonl") || (!strncmp(n, "checkpoint_", 11) && l > 12 && !strcmp(n + l - 12, ".safetensors"));
+        if (overwrite && ours) {
+            snprintf(path, sizeof path, "%s/%s", out, n);
+            if (unlink(path) && errno != ENOENT) { rc = moco_err(MOCO_EIO, "cannot remove %s: %s", path, strerror(errno)); break; }
+        } else if (!overwrite && !first[0]) {
+            snprintf(first, sizeof first, "%s", n);
+        }
+    }
+    closedir(d);
+    if (!rc && first[0])
+        rc = moco_err(MOCO_EEXIST, "--out %s is not empty (it holds %s): give --resume %s to continue its run, --overwrite to "
+                      "start afresh there, or another --out", out, first, out);
+    return rc;
+}
+
+/* A resume keeps the schedule the checkpoint was trained with. */
+static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const char *path)
+{
+    char diff[1024] = "", a[64], b[64], sched[TRAIN_MAX_SCHEDULE * 12];
+    size_t at = 0;
+#define DIFF(...) (at < sizeof diff ? (void)(at += (size_t)snprintf(diff + at, sizeof diff - at, __VA_ARGS__)) : (void)0)
+    if (k->epochs >= 0 && k->epochs != c->epochs) DIFF(", --epochs %d (checkpoint: %d)", c->epochs, k->epochs);
+    if (k->batch >= 0 && k->batch != c->batch) DIFF(", --batch-size %d (checkpoint: %d)", c->batch, k->batch);
+    if (k->cos >= 0 && k->cos != c->cos) DIFF(", %s (checkpoint: %s)", c->cos ? "--cos" : "no --cos", k->cos ? "--cos" : "no --cos");
+    if (k->warmup_epochs >= 0 && k->warmup_epochs != c->warmup_epochs)
+        DIFF(", --warmup-epochs %d (checkpoint: %d)", c->warmup_epochs, k->warmup_epochs);
+    snprintf(a, sizeof a, "%g", c->lr);
+    snprintf(b, sizeof b, "%g", k->lr);
+    if (!isnan(k->lr) && strcmp(a, b)) DIFF(", --lr %s (checkpoint: %s)", a, b);
+    schedule_str(c, sched, sizeof sched);
+    if (!c->cos && k->cos == 0 && strcmp(sched, k->schedule) && k->has_schedule)
+        DIFF(", --schedule %s (checkpoint: %s)", sched[0] ? sched : "none", k->schedule[0] ? k->schedule : "none");
+#undef DIFF
+    if (!at) return 0;
+    return moco_err(MOCO_EINVAL, "%s was trained with another schedule: %s. Give the flags it was trained with, or "
+                    "--allow-schedule-change to change the learning rates of a run under way", path, diff + 2);
+}
+
+/* s as a JSON string body (quotes and backslashes escaped) into buf */
+static const char *json_esc(const char *s, char *buf, size_t n)
+{
+    size_t j = 0;
+    for (; *s && j + 3 < n; s++) {
+        if (*s == '"' || *s == '\\') buf[j++] = '\\';
+        buf[j++] = (unsigned char)*s < 0x20 ? '?' : *s;
+    }
+    buf[j] = 0;
+    return buf;
+}
+
+/* On resume: metrics.jsonl keeps the records up to the checkpoint's step
+ * (those after it are trained again and would be duplicates; a torn last
+ * line goes too), rewritten atomically when something is dropped. */
+static int metrics_rewind(const char *path, int64_t step, int *dropped)
+{
+    *dropped = 0;
+    FILE *in = fopen(path, "r");
+    if (!in) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "cannot read %s: %s", path, strerror(errno));
+    char tmp[4400], *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) { fclose(in); return moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno)); }
+    while ((len = getline(&line, &cap, in)) > 0) {
+        const char *p = strstr(line, "\"step\":");
+        if (line[len - 1] != '\n' || (p && strtoll(p + 7, NULL, 10) > step)) { (*dropped)++; continue; }
+        fwrite(line, 1, (size_t)len, out);
+    }
+    free(line);
+    fclose(in);
+    int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
+    ok = fclose(out) == 0 && ok;
+    if (!*dropped) { unlink(tmp); return 0; }
+    if (!ok || rename(tmp, path)) { unlink(tmp); return moco_err(MOCO_EIO, "cannot rewrite %s: %s", path, strerror(errno)); }
+    return 0;
+}
+
+/* checkpoint_last at a step inside an epoch: the stream position, minus
+ * the nb pairs of batch_idx not trained on yet (the loader sends them
+ * again on resume) */
+static int save_midepoch(const train_cfg *c, trainer_stream *s, const moco *mc, int64_t epoch, int64_t step,
+                         const uint64_t *batch_idx, int nb, uint8_t **delivered, const char **meta, int nmeta)
+{
+    uint32_t pe;
+    const uint8_t *bm;
+    size_t nbytes;
+    char path[4200];
+    stream_position(s, &pe, &bm, &nbytes);
+    size_t need = c->count ? (size_t)((c->count + 7) / 8) : nbytes;
+    free(*delivered);
+    if (!(*delivered = calloc(need ? need : 1, 1))) return moco_err(MOCO_ENOMEM, "out of memory");
+    if (bm) memcpy(*delivered, bm, need < nbytes ? need : nbytes);
+    for (int i = 0; i < nb; i++)
+        if (batch_idx[i] / 8 < need) (*delivered)[batch_idx[i] / 8] &= (uint8_t)~(1u << (batch_idx[i] % 8));
+    ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = pe, .delivered = *delivered, .delivered_bytes = need};
+    snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
+    return ckpt_save(path, mc, &cs, meta, nmeta);
+}
+
+int train_run(const train_cfg *cin)
+{
+    train_cfg cfg = *cin; /* --count may come from the checkpoint */
+    const train_cfg *c = &cfg;
     int rc = 0, N = c->batch, S = c->size;
     moco *mc = NULL;
     trainer_stream *s = NULL;
@@ -173,16 +332,11 @@ int train_run(const train_cfg *c)
     uint64_t *batch_idx = NULL;
     uint8_t *delivered = NULL;
     ckpt_state rs = {0};
-    char path[4200], cfgjson[2048];
+    char path[4200], cfgjson[2048], esc[2048];
     const char *meta[4];
-    int nmeta = config_meta(c, cfgjson, sizeof cfgjson, meta);
+    int nmeta = 0, nb = 0;
+    int64_t epoch = c->start_epoch, step = 0, saved_step = -1; /* saved: the step of checkpoint_last in --out */
 
-    moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
-                             .batch = N, .size = S},
-                     .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
-                     .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
-    if ((rc = moco_new(&mcfg, &mc))) return rc;
-    int64_t epoch = c->start_epoch, step = 0;
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
     char rpath[4200];
@@ -191,8 +345,18 @@ int train_run(const train_cfg *c)
         snprintf(rpath, sizeof rpath, "%s/checkpoint_last.safetensors", resume);
         resume = rpath;
     }
+    if ((rc = check_inputs(c, resume))) return rc;
+    if (!resume && (rc = check_out_dir(c->out, c->overwrite))) return rc;
+    moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
+                             .batch = N, .size = S},
+                     .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
+                     .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
+    if ((rc = moco_new(&mcfg, &mc))) return rc;
     if (resume) {
-        if ((rc = ckpt_load(resume, mc, &rs))) goto out;
+        ckpt_config kc;
+        if ((rc = ckpt_read_config(resume, &kc)) || (rc = ckpt_load(resume, mc, &rs))) goto out;
+        if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
+        if (!c->allow_schedule_change && (rc = schedule_unchanged(c, &kc, resume))) goto out;
         epoch = rs.epoch;
         step = rs.step;
         resume_epoch = (uint32_t)rs.pipe_epoch;
@@ -203,9 +367,17 @@ int train_run(const train_cfg *c)
         }
         fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
     }
+    nmeta = train_config_meta(c, cfgjson, sizeof cfgjson, meta);
     if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
+    int dropped = 0;
+    if (resume && (rc = metrics_rewind(path, step, &dropped))) goto out;
     if (!(metrics = fopen(path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
+    if (resume) {
+        fprintf(metrics, "{\"type\":\"resume\",\"epoch\":%lld,\"step\":%lld,\"from\":\"%s\",\"dropped_records\":%d}\n",
+                (long long)epoch, (long long)step, json_esc(resume, esc, sizeof esc), dropped);
+        fflush(metrics);
+    }
     x1 = malloc(sizeof *x1 * (size_t)N * 3 * S * S);
     x2 = malloc(sizeof *x2 * (size_t)N * 3 * S * S);
     batch_idx = malloc(sizeof *batch_idx * (size_t)N);
@@ -227,7 +399,7 @@ int train_run(const train_cfg *c)
     if ((rc = stream_open(&sc, &s))) goto out;
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / (uint64_t)N) : 0, step_in_epoch = 0;
-    int nb = 0, tty = isatty(STDERR_FILENO);
+    int tty = isatty(STDERR_FILENO);
     double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
     double e_loss = 0, e_acc = 0;
@@ -243,11 +415,30 @@ int train_run(const train_cfg *c)
             stream_stats st;
             stream_get_stats(s, &st);
             double el = moco_now_s() - t_epoch;
+            int dropped_pairs = nb;
+            nb = 0;
+            int64_t next = (int64_t)ev.epoch + 1;
+            /* the checkpoint first (the next epoch, nothing of it delivered
+             * yet): a stop during the kNN evaluation loses nothing */
+            ckpt_state cs = {.epoch = next, .step = step, .pipe_epoch = next, .delivered = NULL, .delivered_bytes = 0};
+            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
+            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            saved_step = step;
+            snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)next);
+            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            if (c->keep > 0 && next - c->keep >= 1) {
+                snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(next - c->keep));
+                unlink(path);
+            }
             double knn = -1;
             if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0) {
                 double tk = moco_now_s();
-                if ((rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn))) goto out;
-                fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn, moco_now_s() - tk);
+                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn);
+                if (rc == MOCO_EINTR && stop_flag) knn = -1, rc = 0; /* stopped: the epoch's record without it */
+                if (rc) goto out;
+                if (knn >= 0)
+                    fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn,
+                            moco_now_s() - tk);
             }
             char knns[32] = "null";
             if (knn >= 0) snprintf(knns, sizeof knns, "%.2f", knn);
@@ -257,7 +448,7 @@ int train_run(const train_cfg *c)
                     "\"stream\":{\"duplicates\":%llu,\"stale\":%llu,\"malformed\":%llu,\"rejected_epoch\":%llu,"
                     "\"rejected_index\":%llu,\"held\":%llu,\"held_dropped\":%llu,\"auth_rejected\":%llu}}\n",
                     (long long)epoch, (long long)step, e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0,
-                    train_lr(c, epoch, 0, steps_per_epoch), (long long)pairs_epoch, nb, ev.nfailed, el,
+                    train_lr(c, epoch, 0, steps_per_epoch), (long long)pairs_epoch, dropped_pairs, ev.nfailed, el,
                     el > 0 ? (double)(e_steps * N) / el : 0, el > 0 ? 100 * (st.waited_s - waited0) / el : 0, knns, peak_rss_mb(),
                     (unsigned long long)st.duplicates, (unsigned long long)st.stale, (unsigned long long)st.malformed,
                     (unsigned long long)st.rejected_epoch, (unsigned long long)st.rejected_index, (unsigned long long)st.held,
@@ -265,28 +456,17 @@ int train_run(const train_cfg *c)
             fflush(metrics);
             if (!tty) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N) / el : 0);
-            waited0 = st.waited_s;
-            nb = 0;
-            epoch = (int64_t)ev.epoch + 1;
-            step_in_epoch = 0;
-            pairs_epoch = 0;
-            e_loss = e_acc = 0;
-            e_steps = 0;
-            /* checkpoint: the next epoch, nothing of it delivered yet */
-            ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = epoch, .delivered = NULL, .delivered_bytes = 0};
-            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
-            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
-            snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)epoch);
-            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
-            if (c->keep > 0 && epoch - c->keep >= 1) {
-                snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(epoch - c->keep));
-                unlink(path);
-            }
-            if (knn > best) {
+            if (knn >= 0 && knn > best) {
                 best = knn;
                 snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
                 if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
             }
+            waited0 = st.waited_s;
+            epoch = next;
+            step_in_epoch = 0;
+            pairs_epoch = 0;
+            e_loss = e_acc = 0;
+            e_steps = 0;
             t_epoch = moco_now_s();
             if (c->epochs && epoch >= c->epochs) break;
             continue;
@@ -350,22 +530,22 @@ int train_run(const train_cfg *c)
         }
         if (c->save_every > 0 && step % c->save_every == 0) {
             /* mid-epoch: the delivered set, minus nothing (the batch was just used) */
-            uint32_t pe;
-            const uint8_t *bm;
-            size_t nbytes;
-            stream_position(s, &pe, &bm, &nbytes);
-            size_t need = c->count ? (size_t)((c->count + 7) / 8) : nbytes;
-            free(delivered);
-            delivered = calloc(need ? need : 1, 1);
-            if (!delivered) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
-            memcpy(delivered, bm, need < nbytes ? need : nbytes);
-            ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = pe, .delivered = delivered, .delivered_bytes = need};
-            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
-            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            if ((rc = save_midepoch(c, s, mc, epoch, step, batch_idx, 0, &delivered, meta, nmeta))) goto out;
+            saved_step = step;
         }
     }
 out:
-    if (stop_flag && (rc == 0 || rc == MOCO_EINTR)) rc = moco_err(MOCO_EINTR, "interrupted; the last checkpoint is in %s", c->out);
+    if (stop_flag) { /* SIGINT / SIGTERM: whatever stopped the loop, keep what was trained */
+        int r2 = 0;
+        if (s && saved_step != step && !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
+            saved_step = step;
+        if (r2) rc = r2;
+        else if (saved_step >= 0)
+            rc = moco_err(MOCO_EINTR, "interrupted at step %lld (epoch %lld): %s/checkpoint_last.safetensors holds it",
+                          (long long)step, (long long)epoch, c->out);
+        else
+            rc = moco_err(MOCO_EINTR, "interrupted before the first step");
+    }
     if (metrics) fclose(metrics);
     stream_destroy(&s);
     moco_destroy(&mc);
@@ -434,6 +614,9 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
         {"seed", MOCO_OPT_U64, &seed, "seed of weights, queue and key permutations", 0, 0, NULL},
         {"resume", MOCO_OPT_STR, &c.resume, "checkpoint (or run directory: its checkpoint_last) to resume from: model, optimiser, queue, stream position", 0, 0, NULL},
+        {"overwrite", MOCO_OPT_FLAG, &c.overwrite, "--out may hold a run: start afresh (its metrics.jsonl and checkpoints are removed)", 0, 0, NULL},
+        {"allow-schedule-change", MOCO_OPT_FLAG, &c.allow_schedule_change,
+         "with --resume: accept --epochs, --lr, --cos, --schedule, --warmup-epochs, --batch-size other than the checkpoint's", 0, 0, NULL},
         {"count", MOCO_OPT_U64, &count, "samples per epoch (for the ETA and the lr schedule within an epoch)", 0, 0, NULL},
         {"knn-train", MOCO_OPT_STR, &c.knn_train, "labelled LMDB: kNN bank", 0, 0, NULL},
         {"knn-test", MOCO_OPT_STR, &c.knn_test, "labelled LMDB: kNN queries", 0, 0, NULL},
@@ -463,6 +646,10 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         fprintf(stderr, "moco train: --connect and --out are required\nTry 'moco train --help'.\n");
         return MOCO_OPTS_USAGE;
     }
+    if (!c.knn_train != !c.knn_test) {
+        fprintf(stderr, "moco train: the kNN monitor needs both --knn-train and --knn-test\n");
+        return MOCO_OPTS_USAGE;
+    }
     if (train_parse_schedule(schedule, &c)) {
         fprintf(stderr, "moco train: %s\n", moco_errmsg());
         return MOCO_OPTS_USAGE;
@@ -475,6 +662,23 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     evalmodel_norm(norm, c.size, c.mean, c.std);
     *out = c;
     return 0;
+}
+
+/* The command line that continues this run: ours, without --resume,
+ * --overwrite and --start-epoch, plus --resume OUT. */
+static void print_resume(int argc, char **argv, const char *out)
+{
+    char exe[4096];
+    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[l > 0 ? l : 0] = 0;
+    fprintf(stderr, "moco train: resume with:\n  %s %s", l > 0 ? exe : "moco", argv[0]);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--resume") || !strcmp(a, "--start-epoch")) { i++; continue; }
+        if (!strncmp(a, "--resume=", 9) || !strncmp(a, "--start-epoch=", 14) || !strcmp(a, "--overwrite")) continue;
+        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
+    }
+    fprintf(stderr, strpbrk(out, " \"'$\\") ? " --resume '%s'\n" : " --resume %s\n", out);
 }
 
 int train_main(int argc, char **argv)
@@ -492,7 +696,14 @@ int train_main(int argc, char **argv)
     rc = train_run(&c);
     if (rc) fprintf(stderr, "\nmoco train: %s\n", moco_errmsg());
     else fprintf(stderr, "\nmoco train: done; checkpoints and metrics.jsonl in %s\n", c.out);
-    return rc ? 1 : 0;
+    if (rc != MOCO_EINTR) return rc ? 1 : 0;
+    char last[4200];
+    snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", c.out);
+    if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out);
+    /* 130, as a shell reports SIGINT; exit here because cli/moco.c turns
+     * command statuses above 125 into 1 */
+    fflush(NULL);
+    exit(130);
 }
 
 int train_knn_main(int argc, char **argv)

@@ -2,6 +2,7 @@
 #ifndef TRAINER_TRAIN_H
 #define TRAINER_TRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "trainer/moco.h"
@@ -12,6 +13,8 @@ typedef struct {
     const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
     const char *keys;  /* key directory for tcp endpoints (CURVE) */
     int insecure;      /* tcp without keys */
+    int overwrite;     /* --out may hold a run: start afresh (its metrics.jsonl and checkpoints removed) */
+    int allow_schedule_change; /* --resume with other --epochs, --lr, --cos, --schedule, --batch-size */
     int width, dim, K, batch, epochs, start_epoch, bn_splits, size, mlp, symmetric, cos, warmup_epochs;
     int schedule[TRAIN_MAX_SCHEDULE], nschedule;
     double lr, momentum, wd, m, T, knn_t, loader_timeout;
@@ -42,7 +45,24 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
  * printed) or MOCO_OPTS_USAGE (error printed). */
 int train_parse_args(int argc, char **argv, train_cfg *c);
 
+/* The configuration as checkpoint metadata: meta[0..3] = "format",
+ * "moco-checkpoint-1", "config", the JSON in buf (arch, width, mlp, dim, K,
+ * m, T, batch_size, lr, momentum, wd, cos, schedule, warmup_epochs, epochs,
+ * bn_splits, symmetric, size, seed, count). Returns the number of pairs (2). */
+int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta);
+
+/* Train. Before the first step every input is checked (--knn-train and
+ * --knn-test opened, --resume loaded, --keys, --out: refused with
+ * MOCO_EEXIST when it holds something and neither --resume nor --overwrite
+ * is given). A resume with other schedule flags than the checkpoint's is
+ * MOCO_EINVAL unless allow_schedule_change. On SIGINT / SIGTERM (the flag
+ * train_main's handler sets) it stops before the next step, writes
+ * checkpoint_last (the untrained part of a batch left to the stream) and
+ * returns MOCO_EINTR. */
 int train_run(const train_cfg *c);
+/* Exit status: 0, 1 (an error), 2 (usage), 130 (interrupted: the resume
+ * command is printed, unless MOCO_RUN_SUPERVISED is set: moco run prints
+ * its own). */
 int train_main(int argc, char **argv);
 
 /* `moco knn --ckpt CKPT --train DB --test DB`: the kNN protocol on a

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# cli_rundir.sh: the edges of a training run (issue "Trustworthy edges",
+# items 3 and 7), on a Fashion-MNIST subset (Debian package; skipped when
+# absent) with a tiny ResNet, so that each run takes a second or two:
+#  3b. every input is checked before the first step: a missing --knn-train,
+#      --knn-test, --resume or --keys fails at once, naming it (before: after
+#      the first epoch, or never without a loader);
+#  7e. `moco run DB --out DIR` trains into DIR (--out is --run-dir);
+#  7a. a run directory that holds something is refused without --resume or
+#      --overwrite (moco run and moco train); --overwrite starts afresh;
+#  7c. a resume with another --epochs / --lr is refused without
+#      --allow-schedule-change;
+#  3a. SIGTERM during the end-of-epoch kNN evaluation: that epoch's
+#      checkpoint exists, exit 130, the printed command resumes the run;
+#  7d. a trainer killed (SIGKILL) steps after its last checkpoint and
+#      resumed: metrics.jsonl has a "resume" record and no step twice;
+#  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
+#      that resumes, which finishes the run.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/rundir
+SRC=/usr/share/datasets/fashion-mnist
+[ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
+rm -rf "$T" && mkdir -p "$T" && T=$(cd "$T" && pwd)
+cd "$T" || fail "cd $T" # moco run's default run directory (runs/) lands here
+$M mkdb $SRC db --split test --limit 512 --shuffle --seed 3 --quiet >/dev/null || fail mkdb
+MODEL="--arch resnet18-cifar --width 4 --batch-size 32 --moco-k 256 --moco-m 0.99 --moco-t 0.1 --cos --bn-splits 4 --threads 1"
+RUN="--workers 1 --recipe cifar --size 28 --seed 1 $MODEL --lr 0.06 --quiet"
+steps() { grep -o '"type":"step","epoch":[0-9]*,"step":[0-9]*' "$1" | grep -o '[0-9]*$'; }
+epochs() { grep -c '"type":"epoch"' "$1" 2>/dev/null; }
+
+# 3b. inputs checked before the first step (no loader here: the old trainer waited for one)
+TR="--connect ipc://$T/nothing-c --bind ipc://$T/nothing-p --size 28 --epochs 1 $MODEL"
+for bad in "--knn-train $T/missing --knn-test db" "--knn-train db --knn-test $T/missing" "--resume $T/missing" "--keys $T/missing"; do
+  rm -rf t3b
+  timeout 20 $M train $TR --out t3b $bad >/dev/null 2>t3b.err; rc=$?
+  [ $rc -eq 1 ] && grep -q "$T/missing" t3b.err || fail "train $bad: exit $rc (want 1 at once, naming it): $(tail -2 t3b.err)"
+done
+t0=$SECONDS
+timeout 60 $M run db $RUN --epochs 1 --run-dir r3b --knn-train "$T/missing" --knn-test db >/dev/null 2>r3b.err; rc=$?
+[ $rc -eq 1 ] && grep -q "$T/missing" r3b.err || fail "moco run with a missing --knn-train: exit $rc: $(tail -2 r3b.err)"
+[ -e r3b/metrics.jsonl ] && fail "moco run with a missing --knn-train trained first: $(head -c 300 r3b/metrics.jsonl)"
+echo "3b: a missing --knn-train, --knn-test, --resume or --keys is refused before the first step ($((SECONDS - t0)) s through moco run)"
+
+# 7e. --out is --run-dir
+timeout 60 $M run db $RUN --epochs 1 --out o1 >/dev/null 2>o1.err || fail "moco run --out: $(tail -3 o1.err)"
+[ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "moco run --out o1 did not train into o1 (runs/: $(ls runs 2>/dev/null))"
+[ -e runs ] && fail "moco run --out o1 also made runs/"
+$M run db $RUN --epochs 1 --out o1 --run-dir o2 >/dev/null 2>o12.err; rc=$?
+[ $rc -eq 2 ] || fail "--out o1 --run-dir o2 should exit 2, got $rc"
+echo "7e: moco run --out DIR trains into DIR; --out and --run-dir disagreeing: exit 2"
+
+# 7a. a run directory that holds a run
+$M run db $RUN --epochs 1 --run-dir o1 >/dev/null 2>o1b.err; rc=$?
+[ $rc -eq 2 ] && grep -q "not empty.*--resume o1.*--overwrite" o1b.err || fail "moco run into a used --run-dir: exit $rc: $(tail -2 o1b.err)"
+[ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "the refused run wrote into o1"
+timeout 20 $M train $TR --out o1 >/dev/null 2>o1c.err; rc=$?
+[ $rc -eq 1 ] && grep -q "not empty" o1c.err || fail "moco train --out of a used directory: exit $rc: $(tail -2 o1c.err)"
+timeout 60 $M run db $RUN --epochs 1 --run-dir o1 --overwrite >/dev/null 2>o1d.err || fail "--overwrite: $(tail -3 o1d.err)"
+[ "$(epochs o1/metrics.jsonl)" = 1 ] && ! grep -q '"type":"resume"' o1/metrics.jsonl || fail "--overwrite did not start afresh"
+echo "7a: a used run directory is refused (moco run: exit 2, moco train: exit 1); --overwrite starts afresh"
+
+# 7c. the schedule is kept on resume
+for change in "--epochs 2" "--epochs 1 --lr 0.1"; do
+  timeout 60 $M run db $RUN --run-dir o1 --resume o1 $change >/dev/null 2>o1e.err; rc=$?
+  flag=${change##*--}; flag=--${flag%% *}
+  [ $rc -eq 1 ] && grep -q "another schedule: $flag" o1e.err || fail "resume with $change: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+done
+[ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "a refused resume trained"
+timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-change >/dev/null 2>o1f.err \
+  || fail "--allow-schedule-change: $(tail -3 o1f.err)"
+[ "$(epochs o1/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' o1/metrics.jsonl \
+  || fail "--allow-schedule-change did not resume and train epoch 2"
+echo "7c: --epochs / --lr changed on resume: refused; with --allow-schedule-change: trained on"
+
+# the pipeline by hand, as moco run starts it, so that the trainer can be signalled
+pipeline() { # $1: run directory, rest: trainer flags
+  local d=$1; shift
+  rm -rf s && mkdir -p s
+  $M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet &
+  LP=$!
+  $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
+  WP=$!
+  $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out "$d" --epochs 2 --seed 1 --size 28 --count 512 $MODEL --lr 0.06 \
+    --log-every 1 "$@" 2>>"$d.err" &
+  TP=$!
+}
+wait_step() { # $1: metrics file, $2: step
+  for _ in $(seq 600); do grep -q "\"step\":$2," "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+helpers() { kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null; }
+
+# 3a. SIGTERM during the kNN evaluation after epoch 0 (16 steps): its bank is
+# the whole Fashion-MNIST test set (10,000), a few seconds at width 4
+$M mkdb $SRC big --split test --quiet >/dev/null || fail "mkdb big"
+pipeline k --knn-train big --knn-test db
+wait_step k/metrics.jsonl 16 || fail "epoch 0 never ended: $(tail -3 k.err)"
+sleep 0.5
+kill -TERM $TP; wait $TP; rc=$?
+helpers
+[ $rc -eq 130 ] || fail "SIGTERM during kNN: exit $rc, want 130: $(tail -3 k.err)"
+[ -s k/checkpoint_epoch_0001.safetensors ] || fail "SIGTERM during kNN lost the epoch's checkpoint: $(ls k)"
+grep -q "kNN top-1" k.err && echo "(warning: the kNN evaluation ended before SIGTERM came; 3a not exercised)"
+cmd=$(grep -A1 "moco train: resume with:" k.err | tail -1)
+echo "$cmd" | grep -q -- "--resume k$" || fail "no resume command printed: $(tail -3 k.err)"
+rm -rf s && mkdir -p s
+$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
+eval "timeout 120 $cmd" 2>k2.err || { helpers; fail "the printed command did not resume: $(tail -3 k2.err)"; }
+wait $LP $WP
+[ "$(epochs k/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' k/metrics.jsonl \
+  || fail "the resumed run: $(cut -c1-60 k/metrics.jsonl | tail -4)"
+echo "3a: SIGTERM during kNN: exit 130, checkpoint_epoch_0001 written; the printed command resumed at step 16 and finished"
+
+# 7d. SIGKILL in epoch 1, after its first steps: the checkpoint is epoch 0's
+# (step 16), so the records of steps 17.. are trained again on resume, and
+# must appear once
+pipeline cut
+wait_step cut/metrics.jsonl 20 || fail "no step 20: $(tail -3 cut.err)"
+kill -KILL $TP; wait $TP 2>/dev/null
+helpers
+last=$(steps cut/metrics.jsonl | tail -1)
+[ "$last" -lt 32 ] || fail "the trainer ended epoch 1 before SIGKILL"
+pipeline cut --resume cut
+wait $TP || { helpers; fail "resume after SIGKILL: $(tail -3 cut.err)"; }
+wait $LP $WP
+dup=$(steps cut/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
+[ -z "$dup" ] || fail "steps recorded twice after the resume: $dup"
+[ "$(steps cut/metrics.jsonl | wc -l)" = 32 ] || fail "want 32 step records, got $(steps cut/metrics.jsonl | wc -l)"
+r=$(grep '"type":"resume"' cut/metrics.jsonl)
+echo "$r" | grep -q '"epoch":1,"step":16,.*"dropped_records":[1-9]' || fail "resume record: $r"
+echo "7d: killed at step $last, resumed from step 16: $r; no step recorded twice"
+
+# 7b. Ctrl-C to moco run mid-epoch
+$M run db $RUN --epochs 3 --log-every 1 --run-dir c >/dev/null 2>c.err &
+RP=$!
+wait_step c/metrics.jsonl 20 || fail "no step 20: $(tail -3 c.err)"
+kill -INT $RP; wait $RP; rc=$?
+[ $rc -eq 130 ] || fail "Ctrl-C: moco run exited $rc, want 130: $(tail -4 c.err)"
+grep -q "FAILED" c.err && fail "Ctrl-C: moco run says FAILED"
+[ "$(grep -c "resume with:" c.err)" = 1 ] || fail "want one resume command: $(cat c.err)"
+at=$(grep -o "interrupted at step [0-9]*" c.err | grep -o '[0-9]*$')
+[ -n "$at" ] && [ "$at" -ge 20 ] || fail "the trainer did not say where it stopped: $(tail -4 c.err)"
+cmd=$(grep -A1 "moco run: resume with:" c.err | tail -1)
+echo "$cmd" | grep -q -- "--run-dir c --resume c$" || fail "resume command: $cmd"
+eval "timeout 120 $cmd" >/dev/null 2>c2.err || fail "the printed command failed: $(tail -3 c2.err)"
+[ "$(epochs c/metrics.jsonl)" = 3 ] && grep -q "\"type\":\"resume\",\"epoch\":1,\"step\":$at," c/metrics.jsonl \
+  || fail "the resumed run: $(grep -v '"type":"step"' c/metrics.jsonl | cut -c1-70)"
+dup=$(steps c/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
+[ -z "$dup" ] || fail "steps recorded twice: $dup"
+echo "7b: Ctrl-C at step $at: exit 130, checkpoint, resume command; resumed to the end (3 epochs)"
+echo "run directories: inputs checked first, used directories refused, schedule kept, interruptions resumable"

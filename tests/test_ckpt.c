@@ -1,0 +1,255 @@
+/* test_ckpt.c: checkpoints that can be trusted (trainer/ckpt.h):
+ *  - the CRC-32 of the tensor data in __metadata__: a checkpoint with one
+ *    byte of tensor data flipped is refused (MOCO_ECORRUPT naming the file)
+ *    by ckpt_load, ckpt_load_encoder and ckpt_open;
+ *  - NaN or infinite weights are refused at load (MOCO_ENUMERIC naming the
+ *    tensor) by ckpt_load, by evalmodel_open (knn, lincls, embed) and by
+ *    moco export;
+ *  - checkpoints describe themselves: evalmodel_open builds the encoder from
+ *    the "config" metadata (arch, width, mlp, dim, size) without flags, and
+ *    refuses flags that contradict it; a checkpoint without a config falls
+ *    back to the flags.
+ * Small models: resnet18-cifar width 4, 8x8 inputs, batch 4, K 16. */
+#include "tests/testutil.h"
+
+#include <math.h>
+
+#include "formats/errors.h"
+#include "formats/safetensors.h"
+#include "trainer/ckpt.h"
+#include "trainer/evalmodel.h"
+#include "trainer/export.h"
+#include "trainer/moco.h"
+#include "trainer/train.h"
+
+/* a tiny MoCo model (mlp head, dim 8) and the train_cfg that describes it */
+static moco *tiny(train_cfg *tc)
+{
+    moco_cfg cfg = {{"resnet18-cifar", 4, 1, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco *mc;
+    if (moco_new(&cfg, &mc)) fail_msg("moco_new: %s", moco_errmsg());
+    *tc = (train_cfg){.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .K = 16, .batch = 4, .epochs = 3, .bn_splits = 2,
+                      .size = 8, .lr = 0.06, .momentum = 0.9, .wd = 5e-4, .m = 0.99, .T = 0.1, .seed = 3, .cos = 1, .count = 64};
+    return mc;
+}
+
+/* save mc with tc's config metadata (none when tc is NULL) to dir/name */
+static const char *save(const char *dir, const char *name, const moco *mc, const train_cfg *tc)
+{
+    static char path[4200];
+    char json[2048];
+    const char *meta[4];
+    int nmeta = tc ? train_config_meta(tc, json, sizeof json, meta) : 0;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    ckpt_state st = {.epoch = 1, .step = 16, .pipe_epoch = 1};
+    if (ckpt_save(path, mc, &st, meta, nmeta)) fail_msg("ckpt_save: %s", moco_errmsg());
+    return path;
+}
+
+static long data_offset(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t b[8];
+    assert_non_null(f);
+    assert_int_equal(fread(b, 1, 8, f), 8);
+    fclose(f);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | b[i];
+    return (long)(8 + hl);
+}
+
+static void flip_byte(const char *path, long off)
+{
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, off, SEEK_SET), 0);
+    int c = fgetc(f);
+    assert_true(c != EOF);
+    assert_int_equal(fseek(f, off, SEEK_SET), 0);
+    fputc(c ^ 0x01, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_checksum(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_crc");
+    train_cfg tc;
+    moco *mc = tiny(&tc), *mc2 = tiny(&tc);
+    char path[4200];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    ckpt_state st = {0};
+    assert_int_equal(ckpt_load(path, mc2, &st), 0); /* intact: loads */
+    free((void *)st.delivered);
+    /* the lowest mantissa byte of the first weight: still a finite float */
+    long off = data_offset(path) + 4 * 7;
+    flip_byte(path, off);
+    int rc = ckpt_load(path, mc2, &st);
+    printf("one byte of tensor data flipped (file offset %ld): %s\n", off, moco_errmsg());
+    assert_int_equal(rc, MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), path));
+    assert_non_null(strstr(moco_errmsg(), "checksum"));
+    resnet *m = NULL;
+    rn_cfg rc2 = {"resnet18-cifar", 4, 1, 8, 1, 4, 8};
+    assert_int_equal(rn_new(&rc2, 1, 0, NULL, &m), 0);
+    assert_int_equal(ckpt_load_encoder(path, m), MOCO_ECORRUPT);
+    moco_st *f = NULL;
+    assert_int_equal(ckpt_open(path, &f, NULL), MOCO_ECORRUPT);
+    assert_null(f);
+    flip_byte(path, off); /* flipped back: accepted again */
+    assert_int_equal(ckpt_load_encoder(path, m), 0);
+    /* a flipped byte in the last tensor (pipeline.delivered ends the data) */
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    flip_byte(path, (long)sb.st_size - 1);
+    assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ECORRUPT);
+    rn_destroy(&m);
+    moco_destroy(&mc);
+    moco_destroy(&mc2);
+}
+
+static void test_nan_refused(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_nan");
+    train_cfg tc;
+    moco *mc = tiny(&tc), *mc2 = tiny(&tc);
+    const rn_tensor *t = rn_find(mc->q, "layer2.0.conv1.weight");
+    assert_non_null(t);
+    ((float *)rn_data(mc->q, t))[5] = NAN;
+    char path[4200];
+    snprintf(path, sizeof path, "%s", save(dir, "nan.safetensors", mc, &tc));
+    /* evaluation: what knn, lincls and embed load through */
+    evalmodel_flags ef;
+    moco_opt opts[EVALMODEL_NOPTS + 1];
+    evalmodel_opts(&ef, opts, "batch");
+    ef.ckpt = path;
+    ef.batch = 4;
+    ef.threads = 1;
+    resnet *m = NULL;
+    float mean[3], std[3];
+    int rc = evalmodel_open(&ef, &m, mean, std);
+    printf("NaN weight: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_ENUMERIC);
+    assert_null(m);
+    assert_non_null(strstr(moco_errmsg(), "encoder_q.layer2.0.conv1.weight"));
+    assert_non_null(strstr(moco_errmsg(), "element 5"));
+    /* resume */
+    ckpt_state st = {0};
+    assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ENUMERIC);
+    /* export */
+    char out[4300];
+    snprintf(out, sizeof out, "%s/e.safetensors", dir);
+    char *argv[] = {"export", "--ckpt", path, "--out", out, NULL};
+    assert_int_equal(export_main(5, argv), 1);
+    assert_false(tu_exists(out));
+    /* an infinity in the key encoder */
+    ((float *)rn_data(mc->q, t))[5] = 0.5f;
+    t = rn_find(mc->k, "fc.2.bias");
+    assert_non_null(t);
+    ((float *)rn_data(mc->k, t))[0] = -INFINITY;
+    snprintf(path, sizeof path, "%s", save(dir, "inf.safetensors", mc, &tc));
+    assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ENUMERIC);
+    printf("infinite weight: %s\n", moco_errmsg());
+    assert_non_null(strstr(moco_errmsg(), "encoder_k.fc.2.bias"));
+    moco_destroy(&mc);
+    moco_destroy(&mc2);
+}
+
+static int open_with(const char *ckpt, const char *arch, long width, int mlp, long dim, evalmodel_flags *ef, resnet **m)
+{
+    moco_opt opts[EVALMODEL_NOPTS + 1];
+    float mean[3], std[3];
+    evalmodel_opts(ef, opts, "batch");
+    ef->ckpt = ckpt;
+    ef->arch = arch;
+    ef->width = width;
+    ef->mlp = mlp;
+    ef->dim = dim;
+    ef->batch = 4;
+    ef->threads = 1;
+    return evalmodel_open(ef, m, mean, std);
+}
+
+static void test_self_describing(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_desc");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], bare[4200];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    snprintf(bare, sizeof bare, "%s", save(dir, "bare.safetensors", mc, NULL));
+    ckpt_config cc;
+    assert_int_equal(ckpt_read_config(path, &cc), 0);
+    assert_true(cc.has_config);
+    assert_string_equal(cc.arch, "resnet18-cifar");
+    assert_int_equal(cc.width, 4);
+    assert_int_equal(cc.mlp, 1);
+    assert_int_equal(cc.dim, 8);
+    assert_int_equal(cc.size, 8);
+    assert_int_equal(cc.epochs, 3);
+    assert_int_equal(cc.cos, 1);
+    assert_true(fabs(cc.lr - 0.06) < 1e-9);
+    assert_int_equal((int)cc.count, 64);
+
+    /* no flags: everything from the checkpoint, weights equal to encoder_q's */
+    evalmodel_flags ef;
+    resnet *m = NULL;
+    assert_int_equal(open_with(path, NULL, 0, 0, 0, &ef, &m), 0);
+    assert_string_equal(m->cfg.arch, "resnet18-cifar");
+    assert_int_equal(m->cfg.width, 4);
+    assert_int_equal(m->cfg.mlp, 1);
+    assert_int_equal(m->cfg.dim, 8);
+    assert_int_equal(m->cfg.size, 8);
+    assert_int_equal(ef.size, 8);
+    assert_memory_equal(m->params, mc->q->params, sizeof(float) * m->nparams);
+    rn_destroy(&m);
+    /* flags that agree are fine */
+    assert_int_equal(open_with(path, "resnet18-cifar", 4, 1, 8, &ef, &m), 0);
+    rn_destroy(&m);
+    /* flags that contradict it are errors naming the flag */
+    struct { const char *arch; long width; long dim; const char *want; } bad[] = {
+        {"resnet50", 0, 0, "--arch resnet50"}, {NULL, 8, 0, "--width 8"}, {NULL, 0, 16, "--moco-dim 16"}};
+    for (int i = 0; i < 3; i++) {
+        int rc = open_with(path, bad[i].arch, bad[i].width, 0, bad[i].dim, &ef, &m);
+        printf("contradicting flag: %s\n", moco_errmsg());
+        assert_int_equal(rc, MOCO_EINVAL);
+        assert_null(m);
+        assert_non_null(strstr(moco_errmsg(), bad[i].want));
+    }
+    /* --mlp against a checkpoint with the linear head */
+    moco_cfg lin = {{"resnet18-cifar", 4, 0, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco *ml;
+    assert_int_equal(moco_new(&lin, &ml), 0);
+    tc.mlp = 0;
+    char lpath[4200];
+    snprintf(lpath, sizeof lpath, "%s", save(dir, "lin.safetensors", ml, &tc));
+    assert_int_equal(open_with(lpath, NULL, 0, 1, 0, &ef, &m), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "--mlp"));
+    assert_int_equal(open_with(lpath, NULL, 0, 0, 0, &ef, &m), 0);
+    assert_int_equal(m->cfg.mlp, 0);
+    rn_destroy(&m);
+    /* without a config: the flags (and their old defaults) decide */
+    assert_int_equal(open_with(bare, NULL, 0, 0, 0, &ef, &m), MOCO_EINVAL); /* width 64, no mlp: shapes differ */
+    assert_int_equal(open_with(bare, "resnet18-cifar", 4, 1, 8, &ef, &m), 0);
+    rn_destroy(&m);
+    /* export records what the encoder is */
+    char out[4300];
+    snprintf(out, sizeof out, "%s/e.safetensors", dir);
+    char *argv[] = {"export", "--ckpt", path, "--out", out, NULL};
+    assert_int_equal(export_main(5, argv), 0);
+    assert_int_equal(tu_sh("head -c 4096 '%s' | grep -aq '\"moco.arch\":\"resnet18-cifar\"'", out), 0);
+    moco_destroy(&ml);
+    moco_destroy(&mc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_checksum),
+        cmocka_unit_test(test_nan_refused),
+        cmocka_unit_test(test_self_describing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
