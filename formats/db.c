@@ -1,19 +1,286 @@
-/* db.c: read-only access to a dataset LMDB and its metadata encoding. */
+/* db.c: read-only access to a dataset LMDB and its metadata encoding.
+ *
+ * Damaged files. LMDB maps data.mdb and trusts what it finds there: a file
+ * cut short gives SIGBUS on the first touch of a missing page, and a page
+ * of zeros trips one of LMDB's assertions, which aborts. Neither may reach
+ * the user as a signal, so this reader defends itself in two layers:
+ *
+ *  1. Before mdb_env_open, check_file() reads the two meta pages of
+ *     data.mdb itself (liblmdb 0.9's layout, spelled out below) and refuses,
+ *     with MOCO_ECORRUPT and a message naming the file, one with a damaged
+ *     meta page (flag, magic, version, page size, root pages) or one shorter
+ *     than (last page + 1) x page size. This catches every truncation.
+ *  2. Every LMDB call and every copy out of the map runs inside a guard
+ *     (run_guarded): a thread-local sigsetjmp point, a SIGBUS/SIGSEGV handler
+ *     installed once per process, and an LMDB assertion callback. A fault or
+ *     an assertion inside the guard jumps back and becomes MOCO_ECORRUPT; the
+ *     handle is then marked damaged and refuses further reads. Values are
+ *     also checked to lie inside the file before they are copied or handed
+ *     to a caller (moco_db_foreach hands out a private copy).
+ *
+ * Caveats: outside a guard the handler passes the signal on to the handler
+ * it replaced (or to the default action), so other faults still crash as
+ * they should; a handler installed later for SIGBUS or SIGSEGV is put
+ * behind ours by the next guard (one that itself passes faults back to
+ * ours gets the default action instead of a loop). Each guard costs two
+ * sigaction calls. A fault
+ * in the middle of an LMDB call leaves that read transaction unusable, hence
+ * the damaged mark; memory LMDB allocated inside the interrupted call may
+ * leak (once per damaged handle; the calls here are ordered so that the
+ * usual faults, in page reads, happen where LMDB holds no allocation). Datasets are written once and never
+ * modified, so the file's extent is fixed at open. */
 #include "formats/db.h"
 #include "formats/errors.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(size_t) == 8 && sizeof(void *) == 8, "the LMDB layout below is liblmdb's on 64-bit hosts");
 
 struct moco_db {
     MDB_env *env;
     MDB_dbi samples, meta;
     MDB_txn *rtxn; /* reset between calls, renewed on use */
+    MDB_cursor *cur; /* the cursor in use, if any (here, not in a local,
+                      * so that moco_db_destroy closes it after a fault) */
     char *path;
+    const uint8_t *map;   /* the mapping of data.mdb */
+    uint64_t data_end;    /* bytes of it that hold pages: (last page + 1) x page size */
+    uint64_t ino;         /* data.mdb's inode, to find the mapping */
+    int damaged;          /* a read faulted: the handle refuses further reads */
+    uint8_t *copy;        /* moco_db_foreach's copy of the current value */
+    size_t copy_cap;
     moco_db_meta m;
 };
+
+/* ---- layer 1: the meta pages -------------------------------------------
+ * liblmdb 0.9 (64-bit, native byte order): pages 0 and 1 of data.mdb are
+ * meta pages. A page starts with a 16-byte header: page number (u64), pad
+ * (u16), flags (u16, 0x08 = meta), two u16. The meta follows: magic (u32,
+ * 0xBEEFC0DE), data version (u32, 1), map address (u64), map size (u64),
+ * two 48-byte database records (free pages, main; the first one's u32 pad is
+ * the page size; a record's root page number is at its offset 40), the last
+ * page number (u64) and the transaction id (u64). LMDB reads the meta with
+ * the larger transaction id. */
+enum {
+    LM_HDR = 16, LM_FLAGS = 10, LM_P_META = 0x08,
+    LM_MAGIC = LM_HDR, LM_VERSION = LM_HDR + 4, LM_DBS = LM_HDR + 24, LM_DB_SIZE = 48, LM_DB_ROOT = 40,
+    LM_LAST_PG = LM_HDR + 120, LM_TXNID = LM_HDR + 128, LM_META_END = LM_HDR + 136,
+};
+#define LM_MAGIC_VALUE 0xBEEFC0DEu
+#define LM_NO_PAGE UINT64_MAX
+
+typedef struct {
+    uint32_t psize;
+    uint64_t last_pg, txnid;
+} lm_meta;
+
+static uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Parse meta page i (its first LM_META_END bytes). NULL when valid, else
+ * what is wrong with it. */
+static const char *parse_meta(const uint8_t *p, unsigned i, lm_meta *m)
+{
+    if (!(ld16(p + LM_FLAGS) & LM_P_META) || ld64(p) != i) return "not a meta page";
+    if (ld32(p + LM_MAGIC) != LM_MAGIC_VALUE) return "bad magic";
+    if (ld32(p + LM_VERSION) != 1) return "not LMDB data version 1";
+    m->psize = ld32(p + LM_DBS);
+    if (m->psize < 512 || m->psize > 65536 || (m->psize & (m->psize - 1))) return "bad page size";
+    m->last_pg = ld64(p + LM_LAST_PG);
+    m->txnid = ld64(p + LM_TXNID);
+    if (m->last_pg < 1 || m->last_pg >= UINT64_MAX / 65536) return "bad last page number";
+    for (int d = 0; d < 2; d++) {
+        uint64_t root = ld64(p + LM_DBS + d * LM_DB_SIZE + LM_DB_ROOT);
+        if (root != LM_NO_PAGE && (root < 2 || root > m->last_pg)) return "root page out of range";
+    }
+    return NULL;
+}
+
+/* Layer 1 (see the top): check DIR/data.mdb before LMDB maps it. Sets
+ * *data_end to the extent of the pages LMDB will read and *ino to the file's
+ * inode. Returns 0,
+ * MOCO_ENOTFOUND, MOCO_EIO or MOCO_ECORRUPT, with a message naming the file. */
+static int check_file(const char *dir, uint64_t *data_end, uint64_t *ino)
+{
+    char f[4200];
+    uint8_t b[LM_META_END];
+    lm_meta m[2];
+    struct stat st;
+    int rc = 0;
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    int fd = open(f, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "%s: cannot open dataset: %s", dir,
+                        strerror(errno));
+    if (fstat(fd, &st) != 0) { rc = moco_err(MOCO_EIO, "%s: %s", f, strerror(errno)); goto out; }
+    for (unsigned i = 0; i < 2; i++) {
+        off_t off = i ? (off_t)m[0].psize : 0;
+        ssize_t n = pread(fd, b, sizeof b, off);
+        if (n < 0) { rc = moco_err(MOCO_EIO, "%s: %s", f, strerror(errno)); goto out; }
+        if ((size_t)n < sizeof b) {
+            rc = moco_err(MOCO_ECORRUPT, "%s: truncated: %lld bytes, too short to hold LMDB's two meta pages", f,
+                          (long long)st.st_size);
+            goto out;
+        }
+        const char *why = parse_meta(b, i, &m[i]);
+        if (why) { rc = moco_err(MOCO_ECORRUPT, "%s: damaged: meta page %u: %s", f, i, why); goto out; }
+    }
+    if (m[0].psize != m[1].psize) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: damaged: the meta pages disagree on the page size (%u, %u)", f, m[0].psize,
+                      m[1].psize);
+        goto out;
+    }
+    for (unsigned i = 0; i < 2; i++) {
+        uint64_t need = (m[i].last_pg + 1) * m[i].psize;
+        if ((uint64_t)st.st_size < need) {
+            rc = moco_err(MOCO_ECORRUPT, "%s: truncated: %lld bytes, but meta page %u counts %llu pages of %u bytes (%llu)",
+                          f, (long long)st.st_size, i, (unsigned long long)(m[i].last_pg + 1), m[i].psize,
+                          (unsigned long long)need);
+            goto out;
+        }
+    }
+    const lm_meta *cur = m[1].txnid > m[0].txnid ? &m[1] : &m[0];
+    *data_end = (cur->last_pg + 1) * cur->psize;
+    *ino = (uint64_t)st.st_ino;
+out:
+    close(fd);
+    return rc;
+}
+
+/* ---- layer 2: the guard -------------------------------------------------- */
+typedef struct {
+    sigjmp_buf jb;
+    int sig;        /* SIGBUS or SIGSEGV; 0: an LMDB assertion */
+    char what[240]; /* the assertion's text */
+} db_guard;
+
+static _Thread_local db_guard *volatile cur_guard;
+static _Thread_local volatile sig_atomic_t chaining; /* inside a previous handler */
+static struct sigaction prev_bus, prev_segv;
+static pthread_mutex_t install_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* A fault inside a guard jumps back to it; any other one goes to the handler
+ * that was there before ours, or gets the default action. */
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+    db_guard *g = cur_guard;
+    if (g) {
+        cur_guard = NULL;
+        g->sig = sig;
+        siglongjmp(g->jb, 1);
+    }
+    const struct sigaction *p = sig == SIGBUS ? &prev_bus : &prev_segv;
+    if (!chaining && (p->sa_flags & SA_SIGINFO)) {
+        chaining = 1; /* a previous handler that chains back to us ends here */
+        p->sa_sigaction(sig, si, uc);
+        chaining = 0;
+    } else if (!chaining && p->sa_handler != SIG_DFL && p->sa_handler != SIG_IGN) {
+        chaining = 1;
+        p->sa_handler(sig);
+        chaining = 0;
+    } else {
+        struct sigaction dfl = {.sa_handler = SIG_DFL};
+        sigemptyset(&dfl.sa_mask);
+        sigaction(sig, &dfl, NULL);
+        raise(sig); /* not blocked (SA_NODEFER): the default action, now */
+    }
+}
+
+static int is_ours(const struct sigaction *sa) { return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_fault; }
+
+/* Make on_fault the handler of sig, keeping the one it replaces in *prev.
+ * Checked on every guard, so that a handler installed after ours (a test
+ * framework's, say) is chained rather than left to swallow the fault. */
+static void install_handler(int sig, struct sigaction *prev)
+{
+    struct sigaction cur;
+    if (sigaction(sig, NULL, &cur) != 0 || is_ours(&cur)) return;
+    pthread_mutex_lock(&install_mu);
+    if (sigaction(sig, NULL, &cur) == 0 && !is_ours(&cur)) {
+        /* SA_NODEFER: the guard's sigsetjmp does not save the signal mask,
+         * so the handler must not leave the signal blocked behind it */
+        struct sigaction sa = {.sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
+        sigemptyset(&sa.sa_mask);
+        *prev = cur;
+        sigaction(sig, &sa, NULL);
+    }
+    pthread_mutex_unlock(&install_mu);
+}
+
+/* LMDB calls this on a failed assertion, then prints and aborts if it
+ * returns: inside a guard, it does not return. */
+static void on_assert(MDB_env *env, const char *msg)
+{
+    (void)env;
+    db_guard *g = cur_guard;
+    if (!g) return;
+    cur_guard = NULL;
+    g->sig = 0;
+    snprintf(g->what, sizeof g->what, "%s", msg);
+    siglongjmp(g->jb, 1);
+}
+
+#define GUARD_FAULT 1 /* run_guarded: body faulted, g says how */
+
+/* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT. */
+static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
+{
+    install_handler(SIGBUS, &prev_bus);
+    install_handler(SIGSEGV, &prev_segv);
+    if (sigsetjmp(g->jb, 0)) return GUARD_FAULT;
+    cur_guard = g;
+    int rc = body(arg);
+    cur_guard = NULL;
+    return rc;
+}
+
+/* The message for a fault while doing `doing`: one line, naming the file. */
+static int fault_err(const char *dir, const db_guard *g, const char *doing)
+{
+    if (g->sig == SIGBUS)
+        return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged or truncated (bus error while %s)", dir, doing);
+    if (g->sig)
+        return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged (invalid memory access while %s)", dir, doing);
+    return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged (%s, while %s)", dir, g->what, doing);
+}
+
+/* The start of the mapping of the file with inode ino that holds p (LMDB
+ * does not tell where it mapped data.mdb), from /proc/self/maps; NULL if
+ * not found. */
+static const uint8_t *find_map(uint64_t ino, const void *p)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    char line[4608];
+    const uint8_t *base = NULL;
+    uintptr_t a = (uintptr_t)p;
+    if (!f) return NULL;
+    while (!base && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, off, i;
+        if (sscanf(line, "%lx-%lx %*s %lx %*s %lu", &lo, &hi, &off, &i) == 4 && a >= lo && a < hi && off == 0 && i == ino)
+            base = (const uint8_t *)lo;
+    }
+    fclose(f);
+    return base;
+}
+
+/* Does [p, p + n) lie inside the pages of the file? (Always yes when the
+ * mapping was not found: the guard is then the only defence.) */
+static int in_file(const moco_db *db, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    if (!db->map) return 1;
+    return b >= db->map && n <= db->data_end && (uint64_t)(b - db->map) <= db->data_end - n;
+}
 
 void moco_db_meta_clear(moco_db_meta *m)
 {
@@ -108,14 +375,12 @@ static int get_u64(MDB_txn *t, MDB_dbi d, const char *path, const char *k, uint6
     return 0;
 }
 
-static int get_str(MDB_txn *t, MDB_dbi d, const char *path, const char *k, char **out)
+/* A malloc'd NUL-terminated copy of v. */
+static int dup_val(const MDB_val *v, const char *path, char **out)
 {
-    MDB_val v;
-    int rc = get(t, d, path, k, &v, 0);
-    if (rc) return rc;
-    if (!(*out = malloc(v.mv_size + 1))) return moco_err(MOCO_ENOMEM, "%s: out of memory", path);
-    memcpy(*out, v.mv_data, v.mv_size);
-    (*out)[v.mv_size] = 0;
+    if (!(*out = malloc(v->mv_size + 1))) return moco_err(MOCO_ENOMEM, "%s: out of memory", path);
+    memcpy(*out, v->mv_data, v->mv_size);
+    (*out)[v->mv_size] = 0;
     return 0;
 }
 
@@ -123,9 +388,11 @@ int moco_db_meta_get(MDB_txn *t, MDB_dbi d, const char *path, moco_db_meta *m)
 {
     uint64_t ver = 0, seed = 0;
     char *names = NULL;
-    MDB_val v;
-    int rc;
+    MDB_val vsrc, vfmt, vnames, vcounts, venc, vsize, vseed;
+    int rc, shuffled;
     memset(m, 0, sizeof *m);
+    /* every lookup first, every allocation after: a fault inside LMDB (see
+     * the guard above) then leaks nothing */
     if ((rc = get_u64(t, d, path, "format_version", &ver))) return rc;
     if (ver != MOCO_DB_FORMAT_VERSION)
         return moco_err(MOCO_EFORMAT, "%s: dataset format version %llu, this build reads version %d", path,
@@ -135,9 +402,16 @@ int moco_db_meta_get(MDB_txn *t, MDB_dbi d, const char *path, moco_db_meta *m)
         (rc = get_u64(t, d, path, "unlabelled", &m->unlabelled)) ||
         (rc = get_u64(t, d, path, "payload_bytes", &m->payload_bytes)) ||
         (rc = get_u64(t, d, path, "skipped", &m->skipped)) ||
-        (rc = get_str(t, d, path, "source", &m->source)) ||
-        (rc = get_str(t, d, path, "source_format", &m->source_format)) ||
-        (rc = get_str(t, d, path, "classes", &names)))
+        (rc = get(t, d, path, "source", &vsrc, 0)) || (rc = get(t, d, path, "source_format", &vfmt, 0)) ||
+        (rc = get(t, d, path, "classes", &vnames, 0)) || (rc = get(t, d, path, "class_counts", &vcounts, 0)) ||
+        (rc = get(t, d, path, "encodings", &venc, 0)) || (rc = get(t, d, path, "size_range", &vsize, 0)))
+        goto fail;
+    rc = get(t, d, path, "shuffle_seed", &vseed, 1);
+    if (rc && rc != MDB_NOTFOUND) goto fail;
+    shuffled = rc == 0;
+    if (shuffled && (rc = get_u64(t, d, path, "shuffle_seed", &seed))) goto fail;
+    if ((rc = dup_val(&vsrc, path, &m->source)) || (rc = dup_val(&vfmt, path, &m->source_format)) ||
+        (rc = dup_val(&vnames, path, &names)))
         goto fail;
     /* class names: each terminated by '\n' */
     uint32_t n = 0;
@@ -158,35 +432,26 @@ int moco_db_meta_get(MDB_txn *t, MDB_dbi d, const char *path, moco_db_meta *m)
         s = e + 1;
     }
     if (*s) { rc = moco_err(MOCO_ECORRUPT, "%s: metadata 'classes' is not newline-terminated", path); goto fail; }
-    if ((rc = get(t, d, path, "class_counts", &v, 0))) goto fail;
-    if (v.mv_size != (size_t)n * 8) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: 'class_counts' holds %zu bytes for %u classes", path, v.mv_size, n);
+    if (vcounts.mv_size != (size_t)n * 8) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: 'class_counts' holds %zu bytes for %u classes", path, vcounts.mv_size, n);
         goto fail;
     }
     uint64_t total = m->unlabelled;
-    for (uint32_t i = 0; i < n; i++) total += m->class_counts[i] = moco_get_le64((uint8_t *)v.mv_data + 8 * i);
+    for (uint32_t i = 0; i < n; i++) total += m->class_counts[i] = moco_get_le64((uint8_t *)vcounts.mv_data + 8 * i);
     if (total != m->count) {
         rc = moco_err(MOCO_ECORRUPT, "%s: class counts sum to %llu, count is %llu", path,
                       (unsigned long long)total, (unsigned long long)m->count);
         goto fail;
     }
-    if ((rc = get(t, d, path, "encodings", &v, 0))) goto fail;
-    if (v.mv_size != 8 * MOCO_ENC_COUNT) { rc = moco_err(MOCO_ECORRUPT, "%s: malformed 'encodings'", path); goto fail; }
-    for (int i = 0; i < MOCO_ENC_COUNT; i++) m->enc_counts[i] = moco_get_le64((uint8_t *)v.mv_data + 8 * i);
-    if ((rc = get(t, d, path, "size_range", &v, 0))) goto fail;
-    if (v.mv_size != 16) { rc = moco_err(MOCO_ECORRUPT, "%s: malformed 'size_range'", path); goto fail; }
-    m->min_w = moco_get_le32(v.mv_data);
-    m->max_w = moco_get_le32((uint8_t *)v.mv_data + 4);
-    m->min_h = moco_get_le32((uint8_t *)v.mv_data + 8);
-    m->max_h = moco_get_le32((uint8_t *)v.mv_data + 12);
-    rc = get(t, d, path, "shuffle_seed", &v, 1);
-    if (rc == 0) {
-        if ((rc = get_u64(t, d, path, "shuffle_seed", &seed))) goto fail;
-        m->shuffled = 1;
-        m->shuffle_seed = seed;
-    } else if (rc != MDB_NOTFOUND) {
-        goto fail;
-    }
+    if (venc.mv_size != 8 * MOCO_ENC_COUNT) { rc = moco_err(MOCO_ECORRUPT, "%s: malformed 'encodings'", path); goto fail; }
+    for (int i = 0; i < MOCO_ENC_COUNT; i++) m->enc_counts[i] = moco_get_le64((uint8_t *)venc.mv_data + 8 * i);
+    if (vsize.mv_size != 16) { rc = moco_err(MOCO_ECORRUPT, "%s: malformed 'size_range'", path); goto fail; }
+    m->min_w = moco_get_le32(vsize.mv_data);
+    m->max_w = moco_get_le32((uint8_t *)vsize.mv_data + 4);
+    m->min_h = moco_get_le32((uint8_t *)vsize.mv_data + 8);
+    m->max_h = moco_get_le32((uint8_t *)vsize.mv_data + 12);
+    m->shuffled = shuffled;
+    m->shuffle_seed = seed;
     free(names);
     return 0;
 fail:
@@ -195,49 +460,104 @@ fail:
     return rc;
 }
 
+/* An LMDB error from reading db: MOCO_ECORRUPT for the codes that mean a
+ * damaged file, else MOCO_ELMDB; doing names the operation. */
+static int read_err(const moco_db *db, int rc, const char *doing)
+{
+    if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID)
+        return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged (%s, while %s)", db->path, mdb_strerror(rc), doing);
+    return moco_err(MOCO_ELMDB, "%s: %s: %s", db->path, doing, mdb_strerror(rc));
+}
+
+/* Every key and value of the meta database inside the file (so that
+ * moco_db_meta_get copies nothing from outside it). */
+static int check_meta_extent(moco_db *db, MDB_txn *t)
+{
+    MDB_val k, v;
+    MDB_stat st;
+    /* mdb_stat first: it reads the database's root with a cursor on the
+     * stack, so that a fault there leaks nothing, and mdb_cursor_open (which
+     * mallocs the cursor before reading) then reads no page */
+    int rc = mdb_stat(t, db->meta, &st), first = 1;
+    if (rc == 0) rc = mdb_cursor_open(t, db->meta, &db->cur);
+    if (rc) {
+        db->cur = NULL;
+        return read_err(db, rc, "reading metadata");
+    }
+    while ((rc = mdb_cursor_get(db->cur, &k, &v, first ? MDB_FIRST : MDB_NEXT)) == 0) {
+        first = 0;
+        if (!in_file(db, k.mv_data, k.mv_size) || !in_file(db, v.mv_data, v.mv_size)) {
+            rc = moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged: a metadata entry lies outside the file", db->path);
+            break;
+        }
+    }
+    mdb_cursor_close(db->cur);
+    db->cur = NULL;
+    if (rc == MDB_NOTFOUND) return 0;
+    return rc == MOCO_ECORRUPT ? rc : read_err(db, rc, "reading metadata");
+}
+
+/* moco_db_open's LMDB part, run under the guard. */
+static int open_body(void *arg)
+{
+    moco_db *db = arg;
+    const char *path = db->path;
+    MDB_envinfo info;
+    int rc;
+    if ((rc = mdb_env_create(&db->env)) || (rc = mdb_env_set_assert(db->env, on_assert)) ||
+        (rc = mdb_env_set_maxdbs(db->env, 4)) ||
+        (rc = mdb_env_open(db->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NORDAHEAD, 0644))) {
+        return moco_err(rc == ENOENT ? MOCO_ENOTFOUND : rc == MDB_INVALID ? MOCO_ECORRUPT : MOCO_ELMDB,
+                        "%s: cannot open dataset: %s", path, mdb_strerror(rc));
+    }
+    if ((rc = mdb_env_info(db->env, &info))) return moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc));
+    if (info.me_mapsize < db->data_end) db->data_end = info.me_mapsize;
+    /* every transaction lives in db->rtxn, where moco_db_destroy finds it
+     * after a fault */
+    if ((rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->rtxn))) {
+        db->rtxn = NULL;
+        return read_err(db, rc, "starting a read");
+    }
+    if ((rc = mdb_dbi_open(db->rtxn, MOCO_DB_SAMPLES, 0, &db->samples)) ||
+        (rc = mdb_dbi_open(db->rtxn, MOCO_DB_META, 0, &db->meta))) {
+        if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND) return read_err(db, rc, "opening its databases");
+        return moco_err(MOCO_ECORRUPT, "%s: not a moco dataset (no '%s' database: %s)", path,
+                        db->samples ? MOCO_DB_META : MOCO_DB_SAMPLES, mdb_strerror(rc));
+    }
+    /* commit, so the database handles outlive this transaction */
+    MDB_txn *t = db->rtxn;
+    db->rtxn = NULL;
+    rc = mdb_txn_commit(t);
+    if (rc || (rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->rtxn))) {
+        db->rtxn = NULL;
+        return read_err(db, rc, "starting a read");
+    }
+    MDB_val key = {14, "format_version"}, v;
+    if (mdb_get(db->rtxn, db->meta, &key, &v) == 0) db->map = find_map(db->ino, v.mv_data);
+    if ((rc = check_meta_extent(db, db->rtxn)) || (rc = moco_db_meta_get(db->rtxn, db->meta, path, &db->m))) return rc;
+    MDB_stat st;
+    if ((rc = mdb_stat(db->rtxn, db->samples, &st))) return read_err(db, rc, "counting samples");
+    if (st.ms_entries != db->m.count)
+        return moco_err(MOCO_ECORRUPT, "%s: metadata says %llu samples, database holds %zu", path,
+                        (unsigned long long)db->m.count, st.ms_entries);
+    mdb_txn_reset(db->rtxn);
+    return 0;
+}
+
 int moco_db_open(const char *path, moco_db **out)
 {
     int rc;
-    MDB_txn *t = NULL;
+    db_guard g;
     moco_db *db = calloc(1, sizeof *db);
     *out = NULL;
     if (!db || !(db->path = strdup(path))) { free(db); return moco_err(MOCO_ENOMEM, "%s: out of memory", path); }
-    if ((rc = mdb_env_create(&db->env)) || (rc = mdb_env_set_maxdbs(db->env, 4)) ||
-        (rc = mdb_env_open(db->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NORDAHEAD, 0644))) {
-        rc = moco_err(rc == ENOENT ? MOCO_ENOTFOUND : MOCO_ELMDB, "%s: cannot open dataset: %s", path,
-                      mdb_strerror(rc));
-        goto fail;
-    }
-    if ((rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &t))) {
-        rc = moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc));
-        goto fail;
-    }
-    if ((rc = mdb_dbi_open(t, MOCO_DB_SAMPLES, 0, &db->samples)) || (rc = mdb_dbi_open(t, MOCO_DB_META, 0, &db->meta))) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: not a moco dataset (no '%s' database: %s)", path,
-                      db->samples ? MOCO_DB_META : MOCO_DB_SAMPLES, mdb_strerror(rc));
-        goto fail;
-    }
-    /* commit, so the database handles outlive this transaction */
-    rc = mdb_txn_commit(t);
-    t = NULL;
-    if (rc || (rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &t))) {
-        rc = moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc));
-        goto fail;
-    }
-    if ((rc = moco_db_meta_get(t, db->meta, path, &db->m))) goto fail;
-    MDB_stat st;
-    if ((rc = mdb_stat(t, db->samples, &st))) { rc = moco_err(MOCO_ELMDB, "%s: %s", path, mdb_strerror(rc)); goto fail; }
-    if (st.ms_entries != db->m.count) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: metadata says %llu samples, database holds %zu", path,
-                      (unsigned long long)db->m.count, st.ms_entries);
-        goto fail;
-    }
-    mdb_txn_reset(t);
-    db->rtxn = t;
+    if ((rc = check_file(path, &db->data_end, &db->ino))) goto fail;
+    rc = run_guarded(&g, open_body, db);
+    if (rc == GUARD_FAULT) rc = fault_err(path, &g, "opening it");
+    if (rc) goto fail;
     *out = db;
     return 0;
 fail:
-    if (t) mdb_txn_abort(t);
     moco_db_destroy(&db);
     return rc;
 }
@@ -246,9 +566,11 @@ void moco_db_destroy(moco_db **pdb)
 {
     moco_db *db = *pdb;
     if (!db) return;
+    if (db->cur) mdb_cursor_close(db->cur);
     if (db->rtxn) mdb_txn_abort(db->rtxn);
     if (db->env) mdb_env_close(db->env);
     moco_db_meta_clear(&db->m);
+    free(db->copy);
     free(db->path);
     free(db);
     *pdb = NULL;
@@ -257,57 +579,165 @@ void moco_db_destroy(moco_db **pdb)
 const moco_db_meta *moco_db_get_meta(const moco_db *db) { return &db->m; }
 const char *moco_db_path(const moco_db *db) { return db->path; }
 
-int moco_db_get(moco_db *db, uint64_t index, uint8_t **buf, size_t *cap, size_t *len)
+static int damaged_err(const moco_db *db)
 {
+    return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged (an earlier read failed; not reading it again)", db->path);
+}
+
+typedef struct {
+    moco_db *db;
+    uint64_t index;
+    uint8_t **buf;
+    size_t *cap, *len;
+} get_args;
+
+/* moco_db_get's LMDB part, run under the guard. */
+static int get_body(void *arg)
+{
+    get_args *a = arg;
+    moco_db *db = a->db;
     uint8_t k[MOCO_KEY_SIZE];
     MDB_val key = {MOCO_KEY_SIZE, k}, val;
     int rc = mdb_txn_renew(db->rtxn);
-    if (rc) return moco_err(MOCO_ELMDB, "%s: %s", db->path, mdb_strerror(rc));
-    moco_key_encode(index, k);
+    if (rc) return read_err(db, rc, "starting a read");
+    moco_key_encode(a->index, k);
     rc = mdb_get(db->rtxn, db->samples, &key, &val);
-    if (rc == MDB_NOTFOUND) {
-        rc = moco_err(MOCO_ENOTFOUND, "%s: no record %llu", db->path, (unsigned long long)index);
-    } else if (rc) {
-        rc = moco_err(MOCO_ELMDB, "%s: record %llu: %s", db->path, (unsigned long long)index, mdb_strerror(rc));
-    } else {
-        if (*cap < val.mv_size) {
-            uint8_t *nb = realloc(*buf, val.mv_size);
-            if (!nb) {
-                mdb_txn_reset(db->rtxn);
-                return moco_err(MOCO_ENOMEM, "%s: record %llu: out of memory", db->path, (unsigned long long)index);
-            }
-            *buf = nb;
-            *cap = val.mv_size;
-        }
-        memcpy(*buf, val.mv_data, val.mv_size);
-        *len = val.mv_size;
+    if (rc == MDB_NOTFOUND)
+        return moco_err(MOCO_ENOTFOUND, "%s: no record %llu", db->path, (unsigned long long)a->index);
+    if (rc) {
+        char doing[64];
+        snprintf(doing, sizeof doing, "reading record %llu", (unsigned long long)a->index);
+        return read_err(db, rc, doing);
     }
+    if (!in_file(db, val.mv_data, val.mv_size))
+        return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged: record %llu lies outside the file", db->path,
+                        (unsigned long long)a->index);
+    if (*a->cap < val.mv_size) {
+        uint8_t *nb = realloc(*a->buf, val.mv_size);
+        if (!nb)
+            return moco_err(MOCO_ENOMEM, "%s: record %llu: out of memory", db->path, (unsigned long long)a->index);
+        *a->buf = nb;
+        *a->cap = val.mv_size;
+    }
+    memcpy(*a->buf, val.mv_data, val.mv_size);
+    *a->len = val.mv_size;
+    return 0;
+}
+
+int moco_db_get(moco_db *db, uint64_t index, uint8_t **buf, size_t *cap, size_t *len)
+{
+    if (db->damaged) return damaged_err(db);
+    db_guard g;
+    get_args a = {db, index, buf, cap, len};
+    int rc = run_guarded(&g, get_body, &a);
     mdb_txn_reset(db->rtxn);
+    if (rc == GUARD_FAULT) {
+        char doing[64];
+        snprintf(doing, sizeof doing, "reading record %llu", (unsigned long long)index);
+        db->damaged = 1;
+        rc = fault_err(db->path, &g, doing);
+    }
     return rc;
+}
+
+typedef struct {
+    moco_db *db;
+    MDB_cursor_op op;
+    uint64_t index; /* of the entry read */
+    size_t len;     /* its value, copied into db->copy */
+} step_args;
+
+/* One cursor step of moco_db_foreach, run under the guard: the next entry,
+ * checked and copied. Returns 0, MDB_NOTFOUND at the end, or an error. */
+static int step_body(void *arg)
+{
+    step_args *a = arg;
+    moco_db *db = a->db;
+    MDB_val key, val;
+    int rc;
+    if (!db->cur) {
+        MDB_stat st;
+        if ((rc = mdb_txn_renew(db->rtxn))) return read_err(db, rc, "starting a read");
+        /* mdb_stat first: see check_meta_extent */
+        if ((rc = mdb_stat(db->rtxn, db->samples, &st)) || (rc = mdb_cursor_open(db->rtxn, db->samples, &db->cur))) {
+            db->cur = NULL;
+            return read_err(db, rc, "opening a cursor");
+        }
+    }
+    rc = mdb_cursor_get(db->cur, &key, &val, a->op);
+    if (rc == MDB_NOTFOUND) return rc;
+    if (rc) return read_err(db, rc, "walking the samples");
+    if (key.mv_size != MOCO_KEY_SIZE || !in_file(db, key.mv_data, key.mv_size))
+        return moco_err(MOCO_ECORRUPT, "%s: key of %zu bytes in '%s'", db->path, key.mv_size, MOCO_DB_SAMPLES);
+    a->index = moco_key_decode(key.mv_data);
+    if (!in_file(db, val.mv_data, val.mv_size))
+        return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged: record %llu lies outside the file", db->path,
+                        (unsigned long long)a->index);
+    if (db->copy_cap < val.mv_size || !db->copy) {
+        uint8_t *nb = realloc(db->copy, val.mv_size ? val.mv_size : 1);
+        if (!nb) return moco_err(MOCO_ENOMEM, "%s: record %llu: out of memory", db->path, (unsigned long long)a->index);
+        db->copy = nb;
+        db->copy_cap = val.mv_size;
+    }
+    memcpy(db->copy, val.mv_data, val.mv_size);
+    a->len = val.mv_size;
+    return 0;
 }
 
 int moco_db_foreach(moco_db *db, int (*fn)(void *, uint64_t, const uint8_t *, size_t), void *ctx)
 {
-    MDB_cursor *c = NULL;
-    MDB_val key, val;
-    int rc = mdb_txn_renew(db->rtxn), r = 0;
-    if (rc) return moco_err(MOCO_ELMDB, "%s: %s", db->path, mdb_strerror(rc));
-    if ((rc = mdb_cursor_open(db->rtxn, db->samples, &c))) {
-        mdb_txn_reset(db->rtxn);
-        return moco_err(MOCO_ELMDB, "%s: %s", db->path, mdb_strerror(rc));
+    if (db->damaged) return damaged_err(db);
+    step_args a = {db, MDB_FIRST, 0, 0};
+    db_guard g;
+    int rc, u = 0;
+    while ((rc = run_guarded(&g, step_body, &a)) == 0) {
+        a.op = MDB_NEXT;
+        /* the callback runs outside the guard, on our copy */
+        if ((u = fn(ctx, a.index, db->copy, a.len))) break;
     }
-    while ((rc = mdb_cursor_get(c, &key, &val, r ? MDB_NEXT : MDB_FIRST)) == 0) {
-        r = 1;
-        if (key.mv_size != MOCO_KEY_SIZE) {
-            rc = moco_err(MOCO_ECORRUPT, "%s: key of %zu bytes in '%s'", db->path, key.mv_size, MOCO_DB_SAMPLES);
-            break;
-        }
-        int u = fn(ctx, moco_key_decode(key.mv_data), val.mv_data, val.mv_size);
-        if (u) { rc = u; break; }
+    if (rc == GUARD_FAULT) {
+        db->damaged = 1;
+        rc = fault_err(db->path, &g, "walking the samples");
     }
     if (rc == MDB_NOTFOUND) rc = 0;
-    else if (rc > 0 || (rc < 0 && rc >= MDB_KEYEXIST && rc <= MDB_LAST_ERRCODE)) rc = moco_err(MOCO_ELMDB, "%s: %s", db->path, mdb_strerror(rc));
-    mdb_cursor_close(c);
+    if (db->cur) mdb_cursor_close(db->cur);
+    db->cur = NULL;
     mdb_txn_reset(db->rtxn);
+    return u ? u : rc;
+}
+
+/* moco_db_probe's LMDB part, run under the guard: the environment opens and
+ * its meta database holds an 8-byte format_version. */
+static int probe_body(void *arg)
+{
+    moco_db *db = arg;
+    MDB_val key = {14, "format_version"}, v;
+    int rc;
+    if ((rc = mdb_env_create(&db->env)) || (rc = mdb_env_set_assert(db->env, on_assert)) ||
+        (rc = mdb_env_set_maxdbs(db->env, 4)) ||
+        (rc = mdb_env_open(db->env, db->path, MDB_RDONLY | MDB_NOTLS | MDB_NORDAHEAD, 0644)))
+        return moco_err(MOCO_ECORRUPT, "%s: not an LMDB environment: %s", db->path, mdb_strerror(rc));
+    if ((rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->rtxn))) { /* destroy aborts it */
+        db->rtxn = NULL;
+        return read_err(db, rc, "starting a read");
+    }
+    if ((rc = mdb_dbi_open(db->rtxn, MOCO_DB_META, 0, &db->meta)) || (rc = mdb_get(db->rtxn, db->meta, &key, &v)) ||
+        v.mv_size != 8)
+        return moco_err(MOCO_ECORRUPT, "%s: not a moco dataset (no format_version in a '%s' database)", db->path,
+                        MOCO_DB_META);
+    return 0;
+}
+
+int moco_db_probe(const char *path)
+{
+    int rc;
+    db_guard g;
+    moco_db *db = calloc(1, sizeof *db);
+    if (!db || !(db->path = strdup(path))) { free(db); return moco_err(MOCO_ENOMEM, "%s: out of memory", path); }
+    if (!(rc = check_file(path, &db->data_end, &db->ino))) {
+        rc = run_guarded(&g, probe_body, db);
+        if (rc == GUARD_FAULT) rc = fault_err(path, &g, "opening it");
+    }
+    moco_db_destroy(&db);
     return rc;
 }

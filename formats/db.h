@@ -8,7 +8,15 @@
  *
  * LMDB caveats that apply here: open the environment after any fork(), never
  * before; keep read transactions short (moco_db_get opens and resets one per
- * call, cheaply); a moco_db handle belongs to one thread at a time. */
+ * call, cheaply); a moco_db handle belongs to one thread at a time.
+ *
+ * Damaged files (db.c explains how): a truncated data.mdb, a damaged meta
+ * page, a page of garbage or a file that shrinks while it is read gives
+ * MOCO_ECORRUPT with a message naming DIR/data.mdb, never a signal or an
+ * abort. After a read faults, the handle refuses every further read. The
+ * reads install process-wide SIGBUS and SIGSEGV handlers (again whenever
+ * they find them replaced) that pass every fault outside this module's reads
+ * on to the handler they replaced, or to the default action. */
 #ifndef MOCO_DB_H
 #define MOCO_DB_H
 
@@ -56,8 +64,16 @@ int moco_db_meta_get(MDB_txn *txn, MDB_dbi meta, const char *path, moco_db_meta 
 typedef struct moco_db moco_db;
 
 /* Open a dataset read-only and read its metadata. Returns 0 or an error
- * naming path; *out is NULL on failure. */
+ * naming path: MOCO_ENOTFOUND (no such dataset), MOCO_ECORRUPT (damaged or
+ * truncated, or not a moco dataset), MOCO_EFORMAT (newer format version),
+ * MOCO_EIO, MOCO_ELMDB, MOCO_ENOMEM. *out is NULL on failure. */
 int moco_db_open(const char *path, moco_db **out);
+
+/* Is the directory path a moco dataset: data.mdb passes the checks above,
+ * opens as an LMDB environment, and holds the meta database with an 8-byte
+ * format_version (any version)? Returns 0, or an error naming path. Reads
+ * only; for `moco mkdb --force`, which replaces nothing else. */
+int moco_db_probe(const char *path);
 
 /* Close and free; *db becomes NULL. Safe on NULL. */
 void moco_db_destroy(moco_db **db);
@@ -67,12 +83,14 @@ const char *moco_db_path(const moco_db *db);
 
 /* Copy the raw value of sample `index` into *buf (grown with realloc as
  * needed; *cap is its capacity) and set *len. The value is not parsed.
- * Returns 0, MOCO_ENOTFOUND, or an LMDB/alloc error. */
+ * Returns 0, MOCO_ENOTFOUND, MOCO_ECORRUPT (damaged file), MOCO_ELMDB or
+ * MOCO_ENOMEM. */
 int moco_db_get(moco_db *db, uint64_t index, uint8_t **buf, size_t *cap, size_t *len);
 
 /* Call fn(ctx, index, value, len) for every sample in key order, inside one
- * read transaction (value valid only during the call). Stops early and
- * returns fn's value if it returns non-zero. */
+ * read transaction (value: a copy, valid only during the call). Stops early
+ * and returns fn's value if it returns non-zero; else 0 or an error as
+ * moco_db_get's. */
 int moco_db_foreach(moco_db *db, int (*fn)(void *ctx, uint64_t index, const uint8_t *val, size_t len), void *ctx);
 
 #endif

@@ -1,4 +1,7 @@
-/* dbwriter.c: atomic, self-growing LMDB dataset writer (see dbwriter.h). */
+/* dbwriter.c: atomic, self-growing LMDB dataset writer (see dbwriter.h).
+ * It deletes only what it can prove is a dataset: data.mdb and lock.mdb in
+ * its own temporary directory, in a stale one, or in an OUT that --force
+ * replaces after checking it (replaceable()); never any other file. */
 #include "loader/dbwriter.h"
 #include "formats/errors.h"
 
@@ -21,20 +24,57 @@ struct dbw {
     unsigned grows;
 };
 
-/* rm -rf of an LMDB directory we created: only plain files, one level. */
+/* Remove an LMDB directory: its data.mdb and lock.mdb, then the directory,
+ * which fails (and is left, with anything else in it) unless they were
+ * all it held. */
 static int remove_dir(const char *dir)
 {
-    DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? 0 : -1;
+    char p[4200];
+    snprintf(p, sizeof p, "%s/data.mdb", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/lock.mdb", dir);
+    unlink(p);
+    return rmdir(dir) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* May --force replace out? Yes (0) when it does not exist, is an empty
+ * directory, or is a moco dataset: a directory holding data.mdb and
+ * lock.mdb, plain files, and nothing else, whose data.mdb opens as a dataset
+ * (moco_db_probe). Anything else: MOCO_EEXIST, naming what is in the way. */
+static int replaceable(const char *out)
+{
+    struct stat st;
+    char p[4200], other[256] = "";
+    int has_data = 0, has_lock = 0;
+    if (lstat(out, &st) != 0) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "%s: %s", out, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return moco_err(MOCO_EEXIST, "%s exists and is not a moco dataset (not a directory); --force replaces only a "
+                                     "dataset made by moco mkdb: remove it yourself", out);
+    DIR *d = opendir(out);
+    if (!d) return moco_err(MOCO_EIO, "%s: %s", out, strerror(errno));
     struct dirent *e;
-    char p[4096];
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
+        snprintf(p, sizeof p, "%s/%s", out, e->d_name);
+        int data = !strcmp(e->d_name, "data.mdb"), lock = !strcmp(e->d_name, "lock.mdb");
+        if ((data || lock) && lstat(p, &st) == 0 && S_ISREG(st.st_mode)) has_data |= data, has_lock |= lock;
+        else if (!*other) snprintf(other, sizeof other, "%s", e->d_name);
     }
     closedir(d);
-    return rmdir(dir);
+    if (*other)
+        return moco_err(MOCO_EEXIST, "%s is not a moco dataset (it holds %s); --force replaces only a dataset made by "
+                                     "moco mkdb: not touching it", out, other);
+    if (!has_data && !has_lock) return 0; /* empty: nothing to lose */
+    if (!has_data || !has_lock)
+        return moco_err(MOCO_EEXIST, "%s is not a moco dataset (no %s); --force replaces only a dataset made by "
+                                     "moco mkdb: not touching it", out, has_data ? "lock.mdb" : "data.mdb");
+    if (moco_db_probe(out) != 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", moco_errmsg());
+        return moco_err(MOCO_EEXIST, "%s is not a moco dataset (%s); --force replaces only a dataset made by moco "
+                                     "mkdb: not touching it", out, why);
+    }
+    return 0;
 }
 
 /* Remove OUT.tmp-PID directories whose process no longer exists. */
@@ -72,6 +112,8 @@ int dbw_open(const char *out, int force, size_t initial_map, dbw **pw)
     struct stat st;
     *pw = NULL;
     if (!force && stat(out, &st) == 0) return moco_err(MOCO_EEXIST, "%s already exists (remove it, or use --force)", out);
+    int rc0 = force ? replaceable(out) : 0;
+    if (rc0) return rc0;
     remove_stale(out);
     dbw *w = calloc(1, sizeof *w);
     if (!w) return moco_err(MOCO_ENOMEM, "out of memory");
@@ -165,8 +207,9 @@ int dbw_finish(dbw **pw, const moco_db_meta *m)
     w->env = NULL;
     char old[4200] = "";
     struct stat st;
-    if (stat(w->out, &st) == 0) {
+    if (lstat(w->out, &st) == 0) {
         if (!w->force) { rc = moco_err(MOCO_EEXIST, "%s appeared while converting; not replacing it", w->out); goto fail; }
+        if ((rc = replaceable(w->out))) goto fail; /* again: it may have changed while converting */
         snprintf(old, sizeof old, "%s.old-%ld", w->out, (long)getpid());
         if (rename(w->out, old) != 0) { rc = moco_err(MOCO_EIO, "cannot move %s aside: %s", w->out, strerror(errno)); goto fail; }
     }

@@ -17,8 +17,11 @@
 typedef struct dbw dbw;
 
 /* Start writing a dataset that will appear at out. Fails with MOCO_EEXIST if
- * out exists and !force. Removes stale OUT.tmp-PID directories of dead
- * processes. initial_map: starting map size in bytes (0: 64 MiB). */
+ * out exists and !force, or if force and out is anything but a moco dataset
+ * (a directory holding only data.mdb and lock.mdb, opening as a dataset) or
+ * an empty directory: --force never deletes anything else. Removes stale
+ * OUT.tmp-PID directories of dead processes (their LMDB files only).
+ * initial_map: starting map size in bytes (0: 64 MiB). */
 int dbw_open(const char *out, int force, size_t initial_map, dbw **w);
 
 /* Write n records as samples first..first+n-1 in one transaction (retrying
@@ -26,7 +29,8 @@ int dbw_open(const char *out, int force, size_t initial_map, dbw **w);
 int dbw_put_batch(dbw *w, uint64_t first, uint8_t *const *recs, const size_t *lens, size_t n);
 
 /* Write the metadata, sync, close, and rename the database into place
- * (replacing an old one when force). Frees w and sets *w to NULL. */
+ * (replacing an old one when force, after checking it again as dbw_open
+ * does). Frees w and sets *w to NULL. */
 int dbw_finish(dbw **w, const moco_db_meta *m);
 
 /* Give up: close and delete the temporary directory. Safe on NULL. */

@@ -2,9 +2,11 @@
  *
  * How it works: the source is enumerated (loader/sources.c) into items, in
  * a seeded random order with --shuffle. A pool of threads prepares items in
- * parallel (read the file, decode it fully with libvips to prove it is a
- * sane image, re-encode it when it must be: --max-side, formats other than
- * JPEG/PNG, non-8-bit pixels), into a bounded window of result slots. The
+ * parallel (read the file, check the dimensions its header claims against
+ * --max-pixels before decoding anything, decode it fully with TurboJPEG or
+ * libvips to prove it is a sane image, re-encode it when it must be:
+ * --max-side, formats other than JPEG/PNG, non-8-bit pixels), into a
+ * bounded window of result slots. The
  * main thread consumes the slots in item order, gives the valid records
  * consecutive indices, and commits them in batches through loader/dbwriter.c,
  * which writes to a temporary directory and renames it to OUT at the end.
@@ -48,6 +50,7 @@ typedef struct {
     const size_t *order; /* item order to write in */
     size_t n;
     long max_side;
+    uint64_t max_pixels; /* 0: no limit */
     slot slots[WINDOW];
     size_t next, consumed; /* claimed by workers / consumed by the writer */
     int stop;
@@ -83,6 +86,21 @@ static char *reason(const char *fmt, const char *a)
     return m;
 }
 
+/* NULL if a w x h image is within --max-pixels, else the reason to skip it
+ * (a decompression bomb: a small file whose header claims a huge image). */
+static char *too_many_pixels(int w, int h, uint64_t max_pixels)
+{
+    char *m = NULL;
+    uint64_t px = (uint64_t)w * (uint64_t)h;
+    if (!max_pixels || px <= max_pixels) return NULL;
+    if (asprintf(&m, "%dx%d = %" PRIu64 " pixels, over --max-pixels %" PRIu64 " (not decoded)", w, h, px, max_pixels) < 0)
+        m = NULL;
+    return m ? m : reason("%s", "too many pixels");
+}
+
+/* Does a libjpeg warning mean missing data (a truncated file or segment)? */
+static int truncation_warning(const char *msg) { return strcasestr(msg, "premature end") != NULL; }
+
 static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
 {
     FILE *f = fopen(path, "rb");
@@ -111,10 +129,15 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
 
 /* JPEG fast path: decode fully with TurboJPEG (the decoder libvips uses
  * underneath, without libvips' per-image setup). Returns 1 if the JPEG is
- * sane and filled h; 0 if it is corrupt or truncated (*why set); -1 if this
- * path does not apply (libvips decides). Warnings other than a premature
- * end of data are recoverable, as in libvips, and accepted. */
-static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, moco_rec_header *h, char **why)
+ * sane and filled h; 0 if it is corrupt, truncated or over max_pixels (*why
+ * set); -1 if this path does not apply (libvips decides). The decode stops
+ * at the first warning: missing data (a premature end of the file or of a
+ * segment) is refused; any other warning is recoverable, as in libvips, but
+ * TurboJPEG reports only the first warning, which could hide a truncation
+ * after it, so libvips decides those (it refuses a premature end wherever it
+ * comes). */
+static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t max_pixels, moco_rec_header *h,
+                         char **why)
 {
     int w, hh, sub, cs;
     if (!tj || flen > 0xFFFFFFFFu) return -1;
@@ -122,21 +145,24 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, moco_rec
         return *why = reason("corrupt or truncated JPEG header: %s", tjGetErrorStr2(tj)), 0;
     if (w < 1 || hh < 1 || w > (int)MOCO_MAX_SIDE || hh > (int)MOCO_MAX_SIDE)
         return *why = reason("image size out of range (%s)", "1..65535"), 0;
+    if ((*why = too_many_pixels(w, hh, max_pixels))) return 0;
     int ch = cs == TJCS_GRAY ? 1 : cs == TJCS_CMYK || cs == TJCS_YCCK ? 4 : 3;
     int pf = ch == 1 ? TJPF_GRAY : ch == 4 ? TJPF_CMYK : TJPF_RGB;
     if ((uint64_t)w * (uint64_t)hh > ((uint64_t)1 << 28)) return -1; /* huge: let libvips stream it */
     uint8_t *px = malloc((size_t)w * (size_t)hh * (size_t)ch);
     if (!px) return -1;
-    int r = tjDecompress2(tj, file, (unsigned long)flen, px, w, 0, hh, pf, 0), ok = 1;
+    int r = tjDecompress2(tj, file, (unsigned long)flen, px, w, 0, hh, pf, TJFLAG_STOPONWARNING), ok = 1;
     if (r != 0) {
         const char *msg = tjGetErrorStr2(tj);
-        if (tjGetErrorCode(tj) == TJERR_FATAL || strstr(msg, "Premature end")) {
+        if (tjGetErrorCode(tj) == TJERR_FATAL || truncation_warning(msg)) {
             *why = reason("corrupt or truncated JPEG data: %s", msg);
             ok = 0;
+        } else {
+            ok = -1; /* a recoverable warning: libvips decodes it to the end */
         }
     }
     free(px);
-    if (ok) {
+    if (ok == 1) {
         h->encoding = MOCO_ENC_JPEG;
         h->channels = (uint8_t)ch;
         h->width = (uint32_t)w;
@@ -147,11 +173,14 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, moco_rec
 
 /* Decode fully, check dimensions, re-encode if needed. On success returns 0
  * with *payload (maybe == file) and the header fields filled. */
-static int check_image(const uint8_t *file, size_t flen, long max_side, moco_rec_header *h, uint8_t **payload,
-                       size_t *plen, char **why)
+static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, moco_rec_header *h,
+                       uint8_t **payload, size_t *plen, char **why)
 {
     static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF}, PNGSIG[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
     int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
+    /* fail_on error (which includes truncated): a file cut short is refused,
+     * not padded with grey. Opening reads only the header, so the pixel
+     * limit comes before any decoding. */
     VipsImage *im = vips_image_new_from_buffer(file, flen, "", "fail_on", VIPS_FAIL_ON_ERROR, "access",
                                                VIPS_ACCESS_SEQUENTIAL, NULL);
     if (!im) return *why = vips_reason("not a readable image"), -1;
@@ -164,6 +193,7 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, moco_rec
         *why = reason("image size out of range (%s)", "1..65535");
         goto done;
     }
+    if ((*why = too_many_pixels(w, hh, max_pixels))) goto done;
     if (bands < 1 || bands > 4) {
         *why = reason("unsupported number of bands (%s)", "1-4 accepted");
         goto done;
@@ -242,12 +272,14 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
         s->why = reason("%s", "empty file");
     } else {
         static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
-        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3) ? check_jpeg_tj(*tj, file, flen, &h, &s->why) : -1;
+        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
+                       ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &s->why) : -1;
         if (fast == 0 && *tj) { /* a handle is not reliable after an error: start afresh */
             tjDestroy(*tj);
             *tj = tjInitDecompress();
         }
-        int ok = fast == 1 || (fast < 0 && check_image(file, flen, j->max_side, &h, &payload, &plen, &s->why) == 0);
+        int ok = fast == 1 ||
+                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, &h, &payload, &plen, &s->why) == 0);
         if (ok) {
         const uint8_t *p = payload ? payload : file;
         size_t n = payload ? plen : flen;
@@ -296,7 +328,7 @@ static void progress(size_t done, size_t n, double t0, int final)
 typedef struct {
     const char *format, *split;
     int shuffle, strict, force, quiet;
-    uint64_t seed, map_size;
+    uint64_t seed, map_size, max_pixels;
     long max_side, threads, batch;
     uint64_t limit;
 } mk_opts;
@@ -371,15 +403,19 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
 
 int loader_mkdb_main(int argc, char **argv)
 {
-    mk_opts o = {.format = "auto", .map_size = 64u << 20, .threads = 0, .batch = 1024};
+    mk_opts o = {.format = "auto", .map_size = 64u << 20, .max_pixels = 64000000, .threads = 0, .batch = 1024};
     const moco_opt opts[] = {
         {"format", MOCO_OPT_CHOICE, &o.format, "source format", 0, 0, "auto|folder|cifar10|idx"},
         {"split", MOCO_OPT_STR, &o.split, "split to convert when SRC holds several (train, test, val, ...)", 0, 0, NULL},
         {"shuffle", MOCO_OPT_FLAG, &o.shuffle, "write the samples in a seeded random order", 0, 0, NULL},
         {"seed", MOCO_OPT_U64, &o.seed, "seed of --shuffle", 0, 0, NULL},
         {"max-side", MOCO_OPT_INT, &o.max_side, "shrink images whose longer side exceeds N and re-encode (0: keep)", 0, 65535, NULL},
+        {"max-pixels", MOCO_OPT_U64, &o.max_pixels,
+         "skip, undecoded, images whose header claims over N pixels (0: no limit)", 0,
+         4294836225.0 /* 65535^2 */, NULL},
         {"strict", MOCO_OPT_FLAG, &o.strict, "fail on the first corrupt, truncated or non-image input", 0, 0, NULL},
-        {"force", MOCO_OPT_FLAG, &o.force, "replace OUT if it exists (only once the new one is complete)", 0, 0, NULL},
+        {"force", MOCO_OPT_FLAG, &o.force,
+         "replace OUT if it is a moco dataset (never anything else), once the new one is complete", 0, 0, NULL},
         {"threads", MOCO_OPT_INT, &o.threads, "threads preparing images (0: one per core)", 0, 256, NULL},
         {"batch", MOCO_OPT_INT, &o.batch, "records per LMDB transaction", 1, 1000000, NULL},
         {"map-size", MOCO_OPT_U64, &o.map_size, "initial LMDB map size in bytes (grown automatically)", 4096, 1e15, NULL},
@@ -395,7 +431,8 @@ int loader_mkdb_main(int argc, char **argv)
         "  a CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin);\n"
         "  an IDX directory (MNIST / Fashion-MNIST, plain or .gz), e.g.\n"
         "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
-        "Bad inputs are named on stderr, skipped and counted. OUT appears only when complete.",
+        "Bad inputs (unreadable, corrupt, truncated, over --max-pixels) are named on stderr\n"
+        "with the reason, skipped and counted. OUT appears only when complete.",
         opts, 2, 2};
     char *pos[2];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
@@ -455,6 +492,7 @@ int loader_mkdb_main(int argc, char **argv)
     j->order = order;
     j->n = o.limit && o.limit < src.n ? (size_t)o.limit : src.n;
     j->max_side = o.max_side;
+    j->max_pixels = o.max_pixels;
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->ready_cv, NULL);
     pthread_cond_init(&j->space_cv, NULL);

@@ -27,3 +27,35 @@ for s in train:50000 test:10000; do
 done
 $M info --verify "$T/cifar-test" >/dev/null || fail "cifar test does not verify"
 rm -rf "$T"
+# Damaged datasets (issue "Trustworthy edges", item 1): a copy of
+# Fashion-MNIST's test split with data.mdb cut short (half, one page short,
+# 4096 bytes) or with a page zeroed. Every command that opens it exits with
+# one line naming data.mdb, never a signal (before the fix: SIGBUS, 135, and
+# LMDB's assertion abort, 134). Runs only when the CIFAR part above ran.
+if [ -d /usr/share/datasets/fashion-mnist ]; then
+  mkdir -p "$T"
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/fm" --split test --quiet >/dev/null || fail "fashion-mnist test split"
+  sz=$(stat -c %s "$T/fm/data.mdb")
+  one_line_naming() { # $1: what, $2: expected exit status, $3: status, $4: stderr file, $5: the file
+    [ "$3" -eq "$2" ] || fail "$1: exit $3, expected $2"
+    grep -qF "$5" "$4" || fail "$1: stderr does not name $5: $(cat "$4")"
+    [ "$(wc -l <"$4")" -eq 1 ] || fail "$1: not one line: $(cat "$4")"
+  }
+  for cut in $((sz / 2)) $((sz - 4096)) 4096; do
+    rm -rf "$T/cut" && cp -r "$T/fm" "$T/cut" && truncate -s "$cut" "$T/cut/data.mdb" || fail "copying"
+    $M info "$T/cut" >/dev/null 2>"$T/err"
+    one_line_naming "moco info, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
+    $M info --verify --json "$T/cut" >/dev/null 2>"$T/err"
+    one_line_naming "moco info --verify, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
+    $M preview "$T/cut" --out "$T/p.png" >/dev/null 2>"$T/err"
+    one_line_naming "moco preview, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
+    timeout 60 $M run "$T/cut" --epochs 1 --workers 1 --run-dir "$T/run" >/dev/null 2>"$T/err"
+    one_line_naming "moco run, data.mdb cut to $cut bytes" 2 $? "$T/err" "$T/cut/data.mdb"
+  done
+  rm -rf "$T/cut" && cp -r "$T/fm" "$T/cut" || fail "copying"
+  dd if=/dev/zero of="$T/cut/data.mdb" bs=4096 seek=$((sz / 4096 / 2)) count=1 conv=notrunc status=none || fail "zeroing"
+  $M info --verify "$T/cut" >/dev/null 2>"$T/err"
+  one_line_naming "moco info --verify, a page zeroed" 1 $? "$T/err" "$T/cut/data.mdb"
+  echo "damaged datasets: info, info --verify, preview, run exit 1 or 2 naming data.mdb (3 truncations, a zeroed page)"
+  rm -rf "$T"
+fi

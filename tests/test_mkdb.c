@@ -1,9 +1,11 @@
 /* test_mkdb.c: `moco mkdb` and `moco info` end to end, on fixtures this test
  * makes itself: image folders with corrupt, truncated, empty and non-image
  * files mixed in; CIFAR-10 and IDX files, whole, truncated and malformed;
- * map growth from a tiny map; atomic output under SIGKILL; --shuffle. */
+ * map growth from a tiny map; atomic output under SIGKILL; --shuffle;
+ * decompression bombs and --max-pixels; what --force may replace. */
 #include "tests/testutil.h"
 
+#include <turbojpeg.h>
 #include <vips/vips.h>
 #include <zlib.h>
 
@@ -454,6 +456,189 @@ static void test_fashion_mnist_package(void **st)
     assert_int_equal(tu_sh("%s info --json %s/test | grep -q '\"count\":10000,\"num_classes\":10'", tu_moco(), tmp), 0);
 }
 
+/* A valid w x h RGB JPEG from TurboJPEG (a seeded, noisy pattern, so the
+ * scan data is most of the file); flags: TJFLAG_*. Returns malloc'd bytes. */
+static uint8_t *tj_jpeg(int w, int h, int flags, size_t *len)
+{
+    uint8_t *px = malloc((size_t)w * h * 3);
+    uint32_t r = 12345;
+    for (int i = 0; i < w * h * 3; i++) {
+        r = r * 1103515245u + 12345u;
+        px[i] = (uint8_t)((i * 5) ^ (r >> 24));
+    }
+    tjhandle tj = tjInitCompress();
+    unsigned char *jpg = NULL;
+    unsigned long n = 0;
+    assert_int_equal(tjCompress2(tj, px, w, 0, h, TJPF_RGB, &jpg, &n, TJSAMP_420, 90, flags), 0);
+    uint8_t *out = malloc(n);
+    memcpy(out, jpg, n);
+    tjFree(jpg);
+    tjDestroy(tj);
+    free(px);
+    *len = n;
+    return out;
+}
+
+/* Set the dimensions in a JPEG's SOF0 header (a decompression bomb: the
+ * header claims w x h, the data holds a small image). */
+static void patch_sof(uint8_t *j, size_t n, int w, int h)
+{
+    for (size_t i = 2; i + 9 < n; i++)
+        if (j[i] == 0xFF && j[i + 1] == 0xC0) {
+            j[i + 5] = (uint8_t)(h >> 8), j[i + 6] = (uint8_t)h;
+            j[i + 7] = (uint8_t)(w >> 8), j[i + 8] = (uint8_t)w;
+            return;
+        }
+    fail_msg("no SOF0 marker");
+}
+
+static int out_has(const char *needle)
+{
+    char p[4200];
+    size_t n;
+    snprintf(p, sizeof p, "%s/out.txt", tmp);
+    char *e = (char *)tu_read_file(p, &n);
+    e[n] = 0;
+    int r = strstr(e, needle) != NULL;
+    if (!r) print_message("stdout lacks '%s':\n%s\n", needle, e);
+    free(e);
+    return r;
+}
+
+static void test_bombs_and_truncated_jpegs(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    size_t n;
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_bomb"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    uint8_t *j = tj_jpeg(64, 48, 0, &n);
+    snprintf(p, sizeof p, "%s/src/c/good.jpg", tmp); write_bytes(p, j, n);
+    snprintf(p, sizeof p, "%s/src/c/half.jpg", tmp); write_bytes(p, j, n / 2); /* truncated in the scan */
+    /* a recoverable warning (garbage before the second scan of a
+     * progressive JPEG) is accepted, and does not hide a truncation after it */
+    size_t pn;
+    uint8_t *pj = tj_jpeg(64, 48, TJFLAG_PROGRESSIVE, &pn), *x = malloc(pn + 4);
+    size_t sos = 2, seen = 0;
+    for (; sos + 1 < pn; sos++)
+        if (pj[sos] == 0xFF && pj[sos + 1] == 0xDA && ++seen == 2) break;
+    assert_true(sos + 1 < pn);
+    memcpy(x, pj, sos);
+    memcpy(x + sos, "\x01\x02\x03\x04", 4);
+    memcpy(x + sos + 4, pj + sos, pn - sos);
+    snprintf(p, sizeof p, "%s/src/c/extra.jpg", tmp); write_bytes(p, x, pn + 4);
+    snprintf(p, sizeof p, "%s/src/c/extra_cut.jpg", tmp); write_bytes(p, x, sos + 4 + (pn - sos) / 2);
+    free(x);
+    free(pj);
+    patch_sof(j, n, 30000, 30000);
+    snprintf(p, sizeof p, "%s/src/c/bomb.jpg", tmp); write_bytes(p, j, n); /* ~2 KB claiming 900 Mpixel */
+    print_message("  bomb.jpg: %zu bytes claiming 30000x30000\n", n);
+    free(j);
+    snprintf(p, sizeof p, "%s/src/c/small.png", tmp); make_image(p, 40, 30, 3, 7);
+    snprintf(p, sizeof p, "%s/src/c/tiny.png", tmp); make_image(p, 20, 20, 3, 8);
+
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_true(err_has("skipping"));
+    assert_true(err_has("bomb.jpg: 30000x30000"));
+    assert_true(err_has("--max-pixels 64000000"));
+    assert_true(err_has("/half.jpg: corrupt or truncated"));
+    assert_true(err_has("extra_cut.jpg: corrupt or truncated"));
+    assert_false(err_has("good.jpg"));
+    assert_false(err_has("extra.jpg"));
+    assert_true(out_has("skipped 3"));
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 4);
+    assert_int_equal(moco_db_get_meta(db)->skipped, 3);
+    moco_db_destroy(&db);
+
+    /* the libvips path (--max-side re-encodes): the same two refused */
+    snprintf(args, sizeof args, "%s/src %s/db2 --quiet --max-side 32", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_true(err_has("/half.jpg: corrupt or truncated"));
+    assert_true(err_has("extra_cut.jpg: corrupt or truncated"));
+    assert_true(err_has("bomb.jpg: 30000x30000"));
+    assert_true(out_has("skipped 3"));
+    /* --max-pixels N, on JPEG and PNG headers alike */
+    snprintf(args, sizeof args, "%s/src %s/db3 --quiet --max-pixels 1000", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_true(err_has("small.png: 40x30"));
+    assert_true(err_has("good.jpg: 64x48"));
+    assert_true(err_has("--max-pixels 1000"));
+    assert_false(err_has("tiny.png"));
+    snprintf(p, sizeof p, "%s/db3", tmp);
+    db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 1);
+    assert_int_equal(moco_db_get_meta(db)->skipped, 6);
+    moco_db_destroy(&db);
+}
+
+static void test_force_replaces_only_a_dataset(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_force"));
+    tu_sh("mkdir -p %s/src/c %s/precious", tmp, tmp);
+    snprintf(p, sizeof p, "%s/src/c/a.png", tmp); make_image(p, 16, 16, 3, 1);
+    snprintf(p, sizeof p, "%s/precious/notes.txt", tmp); write_bytes(p, "keep me\n", 8);
+
+    /* a folder that is not a dataset: refused, untouched */
+    snprintf(args, sizeof args, "%s/src %s/precious --quiet --force", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("notes.txt"));
+    assert_true(err_has("not a moco dataset"));
+    snprintf(p, sizeof p, "%s/precious/notes.txt", tmp);
+    assert_true(tu_exists(p));
+    assert_int_equal(tu_sh("ls %s | grep -q tmp-", tmp), 1);
+    /* a dataset with a stranger inside: refused too */
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/db/notes.txt", tmp); write_bytes(p, "mine\n", 5);
+    snprintf(args, sizeof args, "%s/src %s/db --quiet --force", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("notes.txt"));
+    assert_true(tu_exists(p));
+    /* an LMDB environment that is not a moco dataset (no meta database) */
+    tu_sh("mkdir -p %s/other", tmp);
+    snprintf(p, sizeof p, "%s/other", tmp);
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi d;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_open(env, p, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
+    assert_int_equal(mdb_dbi_open(t, NULL, 0, &d), 0);
+    MDB_val k = {3, "key"}, v = {5, "value"};
+    assert_int_equal(mdb_put(t, d, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(t), 0);
+    mdb_env_close(env);
+    snprintf(args, sizeof args, "%s/src %s/other --quiet --force", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("not a moco dataset"));
+    snprintf(p, sizeof p, "%s/other/data.mdb", tmp);
+    assert_true(tu_exists(p));
+    /* a plain file: refused */
+    snprintf(p, sizeof p, "%s/file", tmp); write_bytes(p, "x", 1);
+    snprintf(args, sizeof args, "%s/src %s/file --quiet --force", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(tu_exists(p));
+    /* a real dataset: replaced */
+    snprintf(p, sizeof p, "%s/db/notes.txt", tmp);
+    unlink(p);
+    snprintf(args, sizeof args, "%s/src %s/db --quiet --force --max-side 8", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->max_w, 8);
+    moco_db_destroy(&db);
+    assert_int_equal(tu_sh("ls %s | grep -q 'old-\\|tmp-'", tmp), 1); /* nothing left beside it */
+    /* an empty directory destroys nothing: allowed */
+    tu_sh("mkdir -p %s/empty", tmp);
+    snprintf(args, sizeof args, "%s/src %s/empty --quiet --force", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+}
+
 int main(void)
 {
     if (VIPS_INIT("test_mkdb")) return 1;
@@ -465,6 +650,8 @@ int main(void)
         cmocka_unit_test(test_killed_midway_leaves_nothing),
         cmocka_unit_test(test_shuffle_is_a_reproducible_permutation),
         cmocka_unit_test(test_fashion_mnist_package),
+        cmocka_unit_test(test_bombs_and_truncated_jpegs),
+        cmocka_unit_test(test_force_replaces_only_a_dataset),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     vips_shutdown();

@@ -1,0 +1,326 @@
+/* test_dbdamage.c: damaged dataset files (issue "Trustworthy edges", item 1).
+ * A small dataset (records of 200 B to 5.6 KB: leaf and overflow pages) is
+ * written with loader/dbwriter.c, then damaged: data.mdb truncated at
+ * several sizes, each page zeroed in turn, each byte of both meta pages
+ * flipped, the file cut short while a handle reads it. Every open, walk and
+ * read must end in success or a clean error whose message names the file,
+ * never a signal or an abort: each case runs in a forked child, so a crash
+ * fails the test instead of killing it. */
+#include "tests/testutil.h"
+
+#include <fcntl.h>
+#include <signal.h>
+
+#include "formats/db.h"
+#include "formats/errors.h"
+#include "formats/record.h"
+#include "loader/dbwriter.h"
+
+enum { N = 300, PSIZE = 4096 };
+
+static char dir[4096], src[4200], work[4200];
+
+/* payload length of record i: leaf records and overflow ones */
+static uint32_t rec_len(uint64_t i) { return 200 + (uint32_t)(i % 7) * 900; }
+
+/* Write the pristine dataset to src (once). */
+static void make_dataset(void)
+{
+    dbw *w;
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("dbdamage"));
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(work, sizeof work, "%s/db", dir);
+    if (dbw_open(src, 0, 0, &w)) fail_msg("%s", moco_errmsg());
+    for (uint64_t i = 0; i < N; i++) {
+        uint32_t n = rec_len(i);
+        uint8_t *px = malloc(n);
+        for (uint32_t k = 0; k < n; k++) px[k] = (uint8_t)(i * 31 + k * 7);
+        moco_rec_header h = {.encoding = MOCO_ENC_RAW, .channels = 1, .label = 0, .width = n, .height = 1};
+        size_t len;
+        uint8_t *rec = moco_rec_build(&h, px, n, &len);
+        assert_non_null(rec);
+        assert_int_equal(dbw_put_batch(w, i, &rec, &len, 1), 0);
+        free(rec);
+        free(px);
+    }
+    char *names[] = {"all"};
+    uint64_t counts[] = {N};
+    moco_db_meta m = {.count = N, .nclasses = 1, .class_names = names, .class_counts = counts,
+                      .source = "test", .source_format = "folder", .enc_counts = {N, 0, 0}, .min_w = 200,
+                      .max_w = 5600, .min_h = 1, .max_h = 1};
+    if (dbw_finish(&w, &m)) fail_msg("%s", moco_errmsg());
+}
+
+/* A fresh copy of the dataset at work. */
+static void fresh_copy(void)
+{
+    assert_int_equal(tu_sh("rm -rf '%s' && cp -r '%s' '%s'", work, src, work), 0);
+}
+
+static char mdb[4300];
+static const char *data_mdb(void)
+{
+    snprintf(mdb, sizeof mdb, "%s/data.mdb", work);
+    return mdb;
+}
+
+static off_t file_size(void)
+{
+    struct stat st;
+    assert_int_equal(stat(data_mdb(), &st), 0);
+    return st.st_size;
+}
+
+static void patch(off_t off, const void *b, size_t n)
+{
+    int fd = open(data_mdb(), O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, b, n, off), (ssize_t)n);
+    close(fd);
+}
+
+/* An error must name the dataset. Returns 0 when rc is 0 or such an error. */
+static int clean(int rc, const char *what)
+{
+    if (rc == 0) return 0;
+    if (strstr(moco_errmsg(), work) && !strchr(moco_errmsg(), '\n')) return 0;
+    fprintf(stderr, "%s: rc %d, message lacks the path (or is not one line): %s\n", what, rc, moco_errmsg());
+    return 1;
+}
+
+typedef struct {
+    uint64_t n, bad_crc;
+} walk_ctx;
+
+static int walk_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
+{
+    walk_ctx *w = ctx;
+    moco_rec_header h;
+    const uint8_t *pl;
+    (void)index;
+    w->n++;
+    if (moco_rec_parse(val, len, 1, "record", &h, &pl)) w->bad_crc++;
+    return 0;
+}
+
+/* Open, walk, read every record. Bits of the result: 1 = some call gave an
+ * unclean error, 2 = some call reported damage (MOCO_ECORRUPT), 4 = the
+ * whole dataset read back intact. */
+static int exercise(void)
+{
+    moco_db *db;
+    int r = 0, rc = moco_db_open(work, &db);
+    if (rc) return clean(rc, "open") | (rc == MOCO_ECORRUPT ? 2 : 0);
+    walk_ctx w = {0, 0};
+    rc = moco_db_foreach(db, walk_one, &w);
+    r |= clean(rc, "foreach") | (rc == MOCO_ECORRUPT ? 2 : 0);
+    int intact = rc == 0 && w.n == N && w.bad_crc == 0;
+    uint8_t *buf = NULL;
+    size_t cap = 0, len;
+    for (uint64_t i = 0; i < N; i++) {
+        rc = moco_db_get(db, i, &buf, &cap, &len);
+        r |= clean(rc, "get") | (rc == MOCO_ECORRUPT ? 2 : 0);
+        if (rc) intact = 0;
+        else if (len != 32 + rec_len(i)) intact = 0;
+    }
+    free(buf);
+    moco_db_destroy(&db);
+    return r | (intact ? 4 : 0);
+}
+
+/* In a child: the default action for the signals cmocka catches, so that
+ * a crash kills the child instead of resuming cmocka's runner in it. */
+static void child_signals(void)
+{
+    const int sigs[] = {SIGABRT, SIGBUS, SIGSEGV, SIGILL, SIGFPE, SIGSYS};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], SIG_DFL);
+}
+
+/* Run exercise() in a child. Returns its result bits; fails the test if
+ * the child died of a signal (SIGBUS, SIGSEGV, SIGABRT from LMDB). */
+static int in_child(const char *what)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* _exit: no cmocka, no atexit (leaks are checked in-process below) */
+        child_signals();
+        _exit(exercise());
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!WIFEXITED(st)) fail_msg("%s: the reader died of signal %d (%s)", what, WTERMSIG(st), strsignal(WTERMSIG(st)));
+    int r = WEXITSTATUS(st);
+    if (r & 1) fail_msg("%s: an error without the file name (see above)", what);
+    return r;
+}
+
+static void test_pristine_reads_back(void **st)
+{
+    (void)st;
+    fresh_copy();
+    assert_int_equal(in_child("pristine"), 4);
+    assert_int_equal(exercise(), 4); /* in-process too: no leak, nothing left over */
+}
+
+static void test_truncated(void **st)
+{
+    (void)st;
+    fresh_copy();
+    const off_t full = file_size();
+    const off_t sizes[] = {full / 2, full - PSIZE, full - 1, PSIZE, PSIZE + 100, 100, 0};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        fresh_copy();
+        assert_int_equal(truncate(data_mdb(), sizes[k]), 0);
+        char what[64];
+        snprintf(what, sizeof what, "truncated to %lld of %lld bytes", (long long)sizes[k], (long long)full);
+        int r = in_child(what);
+        if (!(r & 2)) fail_msg("%s: not reported as damaged", what);
+        moco_db *db;
+        assert_int_equal(moco_db_open(work, &db), MOCO_ECORRUPT); /* refused at open, before LMDB maps it */
+        assert_non_null(strstr(moco_errmsg(), "data.mdb"));
+        print_message("  %s -> %s\n", what, moco_errmsg());
+    }
+}
+
+static void test_zeroed_pages(void **st)
+{
+    (void)st;
+    fresh_copy();
+    const off_t pages = file_size() / PSIZE;
+    static uint8_t zero[PSIZE];
+    int damaged = 0, undetected = 0;
+    static uint8_t keep[PSIZE];
+    for (off_t p = 2; p < pages; p++) {
+        int fd = open(data_mdb(), O_RDONLY);
+        assert_int_equal(pread(fd, keep, PSIZE, p * PSIZE), PSIZE);
+        close(fd);
+        patch(p * PSIZE, zero, PSIZE);
+        char what[64];
+        snprintf(what, sizeof what, "page %lld of %lld zeroed", (long long)p, (long long)pages);
+        int r = in_child(what);
+        patch(p * PSIZE, keep, PSIZE); /* undone for the next page */
+        damaged += (r & 2) != 0;
+        undetected += (r & 6) == 0; /* an overflow page of zeros reads back: the record CRC catches it */
+        if (p == pages / 2) print_message("  %s: %s\n", what, r & 2 ? "reported as damaged" : "read without a crash");
+    }
+    print_message("  %lld pages zeroed one at a time: %d reported as damaged, %d caught only by record CRCs\n",
+                  (long long)(pages - 2), damaged, undetected);
+    assert_true(damaged > 0);
+    /* the middle page, in-process: the error names the file */
+    fresh_copy();
+    patch(pages / 2 * PSIZE, zero, PSIZE);
+    (void)exercise();
+}
+
+static void test_meta_bytes_flipped(void **st)
+{
+    (void)st;
+    int refused = 0;
+    fresh_copy();
+    for (int m = 0; m < 2; m++)
+        for (int off = 0; off < 160; off++) {
+            uint8_t b;
+            int fd = open(data_mdb(), O_RDONLY);
+            assert_int_equal(pread(fd, &b, 1, m * PSIZE + off), 1);
+            close(fd);
+            b ^= 0xFF;
+            patch(m * PSIZE + off, &b, 1);
+            char what[64];
+            snprintf(what, sizeof what, "meta page %d byte %d flipped", m, off);
+            refused += (in_child(what) & 2) != 0;
+            b ^= 0xFF;
+            patch(m * PSIZE + off, &b, 1); /* undone for the next byte */
+        }
+    print_message("  320 single-byte flips in the meta pages: %d refused as damaged, none crashed\n", refused);
+    assert_true(refused > 0);
+}
+
+/* The file shrinks under an open handle: LMDB's mapping now ends in pages
+ * with no file behind them, and touching them is SIGBUS, which the guard
+ * in formats/db.c turns into MOCO_ECORRUPT. */
+static int shrink_while_open(void)
+{
+    moco_db *db;
+    if (moco_db_open(work, &db)) return 10;
+    if (truncate(data_mdb(), PSIZE * 2) != 0) return 11;
+    walk_ctx w = {0, 0};
+    int rc = moco_db_foreach(db, walk_one, &w), r = 0;
+    if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), "data.mdb")) {
+        fprintf(stderr, "foreach after shrinking: rc %d: %s\n", rc, moco_errmsg());
+        r = 12;
+    }
+    uint8_t *buf = NULL;
+    size_t cap = 0, len;
+    rc = moco_db_get(db, N - 1, &buf, &cap, &len);
+    if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), work)) {
+        fprintf(stderr, "get after shrinking: rc %d: %s\n", rc, moco_errmsg());
+        r = 13;
+    }
+    free(buf);
+    moco_db_destroy(&db);
+    return r;
+}
+
+static void test_shrinks_while_reading(void **st)
+{
+    (void)st;
+    fresh_copy();
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        child_signals();
+        _exit(shrink_while_open());
+    }
+    int s;
+    assert_int_equal(waitpid(pid, &s, 0), pid);
+    if (!WIFEXITED(s)) fail_msg("shrunk while open: the reader died of signal %d (%s)", WTERMSIG(s), strsignal(WTERMSIG(s)));
+    assert_int_equal(WEXITSTATUS(s), 0);
+    /* in-process too (cmocka's own SIGBUS handler is in place: the guard
+     * goes in front of it) */
+    fresh_copy();
+    assert_int_equal(shrink_while_open(), 0);
+    print_message("  shrunk while open -> %s\n", moco_errmsg());
+    /* a fault outside the guard still gets the default action: the child
+     * must die of SIGBUS */
+    fresh_copy();
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        moco_db *db;
+        child_signals();
+        if (moco_db_open(work, &db)) _exit(1); /* installs the guard's handler */
+        moco_db_destroy(&db);
+        raise(SIGBUS);
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &s, 0), pid);
+    assert_true(WIFSIGNALED(s) && WTERMSIG(s) == SIGBUS);
+}
+
+static void test_probe(void **st)
+{
+    (void)st;
+    fresh_copy();
+    assert_int_equal(moco_db_probe(work), 0);
+    assert_int_equal(truncate(data_mdb(), PSIZE * 3), 0);
+    assert_int_equal(moco_db_probe(work), MOCO_ECORRUPT);
+    assert_int_not_equal(moco_db_probe(dir), 0); /* no data.mdb */
+}
+
+int main(void)
+{
+    make_dataset();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pristine_reads_back),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_zeroed_pages),
+        cmocka_unit_test(test_meta_bytes_flipped),
+        cmocka_unit_test(test_shrinks_while_reading),
+        cmocka_unit_test(test_probe),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
