@@ -206,7 +206,7 @@ static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect,
     for (;;) {
         stream_event ev;
         rc = stream_next(s, 1000, &ev);
-        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) { rc = 0; continue; }
+        if (!rc && ev.kind == STREAM_NONE) continue;
         if (rc) goto out;
         if (ev.kind == STREAM_PAIR) {
             if (ev.pair.height != S || ev.pair.width != S) {

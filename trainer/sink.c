@@ -122,8 +122,10 @@ int trainer_sink_main(int argc, char **argv)
     while (!stop_flag) {
         stream_event ev;
         rc = stream_next(s, 250, &ev);
-        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) continue;
-        if (rc == MOCO_ETIMEOUT) moco_err(rc, "%s", moco_errmsg());
+        if (!rc && ev.kind == STREAM_NONE) { /* nothing yet */
+            if (seconds > 0 && t_first && moco_now_s() - t_first >= warmup + seconds) break;
+            continue;
+        }
         if (rc) {
             fprintf(stderr, "\nmoco sink: %s\n", moco_errmsg());
             status = 1;

@@ -409,9 +409,9 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             s->st.waited_s += moco_now_s() - t0;
             return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", s->ctl_ep, t - s->loader_seen);
         }
-        if (t >= deadline) {
+        if (t >= deadline) { /* nothing yet: ev->kind is STREAM_NONE */
             s->st.waited_s += moco_now_s() - t0;
-            return MOCO_ETIMEOUT;
+            return 0;
         }
         /* nothing to return: sleep until a message comes (pairs arrive in
          * batches, so this is one wake-up per batch, not per pair), or until

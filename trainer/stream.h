@@ -43,7 +43,7 @@ typedef struct {
     double loader_timeout;        /* seconds of loader silence that are an error (0: 60) */
 } stream_cfg;
 
-enum { STREAM_PAIR = 1, STREAM_EPOCH_END = 2, STREAM_END = 3 };
+enum { STREAM_NONE = 0, STREAM_PAIR = 1, STREAM_EPOCH_END = 2, STREAM_END = 3 };
 
 typedef struct {
     int kind;
@@ -75,9 +75,10 @@ typedef struct trainer_stream trainer_stream;
 int stream_open(const stream_cfg *cfg, trainer_stream **out);
 
 /* Wait up to timeout_ms (-1: until something happens) for the next event.
- * Returns 0 with *ev filled, MOCO_ETIMEOUT if nothing came in time, or an
- * error (the loader silent longer than loader_timeout: MOCO_ETIMEOUT with a
- * message naming it). */
+ * Returns 0 with *ev filled: STREAM_NONE if nothing came in time (not an
+ * error: ask again), else the event; or an error: the loader silent longer
+ * than loader_timeout (MOCO_ETIMEOUT, naming it), the loader refused this
+ * consumer (MOCO_EINVAL), ... */
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev);
 
 /* The current epoch and the bitmap of its indices returned so far

@@ -407,7 +407,7 @@ int train_run(const train_cfg *cin)
     while (!stop_flag) {
         stream_event ev;
         rc = stream_next(s, 1000, &ev);
-        if (rc == MOCO_ETIMEOUT && !strstr(moco_errmsg(), "silent")) { rc = 0; continue; }
+        if (!rc && ev.kind == STREAM_NONE) continue;
         if (rc) goto out;
         if (ev.kind == STREAM_END) break;
         if (ev.kind == STREAM_EPOCH_END) {

@@ -1,0 +1,128 @@
+/* test_stream.c: the consumer end of the stream (trainer/stream.h) against
+ * a loader played by the test on inproc-free ipc: "nothing yet" is an
+ * event (STREAM_NONE, return 0), a silent loader an error (MOCO_ETIMEOUT
+ * naming it), a REFUSED HELLO an error with the loader's reason; a pair of
+ * an epoch two ahead and an index past the count are rejected and counted. */
+#include "tests/testutil.h"
+
+#include <zmq.h>
+
+#include "formats/errors.h"
+#include "formats/pipeline.h"
+#include "trainer/stream.h"
+
+static char ep[256];
+
+/* A ROUTER playing the loader: receive the HELLO, answer with `answer`. */
+static void *fake_loader(void *ctx, uint8_t *id, size_t *idlen)
+{
+    void *r = zmq_socket(ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    snprintf(ep, sizeof ep, "ipc://%s/test_stream-%d", getenv("MOCO_TEST_TMP") ? getenv("MOCO_TEST_TMP") : "/tmp", (int)getpid());
+    assert_int_equal(zmq_bind(r, ep), 0);
+    (void)id, (void)idlen;
+    return r;
+}
+
+static void recv_hello(void *r, uint8_t *id, size_t *idlen)
+{
+    int n = zmq_recv(r, id, 255, 0);
+    assert_true(n > 0);
+    *idlen = (size_t)n;
+    uint8_t b[64];
+    assert_int_equal(zmq_recv(r, b, sizeof b, 0), 20); /* HELLO */
+    uint16_t t;
+    assert_int_equal(moco_wire_peek(b, 20, &t), 0);
+    assert_int_equal(t, MOCO_MSG_HELLO);
+}
+
+static void send_to(void *r, const uint8_t *id, size_t idlen, const void *b, size_t n, const void *b2, size_t n2)
+{
+    zmq_send(r, id, idlen, ZMQ_SNDMORE);
+    zmq_send(r, b, n, b2 ? ZMQ_SNDMORE : 0);
+    if (b2) zmq_send(r, b2, n2, 0);
+}
+
+static void test_none_then_silent(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new();
+    uint8_t id[256];
+    size_t idlen;
+    void *r = fake_loader(ctx, id, &idlen);
+    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 0.6};
+    trainer_stream *s;
+    assert_int_equal(stream_open(&cfg, &s), 0);
+    recv_hello(r, id, &idlen);
+    uint8_t w[32];
+    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+    stream_event ev;
+    ev.kind = -1;
+    assert_int_equal(stream_next(s, 50, &ev), 0);
+    assert_int_equal(ev.kind, STREAM_NONE); /* nothing yet: not an error */
+    /* pairs: epoch 0 index 3 (good), epoch 2 (two ahead: rejected), index 10 (past the count) */
+    moco_wire_pair p[3] = {{.epoch = 0, .index = 3, .height = 1, .width = 1, .channels = 1},
+                           {.epoch = 2, .index = 4, .height = 1, .width = 1, .channels = 1},
+                           {.epoch = 0, .index = 10, .height = 1, .width = 1, .channels = 1}};
+    uint8_t hdr[16 + 3 * MOCO_WIRE_PAIR_SIZE], views[6] = {1, 2, 3, 4, 5, 6};
+    size_t hl = moco_pipe_pairs_pack(hdr, p, 3);
+    send_to(r, id, idlen, hdr, hl, views, sizeof views);
+    int got = 0;
+    for (int i = 0; i < 20 && !got; i++) {
+        assert_int_equal(stream_next(s, 100, &ev), 0);
+        if (ev.kind == STREAM_PAIR) {
+            got = 1;
+            assert_int_equal(ev.pair.index, 3);
+        }
+    }
+    assert_true(got);
+    assert_int_equal(stream_next(s, 100, &ev), 0);
+    assert_int_equal(ev.kind, STREAM_NONE);
+    stream_stats ss;
+    stream_get_stats(s, &ss);
+    print_message("  pairs %llu, rejected_epoch %llu, rejected_index %llu\n", (unsigned long long)ss.pairs,
+                  (unsigned long long)ss.rejected_epoch, (unsigned long long)ss.rejected_index);
+    assert_int_equal(ss.pairs, 1);
+    assert_int_equal(ss.rejected_epoch, 1);
+    assert_int_equal(ss.rejected_index, 1);
+    /* now the loader says nothing: after 0.6 s that is an error, named */
+    int rc = 0;
+    for (int i = 0; i < 30 && !rc; i++) rc = stream_next(s, 100, &ev);
+    assert_int_equal(rc, MOCO_ETIMEOUT);
+    print_message("  %s\n", moco_errmsg());
+    assert_non_null(strstr(moco_errmsg(), "silent"));
+    stream_destroy(&s);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
+static void test_refused(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new();
+    uint8_t id[256];
+    size_t idlen;
+    void *r = fake_loader(ctx, id, &idlen);
+    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 5};
+    trainer_stream *s;
+    assert_int_equal(stream_open(&cfg, &s), 0);
+    recv_hello(r, id, &idlen);
+    uint8_t b[12 + MOCO_WIRE_REASON_MAX];
+    send_to(r, id, idlen, b, moco_pipe_refused(b, MOCO_EINVAL, "another consumer is connected"), NULL, 0);
+    stream_event ev;
+    int rc = 0;
+    for (int i = 0; i < 20 && !rc; i++) rc = stream_next(s, 100, &ev);
+    assert_int_equal(rc, MOCO_EINVAL);
+    print_message("  %s\n", moco_errmsg());
+    assert_non_null(strstr(moco_errmsg(), "another consumer is connected"));
+    stream_destroy(&s);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
