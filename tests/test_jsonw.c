@@ -50,7 +50,7 @@ static void test_quote_truncates_cleanly(void **st)
     (void)st;
     char b[16];
     for (size_t cap = 3; cap <= sizeof b; cap++) {
-        moco_json_quote("ab\"\n\xc3\xa9\xc3\xa9xyz\\\\", 15, b, cap);
+        moco_json_quote("ab\"\n\xc3\xa9\xc3\xa9xyz\\\\", 13, b, cap);
         assert_true(strlen(b) < cap);
         char doc[64];
         snprintf(doc, sizeof doc, "{\"k\":%s}", b);
