@@ -50,6 +50,11 @@ want=$(grep '"type":"epoch"' "$T/r1/metrics.jsonl" | tail -1 | grep -o '"knn_top
 got=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
       --size 28 --threads 1 | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "moco knn says $got, the training monitor said $want"
+# its last line is JSON also for a path with a quote in it
+Q="$T/q\"uote"; mkdir -p "$Q" && cp "$T/r1/checkpoint_last.safetensors" "$Q/c.safetensors"
+$M knn --ckpt "$Q/c.safetensors" --train "$T/db" --test "$T/db" --size 28 --threads 1 | tail -1 \
+  | python3 -c 'import json, sys; d = json.loads(sys.stdin.read()); assert d["ckpt"].endswith("q\"uote/c.safetensors"), d' \
+  || fail "moco knn's JSON line with a quote in the checkpoint path"
 $M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 8 --size 28 >/dev/null 2>"$T/knn.err"
 [ $? -eq 1 ] && grep -q "encoder_q.conv1.weight" "$T/knn.err" || fail "a checkpoint of another width should be refused, naming the tensor"
 # the random-init baseline: reproducible for a seed, another seed gives other features, and not with --ckpt too

@@ -43,6 +43,7 @@
 
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "trainer/ckpt.h"
 #include "trainer/evalmodel.h"
@@ -740,7 +741,13 @@ int train_knn_main(int argc, char **argv)
     rn_destroy(&m);
     char what[64];
     if (!ef.ckpt) snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
-    printf("{\"knn_top1\":%.2f,\"k\":%ld,\"t\":%g,\"ckpt\":\"%s\",\"seconds\":%.1f}\n", top1, k, t, ef.ckpt ? ef.ckpt : what,
-           moco_now_s() - t0);
+    moco_jw w; /* the path is the user's: escaped */
+    moco_jw_begin(&w);
+    moco_jw_num(&w, "knn_top1", top1, 2);
+    moco_jw_i64(&w, "k", k);
+    moco_jw_num(&w, "t", t, 4);
+    moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
+    moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);
+    moco_jw_line(&w, stdout);
     return 0;
 }
