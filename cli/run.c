@@ -411,6 +411,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
         return 1;
     }
+    /* the children that bind there remove it as they exit (rmdir: the last
+     * one out succeeds), so that it goes also when this supervisor is killed */
+    setenv("MOCO_RUN_SOCKDIR", sockdir, 1);
     char work[2300], ctl[1100], pairs[2300], log[1200], host[256] = "", wwork[1100], wpairs[1100];
     long port = 0;
     snprintf(work, sizeof work, "ipc://%s/work", sockdir);

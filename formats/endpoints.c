@@ -2,7 +2,10 @@
 #include "formats/endpoints.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "formats/errors.h"
@@ -35,6 +38,19 @@ int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list)
             if (zmq_bind(sock, ep[i])) return moco_err(MOCO_EZMQ, "cannot bind %s: %s", ep[i], zmq_strerror(errno));
         }
     return 0;
+}
+
+void moco_run_sockdir_cleanup(void)
+{
+    const char *d = getenv("MOCO_RUN_SOCKDIR");
+    if (!d || strncmp(d, "/tmp/moco-run-", 14)) return; /* only what moco run made */
+    static const char *const names[] = {"work", "ctl", "pairs"};
+    char p[4200];
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", d, names[i]);
+        unlink(p);
+    }
+    rmdir(d);
 }
 
 int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n)

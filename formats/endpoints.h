@@ -23,4 +23,11 @@ int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list);
  * copied into out (size n); 0 if there is one, MOCO_ENOTFOUND if not. */
 int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n);
 
+/* moco run's private socket directory (environment MOCO_RUN_SOCKDIR, set
+ * by the supervisor for its children): remove its sockets (work, ctl,
+ * pairs; nothing else) and the directory. Each child that binds there calls
+ * it as it exits, so that the directory goes even when the supervisor was
+ * killed. A no-op without the variable. */
+void moco_run_sockdir_cleanup(void);
+
 #endif

@@ -1066,6 +1066,7 @@ out:
     if (L->zctx) zmq_ctx_term(L->zctx);
     if (L->log) fclose(L->log);
     moco_db_destroy(&L->db);
+    moco_run_sockdir_cleanup(); /* moco run's socket directory, if this is a child of it */
     free(L->st);
     free(L->touched);
     free(L->owner);

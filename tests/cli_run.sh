@@ -50,6 +50,19 @@ wait $SP || fail "the tcp:// sink failed"
 wait $LP $WP
 grep -q "\"pairs\":$N,\"epochs\":1" "$T/tcp.json" || fail "tcp: $(cat "$T/tcp.json")"
 
+# the supervisor SIGKILLed: its children stop and its socket directory goes
+$M run "$T/db" --sink --workers 1 --epochs 500 --recipe cifar --size 28 --run-dir "$T/k" >/dev/null 2>"$T/k.err" &
+kp=$!
+for i in $(seq 100); do grep -q "ipc:///tmp/moco-run-" "$T/k.err" && break; sleep 0.05; done
+sd=$(grep -o "ipc:///tmp/moco-run-[A-Za-z0-9]*" "$T/k.err" | head -1 | cut -c7-)
+[ -n "$sd" ] && [ -d "$sd" ] || fail "no socket directory named: $(cat "$T/k.err")"
+sleep 1
+kill -KILL $kp
+for i in $(seq 100); do [ -d "$sd" ] || break; sleep 0.1; done
+[ -d "$sd" ] && fail "the socket directory $sd survived the supervisor ($(ls "$sd"))"
+for i in $(seq 50); do pgrep -f -- "--run-dir $T/k" >/dev/null || pgrep -f "$sd" >/dev/null || break; sleep 0.1; done
+pgrep -f "$sd" >/dev/null && fail "processes of the killed run are still there: $(pgrep -af "$sd")"
+
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 without --bind should exit 2"
 $M run /nonexistent --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "a missing DB should exit 2"

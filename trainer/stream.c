@@ -464,6 +464,7 @@ void stream_destroy(trainer_stream **ps)
     }
     moco_sec_destroy(&s->sec);
     if (s->zctx) zmq_ctx_term(s->zctx);
+    moco_run_sockdir_cleanup(); /* moco run's socket directory, if this is a child of it */
     free(s->seen);
     free(s);
     *ps = NULL;
