@@ -1,6 +1,6 @@
 /* stream.c: `moco loader`, the LMDB-backed streaming loader. The design and
  * its promises are in stream.h; the messages in formats/pipeline.h and
- * formats/wire.h. One thread, one ZeroMQ context, two ROUTER sockets polled
+ * formats/wire.h; serve mode in serve.c. One thread, one ZeroMQ context, two ROUTER sockets polled
  * together; the LMDB environment is opened here, after any fork. */
 #include "loader/stream.h"
 
@@ -28,74 +28,10 @@
 #include "formats/zsec.h"
 #include "loader/cmd.h"
 
-#define MAX_WORKERS 1024
-#define MAX_ID 255
-#define NO_EPOCH 0xFFFFFFFFu
-
-enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
-
-typedef struct {
-    uint8_t id[MAX_ID];
-    size_t idlen;
-    double last_seen;
-    uint32_t free_slots;
-    uint32_t batch;          /* most records per SAMPLES message; 0: single SAMPLEs (a version-1 worker) */
-    uint64_t sent, received; /* records sent to it / it says it received */
-    uint64_t holding;        /* samples issued to it and not yet acknowledged or failed */
-    double progress;         /* when one of its samples was last acknowledged (or it was first given work) */
-    uint64_t acked_at_progress; /* the loader's acknowledged count then */
-    int alive, banned;       /* banned: it held samples without progress while others made some */
-} worker;
-
-typedef struct {
-    /* configuration */
-    const char *db_path, *work_ep, *ctl_ep, *pairs_ep, *log_path, *keys;
-    uint64_t seed;
-    long epochs, start_epoch, window;
-    double worker_timeout, reissue_after, consumer_timeout, consumer_wait, stall_timeout;
-    int quiet, insecure;
-    /* resources */
-    moco_db *db;
-    uint64_t n;
-    void *zctx, *work, *ctl, *pairs; /* pairs: serve mode, the workers' pairs to forward to the consumer */
-    moco_sec *sec;
-    FILE *log;
-    zmq_msg_t fw[3];                 /* serve mode: a checked pair message waiting for room towards the consumer */
-    int nfw;
-    double last_ack_t;               /* when the consumer last acknowledged a sample */
-    uint8_t *rec;
-    size_t reccap;
-    moco_pipe_sample *bent;  /* the entries of the batch being built */
-    /* workers and consumer */
-    worker w[MAX_WORKERS];
-    int nw, rr;
-    uint8_t cid[MAX_ID];
-    size_t cidlen;
-    int have_consumer;
-    double cons_seen;
-    /* the current epoch */
-    uint32_t epoch;
-    int started;
-    uint8_t *st;
-    uint8_t *touched;                /* issued at least once in this epoch (serve mode checks pairs against it) */
-    uint16_t *owner;
-    float *t_issued;
-    uint64_t *perm, *ring, *failed;
-    size_t cursor, rhead, rlen, nfailed;
-    uint64_t ndone, outstanding;
-    int end_pending;                 /* the epoch is complete; EPOCH_END waits for room towards the consumer */
-    int ended;                       /* serve mode: END sent; waiting for BYE or a successor that resumes */
-    uint32_t max_epoch;              /* the latest epoch begun (a resume may take the loader back) */
-    int bye;                         /* the consumer said BYE after END */
-    double linger;                   /* serve mode: after END, seconds without a consumer before exiting */
-    /* counters */
-    uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
-    /* rejections: counted, logged, never trusted */
-    uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
-} loader;
+#include "loader/state.h"
 
 /* An event line of the log: ev_begin, the fields (moco_jw_*), ev_end. */
-static moco_jw *ev_begin(const loader *L, moco_jw *w, const char *event)
+moco_jw *loader_ev_begin(const loader *L, moco_jw *w, const char *event)
 {
     moco_jw_begin(w);
     moco_jw_str(w, "event", event);
@@ -103,14 +39,14 @@ static moco_jw *ev_begin(const loader *L, moco_jw *w, const char *event)
     return w;
 }
 
-static void ev_end(const loader *L, moco_jw *w)
+void loader_ev_end(const loader *L, moco_jw *w)
 {
     if (L->log) moco_jw_line(w, L->log);
     else moco_jw_free(w);
 }
 
 /* A peer's routing id as hex, for messages. */
-static const char *hexid(const uint8_t *id, size_t n, char *buf)
+const char *loader_hexid(const uint8_t *id, size_t n, char *buf)
 {
     static const char hx[] = "0123456789abcdef";
     if (n > 16) n = 16;
@@ -249,11 +185,11 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
             fprintf(stderr, "moco loader: record %" PRId64 " of %s is %zu bytes, over the %zu-byte limit of a message; failed\n",
                     i, L->db_path, len, MOCO_RECORD_WIRE_MAX);
             moco_jw w;
-            ev_begin(L, &w, "failed");
+            loader_ev_begin(L, &w, "failed");
             moco_jw_i64(&w, "index", i);
             moco_jw_str(&w, "reason", "record over the message limit");
             moco_jw_u64(&w, "bytes", len);
-            ev_end(L, &w);
+            loader_ev_end(L, &w);
             continue;
         }
         if (!rc && used + len > cap) { /* first guess: max records like this one */
@@ -439,15 +375,15 @@ static void on_worker_msg(loader *L, inmsg *m)
             if (L->rejected_failed <= 20 || !(L->rejected_failed & (L->rejected_failed - 1)))
                 fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
                                 "which does not hold it (%" PRIu64 " rejected so far)\n",
-                        f.index, f.epoch, k, hexid(m->id, m->idlen, hb), L->rejected_failed);
+                        f.index, f.epoch, k, loader_hexid(m->id, m->idlen, hb), L->rejected_failed);
             moco_jw w;
-            ev_begin(L, &w, "rejected");
+            loader_ev_begin(L, &w, "rejected");
             moco_jw_str(&w, "what", "FAILED");
             moco_jw_u64(&w, "index", f.index);
             moco_jw_u64(&w, "claimed_epoch", f.epoch);
             moco_jw_i64(&w, "worker", k);
             moco_jw_str(&w, "peer", hb);
-            ev_end(L, &w);
+            loader_ev_end(L, &w);
             return;
         }
         {
@@ -467,10 +403,10 @@ static void on_worker_msg(loader *L, inmsg *m)
             why[wl] = 0;
             fprintf(stderr, "moco loader: record %" PRIu64 " failed in a worker: %s\n", f.index, why);
             moco_jw w;
-            ev_begin(L, &w, "failed");
+            loader_ev_begin(L, &w, "failed");
             moco_jw_u64(&w, "index", f.index);
             moco_jw_strn(&w, "reason", f.reason, f.reason_len); /* the peer's bytes, escaped */
-            ev_end(L, &w);
+            loader_ev_end(L, &w);
         }
         return;
     }
@@ -490,13 +426,13 @@ static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...
     va_end(ap);
     L->refused_hellos++;
     send_to(L->ctl, m->id, m->idlen, b, moco_pipe_refused(b, code, why), NULL, 0);
-    fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", hexid(m->id, m->idlen, hb), why,
+    fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", loader_hexid(m->id, m->idlen, hb), why,
             L->refused_hellos);
     moco_jw w;
-    ev_begin(L, &w, "refused_hello");
+    loader_ev_begin(L, &w, "refused_hello");
     moco_jw_str(&w, "peer", hb);
     moco_jw_str(&w, "reason", why);
-    ev_end(L, &w);
+    loader_ev_end(L, &w);
 }
 
 static int is_consumer(const loader *L, const inmsg *m)
@@ -552,9 +488,9 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
                 L->ndone, L->n);
     moco_jw w;
-    ev_begin(L, &w, "consumer");
+    loader_ev_begin(L, &w, "consumer");
     moco_jw_u64(&w, "delivered_before", L->ndone);
-    ev_end(L, &w);
+    loader_ev_end(L, &w);
 }
 
 static int on_consumer_msg(loader *L, inmsg *m)
@@ -576,9 +512,9 @@ static int on_consumer_msg(loader *L, inmsg *m)
         L->bye = L->ended;
         if (!L->quiet) fprintf(stderr, "moco loader: the consumer said goodbye; waiting for a consumer\n");
         moco_jw w;
-        ev_begin(L, &w, "consumer_left");
+        loader_ev_begin(L, &w, "consumer_left");
         moco_jw_u64(&w, "delivered", L->ndone);
-        ev_end(L, &w);
+        loader_ev_end(L, &w);
         L->have_consumer = 0;
         L->cidlen = 0;
         for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
@@ -609,99 +545,6 @@ static int on_consumer_msg(loader *L, inmsg *m)
     return 0;
 }
 
-/* ---- serve mode: the workers' pairs, checked, to the consumer ---- */
-
-/* Check a pair message from a worker (frames f, nf) against the epoch's
- * state. Returns 1 to forward it, 0 to drop it as stale (a late duplicate
- * of a finished epoch), -1 to reject it (malformed; a pair of another
- * epoch, of an index out of range or never handed out). */
-static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
-{
-    const uint8_t *h = zmq_msg_data(&f[0]);
-    size_t hl = zmq_msg_size(&f[0]);
-    uint16_t type;
-    uint32_t cnt = 1;
-    moco_wire_pair one;
-    *npairs = 1;
-    if (moco_wire_peek(h, hl, &type)) return -1;
-    if (type == MOCO_MSG_PAIRS) {
-        if (nf != 2 || moco_pipe_pairs_parse(h, hl, zmq_msg_size(&f[1]), &cnt)) return -1;
-    } else if (type == MOCO_MSG_PAIR) {
-        if (nf != 3 || moco_wire_pair_parse(h, hl, &one) || zmq_msg_size(&f[1]) != moco_wire_pair_view_bytes(&one) ||
-            zmq_msg_size(&f[2]) != moco_wire_pair_view_bytes(&one))
-            return -1;
-    } else {
-        return -1;
-    }
-    *npairs = cnt;
-    int current = 0;
-    for (uint32_t i = 0; i < cnt; i++) {
-        moco_wire_pair p = one;
-        if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
-        if (p.index >= L->n || p.epoch > L->max_epoch) return -1; /* (epoch, max_epoch]: left over from before a resume */
-        if (p.epoch == L->epoch && L->started) {
-            if (!L->touched[p.index]) return -1;
-            current = 1;
-        }
-    }
-    return current;
-}
-
-/* Forward what waits in L->fw; returns 1 if it went (or there was nothing),
- * 0 if the consumer has no room (try again later). */
-static int forward_pending(loader *L)
-{
-    if (!L->nfw) return 1;
-    if (!L->have_consumer) return 0;
-    if (zmq_send(L->ctl, L->cid, L->cidlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return 0; /* full, or gone: later */
-    for (int i = 0; i < L->nfw; i++)
-        if (zmq_msg_send(&L->fw[i], L->ctl, i + 1 < L->nfw ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&L->fw[i]);
-    L->nfw = 0;
-    L->forwarded++;
-    return 1;
-}
-
-/* Read and forward pair messages while the consumer takes them. */
-static void serve_pairs(loader *L)
-{
-    for (int burst = 0; burst < 256; burst++) {
-        if (!forward_pending(L)) return;
-        zmq_msg_t f[4];
-        int nf = 0, more = 1, bad = 0;
-        while (more) {
-            zmq_msg_init(&f[nf < 3 ? nf : 3]);
-            if (zmq_msg_recv(&f[nf < 3 ? nf : 3], L->pairs, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(&f[nf < 3 ? nf : 3]);
-                if (nf == 0) return;
-                bad = 1;
-                break;
-            }
-            more = zmq_msg_more(&f[nf < 3 ? nf : 3]);
-            if (nf < 3) nf++;
-            else { zmq_msg_close(&f[3]); bad = 1; }
-        }
-        uint32_t np = 0;
-        int r = bad ? -1 : check_pairs(L, f, nf, &np);
-        if (r == 1) {
-            memcpy(L->fw, f, sizeof(zmq_msg_t) * (size_t)nf);
-            L->nfw = nf;
-            continue;
-        }
-        for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
-        if (r == 0) { L->stale_pairs += np; continue; }
-        L->rejected_pairs += np;
-        if (L->rejected_pairs <= 20 || !(L->rejected_pairs & (L->rejected_pairs - 1)))
-            fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "
-                            "or never handed out; %" PRIu64 " pairs rejected so far)\n", np, L->rejected_pairs);
-        moco_jw w;
-        ev_begin(L, &w, "rejected");
-        moco_jw_str(&w, "what", "pairs");
-        moco_jw_u64(&w, "pairs", np);
-        moco_jw_u64(&w, "total", L->rejected_pairs);
-        ev_end(L, &w);
-    }
-}
-
 /* ---- periodic work ---- */
 
 static void heartbeats(loader *L)
@@ -727,14 +570,14 @@ static void check_timeouts(loader *L, double t)
             continue;
         char hb[40];
         fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %" PRIu64
-                        " others were delivered; it gets no more work\n", k, hexid(w->id, w->idlen, hb), w->holding,
+                        " others were delivered; it gets no more work\n", k, loader_hexid(w->id, w->idlen, hb), w->holding,
                 t - w->progress, L->acked - w->acked_at_progress);
         moco_jw j;
-        ev_begin(L, &j, "stalled_worker");
+        loader_ev_begin(L, &j, "stalled_worker");
         moco_jw_i64(&j, "worker", k);
         moco_jw_str(&j, "peer", hb);
         moco_jw_u64(&j, "held", w->holding);
-        ev_end(L, &j);
+        loader_ev_end(L, &j);
         L->stalled_workers++;
         worker_dead(L, k, "stalled");
         w->banned = 1;
@@ -806,10 +649,10 @@ static int epoch_complete(loader *L)
         fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %zu failed\n",
                 isatty(STDERR_FILENO) ? "\n" : "", L->epoch, L->ndone, L->nfailed);
     moco_jw w;
-    ev_begin(L, &w, "epoch_end");
+    loader_ev_begin(L, &w, "epoch_end");
     moco_jw_u64(&w, "delivered", L->ndone);
     moco_jw_u64(&w, "failed", L->nfailed);
-    ev_end(L, &w);
+    loader_ev_end(L, &w);
     if (L->epochs && L->epoch + 1 >= (uint32_t)L->epochs) return 1;
     begin_epoch(L, L->epoch + 1, NULL);
     return 0;
@@ -905,7 +748,7 @@ static int run(loader *L)
             on_worker_msg(L, &m);
             close_msg(&m);
         }
-        if (L->pairs && L->have_consumer) serve_pairs(L);
+        if (L->pairs && L->have_consumer) loader_serve_pairs(L);
         double t = moco_now_s();
         if (t - last_hb >= 1.0) {
             heartbeats(L);
@@ -928,9 +771,9 @@ static int run(loader *L)
                 L->ended = 1;
                 L->started = 0;
                 moco_jw w;
-                ev_begin(L, &w, "end");
+                loader_ev_begin(L, &w, "end");
                 moco_jw_i64(&w, "epochs", L->epochs);
-                ev_end(L, &w);
+                loader_ev_end(L, &w);
             } else {
                 finished = r;
             }
