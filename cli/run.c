@@ -106,26 +106,29 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer);
  * there at the same path), else from another terminal here. */
 static void print_worker_command(const argvec *wa, const char *host, long port)
 {
-    char exe[4096], me[256] = "localhost";
-    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[l > 0 ? l : 0] = 0;
+    char me[256] = "localhost", ep[2][600];
     if (host && (!*host || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "[::]")) && !gethostname(me, sizeof me))
         host = me;
-    fprintf(stderr, "moco run: more workers %s:\n  %s augment", host ? "from another host (with a copy of the key directory)"
-                                                                : "from another terminal",
-            l > 0 ? exe : "moco");
-    for (int i = 2; i < wa->n; i++) {
+    /* wa->v: "moco" "augment" flags...; this run's own log and --quiet stay here */
+    char *v[MAX_ARGS];
+    int n = 0;
+    for (int i = 1; i < wa->n; i++) {
         const char *a = wa->v[i];
-        if (!strcmp(a, "--quiet")) continue;
-        if (!strcmp(a, "--log")) { i++; continue; } /* this run's own log */
         if (host && (!strcmp(a, "--connect") || !strcmp(a, "--push")) && i + 1 < wa->n) {
-            fprintf(stderr, " %s tcp://%s:%ld", a, host, port + (strcmp(a, "--push") == 0));
+            int push = !strcmp(a, "--push");
+            snprintf(ep[push], sizeof ep[push], "tcp://%s:%ld", host, port + push);
+            v[n++] = wa->v[i];
+            v[n++] = ep[push];
             i++;
             continue;
         }
-        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
+        v[n++] = wa->v[i];
     }
-    fprintf(stderr, "\n");
+    static const char *const drop[] = {"--log", NULL}, *const flags[] = {"--quiet", NULL};
+    fprintf(stderr, "moco run: more workers %s:\n ",
+            host ? "from another host (with a copy of the key directory)" : "from another terminal");
+    moco_print_command(stderr, n, v, drop, flags);
+    fputc('\n', stderr);
 }
 
 /* The command that continues an interrupted training run: this one,
@@ -133,19 +136,14 @@ static void print_worker_command(const argvec *wa, const char *host, long port)
  * --resume DIR. */
 static void print_resume(int argc, char **argv, const char *run_dir)
 {
-    char exe[4096];
-    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[l > 0 ? l : 0] = 0;
-    fprintf(stderr, "moco run: resume with:\n  %s %s", l > 0 ? exe : "moco", argv[0]);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--resume") || !strcmp(a, "--run-dir") || !strcmp(a, "--out")) { i++; continue; }
-        if (!strncmp(a, "--resume=", 9) || !strncmp(a, "--run-dir=", 10) || !strncmp(a, "--out=", 6) || !strcmp(a, "--overwrite"))
-            continue;
-        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
-    }
-    const char *q = strpbrk(run_dir, " \"'$\\") ? "'" : "";
-    fprintf(stderr, " --run-dir %s%s%s --resume %s%s%s\n", q, run_dir, q, q, run_dir, q);
+    static const char *const drop[] = {"--resume", "--run-dir", "--out", NULL}, *const flags[] = {"--overwrite", NULL};
+    fprintf(stderr, "moco run: resume with:\n ");
+    moco_print_command(stderr, argc, argv, drop, flags);
+    fputs(" --run-dir", stderr);
+    moco_print_shell_arg(stderr, run_dir);
+    fputs(" --resume", stderr);
+    moco_print_shell_arg(stderr, run_dir);
+    fputc('\n', stderr);
 }
 
 int cli_run_main(int argc, char **argv)

@@ -1,12 +1,14 @@
 /* opts.c: table-driven long-option parser with strict validation. */
 #include "formats/opts.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_OPTS 128
 static _Thread_local const moco_optspec *seen_spec;
@@ -170,4 +172,46 @@ void moco_opts_help(const moco_optspec *s)
         printf("  %-22s %s%s\n", lhs, o->help, def);
     }
     printf("  %-22s %s\n", "--help", "show this help and exit");
+}
+
+void moco_print_shell_arg(FILE *f, const char *a)
+{
+    int plain = *a != 0;
+    for (const char *p = a; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr("-_./:=,@%+", *p))) plain = 0;
+    if (plain) {
+        fprintf(f, " %s", a);
+        return;
+    }
+    fputs(" '", f);
+    for (const char *p = a; *p; p++) {
+        if (*p == '\'') fputs("'\\''", f);
+        else fputc(*p, f);
+    }
+    fputc('\'', f);
+}
+
+static int listed(const char *const *list, const char *a, size_t n)
+{
+    for (int i = 0; list && list[i]; i++)
+        if (strlen(list[i]) == n && !strncmp(list[i], a, n)) return 1;
+    return 0;
+}
+
+void moco_print_command(FILE *f, int argc, char **argv, const char *const *drop, const char *const *drop_flags)
+{
+    char exe[4096];
+    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[l > 0 ? l : 0] = 0;
+    moco_print_shell_arg(f, l > 0 ? exe : "moco");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        size_t n = strcspn(a, "=");
+        if (i > 0 && listed(drop_flags, a, n)) continue;
+        if (i > 0 && listed(drop, a, n)) {
+            if (!a[n] && i + 1 < argc) i++; /* its value */
+            continue;
+        }
+        moco_print_shell_arg(f, a);
+    }
 }

@@ -6,6 +6,8 @@
 #ifndef MOCO_OPTS_H
 #define MOCO_OPTS_H
 
+#include <stdio.h>
+
 #include <stdint.h>
 
 typedef enum {
@@ -48,5 +50,16 @@ void moco_opts_help(const moco_optspec *spec);
 
 /* moco_opts_seen(spec, "name"): whether the last parse saw --name. */
 int moco_opts_seen(const moco_optspec *spec, const char *name);
+
+/* Print " ARG" to f, quoted for a POSIX shell when it needs it ('...', a
+ * single quote as '\''), so that a printed command can be pasted. */
+void moco_print_shell_arg(FILE *f, const char *arg);
+
+/* Print "  EXE SUBCOMMAND ARGS" to f: this program's path (or "moco"), then
+ * argv[0..argc) without the flags named in drop (each "--name" also drops
+ * "--name=..." and, unless it is in drop_flags, the value after it) and
+ * without the flags in drop_flags (no value); no newline. For the commands
+ * a run prints to be pasted: the resume command, a worker's. */
+void moco_print_command(FILE *f, int argc, char **argv, const char *const *drop, const char *const *drop_flags);
 
 #endif

@@ -669,17 +669,12 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
  * --overwrite and --start-epoch, plus --resume OUT. */
 static void print_resume(int argc, char **argv, const char *out)
 {
-    char exe[4096];
-    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[l > 0 ? l : 0] = 0;
-    fprintf(stderr, "moco train: resume with:\n  %s %s", l > 0 ? exe : "moco", argv[0]);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--resume") || !strcmp(a, "--start-epoch")) { i++; continue; }
-        if (!strncmp(a, "--resume=", 9) || !strncmp(a, "--start-epoch=", 14) || !strcmp(a, "--overwrite")) continue;
-        fprintf(stderr, strpbrk(a, " \"'$\\") ? " '%s'" : " %s", a);
-    }
-    fprintf(stderr, strpbrk(out, " \"'$\\") ? " --resume '%s'\n" : " --resume %s\n", out);
+    static const char *const drop[] = {"--resume", "--start-epoch", NULL}, *const flags[] = {"--overwrite", NULL};
+    fprintf(stderr, "moco train: resume with:\n ");
+    moco_print_command(stderr, argc, argv, drop, flags);
+    fputs(" --resume", stderr);
+    moco_print_shell_arg(stderr, out);
+    fputc('\n', stderr);
 }
 
 int train_main(int argc, char **argv)
