@@ -82,6 +82,19 @@ def strangers(ctx, keys, endpoints, tmp):
     return socks
 
 
+def oversized(ctx, keys, pairs, work):
+    """From the allowed key, a 40 MB frame to the pair endpoint and a 1 MB
+    frame to the loader's work endpoint: both over the sockets' limits, so
+    ZeroMQ cuts the sender off. Returns the sockets (closed by the caller)."""
+    big = curve_client(ctx, zmq.PUSH, keys)
+    big.connect(pairs)
+    big.send(b"\0" * (40 << 20))
+    big2 = curve_client(ctx, zmq.DEALER, keys)
+    big2.connect(work)
+    big2.send(b"\0" * (1 << 20))
+    return [big, big2]
+
+
 def fake_worker(ctx, keys, ep, stop):
     """Takes samples (READY with credit, heart-beating) and returns none."""
     s = curve_client(ctx, zmq.DEALER, keys)
@@ -185,13 +198,7 @@ def direct(moco, db, n, keys, out, port):
         for i in range(3):
             p.send_multipart(pair_msg(0, n))
         hostile.append(p)
-        big = curve_client(ctx, zmq.PUSH, keys)
-        big.connect(pairs)
-        big.send(b"\0" * (40 << 20))
-        big2 = curve_client(ctx, zmq.DEALER, keys)
-        big2.connect(work)
-        big2.send(b"\0" * (1 << 20))
-        hostile += [big, big2]
+        hostile += oversized(ctx, keys, pairs, work)
         rc = sink.wait(timeout=120)
         lrc = procs[0].wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -23,7 +23,7 @@ import time
 import zmq
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hostile import curve_client, pair_msg, prefix, strangers  # noqa: E402
+from hostile import curve_client, oversized, pair_msg, prefix, strangers  # noqa: E402
 import struct  # noqa: E402
 
 
@@ -55,13 +55,7 @@ def main(keys, work, ctl, pairs, count, seed):
         for _ in range(rnd.randrange(1, 10)):
             p.send_multipart(pair_msg(0, count + rnd.randrange(2**40), h=32, w=32, c=3))
             sent["out_of_range"] += 1
-        big = curve_client(ctx, zmq.PUSH, keys)
-        big.connect(pairs)
-        big.send(b"\0" * (40 << 20))
-        big2 = curve_client(ctx, zmq.DEALER, keys)
-        big2.connect(work)
-        big2.send(b"\0" * (1 << 20))
-        socks += [h, w, p, big, big2]
+        socks += [h, w, p] + oversized(ctx, keys, pairs, work)
         time.sleep(1.0)  # let them go out (and the handshakes fail)
         for s in socks:
             s.close(0)
