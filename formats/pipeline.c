@@ -35,6 +35,16 @@ size_t moco_pipe_hello(uint8_t *b, uint32_t epoch, uint64_t count)
     return 20;
 }
 
+size_t moco_pipe_hello_ranked(uint8_t *b, uint32_t epoch, uint64_t count, uint32_t rank, uint32_t ranks)
+{
+    if (ranks <= 1) return moco_pipe_hello(b, epoch, count);
+    moco_pipe_hello(b, epoch, count);
+    moco_put_le16(b + 4, 4);
+    moco_put_le32(b + 20, rank);
+    moco_put_le32(b + 24, ranks);
+    return 28;
+}
+
 size_t moco_pipe_welcome(uint8_t *b, uint32_t epoch, uint32_t epochs, uint64_t count, uint32_t flags, uint32_t heartbeat_ms)
 {
     moco_wire_prefix_pack(b, MOCO_MSG_WELCOME);
@@ -90,6 +100,8 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     m->idx = NULL;
     m->epochs = m->flags = m->heartbeat_ms = 0;
     m->code = 0;
+    m->rank = 0;
+    m->ranks = 1;
     m->reason = NULL;
     m->reason_len = 0;
     switch (m->type) {
@@ -109,10 +121,14 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
         if ((rc = want(n, 12, "END"))) return rc;
         m->epoch = moco_get_le32(p + 8);
         return 0;
-    case MOCO_MSG_HELLO:
-        if ((rc = want(n, 20, "HELLO"))) return rc;
+    case MOCO_MSG_HELLO: /* version 1-3: 20 bytes; version 4: 28, with rank and ranks */
+        if ((rc = want(n, moco_wire_version(p) >= 4 ? 28 : 20, "HELLO"))) return rc;
         m->epoch = moco_get_le32(p + 8);
         m->count = moco_get_le64(p + 12);
+        m->rank = n == 28 ? moco_get_le32(p + 20) : 0;
+        m->ranks = n == 28 ? moco_get_le32(p + 24) : 1;
+        if (m->ranks < 1 || m->rank >= m->ranks)
+            return moco_err(MOCO_ECORRUPT, "HELLO of rank %u of %u ranks", m->rank, m->ranks);
         return 0;
     case MOCO_MSG_WELCOME:
         if ((rc = want(n, 32, "WELCOME"))) return rc;

@@ -70,6 +70,9 @@ size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received, uin
 size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP, BYE */
 size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
 size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
+/* HELLO of one of several consumers (version 4, 28 bytes): rank of ranks;
+ * with ranks 1 it is the version-1 HELLO above. */
+size_t moco_pipe_hello_ranked(uint8_t *buf, uint32_t epoch, uint64_t count, uint32_t rank, uint32_t ranks);
 /* WELCOME: 32 bytes. REFUSED: 12 + reason bytes (at most
  * MOCO_WIRE_REASON_MAX; buf holds 12 + MOCO_WIRE_REASON_MAX). */
 size_t moco_pipe_welcome(uint8_t *buf, uint32_t epoch, uint32_t epochs, uint64_t count, uint32_t flags, uint32_t heartbeat_ms);
@@ -121,6 +124,7 @@ typedef struct {
     uint64_t received;    /* READY: records received so far */
     uint32_t batch;       /* READY: most records per SAMPLES (0: version 1, single SAMPLEs) */
     uint64_t count;       /* HELLO, WELCOME: dataset size; EPOCH_END: delivered */
+    uint32_t rank, ranks; /* HELLO: this consumer's rank of ranks (version 1 HELLO: 0 of 1) */
     uint32_t n;           /* ACK: indices; EPOCH_END: failed */
     const uint8_t *idx;   /* n x u64 LE (use moco_get_le64) */
 } moco_pipe_msg;

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define MOCO_WIRE_MAGIC "MOCW"
-#define MOCO_WIRE_VERSION 3 /* the newest version this build reads and writes */
+#define MOCO_WIRE_VERSION 4 /* the newest version this build reads and writes */
 #define MOCO_WIRE_PREFIX_SIZE 8
 
 typedef enum {
@@ -37,7 +37,7 @@ typedef enum {
     MOCO_MSG_HEARTBEAT = 5, /* either way: I am alive */
     MOCO_MSG_EPOCH_END = 6, /* loader -> consumer: every sample of an epoch is done or failed */
     MOCO_MSG_STOP = 7,      /* loader -> worker: finish and exit */
-    MOCO_MSG_HELLO = 8,     /* consumer -> loader: start or resume; the resume state */
+    MOCO_MSG_HELLO = 8,     /* consumer -> loader: start or resume; the resume state (version 4: and its rank of R) */
     MOCO_MSG_ACK = 9,       /* consumer -> loader: these (epoch, index) were received */
     MOCO_MSG_END = 10,      /* loader -> consumer: no more data */
     MOCO_MSG_PAIRS = 11,    /* worker -> consumer: a batch of PAIRs in two frames */

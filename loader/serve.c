@@ -3,11 +3,15 @@
  * message against the epoch's state (formats/README.md, "serve mode": the
  * current epoch, an index below the count and handed out in this epoch;
  * leftovers of an epoch before a resume are stale) and forwards it,
- * unchanged and without copying, to the one consumer over its control
- * socket, only while that socket has room: so the consumer's pace reaches
- * the workers. Rejected messages are counted and logged. */
+ * unchanged and without copying, to the consumer whose shard holds its
+ * pairs (`--consumers R`: rank r gets the samples at positions r, r + R, ...
+ * of each epoch's order; a message of several shards is split, its views
+ * copied), over that consumer's control socket, while it has room: so the
+ * consumers' pace reaches the workers. Rejected messages are counted and
+ * logged. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -18,8 +22,10 @@
 /* Check a pair message from a worker (frames f, nf) against the epoch's
  * state. Returns 1 to forward it, 0 to drop it as stale (a late duplicate
  * of a finished epoch), -1 to reject it (malformed; a pair of another
- * epoch, of an index out of range or never handed out). */
-static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
+ * epoch, of an index out of range or never handed out). On 1, *dest is the
+ * consumer whose shard holds its current-epoch pairs, or -2 when they lie
+ * in several shards (the message must be split). */
+static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *dest)
 {
     const uint8_t *h = zmq_msg_data(&f[0]);
     size_t hl = zmq_msg_size(&f[0]);
@@ -27,6 +33,7 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
     uint32_t cnt = 1;
     moco_wire_pair one;
     *npairs = 1;
+    *dest = -1;
     if (moco_wire_peek(h, hl, &type)) return -1;
     if (type == MOCO_MSG_PAIRS) {
         if (nf != 2 || moco_pipe_pairs_parse(h, hl, zmq_msg_size(&f[1]), &cnt)) return -1;
@@ -45,31 +52,142 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs)
         if (p.index >= L->n || p.epoch > L->max_epoch) return -1; /* (epoch, max_epoch]: left over from before a resume */
         if (p.epoch == L->epoch && L->started) {
             if (!L->touched[p.index]) return -1;
+            int r = L->shard[p.index];
+            *dest = !current || *dest == r ? r : -2;
             current = 1;
         }
     }
     return current;
 }
 
-/* Forward what waits in L->fw; returns 1 if it went (or there was nothing),
- * 0 if the consumer has no room (try again later). */
-int loader_forward_pending(loader *L)
+/* Append a message for consumer r (frames moved in). */
+static int hold(loader *L, int r, zmq_msg_t *f, int nf)
 {
-    if (!L->nfw) return 1;
-    if (!L->have_consumer) return 0;
-    if (zmq_send(L->ctl, L->cid, L->cidlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return 0; /* full, or gone: later */
-    for (int i = 0; i < L->nfw; i++)
-        if (zmq_msg_send(&L->fw[i], L->ctl, i + 1 < L->nfw ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&L->fw[i]);
-    L->nfw = 0;
-    L->forwarded++;
-    return 1;
+    consumer *c = &L->c[r];
+    if (c->nheld == c->heldcap) {
+        int nc = c->heldcap ? 2 * c->heldcap : 8;
+        heldmsg *nh = malloc(sizeof *nh * (size_t)nc);
+        if (!nh) return -1;
+        for (int i = 0; i < c->nheld; i++) nh[i] = c->held[(c->hhead + i) % c->heldcap];
+        free(c->held);
+        c->held = nh;
+        c->hhead = 0;
+        c->heldcap = nc;
+    }
+    heldmsg *m = &c->held[(c->hhead + c->nheld) % c->heldcap];
+    memcpy(m->f, f, sizeof(zmq_msg_t) * (size_t)nf);
+    m->nf = nf;
+    c->nheld++;
+    return 0;
 }
 
-/* Read and forward pair messages while the consumer takes them. */
+void loader_drop_held(loader *L, int r)
+{
+    consumer *c = &L->c[r];
+    for (; c->nheld; c->nheld--, c->hhead = (c->hhead + 1) % c->heldcap) {
+        heldmsg *m = &c->held[c->hhead];
+        for (int i = 0; i < m->nf; i++) zmq_msg_close(&m->f[i]);
+    }
+}
+
+int loader_forward_pending(loader *L)
+{
+    int left = 0;
+    for (int r = 0; r < L->R; r++) {
+        consumer *c = &L->c[r];
+        while (c->nheld && c->connected) {
+            heldmsg *m = &c->held[c->hhead];
+            if (zmq_send(L->ctl, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) break; /* full, or gone: later */
+            for (int i = 0; i < m->nf; i++)
+                if (zmq_msg_send(&m->f[i], L->ctl, i + 1 < m->nf ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&m->f[i]);
+            c->hhead = (c->hhead + 1) % c->heldcap;
+            c->nheld--;
+            L->forwarded++;
+        }
+        left += c->nheld;
+    }
+    return left;
+}
+
+static void free_data(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* A PAIRS or PAIR message whose current-epoch pairs lie in several shards:
+ * one PAIRS message per shard, views copied (pairs of other epochs are
+ * stale and dropped). Returns 0, or -1 when out of memory (all dropped; the
+ * loader re-issues what is never acknowledged). */
+static int split(loader *L, zmq_msg_t *f, int nf)
+{
+    const uint8_t *h = zmq_msg_data(&f[0]);
+    uint16_t type;
+    uint32_t cnt = 1;
+    moco_wire_pair one;
+    moco_wire_peek(h, zmq_msg_size(&f[0]), &type);
+    if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_parse(h, zmq_msg_size(&f[0]), zmq_msg_size(&f[1]), &cnt);
+    else moco_wire_pair_parse(h, zmq_msg_size(&f[0]), &one);
+    moco_wire_pair *ph = malloc(sizeof *ph * cnt);
+    size_t *off = malloc(sizeof *off * cnt);
+    uint8_t *hb = malloc(16 + (size_t)MOCO_WIRE_PAIR_SIZE * cnt);
+    int rc = ph && off && hb ? 0 : -1;
+    size_t at = 0;
+    for (uint32_t i = 0; !rc && i < cnt; i++) {
+        ph[i] = one;
+        if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &ph[i]);
+        off[i] = at;
+        at += 2 * moco_wire_pair_view_bytes(&ph[i]);
+    }
+    for (int r = 0; !rc && r < L->R; r++) {
+        moco_wire_pair sub[MOCO_PAIRS_MAX];
+        uint32_t ns = 0;
+        size_t bytes = 0;
+        for (uint32_t i = 0; i < cnt && ns < MOCO_PAIRS_MAX; i++)
+            if (ph[i].epoch == L->epoch && L->shard[ph[i].index] == r) {
+                sub[ns++] = ph[i];
+                bytes += 2 * moco_wire_pair_view_bytes(&ph[i]);
+            }
+        if (!ns) continue;
+        uint8_t *data = malloc(bytes ? bytes : 1);
+        zmq_msg_t out[2];
+        if (!data) { rc = -1; break; }
+        size_t w = 0;
+        for (uint32_t i = 0; i < cnt; i++)
+            if (ph[i].epoch == L->epoch && L->shard[ph[i].index] == r) {
+                size_t vb = moco_wire_pair_view_bytes(&ph[i]);
+                if (type == MOCO_MSG_PAIRS) {
+                    memcpy(data + w, (const uint8_t *)zmq_msg_data(&f[1]) + off[i], 2 * vb);
+                } else {
+                    memcpy(data + w, zmq_msg_data(&f[1]), vb);
+                    memcpy(data + w + vb, zmq_msg_data(&f[2]), vb);
+                }
+                w += 2 * vb;
+            }
+        size_t hl = moco_pipe_pairs_pack(hb, sub, ns);
+        zmq_msg_init_size(&out[0], hl);
+        memcpy(zmq_msg_data(&out[0]), hb, hl);
+        zmq_msg_init_data(&out[1], data, bytes, free_data, NULL);
+        if (hold(L, r, out, 2)) { zmq_msg_close(&out[0]); zmq_msg_close(&out[1]); rc = -1; }
+    }
+    free(ph);
+    free(off);
+    free(hb);
+    for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+    L->split_msgs++;
+    return rc;
+}
+
+/* Read and forward pair messages while the consumers take them: with one
+ * consumer, a message waits here only while it has no room (its pace
+ * reaches the workers); with several, each has its own queue (bounded by
+ * its shard's window), so that one rank busy in a collective never stops
+ * the pairs of another. */
 void loader_serve_pairs(loader *L)
 {
     for (int burst = 0; burst < 256; burst++) {
-        if (!loader_forward_pending(L)) return;
+        int left = loader_forward_pending(L);
+        if (left > (L->R > 1 ? MOCO_HELD_MAX : 0)) return;
         zmq_msg_t f[4];
         int nf = 0, more = 1, bad = 0;
         while (more) {
@@ -85,10 +203,12 @@ void loader_serve_pairs(loader *L)
             else { zmq_msg_close(&f[3]); bad = 1; }
         }
         uint32_t np = 0;
-        int r = bad ? -1 : check_pairs(L, f, nf, &np);
-        if (r == 1) {
-            memcpy(L->fw, f, sizeof(zmq_msg_t) * (size_t)nf);
-            L->nfw = nf;
+        int dest = -1, r = bad ? -1 : check_pairs(L, f, nf, &np, &dest);
+        if (r == 1 && dest >= 0) {
+            if (!hold(L, dest, f, nf)) continue;
+            r = 0; /* out of memory: dropped, re-issued later */
+        } else if (r == 1) {
+            split(L, f, nf);
             continue;
         }
         for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
@@ -105,4 +225,3 @@ void loader_serve_pairs(loader *L)
         loader_ev_end(L, &w);
     }
 }
-

@@ -18,6 +18,8 @@
 #define MAX_WORKERS 1024
 #define MAX_ID 255
 #define NO_EPOCH 0xFFFFFFFFu
+#define MAX_CONSUMERS 4096
+#define MOCO_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */
 
 enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
 
@@ -34,6 +36,31 @@ typedef struct {
     int alive, banned;       /* banned: it held samples without progress while others made some */
 } worker;
 
+/* A pair message waiting for room towards its consumer. */
+typedef struct {
+    zmq_msg_t f[3];
+    int nf;
+} heldmsg;
+
+/* One consumer (rank) and its shard of the current epoch: the samples at
+ * positions rank, rank + R, rank + 2R, ... of the epoch's order. */
+typedef struct {
+    uint8_t id[MAX_ID];
+    size_t idlen;
+    int present;               /* said HELLO, and not BYE since */
+    int connected;             /* present and heard from within --consumer-timeout */
+    double seen;
+    int bye;                   /* said BYE after END */
+    uint64_t n, ndone, nfailed, outstanding; /* its shard: size, delivered, failed, issued and unacknowledged */
+    uint64_t cursor;           /* the next position of the epoch's order in its shard */
+    uint64_t *ring;            /* re-issues of its shard (capacity: the shard's size) */
+    size_t rhead, rlen, rcap;
+    uint64_t *failed;          /* failed indices of its shard */
+    int end_sent;              /* EPOCH_END of the current epoch went out */
+    heldmsg *held;             /* serve mode: pair messages waiting for room, oldest first */
+    int hhead, nheld, heldcap;
+} consumer;
+
 typedef struct {
     /* configuration */
     const char *db_path, *work_ep, *ctl_ep, *pairs_ep, *log_path, *keys;
@@ -41,44 +68,40 @@ typedef struct {
     long epochs, start_epoch, window;
     double worker_timeout, reissue_after, consumer_timeout, consumer_wait, stall_timeout;
     int quiet, insecure;
+    int R;                           /* consumers (ranks), each served its shard of every epoch */
     /* resources */
     moco_db *db;
     uint64_t n;
     void *zctx, *work, *ctl, *pairs; /* pairs: serve mode, the workers' pairs to forward to the consumer */
     moco_sec *sec;
     FILE *log;
-    zmq_msg_t fw[3];                 /* serve mode: a checked pair message waiting for room towards the consumer */
-    int nfw;
     double last_ack_t;               /* when the consumer last acknowledged a sample */
     uint8_t *rec;
     size_t reccap;
     moco_pipe_sample *bent;  /* the entries of the batch being built */
-    /* workers and consumer */
+    /* workers and consumers */
     worker w[MAX_WORKERS];
-    int nw, rr;
-    uint8_t cid[MAX_ID];
-    size_t cidlen;
-    int have_consumer;
-    double cons_seen;
+    int nw, rr, crr;
+    consumer *c;                     /* R of them */
+    uint64_t session_hash;           /* the resume state the consumers of this session said HELLO with */
     /* the current epoch */
     uint32_t epoch;
     int started;
     uint8_t *st;
     uint8_t *touched;                /* issued at least once in this epoch (serve mode checks pairs against it) */
     uint16_t *owner;
+    uint16_t *shard;                 /* the consumer whose shard a sample is in, this epoch */
     float *t_issued;
-    uint64_t *perm, *ring, *failed;
-    size_t cursor, rhead, rlen, nfailed;
-    uint64_t ndone, outstanding;
-    int end_pending;                 /* the epoch is complete; EPOCH_END waits for room towards the consumer */
+    uint64_t *perm;
+    uint64_t ndone, nfailed, outstanding; /* over all shards */
     int ended;                       /* serve mode: END sent; waiting for BYE or a successor that resumes */
     uint32_t max_epoch;              /* the latest epoch begun (a resume may take the loader back) */
-    int bye;                         /* the consumer said BYE after END */
     double linger;                   /* serve mode: after END, seconds without a consumer before exiting */
     /* counters */
     uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
     /* rejections: counted, logged, never trusted */
     uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
+    uint64_t split_msgs;             /* pair messages of several shards, split */
 } loader;
 
 /* An event line of the log: loader_ev_begin, the fields (moco_jw_*), loader_ev_end. */
@@ -88,10 +111,16 @@ void loader_ev_end(const loader *L, moco_jw *w);
 /* A peer's routing id as hex (at most 16 bytes of it), in buf (33 bytes). */
 const char *loader_hexid(const uint8_t *id, size_t n, char *buf);
 
-/* Serve mode (serve.c): forward what waits for room (1 if it went or there
- * was nothing, 0 if the consumer has no room), and read, check and forward
- * the workers' pair messages while the consumer takes them. */
+/* All R consumers connected: the stream runs only then. */
+int loader_all_connected(const loader *L);
+
+/* Serve mode (serve.c): forward what waits for room towards each consumer
+ * (returns how many messages still wait, over all consumers), and read,
+ * check and forward the workers' pair messages, each pair to the consumer
+ * whose shard it is in (a message of several shards is split). */
 int loader_forward_pending(loader *L);
 void loader_serve_pairs(loader *L);
+/* Drop what waits for consumer r (it left, or the run ended). */
+void loader_drop_held(loader *L, int r);
 
 #endif

@@ -79,8 +79,23 @@ static int send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, s
 
 static void queue_push(loader *L, uint64_t idx)
 {
-    L->ring[(L->rhead + L->rlen) % L->n] = idx;
-    L->rlen++;
+    consumer *c = &L->c[L->shard[idx]];
+    c->ring[(c->rhead + c->rlen) % c->rcap] = idx;
+    c->rlen++;
+}
+
+/* Sample idx leaves the issued state (acknowledged, failed or re-issued). */
+static void retire(loader *L, uint64_t idx)
+{
+    L->outstanding--;
+    L->c[L->shard[idx]].outstanding--;
+}
+
+int loader_all_connected(const loader *L)
+{
+    for (int r = 0; r < L->R; r++)
+        if (!L->c[r].connected) return 0;
+    return 1;
 }
 
 /* Take a sample back from whoever had it. */
@@ -95,7 +110,7 @@ static void reissue(loader *L, uint64_t idx)
 {
     unhold(L, idx);
     L->st[idx] = PENDING;
-    L->outstanding--;
+    retire(L, idx);
     L->reissued++;
     queue_push(L, idx);
 }
@@ -120,31 +135,50 @@ static void begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
     L->epoch = e;
     if (e > L->max_epoch) L->max_epoch = e;
     L->started = 1;
-    L->end_pending = 0;
     loader_epoch_order(L->seed, e, L->perm, L->n);
     for (int k = 0; k < L->nw; k++) L->w[k].holding = 0;
     memset(L->st, PENDING, L->n);
-    L->cursor = L->rhead = L->rlen = L->nfailed = 0;
-    L->ndone = L->outstanding = 0;
+    L->nfailed = L->ndone = L->outstanding = 0;
+    for (int r = 0; r < L->R; r++) {
+        consumer *c = &L->c[r];
+        c->n = L->n / (uint64_t)L->R + ((uint64_t)r < L->n % (uint64_t)L->R);
+        c->cursor = (uint64_t)r;
+        c->rhead = c->rlen = 0;
+        c->ndone = c->nfailed = c->outstanding = 0;
+        c->end_sent = 0;
+    }
+    for (uint64_t p = 0; p < L->n; p++) L->shard[L->perm[p]] = (uint16_t)(p % (uint64_t)L->R);
     if (bitmap)
         for (uint64_t i = 0; i < L->n; i++)
-            if (bitmap[i >> 3] >> (i & 7) & 1) { L->st[i] = DONE; L->ndone++; }
+            if (bitmap[i >> 3] >> (i & 7) & 1) { L->st[i] = DONE; L->ndone++; L->c[L->shard[i]].ndone++; }
 }
 
-/* The next pending sample to issue, or -1. Re-issues go first. */
-static int64_t next_sample(loader *L)
+/* The next pending sample of shard r to issue, or -1. Re-issues go first. */
+static int64_t next_sample(loader *L, int r)
 {
-    while (L->rlen) {
-        uint64_t i = L->ring[L->rhead];
-        L->rhead = (L->rhead + 1) % L->n;
-        L->rlen--;
+    consumer *c = &L->c[r];
+    while (c->rlen) {
+        uint64_t i = c->ring[c->rhead];
+        c->rhead = (c->rhead + 1) % c->rcap;
+        c->rlen--;
         if (L->st[i] == PENDING) return (int64_t)i;
     }
-    while (L->cursor < L->n) {
-        uint64_t i = L->perm[L->cursor++];
+    while (c->cursor < L->n) {
+        uint64_t i = L->perm[c->cursor];
+        c->cursor += (uint64_t)L->R;
         if (L->st[i] == PENDING) return (int64_t)i;
     }
     return -1;
+}
+
+/* A sample of shard r failed (a worker could not decode it, or it is too large to send). */
+static void fail_sample(loader *L, uint64_t i)
+{
+    consumer *c = &L->c[L->shard[i]];
+    L->st[i] = FAILED;
+    c->failed[c->nfailed++] = i;
+    L->nfailed++;
+    L->failed_total++;
 }
 
 static int64_t credit(const worker *w)
@@ -166,7 +200,7 @@ static void free_batch(void *data, void *hint)
  * sent (0: none pending), or a MOCO_E* code on a database failure. The
  * samples are marked issued to k as they are read, so that a failed send
  * is simply the worker's death: worker_dead() takes them all back. */
-static int64_t send_batch(loader *L, int k, uint32_t max)
+static int64_t send_batch(loader *L, int k, uint32_t max, int r)
 {
     worker *w = &L->w[k];
     size_t cap = 0, used = 0;
@@ -174,14 +208,12 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
     uint32_t n = 0;
     float now = (float)moco_now_s();
     while (n < max && used < MOCO_BATCH_BYTES) {
-        int64_t i = next_sample(L);
+        int64_t i = next_sample(L, r);
         if (i < 0) break;
         size_t len;
         int rc = moco_db_get(L->db, (uint64_t)i, &L->rec, &L->reccap, &len);
         if (!rc && len > MOCO_RECORD_WIRE_MAX) { /* larger than any worker accepts: failed, never sent */
-            L->st[i] = FAILED;
-            L->failed[L->nfailed++] = (uint64_t)i;
-            L->failed_total++;
+            fail_sample(L, (uint64_t)i);
             fprintf(stderr, "moco loader: record %" PRId64 " of %s is %zu bytes, over the %zu-byte limit of a message; failed\n",
                     i, L->db_path, len, MOCO_RECORD_WIRE_MAX);
             moco_jw w;
@@ -210,6 +242,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
         L->owner[i] = (uint16_t)k;
         L->t_issued[i] = now;
         L->outstanding++;
+        L->c[r].outstanding++;
         if (!w->holding++) w->progress = moco_now_s(), w->acked_at_progress = L->acked;
         L->bent[n] = (moco_pipe_sample){.epoch = L->epoch, .len = (uint32_t)len, .index = (uint64_t)i};
         n++;
@@ -244,24 +277,41 @@ static int64_t send_batch(loader *L, int k, uint32_t max)
     return n;
 }
 
-/* Hand out samples while workers have credit and the window allows: to
- * each in turn, as many as its credit, the window and its batch size allow
- * in one message. */
+/* Room in shard r's window (--window split over the consumers), if it has
+ * samples left to issue; else 0. */
+static int64_t shard_room(const loader *L, int r)
+{
+    const consumer *c = &L->c[r];
+    int64_t win = L->window / L->R > 0 ? L->window / L->R : 1;
+    if (!c->rlen && c->cursor >= L->n) return 0;
+    return win - (int64_t)c->outstanding;
+}
+
+/* Hand out samples while workers have credit and the windows allow: to
+ * each worker in turn, as many as its credit, the window and its batch size
+ * allow in one message, the shards taking turns (one shard per message, so
+ * that a worker's pairs mostly go to one consumer). */
 static int dispatch(loader *L)
 {
-    if (!L->have_consumer || !L->started) return 0;
-    for (int tries = 0; tries < L->nw && L->outstanding < (uint64_t)L->window;) {
-        int k = L->rr;
-        L->rr = (L->rr + 1) % L->nw;
+    if (!loader_all_connected(L) || !L->started) return 0;
+    for (int tries = 0; tries < L->nw;) {
+        int k = L->rr, r = -1;
+        int64_t room = 0;
+        for (int j = 0; j < L->R && room <= 0; j++) {
+            r = (L->crr + j) % L->R;
+            room = shard_room(L, r);
+        }
+        if (room <= 0) return 0; /* every window full, or nothing pending */
         worker *w = &L->w[k];
-        int64_t c = credit(w), room = L->window - (int64_t)L->outstanding;
+        L->rr = (L->rr + 1) % L->nw;
+        int64_t c = credit(w);
         if (c <= 0) { tries++; continue; }
         int64_t max = w->batch ? w->batch : 1;
         if (max > c) max = c;
         if (max > room) max = room;
-        int64_t r = send_batch(L, k, (uint32_t)max);
-        if (r < 0) return (int)r;
-        if (r == 0) return 0; /* nothing pending */
+        L->crr = (r + 1) % L->R;
+        int64_t n = send_batch(L, k, (uint32_t)max, r);
+        if (n < 0) return (int)n;
         tries = w->alive ? 0 : tries + 1;
     }
     return 0;
@@ -389,10 +439,8 @@ static void on_worker_msg(loader *L, inmsg *m)
         {
             unhold(L, f.index);
             L->w[k].progress = moco_now_s(), L->w[k].acked_at_progress = L->acked;
-            L->outstanding--;
-            L->st[f.index] = FAILED;
-            L->failed[L->nfailed++] = f.index;
-            L->failed_total++;
+            retire(L, f.index);
+            fail_sample(L, f.index);
             /* the reason is a peer's text: only printable ASCII goes to the terminal and the JSON log */
             char why[MOCO_WIRE_REASON_MAX + 1];
             size_t wl = 0;
@@ -435,18 +483,54 @@ static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...
     loader_ev_end(L, &w);
 }
 
-static int is_consumer(const loader *L, const inmsg *m)
+/* The consumer (rank) whose socket sent m, or -1. */
+static int find_consumer(const loader *L, const inmsg *m)
 {
-    return L->cidlen && m->idlen == L->cidlen && !memcmp(m->id, L->cid, m->idlen);
+    for (int r = 0; r < L->R; r++) {
+        const consumer *c = &L->c[r];
+        if (c->present && c->idlen == m->idlen && !memcmp(c->id, m->id, m->idlen)) return r;
+    }
+    return -1;
+}
+
+/* A hash of a resume state: the consumers of one session must agree on it. */
+static uint64_t state_hash(uint32_t epoch, const uint8_t *bm, size_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ epoch;
+    for (size_t i = 0; i < n; i++) h = (h ^ bm[i]) * 1099511628211ull;
+    return h;
+}
+
+static void consumer_gone(loader *L, int r)
+{
+    consumer *c = &L->c[r];
+    c->present = c->connected = 0;
+    c->idlen = 0;
+    loader_drop_held(L, r);
 }
 
 static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
 {
-    /* one consumer per run: another may take over only once it has been
+    if (pm->ranks != (uint32_t)L->R) {
+        refuse(L, m, MOCO_EINVAL, "this loader serves %d consumer%s (--consumers); the HELLO is of rank %u of %u", L->R,
+               L->R == 1 ? "" : "s", pm->rank, pm->ranks);
+        return;
+    }
+    int r = (int)pm->rank, me = find_consumer(L, m);
+    consumer *c = &L->c[r];
+    if (me >= 0 && me != r) {
+        refuse(L, m, MOCO_EINVAL, "this socket is the consumer of rank %d; it cannot say HELLO as rank %d", me, r);
+        return;
+    }
+    /* one consumer per rank: another may take over only once it has been
      * silent for --consumer-timeout (killed, to be resumed) */
-    if (L->have_consumer && !is_consumer(L, m)) {
-        refuse(L, m, MOCO_EINVAL, "another consumer is connected to this run (silent ones are replaced after %.0f s)",
-               L->consumer_timeout);
+    if (c->present && me != r && moco_now_s() - c->seen <= L->consumer_timeout) {
+        if (L->R == 1)
+            refuse(L, m, MOCO_EINVAL, "another consumer is connected to this run (silent ones are replaced after %.0f s)",
+                   L->consumer_timeout);
+        else
+            refuse(L, m, MOCO_EINVAL, "another consumer is connected as rank %d of this run (silent ones are replaced after %.0f s)",
+                   r, L->consumer_timeout);
         return;
     }
     if (pm->count && pm->count != L->n) {
@@ -473,22 +557,48 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         refuse(L, m, MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
         return;
     }
-    memcpy(L->cid, m->id, m->idlen);
-    L->cidlen = m->idlen;
-    L->have_consumer = 1;
-    L->cons_seen = moco_now_s();
-    L->ended = L->bye = 0; /* a successor resuming after END: the run goes on */
-    /* samples it has not got go out again: also those acknowledged by a previous consumer */
-    begin_epoch(L, e, bm);
+    /* several consumers: the first of a session (none present and heard
+     * from) sets the stream's state; the others must say HELLO with the same */
+    double now = moco_now_s();
+    int others = 0;
+    for (int j = 0; j < L->R; j++) {
+        if (j == r) continue;
+        if (L->c[j].present && now - L->c[j].seen > L->consumer_timeout) consumer_gone(L, j); /* silent: of a session gone */
+        others += L->c[j].present;
+    }
+    uint64_t h = state_hash(pm->epoch, bm, bm ? (L->n + 7) / 8 : 0);
+    if (others && h != L->session_hash) {
+        refuse(L, m, MOCO_EINVAL, "rank %d says HELLO with another resume state than the other ranks of this run (epoch %u%s)", r,
+               pm->epoch, bm ? " and its delivered bitmap" : "");
+        return;
+    }
+    if (c->present && me != r) consumer_gone(L, r); /* its silent predecessor */
+    memcpy(c->id, m->id, m->idlen);
+    c->idlen = m->idlen;
+    c->present = c->connected = 1;
+    c->seen = now;
+    c->bye = 0;
+    L->ended = 0; /* a successor resuming after END: the run goes on */
+    if (!others) {
+        /* samples it has not got go out again: also those acknowledged by a previous consumer */
+        L->session_hash = h;
+        begin_epoch(L, e, bm);
+    }
     uint8_t b[32];
-    send_to(L->ctl, L->cid, L->cidlen, b,
-            moco_pipe_welcome(b, e, (uint32_t)L->epochs, L->n, L->pairs ? MOCO_WELCOME_SERVE : 0, (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
+    send_to(L->ctl, c->id, c->idlen, b,
+            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, L->pairs ? MOCO_WELCOME_SERVE : 0, (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
             NULL, 0);
-    if (!L->quiet)
-        fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n", e,
-                L->ndone, L->n);
+    if (!L->quiet) {
+        if (L->R == 1)
+            fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n",
+                    L->epoch, L->ndone, L->n);
+        else
+            fprintf(stderr, "moco loader: consumer of rank %d of %d connected; epoch %u, %" PRIu64 " of %" PRIu64
+                            " samples already delivered\n", r, L->R, L->epoch, L->ndone, L->n);
+    }
     moco_jw w;
     loader_ev_begin(L, &w, "consumer");
+    moco_jw_i64(&w, "rank", r);
     moco_jw_u64(&w, "delivered_before", L->ndone);
     loader_ev_end(L, &w);
 }
@@ -503,22 +613,24 @@ static int on_consumer_msg(loader *L, inmsg *m)
         on_hello(L, m, &pm);
         return 0;
     }
-    if (!is_consumer(L, m) || m->nf != 1) { L->dropped++; return 0; }
-    if (!L->have_consumer) fprintf(stderr, "moco loader: the consumer is back\n");
-    L->have_consumer = 1;
-    L->cons_seen = moco_now_s();
+    int r = find_consumer(L, m);
+    if (r < 0 || m->nf != 1) { L->dropped++; return 0; }
+    consumer *c = &L->c[r];
+    if (!c->connected) fprintf(stderr, "moco loader: the consumer%s is back\n", L->R > 1 ? " of a rank" : "");
+    c->connected = 1;
+    c->seen = moco_now_s();
     if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
-    if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO may come from anyone */
-        L->bye = L->ended;
-        if (!L->quiet) fprintf(stderr, "moco loader: the consumer said goodbye; waiting for a consumer\n");
+    if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO for its rank may come from anyone */
+        c->bye = L->ended;
+        if (!L->quiet) fprintf(stderr, "moco loader: the consumer%s said goodbye\n", L->R > 1 ? " of a rank" : "");
         moco_jw w;
         loader_ev_begin(L, &w, "consumer_left");
+        moco_jw_i64(&w, "rank", r);
         moco_jw_u64(&w, "delivered", L->ndone);
         loader_ev_end(L, &w);
-        L->have_consumer = 0;
-        L->cidlen = 0;
-        for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
-        L->nfw = 0;
+        int bye = c->bye;
+        consumer_gone(L, r);
+        c->bye = bye;
         return 0;
     }
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
@@ -526,7 +638,7 @@ static int on_consumer_msg(loader *L, inmsg *m)
     double now = moco_now_s();
     for (uint32_t j = 0; j < pm.n; j++) {
         uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);
-        if (i >= L->n || !L->touched[i]) { /* never handed out: the consumer cannot have it */
+        if (i >= L->n || !L->touched[i] || L->shard[i] != r) { /* never handed out to it: it cannot have it */
             if (i < L->n && L->st[i] == DONE) { L->dup_acks++; continue; } /* delivered before a resume */
             L->rejected_acks++;
             continue;
@@ -535,10 +647,11 @@ static int on_consumer_msg(loader *L, inmsg *m)
         if (L->st[i] == ISSUED) {
             L->w[L->owner[i]].progress = now, L->w[L->owner[i]].acked_at_progress = L->acked;
             unhold(L, i);
-            L->outstanding--;
+            retire(L, i);
         }
         L->st[i] = DONE;
         L->ndone++;
+        c->ndone++;
         L->acked++;
         L->last_ack_t = now;
     }
@@ -553,7 +666,8 @@ static void heartbeats(loader *L)
     size_t hl = moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT);
     for (int k = 0; k < L->nw; k++)
         if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
-    if (L->have_consumer) send_to(L->ctl, L->cid, L->cidlen, hb, hl, NULL, 0);
+    for (int r = 0; r < L->R; r++)
+        if (L->c[r].connected) send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
 }
 
 static void check_timeouts(loader *L, double t)
@@ -605,7 +719,9 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "of", L->n);
         moco_jw_num(&w, "records_per_s", rate, 1);
         moco_jw_u64(&w, "in_flight", L->outstanding);
-        moco_jw_u64(&w, "requeued", L->rlen);
+        uint64_t requeued = 0;
+        for (int r = 0; r < L->R; r++) requeued += L->c[r].rlen;
+        moco_jw_u64(&w, "requeued", requeued);
         moco_jw_i64(&w, "workers", alive);
         moco_jw_u64(&w, "sent", L->sent);
         moco_jw_u64(&w, "reissued", L->reissued);
@@ -621,6 +737,7 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "auth_rejected", moco_sec_rejected(L->sec));
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
         moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
+        if (L->R > 1) moco_jw_u64(&w, "split_msgs", L->split_msgs);
         moco_jw_line(&w, L->log);
     }
     if (!L->quiet && isatty(STDERR_FILENO))
@@ -628,25 +745,32 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
                 L->epoch, L->ndone, L->n, rate, L->outstanding, alive, L->failed_total);
 }
 
+/* EPOCH_END to each consumer whose shard of the epoch is complete (once it
+ * has room); when every shard is, the next epoch begins. Returns 1 when the
+ * last epoch is complete, 0, or an error. */
 static int epoch_complete(loader *L)
 {
-    if (!L->started || L->ndone + L->nfailed < L->n) return 0;
-    if (L->nfailed > MOCO_EPOCH_FAILED_MAX)
-        return moco_err(MOCO_ECORRUPT, "%zu records of %s failed in epoch %u (more than %u): the dataset is damaged", L->nfailed,
-                        L->db_path, L->epoch, MOCO_EPOCH_FAILED_MAX);
-    size_t len = 24 + 8 * L->nfailed;
-    uint8_t *b = malloc(len);
-    if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
-    moco_pipe_epoch_end(b, L->epoch, L->ndone, L->failed, (uint32_t)L->nfailed);
-    int rc = send_to(L->ctl, L->cid, L->cidlen, b, len, NULL, 0);
-    free(b);
-    if (rc) { /* no room towards the consumer (serve mode), or it is gone: try again on the next turn */
-        L->end_pending = 1;
-        return 0;
+    if (!L->started) return 0;
+    int all = 1;
+    for (int r = 0; r < L->R; r++) {
+        consumer *c = &L->c[r];
+        if (c->end_sent) continue;
+        if (c->ndone + c->nfailed < c->n) { all = 0; continue; }
+        if (L->nfailed > MOCO_EPOCH_FAILED_MAX)
+            return moco_err(MOCO_ECORRUPT, "%" PRIu64 " records of %s failed in epoch %u (more than %u): the dataset is damaged",
+                            L->nfailed, L->db_path, L->epoch, MOCO_EPOCH_FAILED_MAX);
+        size_t len = 24 + 8 * c->nfailed;
+        uint8_t *b = malloc(len);
+        if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
+        moco_pipe_epoch_end(b, L->epoch, c->ndone, c->failed, (uint32_t)c->nfailed);
+        int rc = c->connected ? send_to(L->ctl, c->id, c->idlen, b, len, NULL, 0) : -1;
+        free(b);
+        if (rc) { all = 0; continue; } /* no room towards it (serve mode), or it is gone: try again on the next turn */
+        c->end_sent = 1;
     }
-    L->end_pending = 0;
+    if (!all) return 0;
     if (!L->quiet)
-        fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %zu failed\n",
+        fprintf(stderr, "%smoco loader: epoch %u complete: %" PRIu64 " delivered, %" PRIu64 " failed\n",
                 isatty(STDERR_FILENO) ? "\n" : "", L->epoch, L->ndone, L->nfailed);
     moco_jw w;
     loader_ev_begin(L, &w, "epoch_end");
@@ -658,18 +782,20 @@ static int epoch_complete(loader *L)
     return 0;
 }
 
-/* END to the consumer: the run is over. */
+/* END to every consumer: the run is over. */
 static void send_end(loader *L)
 {
     uint8_t b[16];
     size_t l = moco_pipe_end(b, L->epoch + 1);
-    for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]); /* stale duplicates by now */
-    L->nfw = 0;
-    /* serve mode: the pipe to the consumer may be full for a moment */
-    for (double t0 = moco_now_s(); L->have_consumer && send_to(L->ctl, L->cid, L->cidlen, b, l, NULL, 0) && errno == EAGAIN &&
-                                   moco_now_s() - t0 < 5;) {
-        zmq_pollitem_t it = {L->ctl, 0, ZMQ_POLLOUT, 0};
-        zmq_poll(&it, 1, 100);
+    for (int r = 0; r < L->R; r++) {
+        consumer *c = &L->c[r];
+        loader_drop_held(L, r); /* stale duplicates by now */
+        /* serve mode: the pipe to the consumer may be full for a moment */
+        for (double t0 = moco_now_s(); c->connected && send_to(L->ctl, c->id, c->idlen, b, l, NULL, 0) && errno == EAGAIN &&
+                                       moco_now_s() - t0 < 5;) {
+            zmq_pollitem_t it = {L->ctl, 0, ZMQ_POLLOUT, 0};
+            zmq_poll(&it, 1, 100);
+        }
     }
 }
 
@@ -725,10 +851,11 @@ static int run(loader *L)
     int finished = 0;
     while (!stop_flag && !finished) {
         /* serve mode: new pairs when none waits for room, else room towards the consumer */
+        int held = L->pairs ? loader_forward_pending(L) : 0;
         zmq_pollitem_t items[3] = {{L->work, 0, ZMQ_POLLIN, 0},
-                                   {L->ctl, 0, (short)(ZMQ_POLLIN | (L->nfw && L->have_consumer ? ZMQ_POLLOUT : 0)), 0},
+                                   {L->ctl, 0, (short)(ZMQ_POLLIN | (held ? ZMQ_POLLOUT : 0)), 0},
                                    {L->pairs, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, L->pairs && !L->nfw ? 3 : 2, 100) < 0) {
+        if (zmq_poll(items, L->pairs && held <= (L->R > 1 ? MOCO_HELD_MAX : 0) ? 3 : 2, held ? 20 : 100) < 0) {
             if (errno == EINTR) continue;
             return moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
         }
@@ -748,22 +875,30 @@ static int run(loader *L)
             on_worker_msg(L, &m);
             close_msg(&m);
         }
-        if (L->pairs && L->have_consumer) loader_serve_pairs(L);
+        int any = 0, bye = 1;
+        for (int r = 0; r < L->R; r++) any |= L->c[r].connected, bye &= L->c[r].bye;
+        if (L->pairs && any) loader_serve_pairs(L);
         double t = moco_now_s();
         if (t - last_hb >= 1.0) {
             heartbeats(L);
             check_timeouts(L, t);
             last_hb = t;
         }
-        if (L->have_consumer && t - L->cons_seen > L->consumer_timeout) {
-            fprintf(stderr, "moco loader: the consumer has been silent for %.0f s; pausing until it or another one connects\n",
-                    t - L->cons_seen);
-            L->have_consumer = 0;
+        for (int r = 0; r < L->R; r++) {
+            consumer *c = &L->c[r];
+            if (!c->connected || t - c->seen <= L->consumer_timeout) continue;
+            if (L->R == 1)
+                fprintf(stderr, "moco loader: the consumer has been silent for %.0f s; pausing until it or another one connects\n",
+                        t - c->seen);
+            else
+                fprintf(stderr, "moco loader: the consumer of rank %d has been silent for %.0f s; pausing until it or another one "
+                                "connects\n", r, t - c->seen);
+            c->connected = 0;
         }
-        if (L->have_consumer) waited_since = t;
+        if (any) waited_since = t;
         else if (t - waited_since > L->consumer_wait)
             return moco_err(MOCO_ETIMEOUT, "no consumer on %s for %.0f s (--consumer-wait)", L->ctl_ep, t - waited_since);
-        if (L->have_consumer && !L->ended) {
+        if (any && !L->ended) {
             int r = epoch_complete(L);
             if (r < 0) return r;
             if (r && L->pairs) { /* serve mode: END, then wait for BYE, or for a successor that resumes */
@@ -779,7 +914,7 @@ static int run(loader *L)
             }
             if (!r && (rc = dispatch(L))) return rc;
         }
-        if (L->ended && (L->bye || (!L->have_consumer && t - waited_since > L->linger))) finished = 1;
+        if (L->ended && (bye || (!any && t - waited_since > L->linger))) finished = 1;
         if (t - last_rep >= 1.0) report(L, t, t0, &last_sent, &last_rep);
         /* no pause to let messages gather: workers ask for work in batches
          * (READY when a batch's worth is free), the consumer acknowledges in
@@ -809,6 +944,7 @@ int loader_stream_main(int argc, char **argv)
     L->consumer_wait = 300;
     L->stall_timeout = 10;
     L->linger = 30;
+    long consumers = 1;
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
         {"bind", MOCO_OPT_STR, &L->work_ep, "endpoint(s) the workers connect to (e.g. ipc:///run/x/work, tcp://127.0.0.1:5555; "
@@ -819,6 +955,8 @@ int loader_stream_main(int argc, char **argv)
         {"seed", MOCO_OPT_U64, &L->seed, "seed of the per-epoch order", 0, 0, NULL},
         {"pairs", MOCO_OPT_STR, &L->pairs_ep, "serve mode: bind this endpoint for the workers' pairs (moco augment --push) and "
                                               "forward them, checked, to the consumer over --ctl (one socket: PairStream, moco sink --connect)", 0, 0, NULL},
+        {"consumers", MOCO_OPT_INT, &consumers, "serve mode: consumers (ranks of a data-parallel trainer), each given its shard "
+                                                "of every epoch: the samples at positions rank, rank + R, ... of its order", 1, MAX_CONSUMERS, NULL},
         {"keys", MOCO_OPT_STR, &L->keys, "key directory (moco keygen): CURVE on every tcp endpoint", 0, 0, NULL},
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
@@ -843,6 +981,12 @@ int loader_stream_main(int argc, char **argv)
     if (rc) { free(L); return rc == MOCO_OPTS_HELP ? 0 : 2; }
     if (!L->db_path || !L->work_ep) {
         fprintf(stderr, "moco loader: --db and --bind are required\nTry 'moco loader --help'.\n");
+        free(L);
+        return 2;
+    }
+    L->R = (int)consumers;
+    if (L->R > 1 && !L->pairs_ep) {
+        fprintf(stderr, "moco loader: --consumers %d needs serve mode (--pairs): each consumer gets its shard over its control socket\n", L->R);
         free(L);
         return 2;
     }
@@ -882,10 +1026,15 @@ int loader_stream_main(int argc, char **argv)
     L->owner = malloc(L->n * sizeof *L->owner);
     L->t_issued = malloc(L->n * sizeof *L->t_issued);
     L->perm = malloc(L->n * sizeof *L->perm);
-    L->ring = malloc(L->n * sizeof *L->ring);
-    L->failed = malloc(L->n * sizeof *L->failed);
+    L->shard = calloc(L->n, sizeof *L->shard);
     L->bent = malloc(MOCO_SAMPLES_MAX * sizeof *L->bent);
-    if (!L->st || !L->touched || !L->owner || !L->t_issued || !L->perm || !L->ring || !L->failed || !L->bent) {
+    L->c = calloc((size_t)L->R, sizeof *L->c);
+    int ok = L->st && L->touched && L->owner && L->t_issued && L->perm && L->shard && L->bent && L->c;
+    for (int r = 0; ok && r < L->R; r++) { /* a shard's re-issues and failures: at most its size each */
+        L->c[r].rcap = (size_t)(L->n / (uint64_t)L->R + 1);
+        ok = (L->c[r].ring = malloc(L->c[r].rcap * sizeof(uint64_t))) && (L->c[r].failed = malloc(L->c[r].rcap * sizeof(uint64_t)));
+    }
+    if (!ok) {
         fprintf(stderr, "moco loader: out of memory for %" PRIu64 " samples\n", L->n);
         goto out;
     }
@@ -901,7 +1050,7 @@ int loader_stream_main(int argc, char **argv)
     if (rc) fprintf(stderr, "moco loader: %s\n", moco_errmsg());
     else status = 0;
 out:
-    for (int i = 0; i < L->nfw; i++) zmq_msg_close(&L->fw[i]);
+    for (int r = 0; L->c && r < L->R; r++) loader_drop_held(L, r);
     if (L->work) zmq_close(L->work);
     if (L->ctl) zmq_close(L->ctl);
     if (L->pairs) zmq_close(L->pairs);
@@ -915,8 +1064,13 @@ out:
     free(L->owner);
     free(L->t_issued);
     free(L->perm);
-    free(L->ring);
-    free(L->failed);
+    for (int r = 0; L->c && r < L->R; r++) {
+        free(L->c[r].ring);
+        free(L->c[r].failed);
+        free(L->c[r].held);
+    }
+    free(L->c);
+    free(L->shard);
     free(L->bent);
     free(L->rec);
     free(L);

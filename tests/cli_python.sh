@@ -2,7 +2,8 @@
 # cli_python.sh: the Python consumer tools/python/moco_stream: its unit tests
 # against a fake loader (protocol, hostile messages, resume, CURVE), then, when
 # `moco run` has --serve, end to end against the real pipeline (exactly once,
-# kill and resume) and a 2-second run of tools/python/bench_stream.py.
+# kill and resume), two ranks reading their shards (e2e_shards.py) and a
+# 2-second run of tools/python/bench_stream.py.
 # Skipped (77) when Debian's python3-zmq or python3-numpy is absent.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -15,6 +16,7 @@ rm -rf "$T" && mkdir -p "$T"
 export PYTHONPATH=$PWD/tools/python:$PWD/tools/python/tests
 timeout 120 $PY -m unittest discover -s tools/python/tests -p 'test_*.py' 2>&1 | tail -n 4
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "moco_stream unit tests"
+timeout 120 $PY tools/python/tests/e2e_shards.py "$M" "$T/shards" || fail "several consumers (--consumers 2): shards"
 timeout 150 $PY tools/python/tests/e2e_serve.py "$M" "$T/e2e"
 rc=$?
 case $rc in

@@ -125,7 +125,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     }
     if (cfg->count && (rc = set_count(s, cfg->count))) goto fail;
     uint8_t h[32];
-    size_t hl = moco_pipe_hello(h, cfg->resume_epoch, cfg->count);
+    size_t hl = moco_pipe_hello_ranked(h, cfg->resume_epoch, cfg->count, (uint32_t)cfg->rank, (uint32_t)(cfg->ranks > 1 ? cfg->ranks : 1));
     int withmap = cfg->resume_epoch != STREAM_NO_EPOCH && cfg->resume_bitmap && cfg->count;
     if (cfg->resume_epoch != STREAM_NO_EPOCH) {
         s->epoch = cfg->resume_epoch;

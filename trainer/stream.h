@@ -41,6 +41,8 @@ typedef struct {
     uint64_t count;               /* dataset size if known (bitmap bits), else 0 */
     int rcvhwm;                   /* pairs queued here at most (0: 16) */
     double loader_timeout;        /* seconds of loader silence that are an error (0: 60) */
+    int rank, ranks;              /* serve mode, one of several consumers (moco loader --consumers R): this rank of R
+                                   * (0 of 0 or 1: the only one); it gets its shard, EPOCH_END when its shard is done */
 } stream_cfg;
 
 enum { STREAM_NONE = 0, STREAM_PAIR = 1, STREAM_EPOCH_END = 2, STREAM_END = 3 };

@@ -60,6 +60,23 @@ PAIR_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("type", "<u2"),
 assert PAIR_DTYPE.itemsize == 32
 
 
+def state_union(states):
+    """The resume state of several ranks' PairStreams (rank r's state()),
+    all of one epoch: the union of what they delivered. Every rank resumes
+    from it (resume=...)."""
+    states = list(states)
+    if not states:
+        raise ValueError("state_union of no states")
+    e, n = states[0]["epoch"], states[0]["count"]
+    if any(st["epoch"] != e or st["count"] != n for st in states):
+        raise ValueError("state_union: the ranks' states are of different epochs or datasets: %s"
+                         % [(st["epoch"], st["count"]) for st in states])
+    bm = np.zeros(len(states[0]["delivered"]), np.uint8)
+    for st in states:
+        bm |= np.frombuffer(st["delivered"], np.uint8)
+    return {"version": 1, "epoch": e, "count": n, "delivered": bm.tobytes()}
+
+
 class StreamError(RuntimeError):
     """The stream cannot go on: REFUSED (code, reason), no WELCOME, a silent
     loader, or an inconsistent loader."""
@@ -73,7 +90,11 @@ def prefix(mtype, version=1):
     return PREFIX.pack(MAGIC, version, mtype)
 
 
-def pack_hello(epoch=EPOCH_ANY, count=0):
+def pack_hello(epoch=EPOCH_ANY, count=0, rank=0, ranks=1):
+    """HELLO; of one of several consumers (version 4, with rank and ranks)
+    when ranks > 1: the loader (--consumers ranks) serves each its shard."""
+    if ranks > 1:
+        return prefix(T_HELLO, 4) + struct.pack("<IQII", epoch, count, rank, ranks)
     return prefix(T_HELLO) + struct.pack("<IQ", epoch, count)
 
 
@@ -138,16 +159,24 @@ class PairStream:
     message, B yields batches of exactly B pairs of one epoch and one shape
     (the last of an epoch may be smaller). prefetch: messages waiting for the
     caller. timeout: seconds of loader silence (or without WELCOME) that end
-    the stream with StreamError.
+    the stream with StreamError. rank, ranks: one of several consumers of a
+    loader started with --consumers ranks (a data-parallel trainer, as
+    DistributedSampler): this one gets the samples at positions rank,
+    rank + ranks, ... of each epoch's order, EPOCH_END when they are all
+    delivered; every rank must resume from the same state (the union of the
+    ranks' states: state_union()).
     """
 
     def __init__(self, endpoint, keys=None, resume=None, batch_size=None, prefetch=16,
-                 timeout=60.0, insecure=False):
+                 timeout=60.0, insecure=False, rank=0, ranks=1):
         if endpoint.startswith("tcp://") and keys is None and not insecure:
             raise ValueError("a tcp endpoint needs keys= (a `moco keygen` directory) "
                              "or insecure=True")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be None or >= 1")
+        if not 0 <= rank < ranks:
+            raise ValueError("rank must be in 0 .. ranks-1")
+        self.rank, self.ranks = int(rank), int(ranks)
         self.endpoint, self.timeout = endpoint, float(timeout)
         self.batch_size = batch_size
         self.count = self.epochs = None
@@ -347,7 +376,7 @@ class PairStream:
             return False
 
     def _receive(self):
-        hello = [pack_hello(self._hello_epoch, self._hello_count)]
+        hello = [pack_hello(self._hello_epoch, self._hello_count, self.rank, self.ranks)]
         if self._hello_bitmap is not None:
             hello.append(self._hello_bitmap)
         deadline = time.monotonic() + self.timeout
