@@ -3,11 +3,10 @@
  * success, 1 on failure, 2 on bad usage. */
 #include <stdio.h>
 
+#include "cli/run.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
 #include "formats/zsec.h"
-
-int cli_keygen_main(int argc, char **argv);
 
 int cli_keygen_main(int argc, char **argv)
 {

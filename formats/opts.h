@@ -38,6 +38,16 @@ typedef struct {
 
 enum { MOCO_OPTS_OK = 0, MOCO_OPTS_HELP = 1, MOCO_OPTS_USAGE = 2 };
 
+/* A subcommand of bin/moco: each process folder lists its own in one table
+ * (loader/cmd.h, augment/cmd.h, trainer/cmd.h, cli/run.h), ended by
+ * {NULL, NULL, NULL}; cli/moco.c only walks the tables. main returns the
+ * exit status: 0 ok, 1 failure, 2 bad usage, 130 stopped by a signal. */
+typedef struct {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *about;
+} moco_command;
+
 /* Parse argv[1..argc) (argv[0] is the subcommand name). Positional arguments
  * are stored in pos[0..*npos) (pos must hold max_pos entries). Returns
  * MOCO_OPTS_OK; MOCO_OPTS_HELP after printing help to stdout; or
