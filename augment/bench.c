@@ -21,6 +21,7 @@
 #include "augment/cmd.h"
 #include "formats/db.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/wire.h"
 
@@ -299,11 +300,22 @@ int augment_bench_main(int argc, char **argv)
     if (rss[0])
         printf("resident memory (%s): %ld kB after 10,000 pairs, %ld kB at the end (%+.1f%%)\n",
                workers == 1 ? "this process" : "all workers", rss[0], rss[1], 100.0 * (rss[1] - rss[0]) / rss[0]);
-    printf("{\"recipe\":\"%s\",\"size\":%d,\"records\":%" PRIu64 ",\"workers\":%ld,\"pairs_per_s\":%.1f,"
-           "\"pairs_per_s_per_worker\":%.1f,\"decode_per_s\":%.1f,\"failed\":%" PRIu64 ",\"pairs\":%" PRIu64
-           ",\"rss_kb_at_10k\":%ld,\"rss_kb_end\":%ld}\n",
-           r.name, r.size, rs.n, workers, pair_rate, pair_rate / workers, decode_rate, failed + bad, np_, rss[0], rss[1]);
+    moco_jw j; /* the last line */
+    moco_jw_begin(&j);
+    moco_jw_str(&j, "recipe", r.name);
+    moco_jw_i64(&j, "size", r.size);
+    moco_jw_u64(&j, "records", rs.n);
+    moco_jw_i64(&j, "workers", workers);
+    moco_jw_num(&j, "pairs_per_s", pair_rate, 1);
+    moco_jw_num(&j, "pairs_per_s_per_worker", pair_rate / workers, 1);
+    moco_jw_num(&j, "decode_per_s", decode_rate, 1);
+    moco_jw_u64(&j, "failed", failed + bad);
+    moco_jw_u64(&j, "pairs", np_);
+    moco_jw_i64(&j, "rss_kb_at_10k", rss[0]);
+    moco_jw_i64(&j, "rss_kb_end", rss[1]);
+    rc = moco_jw_line(&j, stdout);
+    if (rc) fprintf(stderr, "moco bench augment: %s\n", moco_errmsg());
     augment_ctx_destroy(&ctx);
     records_free(&rs);
-    return 0;
+    return rc ? 1 : 0;
 }

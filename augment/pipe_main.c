@@ -1,6 +1,7 @@
 /* pipe_main.c: `moco augment`, the pipeline worker's command line. */
 #include <inttypes.h>
 #include <malloc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "augment/pipe.h"
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 
 static int make_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
@@ -33,11 +35,17 @@ static void report(void *ctx, const augment_pipe_stats *st, int queued, int pend
 {
     reporter *r = ctx;
     double t = moco_now_s();
-    fprintf(r->f, "{\"pid\":%d,\"pairs\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"failed\":%" PRIu64 ",\"malformed\":%" PRIu64
-                  ",\"queued\":%d,\"pending\":%d}\n",
-            (int)getpid(), st->pairs, (double)(st->pairs - r->last_pairs) / (t - r->last_t), st->failed, st->malformed, queued,
-            pending);
-    fflush(r->f);
+    moco_jw w;
+    moco_jw_begin(&w);
+    moco_jw_i64(&w, "pid", (int64_t)getpid());
+    moco_jw_u64(&w, "pairs", st->pairs);
+    /* the final report may come right after the last one: no interval, null */
+    moco_jw_num(&w, "pairs_per_s", t > r->last_t ? (double)(st->pairs - r->last_pairs) / (t - r->last_t) : NAN, 1);
+    moco_jw_u64(&w, "failed", st->failed);
+    moco_jw_u64(&w, "malformed", st->malformed);
+    moco_jw_i64(&w, "queued", queued);
+    moco_jw_i64(&w, "pending", pending);
+    moco_jw_line(&w, r->f); /* written and flushed */
     r->last_pairs = st->pairs;
     r->last_t = t;
 }

@@ -30,6 +30,7 @@
 #include "formats/db.h"
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "trainer/lincls.h"
 #include "trainer/train.h"
@@ -79,8 +80,13 @@ static pid_t spawn(const argvec *a, const char *log)
             FILE *f = freopen(log, "a", stderr);
             (void)f;
         }
-        execv("/proc/self/exe", a->v);
-        fprintf(stderr, "moco run: cannot start %s: %s\n", a->v[1], strerror(errno));
+        if (!strcmp(a->v[0], "mpirun")) {
+            execvp("mpirun", a->v);
+            fprintf(stderr, "moco run: cannot start mpirun for --ranks: %s (Debian: apt-get install openmpi-bin)\n", strerror(errno));
+        } else {
+            execv("/proc/self/exe", a->v);
+            fprintf(stderr, "moco run: cannot start %s: %s\n", a->v[1], strerror(errno));
+        }
         _exit(127);
     }
     return pid;
@@ -200,15 +206,23 @@ static void bench_summary(const char *run_dir, long workers)
     if (x) pps = atof(x + 14);
     x = strstr(sinkj, "\"starved_pct\":");
     if (x) starved = atof(x + 14);
-    printf("{\"bench\":\"pipeline\",\"workers\":%ld,\"pairs_per_s\":%.1f,\"pairs_per_s_per_worker\":%.1f,\"starved_pct\":%.1f,"
-           "\"sink\":%s,\"loader\":%s}\n",
-           workers, pps, workers ? pps / (double)workers : 0, starved, *sinkj ? sinkj : "null", *loadj ? loadj : "null");
+    moco_jw w; /* the last line; the sink's and the loader's lines nested as they are (null unless each parses) */
+    moco_jw_begin(&w);
+    moco_jw_str(&w, "bench", "pipeline");
+    moco_jw_i64(&w, "workers", workers);
+    moco_jw_num(&w, "pairs_per_s", pps, 1);
+    moco_jw_num(&w, "pairs_per_s_per_worker", workers ? pps / (double)workers : 0, 1);
+    moco_jw_num(&w, "starved_pct", starved, 1);
+    moco_jw_json(&w, "sink", sinkj);
+    moco_jw_json(&w, "loader", loadj);
+    if (moco_jw_line(&w, stdout)) fprintf(stderr, "moco bench pipeline: %s\n", moco_errmsg());
 }
 
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
 {
     int lincls = !strcmp(consumer, "lincls");
-    long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100;
+    long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100, ranks = 0, consumers = 1;
+    const char *hostfile = NULL;
     uint64_t seed = 0;
     int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
     const char *run_dir = NULL, *out_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
@@ -249,6 +263,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         opts[n++] = (moco_opt){"workers-via-tcp", MOCO_OPT_FLAG, &via_tcp,
                                "with --bind: local workers connect over tcp too (default: over private ipc sockets, "
                                "without the encryption cost), as remote ones do", 0, 0, NULL};
+    }
+    if (!bench && !lincls) {
+        opts[n++] = (moco_opt){"ranks", MOCO_OPT_INT, &ranks,
+                               "train data-parallel on R MPI ranks (mpirun -np R moco train ...; each rank gets its shard of "
+                               "the stream, --threads each; global batch R x --batch-size)", 0, 4096, NULL};
+        opts[n++] = (moco_opt){"consumers", MOCO_OPT_INT, &consumers,
+                               "with --serve: serve R consumers (the ranks of a data-parallel trainer, e.g. PairStream(rank=r, "
+                               "ranks=R)), each its shard of every epoch", 1, 4096, NULL};
+        opts[n++] = (moco_opt){"hostfile", MOCO_OPT_STR, &hostfile, "with --ranks: mpirun's --hostfile (ranks on other hosts; "
+                               "needs --bind tcp://HOST:PORT, their stream is then at PORT+2)", 0, 0, NULL};
     }
     opts[n++] = (moco_opt){"run-dir", MOCO_OPT_STR, &run_dir, "directory for logs (default: runs/run-DATE-TIME)", 0, 0, NULL};
     if (!bench) opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out_dir, "the same as --run-dir", 0, 0, NULL};
@@ -291,15 +315,6 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: the dataset comes first: moco run DB [options]\n");
         return 2;
     }
-    const char *preset = NULL;
-    int aug_plus = 0, resuming = 0, overwrite = 0;
-    for (int i = 1; i < ntheirs; i++) {
-        if (!strcmp(theirs[i], "--resume") || !strncmp(theirs[i], "--resume=", 9)) resuming = 1;
-        if (!strcmp(theirs[i], "--overwrite")) overwrite = 1;
-        if (!strcmp(theirs[i], "--preset") && i + 1 < ntheirs) preset = theirs[i + 1];
-        if (!strncmp(theirs[i], "--preset=", 9)) preset = theirs[i] + 9;
-        if (!strcmp(theirs[i], "--aug-plus")) aug_plus = 1;
-    }
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, nmine, mine, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
@@ -315,17 +330,30 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         quiet = 1;
         if (!moco_opts_seen(&spec, "epochs")) epochs = 1000000;
     }
+    /* the trainer's flags, read by its own parser (its preset table, train.c):
+     * a preset's augmentation and epochs, --resume, --overwrite */
+    train_cfg tc;
+    memset(&tc, 0, sizeof tc);
+    if (!sink && !lincls && !serve) {
+        argvec v = {0};
+        add(&v, "train");
+        for (int i = 1; i < ntheirs; i++) add(&v, theirs[i]);
+        const char *fixed[] = {"--connect", "ipc://x", "--out", "x"};
+        for (int i = 0; i < 4; i++) add(&v, fixed[i]);
+        int bad = train_parse_args(v.n, v.v, &tc);
+        free_args(&v);
+        if (bad) return 2;
+    }
+    int resuming = tc.resume != NULL, overwrite = tc.overwrite;
     augment_recipe recipe;
     af.seed = seed;
-    if (!moco_opts_seen(&spec, "recipe") && preset) /* the preset's augmentation */
-        af.recipe = !strcmp(preset, "cifar") ? "cifar" : !strcmp(preset, "moco-v1") ? "v1" : "v2";
-    if (!moco_opts_seen(&spec, "recipe") && aug_plus) af.recipe = "v2";
+    if (!moco_opts_seen(&spec, "recipe") && tc.recipe) af.recipe = tc.recipe; /* the preset's (or --aug-plus's) augmentation */
     if (lincls) { /* main_lincls.py: crops and flips, 100 epochs; the size of moco lincls's --size (32) */
         if (!moco_opts_seen(&spec, "recipe")) af.recipe = "lincls";
         if (!moco_opts_seen(&spec, "size")) af.size = 32;
         if (!moco_opts_seen(&spec, "epochs")) epochs = 100;
     }
-    if (preset && !strcmp(preset, "cifar") && !moco_opts_seen(&spec, "epochs")) epochs = 200;
+    if (tc.preset && !moco_opts_seen(&spec, "epochs")) epochs = tc.epochs; /* the preset's */
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
     if (lincls && !moco_opts_seen(&spec, "size")) recipe.size = 32;
     moco_db *d;
@@ -343,6 +371,18 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             fprintf(stderr, "moco run: --bind takes tcp://HOST:PORT (PORT and PORT+1 are used), not '%s'\n", bind);
             return 2;
         }
+    }
+    if (ranks && (sink || serve)) {
+        fprintf(stderr, "moco run: --ranks trains here on R ranks; it does not go with %s\n", sink ? "--sink" : "--serve");
+        return 2;
+    }
+    if (consumers > 1 && !serve) {
+        fprintf(stderr, "moco run: --consumers goes with --serve (external consumers); to train here on R ranks, give --ranks R\n");
+        return 2;
+    }
+    if (hostfile && (!ranks || !bind)) {
+        fprintf(stderr, "moco run: --hostfile needs --ranks and --bind tcp://HOST:PORT (ranks on other hosts reach the stream over tcp)\n");
+        return 2;
     }
     if (workers == 0 && !bind) {
         fprintf(stderr, "moco run: --workers 0 needs --bind (workers on other hosts)\n");
@@ -432,6 +472,19 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         snprintf(wpairs, sizeof wpairs, "tcp://%s:%ld", host, port + 1);
     }
     if (serve) snprintf(ctl, sizeof ctl, "%s", serve);
+    char ctl_connect[1100];
+    snprintf(ctl_connect, sizeof ctl_connect, "%s", ctl);
+    if (hostfile) { /* ranks elsewhere: over tcp (CURVE); they connect by this host's name when bound to every interface */
+        char me[256] = "localhost";
+        gethostname(me, sizeof me - 1);
+        snprintf(ctl, sizeof ctl, "tcp://%s:%ld", host, port + 2);
+        snprintf(ctl_connect, sizeof ctl_connect, "tcp://%s:%ld", strcmp(host, "0.0.0.0") && strcmp(host, "*") ? host : me, port + 2);
+    }
+    char self[4096] = "";
+    if (ranks) { /* mpirun starts this program by its path */
+        ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[l > 0 ? l : 0] = 0;
+    }
 
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -441,10 +494,20 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     if (serve && !bench) {
         sink = 0; /* no consumer here: it connects to --serve */
     } else if (!sink) {
-        add(&ca, "moco");
+        if (ranks) { /* mpirun -np R moco train ...: the loader serves each rank its shard */
+            add(&ca, "mpirun");
+            addf(&ca, "-np", "%ld", ranks);
+            add(&ca, "--bind-to"), add(&ca, "none"); /* each rank runs --threads compute threads */
+            if (hostfile) addf(&ca, "--hostfile", "%s", hostfile);
+            else add(&ca, "--oversubscribe"); /* one host: the R ranks asked for, whatever its slots */
+            add(&ca, self);
+        } else {
+            add(&ca, "moco");
+        }
+        int train_at = ca.n; /* where "train" is */
         for (int i = 0; i < ntheirs; i++) add(&ca, theirs[i]);
-        addf(&ca, "--connect", "%s", ctl);
-        addf(&ca, "--bind", "%s", pairs);
+        addf(&ca, "--connect", "%s", ctl_connect);
+        if (!ranks) addf(&ca, "--bind", "%s", pairs);
         if (keys) addf(&ca, "--keys", "%s", keys);
         if (insecure) add(&ca, "--insecure");
         addf(&ca, "--out", "%s", run_dir);
@@ -453,7 +516,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         addf(&ca, "--size", "%d", recipe.size);
         addf(&ca, "--count", "%llu", (unsigned long long)count);
         train_cfg tc;
-        if (!lincls && train_parse_args(ca.n - 1, ca.v + 1, &tc)) {
+        if (!lincls && train_parse_args(ca.n - train_at, ca.v + train_at, &tc)) {
             free_args(&ca);
             rmdir(sockdir);
             return 2;
@@ -480,7 +543,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     addf(&la, "--window", "%ld", window);
     addf(&la, "--worker-timeout", "%g", worker_timeout);
     addf(&la, "--log", "%s/loader.jsonl", run_dir);
-    if (serve) addf(&la, "--pairs", "%s", pairs);
+    if (serve || ranks) addf(&la, "--pairs", "%s", pairs);
+    if (ranks || consumers > 1) addf(&la, "--consumers", "%ld", ranks ? ranks : consumers);
     if (keys) addf(&la, "--keys", "%s", keys);
     if (insecure) add(&la, "--insecure");
     /* the trainer goes quiet during kNN evaluations; if it dies, we stop the loader */

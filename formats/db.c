@@ -10,6 +10,9 @@
  *     with MOCO_ECORRUPT and a message naming the file, one with a damaged
  *     meta page (flag, magic, version, page size, root pages) or one shorter
  *     than (last page + 1) x page size. This catches every truncation.
+ *     Then it walks the B-trees of the meta page LMDB will use (walk_tree:
+ *     every page's number, type, bounds and depth, each page once), since
+ *     LMDB loops for ever on some damaged pages (see "layer 1b" below).
  *  2. Every LMDB call and every copy out of the map runs inside a guard
  *     (run_guarded): a thread-local sigsetjmp point, a SIGBUS/SIGSEGV handler
  *     installed once per process, and an LMDB assertion callback. A fault or
@@ -73,6 +76,7 @@ struct moco_db {
 enum {
     LM_HDR = 16, LM_FLAGS = 10, LM_P_META = 0x08,
     LM_MAGIC = LM_HDR, LM_VERSION = LM_HDR + 4, LM_DBS = LM_HDR + 24, LM_DB_SIZE = 48, LM_DB_ROOT = 40,
+    LM_DB_FLAGS = 4, LM_DB_DEPTH = 6, /* in a database record: u16 flags, u16 depth */
     LM_LAST_PG = LM_HDR + 120, LM_TXNID = LM_HDR + 128, LM_META_END = LM_HDR + 136,
 };
 #define LM_MAGIC_VALUE 0xBEEFC0DEu
@@ -81,6 +85,8 @@ enum {
 typedef struct {
     uint32_t psize;
     uint64_t last_pg, txnid;
+    uint16_t main_flags, main_depth;
+    uint64_t main_root;
 } lm_meta;
 
 static uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -103,7 +109,137 @@ static const char *parse_meta(const uint8_t *p, unsigned i, lm_meta *m)
         uint64_t root = ld64(p + LM_DBS + d * LM_DB_SIZE + LM_DB_ROOT);
         if (root != LM_NO_PAGE && (root < 2 || root > m->last_pg)) return "root page out of range";
     }
+    m->main_flags = ld16(p + LM_DBS + LM_DB_SIZE + LM_DB_FLAGS);
+    m->main_depth = ld16(p + LM_DBS + LM_DB_SIZE + LM_DB_DEPTH);
+    m->main_root = ld64(p + LM_DBS + LM_DB_SIZE + LM_DB_ROOT);
     return NULL;
+}
+
+/* ---- layer 1b: the B-trees -----------------------------------------------
+ * LMDB trusts every page header on its way down a tree. One whose mp_lower
+ * is below the 16-byte header makes the page's key count wrap to about
+ * 2^31; LMDB's binary search over it (int low + high overflows) then never
+ * ends, and when the page also claims to be LEAF2 with keys of 0 bytes it
+ * touches no memory either, so no fault stops it: mdb_dbi_open, mdb_get and
+ * the walks hang (found by tests/fuzz/fuzz_lmdb; LMDB 0.9.24). A branch
+ * entry pointing back at an ancestor or at a page seen before makes LMDB
+ * revisit pages (a chain of them multiplies the work). So before LMDB maps
+ * the file, walk_tree reads (pread) every branch page of the main database
+ * and of the databases it names, the main database's leaves, and the
+ * headers of the other leaves, and checks: the page's own number, its type
+ * (a branch above the recorded depth, a leaf at it, nothing else), its
+ * bounds (header <= lower <= upper <= page size, node offsets and keys
+ * inside the page), child page numbers inside the file, each page reached
+ * once, the depth at most LMDB's cursor stack (32), the databases' flags
+ * those of a moco dataset (no DUPSORT / DUPFIXED: no LEAF2 pages, no
+ * sub-trees inside nodes). Overflow pages (large values) are LMDB's plain
+ * bytes: in_file and the guard cover them. Cost: one pread per branch page
+ * and one 16-byte pread per leaf page. */
+enum {
+    LM_PG_FLAGS = 10, LM_PG_LOWER = 12, LM_PG_UPPER = 14,     /* in a page header */
+    LM_P_BRANCH = 0x01, LM_P_LEAF = 0x02, LM_P_OVERFLOW = 0x04, LM_P_LEAF2 = 0x20, LM_P_SUBP = 0x40,
+    LM_NODE = 8, LM_F_BIGDATA = 0x01, LM_F_SUBDATA = 0x02, LM_F_DUPDATA = 0x04, /* node: lo, hi, flags, ksize */
+    LM_CURSOR_STACK = 32,
+    LM_DB_KEYFLAGS = 0x02 | 0x08, /* MDB_REVERSEKEY, MDB_INTEGERKEY: only the key order; anything else is refused */
+};
+
+typedef struct {
+    int fd;
+    const char *f;    /* the file, for messages */
+    uint32_t psize;
+    uint64_t last_pg;
+    uint8_t *seen;    /* a bit per page: reached already */
+} lm_walk;
+
+static int walk_err(const lm_walk *w, const char *db, uint64_t pg, const char *why)
+{
+    return moco_err(MOCO_ECORRUPT, "%s: damaged: %s, page %llu: %s", w->f, db, (unsigned long long)pg, why);
+}
+
+static int walk_tree(lm_walk *w, const char *db, uint64_t pg, unsigned level, unsigned depth, int is_main);
+
+/* A database record (48 bytes) found in the main database: its tree. */
+static int walk_db(lm_walk *w, const char *name, const uint8_t *rec)
+{
+    uint16_t flags = ld16(rec + LM_DB_FLAGS), depth = ld16(rec + LM_DB_DEPTH);
+    uint64_t root = ld64(rec + LM_DB_ROOT);
+    if (flags & ~LM_DB_KEYFLAGS) return walk_err(w, name, root, "database flags of no moco dataset");
+    if (root == LM_NO_PAGE) return 0; /* empty */
+    if (root < 2 || root > w->last_pg) return walk_err(w, name, root, "root page out of range");
+    if (depth < 1 || depth > LM_CURSOR_STACK) return walk_err(w, name, root, "tree depth out of range");
+    return walk_tree(w, name, root, 0, depth, 0);
+}
+
+static int walk_tree(lm_walk *w, const char *db, uint64_t pg, unsigned level, unsigned depth, int is_main)
+{
+    if (w->seen[pg >> 3] >> (pg & 7) & 1) return walk_err(w, db, pg, "reached twice (a cycle or a shared page)");
+    w->seen[pg >> 3] |= (uint8_t)(1u << (pg & 7));
+    int leaf = level + 1 == depth, rc = 0;
+    /* a leaf of a named database: its header is enough (LMDB searches it, reads no page through it) */
+    size_t want = leaf && !is_main ? LM_HDR : w->psize;
+    uint8_t *p = malloc(want);
+    if (!p) return moco_err(MOCO_ENOMEM, "%s: out of memory", w->f);
+    ssize_t n = pread(w->fd, p, want, (off_t)(pg * w->psize));
+    if (n != (ssize_t)want) {
+        rc = n < 0 ? moco_err(MOCO_EIO, "%s: %s", w->f, strerror(errno)) : walk_err(w, db, pg, "beyond the end of the file");
+        goto out;
+    }
+    uint16_t type = ld16(p + LM_PG_FLAGS) & (LM_P_BRANCH | LM_P_LEAF | LM_P_OVERFLOW | LM_P_META | LM_P_LEAF2 | LM_P_SUBP);
+    uint16_t lower = ld16(p + LM_PG_LOWER), upper = ld16(p + LM_PG_UPPER);
+    if (ld64(p) != pg) { rc = walk_err(w, db, pg, "its header holds another page number"); goto out; }
+    if (type != (leaf ? LM_P_LEAF : LM_P_BRANCH)) {
+        rc = walk_err(w, db, pg, leaf ? "not a leaf page at the tree's depth" : "not a branch page above the tree's depth");
+        goto out;
+    }
+    if (lower < LM_HDR || (lower - LM_HDR) % 2 || lower > upper || upper > w->psize) {
+        rc = walk_err(w, db, pg, "page bounds out of range");
+        goto out;
+    }
+    unsigned nkeys = (lower - LM_HDR) / 2u;
+    if (!leaf && nkeys < 1) { rc = walk_err(w, db, pg, "a branch page without entries"); goto out; }
+    if (want == LM_HDR) goto out;
+    for (unsigned i = 0; i < nkeys && !rc; i++) {
+        uint16_t off = ld16(p + LM_HDR + 2 * i);
+        if (off < upper || (size_t)off + LM_NODE > w->psize) { rc = walk_err(w, db, pg, "a node outside the page"); break; }
+        const uint8_t *nd = p + off;
+        uint16_t nflags = ld16(nd + 4), ksize = ld16(nd + 6);
+        if ((size_t)off + LM_NODE + ksize > w->psize) { rc = walk_err(w, db, pg, "a key outside the page"); break; }
+        if (!leaf) {
+            uint64_t child = ld16(nd) | (uint64_t)ld16(nd + 2) << 16 | (uint64_t)nflags << 32;
+            if (child < 2 || child > w->last_pg) { rc = walk_err(w, db, pg, "a child page out of range"); break; }
+            rc = walk_tree(w, db, child, level + 1, depth, is_main);
+        } else if (nflags & LM_F_SUBDATA) { /* the main database: a named database's record */
+            uint32_t dsize = ld16(nd) | (uint32_t)ld16(nd + 2) << 16;
+            char name[64];
+            snprintf(name, sizeof name, "database '%.*s'", ksize < 40 ? (int)ksize : 40, (const char *)nd + LM_NODE);
+            for (char *c = name; *c; c++)
+                if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e) *c = '?';
+            if ((nflags & (LM_F_BIGDATA | LM_F_DUPDATA)) || dsize != LM_DB_SIZE || (size_t)off + LM_NODE + ksize + dsize > w->psize)
+                rc = walk_err(w, db, pg, "a malformed database record");
+            else
+                rc = walk_db(w, name, nd + LM_NODE + ksize);
+        } else if (nflags & LM_F_DUPDATA) {
+            rc = walk_err(w, db, pg, "duplicate-key data, which no moco dataset holds");
+        }
+    }
+out:
+    free(p);
+    return rc;
+}
+
+/* Layer 1b for the meta page m of the open file fd. */
+static int check_trees(int fd, const char *f, const lm_meta *m)
+{
+    lm_walk w = {fd, f, m->psize, m->last_pg, NULL};
+    if (m->main_flags & ~LM_DB_KEYFLAGS)
+        return moco_err(MOCO_ECORRUPT, "%s: damaged: main database flags of no moco dataset (0x%x)", f, m->main_flags);
+    if (m->main_root == LM_NO_PAGE) return 0; /* an empty environment: LMDB finds no databases */
+    if (m->main_depth < 1 || m->main_depth > LM_CURSOR_STACK)
+        return moco_err(MOCO_ECORRUPT, "%s: damaged: main database depth %u out of range", f, m->main_depth);
+    if (!(w.seen = calloc((size_t)(m->last_pg / 8 + 1), 1))) return moco_err(MOCO_ENOMEM, "%s: out of memory", f);
+    int rc = walk_tree(&w, "the main database", m->main_root, 0, m->main_depth, 1);
+    free(w.seen);
+    return rc;
 }
 
 /* Layer 1 (see the top): check DIR/data.mdb before LMDB maps it. Sets
@@ -149,7 +285,8 @@ static int check_file(const char *dir, uint64_t *data_end, uint64_t *ino)
             goto out;
         }
     }
-    const lm_meta *cur = m[1].txnid > m[0].txnid ? &m[1] : &m[0];
+    const lm_meta *cur = m[1].txnid > m[0].txnid ? &m[1] : &m[0]; /* the one LMDB reads (mdb_env_pick_meta) */
+    if ((rc = check_trees(fd, f, cur))) goto out;
     *data_end = (cur->last_pg + 1) * cur->psize;
     *ino = (uint64_t)st.st_ino;
 out:

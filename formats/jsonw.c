@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "formats/errors.h"
+#include "formats/json.h"
 
 static void put(moco_jw *w, const char *s, size_t n)
 {
@@ -64,9 +65,11 @@ static void quote(moco_jw *w, const char *s, size_t len)
     put(w, "\"", 1);
 }
 
+/* The comma before a member, and its key; NULL: an array element (no key). */
 static void key(moco_jw *w, const char *k)
 {
     if (w->n++) put(w, ",", 1);
+    if (!k) return;
     quote(w, k, strlen(k));
     put(w, ":", 1);
 }
@@ -116,6 +119,15 @@ void moco_jw_num(moco_jw *w, const char *k, double v, int decimals)
     puts_(w, b);
 }
 
+void moco_jw_g(moco_jw *w, const char *k, double v, int digits)
+{
+    char b[64];
+    key(w, k);
+    if (!isfinite(v)) { puts_(w, "null"); return; }
+    snprintf(b, sizeof b, "%.*g", digits <= 0 ? 6 : digits > 17 ? 17 : digits, v);
+    puts_(w, b); /* %g of a finite number is a JSON number: "1e-05", "-0", "3.5" */
+}
+
 void moco_jw_bool(moco_jw *w, const char *k, int v)
 {
     key(w, k);
@@ -134,8 +146,48 @@ void moco_jw_raw(moco_jw *w, const char *k, const char *json)
     puts_(w, json && *json ? json : "null");
 }
 
+void moco_jw_json(moco_jw *w, const char *k, const char *json)
+{
+    size_t len = json ? strlen(json) : 0;
+    int ok = 0, nt;
+    /* every token takes at least one byte: len + 1 tokens always suffice */
+    moco_json_tok *t = len ? malloc(sizeof *t * (len + 1)) : NULL;
+    if (t) {
+        char keep[1024]; /* the parser's error message must not replace the caller's */
+        snprintf(keep, sizeof keep, "%s", moco_errmsg());
+        ok = moco_json_parse(json, len, "JSON value", t, (int)(len < 1u << 30 ? len + 1 : 1u << 30), &nt) == 0;
+        if (!ok) moco_err(MOCO_OK, "%s", keep);
+        free(t);
+    } else if (len) {
+        w->oom = 1;
+    }
+    moco_jw_raw(w, k, ok ? json : NULL);
+}
+
+static void open_(moco_jw *w, const char *k, const char *open, char close)
+{
+    key(w, k);
+    if (w->depth >= MOCO_JW_MAX_DEPTH) { w->oom = 1; return; }
+    w->outer_n[w->depth] = w->n;
+    w->close[w->depth++] = close;
+    w->n = 0;
+    put(w, open, 1);
+}
+
+void moco_jw_obj(moco_jw *w, const char *k) { open_(w, k, "{", '}'); }
+void moco_jw_arr(moco_jw *w, const char *k) { open_(w, k, "[", ']'); }
+
+void moco_jw_close(moco_jw *w)
+{
+    if (!w->depth) { w->oom = 1; return; } /* nothing open: a bug in the caller */
+    w->depth--;
+    put(w, &w->close[w->depth], 1);
+    w->n = w->outer_n[w->depth];
+}
+
 const char *moco_jw_end(moco_jw *w)
 {
+    while (w->depth > 0) moco_jw_close(w);
     put(w, "}", 1);
     return w->oom ? NULL : w->buf;
 }
@@ -150,8 +202,14 @@ int moco_jw_line(moco_jw *w, FILE *f)
 {
     const char *s = moco_jw_end(w);
     int rc = 0;
-    if (!s) rc = moco_err(MOCO_ENOMEM, "out of memory for a JSON line");
-    else if (f && (fputs(s, f) < 0 || fputc('\n', f) < 0 || fflush(f))) rc = moco_err(MOCO_EIO, "cannot write a JSON line");
+    if (!s) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory for a JSON line");
+    } else if (f) {
+        flockfile(f); /* the line whole: another thread's stdio writes to f (the loader's log) come before or after */
+        int bad = fputs(s, f) < 0 || fputc('\n', f) < 0 || fflush(f);
+        funlockfile(f);
+        if (bad) rc = moco_err(MOCO_EIO, "cannot write a JSON line");
+    }
     moco_jw_free(w);
     return rc;
 }

@@ -11,8 +11,18 @@
 #include <unistd.h>
 
 #define MAX_OPTS 128
-static _Thread_local const moco_optspec *seen_spec;
-static _Thread_local unsigned char seen_flags[MAX_OPTS];
+#define SEEN_SPECS 4 /* the last parses remembered (moco run parses its flags, then the trainer's) */
+static _Thread_local const moco_optspec *seen_spec[SEEN_SPECS];
+static _Thread_local unsigned char seen_flags[SEEN_SPECS][MAX_OPTS];
+static _Thread_local unsigned seen_next;
+
+/* The record of spec's last parse, or NULL. */
+static unsigned char *seen_of(const moco_optspec *s)
+{
+    for (int i = 0; i < SEEN_SPECS; i++)
+        if (seen_spec[i] == s) return seen_flags[i];
+    return NULL;
+}
 
 static const moco_opt *find(const moco_optspec *s, const char *name, size_t len)
 {
@@ -101,8 +111,13 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
 int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, int *npos)
 {
     int np = 0, only_pos = 0;
-    seen_spec = s;
-    memset(seen_flags, 0, sizeof seen_flags);
+    unsigned char *seen = seen_of(s);
+    if (!seen) { /* a new spec takes the oldest slot */
+        seen_spec[seen_next] = s;
+        seen = seen_flags[seen_next];
+        seen_next = (seen_next + 1) % SEEN_SPECS;
+    }
+    memset(seen, 0, MAX_OPTS);
     for (int i = 1; i < argc; i++) {
         char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == 0) {
@@ -120,7 +135,7 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const moco_opt *o = find(s, name, len);
         if (!o) return bad(s, "unknown option '%s'%s", a, "");
-        seen_flags[o - s->opts] = 1;
+        seen[o - s->opts] = 1;
         if (o->kind == MOCO_OPT_FLAG) {
             if (eq) return bad(s, "--%s takes no value%s", o->name, "");
             *(int *)o->dst = 1;
@@ -141,9 +156,9 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
 
 int moco_opts_seen(const moco_optspec *s, const char *name)
 {
-    if (seen_spec != s) return 0;
-    const moco_opt *o = find(s, name, strlen(name));
-    return o ? seen_flags[o - s->opts] : 0;
+    const unsigned char *seen = seen_of(s);
+    const moco_opt *o = seen ? find(s, name, strlen(name)) : NULL;
+    return o ? seen[o - s->opts] : 0;
 }
 
 void moco_opts_help(const moco_optspec *s)

@@ -23,6 +23,7 @@
 #include <zmq.h>
 
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 
 #define KEY_FILE_MAX (64 * 1024) /* a certificate is < 1 KiB; refuse anything huge */
 #define ALLOW_MAX 4096           /* certificates in allowed/ */
@@ -61,32 +62,43 @@ struct moco_sec {
 
 /* ---- helpers ---- */
 
-/* s as the body of a JSON string (no quotes); bytes >= 0x80 as \u00XX. */
-static const char *jesc(const char *s, size_t n, char *out, size_t cap)
+/* A peer's bytes (n of them) for a stderr message: the body of their JSON
+ * string (escaped, without the quotes), so that no control byte reaches the
+ * terminal. */
+static const char *printable(const char *s, size_t n, char *out, size_t cap)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 7 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-        else if (c < 0x20 || c >= 0x7f) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-        else out[o++] = (char)c;
-    }
-    out[o] = 0;
+    moco_json_quote(s, n, out, cap);
+    size_t l = strlen(out);
+    if (l >= 2) memmove(out, out + 1, l - 2), out[l - 2] = 0;
     return out;
 }
 
-static void log_line(moco_sec *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void log_line(moco_sec *s, const char *fmt, ...)
+/* An auth_rejected line of the log (formats/jsonw): log_begin, the fields, log_end. */
+static void log_begin(const moco_sec *s, moco_jw *w)
 {
-    if (!s->log) return;
-    char who[200], line[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(s->log, "{\"event\":\"auth_rejected\",\"who\":\"%s\",\"t\":%lld,%s}\n", jesc(s->who, strlen(s->who), who, sizeof who),
-            (long long)time(NULL), line);
-    fflush(s->log);
+    moco_jw_begin(w);
+    moco_jw_str(w, "event", "auth_rejected");
+    moco_jw_str(w, "who", s->who);
+    moco_jw_i64(w, "t", (int64_t)time(NULL));
+}
+
+static void log_end(const moco_sec *s, moco_jw *w)
+{
+    if (s->log) moco_jw_line(w, s->log); /* one write and a flush per line */
+    else moco_jw_free(w);
+}
+
+/* A ZAP request refused: the peer's address (its bytes, escaped), the reason,
+ * the client's key (NULL: none). */
+static void log_auth(const moco_sec *s, const char *peer, size_t peer_len, const char *reason, const char *key)
+{
+    moco_jw w;
+    log_begin(s, &w);
+    moco_jw_strn(&w, "peer", peer, peer_len);
+    moco_jw_str(&w, "kind", "auth");
+    moco_jw_str(&w, "reason", reason);
+    if (key) moco_jw_str(&w, "key", key);
+    log_end(s, &w);
 }
 
 /* A one-line stderr warning: the first 5, then at most one per 10 s (a
@@ -277,20 +289,24 @@ static void zap_answer(moco_sec *s, void *zap, zmq_msg_t *f, int nf, int bad)
 #define FN(i) zmq_msg_size(&f[i])
 #define IS(i, lit) (FN(i) == sizeof lit - 1 && !memcmp(FR(i), lit, sizeof lit - 1))
     const char *code = "500", *text = "malformed ZAP request";
-    char user[41] = "", peer[300] = "?", kz[41] = "", mech[48] = "";
-    if (nf >= 4 && !bad) jesc(FR(3), FN(3), peer, sizeof peer);
+    char user[41] = "", kz[41] = "", why[64], ppeer[300], pmech[48];
+    /* the peer's address: its bytes as they came (escaped when written) */
+    const char *peer = nf >= 4 && !bad ? FR(3) : "?";
+    size_t peer_len = nf >= 4 && !bad ? FN(3) : 1;
     if (bad || nf < 6 || !IS(0, "1.0") || FN(1) > 255) {
-        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"malformed ZAP request\"", peer);
+        log_auth(s, peer, peer_len, "malformed ZAP request", NULL);
     } else if (!IS(2, "moco")) {
         code = "400", text = "unknown ZAP domain";
-        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"unknown ZAP domain (a CURVE socket not set up by moco_sec_bind)\"", peer);
+        log_auth(s, peer, peer_len, "unknown ZAP domain (a CURVE socket not set up by moco_sec_bind)", NULL);
     } else if (IS(5, "CURVE") && (nf != 7 || FN(6) != 32)) {
-        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"malformed ZAP request (CURVE credentials)\"", peer);
+        log_auth(s, peer, peer_len, "malformed ZAP request (CURVE credentials)", NULL);
     } else if (!IS(5, "CURVE")) {
         code = "400", text = "CURVE only";
-        jesc(FR(5), FN(5) < 20 ? FN(5) : 20, mech, sizeof mech);
-        log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"mechanism %s not allowed\"", peer, mech);
-        warn(s, "rejected %s: mechanism %s (only CURVE is allowed)", peer, mech);
+        int ml = (int)(FN(5) < 20 ? FN(5) : 20);
+        snprintf(why, sizeof why, "mechanism %.*s not allowed", ml, FR(5)); /* escaped in the line */
+        log_auth(s, peer, peer_len, why, NULL);
+        warn(s, "rejected %s: mechanism %s (only CURVE is allowed)", printable(peer, peer_len, ppeer, sizeof ppeer),
+             printable(FR(5), (size_t)ml, pmech, sizeof pmech));
     } else {
         zmq_z85_encode(kz, (const uint8_t *)FR(6), 32);
         if (allowed(s, (const uint8_t *)FR(6))) {
@@ -298,8 +314,9 @@ static void zap_answer(moco_sec *s, void *zap, zmq_msg_t *f, int nf, int bad)
             memcpy(user, kz, sizeof user);
         } else {
             code = "400", text = "client key not allowed";
-            log_line(s, "\"peer\":\"%s\",\"kind\":\"auth\",\"reason\":\"client key not allowed\",\"key\":\"%s\"", peer, kz);
-            warn(s, "rejected %s: its key %s is not in %s/allowed/ (copy that host's client.key there)", peer, kz, s->dir);
+            log_auth(s, peer, peer_len, "client key not allowed", kz);
+            warn(s, "rejected %s: its key %s is not in %s/allowed/ (copy that host's client.key there)",
+                 printable(peer, peer_len, ppeer, sizeof ppeer), kz, s->dir);
         }
     }
     /* reply: version, request id (echoed), status code, status text, user id, metadata */
@@ -349,7 +366,7 @@ static const char *protocol_detail(uint32_t v)
 static int handle_mon(moco_sec *s, void *mon)
 {
     uint8_t head[8];
-    char ep[256] = "", jep[1600];
+    char ep[256] = "", pep[1600];
     int nf = 0, hn = -1, en = 0, more = 1;
     while (more) {
         zmq_msg_t m;
@@ -369,17 +386,27 @@ static int handle_mon(moco_sec *s, void *mon)
     if (ev == ZMQ_EVENT_MONITOR_STOPPED) return 1;
     if (!(ev & FAIL_EVENTS)) return 0;
     uint64_t total = atomic_fetch_add(&s->rejected, 1) + 1;
-    jesc(ep, (size_t)en, jep, sizeof jep);
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return 0; /* the ZAP handler logged it, with the peer and key */
+    printable(ep, (size_t)en, pep, sizeof pep);
+    moco_jw w;
+    char code[16], why[160];
+    log_begin(s, &w);
+    moco_jw_strn(&w, "endpoint", ep, (size_t)en);
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
-        log_line(s, "\"endpoint\":\"%s\",\"kind\":\"protocol\",\"code\":\"0x%08x\",\"reason\":\"%s\",\"rejected\":%llu", jep, val,
-                 protocol_detail(val), (unsigned long long)total);
-        warn(s, "rejected a connection to %s: %s", jep, protocol_detail(val));
+        snprintf(code, sizeof code, "0x%08x", val);
+        moco_jw_str(&w, "kind", "protocol");
+        moco_jw_str(&w, "code", code);
+        moco_jw_str(&w, "reason", protocol_detail(val));
+        warn(s, "rejected a connection to %s: %s", pep, protocol_detail(val));
     } else {
-        log_line(s, "\"endpoint\":\"%s\",\"kind\":\"no_detail\",\"errno\":%u,\"reason\":\"handshake failed: %s\",\"rejected\":%llu", jep,
-                 val, strerror((int)val), (unsigned long long)total);
-        warn(s, "handshake failed on %s: %s", jep, strerror((int)val));
+        snprintf(why, sizeof why, "handshake failed: %s", strerror((int)val));
+        moco_jw_str(&w, "kind", "no_detail");
+        moco_jw_u64(&w, "errno", val);
+        moco_jw_str(&w, "reason", why);
+        warn(s, "handshake failed on %s: %s", pep, strerror((int)val));
     }
+    moco_jw_u64(&w, "rejected", total);
+    log_end(s, &w);
     return 0;
 }
 

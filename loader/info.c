@@ -11,9 +11,6 @@
 #include "formats/opts.h"
 #include "loader/cmd.h"
 
-/* JSON strings: the project's one writer (formats/jsonw.h) */
-#define json_str moco_json_fput
-
 typedef struct {
     uint64_t n, bad, expect;
     const char *path;
@@ -68,32 +65,49 @@ int loader_info_main(int argc, char **argv)
         return 1;
     }
     double mean = m->count ? (double)m->payload_bytes / (double)m->count : 0;
-    if (json) {
-        printf("{\"path\":");
-        json_str(stdout, pos[0]);
-        printf(",\"format_version\":%u,\"count\":%" PRIu64 ",\"num_classes\":%u,\"classes\":[", m->format_version,
-               m->count, m->nclasses);
+    if (json) { /* one object, from the project's one JSON writer (formats/jsonw.h) */
+        moco_jw w;
+        moco_jw_begin(&w);
+        moco_jw_str(&w, "path", pos[0]);
+        moco_jw_u64(&w, "format_version", m->format_version);
+        moco_jw_u64(&w, "count", m->count);
+        moco_jw_u64(&w, "num_classes", m->nclasses);
+        moco_jw_arr(&w, "classes");
         for (uint32_t i = 0; i < m->nclasses; i++) {
-            printf("%s{\"name\":", i ? "," : "");
-            json_str(stdout, m->class_names[i]);
-            printf(",\"count\":%" PRIu64 "}", m->class_counts[i]);
+            moco_jw_obj(&w, NULL);
+            moco_jw_str(&w, "name", m->class_names[i]);
+            moco_jw_u64(&w, "count", m->class_counts[i]);
+            moco_jw_close(&w);
         }
-        printf("],\"unlabelled\":%" PRIu64 ",\"payload_bytes\":%" PRIu64 ",\"mean_payload_bytes\":%.1f,\"encodings\":{",
-               m->unlabelled, m->payload_bytes, mean);
-        int first = 1;
+        moco_jw_close(&w);
+        moco_jw_u64(&w, "unlabelled", m->unlabelled);
+        moco_jw_u64(&w, "payload_bytes", m->payload_bytes);
+        moco_jw_num(&w, "mean_payload_bytes", mean, 1);
+        moco_jw_obj(&w, "encodings");
         for (int e = 0; e < MOCO_ENC_COUNT; e++)
-            if (m->enc_counts[e]) {
-                printf("%s\"%s\":%" PRIu64, first ? "" : ",", moco_encoding_name(e), m->enc_counts[e]);
-                first = 0;
-            }
-        printf("},\"width\":[%u,%u],\"height\":[%u,%u],\"skipped_at_conversion\":%" PRIu64 ",\"source\":", m->min_w,
-               m->max_w, m->min_h, m->max_h, m->skipped);
-        json_str(stdout, m->source);
-        printf(",\"source_format\":");
-        json_str(stdout, m->source_format);
-        if (m->shuffled) printf(",\"shuffle_seed\":%" PRIu64, m->shuffle_seed);
-        if (verify) printf(",\"verified\":%" PRIu64 ",\"bad_records\":%" PRIu64, v.n, v.bad);
-        printf("}\n");
+            if (m->enc_counts[e]) moco_jw_u64(&w, moco_encoding_name(e), m->enc_counts[e]);
+        moco_jw_close(&w);
+        moco_jw_arr(&w, "width");
+        moco_jw_u64(&w, NULL, m->min_w);
+        moco_jw_u64(&w, NULL, m->max_w);
+        moco_jw_close(&w);
+        moco_jw_arr(&w, "height");
+        moco_jw_u64(&w, NULL, m->min_h);
+        moco_jw_u64(&w, NULL, m->max_h);
+        moco_jw_close(&w);
+        moco_jw_u64(&w, "skipped_at_conversion", m->skipped);
+        moco_jw_str(&w, "source", m->source);
+        moco_jw_str(&w, "source_format", m->source_format);
+        if (m->shuffled) moco_jw_u64(&w, "shuffle_seed", m->shuffle_seed);
+        if (verify) {
+            moco_jw_u64(&w, "verified", v.n);
+            moco_jw_u64(&w, "bad_records", v.bad);
+        }
+        if (moco_jw_line(&w, stdout)) {
+            fprintf(stderr, "moco info: %s\n", moco_errmsg());
+            moco_db_destroy(&db);
+            return 1;
+        }
     } else {
         printf("dataset   %s (format version %u)\n", pos[0], m->format_version);
         printf("source    %s (%s)%s\n", m->source, m->source_format, m->shuffled ? ", shuffled" : "");

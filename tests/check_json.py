@@ -7,15 +7,22 @@ Reads every *.jsonl and *.json file under DIR (the suite's scratch
 directory, run by tests/run.sh at the end) and every line in *.out / *.log
 files that starts with '{"' (not the unit-test programs' own logs, whose
 lines are their inputs): each must be one valid JSON value. Prints the
-count and each bad line with its file; exit 1 if any is bad, 77 if no
-JSON was found (nothing to check is not a pass)."""
+count, how many of the pipeline's logs it read (metrics.jsonl, sink.jsonl,
+workers.jsonl, loader.jsonl: `moco run` writes them into its run
+directory, which the tests keep under DIR) and each bad line with its
+file; exit 1 if any is bad, 77 if no JSON was found (nothing to check is
+not a pass)."""
 import json
 import os
 import sys
 
 
+LOGS = ("metrics.jsonl", "sink.jsonl", "workers.jsonl", "loader.jsonl")
+
+
 def main(top):
     good, bad = 0, []
+    logs = dict.fromkeys(LOGS, 0)
     for d, _, files in os.walk(top):
         for f in files:
             p = os.path.join(d, f)
@@ -29,6 +36,8 @@ def main(top):
                     data = fh.read(64 << 20)
             except OSError:
                 continue
+            if f in logs:
+                logs[f] += 1
             if kind == "json" and data.strip().startswith(b"{") and b"\n" in data.strip():
                 try:
                     json.loads(data)  # a pretty-printed document
@@ -47,7 +56,8 @@ def main(top):
                     bad.append("%s:%d: %s: %r" % (p, n, e, s[:200]))
     for b in bad[:40]:
         print("bad JSON line: " + b)
-    print("check_json: %d JSON lines parse, %d do not" % (good, len(bad)))
+    print("check_json: %d JSON lines parse, %d do not; read %s" % (
+        good, len(bad), ", ".join("%d %s" % (logs[k], k) for k in LOGS)))
     if bad:
         return 1
     return 0 if good else 77

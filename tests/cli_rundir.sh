@@ -15,7 +15,8 @@
 #  7d. a trainer killed (SIGKILL) steps after its last checkpoint and
 #      resumed: metrics.jsonl has a "resume" record and no step twice;
 #  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
-#      that resumes, which finishes the run.
+#      that resumes, which finishes the run;
+#  8b. a preset's augmentation reaches the workers (the trainer's preset table).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -134,7 +135,7 @@ echo "$r" | grep -q '"epoch":1,"step":16,.*"dropped_records":[1-9]' || fail "res
 echo "7d: killed at step $last, resumed from step 16: $r; no step recorded twice"
 
 # 7b. Ctrl-C to moco run mid-epoch
-$M run db $RUN --epochs 3 --log-every 1 --run-dir c >/dev/null 2>c.err &
+$M run db $RUN --epochs 5 --log-every 1 --run-dir c >/dev/null 2>c.err & # 80 steps: a busy machine cannot finish before the signal
 RP=$!
 wait_step c/metrics.jsonl 20 || fail "no step 20: $(tail -3 c.err)"
 kill -INT $RP; wait $RP; rc=$?
@@ -146,9 +147,20 @@ at=$(grep -o "interrupted at step [0-9]*" c.err | grep -o '[0-9]*$')
 cmd=$(grep -A1 "moco run: resume with:" c.err | tail -1)
 echo "$cmd" | grep -q -- "--run-dir c --resume c$" || fail "resume command: $cmd"
 eval "timeout 120 $cmd" >/dev/null 2>c2.err || fail "the printed command failed: $(tail -3 c2.err)"
-[ "$(epochs c/metrics.jsonl)" = 3 ] && grep -q "\"type\":\"resume\",\"epoch\":1,\"step\":$at," c/metrics.jsonl \
+[ "$(epochs c/metrics.jsonl)" = 5 ] && grep -q "\"type\":\"resume\",\"epoch\":1,\"step\":$at," c/metrics.jsonl \
   || fail "the resumed run: $(grep -v '"type":"step"' c/metrics.jsonl | cut -c1-70)"
 dup=$(steps c/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
 [ -z "$dup" ] || fail "steps recorded twice: $dup"
-echo "7b: Ctrl-C at step $at: exit 130, checkpoint, resume command; resumed to the end (3 epochs)"
+echo "7b: Ctrl-C at step $at: exit 130, checkpoint, resume command; resumed to the end (5 epochs)"
+
+# 8b. the supervisor takes a preset's augmentation and epochs from the
+#     trainer's own preset table (it does not re-parse the trainer's flags):
+#     the workers get --recipe v2 for moco-v2 (or --aug-plus), cifar for cifar
+for pr in "--preset moco-v2:v2" "--preset cifar:cifar" "--aug-plus:v2"; do
+  flag=${pr%%:*}; want=${pr##*:}
+  timeout 120 $M run db --workers 1 --size 28 --seed 1 $MODEL --lr 0.06 $flag --epochs 1 --run-dir "p$want$RANDOM" \
+    2>"$T/preset.err" >/dev/null || fail "moco run $flag: $(tail -3 "$T/preset.err")"
+  grep -q "augment .*--recipe $want " "$T/preset.err" || fail "moco run $flag: the workers did not get --recipe $want: $(grep augment "$T/preset.err")"
+done
+echo "8b: presets: moco-v2 and --aug-plus give the workers recipe v2, cifar the cifar recipe"
 echo "run directories: inputs checked first, used directories refused, schedule kept, interruptions resumable"

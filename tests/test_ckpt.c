@@ -25,7 +25,8 @@
 /* a tiny MoCo model (mlp head, dim 8) and the train_cfg that describes it */
 static moco *tiny(train_cfg *tc)
 {
-    moco_cfg cfg = {{"resnet18-cifar", 4, 1, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .bn_splits = 2, .batch = 4, .size = 8},
+                    .K = 16, .m = 0.99f, .T = 0.1f, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 3};
     moco *mc;
     if (moco_new(&cfg, &mc)) fail_msg("moco_new: %s", moco_errmsg());
     *tc = (train_cfg){.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .K = 16, .batch = 4, .epochs = 3, .bn_splits = 2,
@@ -90,7 +91,7 @@ static void test_checksum(void **state)
     assert_non_null(strstr(moco_errmsg(), path));
     assert_non_null(strstr(moco_errmsg(), "checksum"));
     resnet *m = NULL;
-    rn_cfg rc2 = {"resnet18-cifar", 4, 1, 8, 1, 4, 8};
+    rn_cfg rc2 = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .bn_splits = 1, .batch = 4, .size = 8};
     assert_int_equal(rn_new(&rc2, 1, 0, NULL, &m), 0);
     assert_int_equal(ckpt_load_encoder(path, m), MOCO_ECORRUPT);
     moco_st *f = NULL;
@@ -219,7 +220,8 @@ static void test_self_describing(void **state)
         assert_non_null(strstr(moco_errmsg(), bad[i].want));
     }
     /* --mlp against a checkpoint with the linear head */
-    moco_cfg lin = {{"resnet18-cifar", 4, 0, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco_cfg lin = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = 0, .dim = 8, .bn_splits = 2, .batch = 4, .size = 8},
+                    .K = 16, .m = 0.99f, .T = 0.1f, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 3};
     moco *ml;
     assert_int_equal(moco_new(&lin, &ml), 0);
     tc.mlp = 0;

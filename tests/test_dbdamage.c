@@ -137,7 +137,8 @@ static void child_signals(void)
 }
 
 /* Run exercise() in a child. Returns its result bits; fails the test if
- * the child died of a signal (SIGBUS, SIGSEGV, SIGABRT from LMDB). */
+ * the child died of a signal (SIGBUS, SIGSEGV, SIGABRT from LMDB, or
+ * SIGALRM: it ran for 20 s, a hang). */
 static int in_child(const char *what)
 {
     fflush(NULL);
@@ -146,6 +147,7 @@ static int in_child(const char *what)
     if (pid == 0) {
         /* _exit: no cmocka, no atexit (leaks are checked in-process below) */
         child_signals();
+        alarm(20); /* LMDB looping on a damaged page must fail the test, not block it */
         _exit(exercise());
     }
     int st;
@@ -301,6 +303,97 @@ static void test_shrinks_while_reading(void **st)
     assert_true(WIFSIGNALED(s) && WTERMSIG(s) == SIGBUS);
 }
 
+/* ---- pages LMDB loops on (issue 15, item 1: found by tests/fuzz/fuzz_lmdb) ---- */
+
+static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+static void read_page(uint64_t pg, uint8_t *p)
+{
+    int fd = open(data_mdb(), O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, p, PSIZE, (off_t)(pg * PSIZE)), PSIZE);
+    close(fd);
+}
+
+/* The root page of the main database in the meta page LMDB reads (the
+ * larger transaction id), and the root of the named database `name` (a
+ * 48-byte record in the main database's leaf), from data.mdb at work. */
+static uint64_t main_root(void)
+{
+    static uint8_t m0[PSIZE], m1[PSIZE];
+    read_page(0, m0);
+    read_page(1, m1);
+    const uint8_t *m = rd64(m1 + 16 + 128) > rd64(m0 + 16 + 128) ? m1 : m0; /* txnid */
+    return rd64(m + 16 + 24 + 48 + 40);                                       /* the main database's md_root */
+}
+
+static uint64_t db_root(const char *name)
+{
+    static uint8_t p[PSIZE];
+    read_page(main_root(), p);
+    assert_int_equal(rd16(p + 10), 0x02); /* a leaf: the dataset's two names */
+    for (unsigned i = 0; i < (rd16(p + 12) - 16u) / 2; i++) {
+        const uint8_t *nd = p + rd16(p + 16 + 2 * i);
+        if (rd16(nd + 6) == strlen(name) && !memcmp(nd + 8, name, strlen(name))) return rd64(nd + 8 + rd16(nd + 6) + 40);
+    }
+    fail_msg("no database %s", name);
+    return 0;
+}
+
+/* Page pg: flags and mp_lower / mp_upper as given (a LEAF2 page whose
+ * lower is below the header: its key count wraps to about 2^31). */
+static void set_header(uint64_t pg, uint16_t flags, uint16_t lower, uint16_t upper)
+{
+    uint8_t h[6];
+    memcpy(h, &flags, 2), memcpy(h + 2, &lower, 2), memcpy(h + 4, &upper, 2);
+    patch((off_t)(pg * PSIZE + 10), h, 6);
+}
+
+/* Each case: the reader ends (within the 20 s alarm of in_child) with the
+ * damage reported, naming the file, and moco_db_open refuses it. Without
+ * the tree walk in formats/db.c the first two hang in LMDB's binary search
+ * (mdb_dbi_open, mdb_get: the child dies of its alarm); the last two check
+ * the walk's cycle and depth checks. */
+static void test_looping_pages(void **st)
+{
+    (void)st;
+    static uint8_t p[PSIZE];
+    struct {
+        const char *what;
+        int kind;
+    } cases[] = {
+        {"the main database's root: LEAF2, lower 0 (mdb_dbi_open looped)", 0},
+        {"a leaf of 'samples': LEAF2, lower 0 (mdb_get looped)", 1},
+        {"a branch of 'samples' pointing at itself", 2},
+        {"the root of 'samples': a leaf where the depth says branch", 3},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        fresh_copy();
+        uint64_t sroot = db_root("samples");
+        read_page(sroot, p);
+        assert_int_equal(rd16(p + 10), 0x01); /* 300 records: 'samples' has a branch root */
+        const uint8_t *first = p + rd16(p + 16); /* its first child */
+        uint64_t leaf = rd16(first) | (uint64_t)rd16(first + 2) << 16;
+        switch (cases[c].kind) {
+        case 0: set_header(main_root(), 0x22, 0, 0); break;
+        case 1: set_header(leaf, 0x22, 0, 0); break;
+        case 2: {
+            uint8_t self[4] = {(uint8_t)sroot, (uint8_t)(sroot >> 8), (uint8_t)(sroot >> 16), (uint8_t)(sroot >> 24)};
+            patch((off_t)(sroot * PSIZE + rd16(p + 16 + 2)), self, 4); /* its second child: itself */
+            break;
+        }
+        case 3: set_header(sroot, 0x02, rd16(p + 12), rd16(p + 14)); break;
+        }
+        int r = in_child(cases[c].what);
+        if (!(r & 2)) fail_msg("%s: not reported as damaged", cases[c].what);
+        moco_db *db;
+        assert_int_equal(moco_db_open(work, &db), MOCO_ECORRUPT);
+        assert_non_null(strstr(moco_errmsg(), "data.mdb"));
+        print_message("  %s -> %s\n", cases[c].what, moco_errmsg());
+    }
+}
+
 static void test_probe(void **st)
 {
     (void)st;
@@ -320,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_zeroed_pages),
         cmocka_unit_test(test_meta_bytes_flipped),
         cmocka_unit_test(test_shrinks_while_reading),
+        cmocka_unit_test(test_looping_pages),
         cmocka_unit_test(test_probe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,8 +6,11 @@
  * hand-made edge cases of the same kind (lengths and counts that lie). */
 #include "tests/testutil.h"
 
+#include <signal.h>
+
 #include "augment/augment.h"
 
+#include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
@@ -249,6 +252,38 @@ static void test_augment_jpeg_claims_huge(void **st)
     free(rec);
 }
 
+/* fuzz_lmdb, 2026-11-29: a 36,963-byte data.mdb (two good meta pages; the
+ * newer one's main database root, page 7, holds garbage: flags 0x273, so
+ * branch and LEAF2, and mp_lower 0) made moco_db_open hang for ever inside
+ * mdb_dbi_open: the page's key count wraps to about 2^31, LMDB's binary
+ * search (int low + high overflows) never ends, and with LEAF2 keys of 0
+ * bytes it touches no memory, so no fault stops it. Fix (formats/db.c,
+ * check_trees, "layer 1b"): the B-trees are walked and checked before LMDB
+ * maps the file. The input is the fuzzer's file,
+ * tests/fuzz/regress/fuzz_lmdb-main-root-leaf2-wraps; it is opened in a
+ * child with a 20 s alarm, so that a hang fails the test. */
+static void test_lmdb_main_root_loops(void **st)
+{
+    (void)st;
+    const char *d = tu_tmpdir("fuzz_regress_lmdb");
+    assert_int_equal(tu_sh("cp tests/fuzz/regress/fuzz_lmdb-main-root-leaf2-wraps '%s/data.mdb'", d), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        alarm(20);
+        moco_db *db = NULL;
+        int rc = moco_db_open(d, &db);
+        fprintf(stderr, "  moco_db_open: %d: %s\n", rc, moco_errmsg());
+        _exit(rc == MOCO_ECORRUPT && strstr(moco_errmsg(), "data.mdb") && !db ? 0 : 1);
+    }
+    int s;
+    assert_int_equal(waitpid(pid, &s, 0), pid);
+    if (WIFSIGNALED(s)) fail_msg("moco_db_open died of signal %d (%s): a hang", WTERMSIG(s), strsignal(WTERMSIG(s)));
+    assert_int_equal(WEXITSTATUS(s), 0);
+}
+
 int main(void)
 {
     if (augment_vips_init("test_fuzz_regress")) {
@@ -259,6 +294,7 @@ int main(void)
         cmocka_unit_test(test_record_lies),      cmocka_unit_test(test_wire_lies),
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
+        cmocka_unit_test(test_lmdb_main_root_loops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

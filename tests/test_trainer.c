@@ -16,6 +16,7 @@
 #include <math.h>
 
 #include "formats/errors.h"
+#include "formats/rng.h"
 #include "formats/safetensors.h"
 #include "trainer/moco.h"
 #include "trainer/par.h"
@@ -90,7 +91,7 @@ static void model_case(const char *file, const char *arch, int width, int mlp, i
     char path[256];
     snprintf(path, sizeof path, DIR "%s", file);
     if (moco_st_open(path, &st)) fail_msg("%s", moco_errmsg());
-    rn_cfg cfg = {arch, width, mlp, dim, splits, N, size};
+    rn_cfg cfg = {.arch = arch, .width = width, .mlp = mlp, .dim = dim, .bn_splits = splits, .batch = N, .size = size};
     resnet *m;
     assert_int_equal(rn_new(&cfg, 7, 1, NULL, &m), 0);
     const char *w = extract(st, "init.", file);
@@ -168,7 +169,8 @@ static void moco_case(const char *file, double tol)
     assert_int_equal(moco_st_read(st, "cfg", MOCO_ST_I64, 1, (int64_t[]){8}, c), 0);
     assert_int_equal(moco_st_read(st, "cfgf", MOCO_ST_F32, 1, (int64_t[]){4}, cf), 0);
     int N = (int)c[0], size = (int)c[1], K = (int)c[2], dim = (int)c[3], steps = (int)c[7];
-    moco_cfg cfg = {{"resnet18-cifar", 4, (int)c[6], dim, (int)c[4], N, size}, K, cf[1], cf[0], (int)c[5], cf[2], 0.9f, cf[3], 5};
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = (int)c[6], .dim = dim, .bn_splits = (int)c[4], .batch = N, .size = size},
+                    .K = K, .m = cf[1], .T = cf[0], .symmetric = (int)c[5], .lr = cf[2], .sgd_momentum = 0.9f, .weight_decay = cf[3], .seed = 5};
     moco *mc;
     if (moco_new(&cfg, &mc)) fail_msg("%s", moco_errmsg());
     const char *w = extract(st, "init.", file);
@@ -190,8 +192,9 @@ static void moco_case(const char *file, double tol)
         int64_t perm[64];
         snprintf(nm, sizeof nm, "step%d.perm", s);
         assert_int_equal(moco_st_read(st, nm, MOCO_ST_I64, 1, (int64_t[]){(int64_t)N * dirs}, perm), 0);
-        float loss;
-        assert_int_equal(moco_step(mc, x1, x2, (const uint64_t *)perm, cf[2], &loss), 0);
+        moco_stats ms;
+        assert_int_equal(moco_step(mc, x1, x2, (const uint64_t *)perm, cf[2], &ms), 0);
+        float loss = ms.loss;
         snprintf(nm, sizeof nm, "step%d.loss", s);
         const float *want = gf(st, nm, 1);
         printf("  step %d: loss %.6f, PyTorch %.6f\n", s, (double)loss, (double)want[0]);
@@ -260,7 +263,7 @@ static void test_torchvision_shapes(void **s)
     const struct { const char *arch; size_t params; } want[] = {
         {"resnet18", 11689512}, {"resnet34", 21797672}, {"resnet50", 25557032}};
     for (int i = 0; i < 3; i++) {
-        rn_cfg cfg = {want[i].arch, 64, 0, 1000, 1, 2, 32};
+        rn_cfg cfg = {.arch = want[i].arch, .width = 64, .mlp = 0, .dim = 1000, .bn_splits = 1, .batch = 2, .size = 32};
         resnet *m;
         assert_int_equal(rn_new(&cfg, 1, 0, NULL, &m), 0);
         printf("%s: %zu parameters (torchvision %zu), %d tensors\n", want[i].arch, m->nparams, want[i].params, m->ntensors);
@@ -276,7 +279,7 @@ static void test_torchvision_shapes(void **s)
         }
         rn_destroy(&m);
     }
-    rn_cfg bad = {"resnet19", 64, 0, 128, 1, 2, 32};
+    rn_cfg bad = {.arch = "resnet19", .width = 64, .mlp = 0, .dim = 128, .bn_splits = 1, .batch = 2, .size = 32};
     resnet *m = NULL;
     assert_int_equal(rn_new(&bad, 1, 0, NULL, &m), MOCO_EINVAL);
     bad.arch = "resnet18", bad.bn_splits = 3;
@@ -292,7 +295,7 @@ static void test_save_load(void **s)
     const char *dir = tu_tmpdir("trainer_save_load");
     char p[600], q[600];
     snprintf(p, sizeof p, "%s/a.safetensors", dir);
-    rn_cfg cfg = {"resnet18-cifar", 4, 1, 16, 1, 2, 8};
+    rn_cfg cfg = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 16, .bn_splits = 1, .batch = 2, .size = 8};
     resnet *a, *b;
     assert_int_equal(rn_new(&cfg, 1, 0, NULL, &a), 0);
     assert_int_equal(rn_new(&cfg, 2, 0, NULL, &b), 0);
@@ -357,21 +360,24 @@ static void test_save_load(void **s)
 static void test_nan_loss(void **s)
 {
     (void)s;
-    moco_cfg cfg = {{"resnet18-cifar", 4, 0, 8, 2, 4, 8}, 16, 0.99f, 0.1f, 0, 0.06f, 0.9f, 5e-4f, 3};
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = 0, .dim = 8, .bn_splits = 2, .batch = 4, .size = 8},
+                    .K = 16, .m = 0.99f, .T = 0.1f, .symmetric = 0, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 3};
     moco *mc;
     assert_int_equal(moco_new(&cfg, &mc), 0);
     size_t nx = 4 * 3 * 8 * 8;
-    float *x = calloc(2 * nx, sizeof(float)), loss;
+    float *x = calloc(2 * nx, sizeof(float));
     for (size_t i = 0; i < 2 * nx; i++) x[i] = (float)((i * 7919) % 13) / 13.0f - 0.5f;
-    assert_int_equal(moco_step(mc, x, x + nx, NULL, 0.06f, &loss), 0);
-    assert_true(isfinite(loss));
+    moco_stats ms;
+    assert_int_equal(moco_step(mc, x, x + nx, NULL, 0.06f, &ms), 0);
+    assert_true(isfinite(ms.loss));
     float *before = malloc(sizeof(float) * mc->q->nparams), *qb = malloc(sizeof(float) * 8 * 16);
     memcpy(before, mc->q->params, sizeof(float) * mc->q->nparams);
     memcpy(qb, mc->queue, sizeof(float) * 8 * 16);
     x[5] = NAN;
-    int rc = moco_step(mc, x, x + nx, NULL, 0.06f, &loss);
+    int rc = moco_step(mc, x, x + nx, NULL, 0.06f, &ms);
     printf("NaN input: %s\n", moco_errmsg());
     assert_int_equal(rc, MOCO_ENUMERIC);
+    assert_false(isfinite(ms.loss));
     assert_memory_equal(before, mc->q->params, sizeof(float) * mc->q->nparams);
     assert_memory_equal(qb, mc->queue, sizeof(float) * 8 * 16);
     assert_int_equal(mc->steps, 1);
@@ -380,6 +386,135 @@ static void test_nan_loss(void **s)
     assert_int_equal(moco_new(&cfg, &bad), MOCO_EINVAL);
     free(x), free(before), free(qb);
     moco_destroy(&mc);
+}
+
+/* moco_step's contrastive accuracy is read off the logits before they
+ * become gradients: recompute the logits here (lr 0 and m 1 leave both
+ * encoders as they were; train-mode outputs do not depend on the BN
+ * running statistics the step changed) and count the queries whose
+ * positive is at least every negative. Near-ties (within 1e-4) may go
+ * either way, so the count must lie between the sure and the possible. */
+static void test_step_accuracy(void **s)
+{
+    (void)s;
+    enum { N = 8, D = 8, K = 32, S = 8 };
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = 0, .dim = D, .bn_splits = 2, .batch = N, .size = S},
+                    .K = K, .m = 1.0f, .T = 0.2f, .symmetric = 1, .lr = 0.0f, .sgd_momentum = 0.9f, .weight_decay = 0.0f, .seed = 11};
+    moco *mc;
+    assert_int_equal(moco_new(&cfg, &mc), 0);
+    const size_t nx = (size_t)N * 3 * S * S;
+    float *x = malloc(sizeof(float) * 2 * nx), *queue0 = malloc(sizeof(float) * D * K);
+    moco_rng r;
+    moco_rng_init(&r, 11, 99, 0, 0);
+    /* x2 = x1 plus a little noise: positives are often, not always, the best */
+    for (size_t i = 0; i < nx; i++) x[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+    for (size_t i = 0; i < nx; i++) x[nx + i] = x[i] + (float)(moco_rng_uniform(&r) * 1.6 - 0.8);
+    uint64_t perm[2 * N];
+    moco_rng_permutation(&r, perm, N), moco_rng_permutation(&r, perm + N, N);
+    memcpy(queue0, mc->queue, sizeof(float) * D * K);
+    moco_stats ms;
+    assert_int_equal(moco_step(mc, x, x + nx, perm, 0.0f, &ms), 0);
+    int sure = 0, possible = 0;
+    for (int dir = 0; dir < 2; dir++) {
+        float kn[N * D], key[N * D], qn[N * D];
+        l2norm_forward(kn, rn_forward(mc->k, dir ? x : x + nx, perm + dir * N, 1), N, D);
+        for (int i = 0; i < N; i++) memcpy(key + perm[dir * N + i] * D, kn + i * D, sizeof(float) * D);
+        l2norm_forward(qn, rn_forward(mc->q, dir ? x + nx : x, NULL, 1), N, D);
+        for (int n = 0; n < N; n++) {
+            double pos = 0, mx = -1e30;
+            for (int d = 0; d < D; d++) pos += (double)qn[n * D + d] * key[n * D + d];
+            for (int j = 0; j < K; j++) {
+                double v = 0;
+                for (int d = 0; d < D; d++) v += (double)qn[n * D + d] * queue0[d * K + j];
+                mx = v > mx ? v : mx;
+            }
+            sure += (pos - mx) / 0.2 > 1e-4, possible += (pos - mx) / 0.2 > -1e-4;
+        }
+    }
+    printf("step accuracy %.2f%%, loss %.4f; recomputed: %d to %d of %d right\n", (double)ms.acc, (double)ms.loss, sure, possible,
+           2 * N);
+    double lo = 100.0 * sure / N / 2, hi = 100.0 * possible / N / 2;
+    assert_true(ms.acc >= lo - 1e-3 && ms.acc <= hi + 1e-3);
+    assert_true(ms.acc > 0 && ms.acc < 100); /* the case tells right from wrong */
+    assert_true(ms.acc_all == ms.acc && ms.loss_all == ms.loss);
+    free(x), free(queue0);
+    moco_destroy(&mc);
+}
+
+/* rn_backward_hooked reports contiguous ranges of whole tensors, from the
+ * end of params to 0, each at least the bucket (but the last), each holding
+ * its final gradients when reported, with pokes (n == 0) between; the
+ * gradients equal rn_backward's; an error from the callback stops it. */
+typedef struct {
+    const resnet *m;
+    float *snap;
+    size_t next_end;
+    int ranges, pokes, fail_at, bad;
+} hook_rec;
+
+static int hook_cb(void *ctx, float *g, size_t off, size_t n)
+{
+    hook_rec *h = ctx;
+    if (g != h->m->grads) h->bad |= 1;
+    if (!n) {
+        h->pokes++;
+        return 0;
+    }
+    if (off + n != h->next_end) h->bad |= 2; /* contiguous, descending */
+    int starts = 0;
+    for (int i = 0; i < h->m->ntensors; i++) starts |= h->m->tensors[i].kind == RN_PARAM && h->m->tensors[i].off == off;
+    if (!starts) h->bad |= 4; /* whole tensors */
+    memcpy(h->snap + off, g + off, sizeof(float) * n);
+    h->next_end = off;
+    if (++h->ranges == h->fail_at) return MOCO_EINTR;
+    return 0;
+}
+
+static void test_backward_hooked(void **s)
+{
+    (void)s;
+    rn_cfg cfg = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 16, .bn_splits = 2, .batch = 4, .size = 8};
+    resnet *m;
+    assert_int_equal(rn_new(&cfg, 5, 1, NULL, &m), 0);
+    size_t nx = 4 * 3 * 8 * 8, P = m->nparams;
+    float *x = malloc(sizeof(float) * nx), dout[4 * 16], *g0 = malloc(sizeof(float) * P), *snap = malloc(sizeof(float) * P);
+    moco_rng r;
+    moco_rng_init(&r, 5, 98, 0, 0);
+    for (size_t i = 0; i < nx; i++) x[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+    for (int i = 0; i < 4 * 16; i++) dout[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+    rn_forward(m, x, NULL, 1);
+    rn_zero_grad(m);
+    rn_backward(m, dout);
+    memcpy(g0, m->grads, sizeof(float) * P);
+    const size_t bucket = 4000;
+    hook_rec h = {m, snap, P, 0, 0, 0, 0};
+    rn_forward(m, x, NULL, 1);
+    rn_zero_grad(m);
+    memset(snap, 0xff, sizeof(float) * P);
+    assert_int_equal(rn_backward_hooked(m, dout, bucket, hook_cb, &h), 0);
+    printf("%zu parameters, bucket %zu: %d ranges, %d pokes, flags %d\n", P, bucket, h.ranges, h.pokes, h.bad);
+    assert_int_equal(h.bad, 0);
+    assert_int_equal(h.next_end, 0);
+    assert_true(h.ranges >= 3 && h.pokes > 0);
+    assert_memory_equal(snap, m->grads, sizeof(float) * P); /* final when reported */
+    double md = 0;
+    for (size_t i = 0; i < P; i++) md = fmax(md, fabs((double)g0[i] - m->grads[i]));
+    printf("largest difference from rn_backward: %.3g\n", md);
+    assert_true(md == 0);
+    /* one range of everything when the bucket is larger than the model */
+    hook_rec h2 = {m, snap, P, 0, 0, 0, 0};
+    rn_forward(m, x, NULL, 1);
+    rn_zero_grad(m);
+    assert_int_equal(rn_backward_hooked(m, dout, RN_BUCKET_FLOATS, hook_cb, &h2), 0);
+    assert_int_equal(h2.ranges, 1);
+    assert_int_equal(h2.bad, 0);
+    /* an error from the callback stops backward and comes back */
+    hook_rec h3 = {m, snap, P, 0, 0, 2, 0};
+    rn_forward(m, x, NULL, 1);
+    assert_int_equal(rn_backward_hooked(m, dout, bucket, hook_cb, &h3), MOCO_EINTR);
+    assert_int_equal(h3.ranges, 2);
+    free(x), free(g0), free(snap);
+    rn_destroy(&m);
 }
 
 /* `moco bench train`: runs a tiny configuration and ends with its JSON
@@ -405,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_moco_steps),        cmocka_unit_test(test_moco_symmetric_mlp),
         cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load),
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
+        cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "formats/errors.h"
+#include "formats/json.h"
 #include "formats/zsec.h"
 
 static char base[1024];  /* scratch directory of this run */
@@ -454,6 +455,86 @@ static void test_zap_handler(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* Every line of a log: one JSON object whose "event" is auth_rejected and
+ * whose "who" decodes to who. Returns the number of lines. */
+static int log_lines_parse(const char *log, const char *who)
+{
+    int n = 0;
+    for (const char *p = log; *p;) {
+        const char *e = strchr(p, '\n');
+        assert_non_null(e); /* every line ends */
+        moco_json_tok t[64];
+        int nt;
+        char v[256];
+        if (moco_json_parse(p, (size_t)(e - p), "log line", t, 64, &nt)) fail_msg("%s: %.*s", moco_errmsg(), (int)(e - p), p);
+        assert_int_equal(t[0].type, MOCO_JSON_OBJ);
+        int k = moco_json_get(p, t, 0, "event");
+        assert_true(k > 0 && moco_json_streq(p, &t[k], "auth_rejected"));
+        k = moco_json_get(p, t, 0, "who");
+        assert_true(k > 0 && moco_json_str(p, &t[k], v, sizeof v) == 0);
+        assert_string_equal(v, who);
+        n++;
+        p = e + 1;
+    }
+    return n;
+}
+
+/* Issue 15: the auth_rejected lines come from formats/jsonw: a peer address
+ * and a mechanism holding a quote, a backslash, a newline and a control
+ * byte, and a `who` holding them too, are written escaped and read back
+ * byte for byte. */
+static void test_zap_log_escapes(void **st)
+{
+    (void)st;
+    char logp[1200];
+    snprintf(logp, sizeof logp, "%s/zap-escapes.jsonl", base);
+    FILE *logf = fopen(logp, "w");
+    assert_non_null(logf);
+    void *ctx = zmq_ctx_new(), *req;
+    moco_sec *s = NULL;
+    const char *who = "moco \"loader\" C:\\x\nsecond line";
+    assert_int_equal(moco_sec_new(ctx, keys, 0, who, logf, &s), 0);
+    assert_non_null(req = zmq_socket(ctx, ZMQ_REQ));
+    int linger = 0, tmo = 5000;
+    zmq_setsockopt(req, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(req, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    assert_int_equal(zmq_connect(req, "inproc://zeromq.zap.01"), 0);
+    uint8_t other[32];
+    memset(other, 7, sizeof other);
+    const char peer[] = "10.0.0.1 \"q\" \\ back\nslash\x01\xff end";
+    size_t pl = sizeof peer - 1;
+    const char *unknown[] = {"1.0", "1", "moco", peer, "", "CURVE", (const char *)other};
+    size_t unknownl[] = {3, 1, 4, pl, 0, 5, 32};
+    assert_int_equal(zap_call(req, 7, unknown, unknownl, NULL), 400);
+    const char *mech[] = {"1.0", "2", "moco", peer, "", "P\"L\\A\nN"};
+    size_t mechl[] = {3, 1, 4, pl, 0, 7};
+    assert_int_equal(zap_call(req, 6, mech, mechl, NULL), 400);
+    const char *v2[] = {"2.0", "3", "moco", peer, "", "CURVE", (const char *)other};
+    assert_int_equal(zap_call(req, 7, v2, unknownl, NULL), 500);
+    zmq_close(req);
+    moco_sec_destroy(&s); /* the handler thread has written every line */
+    zmq_ctx_term(ctx);
+    fclose(logf);
+    char *log = slurp(logp);
+    print_message("%s", log);
+    assert_int_equal(log_lines_parse(log, who), 3);
+    /* each line's peer decodes to the bytes sent (the invalid byte 0xff as U+FFFD) */
+    int lines = 0;
+    for (char *p = log, *e; (e = strchr(p, '\n')); p = e + 1, lines++) {
+        moco_json_tok t[64];
+        int nt;
+        char v[256];
+        assert_int_equal(moco_json_parse(p, (size_t)(e - p), "log line", t, 64, &nt), 0);
+        int k = moco_json_get(p, t, 0, "peer");
+        assert_true(k > 0 && moco_json_str(p, &t[k], v, sizeof v) == 0);
+        assert_string_equal(v, "10.0.0.1 \"q\" \\ back\nslash\x01\xef\xbf\xbd end");
+        k = moco_json_get(p, t, 0, "reason");
+        assert_true(k > 0 && moco_json_str(p, &t[k], v, sizeof v) == 0);
+        if (lines == 1) assert_string_equal(v, "mechanism P\"L\\A\nN not allowed");
+    }
+    free(log);
+}
+
 /* ---- 2. an allowed client gets through ---- */
 
 static void test_allowed_client(void **st)
@@ -528,6 +609,7 @@ static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
     char *log = slurp(sv.log);
     assert_non_null(strstr(log, "\"event\":\"auth_rejected\""));
     assert_non_null(strstr(log, "\"who\":\"test server\""));
+    assert_true(log_lines_parse(log, "test server") >= 1); /* the monitor's lines and the ZAP handler's */
     /* a plain client: the server sees the mechanism mismatch, or (when the
      * client saw it first and hung up) a write to a closed connection */
     if (kind == PLAIN) assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\""));
@@ -648,6 +730,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keygen_and_load),
         cmocka_unit_test(test_zap_handler),
+        cmocka_unit_test(test_zap_log_escapes),
         cmocka_unit_test(test_allowed_client),
         cmocka_unit_test(test_plain_client_rejected),
         cmocka_unit_test(test_unknown_key_rejected),

@@ -8,9 +8,11 @@ gflop_per_s, peak_rss_mb).
         --batch-size 256 --size 32 --steps 5 --threads 2 [--K 4096] [--mlp] [--symmetric] [--bf16 | --peers]
 
 --bf16: PyTorch under torch.cpu.amp.autocast(dtype=torch.bfloat16), the one
-line a PyTorch user adds for bf16. --peers: both peers side by side in one
-run, each in its own process (PyTorch fp32, PyTorch bf16 autocast), then
-ours; the last line is one JSON object with all three and the CPU model.
+line a PyTorch user adds for bf16, beside ours with --precision bf16. --peers:
+side by side in one run, each in its own process: PyTorch fp32, PyTorch bf16
+autocast, ours fp32, ours bf16 (skipped, with the reason, where moco cannot
+do bf16 here); the last line is one JSON object with all four and the CPU
+model.
 
 The step is the official CIFAR-10 demo's: momentum update of the key encoder,
 shuffled key forward under no_grad (SplitBatchNorm with --bn-splits), query
@@ -151,7 +153,8 @@ def main():
     cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size", str(N),
            "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
            "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr", str(a.lr),
-           "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
+           "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else []) + \
+        (["--precision", "bf16"] if a.bf16 else [])
     print("$ " + " ".join(cmd), flush=True)
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     print(out, end="")
@@ -184,17 +187,29 @@ def peers(a):
            str(a.batch_size), "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
            str(a.threads), "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
            str(a.lr), "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
-    print("$ " + " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-    print(out, end="")
-    figs["moco_fp32"] = json.loads(out.strip().splitlines()[-1])
-    o = figs["moco_fp32"]["pairs_per_s"]
+    skipped = {}
+    for prec in ("fp32", "bf16"):
+        c = cmd + ["--precision", prec]
+        print("$ " + " ".join(c), flush=True)
+        r = subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        print(r.stdout, end="")
+        if r.returncode:
+            if prec == "fp32":
+                sys.exit(f"moco bench train failed: {r.stderr.strip()}")
+            skipped["moco_" + prec] = r.stderr.strip()
+            print(f"(ours in {prec} skipped: {r.stderr.strip()})", flush=True)
+            continue
+        figs["moco_" + prec] = json.loads(r.stdout.strip().splitlines()[-1])
     res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
            "threads": a.threads, "mlp": a.mlp,
            "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
-           "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()},
-           "ours_over_pytorch_fp32": round(o / figs["pytorch_fp32"]["pairs_per_s"], 2),
-           "ours_over_pytorch_bf16": round(o / figs["pytorch_bf16"]["pairs_per_s"], 2)}
+           "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()}}
+    for ours in ("moco_fp32", "moco_bf16"):
+        for peer in ("pytorch_fp32", "pytorch_bf16"):
+            if ours in figs:
+                res[f"{ours}_over_{peer}"] = round(figs[ours]["pairs_per_s"] / figs[peer]["pairs_per_s"], 2)
+    if skipped:
+        res["skipped"] = skipped
     print(json.dumps(res), flush=True)
 
 

@@ -11,8 +11,11 @@ PKGS=(
   libzmq3-dev           # ZeroMQ: the sockets between processes
   liblmdb-dev           # LMDB: the record store
   libopenblas-dev       # OpenBLAS: the trainer's GEMMs
+  libdnnl-dev           # oneDNN: --precision bf16 (optional: the build and fp32 work without it)
   zlib1g-dev            # gzip'd IDX files (MNIST / Fashion-MNIST)
   libcmocka-dev         # the C unit-test framework
+  libopenmpi-dev        # MPI: data-parallel training over ranks (trainer/dist.c)
+  openmpi-bin           # mpirun: launches the ranks (tests/cli_mpi_step.sh, tools/bench_mpi.sh)
   dataset-fashion-mnist # the demo's dataset, under /usr/share/datasets/fashion-mnist
   python3-zmq           # the Python consumer (tools/python/moco_stream) and the hostile-peer tests
   python3-numpy         # its arrays

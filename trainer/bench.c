@@ -1,10 +1,17 @@
-/* bench.c: `moco bench train`: full MoCo steps (moco.h) on synthetic data
- * in one process. Prints each step's time, a summary, and as its last line
- * one JSON object with pairs_per_s, step_ms, gflop_per_s (model FLOPs done:
- * f_q forward + backward and f_k forward, per direction), peak_rss_mb, and
- * for shared machines cpu_ms_per_step and the best step (best_step_ms,
- * best_pairs_per_s).
- * tools/bench_pytorch_step.py times the same step in PyTorch. */
+/* bench.c: `moco bench train`: full MoCo steps (moco.h) on synthetic data,
+ * in one process or, under `mpirun -np R`, data-parallel over R ranks
+ * (trainer/dist.h; each rank --batch-size pairs, the global batch R times
+ * that). Rank 0 prints each step's time, a summary, and as its last line
+ * one JSON object (formats/jsonw.h) with pairs_per_s (global), step_ms,
+ * gflop_per_s (model FLOPs done by all ranks: f_q forward + backward and
+ * f_k forward, per direction), peak_rss_mb (summed over ranks), for shared
+ * machines cpu_ms_per_step (all threads of all ranks) and the best step
+ * (best_step_ms, best_pairs_per_s), and ranks, threads (per rank),
+ * allreduce_wait_ms (per step, mean over ranks: time blocked waiting for
+ * the gradient average that backward did not hide) and allreduce_share
+ * (that wait over the step time).
+ * tools/bench_pytorch_step.py times the same step in PyTorch;
+ * tools/bench_mpi.sh compares 1 process x 2 threads with 2 ranks x 1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +20,11 @@
 
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/rng.h"
 #include "trainer/cmd.h"
+#include "trainer/dist.h"
 #include "trainer/moco.h"
 #include "trainer/par.h"
 
@@ -52,6 +61,7 @@ int trainer_bench_main(int argc, char **argv)
     const char *arch = "resnet18-cifar";
     long width = 64, batch = 256, size = 32, steps = 5, warmup = 1, threads = 2, K = 4096, dim = 128, splits = 8;
     int mlp = 0, sym = 0;
+    const char *precision = "fp32";
     double m = 0.99, T = 0.1, lr = 0.06, wd = 5e-4;
     uint64_t seed = 1;
     const moco_opt opts[] = {
@@ -59,79 +69,137 @@ int trainer_bench_main(int argc, char **argv)
         {"width", MOCO_OPT_INT, &width, "base width (64 = torchvision)", 1, 1024, NULL},
         {"mlp", MOCO_OPT_FLAG, &mlp, "MLP head (MoCo v2)", 0, 0, NULL},
         {"dim", MOCO_OPT_INT, &dim, "output features", 1, 65536, NULL},
-        {"batch-size", MOCO_OPT_INT, &batch, "pairs per step", 2, 65536, NULL},
+        {"batch-size", MOCO_OPT_INT, &batch, "pairs per step per rank (global batch: ranks x this)", 2, 65536, NULL},
         {"size", MOCO_OPT_INT, &size, "input height and width", 1, 4096, NULL},
         {"steps", MOCO_OPT_INT, &steps, "timed steps", 1, 1000000, NULL},
         {"warmup", MOCO_OPT_INT, &warmup, "untimed steps first", 0, 1000, NULL},
-        {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
-        {"K", MOCO_OPT_INT, &K, "queue length", 1, 1 << 24, NULL},
+        {"threads", MOCO_OPT_INT, &threads, "compute threads per rank", 1, 256, NULL},
+        {"K", MOCO_OPT_INT, &K, "queue length (a multiple of ranks x batch x directions)", 1, 1 << 24, NULL},
         {"m", MOCO_OPT_DOUBLE, &m, "key encoder momentum", 0, 1, NULL},
         {"T", MOCO_OPT_DOUBLE, &T, "temperature", 1e-6, 1e6, NULL},
-        {"bn-splits", MOCO_OPT_INT, &splits, "BN sub-batches (shuffle BN)", 1, 65536, NULL},
+        {"bn-splits", MOCO_OPT_INT, &splits, "BN sub-batches per rank (shuffle BN)", 1, 65536, NULL},
         {"symmetric", MOCO_OPT_FLAG, &sym, "symmetric loss (both directions)", 0, 0, NULL},
         {"lr", MOCO_OPT_DOUBLE, &lr, "learning rate", 0, 1e3, NULL},
         {"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL},
         {"seed", MOCO_OPT_U64, &seed, "seed of weights, data and permutations", 0, 0, NULL},
+        {"precision", MOCO_OPT_CHOICE, &precision, "fp32, or bf16: convolutions and linear layers take bf16 operands, accumulate in fp32", 0, 0, "fp32|bf16"},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco bench train", "[options]",
                                "Time full MoCo training steps (key momentum update, shuffled key forward, query forward\n"
-                               "and backward, InfoNCE against the queue, SGD) on synthetic images, in one process.\n"
-                               "The last line is one JSON object.",
+                               "and backward, InfoNCE against the queue, SGD) on synthetic images, in one process, or\n"
+                               "data-parallel under `mpirun -np R moco bench train ...` (gradients averaged over the\n"
+                               "ranks while backward runs). The last line is one JSON object.",
                                opts, 0, 0};
-    char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    par_set_threads((int)threads);
-
-    moco_cfg cfg = {{arch, (int)width, mlp, (int)dim, (int)splits, (int)batch, (int)size}, (int)K, (float)m, (float)T, sym,
-                    (float)lr, 0.9f, (float)wd, seed};
-    moco *mc;
-    if ((rc = moco_new(&cfg, &mc))) {
+    dist *d = NULL;
+    moco *mc = NULL;
+    float *x = NULL;
+    int rc = dist_init(&argc, &argv, &d), ret = 1;
+    if (rc) {
         fprintf(stderr, "moco bench train: %s\n", moco_errmsg());
-        return rc == MOCO_EINVAL ? 2 : 1;
-    }
-    size_t n = (size_t)batch * 3 * (size_t)size * (size_t)size;
-    float *x = malloc(sizeof(float) * 2 * n);
-    if (!x) {
-        fprintf(stderr, "moco bench train: out of memory for the inputs\n");
-        moco_destroy(&mc);
         return 1;
     }
-    moco_rng r;
-    moco_rng_init(&r, seed, 4, 0, 0);
-    for (size_t i = 0; i < 2 * n; i++) x[i] = (float)(moco_rng_uniform(&r) * 4.0 - 2.0);
-    double flop = 2.0 * moco_step_macs(mc);
-    printf("moco bench train: %s width %ld%s, batch %ld, %ldx%ld, K %ld, dim %ld, bn splits %ld%s, %ld threads\n", arch,
-           width, mlp ? " mlp" : "", batch, size, size, K, dim, splits, sym ? ", symmetric" : "", threads);
-    printf("  %.1f M parameters, %.2f GFLOP per step, activations %.0f MB\n", (double)mc->q->nparams / 1e6, flop / 1e9,
-           (double)rn_arena_bytes(mc->q) / 1048576.0);
-    double t_all = 0, best = 1e30, c_all = 0;
-    float loss = 0;
-    for (long s = 0; s < warmup + steps; s++) {
-        double t0 = moco_now_s(), c0 = cpu_s();
-        if ((rc = moco_step(mc, x, x + n, NULL, (float)lr, &loss))) {
-            fprintf(stderr, "moco bench train: %s\n", moco_errmsg());
-            free(x);
-            moco_destroy(&mc);
-            return 1;
-        }
-        double dt = moco_now_s() - t0, dc = cpu_s() - c0;
-        printf("  step %ld%s: %.1f ms, %.1f CPU ms, loss %.4f\n", s, s < warmup ? " (warm-up)" : "", dt * 1e3, dc * 1e3,
-               (double)loss);
-        fflush(stdout);
-        if (s >= warmup) t_all += dt, c_all += dc, best = dt < best ? dt : best;
+    const int R = dist_size(d), rank = dist_rank(d);
+    char who[32] = "";
+    if (R > 1) snprintf(who, sizeof who, " (rank %d of %d)", rank, R);
+    char *pos[1];
+    int np;
+    rc = moco_opts_parse(&spec, argc, argv, pos, &np);
+    if (rc) {
+        ret = rc == MOCO_OPTS_HELP ? 0 : 2;
+        goto out;
     }
-    double step_s = t_all / (double)steps, rss = peak_rss_mb();
-    printf("  mean %.1f ms/step (best %.1f), %.1f pairs/s, %.1f GFLOP/s, peak RSS %.0f MB; %.1f CPU ms/step\n", step_s * 1e3,
-           best * 1e3, (double)batch / step_s, flop / step_s / 1e9, rss, c_all / (double)steps * 1e3);
-    printf("{\"bench\":\"train\",\"arch\":\"%s\",\"width\":%ld,\"mlp\":%s,\"batch\":%ld,\"size\":%ld,\"K\":%ld,\"bn_splits\":%ld,"
-           "\"symmetric\":%s,\"threads\":%ld,\"steps\":%ld,\"pairs_per_s\":%.2f,\"step_ms\":%.1f,\"gflop_per_s\":%.1f,"
-           "\"peak_rss_mb\":%.0f,\"cpu_ms_per_step\":%.1f,\"best_step_ms\":%.1f,\"best_pairs_per_s\":%.2f,\"loss\":%.4f}\n",
-           arch, width, mlp ? "true" : "false", batch, size, K, splits, sym ? "true" : "false", threads, steps,
-           (double)batch / step_s, step_s * 1e3, flop / step_s / 1e9, rss, c_all / (double)steps * 1e3, best * 1e3,
-           (double)batch / best, (double)loss);
+    par_set_threads((int)threads);
+
+    moco_cfg cfg = {.enc = {.arch = arch, .width = (int)width, .mlp = mlp, .dim = (int)dim, .bn_splits = (int)splits,
+                            .batch = (int)batch, .size = (int)size, .precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16},
+                    .K = (int)K, .m = (float)m, .T = (float)T, .symmetric = sym, .lr = (float)lr, .sgd_momentum = 0.9f,
+                    .weight_decay = (float)wd, .seed = seed};
+    if ((rc = moco_new(&cfg, &mc)) || (rc = moco_set_comm(mc, dist_comm(d)))) {
+        fprintf(stderr, "moco bench train%s: %s\n", who, moco_errmsg());
+        ret = rc == MOCO_EINVAL ? 2 : 1;
+        goto out;
+    }
+    size_t n = (size_t)batch * 3 * (size_t)size * (size_t)size;
+    if (!(x = malloc(sizeof(float) * 2 * n))) {
+        fprintf(stderr, "moco bench train%s: out of memory for the inputs\n", who);
+        goto out;
+    }
+    moco_rng r;
+    moco_rng_init(&r, seed, 4, (uint64_t)rank, 0); /* each rank its own pairs; rank 0 as a single process */
+    for (size_t i = 0; i < 2 * n; i++) x[i] = (float)(moco_rng_uniform(&r) * 4.0 - 2.0);
+    double flop = 2.0 * moco_step_macs(mc) * R;
+    if (!rank) {
+        printf("moco bench train: %s width %ld%s, batch %ld", arch, width, mlp ? " mlp" : "", batch * R);
+        if (R > 1) printf(" (%d ranks x %ld)", R, batch);
+        printf(", %ldx%ld, K %ld, dim %ld, bn splits %ld%s, %ld threads%s, %s\n", size, size, K, dim, splits, sym ? ", symmetric" : "",
+               threads, R > 1 ? " per rank" : "", precision);
+        printf("  %.1f M parameters, %.2f GFLOP per step, activations %.0f MB%s\n", (double)mc->q->nparams / 1e6, flop / 1e9,
+               (double)rn_arena_bytes(mc->q) / 1048576.0, R > 1 ? " per rank" : "");
+    }
+    double t_all = 0, best = 1e30, c_all = 0, w_all = 0;
+    moco_stats st = {0};
+    for (long s = 0; s < warmup + steps; s++) {
+        double t0 = moco_now_s(), c0 = cpu_s(), w0 = dist_wait_seconds(d);
+        if ((rc = moco_step(mc, x, x + n, NULL, (float)lr, &st))) {
+            fprintf(stderr, "moco bench train%s: %s\n", who, moco_errmsg());
+            goto out;
+        }
+        double dt = moco_now_s() - t0, dc = cpu_s() - c0, dw = dist_wait_seconds(d) - w0;
+        if (!rank) {
+            printf("  step %ld%s: %.1f ms, %.1f CPU ms, loss %.4f", s, s < warmup ? " (warm-up)" : "", dt * 1e3, dc * 1e3, (double)st.loss_all);
+            if (R > 1) printf(", waited %.1f ms for the gradient average", dw * 1e3);
+            printf("\n");
+            fflush(stdout);
+        }
+        if (s >= warmup) t_all += dt, c_all += dc, w_all += dw, best = dt < best ? dt : best;
+    }
+    /* over the ranks: CPU time and memory summed, the wait averaged */
+    double tot[3] = {c_all, peak_rss_mb(), w_all};
+    if ((rc = dist_sum_d(d, tot, 3))) {
+        fprintf(stderr, "moco bench train%s: %s\n", who, moco_errmsg());
+        goto out;
+    }
+    double step_s = t_all / (double)steps, rss = tot[1], cpu_ms = tot[0] / (double)steps * 1e3, wait_ms = tot[2] / R / (double)steps * 1e3;
+    long gb = batch * R;
+    if (!rank) {
+        printf("  mean %.1f ms/step (best %.1f), %.1f pairs/s, %.1f GFLOP/s, peak RSS %.0f MB; %.1f CPU ms/step", step_s * 1e3,
+               best * 1e3, (double)gb / step_s, flop / step_s / 1e9, rss, cpu_ms);
+        if (R > 1) printf("; waited %.1f ms/step for the gradient average (%.1f%%)", wait_ms, 100 * wait_ms / (step_s * 1e3));
+        printf("\n");
+        moco_jw w;
+        moco_jw_begin(&w);
+        moco_jw_str(&w, "bench", "train");
+        moco_jw_str(&w, "arch", arch);
+        moco_jw_i64(&w, "width", width);
+        moco_jw_bool(&w, "mlp", mlp);
+        moco_jw_i64(&w, "batch", gb);
+        moco_jw_i64(&w, "batch_per_rank", batch);
+        moco_jw_i64(&w, "size", size);
+        moco_jw_i64(&w, "K", K);
+        moco_jw_i64(&w, "bn_splits", splits);
+        moco_jw_bool(&w, "symmetric", sym);
+        moco_jw_str(&w, "precision", precision);
+        moco_jw_i64(&w, "ranks", R);
+        moco_jw_i64(&w, "threads", threads);
+        moco_jw_i64(&w, "steps", steps);
+        moco_jw_num(&w, "pairs_per_s", (double)gb / step_s, 2);
+        moco_jw_num(&w, "step_ms", step_s * 1e3, 1);
+        moco_jw_num(&w, "gflop_per_s", flop / step_s / 1e9, 1);
+        moco_jw_num(&w, "peak_rss_mb", rss, 0);
+        moco_jw_num(&w, "cpu_ms_per_step", cpu_ms, 1);
+        moco_jw_num(&w, "best_step_ms", best * 1e3, 1);
+        moco_jw_num(&w, "best_pairs_per_s", (double)gb / best, 2);
+        moco_jw_num(&w, "loss", st.loss_all, 4);
+        moco_jw_num(&w, "acc", st.acc_all, 2);
+        moco_jw_num(&w, "allreduce_wait_ms", wait_ms, 2);
+        moco_jw_num(&w, "allreduce_share", wait_ms / (step_s * 1e3), 4);
+        moco_jw_line(&w, stdout);
+    }
+    ret = 0;
+out:
     free(x);
     moco_destroy(&mc);
-    return 0;
+    dist_finalize(&d);
+    return ret;
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/safetensors.h"
 #include "trainer/ckpt.h"
@@ -72,15 +73,21 @@ int export_main(int argc, char **argv)
         k++;
     }
     /* what the encoder is, from the checkpoint's config (rn_save's moco.arch too) */
-    char desc[160];
-    snprintf(desc, sizeof desc, "{\"arch\":\"%s\",\"width\":%d,\"mlp\":%d,\"dim\":%d,\"head\":%d}", cc.arch, cc.width,
-             cc.mlp, cc.dim, with_head);
+    moco_jw dj;
+    moco_jw_begin(&dj);
+    moco_jw_str(&dj, "arch", cc.arch);
+    moco_jw_i64(&dj, "width", cc.width);
+    moco_jw_i64(&dj, "mlp", cc.mlp);
+    moco_jw_i64(&dj, "dim", cc.dim);
+    moco_jw_i64(&dj, "head", with_head);
+    const char *desc = moco_jw_end(&dj);
     const char *meta[] = {"format", "pt", "source", ckpt, "moco.arch", cc.arch, "moco.encoder", desc};
-    rc = !e ? moco_err(MOCO_ENOMEM, "out of memory")
+    rc = !e || !desc ? moco_err(MOCO_ENOMEM, "out of memory")
          : k == 0 ? moco_err(MOCO_ENOTFOUND, "%s: no %s.* tensors (not a moco checkpoint?)", ckpt, which)
                   : moco_st_write(out, e, k, meta, cc.has_config && cc.arch[0] ? 4 : 2);
     if (rc) fprintf(stderr, "moco export: %s\n", moco_errmsg());
     else printf("moco export: %d tensors of %s to %s\n", k, which, out);
+    moco_jw_free(&dj);
     free(e);
     moco_st_destroy(&f);
     return rc ? 1 : 0;

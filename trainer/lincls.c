@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/rng.h"
 #include "trainer/ckpt.h"
@@ -347,11 +348,20 @@ out:
     if (rc) {
         fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
     } else {
+        moco_jw w; /* formats/jsonw: a NaN accuracy is null, never "nan" */
+        moco_jw_begin(&w);
+        moco_jw_num(&w, "lincls_top1", top1, 2);
+        moco_jw_num(&w, "lincls_top5", top5, 2);
+        moco_jw_i64(&w, "features", m->features);
+        moco_jw_i64(&w, "epochs", lc.epochs);
+        moco_jw_bool(&w, "augmented", !cached);
+        moco_jw_i64(&w, "train_views", ntr);
+        moco_jw_i64(&w, "test", nte);
+        moco_jw_bool(&w, "encoder_unchanged", 1);
+        const char *js = moco_jw_end(&w);
         char line[512];
-        snprintf(line, sizeof line,
-                 "{\"lincls_top1\":%.2f,\"lincls_top5\":%.2f,\"features\":%d,\"epochs\":%d,\"augmented\":%s,"
-                 "\"train_views\":%lld,\"test\":%lld,\"encoder_unchanged\":true}\n",
-                 top1, top5, m->features, lc.epochs, cached ? "false" : "true", (long long)ntr, (long long)nte);
+        snprintf(line, sizeof line, "%s\n", js ? js : "{}");
+        moco_jw_free(&w);
         fputs(line, stdout);
         fflush(stdout);
         if (out) {

@@ -17,7 +17,32 @@
  * A non-finite loss returns MOCO_ENUMERIC before step 3: the query weights,
  * their momentum and the queue are left unchanged (step 1 and the BN running
  * statistics have happened; training is meant to stop there).
- * No allocation happens inside moco_step. */
+ * No allocation happens inside moco_step.
+ *
+ * Data parallel (moco_set_comm, as PyTorch DDP with the official
+ * main_moco.py): R processes ("ranks") each run the step on their own N
+ * pairs with their own BN statistics (shuffle BN within the rank, on its
+ * own permutation); the step then differs only in that
+ *   - rank r draws its key permutations from (seed, 2, step, dir + 2r):
+ *     rank 0 keeps the single-process stream;
+ *   - after the last direction's forward, the keys and local losses of all
+ *     ranks are all-gathered (a non-finite loss on any rank stops every
+ *     rank with MOCO_ENUMERIC, before the gradients are exchanged);
+ *   - the last direction's backward hands each finished bucket of
+ *     gradients to the comm (comm->grad_ready), which averages it over the
+ *     ranks while backward goes on; SGD waits for all (grad_wait). The
+ *     average is the mean of the ranks' gradients of their local mean
+ *     losses, i.e. the gradient of the mean loss over the R x N pairs;
+ *   - every rank enqueues the keys of all ranks, direction-major: [x1-keys
+ *     of ranks 0..R-1, then x2-keys of ranks 0..R-1], so the queue advances
+ *     by R x N x dirs (K must be a multiple of it, as the official code
+ *     asserts): 2 ranks at batch B enqueue what 1 process at 2B does;
+ *   - after the step the BN running statistics and counters of both
+ *     encoders are broadcast from rank 0 (DDP's broadcast_buffers).
+ * So the whole state (weights, momentum, BN buffers, queue, pointer) is
+ * bit-identical on every rank after every step, given a comm whose average
+ * is bit-identical on every rank. The key encoder's momentum update needs
+ * no communication. */
 #ifndef TRAINER_MOCO_H
 #define TRAINER_MOCO_H
 
@@ -35,15 +60,58 @@ typedef struct {
     uint64_t seed;  /* weights (seed,1,..), key permutations (seed,2,step,dir), queue (seed,3) */
 } moco_cfg;
 
+struct moco;
+
+/* What moco_step needs from the processes it trains with (trainer/dist.h
+ * implements it over MPI; the engine itself knows nothing of MPI). Every
+ * function returns 0 or a MOCO_E* code with a message, and is called by
+ * every rank in the same order (they are collective). */
+typedef struct moco_comm {
+    int rank, size; /* this process, and how many train together */
+    void *ctx;
+    /* grads[off, off+n) of the query encoder are final for this step: start
+     * averaging them across ranks (non-blocking). n == 0: nothing new, a
+     * chance to progress the averages already started. */
+    int (*grad_ready)(void *ctx, float *grads, size_t off, size_t n);
+    /* Wait for all started averages; after it, the ranges handed over hold
+     * the mean over ranks, bit-identical on every rank. */
+    int (*grad_wait)(void *ctx);
+    /* all[r*n .. r*n+n) = rank r's local[0..n), in rank order. */
+    int (*allgather)(void *ctx, const float *local, float *all, size_t n);
+    /* buf[0..bytes) of rank 0 onto every rank. */
+    int (*bcast)(void *ctx, void *buf, size_t bytes);
+    /* Optional (NULL: none): called by moco_step at the end of every
+     * successful step, e.g. to check that the ranks still agree. */
+    int (*step_done)(void *ctx, const struct moco *mc);
+} moco_comm;
+
+/* What one step reports. Without a comm, loss_all == loss and acc_all == acc. */
 typedef struct {
+    float loss;     /* this rank's loss: the mean over its N pairs, summed over directions */
+    float acc;      /* contrastive top-1 %: queries whose positive logit is >= every
+                     * negative one, over N, averaged over directions */
+    float loss_all; /* mean of loss over the ranks (added in rank order; the same on every rank) */
+    float acc_all;  /* mean of acc over the ranks */
+} moco_stats;
+
+typedef struct moco {
     moco_cfg cfg;
     resnet *q, *k;
     float *queue;     /* (dim, K) */
     int64_t ptr;      /* next queue column */
     int64_t steps;    /* steps done */
-    float *buf;       /* one allocation, carved below */
+    void *buf;        /* one allocation, carved below (trainer/carve.h) */
     float *qn, *kn, *keys, *dq, *dqraw, *logits;
     uint64_t *perm;   /* (N) */
+    /* data parallel (moco_set_comm); ranks == 1 and rank == 0 without */
+    int ranks, rank;
+    moco_comm comm;
+    size_t bucket_floats; /* gradient bucket size, RN_BUCKET_FLOATS unless changed */
+    void *cbuf;           /* one allocation for the comm, carved below */
+    float *gsend, *gall;  /* (gstride), (ranks, gstride): keys, loss, acc per rank */
+    size_t gstride;
+    void *bstage;         /* BN buffers and counters of both encoders, for the broadcast */
+    size_t bbytes;
 } moco;
 
 /* Build both encoders (the key encoder a copy of the query encoder) and the
@@ -51,11 +119,25 @@ typedef struct {
 int moco_new(const moco_cfg *cfg, moco **out);
 void moco_destroy(moco **mc);
 
-/* One step on x1, x2 (N,3,size,size) NCHW. perm: the key permutations,
- * N entries per direction (2N when symmetric), or NULL to draw them from
- * the seeded stream. lr: this step's learning rate. *loss: the step's loss.
- * Returns 0 or MOCO_ENUMERIC (see above). */
-int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, float lr, float *loss);
+/* Train together with other processes through c (copied; c->ctx must
+ * outlive mc), or alone again with c == NULL (a comm of size 1 is the same
+ * as NULL). Allocates the comm's buffers here, none in moco_step. Returns 0,
+ * or MOCO_EINVAL when K is not a multiple of ranks x N x directions or c
+ * is malformed (both with a message), or MOCO_ENOMEM. */
+int moco_set_comm(moco *mc, const moco_comm *c);
+
+/* One step on x1, x2 (N,3,size,size) NCHW: this rank's pairs. perm: the
+ * key permutations, N entries per direction (2N when symmetric), or NULL
+ * to draw them from the seeded stream (moco_key_perm). lr: this step's
+ * learning rate. *st: the step's loss and contrastive accuracy (set also
+ * on failure; a non-finite loss shows there). Returns 0, MOCO_ENUMERIC (see
+ * above; with a comm on every rank, naming the rank), or an error of the
+ * comm. */
+int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, float lr, moco_stats *st);
+
+/* The key permutation (N entries) that moco_step draws for this rank at
+ * step `step`, direction dir (0: keys from x2; 1: keys from x1). */
+void moco_key_perm(const moco *mc, int64_t step, int dir, uint64_t *perm);
 
 /* Multiply-adds of one step (forward, backward of f_q and forward of f_k,
  * per direction); FLOPs are twice this. */

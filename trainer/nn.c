@@ -91,7 +91,7 @@ static void conv_lanes_lds(const nn_conv *d, size_t *ldx, size_t *ldy, size_t *l
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
     /* image-lanes kernels: stride 2, and stride 1 on small planes */
@@ -311,6 +311,10 @@ static void conv_fwd_task(void *ctx, int t, int th)
 
 void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
 {
+    if (d->lp) {
+        conv2d_forward_bf16(out, inp, w, d, work);
+        return;
+    }
     conv_job j = {d, out, NULL, NULL, work, inp, w, NULL, (d->N + d->chunk - 1) / d->chunk, NULL};
     if (d->direct || d->lanes) {
         float *wr = work + (size_t)d->nthreads * d->work_per;
@@ -388,6 +392,10 @@ static void conv_bwd_task(void *ctx, int t, int th)
 
 void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
 {
+    if (d->lp) {
+        conv2d_backward_bf16(dinp, dw, dout, inp, w, d, work);
+        return;
+    }
     conv_job j = {d, NULL, dinp, dw, work, inp, w, dout, (d->N + d->chunk - 1) / d->chunk, NULL};
     const size_t nw = (size_t)d->Co * d->Ci * d->k * d->k;
     if ((d->direct || d->lanes) && dinp) {

@@ -22,6 +22,11 @@
 void nn_nchw_to_cnhw(float *out, const float *inp, int N, int C, int HW);
 void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW);
 
+/* Precision of the convolutions and linear layers: fp32, or bf16 operands
+ * with fp32 accumulation (trainer/bf16.c, on oneDNN). */
+enum { NN_FP32 = 0, NN_BF16 = 1 };
+typedef struct nn_lowp nn_lowp; /* the oneDNN state of one bf16 layer */
+
 /* ---- 2-D convolution, no bias ---- */
 typedef struct {
     int N, Ci, H, W, Co, k, stride, pad, Ho, Wo;
@@ -31,6 +36,7 @@ typedef struct {
     int direct;      /* 3x3 stride 1 pad 1 on the direct kernels (conv3.h): their SIMD level, else 0 */
     int lanes;       /* 3x3 pad 1 on the image-lanes kernels (conv3.h, AVX-512) */
     size_t ld;       /* direct: floats per channel of a chunk in the padded layout */
+    nn_lowp *lp;      /* bf16 (nn_conv_bf16), else NULL: conv2d_* run in bf16 when set */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
@@ -54,6 +60,24 @@ double nn_conv_macs(const nn_conv *d);
 void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv *d, float *work);
 /* dinp (Ci,N,H,W) += ..., dw (Co,Ci,k,k) += ... from dout (Co,N,Ho,Wo) */
 void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work);
+/* bf16 mixed precision (trainer/bf16.c). nn_bf16_available: 0, or
+ * MOCO_EINVAL with a message saying why not (built without oneDNN, or no
+ * AVX512_BF16 in this CPU). nn_conv_bf16, after nn_conv_init: make the
+ * oneDNN primitives of this convolution, so that conv2d_forward and
+ * conv2d_backward take bf16 operands and accumulate in fp32 (same buffers,
+ * same add-into semantics); it sets the chunking and returns in
+ * *work_floats the scratch the calls then need (instead of nn_conv_init's).
+ * nn_conv_free releases them (nn_conv_init would forget them). */
+int nn_bf16_available(void);
+int nn_conv_bf16(nn_conv *d, size_t *work_floats);
+void nn_conv_free(nn_conv *d);
+void nn_lowp_free(nn_lowp **lp);
+/* x rounded to bf16 in place (round to nearest even; what the bf16 layers
+ * do to their operands). Only after nn_bf16_available() == 0. */
+void nn_bf16_round(float *x, size_t n);
+/* the bf16 halves of conv2d_forward / conv2d_backward (they dispatch here) */
+void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_conv *d, float *work);
+void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work);
 void conv2d_forward_ref(float *out, const float *inp, const float *w, const nn_conv *d);
 void conv2d_backward_ref(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d);
 
@@ -103,6 +127,12 @@ void avgpool_backward(float *dinp, const float *dout, int N, int C, int HW);
 /* ---- fully connected: out (N,O) = inp (N,F) w^T + b; w (O,F), b (O) ---- */
 void linear_forward(float *out, const float *inp, const float *w, const float *b, int N, int F, int O);
 void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w, int N, int F, int O);
+/* bf16: nn_linear_bf16 makes the state of one (N,F) -> (N,O) layer and
+ * returns the scratch floats its calls need; forward keeps the bf16 copy of
+ * w in the state for the backward that follows it. */
+int nn_linear_bf16(nn_lowp **lp, int N, int F, int O, size_t *work_floats);
+void linear_forward_bf16(float *out, const float *inp, const float *w, const float *b, const nn_lowp *lp, float *work);
+void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const float *inp, const nn_lowp *lp, float *work);
 void linear_forward_ref(float *out, const float *inp, const float *w, const float *b, int N, int F, int O);
 void linear_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w, int N, int F, int O);
 

@@ -43,6 +43,8 @@ struct rn_op {
     int mean, invstd;  /* BN saved statistics (activation ids) */
     int N, C, HW, F, O;
     int zero_in, zero_res; /* zero these gradient slots before this op's backward */
+    size_t final_lo;   /* after this op's backward, params [final_lo, nparams) have final gradients */
+    nn_lowp *lp;           /* bf16: a linear op's oneDNN state (a conv's is conv.lp) */
 };
 
 typedef struct {
@@ -291,18 +293,50 @@ static int plan(resnet *m, rn_arena *a)
     free(free_);
     size_t off = 0, work = 0;
     for (int i = 0; i < a->nacts; i++) a->acts[i].off = off, off += (a->acts[i].numel + 15) & ~(size_t)15;
-    for (int i = 0; i < m->nops; i++)
-        if (m->ops[i].type == OP_CONV) {
-            nn_conv *d = &m->ops[i].conv;
-            size_t w = nn_conv_init(d, d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad, RN_WORK_FLOATS);
-            work = w > work ? w : work;
+    for (int i = 0; i < m->nops; i++) {
+        rn_op *o = &m->ops[i];
+        size_t w = 0;
+        int rc = 0;
+        if (o->type == OP_CONV) {
+            nn_conv *d = &o->conv;
+            w = nn_conv_init(d, d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad, RN_WORK_FLOATS);
+            if (m->cfg.precision == NN_BF16) rc = nn_conv_bf16(d, &w); /* its own chunks and scratch */
+        } else if (o->type == OP_LINEAR && m->cfg.precision == NN_BF16) {
+            rc = nn_linear_bf16(&o->lp, o->N, o->F, o->O, &w);
         }
+        if (rc) return rc;
+        work = w > work ? w : work;
+    }
     size_t total = off + (size_t)a->nslots * a->slot_floats + work + 16;
     a->bytes = total * sizeof(float);
     a->base = malloc(a->bytes);
     if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
     a->slots = a->base + off;
     a->work = a->slots + (size_t)a->nslots * a->slot_floats;
+    return 0;
+}
+
+/* For rn_backward_hooked: after each op's backward (ops in reverse), the
+ * start of the longest run of parameters at the end of params whose ops
+ * have all run. Each parameter tensor belongs to exactly one op. */
+static int plan_final(resnet *m)
+{
+    uint8_t *done = calloc((size_t)m->ntensors + 1, 1);
+    if (!done) return moco_err(MOCO_ENOMEM, "out of memory planning the model");
+    int t = m->ntensors; /* tensors [t, ntensors) are final or not parameters */
+    size_t lo = m->nparams;
+    for (int i = m->nops - 1; i >= 0; i--) {
+        rn_op *o = &m->ops[i];
+        if (o->type == OP_CONV) done[o->tw] = 1;
+        if (o->type == OP_BN || o->type == OP_LINEAR) done[o->tw] = done[o->tw + 1] = 1;
+        while (t > 0 && (m->tensors[t - 1].kind != RN_PARAM || done[t - 1])) {
+            t--;
+            if (m->tensors[t].kind == RN_PARAM) lo = m->tensors[t].off;
+        }
+        o->final_lo = lo;
+    }
+    free(done);
+    if (lo != 0) return moco_err(MOCO_EINVAL, "internal: a parameter of %s is used by no op", m->cfg.arch);
     return 0;
 }
 
@@ -358,7 +392,7 @@ int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **
     m->cfg = *cfg;
     builder b = {m, a, 0, 0, 0, 0, cfg->batch};
     m->arena = a, m->owns_arena = 1;
-    if ((rc = build(&b))) goto fail;
+    if ((rc = build(&b)) || (rc = plan_final(m))) goto fail;
     int H = cfg->size;
     for (int i = 0; i < m->nops; i++) /* every spatial size must stay >= 1 */
         if (m->ops[i].type == OP_AVGPOOL) H = m->ops[i].HW;
@@ -409,6 +443,10 @@ void rn_destroy(resnet **pm)
     resnet *m = pm ? *pm : NULL;
     if (!m) return;
     if (m->owns_arena && m->arena) {
+        for (int i = 0; m->ops && i < m->nops; i++) { /* bf16 states belong to the arena's owner */
+            nn_conv_free(&m->ops[i].conv);
+            nn_lowp_free(&m->ops[i].lp);
+        }
         free(m->arena->base);
         free(m->arena->acts);
         free(m->arena);
@@ -448,7 +486,10 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
             break;
         case OP_MAXPOOL: maxpool_forward(ACT(o->out), ACT(o->in), &o->pool); break;
         case OP_AVGPOOL: avgpool_forward(ACT(o->out), ACT(o->in), o->N, o->C, o->HW); break;
-        case OP_LINEAR: linear_forward(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O); break;
+        case OP_LINEAR:
+            if (o->lp) linear_forward_bf16(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->lp, a->work);
+            else linear_forward(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O);
+            break;
         case OP_RELU: relu_forward(ACT(o->out), ACT(o->in), (size_t)o->N * o->F); break;
         }
     }
@@ -471,9 +512,12 @@ static void zero(float *p, size_t n)
     par_for((int)((n + z.per - 1) / z.per), zero_task, &z);
 }
 
-void rn_backward(resnet *m, const float *dout)
+void rn_backward(resnet *m, const float *dout) { (void)rn_backward_hooked(m, dout, 0, NULL, NULL); }
+
+int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb cb, void *ctx)
 {
     rn_arena *a = m->arena;
+    size_t reported = m->nparams; /* [reported, nparams) went to cb */
     memcpy(GRAD(a->final_act), dout, sizeof(float) * a->acts[a->final_act].numel);
     for (int i = m->nops - 1; i >= 0; i--) {
         rn_op *o = &m->ops[i];
@@ -493,12 +537,23 @@ void rn_backward(resnet *m, const float *dout)
         case OP_MAXPOOL: maxpool_backward(din, GRAD(o->out), ACT(o->in), &o->pool); break;
         case OP_AVGPOOL: avgpool_backward(din, GRAD(o->out), o->N, o->C, o->HW); break;
         case OP_LINEAR:
-            linear_backward(din, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off, GRAD(o->out), ACT(o->in), P(m, o->tw),
-                            o->N, o->F, o->O);
+            if (o->lp)
+                linear_backward_bf16(din, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off, GRAD(o->out), ACT(o->in), o->lp,
+                                     a->work);
+            else
+                linear_backward(din, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off, GRAD(o->out), ACT(o->in),
+                                P(m, o->tw), o->N, o->F, o->O);
             break;
         case OP_RELU: relu_backward(din, GRAD(o->out), ACT(o->out), (size_t)o->N * o->F); break;
         }
+        if (!cb) continue;
+        size_t lo = o->final_lo;
+        int send = lo < reported && (reported - lo >= bucket || lo == 0);
+        int rc = cb(ctx, m->grads, send ? lo : reported, send ? reported - lo : 0);
+        if (send) reported = lo;
+        if (rc) return rc;
     }
+    return 0;
 }
 
 void rn_zero_grad(resnet *m)

@@ -36,6 +36,8 @@ typedef struct {
     int bn_splits;    /* >= 1, divides batch */
     int batch;        /* N the buffers are sized for */
     int size;         /* input height = width */
+    int precision;    /* NN_FP32 (0, the default) or NN_BF16: convolutions and linear layers take bf16
+                         operands and accumulate in fp32 (trainer/bf16.c); all else stays fp32 */
 } rn_cfg;
 
 enum { RN_PARAM, RN_BUFFER, RN_COUNT }; /* float param, float buffer, int64 counter */
@@ -76,7 +78,8 @@ typedef struct {
  * (seed, 1, tensor index). grads != 0 allocates gradients and the momentum
  * buffer. share != NULL: use share's activations (same cfg required).
  * Returns 0, MOCO_EINVAL (unknown arch, bad width/dim, batch not divisible
- * by bn_splits, size too small) or MOCO_ENOMEM. */
+ * by bn_splits, size too small; NN_BF16 where nn_bf16_available() says
+ * no) or MOCO_ENOMEM. */
 int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **out);
 void rn_destroy(resnet **m);
 
@@ -88,6 +91,22 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
 
 /* After a train forward: add the gradients of dout (N,dim) to m->grads. */
 void rn_backward(resnet *m, const float *dout);
+
+/* rn_backward that reports gradients as they become final, so that their
+ * communication overlaps the rest of backward (as DDP's buckets). A
+ * parameter's gradient is final once the one op that uses it has run;
+ * backward finishes them roughly from the end of m->params towards the
+ * start. cb(ctx, m->grads, off, n) says m->grads[off, off+n) is final:
+ * contiguous ranges of whole tensors, reported from the end towards 0,
+ * together covering [0, nparams) exactly once, each at least `bucket`
+ * floats except the last (a tensor larger than bucket is one range).
+ * Between ops cb is also called with n == 0 (off = the start of the last
+ * range): nothing new, a chance to progress communication. A non-zero
+ * return from cb stops backward there (gradients incomplete) and is
+ * returned; else 0. */
+typedef int (*rn_grad_cb)(void *ctx, float *grads, size_t off, size_t n);
+#define RN_BUCKET_FLOATS ((size_t)1 << 20)
+int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb cb, void *ctx);
 
 void rn_zero_grad(resnet *m);
 

@@ -13,6 +13,7 @@
 
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/record.h"
 #include "trainer/stream.h"
@@ -118,7 +119,10 @@ int trainer_sink_main(int argc, char **argv)
     double t0 = moco_now_s(), t_first = 0, t_meas = 0, last = t0, last_stat = t0, last_wait = 0;
     uint64_t last_total = 0;
     int status = 0;
-    char per_epoch[4096] = "";
+    /* the summary's per_epoch list: the first SINK_EPOCHS_SHOWN epochs (then a count) */
+    enum { SINK_EPOCHS_SHOWN = 64 };
+    struct { uint32_t epoch, failed; uint64_t pairs; int ok; } per_epoch[SINK_EPOCHS_SHOWN];
+    uint32_t nper = 0;
     while (!stop_flag) {
         stream_event ev;
         rc = stream_next(s, 250, &ev);
@@ -159,10 +163,13 @@ int trainer_sink_main(int argc, char **argv)
             for (uint32_t j = 0; j < ev.nfailed; j++)
                 fprintf(stderr, "moco sink: epoch %u: record %" PRIu64 " could not be decoded\n", ev.epoch, moco_get_le64(ev.failed + 8 * j));
             failed += ev.nfailed;
-            size_t l = strlen(per_epoch);
-            if (l < sizeof per_epoch - 100)
-                snprintf(per_epoch + l, sizeof per_epoch - l, "%s{\"epoch\":%u,\"pairs\":%" PRIu64 ",\"failed\":%u,\"ok\":%s}",
-                         l ? "," : "", ev.epoch, here, ev.nfailed, ok ? "true" : "false");
+            if (nper < SINK_EPOCHS_SHOWN) {
+                per_epoch[nper].epoch = ev.epoch;
+                per_epoch[nper].failed = ev.nfailed;
+                per_epoch[nper].pairs = here;
+                per_epoch[nper].ok = ok;
+            }
+            nper++;
             if (!quiet) fprintf(stderr, "%smoco sink: epoch %u: %" PRIu64 " pairs%s\n", isatty(2) ? "\n" : "", ev.epoch, here, ok ? "" : " (MISMATCH)");
             epochs++;
             in_epoch = 0;
@@ -179,11 +186,16 @@ int trainer_sink_main(int argc, char **argv)
         if (stats && t - last_stat >= 1.0) {
             stream_stats st;
             stream_get_stats(s, &st);
-            fprintf(stats, "{\"t\":%.3f,\"pairs\":%" PRIu64 ",\"pairs_per_s\":%.1f,\"starved_pct\":%.1f,\"duplicates\":%" PRIu64
-                           ",\"malformed\":%" PRIu64 ",\"epochs\":%u}\n",
-                    t - t0, total, (double)(total - last_total) / (t - last_stat), 100 * (st.waited_s - last_wait) / (t - last_stat),
-                    st.duplicates, st.malformed, epochs);
-            fflush(stats);
+            moco_jw j;
+            moco_jw_begin(&j);
+            moco_jw_num(&j, "t", t - t0, 3);
+            moco_jw_u64(&j, "pairs", total);
+            moco_jw_num(&j, "pairs_per_s", (double)(total - last_total) / (t - last_stat), 1);
+            moco_jw_num(&j, "starved_pct", 100 * (st.waited_s - last_wait) / (t - last_stat), 1);
+            moco_jw_u64(&j, "duplicates", st.duplicates);
+            moco_jw_u64(&j, "malformed", st.malformed);
+            moco_jw_u64(&j, "epochs", epochs);
+            moco_jw_line(&j, stats); /* written and flushed */
             last_stat = t;
             last_total = total;
             last_wait = st.waited_s;
@@ -206,20 +218,51 @@ int trainer_sink_main(int argc, char **argv)
     if (stats) fclose(stats);
     free(bm);
     if (bad) { fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size\n", bad); status = 1; }
-    char json[6000];
-    snprintf(json, sizeof json,
-             "{\"pairs\":%" PRIu64 ",\"epochs\":%u,\"per_epoch\":[%s],\"failed\":%" PRIu64 ",\"duplicates_dropped\":%" PRIu64
-             ",\"stale_dropped\":%" PRIu64 ",\"malformed_dropped\":%" PRIu64 ",\"rejected_epoch\":%" PRIu64
-             ",\"rejected_index\":%" PRIu64 ",\"held\":%" PRIu64 ",\"held_dropped\":%" PRIu64 ",\"auth_rejected\":%" PRIu64
-             ",\"pairs_per_s\":%.1f,\"mb_per_s\":%.1f,"
-             "\"starved_pct\":%.1f,\"view\":[%u,%u,%u],\"warmup_s\":%g,\"ok\":%s}",
-             total, epochs, per_epoch, failed, st.duplicates, st.stale, st.malformed, st.rejected_epoch, st.rejected_index, st.held,
-             st.held_dropped, st.auth_rejected, el > 0 ? (double)(total - total0) / el : 0,
-             el > 0 ? (double)(bytes - bytes0) / el / 1e6 : 0, 100 * st.waited_s / (moco_now_s() - t0), h, w, c, warmup, status ? "false" : "true");
+    moco_jw j;
+    moco_jw_begin(&j);
+    moco_jw_u64(&j, "pairs", total);
+    moco_jw_u64(&j, "epochs", epochs);
+    moco_jw_arr(&j, "per_epoch");
+    for (uint32_t i = 0; i < nper && i < SINK_EPOCHS_SHOWN; i++) {
+        moco_jw_obj(&j, NULL);
+        moco_jw_u64(&j, "epoch", per_epoch[i].epoch);
+        moco_jw_u64(&j, "pairs", per_epoch[i].pairs);
+        moco_jw_u64(&j, "failed", per_epoch[i].failed);
+        moco_jw_bool(&j, "ok", per_epoch[i].ok);
+        moco_jw_close(&j);
+    }
+    moco_jw_close(&j);
+    if (nper > SINK_EPOCHS_SHOWN) moco_jw_u64(&j, "per_epoch_omitted", nper - SINK_EPOCHS_SHOWN);
+    moco_jw_u64(&j, "failed", failed);
+    moco_jw_u64(&j, "duplicates_dropped", st.duplicates);
+    moco_jw_u64(&j, "stale_dropped", st.stale);
+    moco_jw_u64(&j, "malformed_dropped", st.malformed);
+    moco_jw_u64(&j, "rejected_epoch", st.rejected_epoch);
+    moco_jw_u64(&j, "rejected_index", st.rejected_index);
+    moco_jw_u64(&j, "held", st.held);
+    moco_jw_u64(&j, "held_dropped", st.held_dropped);
+    moco_jw_u64(&j, "auth_rejected", st.auth_rejected);
+    moco_jw_num(&j, "pairs_per_s", el > 0 ? (double)(total - total0) / el : 0, 1);
+    moco_jw_num(&j, "mb_per_s", el > 0 ? (double)(bytes - bytes0) / el / 1e6 : 0, 1);
+    moco_jw_num(&j, "starved_pct", 100 * st.waited_s / (moco_now_s() - t0), 1);
+    moco_jw_arr(&j, "view");
+    moco_jw_u64(&j, NULL, h);
+    moco_jw_u64(&j, NULL, w);
+    moco_jw_u64(&j, NULL, c);
+    moco_jw_close(&j);
+    moco_jw_g(&j, "warmup_s", warmup, 0);
+    moco_jw_bool(&j, "ok", !status);
+    const char *json = moco_jw_end(&j);
+    if (!json) {
+        fprintf(stderr, "moco sink: out of memory for the summary\n");
+        moco_jw_free(&j);
+        return 1;
+    }
     printf("%s\n", json);
     if (json_out) {
         FILE *f = fopen(json_out, "w");
         if (f) { fprintf(f, "%s\n", json); fclose(f); }
     }
+    moco_jw_free(&j);
     return status;
 }

@@ -46,6 +46,7 @@
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "trainer/ckpt.h"
+#include "trainer/dist.h"
 #include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/knn.h"
@@ -173,18 +174,38 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
 {
     char sched[TRAIN_MAX_SCHEDULE * 12];
     schedule_str(c, sched, sizeof sched);
-    snprintf(buf, n,
-             "{\"arch\":\"%s\",\"width\":%d,\"mlp\":%d,\"dim\":%d,\"K\":%d,\"m\":%g,\"T\":%g,\"batch_size\":%d,\"lr\":%g,"
-             "\"momentum\":%g,\"wd\":%g,\"cos\":%d,\"schedule\":\"%s\",\"warmup_epochs\":%d,\"epochs\":%d,\"bn_splits\":%d,"
-             "\"symmetric\":%d,\"size\":%d,\"seed\":%llu,\"count\":%llu}",
-             c->arch, c->width, c->mlp, c->dim, c->K, c->m, c->T, c->batch, c->lr, c->momentum, c->wd, c->cos, sched,
-             c->warmup_epochs, c->epochs, c->bn_splits, c->symmetric, c->size, (unsigned long long)c->seed,
-             (unsigned long long)c->count);
+    moco_jw w; /* formats/jsonw: the one JSON writer */
+    moco_jw_begin(&w);
+    moco_jw_str(&w, "arch", c->arch);
+    moco_jw_i64(&w, "width", c->width);
+    moco_jw_i64(&w, "mlp", c->mlp);
+    moco_jw_i64(&w, "dim", c->dim);
+    moco_jw_i64(&w, "K", c->K);
+    moco_jw_g(&w, "m", c->m, 0);
+    moco_jw_g(&w, "T", c->T, 0);
+    moco_jw_i64(&w, "batch_size", c->batch);
+    moco_jw_g(&w, "lr", c->lr, 0);
+    moco_jw_g(&w, "momentum", c->momentum, 0);
+    moco_jw_g(&w, "wd", c->wd, 0);
+    moco_jw_i64(&w, "cos", c->cos);
+    moco_jw_str(&w, "schedule", sched);
+    moco_jw_i64(&w, "warmup_epochs", c->warmup_epochs);
+    moco_jw_i64(&w, "epochs", c->epochs);
+    moco_jw_i64(&w, "bn_splits", c->bn_splits);
+    moco_jw_i64(&w, "symmetric", c->symmetric);
+    moco_jw_i64(&w, "size", c->size);
+    moco_jw_u64(&w, "seed", c->seed);
+    moco_jw_u64(&w, "count", c->count);
+    const char *js = moco_jw_end(&w);
+    int fits = js && n > 0 && strlen(js) < n; /* a cut JSON text would not parse: then no config at all */
+    if (fits) memcpy(buf, js, strlen(js) + 1);
+    else if (n > 0) buf[0] = 0;
+    moco_jw_free(&w);
     meta[0] = "format";
     meta[1] = "moco-checkpoint-1";
     meta[2] = "config";
     meta[3] = buf;
-    return 2;
+    return fits ? 2 : 1;
 }
 
 /* Every input path, before anything trains: the kNN sets open as labelled
@@ -259,18 +280,6 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
                     "--allow-schedule-change to change the learning rates of a run under way", path, diff + 2);
 }
 
-/* s as a JSON string body (quotes and backslashes escaped) into buf */
-static const char *json_esc(const char *s, char *buf, size_t n)
-{
-    size_t j = 0;
-    for (; *s && j + 3 < n; s++) {
-        if (*s == '"' || *s == '\\') buf[j++] = '\\';
-        buf[j++] = (unsigned char)*s < 0x20 ? '?' : *s;
-    }
-    buf[j] = 0;
-    return buf;
-}
-
 /* On resume: metrics.jsonl keeps the records up to the checkpoint's step
  * (those after it are trained again and would be duplicates; a torn last
  * line goes too), rewritten atomically when something is dropped. */
@@ -316,9 +325,31 @@ static int save_midepoch(const train_cfg *c, trainer_stream *s, const moco *mc, 
     if (bm) memcpy(*delivered, bm, need < nbytes ? need : nbytes);
     for (int i = 0; i < nb; i++)
         if (batch_idx[i] / 8 < need) (*delivered)[batch_idx[i] / 8] &= (uint8_t)~(1u << (batch_idx[i] % 8));
+    /* ranks: every rank's shard is part of the position; rank 0 writes the union */
+    int rc = c->dist ? dist_bor(c->dist, *delivered, need) : 0;
+    if (rc || (c->dist && dist_rank(c->dist))) return rc;
     ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = pe, .delivered = *delivered, .delivered_bytes = need};
     snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
     return ckpt_save(path, mc, &cs, meta, nmeta);
+}
+
+/* A checkpoint: written by rank 0 only (every rank holds the same state). */
+static int save_ckpt(const train_cfg *c, const char *path, const moco *mc, const ckpt_state *cs, const char **meta, int nmeta)
+{
+    return c->dist && dist_rank(c->dist) ? 0 : ckpt_save(path, mc, cs, meta, nmeta);
+}
+
+/* Ranks: the votes before each step. Every rank votes when its batch is
+ * full, when its shard of the epoch has ended (EPOCH_END), or when it was
+ * told to stop; the step happens only when all batches are full. */
+enum { VOTE_FULL = 0, VOTE_EPOCH_DONE = 1, VOTE_STOP = 2 };
+static int vote(const train_cfg *c, int mine, int *epoch_done, int *stop)
+{
+    double v[2] = {mine == VOTE_EPOCH_DONE, mine == VOTE_STOP || stop_flag};
+    int rc = c->dist ? dist_sum_d(c->dist, v, 2) : 0;
+    *epoch_done = v[0] > 0;
+    *stop = v[1] > 0;
+    return rc;
 }
 
 int train_run(const train_cfg *cin)
@@ -333,10 +364,12 @@ int train_run(const train_cfg *cin)
     uint64_t *batch_idx = NULL;
     uint8_t *delivered = NULL;
     ckpt_state rs = {0};
-    char path[4200], cfgjson[2048], esc[2048];
+    char path[4200], cfgjson[2048];
     const char *meta[4];
     int nmeta = 0, nb = 0;
     int64_t epoch = c->start_epoch, step = 0, saved_step = -1; /* saved: the step of checkpoint_last in --out */
+    const int rank = c->dist ? dist_rank(c->dist) : 0, ranks = c->dist ? dist_size(c->dist) : 1;
+    int draining = 0, stop_after_epoch = 0, agreed_stop = 0; /* ranks: see vote() */
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
@@ -346,13 +379,23 @@ int train_run(const train_cfg *cin)
         snprintf(rpath, sizeof rpath, "%s/checkpoint_last.safetensors", resume);
         resume = rpath;
     }
-    if ((rc = check_inputs(c, resume))) return rc;
-    if (!resume && (rc = check_out_dir(c->out, c->overwrite))) return rc;
+    rc = check_inputs(c, resume);
+    if (!rc && ranks > 1 && c->bind)
+        rc = moco_err(MOCO_EINVAL, "ranks read the loader's serve mode (moco loader --pairs EP --consumers %d): give "
+                      "--connect only, not --bind", ranks);
+    if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
+    if (c->dist) { /* every rank learns whether all could start; each says why it could not */
+        double bad = rc != 0;
+        int r2 = dist_sum_d(c->dist, &bad, 1);
+        if (!rc && (r2 || bad > 0)) rc = r2 ? r2 : moco_err(MOCO_EINVAL, "another rank could not start (see its message)");
+    }
+    if (rc) return rc;
     moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
-                             .batch = N, .size = S},
+                             .batch = N, .size = S, .precision = c->precision},
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
                      .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
     if ((rc = moco_new(&mcfg, &mc))) return rc;
+    if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
     if (resume) {
         ckpt_config kc;
         if ((rc = ckpt_read_config(resume, &kc)) || (rc = ckpt_load(resume, mc, &rs))) goto out;
@@ -366,18 +409,29 @@ int train_run(const train_cfg *cin)
                     c->epochs);
             goto out;
         }
-        fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
+        if (!rank) fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
     }
     nmeta = train_config_meta(c, cfgjson, sizeof cfgjson, meta);
-    if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
+    /* ranks: the same configuration and the same starting weights everywhere */
+    if (c->dist && ((rc = dist_same(c->dist, cfgjson, strlen(cfgjson), "the training flags (--arch, --batch-size, --lr, ...)")) ||
+                    (rc = dist_check_weights(c->dist, mc))))
+        goto out;
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
     int dropped = 0;
-    if (resume && (rc = metrics_rewind(path, step, &dropped))) goto out;
-    if (!(metrics = fopen(path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
+    if (!rank) {
+        if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
+        if (resume && (rc = metrics_rewind(path, step, &dropped))) goto out;
+    }
+    if (!(metrics = fopen(rank ? "/dev/null" : path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
     if (resume) {
-        fprintf(metrics, "{\"type\":\"resume\",\"epoch\":%lld,\"step\":%lld,\"from\":\"%s\",\"dropped_records\":%d}\n",
-                (long long)epoch, (long long)step, json_esc(resume, esc, sizeof esc), dropped);
-        fflush(metrics);
+        moco_jw w; /* the path is the user's: escaped */
+        moco_jw_begin(&w);
+        moco_jw_str(&w, "type", "resume");
+        moco_jw_i64(&w, "epoch", epoch);
+        moco_jw_i64(&w, "step", step);
+        moco_jw_str(&w, "from", resume);
+        moco_jw_i64(&w, "dropped_records", dropped);
+        moco_jw_line(&w, metrics); /* written and flushed */
     }
     x1 = malloc(sizeof *x1 * (size_t)N * 3 * S * S);
     x2 = malloc(sizeof *x2 * (size_t)N * 3 * S * S);
@@ -396,43 +450,63 @@ int train_run(const train_cfg *cin)
         memcpy(delivered, rs.delivered, rs.delivered_bytes < need ? rs.delivered_bytes : need);
     }
     stream_cfg sc = {.pairs_ep = c->bind, .ctl_ep = c->connect, .keys = c->keys, .insecure = c->insecure, .resume_epoch = resume_epoch,
-                     .resume_bitmap = has_bits ? delivered : NULL, .count = c->count, .loader_timeout = c->loader_timeout};
+                     .resume_bitmap = has_bits ? delivered : NULL, .count = c->count, .loader_timeout = c->loader_timeout,
+                     .rank = rank, .ranks = ranks};
     if ((rc = stream_open(&sc, &s))) goto out;
 
-    int64_t steps_per_epoch = c->count ? (int64_t)(c->count / (uint64_t)N) : 0, step_in_epoch = 0;
+    int64_t steps_per_epoch = c->count ? (int64_t)(c->count / ((uint64_t)N * (uint64_t)ranks)) : 0, step_in_epoch = 0;
     int tty = isatty(STDERR_FILENO);
     double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
     double e_loss = 0, e_acc = 0;
     int64_t e_steps = 0;
-    while (!stop_flag) {
+    while (c->dist || !stop_flag) {
         stream_event ev;
+        if (c->dist && stop_flag && !draining) { /* ranks: stop together, mid-epoch (see vote()) */
+            int ed, st;
+            if ((rc = vote(c, VOTE_STOP, &ed, &st))) goto out;
+            if (!ed) { agreed_stop = 1; break; }
+            draining = 1, stop_after_epoch = 1; /* a rank's shard has ended: close the epoch first */
+        }
         rc = stream_next(s, 1000, &ev);
         if (!rc && ev.kind == STREAM_NONE) continue;
         if (rc) goto out;
         if (ev.kind == STREAM_END) break;
         if (ev.kind == STREAM_EPOCH_END) {
+            if (c->dist && !draining) { /* the step that will not happen: tell the others */
+                int ed, st;
+                if ((rc = vote(c, VOTE_EPOCH_DONE, &ed, &st))) goto out;
+                stop_after_epoch |= st;
+            }
+            draining = 0;
             /* drop the partial batch (drop_last), close the epoch */
             stream_stats st;
             stream_get_stats(s, &st);
             double el = moco_now_s() - t_epoch;
             int dropped_pairs = nb;
+            int64_t failed_epoch = ev.nfailed;
             nb = 0;
+            if (c->dist) { /* the epoch's figures over all ranks (rank 0 writes them) */
+                double v[5] = {e_loss, e_acc, (double)pairs_epoch, (double)dropped_pairs, (double)failed_epoch};
+                if ((rc = dist_sum_d(c->dist, v, 5))) goto out;
+                e_loss = v[0] / ranks, e_acc = v[1] / ranks, pairs_epoch = (int64_t)v[2], dropped_pairs = (int)v[3];
+                failed_epoch = (int64_t)v[4];
+            }
             int64_t next = (int64_t)ev.epoch + 1;
             /* the checkpoint first (the next epoch, nothing of it delivered
              * yet): a stop during the kNN evaluation loses nothing */
             ckpt_state cs = {.epoch = next, .step = step, .pipe_epoch = next, .delivered = NULL, .delivered_bytes = 0};
             snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
-            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
             saved_step = step;
             snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)next);
-            if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
-            if (c->keep > 0 && next - c->keep >= 1) {
+            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
+            if (c->keep > 0 && next - c->keep >= 1 && !rank) {
                 snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(next - c->keep));
                 unlink(path);
             }
             double knn = -1;
-            if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0) {
+            if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0 && !rank) {
                 double tk = moco_now_s();
                 rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn);
                 if (rc == MOCO_EINTR && stop_flag) knn = -1, rc = 0; /* stopped: the epoch's record without it */
@@ -441,26 +515,41 @@ int train_run(const train_cfg *cin)
                     fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn,
                             moco_now_s() - tk);
             }
-            char knns[32] = "null";
-            if (knn >= 0) snprintf(knns, sizeof knns, "%.2f", knn);
-            fprintf(metrics,
-                    "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs\":%lld,"
-                    "\"dropped\":%d,\"failed\":%u,\"seconds\":%.2f,\"pairs_per_s\":%.2f,\"starved_pct\":%.1f,\"knn_top1\":%s,\"peak_rss_mb\":%.0f,"
-                    "\"stream\":{\"duplicates\":%llu,\"stale\":%llu,\"malformed\":%llu,\"rejected_epoch\":%llu,"
-                    "\"rejected_index\":%llu,\"held\":%llu,\"held_dropped\":%llu,\"auth_rejected\":%llu}}\n",
-                    (long long)epoch, (long long)step, e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0,
-                    train_lr(c, epoch, 0, steps_per_epoch), (long long)pairs_epoch, dropped_pairs, ev.nfailed, el,
-                    el > 0 ? (double)(e_steps * N) / el : 0, el > 0 ? 100 * (st.waited_s - waited0) / el : 0, knns, peak_rss_mb(),
-                    (unsigned long long)st.duplicates, (unsigned long long)st.stale, (unsigned long long)st.malformed,
-                    (unsigned long long)st.rejected_epoch, (unsigned long long)st.rejected_index, (unsigned long long)st.held,
-                    (unsigned long long)st.held_dropped, (unsigned long long)st.auth_rejected);
-            fflush(metrics);
-            if (!tty) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
-                              e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N) / el : 0);
+            moco_jw ew;
+            moco_jw_begin(&ew);
+            moco_jw_str(&ew, "type", "epoch");
+            moco_jw_i64(&ew, "epoch", epoch);
+            moco_jw_i64(&ew, "step", step);
+            moco_jw_num(&ew, "loss", e_steps ? e_loss / e_steps : 0, 5);
+            moco_jw_num(&ew, "acc", e_steps ? e_acc / e_steps : 0, 3);
+            moco_jw_g(&ew, "lr", train_lr(c, epoch, 0, steps_per_epoch), 6);
+            moco_jw_i64(&ew, "pairs", pairs_epoch);
+            moco_jw_i64(&ew, "dropped", dropped_pairs);
+            moco_jw_i64(&ew, "failed", failed_epoch);
+            moco_jw_num(&ew, "seconds", el, 2);
+            moco_jw_num(&ew, "pairs_per_s", el > 0 ? (double)(e_steps * N * ranks) / el : 0, 2);
+            moco_jw_num(&ew, "starved_pct", el > 0 ? 100 * (st.waited_s - waited0) / el : 0, 1);
+            if (knn >= 0) moco_jw_num(&ew, "knn_top1", knn, 2);
+            else moco_jw_null(&ew, "knn_top1");
+            moco_jw_num(&ew, "peak_rss_mb", peak_rss_mb(), 0);
+            if (ranks > 1) moco_jw_i64(&ew, "ranks", ranks);
+            moco_jw_obj(&ew, "stream"); /* this rank's (rank 0's) consumer counters since the start */
+            moco_jw_u64(&ew, "duplicates", st.duplicates);
+            moco_jw_u64(&ew, "stale", st.stale);
+            moco_jw_u64(&ew, "malformed", st.malformed);
+            moco_jw_u64(&ew, "rejected_epoch", st.rejected_epoch);
+            moco_jw_u64(&ew, "rejected_index", st.rejected_index);
+            moco_jw_u64(&ew, "held", st.held);
+            moco_jw_u64(&ew, "held_dropped", st.held_dropped);
+            moco_jw_u64(&ew, "auth_rejected", st.auth_rejected);
+            moco_jw_close(&ew);
+            moco_jw_line(&ew, metrics); /* written and flushed */
+            if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
+                              e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
             if (knn >= 0 && knn > best) {
                 best = knn;
                 snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
-                if ((rc = ckpt_save(path, mc, &cs, meta, nmeta))) goto out;
+                if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
             }
             waited0 = st.waited_s;
             epoch = next;
@@ -470,8 +559,10 @@ int train_run(const train_cfg *cin)
             e_steps = 0;
             t_epoch = moco_now_s();
             if (c->epochs && epoch >= c->epochs) break;
+            if (stop_after_epoch) { agreed_stop = 1; break; } /* ranks: told to stop while the epoch ended */
             continue;
         }
+        if (draining) { pairs_epoch++; continue; } /* ranks: another's shard ended; the rest of this one is dropped */
         /* a pair */
         if (ev.pair.height != S || ev.pair.width != S) {
             rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
@@ -483,23 +574,22 @@ int train_run(const train_cfg *cin)
         batch_idx[nb++] = ev.pair.index;
         pairs_epoch++;
         if (nb < N) continue;
-        nb = 0;
-        float lr = (float)train_lr(c, epoch, step_in_epoch, steps_per_epoch), loss;
-        rc = moco_step(mc, x1, x2, NULL, lr, &loss);
-        if (rc) goto out; /* a non-finite loss: stop before anything is written */
-        /* contrastive top-1: the positive (column 0) ranks first. After the
-         * step mc->logits holds their gradient, softmax / N with 1 / N taken
-         * off the positive: a monotone image of the logits, once that is
-         * added back. (With --symmetric, of the last direction.) */
-        int right = 0, K1 = c->K + 1;
-        for (int i = 0; i < N; i++) {
-            const float *l = mc->logits + (size_t)i * K1;
-            float pos = l[0] + 1.0f / (float)N;
-            int top = 1;
-            for (int j = 1; j < K1 && top; j++) top = pos >= l[j];
-            right += top;
+        if (c->dist) { /* ranks: step only when every batch is full */
+            int ed, st;
+            if ((rc = vote(c, VOTE_FULL, &ed, &st))) goto out;
+            if (ed) { draining = 1; stop_after_epoch |= st; continue; } /* this batch is dropped with the epoch's end */
+            if (st) { agreed_stop = 1; break; }
         }
-        double acc = 100.0 * right / N;
+        nb = 0;
+        float lr = (float)train_lr(c, epoch, step_in_epoch, steps_per_epoch);
+        moco_stats ms;
+        rc = moco_step(mc, x1, x2, NULL, lr, &ms);
+        if (rc) goto out; /* a non-finite loss: stop before anything is written */
+        /* this rank's loss and contrastive top-1 (the positive ranks first
+         * among the logits), averaged over the directions; ms.loss_all and
+         * ms.acc_all are the means over the ranks */
+        float loss = ms.loss;
+        double acc = ms.acc;
         step++;
         step_in_epoch++;
         loss_sum += loss;
@@ -508,18 +598,30 @@ int train_run(const train_cfg *cin)
         e_acc += acc;
         e_steps++;
         log_steps++;
+        if (c->dist && step % 100 == 0 && (rc = dist_check_weights(c->dist, mc))) goto out; /* bit-identical on every rank */
         if (log_steps == c->log_every) {
             double t = moco_now_s();
+            if (c->dist) { /* the mean over ranks */
+                double v[2] = {loss_sum, acc_sum};
+                if ((rc = dist_sum_d(c->dist, v, 2))) goto out;
+                loss_sum = v[0] / ranks, acc_sum = v[1] / ranks;
+            }
             stream_stats st;
             stream_get_stats(s, &st);
-            fprintf(metrics, "{\"type\":\"step\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.5f,\"acc\":%.3f,\"lr\":%.6g,\"pairs_per_s\":%.2f,"
-                             "\"starved_pct\":%.1f}\n",
-                    (long long)epoch, (long long)step, loss_sum / log_steps, acc_sum / log_steps, lr,
-                    (double)(log_steps * N) / (t - t_log), 100 * (st.waited_s - waited_log) / (t - t_log));
+            moco_jw sw;
+            moco_jw_begin(&sw);
+            moco_jw_str(&sw, "type", "step");
+            moco_jw_i64(&sw, "epoch", epoch);
+            moco_jw_i64(&sw, "step", step);
+            moco_jw_num(&sw, "loss", loss_sum / log_steps, 5);
+            moco_jw_num(&sw, "acc", acc_sum / log_steps, 3);
+            moco_jw_g(&sw, "lr", lr, 6);
+            moco_jw_num(&sw, "pairs_per_s", (double)(log_steps * N * ranks) / (t - t_log), 2);
+            moco_jw_num(&sw, "starved_pct", 100 * (st.waited_s - waited_log) / (t - t_log), 1);
+            moco_jw_line(&sw, metrics); /* written and flushed */
             waited_log = st.waited_s;
-            fflush(metrics);
-            if (tty) {
-                double el = moco_now_s() - t_epoch, rate = (double)(e_steps * N) / (el > 0 ? el : 1);
+            if (tty && !rank) {
+                double el = moco_now_s() - t_epoch, rate = (double)(e_steps * N * ranks) / (el > 0 ? el : 1);
                 double eta = steps_per_epoch ? (double)((steps_per_epoch - step_in_epoch) * N) / (rate > 0 ? rate : 1) : 0;
                 fprintf(stderr, "\repoch %lld step %lld/%lld  loss %.4f  acc %5.1f%%  lr %.4g  %.1f pairs/s  starved %.0f%%  ETA %.0fs   ",
                         (long long)epoch, (long long)step_in_epoch, (long long)steps_per_epoch, loss_sum / log_steps,
@@ -536,7 +638,9 @@ int train_run(const train_cfg *cin)
         }
     }
 out:
-    if (stop_flag) { /* SIGINT / SIGTERM: whatever stopped the loop, keep what was trained */
+    /* SIGINT / SIGTERM: whatever stopped the loop, keep what was trained
+     * (ranks: only a stop they all agreed on, at the same step) */
+    if (c->dist ? agreed_stop && !rc : stop_flag) {
         int r2 = 0;
         if (s && saved_step != step && !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
             saved_step = step;
@@ -558,16 +662,22 @@ out:
     return rc;
 }
 
-/* Presets: the official recipes. Applied before the user's flags. */
+/* Presets: the official recipes, the one table of them (moco run asks
+ * train_parse_args for the preset's recipe and epochs). Applied before the
+ * user's flags. */
 static void preset(train_cfg *c, const char *name, const moco_optspec *spec)
 {
 #define SET(flag, field, v) if (!moco_opts_seen(spec, flag)) c->field = v
-    if (!strcmp(name, "moco-v1")) {
-        SET("lr", lr, 0.03); SET("moco-t", T, 0.07); SET("moco-m", m, 0.999); SET("moco-k", K, 65536);
-    } else if (!strcmp(name, "moco-v2")) {
+    c->preset = name;
+    if (!strcmp(name, "moco-v1")) { /* main_moco.py's defaults */
+        c->recipe = "v1";
+        SET("lr", lr, 0.03); SET("moco-t", T, 0.07); SET("moco-m", m, 0.999); SET("moco-k", K, 65536); SET("epochs", epochs, 200);
+    } else if (!strcmp(name, "moco-v2")) { /* --mlp --moco-t 0.2 --aug-plus --cos */
+        c->recipe = "v2";
         SET("lr", lr, 0.03); SET("moco-t", T, 0.2); SET("mlp", mlp, 1); SET("cos", cos, 1); SET("moco-m", m, 0.999);
-        SET("moco-k", K, 65536);
-    } else if (!strcmp(name, "cifar")) {
+        SET("moco-k", K, 65536); SET("epochs", epochs, 200);
+    } else if (!strcmp(name, "cifar")) { /* the official CIFAR-10 demo */
+        c->recipe = "cifar";
         SET("arch", arch, "resnet18-cifar"); SET("batch-size", batch, 512); SET("lr", lr, 0.06); SET("wd", wd, 5e-4);
         SET("moco-k", K, 4096); SET("moco-m", m, 0.99); SET("moco-t", T, 0.1); SET("cos", cos, 1); SET("bn-splits", bn_splits, 8);
         SET("epochs", epochs, 200); SET("size", size, 32);
@@ -583,7 +693,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     long width = 64, dim = 128, K = 65536, batch = 256, epochs = 200, splits = 1, size = 224, warm = 0, knn_every = 1,
          knn_k = 200, log_every = 10, keep = 3, save_every = 0, start_epoch = 0, threads = 2;
     uint64_t seed = 0, count = 0;
-    const char *schedule = "120,160", *presetname = NULL, *norm = "auto";
+    const char *schedule = "120,160", *presetname = NULL, *norm = "auto", *precision = "fp32";
     int aug_plus = 0;
     const moco_opt opts[] = {
         {"connect", MOCO_OPT_STR, &c.connect, "the loader's control endpoint", 0, 0, NULL},
@@ -628,6 +738,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"keep", MOCO_OPT_INT, &keep, "per-epoch checkpoints kept", 1, 1e6, NULL},
         {"log-every", MOCO_OPT_INT, &log_every, "steps per metrics record", 1, 1e9, NULL},
         {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
+        {"precision", MOCO_OPT_CHOICE, &precision, "fp32, or bf16: convolutions and linear layers take bf16 operands and accumulate in fp32 (oneDNN, AVX512_BF16); weights, SGD, BN, loss, queue stay fp32", 0, 0, "fp32|bf16"},
         {"loader-timeout", MOCO_OPT_DOUBLE, &c.loader_timeout, "seconds of loader silence that stop training", 1, 1e7, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -642,7 +753,9 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     c.bn_splits = (int)splits; c.size = (int)size; c.warmup_epochs = (int)warm; c.knn_every = (int)knn_every;
     c.knn_k = (int)knn_k; c.log_every = (int)log_every; c.keep = (int)keep; c.save_every = (int)save_every;
     c.start_epoch = (int)start_epoch; c.seed = seed; c.count = count; c.threads = (int)threads;
+    c.precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16;
     if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
+    if (aug_plus) c.recipe = "v2";
     if (!c.connect || !c.out) {
         fprintf(stderr, "moco train: --connect and --out are required\nTry 'moco train --help'.\n");
         return MOCO_OPTS_USAGE;
@@ -682,6 +795,13 @@ int train_main(int argc, char **argv)
     train_cfg c;
     int rc = train_parse_args(argc, argv, &c);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    dist *d = NULL; /* started by mpirun: one rank of the job */
+    if ((rc = dist_init(&argc, &argv, &d))) {
+        fprintf(stderr, "moco train: %s\n", moco_errmsg());
+        return 1;
+    }
+    c.dist = dist_size(d) > 1 ? d : NULL;
+    int rank = dist_rank(d);
     par_set_threads(c.threads); /* chunks of images in parallel, OpenBLAS at one thread per call */
     if (VIPS_INIT("moco")) return 1;
     vips_cache_set_max(0);
@@ -690,9 +810,17 @@ int train_main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     rc = train_run(&c);
-    if (rc) fprintf(stderr, "\nmoco train: %s\n", moco_errmsg());
-    else fprintf(stderr, "\nmoco train: done; checkpoints and metrics.jsonl in %s\n", c.out);
+    char who[32] = "";
+    if (c.dist) snprintf(who, sizeof who, "rank %d of %d: ", rank, dist_size(d));
+    if (rc && !(rank && rc == MOCO_EINTR)) fprintf(stderr, "\nmoco train: %s%s\n", who, moco_errmsg());
+    else if (!rc && !rank) fprintf(stderr, "\nmoco train: done; checkpoints and metrics.jsonl in %s\n", c.out);
+    if (rc && rc != MOCO_EINTR && c.dist) { /* one rank cannot go on: end the job now, not at the next collective */
+        fflush(NULL);
+        dist_abort(d, 1);
+    }
+    dist_finalize(&d);
     if (rc != MOCO_EINTR) return rc ? 1 : 0;
+    if (rank) { fflush(NULL); exit(130); }
     char last[4200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", c.out);
     if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out);

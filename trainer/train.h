@@ -7,11 +7,15 @@
 
 #include "trainer/moco.h"
 
+typedef struct dist dist; /* trainer/dist.h: the ranks of an MPI job */
+
 #define TRAIN_MAX_SCHEDULE 16
 
 typedef struct {
     const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
     const char *keys;  /* key directory for tcp endpoints (CURVE) */
+    const char *preset; /* --preset, or NULL */
+    const char *recipe; /* the augmentation the preset (or --aug-plus) goes with: "v1", "v2", "cifar"; NULL: none said */
     int insecure;      /* tcp without keys */
     int overwrite;     /* --out may hold a run: start afresh (its metrics.jsonl and checkpoints removed) */
     int allow_schedule_change; /* --resume with other --epochs, --lr, --cos, --schedule, --batch-size */
@@ -19,8 +23,10 @@ typedef struct {
     int schedule[TRAIN_MAX_SCHEDULE], nschedule;
     double lr, momentum, wd, m, T, knn_t, loader_timeout;
     int knn_every, knn_k, log_every, keep, save_every, threads;
+    int precision;     /* NN_FP32 (default) or NN_BF16 (--precision bf16: trainer/bf16.c) */
     uint64_t seed, count;
     float mean[3], std[3];
+    dist *dist;        /* the ranks (mpirun -np R moco train), or NULL: one process */
 } train_cfg;
 
 /* The learning rate at (epoch, step within it): the official schedule (x0.1

@@ -21,6 +21,7 @@
 #include "augment/augment.h"
 #include "formats/db.h"
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "trainer/moco.h"
@@ -126,14 +127,21 @@ static int train(const char *views, long n, int epochs, uint64_t seed, const cha
                 to_float(x1 + (size_t)j * 3 * S * S, v);
                 to_float(x2 + (size_t)j * 3 * S * S, v + VB);
             }
-            float loss;
-            if (moco_step(m, x1, x2, NULL, lr, &loss)) { rc = fail("step"); break; }
-            sum += loss, steps++;
+            moco_stats st;
+            if (moco_step(m, x1, x2, NULL, lr, &st)) { rc = fail("step"); break; }
+            sum += st.loss, steps++;
             if (steps % 20 == 0) fprintf(stderr, "epoch %d step %d mean loss %.4f\n", e + 1, steps, sum / steps);
         }
         double top1 = 0;
         if (!rc && train_knn(m->q, bank, test, 200, 0.1f, mean, std, &top1)) rc = fail("kNN");
-        if (!rc) printf("{\"epoch\":%d,\"loss\":%.4f,\"knn_top1\":%.2f}\n", e + 1, sum / steps, top1);
+        if (!rc) {
+            moco_jw w;
+            moco_jw_begin(&w);
+            moco_jw_i64(&w, "epoch", e + 1);
+            moco_jw_num(&w, "loss", steps ? sum / steps : NAN, 4);
+            moco_jw_num(&w, "knn_top1", top1, 2);
+            if (moco_jw_line(&w, stdout)) rc = fail("the epoch's line");
+        }
         fflush(stdout);
     }
     if (f) fclose(f);

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# cli_mpi.sh: data-parallel training on MPI ranks fed by the pipeline, on a
+# small Fashion-MNIST subset with a tiny ResNet (2 ranks x 1 thread):
+#  1. `moco run --ranks 2` trains 2 epochs: every sample exactly once per
+#     epoch across the ranks (the loader's epoch_end and the trainer's epoch
+#     records: pairs = N, the two shards together), steps = 2 x N / (2 x B);
+#  2. `mpirun -np 2 moco train` against a loader with --consumers 2, one
+#     rank SIGKILLed mid-epoch: the other exits within seconds, and a resume
+#     from the last checkpoint (union of the ranks' positions) ends with a
+#     final checkpoint byte-identical to an uninterrupted 2-rank run's (one
+#     worker: the order of each shard is deterministic);
+#  3. launch errors: flags that differ across ranks, and K not a multiple of
+#     ranks x batch, are refused with a message on every rank.
+# Skipped (77) without mpirun (openmpi-bin) or the dataset.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/mpi
+SRC=/usr/share/datasets/fashion-mnist
+command -v mpirun >/dev/null || { echo "skipped: no mpirun (openmpi-bin)"; exit 77; }
+[ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+MPIRUN="mpirun -np 2 --oversubscribe --bind-to none"
+rm -rf "$T" && mkdir -p "$T"
+N=512
+$M mkdb $SRC "$T/db" --split test --limit $N --shuffle --seed 3 --quiet >/dev/null || fail mkdb
+MODEL="--arch resnet18-cifar --width 4 --batch-size 16 --moco-k 256 --moco-m 0.99 --moco-t 0.1 --lr 0.06 --cos --bn-splits 2 --threads 1"
+
+# 1. moco run --ranks 2: exactly once per epoch across the ranks
+timeout 300 $M run "$T/db" --ranks 2 --workers 1 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL \
+  --run-dir "$T/r1" --quiet >"$T/r1.out" 2>"$T/r1.err" || { tail "$T/r1.err"; fail "moco run --ranks 2 exited non-zero"; }
+n=$(grep -c '"type":"epoch"' "$T/r1/metrics.jsonl")
+[ "$n" = 2 ] || fail "expected 2 epoch records, got $n"
+for e in 0 1; do
+  grep '"type":"epoch"' "$T/r1/metrics.jsonl" | grep "\"epoch\":$e," | grep -q "\"pairs\":$N,.*\"ranks\":2" \
+    || fail "epoch $e: the ranks together did not get $N pairs: $(grep '"type":"epoch"' "$T/r1/metrics.jsonl")"
+done
+[ "$(grep -c "\"event\":\"epoch_end\".*\"delivered\":$N,\"failed\":0" "$T/r1/loader.jsonl")" = 2 ] \
+  || fail "the loader did not end 2 epochs with $N delivered: $(grep epoch_end "$T/r1/loader.jsonl")"
+grep -q '"step":32,' "$T/r1/metrics.jsonl" || fail "2 epochs of $N at 2 ranks x batch 16 should end at step 32"
+[ -s "$T/r1/checkpoint_epoch_0002.safetensors" ] || fail "no checkpoint_epoch_0002"
+ls "$T/r1" | grep -q "rank" && fail "a rank other than 0 wrote files: $(ls "$T/r1")"
+echo "moco run --ranks 2: 2 epochs of $N pairs, exactly, across the ranks"
+
+# 2. kill one rank mid-epoch; resume == uninterrupted
+pipeline() { # $1: dir, rest: trainer flags
+  local d=$1; shift
+  rm -rf "$T/s"; mkdir -p "$T/s" "$d"
+  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --pairs ipc://$T/s/p --consumers 2 --epochs 2 --seed 1 \
+    --quiet --linger 0 --consumer-timeout 3 --consumer-wait 60 &
+  LP=$!
+  $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
+  WP=$!
+  timeout 300 $MPIRUN $M train --connect ipc://$T/s/c --out "$d" --epochs 2 --seed 1 --size 28 --count $N $MODEL "$@" \
+    >>"$d.out" 2>>"$d.err" &
+  TP=$!
+}
+pipeline "$T/full"
+wait $TP || fail "uninterrupted 2-rank training failed: $(tail -5 "$T/full.err")"
+wait $LP $WP
+pipeline "$T/cut" --save-every 5
+for i in $(seq 1200); do
+  grep -q '"step":10,' "$T/cut/metrics.jsonl" 2>/dev/null && break
+  sleep 0.05
+done
+victim=$(pgrep -f "train --connect ipc://$T/s/c" | while read p; do [ "$(ps -o comm= -p $p)" = "$(basename $M)" ] && echo $p; done | tail -1)
+[ -n "$victim" ] || fail "found no rank to kill"
+t0=$SECONDS
+kill -KILL "$victim"
+wait $TP; rc=$?
+[ $rc -ne 0 ] || fail "the job exited 0 after a rank was killed"
+[ $((SECONDS - t0)) -le 20 ] || fail "the other rank took $((SECONDS - t0)) s to exit"
+pgrep -f "train --connect ipc://$T/s/c" >/dev/null && fail "ranks are left running: $(pgrep -af "train --connect ipc://$T/s/c")"
+kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
+step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
+echo "killed rank pid $victim at $step; the job ended in $((SECONDS - t0)) s (exit $rc)"
+cp "$T/cut/checkpoint_last.safetensors" "$T/resume.safetensors"
+pipeline "$T/cut" --resume "$T/resume.safetensors"
+wait $TP || fail "resumed 2-rank training failed: $(tail -5 "$T/cut.err")"
+wait $LP $WP
+grep -q "resumed" "$T/cut.err" || fail "the trainer did not say it resumed"
+cmp "$T/full/checkpoint_last.safetensors" "$T/cut/checkpoint_last.safetensors" \
+  || fail "the resumed 2-rank run's final checkpoint differs from the uninterrupted run's"
+echo "killed and resumed: the final checkpoint is byte-identical to the uninterrupted run's"
+
+# 3. launch errors, on every rank
+mkdir -p "$T/s3"
+out=$(timeout 60 mpirun -np 2 --oversubscribe sh -c 'exec "$0" train --connect ipc://'"$T"'/s3/none --out '"$T"'/e1 --count '"$N"' \
+  --size 28 '"$MODEL"' --lr $(( OMPI_COMM_WORLD_RANK + 1 ))' "$M" 2>&1); rc=$?
+[ $rc -ne 0 ] || fail "ranks with different --lr were accepted"
+[ "$(echo "$out" | grep -c 'ranks differ in the training flags')" -ge 2 ] || fail "differing flags not reported on every rank: $out"
+out=$(timeout 60 $MPIRUN $M train --connect ipc://$T/s3/none --out "$T/e2" --count $N --size 28 $MODEL --moco-k 48 2>&1); rc=$?
+[ $rc -ne 0 ] || fail "K=48 with 2 ranks x batch 16 was accepted"
+echo "$out" | grep -q "multiple" || fail "K not a multiple of ranks x batch: no clear message: $out"
+echo "launch errors: refused with messages"

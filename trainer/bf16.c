@@ -1,0 +1,701 @@
+/* bf16.c: bf16 mixed precision for the convolutions and linear layers of
+ * nn.h (nn_conv_bf16, linear_*_bf16), on oneDNN (Debian's libdnnl-dev).
+ *
+ * Promise: every product takes operands rounded to bf16 (round to nearest
+ * even, as vcvtneps2bf16 and PyTorch do) and accumulates in fp32; results
+ * and gradients come back in fp32, in the same (C,N,H,W) / (N,F) buffers
+ * and with the same semantics as the fp32 kernels (forward overwrites,
+ * backward adds). oneDNN primitives are made once per layer (nn_conv_bf16,
+ * nn_linear_bf16); weights are converted to bf16 once per pass (forward,
+ * backward), never per chunk. Without oneDNN (MOCO_HAVE_DNNL unset) or on
+ * a CPU without AVX512_BF16, nn_bf16_available() refuses with MOCO_EINVAL
+ * and says why, and so does every constructor.
+ *
+ * Convolutions run like the fp32 ones: chunks of images side by side on
+ * the compute pool (par.h), oneDNN single-threaded inside each chunk. A
+ * chunk is packed from (C,N,H,W) fp32 into NHWC bf16 (a 16x16 transpose in
+ * registers, converted on the way), convolved by oneDNN (brgconv / jit
+ * avx512_core_bf16: vdpbf16ps, AMX where present) into NHWC fp32, and
+ * transposed back. The last chunk is padded with zero images, so every
+ * chunk uses the same primitives. Linear layers are one oneDNN matmul each
+ * on the calling thread (OpenMP inside oneDNN, par_threads() threads). */
+#include "trainer/nn.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/errors.h"
+#include "trainer/par.h"
+
+#ifdef MOCO_HAVE_DNNL
+
+#include <dnnl.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <pthread.h>
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+/* --------------------------------------------------------- engine, streams */
+
+static dnnl_engine_t engine;
+static dnnl_stream_t streams[PAR_MAX_THREADS]; /* one per pool thread index, made on demand */
+static pthread_mutex_t streams_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+static dnnl_status_t engine_status = dnnl_success;
+
+static void engine_init(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
+
+int nn_bf16_available(void)
+{
+    if (!__builtin_cpu_supports("avx512bf16"))
+        return moco_err(MOCO_EINVAL, "--precision bf16 needs a CPU with AVX512_BF16 (Intel Cooper Lake, Sapphire Rapids or "
+                                     "later; AMD Zen 4 or later); this one has none, and oneDNN's emulation is slower "
+                                     "than our fp32 kernels: use --precision fp32");
+    pthread_once(&engine_once, engine_init);
+    if (engine_status != dnnl_success)
+        return moco_err(MOCO_EINVAL, "oneDNN could not create its CPU engine (status %d)", (int)engine_status);
+    return 0;
+}
+
+/* Streams 0..n-1 exist afterwards. */
+static int need_streams(int n)
+{
+    int rc = 0;
+    pthread_mutex_lock(&streams_mu);
+    for (int i = 0; i < n && !rc; i++)
+        if (!streams[i] && dnnl_stream_create(&streams[i], engine, dnnl_stream_default_flags) != dnnl_success)
+            rc = moco_err(MOCO_ENOMEM, "oneDNN: cannot create a stream");
+    pthread_mutex_unlock(&streams_mu);
+    return rc;
+}
+
+/* ------------------------------------------------- conversion, transposes */
+
+/* 16 fp32 -> 16 bf16, round to nearest even (the hardware rule) */
+BF16_TARGET static inline __m256i cvt16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+BF16_TARGET static void to_bf16(uint16_t *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), cvt16(_mm512_loadu_ps(src + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, cvt16(_mm512_maskz_loadu_ps(m, src + i)));
+    }
+}
+
+BF16_TARGET void nn_bf16_round(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        size_t k = n - i < 16 ? n - i : 16;
+        __mmask16 m = (__mmask16)((1u << k) - 1);
+        __m512i b = _mm512_cvtepu16_epi32(cvt16(_mm512_maskz_loadu_ps(m, x + i)));
+        _mm512_mask_storeu_ps(x + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
+    }
+}
+
+/* In-register transpose of the 16x16 block r[row][col] -> r[col][row]. */
+BF16_TARGET __attribute__((always_inline)) static inline void tr16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g+c], lane L: column 4L+c of rows 4g..4g+3 */
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), e = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+
+static inline __mmask16 mask16(int k) { return (__mmask16)(k >= 16 ? 0xFFFF : (1u << k) - 1); }
+
+/* The chunk of images n0..n0+n of a (C,N,HW) tensor is, per channel, one
+ * contiguous run of P = n*HW values (row stride ldc = N*HW); its NHWC form
+ * is (P, C). Both conversions are transposes in 16x16 register tiles, 16
+ * channel rows at a time, each read or written along its whole run (all C
+ * rows at once would thrash the TLB and the prefetchers). */
+
+#define PF 128 /* prefetch distance along a row, floats (8 cache lines) */
+
+/* dst (P, C) bf16 = src (C, ldc) fp32, P values per row; then zeros up to Ppad rows */
+BF16_TARGET static void pack_nhwc(uint16_t *dst, const float *src, int C, size_t ldc, size_t P, size_t Ppad)
+{
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        const int cn = C - c0 < 16 ? C - c0 : 16;
+        const __mmask16 cm = mask16(cn);
+        const float *s = src + (size_t)c0 * ldc;
+        for (size_t p0 = 0; p0 < P; p0 += 16) {
+            const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
+            const __mmask16 pm = mask16(pn);
+            __m512 r[16];
+            if (p0 + PF < P)
+                for (int i = 0; i < cn; i++) _mm_prefetch((const char *)(s + (size_t)i * ldc + p0 + PF), _MM_HINT_T0);
+            for (int i = 0; i < 16; i++) r[i] = i < cn ? _mm512_maskz_loadu_ps(pm, s + (size_t)i * ldc + p0) : _mm512_setzero_ps();
+            tr16(r);
+            for (int i = 0; i < pn; i++) _mm256_mask_storeu_epi16(dst + (p0 + i) * C + c0, cm, cvt16(r[i]));
+        }
+    }
+    if (Ppad > P) memset(dst + P * C, 0, sizeof(uint16_t) * (Ppad - P) * C);
+}
+
+/* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 */
+BF16_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add)
+{
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        const int cn = C - c0 < 16 ? C - c0 : 16;
+        const __mmask16 cm = mask16(cn);
+        float *o = dst + (size_t)c0 * ldc;
+        for (size_t p0 = 0; p0 < P; p0 += 16) {
+            const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
+            const __mmask16 pm = mask16(pn);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) r[i] = i < pn ? _mm512_maskz_loadu_ps(cm, src + (p0 + i) * C + c0) : _mm512_setzero_ps();
+            tr16(r);
+            if (p0 + PF < P)
+                for (int i = 0; i < cn; i++) _mm_prefetch((const char *)(o + (size_t)i * ldc + p0 + PF), _MM_HINT_ET0);
+            for (int i = 0; i < cn; i++) {
+                float *q = o + (size_t)i * ldc + p0;
+                _mm512_mask_storeu_ps(q, pm, add ? _mm512_add_ps(_mm512_maskz_loadu_ps(pm, q), r[i]) : r[i]);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------ the state */
+
+/* per-thread memory objects of a conv */
+enum { M_X, M_Y, M_DY, M_DX, M_DWP, M_DWA, M_SCR, M_PER };
+
+struct nn_lowp {
+    int conv;         /* 1: convolution, 0: linear */
+    int n, T;         /* conv: images per primitive call; threads */
+    dnnl_primitive_t fwd, bwdd, bwdw, r_wf, r_wb, r_dw;
+    size_t x_b, y_b, dy_b, dx_b, dwp_b, dwa_b, scr_b, wf_b, wb_b;
+    size_t o_a, o_dy, o_dx, o_dwp, o_dwa, o_scr, per_b; /* per-thread layout (bytes) */
+    dnnl_memory_t *m;  /* T * M_PER */
+    dnnl_memory_t w32, wf, wb, wscr; /* shared: fp32 weights (caller's), bf16 copies, scratchpad of the weight reorders */
+    /* linear */
+    int N, F, O;
+    uint16_t *wbf;     /* bf16 W (O,F), written by forward, read by backward */
+    dnnl_memory_t lsrc, lwei, ldst, ldd_src, ldd_wei, ldd_dst, ldw_src, ldw_wei, ldw_dst, lscr;
+    size_t lin_b, ldo_b;
+};
+
+#define DN(call, what)                                                                                                 \
+    do {                                                                                                               \
+        dnnl_status_t s_ = (call);                                                                                     \
+        if (s_ != dnnl_success) {                                                                                      \
+            rc = moco_err(MOCO_EINVAL, "oneDNN: %s failed (status %d)", what, (int)s_);                                \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
+static size_t al64(size_t b) { return (b + 63) & ~(size_t)63; }
+
+static size_t scratch_of(const_dnnl_primitive_desc_t pd)
+{
+    const dnnl_memory_desc_t *m = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    return m ? dnnl_memory_desc_get_size(m) : 0;
+}
+
+static dnnl_status_t user_scratch_attr(dnnl_primitive_attr_t *a, int sum)
+{
+    dnnl_status_t s = dnnl_primitive_attr_create(a);
+    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(*a, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success && sum) {
+        dnnl_post_ops_t po;
+        s = dnnl_post_ops_create(&po);
+        if (s == dnnl_success) {
+            s = dnnl_post_ops_append_sum(po, 1.0f);
+            if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(*a, po);
+            dnnl_post_ops_destroy(po);
+        }
+    }
+    return s;
+}
+
+/* primitive of a primitive descriptor; the descriptor is destroyed */
+static dnnl_status_t make(dnnl_primitive_t *p, dnnl_primitive_desc_t pd, size_t *scr)
+{
+    size_t s = scratch_of(pd);
+    if (scr && s > *scr) *scr = s;
+    dnnl_status_t st = dnnl_primitive_create(p, pd);
+    dnnl_primitive_desc_destroy(pd);
+    return st;
+}
+
+static dnnl_status_t reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to, int sum, size_t *scr)
+{
+    dnnl_primitive_attr_t a;
+    dnnl_status_t s = user_scratch_attr(&a, sum);
+    dnnl_primitive_desc_t pd = NULL;
+    if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, a);
+    dnnl_primitive_attr_destroy(a);
+    return s == dnnl_success ? make(p, pd, scr) : s;
+}
+
+static dnnl_memory_desc_t scratch_md(size_t bytes)
+{
+    dnnl_memory_desc_t m;
+    dnnl_dims_t d = {(dnnl_dim_t)(bytes ? bytes : 1)};
+    dnnl_memory_desc_init_by_tag(&m, 1, d, dnnl_u8, dnnl_a);
+    return m;
+}
+
+void nn_lowp_free(nn_lowp **plp)
+{
+    nn_lowp *lp = plp ? *plp : NULL;
+    if (!lp) return;
+    dnnl_primitive_t ps[] = {lp->fwd, lp->bwdd, lp->bwdw, lp->r_wf, lp->r_wb, lp->r_dw};
+    for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
+        if (ps[i]) dnnl_primitive_destroy(ps[i]);
+    if (lp->m)
+        for (int i = 0; i < lp->T * M_PER; i++)
+            if (lp->m[i]) dnnl_memory_destroy(lp->m[i]);
+    dnnl_memory_t ms[] = {lp->w32, lp->wf, lp->wb, lp->wscr, lp->lsrc, lp->lwei, lp->ldst, lp->ldd_src, lp->ldd_wei,
+                          lp->ldd_dst, lp->ldw_src, lp->ldw_wei, lp->ldw_dst, lp->lscr};
+    for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+        if (ms[i]) dnnl_memory_destroy(ms[i]);
+    free(lp->m);
+    free(lp->wbf);
+    free(lp);
+    *plp = NULL;
+}
+
+void nn_conv_free(nn_conv *d) { nn_lowp_free(&d->lp); }
+
+/* Per-thread bytes of a chunk of images: packed input, and the larger of
+ * the forward output or the backward buffers. */
+static size_t chunk_bytes(const nn_conv *d, int n)
+{
+    size_t x = (size_t)n * d->Ci * d->H * d->W, y = (size_t)n * d->Co * d->Ho * d->Wo;
+    size_t f = 2 * x + 4 * y, b = 2 * x + 2 * y + 4 * x;
+    return f > b ? f : b;
+}
+
+/* Images per chunk: the most whose buffers fit the budget (2 MB per
+ * thread, L2-sized: the packed chunk is still in cache for the convolution,
+ * and its output for the transpose back; MOCO_BF16_CHUNK_KB changes it), at
+ * most N / threads, then evened out so that the chunks are equal and a
+ * multiple of the threads in number. (Larger chunks for layers with large
+ * weights, to write fewer partial weight gradients, measured no better on
+ * resnet18-cifar width 64.) */
+static int choose_chunk(const nn_conv *d, int T)
+{
+    const char *e = getenv("MOCO_BF16_CHUNK_KB");
+    long kb = e ? atol(e) : 0;
+    size_t budget = (size_t)(kb > 0 ? kb : 2048) << 10;
+    int most = (d->N + T - 1) / T, n = 1;
+    while (n < most && chunk_bytes(d, n + 1) <= budget) n++;
+    int chunks = (d->N + n - 1) / n;
+    chunks = (chunks + T - 1) / T * T;
+    n = (d->N + chunks - 1) / chunks;
+    return n < 1 ? 1 : n;
+}
+
+int nn_conv_bf16(nn_conv *d, size_t *work_floats)
+{
+    int rc = nn_bf16_available();
+    if (rc) return rc;
+    nn_conv_free(d);
+    const int T = d->nthreads < 1 ? 1 : d->nthreads;
+    if ((rc = need_streams(T))) return rc;
+    nn_lowp *lp = calloc(1, sizeof *lp);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
+    if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
+    lp->conv = 1, lp->T = T;
+    const int n = choose_chunk(d, T);
+    lp->n = n;
+    omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */
+    dnnl_memory_desc_t x, y, wa, dy, dx, dwa, w32;
+    dnnl_dims_t xd = {n, d->Ci, d->H, d->W}, yd = {n, d->Co, d->Ho, d->Wo}, wd = {d->Co, d->Ci, d->k, d->k};
+    dnnl_dims_t st = {d->stride, d->stride}, pl = {d->pad, d->pad};
+    /* right padding as PyTorch's output size implies */
+    dnnl_dims_t pr = {(dnnl_dim_t)(d->Ho - 1) * d->stride + d->k - d->H - d->pad, (dnnl_dim_t)(d->Wo - 1) * d->stride + d->k - d->W - d->pad};
+    DN(dnnl_memory_desc_init_by_tag(&x, 4, xd, dnnl_bf16, dnnl_nhwc), "source descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, dnnl_nhwc), "destination descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dy, 4, yd, dnnl_bf16, dnnl_nhwc), "gradient descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dx, 4, xd, dnnl_f32, dnnl_nhwc), "input gradient descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&wa, 4, wd, dnnl_bf16, dnnl_format_tag_any), "weights descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dwa, 4, wd, dnnl_f32, dnnl_format_tag_any), "weight gradient descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&w32, 4, wd, dnnl_f32, dnnl_oihw), "fp32 weights descriptor");
+    DN(user_scratch_attr(&attr, 0), "attributes");
+    dnnl_convolution_desc_t cd;
+    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &x, &wa, NULL, &y, st, pl, pr),
+       "convolution forward descriptor");
+    DN(dnnl_primitive_desc_create(&fpd, &cd, attr, engine, NULL), "convolution forward");
+    DN(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &dx, &wa, &dy, st, pl, pr),
+       "convolution backward-data descriptor");
+    DN(dnnl_primitive_desc_create(&bpd, &cd, attr, engine, fpd), "convolution backward-data");
+    DN(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &x, &dwa, NULL, &dy, st, pl, pr),
+       "convolution backward-weights descriptor");
+    DN(dnnl_primitive_desc_create(&wpd, &cd, attr, engine, fpd), "convolution backward-weights");
+    const dnnl_memory_desc_t wf = *dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t wb = *dnnl_primitive_desc_query_md(bpd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t dwp = *dnnl_primitive_desc_query_md(wpd, dnnl_query_diff_weights_md, 0);
+    size_t scr = 0, wscr = 0;
+    dnnl_status_t s1 = make(&lp->fwd, fpd, &scr);
+    fpd = NULL;
+    DN(s1, "convolution forward primitive");
+    s1 = make(&lp->bwdd, bpd, &scr);
+    bpd = NULL;
+    DN(s1, "convolution backward-data primitive");
+    s1 = make(&lp->bwdw, wpd, &scr);
+    wpd = NULL;
+    DN(s1, "convolution backward-weights primitive");
+    DN(reorder(&lp->r_wf, &w32, &wf, 0, &wscr), "weights reorder");
+    DN(reorder(&lp->r_wb, &w32, &wb, 0, &wscr), "weights reorder (backward)");
+    DN(reorder(&lp->r_dw, &dwp, &w32, 1, &scr), "weight gradient reorder");
+    lp->x_b = dnnl_memory_desc_get_size(&x), lp->y_b = dnnl_memory_desc_get_size(&y);
+    lp->dy_b = dnnl_memory_desc_get_size(&dy), lp->dx_b = dnnl_memory_desc_get_size(&dx);
+    lp->dwp_b = dnnl_memory_desc_get_size(&dwp), lp->dwa_b = dnnl_memory_desc_get_size(&w32);
+    lp->wf_b = dnnl_memory_desc_get_size(&wf), lp->wb_b = dnnl_memory_desc_get_size(&wb);
+    lp->scr_b = scr;
+    /* per thread: x | (y) or (dy dx dwp) | dwa | scratchpad; then, shared, the bf16 weights and their reorder's scratchpad */
+    size_t a = al64(lp->y_b), b = al64(lp->dy_b) + al64(lp->dx_b) + al64(lp->dwp_b);
+    lp->o_a = al64(lp->x_b);
+    lp->o_dy = lp->o_a, lp->o_dx = lp->o_dy + al64(lp->dy_b), lp->o_dwp = lp->o_dx + al64(lp->dx_b);
+    lp->o_dwa = lp->o_a + (a > b ? a : b);
+    lp->o_scr = lp->o_dwa + al64(lp->dwa_b);
+    lp->per_b = lp->o_scr + al64(scr);
+    size_t wmax = al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b);
+    size_t total = (size_t)T * lp->per_b + wmax + al64(wscr) + 64;
+    /* memory objects (handles set at each call) */
+    lp->m = calloc((size_t)T * M_PER, sizeof *lp->m);
+    if (!lp->m) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory");
+        goto fail;
+    }
+    dnnl_memory_desc_t sm = scratch_md(scr), wsm = scratch_md(wscr);
+    for (int t = 0; t < T; t++) {
+        dnnl_memory_t *m = lp->m + (size_t)t * M_PER;
+        DN(dnnl_memory_create(&m[M_X], &x, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_Y], &y, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_DY], &dy, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_DX], &dx, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_DWP], &dwp, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_DWA], &w32, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&m[M_SCR], &sm, engine, DNNL_MEMORY_NONE), "memory");
+    }
+    DN(dnnl_memory_create(&lp->w32, &w32, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->wf, &wf, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->wb, &wb, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->wscr, &wsm, engine, DNNL_MEMORY_NONE), "memory");
+    dnnl_primitive_attr_destroy(attr);
+    d->lp = lp;
+    d->chunk = n, d->direct = 0, d->lanes = 0;
+    d->work_per = lp->per_b / sizeof(float);
+    *work_floats = (total + sizeof(float) - 1) / sizeof(float);
+    return 0;
+fail:
+    if (fpd) dnnl_primitive_desc_destroy(fpd);
+    if (bpd) dnnl_primitive_desc_destroy(bpd);
+    if (wpd) dnnl_primitive_desc_destroy(wpd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    nn_lowp_free(&lp);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", moco_errmsg());
+    return moco_err(rc, "bf16 convolution %d->%d, %dx%d, k %d, stride %d, pad %d: %s", d->Ci, d->Co, d->H, d->W, d->k, d->stride,
+                    d->pad, msg);
+}
+
+/* Failures while running are programming errors (the shapes were accepted
+ * when the primitives were made): report and stop. */
+static void run(dnnl_primitive_t p, int th, int nargs, const dnnl_exec_arg_t *args)
+{
+    dnnl_status_t s = dnnl_primitive_execute(p, streams[th], nargs, args);
+    if (s != dnnl_success) {
+        fprintf(stderr, "moco: oneDNN primitive failed while running (status %d)\n", (int)s);
+        abort();
+    }
+}
+
+static void seth(dnnl_memory_t m, void *p) { dnnl_memory_set_data_handle(m, p); }
+
+static void reorder_run(dnnl_primitive_t r, dnnl_memory_t from, dnnl_memory_t to, dnnl_memory_t scr, int th)
+{
+    dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scr}};
+    run(r, th, 3, a);
+}
+
+typedef struct {
+    const nn_conv *d;
+    float *out, *dinp, *dw;
+    const float *inp, *dout;
+    char *work;
+} bf_job;
+
+static void fwd_task(void *ctx, int t, int th)
+{
+    const bf_job *j = ctx;
+    const nn_conv *d = j->d;
+    const nn_lowp *lp = d->lp;
+    omp_set_num_threads(1);
+    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n;
+    const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
+    char *w = j->work + (size_t)th * lp->per_b;
+    dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
+    pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+    seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
+    dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_WEIGHTS, lp->wf}, {DNNL_ARG_DST, m[M_Y]}, {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
+    run(lp->fwd, th, 4, a);
+    unpack_nhwc(j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0);
+}
+
+void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
+{
+    const nn_lowp *lp = d->lp;
+    char *shared = (char *)work + (size_t)lp->T * lp->per_b;
+    omp_set_num_threads(1);
+    seth(lp->w32, (void *)w), seth(lp->wf, shared), seth(lp->wscr, shared + al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b));
+    reorder_run(lp->r_wf, lp->w32, lp->wf, lp->wscr, 0);
+    bf_job j = {d, out, NULL, NULL, inp, NULL, (char *)work};
+    par_for_max((d->N + lp->n - 1) / lp->n, lp->T, fwd_task, &j);
+}
+
+static void bwd_task(void *ctx, int t, int th)
+{
+    const bf_job *j = ctx;
+    const nn_conv *d = j->d;
+    const nn_lowp *lp = d->lp;
+    omp_set_num_threads(1);
+    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n;
+    const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
+    char *w = j->work + (size_t)th * lp->per_b;
+    dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
+    pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
+    seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
+    if (j->dw) {
+        pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+        seth(m[M_X], w), seth(m[M_DWP], w + lp->o_dwp);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_DIFF_WEIGHTS, m[M_DWP]},
+                                {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
+        run(lp->bwdw, th, 4, a);
+        seth(m[M_DWA], th ? (void *)(w + lp->o_dwa) : (void *)j->dw); /* thread 0 adds straight into dw */
+        reorder_run(lp->r_dw, m[M_DWP], m[M_DWA], m[M_SCR], th);
+    }
+    if (j->dinp) {
+        seth(m[M_DX], w + lp->o_dx);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_WEIGHTS, lp->wb}, {DNNL_ARG_DIFF_SRC, m[M_DX]},
+                                {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
+        run(lp->bwdd, th, 4, a);
+        unpack_nhwc(j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, 1);
+    }
+}
+
+void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
+{
+    const nn_lowp *lp = d->lp;
+    char *wk = (char *)work, *shared = wk + (size_t)lp->T * lp->per_b;
+    omp_set_num_threads(1);
+    if (dinp) {
+        seth(lp->w32, (void *)w), seth(lp->wb, shared), seth(lp->wscr, shared + al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b));
+        reorder_run(lp->r_wb, lp->w32, lp->wb, lp->wscr, 0);
+    }
+    const int tasks = (d->N + lp->n - 1) / lp->n;
+    int T = lp->T < tasks ? lp->T : tasks;
+    if (T > par_threads()) T = par_threads();
+    const size_t nw = (size_t)d->Co * d->Ci * d->k * d->k;
+    if (dw)
+        for (int t = 1; t < T; t++) memset(wk + (size_t)t * lp->per_b + lp->o_dwa, 0, sizeof(float) * nw);
+    bf_job j = {d, NULL, dinp, dw, inp, dout, wk};
+    par_for_max(tasks, T, bwd_task, &j);
+    if (dw)
+        for (int t = 1; t < T; t++) {
+            const float *p = (const float *)(wk + (size_t)t * lp->per_b + lp->o_dwa);
+            for (size_t i = 0; i < nw; i++) dw[i] += p[i];
+        }
+}
+
+/* ------------------------------------------------------------------ linear */
+
+int nn_linear_bf16(nn_lowp **out, int N, int F, int O, size_t *work_floats)
+{
+    *out = NULL;
+    int rc = nn_bf16_available();
+    if (rc) return rc;
+    if ((rc = need_streams(1))) return rc;
+    nn_lowp *lp = calloc(1, sizeof *lp);
+    dnnl_primitive_attr_t attr = NULL, sattr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
+    lp->N = N, lp->F = F, lp->O = O, lp->T = par_threads();
+    lp->wbf = malloc(sizeof(uint16_t) * (size_t)O * F);
+    if (!lp->wbf) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory");
+        goto fail;
+    }
+    omp_set_num_threads(lp->T);
+    dnnl_memory_desc_t x, wt, y, dy, w, dx, dyt, dw;
+    dnnl_dims_t xd = {N, F}, wtd = {F, O}, yd = {N, O}, wd = {O, F}, dytd = {O, N};
+    dnnl_dims_t wts = {1, F}, dyts = {1, O};
+    DN(dnnl_memory_desc_init_by_tag(&x, 2, xd, dnnl_bf16, dnnl_ab), "descriptor");
+    DN(dnnl_memory_desc_init_by_strides(&wt, 2, wtd, dnnl_bf16, wts), "descriptor"); /* W^T, a view of W (O,F) */
+    DN(dnnl_memory_desc_init_by_tag(&y, 2, yd, dnnl_f32, dnnl_ab), "descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dy, 2, yd, dnnl_bf16, dnnl_ab), "descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_bf16, dnnl_ab), "descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dx, 2, xd, dnnl_f32, dnnl_ab), "descriptor");
+    DN(dnnl_memory_desc_init_by_strides(&dyt, 2, dytd, dnnl_bf16, dyts), "descriptor"); /* dout^T */
+    DN(dnnl_memory_desc_init_by_tag(&dw, 2, wd, dnnl_f32, dnnl_ab), "descriptor");
+    DN(user_scratch_attr(&attr, 0), "attributes");
+    DN(user_scratch_attr(&sattr, 1), "attributes");
+    size_t scr = 0;
+    dnnl_matmul_desc_t md;
+    dnnl_status_t s1;
+    DN(dnnl_matmul_desc_init(&md, &x, &wt, NULL, &y), "matmul descriptor");
+    DN(dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL), "matmul (forward)");
+    s1 = make(&lp->fwd, pd, &scr), pd = NULL;
+    DN(s1, "matmul primitive");
+    DN(dnnl_matmul_desc_init(&md, &dy, &w, NULL, &dx), "matmul descriptor");
+    DN(dnnl_primitive_desc_create(&pd, &md, sattr, engine, NULL), "matmul (input gradient)");
+    s1 = make(&lp->bwdd, pd, &scr), pd = NULL;
+    DN(s1, "matmul primitive");
+    DN(dnnl_matmul_desc_init(&md, &dyt, &x, NULL, &dw), "matmul descriptor");
+    DN(dnnl_primitive_desc_create(&pd, &md, sattr, engine, NULL), "matmul (weight gradient)");
+    s1 = make(&lp->bwdw, pd, &scr), pd = NULL;
+    DN(s1, "matmul primitive");
+    dnnl_memory_desc_t sm = scratch_md(scr);
+    DN(dnnl_memory_create(&lp->lsrc, &x, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->lwei, &wt, engine, lp->wbf), "memory");
+    DN(dnnl_memory_create(&lp->ldst, &y, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->ldd_src, &dy, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->ldd_wei, &w, engine, lp->wbf), "memory");
+    DN(dnnl_memory_create(&lp->ldd_dst, &dx, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->ldw_src, &dyt, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->ldw_wei, &x, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->ldw_dst, &dw, engine, DNNL_MEMORY_NONE), "memory");
+    DN(dnnl_memory_create(&lp->lscr, &sm, engine, DNNL_MEMORY_NONE), "memory");
+    omp_set_num_threads(1);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_primitive_attr_destroy(sattr);
+    lp->lin_b = al64(sizeof(uint16_t) * (size_t)N * F), lp->ldo_b = al64(sizeof(uint16_t) * (size_t)N * O);
+    lp->scr_b = scr;
+    *work_floats = (lp->lin_b + lp->ldo_b + al64(scr) + 64) / sizeof(float);
+    *out = lp;
+    return 0;
+fail:
+    omp_set_num_threads(1);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (sattr) dnnl_primitive_attr_destroy(sattr);
+    nn_lowp_free(&lp);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", moco_errmsg());
+    return moco_err(rc, "bf16 linear layer %d x %d -> %d: %s", N, F, O, msg);
+}
+
+void linear_forward_bf16(float *out, const float *inp, const float *w, const float *b, const nn_lowp *lp, float *work)
+{
+    const int N = lp->N, F = lp->F, O = lp->O;
+    char *wk = (char *)work;
+    to_bf16((uint16_t *)wk, inp, (size_t)N * F);
+    to_bf16(lp->wbf, w, (size_t)O * F);
+    seth(lp->lsrc, wk), seth(lp->ldst, out), seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
+    omp_set_num_threads(lp->T);
+    dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->lsrc}, {DNNL_ARG_WEIGHTS, lp->lwei}, {DNNL_ARG_DST, lp->ldst}, {DNNL_ARG_SCRATCHPAD, lp->lscr}};
+    run(lp->fwd, 0, 4, a);
+    omp_set_num_threads(1);
+    if (b)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++) out[(size_t)n * O + o] += b[o];
+}
+
+void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const float *inp, const nn_lowp *lp, float *work)
+{
+    const int N = lp->N, F = lp->F, O = lp->O;
+    char *wk = (char *)work;
+    uint16_t *xb = (uint16_t *)wk, *dyb = (uint16_t *)(wk + lp->lin_b);
+    to_bf16(dyb, dout, (size_t)N * O);
+    seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
+    omp_set_num_threads(lp->T);
+    if (dw) {
+        to_bf16(xb, inp, (size_t)N * F);
+        seth(lp->ldw_src, dyb), seth(lp->ldw_wei, xb), seth(lp->ldw_dst, dw);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->ldw_src}, {DNNL_ARG_WEIGHTS, lp->ldw_wei}, {DNNL_ARG_DST, lp->ldw_dst},
+                                {DNNL_ARG_SCRATCHPAD, lp->lscr}};
+        run(lp->bwdw, 0, 4, a);
+    }
+    if (dinp) {
+        seth(lp->ldd_src, dyb), seth(lp->ldd_dst, dinp);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->ldd_src}, {DNNL_ARG_WEIGHTS, lp->ldd_wei}, {DNNL_ARG_DST, lp->ldd_dst},
+                                {DNNL_ARG_SCRATCHPAD, lp->lscr}};
+        run(lp->bwdd, 0, 4, a);
+    }
+    omp_set_num_threads(1);
+    if (db)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++) db[o] += dout[(size_t)n * O + o];
+}
+
+#else /* no oneDNN: every entry point refuses */
+
+int nn_bf16_available(void)
+{
+    return moco_err(MOCO_EINVAL, "--precision bf16 needs oneDNN, and this moco was built without it: install libdnnl-dev "
+                                 "(tools/install-deps.sh does), rebuild, or use --precision fp32");
+}
+
+void nn_bf16_round(float *x, size_t n)
+{
+    (void)x, (void)n;
+}
+
+void nn_lowp_free(nn_lowp **lp)
+{
+    if (lp) *lp = NULL;
+}
+
+void nn_conv_free(nn_conv *d) { d->lp = NULL; }
+
+int nn_conv_bf16(nn_conv *d, size_t *work_floats)
+{
+    (void)d, (void)work_floats;
+    return nn_bf16_available();
+}
+
+int nn_linear_bf16(nn_lowp **out, int N, int F, int O, size_t *work_floats)
+{
+    (void)N, (void)F, (void)O, (void)work_floats;
+    *out = NULL;
+    return nn_bf16_available();
+}
+
+void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
+{
+    (void)out, (void)inp, (void)w, (void)d, (void)work;
+}
+
+void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
+{
+    (void)dinp, (void)dw, (void)dout, (void)inp, (void)w, (void)d, (void)work;
+}
+
+void linear_forward_bf16(float *out, const float *inp, const float *w, const float *b, const nn_lowp *lp, float *work)
+{
+    (void)out, (void)inp, (void)w, (void)b, (void)lp, (void)work;
+}
+
+void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const float *inp, const nn_lowp *lp, float *work)
+{
+    (void)dinp, (void)dw, (void)db, (void)dout, (void)inp, (void)lp, (void)work;
+}
+
+#endif
