@@ -195,7 +195,7 @@ int augment_bench_main(int argc, char **argv)
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
     int n = augment_flags_opts(&f, opts);
     moco_opt extra[] = {
-        {"db", MOCO_OPT_STR, &dbp, "dataset LMDB (required)", 0, 0, NULL},
+        {"db", MOCO_OPT_STR, &dbp, "dataset LMDB", 0, 0, NULL},
         {"seconds", MOCO_OPT_DOUBLE, &seconds, "seconds per measurement", 0.1, 3600, NULL},
         {"workers", MOCO_OPT_INT, &workers, "1: in-process, no sockets; N > 1: N worker processes", 1, 64, NULL},
         {"limit", MOCO_OPT_U64, &limit, "records read into memory at most", 1, 1e9, NULL},
@@ -205,14 +205,10 @@ int augment_bench_main(int argc, char **argv)
     const moco_optspec spec = {"moco bench augment", "--db DB [options]",
                                "Measure the augmentation worker: pairs per second and, in-process, the decode-only rate.\n"
                                "The records are read into memory first. The last line is one JSON object.",
-                               opts, 0, 0};
+                               opts, 0, 0, "db"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!dbp) {
-        fprintf(stderr, "moco bench augment: --db is required\n");
-        return 2;
-    }
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco bench augment: %s\n", moco_errmsg());

@@ -82,14 +82,10 @@ int augment_pipe_main(int argc, char **argv)
                                "or on other hosts (tcp://, with --keys). Every view is a pure function of (seed, epoch,\n"
                                "index, view). (moco augment --pull EP --push EP is the standalone worker that moco bench\n"
                                "augment starts; moco augment --pull --help lists its flags.)",
-                               opts, 0, 0};
+                               opts, 0, 0, "connect push"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!cfg.loader_ep || !cfg.push_ep) {
-        fprintf(stderr, "moco augment: --connect and --push are required\nTry 'moco augment --help'.\n");
-        return 2;
-    }
     cfg.queue = (int)queue;
     cfg.sndhwm = (int)hwm;
     augment_recipe r;

@@ -70,7 +70,7 @@ int augment_preview_main(int argc, char **argv)
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 6];
     int no = augment_flags_opts(&f, opts);
     moco_opt extra[] = {
-        {"out", MOCO_OPT_STR, &out, "output PNG (required)", 0, 0, NULL},
+        {"out", MOCO_OPT_STR, &out, "output PNG", 0, 0, NULL},
         {"n", MOCO_OPT_INT, &n, "samples to show, spread over the dataset", 1, 256, NULL},
         {"epoch", MOCO_OPT_INT, &epoch, "epoch whose views to show", 0, 4294967295.0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
@@ -79,14 +79,10 @@ int augment_preview_main(int argc, char **argv)
     const moco_optspec spec = {"moco preview", "DB --out grid.png [options]",
                                "Write a PNG contact sheet: for each of n samples, original | query view | key view,\n"
                                "made exactly as `moco augment` makes them (same recipe flags, seed and epoch).",
-                               opts, 1, 1};
+                               opts, 1, 1, "out"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!out) {
-        fprintf(stderr, "moco preview: --out is required\n");
-        return 2;
-    }
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco preview: %s\n", moco_errmsg());

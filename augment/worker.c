@@ -84,8 +84,8 @@ int augment_worker_main(int argc, char **argv)
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
     int n = augment_flags_opts(&f, opts);
     moco_opt extra[] = {
-        {"pull", MOCO_OPT_STR, &pull_ep, "endpoint to PULL SAMPLE messages from (required)", 0, 0, NULL},
-        {"push", MOCO_OPT_STR, &push_ep, "endpoint to PUSH PAIR messages to (required)", 0, 0, NULL},
+        {"pull", MOCO_OPT_STR, &pull_ep, "endpoint to PULL SAMPLE messages from", 0, 0, NULL},
+        {"push", MOCO_OPT_STR, &push_ep, "endpoint to PUSH PAIR messages to", 0, 0, NULL},
         {"failed", MOCO_OPT_STR, &fail_ep, "endpoint to PUSH FAILED reports to (default: none, log only)", 0, 0, NULL},
         {"bind", MOCO_OPT_FLAG, &bind, "bind the endpoints instead of connecting", 0, 0, NULL},
         {"hwm", MOCO_OPT_INT, &hwm, "high-water mark of each socket, in messages", 1, 100000, NULL},
@@ -98,14 +98,10 @@ int augment_worker_main(int argc, char **argv)
                                "and sends a PAIR of two independently augmented uint8 views. A view is a pure function of\n"
                                "(recipe, seed, epoch, index, view). Bad records are reported as FAILED and skipped.\n"
                                "(With --connect LOADER --push EP instead, it speaks the pipeline's credit protocol.)",
-                               opts, 0, 0};
+                               opts, 0, 0, "pull push"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!pull_ep || !push_ep) {
-        fprintf(stderr, "moco augment: --pull and --push are required (see --help)\n");
-        return 2;
-    }
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco augment: %s\n", moco_errmsg());

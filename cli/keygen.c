@@ -20,7 +20,7 @@ int cli_keygen_main(int argc, char **argv)
                                "DIR/allowed/ (every file mode 0600). Give every process --keys DIR: processes that bind\n"
                                "tcp endpoints use server.key_secret and admit only clients whose public key is in\n"
                                "allowed/; processes that connect use client.key_secret and server.key.",
-                               opts, 1, 1};
+                               opts, 1, 1, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

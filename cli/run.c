@@ -243,7 +243,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
     opts[n++] = (moco_opt){"worker-timeout", MOCO_OPT_DOUBLE, &worker_timeout, "loader: seconds of silence that make a worker dead", 0.2, 3600, NULL};
     if (bench) {
-        opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB (required)", 0, 0, NULL};
+        opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB", 0, 0, NULL};
         opts[n++] = (moco_opt){"seconds", MOCO_OPT_DOUBLE, &seconds, "measure this long", 0.5, 1e6, NULL};
         opts[n++] = (moco_opt){"warmup", MOCO_OPT_DOUBLE, &warmup,
                                "seconds after the first pair not measured (processes start, caches fill; bench augment also measures warm)",
@@ -285,12 +285,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                                    "counting sink) on DB, supervise them, and replace workers that die. Every flag not listed\n"
                                    "here goes to the trainer (see moco train --help: --preset, --arch, --lr, --knn-train, ...).\n"
                                    "The run directory holds logs, metrics.jsonl and checkpoints; sockets go to a private directory.",
-                                   opts, 1, 1};
+                                   opts, 1, 1, NULL};
     const moco_optspec bench_spec = {"moco bench pipeline", "--db DB [--workers N] [--seconds T] [recipe options]",
                                       "The whole pipeline (loader, N worker processes, sockets) into the counting sink for\n"
                                       "--warmup + --seconds, measured over the last --seconds; prints pairs/s, starved % and\n"
                                       "per-stage figures, the last line one JSON object.",
-                                      opts, 0, 0};
+                                      opts, 0, 0, "db"};
     const moco_optspec spec = bench ? bench_spec : run_spec;
     /* moco run: our flags (and the recipe's) here, every other flag to the
      * trainer, which checks them before anything starts. DB comes first. */
@@ -325,7 +325,6 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     if (out_dir) run_dir = out_dir;
     if (bench) {
-        if (!db) { fprintf(stderr, "moco bench pipeline: --db is required\n"); return 2; }
         sink = 1;
         quiet = 1;
         if (!moco_opts_seen(&spec, "epochs")) epochs = 1000000;

@@ -150,6 +150,20 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
         if (rc) return rc;
     }
     if (np < s->min_pos) return bad(s, "missing argument(s): expected %s%s", s->synopsis, "");
+    char missing[256] = "";
+    int nmiss = 0;
+    for (const char *r = s->required; r && *r;) { /* "db bind": --db and --bind are required */
+        size_t l = strcspn(r, " ");
+        const moco_opt *o = find(s, r, l);
+        if (o && !seen[o - s->opts]) {
+            size_t at = strlen(missing);
+            snprintf(missing + at, sizeof missing - at, "%s--%s", nmiss ? " and " : "", o->name);
+            nmiss++;
+        }
+        r += l;
+        while (*r == ' ') r++;
+    }
+    if (nmiss) return bad(s, "%s %s required", missing, nmiss > 1 ? "are" : "is");
     *npos = np;
     return MOCO_OPTS_OK;
 }
@@ -159,6 +173,19 @@ int moco_opts_seen(const moco_optspec *s, const char *name)
     const unsigned char *seen = seen_of(s);
     const moco_opt *o = seen ? find(s, name, strlen(name)) : NULL;
     return o ? seen[o - s->opts] : 0;
+}
+
+/* Is --name in s->required? */
+static int required(const moco_optspec *s, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *r = s->required; r && *r;) {
+        size_t l = strcspn(r, " ");
+        if (l == n && !strncmp(r, name, n)) return 1;
+        r += l;
+        while (*r == ' ') r++;
+    }
+    return 0;
 }
 
 void moco_opts_help(const moco_optspec *s)
@@ -184,7 +211,7 @@ void moco_opts_help(const moco_optspec *s)
             break;
         case MOCO_OPT_FLAG: break;
         }
-        printf("  %-22s %s%s\n", lhs, o->help, def);
+        printf("  %-22s %s%s%s\n", lhs, o->help, required(s, o->name) ? " (required)" : "", def);
     }
     printf("  %-22s %s\n", "--help", "show this help and exit");
 }

@@ -34,6 +34,8 @@ typedef struct {
     const char *about;    /* one paragraph, may be NULL */
     const moco_opt *opts; /* terminated by an entry with name == NULL */
     int min_pos, max_pos; /* allowed count of positional arguments */
+    const char *required; /* flags that must be given, space-separated ("db bind"), or NULL: a parse without
+                           * them is a usage error naming them; --help marks them */
 } moco_optspec;
 
 enum { MOCO_OPTS_OK = 0, MOCO_OPTS_HELP = 1, MOCO_OPTS_USAGE = 2 };

@@ -47,7 +47,7 @@ int loader_info_main(int argc, char **argv)
     const moco_optspec spec = {"moco info", "DB [options]",
                                "Print the sample count, classes with their counts, payload sizes, encodings and\n"
                                "image size range of a dataset made by `moco mkdb`.",
-                               opts, 1, 1};
+                               opts, 1, 1, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

@@ -433,7 +433,7 @@ int loader_mkdb_main(int argc, char **argv)
         "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
         "Bad inputs (unreadable, corrupt, truncated, over --max-pixels) are named on stderr\n"
         "with the reason, skipped and counted. OUT appears only when complete.",
-        opts, 2, 2};
+        opts, 2, 2, NULL};
     char *pos[2];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

@@ -975,15 +975,10 @@ int loader_stream_main(int argc, char **argv)
     const moco_optspec spec = {"moco loader", "--db DB --bind ENDPOINT [--ctl ENDPOINT] [options]",
                                "Stream the records of a dataset LMDB to augmentation workers (moco augment --connect),\n"
                                "every valid sample exactly once per epoch to the consumer (moco train or the sink).",
-                               opts, 0, 0};
+                               opts, 0, 0, "db bind"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) { free(L); return rc == MOCO_OPTS_HELP ? 0 : 2; }
-    if (!L->db_path || !L->work_ep) {
-        fprintf(stderr, "moco loader: --db and --bind are required\nTry 'moco loader --help'.\n");
-        free(L);
-        return 2;
-    }
     L->R = (int)consumers;
     if (L->R > 1 && !L->pairs_ep) {
         fprintf(stderr, "moco loader: --consumers %d needs serve mode (--pairs): each consumer gets its shard over its control socket\n", L->R);

@@ -611,7 +611,7 @@ static void test_recipes(void **state)
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 1];
     augment_flags_opts(&f, opts);
     opts[AUGMENT_FLAGS_NOPTS] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
-    const moco_optspec spec = {"t", "", NULL, opts, 0, 0};
+    const moco_optspec spec = {"t", "", NULL, opts, 0, 0, NULL};
     char *a1[] = {"t", "--recipe", "cifar"}, *a2[] = {"t", "--recipe=v1", "--size", "48", "--hue", "0.2", "--seed", "9"};
     char *pos[1];
     int np;

@@ -1,6 +1,8 @@
 /* test_opts.c: printed commands can be pasted: every argument comes back
  * unchanged through a POSIX shell (sh -c), also with spaces, quotes, $ and
- * backslashes; dropped flags go with their values. */
+ * backslashes; dropped flags go with their values. A spec's required flags:
+ * a parse without them is a usage error naming the missing ones (and only
+ * them), --help marks them; two specs parsed in turn each keep what they saw. */
 #include "tests/testutil.h"
 
 #include "formats/opts.h"
@@ -39,8 +41,60 @@ static void test_command_round_trip(void **st)
     assert_int_equal(k, 8);
 }
 
+/* Run moco_opts_parse with stderr (or stdout for --help) into buf. */
+static int parse_into(const moco_optspec *sp, int argc, char **argv, char *buf, size_t n, int out)
+{
+    fflush(NULL);
+    FILE *t = tmpfile();
+    assert_non_null(t);
+    int fd = out ? 1 : 2, saved = dup(fd);
+    dup2(fileno(t), fd);
+    char *pos[1];
+    int np = 0, rc = moco_opts_parse(sp, argc, argv, pos, &np);
+    fflush(NULL);
+    dup2(saved, fd);
+    close(saved);
+    rewind(t);
+    size_t got = fread(buf, 1, n - 1, t);
+    buf[got] = 0;
+    fclose(t);
+    return rc;
+}
+
+static void test_required(void **st)
+{
+    (void)st;
+    const char *db = NULL, *bind = NULL, *log = NULL;
+    const moco_opt o[] = {{"db", MOCO_OPT_STR, &db, "dataset", 0, 0, NULL}, {"bind", MOCO_OPT_STR, &bind, "endpoint", 0, 0, NULL},
+                          {"log", MOCO_OPT_STR, &log, "log file", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec sp = {"moco x", "--db DB --bind EP", NULL, o, 0, 0, "db bind"};
+    char buf[2048];
+    char *none[] = {"x", "--log", "l"}, *one[] = {"x", "--db", "d"}, *both[] = {"x", "--bind", "b", "--db", "d"}, *help[] = {"x", "--help"};
+    assert_int_equal(parse_into(&sp, 3, none, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco x: --db and --bind are required"));
+    assert_int_equal(parse_into(&sp, 3, one, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco x: --bind is required"));
+    assert_null(strstr(buf, "--db"));
+    assert_int_equal(parse_into(&sp, 5, both, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_string_equal(buf, "");
+    assert_string_equal(db, "d");
+    assert_int_equal(parse_into(&sp, 2, help, buf, sizeof buf, 1), MOCO_OPTS_HELP);
+    assert_non_null(strstr(buf, "dataset (required)"));
+    assert_non_null(strstr(buf, "endpoint (required)"));
+    assert_null(strstr(buf, "log file (required)"));
+    /* a second spec parsed after the first: each keeps what it saw */
+    long k = 0;
+    const moco_opt o2[] = {{"k", MOCO_OPT_INT, &k, "k", 0, 100, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec sp2 = {"moco y", "", NULL, o2, 0, 0, NULL};
+    char *kk[] = {"y", "--k", "3"};
+    assert_int_equal(parse_into(&sp, 5, both, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_int_equal(parse_into(&sp2, 3, kk, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_true(moco_opts_seen(&sp, "db") && moco_opts_seen(&sp, "bind") && !moco_opts_seen(&sp, "log"));
+    assert_true(moco_opts_seen(&sp2, "k"));
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip), cmocka_unit_test(test_required)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

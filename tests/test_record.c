@@ -235,7 +235,7 @@ static void test_options(void **st)
         {"s", MOCO_OPT_STR, &s, "", 0, 0, NULL},  {"c", MOCO_OPT_CHOICE, &c, "", 0, 0, "a|bb"},
         {"flag", MOCO_OPT_FLAG, &flag, "", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
-    const moco_optspec sp = {"t", "X", NULL, o, 1, 1};
+    const moco_optspec sp = {"t", "X", NULL, o, 1, 1, NULL};
     char *pos[1];
     int np;
     char *ok[] = {"t", "--n", "7", "--f=0.25", "pos", "--s", "x", "--c", "bb", "--flag"};

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
         {"floats", MOCO_OPT_STR, &sizes, "buffer sizes in floats, comma-separated", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
-    const moco_optspec spec = {"bench_allreduce", "[options]", "Time the gradient average across the ranks of mpirun.", opts, 0, 0};
+    const moco_optspec spec = {"bench_allreduce", "[options]", "Time the gradient average across the ranks of mpirun.", opts, 0, 0, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) {

@@ -90,7 +90,7 @@ int trainer_bench_main(int argc, char **argv)
                                "and backward, InfoNCE against the queue, SGD) on synthetic images, in one process, or\n"
                                "data-parallel under `mpirun -np R moco bench train ...` (gradients averaged over the\n"
                                "ranks while backward runs). The last line is one JSON object.",
-                               opts, 0, 0};
+                               opts, 0, 0, NULL};
     dist *d = NULL;
     moco *mc = NULL;
     float *x = NULL;

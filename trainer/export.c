@@ -43,14 +43,10 @@ int export_main(int argc, char **argv)
                                "Write the backbone of a checkpoint's encoder (the projection head dropped) with torchvision's\n"
                                "state_dict names, e.g. for torchvision.models.resnet50().load_state_dict(\n"
                                "safetensors.torch.load_file(FILE), strict=False); --with-head keeps fc.* too.",
-                               opts, 0, 0};
+                               opts, 0, 0, "ckpt out"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
-    if (!ckpt || !out) {
-        fprintf(stderr, "moco export: --ckpt and --out are required\n");
-        return 2;
-    }
     moco_st *f;
     ckpt_config cc;
     if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
@@ -140,7 +136,7 @@ int embed_main(int argc, char **argv)
                                "Features of every sample of DB, in index order, by a checkpoint's query encoder (evaluation\n"
                                "view, no augmentation): the pooled backbone features, or the head's outputs with --head; not\n"
                                "normalised.",
-                               opts, 0, 0};
+                               opts, 0, 0, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

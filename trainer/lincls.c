@@ -301,7 +301,7 @@ int lincls_main(int argc, char **argv)
                                "crops and flips, made by a loader and --workers augmentation workers (the flags of moco run\n"
                                "apply); --cached-features trains on the centre-crop features computed once. The last line\n"
                                "is a JSON object with lincls_top1 and lincls_top5.",
-                               opts, 0, 0};
+                               opts, 0, 0, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

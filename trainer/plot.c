@@ -186,7 +186,7 @@ int plot_main(int argc, char **argv)
     const moco_optspec spec = {"moco plot", "RUN_DIR [--out curves.png] [--compare RUN_DIR2|EPOCHS.jsonl]",
                                "Draw loss, contrastive accuracy, kNN accuracy and throughput against epochs from\n"
                                "RUN_DIR/metrics.jsonl (written by moco train); --compare draws a second run beside it.",
-                               opts, 1, 1};
+                               opts, 1, 1, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;

@@ -69,15 +69,11 @@ int trainer_sink_main(int argc, char **argv)
     };
     const moco_optspec spec = {"moco sink", "--connect ENDPOINT [--bind ENDPOINT] [options]",
                                "Consume the pipeline's pairs, count and check them, and print a JSON summary as the last line.",
-                               opts, 0, 0};
+                               opts, 0, 0, "connect"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
     quiet = q;
-    if (!ctl_ep) {
-        fprintf(stderr, "moco sink: --connect is required\n");
-        return 2;
-    }
     if ((resume_epoch >= 0) != (resume_file != NULL) || (resume_file && !count)) {
         fprintf(stderr, "moco sink: --resume-epoch, --resume-indices and --count go together\n");
         return 2;

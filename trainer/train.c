@@ -745,7 +745,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     const moco_optspec spec = {"moco train", "--connect CTL [--bind PAIRS] --out RUN_DIR [options]",
                                "Train MoCo on pairs streamed by the pipeline (moco run starts it all). Flags follow the\n"
                                "official main_moco.py.",
-                               opts, 0, 0};
+                               opts, 0, 0, "connect out"};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc;
@@ -756,10 +756,6 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     c.precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16;
     if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
     if (aug_plus) c.recipe = "v2";
-    if (!c.connect || !c.out) {
-        fprintf(stderr, "moco train: --connect and --out are required\nTry 'moco train --help'.\n");
-        return MOCO_OPTS_USAGE;
-    }
     if (!c.knn_train != !c.knn_test) {
         fprintf(stderr, "moco train: the kNN monitor needs both --knn-train and --knn-test\n");
         return MOCO_OPTS_USAGE;
@@ -845,7 +841,7 @@ int train_knn_main(int argc, char **argv)
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco knn", "--ckpt CKPT --train DB --test DB [options]",
                                "Weighted kNN accuracy (the MoCo CIFAR-10 demo's monitor) of a checkpoint's query encoder.",
-                               opts, 0, 0};
+                               opts, 0, 0, NULL};
     char *pos[1];
     int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
     if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
