@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# cli_layout.sh: the rooms of the code keep to themselves (what each may
+# #include "..."; system headers are free):
+#   formats/          formats/ only (the contract between processes)
+#   loader/ augment/  formats/ and their own folder
+#   trainer/          formats/, trainer/ and trainer/engine/
+#   trainer/engine/   formats/ and trainer/engine/ only: the engine never
+#                     includes a command file
+#   cli/, tests/, tools/: anything (they join the rooms)
+# The checker first proves it can fail: on a scratch tree with a loader file
+# that includes a trainer header and an engine file that includes a command
+# header, it must report both.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+T=${MOCO_TEST_TMP:?}/layout
+cd "$(dirname "$0")/.."
+
+# check ROOT: prints "file: includes X" for each violation; exit 1 if any
+check() {
+  local root=$1 bad=0 f inc dir allowed ok a
+  while IFS= read -r f; do
+    dir=${f#"$root"/}; dir=${dir%/*}
+    case $dir in
+      formats) allowed="formats";;
+      loader) allowed="formats loader";;
+      augment) allowed="formats augment";;
+      trainer) allowed="formats trainer trainer/engine";;
+      trainer/engine) allowed="formats trainer/engine";;
+      *) continue;;
+    esac
+    while IFS= read -r inc; do
+      ok=0
+      for a in $allowed; do [ "${inc%/*}" = "$a" ] && ok=1; done
+      [ "${inc#*/}" = "$inc" ] && ok=1 # a file beside it, without a folder
+      if [ $ok = 0 ]; then echo "${f#"$root"/}: includes $inc"; bad=1; fi
+    done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$f")
+  done < <(find "$root/formats" "$root/loader" "$root/augment" "$root/trainer" -name '*.[ch]' 2>/dev/null | sort)
+  return $bad
+}
+
+# 1. the checker can fail
+rm -rf "$T" && mkdir -p "$T/formats" "$T/loader" "$T/augment" "$T/trainer/engine"
+printf '#include "formats/db.h"\n#include "trainer/train.h"\n' > "$T/loader/x.c"
+printf '#include "formats/errors.h"\n#include "trainer/engine/nn.h"\n' > "$T/trainer/y.c"
+printf '#include "trainer/engine/nn.h"\n#include "trainer/train.h"\n' > "$T/trainer/engine/z.c"
+out=$(check "$T"); rc=$?
+[ $rc -ne 0 ] || fail "the checker passed a tree with bad includes"
+echo "$out" | grep -q "loader/x.c: includes trainer/train.h" || fail "a loader file including the trainer was not reported: $out"
+echo "$out" | grep -q "trainer/engine/z.c: includes trainer/train.h" || fail "the engine including a command was not reported: $out"
+echo "$out" | grep -q "trainer/y.c" && fail "a command including the engine was reported: $out"
+
+# 2. the real tree
+out=$(check "$PWD"); rc=$?
+[ $rc -eq 0 ] || fail "includes across rooms:
+$out"
+n=$(find formats loader augment trainer -name '*.[ch]' | wc -l)
+echo "layout: $n files keep to their rooms$( [ -d trainer/engine ] && echo " (engine: $(ls trainer/engine/*.[ch] | wc -l) files)")"
