@@ -716,6 +716,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                  respawned, respawned == 1 ? "" : "s");
     char last[1200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
-    if (status == 130 && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0) print_resume(argc, argv, run_dir);
+    /* interrupted, or (ranks) a rank that died: the last checkpoint holds every rank's position */
+    if ((status == 130 || (status && ranks)) && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0)
+        print_resume(argc, argv, run_dir);
     return status;
 }
