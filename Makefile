@@ -21,9 +21,11 @@ OPT      ?= -O2
 CFLAGS_BASE := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fast-math
 CFLAGS  := $(CFLAGS_BASE) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm -pthread
-# oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/bf16.c); the
-# build and the fp32 path work without it, and bf16 then says what is missing.
-ifneq ($(wildcard /usr/include/dnnl.h),)
+# oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/bf16.c), used
+# when its header is there; the build and the fp32 path work without it, and
+# bf16 then says what is missing. DNNL=0 builds without it anyway.
+DNNL    ?= $(if $(wildcard /usr/include/dnnl.h),1,0)
+ifeq ($(DNNL),1)
 CFLAGS  += -DMOCO_HAVE_DNNL
 LDLIBS  += -ldnnl -lgomp
 endif

@@ -1,6 +1,7 @@
 /* test_bf16.c: bf16 mixed precision (trainer/bf16.c, --precision bf16)
  * against fp32 references, layer by layer and pass by pass, against
- * PyTorch's bf16 autocast for one convolution, and over a few MoCo steps.
+ * PyTorch's bf16 autocast (four convolutions and a linear layer:
+ * tools/gen_bf16_golden.py), and over a few MoCo steps.
  * Skips (exit 77) when bf16 is unavailable: moco built without oneDNN, or a
  * CPU without AVX512_BF16.
  *
@@ -13,13 +14,14 @@
  *   (plus 2 K 2^-24 of the value the result was added to);
  * - against the fp32 reference on the original operands: each operand
  *   rounding moves a product by at most u relative, so
- *   |d| <= ((1+u)^2 - 1 + 2 K 2^-24) S, the bf16 error bound, which is
- *   also checked to be approached (the bf16 path must differ from fp32);
- * - against PyTorch (autocast rounds its conv outputs and gradients to
- *   bf16): |d| <= u |torch| + 2 K 2^-24 S.
+ *   |d| <= ((1+u)^2 - 1 + 2 K 2^-24) S, the bf16 error bound; and the
+ *   largest |d| / S must exceed u/64, or the bf16 path did not run;
+ * - against PyTorch (autocast rounds its outputs and gradients to bf16):
+ *   |d| <= u |torch| + 2 K 2^-24 S (+ u |b| for the linear bias, which
+ *   autocast rounds and we add in fp32).
  * MoCo steps: see moco_trio (bf16 is held to what fp32 itself does when
- * its images move by a bf16 rounding: small ResNets at initialisation are
- * chaotic). */
+ * its images and weights move by a bf16 rounding: small ResNets at
+ * initialisation are chaotic). */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -155,7 +157,8 @@ static void test_conv_bf16(void **st)
         {6, 16, 8, 8, 32, 3, 1, 1, 1},   /* 3x3 stride 1 */
         {7, 16, 9, 7, 16, 3, 1, 1, 2},   /* odd, non-square planes, batch not a multiple of the chunk, 2 threads */
         {5, 32, 8, 8, 48, 3, 2, 1, 2},   /* stride 2 */
-        {4, 24, 6, 6, 40, 1, 1, 0, 1},   /* 1x1, channels not multiples of 16 */
+        {4, 24, 6, 6, 40, 1, 1, 0, 1},   /* 1x1 (matmuls on the rows), channels not multiples of 16 */
+        {7, 16, 5, 5, 24, 1, 1, 0, 2},   /* 1x1, a shorter last chunk */
         {6, 16, 8, 8, 32, 1, 2, 0, 2},   /* 1x1 stride 2 (downsample) */
         {4, 3, 12, 12, 8, 3, 1, 1, 2},   /* the CIFAR stem: RGB in, 8 out */
         {3, 3, 16, 16, 16, 7, 2, 3, 1},  /* the ImageNet stem: 7x7 stride 2 */
@@ -175,6 +178,7 @@ static void test_conv_bf16_small_chunks(void **st)
     setenv("MOCO_BF16_CHUNK_KB", "1", 1);
     conv_case(9, 16, 8, 8, 16, 3, 1, 1, 2, 900);
     conv_case(5, 16, 8, 8, 32, 3, 2, 1, 1, 910);
+    conv_case(5, 16, 4, 4, 32, 1, 1, 0, 2, 920);
     unsetenv("MOCO_BF16_CHUNK_KB");
 }
 

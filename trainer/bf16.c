@@ -17,8 +17,11 @@
  * registers, converted on the way), convolved by oneDNN (brgconv / jit
  * avx512_core_bf16: vdpbf16ps, AMX where present) into NHWC fp32, and
  * transposed back. The last chunk is padded with zero images, so every
- * chunk uses the same primitives. Linear layers are one oneDNN matmul each
- * on the calling thread (OpenMP inside oneDNN, par_threads() threads). */
+ * chunk uses the same primitives. 1x1 stride-1 convolutions are matmuls
+ * straight on the (C,N,HW) rows instead (no transposes). Linear layers (the
+ * heads: at most a few GFLOP per step) are one single-threaded oneDNN
+ * matmul each: oneDNN never opens an OpenMP team, whose spinning threads
+ * measured 3% of a width-16 step when the heads ran on two. */
 #include "trainer/nn.h"
 
 #include <stdint.h>
@@ -182,15 +185,23 @@ BF16_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t 
 
 /* per-thread memory objects of a conv */
 enum { M_X, M_Y, M_DY, M_DX, M_DWP, M_DWA, M_SCR, M_PER };
+/* ... of a 1x1 conv on matmuls (per thread and set) */
+enum { MM_X, MM_XT, MM_Y, MM_DY, MM_DX, MM_DW, MM_SCR, MM_PER };
 
 struct nn_lowp {
-    int conv;         /* 1: convolution, 0: linear */
     int n, T;         /* conv: images per primitive call; threads */
     dnnl_primitive_t fwd, bwdd, bwdw, r_wf, r_wb, r_dw;
     size_t x_b, y_b, dy_b, dx_b, dwp_b, dwa_b, scr_b, wf_b, wb_b;
     size_t o_a, o_dy, o_dx, o_dwp, o_dwa, o_scr, per_b; /* per-thread layout (bytes) */
     dnnl_memory_t *m;  /* T * M_PER */
     dnnl_memory_t w32, wf, wb, wscr; /* shared: fp32 weights (caller's), bf16 copies, scratchpad of the weight reorders */
+    /* 1x1 stride-1 convolutions as matmuls straight on the (C,N,HW) rows
+     * (no transposes): set 0 for full chunks, set 1 for the last one */
+    int mm, tail;
+    dnnl_primitive_t mf[2], md[2], mw[2];
+    dnnl_memory_t *mmem; /* T * 2 * MM_PER */
+    dnnl_memory_t mwm[2], mwt[2]; /* shared: bf16 W (Co,Ci), and its transpose view */
+    size_t mx_b, mdy_b, mdw_b; /* per thread: bf16 x chunk, bf16 dout chunk, private dW */
     /* linear */
     int N, F, O;
     uint16_t *wbf;     /* bf16 W (O,F), written by forward, read by backward */
@@ -263,13 +274,18 @@ void nn_lowp_free(nn_lowp **plp)
 {
     nn_lowp *lp = plp ? *plp : NULL;
     if (!lp) return;
-    dnnl_primitive_t ps[] = {lp->fwd, lp->bwdd, lp->bwdw, lp->r_wf, lp->r_wb, lp->r_dw};
+    dnnl_primitive_t ps[] = {lp->fwd, lp->bwdd, lp->bwdw, lp->r_wf, lp->r_wb, lp->r_dw, lp->mf[0], lp->mf[1], lp->md[0],
+                             lp->md[1], lp->mw[0], lp->mw[1]};
     for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
         if (ps[i]) dnnl_primitive_destroy(ps[i]);
     if (lp->m)
         for (int i = 0; i < lp->T * M_PER; i++)
             if (lp->m[i]) dnnl_memory_destroy(lp->m[i]);
-    dnnl_memory_t ms[] = {lp->w32, lp->wf, lp->wb, lp->wscr, lp->lsrc, lp->lwei, lp->ldst, lp->ldd_src, lp->ldd_wei,
+    if (lp->mmem)
+        for (int i = 0; i < lp->T * 2 * MM_PER; i++)
+            if (lp->mmem[i]) dnnl_memory_destroy(lp->mmem[i]);
+    free(lp->mmem);
+    dnnl_memory_t ms[] = {lp->mwm[0], lp->mwm[1], lp->mwt[0], lp->mwt[1], lp->w32, lp->wf, lp->wb, lp->wscr, lp->lsrc, lp->lwei, lp->ldst, lp->ldd_src, lp->ldd_wei,
                           lp->ldd_dst, lp->ldw_src, lp->ldw_wei, lp->ldw_dst, lp->lscr};
     for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
         if (ms[i]) dnnl_memory_destroy(ms[i]);
@@ -310,6 +326,89 @@ static int choose_chunk(const nn_conv *d, int T)
     return n < 1 ? 1 : n;
 }
 
+/* matmul descriptor dims {r, c} with row stride ld (ld == c: dense) or,
+ * tr, the transpose view of a dense (c, r) matrix */
+static dnnl_status_t mat(dnnl_memory_desc_t *m, dnnl_dim_t r, dnnl_dim_t c, dnnl_data_type_t dt, dnnl_dim_t ld, int tr)
+{
+    dnnl_dims_t d = {r, c}, st = {tr ? 1 : ld, tr ? r : 1};
+    return dnnl_memory_desc_init_by_strides(m, 2, d, dt, st);
+}
+
+/* The 1x1 stride-1 state: for a chunk of P = n*HW columns,
+ *   forward   out[Co, P]  = W[Co, Ci] . x[Ci, P]     (out rows strided N*HW)
+ *   data      dinp[Ci, P] += W^T . dout[Co, P]       (sum post-op)
+ *   weights   dW[Co, Ci] += dout[Co, P] . x^T        (sum post-op)
+ * x and dout converted to bf16 rows per chunk, W once per pass. */
+static int conv1x1_mm(nn_conv *d, nn_lowp *lp, size_t *work_floats)
+{
+    int rc = 0;
+    const int T = lp->T, Ci = d->Ci, Co = d->Co;
+    const dnnl_dim_t HW = (dnnl_dim_t)d->H * d->W, ld = (dnnl_dim_t)d->N * HW;
+    const int n = lp->n, chunks = (d->N + n - 1) / n, last = d->N - (chunks - 1) * n;
+    lp->mm = 1, lp->tail = last != n;
+    dnnl_primitive_attr_t attr = NULL, sattr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    DN(user_scratch_attr(&attr, 0), "attributes");
+    DN(user_scratch_attr(&sattr, 1), "attributes");
+    size_t scr = 0;
+    dnnl_memory_desc_t w, wt, x[2], xt[2], y[2], dy[2], dx[2], dw;
+    DN(mat(&w, Co, Ci, dnnl_bf16, Ci, 0), "descriptor");
+    DN(mat(&wt, Ci, Co, dnnl_bf16, 0, 1), "descriptor");
+    DN(mat(&dw, Co, Ci, dnnl_f32, Ci, 0), "descriptor");
+    for (int k = 0; k < 1 + lp->tail; k++) {
+        const dnnl_dim_t P = (dnnl_dim_t)(k ? last : n) * HW;
+        DN(mat(&x[k], Ci, P, dnnl_bf16, P, 0), "descriptor");
+        DN(mat(&xt[k], P, Ci, dnnl_bf16, 0, 1), "descriptor");
+        DN(mat(&y[k], Co, P, dnnl_f32, ld, 0), "descriptor");
+        DN(mat(&dy[k], Co, P, dnnl_bf16, P, 0), "descriptor");
+        DN(mat(&dx[k], Ci, P, dnnl_f32, ld, 0), "descriptor");
+        dnnl_matmul_desc_t md;
+        dnnl_status_t s1;
+        DN(dnnl_matmul_desc_init(&md, &w, &x[k], NULL, &y[k]), "matmul descriptor");
+        DN(dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL), "1x1 matmul (forward)");
+        s1 = make(&lp->mf[k], pd, &scr), pd = NULL;
+        DN(s1, "matmul primitive");
+        DN(dnnl_matmul_desc_init(&md, &wt, &dy[k], NULL, &dx[k]), "matmul descriptor");
+        DN(dnnl_primitive_desc_create(&pd, &md, sattr, engine, NULL), "1x1 matmul (input gradient)");
+        s1 = make(&lp->md[k], pd, &scr), pd = NULL;
+        DN(s1, "matmul primitive");
+        DN(dnnl_matmul_desc_init(&md, &dy[k], &xt[k], NULL, &dw), "matmul descriptor");
+        DN(dnnl_primitive_desc_create(&pd, &md, sattr, engine, NULL), "1x1 matmul (weight gradient)");
+        s1 = make(&lp->mw[k], pd, &scr), pd = NULL;
+        DN(s1, "matmul primitive");
+    }
+    lp->mx_b = al64(sizeof(uint16_t) * (size_t)Ci * n * HW), lp->mdy_b = al64(sizeof(uint16_t) * (size_t)Co * n * HW);
+    lp->mdw_b = al64(sizeof(float) * (size_t)Co * Ci), lp->scr_b = al64(scr);
+    lp->per_b = lp->mx_b + lp->mdy_b + lp->mdw_b + lp->scr_b;
+    lp->wf_b = al64(sizeof(uint16_t) * (size_t)Co * Ci);
+    lp->mmem = calloc((size_t)T * 2 * MM_PER, sizeof *lp->mmem);
+    if (!lp->mmem) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory");
+        goto fail;
+    }
+    dnnl_memory_desc_t sm = scratch_md(scr);
+    for (int k = 0; k < 1 + lp->tail; k++) {
+        DN(dnnl_memory_create(&lp->mwm[k], &w, engine, DNNL_MEMORY_NONE), "memory");
+        DN(dnnl_memory_create(&lp->mwt[k], &wt, engine, DNNL_MEMORY_NONE), "memory");
+        for (int t = 0; t < T; t++) {
+            dnnl_memory_t *m = lp->mmem + ((size_t)t * 2 + k) * MM_PER;
+            DN(dnnl_memory_create(&m[MM_X], &x[k], engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_XT], &xt[k], engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_Y], &y[k], engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_DY], &dy[k], engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_DX], &dx[k], engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_DW], &dw, engine, DNNL_MEMORY_NONE), "memory");
+            DN(dnnl_memory_create(&m[MM_SCR], &sm, engine, DNNL_MEMORY_NONE), "memory");
+        }
+    }
+    *work_floats = ((size_t)T * lp->per_b + lp->wf_b + 64) / sizeof(float);
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (sattr) dnnl_primitive_attr_destroy(sattr);
+    return rc;
+}
+
 int nn_conv_bf16(nn_conv *d, size_t *work_floats)
 {
     int rc = nn_bf16_available();
@@ -317,11 +416,29 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats)
     nn_conv_free(d);
     const int T = d->nthreads < 1 ? 1 : d->nthreads;
     if ((rc = need_streams(T))) return rc;
+    const char *e1 = getenv("MOCO_BF16_1X1"); /* "conv": 1x1 on the convolution primitives too (measurements) */
+    if (d->k == 1 && d->stride == 1 && d->pad == 0 && !(e1 && !strcmp(e1, "conv"))) {
+        nn_lowp *lp = calloc(1, sizeof *lp);
+        if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
+        lp->T = T;
+        omp_set_num_threads(1);
+        lp->n = choose_chunk(d, T);
+        if ((rc = conv1x1_mm(d, lp, work_floats))) {
+            nn_lowp_free(&lp);
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", moco_errmsg());
+            return moco_err(rc, "bf16 1x1 convolution %d->%d, %dx%d: %s", d->Ci, d->Co, d->H, d->W, msg);
+        }
+        d->lp = lp;
+        d->chunk = lp->n, d->direct = 0, d->lanes = 0;
+        d->work_per = lp->per_b / sizeof(float);
+        return 0;
+    }
     nn_lowp *lp = calloc(1, sizeof *lp);
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
-    lp->conv = 1, lp->T = T;
+    lp->T = T;
     const int n = choose_chunk(d, T);
     lp->n = n;
     omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */
@@ -460,9 +577,65 @@ static void fwd_task(void *ctx, int t, int th)
     unpack_nhwc(j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0);
 }
 
+static void mm_fwd_task(void *ctx, int t, int th)
+{
+    const bf_job *j = ctx;
+    const nn_conv *d = j->d;
+    const nn_lowp *lp = d->lp;
+    omp_set_num_threads(1);
+    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n, k = n != lp->n;
+    const size_t HW = (size_t)d->H * d->W, ld = (size_t)d->N * HW, P = (size_t)n * HW;
+    char *w = j->work + (size_t)th * lp->per_b;
+    dnnl_memory_t *m = lp->mmem + ((size_t)th * 2 + k) * MM_PER;
+    uint16_t *xb = (uint16_t *)w;
+    for (int c = 0; c < d->Ci; c++) to_bf16(xb + (size_t)c * P, j->inp + (size_t)c * ld + (size_t)n0 * HW, P);
+    seth(m[MM_X], xb), seth(m[MM_Y], j->out + (size_t)n0 * HW), seth(m[MM_SCR], w + lp->mx_b + lp->mdy_b + lp->mdw_b);
+    dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->mwm[k]}, {DNNL_ARG_WEIGHTS, m[MM_X]}, {DNNL_ARG_DST, m[MM_Y]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
+    run(lp->mf[k], th, 4, a);
+}
+
+static void mm_bwd_task(void *ctx, int t, int th)
+{
+    const bf_job *j = ctx;
+    const nn_conv *d = j->d;
+    const nn_lowp *lp = d->lp;
+    omp_set_num_threads(1);
+    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n, k = n != lp->n;
+    const size_t HW = (size_t)d->H * d->W, ld = (size_t)d->N * HW, P = (size_t)n * HW;
+    char *w = j->work + (size_t)th * lp->per_b;
+    dnnl_memory_t *m = lp->mmem + ((size_t)th * 2 + k) * MM_PER;
+    uint16_t *xb = (uint16_t *)w, *dyb = (uint16_t *)(w + lp->mx_b);
+    for (int c = 0; c < d->Co; c++) to_bf16(dyb + (size_t)c * P, j->dout + (size_t)c * ld + (size_t)n0 * HW, P);
+    seth(m[MM_DY], dyb), seth(m[MM_SCR], w + lp->mx_b + lp->mdy_b + lp->mdw_b);
+    if (j->dw) {
+        for (int c = 0; c < d->Ci; c++) to_bf16(xb + (size_t)c * P, j->inp + (size_t)c * ld + (size_t)n0 * HW, P);
+        seth(m[MM_XT], xb), seth(m[MM_DW], th ? (void *)(w + lp->mx_b + lp->mdy_b) : (void *)j->dw);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[MM_DY]}, {DNNL_ARG_WEIGHTS, m[MM_XT]}, {DNNL_ARG_DST, m[MM_DW]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
+        run(lp->mw[k], th, 4, a);
+    }
+    if (j->dinp) {
+        seth(m[MM_DX], j->dinp + (size_t)n0 * HW);
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->mwt[k]}, {DNNL_ARG_WEIGHTS, m[MM_DY]}, {DNNL_ARG_DST, m[MM_DX]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
+        run(lp->md[k], th, 4, a);
+    }
+}
+
+/* the bf16 weights of a 1x1 conv into the shared area, and the views on them */
+static void mm_weights(const nn_lowp *lp, const float *w, char *shared, size_t nw)
+{
+    to_bf16((uint16_t *)shared, w, nw);
+    for (int k = 0; k < 1 + lp->tail; k++) seth(lp->mwm[k], shared), seth(lp->mwt[k], shared);
+}
+
 void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
 {
     const nn_lowp *lp = d->lp;
+    if (lp->mm) {
+        mm_weights(lp, w, (char *)work + (size_t)lp->T * lp->per_b, (size_t)d->Co * d->Ci);
+        bf_job j = {d, out, NULL, NULL, inp, NULL, (char *)work};
+        par_for_max((d->N + lp->n - 1) / lp->n, lp->T, mm_fwd_task, &j);
+        return;
+    }
     char *shared = (char *)work + (size_t)lp->T * lp->per_b;
     omp_set_num_threads(1);
     seth(lp->w32, (void *)w), seth(lp->wf, shared), seth(lp->wscr, shared + al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b));
@@ -506,6 +679,23 @@ void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float
     const nn_lowp *lp = d->lp;
     char *wk = (char *)work, *shared = wk + (size_t)lp->T * lp->per_b;
     omp_set_num_threads(1);
+    if (lp->mm) {
+        if (dinp) mm_weights(lp, w, shared, (size_t)d->Co * d->Ci);
+        const int tasks = (d->N + lp->n - 1) / lp->n;
+        int T = lp->T < tasks ? lp->T : tasks;
+        if (T > par_threads()) T = par_threads();
+        const size_t nw = (size_t)d->Co * d->Ci;
+        if (dw)
+            for (int t = 1; t < T; t++) memset(wk + (size_t)t * lp->per_b + lp->mx_b + lp->mdy_b, 0, sizeof(float) * nw);
+        bf_job j = {d, NULL, dinp, dw, inp, dout, wk};
+        par_for_max(tasks, T, mm_bwd_task, &j);
+        if (dw)
+            for (int t = 1; t < T; t++) {
+                const float *p = (const float *)(wk + (size_t)t * lp->per_b + lp->mx_b + lp->mdy_b);
+                for (size_t i = 0; i < nw; i++) dw[i] += p[i];
+            }
+        return;
+    }
     if (dinp) {
         seth(lp->w32, (void *)w), seth(lp->wb, shared), seth(lp->wscr, shared + al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b));
         reorder_run(lp->r_wb, lp->w32, lp->wb, lp->wscr, 0);
@@ -537,13 +727,13 @@ int nn_linear_bf16(nn_lowp **out, int N, int F, int O, size_t *work_floats)
     dnnl_primitive_attr_t attr = NULL, sattr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
-    lp->N = N, lp->F = F, lp->O = O, lp->T = par_threads();
+    lp->N = N, lp->F = F, lp->O = O, lp->T = 1;
     lp->wbf = malloc(sizeof(uint16_t) * (size_t)O * F);
     if (!lp->wbf) {
         rc = moco_err(MOCO_ENOMEM, "out of memory");
         goto fail;
     }
-    omp_set_num_threads(lp->T);
+    omp_set_num_threads(1);
     dnnl_memory_desc_t x, wt, y, dy, w, dx, dyt, dw;
     dnnl_dims_t xd = {N, F}, wtd = {F, O}, yd = {N, O}, wd = {O, F}, dytd = {O, N};
     dnnl_dims_t wts = {1, F}, dyts = {1, O};
@@ -609,10 +799,9 @@ void linear_forward_bf16(float *out, const float *inp, const float *w, const flo
     to_bf16((uint16_t *)wk, inp, (size_t)N * F);
     to_bf16(lp->wbf, w, (size_t)O * F);
     seth(lp->lsrc, wk), seth(lp->ldst, out), seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
-    omp_set_num_threads(lp->T);
+    omp_set_num_threads(1);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->lsrc}, {DNNL_ARG_WEIGHTS, lp->lwei}, {DNNL_ARG_DST, lp->ldst}, {DNNL_ARG_SCRATCHPAD, lp->lscr}};
     run(lp->fwd, 0, 4, a);
-    omp_set_num_threads(1);
     if (b)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < O; o++) out[(size_t)n * O + o] += b[o];
@@ -625,7 +814,7 @@ void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, 
     uint16_t *xb = (uint16_t *)wk, *dyb = (uint16_t *)(wk + lp->lin_b);
     to_bf16(dyb, dout, (size_t)N * O);
     seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
-    omp_set_num_threads(lp->T);
+    omp_set_num_threads(1);
     if (dw) {
         to_bf16(xb, inp, (size_t)N * F);
         seth(lp->ldw_src, dyb), seth(lp->ldw_wei, xb), seth(lp->ldw_dst, dw);
@@ -639,7 +828,6 @@ void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, 
                                 {DNNL_ARG_SCRATCHPAD, lp->lscr}};
         run(lp->bwdd, 0, 4, a);
     }
-    omp_set_num_threads(1);
     if (db)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < O; o++) db[o] += dout[(size_t)n * O + o];

@@ -607,25 +607,56 @@ static int pool_argmax(const float *im, const nn_pool *d, int oh, int ow)
     return best;
 }
 
-void maxpool_forward(float *out, const float *inp, const nn_pool *d)
+/* Planes (one channel of one image) are independent: chunks of them run
+ * side by side on the compute pool, each exactly as a single thread would. */
+typedef struct { float *out; const float *inp, *dout; float *dinp; const nn_pool *d; size_t per; } pool_job;
+
+static void pool_fwd_task(void *ctx, int t, int th)
 {
-    for (size_t p = 0; p < (size_t)d->C * d->N; p++) {
-        const float *im = inp + p * d->H * d->W;
-        float *o = out + p * d->Ho * d->Wo;
+    (void)th;
+    const pool_job *j = ctx;
+    const nn_pool *d = j->d;
+    const size_t n = (size_t)d->C * d->N, p1 = (size_t)(t + 1) * j->per < n ? (size_t)(t + 1) * j->per : n;
+    for (size_t p = (size_t)t * j->per; p < p1; p++) {
+        const float *im = j->inp + p * d->H * d->W;
+        float *o = j->out + p * d->Ho * d->Wo;
         for (int oh = 0; oh < d->Ho; oh++)
             for (int ow = 0; ow < d->Wo; ow++) o[oh * d->Wo + ow] = im[pool_argmax(im, d, oh, ow)];
     }
 }
 
-void maxpool_backward(float *dinp, const float *dout, const float *inp, const nn_pool *d)
+static void pool_bwd_task(void *ctx, int t, int th)
 {
-    for (size_t p = 0; p < (size_t)d->C * d->N; p++) {
-        const float *im = inp + p * d->H * d->W;
-        const float *o = dout + p * d->Ho * d->Wo;
-        float *di = dinp + p * d->H * d->W;
+    (void)th;
+    const pool_job *j = ctx;
+    const nn_pool *d = j->d;
+    const size_t n = (size_t)d->C * d->N, p1 = (size_t)(t + 1) * j->per < n ? (size_t)(t + 1) * j->per : n;
+    for (size_t p = (size_t)t * j->per; p < p1; p++) {
+        const float *im = j->inp + p * d->H * d->W;
+        const float *o = j->dout + p * d->Ho * d->Wo;
+        float *di = j->dinp + p * d->H * d->W;
         for (int oh = 0; oh < d->Ho; oh++)
             for (int ow = 0; ow < d->Wo; ow++) di[pool_argmax(im, d, oh, ow)] += o[oh * d->Wo + ow];
     }
+}
+
+static void pool_run(pool_job *j, void (*fn)(void *, int, int))
+{
+    const size_t n = (size_t)j->d->C * j->d->N;
+    j->per = n / (size_t)(8 * par_threads()) + 1;
+    par_for((int)((n + j->per - 1) / j->per), fn, j);
+}
+
+void maxpool_forward(float *out, const float *inp, const nn_pool *d)
+{
+    pool_job j = {out, inp, NULL, NULL, d, 0};
+    pool_run(&j, pool_fwd_task);
+}
+
+void maxpool_backward(float *dinp, const float *dout, const float *inp, const nn_pool *d)
+{
+    pool_job j = {NULL, inp, dout, dinp, d, 0};
+    pool_run(&j, pool_bwd_task);
 }
 
 void avgpool_forward(float *out, const float *inp, int N, int C, int HW)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# cli_bf16.sh: `--precision` on the command line (trainer/bf16.c):
+#  1. `moco bench train` says which precision it ran in its JSON line, fp32
+#     by default; an unknown precision is a usage error (exit 2);
+#  2. where bf16 is available (oneDNN built in, a CPU with AVX512_BF16),
+#     `--precision bf16` trains: finite losses, "precision":"bf16"; where
+#     it is not, it is refused before any step with exit 2 and a message
+#     that says why (then the test ends as skipped).
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/bf16
+rm -rf "$T" && mkdir -p "$T"
+SMALL="--width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 2 --warmup 0 --threads 2"
+
+$M bench train $SMALL >"$T/fp32.out" 2>"$T/fp32.err" || { cat "$T/fp32.err"; fail "fp32 bench exited non-zero"; }
+tail -n 1 "$T/fp32.out" | grep -q '"precision":"fp32"' || fail "the default is not reported as fp32"
+$M bench train $SMALL --precision fp16 >/dev/null 2>"$T/bad.err"
+[ $? = 2 ] || fail "--precision fp16 should be a usage error (exit 2)"
+grep -q "fp32|bf16" "$T/bad.err" || fail "the usage error does not list the precisions: $(cat "$T/bad.err")"
+
+$M bench train $SMALL --precision bf16 >"$T/bf16.out" 2>"$T/bf16.err"
+rc=$?
+if [ $rc = 2 ] && grep -q "precision bf16 needs" "$T/bf16.err"; then
+  grep -q "step" "$T/bf16.out" && fail "a refused bf16 run still ran steps"
+  echo "skipped: $(cat "$T/bf16.err")"
+  exit 77
+fi
+[ $rc = 0 ] || { cat "$T/bf16.err"; fail "bf16 bench exited $rc"; }
+tail -n 1 "$T/bf16.out" | grep -q '"precision":"bf16"' || fail "the bf16 run is not reported as bf16"
+tail -n 1 "$T/bf16.out" | grep -Eq '"loss":[0-9]+\.[0-9]+' || fail "no finite loss in $(tail -n 1 "$T/bf16.out")"
+echo "ok: $(tail -n 1 "$T/bf16.out" | grep -o '"precision":"bf16".*"loss":[0-9.]*' | cut -c1-60)"
