@@ -21,7 +21,7 @@ OPT      ?= -O2
 CFLAGS_BASE := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fast-math
 CFLAGS  := $(CFLAGS_BASE) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm -pthread
-# oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/bf16.c), used
+# oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/engine/bf16.c), used
 # when its header is there; the build and the fp32 path work without it, and
 # bf16 then says what is missing. DNNL=0 builds without it anyway.
 DNNL    ?= $(if $(wildcard /usr/include/dnnl.h),1,0)
@@ -34,7 +34,7 @@ CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-LIB_SRCS  := $(wildcard formats/*.c loader/*.c augment/*.c trainer/*.c)
+LIB_SRCS  := $(wildcard formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c)
 CLI_SRCS  := $(wildcard cli/*.c)
 TEST_SRCS := $(wildcard tests/test_*.c)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)

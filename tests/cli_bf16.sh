@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_bf16.sh: `--precision` on the command line (trainer/bf16.c):
+# cli_bf16.sh: `--precision` on the command line (trainer/engine/bf16.c):
 #  1. `moco bench train` says which precision it ran in its JSON line, fp32
 #     by default; an unknown precision is a usage error (exit 2);
 #  2. where bf16 is available (oneDNN built in, a CPU with AVX512_BF16),

@@ -35,8 +35,8 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "trainer/dist.h"
-#include "trainer/moco.h"
-#include "trainer/par.h"
+#include "trainer/engine/moco.h"
+#include "trainer/engine/par.h"
 
 /* float32 tolerances against the one-process reference (relative to the
  * largest magnitude of the expected tensor, or of the weights' change from

@@ -29,9 +29,9 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
-#include "trainer/moco.h"
-#include "trainer/nn.h"
-#include "trainer/par.h"
+#include "trainer/engine/moco.h"
+#include "trainer/engine/nn.h"
+#include "trainer/engine/par.h"
 
 #define U 0.00390625 /* 2^-8 */
 #define GOLDEN "tests/golden/trainer/bf16_conv.safetensors"

@@ -16,10 +16,10 @@
 
 #include "formats/errors.h"
 #include "formats/safetensors.h"
-#include "trainer/ckpt.h"
+#include "trainer/engine/ckpt.h"
 #include "trainer/evalmodel.h"
 #include "trainer/export.h"
-#include "trainer/moco.h"
+#include "trainer/engine/moco.h"
 #include "trainer/train.h"
 
 /* a tiny MoCo model (mlp head, dim 8) and the train_cfg that describes it */

@@ -12,9 +12,9 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
-#include "trainer/conv3.h"
-#include "trainer/nn.h"
-#include "trainer/par.h"
+#include "trainer/engine/conv3.h"
+#include "trainer/engine/nn.h"
+#include "trainer/engine/par.h"
 
 #define GOLDEN "tests/golden/trainer/layers.safetensors"
 #define TOL 2e-5

@@ -18,8 +18,8 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
-#include "trainer/moco.h"
-#include "trainer/par.h"
+#include "trainer/engine/moco.h"
+#include "trainer/engine/par.h"
 
 #define DIR "tests/golden/trainer/"
 

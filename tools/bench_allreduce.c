@@ -19,7 +19,7 @@
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "trainer/dist.h"
-#include "trainer/resnet.h"
+#include "trainer/engine/resnet.h"
 
 static int fail(dist **d, const char *what)
 {

@@ -25,8 +25,8 @@
 #include "formats/rng.h"
 #include "trainer/cmd.h"
 #include "trainer/dist.h"
-#include "trainer/moco.h"
-#include "trainer/par.h"
+#include "trainer/engine/moco.h"
+#include "trainer/engine/par.h"
 
 /* CPU seconds of the whole process (all threads): on a shared machine it
  * shows the work done, which wall time mixes with other processes' load. */

@@ -33,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "trainer/moco.h"
+#include "trainer/engine/moco.h"
 
 typedef struct dist dist;
 

@@ -6,8 +6,8 @@
 #include <vips/vips.h>
 
 #include "formats/errors.h"
-#include "trainer/ckpt.h"
-#include "trainer/par.h"
+#include "trainer/engine/ckpt.h"
+#include "trainer/engine/par.h"
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {

@@ -11,7 +11,7 @@
 #define TRAINER_EVALMODEL_H
 
 #include "formats/opts.h"
-#include "trainer/resnet.h"
+#include "trainer/engine/resnet.h"
 
 typedef struct {
     const char *ckpt, *arch, *norm;

@@ -23,7 +23,7 @@
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/safetensors.h"
-#include "trainer/ckpt.h"
+#include "trainer/engine/ckpt.h"
 #include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/export.h"

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "trainer/moco.h"
+#include "trainer/engine/moco.h"
 
 typedef struct dist dist; /* trainer/dist.h: the ranks of an MPI job */
 

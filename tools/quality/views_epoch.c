@@ -24,8 +24,8 @@
 #include "formats/jsonw.h"
 #include "formats/record.h"
 #include "formats/rng.h"
-#include "trainer/moco.h"
-#include "trainer/par.h"
+#include "trainer/engine/moco.h"
+#include "trainer/engine/par.h"
 #include "trainer/train.h"
 
 #define S 32

@@ -7,7 +7,7 @@
  * dependence on the thread count). Built for the CPU at hand with GCC's
  * target attributes; on other compilers or CPUs conv3_simd() is 0 and nn.c
  * lowers onto GEMM as before. */
-#include "trainer/conv3.h"
+#include "trainer/engine/conv3.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,7 @@
  * query forward, InfoNCE, backward, SGD, enqueue; alone or with other
  * ranks through a moco_comm (gradient buckets averaged while backward runs,
  * keys all-gathered, BN buffers broadcast from rank 0). */
-#include "trainer/moco.h"
+#include "trainer/engine/moco.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -11,7 +11,7 @@
 
 #include "formats/errors.h"
 #include "formats/rng.h"
-#include "trainer/carve.h"
+#include "trainer/engine/carve.h"
 
 /* The step's buffers, each 64-byte aligned (moco_carve). */
 static void layout(moco *mc, moco_carve *c)

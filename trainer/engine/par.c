@@ -1,7 +1,7 @@
 /* par.c: the pool of par.h: workers sleep on a condition variable until a
  * new generation of tasks is published, claim tasks from an atomic counter
  * and the last one out signals the caller. */
-#include "trainer/par.h"
+#include "trainer/engine/par.h"
 
 #include <cblas.h>
 #include <pthread.h>

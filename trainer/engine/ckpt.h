@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "formats/safetensors.h"
-#include "trainer/moco.h"
+#include "trainer/engine/moco.h"
 
 typedef struct {
     int64_t epoch, step;          /* next epoch to train in / steps done */

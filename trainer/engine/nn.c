@@ -1,10 +1,10 @@
 /* nn.c: the fast layer kernels of nn.h (convolution lowered onto
  * cblas_sgemm over chunks of images, fused BN/residual/ReLU passes) and
  * the small layers. The plain references live in nn_ref.c. */
-#include "trainer/nn.h"
+#include "trainer/engine/nn.h"
 
-#include "trainer/conv3.h"
-#include "trainer/par.h"
+#include "trainer/engine/conv3.h"
+#include "trainer/engine/par.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 /* nn_ref.c: slow, obvious reference versions of the layers in nn.h (direct
  * loops, double accumulators), kept for the tests to compare the fast
  * kernels with. Same layout and contract as the fast ones. */
-#include "trainer/nn.h"
+#include "trainer/engine/nn.h"
 
 #include <math.h>
 

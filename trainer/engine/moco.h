@@ -48,7 +48,7 @@
 
 #include <stdint.h>
 
-#include "trainer/resnet.h"
+#include "trainer/engine/resnet.h"
 
 typedef struct {
     rn_cfg enc;     /* encoder; enc.batch is the batch size N */

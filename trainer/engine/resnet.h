@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "trainer/nn.h"
+#include "trainer/engine/nn.h"
 
 typedef struct {
     const char *arch; /* resnet18 resnet34 resnet50 resnet18-cifar resnet50-cifar */

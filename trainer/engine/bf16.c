@@ -22,7 +22,7 @@
  * heads: at most a few GFLOP per step) are one single-threaded oneDNN
  * matmul each: oneDNN never opens an OpenMP team, whose spinning threads
  * measured 3% of a width-16 step when the heads ran on two. */
-#include "trainer/nn.h"
+#include "trainer/engine/nn.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -30,7 +30,7 @@
 #include <string.h>
 
 #include "formats/errors.h"
-#include "trainer/par.h"
+#include "trainer/engine/par.h"
 
 #ifdef MOCO_HAVE_DNNL
 

@@ -8,7 +8,7 @@
  * activation lives in a slot from the first op that needs it until the op
  * that produced it has run, so a ResNet needs only 3-4 slots of the largest
  * activation's size rather than a gradient per activation. */
-#include "trainer/resnet.h"
+#include "trainer/engine/resnet.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,7 +18,7 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
-#include "trainer/par.h"
+#include "trainer/engine/par.h"
 
 /* im2col scratch per thread, in floats: 1M (4 MB) by default; the
  * environment variable MOCO_CONV_WORK (floats) overrides it for tuning. */

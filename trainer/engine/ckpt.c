@@ -1,5 +1,5 @@
 /* ckpt.c: MoCo checkpoints (see ckpt.h). */
-#include "trainer/ckpt.h"
+#include "trainer/engine/ckpt.h"
 
 #include <errno.h>
 #include <fcntl.h>
