@@ -111,6 +111,26 @@ void loader_ev_end(const loader *L, moco_jw *w);
 /* A peer's routing id as hex (at most 16 bytes of it), in buf (33 bytes). */
 const char *loader_hexid(const uint8_t *id, size_t n, char *buf);
 
+/* A message from a ROUTER socket: the peer's identity and 1 or 2 data frames. */
+typedef struct {
+    uint8_t id[MAX_ID];
+    size_t idlen;
+    zmq_msg_t f[2];
+    int nf;
+} inmsg;
+
+/* stream.c, for consumers.c: send frames to a ROUTER peer (0, or -1 when
+ * it is unknown or has no room); sample idx leaves the issued state, or the
+ * hands of its worker; start epoch e (bitmap: already delivered, or NULL). */
+int loader_send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, size_t alen, const void *b, size_t blen);
+void loader_retire(loader *L, uint64_t idx);
+void loader_unhold(loader *L, uint64_t idx);
+void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap);
+
+/* consumers.c: a message on the consumers' socket (HELLO, BYE, HEARTBEAT,
+ * ACK). Returns 0 (what it cannot use is dropped and counted). */
+int loader_on_consumer_msg(loader *L, inmsg *m);
+
 /* All R consumers connected: the stream runs only then. */
 int loader_all_connected(const loader *L);
 

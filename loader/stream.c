@@ -1,6 +1,7 @@
 /* stream.c: `moco loader`, the LMDB-backed streaming loader. The design and
  * its promises are in stream.h; the messages in formats/pipeline.h and
- * formats/wire.h; serve mode in serve.c. One thread, one ZeroMQ context, two ROUTER sockets polled
+ * formats/wire.h; serve mode in serve.c; the consumers' messages (HELLO,
+ * ACK, BYE) in consumers.c. One thread, one ZeroMQ context, two ROUTER sockets polled
  * together; the LMDB environment is opened here, after any fork. */
 #include "loader/stream.h"
 
@@ -69,7 +70,7 @@ void loader_epoch_order(uint64_t seed, uint32_t epoch, uint64_t *perm, uint64_t 
 
 /* Send frames to the ROUTER peer id; ZMQ_ROUTER_MANDATORY makes an unknown
  * peer an error (EHOSTUNREACH) rather than a silent drop. */
-static int send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, size_t alen, const void *b, size_t blen)
+int loader_send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, size_t alen, const void *b, size_t blen)
 {
     if (zmq_send(sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
     if (zmq_send(sock, a, alen, (b ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) return -1;
@@ -85,7 +86,7 @@ static void queue_push(loader *L, uint64_t idx)
 }
 
 /* Sample idx leaves the issued state (acknowledged, failed or re-issued). */
-static void retire(loader *L, uint64_t idx)
+void loader_retire(loader *L, uint64_t idx)
 {
     L->outstanding--;
     L->c[L->shard[idx]].outstanding--;
@@ -100,7 +101,7 @@ int loader_all_connected(const loader *L)
 
 /* Take a sample back from whoever had it. */
 /* Sample idx (ISSUED) leaves the hands of its worker. */
-static void unhold(loader *L, uint64_t idx)
+void loader_unhold(loader *L, uint64_t idx)
 {
     worker *w = &L->w[L->owner[idx]];
     if (w->holding) w->holding--;
@@ -108,9 +109,9 @@ static void unhold(loader *L, uint64_t idx)
 
 static void reissue(loader *L, uint64_t idx)
 {
-    unhold(L, idx);
+    loader_unhold(L, idx);
     L->st[idx] = PENDING;
-    retire(L, idx);
+    loader_retire(L, idx);
     L->reissued++;
     queue_push(L, idx);
 }
@@ -128,7 +129,7 @@ static void worker_dead(loader *L, int k, const char *why)
 
 /* Start epoch e; samples set in bitmap (ceil(n/8) bytes, may be NULL) were
  * already delivered. */
-static void begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
+void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
 {
     /* a consumer resuming the running epoch: pairs issued before still count as issued */
     if (!(L->started && L->epoch == e)) memset(L->touched, 0, L->n);
@@ -319,15 +320,9 @@ static int dispatch(loader *L)
 
 /* ---- receiving ---- */
 
-/* Receive one multipart message from a ROUTER: identity into id, the first
- * data frame into a/alen, an optional second into b/blen. Returns the
- * number of data frames (1 or 2), or -1 (malformed: more frames, empty). */
-typedef struct {
-    uint8_t id[MAX_ID];
-    size_t idlen;
-    zmq_msg_t f[2];
-    int nf;
-} inmsg;
+/* Receive one multipart message from a ROUTER (inmsg, state.h): identity
+ * into id, the data frames into f. Returns the number of data frames (1 or
+ * 2), or -1 (malformed: more frames, empty). */
 
 static int recv_router(void *sock, inmsg *m)
 {
@@ -437,9 +432,9 @@ static void on_worker_msg(loader *L, inmsg *m)
             return;
         }
         {
-            unhold(L, f.index);
+            loader_unhold(L, f.index);
             L->w[k].progress = moco_now_s(), L->w[k].acked_at_progress = L->acked;
-            retire(L, f.index);
+            loader_retire(L, f.index);
             fail_sample(L, f.index);
             /* the reason is a peer's text: only printable ASCII goes to the terminal and the JSON log */
             char why[MOCO_WIRE_REASON_MAX + 1];
@@ -461,203 +456,6 @@ static void on_worker_msg(loader *L, inmsg *m)
     L->dropped++;
 }
 
-/* Answer a HELLO we do not accept: REFUSED with the reason, logged and
- * counted; the run goes on. */
-static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...)
-{
-    char why[512], hb[40];
-    uint8_t b[12 + MOCO_WIRE_REASON_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
-    va_end(ap);
-    L->refused_hellos++;
-    send_to(L->ctl, m->id, m->idlen, b, moco_pipe_refused(b, code, why), NULL, 0);
-    fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", loader_hexid(m->id, m->idlen, hb), why,
-            L->refused_hellos);
-    moco_jw w;
-    loader_ev_begin(L, &w, "refused_hello");
-    moco_jw_str(&w, "peer", hb);
-    moco_jw_str(&w, "reason", why);
-    loader_ev_end(L, &w);
-}
-
-/* The consumer (rank) whose socket sent m, or -1. */
-static int find_consumer(const loader *L, const inmsg *m)
-{
-    for (int r = 0; r < L->R; r++) {
-        const consumer *c = &L->c[r];
-        if (c->present && c->idlen == m->idlen && !memcmp(c->id, m->id, m->idlen)) return r;
-    }
-    return -1;
-}
-
-/* A hash of a resume state: the consumers of one session must agree on it. */
-static uint64_t state_hash(uint32_t epoch, const uint8_t *bm, size_t n)
-{
-    uint64_t h = 1469598103934665603ull ^ epoch;
-    for (size_t i = 0; i < n; i++) h = (h ^ bm[i]) * 1099511628211ull;
-    return h;
-}
-
-static void consumer_gone(loader *L, int r)
-{
-    consumer *c = &L->c[r];
-    c->present = c->connected = 0;
-    c->idlen = 0;
-    loader_drop_held(L, r);
-}
-
-static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
-{
-    if (pm->ranks != (uint32_t)L->R) {
-        refuse(L, m, MOCO_EINVAL, "this loader serves %d consumer%s (--consumers); the HELLO is of rank %u of %u", L->R,
-               L->R == 1 ? "" : "s", pm->rank, pm->ranks);
-        return;
-    }
-    int r = (int)pm->rank, me = find_consumer(L, m);
-    consumer *c = &L->c[r];
-    if (me >= 0 && me != r) {
-        refuse(L, m, MOCO_EINVAL, "this socket is the consumer of rank %d; it cannot say HELLO as rank %d", me, r);
-        return;
-    }
-    /* one consumer per rank: another may take over only once it has been
-     * silent for --consumer-timeout (killed, to be resumed) */
-    if (c->present && me != r && moco_now_s() - c->seen <= L->consumer_timeout) {
-        if (L->R == 1)
-            refuse(L, m, MOCO_EINVAL, "another consumer is connected to this run (silent ones are replaced after %.0f s)",
-                   L->consumer_timeout);
-        else
-            refuse(L, m, MOCO_EINVAL, "another consumer is connected as rank %d of this run (silent ones are replaced after %.0f s)",
-                   r, L->consumer_timeout);
-        return;
-    }
-    if (pm->count && pm->count != L->n) {
-        refuse(L, m, MOCO_EINVAL, "the consumer's state is for a dataset of %" PRIu64 " samples; %s holds %" PRIu64, pm->count,
-               L->db_path, L->n);
-        return;
-    }
-    const uint8_t *bm = NULL;
-    if (m->nf == 2) {
-        if (pm->epoch == NO_EPOCH || zmq_msg_size(&m->f[1]) != (L->n + 7) / 8) {
-            refuse(L, m, MOCO_EINVAL, "a resume bitmap of %zu bytes; this dataset needs %" PRIu64 " (and an epoch)",
-                   zmq_msg_size(&m->f[1]), (L->n + 7) / 8);
-            return;
-        }
-        bm = zmq_msg_data(&m->f[1]);
-    }
-    if (L->ended && pm->epoch == NO_EPOCH) {
-        refuse(L, m, MOCO_EINVAL, "this run is over (all %ld epochs were delivered); a consumer with a resume state may "
-                                  "still take what it did not get", L->epochs);
-        return;
-    }
-    uint32_t e = pm->epoch != NO_EPOCH ? pm->epoch : L->started ? L->epoch : (uint32_t)L->start_epoch;
-    if (L->epochs && e >= (uint32_t)L->epochs) {
-        refuse(L, m, MOCO_EINVAL, "the consumer asks for epoch %u; the run has %ld epochs", e, L->epochs);
-        return;
-    }
-    /* several consumers: the first of a session (none present and heard
-     * from) sets the stream's state; the others must say HELLO with the same */
-    double now = moco_now_s();
-    int others = 0;
-    for (int j = 0; j < L->R; j++) {
-        if (j == r) continue;
-        if (L->c[j].present && now - L->c[j].seen > L->consumer_timeout) consumer_gone(L, j); /* silent: of a session gone */
-        others += L->c[j].present;
-    }
-    uint64_t h = state_hash(pm->epoch, bm, bm ? (L->n + 7) / 8 : 0);
-    if (others && h != L->session_hash) {
-        refuse(L, m, MOCO_EINVAL, "rank %d says HELLO with another resume state than the other ranks of this run (epoch %u%s)", r,
-               pm->epoch, bm ? " and its delivered bitmap" : "");
-        return;
-    }
-    if (c->present && me != r) consumer_gone(L, r); /* its silent predecessor */
-    memcpy(c->id, m->id, m->idlen);
-    c->idlen = m->idlen;
-    c->present = c->connected = 1;
-    c->seen = now;
-    c->bye = 0;
-    L->ended = 0; /* a successor resuming after END: the run goes on */
-    if (!others) {
-        /* samples it has not got go out again: also those acknowledged by a previous consumer */
-        L->session_hash = h;
-        begin_epoch(L, e, bm);
-    }
-    uint8_t b[32];
-    send_to(L->ctl, c->id, c->idlen, b,
-            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, L->pairs ? MOCO_WELCOME_SERVE : 0, (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
-            NULL, 0);
-    if (!L->quiet) {
-        if (L->R == 1)
-            fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n",
-                    L->epoch, L->ndone, L->n);
-        else
-            fprintf(stderr, "moco loader: consumer of rank %d of %d connected; epoch %u, %" PRIu64 " of %" PRIu64
-                            " samples already delivered\n", r, L->R, L->epoch, L->ndone, L->n);
-    }
-    moco_jw w;
-    loader_ev_begin(L, &w, "consumer");
-    moco_jw_i64(&w, "rank", r);
-    moco_jw_u64(&w, "delivered_before", L->ndone);
-    loader_ev_end(L, &w);
-}
-
-static int on_consumer_msg(loader *L, inmsg *m)
-{
-    const uint8_t *p = zmq_msg_data(&m->f[0]);
-    size_t n = zmq_msg_size(&m->f[0]);
-    moco_pipe_msg pm;
-    if (moco_pipe_parse(p, n, &pm)) { L->dropped++; return 0; }
-    if (pm.type == MOCO_MSG_HELLO) {
-        on_hello(L, m, &pm);
-        return 0;
-    }
-    int r = find_consumer(L, m);
-    if (r < 0 || m->nf != 1) { L->dropped++; return 0; }
-    consumer *c = &L->c[r];
-    if (!c->connected) fprintf(stderr, "moco loader: the consumer%s is back\n", L->R > 1 ? " of a rank" : "");
-    c->connected = 1;
-    c->seen = moco_now_s();
-    if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
-    if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO for its rank may come from anyone */
-        c->bye = L->ended;
-        if (!L->quiet) fprintf(stderr, "moco loader: the consumer%s said goodbye\n", L->R > 1 ? " of a rank" : "");
-        moco_jw w;
-        loader_ev_begin(L, &w, "consumer_left");
-        moco_jw_i64(&w, "rank", r);
-        moco_jw_u64(&w, "delivered", L->ndone);
-        loader_ev_end(L, &w);
-        int bye = c->bye;
-        consumer_gone(L, r);
-        c->bye = bye;
-        return 0;
-    }
-    if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
-    if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
-    double now = moco_now_s();
-    for (uint32_t j = 0; j < pm.n; j++) {
-        uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);
-        if (i >= L->n || !L->touched[i] || L->shard[i] != r) { /* never handed out to it: it cannot have it */
-            if (i < L->n && L->st[i] == DONE) { L->dup_acks++; continue; } /* delivered before a resume */
-            L->rejected_acks++;
-            continue;
-        }
-        if (L->st[i] == DONE || L->st[i] == FAILED) { L->dup_acks++; continue; }
-        if (L->st[i] == ISSUED) {
-            L->w[L->owner[i]].progress = now, L->w[L->owner[i]].acked_at_progress = L->acked;
-            unhold(L, i);
-            retire(L, i);
-        }
-        L->st[i] = DONE;
-        L->ndone++;
-        c->ndone++;
-        L->acked++;
-        L->last_ack_t = now;
-    }
-    return 0;
-}
-
 /* ---- periodic work ---- */
 
 static void heartbeats(loader *L)
@@ -665,9 +463,9 @@ static void heartbeats(loader *L)
     uint8_t hb[16];
     size_t hl = moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT);
     for (int k = 0; k < L->nw; k++)
-        if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
+        if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
     for (int r = 0; r < L->R; r++)
-        if (L->c[r].connected) send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
+        if (L->c[r].connected) loader_send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
 }
 
 static void check_timeouts(loader *L, double t)
@@ -763,7 +561,7 @@ static int epoch_complete(loader *L)
         uint8_t *b = malloc(len);
         if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
         moco_pipe_epoch_end(b, L->epoch, c->ndone, c->failed, (uint32_t)c->nfailed);
-        int rc = c->connected ? send_to(L->ctl, c->id, c->idlen, b, len, NULL, 0) : -1;
+        int rc = c->connected ? loader_send_to(L->ctl, c->id, c->idlen, b, len, NULL, 0) : -1;
         free(b);
         if (rc) { all = 0; continue; } /* no room towards it (serve mode), or it is gone: try again on the next turn */
         c->end_sent = 1;
@@ -778,7 +576,7 @@ static int epoch_complete(loader *L)
     moco_jw_u64(&w, "failed", L->nfailed);
     loader_ev_end(L, &w);
     if (L->epochs && L->epoch + 1 >= (uint32_t)L->epochs) return 1;
-    begin_epoch(L, L->epoch + 1, NULL);
+    loader_begin_epoch(L, L->epoch + 1, NULL);
     return 0;
 }
 
@@ -791,7 +589,7 @@ static void send_end(loader *L)
         consumer *c = &L->c[r];
         loader_drop_held(L, r); /* stale duplicates by now */
         /* serve mode: the pipe to the consumer may be full for a moment */
-        for (double t0 = moco_now_s(); c->connected && send_to(L->ctl, c->id, c->idlen, b, l, NULL, 0) && errno == EAGAIN &&
+        for (double t0 = moco_now_s(); c->connected && loader_send_to(L->ctl, c->id, c->idlen, b, l, NULL, 0) && errno == EAGAIN &&
                                        moco_now_s() - t0 < 5;) {
             zmq_pollitem_t it = {L->ctl, 0, ZMQ_POLLOUT, 0};
             zmq_poll(&it, 1, 100);
@@ -806,7 +604,7 @@ static void say_goodbye(loader *L)
     if (!L->ended) send_end(L);
     l = moco_pipe_simple(b, MOCO_MSG_STOP);
     for (int k = 0; k < L->nw; k++)
-        if (L->w[k].alive) send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
+        if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
 }
 
 /* A socket of ours bound at ep: type, send HWM, largest frame accepted. */
@@ -864,7 +662,7 @@ static int run(loader *L)
             int r = recv_router(L->ctl, &m);
             if (r == 0) break;
             if (r < 0) { L->dropped++; continue; }
-            rc = on_consumer_msg(L, &m);
+            rc = loader_on_consumer_msg(L, &m);
             close_msg(&m);
             if (rc) return rc;
         }
