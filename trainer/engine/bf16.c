@@ -560,15 +560,38 @@ typedef struct {
     char *work;
 } bf_job;
 
+/* Task t of a job on thread th: images [n0, n0 + n) of the batch (n < lp->n
+ * only in the last chunk, padded with zero images) and the thread's
+ * workspace; oneDNN single-threaded inside (our pool runs the chunks). */
+typedef struct {
+    int n0, n;
+    char *w;
+} bf_chunk;
+
+static bf_chunk chunk_of(const bf_job *j, int t, int th)
+{
+    const nn_lowp *lp = j->d->lp;
+    omp_set_num_threads(1);
+    bf_chunk c = {t * lp->n, 0, j->work + (size_t)th * lp->per_b};
+    c.n = j->d->N - c.n0 < lp->n ? j->d->N - c.n0 : lp->n;
+    return c;
+}
+
+/* Images [n0, n0 + P / HW) of C planes of src (row stride ld) into bf16, plane by plane. */
+static void planes_to_bf16(uint16_t *dst, const float *src, int C, size_t ld, size_t off, size_t P)
+{
+    for (int c = 0; c < C; c++) to_bf16(dst + (size_t)c * P, src + (size_t)c * ld + off, P);
+}
+
 static void fwd_task(void *ctx, int t, int th)
 {
     const bf_job *j = ctx;
     const nn_conv *d = j->d;
     const nn_lowp *lp = d->lp;
-    omp_set_num_threads(1);
-    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n;
+    const bf_chunk ch = chunk_of(j, t, th);
+    const int n0 = ch.n0, n = ch.n;
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
-    char *w = j->work + (size_t)th * lp->per_b;
+    char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
     pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
     seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
@@ -582,13 +605,13 @@ static void mm_fwd_task(void *ctx, int t, int th)
     const bf_job *j = ctx;
     const nn_conv *d = j->d;
     const nn_lowp *lp = d->lp;
-    omp_set_num_threads(1);
-    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n, k = n != lp->n;
+    const bf_chunk ch = chunk_of(j, t, th);
+    const int n0 = ch.n0, n = ch.n, k = n != lp->n;
     const size_t HW = (size_t)d->H * d->W, ld = (size_t)d->N * HW, P = (size_t)n * HW;
-    char *w = j->work + (size_t)th * lp->per_b;
+    char *w = ch.w;
     dnnl_memory_t *m = lp->mmem + ((size_t)th * 2 + k) * MM_PER;
     uint16_t *xb = (uint16_t *)w;
-    for (int c = 0; c < d->Ci; c++) to_bf16(xb + (size_t)c * P, j->inp + (size_t)c * ld + (size_t)n0 * HW, P);
+    planes_to_bf16(xb, j->inp, d->Ci, ld, (size_t)n0 * HW, P);
     seth(m[MM_X], xb), seth(m[MM_Y], j->out + (size_t)n0 * HW), seth(m[MM_SCR], w + lp->mx_b + lp->mdy_b + lp->mdw_b);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, lp->mwm[k]}, {DNNL_ARG_WEIGHTS, m[MM_X]}, {DNNL_ARG_DST, m[MM_Y]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
     run(lp->mf[k], th, 4, a);
@@ -599,16 +622,16 @@ static void mm_bwd_task(void *ctx, int t, int th)
     const bf_job *j = ctx;
     const nn_conv *d = j->d;
     const nn_lowp *lp = d->lp;
-    omp_set_num_threads(1);
-    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n, k = n != lp->n;
+    const bf_chunk ch = chunk_of(j, t, th);
+    const int n0 = ch.n0, n = ch.n, k = n != lp->n;
     const size_t HW = (size_t)d->H * d->W, ld = (size_t)d->N * HW, P = (size_t)n * HW;
-    char *w = j->work + (size_t)th * lp->per_b;
+    char *w = ch.w;
     dnnl_memory_t *m = lp->mmem + ((size_t)th * 2 + k) * MM_PER;
     uint16_t *xb = (uint16_t *)w, *dyb = (uint16_t *)(w + lp->mx_b);
-    for (int c = 0; c < d->Co; c++) to_bf16(dyb + (size_t)c * P, j->dout + (size_t)c * ld + (size_t)n0 * HW, P);
+    planes_to_bf16(dyb, j->dout, d->Co, ld, (size_t)n0 * HW, P);
     seth(m[MM_DY], dyb), seth(m[MM_SCR], w + lp->mx_b + lp->mdy_b + lp->mdw_b);
     if (j->dw) {
-        for (int c = 0; c < d->Ci; c++) to_bf16(xb + (size_t)c * P, j->inp + (size_t)c * ld + (size_t)n0 * HW, P);
+        planes_to_bf16(xb, j->inp, d->Ci, ld, (size_t)n0 * HW, P);
         seth(m[MM_XT], xb), seth(m[MM_DW], th ? (void *)(w + lp->mx_b + lp->mdy_b) : (void *)j->dw);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[MM_DY]}, {DNNL_ARG_WEIGHTS, m[MM_XT]}, {DNNL_ARG_DST, m[MM_DW]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
         run(lp->mw[k], th, 4, a);
@@ -649,10 +672,10 @@ static void bwd_task(void *ctx, int t, int th)
     const bf_job *j = ctx;
     const nn_conv *d = j->d;
     const nn_lowp *lp = d->lp;
-    omp_set_num_threads(1);
-    const int n0 = t * lp->n, n = d->N - n0 < lp->n ? d->N - n0 : lp->n;
+    const bf_chunk ch = chunk_of(j, t, th);
+    const int n0 = ch.n0, n = ch.n;
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
-    char *w = j->work + (size_t)th * lp->per_b;
+    char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
     pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
     seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
