@@ -44,7 +44,8 @@ grep -q '"step":32,' "$T/r1/metrics.jsonl" || fail "2 epochs of $N at 2 ranks x 
 ls "$T/r1" | grep -q "rank" && fail "a rank other than 0 wrote files: $(ls "$T/r1")"
 echo "moco run --ranks 2: 2 epochs of $N pairs, exactly, across the ranks"
 # ... and a rank killed under moco run: it says how to resume, and that finishes the run
-$M run "$T/db" --ranks 2 --workers 1 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL --save-every 4 --log-every 1 \
+# (20 epochs, 320 steps: long enough that the kill lands before the end)
+$M run "$T/db" --ranks 2 --workers 1 --epochs 20 --recipe cifar --size 28 --seed 1 $MODEL --save-every 4 --log-every 1 \
   --run-dir "$T/r1k" >/dev/null 2>"$T/r1k.err" &
 RP=$!
 for i in $(seq 1200); do grep -q '"step":12,' "$T/r1k/metrics.jsonl" 2>/dev/null && break; sleep 0.05; done
@@ -56,9 +57,9 @@ wait $RP; rc=$?
 cmd=$(grep -A1 "moco run: resume with:" "$T/r1k.err" | tail -1)
 echo "$cmd" | grep -q -- "--ranks 2 .*--resume $T/r1k$" || fail "no resume command after a killed rank: $(tail -5 "$T/r1k.err")"
 eval "timeout 300 $cmd" >/dev/null 2>"$T/r1k2.err" || fail "the printed resume command failed: $(tail -3 "$T/r1k2.err")"
-[ "$(grep -c '"type":"epoch"' "$T/r1k/metrics.jsonl")" = 2 ] && grep -q '"type":"epoch","epoch":1,"step":32,' "$T/r1k/metrics.jsonl" \
-  || fail "the resumed run did not end at epoch 2, step 32: $(grep -v '"type":"step"' "$T/r1k/metrics.jsonl" | cut -c1-80)"
-echo "moco run --ranks 2: a rank killed at step >= 12: exit 1, the printed resume command finished the run at step 32"
+[ "$(grep -c '"type":"epoch"' "$T/r1k/metrics.jsonl")" = 20 ] && grep -q '"type":"epoch","epoch":19,"step":320,' "$T/r1k/metrics.jsonl" \
+  || fail "the resumed run did not end at epoch 20, step 320: $(grep -v '"type":"step"' "$T/r1k/metrics.jsonl" | cut -c1-80)"
+echo "moco run --ranks 2: a rank killed at step >= 12: exit 1, the printed resume command finished the run at step 320"
 
 # 2. kill one rank mid-epoch; resume == uninterrupted
 pipeline() { # $1: dir, rest: trainer flags
