@@ -4,7 +4,7 @@
 #  1. `moco run --ranks 2` trains 2 epochs: every sample exactly once per
 #     epoch across the ranks (the loader's epoch_end and the trainer's epoch
 #     records: pairs = N, the two shards together), steps = 2 x N / (2 x B);
-#  2. `mpirun -np 2 moco train` against a loader with --consumers 2, one
+#  2. `mpirun -np 2 moco train` (10 epochs) against a loader with --consumers 2, one
 #     rank SIGKILLed mid-epoch: the other exits within seconds, and a resume
 #     from the last checkpoint (union of the ranks' positions) ends with a
 #     final checkpoint byte-identical to an uninterrupted 2-rank run's (one
@@ -62,28 +62,30 @@ eval "timeout 300 $cmd" >/dev/null 2>"$T/r1k2.err" || fail "the printed resume c
 echo "moco run --ranks 2: a rank killed at step >= 12: exit 1, the printed resume command finished the run at step 320"
 
 # 2. kill one rank mid-epoch; resume == uninterrupted
+# 10 epochs (160 steps, 10 ms each here): a kill aimed at step 10 of a 2-epoch
+# run landed anywhere from step 20 to past its last step (32) on a quiet machine
+E2=10
 pipeline() { # $1: dir, rest: trainer flags
   local d=$1; shift
   rm -rf "$T/s"; mkdir -p "$T/s" "$d"
-  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --pairs ipc://$T/s/p --consumers 2 --epochs 2 --seed 1 \
+  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --pairs ipc://$T/s/p --consumers 2 --epochs $E2 --seed 1 \
     --quiet --linger 0 --consumer-timeout 3 --consumer-wait 60 &
   LP=$!
   $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
   WP=$!
-  timeout 300 $MPIRUN $M train --connect ipc://$T/s/c --out "$d" --epochs 2 --seed 1 --size 28 --count $N $MODEL "$@" \
+  timeout 300 $MPIRUN $M train --connect ipc://$T/s/c --out "$d" --epochs $E2 --seed 1 --size 28 --count $N $MODEL "$@" \
     >>"$d.out" 2>>"$d.err" &
   TP=$!
 }
 pipeline "$T/full"
 wait $TP || fail "uninterrupted 2-rank training failed: $(tail -5 "$T/full.err")"
 wait $LP $WP
-pipeline "$T/cut" --save-every 5
-for i in $(seq 1200); do
-  grep -q '"step":10,' "$T/cut/metrics.jsonl" 2>/dev/null && break
-  sleep 0.05
-done
+pipeline "$T/cut" --save-every 5 --log-every 1
+# the victim is found first (rank 0 has logged step 1), then killed the moment step 12 is logged
+for i in $(seq 3000); do grep -q '"step":1,' "$T/cut/metrics.jsonl" 2>/dev/null && break; sleep 0.02; done
 victim=$(pgrep -f "train --connect ipc://$T/s/c" | while read p; do [ "$(ps -o comm= -p $p)" = "$(basename $M)" ] && echo $p; done | tail -1)
 [ -n "$victim" ] || fail "found no rank to kill"
+for i in $(seq 6000); do grep -q '"step":12,' "$T/cut/metrics.jsonl" && break; sleep 0.01; done
 t0=$SECONDS
 kill -KILL "$victim"
 wait $TP; rc=$?
@@ -93,6 +95,7 @@ pgrep -f "train --connect ipc://$T/s/c" >/dev/null && fail "ranks are left runni
 kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
 step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
 echo "killed rank pid $victim at $step; the job ended in $((SECONDS - t0)) s (exit $rc)"
+[ "${step#*:}" -lt $((E2 * 16)) ] || fail "the kill landed after the last step ($step): the run was too short"
 cp "$T/cut/checkpoint_last.safetensors" "$T/resume.safetensors"
 pipeline "$T/cut" --resume "$T/resume.safetensors"
 wait $TP || fail "resumed 2-rank training failed: $(tail -5 "$T/cut.err")"
