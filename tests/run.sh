@@ -14,6 +14,8 @@ own_tmp=0
 if [ -z "${MOCO_TEST_TMP:-}" ]; then MOCO_TEST_TMP=$PWD/tests/tmp/run-$$; own_tmp=1; fi
 export MOCO_TEST_TMP
 mkdir -p "$MOCO_TEST_TMP"
+# the kernels' wisdom (trainer/engine/tune.h) of this suite, not the user's
+export MOCO_WISDOM=${MOCO_WISDOM:-$MOCO_TEST_TMP/wisdom.jsonl}
 # sanitizer builds: leaks inside system libraries only (see tests/lsan.supp)
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
 pass=0; fail=0; skip=0; failed=()

@@ -12,6 +12,7 @@
  * (that wait over the step time).
  * tools/bench_pytorch_step.py times the same step in PyTorch;
  * tools/bench_mpi.sh compares 1 process x 2 threads with 2 ranks x 1. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@
 #include "trainer/dist.h"
 #include "trainer/engine/moco.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
 
 /* CPU seconds of the whole process (all threads): on a shared machine it
  * shows the work done, which wall time mixes with other processes' load. */
@@ -56,12 +58,96 @@ static double peak_rss_mb(void)
     return kb / 1024.0;
 }
 
+/* The rule's algorithm of one pass of a convolution (what --kernels rule runs). */
+static int rule_algo(const rn_conv_info *c, int precision)
+{
+    const int *s = c->shape;
+    return precision == NN_BF16 ? NN_ALGO_BF16 : nn_conv_rule(s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+}
+
+/* ms of the chosen and of the rule's algorithm over all convolutions, for
+ * one step: two forwards (query, key) and one backward. Negative when the
+ * times are unknown (--kernels rule times nothing). */
+static void step_conv_ms(const resnet *m, double *chosen, double *rule)
+{
+    *chosen = *rule = 0;
+    for (int i = 0; i < rn_conv_count(m); i++) {
+        rn_conv_info c;
+        rn_conv_get(m, i, &c);
+        for (int p = 0; p < 2; p++) {
+            if (c.algo[p] < 0) continue;
+            double k = p ? 1 : 2, a = c.ms[p][c.algo[p]], r = c.ms[p][rule_algo(&c, m->cfg.precision)];
+            if (a < 0 || r < 0) { *chosen = *rule = -1; return; }
+            *chosen += k * a, *rule += k * r;
+        }
+    }
+}
+
+static void explain_kernels(const resnet *m, double seconds)
+{
+    printf("  kernels: --kernels %s; %s, %d threads; wisdom %s (%.1f s to make the models)\n",
+           tune_mode() == TUNE_MEASURE ? "measure" : "rule", tune_cpu()[0] ? tune_cpu() : "CPU not read", par_threads(),
+           tune_mode() == TUNE_MEASURE ? tune_path() : "not used", seconds);
+    printf("  %-28s %-22s %-5s %-7s", "convolution", "N x Ci x H x W > Co k/s", "pass", "choice");
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) printf(" %8s", nn_algo_name(a));
+    printf("  (ms per call; * measured now)\n");
+    for (int i = 0; i < rn_conv_count(m); i++) {
+        rn_conv_info c;
+        rn_conv_get(m, i, &c);
+        char shape[64], name[64];
+        snprintf(shape, sizeof shape, "%dx%dx%dx%d > %d %d/%d", c.shape[0], c.shape[1], c.shape[2], c.shape[3], c.shape[4], c.shape[5], c.shape[6]);
+        snprintf(name, sizeof name, "%.*s", (int)(strlen(c.name) > 7 ? strlen(c.name) - 7 : strlen(c.name)), c.name); /* less ".weight" */
+        for (int p = 0; p < 2; p++) {
+            if (c.algo[p] < 0) continue;
+            printf("  %-28s %-22s %-5s %-7s", p ? "" : name, p ? "" : shape, tune_pass_name(p ? c.bwd_pass : TUNE_FWD), nn_algo_name(c.algo[p]));
+            for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+                if (c.ms[p][a] >= 0) printf(" %8.3f", c.ms[p][a]);
+                else printf(" %8s", "-");
+            printf("%s\n", c.measured[p] ? "  *" : "");
+        }
+    }
+    double chosen, rule;
+    step_conv_ms(m, &chosen, &rule);
+    if (chosen >= 0)
+        printf("  convolutions of one step (2 forwards, 1 backward), as timed one by one: %.1f ms on the choices, %.1f ms on the "
+               "fixed rule\n", chosen, rule);
+}
+
+static void kernels_json(moco_jw *w, const resnet *m)
+{
+    double chosen, rule;
+    step_conv_ms(m, &chosen, &rule);
+    moco_jw_num(w, "conv_ms_chosen", chosen >= 0 ? chosen : NAN, 2);
+    moco_jw_num(w, "conv_ms_rule", rule >= 0 ? rule : NAN, 2);
+    moco_jw_str(w, "cpu", tune_cpu());
+    moco_jw_arr(w, "convs");
+    for (int i = 0; i < rn_conv_count(m); i++) {
+        rn_conv_info c;
+        rn_conv_get(m, i, &c);
+        moco_jw_obj(w, NULL);
+        moco_jw_str(w, "name", c.name);
+        moco_jw_arr(w, "shape");
+        for (int k = 0; k < 8; k++) moco_jw_i64(w, NULL, c.shape[k]);
+        moco_jw_close(w);
+        for (int p = 0; p < 2; p++) {
+            if (c.algo[p] < 0) continue;
+            moco_jw_str(w, p ? "bwd" : "fwd", nn_algo_name(c.algo[p]));
+            moco_jw_obj(w, p ? "bwd_ms" : "fwd_ms");
+            for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+                if (c.ms[p][a] >= 0) moco_jw_num(w, nn_algo_name(a), c.ms[p][a], 3);
+            moco_jw_close(w);
+        }
+        moco_jw_close(w);
+    }
+    moco_jw_close(w);
+}
+
 int trainer_bench_main(int argc, char **argv)
 {
     const char *arch = "resnet18-cifar";
     long width = 64, batch = 256, size = 32, steps = 5, warmup = 1, threads = 2, K = 4096, dim = 128, splits = 8;
-    int mlp = 0, sym = 0;
-    const char *precision = "fp32";
+    int mlp = 0, sym = 0, explain = 0;
+    const char *precision = "fp32", *kernels = "measure", *wisdom = NULL;
     double m = 0.99, T = 0.1, lr = 0.06, wd = 5e-4;
     uint64_t seed = 1;
     const moco_opt opts[] = {
@@ -83,6 +169,9 @@ int trainer_bench_main(int argc, char **argv)
         {"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL},
         {"seed", MOCO_OPT_U64, &seed, "seed of weights, data and permutations", 0, 0, NULL},
         {"precision", MOCO_OPT_CHOICE, &precision, "fp32, or bf16: convolutions and linear layers take bf16 operands, accumulate in fp32", 0, 0, "fp32|bf16"},
+        {"kernels", MOCO_OPT_CHOICE, &kernels, "measure: each convolution pass on the kernel timed fastest here (the wisdom file); rule: the fixed rule", 0, 0, "measure|rule"},
+        {"wisdom", MOCO_OPT_STR, &wisdom, "the wisdom file (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL},
+        {"explain", MOCO_OPT_FLAG, &explain, "show each convolution's kernel choices and the times of every candidate", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco bench train", "[options]",
@@ -115,7 +204,9 @@ int trainer_bench_main(int argc, char **argv)
                             .batch = (int)batch, .size = (int)size, .precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16},
                     .K = (int)K, .m = (float)m, .T = (float)T, .symmetric = sym, .lr = (float)lr, .sgd_momentum = 0.9f,
                     .weight_decay = (float)wd, .seed = seed};
-    if ((rc = moco_new(&cfg, &mc)) || (rc = moco_set_comm(mc, dist_comm(d)))) {
+    tune_configure(strcmp(kernels, "rule") ? TUNE_MEASURE : TUNE_RULE, wisdom);
+    double t_make = moco_now_s();
+    if ((rc = dist_moco_new(d, &cfg, &mc)) || (rc = moco_set_comm(mc, dist_comm(d)))) {
         fprintf(stderr, "moco bench train%s: %s\n", who, moco_errmsg());
         ret = rc == MOCO_EINVAL ? 2 : 1;
         goto out;
@@ -137,6 +228,8 @@ int trainer_bench_main(int argc, char **argv)
         printf("  %.1f M parameters, %.2f GFLOP per step, activations %.0f MB%s\n", (double)mc->q->nparams / 1e6, flop / 1e9,
                (double)rn_arena_bytes(mc->q) / 1048576.0, R > 1 ? " per rank" : "");
     }
+    t_make = moco_now_s() - t_make;
+    if (!rank && explain) explain_kernels(mc->q, t_make);
     double t_all = 0, best = 1e30, c_all = 0, w_all = 0;
     moco_stats st = {0};
     for (long s = 0; s < warmup + steps; s++) {
@@ -194,6 +287,8 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw_num(&w, "acc", st.acc_all, 2);
         moco_jw_num(&w, "allreduce_wait_ms", wait_ms, 2);
         moco_jw_num(&w, "allreduce_share", wait_ms / (step_s * 1e3), 4);
+        moco_jw_str(&w, "kernels", kernels);
+        if (explain) kernels_json(&w, mc->q);
         moco_jw_line(&w, stdout);
     }
     ret = 0;

@@ -13,6 +13,7 @@
 #include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/rng.h"
+#include "trainer/engine/tune.h"
 
 /* Debug builds check the training state on every rank after every step. */
 #if defined(MOCO_DEBUG) || !defined(__OPTIMIZE__) || defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -423,4 +424,18 @@ int dist_check_weights(dist *d, const moco *mc)
     if (rc || part < 0) return rc;
     return moco_err(MOCO_ENUMERIC, "ranks diverged after step %lld: the %s of rank %d differ from rank 0's (hash %016llx vs %016llx)",
                     (long long)mc->steps, names[part], rank, (unsigned long long)hr, (unsigned long long)h0);
+}
+
+int dist_moco_new(dist *d, const moco_cfg *cfg, moco **out)
+{
+    const int rank = d ? d->rank : 0, R = d ? d->size : 1;
+    double go = 0;
+    int rc = 0;
+    if (rank && (rc = dist_sum_d(d, &go, 1))) return rc; /* after rank 0's model */
+    if ((rc = moco_new(cfg, out))) return rc;              /* a failing rank aborts the job (dist_abort) */
+    const char *note = tune_note();
+    if (note) fprintf(stderr, "moco: warning: %s\n", note);
+    if (tune_save()) fprintf(stderr, "moco: warning: %s; the kernels will be timed again next run\n", moco_errmsg());
+    if (!rank && R > 1) rc = dist_sum_d(d, &go, 1);
+    return rc;
 }

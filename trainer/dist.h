@@ -88,6 +88,14 @@ double dist_wait_seconds(const dist *d);
  * next collective). Without MPI it returns and the caller exits as usual. */
 void dist_abort(dist *d, int code);
 
+/* moco_new, rank 0 first: it times the convolution kernels its wisdom
+ * file lacks (trainer/engine/tune.h, as configured) and saves them; the
+ * other ranks make theirs after it and so find rank 0's choices (on one
+ * host) instead of timing kernels while rank 0 runs. d may be NULL (one
+ * process). A wisdom file that cannot be written, or that holds lines that
+ * do not parse, is a warning on stderr naming it; the run goes on. */
+int dist_moco_new(dist *d, const moco_cfg *cfg, moco **out);
+
 /* Free everything; MPI_Finalize if dist_init initialised MPI. *d = NULL. */
 void dist_finalize(dist **d);
 

@@ -52,6 +52,7 @@
 #include "trainer/knn.h"
 #include "trainer/engine/moco.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
 #include "trainer/stream.h"
 #include "trainer/train.h"
 
@@ -394,7 +395,8 @@ int train_run(const train_cfg *cin)
                              .batch = N, .size = S, .precision = c->precision},
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
                      .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
-    if ((rc = moco_new(&mcfg, &mc))) return rc;
+    tune_configure(c->kernels, c->wisdom);
+    if ((rc = dist_moco_new(c->dist, &mcfg, &mc))) return rc;
     if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
     if (resume) {
         ckpt_config kc;
@@ -693,7 +695,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     long width = 64, dim = 128, K = 65536, batch = 256, epochs = 200, splits = 1, size = 224, warm = 0, knn_every = 1,
          knn_k = 200, log_every = 10, keep = 3, save_every = 0, start_epoch = 0, threads = 2;
     uint64_t seed = 0, count = 0;
-    const char *schedule = "120,160", *presetname = NULL, *norm = "auto", *precision = "fp32";
+    const char *schedule = "120,160", *presetname = NULL, *norm = "auto", *precision = "fp32", *kernels = "measure";
     int aug_plus = 0;
     const moco_opt opts[] = {
         {"connect", MOCO_OPT_STR, &c.connect, "the loader's control endpoint", 0, 0, NULL},
@@ -739,6 +741,8 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"log-every", MOCO_OPT_INT, &log_every, "steps per metrics record", 1, 1e9, NULL},
         {"threads", MOCO_OPT_INT, &threads, "compute threads", 1, 256, NULL},
         {"precision", MOCO_OPT_CHOICE, &precision, "fp32, or bf16: convolutions and linear layers take bf16 operands and accumulate in fp32 (oneDNN, AVX512_BF16); weights, SGD, BN, loss, queue stay fp32", 0, 0, "fp32|bf16"},
+        {"kernels", MOCO_OPT_CHOICE, &kernels, "measure: each convolution pass on the kernel timed fastest here, kept in the wisdom file; rule: the fixed rule (nothing timed)", 0, 0, "measure|rule"},
+        {"wisdom", MOCO_OPT_STR, &c.wisdom, "the wisdom file of --kernels measure (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL},
         {"loader-timeout", MOCO_OPT_DOUBLE, &c.loader_timeout, "seconds of loader silence that stop training", 1, 1e7, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -754,6 +758,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     c.knn_k = (int)knn_k; c.log_every = (int)log_every; c.keep = (int)keep; c.save_every = (int)save_every;
     c.start_epoch = (int)start_epoch; c.seed = seed; c.count = count; c.threads = (int)threads;
     c.precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16;
+    c.kernels = strcmp(kernels, "rule") ? TUNE_MEASURE : TUNE_RULE;
     if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
     if (aug_plus) c.recipe = "v2";
     if (!c.knn_train != !c.knn_test) {

@@ -24,6 +24,8 @@ typedef struct {
     double lr, momentum, wd, m, T, knn_t, loader_timeout;
     int knn_every, knn_k, log_every, keep, save_every, threads;
     int precision;     /* NN_FP32 (default) or NN_BF16 (--precision bf16: trainer/bf16.c) */
+    int kernels;       /* TUNE_MEASURE (default) or TUNE_RULE (--kernels rule): trainer/engine/tune.h */
+    const char *wisdom; /* --wisdom FILE (NULL: tune.h's default path) */
     uint64_t seed, count;
     float mean[3], std[3];
     dist *dist;        /* the ranks (mpirun -np R moco train), or NULL: one process */

@@ -3,6 +3,7 @@
  * the small layers. The plain references live in nn_ref.c. */
 #include "trainer/engine/nn.h"
 
+#include "formats/errors.h"
 #include "trainer/engine/conv3.h"
 #include "trainer/engine/par.h"
 
@@ -88,15 +89,53 @@ static void conv_lanes_lds(const nn_conv *d, size_t *ldx, size_t *ldy, size_t *l
     *ldyp = conv3l_ld(d->chunk, d->Ho + 2, d->Wo + 2);
 }
 
-size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
+/* The image-lanes kernels: stride 2, and stride 1 on small planes (AVX-512) */
+static int lanes_ok(int Ci, int H, int W, int Co, int k, int stride, int pad)
+{
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    return conv3_simd() == 2 && k == 3 && pad == 1 && (stride == 2 || (stride == 1 && H * W <= 64)) && Ho > 0 &&
+           Wo % 4 == 0 && Ci % 4 == 0 && Co % 4 == 0;
+}
+
+/* The direct 3x3 kernels where the padded grid wastes at most half (not
+ * 4x4): their SIMD level, else 0. Ci < vec: the stem (dinp in plain loops). */
+static int direct_ok(int Ci, int H, int W, int Co, int k, int stride, int pad)
+{
+    int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
+    const int vec = simd == 2 ? 8 : 4;
+    return simd && (Ci % vec == 0 || Ci < vec) && Co % vec == 0 ? simd : 0;
+}
+
+int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, int pad)
+{
+    switch (algo) {
+    case NN_ALGO_AUTO: case NN_ALGO_GEMM: return 1;
+    case NN_ALGO_DIRECT: return direct_ok(Ci, H, W, Co, k, stride, pad) != 0;
+    case NN_ALGO_LANES: return lanes_ok(Ci, H, W, Co, k, stride, pad);
+    case NN_ALGO_BF16: return nn_bf16_available() == 0;
+    }
+    return 0;
+}
+
+int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad)
+{
+    return lanes_ok(Ci, H, W, Co, k, stride, pad) ? NN_ALGO_LANES : direct_ok(Ci, H, W, Co, k, stride, pad) ? NN_ALGO_DIRECT : NN_ALGO_GEMM;
+}
+
+const char *nn_algo_name(int algo)
+{
+    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "lanes", "bf16"};
+    return algo >= 0 && algo < NN_ALGO_COUNT ? names[algo] : "?";
+}
+
+static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t work_floats)
 {
     int T = par_threads();
     *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
-    /* image-lanes kernels: stride 2, and stride 1 on small planes */
-    if (conv3_simd() == 2 && k == 3 && pad == 1 && (stride == 2 || (stride == 1 && H * W <= 64)) && d->Ho > 0 &&
-        d->Wo % 4 == 0 && Ci % 4 == 0 && Co % 4 == 0) {
+    if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(Ci, H, W, Co, k, stride, pad);
+    if (algo == NN_ALGO_LANES) {
         size_t grp = 16 * ((size_t)2 * Ci * (H + 2) * (W + 2) + (size_t)Co * ((size_t)d->Ho * d->Wo + (size_t)(d->Ho + 2) * (d->Wo + 2)));
         size_t c = work_floats / 4 / grp, most16 = ((size_t)most + 15) / 16;
         c = c < 1 ? 1 : c > most16 ? most16 : c;
@@ -107,15 +146,12 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
         d->work_per = 2 * (size_t)Ci * ldx + (size_t)Co * (ldy + ldyp) + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
     }
-    /* direct 3x3 kernels where the padded grid wastes at most half (not 4x4) */
-    int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
-    const int vec = simd == 2 ? 8 : 4;
-    if (simd && (Ci % vec == 0 || Ci < vec) && Co % vec == 0) { /* Ci < vec: the stem (dinp in plain loops) */
+    if (algo == NN_ALGO_DIRECT) {
         /* per image: padded input, output gradient and input gradient, in
          * a quarter of the im2col budget (1 MB by default: L2-sized) */
         size_t img = (size_t)(2 * Ci + Co) * (H + 2) * (W + 2), c = work_floats / 4 / img;
         d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
-        d->direct = simd;
+        d->direct = direct_ok(Ci, H, W, Co, k, stride, pad);
         d->ld = conv3_ld(d->chunk, H, W);
         d->work_per = (size_t)(2 * Ci + Co) * d->ld + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
@@ -131,6 +167,21 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
     /* per thread: the lowered chunk, and (threads > 0) a private dW */
     d->work_per = per * (size_t)d->chunk + (size_t)Co * Ci * k * k;
     return d->work_per * (size_t)T;
+}
+
+size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats)
+{
+    return init_algo(d, N, Ci, H, W, Co, k, stride, pad, NN_ALGO_AUTO, work_floats);
+}
+
+int nn_conv_plan(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t budget,
+                 size_t *work_floats)
+{
+    if (!nn_conv_algo_ok(algo, Ci, H, W, Co, k, stride, pad))
+        return moco_err(MOCO_EINVAL, "convolution %d->%d %dx%d k%d/%d: the %s kernels cannot run it", Ci, Co, H, W, k, stride,
+                        nn_algo_name(algo));
+    *work_floats = init_algo(d, N, Ci, H, W, Co, k, stride, pad, algo == NN_ALGO_BF16 ? NN_ALGO_AUTO : algo, budget);
+    return algo == NN_ALGO_BF16 ? nn_conv_bf16(d, work_floats) : 0;
 }
 
 double nn_conv_macs(const nn_conv *d)

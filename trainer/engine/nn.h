@@ -53,6 +53,22 @@ typedef struct {
  * planes of 8x8 or less, run on the image-lanes kernels (channels multiples
  * of 4, output width a multiple of 4; chunks of 16 images). */
 size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, size_t work_floats);
+/* The algorithms of a convolution, chosen per layer and pass by
+ * measurement (tune.h) or by nn_conv_init's rule (AUTO): the GEMM lowering
+ * (im2col + OpenBLAS; 1x1 stride 1 straight on the rows), the direct 3x3
+ * kernels, the image-lanes kernels, and bf16 on oneDNN (nn_conv_bf16). */
+enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_COUNT };
+const char *nn_algo_name(int algo); /* "auto" "gemm" "direct" "lanes" "bf16" */
+/* Whether algo can run this shape on this CPU and build. */
+int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, int pad);
+/* The rule without measurement (NN_ALGO_AUTO): lanes, else direct, else GEMM. */
+int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad);
+/* nn_conv_init with the algorithm given (NN_ALGO_BF16: then nn_conv_bf16);
+ * *work_floats is the scratch its calls need. d must hold no bf16 state
+ * (nn_conv_free first). Returns 0, or MOCO_EINVAL when algo cannot run it,
+ * or nn_conv_bf16's error. */
+int nn_conv_plan(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t budget,
+                 size_t *work_floats);
 /* Multiply-adds of one forward pass. */
 double nn_conv_macs(const nn_conv *d);
 

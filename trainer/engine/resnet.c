@@ -19,6 +19,7 @@
 #include "formats/rng.h"
 #include "formats/safetensors.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
 
 /* im2col scratch per thread, in floats: 1M (4 MB) by default; the
  * environment variable MOCO_CONV_WORK (floats) overrides it for tuning. */
@@ -36,7 +37,10 @@ struct rn_op {
     int type;
     int in, out, res; /* activation ids; res -1 */
     int relu;
-    nn_conv conv;
+    nn_conv conv;      /* forward */
+    nn_conv convb;     /* backward, when its algorithm differs (convb_own), else conv serves */
+    int convb_own;
+    tune_choice tc[2]; /* the choices of forward and backward (tune.h) */
     nn_bn bn;
     nn_pool pool;
     int tw;            /* tensor index of the weight (conv, linear, BN gamma) */
@@ -272,7 +276,7 @@ static int build(builder *b)
 }
 
 /* Plan gradient slots (reverse liveness) and lay out the arena. */
-static int plan(resnet *m, rn_arena *a)
+static int plan(resnet *m, rn_arena *a, int grads)
 {
     int *free_ = calloc((size_t)a->nacts + 8, sizeof *free_), nfree = 0;
     if (!free_) return moco_err(MOCO_ENOMEM, "out of memory planning the model");
@@ -297,10 +301,21 @@ static int plan(resnet *m, rn_arena *a)
         rn_op *o = &m->ops[i];
         size_t w = 0;
         int rc = 0;
-        if (o->type == OP_CONV) {
+        if (o->type == OP_CONV) { /* each pass on the algorithm measured fastest (tune.h), or the rule */
             nn_conv *d = &o->conv;
-            w = nn_conv_init(d, d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad, RN_WORK_FLOATS);
-            if (m->cfg.precision == NN_BF16) rc = nn_conv_bf16(d, &w); /* its own chunks and scratch */
+            const tune_shape sh = {d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad};
+            const int bpass = a->acts[o->in].grad ? TUNE_BWD : TUNE_BWD_W;
+            size_t wb = 0;
+            o->tc[1].algo = -1;
+            if ((rc = tune_conv(&sh, TUNE_FWD, m->cfg.precision, RN_WORK_FLOATS, &o->tc[0])) ||
+                (grads && (rc = tune_conv(&sh, bpass, m->cfg.precision, RN_WORK_FLOATS, &o->tc[1]))) ||
+                (rc = nn_conv_plan(d, sh.N, sh.Ci, sh.H, sh.W, sh.Co, sh.k, sh.stride, sh.pad, o->tc[0].algo, RN_WORK_FLOATS, &w)))
+                return rc;
+            o->convb_own = grads && o->tc[1].algo != o->tc[0].algo;
+            if (o->convb_own &&
+                (rc = nn_conv_plan(&o->convb, sh.N, sh.Ci, sh.H, sh.W, sh.Co, sh.k, sh.stride, sh.pad, o->tc[1].algo, RN_WORK_FLOATS, &wb)))
+                return rc;
+            w = wb > w ? wb : w;
         } else if (o->type == OP_LINEAR && m->cfg.precision == NN_BF16) {
             rc = nn_linear_bf16(&o->lp, o->N, o->F, o->O, &w);
         }
@@ -415,7 +430,7 @@ int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **
         free(a);
         m->arena = share->arena, m->owns_arena = 0;
         memcpy(m->ops, share->ops, sizeof *m->ops * (size_t)m->nops);
-    } else if ((rc = plan(m, a))) {
+    } else if ((rc = plan(m, a, grads))) {
         goto fail;
     }
     size_t np = m->nparams * (grads ? 3 : 1) + m->nbuffers;
@@ -445,6 +460,7 @@ void rn_destroy(resnet **pm)
     if (m->owns_arena && m->arena) {
         for (int i = 0; m->ops && i < m->nops; i++) { /* bf16 states belong to the arena's owner */
             nn_conv_free(&m->ops[i].conv);
+            if (m->ops[i].convb_own) nn_conv_free(&m->ops[i].convb);
             nn_lowp_free(&m->ops[i].lp);
         }
         free(m->arena->base);
@@ -528,7 +544,8 @@ int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb c
         float *G = m->grads;
         switch (o->type) {
         case OP_CONV:
-            conv2d_backward(din, G + m->tensors[o->tw].off, GRAD(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work);
+            conv2d_backward(din, G + m->tensors[o->tw].off, GRAD(o->out), ACT(o->in), P(m, o->tw), o->convb_own ? &o->convb : &o->conv,
+                            a->work);
             break;
         case OP_BN:
             bn_backward(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
@@ -634,4 +651,30 @@ const float *rn_pooled(const resnet *m)
     for (int i = 0; i < m->nops; i++)
         if (m->ops[i].type == OP_AVGPOOL) return ACT(m->ops[i].out);
     return NULL;
+}
+
+int rn_conv_count(const resnet *m)
+{
+    int n = 0;
+    for (int i = 0; i < m->nops; i++) n += m->ops[i].type == OP_CONV;
+    return n;
+}
+
+void rn_conv_get(const resnet *m, int i, rn_conv_info *info)
+{
+    memset(info, 0, sizeof *info);
+    for (int k = 0; k < m->nops; k++) {
+        const rn_op *o = &m->ops[k];
+        if (o->type != OP_CONV || i--) continue;
+        const nn_conv *d = &o->conv;
+        const int sh[8] = {d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad};
+        info->name = m->tensors[o->tw].name;
+        memcpy(info->shape, sh, sizeof sh);
+        info->bwd_pass = m->arena->acts[o->in].grad ? TUNE_BWD : TUNE_BWD_W;
+        for (int p = 0; p < 2; p++) {
+            info->algo[p] = o->tc[p].algo, info->measured[p] = o->tc[p].measured;
+            memcpy(info->ms[p], o->tc[p].ms, sizeof info->ms[p]);
+        }
+        return;
+    }
 }

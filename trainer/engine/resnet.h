@@ -128,6 +128,20 @@ int rn_load(resnet *m, const char *path);
  * linear-evaluation protocol classifies. */
 const float *rn_pooled(const resnet *m);
 
+/* The convolutions in execution order and the algorithms their passes run
+ * on (tune.h), for explanations: i in [0, rn_conv_count). name is the
+ * weight tensor's ("layer1.0.conv1.weight"); shape N, Ci, H, W, Co, k,
+ * stride, pad; algo/ms of forward [0] and backward [1] (algo -1: no
+ * backward, a model without gradients); bwd_pass TUNE_BWD or TUNE_BWD_W. */
+typedef struct {
+    const char *name;
+    int shape[8];
+    int algo[2], bwd_pass, measured[2];
+    double ms[2][NN_ALGO_COUNT];
+} rn_conv_info;
+int rn_conv_count(const resnet *m);
+void rn_conv_get(const resnet *m, int i, rn_conv_info *info);
+
 /* Bytes of the activation arena (for reports). */
 size_t rn_arena_bytes(const resnet *m);
 

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# cli_kernels.sh: kernels chosen by measurement (trainer/engine/tune.h)
+# through `moco bench train --explain`, on a small resnet18-cifar:
+#  - the first run times every convolution's candidates (each marked * in
+#    the table), writes the wisdom file, and its last JSON line names the
+#    choice of every pass; each choice is the fastest time on its row;
+#  - a second run finds them all in the file: nothing is timed, same choices;
+#  - --kernels rule: the fixed rule, nothing timed, no file;
+#  - a wisdom line that does not parse is a warning naming the file (the run
+#    goes on and the line is dropped at the next write, here at once: width 4
+#    has new shapes); an unwritable file is a warning too.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/kernels
+rm -rf "$T" && mkdir -p "$T"
+B="bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 --explain"
+W="$T/w/wisdom.jsonl"
+
+$M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
+rows=$(grep -cE '^  .* (fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) ' "$T/1.out")
+[ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
+[ "$(grep -cE '(fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) .*\*$' "$T/1.out")" = 40 ] || fail "the first run did not time every row"
+grep -q "bwd-w" "$T/1.out" || fail "the stem's backward has no input gradient: want pass bwd-w"
+# on each row, the choice is the smallest time shown
+awk '/ (fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) /{
+  n = split("gemm direct lanes bf16", names, " "); c = ""; best = 1e30; start = 0
+  for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { c = $(i + 1); start = i + 2; break }
+  for (k = 0; k < n; k++) { v = $(start + k); if (v != "-" && v + 0 < best) { best = v + 0; bn = names[k + 1] } }
+  if (bn != c) { print "row chooses " c " but " bn " was faster: " $0; bad = 1 }
+} END { exit bad }' "$T/1.out" || fail "a choice is not the fastest candidate"
+[ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"
+tail -1 "$T/1.out" | python3 -c '
+import json, sys
+j = json.loads(sys.stdin.read())
+assert j["kernels"] == "measure", j["kernels"]
+assert len(j["convs"]) == 20, len(j["convs"])
+assert all(c["fwd"] in c["fwd_ms"] and c["bwd"] in c["bwd_ms"] for c in j["convs"])
+assert j["conv_ms_chosen"] <= j["conv_ms_rule"] * 1.0001, (j["conv_ms_chosen"], j["conv_ms_rule"])
+print(" ".join(c["fwd"] + "/" + c["bwd"] for c in j["convs"]))' >"$T/1.choices" || fail "the JSON line: $(tail -1 "$T/1.out" | cut -c1-300)"
+echo "first run: 40 passes timed, each on its fastest candidate: $(cat "$T/1.choices" | cut -c1-120)..."
+
+$M $B --wisdom "$W" >"$T/2.out" 2>"$T/2.err" || fail "second bench: $(tail -3 "$T/2.err")"
+grep -qE '\*$' "$T/2.out" && fail "the second run timed kernels again: $(grep -E '\*$' "$T/2.out" | head -3)"
+tail -1 "$T/2.out" | python3 -c 'import json, sys; j = json.loads(sys.stdin.read()); print(" ".join(c["fwd"] + "/" + c["bwd"] for c in j["convs"]))' >"$T/2.choices"
+cmp -s "$T/1.choices" "$T/2.choices" || fail "the second run chose differently: $(cat "$T/2.choices")"
+echo "second run: every choice from the wisdom file, none timed"
+
+rm -rf "$T/r"
+$M $B --kernels rule --wisdom "$T/r/wisdom.jsonl" >"$T/3.out" 2>&1 || fail "--kernels rule: $(tail -3 "$T/3.out")"
+[ -e "$T/r/wisdom.jsonl" ] && fail "--kernels rule wrote a wisdom file"
+grep -qE '\*$' "$T/3.out" && fail "--kernels rule timed kernels"
+grep -q '"kernels":"rule"' "$T/3.out" || fail "--kernels rule: not in the JSON line"
+echo "--kernels rule: nothing timed, no file"
+
+echo '{"cpu": broken' >>"$W"
+n0=$(wc -l <"$W")
+$M $B --width 4 --wisdom "$W" >"$T/4.out" 2>"$T/4.err" || fail "a damaged wisdom file stopped the run: $(tail -3 "$T/4.err")"
+grep -q "warning: wisdom file $W: 1 line does not parse" "$T/4.err" || fail "no warning naming the damaged file: $(cat "$T/4.err")"
+grep -q broken "$W" && fail "the line that does not parse was kept when the file was written again (width 4: new shapes)"
+[ "$(wc -l <"$W")" -gt $((n0 - 1)) ] || fail "the rewrite lost lines: $n0 -> $(wc -l <"$W")"
+$M $B --wisdom /proc/none/wisdom.jsonl >"$T/5.out" 2>"$T/5.err" || fail "an unwritable wisdom file stopped the run"
+grep -q "warning: cannot write the wisdom file /proc/none/wisdom.jsonl" "$T/5.err" || fail "no warning naming the unwritable file: $(cat "$T/5.err")"
+echo "a damaged or unwritable wisdom file: a warning naming it; the run goes on"

@@ -1,0 +1,227 @@
+/* test_tune.c: kernels chosen by measurement (trainer/engine/tune.h).
+ *  - nn_conv_plan: every algorithm that says it can run a shape computes
+ *    what the plain reference does (forward, backward with and without the
+ *    input gradient), on the stem, 3x3 stride 1 and 2, small planes, 1x1
+ *    stride 1 and 2; bf16 against the reference on bf16-rounded operands;
+ *  - tune_conv measuring: the choice is the fastest candidate timed, every
+ *    candidate that can run the shape is timed, and those that cannot are not;
+ *  - the wisdom file: saved, found again by a fresh table (nothing timed),
+ *    other machines' lines kept, lines that do not parse reported and
+ *    dropped, a forged choice that cannot run the shape measured afresh;
+ *  - TUNE_RULE: nn_conv_init's rule, nothing timed, no file written. */
+#include "tests/testutil.h"
+
+#include <math.h>
+
+#include "formats/errors.h"
+#include "formats/rng.h"
+#include "trainer/engine/nn.h"
+#include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
+
+static float *fz(size_t n) { return test_calloc(n ? n : 1, sizeof(float)); }
+
+static void randu(float *p, size_t n, uint64_t seed)
+{
+    moco_rng r;
+    moco_rng_init(&r, seed, 5, 0, 0);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(2.0 * moco_rng_uniform(&r) - 1.0);
+}
+
+static void check(const char *what, const float *got, const float *want, size_t n, double tol)
+{
+    double md = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    double rel = md / fmax(scale, 1e-3);
+    if (!(rel <= tol)) fail_msg("%s: relative difference %g over %g", what, rel, tol);
+}
+
+/* N, Ci, H, W, Co, k, stride, pad */
+static const int shapes[][8] = {{4, 3, 8, 8, 8, 3, 1, 1},   {5, 8, 8, 8, 16, 3, 1, 1}, {18, 8, 4, 4, 8, 3, 1, 1},
+                                {17, 8, 8, 8, 16, 3, 2, 1}, {6, 16, 4, 4, 32, 1, 1, 0}, {6, 16, 8, 8, 32, 1, 2, 0}};
+
+static void test_plan_every_algo(void **st)
+{
+    (void)st;
+    int ran[NN_ALGO_COUNT] = {0};
+    par_set_threads(2);
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++)
+        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
+            const int *q = shapes[c];
+            if (!nn_conv_algo_ok(a, q[1], q[2], q[3], q[4], q[5], q[6], q[7])) continue;
+            nn_conv d;
+            size_t work = 0;
+            memset(&d, 0, sizeof d);
+            assert_int_equal(nn_conv_plan(&d, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], a, 1 << 16, &work), 0);
+            assert_int_equal(d.direct != 0, a == NN_ALGO_DIRECT);
+            assert_int_equal(d.lanes, a == NN_ALGO_LANES);
+            assert_int_equal(d.lp != NULL, a == NN_ALGO_BF16);
+            size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * d.Ho * d.Wo, nw = (size_t)q[4] * q[1] * q[5] * q[5];
+            float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
+                  *dwr = fz(nw), *wk = fz(work);
+            randu(x, nx, 1 + c), randu(w, nw, 2 + c), randu(dy, ny, 3 + c);
+            double tol = 2e-5;
+            if (a == NN_ALGO_BF16) { /* products of bf16 operands are exact in fp32: only the order of sums differs */
+                nn_bf16_round(x, nx), nn_bf16_round(w, nw), nn_bf16_round(dy, ny);
+                tol = 1e-4;
+            }
+            printf("%s: N %d Ci %d %dx%d Co %d k %d/%d\n", nn_algo_name(a), q[0], q[1], q[2], q[3], q[4], q[5], q[6]);
+            conv2d_forward(y, x, w, &d, wk);
+            conv2d_forward_ref(yr, x, w, &d);
+            check("forward", y, yr, ny, tol);
+            conv2d_backward(q[1] < 4 ? NULL : dx, dw, dy, x, w, &d, wk); /* the stem: no input gradient */
+            conv2d_backward_ref(q[1] < 4 ? NULL : dxr, dwr, dy, x, w, &d);
+            if (q[1] >= 4) check("input gradient", dx, dxr, nx, tol);
+            check("weight gradient", dw, dwr, nw, tol);
+            nn_conv_free(&d);
+            ran[a]++;
+            test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
+                test_free(dwr), test_free(wk);
+        }
+    assert_int_equal(ran[NN_ALGO_GEMM], 6); /* every shape */
+    printf("ran: gemm %d, direct %d, lanes %d, bf16 %d\n", ran[1], ran[2], ran[3], ran[4]);
+    /* an algorithm that cannot run a shape is refused with a message */
+    nn_conv d;
+    size_t work;
+    assert_int_equal(nn_conv_algo_ok(NN_ALGO_DIRECT, 16, 4, 4, 32, 1, 1, 0), 0);
+    assert_int_equal(nn_conv_plan(&d, 6, 16, 4, 4, 32, 1, 1, 0, NN_ALGO_DIRECT, 1 << 16, &work), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "direct kernels cannot run it"));
+    par_set_threads(1);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *b = test_calloc(1, 1 << 20);
+    size_t n = fread(b, 1, (1 << 20) - 1, f);
+    b[n] = 0;
+    fclose(f);
+    return b;
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; s && *s; s++) n += *s == '\n';
+    return n;
+}
+
+static void test_measure_and_wisdom(void **st)
+{
+    (void)st;
+    par_set_threads(2);
+    const char *dir = tu_tmpdir("tune");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/sub/wisdom.jsonl", dir); /* its directory is made */
+    const tune_shape s1 = {16, 8, 8, 8, 16, 3, 1, 1}, s2 = {8, 16, 4, 4, 16, 1, 1, 0};
+    tune_choice c, c2;
+    /* the rule: nothing timed, nothing written */
+    tune_configure(TUNE_RULE, path);
+    assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
+    assert_int_equal(c.algo, nn_conv_rule(8, 8, 8, 16, 3, 1, 1));
+    assert_int_equal(c.measured, 0);
+    for (int a = 0; a < NN_ALGO_COUNT; a++) assert_true(c.ms[a] < 0);
+    assert_int_equal(tune_save(), 0);
+    assert_null(slurp(path));
+
+    /* measured: the fastest of the candidates that can run it, and only those */
+    tune_configure(TUNE_MEASURE, path);
+    for (int p = 0; p < TUNE_PASSES; p++) {
+        assert_int_equal(tune_conv(&s1, p, NN_FP32, 1 << 16, &c), 0);
+        assert_int_equal(c.measured, 1);
+        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
+            int can = a != NN_ALGO_BF16 && nn_conv_algo_ok(a, 8, 8, 8, 16, 3, 1, 1);
+            assert_int_equal(c.ms[a] >= 0, can);
+            if (can) assert_true(c.ms[c.algo] <= c.ms[a]);
+        }
+        assert_true(c.ms[c.algo] > 0);
+    }
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
+    assert_int_equal(c2.algo, NN_ALGO_GEMM); /* the only candidate of a 1x1 */
+    assert_true(c2.ms[NN_ALGO_DIRECT] < 0 && c2.ms[NN_ALGO_LANES] < 0);
+    /* asked again in this process: the same answer, not timed again */
+    tune_choice again;
+    assert_int_equal(tune_conv(&s1, TUNE_BWD_W, NN_FP32, 1 << 16, &again), 0);
+    assert_int_equal(again.algo, c.algo);
+    assert_true(again.ms[c.algo] == c.ms[c.algo]);
+    assert_int_equal(tune_save(), 0);
+    char *text = slurp(path);
+    assert_non_null(text);
+    assert_int_equal(count_lines(text), 4);
+    assert_non_null(strstr(text, "\"pass\":\"bwd-w\""));
+    assert_non_null(strstr(text, "\"shape\":[8,16,4,4,16,1,1,0]"));
+    assert_non_null(strstr(text, tune_cpu()));
+    test_free(text);
+
+    /* another machine's line, a line that does not parse, and a forged
+     * choice for s2 (direct cannot run a 1x1) are added to the file */
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fprintf(f, "{\"cpu\":\"Other CPU\",\"build\":\"x\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
+               "\"shape\":[1,1,1,1,1,1,1,0],\"choice\":\"gemm\",\"ms\":{\"gemm\":1.0}}\n");
+    fprintf(f, "{\"cpu\": not json\n");
+    fclose(f);
+    text = slurp(path);
+    char *p2 = strstr(text, "\"shape\":[8,16,4,4,16,1,1,0],\"choice\":\"gemm\",\"ms\":{\"gemm\":");
+    assert_non_null(p2);
+    memcpy(p2 + strlen("\"shape\":[8,16,4,4,16,1,1,0],\"choice\":\""), "xxxx", 4); /* "gemm" -> "xxxx": does not parse */
+    f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    test_free(text);
+
+    /* a fresh process (table): found in the file, nothing timed */
+    tune_configure(TUNE_MEASURE, path);
+    assert_int_equal(tune_conv(&s1, TUNE_BWD_W, NN_FP32, 1 << 16, &again), 0);
+    assert_int_equal(again.measured, 0);
+    assert_int_equal(again.algo, c.algo);
+    const char *note = tune_note();
+    assert_non_null(note);
+    printf("note: %s\n", note);
+    assert_non_null(strstr(note, "2 lines do not parse"));
+    assert_null(tune_note()); /* once */
+    /* s2's line was spoilt: timed again, and the rewrite keeps the other machine's line and drops the bad ones */
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
+    assert_int_equal(c2.measured, 1);
+    assert_int_equal(tune_save(), 0);
+    text = slurp(path);
+    assert_int_equal(count_lines(text), 5);
+    assert_non_null(strstr(text, "Other CPU"));
+    assert_null(strstr(text, "not json"));
+    assert_null(strstr(text, "xxxx"));
+    test_free(text);
+
+    /* a forged choice of this machine that parses but cannot run the shape (lanes for a 1x1): measured afresh */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
+               "\"shape\":[8,16,4,4,16,1,1,0],\"choice\":\"lanes\",\"ms\":{\"lanes\":0.001}}\n", tune_cpu(), tune_build());
+    fclose(f);
+    tune_configure(TUNE_MEASURE, path);
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
+    assert_int_equal(c2.measured, 1);
+    assert_int_equal(c2.algo, NN_ALGO_GEMM);
+    assert_null(tune_note());
+
+    /* a file that cannot be written: an error naming it */
+    tune_configure(TUNE_MEASURE, "/proc/nonexistent/wisdom.jsonl");
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
+    assert_int_equal(tune_save(), MOCO_EIO);
+    assert_non_null(strstr(moco_errmsg(), "/proc/nonexistent/wisdom.jsonl"));
+    tune_configure(TUNE_RULE, NULL);
+    par_set_threads(1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_every_algo),
+        cmocka_unit_test(test_measure_and_wisdom),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

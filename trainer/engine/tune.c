@@ -1,0 +1,378 @@
+/* tune.c: the measurements and the wisdom file of tune.h. The table of
+ * choices lives in memory (loaded from the file at the first tune_conv);
+ * tune_save merges the new choices into the file. One thread (the one
+ * making models) calls these. */
+#include "trainer/engine/tune.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/clock.h"
+#include "formats/errors.h"
+#include "formats/json.h"
+#include "formats/jsonw.h"
+#include "formats/rng.h"
+#include "trainer/engine/par.h"
+
+typedef struct {
+    tune_shape s;
+    int pass, precision, fresh; /* fresh: measured here, not yet saved */
+    tune_choice c;
+} entry;
+
+static int mode = TUNE_RULE, loaded;
+static char path[4096], cpu[128], build[64], note[4096 + 256];
+static entry *tab;
+static int ntab, captab;
+
+static const char *const pass_names[TUNE_PASSES] = {"fwd", "bwd", "bwd-w"};
+const char *tune_pass_name(int pass) { return pass >= 0 && pass < TUNE_PASSES ? pass_names[pass] : "?"; }
+int tune_mode(void) { return mode; }
+const char *tune_path(void) { return path; }
+const char *tune_cpu(void) { return cpu; }
+const char *tune_build(void) { return build; }
+
+const char *tune_note(void)
+{
+    static char out[sizeof note];
+    if (!note[0]) return NULL;
+    memcpy(out, note, sizeof note), note[0] = 0;
+    return out;
+}
+
+int tune_configure(int m, const char *p)
+{
+    mode = m, loaded = 0, ntab = 0, note[0] = 0;
+    const char *e = getenv("MOCO_WISDOM"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+    if (p && *p) snprintf(path, sizeof path, "%s", p);
+    else if (e && *e) snprintf(path, sizeof path, "%s", e);
+    else if (x && *x) snprintf(path, sizeof path, "%s/moco/wisdom.jsonl", x);
+    else snprintf(path, sizeof path, "%s/.cache/moco/wisdom.jsonl", h && *h ? h : "/tmp");
+    return 0;
+}
+
+/* The key of this process: CPU model, build, threads. */
+static void identify(void)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512], name[96] = "unknown", fam[16] = "?", mod[16] = "?";
+    while (f && fgets(line, sizeof line, f)) { /* the first processor's */
+        char *v = strchr(line, ':');
+        if (!v) continue;
+        for (v++; *v == ' ' || *v == '\t'; v++) {}
+        v[strcspn(v, "\n")] = 0;
+        if (!strncmp(line, "model name", 10)) snprintf(name, sizeof name, "%s", v);
+        else if (!strncmp(line, "cpu family", 10)) snprintf(fam, sizeof fam, "%s", v);
+        else if (!strncmp(line, "model\t", 6) || !strncmp(line, "model ", 6)) snprintf(mod, sizeof mod, "%s", v);
+        else if (!strncmp(line, "processor", 9) && strcmp(v, "0")) break;
+    }
+    if (f) fclose(f);
+    snprintf(cpu, sizeof cpu, "%s (family %s, model %s)", name, fam, mod);
+    struct stat st;
+    if (!stat("/proc/self/exe", &st)) snprintf(build, sizeof build, "%lld-%lld", (long long)st.st_size, (long long)st.st_mtime);
+    else snprintf(build, sizeof build, "unknown");
+}
+
+static int same_shape(const tune_shape *a, const tune_shape *b) { return !memcmp(a, b, sizeof *a); }
+
+static entry *find(const tune_shape *s, int pass, int precision)
+{
+    for (int i = 0; i < ntab; i++)
+        if (tab[i].pass == pass && tab[i].precision == precision && same_shape(&tab[i].s, s)) return &tab[i];
+    return NULL;
+}
+
+static entry *add(void)
+{
+    if (ntab == captab) {
+        int cap = captab ? 2 * captab : 64;
+        entry *t = realloc(tab, sizeof *t * (size_t)cap);
+        if (!t) return NULL;
+        tab = t, captab = cap;
+    }
+    memset(&tab[ntab], 0, sizeof *tab);
+    return &tab[ntab++];
+}
+
+/* ------------------------------------------------------------ the file */
+
+typedef struct {
+    char cpu[128], build[64];
+    uint64_t threads;
+    entry e;
+} line_rec;
+
+static int tok_str(const char *s, const moco_json_tok *t, int obj, const char *key, char *buf, size_t cap)
+{
+    int i = moco_json_get(s, t, obj, key);
+    return i < 0 || t[i].type != MOCO_JSON_STR ? MOCO_ECORRUPT : moco_json_str(s, &t[i], buf, cap);
+}
+
+static int algo_of(const char *name)
+{
+    for (int a = 1; a < NN_ALGO_COUNT; a++)
+        if (!strcmp(name, nn_algo_name(a))) return a;
+    return -1;
+}
+
+/* One line of the file; 0 or MOCO_ECORRUPT. */
+static int parse_line(const char *s, size_t len, line_rec *r)
+{
+    moco_json_tok t[64];
+    int n, rc = moco_json_parse(s, len, "wisdom line", t, 64, &n);
+    if (rc) return rc;
+    char prec[16], pass[16], choice[16];
+    if (t[0].type != MOCO_JSON_OBJ || tok_str(s, t, 0, "cpu", r->cpu, sizeof r->cpu) ||
+        tok_str(s, t, 0, "build", r->build, sizeof r->build) || tok_str(s, t, 0, "precision", prec, sizeof prec) ||
+        tok_str(s, t, 0, "pass", pass, sizeof pass) || tok_str(s, t, 0, "choice", choice, sizeof choice))
+        return MOCO_ECORRUPT;
+    int th = moco_json_get(s, t, 0, "threads"), sh = moco_json_get(s, t, 0, "shape"), ms = moco_json_get(s, t, 0, "ms");
+    if (th < 0 || moco_json_u64(s, &t[th], &r->threads) || sh < 0 || t[sh].type != MOCO_JSON_ARR || t[sh].size != 8 || ms < 0 ||
+        t[ms].type != MOCO_JSON_OBJ)
+        return MOCO_ECORRUPT;
+    entry *e = &r->e;
+    memset(e, 0, sizeof *e);
+    int *dims = &e->s.N;
+    for (int k = 0, i = sh + 1; k < 8; k++, i = t[i].end) {
+        uint64_t v;
+        if (moco_json_u64(s, &t[i], &v) || v > (1u << 30)) return MOCO_ECORRUPT;
+        dims[k] = (int)v;
+    }
+    e->precision = !strcmp(prec, "bf16") ? NN_BF16 : !strcmp(prec, "fp32") ? NN_FP32 : -1;
+    e->pass = -1;
+    for (int p = 0; p < TUNE_PASSES; p++)
+        if (!strcmp(pass, pass_names[p])) e->pass = p;
+    e->c.algo = algo_of(choice);
+    if (e->precision < 0 || e->pass < 0 || e->c.algo < 0) return MOCO_ECORRUPT;
+    for (int a = 0; a < NN_ALGO_COUNT; a++) e->c.ms[a] = -1;
+    for (int k = 0, i = ms + 1; k < t[ms].size; k++, i = t[i + 1].end) {
+        char name[16];
+        int a;
+        if (moco_json_str(s, &t[i], name, sizeof name) || (a = algo_of(name)) < 0 || t[i + 1].type != MOCO_JSON_NUM)
+            return MOCO_ECORRUPT;
+        e->c.ms[a] = strtod(s + t[i + 1].start, NULL);
+    }
+    return e->c.ms[e->c.algo] >= 0 ? 0 : MOCO_ECORRUPT;
+}
+
+static int ours(const line_rec *r) { return !strcmp(r->cpu, cpu) && !strcmp(r->build, build) && r->threads == (uint64_t)par_threads(); }
+
+static void load(void)
+{
+    loaded = 1;
+    identify();
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int bad = 0, first = 0, no = 0;
+    line_rec r;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        no++;
+        if (parse_line(line, (size_t)len, &r)) {
+            if (!bad++) first = no;
+            continue;
+        }
+        entry *e;
+        if (ours(&r) && !find(&r.e.s, r.e.pass, r.e.precision) && (e = add())) *e = r.e;
+    }
+    free(line);
+    fclose(f);
+    if (bad)
+        snprintf(note, sizeof note, "wisdom file %s: %d %s not parse (the first is line %d); ignored, and dropped at the next write",
+                 path, bad, bad > 1 ? "lines do" : "line does", first);
+}
+
+static void write_entry(FILE *f, const entry *e)
+{
+    moco_jw w;
+    moco_jw_begin(&w);
+    moco_jw_str(&w, "cpu", cpu);
+    moco_jw_str(&w, "build", build);
+    moco_jw_i64(&w, "threads", par_threads());
+    moco_jw_str(&w, "precision", e->precision == NN_BF16 ? "bf16" : "fp32");
+    moco_jw_str(&w, "pass", pass_names[e->pass]);
+    moco_jw_arr(&w, "shape");
+    const int *dims = &e->s.N;
+    for (int k = 0; k < 8; k++) moco_jw_i64(&w, NULL, dims[k]);
+    moco_jw_close(&w);
+    moco_jw_str(&w, "choice", nn_algo_name(e->c.algo));
+    moco_jw_obj(&w, "ms");
+    for (int a = 1; a < NN_ALGO_COUNT; a++)
+        if (e->c.ms[a] >= 0) moco_jw_num(&w, nn_algo_name(a), e->c.ms[a], 3);
+    moco_jw_close(&w);
+    moco_jw_line(&w, f);
+}
+
+static int mkdirs(const char *file)
+{
+    char d[sizeof path];
+    snprintf(d, sizeof d, "%s", file);
+    for (char *p = d + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(d, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return 0;
+}
+
+int tune_save(void)
+{
+    int fresh = 0;
+    for (int i = 0; i < ntab; i++) fresh += tab[i].fresh;
+    if (mode != TUNE_MEASURE || !fresh) return 0;
+    char lock[sizeof path + 8], tmp[sizeof path + 32];
+    snprintf(lock, sizeof lock, "%s.lock", path);
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    int lfd = -1, rc = 0;
+    FILE *in = NULL, *out = NULL;
+    if (mkdirs(path) || (lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0 || flock(lfd, LOCK_EX)) {
+        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (!(out = fopen(tmp, "w"))) {
+        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    /* the file's lines, less ours that we replace and those that do not parse */
+    if ((in = fopen(path, "r"))) {
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        line_rec r;
+        while ((len = getline(&line, &cap, in)) > 0) {
+            if (parse_line(line, (size_t)len, &r)) continue;
+            entry *e = ours(&r) ? find(&r.e.s, r.e.pass, r.e.precision) : NULL;
+            if (e && e->fresh) continue;
+            fwrite(line, 1, (size_t)len, out);
+            if (line[len - 1] != '\n') fputc('\n', out);
+        }
+        free(line);
+    }
+    for (int i = 0; i < ntab; i++)
+        if (tab[i].fresh) write_entry(out, &tab[i]);
+    int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
+    ok = fclose(out) == 0 && ok;
+    out = NULL;
+    if (!ok || rename(tmp, path)) {
+        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    for (int i = 0; i < ntab; i++) tab[i].fresh = 0;
+out:
+    if (in) fclose(in);
+    if (out) fclose(out), unlink(tmp);
+    if (lfd >= 0) close(lfd); /* and the lock with it */
+    return rc;
+}
+
+/* ------------------------------------------------------- measurement */
+
+typedef struct {
+    float *x, *w, *y, *dx, *dw, *work;
+} bufs;
+
+static float *alloc_fill(size_t n, moco_rng *r)
+{
+    float *p = NULL;
+    if (posix_memalign((void **)&p, 64, sizeof(float) * (n ? n : 1))) return NULL;
+    if (r)
+        for (size_t i = 0; i < n; i++) p[i] = (float)(moco_rng_uniform(r) * 2.0 - 1.0);
+    else memset(p, 0, sizeof(float) * n);
+    return p;
+}
+
+static void run_pass(int pass, const nn_conv *d, bufs *b)
+{
+    if (pass == TUNE_FWD) conv2d_forward(b->y, b->x, b->w, d, b->work);
+    else conv2d_backward(pass == TUNE_BWD ? b->dx : NULL, b->dw, b->y, b->x, b->w, d, b->work);
+}
+
+/* ms of one candidate: the best of a few calls after a first one (which
+ * alone decides a candidate more than 3x slower than the best so far) */
+static int time_algo(const tune_shape *s, int pass, int algo, size_t budget, bufs *b, double best, double *ms)
+{
+    nn_conv d;
+    size_t wf = 0;
+    memset(&d, 0, sizeof d);
+    int rc = nn_conv_plan(&d, s->N, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad, algo, budget, &wf);
+    if (rc) return rc;
+    float *work = alloc_fill(wf + 16, NULL);
+    if (!work) {
+        nn_conv_free(&d);
+        return moco_err(MOCO_ENOMEM, "out of memory timing a convolution");
+    }
+    b->work = work;
+    double t0 = moco_now_s();
+    run_pass(pass, &d, b);
+    double t = moco_now_s() - t0, min = t, total = t;
+    if (t * 1e3 <= 3 * best)
+        for (int i = 0; i < 5 && (i < 2 || total < 0.05); i++) {
+            t0 = moco_now_s();
+            run_pass(pass, &d, b);
+            t = moco_now_s() - t0, total += t;
+            min = t < min ? t : min;
+        }
+    *ms = min * 1e3;
+    free(work);
+    nn_conv_free(&d);
+    return 0;
+}
+
+static int measure(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *c)
+{
+    const int Ho = (s->H + 2 * s->pad - s->k) / s->stride + 1, Wo = (s->W + 2 * s->pad - s->k) / s->stride + 1;
+    const size_t nx = (size_t)s->N * s->Ci * s->H * s->W, ny = (size_t)s->N * s->Co * Ho * Wo, nw = (size_t)s->Co * s->Ci * s->k * s->k;
+    moco_rng r;
+    moco_rng_init(&r, 0x7475, (uint64_t)s->Ci, (uint64_t)s->Co, (uint64_t)s->H);
+    bufs b = {alloc_fill(nx, &r), alloc_fill(nw, &r), alloc_fill(ny, &r), pass == TUNE_BWD ? alloc_fill(nx, NULL) : NULL,
+              pass != TUNE_FWD ? alloc_fill(nw, NULL) : NULL, NULL};
+    int rc = 0;
+    if (!b.x || !b.w || !b.y || (pass == TUNE_BWD && !b.dx) || (pass != TUNE_FWD && !b.dw))
+        rc = moco_err(MOCO_ENOMEM, "out of memory timing convolution %d->%d %dx%d", s->Ci, s->Co, s->H, s->W);
+    double best = 1e300;
+    c->algo = NN_ALGO_GEMM, c->measured = 1;
+    for (int a = 0; a < NN_ALGO_COUNT; a++) c->ms[a] = -1;
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT && !rc; a++) {
+        if ((a == NN_ALGO_BF16 && precision != NN_BF16) || !nn_conv_algo_ok(a, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad))
+            continue;
+        if ((rc = time_algo(s, pass, a, budget, &b, best, &c->ms[a]))) break;
+        if (c->ms[a] < best) best = c->ms[a], c->algo = a;
+    }
+    free(b.x), free(b.w), free(b.y), free(b.dx), free(b.dw);
+    return rc;
+}
+
+int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *out)
+{
+    if (mode == TUNE_RULE) {
+        out->algo = precision == NN_BF16 ? NN_ALGO_BF16 : nn_conv_rule(s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad);
+        out->measured = 0;
+        for (int a = 0; a < NN_ALGO_COUNT; a++) out->ms[a] = -1;
+        return 0;
+    }
+    if (!loaded) load();
+    entry *e = find(s, pass, precision);
+    if (e && nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
+        *out = e->c;
+        out->measured = e->fresh;
+        return 0;
+    }
+    tune_choice c;
+    int rc = measure(s, pass, precision, budget, &c);
+    if (rc) return rc;
+    if (!e) e = add();
+    if (e) e->s = *s, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
+    *out = c;
+    return 0;
+}

@@ -1,0 +1,77 @@
+/* tune.h: convolution kernels chosen by measurement, kept as wisdom (as
+ * FFTW keeps its plans).
+ *
+ * Promise: for each convolution shape, pass (forward; backward; backward
+ * without the input gradient, the stem's) and precision, tune_conv returns
+ * the algorithm (nn.h's NN_ALGO_*) that ran it fastest on this machine:
+ * every algorithm that can run the shape is timed once, on synthetic data,
+ * with the compute pool as it is set (par.h), at the scratch budget the
+ * model gives it, and the fastest is kept. The candidates are the GEMM
+ * lowering, the direct 3x3 kernels and the image-lanes kernels; under bf16
+ * precision also oneDNN's bf16 primitives (an fp32 kernel may win a layer:
+ * it is then both faster and exact). The choice never changes the result
+ * beyond the rounding of the kernels, each of which is tested against the
+ * plain references (nn_ref.c).
+ *
+ * The wisdom file holds one JSON line per choice:
+ *   {"cpu":"AMD EPYC 9B45","build":"1234567-1764410000","threads":2,
+ *    "precision":"fp32","pass":"fwd","shape":[256,64,32,32,64,3,1,1],
+ *    "choice":"direct","ms":{"gemm":21.3,"direct":9.8}}
+ * shape is N, Ci, H, W, Co, k, stride, pad. A line counts only for the CPU
+ * model, build (size and time of the running executable) and thread count
+ * that wrote it; other lines are kept as they are. So a run finds the
+ * choices its machine made before, and a rebuilt binary or another CPU
+ * measures afresh. Lines that do not parse are reported (tune_note) and
+ * dropped at the next write. Writes are whole-file (temporary file and
+ * rename, under an flock), so concurrent runs lose at most a choice, never
+ * the file. */
+#ifndef TRAINER_TUNE_H
+#define TRAINER_TUNE_H
+
+#include <stddef.h>
+
+#include "trainer/engine/nn.h"
+
+enum { TUNE_RULE = 0, TUNE_MEASURE = 1 };
+enum { TUNE_FWD = 0, TUNE_BWD = 1, TUNE_BWD_W = 2, TUNE_PASSES = 3 };
+
+/* TUNE_RULE (the default): nn_conv_init's fixed rule, or bf16 everywhere
+ * under bf16 precision; nothing is timed or read. TUNE_MEASURE: the wisdom
+ * at path (NULL: $MOCO_WISDOM, else $XDG_CACHE_HOME/moco/wisdom.jsonl, else
+ * $HOME/.cache/moco/wisdom.jsonl), measured where it has no answer.
+ * Call before the models are made. Returns 0. */
+int tune_configure(int mode, const char *path);
+int tune_mode(void);
+const char *tune_path(void);
+/* The wisdom key of this process: the CPU model and the build ("" before the first tune_conv in TUNE_MEASURE). */
+const char *tune_cpu(void);
+const char *tune_build(void);
+
+typedef struct {
+    int N, Ci, H, W, Co, k, stride, pad;
+} tune_shape;
+
+typedef struct {
+    int algo;                 /* the choice */
+    int measured;             /* 1: timed by this process; 0: from the wisdom or the rule */
+    double ms[NN_ALGO_COUNT]; /* time of each candidate in ms; < 0: not a candidate (or not timed: the rule) */
+} tune_choice;
+
+/* The algorithm for one shape, pass and precision (NN_FP32, NN_BF16), at
+ * `budget` scratch floats per thread (nn_conv_init's work_floats).
+ * Returns 0, or MOCO_ENOMEM (the synthetic data), or a kernel set-up error. */
+int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *out);
+
+/* Write the choices measured since the last save to the wisdom file.
+ * Returns 0 (also when there is nothing new), or MOCO_EIO with a message
+ * naming the file: a run goes on without it and measures again next time. */
+int tune_save(void);
+
+/* A warning about the wisdom file read (lines that did not parse), or
+ * NULL; it is returned once. */
+const char *tune_note(void);
+
+/* For explanations: the pass's name ("fwd" "bwd" "bwd-w"). */
+const char *tune_pass_name(int pass);
+
+#endif
