@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -282,14 +283,26 @@ typedef struct {
     float *x, *w, *y, *dx, *dw, *work;
 } bufs;
 
+/* The synthetic tensors and scratch are mapped and unmapped, not taken
+ * from the heap: freed heap blocks stay resident and would raise the
+ * process's peak RSS under the model's arena, which is allocated next. */
 static float *alloc_fill(size_t n, moco_rng *r)
 {
-    float *p = NULL;
-    if (posix_memalign((void **)&p, 64, sizeof(float) * (n ? n : 1))) return NULL;
+    size_t bytes = sizeof(float) * (n ? n : 1) + 64;
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    *(size_t *)m = bytes;
+    float *p = (float *)((char *)m + 64); /* zero-filled; 64-byte aligned */
     if (r)
         for (size_t i = 0; i < n; i++) p[i] = (float)(moco_rng_uniform(r) * 2.0 - 1.0);
-    else memset(p, 0, sizeof(float) * n);
     return p;
+}
+
+static void unmap(float *p)
+{
+    if (!p) return;
+    void *m = (char *)p - 64;
+    munmap(m, *(size_t *)m);
 }
 
 static void run_pass(int pass, const nn_conv *d, bufs *b)
@@ -324,7 +337,7 @@ static int time_algo(const tune_shape *s, int pass, int algo, size_t budget, buf
             min = t < min ? t : min;
         }
     *ms = min * 1e3;
-    free(work);
+    unmap(work);
     nn_conv_free(&d);
     return 0;
 }
@@ -349,7 +362,7 @@ static int measure(const tune_shape *s, int pass, int precision, size_t budget, 
         if ((rc = time_algo(s, pass, a, budget, &b, best, &c->ms[a]))) break;
         if (c->ms[a] < best) best = c->ms[a], c->algo = a;
     }
-    free(b.x), free(b.w), free(b.y), free(b.dx), free(b.dw);
+    unmap(b.x), unmap(b.w), unmap(b.y), unmap(b.dx), unmap(b.dw);
     return rc;
 }
 
