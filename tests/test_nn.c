@@ -167,6 +167,30 @@ static void test_bn_golden(void **st)
     }
 }
 
+/* nn_to_bf16: round to nearest even (ties to even both ways), infinities
+ * kept, the largest floats round to infinity as the hardware does, NaN stays
+ * NaN; nn_from_bf16 is exact */
+static void test_bf16_convert(void **st)
+{
+    (void)st;
+    const uint32_t in[] = {0x3F808000u, 0x3F818000u, 0x3F808001u, 0xBFC00000u, 0x7F800000u, 0xFF800000u,
+                           0x7F7FFFFFu, 0x00000001u, 0x7F800001u, 0xFFC00000u, 0x3F7FFFFFu};
+    const uint16_t want[] = {0x3F80, 0x3F82, 0x3F81, 0xBFC0, 0x7F80, 0xFF80, 0x7F80, 0x0000, 0, 0, 0x3F80};
+    const size_t n = sizeof in / sizeof *in;
+    float f[16], back[16];
+    uint16_t h[16];
+    memcpy(f, in, sizeof in);
+    nn_to_bf16(h, f, n);
+    nn_from_bf16(back, h, n);
+    for (size_t i = 0; i < n; i++) {
+        if (i == 8 || i == 9) assert_true(isnan(back[i]));
+        else assert_int_equal(h[i], want[i]);
+        uint32_t u;
+        memcpy(&u, &back[i], 4);
+        assert_int_equal(u, (uint32_t)h[i] << 16);
+    }
+}
+
 /* fast conv == reference conv on shapes the golden file lacks ("same"
  * 5x5, planes smaller than the kernel, 2 threads) */
 static void test_conv_vs_ref(void **st)
@@ -414,7 +438,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_conv_vs_ref),
-        cmocka_unit_test(test_conv3_vs_ref),
+        cmocka_unit_test(test_conv3_vs_ref),       cmocka_unit_test(test_bf16_convert),
         cmocka_unit_test(test_bn_golden),
         cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_small_layers_golden),
         cmocka_unit_test(test_finite_differences),

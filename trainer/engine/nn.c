@@ -77,6 +77,27 @@ void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW)
             memcpy(out + ((size_t)n * C + c) * HW, inp + ((size_t)c * N + n) * HW, sizeof(float) * (size_t)HW);
 }
 
+/* ------------------------------------------------------- bf16 storage */
+
+/* Round to nearest even, as vcvtneps2bf16 (NaN stays a quiet NaN). */
+NN_HOT void nn_to_bf16(uint16_t *restrict dst, const float *restrict src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? (u >> 16) | 0x40u : r);
+    }
+}
+
+NN_HOT void nn_from_bf16(float *restrict dst, const uint16_t *restrict src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, 4);
+    }
+}
+
 /* ------------------------------------------------------------------ conv */
 
 static int conv_direct(const nn_conv *d) { return d->k == 1 && d->stride == 1 && d->pad == 0; }
@@ -516,6 +537,8 @@ typedef struct {
     const float *cmean, *cinvstd;
     int relu, train;
     const nn_bn *d;
+    const uint16_t *xh; /* bn_backward_h: x in bf16 ... */
+    float *xtmp;        /* ... restored channel by channel into N*HW floats per thread */
 } bn_job;
 
 /* Runs of split s of channel c: images n = s, s+S, ...; a run is HW floats,
@@ -571,25 +594,30 @@ static void bn_fwd_task(void *ctx, int c, int th)
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d)
 {
-    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d};
+    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d, NULL, NULL};
     par_for(d->C, bn_fwd_task, &j);
 }
 
 static void bn_bwd_task(void *ctx, int c, int th)
 {
-    (void)th;
     const bn_job *j = ctx;
     const nn_bn *d = j->d;
     const size_t NHW = (size_t)d->N * d->HW, base = (size_t)c * NHW;
     const int S = d->S;
     const double M = (double)(d->N / S) * d->HW;
     float *dout = j->dout;
+    const float *x = j->x;
+    if (j->xh) {
+        float *t = j->xtmp + (size_t)th * NHW;
+        nn_from_bf16(t, j->xh + base, NHW);
+        x = t - base; /* indexed from base like j->x */
+    }
     if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
     if (j->dres) vec_add(j->dres + base, dout + base, NHW);
     for (int s = 0; s < S; s++) {
         const float mu = j->cmean[s * d->C + c], is = j->cinvstd[s * d->C + c];
         double sdy = 0, sdxm = 0;
-        BN_RUNS(d, S, s, base, o, len) run_dsums(dout + o, j->x + o, len, mu, &sdy, &sdxm);
+        BN_RUNS(d, S, s, base, o, len) run_dsums(dout + o, x + o, len, mu, &sdy, &sdxm);
         double sdyx = sdxm * is;
         if (j->dgamma) j->dgamma[c] += (float)sdyx;
         if (j->dbeta) j->dbeta[c] += (float)sdy;
@@ -598,14 +626,21 @@ static void bn_bwd_task(void *ctx, int c, int th)
         const float A = j->gamma[c] * is, B = (float)(-(double)A * is * sdyx / M),
                     C = (float)(-(double)A * sdy / M - (double)B * mu);
         BN_RUNS(d, S, s, base, o, len)
-        vec_bn_dx(j->dx + o, dout + o, j->x + o, (size_t)len, A, B, C);
+        vec_bn_dx(j->dx + o, dout + o, x + o, (size_t)len, A, B, C);
     }
 }
 
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
 {
-    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d};
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, NULL, NULL};
+    par_for(d->C, bn_bwd_task, &j);
+}
+
+void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *xh,
+                   float *xtmp, const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
+{
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, NULL, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, xh, xtmp};
     par_for(d->C, bn_bwd_task, &j);
 }
 

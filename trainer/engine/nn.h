@@ -27,6 +27,11 @@ void nn_cnhw_to_nchw(float *out, const float *inp, int N, int C, int HW);
 enum { NN_FP32 = 0, NN_BF16 = 1 };
 typedef struct nn_lowp nn_lowp; /* the oneDNN state of one bf16 layer */
 
+/* Activations kept in bf16 for backward (resnet.c under bf16): dst = src
+ * rounded to nearest even (NaN stays NaN), and back (exact). */
+void nn_to_bf16(uint16_t *dst, const float *src, size_t n);
+void nn_from_bf16(float *dst, const uint16_t *src, size_t n);
+
 /* ---- 2-D convolution, no bias ---- */
 typedef struct {
     int N, Ci, H, W, Co, k, stride, pad, Ho, Wo;
@@ -117,6 +122,10 @@ void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar,
  * y is the forward output (for the mask), x the input. Train mode only. */
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
+/* bn_backward with x kept in bf16 (xh, same layout): each channel is
+ * restored into xtmp, N*HW floats per compute thread (par.h). */
+void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *xh,
+                   float *xtmp, const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
 /* Unfused references: y = bn(x) (no add, no ReLU) */
 void bn_forward_ref(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *gamma,
                     const float *beta, int train, const nn_bn *d);

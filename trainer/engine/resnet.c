@@ -55,6 +55,7 @@ typedef struct {
     size_t numel, off;
     int slot;  /* gradient slot, planned */
     int grad;  /* needs a gradient */
+    int half;  /* bf16 precision: a conv output kept in bf16 for its BN's backward (numel uint16) */
 } rn_act;
 
 struct rn_arena {
@@ -66,6 +67,8 @@ struct rn_arena {
     size_t slot_floats;
     float *slots;
     float *work;
+    float *xconv; /* half: the fp32 conv output its BN reads in forward (the gradient slots' room: unused then) */
+    float *xtmp;  /* half: per thread, one channel of a BN input restored to fp32 in backward */
     int final_act;
 };
 
@@ -114,7 +117,7 @@ static int b_act(builder *b, size_t numel, int grad)
     rn_act *p = grow(a->acts, &b->capa, a->nacts + 1, sizeof *p);
     if (!p) return b->err = MOCO_ENOMEM, 0;
     a->acts = p;
-    p[a->nacts] = (rn_act){numel, 0, -1, grad};
+    p[a->nacts] = (rn_act){numel, 0, -1, grad, 0};
     return a->nacts++;
 }
 
@@ -295,8 +298,29 @@ static int plan(resnet *m, rn_arena *a, int grads)
     }
 #undef TAKE
     free(free_);
-    size_t off = 0, work = 0;
-    for (int i = 0; i < a->nacts; i++) a->acts[i].off = off, off += (a->acts[i].numel + 15) & ~(size_t)15;
+    /* bf16: a conv output read only by the BN right after it is kept in
+     * bf16 (its BN normalises the fp32 output in xconv; backward restores
+     * the input it needs from the bf16 copy): half the memory of the
+     * largest activations, for a rounding of what BN's backward sees */
+    size_t off = 0, work = 0, xconv = 0, xtmp = 0;
+    for (int i = 0; m->cfg.precision == NN_BF16 && i + 1 < m->nops; i++) {
+        const rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
+        if (o->type != OP_CONV || n->type != OP_BN || n->in != o->out) continue;
+        int uses = 0;
+        for (int k = 0; k < m->nops; k++) uses += m->ops[k].in == o->out || m->ops[k].res == o->out;
+        if (uses != 1 || o->out == a->final_act) continue;
+        a->acts[o->out].half = 1;
+        xconv = a->acts[o->out].numel > xconv ? a->acts[o->out].numel : xconv;
+        size_t ch = (size_t)n->bn.N * n->bn.HW;
+        xtmp = ch > xtmp ? ch : xtmp;
+    }
+    if (xconv > a->slot_floats) return moco_err(MOCO_EINVAL, "internal: a bf16 conv output exceeds the gradient slots");
+    for (int i = 0; i < a->nacts; i++) {
+        size_t f = a->acts[i].half ? (a->acts[i].numel + 1) / 2 : a->acts[i].numel;
+        a->acts[i].off = off, off += (f + 15) & ~(size_t)15;
+    }
+    size_t xtmp_off = off;
+    off += (xtmp * (size_t)par_threads() + 15) & ~(size_t)15;
     for (int i = 0; i < m->nops; i++) {
         rn_op *o = &m->ops[i];
         size_t w = 0;
@@ -328,6 +352,8 @@ static int plan(resnet *m, rn_arena *a, int grads)
     if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
     a->slots = a->base + off;
     a->work = a->slots + (size_t)a->nslots * a->slot_floats;
+    a->xconv = xconv ? a->slots : NULL;
+    a->xtmp = xconv ? a->base + xtmp_off : NULL;
     return 0;
 }
 
@@ -482,6 +508,23 @@ void rn_destroy(resnet **pm)
 static float *P(const resnet *m, int t) { return m->params + m->tensors[t].off; }
 static float *B(const resnet *m, int t) { return m->buffers + m->tensors[t].off; }
 
+typedef struct { float *f; uint16_t *h; size_t n, per; int to; } conv_job_t;
+static void convert_task(void *ctx, int t, int th)
+{
+    (void)th;
+    const conv_job_t *j = ctx;
+    size_t lo = (size_t)t * j->per, n = lo + j->per < j->n ? j->per : j->n - lo;
+    if (j->to) nn_to_bf16(j->h + lo, j->f + lo, n);
+    else nn_from_bf16(j->f + lo, j->h + lo, n);
+}
+
+/* to: fp32 f -> bf16 storage h; else back; on the compute threads */
+static void convert(float *dst, float *src, size_t n, int to)
+{
+    conv_job_t j = {to ? src : dst, (uint16_t *)(to ? dst : src), n, (size_t)1 << 16, to};
+    par_for((int)((n + j.per - 1) / j.per), convert_task, &j);
+}
+
 const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int train)
 {
     rn_arena *a = m->arena;
@@ -494,9 +537,17 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
     for (int i = 0; i < m->nops; i++) {
         rn_op *o = &m->ops[i];
         switch (o->type) {
-        case OP_CONV: conv2d_forward(ACT(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work); break;
+        case OP_CONV:
+            if (a->acts[o->out].half) {
+                conv2d_forward(a->xconv, ACT(o->in), P(m, o->tw), &o->conv, a->work);
+                if (train) convert(ACT(o->out), a->xconv, a->acts[o->out].numel, 1);
+            } else {
+                conv2d_forward(ACT(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work);
+            }
+            break;
         case OP_BN:
-            bn_forward(ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3), ACT(o->in),
+            bn_forward(ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3),
+                       a->acts[o->in].half ? a->xconv : ACT(o->in),
                        o->res >= 0 ? ACT(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
             if (train) m->counts[m->tensors[o->tw + 4].off]++;
             break;
@@ -548,8 +599,13 @@ int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb c
                             a->work);
             break;
         case OP_BN:
-            bn_backward(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
-                        GRAD(o->out), ACT(o->out), ACT(o->in), ACT(o->mean), ACT(o->invstd), P(m, o->tw), o->relu, &o->bn);
+            if (a->acts[o->in].half)
+                bn_backward_h(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
+                              GRAD(o->out), ACT(o->out), (const uint16_t *)ACT(o->in), a->xtmp, ACT(o->mean), ACT(o->invstd),
+                              P(m, o->tw), o->relu, &o->bn);
+            else
+                bn_backward(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
+                            GRAD(o->out), ACT(o->out), ACT(o->in), ACT(o->mean), ACT(o->invstd), P(m, o->tw), o->relu, &o->bn);
             break;
         case OP_MAXPOOL: maxpool_backward(din, GRAD(o->out), ACT(o->in), &o->pool); break;
         case OP_AVGPOOL: avgpool_backward(din, GRAD(o->out), o->N, o->C, o->HW); break;
