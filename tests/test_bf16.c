@@ -308,8 +308,10 @@ static void moco_trio(int symmetric)
     test_free(p0), test_free(x), test_free(xp), test_free(e);
 }
 
-/* Under bf16 the conv outputs that only their BN reads are kept in bf16
- * (resnet.c): the arena is at most 85% of fp32's at resnet18-cifar; a
+/* Under bf16 the conv outputs that only their BN reads, and the BN outputs
+ * that only a bf16 conv reads, are kept in bf16 (resnet.c): the arena is
+ * under 74% of fp32's at resnet18-cifar width 8 (72%; 79% with the conv
+ * outputs alone); a
  * train forward only writes those copies (two forwards of one input give
  * the same output, bit for bit), and backward, which reads them, fills
  * every gradient with finite values. How close bf16 training stays to fp32
@@ -326,7 +328,7 @@ static void test_half_storage(void **st)
     assert_int_equal(rn_new(&c32, 3, 1, NULL, &b), 0);
     double ra = (double)rn_arena_bytes(a), rb = (double)rn_arena_bytes(b);
     printf("  arena: bf16 storage %.2f MB, fp32 %.2f MB (%.0f%%)\n", ra / 1048576, rb / 1048576, 100 * ra / rb);
-    assert_true(ra < 0.85 * rb);
+    assert_true(ra < 0.74 * rb);
     /* two train forwards from the same input give the same output (the
      * bf16 copies are written, never read, by forward) and one backward
      * fills every gradient with finite values */

@@ -158,6 +158,28 @@ BF16_TARGET static void pack_nhwc(uint16_t *dst, const float *src, int C, size_t
     if (Ppad > P) memset(dst + P * C, 0, sizeof(uint16_t) * (Ppad - P) * C);
 }
 
+/* pack_nhwc from a bf16 source (kept activations: nn_conv.in_half); exact */
+BF16_TARGET static void pack_nhwc_h(uint16_t *dst, const uint16_t *src, int C, size_t ldc, size_t P, size_t Ppad)
+{
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        const int cn = C - c0 < 16 ? C - c0 : 16;
+        const __mmask16 cm = mask16(cn);
+        const uint16_t *s = src + (size_t)c0 * ldc;
+        for (size_t p0 = 0; p0 < P; p0 += 16) {
+            const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
+            const __mmask16 pm = mask16(pn);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < cn ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(pm, s + (size_t)i * ldc + p0)), 16))
+                              : _mm512_setzero_ps();
+            tr16(r);
+            for (int i = 0; i < pn; i++) _mm256_mask_storeu_epi16(dst + (p0 + i) * C + c0, cm, cvt16(r[i]));
+        }
+    }
+    if (Ppad > P) memset(dst + P * C, 0, sizeof(uint16_t) * (Ppad - P) * C);
+}
+
 /* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 */
 BF16_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add)
 {
@@ -631,7 +653,9 @@ static void mm_bwd_task(void *ctx, int t, int th)
     planes_to_bf16(dyb, j->dout, d->Co, ld, (size_t)n0 * HW, P);
     seth(m[MM_DY], dyb), seth(m[MM_SCR], w + lp->mx_b + lp->mdy_b + lp->mdw_b);
     if (j->dw) {
-        planes_to_bf16(xb, j->inp, d->Ci, ld, (size_t)n0 * HW, P);
+        if (d->in_half) /* kept in bf16 already */
+            for (int c = 0; c < d->Ci; c++) memcpy(xb + (size_t)c * P, (const uint16_t *)j->inp + (size_t)c * ld + (size_t)n0 * HW, 2 * P);
+        else planes_to_bf16(xb, j->inp, d->Ci, ld, (size_t)n0 * HW, P);
         seth(m[MM_XT], xb), seth(m[MM_DW], th ? (void *)(w + lp->mx_b + lp->mdy_b) : (void *)j->dw);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[MM_DY]}, {DNNL_ARG_WEIGHTS, m[MM_XT]}, {DNNL_ARG_DST, m[MM_DW]}, {DNNL_ARG_SCRATCHPAD, m[MM_SCR]}};
         run(lp->mw[k], th, 4, a);
@@ -680,7 +704,10 @@ static void bwd_task(void *ctx, int t, int th)
     pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
     seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
     if (j->dw) {
-        pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+        if (d->in_half)
+            pack_nhwc_h((uint16_t *)w, (const uint16_t *)j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
+                        (size_t)lp->n * HWi);
+        else pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
         seth(m[M_X], w), seth(m[M_DWP], w + lp->o_dwp);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_DIFF_WEIGHTS, m[M_DWP]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};

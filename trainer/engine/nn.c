@@ -152,7 +152,7 @@ const char *nn_algo_name(int algo)
 static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL, 0};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
     if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(Ci, H, W, Co, k, stride, pad);
@@ -539,7 +539,14 @@ typedef struct {
     const nn_bn *d;
     const uint16_t *xh; /* bn_backward_h: x in bf16 ... */
     float *xtmp;        /* ... restored channel by channel into N*HW floats per thread */
+    const uint16_t *yh; /* bn_backward_h: y in bf16 (its sign: the ReLU mask) */
 } bn_job;
+
+/* d[i] = 0 where the bf16 y[i] is not > 0 (sign bit set, or zero) */
+NN_HOT static void vec_relu_mask_h(float *restrict d, const uint16_t *restrict y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) d[i] = (int16_t)y[i] > 0 ? d[i] : 0.0f;
+}
 
 /* Runs of split s of channel c: images n = s, s+S, ...; a run is HW floats,
  * or the whole channel when S == 1. */
@@ -594,7 +601,7 @@ static void bn_fwd_task(void *ctx, int c, int th)
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d)
 {
-    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d, NULL, NULL};
+    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d, NULL, NULL, NULL};
     par_for(d->C, bn_fwd_task, &j);
 }
 
@@ -612,7 +619,8 @@ static void bn_bwd_task(void *ctx, int c, int th)
         nn_from_bf16(t, j->xh + base, NHW);
         x = t - base; /* indexed from base like j->x */
     }
-    if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
+    if (j->relu && j->yh) vec_relu_mask_h(dout + base, j->yh + base, NHW);
+    else if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
     if (j->dres) vec_add(j->dres + base, dout + base, NHW);
     for (int s = 0; s < S; s++) {
         const float mu = j->cmean[s * d->C + c], is = j->cinvstd[s * d->C + c];
@@ -633,14 +641,15 @@ static void bn_bwd_task(void *ctx, int c, int th)
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
 {
-    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, NULL, NULL};
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, NULL, NULL, NULL};
     par_for(d->C, bn_bwd_task, &j);
 }
 
-void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *xh,
-                   float *xtmp, const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
+void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *yh,
+                   const float *x, const uint16_t *xh, float *xtmp, const float *mean, const float *invstd, const float *gamma,
+                   int relu, const nn_bn *d)
 {
-    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, NULL, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, xh, xtmp};
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, xh, xtmp, yh};
     par_for(d->C, bn_bwd_task, &j);
 }
 

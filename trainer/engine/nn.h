@@ -42,6 +42,7 @@ typedef struct {
     int lanes;       /* 3x3 pad 1 on the image-lanes kernels (conv3.h, AVX-512) */
     size_t ld;       /* direct: floats per channel of a chunk in the padded layout */
     nn_lowp *lp;      /* bf16 (nn_conv_bf16), else NULL: conv2d_* run in bf16 when set */
+    int in_half;      /* bf16 only: conv2d_backward's inp is kept in bf16 (uint16_t in the float buffer) */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
@@ -122,10 +123,13 @@ void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar,
  * y is the forward output (for the mask), x the input. Train mode only. */
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
-/* bn_backward with x kept in bf16 (xh, same layout): each channel is
- * restored into xtmp, N*HW floats per compute thread (par.h). */
-void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *xh,
-                   float *xtmp, const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
+/* bn_backward with x kept in bf16 (xh, same layout; each channel is
+ * restored into xtmp, N*HW floats per compute thread, par.h) and/or the
+ * output y kept in bf16 (yh: only its sign is read, for the ReLU mask);
+ * a NULL xh or yh reads x or y. */
+void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *yh,
+                   const float *x, const uint16_t *xh, float *xtmp, const float *mean, const float *invstd, const float *gamma,
+                   int relu, const nn_bn *d);
 /* Unfused references: y = bn(x) (no add, no ReLU) */
 void bn_forward_ref(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *gamma,
                     const float *beta, int train, const nn_bn *d);

@@ -69,6 +69,7 @@ struct rn_arena {
     float *work;
     float *xconv; /* half: the fp32 conv output its BN reads in forward (the gradient slots' room: unused then) */
     float *xtmp;  /* half: per thread, one channel of a BN input restored to fp32 in backward */
+    float *yscr;  /* half: the fp32 BN output its conv reads in forward (the second slot's room) */
     int final_act;
 };
 
@@ -298,29 +299,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
     }
 #undef TAKE
     free(free_);
-    /* bf16: a conv output read only by the BN right after it is kept in
-     * bf16 (its BN normalises the fp32 output in xconv; backward restores
-     * the input it needs from the bf16 copy): half the memory of the
-     * largest activations, for a rounding of what BN's backward sees */
-    size_t off = 0, work = 0, xconv = 0, xtmp = 0;
-    for (int i = 0; m->cfg.precision == NN_BF16 && i + 1 < m->nops; i++) {
-        const rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
-        if (o->type != OP_CONV || n->type != OP_BN || n->in != o->out) continue;
-        int uses = 0;
-        for (int k = 0; k < m->nops; k++) uses += m->ops[k].in == o->out || m->ops[k].res == o->out;
-        if (uses != 1 || o->out == a->final_act) continue;
-        a->acts[o->out].half = 1;
-        xconv = a->acts[o->out].numel > xconv ? a->acts[o->out].numel : xconv;
-        size_t ch = (size_t)n->bn.N * n->bn.HW;
-        xtmp = ch > xtmp ? ch : xtmp;
-    }
-    if (xconv > a->slot_floats) return moco_err(MOCO_EINVAL, "internal: a bf16 conv output exceeds the gradient slots");
-    for (int i = 0; i < a->nacts; i++) {
-        size_t f = a->acts[i].half ? (a->acts[i].numel + 1) / 2 : a->acts[i].numel;
-        a->acts[i].off = off, off += (f + 15) & ~(size_t)15;
-    }
-    size_t xtmp_off = off;
-    off += (xtmp * (size_t)par_threads() + 15) & ~(size_t)15;
+    size_t work = 0;
     for (int i = 0; i < m->nops; i++) {
         rn_op *o = &m->ops[i];
         size_t w = 0;
@@ -346,13 +325,48 @@ static int plan(resnet *m, rn_arena *a, int grads)
         if (rc) return rc;
         work = w > work ? w : work;
     }
+    /* bf16 storage (rn_act.half), for the largest activations:
+     * - a conv output read only by the BN right after it: that BN
+     *   normalises the fp32 output, held in the first gradient slot's room
+     *   (xconv: slots are unused in forward), and its backward restores x
+     *   from the bf16 copy, one channel at a time (xtmp);
+     * - a BN output read only by the conv right after it, when that conv
+     *   runs bf16 both ways (it rounds its input to bf16 anyway, so nothing
+     *   changes): the conv reads the fp32 output from the second slot's room
+     *   (yscr) in forward, and the bf16 copy for its weight gradient; BN's
+     *   backward reads the copy's signs for the ReLU mask. */
+    size_t off = 0, xconv = 0, xtmp = 0;
+    for (int i = 0; m->cfg.precision == NN_BF16 && i + 1 < m->nops; i++) {
+        rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
+        if (n->in != o->out || o->out == a->final_act) continue;
+        int uses = 0;
+        for (int k = 0; k < m->nops; k++) uses += (m->ops[k].in == o->out) + (m->ops[k].res == o->out);
+        if (uses != 1 || a->acts[o->out].numel > a->slot_floats) continue;
+        if (o->type == OP_CONV && n->type == OP_BN) {
+            a->acts[o->out].half = 1;
+            xconv = a->acts[o->out].numel > xconv ? a->acts[o->out].numel : xconv;
+            size_t ch = (size_t)n->bn.N * n->bn.HW;
+            xtmp = ch > xtmp ? ch : xtmp;
+        } else if (o->type == OP_BN && n->type == OP_CONV && grads && a->nslots >= 2 && n->tc[0].algo == NN_ALGO_BF16 &&
+                   n->tc[1].algo == NN_ALGO_BF16 && !n->convb_own) {
+            a->acts[o->out].half = 1;
+            n->conv.in_half = 1;
+        }
+    }
+    for (int i = 0; i < a->nacts; i++) {
+        size_t f = a->acts[i].half ? (a->acts[i].numel + 1) / 2 : a->acts[i].numel;
+        a->acts[i].off = off, off += (f + 15) & ~(size_t)15;
+    }
+    size_t xtmp_off = off;
+    off += (xtmp * (size_t)par_threads() + 15) & ~(size_t)15;
     size_t total = off + (size_t)a->nslots * a->slot_floats + work + 16;
     a->bytes = total * sizeof(float);
     a->base = malloc(a->bytes);
     if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
     a->slots = a->base + off;
     a->work = a->slots + (size_t)a->nslots * a->slot_floats;
-    a->xconv = xconv ? a->slots : NULL;
+    a->xconv = a->slots; /* xconv and yscr: only where acts are half, and the slots hold them (above) */
+    a->yscr = a->nslots >= 2 ? a->slots + a->slot_floats : NULL;
     a->xtmp = xconv ? a->base + xtmp_off : NULL;
     return 0;
 }
@@ -537,18 +551,21 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
     for (int i = 0; i < m->nops; i++) {
         rn_op *o = &m->ops[i];
         switch (o->type) {
-        case OP_CONV:
+        case OP_CONV: {
+            const float *in = a->acts[o->in].half ? a->yscr : ACT(o->in);
             if (a->acts[o->out].half) {
-                conv2d_forward(a->xconv, ACT(o->in), P(m, o->tw), &o->conv, a->work);
+                conv2d_forward(a->xconv, in, P(m, o->tw), &o->conv, a->work);
                 if (train) convert(ACT(o->out), a->xconv, a->acts[o->out].numel, 1);
             } else {
-                conv2d_forward(ACT(o->out), ACT(o->in), P(m, o->tw), &o->conv, a->work);
+                conv2d_forward(ACT(o->out), in, P(m, o->tw), &o->conv, a->work);
             }
             break;
+        }
         case OP_BN:
-            bn_forward(ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3),
+            bn_forward(a->acts[o->out].half ? a->yscr : ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3),
                        a->acts[o->in].half ? a->xconv : ACT(o->in),
                        o->res >= 0 ? ACT(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
+            if (train && a->acts[o->out].half) convert(ACT(o->out), a->yscr, a->acts[o->out].numel, 1);
             if (train) m->counts[m->tensors[o->tw + 4].off]++;
             break;
         case OP_MAXPOOL: maxpool_forward(ACT(o->out), ACT(o->in), &o->pool); break;
@@ -599,10 +616,13 @@ int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb c
                             a->work);
             break;
         case OP_BN:
-            if (a->acts[o->in].half)
+            if (a->acts[o->in].half || a->acts[o->out].half) {
+                const int hx = a->acts[o->in].half, hy = a->acts[o->out].half;
                 bn_backward_h(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
-                              GRAD(o->out), ACT(o->out), (const uint16_t *)ACT(o->in), a->xtmp, ACT(o->mean), ACT(o->invstd),
-                              P(m, o->tw), o->relu, &o->bn);
+                              GRAD(o->out), hy ? NULL : ACT(o->out), hy ? (const uint16_t *)ACT(o->out) : NULL, hx ? NULL : ACT(o->in),
+                              hx ? (const uint16_t *)ACT(o->in) : NULL, a->xtmp, ACT(o->mean), ACT(o->invstd), P(m, o->tw), o->relu,
+                              &o->bn);
+            }
             else
                 bn_backward(din, o->res >= 0 ? GRAD(o->res) : NULL, G + m->tensors[o->tw].off, G + m->tensors[o->tw + 1].off,
                             GRAD(o->out), ACT(o->out), ACT(o->in), ACT(o->mean), ACT(o->invstd), P(m, o->tw), o->relu, &o->bn);
