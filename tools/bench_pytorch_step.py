@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--no-moco", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="PyTorch with bf16 autocast (CPU)")
     ap.add_argument("--peers", action="store_true", help="PyTorch fp32 and bf16, then ours, side by side")
+    ap.add_argument("--kernels", default="measure", choices=("measure", "rule"),
+                    help="ours: kernels chosen by measurement (the wisdom file) or the fixed rule")
     a = ap.parse_args()
     if a.peers:
         return peers(a)
@@ -176,7 +178,12 @@ def cpu_model():
 
 def peers(a):
     """PyTorch fp32, PyTorch bf16 autocast (each its own process), then ours."""
-    args = [x for x in sys.argv[1:] if x not in ("--peers", "--bf16")]
+    args, skip = [], 0
+    for x in sys.argv[1:]:  # PyTorch's runs get our flags, less these
+        if skip or x in ("--peers", "--bf16") or x.startswith("--kernels"):
+            skip = x == "--kernels" and not skip
+            continue
+        args.append(x)
     figs = {}
     for name, extra in (("pytorch_fp32", []), ("pytorch_bf16", ["--bf16"])):
         out = subprocess.run([sys.executable, os.path.abspath(__file__)] + args + extra + ["--no-moco"], stdout=subprocess.PIPE,
@@ -186,7 +193,7 @@ def peers(a):
     cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size",
            str(a.batch_size), "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
            str(a.threads), "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
-           str(a.lr), "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
+           str(a.lr), "--wd", str(a.wd), "--kernels", a.kernels] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
     skipped = {}
     for prec in ("fp32", "bf16"):
         c = cmd + ["--precision", prec]
@@ -201,7 +208,7 @@ def peers(a):
             continue
         figs["moco_" + prec] = json.loads(r.stdout.strip().splitlines()[-1])
     res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
-           "threads": a.threads, "mlp": a.mlp,
+           "threads": a.threads, "mlp": a.mlp, "kernels": a.kernels,
            "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
            "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()}}
     for ours in ("moco_fp32", "moco_bf16"):
