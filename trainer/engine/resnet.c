@@ -203,7 +203,11 @@ static int block(builder *b, const char *pre, int in, int inpl, int planes, int 
     }
     if (ds) dc = t_conv(b, NM("downsample.0"), out, inpl, 1), db = t_bn(b, NM("downsample.1"), out);
 #undef NM
-    int H0 = *H, Hd = *H, x;
+    int H0 = *H, Hd = *H, x, r = in;
+    if (ds) { /* first, so that each conv is right before its BN (bf16 keeps those outputs in bf16) */
+        r = o_conv(b, in, dc, inpl, out, 1, stride, 0, &Hd);
+        r = o_bn(b, r, db, out, Hd, -1, 0);
+    }
     if (!bottleneck) {
         x = o_conv(b, in, c1, inpl, planes, 3, stride, 1, H);
         x = o_bn(b, x, b1, planes, *H, -1, 1);
@@ -214,11 +218,6 @@ static int block(builder *b, const char *pre, int in, int inpl, int planes, int 
         x = o_conv(b, x, c2, planes, planes, 3, stride, 1, H);
         x = o_bn(b, x, b2, planes, *H, -1, 1);
         x = o_conv(b, x, c3, planes, out, 1, 1, 0, H);
-    }
-    int r = in;
-    if (ds) {
-        r = o_conv(b, in, dc, inpl, out, 1, stride, 0, &Hd);
-        r = o_bn(b, r, db, out, Hd, -1, 0);
     }
     (void)H0;
     return o_bn(b, x, bottleneck ? b3 : b2, out, *H, r, 1);
