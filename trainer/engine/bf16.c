@@ -137,42 +137,30 @@ static inline __mmask16 mask16(int k) { return (__mmask16)(k >= 16 ? 0xFFFF : (1
 
 #define PF 128 /* prefetch distance along a row, floats (8 cache lines) */
 
-/* dst (P, C) bf16 = src (C, ldc) fp32, P values per row; then zeros up to Ppad rows */
-BF16_TARGET static void pack_nhwc(uint16_t *dst, const float *src, int C, size_t ldc, size_t P, size_t Ppad)
+/* 16 values of row i (p0..p0+16, mask pm) of src as fp32: src fp32, or
+ * bf16 when half (kept activations: nn_conv.in_half; exact) */
+BF16_TARGET static inline __m512 load_row(const void *src, int half, size_t at, __mmask16 pm)
 {
+    if (!half) return _mm512_maskz_loadu_ps(pm, (const float *)src + at);
+    __m256i h = _mm256_maskz_loadu_epi16(pm, (const uint16_t *)src + at);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* dst (P, C) bf16 = src (C, ldc) fp32 (or bf16: half), P values per row; then zeros up to Ppad rows */
+BF16_TARGET static void pack_nhwc(uint16_t *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)
+{
+    const size_t es = half ? 2 : 4;
     for (int c0 = 0; c0 < C; c0 += 16) {
         const int cn = C - c0 < 16 ? C - c0 : 16;
         const __mmask16 cm = mask16(cn);
-        const float *s = src + (size_t)c0 * ldc;
+        const size_t s = (size_t)c0 * ldc;
         for (size_t p0 = 0; p0 < P; p0 += 16) {
             const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
             const __mmask16 pm = mask16(pn);
             __m512 r[16];
             if (p0 + PF < P)
-                for (int i = 0; i < cn; i++) _mm_prefetch((const char *)(s + (size_t)i * ldc + p0 + PF), _MM_HINT_T0);
-            for (int i = 0; i < 16; i++) r[i] = i < cn ? _mm512_maskz_loadu_ps(pm, s + (size_t)i * ldc + p0) : _mm512_setzero_ps();
-            tr16(r);
-            for (int i = 0; i < pn; i++) _mm256_mask_storeu_epi16(dst + (p0 + i) * C + c0, cm, cvt16(r[i]));
-        }
-    }
-    if (Ppad > P) memset(dst + P * C, 0, sizeof(uint16_t) * (Ppad - P) * C);
-}
-
-/* pack_nhwc from a bf16 source (kept activations: nn_conv.in_half); exact */
-BF16_TARGET static void pack_nhwc_h(uint16_t *dst, const uint16_t *src, int C, size_t ldc, size_t P, size_t Ppad)
-{
-    for (int c0 = 0; c0 < C; c0 += 16) {
-        const int cn = C - c0 < 16 ? C - c0 : 16;
-        const __mmask16 cm = mask16(cn);
-        const uint16_t *s = src + (size_t)c0 * ldc;
-        for (size_t p0 = 0; p0 < P; p0 += 16) {
-            const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
-            const __mmask16 pm = mask16(pn);
-            __m512 r[16];
-            for (int i = 0; i < 16; i++)
-                r[i] = i < cn ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(pm, s + (size_t)i * ldc + p0)), 16))
-                              : _mm512_setzero_ps();
+                for (int i = 0; i < cn; i++) _mm_prefetch((const char *)src + (s + (size_t)i * ldc + p0 + PF) * es, _MM_HINT_T0);
+            for (int i = 0; i < 16; i++) r[i] = i < cn ? load_row(src, half, s + (size_t)i * ldc + p0, pm) : _mm512_setzero_ps();
             tr16(r);
             for (int i = 0; i < pn; i++) _mm256_mask_storeu_epi16(dst + (p0 + i) * C + c0, cm, cvt16(r[i]));
         }
@@ -615,7 +603,7 @@ static void fwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+    pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, 0, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
     seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_WEIGHTS, lp->wf}, {DNNL_ARG_DST, m[M_Y]}, {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
     run(lp->fwd, th, 4, a);
@@ -701,13 +689,11 @@ static void bwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
+    pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, 0, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
     seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
     if (j->dw) {
-        if (d->in_half)
-            pack_nhwc_h((uint16_t *)w, (const uint16_t *)j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
-                        (size_t)lp->n * HWi);
-        else pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+        const void *x = d->in_half ? (const void *)((const uint16_t *)j->inp + (size_t)n0 * HWi) : (const void *)(j->inp + (size_t)n0 * HWi);
+        pack_nhwc((uint16_t *)w, x, d->in_half, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
         seth(m[M_X], w), seth(m[M_DWP], w + lp->o_dwp);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_DIFF_WEIGHTS, m[M_DWP]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
