@@ -5,7 +5,8 @@
 #  2. where bf16 is available (oneDNN built in, a CPU with AVX512_BF16),
 #     `--precision bf16` trains: finite losses, "precision":"bf16"; where
 #     it is not, it is refused before any step with exit 2 and a message
-#     that says why (then the test ends as skipped).
+#     that says why (then the test ends as skipped); MOCO_CONV3=1 (act as an
+#     AVX2-only CPU) shows that refusal on any CPU.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -18,6 +19,17 @@ tail -n 1 "$T/fp32.out" | grep -q '"precision":"fp32"' || fail "the default is n
 $M bench train $SMALL --precision fp16 >/dev/null 2>"$T/bad.err"
 [ $? = 2 ] || fail "--precision fp16 should be a usage error (exit 2)"
 grep -q "fp32|bf16" "$T/bad.err" || fail "the usage error does not list the precisions: $(cat "$T/bad.err")"
+
+# on a CPU without AVX512_BF16 (here: MOCO_CONV3=1, the engine acting as on
+# an AVX2-only CPU, also where the CPU has it): a usage error that says why
+# and what to use instead, before any step
+MOCO_CONV3=1 $M bench train $SMALL --precision bf16 >"$T/nobf16.out" 2>"$T/nobf16.err"
+[ $? = 2 ] || fail "bf16 where AVX512_BF16 is unavailable should exit 2: $(cat "$T/nobf16.err")"
+grep -q "built without it" "$T/nobf16.err" ||
+  grep -q "needs a CPU with AVX512_BF16" "$T/nobf16.err" || fail "no reason given: $(cat "$T/nobf16.err")"
+grep -q "use --precision fp32" "$T/nobf16.err" || fail "no way out given: $(cat "$T/nobf16.err")"
+[ -s "$T/nobf16.err" ] && ! grep -q "step" "$T/nobf16.out" || fail "a refused bf16 run still ran steps"
+echo "ok: without AVX512_BF16: $(head -c 100 "$T/nobf16.err")"
 
 $M bench train $SMALL --precision bf16 >"$T/bf16.out" 2>"$T/bf16.err"
 rc=$?

@@ -289,6 +289,56 @@ static void test_torchvision_shapes(void **s)
     assert_null(m);
 }
 
+/* max |w| and std of one tensor */
+static void wstats(const resnet *m, const char *name, double *maxabs, double *sd)
+{
+    const rn_tensor *t = rn_find(m, name);
+    assert_non_null(t);
+    const float *p = m->params + t->off;
+    double s = 0, s2 = 0, mx = 0;
+    for (size_t i = 0; i < t->numel; i++) s += p[i], s2 += (double)p[i] * p[i], mx = fmax(mx, fabs(p[i]));
+    *maxabs = mx, *sd = sqrt(s2 / t->numel - (s / t->numel) * (s / t->numel));
+}
+
+/* --init: torchvision's Kaiming-normal fan-out, the demo's (conv1 at PyTorch's
+ * Conv2d default), PyTorch's default (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) */
+static void test_init_kinds(void **s)
+{
+    (void)s;
+    rn_cfg cfg = {.arch = "resnet18-cifar", .width = 16, .dim = 128, .bn_splits = 1, .batch = 2, .size = 32};
+    const double b1 = 1.0 / sqrt(27.0), bl = 1.0 / sqrt(16.0 * 9), sd1 = sqrt(2.0 / (16 * 9)), sdl = sqrt(2.0 / (16 * 9));
+    for (int init = 0; init < 3; init++) {
+        cfg.init = init;
+        resnet *m;
+        assert_int_equal(rn_new(&cfg, 5, 0, NULL, &m), 0);
+        double mx1, s1, mxl, sl, mxd, sdd;
+        wstats(m, "conv1.weight", &mx1, &s1);            /* 16x3x3x3: fan_in 27, fan_out 144 */
+        wstats(m, "layer1.0.conv1.weight", &mxl, &sl);   /* 16x16x3x3: fan_in = fan_out = 144 */
+        wstats(m, "layer2.0.downsample.0.weight", &mxd, &sdd); /* 32x16x1x1: fan_in 16, fan_out 32 */
+        printf("init %s: conv1 max %.4f sd %.4f, layer1.0.conv1 max %.4f sd %.4f, downsample sd %.4f\n",
+               rn_init_name(init), mx1, s1, mxl, sl, sdd);
+        if (init == RN_INIT_TORCHVISION) { /* normal: some |w| beyond 2 sd */
+            assert_true(fabs(s1 - sd1) < 0.1 * sd1 && mx1 > 2 * sd1);
+        } else { /* uniform: all within the bound, sd = bound / sqrt 3 */
+            assert_true(mx1 <= b1 && mx1 > 0.95 * b1 && fabs(s1 - b1 / sqrt(3.0)) < 0.1 * b1 / sqrt(3.0));
+        }
+        if (init == RN_INIT_PYTORCH) {
+            assert_true(mxl <= bl && fabs(sl - bl / sqrt(3.0)) < 0.05 * bl / sqrt(3.0));
+            assert_true(fabs(sdd - 0.25 / sqrt(3.0)) < 0.1 * 0.25 / sqrt(3.0));
+        } else {
+            assert_true(fabs(sl - sdl) < 0.05 * sdl && mxl > 3 * sdl);
+            assert_true(fabs(sdd - sqrt(2.0 / 32)) < 0.1 * sqrt(2.0 / 32));
+        }
+        rn_destroy(&m);
+    }
+    cfg.init = 3;
+    resnet *m = NULL;
+    assert_int_equal(rn_new(&cfg, 5, 0, NULL, &m), MOCO_EINVAL);
+    assert_null(m);
+    assert_int_equal(rn_init_parse("demo"), RN_INIT_DEMO);
+    assert_int_equal(rn_init_parse("kaiming"), -1);
+}
+
 static void test_save_load(void **s)
 {
     (void)s;
@@ -538,7 +588,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resnet18_cifar_w8), cmocka_unit_test(test_resnet50_w4_mlp),
         cmocka_unit_test(test_moco_steps),        cmocka_unit_test(test_moco_symmetric_mlp),
-        cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load), cmocka_unit_test(test_init_kinds),
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
         cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
     };

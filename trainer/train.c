@@ -392,7 +392,7 @@ int train_run(const train_cfg *cin)
     }
     if (rc) return rc;
     moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
-                             .batch = N, .size = S, .precision = c->precision},
+                             .batch = N, .size = S, .precision = c->precision, .init = c->init},
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
                      .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
     tune_configure(c->kernels, c->wisdom);
@@ -682,7 +682,7 @@ static void preset(train_cfg *c, const char *name, const moco_optspec *spec)
         c->recipe = "cifar";
         SET("arch", arch, "resnet18-cifar"); SET("batch-size", batch, 512); SET("lr", lr, 0.06); SET("wd", wd, 5e-4);
         SET("moco-k", K, 4096); SET("moco-m", m, 0.99); SET("moco-t", T, 0.1); SET("cos", cos, 1); SET("bn-splits", bn_splits, 8);
-        SET("epochs", epochs, 200); SET("size", size, 32);
+        SET("epochs", epochs, 200); SET("size", size, 32); SET("init", init, RN_INIT_DEMO);
     }
 #undef SET
 }
@@ -696,6 +696,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
          knn_k = 200, log_every = 10, keep = 3, save_every = 0, start_epoch = 0, threads = 2;
     uint64_t seed = 0, count = 0;
     const char *schedule = "120,160", *presetname = NULL, *norm = "auto", *precision = "fp32", *kernels = "measure";
+    const char *init = "torchvision";
     int aug_plus = 0;
     const moco_opt opts[] = {
         {"connect", MOCO_OPT_STR, &c.connect, "the loader's control endpoint", 0, 0, NULL},
@@ -725,6 +726,9 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"bn-splits", MOCO_OPT_INT, &splits, "BN statistics over this many sub-batches (shuffle BN on one process)", 1, 1024, NULL},
         {"size", MOCO_OPT_INT, &size, "view side the model takes", 8, 4096, NULL},
         {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
+        {"init", MOCO_OPT_CHOICE, &init, "conv initialisation: torchvision (Kaiming-normal fan-out), demo (torchvision's, conv1 at "
+                                          "PyTorch's default: the official CIFAR-10 demo, --preset cifar's), pytorch (PyTorch's Conv2d "
+                                          "default in every conv)", 0, 0, "torchvision|demo|pytorch"},
         {"seed", MOCO_OPT_U64, &seed, "seed of weights, queue and key permutations", 0, 0, NULL},
         {"resume", MOCO_OPT_STR, &c.resume, "checkpoint (or run directory: its checkpoint_last) to resume from: model, optimiser, queue, stream position", 0, 0, NULL},
         {"overwrite", MOCO_OPT_FLAG, &c.overwrite, "--out may hold a run: start afresh (its metrics.jsonl and checkpoints are removed)", 0, 0, NULL},
@@ -759,6 +763,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
     c.start_epoch = (int)start_epoch; c.seed = seed; c.count = count; c.threads = (int)threads;
     c.precision = strcmp(precision, "bf16") ? NN_FP32 : NN_BF16;
     c.kernels = strcmp(kernels, "rule") ? TUNE_MEASURE : TUNE_RULE;
+    c.init = rn_init_parse(init);
     if (presetname) preset(&c, presetname, &spec); /* fills what the user did not give */
     if (aug_plus) c.recipe = "v2";
     if (!c.knn_train != !c.knn_test) {

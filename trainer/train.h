@@ -24,6 +24,7 @@ typedef struct {
     double lr, momentum, wd, m, T, knn_t, loader_timeout;
     int knn_every, knn_k, log_every, keep, save_every, threads;
     int precision;     /* NN_FP32 (default) or NN_BF16 (--precision bf16: trainer/bf16.c) */
+    int init;          /* RN_INIT_*: --init torchvision (default), demo (--preset cifar's), pytorch */
     int kernels;       /* TUNE_MEASURE (default) or TUNE_RULE (--kernels rule): trainer/engine/tune.h */
     const char *wisdom; /* --wisdom FILE (NULL: tune.h's default path) */
     uint64_t seed, count;

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "formats/errors.h"
+#include "trainer/engine/conv3.h"
 #include "trainer/engine/par.h"
 
 #ifdef MOCO_HAVE_DNNL
@@ -53,10 +54,13 @@ static void engine_init(void) { engine_status = dnnl_engine_create(&engine, dnnl
 
 int nn_bf16_available(void)
 {
-    if (!__builtin_cpu_supports("avx512bf16"))
+    /* MOCO_CONV3=0|1 makes the engine act as on a CPU without AVX-512: bf16 too */
+    const char *capped = conv3_simd() < 2 && __builtin_cpu_supports("avx512f") ? getenv("MOCO_CONV3") : NULL;
+    if (!__builtin_cpu_supports("avx512bf16") || conv3_simd() < 2)
         return moco_err(MOCO_EINVAL, "--precision bf16 needs a CPU with AVX512_BF16 (Intel Cooper Lake, Sapphire Rapids or "
-                                     "later; AMD Zen 4 or later); this one has none, and oneDNN's emulation is slower "
-                                     "than our fp32 kernels: use --precision fp32");
+                                     "later; AMD Zen 4 or later); this one has none%s%s%s, and oneDNN's emulation is slower "
+                                     "than our fp32 kernels: use --precision fp32", capped ? " (MOCO_CONV3=" : "",
+                        capped ? capped : "", capped ? ": treated as a CPU without AVX-512)" : "");
     pthread_once(&engine_once, engine_init);
     if (engine_status != dnnl_success)
         return moco_err(MOCO_EINVAL, "oneDNN could not create its CPU engine (status %d)", (int)engine_status);

@@ -413,9 +413,15 @@ static void init_params(resnet *m, uint64_t seed)
         if (t->kind == RN_BUFFER) {
             float v = !strcmp(suf, "running_var") ? 1.0f : 0.0f;
             for (size_t j = 0; j < t->numel; j++) p[j] = v;
-        } else if (t->kind == RN_PARAM && t->ndim == 4) { /* conv: Kaiming normal, fan_out, relu */
-            double sd = sqrt(2.0 / (double)(t->shape[0] * t->shape[2] * t->shape[3]));
-            for (size_t j = 0; j < t->numel; j++) p[j] = (float)(sd * gauss(&r));
+        } else if (t->kind == RN_PARAM && t->ndim == 4) {
+            int dflt = m->cfg.init == RN_INIT_PYTORCH || (m->cfg.init == RN_INIT_DEMO && !strcmp(t->name, "conv1.weight"));
+            if (dflt) { /* PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+                double bound = 1.0 / sqrt((double)(t->shape[1] * t->shape[2] * t->shape[3]));
+                for (size_t j = 0; j < t->numel; j++) p[j] = (float)(bound * (2.0 * moco_rng_uniform(&r) - 1.0));
+            } else { /* torchvision: Kaiming normal, fan_out, relu */
+                double sd = sqrt(2.0 / (double)(t->shape[0] * t->shape[2] * t->shape[3]));
+                for (size_t j = 0; j < t->numel; j++) p[j] = (float)(sd * gauss(&r));
+            }
         } else if (t->kind == RN_PARAM && !strncmp(t->name, "fc", 2)) { /* Linear: U(-1/sqrt(fan_in), ..) */
             int64_t fan_in = t->ndim == 2 ? t->shape[1] : m->tensors[i - 1].shape[1];
             double bound = 1.0 / sqrt((double)fan_in);
@@ -427,9 +433,22 @@ static void init_params(resnet *m, uint64_t seed)
     }
 }
 
+static const char *const init_names[] = {"torchvision", "demo", "pytorch"};
+
+int rn_init_parse(const char *name)
+{
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, init_names[i])) return i;
+    return -1;
+}
+
+const char *rn_init_name(int init) { return init >= 0 && init < 3 ? init_names[init] : "?"; }
+
 int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **out)
 {
     *out = NULL;
+    if (cfg->init < RN_INIT_TORCHVISION || cfg->init > RN_INIT_PYTORCH)
+        return moco_err(MOCO_EINVAL, "bad model configuration: initialisation %d", cfg->init);
     if (cfg->width < 1 || cfg->width > 4096 || cfg->dim < 1 || cfg->bn_splits < 1 || cfg->batch < 1 ||
         cfg->batch % cfg->bn_splits || cfg->size < 1 || cfg->size > 4096)
         return moco_err(MOCO_EINVAL, "bad model configuration: width %d, dim %d, batch %d, bn splits %d, size %d "

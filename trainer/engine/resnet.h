@@ -38,7 +38,18 @@ typedef struct {
     int size;         /* input height = width */
     int precision;    /* NN_FP32 (0, the default) or NN_BF16: convolutions and linear layers take bf16
                          operands and accumulate in fp32 (trainer/bf16.c); all else stays fp32 */
+    int init;         /* RN_INIT_TORCHVISION (0, the default), RN_INIT_DEMO or RN_INIT_PYTORCH */
 } rn_cfg;
+
+/* Initialisations (BN is 1/0 and Linear layers PyTorch's default in all):
+ * torchvision: every conv Kaiming-normal, fan_out, relu (torchvision's ResNet);
+ * demo: torchvision's, then conv1 at PyTorch's Conv2d default, as the official
+ *       CIFAR-10 demo, which replaces the stem after building the model;
+ * pytorch: PyTorch's Conv2d default in every conv, U(-b, b) with b = 1/sqrt(fan_in)
+ *       (kaiming_uniform, a = sqrt 5). */
+enum { RN_INIT_TORCHVISION = 0, RN_INIT_DEMO = 1, RN_INIT_PYTORCH = 2 };
+int rn_init_parse(const char *name); /* -1 when unknown */
+const char *rn_init_name(int init);
 
 enum { RN_PARAM, RN_BUFFER, RN_COUNT }; /* float param, float buffer, int64 counter */
 
