@@ -219,12 +219,13 @@ def direct(moco, db, n, keys, out, port):
     ls = last_stats(loader_log)
     # (held is not checked: a real pair of the next epoch may arrive before
     # the sink has read EPOCH_END; it is held, then delivered, legitimately)
-    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed_dropped": 0, "held_dropped": 0}
+    ss = sj["stream"]
+    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed": 0, "held_dropped": 0}
     for k, v in want.items():
-        if sj[k] != v:
-            fail("sink %s = %s, expected %s (%s)" % (k, sj[k], v, json.dumps(sj)))
-    if sj["auth_rejected"] < 3:
-        fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % sj["auth_rejected"])
+        if ss[k] != v:
+            fail("sink %s = %s, expected %s (%s)" % (k, ss[k], v, json.dumps(sj)))
+    if ss["auth_rejected"] < 3:
+        fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % ss["auth_rejected"])
     want = {"refused_hellos": 1, "rejected_failed": 100, "failed": 0, "dropped_msgs": 0, "stalled_workers": 1}
     for k, v in want.items():
         if ls[k] != v:
@@ -232,8 +233,8 @@ def direct(moco, db, n, keys, out, port):
     if ls["auth_rejected"] < 6:
         fail("loader counted %d rejected handshakes, expected at least 6 (3 strangers x 2 ports)" % ls["auth_rejected"])
     print("direct: %d epochs x %d exact; sink rejected_epoch %d rejected_index %d auth_rejected %d; loader refused_hellos %d "
-          "rejected_failed %d stalled_workers %d auth_rejected %d" % (epochs, n, sj["rejected_epoch"], sj["rejected_index"],
-                                                              sj["auth_rejected"], ls["refused_hellos"], ls["rejected_failed"],
+          "rejected_failed %d stalled_workers %d auth_rejected %d" % (epochs, n, ss["rejected_epoch"], ss["rejected_index"],
+                                                              ss["auth_rejected"], ls["refused_hellos"], ls["rejected_failed"],
                                                               ls["stalled_workers"], ls["auth_rejected"]))
 
 
@@ -294,7 +295,8 @@ def serve(moco, db, n, keys, out, port):
     if ls["auth_rejected"] < 3:
         fail("loader counted %d rejected handshakes, expected at least 3" % ls["auth_rejected"])
     sj = json.load(open(os.path.join(out, "sink.json")))
-    if sj["rejected_epoch"] or sj["rejected_index"] or sj["malformed_dropped"]:
+    ss = sj["stream"]
+    if ss["rejected_epoch"] or ss["rejected_index"] or ss["malformed"]:
         fail("the consumer saw what the loader should have stopped: %s" % json.dumps(sj))
     print("serve: %d epochs x %d exact; loader refused_hellos %d rejected_pairs %d auth_rejected %d"
           % (epochs, n, ls["refused_hellos"], ls["rejected_pairs"], ls["auth_rejected"]))

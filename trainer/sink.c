@@ -230,14 +230,7 @@ int trainer_sink_main(int argc, char **argv)
     moco_jw_close(&j);
     if (nper > SINK_EPOCHS_SHOWN) moco_jw_u64(&j, "per_epoch_omitted", nper - SINK_EPOCHS_SHOWN);
     moco_jw_u64(&j, "failed", failed);
-    moco_jw_u64(&j, "duplicates_dropped", st.duplicates);
-    moco_jw_u64(&j, "stale_dropped", st.stale);
-    moco_jw_u64(&j, "malformed_dropped", st.malformed);
-    moco_jw_u64(&j, "rejected_epoch", st.rejected_epoch);
-    moco_jw_u64(&j, "rejected_index", st.rejected_index);
-    moco_jw_u64(&j, "held", st.held);
-    moco_jw_u64(&j, "held_dropped", st.held_dropped);
-    moco_jw_u64(&j, "auth_rejected", st.auth_rejected);
+    stream_stats_json(&j, &st);
     moco_jw_num(&j, "pairs_per_s", el > 0 ? (double)(total - total0) / el : 0, 1);
     moco_jw_num(&j, "mb_per_s", el > 0 ? (double)(bytes - bytes0) / el / 1e6 : 0, 1);
     moco_jw_num(&j, "starved_pct", 100 * st.waited_s / (moco_now_s() - t0), 1);

@@ -434,6 +434,20 @@ void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **b
     *nbytes = s->seen_bytes;
 }
 
+void stream_stats_json(moco_jw *w, const stream_stats *st)
+{
+    moco_jw_obj(w, "stream");
+    moco_jw_u64(w, "duplicates", st->duplicates);
+    moco_jw_u64(w, "stale", st->stale);
+    moco_jw_u64(w, "malformed", st->malformed);
+    moco_jw_u64(w, "rejected_epoch", st->rejected_epoch);
+    moco_jw_u64(w, "rejected_index", st->rejected_index);
+    moco_jw_u64(w, "held", st->held);
+    moco_jw_u64(w, "held_dropped", st->held_dropped);
+    moco_jw_u64(w, "auth_rejected", st->auth_rejected);
+    moco_jw_close(w);
+}
+
 void stream_get_stats(const trainer_stream *s, stream_stats *st)
 {
     *st = s->st;

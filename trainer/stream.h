@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/jsonw.h"
 #include "formats/wire.h"
 
 #define STREAM_NO_EPOCH 0xFFFFFFFFu
@@ -88,6 +89,12 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev);
 void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **bitmap, size_t *nbytes);
 
 void stream_get_stats(const trainer_stream *s, stream_stats *st);
+
+/* The counters as the object "stream" of a JSON line, the same keys in
+ * `moco train`'s epoch records, `moco sink`'s last line and PairStream.stats:
+ * duplicates, stale, malformed, rejected_epoch, rejected_index, held,
+ * held_dropped, auth_rejected. */
+void stream_stats_json(moco_jw *w, const stream_stats *st);
 
 /* Send outstanding acknowledgements, close, free; *s = NULL. */
 void stream_destroy(trainer_stream **s);

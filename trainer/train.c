@@ -535,16 +535,7 @@ int train_run(const train_cfg *cin)
             else moco_jw_null(&ew, "knn_top1");
             moco_jw_num(&ew, "peak_rss_mb", peak_rss_mb(), 0);
             if (ranks > 1) moco_jw_i64(&ew, "ranks", ranks);
-            moco_jw_obj(&ew, "stream"); /* this rank's (rank 0's) consumer counters since the start */
-            moco_jw_u64(&ew, "duplicates", st.duplicates);
-            moco_jw_u64(&ew, "stale", st.stale);
-            moco_jw_u64(&ew, "malformed", st.malformed);
-            moco_jw_u64(&ew, "rejected_epoch", st.rejected_epoch);
-            moco_jw_u64(&ew, "rejected_index", st.rejected_index);
-            moco_jw_u64(&ew, "held", st.held);
-            moco_jw_u64(&ew, "held_dropped", st.held_dropped);
-            moco_jw_u64(&ew, "auth_rejected", st.auth_rejected);
-            moco_jw_close(&ew);
+            stream_stats_json(&ew, &st); /* this rank's (rank 0's) consumer counters since the start */
             moco_jw_line(&ew, metrics); /* written and flushed */
             if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);

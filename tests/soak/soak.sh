@@ -165,7 +165,7 @@ while :; do
       sget() { grep -oE "\"$1\":[0-9]+" "$R/sink.json" | cut -d: -f2; }
       [ "$(sget rejected_epoch)" -eq $h_epoch ] && [ "$(sget rejected_index)" -eq $h_range ] \
         || fail "round $rounds: the sink rejected $(sget rejected_epoch) + $(sget rejected_index) pairs, $h_epoch far-epoch + $h_range out-of-range sent"
-      [ "$(sget malformed_dropped)" -eq 0 ] || fail "round $rounds: $(sget malformed_dropped) malformed messages reached the sink through CURVE"
+      [ "$(sget malformed)" -eq 0 ] || fail "round $rounds: $(sget malformed) malformed messages reached the sink through CURVE"
     fi
     h_sent_total=$((h_sent_total + h_epoch + h_range + h_failed + h_hello))
   fi
@@ -188,8 +188,8 @@ while :; do
   if [ $serve -eq 1 ]; then
     sj="PairStream $(tail -n 1 "$R/sink.err")"
   else
-    sj=$(sed 's/"per_epoch":\[[^]]*\]//' "$R/sink.json" 2>/dev/null | grep -oE '"(pairs|failed|duplicates_dropped|stale_dropped|malformed_dropped|rejected_epoch|rejected_index)":[0-9]+' | tr '\n' ' ')
-    mal=$((mal + $(grep -oE '"malformed_dropped":[0-9]+' "$R/sink.json" | cut -d: -f2)))
+    sj=$(sed 's/"per_epoch":\[[^]]*\]//' "$R/sink.json" 2>/dev/null | grep -oE '"(pairs|failed|duplicates|stale|malformed|rejected_epoch|rejected_index)":[0-9]+' | tr '\n' ' ')
+    mal=$((mal + $(grep -oE '"malformed":[0-9]+' "$R/sink.json" | cut -d: -f2)))
   fi
   [ $lrc -eq 0 ] || fail "round $rounds: loader exited $lrc: $(tail -n 3 "$R/loader.err")"
   [ $src -eq 0 ] || fail "round $rounds: sink exited $src: $(tail -n 3 "$R/sink.err")"

@@ -183,7 +183,7 @@ class PairStream:
         self.heartbeat_ms = self.flags = None
         self.stats = collections.Counter(pairs=0, duplicates=0, stale=0, rejected_epoch=0,
                                          rejected_index=0, malformed=0, held=0,
-                                         held_overflow=0, refused=0, unknown=0,
+                                         held_dropped=0, refused=0, unknown=0,
                                          heartbeats_sent=0, acks_sent=0, acked=0,
                                          messages=0, yielded=0)
         self.epoch_ends = []
@@ -624,7 +624,7 @@ class PairStream:
                 self._ack(acc)
                 self.stats["pairs"] += len(acc)
         if keep_nxt.any() and len(self._held) >= HELD_MSGS_MAX:
-            self.stats["held_overflow"] += int(keep_nxt.sum())
+            self.stats["held_dropped"] += int(keep_nxt.sum())
             keep_nxt[:] = False
         if keep_nxt.any():
             for p in np.flatnonzero(keep_nxt):
@@ -633,7 +633,7 @@ class PairStream:
                     self.stats["duplicates"] += 1
                     keep_nxt[p] = False
                 elif len(self._held_idx) >= HELD_MAX:
-                    self.stats["held_overflow"] += 1
+                    self.stats["held_dropped"] += 1
                     keep_nxt[p] = False
                 else:
                     self._held_idx.add(i)

@@ -197,7 +197,7 @@ class TestExactlyOnce(Base):
         f = self.loader(count=50, epochs=2, hostile=early)
         s = self.stream(f.endpoint)
         self.assertExact(collect(s), [0, 1], 50)
-        self.assertEqual((s.stats["held"], s.stats["held_overflow"], s.stats["duplicates"]),
+        self.assertEqual((s.stats["held"], s.stats["held_dropped"], s.stats["duplicates"]),
                          (16, 1, 16))
 
 
