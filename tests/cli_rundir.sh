@@ -12,6 +12,8 @@
 #      --allow-schedule-change;
 #  3a. SIGTERM during the end-of-epoch kNN evaluation: that epoch's
 #      checkpoint exists, exit 130, the printed command resumes the run;
+#  3c. SIGKILL during that evaluation: the resumed run has every epoch's
+#      record once, kNN included;
 #  7d. a trainer killed (SIGKILL) steps after its last checkpoint and
 #      resumed: metrics.jsonl has a "resume" record and no step twice;
 #  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
@@ -114,6 +116,29 @@ wait $LP $WP
 [ "$(epochs k/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' k/metrics.jsonl \
   || fail "the resumed run: $(cut -c1-60 k/metrics.jsonl | tail -4)"
 echo "3a: SIGTERM during kNN: exit 130, checkpoint_epoch_0001 written; the printed command resumed at step 16 and finished"
+
+# 3c. SIGKILL during that kNN evaluation (a crash, the OOM killer): the
+# epoch's checkpoint comes after its record, so the resume (from step 8,
+# --save-every 8) trains steps 9-16 again and writes epoch 0's record, kNN
+# and all, once. (Checkpoint first, the resume started at step 16 and epoch
+# 0 had no record at all.)
+pipeline kk --knn-train big --knn-test db --save-every 8
+wait_step kk/metrics.jsonl 16 || fail "epoch 0 never ended: $(tail -3 kk.err)"
+sleep 0.5
+kill -KILL $TP; wait $TP 2>/dev/null
+helpers
+grep -q "kNN top-1" kk.err && echo "(warning: the kNN evaluation ended before SIGKILL came; 3c not exercised)"
+pipeline kk --knn-train big --knn-test db --save-every 8 --resume kk
+wait $TP || { helpers; fail "resume after SIGKILL during kNN: $(tail -3 kk.err)"; }
+wait $LP $WP
+for e in 0 1; do
+  [ "$(grep -c "\"type\":\"epoch\",\"epoch\":$e," kk/metrics.jsonl)" = 1 ] \
+    || fail "epoch $e: want one record after SIGKILL during kNN and resume: $(grep -v '"type":"step"' kk/metrics.jsonl | cut -c1-70)"
+done
+[ "$(grep '"type":"epoch"' kk/metrics.jsonl | grep -c '"knn_top1":[0-9]')" = 2 ] || fail "an epoch without its kNN: $(grep '"type":"epoch"' kk/metrics.jsonl)"
+dup=$(steps kk/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
+[ -z "$dup" ] || fail "steps recorded twice after SIGKILL during kNN: $dup"
+echo "3c: SIGKILL during kNN, resumed: $(grep -o '"type":"resume","epoch":[0-9]*,"step":[0-9]*' kk/metrics.jsonl); each epoch's record once, with its kNN"
 
 # 7d. SIGKILL in epoch 1, after its first steps: the checkpoint is epoch 0's
 # (step 16), so the records of steps 17.. are trained again on resume, and

@@ -7,8 +7,10 @@
  * the learning rate of the official schedule (step decay at --schedule
  * epochs, or --cos), optionally after a linear warm-up. At the end of each
  * epoch it writes a checkpoint (trainer/ckpt.h) and, every --knn-every
- * epochs, measures kNN accuracy (trainer/knn.h); the checkpoint is written
- * first, so a stop during the evaluation loses nothing. Resuming (--resume)
+ * epochs, measures kNN accuracy (trainer/knn.h) first, so that a kill at
+ * any point loses no record: before the checkpoint, the epoch's record goes
+ * with the steps trained again on resume (a stop ends the kNN early: the
+ * record without it). Resuming (--resume)
  * restores the model, optimiser, queue, step and the stream position, so the
  * stream continues exactly where the checkpoint stood; records of
  * metrics.jsonl past the checkpoint's step are dropped (they are trained
@@ -495,18 +497,13 @@ int train_run(const train_cfg *cin)
                 failed_epoch = (int64_t)v[4];
             }
             int64_t next = (int64_t)ev.epoch + 1;
-            /* the checkpoint first (the next epoch, nothing of it delivered
-             * yet): a stop during the kNN evaluation loses nothing */
-            ckpt_state cs = {.epoch = next, .step = step, .pipe_epoch = next, .delivered = NULL, .delivered_bytes = 0};
-            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
-            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
-            saved_step = step;
-            snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)next);
-            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
-            if (c->keep > 0 && next - c->keep >= 1 && !rank) {
-                snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(next - c->keep));
-                unlink(path);
-            }
+            /* the kNN, the epoch's record, then the checkpoint (the next
+             * epoch, nothing of it delivered yet). A stop (SIGINT) during
+             * the kNN ends it: the record without it, then the checkpoint.
+             * A kill before the checkpoint resumes from the one before,
+             * whose step is below this record's: the record goes with the
+             * steps trained again, and comes back with them. (Checkpoint
+             * first lost the record, kNN and all, to a kill during the kNN.) */
             double knn = -1;
             if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0 && !rank) {
                 double tk = moco_now_s();
@@ -539,6 +536,16 @@ int train_run(const train_cfg *cin)
             moco_jw_line(&ew, metrics); /* written and flushed */
             if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
+            ckpt_state cs = {.epoch = next, .step = step, .pipe_epoch = next, .delivered = NULL, .delivered_bytes = 0};
+            snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
+            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
+            saved_step = step;
+            snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)next);
+            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
+            if (c->keep > 0 && next - c->keep >= 1 && !rank) {
+                snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(next - c->keep));
+                unlink(path);
+            }
             if (knn >= 0 && knn > best) {
                 best = knn;
                 snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
@@ -624,7 +631,9 @@ int train_run(const train_cfg *cin)
             log_steps = 0;
             t_log = t;
         }
-        if (c->save_every > 0 && step % c->save_every == 0) {
+        /* not at the epoch's last full batch: its end checkpoint follows,
+         * and a resume from there would end the epoch with no step of it */
+        if (c->save_every > 0 && step % c->save_every == 0 && !(steps_per_epoch > 0 && step_in_epoch == steps_per_epoch)) {
             /* mid-epoch: the delivered set, minus nothing (the batch was just used) */
             if ((rc = save_midepoch(c, s, mc, epoch, step, batch_idx, 0, &delivered, meta, nmeta))) goto out;
             saved_step = step;
