@@ -400,6 +400,12 @@ static double gauss(moco_rng *r)
     return sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
 }
 
+/* PyTorch's default for Conv2d and Linear weights (and Linear biases): U(-bound, bound) */
+static void fill_uniform(float *p, size_t n, double bound, moco_rng *r)
+{
+    for (size_t j = 0; j < n; j++) p[j] = (float)(bound * (2.0 * moco_rng_uniform(r) - 1.0));
+}
+
 static void init_params(resnet *m, uint64_t seed)
 {
     memset(m->buffers, 0, sizeof(float) * m->nbuffers);
@@ -416,16 +422,14 @@ static void init_params(resnet *m, uint64_t seed)
         } else if (t->kind == RN_PARAM && t->ndim == 4) {
             int dflt = m->cfg.init == RN_INIT_PYTORCH || (m->cfg.init == RN_INIT_DEMO && !strcmp(t->name, "conv1.weight"));
             if (dflt) { /* PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
-                double bound = 1.0 / sqrt((double)(t->shape[1] * t->shape[2] * t->shape[3]));
-                for (size_t j = 0; j < t->numel; j++) p[j] = (float)(bound * (2.0 * moco_rng_uniform(&r) - 1.0));
+                fill_uniform(p, t->numel, 1.0 / sqrt((double)(t->shape[1] * t->shape[2] * t->shape[3])), &r);
             } else { /* torchvision: Kaiming normal, fan_out, relu */
                 double sd = sqrt(2.0 / (double)(t->shape[0] * t->shape[2] * t->shape[3]));
                 for (size_t j = 0; j < t->numel; j++) p[j] = (float)(sd * gauss(&r));
             }
         } else if (t->kind == RN_PARAM && !strncmp(t->name, "fc", 2)) { /* Linear: U(-1/sqrt(fan_in), ..) */
             int64_t fan_in = t->ndim == 2 ? t->shape[1] : m->tensors[i - 1].shape[1];
-            double bound = 1.0 / sqrt((double)fan_in);
-            for (size_t j = 0; j < t->numel; j++) p[j] = (float)(bound * (2.0 * moco_rng_uniform(&r) - 1.0));
+            fill_uniform(p, t->numel, 1.0 / sqrt((double)fan_in), &r);
         } else if (t->kind == RN_PARAM) { /* BN */
             float v = !strcmp(suf, "weight") ? 1.0f : 0.0f;
             for (size_t j = 0; j < t->numel; j++) p[j] = v;
