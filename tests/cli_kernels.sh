@@ -16,25 +16,35 @@ T=${MOCO_TEST_TMP:?}/kernels
 rm -rf "$T" && mkdir -p "$T"
 B="bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 --explain"
 W="$T/w/wisdom.jsonl"
+ALG='gemm|direct|direct-avx2|lanes|bf16' # the columns of the table, in order
 
 $M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
-rows=$(grep -cE '^  .* (fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) ' "$T/1.out")
+rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
 [ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
-[ "$(grep -cE '(fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) .*\*$' "$T/1.out")" = 40 ] || fail "the first run did not time every row"
+[ "$(grep -cE "(fwd|bwd|bwd-w) +($ALG) .*[*]$" "$T/1.out")" = 40 ] || fail "the first run did not time every row"
 grep -q "bwd-w" "$T/1.out" || fail "the stem's backward has no input gradient: want pass bwd-w"
 # on each row, the choice is the smallest time shown
-awk '/ (fwd|bwd|bwd-w) +(gemm|direct|lanes|bf16) /{
-  n = split("gemm direct lanes bf16", names, " "); c = ""; best = 1e30; start = 0
+awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+  n = split(alg, names, "|"); c = ""; best = 1e30; start = 0
   for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { c = $(i + 1); start = i + 2; break }
   for (k = 0; k < n; k++) { v = $(start + k); if (v != "-" && v + 0 < best) { best = v + 0; bn = names[k + 1] } }
   if (bn != c) { print "row chooses " c " but " bn " was faster: " $0; bad = 1 }
 } END { exit bad }' "$T/1.out" || fail "a choice is not the fastest candidate"
+# an AVX-512 CPU times its direct kernels at both levels (AVX-512 and AVX2)
+if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
+  both=$(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+    for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { if ($(i + 3) != "-" && $(i + 4) != "-") n++; break }
+  } END { print n + 0 }' "$T/1.out")
+  [ "$both" -ge 8 ] || fail "want the direct kernels timed at both levels on the 16x16 and 8x8 3x3 rows, got $both rows"
+  echo "AVX-512 CPU: $both rows timed both direct and direct-avx2"
+fi
 [ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"
 tail -1 "$T/1.out" | python3 -c '
 import json, sys
 j = json.loads(sys.stdin.read())
 assert j["kernels"] == "measure", j["kernels"]
 assert len(j["convs"]) == 20, len(j["convs"])
+assert [(l["name"], l["train"]) for l in j["linears"]] == [("fc.weight", "gemm")], j["linears"]  # fp32: OpenBLAS, the only candidate
 assert all(c["fwd"] in c["fwd_ms"] and c["bwd"] in c["bwd_ms"] for c in j["convs"])
 assert j["conv_ms_chosen"] <= j["conv_ms_rule"] * 1.0001, (j["conv_ms_chosen"], j["conv_ms_rule"])
 print(" ".join(c["fwd"] + "/" + c["bwd"] for c in j["convs"]))' >"$T/1.choices" || fail "the JSON line: $(tail -1 "$T/1.out" | cut -c1-300)"

@@ -15,6 +15,7 @@
 
 #include "formats/errors.h"
 #include "formats/rng.h"
+#include "trainer/engine/conv3.h"
 #include "trainer/engine/nn.h"
 #include "trainer/engine/par.h"
 #include "trainer/engine/tune.h"
@@ -57,7 +58,8 @@ static void test_plan_every_algo(void **st)
             size_t work = 0;
             memset(&d, 0, sizeof d);
             assert_int_equal(nn_conv_plan(&d, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], a, 1 << 16, &work), 0);
-            assert_int_equal(d.direct != 0, a == NN_ALGO_DIRECT);
+            /* direct at the CPU's level, direct-avx2 at AVX2's (1) */
+            assert_int_equal(d.direct, a == NN_ALGO_DIRECT ? conv3_simd() : a == NN_ALGO_DIRECT_AVX2 ? 1 : 0);
             assert_int_equal(d.lanes, a == NN_ALGO_LANES);
             assert_int_equal(d.lp != NULL, a == NN_ALGO_BF16);
             size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * d.Ho * d.Wo, nw = (size_t)q[4] * q[1] * q[5] * q[5];
@@ -83,7 +85,12 @@ static void test_plan_every_algo(void **st)
                 test_free(dwr), test_free(wk);
         }
     assert_int_equal(ran[NN_ALGO_GEMM], 6); /* every shape */
-    printf("ran: gemm %d, direct %d, lanes %d, bf16 %d\n", ran[1], ran[2], ran[3], ran[4]);
+    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d\n", ran[NN_ALGO_GEMM], ran[NN_ALGO_DIRECT],
+           ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16]);
+    /* on an AVX-512 CPU both builds of the direct kernels are candidates
+     * (the two 8x8 3x3 stride-1 shapes above: the stem and 8->16) */
+    if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 2);
+    else assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 0);
     /* an algorithm that cannot run a shape is refused with a message */
     nn_conv d;
     size_t work;
@@ -140,6 +147,7 @@ static void test_measure_and_wisdom(void **st)
             if (can) assert_true(c.ms[c.algo] <= c.ms[a]);
         }
         assert_true(c.ms[c.algo] > 0);
+        assert_int_equal(c.ms[NN_ALGO_DIRECT_AVX2] >= 0, conv3_simd() == 2); /* timed where AVX-512 is the CPU's level */
     }
     assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
     assert_int_equal(c2.algo, NN_ALGO_GEMM); /* the only candidate of a 1x1 */
@@ -207,6 +215,36 @@ static void test_measure_and_wisdom(void **st)
     assert_int_equal(c2.measured, 1);
     assert_int_equal(c2.algo, NN_ALGO_GEMM);
     assert_null(tune_note());
+
+    /* linear layers: fp32 has one candidate (OpenBLAS), untimed; under
+     * bf16 both are timed and the faster kept, as a "layer":"linear" line
+     * that a convolution of the same numbers does not pick up */
+    tune_configure(TUNE_MEASURE, path);
+    assert_int_equal(tune_linear(16, 64, 32, 1, NN_FP32, &c), 0);
+    assert_int_equal(c.algo, NN_ALGO_GEMM);
+    assert_int_equal(c.measured, 0);
+    for (int a = 0; a < NN_ALGO_COUNT; a++) assert_true(c.ms[a] < 0);
+    if (nn_bf16_available() == 0) {
+        assert_int_equal(tune_linear(16, 64, 32, 1, NN_BF16, &c), 0);
+        assert_int_equal(c.measured, 1);
+        assert_true(c.ms[NN_ALGO_GEMM] > 0 && c.ms[NN_ALGO_BF16] > 0);
+        assert_true(c.ms[c.algo] <= c.ms[NN_ALGO_GEMM] && c.ms[c.algo] <= c.ms[NN_ALGO_BF16]);
+        assert_true(c.ms[NN_ALGO_DIRECT] < 0 && c.ms[NN_ALGO_LANES] < 0);
+        assert_int_equal(tune_linear(16, 64, 32, 0, NN_BF16, &again), 0); /* forward only: its own line */
+        assert_int_equal(again.measured, 1);
+        assert_int_equal(tune_save(), 0);
+        text = slurp(path);
+        assert_non_null(strstr(text, "\"layer\":\"linear\",\"pass\":\"bwd\",\"shape\":[16,64,1,1,32,1,1,0]"));
+        assert_non_null(strstr(text, "\"layer\":\"linear\",\"pass\":\"fwd\",\"shape\":[16,64,1,1,32,1,1,0]"));
+        test_free(text);
+        tune_configure(TUNE_MEASURE, path); /* a fresh process: found, not timed */
+        assert_int_equal(tune_linear(16, 64, 32, 1, NN_BF16, &again), 0);
+        assert_int_equal(again.measured, 0);
+        assert_int_equal(again.algo, c.algo);
+        const tune_shape as_conv = {16, 64, 1, 1, 32, 1, 1, 0};
+        assert_int_equal(tune_conv(&as_conv, TUNE_BWD, NN_BF16, 1 << 16, &again), 0);
+        assert_int_equal(again.measured, 1); /* the linear line is not a convolution's */
+    }
 
     /* a file that cannot be written: an error naming it */
     tune_configure(TUNE_MEASURE, "/proc/nonexistent/wisdom.jsonl");

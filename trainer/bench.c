@@ -88,8 +88,8 @@ static void explain_kernels(const resnet *m, double seconds)
     printf("  kernels: --kernels %s; %s, %d threads; wisdom %s (%.1f s to make the models)\n",
            tune_mode() == TUNE_MEASURE ? "measure" : "rule", tune_cpu()[0] ? tune_cpu() : "CPU not read", par_threads(),
            tune_mode() == TUNE_MEASURE ? tune_path() : "not used", seconds);
-    printf("  %-28s %-22s %-5s %-7s", "convolution", "N x Ci x H x W > Co k/s", "pass", "choice");
-    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) printf(" %8s", nn_algo_name(a));
+    printf("  %-28s %-22s %-5s %-11s", "convolution", "N x Ci x H x W > Co k/s", "pass", "choice");
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) printf(" %11s", nn_algo_name(a));
     printf("  (ms per call; * measured now)\n");
     for (int i = 0; i < rn_conv_count(m); i++) {
         rn_conv_info c;
@@ -99,12 +99,27 @@ static void explain_kernels(const resnet *m, double seconds)
         snprintf(name, sizeof name, "%.*s", (int)(strlen(c.name) > 7 ? strlen(c.name) - 7 : strlen(c.name)), c.name); /* less ".weight" */
         for (int p = 0; p < 2; p++) {
             if (c.algo[p] < 0) continue;
-            printf("  %-28s %-22s %-5s %-7s", p ? "" : name, p ? "" : shape, tune_pass_name(p ? c.bwd_pass : TUNE_FWD), nn_algo_name(c.algo[p]));
+            printf("  %-28s %-22s %-5s %-11s", p ? "" : name, p ? "" : shape, tune_pass_name(p ? c.bwd_pass : TUNE_FWD), nn_algo_name(c.algo[p]));
             for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
-                if (c.ms[p][a] >= 0) printf(" %8.3f", c.ms[p][a]);
-                else printf(" %8s", "-");
+                if (c.ms[p][a] >= 0) printf(" %11.3f", c.ms[p][a]);
+                else printf(" %11s", "-");
             printf("%s\n", c.measured[p] ? "  *" : "");
         }
+    }
+    if (rn_linear_count(m))
+        printf("  %-28s %-22s %-5s %-11s  (ms of the forward, and of the backward too under train)\n", "linear layer", "N x F > O", "pass", "choice");
+    for (int i = 0; i < rn_linear_count(m); i++) {
+        rn_conv_info c;
+        rn_linear_get(m, i, &c);
+        char shape[64], name[64];
+        snprintf(shape, sizeof shape, "%d x %d > %d", c.shape[0], c.shape[1], c.shape[4]);
+        snprintf(name, sizeof name, "%.*s", (int)(strlen(c.name) > 7 ? strlen(c.name) - 7 : strlen(c.name)), c.name);
+        printf("  %-28s %-22s %-5s %-11s", name, shape, m->grads ? "train" : "fwd",
+               nn_algo_name(c.algo[0]));
+        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+            if (c.ms[0][a] >= 0) printf(" %11.3f", c.ms[0][a]);
+            else printf(" %11s", "-");
+        printf("%s\n", c.measured[0] ? "  *" : c.ms[0][c.algo[0]] < 0 ? "  (the only candidate, or the rule)" : "");
     }
     double chosen, rule;
     step_conv_ms(m, &chosen, &rule);
@@ -137,6 +152,23 @@ static void kernels_json(moco_jw *w, const resnet *m)
                 if (c.ms[p][a] >= 0) moco_jw_num(w, nn_algo_name(a), c.ms[p][a], 3);
             moco_jw_close(w);
         }
+        moco_jw_close(w);
+    }
+    moco_jw_close(w);
+    moco_jw_arr(w, "linears"); /* shape N, F, O; "train": forward and backward, as one choice */
+    for (int i = 0; i < rn_linear_count(m); i++) {
+        rn_conv_info c;
+        rn_linear_get(m, i, &c);
+        moco_jw_obj(w, NULL);
+        moco_jw_str(w, "name", c.name);
+        moco_jw_arr(w, "shape");
+        moco_jw_i64(w, NULL, c.shape[0]), moco_jw_i64(w, NULL, c.shape[1]), moco_jw_i64(w, NULL, c.shape[4]);
+        moco_jw_close(w);
+        moco_jw_str(w, "train", nn_algo_name(c.algo[0]));
+        moco_jw_obj(w, "train_ms");
+        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+            if (c.ms[0][a] >= 0) moco_jw_num(w, nn_algo_name(a), c.ms[0][a], 3);
+        moco_jw_close(w);
         moco_jw_close(w);
     }
     moco_jw_close(w);

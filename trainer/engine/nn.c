@@ -118,11 +118,12 @@ static int lanes_ok(int Ci, int H, int W, int Co, int k, int stride, int pad)
            Wo % 4 == 0 && Ci % 4 == 0 && Co % 4 == 0;
 }
 
-/* The direct 3x3 kernels where the padded grid wastes at most half (not
- * 4x4): their SIMD level, else 0. Ci < vec: the stem (dinp in plain loops). */
-static int direct_ok(int Ci, int H, int W, int Co, int k, int stride, int pad)
+/* The direct 3x3 kernels at SIMD level `level` where the padded grid
+ * wastes at most half (not 4x4): that level, else 0. Ci < vec: the stem
+ * (dinp in plain loops). */
+static int direct_ok(int level, int Ci, int H, int W, int Co, int k, int stride, int pad)
 {
-    int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? conv3_simd() : 0;
+    int simd = k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && (H + 2) * (W + 2) <= 2 * H * W ? level : 0;
     const int vec = simd == 2 ? 8 : 4;
     return simd && (Ci % vec == 0 || Ci < vec) && Co % vec == 0 ? simd : 0;
 }
@@ -131,7 +132,8 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
 {
     switch (algo) {
     case NN_ALGO_AUTO: case NN_ALGO_GEMM: return 1;
-    case NN_ALGO_DIRECT: return direct_ok(Ci, H, W, Co, k, stride, pad) != 0;
+    case NN_ALGO_DIRECT: return direct_ok(conv3_simd(), Ci, H, W, Co, k, stride, pad) != 0;
+    case NN_ALGO_DIRECT_AVX2: return conv3_simd() == 2 && direct_ok(1, Ci, H, W, Co, k, stride, pad) != 0;
     case NN_ALGO_LANES: return lanes_ok(Ci, H, W, Co, k, stride, pad);
     case NN_ALGO_BF16: return nn_bf16_available() == 0;
     }
@@ -140,12 +142,14 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
 
 int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad)
 {
-    return lanes_ok(Ci, H, W, Co, k, stride, pad) ? NN_ALGO_LANES : direct_ok(Ci, H, W, Co, k, stride, pad) ? NN_ALGO_DIRECT : NN_ALGO_GEMM;
+    return lanes_ok(Ci, H, W, Co, k, stride, pad)                       ? NN_ALGO_LANES
+           : direct_ok(conv3_simd(), Ci, H, W, Co, k, stride, pad) ? NN_ALGO_DIRECT
+                                                                    : NN_ALGO_GEMM;
 }
 
 const char *nn_algo_name(int algo)
 {
-    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "lanes", "bf16"};
+    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16"};
     return algo >= 0 && algo < NN_ALGO_COUNT ? names[algo] : "?";
 }
 
@@ -167,12 +171,12 @@ static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, 
         d->work_per = 2 * (size_t)Ci * ldx + (size_t)Co * (ldy + ldyp) + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
     }
-    if (algo == NN_ALGO_DIRECT) {
+    if (algo == NN_ALGO_DIRECT || algo == NN_ALGO_DIRECT_AVX2) {
         /* per image: padded input, output gradient and input gradient, in
          * a quarter of the im2col budget (1 MB by default: L2-sized) */
         size_t img = (size_t)(2 * Ci + Co) * (H + 2) * (W + 2), c = work_floats / 4 / img;
         d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
-        d->direct = direct_ok(Ci, H, W, Co, k, stride, pad);
+        d->direct = direct_ok(algo == NN_ALGO_DIRECT ? conv3_simd() : 1, Ci, H, W, Co, k, stride, pad);
         d->ld = conv3_ld(d->chunk, H, W);
         d->work_per = (size_t)(2 * Ci + Co) * d->ld + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;

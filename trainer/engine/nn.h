@@ -62,9 +62,14 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
 /* The algorithms of a convolution, chosen per layer and pass by
  * measurement (tune.h) or by nn_conv_init's rule (AUTO): the GEMM lowering
  * (im2col + OpenBLAS; 1x1 stride 1 straight on the rows), the direct 3x3
- * kernels, the image-lanes kernels, and bf16 on oneDNN (nn_conv_bf16). */
-enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_COUNT };
-const char *nn_algo_name(int algo); /* "auto" "gemm" "direct" "lanes" "bf16" */
+ * kernels (at each SIMD level the CPU has), the image-lanes kernels, and
+ * bf16 on oneDNN (nn_conv_bf16). */
+enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_COUNT };
+/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16". direct runs the
+ * direct kernels at this CPU's best level (conv3_simd); direct-avx2, a
+ * candidate only where that is AVX-512, runs their AVX2 build, which a
+ * CPU with AVX-512 may still run faster (narrower vectors, lower clocks). */
+const char *nn_algo_name(int algo);
 /* Whether algo can run this shape on this CPU and build. */
 int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, int pad);
 /* The rule without measurement (NN_ALGO_AUTO): lanes, else direct, else GEMM. */

@@ -318,8 +318,10 @@ static int plan(resnet *m, rn_arena *a, int grads)
                 (rc = nn_conv_plan(&o->convb, sh.N, sh.Ci, sh.H, sh.W, sh.Co, sh.k, sh.stride, sh.pad, o->tc[1].algo, RN_WORK_FLOATS, &wb)))
                 return rc;
             w = wb > w ? wb : w;
-        } else if (o->type == OP_LINEAR && m->cfg.precision == NN_BF16) {
-            rc = nn_linear_bf16(&o->lp, o->N, o->F, o->O, &w);
+        } else if (o->type == OP_LINEAR) { /* OpenBLAS, or bf16 where measured faster (or by the rule) */
+            o->tc[1].algo = -1;
+            if (!(rc = tune_linear(o->N, o->F, o->O, grads, m->cfg.precision, &o->tc[0])) && o->tc[0].algo == NN_ALGO_BF16)
+                rc = nn_linear_bf16(&o->lp, o->N, o->F, o->O, &w);
         }
         if (rc) return rc;
         work = w > work ? w : work;
@@ -758,17 +760,24 @@ int rn_conv_count(const resnet *m)
     return n;
 }
 
-void rn_conv_get(const resnet *m, int i, rn_conv_info *info)
+int rn_linear_count(const resnet *m)
+{
+    int n = 0;
+    for (int i = 0; i < m->nops; i++) n += m->ops[i].type == OP_LINEAR;
+    return n;
+}
+
+static void layer_get(const resnet *m, int type, int i, rn_conv_info *info)
 {
     memset(info, 0, sizeof *info);
     for (int k = 0; k < m->nops; k++) {
         const rn_op *o = &m->ops[k];
-        if (o->type != OP_CONV || i--) continue;
+        if (o->type != type || i--) continue;
         const nn_conv *d = &o->conv;
-        const int sh[8] = {d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad};
+        const int sh[8] = {d->N, d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad}, lsh[8] = {o->N, o->F, 1, 1, o->O, 1, 1, 0};
         info->name = m->tensors[o->tw].name;
-        memcpy(info->shape, sh, sizeof sh);
-        info->bwd_pass = m->arena->acts[o->in].grad ? TUNE_BWD : TUNE_BWD_W;
+        memcpy(info->shape, type == OP_CONV ? sh : lsh, sizeof sh);
+        info->bwd_pass = type == OP_CONV && !m->arena->acts[o->in].grad ? TUNE_BWD_W : TUNE_BWD;
         for (int p = 0; p < 2; p++) {
             info->algo[p] = o->tc[p].algo, info->measured[p] = o->tc[p].measured;
             memcpy(info->ms[p], o->tc[p].ms, sizeof info->ms[p]);
@@ -776,3 +785,6 @@ void rn_conv_get(const resnet *m, int i, rn_conv_info *info)
         return;
     }
 }
+
+void rn_conv_get(const resnet *m, int i, rn_conv_info *info) { layer_get(m, OP_CONV, i, info); }
+void rn_linear_get(const resnet *m, int i, rn_conv_info *info) { layer_get(m, OP_LINEAR, i, info); }

@@ -152,6 +152,11 @@ typedef struct {
 } rn_conv_info;
 int rn_conv_count(const resnet *m);
 void rn_conv_get(const resnet *m, int i, rn_conv_info *info);
+/* The same of the linear layers (tune_linear): shape N, F, 1, 1, O, 1, 1,
+ * 0; algo[0] covers the forward, and the backward too when the model has
+ * gradients (ms[0] then times both); algo[1] is -1. */
+int rn_linear_count(const resnet *m);
+void rn_linear_get(const resnet *m, int i, rn_conv_info *info);
 
 /* Bytes of the activation arena (for reports). */
 size_t rn_arena_bytes(const resnet *m);

@@ -24,6 +24,7 @@
 
 typedef struct {
     tune_shape s;
+    int layer;                  /* TUNE_CONV or TUNE_LINEAR */
     int pass, precision, fresh; /* fresh: measured here, not yet saved */
     tune_choice c;
 } entry;
@@ -83,10 +84,10 @@ static void identify(void)
 
 static int same_shape(const tune_shape *a, const tune_shape *b) { return !memcmp(a, b, sizeof *a); }
 
-static entry *find(const tune_shape *s, int pass, int precision)
+static entry *find(int layer, const tune_shape *s, int pass, int precision)
 {
     for (int i = 0; i < ntab; i++)
-        if (tab[i].pass == pass && tab[i].precision == precision && same_shape(&tab[i].s, s)) return &tab[i];
+        if (tab[i].layer == layer && tab[i].pass == pass && tab[i].precision == precision && same_shape(&tab[i].s, s)) return &tab[i];
     return NULL;
 }
 
@@ -147,6 +148,10 @@ static int parse_line(const char *s, size_t len, line_rec *r)
         dims[k] = (int)v;
     }
     e->precision = !strcmp(prec, "bf16") ? NN_BF16 : !strcmp(prec, "fp32") ? NN_FP32 : -1;
+    char layer[16] = "conv"; /* absent: a convolution (the files before linear layers were measured) */
+    if (moco_json_get(s, t, 0, "layer") >= 0 && tok_str(s, t, 0, "layer", layer, sizeof layer)) return MOCO_ECORRUPT;
+    e->layer = !strcmp(layer, "linear") ? TUNE_LINEAR : !strcmp(layer, "conv") ? TUNE_CONV : -1;
+    if (e->layer < 0) return MOCO_ECORRUPT;
     e->pass = -1;
     for (int p = 0; p < TUNE_PASSES; p++)
         if (!strcmp(pass, pass_names[p])) e->pass = p;
@@ -183,7 +188,7 @@ static void load(void)
             continue;
         }
         entry *e;
-        if (ours(&r) && !find(&r.e.s, r.e.pass, r.e.precision) && (e = add())) *e = r.e;
+        if (ours(&r) && !find(r.e.layer, &r.e.s, r.e.pass, r.e.precision) && (e = add())) *e = r.e;
     }
     free(line);
     fclose(f);
@@ -200,6 +205,7 @@ static void write_entry(FILE *f, const entry *e)
     moco_jw_str(&w, "build", build);
     moco_jw_i64(&w, "threads", par_threads());
     moco_jw_str(&w, "precision", e->precision == NN_BF16 ? "bf16" : "fp32");
+    if (e->layer == TUNE_LINEAR) moco_jw_str(&w, "layer", "linear");
     moco_jw_str(&w, "pass", pass_names[e->pass]);
     moco_jw_arr(&w, "shape");
     const int *dims = &e->s.N;
@@ -252,7 +258,7 @@ int tune_save(void)
         line_rec r;
         while ((len = getline(&line, &cap, in)) > 0) {
             if (parse_line(line, (size_t)len, &r)) continue;
-            entry *e = ours(&r) ? find(&r.e.s, r.e.pass, r.e.precision) : NULL;
+            entry *e = ours(&r) ? find(r.e.layer, &r.e.s, r.e.pass, r.e.precision) : NULL;
             if (e && e->fresh) continue;
             fwrite(line, 1, (size_t)len, out);
             if (line[len - 1] != '\n') fputc('\n', out);
@@ -375,7 +381,7 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
         return 0;
     }
     if (!loaded) load();
-    entry *e = find(s, pass, precision);
+    entry *e = find(TUNE_CONV, s, pass, precision);
     if (e && nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
         *out = e->c;
         out->measured = e->fresh;
@@ -385,7 +391,72 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
     int rc = measure(s, pass, precision, budget, &c);
     if (rc) return rc;
     if (!e) e = add();
-    if (e) e->s = *s, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
+    if (e) e->s = *s, e->layer = TUNE_CONV, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
+    *out = c;
+    return 0;
+}
+
+/* One linear layer's forward (and backward when grads) on GEMM (OpenBLAS)
+ * or bf16 (oneDNN), in ms: the best of a few calls after a first one. */
+static int time_linear(int N, int F, int O, int grads, int algo, bufs *b, double *ms)
+{
+    nn_lowp *lp = NULL;
+    size_t wf = 0;
+    int rc = algo == NN_ALGO_BF16 ? nn_linear_bf16(&lp, N, F, O, &wf) : 0;
+    if (rc) return rc;
+    float *work = alloc_fill(wf + 16, NULL), *bias = b->work;
+    if (!work) {
+        nn_lowp_free(&lp);
+        return moco_err(MOCO_ENOMEM, "out of memory timing a linear layer");
+    }
+    double min = 1e300, total = 0;
+    for (int i = 0; i < 6 && (i < 3 || total < 0.05); i++) {
+        double t0 = moco_now_s();
+        if (lp) linear_forward_bf16(b->y, b->x, b->w, bias, lp, work);
+        else linear_forward(b->y, b->x, b->w, bias, N, F, O);
+        if (grads && lp) linear_backward_bf16(b->dx, b->dw, bias, b->y, b->x, lp, work);
+        else if (grads) linear_backward(b->dx, b->dw, bias, b->y, b->x, b->w, N, F, O);
+        double t = moco_now_s() - t0;
+        total += t, min = i && t < min ? t : min; /* the first call warms */
+    }
+    *ms = min * 1e3;
+    unmap(work);
+    nn_lowp_free(&lp);
+    return 0;
+}
+
+int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
+{
+    for (int a = 0; a < NN_ALGO_COUNT; a++) out->ms[a] = -1;
+    out->measured = 0;
+    out->algo = precision == NN_BF16 ? NN_ALGO_BF16 : NN_ALGO_GEMM;
+    if (mode == TUNE_RULE || precision != NN_BF16) return 0; /* fp32: OpenBLAS, the only candidate */
+    if (!loaded) load();
+    const tune_shape s = {N, F, 1, 1, O, 1, 1, 0};
+    const int pass = grads ? TUNE_BWD : TUNE_FWD;
+    entry *e = find(TUNE_LINEAR, &s, pass, precision);
+    if (e && (e->c.algo == NN_ALGO_GEMM || e->c.algo == NN_ALGO_BF16)) {
+        *out = e->c;
+        out->measured = e->fresh;
+        return 0;
+    }
+    moco_rng r;
+    moco_rng_init(&r, 0x6c69, (uint64_t)N, (uint64_t)F, (uint64_t)O);
+    const size_t nx = (size_t)N * F, nw = (size_t)O * F, ny = (size_t)N * O;
+    bufs b = {alloc_fill(nx, &r), alloc_fill(nw, &r), alloc_fill(ny, &r), alloc_fill(nx, NULL), alloc_fill(nw, NULL),
+              alloc_fill((size_t)O, &r)}; /* work: the bias */
+    int rc = 0;
+    if (!b.x || !b.w || !b.y || !b.dx || !b.dw || !b.work)
+        rc = moco_err(MOCO_ENOMEM, "out of memory timing linear layer %d x %d -> %d", N, F, O);
+    tune_choice c = {NN_ALGO_GEMM, 1, {0}};
+    for (int a = 0; a < NN_ALGO_COUNT; a++) c.ms[a] = -1;
+    if (!rc) rc = time_linear(N, F, O, grads, NN_ALGO_GEMM, &b, &c.ms[NN_ALGO_GEMM]);
+    if (!rc) rc = time_linear(N, F, O, grads, NN_ALGO_BF16, &b, &c.ms[NN_ALGO_BF16]);
+    if (!rc && c.ms[NN_ALGO_BF16] < c.ms[NN_ALGO_GEMM]) c.algo = NN_ALGO_BF16;
+    unmap(b.x), unmap(b.w), unmap(b.y), unmap(b.dx), unmap(b.dw), unmap(b.work);
+    if (rc) return rc;
+    if (!e) e = add();
+    if (e) e->s = s, e->layer = TUNE_LINEAR, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
     *out = c;
     return 0;
 }

@@ -7,7 +7,8 @@
  * every algorithm that can run the shape is timed once, on synthetic data,
  * with the compute pool as it is set (par.h), at the scratch budget the
  * model gives it, and the fastest is kept. The candidates are the GEMM
- * lowering, the direct 3x3 kernels and the image-lanes kernels; under bf16
+ * lowering, the direct 3x3 kernels (on an AVX-512 CPU both their AVX-512
+ * and their AVX2 builds) and the image-lanes kernels; under bf16
  * precision also oneDNN's bf16 primitives (an fp32 kernel may win a layer:
  * it is then both faster and exact). The choice never changes the result
  * beyond the rounding of the kernels, each of which is tested against the
@@ -33,6 +34,7 @@
 #include "trainer/engine/nn.h"
 
 enum { TUNE_RULE = 0, TUNE_MEASURE = 1 };
+enum { TUNE_CONV = 0, TUNE_LINEAR = 1 };
 enum { TUNE_FWD = 0, TUNE_BWD = 1, TUNE_BWD_W = 2, TUNE_PASSES = 3 };
 
 /* TUNE_RULE (the default): nn_conv_init's fixed rule, or bf16 everywhere
@@ -61,6 +63,17 @@ typedef struct {
  * `budget` scratch floats per thread (nn_conv_init's work_floats).
  * Returns 0, or MOCO_ENOMEM (the synthetic data), or a kernel set-up error. */
 int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *out);
+
+/* The kernels of a linear layer (N,F) -> (N,O), forward only (grads 0)
+ * or forward and backward together (grads 1, as one choice: the bf16
+ * backward reuses the forward's bf16 weights): under bf16 precision the
+ * faster of OpenBLAS (NN_ALGO_GEMM) and oneDNN bf16 (NN_ALGO_BF16), timed
+ * on synthetic data and kept in the wisdom file as a line with
+ * "layer":"linear", shape [N,F,1,1,O,1,1,0] and pass "fwd" (grads 0) or
+ * "bwd" (grads 1); under fp32 OpenBLAS, the only candidate, untimed; under
+ * TUNE_RULE bf16 under bf16. Returns 0, MOCO_ENOMEM, or nn_linear_bf16's
+ * error. */
+int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out);
 
 /* Write the choices measured since the last save to the wisdom file.
  * Returns 0 (also when there is nothing new), or MOCO_EIO with a message
