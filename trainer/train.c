@@ -519,14 +519,15 @@ int train_run(const train_cfg *cin)
             moco_jw_str(&ew, "type", "epoch");
             moco_jw_i64(&ew, "epoch", epoch);
             moco_jw_i64(&ew, "step", step);
-            moco_jw_num(&ew, "loss", e_steps ? e_loss / e_steps : 0, 5);
-            moco_jw_num(&ew, "acc", e_steps ? e_acc / e_steps : 0, 3);
+            /* no step of this epoch in this process (resumed at its very end): null, not a mean of nothing */
+            moco_jw_num(&ew, "loss", e_steps ? e_loss / e_steps : NAN, 5);
+            moco_jw_num(&ew, "acc", e_steps ? e_acc / e_steps : NAN, 3);
             moco_jw_g(&ew, "lr", train_lr(c, epoch, 0, steps_per_epoch), 6);
             moco_jw_i64(&ew, "pairs", pairs_epoch);
             moco_jw_i64(&ew, "dropped", dropped_pairs);
             moco_jw_i64(&ew, "failed", failed_epoch);
             moco_jw_num(&ew, "seconds", el, 2);
-            moco_jw_num(&ew, "pairs_per_s", el > 0 ? (double)(e_steps * N * ranks) / el : 0, 2);
+            moco_jw_num(&ew, "pairs_per_s", el > 0 && e_steps ? (double)(e_steps * N * ranks) / el : NAN, 2);
             moco_jw_num(&ew, "starved_pct", el > 0 ? 100 * (st.waited_s - waited0) / el : 0, 1);
             if (knn >= 0) moco_jw_num(&ew, "knn_top1", knn, 2);
             else moco_jw_null(&ew, "knn_top1");
