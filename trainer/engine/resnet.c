@@ -55,7 +55,8 @@ typedef struct {
     size_t numel, off;
     int slot;  /* gradient slot, planned */
     int grad;  /* needs a gradient */
-    int half;  /* bf16 precision: a conv output kept in bf16 for its BN's backward (numel uint16) */
+    int half;  /* bf16 precision: kept in bf16 for the backward (numel uint16); see plan() */
+    int scr;   /* half: the gradient slot whose room holds it in fp32 during the forward */
 } rn_act;
 
 struct rn_arena {
@@ -67,9 +68,7 @@ struct rn_arena {
     size_t slot_floats;
     float *slots;
     float *work;
-    float *xconv; /* half: the fp32 conv output its BN reads in forward (the gradient slots' room: unused then) */
     float *xtmp;  /* half: per thread, one channel of a BN input restored to fp32 in backward */
-    float *yscr;  /* half: the fp32 BN output its conv reads in forward (the second slot's room) */
     int final_act;
 };
 
@@ -118,7 +117,7 @@ static int b_act(builder *b, size_t numel, int grad)
     rn_act *p = grow(a->acts, &b->capa, a->nacts + 1, sizeof *p);
     if (!p) return b->err = MOCO_ENOMEM, 0;
     a->acts = p;
-    p[a->nacts] = (rn_act){numel, 0, -1, grad, 0};
+    p[a->nacts] = (rn_act){numel, 0, -1, grad, 0, -1};
     return a->nacts++;
 }
 
@@ -326,34 +325,54 @@ static int plan(resnet *m, rn_arena *a, int grads)
         if (rc) return rc;
         work = w > work ? w : work;
     }
-    /* bf16 storage (rn_act.half), for the largest activations:
+    /* bf16 storage (rn_act.half), for the largest activations. The fp32
+     * value lives in a gradient slot's room during the forward (rn_act.scr:
+     * slots are unused then), from the op that writes it to its last
+     * reader; the bf16 copy in the arena serves the backward:
      * - a conv output read only by the BN right after it: that BN
-     *   normalises the fp32 output, held in the first gradient slot's room
-     *   (xconv: slots are unused in forward), and its backward restores x
-     *   from the bf16 copy, one channel at a time (xtmp);
-     * - a BN output read only by the conv right after it, when that conv
-     *   runs bf16 both ways (it rounds its input to bf16 anyway, so nothing
-     *   changes): the conv reads the fp32 output from the second slot's room
-     *   (yscr) in forward, and the bf16 copy for its weight gradient; BN's
-     *   backward reads the copy's signs for the ReLU mask. */
+     *   normalises the fp32 output, and its backward restores x from the
+     *   bf16 copy, one channel at a time (xtmp);
+     * - a BN output whose readers are convs that run bf16 both ways (they
+     *   round their input to bf16 anyway, so nothing changes: the bf16 copy
+     *   serves their weight gradient) and BNs taking it as the residual
+     *   (which needs the fp32 value, and only in forward): the output of a
+     *   block's inner BNs, and the block's output. BN's backward reads the
+     *   copy's signs for the ReLU mask.
+     * Slots go to these spans in the order they start, each to a slot free
+     * before it (a span's writer may read the one before), as an interval
+     * colouring; an activation that finds none stays fp32. */
     size_t off = 0, xconv = 0, xtmp = 0;
-    for (int i = 0; m->cfg.precision == NN_BF16 && i + 1 < m->nops; i++) {
+    int busy[64]; /* per slot: the last op reading what it holds */
+    for (int k = 0; k < 64; k++) busy[k] = -1;
+    for (int i = 0; i < a->nacts; i++) a->acts[i].scr = -1;
+#define BF16_BOTH(c) ((c)->type == OP_CONV && (c)->tc[0].algo == NN_ALGO_BF16 && (c)->tc[1].algo == NN_ALGO_BF16 && !(c)->convb_own)
+    for (int i = 0; m->cfg.precision == NN_BF16 && grads && i + 1 < m->nops; i++) {
         rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
-        if (n->in != o->out || o->out == a->final_act) continue;
-        int uses = 0;
-        for (int k = 0; k < m->nops; k++) uses += (m->ops[k].in == o->out) + (m->ops[k].res == o->out);
-        if (uses != 1 || a->acts[o->out].numel > a->slot_floats) continue;
-        if (o->type == OP_CONV && n->type == OP_BN) {
-            a->acts[o->out].half = 1;
-            xconv = a->acts[o->out].numel > xconv ? a->acts[o->out].numel : xconv;
+        rn_act *y = &a->acts[o->out];
+        if (o->out == a->final_act || y->numel > a->slot_floats || (o->type != OP_CONV && o->type != OP_BN)) continue;
+        int last = -1, ins = 0, ok = 1;
+        for (int k = i + 1; k < m->nops; k++) {
+            const rn_op *r = &m->ops[k];
+            if (r->in == o->out) ok &= o->type == OP_CONV ? k == i + 1 && r->type == OP_BN : BF16_BOTH(r), ins++, last = k;
+            if (r->res == o->out) ok &= o->type == OP_BN && r->type == OP_BN, last = k;
+        }
+        if (!ok || !ins || (o->type == OP_CONV && (ins != 1 || n->res == o->out))) continue;
+        if (m->cfg.store == RN_STORE_FP32 || (m->cfg.store == RN_STORE_CONV && o->type != OP_CONV)) continue;
+        int slot = -1;
+        for (int k = 0; k < a->nslots && k < 64 && slot < 0; k++)
+            if (busy[k] < i) slot = k;
+        if (slot < 0) continue;
+        y->half = 1, y->scr = slot, busy[slot] = last;
+        if (o->type == OP_CONV) {
+            xconv = y->numel > xconv ? y->numel : xconv;
             size_t ch = (size_t)n->bn.N * n->bn.HW;
             xtmp = ch > xtmp ? ch : xtmp;
-        } else if (o->type == OP_BN && n->type == OP_CONV && grads && a->nslots >= 2 && n->tc[0].algo == NN_ALGO_BF16 &&
-                   n->tc[1].algo == NN_ALGO_BF16 && !n->convb_own) {
-            a->acts[o->out].half = 1;
-            n->conv.in_half = 1;
+        } else {
+            for (int k = i + 1; k < m->nops; k++)
+                if (m->ops[k].in == o->out) m->ops[k].conv.in_half = 1;
         }
     }
+#undef BF16_BOTH
     for (int i = 0; i < a->nacts; i++) {
         size_t f = a->acts[i].half ? (a->acts[i].numel + 1) / 2 : a->acts[i].numel;
         a->acts[i].off = off, off += (f + 15) & ~(size_t)15;
@@ -366,8 +385,6 @@ static int plan(resnet *m, rn_arena *a, int grads)
     if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
     a->slots = a->base + off;
     a->work = a->slots + (size_t)a->nslots * a->slot_floats;
-    a->xconv = a->slots; /* xconv and yscr: only where acts are half, and the slots hold them (above) */
-    a->yscr = a->nslots >= 2 ? a->slots + a->slot_floats : NULL;
     a->xtmp = xconv ? a->base + xtmp_off : NULL;
     return 0;
 }
@@ -542,6 +559,8 @@ void rn_destroy(resnet **pm)
 
 #define ACT(id) (a->base + a->acts[id].off)
 #define GRAD(id) (a->slots + (size_t)a->acts[id].slot * a->slot_floats)
+/* where the forward reads and writes an activation in fp32 (plan(): half ones sit in a slot's room then) */
+#define FWD(id) (a->acts[id].half ? a->slots + (size_t)a->acts[id].scr * a->slot_floats : ACT(id))
 
 static float *P(const resnet *m, int t) { return m->params + m->tensors[t].off; }
 static float *B(const resnet *m, int t) { return m->buffers + m->tensors[t].off; }
@@ -576,24 +595,18 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
         rn_op *o = &m->ops[i];
         switch (o->type) {
         case OP_CONV: {
-            const float *in = a->acts[o->in].half ? a->yscr : ACT(o->in);
-            if (a->acts[o->out].half) {
-                conv2d_forward(a->xconv, in, P(m, o->tw), &o->conv, a->work);
-                if (train) convert(ACT(o->out), a->xconv, a->acts[o->out].numel, 1);
-            } else {
-                conv2d_forward(ACT(o->out), in, P(m, o->tw), &o->conv, a->work);
-            }
+            conv2d_forward(FWD(o->out), FWD(o->in), P(m, o->tw), &o->conv, a->work);
+            if (train && a->acts[o->out].half) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
             break;
         }
         case OP_BN:
-            bn_forward(a->acts[o->out].half ? a->yscr : ACT(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3),
-                       a->acts[o->in].half ? a->xconv : ACT(o->in),
-                       o->res >= 0 ? ACT(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
-            if (train && a->acts[o->out].half) convert(ACT(o->out), a->yscr, a->acts[o->out].numel, 1);
+            bn_forward(FWD(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3), FWD(o->in),
+                       o->res >= 0 ? FWD(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
+            if (train && a->acts[o->out].half) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
             if (train) m->counts[m->tensors[o->tw + 4].off]++;
             break;
-        case OP_MAXPOOL: maxpool_forward(ACT(o->out), ACT(o->in), &o->pool); break;
-        case OP_AVGPOOL: avgpool_forward(ACT(o->out), ACT(o->in), o->N, o->C, o->HW); break;
+        case OP_MAXPOOL: maxpool_forward(ACT(o->out), FWD(o->in), &o->pool); break;
+        case OP_AVGPOOL: avgpool_forward(ACT(o->out), FWD(o->in), o->N, o->C, o->HW); break;
         case OP_LINEAR:
             if (o->lp) linear_forward_bf16(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->lp, a->work);
             else linear_forward(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O);

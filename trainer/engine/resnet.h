@@ -39,7 +39,10 @@ typedef struct {
     int precision;    /* NN_FP32 (0, the default) or NN_BF16: convolutions and linear layers take bf16
                          operands and accumulate in fp32 (trainer/bf16.c); all else stays fp32 */
     int init;         /* RN_INIT_TORCHVISION (0, the default), RN_INIT_DEMO or RN_INIT_PYTORCH */
+    int store;        /* bf16: RN_STORE_ALL (0, the default) keeps the activations resnet.c's plan() lists in
+                       * bf16; RN_STORE_CONV only the conv outputs; RN_STORE_FP32 none (for tests) */
 } rn_cfg;
+enum { RN_STORE_ALL = 0, RN_STORE_CONV = 1, RN_STORE_FP32 = 2 };
 
 /* Initialisations (BN is 1/0 and Linear layers PyTorch's default in all):
  * torchvision: every conv Kaiming-normal, fan_out, relu (torchvision's ResNet);
