@@ -83,6 +83,23 @@ static void step_conv_ms(const resnet *m, double *chosen, double *rule)
     }
 }
 
+/* one table row's times, a column per algorithm ("-": not a candidate) */
+static void ms_cells(const double *ms)
+{
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+        if (ms[a] >= 0) printf(" %11.3f", ms[a]);
+        else printf(" %11s", "-");
+}
+
+/* key: {algorithm: ms} of the candidates */
+static void ms_json(moco_jw *w, const char *key, const double *ms)
+{
+    moco_jw_obj(w, key);
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
+        if (ms[a] >= 0) moco_jw_num(w, nn_algo_name(a), ms[a], 3);
+    moco_jw_close(w);
+}
+
 static void explain_kernels(const resnet *m, double seconds)
 {
     printf("  kernels: --kernels %s; %s, %d threads; wisdom %s (%.1f s to make the models)\n",
@@ -100,9 +117,7 @@ static void explain_kernels(const resnet *m, double seconds)
         for (int p = 0; p < 2; p++) {
             if (c.algo[p] < 0) continue;
             printf("  %-28s %-22s %-5s %-11s", p ? "" : name, p ? "" : shape, tune_pass_name(p ? c.bwd_pass : TUNE_FWD), nn_algo_name(c.algo[p]));
-            for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
-                if (c.ms[p][a] >= 0) printf(" %11.3f", c.ms[p][a]);
-                else printf(" %11s", "-");
+            ms_cells(c.ms[p]);
             printf("%s\n", c.measured[p] ? "  *" : "");
         }
     }
@@ -116,9 +131,7 @@ static void explain_kernels(const resnet *m, double seconds)
         snprintf(name, sizeof name, "%.*s", (int)(strlen(c.name) > 7 ? strlen(c.name) - 7 : strlen(c.name)), c.name);
         printf("  %-28s %-22s %-5s %-11s", name, shape, m->grads ? "train" : "fwd",
                nn_algo_name(c.algo[0]));
-        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
-            if (c.ms[0][a] >= 0) printf(" %11.3f", c.ms[0][a]);
-            else printf(" %11s", "-");
+        ms_cells(c.ms[0]);
         printf("%s\n", c.measured[0] ? "  *" : c.ms[0][c.algo[0]] < 0 ? "  (the only candidate, or the rule)" : "");
     }
     double chosen, rule;
@@ -147,10 +160,7 @@ static void kernels_json(moco_jw *w, const resnet *m)
         for (int p = 0; p < 2; p++) {
             if (c.algo[p] < 0) continue;
             moco_jw_str(w, p ? "bwd" : "fwd", nn_algo_name(c.algo[p]));
-            moco_jw_obj(w, p ? "bwd_ms" : "fwd_ms");
-            for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
-                if (c.ms[p][a] >= 0) moco_jw_num(w, nn_algo_name(a), c.ms[p][a], 3);
-            moco_jw_close(w);
+            ms_json(w, p ? "bwd_ms" : "fwd_ms", c.ms[p]);
         }
         moco_jw_close(w);
     }
@@ -165,10 +175,7 @@ static void kernels_json(moco_jw *w, const resnet *m)
         moco_jw_i64(w, NULL, c.shape[0]), moco_jw_i64(w, NULL, c.shape[1]), moco_jw_i64(w, NULL, c.shape[4]);
         moco_jw_close(w);
         moco_jw_str(w, "train", nn_algo_name(c.algo[0]));
-        moco_jw_obj(w, "train_ms");
-        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++)
-            if (c.ms[0][a] >= 0) moco_jw_num(w, nn_algo_name(a), c.ms[0][a], 3);
-        moco_jw_close(w);
+        ms_json(w, "train_ms", c.ms[0]);
         moco_jw_close(w);
     }
     moco_jw_close(w);
