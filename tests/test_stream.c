@@ -2,7 +2,8 @@
  * a loader played by the test on inproc-free ipc: "nothing yet" is an
  * event (STREAM_NONE, return 0), a silent loader an error (MOCO_ETIMEOUT
  * naming it), a REFUSED HELLO an error with the loader's reason; a pair of
- * an epoch two ahead and an index past the count are rejected and counted. */
+ * an epoch two ahead and an index past the count are rejected and counted;
+ * stream_keepalive sends a heartbeat when one is due, and only then. */
 #include "tests/testutil.h"
 
 #include <zmq.h>
@@ -121,8 +122,51 @@ static void test_refused(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* The next message the loader gets within ms, as its type; 0 if none. */
+static uint16_t next_type(void *r, int ms)
+{
+    zmq_pollitem_t it = {r, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, ms) <= 0) return 0;
+    uint8_t id[256], b[256];
+    assert_true(zmq_recv(r, id, sizeof id, 0) > 0);
+    int n = zmq_recv(r, b, sizeof b, 0);
+    uint16_t t = 0;
+    assert_int_equal(moco_wire_peek(b, (size_t)n, &t), 0);
+    return t;
+}
+
+static void test_keepalive(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new();
+    uint8_t id[256];
+    size_t idlen;
+    void *r = fake_loader(ctx, id, &idlen);
+    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 5};
+    trainer_stream *s;
+    assert_int_equal(stream_open(&cfg, &s), 0);
+    recv_hello(r, id, &idlen);
+    uint8_t w[32];
+    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+    stream_event ev;
+    assert_int_equal(stream_next(s, 50, &ev), 0);
+    while (next_type(r, 100)) /* the heartbeat stream_next sent */
+        ;
+    stream_keepalive(s); /* not due yet: nothing */
+    assert_int_equal(next_type(r, 200), 0);
+    usleep(1100 * 1000); /* MOCO_HEARTBEAT_S later, with no stream_next */
+    stream_keepalive(s);
+    assert_int_equal(next_type(r, 500), MOCO_MSG_HEARTBEAT);
+    stream_keepalive(s); /* just sent: nothing */
+    assert_int_equal(next_type(r, 200), 0);
+    stream_destroy(&s);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused),
+                                       cmocka_unit_test(test_keepalive)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -356,6 +356,16 @@ static void hold_current(trainer_stream *s)
     s->cur.nf = 0;
 }
 
+void stream_keepalive(trainer_stream *s)
+{
+    double t = moco_now_s();
+    if (s->ended || t - s->last_hb < MOCO_HEARTBEAT_S) return;
+    uint8_t hb[16];
+    zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
+    s->last_hb = t;
+    if (s->nacks) flush_acks(s);
+}
+
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
 {
     double t0 = moco_now_s(), deadline = timeout_ms < 0 ? 1e300 : t0 + timeout_ms / 1000.0;

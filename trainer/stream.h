@@ -90,6 +90,11 @@ void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **b
 
 void stream_get_stats(const trainer_stream *s, stream_stats *st);
 
+/* Between stream_next calls that are far apart (the end-of-epoch kNN): send
+ * the heartbeat if it is due and the acknowledgements held here, reading
+ * nothing, so that the loader does not take this consumer for gone. */
+void stream_keepalive(trainer_stream *s);
+
 /* The counters as the object "stream" of a JSON line, the same keys in
  * `moco train`'s epoch records, `moco sink`'s last line and PairStream.stats:
  * duplicates, stale, malformed, rejected_epoch, rejected_index, held,

@@ -105,7 +105,7 @@ void train_view_to_float(float *x, const uint8_t *v, int row, int S, int c, cons
 
 /* Embed every sample of an evaluation set with the query encoder (eval
  * mode, batches of the model's N, padded), L2-normalised. */
-static int embed(resnet *m, evalset *es, float *x, float **feat, int32_t **labels, int64_t *n)
+static int embed(resnet *m, evalset *es, float *x, trainer_stream *keep, float **feat, int32_t **labels, int64_t *n)
 {
     int N = m->cfg.batch, D = m->cfg.dim, S = m->cfg.size;
     *n = evalset_count(es);
@@ -116,6 +116,7 @@ static int embed(resnet *m, evalset *es, float *x, float **feat, int32_t **label
         int cnt = (int)(*n - s < N ? *n - s : N);
         if (cnt < N) memset(x, 0, sizeof *x * (size_t)N * 3 * S * S);
         if (stop_flag) return moco_err(MOCO_EINTR, "interrupted during the kNN evaluation"); /* SIGTERM: stop now */
+        if (keep) stream_keepalive(keep);
         int rc = evalset_read(es, s, cnt, x, *labels + s);
         if (rc) return rc;
         const float *out = rn_forward(m, x, NULL, 0);
@@ -130,7 +131,7 @@ static int embed(resnet *m, evalset *es, float *x, float **feat, int32_t **label
 }
 
 int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
-              double *top1)
+              trainer_stream *keep, double *top1)
 {
     evalset *tr = NULL, *te = NULL;
     float *x = NULL, *ftr = NULL, *fte = NULL;
@@ -140,7 +141,7 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
     if ((rc = evalset_open(train_db, S, mean, std, &tr)) || (rc = evalset_open(test_db, S, mean, std, &te))) goto out;
     x = malloc(sizeof *x * (size_t)m->cfg.batch * 3 * S * S);
     if (!x) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
-    if ((rc = embed(m, tr, x, &ftr, &ltr, &ntr)) || (rc = embed(m, te, x, &fte, &lte, &nte))) goto out;
+    if ((rc = embed(m, tr, x, keep, &ftr, &ltr, &ntr)) || (rc = embed(m, te, x, keep, &fte, &lte, &nte))) goto out;
     pred = malloc(sizeof *pred * (size_t)nte);
     if (!pred) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     int classes = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
@@ -507,7 +508,7 @@ int train_run(const train_cfg *cin)
             double knn = -1;
             if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0 && !rank) {
                 double tk = moco_now_s();
-                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, &knn);
+                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
                 if (rc == MOCO_EINTR && stop_flag) knn = -1, rc = 0; /* stopped: the epoch's record without it */
                 if (rc) goto out;
                 if (knn >= 0)
@@ -863,7 +864,7 @@ int train_knn_main(int argc, char **argv)
     resnet *m = NULL;
     float mean[3], std[3];
     double top1 = 0, t0 = moco_now_s();
-    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, &top1))) {
+    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, NULL, &top1))) {
         fprintf(stderr, "moco knn: %s\n", moco_errmsg());
         rn_destroy(&m);
         return 1;

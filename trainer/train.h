@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "trainer/engine/moco.h"
+#include "trainer/stream.h"
 
 typedef struct dist dist; /* trainer/dist.h: the ranks of an MPI job */
 
@@ -46,9 +47,10 @@ int train_parse_schedule(const char *s, train_cfg *c);
 void train_view_to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3]);
 
 /* kNN top-1 (percent) of encoder m (eval mode): bank = train_db, queries
- * = test_db, both embedded without augmentation. */
+ * = test_db, both embedded without augmentation. keep (or NULL): the pair
+ * stream kept alive between batches (stream_keepalive). */
 int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
-              double *top1);
+              trainer_stream *keep, double *top1);
 
 /* Parse `moco train` flags into *c: MOCO_OPTS_OK, MOCO_OPTS_HELP (help
  * printed) or MOCO_OPTS_USAGE (error printed). */
