@@ -8,7 +8,9 @@
  * dropped and counted; a bad record is reported, logged once and skipped;
  * neither stops the worker. It exits 0 on STOP, SIGINT or SIGTERM, printing
  * its counts. The credit-based dispatch of the pipeline replaces PULL later;
- * augment_pair() (augment.h) is the socket-free core both use. */
+ * augment_pair() (augment.h) is the socket-free core both use. A tcp
+ * endpoint needs --keys (CURVE, formats/zsec.h) or --insecure, and every
+ * socket caps its frames at the largest legitimate one (ZMQ_MAXMSGSIZE). */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -21,7 +23,9 @@
 #include "augment/cmd.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "formats/pipeline.h"
 #include "formats/wire.h"
+#include "formats/zsec.h"
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
@@ -77,11 +81,11 @@ fail_both:
 
 int augment_worker_main(int argc, char **argv)
 {
-    const char *pull_ep = NULL, *push_ep = NULL, *fail_ep = NULL;
-    int bind = 0, quiet = 0;
+    const char *pull_ep = NULL, *push_ep = NULL, *fail_ep = NULL, *keys = NULL;
+    int bind = 0, quiet = 0, insecure = 0;
     long hwm = 16;
     augment_flags f;
-    moco_opt opts[AUGMENT_FLAGS_NOPTS + 8];
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 10];
     int n = augment_flags_opts(&f, opts);
     moco_opt extra[] = {
         {"pull", MOCO_OPT_STR, &pull_ep, "endpoint to PULL SAMPLE messages from", 0, 0, NULL},
@@ -89,6 +93,8 @@ int augment_worker_main(int argc, char **argv)
         {"failed", MOCO_OPT_STR, &fail_ep, "endpoint to PUSH FAILED reports to (default: none, log only)", 0, 0, NULL},
         {"bind", MOCO_OPT_FLAG, &bind, "bind the endpoints instead of connecting", 0, 0, NULL},
         {"hwm", MOCO_OPT_INT, &hwm, "high-water mark of each socket, in messages", 1, 100000, NULL},
+        {"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen DIR): CURVE on every tcp endpoint", 0, 0, NULL},
+        {"insecure", MOCO_OPT_FLAG, &insecure, "allow tcp endpoints without --keys", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &quiet, "no summary at exit", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -121,11 +127,25 @@ int augment_worker_main(int argc, char **argv)
     void *zc = zmq_ctx_new();
     void *pull = zmq_socket(zc, ZMQ_PULL), *push = zmq_socket(zc, ZMQ_PUSH);
     void *fail = fail_ep ? zmq_socket(zc, ZMQ_PUSH) : NULL;
+    moco_sec *sec = NULL;
     int h = (int)hwm, linger = 1000;
+    /* the largest legitimate frame in (a record); push and failed receive nothing */
+    int64_t maxin = (int64_t)MOCO_RECORD_WIRE_MAX, maxctl = MOCO_CTL_FRAME_MAX;
+    zmq_setsockopt(pull, ZMQ_MAXMSGSIZE, &maxin, sizeof maxin);
+    zmq_setsockopt(push, ZMQ_MAXMSGSIZE, &maxctl, sizeof maxctl);
+    if (fail) zmq_setsockopt(fail, ZMQ_MAXMSGSIZE, &maxctl, sizeof maxctl);
     zmq_setsockopt(pull, ZMQ_RCVHWM, &h, sizeof h);
     zmq_setsockopt(push, ZMQ_SNDHWM, &h, sizeof h);
     zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
     if (fail) zmq_setsockopt(fail, ZMQ_LINGER, &linger, sizeof linger);
+    /* tcp: CURVE with --keys, refused without unless --insecure (formats/zsec.h) */
+    int (*secure)(moco_sec *, void *, const char *) = bind ? moco_sec_bind : moco_sec_connect;
+    if (moco_sec_new(zc, keys, insecure, "moco augment", NULL, &sec) || secure(sec, pull, pull_ep) ||
+        secure(sec, push, push_ep) || (fail && secure(sec, fail, fail_ep))) {
+        fprintf(stderr, "moco augment: %s\n", moco_errmsg());
+        rc = 2;
+        goto out;
+    }
     int (*join)(void *, const char *) = bind ? zmq_bind : zmq_connect;
     if (join(pull, pull_ep) || join(push, push_ep) || (fail && join(fail, fail_ep))) {
         fprintf(stderr, "moco augment: %s %s: %s\n", bind ? "bind" : "connect", pull_ep, zmq_strerror(zmq_errno()));
@@ -194,6 +214,7 @@ int augment_worker_main(int argc, char **argv)
 out:
     zmq_close(pull), zmq_close(push);
     if (fail) zmq_close(fail);
+    moco_sec_destroy(&sec);
     zmq_ctx_term(zc);
     augment_ctx_destroy(&ctx);
     return rc;

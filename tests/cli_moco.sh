@@ -33,6 +33,17 @@ for f in connect push keys insecure recipe size seed queue; do
   $M augment --help | grep -q -- "--$f " || fail "moco augment --help does not list --$f"
 done
 $M augment --pull x --help | grep -q -- "--pull" || fail "moco augment --pull --help: the standalone worker's flags"
+for f in keys insecure; do
+  $M augment --pull x --help | grep -q -- "--$f " || fail "moco augment --pull --help does not list --$f"
+done
+# the standalone worker on tcp: refused without --keys (secure by default), runs with --insecure
+port=$((20000 + $$ % 20000))
+out=$(timeout 10 $M augment --pull tcp://127.0.0.1:$port --push tcp://127.0.0.1:$((port + 1)) --recipe cifar 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "moco augment --pull tcp:// without --keys exited $rc, want 2: $out"
+echo "$out" | grep -q -- "needs --keys" || fail "moco augment --pull tcp:// without --keys: no hint: $out"
+out=$(timeout 2 $M augment --pull tcp://127.0.0.1:$port --push tcp://127.0.0.1:$((port + 1)) --recipe cifar --insecure 2>&1); rc=$?
+[ $rc -eq 124 ] || fail "moco augment --pull tcp:// --insecure should run until stopped (exit 124), exited $rc: $out"
+echo "$out" | grep -q "ready" || fail "moco augment --insecure did not say it is ready: $out"
 $M info >/dev/null 2>&1; [ $? -eq 2 ] || fail "info without DB should exit 2"
 $M info /nonexistent/db >/dev/null 2>&1; [ $? -eq 1 ] || fail "info on a missing DB should exit 1"
 echo "cli ok: commands: $cmds"
