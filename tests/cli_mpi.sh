@@ -9,8 +9,12 @@
 #     from the last checkpoint (union of the ranks' positions) ends with a
 #     final checkpoint byte-identical to an uninterrupted 2-rank run's (one
 #     worker: the order of each shard is deterministic);
-#  3. launch errors: flags that differ across ranks, and K not a multiple of
-#     ranks x batch, are refused with a message on every rank.
+#     mpirun's message names the killed rank;
+#  3. launch errors: flags that differ across ranks, K not a multiple of
+#     ranks x batch, and --bn-splits 1 on 2 ranks are refused with a message
+#     on every rank; a resume of the 2-rank checkpoint on 1 process (another
+#     global batch) is refused as a schedule change; `moco run --ranks`
+#     without mpirun on the PATH says so and exits 1.
 # Skipped (77) without mpirun (openmpi-bin) or the dataset.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -95,6 +99,7 @@ pgrep -f "train --connect ipc://$T/s/c" >/dev/null && fail "ranks are left runni
 kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
 step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
 echo "killed rank pid $victim at $step; the job ended in $((SECONDS - t0)) s (exit $rc)"
+grep -q "process rank [01] with PID" "$T/cut.err" || fail "no message names the killed rank: $(tail -5 "$T/cut.err")"
 [ "${step#*:}" -lt $((E2 * 16)) ] || fail "the kill landed after the last step ($step): the run was too short"
 cp "$T/cut/checkpoint_last.safetensors" "$T/resume.safetensors"
 pipeline "$T/cut" --resume "$T/resume.safetensors"
@@ -114,4 +119,14 @@ out=$(timeout 60 mpirun -np 2 --oversubscribe sh -c 'exec "$0" train --connect i
 out=$(timeout 60 $MPIRUN $M train --connect ipc://$T/s3/none --out "$T/e2" --count $N --size 28 $MODEL --moco-k 48 2>&1); rc=$?
 [ $rc -ne 0 ] || fail "K=48 with 2 ranks x batch 16 was accepted"
 echo "$out" | grep -q "multiple" || fail "K not a multiple of ranks x batch: no clear message: $out"
+out=$(timeout 60 $MPIRUN $M train --connect ipc://$T/s3/none --out "$T/e3" --count $N --size 28 $MODEL --bn-splits 1 2>&1); rc=$?
+[ $rc -ne 0 ] || fail "--bn-splits 1 on 2 ranks was accepted"
+[ "$(echo "$out" | grep -c -- '--bn-splits 1 with 2 ranks')" -ge 2 ] || fail "--bn-splits 1 on 2 ranks: no message on every rank: $out"
+out=$(timeout 60 $M train --connect ipc://$T/s3/none --out "$T/e4" --count $N --size 28 --epochs $E2 --seed 1 $MODEL \
+  --resume "$T/resume.safetensors" 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "a 2-rank checkpoint resumed on 1 process: exit $rc, want 1: $out"
+echo "$out" | grep -q "1 rank (checkpoint: 2; a global batch of 16 against 32)" || fail "resume on 1 rank: no clear message: $out"
+out=$(timeout 60 env PATH=/nonexistent $M run "$T/db" --ranks 2 --workers 1 --recipe cifar --size 28 $MODEL --run-dir "$T/nompi" 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "moco run --ranks without mpirun exited $rc, want 1: $out"
+echo "$out" | grep -q "cannot start mpirun" || fail "moco run --ranks without mpirun: no message: $out"
 echo "launch errors: refused with messages"

@@ -26,7 +26,10 @@
  *      single process;
  *   5. K not a multiple of R x N x directions is refused; a NaN on rank 1
  *      stops every rank with MOCO_ENUMERIC naming rank 1, weights
- *      unchanged, and the check then finds the ranks' BN statistics apart. */
+ *      unchanged, and the check then finds the ranks' BN statistics apart;
+ *   6. the periodic check inside moco_step (MOCO_DIST_CHECK=1, set here
+ *      before dist_init: every step): weights that drifted apart on rank 1
+ *      fail the next step on every rank with MOCO_ENUMERIC naming rank 1. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,9 +312,33 @@ static void test_refusals(dist *d)
     moco_destroy(&mc);
 }
 
+static void test_periodic_check(dist *d)
+{
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 4, .mlp = 0, .dim = 8, .bn_splits = 2, .batch = 8, .size = 8},
+                    .K = 16 * R, .m = 0.99f, .T = 0.2f, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 3};
+    moco *mc = NULL;
+    OK(moco_new(&cfg, &mc));
+    OK(moco_set_comm(mc, dist_comm(d)));
+    const size_t nx = 8 * 3 * 8 * 8;
+    float *x = malloc(sizeof(float) * 2 * nx);
+    moco_rng g;
+    moco_rng_init(&g, 3, 61, (uint64_t)RANK, 0);
+    for (size_t i = 0; i < 2 * nx; i++) x[i] = (float)(moco_rng_uniform(&g) * 2 - 1);
+    moco_stats st;
+    OK(moco_step(mc, x, x + nx, NULL, 0.06f, &st)); /* in step: the check passes */
+    if (RANK == 1) mc->q->params[5] += 1e-3f;      /* a bug or a bit flip on rank 1 */
+    int rc = moco_step(mc, x, x + nx, NULL, 0.06f, &st);
+    CHECK(rc == MOCO_ENUMERIC && strstr(moco_errmsg(), "ranks diverged") && strstr(moco_errmsg(), "of rank 1 "),
+          "drifted weights on rank 1: %d '%s'", rc, moco_errmsg());
+    if (!RANK) printf("periodic check: %s\n", moco_errmsg());
+    free(x);
+    moco_destroy(&mc);
+}
+
 int main(int argc, char **argv)
 {
     dist *d;
+    setenv("MOCO_DIST_CHECK", "1", 1); /* the periodic check after every step (test 6) */
     if (dist_init(&argc, &argv, &d)) {
         fprintf(stderr, "mpi_step: %s\n", moco_errmsg());
         return 1;
@@ -328,6 +355,7 @@ int main(int argc, char **argv)
     test_steps(d, 0, 0, 2048);
     test_steps(d, 1, 1, RN_BUCKET_FLOATS);
     test_refusals(d);
+    test_periodic_check(d);
     int ok = nfail == 0;
     if (dist_min_i(d, &ok)) ok = 0;
     if (!RANK) printf("%s: %d ranks, %d failed checks on rank 0\n", ok ? "PASS" : "FAIL", R, nfail);

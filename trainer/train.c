@@ -188,6 +188,7 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
     moco_jw_g(&w, "m", c->m, 0);
     moco_jw_g(&w, "T", c->T, 0);
     moco_jw_i64(&w, "batch_size", c->batch);
+    moco_jw_i64(&w, "ranks", c->dist ? dist_size(c->dist) : 1);
     moco_jw_g(&w, "lr", c->lr, 0);
     moco_jw_g(&w, "momentum", c->momentum, 0);
     moco_jw_g(&w, "wd", c->wd, 0);
@@ -269,6 +270,10 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
 #define DIFF(...) (at < sizeof diff ? (void)(at += (size_t)snprintf(diff + at, sizeof diff - at, __VA_ARGS__)) : (void)0)
     if (k->epochs >= 0 && k->epochs != c->epochs) DIFF(", --epochs %d (checkpoint: %d)", c->epochs, k->epochs);
     if (k->batch >= 0 && k->batch != c->batch) DIFF(", --batch-size %d (checkpoint: %d)", c->batch, k->batch);
+    int ranks = c->dist ? dist_size(c->dist) : 1;
+    if (k->ranks >= 0 && k->ranks != ranks)
+        DIFF(", %d rank%s (checkpoint: %d; a global batch of %d against %d)", ranks, ranks == 1 ? "" : "s", k->ranks,
+             ranks * c->batch, k->ranks * (k->batch >= 0 ? k->batch : c->batch));
     if (k->cos >= 0 && k->cos != c->cos) DIFF(", %s (checkpoint: %s)", c->cos ? "--cos" : "no --cos", k->cos ? "--cos" : "no --cos");
     if (k->warmup_epochs >= 0 && k->warmup_epochs != c->warmup_epochs)
         DIFF(", --warmup-epochs %d (checkpoint: %d)", c->warmup_epochs, k->warmup_epochs);
@@ -387,6 +392,10 @@ int train_run(const train_cfg *cin)
     if (!rc && ranks > 1 && c->bind)
         rc = moco_err(MOCO_EINVAL, "ranks read the loader's serve mode (moco loader --pairs EP --consumers %d): give "
                       "--connect only, not --bind", ranks);
+    if (!rc && ranks > 1 && c->bn_splits < 2)
+        rc = moco_err(MOCO_EINVAL, "--bn-splits %d with %d ranks: shuffle BN permutes the keys among the BN groups of "
+                      "their own rank, so each rank needs --bn-splits 2 or more (with one group the shuffle changes nothing, "
+                      "and a query's BN group would be its key's)", c->bn_splits, ranks);
     if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
         double bad = rc != 0;

@@ -128,7 +128,7 @@ static int cfg_int(const char *s, const moco_json_tok *tk, int obj, const char *
 /* The config JSON (as config_meta writes it) into *c. */
 static int parse_config(const char *js, const char *path, ckpt_config *c)
 {
-    *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .epochs = -1, .cos = -1,
+    *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .ranks = -1, .epochs = -1, .cos = -1,
                        .warmup_epochs = -1, .lr = NAN, .count = -1};
     if (!*js) return 0;
     moco_json_tok tk[256];
@@ -143,6 +143,7 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
     c->has_schedule = i >= 0;
     if (cfg_int(js, tk, 0, "width", &c->width) || cfg_int(js, tk, 0, "mlp", &c->mlp) || cfg_int(js, tk, 0, "dim", &c->dim) ||
         cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
+        cfg_int(js, tk, 0, "ranks", &c->ranks) ||
         cfg_int(js, tk, 0, "epochs", &c->epochs) || cfg_int(js, tk, 0, "cos", &c->cos) ||
         cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs))
         rc = MOCO_ECORRUPT;

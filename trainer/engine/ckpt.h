@@ -39,7 +39,7 @@ typedef struct {
 typedef struct {
     int has_config, has_schedule;
     char arch[32], schedule[128];
-    int width, mlp, dim, size, K, batch, epochs, cos, warmup_epochs;
+    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs;
     double lr;
     int64_t count;
 } ckpt_config;
