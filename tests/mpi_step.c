@@ -46,6 +46,7 @@
  * their initial values); measured differences are printed */
 #define TOL_LOSS 1e-5
 #define TOL_WEIGHTS 1e-4
+#define TOL_FREE 1e-3 /* the free-running reference, after 5 steps (see test_steps) */
 
 static int nfail, RANK, R;
 
@@ -174,7 +175,9 @@ static void map_queue(float *dst, const float *src, int D, int K, int B, int S, 
  * and float32 differences do not compound (over 5 steps without this, one
  * seed's fifth step moved an early BN bias by 3e-4 where the others stayed
  * near 1e-6: a ReLU or BN near-tie flipped by rounding, as in the golden
- * cases of trainer/README.md). */
+ * cases of trainer/README.md). A second reference runs free, never reset,
+ * as a trajectory: its loss at every step and its weights after the last
+ * are checked at the looser TOL_FREE. */
 static void test_steps(dist *d, int sym, int mlp, size_t bucket)
 {
     enum { B = 8, S = 2, SZ = 16, DIM = 16, STEPS = 5 };
@@ -183,8 +186,9 @@ static void test_steps(dist *d, int sym, int mlp, size_t bucket)
                     .K = K, .m = 0.99f, .T = 0.2f, .symmetric = sym, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 21};
     moco_cfg rcfg = cfg;
     rcfg.enc.batch = R * B, rcfg.enc.bn_splits = R * S;
-    moco *mc = NULL, *ref = NULL, *solo = NULL;
-    if (moco_new(&cfg, &mc) || moco_set_comm(mc, dist_comm(d)) || moco_new(&rcfg, &ref) || moco_new(&cfg, &solo)) {
+    moco *mc = NULL, *ref = NULL, *solo = NULL, *fr = NULL;
+    if (moco_new(&cfg, &mc) || moco_set_comm(mc, dist_comm(d)) || moco_new(&rcfg, &ref) || moco_new(&cfg, &solo) ||
+        moco_new(&rcfg, &fr)) {
         CHECK(0, "set-up: %s", moco_errmsg());
         goto out;
     }
@@ -199,7 +203,7 @@ static void test_steps(dist *d, int sym, int mlp, size_t bucket)
         printf("%s%s, resnet18-cifar width 4, %dx%d, %d ranks x batch %d (%d BN splits) against 1 x %d (%d splits), K %d, "
                "%zu parameters, buckets of %zu floats\n",
                sym ? "symmetric" : "asymmetric", mlp ? " + MLP head" : "", SZ, SZ, R, B, S, R * B, R * S, K, P, mc->bucket_floats);
-    double worst[5] = {0}; /* loss, query weights, momentum, key weights, queue */
+    double worst[5] = {0}, worst_free = 0; /* loss, query weights, momentum, key weights, queue; free-running loss */
     for (int step = 0; step < STEPS; step++) {
         /* the reference starts from our state */
         memcpy(ref->q->params, mc->q->params, sizeof(float) * P);
@@ -237,6 +241,11 @@ static void test_steps(dist *d, int sym, int mlp, size_t bucket)
         moco_stats st, rst;
         OK(moco_step(mc, x1, x2, NULL, 0.06f, &st));
         OK(moco_step(ref, xr, xr + (size_t)R * B * img, pref, 0.06f, &rst));
+        moco_stats fst;
+        OK(moco_step(fr, xr, xr + (size_t)R * B * img, pref, 0.06f, &fst));
+        double ef = fabs((double)st.loss_all - fst.loss) / fmax(fabs(fst.loss), 1e-3);
+        worst_free = fmax(worst_free, ef);
+        CHECK(ef <= TOL_FREE, "step %d: loss %.7f, the free-running one process %.7f", step, (double)st.loss_all, (double)fst.loss);
         double sum = st.loss;
         OK(dist_sum_d(d, &sum, 1));
         double e[5];
@@ -268,11 +277,22 @@ static void test_steps(dist *d, int sym, int mlp, size_t bucket)
         printf("  worst over %d steps: loss %.2g (tolerance %.0e); query weights %.2g, momentum %.2g, key weights %.2g, queue %.2g "
                "(tolerance %.0e)\n",
                STEPS, worst[0], TOL_LOSS, worst[1], worst[2], worst[3], worst[4], TOL_WEIGHTS);
+    /* the trajectory: after 5 steps, against the reference that ran free */
+    double fq = reldiff(mc->q->params, fr->q->params, P), fk = reldiff(mc->k->params, fr->k->params, P);
+    map_queue(qmap, fr->queue, DIM, K, B, S, 0);
+    double fqu = reldiff(mc->queue, qmap, QN);
+    if (!RANK)
+        printf("  free-running over %d steps: worst loss %.2g; after the last, query weights %.2g, key weights %.2g, queue %.2g "
+               "(tolerance %.0e)\n", STEPS, worst_free, fq, fk, fqu, TOL_FREE);
+    CHECK(fq <= TOL_FREE && fk <= TOL_FREE && fqu <= TOL_FREE, "after %d free-running steps: q %.3g k %.3g queue %.3g", STEPS, fq,
+          fk, fqu);
+    CHECK(fq > 0, "after %d steps bit-identical to one process: suspicious (the comparison sees nothing)", STEPS);
     free(dg), free(dw), free(qmap), free(xg), free(xr), free(q0), free(k0), free(perms), free(pref);
 out:
     moco_destroy(&mc);
     moco_destroy(&ref);
     moco_destroy(&solo);
+    moco_destroy(&fr);
 }
 
 /* 5. refusals and a NaN on one rank */
