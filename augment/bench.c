@@ -207,8 +207,8 @@ int augment_bench_main(int argc, char **argv)
                                "The records are read into memory first. The last line is one JSON object.",
                                opts, 0, 0, "db"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco bench augment: %s\n", moco_errmsg());

@@ -84,8 +84,8 @@ int augment_pipe_main(int argc, char **argv)
                                "augment starts; moco augment --pull --help lists its flags.)",
                                opts, 0, 0, "connect push"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     cfg.queue = (int)queue;
     cfg.sndhwm = (int)hwm;
     augment_recipe r;

@@ -81,8 +81,8 @@ int augment_preview_main(int argc, char **argv)
                                "made exactly as `moco augment` makes them (same recipe flags, seed and epoch).",
                                opts, 1, 1, "out"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco preview: %s\n", moco_errmsg());

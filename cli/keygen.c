@@ -22,8 +22,8 @@ int cli_keygen_main(int argc, char **argv)
                                "allowed/; processes that connect use client.key_secret and server.key.",
                                opts, 1, 1, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     if ((rc = moco_keygen(pos[0], force))) {
         fprintf(stderr, "moco keygen: %s\n", moco_errmsg());
         return 1;

@@ -305,6 +305,15 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         const moco_opt *o = NULL;
         for (int k = 0; opts[k].name; k++)
             if (strlen(opts[k].name) == l && !strncmp(opts[k].name, a + 2, l)) o = &opts[k];
+        /* the trainer's flags that this supervisor sets itself: never overridden silently */
+        static const char *const set_here[][2] = {{"connect", "the trainer connects to this run's loader"},
+                                                  {"count", "the number of records in DB"}};
+        for (size_t k = 0; !o && !bench && k < sizeof set_here / sizeof *set_here; k++)
+            if (strlen(set_here[k][0]) == l && !strncmp(set_here[k][0], a + 2, l)) {
+                fprintf(stderr, "moco run: --%s is set by moco run itself (%s); it is a flag of moco train started by hand\n",
+                        set_here[k][0], set_here[k][1]);
+                return 2;
+            }
         char **dst = o ? mine : theirs;
         int *nd = o ? &nmine : &ntheirs;
         dst[(*nd)++] = argv[i];
@@ -316,8 +325,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         return 2;
     }
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, nmine, mine, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, opt_exit;
+    if (!moco_opts_run(&spec, nmine, mine, pos, &np, &opt_exit)) return opt_exit;
     const char *db = bench ? dbflag : pos[0];
     if (out_dir && run_dir && strcmp(out_dir, run_dir)) {
         fprintf(stderr, "moco run: --out %s and --run-dir %s: the same flag twice, with two directories\n", out_dir, run_dir);

@@ -257,3 +257,12 @@ void moco_print_command(FILE *f, int argc, char **argv, const char *const *drop,
         moco_print_shell_arg(f, a);
     }
 }
+
+int moco_opts_status(int parse_rc) { return parse_rc == MOCO_OPTS_HELP ? 0 : 2; }
+
+int moco_opts_run(const moco_optspec *spec, int argc, char **argv, char **pos, int *npos, int *status)
+{
+    int rc = moco_opts_parse(spec, argc, argv, pos, npos);
+    *status = rc ? moco_opts_status(rc) : 0;
+    return rc == MOCO_OPTS_OK;
+}

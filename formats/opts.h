@@ -57,6 +57,16 @@ typedef struct {
  * option may be given more than once; the last value wins. */
 int moco_opts_parse(const moco_optspec *spec, int argc, char **argv, char **pos, int *npos);
 
+/* A command's flags, its one entry point: moco_opts_parse, then what the
+ * command does next. Returns 1: go on; or 0 with *status the exit status to
+ * return at once (0 after --help, 2 after a usage error). */
+int moco_opts_run(const moco_optspec *spec, int argc, char **argv, char **pos, int *npos, int *status);
+
+/* The exit status of a parse result that is not MOCO_OPTS_OK (for parsers
+ * built on moco_opts_parse, such as train_parse_args): 0 for MOCO_OPTS_HELP,
+ * 2 for MOCO_OPTS_USAGE. */
+int moco_opts_status(int parse_rc);
+
 /* Print the help text of spec to stdout. */
 void moco_opts_help(const moco_optspec *spec);
 

@@ -49,8 +49,8 @@ int loader_info_main(int argc, char **argv)
                                "image size range of a dataset made by `moco mkdb`.",
                                opts, 1, 1, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
 
     moco_db *db;
     if ((rc = moco_db_open(pos[0], &db))) {

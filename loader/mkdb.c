@@ -435,8 +435,8 @@ int loader_mkdb_main(int argc, char **argv)
         "with the reason, skipped and counted. OUT appears only when complete.",
         opts, 2, 2, NULL};
     char *pos[2];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     const char *srcp = pos[0], *out = pos[1];
     if (o.threads == 0) o.threads = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
     int show = !o.quiet && isatty(STDERR_FILENO);

@@ -775,8 +775,8 @@ int loader_stream_main(int argc, char **argv)
                                "every valid sample exactly once per epoch to the consumer (moco train or the sink).",
                                opts, 0, 0, "db bind"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) { free(L); return rc == MOCO_OPTS_HELP ? 0 : 2; }
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) { free(L); return opt_exit; }
     L->R = (int)consumers;
     if (L->R > 1 && !L->pairs_ep) {
         fprintf(stderr, "moco loader: --consumers %d needs serve mode (--pairs): each consumer gets its shard over its control socket\n", L->R);

@@ -9,7 +9,9 @@
 #   cli/, tests/, tools/: anything (they join the rooms)
 # The checker first proves it can fail: on a scratch tree with a loader file
 # that includes a trainer header and an engine file that includes a command
-# header, it must report both.
+# header, it must report both. And every command gets its exit status from
+# the one options entry point (moco_opts_run / moco_opts_status in
+# formats/opts.c): no other file maps MOCO_OPTS_HELP to a status by hand.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 T=${MOCO_TEST_TMP:?}/layout
@@ -53,5 +55,9 @@ echo "$out" | grep -q "trainer/y.c" && fail "a command including the engine was 
 out=$(check "$PWD"); rc=$?
 [ $rc -eq 0 ] || fail "includes across rooms:
 $out"
+# 3. one options entry point: no command maps a parse result to an exit status by hand
+hand=$(grep -rln 'MOCO_OPTS_HELP *?' --include='*.c' formats loader augment trainer cli tools | grep -v '^formats/opts.c$')
+[ -z "$hand" ] || fail "exit status mapped by hand instead of moco_opts_run / moco_opts_status: $hand"
+grep -q 'MOCO_OPTS_HELP ? 0 : 2' formats/opts.c || fail "formats/opts.c no longer holds the mapping (the check above would pass vacuously)"
 n=$(find formats loader augment trainer -name '*.[ch]' | wc -l)
 echo "layout: $n files keep to their rooms$( [ -d trainer/engine ] && echo " (engine: $(ls trainer/engine/*.[ch] | wc -l) files)")"

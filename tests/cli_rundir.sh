@@ -5,7 +5,9 @@
 #  3b. every input is checked before the first step: a missing --knn-train,
 #      --knn-test, --resume or --keys fails at once, naming it (before: after
 #      the first epoch, or never without a loader);
-#  7e. `moco run DB --out DIR` trains into DIR (--out is --run-dir);
+#  7e. `moco run DB --out DIR` trains into DIR (--out is --run-dir); a
+#      trainer flag that moco run sets itself (--count, --connect) is
+#      refused, not silently overridden;
 #  7a. a run directory that holds something is refused without --resume or
 #      --overwrite (moco run and moco train); --overwrite starts afresh;
 #  7c. a resume with another --epochs / --lr is refused without
@@ -52,7 +54,13 @@ timeout 60 $M run db $RUN --epochs 1 --out o1 >/dev/null 2>o1.err || fail "moco 
 [ -e runs ] && fail "moco run --out o1 also made runs/"
 $M run db $RUN --epochs 1 --out o1 --run-dir o2 >/dev/null 2>o12.err; rc=$?
 [ $rc -eq 2 ] || fail "--out o1 --run-dir o2 should exit 2, got $rc"
-echo "7e: moco run --out DIR trains into DIR; --out and --run-dir disagreeing: exit 2"
+for f in "--count 7" "--connect ipc://elsewhere" "--count=7"; do
+  $M run db $RUN --epochs 1 --run-dir o3 $f >/dev/null 2>o3.err; rc=$?
+  [ $rc -eq 2 ] || fail "moco run $f (a trainer flag the supervisor sets) should exit 2, got $rc"
+  grep -q -- "${f%%[ =]*} is set by moco run itself" o3.err || fail "moco run $f: no clear message: $(cat o3.err)"
+  [ -e o3 ] && fail "moco run $f made its run directory before refusing"
+done
+echo "7e: moco run --out DIR trains into DIR; --out and --run-dir disagreeing: exit 2; --count / --connect that moco run sets itself: exit 2"
 
 # 7a. a run directory that holds a run
 $M run db $RUN --epochs 1 --run-dir o1 >/dev/null 2>o1b.err; rc=$?

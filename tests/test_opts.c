@@ -5,6 +5,8 @@
  * them), --help marks them; two specs parsed in turn each keep what they saw. */
 #include "tests/testutil.h"
 
+#include <fcntl.h>
+
 #include "formats/opts.h"
 
 static void test_command_round_trip(void **st)
@@ -93,8 +95,40 @@ static void test_required(void **st)
     assert_true(moco_opts_seen(&sp2, "k"));
 }
 
+/* moco_opts_run, every command's entry point: go on, or the exit status */
+static void test_run_status(void **st)
+{
+    (void)st;
+    const char *db = NULL;
+    const moco_opt o[] = {{"db", MOCO_OPT_STR, &db, "dataset", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec sp = {"moco x", "--db DB", NULL, o, 0, 0, "db"};
+    char *ok[] = {"x", "--db", "d"}, *help[] = {"x", "--help"}, *bad[] = {"x", "--nope"}, *none[] = {"x"}, *pos[1];
+    int np = 0, status = -7;
+    assert_int_equal(moco_opts_run(&sp, 3, ok, pos, &np, &status), 1);
+    assert_int_equal(status, 0);
+    assert_string_equal(db, "d");
+    fflush(NULL);
+    int saved[2] = {dup(1), dup(2)}, devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1), dup2(devnull, 2);
+    int r_help = moco_opts_run(&sp, 2, help, pos, &np, &status), s_help = status;
+    int r_bad = moco_opts_run(&sp, 2, bad, pos, &np, &status), s_bad = status;
+    int r_none = moco_opts_run(&sp, 1, none, pos, &np, &status), s_none = status;
+    fflush(NULL);
+    dup2(saved[0], 1), dup2(saved[1], 2);
+    close(saved[0]), close(saved[1]), close(devnull);
+    assert_int_equal(r_help, 0);
+    assert_int_equal(s_help, 0); /* --help: exit 0 */
+    assert_int_equal(r_bad, 0);
+    assert_int_equal(s_bad, 2); /* an unknown flag: exit 2 */
+    assert_int_equal(r_none, 0);
+    assert_int_equal(s_none, 2); /* a required flag missing: exit 2 */
+    assert_int_equal(moco_opts_status(MOCO_OPTS_HELP), 0);
+    assert_int_equal(moco_opts_status(MOCO_OPTS_USAGE), 2);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip), cmocka_unit_test(test_required)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip), cmocka_unit_test(test_required),
+                                       cmocka_unit_test(test_run_status)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,10 +41,10 @@ int main(int argc, char **argv)
     };
     const moco_optspec spec = {"bench_allreduce", "[options]", "Time the gradient average across the ranks of mpirun.", opts, 0, 0, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) {
+    int np, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) {
         dist_finalize(&d);
-        return rc == MOCO_OPTS_HELP ? 0 : 2;
+        return opt_exit;
     }
     const int R = dist_size(d), rank = dist_rank(d);
     const moco_comm *c = dist_comm(d);

@@ -231,10 +231,9 @@ int trainer_bench_main(int argc, char **argv)
     char who[32] = "";
     if (R > 1) snprintf(who, sizeof who, " (rank %d of %d)", rank, R);
     char *pos[1];
-    int np;
-    rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) {
-        ret = rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) {
+        ret = opt_exit;
         goto out;
     }
     par_set_threads((int)threads);

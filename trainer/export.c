@@ -45,8 +45,8 @@ int export_main(int argc, char **argv)
                                "safetensors.torch.load_file(FILE), strict=False); --with-head keeps fc.* too.",
                                opts, 0, 0, "ckpt out"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     moco_st *f;
     ckpt_config cc;
     if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
@@ -138,8 +138,8 @@ int embed_main(int argc, char **argv)
                                "normalised.",
                                opts, 0, 0, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     if (!(ef.ckpt || ef.init_seed >= 0) || !db || !out) {
         fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;

@@ -303,8 +303,8 @@ int lincls_main(int argc, char **argv)
                                "is a JSON object with lincls_top1 and lincls_top5.",
                                opts, 0, 0, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     train_cfg tc;
     int have = (ef.ckpt || ef.init_seed >= 0) && trdb && tedb;
     if (!have || train_parse_schedule(schedule, &tc)) {

@@ -188,8 +188,8 @@ int plot_main(int argc, char **argv)
                                "RUN_DIR/metrics.jsonl (written by moco train); --compare draws a second run beside it.",
                                opts, 1, 1, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     char path[4200], cpath[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
     static series loss, acc, knn, speed, closs, cacc, cknn, cspeed;

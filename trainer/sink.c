@@ -71,8 +71,8 @@ int trainer_sink_main(int argc, char **argv)
                                "Consume the pipeline's pairs, count and check them, and print a JSON summary as the last line.",
                                opts, 0, 0, "connect"};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     quiet = q;
     if ((resume_epoch >= 0) != (resume_file != NULL) || (resume_file && !count)) {
         fprintf(stderr, "moco sink: --resume-epoch, --resume-indices and --count go together\n");

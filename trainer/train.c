@@ -811,7 +811,7 @@ int train_main(int argc, char **argv)
 {
     train_cfg c;
     int rc = train_parse_args(argc, argv, &c);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    if (rc) return moco_opts_status(rc);
     dist *d = NULL; /* started by mpirun: one rank of the job */
     if ((rc = dist_init(&argc, &argv, &d))) {
         fprintf(stderr, "moco train: %s\n", moco_errmsg());
@@ -864,8 +864,8 @@ int train_knn_main(int argc, char **argv)
                                "Weighted kNN accuracy (the MoCo CIFAR-10 demo's monitor) of a checkpoint's query encoder.",
                                opts, 0, 0, NULL};
     char *pos[1];
-    int np, rc = moco_opts_parse(&spec, argc, argv, pos, &np);
-    if (rc) return rc == MOCO_OPTS_HELP ? 0 : 2;
+    int np, rc = 0, opt_exit;
+    if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     if (!(ef.ckpt || ef.init_seed >= 0) || !trdb || !tedb) {
         fprintf(stderr, "moco knn: --ckpt (or --random-init), --train and --test are required\n");
         return 2;
