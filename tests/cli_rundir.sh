@@ -12,10 +12,11 @@
 #      --overwrite (moco run and moco train); --overwrite starts afresh;
 #  7c. a resume with another --epochs / --lr is refused without
 #      --allow-schedule-change;
-#  3a. SIGTERM during the end-of-epoch kNN evaluation: that epoch's
-#      checkpoint exists, exit 130, the printed command resumes the run;
+#  3a. the epoch's checkpoint is written before its kNN evaluation: SIGTERM
+#      as it appears stops the kNN, exit 130, and the printed command
+#      resumes the run, evaluates epoch 0 and writes its record;
 #  3c. SIGKILL during that evaluation: the resumed run has every epoch's
-#      record once, kNN included;
+#      record once, kNN included (epoch 0's evaluated on resume);
 #  7d. a trainer killed (SIGKILL) steps after its last checkpoint and
 #      resumed: metrics.jsonl has a "resume" record and no step twice;
 #  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
@@ -104,16 +105,19 @@ wait_step() { # $1: metrics file, $2: step
 helpers() { kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null; }
 
 # 3a. SIGTERM during the kNN evaluation after epoch 0 (16 steps): its bank is
-# the whole Fashion-MNIST test set (10,000), a few seconds at width 4
+# the whole Fashion-MNIST test set (10,000), a few seconds at width 4. The
+# epoch's checkpoint comes first, then the kNN, then the epoch's record: the
+# signal is sent the moment the checkpoint appears, so it lands in the kNN.
 $M mkdb $SRC big --split test --quiet >/dev/null || fail "mkdb big"
+wait_file() { for _ in $(seq 3000); do [ -e "$1" ] && return 0; sleep 0.01; done; return 1; }
 pipeline k --knn-train big --knn-test db
-wait_step k/metrics.jsonl 16 || fail "epoch 0 never ended: $(tail -3 k.err)"
-sleep 0.5
+wait_file k/checkpoint_epoch_0001.safetensors || fail "epoch 0 never ended: $(tail -3 k.err)"
 kill -TERM $TP; wait $TP; rc=$?
 helpers
 [ $rc -eq 130 ] || fail "SIGTERM during kNN: exit $rc, want 130: $(tail -3 k.err)"
-[ -s k/checkpoint_epoch_0001.safetensors ] || fail "SIGTERM during kNN lost the epoch's checkpoint: $(ls k)"
-grep -q "kNN top-1" k.err && echo "(warning: the kNN evaluation ended before SIGTERM came; 3a not exercised)"
+grep -q "epoch 0: kNN stopped; its record is written on resume" k.err || fail "SIGTERM did not land in the kNN: $(tail -3 k.err)"
+grep -q "kNN top-1" k.err && fail "the kNN evaluation ended before SIGTERM came: $(grep kNN k.err)"
+grep -q '"type":"epoch"' k/metrics.jsonl && fail "an epoch record without its kNN: $(grep '"type":"epoch"' k/metrics.jsonl)"
 cmd=$(grep -A1 "moco train: resume with:" k.err | tail -1)
 echo "$cmd" | grep -q -- "--resume k$" || fail "no resume command printed: $(tail -3 k.err)"
 rm -rf s && mkdir -p s
@@ -121,24 +125,30 @@ $M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --q
 $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
 eval "timeout 120 $cmd" 2>k2.err || { helpers; fail "the printed command did not resume: $(tail -3 k2.err)"; }
 wait $LP $WP
+grep -q "epoch 0: kNN top-1 .* evaluated on resume" k2.err || fail "the resume did not evaluate epoch 0: $(tail -5 k2.err)"
 [ "$(epochs k/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' k/metrics.jsonl \
   || fail "the resumed run: $(cut -c1-60 k/metrics.jsonl | tail -4)"
-echo "3a: SIGTERM during kNN: exit 130, checkpoint_epoch_0001 written; the printed command resumed at step 16 and finished"
+for e in 0 1; do
+  [ "$(grep -c "\"type\":\"epoch\",\"epoch\":$e,.*\"knn_top1\":[0-9]" k/metrics.jsonl)" = 1 ] \
+    || fail "epoch $e: want one record with its kNN: $(grep '"type":"epoch"' k/metrics.jsonl)"
+done
+grep -q '"type":"epoch","epoch":0,.*"recovered":true' k/metrics.jsonl || fail "epoch 0's record is not marked recovered"
+echo "3a: SIGTERM during kNN: exit 130, checkpoint_epoch_0001 written first; the printed command resumed at step 16, wrote epoch 0's record with its kNN, and finished"
 
 # 3c. SIGKILL during that kNN evaluation (a crash, the OOM killer): the
-# epoch's checkpoint comes after its record, so the resume (from step 8,
-# --save-every 8) trains steps 9-16 again and writes epoch 0's record, kNN
-# and all, once. (Checkpoint first, the resume started at step 16 and epoch
-# 0 had no record at all.)
+# epoch's checkpoint exists, its record does not; the resume (from step 16)
+# evaluates the checkpoint's weights and writes epoch 0's record, kNN and
+# all, once, and trains no step twice.
 pipeline kk --knn-train big --knn-test db --save-every 8
-wait_step kk/metrics.jsonl 16 || fail "epoch 0 never ended: $(tail -3 kk.err)"
-sleep 0.5
+wait_file kk/checkpoint_epoch_0001.safetensors || fail "epoch 0 never ended: $(tail -3 kk.err)"
 kill -KILL $TP; wait $TP 2>/dev/null
 helpers
-grep -q "kNN top-1" kk.err && echo "(warning: the kNN evaluation ended before SIGKILL came; 3c not exercised)"
+grep -q "kNN top-1" kk.err && fail "the kNN evaluation ended before SIGKILL came: $(grep kNN kk.err)"
 pipeline kk --knn-train big --knn-test db --save-every 8 --resume kk
 wait $TP || { helpers; fail "resume after SIGKILL during kNN: $(tail -3 kk.err)"; }
 wait $LP $WP
+grep -q "epoch 0: kNN top-1 .* evaluated on resume" kk.err || fail "the resume did not evaluate epoch 0: $(tail -5 kk.err)"
+grep -q '"type":"resume","epoch":1,"step":16' kk/metrics.jsonl || fail "not resumed from the epoch's checkpoint: $(grep resume kk/metrics.jsonl)"
 for e in 0 1; do
   [ "$(grep -c "\"type\":\"epoch\",\"epoch\":$e," kk/metrics.jsonl)" = 1 ] \
     || fail "epoch $e: want one record after SIGKILL during kNN and resume: $(grep -v '"type":"step"' kk/metrics.jsonl | cut -c1-70)"

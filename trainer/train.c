@@ -6,11 +6,11 @@
  * into normalised float NCHW, and runs the MoCo step (trainer/moco.h) with
  * the learning rate of the official schedule (step decay at --schedule
  * epochs, or --cos), optionally after a linear warm-up. At the end of each
- * epoch it writes a checkpoint (trainer/ckpt.h) and, every --knn-every
- * epochs, measures kNN accuracy (trainer/knn.h) first, so that a kill at
- * any point loses no record: before the checkpoint, the epoch's record goes
- * with the steps trained again on resume (a stop ends the kNN early: the
- * record without it). Resuming (--resume)
+ * epoch it writes the epoch's checkpoint (trainer/ckpt.h), then, every
+ * --knn-every epochs, measures kNN accuracy (trainer/knn.h), then writes
+ * the epoch's record; a kill or a stop (which ends the kNN at its next
+ * batch) before the record loses nothing: the resume from that checkpoint
+ * evaluates the same weights and writes the record ("recovered"). Resuming (--resume)
  * restores the model, optimiser, queue, step and the stream position, so the
  * stream continues exactly where the checkpoint stood; records of
  * metrics.jsonl past the checkpoint's step are dropped (they are trained
@@ -342,6 +342,88 @@ static int save_midepoch(const train_cfg *c, trainer_stream *s, const moco *mc, 
     return ckpt_save(path, mc, &cs, meta, nmeta);
 }
 
+/* Whether the epoch's end evaluates kNN (rank 0 only). */
+static int knn_due(const train_cfg *c, int64_t epoch)
+{
+    return c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0;
+}
+
+/* An epoch's record in metrics.jsonl (formats/README.md). e_steps 0: no
+ * step of the epoch in this process (resumed at its very end): loss, acc
+ * and pairs/s are null, not a mean of nothing; st NULL: no stream counters
+ * (a record written on resume); knn < 0: null. */
+typedef struct {
+    int64_t epoch, step, e_steps, pairs;
+    double loss, acc, lr, seconds, pairs_per_s, starved_pct, knn;
+    int dropped, ranks;
+    int64_t failed;
+    const stream_stats *st;
+    int recovered;
+} epoch_record;
+
+static void write_epoch_record(FILE *metrics, const epoch_record *r)
+{
+    moco_jw ew;
+    moco_jw_begin(&ew);
+    moco_jw_str(&ew, "type", "epoch");
+    moco_jw_i64(&ew, "epoch", r->epoch);
+    moco_jw_i64(&ew, "step", r->step);
+    moco_jw_num(&ew, "loss", r->e_steps ? r->loss / r->e_steps : NAN, 5);
+    moco_jw_num(&ew, "acc", r->e_steps ? r->acc / r->e_steps : NAN, 3);
+    moco_jw_g(&ew, "lr", r->lr, 6);
+    if (r->recovered) {
+        moco_jw_null(&ew, "pairs");
+        moco_jw_null(&ew, "dropped");
+        moco_jw_null(&ew, "failed");
+        moco_jw_null(&ew, "seconds");
+    } else {
+        moco_jw_i64(&ew, "pairs", r->pairs);
+        moco_jw_i64(&ew, "dropped", r->dropped);
+        moco_jw_i64(&ew, "failed", r->failed);
+        moco_jw_num(&ew, "seconds", r->seconds, 2);
+    }
+    moco_jw_num(&ew, "pairs_per_s", r->pairs_per_s, 2);
+    moco_jw_num(&ew, "starved_pct", r->starved_pct, 1);
+    if (r->knn >= 0) moco_jw_num(&ew, "knn_top1", r->knn, 2);
+    else moco_jw_null(&ew, "knn_top1");
+    moco_jw_num(&ew, "peak_rss_mb", peak_rss_mb(), 0);
+    if (r->ranks > 1) moco_jw_i64(&ew, "ranks", r->ranks);
+    if (r->recovered) moco_jw_bool(&ew, "recovered", 1);
+    if (r->st) stream_stats_json(&ew, r->st); /* this rank's (rank 0's) consumer counters since the start */
+    moco_jw_line(&ew, metrics); /* written and flushed */
+}
+
+/* Resumed at the start of an epoch (an epoch's checkpoint): if the epoch
+ * before has no record (a kill or a stop during its kNN, which comes after
+ * the checkpoint), evaluate the same weights now and write the record,
+ * marked "recovered" (what only that process knew is null). */
+static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, resnet *q, trainer_stream *s, int64_t epoch,
+                          int64_t step, int64_t steps_per_epoch, int ranks)
+{
+    if (epoch < 1) return 0;
+    FILE *in = fopen(mpath, "r");
+    if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
+    char want[96], *line = NULL;
+    size_t cap = 0, wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%lld,", (long long)(epoch - 1));
+    int have = 0;
+    while (!have && getline(&line, &cap, in) > 0) have = !strncmp(line, want, wl);
+    free(line);
+    fclose(in);
+    if (have) return 0;
+    double knn = -1;
+    if (knn_due(c, epoch - 1)) {
+        double tk = moco_now_s();
+        int rc = train_knn(q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
+        if (rc) return rc == MOCO_EINTR ? rc : moco_err(rc, "the kNN of epoch %lld, on resume: %s", (long long)(epoch - 1), moco_errmsg());
+        fprintf(stderr, "moco train: epoch %lld: kNN top-1 %.2f%% (%.1f s), evaluated on resume: its record was missing\n",
+                (long long)(epoch - 1), knn, moco_now_s() - tk);
+    }
+    epoch_record r = {.epoch = epoch - 1, .step = step, .lr = train_lr(c, epoch - 1, 0, steps_per_epoch), .pairs_per_s = NAN,
+                      .starved_pct = NAN, .knn = knn, .ranks = ranks, .recovered = 1};
+    write_epoch_record(metrics, &r);
+    return 0;
+}
+
 /* A checkpoint: written by rank 0 only (every rank holds the same state). */
 static int save_ckpt(const train_cfg *c, const char *path, const moco *mc, const ckpt_state *cs, const char **meta, int nmeta)
 {
@@ -469,6 +551,13 @@ int train_run(const train_cfg *cin)
     if ((rc = stream_open(&sc, &s))) goto out;
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / ((uint64_t)N * (uint64_t)ranks)) : 0, step_in_epoch = 0;
+    if (resume && !has_bits && !rank) { /* at an epoch's start: the record of the one before, if a kill took it */
+        char mpath[4200];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
+        rc = recover_record(c, mpath, metrics, mc->q, s, epoch, step, steps_per_epoch, ranks);
+        if (rc == MOCO_EINTR && stop_flag) rc = 0; /* stopped again: the next resume evaluates it */
+        if (rc) goto out;
+    }
     int tty = isatty(STDERR_FILENO);
     double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
@@ -507,46 +596,11 @@ int train_run(const train_cfg *cin)
                 failed_epoch = (int64_t)v[4];
             }
             int64_t next = (int64_t)ev.epoch + 1;
-            /* the kNN, the epoch's record, then the checkpoint (the next
-             * epoch, nothing of it delivered yet). A stop (SIGINT) during
-             * the kNN ends it: the record without it, then the checkpoint.
-             * A kill before the checkpoint resumes from the one before,
-             * whose step is below this record's: the record goes with the
-             * steps trained again, and comes back with them. (Checkpoint
-             * first lost the record, kNN and all, to a kill during the kNN.) */
-            double knn = -1;
-            if (c->knn_train && c->knn_test && c->knn_every > 0 && (epoch + 1) % c->knn_every == 0 && !rank) {
-                double tk = moco_now_s();
-                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
-                if (rc == MOCO_EINTR && stop_flag) knn = -1, rc = 0; /* stopped: the epoch's record without it */
-                if (rc) goto out;
-                if (knn >= 0)
-                    fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn,
-                            moco_now_s() - tk);
-            }
-            moco_jw ew;
-            moco_jw_begin(&ew);
-            moco_jw_str(&ew, "type", "epoch");
-            moco_jw_i64(&ew, "epoch", epoch);
-            moco_jw_i64(&ew, "step", step);
-            /* no step of this epoch in this process (resumed at its very end): null, not a mean of nothing */
-            moco_jw_num(&ew, "loss", e_steps ? e_loss / e_steps : NAN, 5);
-            moco_jw_num(&ew, "acc", e_steps ? e_acc / e_steps : NAN, 3);
-            moco_jw_g(&ew, "lr", train_lr(c, epoch, 0, steps_per_epoch), 6);
-            moco_jw_i64(&ew, "pairs", pairs_epoch);
-            moco_jw_i64(&ew, "dropped", dropped_pairs);
-            moco_jw_i64(&ew, "failed", failed_epoch);
-            moco_jw_num(&ew, "seconds", el, 2);
-            moco_jw_num(&ew, "pairs_per_s", el > 0 && e_steps ? (double)(e_steps * N * ranks) / el : NAN, 2);
-            moco_jw_num(&ew, "starved_pct", el > 0 ? 100 * (st.waited_s - waited0) / el : 0, 1);
-            if (knn >= 0) moco_jw_num(&ew, "knn_top1", knn, 2);
-            else moco_jw_null(&ew, "knn_top1");
-            moco_jw_num(&ew, "peak_rss_mb", peak_rss_mb(), 0);
-            if (ranks > 1) moco_jw_i64(&ew, "ranks", ranks);
-            stream_stats_json(&ew, &st); /* this rank's (rank 0's) consumer counters since the start */
-            moco_jw_line(&ew, metrics); /* written and flushed */
-            if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
-                              e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
+            /* the epoch's checkpoint (the next epoch, nothing of it
+             * delivered yet), then its kNN, then its record. A kill or a
+             * stop (SIGINT, SIGTERM: it ends the kNN at the next batch)
+             * before the record leaves the record to the resume from this
+             * checkpoint, which evaluates the same weights (recover_record) */
             ckpt_state cs = {.epoch = next, .step = step, .pipe_epoch = next, .delivered = NULL, .delivered_bytes = 0};
             snprintf(path, sizeof path, "%s/checkpoint_last.safetensors", c->out);
             if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
@@ -557,11 +611,33 @@ int train_run(const train_cfg *cin)
                 snprintf(path, sizeof path, "%s/checkpoint_epoch_%04lld.safetensors", c->out, (long long)(next - c->keep));
                 unlink(path);
             }
+            double knn = -1;
+            if (knn_due(c, epoch) && !rank) {
+                double tk = moco_now_s();
+                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
+                if (rc == MOCO_EINTR && stop_flag) { /* stopped: the resume writes this epoch's record */
+                    rc = 0;
+                    fprintf(stderr, "%smoco train: epoch %lld: kNN stopped; its record is written on resume\n", tty ? "\n" : "",
+                            (long long)epoch);
+                    goto epoch_done;
+                }
+                if (rc) goto out;
+                fprintf(stderr, "%smoco train: epoch %lld: kNN top-1 %.2f%% (%.1f s)\n", tty ? "\n" : "", (long long)epoch, knn,
+                        moco_now_s() - tk);
+            }
+            epoch_record e_rec = {.epoch = epoch, .step = step, .e_steps = e_steps, .loss = e_loss, .acc = e_acc,
+                                  .lr = train_lr(c, epoch, 0, steps_per_epoch), .pairs = pairs_epoch, .dropped = dropped_pairs,
+                                  .failed = failed_epoch, .seconds = el, .pairs_per_s = el > 0 && e_steps ? (double)(e_steps * N * ranks) / el : NAN,
+                                  .starved_pct = el > 0 ? 100 * (st.waited_s - waited0) / el : 0, .knn = knn, .ranks = ranks, .st = &st};
+            write_epoch_record(metrics, &e_rec);
+            if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
+                              e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
             if (knn >= 0 && knn > best) {
                 best = knn;
                 snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
                 if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
             }
+        epoch_done:
             waited0 = st.waited_s;
             epoch = next;
             step_in_epoch = 0;
