@@ -15,23 +15,12 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
   done
   echo "fashion-mnist: 60000 / 10000 samples, 10 classes"
 fi
-tgz=../shared/data/cifar10-jpeg.tar.gz
-[ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }
-mkdir -p "$T/src" && tar -xzf "$tgz" -C "$T/src" || fail "unpacking $tgz"
-for s in train:50000 test:10000; do
-  t0=$(date +%s.%N)
-  $M mkdb "$T/src" "$T/cifar-${s%%:*}" --split "${s%%:*}" --quiet | tee "$T/out" || fail "cifar ${s%%:*}"
-  t1=$(date +%s.%N)
-  [ "$(count "$T/cifar-${s%%:*}")" = "\"count\":${s##*:},\"num_classes\":10" ] || fail "cifar ${s%%:*}: $(count "$T/cifar-${s%%:*}")"
-  echo "cifar-10 ${s%%:*}: ${s##*:} samples in $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s"
-done
-$M info --verify "$T/cifar-test" >/dev/null || fail "cifar test does not verify"
-rm -rf "$T"
 # Damaged datasets (issue "Trustworthy edges", item 1): a copy of
 # Fashion-MNIST's test split with data.mdb cut short (half, one page short,
 # 4096 bytes) or with a page zeroed. Every command that opens it exits with
 # one line naming data.mdb, never a signal (before the fix: SIGBUS, 135, and
-# LMDB's assertion abort, 134). Runs only when the CIFAR part above ran.
+# LMDB's assertion abort, 134). Runs before the CIFAR part, which is skipped
+# without ../shared.
 if [ -d /usr/share/datasets/fashion-mnist ]; then
   mkdir -p "$T"
   $M mkdb /usr/share/datasets/fashion-mnist "$T/fm" --split test --quiet >/dev/null || fail "fashion-mnist test split"
@@ -51,11 +40,29 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
     one_line_naming "moco preview, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
     timeout 60 $M run "$T/cut" --epochs 1 --workers 1 --run-dir "$T/run" >/dev/null 2>"$T/err"
     one_line_naming "moco run, data.mdb cut to $cut bytes" 2 $? "$T/err" "$T/cut/data.mdb"
+    for args in "--train $T/cut --test $T/fm" "--train $T/fm --test $T/cut"; do
+      timeout 60 $M knn --random-init 1 --width 4 --size 28 --threads 1 $args >/dev/null 2>"$T/err"
+      one_line_naming "moco knn $args, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
+    done
+    timeout 60 $M embed --random-init 1 --width 4 --size 28 --threads 1 --db "$T/cut" --out "$T/e.npy" >/dev/null 2>"$T/err"
+    one_line_naming "moco embed, data.mdb cut to $cut bytes" 1 $? "$T/err" "$T/cut/data.mdb"
   done
   rm -rf "$T/cut" && cp -r "$T/fm" "$T/cut" || fail "copying"
   dd if=/dev/zero of="$T/cut/data.mdb" bs=4096 seek=$((sz / 4096 / 2)) count=1 conv=notrunc status=none || fail "zeroing"
   $M info --verify "$T/cut" >/dev/null 2>"$T/err"
   one_line_naming "moco info --verify, a page zeroed" 1 $? "$T/err" "$T/cut/data.mdb"
-  echo "damaged datasets: info, info --verify, preview, run exit 1 or 2 naming data.mdb (3 truncations, a zeroed page)"
+  echo "damaged datasets: info, info --verify, preview, run, knn (bank and queries), embed exit 1 or 2 naming data.mdb (3 truncations, a zeroed page)"
   rm -rf "$T"
 fi
+tgz=../shared/data/cifar10-jpeg.tar.gz
+[ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }
+mkdir -p "$T/src" && tar -xzf "$tgz" -C "$T/src" || fail "unpacking $tgz"
+for s in train:50000 test:10000; do
+  t0=$(date +%s.%N)
+  $M mkdb "$T/src" "$T/cifar-${s%%:*}" --split "${s%%:*}" --quiet | tee "$T/out" || fail "cifar ${s%%:*}"
+  t1=$(date +%s.%N)
+  [ "$(count "$T/cifar-${s%%:*}")" = "\"count\":${s##*:},\"num_classes\":10" ] || fail "cifar ${s%%:*}: $(count "$T/cifar-${s%%:*}")"
+  echo "cifar-10 ${s%%:*}: ${s##*:} samples in $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s"
+done
+$M info --verify "$T/cifar-test" >/dev/null || fail "cifar test does not verify"
+rm -rf "$T"
