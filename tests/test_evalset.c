@@ -14,6 +14,7 @@
 
 #include "formats/errors.h"
 #include "formats/rng.h"
+#include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 
 #define GOLDEN "tests/golden/eval/"
@@ -87,8 +88,17 @@ static void test_golden_torchvision(void **st)
         const int S = sizes[si];
         golden g[NSRC];
         for (int i = 0; i < NSRC; i++) golden_load(SOURCES[i], S, &g[i]);
+        /* the documented constants, as the commands take them: --normalize
+         * auto at 96 px and imagenet at 32 px are torchvision's ImageNet
+         * mean and std, the golden file's Normalize */
+        float mean[3], std[3];
+        evalmodel_norm(S > 64 ? "auto" : "imagenet", S, mean, std);
+        for (int c = 0; c < 3; c++) {
+            assert_true(mean[c] == g[0].mean[c]);
+            assert_true(std[c] == g[0].std[c]);
+        }
         evalset *e = NULL;
-        int rc = evalset_open(db, S, g[0].mean, g[0].std, &e);
+        int rc = evalset_open(db, S, mean, std, &e);
         if (rc) fail_msg("evalset_open %s: %s", db, moco_errmsg());
         assert_int_equal(evalset_count(e), NSRC);
         size_t n = (size_t)S * S * 3;
@@ -126,6 +136,15 @@ static void test_golden_torchvision(void **st)
         free(px), free(x);
         for (int i = 0; i < NSRC; i++) free(g[i].crop), free(g[i].x);
         evalset_destroy(&e);
+    }
+    /* and the CIFAR-10 recipe's (--normalize auto at 32 px): the official
+     * MoCo CIFAR-10 demo's Normalize([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]) */
+    const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
+    float m32[3], s32[3];
+    evalmodel_norm("auto", 32, m32, s32);
+    for (int c = 0; c < 3; c++) {
+        assert_true(m32[c] == cm[c]);
+        assert_true(s32[c] == cs[c]);
     }
     if (bad) fail_msg("%d of %d golden cases differ from torchvision", bad, 2 * NSRC);
 }
