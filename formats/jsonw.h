@@ -63,7 +63,9 @@ void moco_jw_arr(moco_jw *w, const char *key);
 void moco_jw_close(moco_jw *w);
 
 /* Close the object; the text (NUL-terminated) stays owned by w until
- * moco_jw_free. NULL if an allocation failed. */
+ * moco_jw_free. NULL if an allocation failed. With MOCO_JSON_AUDIT=FILE in
+ * the environment, the text is also appended to FILE as one line (the test
+ * suite sets it and parses every line: tests/check_json.py). */
 const char *moco_jw_end(moco_jw *w);
 void moco_jw_free(moco_jw *w);
 

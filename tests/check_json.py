@@ -11,7 +11,10 @@ count, how many of the pipeline's logs it read (metrics.jsonl, sink.jsonl,
 workers.jsonl, loader.jsonl: `moco run` writes them into its run
 directory, which the tests keep under DIR) and each bad line with its
 file; exit 1 if any is bad, 77 if no JSON was found (nothing to check is
-not a pass)."""
+not a pass). DIR/json-audit.jsonl holds every JSON text the project's one
+writer (formats/jsonw.c) ended while the suite ran, whatever stream the
+command printed it to (MOCO_JSON_AUDIT, set by tests/run.sh): when it is
+named in the environment it must exist and hold lines, else exit 1."""
 import json
 import os
 import sys
@@ -54,10 +57,20 @@ def main(top):
                     good += 1
                 except (ValueError, UnicodeDecodeError) as e:
                     bad.append("%s:%d: %s: %r" % (p, n, e, s[:200]))
+    audit = os.environ.get("MOCO_JSON_AUDIT")
+    audited = 0
+    if audit:
+        try:
+            with open(audit, "rb") as fh:
+                audited = sum(1 for line in fh if line.strip())
+        except OSError:
+            pass
+        if not audited:
+            bad.append("%s: missing or empty: the writer's audit copy is not working" % audit)
     for b in bad[:40]:
         print("bad JSON line: " + b)
-    print("check_json: %d JSON lines parse, %d do not; read %s" % (
-        good, len(bad), ", ".join("%d %s" % (logs[k], k) for k in LOGS)))
+    print("check_json: %d JSON lines parse, %d do not (%d from the writer's audit copy); read %s" % (
+        good, len(bad), audited, ", ".join("%d %s" % (logs[k], k) for k in LOGS)))
     if bad:
         return 1
     return 0 if good else 77

@@ -16,6 +16,9 @@ export MOCO_TEST_TMP
 mkdir -p "$MOCO_TEST_TMP"
 # the kernels' wisdom (trainer/engine/tune.h) of this suite, not the user's
 export MOCO_WISDOM=${MOCO_WISDOM:-$MOCO_TEST_TMP/wisdom.jsonl}
+# every JSON text our writer ends is also appended here, and parsed last (check_json.py)
+export MOCO_JSON_AUDIT=$MOCO_TEST_TMP/json-audit.jsonl
+rm -f "$MOCO_JSON_AUDIT"
 # sanitizer builds: leaks inside system libraries only (see tests/lsan.supp)
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
 pass=0; fail=0; skip=0; failed=()
