@@ -4,8 +4,11 @@
 #  1. 2 epochs of a small Fashion-MNIST DB, tiny resnet18-cifar, batch 32,
 #     K=256: exit 0, metrics.jsonl has epoch records 0 and 1 with finite
 #     losses, floor(count / 32) steps per epoch (the last partial batch is
-#     dropped), the checkpoint loads into the script's MoCo model and holds
-#     the stream state, and `moco run` exits 0;
+#     dropped), every epoch record has the consumer's counters as `moco
+#     train` writes them ("stream": duplicates, stale, malformed,
+#     rejected_epoch, rejected_index, held, held_dropped, auth_rejected,
+#     integers; none malformed), the checkpoint loads into the script's MoCo
+#     model and holds the stream state, and `moco run` exits 0;
 #  2. a run stopped at step 12 and resumed from its checkpoint (a new
 #     consumer and stream) ends as the uninterrupted run: metrics and weights;
 #  3. a checkpoint resumed when the run is already done: nothing to train;
@@ -98,6 +101,12 @@ assert [r["pairs"] for r in ep] == [spe * B] * 2 and [r["dropped"] for r in ep] 
 assert len(st) == spe and all(r["step"] % 2 == 0 for r in st), "step records every 2 steps: %s" % [r["step"] for r in st]
 assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in ep + st), "losses %s" % [r["loss"] for r in ep + st]
 assert ep[1]["lr"] < ep[0]["lr"] == 0.03, "cosine lr %s" % [r["lr"] for r in ep]
+keys = {"duplicates", "stale", "malformed", "rejected_epoch", "rejected_index", "held", "held_dropped", "auth_rejected"}
+for r in ep:  # the same "stream" object as `moco train`'s epoch records (formats/README.md, metrics.jsonl)
+    so = r.get("stream")
+    assert isinstance(so, dict) and set(so) == keys, "epoch %d: \"stream\" %r, want the keys %s" % (r["epoch"], so, sorted(keys))
+    assert all(type(v) is int and v >= 0 for v in so.values()), "epoch %d: \"stream\" counters not integers: %r" % (r["epoch"], so)
+    assert so["malformed"] == so["rejected_index"] == so["auth_rejected"] == 0, "epoch %d: \"stream\" %r" % (r["epoch"], so)
 summary = json.loads(open(os.path.join(out, "..", "train.out")).read().splitlines()[-1])
 assert summary["epochs"] == 2 and summary["steps"] == 2 * spe and summary["count"] == N and summary["complete"], summary
 ck = torch.load(os.path.join(out, "checkpoint_last.pt"), map_location="cpu")
@@ -133,7 +142,9 @@ wait $SRV || { tail -5 "$T/serve3.err"; fail "the server of the resumed run exit
 $PY - "$T/run" "$T/part" <<'EOF' || fail "the resumed run differs from the uninterrupted one"
 import json, os, re, sys, torch
 def metrics(d):
-    return [re.sub(r',"(pairs_per_s|seconds|starved_pct)":[0-9.e+-]+', "", l) for l in open(os.path.join(d, "metrics.jsonl"))]
+    # timings differ, and so may the stream's counters (a new consumer counts from 0; held pairs depend on timing)
+    return [re.sub(r',"(pairs_per_s|seconds|starved_pct)":[0-9.e+-]+|,"stream":\{[^{}]*\}', "", l)
+            for l in open(os.path.join(d, "metrics.jsonl"))]
 a, b = metrics(sys.argv[1]), metrics(sys.argv[2])
 assert a == b, "metrics.jsonl:\n%s\nvs\n%s" % ("".join(a), "".join(b))
 ca, cb = [torch.load(os.path.join(d, "checkpoint_last.pt"), map_location="cpu") for d in sys.argv[1:3]]

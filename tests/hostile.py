@@ -7,7 +7,10 @@ with CURVE (issue 12), driven by tests/cli_hostile.sh.
 direct: loader (work tcp PORT, ctl tcp PORT+1), one worker, a sink that binds
 tcp PORT+2, every endpoint with --keys. While 20 epochs stream, it sends:
   - strangers: a plain (no CURVE) peer, a peer with a key not in allowed/,
-    a peer that uses a wrong server key, to each of the three ports;
+    a peer that uses a wrong server key, to each of the three ports; to the
+    sink a PAIR of index stranger_index(N) = N + 424242, which no other
+    peer sends: one that got through would be counted rejected_index by the
+    sink, whose count must be exactly the allowed key's 8;
   - from an allowed key: a forged HELLO to ctl (REFUSED), 100 spoofed FAILED
     reports after a READY with no credit, 7 PAIRs of epoch 1000, 5 PAIRs of
     index 2^40-1 and 3 of index N, a 40 MB frame to the sink and a 1 MB
@@ -31,6 +34,15 @@ import zmq
 import zmq.auth
 
 MAGIC = b"MOCW"
+STRANGER_INDEX_OFFSET = 424242
+
+
+def stranger_index(n):
+    """The index of the pairs strangers forge: out of range (n + 424242) and
+    used by no other message here, so that one getting through is counted as
+    rejected_index at a consumer whose count is then off by one (a pair of a
+    valid index would only be a duplicate or stale pair nobody checks)."""
+    return n + STRANGER_INDEX_OFFSET
 
 
 def prefix(version, typ):
@@ -170,7 +182,7 @@ def direct(moco, db, n, keys, out, port):
         # strangers first: nothing of theirs may get through
         hostile += strangers(ctx, keys, [(work, zmq.DEALER, [prefix(2, 4) + struct.pack("<IQI", 64, 0, 16)]),
                                          (ctl, zmq.DEALER, [prefix(1, 8) + struct.pack("<IQ", 0, n)]),
-                                         (pairs, zmq.PUSH, pair_msg(0, 1))], out)
+                                         (pairs, zmq.PUSH, pair_msg(0, stranger_index(n)))], out)
         # allowed but hostile: a forged HELLO while the real consumer lives
         h = curve_client(ctx, zmq.DEALER, keys)
         h.connect(ctl)
@@ -220,6 +232,9 @@ def direct(moco, db, n, keys, out, port):
     # (held is not checked: a real pair of the next epoch may arrive before
     # the sink has read EPOCH_END; it is held, then delivered, legitimately)
     ss = sj["stream"]
+    if ss["rejected_index"] > 8:
+        fail("sink rejected_index = %d, 8 sent from the allowed key: %d pair(s) of a stranger (index %d) got through "
+             "CURVE (%s)" % (ss["rejected_index"], ss["rejected_index"] - 8, stranger_index(n), json.dumps(sj)))
     want = {"rejected_epoch": 7, "rejected_index": 8, "malformed": 0, "held_dropped": 0}
     for k, v in want.items():
         if ss[k] != v:

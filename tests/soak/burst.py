@@ -6,7 +6,9 @@
 WORK, CTL: the loader's endpoints; PAIRS: where workers push pairs (the
 sink in direct mode, the loader in serve mode). It sends:
   - strangers (no CURVE, a key not in allowed/, a wrong server key) to each
-    endpoint: nothing of theirs may get through;
+    endpoint: nothing of theirs may get through (their PAIRs have the index
+    COUNT + 424242, hostile.stranger_index: one through would be counted
+    rejected_index, one more than "out_of_range");
   - from the allowed key: a forged HELLO to CTL (REFUSED while the consumer
     lives), a READY without credit and spoofed FAILED reports to WORK,
     PAIRs of a far epoch and of indices >= COUNT to PAIRS, a 40 MB frame to
@@ -23,7 +25,7 @@ import time
 import zmq
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hostile import curve_client, oversized, pair_msg, prefix, strangers  # noqa: E402
+from hostile import curve_client, oversized, pair_msg, prefix, stranger_index, strangers  # noqa: E402
 import struct  # noqa: E402
 
 
@@ -35,7 +37,9 @@ def main(keys, work, ctl, pairs, count, seed):
     with tempfile.TemporaryDirectory() as tmp:
         socks += strangers(ctx, keys, [(work, zmq.DEALER, [prefix(2, 4) + struct.pack("<IQI", 64, 0, 16)]),
                                        (ctl, zmq.DEALER, [prefix(1, 8) + struct.pack("<IQ", 0, count)]),
-                                       (pairs, zmq.PUSH, pair_msg(0, 1, h=32, w=32, c=3))], tmp)
+                                       # a stranger's pair that got through would be one
+                                       # rejected_index more than "out_of_range" (direct rounds)
+                                       (pairs, zmq.PUSH, pair_msg(0, stranger_index(count), h=32, w=32, c=3))], tmp)
         h = curve_client(ctx, zmq.DEALER, keys)
         h.connect(ctl)
         h.send(prefix(1, 8) + struct.pack("<IQ", rnd.randrange(3), count))

@@ -14,7 +14,8 @@
 # out of range, a 40 MB and a 1 MB frame). Checked per round, besides the
 # below: no message of a stranger got through (the sink's malformed count
 # stays 0), the sink rejected exactly the far-epoch and out-of-range pairs
-# sent to it (serve rounds: the loader rejected at least those), the loader
+# sent to it (a stranger's PAIR, of index COUNT + 424242, that got through
+# would be one more; serve rounds: the loader rejected at least those), the loader
 # refused at least the forged HELLOs and ignored at least the spoofed
 # FAILED reports, and no record was marked failed that is not corrupt.
 # TRANSPORT ipc: the original soak on ipc:// endpoints.
@@ -40,7 +41,16 @@
 #     loader's JSON log, "failed" events);
 #   - loader and sink exited 0, and no worker died that was not killed;
 # and it samples VmRSS of loader and sink once a second (rss.txt), printing
-# the first (after 10 s), largest and last figures of the longest round.
+# the first (after 10 s), largest and last figures of the longest round; it
+# fails if, in that round, the last figure of the loader or of the sink
+# exceeds 1.5 x its first + 64 MB (a leak), or if a round that lasted over
+# 30 s has no such figures.
+# Nothing waits forever: a round fails when its loader is still running
+# past 4 x the round's expected time + 10 min (the first round: 15 min) or
+# when its index log has not changed for PROGRESS_S (180) s; the sink must
+# exit within 30 s of the loader, workers within 10 s of SIGTERM, helper
+# processes within 15 s; burst.py and garbage run under `timeout`. On any
+# failure the processes it started are killed.
 # Output: build/soak/ (logs, db); a summary at the end, also in summary.txt.
 set -u
 MIN=${1:-15}
@@ -48,12 +58,19 @@ SEED=${2:-1}
 TRANSPORT=${3:-tcp}
 cd "$(dirname "$0")/../.."
 M=${MOCO:-$PWD/bin/moco}
+PROGRESS_S=${PROGRESS_S:-180}
+RSS_FACTOR=1.5; RSS_SLACK_KB=$((64 * 1024))
 O=$PWD/build/soak
 K=9
 W=3
 mkdir -p "$O"
 : > "$O/rounds.txt"
 fail() { echo "SOAK FAIL: $*" | tee -a "$O/summary.txt"; exit 1; }
+# on exit (a failure, ^C): kill what this script started and has not reaped
+# (jobs -p: only its own children), remove the socket directory
+cleanup() { local p; for p in $(jobs -p); do kill -CONT $p 2>/dev/null; kill -KILL $p 2>/dev/null; done; [ -n "${S:-}" ] && rm -rf "$S"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 pkg() { pkg-config --cflags --libs "$@"; }
 cc -O2 -Wall -Wextra -Werror -o "$O/corrupt_db" tests/soak/corrupt_db.c $(pkg lmdb zlib) || fail "build corrupt_db"
 cc -O2 -Wall -Wextra -Werror -o "$O/garbage" tests/soak/garbage.c $(pkg libzmq) || fail "build garbage"
@@ -63,7 +80,7 @@ if [ ! -d "$O/cifar/test" ]; then
   rm -rf "$O/cifar" && mkdir -p "$O/cifar" && tar xzf $TGZ -C "$O/cifar" test || fail "untar"
 fi
 if [ ! -d "$O/db.clean" ]; then
-  nice -n 19 $M mkdb "$O/cifar/test" "$O/db.clean" --quiet >/dev/null || fail mkdb
+  nice -n 19 timeout 3600 $M mkdb "$O/cifar/test" "$O/db.clean" --quiet >/dev/null || fail mkdb
 fi
 rm -rf "$O/db" && cp -r "$O/db.clean" "$O/db"
 "$O/corrupt_db" "$O/db" "$SEED" $K > "$O/corrupt.txt" || fail corrupt_db
@@ -126,9 +143,17 @@ while :; do
   killed=()
   t_rss=$(date +%s); next=$(( $(date +%s) + 1 + RANDOM % 4 ))
   : > "$R/rss.txt"
+  # no wait forever: a deadline for the round, and progress (the index log changes)
+  if [ $rounds -eq 1 ]; then deadline=$((t0 + 900))
+  else deadline=$(awk -v t=$t0 -v e=$E -v s=$ep_secs 'BEGIN{printf "%d", t + 4 * e * s + 600}'); fi
+  t_prog=$t0; isize=-1
   while kill -0 $loader 2>/dev/null; do
     sleep 0.5
     now=$(date +%s)
+    sz=$(stat -c %s "$R/index.log" 2>/dev/null || echo -1)
+    [ "$sz" = "$isize" ] || { isize=$sz; t_prog=$now; }
+    [ $now -le $deadline ] || fail "round $rounds: the loader still runs $((now - t0)) s after the start of $E epochs (deadline $((deadline - t0)) s): hung? $(tail -n 2 "$R/loader.err")"
+    [ $((now - t_prog)) -le $PROGRESS_S ] || fail "round $rounds: no pair delivered for $((now - t_prog)) s (the index log stays at $isize bytes): hung? $(tail -n 2 "$R/loader.err")"
     if [ $now -ge $t_rss ]; then
       t_rss=$((now + 1))
       echo "$((now - t0)) $(awk '/VmRSS/{print $2}' /proc/$loader/status 2>/dev/null || echo 0) $(awk '/VmRSS/{print $2}' /proc/$sink/status 2>/dev/null || echo 0)" >> "$R/rss.txt"
@@ -140,9 +165,9 @@ while :; do
     case $(( RANDOM % nf )) in
       0) kill -KILL ${wpid[$slot]} 2>/dev/null && { killed[${wpid[$slot]}]=1; kills=$((kills + 1)); start_worker $slot; } ;;
       1) p=${wpid[$slot]}; kill -STOP $p 2>/dev/null && { stops=$((stops + 1)); ( sleep $(( 2 + RANDOM % 4 )); kill -CONT $p 2>/dev/null ) & } ;;
-      2) g=$("$O/garbage" $RANDOM 50 $WORK:dealer $CTL:dealer $PAIRS:push 2>>"$R/garbage.err") \
+      2) g=$(timeout 30 "$O/garbage" $RANDOM 50 $WORK:dealer $CTL:dealer $PAIRS:push 2>>"$R/garbage.err") \
            && { bursts=$((bursts + 1)); gmsgs=$((gmsgs + g)); } ;;
-      3) h=$(/usr/bin/python3 tests/soak/burst.py "$O/keys" $WORK $CTL $PAIRS $N $RANDOM 2>>"$R/burst.err") || fail "burst.py"
+      3) h=$(timeout 60 /usr/bin/python3 tests/soak/burst.py "$O/keys" $WORK $CTL $PAIRS $N $RANDOM 2>>"$R/burst.err") || fail "burst.py"
          hbursts=$((hbursts + 1)); echo "$h" >> "$R/bursts.jsonl"
          h_epoch=$((h_epoch + $(echo "$h" | grep -oE '"far_epoch": [0-9]+' | grep -oE '[0-9]+$')))
          h_range=$((h_range + $(echo "$h" | grep -oE '"out_of_range": [0-9]+' | grep -oE '[0-9]+$')))
@@ -153,6 +178,7 @@ while :; do
   done
   wait $loader; lrc=$?
   for i in $(seq 30); do kill -0 $sink 2>/dev/null || break; sleep 1; done
+  kill -0 $sink 2>/dev/null && fail "round $rounds: the sink (pid $sink) still runs 30 s after the loader exited $lrc: $(tail -n 2 "$R/sink.err")"
   wait $sink; src=$?
   if [ "$TRANSPORT" = tcp ]; then
     ls_=$(grep '^{"t"' "$R/loader.jsonl" | tail -n 1)
@@ -179,11 +205,16 @@ while :; do
     # STOP: it is told to go (SIGTERM; it exits 1, "interrupted")
     termed=0
     kill -0 ${wpid[$i]} 2>/dev/null && { kill -TERM ${wpid[$i]}; termed=1; }
+    for j in $(seq 20); do kill -0 ${wpid[$i]} 2>/dev/null || break; sleep 0.5; done
+    kill -0 ${wpid[$i]} 2>/dev/null && fail "round $rounds: worker ${wpid[$i]} still runs 10 s after SIGTERM"
     wait ${wpid[$i]} 2>/dev/null; rc=$?
     if [ $rc -ne 0 ] && ! { [ $termed -eq 1 ] && [ $rc -eq 1 -o $rc -eq 143 ]; }; then
       wcrash=$((wcrash + 1)); echo "worker ${wpid[$i]} exited $rc" >> "$R/workers.check"
     fi
   done
+  # the rest: SIGCONT helpers (at most 5 s) and workers killed and replaced
+  for j in $(seq 30); do [ -z "$(jobs -pr)$(jobs -ps)" ] && break; sleep 0.5; done
+  [ -z "$(jobs -pr)$(jobs -ps)" ] || fail "round $rounds: processes still running 15 s after the round: $(jobs -l | tr '\n' ' ')"
   wait 2>/dev/null
   if [ $serve -eq 1 ]; then
     sj="PairStream $(tail -n 1 "$R/sink.err")"
@@ -222,6 +253,25 @@ while :; do
   [ $(( t_end - $(date +%s) )) -gt 10 ] || break
 done
 rm -rf "$S"
+# RSS: the last figure of the longest round against its first after 10 s (a leak grows)
+[ -f "$best_round/rss.txt" ] || fail "no RSS samples: $best_round/rss.txt missing"
+rss_check=$(awk -v f=$RSS_FACTOR -v k=$RSS_SLACK_KB 'NR > 10 {
+    if ($2 > 0) { if (!fl) fl = $2; ll = $2; nl++ }
+    if ($3 > 0) { if (!fs) fs = $3; ls = $3; ns++ } }
+  function chk(who, first, last, n) {
+    if (!n) { printf "%s: no RSS sample after the first 10 s; ", who; return 1 }
+    if (last > f * first + k) { printf "%s RSS grew from %d kB to %d kB (limit %g x first + %d kB = %d kB); ", who, first, last, f, k, f * first + k; return 1 }
+    return 0 }
+  END { bad = chk("loader", fl, ll, nl); bad += chk("sink", fs, ls, ns); exit (bad > 0) }' "$best_round/rss.txt")
+rss_rc=$?
+rss_ok=""; [ $rss_rc -eq 0 ] && rss_ok="checked: last <= $RSS_FACTOR x first + $((RSS_SLACK_KB / 1024)) MB"
+best_secs=$(tail -n 1 "$best_round/rss.txt" | cut -d' ' -f1)
+if [ $rss_rc -ne 0 ]; then
+  if echo "$rss_check" | grep -q "grew" || [ "${best_secs:-0}" -gt 30 ]; then
+    fail "the longest round ($best_round, ${best_secs:-0} s): $rss_check"
+  fi
+  echo "soak: RSS not checked: the longest round lasted ${best_secs:-0} s ($rss_check)"
+fi
 rss=$(awk 'NR > 10 && $2 > 0 { if (!f) { fl = $2; fs = $3; f = 1 } if ($2 > ml) ml = $2; if ($3 > ms) ms = $3; ll = $2; ls = $3 }
   END { printf "loader first %d kB max %d kB last %d kB; sink first %d kB max %d kB last %d kB", fl, ml, ll, fs, ms, ls }' "$best_round/rss.txt")
 {
@@ -230,5 +280,5 @@ rss=$(awk 'NR > 10 && $2 > 0 { if (!f) { fl = $2; fs = $3; f = 1 } if ($2 > ml) 
   echo "  faults: $kills SIGKILLs (workers restarted), $stops SIGSTOP/SIGCONT, $bursts garbage bursts ($gmsgs messages; the sink dropped $mal as malformed)"
   [ "$TRANSPORT" = tcp ] && echo "  hostile: $hbursts bursts ($h_sent_total forged messages, all rejected and counted), $ckills PairStream consumers SIGKILLed and resumed"
   echo "  corrupt records: $K ($(tr '\n' ' ' < "$O/corrupt.txt")), $failed_total failed reports, all per epoch, none unexplained"
-  echo "  RSS over the longest round ($best_round, $best_eps epochs): $rss"
+  echo "  RSS over the longest round ($best_round, $best_eps epochs): $rss${rss_ok:+ ($rss_ok)}"
 } | tee "$O/summary.txt"

@@ -28,7 +28,10 @@ Two hosts (CPU host augments, GPU host trains; the stream is encrypted with the 
 `--resume OUT/checkpoint_last.pt` continues exactly where training stopped (Ctrl-C
 saves one and exits 130), against the same `moco run` (it takes the new consumer once the
 old one has been silent for its --consumer-timeout, 10 s) or a new one on the same DB with the
-same --seed and --epochs. OUT/metrics.jsonl: one JSON object per line; the last
+same --seed and --epochs. OUT/metrics.jsonl: one JSON object per line ("type":
+"step" or "epoch"; an epoch record carries, as `moco train`'s, "stream": the
+consumer's counters since this process started: duplicates, stale, malformed,
+rejected_epoch, rejected_index, held, held_dropped, auth_rejected); the last
 stdout line is a JSON summary. Exit: 0 done, 1 error, 2 usage, 130 interrupted.
 """
 import argparse
@@ -536,7 +539,7 @@ def train(a):
         r = {"type": "epoch", "epoch": e, "step": step, "loss": round(prog["loss"] / n, 6),
              "acc": round(prog["acc"] / n, 3), "lr": lr, "pairs": prog["pairs"], "dropped": prog["dropped"],
              "failed": failed, "seconds": round(secs, 2), "pairs_per_s": round(prog["pairs"] / max(secs, 1e-9), 2),
-             "starved_pct": round(100.0 * prog["wait"] / max(secs, 1e-9), 1)}
+             "starved_pct": round(100.0 * prog["wait"] / max(secs, 1e-9), 1), "stream": stream_counters(stream)}
         record(r)
         log("epoch %d done: %d steps, loss %.4f, acc %.2f%%, %.1f pairs/s, %.1f s"
             % (e, prog["steps"], r["loss"], r["acc"], r["pairs_per_s"], secs))
@@ -687,6 +690,18 @@ def train(a):
     mf.close()
     print(json.dumps(summary, default=str), flush=True)
     return exit_code
+
+
+# the keys of the "stream" object of an epoch record: those of `moco train`'s
+# (trainer/stream.h, stream_stats_json; formats/README.md, metrics.jsonl)
+STREAM_KEYS = ("duplicates", "stale", "malformed", "rejected_epoch", "rejected_index", "held", "held_dropped",
+               "auth_rejected")
+
+
+def stream_counters(stream):
+    """The stream's counters (PairStream.stats) under STREAM_KEYS, as integers."""
+    st = dict(getattr(stream, "stats", None) or {})
+    return {k: int(st.get(k, 0)) for k in STREAM_KEYS}
 
 
 def resume_command(path):

@@ -19,9 +19,18 @@ mode (version 3)") alone. It promises:
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
   yields exactly the rest;
 * a loader silent for `timeout` seconds (while we listen), REFUSED, or a
-  missing WELCOME raise StreamError from the iterator.
+  missing WELCOME raise StreamError from the iterator;
+* every rejection (stats: malformed, unknown, rejected_epoch, rejected_index,
+  rejected_epoch_end, held_dropped, stale, duplicates) is logged on the
+  logger "moco_stream", rate-limited per kind as the C loader does (the
+  first LOG_FIRST, then the 32nd, 64th, 128th, ...): one record per
+  rejected pair (or message, where it has no pair) naming the endpoint, the
+  kind, the epoch and the index; WARNING, but INFO for stale and duplicates
+  (re-sent pairs: routine). Without a logging configuration Python prints
+  WARNING records to stderr.
 """
 import collections
+import logging
 import os
 import struct
 import threading
@@ -51,6 +60,11 @@ HEARTBEAT_S = 1.0
 ACK_EVERY_S = 0.02
 HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
 HELD_MSGS_MAX = 16          # ... in at most this many messages (the loader's 16 ahead)
+LOG_FIRST = 20              # rejections logged per kind before only the powers of two
+
+logger = logging.getLogger("moco_stream")
+# re-sent pairs are routine (a loader re-issues after a timeout): INFO, not WARNING
+_LOG_LEVEL = {"duplicates": logging.INFO, "stale": logging.INFO}
 
 PREFIX = struct.Struct("<4sHH")
 PAIR_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("type", "<u2"),
@@ -185,7 +199,11 @@ class PairStream:
                                          rejected_index=0, malformed=0, held=0,
                                          held_dropped=0, refused=0, unknown=0,
                                          heartbeats_sent=0, acks_sent=0, acked=0,
-                                         messages=0, yielded=0)
+                                         messages=0, yielded=0, rejected_epoch_end=0,
+                                         # the loader's count (a connecting consumer has
+                                         # no ZAP handler): the key of `moco train`'s
+                                         # "stream" object, always 0 here
+                                         auth_rejected=0)
         self.epoch_ends = []
         self.ended = None                  # epochs completed, from END
         self._hello_epoch, self._hello_count, self._hello_bitmap = EPOCH_ANY, 0, None
@@ -401,11 +419,11 @@ class PairStream:
         """(type, version, frame-1 bytes) of a message, or None (counted malformed)."""
         h = frames[0].bytes
         if len(h) < 8:
-            self.stats["malformed"] += 1
+            self._reject("malformed", what="a message of %d bytes" % len(h))
             return None
         magic, version, mtype = PREFIX.unpack_from(h)
         if magic != MAGIC or not 1 <= version <= VERSION_MAX or mtype == 0 or mtype >= 64:
-            self.stats["malformed"] += 1
+            self._reject("malformed", what="a message with prefix %r version %d type %d" % (magic, version, mtype))
             return None
         return mtype, version, h
 
@@ -436,7 +454,8 @@ class PairStream:
             self._epoch = self._welcome_epoch = epoch
             self._welcomed.set()
             return
-        self.stats["malformed" if mtype in (T_WELCOME, T_REFUSED) else "unknown"] += 1
+        self._reject("malformed" if mtype in (T_WELCOME, T_REFUSED) else "unknown",
+                     what="a message of type %d (%d frames, %d bytes) before WELCOME" % (mtype, len(frames), len(h)))
 
     # -- after WELCOME
     def _stream(self):
@@ -486,6 +505,34 @@ class PairStream:
                 return
         self._flush_acks()
 
+    def _reject(self, kind, n=1, epochs=None, indices=None, what=None):
+        """Count n rejections of one kind (n pairs with their epochs and
+        indices, arrays or one number, or one message with neither) and log
+        those due: per kind the first LOG_FIRST, then the 32nd, 64th, ...
+        (as the C loader)."""
+        c0 = self.stats[kind]
+        self.stats[kind] = c0 + n
+        if c0 >= LOG_FIRST and (c0 + n).bit_length() == c0.bit_length():
+            return                                  # no power of two in c0+1 .. c0+n
+        due = list(range(min(n, max(0, LOG_FIRST - c0))))
+        p = 1 << max(c0, LOG_FIRST).bit_length()    # the powers of two past LOG_FIRST and c0
+        while p <= c0 + n:
+            due.append(p - c0 - 1)
+            p <<= 1
+        level = _LOG_LEVEL.get(kind, logging.WARNING)
+        if not logger.isEnabledFor(level):
+            return
+        for j in due:
+            e = epochs if epochs is None or np.ndim(epochs) == 0 else epochs[j]
+            i = indices if indices is None or np.ndim(indices) == 0 else indices[j]
+            e = None if e is None else int(e)
+            i = None if i is None else int(i)
+            logger.log(level, "moco_stream: %s: %s: epoch %s index %s (%s; the stream is at epoch %s, count %s; "
+                       "%d %s so far)", self.endpoint, kind, "-" if e is None else e, "-" if i is None else i,
+                       what or "a pair", getattr(self, "_epoch", "-"), self.count, c0 + j + 1, kind,
+                       extra={"endpoint": self.endpoint, "kind": kind, "epoch": e, "index": i,
+                              "total": c0 + j + 1})
+
     def _flush_acks(self):
         while self._acks:
             chunk = self._acks[:ACK_MAX]
@@ -510,39 +557,41 @@ class PairStream:
             return self._pairs(frames, h, single=False)
         if mtype == T_PAIR:
             return self._pairs(frames, h, single=True)
+        what = "a message of type %d (%d frames, %d bytes)" % (mtype, len(frames), len(h))
         if len(frames) != 1:
-            self.stats["malformed"] += 1
+            self._reject("malformed", what=what)
         elif mtype == T_HEARTBEAT:
             if len(h) != 8:
-                self.stats["malformed"] += 1
+                self._reject("malformed", what=what)
         elif mtype == T_EPOCH_END:
             return self._epoch_end(frames)
         elif mtype == T_END:
             if len(h) != 12:
-                self.stats["malformed"] += 1
+                self._reject("malformed", what=what)
                 return None
             self.ended = struct.unpack_from("<I", h, 8)[0]
             self._q.put(("end", self.ended), 0)
             return "end"
         elif mtype in (T_WELCOME, T_REFUSED):    # a second answer to one HELLO
-            self.stats["malformed"] += 1
+            self._reject("malformed", what=what)
         elif mtype <= 14:                        # known types a loader does not send
-            self.stats["malformed"] += 1
+            self._reject("malformed", what=what)
         else:
-            self.stats["unknown"] += 1
+            self._reject("unknown", what=what)
         return None
 
     def _epoch_end(self, frames):
         h = frames[0].bytes
         if len(h) < 24:
-            self.stats["malformed"] += 1
+            self._reject("malformed", what="an EPOCH_END of %d bytes" % len(h))
             return None
         epoch, delivered, nfailed = struct.unpack_from("<IQI", h, 8)
         if nfailed > EPOCH_FAILED_MAX or len(h) != 24 + 8 * nfailed:
-            self.stats["malformed"] += 1
+            self._reject("malformed", epochs=epoch,
+                         what="an EPOCH_END of %d bytes naming %d failed samples" % (len(h), nfailed))
             return None
         if epoch != self._epoch:
-            self.stats["rejected_epoch_end"] += 1
+            self._reject("rejected_epoch_end", epochs=epoch, what="an EPOCH_END")
             return None
         failed = np.frombuffer(h, dtype="<u8", count=nfailed, offset=24).astype(np.int64)
         self._flush_acks()
@@ -567,17 +616,18 @@ class PairStream:
         """Validate a PAIRS (or PAIR) message; queue the pairs of this epoch."""
         if single:
             if len(frames) != 3 or len(h) != 32:
-                self.stats["malformed"] += 1
+                self._reject("malformed", what="a PAIR message (%d frames, header %d bytes)" % (len(frames), len(h)))
                 return None
             hdr = np.frombuffer(h, dtype=PAIR_DTYPE, count=1)
             views = [frames[1].buffer, frames[2].buffer]
         else:
             if len(frames) != 2 or len(h) < 16:
-                self.stats["malformed"] += 1
+                self._reject("malformed", what="a PAIRS message (%d frames, frame 1 %d bytes)" % (len(frames), len(h)))
                 return None
             n, zero = struct.unpack_from("<II", h, 8)
             if not 1 <= n <= PAIRS_N_MAX or zero != 0 or len(h) != 16 + 32 * n:
-                self.stats["malformed"] += 1
+                self._reject("malformed", what="a PAIRS message of n %d (reserved %d, frame 1 %d bytes)"
+                             % (n, zero, len(h)))
                 return None
             hdr = np.frombuffer(h, dtype=PAIR_DTYPE, count=n, offset=16)
             views = [frames[1].buffer]
@@ -587,15 +637,20 @@ class PairStream:
               & ((hdr["channels"] == 1) | (hdr["channels"] == 3))
               & (hdr["layout"] == 0) & (hdr["reserved"] == 0))
         if not ok.all():
-            self.stats["malformed"] += 1
+            bad = int(np.flatnonzero(~ok)[0])
+            self._reject("malformed", epochs=int(hdr["epoch"][bad]), indices=int(hdr["index"][bad]),
+                         what="a pair message whose pair %d of %d has a bad header" % (bad, len(hdr)))
             return None
         size = (hdr["height"].astype(np.int64) * hdr["width"] * hdr["channels"])
         if single:
             if views[0].nbytes != size[0] or views[1].nbytes != size[0]:
-                self.stats["malformed"] += 1
+                self._reject("malformed", epochs=int(hdr["epoch"][0]), indices=int(hdr["index"][0]),
+                             what="a PAIR message whose views are not %d bytes" % size[0])
                 return None
         elif views[0].nbytes != 2 * int(size.sum()):
-            self.stats["malformed"] += 1
+            self._reject("malformed", epochs=int(hdr["epoch"][0]), indices=int(hdr["index"][0]),
+                         what="a PAIRS message of %d pairs with %d view bytes, not %d"
+                         % (len(hdr), views[0].nbytes, 2 * int(size.sum())))
             return None
         # per pair: epoch and index
         epoch, index = hdr["epoch"].astype(np.int64), hdr["index"]
@@ -603,9 +658,10 @@ class PairStream:
         cur, nxt = epoch == self._epoch, epoch == self._epoch + 1
         stale = (epoch < self._epoch) & ~bad_index
         bad_epoch = ~cur & ~nxt & ~stale & ~bad_index
-        self.stats["rejected_index"] += int(bad_index.sum())
-        self.stats["stale"] += int(stale.sum())
-        self.stats["rejected_epoch"] += int(bad_epoch.sum())
+        for kind, m in (("rejected_index", bad_index), ("stale", stale), ("rejected_epoch", bad_epoch)):
+            if m.any():
+                p = np.flatnonzero(m)
+                self._reject(kind, len(p), epoch[p], index[p])
         keep_cur = cur & ~bad_index
         keep_nxt = nxt & ~bad_index
         # duplicates within the epoch (also within this message)
@@ -615,7 +671,7 @@ class PairStream:
             first = _first_occurrence(idx)
             dup = (_bits_test(self._seen, idx) == 1) | ~first
             if dup.any():
-                self.stats["duplicates"] += int(dup.sum())
+                self._reject("duplicates", int(dup.sum()), self._epoch, idx[dup])
                 self._ack(idx[dup])                    # acknowledge again
             keep_cur[pos[dup]] = False
             acc = idx[~dup]
@@ -624,16 +680,19 @@ class PairStream:
                 self._ack(acc)
                 self.stats["pairs"] += len(acc)
         if keep_nxt.any() and len(self._held) >= HELD_MSGS_MAX:
-            self.stats["held_dropped"] += int(keep_nxt.sum())
+            p = np.flatnonzero(keep_nxt)
+            self._reject("held_dropped", len(p), epoch[p], index[p],
+                         what="a pair of the next epoch (%d messages held already)" % len(self._held))
             keep_nxt[:] = False
         if keep_nxt.any():
             for p in np.flatnonzero(keep_nxt):
                 i = int(index[p])
                 if i in self._held_idx:
-                    self.stats["duplicates"] += 1
+                    self._reject("duplicates", 1, int(epoch[p]), i)
                     keep_nxt[p] = False
                 elif len(self._held_idx) >= HELD_MAX:
-                    self.stats["held_dropped"] += 1
+                    self._reject("held_dropped", 1, int(epoch[p]), i,
+                                 what="a pair of the next epoch (%d pairs held already)" % len(self._held_idx))
                     keep_nxt[p] = False
                 else:
                     self._held_idx.add(i)

@@ -180,8 +180,9 @@ class TestExactlyOnce(Base):
             pairs_msg([(e, 8, (3, 3, 3)), (e, 9, (3, 3, 3)), (e, 10, (5, 2, 1)), (e, 8, (3, 3, 3))]),
         ]
         f = self.loader(count=50, epochs=1, start_epoch=e, hostile=hostile)
-        s = self.stream(f.endpoint)
-        got = collect(s)
+        with self.assertLogs("moco_stream", level="INFO") as logs:   # before the receiver starts
+            s = self.stream(f.endpoint)
+            got = collect(s)
         self.assertIsNone(f.error)
         self.assertExact(got, [e], 50)
         st = s.stats
@@ -190,13 +191,50 @@ class TestExactlyOnce(Base):
         # 7, 8, 9, 10 came early, so the stream's copies are duplicates; so is the twin 8
         self.assertEqual(st["duplicates"], 5)
         self.assertEqual(st["pairs"], 50)
+        # every rejection logged once (all within the first 20 of a kind), naming
+        # the endpoint, the kind, the epoch and the index
+        recs = logs.records
+        for r in recs:
+            self.assertIn(f.endpoint, r.getMessage())
+            self.assertIn(": %s: " % r.kind, r.getMessage())
+        def by(kind):
+            return sorted(((r.epoch, r.index) for r in recs if r.kind == kind),
+                          key=lambda t: [-1 if x is None else x for x in t])
+        self.assertEqual(by("rejected_index"), [(e, 50), (e, 2 ** 40 - 1)])
+        self.assertEqual([r.getMessage().count("epoch %d index 50 " % e) for r in recs
+                          if r.kind == "rejected_index"].count(1), 1)
+        self.assertEqual(by("rejected_epoch"), [(e + 5, 1)])
+        self.assertEqual(by("stale"), [(e - 1, 2)])
+        self.assertEqual(len(by("malformed")), 8)
+        self.assertEqual(len(by("unknown")), 1)
+        self.assertEqual(by("duplicates"), [(e, 7), (e, 8), (e, 8), (e, 9), (e, 10)])
+        self.assertEqual(len(recs), 2 + 1 + 1 + 8 + 1 + 5, [r.getMessage() for r in recs])
+        levels = {r.kind: r.levelname for r in recs}
+        self.assertEqual((levels["rejected_index"], levels["malformed"], levels["duplicates"]),
+                         ("WARNING", "WARNING", "INFO"))
+
+    def test_rejections_rate_limited(self):
+        # 70 pairs of a far epoch, then 1 more: logged are the first 20, the 32nd and
+        # the 64th (as the C loader), the 71st not
+        far = [pairs_msg([(9, i, (1, 1, 1)) for i in range(70)]), pairs_msg([(9, 70, (1, 1, 1))])]
+        f = self.loader(count=80, epochs=1, hostile=far)
+        with self.assertLogs("moco_stream", level="WARNING") as logs:
+            s = self.stream(f.endpoint)
+            got = collect(s)
+        self.assertExact(got, [0], 80)
+        self.assertEqual(s.stats["rejected_epoch"], 71)
+        self.assertEqual([(r.kind, r.epoch) for r in logs.records], [("rejected_epoch", 9)] * 22)
+        self.assertEqual([r.index for r in logs.records], list(range(20)) + [31, 63])
+        self.assertEqual([r.total for r in logs.records], list(range(1, 21)) + [32, 64])
 
 
     def test_held_bounded(self):
         early = [pairs_msg([(1, i, SHAPE)]) for i in range(17)]   # epoch 1 before EPOCH_END(0)
         f = self.loader(count=50, epochs=2, hostile=early)
-        s = self.stream(f.endpoint)
-        self.assertExact(collect(s), [0, 1], 50)
+        with self.assertLogs("moco_stream", level="WARNING") as logs:
+            s = self.stream(f.endpoint)
+            self.assertExact(collect(s), [0, 1], 50)
+        self.assertEqual([(r.kind, r.epoch, r.index) for r in logs.records], [("held_dropped", 1, 16)])
         self.assertEqual((s.stats["held"], s.stats["held_dropped"], s.stats["duplicates"]),
                          (16, 1, 16))
 
