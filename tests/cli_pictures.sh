@@ -13,18 +13,36 @@ SRC=/usr/share/datasets/fashion-mnist
 rm -rf "$T" && mkdir -p "$T/run"
 $M mkdb $SRC "$T/db" --split test --limit 64 --quiet >/dev/null || fail mkdb
 $M preview "$T/db" --out "$T/p.png" --recipe cifar --size 28 --n 8 >/dev/null || fail preview
-# light heading text in the top 22 rows over each of the 6 columns; none there in the tiles' background
+# the heading band: light text on the dark background in the top 20 rows,
+# found as runs of lit pixel columns: six words, original > query > key in
+# width, the same in both groups of columns (tiles there instead would give
+# some other count and widths)
 /usr/bin/python3 - "$T/p.png" <<'PY' || fail "preview: no column headings"
 import sys
 from PIL import Image
 im = Image.open(sys.argv[1]).convert("L")
 w, h = im.size
-cols = 6
-for c in range(cols):
-    x0, x1 = c * w // cols, (c + 1) * w // cols
-    lit = sum(1 for x in range(x0, x1) for y in range(0, 20) if im.getpixel((x, y)) > 150)
-    if lit < 15:
-        sys.exit("column %d: %d light pixels in the heading band" % (c, lit))
+lit = [sum(1 for y in range(0, 20) if im.getpixel((x, y)) > 150) for x in range(w)]
+words, start, last = [], None, -100
+for x, l in enumerate(lit):
+    if l:
+        if start is not None and x - last > 6:
+            words.append((start, last))
+            start = None
+        if start is None:
+            start = x
+        last = x
+if start is not None:
+    words.append((start, last))
+widths = [b - a + 1 for a, b in words]
+print("heading words at x %s, widths %s" % (words, widths))
+if len(words) != 6:
+    sys.exit("want 6 headings (original, query, key over 2 groups), found %d: %s" % (len(words), words))
+for g in (0, 3):
+    if not widths[g] > widths[g + 1] > widths[g + 2]:
+        sys.exit("group %d: widths %s are not those of original > query > key" % (g // 3, widths[g:g + 3]))
+if any(abs(widths[i] - widths[i + 3]) > 1 for i in range(3)):
+    sys.exit("the two groups' headings differ: %s" % widths)
 PY
 cp docs/cifar10-w16-20ep-metrics.jsonl "$T/run/metrics.jsonl"
 $M plot "$T/run" --out "$T/c.png" --compare ../shared/reference/cifar10-w16-20ep-pytorch-demo-init.jsonl >/dev/null 2>&1 \
