@@ -12,7 +12,8 @@ tcp PORT+2, every endpoint with --keys. While 20 epochs stream, it sends:
     peer sends: one that got through would be counted rejected_index by the
     sink, whose count must be exactly the allowed key's 8;
   - from an allowed key: a forged HELLO to ctl (REFUSED), 100 spoofed FAILED
-    reports after a READY with no credit, 7 PAIRs of epoch 1000, 5 PAIRs of
+    reports after a READY with no credit, 50 more from a worker that holds
+    other samples of the epoch (the owner check), 7 PAIRs of epoch 1000, 5 PAIRs of
     index 2^40-1 and 3 of index N, a 40 MB frame to the sink and a 1 MB
     frame to the loader (both over the limits: the sender is cut off).
 serve: `moco run DB --serve tcp://PORT+2 --bind tcp://PORT --keys`, the
@@ -107,11 +108,16 @@ def oversized(ctx, keys, pairs, work):
     return [big, big2]
 
 
-def fake_worker(ctx, keys, ep, stop):
-    """Takes samples (READY with credit, heart-beating) and returns none."""
+def fake_worker(ctx, keys, ep, stop, n=None, spoof=0):
+    """Takes samples (READY with credit, heart-beating) and returns none.
+    With spoof > 0: once it holds samples, it sends FAILED for `spoof`
+    samples of that epoch that it does not hold (the loader must take FAILED
+    only from the worker that holds the sample)."""
     s = curve_client(ctx, zmq.DEALER, keys)
     s.connect(ep)
     received = 0
+    held = set()
+    spoofed = False
     while not stop.is_set():
         s.send(prefix(2, 4) + struct.pack("<IQI", 256, received, 64))
         t = time.time()
@@ -119,7 +125,19 @@ def fake_worker(ctx, keys, ep, stop):
             if s.poll(50):
                 f = s.recv_multipart()
                 if f[0][6:8] == struct.pack("<H", 12):
-                    received += struct.unpack("<I", f[0][8:12])[0]
+                    k = struct.unpack("<I", f[0][8:12])[0]
+                    received += k
+                    for j in range(k):
+                        e, _, i = struct.unpack_from("<IIQ", f[0], 16 + 16 * j)
+                        held.add((e, i))
+        if spoof and held and not spoofed:
+            e = min(held)[0]
+            others = [i for i in range(n) if (e, i) not in held][:spoof]
+            if len(others) < spoof:
+                raise RuntimeError("fake worker holds %d of %d samples: not %d others to spoof" % (len(held), n, spoof))
+            for i in others:
+                s.send(prefix(1, 3) + struct.pack("<IiQ", e, -32999, i) + b"spoofed by a worker holding others")
+            spoofed = True
     s.close(0)
 
 
@@ -174,7 +192,7 @@ def direct(moco, db, n, keys, out, port):
     hostile = []
     stop = threading.Event()
     # a worker that holds samples and never returns them
-    fake = threading.Thread(target=fake_worker, args=(ctx, keys, work, stop))
+    fake = threading.Thread(target=fake_worker, args=(ctx, keys, work, stop, n, 50))
     fake.start()
     try:
         if not wait_line(os.path.join(out, "loader.err"), "consumer connected", 20):
@@ -241,7 +259,8 @@ def direct(moco, db, n, keys, out, port):
             fail("sink %s = %s, expected %s (%s)" % (k, ss[k], v, json.dumps(sj)))
     if ss["auth_rejected"] < 3:
         fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % ss["auth_rejected"])
-    want = {"refused_hellos": 1, "rejected_failed": 100, "failed": 0, "dropped_msgs": 0, "stalled_workers": 1}
+    # rejected_failed: 100 from a worker holding nothing, 50 from one holding other samples
+    want = {"refused_hellos": 1, "rejected_failed": 150, "failed": 0, "dropped_msgs": 0, "stalled_workers": 1}
     for k, v in want.items():
         if ls[k] != v:
             fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))
