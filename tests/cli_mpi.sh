@@ -4,6 +4,8 @@
 #  1. `moco run --ranks 2` trains 2 epochs: every sample exactly once per
 #     epoch across the ranks (the loader's epoch_end and the trainer's epoch
 #     records: pairs = N, the two shards together), steps = 2 x N / (2 x B);
+#     with --hostfile and --bind tcp://... --keys, the ranks read the
+#     stream over tcp + CURVE, exactly as well;
 #  2. `mpirun -np 2 moco train` (10 epochs) against a loader with --consumers 2, one
 #     rank SIGKILLed mid-epoch: the other exits within seconds, and a resume
 #     from the last checkpoint (union of the ranks' positions) ends with a
@@ -47,6 +49,19 @@ grep -q '"step":32,' "$T/r1/metrics.jsonl" || fail "2 epochs of $N at 2 ranks x 
 [ -s "$T/r1/checkpoint_epoch_0002.safetensors" ] || fail "no checkpoint_epoch_0002"
 ls "$T/r1" | grep -q "rank" && fail "a rank other than 0 wrote files: $(ls "$T/r1")"
 echo "moco run --ranks 2: 2 epochs of $N pairs, exactly, across the ranks"
+# ... with --hostfile (ranks that could be on other hosts): they read the
+# stream over tcp with CURVE (the loader's consumer port, PORT+2), still exactly once
+$M keygen "$T/keys" >/dev/null || fail keygen
+printf 'localhost slots=2\n' >"$T/hosts"
+port=$((21000 + $$ % 20000))
+timeout 120 $M run "$T/db" --ranks 2 --hostfile "$T/hosts" --bind tcp://127.0.0.1:$port --keys "$T/keys" --workers 1 --epochs 2 \
+  --recipe cifar --size 28 --seed 1 $MODEL --run-dir "$T/rh" >/dev/null 2>"$T/rh.err" || fail "moco run --ranks 2 --hostfile: $(tail -3 "$T/rh.err")"
+grep -q "consumer: tcp://127.0.0.1:$((port + 2)) (serve mode)" "$T/rh.err" || fail "--hostfile: the ranks' stream is not on tcp PORT+2: $(head -4 "$T/rh.err")"
+[ "$(grep -c "consumer of rank [01] of 2 connected" "$T/rh.err")" = 2 ] || fail "--hostfile: not both ranks connected: $(cat "$T/rh.err")"
+[ "$(grep -c "\"event\":\"epoch_end\".*\"delivered\":$N,\"failed\":0" "$T/rh/loader.jsonl")" = 2 ] \
+  || fail "--hostfile: the loader did not end 2 epochs with $N delivered: $(grep epoch_end "$T/rh/loader.jsonl")"
+grep -q '"step":32,' "$T/rh/metrics.jsonl" || fail "--hostfile: 2 epochs of $N at 2 ranks x batch 16 should end at step 32"
+echo "moco run --ranks 2 --hostfile: the ranks read over tcp + CURVE, 2 epochs of $N pairs exactly"
 # ... and a rank killed under moco run: it says how to resume, and that finishes the run
 # (20 epochs, 320 steps: long enough that the kill lands before the end)
 $M run "$T/db" --ranks 2 --workers 1 --epochs 20 --recipe cifar --size 28 --seed 1 $MODEL --save-every 4 --log-every 1 \
