@@ -3,7 +3,8 @@
 # the command that adds a worker from another host; pasted twice (here, on
 # loopback, as another host with a copy of DIR would), the two workers
 # deliver 2 epochs exactly once each, over CURVE. A tcp endpoint without
-# --keys is refused with a message. Skipped without Fashion-MNIST.
+# --keys is refused with a message. Bound to 0.0.0.0, the printed command
+# names this host. Skipped without Fashion-MNIST.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -31,4 +32,25 @@ wait
 grep -q '"pairs":20000,"epochs":2' "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
 grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
 grep -q "worker 1 joined" "$T/r1.err" || fail "the second pasted worker never joined"
+# bound on every interface (0.0.0.0): the printed command names this host
+# instead (0.0.0.0 means nothing to another host); pasted, it works where
+# the name resolves (here: to loopback)
+host=$(uname -n)
+timeout 120 $M run "$T/db" --sink --bind tcp://0.0.0.0:$((port + 5)) --keys "$T/keys" --workers 0 --epochs 1 --recipe cifar \
+  --size 28 --run-dir "$T/r2" 2>"$T/r2.err" &
+run=$!
+for i in $(seq 100); do grep -q " augment --connect tcp://" "$T/r2.err" && break; sleep 0.05; done
+cmd=$(grep " augment --connect tcp://" "$T/r2.err" | head -1)
+echo "$cmd" | grep -q -- "--connect tcp://$host:$((port + 5)) --push tcp://$host:$((port + 6)) " \
+  || { kill $run; fail "--bind tcp://0.0.0.0: the printed command does not name this host ($host): $cmd"; }
+if getent hosts "$host" >/dev/null; then
+  (cd / && eval "$cmd" --quiet 2>"$T/w3.err") &
+  wait $run || { cat "$T/r2.err"; fail "moco run --bind tcp://0.0.0.0 exited non-zero"; }
+  wait
+  grep -q '"pairs":10000,"epochs":1' "$T/r2/sink.json" || fail "r2: $(cat "$T/r2/sink.json")"
+  echo "--bind tcp://0.0.0.0: the printed command names $host; pasted, it delivered the epoch"
+else
+  kill $run; wait
+  echo "--bind tcp://0.0.0.0: the printed command names $host (it does not resolve here: not pasted)"
+fi
 echo "cli_remote: ok"
