@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # cli_run.sh: `moco run --sink` with real augmentation workers on
 # Fashion-MNIST (Debian package; skipped when absent): 2 epochs deliver
-# exactly 2 x N pairs, also when a worker is SIGKILLed midway and replaced.
+# exactly 2 x N pairs, also when a worker is SIGKILLed midway and replaced;
+# over tcp only with keys; a SIGKILLed supervisor (with the sink, and with a
+# trainer) leaves neither processes nor its socket directory behind.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -50,18 +52,22 @@ wait $SP || fail "the tcp:// sink failed"
 wait $LP $WP
 grep -q "\"pairs\":$N,\"epochs\":1" "$T/tcp.json" || fail "tcp: $(cat "$T/tcp.json")"
 
-# the supervisor SIGKILLed: its children stop and its socket directory goes
-$M run "$T/db" --sink --workers 1 --epochs 500 --recipe cifar --size 28 --run-dir "$T/k" >/dev/null 2>"$T/k.err" &
-kp=$!
-for i in $(seq 100); do grep -q "ipc:///tmp/moco-run-" "$T/k.err" && break; sleep 0.05; done
-sd=$(grep -o "ipc:///tmp/moco-run-[A-Za-z0-9]*" "$T/k.err" | head -1 | cut -c7-)
-[ -n "$sd" ] && [ -d "$sd" ] || fail "no socket directory named: $(cat "$T/k.err")"
-sleep 1
-kill -KILL $kp
-for i in $(seq 100); do [ -d "$sd" ] || break; sleep 0.1; done
-[ -d "$sd" ] && fail "the socket directory $sd survived the supervisor ($(ls "$sd"))"
-for i in $(seq 50); do pgrep -f -- "--run-dir $T/k" >/dev/null || pgrep -f "$sd" >/dev/null || break; sleep 0.1; done
-pgrep -f "$sd" >/dev/null && fail "processes of the killed run are still there: $(pgrep -af "$sd")"
+# the supervisor SIGKILLed: its children stop and its socket directory goes,
+# with the counting sink and with a trainer as the consumer
+for mode in sink train; do
+  if [ $mode = sink ]; then what="--sink"; else what="--arch resnet18-cifar --width 4 --batch-size 16 --moco-k 256 --threads 1"; fi
+  $M run "$T/db" $what --workers 1 --epochs 500 --recipe cifar --size 28 --run-dir "$T/k$mode" >/dev/null 2>"$T/k.err" &
+  kp=$!
+  for i in $(seq 100); do grep -q "ipc:///tmp/moco-run-" "$T/k.err" && break; sleep 0.05; done
+  sd=$(grep -o "ipc:///tmp/moco-run-[A-Za-z0-9]*" "$T/k.err" | head -1 | cut -c7-)
+  [ -n "$sd" ] && [ -d "$sd" ] || fail "$mode: no socket directory named: $(cat "$T/k.err")"
+  sleep 1
+  kill -KILL $kp
+  for i in $(seq 100); do [ -d "$sd" ] || break; sleep 0.1; done
+  [ -d "$sd" ] && fail "$mode: the socket directory $sd survived the supervisor ($(ls "$sd"))"
+  for i in $(seq 50); do pgrep -f "$sd" >/dev/null || break; sleep 0.1; done
+  pgrep -f "$sd" >/dev/null && fail "$mode: processes of the killed run are still there: $(pgrep -af "$sd")"
+done
 
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 without --bind should exit 2"
