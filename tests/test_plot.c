@@ -51,8 +51,21 @@ static void test_labels(void **state)
     label_is(0.05, 0.05, "0.05");
 }
 
+/* every panel names its unit: "(...)" at the end of its title; the x axis is epochs */
+static void test_units(void **state)
+{
+    (void)state;
+    const char *want[4] = {"(nats)", "(%)", "(%)", "(pairs/s)"};
+    for (int i = 0; i < 4; i++) {
+        size_t n = strlen(plot_panel_titles[i]), u = strlen(want[i]);
+        assert_true(n > u);
+        assert_string_equal(plot_panel_titles[i] + n - u, want[i]);
+    }
+    assert_string_equal(plot_x_label, "epoch");
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels), cmocka_unit_test(test_units)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

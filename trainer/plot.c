@@ -15,6 +15,10 @@
 #include "formats/opts.h"
 #include "trainer/plot.h"
 
+const char *const plot_panel_titles[4] = {"InfoNCE loss (nats)", "contrastive top-1 accuracy (%)", "kNN top-1 accuracy (%)",
+                                          "throughput (pairs/s)"};
+const char *const plot_x_label = "epoch";
+
 #define MAXPTS 100000
 #define PW 560 /* panel size */
 #define PH 360
@@ -135,7 +139,7 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
         plot_tick_label(v, xstep, lab, sizeof lab);
         text(im, lab, x0 + (int)(w * v / xmax) - 4, y0 + 8, 10);
     }
-    text(im, "epoch", x0 + w / 2 - 15, y0 + 22, 10);
+    text(im, plot_x_label, x0 + w / 2 - 15, y0 + 22, 10);
     draw(im, c, orange, x0, y0, w, h, lo, hi, xmax);
     draw(im, s, ink, x0, y0, w, h, lo, hi, xmax);
     return 0;
@@ -236,10 +240,10 @@ int plot_main(int argc, char **argv)
         snprintf(legend, sizeof legend, "%s", clabel ? clabel : compare);
         text(mem, legend, PW + 50, 6, 12);
     }
-    panel(mem, 10, 10 + top, "InfoNCE loss (nats)", &loss, &closs, epochs, 0);
-    panel(mem, PW + 20, 10 + top, "contrastive top-1 accuracy (%)", &acc, &cacc, epochs, 1);
-    panel(mem, 10, PH + 20 + top, "kNN top-1 accuracy (%)", &knn, &cknn, epochs, 1);
-    panel(mem, PW + 20, PH + 20 + top, "throughput (pairs/s)", &speed, &cspeed, epochs, 0);
+    panel(mem, 10, 10 + top, plot_panel_titles[0], &loss, &closs, epochs, 0);
+    panel(mem, PW + 20, 10 + top, plot_panel_titles[1], &acc, &cacc, epochs, 1);
+    panel(mem, 10, PH + 20 + top, plot_panel_titles[2], &knn, &cknn, epochs, 1);
+    panel(mem, PW + 20, PH + 20 + top, plot_panel_titles[3], &speed, &cspeed, epochs, 0);
     rc = vips_pngsave(mem, out, NULL);
     g_object_unref(mem);
     if (rc) {

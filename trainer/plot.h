@@ -16,4 +16,9 @@ void plot_axis(double lo, double hi, int zero, double cap, double *alo, double *
  * the decimals the step needs ("0.5", "1350", "62"), never an exponent. */
 void plot_tick_label(double v, double step, char *buf, size_t n);
 
+/* The four panels' titles, each with its unit in parentheses ("InfoNCE
+ * loss (nats)", ...), and the x axis's label, in drawing order. */
+extern const char *const plot_panel_titles[4];
+extern const char *const plot_x_label;
+
 #endif
