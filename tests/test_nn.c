@@ -277,6 +277,40 @@ static void test_conv3_vs_ref(void **st)
     par_set_threads(1);
 }
 
+/* bn_forward_keep: y and the statistics exactly bn_forward's, and the bf16
+ * copies of x and y exactly nn_to_bf16's, with BN splits (runs of HW) and
+ * without (the whole channel one run) */
+static void test_bn_keep(void **st)
+{
+    (void)st;
+    const int N = 6, C = 4, HW = 37;
+    const size_t n = (size_t)N * C * HW;
+    for (int S = 1; S <= 3; S += 2) {
+        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+        float *x = fz(n), *res = fz(n), *y = fz(n), *y2 = fz(n);
+        uint16_t *xh = calloc(n, 2), *yh = calloc(n, 2), *xw = calloc(n, 2), *yw = calloc(n, 2);
+        float g[4] = {1.2f, 0.7f, -0.5f, 1.0f}, b[4] = {0.1f, -0.3f, 0.2f, 0}, rm[4] = {0}, rv[4] = {1, 1, 1, 1},
+              rm2[4] = {0}, rv2[4] = {1, 1, 1, 1}, mean[12], is[12], mean2[12], is2[12];
+        randn(x, n, 11), randn(res, n, 12);
+        for (int relu = 0; relu < 2; relu++) {
+            memset(xh, 0xff, n * 2), memset(yh, 0xff, n * 2);
+            bn_forward(y, mean, is, rm, rv, x, relu ? res : NULL, g, b, relu, 1, &d);
+            bn_forward_keep(y2, yh, mean2, is2, rm2, rv2, x, xh, relu ? res : NULL, g, b, relu, 1, &d);
+            assert_memory_equal(y, y2, n * 4);
+            assert_memory_equal(mean, mean2, (size_t)S * C * 4);
+            assert_memory_equal(is, is2, (size_t)S * C * 4);
+            assert_memory_equal(rm, rm2, sizeof rm);
+            assert_memory_equal(rv, rv2, sizeof rv);
+            nn_to_bf16(xw, x, n), nn_to_bf16(yw, y, n);
+            assert_memory_equal(xh, xw, n * 2); /* every element written: 0xffff would differ */
+            assert_memory_equal(yh, yw, n * 2);
+        }
+        bn_forward_keep(y2, NULL, mean2, is2, rm2, rv2, x, NULL, NULL, g, b, 0, 1, &d); /* no copies asked: fine */
+        test_free(x), test_free(res), test_free(y), test_free(y2);
+        free(xh), free(yh), free(xw), free(yw);
+    }
+}
+
 /* bn_forward/backward fused with residual add and ReLU == the unfused refs */
 static void test_bn_fused(void **st)
 {
@@ -440,7 +474,7 @@ int main(void)
         cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_conv_vs_ref),
         cmocka_unit_test(test_conv3_vs_ref),       cmocka_unit_test(test_bf16_convert),
         cmocka_unit_test(test_bn_golden),
-        cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_small_layers_golden),
+        cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_bn_keep),           cmocka_unit_test(test_small_layers_golden),
         cmocka_unit_test(test_finite_differences),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

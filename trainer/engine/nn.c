@@ -544,6 +544,7 @@ typedef struct {
     const uint16_t *xh; /* bn_backward_h: x in bf16 ... */
     float *xtmp;        /* ... restored channel by channel into N*HW floats per thread */
     const uint16_t *yh; /* bn_backward_h: y in bf16 (its sign: the ReLU mask) */
+    uint16_t *xh_out, *yh_out; /* bn_forward_keep: bf16 copies of x and y, written run by run */
 } bn_job;
 
 /* d[i] = 0 where the bf16 y[i] is not > 0 (sign bit set, or zero) */
@@ -571,7 +572,11 @@ static void bn_fwd_task(void *ctx, int c, int th)
         float mu, is;
         if (j->train) {
             double sum = 0, sq = 0;
-            BN_RUNS(d, S, s, base, o, len) sum += run_sum(j->x + o, len);
+            BN_RUNS(d, S, s, base, o, len)
+            {
+                sum += run_sum(j->x + o, len);
+                if (j->xh_out) nn_to_bf16(j->xh_out + o, j->x + o, (size_t)len); /* the run just read: in cache */
+            }
             float m = (float)(sum / M);
             BN_RUNS(d, S, s, base, o, len) sq += run_sqdev(j->x + o, len, m);
             double var = sq / M;
@@ -594,6 +599,7 @@ static void bn_fwd_task(void *ctx, int c, int th)
             } else {
                 vec_affine(j->y + o, j->x + o, len, a, b);
             }
+            if (j->yh_out) nn_to_bf16(j->yh_out + o, j->y + o, (size_t)len);
         }
     }
     if (j->train) {
@@ -605,7 +611,14 @@ static void bn_fwd_task(void *ctx, int c, int th)
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d)
 {
-    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d, NULL, NULL, NULL};
+    bn_forward_keep(y, NULL, mean, invstd, rmean, rvar, x, NULL, res, gamma, beta, relu, train, d);
+}
+
+void bn_forward_keep(float *y, uint16_t *yh, float *mean, float *invstd, float *rmean, float *rvar, const float *x, uint16_t *xh,
+                     const float *res, const float *gamma, const float *beta, int relu, int train, const nn_bn *d)
+{
+    bn_job j = {y, mean, invstd, rmean, rvar, NULL, NULL, NULL, NULL, NULL, x, res, gamma, beta, NULL, NULL, NULL, relu, train, d,
+                NULL, NULL, NULL, xh, yh};
     par_for(d->C, bn_fwd_task, &j);
 }
 
@@ -645,7 +658,7 @@ static void bn_bwd_task(void *ctx, int c, int th)
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d)
 {
-    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, NULL, NULL, NULL};
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, NULL, NULL, NULL, NULL, NULL};
     par_for(d->C, bn_bwd_task, &j);
 }
 
@@ -653,7 +666,7 @@ void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *d
                    const float *x, const uint16_t *xh, float *xtmp, const float *mean, const float *invstd, const float *gamma,
                    int relu, const nn_bn *d)
 {
-    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, xh, xtmp, yh};
+    bn_job j = {NULL, NULL, NULL, NULL, NULL, dx, dres, dgamma, dbeta, dout, x, NULL, gamma, NULL, y, mean, invstd, relu, 1, d, xh, xtmp, yh, NULL, NULL};
     par_for(d->C, bn_bwd_task, &j);
 }
 

@@ -123,6 +123,11 @@ typedef struct {
 /* y,x,res (C,N,HW); gamma,beta,rmean,rvar (C); mean,invstd (S,C). res may be NULL. */
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d);
+/* The same, also writing bf16 copies (nn_to_bf16, bit for bit) of x into xh
+ * and of y into yh (either may be NULL) while each run is in cache: the
+ * kept activations of bf16 training, without a pass of their own. */
+void bn_forward_keep(float *y, uint16_t *yh, float *mean, float *invstd, float *rmean, float *rvar, const float *x, uint16_t *xh,
+                     const float *res, const float *gamma, const float *beta, int relu, int train, const nn_bn *d);
 /* dout (C,N,HW) is the gradient of y (it is overwritten: the ReLU mask is
  * applied in place); dx, dres (may be NULL) (C,N,HW), dgamma, dbeta (C) += ...
  * y is the forward output (for the mask), x the input. Train mode only. */

@@ -596,15 +596,20 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
         switch (o->type) {
         case OP_CONV: {
             conv2d_forward(FWD(o->out), FWD(o->in), P(m, o->tw), &o->conv, a->work);
-            if (train && a->acts[o->out].half) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
+            /* a bf16 copy to keep: the BN right after writes it as it reads the output */
+            int bn_next = i + 1 < m->nops && m->ops[i + 1].type == OP_BN && m->ops[i + 1].in == o->out;
+            if (train && a->acts[o->out].half && !bn_next) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
             break;
         }
-        case OP_BN:
-            bn_forward(FWD(o->out), ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2), B(m, o->tw + 3), FWD(o->in),
-                       o->res >= 0 ? FWD(o->res) : NULL, P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
-            if (train && a->acts[o->out].half) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
+        case OP_BN: {
+            int keep_in = train && a->acts[o->in].half && i > 0 && m->ops[i - 1].type == OP_CONV && m->ops[i - 1].out == o->in;
+            int keep_out = train && a->acts[o->out].half;
+            bn_forward_keep(FWD(o->out), keep_out ? (uint16_t *)ACT(o->out) : NULL, ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2),
+                            B(m, o->tw + 3), FWD(o->in), keep_in ? (uint16_t *)ACT(o->in) : NULL, o->res >= 0 ? FWD(o->res) : NULL,
+                            P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
             if (train) m->counts[m->tensors[o->tw + 4].off]++;
             break;
+        }
         case OP_MAXPOOL: maxpool_forward(ACT(o->out), FWD(o->in), &o->pool); break;
         case OP_AVGPOOL: avgpool_forward(ACT(o->out), FWD(o->in), o->N, o->C, o->HW); break;
         case OP_LINEAR:
