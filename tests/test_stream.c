@@ -45,19 +45,42 @@ static void send_to(void *r, const uint8_t *id, size_t idlen, const void *b, siz
     if (b2) zmq_send(r, b2, n2, 0);
 }
 
+/* A consumer connected to a fake loader that has answered its HELLO with
+ * WELCOME (serve mode, epoch 0 of 1, 10 samples). */
+typedef struct {
+    void *ctx, *r;
+    uint8_t id[256];
+    size_t idlen;
+    trainer_stream *s;
+} welcomed;
+
+static void open_welcomed(welcomed *c, double loader_timeout)
+{
+    c->ctx = zmq_ctx_new();
+    c->r = fake_loader(c->ctx, c->id, &c->idlen);
+    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = loader_timeout};
+    assert_int_equal(stream_open(&cfg, &c->s), 0);
+    recv_hello(c->r, c->id, &c->idlen);
+    uint8_t w[32];
+    send_to(c->r, c->id, c->idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+}
+
+static void close_welcomed(welcomed *c)
+{
+    stream_destroy(&c->s);
+    zmq_close(c->r);
+    zmq_ctx_term(c->ctx);
+}
+
 static void test_none_then_silent(void **st)
 {
     (void)st;
-    void *ctx = zmq_ctx_new();
-    uint8_t id[256];
-    size_t idlen;
-    void *r = fake_loader(ctx, id, &idlen);
-    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 0.6};
-    trainer_stream *s;
-    assert_int_equal(stream_open(&cfg, &s), 0);
-    recv_hello(r, id, &idlen);
-    uint8_t w[32];
-    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+    welcomed c;
+    open_welcomed(&c, 0.6);
+    trainer_stream *s = c.s;
+    void *r = c.r;
+    const uint8_t *id = c.id;
+    size_t idlen = c.idlen;
     stream_event ev;
     ev.kind = -1;
     assert_int_equal(stream_next(s, 50, &ev), 0);
@@ -93,9 +116,7 @@ static void test_none_then_silent(void **st)
     assert_int_equal(rc, MOCO_ETIMEOUT);
     print_message("  %s\n", moco_errmsg());
     assert_non_null(strstr(moco_errmsg(), "silent"));
-    stream_destroy(&s);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
+    close_welcomed(&c);
 }
 
 static void test_refused(void **st)
@@ -138,16 +159,10 @@ static uint16_t next_type(void *r, int ms)
 static void test_keepalive(void **st)
 {
     (void)st;
-    void *ctx = zmq_ctx_new();
-    uint8_t id[256];
-    size_t idlen;
-    void *r = fake_loader(ctx, id, &idlen);
-    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 5};
-    trainer_stream *s;
-    assert_int_equal(stream_open(&cfg, &s), 0);
-    recv_hello(r, id, &idlen);
-    uint8_t w[32];
-    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+    welcomed c;
+    open_welcomed(&c, 5);
+    trainer_stream *s = c.s;
+    void *r = c.r;
     stream_event ev;
     assert_int_equal(stream_next(s, 50, &ev), 0);
     while (next_type(r, 100)) /* the heartbeat stream_next sent */
@@ -159,9 +174,7 @@ static void test_keepalive(void **st)
     assert_int_equal(next_type(r, 500), MOCO_MSG_HEARTBEAT);
     stream_keepalive(s); /* just sent: nothing */
     assert_int_equal(next_type(r, 200), 0);
-    stream_destroy(&s);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
+    close_welcomed(&c);
 }
 
 int main(void)
