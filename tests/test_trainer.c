@@ -444,6 +444,69 @@ static void test_nan_loss(void **s)
  * running statistics the step changed) and count the queries whose
  * positive is at least every negative. Near-ties (within 1e-4) may go
  * either way, so the count must lie between the sure and the possible. */
+/* Three MoCo steps on 2 compute threads, three times from the same seed:
+ * losses, query and key weights, BN statistics and the queue equal bit for
+ * bit (fp32, and bf16 where the CPU has it). The weight gradients are sums
+ * of per-thread partial sums over chunks of images; par_for_fixed keeps the
+ * chunks' threads, and so the order of those sums, the same in every run. */
+static void moco_run3(int precision, float *loss, float **params, float **queue, size_t *np)
+{
+    enum { N = 48, D = 16, K = 192, S = 16 };
+    moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 8, .dim = D, .bn_splits = 4, .batch = N, .size = S, .precision = precision},
+                    .K = K, .m = 0.99f, .T = 0.2f, .lr = 0.05f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 21};
+    moco *mc;
+    assert_int_equal(moco_new(&cfg, &mc), 0);
+    const size_t nx = (size_t)N * 3 * S * S;
+    float *x = malloc(sizeof(float) * 2 * nx);
+    moco_rng r;
+    moco_rng_init(&r, 21, 98, 0, 0);
+    for (int step = 0; step < 3; step++) {
+        for (size_t i = 0; i < 2 * nx; i++) x[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+        moco_stats ms;
+        assert_int_equal(moco_step(mc, x, x + nx, NULL, 0.05f, &ms), 0);
+        loss[step] = ms.loss;
+    }
+    *np = mc->q->nparams + mc->k->nparams;
+    *params = malloc(sizeof(float) * *np);
+    memcpy(*params, mc->q->params, sizeof(float) * mc->q->nparams);
+    memcpy(*params + mc->q->nparams, mc->k->params, sizeof(float) * mc->k->nparams);
+    *queue = malloc(sizeof(float) * D * K);
+    memcpy(*queue, mc->queue, sizeof(float) * D * K);
+    free(x);
+    moco_destroy(&mc);
+}
+
+static void test_moco_repeatable(void **s)
+{
+    (void)s;
+    par_set_threads(2);
+    for (int precision = NN_FP32; precision <= NN_BF16; precision++) {
+        if (precision == NN_BF16 && nn_bf16_available()) {
+            printf("bf16: %s; skipped\n", moco_errmsg());
+            continue;
+        }
+        float loss0[3], *p0, *q0;
+        size_t np;
+        moco_run3(precision, loss0, &p0, &q0, &np);
+        for (int run = 1; run < 3; run++) {
+            float loss[3], *p, *q;
+            size_t n;
+            moco_run3(precision, loss, &p, &q, &n);
+            printf("%s, run %d: losses %.9g %.9g %.9g (first run %.9g %.9g %.9g)\n", precision ? "bf16" : "fp32", run + 1,
+                   (double)loss[0], (double)loss[1], (double)loss[2], (double)loss0[0], (double)loss0[1], (double)loss0[2]);
+            assert_int_equal(n, np);
+            if (memcmp(loss, loss0, sizeof loss)) fail_msg("%s: the losses differ between runs", precision ? "bf16" : "fp32");
+            for (size_t i = 0; i < np; i++)
+                if (p[i] != p0[i]) fail_msg("%s: weight %zu differs between runs: %.9g against %.9g", precision ? "bf16" : "fp32", i,
+                                            (double)p[i], (double)p0[i]);
+            if (memcmp(q, q0, sizeof(float) * 16 * 192)) fail_msg("%s: the queues differ between runs", precision ? "bf16" : "fp32");
+            free(p), free(q);
+        }
+        free(p0), free(q0);
+    }
+    par_set_threads(1);
+}
+
 static void test_step_accuracy(void **s)
 {
     (void)s;
@@ -591,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load), cmocka_unit_test(test_init_kinds),
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
         cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
+        cmocka_unit_test(test_moco_repeatable),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */
     return cmocka_run_group_tests(tests, NULL, NULL);

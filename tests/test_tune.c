@@ -8,7 +8,10 @@
  *  - the wisdom file: saved, found again by a fresh table (nothing timed),
  *    other machines' lines kept, lines that do not parse reported and
  *    dropped, a forged choice that cannot run the shape measured afresh;
- *  - TUNE_RULE: nn_conv_init's rule, nothing timed, no file written. */
+ *  - TUNE_RULE: nn_conv_init's rule, nothing timed, no file written;
+ *  - repeatable: on 2 threads, every algorithm's weight and input
+ *    gradients are the same bit for bit in 40 repetitions (per-thread
+ *    partial sums over a fixed set of chunks, par_for_fixed). */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -116,6 +119,52 @@ static int count_lines(const char *s)
     int n = 0;
     for (; s && *s; s++) n += *s == '\n';
     return n;
+}
+
+/* Backward on 2 threads, 40 times over the same operands: the weight and
+ * input gradients must not change by a bit. With at least 3 chunks a task
+ * claimed by another thread changes the order of the weight gradient's
+ * partial sums, and so its rounding. */
+static void test_repeatable(void **st)
+{
+    (void)st;
+    par_set_threads(2);
+    setenv("MOCO_BF16_CHUNK_KB", "16", 1); /* small bf16 chunks: many tasks */
+    const int rs[][8] = {{48, 8, 8, 8, 16, 3, 1, 1}, {48, 16, 8, 8, 16, 3, 2, 1}, {48, 16, 4, 4, 32, 1, 1, 0}};
+    int ran = 0;
+    for (size_t c = 0; c < sizeof rs / sizeof *rs; c++)
+        for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
+            const int *q = rs[c];
+            if (!nn_conv_algo_ok(a, q[1], q[2], q[3], q[4], q[5], q[6], q[7])) continue;
+            nn_conv d;
+            size_t work = 0;
+            memset(&d, 0, sizeof d);
+            assert_int_equal(nn_conv_plan(&d, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], a, 1 << 10, &work), 0);
+            const int chunk = d.chunk; /* nn_conv_bf16 sets it too */
+            if ((q[0] + chunk - 1) / chunk < 3) fail_msg("%s: chunks of %d images: fewer than 3 tasks", nn_algo_name(a), chunk);
+            size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * d.Ho * d.Wo, nw = (size_t)q[4] * q[1] * q[5] * q[5];
+            float *x = fz(nx), *w = fz(nw), *dy = fz(ny), *dx = fz(nx), *dw = fz(nw), *dx0 = fz(nx), *dw0 = fz(nw), *wk = fz(work);
+            randu(x, nx, 11 + c), randu(w, nw, 12 + c), randu(dy, ny, 13 + c);
+            int differ = 0;
+            for (int rep = 0; rep < 40; rep++) {
+                memset(dx, 0, nx * 4), memset(dw, 0, nw * 4);
+                conv2d_backward(dx, dw, dy, x, w, &d, wk);
+                if (rep == 0) {
+                    memcpy(dx0, dx, nx * 4), memcpy(dw0, dw, nw * 4);
+                    continue;
+                }
+                differ += memcmp(dw, dw0, nw * 4) != 0 || memcmp(dx, dx0, nx * 4) != 0;
+            }
+            printf("%s: N %d Ci %d %dx%d Co %d k %d/%d, chunks of %d: %d of 39 repetitions differ from the first\n",
+                   nn_algo_name(a), q[0], q[1], q[2], q[3], q[4], q[5], q[6], chunk, differ);
+            if (differ) fail_msg("%s: gradients differ between repetitions on 2 threads", nn_algo_name(a));
+            nn_conv_free(&d);
+            ran++;
+            test_free(x), test_free(w), test_free(dy), test_free(dx), test_free(dw), test_free(dx0), test_free(dw0), test_free(wk);
+        }
+    assert_true(ran >= 3);
+    unsetenv("MOCO_BF16_CHUNK_KB");
+    par_set_threads(1);
 }
 
 static void test_measure_and_wisdom(void **st)
@@ -260,6 +309,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_every_algo),
         cmocka_unit_test(test_measure_and_wisdom),
+        cmocka_unit_test(test_repeatable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -728,7 +728,7 @@ void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float
         if (dw)
             for (int t = 1; t < T; t++) memset(wk + (size_t)t * lp->per_b + lp->mx_b + lp->mdy_b, 0, sizeof(float) * nw);
         bf_job j = {d, NULL, dinp, dw, inp, dout, wk};
-        par_for_max(tasks, T, mm_bwd_task, &j);
+        par_for_fixed(tasks, T, mm_bwd_task, &j);
         if (dw)
             for (int t = 1; t < T; t++) {
                 const float *p = (const float *)(wk + (size_t)t * lp->per_b + lp->mx_b + lp->mdy_b);
@@ -747,7 +747,7 @@ void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float
     if (dw)
         for (int t = 1; t < T; t++) memset(wk + (size_t)t * lp->per_b + lp->o_dwa, 0, sizeof(float) * nw);
     bf_job j = {d, NULL, dinp, dw, inp, dout, wk};
-    par_for_max(tasks, T, bwd_task, &j);
+    par_for_fixed(tasks, T, bwd_task, &j); /* per-thread dW sums: the same in every run */
     if (dw)
         for (int t = 1; t < T; t++) {
             const float *p = (const float *)(wk + (size_t)t * lp->per_b + lp->o_dwa);

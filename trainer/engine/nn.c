@@ -483,7 +483,7 @@ void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp
     if (T > par_threads()) T = par_threads();
     if (dw)
         for (int t = 1; t < T; t++) memset(work + (size_t)(t + 1) * d->work_per - nw, 0, sizeof(float) * nw);
-    par_for_max(j.tasks, T, conv_bwd_task, &j);
+    par_for_fixed(j.tasks, T, conv_bwd_task, &j); /* per-thread dW sums: the same in every run */
     if (dw)
         for (int t = 1; t < T; t++) {
             const float *p = work + (size_t)(t + 1) * d->work_per - nw;

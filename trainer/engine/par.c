@@ -1,6 +1,7 @@
 /* par.c: the pool of par.h: workers sleep on a condition variable until a
  * new generation of tasks is published, claim tasks from an atomic counter
- * and the last one out signals the caller. */
+ * (or, for par_for_fixed, take every T-th task from their own index) and
+ * the last one out signals the caller. */
 #include "trainer/engine/par.h"
 
 #include <cblas.h>
@@ -13,11 +14,15 @@ static int nthreads = 1, started = 1; /* threads in use, threads running (incl. 
 static unsigned long gen;
 static void (*job_fn)(void *, int, int);
 static void *job_ctx;
-static int job_n, job_max, busy;
+static int job_n, job_max, job_fixed, busy;
 static atomic_int next_task;
 
 static void run_tasks(int thread)
 {
+    if (job_fixed) {
+        for (int t = thread; t < job_n; t += job_max) job_fn(job_ctx, t, thread);
+        return;
+    }
     for (;;) {
         int t = atomic_fetch_add(&next_task, 1);
         if (t >= job_n) break;
@@ -69,7 +74,7 @@ int par_threads(void) { return nthreads; }
 
 void par_for(int n, void (*fn)(void *ctx, int task, int thread), void *ctx) { par_for_max(n, nthreads, fn, ctx); }
 
-void par_for_max(int n, int maxthreads, void (*fn)(void *ctx, int task, int thread), void *ctx)
+static void par_run(int n, int maxthreads, int fixed, void (*fn)(void *ctx, int task, int thread), void *ctx)
 {
     if (n <= 0) return;
     int use = maxthreads < nthreads ? maxthreads : nthreads;
@@ -79,7 +84,7 @@ void par_for_max(int n, int maxthreads, void (*fn)(void *ctx, int task, int thre
         return;
     }
     pthread_mutex_lock(&mu);
-    job_fn = fn, job_ctx = ctx, job_n = n, job_max = use;
+    job_fn = fn, job_ctx = ctx, job_n = n, job_max = use, job_fixed = fixed;
     atomic_store(&next_task, 0);
     busy = use - 1;
     gen++;
@@ -89,4 +94,14 @@ void par_for_max(int n, int maxthreads, void (*fn)(void *ctx, int task, int thre
     pthread_mutex_lock(&mu);
     while (busy) pthread_cond_wait(&done, &mu);
     pthread_mutex_unlock(&mu);
+}
+
+void par_for_max(int n, int maxthreads, void (*fn)(void *ctx, int task, int thread), void *ctx)
+{
+    par_run(n, maxthreads, 0, fn, ctx);
+}
+
+void par_for_fixed(int n, int maxthreads, void (*fn)(void *ctx, int task, int thread), void *ctx)
+{
+    par_run(n, maxthreads, 1, fn, ctx);
 }

@@ -17,5 +17,11 @@ int par_threads(void);
 void par_for(int n, void (*fn)(void *ctx, int task, int thread), void *ctx);
 /* The same on at most maxthreads threads (thread < maxthreads). */
 void par_for_max(int n, int maxthreads, void (*fn)(void *ctx, int task, int thread), void *ctx);
+/* par_for_max with a fixed mapping: thread k runs tasks k, k + T, k + 2T,
+ * ... in that order (T the threads used). For tasks that add into
+ * per-thread sums (weight gradients): the sums, and so the results, are
+ * then the same bit for bit in every run with the same thread count,
+ * whereas par_for's tasks go to whichever thread is free. */
+void par_for_fixed(int n, int maxthreads, void (*fn)(void *ctx, int task, int thread), void *ctx);
 
 #endif
