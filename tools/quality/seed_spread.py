@@ -1,0 +1,78 @@
+"""Compare groups of training runs by their kNN curves: per epoch, each group's mean, range and standard deviation,
+the difference between the groups' means, and how many of one group's runs fall inside another group's range.
+
+What it promises: only arithmetic on the files given. It reads our metrics.jsonl (records with "type":"epoch",
+epochs counted from 0) and moco_ref.py's logs (records with "epoch" counted from 1) alike, and compares the
+epochs that every run of both groups holds.
+
+Usage:
+  python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ...
+The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference).
+"""
+import argparse
+import json
+import math
+import sys
+
+
+def knn_curve(path):
+    """{epoch (from 1): kNN top-1} of one run."""
+    curve = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                raise SystemExit(f"seed_spread: {path}:{n}: not JSON ({e})")
+            if "knn_top1" not in r:
+                continue
+            if r.get("type") == "epoch":
+                curve[int(r["epoch"]) + 1] = float(r["knn_top1"])
+            elif "type" not in r:
+                curve[int(r["epoch"])] = float(r["knn_top1"])
+    if not curve:
+        raise SystemExit(f"seed_spread: {path}: no epoch with a kNN figure")
+    return curve
+
+
+def stats(values):
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, sd, min(values), max(values)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"))
+    a = p.parse_args()
+    if len(a.group) != 2 or any(len(g) < 2 for g in a.group):
+        raise SystemExit("seed_spread: give two groups, each a name and at least one file")
+    groups = [(g[0], [knn_curve(f) for f in g[1:]]) for g in a.group]
+    epochs = sorted(set.intersection(*[set(c) for _, runs in groups for c in runs]))
+    if not epochs:
+        raise SystemExit("seed_spread: no epoch is in every run")
+    (na, ra), (nb, rb) = groups
+    print(f"| epoch | {na}: mean (sd) [min, max], {len(ra)} runs | {nb}: mean (sd) [min, max], {len(rb)} runs "
+          f"| {nb} - {na} | {nb} runs inside {na}'s range |")
+    print("|---|---|---|---|---|")
+    out = []
+    for e in epochs:
+        ma, sa, lo_a, hi_a = stats([c[e] for c in ra])
+        mb, sb, lo_b, hi_b = stats([c[e] for c in rb])
+        inside = sum(lo_a <= c[e] <= hi_a for c in rb)
+        print(f"| {e} | {ma:.2f} ({sa:.2f}) [{lo_a:.2f}, {hi_a:.2f}] | {mb:.2f} ({sb:.2f}) [{lo_b:.2f}, {hi_b:.2f}] "
+              f"| {mb - ma:+.2f} | {inside} of {len(rb)} |")
+        out.append({"epoch": e, "mean_" + na: round(ma, 3), "sd_" + na: round(sa, 3), "mean_" + nb: round(mb, 3),
+                    "sd_" + nb: round(sb, 3), "diff": round(mb - ma, 3), "inside": inside})
+    worst = max(out, key=lambda r: abs(r["diff"]))
+    print(f"largest |difference of means|: {abs(worst['diff']):.2f} at epoch {worst['epoch']}; "
+          f"within 1 point at {sum(abs(r['diff']) <= 1 for r in out)} of {len(out)} epochs")
+    print(json.dumps({"groups": {na: len(ra), nb: len(rb)}, "epochs": out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
