@@ -33,7 +33,8 @@ DEFAULTS = ["--width", "16", "--epochs", "20", "--batch", "256", "--lr", "0.03",
 
 
 def patched_source(path, device):
-    src = open(path).read()
+    with open(path) as f:
+        src = f.read()
     if device == "cpu":
         return src
     for old, new in CUDA_PATCHES:

@@ -1,0 +1,96 @@
+"""Tests of tools/quality's Python helpers: seed_spread.py's arithmetic on both log formats, its errors, and
+ref_seeds.py's substitutions (each must match once; on the real reference script when it is beside us)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOLS = os.path.dirname(HERE)
+sys.path.insert(0, TOOLS)
+import ref_seeds  # noqa: E402
+
+REF = os.path.join(TOOLS, "..", "..", "..", "shared", "reference", "moco_ref.py")
+
+
+def write(d, name, records):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+class SeedSpread(unittest.TestCase):
+    def run_tool(self, *args):
+        return subprocess.run([sys.executable, os.path.join(TOOLS, "seed_spread.py")] + list(args),
+                              capture_output=True, text=True)
+
+    def test_means_ranges_and_formats(self):
+        with tempfile.TemporaryDirectory() as d:
+            # moco_ref.py's logs: epochs from 1; ours: "type":"epoch" records, epochs from 0, among step records
+            a1 = write(d, "a1", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate([10, 20, 30])])
+            a2 = write(d, "a2", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate([12, 22, 32, 99])])
+            b1 = write(d, "b1", [{"type": "step", "epoch": 0, "loss": 1}] +
+                       [{"type": "epoch", "epoch": e, "knn_top1": v} for e, v in enumerate([11, 21, 33])])
+            b2 = write(d, "b2", [{"type": "epoch", "epoch": e, "knn_top1": v} for e, v in enumerate([13, 25, 31])])
+            r = self.run_tool("--group", "pt", a1, a2, "--group", "ours", b1, b2)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            last = json.loads(r.stdout.strip().splitlines()[-1])
+            self.assertEqual(last["groups"], {"pt": 2, "ours": 2})
+            self.assertEqual([x["epoch"] for x in last["epochs"]], [1, 2, 3])  # epoch 4 is not in every run
+            self.assertEqual([x["mean_pt"] for x in last["epochs"]], [11, 21, 31])
+            self.assertEqual([x["mean_ours"] for x in last["epochs"]], [12, 23, 32])
+            self.assertEqual([x["diff"] for x in last["epochs"]], [1, 2, 1])
+            self.assertEqual([x["inside"] for x in last["epochs"]], [1, 1, 1])
+            self.assertAlmostEqual(last["epochs"][1]["sd_ours"], 2.828, places=3)
+            self.assertIn("within 1 point at 2 of 3 epochs", r.stdout)
+
+    def test_errors_name_the_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            good = write(d, "good", [{"epoch": 1, "knn_top1": 5}])
+            bad = write(d, "bad", [{"epoch": 1, "knn_top1": 5}, "{not json"])
+            r = self.run_tool("--group", "x", good, "--group", "y", bad)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(bad + ":2: not JSON", r.stderr)
+            empty = write(d, "empty", [{"epoch": 1, "loss": 3}])
+            r = self.run_tool("--group", "x", good, "--group", "y", empty)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(empty + ": no epoch with a kNN figure", r.stderr)
+
+
+class RefSeeds(unittest.TestCase):
+    def synthetic(self, d, drop=None, twice=None):
+        texts = [old for old, _ in ref_seeds.CUDA_PATCHES]
+        lines = [t for t in texts if t != drop] + ([twice] if twice else [])
+        return write(d, "ref.py", lines)
+
+    def test_every_substitution_once(self):
+        with tempfile.TemporaryDirectory() as d:
+            src = ref_seeds.patched_source(self.synthetic(d), "cuda")
+            for old, new in ref_seeds.CUDA_PATCHES:
+                self.assertIn(new, src)
+            with open(os.path.join(d, "ref.py")) as f:
+                self.assertEqual(ref_seeds.patched_source(self.synthetic(d), "cpu"), f.read())
+
+    def test_missing_or_repeated_text_stops(self):
+        old = ref_seeds.CUDA_PATCHES[4][0]
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaises(SystemExit) as e:
+                ref_seeds.patched_source(self.synthetic(d, drop=old), "cuda")
+            self.assertIn("found it 0 times", str(e.exception.code))
+            with self.assertRaises(SystemExit) as e:
+                ref_seeds.patched_source(self.synthetic(d, twice=old), "cuda")
+            self.assertIn("found it 2 times", str(e.exception.code))
+
+    @unittest.skipUnless(os.path.exists(REF), "../shared/reference/moco_ref.py is not beside the checkout")
+    def test_real_reference_script(self):
+        src = ref_seeds.patched_source(REF, "cuda")
+        self.assertIn("for (x1, x2), _ in _dev_batches(dl):", src)
+        compile(src, REF, "exec")
+
+
+if __name__ == "__main__":
+    unittest.main()
