@@ -6,7 +6,8 @@
 #     the checkpoints exist;
 #  2. a run killed (SIGKILL) mid-epoch and resumed from its checkpoint ends
 #     with a final checkpoint byte-identical to an uninterrupted run's (one
-#     worker: the order of samples is then deterministic);
+#     worker: the order of samples is then deterministic); so do two runs
+#     on 2 compute threads in small chunks of images;
 #  3. a truncated checkpoint is refused with a message, exit 1.
 # Also: kNN, embed, and linear evaluation (cached and streamed).
 set -u
@@ -141,6 +142,19 @@ wait $LP $WP
 grep -q "resumed" "$T/cut.err" || fail "the trainer did not say it resumed"
 cmp "$T/full/checkpoint_last.safetensors" "$T/cut/checkpoint_last.safetensors" \
   || fail "the resumed run's final checkpoint differs from the uninterrupted run's"
+
+# 2b. on 2 compute threads, in small chunks of images (many tasks per
+# layer), two runs of the same pipeline end byte-identical: the engine's
+# weight gradients do not depend on which thread took which chunk
+export MOCO_CONV_WORK=4096 MOCO_BF16_CHUNK_KB=16
+for i in 1 2; do
+  pipeline "$T/t2_$i" --threads 2
+  wait $TP || fail "2-thread run $i failed: $(tail -3 "$T/t2_$i.err")"
+  wait $LP $WP
+done
+unset MOCO_CONV_WORK MOCO_BF16_CHUNK_KB
+cmp "$T/t2_1/checkpoint_last.safetensors" "$T/t2_2/checkpoint_last.safetensors" \
+  || fail "two runs on 2 threads ended with different checkpoints"
 
 # 3. a truncated checkpoint is refused
 head -c 100000 "$T/resume.safetensors" > "$T/trunc.safetensors"
