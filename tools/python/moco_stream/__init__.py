@@ -19,7 +19,10 @@ mode (version 3)") alone. It promises:
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
   yields exactly the rest;
 * a loader silent for `timeout` seconds (while we listen), REFUSED, or a
-  missing WELCOME raise StreamError from the iterator;
+  missing WELCOME raise StreamError from the iterator; with keys, a loader
+  that refuses this consumer's key (its ZAP handler: the key is not in its
+  allow list) raises at once, naming the endpoint and the key file, and
+  counts stats["auth_rejected"];
 * every rejection (stats: malformed, unknown, rejected_epoch, rejected_index,
   rejected_epoch_end, held_dropped, stale, duplicates) is logged on the
   logger "moco_stream", rate-limited per kind as the C loader does (the
@@ -200,9 +203,7 @@ class PairStream:
                                          held_dropped=0, refused=0, unknown=0,
                                          heartbeats_sent=0, acks_sent=0, acked=0,
                                          messages=0, yielded=0, rejected_epoch_end=0,
-                                         # the loader's count (a connecting consumer has
-                                         # no ZAP handler): the key of `moco train`'s
-                                         # "stream" object, always 0 here
+                                         # handshakes in which the loader refused our key
                                          auth_rejected=0)
         self.epoch_ends = []
         self.ended = None                  # epochs completed, from END
@@ -222,6 +223,8 @@ class PairStream:
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
+        self._mon = None                   # with keys: the socket's failed handshakes
+        self._key_file = None
         try:
             self._setup_socket(keys)
         except Exception:
@@ -261,6 +264,8 @@ class PairStream:
                 raise ValueError("%s: no secret key" % os.path.join(keys, "client.key_secret"))
             server = zauth.load_certificate(os.path.join(keys, "server.key"))[0]
             s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, server
+            self._key_file = os.path.join(keys, "client.key")
+            self._mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         s.connect(self.endpoint)
 
     # ---- caller side --------------------------------------------------------
@@ -380,6 +385,9 @@ class PairStream:
         except Exception as e:  # a bug: surface it to the caller
             self._q.put(("error", StreamError("moco_stream: %r" % e)), 0)
         finally:
+            if self._mon is not None:
+                self._sock.disable_monitor()
+                self._mon.close(0)
             if self._welcomed.is_set() and self._stop.is_set():   # close(): BYE, after the last ACKs
                 self._send([prefix(T_BYE, 3)])
                 self._sock.close(linger=500)
@@ -402,6 +410,10 @@ class PairStream:
             if time.monotonic() > deadline or self._stop.is_set():
                 raise StreamError("moco_stream: cannot send HELLO to %s" % self.endpoint)
             time.sleep(0.01)
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        if self._mon is not None:
+            poller.register(self._mon, zmq.POLLIN)
         while not self._welcomed.is_set():     # wait for WELCOME or REFUSED
             if self._stop.is_set():
                 return
@@ -409,11 +421,25 @@ class PairStream:
             if left <= 0:
                 raise StreamError("moco_stream: no WELCOME from %s within %.1f s"
                                   % (self.endpoint, self.timeout))
-            if self._sock.poll(min(left, 0.1) * 1000, zmq.POLLIN):
+            ready = dict(poller.poll(min(left, 0.1) * 1000))
+            if self._mon is not None and self._mon in ready:
+                self._handshake_failed()
+            if self._sock in ready:
                 frames = self._sock.recv_multipart(copy=False)
                 self.stats["messages"] += 1
                 self._before_welcome(frames)
         self._stream()
+
+    def _handshake_failed(self):
+        """A monitor event: the loader's ZAP handler refused our key."""
+        from zmq.utils.monitor import recv_monitor_message
+        ev = recv_monitor_message(self._mon)
+        if ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return
+        self.stats["auth_rejected"] += 1
+        raise StreamError("moco_stream: %s refused this consumer's key %s (CURVE authentication failed, "
+                          "status %d): add it to the allow list of the loader's key directory (moco keygen)"
+                          % (self.endpoint, self._key_file, int(ev["value"])))
 
     def _header(self, frames):
         """(type, version, frame-1 bytes) of a message, or None (counted malformed)."""

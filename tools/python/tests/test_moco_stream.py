@@ -332,10 +332,17 @@ class TestCurve(Base):
         self.assertExact(collect(s), [0], 40)
 
     def test_curve_not_allowed(self):
+        # refused by the loader's ZAP handler: an error at once (not after
+        # the timeout) naming the endpoint and our key file, and counted
         f = self.loader(count=40, epochs=1, curve_dir=self.dir)
-        s = self.stream(f.endpoint, keys=self.other, timeout=1.0)
-        with self.assertRaises(moco_stream.StreamError):
+        s = self.stream(f.endpoint, keys=self.other, timeout=30.0)
+        t0 = time.monotonic()
+        with self.assertRaises(moco_stream.StreamError) as e:
             next(iter(s))
+        self.assertLess(time.monotonic() - t0, 10.0)
+        self.assertIn("refused this consumer's key " + os.path.join(self.other, "client.key"), str(e.exception))
+        self.assertIn(f.endpoint, str(e.exception))
+        self.assertEqual(s.stats["auth_rejected"], 1)
         self.assertEqual(f.hellos, [])
 
 
