@@ -14,7 +14,8 @@
  * into) plus one PAIRS batch.
  *
  * Exit: 0 on the loader's STOP; 1 when the loader is silent for
- * --loader-timeout seconds, or on a signal (augment_pipe_stop set). The
+ * --loader-timeout seconds, when the loader or the consumer refuses our
+ * CURVE key, or on a signal (augment_pipe_stop set). The
  * augmentation itself is a function given by the caller (augment_pair in
  * the worker; something trivial in the pipeline's tests). */
 #include <errno.h>
@@ -290,6 +291,12 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             release(e);
         }
         t = moco_now_s();
+        if (moco_sec_refused(sec)) { /* our key is not in the allow list of the loader or of the consumer */
+            char eps[1024];
+            snprintf(eps, sizeof eps, "%s (or %s)", cfg->loader_ep, cfg->push_ep);
+            rc = moco_sec_check_refused(sec, eps);
+            break;
+        }
         if (t - loader_seen > cfg->loader_timeout) {
             rc = moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", cfg->loader_ep, t - loader_seen);
             break;

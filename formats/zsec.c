@@ -6,7 +6,8 @@
  * every CURVE client of every bound socket of the context), a PAIR joined to
  * the callers (control: register a monitor, stop), and one PAIR per socket
  * monitor that moco_sec_bind started (handshake failures are counted there,
- * so each failed handshake counts once whatever its cause). */
+ * so each failed handshake counts once whatever its cause) or that
+ * moco_sec_connect started (a server's refusal of our key is counted). */
 #include "formats/zsec.h"
 
 #include <dirent.h>
@@ -52,9 +53,10 @@ struct moco_sec {
     pthread_mutex_t mu;
     unsigned nmon;      /* monitors started, for unique names */
     char ctl_ep[64];
-    _Atomic uint64_t rejected;
+    _Atomic uint64_t rejected, refused;
     /* handler thread only */
     void *mons[MON_MAX];
+    unsigned char mon_client[MON_MAX]; /* 1: the monitor of a connecting socket */
     int nmons;
     time_t warn_at;
     unsigned warn_burst, warn_dropped;
@@ -362,8 +364,10 @@ static const char *protocol_detail(uint32_t v)
 }
 
 /* One monitor event: frame 1 = u16 event + u32 value, frame 2 = endpoint.
- * Returns 1 when the monitor stopped (its socket closed or re-monitored). */
-static int handle_mon(moco_sec *s, void *mon)
+ * client: the monitor of a connecting socket, where only a server's
+ * refusal of our key counts (moco_sec_refused). Returns 1 when the monitor
+ * stopped (its socket closed or re-monitored). */
+static int handle_mon(moco_sec *s, void *mon, int client)
 {
     uint8_t head[8];
     char ep[256] = "", pep[1600];
@@ -384,6 +388,10 @@ static int handle_mon(moco_sec *s, void *mon)
     uint32_t val;
     memcpy(&ev, head, 2), memcpy(&val, head + 2, 4);
     if (ev == ZMQ_EVENT_MONITOR_STOPPED) return 1;
+    if (client) {
+        if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) atomic_fetch_add(&s->refused, 1);
+        return 0;
+    }
     if (!(ev & FAIL_EVENTS)) return 0;
     uint64_t total = atomic_fetch_add(&s->rejected, 1) + 1;
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return 0; /* the ZAP handler logged it, with the peer and key */
@@ -410,7 +418,8 @@ static int handle_mon(moco_sec *s, void *mon)
     return 0;
 }
 
-/* A control request: "M<endpoint>" joins a new monitor; "S" stops. */
+/* A control request: "M<endpoint>" joins a new monitor of a bound socket,
+ * "C<endpoint>" of a connecting one; "S" stops. */
 static int handle_ctl(moco_sec *s, void *ctl)
 {
     char req[128];
@@ -418,11 +427,11 @@ static int handle_ctl(moco_sec *s, void *ctl)
     if (n < 0) return errno == ETERM ? -1 : 0;
     req[n < (int)sizeof req - 1 ? n : (int)sizeof req - 1] = 0;
     if (req[0] == 'S') return -1;
-    if (req[0] != 'M') return 0;
+    if (req[0] != 'M' && req[0] != 'C') return 0;
     void *m = s->nmons < MON_MAX ? zmq_socket(s->zctx, ZMQ_PAIR) : NULL;
     int linger = 0;
     if (m && (zmq_setsockopt(m, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(m, req + 1))) zmq_close(m), m = NULL;
-    if (m) s->mons[s->nmons++] = m;
+    if (m) s->mon_client[s->nmons] = req[0] == 'C', s->mons[s->nmons++] = m;
     send_str(ctl, m ? "OK" : s->nmons >= MON_MAX ? "Etoo many monitored sockets" : "Ecannot join the socket monitor", 0);
     return 0;
 }
@@ -453,9 +462,10 @@ static void *sec_thread(void *arg)
         }
         if (items[1].revents & ZMQ_POLLIN) handle_zap(s, zap);
         for (int i = nmons - 1; i >= 0; i--) /* backwards: a stopped monitor is removed in place */
-            if ((items[2 + i].revents & ZMQ_POLLIN) && handle_mon(s, s->mons[i])) {
+            if ((items[2 + i].revents & ZMQ_POLLIN) && handle_mon(s, s->mons[i], s->mon_client[i])) {
                 zmq_close(s->mons[i]);
-                s->mons[i] = s->mons[--s->nmons];
+                s->nmons--;
+                s->mons[i] = s->mons[s->nmons], s->mon_client[i] = s->mon_client[s->nmons];
             }
         if ((items[0].revents & ZMQ_POLLIN) && handle_ctl(s, ctl) < 0) break;
     }
@@ -491,6 +501,7 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
     snprintf(s->who, sizeof s->who, "%s", who ? who : "moco");
     pthread_mutex_init(&s->mu, NULL);
     atomic_init(&s->rejected, 0);
+    atomic_init(&s->refused, 0);
     if (!keys_dir) {
         *out = s;
         return 0;
@@ -557,6 +568,22 @@ static int setopt(void *sock, int opt, const void *v, size_t n, const char *name
     return zmq_setsockopt(sock, opt, v, n) ? moco_err(MOCO_EZMQ, "%s: setting %s: %s", ep, name, zmq_strerror(zmq_errno())) : 0;
 }
 
+/* Monitor sock for events (kind 'M': a bound socket, 'C': a connecting one)
+ * on the handler thread. */
+static int start_monitor(moco_sec *s, void *sock, const char *endpoint, char kind, int events)
+{
+    char req[96], ans[256];
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    snprintf(req, sizeof req, "%cinproc://moco-sec-mon-%p-%u", kind, (void *)s, ++s->nmon);
+    if (zmq_socket_monitor(sock, req + 1, events | ZMQ_EVENT_MONITOR_STOPPED))
+        rc = moco_err(MOCO_EZMQ, "%s: zmq_socket_monitor: %s", endpoint, zmq_strerror(zmq_errno()));
+    else if ((rc = ctl_call(s, req, ans, sizeof ans)))
+        zmq_socket_monitor(sock, NULL, 0);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint)
 {
     int rc = precheck(s, sock, endpoint, "bind"), one = 1;
@@ -565,15 +592,7 @@ int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint)
         (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->server_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)) ||
         (rc = setopt(sock, ZMQ_ZAP_DOMAIN, "moco", 4, "ZMQ_ZAP_DOMAIN", endpoint)))
         return rc;
-    char req[96], ans[256];
-    pthread_mutex_lock(&s->mu);
-    snprintf(req, sizeof req, "Minproc://moco-sec-mon-%p-%u", (void *)s, ++s->nmon);
-    if (zmq_socket_monitor(sock, req + 1, FAIL_EVENTS | ZMQ_EVENT_MONITOR_STOPPED))
-        rc = moco_err(MOCO_EZMQ, "%s: zmq_socket_monitor: %s", endpoint, zmq_strerror(zmq_errno()));
-    else if ((rc = ctl_call(s, req, ans, sizeof ans)))
-        zmq_socket_monitor(sock, NULL, 0);
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    return start_monitor(s, sock, endpoint, 'M', FAIL_EVENTS);
 }
 
 int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint)
@@ -584,7 +603,21 @@ int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint)
         (rc = setopt(sock, ZMQ_CURVE_PUBLICKEY, s->client_pub, 32, "ZMQ_CURVE_PUBLICKEY", endpoint)) ||
         (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->client_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)))
         return rc;
-    return 0;
+    return start_monitor(s, sock, endpoint, 'C', ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+}
+
+uint64_t moco_sec_refused(const moco_sec *s)
+{
+    return s ? atomic_load(&((moco_sec *)s)->refused) : 0;
+}
+
+int moco_sec_check_refused(const moco_sec *s, const char *endpoint)
+{
+    if (!moco_sec_refused(s)) return 0;
+    return moco_err(MOCO_EINVAL,
+                    "%s refused this process's key %s/client.key (CURVE authentication failed): add that file to the "
+                    "allow list, DIR/allowed/, of the key directory the other side uses (moco keygen)",
+                    endpoint, s->dir ? s->dir : "?");
 }
 
 uint64_t moco_sec_rejected(const moco_sec *s)

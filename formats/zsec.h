@@ -5,7 +5,8 @@
  * whose public key is in DIR/allowed/, checked by our own ZAP handler, RFC 27)
  * or refused, unless the caller explicitly asked for --insecure. ipc:// and
  * inproc:// endpoints pass untouched (protected by the file system / the
- * process). Rejected handshakes on bound sockets are counted and logged.
+ * process). Rejected handshakes on bound sockets are counted and logged; a
+ * server's refusal of our own key is counted, for a clear error.
  * Key files are ZeroMQ's ZPL certificates (CZMQ zcert, pyzmq zmq.auth);
  * see formats/README.md, "Security: keys, CURVE, ZAP". */
 #ifndef MOCO_ZSEC_H
@@ -36,11 +37,19 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
 int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint);
 
 /* Call before zmq_connect. tcp without keys and without insecure -> MOCO_EINVAL as above.
- * tcp with keys: the client keypair (client.key_secret) and ZMQ_CURVE_SERVERKEY (server.key). */
+ * tcp with keys: the client keypair (client.key_secret), ZMQ_CURVE_SERVERKEY (server.key),
+ * and a socket monitor that counts the server's refusals of our key (moco_sec_refused). */
 int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint);
 
 /* Handshakes rejected so far on this context's bound sockets (thread-safe read). */
 uint64_t moco_sec_rejected(const moco_sec *s);
+/* Handshakes in which a server refused this context's key (its ZAP handler
+ * said no: the key is not in its allow list), on sockets moco_sec_connect
+ * prepared (thread-safe read). */
+uint64_t moco_sec_refused(const moco_sec *s);
+/* 0 while moco_sec_refused(s) is 0; then MOCO_EINVAL with a message that
+ * names endpoint and this process's key file, and says what to do. */
+int moco_sec_check_refused(const moco_sec *s, const char *endpoint);
 
 /* Stop the thread, close its sockets, free. Call after closing your own sockets and
  * before zmq_ctx_term. *s = NULL; NULL-safe. */

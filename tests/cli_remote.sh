@@ -3,8 +3,9 @@
 # the command that adds a worker from another host; pasted twice (here, on
 # loopback, as another host with a copy of DIR would), the two workers
 # deliver 2 epochs exactly once each, over CURVE. A tcp endpoint without
-# --keys is refused with a message. Bound to 0.0.0.0, the printed command
-# names this host. Skipped without Fashion-MNIST.
+# --keys is refused with a message, and a worker whose key is not in the
+# allow list stops at once, naming its key file. Bound to 0.0.0.0, the
+# printed command names this host. Skipped without Fashion-MNIST.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -25,6 +26,17 @@ for i in $(seq 100); do grep -q " augment --connect tcp://" "$T/r1.err" && break
 cmd=$(grep " augment --connect tcp://" "$T/r1.err" | head -1)
 [ -n "$cmd" ] || { kill $run; fail "no worker command printed: $(cat "$T/r1.err")"; }
 echo "pasting:$cmd"
+# first from a host whose client key is not in the allow list: the worker
+# stops at once (not after its loader timeout), naming the key to add
+$M keygen "$T/other" >/dev/null && cp -rp "$T/keys" "$T/host3" && cp -p "$T/other"/client.key* "$T/host3"/ || fail "host3's keys"
+bad=$(echo "$cmd" | sed "s#--keys [^ ]*#--keys $T/host3#")
+echo "$bad" | grep -q -- "--keys $T/host3 " || fail "cannot point the pasted command at other keys: $bad"
+t0=$(date +%s)
+(cd / && eval "timeout 30 $bad --quiet" 2>"$T/w0.err"); rc=$?
+[ $rc -eq 1 ] && grep -q "refused this process's key $T/host3/client.key" "$T/w0.err" \
+  || fail "a worker with a key not in the allow list: exit $rc, $(cat "$T/w0.err")"
+[ $(( $(date +%s) - t0 )) -lt 10 ] || fail "the refused worker took $(( $(date +%s) - t0 )) s to stop"
+echo "a worker whose key is not allowed stopped: $(tail -1 "$T/w0.err" | cut -c1-120)"
 (cd / && eval "$cmd" --quiet 2>"$T/w1.err") &
 (cd / && eval "$cmd" --quiet 2>"$T/w2.err") &
 wait $run || { cat "$T/r1.err"; fail "moco run exited non-zero"; }

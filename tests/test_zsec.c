@@ -558,6 +558,7 @@ static void test_allowed_client(void **st)
     pubkey_of(p, cpub);
     assert_string_equal(user, cpub); /* the ZAP handler's user id: the client's key */
     assert_int_equal(moco_sec_rejected(sv.sec), 0);
+    assert_int_equal(moco_sec_refused(cs), 0);
     zmq_close(cl);
     moco_sec_destroy(&cs);
     zmq_ctx_term(cctx);
@@ -712,6 +713,18 @@ static void test_added_client_admitted(void **st)
         for (double end = now_ms() + 5000; round && !got && now_ms() < end;) got = server_drain(&sv, 50, last, sizeof last, NULL);
         assert_int_equal(got, round); /* refused before, admitted after */
         if (round) assert_string_equal(last, "from host2");
+        /* the client side learns of the refusal (its socket monitor) and
+         * says which key to add where; admitted, it counts nothing */
+        for (double end = now_ms() + 5000; !round && !moco_sec_refused(cs) && now_ms() < end;) usleep(10000);
+        assert_int_equal(moco_sec_refused(cs) > 0, !round);
+        if (round) assert_int_equal(moco_sec_check_refused(cs, sv.ep), 0);
+        else {
+            char want[1300];
+            assert_int_equal(moco_sec_check_refused(cs, sv.ep), MOCO_EINVAL);
+            snprintf(want, sizeof want, "%s refused this process's key %s/client.key", sv.ep, host);
+            if (!strstr(moco_errmsg(), want)) fail_msg("message: %s", moco_errmsg());
+            assert_non_null(strstr(moco_errmsg(), "allowed/"));
+        }
         assert_int_equal(rejected_settle(&sv, round ? 0 : 1), round ? 0 : 1);
         zmq_close(cl);
         moco_sec_destroy(&cs);

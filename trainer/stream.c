@@ -415,6 +415,10 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             continue;
         }
         if (rc) break; /* an event (2) or an error */
+        if ((rc = moco_sec_check_refused(s->sec, s->ctl_ep))) { /* our key is not in the loader's allow list */
+            s->st.waited_s += moco_now_s() - t0;
+            return rc;
+        }
         if (t - s->loader_seen > s->loader_timeout) {
             s->st.waited_s += moco_now_s() - t0;
             return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", s->ctl_ep, t - s->loader_seen);
