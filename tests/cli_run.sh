@@ -37,13 +37,21 @@ grep -q "died" "$T/r2.err" || fail "the killed worker $victim was not reported"
 echo "killed worker $victim; it was replaced"
 # the same processes started by hand over tcp:// (as across hosts), the
 # consumer endpoint derived from --bind (port + 1), with CURVE keys (tcp
-# without them is refused)
+# without them is refused; a consumer with a key not allowed stops at once)
 P=$((20000 + ($$ % 20000)))
 $M loader --db "$T/db" --bind tcp://127.0.0.1:$P --epochs 1 --quiet 2>"$T/nokeys.err" && fail "a tcp loader without --keys ran"
 grep -q -- "--keys" "$T/nokeys.err" || fail "no --keys hint: $(cat "$T/nokeys.err")"
 $M keygen "$T/keys" >/dev/null || fail keygen
 $M loader --db "$T/db" --bind tcp://127.0.0.1:$P --keys "$T/keys" --epochs 1 --seed 3 --quiet &
 LP=$!
+# a consumer whose key is not in the allow list stops at once, naming its key file
+$M keygen "$T/other" >/dev/null && cp -rp "$T/keys" "$T/host2" && cp -p "$T/other"/client.key* "$T/host2"/ || fail "host2's keys"
+t0=$(date +%s)
+timeout 30 $M sink --bind tcp://127.0.0.1:$((P + 3)) --connect tcp://127.0.0.1:$((P + 1)) --keys "$T/host2" --count $N --quiet \
+  >/dev/null 2>"$T/refused.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "refused this process's key $T/host2/client.key" "$T/refused.err" \
+  || fail "a sink with a key not in the allow list: exit $rc, $(cat "$T/refused.err")"
+[ $(( $(date +%s) - t0 )) -lt 10 ] || fail "the refused sink took $(( $(date +%s) - t0 )) s to stop"
 $M sink --bind tcp://127.0.0.1:$((P + 2)) --connect tcp://127.0.0.1:$((P + 1)) --keys "$T/keys" --count $N --json "$T/tcp.json" --quiet >/dev/null &
 SP=$!
 $M augment --connect tcp://127.0.0.1:$P --push tcp://127.0.0.1:$((P + 2)) --keys "$T/keys" --recipe cifar --size 28 --quiet &
