@@ -74,7 +74,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS) tests/testutil.h
 deps:
 	@bash tools/install-deps.sh
 
-tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS)
+tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
@@ -86,8 +86,8 @@ demo: deps
 	@bash tools/demo.sh
 
 # The quality experiment (tools/quality/README.md): not part of bin/moco.
-quality-tools: $(BUILD)/tools/quality/views_epoch
-$(BUILD)/tools/quality/views_epoch: tools/quality/views_epoch.c $(LIB_OBJS)
+quality-tools: $(BUILD)/tools/quality/views_epoch $(BUILD)/tools/quality/step_grads
+$(BUILD)/tools/quality/%: tools/quality/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # cli_quality.sh: tools/quality's Python helpers (seed_spread.py, ref_seeds.py):
-# their unit tests, with the real reference script when ../shared is beside us.
+# their unit tests, with the real reference script when ../shared is beside us,
+# and bf16_error.py on this build's step_grads.
 set -u
 cd "$(dirname "$0")/.."
-out=$(timeout 120 /usr/bin/python3 -m unittest discover -s tools/quality/tests -p 'test_*.py' -v 2>&1)
+export STEP_GRADS=$PWD/${BUILD:-build/release}/tools/quality/step_grads
+[ -x "$STEP_GRADS" ] || { echo "FAIL: $STEP_GRADS is not built (make tests builds it)"; exit 1; }
+out=$(timeout 400 /usr/bin/python3 -m unittest discover -s tools/quality/tests -p 'test_*.py' -v 2>&1)
 rc=$?
-echo "$out" | tail -n 12
+echo "$out" | tail -n 22
 [ $rc -eq 0 ] || { echo "FAIL: tools/quality unit tests"; exit 1; }
-echo "$out" | grep -q "^Ran 5 tests" || { echo "FAIL: expected 5 tests"; exit 1; }
+echo "$out" | grep -q "^Ran 6 tests" || { echo "FAIL: expected 6 tests"; exit 1; }
 echo "tools/quality: unit tests passed"

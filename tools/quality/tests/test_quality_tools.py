@@ -1,5 +1,7 @@
-"""Tests of tools/quality's Python helpers: seed_spread.py's arithmetic on both log formats, its errors, and
-ref_seeds.py's substitutions (each must match once; on the real reference script when it is beside us)."""
+"""Tests of tools/quality's Python helpers: seed_spread.py's arithmetic on both log formats, its errors,
+ref_seeds.py's substitutions (each must match once; on the real reference script when it is beside us), and
+bf16_error.py: our bf16 step's gradient no further from the float64 one than PyTorch's bf16 autocast's
+(STEP_GRADS names the step_grads program; skipped without it)."""
 import json
 import os
 import subprocess
@@ -90,6 +92,31 @@ class RefSeeds(unittest.TestCase):
         src = ref_seeds.patched_source(REF, "cuda")
         self.assertIn("for (x1, x2), _ in _dev_batches(dl):", src)
         compile(src, REF, "exec")
+
+
+STEP_GRADS = os.environ.get("STEP_GRADS", os.path.join(TOOLS, "..", "..", "build", "release", "tools", "quality", "step_grads"))
+
+
+class Bf16Error(unittest.TestCase):
+    @unittest.skipUnless(os.path.exists(STEP_GRADS), "no step_grads program (make quality-tools)")
+    def test_ours_no_further_than_autocast(self):
+        r = subprocess.run([sys.executable, os.path.join(TOOLS, "bf16_error.py"), "--width", "8", "--batch", "64", "--K", "512",
+                            "--splits", "2", "--random-images", "--mlp", "--symmetric", "--step-grads", STEP_GRADS],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode == 77:
+            self.skipTest("no bf16 on this CPU: " + r.stderr.strip()[-300:])
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        print("\n" + "\n".join(r.stdout.splitlines()[-10:-1]), file=sys.stderr)
+        j = json.loads(r.stdout.splitlines()[-1])
+        ours, pt, o32, p32 = j["ours_bf16"]["all"], j["torch_bf16_enc"]["all"], j["ours_fp32"]["all"], j["torch_fp32"]["all"]
+        # bf16 is running (its error is far above fp32's), and no worse than the peer's (25% margin: one case)
+        self.assertGreater(ours, 10 * o32)
+        self.assertGreater(pt, 10 * p32)
+        self.assertLessEqual(ours, 1.25 * pt)
+        # fp32 far closer than bf16 (not "as close as PyTorch's fp32": one ReLU input within rounding of 0
+        # that lands on the other side of it in either float32 run dominates that error; bf16_error.py)
+        self.assertLess(o32, 0.02 * ours)
+        self.assertLess(j["ours_bf16"]["loss"], 1e-2)
 
 
 if __name__ == "__main__":

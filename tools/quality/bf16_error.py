@@ -1,0 +1,213 @@
+#!/usr/bin/python3
+"""bf16_error.py: how far one MoCo step's gradient moves from the exact one
+under bf16, ours (`--precision bf16`) beside PyTorch's bf16 autocast, on
+the same weights, images, key permutation and queue.
+
+    /usr/bin/python3 tools/quality/bf16_error.py [--ckpt CKPT] [--width 16]
+        [--batch 256] [--K 4096] [--splits 8] [--images CIFAR_TAR | --random-images]
+        [--seed 0] [--step-grads build/release/tools/quality/step_grads]
+
+The exact gradient is PyTorch's in float64. Beside it, each in its own
+precision from the same start:
+  torch_fp32       PyTorch, float32
+  torch_bf16_enc   PyTorch, both encoders under
+                   torch.cpu.amp.autocast(dtype=torch.bfloat16), the
+                   normalisation, logits and loss in float32 (as ours)
+  torch_bf16_all   PyTorch, the whole step under autocast (as
+                   tools/bench_pytorch_step.py --bf16 times it: the logits
+                   q @ queue in bf16 too)
+  ours_fp32, ours_bf16   this engine (step_grads, `make quality-tools`)
+  ours_bf16_store_conv, ours_bf16_store_fp32
+                   ours in bf16 with only the conv outputs, or no
+                   activations, kept in bf16 between forward and backward
+For each, the relative error of the query encoder's gradient,
+||g - g64|| / ||g64||, over all parameters together ("all") and per
+tensor (the median and the worst), and of the loss. The weights are
+--ckpt's query encoder (a `moco train` checkpoint of resnet18-cifar, its
+queue too) or a seeded torchvision initialisation; the images are two
+views of --batch CIFAR-10 training images made by the official demo's
+torchvision recipe (or Gaussian noise with --random-images). The key
+encoder equals the query encoder (as after a momentum update of equal
+weights). The last line is one JSON object.
+
+The float32 errors (1e-6 - 1e-3) are set by chance: one ReLU input within
+rounding of zero that lands on the other side of it in the float32 run
+changes one element of the gradient below it, and that one element can
+dominate a bias gradient that otherwise cancels (seen here: ours 4.8e-4
+against PyTorch's 3.4e-5 on one case, 3.8e-4 against 3.8e-4 on another).
+bf16's errors are 100x larger. Exit status 77 where this CPU
+has no bf16 path.
+"""
+import argparse
+import copy
+import io
+import json
+import os
+import platform
+import random
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from gen_trainer_golden import make, save_st  # noqa: E402
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def read_st(path, keep):
+    """The F32 / I64 tensors of a safetensors file whose names keep() accepts."""
+    import numpy as np
+    with open(path, "rb") as f:
+        b = f.read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    dt = {"F32": np.float32, "I64": np.int64}
+    out = {}
+    for k, v in h.items():
+        if not keep(k):
+            continue
+        cnt = int(np.prod(v["shape"], dtype=np.int64))
+        out[k] = torch.from_numpy(np.frombuffer(b, dt[v["dtype"]], cnt, 8 + n + v["data_offsets"][0]).reshape(v["shape"]).copy())
+    return out
+
+
+def cpu_model():
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def views(tar, n, seed):
+    """Two views each of n CIFAR-10 training JPEGs, the demo's recipe."""
+    from PIL import Image
+    from torchvision import transforms as Tr
+    rng = random.Random(seed)
+    with tarfile.open(tar) as t:
+        names = [m for m in t.getmembers() if m.isfile() and m.name.startswith("train/") and m.name.endswith(".jpg")]
+        pick = sorted(rng.sample(range(len(names)), n))
+        imgs = [Image.open(io.BytesIO(t.extractfile(names[i]).read())).convert("RGB") for i in pick]
+    aug = Tr.Compose([Tr.RandomResizedCrop(32), Tr.RandomHorizontalFlip(), Tr.RandomApply([Tr.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                      Tr.RandomGrayscale(p=0.2), Tr.ToTensor(), Tr.Normalize(MEAN, STD)])
+    torch.manual_seed(seed)
+    return torch.stack([aug(im) for im in imgs]), torch.stack([aug(im) for im in imgs])
+
+
+def torch_step(base, x1, x2, perms, queue, T, mode):
+    """The loss and {name: grad (float64)} of one step in mode f64 / fp32 /
+    bf16_enc / bf16_all."""
+    dt = torch.float64 if mode == "f64" else torch.float32
+    fq, fk = copy.deepcopy(base).to(dt), copy.deepcopy(base).to(dt)
+    fq.train(), fk.train()
+    for p in fk.parameters():
+        p.requires_grad = False
+    Q = queue.to(dt)
+    ac = mode.startswith("bf16")
+    labels = torch.zeros(x1.shape[0], dtype=torch.long)
+
+    def ctr(xq, xk, p):
+        with torch.cpu.amp.autocast(enabled=ac, dtype=torch.bfloat16):
+            q = fq(xq.to(dt))
+            with torch.no_grad():
+                k = fk(xk.to(dt)[p])[torch.argsort(p)]
+            if mode == "bf16_all":
+                q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+                logits = torch.cat([(q * k).sum(1, keepdim=True), q @ Q.to(q.dtype)], 1) / T
+        if mode != "bf16_all":
+            q, k = F.normalize(q.to(dt), dim=1), F.normalize(k.to(dt), dim=1)
+            logits = torch.cat([(q * k).sum(1, keepdim=True), q @ Q], 1) / T
+        return F.cross_entropy(logits.to(dt), labels)
+
+    loss = ctr(x1, x2, perms[0])
+    if len(perms) == 2:
+        loss = loss + ctr(x2, x1, perms[1])
+    loss.backward()
+    return float(loss), {n: p.grad.detach().double() for n, p in fq.named_parameters()}
+
+
+def errors(g, ref):
+    num = sum(float((g[n] - ref[n]).pow(2).sum()) for n in ref)
+    den = sum(float(ref[n].pow(2).sum()) for n in ref)
+    per = sorted((float((g[n] - ref[n]).norm() / max(float(ref[n].norm()), 1e-300)), n) for n in ref)
+    return {"all": (num / den) ** 0.5, "median": per[len(per) // 2][0], "worst": per[-1][0], "worst_tensor": per[-1][1]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", help="a moco train checkpoint (resnet18-cifar): its query encoder and queue")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--K", type=int, default=4096)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--splits", type=int, default=8)
+    ap.add_argument("--T", type=float, default=0.1)
+    ap.add_argument("--symmetric", action="store_true")
+    ap.add_argument("--mlp", action="store_true")
+    ap.add_argument("--images", default=os.path.join(HERE, "..", "..", "..", "shared", "data", "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--random-images", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step-grads", default=os.path.join(HERE, "..", "..", "build", "release", "tools", "quality", "step_grads"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    base = make("resnet18-cifar", width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.splits)
+    queue = F.normalize(torch.randn(a.dim, a.K), dim=0)
+    if a.ckpt:
+        st = read_st(a.ckpt, lambda k: k.startswith("encoder_q.") or k == "queue")
+        queue = st.pop("queue")
+        base.load_state_dict({k[len("encoder_q."):]: v for k, v in st.items()}, strict=True)
+        a.dim, a.K = queue.shape
+    N = a.batch
+    if a.random_images:
+        x1, x2 = torch.randn(N, 3, 32, 32), torch.randn(N, 3, 32, 32)
+    else:
+        x1, x2 = views(a.images, N, a.seed)
+    perms = [torch.randperm(N)] + ([torch.randperm(N)] if a.symmetric else [])
+    print(f"bf16_error: resnet18-cifar width {a.width}{' mlp' if a.mlp else ''}, batch {N}, K {a.K}, dim {a.dim}, "
+          f"{a.splits} BN splits{', symmetric' if a.symmetric else ''}; weights: {a.ckpt or f'seeded init {a.seed}'}; "
+          f"images: {'Gaussian' if a.random_images else 'CIFAR-10 train, the demo recipe'}; CPU: {cpu_model()}", flush=True)
+    loss64, g64 = torch_step(base, x1, x2, perms, queue, a.T, "f64")
+    res = {}
+    for mode in ("fp32", "bf16_enc", "bf16_all"):
+        loss, g = torch_step(base, x1, x2, perms, queue, a.T, mode)
+        res["torch_" + mode] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+    with tempfile.TemporaryDirectory() as d:
+        case = {f"init.{k}": v for k, v in base.state_dict().items()}
+        case.update({"x1": x1, "x2": x2, "perm": torch.cat(perms), "queue": queue.contiguous(),
+                     "cfg": torch.tensor([N, 32, a.K, a.dim, a.splits, int(a.symmetric), int(a.mlp), a.width], dtype=torch.int64),
+                     "cfgf": torch.tensor([a.T], dtype=torch.float32)})
+        cp = os.path.join(d, "case.safetensors")
+        save_st(cp, case)
+        for prec, store in (("fp32", "all"), ("bf16", "all"), ("bf16", "conv"), ("bf16", "fp32")):
+            out = os.path.join(d, prec + store + ".safetensors")
+            rc = subprocess.run([a.step_grads, cp, out, prec, store]).returncode
+            if rc == 77:
+                sys.exit(77)  # step_grads said why: no bf16 on this CPU
+            if rc:
+                sys.exit(f"bf16_error: {a.step_grads} {prec} {store} failed (exit status {rc})")
+            g = {k: v.double() for k, v in read_st(out, lambda k: True).items()}
+            loss = float(g.pop("loss")[0])
+            res["ours_" + prec + ("" if store == "all" or prec == "fp32" else "_store_" + store)] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+    print(f"{'':20} {'gradient, all':>14} {'per-tensor median':>18} {'worst':>9}  {'loss':>9}")
+    for k, v in res.items():
+        print(f"{k:20} {v['all']:14.3e} {v['median']:18.3e} {v['worst']:9.3e}  {v['loss']:9.2e}   worst at {v['worst_tensor']}")
+    ratio = res["ours_bf16"]["all"] / res["torch_bf16_enc"]["all"]
+    print(f"ours bf16 / PyTorch bf16 autocast (encoders), gradient error: {ratio:.3f}")
+    print(json.dumps({"cpu": cpu_model(), "width": a.width, "batch": N, "ckpt": a.ckpt, "random_images": a.random_images,
+                      "loss_f64": loss64, "ours_bf16_over_torch_bf16_enc": ratio, **res}))
+
+
+if __name__ == "__main__":
+    main()
