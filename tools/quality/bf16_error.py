@@ -20,6 +20,13 @@ precision from the same start:
   ours_bf16_store_conv, ours_bf16_store_fp32
                    ours in bf16 with only the conv outputs, or no
                    activations, kept in bf16 between forward and backward
+  ours_bf16_fp32_X (--decompose) ours in bf16 with X on fp32 kernels
+                   (trainer/engine/resnet.c's $MOCO_BF16_FP32): fwd (every
+                   convolution's forward), bwd, stem (the first
+                   convolution), linear, and combinations
+ours_bf16 is the rule's bf16 everywhere, as autocast does; `--kernels
+measure` may put some passes on fp32 kernels where they are faster (the
+stem's forward, on AMD EPYC family 26 model 2).
 For each, the relative error of the query encoder's gradient,
 ||g - g64|| / ||g64||, over all parameters together ("all") and per
 tensor (the median and the worst), and of the loss. The weights are
@@ -158,6 +165,9 @@ def main():
     ap.add_argument("--random-images", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decompose", action="store_true",
+                    help="also ours in bf16 with parts on fp32 kernels ($MOCO_BF16_FP32: the forward, the backward, "
+                         "the stem, the linear layers, and combinations)")
     ap.add_argument("--step-grads", default=os.path.join(HERE, "..", "..", "build", "release", "tools", "quality", "step_grads"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -190,19 +200,23 @@ def main():
                      "cfgf": torch.tensor([a.T], dtype=torch.float32)})
         cp = os.path.join(d, "case.safetensors")
         save_st(cp, case)
-        for prec, store in (("fp32", "all"), ("bf16", "all"), ("bf16", "conv"), ("bf16", "fp32")):
-            out = os.path.join(d, prec + store + ".safetensors")
-            rc = subprocess.run([a.step_grads, cp, out, prec, store]).returncode
+        runs = [("fp32", "all", ""), ("bf16", "all", ""), ("bf16", "conv", ""), ("bf16", "fp32", "")]
+        if a.decompose:
+            runs += [("bf16", "all", k) for k in ("fwd", "bwd", "stem", "linear", "stem,linear", "fwd,bwd,linear")]
+        for prec, store, keep in runs:
+            out = os.path.join(d, prec + store + keep + ".safetensors")
+            rc = subprocess.run([a.step_grads, cp, out, prec, store], env=dict(os.environ, MOCO_BF16_FP32=keep)).returncode
             if rc == 77:
                 sys.exit(77)  # step_grads said why: no bf16 on this CPU
             if rc:
                 sys.exit(f"bf16_error: {a.step_grads} {prec} {store} failed (exit status {rc})")
             g = {k: v.double() for k, v in read_st(out, lambda k: True).items()}
             loss = float(g.pop("loss")[0])
-            res["ours_" + prec + ("" if store == "all" or prec == "fp32" else "_store_" + store)] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
-    print(f"{'':20} {'gradient, all':>14} {'per-tensor median':>18} {'worst':>9}  {'loss':>9}")
+            name = "ours_" + prec + ("" if store == "all" or prec == "fp32" else "_store_" + store)
+            res[name + ("_fp32_" + keep.replace(",", "+") if keep else "")] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+    print(f"{'':34} {'gradient, all':>14} {'per-tensor median':>18} {'worst':>9}  {'loss':>9}")
     for k, v in res.items():
-        print(f"{k:20} {v['all']:14.3e} {v['median']:18.3e} {v['worst']:9.3e}  {v['loss']:9.2e}   worst at {v['worst_tensor']}")
+        print(f"{k:34} {v['all']:14.3e} {v['median']:18.3e} {v['worst']:9.3e}  {v['loss']:9.2e}   worst at {v['worst_tensor']}")
     ratio = res["ours_bf16"]["all"] / res["torch_bf16_enc"]["all"]
     print(f"ours bf16 / PyTorch bf16 autocast (encoders), gradient error: {ratio:.3f}")
     print(json.dumps({"cpu": cpu_model(), "width": a.width, "batch": N, "ckpt": a.ckpt, "random_images": a.random_images,

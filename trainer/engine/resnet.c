@@ -277,6 +277,29 @@ static int build(builder *b)
     return b->err;
 }
 
+/* A measurement knob (tools/quality/bf16_error.py), not a training option:
+ * under bf16, $MOCO_BF16_FP32, a comma list of fwd (every convolution's
+ * forward), bwd (every convolution's backward), stem (both passes of the
+ * first convolution) and linear (the linear layers), puts those on fp32
+ * kernels (the rule's), to see where bf16's rounding costs accuracy. */
+static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
+{
+    const char *e = getenv("MOCO_BF16_FP32");
+    if (!e || !*e) return;
+    char buf[128];
+    snprintf(buf, sizeof buf, ",%s,", e);
+    const int fwd = strstr(buf, ",fwd,") != NULL, bwd = strstr(buf, ",bwd,") != NULL, lin = strstr(buf, ",linear,") != NULL;
+    int first = 1;
+    for (int k = 0; k < i; k++) first &= m->ops[k].type != OP_CONV;
+    const int stem = o->type == OP_CONV && first && strstr(buf, ",stem,") != NULL;
+    if (o->type == OP_LINEAR) {
+        if (lin) o->tc[0].algo = NN_ALGO_GEMM;
+        return;
+    }
+    if (fwd || stem) o->tc[0].algo = NN_ALGO_AUTO;
+    if ((bwd || stem) && grads) o->tc[1].algo = NN_ALGO_AUTO;
+}
+
 /* Plan gradient slots (reverse liveness) and lay out the arena. */
 static int plan(resnet *m, rn_arena *a, int grads)
 {
@@ -309,8 +332,10 @@ static int plan(resnet *m, rn_arena *a, int grads)
             size_t wb = 0;
             o->tc[1].algo = -1;
             if ((rc = tune_conv(&sh, TUNE_FWD, m->cfg.precision, RN_WORK_FLOATS, &o->tc[0])) ||
-                (grads && (rc = tune_conv(&sh, bpass, m->cfg.precision, RN_WORK_FLOATS, &o->tc[1]))) ||
-                (rc = nn_conv_plan(d, sh.N, sh.Ci, sh.H, sh.W, sh.Co, sh.k, sh.stride, sh.pad, o->tc[0].algo, RN_WORK_FLOATS, &w)))
+                (grads && (rc = tune_conv(&sh, bpass, m->cfg.precision, RN_WORK_FLOATS, &o->tc[1]))))
+                return rc;
+            if (m->cfg.precision == NN_BF16) fp32_override(m, o, i, grads);
+            if ((rc = nn_conv_plan(d, sh.N, sh.Ci, sh.H, sh.W, sh.Co, sh.k, sh.stride, sh.pad, o->tc[0].algo, RN_WORK_FLOATS, &w)))
                 return rc;
             o->convb_own = grads && o->tc[1].algo != o->tc[0].algo;
             if (o->convb_own &&
@@ -319,7 +344,9 @@ static int plan(resnet *m, rn_arena *a, int grads)
             w = wb > w ? wb : w;
         } else if (o->type == OP_LINEAR) { /* OpenBLAS, or bf16 where measured faster (or by the rule) */
             o->tc[1].algo = -1;
-            if (!(rc = tune_linear(o->N, o->F, o->O, grads, m->cfg.precision, &o->tc[0])) && o->tc[0].algo == NN_ALGO_BF16)
+            if (!(rc = tune_linear(o->N, o->F, o->O, grads, m->cfg.precision, &o->tc[0])) && m->cfg.precision == NN_BF16)
+                fp32_override(m, o, i, grads);
+            if (!rc && o->tc[0].algo == NN_ALGO_BF16)
                 rc = nn_linear_bf16(&o->lp, o->N, o->F, o->O, &w);
         }
         if (rc) return rc;
