@@ -316,7 +316,8 @@ def moco_case(fname, symmetric, mlp, steps):
     save_st(os.path.join(OUT, fname), t)
 
 
-def load_st(path):
+def load_st(path, keep=lambda name: True):
+    """The tensors of a safetensors file whose names keep() accepts (F32 and I64 only)."""
     import numpy as np
     with open(path, "rb") as f:
         b = f.read()
@@ -326,7 +327,7 @@ def load_st(path):
     dt = {"F32": np.float32, "I64": np.int64}
     return {k: torch.from_numpy(np.frombuffer(b, dt[v["dtype"]], int(np.prod(v["shape"], dtype=np.int64)),
                                               8 + n + v["data_offsets"][0]).reshape(v["shape"]).copy())
-            for k, v in h.items()}
+            for k, v in h.items() if keep(k)}
 
 
 def check_torchvision(arch, weights, io):

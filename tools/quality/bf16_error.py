@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import random
-import struct
 import subprocess
 import sys
 import tarfile
@@ -63,27 +62,9 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from gen_trainer_golden import make, save_st  # noqa: E402
+from gen_trainer_golden import load_st, make, save_st  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def read_st(path, keep):
-    """The F32 / I64 tensors of a safetensors file whose names keep() accepts."""
-    import numpy as np
-    with open(path, "rb") as f:
-        b = f.read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    h.pop("__metadata__", None)
-    dt = {"F32": np.float32, "I64": np.int64}
-    out = {}
-    for k, v in h.items():
-        if not keep(k):
-            continue
-        cnt = int(np.prod(v["shape"], dtype=np.int64))
-        out[k] = torch.from_numpy(np.frombuffer(b, dt[v["dtype"]], cnt, 8 + n + v["data_offsets"][0]).reshape(v["shape"]).copy())
-    return out
 
 
 def cpu_model():
@@ -175,7 +156,7 @@ def main():
     base = make("resnet18-cifar", width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.splits)
     queue = F.normalize(torch.randn(a.dim, a.K), dim=0)
     if a.ckpt:
-        st = read_st(a.ckpt, lambda k: k.startswith("encoder_q.") or k == "queue")
+        st = load_st(a.ckpt, lambda k: k.startswith("encoder_q.") or k == "queue")
         queue = st.pop("queue")
         base.load_state_dict({k[len("encoder_q."):]: v for k, v in st.items()}, strict=True)
         a.dim, a.K = queue.shape
@@ -210,7 +191,7 @@ def main():
                 sys.exit(77)  # step_grads said why: no bf16 on this CPU
             if rc:
                 sys.exit(f"bf16_error: {a.step_grads} {prec} {store} failed (exit status {rc})")
-            g = {k: v.double() for k, v in read_st(out, lambda k: True).items()}
+            g = {k: v.double() for k, v in load_st(out, lambda k: True).items()}
             loss = float(g.pop("loss")[0])
             name = "ours_" + prec + ("" if store == "all" or prec == "fp32" else "_store_" + store)
             res[name + ("_fp32_" + keep.replace(",", "+") if keep else "")] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))

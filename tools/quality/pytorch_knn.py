@@ -22,7 +22,7 @@ ckpt, root = sys.argv[1], sys.argv[2]
 width = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 torch.set_num_threads(2)
 model = make('resnet18-cifar', width=width, mlp=False, dim=128)
-state = {k[len('encoder_q.'):]: v for k, v in load_st(ckpt).items() if k.startswith('encoder_q.')}
+state = {k[len('encoder_q.'):]: v for k, v in load_st(ckpt, lambda k: k.startswith('encoder_q.')).items()}
 model.load_state_dict(state, strict=True)
 model.eval()
 tf = T.Compose([T.ToTensor(), T.Normalize([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])])
