@@ -631,21 +631,18 @@ static void bn_bwd_task(void *ctx, int c, int th)
     const double M = (double)(d->N / S) * d->HW;
     float *dout = j->dout;
     const float *x = j->x;
-    float *xt = j->xh ? j->xtmp + (size_t)th * NHW - base : NULL; /* bf16 x restored here, indexed from base like j->x */
-    if (xt) x = xt;
+    if (j->xh) {
+        float *t = j->xtmp + (size_t)th * NHW;
+        nn_from_bf16(t, j->xh + base, NHW);
+        x = t - base; /* indexed from base like j->x */
+    }
+    if (j->relu && j->yh) vec_relu_mask_h(dout + base, j->yh + base, NHW);
+    else if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
+    if (j->dres) vec_add(j->dres + base, dout + base, NHW);
     for (int s = 0; s < S; s++) {
         const float mu = j->cmean[s * d->C + c], is = j->cinvstd[s * d->C + c];
         double sdy = 0, sdxm = 0;
-        /* run by run, so that the sums and dx below read what the mask just wrote from cache
-         * (a split's runs fit in L2; a whole channel need not) */
-        BN_RUNS(d, S, s, base, o, len)
-        {
-            if (xt) nn_from_bf16(xt + o, j->xh + o, (size_t)len);
-            if (j->relu && j->yh) vec_relu_mask_h(dout + o, j->yh + o, (size_t)len);
-            else if (j->relu) vec_relu_mask(dout + o, j->cy + o, (size_t)len);
-            if (j->dres) vec_add(j->dres + o, dout + o, (size_t)len);
-            run_dsums(dout + o, x + o, len, mu, &sdy, &sdxm);
-        }
+        BN_RUNS(d, S, s, base, o, len) run_dsums(dout + o, x + o, len, mu, &sdy, &sdxm);
         double sdyx = sdxm * is;
         if (j->dgamma) j->dgamma[c] += (float)sdyx;
         if (j->dbeta) j->dbeta[c] += (float)sdy;
