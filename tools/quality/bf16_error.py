@@ -50,7 +50,6 @@ import copy
 import io
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -62,19 +61,10 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+from bench_pytorch_step import cpu_model  # noqa: E402
 from gen_trainer_golden import load_st, make, save_st  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def cpu_model():
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def views(tar, n, seed):
