@@ -6,6 +6,7 @@
 # or the Fashion-MNIST package.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/ports.sh"
 M=${MOCO:?}
 T=${MOCO_TEST_TMP:?}/hostile
 SRC=/usr/share/datasets/fashion-mnist
@@ -14,7 +15,7 @@ SRC=/usr/share/datasets/fashion-mnist
 rm -rf "$T" && mkdir -p "$T"
 $M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
 $M keygen "$T/keys" >/dev/null || fail keygen
-base=$(( 20000 + ($$ % 2000) * 10 ))
+base=$(port_block 10)
 timeout 240 /usr/bin/python3 tests/hostile.py direct "$M" "$T/db" 10000 "$T/keys" "$T/direct" $base || fail "direct mode"
 timeout 240 /usr/bin/python3 tests/hostile.py serve "$M" "$T/db" 10000 "$T/keys" "$T/serve" $((base + 5)) || fail "serve mode"
 echo "cli_hostile: ok"

@@ -3,6 +3,7 @@
 # flags (exit 0); an unknown command, an unknown flag or a bad value exits 2.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/ports.sh"
 M=${MOCO:?MOCO must point at bin/moco}
 $M --help >/dev/null || fail "moco --help"
 $M >/dev/null 2>&1; [ $? -eq 2 ] || fail "moco without a command should exit 2"
@@ -37,7 +38,7 @@ for f in keys insecure; do
   $M augment --pull x --help | grep -q -- "--$f " || fail "moco augment --pull --help does not list --$f"
 done
 # the standalone worker on tcp: refused without --keys (secure by default), runs with --insecure
-port=$((20000 + $$ % 20000))
+port=$(port_block 2)
 out=$(timeout 10 $M augment --pull tcp://127.0.0.1:$port --push tcp://127.0.0.1:$((port + 1)) --recipe cifar 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "moco augment --pull tcp:// without --keys exited $rc, want 2: $out"
 echo "$out" | grep -q -- "needs --keys" || fail "moco augment --pull tcp:// without --keys: no hint: $out"

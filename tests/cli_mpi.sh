@@ -20,6 +20,7 @@
 # Skipped (77) without mpirun (openmpi-bin) or the dataset.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/ports.sh"
 M=${MOCO:?}
 T=${MOCO_TEST_TMP:?}/mpi
 SRC=/usr/share/datasets/fashion-mnist
@@ -53,7 +54,7 @@ echo "moco run --ranks 2: 2 epochs of $N pairs, exactly, across the ranks"
 # stream over tcp with CURVE (the loader's consumer port, PORT+2), still exactly once
 $M keygen "$T/keys" >/dev/null || fail keygen
 printf 'localhost slots=2\n' >"$T/hosts"
-port=$((21000 + $$ % 20000))
+port=$(port_block 3)
 timeout 120 $M run "$T/db" --ranks 2 --hostfile "$T/hosts" --bind tcp://127.0.0.1:$port --keys "$T/keys" --workers 1 --epochs 2 \
   --recipe cifar --size 28 --seed 1 $MODEL --run-dir "$T/rh" >/dev/null 2>"$T/rh.err" || fail "moco run --ranks 2 --hostfile: $(tail -3 "$T/rh.err")"
 grep -q "consumer: tcp://127.0.0.1:$((port + 2)) (serve mode)" "$T/rh.err" || fail "--hostfile: the ranks' stream is not on tcp PORT+2: $(head -4 "$T/rh.err")"

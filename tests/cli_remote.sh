@@ -8,6 +8,7 @@
 # printed command names this host. Skipped without Fashion-MNIST.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/ports.sh"
 M=${MOCO:?}
 T=${MOCO_TEST_TMP:?}/remote
 SRC=/usr/share/datasets/fashion-mnist
@@ -15,7 +16,7 @@ SRC=/usr/share/datasets/fashion-mnist
 rm -rf "$T" && mkdir -p "$T"
 $M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
 $M keygen "$T/keys" >/dev/null || fail keygen
-port=$(( 30000 + ($$ % 2000) * 10 ))
+port=$(port_block 10)
 # secure by default
 $M run "$T/db" --sink --bind tcp://127.0.0.1:$port --workers 1 --run-dir "$T/r0" 2>"$T/r0.err" && fail "tcp without --keys ran"
 grep -q -- "--keys" "$T/r0.err" || fail "no hint about --keys: $(cat "$T/r0.err")"

@@ -6,6 +6,7 @@
 # trainer) leaves neither processes nor its socket directory behind.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/ports.sh"
 M=${MOCO:?}
 T=${MOCO_TEST_TMP:?}/run
 SRC=/usr/share/datasets/fashion-mnist
@@ -38,7 +39,7 @@ echo "killed worker $victim; it was replaced"
 # the same processes started by hand over tcp:// (as across hosts), the
 # consumer endpoint derived from --bind (port + 1), with CURVE keys (tcp
 # without them is refused; a consumer with a key not allowed stops at once)
-P=$((20000 + ($$ % 20000)))
+P=$(port_block 4)
 $M loader --db "$T/db" --bind tcp://127.0.0.1:$P --epochs 1 --quiet 2>"$T/nokeys.err" && fail "a tcp loader without --keys ran"
 grep -q -- "--keys" "$T/nokeys.err" || fail "no --keys hint: $(cat "$T/nokeys.err")"
 $M keygen "$T/keys" >/dev/null || fail keygen
