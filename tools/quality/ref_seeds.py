@@ -6,9 +6,15 @@ queue and every batch to the GPU, and turns TF32 off so that convolutions and pr
 weights, the queue and the key shuffle are still drawn on the CPU generator, as in the reference. Each
 seed's records go to OUT/seed<N>.jsonl, one per epoch, as moco_ref.py writes them.
 
+--bf16: the training step under bf16 autocast, the one line a PyTorch user adds (as tools/bench_pytorch_step.py
+--bf16 does): both encoders' forward and the logits in autocast, the loss on fp32 logits; the queue, the
+weights, SGD and the kNN monitor stay fp32. With one --seed, an fp32 and a --bf16 run see the same batches
+(the DataLoader's augmentations and the key shuffle draw from the seeded generators only), so the pair
+isolates the precision, like two one-worker runs of moco train.
+
 Usage:
   python3 tools/quality/ref_seeds.py MOCO_REF CIFAR_ROOT --seeds 2,3,4,5 --out DIR [--device cuda]
-      [--workers 3] [--threads 1] [-- extra moco_ref.py flags]
+      [--workers 3] [--threads 1] [--bf16] [-- extra moco_ref.py flags]
 The moco_ref.py flags default to the reference run's: --width 16 --epochs 20 --batch 256 --lr 0.03 --init demo.
 """
 import argparse
@@ -29,26 +35,33 @@ CUDA_PATCHES = [  # (text in moco_ref.py, replacement)
     ("torch.zeros(x1.size(0), dtype=torch.long)", "torch.zeros(x1.size(0), dtype=torch.long, device=DEV)"),
     ("score = torch.zeros(x.size(0), 10)", "score = torch.zeros(x.size(0), 10, device=DEV)"),
 ]
+BF16_PATCHES = [  # (text in moco_ref.py, replacement): the step under autocast
+    ("qv = F.normalize(q(x1), dim=1)", "with _autocast(): qv = F.normalize(q(x1), dim=1)"),
+    ("kv = F.normalize(k(x2[perm]), dim=1)[inv]", "with _autocast(): kv = F.normalize(k(x2[perm]), dim=1)[inv]"),
+    ("logits = torch.cat([(qv * kv).sum(1, keepdim=True), qv @ queue], 1) / a.T",
+     "with _autocast(): logits = torch.cat([(qv * kv).sum(1, keepdim=True), qv @ queue.to(qv.dtype)], 1).float() / a.T"),
+]
 DEFAULTS = ["--width", "16", "--epochs", "20", "--batch", "256", "--lr", "0.03", "--init", "demo"]
 
 
-def patched_source(path, device):
+def patched_source(path, device, bf16=False):
     with open(path) as f:
         src = f.read()
-    if device == "cpu":
-        return src
-    for old, new in CUDA_PATCHES:
+    patches = (CUDA_PATCHES if device != "cpu" else []) + (BF16_PATCHES if bf16 else [])
+    for old, new in patches:
         n = src.count(old)
         if n != 1:
             raise SystemExit(f"ref_seeds: {path}: expected the text {old!r} once, found it {n} times; "
-                             "the reference script changed, update CUDA_PATCHES")
+                             "the reference script changed, update CUDA_PATCHES / BF16_PATCHES")
         src = src.replace(old, new)
     return src
 
 
 def run_one(ref, device, argv):
-    """Executes moco_ref.py in this process with argv (after the substitutions for device)."""
+    """Executes moco_ref.py in this process with argv (after the substitutions for device; DEVICE+bf16: autocast)."""
     import torch
+    bf16 = device.endswith("+bf16")
+    device = device.split("+")[0]
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
@@ -66,8 +79,11 @@ def run_one(ref, device, argv):
             yield move(batch)
 
     sys.argv = [ref] + argv
-    env = {"__name__": "__main__", "__file__": ref, "DEV": dev, "_dev_batches": dev_batches}
-    exec(compile(patched_source(ref, device), ref, "exec"), env)
+    def autocast():
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+    env = {"__name__": "__main__", "__file__": ref, "DEV": dev, "_dev_batches": dev_batches, "_autocast": autocast}
+    exec(compile(patched_source(ref, device, bf16), ref, "exec"), env)
 
 
 def main():
@@ -82,9 +98,10 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="the training step under bf16 autocast")
     a, extra = p.parse_known_args()
     extra = [x for x in extra if x != "--"]
-    patched_source(a.ref, a.device)  # fail before starting anything if a substitution does not apply
+    patched_source(a.ref, a.device, a.bf16)  # fail before starting anything if a substitution does not apply
     os.makedirs(a.out, exist_ok=True)
     procs = []
     t0 = time.time()
@@ -94,7 +111,7 @@ def main():
             os.remove(log)
         args = [a.root] + DEFAULTS + ["--seed", str(seed), "--workers", str(a.workers), "--threads", str(a.threads),
                            "--out", log] + extra
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", a.ref, a.device] + args
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", a.ref, a.device + ("+bf16" if a.bf16 else "")] + args
         err = open(os.path.join(a.out, f"seed{seed}.log"), "w")
         procs.append((seed, subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT), err))
     rc = 0
