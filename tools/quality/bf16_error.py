@@ -23,7 +23,9 @@ precision from the same start:
   ours_bf16_fp32_X (--decompose) ours in bf16 with X on fp32 kernels
                    (trainer/engine/resnet.c's $MOCO_BF16_FP32): fwd (every
                    convolution's forward), bwd, stem (the first
-                   convolution), linear, and combinations
+                   convolution), linear, and combinations; --parts
+                   lists others, e.g. "fwd16;fwd128" (the forward of the
+                   convolutions with 16, or 128, output channels)
 ours_bf16 is the rule's bf16 everywhere, as autocast does; `--kernels
 measure` may put some passes on fp32 kernels where they are faster (the
 stem's forward, on AMD EPYC family 26 model 2).
@@ -139,6 +141,8 @@ def main():
     ap.add_argument("--decompose", action="store_true",
                     help="also ours in bf16 with parts on fp32 kernels ($MOCO_BF16_FP32: the forward, the backward, "
                          "the stem, the linear layers, and combinations)")
+    ap.add_argument("--parts", default="",
+                    help="';'-separated $MOCO_BF16_FP32 values to measure besides (e.g. 'fwd16;fwd32;fwd64;fwd128')")
     ap.add_argument("--step-grads", default=os.path.join(HERE, "..", "..", "build", "release", "tools", "quality", "step_grads"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -174,6 +178,7 @@ def main():
         runs = [("fp32", "all", ""), ("bf16", "all", ""), ("bf16", "conv", ""), ("bf16", "fp32", "")]
         if a.decompose:
             runs += [("bf16", "all", k) for k in ("fwd", "bwd", "stem", "linear", "stem,linear", "fwd,bwd,linear")]
+        runs += [("bf16", "all", k) for k in a.parts.split(";") if k]
         for prec, store, keep in runs:
             out = os.path.join(d, prec + store + keep + ".safetensors")
             rc = subprocess.run([a.step_grads, cp, out, prec, store], env=dict(os.environ, MOCO_BF16_FP32=keep)).returncode

@@ -280,8 +280,10 @@ static int build(builder *b)
 /* A measurement knob (tools/quality/bf16_error.py), not a training option:
  * under bf16, $MOCO_BF16_FP32, a comma list of fwd (every convolution's
  * forward), bwd (every convolution's backward), stem (both passes of the
- * first convolution) and linear (the linear layers), puts those on fp32
- * kernels (the rule's), to see where bf16's rounding costs accuracy. */
+ * first convolution), linear (the linear layers) and fwdN (the forward of
+ * the convolutions with N output channels: one stage of a ResNet), puts
+ * those on fp32 kernels (the rule's), to see where bf16's rounding costs
+ * accuracy. */
 static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
 {
     const char *e = getenv("MOCO_BF16_FP32");
@@ -296,7 +298,9 @@ static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
         if (lin) o->tc[0].algo = NN_ALGO_GEMM;
         return;
     }
-    if (fwd || stem) o->tc[0].algo = NN_ALGO_AUTO;
+    char own[24];
+    snprintf(own, sizeof own, ",fwd%d,", o->conv.Co);
+    if (fwd || stem || strstr(buf, own)) o->tc[0].algo = NN_ALGO_AUTO;
     if ((bwd || stem) && grads) o->tc[1].algo = NN_ALGO_AUTO;
 }
 
