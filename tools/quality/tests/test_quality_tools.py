@@ -88,10 +88,23 @@ class RefSeeds(unittest.TestCase):
                 ref_seeds.patched_source(self.synthetic(d, twice=old), "cuda")
             self.assertIn("found it 2 times", str(e.exception.code))
 
+    def test_bf16_substitutions(self):
+        with tempfile.TemporaryDirectory() as d:
+            lines = [old for old, _ in ref_seeds.BF16_PATCHES]
+            src = ref_seeds.patched_source(write(d, "ref.py", lines), "cpu", bf16=True)
+            self.assertEqual(src.count("with _autocast(): "), 3)
+            self.assertIn(".float() / a.T", src)
+            with self.assertRaises(SystemExit) as e:
+                ref_seeds.patched_source(write(d, "ref2.py", lines[1:]), "cpu", bf16=True)
+            self.assertIn("found it 0 times", str(e.exception.code))
+
     @unittest.skipUnless(os.path.exists(REF), "../shared/reference/moco_ref.py is not beside the checkout")
     def test_real_reference_script(self):
         src = ref_seeds.patched_source(REF, "cuda")
         self.assertIn("for (x1, x2), _ in _dev_batches(dl):", src)
+        compile(src, REF, "exec")
+        src = ref_seeds.patched_source(REF, "cuda", bf16=True)
+        self.assertEqual(src.count("with _autocast(): "), 3)
         compile(src, REF, "exec")
 
 
@@ -102,7 +115,8 @@ class Bf16Error(unittest.TestCase):
     @unittest.skipUnless(os.path.exists(STEP_GRADS), "no step_grads program (make quality-tools)")
     def test_ours_no_further_than_autocast(self):
         r = subprocess.run([sys.executable, os.path.join(TOOLS, "bf16_error.py"), "--width", "8", "--batch", "64", "--K", "512",
-                            "--splits", "2", "--random-images", "--mlp", "--symmetric", "--decompose", "--step-grads", STEP_GRADS],
+                            "--splits", "2", "--random-images", "--mlp", "--symmetric", "--decompose",
+                            "--parts", "fwd16;fwd8,fwd16,fwd32,fwd64", "--step-grads", STEP_GRADS],
                            capture_output=True, text=True, timeout=300)
         if r.returncode == 77:
             self.skipTest("no bf16 on this CPU: " + r.stderr.strip()[-300:])
@@ -124,6 +138,12 @@ class Bf16Error(unittest.TestCase):
         self.assertLess(j["ours_bf16_fp32_fwd+bwd+linear"]["all"], 0.02 * ours)
         self.assertLess(j["ours_bf16_fp32_fwd"]["all"], 0.5 * ours)
         self.assertGreater(j["ours_bf16_fp32_bwd"]["all"], 0.9 * ours)
+        # fwdN: the forward of the convolutions with N output channels (width 8: the stages have 8-64, the stem 8);
+        # one stage removes part of the error, the four together exactly what fwd does
+        one = j["ours_bf16_fp32_fwd16"]["all"]
+        self.assertLess(one, ours)
+        self.assertGreater(one, j["ours_bf16_fp32_fwd"]["all"])
+        self.assertEqual(j["ours_bf16_fp32_fwd8+fwd16+fwd32+fwd64"]["all"], j["ours_bf16_fp32_fwd"]["all"])
 
 
 if __name__ == "__main__":
