@@ -112,16 +112,21 @@ def fake_worker(ctx, keys, ep, stop, n=None, spoof=0):
     """Takes samples (READY with credit, heart-beating) and returns none.
     With spoof > 0: once it holds samples, it sends FAILED for `spoof`
     samples of that epoch that it does not hold (the loader must take FAILED
-    only from the worker that holds the sample)."""
+    only from the worker that holds the sample). Before it picks them it
+    takes its credit back (READY with no free room) and reads until no
+    SAMPLES came for a second: a sample already on its way to it would be
+    its own, and FAILED for it rightly taken."""
     s = curve_client(ctx, zmq.DEALER, keys)
     s.connect(ep)
     received = 0
     held = set()
     spoofed = False
-    while not stop.is_set():
-        s.send(prefix(2, 4) + struct.pack("<IQI", 256, received, 64))
+
+    def take(seconds, quiet=None):
+        """Reads SAMPLES for `seconds`, or with quiet: until none came for that long."""
+        nonlocal received
         t = time.time()
-        while time.time() - t < 0.3:
+        while time.time() - t < seconds:
             if s.poll(50):
                 f = s.recv_multipart()
                 if f[0][6:8] == struct.pack("<H", 12):
@@ -130,7 +135,15 @@ def fake_worker(ctx, keys, ep, stop, n=None, spoof=0):
                     for j in range(k):
                         e, _, i = struct.unpack_from("<IIQ", f[0], 16 + 16 * j)
                         held.add((e, i))
+                    if quiet:
+                        t = time.time()
+
+    while not stop.is_set():
+        s.send(prefix(2, 4) + struct.pack("<IQI", 256, received, 64))
+        take(0.3)
         if spoof and held and not spoofed:
+            s.send(prefix(2, 4) + struct.pack("<IQI", 0, received, 64))
+            take(1.0, quiet=True)
             e = min(held)[0]
             others = [i for i in range(n) if (e, i) not in held][:spoof]
             if len(others) < spoof:
