@@ -72,3 +72,24 @@ grep -q broken "$W" && fail "the line that does not parse was kept when the file
 $M $B --wisdom /proc/none/wisdom.jsonl >"$T/5.out" 2>"$T/5.err" || fail "an unwritable wisdom file stopped the run"
 grep -q "warning: cannot write the wisdom file /proc/none/wisdom.jsonl" "$T/5.err" || fail "no warning naming the unwritable file: $(cat "$T/5.err")"
 echo "a damaged or unwritable wisdom file: a warning naming it; the run goes on"
+
+# OpenBLAS's kernel set (trainer/engine/blascore.h): on a CPU with AVX2 and
+# FMA the run uses a set at least that level, even where OpenBLAS alone
+# falls back to SSE3 ("Prescott"; Debian's 0.3.21 on CPUs newer than it
+# knows); a set named in $OPENBLAS_CORETYPE stands; the wisdom key changes
+# with the set (its GEMM times depend on it).
+core() { sed -n 's/.*"blas_core":"\([^"]*\)".*/\1/p' "$1"; }
+c1=$(core "$T/1.out")
+[ -n "$c1" ] || fail "no blas_core in the JSON line: $(tail -1 "$T/1.out" | cut -c1-300)"
+if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+  case $c1 in Haswell|Zen|Excavator|SkylakeX|Cooperlake|SapphireRapids) ;;
+    *) fail "an AVX2+FMA CPU runs OpenBLAS's $c1 kernels";; esac
+  grep -q "OpenBLAS kernels $c1" "$T/1.out" || fail "--explain does not name the kernel set $c1"
+fi
+OPENBLAS_CORETYPE=Prescott $M $B --wisdom "$W" >"$T/6.out" 2>"$T/6.err" || fail "OPENBLAS_CORETYPE=Prescott: $(tail -3 "$T/6.err")"
+[ "$(core "$T/6.out")" = Prescott ] || fail "\$OPENBLAS_CORETYPE=Prescott was overridden: $(core "$T/6.out")"
+if [ "$c1" != Prescott ]; then
+  [ "$(grep -cE '\*$' "$T/6.out")" = 40 ] || fail "another OpenBLAS kernel set reused the wisdom of $c1 (want all 40 passes timed again)"
+  grep -q "\-Prescott\"" "$W" && grep -q "\-$c1\"" "$W" || fail "the wisdom file does not key lines by the kernel set: $(cut -c1-200 "$W" | head -3)"
+fi
+echo "OpenBLAS kernels: $c1 here (OPENBLAS_CORETYPE unset), Prescott when named; the wisdom keyed by them"

@@ -26,6 +26,7 @@
 #include "formats/rng.h"
 #include "trainer/cmd.h"
 #include "trainer/dist.h"
+#include "trainer/engine/blascore.h"
 #include "trainer/engine/moco.h"
 #include "trainer/engine/par.h"
 #include "trainer/engine/tune.h"
@@ -102,8 +103,8 @@ static void ms_json(moco_jw *w, const char *key, const double *ms)
 
 static void explain_kernels(const resnet *m, double seconds)
 {
-    printf("  kernels: --kernels %s; %s, %d threads; wisdom %s (%.1f s to make the models)\n",
-           tune_mode() == TUNE_MEASURE ? "measure" : "rule", tune_cpu()[0] ? tune_cpu() : "CPU not read", par_threads(),
+    printf("  kernels: --kernels %s; %s, %d threads, OpenBLAS kernels %s; wisdom %s (%.1f s to make the models)\n",
+           tune_mode() == TUNE_MEASURE ? "measure" : "rule", tune_cpu()[0] ? tune_cpu() : "CPU not read", par_threads(), blas_core(),
            tune_mode() == TUNE_MEASURE ? tune_path() : "not used", seconds);
     printf("  %-28s %-22s %-5s %-11s", "convolution", "N x Ci x H x W > Co k/s", "pass", "choice");
     for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) printf(" %11s", nn_algo_name(a));
@@ -148,6 +149,7 @@ static void kernels_json(moco_jw *w, const resnet *m)
     moco_jw_num(w, "conv_ms_chosen", chosen >= 0 ? chosen : NAN, 2);
     moco_jw_num(w, "conv_ms_rule", rule >= 0 ? rule : NAN, 2);
     moco_jw_str(w, "cpu", tune_cpu());
+    moco_jw_str(w, "blas_core", blas_core());
     moco_jw_arr(w, "convs");
     for (int i = 0; i < rn_conv_count(m); i++) {
         rn_conv_info c;

@@ -20,6 +20,7 @@
 #include "formats/json.h"
 #include "formats/jsonw.h"
 #include "formats/rng.h"
+#include "trainer/engine/blascore.h"
 #include "trainer/engine/par.h"
 
 typedef struct {
@@ -78,7 +79,10 @@ static void identify(void)
     if (f) fclose(f);
     snprintf(cpu, sizeof cpu, "%s (family %s, model %s)", name, fam, mod);
     struct stat st;
-    if (!stat("/proc/self/exe", &st)) snprintf(build, sizeof build, "%lld-%lld", (long long)st.st_size, (long long)st.st_mtime);
+    /* the build: this program's file, and OpenBLAS's kernel set (the GEMM
+     * candidates' times depend on it: blascore.h) */
+    if (!stat("/proc/self/exe", &st))
+        snprintf(build, sizeof build, "%lld-%lld-%.20s", (long long)st.st_size, (long long)st.st_mtime, blas_core());
     else snprintf(build, sizeof build, "unknown");
 }
 
