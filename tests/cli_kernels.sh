@@ -16,7 +16,7 @@ T=${MOCO_TEST_TMP:?}/kernels
 rm -rf "$T" && mkdir -p "$T"
 B="bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 --explain"
 W="$T/w/wisdom.jsonl"
-ALG='gemm|direct|direct-avx2|lanes|bf16' # the columns of the table, in order
+ALG='gemm|direct|direct-avx2|lanes|bf16|onednn' # the columns of the table, in order
 
 $M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
 rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
@@ -37,6 +37,16 @@ if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
   } END { print n + 0 }' "$T/1.out")
   [ "$both" -ge 8 ] || fail "want the direct kernels timed at both levels on the 16x16 and 8x8 3x3 rows, got $both rows"
   echo "AVX-512 CPU: $both rows timed both direct and direct-avx2"
+  # and oneDNN's fp32 kernels (a build with oneDNN: the Makefile's test) on every pass of kernel size > 1
+  if [ -e /usr/include/dnnl.h ]; then
+    read -r timed want < <(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+      for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, ks, "/"); k = ks[1] } # a pass row after the first: the shape above
+      for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { if ($(i + 7) != "-") t++; break }
+      if (k != 1) w++
+    } END { print t + 0, w + 0 }' "$T/1.out")
+    [ "$timed" = "$want" ] && [ "$want" -gt 0 ] || fail "want onednn timed on the $want passes of kernel size > 1, got $timed"
+    echo "AVX-512 CPU: onednn timed on all $timed passes of kernel size > 1"
+  fi
 fi
 [ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"
 tail -1 "$T/1.out" | python3 -c '

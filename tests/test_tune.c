@@ -64,7 +64,7 @@ static void test_plan_every_algo(void **st)
             /* direct at the CPU's level, direct-avx2 at AVX2's (1) */
             assert_int_equal(d.direct, a == NN_ALGO_DIRECT ? conv3_simd() : a == NN_ALGO_DIRECT_AVX2 ? 1 : 0);
             assert_int_equal(d.lanes, a == NN_ALGO_LANES);
-            assert_int_equal(d.lp != NULL, a == NN_ALGO_BF16);
+            assert_int_equal(d.lp != NULL, a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN);
             size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * d.Ho * d.Wo, nw = (size_t)q[4] * q[1] * q[5] * q[5];
             float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
                   *dwr = fz(nw), *wk = fz(work);
@@ -88,8 +88,10 @@ static void test_plan_every_algo(void **st)
                 test_free(dwr), test_free(wk);
         }
     assert_int_equal(ran[NN_ALGO_GEMM], 6); /* every shape */
-    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d\n", ran[NN_ALGO_GEMM], ran[NN_ALGO_DIRECT],
-           ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16]);
+    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d, onednn %d\n", ran[NN_ALGO_GEMM], ran[NN_ALGO_DIRECT],
+           ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN]);
+    /* oneDNN's fp32 kernels run every shape of kernel size > 1 (four above) where they are candidates */
+    assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 4 : 0);
     /* on an AVX-512 CPU both builds of the direct kernels are candidates
      * (the two 8x8 3x3 stride-1 shapes above: the stem and 8->16) */
     if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 2);

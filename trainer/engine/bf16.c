@@ -1,5 +1,8 @@
 /* bf16.c: bf16 mixed precision for the convolutions and linear layers of
- * nn.h (nn_conv_bf16, linear_*_bf16), on oneDNN (Debian's libdnnl-dev).
+ * nn.h (nn_conv_bf16, linear_*_bf16), on oneDNN (Debian's libdnnl-dev);
+ * and the same convolutions with fp32 operands (nn_conv_onednn: one more
+ * fp32 candidate, timed beside ours; on an Intel Xeon of family 6, model
+ * 207 its backward beat our direct kernels at width 16).
  *
  * Promise: every product takes operands rounded to bf16 (round to nearest
  * even, as vcvtneps2bf16 and PyTorch do) and accumulates in fp32; results
@@ -41,6 +44,7 @@
 #include <pthread.h>
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define F32_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) /* the fp32 path: no AVX512_BF16 needed */
 
 /* --------------------------------------------------------- engine, streams */
 
@@ -105,7 +109,7 @@ BF16_TARGET void nn_bf16_round(float *x, size_t n)
 }
 
 /* In-register transpose of the 16x16 block r[row][col] -> r[col][row]. */
-BF16_TARGET __attribute__((always_inline)) static inline void tr16(__m512 r[16])
+F32_TARGET __attribute__((always_inline)) static inline void tr16(__m512 r[16])
 {
     __m512 t[16], u[16];
     for (int i = 0; i < 16; i += 2) {
@@ -143,37 +147,45 @@ static inline __mmask16 mask16(int k) { return (__mmask16)(k >= 16 ? 0xFFFF : (1
 
 /* 16 values of row i (p0..p0+16, mask pm) of src as fp32: src fp32, or
  * bf16 when half (kept activations: nn_conv.in_half; exact) */
-BF16_TARGET static inline __m512 load_row(const void *src, int half, size_t at, __mmask16 pm)
+F32_TARGET __attribute__((always_inline)) static inline __m512 load_row(const void *src, int half, size_t at, __mmask16 pm)
 {
     if (!half) return _mm512_maskz_loadu_ps(pm, (const float *)src + at);
     __m256i h = _mm256_maskz_loadu_epi16(pm, (const uint16_t *)src + at);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* dst (P, C) bf16 = src (C, ldc) fp32 (or bf16: half), P values per row; then zeros up to Ppad rows */
-BF16_TARGET static void pack_nhwc(uint16_t *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)
-{
-    const size_t es = half ? 2 : 4;
-    for (int c0 = 0; c0 < C; c0 += 16) {
-        const int cn = C - c0 < 16 ? C - c0 : 16;
-        const __mmask16 cm = mask16(cn);
-        const size_t s = (size_t)c0 * ldc;
-        for (size_t p0 = 0; p0 < P; p0 += 16) {
-            const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
-            const __mmask16 pm = mask16(pn);
-            __m512 r[16];
-            if (p0 + PF < P)
-                for (int i = 0; i < cn; i++) _mm_prefetch((const char *)src + (s + (size_t)i * ldc + p0 + PF) * es, _MM_HINT_T0);
-            for (int i = 0; i < 16; i++) r[i] = i < cn ? load_row(src, half, s + (size_t)i * ldc + p0, pm) : _mm512_setzero_ps();
-            tr16(r);
-            for (int i = 0; i < pn; i++) _mm256_mask_storeu_epi16(dst + (p0 + i) * C + c0, cm, cvt16(r[i]));
-        }
+/* dst (P, C) bf16 (pack_nhwc) or fp32 (pack_nhwc_f32) = src (C, ldc) fp32
+ * (or bf16: half), P values per row; then zeros up to Ppad rows */
+#define PACK_NHWC(name, target, T, STORE)                                                                             \
+    target static void name(T *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)               \
+    {                                                                                                                  \
+        const size_t es = half ? 2 : 4;                                                                                \
+        for (int c0 = 0; c0 < C; c0 += 16) {                                                                           \
+            const int cn = C - c0 < 16 ? C - c0 : 16;                                                                  \
+            const __mmask16 cm = mask16(cn);                                                                           \
+            const size_t s = (size_t)c0 * ldc;                                                                         \
+            for (size_t p0 = 0; p0 < P; p0 += 16) {                                                                    \
+                const int pn = P - p0 < 16 ? (int)(P - p0) : 16;                                                       \
+                const __mmask16 pm = mask16(pn);                                                                       \
+                __m512 r[16];                                                                                          \
+                if (p0 + PF < P)                                                                                       \
+                    for (int i = 0; i < cn; i++)                                                                       \
+                        _mm_prefetch((const char *)src + (s + (size_t)i * ldc + p0 + PF) * es, _MM_HINT_T0);           \
+                for (int i = 0; i < 16; i++)                                                                           \
+                    r[i] = i < cn ? load_row(src, half, s + (size_t)i * ldc + p0, pm) : _mm512_setzero_ps();           \
+                tr16(r);                                                                                               \
+                for (int i = 0; i < pn; i++) STORE(dst + (p0 + i) * C + c0, cm, r[i]);                                 \
+            }                                                                                                          \
+        }                                                                                                              \
+        if (Ppad > P) memset(dst + P * C, 0, sizeof(T) * (Ppad - P) * C);                                              \
     }
-    if (Ppad > P) memset(dst + P * C, 0, sizeof(uint16_t) * (Ppad - P) * C);
-}
+#define ST_BF16(p, m, v) _mm256_mask_storeu_epi16(p, m, cvt16(v))
+#define ST_F32(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+PACK_NHWC(pack_nhwc, BF16_TARGET, uint16_t, ST_BF16)
+PACK_NHWC(pack_nhwc_f32, F32_TARGET, float, ST_F32)
 
 /* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 */
-BF16_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add)
+F32_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add)
 {
     for (int c0 = 0; c0 < C; c0 += 16) {
         const int cn = C - c0 < 16 ? C - c0 : 16;
@@ -204,6 +216,7 @@ enum { MM_X, MM_XT, MM_Y, MM_DY, MM_DX, MM_DW, MM_SCR, MM_PER };
 
 struct nn_lowp {
     int n, T;         /* conv: images per primitive call; threads */
+    int f32;          /* conv: fp32 operands (nn_conv_onednn), else bf16 */
     dnnl_primitive_t fwd, bwdd, bwdw, r_wf, r_wb, r_dw;
     size_t x_b, y_b, dy_b, dx_b, dwp_b, dwa_b, scr_b, wf_b, wb_b;
     size_t o_a, o_dy, o_dx, o_dwp, o_dwa, o_scr, per_b; /* per-thread layout (bytes) */
@@ -313,10 +326,10 @@ void nn_conv_free(nn_conv *d) { nn_lowp_free(&d->lp); }
 
 /* Per-thread bytes of a chunk of images: packed input, and the larger of
  * the forward output or the backward buffers. */
-static size_t chunk_bytes(const nn_conv *d, int n)
+static size_t chunk_bytes(const nn_conv *d, int n, size_t es)
 {
     size_t x = (size_t)n * d->Ci * d->H * d->W, y = (size_t)n * d->Co * d->Ho * d->Wo;
-    size_t f = 2 * x + 4 * y, b = 2 * x + 2 * y + 4 * x;
+    size_t f = es * x + 4 * y, b = es * x + es * y + 4 * x;
     return f > b ? f : b;
 }
 
@@ -327,13 +340,13 @@ static size_t chunk_bytes(const nn_conv *d, int n)
  * multiple of the threads in number. (Larger chunks for layers with large
  * weights, to write fewer partial weight gradients, measured no better on
  * resnet18-cifar width 64.) */
-static int choose_chunk(const nn_conv *d, int T)
+static int choose_chunk(const nn_conv *d, int T, size_t es)
 {
     const char *e = getenv("MOCO_BF16_CHUNK_KB");
     long kb = e ? atol(e) : 0;
     size_t budget = (size_t)(kb > 0 ? kb : 2048) << 10;
     int most = (d->N + T - 1) / T, n = 1;
-    while (n < most && chunk_bytes(d, n + 1) <= budget) n++;
+    while (n < most && chunk_bytes(d, n + 1, es) <= budget) n++;
     int chunks = (d->N + n - 1) / n;
     chunks = (chunks + T - 1) / T * T;
     n = (d->N + chunks - 1) / chunks;
@@ -423,20 +436,36 @@ fail:
     return rc;
 }
 
-int nn_conv_bf16(nn_conv *d, size_t *work_floats)
+int nn_onednn_available(void)
 {
-    int rc = nn_bf16_available();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl") ||
+        !__builtin_cpu_supports("avx512dq") || conv3_simd() < 2)
+        return moco_err(MOCO_EINVAL, "oneDNN's fp32 convolutions run here only on a CPU with AVX-512 (F, BW, VL, DQ), "
+                                     "and not under MOCO_CONV3=0 or 1");
+    pthread_once(&engine_once, engine_init);
+    if (engine_status != dnnl_success)
+        return moco_err(MOCO_EINVAL, "oneDNN could not create its CPU engine (status %d)", (int)engine_status);
+    return 0;
+}
+
+/* The oneDNN state of a convolution: bf16 operands (f32 = 0) or fp32. */
+static int conv_lowp(nn_conv *d, size_t *work_floats, int f32)
+{
+    int rc = f32 ? nn_onednn_available() : nn_bf16_available();
     if (rc) return rc;
+    const dnnl_data_type_t dt = f32 ? dnnl_f32 : dnnl_bf16;
+    const size_t es = f32 ? 4 : 2;
+    const char *what = f32 ? "fp32 (oneDNN)" : "bf16";
     nn_conv_free(d);
     const int T = d->nthreads < 1 ? 1 : d->nthreads;
     if ((rc = need_streams(T))) return rc;
     const char *e1 = getenv("MOCO_BF16_1X1"); /* "conv": 1x1 on the convolution primitives too (measurements) */
-    if (d->k == 1 && d->stride == 1 && d->pad == 0 && !(e1 && !strcmp(e1, "conv"))) {
+    if (!f32 && d->k == 1 && d->stride == 1 && d->pad == 0 && !(e1 && !strcmp(e1, "conv"))) {
         nn_lowp *lp = calloc(1, sizeof *lp);
         if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
         lp->T = T;
         omp_set_num_threads(1);
-        lp->n = choose_chunk(d, T);
+        lp->n = choose_chunk(d, T, es);
         if ((rc = conv1x1_mm(d, lp, work_floats))) {
             nn_lowp_free(&lp);
             char msg[1024];
@@ -452,8 +481,8 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
-    lp->T = T;
-    const int n = choose_chunk(d, T);
+    lp->T = T, lp->f32 = f32;
+    const int n = choose_chunk(d, T, es);
     lp->n = n;
     omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */
     dnnl_memory_desc_t x, y, wa, dy, dx, dwa, w32;
@@ -461,11 +490,11 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats)
     dnnl_dims_t st = {d->stride, d->stride}, pl = {d->pad, d->pad};
     /* right padding as PyTorch's output size implies */
     dnnl_dims_t pr = {(dnnl_dim_t)(d->Ho - 1) * d->stride + d->k - d->H - d->pad, (dnnl_dim_t)(d->Wo - 1) * d->stride + d->k - d->W - d->pad};
-    DN(dnnl_memory_desc_init_by_tag(&x, 4, xd, dnnl_bf16, dnnl_nhwc), "source descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&x, 4, xd, dt, dnnl_nhwc), "source descriptor");
     DN(dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, dnnl_nhwc), "destination descriptor");
-    DN(dnnl_memory_desc_init_by_tag(&dy, 4, yd, dnnl_bf16, dnnl_nhwc), "gradient descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dy, 4, yd, dt, dnnl_nhwc), "gradient descriptor");
     DN(dnnl_memory_desc_init_by_tag(&dx, 4, xd, dnnl_f32, dnnl_nhwc), "input gradient descriptor");
-    DN(dnnl_memory_desc_init_by_tag(&wa, 4, wd, dnnl_bf16, dnnl_format_tag_any), "weights descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&wa, 4, wd, dt, dnnl_format_tag_any), "weights descriptor");
     DN(dnnl_memory_desc_init_by_tag(&dwa, 4, wd, dnnl_f32, dnnl_format_tag_any), "weight gradient descriptor");
     DN(dnnl_memory_desc_init_by_tag(&w32, 4, wd, dnnl_f32, dnnl_oihw), "fp32 weights descriptor");
     DN(user_scratch_attr(&attr, 0), "attributes");
@@ -544,9 +573,12 @@ fail:
     nn_lowp_free(&lp);
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", moco_errmsg());
-    return moco_err(rc, "bf16 convolution %d->%d, %dx%d, k %d, stride %d, pad %d: %s", d->Ci, d->Co, d->H, d->W, d->k, d->stride,
-                    d->pad, msg);
+    return moco_err(rc, "%s convolution %d->%d, %dx%d, k %d, stride %d, pad %d: %s", what, d->Ci, d->Co, d->H, d->W, d->k,
+                    d->stride, d->pad, msg);
 }
+
+int nn_conv_bf16(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 0); }
+int nn_conv_onednn(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 1); }
 
 /* Failures while running are programming errors (the shapes were accepted
  * when the primitives were made): report and stop. */
@@ -597,6 +629,13 @@ static void planes_to_bf16(uint16_t *dst, const float *src, int C, size_t ld, si
     for (int c = 0; c < C; c++) to_bf16(dst + (size_t)c * P, src + (size_t)c * ld + off, P);
 }
 
+/* a chunk into the primitives' NHWC input: bf16, or fp32 (lp->f32) */
+static void pack_any(const nn_lowp *lp, void *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)
+{
+    if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad);
+    else pack_nhwc(dst, src, half, C, ldc, P, Ppad);
+}
+
 static void fwd_task(void *ctx, int t, int th)
 {
     const bf_job *j = ctx;
@@ -607,7 +646,7 @@ static void fwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_nhwc((uint16_t *)w, j->inp + (size_t)n0 * HWi, 0, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+    pack_any(lp, w, j->inp + (size_t)n0 * HWi, 0, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
     seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_WEIGHTS, lp->wf}, {DNNL_ARG_DST, m[M_Y]}, {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
     run(lp->fwd, th, 4, a);
@@ -693,11 +732,11 @@ static void bwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_nhwc((uint16_t *)(w + lp->o_dy), j->dout + (size_t)n0 * HWo, 0, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
+    pack_any(lp, w + lp->o_dy, j->dout + (size_t)n0 * HWo, 0, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
     seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
     if (j->dw) {
         const void *x = d->in_half ? (const void *)((const uint16_t *)j->inp + (size_t)n0 * HWi) : (const void *)(j->inp + (size_t)n0 * HWi);
-        pack_nhwc((uint16_t *)w, x, d->in_half, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+        pack_any(lp, w, x, d->in_half, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
         seth(m[M_X], w), seth(m[M_DWP], w + lp->o_dwp);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_DIFF_WEIGHTS, m[M_DWP]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
@@ -897,6 +936,17 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats)
 {
     (void)d, (void)work_floats;
     return nn_bf16_available();
+}
+
+int nn_onednn_available(void)
+{
+    return moco_err(MOCO_EINVAL, "this moco was built without oneDNN (libdnnl-dev): no oneDNN fp32 convolutions");
+}
+
+int nn_conv_onednn(nn_conv *d, size_t *work_floats)
+{
+    (void)d, (void)work_floats;
+    return nn_onednn_available();
 }
 
 int nn_linear_bf16(nn_lowp **out, int N, int F, int O, size_t *work_floats)

@@ -62,10 +62,12 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
 /* The algorithms of a convolution, chosen per layer and pass by
  * measurement (tune.h) or by nn_conv_init's rule (AUTO): the GEMM lowering
  * (im2col + OpenBLAS; 1x1 stride 1 straight on the rows), the direct 3x3
- * kernels (at each SIMD level the CPU has), the image-lanes kernels, and
- * bf16 on oneDNN (nn_conv_bf16). */
-enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_COUNT };
-/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16". direct runs the
+ * kernels (at each SIMD level the CPU has), the image-lanes kernels,
+ * bf16 on oneDNN (nn_conv_bf16), and fp32 on oneDNN (nn_conv_onednn:
+ * convolutions of kernel size > 1 on AVX-512 CPUs; oneDNN's fp32 kernels,
+ * the ones PyTorch runs, beat ours on some CPUs). */
+enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_ONEDNN, NN_ALGO_COUNT };
+/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn". direct runs the
  * direct kernels at this CPU's best level (conv3_simd); direct-avx2, a
  * candidate only where that is AVX-512, runs their AVX2 build, which a
  * CPU with AVX-512 may still run faster (narrower vectors, lower clocks). */
@@ -97,6 +99,11 @@ void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp
  * nn_conv_free releases them (nn_conv_init would forget them). */
 int nn_bf16_available(void);
 int nn_conv_bf16(nn_conv *d, size_t *work_floats);
+/* The same on oneDNN in fp32 (operands and sums in fp32, as the other fp32
+ * kernels). nn_onednn_available: 0, or MOCO_EINVAL and why not (built
+ * without oneDNN, no AVX-512, or MOCO_CONV3 below 2). */
+int nn_onednn_available(void);
+int nn_conv_onednn(nn_conv *d, size_t *work_floats);
 void nn_conv_free(nn_conv *d);
 void nn_lowp_free(nn_lowp **lp);
 /* x rounded to bf16 in place (round to nearest even; what the bf16 layers
