@@ -398,6 +398,55 @@ static void test_half_storage_exact(void **st)
     par_set_threads(1);
 }
 
+/* Where the backward of a conv reading a BN output runs an fp32 kernel that
+ * can read a bf16 input (the 1x1 stride-1 GEMM here, with every backward
+ * on fp32 kernels through MOCO_BF16_FP32=bwd; oneDNN fp32 where measured
+ * fastest), that BN output is kept in bf16 too: the arena is smaller than
+ * with the conv outputs alone, the forward is the same bit for bit, and
+ * the gradients move only by the input's rounding for those weight
+ * gradients (bf16 precision's contract): some differ, all within 1%
+ * in norm. */
+static void test_half_storage_fp32_kernels(void **st)
+{
+    (void)st;
+    if (!bf16_or_skip()) skip();
+    par_set_threads(2);
+    setenv("MOCO_BF16_FP32", "bwd", 1);
+    rn_cfg ca = {.arch = "resnet50-cifar", .width = 8, .dim = 16, .bn_splits = 2, .batch = 8, .size = 16, .precision = NN_BF16};
+    rn_cfg cb = ca;
+    cb.store = RN_STORE_CONV;
+    resnet *a = NULL, *b = NULL;
+    assert_int_equal(rn_new(&ca, 3, 1, NULL, &a), 0);
+    assert_int_equal(rn_new(&cb, 3, 1, NULL, &b), 0);
+    unsetenv("MOCO_BF16_FP32");
+    double ra = (double)rn_arena_bytes(a), rb = (double)rn_arena_bytes(b);
+    printf("  backward on fp32 kernels: arena %.2f MB with BN outputs in bf16, %.2f MB without (%.0f%%)\n", ra / 1048576,
+           rb / 1048576, 100 * ra / rb);
+    assert_true(ra < 0.95 * rb);
+    size_t n = (size_t)8 * 3 * 16 * 16;
+    float *x = fz(n), *d = fz((size_t)8 * 16), *ya = fz((size_t)8 * 16);
+    randu(x, n, 9, 1.0f), randu(d, (size_t)8 * 16, 10, 1.0f);
+    memcpy(ya, rn_forward(a, x, NULL, 1), sizeof(float) * 8 * 16);
+    const float *yb = rn_forward(b, x, NULL, 1);
+    for (int i = 0; i < 8 * 16; i++)
+        if (ya[i] != yb[i]) fail_msg("forward output %d differs: %.9g against %.9g", i, (double)ya[i], (double)yb[i]);
+    rn_zero_grad(a), rn_zero_grad(b);
+    rn_backward(a, d), rn_backward(b, d);
+    double dd = 0, nb = 0;
+    size_t differ = 0;
+    for (size_t i = 0; i < a->nparams; i++) {
+        assert_true(isfinite(a->grads[i]));
+        double e = (double)a->grads[i] - b->grads[i];
+        dd += e * e, nb += (double)b->grads[i] * b->grads[i], differ += e != 0;
+    }
+    printf("  gradients: %zu of %zu differ, relative difference %.3g in norm\n", differ, a->nparams, sqrt(dd / nb));
+    assert_true(differ > 0 && nb > 0);
+    assert_true(sqrt(dd / nb) < 0.01);
+    rn_destroy(&a), rn_destroy(&b);
+    test_free(x), test_free(d), test_free(ya);
+    par_set_threads(1);
+}
+
 static void test_moco_bf16(void **st)
 {
     (void)st;
@@ -528,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_moco_bf16),
         cmocka_unit_test(test_half_storage),
         cmocka_unit_test(test_half_storage_exact),
+        cmocka_unit_test(test_half_storage_fp32_kernels),
     };
     if (nn_bf16_available()) {
         printf("bf16 unavailable: %s\n", moco_errmsg());

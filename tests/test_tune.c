@@ -3,6 +3,8 @@
  *    what the plain reference does (forward, backward with and without the
  *    input gradient), on the stem, 3x3 stride 1 and 2, small planes, 1x1
  *    stride 1 and 2; bf16 against the reference on bf16-rounded operands;
+ *    where the kernels read an input kept in bf16 (in_half: oneDNN, the
+ *    1x1 stride-1 GEMM), the weight gradient of the rounded input;
  *  - tune_conv measuring: the choice is the fastest candidate timed, every
  *    candidate that can run the shape is timed, and those that cannot are not;
  *  - the wisdom file: saved, found again by a fresh table (nothing timed),
@@ -51,7 +53,7 @@ static const int shapes[][8] = {{4, 3, 8, 8, 8, 3, 1, 1},   {5, 8, 8, 8, 16, 3, 
 static void test_plan_every_algo(void **st)
 {
     (void)st;
-    int ran[NN_ALGO_COUNT] = {0};
+    int ran[NN_ALGO_COUNT] = {0}, ran_half = 0;
     par_set_threads(2);
     for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++)
         for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
@@ -82,6 +84,25 @@ static void test_plan_every_algo(void **st)
             conv2d_backward_ref(q[1] < 4 ? NULL : dxr, dwr, dy, x, w, &d);
             if (q[1] >= 4) check("input gradient", dx, dxr, nx, tol);
             check("weight gradient", dw, dwr, nw, tol);
+            /* the input kept in bf16 (in_half: bf16 precision's storage), where the kernels can read it
+             * (oneDNN, the 1x1 stride-1 GEMM): the weight gradient of the input rounded to bf16 */
+            if (a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
+                uint16_t *xh = test_calloc(nx, sizeof(uint16_t));
+                float *xr = fz(nx), *dwh = fz(nw);
+                nn_to_bf16(xh, x, nx);
+                nn_from_bf16(xr, xh, nx);
+                memset(dwr, 0, sizeof(float) * nw);
+                conv2d_backward_ref(NULL, dwr, dy, xr, w, &d);
+                d.in_half = 1;
+                conv2d_backward(NULL, dwh, dy, (const float *)xh, w, &d, wk);
+                d.in_half = 0;
+                check("weight gradient from the bf16 input", dwh, dwr, nw, tol);
+                double moved = 0; /* the rounding shows: not the fp32 input's gradient */
+                for (size_t i = 0; i < nw; i++) moved = fmax(moved, fabs((double)dwh[i] - dw[i]));
+                if (a != NN_ALGO_BF16) assert_true(moved > 0);
+                ran_half++;
+                test_free(xh), test_free(xr), test_free(dwh);
+            }
             nn_conv_free(&d);
             ran[a]++;
             test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
@@ -92,6 +113,8 @@ static void test_plan_every_algo(void **st)
            ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN]);
     /* oneDNN's fp32 kernels run every shape of kernel size > 1 (four above) where they are candidates */
     assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 4 : 0);
+    /* in_half: the 1x1 stride-1 GEMM, and every oneDNN run */
+    assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN]);
     /* on an AVX-512 CPU both builds of the direct kernels are candidates
      * (the two 8x8 3x3 stride-1 shapes above: the stem and 8->16) */
     if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 2);

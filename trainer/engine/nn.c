@@ -190,8 +190,10 @@ static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, 
         size_t c = per ? work_floats / per : 1;
         d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
     }
-    /* per thread: the lowered chunk, and (threads > 0) a private dW */
-    d->work_per = per * (size_t)d->chunk + (size_t)Co * Ci * k * k;
+    /* per thread: the lowered chunk (1x1 stride 1: one image's input in
+     * fp32, for an input kept in bf16: in_half), and (threads > 0) a
+     * private dW */
+    d->work_per = (per ? per * (size_t)d->chunk : (size_t)Ci * H * W) + (size_t)Co * Ci * k * k;
     return d->work_per * (size_t)T;
 }
 
@@ -450,7 +452,14 @@ static void conv_bwd_task(void *ctx, int t, int th)
         return;
     }
     if (conv_direct(d)) {
-        if (j->dw)
+        if (j->dw && d->in_half) /* the input kept in bf16 (nn.h): one image at a time through fp32 */
+            for (int i = 0; i < n; i++) {
+                for (int c = 0; c < d->Ci; c++)
+                    nn_from_bf16(col + (size_t)c * HoWo, (const uint16_t *)j->inp + ((size_t)c * d->N + n0 + i) * HoWo, HoWo);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, (int)HoWo, 1.0f, dout + i * HoWo, (int)NHoWo, col,
+                            (int)HoWo, 1.0f, dw, K);
+            }
+        else if (j->dw)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->Co, K, cols, 1.0f, dout, (int)NHoWo, j->inp + n0 * HoWo,
                         (int)NHoWo, 1.0f, dw, K);
         if (j->dinp)

@@ -42,7 +42,8 @@ typedef struct {
     int lanes;       /* 3x3 pad 1 on the image-lanes kernels (conv3.h, AVX-512) */
     size_t ld;       /* direct: floats per channel of a chunk in the padded layout */
     nn_lowp *lp;      /* bf16 (nn_conv_bf16), else NULL: conv2d_* run in bf16 when set */
-    int in_half;      /* bf16 only: conv2d_backward's inp is kept in bf16 (uint16_t in the float buffer) */
+    int in_half;      /* bf16 precision only: conv2d_backward's inp is kept in bf16 (uint16_t in the float buffer);
+                       * the oneDNN kernels and the 1x1 stride-1 GEMM read it so */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget

@@ -304,6 +304,14 @@ static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
     if ((bwd || stem) && grads) o->tc[1].algo = NN_ALGO_AUTO;
 }
 
+/* Whether a conv's backward on algo can read its input kept in bf16
+ * (nn.h: in_half): oneDNN's kernels, and the 1x1 stride-1 GEMM. */
+static int reads_half(const nn_conv *d, int algo)
+{
+    if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad);
+    return algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN || (algo == NN_ALGO_GEMM && d->k == 1 && d->stride == 1 && d->pad == 0);
+}
+
 /* Plan gradient slots (reverse liveness) and lay out the arena. */
 static int plan(resnet *m, rn_arena *a, int grads)
 {
@@ -363,9 +371,13 @@ static int plan(resnet *m, rn_arena *a, int grads)
      * - a conv output read only by the BN right after it: that BN
      *   normalises the fp32 output, and its backward restores x from the
      *   bf16 copy, one channel at a time (xtmp);
-     * - a BN output whose readers are convs that run bf16 both ways (they
-     *   round their input to bf16 anyway, so nothing changes: the bf16 copy
-     *   serves their weight gradient) and BNs taking it as the residual
+     * - a BN output whose readers are convs whose backward runs on oneDNN
+     *   or, 1x1 stride 1, on GEMM (the copy serves their weight gradient;
+     *   nn.h: in_half): in bf16 (it rounds its
+     *   input to bf16 anyway, so nothing changes) or, chosen there by
+     *   measurement, in fp32 (its weight gradient then takes the input
+     *   rounded to bf16, as the bf16 kernels would: the precision asked
+     *   for; their forward reads the fp32 value), and BNs taking it as the residual
      *   (which needs the fp32 value, and only in forward): the output of a
      *   block's inner BNs, and the block's output. BN's backward reads the
      *   copy's signs for the ReLU mask.
@@ -376,7 +388,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
     int busy[64]; /* per slot: the last op reading what it holds */
     for (int k = 0; k < 64; k++) busy[k] = -1;
     for (int i = 0; i < a->nacts; i++) a->acts[i].scr = -1;
-#define BF16_BOTH(c) ((c)->type == OP_CONV && (c)->tc[0].algo == NN_ALGO_BF16 && (c)->tc[1].algo == NN_ALGO_BF16 && !(c)->convb_own)
+#define HALF_READER(c) ((c)->type == OP_CONV && reads_half(&(c)->conv, (c)->tc[1].algo))
     for (int i = 0; m->cfg.precision == NN_BF16 && grads && i + 1 < m->nops; i++) {
         rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
         rn_act *y = &a->acts[o->out];
@@ -384,7 +396,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
         int last = -1, ins = 0, ok = 1;
         for (int k = i + 1; k < m->nops; k++) {
             const rn_op *r = &m->ops[k];
-            if (r->in == o->out) ok &= o->type == OP_CONV ? k == i + 1 && r->type == OP_BN : BF16_BOTH(r), ins++, last = k;
+            if (r->in == o->out) ok &= o->type == OP_CONV ? k == i + 1 && r->type == OP_BN : HALF_READER(r), ins++, last = k;
             if (r->res == o->out) ok &= o->type == OP_BN && r->type == OP_BN, last = k;
         }
         if (!ok || !ins || (o->type == OP_CONV && (ins != 1 || n->res == o->out))) continue;
@@ -400,10 +412,10 @@ static int plan(resnet *m, rn_arena *a, int grads)
             xtmp = ch > xtmp ? ch : xtmp;
         } else {
             for (int k = i + 1; k < m->nops; k++)
-                if (m->ops[k].in == o->out) m->ops[k].conv.in_half = 1;
+                if (m->ops[k].in == o->out) (m->ops[k].convb_own ? &m->ops[k].convb : &m->ops[k].conv)->in_half = 1;
         }
     }
-#undef BF16_BOTH
+#undef HALF_READER
     for (int i = 0; i < a->nacts; i++) {
         size_t f = a->acts[i].half ? (a->acts[i].numel + 1) / 2 : a->acts[i].numel;
         a->acts[i].off = off, off += (f + 15) & ~(size_t)15;
