@@ -3,9 +3,7 @@
  * only code that includes more than one of them, and the only place that
  * exits. Exit status: 0 success, 1 failure, 2 bad usage. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "augment/cmd.h"
 #include "cli/run.h"
@@ -71,11 +69,7 @@ int main(int argc, char **argv)
     /* OpenBLAS chose its kernels when it loaded; where it fell back to a
      * lower instruction set than this CPU runs, start again with the right
      * set named (trainer/engine/blascore.h). If exec fails, go on as is. */
-    const char *core = blas_core_wanted();
-    if (core && !setenv("OPENBLAS_CORETYPE", core, 1)) {
-        execv("/proc/self/exe", argv);
-        unsetenv("OPENBLAS_CORETYPE");
-    }
+    blas_core_restart(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -38,6 +38,7 @@
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "trainer/dist.h"
+#include "trainer/engine/blascore.h"
 #include "trainer/engine/moco.h"
 #include "trainer/engine/par.h"
 
@@ -358,6 +359,7 @@ static void test_periodic_check(dist *d)
 int main(int argc, char **argv)
 {
     dist *d;
+    blas_core_restart(argv); /* OpenBLAS's kernels as in bin/moco (trainer/engine/blascore.h) */
     setenv("MOCO_DIST_CHECK", "1", 1); /* the periodic check after every step (test 6) */
     if (dist_init(&argc, &argv, &d)) {
         fprintf(stderr, "mpi_step: %s\n", moco_errmsg());

@@ -352,6 +352,24 @@ static void test_half_storage(void **st)
     par_set_threads(1);
 }
 
+/* One train forward and backward of two models of one shape (batch 8,
+ * 16x16 px, 16 outputs) on the same random input and output gradient
+ * (seed): their outputs must be equal bit for bit; the gradients are left
+ * in a->grads and b->grads. */
+static void forward_backward_pair(resnet *a, resnet *b, const char *what, uint64_t seed)
+{
+    size_t n = (size_t)8 * 3 * 16 * 16;
+    float *x = fz(n), *d = fz((size_t)8 * 16), *ya = fz((size_t)8 * 16);
+    randu(x, n, seed, 1.0f), randu(d, (size_t)8 * 16, seed + 1, 1.0f);
+    memcpy(ya, rn_forward(a, x, NULL, 1), sizeof(float) * 8 * 16);
+    const float *yb = rn_forward(b, x, NULL, 1);
+    for (int i = 0; i < 8 * 16; i++)
+        if (ya[i] != yb[i]) fail_msg("%s: forward output %d differs: %.9g against %.9g", what, i, (double)ya[i], (double)yb[i]);
+    rn_zero_grad(a), rn_zero_grad(b);
+    rn_backward(a, d), rn_backward(b, d);
+    test_free(x), test_free(d), test_free(ya);
+}
+
 /* Keeping BN outputs in bf16 (the inner BNs' and the blocks' outputs,
  * which bf16 convs and residual adds read) changes nothing: the forward
  * reads the fp32 values from the slots' room, and the backward needs only
@@ -376,15 +394,7 @@ static void test_half_storage_exact(void **st)
         printf("  %s: arena %.2f MB with BN outputs in bf16, %.2f MB without (%.0f%%)\n", archs[t], ra / 1048576, rb / 1048576,
                100 * ra / rb);
         assert_true(ra < 0.9 * rb);
-        size_t n = (size_t)8 * 3 * 16 * 16;
-        float *x = fz(n), *d = fz((size_t)8 * 16), *ya = fz((size_t)8 * 16);
-        randu(x, n, 7, 1.0f), randu(d, (size_t)8 * 16, 8, 1.0f);
-        memcpy(ya, rn_forward(a, x, NULL, 1), sizeof(float) * 8 * 16);
-        const float *yb = rn_forward(b, x, NULL, 1);
-        for (int i = 0; i < 8 * 16; i++)
-            if (ya[i] != yb[i]) fail_msg("%s: forward output %d differs: %.9g against %.9g", archs[t], i, (double)ya[i], (double)yb[i]);
-        rn_zero_grad(a), rn_zero_grad(b);
-        rn_backward(a, d), rn_backward(b, d);
+        forward_backward_pair(a, b, archs[t], 7);
         double g = 0;
         for (size_t i = 0; i < a->nparams; i++) {
             if (a->grads[i] != b->grads[i])
@@ -393,7 +403,6 @@ static void test_half_storage_exact(void **st)
         }
         assert_true(g > 0);
         rn_destroy(&a), rn_destroy(&b);
-        test_free(x), test_free(d), test_free(ya);
     }
     par_set_threads(1);
 }
@@ -423,15 +432,7 @@ static void test_half_storage_fp32_kernels(void **st)
     printf("  backward on fp32 kernels: arena %.2f MB with BN outputs in bf16, %.2f MB without (%.0f%%)\n", ra / 1048576,
            rb / 1048576, 100 * ra / rb);
     assert_true(ra < 0.95 * rb);
-    size_t n = (size_t)8 * 3 * 16 * 16;
-    float *x = fz(n), *d = fz((size_t)8 * 16), *ya = fz((size_t)8 * 16);
-    randu(x, n, 9, 1.0f), randu(d, (size_t)8 * 16, 10, 1.0f);
-    memcpy(ya, rn_forward(a, x, NULL, 1), sizeof(float) * 8 * 16);
-    const float *yb = rn_forward(b, x, NULL, 1);
-    for (int i = 0; i < 8 * 16; i++)
-        if (ya[i] != yb[i]) fail_msg("forward output %d differs: %.9g against %.9g", i, (double)ya[i], (double)yb[i]);
-    rn_zero_grad(a), rn_zero_grad(b);
-    rn_backward(a, d), rn_backward(b, d);
+    forward_backward_pair(a, b, "resnet50-cifar", 9);
     double dd = 0, nb = 0;
     size_t differ = 0;
     for (size_t i = 0; i < a->nparams; i++) {
@@ -443,7 +444,6 @@ static void test_half_storage_fp32_kernels(void **st)
     assert_true(differ > 0 && nb > 0);
     assert_true(sqrt(dd / nb) < 0.01);
     rn_destroy(&a), rn_destroy(&b);
-    test_free(x), test_free(d), test_free(ya);
     par_set_threads(1);
 }
 

@@ -2,8 +2,10 @@
  * (blascore.h). */
 #include "trainer/engine/blascore.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <unistd.h>
 
 char *openblas_get_corename(void); /* OpenBLAS exports it; cblas.h declares it only in some versions */
 
@@ -40,4 +42,18 @@ const char *blas_core_wanted(void)
         want = "Haswell", level = 2;
     }
     return want && level_of(blas_core()) < level ? want : NULL;
+}
+
+void blas_core_restart(char **argv)
+{
+    const char *core = blas_core_wanted();
+    if (!core || setenv("OPENBLAS_CORETYPE", core, 1)) return;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = 0;
+        execv(self, argv);
+    }
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE");
 }

@@ -5,9 +5,9 @@
  * a model newer than it knows it falls back to its SSE3 ("Prescott")
  * kernels: on an Intel Xeon of family 6, model 207 (AVX-512 with
  * AVX512_BF16) sgemm ran at 26-44 GFLOP/s on 2 threads there against
- * 136-262 with the SkylakeX or Cooperlake set. Only a restart with
- * $OPENBLAS_CORETYPE set changes the choice, so main asks here and, when
- * told a name, sets it and starts the program again. */
+ * 127-262 with the SkylakeX or Cooperlake set. Only a restart with
+ * $OPENBLAS_CORETYPE set changes the choice: blas_core_restart, which the
+ * mains of bin/moco and of the MPI test program call. */
 #ifndef MOCO_BLASCORE_H
 #define MOCO_BLASCORE_H
 
@@ -22,5 +22,13 @@ const char *blas_core(void);
  * NULL when OpenBLAS's own choice is as good, or $OPENBLAS_CORETYPE is set
  * (the user's word stands). */
 const char *blas_core_wanted(void);
+
+/* For main, first thing: when blas_core_wanted() names a set, set
+ * $OPENBLAS_CORETYPE to it and execute this program again with argv (same
+ * process, environment and arguments; by its own path, so that ps and
+ * pgrep still see its name). Returns only when there is nothing to do, or
+ * when exec failed (then the variable is unset again and the program goes
+ * on with OpenBLAS's own choice). */
+void blas_core_restart(char **argv);
 
 #endif
