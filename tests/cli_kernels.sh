@@ -23,12 +23,13 @@ rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
 [ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
 [ "$(grep -cE "(fwd|bwd|bwd-w) +($ALG) .*[*]$" "$T/1.out")" = 40 ] || fail "the first run did not time every row"
 grep -q "bwd-w" "$T/1.out" || fail "the stem's backward has no input gradient: want pass bwd-w"
-# on each row, the choice is the smallest time shown
+# on each row, the choice is the smallest time shown (times print to 3
+# decimals: a tie there is the choice's, faster unrounded)
 awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
-  n = split(alg, names, "|"); c = ""; best = 1e30; start = 0
+  n = split(alg, names, "|"); c = ""; best = 1e30; start = 0; cv = ""
   for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { c = $(i + 1); start = i + 2; break }
-  for (k = 0; k < n; k++) { v = $(start + k); if (v != "-" && v + 0 < best) { best = v + 0; bn = names[k + 1] } }
-  if (bn != c) { print "row chooses " c " but " bn " was faster: " $0; bad = 1 }
+  for (k = 0; k < n; k++) { v = $(start + k); if (names[k + 1] == c) cv = v; if (v != "-" && v + 0 < best) { best = v + 0; bn = names[k + 1] } }
+  if (cv == "" || cv == "-" || cv + 0 > best) { print "row chooses " c " but " bn " was faster: " $0; bad = 1 }
 } END { exit bad }' "$T/1.out" || fail "a choice is not the fastest candidate"
 # an AVX-512 CPU times its direct kernels at both levels (AVX-512 and AVX2)
 if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then

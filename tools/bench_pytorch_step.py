@@ -209,6 +209,9 @@ def peers(a):
         figs["moco_" + prec] = json.loads(r.stdout.strip().splitlines()[-1])
     res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
            "threads": a.threads, "mlp": a.mlp, "kernels": a.kernels,
+           # OpenBLAS's kernel set: ours (moco names one where OpenBLAS falls back below the CPU's level), and
+           # $OPENBLAS_CORETYPE as PyTorch's runs had it (None: OpenBLAS's own choice; PyTorch's linear layers use it)
+           "blas_core": figs["moco_fp32"].get("blas_core"), "pytorch_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
            "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
            "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()}}
     for ours in ("moco_fp32", "moco_bf16"):

@@ -149,7 +149,6 @@ static void kernels_json(moco_jw *w, const resnet *m)
     moco_jw_num(w, "conv_ms_chosen", chosen >= 0 ? chosen : NAN, 2);
     moco_jw_num(w, "conv_ms_rule", rule >= 0 ? rule : NAN, 2);
     moco_jw_str(w, "cpu", tune_cpu());
-    moco_jw_str(w, "blas_core", blas_core());
     moco_jw_arr(w, "convs");
     for (int i = 0; i < rn_conv_count(m); i++) {
         rn_conv_info c;
@@ -328,6 +327,7 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw_num(&w, "allreduce_wait_ms", wait_ms, 2);
         moco_jw_num(&w, "allreduce_share", wait_ms / (step_s * 1e3), 4);
         moco_jw_str(&w, "kernels", kernels);
+        moco_jw_str(&w, "blas_core", blas_core());
         if (explain) kernels_json(&w, mc->q);
         moco_jw_line(&w, stdout);
     }
