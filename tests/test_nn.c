@@ -136,7 +136,7 @@ static void test_bn_golden(void **st)
                     *rv1 = G_("rv1", C), *rm0 = G_("rm0", C), *rv0 = G_("rv0", C);
 #undef G_
         printf("batch norm, %d split(s)\n", S);
-        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f, 0, 0};
         for (int ref = 0; ref < 2; ref++) {
             float *xc = fz(n), *yc = fz(n), *dyc = fz(n), *dxc = fz(n), *out = fz(n), rm[3], rv[3], mean[12], istd[12], dgc[3] = {0},
                   dbc[3] = {0};
@@ -286,7 +286,7 @@ static void test_bn_keep(void **st)
     const int N = 6, C = 4, HW = 37;
     const size_t n = (size_t)N * C * HW;
     for (int S = 1; S <= 3; S += 2) {
-        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f, 0, 0};
         float *x = fz(n), *res = fz(n), *y = fz(n), *y2 = fz(n);
         uint16_t *xh = calloc(n, 2), *yh = calloc(n, 2), *xw = calloc(n, 2), *yw = calloc(n, 2);
         float g[4] = {1.2f, 0.7f, -0.5f, 1.0f}, b[4] = {0.1f, -0.3f, 0.2f, 0}, rm[4] = {0}, rv[4] = {1, 1, 1, 1},
@@ -317,7 +317,7 @@ static void test_bn_fused(void **st)
     (void)st;
     const int N = 6, C = 4, HW = 5, S = 3;
     const size_t n = (size_t)N * C * HW;
-    nn_bn d = {N, C, HW, S, 1e-5f, 0.1f};
+    nn_bn d = {N, C, HW, S, 1e-5f, 0.1f, 0, 0};
     float *x = fz(n), *res = fz(n), *y = fz(n), *t = fz(n), *yr = fz(n), *dy = fz(n), *dy2 = fz(n), *dx = fz(n), *dres = fz(n),
           *dt = fz(n), *dxr = fz(n), *dresr = fz(n);
     float g[4] = {1.2f, 0.7f, -0.5f, 1.0f}, b[4] = {0.1f, -0.3f, 0.2f, 0}, rm[4] = {0}, rv[4] = {1, 1, 1, 1}, rm2[4] = {0},
@@ -340,6 +340,17 @@ static void test_bn_fused(void **st)
     check("fused backward dres", dres, dresr, n, TOL);
     check("fused backward dgamma", dg, dgr, 4, TOL);
     check("fused backward dbeta", db, dbr, 4, TOL);
+    /* dx_set, dres_set (the first writer of a gradient): written whatever they held (NaN here), equal to
+     * the sums into zeros above; dy is masked already, and masking again changes nothing */
+    float *dx3 = fz(n), *dres3 = fz(n), dg3[4] = {0}, db3[4] = {0};
+    for (size_t i = 0; i < n; i++) dx3[i] = dres3[i] = NAN;
+    d.dx_set = d.dres_set = 1;
+    bn_backward(dx3, dres3, dg3, db3, dy, y, x, mean, is, g, 1, &d);
+    d.dx_set = d.dres_set = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(dx3[i] == dx[i] && dres3[i] == dres[i])) fail_msg("dx_set/dres_set, element %zu: %g %g against %g %g", i, dx3[i], dres3[i], dx[i], dres[i]);
+    assert_memory_equal(dg3, dg, sizeof dg);
+    test_free(dx3), test_free(dres3);
     test_free(x), test_free(res), test_free(y), test_free(t), test_free(yr), test_free(dy), test_free(dy2), test_free(dx),
         test_free(dres), test_free(dt), test_free(dxr), test_free(dresr), test_free(dt2);
 }

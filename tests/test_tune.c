@@ -53,7 +53,7 @@ static const int shapes[][8] = {{4, 3, 8, 8, 8, 3, 1, 1},   {5, 8, 8, 8, 16, 3, 
 static void test_plan_every_algo(void **st)
 {
     (void)st;
-    int ran[NN_ALGO_COUNT] = {0}, ran_half = 0;
+    int ran[NN_ALGO_COUNT] = {0}, ran_half = 0, ran_set = 0, want_set = 0;
     par_set_threads(2);
     for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++)
         for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
@@ -84,6 +84,21 @@ static void test_plan_every_algo(void **st)
             conv2d_backward_ref(q[1] < 4 ? NULL : dxr, dwr, dy, x, w, &d);
             if (q[1] >= 4) check("input gradient", dx, dxr, nx, tol);
             check("weight gradient", dw, dwr, nw, tol);
+            /* dinp_set (the first writer of a gradient): where the kernel says it can, dinp is written
+             * whatever it held (NaN here), bit for bit what adding into zeros gave; elsewhere it adds */
+            if (q[1] >= 4) {
+                float *dx2 = fz(nx);
+                for (size_t i = 0; i < nx; i++) dx2[i] = nn_conv_sets_dinp(&d) ? NAN : 1.0f;
+                d.dinp_set = 1;
+                conv2d_backward(dx2, NULL, dy, x, w, &d, wk);
+                d.dinp_set = 0;
+                for (size_t i = 0; i < nx; i++) /* adding onto 1 rounds on its own way */
+                    if (nn_conv_sets_dinp(&d) ? !(dx2[i] == dx[i]) : !(fabsf(dx2[i] - (dx[i] + 1.0f)) <= 1e-5f * (1.0f + fabsf(dx[i]))))
+                        fail_msg("dinp_set (%s), element %zu: %g against %g", nn_conv_sets_dinp(&d) ? "written" : "added", i, dx2[i], dx[i]);
+                ran_set += nn_conv_sets_dinp(&d);
+                want_set += (a == NN_ALGO_ONEDNN || a == NN_ALGO_BF16) && !(q[5] == 1 && q[6] == 1 && q[7] == 0);
+                test_free(dx2);
+            }
             /* the input kept in bf16 (in_half: bf16 precision's storage), where the kernels can read it
              * (oneDNN, the 1x1 stride-1 GEMM): the weight gradient of the input rounded to bf16 */
             if (a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
@@ -113,6 +128,9 @@ static void test_plan_every_algo(void **st)
            ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN]);
     /* oneDNN's fp32 kernels run every shape of kernel size > 1 (four above) where they are candidates */
     assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 4 : 0);
+    /* dinp_set honoured by the oneDNN convolutions, fp32 and bf16, but for the 1x1 stride-1 matmuls */
+    assert_int_equal(ran_set, want_set);
+    if (nn_onednn_available() == 0) assert_true(ran_set >= 3);
     /* in_half: the 1x1 stride-1 GEMM, and every oneDNN run */
     assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN]);
     /* on an AVX-512 CPU both builds of the direct kernels are candidates

@@ -749,7 +749,8 @@ static void bwd_task(void *ctx, int t, int th)
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_WEIGHTS, lp->wb}, {DNNL_ARG_DIFF_SRC, m[M_DX]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
         run(lp->bwdd, th, 4, a);
-        unpack_nhwc(j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, 1);
+        unpack_nhwc(j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
+                    !d->dinp_set);
     }
 }
 
@@ -912,7 +913,15 @@ void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, 
             for (int o = 0; o < O; o++) db[o] += dout[(size_t)n * O + o];
 }
 
+int nn_conv_sets_dinp(const nn_conv *d) { return d->lp && !d->lp->mm; }
+
 #else /* no oneDNN: every entry point refuses */
+
+int nn_conv_sets_dinp(const nn_conv *d)
+{
+    (void)d;
+    return 0;
+}
 
 int nn_bf16_available(void)
 {

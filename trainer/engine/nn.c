@@ -52,6 +52,13 @@ NN_HOT static void vec_bn_dx(float *restrict dx, const float *restrict dy, const
     for (size_t i = 0; i < n; i++) dx[i] += A * dy[i] + B * x[i] + C;
 }
 
+/* dx = A*dy + B*x + C */
+NN_HOT static void vec_bn_dx_set(float *restrict dx, const float *restrict dy, const float *restrict x, size_t n, float A, float B,
+                                 float C)
+{
+    for (size_t i = 0; i < n; i++) dx[i] = A * dy[i] + B * x[i] + C;
+}
+
 /* d = y > 0 ? d : 0 */
 NN_HOT static void vec_relu_mask(float *restrict d, const float *restrict y, size_t n)
 {
@@ -157,7 +164,7 @@ const char *nn_algo_name(int algo)
 static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL, 0};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL, 0, 0};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
     if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(Ci, H, W, Co, k, stride, pad);
@@ -642,18 +649,23 @@ static void bn_bwd_task(void *ctx, int c, int th)
     const double M = (double)(d->N / S) * d->HW;
     float *dout = j->dout;
     const float *x = j->x;
-    if (j->xh) {
-        float *t = j->xtmp + (size_t)th * NHW;
-        nn_from_bf16(t, j->xh + base, NHW);
-        x = t - base; /* indexed from base like j->x */
+    float *xt = NULL;
+    if (j->xh) { /* x restored from bf16 run by run below, into xtmp */
+        xt = j->xtmp + (size_t)th * NHW - base;
+        x = xt; /* indexed from base like j->x */
     }
-    if (j->relu && j->yh) vec_relu_mask_h(dout + base, j->yh + base, NHW);
-    else if (j->relu) vec_relu_mask(dout + base, j->cy + base, NHW);
-    if (j->dres) vec_add(j->dres + base, dout + base, NHW);
     for (int s = 0; s < S; s++) {
         const float mu = j->cmean[s * d->C + c], is = j->cinvstd[s * d->C + c];
         double sdy = 0, sdxm = 0;
-        BN_RUNS(d, S, s, base, o, len) run_dsums(dout + o, x + o, len, mu, &sdy, &sdxm);
+        BN_RUNS(d, S, s, base, o, len) /* the ReLU mask, the residual's gradient and the sums, run by run (in L1) */
+        {
+            if (j->relu && j->yh) vec_relu_mask_h(dout + o, j->yh + o, (size_t)len);
+            else if (j->relu) vec_relu_mask(dout + o, j->cy + o, (size_t)len);
+            if (j->dres && d->dres_set) memcpy(j->dres + o, dout + o, sizeof(float) * (size_t)len);
+            else if (j->dres) vec_add(j->dres + o, dout + o, (size_t)len);
+            if (xt) nn_from_bf16(xt + o, j->xh + o, (size_t)len);
+            run_dsums(dout + o, x + o, len, mu, &sdy, &sdxm);
+        }
         double sdyx = sdxm * is;
         if (j->dgamma) j->dgamma[c] += (float)sdyx;
         if (j->dbeta) j->dbeta[c] += (float)sdy;
@@ -662,7 +674,10 @@ static void bn_bwd_task(void *ctx, int c, int th)
         const float A = j->gamma[c] * is, B = (float)(-(double)A * is * sdyx / M),
                     C = (float)(-(double)A * sdy / M - (double)B * mu);
         BN_RUNS(d, S, s, base, o, len)
-        vec_bn_dx(j->dx + o, dout + o, x + o, (size_t)len, A, B, C);
+        {
+            if (d->dx_set) vec_bn_dx_set(j->dx + o, dout + o, x + o, (size_t)len, A, B, C);
+            else vec_bn_dx(j->dx + o, dout + o, x + o, (size_t)len, A, B, C);
+        }
     }
 }
 

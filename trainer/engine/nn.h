@@ -2,6 +2,9 @@
  * x_forward(out, ..., inp, ..., dims) and x_backward(dinp, dweight, ...,
  * dout, ..., dims). Backward ADDS into every gradient it is given (dinp
  * included), so zeroing is one memset; a NULL gradient pointer is skipped.
+ * Where the caller asks (nn_conv.dinp_set, nn_bn.dx_set/dres_set) and the
+ * kernel can, the input gradients are written instead, which spares the
+ * first writer of a gradient its memset and its read.
  *
  * Layout: image activations are channel-major over the batch, (C,N,H,W):
  * channel c of the whole batch is one contiguous run of N*H*W floats, so a
@@ -44,6 +47,8 @@ typedef struct {
     nn_lowp *lp;      /* bf16 (nn_conv_bf16), else NULL: conv2d_* run in bf16 when set */
     int in_half;      /* bf16 precision only: conv2d_backward's inp is kept in bf16 (uint16_t in the float buffer);
                        * the oneDNN kernels and the 1x1 stride-1 GEMM read it so */
+    int dinp_set;     /* conv2d_backward writes dinp instead of adding into it (the caller's first
+                       * writer of that gradient; only where nn_conv_sets_dinp) */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
@@ -73,6 +78,9 @@ enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_A
  * candidate only where that is AVX-512, runs their AVX2 build, which a
  * CPU with AVX-512 may still run faster (narrower vectors, lower clocks). */
 const char *nn_algo_name(int algo);
+/* Whether conv2d_backward on d's planned algorithm honours d->dinp_set
+ * (the oneDNN convolutions); the others always add. */
+int nn_conv_sets_dinp(const nn_conv *d);
 /* Whether algo can run this shape on this CPU and build. */
 int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, int pad);
 /* The rule without measurement (NN_ALGO_AUTO): lanes, else direct, else GEMM. */
@@ -126,6 +134,7 @@ void conv2d_backward_ref(float *dinp, float *dw, const float *dout, const float 
 typedef struct {
     int N, C, HW, S;
     float eps, momentum;
+    int dx_set, dres_set; /* bn_backward* write dx, dres instead of adding into them (0: add) */
 } nn_bn;
 
 /* y,x,res (C,N,HW); gamma,beta,rmean,rvar (C); mean,invstd (S,C). res may be NULL. */
@@ -138,6 +147,7 @@ void bn_forward_keep(float *y, uint16_t *yh, float *mean, float *invstd, float *
                      const float *res, const float *gamma, const float *beta, int relu, int train, const nn_bn *d);
 /* dout (C,N,HW) is the gradient of y (it is overwritten: the ReLU mask is
  * applied in place); dx, dres (may be NULL) (C,N,HW), dgamma, dbeta (C) += ...
+ * (dx, dres: = when d->dx_set, d->dres_set)
  * y is the forward output (for the mask), x the input. Train mode only. */
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);

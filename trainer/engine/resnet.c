@@ -167,7 +167,7 @@ static int o_conv(builder *b, int in, int tw, int ci, int co, int k, int s, int 
 static int o_bn(builder *b, int in, int tw, int c, int H, int res, int relu)
 {
     rn_op *o = b_op(b, OP_BN);
-    o->bn = (nn_bn){b->N, c, H * H, b->m->cfg.bn_splits, 1e-5f, 0.1f};
+    o->bn = (nn_bn){b->N, c, H * H, b->m->cfg.bn_splits, 1e-5f, 0.1f, 0, 0};
     o->in = in, o->tw = tw, o->res = res, o->relu = relu;
     o->mean = b_act(b, (size_t)c * o->bn.S, 0);
     o->invstd = b_act(b, (size_t)c * o->bn.S, 0);
@@ -326,6 +326,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
     for (int i = m->nops - 1; i >= 0; i--) {
         rn_op *o = &m->ops[i];
         o->zero_in = o->zero_res = 0;
+        if (o->type == OP_BN) o->bn.dx_set = o->bn.dres_set = 0;
         if (a->acts[o->in].grad && a->acts[o->in].slot < 0) TAKE(o->in), o->zero_in = 1;
         if (o->res >= 0 && a->acts[o->res].slot < 0) TAKE(o->res), o->zero_res = 1;
         free_[nfree++] = a->acts[o->out].slot;
@@ -363,6 +364,16 @@ static int plan(resnet *m, rn_arena *a, int grads)
         }
         if (rc) return rc;
         work = w > work ? w : work;
+        /* the first writer of a gradient slot writes it where its kernel
+         * can (nn.h), instead of adding into a zeroed slot */
+        if (grads && o->type == OP_CONV && o->zero_in) {
+            nn_conv *b = o->convb_own ? &o->convb : &o->conv;
+            if ((b->dinp_set = nn_conv_sets_dinp(b))) o->zero_in = 0;
+        }
+        if (grads && o->type == OP_BN) {
+            if (o->zero_in) o->bn.dx_set = 1, o->zero_in = 0;
+            if (o->zero_res) o->bn.dres_set = 1, o->zero_res = 0;
+        }
     }
     /* bf16 storage (rn_act.half), for the largest activations. The fp32
      * value lives in a gradient slot's room during the forward (rn_act.scr:
