@@ -104,3 +104,25 @@ if [ "$c1" != Prescott ]; then
   grep -q "\-Prescott\"" "$W" && grep -q "\-$c1\"" "$W" || fail "the wisdom file does not key lines by the kernel set: $(cut -c1-200 "$W" | head -3)"
 fi
 echo "OpenBLAS kernels: $c1 here (OPENBLAS_CORETYPE unset), Prescott when named; the wisdom keyed by them"
+# --profile: where the timed steps go; the step's parts cover its time, and
+# the encoders' parts (convolutions, BN, the rest) lie within the encoder
+# passes they are part of
+$M bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 3 --warmup 1 --threads 2 \
+  --profile --wisdom "$W" >"$T/7.out" 2>"$T/7.err" || fail "bench --profile: $(tail -3 "$T/7.err")"
+grep -q "where a step goes" "$T/7.out" || fail "--profile printed no breakdown: $(cat "$T/7.out")"
+tail -1 "$T/7.out" | python3 -c '
+import json, sys
+j = json.loads(sys.stdin.read()); p = j["profile_ms"]; step = j["step_ms"]
+parts = ["momentum_update", "key_forward", "query_forward", "loss", "query_backward", "sgd", "enqueue"]
+enc = ["conv_forward", "bn_forward", "other_forward", "conv_backward", "bn_backward", "other_backward"]
+assert sorted(p) == sorted(parts + enc), "profile keys: %s" % sorted(p)
+assert all(p[k] >= 0 for k in p), p
+s = sum(p[k] for k in parts)
+assert 0.8 * step <= s <= step * 1.02 + 0.05, "the parts add up to %.2f ms of a %.2f ms step" % (s, step)
+fwd = p["conv_forward"] + p["bn_forward"] + p["other_forward"]
+bwd = p["conv_backward"] + p["bn_backward"] + p["other_backward"]
+assert fwd <= p["key_forward"] + p["query_forward"] + 0.05, "encoder forward parts %.2f > the forwards %.2f" % (fwd, p["key_forward"] + p["query_forward"])
+assert bwd <= p["query_backward"] + 0.05, "encoder backward parts %.2f > the backward %.2f" % (bwd, p["query_backward"])
+assert p["conv_forward"] > 0 and p["conv_backward"] > 0 and p["bn_forward"] > 0 and p["bn_backward"] > 0, p
+print("profile: the parts cover %.0f%% of the step; convolutions %.1f ms, BN %.1f ms" % (100 * s / step, p["conv_forward"] + p["conv_backward"], p["bn_forward"] + p["bn_backward"]))
+' || fail "--profile JSON: $(tail -1 "$T/7.out" | cut -c1-400)"

@@ -182,11 +182,29 @@ static void kernels_json(moco_jw *w, const resnet *m)
     moco_jw_close(w);
 }
 
+/* --profile: ms per step of each part of the step, and of the encoders' */
+static void print_profile(const double *prof, const double *rprof, double steps, double step_s)
+{
+    printf("  where a step goes, ms (share of the step):\n   ");
+    for (int i = 0; i < MOCO_PROF_N; i++) printf(" %s %.1f (%.0f%%)", moco_prof_names[i], prof[i] / steps * 1e3, 100 * prof[i] / steps / step_s);
+    printf("\n  within the encoders' forwards and backward (both encoders):\n   ");
+    for (int i = 0; i < RN_PROF_N; i++) printf(" %s %.1f (%.0f%%)", rn_prof_names[i], rprof[i] / steps * 1e3, 100 * rprof[i] / steps / step_s);
+    printf("\n");
+}
+
+static void profile_json(moco_jw *w, const double *prof, const double *rprof, double steps)
+{
+    moco_jw_obj(w, "profile_ms");
+    for (int i = 0; i < MOCO_PROF_N; i++) moco_jw_num(w, moco_prof_names[i], prof[i] / steps * 1e3, 2);
+    for (int i = 0; i < RN_PROF_N; i++) moco_jw_num(w, rn_prof_names[i], rprof[i] / steps * 1e3, 2);
+    moco_jw_close(w);
+}
+
 int trainer_bench_main(int argc, char **argv)
 {
     const char *arch = "resnet18-cifar";
     long width = 64, batch = 256, size = 32, steps = 5, warmup = 1, threads = 2, K = 4096, dim = 128, splits = 8;
-    int mlp = 0, sym = 0, explain = 0;
+    int mlp = 0, sym = 0, explain = 0, profile = 0;
     const char *precision = "fp32", *kernels = "measure", *wisdom = NULL;
     double m = 0.99, T = 0.1, lr = 0.06, wd = 5e-4;
     uint64_t seed = 1;
@@ -212,6 +230,7 @@ int trainer_bench_main(int argc, char **argv)
         {"kernels", MOCO_OPT_CHOICE, &kernels, "measure: each convolution pass on the kernel timed fastest here (the wisdom file); rule: the fixed rule", 0, 0, "measure|rule"},
         {"wisdom", MOCO_OPT_STR, &wisdom, "the wisdom file (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL},
         {"explain", MOCO_OPT_FLAG, &explain, "show each convolution's kernel choices and the times of every candidate", 0, 0, NULL},
+        {"profile", MOCO_OPT_FLAG, &profile, "show where the timed steps go: the step's parts, and the encoders' convolutions, batch norm and the rest", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco bench train", "[options]",
@@ -271,7 +290,9 @@ int trainer_bench_main(int argc, char **argv)
     if (!rank && explain) explain_kernels(mc->q, t_make);
     double t_all = 0, best = 1e30, c_all = 0, w_all = 0;
     moco_stats st = {0};
+    double prof[MOCO_PROF_N] = {0}, rprof[RN_PROF_N] = {0};
     for (long s = 0; s < warmup + steps; s++) {
+        if (profile && s == warmup) mc->prof = prof, mc->q->prof = mc->k->prof = rprof; /* both encoders into one */
         double t0 = moco_now_s(), c0 = cpu_s(), w0 = dist_wait_seconds(d);
         if ((rc = moco_step(mc, x, x + n, NULL, (float)lr, &st))) {
             fprintf(stderr, "moco bench train%s: %s\n", who, moco_errmsg());
@@ -299,6 +320,7 @@ int trainer_bench_main(int argc, char **argv)
                best * 1e3, (double)gb / step_s, flop / step_s / 1e9, rss, cpu_ms);
         if (R > 1) printf("; waited %.1f ms/step for the gradient average (%.1f%%)", wait_ms, 100 * wait_ms / (step_s * 1e3));
         printf("\n");
+        if (profile) print_profile(prof, rprof, (double)steps, step_s);
         moco_jw w;
         moco_jw_begin(&w);
         moco_jw_str(&w, "bench", "train");
@@ -329,6 +351,7 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw_str(&w, "kernels", kernels);
         moco_jw_str(&w, "blas_core", blas_core());
         if (explain) kernels_json(&w, mc->q);
+        if (profile) profile_json(&w, prof, rprof, (double)steps);
         moco_jw_line(&w, stdout);
     }
     ret = 0;

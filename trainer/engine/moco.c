@@ -9,9 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "trainer/engine/carve.h"
+#include "trainer/engine/par.h"
 
 /* The step's buffers, each 64-byte aligned (moco_carve). */
 static void layout(moco *mc, moco_carve *c)
@@ -163,24 +165,37 @@ static int top1(const float *logits, int N, int L)
  * forward left (called with dq NULL, so that the accuracy can be read off
  * them first): logits (N, 1+K) becomes d loss / d logits (softmax / N, 1/N
  * taken off the positive) and dq (N,D) += d loss / d q. k (N,D), queue (D,K). */
+typedef struct { float *dq, *logits; const float *k; int N, D, L; float T; } ib_job;
+
+#define IB_ROWS 8 /* rows per task */
+
+static void infonce_backward_rows(void *ctx, int t, int th)
+{
+    (void)th;
+    const ib_job *j = ctx;
+    const int N = j->N, D = j->D, L = j->L;
+    for (int n = t * IB_ROWS; n < N && n < (t + 1) * IB_ROWS; n++) {
+        float *l = j->logits + (size_t)n * L;
+        float mx = l[0];
+        for (int i = 1; i < L; i++) mx = l[i] > mx ? l[i] : mx;
+        double se = 0;
+        for (int i = 0; i < L; i++) {
+            double e = exp((double)l[i] - mx);
+            se += e;
+            l[i] = (float)e;
+        }
+        const double s = 1.0 / (se * N);
+        for (int i = 0; i < L; i++) l[i] = (float)(l[i] * s);
+        l[0] -= 1.0f / (float)N;
+        for (int i = 0; i < D; i++) j->dq[(size_t)n * D + i] += l[0] / j->T * j->k[(size_t)n * D + i];
+    }
+}
+
 static void infonce_backward(float *dq, float *logits, const float *k, const float *queue, int N, int D, int K, float T)
 {
     const int L = K + 1;
-    for (int n = 0; n < N; n++) {
-        float *l = logits + (size_t)n * L;
-        float mx = l[0];
-        for (int j = 1; j < L; j++) mx = l[j] > mx ? l[j] : mx;
-        double se = 0;
-        for (int j = 0; j < L; j++) {
-            double e = exp((double)l[j] - mx);
-            se += e;
-            l[j] = (float)e;
-        }
-        const double s = 1.0 / (se * N);
-        for (int j = 0; j < L; j++) l[j] = (float)(l[j] * s);
-        l[0] -= 1.0f / (float)N;
-        for (int i = 0; i < D; i++) dq[(size_t)n * D + i] += l[0] / T * k[(size_t)n * D + i];
-    }
+    ib_job j = {dq, logits, k, N, D, L, T};
+    par_for((N + IB_ROWS - 1) / IB_ROWS, infonce_backward_rows, &j); /* rows apart: the same on any threads */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, D, K, 1.0f / T, logits + 1, L, queue, K, 1.0f, dq, D);
 }
 
@@ -224,6 +239,20 @@ static int bcast_buffers(moco *mc)
     return 0;
 }
 
+const char *const moco_prof_names[MOCO_PROF_N] = {"momentum_update", "key_forward", "query_forward", "loss",
+                                                   "query_backward", "sgd", "enqueue"};
+const char *const rn_prof_names[RN_PROF_N] = {"conv_forward", "bn_forward", "other_forward",
+                                              "conv_backward", "bn_backward", "other_backward"};
+
+/* the time since *t0 to part of mc->prof (when set); *t0 = now */
+static void lap(moco *mc, int part, double *t0)
+{
+    if (!mc->prof) return;
+    double t = moco_now_s();
+    mc->prof[part] += t - *t0;
+    *t0 = t;
+}
+
 int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, float lr, moco_stats *st)
 {
     const moco_cfg *c = &mc->cfg;
@@ -231,10 +260,12 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
     resnet *q = mc->q, *k = mc->k;
     int rc = 0;
     memset(st, 0, sizeof *st);
+    double t0 = mc->prof ? moco_now_s() : 0;
     /* 1. momentum update of the key encoder (parameters only) */
     const float m = c->m, m1 = 1.0f - c->m;
     for (size_t i = 0; i < q->nparams; i++) k->params[i] = k->params[i] * m + q->params[i] * m1;
     rn_zero_grad(q);
+    lap(mc, MOCO_PROF_MOMENTUM, &t0);
     float total = 0, acc = 0;
     for (int dir = 0; dir < dirs; dir++) {
         const float *xq = dir ? x2 : x1, *xk = dir ? x1 : x2;
@@ -247,9 +278,11 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
         /* keys of x1 go first in the enqueue order: direction 1 (x_k = x1) fills slot 0 */
         float *kd = mc->keys + (size_t)(dirs == 2 ? (dir == 1 ? 0 : N) : 0) * D;
         for (int i = 0; i < N; i++) memcpy(kd + (size_t)p[i] * D, mc->kn + (size_t)i * D, sizeof(float) * (size_t)D);
+        lap(mc, MOCO_PROF_KEY_FWD, &t0);
         /* 2b. queries, loss (logits kept for the accuracy), backward */
         const float *qraw = rn_forward(q, xq, NULL, 1);
         l2norm_forward(mc->qn, qraw, N, D);
+        lap(mc, MOCO_PROF_QUERY_FWD, &t0);
         float l = infonce_forward_backward(NULL, mc->logits, mc->qn, kd, mc->queue, N, D, K, c->T);
         acc += 100.0f * (float)top1(mc->logits, N, K + 1) / (float)N / (float)dirs;
         total += l;
@@ -265,6 +298,7 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
         /* qraw is still in the arena: rn_forward(q) was the last forward */
         memset(mc->dqraw, 0, sizeof(float) * (size_t)N * D);
         l2norm_backward(mc->dqraw, mc->dq, qraw, N, D);
+        lap(mc, MOCO_PROF_LOSS, &t0);
         if (R > 1 && last) { /* the last direction finishes the gradients: average them bucket by bucket */
             if ((rc = rn_backward_hooked(q, mc->dqraw, mc->bucket_floats, mc->comm.grad_ready, mc->comm.ctx)) ||
                 (rc = mc->comm.grad_wait(mc->comm.ctx)))
@@ -272,6 +306,7 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
         } else {
             rn_backward(q, mc->dqraw);
         }
+        lap(mc, MOCO_PROF_QUERY_BWD, &t0);
     }
     /* 3. SGD with momentum and weight decay, as torch.optim.SGD */
     const float wd = c->weight_decay, mom = c->sgd_momentum;
@@ -281,6 +316,7 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
         B[i] = mc->steps ? mom * B[i] + g : g;
         P[i] -= lr * B[i];
     }
+    lap(mc, MOCO_PROF_SGD, &t0);
     /* 4. enqueue: queue[:, ptr + j] = key j, j over [direction][rank][pair]
      * (columns wrap at K: ptr may come from a checkpoint of another R) */
     for (int s = 0; s < dirs; s++)
@@ -295,5 +331,6 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
     mc->steps++;
     if (R > 1 && (rc = bcast_buffers(mc))) return rc;
     if (R > 1 && mc->comm.step_done && (rc = mc->comm.step_done(mc->comm.ctx, mc))) return rc;
+    lap(mc, MOCO_PROF_ENQUEUE, &t0);
     return 0;
 }

@@ -112,7 +112,20 @@ typedef struct moco {
     size_t gstride;
     void *bstage;         /* BN buffers and counters of both encoders, for the broadcast */
     size_t bbytes;
+    double *prof;         /* NULL, or MOCO_PROF_N sums of seconds that moco_step adds to */
 } moco;
+
+/* Where a step goes (moco.prof; the encoders' own parts: resnet.prof):
+ * the key encoder's momentum update, the key and query forwards (with
+ * their L2 normalisation and the key shuffle), the InfoNCE loss and its
+ * gradient (with the key gather under ranks), the query backward (with the
+ * gradient average under ranks), SGD, and the enqueue with the rest (the
+ * BN broadcast under ranks). */
+enum { MOCO_PROF_MOMENTUM, MOCO_PROF_KEY_FWD, MOCO_PROF_QUERY_FWD, MOCO_PROF_LOSS, MOCO_PROF_QUERY_BWD, MOCO_PROF_SGD, MOCO_PROF_ENQUEUE,
+       MOCO_PROF_N };
+/* the names of the MOCO_PROF_ and RN_PROF_ parts, for reports */
+extern const char *const moco_prof_names[MOCO_PROF_N];
+extern const char *const rn_prof_names[RN_PROF_N];
 
 /* Build both encoders (the key encoder a copy of the query encoder) and the
  * queue. Returns 0, MOCO_EINVAL with a message, or MOCO_ENOMEM. */

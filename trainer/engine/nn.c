@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Hot element-wise loops: restrict pointers, GCC's dynamic vectoriser cost
@@ -869,28 +870,51 @@ void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, in
 
 /* ---------------------------------------------------------------- InfoNCE */
 
+typedef struct { float *dq, *logits; const float *q, *k; double *rowloss; int N, D, L, local; float T; } infonce_job;
+
+#define INFONCE_ROWS 8 /* rows per task */
+
+/* rows of infonce_forward_backward: the positive logit, the row's loss
+ * (into rowloss), and with dq the logits' gradient and dq's positive term */
+static void infonce_rows(void *ctx, int t, int th)
+{
+    (void)th;
+    const infonce_job *j = ctx;
+    const int D = j->D, L = j->L, N = j->N;
+    const float T = j->T;
+    for (int n = t * INFONCE_ROWS; n < N && n < (t + 1) * INFONCE_ROWS; n++) {
+        float *l = j->logits + (size_t)n * L;
+        double pos = 0;
+        for (int i = 0; i < D; i++) pos += (double)j->q[(size_t)n * D + i] * j->k[(size_t)n * D + i];
+        l[0] = (float)(pos / T);
+        float mx = l[0];
+        for (int jj = 1; jj < L; jj++) mx = l[jj] > mx ? l[jj] : mx;
+        double se = 0;
+        for (int jj = 0; jj < L; jj++) se += exp((double)l[jj] - mx);
+        j->rowloss[j->local ? n - t * INFONCE_ROWS : n] = log(se) + mx - l[0]; /* local: the task's rows only */
+        if (!j->dq) continue;
+        /* gradient of the mean loss w.r.t. the logits, in place */
+        for (int jj = 0; jj < L; jj++) l[jj] = (float)(exp((double)l[jj] - mx) / se / N);
+        l[0] -= 1.0f / (float)N;
+        for (int i = 0; i < D; i++) j->dq[(size_t)n * D + i] += l[0] / T * j->k[(size_t)n * D + i];
+    }
+}
+
 float infonce_forward_backward(float *dq, float *logits, const float *q, const float *k, const float *queue, int N, int D,
                                int K, float T)
 {
     const int L = K + 1;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, D, 1.0f / T, q, D, queue, K, 0.0f, logits + 1, L);
+    double one[INFONCE_ROWS], *rowloss = N <= INFONCE_ROWS ? NULL : malloc(sizeof(double) * (size_t)N);
+    infonce_job j = {dq, logits, q, k, rowloss ? rowloss : one, N, D, L, !rowloss, T};
+    const int tasks = (N + INFONCE_ROWS - 1) / INFONCE_ROWS;
+    if (rowloss) par_for(tasks, infonce_rows, &j);
     double loss = 0;
-    for (int n = 0; n < N; n++) {
-        float *l = logits + (size_t)n * L;
-        double pos = 0;
-        for (int i = 0; i < D; i++) pos += (double)q[(size_t)n * D + i] * k[(size_t)n * D + i];
-        l[0] = (float)(pos / T);
-        float mx = l[0];
-        for (int j = 1; j < L; j++) mx = l[j] > mx ? l[j] : mx;
-        double se = 0;
-        for (int j = 0; j < L; j++) se += exp((double)l[j] - mx);
-        loss += log(se) + mx - l[0];
-        if (!dq) continue;
-        /* gradient of the mean loss w.r.t. the logits, in place */
-        for (int j = 0; j < L; j++) l[j] = (float)(exp((double)l[j] - mx) / se / N);
-        l[0] -= 1.0f / (float)N;
-        for (int i = 0; i < D; i++) dq[(size_t)n * D + i] += l[0] / T * k[(size_t)n * D + i];
+    for (int t = 0; t < tasks; t++) { /* one task, or out of memory for the row losses: a task at a time, on this thread */
+        if (!rowloss) infonce_rows(&j, t, 0);
+        for (int n = t * INFONCE_ROWS; n < N && n < (t + 1) * INFONCE_ROWS; n++) loss += j.rowloss[rowloss ? n : n - t * INFONCE_ROWS];
     }
+    free(rowloss);
     if (dq) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, D, K, 1.0f / T, logits + 1, L, queue, K, 1.0f, dq, D);
     return (float)(loss / N);
 }

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/rng.h"
 #include "formats/safetensors.h"
@@ -636,17 +637,35 @@ static void convert(float *dst, float *src, size_t n, int to)
     par_for((int)((n + j.per - 1) / j.per), convert_task, &j);
 }
 
+/* the RN_PROF_ part of an op type's pass */
+static int prof_part(int type, int bwd)
+{
+    int part = type == OP_CONV ? RN_PROF_CONV_FWD : type == OP_BN ? RN_PROF_BN_FWD : RN_PROF_OTHER_FWD;
+    return bwd ? part + RN_PROF_CONV_BWD : part;
+}
+
+/* the time since *t0 to part; *t0 = now */
+static void prof_add(resnet *m, int part, double *t0)
+{
+    double t = moco_now_s();
+    m->prof[part] += t - *t0;
+    *t0 = t;
+}
+
 const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int train)
 {
     rn_arena *a = m->arena;
     const int N = m->cfg.batch, HW = m->cfg.size * m->cfg.size;
     float *x0 = ACT(0);
+    double t0 = m->prof ? moco_now_s() : 0;
     for (int i = 0; i < N; i++) {
         const float *src = x + (size_t)(perm ? perm[i] : (uint64_t)i) * 3 * HW;
         for (int c = 0; c < 3; c++) memcpy(x0 + ((size_t)c * N + i) * HW, src + (size_t)c * HW, sizeof(float) * (size_t)HW);
     }
+    if (m->prof) prof_add(m, RN_PROF_OTHER_FWD, &t0);
     for (int i = 0; i < m->nops; i++) {
         rn_op *o = &m->ops[i];
+        if (i && m->prof) prof_add(m, prof_part(m->ops[i - 1].type, 0), &t0);
         switch (o->type) {
         case OP_CONV: {
             conv2d_forward(FWD(o->out), FWD(o->in), P(m, o->tw), &o->conv, a->work);
@@ -673,6 +692,7 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
         case OP_RELU: relu_forward(ACT(o->out), ACT(o->in), (size_t)o->N * o->F); break;
         }
     }
+    if (m->nops && m->prof) prof_add(m, prof_part(m->ops[m->nops - 1].type, 0), &t0);
     return ACT(a->final_act);
 }
 
@@ -699,11 +719,13 @@ int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb c
     rn_arena *a = m->arena;
     size_t reported = m->nparams; /* [reported, nparams) went to cb */
     memcpy(GRAD(a->final_act), dout, sizeof(float) * a->acts[a->final_act].numel);
+    double t0 = m->prof ? moco_now_s() : 0;
     for (int i = m->nops - 1; i >= 0; i--) {
         rn_op *o = &m->ops[i];
         int gin = a->acts[o->in].grad;
         if (o->zero_in) zero(GRAD(o->in), a->acts[o->in].numel);
         if (o->zero_res) zero(GRAD(o->res), a->acts[o->res].numel);
+        if (m->prof) prof_add(m, RN_PROF_OTHER_BWD, &t0);
         float *din = gin ? GRAD(o->in) : NULL;
         float *G = m->grads;
         switch (o->type) {
@@ -735,12 +757,14 @@ int rn_backward_hooked(resnet *m, const float *dout, size_t bucket, rn_grad_cb c
             break;
         case OP_RELU: relu_backward(din, GRAD(o->out), ACT(o->out), (size_t)o->N * o->F); break;
         }
+        if (m->prof) prof_add(m, prof_part(o->type, 1), &t0);
         if (!cb) continue;
         size_t lo = o->final_lo;
         int send = lo < reported && (reported - lo >= bucket || lo == 0);
         int rc = cb(ctx, m->grads, send ? lo : reported, send ? reported - lo : 0);
         if (send) reported = lo;
         if (rc) return rc;
+        if (m->prof) t0 = moco_now_s(); /* the gradient hook is the caller's time */
     }
     return 0;
 }

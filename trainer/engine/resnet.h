@@ -85,7 +85,13 @@ typedef struct {
     int features;        /* before the head */
     double macs;         /* multiply-adds of one forward of the batch (convs, linears) */
     double macs_first;   /* of the first conv (no input gradient is computed) */
+    double *prof;        /* NULL, or RN_PROF_N sums of seconds that rn_forward and rn_backward add to */
 } resnet;
+
+/* Where an encoder's passes go (resnet.prof): convolutions, batch norm (with
+ * its residual add and ReLU), the rest (input copy, pooling, linear layers,
+ * bf16 copies, gradient zeroing), forward and backward. */
+enum { RN_PROF_CONV_FWD, RN_PROF_BN_FWD, RN_PROF_OTHER_FWD, RN_PROF_CONV_BWD, RN_PROF_BN_BWD, RN_PROF_OTHER_BWD, RN_PROF_N };
 
 /* Build a model with parameters initialised as torchvision does (Kaiming
  * normal fan_out for convs, BN 1/0, Linear's default uniform) from stream
