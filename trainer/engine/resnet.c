@@ -401,6 +401,10 @@ static int plan(resnet *m, rn_arena *a, int grads)
     for (int k = 0; k < 64; k++) busy[k] = -1;
     for (int i = 0; i < a->nacts; i++) a->acts[i].scr = -1;
 #define HALF_READER(c) ((c)->type == OP_CONV && reads_half(&(c)->conv, (c)->tc[1].algo))
+    /* a measurement knob, not a training option: $MOCO_BF16_STORE=fp32|conv
+     * overrides cfg.store (the time and memory of bf16 storage) */
+    const char *es = getenv("MOCO_BF16_STORE");
+    const int store = es && !strcmp(es, "fp32") ? RN_STORE_FP32 : es && !strcmp(es, "conv") ? RN_STORE_CONV : m->cfg.store;
     for (int i = 0; m->cfg.precision == NN_BF16 && grads && i + 1 < m->nops; i++) {
         rn_op *o = &m->ops[i], *n = &m->ops[i + 1];
         rn_act *y = &a->acts[o->out];
@@ -412,7 +416,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
             if (r->res == o->out) ok &= o->type == OP_BN && r->type == OP_BN, last = k;
         }
         if (!ok || !ins || (o->type == OP_CONV && (ins != 1 || n->res == o->out))) continue;
-        if (m->cfg.store == RN_STORE_FP32 || (m->cfg.store == RN_STORE_CONV && o->type != OP_CONV)) continue;
+        if (store == RN_STORE_FP32 || (store == RN_STORE_CONV && o->type != OP_CONV)) continue;
         int slot = -1;
         for (int k = 0; k < a->nslots && k < 64 && slot < 0; k++)
             if (busy[k] < i) slot = k;
