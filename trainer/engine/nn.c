@@ -870,12 +870,12 @@ void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, in
 
 /* ---------------------------------------------------------------- InfoNCE */
 
-typedef struct { float *dq, *logits; const float *q, *k; double *rowloss; int N, D, L, local; float T; } infonce_job;
+typedef struct { float *dq, *logits; const float *q, *k; double *rowloss; int N, D, L, base; float T; } infonce_job;
 
 #define INFONCE_ROWS 8 /* rows per task */
 
 /* rows of infonce_forward_backward: the positive logit, the row's loss
- * (into rowloss), and with dq the logits' gradient and dq's positive term */
+ * (into rowloss[n - base]), and with dq the logits' gradient and dq's positive term */
 static void infonce_rows(void *ctx, int t, int th)
 {
     (void)th;
@@ -891,7 +891,7 @@ static void infonce_rows(void *ctx, int t, int th)
         for (int jj = 1; jj < L; jj++) mx = l[jj] > mx ? l[jj] : mx;
         double se = 0;
         for (int jj = 0; jj < L; jj++) se += exp((double)l[jj] - mx);
-        j->rowloss[j->local ? n - t * INFONCE_ROWS : n] = log(se) + mx - l[0]; /* local: the task's rows only */
+        j->rowloss[n - j->base] = log(se) + mx - l[0];
         if (!j->dq) continue;
         /* gradient of the mean loss w.r.t. the logits, in place */
         for (int jj = 0; jj < L; jj++) l[jj] = (float)(exp((double)l[jj] - mx) / se / N);
@@ -905,14 +905,16 @@ float infonce_forward_backward(float *dq, float *logits, const float *q, const f
 {
     const int L = K + 1;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, D, 1.0f / T, q, D, queue, K, 0.0f, logits + 1, L);
+    /* the row losses, added in row order (the same on any threads); one
+     * task, or no memory for them all: a task at a time, on this thread */
     double one[INFONCE_ROWS], *rowloss = N <= INFONCE_ROWS ? NULL : malloc(sizeof(double) * (size_t)N);
-    infonce_job j = {dq, logits, q, k, rowloss ? rowloss : one, N, D, L, !rowloss, T};
+    infonce_job j = {dq, logits, q, k, rowloss ? rowloss : one, N, D, L, 0, T};
     const int tasks = (N + INFONCE_ROWS - 1) / INFONCE_ROWS;
     if (rowloss) par_for(tasks, infonce_rows, &j);
     double loss = 0;
-    for (int t = 0; t < tasks; t++) { /* one task, or out of memory for the row losses: a task at a time, on this thread */
-        if (!rowloss) infonce_rows(&j, t, 0);
-        for (int n = t * INFONCE_ROWS; n < N && n < (t + 1) * INFONCE_ROWS; n++) loss += j.rowloss[rowloss ? n : n - t * INFONCE_ROWS];
+    for (int t = 0; t < tasks; t++) {
+        if (!rowloss) j.base = t * INFONCE_ROWS, infonce_rows(&j, t, 0);
+        for (int n = t * INFONCE_ROWS; n < N && n < (t + 1) * INFONCE_ROWS; n++) loss += j.rowloss[n - j.base];
     }
     free(rowloss);
     if (dq) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, D, K, 1.0f / T, logits + 1, L, queue, K, 1.0f, dq, D);
