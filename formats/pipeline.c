@@ -106,6 +106,7 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
     m->reason_len = 0;
     switch (m->type) {
     case MOCO_MSG_HEARTBEAT:
+    case MOCO_MSG_BUSY:
     case MOCO_MSG_STOP:
     case MOCO_MSG_BYE:
         return want(n, MOCO_WIRE_PREFIX_SIZE, moco_msg_type_name(m->type));

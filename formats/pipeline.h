@@ -31,6 +31,10 @@
  *              adds u32 batch (most records per SAMPLES it takes; 0: send
  *              single SAMPLEs). The loader's credit is free - (sent - received)
  *   HEARTBEAT  any -> peer: the prefix alone
+ *   BUSY       consumer -> loader (version 5), in place of HEARTBEAT while
+ *              it is alive but not reading pairs (its user evaluates, say):
+ *              the prefix alone. Its samples in flight do not age towards
+ *              --reissue-after until it reads again (any other message)
  *   EPOCH_END  loader -> consumer: u32 epoch, u64 delivered, u32 nfailed,
  *              nfailed x u64 indices of records the workers could not decode
  *   STOP       loader -> worker: the prefix alone; finish and exit */
@@ -63,11 +67,12 @@
 
 /* WELCOME flags */
 #define MOCO_WELCOME_SERVE 1u /* pairs come on this (control) socket: serve mode */
+#define MOCO_WELCOME_BUSY 2u  /* the loader understands BUSY (an older one: send HEARTBEAT) */
 
 /* Small fixed messages. buf must hold 32 bytes; returns the length. READY
  * is written in its version-2 form (24 bytes, with batch). */
 size_t moco_pipe_ready(uint8_t *buf, uint32_t free_slots, uint64_t received, uint32_t batch);
-size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, STOP, BYE */
+size_t moco_pipe_simple(uint8_t *buf, uint16_t type); /* HEARTBEAT, BUSY, STOP, BYE */
 size_t moco_pipe_end(uint8_t *buf, uint32_t epochs);
 size_t moco_pipe_hello(uint8_t *buf, uint32_t epoch, uint64_t count);
 /* HELLO of one of several consumers (version 4, 28 bytes): rank of ranks;

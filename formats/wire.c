@@ -11,12 +11,14 @@
 const char *moco_msg_type_name(int type)
 {
     static const char *const names[] = {"?",     "SAMPLE", "PAIR", "FAILED", "READY", "HEARTBEAT", "EPOCH_END",
-                                        "STOP",  "HELLO",  "ACK",  "END",    "PAIRS", "SAMPLES", "WELCOME", "REFUSED", "BYE"};
+                                        "STOP",  "HELLO",  "ACK",  "END",    "PAIRS", "SAMPLES", "WELCOME", "REFUSED", "BYE",
+                                        "BUSY"};
     return type > 0 && type < (int)(sizeof names / sizeof *names) ? names[type] : "?";
 }
 
 uint16_t moco_wire_type_version(uint16_t type)
 {
+    if (type == MOCO_MSG_BUSY) return 5;
     if (type == MOCO_MSG_WELCOME || type == MOCO_MSG_REFUSED || type == MOCO_MSG_BYE) return 3;
     return type == MOCO_MSG_READY || type == MOCO_MSG_SAMPLES ? 2 : 1;
 }

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define MOCO_WIRE_MAGIC "MOCW"
-#define MOCO_WIRE_VERSION 4 /* the newest version this build reads and writes */
+#define MOCO_WIRE_VERSION 5 /* the newest version this build reads and writes */
 #define MOCO_WIRE_PREFIX_SIZE 8
 
 typedef enum {
@@ -45,6 +45,7 @@ typedef enum {
     MOCO_MSG_WELCOME = 13,  /* loader -> consumer (version 3): HELLO accepted; count, epochs, mode */
     MOCO_MSG_REFUSED = 14,  /* loader -> a peer (version 3): HELLO refused, with the reason */
     MOCO_MSG_BYE = 15,      /* consumer -> loader (version 3): I am leaving; another may say HELLO now */
+    MOCO_MSG_BUSY = 16,     /* consumer -> loader (version 5): alive, not reading pairs now (a heartbeat) */
     MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid */
 } moco_msg_type;
 

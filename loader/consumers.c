@@ -59,6 +59,7 @@ static uint64_t state_hash(uint32_t epoch, const uint8_t *bm, size_t n)
 static void consumer_gone(loader *L, int r)
 {
     consumer *c = &L->c[r];
+    loader_age(L, r, moco_now_s());
     c->present = c->connected = 0;
     c->idlen = 0;
     loader_drop_held(L, r);
@@ -130,6 +131,8 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
     if (c->present && me != r) consumer_gone(L, r); /* its silent predecessor */
     memcpy(c->id, m->id, m->idlen);
     c->idlen = m->idlen;
+    loader_age(L, r, now);
+    c->busy = 0;
     c->present = c->connected = 1;
     c->seen = now;
     c->bye = 0;
@@ -141,7 +144,8 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
     }
     uint8_t b[32];
     loader_send_to(L->ctl, c->id, c->idlen, b,
-            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, L->pairs ? MOCO_WELCOME_SERVE : 0, (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
+            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, (L->pairs ? MOCO_WELCOME_SERVE : 0) | MOCO_WELCOME_BUSY,
+                              (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
             NULL, 0);
     if (!L->quiet) {
         if (L->R == 1)
@@ -172,9 +176,11 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
     if (r < 0 || m->nf != 1) { L->dropped++; return 0; }
     consumer *c = &L->c[r];
     if (!c->connected) fprintf(stderr, "moco loader: the consumer%s is back\n", L->R > 1 ? " of a rank" : "");
-    c->connected = 1;
     c->seen = moco_now_s();
-    if (pm.type == MOCO_MSG_HEARTBEAT) return 0;
+    loader_age(L, r, c->seen);
+    c->connected = 1;
+    c->busy = pm.type == MOCO_MSG_BUSY;
+    if (pm.type == MOCO_MSG_HEARTBEAT || pm.type == MOCO_MSG_BUSY) return 0;
     if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO for its rank may come from anyone */
         c->bye = L->ended;
         if (!L->quiet) fprintf(stderr, "moco loader: the consumer%s said goodbye\n", L->R > 1 ? " of a rank" : "");

@@ -51,6 +51,9 @@ typedef struct {
     int connected;             /* present and heard from within --consumer-timeout */
     double seen;
     int bye;                   /* said BYE after END */
+    int busy;                  /* its last word was BUSY: alive, not reading pairs */
+    double age, age_at;        /* its ageing clock: seconds it was connected and not busy, as of age_at */
+    double busy_s;             /* seconds it was connected and busy, as of age_at */
     uint64_t n, ndone, nfailed, outstanding; /* its shard: size, delivered, failed, issued and unacknowledged */
     uint64_t cursor;           /* the next position of the epoch's order in its shard */
     uint64_t *ring;            /* re-issues of its shard (capacity: the shard's size) */
@@ -91,7 +94,7 @@ typedef struct {
     uint8_t *touched;                /* issued at least once in this epoch (serve mode checks pairs against it) */
     uint16_t *owner;
     uint16_t *shard;                 /* the consumer whose shard a sample is in, this epoch */
-    float *t_issued;
+    float *t_issued;                 /* the ageing clock of the sample's consumer when it was issued */
     uint64_t *perm;
     uint64_t ndone, nfailed, outstanding; /* over all shards */
     int ended;                       /* serve mode: END sent; waiting for BYE or a successor that resumes */
@@ -126,6 +129,11 @@ int loader_send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, s
 void loader_retire(loader *L, uint64_t idx);
 void loader_unhold(loader *L, uint64_t idx);
 void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap);
+/* Consumer r's ageing clock at now: the seconds it has been connected and
+ * not BUSY. Call before its connected or busy state changes. Samples age
+ * towards --reissue-after on their consumer's clock, so a consumer that
+ * evaluates (BUSY) or is away does not get its samples sent twice. */
+double loader_age(loader *L, int r, double now);
 
 /* consumers.c: a message on the consumers' socket (HELLO, BYE, HEARTBEAT,
  * ACK). Returns 0 (what it cannot use is dropped and counted). */

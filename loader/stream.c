@@ -92,6 +92,14 @@ void loader_retire(loader *L, uint64_t idx)
     L->c[L->shard[idx]].outstanding--;
 }
 
+double loader_age(loader *L, int r, double now)
+{
+    consumer *c = &L->c[r];
+    if (c->connected && now > c->age_at) *(c->busy ? &c->busy_s : &c->age) += now - c->age_at;
+    c->age_at = now;
+    return c->age;
+}
+
 int loader_all_connected(const loader *L)
 {
     for (int r = 0; r < L->R; r++)
@@ -207,7 +215,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
     size_t cap = 0, used = 0;
     uint8_t *buf = NULL;
     uint32_t n = 0;
-    float now = (float)moco_now_s();
+    double now = moco_now_s();
     while (n < max && used < MOCO_BATCH_BYTES) {
         int64_t i = next_sample(L, r);
         if (i < 0) break;
@@ -241,7 +249,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
         L->st[i] = ISSUED;
         L->touched[i] = 1;
         L->owner[i] = (uint16_t)k;
-        L->t_issued[i] = now;
+        L->t_issued[i] = (float)loader_age(L, r, now);
         L->outstanding++;
         L->c[r].outstanding++;
         if (!w->holding++) w->progress = moco_now_s(), w->acked_at_progress = L->acked;
@@ -496,9 +504,10 @@ static void check_timeouts(loader *L, double t)
     }
     if (!L->started || L->reissue_after <= 0) return;
     uint64_t late = 0;
+    for (int r = 0; r < L->R; r++) loader_age(L, r, t);
     for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && t - L->t_issued[i] > L->reissue_after) { reissue(L, i); late++; }
-    if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s\n", late, L->reissue_after);
+        if (L->st[i] == ISSUED && L->c[L->shard[i]].age - L->t_issued[i] > L->reissue_after) { reissue(L, i); late++; }
+    if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s of their consumer's reading\n", late, L->reissue_after);
 }
 
 static void report(loader *L, double t, double t0, uint64_t *last_sent, double *last_t)
@@ -523,6 +532,9 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_i64(&w, "workers", alive);
         moco_jw_u64(&w, "sent", L->sent);
         moco_jw_u64(&w, "reissued", L->reissued);
+        double busy = 0;
+        for (int r = 0; r < L->R; r++) busy += (loader_age(L, r, t), L->c[r].busy_s);
+        moco_jw_num(&w, "consumer_busy_s", busy, 3);
         moco_jw_u64(&w, "failed", L->failed_total);
         moco_jw_u64(&w, "dropped_msgs", L->dropped);
         moco_jw_u64(&w, "dead_workers", L->dead_workers);
@@ -691,6 +703,7 @@ static int run(loader *L)
             else
                 fprintf(stderr, "moco loader: the consumer of rank %d has been silent for %.0f s; pausing until it or another one "
                                 "connects\n", r, t - c->seen);
+            loader_age(L, r, t);
             c->connected = 0;
         }
         if (any) waited_since = t;
@@ -759,7 +772,7 @@ int loader_stream_main(int argc, char **argv)
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
-        {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged this long (0: never)", 0, 1e6, NULL},
+        {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY; 0: never)", 0, 1e6, NULL},
         {"consumer-timeout", MOCO_OPT_DOUBLE, &L->consumer_timeout, "seconds of consumer silence before pausing", 0.2, 3600, NULL},
         {"linger", MOCO_OPT_DOUBLE, &L->linger, "serve mode: after the last epoch, wait this long without a consumer "
                                                 "(one killed before it got everything resumes here) unless it says BYE", 0, 1e6, NULL},

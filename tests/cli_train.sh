@@ -2,8 +2,8 @@
 # cli_train.sh: `moco train` on a small Fashion-MNIST subset (Debian package;
 # skipped when absent), with a tiny ResNet so that it runs in seconds:
 #  1. `moco run` trains 2 epochs with the kNN monitor: metrics.jsonl has a
-#     record per epoch with loss, contrastive accuracy and kNN accuracy, and
-#     the checkpoints exist;
+#     record per epoch with loss, contrastive accuracy and kNN accuracy, the
+#     checkpoints exist, and the loader heard BUSY while the trainer evaluated;
 #  2. a run killed (SIGKILL) mid-epoch and resumed from its checkpoint ends
 #     with a final checkpoint byte-identical to an uninterrupted run's (one
 #     worker: the order of samples is then deterministic); so do two runs
@@ -31,6 +31,9 @@ grep -q '"step":32,' "$T/r1/metrics.jsonl" || fail "2 epochs of 512 at batch 32 
 for f in checkpoint_last checkpoint_best checkpoint_epoch_0002; do
   [ -s "$T/r1/$f.safetensors" ] || fail "no $f.safetensors"
 done
+# the trainer said BUSY while it evaluated epoch 1 (the stream still ran): the loader's clock of it stopped
+busy=$(grep -o '"consumer_busy_s":[0-9.]*' "$T/r1/loader.jsonl" | tail -1 | cut -d: -f2)
+awk -v b="${busy:-0}" 'BEGIN { exit !(b > 0) }' || fail "no BUSY from the evaluating trainer in loader.jsonl (consumer_busy_s ${busy:-absent})"
 
 # --resume of a finished run directory: its checkpoint_last ends the run, nothing to train, exit 0
 timeout 60 $M run "$T/db" --workers 1 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL --run-dir "$T/r1" --resume "$T/r1" \

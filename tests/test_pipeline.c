@@ -115,6 +115,8 @@ static int wait_for(pid_t pid, double secs)
     }
 }
 
+static int hang_at; /* a worker started while it is set hangs at its hang_at-th record */
+
 static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
                      augment_pipe_views *info)
 {
@@ -126,6 +128,9 @@ static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, 
     snprintf(what, sizeof what, "record %llu", (unsigned long long)index);
     int rc = moco_rec_parse(rec, len, 1, what, &h, &pl);
     if (rc) return rc;
+    static int made;
+    if (hang_at && ++made == hang_at) /* stuck with the sample in hand, until stopped */
+        while (!augment_pipe_stop) usleep(10000);
     if (moco_get_le32(pl) != index) return moco_err(MOCO_ECORRUPT, "%s holds image %u", what, moco_get_le32(pl));
     for (int i = 0; i < 64; i++) {
         q[i] = pl[i];
@@ -422,6 +427,82 @@ static void test_slow_consumer_bounded(void **st)
     assert_int_equal(tu_sh("grep -o '\"in_flight\":[0-9]*' %s/loader.jsonl | cut -d: -f2 | awk '$1 > 16 {bad=1} END {exit bad}'", tmp), 0);
 }
 
+/* The loader's last "reissued" count (loader.jsonl). */
+static long loader_reissued(void)
+{
+    char p[1400];
+    snprintf(p, sizeof p, "%s/loader.jsonl", tmp);
+    size_t n;
+    uint8_t *raw = tu_read_file(p, &n);
+    assert_non_null(raw);
+    char *txt = malloc(n + 1);
+    assert_non_null(txt);
+    memcpy(txt, raw, n);
+    txt[n] = 0;
+    free(raw);
+    char *last = NULL, *x = txt;
+    while ((x = strstr(x, "\"reissued\":"))) last = x++;
+    assert_non_null(last);
+    long r = atol(last + 11);
+    free(txt);
+    return r;
+}
+
+/* A consumer that stops reading for 4 s (as `moco train` does to evaluate)
+ * with pairs in flight, against --reissue-after 1: saying BUSY, its pairs
+ * do not age and none goes out twice; silent (the control), they do. */
+static void run_paused(const char *name, const char *how, int busy)
+{
+    setup_dirs(name);
+    make_db();
+    pid_t L = start_loader("--epochs 1 --window 64 --reissue-after 1");
+    pid_t W[2] = {start_worker(8), start_worker(8)};
+    wait_joined(2);
+    char extra[128];
+    snprintf(extra, sizeof extra, "--pause-at 40 --pause-s 4 %s", how);
+    pid_t S = start_sink(extra, "sink");
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    for (int i = 0; i < 2; i++) wait_for(W[i], 10);
+    check_index_log("sink", 0, 1, NULL);
+    long re = loader_reissued();
+    print_message("  %s pause: %ld samples re-issued\n", busy ? "BUSY" : "silent", re);
+    if (busy) assert_int_equal(re, 0);
+    else assert_true(re > 0);
+}
+
+/* A worker stuck with samples in hand, neither dead (--worker-timeout 60)
+ * nor caught as stalled (--stall-timeout 0), while the consumer reads: its
+ * samples go out again after --reissue-after, to the other worker. */
+static void test_lost_sample_reissued(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_lost");
+    make_db();
+    pid_t L = start_loader("--epochs 1 --reissue-after 1 --worker-timeout 60 --stall-timeout 0");
+    hang_at = 5;
+    start_worker(8);
+    hang_at = 0;
+    pid_t W = start_worker(8);
+    wait_joined(2);
+    pid_t S = start_sink("", "sink");
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    check_index_log("sink", 0, 1, NULL);
+    long re = loader_reissued();
+    print_message("  %ld samples re-issued\n", re);
+    assert_true(re >= 1);
+}
+
+static void test_paused_consumer(void **st)
+{
+    (void)st;
+    run_paused("pipe_pause_busy", "", 1);
+    teardown(NULL);
+    run_paused("pipe_pause_silent", "--pause-silent", 0);
+}
+
 /* Garbage sent to every endpoint is dropped and counted; the run is exact. */
 static void test_malformed_messages_dropped(void **st)
 {
@@ -615,6 +696,8 @@ int main(void)
         cmocka_unit_test_teardown(test_resume_mid_epoch, teardown),
         cmocka_unit_test_teardown(test_slow_consumer_bounded, teardown),
         cmocka_unit_test_teardown(test_malformed_messages_dropped, teardown),
+        cmocka_unit_test_teardown(test_lost_sample_reissued, teardown),
+        cmocka_unit_test_teardown(test_paused_consumer, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

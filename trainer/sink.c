@@ -2,7 +2,9 @@
  * pipeline delivers: per epoch, every index at most once (the stream drops
  * duplicates; the sink re-checks), the count against the loader's
  * EPOCH_END, view sizes consistent. It is the pipeline's benchmark consumer
- * (`--delay-ms` makes it a slow one) and the tests' witness (`--index-log`). */
+ * (`--delay-ms` makes it a slow one, `--pause-at` one that stops reading a
+ * while, as the trainer does to evaluate) and the tests' witness
+ * (`--index-log`). */
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,10 +45,10 @@ int trainer_sink_main(int argc, char **argv)
     int insecure = 0;
     const char *keys = NULL;
     const char *bind_ep = NULL, *ctl_ep = NULL, *index_log = NULL, *resume_file = NULL, *json_out = NULL, *stats_path = NULL;
-    long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0;
+    long delay_ms = 0, resume_epoch = -1, stop_after = 0, quiet = 0, pause_at = 0;
     uint64_t count = 0;
-    double timeout = 60, seconds = 0, warmup = 0;
-    int q = 0;
+    double timeout = 60, seconds = 0, warmup = 0, pause_s = 0;
+    int q = 0, pause_silent = 0;
     const moco_opt opts[] = {
         {"bind", MOCO_OPT_STR, &bind_ep, "endpoint the workers push pairs to (bound here; none: the loader serves them on --connect)", 0, 0, NULL},
         {"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen): CURVE on tcp endpoints", 0, 0, NULL},
@@ -57,6 +59,10 @@ int trainer_sink_main(int argc, char **argv)
         {"index-log", MOCO_OPT_STR, &index_log, "write 'epoch index' of every pair received here", 0, 0, NULL},
         {"resume-epoch", MOCO_OPT_INT, &resume_epoch, "resume this epoch (with --resume-indices)", 0, 1e9, NULL},
         {"resume-indices", MOCO_OPT_STR, &resume_file, "file of indices of --resume-epoch already delivered", 0, 0, NULL},
+        {"pause-at", MOCO_OPT_INT, &pause_at, "after this many pairs, stop reading for --pause-s, saying BUSY (as `moco train` "
+                                             "does while it evaluates)", 0, 1e12, NULL},
+        {"pause-s", MOCO_OPT_DOUBLE, &pause_s, "seconds of the --pause-at pause", 0, 1e6, NULL},
+        {"pause-silent", MOCO_OPT_FLAG, &pause_silent, "pause without a word (a test of the loader's re-issue)", 0, 0, NULL},
         {"stop-after", MOCO_OPT_INT, &stop_after, "exit (status 3) after this many pairs, as if killed", 0, 1e12, NULL},
         {"loader-timeout", MOCO_OPT_DOUBLE, &timeout, "seconds of loader silence that end the run with an error", 0.5, 1e6, NULL},
         {"seconds", MOCO_OPT_DOUBLE, &seconds, "stop after this long from the first pair (0: at the end of the stream)", 0, 1e9, NULL},
@@ -140,6 +146,11 @@ int trainer_sink_main(int argc, char **argv)
             bytes += 2 * moco_wire_pair_view_bytes(&ev.pair);
             if (log) fprintf(log, "%u %" PRIu64 "\n", ev.pair.epoch, ev.pair.index);
             if (delay_ms) usleep((useconds_t)delay_ms * 1000);
+            if (pause_at && (long)total == pause_at)
+                for (double tp = moco_now_s(); moco_now_s() - tp < pause_s;) {
+                    if (!pause_silent) stream_keepalive(s);
+                    usleep(20000);
+                }
             if (stop_after && (long)total >= stop_after) {
                 stream_destroy(&s);
                 if (log) fclose(log);

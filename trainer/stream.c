@@ -38,6 +38,7 @@ struct trainer_stream {
     double loader_timeout, loader_seen, last_hb, last_ack, last_ctl;
     uint32_t epoch;          /* the epoch being returned */
     int have_epoch, welcomed;
+    int busy_ok, busy;       /* the loader understands BUSY; the last heartbeat sent was one */
     uint64_t count;          /* dataset size: the bitmap's bits; pairs of larger indices are rejected */
     uint8_t *seen;           /* bitmap of indices returned in epoch, ceil(count / 8) bytes */
     size_t seen_bytes;
@@ -197,6 +198,7 @@ static int handle_ctl(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
             rc = set_count(s, pm.count);
         if (!rc) {
             s->welcomed = 1;
+            s->busy_ok = (pm.flags & MOCO_WELCOME_BUSY) != 0;
             s->epoch = pm.epoch;
             s->have_epoch = 1;
         }
@@ -359,11 +361,13 @@ static void hold_current(trainer_stream *s)
 void stream_keepalive(trainer_stream *s)
 {
     double t = moco_now_s();
-    if (s->ended || t - s->last_hb < MOCO_HEARTBEAT_S) return;
+    int start = s->busy_ok && !s->busy; /* just stopped reading: say so at once */
+    if (s->ended || (!start && t - s->last_hb < MOCO_HEARTBEAT_S)) return;
+    if (s->nacks) flush_acks(s); /* before BUSY: any other message ends it */
     uint8_t hb[16];
-    zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
+    zmq_send(s->ctl, hb, moco_pipe_simple(hb, s->busy_ok ? MOCO_MSG_BUSY : MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
+    s->busy = s->busy_ok;
     s->last_hb = t;
-    if (s->nacks) flush_acks(s);
 }
 
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
@@ -378,9 +382,10 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
     int rc = 0;
     for (;;) {
         double t = moco_now_s();
-        if (t - s->last_hb >= MOCO_HEARTBEAT_S) {
+        if (s->busy || t - s->last_hb >= MOCO_HEARTBEAT_S) { /* reading again: the loader's clock runs */
             uint8_t hb[16];
             zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
+            s->busy = 0;
             s->last_hb = t;
         }
         if (s->nacks && t - s->last_ack >= ACK_DELAY_S) flush_acks(s);

@@ -91,8 +91,10 @@ void stream_position(const trainer_stream *s, uint32_t *epoch, const uint8_t **b
 void stream_get_stats(const trainer_stream *s, stream_stats *st);
 
 /* Between stream_next calls that are far apart (the end-of-epoch kNN): send
- * the heartbeat if it is due and the acknowledgements held here, reading
- * nothing, so that the loader does not take this consumer for gone. */
+ * the acknowledgements held here and BUSY (HEARTBEAT to a loader that does
+ * not know BUSY), at once and then once a second, reading nothing, so that
+ * the loader neither takes this consumer for gone nor re-issues the pairs
+ * waiting for it. The next stream_next says HEARTBEAT at once. */
 void stream_keepalive(trainer_stream *s);
 
 /* The counters as the object "stream" of a JSON line, the same keys in

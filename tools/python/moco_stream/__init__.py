@@ -8,7 +8,11 @@ mode (version 3)") alone. It promises:
   (magic, version 1..3, type, exact lengths, n ranges, views filling frame 2
   exactly), drops and counts whatever fails, ACKs every accepted pair on
   receipt (at most 4096 indices per ACK, at least every 20 ms), and sends a
-  HEARTBEAT every second, also while the caller is slow; close() sends BYE;
+  HEARTBEAT every second, also while the caller is slow; once the caller
+  has left the queue full for a second (it evaluates, say), BUSY instead, to
+  a loader whose WELCOME says it knows BUSY (flag 2), so that the loader
+  does not re-send the pairs waiting here, and HEARTBEAT again as soon as
+  there is room; close() sends BYE;
 * every index of every epoch is yielded exactly once: duplicates (re-sent
   pairs) are dropped and ACKed again; a pair of the next epoch is held
   (bounded) until EPOCH_END of the current one; any other epoch or an index
@@ -50,7 +54,8 @@ Batch = collections.namedtuple("Batch", "xq xk labels indices epoch")
 MAGIC = b"MOCW"
 VERSION_MAX = 3
 T_PAIR, T_HEARTBEAT, T_EPOCH_END, T_HELLO, T_ACK, T_END, T_PAIRS = 2, 5, 6, 8, 9, 10, 11
-T_WELCOME, T_REFUSED, T_BYE = 13, 14, 15
+T_WELCOME, T_REFUSED, T_BYE, T_BUSY = 13, 14, 15, 16
+WELCOME_SERVE, WELCOME_BUSY = 1, 2
 EPOCH_ANY = 0xFFFFFFFF
 VIEW_SIDE_MAX = 2048
 PAIRS_N_MAX = 4096
@@ -201,7 +206,7 @@ class PairStream:
         self.stats = collections.Counter(pairs=0, duplicates=0, stale=0, rejected_epoch=0,
                                          rejected_index=0, malformed=0, held=0,
                                          held_dropped=0, refused=0, unknown=0,
-                                         heartbeats_sent=0, acks_sent=0, acked=0,
+                                         heartbeats_sent=0, busy_sent=0, acks_sent=0, acked=0,
                                          messages=0, yielded=0, rejected_epoch_end=0,
                                          # handshakes in which the loader refused our key
                                          auth_rejected=0)
@@ -474,7 +479,7 @@ class PairStream:
             if self._hello_epoch != EPOCH_ANY and epoch != self._hello_epoch:
                 raise StreamError("moco_stream: WELCOME epoch %d, resume state %d"
                                   % (epoch, self._hello_epoch))
-            if not flags & 1:
+            if not flags & WELCOME_SERVE:
                 raise StreamError("moco_stream: the loader is not in serve mode (flags %#x)" % flags)
             self.count, self.epochs, self.flags, self.heartbeat_ms = count, epochs, flags, hb
             self._epoch = self._welcome_epoch = epoch
@@ -496,12 +501,23 @@ class PairStream:
         hb_every = HEARTBEAT_S if not self.heartbeat_ms else min(HEARTBEAT_S, self.heartbeat_ms / 1000)
         now = time.monotonic()
         next_hb, heard = now, now
+        busy_ok = bool(self.flags & WELCOME_BUSY)
+        full_since, busy = None, False          # the caller left the queue full since; BUSY said
         sock = self._sock
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._q.full():
+                full_since = now if full_since is None else full_since
+                if busy_ok and not busy and now - full_since >= hb_every:
+                    self._flush_acks()          # before BUSY: any other message ends it
+                    busy, next_hb = True, now
+            elif full_since is not None:
+                full_since = None
+                if busy:                        # reading again: at once
+                    busy, next_hb = False, now
             if now >= next_hb:
-                if self._send([prefix(T_HEARTBEAT)]):
-                    self.stats["heartbeats_sent"] += 1
+                if self._send([prefix(T_BUSY, 5) if busy else prefix(T_HEARTBEAT)]):
+                    self.stats["busy_sent" if busy else "heartbeats_sent"] += 1
                 next_hb = now + hb_every
             if self._acks and (len(self._acks) >= ACK_MAX or now - self._ack_since >= ACK_EVERY_S):
                 self._flush_acks()

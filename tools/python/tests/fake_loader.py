@@ -51,12 +51,14 @@ class FakeLoader(threading.Thread):
     def __init__(self, endpoint="tcp://127.0.0.1:*", count=50, epochs=2, start_epoch=0,
                  shape=(4, 4, 3), per_msg=7, dup=False, early_next=False, failed=(),
                  hostile=(), refuse=None, silent=False, curve_dir=None, resend_after=1.0,
-                 seed=1):
+                 seed=1, busy_ok=False):
         super().__init__(daemon=True)
         self.count, self.epochs, self.start_epoch = count, epochs, start_epoch
         self.shape, self.per_msg, self.dup, self.early_next = shape, per_msg, dup, early_next
         self.failed, self.hostile, self.refuse, self.silent = set(failed), list(hostile), refuse, silent
         self.resend_after, self.rng = resend_after, np.random.default_rng(seed)
+        self.busy_ok, self.busy = busy_ok, []     # WELCOME flag 2; when BUSY came
+        self.words = []                           # (time, type) of every HEARTBEAT and BUSY
         self.hellos, self.acks, self.ack_sizes, self.heartbeats, self.byes = [], {}, [], [], []
         self.error, self.finished = None, threading.Event()
         self.stop = threading.Event()
@@ -88,7 +90,7 @@ class FakeLoader(threading.Thread):
             f = self.sock.recv_multipart()
             ident, h = f[0], f[1]
             magic, version, mtype = struct.unpack_from("<4sHH", h)
-            assert magic == MAGIC and version == (3 if mtype == 15 else 1), h[:8]
+            assert magic == MAGIC and version == {15: 3, 16: 5}.get(mtype, 1), h[:8]
             if mtype == 8:
                 epoch, count = struct.unpack_from("<IQ", h, 8)
                 assert len(h) == 20
@@ -106,6 +108,11 @@ class FakeLoader(threading.Thread):
             elif mtype == 5:
                 assert len(h) == 8
                 self.heartbeats.append(time.monotonic())
+                self.words.append((time.monotonic(), 5))
+            elif mtype == 16 and self.busy_ok:
+                assert len(h) == 8
+                self.busy.append(time.monotonic())
+                self.words.append((time.monotonic(), 16))
             else:
                 raise AssertionError("unexpected message type %d" % mtype)
 
@@ -155,7 +162,8 @@ class FakeLoader(threading.Thread):
             bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
             done = set(np.flatnonzero(bits).tolist())
         end = self.start_epoch + self.epochs
-        self.send([prefix(13, 3) + struct.pack("<IIQII", epoch, end, self.count, 1, 1000)])
+        self.send([prefix(13, 3) + struct.pack("<IIQII", epoch, end, self.count,
+                                                           3 if self.busy_ok else 1, 1000)])
         if self.silent:
             return
         first = True

@@ -278,6 +278,20 @@ class TestBackpressure(Base):
         self.assertGreaterEqual(hb, 2)
         self.assertLess(len(f.acks.get(0, [])), 400)   # the loader was held back
         self.assertExact(collect(s), [0], 400)
+        self.assertEqual(f.busy, [])    # this loader's WELCOME does not know BUSY
+
+    def test_busy_while_caller_pauses(self):
+        f = self.loader(count=400, epochs=1, per_msg=1, shape=(8, 8, 3), busy_ok=True)
+        s = self.stream(f.endpoint, prefetch=2).wait_welcome()
+        time.sleep(3.5)                 # the caller does not read: BUSY after a second, then each second
+        t_resume = time.monotonic()
+        self.assertGreaterEqual(len(f.busy), 2)
+        self.assertEqual(s.stats["busy_sent"], len(f.busy))
+        self.assertExact(collect(s), [0], 400)
+        # reading again: a HEARTBEAT at once, BUSY no more
+        after = [w for t, w in f.words if t >= t_resume]
+        self.assertTrue(after and after[0] == 5, after[:3])
+        self.assertNotIn(16, after)
 
 
 class TestTorch(Base):
