@@ -196,7 +196,7 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
     }
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
     if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
-    double now = moco_now_s();
+    double now = moco_now_s(), age = loader_age(L, r, now);
     for (uint32_t j = 0; j < pm.n; j++) {
         uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);
         if (i >= L->n || !L->touched[i] || L->shard[i] != r) { /* never handed out to it: it cannot have it */
@@ -206,6 +206,10 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
         }
         if (L->st[i] == DONE || L->st[i] == FAILED) { L->dup_acks++; continue; }
         if (L->st[i] == ISSUED) {
+            /* the pipeline's depth, as the time from issue to acknowledgement:
+             * up at once, down slowly */
+            double lat = age - (double)L->t_issued[i];
+            c->depth_s = lat > c->depth_s ? lat : 0.999 * c->depth_s + 0.001 * lat;
             L->w[L->owner[i]].progress = now, L->w[L->owner[i]].acked_at_progress = L->acked;
             loader_unhold(L, i);
             loader_retire(L, i);

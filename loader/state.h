@@ -54,6 +54,7 @@ typedef struct {
     int busy;                  /* its last word was BUSY: alive, not reading pairs */
     double age, age_at;        /* its ageing clock: seconds it was connected and not busy, as of age_at */
     double busy_s;             /* seconds it was connected and busy, as of age_at */
+    double depth_s;            /* recent longest time from issue to acknowledgement, on its clock */
     uint64_t n, ndone, nfailed, outstanding; /* its shard: size, delivered, failed, issued and unacknowledged */
     uint64_t cursor;           /* the next position of the epoch's order in its shard */
     uint64_t *ring;            /* re-issues of its shard (capacity: the shard's size) */

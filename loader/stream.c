@@ -504,10 +504,17 @@ static void check_timeouts(loader *L, double t)
     }
     if (!L->started || L->reissue_after <= 0) return;
     uint64_t late = 0;
-    for (int r = 0; r < L->R; r++) loader_age(L, r, t);
+    /* late: unacknowledged for --reissue-after, or for twice the pipeline's
+     * depth when that is longer (a slow consumer behind a deep queue) */
+    double after[MAX_CONSUMERS];
+    for (int r = 0; r < L->R; r++) {
+        loader_age(L, r, t);
+        after[r] = 2 * L->c[r].depth_s > L->reissue_after ? 2 * L->c[r].depth_s : L->reissue_after;
+    }
     for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->c[L->shard[i]].age - L->t_issued[i] > L->reissue_after) { reissue(L, i); late++; }
-    if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s of their consumer's reading\n", late, L->reissue_after);
+        if (L->st[i] == ISSUED && L->c[L->shard[i]].age - L->t_issued[i] > after[L->shard[i]]) { reissue(L, i); late++; }
+    if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s of their consumer's reading\n", late,
+                      after[0]);
 }
 
 static void report(loader *L, double t, double t0, uint64_t *last_sent, double *last_t)
@@ -532,9 +539,14 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_i64(&w, "workers", alive);
         moco_jw_u64(&w, "sent", L->sent);
         moco_jw_u64(&w, "reissued", L->reissued);
-        double busy = 0;
-        for (int r = 0; r < L->R; r++) busy += (loader_age(L, r, t), L->c[r].busy_s);
+        double busy = 0, depth = 0;
+        for (int r = 0; r < L->R; r++) {
+            loader_age(L, r, t);
+            busy += L->c[r].busy_s;
+            if (L->c[r].depth_s > depth) depth = L->c[r].depth_s;
+        }
         moco_jw_num(&w, "consumer_busy_s", busy, 3);
+        moco_jw_num(&w, "depth_s", depth, 3);
         moco_jw_u64(&w, "failed", L->failed_total);
         moco_jw_u64(&w, "dropped_msgs", L->dropped);
         moco_jw_u64(&w, "dead_workers", L->dead_workers);
@@ -772,7 +784,8 @@ int loader_stream_main(int argc, char **argv)
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
-        {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY; 0: never)", 0, 1e6, NULL},
+        {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY), "
+                                                                   "or twice the pipeline's depth if longer (0: never)", 0, 1e6, NULL},
         {"consumer-timeout", MOCO_OPT_DOUBLE, &L->consumer_timeout, "seconds of consumer silence before pausing", 0.2, 3600, NULL},
         {"linger", MOCO_OPT_DOUBLE, &L->linger, "serve mode: after the last epoch, wait this long without a consumer "
                                                 "(one killed before it got everything resumes here) unless it says BYE", 0, 1e6, NULL},

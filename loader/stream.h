@@ -14,9 +14,10 @@
  *   (acknowledged by the consumer), failed (the worker could not decode it).
  *   A worker silent for --worker-timeout is declared dead and its issued
  *   samples are re-issued; so is any sample unacknowledged for
- *   --reissue-after seconds of its consumer's clock, which runs only while
- *   the consumer is connected and not BUSY (evaluating). The consumer drops
- *   duplicates by (epoch, index).
+ *   --reissue-after seconds (or twice the pipeline's depth, the recent
+ *   longest time from issue to acknowledgement, if longer) of its
+ *   consumer's clock, which runs only while the consumer is connected and
+ *   not BUSY (evaluating). The consumer drops duplicates by (epoch, index).
  * - epochs are sequential: epoch e+1 starts once every sample of e is done
  *   or failed; then EPOCH_END(e, delivered, failed indices) goes to the
  *   consumer. After the last epoch: END to the consumer, STOP to workers.

@@ -495,6 +495,27 @@ static void test_lost_sample_reissued(void **st)
     assert_true(re >= 1);
 }
 
+/* A slow consumer behind a deep pipeline (every sample in flight at once,
+ * 10 ms a pair: the last waits 3 s) against --reissue-after 1: samples are
+ * late only past twice the pipeline's depth, so none goes out twice. */
+static void test_slow_consumer_deep(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_deep");
+    make_db();
+    pid_t L = start_loader("--epochs 1 --reissue-after 1");
+    pid_t W[2] = {start_worker(256), start_worker(256)};
+    wait_joined(2);
+    pid_t S = start_sink("--delay-ms 10", "sink");
+    assert_int_equal(wait_for(S, 60), 0);
+    assert_int_equal(wait_for(L, 10), 0);
+    for (int i = 0; i < 2; i++) wait_for(W[i], 10);
+    check_index_log("sink", 0, 1, NULL);
+    long re = loader_reissued();
+    print_message("  %ld samples re-issued\n", re);
+    assert_int_equal(re, 0);
+}
+
 static void test_paused_consumer(void **st)
 {
     (void)st;
@@ -698,6 +719,7 @@ int main(void)
         cmocka_unit_test_teardown(test_malformed_messages_dropped, teardown),
         cmocka_unit_test_teardown(test_lost_sample_reissued, teardown),
         cmocka_unit_test_teardown(test_paused_consumer, teardown),
+        cmocka_unit_test_teardown(test_slow_consumer_deep, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
