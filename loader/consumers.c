@@ -179,6 +179,12 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
     c->seen = moco_now_s();
     loader_age(L, r, c->seen);
     c->connected = 1;
+    if (pm.type == MOCO_MSG_BUSY && !c->busy) { /* it stops reading (it evaluates, or waits for a rank that does) */
+        moco_jw w;
+        loader_ev_begin(L, &w, "consumer_busy");
+        moco_jw_i64(&w, "rank", r);
+        loader_ev_end(L, &w);
+    }
     c->busy = pm.type == MOCO_MSG_BUSY;
     if (pm.type == MOCO_MSG_HEARTBEAT || pm.type == MOCO_MSG_BUSY) return 0;
     if (pm.type == MOCO_MSG_BYE) { /* it left: the next HELLO for its rank may come from anyone */

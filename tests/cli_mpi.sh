@@ -35,9 +35,16 @@ N=512
 $M mkdb $SRC "$T/db" --split test --limit $N --shuffle --seed 3 --quiet >/dev/null || fail mkdb
 MODEL="--arch resnet18-cifar --width 4 --batch-size 16 --moco-k 256 --moco-m 0.99 --moco-t 0.1 --lr 0.06 --cos --bn-splits 2 --threads 1"
 
-# 1. moco run --ranks 2: exactly once per epoch across the ranks
+# 1. moco run --ranks 2: exactly once per epoch across the ranks; rank 0
+# evaluates kNN after each epoch (10,000 images against 10,000: over a
+# second), and rank 1,
+# waiting for it, tells the loader it is BUSY
+$M mkdb $SRC "$T/bank" --split test --quiet >/dev/null || fail "mkdb (the kNN bank)"
 timeout 300 $M run "$T/db" --ranks 2 --workers 1 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL \
-  --run-dir "$T/r1" --quiet >"$T/r1.out" 2>"$T/r1.err" || { tail "$T/r1.err"; fail "moco run --ranks 2 exited non-zero"; }
+  --knn-train "$T/bank" --knn-test "$T/bank" --run-dir "$T/r1" --quiet >"$T/r1.out" 2>"$T/r1.err" \
+  || { tail "$T/r1.err"; fail "moco run --ranks 2 exited non-zero"; }
+grep -q '"event":"consumer_busy".*"rank":1' "$T/r1/loader.jsonl" \
+  || fail "rank 1 never said BUSY while rank 0 evaluated: $(grep -c '"event":"consumer_busy"' "$T/r1/loader.jsonl") BUSY events; $(grep 'kNN' "$T/r1.err")"
 n=$(grep -c '"type":"epoch"' "$T/r1/metrics.jsonl")
 [ "$n" = 2 ] || fail "expected 2 epoch records, got $n"
 for e in 0 1; do

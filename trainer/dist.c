@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/clock.h"
 #include "formats/errors.h"
@@ -294,7 +295,34 @@ int dist_bcast(dist *d, void *buf, size_t n, int root)
     return 0;
 }
 
-int dist_sum_d(dist *d, double *v, int n)
+/* MPI_Allgather; with idle, non-blocking, and once the wait has lasted a
+ * half a second idle(arg) runs between tests (then about every millisecond). */
+static int allgather_d(dist *d, const double *v, int c, double *all, void (*idle)(void *), void *arg)
+{
+    int e;
+    if (!idle) {
+        if ((e = MPI_Allgather(v, c, MPI_DOUBLE, all, c, MPI_DOUBLE, d->comm)) != MPI_SUCCESS)
+            return merr(d, e, "MPI_Allgather", "dist_sum_d");
+        return 0;
+    }
+    MPI_Request req;
+    if ((e = MPI_Iallgather(v, c, MPI_DOUBLE, all, c, MPI_DOUBLE, d->comm, &req)) != MPI_SUCCESS)
+        return merr(d, e, "MPI_Iallgather", "dist_sum_d");
+    double t0 = moco_now_s();
+    for (;;) {
+        int flag = 0;
+        if ((e = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) != MPI_SUCCESS) return merr(d, e, "MPI_Test", "dist_sum_d");
+        if (flag) return 0;
+        if (moco_now_s() - t0 >= 0.5) {
+            idle(arg);
+            usleep(1000);
+        }
+    }
+}
+
+int dist_sum_d(dist *d, double *v, int n) { return dist_sum_d_idle(d, v, n, NULL, NULL); }
+
+int dist_sum_d_idle(dist *d, double *v, int n, void (*idle)(void *), void *arg)
 {
     if (d->size == 1 || n <= 0) return 0;
     enum { CAP = 8192 };
@@ -305,11 +333,8 @@ int dist_sum_d(dist *d, double *v, int n)
         return moco_err(MOCO_ENOMEM, "out of memory summing over %d ranks", R);
     int rc = 0;
     for (int i = 0; i < n && !rc; i += per) {
-        int c = n - i < per ? n - i : per, e;
-        if ((e = MPI_Allgather(v + i, c, MPI_DOUBLE, all, c, MPI_DOUBLE, d->comm)) != MPI_SUCCESS) {
-            rc = merr(d, e, "MPI_Allgather", "dist_sum_d");
-            break;
-        }
+        int c = n - i < per ? n - i : per;
+        if ((rc = allgather_d(d, v + i, c, all, idle, arg))) break;
         for (int j = 0; j < c; j++) {
             double s = all[j];
             for (int r = 1; r < R; r++) s += all[(size_t)r * c + j];

@@ -61,6 +61,10 @@ int dist_same(dist *d, const void *buf, size_t n, const char *what);
 /* v[0..n) becomes the sum over ranks, added in rank order (the same bits
  * on every rank). */
 int dist_sum_d(dist *d, double *v, int n);
+/* The same, for a wait that may be long (ranks waiting for rank 0's kNN):
+ * once it has lasted half a second, idle(arg) runs about every millisecond
+ * until the other ranks arrive (the trainer keeps its stream alive). */
+int dist_sum_d_idle(dist *d, double *v, int n, void (*idle)(void *), void *arg);
 /* *v becomes the minimum over ranks. */
 int dist_min_i(dist *d, int *v);
 /* bits[0..n) becomes the bitwise OR over ranks. */

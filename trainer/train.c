@@ -434,10 +434,13 @@ static int save_ckpt(const train_cfg *c, const char *path, const moco *mc, const
  * full, when its shard of the epoch has ended (EPOCH_END), or when it was
  * told to stop; the step happens only when all batches are full. */
 enum { VOTE_FULL = 0, VOTE_EPOCH_DONE = 1, VOTE_STOP = 2 };
-static int vote(const train_cfg *c, int mine, int *epoch_done, int *stop)
+static void keep_stream(void *s) { stream_keepalive(s); }
+
+/* A rank may wait here long (rank 0 evaluates kNN): it says BUSY meanwhile. */
+static int vote(const train_cfg *c, trainer_stream *s, int mine, int *epoch_done, int *stop)
 {
     double v[2] = {mine == VOTE_EPOCH_DONE, mine == VOTE_STOP || stop_flag};
-    int rc = c->dist ? dist_sum_d(c->dist, v, 2) : 0;
+    int rc = c->dist ? dist_sum_d_idle(c->dist, v, 2, keep_stream, s) : 0;
     *epoch_done = v[0] > 0;
     *stop = v[1] > 0;
     return rc;
@@ -567,7 +570,7 @@ int train_run(const train_cfg *cin)
         stream_event ev;
         if (c->dist && stop_flag && !draining) { /* ranks: stop together, mid-epoch (see vote()) */
             int ed, st;
-            if ((rc = vote(c, VOTE_STOP, &ed, &st))) goto out;
+            if ((rc = vote(c, s, VOTE_STOP, &ed, &st))) goto out;
             if (!ed) { agreed_stop = 1; break; }
             draining = 1, stop_after_epoch = 1; /* a rank's shard has ended: close the epoch first */
         }
@@ -578,7 +581,7 @@ int train_run(const train_cfg *cin)
         if (ev.kind == STREAM_EPOCH_END) {
             if (c->dist && !draining) { /* the step that will not happen: tell the others */
                 int ed, st;
-                if ((rc = vote(c, VOTE_EPOCH_DONE, &ed, &st))) goto out;
+                if ((rc = vote(c, s, VOTE_EPOCH_DONE, &ed, &st))) goto out;
                 stop_after_epoch |= st;
             }
             draining = 0;
@@ -663,7 +666,7 @@ int train_run(const train_cfg *cin)
         if (nb < N) continue;
         if (c->dist) { /* ranks: step only when every batch is full */
             int ed, st;
-            if ((rc = vote(c, VOTE_FULL, &ed, &st))) goto out;
+            if ((rc = vote(c, s, VOTE_FULL, &ed, &st))) goto out;
             if (ed) { draining = 1; stop_after_epoch |= st; continue; } /* this batch is dropped with the epoch's end */
             if (st) { agreed_stop = 1; break; }
         }
