@@ -254,8 +254,8 @@ static void run_clean_q(int workers, int epochs, int queue)
 /* queue 4: SAMPLES of one record each (the worker asks for a quarter) */
 static void run_clean(int workers, int epochs) { run_clean_q(workers, epochs, 4); }
 
-/* The loader's last counts: records sent and SAMPLE/SAMPLES messages. */
-static void loader_counts(long *sent, long *msgs)
+/* The loader's log (loader.jsonl) as a string, and the last "key": of it. */
+static char *loader_log(void)
 {
     char p[1400];
     snprintf(p, sizeof p, "%s/loader.jsonl", tmp);
@@ -267,9 +267,21 @@ static void loader_counts(long *sent, long *msgs)
     memcpy(txt, raw, n);
     txt[n] = 0;
     free(raw);
+    return txt;
+}
+
+static char *last_key(char *txt, const char *key)
+{
     char *last = NULL, *x = txt;
-    while ((x = strstr(x, "\"sample_msgs\":"))) last = x++;
+    while ((x = strstr(x, key))) last = x++;
     assert_non_null(last);
+    return last;
+}
+
+/* The loader's last counts: records sent and SAMPLE/SAMPLES messages. */
+static void loader_counts(long *sent, long *msgs)
+{
+    char *txt = loader_log(), *last = last_key(txt, "\"sample_msgs\":");
     *msgs = atol(last + 14);
     while (last > txt && strncmp(last, "\"sent\":", 7)) last--;
     *sent = atol(last + 7);
@@ -430,20 +442,8 @@ static void test_slow_consumer_bounded(void **st)
 /* The loader's last "reissued" count (loader.jsonl). */
 static long loader_reissued(void)
 {
-    char p[1400];
-    snprintf(p, sizeof p, "%s/loader.jsonl", tmp);
-    size_t n;
-    uint8_t *raw = tu_read_file(p, &n);
-    assert_non_null(raw);
-    char *txt = malloc(n + 1);
-    assert_non_null(txt);
-    memcpy(txt, raw, n);
-    txt[n] = 0;
-    free(raw);
-    char *last = NULL, *x = txt;
-    while ((x = strstr(x, "\"reissued\":"))) last = x++;
-    assert_non_null(last);
-    long r = atol(last + 11);
+    char *txt = loader_log();
+    long r = atol(last_key(txt, "\"reissued\":") + 11);
     free(txt);
     return r;
 }
