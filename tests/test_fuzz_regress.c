@@ -145,14 +145,21 @@ static void test_control_lies(void **st)
     assert_int_equal(moco_pipe_parse(b, 20, &m), 0);
     assert_int_equal(m.batch, 0);
     free(b);
-    for (uint16_t t = 1; t < 16; t++) { /* every type, prefix alone and one byte short */
+    int prefix_only = 0;
+    for (uint16_t t = 1; t <= MOCO_MSG_BUSY; t++) { /* every type, prefix alone, one byte short and one over */
         prefix(f, t);
-        b = dup_n(f, 8);
+        f[8] = 0;
+        b = dup_n(f, 9);
         int rc = moco_pipe_parse(b, 8, &m);
-        assert_true(rc == 0 ? (t == MOCO_MSG_HEARTBEAT || t == MOCO_MSG_STOP || t == MOCO_MSG_BYE) : rc < 0);
+        int simple = t == MOCO_MSG_HEARTBEAT || t == MOCO_MSG_STOP || t == MOCO_MSG_BYE || t == MOCO_MSG_BUSY;
+        if (rc == 0) assert_int_equal(m.type, t);
+        assert_true(rc == 0 ? simple : rc < 0);
+        prefix_only += rc == 0;
         assert_true(moco_pipe_parse(b, 7, &m) < 0);
+        if (simple) assert_int_equal(moco_pipe_parse(b, 9, &m), MOCO_ECORRUPT);
         free(b);
     }
+    assert_int_equal(prefix_only, 4); /* HEARTBEAT, STOP, BYE, BUSY */
 }
 
 static void test_safetensors_lies(void **st)
