@@ -3,7 +3,9 @@
  * event (STREAM_NONE, return 0), a silent loader an error (MOCO_ETIMEOUT
  * naming it), a REFUSED HELLO an error with the loader's reason; a pair of
  * an epoch two ahead and an index past the count are rejected and counted;
- * stream_keepalive sends a heartbeat when one is due, and only then. */
+ * stream_keepalive sends a heartbeat when one is due, and only then; to a
+ * loader that knows BUSY, BUSY at once and then when due, and the next
+ * stream_next a HEARTBEAT at once. */
 #include "tests/testutil.h"
 
 #include <zmq.h>
@@ -54,7 +56,7 @@ typedef struct {
     trainer_stream *s;
 } welcomed;
 
-static void open_welcomed(welcomed *c, double loader_timeout)
+static void open_welcomed_flags(welcomed *c, double loader_timeout, uint32_t flags)
 {
     c->ctx = zmq_ctx_new();
     c->r = fake_loader(c->ctx, c->id, &c->idlen);
@@ -62,8 +64,10 @@ static void open_welcomed(welcomed *c, double loader_timeout)
     assert_int_equal(stream_open(&cfg, &c->s), 0);
     recv_hello(c->r, c->id, &c->idlen);
     uint8_t w[32];
-    send_to(c->r, c->id, c->idlen, w, moco_pipe_welcome(w, 0, 1, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+    send_to(c->r, c->id, c->idlen, w, moco_pipe_welcome(w, 0, 1, 10, flags, 1000), NULL, 0);
 }
+
+static void open_welcomed(welcomed *c, double loader_timeout) { open_welcomed_flags(c, loader_timeout, MOCO_WELCOME_SERVE); }
 
 static void close_welcomed(welcomed *c)
 {
@@ -177,9 +181,32 @@ static void test_keepalive(void **st)
     close_welcomed(&c);
 }
 
+static void test_keepalive_busy(void **st)
+{
+    (void)st;
+    welcomed c;
+    open_welcomed_flags(&c, 5, MOCO_WELCOME_SERVE | MOCO_WELCOME_BUSY);
+    trainer_stream *s = c.s;
+    void *r = c.r;
+    stream_event ev;
+    assert_int_equal(stream_next(s, 50, &ev), 0); /* reads WELCOME */
+    while (next_type(r, 100))
+        ;
+    stream_keepalive(s); /* it stops reading: BUSY at once */
+    assert_int_equal(next_type(r, 500), MOCO_MSG_BUSY);
+    stream_keepalive(s); /* just sent: nothing */
+    assert_int_equal(next_type(r, 200), 0);
+    usleep(1100 * 1000);
+    stream_keepalive(s); /* due: BUSY again */
+    assert_int_equal(next_type(r, 500), MOCO_MSG_BUSY);
+    assert_int_equal(stream_next(s, 10, &ev), 0); /* reading again: HEARTBEAT at once */
+    assert_int_equal(next_type(r, 500), MOCO_MSG_HEARTBEAT);
+    close_welcomed(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused),
-                                       cmocka_unit_test(test_keepalive)};
+                                       cmocka_unit_test(test_keepalive), cmocka_unit_test(test_keepalive_busy)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
