@@ -30,7 +30,7 @@ CFLAGS  += -DMOCO_HAVE_DNNL
 LDLIBS  += -ldnnl -lgomp
 endif
 ifneq ($(SANITIZE),)
-CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all -DMOCO_SANITIZE='"$(SANITIZE)"'
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 

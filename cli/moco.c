@@ -48,6 +48,11 @@ static void list(FILE *f, const moco_command *const *tables)
 static int bench_main(int argc, char **argv)
 {
     const moco_command *c = argc >= 2 ? find(bench_tables, argv[1]) : NULL;
+#ifdef MOCO_SANITIZE
+    if (c)
+        fprintf(stderr, "moco bench: WARNING: this binary is a sanitizer build (-fsanitize=%s); its figures are not the "
+                        "product's (`make bin/moco` relinks the release build)\n", MOCO_SANITIZE);
+#endif
     if (c) return c->main(argc - 1, argv + 1);
     int help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
     FILE *f = help ? stdout : stderr;

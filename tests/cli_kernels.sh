@@ -6,6 +6,7 @@
 #    choice of every pass; each choice is the fastest time on its row;
 #  - a second run finds them all in the file: nothing is timed, same choices;
 #  - --kernels rule: the fixed rule, nothing timed, no file;
+#  - the JSON's "build" says release, or sanitize=KIND with a warning;
 #  - a wisdom line that does not parse is a warning naming the file (the run
 #    goes on and the line is dropped at the next write, here at once: width 4
 #    has new shapes); an unwritable file is a warning too.
@@ -19,6 +20,13 @@ W="$T/w/wisdom.jsonl"
 ALG='gemm|direct|direct-avx2|lanes|bf16|onednn' # the columns of the table, in order
 
 $M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
+# the JSON names the build; a sanitizer build says on stderr that its figures are not the product's
+case "${BUILD:-build/release}" in
+  */release) want=release;;
+  *) want="sanitize=${BUILD##*/}"
+     grep -q "WARNING: this binary is a sanitizer build (-fsanitize=${BUILD##*/})" "$T/1.err" || fail "no sanitizer warning: $(head -3 "$T/1.err")";;
+esac
+tail -n 1 "$T/1.out" | grep -q "\"build\":\"$want\"" || fail "bench train JSON: want \"build\":\"$want\": $(tail -n 1 "$T/1.out" | cut -c1-200)"
 rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
 [ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
 [ "$(grep -cE "(fwd|bwd|bwd-w) +($ALG) .*[*]$" "$T/1.out")" = 40 ] || fail "the first run did not time every row"

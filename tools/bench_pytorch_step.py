@@ -207,11 +207,15 @@ def peers(a):
             print(f"(ours in {prec} skipped: {r.stderr.strip()})", flush=True)
             continue
         figs["moco_" + prec] = json.loads(r.stdout.strip().splitlines()[-1])
+        if figs["moco_" + prec].get("build", "release") != "release":
+            print(f"WARNING: {a.moco} is a {figs['moco_' + prec]['build']} build: its figures are not the product's", flush=True)
     res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
            "threads": a.threads, "mlp": a.mlp, "kernels": a.kernels,
            # OpenBLAS's kernel set: ours (moco names one where OpenBLAS falls back below the CPU's level), and
            # $OPENBLAS_CORETYPE as PyTorch's runs had it (None: OpenBLAS's own choice; PyTorch's linear layers use it)
            "blas_core": figs["moco_fp32"].get("blas_core"), "pytorch_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+           # "release", or "sanitize=...": a sanitizer build's figures are not the product's
+           "moco_build": figs["moco_fp32"].get("build"),
            "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
            "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()}}
     for ours in ("moco_fp32", "moco_bf16"):

@@ -324,6 +324,11 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw w;
         moco_jw_begin(&w);
         moco_jw_str(&w, "bench", "train");
+#ifdef MOCO_SANITIZE
+        moco_jw_str(&w, "build", "sanitize=" MOCO_SANITIZE);
+#else
+        moco_jw_str(&w, "build", "release");
+#endif
         moco_jw_str(&w, "arch", arch);
         moco_jw_i64(&w, "width", width);
         moco_jw_bool(&w, "mlp", mlp);
