@@ -11,7 +11,8 @@ tcp PORT+2, every endpoint with --keys. While 20 epochs stream, it sends:
     sink a PAIR of index stranger_index(N) = N + 424242, which no other
     peer sends: one that got through would be counted rejected_index by the
     sink, whose count must be exactly the allowed key's 8;
-  - from an allowed key: a forged HELLO to ctl (REFUSED), 100 spoofed FAILED
+  - from an allowed key: a forged HELLO to ctl (REFUSED), then 50 BUSY from
+    that socket (dropped: it is not the consumer), 100 spoofed FAILED
     reports after a READY with no credit, 50 more from a worker that holds
     other samples of the epoch (the owner check), 7 PAIRs of epoch 1000, 5 PAIRs of
     index 2^40-1 and 3 of index N, a 40 MB frame to the sink and a 1 MB
@@ -223,6 +224,9 @@ def direct(moco, db, n, keys, out, port):
         ans = h.recv()
         if ans[6:8] != struct.pack("<H", 14):
             fail("a forged HELLO was answered with type %d, expected REFUSED (14)" % struct.unpack("<H", ans[6:8]))
+        # ... and 50 BUSY from that socket, which is not the consumer: dropped, the consumer's clock runs on
+        for i in range(50):
+            h.send(prefix(5, 16))
         hostile.append(h)
         # spoofed FAILED reports: a READY with no credit, then 100 FAILED
         w = curve_client(ctx, zmq.DEALER, keys)
@@ -273,7 +277,8 @@ def direct(moco, db, n, keys, out, port):
     if ss["auth_rejected"] < 3:
         fail("sink counted %d rejected handshakes, expected at least 3 (3 strangers)" % ss["auth_rejected"])
     # rejected_failed: 100 from a worker holding nothing, 50 from one holding other samples
-    want = {"refused_hellos": 1, "rejected_failed": 150, "failed": 0, "dropped_msgs": 0, "stalled_workers": 1}
+    want = {"refused_hellos": 1, "rejected_failed": 150, "failed": 0, "dropped_msgs": 50, "stalled_workers": 1,
+            "consumer_busy_s": 0}
     for k, v in want.items():
         if ls[k] != v:
             fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))
