@@ -295,8 +295,8 @@ int dist_bcast(dist *d, void *buf, size_t n, int root)
     return 0;
 }
 
-/* MPI_Allgather; with idle, non-blocking, and once the wait has lasted a
- * half a second idle(arg) runs between tests (then about every millisecond). */
+/* MPI_Allgather; with idle, non-blocking, and once the wait has lasted half
+ * a second idle(arg) runs between tests (then about every millisecond). */
 static int allgather_d(dist *d, const double *v, int c, double *all, void (*idle)(void *), void *arg)
 {
     int e;
