@@ -224,7 +224,6 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
         L->ndone++;
         c->ndone++;
         L->acked++;
-        L->last_ack_t = now;
     }
     return 0;
 }

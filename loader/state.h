@@ -79,7 +79,6 @@ typedef struct {
     void *zctx, *work, *ctl, *pairs; /* pairs: serve mode, the workers' pairs to forward to the consumer */
     moco_sec *sec;
     FILE *log;
-    double last_ack_t;               /* when the consumer last acknowledged a sample */
     uint8_t *rec;
     size_t reccap;
     moco_pipe_sample *bent;  /* the entries of the batch being built */
