@@ -189,6 +189,40 @@ static void test_bf16_convert(void **st)
         memcpy(&u, &back[i], 4);
         assert_int_equal(u, (uint32_t)h[i] << 16);
     }
+    /* long runs (the vector paths: 16 lanes at a time, then the tail) against the rule written
+     * out here, bit for bit: random bit patterns, NaNs, infinities, denormals, ties, at odd offsets */
+    enum { M = 1000 };
+    uint32_t *bits = test_malloc(sizeof(uint32_t) * M);
+    float *src = test_malloc(sizeof(float) * M), *rt = test_malloc(sizeof(float) * M);
+    uint16_t *got = test_malloc(sizeof(uint16_t) * M);
+    uint64_t z = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < M; i++) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        bits[i] = (uint32_t)z;
+        if (i % 7 == 0) bits[i] = (bits[i] & 0xFFFF0000u) | 0x8000u;            /* a tie */
+        if (i % 11 == 0) bits[i] = (bits[i] & 0x807FFFFFu) | 0x7F800000u;       /* NaN or infinity */
+        if (i % 13 == 0) bits[i] &= 0x807FFFFFu;                                 /* denormal or zero */
+    }
+    memcpy(src, bits, sizeof(uint32_t) * M);
+    int nans = 0, dens = 0;
+    for (int off = 0; off < 3; off++) {
+        const int len = M - off - 5 * off;
+        nn_to_bf16(got, src + off, (size_t)len);
+        nn_from_bf16(rt, got, (size_t)len);
+        for (int i = 0; i < len; i++) {
+            const uint32_t u = bits[off + i];
+            const uint16_t w = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x40u)
+                                                                : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+            if (got[i] != w) fail_msg("nn_to_bf16 of 0x%08x at %d (offset %d): 0x%04x, want 0x%04x", u, i, off, got[i], w);
+            uint32_t b;
+            memcpy(&b, &rt[i], 4);
+            if (b != (uint32_t)w << 16) fail_msg("nn_from_bf16 of 0x%04x: 0x%08x", w, b);
+            nans += off == 0 && (u & 0x7FFFFFFFu) > 0x7F800000u;
+            dens += off == 0 && (u & 0x7F800000u) == 0 && (u & 0x007FFFFFu) && (w & 0x7FFF);
+        }
+    }
+    assert_true(nans > 20 && dens > 10); /* the special cases are there, and denormals are kept (not flushed) */
+    test_free(bits), test_free(src), test_free(rt), test_free(got);
 }
 
 /* fast conv == reference conv on shapes the golden file lacks ("same"
