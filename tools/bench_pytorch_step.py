@@ -12,7 +12,10 @@ line a PyTorch user adds for bf16, beside ours with --precision bf16. --peers:
 side by side in one run, each in its own process: PyTorch fp32, PyTorch bf16
 autocast, ours fp32, ours bf16 (skipped, with the reason, where moco cannot
 do bf16 here); the last line is one JSON object with all four and the CPU
-model.
+model. --rounds R (with --peers): the four R times over, interleaved (a
+shared machine's speed drifts by tens of percent within minutes; the four
+of one round see about the same machine), then each one's median, the
+ratios of the medians, and each round's own ratios.
 
 The step is the official CIFAR-10 demo's: momentum update of the key encoder,
 shuffled key forward under no_grad (SplitBatchNorm with --bn-splits), query
@@ -57,6 +60,7 @@ def main():
     ap.add_argument("--no-moco", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="PyTorch with bf16 autocast (CPU)")
     ap.add_argument("--peers", action="store_true", help="PyTorch fp32 and bf16, then ours, side by side")
+    ap.add_argument("--rounds", type=int, default=1, help="--peers: run the four this many times, interleaved; report medians")
     ap.add_argument("--kernels", default="measure", choices=("measure", "rule"),
                     help="ours: kernels chosen by measurement (the wisdom file) or the fixed rule")
     a = ap.parse_args()
@@ -184,31 +188,41 @@ def peers(a):
             skip = x == "--kernels" and not skip
             continue
         args.append(x)
-    figs = {}
-    for name, extra in (("pytorch_fp32", []), ("pytorch_bf16", ["--bf16"])):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__)] + args + extra + ["--no-moco"], stdout=subprocess.PIPE,
-                             text=True, check=True).stdout
-        print(out, end="", flush=True)
-        figs[name] = json.loads(out.strip().splitlines()[-1])
     cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size",
            str(a.batch_size), "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
            str(a.threads), "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
            str(a.lr), "--wd", str(a.wd), "--kernels", a.kernels] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
-    skipped = {}
-    for prec in ("fp32", "bf16"):
-        c = cmd + ["--precision", prec]
-        print("$ " + " ".join(c), flush=True)
-        r = subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        print(r.stdout, end="")
-        if r.returncode:
-            if prec == "fp32":
-                sys.exit(f"moco bench train failed: {r.stderr.strip()}")
-            skipped["moco_" + prec] = r.stderr.strip()
-            print(f"(ours in {prec} skipped: {r.stderr.strip()})", flush=True)
-            continue
-        figs["moco_" + prec] = json.loads(r.stdout.strip().splitlines()[-1])
-        if figs["moco_" + prec].get("build", "release") != "release":
-            print(f"WARNING: {a.moco} is a {figs['moco_' + prec]['build']} build: its figures are not the product's", flush=True)
+    skipped, rounds = {}, []
+    for r in range(max(1, a.rounds)):
+        if a.rounds > 1:
+            print(f"# round {r + 1} of {a.rounds}", flush=True)
+        figs = {}
+        for name, extra in (("pytorch_fp32", []), ("pytorch_bf16", ["--bf16"])):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__)] + args + extra + ["--no-moco"], stdout=subprocess.PIPE,
+                                 text=True, check=True).stdout
+            print(out, end="", flush=True)
+            figs[name] = json.loads(out.strip().splitlines()[-1])
+        for prec in ("fp32", "bf16"):
+            if "moco_" + prec in skipped:
+                continue
+            c = cmd + ["--precision", prec]
+            print("$ " + " ".join(c), flush=True)
+            p = subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            print(p.stdout, end="")
+            if p.returncode:
+                if prec == "fp32":
+                    sys.exit(f"moco bench train failed: {p.stderr.strip()}")
+                skipped["moco_" + prec] = p.stderr.strip()
+                print(f"(ours in {prec} skipped: {p.stderr.strip()})", flush=True)
+                continue
+            figs["moco_" + prec] = json.loads(p.stdout.strip().splitlines()[-1])
+            if figs["moco_" + prec].get("build", "release") != "release":
+                print(f"WARNING: {a.moco} is a {figs['moco_' + prec]['build']} build: its figures are not the product's", flush=True)
+        rounds.append(figs)
+    figs = rounds[0]
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
     res = {"bench": "train-peers", "cpu": cpu_model(), "arch": a.arch, "width": a.width, "batch": a.batch_size, "size": a.size,
            "threads": a.threads, "mlp": a.mlp, "kernels": a.kernels,
            # OpenBLAS's kernel set: ours (moco names one where OpenBLAS falls back below the CPU's level), and
@@ -216,12 +230,17 @@ def peers(a):
            "blas_core": figs["moco_fp32"].get("blas_core"), "pytorch_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
            # "release", or "sanitize=...": a sanitizer build's figures are not the product's
            "moco_build": figs["moco_fp32"].get("build"),
-           "pairs_per_s": {k: v["pairs_per_s"] for k, v in figs.items()},
-           "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in figs.items()}}
+           "rounds": len(rounds),
+           "pairs_per_s": {k: round(med([f[k]["pairs_per_s"] for f in rounds]), 2) for k in figs},
+           "peak_rss_mb": {k: max(f[k]["peak_rss_mb"] for f in rounds) for k in figs}}
     for ours in ("moco_fp32", "moco_bf16"):
         for peer in ("pytorch_fp32", "pytorch_bf16"):
             if ours in figs:
-                res[f"{ours}_over_{peer}"] = round(figs[ours]["pairs_per_s"] / figs[peer]["pairs_per_s"], 2)
+                res[f"{ours}_over_{peer}"] = round(res["pairs_per_s"][ours] / res["pairs_per_s"][peer], 2)
+                if len(rounds) > 1:  # each round's own ratio: the spread the machine allows
+                    res[f"{ours}_over_{peer}_rounds"] = [round(f[ours]["pairs_per_s"] / f[peer]["pairs_per_s"], 2) for f in rounds]
+    if len(rounds) > 1:
+        res["pairs_per_s_rounds"] = {k: [f[k]["pairs_per_s"] for f in rounds] for k in figs}
     if skipped:
         res["skipped"] = skipped
     print(json.dumps(res), flush=True)
