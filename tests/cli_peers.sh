@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# cli_peers.sh: tools/bench_pytorch_step.py --peers --rounds 2 on a tiny
+# resnet18-cifar: PyTorch fp32, PyTorch bf16 autocast, ours fp32 and ours
+# bf16 (or its skip reason) run twice, interleaved, and the last line's
+# figures are each one's median over the rounds, the ratios those of the
+# medians, each round's own ratios listed; the CPU model and our build are
+# named. Skipped without Debian's python3-torch.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/peers
+rm -rf "$T" && mkdir -p "$T"
+/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "no python3-torch here"; exit 77; }
+MOCO_WISDOM="$T/wisdom.jsonl" /usr/bin/python3 tools/bench_pytorch_step.py --peers --rounds 2 --moco "$M" --width 4 \
+  --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 >"$T/out" 2>"$T/err" ||
+  fail "bench_pytorch_step.py: $(tail -3 "$T/err")"
+[ "$(grep -c '^# round [12] of 2$' "$T/out")" = 2 ] || fail "want two rounds announced: $(grep '^# round' "$T/out")"
+case "${BUILD:-build/release}" in */release) want=release;; *) want="sanitize=${BUILD##*/}";; esac
+tail -n 1 "$T/out" | /usr/bin/python3 -c '
+import json, sys
+want = sys.argv[1]
+r = json.loads(sys.stdin.read())
+def bad(m): sys.exit("FAIL: " + m + ": " + json.dumps(r)[:400])
+if r.get("rounds") != 2: bad("rounds is not 2")
+if "family" not in r.get("cpu", ""): bad("no CPU model")
+if r.get("moco_build") != want: bad("moco_build is not " + want)
+rounds = r.get("pairs_per_s_rounds", {})
+peers = ["pytorch_fp32", "pytorch_bf16", "moco_fp32"] + ([] if "moco_bf16" in r.get("skipped", {}) else ["moco_bf16"])
+for k in peers:
+    xs = rounds.get(k)
+    if not xs or len(xs) != 2 or min(xs) <= 0: bad(k + ": want two positive figures")
+    if abs(r["pairs_per_s"][k] - round((xs[0] + xs[1]) / 2, 2)) > 0.006: bad(k + ": not the median of its rounds")
+for ours in [p for p in peers if p.startswith("moco_")]:
+    for peer in ("pytorch_fp32", "pytorch_bf16"):
+        k = ours + "_over_" + peer
+        if abs(r[k] - round(r["pairs_per_s"][ours] / r["pairs_per_s"][peer], 2)) > 0.006: bad(k + ": not the ratio of the medians")
+        per = r.get(k + "_rounds")
+        if not per or len(per) != 2: bad(k + "_rounds: want two")
+        for i in range(2):
+            if abs(per[i] - round(rounds[ours][i] / rounds[peer][i], 2)) > 0.006: bad(k + "_rounds: not each round ratio")
+print("ok:", {k: r["pairs_per_s"][k] for k in peers})
+' "$want" || exit 1
+echo "PASS"
