@@ -339,6 +339,60 @@ static void test_init_kinds(void **s)
     assert_int_equal(rn_init_parse("kaiming"), -1);
 }
 
+/* A model without gradients runs its forward in the compact places
+ * (resnet.c plan_compact): the key encoder on the query encoder's arena,
+ * and a model of its own; both give the query encoder's forward bit for
+ * bit (output, pooled features, BN running statistics), in train and
+ * eval mode. */
+static void compact_case(const char *arch, int width, int mlp, int N, int size, int splits, int precision)
+{
+    rn_cfg cfg = {.arch = arch, .width = width, .mlp = mlp, .dim = 16, .bn_splits = splits, .batch = N, .size = size,
+                  .precision = precision};
+    resnet *q, *k, *e;
+    assert_int_equal(rn_new(&cfg, 3, 1, NULL, &q), 0);
+    assert_int_equal(rn_new(&cfg, 4, 0, q, &k), 0);
+    assert_int_equal(rn_new(&cfg, 5, 0, NULL, &e), 0);
+    assert_null(q->fwd_at); /* a model with gradients keeps its activations */
+    assert_non_null(k->fwd_at);
+    assert_non_null(e->fwd_at);
+    for (int i = 0; i < 2; i++) {
+        resnet *o = i ? e : k;
+        memcpy(o->params, q->params, sizeof(float) * q->nparams);
+        memcpy(o->buffers, q->buffers, sizeof(float) * q->nbuffers);
+    }
+    const size_t nx = (size_t)N * 3 * size * size, D = (size_t)cfg.dim, F = (size_t)q->features;
+    float *x = malloc(sizeof(float) * nx), *want = malloc(sizeof(float) * N * (D + F));
+    uint64_t *perm = malloc(sizeof(uint64_t) * N);
+    moco_rng r;
+    moco_rng_init(&r, 11, 0, 0, 0);
+    for (size_t i = 0; i < nx; i++) x[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+    for (int i = 0; i < N; i++) perm[i] = (uint64_t)(N - 1 - i);
+    for (int train = 1; train >= 0; train--) {
+        memcpy(want, rn_forward(q, x, perm, train), sizeof(float) * N * D);
+        memcpy(want + N * D, rn_pooled(q), sizeof(float) * N * F);
+        for (int i = 0; i < 2; i++) {
+            resnet *o = i ? e : k;
+            const float *out = rn_forward(o, x, perm, train);
+            assert_memory_equal(out, want, sizeof(float) * N * D);
+            assert_memory_equal(rn_pooled(o), want + N * D, sizeof(float) * N * F);
+            assert_memory_equal(o->buffers, q->buffers, sizeof(float) * q->nbuffers);
+        }
+    }
+    printf("%s width %d%s, batch %d, %dx%d, %s: compact forwards equal the kept one bit for bit\n", arch, width,
+           mlp ? " mlp" : "", N, size, size, precision == NN_BF16 ? "bf16" : "fp32");
+    free(x), free(want), free(perm);
+    rn_destroy(&e), rn_destroy(&k), rn_destroy(&q);
+}
+
+static void test_compact_forward(void **s)
+{
+    (void)s;
+    compact_case("resnet18-cifar", 8, 0, 8, 16, 2, NN_FP32);
+    compact_case("resnet50", 4, 1, 4, 32, 2, NN_FP32);
+    if (nn_bf16_available() == 0) compact_case("resnet18-cifar", 16, 1, 8, 16, 2, NN_BF16);
+    else printf("bf16: %s (skipped)\n", moco_errmsg());
+}
+
 static void test_save_load(void **s)
 {
     (void)s;
@@ -654,7 +708,7 @@ int main(void)
         cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load), cmocka_unit_test(test_init_kinds),
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
         cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
-        cmocka_unit_test(test_moco_repeatable),
+        cmocka_unit_test(test_moco_repeatable),   cmocka_unit_test(test_compact_forward),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -448,6 +448,63 @@ static int plan(resnet *m, rn_arena *a, int grads)
     return 0;
 }
 
+/* A model without gradients (the key encoder, evaluation) never runs
+ * backward, so its forward need keep nothing: each activation lives from
+ * the op that writes it to the last op that reads it (the head's output and
+ * the pooled features to the end), placed first-fit from the start of the
+ * arena (nothing there is needed during such a forward: a key forward
+ * comes before the query encoder's, or after its backward). The few
+ * buffers a forward then cycles through stay in cache, where the arena's
+ * own places would stream the whole arena through it; nothing is kept in
+ * bf16 either. The same values, bit for bit (only their addresses differ).
+ * When they do not all fit, m->fwd_at stays NULL: the arena's places. */
+static int plan_compact(resnet *m)
+{
+    rn_arena *a = m->arena;
+    const size_t room = (size_t)(a->work - a->base); /* all but the kernels' scratch */
+    int *end = malloc(sizeof(int) * (size_t)a->nacts);
+    size_t *lo = malloc(sizeof(size_t) * (size_t)a->nacts * 2), *hi = lo ? lo + a->nacts : NULL;
+    float **at = calloc((size_t)a->nacts, sizeof *at);
+    int ok = end && lo && at, nlive = 0, *live = ok ? malloc(sizeof(int) * (size_t)a->nacts) : NULL;
+    if (!live) {
+        free(end), free(lo), free(at);
+        return moco_err(MOCO_ENOMEM, "out of memory planning the model");
+    }
+    for (int i = 0; i < a->nacts; i++) end[i] = -1;
+    for (int k = 0; k < m->nops; k++) {
+        const rn_op *o = &m->ops[k];
+        end[o->in] = k;
+        if (o->res >= 0) end[o->res] = k;
+    }
+    for (int k = 0; k < m->nops; k++) /* rn_pooled reads it after the forward */
+        if (m->ops[k].type == OP_AVGPOOL) end[m->ops[k].out] = m->nops;
+    end[a->final_act] = m->nops;
+    /* op k writes its output (and a BN its statistics); -1: the input copy */
+    for (int k = -1; ok && k < m->nops; k++) {
+        const rn_op *o = k >= 0 ? &m->ops[k] : NULL;
+        int w[3] = {o ? o->out : 0, -1, -1};
+        if (o && o->type == OP_BN) w[1] = o->mean, w[2] = o->invstd;
+        for (int j = 0; j < 3 && ok && w[j] >= 0; j++) {
+            const size_t n = (a->acts[w[j]].numel + 15) & ~(size_t)15;
+            size_t off = 0; /* the lowest gap that holds n: live blocks are kept sorted by offset */
+            int pos = 0;
+            for (; pos < nlive && lo[live[pos]] < off + n; pos++)
+                if (hi[live[pos]] > off) off = hi[live[pos]];
+            if (off + n > room) ok = 0;
+            lo[w[j]] = off, hi[w[j]] = off + n, at[w[j]] = a->base + off;
+            memmove(live + pos + 1, live + pos, sizeof(int) * (size_t)(nlive - pos));
+            live[pos] = w[j], nlive++;
+        }
+        for (int i = 0; i < nlive;) /* free what no later op reads */
+            if (end[live[i]] <= k) memmove(live + i, live + i + 1, sizeof(int) * (size_t)(--nlive - i));
+            else i++;
+    }
+    free(end), free(lo), free(live);
+    if (ok) m->fwd_at = at;
+    else free(at);
+    return 0;
+}
+
 /* For rn_backward_hooked: after each op's backward (ops in reverse), the
  * start of the longest run of parameters at the end of params whose ops
  * have all run. Each parameter tensor belongs to exactly one op. */
@@ -573,6 +630,7 @@ int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **
     } else if ((rc = plan(m, a, grads))) {
         goto fail;
     }
+    if (!grads && (rc = plan_compact(m))) goto fail;
     size_t np = m->nparams * (grads ? 3 : 1) + m->nbuffers;
     m->params = malloc(sizeof(float) * np + sizeof(int64_t) * (m->ncounts + 1));
     if (!m->params) {
@@ -608,6 +666,7 @@ void rn_destroy(resnet **pm)
         free(m->arena);
     }
     free(m->params);
+    free(m->fwd_at);
     free(m->tensors);
     free(m->ops);
     free(m);
@@ -660,7 +719,11 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
 {
     rn_arena *a = m->arena;
     const int N = m->cfg.batch, HW = m->cfg.size * m->cfg.size;
-    float *x0 = ACT(0);
+    float *const *at = m->fwd_at; /* a compact forward (plan_compact): keeps nothing */
+#define FA(id) (at ? at[id] : FWD(id))
+#define AA(id) (at ? at[id] : ACT(id))
+    const int keep = train && !at; /* bf16 copies for a backward */
+    float *x0 = AA(0);
     double t0 = m->prof ? moco_now_s() : 0;
     for (int i = 0; i < N; i++) {
         const float *src = x + (size_t)(perm ? perm[i] : (uint64_t)i) * 3 * HW;
@@ -672,32 +735,34 @@ const float *rn_forward(resnet *m, const float *x, const uint64_t *perm, int tra
         if (i && m->prof) prof_add(m, prof_part(m->ops[i - 1].type, 0), &t0);
         switch (o->type) {
         case OP_CONV: {
-            conv2d_forward(FWD(o->out), FWD(o->in), P(m, o->tw), &o->conv, a->work);
+            conv2d_forward(FA(o->out), FA(o->in), P(m, o->tw), &o->conv, a->work);
             /* a bf16 copy to keep: the BN right after writes it as it reads the output */
             int bn_next = i + 1 < m->nops && m->ops[i + 1].type == OP_BN && m->ops[i + 1].in == o->out;
-            if (train && a->acts[o->out].half && !bn_next) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
+            if (keep && a->acts[o->out].half && !bn_next) convert(ACT(o->out), FWD(o->out), a->acts[o->out].numel, 1);
             break;
         }
         case OP_BN: {
-            int keep_in = train && a->acts[o->in].half && i > 0 && m->ops[i - 1].type == OP_CONV && m->ops[i - 1].out == o->in;
-            int keep_out = train && a->acts[o->out].half;
-            bn_forward_keep(FWD(o->out), keep_out ? (uint16_t *)ACT(o->out) : NULL, ACT(o->mean), ACT(o->invstd), B(m, o->tw + 2),
-                            B(m, o->tw + 3), FWD(o->in), keep_in ? (uint16_t *)ACT(o->in) : NULL, o->res >= 0 ? FWD(o->res) : NULL,
+            int keep_in = keep && a->acts[o->in].half && i > 0 && m->ops[i - 1].type == OP_CONV && m->ops[i - 1].out == o->in;
+            int keep_out = keep && a->acts[o->out].half;
+            bn_forward_keep(FA(o->out), keep_out ? (uint16_t *)ACT(o->out) : NULL, AA(o->mean), AA(o->invstd), B(m, o->tw + 2),
+                            B(m, o->tw + 3), FA(o->in), keep_in ? (uint16_t *)ACT(o->in) : NULL, o->res >= 0 ? FA(o->res) : NULL,
                             P(m, o->tw), P(m, o->tw + 1), o->relu, train, &o->bn);
             if (train) m->counts[m->tensors[o->tw + 4].off]++;
             break;
         }
-        case OP_MAXPOOL: maxpool_forward(ACT(o->out), FWD(o->in), &o->pool); break;
-        case OP_AVGPOOL: avgpool_forward(ACT(o->out), FWD(o->in), o->N, o->C, o->HW); break;
+        case OP_MAXPOOL: maxpool_forward(AA(o->out), FA(o->in), &o->pool); break;
+        case OP_AVGPOOL: avgpool_forward(AA(o->out), FA(o->in), o->N, o->C, o->HW); break;
         case OP_LINEAR:
-            if (o->lp) linear_forward_bf16(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->lp, a->work);
-            else linear_forward(ACT(o->out), ACT(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O);
+            if (o->lp) linear_forward_bf16(AA(o->out), AA(o->in), P(m, o->tw), P(m, o->tw + 1), o->lp, a->work);
+            else linear_forward(AA(o->out), AA(o->in), P(m, o->tw), P(m, o->tw + 1), o->N, o->F, o->O);
             break;
-        case OP_RELU: relu_forward(ACT(o->out), ACT(o->in), (size_t)o->N * o->F); break;
+        case OP_RELU: relu_forward(AA(o->out), AA(o->in), (size_t)o->N * o->F); break;
         }
     }
     if (m->nops && m->prof) prof_add(m, prof_part(m->ops[m->nops - 1].type, 0), &t0);
-    return ACT(a->final_act);
+    return AA(a->final_act);
+#undef FA
+#undef AA
 }
 
 typedef struct { float *p; size_t n, per; } zero_job;
@@ -849,7 +914,7 @@ const float *rn_pooled(const resnet *m)
 {
     const rn_arena *a = m->arena;
     for (int i = 0; i < m->nops; i++)
-        if (m->ops[i].type == OP_AVGPOOL) return ACT(m->ops[i].out);
+        if (m->ops[i].type == OP_AVGPOOL) return m->fwd_at ? m->fwd_at[m->ops[i].out] : ACT(m->ops[i].out);
     return NULL;
 }
 

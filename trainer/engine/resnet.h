@@ -15,7 +15,10 @@
  * and the activations are each one allocation, made by rn_new; nothing is
  * allocated by forward or backward. A key encoder can share the activation
  * arena of the query encoder (rn_new's `share`): the two never need their
- * activations at the same time in the MoCo step.
+ * activations at the same time in the MoCo step. A model without gradients
+ * (the key encoder, evaluation) keeps nothing for a backward: its forward
+ * cycles through a few buffers at the start of the arena, which stay in
+ * cache (fwd_at; the same values bit for bit).
  *
  * Tensor names and shapes are those of torchvision's state_dict, in its
  * order ("conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
@@ -86,6 +89,8 @@ typedef struct {
     double macs;         /* multiply-adds of one forward of the batch (convs, linears) */
     double macs_first;   /* of the first conv (no input gradient is computed) */
     double *prof;        /* NULL, or RN_PROF_N sums of seconds that rn_forward and rn_backward add to */
+    float **fwd_at;      /* a model without gradients: where its forward puts each activation (resnet.c
+                          * plan_compact), or NULL: their places in the arena */
 } resnet;
 
 /* Where an encoder's passes go (resnet.prof): convolutions, batch norm (with
