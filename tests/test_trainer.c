@@ -393,6 +393,42 @@ static void test_compact_forward(void **s)
     else printf("bf16: %s (skipped)\n", moco_errmsg());
 }
 
+/* The activation arena asks for transparent huge pages (resnet.c
+ * arena_alloc): the mapping that holds a forward's output carries
+ * MADV_HUGEPAGE ("hg" in its VmFlags), whether or not the kernel then
+ * gives huge pages. */
+static void test_arena_huge_pages(void **s)
+{
+    (void)s;
+    rn_cfg cfg = {.arch = "resnet18-cifar", .width = 8, .mlp = 0, .dim = 16, .bn_splits = 2, .batch = 8, .size = 16};
+    resnet *q, *e;
+    assert_int_equal(rn_new(&cfg, 3, 1, NULL, &q), 0);
+    assert_int_equal(rn_new(&cfg, 3, 0, NULL, &e), 0);
+    float *x = calloc((size_t)8 * 3 * 16 * 16, sizeof(float));
+    assert_non_null(x);
+    for (int i = 0; i < 2; i++) {
+        const uintptr_t p = (uintptr_t)rn_forward(i ? e : q, x, NULL, 1);
+        FILE *f = fopen("/proc/self/smaps", "r");
+        assert_non_null(f);
+        char line[512];
+        int in = 0, found = 0;
+        while (fgets(line, sizeof line, f)) {
+            unsigned long lo, hi;
+            if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) in = p >= lo && p < hi;
+            else if (in && !strncmp(line, "VmFlags:", 8)) {
+                found = 1;
+                printf("%s model: the arena's mapping: %s", i ? "evaluation" : "query", line);
+                assert_non_null(strstr(line, " hg"));
+                in = 0;
+            }
+        }
+        fclose(f);
+        assert_true(found);
+    }
+    free(x);
+    rn_destroy(&e), rn_destroy(&q);
+}
+
 static void test_save_load(void **s)
 {
     (void)s;
@@ -709,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
         cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
         cmocka_unit_test(test_moco_repeatable),   cmocka_unit_test(test_compact_forward),
+        cmocka_unit_test(test_arena_huge_pages),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */
     return cmocka_run_group_tests(tests, NULL, NULL);

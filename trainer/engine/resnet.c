@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "formats/clock.h"
 #include "formats/errors.h"
@@ -314,6 +315,19 @@ static int reads_half(const nn_conv *d, int algo)
 }
 
 /* Plan gradient slots (reverse liveness) and lay out the arena. */
+/* The arena on transparent huge pages where the kernel gives them on
+ * request (Debian's default, "madvise"): 2 MB aligned, then
+ * MADV_HUGEPAGE. Its passes stride across planes megabytes apart (a
+ * transpose reads 16 channel rows at once), which on 4 KB pages is a TLB
+ * miss per row and step. A refusal leaves ordinary pages. */
+static void *arena_alloc(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20, n = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, n);
+    if (p && !getenv("MOCO_NO_THP")) (void)madvise(p, n, MADV_HUGEPAGE);
+    return p;
+}
+
 static int plan(resnet *m, rn_arena *a, int grads)
 {
     int *free_ = calloc((size_t)a->nacts + 8, sizeof *free_), nfree = 0;
@@ -440,7 +454,7 @@ static int plan(resnet *m, rn_arena *a, int grads)
     off += (xtmp * (size_t)par_threads() + 15) & ~(size_t)15;
     size_t total = off + (size_t)a->nslots * a->slot_floats + work + 16;
     a->bytes = total * sizeof(float);
-    a->base = malloc(a->bytes);
+    a->base = arena_alloc(a->bytes);
     if (!a->base) return moco_err(MOCO_ENOMEM, "out of memory for %zu MB of activations", a->bytes >> 20);
     a->slots = a->base + off;
     a->work = a->slots + (size_t)a->nslots * a->slot_floats;

@@ -295,12 +295,15 @@ typedef struct {
 
 /* The synthetic tensors and scratch are mapped and unmapped, not taken
  * from the heap: freed heap blocks stay resident and would raise the
- * process's peak RSS under the model's arena, which is allocated next. */
+ * process's peak RSS under the model's arena, which is allocated next.
+ * They ask for huge pages, as the arena does (resnet.c arena_alloc), so
+ * that candidates are timed as the step will run them. */
 static float *alloc_fill(size_t n, moco_rng *r)
 {
     size_t bytes = sizeof(float) * (n ? n : 1) + 64;
     void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return NULL;
+    if (!getenv("MOCO_NO_THP")) (void)madvise(m, bytes, MADV_HUGEPAGE);
     *(size_t *)m = bytes;
     float *p = (float *)((char *)m + 64); /* zero-filled; 64-byte aligned */
     if (r)
