@@ -314,7 +314,6 @@ static int reads_half(const nn_conv *d, int algo)
     return algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN || (algo == NN_ALGO_GEMM && d->k == 1 && d->stride == 1 && d->pad == 0);
 }
 
-/* Plan gradient slots (reverse liveness) and lay out the arena. */
 /* The arena on transparent huge pages where the kernel gives them on
  * request (Debian's default, "madvise"): 2 MB aligned, then
  * MADV_HUGEPAGE. Its passes stride across planes megabytes apart (a
@@ -328,6 +327,7 @@ static void *arena_alloc(size_t bytes)
     return p;
 }
 
+/* Plan gradient slots (reverse liveness) and lay out the arena. */
 static int plan(resnet *m, rn_arena *a, int grads)
 {
     int *free_ = calloc((size_t)a->nacts + 8, sizeof *free_), nfree = 0;
