@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # cli_demo.sh: the demo's job, one epoch: MoCo on Fashion-MNIST through the
 # whole pipeline must give an encoder whose kNN accuracy beats the same
-# encoder at random initialisation by at least 1 point (one epoch gave
-# 66.65% and 65.55% against 63.13% here). Skipped without the Fashion-MNIST package.
+# encoder at random initialisation (63.10%) by at least 3 points. The queue
+# is 1,024 keys, not the demo's 4,096: over one epoch 4,096 varied too much
+# (seeds 1-6 on an Intel Xeon: 63.65-70.88%; CI's machine once 63.84% at
+# seed 1), where 1,024 gave 70.28-73.85% over seeds 1-7 there.
+# Skipped without the Fashion-MNIST package.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -14,7 +17,7 @@ $M mkdb "$SRC" "$T/train" --split train --quiet >/dev/null || fail "mkdb train"
 $M mkdb "$SRC" "$T/test" --split test --quiet >/dev/null || fail "mkdb test"
 $M mkdb "$SRC" "$T/bank" --split train --shuffle --seed 1 --limit 10000 --quiet >/dev/null || fail "mkdb bank"
 timeout 900 $M run "$T/train" --workers 2 --epochs 1 --recipe cifar --size 28 --seed 1 \
-  --arch resnet18-cifar --width 8 --batch-size 256 --moco-k 4096 --moco-m 0.99 --moco-t 0.1 \
+  --arch resnet18-cifar --width 8 --batch-size 256 --moco-k 1024 --moco-m 0.99 --moco-t 0.1 \
   --lr 0.06 --cos --wd 5e-4 --bn-splits 8 --run-dir "$T/run" --quiet >"$T/run.out" 2>"$T/run.err" \
   || { tail -5 "$T/run.err"; fail "moco run exited non-zero"; }
 EVAL="--train $T/bank --test $T/test --size 28"
@@ -22,5 +25,5 @@ trained=$($M knn --ckpt "$T/run/checkpoint_last.safetensors" $EVAL | tail -1 | g
 random=$($M knn --random-init 1 --arch resnet18-cifar --width 8 $EVAL | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
 [ -n "$trained" ] && [ -n "$random" ] || fail "no kNN figure (trained '$trained', random '$random')"
 echo "kNN top-1: trained (1 epoch) $trained%, random init $random%"
-awk -v t="$trained" -v r="$random" 'BEGIN { exit !(t >= r + 1 && r > 20 && t <= 100) }' \
-  || fail "the trained encoder ($trained%) does not beat random initialisation ($random%) by 1 point"
+awk -v t="$trained" -v r="$random" 'BEGIN { exit !(t >= r + 3 && r > 20 && t <= 100) }' \
+  || fail "the trained encoder ($trained%) does not beat random initialisation ($random%) by 3 points"
