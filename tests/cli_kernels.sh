@@ -17,7 +17,7 @@ T=${MOCO_TEST_TMP:?}/kernels
 rm -rf "$T" && mkdir -p "$T"
 B="bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 --explain"
 W="$T/w/wisdom.jsonl"
-ALG='gemm|direct|direct-avx2|lanes|bf16|onednn' # the columns of the table, in order
+ALG='gemm|direct|direct-avx2|lanes|bf16|onednn|onednn-wino' # the columns of the table, in order
 
 $M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
 # the JSON names the build; a sanitizer build says on stderr that its figures are not the product's
@@ -55,6 +55,13 @@ if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
     } END { print t + 0, w + 0 }' "$T/1.out")
     [ "$timed" = "$want" ] && [ "$want" -gt 0 ] || fail "want onednn timed on the $want passes of kernel size > 1, got $timed"
     echo "AVX-512 CPU: onednn timed on all $timed passes of kernel size > 1"
+    # and its Winograd kernels on exactly the passes of 3x3 stride-1 convolutions of 16k channels in and out
+    read -r timed want < <(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+      for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, ks, "/"); split($(i - 3), sh, "x"); ok = ks[1] == 3 && ks[2] == 1 && sh[2] % 16 == 0 && $(i - 1) % 16 == 0 }
+      for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { if (($(i + 8) != "-") != ok) bad++; if (ok) w++; if ($(i + 8) != "-") t++; break }
+    } END { print (bad ? -1 : t + 0), w + 0 }' "$T/1.out")
+    [ "$timed" = "$want" ] && [ "$want" -gt 0 ] || fail "want onednn-wino timed on the $want passes of 3x3 stride-1 16k-channel convolutions only, got $timed (-1: elsewhere too)"
+    echo "AVX-512 CPU: onednn-wino timed on the $timed passes of 3x3 stride-1 convolutions of 16k channels"
   fi
 fi
 [ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"

@@ -47,8 +47,9 @@ static void check(const char *what, const float *got, const float *want, size_t 
 }
 
 /* N, Ci, H, W, Co, k, stride, pad */
-static const int shapes[][8] = {{4, 3, 8, 8, 8, 3, 1, 1},   {5, 8, 8, 8, 16, 3, 1, 1}, {18, 8, 4, 4, 8, 3, 1, 1},
-                                {17, 8, 8, 8, 16, 3, 2, 1}, {6, 16, 4, 4, 32, 1, 1, 0}, {6, 16, 8, 8, 32, 1, 2, 0}};
+static const int shapes[][8] = {{4, 3, 8, 8, 8, 3, 1, 1},   {5, 8, 8, 8, 16, 3, 1, 1},   {18, 8, 4, 4, 8, 3, 1, 1},
+                                {17, 8, 8, 8, 16, 3, 2, 1}, {6, 16, 4, 4, 32, 1, 1, 0}, {6, 16, 8, 8, 32, 1, 2, 0},
+                                {3, 16, 6, 6, 32, 3, 1, 1}, {5, 32, 4, 4, 16, 3, 1, 1}}; /* the last two: Winograd too */
 
 static void test_plan_every_algo(void **st)
 {
@@ -66,12 +67,13 @@ static void test_plan_every_algo(void **st)
             /* direct at the CPU's level, direct-avx2 at AVX2's (1) */
             assert_int_equal(d.direct, a == NN_ALGO_DIRECT ? conv3_simd() : a == NN_ALGO_DIRECT_AVX2 ? 1 : 0);
             assert_int_equal(d.lanes, a == NN_ALGO_LANES);
-            assert_int_equal(d.lp != NULL, a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN);
+            const int onednn = a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN || a == NN_ALGO_WINO;
+            assert_int_equal(d.lp != NULL, onednn);
             size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * d.Ho * d.Wo, nw = (size_t)q[4] * q[1] * q[5] * q[5];
             float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
                   *dwr = fz(nw), *wk = fz(work);
             randu(x, nx, 1 + c), randu(w, nw, 2 + c), randu(dy, ny, 3 + c);
-            double tol = 2e-5;
+            double tol = 2e-5; /* Winograd too: 0.6-1.2e-6 on the shapes here (the direct sums 0.1-0.6e-6) */
             if (a == NN_ALGO_BF16) { /* products of bf16 operands are exact in fp32: only the order of sums differs */
                 nn_bf16_round(x, nx), nn_bf16_round(w, nw), nn_bf16_round(dy, ny);
                 tol = 1e-4;
@@ -96,12 +98,12 @@ static void test_plan_every_algo(void **st)
                     if (nn_conv_sets_dinp(&d) ? !(dx2[i] == dx[i]) : !(fabsf(dx2[i] - (dx[i] + 1.0f)) <= 1e-5f * (1.0f + fabsf(dx[i]))))
                         fail_msg("dinp_set (%s), element %zu: %g against %g", nn_conv_sets_dinp(&d) ? "written" : "added", i, dx2[i], dx[i]);
                 ran_set += nn_conv_sets_dinp(&d);
-                want_set += (a == NN_ALGO_ONEDNN || a == NN_ALGO_BF16) && !(q[5] == 1 && q[6] == 1 && q[7] == 0);
+                want_set += onednn && !(q[5] == 1 && q[6] == 1 && q[7] == 0);
                 test_free(dx2);
             }
             /* the input kept in bf16 (in_half: bf16 precision's storage), where the kernels can read it
              * (oneDNN, the 1x1 stride-1 GEMM): the weight gradient of the input rounded to bf16 */
-            if (a == NN_ALGO_BF16 || a == NN_ALGO_ONEDNN || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
+            if (onednn || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
                 uint16_t *xh = test_calloc(nx, sizeof(uint16_t));
                 float *xr = fz(nx), *dwh = fz(nw);
                 nn_to_bf16(xh, x, nx);
@@ -123,19 +125,22 @@ static void test_plan_every_algo(void **st)
             test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
                 test_free(dwr), test_free(wk);
         }
-    assert_int_equal(ran[NN_ALGO_GEMM], 6); /* every shape */
-    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d, onednn %d\n", ran[NN_ALGO_GEMM], ran[NN_ALGO_DIRECT],
-           ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN]);
-    /* oneDNN's fp32 kernels run every shape of kernel size > 1 (four above) where they are candidates */
-    assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 4 : 0);
+    assert_int_equal(ran[NN_ALGO_GEMM], 8); /* every shape */
+    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d, onednn %d, onednn-wino %d\n", ran[NN_ALGO_GEMM],
+           ran[NN_ALGO_DIRECT], ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN], ran[NN_ALGO_WINO]);
+    /* oneDNN's fp32 kernels run every shape of kernel size > 1 (six above) where they are candidates, and
+     * its Winograd kernels the two 3x3 stride-1 ones of 16 and 32 channels (6x6 planes: 16 positions
+     * straddle two images in the blocked layout; 4x4: they do not) */
+    assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 6 : 0);
+    assert_int_equal(ran[NN_ALGO_WINO], nn_onednn_available() == 0 ? 2 : 0);
     /* dinp_set honoured by the oneDNN convolutions, fp32 and bf16, but for the 1x1 stride-1 matmuls */
     assert_int_equal(ran_set, want_set);
     if (nn_onednn_available() == 0) assert_true(ran_set >= 3);
     /* in_half: the 1x1 stride-1 GEMM, and every oneDNN run */
-    assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN]);
+    assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN] + ran[NN_ALGO_WINO]);
     /* on an AVX-512 CPU both builds of the direct kernels are candidates
-     * (the two 8x8 3x3 stride-1 shapes above: the stem and 8->16) */
-    if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 2);
+     * (the three 3x3 stride-1 shapes above on 8x8 and 6x6: the stem, 8->16, 16->32) */
+    if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 3);
     else assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 0);
     /* an algorithm that cannot run a shape is refused with a message */
     nn_conv d;
@@ -173,8 +178,8 @@ static void test_repeatable(void **st)
     (void)st;
     par_set_threads(2);
     setenv("MOCO_BF16_CHUNK_KB", "16", 1); /* small bf16 chunks: many tasks */
-    const int rs[][8] = {{48, 8, 8, 8, 16, 3, 1, 1}, {48, 16, 8, 8, 16, 3, 2, 1}, {48, 16, 4, 4, 32, 1, 1, 0}};
-    int ran = 0;
+    const int rs[][8] = {{48, 8, 8, 8, 16, 3, 1, 1}, {48, 16, 8, 8, 16, 3, 2, 1}, {48, 16, 4, 4, 32, 1, 1, 0}, {48, 16, 8, 8, 16, 3, 1, 1}};
+    int ran = 0, ran_wino = 0;
     for (size_t c = 0; c < sizeof rs / sizeof *rs; c++)
         for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT; a++) {
             const int *q = rs[c];
@@ -202,10 +207,11 @@ static void test_repeatable(void **st)
                    nn_algo_name(a), q[0], q[1], q[2], q[3], q[4], q[5], q[6], chunk, differ);
             if (differ) fail_msg("%s: gradients differ between repetitions on 2 threads", nn_algo_name(a));
             nn_conv_free(&d);
-            ran++;
+            ran++, ran_wino += a == NN_ALGO_WINO;
             test_free(x), test_free(w), test_free(dy), test_free(dx), test_free(dw), test_free(dx0), test_free(dw0), test_free(wk);
         }
-    assert_true(ran >= 3);
+    assert_true(ran >= 4);
+    assert_int_equal(ran_wino, nn_onednn_available() == 0 ? 1 : 0);
     unsetenv("MOCO_BF16_CHUNK_KB");
     par_set_threads(1);
 }

@@ -2,7 +2,10 @@
  * nn.h (nn_conv_bf16, linear_*_bf16), on oneDNN (Debian's libdnnl-dev);
  * and the same convolutions with fp32 operands (nn_conv_onednn: one more
  * fp32 candidate, timed beside ours; on an Intel Xeon of family 6, model
- * 207 its backward beat our direct kernels at width 16).
+ * 207 its backward beat our direct kernels at width 16), and on oneDNN's
+ * fp32 Winograd F(4x4, 3x3) (nn_conv_onednn_wino: its chunks packed to the
+ * blocked nChw16c layout instead of NHWC; there it won the 32- to
+ * 128-channel stride-1 layers).
  *
  * Promise: every product takes operands rounded to bf16 (round to nearest
  * even, as vcvtneps2bf16 and PyTorch do) and accumulates in fp32; results
@@ -155,11 +158,19 @@ F32_TARGET __attribute__((always_inline)) static inline __m512 load_row(const vo
 }
 
 /* dst (P, C) bf16 (pack_nhwc) or fp32 (pack_nhwc_f32) = src (C, ldc) fp32
- * (or bf16: half), P values per row; then zeros up to Ppad rows */
+ * (or bf16: half), P values per row; then zeros up to Ppad rows. bhw > 0:
+ * dst is oneDNN's blocked nChw16c instead (bhw the positions of a plane;
+ * C a multiple of 16): a row of 16 channels of position p sits at
+ * ((p / bhw) * C + c0) * bhw + (p % bhw) * 16. */
+static inline size_t row_at(size_t p, int c0, int C, size_t bhw)
+{
+    return bhw ? ((p / bhw) * (size_t)C + (size_t)c0) * bhw + (p % bhw) * 16 : p * (size_t)C + (size_t)c0;
+}
 #define PACK_NHWC(name, target, T, STORE)                                                                             \
-    target static void name(T *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)               \
+    target static void name(T *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad, size_t bhw)   \
     {                                                                                                                  \
-        const size_t es = half ? 2 : 4;                                                                                \
+        const size_t es = half ? 2 : 4, rs = bhw ? 16 : (size_t)C;                                                     \
+        const int whole = !bhw || bhw % 16 == 0; /* 16 positions never straddle two planes */                         \
         for (int c0 = 0; c0 < C; c0 += 16) {                                                                           \
             const int cn = C - c0 < 16 ? C - c0 : 16;                                                                  \
             const __mmask16 cm = mask16(cn);                                                                           \
@@ -174,7 +185,9 @@ F32_TARGET __attribute__((always_inline)) static inline __m512 load_row(const vo
                 for (int i = 0; i < 16; i++)                                                                           \
                     r[i] = i < cn ? load_row(src, half, s + (size_t)i * ldc + p0, pm) : _mm512_setzero_ps();           \
                 tr16(r);                                                                                               \
-                for (int i = 0; i < pn; i++) STORE(dst + (p0 + i) * C + c0, cm, r[i]);                                 \
+                T *o = dst + row_at(p0, c0, C, bhw);                                                                   \
+                for (int i = 0; i < pn; i++)                                                                           \
+                    STORE(whole ? o + (size_t)i * rs : dst + row_at(p0 + (size_t)i, c0, C, bhw), cm, r[i]);            \
             }                                                                                                          \
         }                                                                                                              \
         if (Ppad > P) memset(dst + P * C, 0, sizeof(T) * (Ppad - P) * C);                                              \
@@ -184,18 +197,23 @@ F32_TARGET __attribute__((always_inline)) static inline __m512 load_row(const vo
 PACK_NHWC(pack_nhwc, BF16_TARGET, uint16_t, ST_BF16)
 PACK_NHWC(pack_nhwc_f32, F32_TARGET, float, ST_F32)
 
-/* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 */
-F32_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add)
+/* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 (bhw > 0: nChw16c, as above) */
+F32_TARGET static void unpack_nhwc(float *dst, const float *src, int C, size_t ldc, size_t P, int add, size_t bhw)
 {
     for (int c0 = 0; c0 < C; c0 += 16) {
         const int cn = C - c0 < 16 ? C - c0 : 16;
         const __mmask16 cm = mask16(cn);
         float *o = dst + (size_t)c0 * ldc;
+        const size_t rs = bhw ? 16 : (size_t)C;
+        const int whole = !bhw || bhw % 16 == 0;
         for (size_t p0 = 0; p0 < P; p0 += 16) {
             const int pn = P - p0 < 16 ? (int)(P - p0) : 16;
             const __mmask16 pm = mask16(pn);
             __m512 r[16];
-            for (int i = 0; i < 16; i++) r[i] = i < pn ? _mm512_maskz_loadu_ps(cm, src + (p0 + i) * C + c0) : _mm512_setzero_ps();
+            const float *in = src + row_at(p0, c0, C, bhw);
+            for (int i = 0; i < 16; i++)
+                r[i] = i < pn ? _mm512_maskz_loadu_ps(cm, whole ? in + (size_t)i * rs : src + row_at(p0 + (size_t)i, c0, C, bhw))
+                              : _mm512_setzero_ps();
             tr16(r);
             if (p0 + PF < P)
                 for (int i = 0; i < cn; i++) _mm_prefetch((const char *)(o + (size_t)i * ldc + p0 + PF), _MM_HINT_ET0);
@@ -217,6 +235,7 @@ enum { MM_X, MM_XT, MM_Y, MM_DY, MM_DX, MM_DW, MM_SCR, MM_PER };
 struct nn_lowp {
     int n, T;         /* conv: images per primitive call; threads */
     int f32;          /* conv: fp32 operands (nn_conv_onednn), else bf16 */
+    int wino;         /* conv: fp32 on oneDNN's Winograd F(4x4,3x3) (nn_conv_onednn_wino), operands in nChw16c */
     dnnl_primitive_t fwd, bwdd, bwdw, r_wf, r_wb, r_dw;
     size_t x_b, y_b, dy_b, dx_b, dwp_b, dwa_b, scr_b, wf_b, wb_b;
     size_t o_a, o_dy, o_dx, o_dwp, o_dwa, o_scr, per_b; /* per-thread layout (bytes) */
@@ -449,13 +468,13 @@ int nn_onednn_available(void)
 }
 
 /* The oneDNN state of a convolution: bf16 operands (f32 = 0) or fp32. */
-static int conv_lowp(nn_conv *d, size_t *work_floats, int f32)
+static int conv_lowp(nn_conv *d, size_t *work_floats, int f32, int wino)
 {
     int rc = f32 ? nn_onednn_available() : nn_bf16_available();
     if (rc) return rc;
     const dnnl_data_type_t dt = f32 ? dnnl_f32 : dnnl_bf16;
     const size_t es = f32 ? 4 : 2;
-    const char *what = f32 ? "fp32 (oneDNN)" : "bf16";
+    const char *what = wino ? "fp32 Winograd (oneDNN)" : f32 ? "fp32 (oneDNN)" : "bf16";
     nn_conv_free(d);
     const int T = d->nthreads < 1 ? 1 : d->nthreads;
     if ((rc = need_streams(T))) return rc;
@@ -481,7 +500,7 @@ static int conv_lowp(nn_conv *d, size_t *work_floats, int f32)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
-    lp->T = T, lp->f32 = f32;
+    lp->T = T, lp->f32 = f32, lp->wino = wino;
     const int n = choose_chunk(d, T, es);
     lp->n = n;
     omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */
@@ -490,22 +509,24 @@ static int conv_lowp(nn_conv *d, size_t *work_floats, int f32)
     dnnl_dims_t st = {d->stride, d->stride}, pl = {d->pad, d->pad};
     /* right padding as PyTorch's output size implies */
     dnnl_dims_t pr = {(dnnl_dim_t)(d->Ho - 1) * d->stride + d->k - d->H - d->pad, (dnnl_dim_t)(d->Wo - 1) * d->stride + d->k - d->W - d->pad};
-    DN(dnnl_memory_desc_init_by_tag(&x, 4, xd, dt, dnnl_nhwc), "source descriptor");
-    DN(dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, dnnl_nhwc), "destination descriptor");
-    DN(dnnl_memory_desc_init_by_tag(&dy, 4, yd, dt, dnnl_nhwc), "gradient descriptor");
-    DN(dnnl_memory_desc_init_by_tag(&dx, 4, xd, dnnl_f32, dnnl_nhwc), "input gradient descriptor");
+    const dnnl_format_tag_t tag = wino ? dnnl_nChw16c : dnnl_nhwc;
+    const dnnl_alg_kind_t alg = wino ? dnnl_convolution_winograd : dnnl_convolution_direct;
+    DN(dnnl_memory_desc_init_by_tag(&x, 4, xd, dt, tag), "source descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, tag), "destination descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dy, 4, yd, dt, tag), "gradient descriptor");
+    DN(dnnl_memory_desc_init_by_tag(&dx, 4, xd, dnnl_f32, tag), "input gradient descriptor");
     DN(dnnl_memory_desc_init_by_tag(&wa, 4, wd, dt, dnnl_format_tag_any), "weights descriptor");
     DN(dnnl_memory_desc_init_by_tag(&dwa, 4, wd, dnnl_f32, dnnl_format_tag_any), "weight gradient descriptor");
     DN(dnnl_memory_desc_init_by_tag(&w32, 4, wd, dnnl_f32, dnnl_oihw), "fp32 weights descriptor");
     DN(user_scratch_attr(&attr, 0), "attributes");
     dnnl_convolution_desc_t cd;
-    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &x, &wa, NULL, &y, st, pl, pr),
+    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, alg, &x, &wa, NULL, &y, st, pl, pr),
        "convolution forward descriptor");
     DN(dnnl_primitive_desc_create(&fpd, &cd, attr, engine, NULL), "convolution forward");
-    DN(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &dx, &wa, &dy, st, pl, pr),
+    DN(dnnl_convolution_backward_data_desc_init(&cd, alg, &dx, &wa, &dy, st, pl, pr),
        "convolution backward-data descriptor");
     DN(dnnl_primitive_desc_create(&bpd, &cd, attr, engine, fpd), "convolution backward-data");
-    DN(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &x, &dwa, NULL, &dy, st, pl, pr),
+    DN(dnnl_convolution_backward_weights_desc_init(&cd, alg, &x, &dwa, NULL, &dy, st, pl, pr),
        "convolution backward-weights descriptor");
     DN(dnnl_primitive_desc_create(&wpd, &cd, attr, engine, fpd), "convolution backward-weights");
     const dnnl_memory_desc_t wf = *dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
@@ -577,8 +598,9 @@ fail:
                     d->stride, d->pad, msg);
 }
 
-int nn_conv_bf16(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 0); }
-int nn_conv_onednn(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 1); }
+int nn_conv_bf16(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 0, 0); }
+int nn_conv_onednn(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 1, 0); }
+int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats) { return conv_lowp(d, work_floats, 1, 1); }
 
 /* Failures while running are programming errors (the shapes were accepted
  * when the primitives were made): report and stop. */
@@ -598,6 +620,11 @@ static void reorder_run(dnnl_primitive_t r, dnnl_memory_t from, dnnl_memory_t to
     dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scr}};
     run(r, th, 3, a);
 }
+
+/* The scratch as the primitives use it: from its first 64-byte boundary
+ * (the sizes above leave 64 bytes for it; Winograd's non-temporal stores
+ * need the alignment, and a caller's buffer need not have it). */
+static char *a64(float *work) { return (char *)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
 
 typedef struct {
     const nn_conv *d;
@@ -630,10 +657,10 @@ static void planes_to_bf16(uint16_t *dst, const float *src, int C, size_t ld, si
 }
 
 /* a chunk into the primitives' NHWC input: bf16, or fp32 (lp->f32) */
-static void pack_any(const nn_lowp *lp, void *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad)
+static void pack_any(const nn_lowp *lp, void *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad, size_t bhw)
 {
-    if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad);
-    else pack_nhwc(dst, src, half, C, ldc, P, Ppad);
+    if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad, bhw);
+    else pack_nhwc(dst, src, half, C, ldc, P, Ppad, bhw);
 }
 
 static void fwd_task(void *ctx, int t, int th)
@@ -646,11 +673,12 @@ static void fwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_any(lp, w, j->inp + (size_t)n0 * HWi, 0, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+    pack_any(lp, w, j->inp + (size_t)n0 * HWi, 0, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi, lp->wino ? HWi : 0);
     seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_WEIGHTS, lp->wf}, {DNNL_ARG_DST, m[M_Y]}, {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
     run(lp->fwd, th, 4, a);
-    unpack_nhwc(j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0);
+    unpack_nhwc(j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0,
+                lp->wino ? HWo : 0);
 }
 
 static void mm_fwd_task(void *ctx, int t, int th)
@@ -709,16 +737,16 @@ void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_
 {
     const nn_lowp *lp = d->lp;
     if (lp->mm) {
-        mm_weights(lp, w, (char *)work + (size_t)lp->T * lp->per_b, (size_t)d->Co * d->Ci);
-        bf_job j = {d, out, NULL, NULL, inp, NULL, (char *)work};
+        mm_weights(lp, w, a64(work) + (size_t)lp->T * lp->per_b, (size_t)d->Co * d->Ci);
+        bf_job j = {d, out, NULL, NULL, inp, NULL, a64(work)};
         par_for_max((d->N + lp->n - 1) / lp->n, lp->T, mm_fwd_task, &j);
         return;
     }
-    char *shared = (char *)work + (size_t)lp->T * lp->per_b;
+    char *shared = a64(work) + (size_t)lp->T * lp->per_b;
     omp_set_num_threads(1);
     seth(lp->w32, (void *)w), seth(lp->wf, shared), seth(lp->wscr, shared + al64(lp->wf_b > lp->wb_b ? lp->wf_b : lp->wb_b));
     reorder_run(lp->r_wf, lp->w32, lp->wf, lp->wscr, 0);
-    bf_job j = {d, out, NULL, NULL, inp, NULL, (char *)work};
+    bf_job j = {d, out, NULL, NULL, inp, NULL, a64(work)};
     par_for_max((d->N + lp->n - 1) / lp->n, lp->T, fwd_task, &j);
 }
 
@@ -732,11 +760,12 @@ static void bwd_task(void *ctx, int t, int th)
     const size_t HWi = (size_t)d->H * d->W, HWo = (size_t)d->Ho * d->Wo;
     char *w = ch.w;
     dnnl_memory_t *m = lp->m + (size_t)th * M_PER;
-    pack_any(lp, w + lp->o_dy, j->dout + (size_t)n0 * HWo, 0, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo);
+    pack_any(lp, w + lp->o_dy, j->dout + (size_t)n0 * HWo, 0, d->Co, (size_t)d->N * HWo, (size_t)n * HWo, (size_t)lp->n * HWo,
+             lp->wino ? HWo : 0);
     seth(m[M_DY], w + lp->o_dy), seth(m[M_SCR], w + lp->o_scr);
     if (j->dw) {
         const void *x = d->in_half ? (const void *)((const uint16_t *)j->inp + (size_t)n0 * HWi) : (const void *)(j->inp + (size_t)n0 * HWi);
-        pack_any(lp, w, x, d->in_half, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi);
+        pack_any(lp, w, x, d->in_half, d->Ci, (size_t)d->N * HWi, (size_t)n * HWi, (size_t)lp->n * HWi, lp->wino ? HWi : 0);
         seth(m[M_X], w), seth(m[M_DWP], w + lp->o_dwp);
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_DIFF_WEIGHTS, m[M_DWP]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
@@ -750,14 +779,14 @@ static void bwd_task(void *ctx, int t, int th)
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
         run(lp->bwdd, th, 4, a);
         unpack_nhwc(j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
-                    !d->dinp_set);
+                    !d->dinp_set, lp->wino ? HWi : 0);
     }
 }
 
 void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
 {
     const nn_lowp *lp = d->lp;
-    char *wk = (char *)work, *shared = wk + (size_t)lp->T * lp->per_b;
+    char *wk = a64(work), *shared = wk + (size_t)lp->T * lp->per_b;
     omp_set_num_threads(1);
     if (lp->mm) {
         if (dinp) mm_weights(lp, w, shared, (size_t)d->Co * d->Ci);
@@ -875,7 +904,7 @@ fail:
 void linear_forward_bf16(float *out, const float *inp, const float *w, const float *b, const nn_lowp *lp, float *work)
 {
     const int N = lp->N, F = lp->F, O = lp->O;
-    char *wk = (char *)work;
+    char *wk = a64(work);
     to_bf16((uint16_t *)wk, inp, (size_t)N * F);
     to_bf16(lp->wbf, w, (size_t)O * F);
     seth(lp->lsrc, wk), seth(lp->ldst, out), seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
@@ -890,7 +919,7 @@ void linear_forward_bf16(float *out, const float *inp, const float *w, const flo
 void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const float *inp, const nn_lowp *lp, float *work)
 {
     const int N = lp->N, F = lp->F, O = lp->O;
-    char *wk = (char *)work;
+    char *wk = a64(work);
     uint16_t *xb = (uint16_t *)wk, *dyb = (uint16_t *)(wk + lp->lin_b);
     to_bf16(dyb, dout, (size_t)N * O);
     seth(lp->lscr, wk + lp->lin_b + lp->ldo_b);
@@ -953,6 +982,12 @@ int nn_onednn_available(void)
 }
 
 int nn_conv_onednn(nn_conv *d, size_t *work_floats)
+{
+    (void)d, (void)work_floats;
+    return nn_onednn_available();
+}
+
+int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats)
 {
     (void)d, (void)work_floats;
     return nn_onednn_available();

@@ -193,6 +193,7 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
     case NN_ALGO_LANES: return lanes_ok(Ci, H, W, Co, k, stride, pad);
     case NN_ALGO_BF16: return nn_bf16_available() == 0;
     case NN_ALGO_ONEDNN: return k > 1 && nn_onednn_available() == 0;
+    case NN_ALGO_WINO: return k == 3 && stride == 1 && pad == 1 && Ci % 16 == 0 && Co % 16 == 0 && nn_onednn_available() == 0;
     }
     return 0;
 }
@@ -206,7 +207,7 @@ int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad)
 
 const char *nn_algo_name(int algo)
 {
-    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn"};
+    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn", "onednn-wino"};
     return algo >= 0 && algo < NN_ALGO_COUNT ? names[algo] : "?";
 }
 
@@ -264,9 +265,12 @@ int nn_conv_plan(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int str
     if (!nn_conv_algo_ok(algo, Ci, H, W, Co, k, stride, pad))
         return moco_err(MOCO_EINVAL, "convolution %d->%d %dx%d k%d/%d: the %s kernels cannot run it", Ci, Co, H, W, k, stride,
                         nn_algo_name(algo));
-    const int lowp = algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN;
+    const int lowp = algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN || algo == NN_ALGO_WINO;
     *work_floats = init_algo(d, N, Ci, H, W, Co, k, stride, pad, lowp ? NN_ALGO_AUTO : algo, budget);
-    return algo == NN_ALGO_BF16 ? nn_conv_bf16(d, work_floats) : algo == NN_ALGO_ONEDNN ? nn_conv_onednn(d, work_floats) : 0;
+    return algo == NN_ALGO_BF16     ? nn_conv_bf16(d, work_floats)
+           : algo == NN_ALGO_ONEDNN ? nn_conv_onednn(d, work_floats)
+           : algo == NN_ALGO_WINO   ? nn_conv_onednn_wino(d, work_floats)
+                                    : 0;
 }
 
 double nn_conv_macs(const nn_conv *d)

@@ -72,8 +72,14 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
  * bf16 on oneDNN (nn_conv_bf16), and fp32 on oneDNN (nn_conv_onednn:
  * convolutions of kernel size > 1 on AVX-512 CPUs; oneDNN's fp32 kernels,
  * the ones PyTorch runs, beat ours on some CPUs). */
-enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_ONEDNN, NN_ALGO_COUNT };
-/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn". direct runs the
+enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_ONEDNN,
+       NN_ALGO_WINO, NN_ALGO_COUNT };
+/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn" "onednn-wino".
+ * onednn-wino: fp32 on oneDNN's Winograd F(4x4, 3x3) (nn_conv_onednn_wino),
+ * 3x3 stride-1 pad-1 convolutions with channel counts multiples of 16, on
+ * an AVX-512 CPU; it rounds differently from a direct sum (the transforms:
+ * 0.6-1.2e-6 of the largest output in tests/test_tune.c, against 0.1-0.6e-6
+ * for the direct sums; the test holds every kernel to 2e-5). direct runs the
  * direct kernels at this CPU's best level (conv3_simd); direct-avx2, a
  * candidate only where that is AVX-512, runs their AVX2 build, which a
  * CPU with AVX-512 may still run faster (narrower vectors, lower clocks). */
@@ -113,6 +119,9 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats);
  * without oneDNN, no AVX-512, or MOCO_CONV3 below 2). */
 int nn_onednn_available(void);
 int nn_conv_onednn(nn_conv *d, size_t *work_floats);
+/* The same on oneDNN's Winograd algorithm (its blocked nChw16c layout:
+ * the chunks are transposed into it instead of NHWC). */
+int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats);
 void nn_conv_free(nn_conv *d);
 void nn_lowp_free(nn_lowp **lp);
 /* x rounded to bf16 in place (round to nearest even; what the bf16 layers

@@ -8,7 +8,8 @@
  * with the compute pool as it is set (par.h), at the scratch budget the
  * model gives it, and the fastest is kept. The candidates are the GEMM
  * lowering, the direct 3x3 kernels (on an AVX-512 CPU both their AVX-512
- * and their AVX2 builds) and the image-lanes kernels; under bf16
+ * and their AVX2 builds), the image-lanes kernels and oneDNN's fp32
+ * primitives, direct and Winograd (nn.h); under bf16
  * precision also oneDNN's bf16 primitives (an fp32 kernel may win a layer:
  * it is then both faster and exact). The choice never changes the result
  * beyond the rounding of the kernels, each of which is tested against the
