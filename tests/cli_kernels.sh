@@ -62,6 +62,13 @@ if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
     } END { print (bad ? -1 : t + 0), w + 0 }' "$T/1.out")
     [ "$timed" = "$want" ] && [ "$want" -gt 0 ] || fail "want onednn-wino timed on the $want passes of 3x3 stride-1 16k-channel convolutions only, got $timed (-1: elsewhere too)"
     echo "AVX-512 CPU: onednn-wino timed on the $timed passes of 3x3 stride-1 convolutions of 16k channels"
+    # oneDNN capped at AVX2 (DNNL_MAX_CPU_ISA) has no Winograd: that candidate drops out, the run goes on,
+    # and the wisdom is keyed by the cap (a later uncapped run measures afresh)
+    DNNL_MAX_CPU_ISA=AVX2 $M $B --wisdom "$T/w/capped.jsonl" >"$T/c.out" 2>"$T/c.err" || fail "DNNL_MAX_CPU_ISA=AVX2: $(tail -3 "$T/c.err")"
+    n=$(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " { for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { if ($(i + 8) != "-") t++; r++; break } } END { print r + 0, t + 0 }' "$T/c.out")
+    [ "$n" = "40 0" ] || fail "DNNL_MAX_CPU_ISA=AVX2: want 40 rows, onednn-wino timed on none; got rows and timed: $n"
+    grep -q '"build":"[^"]*-dnnl=AVX2"' "$T/w/capped.jsonl" || fail "the capped run's wisdom is not keyed by the cap: $(head -c 300 "$T/w/capped.jsonl")"
+    echo "DNNL_MAX_CPU_ISA=AVX2: onednn-wino not a candidate, the wisdom keyed by the cap"
   fi
 fi
 [ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"

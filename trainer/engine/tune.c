@@ -79,10 +79,14 @@ static void identify(void)
     if (f) fclose(f);
     snprintf(cpu, sizeof cpu, "%s (family %s, model %s)", name, fam, mod);
     struct stat st;
-    /* the build: this program's file, and OpenBLAS's kernel set (the GEMM
-     * candidates' times depend on it: blascore.h) */
+    /* the build: this program's file, OpenBLAS's kernel set (the GEMM
+     * candidates' times depend on it: blascore.h), and oneDNN's instruction
+     * set where DNNL_MAX_CPU_ISA caps it (it decides which of its kernels
+     * exist: under AVX2, no Winograd) */
+    const char *isa = getenv("DNNL_MAX_CPU_ISA");
     if (!stat("/proc/self/exe", &st))
-        snprintf(build, sizeof build, "%lld-%lld-%.20s", (long long)st.st_size, (long long)st.st_mtime, blas_core());
+        snprintf(build, sizeof build, "%lld-%lld-%.20s%s%.12s", (long long)st.st_size, (long long)st.st_mtime, blas_core(),
+                 isa && *isa ? "-dnnl=" : "", isa && *isa ? isa : "");
     else snprintf(build, sizeof build, "unknown");
 }
 
@@ -373,7 +377,16 @@ static int measure(const tune_shape *s, int pass, int precision, size_t budget, 
     for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT && !rc; a++) {
         if ((a == NN_ALGO_BF16 && precision != NN_BF16) || !nn_conv_algo_ok(a, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad))
             continue;
-        if ((rc = time_algo(s, pass, a, budget, &b, best, &c->ms[a]))) break;
+        if ((rc = time_algo(s, pass, a, budget, &b, best, &c->ms[a]))) {
+            /* a library that declines the shape here (oneDNN without its
+             * AVX-512 kernels, e.g. under DNNL_MAX_CPU_ISA=AVX2, has no
+             * Winograd): not a candidate on this machine */
+            if (rc == MOCO_EINVAL && (a == NN_ALGO_ONEDNN || a == NN_ALGO_WINO)) {
+                c->ms[a] = -1, rc = 0;
+                continue;
+            }
+            break;
+        }
         if (c->ms[a] < best) best = c->ms[a], c->algo = a;
     }
     unmap(b.x), unmap(b.w), unmap(b.y), unmap(b.dx), unmap(b.dw);

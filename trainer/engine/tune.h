@@ -6,7 +6,8 @@
  * the algorithm (nn.h's NN_ALGO_*) that ran it fastest on this machine:
  * every algorithm that can run the shape is timed once, on synthetic data,
  * with the compute pool as it is set (par.h), at the scratch budget the
- * model gives it, and the fastest is kept. The candidates are the GEMM
+ * model gives it, and the fastest is kept (a oneDNN candidate the library
+ * declines on this machine is left out). The candidates are the GEMM
  * lowering, the direct 3x3 kernels (on an AVX-512 CPU both their AVX-512
  * and their AVX2 builds), the image-lanes kernels and oneDNN's fp32
  * primitives, direct and Winograd (nn.h); under bf16
@@ -20,7 +21,8 @@
  *    "precision":"fp32","pass":"fwd","shape":[256,64,32,32,64,3,1,1],
  *    "choice":"direct","ms":{"gemm":21.3,"direct":9.8}}
  * shape is N, Ci, H, W, Co, k, stride, pad. A line counts only for the CPU
- * model, build (size and time of the running executable) and thread count
+ * model, build (size and time of the running executable, OpenBLAS's kernel
+ * set, DNNL_MAX_CPU_ISA where set) and thread count
  * that wrote it; other lines are kept as they are. So a run finds the
  * choices its machine made before, and a rebuilt binary or another CPU
  * measures afresh. Lines that do not parse are reported (tune_note) and
