@@ -13,9 +13,10 @@
  * and with the same semantics as the fp32 kernels (forward overwrites,
  * backward adds). oneDNN primitives are made once per layer (nn_conv_bf16,
  * nn_linear_bf16); weights are converted to bf16 once per pass (forward,
- * backward), never per chunk. Without oneDNN (MOCO_HAVE_DNNL unset) or on
- * a CPU without AVX512_BF16, nn_bf16_available() refuses with MOCO_EINVAL
- * and says why, and so does every constructor.
+ * backward), never per chunk. Without oneDNN (MOCO_HAVE_DNNL unset: the
+ * entry points are bf16_none.c's) or on a CPU without AVX512_BF16,
+ * nn_bf16_available() refuses with MOCO_EINVAL and says why, and so does
+ * every constructor.
  *
  * Convolutions run like the fp32 ones: chunks of images side by side on
  * the compute pool (par.h), oneDNN single-threaded inside each chunk. A
@@ -944,80 +945,4 @@ void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, 
 
 int nn_conv_sets_dinp(const nn_conv *d) { return d->lp && !d->lp->mm; }
 
-#else /* no oneDNN: every entry point refuses */
-
-int nn_conv_sets_dinp(const nn_conv *d)
-{
-    (void)d;
-    return 0;
-}
-
-int nn_bf16_available(void)
-{
-    return moco_err(MOCO_EINVAL, "--precision bf16 needs oneDNN, and this moco was built without it: install libdnnl-dev "
-                                 "(tools/install-deps.sh does), rebuild, or use --precision fp32");
-}
-
-void nn_bf16_round(float *x, size_t n)
-{
-    (void)x, (void)n;
-}
-
-void nn_lowp_free(nn_lowp **lp)
-{
-    if (lp) *lp = NULL;
-}
-
-void nn_conv_free(nn_conv *d) { d->lp = NULL; }
-
-int nn_conv_bf16(nn_conv *d, size_t *work_floats)
-{
-    (void)d, (void)work_floats;
-    return nn_bf16_available();
-}
-
-int nn_onednn_available(void)
-{
-    return moco_err(MOCO_EINVAL, "this moco was built without oneDNN (libdnnl-dev): no oneDNN fp32 convolutions");
-}
-
-int nn_conv_onednn(nn_conv *d, size_t *work_floats)
-{
-    (void)d, (void)work_floats;
-    return nn_onednn_available();
-}
-
-int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats)
-{
-    (void)d, (void)work_floats;
-    return nn_onednn_available();
-}
-
-int nn_linear_bf16(nn_lowp **out, int N, int F, int O, size_t *work_floats)
-{
-    (void)N, (void)F, (void)O, (void)work_floats;
-    *out = NULL;
-    return nn_bf16_available();
-}
-
-void conv2d_forward_bf16(float *out, const float *inp, const float *w, const nn_conv *d, float *work)
-{
-    (void)out, (void)inp, (void)w, (void)d, (void)work;
-}
-
-void conv2d_backward_bf16(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work)
-{
-    (void)dinp, (void)dw, (void)dout, (void)inp, (void)w, (void)d, (void)work;
-}
-
-void linear_forward_bf16(float *out, const float *inp, const float *w, const float *b, const nn_lowp *lp, float *work)
-{
-    (void)out, (void)inp, (void)w, (void)b, (void)lp, (void)work;
-}
-
-void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout, const float *inp, const nn_lowp *lp, float *work)
-{
-    (void)dinp, (void)dw, (void)db, (void)dout, (void)inp, (void)lp, (void)work;
-}
-
-#endif
+#endif /* MOCO_HAVE_DNNL; without it, bf16_none.c */
