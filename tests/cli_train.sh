@@ -116,22 +116,25 @@ echo "$lin" | grep -q '"augmented":true,"train_views":2048' || fail "moco lincls
 MOCO_TEST_LINCLS_TOUCH=1 $M lincls $L --cached-features >/dev/null 2>"$T/lin3.err"
 [ $? -eq 1 ] && grep -q "frozen encoder changed.*bn1.running_mean" "$T/lin3.err" || fail "a changed encoder was not reported: $(cat "$T/lin3.err")"
 
-# 2. resume mid-epoch == uninterrupted
+# 2. resume mid-epoch == uninterrupted. The run is long enough (8 epochs
+# of 16 steps, 20 ms each here) that the kill, aimed at step 10, lands
+# before its end on a loaded machine too; where it lands is checked (a kill
+# after the last step would make the comparison trivially true)
 pipeline() { # $1: dir, rest: trainer flags
   local d=$1; shift
   rm -f "$T/s/"*
   mkdir -p "$T/s" "$d"
-  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet &
+  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs "${EP:-2}" --seed 1 --quiet &
   LP=$!
   $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
   WP=$!
-  $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out "$d" --epochs 2 --seed 1 --size 28 --count 512 $MODEL "$@" 2>>"$d.err" &
+  $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out "$d" --epochs "${EP:-2}" --seed 1 --size 28 --count 512 $MODEL "$@" 2>>"$d.err" &
   TP=$!
 }
-pipeline "$T/full"
+EP=8 pipeline "$T/full"
 wait $TP || fail "uninterrupted training failed: $(tail -3 "$T/full.err")"
 wait $LP $WP
-pipeline "$T/cut" --save-every 5
+EP=8 pipeline "$T/cut" --save-every 5
 for i in $(seq 600); do
   grep -q '"step":10,' "$T/cut/metrics.jsonl" 2>/dev/null && break
   sleep 0.05
@@ -140,8 +143,9 @@ kill -KILL $TP; wait $TP 2>/dev/null
 kill $LP $WP; wait $LP $WP 2>/dev/null
 step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
 echo "killed the trainer at $step (checkpoint every 5 steps)"
+[ "${step#*:}" -lt 128 ] || fail "the kill landed after the last step ($step): the run was too short"
 cp "$T/cut/checkpoint_last.safetensors" "$T/resume.safetensors"
-pipeline "$T/cut" --resume "$T/resume.safetensors"
+EP=8 pipeline "$T/cut" --resume "$T/resume.safetensors"
 wait $TP || fail "resumed training failed: $(tail -3 "$T/cut.err")"
 wait $LP $WP
 grep -q "resumed" "$T/cut.err" || fail "the trainer did not say it resumed"
