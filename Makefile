@@ -20,7 +20,7 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fast-math
 CFLAGS  := $(CFLAGS_BASE) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := $(PKG_LIBS) -lm -pthread
+LDLIBS  := $(PKG_LIBS) -lm -lmvec -pthread
 # oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/engine/bf16.c), used
 # when its header is there; the build and the fp32 path work without it, and
 # bf16 then says what is missing. DNNL=0 builds without it anyway.

@@ -389,6 +389,8 @@ static void test_bn_fused(void **st)
         test_free(dres), test_free(dt), test_free(dxr), test_free(dresr), test_free(dt2);
 }
 
+static void check_top1(const int *right, const float *qs, const float *ks, const float *Q, int N, int D, int K, int expect);
+
 static void test_small_layers_golden(void **st)
 {
     (void)st;
@@ -426,10 +428,79 @@ static void test_small_layers_golden(void **st)
     /* InfoNCE */
     const int N = 6, D = 8, K = 20;
     float T = gt("nce.T", 1)[0], logits[6 * 21], dq[48] = {0};
-    float loss = infonce_forward_backward(dq, logits, gt("nce.q", 48), gt("nce.k", 48), gt("nce.queue", 160), N, D, K, T);
+    int right = -1;
+    float loss = infonce_forward_backward(dq, logits, &right, gt("nce.q", 48), gt("nce.k", 48), gt("nce.queue", 160), N, D, K, T);
     check("infonce loss", &loss, gt("nce.loss", 1), 1, TOL);
+    /* the top-1 count: the golden rows (none right), then with the keys of
+     * rows 1 and 4 made 8 x their queries (those two right), against double */
+    check_top1(&right, gt("nce.q", 48), gt("nce.k", 48), gt("nce.queue", 160), N, D, K, 0);
+    float k2[48], lg2[6 * 21];
+    memcpy(k2, gt("nce.k", 48), sizeof k2);
+    for (int i = 0; i < D; i++) k2[1 * D + i] = 8 * gt("nce.q", 48)[1 * D + i], k2[4 * D + i] = 8 * gt("nce.q", 48)[4 * D + i];
+    infonce_forward_backward(NULL, lg2, &right, gt("nce.q", 48), k2, gt("nce.queue", 160), N, D, K, T);
+    check_top1(&right, gt("nce.q", 48), k2, gt("nce.queue", 160), N, D, K, 2);
     check("infonce dq", dq, gt("nce.dq", 48), 48, TOL);
     assert_int_equal(gnumel("nce.dq"), 48);
+}
+
+static void check_top1(const int *right, const float *qs, const float *ks, const float *Q, int N, int D, int K, int expect)
+{
+    int want = 0;
+    for (int n = 0; n < N; n++) {
+        const float *q = qs + n * D, *k = ks + n * D;
+        double pos = 0, neg = -INFINITY;
+        for (int i = 0; i < D; i++) pos += (double)q[i] * k[i];
+        for (int c = 0; c < K; c++) {
+            double v = 0;
+            for (int i = 0; i < D; i++) v += (double)q[i] * Q[i * K + c];
+            neg = v > neg ? v : neg;
+        }
+        want += pos >= neg;
+    }
+    printf("infonce: %d of %d rows with the positive on top\n", *right, N);
+    assert_int_equal(want, expect); /* the data is what the case says */
+    assert_int_equal(*right, want);
+}
+
+/* nn_row_max / nn_row_expsum (libmvec where the CPU has AVX-512 or AVX2)
+ * against plain loops, at every length to 40 (the vector tails) and 4097
+ * (a MoCo row), with e written apart and in place, and a NaN skipped by the max */
+static void test_softmax_rows(void **st)
+{
+    (void)st;
+    enum { L = 4097 };
+    float *l = malloc(sizeof(float) * L), *e = malloc(sizeof(float) * L), *c = malloc(sizeof(float) * L);
+    assert_non_null(l), assert_non_null(e), assert_non_null(c);
+    uint32_t r = 12345;
+    for (int i = 0; i < L; i++) r = r * 1664525u + 1013904223u, l[i] = (float)((r >> 8) * (1.0 / 16777216) * 20.0 - 10.0);
+    double worst = 0;
+    for (int t = 0; t <= 41; t++) {
+        const int n = t <= 40 ? t : L;
+        float m = -INFINITY;
+        for (int i = 0; i < n; i++) m = l[i] > m ? l[i] : m;
+        float got = nn_row_max(l, n);
+        assert_true(got == m);
+        if (!n) continue;
+        double want = 0;
+        for (int i = 0; i < n; i++) want += exp((double)l[i] - m);
+        memcpy(c, l, sizeof(float) * (size_t)n);
+        double s1 = nn_row_expsum(e, l, n, m), s2 = nn_row_expsum(c, c, n, m), s3 = nn_row_expsum(NULL, l, n, m);
+        assert_true(s1 == s2 && s1 == s3);
+        double rel = fabs(s1 - want) / want;
+        worst = rel > worst ? rel : worst;
+        assert_true(rel < 1e-13);
+        for (int i = 0; i < n; i++) {
+            float w = (float)exp((double)l[i] - m);
+            assert_true(e[i] == c[i]);
+            assert_true(fabsf(e[i] - w) <= 1e-6f * w);
+        }
+    }
+    printf("softmax rows: largest relative difference of the sum %.2e\n", worst);
+    l[5] = NAN;
+    float m = -INFINITY;
+    for (int i = 0; i < L; i++) m = l[i] > m ? l[i] : m;
+    assert_true(nn_row_max(l, L) == m && !isnan(m));
+    free(l), free(e), free(c);
 }
 
 /* ---- finite differences: L = sum(out * r) ---- */
@@ -520,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_conv3_vs_ref),       cmocka_unit_test(test_bf16_convert),
         cmocka_unit_test(test_bn_golden),
         cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_bn_keep),           cmocka_unit_test(test_small_layers_golden),
+        cmocka_unit_test(test_softmax_rows),
         cmocka_unit_test(test_finite_differences),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

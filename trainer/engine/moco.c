@@ -147,23 +147,9 @@ double moco_step_macs(const moco *mc)
     return (mc->cfg.symmetric ? 2 : 1) * (f + (2 * f - mc->q->macs_first) + f);
 }
 
-/* Queries (rows of logits (N, L), positive in column 0) whose positive
- * logit is >= every negative one. */
-static int top1(const float *logits, int N, int L)
-{
-    int right = 0;
-    for (int n = 0; n < N; n++) {
-        const float *l = logits + (size_t)n * L;
-        float mx = l[1];
-        for (int j = 2; j < L; j++) mx = l[j] > mx ? l[j] : mx;
-        right += l[0] >= mx;
-    }
-    return right;
-}
-
 /* The backward half of infonce_forward_backward (nn.c), on the logits its
- * forward left (called with dq NULL, so that the accuracy can be read off
- * them first): logits (N, 1+K) becomes d loss / d logits (softmax / N, 1/N
+ * forward left (called with dq NULL, so that a non-finite loss stops the
+ * step before any gradient): logits (N, 1+K) becomes d loss / d logits (softmax / N, 1/N
  * taken off the positive) and dq (N,D) += d loss / d q. k (N,D), queue (D,K). */
 typedef struct { float *dq, *logits; const float *k; int N, D, L; float T; } ib_job;
 
@@ -176,15 +162,8 @@ static void infonce_backward_rows(void *ctx, int t, int th)
     const int N = j->N, D = j->D, L = j->L;
     for (int n = t * IB_ROWS; n < N && n < (t + 1) * IB_ROWS; n++) {
         float *l = j->logits + (size_t)n * L;
-        float mx = l[0];
-        for (int i = 1; i < L; i++) mx = l[i] > mx ? l[i] : mx;
-        double se = 0;
-        for (int i = 0; i < L; i++) {
-            double e = exp((double)l[i] - mx);
-            se += e;
-            l[i] = (float)e;
-        }
-        const double s = 1.0 / (se * N);
+        const float mx = nn_row_max(l, L);
+        const double s = 1.0 / (nn_row_expsum(l, l, L, mx) * N);
         for (int i = 0; i < L; i++) l[i] = (float)(l[i] * s);
         l[0] -= 1.0f / (float)N;
         for (int i = 0; i < D; i++) j->dq[(size_t)n * D + i] += l[0] / j->T * j->k[(size_t)n * D + i];
@@ -283,8 +262,9 @@ int moco_step(moco *mc, const float *x1, const float *x2, const uint64_t *perm, 
         const float *qraw = rn_forward(q, xq, NULL, 1);
         l2norm_forward(mc->qn, qraw, N, D);
         lap(mc, MOCO_PROF_QUERY_FWD, &t0);
-        float l = infonce_forward_backward(NULL, mc->logits, mc->qn, kd, mc->queue, N, D, K, c->T);
-        acc += 100.0f * (float)top1(mc->logits, N, K + 1) / (float)N / (float)dirs;
+        int right = 0;
+        float l = infonce_forward_backward(NULL, mc->logits, &right, mc->qn, kd, mc->queue, N, D, K, c->T);
+        acc += 100.0f * (float)right / (float)N / (float)dirs;
         total += l;
         st->loss = st->loss_all = total, st->acc = st->acc_all = acc;
         if (R == 1 && !isfinite(l))

@@ -206,10 +206,20 @@ void linear_backward_ref(float *dinp, float *dw, float *db, const float *dout, c
 void l2norm_forward(float *out, const float *inp, int N, int F);
 void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, int F);
 
+/* ---- rows of a softmax: the largest of l[0..n) (NaNs skipped; -inf when
+ * n is 0), and the sum of exp((double)l[i] - mx), with e != NULL also
+ * e[i] = (float) each term (e may be l). Vectorised on glibc's libmvec
+ * where the CPU has AVX-512 or AVX2 (its exp within 4 ulp, as the scalar
+ * exp's 1); the sum's order is fixed per CPU path, not per thread count. */
+float nn_row_max(const float *l, int n);
+double nn_row_expsum(float *e, const float *l, int n, float mx);
+
 /* ---- InfoNCE: logits (N,1+K) = [q.k, q.queue] / T, cross-entropy with the
  * positive at 0, mean over N. q,k (N,D); queue (D,K); logits is scratch
- * (N,1+K). Returns the loss; with dq != NULL also dq (N,D) += dloss/dq. */
-float infonce_forward_backward(float *dq, float *logits, const float *q, const float *k, const float *queue, int N, int D,
-                               int K, float T);
+ * (N,1+K). Returns the loss; with dq != NULL also dq (N,D) += dloss/dq;
+ * with right != NULL, *right = the rows whose positive logit is >= every
+ * negative one (the contrastive top-1 accuracy's count). */
+float infonce_forward_backward(float *dq, float *logits, int *right, const float *q, const float *k, const float *queue, int N,
+                               int D, int K, float T);
 
 #endif
