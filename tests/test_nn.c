@@ -464,10 +464,21 @@ static void check_top1(const int *right, const float *qs, const float *ks, const
 
 /* nn_row_max / nn_row_expsum (libmvec where the CPU has AVX-512 or AVX2)
  * against plain loops, at every length to 40 (the vector tails) and 4097
- * (a MoCo row), with e written apart and in place, and a NaN skipped by the max */
+ * (a MoCo row), with e written apart and in place, and a NaN skipped by the
+ * max; at each SIMD level this CPU has (conv3_set_simd) */
+static void softmax_rows_at(int level);
 static void test_softmax_rows(void **st)
 {
     (void)st;
+    for (int level = conv3_simd(); level >= 0; level--) {
+        conv3_set_simd(level);
+        softmax_rows_at(level);
+    }
+    conv3_set_simd(-1);
+}
+
+static void softmax_rows_at(int level)
+{
     enum { L = 4097 };
     float *l = malloc(sizeof(float) * L), *e = malloc(sizeof(float) * L), *c = malloc(sizeof(float) * L);
     assert_non_null(l), assert_non_null(e), assert_non_null(c);
@@ -495,7 +506,7 @@ static void test_softmax_rows(void **st)
             assert_true(fabsf(e[i] - w) <= 1e-6f * w);
         }
     }
-    printf("softmax rows: largest relative difference of the sum %.2e\n", worst);
+    printf("softmax rows, SIMD level %d: largest relative difference of the sum %.2e\n", level, worst);
     l[5] = NAN;
     float m = -INFINITY;
     for (int i = 0; i < L; i++) m = l[i] > m ? l[i] : m;

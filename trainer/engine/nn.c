@@ -981,10 +981,20 @@ NN_HOT static float row_max_plain(const float *l, int n)
     return m;
 }
 
+#ifdef NN_AVX512
+/* the SIMD level of the softmax rows: conv3_simd()'s (so MOCO_CONV3 and
+ * conv3_set_simd lower it too, for the tests), AVX-512 needing VL as well */
+static int rows_simd(void)
+{
+    const int l = conv3_simd();
+    return l == 2 && !__builtin_cpu_supports("avx512vl") ? 1 : l;
+}
+#endif
+
 float nn_row_max(const float *l, int n)
 {
 #ifdef NN_AVX512
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return row_max_512(l, n);
+    if (rows_simd() == 2) return row_max_512(l, n);
 #endif
     return row_max_plain(l, n);
 }
@@ -992,8 +1002,9 @@ float nn_row_max(const float *l, int n)
 double nn_row_expsum(float *e, const float *l, int n, float mx)
 {
 #ifdef NN_AVX512
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return row_expsum_512(e, l, n, mx);
-    if (__builtin_cpu_supports("avx2")) return row_expsum_avx2(e, l, n, mx);
+    const int simd = rows_simd();
+    if (simd == 2) return row_expsum_512(e, l, n, mx);
+    if (simd == 1) return row_expsum_avx2(e, l, n, mx);
 #endif
     double t = 0;
     for (int i = 0; i < n; i++) {
