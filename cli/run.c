@@ -636,9 +636,13 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             stopping = 1;
             interrupted = 1;
             stop_at = moco_now_s();
-            sig(lp, SIGTERM);
+            /* the consumer first: its stop is pending before the loader can
+             * end the stream, so a trainer never takes that end for the last
+             * epoch's and says "done" (this process may lose the CPU to the
+             * loader between two kills) */
             sig(cp, SIGTERM);
             for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
+            sig(lp, SIGTERM);
         }
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
