@@ -147,7 +147,7 @@ double moco_step_macs(const moco *mc)
     return (mc->cfg.symmetric ? 2 : 1) * (f + (2 * f - mc->q->macs_first) + f);
 }
 
-/* The backward half of infonce_forward_backward (nn.c), on the logits its
+/* The backward half of infonce_forward_backward (loss.c), on the logits its
  * forward left (called with dq NULL, so that a non-finite loss stops the
  * step before any gradient): logits (N, 1+K) becomes d loss / d logits (softmax / N, 1/N
  * taken off the positive) and dq (N,D) += d loss / d q. k (N,D), queue (D,K). */
