@@ -7,7 +7,10 @@
 #  2. a run killed (SIGKILL) mid-epoch and resumed from its checkpoint ends
 #     with a final checkpoint byte-identical to an uninterrupted run's (one
 #     worker: the order of samples is then deterministic); so do two runs
-#     on 2 compute threads in small chunks of images;
+#     on 2 compute threads in small chunks of images; and so does a run
+#     whose loader was stopped (SIGTERM: the stream ends) or killed (it
+#     falls silent) mid-epoch: the trainer exits 1 naming the checkpoint
+#     it kept, not "done";
 #  3. a truncated checkpoint is refused with a message, exit 1.
 # Also: kNN, embed, and linear evaluation (cached and streamed).
 set -u
@@ -165,6 +168,35 @@ unset MOCO_CONV_WORK MOCO_BF16_CHUNK_KB
 cmp "$T/t2_1/checkpoint_last.safetensors" "$T/t2_2/checkpoint_last.safetensors" \
   || fail "two runs on 2 threads ended with different checkpoints"
 
+# 2c. the loader goes away mid-epoch: stopped (it ends the stream), or
+# killed (it falls silent). Either way the trainer says so, exits 1 (not
+# "done"), keeps checkpoint_last at the step it reached, and a resume from
+# there ends byte-identical to the uninterrupted run
+for how in TERM KILL; do
+  d="$T/lost_$how"
+  EP=8 pipeline "$d" --loader-timeout 3
+  for i in $(seq 600); do
+    grep -q '"step":10,' "$d/metrics.jsonl" 2>/dev/null && break
+    sleep 0.05
+  done
+  kill -$how $LP; wait $LP 2>/dev/null
+  wait $TP; rc=$?
+  kill $WP 2>/dev/null; wait $WP 2>/dev/null
+  step=$(grep -o '"step":[0-9]*' "$d/metrics.jsonl" | tail -1)
+  echo "loader killed with SIG$how at $step: $(tail -1 "$d.err")"
+  [ "${step#*:}" -lt 128 ] || fail "SIG$how: the loader's end came after the last step ($step): the run was too short"
+  [ $rc -eq 1 ] || fail "SIG$how to the loader mid-epoch: the trainer exited $rc (want 1): $(tail -2 "$d.err")"
+  grep -q "done;" "$d.err" && fail "SIG$how to the loader mid-epoch: the trainer said done: $(tail -2 "$d.err")"
+  if [ $how = TERM ]; then want="ended the stream in epoch 0 of 8"; else want="silent for"; fi
+  grep -q "$want.*checkpoint_last.safetensors" "$d.err" || fail "SIG$how: want \"$want ... checkpoint_last\": $(tail -2 "$d.err")"
+  [ -s "$d/checkpoint_last.safetensors" ] || fail "SIG$how: no checkpoint_last in $d"
+  EP=8 pipeline "$d" --resume "$d"
+  wait $TP || fail "SIG$how: the resumed training failed: $(tail -3 "$d.err")"
+  wait $LP $WP
+  cmp "$T/full/checkpoint_last.safetensors" "$d/checkpoint_last.safetensors" \
+    || fail "SIG$how: the resumed run's final checkpoint differs from the uninterrupted run's"
+done
+
 # 3. a truncated checkpoint is refused
 head -c 100000 "$T/resume.safetensors" > "$T/trunc.safetensors"
 pipeline "$T/bad" --resume "$T/trunc.safetensors"
@@ -172,4 +204,4 @@ wait $TP; rc=$?
 kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
 [ $rc -eq 1 ] || fail "a truncated checkpoint should exit 1, got $rc"
 grep -q "trunc.safetensors" "$T/bad.err" || fail "the error does not name the file: $(cat "$T/bad.err")"
-echo "training: 2 epochs with kNN; resume mid-epoch is byte-identical to an uninterrupted run"
+echo "training: 2 epochs with kNN; resume mid-epoch is byte-identical to an uninterrupted run, also after the loader stopped or died"

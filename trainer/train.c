@@ -464,6 +464,7 @@ int train_run(const train_cfg *cin)
     int64_t epoch = c->start_epoch, step = 0, saved_step = -1; /* saved: the step of checkpoint_last in --out */
     const int rank = c->dist ? dist_rank(c->dist) : 0, ranks = c->dist ? dist_size(c->dist) : 1;
     int draining = 0, stop_after_epoch = 0, agreed_stop = 0; /* ranks: see vote() */
+    int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
@@ -577,7 +578,10 @@ int train_run(const train_cfg *cin)
         rc = stream_next(s, 1000, &ev);
         if (!rc && ev.kind == STREAM_NONE) continue;
         if (rc) goto out;
-        if (ev.kind == STREAM_END) break;
+        if (ev.kind == STREAM_END) { /* after the last epoch's end it is never read: epoch_done breaks first */
+            cut = c->epochs > 0 && epoch < c->epochs;
+            break;
+        }
         if (ev.kind == STREAM_EPOCH_END) {
             if (c->dist && !draining) { /* the step that will not happen: tell the others */
                 int ed, st;
@@ -742,6 +746,27 @@ out:
                           (long long)step, (long long)epoch, c->out);
         else
             rc = moco_err(MOCO_EINTR, "interrupted before the first step");
+    } else if (!c->dist && s && (cut || rc == MOCO_ETIMEOUT)) {
+        /* the loader ended the stream early or went silent: keep what was
+         * trained, as on a stop (ranks: their last common checkpoint) */
+        char why[512];
+        snprintf(why, sizeof why, "%s", cut ? "" : moco_errmsg());
+        int r2 = 0;
+        if (saved_step != step && step > 0 && !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
+            saved_step = step;
+        if (r2) rc = r2;
+        else if (cut && saved_step < 0)
+            rc = moco_err(MOCO_EIO, "the loader ended the stream before the first step (was it stopped, or given fewer --epochs?)");
+        else if (cut)
+            rc = moco_err(MOCO_EIO, "the loader ended the stream in epoch %lld of %d, at step %lld (was it stopped, or given fewer "
+                                    "--epochs?): %s/checkpoint_last.safetensors holds this position; resume from it",
+                          (long long)epoch, c->epochs, (long long)step, c->out);
+        else if (saved_step >= 0)
+            rc = moco_err(MOCO_ETIMEOUT, "%s; %s/checkpoint_last.safetensors holds step %lld (epoch %lld); resume from it", why, c->out,
+                          (long long)step, (long long)epoch);
+    } else if (c->dist && cut && !rc) {
+        rc = moco_err(MOCO_EIO, "the loader ended the stream in epoch %lld of %d, at step %lld: resume from the last checkpoint in %s",
+                      (long long)epoch, c->epochs, (long long)step, c->out);
     }
     if (metrics) fclose(metrics);
     stream_destroy(&s);

@@ -69,7 +69,10 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
  * MOCO_EINVAL unless allow_schedule_change. On SIGINT / SIGTERM (the flag
  * train_main's handler sets) it stops before the next step, writes
  * checkpoint_last (the untrained part of a batch left to the stream) and
- * returns MOCO_EINTR. */
+ * returns MOCO_EINTR. A stream that ends before the last epoch (the
+ * loader stopped, or given fewer epochs) is MOCO_EIO, and a loader silent
+ * for loader_timeout seconds MOCO_ETIMEOUT; on one process both write
+ * checkpoint_last first, as a stop does, and say so. */
 int train_run(const train_cfg *c);
 /* Exit status: 0, 1 (an error), 2 (usage), 130 (interrupted: the resume
  * command is printed, unless MOCO_RUN_SUPERVISED is set: moco run prints
