@@ -164,13 +164,16 @@ static void infonce_rows(void *ctx, int t, int th)
         j->rowright[n - j->base] = l0 >= neg;
         const double se = nn_row_expsum(j->dq ? l : NULL, l, L, mx); /* with dq: l = the terms */
         j->rowloss[n - j->base] = log(se) + mx - l0;
-        if (!j->dq) continue;
-        /* gradient of the mean loss w.r.t. the logits, in place */
-        const double s = 1.0 / (se * N);
-        for (int jj = 0; jj < L; jj++) l[jj] = (float)(l[jj] * s);
-        l[0] -= 1.0f / (float)N;
-        for (int i = 0; i < D; i++) j->dq[(size_t)n * D + i] += l[0] / T * j->k[(size_t)n * D + i];
+        if (j->dq) nn_infonce_grad_row(l, se, j->dq + (size_t)n * D, j->k + (size_t)n * D, N, D, L, T);
     }
+}
+
+void nn_infonce_grad_row(float *e, double se, float *dq, const float *k, int N, int D, int L, float T)
+{
+    const double s = 1.0 / (se * N);
+    for (int i = 0; i < L; i++) e[i] = (float)(e[i] * s);
+    e[0] -= 1.0f / (float)N;
+    for (int i = 0; i < D; i++) dq[i] += e[0] / T * k[i];
 }
 
 float infonce_forward_backward(float *dq, float *logits, int *right, const float *q, const float *k, const float *queue, int N,

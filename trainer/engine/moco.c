@@ -162,11 +162,8 @@ static void infonce_backward_rows(void *ctx, int t, int th)
     const int N = j->N, D = j->D, L = j->L;
     for (int n = t * IB_ROWS; n < N && n < (t + 1) * IB_ROWS; n++) {
         float *l = j->logits + (size_t)n * L;
-        const float mx = nn_row_max(l, L);
-        const double s = 1.0 / (nn_row_expsum(l, l, L, mx) * N);
-        for (int i = 0; i < L; i++) l[i] = (float)(l[i] * s);
-        l[0] -= 1.0f / (float)N;
-        for (int i = 0; i < D; i++) j->dq[(size_t)n * D + i] += l[0] / j->T * j->k[(size_t)n * D + i];
+        const double se = nn_row_expsum(l, l, L, nn_row_max(l, L));
+        nn_infonce_grad_row(l, se, j->dq + (size_t)n * D, j->k + (size_t)n * D, N, D, L, j->T);
     }
 }
 

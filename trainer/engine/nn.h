@@ -213,6 +213,12 @@ void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, in
  * exp's 1); the sum's order is fixed per CPU path, not per thread count. */
 float nn_row_max(const float *l, int n);
 double nn_row_expsum(float *e, const float *l, int n, float mx);
+/* One row of InfoNCE's backward: e (L) holds the row's exp terms, se their
+ * sum; e becomes d loss / d logits of the mean over N rows (e / (se N),
+ * 1/N taken off the positive at 0), and dq (D) += its positive term's
+ * share, e[0] / T * k (D). The forward-backward here and moco.c's backward
+ * half both end a row with it. */
+void nn_infonce_grad_row(float *e, double se, float *dq, const float *k, int N, int D, int L, float T);
 
 /* ---- InfoNCE: logits (N,1+K) = [q.k, q.queue] / T, cross-entropy with the
  * positive at 0, mean over N. q,k (N,D); queue (D,K); logits is scratch
