@@ -74,7 +74,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS) tests/testutil.h
 deps:
 	@bash tools/install-deps.sh
 
-tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads
+tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
@@ -86,7 +86,7 @@ demo: deps
 	@bash tools/demo.sh
 
 # The quality experiment (tools/quality/README.md): not part of bin/moco.
-quality-tools: $(BUILD)/tools/quality/views_epoch $(BUILD)/tools/quality/step_grads
+quality-tools: $(BUILD)/tools/quality/views_epoch $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms
 $(BUILD)/tools/quality/%: tools/quality/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
