@@ -74,7 +74,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS) tests/testutil.h
 deps:
 	@bash tools/install-deps.sh
 
-tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms $(BUILD)/tools/bench_par
+tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
@@ -88,12 +88,6 @@ demo: deps
 # The quality experiment (tools/quality/README.md): not part of bin/moco.
 quality-tools: $(BUILD)/tools/quality/views_epoch $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms
 $(BUILD)/tools/quality/%: tools/quality/%.c $(LIB_OBJS)
-	@mkdir -p $(dir $@)
-	@echo "  LD   $@"
-	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
-
-# The compute pool's round trip (tools/bench_par.c): not part of bin/moco.
-$(BUILD)/tools/bench_par: tools/bench_par.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)

@@ -1,51 +1,21 @@
-/* par.c: the pool of par.h: workers wait for a new generation of tasks to
- * be published (spinning for a moment, then asleep on a condition
- * variable), claim tasks from an atomic counter (or, for par_for_fixed,
- * take every T-th task from their own index) and the last one out signals
- * the caller, which spins for a moment too before it sleeps. */
+/* par.c: the pool of par.h: workers sleep on a condition variable until a
+ * new generation of tasks is published, claim tasks from an atomic counter
+ * (or, for par_for_fixed, take every T-th task from their own index) and
+ * the last one out signals the caller. */
 #include "trainer/engine/par.h"
 
 #include <cblas.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <time.h>
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t go = PTHREAD_COND_INITIALIZER, done = PTHREAD_COND_INITIALIZER;
 static int nthreads = 1, started = 1; /* threads in use, threads running (incl. the caller) */
-static atomic_ulong gen;
+static unsigned long gen;
 static void (*job_fn)(void *, int, int);
 static void *job_ctx;
-static int job_n, job_max, job_fixed;
-static atomic_int busy;
+static int job_n, job_max, job_fixed, busy;
 static atomic_int next_task;
-
-/* How long a thread that ran out of work keeps checking for more before
- * it sleeps (MOCO_PAR_SPIN_US, default 50; 0: never). A width-16 step
- * publishes about 90 jobs back to back, and a sleeping worker takes tens of
- * microseconds to wake: tools/bench_par.c. Set by par_set_threads before it
- * starts a worker. */
-static double spin_s;
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static void spin_until(int (*ready)(unsigned long), unsigned long arg)
-{
-    if (spin_s <= 0) return;
-    double t0 = now_s();
-    for (int i = 0; !ready(arg); i++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-        if ((i & 63) == 63 && now_s() - t0 > spin_s) return;
-    }
-}
-static int gen_moved(unsigned long seen) { return atomic_load(&gen) != seen; }
-static int all_done(unsigned long unused) { (void)unused; return atomic_load(&busy) == 0; }
 
 static void run_tasks(int thread)
 {
@@ -66,11 +36,6 @@ static void *worker(void *arg)
     unsigned long seen = 0;
     pthread_mutex_lock(&mu);
     for (;;) {
-        if (gen == seen) {
-            pthread_mutex_unlock(&mu);
-            spin_until(gen_moved, seen);
-            pthread_mutex_lock(&mu);
-        }
         while (gen == seen) pthread_cond_wait(&go, &mu);
         seen = gen;
         if (id >= nthreads || id >= job_max) continue;
@@ -87,10 +52,6 @@ int par_set_threads(int n)
     if (n < 1) n = 1;
     if (n > PAR_MAX_THREADS) n = PAR_MAX_THREADS;
     pthread_mutex_lock(&mu);
-    if (started == 1) {
-        const char *e = getenv("MOCO_PAR_SPIN_US");
-        spin_s = (e ? atof(e) : 50) * 1e-6;
-    }
     while (started < n) {
         pthread_t th;
         pthread_attr_t at;
@@ -130,7 +91,6 @@ static void par_run(int n, int maxthreads, int fixed, void (*fn)(void *ctx, int 
     pthread_cond_broadcast(&go);
     pthread_mutex_unlock(&mu);
     run_tasks(0);
-    spin_until(all_done, 0);
     pthread_mutex_lock(&mu);
     while (busy) pthread_cond_wait(&done, &mu);
     pthread_mutex_unlock(&mu);
