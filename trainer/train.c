@@ -735,26 +735,23 @@ int train_run(const train_cfg *cin)
     }
 out:
     /* SIGINT / SIGTERM: whatever stopped the loop, keep what was trained
-     * (ranks: only a stop they all agreed on, at the same step) */
-    if (c->dist ? agreed_stop && !rc : stop_flag) {
+     * (ranks: only a stop they all agreed on, at the same step); so too
+     * when the loader ended the stream early or went silent (one process;
+     * ranks: their last common checkpoint) */
+    const int stopped = c->dist ? agreed_stop && !rc : stop_flag;
+    if (stopped || (!c->dist && s && (cut || rc == MOCO_ETIMEOUT))) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", rc == MOCO_ETIMEOUT ? moco_errmsg() : "");
         int r2 = 0;
-        if (s && saved_step != step && !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
+        if (s && saved_step != step && (stopped || step > 0) &&
+            !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
             saved_step = step;
         if (r2) rc = r2;
-        else if (saved_step >= 0)
+        else if (stopped && saved_step >= 0)
             rc = moco_err(MOCO_EINTR, "interrupted at step %lld (epoch %lld): %s/checkpoint_last.safetensors holds it",
                           (long long)step, (long long)epoch, c->out);
-        else
+        else if (stopped)
             rc = moco_err(MOCO_EINTR, "interrupted before the first step");
-    } else if (!c->dist && s && (cut || rc == MOCO_ETIMEOUT)) {
-        /* the loader ended the stream early or went silent: keep what was
-         * trained, as on a stop (ranks: their last common checkpoint) */
-        char why[512];
-        snprintf(why, sizeof why, "%s", cut ? "" : moco_errmsg());
-        int r2 = 0;
-        if (saved_step != step && step > 0 && !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
-            saved_step = step;
-        if (r2) rc = r2;
         else if (cut && saved_step < 0)
             rc = moco_err(MOCO_EIO, "the loader ended the stream before the first step (was it stopped, or given fewer --epochs?)");
         else if (cut)
