@@ -47,6 +47,17 @@ void l2norm_backward(float *dinp, const float *dout, const float *inp, int N, in
 
 /* ---------------------------------------------------------- softmax rows */
 
+/* t + the sum of exp(l[i] - mx), added in order (e: the terms), on the scalar exp */
+static double row_expsum_plain(float *e, const float *l, int n, float mx, double t)
+{
+    for (int i = 0; i < n; i++) {
+        double v = exp((double)l[i] - mx);
+        t += v;
+        if (e) e[i] = (float)v;
+    }
+    return t;
+}
+
 #ifdef LOSS_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl")
@@ -86,15 +97,9 @@ static double row_expsum_avx2(float *e, const float *l, int n, float mx)
         s = _mm256_add_pd(s, v);
         if (e) _mm_storeu_ps(e + i, _mm256_cvtpd_ps(v));
     }
-    double a[4], t;
+    double a[4];
     _mm256_storeu_pd(a, s);
-    t = (a[0] + a[2]) + (a[1] + a[3]);
-    for (; i < n; i++) {
-        double v = exp((double)l[i] - mx);
-        t += v;
-        if (e) e[i] = (float)v;
-    }
-    return t;
+    return row_expsum_plain(e ? e + i : NULL, l + i, n - i, mx, (a[0] + a[2]) + (a[1] + a[3]));
 }
 #pragma GCC pop_options
 #endif
@@ -131,13 +136,7 @@ double nn_row_expsum(float *e, const float *l, int n, float mx)
     if (simd == 2) return row_expsum_512(e, l, n, mx);
     if (simd == 1) return row_expsum_avx2(e, l, n, mx);
 #endif
-    double t = 0;
-    for (int i = 0; i < n; i++) {
-        double v = exp((double)l[i] - mx);
-        t += v;
-        if (e) e[i] = (float)v;
-    }
-    return t;
+    return row_expsum_plain(e, l, n, mx, 0);
 }
 
 /* ---------------------------------------------------------------- InfoNCE */
