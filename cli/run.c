@@ -9,7 +9,9 @@
  * - the run succeeds when the consumer and the loader exit 0; it fails
  *   (exit 1) as soon as either fails, and stops the others; after Ctrl-C /
  *   SIGTERM (or a trainer that exits 130) it exits 130 and, when the run
- *   directory holds a checkpoint, prints the command that resumes the run.
+ *   directory holds a checkpoint, prints the command that resumes the run;
+ *   a loader that fails stops the trainer, which keeps its position: exit
+ *   1 ("FAILED"), and the same resume command.
  * A training run's --run-dir (--out is the same flag) must be empty unless
  * --resume or --overwrite (trainer flags) is given. */
 #include <dirent.h>
@@ -629,6 +631,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                     keys ? keys : "");
     }
     int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0, interrupted = 0;
+    int loader_failed = 0, kept = 0; /* kept: the trainer stopped on our SIGTERM and kept its position */
     double stop_at = 0;
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
@@ -658,8 +661,14 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         char why[128];
         if (p == lp) {
             lst = st;
-            if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done) {
-                if (!stopping) fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
+            /* a signal to the whole group reaches this process before the
+             * loader can die of it: got_signal is set by now, and the loop
+             * top stops everything as an interruption */
+            if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done && !got_signal) {
+                if (!stopping) {
+                    fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
+                    loader_failed = 1; /* the trainer's 130 below is our stop, not an interruption */
+                }
                 status = 1;
                 if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(cp, SIGTERM); }
             }
@@ -674,7 +683,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 consumer_done = 1;
             }
             if (WIFEXITED(st) && WEXITSTATUS(st) == 130) { /* interrupted: it kept a checkpoint */
-                interrupted = 1;
+                interrupted = !loader_failed;
+                kept = 1;
                 if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
             } else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
@@ -729,8 +739,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                  respawned, respawned == 1 ? "" : "s");
     char last[1200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
-    /* interrupted, or (ranks) a rank that died: the last checkpoint holds every rank's position */
-    if ((status == 130 || (status && ranks)) && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0)
+    /* interrupted, a trainer stopped because the loader failed, or (ranks)
+     * a rank that died: the last checkpoint holds every rank's position */
+    if ((status == 130 || (loader_failed && kept) || (status && ranks)) && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);
     return status;
 }

@@ -12,6 +12,9 @@
 #     final checkpoint byte-identical to an uninterrupted 2-rank run's (one
 #     worker: the order of each shard is deterministic);
 #     mpirun's message names the killed rank;
+#  2b. the same job with the loader stopped (it ends the stream) mid-epoch:
+#     the ranks fail within seconds, naming the run directory, and the
+#     resume from the last checkpoint is byte-identical too;
 #  3. launch errors: flags that differ across ranks, K not a multiple of
 #     ranks x batch, and --bn-splits 1 on 2 ranks are refused with a message
 #     on every rank; a resume of the 2-rank checkpoint on 1 process (another
@@ -132,6 +135,33 @@ grep -q "resumed" "$T/cut.err" || fail "the trainer did not say it resumed"
 cmp "$T/full/checkpoint_last.safetensors" "$T/cut/checkpoint_last.safetensors" \
   || fail "the resumed 2-rank run's final checkpoint differs from the uninterrupted run's"
 echo "killed and resumed: the final checkpoint is byte-identical to the uninterrupted run's"
+
+# 2b. the loader stopped (SIGTERM: it ends the stream) mid-epoch under 2
+#     ranks: the job fails within seconds (no rank waits forever for the
+#     other), says the stream ended early and names the run directory, and
+#     says no "done"; a resume from the last common checkpoint ends
+#     byte-identical to the uninterrupted run
+pipeline "$T/end" --save-every 5 --log-every 1
+for i in $(seq 6000); do grep -q '"step":12,' "$T/end/metrics.jsonl" 2>/dev/null && break; sleep 0.01; done
+t0=$SECONDS
+kill -TERM $LP
+wait $TP; rc=$?; el=$((SECONDS - t0))
+[ $rc -ne 0 ] || fail "2b: the ranks exited 0 after the loader ended the stream early: $(tail -3 "$T/end.err")"
+[ $el -le 30 ] || fail "2b: the ranks took $el s to exit"
+pgrep -f "train --connect ipc://$T/s/c" >/dev/null && fail "2b: ranks are left running"
+kill $WP 2>/dev/null; wait $LP $WP 2>/dev/null
+grep -q "the loader ended the stream in epoch [0-9]* of $E2, at step [0-9]*: resume from the last checkpoint in $T/end" "$T/end.err" \
+  || fail "2b: no message on the early end: $(tail -5 "$T/end.err")"
+grep -q "moco train: done" "$T/end.err" && fail "2b: a rank said done after an early end"
+step=$(grep -o '"step":[0-9]*' "$T/end/metrics.jsonl" | tail -1)
+[ "${step#*:}" -lt $((E2 * 16)) ] || fail "2b: the stop landed after the last step ($step): the run was too short"
+cp "$T/end/checkpoint_last.safetensors" "$T/resume-end.safetensors"
+pipeline "$T/end" --resume "$T/resume-end.safetensors"
+wait $TP || fail "2b: resumed 2-rank training failed: $(tail -5 "$T/end.err")"
+wait $LP $WP
+cmp "$T/full/checkpoint_last.safetensors" "$T/end/checkpoint_last.safetensors" \
+  || fail "2b: the resumed run's final checkpoint differs from the uninterrupted run's"
+echo "2b: the loader stopped at $step: the ranks exited $rc after $el s, naming the run directory; resumed byte-identical"
 
 # 3. launch errors, on every rank
 mkdir -p "$T/s3"

@@ -21,6 +21,8 @@
 #      resumed: metrics.jsonl has a "resume" record and no step twice;
 #  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
 #      that resumes, which finishes the run;
+#  7f. the loader killed under `moco run`: exit 1, FAILED, a checkpoint, the
+#      command that resumes, which finishes the run;
 #  8b. a preset's augmentation reaches the workers (the trainer's preset table).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -205,6 +207,32 @@ eval "timeout 300 $cmd" >/dev/null 2>c2.err || fail "the printed command failed:
 dup=$(steps c/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
 [ -z "$dup" ] || fail "steps recorded twice: $dup"
 echo "7b: Ctrl-C at step $at: exit 130, checkpoint, resume command; resumed to the end (20 epochs)"
+
+# 7f. the loader dies (SIGKILL) under moco run mid-epoch: the run fails
+#     (exit 1, "the loader failed", "FAILED", not "interrupted"), the trainer
+#     was stopped with its position kept, and the printed command resumes it
+#     to the end (the old supervisor took the trainer's stop for a Ctrl-C:
+#     exit 130, "interrupted")
+$M run db $RUN --epochs 20 --log-every 1 --run-dir lf >/dev/null 2>lf.err &
+RP=$!
+wait_step lf/metrics.jsonl 20 || fail "7f: no step 20: $(tail -3 lf.err)"
+LDR=$(pgrep -P $RP -f "^moco loader ")
+[ -n "$LDR" ] || fail "7f: no loader process under moco run ($RP)"
+kill -KILL $LDR; wait $RP; rc=$?
+[ $rc -eq 1 ] || fail "7f: the loader killed: moco run exited $rc, want 1: $(tail -4 lf.err)"
+grep -q "moco run: the loader failed (signal 9" lf.err || fail "7f: no 'the loader failed': $(tail -4 lf.err)"
+grep -q "moco run: FAILED" lf.err || fail "7f: no FAILED: $(tail -3 lf.err)"
+grep -q "moco run: interrupted" lf.err && fail "7f: moco run says interrupted: $(tail -3 lf.err)"
+at=$(grep -o "interrupted at step [0-9]*" lf.err | grep -o '[0-9]*$')
+[ -n "$at" ] && [ "$at" -ge 20 ] || fail "7f: the trainer did not keep its position: $(tail -4 lf.err)"
+[ "$(grep -c "resume with:" lf.err)" = 1 ] || fail "7f: want one resume command: $(tail -4 lf.err)"
+cmd=$(grep -A1 "moco run: resume with:" lf.err | tail -1)
+eval "timeout 300 $cmd" >/dev/null 2>lf2.err || fail "7f: the printed command failed: $(tail -3 lf2.err)"
+[ "$(epochs lf/metrics.jsonl)" = 20 ] && grep -q "\"type\":\"resume\",\"epoch\":$((at / 16)),\"step\":$at," lf/metrics.jsonl \
+  || fail "7f: the resumed run: $(grep -v '"type":"step"' lf/metrics.jsonl | cut -c1-70)"
+dup=$(steps lf/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
+[ -z "$dup" ] || fail "7f: steps recorded twice: $dup"
+echo "7f: loader killed at step $at: exit 1, FAILED, checkpoint, resume command; resumed to the end (20 epochs)"
 
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):
