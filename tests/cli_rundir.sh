@@ -187,6 +187,23 @@ want='"dropped_records":[1-9]'; [ "$ck" = "$last" ] && want='"dropped_records":0
 echo "$r" | grep -q "\"epoch\":$((ck / 16)),\"step\":$ck,.*$want" || fail "killed at step $last: resume record: $r"
 echo "7d: killed at step $last, resumed from step $ck: $r; no step recorded twice"
 
+# $1: the run directory of a stopped `moco run` (stderr in $1.err), $2: the
+# case: the trainer said where it stopped (step >= 20, in $at), one resume
+# command was printed, and it finishes the 20 epochs, each step recorded once
+resumed_to_end() {
+  local d=$1 cmd dup
+  at=$(grep -o "interrupted at step [0-9]*" $d.err | grep -o '[0-9]*$')
+  [ -n "$at" ] && [ "$at" -ge 20 ] || fail "$2: the trainer did not say where it stopped: $(tail -4 $d.err)"
+  [ "$(grep -c "resume with:" $d.err)" = 1 ] || fail "$2: want one resume command: $(cat $d.err)"
+  cmd=$(grep -A1 "moco run: resume with:" $d.err | tail -1)
+  echo "$cmd" | grep -q -- "--run-dir $d --resume $d$" || fail "$2: resume command: $cmd"
+  eval "timeout 300 $cmd" >/dev/null 2>$d.resumed.err || fail "$2: the printed command failed: $(tail -3 $d.resumed.err)"
+  [ "$(epochs $d/metrics.jsonl)" = 20 ] && grep -q "\"type\":\"resume\",\"epoch\":$((at / 16)),\"step\":$at," $d/metrics.jsonl \
+    || fail "$2: the resumed run: $(grep -v '"type":"step"' $d/metrics.jsonl | cut -c1-70)"
+  dup=$(steps $d/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
+  [ -z "$dup" ] || fail "$2: steps recorded twice: $dup"
+}
+
 # 7b. Ctrl-C to moco run mid-epoch
 # 320 steps, about 5 s: at 80 (1.5 s) a loaded CI machine once let the
 # trainer finish the 60 steps between seeing step 20 and the signal
@@ -196,16 +213,7 @@ wait_step c/metrics.jsonl 20 || fail "no step 20: $(tail -3 c.err)"
 kill -INT $RP; wait $RP; rc=$?
 [ $rc -eq 130 ] || fail "Ctrl-C: moco run exited $rc, want 130: $(tail -4 c.err)"
 grep -q "FAILED" c.err && fail "Ctrl-C: moco run says FAILED"
-[ "$(grep -c "resume with:" c.err)" = 1 ] || fail "want one resume command: $(cat c.err)"
-at=$(grep -o "interrupted at step [0-9]*" c.err | grep -o '[0-9]*$')
-[ -n "$at" ] && [ "$at" -ge 20 ] || fail "the trainer did not say where it stopped: $(tail -4 c.err)"
-cmd=$(grep -A1 "moco run: resume with:" c.err | tail -1)
-echo "$cmd" | grep -q -- "--run-dir c --resume c$" || fail "resume command: $cmd"
-eval "timeout 300 $cmd" >/dev/null 2>c2.err || fail "the printed command failed: $(tail -3 c2.err)"
-[ "$(epochs c/metrics.jsonl)" = 20 ] && grep -q "\"type\":\"resume\",\"epoch\":$((at / 16)),\"step\":$at," c/metrics.jsonl \
-  || fail "the resumed run: $(grep -v '"type":"step"' c/metrics.jsonl | cut -c1-70)"
-dup=$(steps c/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
-[ -z "$dup" ] || fail "steps recorded twice: $dup"
+resumed_to_end c "7b"
 echo "7b: Ctrl-C at step $at: exit 130, checkpoint, resume command; resumed to the end (20 epochs)"
 
 # 7f. the loader dies (SIGKILL) under moco run mid-epoch: the run fails
@@ -223,15 +231,7 @@ kill -KILL $LDR; wait $RP; rc=$?
 grep -q "moco run: the loader failed (signal 9" lf.err || fail "7f: no 'the loader failed': $(tail -4 lf.err)"
 grep -q "moco run: FAILED" lf.err || fail "7f: no FAILED: $(tail -3 lf.err)"
 grep -q "moco run: interrupted" lf.err && fail "7f: moco run says interrupted: $(tail -3 lf.err)"
-at=$(grep -o "interrupted at step [0-9]*" lf.err | grep -o '[0-9]*$')
-[ -n "$at" ] && [ "$at" -ge 20 ] || fail "7f: the trainer did not keep its position: $(tail -4 lf.err)"
-[ "$(grep -c "resume with:" lf.err)" = 1 ] || fail "7f: want one resume command: $(tail -4 lf.err)"
-cmd=$(grep -A1 "moco run: resume with:" lf.err | tail -1)
-eval "timeout 300 $cmd" >/dev/null 2>lf2.err || fail "7f: the printed command failed: $(tail -3 lf2.err)"
-[ "$(epochs lf/metrics.jsonl)" = 20 ] && grep -q "\"type\":\"resume\",\"epoch\":$((at / 16)),\"step\":$at," lf/metrics.jsonl \
-  || fail "7f: the resumed run: $(grep -v '"type":"step"' lf/metrics.jsonl | cut -c1-70)"
-dup=$(steps lf/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
-[ -z "$dup" ] || fail "7f: steps recorded twice: $dup"
+resumed_to_end lf "7f"
 echo "7f: loader killed at step $at: exit 1, FAILED, checkpoint, resume command; resumed to the end (20 epochs)"
 
 # 8b. the supervisor takes a preset's augmentation and epochs from the
