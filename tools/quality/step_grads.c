@@ -7,7 +7,9 @@
  *   step_grads CASE OUT fp32|bf16 [all|conv|fp32]
  *
  * The last argument is bf16's activation storage (rn_cfg.store): all (the
- * default), conv outputs only, or none kept in bf16.
+ * default), conv outputs only, or none kept in bf16. The kernels are the
+ * fixed rule's, or with $MOCO_KERNELS=measure the wisdom's (as training
+ * picks them; measured where the wisdom has no answer, and saved).
  * CASE (safetensors): cfg int64 [N, size, K, dim, bn_splits, symmetric,
  * mlp, width], cfgf f32 [T], init.<name> (a resnet18-cifar state_dict,
  * torchvision names), x1, x2 (N,3,size,size) f32, perm int64 (N per
@@ -27,6 +29,7 @@
 #include "trainer/engine/moco.h"
 #include "trainer/engine/nn.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
 
 static int fail(const char *what)
 {
@@ -67,6 +70,8 @@ int main(int argc, char **argv)
         return fail(argv[1]);
     const int N = (int)c[0], S = (int)c[1], K = (int)c[2], D = (int)c[3], dirs = c[5] ? 2 : 1;
     par_set_threads(2);
+    /* $MOCO_KERNELS=measure: the kernels training picks (the wisdom), not the rule */
+    if (getenv("MOCO_KERNELS") && !strcmp(getenv("MOCO_KERNELS"), "measure")) tune_configure(TUNE_MEASURE, NULL);
     moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = (int)c[7], .mlp = (int)c[6], .dim = D, .bn_splits = (int)c[4],
                             .batch = N, .size = S, .precision = strcmp(argv[3], "bf16") ? NN_FP32 : NN_BF16,
                             .store = !strcmp(store, "all") ? RN_STORE_ALL : !strcmp(store, "conv") ? RN_STORE_CONV : RN_STORE_FP32},
@@ -102,5 +107,6 @@ int main(int argc, char **argv)
     free(x1), free(x2), free(perm);
     moco_destroy(&mc);
     moco_st_destroy(&st);
+    if (tune_mode() == TUNE_MEASURE) tune_save(); /* the choices, for a look with the wisdom file */
     return rc;
 }
