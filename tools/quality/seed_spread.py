@@ -1,13 +1,17 @@
 """Compare groups of training runs by their kNN curves: per epoch, each group's mean, range and standard deviation,
 the difference between the groups' means, and how many of one group's runs fall inside another group's range.
+Then the pairs: every two runs of one group, every run of one group against every run of the other, and with
+--matched the i-th run of each group against each other (the same batches on one build: issue 13's quality pair),
+each pair judged by issue 13's test, within 1 kNN point at every epoch, and by its largest difference.
 
 What it promises: only arithmetic on the files given. It reads our metrics.jsonl (records with "type":"epoch",
 epochs counted from 0) and moco_ref.py's logs (records with "epoch" counted from 1) alike, and compares the
 epochs that every run of both groups holds.
 
 Usage:
-  python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ...
-The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference).
+  python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ... [--matched]
+The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference; per kind
+of pair: how many pairs, how many within 1 point at every epoch, each pair's largest difference).
 """
 import argparse
 import json
@@ -44,9 +48,17 @@ def stats(values):
     return m, sd, min(values), max(values)
 
 
+def pair_band(pairs, epochs, band=1.0):
+    """Of pairs of curves: how many, how many within band at every epoch, and each pair's largest |difference|."""
+    worst = [max(abs(a[e] - b[e]) for e in epochs) for a, b in pairs]
+    return {"pairs": len(pairs), "within_all_epochs": sum(w <= band for w in worst),
+            "largest_diffs": sorted(round(w, 2) for w in worst)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"))
+    p.add_argument("--matched", action="store_true", help="also pair the i-th run of each group (equal counts)")
     a = p.parse_args()
     if len(a.group) != 2 or any(len(g) < 2 for g in a.group):
         raise SystemExit("seed_spread: give two groups, each a name and at least one file")
@@ -70,7 +82,21 @@ def main():
     worst = max(out, key=lambda r: abs(r["diff"]))
     print(f"largest |difference of means|: {abs(worst['diff']):.2f} at epoch {worst['epoch']}; "
           f"within 1 point at {sum(abs(r['diff']) <= 1 for r in out)} of {len(out)} epochs")
-    print(json.dumps({"groups": {na: len(ra), nb: len(rb)}, "epochs": out}))
+    kinds = [(f"{na} against {na}", [(x, y) for i, x in enumerate(ra) for y in ra[i + 1:]]),
+             (f"{nb} against {nb}", [(x, y) for i, x in enumerate(rb) for y in rb[i + 1:]]),
+             (f"{nb} against {na}, every run", [(x, y) for x in rb for y in ra])]
+    if a.matched:
+        if len(ra) != len(rb):
+            raise SystemExit(f"seed_spread: --matched needs as many {nb} runs as {na} runs ({len(rb)} against {len(ra)})")
+        kinds.append((f"{nb} against {na}, matched", list(zip(rb, ra))))
+    pairs = {}
+    for name, pl in kinds:
+        if not pl:
+            continue
+        pb = pairs[name] = pair_band(pl, epochs)
+        print(f"pairs, {name}: {pb['within_all_epochs']} of {pb['pairs']} within 1 point at every epoch; "
+              f"largest differences {', '.join(f'{w:.2f}' for w in pb['largest_diffs'])}")
+    print(json.dumps({"groups": {na: len(ra), nb: len(rb)}, "epochs": out, "pairs": pairs}))
     return 0
 
 

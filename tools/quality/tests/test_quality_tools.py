@@ -51,6 +51,26 @@ class SeedSpread(unittest.TestCase):
             self.assertAlmostEqual(last["epochs"][1]["sd_ours"], 2.828, places=3)
             self.assertIn("within 1 point at 2 of 3 epochs", r.stdout)
 
+    def test_pairs_within_one_point(self):
+        with tempfile.TemporaryDirectory() as d:
+            a = [write(d, f"a{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)])
+                 for i, c in enumerate([[10, 20, 30], [10.5, 21.2, 30], [10, 20, 30.9]])]
+            b = [write(d, f"b{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)])
+                 for i, c in enumerate([[10, 19.5, 30.5], [12, 20, 30], [10.2, 20.1, 29]])]
+            r = self.run_tool("--matched", "--group", "x", *a, "--group", "y", *b)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            pairs = json.loads(r.stdout.strip().splitlines()[-1])["pairs"]
+            # x: a0-a1 1.2, a0-a2 0.9, a1-a2 1.2; y: b0-b1 2.0, b0-b2 1.5, b1-b2 1.8
+            self.assertEqual(pairs["x against x"], {"pairs": 3, "within_all_epochs": 1, "largest_diffs": [0.9, 1.2, 1.2]})
+            self.assertEqual(pairs["y against y"], {"pairs": 3, "within_all_epochs": 0, "largest_diffs": [1.5, 1.8, 2.0]})
+            every = pairs["y against x, every run"]
+            self.assertEqual((every["pairs"], every["within_all_epochs"]), (9, 3))  # b0-a0, b0-a2, b2-a0
+            self.assertEqual(pairs["y against x, matched"], {"pairs": 3, "within_all_epochs": 1, "largest_diffs": [0.5, 1.5, 1.9]})
+            self.assertIn("pairs, y against x, matched: 1 of 3 within 1 point at every epoch", r.stdout)
+            r = self.run_tool("--matched", "--group", "x", *a, "--group", "y", *b[:2])
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--matched needs as many y runs as x runs (2 against 3)", r.stderr)
+
     def test_errors_name_the_file(self):
         with tempfile.TemporaryDirectory() as d:
             good = write(d, "good", [{"epoch": 1, "knn_top1": 5}])
