@@ -7,6 +7,10 @@
 #  - a second run finds them all in the file: nothing is timed, same choices;
 #  - --kernels rule: the fixed rule, nothing timed, no file;
 #  - the JSON's "build" says release, or sanitize=KIND with a warning;
+#  - on an AVX-512 CPU: both levels of the direct kernels, oneDNN and its
+#    Winograd where they can run; capped at AVX2 (DNNL_MAX_CPU_ISA, and
+#    MOCO_CONV3=1 as a CPU without AVX-512) oneDNN's fp32 kernels without
+#    Winograd, the wisdom keyed by the caps;
 #  - a wisdom line that does not parse is a warning naming the file (the run
 #    goes on and the line is dropped at the next write, here at once: width 4
 #    has new shapes); an unwritable file is a warning too.
@@ -69,6 +73,18 @@ if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
     [ "$n" = "40 0" ] || fail "DNNL_MAX_CPU_ISA=AVX2: want 40 rows, onednn-wino timed on none; got rows and timed: $n"
     grep -q '"build":"[^"]*-dnnl=AVX2"' "$T/w/capped.jsonl" || fail "the capped run's wisdom is not keyed by the cap: $(head -c 300 "$T/w/capped.jsonl")"
     echo "DNNL_MAX_CPU_ISA=AVX2: onednn-wino not a candidate, the wisdom keyed by the cap"
+    # as on a CPU without AVX-512 (MOCO_CONV3=1, oneDNN capped too): oneDNN's fp32 kernels stay candidates on
+    # every pass of kernel size > 1 (the AVX2 transposes, nhwc.h), Winograd on none, the wisdom keyed by both caps
+    MOCO_CONV3=1 DNNL_MAX_CPU_ISA=AVX2 $M $B --wisdom "$T/w/avx2.jsonl" >"$T/a.out" 2>"$T/a.err" || fail "MOCO_CONV3=1: $(tail -3 "$T/a.err")"
+    n=$(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+      for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, ks, "/"); k = ks[1] }
+      for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { r++; if ($(i + 7) != "-") t++; if ($(i + 8) != "-") wi++; if ($(i + 4) != "-") a2++; if (k != 1) w++; break }
+    } END { print r + 0, t + 0, w + 0, wi + 0, a2 + 0 }' "$T/a.out")
+    read -r rows timed want wino a2 <<<"$n"
+    [ "$rows" = 40 ] && [ "$timed" = "$want" ] && [ "$want" -gt 0 ] && [ "$wino" = 0 ] && [ "$a2" = 0 ] ||
+      fail "MOCO_CONV3=1: want 40 rows, onednn timed on every pass of kernel size > 1, onednn-wino and direct-avx2 on none; got rows, timed, want, wino, direct-avx2: $n"
+    grep -q '"build":"[^"]*-dnnl=AVX2-conv3=1"' "$T/w/avx2.jsonl" || fail "the MOCO_CONV3=1 run's wisdom is not keyed by it: $(head -c 300 "$T/w/avx2.jsonl")"
+    echo "MOCO_CONV3=1: onednn timed on all $timed passes of kernel size > 1, no onednn-wino, the wisdom keyed by both caps"
   fi
 fi
 [ "$(wc -l <"$W")" -ge 10 ] || fail "the wisdom file has $(wc -l <"$W") lines"

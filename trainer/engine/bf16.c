@@ -38,6 +38,7 @@
 
 #include "formats/errors.h"
 #include "trainer/engine/conv3.h"
+#include "trainer/engine/nhwc.h"
 #include "trainer/engine/par.h"
 
 #ifdef MOCO_HAVE_DNNL
@@ -237,6 +238,7 @@ struct nn_lowp {
     int n, T;         /* conv: images per primitive call; threads */
     int f32;          /* conv: fp32 operands (nn_conv_onednn), else bf16 */
     int wino;         /* conv: fp32 on oneDNN's Winograd F(4x4,3x3) (nn_conv_onednn_wino), operands in nChw16c */
+    int x512;         /* conv: the transposes in AVX-512 (bf16.c), else in AVX2 (nhwc.c; fp32 only, no nChw16c) */
     dnnl_primitive_t fwd, bwdd, bwdw, r_wf, r_wb, r_dw;
     size_t x_b, y_b, dy_b, dx_b, dwp_b, dwa_b, scr_b, wf_b, wb_b;
     size_t o_a, o_dy, o_dx, o_dwp, o_dwa, o_scr, per_b; /* per-thread layout (bytes) */
@@ -456,12 +458,18 @@ fail:
     return rc;
 }
 
+/* Whether the fp32 path's transposes run in AVX-512 here (else in AVX2) */
+static int onednn_x512(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && conv3_simd() == 2;
+}
+
 int nn_onednn_available(void)
 {
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl") ||
-        !__builtin_cpu_supports("avx512dq") || conv3_simd() < 2)
-        return moco_err(MOCO_EINVAL, "oneDNN's fp32 convolutions run here only on a CPU with AVX-512 (F, BW, VL, DQ), "
-                                     "and not under MOCO_CONV3=0 or 1");
+    if (!onednn_x512() && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && conv3_simd() >= 1))
+        return moco_err(MOCO_EINVAL, "oneDNN's fp32 convolutions run here only on a CPU with AVX2 and FMA, "
+                                     "and not under MOCO_CONV3=0");
     pthread_once(&engine_once, engine_init);
     if (engine_status != dnnl_success)
         return moco_err(MOCO_EINVAL, "oneDNN could not create its CPU engine (status %d)", (int)engine_status);
@@ -501,7 +509,11 @@ static int conv_lowp(nn_conv *d, size_t *work_floats, int f32, int wino)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
-    lp->T = T, lp->f32 = f32, lp->wino = wino;
+    lp->T = T, lp->f32 = f32, lp->wino = wino, lp->x512 = !f32 || onednn_x512();
+    if (wino && !lp->x512) { /* nChw16c: the AVX-512 transposes only */
+        free(lp);
+        return moco_err(MOCO_EINVAL, "oneDNN's Winograd convolutions run here only on a CPU with AVX-512 (F, BW, VL, DQ)");
+    }
     const int n = choose_chunk(d, T, es);
     lp->n = n;
     omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */
@@ -660,8 +672,16 @@ static void planes_to_bf16(uint16_t *dst, const float *src, int C, size_t ld, si
 /* a chunk into the primitives' NHWC input: bf16, or fp32 (lp->f32) */
 static void pack_any(const nn_lowp *lp, void *dst, const void *src, int half, int C, size_t ldc, size_t P, size_t Ppad, size_t bhw)
 {
-    if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad, bhw);
+    if (!lp->x512) nhwc_pack_f32_avx2(dst, src, half, C, ldc, P, Ppad);
+    else if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad, bhw);
     else pack_nhwc(dst, src, half, C, ldc, P, Ppad, bhw);
+}
+
+/* the primitives' NHWC output of a chunk back into (C, N, HW) rows */
+static void unpack_any(const nn_lowp *lp, float *dst, const float *src, int C, size_t ldc, size_t P, int add, size_t bhw)
+{
+    if (lp->x512) unpack_nhwc(dst, src, C, ldc, P, add, bhw);
+    else nhwc_unpack_avx2(dst, src, C, ldc, P, add);
 }
 
 static void fwd_task(void *ctx, int t, int th)
@@ -678,8 +698,8 @@ static void fwd_task(void *ctx, int t, int th)
     seth(m[M_X], w), seth(m[M_Y], w + lp->o_a), seth(m[M_SCR], w + lp->o_scr);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[M_X]}, {DNNL_ARG_WEIGHTS, lp->wf}, {DNNL_ARG_DST, m[M_Y]}, {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
     run(lp->fwd, th, 4, a);
-    unpack_nhwc(j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0,
-                lp->wino ? HWo : 0);
+    unpack_any(lp, j->out + (size_t)n0 * HWo, (const float *)(w + lp->o_a), d->Co, (size_t)d->N * HWo, (size_t)n * HWo, 0,
+               lp->wino ? HWo : 0);
 }
 
 static void mm_fwd_task(void *ctx, int t, int th)
@@ -779,8 +799,8 @@ static void bwd_task(void *ctx, int t, int th)
         dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, m[M_DY]}, {DNNL_ARG_WEIGHTS, lp->wb}, {DNNL_ARG_DIFF_SRC, m[M_DX]},
                                 {DNNL_ARG_SCRATCHPAD, m[M_SCR]}};
         run(lp->bwdd, th, 4, a);
-        unpack_nhwc(j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
-                    !d->dinp_set, lp->wino ? HWi : 0);
+        unpack_any(lp, j->dinp + (size_t)n0 * HWi, (const float *)(w + lp->o_dx), d->Ci, (size_t)d->N * HWi, (size_t)n * HWi,
+                   !d->dinp_set, lp->wino ? HWi : 0);
     }
 }
 

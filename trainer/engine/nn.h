@@ -116,11 +116,13 @@ int nn_bf16_available(void);
 int nn_conv_bf16(nn_conv *d, size_t *work_floats);
 /* The same on oneDNN in fp32 (operands and sums in fp32, as the other fp32
  * kernels). nn_onednn_available: 0, or MOCO_EINVAL and why not (built
- * without oneDNN, no AVX-512, or MOCO_CONV3 below 2). */
+ * without oneDNN, no AVX2 and FMA, or MOCO_CONV3=0). The transposes around
+ * them run in AVX-512, or in AVX2 (nhwc.h) on a CPU without it or under
+ * MOCO_CONV3=1. */
 int nn_onednn_available(void);
 int nn_conv_onednn(nn_conv *d, size_t *work_floats);
 /* The same on oneDNN's Winograd algorithm (its blocked nChw16c layout:
- * the chunks are transposed into it instead of NHWC). */
+ * the chunks are transposed into it instead of NHWC; AVX-512 only). */
 int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats);
 void nn_conv_free(nn_conv *d);
 void nn_lowp_free(nn_lowp **lp);

@@ -82,11 +82,11 @@ static void identify(void)
     /* the build: this program's file, OpenBLAS's kernel set (the GEMM
      * candidates' times depend on it: blascore.h), and oneDNN's instruction
      * set where DNNL_MAX_CPU_ISA caps it (it decides which of its kernels
-     * exist: under AVX2, no Winograd) */
-    const char *isa = getenv("DNNL_MAX_CPU_ISA");
+     * exist: under AVX2, no Winograd), and our own where MOCO_CONV3 caps it */
+    const char *isa = getenv("DNNL_MAX_CPU_ISA"), *c3 = getenv("MOCO_CONV3");
     if (!stat("/proc/self/exe", &st))
-        snprintf(build, sizeof build, "%lld-%lld-%.20s%s%.12s", (long long)st.st_size, (long long)st.st_mtime, blas_core(),
-                 isa && *isa ? "-dnnl=" : "", isa && *isa ? isa : "");
+        snprintf(build, sizeof build, "%lld-%lld-%.20s%s%.12s%s%.4s", (long long)st.st_size, (long long)st.st_mtime, blas_core(),
+                 isa && *isa ? "-dnnl=" : "", isa && *isa ? isa : "", c3 && *c3 ? "-conv3=" : "", c3 && *c3 ? c3 : "");
     else snprintf(build, sizeof build, "unknown");
 }
 
