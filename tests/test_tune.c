@@ -331,6 +331,29 @@ static void test_measure_and_wisdom(void **st)
     assert_int_equal(c2.measured, 1);
     assert_int_equal(c2.algo, NN_ALGO_GEMM);
     assert_null(tune_note());
+    /* an fp32 line of this machine that says bf16 (which can run s1 where the
+     * CPU has it): not taken, so an fp32 run never rounds to bf16 */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
+               "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"bf16\",\"ms\":{\"bf16\":0.001}}\n", tune_cpu(), tune_build());
+    fclose(f);
+    tune_configure(TUNE_MEASURE, path);
+    assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
+    assert_int_equal(c2.measured, 1);
+    assert_int_not_equal(c2.algo, NN_ALGO_BF16);
+    assert_true(c2.ms[NN_ALGO_BF16] < 0);
+    if (nn_bf16_available() == 0) { /* under bf16 the same line is bf16's own: taken */
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"bf16\",\"pass\":\"fwd\","
+                   "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"bf16\",\"ms\":{\"bf16\":0.001}}\n", tune_cpu(), tune_build());
+        fclose(f);
+        tune_configure(TUNE_MEASURE, path);
+        assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_BF16, 1 << 16, &c2), 0);
+        assert_int_equal(c2.measured, 0);
+        assert_int_equal(c2.algo, NN_ALGO_BF16);
+    }
 
     /* linear layers: fp32 has one candidate (OpenBLAS), untimed; under
      * bf16 both are timed and the faster kept, as a "layer":"linear" line

@@ -403,7 +403,11 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
     }
     if (!loaded) load();
     entry *e = find(TUNE_CONV, s, pass, precision);
-    if (e && nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
+    /* a line's choice is taken only where it is a candidate: one that can run
+     * the shape here, and bf16 only under bf16 (an fp32 line that says bf16,
+     * hand-edited or damaged, would otherwise round an fp32 run's operands) */
+    if (e && (precision == NN_BF16 || e->c.algo != NN_ALGO_BF16) &&
+        nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
         *out = e->c;
         out->measured = e->fresh;
         return 0;

@@ -26,7 +26,9 @@
  * that wrote it; other lines are kept as they are. So a run finds the
  * choices its machine made before, and a rebuilt binary or another CPU
  * measures afresh. Lines that do not parse are reported (tune_note) and
- * dropped at the next write. Writes are whole-file (temporary file and
+ * dropped at the next write; a line whose choice is not a candidate (one
+ * that cannot run the shape here, or bf16 on an fp32 line) is measured
+ * afresh and replaced. Writes are whole-file (temporary file and
  * rename, under an flock), so concurrent runs lose at most a choice, never
  * the file. */
 #ifndef TRAINER_TUNE_H
