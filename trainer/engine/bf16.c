@@ -476,10 +476,20 @@ int nn_onednn_available(void)
     return 0;
 }
 
+int nn_onednn_wino_available(void)
+{
+    int rc = nn_onednn_available();
+    if (rc) return rc;
+    if (!onednn_x512()) /* nChw16c: the AVX-512 transposes only */
+        return moco_err(MOCO_EINVAL, "oneDNN's Winograd convolutions run here only on a CPU with AVX-512 (F, BW, VL, DQ), "
+                                     "and not under MOCO_CONV3=1");
+    return 0;
+}
+
 /* The oneDNN state of a convolution: bf16 operands (f32 = 0) or fp32. */
 static int conv_lowp(nn_conv *d, size_t *work_floats, int f32, int wino)
 {
-    int rc = f32 ? nn_onednn_available() : nn_bf16_available();
+    int rc = wino ? nn_onednn_wino_available() : f32 ? nn_onednn_available() : nn_bf16_available();
     if (rc) return rc;
     const dnnl_data_type_t dt = f32 ? dnnl_f32 : dnnl_bf16;
     const size_t es = f32 ? 4 : 2;
@@ -510,10 +520,6 @@ static int conv_lowp(nn_conv *d, size_t *work_floats, int f32, int wino)
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL, wpd = NULL;
     if (!lp) return moco_err(MOCO_ENOMEM, "out of memory");
     lp->T = T, lp->f32 = f32, lp->wino = wino, lp->x512 = !f32 || onednn_x512();
-    if (wino && !lp->x512) { /* nChw16c: the AVX-512 transposes only */
-        free(lp);
-        return moco_err(MOCO_EINVAL, "oneDNN's Winograd convolutions run here only on a CPU with AVX-512 (F, BW, VL, DQ)");
-    }
     const int n = choose_chunk(d, T, es);
     lp->n = n;
     omp_set_num_threads(1); /* the primitives run single-threaded inside the pool's chunks */

@@ -45,6 +45,8 @@ int nn_onednn_available(void)
     return moco_err(MOCO_EINVAL, "this moco was built without oneDNN (libdnnl-dev): no oneDNN fp32 convolutions");
 }
 
+int nn_onednn_wino_available(void) { return nn_onednn_available(); }
+
 int nn_conv_onednn(nn_conv *d, size_t *work_floats)
 {
     (void)d, (void)work_floats;

@@ -193,8 +193,8 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
     case NN_ALGO_LANES: return lanes_ok(Ci, H, W, Co, k, stride, pad);
     case NN_ALGO_BF16: return nn_bf16_available() == 0;
     case NN_ALGO_ONEDNN: return k > 1 && nn_onednn_available() == 0;
-    case NN_ALGO_WINO: /* nChw16c: AVX-512's transposes (bf16.c) */
-        return k == 3 && stride == 1 && pad == 1 && Ci % 16 == 0 && Co % 16 == 0 && conv3_simd() == 2 && nn_onednn_available() == 0;
+    case NN_ALGO_WINO:
+        return k == 3 && stride == 1 && pad == 1 && Ci % 16 == 0 && Co % 16 == 0 && nn_onednn_wino_available() == 0;
     }
     return 0;
 }

@@ -77,7 +77,7 @@ enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_A
 /* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn" "onednn-wino".
  * onednn-wino: fp32 on oneDNN's Winograd F(4x4, 3x3) (nn_conv_onednn_wino),
  * 3x3 stride-1 pad-1 convolutions with channel counts multiples of 16, on
- * an AVX-512 CPU; it rounds differently from a direct sum (the transforms:
+ * an AVX-512 CPU (nn_onednn_wino_available); it rounds differently from a direct sum (the transforms:
  * 0.6-1.2e-6 of the largest output in tests/test_tune.c, against 0.1-0.6e-6
  * for the direct sums; the test holds every kernel to 2e-5). direct runs the
  * direct kernels at this CPU's best level (conv3_simd); direct-avx2, a
@@ -121,6 +121,10 @@ int nn_conv_bf16(nn_conv *d, size_t *work_floats);
  * MOCO_CONV3=1. */
 int nn_onednn_available(void);
 int nn_conv_onednn(nn_conv *d, size_t *work_floats);
+/* Whether oneDNN's Winograd kernels can run here: 0, or MOCO_EINVAL and why
+ * not (nn_onednn_available's reasons, or no AVX-512: its nChw16c layout has
+ * AVX-512 transposes only; MOCO_CONV3=1 caps them at AVX2). */
+int nn_onednn_wino_available(void);
 /* The same on oneDNN's Winograd algorithm (its blocked nChw16c layout:
  * the chunks are transposed into it instead of NHWC; AVX-512 only). */
 int nn_conv_onednn_wino(nn_conv *d, size_t *work_floats);
