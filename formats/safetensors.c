@@ -13,6 +13,7 @@
 
 #include "formats/errors.h"
 #include "formats/json.h"
+#include "formats/replace.h"
 
 struct moco_st {
     uint8_t *buf;      /* the whole file */
@@ -341,8 +342,13 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
         free(h.p);
         return moco_err(MOCO_ENOMEM, "%s: out of memory for the header", path);
     }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    char target[4096], tmp[4200];
+    int trc = moco_replace_target(path, target, sizeof target); /* never renamed onto /dev/null or a directory */
+    if (trc) {
+        free(h.p);
+        return trc;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", target);
     FILE *f = fopen(tmp, "wb");
     if (!f) {
         free(h.p);
@@ -360,7 +366,7 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int e2 = errno;
     if (fclose(f) != 0) ok = 0;
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok || rename(tmp, target) != 0) {
         if (ok) e2 = errno;
         unlink(tmp);
         return moco_err(MOCO_EIO, "write %s: %s", path, strerror(e2));

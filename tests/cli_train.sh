@@ -91,6 +91,16 @@ $M export $CK --out "$T/bb.st" >/dev/null && $M export $CK --out "$T/wh.st" --wi
 head -c 65536 "$T/bb.st" | grep -aq '"layer4.1.bn2.running_var"' || fail "export: no backbone tensors"
 head -c 65536 "$T/bb.st" | grep -aq '"fc.weight"' && fail "export: the head should be dropped by default"
 head -c 65536 "$T/wh.st" | grep -aq '"fc.weight"' || fail "export --with-head: no fc.weight"
+# an output that is not a regular file (a FIFO here, as /dev/null would be
+# for root) is refused by name and left as it is: export's safetensors, embed's .npy
+mkfifo "$T/out.fifo" "$T/out.npy"
+for c in "export $CK --out $T/out.fifo" "embed $CK $E --out $T/out.npy"; do
+  o=${c##* }
+  err=$($M $c 2>&1 >/dev/null); rc=$?
+  [ $rc -eq 1 ] && [[ $err == *"$o is a FIFO, not a regular file"* ]] && [ -p "$o" ] \
+    || fail "moco $c (a FIFO): rc $rc, '$err', $(ls -l "$o")"
+done
+[ "$(ls "$T" | grep -c '^out\.')" -eq 2 ] || fail "export onto a FIFO left files: $(ls "$T" | grep '^out\.')"
 $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
   | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
 $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>&1

@@ -22,6 +22,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/replace.h"
 #include "formats/safetensors.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/evalmodel.h"
@@ -93,14 +94,16 @@ int export_main(int argc, char **argv)
  * (rows, cols) or 1-D (cols 0); written to path.tmp, then renamed */
 static int write_npy(const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
 {
-    char hdr[256], tmp[1200];
+    char hdr[256], target[1100], tmp[1200];
+    int rc = moco_replace_target(path, target, sizeof target); /* never renamed onto /dev/null or a directory */
+    if (rc) return rc;
     int n = cols ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }", descr,
                             (long long)rows, (long long)cols)
                  : snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,), }", descr, (long long)rows);
     int total = (10 + n + 1 + 63) / 64 * 64; /* magic, version, length, dict, padding, newline */
     memset(hdr + n, ' ', (size_t)(total - 10 - n - 1));
     hdr[total - 10 - 1] = '\n';
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", target);
     FILE *f = fopen(tmp, "wb");
     if (!f) return moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno));
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)((total - 10) & 0xff), (uint8_t)((total - 10) >> 8)};
@@ -108,7 +111,7 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)(total - 10), f) == (size_t)(total - 10) &&
              fwrite(data, elem, cnt, f) == cnt;
     ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path)) {
+    if (!ok || rename(tmp, target)) {
         unlink(tmp);
         return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno));
     }

@@ -47,6 +47,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/replace.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/dist.h"
 #include "trainer/evalmodel.h"
@@ -295,12 +296,14 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
 static int metrics_rewind(const char *path, int64_t step, int *dropped)
 {
     *dropped = 0;
-    FILE *in = fopen(path, "r");
+    char target[4200], tmp[4400], *line = NULL;
+    int rc = moco_replace_target(path, target, sizeof target); /* a FIFO there would block the read */
+    if (rc) return rc;
+    FILE *in = fopen(target, "r");
     if (!in) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "cannot read %s: %s", path, strerror(errno));
-    char tmp[4400], *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", target);
     FILE *out = fopen(tmp, "w");
     if (!out) { fclose(in); return moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno)); }
     while ((len = getline(&line, &cap, in)) > 0) {
@@ -313,7 +316,7 @@ static int metrics_rewind(const char *path, int64_t step, int *dropped)
     int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
     ok = fclose(out) == 0 && ok;
     if (!*dropped) { unlink(tmp); return 0; }
-    if (!ok || rename(tmp, path)) { unlink(tmp); return moco_err(MOCO_EIO, "cannot rewrite %s: %s", path, strerror(errno)); }
+    if (!ok || rename(tmp, target)) { unlink(tmp); return moco_err(MOCO_EIO, "cannot rewrite %s: %s", path, strerror(errno)); }
     return 0;
 }
 

@@ -19,6 +19,7 @@
 #include "formats/errors.h"
 #include "formats/json.h"
 #include "formats/jsonw.h"
+#include "formats/replace.h"
 #include "formats/rng.h"
 #include "trainer/engine/blascore.h"
 #include "trainer/engine/par.h"
@@ -182,6 +183,10 @@ static void load(void)
 {
     loaded = 1;
     identify();
+    if (moco_regular_or_absent(path) < 0) { /* a FIFO would block the read; /dev/null reads as empty */
+        snprintf(note, sizeof note, "wisdom file: %s; not read", moco_errmsg());
+        return;
+    }
     FILE *f = fopen(path, "r");
     if (!f) return;
     char *line = NULL;
@@ -245,12 +250,18 @@ int tune_save(void)
     int fresh = 0;
     for (int i = 0; i < ntab; i++) fresh += tab[i].fresh;
     if (mode != TUNE_MEASURE || !fresh) return 0;
-    char lock[sizeof path + 8], tmp[sizeof path + 32];
-    snprintf(lock, sizeof lock, "%s.lock", path);
-    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    char target[sizeof path], lock[sizeof path + 8], tmp[sizeof path + 32];
     int lfd = -1, rc = 0;
     FILE *in = NULL, *out = NULL;
-    if (mkdirs(path) || (lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0 || flock(lfd, LOCK_EX)) {
+    if (mkdirs(path)) return moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
+    if ((rc = moco_replace_target(path, target, sizeof target))) { /* /dev/null, a directory: never renamed onto */
+        char msg[1100];
+        snprintf(msg, sizeof msg, "%s", moco_errmsg());
+        return moco_err(MOCO_EIO, "cannot write the wisdom file: %s", msg);
+    }
+    snprintf(lock, sizeof lock, "%s.lock", target);
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", target, (int)getpid());
+    if ((lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0 || flock(lfd, LOCK_EX)) {
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
         goto out;
     }
@@ -259,7 +270,7 @@ int tune_save(void)
         goto out;
     }
     /* the file's lines, less ours that we replace and those that do not parse */
-    if ((in = fopen(path, "r"))) {
+    if ((in = fopen(target, "r"))) {
         char *line = NULL;
         size_t cap = 0;
         ssize_t len;
@@ -278,7 +289,7 @@ int tune_save(void)
     int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
     ok = fclose(out) == 0 && ok;
     out = NULL;
-    if (!ok || rename(tmp, path)) {
+    if (!ok || rename(tmp, target)) {
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
         unlink(tmp);
         goto out;

@@ -28,7 +28,9 @@
  * measures afresh. Lines that do not parse are reported (tune_note) and
  * dropped at the next write; a line whose choice is not a candidate (one
  * that cannot run the shape here, or bf16 on an fp32 line) is measured
- * afresh and replaced. Writes are whole-file (temporary file and
+ * afresh and replaced. A path that is not a regular file (/dev/null, a
+ * FIFO) is neither read nor replaced (formats/replace.h): a warning, and
+ * the kernels are timed in every run; a symbolic link is written through. Writes are whole-file (temporary file and
  * rename, under an flock), so concurrent runs lose at most a choice, never
  * the file. */
 #ifndef TRAINER_TUNE_H

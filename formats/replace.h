@@ -1,0 +1,26 @@
+/* replace.h: where a file written by "a temporary file beside it, then a
+ * rename" may land, so that the rename never replaces what is not a regular
+ * file of ours.
+ *
+ * Promise: moco_replace_target gives the path to write the temporary file
+ * beside and to rename onto: the path itself (a regular file, or nothing yet),
+ * or, for a symbolic link, the regular file it names, so that the link stays a
+ * link. Anything else there (a device such as /dev/null, a directory, a FIFO,
+ * a socket, a link to one of those or to nothing) is refused with MOCO_EIO and
+ * a message naming the path: as root, a rename onto /dev/null would put a
+ * plain file in its place. */
+#ifndef MOCO_REPLACE_H
+#define MOCO_REPLACE_H
+
+#include <stddef.h>
+
+/* 0 and target (cap bytes) set, or MOCO_EIO (not a regular file, or the path
+ * cannot be examined), or MOCO_EINVAL (the resolved path does not fit). */
+int moco_replace_target(const char *path, char *target, size_t cap);
+
+/* Whether path names a regular file that can be opened for reading without
+ * blocking: 1; 0 when it does not exist; MOCO_EIO (with a message naming it)
+ * when it is something else (a FIFO would block the reader forever). */
+int moco_regular_or_absent(const char *path);
+
+#endif
