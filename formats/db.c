@@ -254,11 +254,12 @@ static int check_file(const char *dir, uint64_t *data_end, uint64_t *ino)
     struct stat st;
     int rc = 0;
     snprintf(f, sizeof f, "%s/data.mdb", dir);
-    int fd = open(f, O_RDONLY | O_CLOEXEC);
+    int fd = open(f, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open: refused below */
     if (fd < 0)
         return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "%s: cannot open dataset: %s", dir,
                         strerror(errno));
     if (fstat(fd, &st) != 0) { rc = moco_err(MOCO_EIO, "%s: %s", f, strerror(errno)); goto out; }
+    if (!S_ISREG(st.st_mode)) { rc = moco_err(MOCO_ECORRUPT, "%s: not a regular file", f); goto out; }
     for (unsigned i = 0; i < 2; i++) {
         off_t off = i ? (off_t)m[0].psize : 0;
         ssize_t n = pread(fd, b, sizeof b, off);

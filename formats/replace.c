@@ -2,6 +2,8 @@
 #include "formats/replace.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,4 +55,38 @@ int moco_regular_or_absent(const char *path)
     if (stat(path, &st) != 0) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "cannot examine %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) return moco_err(MOCO_EIO, "%s is %s, not a regular file", path, kind(st.st_mode));
     return 1;
+}
+
+FILE *moco_fopen_regular(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), e;
+    if (fd < 0) {
+        e = errno;
+        moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(e));
+        errno = e;
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        e = errno;
+        close(fd);
+        moco_err(MOCO_EIO, "cannot examine %s: %s", path, strerror(e));
+        errno = e;
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        moco_err(MOCO_EIO, "%s is %s, not a regular file", path, kind(st.st_mode));
+        errno = EINVAL;
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    FILE *f = fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ? NULL : fdopen(fd, "r");
+    if (!f) {
+        e = errno;
+        close(fd);
+        moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(e));
+        errno = e;
+    }
+    return f;
 }

@@ -1,4 +1,7 @@
-/* replace.h: where a file written by "a temporary file beside it, then a
+/* replace.h: reading and replacing files at paths a user names, without
+ * blocking on a FIFO or replacing a device.
+ *
+ * Where a file written by "a temporary file beside it, then a
  * rename" may land, so that the rename never replaces what is not a regular
  * file of ours.
  *
@@ -13,6 +16,7 @@
 #define MOCO_REPLACE_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* 0 and target (cap bytes) set, or MOCO_EIO (not a regular file, or the path
  * cannot be examined), or MOCO_EINVAL (the resolved path does not fit). */
@@ -22,5 +26,10 @@ int moco_replace_target(const char *path, char *target, size_t cap);
  * blocking: 1; 0 when it does not exist; MOCO_EIO (with a message naming it)
  * when it is something else (a FIFO would block the reader forever). */
 int moco_regular_or_absent(const char *path);
+
+/* fopen(path, "r") of a regular file only, without ever blocking in the
+ * open (a FIFO is refused, not waited on): the stream, or NULL with errno
+ * set (EINVAL for what is not a regular file) and a message naming path. */
+FILE *moco_fopen_regular(const char *path);
 
 #endif

@@ -192,7 +192,7 @@ int moco_st_parse(const void *buf, size_t len, const char *what, moco_st **out)
 
 int moco_st_open(const char *path, moco_st **out)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open: refused below */
     if (fd < 0) return moco_err(MOCO_EIO, "open %s: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {

@@ -9,6 +9,7 @@
  * IDX: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], big-endian header. */
 #include "loader/sources.h"
 #include "formats/errors.h"
+#include "formats/replace.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -233,7 +234,7 @@ static int keep_blob(mk_source *s, uint8_t *b)
 static int cifar_classes(mk_source *s, const char *dir)
 {
     char *p = join(dir, "batches.meta.txt");
-    FILE *f = p ? fopen(p, "r") : NULL;
+    FILE *f = p ? moco_fopen_regular(p) : NULL; /* absent or not a regular file: the standard names */
     free(p);
     int rc = 0;
     if (f) {

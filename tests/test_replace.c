@@ -75,6 +75,18 @@ static void test_target(void **s)
     assert_int_equal(moco_regular_or_absent(fifo), MOCO_EIO);
     assert_non_null(strstr(moco_errmsg(), "a FIFO"));
     assert_int_equal(moco_regular_or_absent(sub), MOCO_EIO);
+    /* reading: a regular file opens, a FIFO is refused at once (no writer is ever coming), nothing is ENOENT */
+    FILE *r = moco_fopen_regular(reg);
+    assert_non_null(r);
+    assert_int_equal(fgetc(r), 'x');
+    fclose(r);
+    errno = 0;
+    assert_null(moco_fopen_regular(fifo));
+    assert_int_equal(errno, EINVAL);
+    assert_non_null(strstr(moco_errmsg(), fifo));
+    assert_non_null(strstr(moco_errmsg(), "a FIFO"));
+    assert_null(moco_fopen_regular(none));
+    assert_int_equal(errno, ENOENT);
     /* too small a buffer: an error, not a cut path */
     char small[8];
     assert_int_equal(moco_replace_target(reg, small, sizeof small), MOCO_EINVAL);

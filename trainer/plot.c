@@ -13,6 +13,7 @@
 
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "formats/replace.h"
 #include "trainer/plot.h"
 
 const char *const plot_panel_titles[4] = {"InfoNCE loss (nats)", "contrastive top-1 accuracy (%)", "kNN top-1 accuracy (%)",
@@ -150,7 +151,7 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
  * returns the number of epochs, -1 if path cannot be read */
 static double load(const char *path, series *loss, series *acc, series *knn, series *speed)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = moco_fopen_regular(path); /* a FIFO is refused, not waited on */
     if (!f) return -1;
     double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
     char line[8192];
@@ -199,7 +200,7 @@ int plot_main(int argc, char **argv)
     static series loss, acc, knn, speed, closs, cacc, cknn, cspeed;
     double epochs = load(path, &loss, &acc, &knn, &speed), cepochs = 0;
     if (epochs < 0) {
-        fprintf(stderr, "moco plot: cannot read %s\n", path);
+        fprintf(stderr, "moco plot: cannot read %s: %s\n", path, moco_errmsg());
         return 1;
     }
     if (epochs == 0) {
@@ -208,11 +209,11 @@ int plot_main(int argc, char **argv)
     }
     if (compare) {
         snprintf(cpath, sizeof cpath, "%s/metrics.jsonl", compare);
-        FILE *d = fopen(cpath, "r");
+        FILE *d = moco_fopen_regular(cpath);
         if (d) fclose(d);
         else snprintf(cpath, sizeof cpath, "%s", compare);
         if ((cepochs = load(cpath, &closs, &cacc, &cknn, &cspeed)) <= 0) {
-            fprintf(stderr, "moco plot: %s: %s\n", cpath, cepochs < 0 ? "cannot read it" : "no per-epoch records");
+            fprintf(stderr, "moco plot: %s: %s\n", cpath, cepochs < 0 ? moco_errmsg() : "no per-epoch records");
             return 1;
         }
         if (cepochs > epochs) epochs = cepochs;

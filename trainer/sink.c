@@ -18,6 +18,7 @@
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/record.h"
+#include "formats/replace.h"
 #include "trainer/stream.h"
 
 static volatile sig_atomic_t stop_flag;
@@ -26,8 +27,8 @@ static void on_signal(int s) { (void)s; stop_flag = 1; }
 /* Read "index" lines into a bitmap of count bits. */
 static int load_indices(const char *path, uint64_t count, uint8_t **bm)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return moco_err(MOCO_EIO, "cannot open %s", path);
+    FILE *f = moco_fopen_regular(path); /* a FIFO is refused, not waited on; the message names path */
+    if (!f) return MOCO_EIO;
     *bm = calloc((size_t)((count + 7) / 8), 1);
     unsigned long long i;
     int rc = 0;

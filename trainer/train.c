@@ -404,7 +404,7 @@ static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, 
                           int64_t step, int64_t steps_per_epoch, int ranks)
 {
     if (epoch < 1) return 0;
-    FILE *in = fopen(mpath, "r");
+    FILE *in = moco_fopen_regular(mpath); /* a FIFO is refused, not waited on */
     if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
     char want[96], *line = NULL;
     size_t cap = 0, wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%lld,", (long long)(epoch - 1));

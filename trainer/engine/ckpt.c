@@ -90,6 +90,7 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     uint8_t b8[8];
     struct stat sb;
     if (fstat(fd, &sb)) return moco_err(MOCO_EIO, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return moco_err(MOCO_EIO, "%s: not a regular file", path);
     if (pread(fd, b8, 8, 0) != 8) return moco_err(MOCO_ECORRUPT, "%s: shorter than a safetensors header", path);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | b8[i];
@@ -165,7 +166,7 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
 int ckpt_read_config(const char *path, ckpt_config *cfg)
 {
     char config[4096], crc[32];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO: refused by read_meta, not waited on */
     if (fd < 0) return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
     int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
     close(fd);
@@ -224,7 +225,7 @@ int ckpt_open(const char *path, moco_st **out, ckpt_config *cfg)
         if (stat(path, &a))
             return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
         if ((rc = moco_st_open(path, &f))) return rc;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0) { rc = moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno)); goto fail; }
         rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
         int same = !fstat(fd, &b) && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
