@@ -90,3 +90,17 @@ FILE *moco_fopen_regular(const char *path)
     }
     return f;
 }
+
+FILE *moco_create_tmp(const char *tmp)
+{
+    (void)unlink(tmp); /* a stale one; what cannot be removed (a directory) fails the open below */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644), e;
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (!f) {
+        e = errno;
+        if (fd >= 0) close(fd), unlink(tmp);
+        moco_err(MOCO_EIO, "cannot create %s: %s", tmp, strerror(e));
+        errno = e;
+    }
+    return f;
+}

@@ -27,6 +27,13 @@ int moco_replace_target(const char *path, char *target, size_t cap);
  * when it is something else (a FIFO would block the reader forever). */
 int moco_regular_or_absent(const char *path);
 
+/* The temporary file beside a target, made new for writing ("wb"): a stale
+ * one (a crashed writer's) is removed first, and the file is created
+ * exclusively without following a symbolic link, so that a link planted at
+ * the temporary name (in /tmp, say) never sends the write to the file it
+ * names. NULL with errno set and a message naming tmp. */
+FILE *moco_create_tmp(const char *tmp);
+
 /* fopen(path, "r") of a regular file only, without ever blocking in the
  * open (a FIFO is refused, not waited on): the stream, or NULL with errno
  * set (EINVAL for what is not a regular file) and a message naming path. */

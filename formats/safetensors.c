@@ -349,10 +349,10 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
         return trc;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *f = fopen(tmp, "wb");
+    FILE *f = moco_create_tmp(tmp); /* never through a link planted at the temporary name */
     if (!f) {
         free(h.p);
-        return moco_err(MOCO_EIO, "create %s: %s", tmp, strerror(errno));
+        return MOCO_EIO;
     }
     uint8_t hl[8];
     for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)h.n >> (8 * i));

@@ -2,8 +2,10 @@
  * temporary file onto a path (checkpoints through moco_st_write, the
  * wisdom file through tune_save): none of them replaces what is not a
  * regular file (a FIFO and a directory stand in here for /dev/null, which
- * a rename run as root would replace with a plain file), and a symbolic
- * link to a regular file stays a link while the file it names is written. */
+ * a rename run as root would replace with a plain file), a symbolic link
+ * to a regular file stays a link while the file it names is written, and
+ * a link planted at the temporary name is never written through. Readers
+ * (moco_fopen_regular, the wisdom file) refuse a FIFO at once. */
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -123,6 +125,24 @@ static void test_checkpoint_writer(void **s)
     assert_int_equal(moco_st_read(st, "w", MOCO_ST_F32, 1, (int64_t[]){4}, got), 0);
     assert_memory_equal(got, w, sizeof w);
     moco_st_destroy(&st);
+
+    /* a link planted at the temporary name: removed, never written through */
+    const char *victim = at(5, d, "victim"), *out = at(6, d, "planted.safetensors"), *plant = at(7, d, "planted.safetensors.tmp");
+    f = fopen(victim, "w");
+    assert_non_null(f);
+    fputs("precious\n", f);
+    fclose(f);
+    assert_int_equal(symlink("victim", plant), 0);
+    assert_int_equal(moco_st_write(out, e, 1, NULL, 0), 0);
+    size_t vlen = 0;
+    uint8_t *v = tu_read_file(victim, &vlen);
+    assert_int_equal(vlen, 9);
+    assert_memory_equal(v, "precious\n", 9);
+    free(v);
+    assert_false(tu_exists(plant));
+    assert_int_equal(kind_of(out), S_IFREG);
+    assert_int_equal(moco_st_open(out, &st), 0);
+    moco_st_destroy(&st);
 }
 
 static void on_alarm(int sig)
@@ -176,6 +196,27 @@ static void test_wisdom_writer(void **s)
     tune_configure(TUNE_MEASURE, link); /* read back through the link: not timed */
     assert_int_equal(tune_conv(&sh, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
     assert_int_equal(c.measured, 0);
+
+    /* a link planted at the temporary name (path.PID.tmp) is not written through */
+    const char *victim = at(4, d, "victim"), *out = at(5, d, "planted.jsonl");
+    char plant[4300];
+    snprintf(plant, sizeof plant, "%s.%d.tmp", out, (int)getpid());
+    f = fopen(victim, "w");
+    assert_non_null(f);
+    fputs("precious\n", f);
+    fclose(f);
+    assert_int_equal(symlink("victim", plant), 0);
+    tune_configure(TUNE_MEASURE, out);
+    assert_int_equal(tune_conv(&sh, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
+    assert_int_equal(tune_save(), 0);
+    text = tu_read_file(victim, &len);
+    assert_int_equal(len, 9);
+    assert_memory_equal(text, "precious\n", 9);
+    free(text);
+    assert_false(tu_exists(plant));
+    text = tu_read_file(out, &len);
+    assert_non_null(strstr((const char *)text, "\"shape\":[8,16,4,4,16,1,1,0]"));
+    free(text);
     tune_configure(TUNE_RULE, NULL);
 }
 

@@ -304,8 +304,8 @@ static int metrics_rewind(const char *path, int64_t step, int *dropped)
     size_t cap = 0;
     ssize_t len;
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *out = fopen(tmp, "w");
-    if (!out) { fclose(in); return moco_err(MOCO_EIO, "cannot write %s: %s", tmp, strerror(errno)); }
+    FILE *out = moco_create_tmp(tmp);
+    if (!out) { fclose(in); return MOCO_EIO; }
     while ((len = getline(&line, &cap, in)) > 0) {
         const char *p = strstr(line, "\"step\":");
         if (line[len - 1] != '\n' || (p && strtoll(p + 7, NULL, 10) > step)) { (*dropped)++; continue; }

@@ -265,7 +265,7 @@ int tune_save(void)
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
         goto out;
     }
-    if (!(out = fopen(tmp, "w"))) {
+    if (!(out = moco_create_tmp(tmp))) {
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", tmp, strerror(errno));
         goto out;
     }
