@@ -10,5 +10,5 @@ out=$(timeout 400 /usr/bin/python3 -m unittest discover -s tools/quality/tests -
 rc=$?
 echo "$out" | tail -n 22
 [ $rc -eq 0 ] || { echo "FAIL: tools/quality unit tests"; exit 1; }
-echo "$out" | grep -q "^Ran 8 tests" || { echo "FAIL: expected 8 tests"; exit 1; }
+echo "$out" | grep -q "^Ran 9 tests" || { echo "FAIL: expected 9 tests"; exit 1; }
 echo "tools/quality: unit tests passed"

@@ -3,15 +3,21 @@ the difference between the groups' means, and how many of one group's runs fall 
 Then the pairs: every two runs of one group, every run of one group against every run of the other, and with
 --matched the i-th run of each group against each other (the same batches on one build: issue 13's quality pair),
 each pair judged by issue 13's test, within 1 kNN point at every epoch, and by its largest difference.
+With --equivalence M, the two groups' means are tested for equivalence within M points at each epoch, the way a
+claim "within a margin" is tested when single runs scatter more than the margin: two one-sided tests at 5% each
+(TOST), i.e. the 90% confidence interval of the difference of the means (Welch: unequal variances, the
+Welch-Satterthwaite degrees of freedom) must lie inside (-M, M).
 
 What it promises: only arithmetic on the files given. It reads our metrics.jsonl (records with "type":"epoch",
 epochs counted from 0) and moco_ref.py's logs (records with "epoch" counted from 1) alike, and compares the
 epochs that every run of both groups holds.
 
 Usage:
-  python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ... [--matched]
+  python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ...
+      [--matched] [--equivalence 1]
 The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference; per kind
-of pair: how many pairs, how many within 1 point at every epoch, each pair's largest difference).
+of pair: how many pairs, how many within 1 point at every epoch, each pair's largest difference; with
+--equivalence, each epoch's interval and how many epochs are equivalent).
 """
 import argparse
 import json
@@ -48,6 +54,37 @@ def stats(values):
     return m, sd, min(values), max(values)
 
 
+def t_quantile(p, df):
+    """Student's t quantile for 0.5 < p < 1 (no SciPy here): the density integrated by Simpson's rule, bisected."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(t, n=2000):
+        h = t / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[n] + 4 * sum(f[1:n:2]) + 2 * sum(f[2:n:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def welch_interval(a, b, level=0.90):
+    """The two-sided `level` confidence interval of mean(b) - mean(a), Welch's."""
+    ma, sa = stats(a)[:2]
+    mb, sb = stats(b)[:2]
+    va, vb = sa * sa / len(a), sb * sb / len(b)
+    d = mb - ma
+    if va + vb == 0:
+        return d, d
+    df = (va + vb) ** 2 / ((va * va / (len(a) - 1) if len(a) > 1 else 0) + (vb * vb / (len(b) - 1) if len(b) > 1 else 0))
+    q = t_quantile(0.5 + level / 2, df) * math.sqrt(va + vb)
+    return d - q, d + q
+
+
 def pair_band(pairs, epochs, band=1.0):
     """Of pairs of curves: how many, how many within band at every epoch, and each pair's largest |difference|."""
     worst = [max(abs(a[e] - b[e]) for e in epochs) for a, b in pairs]
@@ -59,9 +96,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"))
     p.add_argument("--matched", action="store_true", help="also pair the i-th run of each group (equal counts)")
+    p.add_argument("--equivalence", type=float, metavar="M",
+                   help="test the means for equivalence within M points at each epoch (TOST, 5%% each side)")
     a = p.parse_args()
     if len(a.group) != 2 or any(len(g) < 2 for g in a.group):
         raise SystemExit("seed_spread: give two groups, each a name and at least one file")
+    if a.equivalence is not None and (not a.equivalence > 0 or any(len(g) < 3 for g in a.group)):
+        raise SystemExit("seed_spread: --equivalence needs a margin above 0 and at least two runs in each group")
     groups = [(g[0], [knn_curve(f) for f in g[1:]]) for g in a.group]
     epochs = sorted(set.intersection(*[set(c) for _, runs in groups for c in runs]))
     if not epochs:
@@ -89,6 +130,16 @@ def main():
         if len(ra) != len(rb):
             raise SystemExit(f"seed_spread: --matched needs as many {nb} runs as {na} runs ({len(rb)} against {len(ra)})")
         kinds.append((f"{nb} against {na}, matched", list(zip(rb, ra))))
+    result = {"groups": {na: len(ra), nb: len(rb)}, "epochs": out}
+    if a.equivalence is not None:
+        m, eq = a.equivalence, []
+        for r, e in zip(out, epochs):
+            lo, hi = welch_interval([c[e] for c in ra], [c[e] for c in rb])
+            eq.append({"epoch": e, "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
+        print(f"equivalence of the means within {m:g} point{'' if m == 1 else 's'} (TOST, 5% each side: the 90% interval of {nb} - {na} "
+              f"inside (-{m:g}, {m:g})): {sum(q['equivalent'] for q in eq)} of {len(eq)} epochs; intervals "
+              + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in eq))
+        result["equivalence"] = {"margin": m, "epochs_equivalent": sum(q["equivalent"] for q in eq), "per_epoch": eq}
     pairs = {}
     for name, pl in kinds:
         if not pl:
@@ -96,7 +147,8 @@ def main():
         pb = pairs[name] = pair_band(pl, epochs)
         print(f"pairs, {name}: {pb['within_all_epochs']} of {pb['pairs']} within 1 point at every epoch; "
               f"largest differences {', '.join(f'{w:.2f}' for w in pb['largest_diffs'])}")
-    print(json.dumps({"groups": {na: len(ra), nb: len(rb)}, "epochs": out, "pairs": pairs}))
+    result["pairs"] = pairs
+    print(json.dumps(result))
     return 0
 
 

@@ -71,6 +71,35 @@ class SeedSpread(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("--matched needs as many y runs as x runs (2 against 3)", r.stderr)
 
+    def test_equivalence_of_means(self):
+        import seed_spread
+        # Student's t quantiles from the tables, without SciPy
+        for p, df, want in [(0.95, 10, 1.8125), (0.975, 5, 2.5706), (0.95, 1, 6.3138), (0.95, 4, 2.1318)]:
+            self.assertAlmostEqual(seed_spread.t_quantile(p, df), want, places=3)
+        with tempfile.TemporaryDirectory() as d:
+            # epoch 1: means 0.1 apart, 90% interval 0.1 +- 2.1318 * sqrt(0.08 / 3) = [-0.248, +0.448]: equivalent;
+            # epoch 2: means 0.9 apart (within 1), interval [+0.552, +1.248]: not shown equivalent within 1
+            A = [(10.0, 20.0), (10.2, 20.2), (10.4, 20.4)]
+            B = [(10.1, 20.9), (10.3, 21.1), (10.5, 21.3)]
+            fa = [write(d, f"a{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(A)]
+            fb = [write(d, f"b{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(B)]
+            r = self.run_tool("--equivalence", "1", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            eq = json.loads(r.stdout.strip().splitlines()[-1])["equivalence"]
+            self.assertEqual(eq["epochs_equivalent"], 1)
+            self.assertEqual([q["equivalent"] for q in eq["per_epoch"]], [True, False])
+            self.assertAlmostEqual(eq["per_epoch"][0]["lo"], -0.248, places=2)
+            self.assertAlmostEqual(eq["per_epoch"][0]["hi"], 0.448, places=2)
+            self.assertAlmostEqual(eq["per_epoch"][1]["lo"], 0.552, places=2)
+            self.assertAlmostEqual(eq["per_epoch"][1]["hi"], 1.248, places=2)
+            self.assertIn("1 of 2 epochs", r.stdout)
+            # a margin of 1.5 takes epoch 2 in too; one run in a group has no spread to test with
+            r = self.run_tool("--equivalence", "1.5", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["equivalence"]["epochs_equivalent"], 2)
+            r = self.run_tool("--equivalence", "1", "--group", "a", *fa, "--group", "b", fb[0])
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("at least two runs", r.stderr)
+
     def test_errors_name_the_file(self):
         with tempfile.TemporaryDirectory() as d:
             good = write(d, "good", [{"epoch": 1, "knn_top1": 5}])
