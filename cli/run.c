@@ -451,8 +451,17 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                  tm.tm_hour, tm.tm_min, tm.tm_sec, (int)getpid());
         run_dir = rdir;
     }
+    struct stat rst;
     if (mkdir(run_dir, 0755) && errno != EEXIST) {
         fprintf(stderr, "moco run: cannot create %s: %s\n", run_dir, strerror(errno));
+        return 1;
+    }
+    if (stat(run_dir, &rst) != 0) {
+        fprintf(stderr, "moco run: --run-dir %s: %s\n", run_dir, strerror(errno));
+        return 1;
+    }
+    if (!S_ISDIR(rst.st_mode)) { /* /dev/null, a file: said here, before any process starts */
+        fprintf(stderr, "moco run: --run-dir %s: not a directory\n", run_dir);
         return 1;
     }
     if (!mkdtemp(sockdir)) { /* mode 0700 */

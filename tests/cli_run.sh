@@ -36,6 +36,10 @@ grep -q '"ok":true' "$T/r2/sink.json" || fail "r2 not ok"
 [ -n "$victim" ] || fail "found no worker of the run to kill"
 grep -q "died" "$T/r2.err" || fail "the killed worker $victim was not reported"
 echo "killed worker $victim; it was replaced"
+# a --run-dir that is not a directory (a file here; /dev/null alike) is refused by name before any process starts
+: > "$T/afile"
+err=$(timeout 30 $M run "$T/db" --sink --workers 1 --epochs 1 --recipe cifar --size 28 --run-dir "$T/afile" 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && [ "$err" = "moco run: --run-dir $T/afile: not a directory" ] || fail "--run-dir a file: exit $rc, '$err'"
 # the same processes started by hand over tcp:// (as across hosts), the
 # consumer endpoint derived from --bind (port + 1), with CURVE keys (tcp
 # without them is refused; a consumer with a key not allowed stops at once)
