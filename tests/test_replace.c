@@ -25,6 +25,15 @@ static mode_t kind_of(const char *p)
     return st.st_mode & S_IFMT;
 }
 
+/* a regular file at p holding text */
+static void put(const char *p, const char *text)
+{
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
 /* dir/name, in a static buffer of its own per slot */
 static const char *at(int slot, const char *dir, const char *name)
 {
@@ -44,10 +53,7 @@ static void test_target(void **s)
     assert_string_equal(t, none);
     assert_int_equal(moco_regular_or_absent(none), 0);
 
-    FILE *f = fopen(reg, "w");
-    assert_non_null(f);
-    fputs("x\n", f);
-    fclose(f);
+    put(reg, "x\n");
     assert_int_equal(moco_replace_target(reg, t, sizeof t), 0);
     assert_string_equal(t, reg);
     assert_int_equal(moco_regular_or_absent(reg), 1);
@@ -112,9 +118,7 @@ static void test_checkpoint_writer(void **s)
     assert_false(tu_exists(at(4, d, "ckpt-fifo.tmp")));
 
     /* through a link: the link stays, the file it names holds the tensors */
-    FILE *f = fopen(reg, "w");
-    assert_non_null(f);
-    fclose(f);
+    put(reg, "");
     assert_int_equal(symlink("real.safetensors", link), 0);
     assert_int_equal(moco_st_write(link, e, 1, NULL, 0), 0);
     assert_int_equal(kind_of(link), S_IFLNK);
@@ -128,10 +132,7 @@ static void test_checkpoint_writer(void **s)
 
     /* a link planted at the temporary name: removed, never written through */
     const char *victim = at(5, d, "victim"), *out = at(6, d, "planted.safetensors"), *plant = at(7, d, "planted.safetensors.tmp");
-    f = fopen(victim, "w");
-    assert_non_null(f);
-    fputs("precious\n", f);
-    fclose(f);
+    put(victim, "precious\n");
     assert_int_equal(symlink("victim", plant), 0);
     assert_int_equal(moco_st_write(out, e, 1, NULL, 0), 0);
     size_t vlen = 0;
@@ -179,9 +180,7 @@ static void test_wisdom_writer(void **s)
     assert_false(tu_exists(at(3, d, "wisdom-fifo.lock")));
 
     /* a link to a regular file: written through, the link kept */
-    FILE *f = fopen(reg, "w");
-    assert_non_null(f);
-    fclose(f);
+    put(reg, "");
     assert_int_equal(symlink("real.jsonl", link), 0);
     tune_configure(TUNE_MEASURE, link);
     assert_int_equal(tune_conv(&sh, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
@@ -201,10 +200,7 @@ static void test_wisdom_writer(void **s)
     const char *victim = at(4, d, "victim"), *out = at(5, d, "planted.jsonl");
     char plant[4300];
     snprintf(plant, sizeof plant, "%s.%d.tmp", out, (int)getpid());
-    f = fopen(victim, "w");
-    assert_non_null(f);
-    fputs("precious\n", f);
-    fclose(f);
+    put(victim, "precious\n");
     assert_int_equal(symlink("victim", plant), 0);
     tune_configure(TUNE_MEASURE, out);
     assert_int_equal(tune_conv(&sh, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);

@@ -234,6 +234,20 @@ static void test_repeatable(void **st)
     par_set_threads(1);
 }
 
+/* The wisdom file at path becomes one line of this machine and build: a
+ * forward pass of shape (N,Ci,H,W,Co,k,s,p) in precision, said to have
+ * chosen `choice` in 0.001 ms; then a fresh process (table) reads it. */
+static void forge_line(const char *path, const char *precision, const char *shape, const char *choice)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"%s\",\"pass\":\"fwd\","
+               "\"shape\":[%s],\"choice\":\"%s\",\"ms\":{\"%s\":0.001}}\n",
+            tune_cpu(), tune_build(), precision, shape, choice, choice);
+    fclose(f);
+    tune_configure(TUNE_MEASURE, path);
+}
+
 static void test_measure_and_wisdom(void **st)
 {
     (void)st;
@@ -321,35 +335,20 @@ static void test_measure_and_wisdom(void **st)
     test_free(text);
 
     /* a forged choice of this machine that parses but cannot run the shape (lanes for a 1x1): measured afresh */
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
-               "\"shape\":[8,16,4,4,16,1,1,0],\"choice\":\"lanes\",\"ms\":{\"lanes\":0.001}}\n", tune_cpu(), tune_build());
-    fclose(f);
-    tune_configure(TUNE_MEASURE, path);
+    forge_line(path, "fp32", "8,16,4,4,16,1,1,0", "lanes");
     assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
     assert_int_equal(c2.measured, 1);
     assert_int_equal(c2.algo, NN_ALGO_GEMM);
     assert_null(tune_note());
     /* an fp32 line of this machine that says bf16 (which can run s1 where the
      * CPU has it): not taken, so an fp32 run never rounds to bf16 */
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
-               "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"bf16\",\"ms\":{\"bf16\":0.001}}\n", tune_cpu(), tune_build());
-    fclose(f);
-    tune_configure(TUNE_MEASURE, path);
+    forge_line(path, "fp32", "16,8,8,8,16,3,1,1", "bf16");
     assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &c2), 0);
     assert_int_equal(c2.measured, 1);
     assert_int_not_equal(c2.algo, NN_ALGO_BF16);
     assert_true(c2.ms[NN_ALGO_BF16] < 0);
     if (nn_bf16_available() == 0) { /* under bf16 the same line is bf16's own: taken */
-        f = fopen(path, "w");
-        assert_non_null(f);
-        fprintf(f, "{\"cpu\":\"%s\",\"build\":\"%s\",\"threads\":2,\"precision\":\"bf16\",\"pass\":\"fwd\","
-                   "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"bf16\",\"ms\":{\"bf16\":0.001}}\n", tune_cpu(), tune_build());
-        fclose(f);
-        tune_configure(TUNE_MEASURE, path);
+        forge_line(path, "bf16", "16,8,8,8,16,3,1,1", "bf16");
         assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_BF16, 1 << 16, &c2), 0);
         assert_int_equal(c2.measured, 0);
         assert_int_equal(c2.algo, NN_ALGO_BF16);
