@@ -108,6 +108,7 @@ for c in "knn --ckpt $T/out.fifo --train $T/db --test $T/db --width 4" "knn --ra
   err=$(timeout 60 $M $c 2>&1 >/dev/null); rc=$?
   [ $rc -eq 1 ] && [[ $err == *"not a regular file"* ]] || fail "moco $c (a FIFO): rc $rc (124: it waited), '$err'"
 done
+rm -f "$T/out.fifo" "$T/out.npy" "$T/fifo-run/metrics.jsonl" "$T/fifo-db/data.mdb" # nothing that waits is left for later readers
 $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
   | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
 $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>&1
