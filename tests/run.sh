@@ -5,6 +5,9 @@
 # test failed.
 #   MOCO     path of bin/moco (the scripts use it)
 #   TESTS    optional regex: run only tests whose name matches
+#   MOCO_TEST_TIMEOUT  seconds one test may take (default 1200); a test
+#            that waits past it is killed and fails, so a hang is a failure
+#            the summary names, not a suite that never ends
 set -u
 cd "$(dirname "$0")/.."
 export MOCO=${MOCO:-$PWD/bin/moco}
@@ -26,10 +29,12 @@ run_one() {
   local name=$1; shift
   if [ -n "${TESTS:-}" ] && ! [[ $name =~ $TESTS ]]; then return; fi
   local t0=$SECONDS log="$MOCO_TEST_TMP/$name.log"
-  "$@" >"$log" 2>&1
+  timeout --kill-after=10 "${MOCO_TEST_TIMEOUT:-1200}" "$@" >"$log" 2>&1
   local rc=$?
   case $rc in
     0) pass=$((pass+1)); echo "PASS  $name ($((SECONDS-t0))s)";;
+    124|137) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name: still running after ${MOCO_TEST_TIMEOUT:-1200} s, killed; last lines of $log:"
+       tail -n 25 "$log" | sed 's/^/    /';;
     77) skip=$((skip+1)); echo "SKIP  $name: $(tail -n 1 "$log")";;
     *) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name (exit $rc), last lines of $log:"; tail -n 25 "$log" | sed 's/^/    /';;
   esac
