@@ -601,7 +601,7 @@ static void test_worker_speaks_both(void **st)
     (void)st;
     setup_dirs("pipe_worker");
     void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER), *pull = zmq_socket(ctx, ZMQ_PULL);
-    int tmo = 10000;
+    int tmo = 60000; /* only a failing run waits it out; an AddressSanitizer worker on a loaded machine took over 10 s to say READY */
     zmq_setsockopt(router, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
     zmq_setsockopt(pull, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
     assert_int_equal(zmq_bind(router, work_ep), 0);
