@@ -49,14 +49,6 @@ int moco_replace_target(const char *path, char *target, size_t cap)
     return 0;
 }
 
-int moco_regular_or_absent(const char *path)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "cannot examine %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) return moco_err(MOCO_EIO, "%s is %s, not a regular file", path, kind(st.st_mode));
-    return 1;
-}
-
 FILE *moco_fopen_regular(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), e;

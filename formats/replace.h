@@ -22,11 +22,6 @@
  * cannot be examined), or MOCO_EINVAL (the resolved path does not fit). */
 int moco_replace_target(const char *path, char *target, size_t cap);
 
-/* Whether path names a regular file that can be opened for reading without
- * blocking: 1; 0 when it does not exist; MOCO_EIO (with a message naming it)
- * when it is something else (a FIFO would block the reader forever). */
-int moco_regular_or_absent(const char *path);
-
 /* The temporary file beside a target, made new for writing ("wb"): a stale
  * one (a crashed writer's) is removed first, and the file is created
  * exclusively without following a symbolic link, so that a link planted at

@@ -120,7 +120,12 @@ grep -q broken "$W" && fail "the line that does not parse was kept when the file
 [ "$(wc -l <"$W")" -gt $((n0 - 1)) ] || fail "the rewrite lost lines: $n0 -> $(wc -l <"$W")"
 $M $B --wisdom /proc/none/wisdom.jsonl >"$T/5.out" 2>"$T/5.err" || fail "an unwritable wisdom file stopped the run"
 grep -q "warning: cannot write the wisdom file /proc/none/wisdom.jsonl" "$T/5.err" || fail "no warning naming the unwritable file: $(cat "$T/5.err")"
-echo "a damaged or unwritable wisdom file: a warning naming it; the run goes on"
+# a directory where the wisdom file should be: neither read nor replaced, a warning naming it (not a silent skip)
+mkdir -p "$T/wdir"
+$M $B --width 4 --wisdom "$T/wdir" >"$T/5d.out" 2>"$T/5d.err" || fail "a directory as the wisdom file stopped the run: $(tail -3 "$T/5d.err")"
+grep -q "warning: wisdom file: $T/wdir is a directory, not a regular file; not read" "$T/5d.err" || fail "no warning that the directory was not read: $(cat "$T/5d.err")"
+[ -d "$T/wdir" ] || fail "the directory named as the wisdom file is gone"
+echo "a damaged or unwritable wisdom file, or a directory: a warning naming it; the run goes on"
 
 # OpenBLAS's kernel set (trainer/engine/blascore.h): on a CPU with AVX2 and
 # FMA the run uses a set at least that level, even where OpenBLAS alone

@@ -183,12 +183,12 @@ static void load(void)
 {
     loaded = 1;
     identify();
-    if (moco_regular_or_absent(path) < 0) { /* a FIFO would block the read; /dev/null reads as empty */
-        snprintf(note, sizeof note, "wisdom file: %s; not read", moco_errmsg());
+    /* a regular file only: a FIFO would block the read, /dev/null reads as empty */
+    FILE *f = moco_fopen_regular(path);
+    if (!f) {
+        if (errno != ENOENT) snprintf(note, sizeof note, "wisdom file: %s; not read", moco_errmsg());
         return;
     }
-    FILE *f = fopen(path, "r");
-    if (!f) return;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -270,7 +270,11 @@ int tune_save(void)
         goto out;
     }
     /* the file's lines, less ours that we replace and those that do not parse */
-    if ((in = fopen(target, "r"))) {
+    if (!(in = moco_fopen_regular(target)) && errno != ENOENT) {
+        rc = MOCO_EIO; /* the message names target: its lines must not be lost */
+        goto out;
+    }
+    if (in) {
         char *line = NULL;
         size_t cap = 0;
         ssize_t len;
