@@ -31,6 +31,32 @@ case "${BUILD:-build/release}" in
      grep -q "WARNING: this binary is a sanitizer build (-fsanitize=${BUILD##*/})" "$T/1.err" || fail "no sanitizer warning: $(head -3 "$T/1.err")";;
 esac
 tail -n 1 "$T/1.out" | grep -q "\"build\":\"$want\"" || fail "bench train JSON: want \"build\":\"$want\": $(tail -n 1 "$T/1.out" | cut -c1-200)"
+# this CPU's measured peak (trainer/engine/peak.h): the ISA the direct kernels use, a
+# figure within what such a core can do (2 ports x lanes x 2 FLOP x at most 6 GHz; at
+# least 1 GFLOP/s), bf16 dot products exactly where the CPU has them, and the step's
+# share of the peak consistent with its own GFLOP/s
+peak_check() { # out-file want-isa
+  python3 - "$1" "$2" "$(grep -qw avx512_bf16 /proc/cpuinfo && [ "$2" = avx512 ] && echo 1 || echo 0)" <<'PY' || fail "peak: $(grep 'peak (' "$1")"
+import json, sys
+out, isa, bf = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+j = json.loads(open(out).read().strip().splitlines()[-1])
+assert j["peak_isa"] == isa, ("isa", j["peak_isa"], isa)
+lanes = 16 if isa == "avx512" else 8
+for k in ("peak_fp32_gflops_1t", "peak_fp32_gflops"):
+    assert 1 <= j[k] <= 2 * lanes * 2 * 6 * j["threads"] ** (k == "peak_fp32_gflops"), (k, j[k])
+assert abs(j["peak_thread_scale"] - j["peak_fp32_gflops"] / j["peak_fp32_gflops_1t"]) < 0.01, "scale"
+assert abs(j["peak_fp32_share"] - j["gflop_per_s"] / j["peak_fp32_gflops"]) <= 0.001 + 0.01 * j["peak_fp32_share"], "share"
+assert ("peak_bf16_gflops_1t" in j) == bf, ("bf16 fields", bf)
+if bf:  # vdpbf16ps: twice an FMA's work per lane
+    assert 1 <= j["peak_bf16_gflops_1t"] <= 2 * 16 * 4 * 6, j["peak_bf16_gflops_1t"]
+print("peak: %s %.1f GFLOP/s on 1 thread, %.1f on %d; the step %.1f%% of it" % (isa, j["peak_fp32_gflops_1t"], j["peak_fp32_gflops"], j["threads"], 100 * j["peak_fp32_share"]))
+PY
+  grep -q "^  this CPU's peak (measured, multiply-adds in registers): fp32 $2 " "$1" || fail "no peak line naming $2: $(head -5 "$1")"
+  grep -q "^  model FLOP/s: [0-9.]*% of the fp32 peak on " "$1" || fail "no share of the peak printed"
+}
+if grep -qw fma /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo; then
+  if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then peak_check "$T/1.out" avx512; else peak_check "$T/1.out" avx2; fi
+fi
 rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
 [ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
 [ "$(grep -cE "(fwd|bwd|bwd-w) +($ALG) .*[*]$" "$T/1.out")" = 40 ] || fail "the first run did not time every row"
@@ -76,6 +102,7 @@ if grep -qw avx512f /proc/cpuinfo && [ -z "${MOCO_CONV3:-}" ]; then
     # as on a CPU without AVX-512 (MOCO_CONV3=1, oneDNN capped too): oneDNN's fp32 kernels stay candidates on
     # every pass of kernel size > 1 (the AVX2 transposes, nhwc.h), Winograd on none, the wisdom keyed by both caps
     MOCO_CONV3=1 DNNL_MAX_CPU_ISA=AVX2 $M $B --wisdom "$T/w/avx2.jsonl" >"$T/a.out" 2>"$T/a.err" || fail "MOCO_CONV3=1: $(tail -3 "$T/a.err")"
+    peak_check "$T/a.out" avx2 # the peak of the instructions the kernels run
     n=$(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
       for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, ks, "/"); k = ks[1] }
       for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { r++; if ($(i + 7) != "-") t++; if ($(i + 8) != "-") wi++; if ($(i + 4) != "-") a2++; if (k != 1) w++; break }

@@ -4,7 +4,7 @@
 # bf16 (or its skip reason) run twice, interleaved, and the last line's
 # figures are each one's median over the rounds, the ratios those of the
 # medians, each round's own ratios listed; the CPU model and our build are
-# named. Skipped without Debian's python3-torch.
+# named, and the CPU's fp32 peak our runs measured. Skipped without Debian's python3-torch.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -38,6 +38,9 @@ for ours in [p for p in peers if p.startswith("moco_")]:
         if not per or len(per) != 2: bad(k + "_rounds: want two")
         for i in range(2):
             if abs(per[i] - round(rounds[ours][i] / rounds[peer][i], 2)) > 0.006: bad(k + "_rounds: not each round ratio")
-print("ok:", {k: r["pairs_per_s"][k] for k in peers})
+# the CPU peak our runs measured: the thread scale of each round, the median of one thread alone
+if len(r.get("peak_thread_scale_rounds", [])) != 2: bad("want peak_thread_scale in both rounds")
+if not r.get("peak_fp32_gflops_1t", 0) > 0 or r.get("peak_isa") not in ("avx512", "avx2"): bad("no fp32 peak")
+print("ok:", {k: r["pairs_per_s"][k] for k in peers}, "peak", r["peak_fp32_gflops_1t"], r["peak_thread_scale_rounds"])
 ' "$want" || exit 1
 echo "PASS"

@@ -252,6 +252,15 @@ def peers(a):
                     res[f"{ours}_over_{peer}_rounds"] = [round(f[ours]["pairs_per_s"] / f[peer]["pairs_per_s"], 2) for f in rounds]
     if len(rounds) > 1:
         res["pairs_per_s_rounds"] = {k: [f[k]["pairs_per_s"] for f in rounds] for k in figs}
+    # the CPU's multiply-add peak as our runs measured it (trainer/engine/peak.h): one thread's, and how
+    # far all threads scaled in each round (about the thread count when they have cores of their own and
+    # nothing else runs; about 1 on two hyperthreads of one core, or with another load on the machine)
+    pk = [f["moco_fp32"] for f in rounds if "peak_fp32_gflops" in f["moco_fp32"]]
+    if pk:
+        res["peak_isa"] = pk[0]["peak_isa"]
+        res["peak_fp32_gflops_1t"] = round(med([f["peak_fp32_gflops_1t"] for f in pk]), 1)
+        res["peak_thread_scale_rounds"] = [f["peak_thread_scale"] for f in pk]
+        res["moco_fp32_peak_share"] = round(med([f["peak_fp32_share"] for f in pk]), 4)
     if skipped:
         res["skipped"] = skipped
     print(json.dumps(res), flush=True)

@@ -29,6 +29,7 @@
 #include "trainer/engine/blascore.h"
 #include "trainer/engine/moco.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/peak.h"
 #include "trainer/engine/tune.h"
 
 /* CPU seconds of the whole process (all threads): on a shared machine it
@@ -288,6 +289,16 @@ int trainer_bench_main(int argc, char **argv)
     }
     t_make = moco_now_s() - t_make;
     if (!rank && explain) explain_kernels(mc->q, t_make);
+    nn_peak pk = {.isa = "none"};
+    if (R == 1) { /* ranks on one host would measure each other's load */
+        nn_peak_measure(&pk);
+        if (pk.fp32_one > 0) {
+            printf("  this CPU's peak (measured, multiply-adds in registers): fp32 %s %.1f GFLOP/s on 1 thread, %.1f on %d (%.2fx)",
+                   pk.isa, pk.fp32_one, pk.fp32_all, pk.threads, pk.fp32_all / pk.fp32_one);
+            if (pk.bf16_one > 0) printf("; bf16 dot products %.1f, %.1f", pk.bf16_one, pk.bf16_all);
+            printf("\n");
+        }
+    }
     double t_all = 0, best = 1e30, c_all = 0, w_all = 0;
     moco_stats st = {0};
     double prof[MOCO_PROF_N] = {0}, rprof[RN_PROF_N] = {0};
@@ -320,6 +331,11 @@ int trainer_bench_main(int argc, char **argv)
                best * 1e3, (double)gb / step_s, flop / step_s / 1e9, rss, cpu_ms);
         if (R > 1) printf("; waited %.1f ms/step for the gradient average (%.1f%%)", wait_ms, 100 * wait_ms / (step_s * 1e3));
         printf("\n");
+        if (pk.fp32_all > 0) {
+            printf("  model FLOP/s: %.1f%% of the fp32 peak on %d threads", 100 * flop / step_s / 1e9 / pk.fp32_all, pk.threads);
+            if (pk.bf16_all > 0 && !strcmp(precision, "bf16")) printf(", %.1f%% of the bf16 peak", 100 * flop / step_s / 1e9 / pk.bf16_all);
+            printf("\n");
+        }
         if (profile) print_profile(prof, rprof, (double)steps, step_s);
         moco_jw w;
         moco_jw_begin(&w);
@@ -355,6 +371,17 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw_num(&w, "allreduce_share", wait_ms / (step_s * 1e3), 4);
         moco_jw_str(&w, "kernels", kernels);
         moco_jw_str(&w, "blas_core", blas_core());
+        if (pk.fp32_all > 0) {
+            moco_jw_str(&w, "peak_isa", pk.isa);
+            moco_jw_num(&w, "peak_fp32_gflops_1t", pk.fp32_one, 1);
+            moco_jw_num(&w, "peak_fp32_gflops", pk.fp32_all, 1);
+            moco_jw_num(&w, "peak_thread_scale", pk.fp32_all / pk.fp32_one, 2);
+            moco_jw_num(&w, "peak_fp32_share", flop / step_s / 1e9 / pk.fp32_all, 4);
+            if (pk.bf16_all > 0) {
+                moco_jw_num(&w, "peak_bf16_gflops_1t", pk.bf16_one, 1);
+                moco_jw_num(&w, "peak_bf16_gflops", pk.bf16_all, 1);
+            }
+        }
         if (explain) kernels_json(&w, mc->q);
         if (profile) profile_json(&w, prof, rprof, (double)steps);
         moco_jw_line(&w, stdout);
