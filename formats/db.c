@@ -551,7 +551,11 @@ int moco_db_meta_get(MDB_txn *t, MDB_dbi d, const char *path, moco_db_meta *m)
     if ((rc = dup_val(&vsrc, path, &m->source)) || (rc = dup_val(&vfmt, path, &m->source_format)) ||
         (rc = dup_val(&vnames, path, &names)))
         goto fail;
-    /* class names: each terminated by '\n' */
+    /* class names: each terminated by '\n'; a NUL inside would cut the list short unseen */
+    if (strlen(names) != vnames.mv_size) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: metadata 'classes' holds a NUL byte", path);
+        goto fail;
+    }
     uint32_t n = 0;
     for (char *p = names; *p; p++) n += *p == '\n';
     if (n > MOCO_DB_MAX_CLASSES) {
@@ -574,11 +578,18 @@ int moco_db_meta_get(MDB_txn *t, MDB_dbi d, const char *path, moco_db_meta *m)
         rc = moco_err(MOCO_ECORRUPT, "%s: 'class_counts' holds %zu bytes for %u classes", path, vcounts.mv_size, n);
         goto fail;
     }
+    /* the counts must add up to count; each step stays at or below it, so no sum wraps around */
     uint64_t total = m->unlabelled;
-    for (uint32_t i = 0; i < n; i++) total += m->class_counts[i] = moco_get_le64((uint8_t *)vcounts.mv_data + 8 * i);
-    if (total != m->count) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: class counts sum to %llu, count is %llu", path,
-                      (unsigned long long)total, (unsigned long long)m->count);
+    int over = total > m->count;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t c = m->class_counts[i] = moco_get_le64((uint8_t *)vcounts.mv_data + 8 * i);
+        if (!over && c > m->count - total) over = 1;
+        if (!over) total += c;
+    }
+    if (over || total != m->count) {
+        rc = over ? moco_err(MOCO_ECORRUPT, "%s: the class counts add up to more than count (%llu)", path, (unsigned long long)m->count)
+                  : moco_err(MOCO_ECORRUPT, "%s: class counts sum to %llu, count is %llu", path, (unsigned long long)total,
+                             (unsigned long long)m->count);
         goto fail;
     }
     if (venc.mv_size != 8 * MOCO_ENC_COUNT) { rc = moco_err(MOCO_ECORRUPT, "%s: malformed 'encodings'", path); goto fail; }

@@ -1,8 +1,10 @@
 /* info.c: `moco info DB`: describe a dataset from its metadata (no cursor
- * walk), or with --verify also read every record and check its header and
- * CRC. --json prints the same as one JSON object. */
+ * walk), or with --verify also read every record and check its header, its
+ * CRC, its label (one of the classes) and, over all records, the label counts
+ * against the metadata's. --json prints the same as one JSON object. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "formats/db.h"
@@ -14,6 +16,8 @@
 typedef struct {
     uint64_t n, bad, expect;
     const char *path;
+    const moco_db_meta *m;
+    uint64_t *seen; /* records per class, then the unlabelled ones (nclasses + 1) */
 } verify_ctx;
 
 static int verify_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
@@ -31,6 +35,12 @@ static int verify_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
     if (moco_rec_parse(val, len, 1, what, &h, &pl)) {
         fprintf(stderr, "%s: %s\n", v->path, moco_errmsg());
         v->bad++;
+    } else if (h.label >= 0 && (uint64_t)h.label >= v->m->nclasses) { /* the CRC covers the payload, not the header */
+        fprintf(stderr, "%s: record %" PRIu64 " has label %d, not one of the dataset's %u classes\n", v->path, index, (int)h.label,
+                v->m->nclasses);
+        v->bad++;
+    } else {
+        v->seen[h.label < 0 ? v->m->nclasses : (uint32_t)h.label]++;
     }
     v->n++;
     return 0;
@@ -41,7 +51,7 @@ int loader_info_main(int argc, char **argv)
     int json = 0, verify = 0;
     const moco_opt opts[] = {
         {"json", MOCO_OPT_FLAG, &json, "print one JSON object", 0, 0, NULL},
-        {"verify", MOCO_OPT_FLAG, &verify, "also read every record and check its header and CRC", 0, 0, NULL},
+        {"verify", MOCO_OPT_FLAG, &verify, "also read every record and check its header, CRC and label, and the label counts against the metadata", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco info", "DB [options]",
@@ -58,12 +68,31 @@ int loader_info_main(int argc, char **argv)
         return 1;
     }
     const moco_db_meta *m = moco_db_get_meta(db);
-    verify_ctx v = {0, 0, 0, pos[0]};
-    if (verify && (rc = moco_db_foreach(db, verify_one, &v))) {
-        fprintf(stderr, "moco info: %s\n", moco_errmsg());
+    verify_ctx v = {0, 0, 0, pos[0], m, NULL};
+    if (verify && !(v.seen = calloc((size_t)m->nclasses + 1, sizeof *v.seen))) {
+        fprintf(stderr, "moco info: out of memory\n");
         moco_db_destroy(&db);
         return 1;
     }
+    if (verify && (rc = moco_db_foreach(db, verify_one, &v))) {
+        fprintf(stderr, "moco info: %s\n", moco_errmsg());
+        free(v.seen);
+        moco_db_destroy(&db);
+        return 1;
+    }
+    /* the records' labels against the counts the metadata gives (a label changed within range) */
+    uint64_t miscounted = 0;
+    for (uint32_t i = 0; verify && i <= m->nclasses; i++) {
+        uint64_t want = i < m->nclasses ? m->class_counts[i] : m->unlabelled;
+        if (v.seen[i] == want) continue;
+        miscounted++;
+        if (i < m->nclasses)
+            fprintf(stderr, "%s: class %u (%s): %" PRIu64 " records carry its label, the metadata says %" PRIu64 "\n", pos[0], i,
+                    m->class_names[i], v.seen[i], want);
+        else
+            fprintf(stderr, "%s: %" PRIu64 " records are unlabelled, the metadata says %" PRIu64 "\n", pos[0], v.seen[i], want);
+    }
+    free(v.seen);
     double mean = m->count ? (double)m->payload_bytes / (double)m->count : 0;
     if (json) { /* one object, from the project's one JSON writer (formats/jsonw.h) */
         moco_jw w;
@@ -102,6 +131,7 @@ int loader_info_main(int argc, char **argv)
         if (verify) {
             moco_jw_u64(&w, "verified", v.n);
             moco_jw_u64(&w, "bad_records", v.bad);
+            moco_jw_u64(&w, "miscounted_classes", miscounted);
         }
         if (moco_jw_line(&w, stdout)) {
             fprintf(stderr, "moco info: %s\n", moco_errmsg());
@@ -122,9 +152,11 @@ int loader_info_main(int argc, char **argv)
         for (uint32_t i = 0; i < m->nclasses; i++)
             printf("  %5u  %-24s %" PRIu64 "\n", i, m->class_names[i], m->class_counts[i]);
         if (m->unlabelled) printf("  unlabelled  %" PRIu64 "\n", m->unlabelled);
-        if (verify) printf("verified  %" PRIu64 " records, %" PRIu64 " bad\n", v.n, v.bad);
+        if (verify)
+            printf("verified  %" PRIu64 " records, %" PRIu64 " bad; %" PRIu64 " label counts differ from the metadata\n", v.n, v.bad,
+                   miscounted);
     }
-    int bad = verify && (v.bad || v.n != m->count);
+    int bad = verify && (v.bad || miscounted || v.n != m->count);
     moco_db_destroy(&db);
     return bad ? 1 : 0;
 }

@@ -424,11 +424,12 @@ static void on_worker_msg(loader *L, inmsg *m)
          * epoch, which a real worker may send after a re-issue) */
         if (f.epoch != L->epoch || f.index >= L->n || L->st[f.index] != ISSUED || L->owner[f.index] != k) {
             char hb[40];
+            loader_hexid(m->id, m->idlen, hb); /* for the log line and the event, whether or not the line is printed */
             L->rejected_failed++;
             if (L->rejected_failed <= 20 || !(L->rejected_failed & (L->rejected_failed - 1)))
                 fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
                                 "which does not hold it (%" PRIu64 " rejected so far)\n",
-                        f.index, f.epoch, k, loader_hexid(m->id, m->idlen, hb), L->rejected_failed);
+                        f.index, f.epoch, k, hb, L->rejected_failed);
             moco_jw w;
             loader_ev_begin(L, &w, "rejected");
             moco_jw_str(&w, "what", "FAILED");
@@ -840,7 +841,7 @@ int loader_stream_main(int argc, char **argv)
         fprintf(stderr, "moco loader: %s: %" PRIu64 " samples\n", L->db_path, L->n);
         goto out;
     }
-    L->st = malloc(L->n);
+    L->st = calloc(L->n, 1); /* PENDING: a report that comes before the first epoch finds nothing ISSUED */
     L->touched = calloc(L->n, 1);
     L->owner = malloc(L->n * sizeof *L->owner);
     L->t_issued = malloc(L->n * sizeof *L->t_issued);

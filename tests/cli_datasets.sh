@@ -52,6 +52,42 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
   $M info --verify "$T/cut" >/dev/null 2>"$T/err"
   one_line_naming "moco info --verify, a page zeroed" 1 $? "$T/err" "$T/cut/data.mdb"
   echo "damaged datasets: info, info --verify, preview, run, knn (bank and queries), embed exit 1 or 2 naming data.mdb (3 truncations, a zeroed page)"
+  # A record header's label damaged (the CRC covers the payload, not the header): out of
+  # the classes, it is a bad record for info --verify and an error naming the record for
+  # knn and lincls (before: lincls indexed its logits with it, a SIGSEGV at 2000000000 and a
+  # silently wrong gradient at 10 or -1); within them, info --verify finds the class counts
+  # differ from the metadata's.
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/small" --split test --limit 256 --quiet >/dev/null || fail "fashion-mnist, 256"
+  relabel() { # $1: dataset, $2: new label or "next" (the next class): the first record's label in data.mdb
+    python3 - "$1/data.mdb" "$2" <<'PY'
+import struct, sys
+p, want = sys.argv[1], sys.argv[2]
+b = bytearray(open(p, "rb").read())
+i = b.find(b"MOCR")
+old = struct.unpack_from("<i", b, i + 8)[0]
+struct.pack_into("<i", b, i + 8, (old + 1) % 10 if want == "next" else int(want))
+open(p, "wb").write(b)
+PY
+  }
+  for bad in 10 -2 2000000000; do
+    rm -rf "$T/lab" && cp -r "$T/small" "$T/lab" && relabel "$T/lab" $bad || fail "relabelling"
+    $M info --verify "$T/lab" >"$T/out" 2>"$T/err" && fail "info --verify passed a record labelled $bad"
+    if [ "$bad" = -2 ]; then want="$T/lab: record [0-9]*: label -2 (expected >= -1)"; else want="$T/lab: record [0-9]* has label $bad, not one of the dataset's 10 classes"; fi
+    grep -q "$want" "$T/err" || fail "info --verify, label $bad: $(cat "$T/err")"
+    timeout 60 $M knn --random-init 1 --width 4 --size 28 --threads 1 --train "$T/lab" --test "$T/small" >/dev/null 2>"$T/err"
+    [ $? -eq 1 ] && grep -q "$want" "$T/err" || fail "knn, label $bad: $(cat "$T/err")"
+    for side in "--train $T/lab --test $T/small" "--train $T/small --test $T/lab"; do
+      timeout 60 $M lincls --random-init 1 --arch resnet18-cifar --width 4 --size 28 --epochs 1 --threads 1 --cached-features $side >/dev/null 2>"$T/err"
+      rc=$?
+      [ $rc -eq 1 ] && grep -q "$want" "$T/err" || fail "lincls $side, label $bad: exit $rc: $(cat "$T/err")"
+    done
+  done
+  rm -rf "$T/lab" && cp -r "$T/small" "$T/lab" && relabel "$T/lab" next || fail "relabelling"
+  $M info --verify --json "$T/lab" >"$T/out" 2>"$T/err" && fail "info --verify passed a label moved to another class"
+  grep -q '"bad_records":0,"miscounted_classes":2' "$T/out" || fail "info --verify --json, a label moved: $(cat "$T/out")"
+  [ "$(grep -c "$T/lab: class [0-9] (.*): [0-9]* records carry its label, the metadata says [0-9]*" "$T/err")" = 2 ] || fail "want the two classes named: $(cat "$T/err")"
+  $M info --verify "$T/small" >/dev/null 2>"$T/err" || fail "the undamaged copy does not verify: $(cat "$T/err")"
+  echo "a damaged label: a bad record for info --verify, an error naming the record for knn and lincls; a label moved within the classes: two class counts named"
   rm -rf "$T"
 fi
 tgz=../shared/data/cifar10-jpeg.tar.gz

@@ -5,7 +5,8 @@
  * flipped, the file cut short while a handle reads it. Every open, walk and
  * read must end in success or a clean error whose message names the file,
  * never a signal or an abort: each case runs in a forked child, so a crash
- * fails the test instead of killing it. */
+ * fails the test instead of killing it. Forged metadata: counts that wrap
+ * around, a NUL in the class list. */
 #include "tests/testutil.h"
 
 #include <fcntl.h>
@@ -404,6 +405,53 @@ static void test_probe(void **st)
     assert_int_not_equal(moco_db_probe(dir), 0); /* no data.mdb */
 }
 
+/* Metadata written whole but forged: class counts that wrap around 2^64 to
+ * the record count (before: accepted, "summing to count"), and a class list
+ * with a NUL byte inside (before: the list cut short at it, unseen). */
+static void test_meta_forged(void **st)
+{
+    (void)st;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/forged", dir);
+    dbw *w;
+    assert_int_equal(tu_sh("rm -rf '%s'", path), 0);
+    assert_int_equal(dbw_open(path, 0, 0, &w), 0);
+    moco_rec_header h = {.encoding = MOCO_ENC_RAW, .channels = 1, .label = 0, .width = 4, .height = 1};
+    size_t len;
+    uint8_t px[4] = {1, 2, 3, 4}, *rec = moco_rec_build(&h, px, 4, &len);
+    assert_non_null(rec);
+    for (uint64_t i = 0; i < 4; i++) assert_int_equal(dbw_put_batch(w, i, &rec, &len, 1), 0);
+    free(rec);
+    char *names[] = {"zqxj", "other"};
+    uint64_t counts[] = {UINT64_MAX, 5}; /* UINT64_MAX + 5 = 4 modulo 2^64 */
+    moco_db_meta m = {.count = 4, .nclasses = 2, .class_names = names, .class_counts = counts, .source = "test",
+                      .source_format = "folder", .enc_counts = {4, 0, 0}, .min_w = 4, .max_w = 4, .min_h = 1, .max_h = 1};
+    assert_int_equal(dbw_finish(&w, &m), 0);
+    moco_db *db = NULL;
+    assert_int_equal(moco_db_open(path, &db), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), path));
+    assert_non_null(strstr(moco_errmsg(), "add up to more than count"));
+
+    /* the same with honest counts opens; then a NUL put into the first name in data.mdb */
+    assert_int_equal(tu_sh("rm -rf '%s'", path), 0);
+    assert_int_equal(dbw_open(path, 0, 0, &w), 0);
+    rec = moco_rec_build(&h, px, 4, &len);
+    for (uint64_t i = 0; i < 4; i++) assert_int_equal(dbw_put_batch(w, i, &rec, &len, 1), 0);
+    free(rec);
+    counts[0] = 3, counts[1] = 1;
+    assert_int_equal(dbw_finish(&w, &m), 0);
+    assert_int_equal(moco_db_open(path, &db), 0);
+    assert_int_equal(moco_db_get_meta(db)->nclasses, 2);
+    moco_db_destroy(&db);
+    assert_int_equal(tu_sh("python3 -c \"import sys; p = sys.argv[1]; b = open(p, 'rb').read(); "
+                           "assert b.count(b'zqxj\\n') == 1; open(p, 'wb').write(b.replace(b'zqxj\\n', b'zq\\0j\\n'))\" '%s/data.mdb'",
+                           path),
+                     0);
+    assert_int_equal(moco_db_open(path, &db), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), path));
+    assert_non_null(strstr(moco_errmsg(), "'classes' holds a NUL byte"));
+}
+
 int main(void)
 {
     make_dataset();
@@ -415,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_shrinks_while_reading),
         cmocka_unit_test(test_looping_pages),
         cmocka_unit_test(test_probe),
+        cmocka_unit_test(test_meta_forged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

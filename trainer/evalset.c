@@ -341,11 +341,19 @@ static int read_one(evalset *e, int64_t i, int32_t *label)
     if (rc) return rc;
     moco_rec_header h;
     const uint8_t *pl;
-    char what[64];
-    snprintf(what, sizeof what, "record %" PRId64, i);
+    char what[4200]; /* the dataset and the record, for the parser's message */
+    snprintf(what, sizeof what, "%s: record %" PRId64, moco_db_path(e->db), i);
     if ((rc = moco_rec_parse(e->rec, len, 1, what, &h, &pl))) return rc;
     int w = 0, hh = 0, c = 3;
     if ((rc = decode(e, i, &h, pl, &w, &hh, &c))) return rc;
+    /* a labelled set's label indexes the classifier's rows and the kNN's votes: one outside
+     * the classes its metadata names (a damaged header; the CRC covers the payload only) is
+     * refused here, for every reader, not used as an index */
+    const moco_db_meta *meta = moco_db_get_meta(e->db);
+    if (evalset_labelled(e) && (h.label < 0 || (uint64_t)h.label >= meta->nclasses))
+        return moco_err(MOCO_ECORRUPT, "%s: record %" PRId64 " has label %d, not one of the dataset's %llu classes [0, %llu)",
+                        moco_db_path(e->db), i, (int)h.label, (unsigned long long)meta->nclasses,
+                        (unsigned long long)meta->nclasses);
     *label = h.label;
     if ((rc = evalset_resize_crop(e->crop, S, e->px, hh, w, c))) return rc;
     if (c == 1) /* grey to RGB (PIL's convert("RGB")), in place from the end */
