@@ -71,6 +71,15 @@ static void test_hand_example(void **st)
     pred[0] = -1;
     assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 200, 0.1f), 0);
     assert_int_equal(pred[0], 0);
+    /* a small temperature: sims 1.0 (label 1), 0.99 and 0.98 (label 0), t 0.001: e^1000 against
+     * e^990 + e^980, label 1. Unscaled, every weight overflowed to inf and the tie went to class 0. */
+    float near[3 * 2] = {1, 0, 0.99f, 0.14106736f, 0.98f, 0.19899749f};
+    int32_t nlab[3] = {1, 0, 0};
+    pred[0] = -1;
+    assert_int_equal(knn_classify(pred, near, nlab, 3, q, 1, 2, 2, 3, 0.001f), 0);
+    assert_int_equal(pred[0], 1);
+    assert_int_equal(knn_classify(pred, near, nlab, 3, q, 1, 2, 2, 3, 1.0f), 0); /* warm: the two of label 0 outvote it */
+    assert_int_equal(pred[0], 0);
     lab[3] = 5;
     assert_int_equal(knn_classify(pred, bank, lab, 4, q, 1, 2, 2, 3, 1.0f), MOCO_EINVAL);
     lab[3] = 0;

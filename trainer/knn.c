@@ -36,8 +36,12 @@ static void sift_down(hent *h, int n, int i)
 
 static int vote(const hent *top, int k, const int32_t *labels, int nclasses, float t, double *score)
 {
+    /* weights exp(s / t), each scaled by exp(-max s / t): the same vote, and no overflow to
+     * inf however small t is (at t 0.001 every weight was inf, and class 0 won every tie) */
     memset(score, 0, sizeof *score * (size_t)nclasses);
-    for (int j = 0; j < k; j++) score[labels[top[j].i]] += exp((double)top[j].s / t);
+    float smax = top[0].s;
+    for (int j = 1; j < k; j++) smax = top[j].s > smax ? top[j].s : smax;
+    for (int j = 0; j < k; j++) score[labels[top[j].i]] += exp(((double)top[j].s - smax) / t);
     int best = 0;
     for (int c = 1; c < nclasses; c++)
         if (score[c] > score[best]) best = c;
