@@ -90,6 +90,36 @@ PY
   echo "a damaged label: a bad record for info --verify, an error naming the record for knn and lincls; a label moved within the classes: two class counts named"
   rm -rf "$T"
 fi
+# Classes are matched by name between the training and the test set: a test
+# folder holding only "bees" is class 0 of its own dataset and class 1 of the
+# training set's (ants, bees). Its images are the training set's bees, so kNN
+# with k 1 finds each one itself: 100% (before: compared by index, 0%), and
+# linear evaluation's labels follow. A test class the training set lacks is
+# refused, naming both datasets.
+if /usr/bin/python3 -c 'import PIL' 2>/dev/null; then
+  /usr/bin/python3 - "$T/cls" <<'PY' || fail "making the class folders"
+import os, random, sys
+from PIL import Image
+r = random.Random(5)
+for split, classes in (("train", ["ants", "bees"]), ("test", ["bees"]), ("odd", ["bees", "wasps"])):
+    for c in classes:
+        os.makedirs(os.path.join(sys.argv[1], split, c))
+        for i in range(6):
+            rr = random.Random((len(c) * 100 + ord(c[0])) * 10 + i) if c != "wasps" else r
+            im = Image.frombytes("RGB", (32, 32), bytes(rr.randrange(256) for _ in range(32 * 32 * 3)))
+            im.save(os.path.join(sys.argv[1], split, c, "%d.png" % i))
+PY
+  for split in train test odd; do $M mkdb "$T/cls/$split" "$T/cls/db-$split" --quiet >/dev/null || fail "mkdb $split"; done
+  K="--random-init 1 --width 4 --size 32 --threads 1"
+  got=$($M knn $K --k 1 --train "$T/cls/db-train" --test "$T/cls/db-test" 2>"$T/err" | grep -o '"knn_top1":[0-9.]*')
+  [ "$got" = '"knn_top1":100.00' ] || fail "knn, the test set's one class by name: $got $(cat "$T/err")"
+  $M knn $K --train "$T/cls/db-train" --test "$T/cls/db-odd" >/dev/null 2>"$T/err" && fail "knn took a test class the training set lacks"
+  grep -q "$T/cls/db-odd has class 'wasps', which $T/cls/db-train (2 classes: 'ants', ...) does not" "$T/err" || fail "knn, a class missing: $(cat "$T/err")"
+  $M lincls $K --arch resnet18-cifar --epochs 1 --cached-features --train "$T/cls/db-train" --test "$T/cls/db-odd" >/dev/null 2>"$T/err" &&
+    fail "lincls took a test class the training set lacks"
+  grep -q "has class 'wasps'" "$T/err" || fail "lincls, a class missing: $(cat "$T/err")"
+  echo "classes matched by name: kNN 100% on a one-class test set (class 0 there, 1 in training); a class the training set lacks refused"
+fi
 tgz=../shared/data/cifar10-jpeg.tar.gz
 [ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }
 mkdir -p "$T/src" && tar -xzf "$tgz" -C "$T/src" || fail "unpacking $tgz"

@@ -28,6 +28,7 @@ struct evalset {
     uint8_t *rec, *px;
     size_t reccap, pxcap;
     uint8_t *crop; /* (size, size, 3): one image after resize + crop */
+    int32_t *map;  /* each of this set's classes as an index of another set's (evalset_classes_of), or NULL */
 };
 
 static int open_set(const char *path, int size, const float mean[3], const float std[3], int need_labels, evalset **out)
@@ -80,8 +81,33 @@ void evalset_destroy(evalset **pe)
     free(e->rec);
     free(e->px);
     free(e->crop);
+    free(e->map);
     free(e);
     *pe = NULL;
+}
+
+int evalset_classes_of(evalset *e, const evalset *ref)
+{
+    const moco_db_meta *a = moco_db_get_meta(e->db), *b = moco_db_get_meta(ref->db);
+    int same = a->nclasses <= b->nclasses;
+    for (uint32_t i = 0; same && i < a->nclasses; i++) same = !strcmp(a->class_names[i], b->class_names[i]);
+    free(e->map);
+    e->map = NULL;
+    if (same) return 0; /* the same classes at the same indices (or a leading part of them) */
+    if (!(e->map = malloc(sizeof *e->map * (a->nclasses ? a->nclasses : 1)))) return moco_err(MOCO_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < a->nclasses; i++) {
+        uint32_t j = 0;
+        while (j < b->nclasses && strcmp(a->class_names[i], b->class_names[j])) j++;
+        if (j == b->nclasses) {
+            free(e->map);
+            e->map = NULL;
+            return moco_err(MOCO_EINVAL, "%s has class '%s', which %s (%u classes: '%s'%s) does not: the two datasets' classes must match by name",
+                            moco_db_path(e->db), a->class_names[i], moco_db_path(ref->db), b->nclasses,
+                            b->nclasses ? b->class_names[0] : "", b->nclasses > 1 ? ", ..." : "");
+        }
+        e->map[i] = (int32_t)j;
+    }
+    return 0;
 }
 
 int64_t evalset_count(const evalset *e) { return (int64_t)moco_db_get_meta(e->db)->count; }
@@ -354,7 +380,7 @@ static int read_one(evalset *e, int64_t i, int32_t *label)
         return moco_err(MOCO_ECORRUPT, "%s: record %" PRId64 " has label %d, not one of the dataset's %llu classes [0, %llu)",
                         moco_db_path(e->db), i, (int)h.label, (unsigned long long)meta->nclasses,
                         (unsigned long long)meta->nclasses);
-    *label = h.label;
+    *label = e->map && h.label >= 0 ? e->map[h.label] : h.label;
     if ((rc = evalset_resize_crop(e->crop, S, e->px, hh, w, c))) return rc;
     if (c == 1) /* grey to RGB (PIL's convert("RGB")), in place from the end */
         for (size_t p = (size_t)S * S; p-- > 0;) e->crop[3 * p] = e->crop[3 * p + 1] = e->crop[3 * p + 2] = e->crop[p];

@@ -32,6 +32,11 @@ void evalset_destroy(evalset **e);
 
 int64_t evalset_count(const evalset *e);
 int evalset_classes(const evalset *e);
+/* Labels of e from now on as indices of ref's classes, matched by name (a test
+ * set whose class folders differ from the training set's: one missing, say,
+ * shifts every index after it). MOCO_EINVAL naming both datasets when e has a
+ * class ref lacks. Then ref's evalset_classes() is the count for both. */
+int evalset_classes_of(evalset *e, const evalset *ref);
 
 /* Samples [start, start + n) into x (n, 3, size, size) and labels[n].
  * Returns 0, or MOCO_ECORRUPT naming the record that cannot be decoded. */

@@ -327,10 +327,10 @@ int lincls_main(int argc, char **argv)
     double top1 = 0, top5 = 0;
     cls k = {0};
     if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open(trdb, (int)ef.size, mean, std, &tr)) ||
-        (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)))
+        (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)) || (rc = evalset_classes_of(te, tr)))
         goto out;
     if (!(snap = snapshot(m))) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
-    int C = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
+    int C = evalset_classes(tr); /* the test set's labels are the training set's indices (evalset_classes_of) */
     if (cached) {
         if ((rc = features(m, tr, &xtr, &ytr, &ntr)) || (rc = features(m, te, &xte, &yte, &nte))) goto out;
         rc = lincls_train_eval(xtr, ytr, ntr, xte, yte, nte, m->features, C, &lc, &top1, &top5);

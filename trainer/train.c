@@ -139,13 +139,15 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
     int32_t *ltr = NULL, *lte = NULL, *pred = NULL;
     int64_t ntr = 0, nte = 0;
     int S = m->cfg.size, rc;
-    if ((rc = evalset_open(train_db, S, mean, std, &tr)) || (rc = evalset_open(test_db, S, mean, std, &te))) goto out;
+    if ((rc = evalset_open(train_db, S, mean, std, &tr)) || (rc = evalset_open(test_db, S, mean, std, &te)) ||
+        (rc = evalset_classes_of(te, tr)))
+        goto out;
     x = malloc(sizeof *x * (size_t)m->cfg.batch * 3 * S * S);
     if (!x) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     if ((rc = embed(m, tr, x, keep, &ftr, &ltr, &ntr)) || (rc = embed(m, te, x, keep, &fte, &lte, &nte))) goto out;
     pred = malloc(sizeof *pred * (size_t)nte);
     if (!pred) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
-    int classes = evalset_classes(tr) > evalset_classes(te) ? evalset_classes(tr) : evalset_classes(te);
+    int classes = evalset_classes(tr); /* the test set's labels are the training set's indices (evalset_classes_of) */
     openblas_set_num_threads(par_threads()); /* one large sgemm per chunk: let OpenBLAS use every thread */
     rc = knn_classify(pred, ftr, ltr, ntr, fte, nte, m->cfg.dim, classes, k, t);
     openblas_set_num_threads(par_threads() > 1 ? 1 : par_threads()); /* back to the engine's setting */
