@@ -51,6 +51,14 @@ $M plot "$T/r1" --compare "$T/ref.jsonl" --out "$T/cmp.png" >/dev/null && $M plo
   && [ "$(head -c 4 "$T/cmp.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "moco plot --compare"
 cmp -s "$T/curves.png" "$T/cmp.png" && fail "moco plot --compare drew nothing more"
 $M plot "$T/r1" --compare "$T/nothing.jsonl" --out "$T/cmp3.png" >/dev/null 2>&1; [ $? -eq 1 ] || fail "--compare of a missing file should fail"
+# metrics a plot cannot hang on or draw: two values 2e-12 apart (a hang before: the tick
+# step fell below the spacing of doubles), and an epoch of 1e999 (inf: refused, naming the line)
+mkdir -p "$T/pclose" "$T/pinf"
+printf '{"epoch":1,"loss":5,"pairs_per_s":12345.678901234567}\n{"epoch":2,"loss":4,"pairs_per_s":12345.678901234569}\n' >"$T/pclose/metrics.jsonl"
+timeout 30 $M plot "$T/pclose" --out "$T/pclose.png" >/dev/null 2>"$T/plot.err" || fail "moco plot, two values 2e-12 apart: exit $? $(cat "$T/plot.err")"
+printf '{"epoch":1,"loss":5}\n{"epoch":1e999,"loss":4}\n' >"$T/pinf/metrics.jsonl"
+timeout 30 $M plot "$T/pinf" --out "$T/pinf.png" >/dev/null 2>"$T/plot.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "$T/pinf/metrics.jsonl: line 2: epoch inf is not an epoch number" "$T/plot.err" || fail "moco plot, epoch 1e999: exit $rc $(cat "$T/plot.err")"
 
 # moco knn on the final checkpoint reproduces the monitor's last figure
 want=$(grep '"type":"epoch"' "$T/r1/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)

@@ -30,6 +30,13 @@ static void test_axes(void **state)
     axis_is(12, 99.5, 1, 100, 0, 100, 20);      /* capped at 100 */
     axis_is(-0.641, 0.2, 0, 0, -0.8, 0.2, 0.2);
     axis_is(5, 5, 0, 0, 4.4, 5.6, 0.2);         /* one value */
+    /* two values 2e-12 apart near 12345 (a metrics file's full-precision floats): closer than
+     * ticks can be told apart there, so one value with room around it; before, a step of
+     * 5e-13, below the spacing of doubles at 12345 (1.8e-12), and the tick loop never ended */
+    double a, b, st;
+    plot_axis(12345.678901234567, 12345.678901234569, 0, 0, &a, &b, &st);
+    print_message("  [12345.678901234567, ...569] -> [%.17g, %.17g] step %g\n", a, b, st);
+    assert_true(a + st > a && st > 1e-6 && b > a && (b - a) / st <= 6.0 + 1e-9);
 }
 
 static void label_is(double v, double step, const char *want)

@@ -40,6 +40,8 @@ static int field(const char *line, const char *key, double *v)
     return 1;
 }
 
+enum { PLOT_MAX_EPOCHS = 1000000 };
+
 static void add(series *s, double x, double y)
 {
     if (s->n < MAXPTS && isfinite(x) && isfinite(y)) {
@@ -65,7 +67,8 @@ static int text(VipsImage *im, const char *str, int x, int y, int size)
 void plot_axis(double lo, double hi, int zero, double cap, double *alo, double *ahi, double *step)
 {
     if (zero && lo > 0) lo = 0;
-    if (!(hi - lo > 1e-12)) { /* one value: a little room around it */
+    /* one value (or values closer than the doubles around them resolve ticks): a little room around it */
+    if (!(hi - lo > 1e-9 * fmax(1, fmax(fabs(lo), fabs(hi))))) {
         double pad = fabs(lo) > 0 ? fabs(lo) * 0.1 : 1;
         int nonneg = lo >= 0;
         lo -= pad, hi += pad;
@@ -127,7 +130,10 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
     double step, xlo, xhi, xstep;
     plot_axis(lo, hi, percent, percent ? 100 : 0, &lo, &hi, &step);
     char lab[64];
-    for (double v = lo; v <= hi + step * 1e-6; v += step) {
+    /* ticks counted, not stepped to: a step below the spacing of doubles near lo would never arrive */
+    int ny = (int)fmin(floor((hi - lo) / step + 1e-6), 50) + 1;
+    for (int t = 0; t < ny; t++) {
+        double v = lo + step * t;
         int y = y0 - (int)(h * (v - lo) / (hi - lo));
         vips_draw_line(im, grey, 3, x0 + 1, y, x0 + w, y, NULL);
         plot_tick_label(v, step, lab, sizeof lab);
@@ -136,7 +142,9 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
     plot_axis(0, epochs > 0 ? epochs : 1, 1, 0, &xlo, &xhi, &xstep);
     if (xstep < 1) xstep = 1, xhi = ceil(xhi); /* whole epochs */
     double xmax = xhi;
-    for (double v = 0; v <= xhi + 1e-9; v += xstep) {
+    int nx = (int)fmin(floor(xhi / xstep + 1e-9), 50) + 1;
+    for (int t = 0; t < nx; t++) {
+        double v = xstep * t;
         plot_tick_label(v, xstep, lab, sizeof lab);
         text(im, lab, x0 + (int)(w * v / xmax) - 4, y0 + 8, 10);
     }
@@ -155,11 +163,18 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
     if (!f) return -1;
     double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
     char line[8192];
+    long no = 0;
     /* two passes: epoch records first (they give steps per epoch) */
     while (fgets(line, sizeof line, f)) {
         double e, st, v;
         int ours = strstr(line, "\"type\":\"epoch\"") != NULL, plain = !strstr(line, "\"type\":");
+        no++;
         if (!(ours || plain) || !field(line, "epoch", &e)) continue;
+        if (!(e >= 0 && e <= PLOT_MAX_EPOCHS)) { /* 1e999 reads as inf: no axis holds it */
+            fclose(f);
+            moco_err(MOCO_ECORRUPT, "%s: line %ld: epoch %g is not an epoch number (0 to %d)", path, no, e, PLOT_MAX_EPOCHS);
+            return -1;
+        }
         if (plain) e -= 1; /* 1-based */
         if (e + 1 > epochs) epochs = e + 1;
         if (ours && field(line, "step", &st) && e >= 0 && st > 0) spe = st / (e + 1);
@@ -200,7 +215,7 @@ int plot_main(int argc, char **argv)
     static series loss, acc, knn, speed, closs, cacc, cknn, cspeed;
     double epochs = load(path, &loss, &acc, &knn, &speed), cepochs = 0;
     if (epochs < 0) {
-        fprintf(stderr, "moco plot: cannot read %s: %s\n", path, moco_errmsg());
+        fprintf(stderr, "moco plot: %s\n", moco_errmsg()); /* it names the file */
         return 1;
     }
     if (epochs == 0) {
@@ -213,7 +228,8 @@ int plot_main(int argc, char **argv)
         if (d) fclose(d);
         else snprintf(cpath, sizeof cpath, "%s", compare);
         if ((cepochs = load(cpath, &closs, &cacc, &cknn, &cspeed)) <= 0) {
-            fprintf(stderr, "moco plot: %s: %s\n", cpath, cepochs < 0 ? moco_errmsg() : "no per-epoch records");
+            if (cepochs < 0) fprintf(stderr, "moco plot: %s\n", moco_errmsg()); /* it names the file */
+            else fprintf(stderr, "moco plot: %s: no per-epoch records\n", cpath);
             return 1;
         }
         if (cepochs > epochs) epochs = cepochs;
