@@ -101,15 +101,15 @@ if /usr/bin/python3 -c 'import PIL' 2>/dev/null; then
 import os, random, sys
 from PIL import Image
 r = random.Random(5)
-for split, classes in (("train", ["ants", "bees"]), ("test", ["bees"]), ("odd", ["bees", "wasps"])):
+for split, classes in (("train", ["ants", "bees"]), ("test", ["bees"]), ("odd", ["bees", "wasps"]), ("jpeg", ["ants"])):
     for c in classes:
         os.makedirs(os.path.join(sys.argv[1], split, c))
         for i in range(6):
             rr = random.Random((len(c) * 100 + ord(c[0])) * 10 + i) if c != "wasps" else r
             im = Image.frombytes("RGB", (32, 32), bytes(rr.randrange(256) for _ in range(32 * 32 * 3)))
-            im.save(os.path.join(sys.argv[1], split, c, "%d.png" % i))
+            im.save(os.path.join(sys.argv[1], split, c, "%d.%s" % (i, "jpg" if split == "jpeg" else "png")))
 PY
-  for split in train test odd; do $M mkdb "$T/cls/$split" "$T/cls/db-$split" --quiet >/dev/null || fail "mkdb $split"; done
+  for split in train test odd jpeg; do $M mkdb "$T/cls/$split" "$T/cls/db-$split" --quiet >/dev/null || fail "mkdb $split"; done
   K="--random-init 1 --width 4 --size 32 --threads 1"
   got=$($M knn $K --k 1 --train "$T/cls/db-train" --test "$T/cls/db-test" 2>"$T/err" | grep -o '"knn_top1":[0-9.]*')
   [ "$got" = '"knn_top1":100.00' ] || fail "knn, the test set's one class by name: $got $(cat "$T/err")"
@@ -119,6 +119,22 @@ PY
     fail "lincls took a test class the training set lacks"
   grep -q "has class 'wasps'" "$T/err" || fail "lincls, a class missing: $(cat "$T/err")"
   echo "classes matched by name: kNN 100% on a one-class test set (class 0 there, 1 in training); a class the training set lacks refused"
+  # a record whose header gives another size than its image (JPEG: TurboJPEG scaled to the
+  # header's size, and the rows were read at the wrong width, exit 0; PNG: libvips), refused
+  # by the evaluation reader as by the augmentation workers
+  for split in train jpeg; do
+    python3 - "$T/cls/db-$split/data.mdb" <<'PY'
+import struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+i = b.find(b"MOCR")
+assert struct.unpack_from("<I", b, i + 12)[0] == 32
+struct.pack_into("<I", b, i + 12, 33)
+open(sys.argv[1], "wb").write(b)
+PY
+    timeout 60 $M embed $K --db "$T/cls/db-$split" --out "$T/cls/e.npy" >/dev/null 2>"$T/err"; rc=$?
+    [ $rc -eq 1 ] && grep -q "$T/cls/db-$split: record [0-9]*: header says 33x32, payload claims 32x32" "$T/err" || fail "embed, $split, header 33 wide: exit $rc $(cat "$T/err")"
+  done
+  echo "a header that gives another size than its image (PNG, JPEG): refused by embed, naming the record"
 fi
 tgz=../shared/data/cifar10-jpeg.tar.gz
 [ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }

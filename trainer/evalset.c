@@ -123,7 +123,13 @@ static int grow(evalset *e, size_t n)
     return 0;
 }
 
-/* Decode record i into e->px (h, w, c uint8), c = 1 or 3. */
+static int mismatch(const evalset *e, int64_t i, const moco_rec_header *h, int pw, int ph)
+{
+    return moco_err(MOCO_ECORRUPT, "%s: record %" PRId64 ": header says %ux%u, payload claims %dx%d", moco_db_path(e->db), i,
+                    h->width, h->height, pw, ph);
+}
+
+/* Decode record i into e->px (h, w, c uint8), c = 1 or 3; the payload's size must be the header's. */
 static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t *pl, int *w, int *hh, int *c)
 {
     *w = (int)h->width;
@@ -134,7 +140,11 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
         memcpy(e->px, pl, h->payload_len);
         return 0;
     }
-    if (h->encoding == MOCO_ENC_JPEG && e->tj && (h->channels == 1 || h->channels == 3)) {
+    int jw, jh, ss, cs;
+    if (h->encoding == MOCO_ENC_JPEG && e->tj && (h->channels == 1 || h->channels == 3) &&
+        tjDecompressHeader3(e->tj, pl, h->payload_len, &jw, &jh, &ss, &cs) == 0 && cs != TJCS_CMYK && cs != TJCS_YCCK) {
+        /* TurboJPEG scales to the size it is given: a header that lies about it must not pass */
+        if (jw != *w || jh != *hh) return mismatch(e, i, h, jw, jh);
         *c = h->channels;
         if (grow(e, (size_t)*w * *hh * 3)) return MOCO_ENOMEM;
         if (tjDecompress2(e->tj, pl, h->payload_len, e->px, *w, 0, *hh, *c == 1 ? TJPF_GRAY : TJPF_RGB, 0) == 0 ||
@@ -144,6 +154,11 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
     /* anything else: libvips, flattened to 8-bit sRGB or grey */
     VipsImage *im = vips_image_new_from_buffer(pl, h->payload_len, "", NULL), *t = NULL;
     if (!im) goto bad;
+    if (vips_image_get_width(im) != *w || vips_image_get_height(im) != *hh) {
+        int rc = mismatch(e, i, h, vips_image_get_width(im), vips_image_get_height(im));
+        g_object_unref(im);
+        return rc;
+    }
     if (vips_image_hasalpha(im)) {
         if (vips_flatten(im, &t, NULL)) goto bad;
         g_object_unref(im); im = t; t = NULL;
