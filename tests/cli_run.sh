@@ -85,4 +85,32 @@ done
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 without --bind should exit 2"
 $M run /nonexistent --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "a missing DB should exit 2"
+# runs that would train nothing fail, saying why (before: exit 0, "loss 0.0000", checkpoints):
+# a batch larger than the dataset, and a dataset whose every record fails (payload bytes flipped:
+# each record's CRC check fails in the worker)
+if [ -d /usr/share/datasets/fashion-mnist ]; then
+  TINY="--epochs 2 --workers 1 --arch resnet18-cifar --width 4 --size 28 --recipe cifar --moco-k 16"
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/db4" --split test --limit 4 --quiet >/dev/null || fail "mkdb 4"
+  timeout 120 $M run "$T/db4" $TINY --batch-size 8 --run-dir "$T/r4" >/dev/null 2>"$T/r4.err"; rc=$?
+  [ $rc -eq 1 ] && grep -q "moco train: the dataset's 4 samples make no batch of 8 pairs: lower --batch-size" "$T/r4.err" || fail "batch 8 on 4 samples: exit $rc $(tail -5 "$T/r4.err")"
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/db20" --split test --limit 20 --quiet >/dev/null || fail "mkdb 20"
+  python3 - "$T/db20/data.mdb" <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read())
+i = b.find(b"MOCR")
+while i >= 0:
+    b[i + 28 + 10] ^= 0xFF  # a payload byte (the header is 28 bytes)
+    i = b.find(b"MOCR", i + 4)
+open(sys.argv[1], "wb").write(b)
+PY
+  timeout 120 $M run "$T/db20" $TINY --batch-size 4 --run-dir "$T/r20" >/dev/null 2>"$T/r20.err"; rc=$?
+  [ $rc -eq 1 ] && grep -q "moco train: epoch 0 trained no step: all 20 of its samples failed in the workers" "$T/r20.err" || fail "every record failing: exit $rc $(tail -5 "$T/r20.err")"
+  [ -e "$T/r20/checkpoint_epoch_0001.safetensors" ] && fail "a checkpoint of an epoch that trained nothing"
+  [ -d "$T/r20" ] || fail "the run directory of the failed run is missing"
+  echo "a batch larger than the dataset, and a dataset whose every record fails: exit 1, saying why"
+fi
+# a --count whose bitmap size wraps around (2^64 - 1: (count + 7) / 8 was 0, then a heap overflow)
+echo 100000 >"$T/idx.txt"
+$M sink --connect ipc://$T/none --count 18446744073709551615 --resume-epoch 0 --resume-indices "$T/idx.txt" >/dev/null 2>"$T/sink.err"
+rc=$?; [ $rc -eq 2 ] && grep -q -- "--count: 18446744073709551615 is outside \[0, 68719476736\]" "$T/sink.err" || fail "sink --count 2^64-1: exit $rc $(cat "$T/sink.err")"
 echo "moco run: 2 x $N pairs, exactly; 6 x $N with a worker killed; 1 x $N over tcp://"

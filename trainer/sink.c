@@ -16,6 +16,7 @@
 #include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/jsonw.h"
+#include "formats/pipeline.h"
 #include "formats/opts.h"
 #include "formats/record.h"
 #include "formats/replace.h"
@@ -55,7 +56,7 @@ int trainer_sink_main(int argc, char **argv)
         {"keys", MOCO_OPT_STR, &keys, "key directory (moco keygen): CURVE on tcp endpoints", 0, 0, NULL},
         {"insecure", MOCO_OPT_FLAG, &insecure, "allow tcp endpoints without --keys", 0, 0, NULL},
         {"connect", MOCO_OPT_STR, &ctl_ep, "the loader's control endpoint", 0, 0, NULL},
-        {"count", MOCO_OPT_U64, &count, "dataset size: check that every epoch delivers it all", 0, 0, NULL},
+        {"count", MOCO_OPT_U64, &count, "dataset size: check that every epoch delivers it all", 0, (double)MOCO_COUNT_MAX, NULL},
         {"delay-ms", MOCO_OPT_INT, &delay_ms, "sleep this long per pair (a slow consumer)", 0, 100000, NULL},
         {"index-log", MOCO_OPT_STR, &index_log, "write 'epoch index' of every pair received here", 0, 0, NULL},
         {"resume-epoch", MOCO_OPT_INT, &resume_epoch, "resume this epoch (with --resume-indices)", 0, 1e9, NULL},

@@ -560,6 +560,11 @@ int train_run(const train_cfg *cin)
     if ((rc = stream_open(&sc, &s))) goto out;
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / ((uint64_t)N * (uint64_t)ranks)) : 0, step_in_epoch = 0;
+    if (c->count && steps_per_epoch == 0) { /* every epoch would end without a step, "trained" and checkpointed */
+        rc = moco_err(MOCO_EINVAL, "the dataset's %" PRIu64 " samples make no batch of %d pairs%s: lower --batch-size", c->count,
+                      N * ranks, ranks > 1 ? " (over all ranks)" : "");
+        goto out;
+    }
     if (resume && !has_bits && !rank) { /* at an epoch's start: the record of the one before, if a kill took it */
         char mpath[4200];
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
@@ -606,6 +611,11 @@ int train_run(const train_cfg *cin)
                 if ((rc = dist_sum_d(c->dist, v, 5))) goto out;
                 e_loss = v[0] / ranks, e_acc = v[1] / ranks, pairs_epoch = (int64_t)v[2], dropped_pairs = (int)v[3];
                 failed_epoch = (int64_t)v[4];
+            }
+            if (e_steps == 0 && failed_epoch > 0 && pairs_epoch == 0) { /* a dataset whose every record fails: no run at all */
+                rc = moco_err(MOCO_ECORRUPT, "epoch %lld trained no step: all %lld of its samples failed in the workers (see their log)",
+                              (long long)epoch, (long long)failed_epoch);
+                goto out;
             }
             int64_t next = (int64_t)ev.epoch + 1;
             /* the epoch's checkpoint (the next epoch, nothing of it
