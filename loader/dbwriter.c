@@ -107,10 +107,16 @@ static int lmdb_fail(dbw *w, int rc, const char *what)
     return moco_err(MOCO_ELMDB, "%s: %s: %s", w->tmp, what, mdb_strerror(rc));
 }
 
-int dbw_open(const char *out, int force, size_t initial_map, dbw **pw)
+int dbw_open(const char *out_arg, int force, size_t initial_map, dbw **pw)
 {
     struct stat st;
     *pw = NULL;
+    /* OUT without trailing slashes: "db/" would put the temporary directory inside it (db/.tmp-PID) */
+    char out[4096];
+    size_t ol = strlen(out_arg);
+    if (ol >= sizeof out) return moco_err(MOCO_EINVAL, "%s: path too long", out_arg);
+    memcpy(out, out_arg, ol + 1);
+    while (ol > 1 && out[ol - 1] == '/') out[--ol] = 0;
     if (!force && stat(out, &st) == 0) return moco_err(MOCO_EEXIST, "%s already exists (remove it, or use --force)", out);
     int rc0 = force ? replaceable(out) : 0;
     if (rc0) return rc0;

@@ -58,6 +58,11 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
   # silently wrong gradient at 10 or -1); within them, info --verify finds the class counts
   # differ from the metadata's.
   $M mkdb /usr/share/datasets/fashion-mnist "$T/small" --split test --limit 256 --quiet >/dev/null || fail "fashion-mnist, 256"
+  # OUT with a trailing slash, new and then replaced (before: "cannot create OUT/.tmp-PID", and
+  # --force refused the dataset for holding mkdb's own temporary directory)
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/slash/" --split test --limit 8 --quiet >/dev/null 2>"$T/err" || fail "mkdb OUT/: $(cat "$T/err")"
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/slash/" --split test --limit 16 --quiet --force >/dev/null 2>"$T/err" || fail "mkdb OUT/ --force: $(cat "$T/err")"
+  [ "$(count "$T/slash")" = '"count":16,"num_classes":10' ] && [ "$(ls -A "$T/slash" | tr '\n' ' ')" = "data.mdb lock.mdb " ] || fail "mkdb OUT/: $(count "$T/slash"), $(ls -A "$T/slash")"
   relabel() { # $1: dataset, $2: new label or "next" (the next class): the first record's label in data.mdb
     python3 - "$1/data.mdb" "$2" <<'PY'
 import struct, sys
