@@ -104,6 +104,30 @@ static void test_checksum(void **state)
     assert_int_equal(stat(path, &sb), 0);
     flip_byte(path, (long)sb.st_size - 1);
     assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ECORRUPT);
+    flip_byte(path, (long)sb.st_size - 1);
+    assert_int_equal(ckpt_read_config(path, &(ckpt_config){0}), 0);
+    /* the config: "size":8 made "size":9 in the header (the evaluation commands build their
+     * model and preprocessing from it; before config_crc32 the change went unseen) */
+    char *hdr = malloc((size_t)data_offset(path));
+    FILE *hf = fopen(path, "rb");
+    assert_non_null(hdr);
+    assert_non_null(hf);
+    assert_int_equal(fread(hdr, 1, (size_t)data_offset(path), hf), (size_t)data_offset(path));
+    fclose(hf);
+    char *sz = memmem(hdr, (size_t)data_offset(path), "size\\\":8", 8);
+    assert_non_null(sz);
+    long soff = (long)(sz - hdr) + 7;
+    free(hdr);
+    flip_byte(path, soff); /* '8' ^ 1 = '9' */
+    ckpt_config cc;
+    assert_int_equal(ckpt_read_config(path, &cc), MOCO_ECORRUPT);
+    printf("the config's size changed in the header: %s\n", moco_errmsg());
+    assert_non_null(strstr(moco_errmsg(), path));
+    assert_non_null(strstr(moco_errmsg(), "config metadata fails its checksum"));
+    assert_int_equal(ckpt_load_encoder(path, m), MOCO_ECORRUPT);
+    flip_byte(path, soff);
+    assert_int_equal(ckpt_read_config(path, &cc), 0);
+    assert_int_equal(cc.size, 8);
     rn_destroy(&m);
     moco_destroy(&mc);
     moco_destroy(&mc2);

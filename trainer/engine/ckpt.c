@@ -39,7 +39,7 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     int cap = 3 * mc->q->ntensors + 16;
     moco_st_entry *e = calloc((size_t)cap, sizeof *e);
     char (*names)[MOCO_ST_MAX_NAME + 1] = calloc((size_t)cap, sizeof *names);
-    const char **meta2 = calloc((size_t)(2 * nmeta + 2), sizeof *meta2);
+    const char **meta2 = calloc((size_t)(2 * nmeta + 4), sizeof *meta2);
     if (!e || !names || !meta2) {
         free(e);
         free(names);
@@ -71,9 +71,20 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     char crcs[16];
     snprintf(crcs, sizeof crcs, "%08lx", (unsigned long)crc);
     for (int i = 0; i < 2 * nmeta; i++) meta2[i] = meta[i];
-    meta2[2 * nmeta] = "data_crc32";
-    meta2[2 * nmeta + 1] = crcs;
-    int rc = moco_st_write(path, e, n, meta2, nmeta + 1);
+    int nm = nmeta;
+    meta2[2 * nm] = "data_crc32";
+    meta2[2 * nm++ + 1] = crcs;
+    /* the config too: the evaluation commands build their model from it */
+    char ccrcs[16];
+    for (int i = 0; i < nmeta; i++)
+        if (!strcmp(meta[2 * i], "config")) {
+            snprintf(ccrcs, sizeof ccrcs, "%08lx", (unsigned long)crc32_z(crc32_z(0L, Z_NULL, 0), (const Bytef *)meta[2 * i + 1],
+                                                                           strlen(meta[2 * i + 1])));
+            meta2[2 * nm] = "config_crc32";
+            meta2[2 * nm++ + 1] = ccrcs;
+            break;
+        }
+    int rc = moco_st_write(path, e, n, meta2, nm);
     free(e);
     free(names);
     free(meta2);
@@ -83,9 +94,11 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
 /* ---- reading the header's __metadata__ ---------------------------------- */
 
 /* The header of the file open as fd: its "config" (decoded, "" if none)
- * and "data_crc32" ("" if none) metadata strings. */
+ * and "data_crc32" ("" if none) metadata strings; "config_crc32", where the
+ * file has it, checked against the config. */
 static int read_meta(int fd, const char *path, char *config, size_t ccap, char *crc, size_t crccap)
 {
+    char ccrc[32] = "";
     config[0] = crc[0] = 0;
     uint8_t b8[8];
     struct stat sb;
@@ -105,10 +118,22 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     if (tk[0].type != MOCO_JSON_OBJ) { rc = moco_err(MOCO_ECORRUPT, "%s: header is not a JSON object", path); goto out; }
     int md = moco_json_get(h, tk, 0, "__metadata__");
     if (md < 0 || tk[md].type != MOCO_JSON_OBJ) goto out;
-    int c = moco_json_get(h, tk, md, "config"), k = moco_json_get(h, tk, md, "data_crc32");
+    int c = moco_json_get(h, tk, md, "config"), k = moco_json_get(h, tk, md, "data_crc32"),
+        kc = moco_json_get(h, tk, md, "config_crc32");
     if ((c >= 0 && (tk[c].type != MOCO_JSON_STR || moco_json_str(h, &tk[c], config, ccap))) ||
-        (k >= 0 && (tk[k].type != MOCO_JSON_STR || moco_json_str(h, &tk[k], crc, crccap))))
-        rc = moco_err(MOCO_ECORRUPT, "%s: __metadata__ config or data_crc32 malformed", path);
+        (k >= 0 && (tk[k].type != MOCO_JSON_STR || moco_json_str(h, &tk[k], crc, crccap))) ||
+        (kc >= 0 && (tk[kc].type != MOCO_JSON_STR || moco_json_str(h, &tk[kc], ccrc, sizeof ccrc)))) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: __metadata__ config, data_crc32 or config_crc32 malformed", path);
+        goto out;
+    }
+    if (kc >= 0) { /* files written before it existed have none */
+        char got[16];
+        snprintf(got, sizeof got, "%08lx",
+                 (unsigned long)crc32_z(crc32_z(0L, Z_NULL, 0), (const Bytef *)config, strlen(config)));
+        if (c < 0 || strcmp(got, ccrc))
+            rc = moco_err(MOCO_ECORRUPT, "%s: the config metadata fails its checksum (CRC-32 %s, the header says %s): the file is damaged",
+                          path, c < 0 ? "of nothing" : got, ccrc);
+    }
 out:
     free(h);
     free(tk);

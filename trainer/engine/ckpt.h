@@ -9,13 +9,14 @@
  *       position (indices of pipeline.epoch already trained on);
  * and "__metadata__" strings: "format" (moco-checkpoint-1), "config" (the
  * training configuration as JSON: arch, width, mlp, dim, size, K, lr,
- * schedule, epochs, ...; see train_config_meta) and "data_crc32" (the CRC-32
- * of the whole data section, 8 hex digits). Written atomically (temporary
+ * schedule, epochs, ...; see train_config_meta), "data_crc32" (the CRC-32
+ * of the whole data section, 8 hex digits) and "config_crc32" (that of the
+ * config string). Written atomically (temporary
  * file, fsync, rename): a crash leaves the previous file intact.
  *
- * Every load (ckpt_open and what uses it) checks the CRC-32 when the file
- * has one (files written before it existed have none; MOCO_ECORRUPT naming
- * the file) and refuses NaN or infinite values in any F32 tensor
+ * Every load (ckpt_open, ckpt_read_config and what uses them) checks the
+ * CRC-32s when the file has them (files written before them have none;
+ * MOCO_ECORRUPT naming the file) and refuses NaN or infinite values in any F32 tensor
  * (MOCO_ENUMERIC naming the tensor and the element). Loading into a model
  * checks every name, dtype and shape before changing anything. */
 #ifndef TRAINER_CKPT_H
@@ -44,7 +45,8 @@ typedef struct {
     int64_t count;
 } ckpt_config;
 
-/* meta: key/value pairs (may be NULL); "data_crc32" is added here. */
+/* meta: key/value pairs (may be NULL); "data_crc32" and, with a "config",
+ * "config_crc32" are added here. */
 int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char *const *meta, int nmeta);
 
 /* Open and check a checkpoint (CRC-32, finite F32 tensors; see above) and
