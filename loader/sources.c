@@ -193,7 +193,10 @@ static int slurp(const char *path, uint8_t **out, size_t *len)
     while (b) {
         if (n == cap) {
             uint8_t *nb = cap > ((size_t)1 << 32) ? NULL : realloc(b, cap * 2);
-            if (!nb) break;
+            if (!nb) { /* an error, never the file's first part taken for all of it */
+                rc = moco_err(MOCO_ENOMEM, "%s: out of memory after %zu bytes (at most 8 GiB are read)", path, n);
+                break;
+            }
             b = nb;
             cap *= 2;
         }
