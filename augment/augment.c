@@ -57,10 +57,12 @@ int augment_recipe_check(const augment_recipe *r)
         return moco_err(MOCO_EINVAL, "recipe %s: need 0 < scale min %g <= max %g <= 1", r->name, r->scale_min, r->scale_max);
     if (!(r->ratio_min > 0 && r->ratio_min <= r->ratio_max && r->ratio_max < 1e6))
         return moco_err(MOCO_EINVAL, "recipe %s: need 0 < ratio min %g <= max %g", r->name, r->ratio_min, r->ratio_max);
-    if (!(r->brightness >= 0 && r->contrast >= 0 && r->saturation >= 0 && r->hue >= 0 && r->hue <= 0.5))
-        return moco_err(MOCO_EINVAL, "recipe %s: jitter strengths must be >= 0 and hue <= 0.5", r->name);
-    if (!(r->blur_sigma_min > 0 && r->blur_sigma_min <= r->blur_sigma_max))
-        return moco_err(MOCO_EINVAL, "recipe %s: need 0 < blur sigma min <= max", r->name);
+    /* bounded: 1e39 is inf as a float, and its NaN pixels were converted to integers */
+    if (!(r->brightness >= 0 && r->contrast >= 0 && r->saturation >= 0 && r->brightness <= 1000 && r->contrast <= 1000 &&
+          r->saturation <= 1000 && r->hue >= 0 && r->hue <= 0.5))
+        return moco_err(MOCO_EINVAL, "recipe %s: jitter strengths must be in [0, 1000] and hue in [0, 0.5]", r->name);
+    if (!(r->blur_sigma_min > 0 && r->blur_sigma_min <= r->blur_sigma_max && r->blur_sigma_max <= 1000))
+        return moco_err(MOCO_EINVAL, "recipe %s: need 0 < blur sigma min <= max <= 1000", r->name);
     int k = blur_kernel(r);
     if (k < 1 || k > 257 || k % 2 == 0) return moco_err(MOCO_EINVAL, "recipe %s: blur kernel %d must be odd, 1..257", r->name, k);
     if (r->channels != 0 && r->channels != 1 && r->channels != 3)

@@ -606,6 +606,12 @@ static void test_recipes(void **state)
     assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
     r.blur_kernel = 0, r.hue = 0.6;
     assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
+    r.hue = 0.1, r.brightness = 1e39; /* inf as a float */
+    assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
+    r.brightness = 1000, r.blur_sigma_max = INFINITY;
+    assert_int_equal(augment_recipe_check(&r), MOCO_EINVAL);
+    r.blur_sigma_max = 1000;
+    assert_int_equal(augment_recipe_check(&r), 0);
     /* the shared flags: a recipe's own values unless a flag is given */
     augment_flags f;
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 1];
