@@ -169,6 +169,16 @@ out=$(timeout 60 mpirun -np 2 --oversubscribe sh -c 'exec "$0" train --connect i
   --size 28 '"$MODEL"' --lr $(( OMPI_COMM_WORLD_RANK + 1 ))' "$M" 2>&1); rc=$?
 [ $rc -ne 0 ] || fail "ranks with different --lr were accepted"
 [ "$(echo "$out" | grep -c 'ranks differ in the training flags')" -ge 2 ] || fail "differing flags not reported on every rank: $out"
+# flags that decide which collectives a rank calls (before: a hang in mismatched collectives,
+# timeout's 124) or what its inputs are (before: trained on, unseen): refused on every rank
+for diff in '--log-every $(( OMPI_COMM_WORLD_RANK * 2 + 1 ))' '--save-every $(( OMPI_COMM_WORLD_RANK * 3 + 2 ))' \
+            '$( [ $OMPI_COMM_WORLD_RANK = 1 ] && echo --normalize none )' 'MOCO_DIST_CHECK=$OMPI_COMM_WORLD_RANK'; do
+  case "$diff" in MOCO*) pre="env $diff"; flag="";; *) pre=""; flag="$diff";; esac
+  out=$(timeout 60 mpirun -np 2 --oversubscribe sh -c 'exec '"$pre"' "$0" train --connect ipc://'"$T"'/s3/none --out '"$T"'/e1 --count '"$N"' \
+    --size 28 '"$MODEL"' '"$flag" "$M" 2>&1); rc=$?
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "ranks with different $diff: exit $rc (124: hung): $out"
+  [ "$(echo "$out" | grep -c 'ranks differ in the run flags')" -ge 2 ] || fail "ranks with different $diff: not reported on every rank: $out"
+done
 out=$(timeout 60 $MPIRUN $M train --connect ipc://$T/s3/none --out "$T/e2" --count $N --size 28 $MODEL --moco-k 48 2>&1); rc=$?
 [ $rc -ne 0 ] || fail "K=48 with 2 ranks x batch 16 was accepted"
 echo "$out" | grep -q "multiple" || fail "K not a multiple of ranks x batch: no clear message: $out"

@@ -76,17 +76,25 @@ timeout 60 $M run db $RUN --epochs 1 --run-dir o1 --overwrite >/dev/null 2>o1d.e
 echo "7a: a used run directory is refused (moco run: exit 2, moco train: exit 1); --overwrite starts afresh"
 
 # 7c. the schedule is kept on resume
-for change in "--epochs 2" "--epochs 1 --lr 0.1"; do
+# (the loss's and optimiser's settings too: a resume took them and the checkpoint then claimed them for the whole run)
+for change in "--epochs 2" "--epochs 1 --lr 0.1" "--epochs 1 --moco-t 0.2" "--epochs 1 --moco-m 0.5" "--epochs 1 --wd 0.01" \
+              "--epochs 1 --momentum 0.5"; do
   timeout 60 $M run db $RUN --run-dir o1 --resume o1 $change >/dev/null 2>o1e.err; rc=$?
   flag=${change##*--}; flag=--${flag%% *}
   [ $rc -eq 1 ] && grep -q "another schedule: $flag" o1e.err || fail "resume with $change: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 done
+timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --symmetric >/dev/null 2>o1e.err; rc=$?
+[ $rc -eq 1 ] && grep -q "another schedule: --symmetric (checkpoint: no --symmetric)" o1e.err || fail "resume with --symmetric: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+# another dataset (512 samples in the checkpoint, 256 now): refused, naming both counts
+$M mkdb $SRC db256 --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail "mkdb db256"
+timeout 60 $M run db256 $RUN --run-dir o1 --resume o1 --epochs 2 >/dev/null 2>o1e.err; rc=$?
+[ $rc -eq 1 ] && grep -q "was trained on a dataset of 512 samples, this stream has 256" o1e.err || fail "resume on another dataset: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 [ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "a refused resume trained"
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-change >/dev/null 2>o1f.err \
   || fail "--allow-schedule-change: $(tail -3 o1f.err)"
 [ "$(epochs o1/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' o1/metrics.jsonl \
   || fail "--allow-schedule-change did not resume and train epoch 2"
-echo "7c: --epochs / --lr changed on resume: refused; with --allow-schedule-change: trained on"
+echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric changed on resume, or another dataset: refused; with --allow-schedule-change: trained on"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
 pipeline() { # $1: run directory, rest: trainer flags

@@ -257,6 +257,7 @@ int dist_init(int *argc, char ***argv, dist **out)
 
 int dist_rank(const dist *d) { return d->rank; }
 int dist_size(const dist *d) { return d->size; }
+long dist_check_every(const dist *d) { return d->check_every; }
 const moco_comm *dist_comm(dist *d) { return &d->mc; }
 double dist_wait_seconds(const dist *d) { return d->wait_s; }
 

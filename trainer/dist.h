@@ -57,6 +57,8 @@ const moco_comm *dist_comm(dist *d);
  * all-reduced MIN/MAX, then gathered to name the first rank that differs
  * from rank 0), on every rank. */
 int dist_same(dist *d, const void *buf, size_t n, const char *what);
+/* Steps between the weight checks ($MOCO_DIST_CHECK at start-up; 0: none). */
+long dist_check_every(const dist *d);
 
 /* v[0..n) becomes the sum over ranks, added in rank order (the same bits
  * on every rank). */

@@ -280,16 +280,24 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
     if (k->cos >= 0 && k->cos != c->cos) DIFF(", %s (checkpoint: %s)", c->cos ? "--cos" : "no --cos", k->cos ? "--cos" : "no --cos");
     if (k->warmup_epochs >= 0 && k->warmup_epochs != c->warmup_epochs)
         DIFF(", --warmup-epochs %d (checkpoint: %d)", c->warmup_epochs, k->warmup_epochs);
-    snprintf(a, sizeof a, "%g", c->lr);
-    snprintf(b, sizeof b, "%g", k->lr);
-    if (!isnan(k->lr) && strcmp(a, b)) DIFF(", --lr %s (checkpoint: %s)", a, b);
+    /* the learning rate, and the loss's and the optimiser's settings (a checkpoint's config then
+     * claimed the new values for the whole run), compared as the config prints them */
+    const char *dn[] = {"--lr", "--moco-m", "--moco-t", "--momentum", "--wd"};
+    const double dc[] = {c->lr, c->m, c->T, c->momentum, c->wd}, dkv[] = {k->lr, k->m, k->T, k->momentum, k->wd};
+    for (int i = 0; i < 5; i++) {
+        snprintf(a, sizeof a, "%g", dc[i]);
+        snprintf(b, sizeof b, "%g", dkv[i]);
+        if (!isnan(dkv[i]) && strcmp(a, b)) DIFF(", %s %s (checkpoint: %s)", dn[i], a, b);
+    }
+    if (k->symmetric >= 0 && k->symmetric != c->symmetric)
+        DIFF(", %s (checkpoint: %s)", c->symmetric ? "--symmetric" : "no --symmetric", k->symmetric ? "--symmetric" : "no --symmetric");
     schedule_str(c, sched, sizeof sched);
     if (!c->cos && k->cos == 0 && strcmp(sched, k->schedule) && k->has_schedule)
         DIFF(", --schedule %s (checkpoint: %s)", sched[0] ? sched : "none", k->schedule[0] ? k->schedule : "none");
 #undef DIFF
     if (!at) return 0;
     return moco_err(MOCO_EINVAL, "%s was trained with another schedule: %s. Give the flags it was trained with, or "
-                    "--allow-schedule-change to change the learning rates of a run under way", path, diff + 2);
+                    "--allow-schedule-change to change them in a run under way", path, diff + 2);
 }
 
 /* On resume: metrics.jsonl keeps the records up to the checkpoint's step
@@ -505,6 +513,16 @@ int train_run(const train_cfg *cin)
         ckpt_config kc;
         if ((rc = ckpt_read_config(resume, &kc)) || (rc = ckpt_load(resume, mc, &rs))) goto out;
         if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
+        /* another dataset: a mid-epoch position (its bitmap of delivered indices) means nothing
+         * there, and a whole run's count changes with it */
+        if (kc.count > 0 && cfg.count && (uint64_t)kc.count != cfg.count &&
+            (rs.delivered_bytes || !c->allow_schedule_change)) {
+            rc = moco_err(MOCO_EINVAL, "%s was trained on a dataset of %lld samples, this stream has %llu: %s", resume,
+                          (long long)kc.count, (unsigned long long)cfg.count,
+                          rs.delivered_bytes ? "its mid-epoch position cannot carry over (resume on the same dataset)"
+                                             : "give --allow-schedule-change to go on with another dataset from this epoch");
+            goto out;
+        }
         if (!c->allow_schedule_change && (rc = schedule_unchanged(c, &kc, resume))) goto out;
         epoch = rs.epoch;
         step = rs.step;
@@ -518,7 +536,15 @@ int train_run(const train_cfg *cin)
     }
     nmeta = train_config_meta(c, cfgjson, sizeof cfgjson, meta);
     /* ranks: the same configuration and the same starting weights everywhere */
+    /* and the flags that decide which collectives a rank calls when, or what its inputs are: a
+     * difference there hung the job in mismatched collectives, or trained on other inputs unseen */
+    char local[512];
+    snprintf(local, sizeof local, "log_every %d save_every %d check_every %ld precision %d mean %.9g %.9g %.9g std %.9g %.9g %.9g",
+             c->log_every, c->save_every, c->dist ? dist_check_every(c->dist) : 0L, c->precision, c->mean[0], c->mean[1], c->mean[2],
+             c->std[0], c->std[1], c->std[2]);
     if (c->dist && ((rc = dist_same(c->dist, cfgjson, strlen(cfgjson), "the training flags (--arch, --batch-size, --lr, ...)")) ||
+                    (rc = dist_same(c->dist, local, strlen(local),
+                                    "the run flags (--log-every, --save-every, --normalize, --precision, $MOCO_DIST_CHECK)")) ||
                     (rc = dist_check_weights(c->dist, mc))))
         goto out;
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);

@@ -155,7 +155,7 @@ static int cfg_int(const char *s, const moco_json_tok *tk, int obj, const char *
 static int parse_config(const char *js, const char *path, ckpt_config *c)
 {
     *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .ranks = -1, .epochs = -1, .cos = -1,
-                       .warmup_epochs = -1, .lr = NAN, .count = -1};
+                       .warmup_epochs = -1, .symmetric = -1, .lr = NAN, .m = NAN, .T = NAN, .momentum = NAN, .wd = NAN, .count = -1};
     if (!*js) return 0;
     moco_json_tok tk[256];
     int nt, rc = 0;
@@ -171,13 +171,16 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
         cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
         cfg_int(js, tk, 0, "ranks", &c->ranks) ||
         cfg_int(js, tk, 0, "epochs", &c->epochs) || cfg_int(js, tk, 0, "cos", &c->cos) ||
-        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs))
+        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs) || cfg_int(js, tk, 0, "symmetric", &c->symmetric))
         rc = MOCO_ECORRUPT;
-    i = moco_json_get(js, tk, 0, "lr");
-    if (i >= 0) {
+    const char *dk[] = {"lr", "m", "T", "momentum", "wd"};
+    double *dv[] = {&c->lr, &c->m, &c->T, &c->momentum, &c->wd};
+    for (int d = 0; d < 5; d++) {
+        i = moco_json_get(js, tk, 0, dk[d]);
+        if (i < 0) continue;
         char num[64];
         if (tk[i].type != MOCO_JSON_NUM || tk[i].len >= sizeof num) rc = MOCO_ECORRUPT;
-        else snprintf(num, sizeof num, "%.*s", (int)tk[i].len, js + tk[i].start), c->lr = strtod(num, NULL);
+        else snprintf(num, sizeof num, "%.*s", (int)tk[i].len, js + tk[i].start), *dv[d] = strtod(num, NULL);
     }
     i = moco_json_get(js, tk, 0, "count");
     uint64_t u;

@@ -36,12 +36,13 @@ typedef struct {
 } ckpt_state;
 
 /* What a checkpoint's "config" metadata says. Absent fields: -1 (ints),
- * NAN (lr), "" (strings); has_config 0 when there is no config at all. */
+ * NAN (lr, m, T, momentum, wd), "" (strings); has_config 0 when there is no
+ * config at all. */
 typedef struct {
     int has_config, has_schedule;
     char arch[32], schedule[128];
-    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs;
-    double lr;
+    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs, symmetric;
+    double lr, m, T, momentum, wd;
     int64_t count;
 } ckpt_config;
 
