@@ -5,7 +5,9 @@
  * its own flags, and supervises them:
  * - a worker that dies (SIGKILL, crash) is reported and replaced; the loader
  *   re-issues its samples, so nothing is lost;
- * - Ctrl-C / SIGTERM is forwarded to every process;
+ * - Ctrl-C / SIGTERM is forwarded to every process (with --ranks: SIGUSR1
+ *   to mpirun, which forwards it to the ranks, in a process group of its
+ *   own; the loader and workers once mpirun has ended);
  * - the run succeeds when the consumer and the loader exit 0; it fails
  *   (exit 1) as soon as either fails, and stops the others; after Ctrl-C /
  *   SIGTERM (or a trainer that exits 130) it exits 130 and, when the run
@@ -16,6 +18,7 @@
  * --resume or --overwrite (trainer flags) is given. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
@@ -83,6 +86,14 @@ static pid_t spawn(const argvec *a, const char *log)
             (void)f;
         }
         if (!strcmp(a->v[0], "mpirun")) {
+            /* a group of its own: a terminal's Ctrl-C reaches the supervisor, which stops the
+             * ranks with SIGUSR1; mpirun, which catches SIGINT itself, killed them at once (no
+             * stop checkpoint) and left them running when the supervisor exited. Its stdin is
+             * /dev/null: mpirun forwards stdin to rank 0, and a read from the terminal would stop
+             * a background group */
+            setpgid(0, 0);
+            int nul = open("/dev/null", O_RDONLY);
+            if (nul >= 0) dup2(nul, STDIN_FILENO), close(nul);
             execvp("mpirun", a->v);
             fprintf(stderr, "moco run: cannot start mpirun for --ranks: %s (Debian: apt-get install openmpi-bin)\n", strerror(errno));
         } else {
@@ -641,7 +652,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0, interrupted = 0;
     int loader_failed = 0, kept = 0; /* kept: the trainer stopped on our SIGTERM and kept its position */
-    double stop_at = 0;
+    double stop_at = 0, rest_at = 0; /* rest_at: when the loader and workers were told to stop */
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
             fprintf(stderr, "\nmoco run: %s: stopping every process\n", strsignal(got_signal));
@@ -652,16 +663,28 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
              * end the stream, so a trainer never takes that end for the last
              * epoch's and says "done" (this process may lose the CPU to the
              * loader between two kills) */
-            sig(cp, SIGTERM);
+            /* ranks: SIGUSR1, which mpirun forwards to them (its SIGTERM kills the job within a
+             * second, before a step and a checkpoint can end), and the loader and workers only once
+             * mpirun is gone: the loader's end of the stream reached the ranks before the stop did,
+             * and they took it for a failure */
+            sig(cp, ranks ? SIGUSR1 : SIGTERM);
+            if (!ranks) {
+                for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
+                sig(lp, SIGTERM);
+                rest_at = stop_at;
+            }
+        }
+        if (stopping && !rest_at && (cst >= 0 || moco_now_s() - stop_at > 120)) {
             for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
-            sig(lp, SIGTERM);
+            if (lst < 0) sig(lp, SIGTERM); /* never a pid already reaped */
+            rest_at = moco_now_s();
         }
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p <= 0) {
-            if (stopping && moco_now_s() - stop_at > 15) { /* someone ignores SIGTERM */
+            if (stopping && rest_at && moco_now_s() - rest_at > 15) { /* someone ignores SIGTERM */
                 if (lst < 0) sig(lp, SIGKILL);
-                if (cst < 0) sig(cp, SIGKILL);
+                if (cst < 0) sig(cp, ranks ? SIGTERM : SIGKILL); /* mpirun ends its ranks on SIGTERM */
                 for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGKILL);
             }
             usleep(50000);
@@ -686,7 +709,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && lst < 0 && !stopping) {
                 /* the consumer had enough (--seconds): end the stream */
                 stopping = 1;
-                stop_at = moco_now_s();
+                stop_at = rest_at = moco_now_s();
                 sig(lp, SIGTERM);
                 for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], SIGTERM);
                 consumer_done = 1;
@@ -694,11 +717,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             if (WIFEXITED(st) && WEXITSTATUS(st) == 130) { /* interrupted: it kept a checkpoint */
                 interrupted = !loader_failed;
                 kept = 1;
-                if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
             } else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
-                if (!stopping) { stopping = 1; stop_at = moco_now_s(); sig(lp, SIGTERM); }
+                if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
             }
         } else {
             for (int i = 0; i < workers; i++)

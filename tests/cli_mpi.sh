@@ -91,6 +91,28 @@ eval "timeout 300 $cmd" >/dev/null 2>"$T/r1k2.err" || fail "the printed resume c
   || fail "the resumed run did not end at epoch 20, step 320: $(grep -v '"type":"step"' "$T/r1k/metrics.jsonl" | cut -c1-80)"
 echo "moco run --ranks 2: a rank killed at step >= 12: exit 1, the printed resume command finished the run at step 320"
 
+# ... and Ctrl-C: to the supervisor alone, and to its whole process group as a terminal sends it.
+# The ranks stop at the current step with a checkpoint of it (before: the loader's end of the
+# stream reached them first and they aborted, or mpirun killed them at once and the supervisor
+# exited while they ran), and nothing is left running.
+for to in sup group; do
+  setsid $M run "$T/db" --ranks 2 --workers 1 --epochs 30 --recipe cifar --size 28 --seed 1 $MODEL --log-every 1 \
+    --run-dir "$T/c$to" >/dev/null 2>"$T/c$to.err" &
+  RP=$!
+  for i in $(seq 1200); do grep -q '"step":20,' "$T/c$to/metrics.jsonl" 2>/dev/null && break; sleep 0.05; done
+  if [ $to = group ]; then kill -INT -- -$RP; else kill -INT $RP; fi
+  wait $RP; rc=$?
+  sleep 1
+  left=$(pgrep -f "train .*--out $T/c$to" | tr '\n' ' ')
+  [ $rc -eq 130 ] && [ -z "$left" ] || fail "Ctrl-C ($to) on moco run --ranks: exit $rc, left running: '$left': $(tail -5 "$T/c$to.err")"
+  grep -q "moco train: rank 0 of 2: interrupted at step [0-9]* (epoch [0-9]*): $T/c$to/checkpoint_last.safetensors holds it" "$T/c$to.err" \
+    || fail "Ctrl-C ($to): no stop checkpoint at the current step: $(grep -E 'moco (train|run)' "$T/c$to.err" | tail -5)"
+  grep -q -e "ended the stream" -e "MPI_ABORT" "$T/c$to.err" && fail "Ctrl-C ($to): the ranks took the stop for a failure: $(grep -E 'ended|ABORT' "$T/c$to.err" | head -2)"
+  st=$(grep -o 'interrupted at step [0-9]*' "$T/c$to.err" | grep -o '[0-9]*$'); last=$(grep -o '"step":[0-9]*' "$T/c$to/metrics.jsonl" | tail -1 | cut -d: -f2)
+  [ "$st" -ge "$last" ] || fail "Ctrl-C ($to): the checkpoint (step $st) is behind the metrics (step $last)"
+done
+echo "moco run --ranks 2: Ctrl-C to the supervisor or its group: exit 130, a checkpoint at the current step, nothing left running"
+
 # 2. kill one rank mid-epoch; resume == uninterrupted
 # 10 epochs (160 steps, 10 ms each here): a kill aimed at step 10 of a 2-epoch
 # run landed anywhere from step 20 to past its last step (32) on a quiet machine

@@ -968,6 +968,7 @@ int train_main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* the same stop: mpirun forwards SIGUSR1 to the ranks (SIGTERM ends its job outright) */
     rc = train_run(&c);
     char who[32] = "";
     if (c.dist) snprintf(who, sizeof who, "rank %d of %d: ", rank, dist_size(d));
