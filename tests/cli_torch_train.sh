@@ -159,6 +159,14 @@ timeout 60 $PY "$TRAIN" --stream "$EP" $MODEL --epochs 2 --out "$T/run" --resume
 grep -q "ends the run (epoch 2 of 2)" "$T/done.err" || fail "resuming a finished run: $(tail -2 "$T/done.err")"
 [ "$(grep -c '"type":"epoch"' "$T/run/metrics.jsonl")" = 2 ] || fail "resuming a finished run changed metrics.jsonl"
 
+# 3b. a resume with another temperature or learning rate: refused, naming the flag (before: taken,
+# and the checkpoint's args then claimed the new value for the whole run)
+for change in "--moco-t 0.5" "--lr 0.5"; do
+  timeout 60 $PY "$TRAIN" --stream "$EP" $MODEL --epochs 2 --out "$T/run" --resume "$T/run/checkpoint_last.pt" $change \
+    >/dev/null 2>"$T/chg.err"; rc=$?
+  [ $rc -eq 2 ] && grep -q -- "was trained with ${change%% *} " "$T/chg.err" || fail "resume with $change: exit $rc, $(tail -1 "$T/chg.err")"
+done
+
 # 4. usage errors
 $PY "$TRAIN" --stream "$EP" -b 32 --moco-k 100 --out "$T/bad" >/dev/null 2>"$T/bad.err"
 [ $? -eq 2 ] && grep -q "multiple of --batch-size" "$T/bad.err" || fail "--moco-k 100 with -b 32 should exit 2"

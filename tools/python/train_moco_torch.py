@@ -310,8 +310,15 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+class HardStop(BaseException):
+    """A second SIGINT/SIGTERM while a step computes: stop now, saving nothing."""
+
+
 class Interrupt:
-    """SIGINT/SIGTERM: raise at once while waiting for data; while computing, after the step."""
+    """SIGINT/SIGTERM: raise at once while waiting for data; while computing, after the step.
+    A second signal while computing stops at once without a checkpoint: a step cut short
+    between opt.step() and the stream position after it would be saved as not trained, and a
+    resume would train its batch twice; the last checkpoint stands instead."""
 
     def __init__(self):
         self.signum = 0
@@ -322,8 +329,10 @@ class Interrupt:
     def handler(self, signum, frame):
         first = not self.signum
         self.signum = signum
-        if self.waiting or not first:
+        if self.waiting:
             raise KeyboardInterrupt
+        if not first:
+            raise HardStop
 
 
 def main(argv=None):
@@ -381,7 +390,8 @@ def train(a):
                 log("train_moco_torch: %s is not a checkpoint of this script (no %r)" % (a.resume, key))
                 return 1
         old = ck.get("args", {})
-        for key in ("arch", "width", "moco_dim", "moco_k", "mlp", "batch_size", "epochs"):
+        for key in ("arch", "width", "moco_dim", "moco_k", "mlp", "batch_size", "epochs", "moco_m", "moco_t", "lr", "cos",
+                    "schedule", "weight_decay", "momentum"):
             if key in old and old[key] != getattr(a, key):
                 raise UsageError("--resume %s was trained with --%s %s, not %s" % (
                     a.resume, key.replace("_", "-"), old[key], getattr(a, key)))
@@ -664,6 +674,11 @@ def train(a):
                                           resume_command(ckpt_path)))
         else:
             log("%s before the first batch: nothing saved" % signame)
+        close(stream)
+        return 130
+    except HardStop:
+        log("%s again during a step: stopped without saving; %s (step %d or before) stands"
+            % (signal.Signals(intr.signum).name, ckpt_path, step))
         close(stream)
         return 130
     except UsageError:
