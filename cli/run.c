@@ -652,6 +652,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0, interrupted = 0;
     int loader_failed = 0, kept = 0; /* kept: the trainer stopped on our SIGTERM and kept its position */
+    int consumer_killed = 0;         /* the trainer died of a signal (SIGKILL, the OOM killer): its last checkpoint stands */
     double stop_at = 0, rest_at = 0; /* rest_at: when the loader and workers were told to stop */
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
@@ -719,6 +720,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 kept = 1;
                 if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
             } else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+                consumer_killed = WIFSIGNALED(st);
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
                 if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
@@ -771,9 +773,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                  respawned, respawned == 1 ? "" : "s");
     char last[1200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
-    /* interrupted, a trainer stopped because the loader failed, or (ranks)
-     * a rank that died: the last checkpoint holds every rank's position */
-    if ((status == 130 || (loader_failed && kept) || (status && ranks)) && !bench && !sink && !lincls && !serve && access(last, R_OK) == 0)
+    /* interrupted, a trainer stopped because the loader failed, a trainer
+     * killed by a signal, or (ranks) a rank that died: the last checkpoint
+     * holds every rank's position */
+    if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed))) && !bench && !sink && !lincls && !serve &&
+        access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);
     return status;
 }

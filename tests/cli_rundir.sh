@@ -245,6 +245,22 @@ grep -q "moco run: interrupted" lf.err && fail "7f: moco run says interrupted: $
 resumed_to_end lf "7f"
 echo "7f: loader killed at step $at: exit 1, FAILED, checkpoint, resume command; resumed to the end (20 epochs)"
 
+# 7g. the trainer itself killed (SIGKILL: the OOM killer, say) under moco run: exit 1, and the
+#     printed resume command (before: none without --ranks) finishes the run from its last
+#     checkpoint (--save-every 4)
+$M run db $RUN --epochs 20 --log-every 1 --save-every 4 --run-dir tk >/dev/null 2>tk.err &
+RP=$!
+wait_step tk/metrics.jsonl 20 || fail "7g: no step 20: $(tail -3 tk.err)"
+TRN=$(pgrep -P $RP -f "^moco train ")
+[ -n "$TRN" ] || fail "7g: no trainer process under moco run ($RP)"
+kill -KILL $TRN; wait $RP; rc=$?
+[ $rc -eq 1 ] && grep -q "moco run: the consumer failed (signal 9" tk.err || fail "7g: the trainer killed: exit $rc: $(tail -4 tk.err)"
+[ "$(grep -c "resume with:" tk.err)" = 1 ] || fail "7g: want one resume command: $(tail -4 tk.err)"
+cmd=$(grep -A1 "moco run: resume with:" tk.err | tail -1)
+eval "timeout 300 $cmd" >/dev/null 2>tk.resumed.err || fail "7g: the printed command failed: $(tail -3 tk.resumed.err)"
+[ "$(epochs tk/metrics.jsonl)" = 20 ] && [ -z "$(steps tk/metrics.jsonl | sort -n | uniq -d)" ] || fail "7g: the resumed run: $(grep -v '"type":"step"' tk/metrics.jsonl | tail -3)"
+echo "7g: the trainer killed under moco run: exit 1, a resume command; resumed to the end (20 epochs)"
+
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):
 #     the workers get --recipe v2 for moco-v2 (or --aug-plus), cifar for cifar
