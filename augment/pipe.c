@@ -289,6 +289,15 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
                 if (st->failed <= 20) fprintf(stderr, "moco augment: %s\n", moco_errmsg());
             }
             release(e);
+            /* READY at least once a second while busy too (formats/README.md): a batch of slow
+             * records took longer than the loader's --worker-timeout, and a healthy worker was
+             * declared dead and its samples re-issued */
+            double tn = moco_now_s();
+            if (tn - last_ready >= 1.0) {
+                free_now = cap - qlen - nout;
+                send_ready(dealer, free_now, received, batch);
+                last_free = free_now, last_recv = received, last_ready = tn;
+            }
         }
         t = moco_now_s();
         if (moco_sec_refused(sec)) { /* our key is not in the allow list of the loader or of the consumer */

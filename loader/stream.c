@@ -402,7 +402,11 @@ static void on_worker_msg(loader *L, inmsg *m)
             L->w[k].sent = pm.received;
             if (!L->quiet) fprintf(stderr, "moco loader: worker %d joined\n", k);
         } else if (!L->w[k].alive && !L->w[k].banned) {
-            L->w[k].sent = pm.received; /* back from the dead: what it had was re-issued */
+            /* back from the dead: what it had was re-issued. Its counts stand (the same
+             * connection: a new one would have a new routing id), and so does `sent`: records
+             * still in flight to it arrive and count in its READY; resetting `sent` to its
+             * `received` put it below every later READY, which were then ignored, and its credit
+             * stayed at 0 for good (one worker: the run hung) */
             if (!L->quiet) fprintf(stderr, "moco loader: worker %d is back\n", k);
         }
         worker *w = &L->w[k];

@@ -109,6 +109,24 @@ PY
   [ -d "$T/r20" ] || fail "the run directory of the failed run is missing"
   echo "a batch larger than the dataset, and a dataset whose every record fails: exit 1, saying why"
 fi
+# a worker declared dead that comes back (stopped 2.5 s, over --worker-timeout 1, with records in
+# flight to it): it takes up the stream again and every epoch completes, exactly (before: the loader
+# reset its count of records sent, ignored every later READY, and gave it no credit again: the run
+# hung, sink exit 124)
+D="$T/back"; mkdir -p "$D"
+$M loader --db "$T/db" --bind ipc://$D/work --ctl ipc://$D/ctl --epochs 12 --worker-timeout 1 --quiet 2>"$D/loader.err" &
+LP=$!
+$M augment --connect ipc://$D/work --push ipc://$D/pairs --recipe cifar --size 28 --queue 1024 --quiet 2>"$D/aug.err" &
+AP=$!
+( sleep 1; kill -STOP $AP; sleep 2.5; kill -CONT $AP ) &
+timeout 120 $M sink --bind ipc://$D/pairs --connect ipc://$D/ctl --count $N --json "$D/sink.json" --quiet >/dev/null 2>"$D/sink.err"; rc=$?
+kill $LP $AP 2>/dev/null; wait $LP $AP 2>/dev/null
+[ $rc -eq 0 ] || fail "a worker back from the dead: sink exit $rc (124: hung): $(tail -2 "$D/sink.err") $(grep -a 'silent\|back' "$D/loader.err")"
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); pe = j["per_epoch"]
+assert j["ok"] and len(pe) == 12 and all(e["ok"] and e["pairs"] == int(sys.argv[2]) for e in pe)' "$D/sink.json" $N \
+  || fail "a worker back from the dead: $(head -c 400 "$D/sink.json")"
+grep -q "worker 0 went silent" "$D/loader.err" && echo "a worker declared dead and back: 12 epochs of $N, exactly" \
+  || echo "note: the stopped worker was not declared dead this time (the run finished before the stop)"
 # a --count whose bitmap size wraps around (2^64 - 1: (count + 7) / 8 was 0, then a heap overflow)
 echo 100000 >"$T/idx.txt"
 $M sink --connect ipc://$T/none --count 18446744073709551615 --resume-epoch 0 --resume-indices "$T/idx.txt" >/dev/null 2>"$T/sink.err"

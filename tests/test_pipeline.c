@@ -116,6 +116,7 @@ static int wait_for(pid_t pid, double secs)
 }
 
 static int hang_at; /* a worker started while it is set hangs at its hang_at-th record */
+static int slow_ms; /* ... and takes this long over each record */
 
 static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
                      augment_pipe_views *info)
@@ -129,6 +130,7 @@ static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, 
     int rc = moco_rec_parse(rec, len, 1, what, &h, &pl);
     if (rc) return rc;
     static int made;
+    if (slow_ms) usleep((useconds_t)slow_ms * 1000);
     if (hang_at && ++made == hang_at) /* stuck with the sample in hand, until stopped */
         while (!augment_pipe_stop) usleep(10000);
     if (moco_get_le32(pl) != index) return moco_err(MOCO_ECORRUPT, "%s holds image %u", what, moco_get_le32(pl));
@@ -685,6 +687,93 @@ static void test_worker_speaks_both(void **st)
     zmq_ctx_term(ctx);
 }
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* A worker busy with one long batch still says READY about once a second (the
+ * loader declares a worker silent for --worker-timeout dead): 40 records of
+ * 60 ms each, 2.4 s of work in one batch. Before, no READY came between the
+ * batch's start and its end. */
+static void test_worker_ready_while_busy(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_busy");
+    void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER), *pull = zmq_socket(ctx, ZMQ_PULL);
+    assert_int_equal(zmq_bind(router, work_ep), 0);
+    assert_int_equal(zmq_bind(pull, pairs_ep), 0);
+    slow_ms = 60;
+    pid_t W = start_worker(64);
+    slow_ms = 0;
+    uint8_t id[256], b[64];
+    int tmo = 60000, idl;
+    zmq_setsockopt(router, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    assert_true((idl = zmq_recv(router, id, sizeof id, 0)) > 0);
+    assert_true(zmq_recv(router, b, sizeof b, 0) > 0); /* its first READY */
+    enum { R = 40 };
+    moco_pipe_sample e[R];
+    static uint8_t data[R * 200];
+    uint8_t h[16 + MOCO_SAMPLES_ENTRY * R];
+    size_t used = 0, rl;
+    for (uint32_t i = 0; i < R; i++) {
+        uint8_t *r = test_record(i, &rl);
+        assert_true(used + rl <= sizeof data);
+        memcpy(data + used, r, rl);
+        used += rl;
+        free(r);
+        e[i] = (moco_pipe_sample){.epoch = 0, .len = (uint32_t)rl, .index = i};
+    }
+    size_t hl = moco_pipe_samples_pack(h, e, R);
+    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+    zmq_send(router, h, hl, ZMQ_SNDMORE);
+    zmq_send(router, data, used, 0);
+    double t0 = now_s(), first = -1, last = -1, gap = 0;
+    int pairs = 0;
+    while (pairs < R && now_s() - t0 < 60) {
+        zmq_pollitem_t it[2] = {{router, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
+        assert_true(zmq_poll(it, 2, 1000) >= 0);
+        if (it[0].revents & ZMQ_POLLIN) {
+            assert_true(zmq_recv(router, id, sizeof id, 0) > 0);
+            int bl = zmq_recv(router, b, sizeof b, 0);
+            moco_pipe_msg m;
+            if (bl > 0 && !moco_pipe_parse(b, (size_t)bl, &m) && m.type == MOCO_MSG_READY && m.received == R) {
+                double t = now_s();
+                if (last >= 0 && t - last > gap) gap = t - last;
+                if (first < 0) first = t;
+                last = t;
+            }
+        }
+        if (it[1].revents & ZMQ_POLLIN) {
+            zmq_msg_t f[2];
+            zmq_msg_init(&f[0]);
+            zmq_msg_init(&f[1]);
+            assert_true(zmq_msg_recv(&f[0], pull, 0) >= 0 && zmq_msg_recv(&f[1], pull, 0) >= 0);
+            uint32_t n;
+            assert_int_equal(moco_pipe_pairs_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), zmq_msg_size(&f[1]), &n), 0);
+            pairs += (int)n;
+            zmq_msg_close(&f[0]);
+            zmq_msg_close(&f[1]);
+        }
+    }
+    double busy = now_s() - t0;
+    print_message("  %d pairs in %.2f s; READYs while busy: the first at %.2f s, the longest gap %.2f s\n", pairs, busy,
+                  first < 0 ? -1 : first - t0, gap);
+    assert_int_equal(pairs, R);
+    assert_true(busy > 2.0);                  /* the batch was slow, as meant */
+    assert_true(first >= 0 && first - t0 < 1.9); /* a READY before the batch ended (2.4 s) ... */
+    assert_true(gap < 1.9);                     /* ... and about once a second after it */
+    size_t sl = moco_pipe_simple(b, MOCO_MSG_STOP);
+    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+    zmq_send(router, b, sl, 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    zmq_close(router);
+    zmq_close(pull);
+    zmq_ctx_term(ctx);
+}
+
 static void test_epoch_order(void **st)
 {
     (void)st;
@@ -710,6 +799,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epoch_order),
         cmocka_unit_test_teardown(test_worker_speaks_both, teardown),
+        cmocka_unit_test_teardown(test_worker_ready_while_busy, teardown),
         cmocka_unit_test_teardown(test_one_epoch_one_worker, teardown),
         cmocka_unit_test_teardown(test_batched_exact, teardown),
         cmocka_unit_test_teardown(test_two_epochs_three_workers, teardown),
