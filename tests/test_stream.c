@@ -147,6 +147,40 @@ static void test_refused(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* A consumer that resumes in epoch 1, welcomed into epoch 3 (a loader of
+ * several consumers already further on): an error naming both epochs, not
+ * the epochs between skipped or its position taken for another epoch's.
+ * Welcomed into epoch 1, it goes on. */
+static void test_resume_epoch_mismatch(void **st)
+{
+    (void)st;
+    for (uint32_t at = 1; at <= 3; at += 2) {
+        void *ctx = zmq_ctx_new();
+        uint8_t id[256];
+        size_t idlen;
+        void *r = fake_loader(ctx, id, &idlen);
+        stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = 1, .loader_timeout = 5};
+        trainer_stream *s;
+        assert_int_equal(stream_open(&cfg, &s), 0);
+        recv_hello(r, id, &idlen);
+        uint8_t w[32];
+        send_to(r, id, idlen, w, moco_pipe_welcome(w, at, 5, 10, MOCO_WELCOME_SERVE, 1000), NULL, 0);
+        stream_event ev;
+        int rc = 0;
+        for (int i = 0; i < 10 && !rc; i++) rc = stream_next(s, 100, &ev);
+        if (at == 1) {
+            assert_int_equal(rc, 0); /* nothing yet: welcomed, waiting for pairs */
+        } else {
+            assert_int_equal(rc, MOCO_EINVAL);
+            print_message("  %s\n", moco_errmsg());
+            assert_non_null(strstr(moco_errmsg(), "streams epoch 3, but this consumer resumes in epoch 1"));
+        }
+        stream_destroy(&s);
+        zmq_close(r);
+        zmq_ctx_term(ctx);
+    }
+}
+
 /* The next message the loader gets within ms, as its type; 0 if none. */
 static uint16_t next_type(void *r, int ms)
 {
@@ -207,6 +241,7 @@ static void test_keepalive_busy(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_resume_epoch_mismatch),
                                        cmocka_unit_test(test_keepalive), cmocka_unit_test(test_keepalive_busy)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,8 @@ struct trainer_stream {
     double loader_timeout, loader_seen, last_hb, last_ack, last_ctl;
     uint32_t epoch;          /* the epoch being returned */
     int have_epoch, welcomed;
+    int resumed;             /* HELLO said where this consumer resumes: resume_epoch */
+    uint32_t resume_epoch;
     int busy_ok, busy;       /* the loader understands BUSY; the last heartbeat sent was one */
     uint64_t count;          /* dataset size: the bitmap's bits; pairs of larger indices are rejected */
     uint8_t *seen;           /* bitmap of indices returned in epoch, ceil(count / 8) bytes */
@@ -129,8 +131,8 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     size_t hl = moco_pipe_hello_ranked(h, cfg->resume_epoch, cfg->count, (uint32_t)cfg->rank, (uint32_t)(cfg->ranks > 1 ? cfg->ranks : 1));
     int withmap = cfg->resume_epoch != STREAM_NO_EPOCH && cfg->resume_bitmap && cfg->count;
     if (cfg->resume_epoch != STREAM_NO_EPOCH) {
-        s->epoch = cfg->resume_epoch;
-        s->have_epoch = 1;
+        s->epoch = s->resume_epoch = cfg->resume_epoch;
+        s->have_epoch = s->resumed = 1;
         if (withmap) memcpy(s->seen, cfg->resume_bitmap, s->seen_bytes);
     }
     if (zmq_send(s->ctl, h, hl, withmap ? ZMQ_SNDMORE : 0) != (int)hl ||
@@ -194,6 +196,11 @@ static int handle_ctl(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
         else if (s->count && pm.count != s->count)
             rc = moco_err(MOCO_EINVAL, "the loader at %s streams a dataset of %llu samples, not %llu", s->ctl_ep,
                           (unsigned long long)pm.count, (unsigned long long)s->count);
+        else if (s->resumed && pm.epoch != s->resume_epoch) /* a loader of several consumers already further on */
+            rc = moco_err(MOCO_EINVAL, "the loader at %s streams epoch %u, but this consumer resumes in epoch %u: its position "
+                          "there would be lost (the epochs between untrained, or its delivered indices taken for another "
+                          "epoch's); restart the loader and all its consumers from one checkpoint",
+                          s->ctl_ep, pm.epoch, s->resume_epoch);
         else if (!s->count)
             rc = set_count(s, pm.count);
         if (!rc) {
