@@ -43,6 +43,7 @@ static void report(void *ctx, const augment_pipe_stats *st, int queued, int pend
     moco_jw_num(&w, "pairs_per_s", t > r->last_t ? (double)(st->pairs - r->last_pairs) / (t - r->last_t) : NAN, 1);
     moco_jw_u64(&w, "failed", st->failed);
     moco_jw_u64(&w, "malformed", st->malformed);
+    moco_jw_u64(&w, "overflow", st->overflow); /* records beyond its credit, dropped (the loader re-issues them) */
     moco_jw_i64(&w, "queued", queued);
     moco_jw_i64(&w, "pending", pending);
     moco_jw_line(&w, r->f); /* written and flushed */
@@ -125,5 +126,8 @@ int augment_pipe_main(int argc, char **argv)
     if (!quiet || rc)
         fprintf(stderr, "moco augment: %s%s%" PRIu64 " pairs, %" PRIu64 " failed records, %" PRIu64 " malformed messages\n",
                 rc ? moco_errmsg() : "", rc ? "; " : "", st.pairs, st.failed, st.malformed);
+    if (st.overflow) /* records beyond the credit it gave: the loader re-issues them, but it broke the protocol */
+        fprintf(stderr, "moco augment: warning: %" PRIu64 " records came beyond the credit this worker gave, and were dropped "
+                "(the loader re-issues them)\n", st.overflow);
     return rc ? 1 : 0;
 }
