@@ -251,7 +251,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         opts[seed_at].help = "seed of the epoch order and of the augmentations";
     }
     opts[n++] = (moco_opt){"workers", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones; 1, none remote: training repeatable bit for bit)", 0, MAX_WORKERS, NULL};
-    opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs, "epochs to stream", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs,
+                           "epochs to stream (with --preset: the preset's; lincls: 100; bench pipeline: until --seconds)", 1, 1e6,
+                           NULL};
     opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
     opts[n++] = (moco_opt){"worker-timeout", MOCO_OPT_DOUBLE, &worker_timeout, "loader: seconds of silence that make a worker dead", 0.2, 3600, NULL};

@@ -118,6 +118,13 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
         seen_next = (seen_next + 1) % SEEN_SPECS;
     }
     memset(seen, 0, MAX_OPTS);
+    /* --help anywhere (before "--") wins before any value is read: "--pull --help" took it as
+     * --pull's value, and flags given before it showed as their defaults */
+    for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            moco_opts_help(s);
+            return MOCO_OPTS_HELP;
+        }
     for (int i = 1; i < argc; i++) {
         char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == 0) {

@@ -84,6 +84,16 @@ static void test_required(void **st)
     assert_non_null(strstr(buf, "dataset (required)"));
     assert_non_null(strstr(buf, "endpoint (required)"));
     assert_null(strstr(buf, "log file (required)"));
+    /* --help after a flag that takes a value: the help, not the flag's value "--help"; and the
+     * flags before it are not shown as defaults */
+    db = NULL;
+    char *late[] = {"x", "--log", "mine.log", "--db", "--help"};
+    assert_int_equal(parse_into(&sp, 5, late, buf, sizeof buf, 1), MOCO_OPTS_HELP);
+    assert_non_null(strstr(buf, "dataset (required)"));
+    assert_null(db);
+    char *late2[] = {"x", "--log", "mine.log", "--help"};
+    assert_int_equal(parse_into(&sp, 4, late2, buf, sizeof buf, 1), MOCO_OPTS_HELP);
+    assert_null(strstr(buf, "mine.log"));
     /* a second spec parsed after the first: each keeps what it saw */
     long k = 0;
     const moco_opt o2[] = {{"k", MOCO_OPT_INT, &k, "k", 0, 100, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
