@@ -598,6 +598,19 @@ static uint8_t *test_record(uint64_t i, size_t *len)
  * version 2), takes a version-1 SAMPLE and SAMPLES batches alike, drops
  * SAMPLES whose lengths do not add up or that claim version 1, and makes
  * exactly one pair per good record. */
+/* The end of a test that played the loader: STOP to the worker (id), its clean exit, the sockets closed. */
+static void stop_scripted(void *ctx, void *router, void *pull, const uint8_t *id, int idl, pid_t W)
+{
+    uint8_t b[16];
+    size_t sl = moco_pipe_simple(b, MOCO_MSG_STOP);
+    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
+    zmq_send(router, b, sl, 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    zmq_close(router);
+    zmq_close(pull);
+    zmq_ctx_term(ctx);
+}
+
 static void test_worker_speaks_both(void **st)
 {
     (void)st;
@@ -678,13 +691,7 @@ static void test_worker_speaks_both(void **st)
         if (m.type == MOCO_MSG_READY && m.received == 11) break;
         assert_true(m.type == MOCO_MSG_READY && m.received < 11);
     }
-    size_t sl = moco_pipe_simple(b, MOCO_MSG_STOP);
-    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
-    zmq_send(router, b, sl, 0);
-    assert_int_equal(wait_for(W, 10), 0);
-    zmq_close(router);
-    zmq_close(pull);
-    zmq_ctx_term(ctx);
+    stop_scripted(ctx, router, pull, id, idl, W);
 }
 
 static double now_s(void)
@@ -765,13 +772,7 @@ static void test_worker_ready_while_busy(void **st)
     assert_true(busy > 2.0);                  /* the batch was slow, as meant */
     assert_true(first >= 0 && first - t0 < 1.9); /* a READY before the batch ended (2.4 s) ... */
     assert_true(gap < 1.9);                     /* ... and about once a second after it */
-    size_t sl = moco_pipe_simple(b, MOCO_MSG_STOP);
-    zmq_send(router, id, (size_t)idl, ZMQ_SNDMORE);
-    zmq_send(router, b, sl, 0);
-    assert_int_equal(wait_for(W, 10), 0);
-    zmq_close(router);
-    zmq_close(pull);
-    zmq_ctx_term(ctx);
+    stop_scripted(ctx, router, pull, id, idl, W);
 }
 
 static void test_epoch_order(void **st)
