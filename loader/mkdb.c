@@ -225,6 +225,17 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         cur = t;
         t = NULL;
     }
+    if (vips_image_get_interpretation(cur) == VIPS_INTERPRETATION_CMYK) {
+        /* to sRGB here, not inside the PNG writer: the header then gives the 3 channels saved, not 4 */
+        if (vips_colourspace(cur, &t, VIPS_INTERPRETATION_sRGB, NULL)) {
+            g_object_unref(cur);
+            *why = vips_reason("cannot convert CMYK to sRGB");
+            goto done;
+        }
+        g_object_unref(cur);
+        cur = t;
+        t = NULL;
+    }
     if (shrink) {
         double s = (double)max_side / (double)(w > hh ? w : hh);
         if (vips_resize(cur, &t, s, NULL)) { g_object_unref(cur); *why = vips_reason("cannot resize"); goto done; }

@@ -140,6 +140,20 @@ PY
     [ $rc -eq 1 ] && grep -q "$T/cls/db-$split: record [0-9]*: header says 33x32, payload claims 32x32" "$T/err" || fail "embed, $split, header 33 wide: exit $rc $(cat "$T/err")"
   done
   echo "a header that gives another size than its image (PNG, JPEG): refused by embed, naming the record"
+  # a CMYK TIFF, re-saved by mkdb as PNG (sRGB): its header says the 3 channels saved (before: 4)
+  mkdir -p "$T/cls/cmyk/a"
+  /usr/bin/python3 -c 'import random, sys; from PIL import Image; r = random.Random(1)
+Image.frombytes("RGB", (40, 30), bytes(r.randrange(256) for _ in range(3600))).convert("CMYK").save(sys.argv[1])' "$T/cls/cmyk/a/c.tif" \
+    && $M mkdb "$T/cls/cmyk" "$T/cls/db-cmyk" --quiet >/dev/null || fail "mkdb of a CMYK TIFF"
+  python3 - "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "the CMYK TIFF's record"
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+i = b.find(b"MOCR")
+ver, enc, ch, label, w, h = struct.unpack_from("<HBBiII", b, i + 4)
+assert (enc, ch, w, h) == (2, 3, 40, 30), (enc, ch, w, h)  # PNG, 3 channels
+assert b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n"  # the payload, after the 32-byte header
+PY
+  echo "a CMYK TIFF: stored as an sRGB PNG whose header says 3 channels"
 fi
 tgz=../shared/data/cifar10-jpeg.tar.gz
 [ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }

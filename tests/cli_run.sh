@@ -99,7 +99,7 @@ import sys
 b = bytearray(open(sys.argv[1], "rb").read())
 i = b.find(b"MOCR")
 while i >= 0:
-    b[i + 28 + 10] ^= 0xFF  # a payload byte (the header is 28 bytes)
+    b[i + 32 + 10] ^= 0xFF  # a payload byte (the header is 32 bytes)
     i = b.find(b"MOCR", i + 4)
 open(sys.argv[1], "wb").write(b)
 PY
