@@ -30,6 +30,7 @@
 #include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "formats/pipeline.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "loader/cmd.h"
@@ -294,7 +295,8 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
         if (ok) {
         const uint8_t *p = payload ? payload : file;
         size_t n = payload ? plen : flen;
-        if (n > MOCO_MAX_PAYLOAD) s->why = reason("%s", "larger than the 1 GiB record limit");
+        if (n + MOCO_REC_HEADER_SIZE > MOCO_RECORD_WIRE_MAX) /* the loader would fail it every epoch */
+            s->why = reason("%s", "larger than the 64 MiB a record may take on the stream (formats/pipeline.h)");
         else if (!(s->rec = moco_rec_build(&h, p, (uint32_t)n, &s->len))) s->why = reason("%s", "out of memory");
         }
     }
