@@ -353,7 +353,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         quiet = 1;
         if (!moco_opts_seen(&spec, "epochs")) epochs = 1000000;
     }
-    /* the trainer's flags, read by its own parser (its preset table, train.c):
+    /* the trainer's flags, read by its own parser (its preset table, train_cmd.c):
      * a preset's augmentation and epochs, --resume, --overwrite */
     train_cfg tc;
     memset(&tc, 0, sizeof tc);

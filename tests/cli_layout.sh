@@ -12,7 +12,7 @@
 # header, it must report both. And every command gets its exit status from
 # the one options entry point (moco_opts_run / moco_opts_status in
 # formats/opts.c): no other file maps MOCO_OPTS_HELP to a status by hand;
-# and the presets live in one table (train.c), which moco run reads through
+# and the presets live in one table (train_cmd.c), which moco run reads through
 # the trainer's parser rather than a copy.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -61,9 +61,9 @@ $out"
 hand=$(grep -rln 'MOCO_OPTS_HELP *?' --include='*.c' formats loader augment trainer cli tools | grep -v '^formats/opts.c$')
 [ -z "$hand" ] || fail "exit status mapped by hand instead of moco_opts_run / moco_opts_status: $hand"
 grep -q 'MOCO_OPTS_HELP ? 0 : 2' formats/opts.c || fail "formats/opts.c no longer holds the mapping (the check above would pass vacuously)"
-# 4. one preset table (trainer/train.c): the supervisor passes the trainer's
+# 4. one preset table (trainer/train_cmd.c): the supervisor passes the trainer's
 # flags through and learns a preset's recipe from the trainer's own parser
-grep -q '"moco-v1|moco-v2|cifar"' trainer/train.c || fail "trainer/train.c no longer holds the presets (the check below would pass vacuously)"
+grep -q '"moco-v1|moco-v2|cifar"' trainer/train_cmd.c || fail "trainer/train_cmd.c no longer holds the presets (the check below would pass vacuously)"
 own=$(grep -n 'moco-v[12]\|"cifar"' cli/run.c)
 [ -z "$own" ] && grep -q 'train_parse_args' cli/run.c || fail "cli/run.c keeps presets of its own instead of the trainer's table: $own"
 n=$(find formats loader augment trainer -name '*.[ch]' | wc -l)

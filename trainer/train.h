@@ -78,6 +78,9 @@ int train_run(const train_cfg *c);
  * command is printed, unless MOCO_RUN_SUPERVISED is set: moco run prints
  * its own). */
 int train_main(int argc, char **argv);
+/* SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to the ranks) set the
+ * flag train_run stops on, before its next step. */
+void train_catch_signals(void);
 
 /* `moco knn --ckpt CKPT --train DB --test DB`: the kNN protocol on a
  * checkpoint's query encoder; the last line is JSON with knn_top1. */
