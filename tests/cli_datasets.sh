@@ -154,6 +154,18 @@ assert (enc, ch, w, h) == (2, 3, 40, 30), (enc, ch, w, h)  # PNG, 3 channels
 assert b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n"  # the payload, after the 32-byte header
 PY
   echo "a CMYK TIFF: stored as an sRGB PNG whose header says 3 channels"
+  # an image the stream could never carry (a 69 MB PNG: over the 64 MiB a record may take on
+  # the wire) is skipped at import with its reason (before: written, then failed by the loader
+  # every epoch)
+  mkdir -p "$T/cls/big/a"
+  /usr/bin/python3 -c 'import sys, numpy as np; from PIL import Image
+Image.fromarray(np.random.default_rng(1).integers(0, 256, (4800, 4800, 3), dtype=np.uint8)).save(sys.argv[1], compress_level=0)
+Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(sys.argv[2])' "$T/cls/big/a/big.png" "$T/cls/big/a/small.png" || fail "making the big PNG"
+  $M mkdb "$T/cls/big" "$T/cls/db-big" >"$T/out" 2>"$T/err" || fail "mkdb with one image too big: $(cat "$T/err")"
+  grep -q "skipping $T/cls/big/a/big.png: larger than the 64 MiB a record may take on the stream" "$T/err" || fail "the big PNG was not skipped with its reason: $(cat "$T/err")"
+  [ "$(count "$T/cls/db-big")" = '"count":1,"num_classes":1' ] || fail "mkdb with one image too big: $(count "$T/cls/db-big")"
+  rm -rf "$T/cls/big"
+  echo "an image over the stream's 64 MiB record limit: skipped at import, naming it"
 fi
 tgz=../shared/data/cifar10-jpeg.tar.gz
 [ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }
