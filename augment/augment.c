@@ -3,6 +3,7 @@
  * (see augment.h for the design and the contract). */
 #include "augment/augment.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ int augment_recipe_init(augment_recipe *r, const char *name, int size)
     memset(r, 0, sizeof *r);
     r->ratio_min = 3.0 / 4.0, r->ratio_max = 4.0 / 3.0;
     r->flip_p = 0.5, r->gray_p = 0.2, r->blur_sigma_min = 0.1, r->blur_sigma_max = 2.0, r->dct_scale = 1;
+    r->max_pixels = AUGMENT_MAX_PIXELS;
     r->brightness = r->contrast = r->saturation = 0.4;
     if (!name) name = "v2";
     if (!strcmp(name, "v1")) { /* MoCo v1 / InstDisc */
@@ -77,7 +79,7 @@ int augment_flags_opts(augment_flags *f, moco_opt *o)
      * values apply to every flag not given */
     f->recipe = "v2", f->size = 224, f->scale_min = 0.2, f->scale_max = 1, f->ratio_min = 0.75, f->ratio_max = 4.0 / 3;
     f->flip_p = 0.5, f->jitter_p = 0.8, f->brightness = f->contrast = f->saturation = 0.4, f->hue = 0.1, f->gray_p = 0.2;
-    f->blur_p = 0.5, f->sigma_min = 0.1, f->sigma_max = 2.0;
+    f->blur_p = 0.5, f->sigma_min = 0.1, f->sigma_max = 2.0, f->max_pixels = AUGMENT_MAX_PIXELS;
     const moco_opt t[AUGMENT_FLAGS_NOPTS] = {
         {"recipe", MOCO_OPT_CHOICE, &f->recipe, "augmentation recipe; the defaults below are v2's", 0, 0, "v1|v2|cifar|lincls"},
         {"size", MOCO_OPT_INT, &f->size, "output side in pixels (cifar: 32)", 1, 2048, NULL},
@@ -99,6 +101,8 @@ int augment_flags_opts(augment_flags *f, moco_opt *o)
         {"channels", MOCO_OPT_INT, &f->channels, "output channels: 0 as the input (1 or 3), 1, or 3", 0, 3, NULL},
         {"seed", MOCO_OPT_U64, &f->seed, "augmentation seed: view = f(seed, epoch, index, view)", 0, 0, NULL},
         {"no-dct", MOCO_OPT_FLAG, &f->no_dct, "never decode JPEG at a reduced DCT scale", 0, 0, NULL},
+        {"max-pixels", MOCO_OPT_U64, &f->max_pixels,
+         "refuse (as a failed record) an image of more pixels, before decoding it; 0: no limit", 0, 0, NULL},
     };
     memcpy(o, t, sizeof t);
     return AUGMENT_FLAGS_NOPTS;
@@ -120,6 +124,7 @@ int augment_flags_recipe(const augment_flags *f, const moco_optspec *spec, augme
 #undef OVR
     r->seed = f->seed;
     r->dct_scale = !f->no_dct;
+    r->max_pixels = f->max_pixels;
     if (r->channels == 2) return moco_err(MOCO_EINVAL, "--channels must be 0, 1 or 3");
     return augment_recipe_check(r);
 }
@@ -355,6 +360,12 @@ static int parse(augment_ctx *c, const uint8_t *rec, size_t len, moco_rec_header
     if (hd->encoding == MOCO_ENC_RAW && hd->payload_len != (uint64_t)hd->width * hd->height * hd->channels)
         return moco_err(MOCO_ECORRUPT, "%s: raw payload of %u bytes, expected %ux%ux%u", c->what, hd->payload_len,
                         hd->width, hd->height, hd->channels);
+    /* a decompression bomb (a damaged or forged database: mkdb has its own --max-pixels):
+     * refused before any decoder allocates for it or spends seconds on it */
+    uint64_t px = (uint64_t)hd->width * hd->height;
+    if (c->r.max_pixels && px > c->r.max_pixels)
+        return moco_err(MOCO_EINVAL, "%s: %ux%u = %" PRIu64 " pixels, over --max-pixels %" PRIu64 " (not decoded)", c->what,
+                        hd->width, hd->height, px, c->r.max_pixels);
     return 0;
 }
 

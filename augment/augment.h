@@ -41,7 +41,13 @@ typedef struct {
     int channels;               /* output channels: 0 = as the input (1 or 3), 1, 3 */
     uint64_t seed;
     int dct_scale;              /* 1: let TurboJPEG decode at 1/2..1/8 when both crops allow */
+    uint64_t max_pixels;        /* a record whose header claims more is refused, not decoded (0: no limit) */
 } augment_recipe;
+
+/* The default of max_pixels: PIL's DecompressionBombError threshold (twice
+ * Image.MAX_IMAGE_PIXELS), which torchvision's readers inherit. Above
+ * mkdb's default --max-pixels, so a database made with defaults never meets it. */
+#define AUGMENT_MAX_PIXELS 178956970ull
 
 /* Fill r with the named recipe at output side `size` (0: the recipe's
  * default, 224, or 32 for cifar). Returns 0 or MOCO_EINVAL. */
@@ -56,13 +62,13 @@ int augment_recipe_check(const augment_recipe *r);
  * opts (room for AUGMENT_FLAGS_NOPTS) and returns how many it wrote; after
  * parsing, augment_flags_recipe() builds the recipe: the named recipe, then
  * every flag the user gave overrides its parameter. */
-#define AUGMENT_FLAGS_NOPTS 20
+#define AUGMENT_FLAGS_NOPTS 21
 typedef struct {
     const char *recipe;
     long size, blur_kernel, channels;
     double scale_min, scale_max, ratio_min, ratio_max, flip_p, jitter_p;
     double brightness, contrast, saturation, hue, gray_p, blur_p, sigma_min, sigma_max;
-    uint64_t seed;
+    uint64_t seed, max_pixels;
     int no_dct;
 } augment_flags;
 int augment_flags_opts(augment_flags *f, moco_opt *opts);

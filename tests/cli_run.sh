@@ -108,6 +108,14 @@ PY
   [ -e "$T/r20/checkpoint_epoch_0001.safetensors" ] && fail "a checkpoint of an epoch that trained nothing"
   [ -d "$T/r20" ] || fail "the run directory of the failed run is missing"
   echo "a batch larger than the dataset, and a dataset whose every record fails: exit 1, saying why"
+  # the workers' --max-pixels, passed on by moco run: every 28x28 image (784 pixels) over 700 is
+  # refused undecoded, each named with the reason in the loader's report
+  $M mkdb /usr/share/datasets/fashion-mnist "$T/db20c" --split test --limit 20 --quiet >/dev/null || fail "mkdb 20 clean"
+  timeout 120 $M run "$T/db20c" $TINY --batch-size 4 --max-pixels 700 --run-dir "$T/rpx" >/dev/null 2>"$T/rpx.err"; rc=$?
+  [ $rc -eq 1 ] && grep -q "moco train: epoch 0 trained no step: all 20 of its samples failed in the workers" "$T/rpx.err" \
+    && [ "$(grep -c "failed in a worker: record [0-9]* (epoch 0): 28x28 = 784 pixels, over --max-pixels 700 (not decoded)" "$T/rpx.err")" = 20 ] \
+    || fail "--max-pixels 700 on 28x28 images: exit $rc $(tail -5 "$T/rpx.err")"
+  echo "--max-pixels: each of 20 images over it refused by the workers, named, undecoded"
 fi
 # a worker declared dead that comes back (stopped 2.5 s, over --worker-timeout 1, with records in
 # flight to it): it takes up the stream again and every epoch completes, exactly (before: the loader

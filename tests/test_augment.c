@@ -589,6 +589,46 @@ static void test_bad_records(void **state)
     free(rec), free(bad), free(payload);
 }
 
+/* --max-pixels: an image of more pixels than the limit is refused before it
+ * is decoded (a decompression bomb from a damaged or forged database), in
+ * every encoding and in augment_decode too; one at the limit is made. The
+ * default is PIL's DecompressionBombError threshold. */
+static void test_max_pixels(void **state)
+{
+    (void)state;
+    augment_recipe r;
+    assert_int_equal(augment_recipe_init(&r, "cifar", 32), 0);
+    assert_int_equal(r.max_pixels, 178956970ull);
+    r.max_pixels = 64 * 48 - 1;
+    augment_ctx *c;
+    assert_int_equal(augment_ctx_new(&r, &c), 0);
+    uint8_t q[32 * 32 * 3], k[32 * 32 * 3];
+    const char *fmts[] = {"jpeg", "png", "raw"};
+    for (int f = 0; f < 3; f++) {
+        size_t len;
+        uint8_t *rec = f < 2 ? encoded_record(64, 48, 3, fmts[f], &len, NULL, NULL) : raw_record(64, 48, 3, 1, &len);
+        assert_int_equal(augment_pair(c, rec, len, 0, 7, q, k, NULL), MOCO_EINVAL);
+        printf("%s: %s\n", fmts[f], moco_errmsg());
+        assert_non_null(strstr(moco_errmsg(), "record 7 (epoch 0): 64x48 = 3072 pixels, over --max-pixels 3071 (not decoded)"));
+        const uint8_t *px;
+        int w, h, ch;
+        int32_t label;
+        assert_int_equal(augment_decode(c, rec, len, 8, &px, &w, &h, &ch, &label), MOCO_EINVAL);
+        assert_non_null(strstr(moco_errmsg(), "record 8: 64x48 = 3072"));
+        free(rec);
+    }
+    augment_ctx_destroy(&c);
+    r.max_pixels = 64 * 48; /* at the limit: made */
+    assert_int_equal(augment_ctx_new(&r, &c), 0);
+    for (int f = 0; f < 3; f++) {
+        size_t len;
+        uint8_t *rec = f < 2 ? encoded_record(64, 48, 3, fmts[f], &len, NULL, NULL) : raw_record(64, 48, 3, 1, &len);
+        assert_int_equal(augment_pair(c, rec, len, 0, 7, q, k, NULL), 0);
+        free(rec);
+    }
+    augment_ctx_destroy(&c);
+}
+
 static void test_recipes(void **state)
 {
     (void)state;
@@ -643,7 +683,7 @@ int main(void)
         cmocka_unit_test(test_crop_fallback),   cmocka_unit_test(test_param_ranges),
         cmocka_unit_test(test_determinism),     cmocka_unit_test(test_grayscale_inputs),
         cmocka_unit_test(test_encodings_and_dct), cmocka_unit_test(test_bad_records),
-        cmocka_unit_test(test_recipes),
+        cmocka_unit_test(test_recipes),         cmocka_unit_test(test_max_pixels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
