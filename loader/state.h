@@ -33,7 +33,8 @@ typedef struct {
     uint64_t holding;        /* samples issued to it and not yet acknowledged or failed */
     double progress;         /* when one of its samples was last acknowledged (or it was first given work) */
     uint64_t acked_at_progress; /* the loader's acknowledged count then */
-    int alive, banned;       /* banned: it held samples without progress while others made some */
+    int alive, banned;       /* banned: it held samples without progress while others made some; its slot
+                              * is reclaimed, oldest first, when every other slot is taken */
 } worker;
 
 /* A pair message waiting for room towards its consumer. */
@@ -73,6 +74,7 @@ typedef struct {
     double worker_timeout, reissue_after, consumer_timeout, consumer_wait, stall_timeout;
     int quiet, insecure;
     int R;                           /* consumers (ranks), each served its shard of every epoch */
+    long max_workers;                /* worker slots, at most MAX_WORKERS */
     /* resources */
     moco_db *db;
     uint64_t n;
@@ -105,6 +107,8 @@ typedef struct {
     /* rejections: counted, logged, never trusted */
     uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
     uint64_t split_msgs;             /* pair messages of several shards, split */
+    uint64_t refused_workers;        /* READYs of new peers while every slot was taken by a live worker */
+    uint64_t reclaimed_slots;        /* slots of banned workers given to new peers */
 } loader;
 
 /* An event line of the log: loader_ev_begin, the fields (moco_jw_*), loader_ev_end. */

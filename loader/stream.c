@@ -380,6 +380,30 @@ static int find_worker(loader *L, const uint8_t *id, size_t idlen)
     return -1;
 }
 
+/* A slot for a new worker: a free one (never used, or its worker dead),
+ * else the banned worker's seen least recently (its samples were re-issued
+ * when it was banned; it only loses the memory of its ban, and a peer can
+ * shed that anyway by reconnecting under a new routing id). Before, banned
+ * slots were kept for good, and a peer that stalled and reconnected
+ * --max-workers times locked every later worker out. -1: all live. */
+static int free_slot(loader *L)
+{
+    int k, old = -1;
+    for (k = 0; k < L->nw; k++) {
+        if (!L->w[k].alive && !L->w[k].banned) return k;
+        if (L->w[k].banned && (old < 0 || L->w[k].last_seen < L->w[old].last_seen)) old = k;
+    }
+    if (L->nw < L->max_workers) return L->nw++;
+    if (old < 0) return -1;
+    for (uint64_t i = 0; i < L->n; i++) /* none should be: worker_dead re-issued them */
+        if (L->st[i] == ISSUED && L->owner[i] == old) reissue(L, i);
+    L->reclaimed_slots++;
+    char hb[40];
+    fprintf(stderr, "moco loader: slot %d of the banned worker %s goes to a new worker (all %ld slots taken)\n", old,
+            loader_hexid(L->w[old].id, L->w[old].idlen, hb), L->max_workers);
+    return old;
+}
+
 static void on_worker_msg(loader *L, inmsg *m)
 {
     const uint8_t *p = zmq_msg_data(&m->f[0]);
@@ -391,10 +415,15 @@ static void on_worker_msg(loader *L, inmsg *m)
         moco_pipe_msg pm;
         if (m->nf != 1 || moco_pipe_parse(p, n, &pm)) { L->dropped++; return; }
         if (k < 0) {
-            for (k = 0; k < L->nw && (L->w[k].alive || L->w[k].banned); k++) {}
-            if (k == L->nw) {
-                if (L->nw == MAX_WORKERS) { L->dropped++; return; }
-                L->nw++;
+            if ((k = free_slot(L)) < 0) {
+                L->refused_workers++;
+                if (L->refused_workers <= 20 || !(L->refused_workers & (L->refused_workers - 1))) {
+                    char hb[40];
+                    fprintf(stderr, "moco loader: refused a new worker (%s): all %ld worker slots (--max-workers) are "
+                                    "taken by live workers (%" PRIu64 " refused so far)\n",
+                            loader_hexid(m->id, m->idlen, hb), L->max_workers, L->refused_workers);
+                }
+                return;
             }
             memset(&L->w[k], 0, sizeof L->w[k]);
             memcpy(L->w[k].id, m->id, m->idlen);
@@ -561,6 +590,8 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "rejected_acks", L->rejected_acks);
         moco_jw_u64(&w, "rejected_pairs", L->rejected_pairs);
         moco_jw_u64(&w, "stalled_workers", L->stalled_workers);
+        moco_jw_u64(&w, "refused_workers", L->refused_workers);
+        moco_jw_u64(&w, "reclaimed_slots", L->reclaimed_slots);
         moco_jw_u64(&w, "auth_rejected", moco_sec_rejected(L->sec));
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
         moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
@@ -772,6 +803,7 @@ int loader_stream_main(int argc, char **argv)
     L->consumer_wait = 300;
     L->stall_timeout = 10;
     L->linger = 30;
+    L->max_workers = MAX_WORKERS;
     long consumers = 1;
     const moco_opt opts[] = {
         {"db", MOCO_OPT_STR, &L->db_path, "dataset LMDB to stream (from moco mkdb)", 0, 0, NULL},
@@ -787,6 +819,8 @@ int loader_stream_main(int argc, char **argv)
                                                 "of every epoch: the samples at positions rank, rank + R, ... of its order", 1, MAX_CONSUMERS, NULL},
         {"keys", MOCO_OPT_STR, &L->keys, "key directory (moco keygen): CURVE on every tcp endpoint", 0, 0, NULL},
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
+        {"max-workers", MOCO_OPT_INT, &L->max_workers, "worker slots: a new worker is refused while every slot holds a live "
+                                                         "one; a banned (stalled) worker's slot is reclaimed", 1, MAX_WORKERS, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
         {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY), "

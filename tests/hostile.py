@@ -368,7 +368,103 @@ def serve(moco, db, n, keys, out, port):
           % (epochs, n, ls["refused_hellos"], ls["rejected_pairs"], ls["auth_rejected"]))
 
 
+def count_lines(path, needle):
+    return open(path, errors="replace").read().count(needle) if os.path.exists(path) else 0
+
+
+def slots(moco, db, n, keys, out, port):
+    """An allowed peer that stalls (holds 8 samples, returns none, heart-beats)
+    until the loader bans it, then reconnects under a new routing id, three
+    times, against a loader with --max-workers 2 and one real worker. Each
+    time it must get a slot (the banned one's, reclaimed) and be banned again;
+    then a quiet peer (READY with no credit, heart-beating) takes the slot,
+    and one more new peer is refused while it lives. Before, banned slots
+    were kept for good: the second round got no slot, and so would every
+    later worker."""
+    epochs = 60
+    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
+    lerr = open(lerr_path, "w")
+    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
+                               str(epochs), "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "0.5",
+                               "--max-workers", "2"], stderr=lerr)]
+    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
+                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
+    procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
+                                   "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+    ctx = zmq.Context()
+    socks = []
+
+    def ready(s, credit, received):
+        s.send(prefix(2, 4) + struct.pack("<IQI", credit, received, 8))
+
+    try:
+        if not wait_line(lerr_path, "worker 0 joined", 20) or not wait_line(lerr_path, "consumer connected", 20):
+            fail("the worker or the sink did not connect: %s" % open(lerr_path).read()[-400:])
+        for r in range(1, 4):
+            s = curve_client(ctx, zmq.DEALER, keys)
+            s.connect(work)
+            socks.append(s)  # closed before ctx.term() also when this fails: term waits for every socket
+            received, t0 = 0, time.time()
+            while count_lines(lerr_path, "gets no more work") < r:
+                if time.time() - t0 > 60:
+                    fail("round %d: the stalling peer was not banned in 60 s (it got no slot?): %s"
+                         % (r, open(lerr_path).read()[-600:]))
+                ready(s, 8, received)
+                while s.poll(100):
+                    f = s.recv_multipart()
+                    if f[0][6:8] == struct.pack("<H", 12):
+                        received += struct.unpack("<I", f[0][8:12])[0]
+            if not received:
+                fail("round %d: the stalling peer was banned holding nothing" % r)
+            socks.remove(s)
+            s.close(0)
+        quiet = curve_client(ctx, zmq.DEALER, keys)
+        quiet.connect(work)
+        socks.append(quiet)
+        t0 = time.time()
+        while count_lines(lerr_path, "goes to a new worker") < 3:
+            if time.time() - t0 > 30:
+                fail("the quiet peer got no reclaimed slot: %s" % open(lerr_path).read()[-600:])
+            ready(quiet, 0, 0)
+            time.sleep(0.2)
+        extra = curve_client(ctx, zmq.DEALER, keys)
+        extra.connect(work)
+        socks.append(extra)
+        t0 = time.time()
+        while count_lines(lerr_path, "refused a new worker") < 1:
+            if time.time() - t0 > 30:
+                fail("a peer beyond --max-workers was not refused: %s" % open(lerr_path).read()[-600:])
+            ready(quiet, 0, 0)
+            ready(extra, 8, 0)
+            time.sleep(0.2)
+        for s in socks:
+            s.close(0)
+        socks = []
+        rc = sink.wait(timeout=180)
+        lrc = procs[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        for p_ in procs + [sink]:
+            if p_.poll() is None:
+                p_.kill()
+    if rc != 0 or lrc != 0:
+        fail("sink exited %s, loader %s (did the run end before the rounds?)" % (rc, lrc))
+    check_index_log(os.path.join(out, "index.log"), n, epochs)
+    ls = last_stats(loader_log)
+    if ls["stalled_workers"] != 3 or ls["reclaimed_slots"] != 3 or ls["refused_workers"] < 1:
+        fail("loader stalled_workers %s reclaimed_slots %s refused_workers %s, expected 3, 3 and at least 1"
+             % (ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
+    print("slots: %d epochs x %d exact; --max-workers 2: stalled_workers %d, reclaimed_slots %d, refused_workers %d"
+          % (epochs, n, ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
+
+
 if __name__ == "__main__":
     mode, moco, db, n, keys, out, port = sys.argv[1:8]
     os.makedirs(out, exist_ok=True)
-    (direct if mode == "direct" else serve)(moco, db, int(n), keys, out, int(port))
+    {"direct": direct, "serve": serve, "slots": slots}[mode](moco, db, int(n), keys, out, int(port))
