@@ -5,7 +5,7 @@
  * (or single SAMPLEs from a version-1 loader), at most as many as this
  * worker advertised in READY(free, received, batch) messages, which it
  * sends when a batch's worth of its queue is free and once a second as its
- * heartbeat. A batch stays one ZeroMQ frame; the queue points into it and
+ * heartbeat (from a thread of its own while one record takes longer). A batch stays one ZeroMQ frame; the queue points into it and
  * it is freed when its last record is done. Each record becomes one pair,
  * pushed to the consumer in PAIRS batches, or one FAILED report to the
  * loader. Output waits for the consumer (POLLOUT) while heartbeats go on, so
@@ -19,6 +19,7 @@
  * augmentation itself is a function given by the caller (augment_pair in
  * the worker; something trivial in the pipeline's tests). */
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -112,6 +113,41 @@ static void send_ready(void *dealer, int free_slots, uint64_t received, int batc
     zmq_send(dealer, b, n, ZMQ_DONTWAIT);
 }
 
+/* The heartbeat while one record is being made: the loop holds `mx` all the
+ * time except inside the augmentation function, so the dealer socket is
+ * used by one thread at a time, each hand-over a full memory barrier (what
+ * ZeroMQ asks of a socket used by several threads). While a record takes
+ * longer than a second (a huge image, a slow decoder), this thread says
+ * READY with the loop's last figures once a second: the loader declares a
+ * worker silent for --worker-timeout dead, and one slow record did that to
+ * a healthy worker. A worker stuck for good inside one record is the
+ * loader's --stall-timeout and --reissue-after to catch, not silence's. */
+typedef struct {
+    pthread_mutex_t mx;
+    void *dealer;
+    int in_fn, quit, free_now, batch;
+    uint64_t received;
+    double last_ready;
+} beat;
+
+static void *beat_main(void *arg)
+{
+    beat *b = arg;
+    for (;;) {
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (pthread_mutex_trylock(&b->mx)) continue; /* the loop holds it: it is not inside a record */
+        int quit = b->quit;
+        double t = moco_now_s();
+        if (!quit && b->in_fn && t - b->last_ready >= 1.0) {
+            send_ready(b->dealer, b->free_now, b->received, b->batch);
+            b->last_ready = t;
+        }
+        pthread_mutex_unlock(&b->mx);
+        if (quit) return NULL;
+    }
+}
+
 /* A finished pair waiting for the consumer. */
 typedef struct {
     uint8_t hdr[MOCO_WIRE_PAIR_SIZE];
@@ -177,6 +213,9 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     size_t outbytes = 0; /* view bytes of the nout finished pairs */
     uint64_t received = 0, last_recv = 0;
     size_t vmax = cfg->view_bytes;
+    beat hb = {.mx = PTHREAD_MUTEX_INITIALIZER};
+    pthread_t hb_thread;
+    int hb_running = 0;
     memset(st, 0, sizeof *st);
     memset(out, 0, sizeof out);
     if (!dealer || !push || zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
@@ -198,6 +237,14 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
         goto out;
     }
     double loader_seen = moco_now_s(), last_ready = 0, t_report = moco_now_s();
+    pthread_mutex_lock(&hb.mx); /* ours, but inside the augmentation function */
+    hb.dealer = dealer, hb.batch = batch;
+    if (pthread_create(&hb_thread, NULL, beat_main, &hb)) {
+        pthread_mutex_unlock(&hb.mx);
+        rc = moco_err(MOCO_ENOMEM, "cannot start the heartbeat thread");
+        goto out;
+    }
+    hb_running = 1;
     while (!stop_flag) {
         /* credit: advertise when a batch's worth is free (and as a heartbeat) */
         int free_now = cap - qlen - nout;
@@ -269,8 +316,17 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             o->q = malloc(vmax);
             o->k = malloc(vmax);
             augment_pipe_views info;
-            int r = !o->q || !o->k ? moco_err(MOCO_ENOMEM, "out of memory for views")
-                                   : fn(fnctx, e->rec, e->len, e->epoch, e->index, o->q, o->k, &info);
+            int r;
+            if (!o->q || !o->k) {
+                r = moco_err(MOCO_ENOMEM, "out of memory for views");
+            } else {
+                hb.free_now = cap - qlen - nout, hb.received = received, hb.last_ready = last_ready, hb.in_fn = 1;
+                pthread_mutex_unlock(&hb.mx);
+                r = fn(fnctx, e->rec, e->len, e->epoch, e->index, o->q, o->k, &info);
+                pthread_mutex_lock(&hb.mx);
+                hb.in_fn = 0;
+                last_ready = hb.last_ready; /* the heartbeat's READY, if it sent one */
+            }
             if (r == 0) {
                 moco_wire_pair ph = {.epoch = e->epoch, .label = info.label, .index = e->index, .height = (uint16_t)info.height,
                                      .width = (uint16_t)info.width, .channels = (uint8_t)info.channels, .layout = MOCO_LAYOUT_HWC_U8};
@@ -317,6 +373,12 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
     }
     if (stop_flag && !rc) rc = moco_err(MOCO_EINTR, "interrupted");
 out:
+    if (hb_running) {
+        hb.quit = 1;
+        pthread_mutex_unlock(&hb.mx);
+        pthread_join(hb_thread, NULL);
+    }
+    pthread_mutex_destroy(&hb.mx);
     if (cfg->report) cfg->report(cfg->report_ctx, st, qlen, nout); /* the final figures */
     while (qlen > 0) {
         release(&q[qhead]);

@@ -701,18 +701,16 @@ static double now_s(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* A worker busy with one long batch still says READY about once a second (the
- * loader declares a worker silent for --worker-timeout dead): 40 records of
- * 60 ms each, 2.4 s of work in one batch. Before, no READY came between the
- * batch's start and its end. */
-static void test_worker_ready_while_busy(void **st)
+/* A worker busy with one batch of R records of ms each still says READY
+ * about once a second (the loader declares a worker silent for
+ * --worker-timeout dead). */
+static void run_busy(const char *name, uint32_t R, int ms)
 {
-    (void)st;
-    setup_dirs("pipe_busy");
+    setup_dirs(name);
     void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER), *pull = zmq_socket(ctx, ZMQ_PULL);
     assert_int_equal(zmq_bind(router, work_ep), 0);
     assert_int_equal(zmq_bind(pull, pairs_ep), 0);
-    slow_ms = 60;
+    slow_ms = ms;
     pid_t W = start_worker(64);
     slow_ms = 0;
     uint8_t id[256], b[64];
@@ -720,10 +718,10 @@ static void test_worker_ready_while_busy(void **st)
     zmq_setsockopt(router, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
     assert_true((idl = zmq_recv(router, id, sizeof id, 0)) > 0);
     assert_true(zmq_recv(router, b, sizeof b, 0) > 0); /* its first READY */
-    enum { R = 40 };
-    moco_pipe_sample e[R];
-    static uint8_t data[R * 200];
-    uint8_t h[16 + MOCO_SAMPLES_ENTRY * R];
+    moco_pipe_sample e[64];
+    static uint8_t data[64 * 200];
+    uint8_t h[16 + MOCO_SAMPLES_ENTRY * 64];
+    assert_true(R <= 64);
     size_t used = 0, rl;
     for (uint32_t i = 0; i < R; i++) {
         uint8_t *r = test_record(i, &rl);
@@ -738,7 +736,7 @@ static void test_worker_ready_while_busy(void **st)
     zmq_send(router, h, hl, ZMQ_SNDMORE);
     zmq_send(router, data, used, 0);
     double t0 = now_s(), first = -1, last = -1, gap = 0;
-    int pairs = 0;
+    uint32_t pairs = 0;
     while (pairs < R && now_s() - t0 < 60) {
         zmq_pollitem_t it[2] = {{router, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
         assert_true(zmq_poll(it, 2, 1000) >= 0);
@@ -760,7 +758,7 @@ static void test_worker_ready_while_busy(void **st)
             assert_true(zmq_msg_recv(&f[0], pull, 0) >= 0 && zmq_msg_recv(&f[1], pull, 0) >= 0);
             uint32_t n;
             assert_int_equal(moco_pipe_pairs_parse(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), zmq_msg_size(&f[1]), &n), 0);
-            pairs += (int)n;
+            pairs += n;
             zmq_msg_close(&f[0]);
             zmq_msg_close(&f[1]);
         }
@@ -770,9 +768,27 @@ static void test_worker_ready_while_busy(void **st)
                   first < 0 ? -1 : first - t0, gap);
     assert_int_equal(pairs, R);
     assert_true(busy > 2.0);                  /* the batch was slow, as meant */
-    assert_true(first >= 0 && first - t0 < 1.9); /* a READY before the batch ended (2.4 s) ... */
+    assert_true(first >= 0 && first - t0 < 1.9); /* a READY before the batch ended ... */
     assert_true(gap < 1.9);                     /* ... and about once a second after it */
     stop_scripted(ctx, router, pull, id, idl, W);
+}
+
+/* 40 records of 60 ms each, 2.4 s of work in one batch. Before, no READY came
+ * between the batch's start and its end. */
+static void test_worker_ready_while_busy(void **st)
+{
+    (void)st;
+    run_busy("pipe_busy", 40, 60);
+}
+
+/* One record of 2.6 s (a huge image): the READYs go on during it, from the
+ * worker's heartbeat thread. Before, they went out between records only: the
+ * gap was the record's 2.6 s, and a record over --worker-timeout (5 s) got
+ * its healthy worker declared dead. */
+static void test_worker_ready_inside_record(void **st)
+{
+    (void)st;
+    run_busy("pipe_busy1", 1, 2600);
 }
 
 static void test_epoch_order(void **st)
@@ -801,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_epoch_order),
         cmocka_unit_test_teardown(test_worker_speaks_both, teardown),
         cmocka_unit_test_teardown(test_worker_ready_while_busy, teardown),
+        cmocka_unit_test_teardown(test_worker_ready_inside_record, teardown),
         cmocka_unit_test_teardown(test_one_epoch_one_worker, teardown),
         cmocka_unit_test_teardown(test_batched_exact, teardown),
         cmocka_unit_test_teardown(test_two_epochs_three_workers, teardown),
