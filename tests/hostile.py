@@ -188,6 +188,16 @@ def wait_line(path, needle, seconds):
     return False
 
 
+def teardown(ctx, socks, procs):
+    """Closes the sockets (ctx.term() waits for every one), then kills what still runs."""
+    for s in socks:
+        s.close(0)
+    ctx.term()
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
 def direct(moco, db, n, keys, out, port):
     epochs = 20
     work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
@@ -254,12 +264,7 @@ def direct(moco, db, n, keys, out, port):
     finally:
         stop.set()
         fake.join()
-        for s in hostile:
-            s.close(0)
-        ctx.term()
-        for p_ in procs + [sink]:
-            if p_.poll() is None:
-                p_.kill()
+        teardown(ctx, hostile, procs + [sink])
     if rc != 0 or lrc != 0:
         fail("sink exited %s, loader %s" % (rc, lrc))
     check_index_log(os.path.join(out, "index.log"), n, epochs)
@@ -420,25 +425,25 @@ def slots(moco, db, n, keys, out, port):
                 fail("round %d: the stalling peer was banned holding nothing" % r)
             socks.remove(s)
             s.close(0)
-        quiet = curve_client(ctx, zmq.DEALER, keys)
-        quiet.connect(work)
-        socks.append(quiet)
-        t0 = time.time()
-        while count_lines(lerr_path, "goes to a new worker") < 3:
-            if time.time() - t0 > 30:
-                fail("the quiet peer got no reclaimed slot: %s" % open(lerr_path).read()[-600:])
-            ready(quiet, 0, 0)
-            time.sleep(0.2)
-        extra = curve_client(ctx, zmq.DEALER, keys)
-        extra.connect(work)
-        socks.append(extra)
-        t0 = time.time()
-        while count_lines(lerr_path, "refused a new worker") < 1:
-            if time.time() - t0 > 30:
-                fail("a peer beyond --max-workers was not refused: %s" % open(lerr_path).read()[-600:])
-            ready(quiet, 0, 0)
-            ready(extra, 8, 0)
-            time.sleep(0.2)
+        def peer():
+            p = curve_client(ctx, zmq.DEALER, keys)
+            p.connect(work)
+            socks.append(p)
+            return p
+
+        def until(needle, count, what, *readies):
+            t0 = time.time()
+            while count_lines(lerr_path, needle) < count:
+                if time.time() - t0 > 30:
+                    fail("%s: %s" % (what, open(lerr_path).read()[-600:]))
+                for p, credit in readies:
+                    ready(p, credit, 0)
+                time.sleep(0.2)
+
+        quiet = peer()
+        until("goes to a new worker", 3, "the quiet peer got no reclaimed slot", (quiet, 0))
+        extra = peer()
+        until("refused a new worker", 1, "a peer beyond --max-workers was not refused", (quiet, 0), (extra, 8))
         for s in socks:
             s.close(0)
         socks = []
@@ -447,12 +452,7 @@ def slots(moco, db, n, keys, out, port):
     except subprocess.TimeoutExpired:
         fail("the run hung")
     finally:
-        for s in socks:
-            s.close(0)
-        ctx.term()
-        for p_ in procs + [sink]:
-            if p_.poll() is None:
-                p_.kill()
+        teardown(ctx, socks, procs + [sink])
     if rc != 0 or lrc != 0:
         fail("sink exited %s, loader %s (did the run end before the rounds?)" % (rc, lrc))
     check_index_log(os.path.join(out, "index.log"), n, epochs)
