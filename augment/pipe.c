@@ -133,6 +133,9 @@ typedef struct {
 static void *beat_main(void *arg)
 {
     beat *b = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals stay the loop's (its poll returns EINTR) */
     for (;;) {
         struct timespec ts = {0, 200 * 1000 * 1000};
         nanosleep(&ts, NULL);
