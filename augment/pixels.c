@@ -19,7 +19,7 @@
 
 /* Hot kernels get an AVX2 clone, picked at load time by the CPU (ifunc);
  * the default clone is plain x86-64 (SSE2). */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define HOT

@@ -54,7 +54,7 @@ size_t conv3_ld(int n, int H, int W)
 
 /* Plane copies, vectorised as nn.c's element-wise loops (AVX2 clone, no
  * per-row library calls: rows are 4-32 floats). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) /* its ifunc resolvers run before TSan starts */
 #define CONV3_HOT                                                                                                     \
     __attribute__((optimize("vect-cost-model=dynamic", "no-tree-loop-distribute-patterns"), target_clones("avx2", "default")))
 #else

@@ -9,7 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) /* its ifunc resolvers run before TSan starts */
 #include <immintrin.h>
 #define NN_AVX512 1 /* AVX-512 paths picked at run time */
 #endif
@@ -19,7 +19,7 @@
 /* Hot element-wise loops: restrict pointers, GCC's dynamic vectoriser cost
  * model (-O2 only vectorises loops of known trip count), and an AVX2 clone
  * picked at load time (no FMA, so results do not depend on it). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) /* its ifunc resolvers run before TSan starts */
 #define NN_HOT __attribute__((optimize("vect-cost-model=dynamic"), target_clones("avx2", "default")))
 #else
 #define NN_HOT
