@@ -35,6 +35,7 @@
 #include "formats/db.h"
 #include "formats/clock.h"
 #include "formats/errors.h"
+#include "formats/rundir.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "trainer/lincls.h"
@@ -445,7 +446,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         struct dirent *de;
         const char *held = NULL;
         while (dd && !held && (de = readdir(dd)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) held = de->d_name;
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, MOCO_RUNDIR_LOCK)) held = de->d_name;
         if (held) {
             fprintf(stderr, "moco run: --run-dir %s is not empty (it holds %s): give --resume %s to continue its run, "
                             "--overwrite to start afresh there, or another --run-dir\n", run_dir, held, run_dir);
@@ -477,6 +478,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: --run-dir %s: not a directory\n", run_dir);
         return 1;
     }
+    int lock_fd; /* held to the end (formats/rundir.h); not inherited: the trainer we start knows it is supervised */
+    if (moco_lock_dir(run_dir, &lock_fd)) {
+        fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        return 1;
+    }
+    time_t t_start = time(NULL);
     if (!mkdtemp(sockdir)) { /* mode 0700 */
         fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
         return 1;
@@ -530,6 +537,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             add(&ca, "mpirun");
             addf(&ca, "-np", "%ld", ranks);
             add(&ca, "--bind-to"), add(&ca, "none"); /* each rank runs --threads compute threads */
+            add(&ca, "-x"), add(&ca, "MOCO_RUN_SUPERVISED"); /* on every host: the run directory's lock is ours */
             if (hostfile) addf(&ca, "--hostfile", "%s", hostfile);
             else add(&ca, "--oversubscribe"); /* one host: the R ranks asked for, whatever its slots */
             add(&ca, self);
@@ -544,6 +552,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         if (insecure) add(&ca, "--insecure");
         addf(&ca, "--out", "%s", run_dir);
         addf(&ca, "--epochs", "%ld", epochs);
+        if (start_epoch && !resuming) addf(&ca, "--start-epoch", "%ld", start_epoch); /* the loader's first epoch is the trainer's */
         addf(&ca, "--seed", "%llu", (unsigned long long)seed);
         addf(&ca, "--size", "%d", recipe.size);
         addf(&ca, "--count", "%llu", (unsigned long long)count);
@@ -778,8 +787,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     /* interrupted, a trainer stopped because the loader failed, a trainer
      * killed by a signal, or (ranks) a rank that died: the last checkpoint
      * holds every rank's position */
-    if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed))) && !bench && !sink && !lincls && !serve &&
-        access(last, R_OK) == 0)
+    /* ... or a trainer that failed after it saved a checkpoint in this run (a full disk) */
+    struct stat ckst;
+    int saved_now = stat(last, &ckst) == 0 && ckst.st_mtime >= t_start;
+    if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed || saved_now))) && !bench && !sink &&
+        !lincls && !serve && access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);
+    close(lock_fd);
     return status;
 }

@@ -1,6 +1,7 @@
 /* jsonw.c: the JSON line writer (jsonw.h). */
 #include "formats/jsonw.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
@@ -231,7 +232,7 @@ int moco_jw_line(moco_jw *w, FILE *f)
         flockfile(f); /* the line whole: another thread's stdio writes to f (the loader's log) come before or after */
         int bad = fputs(s, f) < 0 || fputc('\n', f) < 0 || fflush(f);
         funlockfile(f);
-        if (bad) rc = moco_err(MOCO_EIO, "cannot write a JSON line");
+        if (bad) rc = moco_err(MOCO_EIO, "cannot write a JSON line: %s", strerror(errno));
     }
     moco_jw_free(w);
     return rc;

@@ -15,7 +15,8 @@
 #  2b. the same job with the loader stopped (it ends the stream) mid-epoch:
 #     the ranks fail within seconds, naming the run directory, and the
 #     resume from the last checkpoint is byte-identical too;
-#  3. launch errors: flags that differ across ranks, K not a multiple of
+#  3. launch errors: flags that differ across ranks (and starting points:
+#     resumes from different checkpoints), K not a multiple of
 #     ranks x batch, and --bn-splits 1 on 2 ranks are refused with a message
 #     on every rank; a resume of the 2-rank checkpoint on 1 process (another
 #     global batch) is refused as a schedule change; `moco run --ranks`
@@ -201,6 +202,12 @@ for diff in '--log-every $(( OMPI_COMM_WORLD_RANK * 2 + 1 ))' '--save-every $(( 
   [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "ranks with different $diff: exit $rc (124: hung): $out"
   [ "$(echo "$out" | grep -c 'ranks differ in the run flags')" -ge 2 ] || fail "ranks with different $diff: not reported on every rank: $out"
 done
+# ranks resuming from different checkpoints, one of which ends the run (before: that rank left, the
+# other waited in a collective for good, timeout's 124): refused on every rank
+out=$(timeout 60 mpirun -np 2 --oversubscribe sh -c 'exec "$0" train --connect ipc://'"$T"'/s3/none --out '"$T"'/e5 --count '"$N"' \
+  --size 28 --epochs '"$E2"' --seed 1 '"$MODEL"' --resume '"$T"'/full/checkpoint_epoch_$(printf %04d $(( 10 - OMPI_COMM_WORLD_RANK ))).safetensors' "$M" 2>&1); rc=$?
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "ranks resuming from epochs 10 and 9: exit $rc (124: hung): $out"
+[ "$(echo "$out" | grep -c 'ranks differ in the run flags.*or the starting point')" -ge 2 ] || fail "ranks resuming from different epochs: not reported on every rank: $out"
 out=$(timeout 60 $MPIRUN $M train --connect ipc://$T/s3/none --out "$T/e2" --count $N --size 28 $MODEL --moco-k 48 2>&1); rc=$?
 [ $rc -ne 0 ] || fail "K=48 with 2 ranks x batch 16 was accepted"
 echo "$out" | grep -q "multiple" || fail "K not a multiple of ranks x batch: no clear message: $out"

@@ -261,6 +261,64 @@ eval "timeout 300 $cmd" >/dev/null 2>tk.resumed.err || fail "7g: the printed com
 [ "$(epochs tk/metrics.jsonl)" = 20 ] && [ -z "$(steps tk/metrics.jsonl | sort -n | uniq -d)" ] || fail "7g: the resumed run: $(grep -v '"type":"step"' tk/metrics.jsonl | tail -3)"
 echo "7g: the trainer killed under moco run: exit 1, a resume command; resumed to the end (20 epochs)"
 
+# 7h. one writer per run directory: a second trainer or moco run on a directory in use is refused,
+#     naming the holder (before: both ran, mixed their checkpoints and metrics, and exited 0); the
+#     lock goes with its process (SIGKILL), and the directory is usable again
+$M train $TR --out lk >/dev/null 2>lk1.err &
+LK=$!
+for _ in $(seq 1000); do [ -s lk/.lock ] && break; sleep 0.01; done
+timeout 20 $M train $TR --out lk >/dev/null 2>lk2.err; rc=$?
+[ $rc -eq 1 ] && grep -q "lk is in use by another run (pid $LK)" lk2.err || { kill $LK; fail "7h: a second trainer on lk: exit $rc: $(tail -2 lk2.err)"; }
+timeout 60 $M run db $RUN --epochs 1 --run-dir lk --overwrite >/dev/null 2>lk3.err; rc=$?
+[ $rc -eq 1 ] && grep -q "lk is in use by another run (pid $LK)" lk3.err || { kill $LK; fail "7h: moco run --overwrite on lk in use: exit $rc: $(tail -2 lk3.err)"; }
+kill -KILL $LK; wait $LK 2>/dev/null
+timeout 60 $M run db $RUN --epochs 1 --run-dir lk --overwrite >/dev/null 2>lk4.err || fail "7h: lk after its holder was killed: $(tail -3 lk4.err)"
+[ "$(epochs lk/metrics.jsonl)" = 1 ] || fail "7h: the run after the holder's death did not train into lk"
+echo "7h: a run directory in use: a second moco train or moco run refused, naming the holder's pid; free again once it died"
+
+# 7i. checkpoint_best after a resume: the best kNN of the records kept (here forged to 99.99 at
+#     epoch 0) still stands; before, every resume replaced checkpoint_best with its first model
+timeout 120 $M run db $RUN --epochs 1 --run-dir b1 --knn-train db --knn-test db >/dev/null 2>b1.err || fail "7i: $(tail -3 b1.err)"
+best=$(sha256sum <b1/checkpoint_best.safetensors) || fail "7i: no checkpoint_best"
+sed -i 's/"knn_top1":[0-9.]*/"knn_top1":99.99/' b1/metrics.jsonl
+timeout 120 $M run db $RUN --epochs 2 --run-dir b1 --resume b1 --knn-train db --knn-test db --allow-schedule-change \
+  >/dev/null 2>b2.err || fail "7i: the resume: $(tail -3 b2.err)"
+[ "$(grep -c '"type":"epoch".*"knn_top1":[0-9]' b1/metrics.jsonl)" = 2 ] || fail "7i: want 2 epochs with kNN: $(grep '"type":"epoch"' b1/metrics.jsonl)"
+[ "$(sha256sum <b1/checkpoint_best.safetensors)" = "$best" ] \
+  || fail "7i: the resume replaced checkpoint_best (99.99 at epoch 0) with $(grep -o '"knn_top1":[0-9.]*' b1/metrics.jsonl | tail -1)"
+echo "7i: after a resume, checkpoint_best stays the best of the run's records (epoch 1's kNN $(grep -o '"knn_top1":[0-9.]*' b1/metrics.jsonl | tail -1 | cut -d: -f2) < 99.99)"
+
+# 7j. a mid-epoch resume keeps the warm-up's place: every step's learning rate is the
+#     uninterrupted run's (before: the epoch's position restarted at 0 on resume, and each step
+#     to the epoch's end took the learning rate of the epoch's start)
+lrs() { grep -o '"type":"step","epoch":[0-9]*,"step":[0-9]*,"loss":[-0-9.e]*,"acc":[0-9.e]*,"lr":[-0-9.e]*' "$1" \
+  | sed 's/.*"step":\([0-9]*\),.*"lr":\(.*\)/\1 \2/'; }
+WU="--warmup-epochs 2 --save-every 2"
+pipeline wref $WU; wait $TP || { helpers; fail "7j: the reference run: $(tail -3 wref.err)"; }; wait $LP $WP
+pipeline wcut $WU
+wait_step wcut/metrics.jsonl 3 || { helpers; fail "7j: no step 3: $(tail -3 wcut.err)"; }
+kill -KILL $TP; wait $TP 2>/dev/null; helpers
+pipeline wcut $WU --resume wcut; wait $TP || { helpers; fail "7j: the resume: $(tail -3 wcut.err)"; }; wait $LP $WP
+from=$(grep -o '"type":"resume","epoch":[0-9]*,"step":[0-9]*' wcut/metrics.jsonl | grep -o '[0-9]*$')
+[ -n "$from" ] && [ $((from % 16)) -ne 0 ] || fail "7j: not resumed mid-epoch: $(grep resume wcut/metrics.jsonl)"
+[ "$(lrs wcut/metrics.jsonl | wc -l)" = 32 ] && [ "$(lrs wcut/metrics.jsonl)" = "$(lrs wref/metrics.jsonl)" ] \
+  || fail "7j: resumed at step $from: learning rates differ from the uninterrupted run's: $(diff <(lrs wref/metrics.jsonl) <(lrs wcut/metrics.jsonl) | head -6 | tr '\n' ' ')"
+echo "7j: resumed mid-epoch at step $from with --warmup-epochs 2: the 32 steps' learning rates are the uninterrupted run's"
+
+# 7k. a resume with another model is refused before anything is loaded, naming both (before:
+#     another architecture that shares its first tensors was loaded and the rest dropped)
+timeout 60 $M run db $RUN --run-dir b1 --resume b1 --epochs 2 --width 8 >/dev/null 2>b3.err; rc=$?
+[ $rc -eq 1 ] && grep -q "holds a resnet18-cifar of width 4, dim 128; this run builds a resnet18-cifar of width 8, dim 128" b3.err \
+  || fail "7k: resume with --width 8: exit $rc: $(grep 'moco train' b3.err | tail -2)"
+echo "7k: a resume with another model (--width 8 for 4): refused, naming both"
+
+# 7l. moco run --start-epoch reaches the trainer as well as the loader (before: the loader streamed
+#     epoch 1 and the trainer recorded it as epoch 0, with epoch 0's learning rate)
+timeout 60 $M run db $RUN --epochs 2 --start-epoch 1 --run-dir se >/dev/null 2>se.err || fail "7l: $(tail -3 se.err)"
+[ "$(grep -c '"type":"epoch"' se/metrics.jsonl)" = 1 ] && grep -q '"type":"epoch","epoch":1,' se/metrics.jsonl \
+  && [ -e se/checkpoint_epoch_0002.safetensors ] || fail "7l: --start-epoch 1 of 2: $(grep '"type":"epoch"' se/metrics.jsonl | cut -c1-60) $(ls se)"
+echo "7l: moco run --start-epoch 1 --epochs 2: one epoch, recorded as epoch 1, checkpoint_epoch_0002"
+
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):
 #     the workers get --recipe v2 for moco-v2 (or --aug-plus), cifar for cifar

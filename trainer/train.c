@@ -50,6 +50,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/replace.h"
+#include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/dist.h"
 #include "trainer/evalset.h"
@@ -246,11 +247,14 @@ static int check_out_dir(const char *out, int overwrite)
     if (!d) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "--out %s: %s", out, strerror(errno));
     struct dirent *de;
     char first[256] = "", path[4400];
-    int rc = 0;
+    int rc = 0, has_last = 0;
     while ((de = readdir(d))) {
         const char *n = de->d_name;
         size_t l = strlen(n);
-        if (!strcmp(n, ".") || !strcmp(n, "..") || !strncmp(n, "loader.", 7) || !strncmp(n, "workers.", 8)) continue;
+        has_last |= !strcmp(n, "checkpoint_last.safetensors");
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strncmp(n, "loader.", 7) || !strncmp(n, "workers.", 8) ||
+            !strcmp(n, MOCO_RUNDIR_LOCK))
+            continue;
         int ours = !strcmp(n, "metrics.jsonl") || (!strncmp(n, "checkpoint_", 11) && l > 12 && !strcmp(n + l - 12, ".safetensors"));
         if (overwrite && ours) {
             snprintf(path, sizeof path, "%s/%s", out, n);
@@ -260,7 +264,10 @@ static int check_out_dir(const char *out, int overwrite)
         }
     }
     closedir(d);
-    if (!rc && first[0])
+    if (!rc && first[0] && !has_last && !strcmp(first, "metrics.jsonl")) /* --resume could not: nothing to resume from */
+        rc = moco_err(MOCO_EEXIST, "--out %s holds the metrics.jsonl of a run stopped before its first checkpoint: give "
+                      "--overwrite to start afresh there, or another --out", out);
+    else if (!rc && first[0])
         rc = moco_err(MOCO_EEXIST, "--out %s is not empty (it holds %s): give --resume %s to continue its run, --overwrite to "
                       "start afresh there, or another --out", out, first, out);
     return rc;
@@ -375,7 +382,16 @@ typedef struct {
     int recovered;
 } epoch_record;
 
-static void write_epoch_record(FILE *metrics, const epoch_record *r)
+/* A record's line, written and flushed; on failure (a full disk) the run
+ * stops: the file's last line may be torn, which a resume drops, and
+ * checkpoint_last holds the last step saved. */
+static int put_record(moco_jw *w, FILE *metrics, const char *mpath)
+{
+    int rc = moco_jw_line(w, metrics);
+    return rc ? moco_err(rc, "%s: %s; the run stops here (resume it once there is room)", mpath, moco_errmsg()) : 0;
+}
+
+static int write_epoch_record(FILE *metrics, const char *mpath, const epoch_record *r)
 {
     moco_jw ew;
     moco_jw_begin(&ew);
@@ -404,7 +420,7 @@ static void write_epoch_record(FILE *metrics, const epoch_record *r)
     if (r->ranks > 1) moco_jw_i64(&ew, "ranks", r->ranks);
     if (r->recovered) moco_jw_bool(&ew, "recovered", 1);
     if (r->st) stream_stats_json(&ew, r->st); /* this rank's (rank 0's) consumer counters since the start */
-    moco_jw_line(&ew, metrics); /* written and flushed */
+    return put_record(&ew, metrics, mpath);
 }
 
 /* Resumed at the start of an epoch (an epoch's checkpoint): if the epoch
@@ -412,8 +428,9 @@ static void write_epoch_record(FILE *metrics, const epoch_record *r)
  * the checkpoint), evaluate the same weights now and write the record,
  * marked "recovered" (what only that process knew is null). */
 static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, resnet *q, trainer_stream *s, int64_t epoch,
-                          int64_t step, int64_t steps_per_epoch, int ranks)
+                          int64_t step, int64_t steps_per_epoch, int ranks, double *knn_out)
 {
+    *knn_out = -1;
     if (epoch < 1) return 0;
     FILE *in = moco_fopen_regular(mpath); /* a FIFO is refused, not waited on */
     if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
@@ -434,8 +451,30 @@ static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, 
     }
     epoch_record r = {.epoch = epoch - 1, .step = step, .lr = train_lr(c, epoch - 1, 0, steps_per_epoch), .pairs_per_s = NAN,
                       .starved_pct = NAN, .knn = knn, .ranks = ranks, .recovered = 1};
-    write_epoch_record(metrics, &r);
-    return 0;
+    *knn_out = knn;
+    return write_epoch_record(metrics, mpath, &r);
+}
+
+/* The best kNN top-1 among the epoch records of metrics.jsonl (after
+ * metrics_rewind: those up to the checkpoint), -1 if none. */
+static double best_knn(const char *mpath)
+{
+    FILE *in = moco_fopen_regular(mpath);
+    if (!in) return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    double best = -1;
+    while (getline(&line, &cap, in) > 0) {
+        const char *p = strstr(line, "\"knn_top1\":");
+        if (!strncmp(line, "{\"type\":\"epoch\",", 16) && p) {
+            char *end;
+            double v = strtod(p + 11, &end);
+            if (end != p + 11 && v > best) best = v;
+        }
+    }
+    free(line);
+    fclose(in);
+    return best;
 }
 
 /* A checkpoint: written by rank 0 only (every rank holds the same state). */
@@ -479,6 +518,7 @@ int train_run(const train_cfg *cin)
     const int rank = c->dist ? dist_rank(c->dist) : 0, ranks = c->dist ? dist_size(c->dist) : 1;
     int draining = 0, stop_after_epoch = 0, agreed_stop = 0; /* ranks: see vote() */
     int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
+    int lock_fd = -1; /* --out's lock (formats/rundir.h) */
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
@@ -496,13 +536,21 @@ int train_run(const train_cfg *cin)
         rc = moco_err(MOCO_EINVAL, "--bn-splits %d with %d ranks: shuffle BN permutes the keys among the BN groups of "
                       "their own rank, so each rank needs --bn-splits 2 or more (with one group the shuffle changes nothing, "
                       "and a query's BN group would be its key's)", c->bn_splits, ranks);
+    /* one writer per directory (moco run holds the lock of the trainer it starts) */
+    if (!rc && !rank && !getenv("MOCO_RUN_SUPERVISED")) {
+        if (mkdir(c->out, 0755) && errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
+        else rc = moco_lock_dir(c->out, &lock_fd);
+    }
     if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
         double bad = rc != 0;
         int r2 = dist_sum_d(c->dist, &bad, 1);
         if (!rc && (r2 || bad > 0)) rc = r2 ? r2 : moco_err(MOCO_EINVAL, "another rank could not start (see its message)");
     }
-    if (rc) return rc;
+    if (rc) {
+        if (lock_fd >= 0) close(lock_fd);
+        return rc;
+    }
     moco_cfg mcfg = {.enc = {.arch = c->arch, .width = c->width, .mlp = c->mlp, .dim = c->dim, .bn_splits = c->bn_splits,
                              .batch = N, .size = S, .precision = c->precision, .init = c->init},
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
@@ -512,8 +560,24 @@ int train_run(const train_cfg *cin)
     if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
     if (resume) {
         ckpt_config kc;
-        if ((rc = ckpt_read_config(resume, &kc)) || (rc = ckpt_load(resume, mc, &rs))) goto out;
+        if ((rc = ckpt_read_config(resume, &kc))) goto out;
         if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
+        /* the model itself: another architecture shares its first tensors with this one (a
+         * resnet34 checkpoint loaded as resnet18 and dropped 240 tensors); another size is a
+         * schedule change */
+        if (kc.arch[0] && (strcmp(kc.arch, c->arch) || (kc.width >= 0 && kc.width != c->width) ||
+                           (kc.mlp >= 0 && kc.mlp != c->mlp) || (kc.dim >= 0 && kc.dim != c->dim))) {
+            rc = moco_err(MOCO_EINVAL, "%s holds a %s of width %d%s, dim %d; this run builds a %s of width %d%s, dim %d: "
+                          "resume with the model it was trained with", resume, kc.arch, kc.width, kc.mlp > 0 ? " with the MLP head" : "",
+                          kc.dim, c->arch, c->width, c->mlp ? " with the MLP head" : "", c->dim);
+            goto out;
+        }
+        if (!c->allow_schedule_change && kc.size >= 0 && kc.size != c->size) {
+            rc = moco_err(MOCO_EINVAL, "%s was trained at --size %d, this run has %d: give --size %d, or "
+                          "--allow-schedule-change to change it in a run under way", resume, kc.size, c->size, kc.size);
+            goto out;
+        }
+        if ((rc = ckpt_load(resume, mc, &rs))) goto out;
         /* another dataset: a mid-epoch position (its bitmap of delivered indices) means nothing
          * there, and a whole run's count changes with it */
         if (kc.count > 0 && cfg.count && (uint64_t)kc.count != cfg.count &&
@@ -528,26 +592,31 @@ int train_run(const train_cfg *cin)
         epoch = rs.epoch;
         step = rs.step;
         resume_epoch = (uint32_t)rs.pipe_epoch;
-        if (c->epochs && epoch >= c->epochs) {
-            fprintf(stderr, "moco train: %s ends the run (epoch %lld of %d): nothing left to train\n", resume, (long long)epoch,
-                    c->epochs);
-            goto out;
-        }
-        if (!rank) fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
     }
     nmeta = train_config_meta(c, cfgjson, sizeof cfgjson, meta);
     /* ranks: the same configuration and the same starting weights everywhere */
     /* and the flags that decide which collectives a rank calls when, or what its inputs are: a
      * difference there hung the job in mismatched collectives, or trained on other inputs unseen */
-    char local[512];
-    snprintf(local, sizeof local, "log_every %d save_every %d check_every %ld precision %d mean %.9g %.9g %.9g std %.9g %.9g %.9g",
+    /* where each rank starts (--start-epoch, or its --resume checkpoint): a rank whose
+     * checkpoint ended the run left while the others waited in a collective for good */
+    char local[640];
+    snprintf(local, sizeof local, "log_every %d save_every %d check_every %ld precision %d mean %.9g %.9g %.9g std %.9g %.9g %.9g "
+             "epoch %lld step %lld stream_epoch %u",
              c->log_every, c->save_every, c->dist ? dist_check_every(c->dist) : 0L, c->precision, c->mean[0], c->mean[1], c->mean[2],
-             c->std[0], c->std[1], c->std[2]);
+             c->std[0], c->std[1], c->std[2], (long long)epoch, (long long)step, resume_epoch);
     if (c->dist && ((rc = dist_same(c->dist, cfgjson, strlen(cfgjson), "the training flags (--arch, --batch-size, --lr, ...)")) ||
                     (rc = dist_same(c->dist, local, strlen(local),
-                                    "the run flags (--log-every, --save-every, --normalize, --precision, $MOCO_DIST_CHECK)")) ||
+                                    "the run flags (--log-every, --save-every, --normalize, --precision, $MOCO_DIST_CHECK) or "
+                                    "the starting point (--start-epoch, the --resume checkpoint)")) ||
                     (rc = dist_check_weights(c->dist, mc))))
         goto out;
+    if (resume && c->epochs && epoch >= c->epochs) { /* every rank alike: the starting points agree */
+        if (!rank)
+            fprintf(stderr, "moco train: %s ends the run (epoch %lld of %d): nothing left to train\n", resume, (long long)epoch,
+                    c->epochs);
+        goto out;
+    }
+    if (resume && !rank) fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
     int dropped = 0;
     if (!rank) {
@@ -563,7 +632,7 @@ int train_run(const train_cfg *cin)
         moco_jw_i64(&w, "step", step);
         moco_jw_str(&w, "from", resume);
         moco_jw_i64(&w, "dropped_records", dropped);
-        moco_jw_line(&w, metrics); /* written and flushed */
+        if ((rc = put_record(&w, metrics, path))) goto out;
     }
     x1 = malloc(sizeof *x1 * (size_t)N * 3 * S * S);
     x2 = malloc(sizeof *x2 * (size_t)N * 3 * S * S);
@@ -587,20 +656,32 @@ int train_run(const train_cfg *cin)
     if ((rc = stream_open(&sc, &s))) goto out;
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / ((uint64_t)N * (uint64_t)ranks)) : 0, step_in_epoch = 0;
+    if (has_bits) { /* mid-epoch: the epoch's steps before the checkpoint, where its warm-up stands (they were 0: every
+                     * step to the epoch's end took the learning rate of its start) */
+        uint64_t got = 0;
+        for (size_t i = 0; i < need; i++) got += (uint64_t)__builtin_popcount(delivered[i]);
+        step_in_epoch = (int64_t)(got / ((uint64_t)N * (uint64_t)ranks));
+    }
     if (c->count && steps_per_epoch == 0) { /* every epoch would end without a step, "trained" and checkpointed */
         rc = moco_err(MOCO_EINVAL, "the dataset's %" PRIu64 " samples make no batch of %d pairs%s: lower --batch-size", c->count,
                       N * ranks, ranks > 1 ? " (over all ranks)" : "");
         goto out;
     }
+    double best = resume && !rank ? best_knn(path) : -1; /* checkpoint_best's kNN: a resume replaced it with any model */
     if (resume && !has_bits && !rank) { /* at an epoch's start: the record of the one before, if a kill took it */
-        char mpath[4200];
-        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
-        rc = recover_record(c, mpath, metrics, mc->q, s, epoch, step, steps_per_epoch, ranks);
+        double knn = -1;
+        rc = recover_record(c, path, metrics, mc->q, s, epoch, step, steps_per_epoch, ranks, &knn);
         if (rc == MOCO_EINTR && stop_flag) rc = 0; /* stopped again: the next resume evaluates it */
         if (rc) goto out;
+        if (knn >= 0 && knn > best) { /* these weights are the checkpoint's: the epoch's end */
+            ckpt_state cs = {.epoch = epoch, .step = step, .pipe_epoch = epoch, .delivered = NULL, .delivered_bytes = 0};
+            best = knn;
+            snprintf(path, sizeof path, "%s/checkpoint_best.safetensors", c->out);
+            if ((rc = save_ckpt(c, path, mc, &cs, meta, nmeta))) goto out;
+        }
     }
     int tty = isatty(STDERR_FILENO);
-    double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, best = -1, loss_sum = 0, acc_sum = 0;
+    double t_epoch = moco_now_s(), t_log = moco_now_s(), waited0 = 0, waited_log = 0, loss_sum = 0, acc_sum = 0;
     int64_t log_steps = 0, pairs_epoch = 0;
     double e_loss = 0, e_acc = 0;
     int64_t e_steps = 0;
@@ -639,7 +720,8 @@ int train_run(const train_cfg *cin)
                 e_loss = v[0] / ranks, e_acc = v[1] / ranks, pairs_epoch = (int64_t)v[2], dropped_pairs = (int)v[3];
                 failed_epoch = (int64_t)v[4];
             }
-            if (e_steps == 0 && failed_epoch > 0 && pairs_epoch == 0) { /* a dataset whose every record fails: no run at all */
+            /* a dataset whose every record fails: no run at all (not an epoch resumed after its good samples were trained) */
+            if (e_steps == 0 && step_in_epoch == 0 && failed_epoch > 0 && pairs_epoch == 0) {
                 rc = moco_err(MOCO_ECORRUPT, "epoch %lld trained no step: all %lld of its samples failed in the workers (see their log)",
                               (long long)epoch, (long long)failed_epoch);
                 goto out;
@@ -678,7 +760,9 @@ int train_run(const train_cfg *cin)
                                   .lr = train_lr(c, epoch, 0, steps_per_epoch), .pairs = pairs_epoch, .dropped = dropped_pairs,
                                   .failed = failed_epoch, .seconds = el, .pairs_per_s = el > 0 && e_steps ? (double)(e_steps * N * ranks) / el : NAN,
                                   .starved_pct = el > 0 ? 100 * (st.waited_s - waited0) / el : 0, .knn = knn, .ranks = ranks, .st = &st};
-            write_epoch_record(metrics, &e_rec);
+            char mpath[4200];
+            snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
+            if ((rc = write_epoch_record(metrics, mpath, &e_rec))) goto out;
             if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
             if (knn >= 0 && knn > best) {
@@ -754,7 +838,9 @@ int train_run(const train_cfg *cin)
             moco_jw_g(&sw, "lr", lr, 6);
             moco_jw_num(&sw, "pairs_per_s", (double)(log_steps * N * ranks) / (t - t_log), 2);
             moco_jw_num(&sw, "starved_pct", 100 * (st.waited_s - waited_log) / (t - t_log), 1);
-            moco_jw_line(&sw, metrics); /* written and flushed */
+            char mpath[4200];
+            snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
+            if ((rc = put_record(&sw, metrics, mpath))) goto out;
             waited_log = st.waited_s;
             if (tty && !rank) {
                 double el = moco_now_s() - t_epoch, rate = (double)(e_steps * N * ranks) / (el > 0 ? el : 1);
@@ -808,6 +894,7 @@ out:
                       (long long)epoch, c->epochs, (long long)step, c->out);
     }
     if (metrics) fclose(metrics);
+    if (lock_fd >= 0) close(lock_fd); /* after the last write */
     stream_destroy(&s);
     moco_destroy(&mc);
     free(x1);

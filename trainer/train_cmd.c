@@ -145,10 +145,14 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
 
 /* The command line that continues this run: ours, without --resume,
  * --overwrite and --start-epoch, plus --resume OUT. */
-static void print_resume(int argc, char **argv, const char *out)
+static void print_resume(int argc, char **argv, const char *out, int ranks)
 {
     static const char *const drop[] = {"--resume", "--start-epoch", NULL}, *const flags[] = {"--overwrite", NULL};
-    fprintf(stderr, "moco train: resume with:\n ");
+    if (ranks > 1) /* a rank's own command line holds no launcher: the checkpoint wants the same number of ranks */
+        fprintf(stderr, "moco train: resume with (on %d ranks, with the launcher's other flags as before):\n mpirun -np %d", ranks,
+                ranks);
+    else
+        fprintf(stderr, "moco train: resume with:\n ");
     moco_print_command(stderr, argc, argv, drop, flags);
     fputs(" --resume", stderr);
     moco_print_shell_arg(stderr, out);
@@ -181,12 +185,13 @@ int train_main(int argc, char **argv)
         fflush(NULL);
         dist_abort(d, 1);
     }
+    int ranks = dist_size(d);
     dist_finalize(&d);
     if (rc != MOCO_EINTR) return rc ? 1 : 0;
     if (rank) { fflush(NULL); exit(130); }
     char last[4200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", c.out);
-    if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out);
+    if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out, ranks);
     /* 130, as a shell reports SIGINT; exit here because cli/moco.c turns
      * command statuses above 125 into 1 */
     fflush(NULL);
