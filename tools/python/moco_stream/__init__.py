@@ -176,7 +176,9 @@ class PairStream:
     """Iterate over Batch(xq, xk, labels, indices, epoch) until END.
 
     endpoint: the loader's serve endpoint, ipc://... or tcp://host:port.
-    keys: a `moco keygen` directory (client.key_secret, server.key): CURVE.
+    keys: a `moco keygen` directory (client.key_secret, server.key): CURVE
+    on tcp:// (ignored on ipc://, as the C side does: a local socket is not
+    encrypted). A malformed endpoint raises ValueError at once.
     resume: a dict from state(). batch_size: None yields one Batch per
     message, B yields batches of exactly B pairs of one epoch and one shape
     (the last of an epoch may be smaller). prefetch: messages waiting for the
@@ -232,9 +234,15 @@ class PairStream:
         self._key_file = None
         try:
             self._setup_socket(keys)
-        except Exception:
+        except Exception as e:
+            if self._mon is not None:      # an open monitor socket: ctx.term() would wait for ever
+                self._sock.disable_monitor()
+                self._mon.close(0)
             self._sock.close(0)
             self._ctx.term()
+            if isinstance(e, zmq.ZMQError):
+                raise ValueError("moco_stream: cannot connect to %r: %s (ipc://PATH or tcp://HOST:PORT)"
+                                 % (self.endpoint, e)) from e
             raise
         self._thread = threading.Thread(target=self._run, name="moco_stream", daemon=True)
         self._thread.start()
@@ -262,7 +270,7 @@ class PairStream:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, PAIRS_FRAME_MAX)
         s.setsockopt(zmq.RCVHWM, 4)
-        if keys is not None:
+        if keys is not None and self.endpoint.startswith("tcp://"):   # as the C side: no CURVE on ipc://
             import zmq.auth as zauth
             pub, sec = zauth.load_certificate(os.path.join(keys, "client.key_secret"))
             if sec is None:

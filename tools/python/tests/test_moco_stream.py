@@ -7,6 +7,8 @@ resume and BYE, backpressure with heartbeats, timeouts, CURVE. Run:
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -344,6 +346,33 @@ class TestCurve(Base):
             moco_stream.PairStream(f.endpoint)
         s = self.stream(f.endpoint, keys=self.dir)
         self.assertExact(collect(s), [0], 40)
+
+    def test_bad_endpoint_with_keys(self):
+        # before: with keys= a failed connect() left the monitor socket open and ctx.term() hung for ever
+        code = ("import moco_stream\n"
+                "for ep in ('tcp://127.0.0.1', 'nonsense'):\n"
+                "    try:\n"
+                "        moco_stream.PairStream(ep, keys=%r)\n"
+                "    except ValueError as e:\n"
+                "        print(e)\n" % self.dir)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "moco_stream: cannot connect to 'tcp://127.0.0.1': Invalid argument "
+                         "(ipc://PATH or tcp://HOST:PORT)\n"
+                         "moco_stream: cannot connect to 'nonsense': Invalid argument (ipc://PATH or tcp://HOST:PORT)\n")
+
+    def test_keys_on_ipc(self):
+        # the C side never uses CURVE on ipc:// (formats/zsec.c): keys= there is no CURVE either
+        # (before: a CURVE client against a plain server, "no WELCOME" after the timeout)
+        d = tempfile.mkdtemp()
+        try:
+            f = self.loader(endpoint="ipc://%s/serve" % d, count=40, epochs=1)
+            s = self.stream(f.endpoint, keys=self.dir, timeout=3.0)
+            self.assertExact(collect(s), [0], 40)
+            self.assertEqual(s.stats["auth_rejected"], 0)
+        finally:
+            shutil.rmtree(d)
 
     def test_curve_not_allowed(self):
         # refused by the loader's ZAP handler: an error at once (not after
