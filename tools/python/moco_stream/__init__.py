@@ -21,7 +21,8 @@ mode (version 3)") alone. It promises:
   are full the thread stops reading the socket (the loader then stops) but
   keeps heart-beating;
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
-  yields exactly the rest;
+  yields exactly the rest; iterating in another process than the creating
+  one (a forked DataLoader worker) raises StreamError;
 * a loader silent for `timeout` seconds (while we listen), REFUSED, or a
   missing WELCOME raise StreamError from the iterator; with keys, a loader
   that refuses this consumer's key (its ZAP handler: the key is not in its
@@ -201,6 +202,7 @@ class PairStream:
         if not 0 <= rank < ranks:
             raise ValueError("rank must be in 0 .. ranks-1")
         self.rank, self.ranks = int(rank), int(ranks)
+        self._pid = os.getpid()            # iterated in this process only (check_process)
         self.endpoint, self.timeout = endpoint, float(timeout)
         self.batch_size = batch_size
         self.count = self.epochs = None
@@ -286,6 +288,7 @@ class PairStream:
         return self
 
     def __next__(self):
+        self.check_process()
         while True:
             while not self._out:
                 if self._done:
@@ -302,6 +305,14 @@ class PairStream:
                 self._mark_yielded(b)
                 return b
             self._y_epoch, self._y_bitmap, self._y_base = b[1], None, None   # EPOCH_END
+
+    def check_process(self):
+        """StreamError in any process but the creating one (a forked DataLoader worker): the copy of the
+        queue there holds pairs the loader already has ACKs for, and what it yields is not in state()."""
+        if os.getpid() != self._pid:
+            raise StreamError("moco_stream: this PairStream of %s was created in process %d and is iterated in "
+                              "process %d (a DataLoader worker?): use it in the creating process, with a "
+                              "DataLoader's num_workers=0" % (self.endpoint, self._pid, os.getpid()))
 
     def _take(self, item):
         kind = item[0]

@@ -321,6 +321,65 @@ class TestTorch(Base):
         self.assertEqual(ds.stream.state()["epoch"], 1)
 
 
+    def test_dataset_in_worker(self):
+        # a forked DataLoader worker would yield pairs the parent already ACKed, unknown to its state()
+        try:
+            import torch
+            from moco_stream.torch import PairDataset
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        f = self.loader(count=60, epochs=1, per_msg=8)
+        ds = PairDataset(f.endpoint, batch_size=8, insecure=True, timeout=10)
+        self.streams.append(ds.stream)
+        ds.stream.wait_welcome()
+        time.sleep(0.3)                 # pairs wait in the queue, to be inherited by the fork
+        with self.assertRaises(moco_stream.StreamError) as cm:
+            next(iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)))
+        self.assertIn("PairDataset of %s in a DataLoader worker: use num_workers=0" % f.endpoint, str(cm.exception))
+        self.assertEqual(ds.stream.stats["yielded"], 0)
+        seen = [i for b in ds.stream for i in b.indices.tolist()]   # the creating process gets all of them
+        self.assertEqual(sorted(seen), list(range(60)))
+
+    def test_stream_in_child_process(self):
+        f = self.loader(count=20, epochs=1, per_msg=8)
+        s = self.stream(f.endpoint).wait_welcome()
+        time.sleep(0.3)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                next(iter(s))
+            except moco_stream.StreamError as e:
+                code = 3 if "was created in process %d and is iterated in process %d" % (
+                    os.getppid(), os.getpid()) in str(e) else 2
+            finally:
+                os._exit(code)
+        self.assertEqual(os.waitpid(pid, 0)[1] >> 8, 3)
+        self.assertExact(collect(s), [0], 20)
+
+    def test_dataset_mean_std(self):
+        try:
+            import torch
+            from moco_stream.torch import PairDataset
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        for mean, std in (((0.5, 0.5), (0.5, 0.5)), ((0.5, 0.5, 0.5), (0.5,))):
+            with self.assertRaises(ValueError) as cm:
+                PairDataset("ipc:///nonexistent/x", mean=mean, std=std)
+            self.assertEqual(str(cm.exception), "mean and std need 1 value (for every channel) or 3 (one per "
+                             "channel; a 1-channel view uses the first), not %d and %d" % (len(mean), len(std)))
+        f = self.loader(count=16, epochs=1, per_msg=8)
+        ds = PairDataset(f.endpoint, mean=(0.5,), std=(0.25,), insecure=True, timeout=10)
+        self.streams.append(ds.stream)
+        n = 0
+        for xq, xk, labels, indices, epoch in ds:        # 3-channel views, one constant for each
+            self.assertEqual(tuple(xq.shape[1:]), (3, 4, 4))
+            for j, i in enumerate(indices.tolist()):
+                self.assertTrue(torch.allclose(xq[j], torch.full((3, 4, 4), ((i % 251) / 255 - 0.5) / 0.25)))
+            n += len(indices)
+        self.assertEqual(n, 16)
+
+
 class TestCurve(Base):
     def setUp(self):
         super().setUp()
