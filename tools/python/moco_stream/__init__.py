@@ -65,6 +65,7 @@ EPOCH_FAILED_MAX = 1 << 20
 COUNT_MAX = 1 << 36
 PAIRS_FRAME_MAX = 4 * 1024 * 1024 + 2 * 2048 * 2048 * 3
 REASON_MAX = 1000
+FRAMES_MAX = 3              # frames of the longest message a loader sends (PAIR)
 HEARTBEAT_S = 1.0
 ACK_EVERY_S = 0.02
 HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
@@ -449,10 +450,31 @@ class PairStream:
             if self._mon is not None and self._mon in ready:
                 self._handshake_failed()
             if self._sock in ready:
-                frames = self._sock.recv_multipart(copy=False)
+                frames = self._recv()
                 self.stats["messages"] += 1
-                self._before_welcome(frames)
+                if frames is not None:
+                    self._before_welcome(frames)
         self._stream()
+
+    def _recv(self):
+        """One message, frame by frame: no more than FRAMES_MAX frames are kept; a message of more is
+        received to its end, each further frame dropped at once, and counted malformed (None)."""
+        frames, extra = [], 0
+        while True:
+            f = self._sock.recv(copy=False)
+            more = f.more
+            if len(frames) < FRAMES_MAX:
+                frames.append(f)
+            else:
+                extra += 1
+            del f
+            if not more:
+                break
+        if extra:
+            self._reject("malformed", what="a message of %d frames (at most %d in this protocol)"
+                         % (FRAMES_MAX + extra, FRAMES_MAX))
+            return None
+        return frames
 
     def _handshake_failed(self):
         """A monitor event: the loader's ZAP handler refused our key."""
@@ -553,10 +575,10 @@ class PairStream:
                 if self._acks:
                     self._flush_acks()
                 continue
-            frames = sock.recv_multipart(copy=False)
+            frames = self._recv()
             heard = time.monotonic()
             self.stats["messages"] += 1
-            if self._message(frames) == "end":
+            if frames is not None and self._message(frames) == "end":
                 self._flush_acks()
                 # the loader waits for BYE (close()) after END: a consumer
                 # killed before it yielded everything may still resume from

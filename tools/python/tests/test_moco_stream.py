@@ -215,6 +215,18 @@ class TestExactlyOnce(Base):
         self.assertEqual((levels["rejected_index"], levels["malformed"], levels["duplicates"]),
                          ("WARNING", "WARNING", "INFO"))
 
+    def test_many_frames(self):
+        # a message of 50 frames: received frame by frame, at most 3 kept, counted malformed once
+        many = [pairs_msg([(0, 3, SHAPE)])[0]] + [b"x" * 1000] * 49
+        f = self.loader(count=20, epochs=1, hostile=[many])
+        with self.assertLogs("moco_stream", level="WARNING") as logs:
+            s = self.stream(f.endpoint)
+            self.assertExact(collect(s), [0], 20)
+        self.assertEqual([r.getMessage() for r in logs.records],
+                         ["moco_stream: %s: malformed: epoch - index - (a message of 50 frames (at most 3 in this "
+                          "protocol); the stream is at epoch 0, count 20; 1 malformed so far)" % f.endpoint])
+        self.assertEqual(s.stats["malformed"], 1)
+
     def test_rejections_rate_limited(self):
         # 70 pairs of a far epoch, then 1 more: logged are the first 20, the 32nd and
         # the 64th (as the C loader), the 71st not
