@@ -19,7 +19,8 @@ mode (version 3)") alone. It promises:
   >= count is dropped; nothing is allocated by a number a peer sent;
 * backpressure: at most `prefetch` messages wait for the caller; when they
   are full the thread stops reading the socket (the loader then stops) but
-  keeps heart-beating;
+  keeps heart-beating; with batch_size, pairs waiting to fill a batch are
+  copied out of their frame when they are a small part of it;
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
   yields exactly the rest; iterating in another process than the creating
   one (a forked DataLoader worker) raises StreamError;
@@ -344,6 +345,7 @@ class PairStream:
             rest = Batch(xb.xq[B:], xb.xk[B:], xb.labels[B:], xb.indices[B:], xb.epoch)
             parts[:] = [rest] if len(rest.indices) else []
             have -= B
+        parts[:] = [_compact(p) for p in parts]     # waiting: no whole frame kept for a few pairs
 
     def _flush_pending(self):
         for parts in self._pending.values():
@@ -834,6 +836,26 @@ def _build_batches(hdr, size, views, sel, single):
         out.append(Batch(blk[:, 0], blk[:, 1], hdr["label"][a:b][s].astype(np.int64),
                          hdr["index"][a:b][s].astype(np.int64), epoch))
     return out
+
+
+def _root_nbytes(a):
+    """The size of the buffer (a received frame, say) under an array view."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    if isinstance(a, np.ndarray):
+        return a.nbytes
+    try:
+        return memoryview(a).nbytes
+    except TypeError:
+        return 0
+
+
+def _compact(b):
+    """b, or a copy of its views when one is under a quarter of the buffer it keeps alive (so a big
+    message cut into batches is copied a bounded number of times, not at every cut)."""
+    if all(4 * x.nbytes >= _root_nbytes(x) for x in (b.xq, b.xk)):
+        return b
+    return Batch(np.array(b.xq), np.array(b.xk), b.labels, b.indices, b.epoch)
 
 
 def _concat(parts):

@@ -149,6 +149,22 @@ class TestExactlyOnce(Base):
         self.assertEqual(sizes[1], [16] * 6 + [4])
         self.assertExact(got, [0, 1], 100)
 
+    def test_batch_size_leftover_compact(self):
+        # messages of 9 pairs, batches of 8: the pair left waiting is a copy, not a view of its 9-pair frame
+        f = self.loader(count=40, epochs=1, per_msg=9, shape=(16, 16, 3))
+        s = self.stream(f.endpoint, batch_size=8)
+        it = iter(s)
+        got = []
+        for k in range(1, 5):
+            got.extend(next(it).indices.tolist())
+            waiting = [p for parts in s._pending.values() for p in parts]
+            self.assertEqual(sum(len(p.indices) for p in waiting), k)   # 9k received, 8k yielded
+            for p in waiting:                  # each view at least a quarter of what it keeps alive
+                for x in (p.xq, p.xk):
+                    self.assertLessEqual(moco_stream._root_nbytes(x), 4 * x.nbytes, (k, len(p.indices)))
+        got.extend(i for b in it for i in b.indices.tolist())
+        self.assertEqual(sorted(got), list(range(40)))
+
     def test_big_acks(self):
         f = self.loader(count=20000, epochs=1, shape=(1, 1, 1), per_msg=4096)
         s = self.stream(f.endpoint, batch_size=1000)
