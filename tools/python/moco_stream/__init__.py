@@ -682,7 +682,8 @@ class PairStream:
         self._flush_acks()
         self._acks = []                     # unsent ACKs of a finished epoch are moot
         seen = int(np.unpackbits(self._seen).sum())
-        self.stats["missing"] += max(0, self.count - seen - len(failed))
+        # what the loader counts as delivered (of this rank's shard with ranks > 1) but never came
+        self.stats["missing"] += max(0, delivered + nfailed - seen)
         self.epoch_ends.append((epoch, delivered, failed.tolist()))
         self._q.put(("epoch_end", epoch, delivered, failed), 0)
         # the next epoch begins: release what was held

@@ -269,6 +269,33 @@ class TestExactlyOnce(Base):
                          (16, 1, 16))
 
 
+class TestRanks(Base):
+    def test_missing_of_shard(self):
+        # rank 0 of 2 (count 10): its EPOCH_END says 5 delivered, 4 came: 1 missing (before: 10 - 4 = 6)
+        import zmq
+        d = tempfile.mkdtemp()
+        ctx = zmq.Context()
+        srv = ctx.socket(zmq.ROUTER)
+        srv.setsockopt(zmq.LINGER, 0)
+        try:
+            ep = "ipc://%s/serve" % d
+            srv.bind(ep)
+            s = self.stream(ep, rank=0, ranks=2)
+            self.assertTrue(srv.poll(5000))
+            ident, hello = srv.recv_multipart()
+            self.assertEqual(hello, prefix(8, 4) + struct.pack("<IQII", 0xFFFFFFFF, 0, 0, 2))
+            for m in ([prefix(13, 3) + struct.pack("<IIQII", 0, 1, 10, 1, 1000)],
+                      pairs_msg([(0, i, SHAPE) for i in (0, 2, 4, 6)]),
+                      [prefix(6) + struct.pack("<IQI", 0, 5, 0)], [prefix(10) + struct.pack("<I", 1)]):
+                srv.send_multipart([ident] + m)
+            self.assertEqual(collect(s), {0: [0, 2, 4, 6]})
+            self.assertEqual(s.stats["missing"], 1)
+        finally:
+            srv.close(0)
+            ctx.term()
+            shutil.rmtree(d)
+
+
 class TestResume(Base):
     def test_resume(self):
         count = 200
