@@ -33,6 +33,11 @@ same --seed and --epochs. OUT/metrics.jsonl: one JSON object per line ("type":
 consumer's counters since this process started: duplicates, stale, malformed,
 rejected_epoch, rejected_index, held, held_dropped, auth_rejected); the last
 stdout line is a JSON summary. Exit: 0 done, 1 error, 2 usage, 130 interrupted.
+A non-finite loss trains nothing on its batch and ends the run (exit 1); no
+checkpoint with non-finite values is ever written: the last good one stands. A
+--resume checkpoint that does not load into the model is refused (exit 1) with
+nothing written. A second Ctrl-C, while a step computes or the first one's
+checkpoint is saved, stops at once (exit 130, no .tmp left).
 """
 import argparse
 import copy
