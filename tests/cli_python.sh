@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cli_python.sh: the Python consumer tools/python/moco_stream: its unit tests
-# against a fake loader (protocol, hostile messages, resume, CURVE), then, when
+# against a fake loader (protocol, hostile messages, resume, CURVE) and, with
+# torch, train_moco_torch.py's failure paths (test_train_torch.py), then, when
 # `moco run` has --serve, end to end against the real pipeline (exactly once,
 # kill and resume), two ranks reading their shards (e2e_shards.py) and a
 # 2-second run of tools/python/bench_stream.py.

@@ -33,6 +33,11 @@ same --seed and --epochs. OUT/metrics.jsonl: one JSON object per line ("type":
 consumer's counters since this process started: duplicates, stale, malformed,
 rejected_epoch, rejected_index, held, held_dropped, auth_rejected); the last
 stdout line is a JSON summary. Exit: 0 done, 1 error, 2 usage, 130 interrupted.
+A non-finite loss trains nothing on its batch and ends the run (exit 1); no
+checkpoint with non-finite values is ever written: the last good one stands. A
+--resume checkpoint that does not load into the model is refused (exit 1) with
+nothing written. A second Ctrl-C, while a step computes or the first one's
+checkpoint is saved, stops at once (exit 130, no .tmp left).
 """
 import argparse
 import copy
@@ -305,13 +310,30 @@ def adjust_learning_rate(optimizer, epoch, a):
 
 
 def atomic_save(obj, path):
+    """path is the old file or the whole new one; no PATH.tmp is left, also when interrupted."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class NonFinite(Exception):
+    """The model has non-finite values: it is not saved over the last checkpoint."""
+
+
+class ResumeMismatch(Exception):
+    """--resume names a checkpoint whose weights or optimizer do not load into this model."""
 
 
 class HardStop(BaseException):
-    """A second SIGINT/SIGTERM while a step computes: stop now, saving nothing."""
+    """A second SIGINT/SIGTERM while a step computes or the first one's checkpoint is saved: stop now,
+    saving nothing (no .tmp left); the last checkpoint stands."""
 
 
 class Interrupt:
@@ -323,15 +345,19 @@ class Interrupt:
     def __init__(self):
         self.signum = 0
         self.waiting = False
+        self.stopping = False
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, self.handler)
 
     def handler(self, signum, frame):
+        if self.stopping:  # HardStop raised: its handler runs
+            return
         first = not self.signum
         self.signum = signum
-        if self.waiting:
+        if self.waiting and first:
             raise KeyboardInterrupt
-        if not first:
+        if not first:  # while computing, or saving the checkpoint of the first signal
+            self.stopping = True
             raise HardStop
 
 
@@ -385,9 +411,20 @@ def train(a):
         except Exception as e:
             log("train_moco_torch: %s is not a readable checkpoint: %s" % (a.resume, e))
             return 1
-        for key in ("state_dict", "optimizer", "epoch", "step", "stream"):
+        if not isinstance(ck, dict):
+            log("train_moco_torch: %s is not a checkpoint of this script (a %s, not a dict)"
+                % (a.resume, type(ck).__name__))
+            return 1
+        for key, types in (("state_dict", dict), ("optimizer", dict), ("epoch", int), ("step", int),
+                           ("stream", (dict, type(None))), ("args", dict), ("progress", (dict, type(None)))):
             if key not in ck:
+                if key in ("args", "progress"):
+                    continue
                 log("train_moco_torch: %s is not a checkpoint of this script (no %r)" % (a.resume, key))
+                return 1
+            if not isinstance(ck[key], types) or isinstance(ck[key], bool):
+                log("train_moco_torch: %s is not a checkpoint of this script (%r is a %s)"
+                    % (a.resume, key, type(ck[key]).__name__))
                 return 1
         old = ck.get("args", {})
         for key in ("arch", "width", "moco_dim", "moco_k", "mlp", "batch_size", "epochs", "moco_m", "moco_t", "lr", "cos",
@@ -468,6 +505,8 @@ def train(a):
     t_run = time.time()
     pairs_total = 0
     done = False
+    nonfinite = False  # a non-finite loss ended the run: nothing saved after it
+    saved_step = ck["step"] if ck else None  # the step of checkpoint_last.pt as this run knows it
     exit_code = 0
     complete = False
     if a.bf16:
@@ -491,19 +530,27 @@ def train(a):
         # (x / 255 - mean) / std = x * scale + shift, per channel
         scale = (1.0 / (255.0 * std)).view(1, in_ch, 1, 1).to(dev)
         shift = (-mean / std).view(1, in_ch, 1, 1).to(dev)
-        model = MoCo(a.arch, a.width, a.moco_dim, a.moco_k, a.moco_m, a.moco_t, a.mlp, in_ch, a.bn_splits).to(dev)
-        opt = torch.optim.SGD(model.encoder_q.parameters(), a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+        # built and loaded in locals: a checkpoint that does not load leaves model None (nothing is saved)
+        m = MoCo(a.arch, a.width, a.moco_dim, a.moco_k, a.moco_m, a.moco_t, a.mlp, in_ch, a.bn_splits).to(dev)
+        o = torch.optim.SGD(m.encoder_q.parameters(), a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
         if ck is not None:
             if ck.get("in_channels", in_ch) != in_ch:
                 raise UsageError("the checkpoint's encoder takes %d channels, the stream has %d"
                                  % (ck["in_channels"], in_ch))
-            model.load_state_dict(ck["state_dict"])
-            opt.load_state_dict(ck["optimizer"])
-            rng = ck.get("rng") or {}
-            if "cpu" in rng:
-                torch.set_rng_state(rng["cpu"])
-            if dev.type == "cuda" and rng.get("cuda") is not None:
-                torch.cuda.set_rng_state(rng["cuda"], dev)
+            try:
+                m.load_state_dict(ck["state_dict"])
+                o.load_state_dict(ck["optimizer"])
+                rng = ck.get("rng") or {}
+                if "cpu" in rng:
+                    torch.set_rng_state(rng["cpu"])
+                if dev.type == "cuda" and rng.get("cuda") is not None:
+                    torch.cuda.set_rng_state(rng["cuda"], dev)
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+                raise ResumeMismatch("--resume %s: the checkpoint does not match this model (%s, width %d, "
+                                     "moco-dim %d, moco-k %d%s): %s; nothing saved, %s unchanged"
+                                     % (a.resume, a.arch, a.width, a.moco_dim, a.moco_k, ", mlp" if a.mlp else "",
+                                        " ".join(str(e).split()), a.resume))
+        model, opt = m, o
         nparams = sum(p.numel() for p in model.encoder_q.parameters())
         log("model: MoCo %s width %d (%.2fM params), %d-channel %dx%d views, recipe %s mean/std, K=%d m=%g T=%g%s, "
             "bn-splits %d, device %s%s" % (a.arch, a.width, nparams / 1e6, in_ch, hw[0], hw[1], recipe, a.moco_k,
@@ -518,8 +565,22 @@ def train(a):
         return (t.permute(0, 3, 1, 2).float() * scale + shift).contiguous()
 
     def checkpoint(path_extra=None, final=False):
+        """Save; a model or optimizer with a non-finite value is not saved (the last checkpoint stands):
+        raises NonFinite."""
+        nonlocal saved_step
+        sd = model.state_dict()
+        bad = next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is None:
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                        bad = "the optimizer's " + k
+        if bad is not None:
+            raise NonFinite("%s has non-finite values at step %d: not saved; %s" % (
+                bad, step, ("%s (step %d) stands" % (ckpt_path, saved_step)) if saved_step is not None
+                else "no checkpoint saved"))
         ck_out = {
-            "state_dict": model.state_dict(), "optimizer": opt.state_dict(), "epoch": next_epoch, "step": step,
+            "state_dict": sd, "optimizer": opt.state_dict(), "epoch": next_epoch, "step": step,
             "args": vars(a), "stream": saved_state, "progress": dict(prog) if prog and prog["steps"] + prog[
                 "dropped"] > 0 else None,
             "in_channels": int(scale.shape[1]), "arch": a.arch, "complete": final,
@@ -527,6 +588,7 @@ def train(a):
                     "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
         }
         atomic_save(ck_out, ckpt_path)
+        saved_step = step
         if path_extra:
             atomic_save(ck_out, path_extra)
 
@@ -561,136 +623,150 @@ def train(a):
         checkpoint(extra, final=next_epoch >= a.epochs)
 
     it = iter(stream)
-    try:
-        while True:
-            t0 = time.time()
-            intr.waiting = True
-            try:
+    try:  # a second signal anywhere below, saving included: stop at once (HardStop)
+        try:
+            while True:
+                t0 = time.time()
+                intr.waiting = True
+                try:
+                    if intr.signum:
+                        raise KeyboardInterrupt
+                    b = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    intr.waiting = False
+                wait = time.time() - t0
+                e = int(b.epoch)
+                if model is None:
+                    check_epochs()
+                    xs = np.asarray(b.xq)
+                    build(xs.shape[3] if xs.ndim == 4 else 1, xs.shape[1:3])
+                if e != cur:
+                    if cur is not None:
+                        end_epoch(cur)
+                    if e >= a.epochs:
+                        raise UsageError("the stream delivers epoch %d, past --epochs %d" % (e, a.epochs))
+                    if e < next_epoch:
+                        log("train_moco_torch: warning: the stream delivers epoch %d, but epoch %d is done"
+                            % (e, next_epoch - 1))
+                    cur = e
+                    start_epoch(e)
+                prog["wait"] += wait
+                win["wait"] += wait
+                n = len(b.indices)
+                if n < B:  # drop_last, as main_moco.py's loader: the queue takes whole batches
+                    prog["dropped"] += n
+                    saved_state = stream.state()
+                    continue
+                xq, xk = to_input(b.xq), to_input(b.xk)
+                if autocast is not None:
+                    with autocast:
+                        logits, k = model(xq, xk)
+                else:
+                    logits, k = model(xq, xk)
+                labels = torch.zeros(logits.size(0), dtype=torch.long, device=dev)
+                loss = F.cross_entropy(logits, labels)
+                lv = float(loss.item())
+                if not math.isfinite(lv):  # before the step: no NaN weights, no stream position past this batch
+                    log("train_moco_torch: the loss is %s at step %d (epoch %d): not trained on; %s" % (
+                        lv, step + 1, e, ("%s (step %d) stands" % (ckpt_path, saved_step)) if saved_step is not None
+                        else "no checkpoint saved"))
+                    exit_code = 1
+                    nonfinite = True
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.enqueue(k)
+                saved_state = stream.state()
+                step += 1
+                trained_steps += 1
+                acc = float((logits.argmax(1) == 0).float().mean().item()) * 100.0
+                last_loss = lv
+                prog["steps"] += 1
+                prog["loss"] += lv
+                prog["acc"] += acc
+                prog["pairs"] += n
+                pairs_total += n
+                win["pairs"] += n
+                win["loss"] += lv
+                win["acc"] += acc
+                win["n"] += 1
+                prog["seconds"] = time.time() - prog["t0"]
+                if step % a.print_freq == 0:
+                    now = time.time()
+                    dt = max(now - win["t"], 1e-9)
+                    r = {"type": "step", "epoch": e, "step": step, "loss": round(win["loss"] / win["n"], 6),
+                         "acc": round(win["acc"] / win["n"], 3), "lr": lr, "pairs_per_s": round(win["pairs"] / dt, 2),
+                         "starved_pct": round(100.0 * win["wait"] / dt, 1)}
+                    record(r)
+                    log("epoch %d step %d: loss %.4f acc %.2f%% lr %.5g %.1f pairs/s (waiting %.0f%%)"
+                        % (e, step, r["loss"], r["acc"], lr, r["pairs_per_s"], r["starved_pct"]))
+                    win = {"t": now, "pairs": 0, "wait": 0.0, "loss": 0.0, "acc": 0.0, "n": 0}
+                if a.max_steps and trained_steps >= a.max_steps:
+                    log("--max-steps %d reached" % a.max_steps)
+                    done = True
+                    break
                 if intr.signum:
                     raise KeyboardInterrupt
-                b = next(it)
-            except StopIteration:
-                break
-            finally:
-                intr.waiting = False
-            wait = time.time() - t0
-            e = int(b.epoch)
-            if model is None:
-                check_epochs()
-                xs = np.asarray(b.xq)
-                build(xs.shape[3] if xs.ndim == 4 else 1, xs.shape[1:3])
-            if e != cur:
-                if cur is not None:
-                    end_epoch(cur)
-                if e >= a.epochs:
-                    raise UsageError("the stream delivers epoch %d, past --epochs %d" % (e, a.epochs))
-                if e < next_epoch:
-                    log("train_moco_torch: warning: the stream delivers epoch %d, but epoch %d is done"
-                        % (e, next_epoch - 1))
-                cur = e
-                start_epoch(e)
-            prog["wait"] += wait
-            win["wait"] += wait
-            n = len(b.indices)
-            if n < B:  # drop_last, as main_moco.py's loader: the queue takes whole batches
-                prog["dropped"] += n
-                saved_state = stream.state()
-                continue
-            xq, xk = to_input(b.xq), to_input(b.xk)
-            if autocast is not None:
-                with autocast:
-                    logits, k = model(xq, xk)
             else:
-                logits, k = model(xq, xk)
-            labels = torch.zeros(logits.size(0), dtype=torch.long, device=dev)
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.enqueue(k)
-            saved_state = stream.state()
-            step += 1
-            trained_steps += 1
-            lv = float(loss.item())
-            acc = float((logits.argmax(1) == 0).float().mean().item()) * 100.0
-            if not math.isfinite(lv):
-                log("train_moco_torch: the loss is %s at step %d" % (lv, step))
-                exit_code = 1
-                break
-            last_loss = lv
-            prog["steps"] += 1
-            prog["loss"] += lv
-            prog["acc"] += acc
-            prog["pairs"] += n
-            pairs_total += n
-            win["pairs"] += n
-            win["loss"] += lv
-            win["acc"] += acc
-            win["n"] += 1
-            prog["seconds"] = time.time() - prog["t0"]
-            if step % a.print_freq == 0:
-                now = time.time()
-                dt = max(now - win["t"], 1e-9)
-                r = {"type": "step", "epoch": e, "step": step, "loss": round(win["loss"] / win["n"], 6),
-                     "acc": round(win["acc"] / win["n"], 3), "lr": lr, "pairs_per_s": round(win["pairs"] / dt, 2),
-                     "starved_pct": round(100.0 * win["wait"] / dt, 1)}
-                record(r)
-                log("epoch %d step %d: loss %.4f acc %.2f%% lr %.5g %.1f pairs/s (waiting %.0f%%)"
-                    % (e, step, r["loss"], r["acc"], lr, r["pairs_per_s"], r["starved_pct"]))
-                win = {"t": now, "pairs": 0, "wait": 0.0, "loss": 0.0, "acc": 0.0, "n": 0}
-            if a.max_steps and trained_steps >= a.max_steps:
-                log("--max-steps %d reached" % a.max_steps)
-                done = True
-                break
-            if intr.signum:
-                raise KeyboardInterrupt
-        else:
-            pass
-        if not done and exit_code == 0:
-            if model is None:
-                log("train_moco_torch: the stream ended before delivering a batch")
-                exit_code = 1
-            else:
-                saved_state = stream.state()
-                if cur is not None and prog is not None:
-                    end_epoch(cur)
-                if next_epoch < a.epochs:
-                    log("train_moco_torch: the stream ended after epoch %d of %d" % (next_epoch, a.epochs))
+                pass
+            if not done and exit_code == 0:
+                if model is None:
+                    log("train_moco_torch: the stream ended before delivering a batch")
                     exit_code = 1
                 else:
-                    complete = True
-        elif model is not None:
-            if prog is not None:
-                prog["seconds"] = time.time() - prog["t0"]
-            checkpoint()
-    except KeyboardInterrupt:
-        signame = signal.Signals(intr.signum or signal.SIGINT).name
-        if model is not None:
-            if prog is not None:
-                prog["seconds"] = time.time() - prog["t0"]
-            checkpoint()
-            log("%s: saved %s at step %d (epoch %d); to continue (with the same `moco run` still serving, or a "
-                "new one), run:\n  %s" % (signame, ckpt_path, step, cur if cur is not None else next_epoch,
-                                          resume_command(ckpt_path)))
-        else:
-            log("%s before the first batch: nothing saved" % signame)
-        close(stream)
-        return 130
+                    saved_state = stream.state()
+                    if cur is not None and prog is not None:
+                        end_epoch(cur)
+                    if next_epoch < a.epochs:
+                        log("train_moco_torch: the stream ended after epoch %d of %d" % (next_epoch, a.epochs))
+                        exit_code = 1
+                    else:
+                        complete = True
+            elif model is not None and not nonfinite:
+                if prog is not None:
+                    prog["seconds"] = time.time() - prog["t0"]
+                checkpoint()
+        except (NonFinite, ResumeMismatch) as e:
+            log("train_moco_torch: %s" % e)
+            close(stream)
+            return 1
+        except KeyboardInterrupt:
+            signame = signal.Signals(intr.signum or signal.SIGINT).name
+            if model is not None:
+                if prog is not None:
+                    prog["seconds"] = time.time() - prog["t0"]
+                try:
+                    checkpoint()
+                    log("%s: saved %s at step %d (epoch %d); to continue (with the same `moco run` still serving, "
+                        "or a new one), run:\n  %s" % (signame, ckpt_path, step, cur if cur is not None else next_epoch,
+                                                       resume_command(ckpt_path)))
+                except NonFinite as e:
+                    log("train_moco_torch: %s: %s" % (signame, e))
+            else:
+                log("%s before the first batch: nothing saved" % signame)
+            close(stream)
+            return 130
+        except UsageError:
+            close(stream)
+            raise
+        except Exception as e:  # the stream failed (timeout, refused, ...): keep what was trained
+            log("train_moco_torch: %s: %s" % (type(e).__name__, e))
+            if model is not None:
+                try:
+                    checkpoint()
+                    log("saved %s at step %d; to continue:\n  %s" % (ckpt_path, step, resume_command(ckpt_path)))
+                except NonFinite as e2:
+                    log("train_moco_torch: %s" % e2)
+            close(stream)
+            return 1
     except HardStop:
-        log("%s again during a step: stopped without saving; %s (step %d or before) stands"
-            % (signal.Signals(intr.signum).name, ckpt_path, step))
+        log("%s again: stopped without saving; %s (step %d or before) stands"
+            % (signal.Signals(intr.signum).name, ckpt_path, saved_step if saved_step is not None else step))
         close(stream)
         return 130
-    except UsageError:
-        close(stream)
-        raise
-    except Exception as e:  # the stream failed (timeout, refused, ...): keep what was trained
-        log("train_moco_torch: %s: %s" % (type(e).__name__, e))
-        if model is not None:
-            checkpoint()
-            log("saved %s at step %d; to continue:\n  %s" % (ckpt_path, step, resume_command(ckpt_path)))
-        close(stream)
-        return 1
     secs = time.time() - t_run
     summary = {"ok": exit_code == 0, "complete": complete, "epochs": next_epoch, "steps": step,
                "trained_steps": trained_steps, "pairs": pairs_total, "loss": last_loss,

@@ -19,9 +19,11 @@ mode (version 3)") alone. It promises:
   >= count is dropped; nothing is allocated by a number a peer sent;
 * backpressure: at most `prefetch` messages wait for the caller; when they
   are full the thread stops reading the socket (the loader then stops) but
-  keeps heart-beating;
+  keeps heart-beating; with batch_size, pairs waiting to fill a batch are
+  copied out of their frame when they are a small part of it;
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
-  yields exactly the rest;
+  yields exactly the rest; iterating in another process than the creating
+  one (a forked DataLoader worker) raises StreamError;
 * a loader silent for `timeout` seconds (while we listen), REFUSED, or a
   missing WELCOME raise StreamError from the iterator; with keys, a loader
   that refuses this consumer's key (its ZAP handler: the key is not in its
@@ -64,6 +66,7 @@ EPOCH_FAILED_MAX = 1 << 20
 COUNT_MAX = 1 << 36
 PAIRS_FRAME_MAX = 4 * 1024 * 1024 + 2 * 2048 * 2048 * 3
 REASON_MAX = 1000
+FRAMES_MAX = 3              # frames of the longest message a loader sends (PAIR)
 HEARTBEAT_S = 1.0
 ACK_EVERY_S = 0.02
 HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
@@ -176,7 +179,9 @@ class PairStream:
     """Iterate over Batch(xq, xk, labels, indices, epoch) until END.
 
     endpoint: the loader's serve endpoint, ipc://... or tcp://host:port.
-    keys: a `moco keygen` directory (client.key_secret, server.key): CURVE.
+    keys: a `moco keygen` directory (client.key_secret, server.key): CURVE
+    on tcp:// (ignored on ipc://, as the C side does: a local socket is not
+    encrypted). A malformed endpoint raises ValueError at once.
     resume: a dict from state(). batch_size: None yields one Batch per
     message, B yields batches of exactly B pairs of one epoch and one shape
     (the last of an epoch may be smaller). prefetch: messages waiting for the
@@ -199,6 +204,7 @@ class PairStream:
         if not 0 <= rank < ranks:
             raise ValueError("rank must be in 0 .. ranks-1")
         self.rank, self.ranks = int(rank), int(ranks)
+        self._pid = os.getpid()            # iterated in this process only (check_process)
         self.endpoint, self.timeout = endpoint, float(timeout)
         self.batch_size = batch_size
         self.count = self.epochs = None
@@ -232,9 +238,15 @@ class PairStream:
         self._key_file = None
         try:
             self._setup_socket(keys)
-        except Exception:
+        except Exception as e:
+            if self._mon is not None:      # an open monitor socket: ctx.term() would wait for ever
+                self._sock.disable_monitor()
+                self._mon.close(0)
             self._sock.close(0)
             self._ctx.term()
+            if isinstance(e, zmq.ZMQError):
+                raise ValueError("moco_stream: cannot connect to %r: %s (ipc://PATH or tcp://HOST:PORT)"
+                                 % (self.endpoint, e)) from e
             raise
         self._thread = threading.Thread(target=self._run, name="moco_stream", daemon=True)
         self._thread.start()
@@ -262,7 +274,7 @@ class PairStream:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, PAIRS_FRAME_MAX)
         s.setsockopt(zmq.RCVHWM, 4)
-        if keys is not None:
+        if keys is not None and self.endpoint.startswith("tcp://"):   # as the C side: no CURVE on ipc://
             import zmq.auth as zauth
             pub, sec = zauth.load_certificate(os.path.join(keys, "client.key_secret"))
             if sec is None:
@@ -278,6 +290,7 @@ class PairStream:
         return self
 
     def __next__(self):
+        self.check_process()
         while True:
             while not self._out:
                 if self._done:
@@ -294,6 +307,14 @@ class PairStream:
                 self._mark_yielded(b)
                 return b
             self._y_epoch, self._y_bitmap, self._y_base = b[1], None, None   # EPOCH_END
+
+    def check_process(self):
+        """StreamError in any process but the creating one (a forked DataLoader worker): the copy of the
+        queue there holds pairs the loader already has ACKs for, and what it yields is not in state()."""
+        if os.getpid() != self._pid:
+            raise StreamError("moco_stream: this PairStream of %s was created in process %d and is iterated in "
+                              "process %d (a DataLoader worker?): use it in the creating process, with a "
+                              "DataLoader's num_workers=0" % (self.endpoint, self._pid, os.getpid()))
 
     def _take(self, item):
         kind = item[0]
@@ -324,6 +345,7 @@ class PairStream:
             rest = Batch(xb.xq[B:], xb.xk[B:], xb.labels[B:], xb.indices[B:], xb.epoch)
             parts[:] = [rest] if len(rest.indices) else []
             have -= B
+        parts[:] = [_compact(p) for p in parts]     # waiting: no whole frame kept for a few pairs
 
     def _flush_pending(self):
         for parts in self._pending.values():
@@ -430,10 +452,31 @@ class PairStream:
             if self._mon is not None and self._mon in ready:
                 self._handshake_failed()
             if self._sock in ready:
-                frames = self._sock.recv_multipart(copy=False)
+                frames = self._recv()
                 self.stats["messages"] += 1
-                self._before_welcome(frames)
+                if frames is not None:
+                    self._before_welcome(frames)
         self._stream()
+
+    def _recv(self):
+        """One message, frame by frame: no more than FRAMES_MAX frames are kept; a message of more is
+        received to its end, each further frame dropped at once, and counted malformed (None)."""
+        frames, extra = [], 0
+        while True:
+            f = self._sock.recv(copy=False)
+            more = f.more
+            if len(frames) < FRAMES_MAX:
+                frames.append(f)
+            else:
+                extra += 1
+            del f
+            if not more:
+                break
+        if extra:
+            self._reject("malformed", what="a message of %d frames (at most %d in this protocol)"
+                         % (FRAMES_MAX + extra, FRAMES_MAX))
+            return None
+        return frames
 
     def _handshake_failed(self):
         """A monitor event: the loader's ZAP handler refused our key."""
@@ -534,10 +577,10 @@ class PairStream:
                 if self._acks:
                     self._flush_acks()
                 continue
-            frames = sock.recv_multipart(copy=False)
+            frames = self._recv()
             heard = time.monotonic()
             self.stats["messages"] += 1
-            if self._message(frames) == "end":
+            if frames is not None and self._message(frames) == "end":
                 self._flush_acks()
                 # the loader waits for BYE (close()) after END: a consumer
                 # killed before it yielded everything may still resume from
@@ -639,7 +682,8 @@ class PairStream:
         self._flush_acks()
         self._acks = []                     # unsent ACKs of a finished epoch are moot
         seen = int(np.unpackbits(self._seen).sum())
-        self.stats["missing"] += max(0, self.count - seen - len(failed))
+        # what the loader counts as delivered (of this rank's shard with ranks > 1) but never came
+        self.stats["missing"] += max(0, delivered + nfailed - seen)
         self.epoch_ends.append((epoch, delivered, failed.tolist()))
         self._q.put(("epoch_end", epoch, delivered, failed), 0)
         # the next epoch begins: release what was held
@@ -793,6 +837,26 @@ def _build_batches(hdr, size, views, sel, single):
         out.append(Batch(blk[:, 0], blk[:, 1], hdr["label"][a:b][s].astype(np.int64),
                          hdr["index"][a:b][s].astype(np.int64), epoch))
     return out
+
+
+def _root_nbytes(a):
+    """The size of the buffer (a received frame, say) under an array view."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    if isinstance(a, np.ndarray):
+        return a.nbytes
+    try:
+        return memoryview(a).nbytes
+    except TypeError:
+        return 0
+
+
+def _compact(b):
+    """b, or a copy of its views when one is under a quarter of the buffer it keeps alive (so a big
+    message cut into batches is copied a bounded number of times, not at every cut)."""
+    if all(4 * x.nbytes >= _root_nbytes(x) for x in (b.xq, b.xk)):
+        return b
+    return Batch(np.array(b.xq), np.array(b.xk), b.labels, b.indices, b.epoch)
 
 
 def _concat(parts):

@@ -7,6 +7,8 @@ resume and BYE, backpressure with heartbeats, timeouts, CURVE. Run:
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -147,6 +149,22 @@ class TestExactlyOnce(Base):
         self.assertEqual(sizes[1], [16] * 6 + [4])
         self.assertExact(got, [0, 1], 100)
 
+    def test_batch_size_leftover_compact(self):
+        # messages of 9 pairs, batches of 8: the pair left waiting is a copy, not a view of its 9-pair frame
+        f = self.loader(count=40, epochs=1, per_msg=9, shape=(16, 16, 3))
+        s = self.stream(f.endpoint, batch_size=8)
+        it = iter(s)
+        got = []
+        for k in range(1, 5):
+            got.extend(next(it).indices.tolist())
+            waiting = [p for parts in s._pending.values() for p in parts]
+            self.assertEqual(sum(len(p.indices) for p in waiting), k)   # 9k received, 8k yielded
+            for p in waiting:                  # each view at least a quarter of what it keeps alive
+                for x in (p.xq, p.xk):
+                    self.assertLessEqual(moco_stream._root_nbytes(x), 4 * x.nbytes, (k, len(p.indices)))
+        got.extend(i for b in it for i in b.indices.tolist())
+        self.assertEqual(sorted(got), list(range(40)))
+
     def test_big_acks(self):
         f = self.loader(count=20000, epochs=1, shape=(1, 1, 1), per_msg=4096)
         s = self.stream(f.endpoint, batch_size=1000)
@@ -213,6 +231,18 @@ class TestExactlyOnce(Base):
         self.assertEqual((levels["rejected_index"], levels["malformed"], levels["duplicates"]),
                          ("WARNING", "WARNING", "INFO"))
 
+    def test_many_frames(self):
+        # a message of 50 frames: received frame by frame, at most 3 kept, counted malformed once
+        many = [pairs_msg([(0, 3, SHAPE)])[0]] + [b"x" * 1000] * 49
+        f = self.loader(count=20, epochs=1, hostile=[many])
+        with self.assertLogs("moco_stream", level="WARNING") as logs:
+            s = self.stream(f.endpoint)
+            self.assertExact(collect(s), [0], 20)
+        self.assertEqual([r.getMessage() for r in logs.records],
+                         ["moco_stream: %s: malformed: epoch - index - (a message of 50 frames (at most 3 in this "
+                          "protocol); the stream is at epoch 0, count 20; 1 malformed so far)" % f.endpoint])
+        self.assertEqual(s.stats["malformed"], 1)
+
     def test_rejections_rate_limited(self):
         # 70 pairs of a far epoch, then 1 more: logged are the first 20, the 32nd and
         # the 64th (as the C loader), the 71st not
@@ -237,6 +267,33 @@ class TestExactlyOnce(Base):
         self.assertEqual([(r.kind, r.epoch, r.index) for r in logs.records], [("held_dropped", 1, 16)])
         self.assertEqual((s.stats["held"], s.stats["held_dropped"], s.stats["duplicates"]),
                          (16, 1, 16))
+
+
+class TestRanks(Base):
+    def test_missing_of_shard(self):
+        # rank 0 of 2 (count 10): its EPOCH_END says 5 delivered, 4 came: 1 missing (before: 10 - 4 = 6)
+        import zmq
+        d = tempfile.mkdtemp()
+        ctx = zmq.Context()
+        srv = ctx.socket(zmq.ROUTER)
+        srv.setsockopt(zmq.LINGER, 0)
+        try:
+            ep = "ipc://%s/serve" % d
+            srv.bind(ep)
+            s = self.stream(ep, rank=0, ranks=2)
+            self.assertTrue(srv.poll(5000))
+            ident, hello = srv.recv_multipart()
+            self.assertEqual(hello, prefix(8, 4) + struct.pack("<IQII", 0xFFFFFFFF, 0, 0, 2))
+            for m in ([prefix(13, 3) + struct.pack("<IIQII", 0, 1, 10, 1, 1000)],
+                      pairs_msg([(0, i, SHAPE) for i in (0, 2, 4, 6)]),
+                      [prefix(6) + struct.pack("<IQI", 0, 5, 0)], [prefix(10) + struct.pack("<I", 1)]):
+                srv.send_multipart([ident] + m)
+            self.assertEqual(collect(s), {0: [0, 2, 4, 6]})
+            self.assertEqual(s.stats["missing"], 1)
+        finally:
+            srv.close(0)
+            ctx.term()
+            shutil.rmtree(d)
 
 
 class TestResume(Base):
@@ -319,6 +376,65 @@ class TestTorch(Base):
         self.assertEqual(ds.stream.state()["epoch"], 1)
 
 
+    def test_dataset_in_worker(self):
+        # a forked DataLoader worker would yield pairs the parent already ACKed, unknown to its state()
+        try:
+            import torch
+            from moco_stream.torch import PairDataset
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        f = self.loader(count=60, epochs=1, per_msg=8)
+        ds = PairDataset(f.endpoint, batch_size=8, insecure=True, timeout=10)
+        self.streams.append(ds.stream)
+        ds.stream.wait_welcome()
+        time.sleep(0.3)                 # pairs wait in the queue, to be inherited by the fork
+        with self.assertRaises(moco_stream.StreamError) as cm:
+            next(iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)))
+        self.assertIn("PairDataset of %s in a DataLoader worker: use num_workers=0" % f.endpoint, str(cm.exception))
+        self.assertEqual(ds.stream.stats["yielded"], 0)
+        seen = [i for b in ds.stream for i in b.indices.tolist()]   # the creating process gets all of them
+        self.assertEqual(sorted(seen), list(range(60)))
+
+    def test_stream_in_child_process(self):
+        f = self.loader(count=20, epochs=1, per_msg=8)
+        s = self.stream(f.endpoint).wait_welcome()
+        time.sleep(0.3)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                next(iter(s))
+            except moco_stream.StreamError as e:
+                code = 3 if "was created in process %d and is iterated in process %d" % (
+                    os.getppid(), os.getpid()) in str(e) else 2
+            finally:
+                os._exit(code)
+        self.assertEqual(os.waitpid(pid, 0)[1] >> 8, 3)
+        self.assertExact(collect(s), [0], 20)
+
+    def test_dataset_mean_std(self):
+        try:
+            import torch
+            from moco_stream.torch import PairDataset
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        for mean, std in (((0.5, 0.5), (0.5, 0.5)), ((0.5, 0.5, 0.5), (0.5,))):
+            with self.assertRaises(ValueError) as cm:
+                PairDataset("ipc:///nonexistent/x", mean=mean, std=std)
+            self.assertEqual(str(cm.exception), "mean and std need 1 value (for every channel) or 3 (one per "
+                             "channel; a 1-channel view uses the first), not %d and %d" % (len(mean), len(std)))
+        f = self.loader(count=16, epochs=1, per_msg=8)
+        ds = PairDataset(f.endpoint, mean=(0.5,), std=(0.25,), insecure=True, timeout=10)
+        self.streams.append(ds.stream)
+        n = 0
+        for xq, xk, labels, indices, epoch in ds:        # 3-channel views, one constant for each
+            self.assertEqual(tuple(xq.shape[1:]), (3, 4, 4))
+            for j, i in enumerate(indices.tolist()):
+                self.assertTrue(torch.allclose(xq[j], torch.full((3, 4, 4), ((i % 251) / 255 - 0.5) / 0.25)))
+            n += len(indices)
+        self.assertEqual(n, 16)
+
+
 class TestCurve(Base):
     def setUp(self):
         super().setUp()
@@ -344,6 +460,33 @@ class TestCurve(Base):
             moco_stream.PairStream(f.endpoint)
         s = self.stream(f.endpoint, keys=self.dir)
         self.assertExact(collect(s), [0], 40)
+
+    def test_bad_endpoint_with_keys(self):
+        # before: with keys= a failed connect() left the monitor socket open and ctx.term() hung for ever
+        code = ("import moco_stream\n"
+                "for ep in ('tcp://127.0.0.1', 'nonsense'):\n"
+                "    try:\n"
+                "        moco_stream.PairStream(ep, keys=%r)\n"
+                "    except ValueError as e:\n"
+                "        print(e)\n" % self.dir)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "moco_stream: cannot connect to 'tcp://127.0.0.1': Invalid argument "
+                         "(ipc://PATH or tcp://HOST:PORT)\n"
+                         "moco_stream: cannot connect to 'nonsense': Invalid argument (ipc://PATH or tcp://HOST:PORT)\n")
+
+    def test_keys_on_ipc(self):
+        # the C side never uses CURVE on ipc:// (formats/zsec.c): keys= there is no CURVE either
+        # (before: a CURVE client against a plain server, "no WELCOME" after the timeout)
+        d = tempfile.mkdtemp()
+        try:
+            f = self.loader(endpoint="ipc://%s/serve" % d, count=40, epochs=1)
+            s = self.stream(f.endpoint, keys=self.dir, timeout=3.0)
+            self.assertExact(collect(s), [0], 40)
+            self.assertEqual(s.stats["auth_rejected"], 0)
+        finally:
+            shutil.rmtree(d)
 
     def test_curve_not_allowed(self):
         # refused by the loader's ZAP handler: an error at once (not after
