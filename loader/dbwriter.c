@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 struct dbw {
@@ -104,6 +105,11 @@ static void remove_stale(const char *out)
 
 static int lmdb_fail(dbw *w, int rc, const char *what)
 {
+    /* LMDB reports a short write (a full disk) as EIO: say which it was */
+    struct statvfs fs;
+    if ((rc == EIO || rc == ENOSPC) && !statvfs(w->tmp, &fs) && (uint64_t)fs.f_bavail * fs.f_frsize < ((uint64_t)64 << 20))
+        return moco_err(MOCO_ELMDB, "%s: %s: %s: the device is full (%llu KiB free)", w->tmp, what, mdb_strerror(rc),
+                        (unsigned long long)((uint64_t)fs.f_bavail * fs.f_frsize >> 10));
     return moco_err(MOCO_ELMDB, "%s: %s: %s", w->tmp, what, mdb_strerror(rc));
 }
 
