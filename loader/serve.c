@@ -7,8 +7,9 @@
  * pairs (`--consumers R`: rank r gets the samples at positions r, r + R, ...
  * of each epoch's order; a message of several shards is split, its views
  * copied), over that consumer's control socket, while it has room: so the
- * consumers' pace reaches the workers. Rejected messages are counted and
- * logged. */
+ * consumers' pace reaches the workers. Each issue of a sample has its pair
+ * forwarded once: more copies (a late worker's, a peer's repeats) are
+ * dropped as stale. Rejected messages are counted and logged. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +21,16 @@
 #include "loader/state.h"
 
 /* Check a pair message from a worker (frames f, nf) against the epoch's
- * state. Returns 1 to forward it, 0 to drop it as stale (a late duplicate
- * of a finished epoch), -1 to reject it (malformed; a pair of another
- * epoch, of an index out of range or never handed out). On 1, *dest is the
- * consumer whose shard holds its current-epoch pairs, or -2 when they lie
- * in several shards (the message must be split). */
-static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *dest)
+ * state. Returns -1 to reject it (malformed; a pair of another epoch, of an
+ * index out of range or never handed out: nothing of it is used), else the
+ * number of its pairs to forward: those of the current epoch whose sample
+ * has not had its pair forwarded since it was last issued (each issue is
+ * forwarded once; they are marked forwarded here, keep[i] = 1). The others
+ * are dropped as stale (*nstale: of a finished epoch, or copies of a pair
+ * already forwarded). *dest is the consumer whose shard holds all the
+ * forwarded pairs when the message can go on whole (every pair of it
+ * forwarded, one shard), else -2 (the forwarded pairs are copied out). */
+static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *dest, uint8_t *keep, uint32_t *nstale)
 {
     const uint8_t *h = zmq_msg_data(&f[0]);
     size_t hl = zmq_msg_size(&f[0]);
@@ -34,6 +39,7 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *d
     moco_wire_pair one;
     *npairs = 1;
     *dest = -1;
+    *nstale = 0;
     if (moco_wire_peek(h, hl, &type)) return -1;
     if (type == MOCO_MSG_PAIRS) {
         if (nf != 2 || moco_pipe_pairs_parse(h, hl, zmq_msg_size(&f[1]), &cnt)) return -1;
@@ -45,25 +51,33 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *d
         return -1;
     }
     *npairs = cnt;
-    int current = 0;
-    for (uint32_t i = 0; i < cnt; i++) {
+    for (uint32_t i = 0; i < cnt; i++) { /* first all checked, then marked */
         moco_wire_pair p = one;
         if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
         if (p.index >= L->n || p.epoch > L->max_epoch) return -1; /* (epoch, max_epoch]: left over from before a resume */
-        if (p.epoch == L->epoch && L->started) {
-            if (!L->touched[p.index]) return -1;
-            int r = L->shard[p.index];
-            *dest = !current || *dest == r ? r : -2;
-            current = 1;
-        }
+        if (p.epoch == L->epoch && L->started && !L->touched[p.index]) return -1;
     }
-    return current;
+    int fwd = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        moco_wire_pair p = one;
+        if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
+        keep[i] = p.epoch == L->epoch && L->started && L->touched[p.index] == 1;
+        if (!keep[i]) { (*nstale)++; continue; }
+        L->touched[p.index] = 2;
+        int r = L->shard[p.index];
+        *dest = !fwd || *dest == r ? r : -2;
+        fwd++;
+    }
+    if (*nstale && fwd) *dest = -2;
+    return fwd;
 }
 
 /* Append a message for consumer r (frames moved in). */
 static int hold(loader *L, int r, zmq_msg_t *f, int nf)
 {
     consumer *c = &L->c[r];
+    size_t bytes = 0;
+    for (int i = 0; i < nf; i++) bytes += zmq_msg_size(&f[i]);
     if (c->nheld == c->heldcap) {
         int nc = c->heldcap ? 2 * c->heldcap : 8;
         heldmsg *nh = malloc(sizeof *nh * (size_t)nc);
@@ -77,7 +91,9 @@ static int hold(loader *L, int r, zmq_msg_t *f, int nf)
     heldmsg *m = &c->held[(c->hhead + c->nheld) % c->heldcap];
     memcpy(m->f, f, sizeof(zmq_msg_t) * (size_t)nf);
     m->nf = nf;
+    m->bytes = bytes;
     c->nheld++;
+    c->heldbytes += bytes;
     return 0;
 }
 
@@ -88,6 +104,7 @@ void loader_drop_held(loader *L, int r)
         heldmsg *m = &c->held[c->hhead];
         for (int i = 0; i < m->nf; i++) zmq_msg_close(&m->f[i]);
     }
+    c->heldbytes = 0;
 }
 
 int loader_forward_pending(loader *L)
@@ -100,11 +117,13 @@ int loader_forward_pending(loader *L)
             if (zmq_send(L->ctl, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) break; /* full, or gone: later */
             for (int i = 0; i < m->nf; i++)
                 if (zmq_msg_send(&m->f[i], L->ctl, i + 1 < m->nf ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&m->f[i]);
+            c->heldbytes -= m->bytes;
             c->hhead = (c->hhead + 1) % c->heldcap;
             c->nheld--;
             L->forwarded++;
         }
         left += c->nheld;
+        if (c->heldbytes > MOCO_HELD_BYTES_MAX) left += MOCO_HELD_MAX + 1; /* full: as many messages as may wait */
     }
     return left;
 }
@@ -115,11 +134,11 @@ static void free_data(void *data, void *hint)
     free(data);
 }
 
-/* A PAIRS or PAIR message whose current-epoch pairs lie in several shards:
- * one PAIRS message per shard, views copied (pairs of other epochs are
- * stale and dropped). Returns 0, or -1 when out of memory (all dropped; the
- * loader re-issues what is never acknowledged). */
-static int split(loader *L, zmq_msg_t *f, int nf)
+/* A PAIRS or PAIR message of which only some pairs go on (keep), or whose
+ * pairs lie in several shards: one PAIRS message per shard of the kept
+ * pairs, views copied. Returns 0, or -1 when out of memory (all dropped;
+ * the loader re-issues what is never acknowledged). */
+static int split(loader *L, zmq_msg_t *f, int nf, const uint8_t *keep)
 {
     const uint8_t *h = zmq_msg_data(&f[0]);
     uint16_t type;
@@ -131,7 +150,7 @@ static int split(loader *L, zmq_msg_t *f, int nf)
     moco_wire_pair *ph = malloc(sizeof *ph * cnt);
     size_t *off = malloc(sizeof *off * cnt);
     uint8_t *hb = malloc(16 + (size_t)MOCO_WIRE_PAIR_SIZE * cnt);
-    int rc = ph && off && hb ? 0 : -1;
+    int rc = ph && off && hb ? 0 : -1, shards = 0;
     size_t at = 0;
     for (uint32_t i = 0; !rc && i < cnt; i++) {
         ph[i] = one;
@@ -144,17 +163,18 @@ static int split(loader *L, zmq_msg_t *f, int nf)
         uint32_t ns = 0;
         size_t bytes = 0;
         for (uint32_t i = 0; i < cnt && ns < MOCO_PAIRS_MAX; i++)
-            if (ph[i].epoch == L->epoch && L->shard[ph[i].index] == r) {
+            if (keep[i] && L->shard[ph[i].index] == r) {
                 sub[ns++] = ph[i];
                 bytes += 2 * moco_wire_pair_view_bytes(&ph[i]);
             }
         if (!ns) continue;
+        shards++;
         uint8_t *data = malloc(bytes ? bytes : 1);
         zmq_msg_t out[2];
         if (!data) { rc = -1; break; }
         size_t w = 0;
         for (uint32_t i = 0; i < cnt; i++)
-            if (ph[i].epoch == L->epoch && L->shard[ph[i].index] == r) {
+            if (keep[i] && L->shard[ph[i].index] == r) {
                 size_t vb = moco_wire_pair_view_bytes(&ph[i]);
                 if (type == MOCO_MSG_PAIRS) {
                     memcpy(data + w, (const uint8_t *)zmq_msg_data(&f[1]) + off[i], 2 * vb);
@@ -174,15 +194,16 @@ static int split(loader *L, zmq_msg_t *f, int nf)
     free(off);
     free(hb);
     for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
-    L->split_msgs++;
+    if (shards > 1) L->split_msgs++;
     return rc;
 }
 
 /* Read and forward pair messages while the consumers take them: with one
  * consumer, a message waits here only while it has no room (its pace
  * reaches the workers); with several, each has its own queue (bounded by
- * its shard's window), so that one rank busy in a collective never stops
- * the pairs of another. */
+ * its shard's window, as each issue is forwarded once), so that one rank
+ * busy in a collective never stops the pairs of another; reading stops at
+ * MOCO_HELD_MAX messages held in all, or MOCO_HELD_BYTES_MAX for one. */
 void loader_serve_pairs(loader *L)
 {
     for (int burst = 0; burst < 256; burst++) {
@@ -202,17 +223,19 @@ void loader_serve_pairs(loader *L)
             if (nf < 3) nf++;
             else { zmq_msg_close(&f[3]); bad = 1; }
         }
-        uint32_t np = 0;
-        int dest = -1, r = bad ? -1 : check_pairs(L, f, nf, &np, &dest);
-        if (r == 1 && dest >= 0) {
+        uint32_t np = 0, nstale = 0;
+        uint8_t keep[MOCO_PAIRS_MAX];
+        int dest = -1, r = bad ? -1 : check_pairs(L, f, nf, &np, &dest, keep, &nstale);
+        if (r >= 0) L->stale_pairs += nstale;
+        if (r > 0 && dest >= 0) {
             if (!hold(L, dest, f, nf)) continue;
             r = 0; /* out of memory: dropped, re-issued later */
-        } else if (r == 1) {
-            split(L, f, nf);
+        } else if (r > 0) {
+            split(L, f, nf, keep);
             continue;
         }
         for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
-        if (r == 0) { L->stale_pairs += np; continue; }
+        if (r >= 0) continue;
         L->rejected_pairs += np;
         if (L->rejected_pairs <= 20 || !(L->rejected_pairs & (L->rejected_pairs - 1)))
             fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "

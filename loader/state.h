@@ -20,6 +20,7 @@
 #define NO_EPOCH 0xFFFFFFFFu
 #define MAX_CONSUMERS 4096
 #define MOCO_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */
+#define MOCO_HELD_BYTES_MAX ((size_t)256 << 20) /* bytes of pairs waiting for one consumer; more: stop reading */
 
 enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
 
@@ -41,6 +42,7 @@ typedef struct {
 typedef struct {
     zmq_msg_t f[3];
     int nf;
+    size_t bytes;
 } heldmsg;
 
 /* One consumer (rank) and its shard of the current epoch: the samples at
@@ -64,6 +66,7 @@ typedef struct {
     int end_sent;              /* EPOCH_END of the current epoch went out */
     heldmsg *held;             /* serve mode: pair messages waiting for room, oldest first */
     int hhead, nheld, heldcap;
+    size_t heldbytes;          /* the views and headers of those messages */
 } consumer;
 
 typedef struct {
@@ -93,7 +96,8 @@ typedef struct {
     uint32_t epoch;
     int started;
     uint8_t *st;
-    uint8_t *touched;                /* issued at least once in this epoch (serve mode checks pairs against it) */
+    uint8_t *touched;                /* 0: never issued in this epoch; 1: issued (every issue sets 1); serve mode: 2,
+                                      * its pair forwarded since its latest issue (more copies are dropped) */
     uint16_t *owner;
     uint16_t *shard;                 /* the consumer whose shard a sample is in, this epoch */
     float *t_issued;                 /* the ageing clock of the sample's consumer when it was issued */
@@ -106,6 +110,8 @@ typedef struct {
     uint64_t sent, reissued, acked, dropped, dead_workers, failed_total, dup_acks, msgs_sent;
     /* rejections: counted, logged, never trusted */
     uint64_t refused_hellos, rejected_failed, rejected_acks, rejected_pairs, stalled_workers, stale_pairs, forwarded;
+    /* stale_pairs: serve mode, pairs dropped as pairs of a finished epoch, or as copies of one already forwarded
+     * since its sample was last issued (a late worker's, or a peer's repeats: each issue is forwarded once) */
     uint64_t split_msgs;             /* pair messages of several shards, split */
     uint64_t refused_workers;        /* READYs of new peers while every slot was taken by a live worker */
     uint64_t reclaimed_slots;        /* slots of banned workers given to new peers */

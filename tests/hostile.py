@@ -3,6 +3,7 @@ with CURVE (issue 12), driven by tests/cli_hostile.sh.
 
     hostile.py direct MOCO DB N KEYS OUT PORT
     hostile.py serve  MOCO DB N KEYS OUT PORT
+    hostile.py repeat MOCO DB N KEYS OUT PORT
 
 direct: loader (work tcp PORT, ctl tcp PORT+1), one worker, a sink that binds
 tcp PORT+2, every endpoint with --keys. While 20 epochs stream, it sends:
@@ -21,6 +22,9 @@ serve: `moco run DB --serve tcp://PORT+2 --bind tcp://PORT --keys`, the
 real consumer `moco sink --connect`; a forged HELLO (REFUSED), 9 PAIRs of
 epoch 1000 and 4 of index N sent to the loader's pair port (rejected at the
 loader), strangers to the serve port.
+repeat: serve mode with --consumers 2 (two PairStreams): an allowed peer
+takes one sample as a worker and pushes its pair 3,000 times: forwarded
+once, 2,999 stale_pairs at the loader, no duplicate at the consumers.
 Then it checks exact counts: every index exactly once per epoch at the real
 consumer, each hostile message rejected and counted exactly, strangers
 counted and nothing of theirs through. Exit 0 or 1 with the reason."""
@@ -463,8 +467,107 @@ def slots(moco, db, n, keys, out, port):
     print("slots: %d epochs x %d exact; --max-workers 2: stalled_workers %d, reclaimed_slots %d, refused_workers %d"
           % (epochs, n, ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
 
+def loader_peak_mb(run_pid):
+    """VmHWM (MB) of the loader under `moco run` (its child whose command line names loader), or None."""
+    for k in os.listdir("/proc"):
+        try:
+            if not k.isdigit() or b"\0loader\0" not in open("/proc/%s/cmdline" % k, "rb").read():
+                continue
+            st = open("/proc/%s/status" % k).read()
+            if "\nPPid:\t%d\n" % run_pid in st:
+                return int(st.split("VmHWM:")[1].split()[0]) / 1024.0
+        except (OSError, IndexError, ValueError):
+            pass
+    return None
+
+
+def repeat(moco, db, n, keys, out, port):
+    """Serve mode with two consumers (--consumers 2, PairStreams of rank 0 and
+    1): an allowed peer takes one sample as a worker and pushes its pair
+    COPIES times. The loader forwards it once (each issue of a sample is
+    forwarded once) and drops the other copies as stale_pairs, exactly
+    COPIES - 1; the consumers see no duplicate, every epoch is exact, and
+    the loader's peak RSS stays small. Before, every copy was forwarded (or,
+    while the consumers were busy, held: by count, not bytes, so copies of a
+    large pair took the loader past 1 GB)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "python"))
+    import moco_stream
+    epochs, copies = 20, 3000
+    work, pairs_in, ctl = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    run_dir = os.path.join(out, "run")
+    run = subprocess.Popen([moco, "run", db, "--serve", ctl, "--bind", work, "--keys", keys, "--workers", "1", "--epochs",
+                            str(epochs), "--consumers", "2", "--recipe", "cifar", "--size", "28", "--run-dir", run_dir,
+                            "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "run.err"), "w"))
+    ctx = zmq.Context()
+    socks = []
+    got, errors, stats = {0: {}, 1: {}}, [], {}
+
+    def consume(rank):
+        try:
+            with moco_stream.PairStream(ctl, keys=keys, rank=rank, ranks=2, batch_size=50, timeout=60) as ps:
+                for b in ps:
+                    got[rank].setdefault(b.epoch, []).extend(b.indices.tolist())
+                stats[rank] = dict(ps.stats)
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append("rank %d: %r" % (rank, e))
+
+    try:
+        w = curve_client(ctx, zmq.DEALER, keys)
+        w.connect(work)
+        socks.append(w)
+        w.send(prefix(2, 4) + struct.pack("<IQI", 1, 0, 8))  # room for one sample
+        ts = [threading.Thread(target=consume, args=(r,)) for r in (0, 1)]
+        for t in ts:
+            t.start()
+        taken, t0 = None, time.time()
+        while taken is None:
+            if time.time() - t0 > 30:
+                fail("the peer got no sample in 30 s")
+            w.send(prefix(2, 4) + struct.pack("<IQI", 1, 0, 8))
+            if w.poll(200):
+                f = w.recv_multipart()
+                if f[0][6:8] == struct.pack("<H", 12):
+                    e, _, i = struct.unpack_from("<IIQ", f[0], 16)
+                    taken = (e, i)
+        w.send(prefix(2, 4) + struct.pack("<IQI", 0, 1, 8))  # no more room: it holds the one
+        p = curve_client(ctx, zmq.PUSH, keys)
+        p.connect(pairs_in)
+        socks.append(p)
+        msg = pair_msg(taken[0], taken[1])
+        for _ in range(copies):
+            p.send_multipart(msg)
+        peak = None
+        for _ in range(10):  # heart-beating while the copies are read; the loader's peak RSS while it runs
+            w.send(prefix(2, 4) + struct.pack("<IQI", 0, 1, 8))
+            peak = loader_peak_mb(run.pid) or peak
+            time.sleep(0.3)
+        for t in ts:
+            t.join(180)
+        if any(t.is_alive() for t in ts):
+            fail("the consumers did not finish")
+        rrc = run.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        teardown(ctx, socks, [run])
+    if errors or rrc != 0:
+        fail("consumers %s, moco run exited %s" % (errors, rrc))
+    for e in range(epochs):
+        idx = got[0].get(e, []) + got[1].get(e, [])
+        if sorted(idx) != list(range(n)):
+            fail("epoch %d: %d pairs, %d distinct, expected each of %d once" % (e, len(idx), len(set(idx)), n))
+    dup = stats[0]["duplicates"] + stats[1]["duplicates"]
+    ls = last_stats(os.path.join(run_dir, "loader.jsonl"))
+    if ls["stale_pairs"] != copies - 1 or ls["rejected_pairs"] != 0 or dup != 0:
+        fail("loader stale_pairs %s rejected_pairs %s, consumers' duplicates %s: expected %d, 0, 0 (%s)"
+             % (ls["stale_pairs"], ls["rejected_pairs"], dup, copies - 1, json.dumps(ls)))
+    if peak is None or peak > 400:
+        fail("the loader's peak RSS %s MB (expected under 400)" % peak)
+    print("repeat: %d epochs x %d exact; %d copies of one issued pair: forwarded once, stale_pairs %d, consumers' "
+          "duplicates %d; loader peak RSS %.0f MB" % (epochs, n, copies, ls["stale_pairs"], dup, peak))
+
 
 if __name__ == "__main__":
     mode, moco, db, n, keys, out, port = sys.argv[1:8]
     os.makedirs(out, exist_ok=True)
-    {"direct": direct, "serve": serve, "slots": slots}[mode](moco, db, int(n), keys, out, int(port))
+    {"direct": direct, "serve": serve, "slots": slots, "repeat": repeat}[mode](moco, db, int(n), keys, out, int(port))

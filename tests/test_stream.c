@@ -5,7 +5,9 @@
  * an epoch two ahead and an index past the count are rejected and counted;
  * stream_keepalive sends a heartbeat when one is due, and only then; to a
  * loader that knows BUSY, BUSY at once and then when due, and the next
- * stream_next a HEARTBEAT at once. */
+ * stream_next a HEARTBEAT at once; pairs of the wrong view size or label
+ * are dropped, counted and not acknowledged; pairs of the next epoch are
+ * held up to a byte limit. */
 #include "tests/testutil.h"
 
 #include <zmq.h>
@@ -56,15 +58,21 @@ typedef struct {
     trainer_stream *s;
 } welcomed;
 
-static void open_welcomed_flags(welcomed *c, double loader_timeout, uint32_t flags)
+static void open_welcomed_cfg(welcomed *c, double loader_timeout, uint32_t flags, int size, int classes)
 {
     c->ctx = zmq_ctx_new();
     c->r = fake_loader(c->ctx, c->id, &c->idlen);
-    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = loader_timeout};
+    stream_cfg cfg = {.ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = loader_timeout, .size = size,
+                      .classes = classes};
     assert_int_equal(stream_open(&cfg, &c->s), 0);
     recv_hello(c->r, c->id, &c->idlen);
     uint8_t w[32];
     send_to(c->r, c->id, c->idlen, w, moco_pipe_welcome(w, 0, 1, 10, flags, 1000), NULL, 0);
+}
+
+static void open_welcomed_flags(welcomed *c, double loader_timeout, uint32_t flags)
+{
+    open_welcomed_cfg(c, loader_timeout, flags, 0, 0);
 }
 
 static void open_welcomed(welcomed *c, double loader_timeout) { open_welcomed_flags(c, loader_timeout, MOCO_WELCOME_SERVE); }
@@ -238,10 +246,197 @@ static void test_keepalive_busy(void **st)
     close_welcomed(&c);
 }
 
+/* The indices the loader is acknowledged within ms (other messages skipped),
+ * as a bitmap of 64. */
+static uint64_t acked_within(void *r, int ms)
+{
+    uint64_t set = 0;
+    zmq_pollitem_t it = {r, 0, ZMQ_POLLIN, 0};
+    while (zmq_poll(&it, 1, ms) > 0) {
+        uint8_t id[256], b[1024];
+        assert_true(zmq_recv(r, id, sizeof id, 0) > 0);
+        int n = zmq_recv(r, b, sizeof b, 0);
+        moco_pipe_msg pm;
+        if (n > 0 && !moco_pipe_parse(b, (size_t)n, &pm) && pm.type == MOCO_MSG_ACK)
+            for (uint32_t i = 0; i < pm.n; i++) {
+                uint64_t x;
+                memcpy(&x, pm.idx + 8 * i, 8);
+                set |= 1ull << (x & 63);
+            }
+    }
+    return set;
+}
+
+/* Pairs until STREAM_NONE; returns their indices as a bitmap (each once). */
+static uint64_t pairs_until_none(trainer_stream *s, stream_event *last)
+{
+    uint64_t got = 0;
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(stream_next(s, 100, last), 0);
+        if (last->kind != STREAM_PAIR) {
+            if (last->kind != STREAM_NONE || got) return got;
+            continue;
+        }
+        assert_false(got >> last->pair.index & 1);
+        got |= 1ull << last->pair.index;
+    }
+    return got;
+}
+
+/* A consumer that takes 2x2 views and labels [0, 5) (cfg.size, .classes):
+ * a pair of 1x1 views and one of label 7 are dropped and counted
+ * (rejected_shape 1, rejected_label 1), never acknowledged, so the loader
+ * sends them again; then they come right and the epoch ends exact. Before,
+ * the stream returned them (train.c, lincls.c: the run failed). */
+static void test_wrong_size_dropped(void **st)
+{
+    (void)st;
+    welcomed c;
+    open_welcomed_cfg(&c, 5, MOCO_WELCOME_SERVE, 2, 5);
+    trainer_stream *s = c.s;
+    moco_wire_pair p[3] = {{.epoch = 0, .index = 3, .height = 2, .width = 2, .channels = 1, .label = 1},
+                           {.epoch = 0, .index = 4, .height = 1, .width = 1, .channels = 1, .label = 1},
+                           {.epoch = 0, .index = 5, .height = 2, .width = 2, .channels = 1, .label = 7}};
+    uint8_t hdr[16 + 3 * MOCO_WIRE_PAIR_SIZE], views[18] = {0};
+    send_to(c.r, c.id, c.idlen, hdr, moco_pipe_pairs_pack(hdr, p, 3), views, sizeof views);
+    stream_event ev;
+    assert_int_equal(pairs_until_none(s, &ev), 1ull << 3);
+    assert_int_equal(ev.kind, STREAM_NONE);
+    stream_stats ss;
+    stream_get_stats(s, &ss);
+    assert_int_equal(ss.pairs, 1);
+    assert_int_equal(ss.rejected_shape, 1);
+    assert_int_equal(ss.rejected_label, 1);
+    assert_int_equal(ss.malformed, 0);
+    assert_int_equal(acked_within(c.r, 300), 1ull << 3); /* 4 and 5 are not acknowledged */
+    /* the loader issues them again: right this time */
+    p[1].height = p[1].width = 2;
+    p[2].label = 4;
+    send_to(c.r, c.id, c.idlen, hdr, moco_pipe_pairs_pack(hdr, p + 1, 2), views, 16);
+    assert_int_equal(pairs_until_none(s, &ev), 1ull << 4 | 1ull << 5);
+    uint8_t e[64];
+    send_to(c.r, c.id, c.idlen, e, moco_pipe_epoch_end(e, 0, 3, NULL, 0), NULL, 0);
+    for (int i = 0; i < 20 && ev.kind != STREAM_EPOCH_END; i++) assert_int_equal(stream_next(s, 100, &ev), 0);
+    assert_int_equal(ev.kind, STREAM_EPOCH_END);
+    assert_int_equal(ev.delivered, 3);
+    stream_get_stats(s, &ss);
+    assert_int_equal(ss.pairs, 3);
+    assert_int_equal(ss.duplicates, 0);
+    assert_int_equal(ss.rejected_shape, 1);
+    assert_int_equal(ss.rejected_label, 1);
+    moco_jw w;
+    moco_jw_begin(&w);
+    stream_stats_json(&w, &ss);
+    const char *j = moco_jw_end(&w);
+    print_message("  %s\n", j);
+    assert_non_null(strstr(j, "\"rejected_shape\":1,\"rejected_label\":1,"));
+    moco_jw_free(&w);
+    close_welcomed(&c);
+}
+
+/* Pairs of the next epoch are held until EPOCH_END, at most 256 MiB of
+ * them: 11 PAIR messages of 2 x 12 MiB views (epoch 1, while epoch 0
+ * runs): 10 held, the 11th dropped and counted (held_dropped 1). Before,
+ * 256 messages of any size were held (6 GiB). */
+static void test_held_bytes(void **st)
+{
+    (void)st;
+    welcomed c;
+    open_welcomed(&c, 5);
+    const size_t vb = (size_t)MOCO_VIEW_SIDE_MAX * MOCO_VIEW_SIDE_MAX * 3;
+    uint8_t *v = calloc(vb, 1);
+    assert_non_null(v);
+    stream_event ev;
+    assert_int_equal(stream_next(c.s, 50, &ev), 0); /* reads WELCOME */
+    stream_stats ss = {0};
+    for (int i = 0; i < 11; i++) {
+        moco_wire_pair p = {.epoch = 1, .index = (uint64_t)i % 10, .height = MOCO_VIEW_SIDE_MAX, .width = MOCO_VIEW_SIDE_MAX,
+                            .channels = 3};
+        uint8_t h[MOCO_WIRE_PAIR_SIZE];
+        moco_wire_pair_pack(h, &p);
+        zmq_send(c.r, c.id, c.idlen, ZMQ_SNDMORE);
+        zmq_send(c.r, h, sizeof h, ZMQ_SNDMORE);
+        zmq_send(c.r, v, vb, ZMQ_SNDMORE);
+        zmq_send(c.r, v, vb, 0);
+        for (int k = 0; k < 20 && ss.held + ss.held_dropped < (uint64_t)i + 1; k++) { /* one at a time: the socket's queue is short */
+            assert_int_equal(stream_next(c.s, 100, &ev), 0);
+            assert_int_equal(ev.kind, STREAM_NONE);
+            stream_get_stats(c.s, &ss);
+        }
+    }
+    print_message("  held %llu, held_dropped %llu\n", (unsigned long long)ss.held, (unsigned long long)ss.held_dropped);
+    assert_int_equal(ss.held, 10);
+    assert_int_equal(ss.held_dropped, 1);
+    free(v);
+    close_welcomed(&c);
+}
+
+/* Direct mode, a consumer of 28x28 views: a worker's frame larger than a
+ * PAIRS batch of such views (a PAIR of 1300x1300x3 views: 4.8 MiB frames)
+ * disconnects its sender before it is read (it is neither returned nor
+ * counted); a right pair from another worker is returned. Before, frames
+ * up to 28 MiB were taken from every connection (16 each queued). */
+static void test_direct_frame_limit(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new();
+    uint8_t id[256];
+    size_t idlen;
+    void *r = fake_loader(ctx, id, &idlen);
+    char pep[300];
+    snprintf(pep, sizeof pep, "%s-pairs", ep);
+    stream_cfg cfg = {.pairs_ep = pep, .ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 5, .size = 28};
+    trainer_stream *s;
+    assert_int_equal(stream_open(&cfg, &s), 0);
+    recv_hello(r, id, &idlen);
+    uint8_t w[32];
+    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 10, 0, 1000), NULL, 0);
+    stream_event ev;
+    assert_int_equal(stream_next(s, 50, &ev), 0); /* reads WELCOME */
+    void *big = zmq_socket(ctx, ZMQ_PUSH), *good = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 0;
+    zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(good, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(big, pep), 0);
+    assert_int_equal(zmq_connect(good, pep), 0);
+    const size_t side = 1300, vb = side * side * 3;
+    uint8_t *v = calloc(vb, 1);
+    assert_non_null(v);
+    moco_wire_pair p = {.epoch = 0, .index = 2, .height = side, .width = side, .channels = 3};
+    uint8_t h[MOCO_WIRE_PAIR_SIZE];
+    moco_wire_pair_pack(h, &p);
+    zmq_send(big, h, sizeof h, ZMQ_SNDMORE);
+    zmq_send(big, v, vb, ZMQ_SNDMORE);
+    zmq_send(big, v, vb, 0);
+    usleep(300 * 1000);
+    p = (moco_wire_pair){.epoch = 0, .index = 3, .height = 28, .width = 28, .channels = 3};
+    moco_wire_pair_pack(h, &p);
+    zmq_send(good, h, sizeof h, ZMQ_SNDMORE);
+    zmq_send(good, v, 28 * 28 * 3, ZMQ_SNDMORE);
+    zmq_send(good, v, 28 * 28 * 3, 0);
+    uint64_t got = pairs_until_none(s, &ev);
+    stream_stats ss;
+    stream_get_stats(s, &ss);
+    print_message("  pairs %llu (bitmap %llx), rejected_shape %llu, malformed %llu\n", (unsigned long long)ss.pairs,
+                  (unsigned long long)got, (unsigned long long)ss.rejected_shape, (unsigned long long)ss.malformed);
+    assert_int_equal(got, 1ull << 3);
+    assert_int_equal(ss.pairs, 1);
+    assert_int_equal(ss.rejected_shape, 0); /* never read: the frame limit, not the size check */
+    assert_int_equal(ss.malformed, 0);
+    free(v);
+    zmq_close(big);
+    zmq_close(good);
+    stream_destroy(&s);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused),
         cmocka_unit_test(test_resume_epoch_mismatch),
-                                       cmocka_unit_test(test_keepalive), cmocka_unit_test(test_keepalive_busy)};
+                                       cmocka_unit_test(test_keepalive), cmocka_unit_test(test_keepalive_busy),
+                                       cmocka_unit_test(test_wrong_size_dropped), cmocka_unit_test(test_held_bytes),
+                                       cmocka_unit_test(test_direct_frame_limit)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

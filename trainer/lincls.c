@@ -202,7 +202,8 @@ static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect,
     double loss_sum = 0;
     int64_t steps = 0;
     if (!x || !y) { rc = moco_err(MOCO_ENOMEM, "out of memory for a batch of %d", N); goto out; }
-    stream_cfg sc = {.pairs_ep = bind, .ctl_ep = connect, .resume_epoch = STREAM_NO_EPOCH, .count = count, .loader_timeout = 120};
+    stream_cfg sc = {.pairs_ep = bind, .ctl_ep = connect, .resume_epoch = STREAM_NO_EPOCH, .count = count, .loader_timeout = 120,
+                    .size = S, .classes = k->C}; /* other pairs are dropped and counted there */
     if ((rc = stream_open(&sc, &s))) goto out;
     for (;;) {
         stream_event ev;
@@ -210,7 +211,7 @@ static int streamed(resnet *m, cls *k, const lincls_cfg *c, const char *connect,
         if (!rc && ev.kind == STREAM_NONE) continue;
         if (rc) goto out;
         if (ev.kind == STREAM_PAIR) {
-            if (ev.pair.height != S || ev.pair.width != S) {
+            if (ev.pair.height != S || ev.pair.width != S) { /* never: the stream drops them (.size, .classes) */
                 rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
                               ev.pair.epoch, ev.pair.index, ev.pair.height, ev.pair.width, S, S);
                 goto out;

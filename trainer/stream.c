@@ -1,7 +1,10 @@
-/* stream.c: the consumer end of the pipeline (see stream.h). */
+/* stream.c: the consumer end of the pipeline (see stream.h): sockets bounded
+ * by what one connection may queue, pairs checked (epoch, index, the views'
+ * size) before they are returned and acknowledged. */
 #include "trainer/stream.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,6 +21,7 @@
 #define ACK_BATCH 256
 #define ACK_DELAY_S 0.02 /* acknowledgements wait here at most this long */
 #define HELD_MAX 256     /* pair messages of the next epoch kept until its EPOCH_END */
+#define HELD_BYTES_MAX ((size_t)256 << 20) /* and their bytes at most */
 
 /* A pair message being consumed: a PAIR (3 frames: header, q, k) or a
  * PAIRS batch (2 frames: headers, views); its next pair is mi of mn, at
@@ -28,6 +32,7 @@ typedef struct {
     uint32_t mi, mn;
     size_t moff;
     uint32_t epoch; /* held: the epoch whose turn it waits for */
+    size_t bytes;   /* held: its frames' bytes */
 } pmsg;
 
 struct trainer_stream {
@@ -51,6 +56,8 @@ struct trainer_stream {
     pmsg cur;
     pmsg held[HELD_MAX];     /* ring: pair messages of the next epoch */
     int hhead, nheld;
+    size_t heldbytes;
+    int size, classes;       /* the views' side and the labels ([0, classes)) the user takes, or 0 */
     zmq_msg_t ctlmsg;        /* the EPOCH_END last returned */
     int have_ctlmsg;
     int ended;
@@ -111,13 +118,21 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     if ((rc = moco_sec_new(s->zctx, cfg->keys, cfg->insecure, "moco consumer", NULL, &s->sec))) goto fail;
     if (!s->serve) s->pull = zmq_socket(s->zctx, ZMQ_PULL);
     s->ctl = zmq_socket(s->zctx, ZMQ_DEALER);
-    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 16, linger = 0, chwm = 10000, crhwm = s->serve ? 16 : 1000;
-    int64_t maxmsg = (int64_t)MOCO_PAIRS_FRAME_MAX; /* a PAIRS frame; an EPOCH_END of 2^20 failed indices is smaller */
+    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 2, linger = 0, chwm = 10000, crhwm = s->serve ? 16 : 1000;
+    /* a frame of PAIRS (a batch stops growing at MOCO_BATCH_BYTES: one pair
+     * more) or PAIR; an EPOCH_END of 2^20 failed indices is smaller. Given
+     * the views' size, the workers' frames are held to views of that size
+     * (larger ones disconnect their sender); the control socket keeps the
+     * general limit: in serve mode the loader forwards what workers sent */
+    int64_t ctlmax = (int64_t)MOCO_PAIRS_FRAME_MAX, maxmsg = ctlmax;
+    s->size = cfg->size > 0 && cfg->size <= MOCO_VIEW_SIDE_MAX ? cfg->size : 0;
+    s->classes = cfg->classes > 0 ? cfg->classes : 0;
+    if (s->size) maxmsg = (int64_t)(MOCO_BATCH_BYTES + 2 * (size_t)s->size * (size_t)s->size * 3 + 65536);
     if ((!s->serve && (!s->pull || zmq_setsockopt(s->pull, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
                        zmq_setsockopt(s->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
                        zmq_setsockopt(s->pull, ZMQ_LINGER, &linger, sizeof linger))) ||
         !s->ctl || zmq_setsockopt(s->ctl, ZMQ_SNDHWM, &chwm, sizeof chwm) || zmq_setsockopt(s->ctl, ZMQ_RCVHWM, &crhwm, sizeof crhwm) ||
-        zmq_setsockopt(s->ctl, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger)) {
+        zmq_setsockopt(s->ctl, ZMQ_MAXMSGSIZE, &ctlmax, sizeof ctlmax) || zmq_setsockopt(s->ctl, ZMQ_LINGER, &linger, sizeof linger)) {
         rc = moco_err(MOCO_EZMQ, "cannot create sockets: %s", zmq_strerror(errno));
         goto fail;
     }
@@ -291,6 +306,7 @@ static int take_message(trainer_stream *s, stream_event *ev)
 {
     if (s->nheld && s->held[s->hhead].epoch <= s->epoch) {
         s->cur = s->held[s->hhead];
+        s->heldbytes -= s->cur.bytes;
         s->hhead = (s->hhead + 1) % HELD_MAX;
         s->nheld--;
         return 1;
@@ -338,6 +354,23 @@ static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
     if (p->epoch < s->epoch) { s->st.stale++; return 0; } /* a late duplicate of a finished epoch */
     if (p->epoch == s->epoch + 1) return 2;              /* EPOCH_END of this epoch is on its way */
     if (p->epoch != s->epoch) { s->st.rejected_epoch++; return 0; }
+    if (s->size && (p->height != (uint32_t)s->size || p->width != (uint32_t)s->size)) {
+        /* not acknowledged: the loader issues the sample again */
+        if (!(s->st.rejected_shape & (s->st.rejected_shape + 1)))
+            fprintf(stderr, "moco consumer: dropped a pair (epoch %u, index %llu) of %ux%u views; %dx%d are taken "
+                            "(--size; %llu dropped so far)\n", p->epoch, (unsigned long long)p->index, p->height, p->width,
+                    s->size, s->size, (unsigned long long)s->st.rejected_shape + 1);
+        s->st.rejected_shape++;
+        return 0;
+    }
+    if (s->classes && (p->label < 0 || p->label >= s->classes)) {
+        if (!(s->st.rejected_label & (s->st.rejected_label + 1)))
+            fprintf(stderr, "moco consumer: dropped a pair (epoch %u, index %llu) of label %d; classes are [0, %d) "
+                            "(%llu dropped so far)\n", p->epoch, (unsigned long long)p->index, (int)p->label, s->classes,
+                    (unsigned long long)s->st.rejected_label + 1);
+        s->st.rejected_label++;
+        return 0;
+    }
     if (seen_get(s, p->index)) {
         s->st.duplicates++;
         ack(s, p->epoch, p->index); /* the loader may not have heard the first ack */
@@ -350,17 +383,22 @@ static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
 }
 
 /* The current message's next pair is of the next epoch: keep the message
- * (from that pair on) until EPOCH_END; beyond HELD_MAX, drop it (what is
- * never acknowledged is sent again). */
+ * (from that pair on) until EPOCH_END; beyond HELD_MAX messages or
+ * HELD_BYTES_MAX bytes, drop it (what is never acknowledged is sent
+ * again). */
 static void hold_current(trainer_stream *s)
 {
-    if (s->nheld == HELD_MAX) {
+    size_t bytes = 0;
+    for (int i = 0; i < s->cur.nf; i++) bytes += zmq_msg_size(&s->cur.f[i]);
+    if (s->nheld == HELD_MAX || s->heldbytes + bytes > HELD_BYTES_MAX) {
         s->st.held_dropped += s->cur.mn - s->cur.mi;
         drop_frames(s->cur.f, &s->cur.nf);
         return;
     }
     s->st.held += s->cur.mn - s->cur.mi;
     s->cur.epoch = s->epoch + 1;
+    s->cur.bytes = bytes;
+    s->heldbytes += bytes;
     s->held[(s->hhead + s->nheld++) % HELD_MAX] = s->cur;
     s->cur.nf = 0;
 }
@@ -468,6 +506,8 @@ void stream_stats_json(moco_jw *w, const stream_stats *st)
     moco_jw_u64(w, "malformed", st->malformed);
     moco_jw_u64(w, "rejected_epoch", st->rejected_epoch);
     moco_jw_u64(w, "rejected_index", st->rejected_index);
+    moco_jw_u64(w, "rejected_shape", st->rejected_shape);
+    moco_jw_u64(w, "rejected_label", st->rejected_label);
     moco_jw_u64(w, "held", st->held);
     moco_jw_u64(w, "held_dropped", st->held_dropped);
     moco_jw_u64(w, "auth_rejected", st->auth_rejected);

@@ -12,9 +12,12 @@
  *   returned, and no PAIR of epoch e+1 is returned before EPOCH_END(e);
  * - malformed frames are dropped and counted, never trusted; a pair is
  *   returned only if its epoch is the current one and its index is below
- *   the dataset's count; one of the next epoch is held (bounded) until
- *   EPOCH_END, any other is rejected and counted; nothing is allocated by a
- *   number a peer sent (the delivered bitmap has the dataset's size);
+ *   the dataset's count (and, given cfg.size and cfg.classes, its views are
+ *   SxS and its label in range; else it is not acknowledged); one of the
+ *   next epoch is held (bounded: HELD_MAX messages, HELD_BYTES_MAX bytes)
+ *   until EPOCH_END, any other is rejected and counted; nothing is
+ *   allocated by a number a peer sent (the delivered bitmap has the
+ *   dataset's size);
  * - two topologies: the workers push to a PULL bound here (pairs_ep), or,
  *   in serve mode (pairs_ep NULL), the loader forwards them on the one
  *   control socket (formats/README.md, "serve mode");
@@ -40,7 +43,12 @@ typedef struct {
     uint32_t resume_epoch;        /* STREAM_NO_EPOCH: let the loader choose */
     const uint8_t *resume_bitmap; /* delivered indices of resume_epoch, or NULL */
     uint64_t count;               /* dataset size if known (bitmap bits), else 0 */
-    int rcvhwm;                   /* pairs queued here at most (0: 16) */
+    int rcvhwm;                   /* pair messages queued here at most, per connection (0: 2) */
+    int size;                     /* the views' side S the user takes (0: any): pairs of other sizes are dropped and
+                                   * counted (rejected_shape), not acknowledged; frames are limited to a PAIRS batch
+                                   * of such views */
+    int classes;                  /* labels the user takes: [0, classes) (0: any); pairs of other labels are dropped
+                                   * and counted (rejected_label), not acknowledged */
     double loader_timeout;        /* seconds of loader silence that are an error (0: 60) */
     int rank, ranks;              /* serve mode, one of several consumers (moco loader --consumers R): this rank of R
                                    * (0 of 0 or 1: the only one); it gets its shard, EPOCH_END when its shard is done */
@@ -65,9 +73,11 @@ typedef struct {
     uint64_t pairs, duplicates, stale, malformed, acks_sent;
     /* rejected and counted: a pair of an epoch neither current nor next, an
      * index >= the dataset's count; held: pairs of the next epoch kept until
-     * EPOCH_END; held_dropped: more of them than HELD_MAX messages (the
-     * loader sends what is never acknowledged again) */
-    uint64_t rejected_epoch, rejected_index, held, held_dropped, auth_rejected;
+     * EPOCH_END; held_dropped: more of them than HELD_MAX messages or
+     * HELD_BYTES_MAX bytes (the loader sends what is never acknowledged
+     * again); rejected_shape: views not SxS (cfg.size), rejected_label: a label
+     * outside [0, cfg.classes); neither acknowledged */
+    uint64_t rejected_epoch, rejected_index, held, held_dropped, auth_rejected, rejected_shape, rejected_label;
     uint64_t count;  /* the dataset's size (given or from the loader's WELCOME) */
     double waited_s; /* time spent inside stream_next waiting for data */
 } stream_stats;
@@ -99,8 +109,8 @@ void stream_keepalive(trainer_stream *s);
 
 /* The counters as the object "stream" of a JSON line, the same keys in
  * `moco train`'s epoch records, `moco sink`'s last line and PairStream.stats:
- * duplicates, stale, malformed, rejected_epoch, rejected_index, held,
- * held_dropped, auth_rejected. */
+ * duplicates, stale, malformed, rejected_epoch, rejected_index,
+ * rejected_shape, rejected_label, held, held_dropped, auth_rejected. */
 void stream_stats_json(moco_jw *w, const stream_stats *st);
 
 /* Send outstanding acknowledgements, close, free; *s = NULL. */

@@ -652,7 +652,7 @@ int train_run(const train_cfg *cin)
     }
     stream_cfg sc = {.pairs_ep = c->bind, .ctl_ep = c->connect, .keys = c->keys, .insecure = c->insecure, .resume_epoch = resume_epoch,
                      .resume_bitmap = has_bits ? delivered : NULL, .count = c->count, .loader_timeout = c->loader_timeout,
-                     .rank = rank, .ranks = ranks};
+                     .rank = rank, .ranks = ranks, .size = S};
     if ((rc = stream_open(&sc, &s))) goto out;
 
     int64_t steps_per_epoch = c->count ? (int64_t)(c->count / ((uint64_t)N * (uint64_t)ranks)) : 0, step_in_epoch = 0;
@@ -784,7 +784,7 @@ int train_run(const train_cfg *cin)
         }
         if (draining) { pairs_epoch++; continue; } /* ranks: another's shard ended; the rest of this one is dropped */
         /* a pair */
-        if (ev.pair.height != S || ev.pair.width != S) {
+        if (ev.pair.height != S || ev.pair.width != S) { /* never: the stream drops them (.size) */
             rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
                           ev.pair.epoch, ev.pair.index, ev.pair.height, ev.pair.width, S, S);
             goto out;
