@@ -319,6 +319,18 @@ timeout 60 $M run db $RUN --epochs 2 --start-epoch 1 --run-dir se >/dev/null 2>s
   && [ -e se/checkpoint_epoch_0002.safetensors ] || fail "7l: --start-epoch 1 of 2: $(grep '"type":"epoch"' se/metrics.jsonl | cut -c1-60) $(ls se)"
 echo "7l: moco run --start-epoch 1 --epochs 2: one epoch, recorded as epoch 1, checkpoint_epoch_0002"
 
+# 7m. workers that make another --size than the trainer's: their pairs are dropped (a stray
+#     peer's would be, unacknowledged), and when nothing else comes the trainer stops, saying why
+#     (a run that dropped them for ever would loop on the loader's re-issues)
+rm -rf s wsz && mkdir -p s
+$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 1 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 32 --seed 1 --quiet & WP=$!
+timeout 60 $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out wsz --epochs 1 --size 28 --count 512 $MODEL >/dev/null 2>wsz.err; rc=$?
+helpers
+[ $rc -eq 1 ] && grep -q "256 pairs of 32x32 views and 0 of the right size: the workers make another --size than this consumer's 28" wsz.err \
+  || fail "7m: workers at --size 32, trainer at 28: exit $rc (124: looped): $(tail -3 wsz.err)"
+echo "7m: workers at --size 32 for a trainer at 28: exit 1 after 256 pairs dropped, saying why"
+
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):
 #     the workers get --recipe v2 for moco-v2 (or --aug-plus), cifar for cifar

@@ -6,7 +6,7 @@
 #     losses, floor(count / 32) steps per epoch (the last partial batch is
 #     dropped), every epoch record has the consumer's counters as `moco
 #     train` writes them ("stream": duplicates, stale, malformed,
-#     rejected_epoch, rejected_index, held, held_dropped, auth_rejected,
+#     rejected_epoch, rejected_index, held, held_dropped, auth_rejected, rejected_shape, rejected_label,
 #     integers; none malformed), the checkpoint loads into the script's MoCo
 #     model and holds the stream state, and `moco run` exits 0;
 #  2. a run stopped at step 12 and resumed from its checkpoint (a new
@@ -101,7 +101,8 @@ assert [r["pairs"] for r in ep] == [spe * B] * 2 and [r["dropped"] for r in ep] 
 assert len(st) == spe and all(r["step"] % 2 == 0 for r in st), "step records every 2 steps: %s" % [r["step"] for r in st]
 assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in ep + st), "losses %s" % [r["loss"] for r in ep + st]
 assert ep[1]["lr"] < ep[0]["lr"] == 0.03, "cosine lr %s" % [r["lr"] for r in ep]
-keys = {"duplicates", "stale", "malformed", "rejected_epoch", "rejected_index", "held", "held_dropped", "auth_rejected"}
+keys = {"duplicates", "stale", "malformed", "rejected_epoch", "rejected_index", "held", "held_dropped", "auth_rejected",
+        "rejected_shape", "rejected_label"}
 for r in ep:  # the same "stream" object as `moco train`'s epoch records (formats/README.md, metrics.jsonl)
     so = r.get("stream")
     assert isinstance(so, dict) and set(so) == keys, "epoch %d: \"stream\" %r, want the keys %s" % (r["epoch"], so, sorted(keys))

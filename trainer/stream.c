@@ -346,6 +346,10 @@ static void peek_pair(const trainer_stream *s, moco_wire_pair *p, const uint8_t 
     *k = d + moco_wire_pair_view_bytes(p);
 }
 
+/* Dropped for their size or label, this many and ten times those taken:
+ * a misconfiguration (stream_next fails), not a stray peer. */
+#define MISFIT_MAX 256
+
 /* Decide about pair p: 1 return it, 0 dropped, 2 it belongs to the next
  * epoch (hold it until EPOCH_END). */
 static int accept_pair(trainer_stream *s, const moco_wire_pair *p)
@@ -455,6 +459,21 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             }
             s->cur.mi++;
             s->cur.moff += 2 * moco_wire_pair_view_bytes(&p);
+            /* nothing but pairs of another size or of labels out of range: the workers' --size (or
+             * the dataset) is not this consumer's, not a stray peer; dropping them for ever would
+             * loop on re-issues, so it is an error, said once */
+            uint64_t bad = s->st.rejected_shape + s->st.rejected_label;
+            if (!r && bad >= MISFIT_MAX && bad > 10 * s->st.pairs) {
+                rc = s->st.rejected_shape ? moco_err(MOCO_EINVAL, "%llu pairs of %ux%u views and %llu of the right size: the "
+                                                     "workers make another --size than this consumer's %d (give both the same)",
+                                                     (unsigned long long)s->st.rejected_shape, p.height, p.width,
+                                                     (unsigned long long)s->st.pairs, s->size)
+                                          : moco_err(MOCO_EINVAL, "%llu pairs of labels outside [0, %d) and %llu within: the "
+                                                     "dataset's labels are not this consumer's classes",
+                                                     (unsigned long long)s->st.rejected_label, s->classes,
+                                                     (unsigned long long)s->st.pairs);
+                break;
+            }
             if (r == 1) {
                 ev->kind = STREAM_PAIR;
                 ev->pair = p;

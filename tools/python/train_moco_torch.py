@@ -785,8 +785,10 @@ def train(a):
 
 # the keys of the "stream" object of an epoch record: those of `moco train`'s
 # (trainer/stream.h, stream_stats_json; formats/README.md, metrics.jsonl)
+# the keys of moco train's "stream" object (formats/README.md); rejected_shape and rejected_label
+# stay 0 here: PairStream takes whatever size comes, and torch refuses a batch of another size
 STREAM_KEYS = ("duplicates", "stale", "malformed", "rejected_epoch", "rejected_index", "held", "held_dropped",
-               "auth_rejected")
+               "auth_rejected", "rejected_shape", "rejected_label")
 
 
 def stream_counters(stream):
