@@ -543,24 +543,40 @@ fail:
     return rc;
 }
 
-enum { EP_LOCAL, EP_TCP, EP_OTHER };
+enum { EP_LOCAL, EP_TCP, EP_ABSTRACT, EP_OTHER };
 
 static int ep_kind(const char *ep)
 {
+    if (!strncmp(ep, "ipc://@", 7)) return EP_ABSTRACT; /* Linux abstract namespace: no file, no permissions */
     if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9)) return EP_LOCAL;
     return strncmp(ep, "tcp://", 6) ? EP_OTHER : EP_TCP;
+}
+
+int moco_sec_check_endpoint(const moco_sec *s, const char *ep)
+{
+    if (!ep) return moco_err(MOCO_EINVAL, "no endpoint");
+    switch (ep_kind(ep)) {
+    case EP_LOCAL: return 0;
+    case EP_OTHER: return moco_err(MOCO_EINVAL, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", ep);
+    case EP_ABSTRACT:
+        if (s && s->insecure) return 0;
+        return moco_err(MOCO_EINVAL,
+                        "%s is an abstract ipc socket, which any local user can connect to: give an ipc:// path in a "
+                        "private directory or, to let anyone on this host in, --insecure",
+                        ep);
+    default:
+        if (s && (s->keyed || s->insecure)) return 0;
+        return moco_err(MOCO_EINVAL, "%s needs --keys DIR (see moco keygen) or --insecure", ep);
+    }
 }
 
 /* The checks bind and connect share; 1 = go on with CURVE, 0 = nothing to do. */
 static int precheck(moco_sec *s, void *sock, const char *ep, const char *role)
 {
     if (!sock || !ep) return moco_err(MOCO_EINVAL, "moco_sec_%s: no socket or endpoint", role);
-    int k = ep_kind(ep);
-    if (k == EP_LOCAL) return 0;
-    if (k == EP_OTHER) return moco_err(MOCO_EINVAL, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", ep);
-    if (s && s->keyed) return 1;
-    if (!s || !s->insecure) return moco_err(MOCO_EINVAL, "%s needs --keys DIR (see moco keygen) or --insecure", ep);
-    return 0;
+    int rc = moco_sec_check_endpoint(s, ep);
+    if (rc) return rc;
+    return ep_kind(ep) == EP_TCP && s && s->keyed;
 }
 
 static int setopt(void *sock, int opt, const void *v, size_t n, const char *name, const char *ep)

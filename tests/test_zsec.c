@@ -14,6 +14,7 @@
 
 #include "formats/errors.h"
 #include "formats/json.h"
+#include "formats/endpoints.h"
 #include "formats/zsec.h"
 
 static char base[1024];  /* scratch directory of this run */
@@ -686,6 +687,85 @@ static void test_tcp_needs_keys(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* Issue: moco_bind_endpoints bound every non-tcp endpoint in the clear, so
+ * ws://127.0.0.1:P (libzmq 4.3.4 binds it) served anyone even with --keys;
+ * and ipc://@NAME (abstract: no file, no permissions) passed as protected by
+ * the file system. Now both are refused, before anything is bound, with a
+ * message naming the endpoint; ipc://@ only with --insecure. */
+static void test_endpoint_transports(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new(), *sock;
+    moco_sec *k = NULL, *ins = NULL, *none = NULL;
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &k), 0);
+    assert_int_equal(moco_sec_new(ctx, NULL, 1, "t", NULL, &ins), 0);
+    assert_int_equal(moco_sec_new(ctx, NULL, 0, "t", NULL, &none), 0);
+    char ipc[1200], ws[64], list[1300], last[256], abs_ep[64];
+    size_t n;
+    snprintf(ipc, sizeof ipc, "ipc://%s/ep-%u", base, next_rand());
+    snprintf(ws, sizeof ws, "ws://127.0.0.1:%u", 20000 + next_rand() % 40000);
+    snprintf(abs_ep, sizeof abs_ep, "ipc://@moco-test-%u", next_rand());
+    const char *refused[] = {ws, "TCP://127.0.0.1:5555", "udp://127.0.0.1:5555", "pgm://eth0;239.1.1.1:5555", "vmci://1:5555"};
+    moco_sec *secs[] = {k, ins, none, NULL};
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 4; j++) {
+            char want[200];
+            snprintf(want, sizeof want, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", refused[i]);
+            /* alone, or after an ipc endpoint that is fine: nothing is bound */
+            for (int alone = 0; alone < 2; alone++) {
+                assert_non_null(sock = zmq_socket(ctx, ZMQ_ROUTER));
+                snprintf(list, sizeof list, "%s%s%s", alone ? "" : ipc, alone ? "" : ",", refused[i]);
+                assert_int_equal(moco_bind_endpoints(secs[j], sock, list), MOCO_EINVAL);
+                if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", list, moco_errmsg(), want);
+                n = sizeof last;
+                assert_int_equal(zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &n), 0);
+                if (n > 1) fail_msg("%s: refused, yet %s is bound", list, last);
+                zmq_close(sock);
+            }
+            assert_int_equal(moco_sec_check_endpoint(secs[j], refused[i]), MOCO_EINVAL);
+            assert_string_equal(moco_errmsg(), want);
+            assert_non_null(sock = zmq_socket(ctx, ZMQ_DEALER));
+            assert_int_equal(moco_sec_connect(secs[j], sock, refused[i]), MOCO_EINVAL);
+            assert_string_equal(moco_errmsg(), want);
+            zmq_close(sock);
+        }
+    /* ipc://@NAME: refused without --insecure (keys or not), on bind and connect */
+    char want[300];
+    snprintf(want, sizeof want,
+             "%s is an abstract ipc socket, which any local user can connect to: give an ipc:// path in a private "
+             "directory or, to let anyone on this host in, --insecure",
+             abs_ep);
+    for (int j = 0; j < 4; j++) {
+        int ok = secs[j] == ins;
+        assert_non_null(sock = zmq_socket(ctx, ZMQ_ROUTER));
+        snprintf(list, sizeof list, "%s,%s", ipc, abs_ep);
+        assert_int_equal(moco_bind_endpoints(secs[j], sock, list), ok ? 0 : MOCO_EINVAL);
+        n = sizeof last;
+        assert_int_equal(zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &n), 0);
+        if (ok) assert_string_equal(last, abs_ep);
+        else {
+            if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", list, moco_errmsg(), want);
+            if (n > 1) fail_msg("%s: refused, yet %s is bound", list, last);
+        }
+        zmq_close(sock);
+        assert_non_null(sock = zmq_socket(ctx, ZMQ_DEALER));
+        assert_int_equal(moco_sec_connect(secs[j], sock, abs_ep), ok ? 0 : MOCO_EINVAL);
+        if (!ok) assert_string_equal(moco_errmsg(), want);
+        assert_int_equal(moco_sec_bind(secs[j], sock, abs_ep), ok ? 0 : MOCO_EINVAL);
+        zmq_close(sock);
+    }
+    /* what stays allowed */
+    assert_int_equal(moco_sec_check_endpoint(NULL, ipc), 0);
+    assert_int_equal(moco_sec_check_endpoint(NULL, "inproc://x"), 0);
+    assert_int_equal(moco_sec_check_endpoint(NULL, "tcp://127.0.0.1:5555"), MOCO_EINVAL);
+    assert_int_equal(moco_sec_check_endpoint(k, "tcp://127.0.0.1:5555"), 0);
+    assert_int_equal(moco_sec_check_endpoint(ins, "tcp://127.0.0.1:5555"), 0);
+    moco_sec_destroy(&k);
+    moco_sec_destroy(&ins);
+    moco_sec_destroy(&none);
+    zmq_ctx_term(ctx);
+}
+
 /* ---- 5. a second client's certificate in allowed/ admits it ---- */
 
 static void test_added_client_admitted(void **st)
@@ -750,6 +830,7 @@ int main(void)
         cmocka_unit_test(test_wrong_server_key_rejected),
         cmocka_unit_test(test_retrying_client_rejected),
         cmocka_unit_test(test_tcp_needs_keys),
+        cmocka_unit_test(test_endpoint_transports),
         cmocka_unit_test(test_added_client_admitted),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
