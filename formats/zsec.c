@@ -31,6 +31,8 @@
 #define MON_MAX 1024             /* monitored sockets alive at once */
 #define ZAP_FRAMES_MAX 16
 #define ZAP_FRAME_MAX 1024
+#define LOG_BURST 20 /* event lines written before the limit, */
+#define LOG_EVERY 10 /* then at most one per LOG_EVERY s (a flood of connections wrote MBs) */
 #define FAIL_EVENTS (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | \
                      ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -53,13 +55,16 @@ struct moco_sec {
     pthread_mutex_t mu;
     unsigned nmon;      /* monitors started, for unique names */
     char ctl_ep[64];
-    _Atomic uint64_t rejected, refused;
+    _Atomic uint64_t rejected, refused, dropped;
     /* handler thread only */
     void *mons[MON_MAX];
     unsigned char mon_client[MON_MAX]; /* 1: the monitor of a connecting socket */
     int nmons;
     time_t warn_at;
     unsigned warn_burst, warn_dropped;
+    time_t log_at;        /* when the last event line was written */
+    unsigned log_lines;   /* event lines written */
+    uint64_t log_skipped; /* event lines left out since then */
 };
 
 /* ---- helpers ---- */
@@ -75,27 +80,56 @@ static const char *printable(const char *s, size_t n, char *out, size_t cap)
     return out;
 }
 
-/* An auth_rejected line of the log (formats/jsonw): log_begin, the fields, log_end. */
-static void log_begin(const moco_sec *s, moco_jw *w)
+/* Whether the next event line may be written: the first LOG_BURST, then at
+ * most one per LOG_EVERY s (like warn(): a stranger retries every 100 ms, a
+ * port scan connects as fast as it can); the others are counted, for the
+ * next line's "suppressed". */
+static int log_ok(moco_sec *s)
+{
+    if (!s->log) return 0;
+    if (s->log_lines >= LOG_BURST && time(NULL) - s->log_at < LOG_EVERY) {
+        s->log_skipped++;
+        return 0;
+    }
+    return 1;
+}
+
+/* An event line of the log (formats/jsonw): log_ok, log_begin, the fields,
+ * log_end. event: auth_rejected, handshake_dropped or auth_summary. */
+static void log_begin(const moco_sec *s, moco_jw *w, const char *event)
 {
     moco_jw_begin(w);
-    moco_jw_str(w, "event", "auth_rejected");
+    moco_jw_str(w, "event", event);
     moco_jw_str(w, "who", s->who);
     moco_jw_i64(w, "t", (int64_t)time(NULL));
 }
 
-static void log_end(const moco_sec *s, moco_jw *w)
+static void log_end(moco_sec *s, moco_jw *w)
 {
-    if (s->log) moco_jw_line(w, s->log); /* one write and a flush per line */
-    else moco_jw_free(w);
+    if (s->log_skipped) moco_jw_u64(w, "suppressed", s->log_skipped); /* lines left out before this one */
+    moco_jw_line(w, s->log); /* one write and a flush per line */
+    s->log_lines++, s->log_at = time(NULL), s->log_skipped = 0;
+}
+
+/* Lines left out and LOG_EVERY s since the last one written: one line with
+ * their count and the totals (the handler thread's poll wakes up for it). */
+static void log_summary(moco_sec *s)
+{
+    if (!s->log_skipped || time(NULL) - s->log_at < LOG_EVERY) return;
+    moco_jw w;
+    log_begin(s, &w, "auth_summary");
+    moco_jw_u64(&w, "rejected", atomic_load(&s->rejected));
+    moco_jw_u64(&w, "dropped", atomic_load(&s->dropped));
+    log_end(s, &w);
 }
 
 /* A ZAP request refused: the peer's address (its bytes, escaped), the reason,
  * the client's key (NULL: none). */
-static void log_auth(const moco_sec *s, const char *peer, size_t peer_len, const char *reason, const char *key)
+static void log_auth(moco_sec *s, const char *peer, size_t peer_len, const char *reason, const char *key)
 {
+    if (!log_ok(s)) return;
     moco_jw w;
-    log_begin(s, &w);
+    log_begin(s, &w, "auth_rejected");
     moco_jw_strn(&w, "peer", peer, peer_len);
     moco_jw_str(&w, "kind", "auth");
     moco_jw_str(&w, "reason", reason);
@@ -393,25 +427,41 @@ static int handle_mon(moco_sec *s, void *mon, int client)
         return 0;
     }
     if (!(ev & FAIL_EVENTS)) return 0;
+    moco_jw w;
+    char code[16], why[160];
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && (val == EPIPE || val == ECONNRESET || val == EAGAIN)) {
+        /* the peer hung up (or never spoke) before the handshake said anything: a
+         * port scan, a health check, a client that saw a mismatch first. Nothing
+         * was refused: counted apart, no stderr warning, rate-limited lines. */
+        uint64_t dropped = atomic_fetch_add(&s->dropped, 1) + 1;
+        if (!log_ok(s)) return 0;
+        snprintf(why, sizeof why, "closed before the handshake: %s", strerror((int)val));
+        log_begin(s, &w, "handshake_dropped");
+        moco_jw_strn(&w, "endpoint", ep, (size_t)en);
+        moco_jw_u64(&w, "errno", val);
+        moco_jw_str(&w, "reason", why);
+        moco_jw_u64(&w, "dropped", dropped);
+        log_end(s, &w);
+        return 0;
+    }
     uint64_t total = atomic_fetch_add(&s->rejected, 1) + 1;
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return 0; /* the ZAP handler logged it, with the peer and key */
     printable(ep, (size_t)en, pep, sizeof pep);
-    moco_jw w;
-    char code[16], why[160];
-    log_begin(s, &w);
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) warn(s, "rejected a connection to %s: %s", pep, protocol_detail(val));
+    else warn(s, "handshake failed on %s: %s", pep, strerror((int)val));
+    if (!log_ok(s)) return 0;
+    log_begin(s, &w, "auth_rejected");
     moco_jw_strn(&w, "endpoint", ep, (size_t)en);
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
         snprintf(code, sizeof code, "0x%08x", val);
         moco_jw_str(&w, "kind", "protocol");
         moco_jw_str(&w, "code", code);
         moco_jw_str(&w, "reason", protocol_detail(val));
-        warn(s, "rejected a connection to %s: %s", pep, protocol_detail(val));
     } else {
         snprintf(why, sizeof why, "handshake failed: %s", strerror((int)val));
         moco_jw_str(&w, "kind", "no_detail");
         moco_jw_u64(&w, "errno", val);
         moco_jw_str(&w, "reason", why);
-        warn(s, "handshake failed on %s: %s", pep, strerror((int)val));
     }
     moco_jw_u64(&w, "rejected", total);
     log_end(s, &w);
@@ -456,10 +506,18 @@ static void *sec_thread(void *arg)
         items[1] = (zmq_pollitem_t){zap, 0, ZMQ_POLLIN, 0};
         for (int i = 0; i < s->nmons; i++) items[2 + i] = (zmq_pollitem_t){s->mons[i], 0, ZMQ_POLLIN, 0};
         int nmons = s->nmons;
-        if (zmq_poll(items, 2 + nmons, -1) < 0) {
+        long wait_ms = -1; /* lines left out: wake up for their summary line */
+        if (s->log_skipped) {
+            long left = (long)(s->log_at + LOG_EVERY - time(NULL));
+            wait_ms = left > 0 ? left * 1000 : 0;
+        }
+        int np = zmq_poll(items, 2 + nmons, wait_ms);
+        if (np < 0) {
             if (zmq_errno() == EINTR) continue;
             break; /* ETERM: the context is ending */
         }
+        log_summary(s);
+        if (!np) continue;
         if (items[1].revents & ZMQ_POLLIN) handle_zap(s, zap);
         for (int i = nmons - 1; i >= 0; i--) /* backwards: a stopped monitor is removed in place */
             if ((items[2 + i].revents & ZMQ_POLLIN) && handle_mon(s, s->mons[i], s->mon_client[i])) {
@@ -502,6 +560,7 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
     pthread_mutex_init(&s->mu, NULL);
     atomic_init(&s->rejected, 0);
     atomic_init(&s->refused, 0);
+    atomic_init(&s->dropped, 0);
     if (!keys_dir) {
         *out = s;
         return 0;
@@ -639,6 +698,11 @@ int moco_sec_check_refused(const moco_sec *s, const char *endpoint)
 uint64_t moco_sec_rejected(const moco_sec *s)
 {
     return s ? atomic_load(&((moco_sec *)s)->rejected) : 0;
+}
+
+uint64_t moco_sec_dropped(const moco_sec *s)
+{
+    return s ? atomic_load(&((moco_sec *)s)->dropped) : 0;
 }
 
 void moco_sec_destroy(moco_sec **sp)

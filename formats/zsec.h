@@ -28,7 +28,10 @@ typedef struct moco_sec moco_sec;
  * ("chmod 600 FILE"); then starts the ZAP handler thread and returns only once it is bound
  * (a CURVE server without a ZAP handler would accept anyone).
  * who: a name for messages, e.g. "moco loader". log: a FILE* for JSON-line events, or NULL
- * (written from the handler thread, one fprintf + fflush per line). */
+ * (written from the handler thread, one fprintf + fflush per line): "auth_rejected" and
+ * "handshake_dropped" lines, the first 20, then at most one per 10 s (with "suppressed": the
+ * lines left out before it), and 10 s after a line when some were left out since, one
+ * "auth_summary" line (suppressed, rejected, dropped). */
 int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who, FILE *log, moco_sec **out);
 
 /* Call before zmq_bind(sock, endpoint), in the thread that owns sock. tcp:// without keys
@@ -52,8 +55,14 @@ int moco_sec_check_endpoint(const moco_sec *s, const char *endpoint);
  * and a socket monitor that counts the server's refusals of our key (moco_sec_refused). */
 int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint);
 
-/* Handshakes rejected so far on this context's bound sockets (thread-safe read). */
+/* Handshakes rejected so far on this context's bound sockets (thread-safe
+ * read): no CURVE, a wrong server key, a key not allowed, a protocol error. */
 uint64_t moco_sec_rejected(const moco_sec *s);
+/* Connections to those sockets that ended before the handshake said anything
+ * (libzmq's HANDSHAKE_FAILED_NO_DETAIL with EPIPE, ECONNRESET or EAGAIN: a
+ * port scan, a health check, a client that hung up): not rejections, counted
+ * here (thread-safe read). */
+uint64_t moco_sec_dropped(const moco_sec *s);
 /* Handshakes in which a server refused this context's key (its ZAP handler
  * said no: the key is not in its allow list), on sockets moco_sec_connect
  * prepared (thread-safe read). */

@@ -7,7 +7,10 @@
  * range (retried on EADDRINUSE); scratch under $MOCO_TEST_TMP or /tmp. */
 #include "tests/testutil.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
@@ -151,14 +154,23 @@ static int send_for(server *sv, void *cl, int ms)
     return got + server_drain(sv, 100, NULL, 0, NULL);
 }
 
-/* Wait up to 3 s for the server's rejection count to reach want, then 300 ms
- * more (so that an extra count would show); returns the count. */
-static uint64_t rejected_settle(server *sv, uint64_t want)
+/* The server's rejections, plus its dropped handshakes when dropped is set. */
+static uint64_t failed_count(server *sv, int dropped)
 {
-    for (double end = now_ms() + 3000; moco_sec_rejected(sv->sec) < want && now_ms() < end;) server_drain(sv, 20, NULL, 0, NULL);
-    server_drain(sv, 300, NULL, 0, NULL);
-    return moco_sec_rejected(sv->sec);
+    return moco_sec_rejected(sv->sec) + (dropped ? moco_sec_dropped(sv->sec) : 0);
 }
+
+/* Wait up to 3 s for the server's rejection count (plus dropped handshakes
+ * when dropped is set) to reach want, then 300 ms more (so that an extra
+ * count would show); returns the count. */
+static uint64_t failed_settle(server *sv, uint64_t want, int dropped)
+{
+    for (double end = now_ms() + 3000; failed_count(sv, dropped) < want && now_ms() < end;) server_drain(sv, 20, NULL, 0, NULL);
+    server_drain(sv, 300, NULL, 0, NULL);
+    return failed_count(sv, dropped);
+}
+
+static uint64_t rejected_settle(server *sv, uint64_t want) { return failed_settle(sv, want, 0); }
 
 static char *slurp(const char *path)
 {
@@ -456,8 +468,9 @@ static void test_zap_handler(void **st)
     zmq_ctx_term(ctx);
 }
 
-/* Every line of a log: one JSON object whose "event" is auth_rejected and
- * whose "who" decodes to who. Returns the number of lines. */
+/* Every line of a log: one JSON object whose "event" is auth_rejected,
+ * handshake_dropped or auth_summary and whose "who" decodes to who. Returns
+ * the number of lines. */
 static int log_lines_parse(const char *log, const char *who)
 {
     int n = 0;
@@ -470,7 +483,8 @@ static int log_lines_parse(const char *log, const char *who)
         if (moco_json_parse(p, (size_t)(e - p), "log line", t, 64, &nt)) fail_msg("%s: %.*s", moco_errmsg(), (int)(e - p), p);
         assert_int_equal(t[0].type, MOCO_JSON_OBJ);
         int k = moco_json_get(p, t, 0, "event");
-        assert_true(k > 0 && moco_json_streq(p, &t[k], "auth_rejected"));
+        assert_true(k > 0 && (moco_json_streq(p, &t[k], "auth_rejected") || moco_json_streq(p, &t[k], "handshake_dropped") ||
+                              moco_json_streq(p, &t[k], "auth_summary")));
         k = moco_json_get(p, t, 0, "who");
         assert_true(k > 0 && moco_json_str(p, &t[k], v, sizeof v) == 0);
         assert_string_equal(v, who);
@@ -599,7 +613,9 @@ static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
     }
     assert_int_equal(zmq_connect(cl, sv.ep), 0);
     assert_int_equal(send_for(&sv, cl, 500), 0); /* nothing gets through */
-    uint64_t n = rejected_settle(&sv, want_exact ? want_exact : 1);
+    /* a plain client that saw the mismatch first and hung up before the
+     * server read its greeting is, at the server, a dropped handshake */
+    uint64_t n = failed_settle(&sv, want_exact ? want_exact : 1, kind == PLAIN);
     if (want_exact) assert_int_equal(n, want_exact);
     else {
         assert_true(n >= 1);
@@ -609,12 +625,14 @@ static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
     zmq_ctx_term(cctx);
     server_stop(&sv);
     char *log = slurp(sv.log);
-    assert_non_null(strstr(log, "\"event\":\"auth_rejected\""));
+    assert_true(strstr(log, "\"event\":\"auth_rejected\"") || (kind == PLAIN && strstr(log, "\"event\":\"handshake_dropped\"")));
     assert_non_null(strstr(log, "\"who\":\"test server\""));
     assert_true(log_lines_parse(log, "test server") >= 1); /* the monitor's lines and the ZAP handler's */
     /* a plain client: the server sees the mechanism mismatch, or (when the
      * client saw it first and hung up) a write to a closed connection */
-    if (kind == PLAIN) assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\""));
+    if (kind == PLAIN)
+        assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\"") ||
+                    strstr(log, "\"event\":\"handshake_dropped\""));
     if (kind == WRONG_SERVER_KEY) assert_non_null(strstr(log, "cryptographic"));
     if (kind == UNKNOWN_KEY) {
         char want[100];
@@ -640,6 +658,49 @@ static void test_retrying_client_rejected(void **st)
     (void)st;
     bad_client(UNKNOWN_KEY, 0, 0);
     bad_client(PLAIN, 0, 0);
+}
+
+/* Issue: every connection that closed before its greeting (a port scan, a
+ * health check) was counted as a rejected handshake and wrote a JSON line;
+ * a flood wrote MBs to the loader's log. Now 200 bare connect+close count
+ * 200 dropped handshakes and no rejection, and write 20 lines, then (10 s
+ * later) one summary line with the 180 left out. */
+static void test_handshake_flood(void **st)
+{
+    (void)st;
+    server sv;
+    server_start(&sv, keys);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(sv.ep, ':') + 1))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < 200; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(fd >= 0);
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        close(fd);
+    }
+    assert_int_equal(failed_settle(&sv, 200, 1), 200);
+    assert_int_equal(moco_sec_rejected(sv.sec), 0);
+    assert_int_equal(moco_sec_dropped(sv.sec), 200);
+    char *log = slurp(sv.log);
+    assert_int_equal(log_lines_parse(log, "test server"), 20);
+    assert_null(strstr(log, "auth_rejected"));
+    assert_non_null(strstr(log, "\"event\":\"handshake_dropped\""));
+    assert_non_null(strstr(log, "\"dropped\":20}"));
+    free(log);
+    int lines = 20;
+    for (double end = now_ms() + 12000; lines == 20 && now_ms() < end;) {
+        usleep(200000);
+        log = slurp(sv.log);
+        lines = log_lines_parse(log, "test server");
+        free(log);
+    }
+    server_stop(&sv);
+    log = slurp(sv.log);
+    assert_int_equal(log_lines_parse(log, "test server"), 21);
+    const char *last = strstr(log, "{\"event\":\"auth_summary\"");
+    assert_non_null(last);
+    assert_non_null(strstr(last, "\"rejected\":0,\"dropped\":200,\"suppressed\":180}\n"));
+    free(log);
 }
 
 /* ---- 4. tcp without keys ---- */
@@ -829,6 +890,7 @@ int main(void)
         cmocka_unit_test(test_unknown_key_rejected),
         cmocka_unit_test(test_wrong_server_key_rejected),
         cmocka_unit_test(test_retrying_client_rejected),
+        cmocka_unit_test(test_handshake_flood),
         cmocka_unit_test(test_tcp_needs_keys),
         cmocka_unit_test(test_endpoint_transports),
         cmocka_unit_test(test_added_client_admitted),
