@@ -232,8 +232,18 @@ static int parse_cert(const char *path, const char *b, size_t n, int need_secret
     return 0;
 }
 
+/* 0 if path (st) belongs to this user or root; else MOCO_EIO: whoever owns a
+ * key file or directory can swap the keys or the allow list (OpenSSH's
+ * StrictModes refuses such files too). */
+static int check_owner(const char *path, const struct stat *st)
+{
+    if (st->st_uid == geteuid() || st->st_uid == 0) return 0;
+    return moco_err(MOCO_EIO, "%s is owned by another user (uid %u), who could swap the keys: only this user (uid %u) or root may own it (chown %u %s)",
+                    path, (unsigned)st->st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
+}
+
 /* Read and parse one certificate file: a regular file of at most 64 KiB,
- * mode 0600 or stricter. */
+ * owned by this user or root, mode 0600 or stricter. */
 static int load_cert(const char *path, int need_secret, cert *c)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -244,6 +254,7 @@ static int load_cert(const char *path, int need_secret, cert *c)
     size_t n = 0;
     if (fstat(fd, &st)) rc = moco_err(MOCO_EIO, "cannot stat %s: %s", path, strerror(errno));
     else if (!S_ISREG(st.st_mode)) rc = moco_err(MOCO_ECORRUPT, "%s is not a regular file", path);
+    else if (st.st_uid != geteuid() && st.st_uid != 0) rc = check_owner(path, &st);
     else if (st.st_mode & 077)
         rc = moco_err(MOCO_EIO, "%s is open to group or others (mode %04o): chmod 600 %s", path,
                       (unsigned)(st.st_mode & 07777), path);
@@ -272,6 +283,7 @@ static int load_dir(moco_sec *s, const char *dir)
     if (strlen(dir) > 4000) return moco_err(MOCO_EINVAL, "key directory path too long");
     if (stat(dir, &st)) return moco_err(MOCO_EIO, "key directory %s: %s (make one with moco keygen)", dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "key directory %s is not a directory", dir);
+    if ((rc = check_owner(dir, &st))) return rc;
     if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", dir, dir);
     snprintf(path, sizeof path, "%s/server.key_secret", dir);
     if ((rc = load_cert(path, 1, &c))) return rc;
@@ -288,6 +300,7 @@ static int load_dir(moco_sec *s, const char *dir)
     snprintf(path, sizeof path, "%s/allowed", dir);
     if (stat(path, &st)) return moco_err(MOCO_EIO, "allow list %s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "allow list %s is not a directory", path);
+    if ((rc = check_owner(path, &st))) return rc;
     if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", path, path);
     DIR *d = opendir(path);
     if (!d) return moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
@@ -751,12 +764,15 @@ static int write_cert(const char *dir, const char *name, const char *pub, const 
     return rc;
 }
 
-/* mkdir DIR 0700 unless it is a directory already; then chmod 0700. */
+/* mkdir DIR 0700 unless it is a directory already (of this user or root:
+ * not another user's, left as it was); then chmod 0700. */
 static int private_dir(const char *dir)
 {
     struct stat st;
+    int rc;
     if (mkdir(dir, 0700) && errno != EEXIST) return moco_err(MOCO_EIO, "cannot create %s: %s", dir, strerror(errno));
     if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return moco_err(MOCO_EEXIST, "%s exists and is not a directory", dir);
+    if ((rc = check_owner(dir, &st))) return rc;
     if (chmod(dir, 0700)) return moco_err(MOCO_EIO, "chmod 700 %s: %s", dir, strerror(errno));
     return 0;
 }

@@ -827,6 +827,59 @@ static void test_endpoint_transports(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* Issue: a key directory owned by another user was accepted (only its mode
+ * bits were checked), and moco keygen --force chmod'ed such a directory to
+ * 0700 for us: that user could swap allowed/. Now the directory, allowed/ and
+ * every key file must be owned by this user or root (OpenSSH's StrictModes),
+ * refused naming the path and the fix; keygen leaves such a directory as it
+ * was. Needs root (chown). */
+static void test_key_owner(void **st)
+{
+    (void)st;
+    if (geteuid() != 0) {
+        fprintf(stderr, "note: not root, key ownership not checked\n");
+        skip();
+    }
+    static const char *paths[] = {"", "/allowed", "/server.key_secret", "/client.key_secret", "/server.key", "/allowed/client.key"};
+    char dir[1200], p[1300], want[1500];
+    snprintf(dir, sizeof dir, "%s/owned", base);
+    assert_int_equal(tu_sh("cp -rp '%s' '%s'", keys, dir), 0);
+    void *ctx = zmq_ctx_new();
+    moco_sec *s = NULL;
+    assert_int_equal(moco_sec_new(ctx, dir, 0, "t", NULL, &s), 0);
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx); /* its ZAP endpoint goes with it (zmq_close unbinds later) */
+    ctx = zmq_ctx_new();
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s%s", dir, paths[i]);
+        assert_int_equal(chown(p, 65534, (gid_t)-1), 0);
+        assert_int_equal(moco_sec_new(ctx, dir, 0, "t", NULL, &s), MOCO_EIO);
+        assert_null(s);
+        snprintf(want, sizeof want,
+                 "%s is owned by another user (uid 65534), who could swap the keys: only this user (uid 0) or root may own it "
+                 "(chown 0 %s)",
+                 p, p);
+        if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", paths[i], moco_errmsg(), want);
+        assert_int_equal(chown(p, 0, (gid_t)-1), 0);
+    }
+    /* owned by root: fine (a key directory set up by root for a service user) */
+    if (moco_sec_new(ctx, dir, 0, "t", NULL, &s)) fail_msg("%s", moco_errmsg());
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx);
+    /* keygen --force over another user's directory: refused, mode untouched */
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s%s", dir, paths[i]);
+        assert_int_equal(chmod(p, 0755), 0);
+        assert_int_equal(chown(p, 65534, (gid_t)-1), 0);
+        assert_int_equal(moco_keygen(dir, 1), MOCO_EIO);
+        assert_non_null(strstr(moco_errmsg(), "is owned by another user (uid 65534)"));
+        assert_int_equal(mode_of(p), 0755);
+        assert_int_equal(chown(p, 0, (gid_t)-1), 0);
+        assert_int_equal(chmod(p, 0700), 0);
+    }
+    assert_int_equal(moco_keygen(dir, 1), 0);
+}
+
 /* ---- 5. a second client's certificate in allowed/ admits it ---- */
 
 static void test_added_client_admitted(void **st)
@@ -893,6 +946,7 @@ int main(void)
         cmocka_unit_test(test_handshake_flood),
         cmocka_unit_test(test_tcp_needs_keys),
         cmocka_unit_test(test_endpoint_transports),
+        cmocka_unit_test(test_key_owner),
         cmocka_unit_test(test_added_client_admitted),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
