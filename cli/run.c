@@ -416,6 +416,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: --serve takes ipc://PATH or tcp://HOST:PORT, not '%s'\n", serve);
         return 2;
     }
+    if (serve && !strncmp(serve, "ipc://@", 7) && !insecure) { /* no file, no permissions: any local user gets in */
+        fprintf(stderr, "moco run: %s is an abstract ipc socket, which any local user can connect to: give --serve "
+                        "ipc://PATH in a private directory or, to let anyone on this host in, --insecure\n", serve);
+        return 2;
+    }
     if ((bind || (serve && !strncmp(serve, "tcp://", 6))) && !keys && !insecure) {
         fprintf(stderr, "moco run: %s is a tcp endpoint: give --keys DIR (make one with moco keygen DIR) or, to let anyone "
                         "who can reach it in, --insecure\n", bind ? bind : serve);

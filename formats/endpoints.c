@@ -29,6 +29,8 @@ int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list)
     char buf[4096], *ep[MOCO_ENDPOINTS_MAX];
     int nep, rc = split(list, buf, sizeof buf, ep, &nep);
     if (rc) return rc;
+    for (int i = 0; i < nep; i++) /* every endpoint checked before any is bound: none in the clear by mistake */
+        if ((rc = moco_sec_check_endpoint(sec, ep[i]))) return rc;
     int secured = 0;
     for (int pass = 0; pass < 2; pass++) /* the clear ones, then the tcp ones with CURVE */
         for (int i = 0; i < nep; i++) {

@@ -14,9 +14,12 @@
 
 #define MOCO_ENDPOINTS_MAX 8
 
-/* Bind sock to every endpoint of the comma-separated list. Returns 0, or
- * MOCO_EINVAL (an empty or too long list, tcp without keys: the message
- * names the endpoint) or MOCO_EZMQ (cannot bind, naming the endpoint). */
+/* Bind sock to every endpoint of the comma-separated list. Every endpoint is
+ * checked first (moco_sec_check_endpoint): nothing is bound if one is
+ * refused. Returns 0, or MOCO_EINVAL (an empty or too long list, tcp without
+ * keys, ipc://@NAME without insecure, a transport other than tcp, ipc and
+ * inproc such as ws://: the message names the endpoint) or MOCO_EZMQ (cannot
+ * bind, naming the endpoint). */
 int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list);
 
 /* The first endpoint of the list whose scheme is `scheme` ("tcp", "ipc"),

@@ -31,6 +31,8 @@
 #define MON_MAX 1024             /* monitored sockets alive at once */
 #define ZAP_FRAMES_MAX 16
 #define ZAP_FRAME_MAX 1024
+#define LOG_BURST 20 /* event lines written before the limit, */
+#define LOG_EVERY 10 /* then at most one per LOG_EVERY s (a flood of connections wrote MBs) */
 #define FAIL_EVENTS (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | \
                      ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -53,13 +55,16 @@ struct moco_sec {
     pthread_mutex_t mu;
     unsigned nmon;      /* monitors started, for unique names */
     char ctl_ep[64];
-    _Atomic uint64_t rejected, refused;
+    _Atomic uint64_t rejected, refused, dropped;
     /* handler thread only */
     void *mons[MON_MAX];
     unsigned char mon_client[MON_MAX]; /* 1: the monitor of a connecting socket */
     int nmons;
     time_t warn_at;
     unsigned warn_burst, warn_dropped;
+    time_t log_at;        /* when the last event line was written */
+    unsigned log_lines;   /* event lines written */
+    uint64_t log_skipped; /* event lines left out since then */
 };
 
 /* ---- helpers ---- */
@@ -75,27 +80,56 @@ static const char *printable(const char *s, size_t n, char *out, size_t cap)
     return out;
 }
 
-/* An auth_rejected line of the log (formats/jsonw): log_begin, the fields, log_end. */
-static void log_begin(const moco_sec *s, moco_jw *w)
+/* Whether the next event line may be written: the first LOG_BURST, then at
+ * most one per LOG_EVERY s (like warn(): a stranger retries every 100 ms, a
+ * port scan connects as fast as it can); the others are counted, for the
+ * next line's "suppressed". */
+static int log_ok(moco_sec *s)
+{
+    if (!s->log) return 0;
+    if (s->log_lines >= LOG_BURST && time(NULL) - s->log_at < LOG_EVERY) {
+        s->log_skipped++;
+        return 0;
+    }
+    return 1;
+}
+
+/* An event line of the log (formats/jsonw): log_ok, log_begin, the fields,
+ * log_end. event: auth_rejected, handshake_dropped or auth_summary. */
+static void log_begin(const moco_sec *s, moco_jw *w, const char *event)
 {
     moco_jw_begin(w);
-    moco_jw_str(w, "event", "auth_rejected");
+    moco_jw_str(w, "event", event);
     moco_jw_str(w, "who", s->who);
     moco_jw_i64(w, "t", (int64_t)time(NULL));
 }
 
-static void log_end(const moco_sec *s, moco_jw *w)
+static void log_end(moco_sec *s, moco_jw *w)
 {
-    if (s->log) moco_jw_line(w, s->log); /* one write and a flush per line */
-    else moco_jw_free(w);
+    if (s->log_skipped) moco_jw_u64(w, "suppressed", s->log_skipped); /* lines left out before this one */
+    moco_jw_line(w, s->log); /* one write and a flush per line */
+    s->log_lines++, s->log_at = time(NULL), s->log_skipped = 0;
+}
+
+/* Lines left out and LOG_EVERY s since the last one written: one line with
+ * their count and the totals (the handler thread's poll wakes up for it). */
+static void log_summary(moco_sec *s)
+{
+    if (!s->log_skipped || time(NULL) - s->log_at < LOG_EVERY) return;
+    moco_jw w;
+    log_begin(s, &w, "auth_summary");
+    moco_jw_u64(&w, "rejected", atomic_load(&s->rejected));
+    moco_jw_u64(&w, "dropped", atomic_load(&s->dropped));
+    log_end(s, &w);
 }
 
 /* A ZAP request refused: the peer's address (its bytes, escaped), the reason,
  * the client's key (NULL: none). */
-static void log_auth(const moco_sec *s, const char *peer, size_t peer_len, const char *reason, const char *key)
+static void log_auth(moco_sec *s, const char *peer, size_t peer_len, const char *reason, const char *key)
 {
+    if (!log_ok(s)) return;
     moco_jw w;
-    log_begin(s, &w);
+    log_begin(s, &w, "auth_rejected");
     moco_jw_strn(&w, "peer", peer, peer_len);
     moco_jw_str(&w, "kind", "auth");
     moco_jw_str(&w, "reason", reason);
@@ -198,8 +232,18 @@ static int parse_cert(const char *path, const char *b, size_t n, int need_secret
     return 0;
 }
 
+/* 0 if path (st) belongs to this user or root; else MOCO_EIO: whoever owns a
+ * key file or directory can swap the keys or the allow list (OpenSSH's
+ * StrictModes refuses such files too). */
+static int check_owner(const char *path, const struct stat *st)
+{
+    if (st->st_uid == geteuid() || st->st_uid == 0) return 0;
+    return moco_err(MOCO_EIO, "%s is owned by another user (uid %u), who could swap the keys: only this user (uid %u) or root may own it (chown %u %s)",
+                    path, (unsigned)st->st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
+}
+
 /* Read and parse one certificate file: a regular file of at most 64 KiB,
- * mode 0600 or stricter. */
+ * owned by this user or root, mode 0600 or stricter. */
 static int load_cert(const char *path, int need_secret, cert *c)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -210,6 +254,7 @@ static int load_cert(const char *path, int need_secret, cert *c)
     size_t n = 0;
     if (fstat(fd, &st)) rc = moco_err(MOCO_EIO, "cannot stat %s: %s", path, strerror(errno));
     else if (!S_ISREG(st.st_mode)) rc = moco_err(MOCO_ECORRUPT, "%s is not a regular file", path);
+    else if (st.st_uid != geteuid() && st.st_uid != 0) rc = check_owner(path, &st);
     else if (st.st_mode & 077)
         rc = moco_err(MOCO_EIO, "%s is open to group or others (mode %04o): chmod 600 %s", path,
                       (unsigned)(st.st_mode & 07777), path);
@@ -238,6 +283,7 @@ static int load_dir(moco_sec *s, const char *dir)
     if (strlen(dir) > 4000) return moco_err(MOCO_EINVAL, "key directory path too long");
     if (stat(dir, &st)) return moco_err(MOCO_EIO, "key directory %s: %s (make one with moco keygen)", dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "key directory %s is not a directory", dir);
+    if ((rc = check_owner(dir, &st))) return rc;
     if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", dir, dir);
     snprintf(path, sizeof path, "%s/server.key_secret", dir);
     if ((rc = load_cert(path, 1, &c))) return rc;
@@ -254,6 +300,7 @@ static int load_dir(moco_sec *s, const char *dir)
     snprintf(path, sizeof path, "%s/allowed", dir);
     if (stat(path, &st)) return moco_err(MOCO_EIO, "allow list %s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "allow list %s is not a directory", path);
+    if ((rc = check_owner(path, &st))) return rc;
     if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", path, path);
     DIR *d = opendir(path);
     if (!d) return moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
@@ -393,25 +440,41 @@ static int handle_mon(moco_sec *s, void *mon, int client)
         return 0;
     }
     if (!(ev & FAIL_EVENTS)) return 0;
+    moco_jw w;
+    char code[16], why[160];
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && (val == EPIPE || val == ECONNRESET || val == EAGAIN)) {
+        /* the peer hung up (or never spoke) before the handshake said anything: a
+         * port scan, a health check, a client that saw a mismatch first. Nothing
+         * was refused: counted apart, no stderr warning, rate-limited lines. */
+        uint64_t dropped = atomic_fetch_add(&s->dropped, 1) + 1;
+        if (!log_ok(s)) return 0;
+        snprintf(why, sizeof why, "closed before the handshake: %s", strerror((int)val));
+        log_begin(s, &w, "handshake_dropped");
+        moco_jw_strn(&w, "endpoint", ep, (size_t)en);
+        moco_jw_u64(&w, "errno", val);
+        moco_jw_str(&w, "reason", why);
+        moco_jw_u64(&w, "dropped", dropped);
+        log_end(s, &w);
+        return 0;
+    }
     uint64_t total = atomic_fetch_add(&s->rejected, 1) + 1;
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return 0; /* the ZAP handler logged it, with the peer and key */
     printable(ep, (size_t)en, pep, sizeof pep);
-    moco_jw w;
-    char code[16], why[160];
-    log_begin(s, &w);
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) warn(s, "rejected a connection to %s: %s", pep, protocol_detail(val));
+    else warn(s, "handshake failed on %s: %s", pep, strerror((int)val));
+    if (!log_ok(s)) return 0;
+    log_begin(s, &w, "auth_rejected");
     moco_jw_strn(&w, "endpoint", ep, (size_t)en);
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
         snprintf(code, sizeof code, "0x%08x", val);
         moco_jw_str(&w, "kind", "protocol");
         moco_jw_str(&w, "code", code);
         moco_jw_str(&w, "reason", protocol_detail(val));
-        warn(s, "rejected a connection to %s: %s", pep, protocol_detail(val));
     } else {
         snprintf(why, sizeof why, "handshake failed: %s", strerror((int)val));
         moco_jw_str(&w, "kind", "no_detail");
         moco_jw_u64(&w, "errno", val);
         moco_jw_str(&w, "reason", why);
-        warn(s, "handshake failed on %s: %s", pep, strerror((int)val));
     }
     moco_jw_u64(&w, "rejected", total);
     log_end(s, &w);
@@ -456,10 +519,18 @@ static void *sec_thread(void *arg)
         items[1] = (zmq_pollitem_t){zap, 0, ZMQ_POLLIN, 0};
         for (int i = 0; i < s->nmons; i++) items[2 + i] = (zmq_pollitem_t){s->mons[i], 0, ZMQ_POLLIN, 0};
         int nmons = s->nmons;
-        if (zmq_poll(items, 2 + nmons, -1) < 0) {
+        long wait_ms = -1; /* lines left out: wake up for their summary line */
+        if (s->log_skipped) {
+            long left = (long)(s->log_at + LOG_EVERY - time(NULL));
+            wait_ms = left > 0 ? left * 1000 : 0;
+        }
+        int np = zmq_poll(items, 2 + nmons, wait_ms);
+        if (np < 0) {
             if (zmq_errno() == EINTR) continue;
             break; /* ETERM: the context is ending */
         }
+        log_summary(s);
+        if (!np) continue;
         if (items[1].revents & ZMQ_POLLIN) handle_zap(s, zap);
         for (int i = nmons - 1; i >= 0; i--) /* backwards: a stopped monitor is removed in place */
             if ((items[2 + i].revents & ZMQ_POLLIN) && handle_mon(s, s->mons[i], s->mon_client[i])) {
@@ -502,6 +573,7 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
     pthread_mutex_init(&s->mu, NULL);
     atomic_init(&s->rejected, 0);
     atomic_init(&s->refused, 0);
+    atomic_init(&s->dropped, 0);
     if (!keys_dir) {
         *out = s;
         return 0;
@@ -543,24 +615,40 @@ fail:
     return rc;
 }
 
-enum { EP_LOCAL, EP_TCP, EP_OTHER };
+enum { EP_LOCAL, EP_TCP, EP_ABSTRACT, EP_OTHER };
 
 static int ep_kind(const char *ep)
 {
+    if (!strncmp(ep, "ipc://@", 7)) return EP_ABSTRACT; /* Linux abstract namespace: no file, no permissions */
     if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9)) return EP_LOCAL;
     return strncmp(ep, "tcp://", 6) ? EP_OTHER : EP_TCP;
+}
+
+int moco_sec_check_endpoint(const moco_sec *s, const char *ep)
+{
+    if (!ep) return moco_err(MOCO_EINVAL, "no endpoint");
+    switch (ep_kind(ep)) {
+    case EP_LOCAL: return 0;
+    case EP_OTHER: return moco_err(MOCO_EINVAL, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", ep);
+    case EP_ABSTRACT:
+        if (s && s->insecure) return 0;
+        return moco_err(MOCO_EINVAL,
+                        "%s is an abstract ipc socket, which any local user can connect to: give an ipc:// path in a "
+                        "private directory or, to let anyone on this host in, --insecure",
+                        ep);
+    default:
+        if (s && (s->keyed || s->insecure)) return 0;
+        return moco_err(MOCO_EINVAL, "%s needs --keys DIR (see moco keygen) or --insecure", ep);
+    }
 }
 
 /* The checks bind and connect share; 1 = go on with CURVE, 0 = nothing to do. */
 static int precheck(moco_sec *s, void *sock, const char *ep, const char *role)
 {
     if (!sock || !ep) return moco_err(MOCO_EINVAL, "moco_sec_%s: no socket or endpoint", role);
-    int k = ep_kind(ep);
-    if (k == EP_LOCAL) return 0;
-    if (k == EP_OTHER) return moco_err(MOCO_EINVAL, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", ep);
-    if (s && s->keyed) return 1;
-    if (!s || !s->insecure) return moco_err(MOCO_EINVAL, "%s needs --keys DIR (see moco keygen) or --insecure", ep);
-    return 0;
+    int rc = moco_sec_check_endpoint(s, ep);
+    if (rc) return rc;
+    return ep_kind(ep) == EP_TCP && s && s->keyed;
 }
 
 static int setopt(void *sock, int opt, const void *v, size_t n, const char *name, const char *ep)
@@ -625,6 +713,11 @@ uint64_t moco_sec_rejected(const moco_sec *s)
     return s ? atomic_load(&((moco_sec *)s)->rejected) : 0;
 }
 
+uint64_t moco_sec_dropped(const moco_sec *s)
+{
+    return s ? atomic_load(&((moco_sec *)s)->dropped) : 0;
+}
+
 void moco_sec_destroy(moco_sec **sp)
 {
     moco_sec *s = sp ? *sp : NULL;
@@ -671,12 +764,15 @@ static int write_cert(const char *dir, const char *name, const char *pub, const 
     return rc;
 }
 
-/* mkdir DIR 0700 unless it is a directory already; then chmod 0700. */
+/* mkdir DIR 0700 unless it is a directory already (of this user or root:
+ * not another user's, left as it was); then chmod 0700. */
 static int private_dir(const char *dir)
 {
     struct stat st;
+    int rc;
     if (mkdir(dir, 0700) && errno != EEXIST) return moco_err(MOCO_EIO, "cannot create %s: %s", dir, strerror(errno));
     if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return moco_err(MOCO_EEXIST, "%s exists and is not a directory", dir);
+    if ((rc = check_owner(dir, &st))) return rc;
     if (chmod(dir, 0700)) return moco_err(MOCO_EIO, "chmod 700 %s: %s", dir, strerror(errno));
     return 0;
 }

@@ -3,10 +3,12 @@
  * Promise: a tcp endpoint is either encrypted and authenticated with CURVE
  * (keys from a `moco keygen` directory; a bound socket admits only clients
  * whose public key is in DIR/allowed/, checked by our own ZAP handler, RFC 27)
- * or refused, unless the caller explicitly asked for --insecure. ipc:// and
+ * or refused, unless the caller explicitly asked for --insecure. ipc://PATH and
  * inproc:// endpoints pass untouched (protected by the file system / the
- * process). Rejected handshakes on bound sockets are counted and logged; a
- * server's refusal of our own key is counted, for a clear error.
+ * process); an abstract ipc socket (ipc://@NAME) has no such protection and
+ * needs --insecure; every other transport is refused. Rejected handshakes on
+ * bound sockets are counted and logged; a server's refusal of our own key is
+ * counted, for a clear error.
  * Key files are ZeroMQ's ZPL certificates (CZMQ zcert, pyzmq zmq.auth);
  * see formats/README.md, "Security: keys, CURVE, ZAP". */
 #ifndef MOCO_ZSEC_H
@@ -26,23 +28,41 @@ typedef struct moco_sec moco_sec;
  * ("chmod 600 FILE"); then starts the ZAP handler thread and returns only once it is bound
  * (a CURVE server without a ZAP handler would accept anyone).
  * who: a name for messages, e.g. "moco loader". log: a FILE* for JSON-line events, or NULL
- * (written from the handler thread, one fprintf + fflush per line). */
+ * (written from the handler thread, one fprintf + fflush per line): "auth_rejected" and
+ * "handshake_dropped" lines, the first 20, then at most one per 10 s (with "suppressed": the
+ * lines left out before it), and 10 s after a line when some were left out since, one
+ * "auth_summary" line (suppressed, rejected, dropped). */
 int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who, FILE *log, moco_sec **out);
 
 /* Call before zmq_bind(sock, endpoint), in the thread that owns sock. tcp:// without keys
  * and without insecure -> MOCO_EINVAL ("tcp://... needs --keys DIR (see moco keygen) or
  * --insecure"). tcp with keys: ZMQ_CURVE_SERVER=1, the server secret key, ZMQ_ZAP_DOMAIN
- * "moco", and a socket monitor that counts failed handshakes. ipc://, inproc://: nothing to
- * do, returns 0. Any other transport: MOCO_EINVAL. s may be NULL (= no keys, not insecure). */
+ * "moco", and a socket monitor that counts failed handshakes. ipc://PATH, inproc://: nothing to
+ * do, returns 0. ipc://@NAME without insecure, any other transport: MOCO_EINVAL
+ * (moco_sec_check_endpoint). s may be NULL (= no keys, not insecure). */
 int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint);
+
+/* Whether endpoint may be bound or connected under s (NULL: no keys, not
+ * insecure), with no side effect: 0, or MOCO_EINVAL with a message naming it.
+ * tcp:// needs keys or insecure; ipc://PATH and inproc:// pass; an abstract
+ * ipc socket (ipc://@NAME, reachable by every local user: it has no file and
+ * no permissions) needs insecure; every other transport (ws://, udp://, pgm://,
+ * TCP:// ...) is refused. moco_sec_bind and moco_sec_connect check this first. */
+int moco_sec_check_endpoint(const moco_sec *s, const char *endpoint);
 
 /* Call before zmq_connect. tcp without keys and without insecure -> MOCO_EINVAL as above.
  * tcp with keys: the client keypair (client.key_secret), ZMQ_CURVE_SERVERKEY (server.key),
  * and a socket monitor that counts the server's refusals of our key (moco_sec_refused). */
 int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint);
 
-/* Handshakes rejected so far on this context's bound sockets (thread-safe read). */
+/* Handshakes rejected so far on this context's bound sockets (thread-safe
+ * read): no CURVE, a wrong server key, a key not allowed, a protocol error. */
 uint64_t moco_sec_rejected(const moco_sec *s);
+/* Connections to those sockets that ended before the handshake said anything
+ * (libzmq's HANDSHAKE_FAILED_NO_DETAIL with EPIPE, ECONNRESET or EAGAIN: a
+ * port scan, a health check, a client that hung up): not rejections, counted
+ * here (thread-safe read). */
+uint64_t moco_sec_dropped(const moco_sec *s);
 /* Handshakes in which a server refused this context's key (its ZAP handler
  * said no: the key is not in its allow list), on sockets moco_sec_connect
  * prepared (thread-safe read). */

@@ -3,7 +3,8 @@
 # the command that adds a worker from another host; pasted twice (here, on
 # loopback, as another host with a copy of DIR would), the two workers
 # deliver 2 epochs exactly once each, over CURVE. A tcp endpoint without
-# --keys is refused with a message, and a worker whose key is not in the
+# --keys is refused with a message, so are ws:// and an abstract ipc://@
+# socket without --insecure, and a worker whose key is not in the
 # allow list stops at once, naming its key file. Bound to 0.0.0.0, the
 # printed command names this host. Skipped without Fashion-MNIST.
 set -u
@@ -20,6 +21,22 @@ port=$(port_block 10)
 # secure by default
 $M run "$T/db" --sink --bind tcp://127.0.0.1:$port --workers 1 --run-dir "$T/r0" 2>"$T/r0.err" && fail "tcp without --keys ran"
 grep -q -- "--keys" "$T/r0.err" || fail "no hint about --keys: $(cat "$T/r0.err")"
+# only tcp (CURVE), ipc://PATH and inproc: ws:// (which libzmq binds) was
+# bound in the clear even with --keys, and an abstract ipc socket (no file,
+# no permissions) let any local user in; both refused before anything binds
+timeout 10 $M loader --db "$T/db" --bind ws://127.0.0.1:$((port + 7)) --ctl "ipc://$T/ctl" --keys "$T/keys" 2>"$T/ws.err"
+rc=$?
+[ $rc -eq 1 ] && grep -qx "moco loader: ws://127.0.0.1:$((port + 7)): unsupported transport (moco uses tcp://, ipc://, inproc://)" \
+  "$T/ws.err" || fail "--bind ws:// with --keys: exit $rc, $(cat "$T/ws.err")"
+timeout 10 $M loader --db "$T/db" --bind ipc://@moco-remote-$$ --ctl "ipc://$T/ctl" 2>"$T/abs.err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "^moco loader: ipc://@moco-remote-$$ is an abstract ipc socket, which any local user can connect to" \
+  "$T/abs.err" || fail "--bind ipc://@: exit $rc, $(cat "$T/abs.err")"
+$M run "$T/db" --serve ipc://@moco-remote-$$ --run-dir "$T/r3" 2>"$T/r3.err"
+rc=$?
+[ $rc -eq 2 ] && grep -q "^moco run: ipc://@moco-remote-$$ is an abstract ipc socket" "$T/r3.err" \
+  || fail "--serve ipc://@: exit $rc, $(cat "$T/r3.err")"
+echo "ws:// and ipc://@ refused: $(cut -c1-100 "$T/ws.err")"
 timeout 120 $M run "$T/db" --sink --bind tcp://127.0.0.1:$port --keys "$T/keys" --workers 0 --epochs 2 --recipe cifar --size 28 \
   --run-dir "$T/r1" 2>"$T/r1.err" &
 run=$!

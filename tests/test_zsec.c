@@ -7,13 +7,17 @@
  * range (retried on EADDRINUSE); scratch under $MOCO_TEST_TMP or /tmp. */
 #include "tests/testutil.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
 
 #include "formats/errors.h"
 #include "formats/json.h"
+#include "formats/endpoints.h"
 #include "formats/zsec.h"
 
 static char base[1024];  /* scratch directory of this run */
@@ -150,14 +154,23 @@ static int send_for(server *sv, void *cl, int ms)
     return got + server_drain(sv, 100, NULL, 0, NULL);
 }
 
-/* Wait up to 3 s for the server's rejection count to reach want, then 300 ms
- * more (so that an extra count would show); returns the count. */
-static uint64_t rejected_settle(server *sv, uint64_t want)
+/* The server's rejections, plus its dropped handshakes when dropped is set. */
+static uint64_t failed_count(server *sv, int dropped)
 {
-    for (double end = now_ms() + 3000; moco_sec_rejected(sv->sec) < want && now_ms() < end;) server_drain(sv, 20, NULL, 0, NULL);
-    server_drain(sv, 300, NULL, 0, NULL);
-    return moco_sec_rejected(sv->sec);
+    return moco_sec_rejected(sv->sec) + (dropped ? moco_sec_dropped(sv->sec) : 0);
 }
+
+/* Wait up to 3 s for the server's rejection count (plus dropped handshakes
+ * when dropped is set) to reach want, then 300 ms more (so that an extra
+ * count would show); returns the count. */
+static uint64_t failed_settle(server *sv, uint64_t want, int dropped)
+{
+    for (double end = now_ms() + 3000; failed_count(sv, dropped) < want && now_ms() < end;) server_drain(sv, 20, NULL, 0, NULL);
+    server_drain(sv, 300, NULL, 0, NULL);
+    return failed_count(sv, dropped);
+}
+
+static uint64_t rejected_settle(server *sv, uint64_t want) { return failed_settle(sv, want, 0); }
 
 static char *slurp(const char *path)
 {
@@ -455,8 +468,9 @@ static void test_zap_handler(void **st)
     zmq_ctx_term(ctx);
 }
 
-/* Every line of a log: one JSON object whose "event" is auth_rejected and
- * whose "who" decodes to who. Returns the number of lines. */
+/* Every line of a log: one JSON object whose "event" is auth_rejected,
+ * handshake_dropped or auth_summary and whose "who" decodes to who. Returns
+ * the number of lines. */
 static int log_lines_parse(const char *log, const char *who)
 {
     int n = 0;
@@ -469,7 +483,8 @@ static int log_lines_parse(const char *log, const char *who)
         if (moco_json_parse(p, (size_t)(e - p), "log line", t, 64, &nt)) fail_msg("%s: %.*s", moco_errmsg(), (int)(e - p), p);
         assert_int_equal(t[0].type, MOCO_JSON_OBJ);
         int k = moco_json_get(p, t, 0, "event");
-        assert_true(k > 0 && moco_json_streq(p, &t[k], "auth_rejected"));
+        assert_true(k > 0 && (moco_json_streq(p, &t[k], "auth_rejected") || moco_json_streq(p, &t[k], "handshake_dropped") ||
+                              moco_json_streq(p, &t[k], "auth_summary")));
         k = moco_json_get(p, t, 0, "who");
         assert_true(k > 0 && moco_json_str(p, &t[k], v, sizeof v) == 0);
         assert_string_equal(v, who);
@@ -598,7 +613,9 @@ static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
     }
     assert_int_equal(zmq_connect(cl, sv.ep), 0);
     assert_int_equal(send_for(&sv, cl, 500), 0); /* nothing gets through */
-    uint64_t n = rejected_settle(&sv, want_exact ? want_exact : 1);
+    /* a plain client that saw the mismatch first and hung up before the
+     * server read its greeting is, at the server, a dropped handshake */
+    uint64_t n = failed_settle(&sv, want_exact ? want_exact : 1, kind == PLAIN);
     if (want_exact) assert_int_equal(n, want_exact);
     else {
         assert_true(n >= 1);
@@ -608,12 +625,14 @@ static void bad_client(int kind, int reconnect_ms, uint64_t want_exact)
     zmq_ctx_term(cctx);
     server_stop(&sv);
     char *log = slurp(sv.log);
-    assert_non_null(strstr(log, "\"event\":\"auth_rejected\""));
+    assert_true(strstr(log, "\"event\":\"auth_rejected\"") || (kind == PLAIN && strstr(log, "\"event\":\"handshake_dropped\"")));
     assert_non_null(strstr(log, "\"who\":\"test server\""));
     assert_true(log_lines_parse(log, "test server") >= 1); /* the monitor's lines and the ZAP handler's */
     /* a plain client: the server sees the mechanism mismatch, or (when the
      * client saw it first and hung up) a write to a closed connection */
-    if (kind == PLAIN) assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\""));
+    if (kind == PLAIN)
+        assert_true(strstr(log, "mechanism mismatch") || strstr(log, "\"kind\":\"no_detail\"") ||
+                    strstr(log, "\"event\":\"handshake_dropped\""));
     if (kind == WRONG_SERVER_KEY) assert_non_null(strstr(log, "cryptographic"));
     if (kind == UNKNOWN_KEY) {
         char want[100];
@@ -639,6 +658,49 @@ static void test_retrying_client_rejected(void **st)
     (void)st;
     bad_client(UNKNOWN_KEY, 0, 0);
     bad_client(PLAIN, 0, 0);
+}
+
+/* Issue: every connection that closed before its greeting (a port scan, a
+ * health check) was counted as a rejected handshake and wrote a JSON line;
+ * a flood wrote MBs to the loader's log. Now 200 bare connect+close count
+ * 200 dropped handshakes and no rejection, and write 20 lines, then (10 s
+ * later) one summary line with the 180 left out. */
+static void test_handshake_flood(void **st)
+{
+    (void)st;
+    server sv;
+    server_start(&sv, keys);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(sv.ep, ':') + 1))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < 200; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(fd >= 0);
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        close(fd);
+    }
+    assert_int_equal(failed_settle(&sv, 200, 1), 200);
+    assert_int_equal(moco_sec_rejected(sv.sec), 0);
+    assert_int_equal(moco_sec_dropped(sv.sec), 200);
+    char *log = slurp(sv.log);
+    assert_int_equal(log_lines_parse(log, "test server"), 20);
+    assert_null(strstr(log, "auth_rejected"));
+    assert_non_null(strstr(log, "\"event\":\"handshake_dropped\""));
+    assert_non_null(strstr(log, "\"dropped\":20}"));
+    free(log);
+    int lines = 20;
+    for (double end = now_ms() + 12000; lines == 20 && now_ms() < end;) {
+        usleep(200000);
+        log = slurp(sv.log);
+        lines = log_lines_parse(log, "test server");
+        free(log);
+    }
+    server_stop(&sv);
+    log = slurp(sv.log);
+    assert_int_equal(log_lines_parse(log, "test server"), 21);
+    const char *last = strstr(log, "{\"event\":\"auth_summary\"");
+    assert_non_null(last);
+    assert_non_null(strstr(last, "\"rejected\":0,\"dropped\":200,\"suppressed\":180}\n"));
+    free(log);
 }
 
 /* ---- 4. tcp without keys ---- */
@@ -684,6 +746,138 @@ static void test_tcp_needs_keys(void **st)
     }
     moco_sec_destroy(&s);
     zmq_ctx_term(ctx);
+}
+
+/* Issue: moco_bind_endpoints bound every non-tcp endpoint in the clear, so
+ * ws://127.0.0.1:P (libzmq 4.3.4 binds it) served anyone even with --keys;
+ * and ipc://@NAME (abstract: no file, no permissions) passed as protected by
+ * the file system. Now both are refused, before anything is bound, with a
+ * message naming the endpoint; ipc://@ only with --insecure. */
+static void test_endpoint_transports(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new(), *sock;
+    moco_sec *k = NULL, *ins = NULL, *none = NULL;
+    assert_int_equal(moco_sec_new(ctx, keys, 0, "t", NULL, &k), 0);
+    assert_int_equal(moco_sec_new(ctx, NULL, 1, "t", NULL, &ins), 0);
+    assert_int_equal(moco_sec_new(ctx, NULL, 0, "t", NULL, &none), 0);
+    char ipc[1200], ws[64], list[1300], last[256], abs_ep[64];
+    size_t n;
+    snprintf(ipc, sizeof ipc, "ipc://%s/ep-%u", base, next_rand());
+    snprintf(ws, sizeof ws, "ws://127.0.0.1:%u", 20000 + next_rand() % 40000);
+    snprintf(abs_ep, sizeof abs_ep, "ipc://@moco-test-%u", next_rand());
+    const char *refused[] = {ws, "TCP://127.0.0.1:5555", "udp://127.0.0.1:5555", "pgm://eth0;239.1.1.1:5555", "vmci://1:5555"};
+    moco_sec *secs[] = {k, ins, none, NULL};
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 4; j++) {
+            char want[200];
+            snprintf(want, sizeof want, "%s: unsupported transport (moco uses tcp://, ipc://, inproc://)", refused[i]);
+            /* alone, or after an ipc endpoint that is fine: nothing is bound */
+            for (int alone = 0; alone < 2; alone++) {
+                assert_non_null(sock = zmq_socket(ctx, ZMQ_ROUTER));
+                snprintf(list, sizeof list, "%s%s%s", alone ? "" : ipc, alone ? "" : ",", refused[i]);
+                assert_int_equal(moco_bind_endpoints(secs[j], sock, list), MOCO_EINVAL);
+                if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", list, moco_errmsg(), want);
+                n = sizeof last;
+                assert_int_equal(zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &n), 0);
+                if (n > 1) fail_msg("%s: refused, yet %s is bound", list, last);
+                zmq_close(sock);
+            }
+            assert_int_equal(moco_sec_check_endpoint(secs[j], refused[i]), MOCO_EINVAL);
+            assert_string_equal(moco_errmsg(), want);
+            assert_non_null(sock = zmq_socket(ctx, ZMQ_DEALER));
+            assert_int_equal(moco_sec_connect(secs[j], sock, refused[i]), MOCO_EINVAL);
+            assert_string_equal(moco_errmsg(), want);
+            zmq_close(sock);
+        }
+    /* ipc://@NAME: refused without --insecure (keys or not), on bind and connect */
+    char want[300];
+    snprintf(want, sizeof want,
+             "%s is an abstract ipc socket, which any local user can connect to: give an ipc:// path in a private "
+             "directory or, to let anyone on this host in, --insecure",
+             abs_ep);
+    for (int j = 0; j < 4; j++) {
+        int ok = secs[j] == ins;
+        assert_non_null(sock = zmq_socket(ctx, ZMQ_ROUTER));
+        snprintf(list, sizeof list, "%s,%s", ipc, abs_ep);
+        assert_int_equal(moco_bind_endpoints(secs[j], sock, list), ok ? 0 : MOCO_EINVAL);
+        n = sizeof last;
+        assert_int_equal(zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &n), 0);
+        if (ok) assert_string_equal(last, abs_ep);
+        else {
+            if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", list, moco_errmsg(), want);
+            if (n > 1) fail_msg("%s: refused, yet %s is bound", list, last);
+        }
+        zmq_close(sock);
+        assert_non_null(sock = zmq_socket(ctx, ZMQ_DEALER));
+        assert_int_equal(moco_sec_connect(secs[j], sock, abs_ep), ok ? 0 : MOCO_EINVAL);
+        if (!ok) assert_string_equal(moco_errmsg(), want);
+        assert_int_equal(moco_sec_bind(secs[j], sock, abs_ep), ok ? 0 : MOCO_EINVAL);
+        zmq_close(sock);
+    }
+    /* what stays allowed */
+    assert_int_equal(moco_sec_check_endpoint(NULL, ipc), 0);
+    assert_int_equal(moco_sec_check_endpoint(NULL, "inproc://x"), 0);
+    assert_int_equal(moco_sec_check_endpoint(NULL, "tcp://127.0.0.1:5555"), MOCO_EINVAL);
+    assert_int_equal(moco_sec_check_endpoint(k, "tcp://127.0.0.1:5555"), 0);
+    assert_int_equal(moco_sec_check_endpoint(ins, "tcp://127.0.0.1:5555"), 0);
+    moco_sec_destroy(&k);
+    moco_sec_destroy(&ins);
+    moco_sec_destroy(&none);
+    zmq_ctx_term(ctx);
+}
+
+/* Issue: a key directory owned by another user was accepted (only its mode
+ * bits were checked), and moco keygen --force chmod'ed such a directory to
+ * 0700 for us: that user could swap allowed/. Now the directory, allowed/ and
+ * every key file must be owned by this user or root (OpenSSH's StrictModes),
+ * refused naming the path and the fix; keygen leaves such a directory as it
+ * was. Needs root (chown). */
+static void test_key_owner(void **st)
+{
+    (void)st;
+    if (geteuid() != 0) {
+        fprintf(stderr, "note: not root, key ownership not checked\n");
+        skip();
+    }
+    static const char *paths[] = {"", "/allowed", "/server.key_secret", "/client.key_secret", "/server.key", "/allowed/client.key"};
+    char dir[1200], p[1300], want[1500];
+    snprintf(dir, sizeof dir, "%s/owned", base);
+    assert_int_equal(tu_sh("cp -rp '%s' '%s'", keys, dir), 0);
+    void *ctx = zmq_ctx_new();
+    moco_sec *s = NULL;
+    assert_int_equal(moco_sec_new(ctx, dir, 0, "t", NULL, &s), 0);
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx); /* its ZAP endpoint goes with it (zmq_close unbinds later) */
+    ctx = zmq_ctx_new();
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s%s", dir, paths[i]);
+        assert_int_equal(chown(p, 65534, (gid_t)-1), 0);
+        assert_int_equal(moco_sec_new(ctx, dir, 0, "t", NULL, &s), MOCO_EIO);
+        assert_null(s);
+        snprintf(want, sizeof want,
+                 "%s is owned by another user (uid 65534), who could swap the keys: only this user (uid 0) or root may own it "
+                 "(chown 0 %s)",
+                 p, p);
+        if (strcmp(moco_errmsg(), want)) fail_msg("%s: '%s', want '%s'", paths[i], moco_errmsg(), want);
+        assert_int_equal(chown(p, 0, (gid_t)-1), 0);
+    }
+    /* owned by root: fine (a key directory set up by root for a service user) */
+    if (moco_sec_new(ctx, dir, 0, "t", NULL, &s)) fail_msg("%s", moco_errmsg());
+    moco_sec_destroy(&s);
+    zmq_ctx_term(ctx);
+    /* keygen --force over another user's directory: refused, mode untouched */
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s%s", dir, paths[i]);
+        assert_int_equal(chmod(p, 0755), 0);
+        assert_int_equal(chown(p, 65534, (gid_t)-1), 0);
+        assert_int_equal(moco_keygen(dir, 1), MOCO_EIO);
+        assert_non_null(strstr(moco_errmsg(), "is owned by another user (uid 65534)"));
+        assert_int_equal(mode_of(p), 0755);
+        assert_int_equal(chown(p, 0, (gid_t)-1), 0);
+        assert_int_equal(chmod(p, 0700), 0);
+    }
+    assert_int_equal(moco_keygen(dir, 1), 0);
 }
 
 /* ---- 5. a second client's certificate in allowed/ admits it ---- */
@@ -749,7 +943,10 @@ int main(void)
         cmocka_unit_test(test_unknown_key_rejected),
         cmocka_unit_test(test_wrong_server_key_rejected),
         cmocka_unit_test(test_retrying_client_rejected),
+        cmocka_unit_test(test_handshake_flood),
         cmocka_unit_test(test_tcp_needs_keys),
+        cmocka_unit_test(test_endpoint_transports),
+        cmocka_unit_test(test_key_owner),
         cmocka_unit_test(test_added_client_admitted),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
