@@ -593,6 +593,7 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "refused_workers", L->refused_workers);
         moco_jw_u64(&w, "reclaimed_slots", L->reclaimed_slots);
         moco_jw_u64(&w, "auth_rejected", moco_sec_rejected(L->sec));
+        moco_jw_u64(&w, "handshake_dropped", moco_sec_dropped(L->sec));
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
         moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
         if (L->R > 1) moco_jw_u64(&w, "split_msgs", L->split_msgs);
