@@ -12,7 +12,8 @@
 #     falls silent) mid-epoch: the trainer exits 1 naming the checkpoint
 #     it kept, not "done";
 #  3. a truncated checkpoint is refused with a message, exit 1.
-# Also: kNN, embed, and linear evaluation (cached and streamed).
+# Also: kNN, embed, and linear evaluation (cached and streamed); lincls.json
+# written whole or not at all.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -128,6 +129,22 @@ $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
       --size 28 --epochs 10 --schedule 6,8 --lr 0.3 --threads 1 --cached-features | tail -1)
 echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-features: $lin"
+# lincls.json is written whole or not at all (it was fopen'ed, errors
+# ignored): a FIFO (it hung), a dangling link, a link to /dev/full are
+# refused naming it; a failed write (ulimit -f: a full disk) keeps the old
+# file, exit 1
+mkdir -p "$T/lj/fifo" "$T/lj/dangling" "$T/lj/full" "$T/lj/fsize"
+mkfifo "$T/lj/fifo/lincls.json"; ln -s "$T/lj/none/x" "$T/lj/dangling/lincls.json"; ln -s /dev/full "$T/lj/full/lincls.json"
+echo old >"$T/lj/fsize/lincls.json"
+LJ="--random-init 1 --train $T/db --test $T/db --arch resnet18-cifar --width 4 --size 28 --epochs 1 --threads 1 --cached-features"
+for d in fifo dangling full; do
+  timeout 60 $M lincls $LJ --out "$T/lj/$d" >/dev/null 2>"$T/lj/$d.err"
+  [ $? -eq 1 ] && grep -q "moco lincls: $T/lj/$d/lincls.json is .*not replacing it" "$T/lj/$d.err" || fail "lincls.json $d: $(cat "$T/lj/$d.err")"
+done
+# (stderr through a pipe: the limit applies to every file the command writes)
+(trap '' XFSZ; ulimit -f 0; exec timeout 60 $M lincls $LJ --out "$T/lj/fsize" 2>&1 >/dev/null) | cat >"$T/lj/fsize.err"
+[ "${PIPESTATUS[0]}" -eq 1 ] && grep -q "moco lincls: cannot write $T/lj/fsize/lincls.json: File too large; it is left as it was" "$T/lj/fsize.err" \
+  && [ "$(cat "$T/lj/fsize/lincls.json")" = old ] && [ -z "$(ls "$T/lj/fsize" | grep tmp)" ] || fail "lincls.json, full disk: $(cat "$T/lj/fsize.err")"
 # streamed: every epoch new crops from a loader and a worker; each image
 # exactly once per epoch; top-5 >= top-1; the encoder unchanged. (Its
 # accuracy is not checked: the checkpoint comes from a 2-worker run, whose
