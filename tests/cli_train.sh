@@ -97,6 +97,30 @@ assert f.shape == (512, 32) and h.shape == (512, 128) and f.min() >= 0 and set(l
 fi
 # export: the backbone by default, the head with --with-head
 $M export $CK --out "$T/bb.st" >/dev/null && $M export $CK --out "$T/wh.st" --with-head >/dev/null || fail "moco export"
+# durable writes (strace, where there is one): the temporary file fsync'ed,
+# renamed onto the file, then the directory fsync'ed (.npy had no fsync at
+# all, safetensors no fsync of the directory)
+durable() { # trace file
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import os, re, sys
+f = sys.argv[2]; d = os.path.dirname(f); fds = {}; state = 0
+for l in open(sys.argv[1]):
+    m = re.search(r'openat\(AT_FDCWD, "([^"]*)", .*\) = (\d+)$', l.strip())
+    if m: fds[m.group(2)] = m.group(1)
+    s = re.search(r'fsync\((\d+)\)\s*= 0', l)
+    if state == 0 and s and fds.get(s.group(1), '').startswith(f + '.'): state = 1
+    elif state == 1 and re.search(r'rename[a-z0-9]*\(.*"%s"' % re.escape(f), l): state = 2
+    elif state == 2 and s and fds.get(s.group(1)) == d: state = 3
+sys.exit(state != 3)
+PY
+}
+if command -v strace >/dev/null; then
+  mkdir -p "$T/dur"
+  strace -f -e trace=fsync,rename,renameat,renameat2,openat -o "$T/dur/npy.trace" $M embed $CK $E --out "$T/dur/f.npy" >/dev/null \
+    && durable "$T/dur/npy.trace" "$T/dur/f.npy" && durable "$T/dur/npy.trace" "$T/dur/f.labels.npy" || fail "embed .npy not durable"
+  strace -f -e trace=fsync,rename,renameat,renameat2,openat -o "$T/dur/st.trace" $M export $CK --out "$T/dur/bb.st" >/dev/null \
+    && durable "$T/dur/st.trace" "$T/dur/bb.st" || fail "export (moco_st_write) not durable"
+fi
 head -c 65536 "$T/bb.st" | grep -aq '"layer4.1.bn2.running_var"' || fail "export: no backbone tensors"
 head -c 65536 "$T/bb.st" | grep -aq '"fc.weight"' && fail "export: the head should be dropped by default"
 head -c 65536 "$T/wh.st" | grep -aq '"fc.weight"' || fail "export --with-head: no fc.weight"

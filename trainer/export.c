@@ -91,7 +91,8 @@ int export_main(int argc, char **argv)
 }
 
 /* a NumPy .npy file (format 1.0): dtype "<f4" or "<i8", C order, 2-D
- * (rows, cols) or 1-D (cols 0); written to path.tmp, then renamed */
+ * (rows, cols) or 1-D (cols 0); written to path.tmp, fsync'ed, renamed, the
+ * directory fsync'ed */
 static int write_npy(const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
 {
     char hdr[256], target[1100], tmp[1200];
@@ -110,12 +111,13 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     size_t cnt = (size_t)rows * (size_t)(cols ? cols : 1);
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)(total - 10), f) == (size_t)(total - 10) &&
              fwrite(data, elem, cnt, f) == cnt;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, target)) {
+    if (!ok) {
+        int e = errno ? errno : EIO;
+        fclose(f);
         unlink(tmp);
-        return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno));
+        return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(e));
     }
-    return 0;
+    return moco_commit_tmp(f, tmp, target, path); /* fsync, rename, fsync of the directory */
 }
 
 static int ends_with(const char *s, const char *suffix)
