@@ -12,7 +12,9 @@
  *  - a model tensor the model lacks (a resnet34 checkpoint loaded as
  *    resnet18, a forged encoder_q.extra) is refused, naming it;
  *  - another "format" is refused by every reader; none at all is read;
- *  - train.epoch / pipeline.epoch >= 2^32 - 1, train.step >= 2^53 refused.
+ *  - train.epoch / pipeline.epoch >= 2^32 - 1, train.step >= 2^53 refused;
+ *  - moco export checks names, dtypes and shapes as a load does (a missing
+ *    tensor, an I32 one, an extra one, a name that is not UTF-8).
  * Small models: resnet18-cifar width 4, 8x8 inputs, batch 4, K 16. */
 #include "tests/testutil.h"
 
@@ -274,25 +276,40 @@ static void test_self_describing(void **state)
     moco_destroy(&mc);
 }
 
-/* src rewritten to dst: tensor `set` (I64[1]) given the value v, plus the
- * tensor *extra when not NULL, with __metadata__ format = fmt (none when
- * NULL) and no CRC-32s: a forged file, as a hand could make it */
-static void forge(const char *src, const char *dst, const char *set, int64_t v, const moco_st_entry *extra, const char *fmt)
+/* How forge changes a file: tensor set (I64[1]) given the value v; the
+ * tensor drop left out; the tensor *extra added; __metadata__ format = fmt
+ * (none when NULL) and tc's config (none when NULL); no CRC-32s. */
+typedef struct {
+    const char *set;
+    int64_t v;
+    const char *drop;
+    const moco_st_entry *extra;
+    const char *fmt;
+    const train_cfg *tc;
+} forgery;
+
+/* src rewritten to dst as fo says: a forged file, as a hand could make it */
+static void forge(const char *src, const char *dst, const forgery *fo)
 {
     moco_st *f;
     assert_int_equal(moco_st_open(src, &f), 0);
-    int n = moco_st_count(f);
+    int n = moco_st_count(f), k = 0;
     moco_st_entry *e = calloc((size_t)n + 1, sizeof *e);
     assert_non_null(e);
     for (int i = 0; i < n; i++) {
         const moco_st_tensor *t = moco_st_at(f, i);
-        e[i] = (moco_st_entry){t->name, t->dtype, t->ndim, {0}, moco_st_data(f, t)};
-        memcpy(e[i].shape, t->shape, sizeof t->shape);
-        if (set && !strcmp(t->name, set)) e[i].data = &v;
+        if (fo->drop && !strcmp(t->name, fo->drop)) continue;
+        e[k] = (moco_st_entry){t->name, t->dtype, t->ndim, {0}, moco_st_data(f, t)};
+        memcpy(e[k].shape, t->shape, sizeof t->shape);
+        if (fo->set && !strcmp(t->name, fo->set)) e[k].data = &fo->v;
+        k++;
     }
-    if (extra) e[n++] = *extra;
-    const char *meta[2] = {"format", fmt};
-    assert_int_equal(moco_st_write(dst, e, n, fmt ? meta : NULL, fmt ? 1 : 0), 0);
+    if (fo->extra) e[k++] = *fo->extra;
+    char json[2048];
+    const char *meta[6] = {"format", fo->fmt}, *cm[4];
+    int nm = fo->fmt ? 1 : 0;
+    if (fo->tc && train_config_meta(fo->tc, json, sizeof json, cm) == 2) meta[2 * nm] = "config", meta[2 * nm++ + 1] = json;
+    assert_int_equal(moco_st_write(dst, e, k, nm ? meta : NULL, nm), 0);
     free(e);
     moco_st_destroy(&f);
 }
@@ -337,7 +354,7 @@ static void test_extra_tensors(void **state)
     assert_int_equal(rm->shape[0], 2);
     for (int i = 0; i < 3; i++) {
         snprintf(forged, sizeof forged, "%s/forged%d.safetensors", dir, i);
-        forge(p18, forged, NULL, 0, &extras[i], "moco-checkpoint-1");
+        forge(p18, forged, &(forgery){.extra = &extras[i], .fmt = "moco-checkpoint-1"});
         assert_int_equal(ckpt_load(p18, m18, &st), 0); /* the genuine one loads */
         free((void *)st.delivered);
         rc = ckpt_load(forged, m18, &st);
@@ -368,8 +385,8 @@ static void test_format(void **state)
     snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
     snprintf(v2, sizeof v2, "%s/v2.safetensors", dir);
     snprintf(none, sizeof none, "%s/none.safetensors", dir);
-    forge(path, v2, NULL, 0, NULL, "moco-checkpoint-2");
-    forge(path, none, NULL, 0, NULL, NULL);
+    forge(path, v2, &(forgery){.fmt = "moco-checkpoint-2"});
+    forge(path, none, &(forgery){0});
     snprintf(want, sizeof want, "%s: format \"moco-checkpoint-2\" is not a checkpoint this build reads (\"moco-checkpoint-1\")", v2);
     ckpt_state st = {0};
     assert_int_equal(ckpt_load(v2, mc, &st), MOCO_EFORMAT); /* resume */
@@ -415,7 +432,7 @@ static void test_position_range(void **state)
         {"train.epoch", (int64_t)1 << 32, 0}, {"train.step", (int64_t)1 << 62, 0}, {"train.step", (int64_t)1 << 53, 0},
         {"train.step", ((int64_t)1 << 53) - 1, 1}, {"train.step", -1, 0}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        forge(path, bad, cases[i].name, cases[i].v, NULL, "moco-checkpoint-1");
+        forge(path, bad, &(forgery){.set = cases[i].name, .v = cases[i].v, .fmt = "moco-checkpoint-1"});
         ckpt_state st = {0};
         int rc = ckpt_load(bad, mc, &st);
         if (cases[i].ok) {
@@ -432,6 +449,64 @@ static void test_position_range(void **state)
     moco_destroy(&mc);
 }
 
+/* moco export checks the checkpoint as a load does: a missing tensor, one
+ * of another dtype, an extra one, a name that is not UTF-8 were all
+ * exported, exit 0; now exit 1 naming it, and nothing written */
+static void test_export_checked(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_export");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], bad[4200], out[4300];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    snprintf(out, sizeof out, "%s/e.safetensors", dir);
+    const rn_tensor *w = rn_find(mc->q, "layer1.0.conv1.weight");
+    assert_non_null(w);
+    static int32_t i32[4096];
+    static const float two[2];
+    const moco_st_entry as_i32 = {"encoder_q.layer1.0.conv1.weight", MOCO_ST_I32, 4, {w->shape[0], w->shape[1], w->shape[2], w->shape[3]}, i32},
+                        extra = {"encoder_q.layer5.0.conv1.weight", MOCO_ST_F32, 1, {2}, two},
+                        ff = {"encoder_q.layer1.0.conv1.weight\xff", MOCO_ST_F32, 1, {2}, two},
+                        k_extra = {"encoder_k.extra", MOCO_ST_F32, 1, {2}, two};
+    struct { forgery fo; const char *encoder; int rc; const char *want; } cases[] = {
+        {{.drop = "encoder_q.layer1.0.conv1.weight", .tc = &tc}, "encoder_q", MOCO_ENOTFOUND, ": no tensor encoder_q.layer1.0.conv1.weight"},
+        {{.drop = "encoder_k.bn1.bias", .tc = &tc}, "encoder_k", MOCO_ENOTFOUND, ": no tensor encoder_k.bn1.bias"},
+        {{.drop = "encoder_q.layer1.0.conv1.weight", .extra = &as_i32, .tc = &tc}, "encoder_q", MOCO_EFORMAT,
+         ": tensor encoder_q.layer1.0.conv1.weight is I32 with 4 dims, expected F32 with 4"},
+        {{.extra = &extra, .tc = &tc}, "encoder_q", MOCO_EINVAL,
+         ": tensor encoder_q.layer5.0.conv1.weight is not part of the model (resnet18-cifar, width 4, mlp head)"},
+        {{.extra = &k_extra, .tc = &tc}, "encoder_q", MOCO_EINVAL, ": tensor encoder_k.extra is not part of the model"},
+        {{.extra = &ff, .tc = &tc}, "encoder_q", MOCO_ECORRUPT, "UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        forge(path, bad, &cases[i].fo);
+        char *argv[] = {"export", "--ckpt", bad, "--out", out, "--encoder", (char *)cases[i].encoder, NULL};
+        int rc = export_main(7, argv);
+        printf("export, case %zu: %s\n", i, moco_errmsg());
+        assert_int_equal(rc, 1);
+        assert_false(tu_exists(out));
+        assert_non_null(strstr(moco_errmsg(), bad));
+        assert_non_null(strstr(moco_errmsg(), cases[i].want));
+        /* the loaders say the same (knn, lincls, embed: ckpt_load_encoder) */
+        resnet *m = NULL;
+        rn_cfg rc2 = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .bn_splits = 1, .batch = 4, .size = 8};
+        assert_int_equal(rn_new(&rc2, 1, 0, NULL, &m), 0);
+        if (!strcmp(cases[i].encoder, "encoder_q")) assert_int_equal(ckpt_load_encoder(bad, m), cases[i].rc);
+        rn_destroy(&m);
+    }
+    /* the genuine file, and the same rewritten with its config: exported */
+    forge(path, bad, &(forgery){.tc = &tc});
+    for (int i = 0; i < 2; i++) {
+        char *argv[] = {"export", "--ckpt", i ? bad : path, "--out", out, "--encoder", "encoder_k", "--with-head", NULL};
+        assert_int_equal(export_main(8, argv), 0);
+        assert_true(tu_exists(out));
+        unlink(out);
+    }
+    moco_destroy(&mc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_extra_tensors),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_position_range),
+        cmocka_unit_test(test_export_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  *   papers do downstream; --with-head keeps it) as a plain state_dict with
  *   torchvision's names (encoder_q. stripped), for torchvision's
  *   load_state_dict (strict=False without the head; strict with it). The
- *   checkpoint is checked first (checksum, no NaN or infinite weights), and
+ *   checkpoint is checked first (checksum, no NaN or infinite weights, every
+ *   tensor's name, dtype and shape against the encoder its config
+ *   describes, as knn loads it, none extra), and
  *   its description (arch, width, mlp, dim) goes into the metadata
  *   ("moco.arch", "moco.encoder").
  * embed: the pooled backbone features (or, with --head, the head's
@@ -54,6 +56,25 @@ int export_main(int argc, char **argv)
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
     }
+    /* the encoder the config describes, built as knn builds it, and the
+     * checkpoint checked against it as a load does: every tensor there with
+     * its dtype and shape, none extra (a missing tensor, an I32 one, a
+     * forged name were exported before) */
+    evalmodel_flags ef;
+    moco_opt eo[EVALMODEL_NOPTS + 1];
+    evalmodel_opts(&ef, eo, "batch");
+    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1; /* 2: BN needs two samples */
+    resnet *m = NULL;
+    char pfx[16];
+    float mean[3], sd[3];
+    snprintf(pfx, sizeof pfx, "%s.", which);
+    if ((rc = evalmodel_open(&ef, &m, mean, sd)) || (rc = ckpt_check_encoder(f, ckpt, m, pfx))) {
+        fprintf(stderr, "moco export: %s\n", moco_errmsg());
+        rn_destroy(&m);
+        moco_st_destroy(&f);
+        return 1;
+    }
+    rn_destroy(&m);
     int n = moco_st_count(f), k = 0;
     size_t pl = strlen(which) + 1;
     moco_st_entry *e = calloc((size_t)n + 1, sizeof *e);

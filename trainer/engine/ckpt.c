@@ -401,6 +401,12 @@ out:
     return rc;
 }
 
+int ckpt_check_encoder(const moco_st *f, const char *path, resnet *m, const char *prefix)
+{
+    int rc = read_model(f, m, prefix, 0, 1, path);
+    return rc ? rc : check_models(f, m, path);
+}
+
 int ckpt_load_encoder(const char *path, resnet *m)
 {
     moco_st *f;

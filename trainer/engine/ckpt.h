@@ -78,4 +78,10 @@ int ckpt_load(const char *path, moco *mc, ckpt_state *st);
 /* Load only the query encoder (encoder_q.*) into m, for evaluation. */
 int ckpt_load_encoder(const char *path, resnet *m);
 
+/* What ckpt_load_encoder checks, for f (from ckpt_open) and the encoder
+ * under prefix ("encoder_q." or "encoder_k."): every tensor of m there with
+ * its dtype and shape, and no model tensor m lacks. Nothing is copied.
+ * Returns 0 or an error naming path and the tensor. */
+int ckpt_check_encoder(const moco_st *f, const char *path, resnet *m, const char *prefix);
+
 #endif
