@@ -275,7 +275,7 @@ int tune_save(void)
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", tmp, strerror(errno));
         goto out;
     }
-    /* the file's lines, less ours that we replace and those that do not parse */
+    /* the file's lines, less ours that we replace and ours that do not parse */
     if (!(in = moco_fopen_regular(target)) && errno != ENOENT) {
         rc = MOCO_EIO; /* the message names target: its lines must not be lost */
         goto out;
