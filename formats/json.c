@@ -2,6 +2,7 @@
  * of open containers, every read bounds-checked against len. */
 #include "formats/json.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "formats/errors.h"
@@ -20,7 +21,24 @@ static int hexval(char c)
     return -1;
 }
 
-/* s[i] is the opening quote; on success *j is just past the closing quote. */
+/* The length of a valid UTF-8 sequence at s (n bytes left), or 0: no
+ * overlong forms, surrogates or code points over U+10FFFF (as jsonw.c). */
+static int utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    int k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (!k || (size_t)k > n) return 0;
+    for (int i = 1; i < k; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    uint32_t cp = k == 1 ? c : k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
+    for (int i = 1; i < k; i++) cp = cp << 6 | (s[i] & 0x3F);
+    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return k;
+}
+
+/* s[i] is the opening quote; on success *j is just past the closing quote.
+ * -1: a bad string; -2: bytes that are not UTF-8 (RFC 8259 8.1), at *j. */
 static int scan_string(const char *s, size_t len, size_t i, size_t *j)
 {
     i++;
@@ -44,8 +62,15 @@ static int scan_string(const char *s, size_t len, size_t i, size_t *j)
             } else {
                 return -1;
             }
-        } else {
+        } else if (c < 0x80) {
             i++;
+        } else {
+            int k = utf8_len((const unsigned char *)s + i, len - i);
+            if (!k) {
+                *j = i;
+                return -2;
+            }
+            i += (size_t)k;
         }
     }
     return -1;
@@ -91,7 +116,10 @@ int moco_json_parse(const char *s, size_t len, const char *what, moco_json_tok *
         if (in_obj) { /* a key, a colon */
             if (s[i] != '"') return moco_err(MOCO_ECORRUPT, "%s: JSON key expected at byte %zu", what, i);
             size_t j;
-            if (scan_string(s, len, i, &j)) return moco_err(MOCO_ECORRUPT, "%s: bad JSON string at byte %zu", what, i);
+            int bad;
+            if ((bad = scan_string(s, len, i, &j)))
+                return bad == -2 ? moco_err(MOCO_ECORRUPT, "%s: a JSON string is not UTF-8 at byte %zu", what, j)
+                                 : moco_err(MOCO_ECORRUPT, "%s: bad JSON string at byte %zu", what, i);
             if (n >= maxtoks) return moco_err(MOCO_ECORRUPT, "%s: JSON has too many values (over %d)", what, maxtoks);
             toks[n] = (moco_json_tok){MOCO_JSON_STR, i + 1, j - i - 2, 0, n + 1};
             n++;
@@ -128,6 +156,7 @@ int moco_json_parse(const char *s, size_t len, const char *what, moco_json_tok *
         } else {
             bad = 1;
         }
+        if (bad == -2) return moco_err(MOCO_ECORRUPT, "%s: a JSON string is not UTF-8 at byte %zu", what, j);
         if (bad) return moco_err(MOCO_ECORRUPT, "%s: bad JSON value at byte %zu", what, i);
         toks[n] = t == MOCO_JSON_STR ? (moco_json_tok){t, i + 1, j - i - 2, 0, n + 1}
                                      : (moco_json_tok){t, i, j - i, 0, n + 1};

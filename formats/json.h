@@ -4,8 +4,9 @@
  * It tokenises a buffer into a flat array of tokens (no allocation, no
  * recursion): every value is one token; an array or object token is followed
  * by its children (for an object: key token, value token, key, value, ...).
- * Strings are validated (escapes, control characters, UTF-8 is passed
- * through) but not decoded until asked. Numbers are validated against the
+ * Strings are validated (escapes, control characters, UTF-8: bytes that
+ * are not, overlong forms, surrogates are refused) but not decoded until
+ * asked. Numbers are validated against the
  * JSON grammar. Anything else (trailing garbage, unbalanced brackets, depth
  * over MOCO_JSON_MAX_DEPTH, more tokens than given) is MOCO_ECORRUPT.
  * The tokens point into the caller's buffer, which must outlive them. */

@@ -1,4 +1,5 @@
-/* replace.c: the checks of replace.h, on lstat, stat and realpath. */
+/* replace.c: the checks of replace.h, on lstat, stat and realpath; the
+ * durable write of a temporary file and its rename. */
 #include "formats/replace.h"
 
 #include <errno.h>
@@ -95,4 +96,52 @@ FILE *moco_create_tmp(const char *tmp)
         errno = e;
     }
     return f;
+}
+
+int moco_fsync_dir(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *sl = strrchr(dir, '/');
+    if (sl == dir) sl[1] = 0; /* "/name": the root */
+    else if (sl) *sl = 0;
+    int fd = open(sl ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), e;
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+int moco_commit_tmp(FILE *f, const char *tmp, const char *target, const char *name)
+{
+    errno = 0;
+    int ok = !ferror(f) && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int e = ok ? 0 : errno ? errno : EIO;
+    if (fclose(f) != 0 && ok) ok = 0, e = errno;
+    if (ok && rename(tmp, target) != 0) ok = 0, e = errno;
+    if (!ok) {
+        unlink(tmp);
+        return moco_err(MOCO_EIO, "cannot write %s: %s; it is left as it was", name, strerror(e));
+    }
+    if (moco_fsync_dir(target) != 0) return moco_err(MOCO_EIO, "cannot make %s durable (fsync of its directory): %s", name, strerror(errno));
+    return 0;
+}
+
+int moco_write_replace(const char *path, const void *data, size_t len)
+{
+    char target[4096], tmp[4200];
+    int rc = moco_replace_target(path, target, sizeof target);
+    if (rc) return rc;
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", target, (long)getpid());
+    FILE *f = moco_create_tmp(tmp);
+    if (!f) return MOCO_EIO;
+    if (len && fwrite(data, 1, len, f) != len) {
+        int e = errno ? errno : EIO;
+        fclose(f);
+        unlink(tmp);
+        return moco_err(MOCO_EIO, "cannot write %s: %s; it is left as it was", path, strerror(e));
+    }
+    return moco_commit_tmp(f, tmp, target, path);
 }

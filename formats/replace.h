@@ -11,7 +11,11 @@
  * link. Anything else there (a device such as /dev/null, a directory, a FIFO,
  * a socket, a link to one of those or to nothing) is refused with MOCO_EIO and
  * a message naming the path: as root, a rename onto /dev/null would put a
- * plain file in its place. */
+ * plain file in its place.
+ *
+ * moco_commit_tmp and moco_write_replace finish such a write durably (every
+ * write checked, fsync, rename, fsync of the directory) or leave the old
+ * file in place. */
 #ifndef MOCO_REPLACE_H
 #define MOCO_REPLACE_H
 
@@ -33,5 +37,23 @@ FILE *moco_create_tmp(const char *tmp);
  * open (a FIFO is refused, not waited on): the stream, or NULL with errno
  * set (EINVAL for what is not a regular file) and a message naming path. */
 FILE *moco_fopen_regular(const char *path);
+
+/* Make a rename in the directory of path durable: fsync that directory
+ * (opened O_DIRECTORY). 0, or -1 with errno set. */
+int moco_fsync_dir(const char *path);
+
+/* Finish f, a temporary file from moco_create_tmp at tmp: every write
+ * checked (ferror: a failed write may leave fflush nothing to report),
+ * flushed, fsync'ed, closed, renamed onto target (moco_replace_target's),
+ * and the directory fsync'ed. f is closed either way. 0, or MOCO_EIO with a
+ * message naming name (the path the user gave) and tmp removed: target is
+ * then as it was (unless only the directory's fsync failed). */
+int moco_commit_tmp(FILE *f, const char *tmp, const char *target, const char *name);
+
+/* path made to hold exactly data[0..len) that way: the target checked
+ * (moco_replace_target: never a FIFO, a device, a dangling link), a
+ * temporary file beside it, moco_commit_tmp. 0, or MOCO_EIO / MOCO_EINVAL
+ * naming path; what was at path is then unchanged. */
+int moco_write_replace(const char *path, const void *data, size_t len);
 
 #endif

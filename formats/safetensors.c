@@ -363,13 +363,12 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
         for (int d = 0; d < e[i].ndim; d++) bytes *= (size_t)e[i].shape[d];
         ok = bytes == 0 || fwrite(e[i].data, 1, bytes, f) == bytes;
     }
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int e2 = errno;
-    if (fclose(f) != 0) ok = 0;
-    if (!ok || rename(tmp, target) != 0) {
-        if (ok) e2 = errno;
+    if (!ok) {
+        int e2 = errno ? errno : EIO;
+        fclose(f);
         unlink(tmp);
         return moco_err(MOCO_EIO, "write %s: %s", path, strerror(e2));
     }
-    return 0;
+    /* ferror, fflush, fsync, rename, and the directory's fsync (the rename durable) */
+    return moco_commit_tmp(f, tmp, target, path);
 }

@@ -12,7 +12,8 @@
 #     falls silent) mid-epoch: the trainer exits 1 naming the checkpoint
 #     it kept, not "done";
 #  3. a truncated checkpoint is refused with a message, exit 1.
-# Also: kNN, embed, and linear evaluation (cached and streamed).
+# Also: kNN, embed, and linear evaluation (cached and streamed); lincls.json
+# written whole or not at all.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -96,6 +97,30 @@ assert f.shape == (512, 32) and h.shape == (512, 128) and f.min() >= 0 and set(l
 fi
 # export: the backbone by default, the head with --with-head
 $M export $CK --out "$T/bb.st" >/dev/null && $M export $CK --out "$T/wh.st" --with-head >/dev/null || fail "moco export"
+# durable writes (strace, where there is one): the temporary file fsync'ed,
+# renamed onto the file, then the directory fsync'ed (.npy had no fsync at
+# all, safetensors no fsync of the directory)
+durable() { # trace file
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import os, re, sys
+f = sys.argv[2]; d = os.path.dirname(f); fds = {}; state = 0
+for l in open(sys.argv[1]):
+    m = re.search(r'openat\(AT_FDCWD, "([^"]*)", .*\) = (\d+)$', l.strip())
+    if m: fds[m.group(2)] = m.group(1)
+    s = re.search(r'fsync\((\d+)\)\s*= 0', l)
+    if state == 0 and s and fds.get(s.group(1), '').startswith(f + '.'): state = 1
+    elif state == 1 and re.search(r'rename[a-z0-9]*\(.*"%s"' % re.escape(f), l): state = 2
+    elif state == 2 and s and fds.get(s.group(1)) == d: state = 3
+sys.exit(state != 3)
+PY
+}
+if command -v strace >/dev/null; then
+  mkdir -p "$T/dur"
+  strace -f -e trace=fsync,rename,renameat,renameat2,openat -o "$T/dur/npy.trace" $M embed $CK $E --out "$T/dur/f.npy" >/dev/null \
+    && durable "$T/dur/npy.trace" "$T/dur/f.npy" && durable "$T/dur/npy.trace" "$T/dur/f.labels.npy" || fail "embed .npy not durable"
+  strace -f -e trace=fsync,rename,renameat,renameat2,openat -o "$T/dur/st.trace" $M export $CK --out "$T/dur/bb.st" >/dev/null \
+    && durable "$T/dur/st.trace" "$T/dur/bb.st" || fail "export (moco_st_write) not durable"
+fi
 head -c 65536 "$T/bb.st" | grep -aq '"layer4.1.bn2.running_var"' || fail "export: no backbone tensors"
 head -c 65536 "$T/bb.st" | grep -aq '"fc.weight"' && fail "export: the head should be dropped by default"
 head -c 65536 "$T/wh.st" | grep -aq '"fc.weight"' || fail "export --with-head: no fc.weight"
@@ -128,6 +153,22 @@ $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
       --size 28 --epochs 10 --schedule 6,8 --lr 0.3 --threads 1 --cached-features | tail -1)
 echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-features: $lin"
+# lincls.json is written whole or not at all (it was fopen'ed, errors
+# ignored): a FIFO (it hung), a dangling link, a link to /dev/full are
+# refused naming it; a failed write (ulimit -f: a full disk) keeps the old
+# file, exit 1
+mkdir -p "$T/lj/fifo" "$T/lj/dangling" "$T/lj/full" "$T/lj/fsize"
+mkfifo "$T/lj/fifo/lincls.json"; ln -s "$T/lj/none/x" "$T/lj/dangling/lincls.json"; ln -s /dev/full "$T/lj/full/lincls.json"
+echo old >"$T/lj/fsize/lincls.json"
+LJ="--random-init 1 --train $T/db --test $T/db --arch resnet18-cifar --width 4 --size 28 --epochs 1 --threads 1 --cached-features"
+for d in fifo dangling full; do
+  timeout 60 $M lincls $LJ --out "$T/lj/$d" >/dev/null 2>"$T/lj/$d.err"
+  [ $? -eq 1 ] && grep -q "moco lincls: $T/lj/$d/lincls.json is .*not replacing it" "$T/lj/$d.err" || fail "lincls.json $d: $(cat "$T/lj/$d.err")"
+done
+# (stderr through a pipe: the limit applies to every file the command writes)
+(trap '' XFSZ; ulimit -f 0; exec timeout 60 $M lincls $LJ --out "$T/lj/fsize" 2>&1 >/dev/null) | cat >"$T/lj/fsize.err"
+[ "${PIPESTATUS[0]}" -eq 1 ] && grep -q "moco lincls: cannot write $T/lj/fsize/lincls.json: File too large; it is left as it was" "$T/lj/fsize.err" \
+  && [ "$(cat "$T/lj/fsize/lincls.json")" = old ] && [ -z "$(ls "$T/lj/fsize" | grep tmp)" ] || fail "lincls.json, full disk: $(cat "$T/lj/fsize.err")"
 # streamed: every epoch new crops from a loader and a worker; each image
 # exactly once per epoch; top-5 >= top-1; the encoder unchanged. (Its
 # accuracy is not checked: the checkpoint comes from a 2-worker run, whose

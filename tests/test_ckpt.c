@@ -8,7 +8,13 @@
  *  - checkpoints describe themselves: evalmodel_open builds the encoder from
  *    the "config" metadata (arch, width, mlp, dim, size) without flags, and
  *    refuses flags that contradict it; a checkpoint without a config falls
- *    back to the flags.
+ *    back to the flags;
+ *  - a model tensor the model lacks (a resnet34 checkpoint loaded as
+ *    resnet18, a forged encoder_q.extra) is refused, naming it;
+ *  - another "format" is refused by every reader; none at all is read;
+ *  - train.epoch / pipeline.epoch >= 2^32 - 1, train.step >= 2^53 refused;
+ *  - moco export checks names, dtypes and shapes as a load does (a missing
+ *    tensor, an I32 one, an extra one, a name that is not UTF-8).
  * Small models: resnet18-cifar width 4, 8x8 inputs, batch 4, K 16. */
 #include "tests/testutil.h"
 
@@ -270,12 +276,247 @@ static void test_self_describing(void **state)
     moco_destroy(&mc);
 }
 
+/* How forge changes a file: tensor set (I64[1]) given the value v; the
+ * tensor drop left out; the tensor *extra added; __metadata__ format = fmt
+ * (none when NULL) and tc's config (none when NULL); no CRC-32s. */
+typedef struct {
+    const char *set;
+    int64_t v;
+    const char *drop;
+    const moco_st_entry *extra;
+    const char *fmt;
+    const train_cfg *tc;
+} forgery;
+
+/* src rewritten to dst as fo says: a forged file, as a hand could make it */
+static void forge(const char *src, const char *dst, const forgery *fo)
+{
+    moco_st *f;
+    assert_int_equal(moco_st_open(src, &f), 0);
+    int n = moco_st_count(f), k = 0;
+    moco_st_entry *e = calloc((size_t)n + 1, sizeof *e);
+    assert_non_null(e);
+    for (int i = 0; i < n; i++) {
+        const moco_st_tensor *t = moco_st_at(f, i);
+        if (fo->drop && !strcmp(t->name, fo->drop)) continue;
+        e[k] = (moco_st_entry){t->name, t->dtype, t->ndim, {0}, moco_st_data(f, t)};
+        memcpy(e[k].shape, t->shape, sizeof t->shape);
+        if (fo->set && !strcmp(t->name, fo->set)) e[k].data = &fo->v;
+        k++;
+    }
+    if (fo->extra) e[k++] = *fo->extra;
+    char json[2048];
+    const char *meta[6] = {"format", fo->fmt}, *cm[4];
+    int nm = fo->fmt ? 1 : 0;
+    if (fo->tc && train_config_meta(fo->tc, json, sizeof json, cm) == 2) meta[2 * nm] = "config", meta[2 * nm++ + 1] = json;
+    assert_int_equal(moco_st_write(dst, e, k, nm ? meta : NULL, nm), 0);
+    free(e);
+    moco_st_destroy(&f);
+}
+
+/* every model tensor of the file must be the model's: a resnet34 checkpoint
+ * holds every tensor of resnet18 (same names and shapes) and loaded as one
+ * with 240 tensors dropped; a forged encoder_q.extra was accepted */
+static void test_extra_tensors(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_extra");
+    moco_cfg c18 = {.enc = {.arch = "resnet18", .width = 2, .mlp = 0, .dim = 8, .bn_splits = 1, .batch = 4, .size = 32},
+                    .K = 16, .m = 0.99f, .T = 0.1f, .lr = 0.06f, .sgd_momentum = 0.9f, .weight_decay = 5e-4f, .seed = 3};
+    moco_cfg c34 = c18;
+    c34.enc.arch = "resnet34";
+    moco *m18, *m34;
+    assert_int_equal(moco_new(&c18, &m18), 0);
+    assert_int_equal(moco_new(&c34, &m34), 0);
+    char p34[4200], p18[4200], forged[4200];
+    snprintf(p34, sizeof p34, "%s", save(dir, "r34.safetensors", m34, NULL));
+    snprintf(p18, sizeof p18, "%s", save(dir, "r18.safetensors", m18, NULL));
+    ckpt_state st = {0};
+    int rc = ckpt_load(p34, m18, &st);
+    printf("resnet34 checkpoint resumed as resnet18: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), p34));
+    assert_non_null(strstr(moco_errmsg(), ".layer1.2.")); /* resnet34's third block: resnet18 has two */
+    assert_non_null(strstr(moco_errmsg(), "is not part of the model (resnet18, width 2)"));
+    resnet *enc = NULL;
+    rn_cfg rc18 = {.arch = "resnet18", .width = 2, .dim = 8, .bn_splits = 1, .batch = 4, .size = 32};
+    assert_int_equal(rn_new(&rc18, 1, 0, NULL, &enc), 0);
+    assert_int_equal(ckpt_load_encoder(p34, enc), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "is not part of the model"));
+    /* one forged tensor under each model prefix (the last: a momentum
+     * buffer of a BN buffer, not a parameter, with its shape) */
+    static const float v16[16];
+    const moco_st_entry extras[] = {{"encoder_q.extra", MOCO_ST_F32, 1, {2}, v16},
+                                    {"encoder_k.layer9.weight", MOCO_ST_F32, 1, {2}, v16},
+                                    {"momentum_buffer.bn1.running_mean", MOCO_ST_F32, 1, {2}, v16}};
+    const rn_tensor *rm = rn_find(m18->q, "bn1.running_mean");
+    assert_non_null(rm);
+    assert_int_equal(rm->shape[0], 2);
+    for (int i = 0; i < 3; i++) {
+        snprintf(forged, sizeof forged, "%s/forged%d.safetensors", dir, i);
+        forge(p18, forged, &(forgery){.extra = &extras[i], .fmt = "moco-checkpoint-1"});
+        assert_int_equal(ckpt_load(p18, m18, &st), 0); /* the genuine one loads */
+        free((void *)st.delivered);
+        rc = ckpt_load(forged, m18, &st);
+        printf("%s: %s\n", extras[i].name, moco_errmsg());
+        assert_int_equal(rc, MOCO_EINVAL);
+        char want[512];
+        snprintf(want, sizeof want, "%s: tensor %s is not part of the model (resnet18, width 2)", forged, extras[i].name);
+        assert_string_equal(moco_errmsg(), want);
+        assert_int_equal(ckpt_load_encoder(forged, enc), MOCO_EINVAL); /* knn, lincls, embed */
+        assert_string_equal(moco_errmsg(), want);
+    }
+    assert_int_equal(ckpt_load_encoder(p18, enc), 0);
+    rn_destroy(&enc);
+    moco_destroy(&m18);
+    moco_destroy(&m34);
+}
+
+/* __metadata__ format: another one (a later layout) is refused by every
+ * reader, naming the file and the value; none at all (files saved without
+ * metadata) is legal */
+static void test_format(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_format");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], v2[4200], none[4200], want[8600];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    snprintf(v2, sizeof v2, "%s/v2.safetensors", dir);
+    snprintf(none, sizeof none, "%s/none.safetensors", dir);
+    forge(path, v2, &(forgery){.fmt = "moco-checkpoint-2"});
+    forge(path, none, &(forgery){0});
+    snprintf(want, sizeof want, "%s: format \"moco-checkpoint-2\" is not a checkpoint this build reads (\"moco-checkpoint-1\")", v2);
+    ckpt_state st = {0};
+    assert_int_equal(ckpt_load(v2, mc, &st), MOCO_EFORMAT); /* resume */
+    printf("another format: %s\n", moco_errmsg());
+    assert_string_equal(moco_errmsg(), want);
+    ckpt_config cc;
+    assert_int_equal(ckpt_read_config(v2, &cc), MOCO_EFORMAT); /* knn, lincls, embed: evalmodel_open */
+    assert_string_equal(moco_errmsg(), want);
+    moco_st *f = NULL;
+    assert_int_equal(ckpt_open(v2, &f, NULL), MOCO_EFORMAT);
+    assert_null(f);
+    resnet *m = NULL;
+    rn_cfg rc2 = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .bn_splits = 1, .batch = 4, .size = 8};
+    assert_int_equal(rn_new(&rc2, 1, 0, NULL, &m), 0);
+    assert_int_equal(ckpt_load_encoder(v2, m), MOCO_EFORMAT);
+    char out[4300];
+    snprintf(out, sizeof out, "%s/e.safetensors", dir);
+    char *argv[] = {"export", "--ckpt", v2, "--out", out, NULL};
+    assert_int_equal(export_main(5, argv), 1);
+    assert_false(tu_exists(out));
+    /* no format: loads */
+    assert_int_equal(ckpt_load(none, mc, &st), 0);
+    free((void *)st.delivered);
+    assert_int_equal(ckpt_load_encoder(none, m), 0);
+    rn_destroy(&m);
+    moco_destroy(&mc);
+}
+
+/* the position scalars: a pipeline.epoch of 2^40 restarted the stream at
+ * epoch 0 (the trainer keeps it in 32 bits), a train.step of 2^62 was taken */
+static void test_position_range(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_range");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], bad[4200], want[8600];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc)); /* epoch 1, step 16, pipeline epoch 1 */
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    struct { const char *name; int64_t v; int ok; } cases[] = {
+        {"pipeline.epoch", (int64_t)1 << 40, 0}, {"pipeline.epoch", 0xFFFFFFFFll, 0}, {"pipeline.epoch", 0xFFFFFFFEll, 1},
+        {"pipeline.epoch", 5, 1}, /* a loader started at a later epoch than the trainer */
+        {"train.epoch", (int64_t)1 << 32, 0}, {"train.step", (int64_t)1 << 62, 0}, {"train.step", (int64_t)1 << 53, 0},
+        {"train.step", ((int64_t)1 << 53) - 1, 1}, {"train.step", -1, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        forge(path, bad, &(forgery){.set = cases[i].name, .v = cases[i].v, .fmt = "moco-checkpoint-1"});
+        ckpt_state st = {0};
+        int rc = ckpt_load(bad, mc, &st);
+        if (cases[i].ok) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(!strcmp(cases[i].name, "train.step") ? st.step : st.pipe_epoch, cases[i].v);
+            free((void *)st.delivered);
+            continue;
+        }
+        printf("%s %lld: %s\n", cases[i].name, (long long)cases[i].v, moco_errmsg());
+        assert_int_equal(rc, MOCO_ECORRUPT);
+        snprintf(want, sizeof want, "%s: tensor %s out of range", bad, cases[i].name);
+        assert_memory_equal(moco_errmsg(), want, strlen(want));
+    }
+    moco_destroy(&mc);
+}
+
+/* moco export checks the checkpoint as a load does: a missing tensor, one
+ * of another dtype, an extra one, a name that is not UTF-8 were all
+ * exported, exit 0; now exit 1 naming it, and nothing written */
+static void test_export_checked(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_export");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], bad[4200], out[4300];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    snprintf(out, sizeof out, "%s/e.safetensors", dir);
+    const rn_tensor *w = rn_find(mc->q, "layer1.0.conv1.weight");
+    assert_non_null(w);
+    static int32_t i32[4096];
+    static const float two[2];
+    const moco_st_entry as_i32 = {"encoder_q.layer1.0.conv1.weight", MOCO_ST_I32, 4, {w->shape[0], w->shape[1], w->shape[2], w->shape[3]}, i32},
+                        extra = {"encoder_q.layer5.0.conv1.weight", MOCO_ST_F32, 1, {2}, two},
+                        ff = {"encoder_q.layer1.0.conv1.weight\xff", MOCO_ST_F32, 1, {2}, two},
+                        k_extra = {"encoder_k.extra", MOCO_ST_F32, 1, {2}, two};
+    struct { forgery fo; const char *encoder; int rc; const char *want; } cases[] = {
+        {{.drop = "encoder_q.layer1.0.conv1.weight", .tc = &tc}, "encoder_q", MOCO_ENOTFOUND, ": no tensor encoder_q.layer1.0.conv1.weight"},
+        {{.drop = "encoder_k.bn1.bias", .tc = &tc}, "encoder_k", MOCO_ENOTFOUND, ": no tensor encoder_k.bn1.bias"},
+        {{.drop = "encoder_q.layer1.0.conv1.weight", .extra = &as_i32, .tc = &tc}, "encoder_q", MOCO_EFORMAT,
+         ": tensor encoder_q.layer1.0.conv1.weight is I32 with 4 dims, expected F32 with 4"},
+        {{.extra = &extra, .tc = &tc}, "encoder_q", MOCO_EINVAL,
+         ": tensor encoder_q.layer5.0.conv1.weight is not part of the model (resnet18-cifar, width 4, mlp head)"},
+        {{.extra = &k_extra, .tc = &tc}, "encoder_q", MOCO_EINVAL, ": tensor encoder_k.extra is not part of the model"},
+        {{.extra = &ff, .tc = &tc}, "encoder_q", MOCO_ECORRUPT, "UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        forge(path, bad, &cases[i].fo);
+        char *argv[] = {"export", "--ckpt", bad, "--out", out, "--encoder", (char *)cases[i].encoder, NULL};
+        int rc = export_main(7, argv);
+        printf("export, case %zu: %s\n", i, moco_errmsg());
+        assert_int_equal(rc, 1);
+        assert_false(tu_exists(out));
+        assert_non_null(strstr(moco_errmsg(), bad));
+        assert_non_null(strstr(moco_errmsg(), cases[i].want));
+        /* the loaders say the same (knn, lincls, embed: ckpt_load_encoder) */
+        resnet *m = NULL;
+        rn_cfg rc2 = {.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .bn_splits = 1, .batch = 4, .size = 8};
+        assert_int_equal(rn_new(&rc2, 1, 0, NULL, &m), 0);
+        if (!strcmp(cases[i].encoder, "encoder_q")) assert_int_equal(ckpt_load_encoder(bad, m), cases[i].rc);
+        rn_destroy(&m);
+    }
+    /* the genuine file, and the same rewritten with its config: exported */
+    forge(path, bad, &(forgery){.tc = &tc});
+    for (int i = 0; i < 2; i++) {
+        char *argv[] = {"export", "--ckpt", i ? bad : path, "--out", out, "--encoder", "encoder_k", "--with-head", NULL};
+        assert_int_equal(export_main(8, argv), 0);
+        assert_true(tu_exists(out));
+        unlink(out);
+    }
+    moco_destroy(&mc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_checksum),
         cmocka_unit_test(test_nan_refused),
         cmocka_unit_test(test_self_describing),
+        cmocka_unit_test(test_extra_tensors),
+        cmocka_unit_test(test_format),
+        cmocka_unit_test(test_position_range),
+        cmocka_unit_test(test_export_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -319,6 +319,25 @@ static void test_one_epoch_one_worker(void **st)
     run_clean(1, 1);
 }
 
+/* sink --json is written whole or not at all: a FIFO in its place is
+ * refused (exit 1 naming it; it hung in fopen before) and stays a FIFO */
+static void test_sink_json_fifo(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_sinkjson");
+    make_db();
+    assert_int_equal(tu_sh("mkfifo %s/fifo.json", tmp), 0);
+    pid_t L = start_loader("--epochs 1 --seed 5"), W = start_worker(4);
+    wait_joined(1);
+    pid_t S = start_sink("", "fifo");
+    assert_int_equal(wait_for(S, 30), 1);
+    assert_int_equal(wait_for(L, 10), 0);
+    assert_int_equal(wait_for(W, 10), 0);
+    check_index_log("fifo", 0, 1, NULL); /* the stream itself was fine */
+    assert_int_equal(tu_sh("grep -q 'moco sink: %s/fifo.json is a FIFO, not a regular file; not replacing it' %s/fifo.err", tmp, tmp), 0);
+    assert_int_equal(tu_sh("test -p %s/fifo.json", tmp), 0);
+}
+
 static void test_two_epochs_three_workers(void **st)
 {
     (void)st;
@@ -820,6 +839,7 @@ int main(void)
         cmocka_unit_test_teardown(test_worker_ready_inside_record, teardown),
         cmocka_unit_test_teardown(test_one_epoch_one_worker, teardown),
         cmocka_unit_test_teardown(test_batched_exact, teardown),
+        cmocka_unit_test_teardown(test_sink_json_fifo, teardown),
         cmocka_unit_test_teardown(test_two_epochs_three_workers, teardown),
         cmocka_unit_test_teardown(test_workers_killed_repeatedly, teardown),
         cmocka_unit_test_teardown(test_resume_mid_epoch, teardown),

@@ -1,11 +1,17 @@
 /* test_plot.c: the axes of `moco plot`: 1-2-5 steps, whole-step ranges,
  * zero-based and capped percentages, labels without exponents or noise
- * digits (1.35e+03 and -0.641 were printed before). */
+ * digits (1.35e+03 and -0.641 were printed before); extreme values refused
+ * or drawn clamped; the PNG written whole or not at all. */
 #include "tests/testutil.h"
 
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
+#include "formats/errors.h"
 #include "trainer/plot.h"
 
 static void axis_is(double lo, double hi, int zero, double cap, double elo, double ehi, double est)
@@ -71,8 +77,92 @@ static void test_units(void **state)
     assert_string_equal(plot_x_label, "epoch");
 }
 
+/* dir/metrics.jsonl holds text; moco plot dir --out out: its exit status */
+static int plot(const char *dir, const char *text, const char *out)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    char *argv[] = {"plot", (char *)dir, "--out", (char *)out, NULL};
+    return plot_main(4, argv);
+}
+
+static int is_png(const char *path)
+{
+    size_t n = 0;
+    uint8_t *b = tu_read_file(path, &n);
+    int ok = b && n > 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8);
+    free(b);
+    return ok;
+}
+
+/* Values finite but extreme: 1e308 and -1e308 (their range is infinite:
+ * NaN ticks, casts of doubles out of int's range, a blank panel, exit 0
+ * before) are refused naming the file, line and value; -5e-324 and 0 (a
+ * range below what a tenth of the value pads) get an axis; a step record
+ * far beyond the last epoch is drawn clamped. The PNG is written whole or
+ * not at all: a FIFO at --out is refused (it was written into), a failed
+ * write (RLIMIT_FSIZE: a full disk) leaves the old file. */
+static void test_extremes_and_output(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_plot");
+    char out[4200], msg[8600];
+    snprintf(out, sizeof out, "%s/c.png", dir);
+    assert_int_equal(plot(dir, "{\"type\":\"epoch\",\"epoch\":0,\"step\":10,\"loss\":5,\"pairs_per_s\":1e308}\n"
+                               "{\"type\":\"epoch\",\"epoch\":1,\"step\":20,\"loss\":4,\"pairs_per_s\":-1e308}\n", out), 1);
+    snprintf(msg, sizeof msg, "%s/metrics.jsonl: line 1: pairs_per_s 1e+308: the panel \"throughput (pairs/s)\" has no finite axis "
+             "for values from -1e+308 to 1e+308", dir);
+    assert_string_equal(moco_errmsg(), msg);
+    assert_false(tu_exists(out));
+    double a, b, st;
+    plot_axis(-5e-324, 0, 1, 100, &a, &b, &st);
+    print_message("  [-5e-324, 0] -> [%g, %g] step %g\n", a, b, st);
+    assert_true(a == -1 && b == 1 && st == 0.5);
+    assert_int_equal(plot(dir, "{\"type\":\"epoch\",\"epoch\":0,\"step\":10,\"knn_top1\":-5e-324}\n"
+                               "{\"type\":\"epoch\",\"epoch\":1,\"step\":20,\"knn_top1\":0}\n"
+                               "{\"type\":\"step\",\"step\":1e300,\"loss\":3,\"acc\":1e300}\n", out), 0);
+    assert_true(is_png(out));
+    /* a FIFO at --out */
+    char fifo[4200];
+    snprintf(fifo, sizeof fifo, "%s/fifo.png", dir);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *ok = "{\"type\":\"epoch\",\"epoch\":0,\"step\":10,\"loss\":5,\"knn_top1\":20,\"pairs_per_s\":100}\n";
+    assert_int_equal(plot(dir, ok, fifo), 1);
+    snprintf(msg, sizeof msg, "%s is a FIFO, not a regular file; not replacing it", fifo);
+    assert_string_equal(moco_errmsg(), msg);
+    /* a full disk: the old PNG stays */
+    size_t n0, n1;
+    uint8_t *old = tu_read_file(out, &n0);
+    assert_non_null(old);
+    struct rlimit rl0, rl;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &rl0), 0);
+    void (*sig0)(int) = signal(SIGXFSZ, SIG_IGN);
+    rl = rl0;
+    rl.rlim_cur = 1024;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    char *argv[] = {"plot", (char *)dir, "--out", out, NULL}; /* metrics.jsonl: ok's, written above */
+    int rc = plot_main(4, argv);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl0), 0);
+    signal(SIGXFSZ, sig0);
+    assert_int_equal(rc, 1);
+    snprintf(msg, sizeof msg, "cannot write %s: %s; it is left as it was", out, strerror(EFBIG));
+    assert_string_equal(moco_errmsg(), msg);
+    uint8_t *now = tu_read_file(out, &n1);
+    assert_non_null(now);
+    assert_int_equal(n1, n0);
+    assert_memory_equal(now, old, n0);
+    free(old);
+    free(now);
+    assert_int_not_equal(tu_sh("ls '%s' | grep -q 'tmp$'", dir), 0);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels), cmocka_unit_test(test_units)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels), cmocka_unit_test(test_units),
+                                       cmocka_unit_test(test_extremes_and_output)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -194,6 +194,19 @@ static void test_lying_headers(void **s)
     assert_string_equal(str, "x\xc3\xa9\xf0\x9f\x98\x80");
     assert_int_equal(tk[moco_json_get(js, tk, 0, "e")].type, MOCO_JSON_NUM);
     assert_int_equal(moco_json_get(js, tk, 0, "zz"), -1);
+    /* strings are UTF-8 (RFC 8259 8.1; the header is UTF-8 JSON): a byte
+     * 0xFF, an overlong '/', a surrogate, a sequence cut by the quote, as a
+     * key or a value, were passed through */
+    const char *utf[] = {"{\"a\xff\":1}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"x\xed\xa0\x80\"}", "[\"\xe2\x82\"]"};
+    const size_t at[] = {3, 6, 7, 2};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(moco_json_parse(utf[i], strlen(utf[i]), "utf", tk, 300, &nt), MOCO_ECORRUPT);
+        char want[64];
+        snprintf(want, sizeof want, "utf: a JSON string is not UTF-8 at byte %zu", at[i]);
+        assert_string_equal(moco_errmsg(), want);
+    }
+    const char *good = "{\"caf\xc3\xa9\":\"\xf0\x9f\x98\x80\xe2\x82\xac\"}";
+    assert_int_equal(moco_json_parse(good, strlen(good), "good", tk, 300, &nt), 0);
 }
 
 static void test_fuzz(void **s)

@@ -11,13 +11,19 @@
  *  - the wisdom file: saved, found again by a fresh table (nothing timed),
  *    other machines' lines kept, lines that do not parse reported and
  *    dropped, a forged choice that cannot run the shape measured afresh;
+ *    other builds' lines kept verbatim even where this build cannot parse
+ *    them (an unknown choice, precision, layer); a failed write (full disk)
+ *    keeps the old file and is an error naming it;
  *  - TUNE_RULE: nn_conv_init's rule, nothing timed, no file written;
  *  - repeatable: on 2 threads, every algorithm's weight and input
  *    gradients are the same bit for bit in 40 repetitions (per-thread
  *    partial sums over a fixed set of chunks, par_for_fixed). */
 #include "tests/testutil.h"
 
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include "formats/errors.h"
 #include "formats/rng.h"
@@ -393,11 +399,75 @@ static void test_measure_and_wisdom(void **st)
     par_set_threads(1);
 }
 
+/* Lines of other builds or CPUs are kept verbatim, also those naming a
+ * choice or a precision this build does not know (they were dropped); a
+ * write that fails (a full disk, made here by RLIMIT_FSIZE) keeps the old
+ * file whole and is an error naming it (it was replaced by a cut one). */
+static void test_wisdom_kept(void **st)
+{
+    (void)st;
+    par_set_threads(2);
+    const char *dir = tu_tmpdir("tune_kept");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/wisdom.jsonl", dir);
+    const tune_shape s2 = {8, 16, 4, 4, 16, 1, 1, 0};
+    tune_choice c;
+    tune_configure(TUNE_MEASURE, path);
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c), 0); /* tune_cpu, tune_build known */
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 200; i++) /* 40 kB: more than a stdio buffer */
+        fprintf(f, "{\"cpu\":\"Other CPU %d\",\"build\":\"y\",\"threads\":2,\"precision\":\"fp64\",\"pass\":\"fwd\","
+                   "\"shape\":[1,1,1,1,1,1,1,0],\"choice\":\"direct-avx10\",\"ms\":{\"direct-avx10\":1.0}}\n", i);
+    fprintf(f, "{\"cpu\":\"%s\",\"build\":\"a later build\",\"threads\":2,\"precision\":\"fp32\",\"layer\":\"attention\","
+               "\"pass\":\"fwd\",\"shape\":[8,16,4,4,16,1,1,0],\"choice\":\"direct-avx10\",\"ms\":{\"direct-avx10\":0.5}}\n",
+            tune_cpu());
+    fclose(f);
+    char *old = slurp(path);
+    assert_non_null(old);
+    tune_configure(TUNE_MEASURE, path); /* a fresh table: the lines are not ours, and not bad */
+    assert_int_equal(tune_conv(&s2, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
+    assert_int_equal(c.measured, 1);
+    assert_null(tune_note());
+    /* a full disk */
+    struct rlimit rl0, rl;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &rl0), 0);
+    void (*sig0)(int) = signal(SIGXFSZ, SIG_IGN);
+    rl = rl0;
+    rl.rlim_cur = 8192;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    int rc = tune_save();
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl0), 0);
+    signal(SIGXFSZ, sig0);
+    printf("full disk: %s\n", moco_errmsg());
+    assert_int_equal(rc, MOCO_EIO);
+    char want[8600];
+    snprintf(want, sizeof want, "cannot write the wisdom file %s: %s; it is left as it was", path, strerror(EFBIG));
+    assert_string_equal(moco_errmsg(), want);
+    char *text = slurp(path);
+    assert_non_null(text);
+    assert_string_equal(text, old);
+    test_free(text);
+    assert_int_not_equal(tu_sh("ls '%s' | grep -q 'tmp$'", dir), 0); /* no temporary file left */
+    /* room again: the other lines verbatim, first, and ours after them */
+    assert_int_equal(tune_save(), 0);
+    text = slurp(path);
+    assert_non_null(text);
+    assert_int_equal(count_lines(text), 202);
+    assert_memory_equal(text, old, strlen(old));
+    assert_non_null(strstr(text + strlen(old), tune_build()));
+    test_free(text);
+    test_free(old);
+    tune_configure(TUNE_RULE, NULL);
+    par_set_threads(1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_every_algo),
         cmocka_unit_test(test_measure_and_wisdom),
+        cmocka_unit_test(test_wisdom_kept),
         cmocka_unit_test(test_repeatable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

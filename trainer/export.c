@@ -3,7 +3,9 @@
  *   papers do downstream; --with-head keeps it) as a plain state_dict with
  *   torchvision's names (encoder_q. stripped), for torchvision's
  *   load_state_dict (strict=False without the head; strict with it). The
- *   checkpoint is checked first (checksum, no NaN or infinite weights), and
+ *   checkpoint is checked first (checksum, no NaN or infinite weights, every
+ *   tensor's name, dtype and shape against the encoder its config
+ *   describes, as knn loads it, none extra), and
  *   its description (arch, width, mlp, dim) goes into the metadata
  *   ("moco.arch", "moco.encoder").
  * embed: the pooled backbone features (or, with --head, the head's
@@ -54,6 +56,25 @@ int export_main(int argc, char **argv)
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
     }
+    /* the encoder the config describes, built as knn builds it, and the
+     * checkpoint checked against it as a load does: every tensor there with
+     * its dtype and shape, none extra (a missing tensor, an I32 one, a
+     * forged name were exported before) */
+    evalmodel_flags ef;
+    moco_opt eo[EVALMODEL_NOPTS + 1];
+    evalmodel_opts(&ef, eo, "batch");
+    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1; /* 2: BN needs two samples */
+    resnet *m = NULL;
+    char pfx[16];
+    float mean[3], sd[3];
+    snprintf(pfx, sizeof pfx, "%s.", which);
+    if ((rc = evalmodel_open(&ef, &m, mean, sd)) || (rc = ckpt_check_encoder(f, ckpt, m, pfx))) {
+        fprintf(stderr, "moco export: %s\n", moco_errmsg());
+        rn_destroy(&m);
+        moco_st_destroy(&f);
+        return 1;
+    }
+    rn_destroy(&m);
     int n = moco_st_count(f), k = 0;
     size_t pl = strlen(which) + 1;
     moco_st_entry *e = calloc((size_t)n + 1, sizeof *e);
@@ -91,7 +112,8 @@ int export_main(int argc, char **argv)
 }
 
 /* a NumPy .npy file (format 1.0): dtype "<f4" or "<i8", C order, 2-D
- * (rows, cols) or 1-D (cols 0); written to path.tmp, then renamed */
+ * (rows, cols) or 1-D (cols 0); written to path.tmp, fsync'ed, renamed, the
+ * directory fsync'ed */
 static int write_npy(const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
 {
     char hdr[256], target[1100], tmp[1200];
@@ -110,12 +132,13 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     size_t cnt = (size_t)rows * (size_t)(cols ? cols : 1);
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)(total - 10), f) == (size_t)(total - 10) &&
              fwrite(data, elem, cnt, f) == cnt;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, target)) {
+    if (!ok) {
+        int e = errno ? errno : EIO;
+        fclose(f);
         unlink(tmp);
-        return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno));
+        return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(e));
     }
-    return 0;
+    return moco_commit_tmp(f, tmp, target, path); /* fsync, rename, fsync of the directory */
 }
 
 static int ends_with(const char *s, const char *suffix)

@@ -26,6 +26,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/replace.h"
 #include "formats/rng.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/evalmodel.h"
@@ -365,11 +366,10 @@ out:
         moco_jw_free(&w);
         fputs(line, stdout);
         fflush(stdout);
-        if (out) {
+        if (out) { /* whole or not at all: a temporary file, checked writes, fsync, rename */
             char path[1200];
             snprintf(path, sizeof path, "%s/lincls.json", out);
-            FILE *f = fopen(path, "w");
-            if (f) { fputs(line, f); fclose(f); }
+            if ((rc = moco_write_replace(path, line, strlen(line)))) fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
         }
     }
     cls_free(&k);

@@ -27,7 +27,9 @@ const char *const plot_x_label = "epoch";
 
 typedef struct {
     double x[MAXPTS], y[MAXPTS];
+    long line[MAXPTS]; /* of the file, for messages */
     int n;
+    const char *path, *key;
 } series;
 
 static int field(const char *line, const char *key, double *v)
@@ -42,14 +44,19 @@ static int field(const char *line, const char *key, double *v)
 
 enum { PLOT_MAX_EPOCHS = 1000000 };
 
-static void add(series *s, double x, double y)
+static void add(series *s, double x, double y, long no)
 {
     if (s->n < MAXPTS && isfinite(x) && isfinite(y)) {
         s->x[s->n] = x;
         s->y[s->n] = y;
+        s->line[s->n] = no;
         s->n++;
     }
 }
+
+/* a pixel coordinate: v clamped to [a, b] before it becomes an int (a cast
+ * of a double out of int's range is undefined) */
+static int pix(double v, int a, int b) { return !(v > a) ? a : v < b ? (int)v : b; }
 
 static int text(VipsImage *im, const char *str, int x, int y, int size)
 {
@@ -69,7 +76,8 @@ void plot_axis(double lo, double hi, int zero, double cap, double *alo, double *
     if (zero && lo > 0) lo = 0;
     /* one value (or values closer than the doubles around them resolve ticks): a little room around it */
     if (!(hi - lo > 1e-9 * fmax(1, fmax(fabs(lo), fabs(hi))))) {
-        double pad = fabs(lo) > 0 ? fabs(lo) * 0.1 : 1;
+        /* around 0 (-5e-324 and 0), a tenth of the value would be no room */
+        double pad = fabs(lo) > 1e-5 ? fabs(lo) * 0.1 : 1;
         int nonneg = lo >= 0;
         lo -= pad, hi += pad;
         if (zero && nonneg && lo < 0) lo = 0;
@@ -95,8 +103,8 @@ void plot_tick_label(double v, double step, char *buf, size_t n)
 static void draw(VipsImage *im, const series *s, double *ink, int x0, int y0, int w, int h, double lo, double hi, double xmax)
 {
     int px = -1, py = -1;
-    for (int i = 0; i < s->n; i++) {
-        int x = x0 + (int)(w * s->x[i] / xmax), y = y0 - (int)(h * (s->y[i] - lo) / (hi - lo));
+    for (int i = 0; i < s->n; i++) { /* a step record's x may lie far beyond the last epoch */
+        int x = x0 + pix(w * s->x[i] / xmax, -1, w + 1), y = y0 - pix(h * (s->y[i] - lo) / (hi - lo), -1, h + 1);
         if (px >= 0) vips_draw_line(im, ink, 3, px, py, x, y, NULL);
         if (s->n < 200) vips_draw_rect(im, ink, 3, x - 2, y - 2, 5, 5, "fill", TRUE, NULL);
         px = x;
@@ -104,7 +112,30 @@ static void draw(VipsImage *im, const series *s, double *ink, int x0, int y0, in
     }
 }
 
-/* one panel: s in blue, c (may be empty) in orange, on a y range that holds both */
+/* The y axis of a panel holding s and c (not both empty): 0, or
+ * MOCO_ECORRUPT naming the file, line and value (the largest in magnitude)
+ * when no axis of doubles holds them (1e308 and -1e308: their difference
+ * is infinite) */
+static int yaxis(const series *s, const series *c, int percent, const char *title, double *lo, double *hi, double *step)
+{
+    const series *ws = s->n ? s : c;
+    int wi = 0;
+    double l = ws->y[0], h = l;
+    for (int k = 0; k < 2; k++) {
+        const series *q = k ? c : s;
+        for (int i = 0; i < q->n; i++) {
+            l = q->y[i] < l ? q->y[i] : l;
+            h = q->y[i] > h ? q->y[i] : h;
+            if (fabs(q->y[i]) > fabs(ws->y[wi])) ws = q, wi = i;
+        }
+    }
+    plot_axis(l, h, percent, percent ? 100 : 0, lo, hi, step);
+    if (isfinite(*lo) && isfinite(*hi) && isfinite(*hi - *lo) && *step > 0 && isfinite(*step)) return 0;
+    return moco_err(MOCO_ECORRUPT, "%s: line %ld: %s %g: the panel \"%s\" has no finite axis for values from %g to %g", ws->path,
+                    ws->line[wi], ws->key, ws->y[wi], title, l, h);
+}
+
+/* one panel: s in blue, c (may be empty) in orange, on a y range that holds both (yaxis checked it) */
 static int panel(VipsImage *im, int ox, int oy, const char *title, const series *s, const series *c, double epochs, int percent)
 {
     double white[3] = {255, 255, 255}, grey[3] = {200, 200, 200}, ink[3] = {20, 90, 200}, axis[3] = {60, 60, 60},
@@ -118,23 +149,14 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
         text(im, "no data", x0 + w / 2 - 30, y0 - h / 2, 12);
         return 0;
     }
-    double lo = s->n ? s->y[0] : c->y[0], hi = lo;
-    for (int i = 0; i < s->n; i++) {
-        lo = s->y[i] < lo ? s->y[i] : lo;
-        hi = s->y[i] > hi ? s->y[i] : hi;
-    }
-    for (int i = 0; i < c->n; i++) {
-        lo = c->y[i] < lo ? c->y[i] : lo;
-        hi = c->y[i] > hi ? c->y[i] : hi;
-    }
-    double step, xlo, xhi, xstep;
-    plot_axis(lo, hi, percent, percent ? 100 : 0, &lo, &hi, &step);
+    double lo, hi, step, xlo, xhi, xstep;
+    if (yaxis(s, c, percent, title, &lo, &hi, &step)) return MOCO_ECORRUPT;
     char lab[64];
     /* ticks counted, not stepped to: a step below the spacing of doubles near lo would never arrive */
     int ny = (int)fmin(floor((hi - lo) / step + 1e-6), 50) + 1;
     for (int t = 0; t < ny; t++) {
         double v = lo + step * t;
-        int y = y0 - (int)(h * (v - lo) / (hi - lo));
+        int y = y0 - pix(h * (v - lo) / (hi - lo), 0, h);
         vips_draw_line(im, grey, 3, x0 + 1, y, x0 + w, y, NULL);
         plot_tick_label(v, step, lab, sizeof lab);
         text(im, lab, ox + 5, y - 7, 10);
@@ -146,7 +168,7 @@ static int panel(VipsImage *im, int ox, int oy, const char *title, const series 
     for (int t = 0; t < nx; t++) {
         double v = xstep * t;
         plot_tick_label(v, xstep, lab, sizeof lab);
-        text(im, lab, x0 + (int)(w * v / xmax) - 4, y0 + 8, 10);
+        text(im, lab, x0 + pix(w * v / xmax, 0, w) - 4, y0 + 8, 10);
     }
     text(im, plot_x_label, x0 + w / 2 - 15, y0 + 22, 10);
     draw(im, c, orange, x0, y0, w, h, lo, hi, xmax);
@@ -162,6 +184,8 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
     FILE *f = moco_fopen_regular(path); /* a FIFO is refused, not waited on */
     if (!f) return -1;
     double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
+    loss->path = acc->path = knn->path = speed->path = path;
+    loss->key = "loss", acc->key = "acc", knn->key = "knn_top1", speed->key = "pairs_per_s";
     char line[8192];
     long no = 0;
     /* two passes: epoch records first (they give steps per epoch) */
@@ -178,16 +202,18 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
         if (plain) e -= 1; /* 1-based */
         if (e + 1 > epochs) epochs = e + 1;
         if (ours && field(line, "step", &st) && e >= 0 && st > 0) spe = st / (e + 1);
-        if (plain && field(line, "loss", &v)) add(loss, e + 1, v);
-        if (field(line, "knn_top1", &v)) add(knn, e + 1, v);
-        if (field(line, "pairs_per_s", &v)) add(speed, e + 1, v);
+        if (plain && field(line, "loss", &v)) add(loss, e + 1, v, no);
+        if (field(line, "knn_top1", &v)) add(knn, e + 1, v, no);
+        if (field(line, "pairs_per_s", &v)) add(speed, e + 1, v, no);
     }
     rewind(f);
+    no = 0;
     while (fgets(line, sizeof line, f)) {
         double st, v;
+        no++;
         if (!strstr(line, "\"type\":\"step\"") || !field(line, "step", &st) || spe <= 0) continue;
-        if (field(line, "loss", &v)) add(loss, st / spe, v);
-        if (field(line, "acc", &v)) add(acc, st / spe, v);
+        if (field(line, "loss", &v)) add(loss, st / spe, v, no);
+        if (field(line, "acc", &v)) add(acc, st / spe, v, no);
     }
     fclose(f);
     return epochs;
@@ -212,7 +238,8 @@ int plot_main(int argc, char **argv)
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     char path[4200], cpath[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
-    static series loss, acc, knn, speed, closs, cacc, cknn, cspeed;
+    static series loss, acc, knn, speed, closs, cacc, cknn, cspeed; /* static: 6 MB; empty at each call */
+    loss.n = acc.n = knn.n = speed.n = closs.n = cacc.n = cknn.n = cspeed.n = 0;
     double epochs = load(path, &loss, &acc, &knn, &speed), cepochs = 0;
     if (epochs < 0) {
         fprintf(stderr, "moco plot: %s\n", moco_errmsg()); /* it names the file */
@@ -233,6 +260,15 @@ int plot_main(int argc, char **argv)
             return 1;
         }
         if (cepochs > epochs) epochs = cepochs;
+    }
+    /* every panel's axis, before anything is drawn or written */
+    const series *ps[4][2] = {{&loss, &closs}, {&acc, &cacc}, {&knn, &cknn}, {&speed, &cspeed}};
+    for (int i = 0; i < 4; i++) {
+        double a, b, st;
+        if ((ps[i][0]->n || ps[i][1]->n) && yaxis(ps[i][0], ps[i][1], i == 1 || i == 2, plot_panel_titles[i], &a, &b, &st)) {
+            fprintf(stderr, "moco plot: %s\n", moco_errmsg()); /* it names the file and line */
+            return 1;
+        }
     }
     if (VIPS_INIT("moco")) return 1;
     int top = compare ? 30 : 0;
@@ -261,10 +297,20 @@ int plot_main(int argc, char **argv)
     panel(mem, PW + 20, 10 + top, plot_panel_titles[1], &acc, &cacc, epochs, 1);
     panel(mem, 10, PH + 20 + top, plot_panel_titles[2], &knn, &cknn, epochs, 1);
     panel(mem, PW + 20, PH + 20 + top, plot_panel_titles[3], &speed, &cspeed, epochs, 0);
-    rc = vips_pngsave(mem, out, NULL);
+    /* encoded in memory, then written whole or not at all (a temporary
+     * file, checked writes, fsync, rename): never a cut PNG, never into a FIFO */
+    void *png = NULL;
+    size_t npng = 0;
+    rc = vips_pngsave_buffer(mem, &png, &npng, NULL);
     g_object_unref(mem);
     if (rc) {
-        fprintf(stderr, "moco plot: cannot write %s: %s\n", out, vips_error_buffer());
+        fprintf(stderr, "moco plot: cannot encode %s: %s\n", out, vips_error_buffer());
+        return 1;
+    }
+    rc = moco_write_replace(out, png, npng);
+    g_free(png);
+    if (rc) {
+        fprintf(stderr, "moco plot: %s\n", moco_errmsg()); /* it names the file */
         return 1;
     }
     printf("moco plot: %s (%g epochs)\n", out, epochs);

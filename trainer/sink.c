@@ -261,9 +261,16 @@ int trainer_sink_main(int argc, char **argv)
         return 1;
     }
     printf("%s\n", json);
-    if (json_out) {
-        FILE *f = fopen(json_out, "w");
-        if (f) { fprintf(f, "%s\n", json); fclose(f); }
+    if (json_out) { /* whole or not at all: a temporary file, checked writes, fsync, rename */
+        size_t n = strlen(json);
+        char *line = malloc(n + 2);
+        int rc = line ? 0 : moco_err(MOCO_ENOMEM, "out of memory for %s", json_out);
+        if (line) memcpy(line, json, n), line[n] = '\n', line[n + 1] = 0;
+        if (rc || (rc = moco_write_replace(json_out, line, n + 1))) {
+            fprintf(stderr, "moco sink: %s\n", moco_errmsg());
+            status = 1;
+        }
+        free(line);
     }
     moco_jw_free(&j);
     return status;

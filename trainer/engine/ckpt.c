@@ -119,7 +119,18 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     int md = moco_json_get(h, tk, 0, "__metadata__");
     if (md < 0 || tk[md].type != MOCO_JSON_OBJ) goto out;
     int c = moco_json_get(h, tk, md, "config"), k = moco_json_get(h, tk, md, "data_crc32"),
-        kc = moco_json_get(h, tk, md, "config_crc32");
+        kc = moco_json_get(h, tk, md, "config_crc32"), fm = moco_json_get(h, tk, md, "format");
+    if (fm >= 0) { /* absent in files saved without metadata: legal */
+        char fmt[64];
+        if (tk[fm].type != MOCO_JSON_STR || tk[fm].len >= sizeof fmt || moco_json_str(h, &tk[fm], fmt, sizeof fmt)) {
+            rc = moco_err(MOCO_EFORMAT, "%s: __metadata__ format is not a short string, expected \"" CKPT_FORMAT "\"", path);
+            goto out;
+        }
+        if (strcmp(fmt, CKPT_FORMAT)) {
+            rc = moco_err(MOCO_EFORMAT, "%s: format \"%s\" is not a checkpoint this build reads (\"" CKPT_FORMAT "\")", path, fmt);
+            goto out;
+        }
+    }
     if ((c >= 0 && (tk[c].type != MOCO_JSON_STR || moco_json_str(h, &tk[c], config, ccap))) ||
         (k >= 0 && (tk[k].type != MOCO_JSON_STR || moco_json_str(h, &tk[k], crc, crccap))) ||
         (kc >= 0 && (tk[kc].type != MOCO_JSON_STR || moco_json_str(h, &tk[kc], ccrc, sizeof ccrc)))) {
@@ -298,6 +309,33 @@ static int read_model(const moco_st *f, resnet *m, const char *prefix, int momen
     return 0;
 }
 
+/* every tensor of the file under prefix must be one of m's (momentum: one of
+ * its parameters): a resnet34 checkpoint holds every resnet18 tensor, and
+ * would otherwise load as one with the rest dropped */
+static int no_extras(const moco_st *f, const resnet *m, const char *prefix, int momentum, const char *path)
+{
+    size_t pl = strlen(prefix);
+    for (int i = 0; i < moco_st_count(f); i++) {
+        const char *name = moco_st_at(f, i)->name;
+        if (strncmp(name, prefix, pl)) continue;
+        const rn_tensor *t = rn_find(m, name + pl);
+        if (!t || (momentum && t->kind != RN_PARAM))
+            return moco_err(MOCO_EINVAL, "%s: tensor %s is not part of the model (%s, width %d%s)", path, name, m->cfg.arch,
+                            m->cfg.width, m->cfg.mlp ? ", mlp head" : "");
+    }
+    return 0;
+}
+
+/* the model tensors of a checkpoint: the query encoder's (all that evaluation
+ * loads), the key encoder's, the query parameters' momentum; none extra */
+static int check_models(const moco_st *f, const resnet *q, const char *path)
+{
+    return no_extras(f, q, "encoder_q.", 0, path) || no_extras(f, q, "encoder_k.", 0, path) ||
+                   no_extras(f, q, "momentum_buffer.", 1, path)
+               ? MOCO_EINVAL
+               : 0;
+}
+
 static int read_i64(const moco_st *f, const char *name, int64_t *v)
 {
     int64_t shape[1] = {1};
@@ -315,16 +353,27 @@ int ckpt_load(const char *path, moco *mc, ckpt_state *st)
     if ((rc = read_model(f, mc->q, "encoder_q.", 0, 1, path)) || (rc = read_model(f, mc->k, "encoder_k.", 0, 1, path)) ||
         (rc = read_model(f, mc->q, "momentum_buffer.", 1, 1, path)) || (rc = read_i64(f, "queue_ptr", &ptr)) ||
         (rc = read_i64(f, "train.epoch", &ep)) || (rc = read_i64(f, "train.step", &step)) ||
-        (rc = read_i64(f, "train.seed", &seed)) || (rc = read_i64(f, "pipeline.epoch", &pe)))
+        (rc = read_i64(f, "train.seed", &seed)) || (rc = read_i64(f, "pipeline.epoch", &pe)) ||
+        (rc = check_models(f, mc->q, path)))
         goto out;
     if (!moco_st_find(f, "queue")) { rc = moco_err(MOCO_ENOTFOUND, "%s: no tensor queue", path); goto out; }
     if (!dl || dl->dtype != MOCO_ST_U8 || dl->ndim != 1) {
         rc = moco_err(MOCO_ECORRUPT, "%s: tensor pipeline.delivered missing or not U8[n]", path);
         goto out;
     }
-    if (ptr < 0 || ptr >= mc->cfg.K || ep < 0 || step < 0 || pe < 0) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: queue_ptr %lld, epoch %lld, step %lld out of range", path, (long long)ptr,
-                      (long long)ep, (long long)step);
+    /* the trainer keeps the stream's epoch in 32 bits (2^32 - 1 means none)
+     * and counts steps in doubles (the schedule): anything beyond is a forged
+     * or damaged file. (The stream's epoch may be ahead of the training
+     * epoch: a loader started at a later --start-epoch.) */
+    const char *bad = ptr < 0 || ptr >= mc->cfg.K           ? "queue_ptr"
+                      : ep < 0 || ep >= (int64_t)UINT32_MAX ? "train.epoch"
+                      : step < 0 || step >= CKPT_MAX_STEP   ? "train.step"
+                      : pe < 0 || pe >= (int64_t)UINT32_MAX ? "pipeline.epoch"
+                                                            : NULL;
+    if (bad) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: tensor %s out of range (queue_ptr %lld of K %d, train.epoch %lld, train.step %lld, "
+                      "pipeline.epoch %lld; epochs are below 2^32 - 1, steps below 2^53)",
+                      path, bad, (long long)ptr, mc->cfg.K, (long long)ep, (long long)step, (long long)pe);
         goto out;
     }
     if ((uint64_t)seed != mc->cfg.seed) {
@@ -352,12 +401,19 @@ out:
     return rc;
 }
 
+int ckpt_check_encoder(const moco_st *f, const char *path, resnet *m, const char *prefix)
+{
+    int rc = read_model(f, m, prefix, 0, 1, path);
+    return rc ? rc : check_models(f, m, path);
+}
+
 int ckpt_load_encoder(const char *path, resnet *m)
 {
     moco_st *f;
     int rc = ckpt_open(path, &f, NULL);
     if (rc) return rc;
-    if (!(rc = read_model(f, m, "encoder_q.", 0, 1, path))) read_model(f, m, "encoder_q.", 0, 0, path);
+    if (!(rc = read_model(f, m, "encoder_q.", 0, 1, path)) && !(rc = check_models(f, m, path)))
+        read_model(f, m, "encoder_q.", 0, 0, path);
     moco_st_destroy(&f);
     return rc;
 }

@@ -17,8 +17,12 @@
  * Every load (ckpt_open, ckpt_read_config and what uses them) checks the
  * CRC-32s when the file has them (files written before them have none;
  * MOCO_ECORRUPT naming the file) and refuses NaN or infinite values in any F32 tensor
- * (MOCO_ENUMERIC naming the tensor and the element). Loading into a model
- * checks every name, dtype and shape before changing anything. */
+ * (MOCO_ENUMERIC naming the tensor and the element) and a "format" other
+ * than CKPT_FORMAT (MOCO_EFORMAT; none at all is read). Loading into a model
+ * checks every name, dtype and shape before changing anything, and refuses
+ * (MOCO_EINVAL naming it) a model tensor (encoder_q., encoder_k.,
+ * momentum_buffer.) the model lacks; ckpt_load also epochs outside
+ * [0, 2^32 - 1) and steps outside [0, 2^53) (MOCO_ECORRUPT naming the tensor). */
 #ifndef TRAINER_CKPT_H
 #define TRAINER_CKPT_H
 
@@ -27,6 +31,11 @@
 
 #include "formats/safetensors.h"
 #include "trainer/engine/moco.h"
+
+/* the "format" metadata this build writes and reads */
+#define CKPT_FORMAT "moco-checkpoint-1"
+/* train.step is below this (2^53: exact in a double) */
+#define CKPT_MAX_STEP ((int64_t)1 << 53)
 
 typedef struct {
     int64_t epoch, step;          /* next epoch to train in / steps done */
@@ -68,5 +77,11 @@ int ckpt_load(const char *path, moco *mc, ckpt_state *st);
 
 /* Load only the query encoder (encoder_q.*) into m, for evaluation. */
 int ckpt_load_encoder(const char *path, resnet *m);
+
+/* What ckpt_load_encoder checks, for f (from ckpt_open) and the encoder
+ * under prefix ("encoder_q." or "encoder_k."): every tensor of m there with
+ * its dtype and shape, and no model tensor m lacks. Nothing is copied.
+ * Returns 0 or an error naming path and the tensor. */
+int ckpt_check_encoder(const moco_st *f, const char *path, resnet *m, const char *prefix);
 
 #endif

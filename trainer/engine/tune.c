@@ -133,20 +133,26 @@ static int algo_of(const char *name)
     return -1;
 }
 
-/* One line of the file; 0 or MOCO_ECORRUPT. */
-static int parse_line(const char *s, size_t len, line_rec *r)
+/* One line of the file; 0 or MOCO_ECORRUPT. *keyed: its key (cpu, build,
+ * threads) was read, whatever the rest: a line of another build or CPU may
+ * name choices or precisions this one does not know, and is kept as is. */
+static int parse_line(const char *s, size_t len, line_rec *r, int *keyed)
 {
     moco_json_tok t[64];
+    *keyed = 0;
     int n, rc = moco_json_parse(s, len, "wisdom line", t, 64, &n);
     if (rc) return rc;
-    char prec[16], pass[16], choice[16];
-    if (t[0].type != MOCO_JSON_OBJ || tok_str(s, t, 0, "cpu", r->cpu, sizeof r->cpu) ||
-        tok_str(s, t, 0, "build", r->build, sizeof r->build) || tok_str(s, t, 0, "precision", prec, sizeof prec) ||
-        tok_str(s, t, 0, "pass", pass, sizeof pass) || tok_str(s, t, 0, "choice", choice, sizeof choice))
+    int th = t[0].type == MOCO_JSON_OBJ ? moco_json_get(s, t, 0, "threads") : -1;
+    if (th < 0 || tok_str(s, t, 0, "cpu", r->cpu, sizeof r->cpu) || tok_str(s, t, 0, "build", r->build, sizeof r->build) ||
+        t[th].type != MOCO_JSON_NUM || moco_json_u64(s, &t[th], &r->threads))
         return MOCO_ECORRUPT;
-    int th = moco_json_get(s, t, 0, "threads"), sh = moco_json_get(s, t, 0, "shape"), ms = moco_json_get(s, t, 0, "ms");
-    if (th < 0 || moco_json_u64(s, &t[th], &r->threads) || sh < 0 || t[sh].type != MOCO_JSON_ARR || t[sh].size != 8 || ms < 0 ||
-        t[ms].type != MOCO_JSON_OBJ)
+    *keyed = 1;
+    char prec[16], pass[16], choice[16];
+    if (tok_str(s, t, 0, "precision", prec, sizeof prec) || tok_str(s, t, 0, "pass", pass, sizeof pass) ||
+        tok_str(s, t, 0, "choice", choice, sizeof choice))
+        return MOCO_ECORRUPT;
+    int sh = moco_json_get(s, t, 0, "shape"), ms = moco_json_get(s, t, 0, "ms");
+    if (sh < 0 || t[sh].type != MOCO_JSON_ARR || t[sh].size != 8 || ms < 0 || t[ms].type != MOCO_JSON_OBJ)
         return MOCO_ECORRUPT;
     entry *e = &r->e;
     memset(e, 0, sizeof *e);
@@ -192,12 +198,12 @@ static void load(void)
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    int bad = 0, first = 0, no = 0;
+    int bad = 0, first = 0, no = 0, keyed;
     line_rec r;
     while ((len = getline(&line, &cap, f)) > 0) {
         no++;
-        if (parse_line(line, (size_t)len, &r)) {
-            if (!bad++) first = no;
+        if (parse_line(line, (size_t)len, &r, &keyed)) {
+            if ((!keyed || ours(&r)) && !bad++) first = no; /* another build's: kept, not ours to judge */
             continue;
         }
         entry *e;
@@ -210,7 +216,7 @@ static void load(void)
                  path, bad, bad > 1 ? "lines do" : "line does", first);
 }
 
-static void write_entry(FILE *f, const entry *e)
+static int write_entry(FILE *f, const entry *e)
 {
     moco_jw w;
     moco_jw_begin(&w);
@@ -229,7 +235,7 @@ static void write_entry(FILE *f, const entry *e)
     for (int a = 1; a < NN_ALGO_COUNT; a++)
         if (e->c.ms[a] >= 0) moco_jw_num(&w, nn_algo_name(a), e->c.ms[a], 3);
     moco_jw_close(&w);
-    moco_jw_line(&w, f);
+    return moco_jw_line(&w, f);
 }
 
 static int mkdirs(const char *file)
@@ -269,35 +275,37 @@ int tune_save(void)
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", tmp, strerror(errno));
         goto out;
     }
-    /* the file's lines, less ours that we replace and those that do not parse */
+    /* the file's lines, less ours that we replace and ours that do not parse */
     if (!(in = moco_fopen_regular(target)) && errno != ENOENT) {
         rc = MOCO_EIO; /* the message names target: its lines must not be lost */
         goto out;
     }
+    int ok = 1, keyed;
+    errno = 0;
     if (in) {
         char *line = NULL;
         size_t cap = 0;
         ssize_t len;
         line_rec r;
-        while ((len = getline(&line, &cap, in)) > 0) {
-            if (parse_line(line, (size_t)len, &r)) continue;
+        while (ok && (len = getline(&line, &cap, in)) > 0) {
+            /* another build's or CPU's line is kept verbatim, parsed or not */
+            if (parse_line(line, (size_t)len, &r, &keyed) && (!keyed || ours(&r))) continue;
             entry *e = ours(&r) ? find(r.e.layer, &r.e.s, r.e.pass, r.e.precision) : NULL;
             if (e && e->fresh) continue;
-            fwrite(line, 1, (size_t)len, out);
-            if (line[len - 1] != '\n') fputc('\n', out);
+            ok = fwrite(line, 1, (size_t)len, out) == (size_t)len && (line[len - 1] == '\n' || fputc('\n', out) != EOF);
         }
         free(line);
     }
-    for (int i = 0; i < ntab; i++)
-        if (tab[i].fresh) write_entry(out, &tab[i]);
-    int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
-    ok = fclose(out) == 0 && ok;
-    out = NULL;
-    if (!ok || rename(tmp, target)) {
-        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
-        unlink(tmp);
+    for (int i = 0; ok && i < ntab; i++)
+        if (tab[i].fresh) ok = !write_entry(out, &tab[i]);
+    if (!ok) { /* a full disk: the old file stays */
+        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s; it is left as it was", path, strerror(errno ? errno : EIO));
         goto out;
     }
+    /* every write checked (ferror), fsync, rename, fsync of the directory */
+    rc = moco_commit_tmp(out, tmp, target, path);
+    out = NULL;
+    if (rc) goto out;
     for (int i = 0; i < ntab; i++) tab[i].fresh = 0;
 out:
     if (in) fclose(in);

@@ -23,10 +23,12 @@
  * shape is N, Ci, H, W, Co, k, stride, pad. A line counts only for the CPU
  * model, build (size and time of the running executable, OpenBLAS's kernel
  * set, DNNL_MAX_CPU_ISA where set) and thread count
- * that wrote it; other lines are kept as they are. So a run finds the
+ * that wrote it; other lines are kept as they are (also those naming a
+ * choice or precision this build does not know: only cpu, build and
+ * threads need to parse). So a run finds the
  * choices its machine made before, and a rebuilt binary or another CPU
- * measures afresh. Lines that do not parse are reported (tune_note) and
- * dropped at the next write; a line whose choice is not a candidate (one
+ * measures afresh. Lines of this key (or of none) that do not parse are
+ * reported (tune_note) and dropped at the next write; a line whose choice is not a candidate (one
  * that cannot run the shape here, or bf16 on an fp32 line) is measured
  * afresh and replaced. A path that is not a regular file (/dev/null, a
  * FIFO) is neither read nor replaced (formats/replace.h): a warning, and
@@ -82,9 +84,11 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
  * error. */
 int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out);
 
-/* Write the choices measured since the last save to the wisdom file.
- * Returns 0 (also when there is nothing new), or MOCO_EIO with a message
- * naming the file: a run goes on without it and measures again next time. */
+/* Write the choices measured since the last save to the wisdom file
+ * (every write checked, fsync, rename, fsync of the directory). Returns 0
+ * (also when there is nothing new), or MOCO_EIO with a message naming the
+ * file, which is then left as it was (a full disk): a run goes on without
+ * it and measures again next time. */
 int tune_save(void);
 
 /* A warning about the wisdom file read (lines that did not parse), or
