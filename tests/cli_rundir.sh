@@ -77,8 +77,11 @@ echo "7a: a used run directory is refused (moco run: exit 2, moco train: exit 1)
 
 # 7c. the schedule is kept on resume
 # (the loss's and optimiser's settings too: a resume took them and the checkpoint then claimed them for the whole run)
+# (and the precision, where this CPU has bf16: before, a bf16 run resumed in fp32 went on unseen)
+BF16=; grep -q avx512_bf16 /proc/cpuinfo && BF16="--epochs 1 --precision bf16"
 for change in "--epochs 2" "--epochs 1 --lr 0.1" "--epochs 1 --moco-t 0.2" "--epochs 1 --moco-m 0.5" "--epochs 1 --wd 0.01" \
-              "--epochs 1 --momentum 0.5"; do
+              "--epochs 1 --momentum 0.5" $([ -n "$BF16" ] && echo "BF16"); do
+  [ "$change" = BF16 ] && change=$BF16
   timeout 60 $M run db $RUN --run-dir o1 --resume o1 $change >/dev/null 2>o1e.err; rc=$?
   flag=${change##*--}; flag=--${flag%% *}
   [ $rc -eq 1 ] && grep -q "another schedule: $flag" o1e.err || fail "resume with $change: exit $rc: $(grep 'moco train' o1e.err | tail -2)"

@@ -204,6 +204,7 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
     moco_jw_i64(&w, "bn_splits", c->bn_splits);
     moco_jw_i64(&w, "symmetric", c->symmetric);
     moco_jw_i64(&w, "size", c->size);
+    moco_jw_str(&w, "precision", c->precision == NN_BF16 ? "bf16" : "fp32");
     moco_jw_u64(&w, "seed", c->seed);
     moco_jw_u64(&w, "count", c->count);
     const char *js = moco_jw_end(&w);
@@ -297,6 +298,8 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
         snprintf(b, sizeof b, "%g", dkv[i]);
         if (!isnan(dkv[i]) && strcmp(a, b)) DIFF(", %s %s (checkpoint: %s)", dn[i], a, b);
     }
+    if (k->precision[0] && strcmp(k->precision, c->precision == NN_BF16 ? "bf16" : "fp32"))
+        DIFF(", --precision %s (checkpoint: %s)", c->precision == NN_BF16 ? "bf16" : "fp32", k->precision);
     if (k->symmetric >= 0 && k->symmetric != c->symmetric)
         DIFF(", %s (checkpoint: %s)", c->symmetric ? "--symmetric" : "no --symmetric", k->symmetric ? "--symmetric" : "no --symmetric");
     schedule_str(c, sched, sizeof sched);
