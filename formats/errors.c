@@ -10,10 +10,14 @@ static _Thread_local char errbuf[1024];
 
 int moco_err(int code, const char *fmt, ...)
 {
+    /* formatted aside first: a caller may pass moco_errmsg() itself as an argument (wrapping the
+     * message of a lower layer), and vsnprintf onto its own source garbled it */
+    char msg[sizeof errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(errbuf, msg, sizeof errbuf);
     return code;
 }
 

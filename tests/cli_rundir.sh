@@ -334,6 +334,19 @@ helpers
   || fail "7m: workers at --size 32, trainer at 28: exit $rc (124: looped): $(tail -3 wsz.err)"
 echo "7m: workers at --size 32 for a trainer at 28: exit 1 after 256 pairs dropped, saying why"
 
+# 7n. a write to metrics.jsonl that fails (the file-size limit, 1 KiB, with SIGXFSZ ignored: the write
+#     fails with EFBIG as on a full disk with ENOSPC) stops the run, naming the file (before: the
+#     records were lost, a torn line stayed mid-file, and the run went on to exit 0)
+rm -rf s mf && mkdir -p s
+$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
+( trap '' XFSZ; ulimit -f 1; exec timeout 60 $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out mf --epochs 2 --size 28 \
+    --count 512 $MODEL --log-every 1 --kernels rule ) >/dev/null 2>mf.err; rc=$?
+helpers
+[ $rc -eq 1 ] && grep -q "mf/metrics.jsonl: cannot write a JSON line: File too large; the run stops here" mf.err \
+  || fail "7n: metrics.jsonl over the file-size limit: exit $rc: $(tail -3 mf.err)"
+echo "7n: a failed write to metrics.jsonl: exit 1, naming the file and the error"
+
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):
 #     the workers get --recipe v2 for moco-v2 (or --aug-plus), cifar for cifar
