@@ -159,7 +159,7 @@ echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-f
 # file, exit 1
 mkdir -p "$T/lj/fifo" "$T/lj/dangling" "$T/lj/full" "$T/lj/fsize"
 mkfifo "$T/lj/fifo/lincls.json"; ln -s "$T/lj/none/x" "$T/lj/dangling/lincls.json"; ln -s /dev/full "$T/lj/full/lincls.json"
-echo old >"$T/lj/fsize/lincls.json"
+echo '{"old":1}' >"$T/lj/fsize/lincls.json"
 LJ="--random-init 1 --train $T/db --test $T/db --arch resnet18-cifar --width 4 --size 28 --epochs 1 --threads 1 --cached-features"
 for d in fifo dangling full; do
   timeout 60 $M lincls $LJ --out "$T/lj/$d" >/dev/null 2>"$T/lj/$d.err"
@@ -168,7 +168,7 @@ done
 # (stderr through a pipe: the limit applies to every file the command writes)
 (trap '' XFSZ; ulimit -f 0; exec timeout 60 $M lincls $LJ --out "$T/lj/fsize" 2>&1 >/dev/null) | cat >"$T/lj/fsize.err"
 [ "${PIPESTATUS[0]}" -eq 1 ] && grep -q "moco lincls: cannot write $T/lj/fsize/lincls.json: File too large; it is left as it was" "$T/lj/fsize.err" \
-  && [ "$(cat "$T/lj/fsize/lincls.json")" = old ] && [ -z "$(ls "$T/lj/fsize" | grep tmp)" ] || fail "lincls.json, full disk: $(cat "$T/lj/fsize.err")"
+  && [ "$(cat "$T/lj/fsize/lincls.json")" = '{"old":1}' ] && [ -z "$(ls "$T/lj/fsize" | grep tmp)" ] || fail "lincls.json, full disk: $(cat "$T/lj/fsize.err")"
 # streamed: every epoch new crops from a loader and a worker; each image
 # exactly once per epoch; top-5 >= top-1; the encoder unchanged. (Its
 # accuracy is not checked: the checkpoint comes from a 2-worker run, whose
