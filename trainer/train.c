@@ -520,6 +520,7 @@ int train_run(const train_cfg *cin)
     int64_t epoch = c->start_epoch, step = 0, saved_step = -1; /* saved: the step of checkpoint_last in --out */
     const int rank = c->dist ? dist_rank(c->dist) : 0, ranks = c->dist ? dist_size(c->dist) : 1;
     int draining = 0, stop_after_epoch = 0, agreed_stop = 0; /* ranks: see vote() */
+    int drained = 0; /* ranks: pairs of this epoch read while draining: dropped, as the partial batch is */
     int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
     int lock_fd = -1; /* --out's lock (formats/rundir.h) */
 
@@ -714,7 +715,7 @@ int train_run(const train_cfg *cin)
             stream_stats st;
             stream_get_stats(s, &st);
             double el = moco_now_s() - t_epoch;
-            int dropped_pairs = nb;
+            int dropped_pairs = nb + drained; /* before: those drained counted in pairs, not in dropped */
             int64_t failed_epoch = ev.nfailed;
             nb = 0;
             if (c->dist) { /* the epoch's figures over all ranks (rank 0 writes them) */
@@ -778,6 +779,7 @@ int train_run(const train_cfg *cin)
             epoch = next;
             step_in_epoch = 0;
             pairs_epoch = 0;
+            drained = 0;
             e_loss = e_acc = 0;
             e_steps = 0;
             t_epoch = moco_now_s();
@@ -785,7 +787,7 @@ int train_run(const train_cfg *cin)
             if (stop_after_epoch) { agreed_stop = 1; break; } /* ranks: told to stop while the epoch ended */
             continue;
         }
-        if (draining) { pairs_epoch++; continue; } /* ranks: another's shard ended; the rest of this one is dropped */
+        if (draining) { pairs_epoch++, drained++; continue; } /* ranks: another's shard ended; the rest of this one is dropped */
         /* a pair */
         if (ev.pair.height != S || ev.pair.width != S) { /* never: the stream drops them (.size) */
             rc = moco_err(MOCO_EINVAL, "pair (epoch %u, index %" PRIu64 ") has %ux%u views; the model takes %dx%d (--size)",
