@@ -26,6 +26,8 @@ static int make_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, 
 
 typedef struct {
     FILE *f;
+    const char *path;
+    int warned;
     uint64_t last_pairs;
     double last_t;
 } reporter;
@@ -46,7 +48,7 @@ static void report(void *ctx, const augment_pipe_stats *st, int queued, int pend
     moco_jw_u64(&w, "overflow", st->overflow); /* records beyond its credit, dropped (the loader re-issues them) */
     moco_jw_i64(&w, "queued", queued);
     moco_jw_i64(&w, "pending", pending);
-    moco_jw_line(&w, r->f); /* written and flushed */
+    moco_jw_log(&w, r->f, "moco augment", r->path, &r->warned); /* written and flushed */
     r->last_pairs = st->pairs;
     r->last_t = t;
 }
@@ -108,7 +110,7 @@ int augment_pipe_main(int argc, char **argv)
     }
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    reporter rep = {.last_t = moco_now_s()};
+    reporter rep = {.last_t = moco_now_s(), .path = logp};
     if (logp) {
         if (!(rep.f = fopen(logp, "a"))) {
             fprintf(stderr, "moco augment: cannot open %s\n", logp);

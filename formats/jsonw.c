@@ -238,6 +238,15 @@ int moco_jw_line(moco_jw *w, FILE *f)
     return rc;
 }
 
+void moco_jw_log(moco_jw *w, FILE *f, const char *who, const char *path, int *warned)
+{
+    if (moco_jw_line(w, f) && !*warned) {
+        *warned = 1;
+        fprintf(stderr, "%s: %s: %s; later lines of this log may be lost (the run goes on)\n", who, path ? path : "its log",
+                moco_errmsg());
+    }
+}
+
 void moco_json_fput(FILE *f, const char *s)
 {
     moco_jw w;

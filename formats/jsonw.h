@@ -74,6 +74,12 @@ void moco_jw_free(moco_jw *w);
  * to one FILE (the loader's log and its ZAP handler's) do not mix. */
 int moco_jw_line(moco_jw *w, FILE *f);
 
+/* A line of a process's own log (the loader's, a worker's, the sink's
+ * statistics): moco_jw_line, and a failed write (a full disk) said once on
+ * stderr, naming who and path, through *warned; the process goes on: its
+ * log is for people, and the stream is not held up by it. */
+void moco_jw_log(moco_jw *w, FILE *f, const char *who, const char *path, int *warned);
+
 /* Write s (NUL-terminated) to f as a JSON string, quotes included. */
 void moco_json_fput(FILE *f, const char *s);
 

@@ -40,9 +40,11 @@ moco_jw *loader_ev_begin(const loader *L, moco_jw *w, const char *event)
     return w;
 }
 
+static int log_warned; /* a failed write to --log, said once */
+
 void loader_ev_end(const loader *L, moco_jw *w)
 {
-    if (L->log) moco_jw_line(w, L->log);
+    if (L->log) moco_jw_log(w, L->log, "moco loader", L->log_path, &log_warned);
     else moco_jw_free(w);
 }
 
@@ -597,7 +599,7 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
         moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
         if (L->R > 1) moco_jw_u64(&w, "split_msgs", L->split_msgs);
-        moco_jw_line(&w, L->log);
+        moco_jw_log(&w, L->log, "moco loader", L->log_path, &log_warned);
     }
     if (!L->quiet && isatty(STDERR_FILENO))
         fprintf(stderr, "\rloader: epoch %u %" PRIu64 "/%" PRIu64 "  %.0f rec/s  in flight %" PRIu64 "  workers %d  failed %" PRIu64 "   ",

@@ -135,6 +135,24 @@ assert j["ok"] and len(pe) == 12 and all(e["ok"] and e["pairs"] == int(sys.argv[
   || fail "a worker back from the dead: $(head -c 400 "$D/sink.json")"
 grep -q "worker 0 went silent" "$D/loader.err" && echo "a worker declared dead and back: 12 epochs of $N, exactly" \
   || echo "note: the stopped worker was not declared dead this time (the run finished before the stop)"
+# logs on a full disk (/dev/full: every write fails with ENOSPC): each process says so once and
+# the stream goes on, exactly (before: the failures went unseen)
+D="$T/fulllog"; mkdir -p "$D"
+$M loader --db "$T/db" --bind ipc://$D/work --ctl ipc://$D/ctl --epochs 2 --log /dev/full --quiet 2>"$D/loader.err" &
+LP=$!
+$M augment --connect ipc://$D/work --push ipc://$D/pairs --recipe cifar --size 28 --log /dev/full --quiet 2>"$D/aug.err" &
+AP=$!
+timeout 120 $M sink --bind ipc://$D/pairs --connect ipc://$D/ctl --count $N --log /dev/full --pause-at 5000 --pause-s 2 --json "$D/sink.json" --quiet >/dev/null 2>"$D/sink.err"; rc=$?
+wait $LP; kill $AP 2>/dev/null; wait $AP 2>/dev/null
+for p in loader augment sink; do
+  f="$D/$p.err"; [ $p = augment ] && f="$D/aug.err"
+  [ "$(grep -c "moco $p: /dev/full: cannot write a JSON line: No space left on device; later lines of this log may be lost (the run goes on)" "$f")" = 1 ] \
+    || fail "moco $p --log /dev/full: want one warning: $(head -c 300 "$f")"
+done
+[ $rc -eq 0 ] && python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); pe = j["per_epoch"]
+assert j["ok"] and len(pe) == 2 and all(e["ok"] and e["pairs"] == int(sys.argv[2]) for e in pe)' "$D/sink.json" $N \
+  || fail "logs on a full disk: sink exit $rc, $(head -c 300 "$D/sink.json")"
+echo "logs on a full disk: loader, worker and sink each warn once; 2 epochs of $N, exactly"
 # a --count whose bitmap size wraps around (2^64 - 1: (count + 7) / 8 was 0, then a heap overflow)
 echo 100000 >"$T/idx.txt"
 $M sink --connect ipc://$T/none --count 18446744073709551615 --resume-epoch 0 --resume-indices "$T/idx.txt" >/dev/null 2>"$T/sink.err"

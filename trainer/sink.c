@@ -92,6 +92,7 @@ int trainer_sink_main(int argc, char **argv)
         return 2;
     }
     FILE *log = index_log ? fopen(index_log, "w") : NULL, *stats = stats_path ? fopen(stats_path, "a") : NULL;
+    int stats_warned = 0;
     if (stats_path && !stats) {
         fprintf(stderr, "moco sink: cannot write %s\n", stats_path);
         free(bm);
@@ -204,7 +205,7 @@ int trainer_sink_main(int argc, char **argv)
             moco_jw_u64(&j, "duplicates", st.duplicates);
             moco_jw_u64(&j, "malformed", st.malformed);
             moco_jw_u64(&j, "epochs", epochs);
-            moco_jw_line(&j, stats); /* written and flushed */
+            moco_jw_log(&j, stats, "moco sink", stats_path, &stats_warned); /* written and flushed */
             last_stat = t;
             last_total = total;
             last_wait = st.waited_s;
