@@ -21,9 +21,7 @@ static int hexval(char c)
     return -1;
 }
 
-/* The length of a valid UTF-8 sequence at s (n bytes left), or 0: no
- * overlong forms, surrogates or code points over U+10FFFF (as jsonw.c). */
-static int utf8_len(const unsigned char *s, size_t n)
+int moco_utf8_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     int k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
@@ -65,7 +63,7 @@ static int scan_string(const char *s, size_t len, size_t i, size_t *j)
         } else if (c < 0x80) {
             i++;
         } else {
-            int k = utf8_len((const unsigned char *)s + i, len - i);
+            int k = moco_utf8_len((const unsigned char *)s + i, len - i);
             if (!k) {
                 *j = i;
                 return -2;

@@ -47,4 +47,9 @@ int moco_json_streq(const char *s, const moco_json_tok *t, const char *key);
  * uint64_t. Returns 0, or MOCO_ECORRUPT. */
 int moco_json_u64(const char *s, const moco_json_tok *t, uint64_t *v);
 
+/* The length of a valid UTF-8 sequence at s (n >= 1 bytes left), or 0:
+ * no overlong forms, surrogates or code points over U+10FFFF. The parser
+ * refuses strings that are not UTF-8; the writer (jsonw.c) replaces them. */
+int moco_utf8_len(const unsigned char *s, size_t n);
+
 #endif

@@ -29,21 +29,6 @@ static void put(moco_jw *w, const char *s, size_t n)
 
 static void puts_(moco_jw *w, const char *s) { put(w, s, strlen(s)); }
 
-/* The length of a valid UTF-8 sequence at s (n bytes left), or 0. */
-static int utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    int k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (!k || (size_t)k > n) return 0;
-    for (int i = 1; i < k; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    uint32_t cp = k == 1 ? c : k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
-    for (int i = 1; i < k; i++) cp = cp << 6 | (s[i] & 0x3F);
-    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < least[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0; /* overlong, surrogate */
-    return k;
-}
-
 static void quote(moco_jw *w, const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -60,7 +45,7 @@ static void quote(moco_jw *w, const char *s, size_t len)
             put(w, e, 6);
             i++;
         } else {
-            int k = utf8_len(p + i, len - i);
+            int k = moco_utf8_len(p + i, len - i);
             if (k) put(w, s + i, (size_t)k), i += (size_t)k;
             else put(w, "\\ufffd", 6), i++;
         }
