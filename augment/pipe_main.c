@@ -108,7 +108,8 @@ int augment_pipe_main(int argc, char **argv)
         fprintf(stderr, "moco augment: %s\n", moco_errmsg());
         return 1;
     }
-    sigaction(SIGINT, &sa, NULL);
+    struct sigaction old; /* SIGINT left ignored when it came ignored (moco run stops its workers itself) */
+    if (sigaction(SIGINT, NULL, &old) || old.sa_handler != SIG_IGN) sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     reporter rep = {.last_t = moco_now_s(), .path = logp};
     if (logp) {

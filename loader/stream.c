@@ -903,8 +903,11 @@ int loader_stream_main(int argc, char **argv)
         fprintf(stderr, "moco loader: cannot open %s: %s\n", L->log_path, strerror(errno));
         goto out;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
+    struct sigaction sa = {.sa_handler = on_signal}, old;
+    /* SIGINT left ignored when it came ignored: moco run ignores it in its children and stops
+     * them in order (the ranks first); a terminal's Ctrl-C to the whole group reached this loader
+     * too, whose end of the stream could reach the ranks before their stop */
+    if (sigaction(SIGINT, NULL, &old) || old.sa_handler != SIG_IGN) sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     L->zctx = zmq_ctx_new();
     rc = run(L);
