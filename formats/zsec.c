@@ -443,12 +443,14 @@ static int handle_mon(moco_sec *s, void *mon, int client)
     moco_jw w;
     char code[16], why[160];
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && (val == EPIPE || val == ECONNRESET || val == EAGAIN)) {
-        /* the peer hung up (or never spoke) before the handshake said anything: a
-         * port scan, a health check, a client that saw a mismatch first. Nothing
+        /* the peer hung up, or stayed silent past ZMQ_HANDSHAKE_IVL (libzmq says
+         * EAGAIN for that too), before the handshake said anything: a port scan,
+         * a health check, a client that saw a mismatch first. Nothing
          * was refused: counted apart, no stderr warning, rate-limited lines. */
         uint64_t dropped = atomic_fetch_add(&s->dropped, 1) + 1;
         if (!log_ok(s)) return 0;
-        snprintf(why, sizeof why, "closed before the handshake: %s", strerror((int)val));
+        snprintf(why, sizeof why, "%s before the handshake ended: %s",
+                 val == EAGAIN ? "closed, or silent past the handshake interval," : "closed", strerror((int)val));
         log_begin(s, &w, "handshake_dropped");
         moco_jw_strn(&w, "endpoint", ep, (size_t)en);
         moco_jw_u64(&w, "errno", val);

@@ -71,6 +71,8 @@ typedef struct {
     FILE *logf;
 } server;
 
+static int server_hs_ivl; /* ZMQ_HANDSHAKE_IVL of the next server_start's socket, ms; 0: libzmq's */
+
 static void server_start(server *sv, const char *dir)
 {
     memset(sv, 0, sizeof *sv);
@@ -81,6 +83,7 @@ static void server_start(server *sv, const char *dir)
     assert_non_null(sv->router = zmq_socket(sv->ctx, ZMQ_ROUTER));
     int linger = 0;
     zmq_setsockopt(sv->router, ZMQ_LINGER, &linger, sizeof linger);
+    if (server_hs_ivl) assert_int_equal(zmq_setsockopt(sv->router, ZMQ_HANDSHAKE_IVL, &server_hs_ivl, sizeof server_hs_ivl), 0);
     for (int i = 0;; i++) {
         snprintf(sv->ep, sizeof sv->ep, "tcp://127.0.0.1:%u", 20000 + next_rand() % 40000);
         assert_int_equal(moco_sec_bind(sv->sec, sv->router, sv->ep), 0);
@@ -703,6 +706,40 @@ static void test_handshake_flood(void **st)
     free(log);
 }
 
+/* A connection that stays open past the server's handshake interval, silent,
+ * after part of a greeting, or after a whole one (a half-open scan, a stuck
+ * client), was refused nothing: a dropped handshake, as one that hangs up
+ * early, not an auth rejection. */
+static void test_handshake_timeout(void **st)
+{
+    (void)st;
+    server sv;
+    server_hs_ivl = 200;
+    server_start(&sv, keys);
+    server_hs_ivl = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(sv.ep, ':') + 1))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd[3];
+    for (int i = 0; i < 3; i++) {
+        assert_true((fd[i] = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+        assert_int_equal(connect(fd[i], (struct sockaddr *)&a, sizeof a), 0);
+        /* silent; a partial greeting (the signature); a whole greeting */
+        static const unsigned char greet[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0, 'C', 'U', 'R', 'V', 'E'};
+        if (i) assert_int_equal(write(fd[i], greet, i == 1 ? 10 : 64), i == 1 ? 10 : 64);
+    }
+    assert_int_equal(failed_settle(&sv, 3, 1), 3);
+    for (int i = 0; i < 3; i++) close(fd[i]);
+    assert_int_equal(moco_sec_rejected(sv.sec), 0);
+    assert_int_equal(moco_sec_dropped(sv.sec), 3);
+    server_stop(&sv);
+    char *log = slurp(sv.log);
+    assert_int_equal(log_lines_parse(log, "test server"), 3);
+    assert_null(strstr(log, "auth_rejected"));
+    assert_non_null(strstr(log, "\"reason\":\"closed, or silent past the handshake interval, before the handshake ended: "));
+    assert_non_null(strstr(log, "\"dropped\":3}\n"));
+    free(log);
+}
+
 /* ---- 4. tcp without keys ---- */
 
 static void test_tcp_needs_keys(void **st)
@@ -944,6 +981,7 @@ int main(void)
         cmocka_unit_test(test_wrong_server_key_rejected),
         cmocka_unit_test(test_retrying_client_rejected),
         cmocka_unit_test(test_handshake_flood),
+        cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_tcp_needs_keys),
         cmocka_unit_test(test_endpoint_transports),
         cmocka_unit_test(test_key_owner),
