@@ -123,7 +123,13 @@ PY
   $M lincls $K --arch resnet18-cifar --epochs 1 --cached-features --train "$T/cls/db-train" --test "$T/cls/db-odd" >/dev/null 2>"$T/err" &&
     fail "lincls took a test class the training set lacks"
   grep -q "has class 'wasps'" "$T/err" || fail "lincls, a class missing: $(cat "$T/err")"
-  echo "classes matched by name: kNN 100% on a one-class test set (class 0 there, 1 in training); a class the training set lacks refused"
+  # moco train checks it before its first step (before: at the first epoch's kNN, after
+  # training it; here with no loader, where it waited for one)
+  timeout 20 $M train --connect "ipc://$T/cls/none-c" --bind "ipc://$T/cls/none-p" --size 32 --epochs 1 --arch resnet18-cifar \
+    --width 4 --batch-size 4 --moco-k 8 --threads 1 --out "$T/cls/t" --knn-train "$T/cls/db-train" --knn-test "$T/cls/db-odd" >/dev/null 2>"$T/err"
+  rc=$?
+  [ $rc -eq 1 ] && grep -q "^moco train: --knn-test: $T/cls/db-odd has class 'wasps'" "$T/err" || fail "train, a kNN class missing: exit $rc: $(cat "$T/err")"
+  echo "classes matched by name: kNN 100% on a one-class test set (class 0 there, 1 in training); a class the training set lacks refused (by moco train before its first step)"
   # a record whose header gives another size than its image (JPEG: TurboJPEG scaled to the
   # header's size, and the rows were read at the wrong width, exit 0; PNG: libvips), refused
   # by the evaluation reader as by the augmentation workers

@@ -15,6 +15,8 @@
 #  2b. the same job with the loader stopped (it ends the stream) mid-epoch:
 #     the ranks fail within seconds, naming the run directory, and the
 #     resume from the last checkpoint is byte-identical too;
+#  2c. SIGUSR1 to mpirun: exit 130 and the resume command, mpirun -np 2
+#     included; that resume byte-identical too;
 #  3. launch errors: flags that differ across ranks (and starting points:
 #     resumes from different checkpoints), K not a multiple of
 #     ranks x batch, and --bn-splits 1 on 2 ranks are refused with a message
@@ -185,6 +187,28 @@ wait $LP $WP
 cmp "$T/full/checkpoint_last.safetensors" "$T/end/checkpoint_last.safetensors" \
   || fail "2b: the resumed run's final checkpoint differs from the uninterrupted run's"
 echo "2b: the loader stopped at $step: the ranks exited $rc after $el s, naming the run directory; resumed byte-identical"
+
+# 2c. SIGUSR1 to mpirun itself (it forwards it to the ranks; moco run stops its ranks so): the
+#     ranks stop at a common step with a checkpoint, exit 130, and rank 0 prints the command
+#     that resumes, launcher included (mpirun -np 2: the checkpoint wants as many ranks); that
+#     resume ends byte-identical to the uninterrupted run
+pipeline "$T/usr" --save-every 5 --log-every 1
+for i in $(seq 6000); do grep -q '"step":12,' "$T/usr/metrics.jsonl" 2>/dev/null && break; sleep 0.01; done
+mp=$(pgrep -P $TP -x mpirun)
+[ -n "$mp" ] || fail "2c: no mpirun under timeout $TP"
+kill -USR1 "$mp"
+wait $TP; rc=$?
+kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
+[ $rc -eq 130 ] || fail "2c: SIGUSR1 to mpirun: exit $rc, want 130: $(tail -5 "$T/usr.err")"
+cmd=$(grep -A1 "^moco train: resume with (on 2 ranks, with the launcher's other flags as before):" "$T/usr.err" | sed -n 2p)
+echo "$cmd" | grep -q "^ mpirun -np 2 $M train --connect ipc://$T/s/c .* --resume $T/usr$" || fail "2c: no mpirun resume command: $(tail -5 "$T/usr.err")"
+step=$(grep -o '"step":[0-9]*' "$T/usr/metrics.jsonl" | tail -1)
+[ "${step#*:}" -lt $((E2 * 16)) ] || fail "2c: the stop landed after the last step ($step): the run was too short"
+pipeline "$T/usr" --resume "$T/usr"
+wait $TP || fail "2c: the resume failed: $(tail -5 "$T/usr.err")"
+wait $LP $WP
+cmp "$T/full/checkpoint_last.safetensors" "$T/usr/checkpoint_last.safetensors" || fail "2c: the resumed run's final checkpoint differs"
+echo "2c: SIGUSR1 to mpirun at $step: exit 130, the resume command with mpirun -np 2; resumed byte-identical"
 
 # 3. launch errors, on every rank
 mkdir -p "$T/s3"

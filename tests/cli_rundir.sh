@@ -23,6 +23,7 @@
 #      that resumes, which finishes the run;
 #  7f. the loader killed under `moco run`: exit 1, FAILED, a checkpoint, the
 #      command that resumes, which finishes the run;
+#  7o. a trainer that fails after saving a checkpoint: the resume command;
 #  8b. a preset's augmentation reaches the workers (the trainer's preset table).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -350,6 +351,24 @@ helpers
 head -n -1 mf/metrics.jsonl | python3 -c 'import json, sys; [json.loads(l) for l in sys.stdin]' || fail "7n: a torn line before the last"
 rm -rf mf
 echo "7n: a failed write to metrics.jsonl: exit 1, naming the file and the error"
+
+# 7o. a trainer that fails after it saved a checkpoint (here the kNN evaluation after epoch 0,
+#     on a --knn-train whose first record's label was damaged to 10 after the start's checks):
+#     moco run says FAILED and prints the command that resumes (before: nothing to resume with)
+rm -rf lab ko && cp -r db lab && python3 - lab/data.mdb <<'PY' || fail "7o: relabelling"
+import struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+i = b.find(b"MOCR")
+struct.pack_into("<i", b, i + 8, 10)
+open(sys.argv[1], "wb").write(b)
+PY
+timeout 120 $M run db $RUN --epochs 2 --run-dir ko --knn-train lab --knn-test db >/dev/null 2>ko.err; rc=$?
+[ $rc -eq 1 ] && grep -q "lab: record [0-9]* has label 10, not one of the dataset's 10 classes" ko.err \
+  && grep -q '^moco run: FAILED' ko.err && [ -e ko/checkpoint_last.safetensors ] \
+  || fail "7o: the kNN failing after epoch 0's checkpoint: exit $rc: $(tail -4 ko.err)"
+grep -A1 '^moco run: resume with:' ko.err | tail -1 | grep -q -- "--run-dir ko --resume ko$" \
+  || fail "7o: no resume command after the trainer failed with a checkpoint saved: $(tail -4 ko.err)"
+echo "7o: a trainer that failed after saving (its kNN set damaged): FAILED and the command that resumes"
 
 # 8b. the supervisor takes a preset's augmentation and epochs from the
 #     trainer's own preset table (it does not re-parse the trainer's flags):

@@ -220,7 +220,8 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
 }
 
 /* Every input path, before anything trains: the kNN sets open as labelled
- * datasets, the checkpoint to resume exists, the key directory is one. */
+ * datasets whose classes match by name, the checkpoint to resume exists, the
+ * key directory is one. */
 static int check_inputs(const train_cfg *c, const char *resume)
 {
     struct stat sb;
@@ -229,14 +230,16 @@ static int check_inputs(const train_cfg *c, const char *resume)
     if (c->keys && (stat(c->keys, &sb) || !S_ISDIR(sb.st_mode)))
         return moco_err(MOCO_ENOTFOUND, "--keys %s: not a directory", c->keys);
     const char *sets[2] = {c->knn_train, c->knn_test}, *names[2] = {"--knn-train", "--knn-test"};
-    for (int i = 0; i < 2; i++) {
-        evalset *e = NULL;
-        if (!sets[i]) continue;
-        int rc = evalset_open(sets[i], c->size, c->mean, c->std, &e);
-        evalset_destroy(&e);
-        if (rc) return moco_err(rc, "%s %s: %s", names[i], sets[i], moco_errmsg());
-    }
-    return 0;
+    evalset *e[2] = {NULL, NULL};
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++)
+        if (sets[i] && (rc = evalset_open(sets[i], c->size, c->mean, c->std, &e[i])))
+            rc = moco_err(rc, "%s %s: %s", names[i], sets[i], moco_errmsg());
+    if (!rc && e[0] && e[1] && (rc = evalset_classes_of(e[1], e[0]))) /* as train_knn will, at the first epoch's end */
+        rc = moco_err(rc, "--knn-test: %s", moco_errmsg());
+    evalset_destroy(&e[0]);
+    evalset_destroy(&e[1]);
+    return rc;
 }
 
 /* --out without --resume: refused when it holds anything but the logs moco
