@@ -3,7 +3,8 @@
 # Fashion-MNIST (Debian package; skipped when absent): 2 epochs deliver
 # exactly 2 x N pairs, also when a worker is SIGKILLed midway and replaced;
 # over tcp only with keys; a SIGKILLed supervisor (with the sink, and with a
-# trainer) leaves neither processes nor its socket directory behind.
+# trainer) leaves neither processes nor its socket directory behind; grey
+# and colour views in one run pass the sink.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 . "$(dirname "$0")/ports.sh"
@@ -19,6 +20,18 @@ timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 2
   || { cat "$T/r1.err"; fail "moco run exited $?"; }
 grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
 grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
+# grey and colour images in one dataset (grey inputs stay one channel by design; the trainer
+# replicates it): the sink passes them, checking height and width only, and counts each kind
+# (before: "1 pairs had another view size", moco run FAILED)
+mkdir -p "$T/mix/c"
+{ printf 'P6\n40 30\n255\n'; head -c 3600 /dev/urandom; } >"$T/mix/c/colour.ppm"
+{ printf 'P5\n30 40\n255\n'; head -c 1200 /dev/urandom; } >"$T/mix/c/grey.pgm"
+$M mkdb "$T/mix" "$T/mixdb" --quiet >/dev/null || fail "mkdb of a grey and a colour image"
+timeout 60 $M run "$T/mixdb" --sink --workers 1 --epochs 2 --size 32 --run-dir "$T/rmix" --quiet >/dev/null 2>"$T/rmix.err" \
+  || fail "moco run --sink on grey and colour images: $(cat "$T/rmix.err")"
+grep -q '"pairs":4,"epochs":2' "$T/rmix/sink.json" && grep -q '"view":\[32,32,[13]\],"channels":{"1":2,"3":2}' "$T/rmix/sink.json" \
+  && grep -q '"ok":true' "$T/rmix/sink.json" || fail "grey and colour: $(cat "$T/rmix/sink.json")"
+echo "grey and colour views in one run: the sink passes them, 2 pairs of each"
 # a worker killed midway (slow consumer so that the run lasts)
 timeout 120 $M run "$T/db" --sink --workers 2 --epochs 6 --recipe cifar --size 28 --run-dir "$T/r2" --worker-timeout 1 --quiet \
   >"$T/r2.out" 2>"$T/r2.err" &

@@ -1,7 +1,9 @@
 /* sink.c: `moco sink`, a consumer that only counts and checks what the
  * pipeline delivers: per epoch, every index at most once (the stream drops
  * duplicates; the sink re-checks), the count against the loader's
- * EPOCH_END, view sizes consistent. It is the pipeline's benchmark consumer
+ * EPOCH_END, view sizes consistent (every view as high and as wide as the
+ * first; 1 or 3 channels, since grey inputs stay one channel by design and
+ * the trainer replicates it; the summary counts each). It is the pipeline's benchmark consumer
  * (`--delay-ms` makes it a slow one, `--pause-at` one that stops reading a
  * while, as the trainer does to evaluate) and the tests' witness
  * (`--index-log`). */
@@ -116,7 +118,7 @@ int trainer_sink_main(int argc, char **argv)
         if (log) fclose(log);
         return 1;
     }
-    uint64_t total = 0, in_epoch = 0, resumed = 0, bad = 0, bytes = 0, failed = 0;
+    uint64_t total = 0, in_epoch = 0, resumed = 0, bad = 0, bytes = 0, failed = 0, grey = 0, colour = 0;
     uint64_t total0 = 0, bytes0 = 0; /* counted before the warm-up ended */
     if (bm)
         for (uint64_t i = 0; i < count; i++) resumed += bm[i >> 3] >> (i & 7) & 1;
@@ -143,7 +145,9 @@ int trainer_sink_main(int argc, char **argv)
         if (ev.kind == STREAM_PAIR) {
             if (!t_first) t_first = moco_now_s();
             if (!h) { h = ev.pair.height; w = ev.pair.width; c = ev.pair.channels; }
-            if (ev.pair.height != h || ev.pair.width != w || ev.pair.channels != c) bad++;
+            if (ev.pair.height != h || ev.pair.width != w || (ev.pair.channels != 1 && ev.pair.channels != 3)) bad++;
+            grey += ev.pair.channels == 1;
+            colour += ev.pair.channels == 3;
             total++;
             in_epoch++;
             bytes += 2 * moco_wire_pair_view_bytes(&ev.pair);
@@ -227,7 +231,10 @@ int trainer_sink_main(int argc, char **argv)
     if (log) fclose(log);
     if (stats) fclose(stats);
     free(bm);
-    if (bad) { fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size\n", bad); status = 1; }
+    if (bad) {
+        fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size than %ux%u, or channels other than 1 or 3\n", bad, h, w);
+        status = 1;
+    }
     moco_jw j;
     moco_jw_begin(&j);
     moco_jw_u64(&j, "pairs", total);
@@ -252,6 +259,10 @@ int trainer_sink_main(int argc, char **argv)
     moco_jw_u64(&j, NULL, h);
     moco_jw_u64(&j, NULL, w);
     moco_jw_u64(&j, NULL, c);
+    moco_jw_close(&j);
+    moco_jw_obj(&j, "channels"); /* pairs by channels of their views: grey inputs stay one channel */
+    moco_jw_u64(&j, "1", grey);
+    moco_jw_u64(&j, "3", colour);
     moco_jw_close(&j);
     moco_jw_g(&j, "warmup_s", warmup, 0);
     moco_jw_bool(&j, "ok", !status);
