@@ -34,6 +34,7 @@
  * modified, so the file's extent is fixed at open. */
 #include "formats/db.h"
 #include "formats/errors.h"
+#include "formats/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -446,10 +447,26 @@ static int put_u64(MDB_txn *t, MDB_dbi d, const char *k, uint64_t v)
     return put(t, d, k, b, 8);
 }
 
+/* 0 if name can go in the class list (newline-separated UTF-8, which
+ * moco_db_meta_get reads back), else MOCO_EINVAL naming class i. */
+static int check_class_name(uint32_t i, const char *name)
+{
+    size_t n = strlen(name);
+    if (memchr(name, '\n', n)) return moco_err(MOCO_EINVAL, "metadata: class %u's name holds a newline, which the class list cannot hold", i);
+    for (size_t k = 0; k < n;) {
+        int l = moco_utf8_len((const unsigned char *)name + k, n - k);
+        if (!l) return moco_err(MOCO_EINVAL, "metadata: class %u's name is not UTF-8 (byte %zu)", i, k);
+        k += (size_t)l;
+    }
+    return 0;
+}
+
 int moco_db_meta_put(MDB_txn *t, MDB_dbi d, const moco_db_meta *m)
 {
     int rc;
     size_t nlen = 0;
+    for (uint32_t i = 0; i < m->nclasses; i++)
+        if ((rc = check_class_name(i, m->class_names[i]))) return rc;
     for (uint32_t i = 0; i < m->nclasses; i++) nlen += strlen(m->class_names[i]) + 1;
     char *names = malloc(nlen + 1);
     uint8_t *counts = malloc((size_t)m->nclasses * 8 + 8);

@@ -52,8 +52,10 @@ typedef struct {
 void moco_db_meta_clear(moco_db_meta *m);
 
 /* Write every field of m into the meta database inside txn.
- * Returns 0 or an LMDB error code (MDB_MAP_FULL included, for the caller's
- * map-growth retry), with a message. */
+ * Returns 0, MOCO_EINVAL (a class name with a newline or not UTF-8: the
+ * reader could not give it back; nothing written), or an LMDB error code
+ * (MDB_MAP_FULL included, for the caller's map-growth retry), with a
+ * message. */
 int moco_db_meta_put(MDB_txn *txn, MDB_dbi meta, const moco_db_meta *m);
 
 /* Read and validate the metadata (fills a zeroed *m; caller clears it).

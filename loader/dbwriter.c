@@ -211,6 +211,7 @@ int dbw_finish(dbw **pw, const moco_db_meta *m)
             if ((rc = grow(w))) goto fail;
             continue;
         }
+        if (rc >= MOCO_EIO && rc < MOCO_ELAST) goto fail; /* ours (a class name refused): its message stands */
         if (rc) { rc = lmdb_fail(w, rc, "writing metadata"); goto fail; }
         break;
     }

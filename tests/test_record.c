@@ -1,6 +1,7 @@
 /* test_record.c: the record format, keys, CRC, metadata, RNG streams and the
  * shared option parser: every field round-trips, every malformation is
- * refused with the right code. */
+ * refused with the right code, and so is a class name the metadata reader
+ * could not give back. */
 #include "tests/testutil.h"
 
 #include <lmdb.h>
@@ -223,6 +224,44 @@ static void test_meta_round_trip(void **st)
     mdb_env_close(env);
 }
 
+/* A class name the reader could not give back is refused by the writer,
+ * naming the class, and nothing is written (before: "cl\nass" was written,
+ * read back as two names, and the dataset refused: 'class_counts' holds 16
+ * bytes for 3 classes). So is one that is not UTF-8. */
+static void test_meta_refuses_unreadable_names(void **st)
+{
+    (void)st;
+    const char *dir = tu_tmpdir("record_meta_names");
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi meta;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 4);
+    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
+    assert_int_equal(mdb_dbi_open(t, "meta", MDB_CREATE, &meta), 0);
+    const char *bad[] = {"cl\nass", "caf\xe9", "\xc3\x28", "\xed\xa0\x80" /* a surrogate */};
+    for (int b = 0; b < 4; b++) {
+        char *names[] = {"b", (char *)bad[b]};
+        uint64_t counts[] = {1, 1};
+        moco_db_meta m = {.count = 2, .nclasses = 2, .class_names = names, .class_counts = counts};
+        assert_int_equal(moco_db_meta_put(t, meta, &m), MOCO_EINVAL);
+        assert_non_null(strstr(moco_errmsg(), "class 1's name"));
+        print_message("  -> %s\n", moco_errmsg());
+        MDB_val k = {7, "classes"}, v;
+        assert_int_equal(mdb_get(t, meta, &k, &v), MDB_NOTFOUND);
+    }
+    char *fine[] = {"b", "caf\xc3\xa9 \xe2\x9c\x93"}; /* UTF-8 passes */
+    uint64_t counts[] = {1, 1};
+    moco_db_meta m = {.count = 2, .nclasses = 2, .class_names = fine, .class_counts = counts}, g;
+    assert_int_equal(moco_db_meta_put(t, meta, &m), 0);
+    assert_int_equal(moco_db_meta_get(t, meta, dir, &g), 0);
+    assert_string_equal(g.class_names[1], fine[1]);
+    moco_db_meta_clear(&g);
+    mdb_txn_abort(t);
+    mdb_env_close(env);
+}
+
 static void test_options(void **st)
 {
     (void)st;
@@ -263,7 +302,7 @@ int main(void)
         cmocka_unit_test(test_crc32_known_value),   cmocka_unit_test(test_header_round_trip),
         cmocka_unit_test(test_header_little_endian_layout), cmocka_unit_test(test_parse_refuses_malformed),
         cmocka_unit_test(test_key_order_is_index_order), cmocka_unit_test(test_rng_streams),
-        cmocka_unit_test(test_meta_round_trip),    cmocka_unit_test(test_options),
+        cmocka_unit_test(test_meta_round_trip),    cmocka_unit_test(test_meta_refuses_unreadable_names),    cmocka_unit_test(test_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
