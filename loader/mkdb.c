@@ -5,7 +5,9 @@
  * parallel (read the file, check the dimensions its header claims against
  * --max-pixels before decoding anything, decode it fully with TurboJPEG or
  * libvips to prove it is a sane image, re-encode it when it must be:
- * --max-side, formats other than JPEG/PNG, non-8-bit pixels), into a
+ * --max-side, formats other than JPEG/PNG, non-8-bit pixels; only loaders
+ * whose pixels match PIL's are accepted, and a TIFF's orientation is
+ * applied as PIL applies it), into a
  * bounded window of result slots. The
  * main thread consumes the slots in item order, gives the valid records
  * consecutive indices, and commits them in batches through loader/dbwriter.c,
@@ -172,6 +174,33 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t
     return ok;
 }
 
+/* The libvips loader (nickname) for file if its decoded pixels are known to
+ * match PIL's (torchvision's loader), else NULL with *why set. Through
+ * ImageMagick only BMP and Netpbm (PBM/PGM/PPM), which were compared; it
+ * flips bottom-up TGA, inverts XBM and takes an ICO's first size, and
+ * pdfload/svgload rasterise documents: those are refused, named. */
+static const char *verified_loader(const uint8_t *file, size_t flen, char **why)
+{
+    static const char *const ok[] = {"jpegload_buffer", "pngload_buffer", "webpload_buffer", "tiffload_buffer",
+                                     "gifload_buffer", "jp2kload_buffer", NULL};
+    const char *name = vips_foreign_find_load_buffer(file, flen);
+    GType t = name ? vips_type_find("VipsForeignLoad", name) : 0;
+    const char *nick = t ? vips_nickname_find(t) : NULL;
+    if (!nick) return *why = vips_reason("not a readable image"), NULL;
+    for (int i = 0; ok[i]; i++)
+        if (!strcmp(nick, ok[i])) return nick;
+    int bmp = flen >= 2 && file[0] == 'B' && file[1] == 'M';
+    int pnm = flen >= 2 && file[0] == 'P' && file[1] >= '1' && file[1] <= '6';
+    if (!strcmp(nick, "magickload_buffer") && (bmp || pnm)) return nick;
+    char *m = NULL;
+    if (asprintf(&m, "not an accepted format: libvips reads it with %.*s, whose pixels are not known to match PIL's "
+                 "(accepted: JPEG, PNG, WebP, TIFF, GIF, BMP, PBM/PGM/PPM, JPEG 2000)",
+                 (int)(strlen(nick) - (strstr(nick, "_buffer") ? 7 : 0)), nick) < 0)
+        m = NULL;
+    *why = m ? m : reason("%s", "a format not accepted");
+    return NULL;
+}
+
 /* Decode fully, check dimensions, re-encode if needed. On success returns 0
  * with *payload (maybe == file) and the header fields filled. */
 static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, moco_rec_header *h,
@@ -179,11 +208,16 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
 {
     static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF}, PNGSIG[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
     int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
+    const char *loader = verified_loader(file, flen, why);
+    if (!loader) return -1;
+    /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
+     * so does mkdb, with vips_autorot, which needs random access. */
+    int tiff = !strcmp(loader, "tiffload_buffer");
     /* fail_on error (which includes truncated): a file cut short is refused,
      * not padded with grey. Opening reads only the header, so the pixel
      * limit comes before any decoding. */
     VipsImage *im = vips_image_new_from_buffer(file, flen, "", "fail_on", VIPS_FAIL_ON_ERROR, "access",
-                                               VIPS_ACCESS_SEQUENTIAL, NULL);
+                                               tiff ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL, NULL);
     if (!im) return *why = vips_reason("not a readable image"), -1;
     int rc = -1, w = vips_image_get_width(im), hh = vips_image_get_height(im), bands = vips_image_get_bands(im);
     VipsImage *t = NULL;
@@ -237,6 +271,12 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         cur = t;
         t = NULL;
     }
+    if (tiff) {
+        if (vips_autorot(cur, &t, NULL)) { g_object_unref(cur); *why = vips_reason("cannot apply the TIFF orientation"); goto done; }
+        g_object_unref(cur);
+        cur = t;
+        t = NULL;
+    }
     if (shrink) {
         double s = (double)max_side / (double)(w > hh ? w : hh);
         if (vips_resize(cur, &t, s, NULL)) { g_object_unref(cur); *why = vips_reason("cannot resize"); goto done; }
@@ -275,6 +315,10 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
         h.height = it->h;
         s->rec = moco_rec_build(&h, it->pixels, it->w * it->h * it->c, &s->len);
         if (!s->rec) s->why = reason("%s", "out of memory");
+        return;
+    }
+    if (it->skip) { /* not a file (a broken link, a FIFO): named and counted */
+        s->why = reason("%s", it->skip);
         return;
     }
     uint8_t *file = NULL, *payload = NULL;
@@ -439,13 +483,20 @@ int loader_mkdb_main(int argc, char **argv)
     const moco_optspec spec = {
         "moco mkdb", "SRC OUT [options]",
         "Pack a dataset into a dataset LMDB at OUT (see formats/README.md). SRC is one of:\n"
-        "  an image folder SRC/<class>/<image> (JPEG and PNG stored as they are, other\n"
-        "    formats libvips reads stored as lossless PNG), or SRC/<split>/<class>/<image>;\n"
+        "  an image folder SRC/<class>/<image>, or SRC/<split>/<class>/<image>: JPEG and\n"
+        "    PNG stored as they are; WebP, TIFF (its orientation applied, as PIL does),\n"
+        "    GIF (first frame), BMP, PBM/PGM/PPM and JPEG 2000 stored as lossless PNG;\n"
+        "    any other file is skipped. Classes and files in byte order of their names,\n"
+        "    subfolders and symbolic links followed. Unlike torchvision's ImageFolder:\n"
+        "    hidden entries (.name, e.g. .ipynb_checkpoints) are skipped, an empty class\n"
+        "    folder is kept as a class of 0 samples, files are chosen by content, not by\n"
+        "    extension. A class name must be UTF-8 without a newline (else exit 2);\n"
         "  a CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin);\n"
         "  an IDX directory (MNIST / Fashion-MNIST, plain or .gz), e.g.\n"
         "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
-        "Bad inputs (unreadable, corrupt, truncated, over --max-pixels) are named on stderr\n"
-        "with the reason, skipped and counted. OUT appears only when complete.",
+        "Bad inputs (unreadable, corrupt, truncated, over --max-pixels, another format,\n"
+        "broken links, FIFOs) are named on stderr with the reason, skipped and counted.\n"
+        "OUT appears only when complete.",
         opts, 2, 2, NULL};
     char *pos[2];
     int np, rc = 0, opt_exit;

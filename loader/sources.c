@@ -1,7 +1,13 @@
 /* sources.c: enumerate an image folder, CIFAR-10 batches or IDX files.
  *
  * Folder: SRC/<class>/.../<file>, classes and files in byte order of their
- * names (as torchvision's ImageFolder sorts them), hidden entries skipped.
+ * names (as torchvision's ImageFolder sorts them), hidden entries skipped
+ * (ImageFolder would make .ipynb_checkpoints a class), symbolic links
+ * followed, an empty class kept (0 samples; ImageFolder raises). A class
+ * name must be UTF-8 without a newline (the dataset's class list holds it):
+ * any other is refused, naming the folder. An entry that is not a file or a
+ * directory (a broken link, a FIFO, a socket, a device) becomes an item
+ * with a reason, for mkdb to name and count as skipped.
  * A folder whose subdirectories are split names (train, test, val) needs
  * --split unless it holds only one.
  * CIFAR-10: data_batch_1..5.bin (train) or test_batch.bin (test), records of
@@ -9,6 +15,7 @@
  * IDX: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], big-endian header. */
 #include "loader/sources.h"
 #include "formats/errors.h"
+#include "formats/json.h"
 #include "formats/replace.h"
 
 #include <dirent.h>
@@ -17,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 static const char *const CIFAR10_NAMES[10] = {"airplane", "automobile", "bird", "cat", "deer",
@@ -26,7 +34,10 @@ static const char *const FASHION_NAMES[10] = {"T-shirt/top", "Trouser", "Pullove
 
 void mk_source_free(mk_source *s)
 {
-    for (size_t i = 0; i < s->n; i++) free(s->items[i].path);
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->items[i].path);
+        free(s->items[i].skip);
+    }
     free(s->items);
     for (uint32_t i = 0; i < s->nclasses; i++) free(s->classes[i]);
     free(s->classes);
@@ -99,7 +110,33 @@ static void free_list(struct dirent **l, int n)
     free(l);
 }
 
-/* Add every regular file under dir (recursively, sorted) with label. */
+/* Why an entry of a class folder that is neither a directory nor a regular
+ * file cannot be read (malloc'd), from its lstat and stat. */
+static char *unreadable_why(const char *p)
+{
+    struct stat lst, st;
+    char *m = NULL;
+    int r;
+    if (lstat(p, &lst) != 0) {
+        r = asprintf(&m, "cannot stat: %s", strerror(errno));
+    } else if (S_ISLNK(lst.st_mode) && stat(p, &st) != 0) {
+        int e = errno;
+        char to[4096];
+        ssize_t n = readlink(p, to, sizeof to - 1);
+        to[n > 0 ? n : 0] = 0;
+        r = e == ENOENT ? asprintf(&m, "broken symbolic link (to %s, which does not exist)", to)
+                        : asprintf(&m, "cannot follow the symbolic link to %s: %s", to, strerror(e));
+    } else {
+        if (stat(p, &st) != 0) st = lst;
+        const char *k = S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode) ? "a socket" : S_ISCHR(st.st_mode) ? "a character device"
+                      : S_ISBLK(st.st_mode) ? "a block device" : "of an unknown kind";
+        r = asprintf(&m, "not a regular file (%s; not opened)", k);
+    }
+    return r < 0 ? NULL : m;
+}
+
+/* Add every regular file under dir (recursively, sorted) with label, and
+ * every entry that cannot be read as an item with its reason. */
 static int walk_files(mk_source *s, size_t *cap, const char *dir, int32_t label, int depth)
 {
     struct dirent **l;
@@ -115,15 +152,46 @@ static int walk_files(mk_source *s, size_t *cap, const char *dir, int32_t label,
         if (is_dir(p)) {
             rc = walk_files(s, cap, p, label, depth + 1);
             free(p);
-        } else if (is_file(p)) {
-            rc = add_item(s, cap, (mk_item){.path = p, .label = label});
-            if (rc) free(p);
         } else {
-            free(p);
+            int reg = is_file(p);
+            char *why = reg ? NULL : unreadable_why(p);
+            if (!reg && !why) rc = moco_err(MOCO_ENOMEM, "out of memory");
+            else rc = add_item(s, cap, (mk_item){.path = p, .label = label, .skip = why});
+            if (rc) { free(p); free(why); }
         }
     }
     free_list(l, n);
     return rc;
+}
+
+/* NULL if name can be a class name (UTF-8, no newline: the dataset's class
+ * list is newline-separated UTF-8), else why not. */
+static const char *bad_class_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (memchr(name, '\n', n)) return "holds a newline, which the dataset's class list cannot hold";
+    for (size_t i = 0; i < n;) {
+        int k = moco_utf8_len((const unsigned char *)name + i, n - i);
+        if (!k) return "is not valid UTF-8, which the dataset's class names must be";
+        i += (size_t)k;
+    }
+    return NULL;
+}
+
+/* name with control bytes and bytes that are not UTF-8 written as \n, \xHH. */
+static void escape_name(const char *name, char *out, size_t cap)
+{
+    size_t o = 0, n = strlen(name);
+    for (size_t i = 0; i < n && o + 5 < cap;) {
+        unsigned char c = (unsigned char)name[i];
+        int k = moco_utf8_len((const unsigned char *)name + i, n - i);
+        if (c == '\n') o += (size_t)snprintf(out + o, cap - o, "\\n");
+        else if (!k || c < 0x20 || c == 0x7F) o += (size_t)snprintf(out + o, cap - o, "\\x%02X", c);
+        else if (o + (size_t)k < cap) { memcpy(out + o, name + i, (size_t)k); o += (size_t)k; i += (size_t)k; continue; }
+        else break;
+        i++;
+    }
+    out[o] = 0;
 }
 
 static int is_split_name(const char *n)
@@ -168,7 +236,12 @@ static int open_folder(const char *src, const char *split, mk_source *s)
     for (int i = 0; i < n && !rc; i++) {
         char *p = join(s->root, l[i]->d_name);
         if (!p) { rc = moco_err(MOCO_ENOMEM, "out of memory"); break; }
-        if (is_dir(p)) {
+        const char *bad = is_dir(p) ? bad_class_name(l[i]->d_name) : NULL;
+        if (bad) {
+            char esc[4096];
+            escape_name(p, esc, sizeof esc);
+            rc = moco_err(MOCO_EINVAL, "class directory '%s': its name %s; rename it", esc, bad);
+        } else if (is_dir(p)) {
             if (!(rc = add_class(s, l[i]->d_name))) rc = walk_files(s, &cap, p, (int32_t)(s->nclasses - 1), 0);
         } else {
             fprintf(stderr, "moco mkdb: ignoring %s: not inside a class directory\n", p);

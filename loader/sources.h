@@ -3,7 +3,8 @@
  * of items with labels and class names.
  *
  * Folder items are file paths, read and checked later (in parallel) by
- * mkdb. CIFAR and IDX files are read and validated completely here: a
+ * mkdb; an entry that cannot be read as a file (a broken symbolic link, a
+ * FIFO) is an item with a reason (skip), for mkdb to name and count. CIFAR and IDX files are read and validated completely here: a
  * truncated or malformed file is an error naming the file and the byte
  * offset, and no item list is returned. */
 #ifndef LOADER_SOURCES_H
@@ -18,6 +19,7 @@ typedef struct {
     uint64_t offset;       /* raw sources: byte offset of the sample in path */
     int32_t label;
     uint32_t w, h, c;      /* raw sources only */
+    char *skip;            /* folder: why this entry cannot be read, or NULL */
 } mk_item;
 
 typedef struct {
@@ -33,7 +35,8 @@ typedef struct {
 
 /* Detect the format of src ("auto") or use the one given ("folder",
  * "cifar10", "idx"), pick the split (NULL: the source must hold only one),
- * and enumerate. Returns 0, MOCO_EINVAL (bad split/format, with a message),
+ * and enumerate. Returns 0, MOCO_EINVAL (bad split/format, or a class
+ * folder whose name is not UTF-8 or holds a newline; the message names it),
  * MOCO_ENOTFOUND, MOCO_ECORRUPT (truncated or malformed file, naming it and
  * the offset), MOCO_EIO or MOCO_ENOMEM. On failure *s is empty. */
 int mk_source_open(const char *src, const char *format, const char *split, mk_source *s);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # cli_datasets.sh: the real datasets: CIFAR-10 JPEGs from ../shared/data
 # (skipped when absent) and Fashion-MNIST from the Debian package. Checks the
-# counts `moco info --json` reports and prints the conversion time.
+# counts `moco info --json` reports and prints the conversion time. With
+# PIL: image folders (classes by name, formats stored as PIL reads them,
+# formats refused, enumeration rules).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -160,6 +162,72 @@ assert (enc, ch, w, h) == (2, 3, 40, 30), (enc, ch, w, h)  # PNG, 3 channels
 assert b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n"  # the payload, after the 32-byte header
 PY
   echo "a CMYK TIFF: stored as an sRGB PNG whose header says 3 channels"
+  # Formats: what mkdb stores must be what PIL (torchvision's loader) reads. One class per
+  # file, so a record's label names its source. Accepted and pixel for pixel PIL's
+  # convert("RGB"): a TIFF under each of the 8 Orientation tags (PIL applies it; before: stored
+  # unrotated), WebP, GIF, BMP, PPM/PGM/PBM, JPEG 2000. Refused, each named with the loader
+  # and counted in skipped (before: stored, TGA upside down, XBM inverted, the ICO's smallest
+  # size, a PDF or an SVG rasterised): TGA, ICO, XBM, PDF, SVG.
+  /usr/bin/python3 - "$T/cls/fmt" <<'PY' || fail "making the format folder"
+import os, sys, numpy as np
+from PIL import Image
+d = sys.argv[1]
+a = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+a[:8] = 255
+im = Image.fromarray(a)
+def put(cls, name, save):
+    os.makedirs(os.path.join(d, cls))
+    save(os.path.join(d, cls, name))
+for o in range(1, 9):
+    put("tif%d" % o, "x.tif", lambda p, o=o: im.save(p, tiffinfo={274: o}))
+for ext in ("webp", "gif", "bmp", "ppm", "jp2"):
+    put(ext, "x." + ext, lambda p, e=ext: im.save(p, lossless=True) if e == "webp" else im.save(p))
+put("pgm", "x.pgm", lambda p: im.convert("L").save(p))
+put("pbm", "x.pbm", lambda p: im.convert("1").save(p))
+put("z-bad", "a.tga", lambda p: im.save(p))
+os.symlink("a.tga", os.path.join(d, "z-bad", "a-link.tga"))
+im.save(os.path.join(d, "z-bad", "b.ico"), sizes=[(16, 16), (64, 48)])
+im.convert("1").save(os.path.join(d, "z-bad", "c.xbm"))
+im.save(os.path.join(d, "z-bad", "d.pdf"))
+open(os.path.join(d, "z-bad", "e.svg"), "w").write('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="48"><rect width="64" height="48"/></svg>')
+PY
+  jp2=1; $M mkdb "$T/cls/fmt" "$T/cls/db-fmt" --quiet >"$T/out" 2>"$T/err" || fail "mkdb of the format folder: $(cat "$T/err")"
+  grep -q "skipping $T/cls/fmt/jp2/x.jp2: not an accepted format" "$T/err" && fail "JPEG 2000 refused: $(cat "$T/err")"
+  grep -q "skipping $T/cls/fmt/jp2/x.jp2: not a readable image" "$T/err" && jp2=0 # a libvips without openjpeg
+  for f in a.tga:magickload a-link.tga:magickload b.ico:magickload c.xbm:magickload d.pdf:pdfload e.svg:svgload; do
+    grep -q "skipping $T/cls/fmt/z-bad/${f%%:*}: not an accepted format: libvips reads it with ${f##*:}, whose pixels are not known to match PIL's" "$T/err" \
+      || fail "${f%%:*} not refused with its loader: $(cat "$T/err")"
+  done
+  grep -q "; skipped $((6 + 1 - jp2)); " "$T/out" || fail "format folder: skipped count: $(cat "$T/out")"
+  /usr/bin/python3 - "$T/cls/fmt" "$T/cls/db-fmt/data.mdb" $jp2 <<'PY' || fail "the stored formats differ from PIL's reading"
+import io, os, struct, sys, numpy as np
+from PIL import Image
+d, b, jp2 = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3] == "1"
+classes = sorted(os.listdir(d))
+seen, i = set(), b.find(b"MOCR")
+while i >= 0:
+    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+    cls = classes[label]
+    src = os.path.join(d, cls, sorted(os.listdir(os.path.join(d, cls)))[0])
+    want = np.array(Image.open(src).convert("RGB"))
+    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB"))
+    assert got.shape == want.shape and (got == want).all(), (cls, got.shape, want.shape)
+    seen.add(cls)
+    i = b.find(b"MOCR", i + 32 + n)
+expect = set(classes) - {"z-bad"} - (set() if jp2 else {"jp2"})
+assert seen == expect, sorted(expect - seen)
+print("  %d formats stored as PIL reads them" % len(seen))
+PY
+  echo "formats: TIFF (8 orientations, applied), WebP, GIF, BMP, PPM/PGM/PBM$([ $jp2 = 1 ] && echo ", JPEG 2000") as PIL reads them; TGA, ICO, XBM, PDF, SVG refused, named and counted"
+  # Enumeration, as documented (mkdb --help): a hidden class folder is skipped (ImageFolder
+  # would make .ipynb_checkpoints a class), an empty class folder is a class of 0 samples
+  mkdir -p "$T/cls/enum/.ipynb_checkpoints" "$T/cls/enum/ants" "$T/cls/enum/empty" && cp "$T/cls/fmt/bmp/x.bmp" "$T/cls/enum/.ipynb_checkpoints/" &&
+    cp "$T/cls/fmt/bmp/x.bmp" "$T/cls/enum/ants/" || fail "copying"
+  $M mkdb "$T/cls/enum" "$T/cls/db-enum" --quiet >/dev/null 2>"$T/err" || fail "mkdb enum: $(cat "$T/err")"
+  $M info --json "$T/cls/db-enum" | grep -q '"classes":\[{"name":"ants","count":1},{"name":"empty","count":0}\]' \
+    || fail "enumeration: $($M info --json "$T/cls/db-enum")"
+  $M mkdb --help | grep -q "hidden entries" || fail "mkdb --help does not say hidden entries are skipped"
+  echo "enumeration: a hidden class folder skipped, an empty one kept with 0 samples (as --help says)"
   # an image the stream could never carry (a 69 MB PNG: over the 64 MiB a record may take on
   # the wire) is skipped at import with its reason (before: written, then failed by the loader
   # every epoch)

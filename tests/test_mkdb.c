@@ -2,7 +2,9 @@
  * makes itself: image folders with corrupt, truncated, empty and non-image
  * files mixed in; CIFAR-10 and IDX files, whole, truncated and malformed;
  * map growth from a tiny map; atomic output under SIGKILL; --shuffle;
- * decompression bombs and --max-pixels; what --force may replace. */
+ * decompression bombs and --max-pixels; what --force may replace; class
+ * names the dataset cannot hold; broken links and FIFOs; a TIFF's
+ * orientation. */
 #include "tests/testutil.h"
 
 #include <turbojpeg.h>
@@ -639,6 +641,126 @@ static void test_force_replaces_only_a_dataset(void **st)
     assert_int_equal(run_mkdb(args), 0);
 }
 
+/* Class folders whose names the dataset cannot hold: refused before any
+ * conversion, exit 2, the folder named with its bytes escaped, nothing
+ * written (before: "cl\nass" was written as two names, and every reader
+ * refused the dataset; "caf\xE9" was stored as it is, not UTF-8). */
+static void test_class_names_refused(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_names"));
+    const char *bad[] = {"cl\nass", "caf\xe9"}, *shown[] = {"/src0/cl\\nass'", "/src1/caf\\xE9'"};
+    const char *why[] = {"holds a newline", "is not valid UTF-8"};
+    for (int b = 0; b < 2; b++) {
+        snprintf(p, sizeof p, "%s/src%d", tmp, b);
+        assert_int_equal(mkdir(p, 0755), 0);
+        snprintf(p, sizeof p, "%s/src%d/b", tmp, b);
+        assert_int_equal(mkdir(p, 0755), 0);
+        snprintf(p, sizeof p, "%s/src%d/b/a.png", tmp, b); make_image(p, 8, 8, 3, 1);
+        snprintf(p, sizeof p, "%s/src%d/%s", tmp, b, bad[b]);
+        assert_int_equal(mkdir(p, 0755), 0);
+        snprintf(p, sizeof p, "%s/src%d/%s/a.png", tmp, b, bad[b]); make_image(p, 8, 8, 3, 2);
+        snprintf(args, sizeof args, "%s/src%d %s/db%d --quiet", tmp, b, tmp, b);
+        assert_int_equal(run_mkdb(args), 2);
+        assert_true(err_has(shown[b]));
+        assert_true(err_has(why[b]));
+        snprintf(p, sizeof p, "%s/db%d", tmp, b);
+        assert_false(tu_exists(p));
+    }
+    /* UTF-8 names are kept as they are */
+    tu_sh("mkdir -p '%s/src2/caf\xc3\xa9' && cp '%s/src1/b/a.png' '%s/src2/caf\xc3\xa9/'", tmp, tmp, tmp);
+    snprintf(args, sizeof args, "%s/src2 %s/db2 --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/db2", tmp);
+    moco_db *db = open_db(p);
+    assert_string_equal(moco_db_get_meta(db)->class_names[0], "caf\xc3\xa9");
+    moco_db_destroy(&db);
+}
+
+/* Entries of a class folder that are not files (a broken symbolic link, a
+ * link loop, a FIFO) are named with the reason and counted as skipped, as
+ * bad files are; the FIFO is never opened (before: dropped without a word,
+ * "skipped 0"). --strict stops at the first. */
+static void test_links_and_fifos_named(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_links"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    snprintf(p, sizeof p, "%s/src/c/ok.png", tmp); make_image(p, 8, 8, 3, 1);
+    snprintf(p, sizeof p, "%s/src/c/broken.jpg", tmp);
+    assert_int_equal(symlink("/nonexistent/photo.jpg", p), 0);
+    snprintf(p, sizeof p, "%s/src/c/loop.jpg", tmp);
+    assert_int_equal(symlink("loop.jpg", p), 0);
+    snprintf(p, sizeof p, "%s/src/c/pipe.jpg", tmp);
+    assert_int_equal(mkfifo(p, 0644), 0);
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    assert_true(err_has("/src/c/broken.jpg: broken symbolic link (to /nonexistent/photo.jpg"));
+    assert_true(err_has("/src/c/loop.jpg: cannot follow the symbolic link to loop.jpg"));
+    assert_true(err_has("/src/c/pipe.jpg: not a regular file (a FIFO"));
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 1);
+    assert_int_equal(moco_db_get_meta(db)->skipped, 3);
+    moco_db_destroy(&db);
+    snprintf(args, sizeof args, "%s/src %s/strict --quiet --strict", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 1);
+    assert_true(err_has("broken.jpg: broken symbolic link"));
+    snprintf(p, sizeof p, "%s/strict", tmp);
+    assert_false(tu_exists(p));
+}
+
+/* A TIFF's Orientation tag is applied, as PIL (torchvision's loader)
+ * applies it: 6 (rotate 90 clockwise) stores the 64x48 raster as 48x64 with
+ * shown(r, c) = raster(H-1-c, r), and 3 rotates it by 180 (before: stored
+ * as the raster). cli_datasets.sh compares all 8 with PIL itself. */
+static void test_tiff_orientation(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_orient"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    enum { W = 64, H = 48 };
+    uint8_t px[W * H];
+    for (int i = 0; i < W * H; i++) px[i] = (uint8_t)(i * 13 + i / W);
+    for (int o = 3; o <= 6; o += 3) {
+        VipsImage *im = vips_image_new_from_memory_copy(px, sizeof px, W, H, 1, VIPS_FORMAT_UCHAR);
+        assert_non_null(im);
+        vips_image_set_int(im, VIPS_META_ORIENTATION, o);
+        snprintf(p, sizeof p, "%s/src/c/o%d.tif", tmp, o);
+        if (vips_image_write_to_file(im, p, NULL)) fail_msg("cannot write %s: %s", p, vips_error_buffer());
+        g_object_unref(im);
+    }
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    moco_rec_header h;
+    for (int r = 0; r < 2; r++) { /* record 0: o3.tif, 1: o6.tif */
+        const uint8_t *pl = get_rec(db, (uint64_t)r, &h, &buf, &cap);
+        assert_int_equal(h.width, r ? H : W);
+        assert_int_equal(h.height, r ? W : H);
+        VipsImage *a = vips_image_new_from_buffer(pl, h.payload_len, "", NULL);
+        assert_non_null(a);
+        size_t la;
+        uint8_t *got = vips_image_write_to_memory(a, &la);
+        assert_int_equal(la, sizeof px);
+        for (int y = 0; y < (int)h.height; y++)
+            for (int x = 0; x < (int)h.width; x++) {
+                int want = r ? px[(H - 1 - x) * W + y] : px[(H - 1 - y) * W + (W - 1 - x)];
+                if (got[y * (int)h.width + x] != want) fail_msg("record %d (%d, %d): %d, want %d", r, y, x, got[y * (int)h.width + x], want);
+            }
+        g_free(got);
+        g_object_unref(a);
+    }
+    free(buf);
+    moco_db_destroy(&db);
+}
+
 int main(void)
 {
     if (VIPS_INIT("test_mkdb")) return 1;
@@ -652,6 +774,9 @@ int main(void)
         cmocka_unit_test(test_fashion_mnist_package),
         cmocka_unit_test(test_bombs_and_truncated_jpegs),
         cmocka_unit_test(test_force_replaces_only_a_dataset),
+        cmocka_unit_test(test_class_names_refused),
+        cmocka_unit_test(test_links_and_fifos_named),
+        cmocka_unit_test(test_tiff_orientation),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     vips_shutdown();
