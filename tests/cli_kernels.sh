@@ -127,6 +127,9 @@ print(" ".join(c["fwd"] + "/" + c["bwd"] for c in j["convs"]))' >"$T/1.choices" 
 echo "first run: 40 passes timed, each on its fastest candidate: $(cat "$T/1.choices" | cut -c1-120)..."
 
 $M $B --wisdom "$W" >"$T/2.out" 2>"$T/2.err" || fail "second bench: $(tail -3 "$T/2.err")"
+# (the 40 rows are there: with no table, nothing would carry a *)
+rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/2.out")
+[ "$rows" = 40 ] || fail "the second run: want 40 rows, got $rows: $(cat "$T/2.out")"
 grep -qE '\*$' "$T/2.out" && fail "the second run timed kernels again: $(grep -E '\*$' "$T/2.out" | head -3)"
 tail -1 "$T/2.out" | python3 -c 'import json, sys; j = json.loads(sys.stdin.read()); print(" ".join(c["fwd"] + "/" + c["bwd"] for c in j["convs"]))' >"$T/2.choices"
 cmp -s "$T/1.choices" "$T/2.choices" || fail "the second run chose differently: $(cat "$T/2.choices")"
@@ -135,6 +138,8 @@ echo "second run: every choice from the wisdom file, none timed"
 rm -rf "$T/r"
 $M $B --kernels rule --wisdom "$T/r/wisdom.jsonl" >"$T/3.out" 2>&1 || fail "--kernels rule: $(tail -3 "$T/3.out")"
 [ -e "$T/r/wisdom.jsonl" ] && fail "--kernels rule wrote a wisdom file"
+rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/3.out")
+[ "$rows" = 40 ] || fail "--kernels rule: want 40 rows, got $rows: $(cat "$T/3.out")"
 grep -qE '\*$' "$T/3.out" && fail "--kernels rule timed kernels"
 grep -q '"kernels":"rule"' "$T/3.out" || fail "--kernels rule: not in the JSON line"
 echo "--kernels rule: nothing timed, no file"

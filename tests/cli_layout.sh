@@ -11,7 +11,9 @@
 # that includes a trainer header and an engine file that includes a command
 # header, it must report both. And every command gets its exit status from
 # the one options entry point (moco_opts_run / moco_opts_status in
-# formats/opts.c): no other file maps MOCO_OPTS_HELP to a status by hand;
+# formats/opts.c): no other file uses MOCO_OPTS_HELP outside a comment (the
+# checker proves first, on a scratch tree, that it catches an if and a
+# ternary);
 # and the presets live in one table (train_cmd.c), which moco run reads through
 # the trainer's parser rather than a copy.
 set -u
@@ -57,8 +59,22 @@ echo "$out" | grep -q "trainer/y.c" && fail "a command including the engine was 
 out=$(check "$PWD"); rc=$?
 [ $rc -eq 0 ] || fail "includes across rooms:
 $out"
-# 3. one options entry point: no command maps a parse result to an exit status by hand
-hand=$(grep -rln 'MOCO_OPTS_HELP *?' --include='*.c' formats loader augment trainer cli tools | grep -v '^formats/opts.c$')
+# 3. one options entry point: no command maps a parse result to an exit status by hand. Any
+# use of MOCO_OPTS_HELP outside formats/opts.[ch] is one (a ternary or an if alike); comment
+# lines are not uses. hand_map ROOT prints each "file:line: text"; the checker first proves it
+# can fail on a scratch tree with both spellings, and a comment that names the constant
+hand_map() {
+  (cd "$1" && grep -rnw MOCO_OPTS_HELP --include='*.[ch]' formats loader augment trainer cli tools 2>/dev/null) \
+    | grep -v '^formats/opts\.[ch]:' | grep -vE '^[^:]*:[0-9]+:[[:space:]]*(/\*|\*|//)'
+}
+mkdir -p "$T/cli"
+printf 'int a(int r) {\n    if (r == MOCO_OPTS_HELP) return 0;\n    return 2;\n}\nint b(int r) { return r == MOCO_OPTS_HELP ? 0 : 2; }\n' > "$T/cli/x.c"
+printf '/* MOCO_OPTS_OK, MOCO_OPTS_HELP (help\n * printed) or MOCO_OPTS_HELP */\n' > "$T/cli/x.h"
+out=$(hand_map "$T")
+echo "$out" | grep -q '^cli/x.c:2:.*if (r == MOCO_OPTS_HELP) return 0' || fail "an if mapping MOCO_OPTS_HELP by hand was not reported: $out"
+echo "$out" | grep -q '^cli/x.c:5:.*MOCO_OPTS_HELP ? 0 : 2' || fail "a ternary mapping MOCO_OPTS_HELP by hand was not reported: $out"
+echo "$out" | grep -q 'x\.h' && fail "a comment naming MOCO_OPTS_HELP was reported: $out"
+hand=$(hand_map "$PWD")
 [ -z "$hand" ] || fail "exit status mapped by hand instead of moco_opts_run / moco_opts_status: $hand"
 grep -q 'MOCO_OPTS_HELP ? 0 : 2' formats/opts.c || fail "formats/opts.c no longer holds the mapping (the check above would pass vacuously)"
 # 4. one preset table (trainer/train_cmd.c): the supervisor passes the trainer's

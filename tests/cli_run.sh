@@ -17,7 +17,7 @@ $M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
 N=10000
 # plain run
 timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 28 --run-dir "$T/r1" --quiet >"$T/r1.out" 2>"$T/r1.err" \
-  || { cat "$T/r1.err"; fail "moco run exited $?"; }
+  || { rc=$?; cat "$T/r1.err"; fail "moco run exited $rc"; }
 grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
 grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
 # grey and colour images in one dataset (grey inputs stay one channel by design; the trainer
@@ -96,8 +96,10 @@ for mode in sink train; do
 done
 
 # usage errors
-$M run "$T/db" --workers 0 --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "--workers 0 without --bind should exit 2"
-$M run /nonexistent --sink >/dev/null 2>&1; [ $? -eq 2 ] || fail "a missing DB should exit 2"
+$M run "$T/db" --workers 0 --sink >/dev/null 2>"$T/usage.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "moco run: --workers 0 needs --bind" "$T/usage.err" || fail "--workers 0 without --bind: exit $rc, $(cat "$T/usage.err")"
+$M run /nonexistent --sink >/dev/null 2>"$T/usage.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "moco run: /nonexistent: cannot open dataset" "$T/usage.err" || fail "a missing DB: exit $rc, $(cat "$T/usage.err")"
 # runs that would train nothing fail, saying why (before: exit 0, "loss 0.0000", checkpoints):
 # a batch larger than the dataset, and a dataset whose every record fails (payload bytes flipped:
 # each record's CRC check fails in the worker)
@@ -107,13 +109,14 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
   timeout 120 $M run "$T/db4" $TINY --batch-size 8 --run-dir "$T/r4" >/dev/null 2>"$T/r4.err"; rc=$?
   [ $rc -eq 1 ] && grep -q "moco train: the dataset's 4 samples make no batch of 8 pairs: lower --batch-size" "$T/r4.err" || fail "batch 8 on 4 samples: exit $rc $(tail -5 "$T/r4.err")"
   $M mkdb /usr/share/datasets/fashion-mnist "$T/db20" --split test --limit 20 --quiet >/dev/null || fail "mkdb 20"
-  python3 - "$T/db20/data.mdb" <<'PY'
+  python3 - "$T/db20/data.mdb" <<'PY' || fail "patching db20's payload bytes"
 import sys
 b = bytearray(open(sys.argv[1], "rb").read())
-i = b.find(b"MOCR")
+i, n = b.find(b"MOCR"), 0
 while i >= 0:
     b[i + 32 + 10] ^= 0xFF  # a payload byte (the header is 32 bytes)
-    i = b.find(b"MOCR", i + 4)
+    i, n = b.find(b"MOCR", i + 4), n + 1
+assert n >= 20, n  # every record (LMDB may hold stale copies of a page too)
 open(sys.argv[1], "wb").write(b)
 PY
   timeout 120 $M run "$T/db20" $TINY --batch-size 4 --run-dir "$T/r20" >/dev/null 2>"$T/r20.err"; rc=$?
@@ -130,24 +133,31 @@ PY
     || fail "--max-pixels 700 on 28x28 images: exit $rc $(tail -5 "$T/rpx.err")"
   echo "--max-pixels: each of 20 images over it refused by the workers, named, undecoded"
 fi
-# a worker declared dead that comes back (stopped 2.5 s, over --worker-timeout 1, with records in
-# flight to it): it takes up the stream again and every epoch completes, exactly (before: the loader
-# reset its count of records sent, ignored every later READY, and gave it no credit again: the run
-# hung, sink exit 124)
+# a worker declared dead that comes back (stopped once epoch 0 is complete, until the loader
+# declares it dead past --worker-timeout 1, with records in flight to it): it takes up the stream
+# again and every epoch completes, exactly (before: the loader reset its count of records sent,
+# ignored every later READY, and gave it no credit again: the run hung, sink exit 124). The loader
+# is not --quiet: its "epoch 0 complete" is waited on and its "is back" checked
 D="$T/back"; mkdir -p "$D"
-$M loader --db "$T/db" --bind ipc://$D/work --ctl ipc://$D/ctl --epochs 12 --worker-timeout 1 --quiet 2>"$D/loader.err" &
+$M loader --db "$T/db" --bind ipc://$D/work --ctl ipc://$D/ctl --epochs 12 --worker-timeout 1 2>"$D/loader.err" &
 LP=$!
 $M augment --connect ipc://$D/work --push ipc://$D/pairs --recipe cifar --size 28 --queue 1024 --quiet 2>"$D/aug.err" &
 AP=$!
-( sleep 1; kill -STOP $AP; sleep 2.5; kill -CONT $AP ) &
+( for i in $(seq 1200); do grep -q "epoch 0 complete" "$D/loader.err" && break; sleep 0.05; done
+  kill -STOP $AP || { echo stop failed >"$D/stop.err"; exit 1; }
+  for i in $(seq 200); do grep -q "worker 0 went silent" "$D/loader.err" && break; sleep 0.05; done
+  kill -CONT $AP ) &
+SP=$!
 timeout 120 $M sink --bind ipc://$D/pairs --connect ipc://$D/ctl --count $N --json "$D/sink.json" --quiet >/dev/null 2>"$D/sink.err"; rc=$?
-kill $LP $AP 2>/dev/null; wait $LP $AP 2>/dev/null
+wait $SP; kill $LP $AP 2>/dev/null; wait $LP $AP 2>/dev/null
 [ $rc -eq 0 ] || fail "a worker back from the dead: sink exit $rc (124: hung): $(tail -2 "$D/sink.err") $(grep -a 'silent\|back' "$D/loader.err")"
 python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); pe = j["per_epoch"]
 assert j["ok"] and len(pe) == 12 and all(e["ok"] and e["pairs"] == int(sys.argv[2]) for e in pe)' "$D/sink.json" $N \
   || fail "a worker back from the dead: $(head -c 400 "$D/sink.json")"
-grep -q "worker 0 went silent" "$D/loader.err" && echo "a worker declared dead and back: 12 epochs of $N, exactly" \
-  || echo "note: the stopped worker was not declared dead this time (the run finished before the stop)"
+[ ! -e "$D/stop.err" ] && grep -q "moco loader: worker 0 went silent; re-issuing its [1-9][0-9]* samples" "$D/loader.err" \
+  && grep -q "moco loader: worker 0 is back" "$D/loader.err" \
+  || fail "the stopped worker was not declared dead (with samples in flight) and back: $(cat "$D/stop.err" 2>/dev/null) $(grep -a 'worker 0' "$D/loader.err")"
+echo "a worker declared dead and back: 12 epochs of $N, exactly"
 # logs on a full disk (/dev/full: every write fails with ENOSPC): each process says so once and
 # the stream goes on, exactly (before: the failures went unseen)
 D="$T/fulllog"; mkdir -p "$D"

@@ -57,7 +57,7 @@ timeout 60 $M run db $RUN --epochs 1 --out o1 >/dev/null 2>o1.err || fail "moco 
 [ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "moco run --out o1 did not train into o1 (runs/: $(ls runs 2>/dev/null))"
 [ -e runs ] && fail "moco run --out o1 also made runs/"
 $M run db $RUN --epochs 1 --out o1 --run-dir o2 >/dev/null 2>o12.err; rc=$?
-[ $rc -eq 2 ] || fail "--out o1 --run-dir o2 should exit 2, got $rc"
+[ $rc -eq 2 ] && grep -q "moco run: --out o1 and --run-dir o2: the same flag twice" o12.err || fail "--out o1 --run-dir o2: exit $rc (want 2), $(cat o12.err)"
 for f in "--count 7" "--connect ipc://elsewhere" "--count=7"; do
   $M run db $RUN --epochs 1 --run-dir o3 $f >/dev/null 2>o3.err; rc=$?
   [ $rc -eq 2 ] || fail "moco run $f (a trainer flag the supervisor sets) should exit 2, got $rc"
@@ -348,7 +348,14 @@ helpers
   || fail "7n: metrics.jsonl over the file-size limit: exit $rc: $(tail -3 mf.err)"
 # every line but a torn last one (which a resume drops) is whole JSON; the file goes, so that
 # the suite's check of every JSON line written (json_lines) does not meet the torn one
-head -n -1 mf/metrics.jsonl | python3 -c 'import json, sys; [json.loads(l) for l in sys.stdin]' || fail "7n: a torn line before the last"
+# (at least one line before the last: open() fails on a missing file, and a file of one line
+# would leave nothing to check)
+python3 - mf/metrics.jsonl <<'PY' || fail "7n: a torn line before the last, or under 2 lines: $(head -c 300 mf/metrics.jsonl)"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) >= 2, "%d lines" % len(lines)
+for l in lines[:-1]: json.loads(l)
+PY
 rm -rf mf
 echo "7n: a failed write to metrics.jsonl: exit 1, naming the file and the error"
 

@@ -171,7 +171,8 @@ done
 # 4. usage errors
 $PY "$TRAIN" --stream "$EP" -b 32 --moco-k 100 --out "$T/bad" >/dev/null 2>"$T/bad.err"
 [ $? -eq 2 ] && grep -q "multiple of --batch-size" "$T/bad.err" || fail "--moco-k 100 with -b 32 should exit 2"
-$PY "$TRAIN" --out "$T/bad" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no --stream should exit 2"
+$PY "$TRAIN" --out "$T/bad" >/dev/null 2>"$T/bad.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "train_moco_torch.py: error: --stream ENDPOINT is required" "$T/bad.err" || fail "no --stream: exit $rc (want 2), $(tail -1 "$T/bad.err")"
 # --epochs unlike the loader's: refused once WELCOME tells the loader's (the lr schedule needs it)
 serve 4 &
 SRV=$!

@@ -51,7 +51,8 @@ printf '{"epoch": 1, "loss": 5.5, "knn_top1": 20.0, "pairs_per_s": 100}\n{"epoch
 $M plot "$T/r1" --compare "$T/ref.jsonl" --out "$T/cmp.png" >/dev/null && $M plot "$T/r1" --compare "$T/r1" --out "$T/cmp2.png" >/dev/null \
   && [ "$(head -c 4 "$T/cmp.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "moco plot --compare"
 cmp -s "$T/curves.png" "$T/cmp.png" && fail "moco plot --compare drew nothing more"
-$M plot "$T/r1" --compare "$T/nothing.jsonl" --out "$T/cmp3.png" >/dev/null 2>&1; [ $? -eq 1 ] || fail "--compare of a missing file should fail"
+$M plot "$T/r1" --compare "$T/nothing.jsonl" --out "$T/cmp3.png" >/dev/null 2>"$T/cmp3.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "moco plot: cannot open $T/nothing.jsonl" "$T/cmp3.err" || fail "--compare of a missing file: exit $rc, $(cat "$T/cmp3.err")"
 # metrics a plot cannot hang on or draw: two values 2e-12 apart (a hang before: the tick
 # step fell below the spacing of doubles), and an epoch of 1e999 (inf: refused, naming the line)
 mkdir -p "$T/pclose" "$T/pinf"
@@ -146,15 +147,19 @@ done
 rm -f "$T/out.fifo" "$T/out.npy" "$T/fifo-run/metrics.jsonl" "$T/fifo-db/data.mdb" # nothing that waits is left for later readers
 $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
   | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
-$M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>&1
-[ $? -eq 1 ] || fail "--ckpt with --random-init should be refused"
+$M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>"$T/both.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "moco knn: give one of --ckpt and --random-init" "$T/both.err" || fail "--ckpt with --random-init: exit $rc (want 1), $(cat "$T/both.err")"
 
 # linear evaluation on the frozen features. lr 0.3: over 11 checkpoints of
 # this file's and cli_mpi's runs (their batch order varies run to run) top-1
-# was 22-55% at 0.3, but 9.6-57% at lr 1 (one fell to chance in a CI run)
+# was 22-55% at 0.3, but 9.6-57% at lr 1 (one fell to chance in a CI run).
+# The floor, 15%, is above the test set's largest class (Shirt, 63 of 512:
+# 12.3%, what a classifier that always answers one class scores) and below
+# the lowest real run by 7 points
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
       --size 28 --epochs 10 --schedule 6,8 --lr 0.3 --threads 1 --cached-features | tail -1)
-echo "$lin" | grep -q '"lincls_top1":[1-9][0-9]' || fail "moco lincls --cached-features: $lin"
+t1=$(echo "$lin" | grep -o '"lincls_top1":[0-9.]*' | cut -d: -f2)
+[ -n "$t1" ] && awk -v a="$t1" 'BEGIN { exit !(a + 0 >= 15) }' || fail "moco lincls --cached-features: top-1 ${t1:-absent} below 15%: $lin"
 # lincls.json is written whole or not at all (it was fopen'ed, errors
 # ignored): a FIFO (it hung), a dangling link, a link to /dev/full are
 # refused naming it; a failed write (ulimit -f: a full disk) keeps the old
@@ -180,7 +185,8 @@ L="--ckpt $T/r1/checkpoint_last.safetensors --train $T/db --test $T/db --arch re
 lin=$(timeout 120 $M lincls $L --workers 1 --run-dir "$T/lin" --scale-min 1 --flip-p 0 2>"$T/lin.err" | tail -1)
 echo "$lin" | grep -q '"augmented":true,"train_views":2048,"test":512,"encoder_unchanged":true' || fail "moco lincls (streamed): $lin"
 t1=$(echo "$lin" | grep -o '"lincls_top1":[0-9.]*' | cut -d: -f2); t5=$(echo "$lin" | grep -o '"lincls_top5":[0-9.]*' | cut -d: -f2)
-awk -v a="$t1" -v b="$t5" 'BEGIN { exit !(b >= a) }' || fail "top-5 $t5 below top-1 $t1"
+[ -n "$t1" ] && [ -n "$t5" ] || fail "moco lincls (streamed): no lincls_top1/lincls_top5: $lin"
+awk -v a="$t1" -v b="$t5" 'BEGIN { exit !(a + 0 > 0 && b + 0 >= a + 0) }' || fail "top-5 $t5 below top-1 $t1 (or top-1 0)"
 [ "$(cat "$T/lin/lincls.json")" = "$lin" ] || fail "lincls.json differs from the printed result"
 lin=$(timeout 120 $M lincls $L --workers 1 --run-dir "$T/lin2" 2>>"$T/lin.err" | tail -1) # the default crops and flips
 echo "$lin" | grep -q '"augmented":true,"train_views":2048' || fail "moco lincls (streamed, random crops): $lin"

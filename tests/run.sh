@@ -2,7 +2,9 @@
 # run.sh: run every unit-test program given as arguments, then every
 # tests/cli_*.sh script, and end with one summary line. Exit status 77 from a
 # test means "skipped" (e.g. ../shared data absent). Non-zero overall if any
-# test failed.
+# test failed. A passing test that skipped some of its parts (cmocka's
+# "[  SKIPPED ]", or a "skipped: ..." line from a script) has them listed
+# under its PASS line and is counted in the summary.
 #   MOCO     path of bin/moco (the scripts use it)
 #   TESTS    optional regex: run only tests whose name matches
 #   MOCO_TEST_TIMEOUT  seconds one test may take (default 1200); a test
@@ -24,7 +26,7 @@ export MOCO_JSON_AUDIT=$MOCO_TEST_TMP/json-audit.jsonl
 rm -f "$MOCO_JSON_AUDIT"
 # sanitizer builds: leaks inside system libraries only (see tests/lsan.supp)
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
-pass=0; fail=0; skip=0; failed=()
+pass=0; fail=0; skip=0; partial=0; failed=()
 run_one() {
   local name=$1; shift
   if [ -n "${TESTS:-}" ] && ! [[ $name =~ $TESTS ]]; then return; fi
@@ -32,7 +34,10 @@ run_one() {
   timeout --kill-after=10 "${MOCO_TEST_TIMEOUT:-1200}" "$@" >"$log" 2>&1
   local rc=$?
   case $rc in
-    0) pass=$((pass+1)); echo "PASS  $name ($((SECONDS-t0))s)";;
+    0) pass=$((pass+1)); echo "PASS  $name ($((SECONDS-t0))s)"
+       # parts skipped inside a passing test (cmocka's skip(), a script's "skipped: ..." line) are named
+       local parts; parts=$(grep -aE '^\[  SKIPPED \] [^0-9]|^skipped: ' "$log" | awk '!seen[$0]++')
+       if [ -n "$parts" ]; then partial=$((partial+1)); echo "$parts" | sed 's/^/    part /'; fi;;
     124|137) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name: still running after ${MOCO_TEST_TIMEOUT:-1200} s, killed; last lines of $log:"
        tail -n 25 "$log" | sed 's/^/    /';;
     77) skip=$((skip+1)); echo "SKIP  $name: $(tail -n 1 "$log")";;
@@ -43,6 +48,6 @@ for t in "$@"; do run_one "$(basename "$t")" "$t"; done
 for s in tests/cli_*.sh; do [ -e "$s" ] && run_one "$(basename "$s" .sh)" bash "$s"; done
 # last: every JSON line the suite wrote must parse (skipped without python3)
 if command -v python3 >/dev/null; then run_one json_lines python3 tests/check_json.py "$MOCO_TEST_TMP"; fi
-echo "TESTS: $pass passed, $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
+echo "TESTS: $pass passed ($partial with parts skipped), $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
 if [ "$fail" -eq 0 ] && [ $own_tmp -eq 1 ]; then rm -rf "$MOCO_TEST_TMP"; fi
 [ "$fail" -eq 0 ]

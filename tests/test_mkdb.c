@@ -450,7 +450,10 @@ static void test_fashion_mnist_package(void **st)
 {
     (void)st;
     const char *src = "/usr/share/datasets/fashion-mnist";
-    if (!tu_exists(src)) skip();
+    if (!tu_exists(src)) {
+        printf("skipped: the Fashion-MNIST import (%s absent)\n", src);
+        skip();
+    }
     char args[9000];
     snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_fashion"));
     snprintf(args, sizeof args, "%s %s/test --split test --quiet", src, tmp);

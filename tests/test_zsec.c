@@ -874,7 +874,7 @@ static void test_key_owner(void **st)
 {
     (void)st;
     if (geteuid() != 0) {
-        fprintf(stderr, "note: not root, key ownership not checked\n");
+        fprintf(stderr, "skipped: key ownership (not root: chown needs it)\n");
         skip();
     }
     static const char *paths[] = {"", "/allowed", "/server.key_secret", "/client.key_secret", "/server.key", "/allowed/client.key"};
