@@ -349,7 +349,7 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
         return trc;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *f = moco_create_tmp(tmp); /* never through a link planted at the temporary name */
+    FILE *f = moco_create_tmp(tmp, path); /* never through a link planted at the temporary name */
     if (!f) {
         free(h.p);
         return MOCO_EIO;

@@ -126,7 +126,7 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     memset(hdr + n, ' ', (size_t)(total - 10 - n - 1));
     hdr[total - 10 - 1] = '\n';
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *f = moco_create_tmp(tmp); /* never through a link planted at the temporary name */
+    FILE *f = moco_create_tmp(tmp, path); /* never through a link planted at the temporary name */
     if (!f) return MOCO_EIO;
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)((total - 10) & 0xff), (uint8_t)((total - 10) >> 8)};
     size_t cnt = (size_t)rows * (size_t)(cols ? cols : 1);

@@ -328,7 +328,7 @@ static int metrics_rewind(const char *path, int64_t step, int *dropped)
     size_t cap = 0;
     ssize_t len;
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *out = moco_create_tmp(tmp);
+    FILE *out = moco_create_tmp(tmp, path);
     if (!out) { fclose(in); return MOCO_EIO; }
     while ((len = getline(&line, &cap, in)) > 0) {
         const char *p = strstr(line, "\"step\":");
