@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "formats/errors.h"
+#include "formats/rundir.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/replace.h"
@@ -36,7 +37,7 @@ int export_main(int argc, char **argv)
     const char *ckpt = NULL, *out = NULL, *which = "encoder_q";
     int with_head = 0;
     const moco_opt opts[] = {
-        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train", 0, 0, NULL},
+        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train, or a run directory (its checkpoint_last)", 0, 0, NULL},
         {"out", MOCO_OPT_STR, &out, "safetensors file to write", 0, 0, NULL},
         {"encoder", MOCO_OPT_CHOICE, &which, "which encoder", 0, 0, "encoder_q|encoder_k"},
         {"with-head", MOCO_OPT_FLAG, &with_head, "keep the projection head (fc.*); without it, the backbone only", 0, 0, NULL},
@@ -52,6 +53,12 @@ int export_main(int argc, char **argv)
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     moco_st *f;
     ckpt_config cc;
+    char ckpt_path[4200]; /* a run directory: its checkpoint_last */
+    if ((rc = moco_rundir_ckpt("--ckpt", ckpt, ckpt_path, sizeof ckpt_path))) {
+        fprintf(stderr, "moco export: %s\n", moco_errmsg());
+        return 1;
+    }
+    ckpt = ckpt_path;
     if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
