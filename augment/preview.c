@@ -3,7 +3,9 @@
  * evenly over the dataset, the original (fitted into the view size) | the
  * query view | the key view, exactly as a worker makes them for --epoch.
  * Small views (CIFAR) are enlarged by an integer factor, nearest neighbour,
- * so that a person can see them. A record that fails shows as a red tile. */
+ * so that a person can see them. A record that fails shows as a red tile.
+ * The PNG is written whole or not at all (formats/replace.h); --out must end
+ * in .png. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/opts.h"
+#include "formats/replace.h"
 
 #define GAP 4
 #define BG 40
@@ -83,6 +86,7 @@ int augment_preview_main(int argc, char **argv)
     char *pos[1];
     int np, rc = 0, opt_exit;
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
+    if (!moco_opts_suffix(&spec, "out", out, ".png", "the sheet is written as a PNG")) return 2;
     augment_recipe r;
     if (augment_flags_recipe(&f, &spec, &r)) {
         fprintf(stderr, "moco preview: %s\n", moco_errmsg());
@@ -144,12 +148,21 @@ int augment_preview_main(int argc, char **argv)
                     im = NULL;
                 }
     }
-    if (!im || vips_pngsave(im, out, NULL)) {
+    void *png = NULL;
+    size_t npng = 0;
+    if (!im || vips_pngsave_buffer(im, &png, &npng, NULL)) { /* libvips's message, on one line */
         if (im) g_object_unref(im);
-        moco_err(MOCO_EVIPS, "write %s: %s", out, vips_error_buffer());
+        char why[512];
+        snprintf(why, sizeof why, "%s", vips_error_buffer());
+        for (char *c = why; *c; c++) if (*c == '\n') *c = *(c + 1) ? ';' : 0;
+        vips_error_clear();
+        moco_err(MOCO_EVIPS, "cannot encode the sheet as PNG: %s", why);
         goto fail;
     }
     g_object_unref(im);
+    rc = moco_write_replace(out, png, npng); /* whole or not at all; its errors name out (and a missing directory) */
+    g_free(png);
+    if (rc) goto fail;
     printf("moco preview: wrote %s (%dx%d): %ld samples of %s, recipe %s, size %d, seed %" PRIu64 ", epoch %ld; "
            "columns: original | query | key%s\n",
            out, cw, ch, n, pos[0], r.name, S, r.seed, epoch, failed ? " (failed records in red)" : "");

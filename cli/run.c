@@ -15,7 +15,14 @@
  *   a loader that fails stops the trainer, which keeps its position: exit
  *   1 ("FAILED"), and the same resume command.
  * A training run's --run-dir (--out is the same flag) must be empty unless
- * --resume or --overwrite (trainer flags) is given. */
+ * --resume or --overwrite (trainer flags) is given; its lock is taken first
+ * (a live run's directory is "in use"), and a --resume checkpoint must exist
+ * before anything starts (formats/rundir.h). Without --recipe, a --preset or
+ * --aug-plus, training uses MoCo v1's augmentation, as main_moco.py does.
+ * A flag neither moco run's nor moco train's is reported as moco run's.
+ * moco lincls: the workers and the evaluation at --size, or the checkpoint's
+ * training size. moco bench pipeline: logs in a temporary directory, removed
+ * after a successful run, unless --run-dir. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +45,7 @@
 #include "formats/rundir.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "trainer/evalmodel.h"
 #include "trainer/lincls.h"
 #include "trainer/train.h"
 
@@ -232,6 +240,35 @@ static void bench_summary(const char *run_dir, long workers)
     if (moco_jw_line(&w, stdout)) fprintf(stderr, "moco bench pipeline: %s\n", moco_errmsg());
 }
 
+/* moco lincls --size 0 (or none): the training size of the checkpoint
+ * among the consumer's flags (--ckpt FILE or run directory); 32 without one
+ * (--random-init). */
+static int lincls_ckpt_size(int n, char **flags, long *size)
+{
+    const char *ckpt = NULL;
+    for (int i = 1; i < n; i++) {
+        if (!strcmp(flags[i], "--ckpt") && i + 1 < n) ckpt = flags[i + 1];
+        else if (!strncmp(flags[i], "--ckpt=", 7)) ckpt = flags[i] + 7;
+    }
+    *size = 32;
+    return ckpt ? evalmodel_ckpt_size(ckpt, size) : 0;
+}
+
+/* Remove a benchmark's temporary log directory: its files, then itself. */
+static void remove_logs(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char p[4400];
+    while (d && (de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
 {
     int lincls = !strcmp(consumer, "lincls");
@@ -245,8 +282,18 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 24];
     int n = augment_flags_opts(&af, opts);
     int seed_at = -1;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (!strcmp(opts[i].name, "seed")) seed_at = i;
+        if (lincls && !strcmp(opts[i].name, "size")) { /* 0: the checkpoint's training size, as moco lincls --help says */
+            opts[i].min = 0;
+            af.size = 0;
+        }
+        if (!bench && !lincls && !strcmp(opts[i].name, "recipe")) { /* main_moco.py without --aug-plus */
+            opts[i].help = "augmentation recipe; training: v1 unless --aug-plus (v2) or a --preset says otherwise, as "
+                           "main_moco.py; --sink/--serve: v2 (the defaults below are v2's)";
+            af.recipe = "v1";
+        }
+    }
     if (seed_at >= 0) { /* one --seed for the loader's order and the views */
         opts[seed_at].dst = &seed;
         opts[seed_at].help = "seed of the epoch order and of the augmentations";
@@ -296,7 +343,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     opts[n++] = (moco_opt){"quiet", MOCO_OPT_FLAG, &quiet, "less output", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     (void)insecure;
-    const moco_optspec run_spec = {"moco run", "DB [options]",
+    const moco_optspec run_spec = {lincls ? "moco lincls" : "moco run", "DB [options]",
                                    "Start the loader, --workers augmentation workers and the trainer (or, with --sink, the\n"
                                    "counting sink) on DB, supervise them, and replace workers that die. Every flag not listed\n"
                                    "here goes to the trainer (see moco train --help: --preset, --arch, --lr, --knn-train, ...).\n"
@@ -357,6 +404,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     /* the trainer's flags, read by its own parser (its preset table, train_cmd.c):
      * a preset's augmentation and epochs, --resume, --overwrite */
     train_cfg tc;
+    char resume_arg[4096] = "";
     memset(&tc, 0, sizeof tc);
     if (!sink && !lincls && !serve) {
         argvec v = {0};
@@ -364,22 +412,40 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         for (int i = 1; i < ntheirs; i++) add(&v, theirs[i]);
         const char *fixed[] = {"--connect", "ipc://x", "--out", "x"};
         for (int i = 0; i < 4; i++) add(&v, fixed[i]);
+        moco_opts_passed_on(&spec); /* an unknown flag is neither ours nor the trainer's: said as ours, both helps */
         int bad = train_parse_args(v.n, v.v, &tc);
+        moco_opts_passed_on(NULL);
+        if (!bad && tc.resume) snprintf(resume_arg, sizeof resume_arg, "%s", tc.resume); /* tc's strings are v's */
         free_args(&v);
         if (bad) return 2;
     }
     int resuming = tc.resume != NULL, overwrite = tc.overwrite;
+    if (resuming) { /* before anything starts (the trainer found it missing only once the pipeline ran) */
+        char rp[4200];
+        struct stat rs;
+        if (moco_rundir_ckpt("--resume", resume_arg, rp, sizeof rp) ||
+            (stat(rp, &rs) && moco_err(MOCO_ENOTFOUND, "--resume %s: %s", rp, strerror(errno)))) {
+            fprintf(stderr, "moco run: %s\n", moco_errmsg());
+            return 2;
+        }
+    }
     augment_recipe recipe;
     af.seed = seed;
     if (!moco_opts_seen(&spec, "recipe") && tc.recipe) af.recipe = tc.recipe; /* the preset's (or --aug-plus's) augmentation */
-    if (lincls) { /* main_lincls.py: crops and flips, 100 epochs; the size of moco lincls's --size (32) */
+    else if (!moco_opts_seen(&spec, "recipe") && !bench && !lincls && (sink || serve))
+        af.recipe = "v2"; /* no trainer here: the stream's recipe stays moco augment's default (training: v1, above) */
+    long lincls_size = 0; /* main_lincls.py evaluates at the pre-training resolution */
+    if (lincls) { /* main_lincls.py: crops and flips, 100 epochs; --size 0: the checkpoint's training size */
         if (!moco_opts_seen(&spec, "recipe")) af.recipe = "lincls";
-        if (!moco_opts_seen(&spec, "size")) af.size = 32;
         if (!moco_opts_seen(&spec, "epochs")) epochs = 100;
+        if ((lincls_size = af.size) == 0 && lincls_ckpt_size(ntheirs, theirs, &lincls_size)) {
+            fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
+            return 1;
+        }
     }
     if (tc.preset && !moco_opts_seen(&spec, "epochs")) epochs = tc.epochs; /* the preset's */
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
-    if (lincls && !moco_opts_seen(&spec, "size")) recipe.size = 32;
+    if (lincls) recipe.size = (int)lincls_size; /* the workers' and the consumer's */
     moco_db *d;
     if (moco_db_open(db, &d)) {
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
@@ -442,25 +508,24 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         addf(&v, "--epochs", "%ld", epochs);
         addf(&v, "--size", "%d", recipe.size);
         train_cfg tc;
+        moco_opts_passed_on(&spec);
         int bad = train_parse_args(v.n, v.v, &tc);
+        moco_opts_passed_on(NULL);
         free_args(&v);
         if (bad) return 2;
     }
-    if (!sink && !lincls && !serve && run_dir && !resuming && !overwrite) { /* a training run's directory starts empty */
-        DIR *dd = opendir(run_dir);
-        struct dirent *de;
-        const char *held = NULL;
-        while (dd && !held && (de = readdir(dd)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, MOCO_RUNDIR_LOCK)) held = de->d_name;
-        if (held) {
-            fprintf(stderr, "moco run: --run-dir %s is not empty (it holds %s): give --resume %s to continue its run, "
-                            "--overwrite to start afresh there, or another --run-dir\n", run_dir, held, run_dir);
-            closedir(dd);
-            return 2;
-        }
-        if (dd) closedir(dd);
-    }
     char rdir[1024], sockdir[] = "/tmp/moco-run-XXXXXX";
+    int bench_tmp = 0; /* bench pipeline without --run-dir: its logs in a temporary directory, removed at the end */
+    if (!run_dir && bench) {
+        const char *td = getenv("TMPDIR");
+        snprintf(rdir, sizeof rdir, "%s/moco-bench-XXXXXX", td && *td ? td : "/tmp");
+        if (!mkdtemp(rdir)) {
+            fprintf(stderr, "moco bench pipeline: cannot create a log directory %s: %s\n", rdir, strerror(errno));
+            return 1;
+        }
+        run_dir = rdir;
+        bench_tmp = 1;
+    }
     if (!run_dir) {
         time_t t = time(NULL);
         struct tm tm;
@@ -484,9 +549,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         return 1;
     }
     int lock_fd; /* held to the end (formats/rundir.h); not inherited: the trainer we start knows it is supervised */
-    if (moco_lock_dir(run_dir, &lock_fd)) {
+    if (moco_lock_dir(run_dir, &lock_fd)) { /* first: a live run's directory is "in use", not "not empty" */
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        if (bench_tmp) remove_logs(run_dir);
         return 1;
+    }
+    /* a training run's directory starts empty; the advice names --resume only where a checkpoint is */
+    if (!sink && !lincls && !serve && !resuming && !overwrite && moco_rundir_check_new(run_dir, "--run-dir", 0)) {
+        fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        close(lock_fd);
+        return 2;
     }
     time_t t_start = time(NULL);
     if (!mkdtemp(sockdir)) { /* mode 0700 */
@@ -656,8 +728,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     snprintf(log, sizeof log, "%s/workers.log", run_dir);
     for (int i = 0; i < workers; i++) wp[i] = spawn(&wa, log);
     if (!quiet) {
-        fprintf(stderr, "moco run: %s: %llu samples, %ld epochs, %ld workers; logs in %s\n", db, (unsigned long long)count,
-                epochs, workers, run_dir);
+        fprintf(stderr, "moco run: %s: %llu samples, %ld epochs, %ld workers, recipe %s at %d px; logs in %s\n", db,
+                (unsigned long long)count, epochs, workers, recipe.name, recipe.size, run_dir);
         print_worker_command(&wa, bind ? host : NULL, port);
         if (serve && !bench)
             fprintf(stderr, "moco run: serving %s: connect a consumer, e.g.\n"
@@ -784,9 +856,14 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     free_args(&ca);
     free_args(&wa);
     if (interrupted) status = 130; /* whatever the others said while stopping */
-    if (bench) bench_summary(run_dir, workers);
-    else fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status == 130 ? "interrupted" : status ? "FAILED" : "finished",
-                 respawned, respawned == 1 ? "" : "s");
+    if (bench) {
+        bench_summary(run_dir, workers);
+        if (bench_tmp && !status) remove_logs(run_dir);
+        else if (bench_tmp) fprintf(stderr, "moco bench pipeline: its logs are kept in %s\n", run_dir);
+    } else {
+        fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status == 130 ? "interrupted" : status ? "FAILED" : "finished",
+                respawned, respawned == 1 ? "" : "s");
+    }
     char last[1200];
     snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
     /* interrupted, a trainer stopped because the loader failed, a trainer

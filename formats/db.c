@@ -36,6 +36,7 @@
 #include "formats/errors.h"
 #include "formats/json.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -44,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -243,6 +245,43 @@ static int check_trees(int fd, const char *f, const lm_meta *m)
     return rc;
 }
 
+/* Does dir look like a folder of images (a class subdirectory, or an image
+ * file among its first entries)? */
+static int looks_like_images(const char *dir)
+{
+    static const char *const ext[] = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".jp2", ".ppm", ".pgm", NULL};
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int yes = 0;
+    for (int seen = 0; d && !yes && seen < 1000 && (de = readdir(d)); seen++) {
+        const char *n = de->d_name, *dot = strrchr(n, '.');
+        if (n[0] == '.') continue;
+        char p[4200];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", dir, n);
+        if (!stat(p, &st) && S_ISDIR(st.st_mode)) yes = 1;
+        for (int i = 0; !yes && dot && ext[i]; i++) yes = !strcasecmp(dot, ext[i]);
+    }
+    if (d) closedir(d);
+    return yes;
+}
+
+/* DIR/data.mdb (f) cannot be opened (errno e): a missing DIR, a directory
+ * that is no dataset (an image folder: pack it first), or f's own error. */
+static int not_a_dataset(const char *dir, const char *f, int e)
+{
+    struct stat st;
+    if (e == ENOENT && !stat(dir, &st) && S_ISDIR(st.st_mode)) {
+        if (looks_like_images(dir))
+            return moco_err(MOCO_ENOTFOUND, "%s is a directory but not a moco dataset (no data.mdb); an image folder? pack it "
+                            "first: moco mkdb %s OUT", dir, dir);
+        return moco_err(MOCO_ENOTFOUND, "%s is a directory but not a moco dataset (no data.mdb; moco mkdb makes one)", dir);
+    }
+    if (e == ENOENT || e == ENOTDIR)
+        return moco_err(e == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "%s: cannot open dataset: %s", dir, strerror(e));
+    return moco_err(MOCO_EIO, "%s: cannot open dataset: %s", f, strerror(e));
+}
+
 /* Layer 1 (see the top): check DIR/data.mdb before LMDB maps it. Sets
  * *data_end to the extent of the pages LMDB will read and *ino to the file's
  * inode. Returns 0,
@@ -256,9 +295,7 @@ static int check_file(const char *dir, uint64_t *data_end, uint64_t *ino)
     int rc = 0;
     snprintf(f, sizeof f, "%s/data.mdb", dir);
     int fd = open(f, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open: refused below */
-    if (fd < 0)
-        return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "%s: cannot open dataset: %s", dir,
-                        strerror(errno));
+    if (fd < 0) return not_a_dataset(dir, f, errno);
     if (fstat(fd, &st) != 0) { rc = moco_err(MOCO_EIO, "%s: %s", f, strerror(errno)); goto out; }
     if (!S_ISREG(st.st_mode)) { rc = moco_err(MOCO_ECORRUPT, "%s: not a regular file", f); goto out; }
     for (unsigned i = 0; i < 2; i++) {

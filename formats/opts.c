@@ -1,4 +1,6 @@
-/* opts.c: table-driven long-option parser with strict validation. */
+/* opts.c: table-driven long-option parser with strict validation; an
+ * unknown option's did-you-mean (edit distance) against the command's table
+ * and, for flags passed on (moco run to moco train), the outer one's. */
 #include "formats/opts.h"
 
 #include <ctype.h>
@@ -8,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define MAX_OPTS 128
@@ -15,6 +18,9 @@
 static _Thread_local const moco_optspec *seen_spec[SEEN_SPECS];
 static _Thread_local unsigned char seen_flags[SEEN_SPECS][MAX_OPTS];
 static _Thread_local unsigned seen_next;
+static _Thread_local const moco_optspec *outer_spec; /* moco_opts_passed_on */
+
+void moco_opts_passed_on(const moco_optspec *outer) { outer_spec = outer; }
 
 /* The record of spec's last parse, or NULL. */
 static unsigned char *seen_of(const moco_optspec *s)
@@ -52,6 +58,63 @@ static int bad(const moco_optspec *s, const char *fmt, const char *a, const char
     return MOCO_OPTS_USAGE;
 }
 
+/* Levenshtein distance between a[0..la) and b (names are short; a long one is far from all) */
+static size_t distance(const char *a, size_t la, const char *b)
+{
+    size_t lb = strlen(b), d[64];
+    if (la >= 64 || lb >= 64) return 64;
+    for (size_t j = 0; j <= lb; j++) d[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = d[0];
+        d[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = d[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
+            d[j] = best;
+            diag = up;
+        }
+    }
+    return d[lb];
+}
+
+/* The name in opts nearest to name[0..len) if nearer than *best (at most 2
+ * edits, and fewer than a third of its length); *best updated. */
+static const char *nearest(const moco_opt *opts, const char *name, size_t len, size_t *best)
+{
+    const char *near = NULL;
+    for (const moco_opt *o = opts; o && o->name; o++) {
+        size_t d = distance(name, len, o->name);
+        if (d < *best && d <= 2 && 3 * d < len) *best = d, near = o->name;
+    }
+    return near;
+}
+
+/* "unknown option": with an outer command whose flags pass on to s (moco
+ * run's to moco train), named as the outer's, with both helps. */
+static int unknown(const moco_optspec *s, const char *a, const char *name, size_t len)
+{
+    const moco_optspec *out = outer_spec != s ? outer_spec : NULL;
+    size_t best = 3;
+    const char *near = nearest(s->opts, name, len, &best), *n2 = out ? nearest(out->opts, name, len, &best) : NULL;
+    if (n2) near = n2;
+    fprintf(stderr, "%s: unknown option '%s'", out ? out->cmd : s->cmd, a);
+    if (out) fprintf(stderr, " (neither a %s flag nor a %s flag)", out->cmd + (strncmp(out->cmd, "moco ", 5) ? 0 : 5),
+                     s->cmd + (strncmp(s->cmd, "moco ", 5) ? 0 : 5));
+    if (near) fprintf(stderr, "; did you mean --%s?", near);
+    if (out) fprintf(stderr, "\nTry '%s --help' and '%s --help'.\n", out->cmd, s->cmd);
+    else fprintf(stderr, "\nTry '%s --help'.\n", s->cmd);
+    return MOCO_OPTS_USAGE;
+}
+
+int moco_opts_suffix(const moco_optspec *s, const char *flag, const char *value, const char *suffix, const char *what)
+{
+    size_t lv = strlen(value), ls = strlen(suffix);
+    if (lv > ls && !strcasecmp(value + lv - ls, suffix)) return 1;
+    fprintf(stderr, "%s: --%s %s: %s; give a name ending in %s\nTry '%s --help'.\n", s->cmd, flag, value, what, suffix, s->cmd);
+    return 0;
+}
+
 static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
 {
     char *end = NULL;
@@ -64,7 +127,7 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
         if (range && (x < o->min || x > o->max)) {
             char r[64];
             snprintf(r, sizeof r, "[%.0f, %.0f]", o->min, o->max);
-            fprintf(stderr, "%s: --%s: %ld is outside %s\n", s->cmd, o->name, x, r);
+            fprintf(stderr, "%s: --%s: %ld is outside %s\nTry '%s --help'.\n", s->cmd, o->name, x, r, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(long *)o->dst = x;
@@ -75,7 +138,7 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
         unsigned long long x = strtoull(v, &end, 10);
         if (!*v || *end || errno) return bad(s, "--%s: '%s' is not a non-negative integer", o->name, v);
         if (range && ((double)x < o->min || (double)x > o->max)) {
-            fprintf(stderr, "%s: --%s: %llu is outside [%.0f, %.0f]\n", s->cmd, o->name, x, o->min, o->max);
+            fprintf(stderr, "%s: --%s: %llu is outside [%.0f, %.0f]\nTry '%s --help'.\n", s->cmd, o->name, x, o->min, o->max, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(uint64_t *)o->dst = x;
@@ -85,7 +148,7 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
         double x = strtod(v, &end);
         if (!*v || *end || errno || !isfinite(x)) return bad(s, "--%s: '%s' is not a finite number", o->name, v);
         if (range && (x < o->min || x > o->max)) {
-            fprintf(stderr, "%s: --%s: %g is outside [%g, %g]\n", s->cmd, o->name, x, o->min, o->max);
+            fprintf(stderr, "%s: --%s: %g is outside [%g, %g]\nTry '%s --help'.\n", s->cmd, o->name, x, o->min, o->max, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(double *)o->dst = x;
@@ -141,7 +204,7 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const moco_opt *o = find(s, name, len);
-        if (!o) return bad(s, "unknown option '%s'%s", a, "");
+        if (!o) return unknown(s, a, name, len);
         seen[o - s->opts] = 1;
         if (o->kind == MOCO_OPT_FLAG) {
             if (eq) return bad(s, "--%s takes no value%s", o->name, "");

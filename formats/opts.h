@@ -70,6 +70,20 @@ int moco_opts_status(int parse_rc);
 /* Print the help text of spec to stdout. */
 void moco_opts_help(const moco_optspec *spec);
 
+/* Flags passed on: until called again with NULL, a parse (on this thread)
+ * of a spec other than outer reports an unknown option as outer's ("moco
+ * run: unknown option '--worker' (neither a run flag nor a train flag)"),
+ * with a did-you-mean against both tables and both helps. moco run sets it
+ * around the trainer's parse of the flags it passes on. (Without it an
+ * unknown option's did-you-mean looks at the command's own table.) */
+void moco_opts_passed_on(const moco_optspec *outer);
+
+/* Whether value, given to --flag, ends in suffix (any case): 1; else 0 after
+ * printing "CMD: --FLAG VALUE: WHAT; give a name ending in SUFFIX" and the
+ * --help hint (the caller exits 2). For outputs whose format is fixed (a
+ * PNG), so that a ".jpg" name is not filled with PNG data. */
+int moco_opts_suffix(const moco_optspec *spec, const char *flag, const char *value, const char *suffix, const char *what);
+
 /* moco_opts_seen(spec, "name"): whether the last parse saw --name. */
 int moco_opts_seen(const moco_optspec *spec, const char *name);
 

@@ -84,7 +84,24 @@ FILE *moco_fopen_regular(const char *path)
     return f;
 }
 
-FILE *moco_create_tmp(const char *tmp)
+int moco_err_output(const char *verb, const char *path, int e)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    size_t l = strlen(dir);
+    while (l > 1 && dir[l - 1] == '/') dir[--l] = 0; /* "out/": its directory is that of "out" */
+    char *sl = strrchr(dir, '/');
+    struct stat st;
+    if (e == ENOENT && sl) {
+        if (sl == dir) sl[1] = 0;
+        else *sl = 0;
+        if (stat(dir, &st) != 0) return moco_err(MOCO_EIO, "cannot %s %s: directory %s does not exist", verb, path, dir);
+        if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EIO, "cannot %s %s: %s is not a directory", verb, path, dir);
+    }
+    return moco_err(MOCO_EIO, "cannot %s %s: %s", verb, path, strerror(e));
+}
+
+FILE *moco_create_tmp(const char *tmp, const char *name)
 {
     (void)unlink(tmp); /* a stale one; what cannot be removed (a directory) fails the open below */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644), e;
@@ -92,7 +109,7 @@ FILE *moco_create_tmp(const char *tmp)
     if (!f) {
         e = errno;
         if (fd >= 0) close(fd), unlink(tmp);
-        moco_err(MOCO_EIO, "cannot create %s: %s", tmp, strerror(e));
+        moco_err_output("write", name, e);
         errno = e;
     }
     return f;
@@ -135,7 +152,7 @@ int moco_write_replace(const char *path, const void *data, size_t len)
     int rc = moco_replace_target(path, target, sizeof target);
     if (rc) return rc;
     snprintf(tmp, sizeof tmp, "%s.%ld.tmp", target, (long)getpid());
-    FILE *f = moco_create_tmp(tmp);
+    FILE *f = moco_create_tmp(tmp, path);
     if (!f) return MOCO_EIO;
     if (len && fwrite(data, 1, len, f) != len) {
         int e = errno ? errno : EIO;

@@ -30,8 +30,15 @@ int moco_replace_target(const char *path, char *target, size_t cap);
  * one (a crashed writer's) is removed first, and the file is created
  * exclusively without following a symbolic link, so that a link planted at
  * the temporary name (in /tmp, say) never sends the write to the file it
- * names. NULL with errno set and a message naming tmp. */
-FILE *moco_create_tmp(const char *tmp);
+ * names. NULL with errno set and a message naming name, the path the user
+ * gave (moco_err_output), not tmp. */
+FILE *moco_create_tmp(const char *tmp, const char *name);
+
+/* The error of an output that cannot be made at path (the path the user
+ * gave; errno e): MOCO_EIO, "cannot VERB PATH: directory D does not exist"
+ * when e is ENOENT and path's directory is missing, else "cannot VERB PATH:
+ * strerror(e)". verb: "write", "create". */
+int moco_err_output(const char *verb, const char *path, int e);
 
 /* fopen(path, "r") of a regular file only, without ever blocking in the
  * open (a FIFO is refused, not waited on): the stream, or NULL with errno

@@ -1,11 +1,15 @@
-/* rundir.c: the run directory's lock of rundir.h, on flock(2). */
+/* rundir.c: the run directory's lock of rundir.h, on flock(2); a
+ * checkpoint flag's run directory; the check that a new run's directory is
+ * empty. */
 #include "formats/rundir.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "formats/errors.h"
@@ -33,4 +37,45 @@ int moco_lock_dir(const char *dir, int *fd)
     }
     *fd = f;
     return 0;
+}
+
+int moco_rundir_ckpt(const char *flag, const char *path, char *buf, size_t cap)
+{
+    struct stat st;
+    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
+        if (strlen(path) >= cap) return moco_err(MOCO_EINVAL, "%s %s: the path is too long", flag, path);
+        snprintf(buf, cap, "%s", path);
+        return 0;
+    }
+    if ((size_t)snprintf(buf, cap, "%s/%s", path, MOCO_RUNDIR_LAST) >= cap)
+        return moco_err(MOCO_EINVAL, "%s %s: the path is too long", flag, path);
+    if (stat(buf, &st))
+        return moco_err(MOCO_ENOTFOUND, "%s %s: a directory without %s (%s): not a run directory, or a run stopped "
+                        "before its first checkpoint", flag, path, MOCO_RUNDIR_LAST, strerror(errno));
+    return 0;
+}
+
+int moco_rundir_check_new(const char *dir, const char *flag, int logs_ok)
+{
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "%s %s: %s", flag, dir, strerror(errno));
+    struct dirent *de;
+    char held[256] = "";
+    int has_last = 0;
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        has_last |= !strcmp(n, MOCO_RUNDIR_LAST);
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, MOCO_RUNDIR_LOCK) ||
+            (logs_ok && (!strncmp(n, "loader.", 7) || !strncmp(n, "workers.", 8))))
+            continue;
+        if (!held[0]) snprintf(held, sizeof held, "%s", n);
+    }
+    closedir(d);
+    if (!held[0]) return 0;
+    if (has_last)
+        return moco_err(MOCO_EEXIST, "%s %s is not empty (it holds %s): give --resume %s to continue its run, --overwrite to "
+                        "start afresh there, or another %s", flag, dir, held, dir, flag);
+    return moco_err(MOCO_EEXIST, "%s %s is not empty (it holds %s) and holds no %s to resume from (a run stopped before "
+                    "its first checkpoint): give --overwrite to start afresh there, or another %s", flag, dir, held,
+                    MOCO_RUNDIR_LAST, flag);
 }

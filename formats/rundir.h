@@ -7,9 +7,16 @@
  * with MOCO_EEXIST and a message naming the directory and the holder's pid:
  * two runs on one directory mixed their checkpoints and metrics, and both
  * exited 0. The .lock file is no part of a run's results (the "directory
- * must be empty" checks skip it). */
+ * must be empty" check, moco_rundir_check_new, skips it).
+ *
+ * Also the one home of two rules that moco run, moco train and the
+ * evaluation commands share: a checkpoint flag (--resume, --ckpt) may name a
+ * run directory, meaning its checkpoint_last.safetensors; and a new run's
+ * directory must be empty, with advice that works when it is not. */
 #ifndef MOCO_RUNDIR_H
 #define MOCO_RUNDIR_H
+
+#include <stddef.h>
 
 #define MOCO_RUNDIR_LOCK ".lock"
 
@@ -17,5 +24,25 @@
  * MOCO_EEXIST (held by another process), or MOCO_EIO naming the path. The
  * directory must exist. */
 int moco_lock_dir(const char *dir, int *fd);
+
+#define MOCO_RUNDIR_LAST "checkpoint_last.safetensors"
+
+/* The checkpoint a flag's value names: path itself, or, when path is a
+ * directory, path/checkpoint_last.safetensors, which must then exist. Writes
+ * it into buf (cap bytes). 0; MOCO_ENOTFOUND for a directory without one
+ * (the message names flag, the directory and what to do); MOCO_EINVAL when
+ * the result does not fit. A path that is not a directory is only copied:
+ * opening it says what is wrong with it. */
+int moco_rundir_ckpt(const char *flag, const char *path, char *buf, size_t cap);
+
+/* Whether dir may take a new run (neither --resume nor --overwrite given):
+ * it does not exist, or holds nothing but its .lock (and, with logs_ok, the
+ * logs moco run writes there before its trainer starts: loader.*,
+ * workers.*). Otherwise MOCO_EEXIST, the message naming flag ("--run-dir",
+ * "--out"), dir and a file it holds, with advice that works: "--resume dir"
+ * only when dir holds checkpoint_last.safetensors, else --overwrite (a run
+ * that stopped before its first checkpoint). MOCO_EIO when dir cannot be
+ * read. */
+int moco_rundir_check_new(const char *dir, const char *flag, int logs_ok);
 
 #endif

@@ -84,6 +84,20 @@ static int parse_entry(const char *h, const moco_json_tok *tk, int k, int v, con
     return 0;
 }
 
+int moco_st_header_len(const uint8_t *b, size_t n, uint64_t file_len, const char *what, uint64_t *hl)
+{
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--) h = h << 8 | b[i];
+    *hl = h;
+    if (h < 2 || h > MOCO_ST_MAX_HEADER || (n > 8 && b[8] != '{')) /* another kind of file: an .npy, a data.mdb */
+        return moco_err(MOCO_ECORRUPT, "%s: not a safetensors checkpoint (its first 8 bytes give a header length of %llu, "
+                        "and no JSON header follows)", what, (unsigned long long)h);
+    if (h > file_len - 8)
+        return moco_err(MOCO_ECORRUPT, "%s: header length %llu does not fit the file (%llu bytes): truncated?", what,
+                        (unsigned long long)h, (unsigned long long)file_len);
+    return 0;
+}
+
 static int parse_owned(uint8_t *buf, size_t len, const char *what, moco_st **out)
 {
     int rc = MOCO_ECORRUPT;
@@ -100,12 +114,7 @@ static int parse_owned(uint8_t *buf, size_t len, const char *what, moco_st **out
         goto fail;
     }
     uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = hl << 8 | buf[i];
-    if (hl < 2 || hl > MOCO_ST_MAX_HEADER || hl > len - 8) {
-        rc = moco_err(MOCO_ECORRUPT, "%s: header length %llu does not fit the file (%zu bytes) or the %u-byte limit", what,
-                      (unsigned long long)hl, len, MOCO_ST_MAX_HEADER);
-        goto fail;
-    }
+    if ((rc = moco_st_header_len(buf, len, len, what, &hl))) goto fail;
     const char *h = (const char *)buf + 8;
     /* the spec allows trailing spaces as padding; JSON whitespace covers it */
     int maxtok = (int)(hl / 2 + 2), nt;
@@ -349,7 +358,7 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
         return trc;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *f = moco_create_tmp(tmp); /* never through a link planted at the temporary name */
+    FILE *f = moco_create_tmp(tmp, path); /* never through a link planted at the temporary name */
     if (!f) {
         free(h.p);
         return MOCO_EIO;

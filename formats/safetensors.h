@@ -44,6 +44,13 @@ typedef struct moco_st moco_st;
 const char *moco_st_dtype_name(moco_st_dtype d);
 size_t moco_st_dtype_size(moco_st_dtype d);
 
+/* The first n (>= 8) bytes b of a safetensors file of file_len bytes: 0
+ * and *hl its header length; or MOCO_ECORRUPT naming what: "not a
+ * safetensors checkpoint" when they cannot start one (a length under 2 or
+ * over MOCO_ST_MAX_HEADER, or no '{' after it: an .npy, a data.mdb), or a
+ * length that does not fit the file (cut short). */
+int moco_st_header_len(const uint8_t *b, size_t n, uint64_t file_len, const char *what, uint64_t *hl);
+
 /* Open path (read whole) / parse a copy of buf[0..len). `what` names the
  * source in messages. Returns 0 and a handle, MOCO_EIO, MOCO_ENOMEM or
  * MOCO_ECORRUPT. */

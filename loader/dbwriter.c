@@ -4,6 +4,7 @@
  * replaces after checking it (replaceable()); never any other file. */
 #include "loader/dbwriter.h"
 #include "formats/errors.h"
+#include "formats/replace.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -137,7 +138,7 @@ int dbw_open(const char *out_arg, int force, size_t initial_map, dbw **pw)
     sprintf(w->tmp, "%s.tmp-%ld", out, (long)getpid());
     remove_dir(w->tmp);
     if (mkdir(w->tmp, 0755) != 0) {
-        int rc = moco_err(MOCO_EIO, "cannot create %s: %s", w->tmp, strerror(errno));
+        int rc = moco_err_output("create", out, errno); /* the user's path, not OUT.tmp-PID; a missing directory named */
         free(w->tmp); w->tmp = NULL; /* not ours to delete */
         dbw_abort(&w);
         return rc;

@@ -12,7 +12,9 @@
  * --split unless it holds only one.
  * CIFAR-10: data_batch_1..5.bin (train) or test_batch.bin (test), records of
  * 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32), converted to HWC.
- * IDX: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], big-endian header. */
+ * IDX: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], big-endian header.
+ * A SRC holding data.mdb (a moco dataset: moco mkdb's arguments swapped) is
+ * refused before any of these. */
 #include "loader/sources.h"
 #include "formats/errors.h"
 #include "formats/json.h"
@@ -512,6 +514,11 @@ int mk_source_open(const char *src, const char *format, const char *split, mk_so
 {
     memset(s, 0, sizeof *s);
     if (!is_dir(src)) return moco_err(MOCO_ENOTFOUND, "%s: not a directory", src);
+    char mdb[4200];
+    snprintf(mdb, sizeof mdb, "%s/data.mdb", src);
+    if (!access(mdb, F_OK)) /* moco mkdb DB NEW: the arguments swapped? */
+        return moco_err(MOCO_EINVAL, "%s is a moco dataset (it holds data.mdb), not a source to pack: usage: moco mkdb SRC OUT "
+                        "(the arguments swapped?)", src);
     int kind = !format || !strcmp(format, "auto") ? detect(src) : !strcmp(format, "cifar10") ? 1 : !strcmp(format, "idx") ? 2 : 0;
     int rc = kind == 1 ? open_cifar(src, split, s) : kind == 2 ? open_idx(src, split, s) : open_folder(src, split, s);
     if (rc) mk_source_free(s);

@@ -136,9 +136,49 @@ static void test_run_status(void **st)
     assert_int_equal(moco_opts_status(MOCO_OPTS_USAGE), 2);
 }
 
+/* an unknown flag: a did-you-mean against the table; flags passed on (moco
+ * run's to moco train): said as the outer command's, both tables, both helps;
+ * a fixed-format output name (--out x.png) */
+static void test_unknown_and_suffix(void **st)
+{
+    (void)st;
+    long workers = 0, epochs = 0;
+    const moco_opt ro[] = {{"workers", MOCO_OPT_INT, &workers, "w", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_opt to[] = {{"epochs", MOCO_OPT_INT, &epochs, "e", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec run = {"moco run", "", NULL, ro, 0, 0, NULL}, train = {"moco train", "", NULL, to, 0, 0, NULL};
+    char buf[2048];
+    char *epoch[] = {"train", "--epoch", "1"}, *worker[] = {"train", "--worker", "1"}, *far[] = {"train", "--zz", "1"};
+    assert_int_equal(parse_into(&train, 3, epoch, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco train: unknown option '--epoch'; did you mean --epochs?\nTry 'moco train --help'."));
+    assert_int_equal(parse_into(&train, 3, far, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_null(strstr(buf, "did you mean")); /* nothing near: no guess */
+    moco_opts_passed_on(&run);
+    assert_int_equal(parse_into(&train, 3, worker, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    moco_opts_passed_on(NULL);
+    assert_non_null(strstr(buf, "moco run: unknown option '--worker' (neither a run flag nor a train flag); did you mean "
+                                "--workers?\nTry 'moco run --help' and 'moco train --help'."));
+    assert_int_equal(parse_into(&train, 3, worker, buf, sizeof buf, 0), MOCO_OPTS_USAGE); /* cleared: train's own */
+    assert_non_null(strstr(buf, "moco train: unknown option '--worker'\nTry 'moco train --help'."));
+    fflush(NULL);
+    FILE *t = tmpfile();
+    int saved = dup(2);
+    dup2(fileno(t), 2);
+    int ok1 = moco_opts_suffix(&run, "out", "a.png", ".png", "a PNG"), ok2 = moco_opts_suffix(&run, "out", "A.PNG", ".png", "a PNG");
+    int bad = moco_opts_suffix(&run, "out", "a.jpg", ".png", "it is written as a PNG"), bad2 = moco_opts_suffix(&run, "out", ".png", ".png", "x");
+    fflush(NULL);
+    dup2(saved, 2);
+    close(saved);
+    rewind(t);
+    size_t got = fread(buf, 1, sizeof buf - 1, t);
+    buf[got] = 0;
+    fclose(t);
+    assert_true(ok1 && ok2 && !bad && !bad2);
+    assert_non_null(strstr(buf, "moco run: --out a.jpg: it is written as a PNG; give a name ending in .png\nTry 'moco run --help'."));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip), cmocka_unit_test(test_required),
-                                       cmocka_unit_test(test_run_status)};
+                                       cmocka_unit_test(test_run_status), cmocka_unit_test(test_unknown_and_suffix)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -218,12 +218,40 @@ static void test_wisdom_writer(void **s)
     tune_configure(TUNE_RULE, NULL);
 }
 
+/* an output under a missing directory: the path the user gave and the
+ * directory named, never the temporary file's name */
+static void test_missing_directory(void **s)
+{
+    (void)s;
+    const char *d = tu_tmpdir("replace_nodir");
+    char out[4200], msg[8600];
+    snprintf(out, sizeof out, "%s/nodir/x.safetensors", d);
+    assert_int_equal(moco_write_replace(out, "x", 1), MOCO_EIO);
+    snprintf(msg, sizeof msg, "cannot write %s: directory %s/nodir does not exist", out, d);
+    assert_string_equal(moco_errmsg(), msg);
+    float w[2] = {1, 2};
+    moco_st_entry e[] = {{"a", MOCO_ST_F32, 1, {2}, w}};
+    assert_int_equal(moco_st_write(out, e, 1, NULL, 0), MOCO_EIO);
+    assert_string_equal(moco_errmsg(), msg);
+    /* a file where a directory should be */
+    put(at(0, d, "file"), "x");
+    snprintf(out, sizeof out, "%s/file/x.png", d);
+    assert_int_equal(moco_write_replace(out, "x", 1), MOCO_EIO);
+    assert_null(strstr(moco_errmsg(), ".tmp"));
+    assert_non_null(strstr(moco_errmsg(), out));
+    assert_int_equal(moco_err_output("create", "a/b/", ENOENT), MOCO_EIO);
+    assert_string_equal(moco_errmsg(), "cannot create a/b/: directory a does not exist");
+    assert_int_equal(moco_err_output("write", "x", EACCES), MOCO_EIO);
+    assert_string_equal(moco_errmsg(), "cannot write x: Permission denied");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_target),
         cmocka_unit_test(test_checkpoint_writer),
         cmocka_unit_test(test_wisdom_writer),
+        cmocka_unit_test(test_missing_directory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

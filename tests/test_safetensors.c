@@ -174,6 +174,18 @@ static void test_lying_headers(void **s)
     printf("%s\n", moco_errmsg());
     b[0] = 9, memset(b + 1, 0, 7);
     assert_int_equal(moco_st_parse(b, 10, "short", &st), MOCO_ECORRUPT);
+    /* a plausible length and a '{', cut short: "does not fit", not "not a safetensors checkpoint" */
+    assert_non_null(strstr(moco_errmsg(), "short: header length 9 does not fit the file (10 bytes)"));
+    /* another kind of file: an .npy (its magic read as a length), an LMDB's data.mdb (zeros) */
+    uint8_t npy[128] = "\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    assert_int_equal(moco_st_parse(npy, sizeof npy, "e.npy", &st), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), "e.npy: not a safetensors checkpoint"));
+    uint8_t zeros[64] = {0};
+    assert_int_equal(moco_st_parse(zeros, sizeof zeros, "data.mdb", &st), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), "data.mdb: not a safetensors checkpoint"));
+    uint8_t nobrace[16] = {4, 0, 0, 0, 0, 0, 0, 0, '[', ']', ' ', ' '}; /* a fitting length, no JSON object after it */
+    assert_int_equal(moco_st_parse(nobrace, sizeof nobrace, "list", &st), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), "list: not a safetensors checkpoint"));
     /* deep nesting */
     char deep[400];
     memset(deep, '[', 200);

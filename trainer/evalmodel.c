@@ -6,6 +6,7 @@
 #include <vips/vips.h>
 
 #include "formats/errors.h"
+#include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/engine/par.h"
 
@@ -13,19 +14,41 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
     *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1};
     int n = 0;
-    o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used)", 0, 0, NULL};
+    o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
                         "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"};
-    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 1, 1024, NULL};
+    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 0, 1024, NULL};
     o[n++] = (moco_opt){"mlp", MOCO_OPT_FLAG, &f->mlp, "it has the MLP head (default: as the checkpoint says)", 0, 0, NULL};
-    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 1, 65536, NULL};
-    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 8, 4096, NULL};
+    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 0, 65536, NULL};
+    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 0, 4096, NULL};
     o[n++] = (moco_opt){"normalize", MOCO_OPT_CHOICE, &f->norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"};
     o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward", 1, 65536, NULL};
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
     o[n++] = (moco_opt){"random-init", MOCO_OPT_INT, &f->init_seed,
                         "no checkpoint: the encoder as moco train --seed S initialises it (a baseline)", 0, 1e15, NULL};
     return n;
+}
+
+const char *evalmodel_norm_name(const char *norm, int size)
+{
+    return strcmp(norm, "auto") ? norm : size <= 64 ? "cifar" : "imagenet";
+}
+
+int evalmodel_resolve(evalmodel_flags *f)
+{
+    if (!f->ckpt || f->ckpt == f->ckpt_buf) return 0;
+    int rc = moco_rundir_ckpt("--ckpt", f->ckpt, f->ckpt_buf, sizeof f->ckpt_buf);
+    if (!rc) f->ckpt = f->ckpt_buf;
+    return rc;
+}
+
+int evalmodel_ckpt_size(const char *ckpt, long *size)
+{
+    char path[4200];
+    ckpt_config cc;
+    int rc = moco_rundir_ckpt("--ckpt", ckpt, path, sizeof path);
+    if (!rc && !(rc = ckpt_read_config(path, &cc))) *size = cc.size > 0 ? cc.size : 32;
+    return rc;
 }
 
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
@@ -69,7 +92,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     if (!f->ckpt == (f->init_seed < 0)) return moco_err(MOCO_EINVAL, "give one of --ckpt and --random-init");
     ckpt_config cc;
     int rc;
-    if (f->ckpt && ((rc = ckpt_read_config(f->ckpt, &cc)) || (rc = describe(f, &cc)))) return rc;
+    if (f->ckpt && ((rc = evalmodel_resolve(f)) || (rc = ckpt_read_config(f->ckpt, &cc)) || (rc = describe(f, &cc)))) return rc;
     if (!f->arch) f->arch = "resnet18-cifar";
     if (!f->width) f->width = 64;
     if (!f->dim) f->dim = 128;

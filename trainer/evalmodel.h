@@ -6,7 +6,8 @@
  * the training --size come from their "config" metadata, so the flags are
  * needed only for --random-init or for checkpoints without a config. A flag
  * given that contradicts the checkpoint is an error (--size may differ: it
- * is the evaluation's input side). */
+ * is the evaluation's input side). --ckpt may name a run directory: its
+ * checkpoint_last (formats/rundir.h), as moco train --resume takes it. */
 #ifndef TRAINER_EVALMODEL_H
 #define TRAINER_EVALMODEL_H
 
@@ -18,6 +19,7 @@ typedef struct {
     long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt */
     int mlp;
     char arch_buf[32]; /* the checkpoint's arch, when f->arch comes from it */
+    char ckpt_buf[4200]; /* --ckpt resolved (a run directory: its checkpoint_last), when f->ckpt points here */
     /* not given: arch NULL, width / dim / size 0, mlp 0; evalmodel_open
      * fills them in (from the checkpoint, else resnet18-cifar, 64, 128, 32) */
 } evalmodel_flags;
@@ -33,6 +35,17 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 /* The input mean and std: "cifar", "imagenet", "none", or "auto" (CIFAR's
  * for size <= 64, ImageNet's above). */
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3]);
+
+/* The name of what evalmodel_norm chooses: "cifar", "imagenet" or "none". */
+const char *evalmodel_norm_name(const char *norm, int size);
+
+/* f->ckpt made the checkpoint's path (a run directory: its checkpoint_last;
+ * f->ckpt then points to f->ckpt_buf). 0, or MOCO_ENOTFOUND naming --ckpt. */
+int evalmodel_resolve(evalmodel_flags *f);
+
+/* The training size ckpt (a file or a run directory) records; 32 when it
+ * records none. 0, or an error naming the file. */
+int evalmodel_ckpt_size(const char *ckpt, long *size);
 
 /* Set the BLAS threads, start libvips, resolve the encoder's description
  * into f (see above; MOCO_EINVAL when a flag contradicts the checkpoint),

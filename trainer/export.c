@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "formats/errors.h"
+#include "formats/rundir.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/replace.h"
@@ -36,7 +37,7 @@ int export_main(int argc, char **argv)
     const char *ckpt = NULL, *out = NULL, *which = "encoder_q";
     int with_head = 0;
     const moco_opt opts[] = {
-        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train", 0, 0, NULL},
+        {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train, or a run directory (its checkpoint_last)", 0, 0, NULL},
         {"out", MOCO_OPT_STR, &out, "safetensors file to write", 0, 0, NULL},
         {"encoder", MOCO_OPT_CHOICE, &which, "which encoder", 0, 0, "encoder_q|encoder_k"},
         {"with-head", MOCO_OPT_FLAG, &with_head, "keep the projection head (fc.*); without it, the backbone only", 0, 0, NULL},
@@ -52,6 +53,12 @@ int export_main(int argc, char **argv)
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     moco_st *f;
     ckpt_config cc;
+    char ckpt_path[4200]; /* a run directory: its checkpoint_last */
+    if ((rc = moco_rundir_ckpt("--ckpt", ckpt, ckpt_path, sizeof ckpt_path))) {
+        fprintf(stderr, "moco export: %s\n", moco_errmsg());
+        return 1;
+    }
+    ckpt = ckpt_path;
     if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
@@ -126,7 +133,7 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     memset(hdr + n, ' ', (size_t)(total - 10 - n - 1));
     hdr[total - 10 - 1] = '\n';
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *f = moco_create_tmp(tmp); /* never through a link planted at the temporary name */
+    FILE *f = moco_create_tmp(tmp, path); /* never through a link planted at the temporary name */
     if (!f) return MOCO_EIO;
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)((total - 10) & 0xff), (uint8_t)((total - 10) >> 8)};
     size_t cnt = (size_t)rows * (size_t)(cols ? cols : 1);

@@ -360,6 +360,8 @@ out:
         moco_jw_i64(&w, "train_views", ntr);
         moco_jw_i64(&w, "test", nte);
         moco_jw_bool(&w, "encoder_unchanged", 1);
+        moco_jw_i64(&w, "size", ef.size); /* the input side of both sets (the checkpoint's training size unless --size) */
+        moco_jw_str(&w, "normalize", evalmodel_norm_name(ef.norm, (int)ef.size));
         const char *js = moco_jw_end(&w);
         char line[512];
         snprintf(line, sizeof line, "%s\n", js ? js : "{}");

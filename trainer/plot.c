@@ -236,6 +236,7 @@ int plot_main(int argc, char **argv)
     char *pos[1];
     int np, rc = 0, opt_exit;
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
+    if (!moco_opts_suffix(&spec, "out", out, ".png", "the curves are written as a PNG")) return 2;
     char path[4200], cpath[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", pos[0]);
     static series loss, acc, knn, speed, closs, cacc, cknn, cspeed; /* static: 6 MB; empty at each call */

@@ -243,37 +243,26 @@ static int check_inputs(const train_cfg *c, const char *resume)
 }
 
 /* --out without --resume: refused when it holds anything but the logs moco
- * run writes there (loader.*, workers.*); with --overwrite, the old run's
- * metrics.jsonl and checkpoint_*.safetensors are removed. */
+ * run writes there (loader.*, workers.*), with the advice of
+ * formats/rundir.h; with --overwrite, the old run's metrics.jsonl and
+ * checkpoint_*.safetensors are removed. */
 static int check_out_dir(const char *out, int overwrite)
 {
+    if (!overwrite) return moco_rundir_check_new(out, "--out", 1);
     DIR *d = opendir(out);
     if (!d) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "--out %s: %s", out, strerror(errno));
     struct dirent *de;
-    char first[256] = "", path[4400];
-    int rc = 0, has_last = 0;
+    char path[4400];
+    int rc = 0;
     while ((de = readdir(d))) {
         const char *n = de->d_name;
         size_t l = strlen(n);
-        has_last |= !strcmp(n, "checkpoint_last.safetensors");
-        if (!strcmp(n, ".") || !strcmp(n, "..") || !strncmp(n, "loader.", 7) || !strncmp(n, "workers.", 8) ||
-            !strcmp(n, MOCO_RUNDIR_LOCK))
-            continue;
         int ours = !strcmp(n, "metrics.jsonl") || (!strncmp(n, "checkpoint_", 11) && l > 12 && !strcmp(n + l - 12, ".safetensors"));
-        if (overwrite && ours) {
-            snprintf(path, sizeof path, "%s/%s", out, n);
-            if (unlink(path) && errno != ENOENT) { rc = moco_err(MOCO_EIO, "cannot remove %s: %s", path, strerror(errno)); break; }
-        } else if (!overwrite && !first[0]) {
-            snprintf(first, sizeof first, "%s", n);
-        }
+        if (!ours) continue;
+        snprintf(path, sizeof path, "%s/%s", out, n);
+        if (unlink(path) && errno != ENOENT) { rc = moco_err(MOCO_EIO, "cannot remove %s: %s", path, strerror(errno)); break; }
     }
     closedir(d);
-    if (!rc && first[0] && !has_last && !strcmp(first, "metrics.jsonl")) /* --resume could not: nothing to resume from */
-        rc = moco_err(MOCO_EEXIST, "--out %s holds the metrics.jsonl of a run stopped before its first checkpoint: give "
-                      "--overwrite to start afresh there, or another --out", out);
-    else if (!rc && first[0])
-        rc = moco_err(MOCO_EEXIST, "--out %s is not empty (it holds %s): give --resume %s to continue its run, --overwrite to "
-                      "start afresh there, or another --out", out, first, out);
     return rc;
 }
 
@@ -328,7 +317,7 @@ static int metrics_rewind(const char *path, int64_t step, int *dropped)
     size_t cap = 0;
     ssize_t len;
     snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *out = moco_create_tmp(tmp);
+    FILE *out = moco_create_tmp(tmp, path);
     if (!out) { fclose(in); return MOCO_EIO; }
     while ((len = getline(&line, &cap, in)) > 0) {
         const char *p = strstr(line, "\"step\":");
@@ -530,12 +519,9 @@ int train_run(const train_cfg *cin)
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
     char rpath[4200];
-    struct stat sb;
-    if (resume && !stat(resume, &sb) && S_ISDIR(sb.st_mode)) { /* a run directory: its last checkpoint */
-        snprintf(rpath, sizeof rpath, "%s/checkpoint_last.safetensors", resume);
-        resume = rpath;
-    }
-    rc = check_inputs(c, resume);
+    rc = resume ? moco_rundir_ckpt("--resume", resume, rpath, sizeof rpath) : 0; /* a run directory: its last checkpoint */
+    if (resume) resume = rpath;
+    if (!rc) rc = check_inputs(c, resume);
     if (!rc && ranks > 1 && c->bind)
         rc = moco_err(MOCO_EINVAL, "ranks read the loader's serve mode (moco loader --pairs EP --consumers %d): give "
                       "--connect only, not --bind", ranks);

@@ -133,9 +133,13 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         fprintf(stderr, "moco train: %s\n", moco_errmsg());
         return MOCO_OPTS_USAGE;
     }
-    if (c.K % (c.batch * (c.symmetric ? 2 : 1)) || c.batch % c.bn_splits) {
-        fprintf(stderr, "moco train: --moco-k %d must be a multiple of the keys per step (%d), and --batch-size of --bn-splits\n",
-                c.K, c.batch * (c.symmetric ? 2 : 1));
+    if (c.K % (c.batch * (c.symmetric ? 2 : 1))) {
+        fprintf(stderr, "moco train: --moco-k %d must be a multiple of the keys per step (%d: --batch-size %d%s)\n", c.K,
+                c.batch * (c.symmetric ? 2 : 1), c.batch, c.symmetric ? " x 2, --symmetric" : "");
+        return MOCO_OPTS_USAGE;
+    }
+    if (c.batch % c.bn_splits) {
+        fprintf(stderr, "moco train: --batch-size %d must be a multiple of --bn-splits %d\n", c.batch, c.bn_splits);
         return MOCO_OPTS_USAGE;
     }
     evalmodel_norm(norm, c.size, c.mean, c.std);

@@ -52,9 +52,28 @@ import warnings
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+# what this script needs beyond the standard library, with the Debian packages that give it
+NEEDS = {"torch": "python3-torch", "numpy": "python3-numpy", "zmq": "python3-zmq"}
+
+
+def _missing(e):
+    """A module this script needs is not in this interpreter: say which, and how to get it (no traceback)."""
+    name = (getattr(e, "name", None) or "?").split(".")[0]
+    sys.stderr.write("train_moco_torch.py: this Python (%s) has no module '%s' (%s). Run the script with an interpreter "
+                     "that has PyTorch, NumPy and pyzmq, e.g. Debian's /usr/bin/python3 after apt-get install %s "
+                     "(a pyenv or venv python3 on PATH may lack them)\n"
+                     % (sys.executable, name, e, " ".join(NEEDS.values())))
+    sys.exit(1)
+
+
+try:
+    import numpy  # noqa: E402,F401
+    import torch  # noqa: E402
+    import torch.nn as nn  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+    import zmq  # noqa: E402,F401
+except ImportError as _e:
+    _missing(_e)
 
 # the recipes' constants (formats/README.md "Normalisation"); moco_stream.torch's when it has them
 MEAN_STD = {"cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),

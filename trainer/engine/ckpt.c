@@ -100,15 +100,15 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
 {
     char ccrc[32] = "";
     config[0] = crc[0] = 0;
-    uint8_t b8[8];
+    uint8_t b8[9];
     struct stat sb;
     if (fstat(fd, &sb)) return moco_err(MOCO_EIO, "%s: %s", path, strerror(errno));
     if (!S_ISREG(sb.st_mode)) return moco_err(MOCO_EIO, "%s: not a regular file", path);
-    if (pread(fd, b8, 8, 0) != 8) return moco_err(MOCO_ECORRUPT, "%s: shorter than a safetensors header", path);
+    ssize_t got = pread(fd, b8, sizeof b8, 0);
+    if (got < 8) return moco_err(MOCO_ECORRUPT, "%s: shorter than a safetensors header", path);
     uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = hl << 8 | b8[i];
-    if (hl < 2 || hl > MOCO_ST_MAX_HEADER || hl > (uint64_t)sb.st_size - 8)
-        return moco_err(MOCO_ECORRUPT, "%s: header length %llu does not fit the file", path, (unsigned long long)hl);
+    int rc0 = moco_st_header_len(b8, (size_t)got, (uint64_t)sb.st_size, path, &hl);
+    if (rc0) return rc0;
     char *h = malloc(hl);
     int maxtok = (int)(hl / 2 + 2), nt, rc = 0;
     moco_json_tok *tk = malloc(sizeof *tk * (size_t)maxtok);

@@ -271,8 +271,8 @@ int tune_save(void)
         rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
         goto out;
     }
-    if (!(out = moco_create_tmp(tmp))) {
-        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", tmp, strerror(errno));
+    if (!(out = moco_create_tmp(tmp, path))) {
+        rc = moco_err(MOCO_EIO, "cannot write the wisdom file %s: %s", path, strerror(errno));
         goto out;
     }
     /* the file's lines, less ours that we replace and ours that do not parse */

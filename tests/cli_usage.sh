@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# cli_usage.sh: a new user's first hour (the README walk-through, the usual
+# mistakes): each message names the problem and gives advice that works, on
+# a Fashion-MNIST subset (Debian package; skipped when absent) and a tiny
+# ResNet trained once at 28 px (a few seconds):
+#  1. streamed moco lincls evaluates at the checkpoint's training size (28
+#     here, not 32): the workers get --size 28, lincls.json records the size
+#     and the normalisation; --size 0 means the same; --size N is kept;
+#  2. a directory that is no dataset (an image folder) is said to be one,
+#     with the moco mkdb command, not "No such file or directory";
+#  3. run directories: a live run's is "in use" (its lock before the
+#     emptiness check); one with logs but no checkpoint advises --overwrite,
+#     not --resume; a --resume without a checkpoint fails before anything
+#     starts or is created;
+#  4. moco run trains with MoCo v1's augmentation without --recipe, a preset
+#     or --aug-plus (main_moco.py), and says so in its first line;
+#  5. a flag neither moco run's nor moco train's: "moco run: unknown option",
+#     a did-you-mean, both helps;
+#  6. --moco-k and --bn-splits: one message each, with the values;
+#  7. the evaluation flags documented "0: the checkpoint's" accept 0;
+#  8. moco bench pipeline leaves no runs/ behind (a temporary directory),
+#     and keeps its logs in --run-dir when given;
+#  9. outputs under a missing directory: the message names the user's path
+#     and the missing directory, never a .tmp name;
+# 10. moco mkdb DB NEW (arguments swapped): DB is said to be a dataset;
+# 11. moco --help on embed's .npy; --ckpt RUN_DIR (its checkpoint_last) for
+#     knn, embed, export, lincls; a --ckpt that is no safetensors file said
+#     so; preview / plot --out with a name not ending in .png refused (exit
+#     2); train_moco_torch.py without torch: which interpreter / package,
+#     no traceback.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+M=${MOCO:?}
+T=${MOCO_TEST_TMP:?}/usage
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SRC=/usr/share/datasets/fashion-mnist
+[ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
+rm -rf "$T" && mkdir -p "$T" && T=$(cd "$T" && pwd)
+cd "$T" || fail "cd $T"
+$M mkdb $SRC db --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail mkdb
+MODEL="--arch resnet18-cifar --width 4 --batch-size 32 --moco-k 128 --threads 1"
+# 4 (and the fixture): no --recipe, no preset, no --aug-plus: v1, named in the first line
+timeout 120 $M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir r28 >/dev/null 2>r28.err \
+  || fail "moco run (the fixture): $(tail -3 r28.err)"
+C=r28/checkpoint_last.safetensors
+[ -e $C ] || fail "the fixture run saved no checkpoint"
+grep -q "augment .*--recipe v1 --size 28 " r28.err || fail "4: moco run without --recipe: the workers did not get v1: $(grep augment r28.err)"
+grep -q "^moco run: db: .*recipe v1 at 28 px" r28.err || fail "4: moco run's first line does not name the recipe: $(head -2 r28.err)"
+timeout 60 $M run db --sink --workers 1 --size 28 --epochs 1 --run-dir rs >/dev/null 2>rs.err || fail "moco run --sink: $(tail -3 rs.err)"
+grep -q "augment .*--recipe v2 " rs.err || fail "4: moco run --sink without --recipe: the stream's recipe is not v2: $(grep augment rs.err)"
+echo "4: moco run trains with v1 without --recipe, a preset or --aug-plus (--sink: v2), and names the recipe"
+
+# 1. streamed lincls at the checkpoint's size
+LC="--train db --test db --epochs 1 --workers 1 --threads 1"
+timeout 120 $M lincls --ckpt $C $LC --out lc >lc.out 2>lc.err || fail "1: moco lincls: $(tail -3 lc.err)"
+grep -q "augment .*--recipe lincls --size 28 " lc.err || fail "1: lincls workers not at the checkpoint's 28 px: $(grep augment lc.err)"
+grep -q '"size":28,"normalize":"cifar"' lc/lincls.json || fail "1: lincls.json does not record size 28: $(cat lc/lincls.json)"
+tail -1 lc.out | grep -q '"size":28' || fail "1: the JSON line does not record size 28: $(tail -1 lc.out)"
+timeout 120 $M lincls --ckpt $C $LC --size 0 --out lc0 >/dev/null 2>lc0.err || fail "1: moco lincls --size 0: $(tail -3 lc0.err)"
+grep -q '"size":28' lc0/lincls.json || fail "1: --size 0 is not the checkpoint's size: $(cat lc0/lincls.json)"
+timeout 120 $M lincls --ckpt $C $LC --size 24 --out lc24 >/dev/null 2>lc24.err || fail "1: moco lincls --size 24: $(tail -3 lc24.err)"
+grep -q "augment .*--size 24 " lc24.err && grep -q '"size":24' lc24/lincls.json || fail "1: --size 24 not kept: $(cat lc24/lincls.json)"
+echo "1: streamed lincls at the checkpoint's training size (28), --size 0 the same, --size 24 kept; size and normalisation recorded"
+
+# 2. a directory that is no dataset
+mkdir -p imgs/train/cat empty && : >imgs/train/cat/a.jpg
+for c in "info imgs/train" "run imgs/train --run-dir x2" "knn --ckpt $C --train imgs/train --test db"; do
+  err=$($M $c 2>&1 >/dev/null); rc=$?
+  [ $rc -ne 0 ] && [[ $err == *"imgs/train is a directory but not a moco dataset (no data.mdb); an image folder? pack it first: moco mkdb imgs/train OUT"* ]] \
+    || fail "2: moco $c: rc $rc, '$err'"
+done
+err=$($M info empty 2>&1); [[ $err == *"empty is a directory but not a moco dataset (no data.mdb"* ]] || fail "2: moco info empty: '$err'"
+err=$($M info missing 2>&1); [[ $err == *"missing: cannot open dataset: No such file or directory"* ]] || fail "2: moco info missing: '$err'"
+[ -e x2 ] && fail "2: moco run on an image folder made its run directory"
+echo "2: an image folder given as a dataset: said so, with the moco mkdb command"
+
+# 3. run directories
+mkdir -p early && : >early/workers.log && : >early/.lock
+err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir early 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"--run-dir early is not empty (it holds workers.log) and holds no checkpoint_last.safetensors"*"give --overwrite"* ]] \
+  && [[ $err != *"--resume"* ]] || fail "3: a directory without a checkpoint: rc $rc, '$err'"
+err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir r28 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"give --resume r28 to continue its run, --overwrite"* ]] || fail "3: a directory with a checkpoint: rc $rc, '$err'"
+ls -A early >early.before
+err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir early --resume early 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"--resume early: a directory without checkpoint_last.safetensors"* ]] \
+  || fail "3: --resume of a directory without a checkpoint: rc $rc, '$err'"
+ls -A early | cmp -s - early.before || fail "3: --resume without a checkpoint started something: $(ls -A early)"
+err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir new3 --resume nonexist.safetensors 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"--resume nonexist.safetensors: No such file or directory"* ]] && [ ! -e new3 ] \
+  || fail "3: a missing --resume: rc $rc, '$err', $(ls -A new3 2>&1)"
+# a live run's directory (its lock held; it holds logs by now): "in use", not "not empty"
+mkdir -p live && : >live/workers.log
+flock live/.lock sleep 30 & LK=$!
+for _ in $(seq 50); do flock -n live/.lock true 2>/dev/null || break; sleep 0.1; done
+err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir live 2>&1); rc=$?
+kill $LK 2>/dev/null; wait $LK 2>/dev/null
+[ $rc -eq 1 ] && [[ $err == *"live is in use by another run"* ]] || fail "3: a live run's directory: rc $rc, '$err'"
+echo "3: run directories: in use before not empty; --overwrite advised without a checkpoint; --resume checked before anything starts"
+
+# 5. a flag neither moco run's nor moco train's
+err=$($M run db --worker 1 --run-dir r5 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"moco run: unknown option '--worker' (neither a run flag nor a train flag); did you mean --workers?"* ]] \
+  && [[ $err == *"Try 'moco run --help' and 'moco train --help'."* ]] && [ ! -e r5 ] || fail "5: --worker: rc $rc, '$err'"
+err=$($M run db --epoch 1 --run-dir r5 2>&1); [[ $err == *"did you mean --epochs?"* ]] || fail "5: --epoch: '$err'"
+err=$($M train --connect ipc://x --out r5 --moco-kk 4 2>&1); [[ $err == *"moco train: unknown option '--moco-kk'; did you mean --moco-k?"* ]] \
+  || fail "5: moco train --moco-kk: '$err'"
+echo "5: an unknown moco run flag: said as moco run's, did-you-mean, both helps"
+
+# 6. --moco-k and --bn-splits apart
+err=$($M train --connect ipc://x --out r6 --batch-size 64 --moco-k 512 --bn-splits 3 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"--batch-size 64 must be a multiple of --bn-splits 3"* ]] && [[ $err != *"moco-k"* ]] \
+  || fail "6: --bn-splits 3: rc $rc, '$err'"
+err=$($M train --connect ipc://x --out r6 --batch-size 64 --moco-k 500 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"--moco-k 500 must be a multiple of the keys per step (64"* ]] && [[ $err != *"bn-splits"* ]] \
+  || fail "6: --moco-k 500: rc $rc, '$err'"
+echo "6: --moco-k and --bn-splits: a message each, with the values"
+
+# 7. 0: the checkpoint's
+$M knn --ckpt $C --train db --test db --size 0 --width 0 --moco-dim 0 --threads 1 >k7.out 2>k7.err \
+  && tail -1 k7.out | grep -q '"knn_top1"' || fail "7: knn --size 0 --width 0 --moco-dim 0: $(cat k7.err)"
+$M embed --ckpt $C --db db --out e7.npy --moco-dim 0 --width 0 --size 0 --threads 1 >/dev/null 2>e7.err || fail "7: embed 0s: $(cat e7.err)"
+err=$($M knn --ckpt $C --train db --test db --size -1 2>&1); [[ $err == *"--size: -1 is outside [0, 4096]"*"Try 'moco knn --help'."* ]] \
+  || fail "7: knn --size -1: '$err'"
+echo "7: knn and embed take 0 for the checkpoint's --size, --width, --moco-dim"
+
+# 8. bench pipeline leaves nothing behind
+mkdir -p b8/tmp && (cd b8 && TMPDIR=$T/b8/tmp timeout 60 $M bench pipeline --db ../db --workers 1 --recipe cifar --size 28 --seconds 0.5 --warmup 0.2 \
+  >out 2>err) || fail "8: bench pipeline: $(tail -3 b8/err)"
+grep -q '"bench":"pipeline"' b8/out || fail "8: bench pipeline printed no JSON line: $(cat b8/out)"
+[ -e b8/runs ] && fail "8: bench pipeline left $(find b8/runs -type f | head -3)"
+[ -z "$(ls -A b8/tmp)" ] || fail "8: bench pipeline left its temporary logs: $(ls -A b8/tmp)"
+timeout 60 $M bench pipeline --db db --workers 1 --recipe cifar --size 28 --seconds 0.5 --warmup 0.2 --run-dir b8r >/dev/null 2>&1 \
+  && [ -s b8r/sink.json ] || fail "8: bench pipeline --run-dir: no sink.json in b8r: $(ls -A b8r 2>&1)"
+echo "8: bench pipeline: logs in a temporary directory, removed; kept in --run-dir"
+
+# 9. outputs under a missing directory
+for c in "export --ckpt $C --out nodir/x.safetensors" "embed --ckpt $C --db db --out nodir/e.npy --threads 1" "plot r28 --out nodir/c.png" \
+         "preview db --out nodir/p.png --n 2 --size 28"; do
+  o=${c#* --out }; o=${o%% *}
+  err=$($M $c 2>&1 >/dev/null); rc=$?
+  [ $rc -eq 1 ] && [[ $err == *"cannot write $o: directory nodir does not exist"* ]] && [[ $err != *.tmp* ]] \
+    && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] || fail "9: moco $c: rc $rc, '$err'"
+done
+err=$($M mkdb imgs/train "$T/nodir/out" --quiet 2>&1); rc=$?
+[ $rc -ne 0 ] && [[ $err == *"cannot create $T/nodir/out: directory $T/nodir does not exist"* ]] && [[ $err != *.tmp* ]] \
+  || fail "9: mkdb into a missing directory: rc $rc, '$err'"
+[ -e nodir ] && fail "9: something made nodir"
+echo "9: outputs under a missing directory: the user's path and the missing directory named"
+
+# 10. mkdb's arguments swapped
+err=$($M mkdb db newdb 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"db is a moco dataset (it holds data.mdb), not a source to pack: usage: moco mkdb SRC OUT"* ]] \
+  && [[ $err != *"ignoring"* ]] && [ ! -e newdb ] || fail "10: moco mkdb DB NEW: rc $rc, '$err'"
+echo "10: moco mkdb with a dataset as SRC: said so"
+
+# 11a. embed's outputs in moco --help
+$M --help | grep -q "^  embed .*F\.npy" || fail "11a: moco --help on embed: $($M --help | grep embed)"
+# 11c. --ckpt RUN_DIR
+$M knn --ckpt r28 --train db --test db --threads 1 2>&1 | tail -1 | grep -q '"ckpt":"r28/checkpoint_last.safetensors"' \
+  || fail "11c: knn --ckpt r28: $($M knn --ckpt r28 --train db --test db 2>&1 | tail -1)"
+$M embed --ckpt r28 --db db --out e11.npy --threads 1 >/dev/null 2>e11.err || fail "11c: embed --ckpt r28: $(cat e11.err)"
+$M export --ckpt r28 --out x11.safetensors >/dev/null 2>x11.err || fail "11c: export --ckpt r28: $(cat x11.err)"
+timeout 120 $M lincls --ckpt r28 $LC --out lc11 >/dev/null 2>lc11.err && grep -q '"size":28' lc11/lincls.json \
+  || fail "11c: lincls --ckpt r28: $(tail -3 lc11.err)"
+err=$($M knn --ckpt early --train db --test db 2>&1); [[ $err == *"--ckpt early: a directory without checkpoint_last.safetensors"* ]] \
+  || fail "11c: knn --ckpt of a directory without a checkpoint: '$err'"
+# 11d. not a safetensors file
+err=$($M export --ckpt e11.npy --out x.safetensors 2>&1); [[ $err == *"e11.npy: not a safetensors checkpoint"* ]] || fail "11d: export of an .npy: '$err'"
+err=$($M knn --ckpt db/data.mdb --train db --test db 2>&1); [[ $err == *"db/data.mdb: not a safetensors checkpoint"* ]] || fail "11d: knn of data.mdb: '$err'"
+head -c 200 $C >cut.safetensors
+err=$($M knn --ckpt cut.safetensors --train db --test db 2>&1); [[ $err == *"header length"*"does not fit the file"* ]] \
+  || fail "11d: a checkpoint cut short is not 'not a safetensors': '$err'"
+# 11e. PNG outputs need a .png name
+for c in "preview db --out p.jpg --n 2 --size 28" "plot r28 --out c.jpg"; do
+  err=$($M $c 2>&1 >/dev/null); rc=$?
+  o=${c#* --out }; o=${o%% *}
+  [ $rc -eq 2 ] && [[ $err == *"--out $o: "*"PNG; give a name ending in .png"* ]] && [ ! -e "$o" ] || fail "11e: moco $c: rc $rc, '$err'"
+done
+$M plot r28 --out C.PNG >/dev/null 2>&1 && [ -s C.PNG ] || fail "11e: plot --out C.PNG refused"
+# 11f. the PyTorch trainer without its modules (python3 -S: no site packages)
+if [ -x /usr/bin/python3 ]; then
+  err=$(/usr/bin/python3 -S "$ROOT/tools/python/train_moco_torch.py" --help 2>&1); rc=$?
+  [ $rc -eq 1 ] && [[ $err == *"has no module"*"apt-get install python3-torch python3-numpy python3-zmq"* ]] && [[ $err != *Traceback* ]] \
+    || fail "11f: train_moco_torch.py without torch: rc $rc, '$err'"
+fi
+echo "11: embed's .npy in moco --help; --ckpt RUN_DIR; not a safetensors checkpoint; .png outputs; the PyTorch trainer's missing modules"
+echo "cli_usage: a new user's mistakes are named, with advice that works"
