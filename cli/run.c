@@ -405,6 +405,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
      * a preset's augmentation and epochs, --resume, --overwrite */
     train_cfg tc;
     char resume_arg[4096] = "";
+    int has_preset = 0; /* tc.preset points into the argument copy, freed below */
     memset(&tc, 0, sizeof tc);
     if (!sink && !lincls && !serve) {
         argvec v = {0};
@@ -416,6 +417,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         int bad = train_parse_args(v.n, v.v, &tc);
         moco_opts_passed_on(NULL);
         if (!bad && tc.resume) snprintf(resume_arg, sizeof resume_arg, "%s", tc.resume); /* tc's strings are v's */
+        has_preset = !bad && tc.preset;
         free_args(&v);
         if (bad) return 2;
     }
@@ -443,7 +445,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             return 1;
         }
     }
-    if (tc.preset && !moco_opts_seen(&spec, "epochs")) epochs = tc.epochs; /* the preset's */
+    if (has_preset && !moco_opts_seen(&spec, "epochs")) epochs = tc.epochs; /* the preset's */
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
     if (lincls) recipe.size = (int)lincls_size; /* the workers' and the consumer's */
     moco_db *d;
@@ -453,6 +455,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     uint64_t count = moco_db_get_meta(d)->count;
     moco_db_destroy(&d);
+    /* what the trainer would find only once the pipeline ran (and leave a run directory behind) */
+    if (!sink && !lincls && !serve && count < (uint64_t)tc.batch * (uint64_t)(ranks ? ranks : 1)) {
+        fprintf(stderr, "moco run: %s: the dataset's %llu samples make no batch of %lld pairs%s: lower --batch-size\n", db,
+                (unsigned long long)count, (long long)tc.batch * (ranks ? ranks : 1), ranks > 1 ? " (over all ranks)" : "");
+        return 2;
+    }
+    if (start_epoch && start_epoch >= epochs) {
+        fprintf(stderr, "moco run: --start-epoch %ld leaves nothing to run of --epochs %ld (epochs count from 0)\n", start_epoch, epochs);
+        return 2;
+    }
     if (bind) {
         const char *colon = strrchr(bind, ':');
         char *end = NULL;

@@ -50,7 +50,16 @@ t0=$SECONDS
 timeout 60 $M run db $RUN --epochs 1 --run-dir r3b --knn-train "$T/missing" --knn-test db >/dev/null 2>r3b.err; rc=$?
 [ $rc -eq 1 ] && grep -q "$T/missing" r3b.err || fail "moco run with a missing --knn-train: exit $rc: $(tail -2 r3b.err)"
 [ -e r3b/metrics.jsonl ] && fail "moco run with a missing --knn-train trained first: $(head -c 300 r3b/metrics.jsonl)"
-echo "3b: a missing --knn-train, --knn-test, --resume or --keys is refused before the first step ($((SECONDS - t0)) s through moco run)"
+# ... and what only the trainer used to find once the pipeline ran (leaving the directory behind,
+# which the corrected command was then refused): a batch larger than the dataset, a
+# --start-epoch past --epochs
+timeout 60 $M run db $RUN --epochs 1 --batch-size 1024 --moco-k 1024 --run-dir r3bb >/dev/null 2>r3b.err; rc=$?
+[ $rc -eq 2 ] && grep -q "^moco run: db: the dataset's 512 samples make no batch of 1024 pairs: lower --batch-size" r3b.err \
+  && [ ! -e r3bb ] && [ -d db ] || fail "moco run, a batch of 1024 on 512 samples: exit $rc: $(tail -2 r3b.err); $(ls r3bb 2>&1)"
+timeout 60 $M run db $RUN --epochs 2 --start-epoch 2 --run-dir r3bs >/dev/null 2>r3b.err; rc=$?
+[ $rc -eq 2 ] && grep -q "^moco run: --start-epoch 2 leaves nothing to run of --epochs 2" r3b.err && [ ! -e r3bs ] \
+  || fail "moco run --start-epoch 2 --epochs 2: exit $rc: $(tail -2 r3b.err); $(ls r3bs 2>&1)"
+echo "3b: a missing --knn-train, --knn-test, --resume or --keys is refused before the first step ($((SECONDS - t0)) s through moco run); moco run refuses a batch over the dataset and a --start-epoch past --epochs before it starts anything"
 
 # 7e. --out is --run-dir
 timeout 60 $M run db $RUN --epochs 1 --out o1 >/dev/null 2>o1.err || fail "moco run --out: $(tail -3 o1.err)"
