@@ -42,3 +42,14 @@ fi
 tail -n 1 "$T/bf16.out" | grep -q '"precision":"bf16"' || fail "the bf16 run is not reported as bf16"
 tail -n 1 "$T/bf16.out" | grep -Eq '"loss":[0-9]+\.[0-9]+' || fail "no finite loss in $(tail -n 1 "$T/bf16.out")"
 echo "ok: $(tail -n 1 "$T/bf16.out" | grep -o '"precision":"bf16".*"loss":[0-9.]*' | cut -c1-60)"
+# MOCO_BF16_FP32 (trainer/README.md, "Accuracy of a whole step"): the passes it puts on fp32 are
+# shown on the rule's kernel by --explain, not as "auto" marked measured, and the step's
+# convolution sums stay (before: "auto" with a *, and "conv_ms_chosen":null)
+MOCO_BF16_FP32=fwd $M bench train $SMALL --precision bf16 --explain --wisdom "$T/w.jsonl" >"$T/f32fwd.out" 2>"$T/f32fwd.err" \
+  || fail "MOCO_BF16_FP32=fwd: $(tail -3 "$T/f32fwd.err")"
+rows=$(grep -cE '^  .* fwd +(gemm|direct|direct-avx2|lanes|onednn|onednn-wino) ' "$T/f32fwd.out")
+[ "$rows" = 20 ] && ! grep -qE '^  .* fwd +auto ' "$T/f32fwd.out" && ! grep -qE '^  .* fwd +.*\*$' "$T/f32fwd.out" \
+  || fail "MOCO_BF16_FP32=fwd: want 20 forward rows on fp32 kernels, none timed: $(grep -E ' fwd ' "$T/f32fwd.out" | head -3)"
+grep -q 'convolutions of one step (2 forwards, 1 backward), as timed one by one: [0-9.]* ms on the choices' "$T/f32fwd.out" \
+  && tail -n 1 "$T/f32fwd.out" | grep -q '"conv_ms_chosen":[0-9]' || fail "MOCO_BF16_FP32=fwd: no step sums: $(tail -n 1 "$T/f32fwd.out" | cut -c1-200)"
+echo "ok: MOCO_BF16_FP32=fwd: the forwards on the rule's fp32 kernels, named, with the step's sums"

@@ -158,6 +158,13 @@ $M $B --width 4 --wisdom "$T/wdir" >"$T/5d.out" 2>"$T/5d.err" || fail "a directo
 grep -q "warning: wisdom file: $T/wdir is a directory, not a regular file; not read" "$T/5d.err" || fail "no warning that the directory was not read: $(cat "$T/5d.err")"
 [ -d "$T/wdir" ] || fail "the directory named as the wisdom file is gone"
 echo "a damaged or unwritable wisdom file, or a directory: a warning naming it; the run goes on"
+# a MOCO_CONV3 value that caps nothing (not 0, 1 or 2) is said and ignored, and keys no wisdom
+# of its own: the run finds its choices in the file (before: silent, and all timed again)
+MOCO_CONV3=x $M $B --wisdom "$W" >"$T/7.out" 2>"$T/7.err" || fail "MOCO_CONV3=x: $(tail -3 "$T/7.err")"
+grep -q "moco: warning: MOCO_CONV3=x is not 0, 1 or 2: ignored" "$T/7.err" || fail "MOCO_CONV3=x: no warning: $(cat "$T/7.err")"
+[ "$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/7.out")" = 40 ] && ! grep -qE '\*$' "$T/7.out" \
+  || fail "MOCO_CONV3=x: want the 40 choices from the file, nothing timed: $(grep -cE '\*$' "$T/7.out") timed"
+echo "MOCO_CONV3=x: a warning, the wisdom of the uncapped kernels"
 
 # OpenBLAS's kernel set (trainer/engine/blascore.h): on a CPU with AVX2 and
 # FMA the run uses a set at least that level, even where OpenBLAS alone

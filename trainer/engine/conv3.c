@@ -9,6 +9,7 @@
  * lowers onto GEMM as before. */
 #include "trainer/engine/conv3.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,8 +31,22 @@ static int detect(void)
     if (__builtin_cpu_supports("avx512f")) l = 2;
 #endif
     const char *e = getenv("MOCO_CONV3");
-    if (e && *e >= '0' && *e <= '2' && *e - '0' < l) l = *e - '0';
+    static int warned;
+    if (e && *e && (e[1] || *e < '0' || *e > '2') && !warned++) /* a measurement knob: said, not an error */
+        fprintf(stderr, "moco: warning: MOCO_CONV3=%s is not 0, 1 or 2: ignored\n", e);
+    if (e && *e >= '0' && *e <= '2' && !e[1] && *e - '0' < l) l = *e - '0';
     return l;
+}
+
+int conv3_simd_capped(void)
+{
+    int have = conv3_simd(), l = 0; /* the CPU's own level, without MOCO_CONV3 */
+#if CONV3_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
+    if (__builtin_cpu_supports("avx512f")) l = 2;
+#endif
+    return have < l;
 }
 
 int conv3_simd(void)

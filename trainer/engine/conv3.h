@@ -20,6 +20,9 @@
  * FMA, 2 AVX-512F. conv3_simd() is what this CPU has, lowered by
  * conv3_set_simd (tests, benchmarks) or MOCO_CONV3=0|1|2 in the environment. */
 int conv3_simd(void);
+/* 1 when conv3_simd() is below what this CPU has (MOCO_CONV3 or conv3_set_simd
+ * capped it): the wisdom keys its build by the level then (tune.c). */
+int conv3_simd_capped(void);
 void conv3_set_simd(int level);
 
 /* Floats per channel row of the padded layout of n images of H x W. */

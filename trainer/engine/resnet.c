@@ -302,8 +302,10 @@ static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
     }
     char own[24];
     snprintf(own, sizeof own, ",fwd%d,", o->conv.Co);
-    if (fwd || stem || strstr(buf, own)) o->tc[0].algo = NN_ALGO_AUTO;
-    if ((bwd || stem) && grads) o->tc[1].algo = NN_ALGO_AUTO;
+    const nn_conv *d = &o->conv; /* the rule's fp32 kernel, named as such (--explain: not "auto", not measured) */
+    const int rule = nn_conv_rule(d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad);
+    if (fwd || stem || strstr(buf, own)) o->tc[0].algo = rule, o->tc[0].measured = 0;
+    if ((bwd || stem) && grads) o->tc[1].algo = rule, o->tc[1].measured = 0;
 }
 
 /* Whether a conv's backward on algo can read its input kept in bf16

@@ -3,6 +3,7 @@
  * tune_save merges the new choices into the file. One thread (the one
  * making models) calls these. */
 #include "trainer/engine/tune.h"
+#include "trainer/engine/conv3.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -84,10 +85,12 @@ static void identify(void)
      * candidates' times depend on it: blascore.h), and oneDNN's instruction
      * set where DNNL_MAX_CPU_ISA caps it (it decides which of its kernels
      * exist: under AVX2, no Winograd), and our own where MOCO_CONV3 caps it */
-    const char *isa = getenv("DNNL_MAX_CPU_ISA"), *c3 = getenv("MOCO_CONV3");
+    const char *isa = getenv("DNNL_MAX_CPU_ISA");
+    char c3[16] = ""; /* the level our kernels were capped to, when they were (an ignored MOCO_CONV3 caps nothing) */
+    if (conv3_simd_capped()) snprintf(c3, sizeof c3, "-conv3=%d", conv3_simd());
     if (!stat("/proc/self/exe", &st))
-        snprintf(build, sizeof build, "%lld-%lld-%.20s%s%.12s%s%.4s", (long long)st.st_size, (long long)st.st_mtime, blas_core(),
-                 isa && *isa ? "-dnnl=" : "", isa && *isa ? isa : "", c3 && *c3 ? "-conv3=" : "", c3 && *c3 ? c3 : "");
+        snprintf(build, sizeof build, "%lld-%lld-%.20s%s%.12s%s", (long long)st.st_size, (long long)st.st_mtime, blas_core(),
+                 isa && *isa ? "-dnnl=" : "", isa && *isa ? isa : "", c3);
     else snprintf(build, sizeof build, "unknown");
 }
 
