@@ -150,16 +150,17 @@ $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --wi
 $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>"$T/both.err"; rc=$?
 [ $rc -eq 1 ] && grep -q "moco knn: give one of --ckpt and --random-init" "$T/both.err" || fail "--ckpt with --random-init: exit $rc (want 1), $(cat "$T/both.err")"
 
-# linear evaluation on the frozen features. lr 0.3: over 11 checkpoints of
-# this file's and cli_mpi's runs (their batch order varies run to run) top-1
-# was 22-55% at 0.3, but 9.6-57% at lr 1 (one fell to chance in a CI run).
-# The floor, 15%, is above the test set's largest class (Shirt, 63 of 512:
-# 12.3%, what a classifier that always answers one class scores) and below
-# the lowest real run by 7 points
+# linear evaluation on the frozen features (the training set as the test set: how well a
+# linear classifier fits them). 10 epochs here are 20 steps, too few to fit: top-1 went from
+# 13% to 55% with the run's batch order (13.09% in one run, where a least-squares fit of
+# the same features reached 65.8%). 100 epochs fit them: 64.26% on that run's checkpoint,
+# 44.14% on a random-initialised encoder's. The floor, 30%, is well above the test set's
+# largest class (Shirt, 63 of 512: 12.3%, what a classifier that always answers one class
+# scores, as a broken one would)
 lin=$($M lincls --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
-      --size 28 --epochs 10 --schedule 6,8 --lr 0.3 --threads 1 --cached-features | tail -1)
+      --size 28 --epochs 100 --schedule 60,80 --lr 0.3 --threads 1 --cached-features | tail -1)
 t1=$(echo "$lin" | grep -o '"lincls_top1":[0-9.]*' | cut -d: -f2)
-[ -n "$t1" ] && awk -v a="$t1" 'BEGIN { exit !(a + 0 >= 15) }' || fail "moco lincls --cached-features: top-1 ${t1:-absent} below 15%: $lin"
+[ -n "$t1" ] && awk -v a="$t1" 'BEGIN { exit !(a + 0 >= 30) }' || fail "moco lincls --cached-features: top-1 ${t1:-absent} below 30%: $lin"
 # lincls.json is written whole or not at all (it was fopen'ed, errors
 # ignored): a FIFO (it hung), a dangling link, a link to /dev/full are
 # refused naming it; a failed write (ulimit -f: a full disk) keeps the old
