@@ -43,6 +43,11 @@ static int open_set(const char *path, int size, const float mean[3], const float
         evalset_destroy(&e);
         return rc;
     }
+    if (need_labels && moco_db_get_meta(e->db)->count == 0) { /* an accuracy of 0 samples is no accuracy */
+        rc = moco_err(MOCO_EINVAL, "%s holds no samples: evaluation needs at least one", path);
+        evalset_destroy(&e);
+        return rc;
+    }
     e->size = size;
     if (size < 1 || !(e->crop = malloc((size_t)size * size * 3))) {
         rc = size < 1 ? moco_err(MOCO_EINVAL, "%s: evaluation size %d", path, size)

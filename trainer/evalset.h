@@ -19,13 +19,18 @@
 
 #include <stdint.h>
 
+/* Views of at most this side are "small" (CIFAR-like): --normalize auto
+ * takes CIFAR-10's mean and std there (evalmodel_norm), ImageNet's above. */
+#define EVALSET_SMALL_SIDE 64
+
 typedef struct evalset evalset;
 
 /* Open path read-only. Returns 0 or an error naming it (MOCO_ENOTFOUND,
- * MOCO_ECORRUPT, ...). The dataset must be labelled (no label -1). */
+ * MOCO_ECORRUPT, ...). The dataset must be labelled (no label -1) and hold
+ * at least one sample (MOCO_EINVAL "PATH holds no samples"). */
 int evalset_open(const char *path, int size, const float mean[3], const float std[3], evalset **out);
-/* The same for any dataset (labels -1 where it has none); evalset_labelled
- * says whether it has them. */
+/* The same for any dataset (labels -1 where it has none; empty allowed);
+ * evalset_labelled says whether it has them. */
 int evalset_open_any(const char *path, int size, const float mean[3], const float std[3], evalset **out);
 int evalset_labelled(const evalset *e);
 void evalset_destroy(evalset **e);
