@@ -527,7 +527,7 @@ static int vote(const train_cfg *c, trainer_stream *s, int mine, int *epoch_done
  * (the header: read before any model is built or its kernels timed): the
  * model itself (another architecture shares its first tensors with this
  * one: a resnet34 checkpoint loaded as resnet18 dropped 240 tensors), the
- * --size, the schedule. */
+ * --size, the dataset (count), the schedule. */
 static int resume_matches(const train_cfg *c, const ckpt_config *kc, const char *resume)
 {
     if (kc->arch[0] && (strcmp(kc->arch, c->arch) || (kc->width >= 0 && kc->width != c->width) ||
@@ -538,6 +538,10 @@ static int resume_matches(const train_cfg *c, const ckpt_config *kc, const char 
     if (!c->allow_schedule_change && kc->size >= 0 && kc->size != c->size)
         return moco_err(MOCO_EINVAL, "%s was trained at --size %d, this run has %d: give --size %d, or "
                         "--allow-schedule-change to change it in a run under way", resume, kc->size, c->size, kc->size);
+    if (!c->allow_schedule_change && kc->count > 0 && c->count && (uint64_t)kc->count != c->count) /* mid-epoch: after the load */
+        return moco_err(MOCO_EINVAL, "%s was trained on a dataset of %lld samples, this stream has %llu: resume on the same "
+                        "dataset, or give --allow-schedule-change to go on with another one from an epoch's start", resume,
+                        (long long)kc->count, (unsigned long long)c->count);
     return c->allow_schedule_change ? 0 : schedule_unchanged(c, kc, resume);
 }
 
