@@ -13,7 +13,9 @@
  *   and goes through the frozen encoder;
  * - --cached-features: the features of each image's evaluation view
  *   (resize + centre crop) computed once, no augmentation (fast on a CPU).
- * Test images: resize + centre crop, always. The encoder's parameters and
+ * Test images: resize + centre crop, always: main_lincls.py's Resize(256) +
+ * CenterCrop(224) at its ratio above 64 px, the image as it is at CIFAR
+ * sizes (trainer/evalset.h). The encoder's parameters and
  * BN buffers are compared with a copy taken before training: a change is
  * an error naming the tensor. */
 #include <cblas.h>
