@@ -1,13 +1,16 @@
 /* test_evalset.c: evaluation preprocessing (trainer/evalset.h) against
  * torchvision's eval transforms, bit for bit: tools/gen_eval_golden.py ran
- * Resize(size), CenterCrop(size), ToTensor(), Normalize(mean, std) (torchvision
+ * Resize(R), CenterCrop(size), ToTensor(), Normalize(mean, std) (R = size at
+ * 32 px, main_lincls.py's ratio 256 / 224 at 96 px: 109) (torchvision
  * 0.14 on Pillow 9.4) on non-square JPEGs (4:2:0, 4:4:4, progressive, grey)
  * and a PNG stored in tests/golden/eval/. Here the same files are packed
  * with `moco mkdb` (stored as they are) and read back through evalset: the
  * uint8 pixels after resize + crop must be identical, the normalised floats
  * within 1e-6. Also: the fast resize kernel against its plain reference on
  * seeded random images (up- and downscaling, 1 and 3 channels), and the
- * geometry (truncated long side, round-half-even crop offsets). */
+ * geometry (the resize side, truncated long side, round-half-even crop
+ * offsets; a 256 px image at 224 is its central 224 px, as main_lincls.py's
+ * Resize(256) + CenterCrop(224) makes it). */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -193,12 +196,27 @@ static void test_geometry(void **st)
     assert_int_equal(rh, 32), assert_int_equal(rw, 47), assert_int_equal(top, 0), assert_int_equal(left, 8);
     evalset_geometry(272, 199, 32, &rh, &rw, &top, &left); /* 43.7 -> 43; (43 - 32) / 2 = 5.5 -> 6 */
     assert_int_equal(rh, 43), assert_int_equal(rw, 32), assert_int_equal(top, 6), assert_int_equal(left, 0);
-    evalset_geometry(131, 96, 96, &rh, &rw, &top, &left); /* no resize; 17.5 -> 18 (half to even) */
-    assert_int_equal(rh, 131), assert_int_equal(rw, 96), assert_int_equal(top, 18);
-    evalset_geometry(100, 125, 96, &rh, &rw, &top, &left); /* 120; 12 */
-    assert_int_equal(rw, 120), assert_int_equal(left, 12);
-    evalset_geometry(10, 15, 96, &rh, &rw, &top, &left); /* upscale: 144; 24 */
-    assert_int_equal(rh, 96), assert_int_equal(rw, 144), assert_int_equal(left, 24);
+    /* the resize side: the size itself at CIFAR sizes, main_lincls.py's 256 / 224 above 64 px (floor) */
+    assert_int_equal(evalset_resize_side(32), 32), assert_int_equal(evalset_resize_side(64), 64);
+    assert_int_equal(evalset_resize_side(65), 74), assert_int_equal(evalset_resize_side(96), 109);
+    assert_int_equal(evalset_resize_side(224), 256), assert_int_equal(evalset_resize_side(4096), 4681);
+    evalset_geometry(131, 96, 96, &rh, &rw, &top, &left); /* 109 x int(148.7); 26, 6.5 -> 6 (half to even) */
+    assert_int_equal(rh, 148), assert_int_equal(rw, 109), assert_int_equal(top, 26), assert_int_equal(left, 6);
+    evalset_geometry(100, 125, 96, &rh, &rw, &top, &left); /* int(136.25) x 109; 20, 6.5 -> 6 */
+    assert_int_equal(rw, 136), assert_int_equal(rh, 109), assert_int_equal(left, 20), assert_int_equal(top, 6);
+    evalset_geometry(10, 15, 96, &rh, &rw, &top, &left); /* upscale: int(163.5); 33.5 -> 34 (half to even) */
+    assert_int_equal(rh, 109), assert_int_equal(rw, 163), assert_int_equal(left, 34);
+    evalset_geometry(375, 500, 224, &rh, &rw, &top, &left); /* ImageNet: 256 x int(341.3); 16, 58.5 -> 58 */
+    assert_int_equal(rh, 256), assert_int_equal(rw, 341), assert_int_equal(top, 16), assert_int_equal(left, 58);
+    evalset_geometry(256, 256, 224, &rh, &rw, &top, &left); /* no resize: the central 224 px */
+    assert_int_equal(rh, 256), assert_int_equal(rw, 256), assert_int_equal(top, 16), assert_int_equal(left, 16);
+    /* and the pixels: a 256 x 256 image's view at 224 is its centre, as main_lincls.py's
+     * Resize(256) + CenterCrop(224) (before: the whole image shrunk to 224) */
+    uint8_t *big = malloc(256 * 256 * 3), *v = malloc(224 * 224 * 3);
+    for (int i = 0; i < 256 * 256 * 3; i++) big[i] = (uint8_t)(i * 131 + i / 768);
+    assert_int_equal(evalset_resize_crop(v, 224, big, 256, 256, 3), 0);
+    for (int y = 0; y < 224; y++) assert_memory_equal(v + (size_t)y * 224 * 3, big + ((size_t)(y + 16) * 256 + 16) * 3, 224 * 3);
+    free(big), free(v);
     evalset_geometry(50, 55, 32, &rh, &rw, &top, &left); /* 35.2 -> 35; 1.5 -> 2 */
     assert_int_equal(rw, 35), assert_int_equal(left, 2);
     evalset_geometry(50, 57, 32, &rh, &rw, &top, &left); /* 36.48 -> 36; 2 */

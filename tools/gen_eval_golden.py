@@ -3,9 +3,13 @@
 evaluation transforms (Debian's python3-torchvision 0.14 on python3-pil 9.4)
 
     ImageFolder's loader (PIL Image.open(...).convert("RGB")),
-    Resize(size), CenterCrop(size), ToTensor(), Normalize(MEAN, STD)
+    Resize(resize_side(size)), CenterCrop(size), ToTensor(), Normalize(MEAN, STD)
 
-applied to a few non-square photos at two sizes. Run with Debian's python:
+applied to a few non-square photos at two sizes. resize_side: main_lincls.py's
+validation view Resize(256) + CenterCrop(224) at its ratio 0.875
+(floor(size / 0.875)) above 64 px; the size itself at CIFAR sizes (<= 64),
+where the official CIFAR-10 demo takes the image as it is (trainer/evalset.h).
+Run with Debian's python:
 
     /usr/bin/python3 tools/gen_eval_golden.py [--data ../shared/data]
 
@@ -15,7 +19,7 @@ Sources (tests/golden/eval/, stored byte for byte, all non-square):
   e3_antphotos.jpg 343x236, progressive 4:2:0 (hymenoptera "ant photos.jpg")
   e4_wide.jpg      500x181, 4:4:4 (hymenoptera train/ants/6240338_93729615ec.jpg)
   e5_grey.jpg      150x97 greyscale, synthetic (PIL, quality 90)
-  e6_synth.png     96x131 RGB, synthetic (at size 96 no resize, crop only)
+  e6_synth.png     96x131 RGB, synthetic (at size 32 a downscale, at 96 an upscale to 109)
 The photos come from ../shared/data/hymenoptera-jpeg.tar.gz (extracted to
 a temporary directory); the synthetic ones are a fixed formula.
 
@@ -45,6 +49,12 @@ OUT = os.path.join(ROOT, "tests", "golden", "eval")
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 SIZES = (32, 96)
+SMALL_SIDE = 64  # trainer/evalset.h EVALSET_SMALL_SIDE
+
+
+def resize_side(size):
+    """The shorter side before CenterCrop(size): 256 at 224 (crop ratio 0.875), size itself at <= 64 px."""
+    return size if size <= SMALL_SIDE else size * 8 // 7
 PHOTOS = [
     ("e1_formica.jpg", "train/ants/formica.jpeg"),
     ("e2_ant1.jpg", "train/ants/Ant_1.jpg"),
@@ -72,11 +82,11 @@ def eval_tensor(path, size):
     with open(path, "rb") as f:
         img = Image.open(f).convert("RGB")
     src_w, src_h = img.size
-    resized = T.Resize(size)(img)
+    resized = T.Resize(resize_side(size))(img)
     crop = T.CenterCrop(size)(resized)
     x = T.Normalize(MEAN, STD)(T.ToTensor()(crop))
     # the same through one Compose, as a user would write it
-    full = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])(img)
+    full = T.Compose([T.Resize(resize_side(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])(img)
     assert torch.equal(full, x)
     rw, rh = resized.size
     top = int(round((rh - size) / 2.0))
@@ -97,7 +107,8 @@ def write(stem, size, g):
     # what today's code would do differently: rounded long side, floor offsets
     short, long_ = min(src_w, src_h), max(src_w, src_h)
     print("%-24s src %dx%d -> resized %dx%d (rounded long side would be %d), crop top %d left %d (floor: %d %d)"
-          % (name, src_w, src_h, rw, rh, int(size * long_ / short + 0.5), top, left, (rh - size) // 2, (rw - size) // 2))
+          % (name, src_w, src_h, rw, rh, int(resize_side(size) * long_ / short + 0.5), top, left, (rh - size) // 2,
+             (rw - size) // 2))
 
 
 def main():

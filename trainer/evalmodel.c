@@ -9,6 +9,7 @@
 #include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/engine/par.h"
+#include "trainer/evalset.h"
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
@@ -31,7 +32,8 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 
 const char *evalmodel_norm_name(const char *norm, int size)
 {
-    return strcmp(norm, "auto") ? norm : size <= 64 ? "cifar" : "imagenet";
+    if (!strcmp(norm, "auto")) return size <= EVALSET_SMALL_SIDE ? "cifar" : "imagenet";
+    return !strcmp(norm, "cifar") ? "cifar" : !strcmp(norm, "imagenet") ? "imagenet" : !strcmp(norm, "none") ? "none" : NULL;
 }
 
 int evalmodel_resolve(evalmodel_flags *f)
@@ -55,7 +57,8 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
 {
     static const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
     static const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
-    int none = !strcmp(norm, "none"), cifar = !strcmp(norm, "cifar") || (!strcmp(norm, "auto") && size <= 64);
+    const char *n = evalmodel_norm_name(norm, size);
+    int none = n && !strcmp(n, "none"), cifar = n && !strcmp(n, "cifar");
     for (int i = 0; i < 3; i++) {
         mean[i] = none ? 0.0f : cifar ? cm[i] : im[i];
         std[i] = none ? 1.0f : cifar ? cs[i] : is[i];
@@ -75,6 +78,15 @@ static int describe(evalmodel_flags *f, const ckpt_config *c)
         return moco_err(MOCO_EINVAL, "%s holds an encoder with the linear head (fc.weight); --mlp contradicts it", p);
     if (f->dim && c->dim > 0 && f->dim != c->dim)
         return moco_err(MOCO_EINVAL, "%s holds an encoder of --moco-dim %d; --moco-dim %ld contradicts it", p, c->dim, f->dim);
+    if (c->normalize[0]) { /* the inputs it was trained on: auto means those */
+        const char *kn = strcmp(c->normalize, "auto") ? evalmodel_norm_name(c->normalize, 0) : NULL;
+        if (!kn)
+            return moco_err(MOCO_ECORRUPT, "%s: its config's normalize \"%s\" is none of cifar, imagenet, none", p, c->normalize);
+        if (strcmp(f->norm, "auto") && strcmp(f->norm, kn))
+            return moco_err(MOCO_EINVAL, "%s was trained on inputs normalised as --normalize %s; --normalize %s contradicts it", p, kn,
+                            f->norm);
+        f->norm = kn;
+    }
     if (!f->arch && c->arch[0]) {
         snprintf(f->arch_buf, sizeof f->arch_buf, "%s", c->arch);
         f->arch = f->arch_buf;

@@ -6,8 +6,12 @@
  * the training --size come from their "config" metadata, so the flags are
  * needed only for --random-init or for checkpoints without a config. A flag
  * given that contradicts the checkpoint is an error (--size may differ: it
- * is the evaluation's input side). --ckpt may name a run directory: its
- * checkpoint_last (formats/rundir.h), as moco train --resume takes it. */
+ * is the evaluation's input side). So is the input normalisation: --normalize
+ * auto is the checkpoint's "normalize" (checkpoints since 2026-12-01; older
+ * ones and --random-init: the size rule of evalmodel_norm at the evaluation
+ * size), and another --normalize contradicts it.
+ * --ckpt may name a run directory: its checkpoint_last (formats/rundir.h), as
+ * moco train --resume takes it. */
 #ifndef TRAINER_EVALMODEL_H
 #define TRAINER_EVALMODEL_H
 
@@ -33,8 +37,11 @@ typedef struct {
 int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 
 /* The input mean and std: "cifar", "imagenet", "none", or "auto" (CIFAR's
- * for size <= 64, ImageNet's above). */
+ * for size <= EVALSET_SMALL_SIDE (64), ImageNet's above). */
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3]);
+/* The name norm resolves to at this size: "cifar", "imagenet" or "none"
+ * (static strings), NULL for a name that is none of those nor "auto". */
+const char *evalmodel_norm_name(const char *norm, int size);
 
 /* The name of what evalmodel_norm chooses: "cifar", "imagenet" or "none". */
 const char *evalmodel_norm_name(const char *norm, int size);

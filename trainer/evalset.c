@@ -5,7 +5,9 @@
  * through TurboJPEG with libjpeg's defaults (ISLOW IDCT, fancy upsampling),
  * as Pillow decodes it; Pillow's fixed-point bilinear resampling; the
  * truncated long side and round-half-even crop offsets of torchvision;
- * uint8 pixels / 255 in float32, then (x - mean) / std. */
+ * uint8 pixels / 255 in float32, then (x - mean) / std. The view is
+ * Resize(R) + CenterCrop(size), R from evalset_resize_side (main_lincls.py's
+ * 256 for 224 above 64 px; R = size at CIFAR sizes). */
 #include "trainer/evalset.h"
 
 #include <inttypes.h>
@@ -40,6 +42,11 @@ static int open_set(const char *path, int size, const float mean[3], const float
     if (rc) { free(e); return rc; }
     if (need_labels && (moco_db_get_meta(e->db)->unlabelled || moco_db_get_meta(e->db)->nclasses < 1)) {
         rc = moco_err(MOCO_EINVAL, "%s: evaluation needs labels for every sample", path);
+        evalset_destroy(&e);
+        return rc;
+    }
+    if (need_labels && moco_db_get_meta(e->db)->count == 0) { /* an accuracy of 0 samples is no accuracy */
+        rc = moco_err(MOCO_EINVAL, "%s holds no samples: evaluation needs at least one", path);
         evalset_destroy(&e);
         return rc;
     }
@@ -206,14 +213,20 @@ bad:
 
 #define EVAL_PREC 22 /* Pillow's PRECISION_BITS for 8-bit images */
 
+int evalset_resize_side(int size)
+{
+    return size <= EVALSET_SMALL_SIDE ? size : (int)((int64_t)size * 8 / 7);
+}
+
 void evalset_geometry(int h, int w, int size, int *rh, int *rw, int *top, int *left)
 {
-    /* _compute_resized_output_size: int(size * long / short), a double
+    /* _compute_resized_output_size: int(R * long / short), a double
      * quotient (both operands exact) truncated */
+    const int R = evalset_resize_side(size);
     int shrt = w <= h ? w : h, lng = w <= h ? h : w;
-    int nl = (int)((double)((int64_t)size * lng) / (double)shrt);
-    *rw = w <= h ? size : nl;
-    *rh = w <= h ? nl : size;
+    int nl = (int)((double)((int64_t)R * lng) / (double)shrt);
+    *rw = w <= h ? R : nl;
+    *rh = w <= h ? nl : R;
     /* center_crop: int(round((h - th) / 2.0)), Python's round: half to even */
     int dy = *rh - size, dx = *rw - size;
     *top = dy / 2 + (dy % 2 && (dy / 2) % 2);

@@ -12,13 +12,19 @@
  *   outputs) of every sample of a dataset in index order, not normalised:
  *   a NumPy .npy file (float32 (N, F); labels, when the dataset has them,
  *   in OUT-without-.npy.labels.npy as int64 (N)) or, for any other name,
- *   safetensors (features F32 (N, F), labels I64 (N)). Written atomically. */
+ *   safetensors (features F32 (N, F), labels I64 (N)). Written atomically;
+ *   the .npy pair is consistent: both files are written to temporaries
+ *   first (nothing replaced when either fails), and an unlabelled dataset
+ *   removes an old OUT.labels.npy (said on stderr).
+ * Neither command writes onto its --ckpt (the same file: device and inode,
+ * a link to it included): refused before anything is written. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "formats/errors.h"
@@ -31,6 +37,15 @@
 #include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
 #include "trainer/export.h"
+
+/* out (or its link's file) is the checkpoint ckpt: MOCO_EINVAL naming both, as cp's "are the same file" */
+static int not_the_ckpt(const char *out, const char *ckpt)
+{
+    struct stat a, b;
+    if (!ckpt || stat(out, &a) || stat(ckpt, &b) || a.st_dev != b.st_dev || a.st_ino != b.st_ino) return 0;
+    return moco_err(MOCO_EINVAL, "--out %s is the checkpoint --ckpt %s (the same file): writing it would destroy the checkpoint; "
+                    "give another --out", out, ckpt);
+}
 
 int export_main(int argc, char **argv)
 {
@@ -59,7 +74,7 @@ int export_main(int argc, char **argv)
         return 1;
     }
     ckpt = ckpt_path;
-    if ((rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
+    if ((rc = not_the_ckpt(out, ckpt)) || (rc = ckpt_open(ckpt, &f, &cc))) { /* checksum; NaN or infinite weights refused */
         fprintf(stderr, "moco export: %s\n", moco_errmsg());
         return 1;
     }
@@ -118,13 +133,22 @@ int export_main(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+/* a NumPy .npy file being written: its temporary file, not yet renamed */
+typedef struct {
+    FILE *f;
+    const char *path;
+    char target[1100], tmp[1200];
+} npy_tmp;
+
 /* a NumPy .npy file (format 1.0): dtype "<f4" or "<i8", C order, 2-D
- * (rows, cols) or 1-D (cols 0); written to path.tmp, fsync'ed, renamed, the
- * directory fsync'ed */
-static int write_npy(const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
+ * (rows, cols) or 1-D (cols 0), written whole to path.tmp (o->f open);
+ * npy_commit fsyncs and renames it (and fsyncs the directory), npy_abort
+ * removes it */
+static int write_npy(npy_tmp *o, const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
 {
-    char hdr[256], target[1100], tmp[1200];
-    int rc = moco_replace_target(path, target, sizeof target); /* never renamed onto /dev/null or a directory */
+    char hdr[256], *target = o->target, *tmp = o->tmp;
+    o->f = NULL, o->path = path;
+    int rc = moco_replace_target(path, target, sizeof o->target); /* never renamed onto /dev/null or a directory */
     if (rc) return rc;
     int n = cols ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }", descr,
                             (long long)rows, (long long)cols)
@@ -132,7 +156,7 @@ static int write_npy(const char *path, const void *data, const char *descr, size
     int total = (10 + n + 1 + 63) / 64 * 64; /* magic, version, length, dict, padding, newline */
     memset(hdr + n, ' ', (size_t)(total - 10 - n - 1));
     hdr[total - 10 - 1] = '\n';
-    snprintf(tmp, sizeof tmp, "%s.tmp", target);
+    snprintf(tmp, sizeof o->tmp, "%s.tmp", target);
     FILE *f = moco_create_tmp(tmp, path); /* never through a link planted at the temporary name */
     if (!f) return MOCO_EIO;
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)((total - 10) & 0xff), (uint8_t)((total - 10) >> 8)};
@@ -145,7 +169,23 @@ static int write_npy(const char *path, const void *data, const char *descr, size
         unlink(tmp);
         return moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(e));
     }
-    return moco_commit_tmp(f, tmp, target, path); /* fsync, rename, fsync of the directory */
+    o->f = f;
+    return 0;
+}
+
+static int npy_commit(npy_tmp *o)
+{
+    FILE *f = o->f;
+    o->f = NULL;
+    return f ? moco_commit_tmp(f, o->tmp, o->target, o->path) : 0; /* fsync, rename, fsync of the directory */
+}
+
+static void npy_abort(npy_tmp *o)
+{
+    if (!o->f) return;
+    fclose(o->f);
+    unlink(o->tmp);
+    o->f = NULL;
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -177,6 +217,9 @@ int embed_main(int argc, char **argv)
         fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;
     }
+    const int npy = ends_with(out, ".npy");
+    char lp[1200] = ""; /* OUT.labels.npy beside OUT.npy */
+    if (npy) snprintf(lp, sizeof lp, "%.*s.labels.npy", (int)(strlen(out) - 4), out);
     int B = 0, S = 0;
     resnet *m = NULL;
     evalset *es = NULL;
@@ -184,6 +227,8 @@ int embed_main(int argc, char **argv)
     int32_t *lab = NULL;
     int64_t *lab64 = NULL, cnt = 0;
     int D = 0, labelled = 0;
+    npy_tmp fo = {0}, lo = {0};
+    if ((rc = not_the_ckpt(out, ef.ckpt)) || (npy && (rc = not_the_ckpt(lp, ef.ckpt)))) goto out;
     if ((rc = evalmodel_open(&ef, &m, mean, std))) goto out; /* resolves ef from the checkpoint */
     B = (int)ef.batch, S = (int)ef.size;
     if ((rc = evalset_open_any(db, S, mean, std, &es))) goto out;
@@ -203,12 +248,20 @@ int embed_main(int argc, char **argv)
         memcpy(feat + (size_t)s * D, head ? o : rn_pooled(m), sizeof *feat * (size_t)k * D);
     }
     for (int64_t i = 0; i < cnt; i++) lab64[i] = lab[i];
-    if (ends_with(out, ".npy")) {
-        rc = write_npy(out, feat, "<f4", sizeof *feat, cnt, D);
-        if (!rc && labelled) {
-            char lp[1200];
-            snprintf(lp, sizeof lp, "%.*s.labels.npy", (int)(strlen(out) - 4), out);
-            rc = write_npy(lp, lab64, "<i8", sizeof *lab64, cnt, 0);
+    if (npy) { /* both temporaries first; the labels renamed before the features, which go last */
+        char lt[1100];
+        if ((rc = write_npy(&fo, out, feat, "<f4", sizeof *feat, cnt, D))) goto out;
+        if (labelled) {
+            if ((rc = write_npy(&lo, lp, lab64, "<i8", sizeof *lab64, cnt, 0)) || (rc = npy_commit(&lo))) goto out;
+        } else if (!(rc = moco_replace_target(lp, lt, sizeof lt)) && unlink(lt) == 0) { /* no stale labels beside new features */
+            fprintf(stderr, "moco embed: %s is unlabelled: removed the old %s\n", db, lp);
+        } else if (!rc && errno != ENOENT) {
+            rc = moco_err(MOCO_EIO, "cannot remove the old %s (%s is unlabelled): %s", lp, db, strerror(errno));
+        }
+        if (rc) goto out;
+        if ((rc = npy_commit(&fo))) {
+            if (labelled) unlink(lo.target); /* never new labels without their features */
+            goto out;
         }
     } else {
         moco_st_entry e[2] = {{"features", MOCO_ST_F32, 2, {cnt, D}, feat}, {"labels", MOCO_ST_I64, 1, {cnt}, lab64}};
@@ -218,6 +271,8 @@ int embed_main(int argc, char **argv)
         rc = moco_st_write(out, e, labelled ? 2 : 1, meta, 3);
     }
 out:
+    npy_abort(&fo);
+    npy_abort(&lo);
     if (rc) fprintf(stderr, "moco embed: %s\n", moco_errmsg());
     else printf("moco embed: %lld x %d %s features to %s\n", (long long)cnt, D, head ? "head" : "pooled", out);
     rn_destroy(&m);

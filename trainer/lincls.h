@@ -13,7 +13,9 @@ typedef struct {
 
 /* Train a linear softmax classifier on xtr (ntr, F) with labels in [0, C)
  * (every epoch a seeded permutation, the last partial batch kept), then
- * write its test top-1 and top-5 (percent) on xte. Returns 0, MOCO_ENOMEM,
+ * write its test top-1 and top-5 (percent) on xte; top-5 is NaN (null in
+ * the JSON line) when C < 5, where it would be 100 whatever the model.
+ * Returns 0, MOCO_ENOMEM,
  * or MOCO_ENUMERIC if the loss stops being finite. */
 int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const float *xte, const int32_t *yte, int64_t nte,
                       int F, int C, const lincls_cfg *c, double *top1, double *top5);

@@ -85,9 +85,12 @@ int train_parse_schedule(const char *s, train_cfg *c)
     const char *p = s;
     while (*p) {
         char *end;
+        errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || v < 0 || c->nschedule == TRAIN_MAX_SCHEDULE)
             return moco_err(MOCO_EINVAL, "--schedule '%s': expected comma-separated epochs, e.g. 120,160", s);
+        if (errno == ERANGE || v > TRAIN_MAX_EPOCHS) /* stored as an int: 4294967297 became 1 */
+            return moco_err(MOCO_EINVAL, "--schedule '%s': epoch %.*s is outside [0, %d]", s, (int)(end - p), p, TRAIN_MAX_EPOCHS);
         c->schedule[c->nschedule++] = (int)v;
         p = end;
         if (*p == ',') p++;
@@ -134,7 +137,7 @@ static int embed(resnet *m, evalset *es, float *x, trainer_stream *keep, float *
 }
 
 int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
-              trainer_stream *keep, double *top1)
+              trainer_stream *keep, double *top1, int *k_used)
 {
     evalset *tr = NULL, *te = NULL;
     float *x = NULL, *ftr = NULL, *fte = NULL;
@@ -150,6 +153,7 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
     pred = malloc(sizeof *pred * (size_t)nte);
     if (!pred) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     int classes = evalset_classes(tr); /* the test set's labels are the training set's indices (evalset_classes_of) */
+    if (k_used) *k_used = k < ntr ? k : (int)ntr; /* knn_classify's k: the bank's size at most */
     openblas_set_num_threads(par_threads()); /* one large sgemm per chunk: let OpenBLAS use every thread */
     rc = knn_classify(pred, ftr, ltr, ntr, fte, nte, m->cfg.dim, classes, k, t);
     openblas_set_num_threads(par_threads() > 1 ? 1 : par_threads()); /* back to the engine's setting */
@@ -205,6 +209,15 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
     moco_jw_i64(&w, "symmetric", c->symmetric);
     moco_jw_i64(&w, "size", c->size);
     moco_jw_str(&w, "precision", c->precision == NN_BF16 ? "bf16" : "fp32");
+    if (c->norm) { /* the input normalisation: the evaluation commands' --normalize auto */
+        moco_jw_str(&w, "normalize", c->norm);
+        moco_jw_arr(&w, "mean");
+        for (int i = 0; i < 3; i++) moco_jw_g(&w, NULL, c->mean[i], 7); /* the float constants, as written */
+        moco_jw_close(&w);
+        moco_jw_arr(&w, "std");
+        for (int i = 0; i < 3; i++) moco_jw_g(&w, NULL, c->std[i], 7);
+        moco_jw_close(&w);
+    }
     moco_jw_u64(&w, "seed", c->seed);
     moco_jw_u64(&w, "count", c->count);
     const char *js = moco_jw_end(&w);
@@ -237,6 +250,9 @@ static int check_inputs(const train_cfg *c, const char *resume)
             rc = moco_err(rc, "%s %s: %s", names[i], sets[i], moco_errmsg());
     if (!rc && e[0] && e[1] && (rc = evalset_classes_of(e[1], e[0]))) /* as train_knn will, at the first epoch's end */
         rc = moco_err(rc, "--knn-test: %s", moco_errmsg());
+    if (!rc && e[0] && c->knn_k > evalset_count(e[0])) /* knn_classify takes the whole bank then: say so once */
+        fprintf(stderr, "moco train: --knn-k %d exceeds the %lld samples of --knn-train %s: the kNN monitor uses k %lld\n",
+                c->knn_k, (long long)evalset_count(e[0]), c->knn_train, (long long)evalset_count(e[0]));
     evalset_destroy(&e[0]);
     evalset_destroy(&e[1]);
     return rc;
@@ -292,6 +308,8 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
     }
     if (k->precision[0] && strcmp(k->precision, c->precision == NN_BF16 ? "bf16" : "fp32"))
         DIFF(", --precision %s (checkpoint: %s)", c->precision == NN_BF16 ? "bf16" : "fp32", k->precision);
+    if (k->normalize[0] && c->norm && strcmp(k->normalize, c->norm))
+        DIFF(", --normalize %s (checkpoint: %s)", c->norm, k->normalize);
     if (k->symmetric >= 0 && k->symmetric != c->symmetric)
         DIFF(", %s (checkpoint: %s)", c->symmetric ? "--symmetric" : "no --symmetric", k->symmetric ? "--symmetric" : "no --symmetric");
     schedule_str(c, sched, sizeof sched);
@@ -439,7 +457,7 @@ static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, 
     double knn = -1;
     if (knn_due(c, epoch - 1)) {
         double tk = moco_now_s();
-        int rc = train_knn(q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
+        int rc = train_knn(q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn, NULL);
         if (rc) return rc == MOCO_EINTR ? rc : moco_err(rc, "the kNN of epoch %lld, on resume: %s", (long long)(epoch - 1), moco_errmsg());
         fprintf(stderr, "moco train: epoch %lld: kNN top-1 %.2f%% (%.1f s), evaluated on resume: its record was missing\n",
                 (long long)(epoch - 1), knn, moco_now_s() - tk);
@@ -494,6 +512,49 @@ static int vote(const train_cfg *c, trainer_stream *s, int mine, int *epoch_done
     return rc;
 }
 
+/* The checkpoint to resume against this run's flags, from its config alone
+ * (the header: read before any model is built or its kernels timed): the
+ * model itself (another architecture shares its first tensors with this
+ * one: a resnet34 checkpoint loaded as resnet18 dropped 240 tensors), the
+ * --size, the dataset (count), the schedule. */
+static int resume_matches(const train_cfg *c, const ckpt_config *kc, const char *resume)
+{
+    if (kc->arch[0] && (strcmp(kc->arch, c->arch) || (kc->width >= 0 && kc->width != c->width) ||
+                        (kc->mlp >= 0 && kc->mlp != c->mlp) || (kc->dim >= 0 && kc->dim != c->dim)))
+        return moco_err(MOCO_EINVAL, "%s holds a %s of width %d%s, dim %d; this run builds a %s of width %d%s, dim %d: "
+                        "resume with the model it was trained with", resume, kc->arch, kc->width, kc->mlp > 0 ? " with the MLP head" : "",
+                        kc->dim, c->arch, c->width, c->mlp ? " with the MLP head" : "", c->dim);
+    if (!c->allow_schedule_change && kc->size >= 0 && kc->size != c->size)
+        return moco_err(MOCO_EINVAL, "%s was trained at --size %d, this run has %d: give --size %d, or "
+                        "--allow-schedule-change to change it in a run under way", resume, kc->size, c->size, kc->size);
+    if (!c->allow_schedule_change && kc->count > 0 && c->count && (uint64_t)kc->count != c->count) /* mid-epoch: after the load */
+        return moco_err(MOCO_EINVAL, "%s was trained on a dataset of %lld samples, this stream has %llu: resume on the same "
+                        "dataset, or give --allow-schedule-change to go on with another one from an epoch's start", resume,
+                        (long long)kc->count, (unsigned long long)c->count);
+    return c->allow_schedule_change ? 0 : schedule_unchanged(c, kc, resume);
+}
+
+/* A run directory this process made (mkdir) for a run that failed before
+ * its first checkpoint: removed when it holds nothing but the lock (and
+ * the lock closed), so that no empty --out is left behind. */
+static void drop_made_out(const char *out, int *lock_fd)
+{
+    DIR *d = opendir(out);
+    if (!d) return;
+    struct dirent *de;
+    int other = 0;
+    while ((de = readdir(d)))
+        other |= strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, MOCO_RUNDIR_LOCK);
+    closedir(d);
+    if (other) return;
+    char lock[4200];
+    snprintf(lock, sizeof lock, "%s/%s", out, MOCO_RUNDIR_LOCK);
+    unlink(lock);
+    if (*lock_fd >= 0) close(*lock_fd);
+    *lock_fd = -1;
+    rmdir(out);
+}
+
 int train_run(const train_cfg *cin)
 {
     train_cfg cfg = *cin; /* --count may come from the checkpoint */
@@ -515,6 +576,8 @@ int train_run(const train_cfg *cin)
     int drained = 0; /* ranks: pairs of this epoch read while draining: dropped, as the partial batch is */
     int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
     int lock_fd = -1; /* --out's lock (formats/rundir.h) */
+    int made_out = 0; /* --out made here (removed again if the run fails before its first checkpoint) */
+    ckpt_config kc;
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;
@@ -522,6 +585,10 @@ int train_run(const train_cfg *cin)
     rc = resume ? moco_rundir_ckpt("--resume", resume, rpath, sizeof rpath) : 0; /* a run directory: its last checkpoint */
     if (resume) resume = rpath;
     if (!rc) rc = check_inputs(c, resume);
+    if (!rc && resume && !(rc = ckpt_read_config(resume, &kc))) { /* the header only: before any model is built */
+        if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
+        rc = resume_matches(c, &kc, resume);
+    }
     if (!rc && ranks > 1 && c->bind)
         rc = moco_err(MOCO_EINVAL, "ranks read the loader's serve mode (moco loader --pairs EP --consumers %d): give "
                       "--connect only, not --bind", ranks);
@@ -531,8 +598,9 @@ int train_run(const train_cfg *cin)
                       "and a query's BN group would be its key's)", c->bn_splits, ranks);
     /* one writer per directory (moco run holds the lock of the trainer it starts) */
     if (!rc && !rank && !getenv("MOCO_RUN_SUPERVISED")) {
-        if (mkdir(c->out, 0755) && errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
-        else rc = moco_lock_dir(c->out, &lock_fd);
+        if (mkdir(c->out, 0755) == 0) made_out = 1;
+        else if (errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
+        if (!rc) rc = moco_lock_dir(c->out, &lock_fd);
     }
     if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
@@ -541,6 +609,7 @@ int train_run(const train_cfg *cin)
         if (!rc && (r2 || bad > 0)) rc = r2 ? r2 : moco_err(MOCO_EINVAL, "another rank could not start (see its message)");
     }
     if (rc) {
+        if (made_out) drop_made_out(c->out, &lock_fd);
         if (lock_fd >= 0) close(lock_fd);
         return rc;
     }
@@ -549,27 +618,9 @@ int train_run(const train_cfg *cin)
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
                      .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
     tune_configure(c->kernels, c->wisdom);
-    if ((rc = dist_moco_new(c->dist, &mcfg, &mc))) return rc;
+    if ((rc = dist_moco_new(c->dist, &mcfg, &mc))) goto out;
     if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
-    if (resume) {
-        ckpt_config kc;
-        if ((rc = ckpt_read_config(resume, &kc))) goto out;
-        if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
-        /* the model itself: another architecture shares its first tensors with this one (a
-         * resnet34 checkpoint loaded as resnet18 and dropped 240 tensors); another size is a
-         * schedule change */
-        if (kc.arch[0] && (strcmp(kc.arch, c->arch) || (kc.width >= 0 && kc.width != c->width) ||
-                           (kc.mlp >= 0 && kc.mlp != c->mlp) || (kc.dim >= 0 && kc.dim != c->dim))) {
-            rc = moco_err(MOCO_EINVAL, "%s holds a %s of width %d%s, dim %d; this run builds a %s of width %d%s, dim %d: "
-                          "resume with the model it was trained with", resume, kc.arch, kc.width, kc.mlp > 0 ? " with the MLP head" : "",
-                          kc.dim, c->arch, c->width, c->mlp ? " with the MLP head" : "", c->dim);
-            goto out;
-        }
-        if (!c->allow_schedule_change && kc.size >= 0 && kc.size != c->size) {
-            rc = moco_err(MOCO_EINVAL, "%s was trained at --size %d, this run has %d: give --size %d, or "
-                          "--allow-schedule-change to change it in a run under way", resume, kc.size, c->size, kc.size);
-            goto out;
-        }
+    if (resume) { /* its config was compared with the flags above (resume_matches) */
         if ((rc = ckpt_load(resume, mc, &rs))) goto out;
         /* another dataset: a mid-epoch position (its bitmap of delivered indices) means nothing
          * there, and a whole run's count changes with it */
@@ -581,7 +632,6 @@ int train_run(const train_cfg *cin)
                                              : "give --allow-schedule-change to go on with another dataset from this epoch");
             goto out;
         }
-        if (!c->allow_schedule_change && (rc = schedule_unchanged(c, &kc, resume))) goto out;
         epoch = rs.epoch;
         step = rs.step;
         resume_epoch = (uint32_t)rs.pipe_epoch;
@@ -738,7 +788,7 @@ int train_run(const train_cfg *cin)
             double knn = -1;
             if (knn_due(c, epoch) && !rank) {
                 double tk = moco_now_s();
-                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn);
+                rc = train_knn(mc->q, c->knn_train, c->knn_test, c->knn_k, (float)c->knn_t, c->mean, c->std, s, &knn, NULL);
                 if (rc == MOCO_EINTR && stop_flag) { /* stopped: the resume writes this epoch's record */
                     rc = 0;
                     fprintf(stderr, "%smoco train: epoch %lld: kNN stopped; its record is written on resume\n", tty ? "\n" : "",
@@ -888,6 +938,7 @@ out:
                       (long long)epoch, c->epochs, (long long)step, c->out);
     }
     if (metrics) fclose(metrics);
+    if (rc && made_out && saved_step < 0) drop_made_out(c->out, &lock_fd); /* only if it holds nothing but the lock */
     if (lock_fd >= 0) close(lock_fd); /* after the last write */
     stream_destroy(&s);
     moco_destroy(&mc);

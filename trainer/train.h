@@ -11,6 +11,7 @@
 typedef struct dist dist; /* trainer/dist.h: the ranks of an MPI job */
 
 #define TRAIN_MAX_SCHEDULE 16
+#define TRAIN_MAX_EPOCHS 1000000 /* --epochs (train, lincls); --schedule epochs too */
 
 typedef struct {
     const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
@@ -30,6 +31,7 @@ typedef struct {
     const char *wisdom; /* --wisdom FILE (NULL: tune.h's default path) */
     uint64_t seed, count;
     float mean[3], std[3];
+    const char *norm;  /* the --normalize that mean and std came from, resolved: "cifar", "imagenet", "none" (NULL: not said) */
     dist *dist;        /* the ranks (mpirun -np R moco train), or NULL: one process */
 } train_cfg;
 
@@ -38,7 +40,8 @@ typedef struct {
  * linear warm-up over warmup_epochs when set. */
 double train_lr(const train_cfg *c, int64_t epoch, int64_t step_in_epoch, int64_t steps_per_epoch);
 
-/* "120,160" -> c->schedule. Returns 0 or MOCO_EINVAL. */
+/* "120,160" -> c->schedule. Returns 0 or MOCO_EINVAL naming --schedule and
+ * the value (an epoch outside [0, TRAIN_MAX_EPOCHS] too). */
 int train_parse_schedule(const char *s, train_cfg *c);
 
 /* One uint8 HWC view (c = 1 or 3 channels, S x S) into row `row` of x, a
@@ -47,10 +50,12 @@ int train_parse_schedule(const char *s, train_cfg *c);
 void train_view_to_float(float *x, const uint8_t *v, int row, int S, int c, const float mean[3], const float std[3]);
 
 /* kNN top-1 (percent) of encoder m (eval mode): bank = train_db, queries
- * = test_db, both embedded without augmentation. keep (or NULL): the pair
- * stream kept alive between batches (stream_keepalive). */
+ * = test_db (both labelled, neither empty), embedded without augmentation.
+ * keep (or NULL): the pair stream kept alive between batches
+ * (stream_keepalive). *k_used (k_used may be NULL): the k voted with,
+ * min(k, the bank's size). */
 int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float t, const float mean[3], const float std[3],
-              trainer_stream *keep, double *top1);
+              trainer_stream *keep, double *top1, int *k_used);
 
 /* Parse `moco train` flags into *c: MOCO_OPTS_OK, MOCO_OPTS_HELP (help
  * printed) or MOCO_OPTS_USAGE (error printed). */
@@ -59,7 +64,8 @@ int train_parse_args(int argc, char **argv, train_cfg *c);
 /* The configuration as checkpoint metadata: meta[0..3] = "format",
  * "moco-checkpoint-1", "config", the JSON in buf (arch, width, mlp, dim, K,
  * m, T, batch_size, lr, momentum, wd, cos, schedule, warmup_epochs, epochs,
- * bn_splits, symmetric, size, seed, count). Returns the number of pairs (2). */
+ * bn_splits, symmetric, size, precision, normalize with mean and std, seed,
+ * count). Returns the number of pairs (2). */
 int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta);
 
 /* Train. Before the first step every input is checked (--knn-train and

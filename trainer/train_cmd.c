@@ -16,6 +16,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/pipeline.h"
 #include "trainer/dist.h"
 #include "trainer/engine/par.h"
 #include "trainer/engine/resnet.h"
@@ -66,7 +67,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"preset", MOCO_OPT_CHOICE, &presetname, "official recipe defaults (flags given override them)", 0, 0, "moco-v1|moco-v2|cifar"},
         {"arch", MOCO_OPT_CHOICE, &c.arch, "encoder", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
         {"width", MOCO_OPT_INT, &width, "base width of the ResNet", 1, 1024, NULL},
-        {"epochs", MOCO_OPT_INT, &epochs, "epochs in all", 1, 1e6, NULL},
+        {"epochs", MOCO_OPT_INT, &epochs, "epochs in all", 1, TRAIN_MAX_EPOCHS, NULL},
         {"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch (without --resume)", 0, 1e6, NULL},
         {"batch-size", MOCO_OPT_INT, &batch, "pairs per step", 2, 65536, NULL},
         {"lr", MOCO_OPT_DOUBLE, &c.lr, "initial learning rate", 0, 100, NULL},
@@ -83,7 +84,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"aug-plus", MOCO_OPT_FLAG, &aug_plus, "MoCo v2 augmentation (the workers' --recipe v2; informational here)", 0, 0, NULL},
         {"symmetric", MOCO_OPT_FLAG, &c.symmetric, "symmetric loss, both key sets enqueued", 0, 0, NULL},
         {"bn-splits", MOCO_OPT_INT, &splits, "BN statistics over this many sub-batches (shuffle BN on one process)", 1, 1024, NULL},
-        {"size", MOCO_OPT_INT, &size, "view side the model takes", 8, 4096, NULL},
+        {"size", MOCO_OPT_INT, &size, "view side the model takes (at most the workers' largest view)", 8, MOCO_VIEW_SIDE_MAX, NULL},
         {"normalize", MOCO_OPT_CHOICE, &norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"},
         {"init", MOCO_OPT_CHOICE, &init, "conv initialisation: torchvision (Kaiming-normal fan-out), demo (torchvision's, conv1 at "
                                           "PyTorch's default: the official CIFAR-10 demo, --preset cifar's), pytorch (PyTorch's Conv2d "
@@ -143,6 +144,7 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         return MOCO_OPTS_USAGE;
     }
     evalmodel_norm(norm, c.size, c.mean, c.std);
+    c.norm = evalmodel_norm_name(norm, c.size); /* the checkpoints' config says it: evaluation takes the same */
     *out = c;
     return 0;
 }
@@ -228,18 +230,22 @@ int train_knn_main(int argc, char **argv)
     resnet *m = NULL;
     float mean[3], std[3];
     double top1 = 0, t0 = moco_now_s();
-    if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, NULL, &top1))) {
+    int k_used = (int)k;
+    if ((rc = evalmodel_open(&ef, &m, mean, std)) ||
+        (rc = train_knn(m, trdb, tedb, (int)k, (float)t, mean, std, NULL, &top1, &k_used))) {
         fprintf(stderr, "moco knn: %s\n", moco_errmsg());
         rn_destroy(&m);
         return 1;
     }
     rn_destroy(&m);
+    if (k_used < k) /* the official knn_predict's topk would raise; the whole bank votes here */
+        fprintf(stderr, "moco knn: --k %ld exceeds the %d samples of --train %s: k %d used\n", k, k_used, trdb, k_used);
     char what[64];
     if (!ef.ckpt) snprintf(what, sizeof what, "random-init %ld", ef.init_seed);
     moco_jw w; /* the path is the user's: escaped */
     moco_jw_begin(&w);
     moco_jw_num(&w, "knn_top1", top1, 2);
-    moco_jw_i64(&w, "k", k);
+    moco_jw_i64(&w, "k", k_used); /* the effective k */
     moco_jw_num(&w, "t", t, 4);
     moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
     moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);

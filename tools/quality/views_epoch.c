@@ -133,7 +133,7 @@ static int train(const char *views, long n, int epochs, uint64_t seed, const cha
             if (steps % 20 == 0) fprintf(stderr, "epoch %d step %d mean loss %.4f\n", e + 1, steps, sum / steps);
         }
         double top1 = 0;
-        if (!rc && train_knn(m->q, bank, test, 200, 0.1f, mean, std, NULL, &top1)) rc = fail("kNN");
+        if (!rc && train_knn(m->q, bank, test, 200, 0.1f, mean, std, NULL, &top1, NULL)) rc = fail("kNN");
         if (!rc) {
             moco_jw w;
             moco_jw_begin(&w);

@@ -180,6 +180,8 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
     c->has_schedule = i >= 0;
     i = moco_json_get(js, tk, 0, "precision");
     if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->precision, sizeof c->precision))) rc = MOCO_ECORRUPT;
+    i = moco_json_get(js, tk, 0, "normalize");
+    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->normalize, sizeof c->normalize))) rc = MOCO_ECORRUPT;
     if (cfg_int(js, tk, 0, "width", &c->width) || cfg_int(js, tk, 0, "mlp", &c->mlp) || cfg_int(js, tk, 0, "dim", &c->dim) ||
         cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
         cfg_int(js, tk, 0, "ranks", &c->ranks) ||

@@ -50,6 +50,7 @@ typedef struct {
 typedef struct {
     int has_config, has_schedule;
     char arch[32], schedule[128], precision[8]; /* precision: "fp32", "bf16", "" (before 2026-12-01) */
+    char normalize[16]; /* the inputs' mean and std: "cifar", "imagenet", "none", "" (before 2026-12-02) */
     int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs, symmetric;
     double lr, m, T, momentum, wd;
     int64_t count;

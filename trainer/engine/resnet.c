@@ -608,7 +608,7 @@ int rn_new(const rn_cfg *cfg, uint64_t seed, int grads, resnet *share, resnet **
         cfg->batch % cfg->bn_splits || cfg->size < 1 || cfg->size > 4096)
         return moco_err(MOCO_EINVAL, "bad model configuration: width %d, dim %d, batch %d, bn splits %d, size %d "
                                      "(splits must divide the batch)", cfg->width, cfg->dim, cfg->batch, cfg->bn_splits, cfg->size);
-    if (cfg->batch / cfg->bn_splits < 2)
+    if (grads && cfg->batch / cfg->bn_splits < 2) /* training BN: evaluation (running statistics) takes batch 1 */
         return moco_err(MOCO_EINVAL, "batch %d over %d BN splits leaves fewer than 2 samples per split", cfg->batch, cfg->bn_splits);
     resnet *m = calloc(1, sizeof *m);
     rn_arena *a = calloc(1, sizeof *a);
