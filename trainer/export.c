@@ -228,7 +228,7 @@ int embed_main(int argc, char **argv)
     int64_t *lab64 = NULL, cnt = 0;
     int D = 0, labelled = 0;
     npy_tmp fo = {0}, lo = {0};
-    if ((rc = not_the_ckpt(out, ef.ckpt)) || (npy && (rc = not_the_ckpt(lp, ef.ckpt)))) goto out;
+    if ((rc = evalmodel_resolve(&ef)) || (rc = not_the_ckpt(out, ef.ckpt)) || (npy && (rc = not_the_ckpt(lp, ef.ckpt)))) goto out;
     if ((rc = evalmodel_open(&ef, &m, mean, std))) goto out; /* resolves ef from the checkpoint */
     B = (int)ef.batch, S = (int)ef.size;
     if ((rc = evalset_open_any(db, S, mean, std, &es))) goto out;
