@@ -167,6 +167,16 @@ static void test_rng_streams(void **st)
     assert_true(moved > 900);
 }
 
+/* An LMDB environment in dir with a write transaction open on its "meta" database. */
+static void meta_env(const char *dir, MDB_env **env, MDB_txn **t, MDB_dbi *meta)
+{
+    assert_int_equal(mdb_env_create(env), 0);
+    mdb_env_set_maxdbs(*env, 4);
+    assert_int_equal(mdb_env_open(*env, dir, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(*env, NULL, 0, t), 0);
+    assert_int_equal(mdb_dbi_open(*t, "meta", MDB_CREATE, meta), 0);
+}
+
 static void test_meta_round_trip(void **st)
 {
     (void)st;
@@ -174,11 +184,7 @@ static void test_meta_round_trip(void **st)
     MDB_env *env;
     MDB_txn *t;
     MDB_dbi meta;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 4);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
-    assert_int_equal(mdb_dbi_open(t, "meta", MDB_CREATE, &meta), 0);
+    meta_env(dir, &env, &t, &meta);
     char *names[] = {"cat", "dog", "T-shirt/top"};
     uint64_t counts[] = {5, 0, 7};
     moco_db_meta m = {.count = 14, .nclasses = 3, .class_names = names, .class_counts = counts, .unlabelled = 2,
@@ -235,11 +241,7 @@ static void test_meta_refuses_unreadable_names(void **st)
     MDB_env *env;
     MDB_txn *t;
     MDB_dbi meta;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 4);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
-    assert_int_equal(mdb_dbi_open(t, "meta", MDB_CREATE, &meta), 0);
+    meta_env(dir, &env, &t, &meta);
     const char *bad[] = {"cl\nass", "caf\xe9", "\xc3\x28", "\xed\xa0\x80" /* a surrogate */};
     for (int b = 0; b < 4; b++) {
         char *names[] = {"b", (char *)bad[b]};
