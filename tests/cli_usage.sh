@@ -27,7 +27,8 @@
 #     knn, embed, export, lincls; a --ckpt that is no safetensors file said
 #     so; preview / plot --out with a name not ending in .png refused (exit
 #     2); train_moco_torch.py without torch: which interpreter / package,
-#     no traceback.
+#     no traceback;
+# 12. --learning-rate and --weight-decay, main_moco.py's names of --lr, --wd.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -185,4 +186,12 @@ if [ -x /usr/bin/python3 ]; then
     || fail "11f: train_moco_torch.py without torch: rc $rc, '$err'"
 fi
 echo "11: embed's .npy in moco --help; --ckpt RUN_DIR; not a safetensors checkpoint; .png outputs; the PyTorch trainer's missing modules"
+# 12. main_moco.py's long names --learning-rate and --weight-decay are --lr and --wd, and a
+#     preset's values give way to them as to --lr and --wd (before: unknown options)
+rm -rf al
+timeout 120 $M run db --workers 1 --preset cifar --size 28 --width 4 --batch-size 32 --moco-k 256 --epochs 1 --kernels rule \
+  --learning-rate 0.123 --weight-decay 0.0007 --run-dir al --quiet >/dev/null 2>al.err || fail "12: --learning-rate: $(tail -3 al.err)"
+grep -q '"lr":0.123' al/metrics.jsonl && head -c 4000 al/checkpoint_last.safetensors | grep -aq 'wd\\":0.0007' \
+  || fail "12: --learning-rate 0.123 / --weight-decay 0.0007 under --preset cifar: $(grep -o '"lr":[0-9.e-]*' al/metrics.jsonl | head -1)"
+echo "12: --learning-rate and --weight-decay (main_moco.py's names) over a preset's"
 echo "cli_usage: a new user's mistakes are named, with advice that works"

@@ -24,12 +24,18 @@
 #include "trainer/evalmodel.h"
 #include "trainer/train.h"
 
+/* main_moco.py's long names of --lr and --wd, given instead of them */
+static int seen_alias(const moco_optspec *spec, const char *flag)
+{
+    return (!strcmp(flag, "lr") && moco_opts_seen(spec, "learning-rate")) || (!strcmp(flag, "wd") && moco_opts_seen(spec, "weight-decay"));
+}
+
 /* Presets: the official recipes, the one table of them (moco run asks
  * train_parse_args for the preset's recipe and epochs). Applied before the
  * user's flags. */
 static void preset(train_cfg *c, const char *name, const moco_optspec *spec)
 {
-#define SET(flag, field, v) if (!moco_opts_seen(spec, flag)) c->field = v
+#define SET(flag, field, v) if (!moco_opts_seen(spec, flag) && !seen_alias(spec, flag)) c->field = v
     c->preset = name;
     if (!strcmp(name, "moco-v1")) { /* main_moco.py's defaults */
         c->recipe = "v1";
@@ -71,8 +77,10 @@ int train_parse_args(int argc, char **argv, train_cfg *out)
         {"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch (without --resume)", 0, 1e6, NULL},
         {"batch-size", MOCO_OPT_INT, &batch, "pairs per step", 2, 65536, NULL},
         {"lr", MOCO_OPT_DOUBLE, &c.lr, "initial learning rate", 0, 100, NULL},
+        {"learning-rate", MOCO_OPT_DOUBLE, &c.lr, "the same as --lr (main_moco.py's long name)", 0, 100, NULL},
         {"momentum", MOCO_OPT_DOUBLE, &c.momentum, "SGD momentum", 0, 1, NULL},
         {"wd", MOCO_OPT_DOUBLE, &c.wd, "weight decay", 0, 1, NULL},
+        {"weight-decay", MOCO_OPT_DOUBLE, &c.wd, "the same as --wd (main_moco.py's long name)", 0, 1, NULL},
         {"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1 (without --cos)", 0, 0, NULL},
         {"cos", MOCO_OPT_FLAG, &c.cos, "cosine learning-rate schedule", 0, 0, NULL},
         {"warmup-epochs", MOCO_OPT_INT, &warm, "linear warm-up of the lr over this many epochs", 0, 1e6, NULL},
