@@ -106,8 +106,15 @@ $M run /nonexistent --sink >/dev/null 2>"$T/usage.err"; rc=$?
 if [ -d /usr/share/datasets/fashion-mnist ]; then
   TINY="--epochs 2 --workers 1 --arch resnet18-cifar --width 4 --size 28 --recipe cifar --moco-k 16"
   $M mkdb /usr/share/datasets/fashion-mnist "$T/db4" --split test --limit 4 --quiet >/dev/null || fail "mkdb 4"
+  # moco run refuses it before it starts anything; moco train on its own, with --count, before it
+  # makes anything in --out (and without a loader)
   timeout 120 $M run "$T/db4" $TINY --batch-size 8 --run-dir "$T/r4" >/dev/null 2>"$T/r4.err"; rc=$?
-  [ $rc -eq 1 ] && grep -q "moco train: the dataset's 4 samples make no batch of 8 pairs: lower --batch-size" "$T/r4.err" || fail "batch 8 on 4 samples: exit $rc $(tail -5 "$T/r4.err")"
+  [ $rc -eq 2 ] && grep -q "moco run: $T/db4: the dataset's 4 samples make no batch of 8 pairs: lower --batch-size" "$T/r4.err" \
+    && [ ! -e "$T/r4" ] || fail "batch 8 on 4 samples: exit $rc $(tail -5 "$T/r4.err")"
+  timeout 60 $M train --connect "ipc://$T/none-c" --bind "ipc://$T/none-p" --out "$T/t4" --count 4 --batch-size 8 --arch resnet18-cifar \
+    --width 4 --size 28 --moco-k 16 --kernels rule >/dev/null 2>"$T/t4.err"; rc=$?
+  [ $rc -eq 1 ] && grep -q "moco train: the dataset's 4 samples make no batch of 8 pairs: lower --batch-size" "$T/t4.err" \
+    && [ ! -e "$T/t4" ] || fail "moco train, batch 8 on --count 4: exit $rc $(tail -3 "$T/t4.err"); $(ls "$T/t4" 2>&1)"
   $M mkdb /usr/share/datasets/fashion-mnist "$T/db20" --split test --limit 20 --quiet >/dev/null || fail "mkdb 20"
   python3 - "$T/db20/data.mdb" <<'PY' || fail "patching db20's payload bytes"
 import sys

@@ -660,6 +660,12 @@ int train_run(const train_cfg *cin)
         goto out;
     }
     if (resume && !rank) fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
+    if (c->count && c->count < (uint64_t)N * (uint64_t)ranks) { /* every epoch would end without a step, "trained" and
+                                                                  * checkpointed; said before metrics.jsonl is made */
+        rc = moco_err(MOCO_EINVAL, "the dataset's %" PRIu64 " samples make no batch of %d pairs%s: lower --batch-size", c->count,
+                      N * ranks, ranks > 1 ? " (over all ranks)" : "");
+        goto out;
+    }
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
     int dropped = 0;
     if (!rank) {
@@ -704,11 +710,6 @@ int train_run(const train_cfg *cin)
         uint64_t got = 0;
         for (size_t i = 0; i < need; i++) got += (uint64_t)__builtin_popcount(delivered[i]);
         step_in_epoch = (int64_t)(got / ((uint64_t)N * (uint64_t)ranks));
-    }
-    if (c->count && steps_per_epoch == 0) { /* every epoch would end without a step, "trained" and checkpointed */
-        rc = moco_err(MOCO_EINVAL, "the dataset's %" PRIu64 " samples make no batch of %d pairs%s: lower --batch-size", c->count,
-                      N * ranks, ranks > 1 ? " (over all ranks)" : "");
-        goto out;
     }
     double best = resume && !rank ? best_knn(path) : -1; /* checkpoint_best's kNN: a resume replaced it with any model */
     if (resume && !has_bits && !rank) { /* at an epoch's start: the record of the one before, if a kill took it */
