@@ -378,6 +378,20 @@ class TestTorch(Base):
         self.assertEqual(sorted(seen), list(range(60)))
         self.assertEqual(ds.stream.state()["epoch"], 1)
 
+    def test_checkpoint_names(self):
+        # a checkpoint's config "normalize" names (imagenet, none) are taken as well as the recipes'
+        try:
+            from moco_stream.torch import PairDataset, MEAN_STD
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        for name, want in (("imagenet", MEAN_STD["v2"]), ("none", ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))):
+            f = self.loader(count=8, epochs=1)
+            ds = PairDataset(f.endpoint, recipe=name, insecure=True, timeout=10)
+            self.streams.append(ds.stream)
+            self.assertEqual((ds.mean, ds.std), tuple(tuple(v) for v in want))
+        with self.assertRaises(ValueError):
+            PairDataset("ipc:///nonexistent/x", recipe="imagenet1k")
+
 
     def test_dataset_in_worker(self):
         # a forked DataLoader worker would yield pairs the parent already ACKed, unknown to its state()
