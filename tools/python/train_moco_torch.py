@@ -77,10 +77,8 @@ try:
 except ImportError as _e:
     _missing(_e)
 
-# the recipes' constants (formats/README.md "Normalisation"); moco_stream.torch's when it has them
-MEAN_STD = {"cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-            "v1": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-            "v2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# the recipes' constants (formats/README.md "Normalisation"): moco_stream.torch's, the one Python copy
+from moco_stream.torch import MEAN_STD  # noqa: E402
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet18-cifar", "resnet50-cifar")
 
 
@@ -394,11 +392,6 @@ def main(argv=None):
 def train(a):
     import numpy as np
     import moco_stream
-    try:
-        from moco_stream.torch import MEAN_STD as ms
-        MEAN_STD.update(ms)
-    except Exception:  # the constants above are the same
-        pass
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
     if a.device:
