@@ -14,8 +14,10 @@
  *
  * Promises: the parsers read only within the frame they are given (they are
  * safe on any bytes: fuzzable), reject a wrong magic, a wrong version, an
- * unknown or unexpected type and a short or over-long header with
- * MOCO_ECORRUPT / MOCO_EFORMAT and a message naming what was wrong. The
+ * unknown or unexpected type, a short or over-long header, a non-zero
+ * reserved field and a field out of its range (a PAIR's sides: 1 to
+ * MOCO_VIEW_SIDE_MAX) with MOCO_ECORRUPT / MOCO_EFORMAT and a message naming
+ * what was wrong. The
  * packers never fail (callers give buffers of the stated sizes). No function
  * here allocates or touches a socket. */
 #ifndef MOCO_WIRE_H
