@@ -158,8 +158,7 @@ typedef struct {
     size_t bytes;
 } outpair;
 
-#define OUT_MAX 64                    /* pairs sent together in one PAIRS message ... */
-#define OUT_BYTES ((size_t)4 << 20)   /* ... or fewer, once they hold this many bytes */
+#define OUT_MAX 64 /* pairs sent together in one PAIRS message, or fewer once they hold MOCO_BATCH_BYTES */
 
 /* Send the finished pairs as one PAIRS message (two frames: headers,
  * views). If the consumer is not taking, they stay for a later try.
@@ -259,10 +258,10 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             last_ready = t;
         }
         /* a full batch goes first, so that there is room to work on */
-        if ((nout == OUT_MAX || outbytes >= OUT_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st))) break;
+        if ((nout == OUT_MAX || outbytes >= MOCO_BATCH_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st))) break;
         /* block only when there is nothing to do: a poll is three system
          * calls, and with work queued the receives and sends below need none */
-        int busy = qlen > 0 && nout < OUT_MAX && outbytes < OUT_BYTES;
+        int busy = qlen > 0 && nout < OUT_MAX && outbytes < MOCO_BATCH_BYTES;
         if (!busy) {
             zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {push, 0, ZMQ_POLLOUT, 0}};
             if (zmq_poll(it, nout ? 2 : 1, 100) < 0) {
@@ -308,10 +307,10 @@ int augment_pipe_run(const augment_pipe_cfg *cfg, augment_pipe_fn fn, void *fnct
             for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         }
         /* the finished pairs, once the batch is full, large, or nothing else is waiting */
-        if (nout && (nout == OUT_MAX || qlen == 0 || outbytes >= OUT_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st)))
+        if (nout && (nout == OUT_MAX || qlen == 0 || outbytes >= MOCO_BATCH_BYTES) && (rc = send_pairs(push, out, &nout, &outbytes, st)))
             break;
         /* make pairs */
-        while (qlen > 0 && nout < OUT_MAX && outbytes < OUT_BYTES) {
+        while (qlen > 0 && nout < OUT_MAX && outbytes < MOCO_BATCH_BYTES) {
             queued *e = &q[qhead];
             qhead = (qhead + 1) % MAX_QUEUE;
             qlen--;

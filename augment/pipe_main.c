@@ -14,6 +14,7 @@
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/pipeline.h"
 
 static int make_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
                      augment_pipe_views *v)
@@ -62,7 +63,7 @@ static void on_signal(int s)
 int augment_pipe_main(int argc, char **argv)
 {
     augment_flags af;
-    augment_pipe_cfg cfg = {.queue = 256, .sndhwm = 64, .loader_timeout = 30};
+    augment_pipe_cfg cfg = {.queue = 256, .sndhwm = 64, .loader_timeout = MOCO_WORKER_LOADER_TIMEOUT_S};
     struct sigaction sa = {.sa_handler = on_signal};
     long queue = 256, hwm = 64;
     int quiet = 0;

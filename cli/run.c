@@ -45,6 +45,7 @@
 #include "formats/rundir.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/pipeline.h"
 #include "trainer/evalmodel.h"
 #include "trainer/lincls.h"
 #include "trainer/train.h"
@@ -277,7 +278,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     uint64_t seed = 0;
     int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
     const char *run_dir = NULL, *out_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
-    double worker_timeout = 5, seconds = 10, warmup = 1;
+    double worker_timeout = MOCO_WORKER_TIMEOUT_S, seconds = 10, warmup = 1;
     augment_flags af;
     moco_opt opts[AUGMENT_FLAGS_NOPTS + 24];
     int n = augment_flags_opts(&af, opts);
@@ -330,10 +331,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     if (!bench && !lincls) {
         opts[n++] = (moco_opt){"ranks", MOCO_OPT_INT, &ranks,
                                "train data-parallel on R MPI ranks (mpirun -np R moco train ...; each rank gets its shard of "
-                               "the stream, --threads each; global batch R x --batch-size)", 0, 4096, NULL};
+                               "the stream, --threads each; global batch R x --batch-size)", 0, MOCO_CONSUMERS_MAX, NULL};
         opts[n++] = (moco_opt){"consumers", MOCO_OPT_INT, &consumers,
                                "with --serve: serve R consumers (the ranks of a data-parallel trainer, e.g. PairStream(rank=r, "
-                               "ranks=R)), each its shard of every epoch", 1, 4096, NULL};
+                               "ranks=R)), each its shard of every epoch", 1, MOCO_CONSUMERS_MAX, NULL};
         opts[n++] = (moco_opt){"hostfile", MOCO_OPT_STR, &hostfile, "with --ranks: mpirun's --hostfile (ranks on other hosts; "
                                "needs --bind tcp://HOST:PORT, their stream is then at PORT+2)", 0, 0, NULL};
     }

@@ -159,6 +159,9 @@ int moco_pipe_parse(const uint8_t *p, size_t n, moco_pipe_msg *m)
         m->epoch = moco_get_le32(p + 8);
         m->count = moco_get_le64(p + 12);
         m->n = moco_get_le32(p + 20);
+        if (m->n > MOCO_EPOCH_FAILED_MAX)
+            return moco_err(MOCO_ECORRUPT, "EPOCH_END of epoch %u lists %u failed indices (at most %u)", m->epoch, m->n,
+                            MOCO_EPOCH_FAILED_MAX);
         if ((rc = want(n, 24 + 8 * (size_t)m->n, "EPOCH_END"))) return rc;
         m->idx = p + 24;
         return 0;

@@ -64,6 +64,14 @@
 #define MOCO_WORKER_TIMEOUT_S 5.0    /* loader: a silent worker is dead */
 #define MOCO_CONSUMER_TIMEOUT_S 10.0 /* loader: a silent consumer is gone (the stream pauses) */
 #define MOCO_LOADER_TIMEOUT_S 60.0   /* consumer: a silent loader is an error */
+#define MOCO_REISSUE_AFTER_S 120.0   /* loader: a pair not acknowledged this long goes out again */
+#define MOCO_LINGER_S 30.0           /* loader, serve mode: after END, seconds without a consumer before exiting */
+#define MOCO_WORKER_LOADER_TIMEOUT_S 30.0 /* worker (moco augment): a silent loader ends it */
+#define MOCO_ACK_DELAY_S 0.02        /* consumer: an acknowledgement waits at most this long */
+
+/* Serve mode and several consumers (formats/README.md, "Consumer protocol") */
+#define MOCO_SERVE_SNDHWM 16         /* pair messages the loader sends ahead of a consumer on its socket */
+#define MOCO_CONSUMERS_MAX 4096      /* --consumers / --ranks: consumers of one stream */
 
 /* WELCOME flags */
 #define MOCO_WELCOME_SERVE 1u /* pairs come on this (control) socket: serve mode */

@@ -79,6 +79,9 @@ int moco_wire_sample_parse(const void *frame, size_t len, moco_wire_sample *out)
     int rc = expect(frame, len, MOCO_MSG_SAMPLE, MOCO_WIRE_SAMPLE_SIZE, 1);
     if (rc) return rc;
     const uint8_t *p = frame;
+    if (moco_get_le32(p + 12) != 0)
+        return moco_err(MOCO_ECORRUPT, "wire message: SAMPLE of sample %llu (epoch %u) has a non-zero reserved field 0x%08x",
+                        (unsigned long long)moco_get_le64(p + 16), moco_get_le32(p + 8), moco_get_le32(p + 12));
     out->epoch = moco_get_le32(p + 8);
     out->index = moco_get_le64(p + 16);
     return 0;
@@ -105,9 +108,15 @@ int moco_wire_pair_parse(const void *frame, size_t len, moco_wire_pair *out)
     const uint8_t *p = frame;
     moco_wire_pair w = {moco_get_le32(p + 8), (int32_t)moco_get_le32(p + 12), moco_get_le64(p + 16),
                         moco_get_le16(p + 24), moco_get_le16(p + 26), p[28], p[29]};
-    if (!w.height || !w.width || (w.channels != 1 && w.channels != 3) || w.layout != MOCO_LAYOUT_HWC_U8)
-        return moco_err(MOCO_ECORRUPT, "wire message: PAIR of sample %llu (epoch %u) has bad view shape %ux%ux%u layout %u",
-                        (unsigned long long)w.index, w.epoch, w.height, w.width, w.channels, w.layout);
+    if (!w.height || !w.width || w.height > MOCO_VIEW_SIDE_MAX || w.width > MOCO_VIEW_SIDE_MAX ||
+        (w.channels != 1 && w.channels != 3) || w.layout != MOCO_LAYOUT_HWC_U8)
+        return moco_err(MOCO_ECORRUPT,
+                        "wire message: PAIR of sample %llu (epoch %u) has bad view shape %ux%ux%u layout %u "
+                        "(sides 1..%d, channels 1 or 3, layout 0)",
+                        (unsigned long long)w.index, w.epoch, w.height, w.width, w.channels, w.layout, MOCO_VIEW_SIDE_MAX);
+    if (moco_get_le16(p + 30) != 0)
+        return moco_err(MOCO_ECORRUPT, "wire message: PAIR of sample %llu (epoch %u) has a non-zero reserved field 0x%04x",
+                        (unsigned long long)w.index, w.epoch, moco_get_le16(p + 30));
     *out = w;
     return 0;
 }

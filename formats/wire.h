@@ -5,7 +5,8 @@
  * starts with the same 8 bytes: the ASCII magic "MOCW", a little-endian u16
  * version and a little-endian u16 message type. The version is the lowest
  * protocol version that defines the message's layout (1 for most; 2 for the
- * SAMPLES batch and the READY that asks for it), so that a peer of version
+ * SAMPLES batch and the READY that asks for it; 3 WELCOME, REFUSED, BYE; 4
+ * the ranked HELLO; 5 BUSY: moco_wire_type_version), so that a peer of version
  * 1 still understands everything it can. A reader accepts versions 1 up to
  * MOCO_WIRE_VERSION. The rest of the header is fixed per type; bulk data (a
  * record, pixels) follows in further frames so that it can be sent and
@@ -13,8 +14,10 @@
  *
  * Promises: the parsers read only within the frame they are given (they are
  * safe on any bytes: fuzzable), reject a wrong magic, a wrong version, an
- * unknown or unexpected type and a short or over-long header with
- * MOCO_ECORRUPT / MOCO_EFORMAT and a message naming what was wrong. The
+ * unknown or unexpected type, a short or over-long header, a non-zero
+ * reserved field and a field out of its range (a PAIR's sides: 1 to
+ * MOCO_VIEW_SIDE_MAX) with MOCO_ECORRUPT / MOCO_EFORMAT and a message naming
+ * what was wrong. The
  * packers never fail (callers give buffers of the stated sizes). No function
  * here allocates or touches a socket. */
 #ifndef MOCO_WIRE_H

@@ -123,7 +123,7 @@ int loader_forward_pending(loader *L)
             L->forwarded++;
         }
         left += c->nheld;
-        if (c->heldbytes > MOCO_HELD_BYTES_MAX) left += MOCO_HELD_MAX + 1; /* full: as many messages as may wait */
+        if (c->heldbytes > LOADER_HELD_BYTES_MAX) left += LOADER_HELD_MAX + 1; /* full: as many messages as may wait */
     }
     return left;
 }
@@ -203,12 +203,12 @@ static int split(loader *L, zmq_msg_t *f, int nf, const uint8_t *keep)
  * reaches the workers); with several, each has its own queue (bounded by
  * its shard's window, as each issue is forwarded once), so that one rank
  * busy in a collective never stops the pairs of another; reading stops at
- * MOCO_HELD_MAX messages held in all, or MOCO_HELD_BYTES_MAX for one. */
+ * LOADER_HELD_MAX messages held in all, or LOADER_HELD_BYTES_MAX for one. */
 void loader_serve_pairs(loader *L)
 {
     for (int burst = 0; burst < 256; burst++) {
         int left = loader_forward_pending(L);
-        if (left > (L->R > 1 ? MOCO_HELD_MAX : 0)) return;
+        if (left > (L->R > 1 ? LOADER_HELD_MAX : 0)) return;
         zmq_msg_t f[4];
         int nf = 0, more = 1, bad = 0;
         while (more) {

@@ -18,9 +18,8 @@
 #define MAX_WORKERS 1024
 #define MAX_ID 255
 #define NO_EPOCH 0xFFFFFFFFu
-#define MAX_CONSUMERS 4096
-#define MOCO_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */
-#define MOCO_HELD_BYTES_MAX ((size_t)256 << 20) /* bytes of pairs waiting for one consumer; more: stop reading */
+#define LOADER_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */
+#define LOADER_HELD_BYTES_MAX ((size_t)256 << 20) /* bytes of pairs waiting for one consumer; more: stop reading */
 
 enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
 

@@ -542,7 +542,7 @@ static void check_timeouts(loader *L, double t)
     uint64_t late = 0;
     /* late: unacknowledged for --reissue-after, or for twice the pipeline's
      * depth when that is longer (a slow consumer behind a deep queue) */
-    double after[MAX_CONSUMERS];
+    double after[MOCO_CONSUMERS_MAX];
     for (int r = 0; r < L->R; r++) {
         loader_age(L, r, t);
         after[r] = 2 * L->c[r].depth_s > L->reissue_after ? 2 * L->c[r].depth_s : L->reissue_after;
@@ -697,7 +697,7 @@ static int run(loader *L)
     if (ctl_max < MOCO_CTL_FRAME_MAX) ctl_max = MOCO_CTL_FRAME_MAX;
     if ((rc = moco_sec_new(L->zctx, L->keys, L->insecure, "moco loader", L->log, &L->sec))) return rc;
     if (!(L->work = open_bound(L, ZMQ_ROUTER, L->work_ep, 1000, MOCO_CTL_FRAME_MAX, &rc)) ||
-        !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? 16 : 1000, ctl_max, &rc)) ||
+        !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? MOCO_SERVE_SNDHWM : 1000, ctl_max, &rc)) ||
         (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
         return rc;
     if (L->pairs) { /* a few pair messages wait here at most: the workers feel the consumer's pace */
@@ -716,7 +716,7 @@ static int run(loader *L)
         zmq_pollitem_t items[3] = {{L->work, 0, ZMQ_POLLIN, 0},
                                    {L->ctl, 0, (short)(ZMQ_POLLIN | (held ? ZMQ_POLLOUT : 0)), 0},
                                    {L->pairs, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, L->pairs && held <= (L->R > 1 ? MOCO_HELD_MAX : 0) ? 3 : 2, held ? 20 : 100) < 0) {
+        if (zmq_poll(items, L->pairs && held <= (L->R > 1 ? LOADER_HELD_MAX : 0) ? 3 : 2, held ? 20 : 100) < 0) {
             if (errno == EINTR) continue;
             return moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
         }
@@ -800,12 +800,12 @@ int loader_stream_main(int argc, char **argv)
     L->ctl_ep = NULL;
     L->epochs = 1;
     L->window = 1024;
-    L->worker_timeout = 5;
-    L->reissue_after = 120;
-    L->consumer_timeout = 10;
+    L->worker_timeout = MOCO_WORKER_TIMEOUT_S;
+    L->reissue_after = MOCO_REISSUE_AFTER_S;
+    L->consumer_timeout = MOCO_CONSUMER_TIMEOUT_S;
     L->consumer_wait = 300;
     L->stall_timeout = 10;
-    L->linger = 30;
+    L->linger = MOCO_LINGER_S;
     L->max_workers = MAX_WORKERS;
     long consumers = 1;
     const moco_opt opts[] = {
@@ -819,7 +819,7 @@ int loader_stream_main(int argc, char **argv)
         {"pairs", MOCO_OPT_STR, &L->pairs_ep, "serve mode: bind this endpoint for the workers' pairs (moco augment --push) and "
                                               "forward them, checked, to the consumer over --ctl (one socket: PairStream, moco sink --connect)", 0, 0, NULL},
         {"consumers", MOCO_OPT_INT, &consumers, "serve mode: consumers (ranks of a data-parallel trainer), each given its shard "
-                                                "of every epoch: the samples at positions rank, rank + R, ... of its order", 1, MAX_CONSUMERS, NULL},
+                                                "of every epoch: the samples at positions rank, rank + R, ... of its order", 1, MOCO_CONSUMERS_MAX, NULL},
         {"keys", MOCO_OPT_STR, &L->keys, "key directory (moco keygen): CURVE on every tcp endpoint", 0, 0, NULL},
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"max-workers", MOCO_OPT_INT, &L->max_workers, "worker slots: a new worker is refused while every slot holds a live "

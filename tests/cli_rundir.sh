@@ -98,6 +98,9 @@ for change in "--epochs 2" "--epochs 1 --lr 0.1" "--epochs 1 --moco-t 0.2" "--ep
 done
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --symmetric >/dev/null 2>o1e.err; rc=$?
 [ $rc -eq 1 ] && grep -q "another schedule: --symmetric (checkpoint: no --symmetric)" o1e.err || fail "resume with --symmetric: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+# --bn-splits, a training-behaviour flag as --symmetric is (before: a resume with another one went on unseen)
+timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --bn-splits 2 >/dev/null 2>o1e.err; rc=$?
+[ $rc -eq 1 ] && grep -q "another schedule: --bn-splits 2 (checkpoint: 4)" o1e.err || fail "resume with --bn-splits 2: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 # another dataset (512 samples in the checkpoint, 256 now): refused, naming both counts
 $M mkdb $SRC db256 --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail "mkdb db256"
 timeout 60 $M run db256 $RUN --run-dir o1 --resume o1 --epochs 2 >/dev/null 2>o1e.err; rc=$?
@@ -107,7 +110,7 @@ timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-c
   || fail "--allow-schedule-change: $(tail -3 o1f.err)"
 [ "$(epochs o1/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' o1/metrics.jsonl \
   || fail "--allow-schedule-change did not resume and train epoch 2"
-echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric changed on resume, or another dataset: refused; with --allow-schedule-change: trained on"
+echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric / --bn-splits changed on resume, or another dataset: refused; with --allow-schedule-change: trained on"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
 pipeline() { # $1: run directory, rest: trainer flags

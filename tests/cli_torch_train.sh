@@ -108,6 +108,9 @@ for r in ep:  # the same "stream" object as `moco train`'s epoch records (format
     assert isinstance(so, dict) and set(so) == keys, "epoch %d: \"stream\" %r, want the keys %s" % (r["epoch"], so, sorted(keys))
     assert all(type(v) is int and v >= 0 for v in so.values()), "epoch %d: \"stream\" counters not integers: %r" % (r["epoch"], so)
     assert so["malformed"] == so["rejected_index"] == so["auth_rejected"] == 0, "epoch %d: \"stream\" %r" % (r["epoch"], so)
+    # as `moco train`'s: knn_top1 (null: no kNN here) and peak_rss_mb
+    assert "knn_top1" in r and r["knn_top1"] is None, "epoch %d: knn_top1 %r, want null" % (r["epoch"], r.get("knn_top1"))
+    assert isinstance(r.get("peak_rss_mb"), (int, float)) and r["peak_rss_mb"] > 0, "epoch %d: peak_rss_mb %r" % (r["epoch"], r.get("peak_rss_mb"))
 summary = json.loads(open(os.path.join(out, "..", "train.out")).read().splitlines()[-1])
 assert summary["epochs"] == 2 and summary["steps"] == 2 * spe and summary["count"] == N and summary["complete"], summary
 ck = torch.load(os.path.join(out, "checkpoint_last.pt"), map_location="cpu")
@@ -144,7 +147,7 @@ $PY - "$T/run" "$T/part" <<'EOF' || fail "the resumed run differs from the unint
 import json, os, re, sys, torch
 def metrics(d):
     # timings differ, and so may the stream's counters (a new consumer counts from 0; held pairs depend on timing)
-    return [re.sub(r',"(pairs_per_s|seconds|starved_pct)":[0-9.e+-]+|,"stream":\{[^{}]*\}', "", l)
+    return [re.sub(r',"(pairs_per_s|seconds|starved_pct|peak_rss_mb)":[0-9.e+-]+|,"stream":\{[^{}]*\}', "", l)
             for l in open(os.path.join(d, "metrics.jsonl"))]
 a, b = metrics(sys.argv[1]), metrics(sys.argv[2])
 assert a == b, "metrics.jsonl:\n%s\nvs\n%s" % ("".join(a), "".join(b))

@@ -56,8 +56,8 @@ def prefix(version, typ):
     return MAGIC + struct.pack("<HH", version, typ)
 
 
-def pair_msg(epoch, index, label=0, h=28, w=28, c=1):
-    hdr = prefix(1, 2) + struct.pack("<IiQHHBBH", epoch, label, index, h, w, c, 0, 0)
+def pair_msg(epoch, index, label=0, h=28, w=28, c=1, reserved=0):
+    hdr = prefix(1, 2) + struct.pack("<IiQHHBBH", epoch, label, index, h, w, c, 0, reserved)
     view = bytes(h * w * c)
     return [hdr, view, view]
 
@@ -259,6 +259,10 @@ def direct(moco, db, n, keys, out, port):
             p.send_multipart(pair_msg(0, 2**40 - 1))
         for i in range(3):
             p.send_multipart(pair_msg(0, n))
+        # malformed headers the Python client refuses too: a non-zero reserved field, a side over 2048
+        p.send_multipart(pair_msg(0, 0, reserved=0xCDAB))
+        p.send_multipart(pair_msg(0, 1, reserved=1))
+        p.send_multipart(pair_msg(0, 2, h=4000))
         hostile.append(p)
         hostile += oversized(ctx, keys, pairs, work)
         rc = sink.wait(timeout=120)
@@ -280,7 +284,7 @@ def direct(moco, db, n, keys, out, port):
     if ss["rejected_index"] > 8:
         fail("sink rejected_index = %d, 8 sent from the allowed key: %d pair(s) of a stranger (index %d) got through "
              "CURVE (%s)" % (ss["rejected_index"], ss["rejected_index"] - 8, stranger_index(n), json.dumps(sj)))
-    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed": 0, "held_dropped": 0}
+    want = {"rejected_epoch": 7, "rejected_index": 8, "malformed": 3, "held_dropped": 0}
     for k, v in want.items():
         if ss[k] != v:
             fail("sink %s = %s, expected %s (%s)" % (k, ss[k], v, json.dumps(sj)))
@@ -322,7 +326,7 @@ def serve(moco, db, n, keys, out, port):
                             str(epochs), "--recipe", "cifar", "--size", "28", "--run-dir", run_dir], stderr=rerr)
     ctx = zmq.Context()
     hostile = []
-    # 9 + 4 bad pairs at the loader's pair port, before the consumer comes:
+    # 9 + 4 + 3 bad pairs at the loader's pair port, before the consumer comes:
     # they wait there, and the loader checks them once it serves
     p = curve_client(ctx, zmq.PUSH, keys)
     p.connect(pairs_in)
@@ -330,6 +334,10 @@ def serve(moco, db, n, keys, out, port):
         p.send_multipart(pair_msg(1000, i))
     for i in range(4):
         p.send_multipart(pair_msg(0, n + i))
+    # 3 malformed headers (reserved field, a side over 2048): the loader drops and counts them
+    p.send_multipart(pair_msg(0, 0, reserved=0xCDAB))
+    p.send_multipart(pair_msg(0, 1, reserved=1))
+    p.send_multipart(pair_msg(0, 2, h=4000))
     hostile.append(p)
     time.sleep(1.0)
     serr = open(os.path.join(out, "sink.err"), "w")
@@ -363,7 +371,7 @@ def serve(moco, db, n, keys, out, port):
         fail("sink exited %s, moco run %s" % (rc, rrc))
     check_index_log(os.path.join(out, "index.log"), n, epochs)
     ls = last_stats(os.path.join(run_dir, "loader.jsonl"))
-    want = {"refused_hellos": 1, "rejected_pairs": 13}
+    want = {"refused_hellos": 1, "rejected_pairs": 16}
     for k, v in want.items():
         if ls[k] != v:
             fail("loader %s = %s, expected %s (%s)" % (k, ls[k], v, json.dumps(ls)))

@@ -13,6 +13,7 @@
 
 #include "augment/augment.h"
 #include "formats/errors.h"
+#include "formats/pipeline.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "formats/wire.h"
@@ -88,6 +89,26 @@ static void test_reject(void **state)
     assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
     b[29] = 0, b[24] = b[25] = 0; /* height 0 */
     assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
+    /* the sides are at most MOCO_VIEW_SIDE_MAX; the reserved field (30-31) is 0 */
+    p.height = MOCO_VIEW_SIDE_MAX, p.width = MOCO_VIEW_SIDE_MAX;
+    moco_wire_pair_pack(b, &p);
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), 0);
+    moco_put_le16(b + 24, MOCO_VIEW_SIDE_MAX + 1);
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
+    printf("height: %s\n", moco_errmsg());
+    moco_put_le16(b + 24, 32), moco_put_le16(b + 26, 4000);
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
+    moco_put_le16(b + 26, 32), moco_put_le16(b + 30, 0xCDAB);
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
+    printf("pair reserved: %s\n", moco_errmsg());
+    b[31] = 0, b[30] = 1;
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), MOCO_ECORRUPT);
+    b[30] = 0;
+    assert_int_equal(moco_wire_pair_parse(b, MOCO_WIRE_PAIR_SIZE, &po), 0);
+    moco_wire_sample_pack(b, &s);
+    b[13] = 1; /* SAMPLE reserved (12-15) */
+    assert_int_equal(moco_wire_sample_parse(b, MOCO_WIRE_SAMPLE_SIZE, &so), MOCO_ECORRUPT);
+    printf("sample reserved: %s\n", moco_errmsg());
 
     size_t n = moco_wire_failed_pack(b, 1, 2, MOCO_EIO, "x");
     for (size_t k = 0; k < MOCO_WIRE_FAILED_MIN; k++) assert_int_equal(moco_wire_failed_parse(b, k, &fo), MOCO_ECORRUPT);
@@ -123,7 +144,10 @@ static void test_fuzz(void **state)
         int a = moco_wire_sample_parse(m, len, &s), b = moco_wire_pair_parse(m, len, &p), c = moco_wire_failed_parse(m, len, &f);
         moco_wire_peek(m, len, &t);
         accepted += !a + !b + !c;
-        if (!b) assert_true(p.height && p.width && (p.channels == 1 || p.channels == 3));
+        if (!b)
+            assert_true(p.height && p.width && p.height <= MOCO_VIEW_SIDE_MAX && p.width <= MOCO_VIEW_SIDE_MAX &&
+                        (p.channels == 1 || p.channels == 3) && !m[30] && !m[31]);
+        if (!a) assert_true(!m[12] && !m[13] && !m[14] && !m[15]);
         if (!c) assert_true(f.reason_len == len - MOCO_WIRE_FAILED_MIN);
         free(m);
     }

@@ -375,6 +375,68 @@ static void test_extra_tensors(void **state)
 /* __metadata__ format: another one (a later layout) is refused by every
  * reader, naming the file and the value; none at all (files saved without
  * metadata) is legal */
+/* train's config writer (train_config_meta) -> the checkpoint reader
+ * (ckpt_read_config): every field the reader knows comes back as written,
+ * under the format the readers take (CKPT_FORMAT); a field renamed on one
+ * side only would come back absent (-1, NAN, "") and fail here. */
+static void test_config_roundtrip(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_roundtrip");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    tc.K = 16, tc.batch = 4, tc.epochs = 7, tc.bn_splits = 2, tc.symmetric = 1, tc.cos = 0, tc.warmup_epochs = 2;
+    tc.lr = 0.125, tc.m = 0.875, tc.T = 0.25, tc.momentum = 0.75, tc.wd = 0.0625, tc.count = 12345, tc.seed = 9;
+    tc.schedule[0] = 3, tc.schedule[1] = 5, tc.nschedule = 2;
+    tc.precision = NN_BF16;
+    tc.norm = "imagenet";
+    const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
+    for (int i = 0; i < 3; i++) tc.mean[i] = im[i], tc.std[i] = is[i];
+    char json[2048];
+    const char *meta[4];
+    assert_int_equal(train_config_meta(&tc, json, sizeof json, meta), 2);
+    assert_string_equal(meta[0], "format");
+    assert_string_equal(meta[1], CKPT_FORMAT);
+    const char *path = save(dir, "c.safetensors", mc, &tc);
+    ckpt_config cc;
+    assert_int_equal(ckpt_read_config(path, &cc), 0);
+    assert_true(cc.has_config && cc.has_schedule && cc.has_mean_std);
+    assert_string_equal(cc.arch, "resnet18-cifar");
+    assert_string_equal(cc.schedule, "3,5");
+    assert_string_equal(cc.precision, "bf16");
+    assert_string_equal(cc.normalize, "imagenet");
+    assert_int_equal(cc.width, 4);
+    assert_int_equal(cc.mlp, 1);
+    assert_int_equal(cc.dim, 8);
+    assert_int_equal(cc.size, 8);
+    assert_int_equal(cc.K, 16);
+    assert_int_equal(cc.batch, 4);
+    assert_int_equal(cc.ranks, 1);
+    assert_int_equal(cc.epochs, 7);
+    assert_int_equal(cc.cos, 0);
+    assert_int_equal(cc.warmup_epochs, 2);
+    assert_int_equal(cc.symmetric, 1);
+    assert_int_equal(cc.bn_splits, 2);
+    assert_true(cc.lr == 0.125 && cc.m == 0.875 && cc.T == 0.25 && cc.momentum == 0.75 && cc.wd == 0.0625);
+    assert_int_equal((int)cc.count, 12345);
+    for (int i = 0; i < 3; i++) assert_true(fabs(cc.mean[i] - im[i]) < 1e-6 && fabs(cc.std[i] - is[i]) < 1e-6);
+
+    /* the evaluation commands take normalize's constants from this build: a
+     * config whose mean or std differ from them is refused, naming both */
+    evalmodel_flags ef;
+    resnet *m = NULL;
+    assert_int_equal(open_with(path, NULL, 0, 0, 0, &ef, &m), 0);
+    rn_destroy(&m);
+    tc.mean[1] = 0.5f;
+    path = save(dir, "m.safetensors", mc, &tc);
+    assert_int_equal(open_with(path, NULL, 0, 0, 0, &ef, &m), MOCO_EFORMAT);
+    printf("another mean: %s\n", moco_errmsg());
+    assert_non_null(strstr(moco_errmsg(), "mean [0.485, 0.5, 0.406]"));
+    assert_non_null(strstr(moco_errmsg(), "mean [0.485, 0.456, 0.406]"));
+    assert_null(m);
+    moco_destroy(&mc);
+}
+
 static void test_format(void **state)
 {
     (void)state;
@@ -514,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_nan_refused),
         cmocka_unit_test(test_self_describing),
         cmocka_unit_test(test_extra_tensors),
+        cmocka_unit_test(test_config_roundtrip),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_position_range),
         cmocka_unit_test(test_export_checked),

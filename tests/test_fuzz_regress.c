@@ -126,6 +126,21 @@ static void test_control_lies(void **st)
     b = dup_n(f, 24);
     assert_int_equal(moco_pipe_parse(b, 24, &m), MOCO_ECORRUPT);
     free(b);
+    /* EPOCH_END of exactly 24 + 8n bytes: n at most MOCO_EPOCH_FAILED_MAX
+     * (2^20), as the Python consumer checks; one more is refused */
+    size_t big = 24 + 8 * (size_t)(MOCO_EPOCH_FAILED_MAX + 1);
+    uint64_t *fl = calloc(MOCO_EPOCH_FAILED_MAX + 1, sizeof *fl);
+    b = malloc(big);
+    assert_non_null(fl);
+    assert_non_null(b);
+    assert_int_equal(moco_pipe_epoch_end(b, 3, 5, fl, MOCO_EPOCH_FAILED_MAX), big - 8);
+    assert_int_equal(moco_pipe_parse(b, big - 8, &m), 0);
+    assert_int_equal(m.n, MOCO_EPOCH_FAILED_MAX);
+    assert_int_equal(moco_pipe_epoch_end(b, 3, 5, fl, MOCO_EPOCH_FAILED_MAX + 1), big);
+    assert_int_equal(moco_pipe_parse(b, big, &m), MOCO_ECORRUPT);
+    printf("EPOCH_END over the cap: %s\n", moco_errmsg());
+    free(b);
+    free(fl);
     /* READY: version 1 is 20 bytes, version 2 is 24 with a batch size of
      * at most MOCO_SAMPLES_MAX; any other length or batch is refused */
     uint8_t r[24];

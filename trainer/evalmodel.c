@@ -1,6 +1,7 @@
 /* evalmodel.c: shared flags and loading for the evaluation commands. */
 #include "trainer/evalmodel.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <vips/vips.h>
@@ -85,6 +86,18 @@ static int describe(evalmodel_flags *f, const ckpt_config *c)
         if (strcmp(f->norm, "auto") && strcmp(f->norm, kn))
             return moco_err(MOCO_EINVAL, "%s was trained on inputs normalised as --normalize %s; --normalize %s contradicts it", p, kn,
                             f->norm);
+        if (c->has_mean_std) { /* the constants it was trained with are the ones kn stands for here */
+            float mean[3], std[3];
+            evalmodel_norm(kn, 0, mean, std);
+            for (int i = 0; i < 3; i++)
+                if (fabs(c->mean[i] - mean[i]) > 1e-6 || fabs(c->std[i] - std[i]) > 1e-6)
+                    return moco_err(MOCO_EFORMAT,
+                                    "%s: its config's normalize \"%s\" has mean [%g, %g, %g] and std [%g, %g, %g]; this "
+                                    "build's \"%s\" is mean [%g, %g, %g] and std [%g, %g, %g]",
+                                    p, kn, c->mean[0], c->mean[1], c->mean[2], c->std[0], c->std[1], c->std[2], kn,
+                                    (double)mean[0], (double)mean[1], (double)mean[2], (double)std[0], (double)std[1],
+                                    (double)std[2]);
+        }
         f->norm = kn;
     }
     if (!f->arch && c->arch[0]) {

@@ -7,7 +7,7 @@
  * needed only for --random-init or for checkpoints without a config. A flag
  * given that contradicts the checkpoint is an error (--size may differ: it
  * is the evaluation's input side). So is the input normalisation: --normalize
- * auto is the checkpoint's "normalize" (checkpoints since 2026-12-01; older
+ * auto is the checkpoint's "normalize" (checkpoints since 2026-12-02; older
  * ones and --random-init: the size rule of evalmodel_norm at the evaluation
  * size), and another --normalize contradicts it.
  * --ckpt may name a run directory: its checkpoint_last (formats/rundir.h), as

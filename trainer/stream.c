@@ -19,7 +19,7 @@
 #include "formats/zsec.h"
 
 #define ACK_BATCH 256
-#define ACK_DELAY_S 0.02 /* acknowledgements wait here at most this long */
+#define ACK_DELAY_S MOCO_ACK_DELAY_S /* acknowledgements wait here at most this long */
 #define HELD_MAX 256     /* pair messages of the next epoch kept until its EPOCH_END */
 #define HELD_BYTES_MAX ((size_t)256 << 20) /* and their bytes at most */
 
@@ -118,7 +118,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     if ((rc = moco_sec_new(s->zctx, cfg->keys, cfg->insecure, "moco consumer", NULL, &s->sec))) goto fail;
     if (!s->serve) s->pull = zmq_socket(s->zctx, ZMQ_PULL);
     s->ctl = zmq_socket(s->zctx, ZMQ_DEALER);
-    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 2, linger = 0, chwm = 10000, crhwm = s->serve ? 16 : 1000;
+    int hwm = cfg->rcvhwm > 0 ? cfg->rcvhwm : 2, linger = 0, chwm = 10000, crhwm = s->serve ? MOCO_SERVE_SNDHWM : 1000;
     /* a frame of PAIRS (a batch stops growing at MOCO_BATCH_BYTES: one pair
      * more) or PAIR; an EPOCH_END of 2^20 failed indices is smaller. Given
      * the views' size, the workers' frames are held to views of that size

@@ -226,7 +226,7 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
     else if (n > 0) buf[0] = 0;
     moco_jw_free(&w);
     meta[0] = "format";
-    meta[1] = "moco-checkpoint-1";
+    meta[1] = CKPT_FORMAT;
     meta[2] = "config";
     meta[3] = buf;
     return fits ? 2 : 1;
@@ -310,6 +310,8 @@ static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const ch
         DIFF(", --precision %s (checkpoint: %s)", c->precision == NN_BF16 ? "bf16" : "fp32", k->precision);
     if (k->normalize[0] && c->norm && strcmp(k->normalize, c->norm))
         DIFF(", --normalize %s (checkpoint: %s)", c->norm, k->normalize);
+    if (k->bn_splits >= 0 && k->bn_splits != c->bn_splits)
+        DIFF(", --bn-splits %d (checkpoint: %d)", c->bn_splits, k->bn_splits);
     if (k->symmetric >= 0 && k->symmetric != c->symmetric)
         DIFF(", %s (checkpoint: %s)", c->symmetric ? "--symmetric" : "no --symmetric", k->symmetric ? "--symmetric" : "no --symmetric");
     schedule_str(c, sched, sizeof sched);

@@ -29,7 +29,8 @@ Two hosts (CPU host augments, GPU host trains; the stream is encrypted with the 
 saves one and exits 130), against the same `moco run` (it takes the new consumer once the
 old one has been silent for its --consumer-timeout, 10 s) or a new one on the same DB with the
 same --seed and --epochs. OUT/metrics.jsonl: one JSON object per line ("type":
-"step" or "epoch"; an epoch record carries, as `moco train`'s, "stream": the
+"step" or "epoch"; an epoch record carries, as `moco train`'s, "knn_top1" (null: no
+kNN monitor here), "peak_rss_mb" and "stream": the
 consumer's counters since this process started: duplicates, stale, malformed,
 rejected_epoch, rejected_index, held, held_dropped, auth_rejected); the last
 stdout line is a JSON summary. Exit: 0 done, 1 error, 2 usage, 130 interrupted.
@@ -44,6 +45,7 @@ import copy
 import json
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -75,10 +77,8 @@ try:
 except ImportError as _e:
     _missing(_e)
 
-# the recipes' constants (formats/README.md "Normalisation"); moco_stream.torch's when it has them
-MEAN_STD = {"cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-            "v1": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-            "v2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# the recipes' constants (formats/README.md "Normalisation"): moco_stream.torch's, the one Python copy
+from moco_stream.torch import MEAN_STD  # noqa: E402
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet18-cifar", "resnet50-cifar")
 
 
@@ -392,11 +392,6 @@ def main(argv=None):
 def train(a):
     import numpy as np
     import moco_stream
-    try:
-        from moco_stream.torch import MEAN_STD as ms
-        MEAN_STD.update(ms)
-    except Exception:  # the constants above are the same
-        pass
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
     if a.device:
@@ -630,7 +625,10 @@ def train(a):
         r = {"type": "epoch", "epoch": e, "step": step, "loss": round(prog["loss"] / n, 6),
              "acc": round(prog["acc"] / n, 3), "lr": lr, "pairs": prog["pairs"], "dropped": prog["dropped"],
              "failed": failed, "seconds": round(secs, 2), "pairs_per_s": round(prog["pairs"] / max(secs, 1e-9), 2),
-             "starved_pct": round(100.0 * prog["wait"] / max(secs, 1e-9), 1), "stream": stream_counters(stream)}
+             "starved_pct": round(100.0 * prog["wait"] / max(secs, 1e-9), 1),
+             "knn_top1": None,  # no kNN monitor here: null, as `moco train` writes when it does not evaluate
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),  # KiB on Linux
+             "stream": stream_counters(stream)}
         record(r)
         log("epoch %d done: %d steps, loss %.4f, acc %.2f%%, %.1f pairs/s, %.1f s"
             % (e, prog["steps"], r["loss"], r["acc"], r["pairs_per_s"], secs))

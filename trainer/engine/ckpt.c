@@ -166,7 +166,7 @@ static int cfg_int(const char *s, const moco_json_tok *tk, int obj, const char *
 static int parse_config(const char *js, const char *path, ckpt_config *c)
 {
     *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .ranks = -1, .epochs = -1, .cos = -1,
-                       .warmup_epochs = -1, .symmetric = -1, .lr = NAN, .m = NAN, .T = NAN, .momentum = NAN, .wd = NAN, .count = -1};
+                       .warmup_epochs = -1, .symmetric = -1, .bn_splits = -1, .lr = NAN, .m = NAN, .T = NAN, .momentum = NAN, .wd = NAN, .count = -1};
     if (!*js) return 0;
     moco_json_tok tk[256];
     int nt, rc = 0;
@@ -186,7 +186,8 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
         cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
         cfg_int(js, tk, 0, "ranks", &c->ranks) ||
         cfg_int(js, tk, 0, "epochs", &c->epochs) || cfg_int(js, tk, 0, "cos", &c->cos) ||
-        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs) || cfg_int(js, tk, 0, "symmetric", &c->symmetric))
+        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs) || cfg_int(js, tk, 0, "symmetric", &c->symmetric) ||
+        cfg_int(js, tk, 0, "bn_splits", &c->bn_splits))
         rc = MOCO_ECORRUPT;
     const char *dk[] = {"lr", "m", "T", "momentum", "wd"};
     double *dv[] = {&c->lr, &c->m, &c->T, &c->momentum, &c->wd};
@@ -197,6 +198,23 @@ static int parse_config(const char *js, const char *path, ckpt_config *c)
         if (tk[i].type != MOCO_JSON_NUM || tk[i].len >= sizeof num) rc = MOCO_ECORRUPT;
         else snprintf(num, sizeof num, "%.*s", (int)tk[i].len, js + tk[i].start), *dv[d] = strtod(num, NULL);
     }
+    const char *ak[] = {"mean", "std"};
+    double *av[] = {c->mean, c->std};
+    int arrays = 0;
+    for (int a = 0; a < 2; a++) { /* arrays of 3 numbers (their elements are the tokens after it) */
+        i = moco_json_get(js, tk, 0, ak[a]);
+        if (i < 0) continue;
+        if (tk[i].type != MOCO_JSON_ARR || tk[i].size != 3) { rc = MOCO_ECORRUPT; continue; }
+        for (int j = 0; j < 3; j++) {
+            const moco_json_tok *e = &tk[i + 1 + j];
+            char num[64];
+            if (e->type != MOCO_JSON_NUM || e->len >= sizeof num) { rc = MOCO_ECORRUPT; break; }
+            snprintf(num, sizeof num, "%.*s", (int)e->len, js + e->start);
+            av[a][j] = strtod(num, NULL);
+        }
+        arrays++;
+    }
+    c->has_mean_std = arrays == 2 && !rc;
     i = moco_json_get(js, tk, 0, "count");
     uint64_t u;
     if (i >= 0) {

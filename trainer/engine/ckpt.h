@@ -51,8 +51,10 @@ typedef struct {
     int has_config, has_schedule;
     char arch[32], schedule[128], precision[8]; /* precision: "fp32", "bf16", "" (before 2026-12-01) */
     char normalize[16]; /* the inputs' mean and std: "cifar", "imagenet", "none", "" (before 2026-12-02) */
-    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs, symmetric;
+    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs, symmetric, bn_splits;
     double lr, m, T, momentum, wd;
+    int has_mean_std;          /* with normalize: the mean and std it stands for, as written (3 each) */
+    double mean[3], std[3];
     int64_t count;
 } ckpt_config;
 

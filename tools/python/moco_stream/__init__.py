@@ -54,7 +54,7 @@ Batch = collections.namedtuple("Batch", "xq xk labels indices epoch")
 
 # formats/README.md, "Wire messages", "Pipeline protocol", "Limits"
 MAGIC = b"MOCW"
-VERSION_MAX = 3
+VERSION_MAX = 5             # MOCO_WIRE_VERSION (formats/wire.h): versions 1..5 are read
 T_PAIR, T_HEARTBEAT, T_EPOCH_END, T_HELLO, T_ACK, T_END, T_PAIRS = 2, 5, 6, 8, 9, 10, 11
 T_WELCOME, T_REFUSED, T_BYE, T_BUSY = 13, 14, 15, 16
 WELCOME_SERVE, WELCOME_BUSY = 1, 2

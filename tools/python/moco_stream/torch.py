@@ -2,7 +2,9 @@
 
 PairDataset yields (xq, xk, labels, indices, epoch): xq and xk float32
 tensors N x C x H x W normalised as formats/README.md "Normalisation" says,
-(x / 255 - mean[c]) / std[c] with the recipe's constants; labels and indices
+(x / 255 - mean[c]) / std[c] with the constants of `recipe` (a recipe,
+cifar, v1, v2, lincls, or a checkpoint's normalize, cifar, imagenet,
+none: MEAN_STD); labels and indices
 int64 tensors (N,); epoch an int. C is kept as sent: a 1-channel view stays
 1 channel and uses the first mean and std constant (repeat it yourself if
 your network wants 3); mean and std of 1 value apply to every channel.
@@ -22,6 +24,9 @@ MEAN_STD = {
     "v1": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "v2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "lincls": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # the names a checkpoint's config "normalize" takes (formats/README.md, "Normalisation")
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
 

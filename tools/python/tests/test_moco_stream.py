@@ -180,8 +180,10 @@ class TestExactlyOnce(Base):
         wrong_magic[0] = b"MOCX" + wrong_magic[0][4:]
         huge_n = pairs_msg([(e, 3, good)], n=2 ** 31)
         n5000 = pairs_msg([(e, 3, good)], n=5000)
-        v4 = pairs_msg([(e, 3, good)])
-        v4[0] = prefix(11, 4) + v4[0][8:]
+        v4 = pairs_msg([(e, 3, good)])   # a version newer than MOCO_WIRE_VERSION: malformed
+        v4[0] = prefix(11, moco_stream.VERSION_MAX + 1) + v4[0][8:]
+        v5 = pairs_msg([(e, 11, good)])  # version 5 (MOCO_WIRE_VERSION): accepted, as by the C readers
+        v5[0] = prefix(11, 5) + v5[0][8:]
         bad_inner = pairs_msg([(e, 3, good)])
         bad_inner[0] = bad_inner[0][:16 + 28] + b"\x02" + bad_inner[0][16 + 29:]   # channels 2
         hostile = [
@@ -195,6 +197,7 @@ class TestExactlyOnce(Base):
             [prefix(5) + b"x"],                             # HEARTBEAT too long: malformed
             [prefix(40, 3) + b"future"],                    # unknown
             pair_msg(e, 7, (2, 2, 1)),                      # single PAIR: accepted
+            v5,                                             # accepted
             pairs_msg([(e, 8, (3, 3, 3)), (e, 9, (3, 3, 3)), (e, 10, (5, 2, 1)), (e, 8, (3, 3, 3))]),
         ]
         f = self.loader(count=50, epochs=1, start_epoch=e, hostile=hostile)
@@ -206,8 +209,8 @@ class TestExactlyOnce(Base):
         st = s.stats
         self.assertEqual((st["rejected_epoch"], st["rejected_index"], st["stale"], st["malformed"],
                           st["unknown"]), (1, 2, 1, 8, 1), dict(st))
-        # 7, 8, 9, 10 came early, so the stream's copies are duplicates; so is the twin 8
-        self.assertEqual(st["duplicates"], 5)
+        # 7, 8, 9, 10, 11 came early, so the stream's copies are duplicates; so is the twin 8
+        self.assertEqual(st["duplicates"], 6)
         self.assertEqual(st["pairs"], 50)
         # every rejection logged once (all within the first 20 of a kind), naming
         # the endpoint, the kind, the epoch and the index
@@ -225,8 +228,8 @@ class TestExactlyOnce(Base):
         self.assertEqual(by("stale"), [(e - 1, 2)])
         self.assertEqual(len(by("malformed")), 8)
         self.assertEqual(len(by("unknown")), 1)
-        self.assertEqual(by("duplicates"), [(e, 7), (e, 8), (e, 8), (e, 9), (e, 10)])
-        self.assertEqual(len(recs), 2 + 1 + 1 + 8 + 1 + 5, [r.getMessage() for r in recs])
+        self.assertEqual(by("duplicates"), [(e, 7), (e, 8), (e, 8), (e, 9), (e, 10), (e, 11)])
+        self.assertEqual(len(recs), 2 + 1 + 1 + 8 + 1 + 6, [r.getMessage() for r in recs])
         levels = {r.kind: r.levelname for r in recs}
         self.assertEqual((levels["rejected_index"], levels["malformed"], levels["duplicates"]),
                          ("WARNING", "WARNING", "INFO"))
@@ -374,6 +377,20 @@ class TestTorch(Base):
             seen.extend(indices.tolist())
         self.assertEqual(sorted(seen), list(range(60)))
         self.assertEqual(ds.stream.state()["epoch"], 1)
+
+    def test_checkpoint_names(self):
+        # a checkpoint's config "normalize" names (imagenet, none) are taken as well as the recipes'
+        try:
+            from moco_stream.torch import PairDataset, MEAN_STD
+        except ImportError:
+            self.skipTest("python3-torch absent")
+        for name, want in (("imagenet", MEAN_STD["v2"]), ("none", ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))):
+            f = self.loader(count=8, epochs=1)
+            ds = PairDataset(f.endpoint, recipe=name, insecure=True, timeout=10)
+            self.streams.append(ds.stream)
+            self.assertEqual((ds.mean, ds.std), tuple(tuple(v) for v in want))
+        with self.assertRaises(ValueError):
+            PairDataset("ipc:///nonexistent/x", recipe="imagenet1k")
 
 
     def test_dataset_in_worker(self):

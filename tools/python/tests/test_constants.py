@@ -1,0 +1,93 @@
+"""moco_stream's copies of the contract constants against their one home,
+formats/wire.h and formats/pipeline.h: the message types, the magic, the
+version, the WELCOME flags, the limits and the timing. The headers are
+parsed (#define NAME value and the moco_msg_type enum), so a constant that
+changes on one side fails here instead of drifting silently. Run:
+    PYTHONPATH=tools/python /usr/bin/python3 -m unittest discover -s tools/python/tests
+"""
+import inspect
+import os
+import re
+import unittest
+
+import moco_stream
+
+FORMATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "formats")
+
+
+def parse_header(path, known):
+    """Add the header's #defines (evaluated) and enum members to known."""
+    text = open(path).read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    for m in re.finditer(r"^\s*(MOCO_MSG_[A-Z_]+)\s*=\s*(\d+)", text, flags=re.M):
+        known[m.group(1)] = int(m.group(2))
+    for m in re.finditer(r"^#define\s+(MOCO_[A-Z0-9_]+)\s+(.+?)\s*$", text, flags=re.M):
+        name, expr = m.group(1), m.group(2)
+        if expr.startswith('"'):
+            known[name] = expr.strip('"').encode()
+            continue
+        expr = re.sub(r"\((?:size_t|uint64_t|uint32_t|int64_t)\)", "", expr)
+        expr = re.sub(r"\b(\d+)[uU][lL]*\b", r"\1", expr)
+        try:
+            known[name] = eval(expr, {}, dict(known))  # only the headers' own arithmetic
+        except (NameError, SyntaxError):
+            pass  # a macro with arguments or a name from elsewhere: not compared
+    return known
+
+
+def contract():
+    known = {}
+    parse_header(os.path.join(FORMATS, "wire.h"), known)
+    parse_header(os.path.join(FORMATS, "pipeline.h"), known)
+    return known
+
+
+class Constants(unittest.TestCase):
+    def test_headers_parsed(self):
+        c = contract()
+        for name in ("MOCO_WIRE_VERSION", "MOCO_MSG_BUSY", "MOCO_PAIRS_FRAME_MAX", "MOCO_COUNT_MAX",
+                     "MOCO_SERVE_SNDHWM", "MOCO_ACK_DELAY_S"):
+            self.assertIn(name, c, "%s not found in formats/wire.h or formats/pipeline.h" % name)
+
+    def test_match(self):
+        c = contract()
+        pairs = {
+            "MAGIC": "MOCO_WIRE_MAGIC",
+            "VERSION_MAX": "MOCO_WIRE_VERSION",
+            "T_PAIR": "MOCO_MSG_PAIR",
+            "T_HEARTBEAT": "MOCO_MSG_HEARTBEAT",
+            "T_EPOCH_END": "MOCO_MSG_EPOCH_END",
+            "T_HELLO": "MOCO_MSG_HELLO",
+            "T_ACK": "MOCO_MSG_ACK",
+            "T_END": "MOCO_MSG_END",
+            "T_PAIRS": "MOCO_MSG_PAIRS",
+            "T_WELCOME": "MOCO_MSG_WELCOME",
+            "T_REFUSED": "MOCO_MSG_REFUSED",
+            "T_BYE": "MOCO_MSG_BYE",
+            "T_BUSY": "MOCO_MSG_BUSY",
+            "WELCOME_SERVE": "MOCO_WELCOME_SERVE",
+            "WELCOME_BUSY": "MOCO_WELCOME_BUSY",
+            "VIEW_SIDE_MAX": "MOCO_VIEW_SIDE_MAX",
+            "PAIRS_N_MAX": "MOCO_PAIRS_MAX",
+            "ACK_MAX": "MOCO_ACK_MAX",
+            "EPOCH_FAILED_MAX": "MOCO_EPOCH_FAILED_MAX",
+            "COUNT_MAX": "MOCO_COUNT_MAX",
+            "PAIRS_FRAME_MAX": "MOCO_PAIRS_FRAME_MAX",
+            "REASON_MAX": "MOCO_WIRE_REASON_MAX",
+            "HEARTBEAT_S": "MOCO_HEARTBEAT_S",
+            "ACK_EVERY_S": "MOCO_ACK_DELAY_S",
+            "HELD_MSGS_MAX": "MOCO_SERVE_SNDHWM",
+        }
+        for py, cname in pairs.items():
+            self.assertIn(cname, c, "%s not found in formats/" % cname)
+            self.assertEqual(getattr(moco_stream, py), c[cname],
+                             "moco_stream.%s = %r, formats/ %s = %r" % (py, getattr(moco_stream, py), cname, c[cname]))
+
+    def test_loader_timeout_default(self):
+        c = contract()
+        default = inspect.signature(moco_stream.PairStream.__init__).parameters["timeout"].default
+        self.assertEqual(default, c["MOCO_LOADER_TIMEOUT_S"])
+
+
+if __name__ == "__main__":
+    unittest.main()
