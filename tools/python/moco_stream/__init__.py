@@ -71,6 +71,7 @@ HEARTBEAT_S = 1.0
 ACK_EVERY_S = 0.02
 HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
 HELD_MSGS_MAX = 16          # ... in at most this many messages (the loader's 16 ahead)
+HELD_BYTES_MAX = 256 << 20  # ... and at most this many view bytes (as the C consumer's held bytes)
 LOG_FIRST = 20              # rejections logged per kind before only the powers of two
 
 logger = logging.getLogger("moco_stream")
@@ -539,6 +540,7 @@ class PairStream:
             self._seen[:] = np.frombuffer(self._hello_bitmap, np.uint8)
         self._held = []                                   # (Batch) of self._epoch + 1
         self._held_idx = set()
+        self._held_bytes = 0                              # view bytes of the pairs held
         self._acks = []                                   # indices of self._epoch to ACK
         self._ack_since = None
         hb_every = HEARTBEAT_S if not self.heartbeat_ms else min(HEARTBEAT_S, self.heartbeat_ms / 1000)
@@ -689,7 +691,7 @@ class PairStream:
         # the next epoch begins: release what was held
         self._epoch += 1
         self._seen = _new_bitmap(self.count)
-        held, self._held, self._held_idx = self._held, [], set()
+        held, self._held, self._held_idx, self._held_bytes = self._held, [], set(), 0
         for hb in held:
             idx = hb.indices.astype(np.uint64)
             self._ack(idx)
@@ -780,8 +782,13 @@ class PairStream:
                     self._reject("held_dropped", 1, int(epoch[p]), i,
                                  what="a pair of the next epoch (%d pairs held already)" % len(self._held_idx))
                     keep_nxt[p] = False
+                elif self._held_bytes + 2 * int(size[p]) > HELD_BYTES_MAX:
+                    self._reject("held_dropped", 1, int(epoch[p]), i,
+                                 what="a pair of the next epoch (%d view bytes held already)" % self._held_bytes)
+                    keep_nxt[p] = False
                 else:
                     self._held_idx.add(i)
+                    self._held_bytes += 2 * int(size[p])
                     self.stats["held"] += 1
         if not keep_cur.any() and not keep_nxt.any():
             return None

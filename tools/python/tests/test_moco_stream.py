@@ -272,6 +272,23 @@ class TestExactlyOnce(Base):
                          (16, 1, 16))
 
 
+    def test_held_bytes_bounded(self):
+        # next-epoch pairs are also held up to HELD_BYTES_MAX view bytes (here 3 pairs of 2 x 48 bytes)
+        early = [pairs_msg([(1, i, SHAPE)]) for i in range(5)]
+        saved = moco_stream.HELD_BYTES_MAX
+        moco_stream.HELD_BYTES_MAX = 3 * 2 * 48
+        try:
+            f = self.loader(count=50, epochs=2, hostile=early)
+            with self.assertLogs("moco_stream", level="WARNING") as logs:
+                s = self.stream(f.endpoint)
+                self.assertExact(collect(s), [0, 1], 50)
+        finally:
+            moco_stream.HELD_BYTES_MAX = saved
+        self.assertEqual([(r.kind, r.epoch, r.index) for r in logs.records], [("held_dropped", 1, 3), ("held_dropped", 1, 4)])
+        self.assertIn("(288 view bytes held already)", logs.output[0])
+        self.assertEqual((s.stats["held"], s.stats["held_dropped"], s.stats["duplicates"]), (3, 2, 3))
+
+
 class TestRanks(Base):
     def test_missing_of_shard(self):
         # rank 0 of 2 (count 10): its EPOCH_END says 5 delivered, 4 came: 1 missing (before: 10 - 4 = 6)
