@@ -23,6 +23,7 @@
  * moco lincls: the workers and the evaluation at --size, or the checkpoint's
  * training size. moco bench pipeline: logs in a temporary directory, removed
  * after a successful run, unless --run-dir. */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -192,7 +193,8 @@ int cli_lincls_main(int argc, char **argv)
 {
     const char *db = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--cached-features") || !strcmp(argv[i], "--help") || !strncmp(argv[i], "--connect", 9))
+        if (!strcmp(argv[i], "--cached-features") || !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ||
+            !strncmp(argv[i], "--connect", 9))
             return lincls_main(argc, argv);
         if (!strcmp(argv[i], "--train") && i + 1 < argc) db = argv[i + 1];
         if (!strncmp(argv[i], "--train=", 8)) db = argv[i] + 8;
@@ -299,7 +301,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         opts[seed_at].dst = &seed;
         opts[seed_at].help = "seed of the epoch order and of the augmentations";
     }
-    opts[n++] = (moco_opt){"workers", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones; 1, none remote: training repeatable bit for bit)", 0, MAX_WORKERS, NULL};
+    opts[n++] = (moco_opt){"workers|-j", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones; 1, none remote: training repeatable bit for bit)", 0, MAX_WORKERS, NULL};
     opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs,
                            "epochs to stream (with --preset: the preset's; lincls: 100; bench pipeline: until --seconds)", 1, 1e6,
                            NULL};
@@ -364,15 +366,15 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     theirs[ntheirs++] = (char *)consumer;
     for (int i = 1; i < argc && nmine < MAX_ARGS - 1 && ntheirs < MAX_ARGS - 8; i++) {
         const char *a = argv[i];
-        if (bench || strncmp(a, "--", 2) || !strcmp(a, "--help")) { mine[nmine++] = argv[i]; continue; }
-        size_t l = strcspn(a + 2, "=");
-        const moco_opt *o = NULL;
-        for (int k = 0; opts[k].name; k++)
-            if (strlen(opts[k].name) == l && !strncmp(opts[k].name, a + 2, l)) o = &opts[k];
+        if (bench || a[0] != '-' || !a[1] || !strcmp(a, "--help") || !strcmp(a, "-h")) { mine[nmine++] = argv[i]; continue; }
+        /* ours by any spelling (--workers, -j, -j4); the rest, long or short (-a, -b: main_moco.py's), the trainer's */
+        const char *attached;
+        const moco_opt *o = moco_opts_find(&spec, a, &attached);
+        size_t l = a[1] == '-' ? strcspn(a + 2, "=") : 0;
         /* the trainer's flags that this supervisor sets itself: never overridden silently */
         static const char *const set_here[][2] = {{"connect", "the trainer connects to this run's loader"},
                                                   {"count", "the number of records in DB"}};
-        for (size_t k = 0; !o && !bench && k < sizeof set_here / sizeof *set_here; k++)
+        for (size_t k = 0; !o && l && k < sizeof set_here / sizeof *set_here; k++)
             if (strlen(set_here[k][0]) == l && !strncmp(set_here[k][0], a + 2, l)) {
                 fprintf(stderr, "moco run: --%s is set by moco run itself (%s); it is a flag of moco train started by hand\n",
                         set_here[k][0], set_here[k][1]);
@@ -381,10 +383,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         char **dst = o ? mine : theirs;
         int *nd = o ? &nmine : &ntheirs;
         dst[(*nd)++] = argv[i];
-        int takes_value = o ? o->kind != MOCO_OPT_FLAG : (i + 1 < argc && strncmp(argv[i + 1], "--", 2));
-        if (!a[2 + l] && takes_value && i + 1 < argc) dst[(*nd)++] = argv[++i];
+        /* a trainer's flag takes the next argument as its value unless that is a flag itself (--x, -x; not -1);
+         * -xV holds its value (-b256, -aresnet50), but a word without digits is a long name with one dash
+         * (-lr 0.03: the trainer says which flag was meant) */
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        int value_in_arg = o ? attached != NULL : a[1] == '-' ? a[2 + l] != 0 : a[2] && strpbrk(a + 2, "0123456789=") != NULL;
+        int next_is_flag = next && next[0] == '-' && (next[1] == '-' || isalpha((unsigned char)next[1]));
+        int takes_value = o ? o->kind != MOCO_OPT_FLAG : !next_is_flag;
+        if (!value_in_arg && takes_value && next) dst[(*nd)++] = argv[++i];
     }
-    if (!bench && argc > 1 && !strncmp(argv[1], "--", 2) && strcmp(argv[1], "--help")) {
+    if (!bench && argc > 1 && argv[1][0] == '-' && argv[1][1] && strcmp(argv[1], "--help") && strcmp(argv[1], "-h")) {
         fprintf(stderr, "moco run: the dataset comes first: moco run DB [options]\n");
         return 2;
     }

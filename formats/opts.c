@@ -1,6 +1,8 @@
-/* opts.c: table-driven long-option parser with strict validation; an
- * unknown option's did-you-mean (edit distance) against the command's table
- * and, for flags passed on (moco run to moco train), the outer one's. */
+/* opts.c: table-driven option parser with strict validation: long names,
+ * and the aliases an entry lists after its name ("batch-size|-b"); an
+ * unknown option's did-you-mean (edit distance, or the same name but for its
+ * case or dashes) against the command's table and, for flags passed on (moco
+ * run to moco train), the outer one's. */
 #include "formats/opts.h"
 
 #include <ctype.h>
@@ -30,10 +32,56 @@ static unsigned char *seen_of(const moco_optspec *s)
     return NULL;
 }
 
+/* The length of o's long name, the part of o->name before its aliases */
+static size_t name_len(const moco_opt *o) { return strcspn(o->name, "|"); }
+
+/* The entry whose long name is name[0..len) */
 static const moco_opt *find(const moco_optspec *s, const char *name, size_t len)
 {
     for (const moco_opt *o = s->opts; o && o->name; o++)
-        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0) return o;
+        if (name_len(o) == len && strncmp(o->name, name, len) == 0) return o;
+    return NULL;
+}
+
+/* The i-th spelling of o, with its dashes, into buf: 0 "--batch-size", then
+ * its aliases ("-b"). Returns 0 past the last. */
+static int spelling(const moco_opt *o, int i, char *buf, size_t n)
+{
+    const char *p = o->name;
+    size_t l = strcspn(p, "|");
+    if (i == 0) {
+        snprintf(buf, n, "--%.*s", (int)l, p);
+        return 1;
+    }
+    while (p[l] == '|') {
+        p += l + 1;
+        l = strcspn(p, "|");
+        if (--i == 0) {
+            snprintf(buf, n, "%.*s", (int)l, p);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The length of the option an argument spells: "--name" of "--name=v"; "-x"
+ * of "-x", "-xV" and "-x=V" (a one-letter alias, its value attached as
+ * argparse takes it). */
+static size_t spelt_len(const char *a) { return a[1] == '-' ? strcspn(a, "=") : 2; }
+
+const moco_opt *moco_opts_find(const moco_optspec *s, const char *a, const char **attached)
+{
+    if (attached) *attached = NULL;
+    if (a[0] != '-' || !a[1]) return NULL;
+    size_t len = spelt_len(a);
+    char sp[80];
+    for (const moco_opt *o = s->opts; o && o->name; o++)
+        for (int i = 0; spelling(o, i, sp, sizeof sp); i++)
+            if (strlen(sp) == len && !strncmp(sp, a, len)) {
+                const char *v = a + len;
+                if (attached) *attached = *v == '=' ? v + 1 : *v ? v : NULL;
+                return o;
+            }
     return NULL;
 }
 
@@ -78,30 +126,39 @@ static size_t distance(const char *a, size_t la, const char *b)
     return d[lb];
 }
 
-/* The name in opts nearest to name[0..len) if nearer than *best (at most 2
- * edits, and fewer than a third of its length); *best updated. */
-static const char *nearest(const moco_opt *opts, const char *name, size_t len, size_t *best)
+/* The spelling in opts nearest to the unknown argument a (its name without
+ * dashes and value) into near[0..n), if nearer than *best: the same name but
+ * for its case or dashes ("-B", "-lr", "--b", "--k"), else at most 2 edits
+ * and fewer than a third of its length; *best updated. */
+static void nearest(const moco_opt *opts, const char *a, size_t *best, char *near, size_t n)
 {
-    const char *near = NULL;
-    for (const moco_opt *o = opts; o && o->name; o++) {
-        size_t d = distance(name, len, o->name);
-        if (d < *best && d <= 2 && 3 * d < len) *best = d, near = o->name;
-    }
-    return near;
+    const char *bare = a + (a[1] == '-' ? 2 : 1);
+    size_t len = strcspn(bare, "=");
+    char sp[80];
+    for (const moco_opt *o = opts; o && o->name; o++)
+        for (int i = 0; spelling(o, i, sp, sizeof sp); i++) {
+            const char *sb = sp + (sp[1] == '-' ? 2 : 1);
+            size_t d = strlen(sb) == len && !strncasecmp(sb, bare, len) ? 0 : distance(bare, len, sb);
+            if (d < *best && (d == 0 || (d <= 2 && 3 * d < len))) {
+                *best = d;
+                snprintf(near, n, "%s", sp);
+            }
+        }
 }
 
 /* "unknown option": with an outer command whose flags pass on to s (moco
  * run's to moco train), named as the outer's, with both helps. */
-static int unknown(const moco_optspec *s, const char *a, const char *name, size_t len)
+static int unknown(const moco_optspec *s, const char *a)
 {
     const moco_optspec *out = outer_spec != s ? outer_spec : NULL;
     size_t best = 3;
-    const char *near = nearest(s->opts, name, len, &best), *n2 = out ? nearest(out->opts, name, len, &best) : NULL;
-    if (n2) near = n2;
+    char near[80] = "";
+    nearest(s->opts, a, &best, near, sizeof near);
+    if (out) nearest(out->opts, a, &best, near, sizeof near);
     fprintf(stderr, "%s: unknown option '%s'", out ? out->cmd : s->cmd, a);
     if (out) fprintf(stderr, " (neither a %s flag nor a %s flag)", out->cmd + (strncmp(out->cmd, "moco ", 5) ? 0 : 5),
                      s->cmd + (strncmp(s->cmd, "moco ", 5) ? 0 : 5));
-    if (near) fprintf(stderr, "; did you mean --%s?", near);
+    if (*near) fprintf(stderr, "; did you mean %s?", near);
     if (out) fprintf(stderr, "\nTry '%s --help' and '%s --help'.\n", out->cmd, s->cmd);
     else fprintf(stderr, "\nTry '%s --help'.\n", s->cmd);
     return MOCO_OPTS_USAGE;
@@ -115,7 +172,8 @@ int moco_opts_suffix(const moco_optspec *s, const char *flag, const char *value,
     return 0;
 }
 
-static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
+/* Store v, given to the option spelt as (its long name or an alias), in o's destination */
+static int set_value(const moco_optspec *s, const moco_opt *o, const char *as, const char *v)
 {
     char *end = NULL;
     int range = o->min < o->max;
@@ -123,22 +181,22 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
     switch (o->kind) {
     case MOCO_OPT_INT: {
         long x = strtol(v, &end, 10);
-        if (!*v || *end || errno) return bad(s, "--%s: '%s' is not an integer", o->name, v);
+        if (!*v || *end || errno) return bad(s, "%s: '%s' is not an integer", as, v);
         if (range && (x < o->min || x > o->max)) {
             char r[64];
             snprintf(r, sizeof r, "[%.0f, %.0f]", o->min, o->max);
-            fprintf(stderr, "%s: --%s: %ld is outside %s\nTry '%s --help'.\n", s->cmd, o->name, x, r, s->cmd);
+            fprintf(stderr, "%s: %s: %ld is outside %s\nTry '%s --help'.\n", s->cmd, as, x, r, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(long *)o->dst = x;
         break;
     }
     case MOCO_OPT_U64: {
-        if (*v == '-') return bad(s, "--%s: '%s' is not a non-negative integer", o->name, v);
+        if (*v == '-') return bad(s, "%s: '%s' is not a non-negative integer", as, v);
         unsigned long long x = strtoull(v, &end, 10);
-        if (!*v || *end || errno) return bad(s, "--%s: '%s' is not a non-negative integer", o->name, v);
+        if (!*v || *end || errno) return bad(s, "%s: '%s' is not a non-negative integer", as, v);
         if (range && ((double)x < o->min || (double)x > o->max)) {
-            fprintf(stderr, "%s: --%s: %llu is outside [%.0f, %.0f]\nTry '%s --help'.\n", s->cmd, o->name, x, o->min, o->max, s->cmd);
+            fprintf(stderr, "%s: %s: %llu is outside [%.0f, %.0f]\nTry '%s --help'.\n", s->cmd, as, x, o->min, o->max, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(uint64_t *)o->dst = x;
@@ -146,21 +204,21 @@ static int set_value(const moco_optspec *s, const moco_opt *o, const char *v)
     }
     case MOCO_OPT_DOUBLE: {
         double x = strtod(v, &end);
-        if (!*v || *end || errno || !isfinite(x)) return bad(s, "--%s: '%s' is not a finite number", o->name, v);
+        if (!*v || *end || errno || !isfinite(x)) return bad(s, "%s: '%s' is not a finite number", as, v);
         if (range && (x < o->min || x > o->max)) {
-            fprintf(stderr, "%s: --%s: %g is outside [%g, %g]\nTry '%s --help'.\n", s->cmd, o->name, x, o->min, o->max, s->cmd);
+            fprintf(stderr, "%s: %s: %g is outside [%g, %g]\nTry '%s --help'.\n", s->cmd, as, x, o->min, o->max, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(double *)o->dst = x;
         break;
     }
     case MOCO_OPT_STR:
-        if (!*v) return bad(s, "--%s: empty value%s", o->name, "");
+        if (!*v) return bad(s, "%s: empty value%s", as, "");
         *(const char **)o->dst = v;
         break;
     case MOCO_OPT_CHOICE:
         if (!choice_ok(o->choices, v)) {
-            fprintf(stderr, "%s: --%s: '%s' is not one of %s\nTry '%s --help'.\n", s->cmd, o->name, v, o->choices, s->cmd);
+            fprintf(stderr, "%s: %s: '%s' is not one of %s\nTry '%s --help'.\n", s->cmd, as, v, o->choices, s->cmd);
             return MOCO_OPTS_USAGE;
         }
         *(const char **)o->dst = v;
@@ -200,23 +258,22 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
             moco_opts_help(s);
             return MOCO_OPTS_HELP;
         }
-        if (a[1] != '-') return bad(s, "unknown option '%s' (options are --long)%s", a, "");
-        const char *name = a + 2, *eq = strchr(name, '=');
-        size_t len = eq ? (size_t)(eq - name) : strlen(name);
-        const moco_opt *o = find(s, name, len);
-        if (!o) return unknown(s, a, name, len);
+        const char *v;
+        const moco_opt *o = moco_opts_find(s, a, &v);
+        if (!o) return unknown(s, a);
         seen[o - s->opts] = 1;
+        char as[80]; /* the option as given: its long name or an alias */
+        snprintf(as, sizeof as, "%.*s", (int)spelt_len(a), a);
         if (o->kind == MOCO_OPT_FLAG) {
-            if (eq) return bad(s, "--%s takes no value%s", o->name, "");
+            if (v) return bad(s, "%s takes no value%s", as, "");
             *(int *)o->dst = 1;
             continue;
         }
-        const char *v = eq ? eq + 1 : NULL;
         if (!v) {
-            if (i + 1 >= argc) return bad(s, "--%s needs a value%s", o->name, "");
+            if (i + 1 >= argc) return bad(s, "%s needs a value%s", as, "");
             v = argv[++i];
         }
-        int rc = set_value(s, o, v);
+        int rc = set_value(s, o, as, v);
         if (rc) return rc;
     }
     if (np < s->min_pos) return bad(s, "missing argument(s): expected %s%s", s->synopsis, "");
@@ -227,7 +284,7 @@ int moco_opts_parse(const moco_optspec *s, int argc, char **argv, char **pos, in
         const moco_opt *o = find(s, r, l);
         if (o && !seen[o - s->opts]) {
             size_t at = strlen(missing);
-            snprintf(missing + at, sizeof missing - at, "%s--%s", nmiss ? " and " : "", o->name);
+            snprintf(missing + at, sizeof missing - at, "%s--%.*s", nmiss ? " and " : "", (int)name_len(o), o->name);
             nmiss++;
         }
         r += l;
@@ -245,10 +302,11 @@ int moco_opts_seen(const moco_optspec *s, const char *name)
     return o ? seen[o - s->opts] : 0;
 }
 
-/* Is --name in s->required? */
-static int required(const moco_optspec *s, const char *name)
+/* Is o in s->required? */
+static int required(const moco_optspec *s, const moco_opt *o)
 {
-    size_t n = strlen(name);
+    const char *name = o->name;
+    size_t n = name_len(o);
     for (const char *r = s->required; r && *r;) {
         size_t l = strcspn(r, " ");
         if (l == n && !strncmp(r, name, n)) return 1;
@@ -264,10 +322,16 @@ void moco_opts_help(const moco_optspec *s)
     if (s->about) printf("\n%s\n", s->about);
     printf("\noptions:\n");
     for (const moco_opt *o = s->opts; o && o->name; o++) {
-        char lhs[64], def[96] = "";
+        char lhs[160] = "", sp[80], def[96] = "";
         const char *mv = o->kind == MOCO_OPT_FLAG ? "" : o->kind == MOCO_OPT_STR ? " S"
                        : o->kind == MOCO_OPT_CHOICE ? " X" : o->kind == MOCO_OPT_DOUBLE ? " F" : " N";
-        snprintf(lhs, sizeof lhs, "--%s%s", o->name, mv);
+        for (int i = 1; spelling(o, i, sp, sizeof sp); i++) /* "-b, --batch-size N", "--moco-k, --K N" */
+            if (sp[1] != '-') snprintf(lhs + strlen(lhs), sizeof lhs - strlen(lhs), "%s, ", sp);
+        spelling(o, 0, sp, sizeof sp);
+        snprintf(lhs + strlen(lhs), sizeof lhs - strlen(lhs), "%s", sp);
+        for (int i = 1; spelling(o, i, sp, sizeof sp); i++)
+            if (sp[1] == '-') snprintf(lhs + strlen(lhs), sizeof lhs - strlen(lhs), ", %s", sp);
+        snprintf(lhs + strlen(lhs), sizeof lhs - strlen(lhs), "%s", mv);
         switch (o->kind) {
         case MOCO_OPT_INT: snprintf(def, sizeof def, " (default %ld)", *(long *)o->dst); break;
         case MOCO_OPT_U64: snprintf(def, sizeof def, " (default %" PRIu64 ")", *(uint64_t *)o->dst); break;
@@ -281,9 +345,9 @@ void moco_opts_help(const moco_optspec *s)
             break;
         case MOCO_OPT_FLAG: break;
         }
-        printf("  %-22s %s%s%s\n", lhs, o->help, required(s, o->name) ? " (required)" : "", def);
+        printf("  %-22s %s%s%s\n", lhs, o->help, required(s, o) ? " (required)" : "", def);
     }
-    printf("  %-22s %s\n", "--help", "show this help and exit");
+    printf("  %-22s %s\n", "-h, --help", "show this help and exit");
 }
 
 void moco_print_shell_arg(FILE *f, const char *a)

@@ -1,6 +1,8 @@
 /* opts.h: the command-line parser every `moco` subcommand uses, so that all
- * of them behave alike: `--name value` or `--name=value`, `--help` lists every
- * flag with its default, and an unknown flag, a missing value, a value out of
+ * of them behave alike: `--name value` or `--name=value`, a flag's one-letter
+ * alias (main_moco.py's -a -b -j) as `-b 256`, `-b256` or `-b=256` (as
+ * Python's argparse takes them), `--help` (or -h) lists every flag with its
+ * aliases and default, and an unknown flag, a missing value, a value out of
  * range or a wrong number of positional arguments is an error (the caller
  * exits with status 2). Nothing is silently ignored. */
 #ifndef MOCO_OPTS_H
@@ -20,7 +22,9 @@ typedef enum {
 } moco_opt_kind;
 
 typedef struct {
-    const char *name;    /* long name without "--" */
+    const char *name;    /* long name without "--", then its aliases, each after a '|' and spelt with its dashes:
+                          * "batch-size|-b" also takes -b (a one-letter alias), "moco-k|--K" also --K. moco_opts_seen,
+                          * `required` and messages use the long name (before the '|'); --help lists every spelling */
     moco_opt_kind kind;
     void *dst;
     const char *help;
@@ -84,8 +88,16 @@ void moco_opts_passed_on(const moco_optspec *outer);
  * PNG), so that a ".jpg" name is not filled with PNG data. */
 int moco_opts_suffix(const moco_optspec *spec, const char *flag, const char *value, const char *suffix, const char *what);
 
-/* moco_opts_seen(spec, "name"): whether the last parse saw --name. */
+/* moco_opts_seen(spec, "name"): whether the last parse saw --name (or one
+ * of its aliases). */
 int moco_opts_seen(const moco_optspec *spec, const char *name);
+
+/* The entry of spec that the command-line argument arg names ("--workers",
+ * "--workers=2", an alias: "-j", "-j2", "-j=2"), or NULL. *attached: the
+ * value given in arg itself ("2"), or NULL (the value, if the entry takes
+ * one, is the next argument). For commands that pass some flags on (moco
+ * run: its own, the trainer's). */
+const moco_opt *moco_opts_find(const moco_optspec *spec, const char *arg, const char **attached);
 
 /* Print " ARG" to f, quoted for a POSIX shell when it needs it ('...', a
  * single quote as '\''), so that a printed command can be pasted. */

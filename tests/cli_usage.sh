@@ -28,7 +28,13 @@
 #     so; preview / plot --out with a name not ending in .png refused (exit
 #     2); train_moco_torch.py without torch: which interpreter / package,
 #     no traceback;
-# 12. --learning-rate and --weight-decay, main_moco.py's names of --lr, --wd.
+# 12. --learning-rate and --weight-decay, main_moco.py's names of --lr, --wd;
+# 13. main_moco.py's short flags: -a (--arch), -b (--batch-size) for moco
+#     train and moco run, -j (--workers) for moco run, as -b 32, -b32, -b=32;
+#     --help lists them; a near miss (-B, -lr) gets a did-you-mean;
+# 14. moco bench train takes main_moco.py's --moco-k --moco-m --moco-t (the
+#     documented names) and still --K --m --T: the same step either way, and
+#     not the default's.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -194,4 +200,43 @@ timeout 120 $M run db --workers 1 --preset cifar --size 28 --width 4 --batch-siz
 grep -q '"lr":0.123' al/metrics.jsonl && head -c 4000 al/checkpoint_last.safetensors | grep -aq 'wd\\":0.0007' \
   || fail "12: --learning-rate 0.123 / --weight-decay 0.0007 under --preset cifar: $(grep -o '"lr":[0-9.e-]*' al/metrics.jsonl | head -1)"
 echo "12: --learning-rate and --weight-decay (main_moco.py's names) over a preset's"
+# 13. main_moco.py's -a -b -j (before: "unknown option '-a' (options are --long)")
+$M train --help | grep -q -- '^  -a, --arch X  ' && $M train --help | grep -q -- '^  -b, --batch-size N  ' \
+  && $M run --help | grep -q -- '^  -j, --workers N  ' && $M train --help | grep -q -- '^  -h, --help  ' \
+  || fail "13: --help does not list -a, -b, -j, -h: $($M train --help | grep -e '--arch ' -e '--batch-size ' -e '--help'; $M run --help | grep -e '--workers ')"
+rm -rf r13
+timeout 120 $M run db -j 1 --size 28 -a resnet18-cifar --width 4 -b 32 --moco-k 128 --threads 1 --epochs 1 --kernels rule \
+  --run-dir r13 >/dev/null 2>r13.err || fail "13: moco run -j 1 -a resnet18-cifar -b 32: $(tail -3 r13.err)"
+grep -q "^moco run: db: 256 samples, 1 epochs, 1 workers," r13.err || fail "13: -j 1 is not 1 worker: $(head -1 r13.err)"
+cfg=$(head -c 4000 r13/checkpoint_last.safetensors | tr -d '\\\000')  # the default arch is resnet50, the default batch 256
+[[ $cfg == *'"arch":"resnet18-cifar"'* && $cfg == *'"batch_size":32,'* ]] \
+  || fail "13: -a resnet18-cifar -b 32 not in the checkpoint's config: $(grep -ao '"arch":"[^"]*"\|"batch_size":[0-9]*' <<<"$cfg")"
+for b in "-b48" "-b=48" "-b 48"; do  # the trainer's check of --moco-k names the batch -b gave
+  err=$($M train --connect ipc://x --out r13b $b --moco-k 500 2>&1); rc=$?
+  [ $rc -eq 2 ] && [[ $err == *"--moco-k 500 must be a multiple of the keys per step (48: --batch-size 48"* ]] \
+    || fail "13: moco train $b: rc $rc, '$err'"
+done
+err=$($M run db -B 32 --run-dir r13c 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"moco run: unknown option '-B' (neither a run flag nor a train flag); did you mean -b?"* ]] && [ ! -e r13c ] \
+  || fail "13: moco run -B: rc $rc, '$err'"
+err=$($M run db -lr 0.03 --run-dir r13c 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"unknown option '-lr' (neither a run flag nor a train flag); did you mean --lr?"* ]] && [ ! -e r13c ] \
+  || fail "13: moco run -lr: rc $rc, '$err'"
+err=$($M run db -j x --run-dir r13c 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"moco run: -j: 'x' is not an integer"* ]] || fail "13: moco run -j x: rc $rc, '$err'"
+echo "13: main_moco.py's -a -b -j (spaced, attached, -b=V), in --help, with did-you-mean"
+# 14. bench train: --moco-k --moco-m --moco-t, and --K --m --T the same (before: --moco-k unknown)
+$M bench train --help | grep -q -- '^  --moco-k, --K N  ' && $M bench train --help | grep -q -- '^  --moco-m, --m F  ' \
+  && $M bench train --help | grep -q -- '^  --moco-t, --T F  ' || fail "14: bench train --help: $($M bench train --help | grep -i -e moco- -e ' --[KmT] ')"
+BT="bench train --width 4 --batch-size 8 --size 16 --steps 2 --warmup 1 --threads 1 --bn-splits 2 --kernels rule --lr 0.5"
+$M $BT --moco-k 64 --moco-m 0.5 --moco-t 0.2 >b14n.out 2>b14.err || fail "14: bench train --moco-k: $(tail -3 b14.err)"
+$M $BT --K 64 --m 0.5 --T 0.2 >b14o.out 2>b14.err || fail "14: bench train --K: $(tail -3 b14.err)"
+$M $BT --K 64 >b14d.out 2>b14.err || fail "14: bench train, default m and T: $(tail -3 b14.err)"
+new=$(tail -1 b14n.out) old=$(tail -1 b14o.out) dflt=$(tail -1 b14d.out)
+l_new=$(grep -o '"K":64,.*"loss":[0-9.]*' <<<"$new" | grep -o '"loss":[0-9.]*$')
+l_old=$(grep -o '"K":64,.*"loss":[0-9.]*' <<<"$old" | grep -o '"loss":[0-9.]*$')
+l_dflt=$(grep -o '"loss":[0-9.]*' <<<"$dflt")
+[ -n "$l_new" ] && [ "$l_new" = "$l_old" ] && [ -n "$l_dflt" ] && [ "$l_new" != "$l_dflt" ] \
+  || fail "14: --moco-k/-m/-t 64/0.5/0.2 gave '$l_new', --K/--m/--T '$l_old' (want the same), defaults '$l_dflt' (want another): $new"
+echo "14: bench train: --moco-k --moco-m --moco-t ($l_new), --K --m --T the same, the defaults not ($l_dflt)"
 echo "cli_usage: a new user's mistakes are named, with advice that works"

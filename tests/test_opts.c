@@ -2,7 +2,10 @@
  * unchanged through a POSIX shell (sh -c), also with spaces, quotes, $ and
  * backslashes; dropped flags go with their values. A spec's required flags:
  * a parse without them is a usage error naming the missing ones (and only
- * them), --help marks them; two specs parsed in turn each keep what they saw. */
+ * them), --help marks them; two specs parsed in turn each keep what they saw.
+ * Aliases (an entry's "batch-size|-b", "moco-k|--K"): -b 256, -b256, -b=256
+ * and --K set the entry, are seen as it, are named as typed in messages and
+ * listed in --help; a near miss (-B, --b, -lr) gets a did-you-mean. */
 #include "tests/testutil.h"
 
 #include <fcntl.h>
@@ -176,9 +179,110 @@ static void test_unknown_and_suffix(void **st)
     assert_non_null(strstr(buf, "moco run: --out a.jpg: it is written as a PNG; give a name ending in .png\nTry 'moco run --help'."));
 }
 
+/* main_moco.py's short flags and bench train's old long names, as aliases of a table entry */
+static void test_aliases(void **st)
+{
+    (void)st;
+    long batch = 0, K = 0, workers = 0;
+    int cos = 0;
+    double lr = 0.03;
+    const char *arch = "r50";
+    const moco_opt o[] = {{"arch|-a", MOCO_OPT_CHOICE, &arch, "encoder", 0, 0, "r18|r50"},
+                          {"batch-size|-b", MOCO_OPT_INT, &batch, "pairs per step", 2, 1000, NULL},
+                          {"moco-k|--K", MOCO_OPT_INT, &K, "queue", 1, 100000, NULL},
+                          {"cos|-c", MOCO_OPT_FLAG, &cos, "cosine", 0, 0, NULL},
+                          {"lr", MOCO_OPT_DOUBLE, &lr, "learning rate", 0, 0, NULL},
+                          {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec sp = {"moco t", "", NULL, o, 0, 0, "batch-size"};
+    char buf[2048];
+    /* the spaced, attached and argparse's -b=V forms; the long alias; the last value wins across spellings */
+    char *spaced[] = {"t", "-b", "256", "-a", "r18", "--K", "4096", "-c"}, *attached[] = {"t", "-b64", "-ar18"},
+         *eq[] = {"t", "-b=96", "--K=512", "--moco-k", "1024"};
+    assert_int_equal(parse_into(&sp, 8, spaced, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_string_equal(buf, "");
+    assert_int_equal(batch, 256);
+    assert_string_equal(arch, "r18");
+    assert_int_equal(K, 4096);
+    assert_int_equal(cos, 1);
+    assert_true(moco_opts_seen(&sp, "batch-size") && moco_opts_seen(&sp, "arch") && moco_opts_seen(&sp, "moco-k"));
+    arch = "r50";
+    assert_int_equal(parse_into(&sp, 3, attached, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_int_equal(batch, 64);
+    assert_string_equal(arch, "r18");
+    assert_false(moco_opts_seen(&sp, "moco-k"));
+    assert_int_equal(parse_into(&sp, 5, eq, buf, sizeof buf, 0), MOCO_OPTS_OK);
+    assert_int_equal(batch, 96);
+    assert_int_equal(K, 1024);
+    /* messages name the flag as typed; the required flag given by its alias counts */
+    char *bad_int[] = {"t", "-b", "x"}, *range[] = {"t", "-b1"}, *noval[] = {"t", "-b"}, *flagval[] = {"t", "-b", "8", "-c1"},
+         *kbad[] = {"t", "-b", "8", "--K", "-3"};
+    assert_int_equal(parse_into(&sp, 3, bad_int, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: -b: 'x' is not an integer\nTry 'moco t --help'."));
+    assert_int_equal(parse_into(&sp, 2, range, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: -b: 1 is outside [2, 1000]"));
+    assert_int_equal(parse_into(&sp, 2, noval, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: -b needs a value"));
+    assert_int_equal(parse_into(&sp, 4, flagval, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: -c takes no value"));
+    assert_int_equal(parse_into(&sp, 5, kbad, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: --K: -3 is outside [1, 100000]"));
+    /* a near miss: the same name but for its case or dashes, or an edit away; nothing for what is far */
+    struct { const char *arg, *want; } near[] = {{"-B", "unknown option '-B'; did you mean -b?"},
+                                                {"--b", "unknown option '--b'; did you mean -b?"},
+                                                {"-lr", "unknown option '-lr'; did you mean --lr?"},
+                                                {"--k", "unknown option '--k'; did you mean --K?"},
+                                                {"--batchsize", "unknown option '--batchsize'; did you mean --batch-size?"},
+                                                /* -a with "rch" attached, as argparse reads it */
+                                                {"-arch", "moco t: -a: 'rch' is not one of r18|r50"}};
+    for (size_t i = 0; i < sizeof near / sizeof *near; i++) {
+        char *v[] = {"t", "-b", "8", (char *)near[i].arg, "1"};
+        assert_int_equal(parse_into(&sp, 5, v, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+        print_message("  %s: %s", near[i].arg, buf);
+        assert_non_null(strstr(buf, near[i].want));
+    }
+    char *far[] = {"t", "-b", "8", "-z", "1"};
+    assert_int_equal(parse_into(&sp, 5, far, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    assert_non_null(strstr(buf, "moco t: unknown option '-z'\n"));
+    /* flags passed on: the outer table's alias is suggested too */
+    const moco_opt ro[] = {{"workers|-j", MOCO_OPT_INT, &workers, "w", 0, 0, NULL}, {NULL, 0, NULL, NULL, 0, 0, NULL}};
+    const moco_optspec run = {"moco run", "", NULL, ro, 0, 0, NULL};
+    char *J[] = {"t", "-b", "8", "-J", "2"};
+    moco_opts_passed_on(&run);
+    assert_int_equal(parse_into(&sp, 5, J, buf, sizeof buf, 0), MOCO_OPTS_USAGE);
+    moco_opts_passed_on(NULL);
+    assert_non_null(strstr(buf, "moco run: unknown option '-J' (neither a run flag nor a t flag); did you mean -j?"));
+    /* --help (and -h) lists every spelling */
+    char *help[] = {"t", "-h"};
+    assert_int_equal(parse_into(&sp, 2, help, buf, sizeof buf, 1), MOCO_OPTS_HELP);
+    print_message("%s", buf);
+    assert_non_null(strstr(buf, "\n  -a, --arch X  "));
+    assert_non_null(strstr(buf, "\n  -b, --batch-size N     pairs per step (required)"));
+    assert_non_null(strstr(buf, "\n  --moco-k, --K N "));
+    assert_non_null(strstr(buf, "\n  -c, --cos  "));
+    assert_non_null(strstr(buf, "\n  --lr F  "));
+    assert_non_null(strstr(buf, "\n  -h, --help  "));
+    /* moco_opts_find: what moco run routes by */
+    const char *att = "unset";
+    assert_ptr_equal(moco_opts_find(&sp, "-b", &att), &o[1]);
+    assert_null(att);
+    assert_ptr_equal(moco_opts_find(&sp, "-b32", &att), &o[1]);
+    assert_string_equal(att, "32");
+    assert_ptr_equal(moco_opts_find(&sp, "-b=32", &att), &o[1]);
+    assert_string_equal(att, "32");
+    assert_ptr_equal(moco_opts_find(&sp, "--batch-size=7", &att), &o[1]);
+    assert_string_equal(att, "7");
+    assert_ptr_equal(moco_opts_find(&sp, "--K", &att), &o[2]);
+    assert_null(att);
+    assert_null(moco_opts_find(&sp, "--b", &att));
+    assert_null(moco_opts_find(&sp, "-K", &att));
+    assert_null(moco_opts_find(&sp, "--batch-size|-b", &att));
+    assert_null(moco_opts_find(&sp, "batch-size", &att));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_command_round_trip), cmocka_unit_test(test_required),
-                                       cmocka_unit_test(test_run_status), cmocka_unit_test(test_unknown_and_suffix)};
+                                       cmocka_unit_test(test_run_status), cmocka_unit_test(test_unknown_and_suffix),
+                                       cmocka_unit_test(test_aliases)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,10 @@ print both as JSON lines (the same fields: pairs_per_s, step_ms,
 gflop_per_s, peak_rss_mb).
 
     /usr/bin/python3 tools/bench_pytorch_step.py --arch resnet18-cifar --width 16 \
-        --batch-size 256 --size 32 --steps 5 --threads 2 [--K 4096] [--mlp] [--symmetric] [--bf16 | --peers]
+        --batch-size 256 --size 32 --steps 5 --threads 2 [--moco-k 4096] [--mlp] [--symmetric] [--bf16 | --peers]
+
+--moco-k, --moco-m, --moco-t: the queue length, key momentum, temperature
+(main_moco.py's and moco bench train's names; --K, --m, --T are the same).
 
 --bf16: PyTorch under torch.cpu.amp.autocast(dtype=torch.bfloat16), the one
 line a PyTorch user adds for bf16, beside ours with --precision bf16. --peers:
@@ -49,9 +52,9 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--K", type=int, default=4096)
-    ap.add_argument("--m", type=float, default=0.99)
-    ap.add_argument("--T", type=float, default=0.1)
+    ap.add_argument("--moco-k", "--K", dest="K", type=int, default=4096)
+    ap.add_argument("--moco-m", "--m", dest="m", type=float, default=0.99)
+    ap.add_argument("--moco-t", "--T", dest="T", type=float, default=0.1)
     ap.add_argument("--bn-splits", type=int, default=8)
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--lr", type=float, default=0.06)
@@ -158,7 +161,7 @@ def main():
         return
     cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size", str(N),
            "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
-           "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr", str(a.lr),
+           "--moco-k", str(a.K), "--moco-m", str(a.m), "--moco-t", str(a.T), "--bn-splits", str(a.bn_splits), "--lr", str(a.lr),
            "--wd", str(a.wd)] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else []) + \
         (["--precision", "bf16"] if a.bf16 else [])
     print("$ " + " ".join(cmd), flush=True)
@@ -190,7 +193,7 @@ def peers(a):
         args.append(x)
     cmd = [a.moco, "bench", "train", "--arch", a.arch, "--width", str(a.width), "--dim", str(a.dim), "--batch-size",
            str(a.batch_size), "--size", str(a.size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
-           str(a.threads), "--K", str(a.K), "--m", str(a.m), "--T", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
+           str(a.threads), "--moco-k", str(a.K), "--moco-m", str(a.m), "--moco-t", str(a.T), "--bn-splits", str(a.bn_splits), "--lr",
            str(a.lr), "--wd", str(a.wd), "--kernels", a.kernels] + (["--mlp"] if a.mlp else []) + (["--symmetric"] if a.symmetric else [])
     skipped, rounds = {}, []
     for r in range(max(1, a.rounds)):

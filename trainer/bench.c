@@ -210,18 +210,18 @@ int trainer_bench_main(int argc, char **argv)
     double m = 0.99, T = 0.1, lr = 0.06, wd = 5e-4;
     uint64_t seed = 1;
     const moco_opt opts[] = {
-        {"arch", MOCO_OPT_CHOICE, &arch, "encoder", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
+        {"arch|-a", MOCO_OPT_CHOICE, &arch, "encoder", 0, 0, "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"},
         {"width", MOCO_OPT_INT, &width, "base width (64 = torchvision)", 1, 1024, NULL},
         {"mlp", MOCO_OPT_FLAG, &mlp, "MLP head (MoCo v2)", 0, 0, NULL},
         {"dim", MOCO_OPT_INT, &dim, "output features", 1, 65536, NULL},
-        {"batch-size", MOCO_OPT_INT, &batch, "pairs per step per rank (global batch: ranks x this)", 2, 65536, NULL},
+        {"batch-size|-b", MOCO_OPT_INT, &batch, "pairs per step per rank (global batch: ranks x this)", 2, 65536, NULL},
         {"size", MOCO_OPT_INT, &size, "input height and width", 1, 4096, NULL},
         {"steps", MOCO_OPT_INT, &steps, "timed steps", 1, 1000000, NULL},
         {"warmup", MOCO_OPT_INT, &warmup, "untimed steps first", 0, 1000, NULL},
         {"threads", MOCO_OPT_INT, &threads, "compute threads per rank", 1, 256, NULL},
-        {"K", MOCO_OPT_INT, &K, "queue length (a multiple of ranks x batch x directions)", 1, 1 << 24, NULL},
-        {"m", MOCO_OPT_DOUBLE, &m, "key encoder momentum", 0, 1, NULL},
-        {"T", MOCO_OPT_DOUBLE, &T, "temperature", 1e-6, 1e6, NULL},
+        {"moco-k|--K", MOCO_OPT_INT, &K, "queue length (a multiple of ranks x batch x directions)", 1, 1 << 24, NULL},
+        {"moco-m|--m", MOCO_OPT_DOUBLE, &m, "key encoder momentum", 0, 1, NULL},
+        {"moco-t|--T", MOCO_OPT_DOUBLE, &T, "softmax temperature", 1e-6, 1e6, NULL},
         {"bn-splits", MOCO_OPT_INT, &splits, "BN sub-batches per rank (shuffle BN)", 1, 65536, NULL},
         {"symmetric", MOCO_OPT_FLAG, &sym, "symmetric loss (both directions)", 0, 0, NULL},
         {"lr", MOCO_OPT_DOUBLE, &lr, "learning rate", 0, 1e3, NULL},

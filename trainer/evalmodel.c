@@ -7,6 +7,7 @@
 #include <vips/vips.h>
 
 #include "formats/errors.h"
+#include "formats/normalize.h"
 #include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/engine/par.h"
@@ -56,13 +57,14 @@ int evalmodel_ckpt_size(const char *ckpt, long *size)
 
 void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
 {
-    static const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
-    static const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
+    static const float cm[3] = MOCO_NORM_CIFAR_MEAN, cs[3] = MOCO_NORM_CIFAR_STD;
+    static const float im[3] = MOCO_NORM_IMAGENET_MEAN, is[3] = MOCO_NORM_IMAGENET_STD;
+    static const float nm[3] = MOCO_NORM_NONE_MEAN, ns[3] = MOCO_NORM_NONE_STD;
     const char *n = evalmodel_norm_name(norm, size);
     int none = n && !strcmp(n, "none"), cifar = n && !strcmp(n, "cifar");
     for (int i = 0; i < 3; i++) {
-        mean[i] = none ? 0.0f : cifar ? cm[i] : im[i];
-        std[i] = none ? 1.0f : cifar ? cs[i] : is[i];
+        mean[i] = none ? nm[i] : cifar ? cm[i] : im[i];
+        std[i] = none ? ns[i] : cifar ? cs[i] : is[i];
     }
 }
 

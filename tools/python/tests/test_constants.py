@@ -1,14 +1,18 @@
 """moco_stream's copies of the contract constants against their one home,
 formats/wire.h and formats/pipeline.h: the message types, the magic, the
-version, the WELCOME flags, the limits and the timing. The headers are
-parsed (#define NAME value and the moco_msg_type enum), so a constant that
-changes on one side fails here instead of drifting silently. Run:
+version, the WELCOME flags, the limits and the timing; and
+moco_stream.torch.MEAN_STD, the normalisation constants, against
+formats/normalize.h, decimal literal for decimal literal. The headers are
+parsed (#define NAME value and the moco_msg_type enum; the MOCO_NORM_*
+initialisers), so a constant that changes on one side fails here instead of
+drifting silently. Run:
     PYTHONPATH=tools/python /usr/bin/python3 -m unittest discover -s tools/python/tests
 """
 import inspect
 import os
 import re
 import unittest
+from decimal import Decimal
 
 import moco_stream
 
@@ -33,6 +37,26 @@ def parse_header(path, known):
         except (NameError, SyntaxError):
             pass  # a macro with arguments or a name from elsewhere: not compared
     return known
+
+
+def norm_constants():
+    """formats/normalize.h's MOCO_NORM_<NAME>_MEAN / _STD: {name: (mean, std)}, each a tuple of
+    the decimal literals as written (Decimal, the float suffix dropped)."""
+    with open(os.path.join(FORMATS, "normalize.h")) as f:
+        text = f.read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    got = {}
+    for m in re.finditer(r"^#define\s+MOCO_NORM_([A-Z]+)_(MEAN|STD)\s+\{([^}]*)\}\s*$", text, flags=re.M):
+        lits = [x.strip() for x in m.group(3).split(",")]
+        for x in lits:
+            if not re.fullmatch(r"\d+\.\d+[fF]?", x):
+                raise ValueError("formats/normalize.h MOCO_NORM_%s_%s: %r is no decimal literal" % (m.group(1), m.group(2), x))
+        got.setdefault(m.group(1).lower(), {})[m.group(2)] = tuple(Decimal(x.rstrip("fF")) for x in lits)
+    return {k: (v.get("MEAN"), v.get("STD")) for k, v in got.items()}
+
+
+# formats/README.md "Normalisation": the recipes' names map onto the checkpoint's
+RECIPE_NORM = {"cifar": "cifar", "v1": "imagenet", "v2": "imagenet", "lincls": "imagenet"}
 
 
 def contract():
@@ -87,6 +111,22 @@ class Constants(unittest.TestCase):
         c = contract()
         default = inspect.signature(moco_stream.PairStream.__init__).parameters["timeout"].default
         self.assertEqual(default, c["MOCO_LOADER_TIMEOUT_S"])
+
+    def test_normalisation(self):
+        """MEAN_STD's numbers are formats/normalize.h's, the same decimal literals (0.2010 and 0.201
+        are one literal; 0.2011 or a float32 rounding such as 0.20100000500679016 is not)."""
+        from moco_stream.torch import MEAN_STD
+        c = norm_constants()
+        self.assertEqual(sorted(c), ["cifar", "imagenet", "none"], "formats/normalize.h: %s" % sorted(c))
+        for name, (mean, std) in c.items():
+            self.assertTrue(mean and std and len(mean) == 3 and len(std) == 3,
+                            "formats/normalize.h %s: want 3 means and 3 stds: %s %s" % (name, mean, std))
+        self.assertEqual(set(MEAN_STD), set(c) | set(RECIPE_NORM), "MEAN_STD's names against formats/ and the recipes")
+        for py in sorted(MEAN_STD):
+            name = py if py in c else RECIPE_NORM[py]
+            got = tuple(tuple(Decimal(repr(float(x))) for x in part) for part in MEAN_STD[py])
+            self.assertEqual(got, c[name], "moco_stream.torch.MEAN_STD[%r] = %r; formats/normalize.h %s: mean %s std %s"
+                             % (py, MEAN_STD[py], name, [str(x) for x in c[name][0]], [str(x) for x in c[name][1]]))
 
 
 if __name__ == "__main__":
