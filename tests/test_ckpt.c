@@ -20,6 +20,7 @@
 
 #include <math.h>
 
+#include "formats/checkpoint.h"
 #include "formats/errors.h"
 #include "formats/safetensors.h"
 #include "trainer/engine/ckpt.h"
@@ -111,7 +112,7 @@ static void test_checksum(void **state)
     flip_byte(path, (long)sb.st_size - 1);
     assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ECORRUPT);
     flip_byte(path, (long)sb.st_size - 1);
-    assert_int_equal(ckpt_read_config(path, &(ckpt_config){0}), 0);
+    assert_int_equal(ckpt_read_config(path, &(moco_ckpt_config){0}), 0);
     /* the config: "size":8 made "size":9 in the header (the evaluation commands build their
      * model and preprocessing from it; before config_crc32 the change went unseen) */
     char *hdr = malloc((size_t)data_offset(path));
@@ -125,7 +126,7 @@ static void test_checksum(void **state)
     long soff = (long)(sz - hdr) + 7;
     free(hdr);
     flip_byte(path, soff); /* '8' ^ 1 = '9' */
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), MOCO_ECORRUPT);
     printf("the config's size changed in the header: %s\n", moco_errmsg());
     assert_non_null(strstr(moco_errmsg(), path));
@@ -211,7 +212,7 @@ static void test_self_describing(void **state)
     char path[4200], bare[4200];
     snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
     snprintf(bare, sizeof bare, "%s", save(dir, "bare.safetensors", mc, NULL));
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), 0);
     assert_true(cc.has_config);
     assert_string_equal(cc.arch, "resnet18-cifar");
@@ -377,7 +378,7 @@ static void test_extra_tensors(void **state)
  * metadata) is legal */
 /* train's config writer (train_config_meta) -> the checkpoint reader
  * (ckpt_read_config): every field the reader knows comes back as written,
- * under the format the readers take (CKPT_FORMAT); a field renamed on one
+ * under the format the readers take (MOCO_CKPT_FORMAT); a field renamed on one
  * side only would come back absent (-1, NAN, "") and fail here. */
 static void test_config_roundtrip(void **state)
 {
@@ -396,9 +397,9 @@ static void test_config_roundtrip(void **state)
     const char *meta[4];
     assert_int_equal(train_config_meta(&tc, json, sizeof json, meta), 2);
     assert_string_equal(meta[0], "format");
-    assert_string_equal(meta[1], CKPT_FORMAT);
+    assert_string_equal(meta[1], MOCO_CKPT_FORMAT);
     const char *path = save(dir, "c.safetensors", mc, &tc);
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), 0);
     assert_true(cc.has_config && cc.has_schedule && cc.has_mean_std);
     assert_string_equal(cc.arch, "resnet18-cifar");
@@ -454,7 +455,7 @@ static void test_format(void **state)
     assert_int_equal(ckpt_load(v2, mc, &st), MOCO_EFORMAT); /* resume */
     printf("another format: %s\n", moco_errmsg());
     assert_string_equal(moco_errmsg(), want);
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(v2, &cc), MOCO_EFORMAT); /* knn, lincls, embed: evalmodel_open */
     assert_string_equal(moco_errmsg(), want);
     moco_st *f = NULL;
