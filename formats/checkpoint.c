@@ -3,6 +3,7 @@
 #include "formats/checkpoint.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,23 +13,24 @@
 #include "formats/json.h"
 #include "formats/jsonw.h"
 
-/* the int fields: key and place, in the reader's and the writer's terms */
-#define NINTS 12
-static const char *const int_keys[NINTS] = {"width", "mlp", "dim", "size", "K", "batch_size",
-                                            "ranks", "epochs", "cos", "warmup_epochs", "symmetric", "bn_splits"};
-static int *int_at(moco_ckpt_config *c, int i)
-{
-    int *v[NINTS] = {&c->width, &c->mlp, &c->dim, &c->size, &c->K, &c->batch,
-                     &c->ranks, &c->epochs, &c->cos, &c->warmup_epochs, &c->symmetric, &c->bn_splits};
-    return v[i];
-}
-#define NDBL 5
-static const char *const dbl_keys[NDBL] = {"lr", "m", "T", "momentum", "wd"};
-static double *dbl_at(moco_ckpt_config *c, int i)
-{
-    double *v[NDBL] = {&c->lr, &c->m, &c->T, &c->momentum, &c->wd};
-    return v[i];
-}
+/* the int and double fields: key and place (the reader's loops; the
+ * writer keeps its own fixed order) */
+typedef struct {
+    const char *key;
+    size_t off;
+} field;
+#define F(key, member) {key, offsetof(moco_ckpt_config, member)}
+static const field ints[] = {F("width", width), F("mlp", mlp), F("dim", dim), F("size", size), F("K", K),
+                             F("batch_size", batch), F("ranks", ranks), F("epochs", epochs), F("cos", cos),
+                             F("warmup_epochs", warmup_epochs), F("symmetric", symmetric), F("bn_splits", bn_splits)};
+static const field dbls[] = {F("lr", lr), F("m", m), F("T", T), F("momentum", momentum), F("wd", wd)};
+#undef F
+#define NINTS (int)(sizeof ints / sizeof *ints)
+#define NDBL (int)(sizeof dbls / sizeof *dbls)
+static int *int_at(moco_ckpt_config *c, int i) { return (int *)((char *)c + ints[i].off); }
+static int int_of(const moco_ckpt_config *c, int i) { return *(const int *)((const char *)c + ints[i].off); }
+static double *dbl_at(moco_ckpt_config *c, int i) { return (double *)((char *)c + dbls[i].off); }
+static double dbl_of(const moco_ckpt_config *c, int i) { return *(const double *)((const char *)c + dbls[i].off); }
 
 void moco_ckpt_config_init(moco_ckpt_config *c)
 {
@@ -46,11 +48,10 @@ void moco_ckpt_crc32_hex(const void *s, size_t len, char *out, size_t cap)
 /* the first field the reader would refuse, or NULL */
 static const char *unreadable(const moco_ckpt_config *c)
 {
-    moco_ckpt_config *m = (moco_ckpt_config *)c; /* read only: int_at / dbl_at take the one type */
     for (int i = 0; i < NINTS; i++)
-        if (*int_at(m, i) < 0) return int_keys[i];
+        if (int_of(c, i) < 0) return ints[i].key;
     for (int i = 0; i < NDBL; i++)
-        if (!isfinite(*dbl_at(m, i))) return dbl_keys[i];
+        if (!isfinite(dbl_of(c, i))) return dbls[i].key;
     if (c->count < 0) return "count";
     const char *sk[] = {"arch", "schedule", "precision", "normalize"};
     const char *sv[] = {c->arch, c->schedule, c->precision, c->normalize};
@@ -156,16 +157,16 @@ int moco_ckpt_config_parse(const char *js, const char *path, moco_ckpt_config *c
         if (s == 1) c->has_schedule = 1;
     }
     for (int k = 0; k < NINTS; k++) {
-        int i = moco_json_get(js, tk, 0, int_keys[k]);
+        int i = moco_json_get(js, tk, 0, ints[k].key);
         uint64_t u;
         if (i < 0) continue;
         if (tk[i].type != MOCO_JSON_NUM || moco_json_u64(js, &tk[i], &u) || u > 0x7fffffff)
-            return bad_field(path, int_keys[k], "an integer in [0, 2^31)");
+            return bad_field(path, ints[k].key, "an integer in [0, 2^31)");
         *int_at(c, k) = (int)u;
     }
     for (int d = 0; d < NDBL; d++) {
-        int i = moco_json_get(js, tk, 0, dbl_keys[d]);
-        if (i >= 0 && num_of(js, &tk[i], dbl_at(c, d))) return bad_field(path, dbl_keys[d], "a finite number");
+        int i = moco_json_get(js, tk, 0, dbls[d].key);
+        if (i >= 0 && num_of(js, &tk[i], dbl_at(c, d))) return bad_field(path, dbls[d].key, "a finite number");
     }
     const char *ak[] = {"mean", "std"};
     double *av[] = {c->mean, c->std};

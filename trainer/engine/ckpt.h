@@ -41,7 +41,6 @@ typedef struct {
     size_t delivered_bytes;
 } ckpt_state;
 
-
 /* meta: key/value pairs (may be NULL); "data_crc32" and, with a "config",
  * "config_crc32" are added here. */
 int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char *const *meta, int nmeta);
