@@ -15,11 +15,18 @@
  *  - train.epoch / pipeline.epoch >= 2^32 - 1, train.step >= 2^53 refused;
  *  - moco export checks names, dtypes and shapes as a load does (a missing
  *    tensor, an I32 one, an extra one, a name that is not UTF-8).
+ *  - the metadata contract (formats/checkpoint.h): the config writer
+ *    writes the bytes the code before it wrote (golden texts and their
+ *    config_crc32), a checkpoint carrying them loads, every field survives
+ *    writer -> reader at its range's edges, the writer refuses what the
+ *    reader would, and the reader refuses each malformed field with
+ *    MOCO_ECORRUPT naming the file and the field.
  * Small models: resnet18-cifar width 4, 8x8 inputs, batch 4, K 16. */
 #include "tests/testutil.h"
 
 #include <math.h>
 
+#include "formats/checkpoint.h"
 #include "formats/errors.h"
 #include "formats/safetensors.h"
 #include "trainer/engine/ckpt.h"
@@ -111,7 +118,7 @@ static void test_checksum(void **state)
     flip_byte(path, (long)sb.st_size - 1);
     assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ECORRUPT);
     flip_byte(path, (long)sb.st_size - 1);
-    assert_int_equal(ckpt_read_config(path, &(ckpt_config){0}), 0);
+    assert_int_equal(ckpt_read_config(path, &(moco_ckpt_config){0}), 0);
     /* the config: "size":8 made "size":9 in the header (the evaluation commands build their
      * model and preprocessing from it; before config_crc32 the change went unseen) */
     char *hdr = malloc((size_t)data_offset(path));
@@ -125,7 +132,7 @@ static void test_checksum(void **state)
     long soff = (long)(sz - hdr) + 7;
     free(hdr);
     flip_byte(path, soff); /* '8' ^ 1 = '9' */
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), MOCO_ECORRUPT);
     printf("the config's size changed in the header: %s\n", moco_errmsg());
     assert_non_null(strstr(moco_errmsg(), path));
@@ -211,7 +218,7 @@ static void test_self_describing(void **state)
     char path[4200], bare[4200];
     snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
     snprintf(bare, sizeof bare, "%s", save(dir, "bare.safetensors", mc, NULL));
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), 0);
     assert_true(cc.has_config);
     assert_string_equal(cc.arch, "resnet18-cifar");
@@ -278,7 +285,8 @@ static void test_self_describing(void **state)
 
 /* How forge changes a file: tensor set (I64[1]) given the value v; the
  * tensor drop left out; the tensor *extra added; __metadata__ format = fmt
- * (none when NULL) and tc's config (none when NULL); no CRC-32s. */
+ * (none when NULL) and tc's config (none when NULL), or the config text
+ * config with config_crc32 = config_crc (none when NULL); no data_crc32. */
 typedef struct {
     const char *set;
     int64_t v;
@@ -286,6 +294,7 @@ typedef struct {
     const moco_st_entry *extra;
     const char *fmt;
     const train_cfg *tc;
+    const char *config, *config_crc;
 } forgery;
 
 /* src rewritten to dst as fo says: a forged file, as a hand could make it */
@@ -306,9 +315,11 @@ static void forge(const char *src, const char *dst, const forgery *fo)
     }
     if (fo->extra) e[k++] = *fo->extra;
     char json[2048];
-    const char *meta[6] = {"format", fo->fmt}, *cm[4];
+    const char *meta[8] = {"format", fo->fmt}, *cm[4];
     int nm = fo->fmt ? 1 : 0;
     if (fo->tc && train_config_meta(fo->tc, json, sizeof json, cm) == 2) meta[2 * nm] = "config", meta[2 * nm++ + 1] = json;
+    if (fo->config) meta[2 * nm] = "config", meta[2 * nm++ + 1] = fo->config;
+    if (fo->config_crc) meta[2 * nm] = "config_crc32", meta[2 * nm++ + 1] = fo->config_crc;
     assert_int_equal(moco_st_write(dst, e, k, nm ? meta : NULL, nm), 0);
     free(e);
     moco_st_destroy(&f);
@@ -377,7 +388,7 @@ static void test_extra_tensors(void **state)
  * metadata) is legal */
 /* train's config writer (train_config_meta) -> the checkpoint reader
  * (ckpt_read_config): every field the reader knows comes back as written,
- * under the format the readers take (CKPT_FORMAT); a field renamed on one
+ * under the format the readers take (MOCO_CKPT_FORMAT); a field renamed on one
  * side only would come back absent (-1, NAN, "") and fail here. */
 static void test_config_roundtrip(void **state)
 {
@@ -396,9 +407,9 @@ static void test_config_roundtrip(void **state)
     const char *meta[4];
     assert_int_equal(train_config_meta(&tc, json, sizeof json, meta), 2);
     assert_string_equal(meta[0], "format");
-    assert_string_equal(meta[1], CKPT_FORMAT);
+    assert_string_equal(meta[1], MOCO_CKPT_FORMAT);
     const char *path = save(dir, "c.safetensors", mc, &tc);
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(path, &cc), 0);
     assert_true(cc.has_config && cc.has_schedule && cc.has_mean_std);
     assert_string_equal(cc.arch, "resnet18-cifar");
@@ -419,6 +430,7 @@ static void test_config_roundtrip(void **state)
     assert_int_equal(cc.bn_splits, 2);
     assert_true(cc.lr == 0.125 && cc.m == 0.875 && cc.T == 0.25 && cc.momentum == 0.75 && cc.wd == 0.0625);
     assert_int_equal((int)cc.count, 12345);
+    assert_true(cc.has_seed && cc.seed == 9);
     for (int i = 0; i < 3; i++) assert_true(fabs(cc.mean[i] - im[i]) < 1e-6 && fabs(cc.std[i] - is[i]) < 1e-6);
 
     /* the evaluation commands take normalize's constants from this build: a
@@ -454,7 +466,7 @@ static void test_format(void **state)
     assert_int_equal(ckpt_load(v2, mc, &st), MOCO_EFORMAT); /* resume */
     printf("another format: %s\n", moco_errmsg());
     assert_string_equal(moco_errmsg(), want);
-    ckpt_config cc;
+    moco_ckpt_config cc;
     assert_int_equal(ckpt_read_config(v2, &cc), MOCO_EFORMAT); /* knn, lincls, embed: evalmodel_open */
     assert_string_equal(moco_errmsg(), want);
     moco_st *f = NULL;
@@ -569,6 +581,221 @@ static void test_export_checked(void **state)
     moco_destroy(&mc);
 }
 
+/* ---- the metadata contract (formats/checkpoint.h) ---------------------- */
+
+/* The config text as the code before formats/checkpoint.c wrote it
+ * (train_config_meta of commit dee65d5, for the train_cfg of golden_cfg(i)),
+ * with its config_crc32: the writer must keep writing these bytes, and a
+ * checkpoint that carries them must keep loading. (The whole checkpoint
+ * files of these three configs were compared byte for byte, old build
+ * against new, when the contract moved.) */
+static const struct { const char *json, *crc; } golden[] = {
+    {"{\"arch\":\"resnet18-cifar\",\"width\":4,\"mlp\":1,\"dim\":8,\"K\":16,\"m\":0.99,\"T\":0.1,\"batch_size\":4,\"ranks\":1,"
+     "\"lr\":0.06,\"momentum\":0.9,\"wd\":0.0005,\"cos\":1,\"schedule\":\"\",\"warmup_epochs\":0,\"epochs\":3,\"bn_splits\":2,"
+     "\"symmetric\":0,\"size\":8,\"precision\":\"fp32\",\"seed\":3,\"count\":64}",
+     "43ac41f8"},
+    {"{\"arch\":\"resnet18-cifar\",\"width\":4,\"mlp\":1,\"dim\":8,\"K\":16,\"m\":0.875,\"T\":0.25,\"batch_size\":4,\"ranks\":1,"
+     "\"lr\":0.125,\"momentum\":0.75,\"wd\":0.0625,\"cos\":0,\"schedule\":\"3,5\",\"warmup_epochs\":2,\"epochs\":7,\"bn_splits\":2,"
+     "\"symmetric\":1,\"size\":8,\"precision\":\"bf16\",\"normalize\":\"imagenet\",\"mean\":[0.485,0.456,0.406],"
+     "\"std\":[0.229,0.224,0.225],\"seed\":9,\"count\":12345}",
+     "c1c7c0bd"},
+    {"{\"arch\":\"resnet18-cifar\",\"width\":4,\"mlp\":1,\"dim\":8,\"K\":16,\"m\":0.999,\"T\":0.07,\"batch_size\":4,\"ranks\":1,"
+     "\"lr\":0.03,\"momentum\":0.75,\"wd\":0.0001,\"cos\":1,\"schedule\":\"120,160\",\"warmup_epochs\":2,\"epochs\":7,\"bn_splits\":2,"
+     "\"symmetric\":1,\"size\":8,\"precision\":\"fp32\",\"normalize\":\"cifar\",\"mean\":[0.4914,0.4822,0.4465],"
+     "\"std\":[0.2023,0.1994,0.201],\"seed\":18446744073709551615,\"count\":12345}",
+     "75cd18ed"},
+};
+
+/* the train_cfg golden[i] was written from */
+static void golden_cfg(int i, train_cfg *tc)
+{
+    *tc = (train_cfg){.arch = "resnet18-cifar", .width = 4, .mlp = 1, .dim = 8, .K = 16, .batch = 4, .epochs = 3, .bn_splits = 2,
+                      .size = 8, .lr = 0.06, .momentum = 0.9, .wd = 5e-4, .m = 0.99, .T = 0.1, .seed = 3, .cos = 1, .count = 64};
+    if (i == 0) return;
+    tc->epochs = 7, tc->symmetric = 1, tc->cos = 0, tc->warmup_epochs = 2;
+    tc->lr = 0.125, tc->m = 0.875, tc->T = 0.25, tc->momentum = 0.75, tc->wd = 0.0625, tc->count = 12345, tc->seed = 9;
+    tc->schedule[0] = 3, tc->schedule[1] = 5, tc->nschedule = 2;
+    tc->precision = NN_BF16;
+    tc->norm = "imagenet";
+    const float im[3] = {0.485f, 0.456f, 0.406f}, is[3] = {0.229f, 0.224f, 0.225f};
+    for (int j = 0; j < 3; j++) tc->mean[j] = im[j], tc->std[j] = is[j];
+    if (i == 1) return;
+    tc->seed = UINT64_MAX, tc->norm = "cifar", tc->lr = 0.03, tc->wd = 1e-4, tc->m = 0.999, tc->T = 0.07;
+    const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
+    for (int j = 0; j < 3; j++) tc->mean[j] = cm[j], tc->std[j] = cs[j];
+    tc->schedule[0] = 120, tc->schedule[1] = 160, tc->cos = 1, tc->precision = NN_FP32;
+}
+
+/* the writer writes the old bytes; a file that carries them (and their old
+ * config_crc32) reads back every field and loads for evaluation; parsed and
+ * written again they come out the same */
+static void test_config_golden(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir("test_ckpt_golden");
+    train_cfg tc0;
+    moco *mc = tiny(&tc0);
+    char path[4200], old[4200], json[2048], crc[16];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc0));
+    for (int i = 0; i < 3; i++) {
+        train_cfg tc;
+        golden_cfg(i, &tc);
+        const char *meta[4];
+        assert_int_equal(train_config_meta(&tc, json, sizeof json, meta), 2);
+        assert_string_equal(meta[0], MOCO_CKPT_KEY_FORMAT);
+        assert_string_equal(meta[1], "moco-checkpoint-1");
+        assert_string_equal(meta[2], MOCO_CKPT_KEY_CONFIG);
+        assert_string_equal(json, golden[i].json);
+        moco_ckpt_crc32_hex(json, strlen(json), crc, sizeof crc);
+        assert_string_equal(crc, golden[i].crc);
+        /* a checkpoint as the old code wrote it */
+        snprintf(old, sizeof old, "%s/old%d.safetensors", dir, i);
+        forge(path, old, &(forgery){.fmt = "moco-checkpoint-1", .config = golden[i].json, .config_crc = golden[i].crc});
+        moco_ckpt_config cc, want;
+        assert_int_equal(ckpt_read_config(old, &cc), 0);
+        assert_int_equal(moco_ckpt_config_parse(golden[i].json, "golden", &want), 0);
+        assert_true(cc.has_config && cc.has_schedule && cc.has_seed);
+        assert_string_equal(cc.arch, tc.arch);
+        assert_int_equal(cc.epochs, tc.epochs);
+        assert_true(cc.lr == tc.lr && cc.wd == tc.wd && cc.m == tc.m && cc.T == tc.T);
+        assert_true(cc.seed == tc.seed);
+        assert_int_equal(cc.count, (int64_t)tc.count);
+        assert_int_equal(cc.has_mean_std, i > 0);
+        assert_string_equal(cc.normalize, i == 0 ? "" : tc.norm);
+        assert_string_equal(cc.precision, i == 1 ? "bf16" : "fp32");
+        char again[2048];
+        assert_int_equal(moco_ckpt_config_write(&cc, again, sizeof again), 0);
+        assert_string_equal(again, golden[i].json);
+        evalmodel_flags ef;
+        resnet *m = NULL;
+        assert_int_equal(open_with(old, NULL, 0, 0, 0, &ef, &m), 0);
+        assert_int_equal(m->cfg.width, 4);
+        assert_int_equal(m->cfg.mlp, 1);
+        rn_destroy(&m);
+    }
+    moco_destroy(&mc);
+}
+
+/* every field of moco_ckpt_config through the writer and the reader, at
+ * the edges of the reader's ranges */
+static void test_config_fields(void **state)
+{
+    (void)state;
+    moco_ckpt_config c, r;
+    moco_ckpt_config_init(&c);
+    snprintf(c.arch, sizeof c.arch, "%s", "resnet50-cifar");
+    memset(c.schedule, '7', sizeof c.schedule - 1); /* the longest schedule the struct holds */
+    c.schedule[sizeof c.schedule - 1] = 0;
+    snprintf(c.precision, sizeof c.precision, "bf16");
+    snprintf(c.normalize, sizeof c.normalize, "none");
+    int *ints[] = {&c.width, &c.mlp, &c.dim, &c.size, &c.K, &c.batch, &c.ranks, &c.epochs, &c.cos, &c.warmup_epochs, &c.symmetric, &c.bn_splits};
+    for (int i = 0; i < 12; i++) *ints[i] = i == 0 ? 0x7fffffff : 100 + i; /* each its own value: a swap fails */
+    c.lr = 1.5, c.m = 0.25, c.T = 3e-7, c.momentum = 0.125, c.wd = 1e-300;
+    const double mean[3] = {0.1234567, 0.7654321, 0.3141593}, std[3] = {0.2718282, 0.1414214, 0.1732051}; /* 7 digits */
+    for (int i = 0; i < 3; i++) c.mean[i] = mean[i], c.std[i] = std[i];
+    c.seed = UINT64_MAX, c.count = INT64_MAX;
+    char js[MOCO_CKPT_CONFIG_MAX];
+    assert_int_equal(moco_ckpt_config_write(&c, js, sizeof js), 0);
+    assert_int_equal(moco_ckpt_config_parse(js, "x.safetensors", &r), 0);
+    assert_true(r.has_config && r.has_schedule && r.has_mean_std && r.has_seed);
+    assert_string_equal(r.arch, c.arch);
+    assert_string_equal(r.schedule, c.schedule);
+    assert_string_equal(r.precision, c.precision);
+    assert_string_equal(r.normalize, c.normalize);
+    int *rints[] = {&r.width, &r.mlp, &r.dim, &r.size, &r.K, &r.batch, &r.ranks, &r.epochs, &r.cos, &r.warmup_epochs, &r.symmetric, &r.bn_splits};
+    for (int i = 0; i < 12; i++) assert_int_equal(*rints[i], *ints[i]);
+    assert_true(r.lr == c.lr && r.m == c.m && r.T == c.T && r.momentum == c.momentum && r.wd == c.wd);
+    for (int i = 0; i < 3; i++) assert_true(r.mean[i] == c.mean[i] && r.std[i] == c.std[i]);
+    assert_true(r.seed == UINT64_MAX);
+    assert_true(r.count == INT64_MAX);
+    /* "": no config; {}: a config with every field absent */
+    assert_int_equal(moco_ckpt_config_parse("", "x.safetensors", &r), 0);
+    assert_false(r.has_config);
+    assert_int_equal(moco_ckpt_config_parse("{}", "x.safetensors", &r), 0);
+    assert_true(r.has_config);
+    assert_false(r.has_schedule || r.has_mean_std || r.has_seed);
+    assert_true(r.width == -1 && r.bn_splits == -1 && r.count == -1 && isnan(r.lr) && isnan(r.wd) && !r.arch[0] && !r.normalize[0]);
+    /* mean without std: no constants to check against */
+    assert_int_equal(moco_ckpt_config_parse("{\"normalize\":\"cifar\",\"mean\":[1,2,3]}", "x.safetensors", &r), 0);
+    assert_string_equal(r.normalize, "cifar");
+    assert_false(r.has_mean_std);
+    /* the writer refuses what the reader would refuse, naming the field; buf is "" then */
+    moco_ckpt_config w = c;
+    w.symmetric = -1;
+    assert_int_equal(moco_ckpt_config_write(&w, js, sizeof js), MOCO_EINVAL);
+    assert_string_equal(js, "");
+    assert_string_equal(moco_errmsg(), "checkpoint config: field \"symmetric\" is out of the range a reader takes");
+    w = c, w.T = NAN;
+    assert_int_equal(moco_ckpt_config_write(&w, js, sizeof js), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "\"T\""));
+    w = c, w.std[2] = INFINITY;
+    assert_int_equal(moco_ckpt_config_write(&w, js, sizeof js), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "\"std\""));
+    w = c, w.count = -1;
+    assert_int_equal(moco_ckpt_config_write(&w, js, sizeof js), MOCO_EINVAL);
+    assert_non_null(strstr(moco_errmsg(), "\"count\""));
+    assert_int_equal(moco_ckpt_config_write(&c, js, 64), MOCO_EINVAL); /* does not fit: nothing, not a cut text */
+    assert_string_equal(js, "");
+    assert_non_null(strstr(moco_errmsg(), "more than the 63 a reader takes"));
+}
+
+/* the reader's range checks: each malformed field is MOCO_ECORRUPT naming
+ * the file and the field */
+static void test_config_ranges(void **state)
+{
+    (void)state;
+    struct { const char *json, *want; } cases[] = {
+        {"{\"width\":-1}", "field \"width\" is not an integer in [0, 2^31)"},
+        {"{\"bn_splits\":2147483648}", "field \"bn_splits\" is not an integer in [0, 2^31)"},
+        {"{\"K\":\"16\"}", "field \"K\" is not an integer in [0, 2^31)"},
+        {"{\"size\":8.5}", "field \"size\" is not an integer in [0, 2^31)"},
+        {"{\"lr\":\"0.03\"}", "field \"lr\" is not a finite number"},
+        {"{\"wd\":1e999}", "field \"wd\" is not a finite number"},
+        {"{\"T\":null}", "field \"T\" is not a finite number"},
+        {"{\"mean\":[0.4,0.5],\"std\":[1,1,1]}", "field \"mean\" is not an array of 3 finite numbers"},
+        {"{\"mean\":[0.4,0.5,0.6,0.7],\"std\":[1,1,1]}", "field \"mean\" is not an array of 3 finite numbers"},
+        {"{\"mean\":[0.4,0.5,0.6],\"std\":[1,\"1\",1]}", "field \"std\" is not an array of 3 finite numbers"},
+        {"{\"arch\":\"resnet18-cifar-resnet18-cifar-xx\"}", "field \"arch\" is not a string of at most 31 bytes"},
+        {"{\"precision\":\"bfloat16\"}", "field \"precision\" is not a string of at most 7 bytes"},
+        {"{\"normalize\":7}", "field \"normalize\" is not a string of at most 15 bytes"},
+        {"{\"schedule\":[120,160]}", "field \"schedule\" is not a string of at most 191 bytes"},
+        {"{\"seed\":-3}", "field \"seed\" is not an integer in [0, 2^64)"},
+        {"{\"count\":9223372036854775808}", "field \"count\" is not an integer in [0, 2^63)"},
+        {"[1,2]", "__metadata__ config is not a JSON object"},
+    };
+    char want[512];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        moco_ckpt_config c;
+        int rc = moco_ckpt_config_parse(cases[i].json, "x.safetensors", &c);
+        printf("%s: %s\n", cases[i].json, moco_errmsg());
+        assert_int_equal(rc, MOCO_ECORRUPT);
+        snprintf(want, sizeof want, "x.safetensors: %s%s", strncmp(cases[i].want, "field", 5) ? "" : "__metadata__ config ",
+                 cases[i].want);
+        assert_string_equal(moco_errmsg(), want);
+    }
+    /* in a file: every reader names it (resume and export through ckpt_open, the evaluation commands) */
+    const char *dir = tu_tmpdir("test_ckpt_ranges");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    char path[4200], bad[4200];
+    snprintf(path, sizeof path, "%s", save(dir, "c.safetensors", mc, &tc));
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    forge(path, bad, &(forgery){.fmt = "moco-checkpoint-1", .config = "{\"arch\":\"resnet18-cifar\",\"width\":-4}"});
+    snprintf(want, sizeof want, "%s: __metadata__ config field \"width\" is not an integer in [0, 2^31)", bad);
+    moco_ckpt_config cc;
+    assert_int_equal(ckpt_read_config(bad, &cc), MOCO_ECORRUPT);
+    assert_string_equal(moco_errmsg(), want);
+    moco_st *f = NULL;
+    assert_int_equal(ckpt_open(bad, &f, &cc), MOCO_ECORRUPT);
+    assert_string_equal(moco_errmsg(), want);
+    assert_null(f);
+    evalmodel_flags ef;
+    resnet *m = NULL;
+    assert_int_equal(open_with(bad, NULL, 0, 0, 0, &ef, &m), MOCO_ECORRUPT);
+    assert_string_equal(moco_errmsg(), want);
+    moco_destroy(&mc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -580,6 +807,9 @@ int main(void)
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_position_range),
         cmocka_unit_test(test_export_checked),
+        cmocka_unit_test(test_config_golden),
+        cmocka_unit_test(test_config_fields),
+        cmocka_unit_test(test_config_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

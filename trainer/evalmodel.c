@@ -49,7 +49,7 @@ int evalmodel_resolve(evalmodel_flags *f)
 int evalmodel_ckpt_size(const char *ckpt, long *size)
 {
     char path[4200];
-    ckpt_config cc;
+    moco_ckpt_config cc;
     int rc = moco_rundir_ckpt("--ckpt", ckpt, path, sizeof path);
     if (!rc && !(rc = ckpt_read_config(path, &cc))) *size = cc.size > 0 ? cc.size : 32;
     return rc;
@@ -69,7 +69,7 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
 }
 
 /* f's description of the encoder against the checkpoint's config */
-static int describe(evalmodel_flags *f, const ckpt_config *c)
+static int describe(evalmodel_flags *f, const moco_ckpt_config *c)
 {
     const char *p = f->ckpt;
     if (f->arch && c->arch[0] && strcmp(f->arch, c->arch))
@@ -117,7 +117,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
 {
     *m = NULL;
     if (!f->ckpt == (f->init_seed < 0)) return moco_err(MOCO_EINVAL, "give one of --ckpt and --random-init");
-    ckpt_config cc;
+    moco_ckpt_config cc;
     int rc;
     if (f->ckpt && ((rc = evalmodel_resolve(f)) || (rc = ckpt_read_config(f->ckpt, &cc)) || (rc = describe(f, &cc)))) return rc;
     if (!f->arch) f->arch = "resnet18-cifar";

@@ -67,7 +67,7 @@ int export_main(int argc, char **argv)
     int np, rc = 0, opt_exit;
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
     moco_st *f;
-    ckpt_config cc;
+    moco_ckpt_config cc;
     char ckpt_path[4200]; /* a run directory: its checkpoint_last */
     if ((rc = moco_rundir_ckpt("--ckpt", ckpt, ckpt_path, sizeof ckpt_path))) {
         fprintf(stderr, "moco export: %s\n", moco_errmsg());

@@ -185,49 +185,29 @@ static void schedule_str(const train_cfg *c, char *buf, size_t n)
 
 int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta)
 {
-    char sched[TRAIN_MAX_SCHEDULE * 12];
-    schedule_str(c, sched, sizeof sched);
-    moco_jw w; /* formats/jsonw: the one JSON writer */
-    moco_jw_begin(&w);
-    moco_jw_str(&w, "arch", c->arch);
-    moco_jw_i64(&w, "width", c->width);
-    moco_jw_i64(&w, "mlp", c->mlp);
-    moco_jw_i64(&w, "dim", c->dim);
-    moco_jw_i64(&w, "K", c->K);
-    moco_jw_g(&w, "m", c->m, 0);
-    moco_jw_g(&w, "T", c->T, 0);
-    moco_jw_i64(&w, "batch_size", c->batch);
-    moco_jw_i64(&w, "ranks", c->dist ? dist_size(c->dist) : 1);
-    moco_jw_g(&w, "lr", c->lr, 0);
-    moco_jw_g(&w, "momentum", c->momentum, 0);
-    moco_jw_g(&w, "wd", c->wd, 0);
-    moco_jw_i64(&w, "cos", c->cos);
-    moco_jw_str(&w, "schedule", sched);
-    moco_jw_i64(&w, "warmup_epochs", c->warmup_epochs);
-    moco_jw_i64(&w, "epochs", c->epochs);
-    moco_jw_i64(&w, "bn_splits", c->bn_splits);
-    moco_jw_i64(&w, "symmetric", c->symmetric);
-    moco_jw_i64(&w, "size", c->size);
-    moco_jw_str(&w, "precision", c->precision == NN_BF16 ? "bf16" : "fp32");
+    moco_ckpt_config k; /* formats/checkpoint.h: the config's one writer */
+    moco_ckpt_config_init(&k);
+    snprintf(k.arch, sizeof k.arch, "%s", c->arch);
+    k.width = c->width, k.mlp = c->mlp, k.dim = c->dim, k.K = c->K, k.batch = c->batch;
+    k.ranks = c->dist ? dist_size(c->dist) : 1;
+    k.m = c->m, k.T = c->T, k.lr = c->lr, k.momentum = c->momentum, k.wd = c->wd;
+    k.cos = c->cos, k.warmup_epochs = c->warmup_epochs, k.epochs = c->epochs, k.bn_splits = c->bn_splits;
+    k.symmetric = c->symmetric, k.size = c->size;
+    schedule_str(c, k.schedule, sizeof k.schedule);
+    snprintf(k.precision, sizeof k.precision, "%s", c->precision == NN_BF16 ? "bf16" : "fp32");
     if (c->norm) { /* the input normalisation: the evaluation commands' --normalize auto */
-        moco_jw_str(&w, "normalize", c->norm);
-        moco_jw_arr(&w, "mean");
-        for (int i = 0; i < 3; i++) moco_jw_g(&w, NULL, c->mean[i], 7); /* the float constants, as written */
-        moco_jw_close(&w);
-        moco_jw_arr(&w, "std");
-        for (int i = 0; i < 3; i++) moco_jw_g(&w, NULL, c->std[i], 7);
-        moco_jw_close(&w);
+        snprintf(k.normalize, sizeof k.normalize, "%s", c->norm);
+        for (int i = 0; i < 3; i++) k.mean[i] = c->mean[i], k.std[i] = c->std[i];
     }
-    moco_jw_u64(&w, "seed", c->seed);
-    moco_jw_u64(&w, "count", c->count);
-    const char *js = moco_jw_end(&w);
-    int fits = js && n > 0 && strlen(js) < n; /* a cut JSON text would not parse: then no config at all */
-    if (fits) memcpy(buf, js, strlen(js) + 1);
-    else if (n > 0) buf[0] = 0;
-    moco_jw_free(&w);
-    meta[0] = "format";
-    meta[1] = CKPT_FORMAT;
-    meta[2] = "config";
+    k.seed = c->seed;
+    k.count = c->count > (uint64_t)INT64_MAX ? -1 : (int64_t)c->count; /* -1: refused by the writer */
+    /* a config the readers would refuse, or one that does not fit: no config at all */
+    int fits = strlen(c->arch) < sizeof k.arch && (!c->norm || strlen(c->norm) < sizeof k.normalize) &&
+               moco_ckpt_config_write(&k, buf, n) == 0;
+    if (!fits && n > 0) buf[0] = 0;
+    meta[0] = MOCO_CKPT_KEY_FORMAT;
+    meta[1] = MOCO_CKPT_FORMAT;
+    meta[2] = MOCO_CKPT_KEY_CONFIG;
     meta[3] = buf;
     return fits ? 2 : 1;
 }
@@ -283,7 +263,7 @@ static int check_out_dir(const char *out, int overwrite)
 }
 
 /* A resume keeps the schedule the checkpoint was trained with. */
-static int schedule_unchanged(const train_cfg *c, const ckpt_config *k, const char *path)
+static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, const char *path)
 {
     char diff[1024] = "", a[64], b[64], sched[TRAIN_MAX_SCHEDULE * 12];
     size_t at = 0;
@@ -519,7 +499,7 @@ static int vote(const train_cfg *c, trainer_stream *s, int mine, int *epoch_done
  * model itself (another architecture shares its first tensors with this
  * one: a resnet34 checkpoint loaded as resnet18 dropped 240 tensors), the
  * --size, the dataset (count), the schedule. */
-static int resume_matches(const train_cfg *c, const ckpt_config *kc, const char *resume)
+static int resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const char *resume)
 {
     if (kc->arch[0] && (strcmp(kc->arch, c->arch) || (kc->width >= 0 && kc->width != c->width) ||
                         (kc->mlp >= 0 && kc->mlp != c->mlp) || (kc->dim >= 0 && kc->dim != c->dim)))
@@ -579,7 +559,7 @@ int train_run(const train_cfg *cin)
     int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
     int lock_fd = -1; /* --out's lock (formats/rundir.h) */
     int made_out = 0; /* --out made here (removed again if the run fails before its first checkpoint) */
-    ckpt_config kc;
+    moco_ckpt_config kc;
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
     const char *resume = c->resume;

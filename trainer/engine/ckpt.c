@@ -72,15 +72,14 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     snprintf(crcs, sizeof crcs, "%08lx", (unsigned long)crc);
     for (int i = 0; i < 2 * nmeta; i++) meta2[i] = meta[i];
     int nm = nmeta;
-    meta2[2 * nm] = "data_crc32";
+    meta2[2 * nm] = MOCO_CKPT_KEY_DATA_CRC32;
     meta2[2 * nm++ + 1] = crcs;
     /* the config too: the evaluation commands build their model from it */
     char ccrcs[16];
     for (int i = 0; i < nmeta; i++)
-        if (!strcmp(meta[2 * i], "config")) {
-            snprintf(ccrcs, sizeof ccrcs, "%08lx", (unsigned long)crc32_z(crc32_z(0L, Z_NULL, 0), (const Bytef *)meta[2 * i + 1],
-                                                                           strlen(meta[2 * i + 1])));
-            meta2[2 * nm] = "config_crc32";
+        if (!strcmp(meta[2 * i], MOCO_CKPT_KEY_CONFIG)) {
+            moco_ckpt_crc32_hex(meta[2 * i + 1], strlen(meta[2 * i + 1]), ccrcs, sizeof ccrcs);
+            meta2[2 * nm] = MOCO_CKPT_KEY_CONFIG_CRC32;
             meta2[2 * nm++ + 1] = ccrcs;
             break;
         }
@@ -118,16 +117,16 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     if (tk[0].type != MOCO_JSON_OBJ) { rc = moco_err(MOCO_ECORRUPT, "%s: header is not a JSON object", path); goto out; }
     int md = moco_json_get(h, tk, 0, "__metadata__");
     if (md < 0 || tk[md].type != MOCO_JSON_OBJ) goto out;
-    int c = moco_json_get(h, tk, md, "config"), k = moco_json_get(h, tk, md, "data_crc32"),
-        kc = moco_json_get(h, tk, md, "config_crc32"), fm = moco_json_get(h, tk, md, "format");
+    int c = moco_json_get(h, tk, md, MOCO_CKPT_KEY_CONFIG), k = moco_json_get(h, tk, md, MOCO_CKPT_KEY_DATA_CRC32),
+        kc = moco_json_get(h, tk, md, MOCO_CKPT_KEY_CONFIG_CRC32), fm = moco_json_get(h, tk, md, MOCO_CKPT_KEY_FORMAT);
     if (fm >= 0) { /* absent in files saved without metadata: legal */
         char fmt[64];
         if (tk[fm].type != MOCO_JSON_STR || tk[fm].len >= sizeof fmt || moco_json_str(h, &tk[fm], fmt, sizeof fmt)) {
-            rc = moco_err(MOCO_EFORMAT, "%s: __metadata__ format is not a short string, expected \"" CKPT_FORMAT "\"", path);
+            rc = moco_err(MOCO_EFORMAT, "%s: __metadata__ format is not a short string, expected \"" MOCO_CKPT_FORMAT "\"", path);
             goto out;
         }
-        if (strcmp(fmt, CKPT_FORMAT)) {
-            rc = moco_err(MOCO_EFORMAT, "%s: format \"%s\" is not a checkpoint this build reads (\"" CKPT_FORMAT "\")", path, fmt);
+        if (strcmp(fmt, MOCO_CKPT_FORMAT)) {
+            rc = moco_err(MOCO_EFORMAT, "%s: format \"%s\" is not a checkpoint this build reads (\"" MOCO_CKPT_FORMAT "\")", path, fmt);
             goto out;
         }
     }
@@ -139,8 +138,7 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     }
     if (kc >= 0) { /* files written before it existed have none */
         char got[16];
-        snprintf(got, sizeof got, "%08lx",
-                 (unsigned long)crc32_z(crc32_z(0L, Z_NULL, 0), (const Bytef *)config, strlen(config)));
+        moco_ckpt_crc32_hex(config, strlen(config), got, sizeof got);
         if (c < 0 || strcmp(got, ccrc))
             rc = moco_err(MOCO_ECORRUPT, "%s: the config metadata fails its checksum (CRC-32 %s, the header says %s): the file is damaged",
                           path, c < 0 ? "of nothing" : got, ccrc);
@@ -151,87 +149,14 @@ out:
     return rc;
 }
 
-static int cfg_int(const char *s, const moco_json_tok *tk, int obj, const char *key, int *v)
+int ckpt_read_config(const char *path, moco_ckpt_config *cfg)
 {
-    int i = moco_json_get(s, tk, obj, key);
-    uint64_t u;
-    *v = -1;
-    if (i < 0) return 0;
-    if (tk[i].type != MOCO_JSON_NUM || moco_json_u64(s, &tk[i], &u) || u > 0x7fffffff) return MOCO_ECORRUPT;
-    *v = (int)u;
-    return 0;
-}
-
-/* The config JSON (as config_meta writes it) into *c. */
-static int parse_config(const char *js, const char *path, ckpt_config *c)
-{
-    *c = (ckpt_config){.width = -1, .mlp = -1, .dim = -1, .size = -1, .K = -1, .batch = -1, .ranks = -1, .epochs = -1, .cos = -1,
-                       .warmup_epochs = -1, .symmetric = -1, .bn_splits = -1, .lr = NAN, .m = NAN, .T = NAN, .momentum = NAN, .wd = NAN, .count = -1};
-    if (!*js) return 0;
-    moco_json_tok tk[256];
-    int nt, rc = 0;
-    if (moco_json_parse(js, strlen(js), path, tk, 256, &nt) || tk[0].type != MOCO_JSON_OBJ)
-        return moco_err(MOCO_ECORRUPT, "%s: __metadata__ config is not a JSON object", path);
-    c->has_config = 1;
-    int i = moco_json_get(js, tk, 0, "arch");
-    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->arch, sizeof c->arch))) rc = MOCO_ECORRUPT;
-    i = moco_json_get(js, tk, 0, "schedule");
-    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->schedule, sizeof c->schedule))) rc = MOCO_ECORRUPT;
-    c->has_schedule = i >= 0;
-    i = moco_json_get(js, tk, 0, "precision");
-    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->precision, sizeof c->precision))) rc = MOCO_ECORRUPT;
-    i = moco_json_get(js, tk, 0, "normalize");
-    if (i >= 0 && (tk[i].type != MOCO_JSON_STR || moco_json_str(js, &tk[i], c->normalize, sizeof c->normalize))) rc = MOCO_ECORRUPT;
-    if (cfg_int(js, tk, 0, "width", &c->width) || cfg_int(js, tk, 0, "mlp", &c->mlp) || cfg_int(js, tk, 0, "dim", &c->dim) ||
-        cfg_int(js, tk, 0, "size", &c->size) || cfg_int(js, tk, 0, "K", &c->K) || cfg_int(js, tk, 0, "batch_size", &c->batch) ||
-        cfg_int(js, tk, 0, "ranks", &c->ranks) ||
-        cfg_int(js, tk, 0, "epochs", &c->epochs) || cfg_int(js, tk, 0, "cos", &c->cos) ||
-        cfg_int(js, tk, 0, "warmup_epochs", &c->warmup_epochs) || cfg_int(js, tk, 0, "symmetric", &c->symmetric) ||
-        cfg_int(js, tk, 0, "bn_splits", &c->bn_splits))
-        rc = MOCO_ECORRUPT;
-    const char *dk[] = {"lr", "m", "T", "momentum", "wd"};
-    double *dv[] = {&c->lr, &c->m, &c->T, &c->momentum, &c->wd};
-    for (int d = 0; d < 5; d++) {
-        i = moco_json_get(js, tk, 0, dk[d]);
-        if (i < 0) continue;
-        char num[64];
-        if (tk[i].type != MOCO_JSON_NUM || tk[i].len >= sizeof num) rc = MOCO_ECORRUPT;
-        else snprintf(num, sizeof num, "%.*s", (int)tk[i].len, js + tk[i].start), *dv[d] = strtod(num, NULL);
-    }
-    const char *ak[] = {"mean", "std"};
-    double *av[] = {c->mean, c->std};
-    int arrays = 0;
-    for (int a = 0; a < 2; a++) { /* arrays of 3 numbers (their elements are the tokens after it) */
-        i = moco_json_get(js, tk, 0, ak[a]);
-        if (i < 0) continue;
-        if (tk[i].type != MOCO_JSON_ARR || tk[i].size != 3) { rc = MOCO_ECORRUPT; continue; }
-        for (int j = 0; j < 3; j++) {
-            const moco_json_tok *e = &tk[i + 1 + j];
-            char num[64];
-            if (e->type != MOCO_JSON_NUM || e->len >= sizeof num) { rc = MOCO_ECORRUPT; break; }
-            snprintf(num, sizeof num, "%.*s", (int)e->len, js + e->start);
-            av[a][j] = strtod(num, NULL);
-        }
-        arrays++;
-    }
-    c->has_mean_std = arrays == 2 && !rc;
-    i = moco_json_get(js, tk, 0, "count");
-    uint64_t u;
-    if (i >= 0) {
-        if (tk[i].type != MOCO_JSON_NUM || moco_json_u64(js, &tk[i], &u) || u > (uint64_t)INT64_MAX) rc = MOCO_ECORRUPT;
-        else c->count = (int64_t)u;
-    }
-    return rc ? moco_err(MOCO_ECORRUPT, "%s: __metadata__ config has a malformed field", path) : 0;
-}
-
-int ckpt_read_config(const char *path, ckpt_config *cfg)
-{
-    char config[4096], crc[32];
+    char config[MOCO_CKPT_CONFIG_MAX], crc[32];
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO: refused by read_meta, not waited on */
     if (fd < 0) return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
     int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
     close(fd);
-    return rc ? rc : parse_config(config, path, cfg);
+    return rc ? rc : moco_ckpt_config_parse(config, path, cfg);
 }
 
 /* the CRC-32 of the data section, and every F32 tensor finite */
@@ -273,9 +198,9 @@ static int check_data(const moco_st *f, const char *path, const char *want)
     return 0;
 }
 
-int ckpt_open(const char *path, moco_st **out, ckpt_config *cfg)
+int ckpt_open(const char *path, moco_st **out, moco_ckpt_config *cfg)
 {
-    char config[4096], crc[32];
+    char config[MOCO_CKPT_CONFIG_MAX], crc[32];
     moco_st *f = NULL;
     int rc = 0;
     *out = NULL;
@@ -296,7 +221,7 @@ int ckpt_open(const char *path, moco_st **out, ckpt_config *cfg)
         moco_st_destroy(&f);
     }
     if ((rc = check_data(f, path, crc))) goto fail;
-    if (cfg && (rc = parse_config(config, path, cfg))) goto fail;
+    if (cfg && (rc = moco_ckpt_config_parse(config, path, cfg))) goto fail;
     *out = f;
     return 0;
 fail:

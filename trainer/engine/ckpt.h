@@ -7,18 +7,16 @@
  *       randomness is a function of (seed, step), so this is the RNG state);
  *   pipeline.epoch I64[1], pipeline.delivered U8[ceil(n/8)]: the stream
  *       position (indices of pipeline.epoch already trained on);
- * and "__metadata__" strings: "format" (moco-checkpoint-1), "config" (the
- * training configuration as JSON: arch, width, mlp, dim, size, K, lr,
- * schedule, epochs, ...; see train_config_meta), "data_crc32" (the CRC-32
- * of the whole data section, 8 hex digits) and "config_crc32" (that of the
- * config string). Written atomically (temporary
+ * and the "__metadata__" strings of formats/checkpoint.h (the metadata
+ * contract's one home: "format", "config", "data_crc32", "config_crc32";
+ * the config JSON is written and read there, not here). Written atomically (temporary
  * file, fsync, rename): a crash leaves the previous file intact.
  *
  * Every load (ckpt_open, ckpt_read_config and what uses them) checks the
  * CRC-32s when the file has them (files written before them have none;
  * MOCO_ECORRUPT naming the file) and refuses NaN or infinite values in any F32 tensor
  * (MOCO_ENUMERIC naming the tensor and the element) and a "format" other
- * than CKPT_FORMAT (MOCO_EFORMAT; none at all is read). Loading into a model
+ * than MOCO_CKPT_FORMAT (MOCO_EFORMAT; none at all is read). Loading into a model
  * checks every name, dtype and shape before changing anything, and refuses
  * (MOCO_EINVAL naming it) a model tensor (encoder_q., encoder_k.,
  * momentum_buffer.) the model lacks; ckpt_load also epochs outside
@@ -29,11 +27,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "trainer/engine/moco.h"
 
-/* the "format" metadata this build writes and reads */
-#define CKPT_FORMAT "moco-checkpoint-1"
 /* train.step is below this (2^53: exact in a double) */
 #define CKPT_MAX_STEP ((int64_t)1 << 53)
 
@@ -44,20 +41,6 @@ typedef struct {
     size_t delivered_bytes;
 } ckpt_state;
 
-/* What a checkpoint's "config" metadata says. Absent fields: -1 (ints),
- * NAN (lr, m, T, momentum, wd), "" (strings); has_config 0 when there is no
- * config at all. */
-typedef struct {
-    int has_config, has_schedule;
-    char arch[32], schedule[128], precision[8]; /* precision: "fp32", "bf16", "" (before 2026-12-01) */
-    char normalize[16]; /* the inputs' mean and std: "cifar", "imagenet", "none", "" (before 2026-12-02) */
-    int width, mlp, dim, size, K, batch, ranks, epochs, cos, warmup_epochs, symmetric, bn_splits;
-    double lr, m, T, momentum, wd;
-    int has_mean_std;          /* with normalize: the mean and std it stands for, as written (3 each) */
-    double mean[3], std[3];
-    int64_t count;
-} ckpt_config;
-
 /* meta: key/value pairs (may be NULL); "data_crc32" and, with a "config",
  * "config_crc32" are added here. */
 int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char *const *meta, int nmeta);
@@ -66,12 +49,12 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
  * read its config into *cfg (may be NULL). Returns 0 and *f (moco_st_destroy
  * it), or MOCO_EIO / MOCO_ECORRUPT / MOCO_ENUMERIC / MOCO_ENOMEM naming the
  * file; *f NULL on failure. */
-int ckpt_open(const char *path, moco_st **f, ckpt_config *cfg);
+int ckpt_open(const char *path, moco_st **f, moco_ckpt_config *cfg);
 
 /* Only the config (the header is read, not the tensors). Returns 0 (also
  * when the file has no config: cfg->has_config 0), or MOCO_EIO /
  * MOCO_ECORRUPT naming the file. */
-int ckpt_read_config(const char *path, ckpt_config *cfg);
+int ckpt_read_config(const char *path, moco_ckpt_config *cfg);
 
 /* Restore mc (built with the same configuration) and fill *st (its
  * delivered bitmap malloc'd, to free()). Returns 0 or an error naming the
