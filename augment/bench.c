@@ -197,7 +197,7 @@ int augment_bench_main(int argc, char **argv)
     moco_opt extra[] = {
         {"db", MOCO_OPT_STR, &dbp, "dataset LMDB", 0, 0, NULL},
         {"seconds", MOCO_OPT_DOUBLE, &seconds, "seconds per measurement", 0.1, 3600, NULL},
-        {"workers", MOCO_OPT_INT, &workers, "1: in-process, no sockets; N > 1: N worker processes", 1, 64, NULL},
+        {"workers|-j", MOCO_OPT_INT, &workers, "1: in-process, no sockets; N > 1: N worker processes", 1, 64, NULL},
         {"limit", MOCO_OPT_U64, &limit, "records read into memory at most", 1, 1e9, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };

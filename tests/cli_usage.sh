@@ -224,6 +224,12 @@ err=$($M run db -lr 0.03 --run-dir r13c 2>&1); rc=$?
   || fail "13: moco run -lr: rc $rc, '$err'"
 err=$($M run db -j x --run-dir r13c 2>&1); rc=$?
 [ $rc -eq 2 ] && [[ $err == *"moco run: -j: 'x' is not an integer"* ]] || fail "13: moco run -j x: rc $rc, '$err'"
+# the evaluation commands and bench augment take them too (main_lincls.py's -a -b)
+err=$($M knn --ckpt r13 --train db --test db -a resnet50 2>&1); rc=$?
+[ $rc -ne 0 ] && [[ $err == *"holds a resnet18-cifar encoder; --arch resnet50 contradicts it"* ]] || fail "13: moco knn -a resnet50: rc $rc, '$err'"
+$M lincls --help | grep -q -- '^  -b, --batch-size N  ' && $M lincls --help | grep -q -- '^  -a, --arch X  ' \
+  && $M bench augment --help | grep -q -- '^  -j, --workers N  ' \
+  || fail "13: lincls --help lacks -a/-b or bench augment --help lacks -j: $($M lincls --help | grep -e '--arch ' -e '--batch-size '; $M bench augment --help | grep -e '--workers ')"
 echo "13: main_moco.py's -a -b -j (spaced, attached, -b=V), in --help, with did-you-mean"
 # 14. bench train: --moco-k --moco-m --moco-t, and --K --m --T the same (before: --moco-k unknown)
 $M bench train --help | grep -q -- '^  --moco-k, --K N  ' && $M bench train --help | grep -q -- '^  --moco-m, --m F  ' \

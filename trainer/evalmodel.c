@@ -18,7 +18,7 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
     *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
-    o[n++] = (moco_opt){"arch", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
+    o[n++] = (moco_opt){"arch|-a", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
                         "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"};
     o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 0, 1024, NULL};
     o[n++] = (moco_opt){"mlp", MOCO_OPT_FLAG, &f->mlp, "it has the MLP head (default: as the checkpoint says)", 0, 0, NULL};

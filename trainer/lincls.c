@@ -294,7 +294,7 @@ int lincls_main(int argc, char **argv)
     opts[n++] = (moco_opt){"schedule", MOCO_OPT_STR, &schedule, "epochs at which the lr is multiplied by 0.1", 0, 0, NULL};
     opts[n++] = (moco_opt){"momentum", MOCO_OPT_DOUBLE, &momentum, "SGD momentum", 0, 1, NULL};
     opts[n++] = (moco_opt){"wd", MOCO_OPT_DOUBLE, &wd, "weight decay", 0, 1, NULL};
-    opts[n++] = (moco_opt){"batch-size", MOCO_OPT_INT, &batch, "classifier batch (streamed: also the encoder's)", 1, 1e6, NULL};
+    opts[n++] = (moco_opt){"batch-size|-b", MOCO_OPT_INT, &batch, "classifier batch (streamed: also the encoder's)", 1, 1e6, NULL};
     opts[n++] = (moco_opt){"seed", MOCO_OPT_U64, &seed, "seed of the classifier's init and order (and of the crops)", 0, 0, NULL};
     opts[n++] = (moco_opt){"connect", MOCO_OPT_STR, &connect, "streamed: the loader's control endpoint (set by moco lincls)", 0, 0, NULL};
     opts[n++] = (moco_opt){"bind", MOCO_OPT_STR, &bind, "streamed: endpoint the workers push views to (set by moco lincls)", 0, 0, NULL};
