@@ -854,7 +854,7 @@ static unsigned long long loader_last(const char *key)
 #define HELD_CAP (512 << 10) /* $MOCO_LOADER_HELD_BYTES here */
 
 /* Serve mode, 2 consumers (played here through trainer/stream.h), pairs of
- * 2 x 128x128 views (32 KiB): rank 0 reads nothing for 2 s, only says it is
+ * 2 x 128x128 views (32 KiB): rank 0 reads nothing for 3 s, only says it is
  * alive, while rank 1 reads. The pairs of rank 0's shard wait for it at the
  * loader up to the cap on one consumer's queue ($MOCO_LOADER_HELD_BYTES,
  * 512 KiB here; LOADER_HELD_BYTES_MAX, 256 MiB, by default): past it the
@@ -893,7 +893,7 @@ static void test_serve_held_bytes_cap(void **st)
         for (int r = 0; r < 2; r++) {
             if (ended[r]) continue;
             if (r == 0 && (paused_until < 0 || moco_now_s() < paused_until)) { /* rank 0: alive, not reading */
-                if (paused_until < 0 && got[1] > 0) paused_until = moco_now_s() + 2;
+                if (paused_until < 0 && got[1] > 0) paused_until = moco_now_s() + 3;
                 stream_keepalive(s[0]);
                 continue;
             }
