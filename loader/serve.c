@@ -93,7 +93,9 @@ static int hold(loader *L, int r, zmq_msg_t *f, int nf)
     m->nf = nf;
     m->bytes = bytes;
     c->nheld++;
+    if (c->heldbytes <= L->held_bytes_max && c->heldbytes + bytes > L->held_bytes_max) L->held_full++;
     c->heldbytes += bytes;
+    if (c->heldbytes > L->held_bytes_peak) L->held_bytes_peak = c->heldbytes;
     return 0;
 }
 
@@ -123,7 +125,7 @@ int loader_forward_pending(loader *L)
             L->forwarded++;
         }
         left += c->nheld;
-        if (c->heldbytes > LOADER_HELD_BYTES_MAX) left += LOADER_HELD_MAX + 1; /* full: as many messages as may wait */
+        if (c->heldbytes > L->held_bytes_max) left += LOADER_HELD_MAX + 1; /* full: as many messages as may wait */
     }
     return left;
 }
@@ -203,7 +205,9 @@ static int split(loader *L, zmq_msg_t *f, int nf, const uint8_t *keep)
  * reaches the workers); with several, each has its own queue (bounded by
  * its shard's window, as each issue is forwarded once), so that one rank
  * busy in a collective never stops the pairs of another; reading stops at
- * LOADER_HELD_MAX messages held in all, or LOADER_HELD_BYTES_MAX for one. */
+ * LOADER_HELD_MAX messages held in all, or L->held_bytes_max for one
+ * (LOADER_HELD_BYTES_MAX; counted in held_full each time a queue goes over
+ * it; nothing is dropped: the pairs wait in the workers' sockets). */
 void loader_serve_pairs(loader *L)
 {
     for (int burst = 0; burst < 256; burst++) {

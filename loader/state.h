@@ -19,7 +19,8 @@
 #define MAX_ID 255
 #define NO_EPOCH 0xFFFFFFFFu
 #define LOADER_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */
-#define LOADER_HELD_BYTES_MAX ((size_t)256 << 20) /* bytes of pairs waiting for one consumer; more: stop reading */
+#define LOADER_HELD_BYTES_MAX ((size_t)256 << 20) /* bytes of pairs waiting for one consumer; more: stop reading
+                                                   * ($MOCO_LOADER_HELD_BYTES may lower it: tests) */
 
 enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
 
@@ -114,6 +115,9 @@ typedef struct {
     uint64_t split_msgs;             /* pair messages of several shards, split */
     uint64_t refused_workers;        /* READYs of new peers while every slot was taken by a live worker */
     uint64_t reclaimed_slots;        /* slots of banned workers given to new peers */
+    size_t held_bytes_max;           /* serve mode: LOADER_HELD_BYTES_MAX, or lower ($MOCO_LOADER_HELD_BYTES) */
+    size_t held_bytes_peak;          /* the most bytes that waited for one consumer */
+    uint64_t held_full;              /* times a consumer's queue went over held_bytes_max (reading stopped) */
 } loader;
 
 /* An event line of the log: loader_ev_begin, the fields (moco_jw_*), loader_ev_end. */

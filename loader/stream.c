@@ -598,6 +598,8 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "handshake_dropped", moco_sec_dropped(L->sec));
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
         moco_jw_u64(&w, "stale_pairs", L->stale_pairs);
+        moco_jw_u64(&w, "held_bytes_peak", L->held_bytes_peak);
+        moco_jw_u64(&w, "held_full", L->held_full);
         if (L->R > 1) moco_jw_u64(&w, "split_msgs", L->split_msgs);
         moco_jw_log(&w, L->log, "moco loader", L->log_path, &log_warned);
     }
@@ -846,6 +848,18 @@ int loader_stream_main(int argc, char **argv)
     int np, rc = 0, opt_exit;
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) { free(L); return opt_exit; }
     L->R = (int)consumers;
+    L->held_bytes_max = LOADER_HELD_BYTES_MAX;
+    const char *hb = getenv("MOCO_LOADER_HELD_BYTES"); /* a lower cap, for tests */
+    if (hb && *hb) {
+        char *e = NULL;
+        unsigned long long v = strtoull(hb, &e, 10);
+        if (*e || hb[0] == '-' || v == 0 || v > LOADER_HELD_BYTES_MAX) {
+            fprintf(stderr, "moco loader: MOCO_LOADER_HELD_BYTES=%s: give bytes from 1 to %zu\n", hb, LOADER_HELD_BYTES_MAX);
+            free(L);
+            return 2;
+        }
+        L->held_bytes_max = (size_t)v;
+    }
     if (L->R > 1 && !L->pairs_ep) {
         fprintf(stderr, "moco loader: --consumers %d needs serve mode (--pairs): each consumer gets its shard over its control socket\n", L->R);
         free(L);

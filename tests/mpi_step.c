@@ -29,7 +29,9 @@
  *      unchanged, and the check then finds the ranks' BN statistics apart;
  *   6. the periodic check inside moco_step (MOCO_DIST_CHECK=1, set here
  *      before dist_init: every step): weights that drifted apart on rank 1
- *      fail the next step on every rank with MOCO_ENUMERIC naming rank 1. */
+ *      fail the next step on every rank with MOCO_ENUMERIC naming rank 1.
+ * `mpi_step --shards ...` (no mpirun) prints the loader's shards instead
+ * (print_shards). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,7 @@
 
 #include "formats/errors.h"
 #include "formats/rng.h"
+#include "loader/stream.h"
 #include "trainer/dist.h"
 #include "trainer/engine/blascore.h"
 #include "trainer/engine/moco.h"
@@ -356,8 +359,24 @@ static void test_periodic_check(dist *d)
     moco_destroy(&mc);
 }
 
+/* `mpi_step --shards SEED EPOCH N R`, without mpirun: the rank whose shard
+ * holds each sample of that epoch in the loader's serve mode (position p of
+ * loader_epoch_order goes to rank p % R), a line "index rank" per sample
+ * (tests/cli_mpi_step.sh builds a dataset from it). */
+static int print_shards(char **argv)
+{
+    uint64_t n = strtoull(argv[4], NULL, 10), R = strtoull(argv[5], NULL, 10);
+    uint64_t *perm = n ? malloc(sizeof *perm * n) : NULL;
+    if (!perm || !R) return 2;
+    loader_epoch_order(strtoull(argv[2], NULL, 10), (uint32_t)strtoul(argv[3], NULL, 10), perm, n);
+    for (uint64_t p = 0; p < n; p++) printf("%llu %llu\n", (unsigned long long)perm[p], (unsigned long long)(p % R));
+    free(perm);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 6 && !strcmp(argv[1], "--shards")) return print_shards(argv);
     dist *d;
     blas_core_restart(argv); /* OpenBLAS's kernels as in bin/moco (trainer/engine/blascore.h) */
     setenv("MOCO_DIST_CHECK", "1", 1); /* the periodic check after every step (test 6) */

@@ -3,7 +3,9 @@
  * children running augment_pipe_run() with a trivial augmentation (so that
  * these tests check the plumbing, not the image code). Every test is bounded
  * in time and checks the sink's per-epoch index sets: exactly the dataset,
- * once per epoch, whatever is done to the workers. */
+ * once per epoch, whatever is done to the workers. In serve mode with two
+ * consumers (played in-process through trainer/stream.h), a consumer that
+ * does not read holds at most the loader's byte cap, and nothing is lost. */
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -12,11 +14,13 @@
 #include <zmq.h>
 
 #include "augment/pipe.h"
+#include "formats/clock.h"
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "loader/stream.h"
+#include "trainer/stream.h"
 
 #define N 300 /* samples in the test dataset */
 
@@ -117,6 +121,7 @@ static int wait_for(pid_t pid, double secs)
 
 static int hang_at; /* a worker started while it is set hangs at its hang_at-th record */
 static int slow_ms; /* ... and takes this long over each record */
+static int view_side; /* ... and makes views of this side (0: 8), the 8x8 image repeated */
 
 static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, uint64_t index, uint8_t *q, uint8_t *k,
                      augment_pipe_views *info)
@@ -134,13 +139,14 @@ static int fake_pair(void *ctx, const uint8_t *rec, size_t len, uint32_t epoch, 
     if (hang_at && ++made == hang_at) /* stuck with the sample in hand, until stopped */
         while (!augment_pipe_stop) usleep(10000);
     if (moco_get_le32(pl) != index) return moco_err(MOCO_ECORRUPT, "%s holds image %u", what, moco_get_le32(pl));
-    for (int i = 0; i < 64; i++) {
-        q[i] = pl[i];
-        k[i] = pl[63 - i];
+    int side = view_side ? view_side : 8;
+    for (int i = 0; i < side * side; i++) {
+        q[i] = pl[i % 64];
+        k[i] = pl[63 - i % 64];
     }
     memset(info, 0, sizeof *info);
     info->label = h.label;
-    info->height = info->width = 8;
+    info->height = info->width = (uint16_t)side;
     info->channels = 1;
     return 0;
 }
@@ -158,7 +164,7 @@ static pid_t start_worker(int queue)
     if (pid == 0) {
         struct sigaction sa = {.sa_handler = on_term};
         sigaction(SIGTERM, &sa, NULL);
-        augment_pipe_cfg cfg = {.loader_ep = work_ep, .push_ep = pairs_ep, .view_bytes = 64, .queue = queue, .sndhwm = 2,
+        augment_pipe_cfg cfg = {.loader_ep = work_ep, .push_ep = pairs_ep, .view_bytes = view_side ? (size_t)view_side * (size_t)view_side : 64, .queue = queue, .sndhwm = 2,
                                 .loader_timeout = 10};
         augment_pipe_stats st;
         int rc = augment_pipe_run(&cfg, fake_pair, NULL, &st);
@@ -836,6 +842,92 @@ static void test_epoch_order(void **st)
     }
 }
 
+/* The last "key":N of the loader's log, as a number. */
+static unsigned long long loader_last(const char *key)
+{
+    char *txt = loader_log(), *last = last_key(txt, key);
+    unsigned long long v = strtoull(last + strlen(key), NULL, 10);
+    free(txt);
+    return v;
+}
+
+#define HELD_CAP (512 << 10) /* $MOCO_LOADER_HELD_BYTES here */
+
+/* Serve mode, 2 consumers (played here through trainer/stream.h), pairs of
+ * 2 x 128x128 views (32 KiB): rank 0 reads nothing for 3 s, only says it is
+ * alive, while rank 1 reads. The pairs of rank 0's shard wait for it at the
+ * loader up to the cap on one consumer's queue ($MOCO_LOADER_HELD_BYTES,
+ * 512 KiB here; LOADER_HELD_BYTES_MAX, 256 MiB, by default): past it the
+ * loader counts it (held_full in loader.jsonl) and stops reading the
+ * workers' pairs, so its queue holds at most the cap and one message
+ * (held_bytes_peak; without the cap, its whole shard: 4.8 MiB); nothing is
+ * lost: once rank 0 reads, the epoch ends with every sample delivered
+ * exactly once over the two ranks. The variable cannot raise the cap. */
+static void test_serve_held_bytes_cap(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_held");
+    make_db();
+    char cap[32];
+    snprintf(cap, sizeof cap, "%d", HELD_CAP);
+    setenv("MOCO_LOADER_HELD_BYTES", cap, 1);
+    char extra[1400];
+    snprintf(extra, sizeof extra, "--epochs 1 --seed 5 --pairs %s --consumers 2 --window 400 --reissue-after 100 "
+             "--consumer-timeout 30 --linger 0", pairs_ep);
+    pid_t L = start_loader(extra);
+    unsetenv("MOCO_LOADER_HELD_BYTES");
+    view_side = 128;
+    pid_t W[2] = {start_worker(4), start_worker(4)};
+    view_side = 0;
+    trainer_stream *s[2];
+    for (int r = 0; r < 2; r++) {
+        stream_cfg cfg = {.ctl_ep = ctl_ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 30, .rank = r, .ranks = 2};
+        assert_int_equal(stream_open(&cfg, &s[r]), 0);
+    }
+    static int seen[N];
+    memset(seen, 0, sizeof seen);
+    int ended[2] = {0, 0}, got[2] = {0, 0};
+    double t0 = moco_now_s(), paused_until = -1;
+    while (!(ended[0] && ended[1])) {
+        if (moco_now_s() - t0 > 60) fail_msg("the epoch did not end in 60 s: ranks got %d and %d pairs", got[0], got[1]);
+        for (int r = 0; r < 2; r++) {
+            if (ended[r]) continue;
+            if (r == 0 && (paused_until < 0 || moco_now_s() < paused_until)) { /* rank 0: alive, not reading */
+                if (paused_until < 0 && got[1] > 0) paused_until = moco_now_s() + 3;
+                stream_keepalive(s[0]);
+                continue;
+            }
+            stream_event ev;
+            if (stream_next(s[r], 5, &ev)) fail_msg("rank %d: %s", r, moco_errmsg());
+            if (ev.kind == STREAM_PAIR) {
+                assert_true(ev.pair.index < N && ev.pair.epoch == 0 && ev.pair.height == 128);
+                seen[ev.pair.index]++;
+                got[r]++;
+            } else if (ev.kind == STREAM_EPOCH_END || ev.kind == STREAM_END) {
+                ended[r] = 1;
+            }
+        }
+        usleep(1000);
+    }
+    for (int r = 0; r < 2; r++) stream_destroy(&s[r]);
+    assert_int_equal(wait_for(L, 20), 0);
+    for (int i = 0; i < 2; i++) wait_for(W[i], 10);
+    for (int i = 0; i < N; i++)
+        if (seen[i] != 1) fail_msg("index %d delivered %d times", i, seen[i]);
+    unsigned long long peak = loader_last("\"held_bytes_peak\":"), full = loader_last("\"held_full\":");
+    print_message("  ranks got %d + %d pairs; rank 0's queue at the loader: peak %llu bytes (cap %d), over the cap %llu times\n",
+                  got[0], got[1], peak, HELD_CAP, full);
+    assert_int_equal(got[0] + got[1], N);
+    assert_true(full >= 1);          /* the cap was reached, and said so */
+    assert_true(peak > HELD_CAP);    /* ... by the message that went over it */
+    assert_true(peak <= HELD_CAP + 4 * 33000); /* and by no more than one message (a worker's PAIRS of up to 4 pairs) */
+    /* the variable only lowers the cap: 0, or more than LOADER_HELD_BYTES_MAX, is refused (exit 2, saying so) */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tu_sh("MOCO_LOADER_HELD_BYTES=%s timeout 10 %s loader --db %s/db --bind %s --pairs %s 2>%s/bad.err; "
+                               "test $? = 2 && grep -q 'MOCO_LOADER_HELD_BYTES=%s: give bytes from 1 to 268435456' %s/bad.err",
+                               i ? "268435457" : "0", tu_moco(), tmp, work_ep, pairs_ep, tmp, i ? "268435457" : "0", tmp), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -855,6 +947,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lost_sample_reissued, teardown),
         cmocka_unit_test_teardown(test_paused_consumer, teardown),
         cmocka_unit_test_teardown(test_slow_consumer_deep, teardown),
+        cmocka_unit_test_teardown(test_serve_held_bytes_cap, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,7 +7,8 @@
  * loader that knows BUSY, BUSY at once and then when due, and the next
  * stream_next a HEARTBEAT at once; pairs of the wrong view size or label
  * are dropped, counted and not acknowledged; pairs of the next epoch are
- * held up to a byte limit. */
+ * held up to a byte limit; in direct mode a consumer that reads nothing
+ * holds at most 2 messages per worker connection. */
 #include "tests/testutil.h"
 
 #include <zmq.h>
@@ -431,12 +432,89 @@ static void test_direct_frame_limit(void **st)
     zmq_ctx_term(ctx);
 }
 
+/* Push pair messages of 2 x 750 KB views (index from *next on) on one PUSH
+ * connection that queues 1 itself, without waiting, until it stays full for
+ * 1.5 s (the sockets' threads have moved what they will): the messages the
+ * connection took. */
+static int fill_connection(void *push, const uint8_t *v, size_t side, uint64_t *next)
+{
+    int sent = 0;
+    for (int idle = 0; idle < 30 && sent < 40;) {
+        moco_wire_pair p = {.epoch = 0, .index = *next, .height = (uint16_t)side, .width = (uint16_t)side, .channels = 3};
+        uint8_t h[MOCO_WIRE_PAIR_SIZE];
+        moco_wire_pair_pack(h, &p);
+        if (zmq_send(push, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            assert_int_equal(errno, EAGAIN);
+            idle++;
+            usleep(50 * 1000);
+            continue;
+        }
+        zmq_send(push, v, side * side * 3, ZMQ_SNDMORE);
+        zmq_send(push, v, side * side * 3, 0);
+        sent++, (*next)++, idle = 0;
+    }
+    return sent;
+}
+
+/* Direct mode: a consumer that reads nothing holds at most 2 pair messages
+ * per worker connection (cfg.rcvhwm 0: ZMQ_RCVHWM 2 on its PULL socket),
+ * so a slow trainer holds little and its workers feel its pace. Two PUSH
+ * connections (ZMQ_SNDHWM 1 each, views of 500x500x3: the sockets' kernel
+ * buffers hold less than one) each take 1 queued at the sender and 2 here:
+ * 3 (measured; 4 allowed, for one in flight; with a queue of 16 here, 17
+ * were taken); then every one of them is returned, none lost. */
+static void test_direct_queue_per_connection(void **st)
+{
+    (void)st;
+    void *ctx = zmq_ctx_new();
+    uint8_t id[256];
+    size_t idlen;
+    void *r = fake_loader(ctx, id, &idlen);
+    char pep[300];
+    snprintf(pep, sizeof pep, "%s-pairs", ep);
+    stream_cfg cfg = {.pairs_ep = pep, .ctl_ep = ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 5};
+    trainer_stream *s;
+    assert_int_equal(stream_open(&cfg, &s), 0);
+    recv_hello(r, id, &idlen);
+    uint8_t w[32];
+    send_to(r, id, idlen, w, moco_pipe_welcome(w, 0, 1, 64, 0, 1000), NULL, 0);
+    stream_event ev;
+    assert_int_equal(stream_next(s, 50, &ev), 0); /* reads WELCOME */
+    const size_t side = 500;
+    uint8_t *v = calloc(side * side * 3, 1);
+    assert_non_null(v);
+    void *push[2];
+    int sent[2], one = 1, linger = 0;
+    uint64_t next = 0;
+    for (int k = 0; k < 2; k++) {
+        push[k] = zmq_socket(ctx, ZMQ_PUSH);
+        zmq_setsockopt(push[k], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_setsockopt(push[k], ZMQ_SNDHWM, &one, sizeof one);
+        assert_int_equal(zmq_connect(push[k], pep), 0);
+    }
+    usleep(200 * 1000); /* both connected: PUSH spreads over the connections it has */
+    for (int k = 0; k < 2; k++) sent[k] = fill_connection(push[k], v, side, &next);
+    print_message("  a consumer that reads nothing took %d and %d messages on its 2 connections\n", sent[0], sent[1]);
+    for (int k = 0; k < 2; k++) {
+        assert_true(sent[k] >= 2); /* its own queue of 2 was filled */
+        assert_true(sent[k] <= 4);
+    }
+    uint64_t got = pairs_until_none(s, &ev), want = next >= 64 ? ~0ull : (1ull << next) - 1;
+    assert_int_equal(got, want); /* every message taken is returned */
+    free(v);
+    for (int k = 0; k < 2; k++) zmq_close(push[k]);
+    stream_destroy(&s);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_none_then_silent), cmocka_unit_test(test_refused),
         cmocka_unit_test(test_resume_epoch_mismatch),
                                        cmocka_unit_test(test_keepalive), cmocka_unit_test(test_keepalive_busy),
                                        cmocka_unit_test(test_wrong_size_dropped), cmocka_unit_test(test_held_bytes),
-                                       cmocka_unit_test(test_direct_frame_limit)};
+                                       cmocka_unit_test(test_direct_frame_limit),
+                                       cmocka_unit_test(test_direct_queue_per_connection)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

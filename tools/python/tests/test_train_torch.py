@@ -1,6 +1,7 @@
 """Tests of tools/python/train_moco_torch.py's failure paths against a fake
 loader (fake_loader.py), each a few seconds on the CPU with a tiny model:
-a non-finite loss trains nothing and leaves the last good checkpoint; a
+a non-finite loss trains nothing and leaves the last good checkpoint, and
+so do non-finite weights after a finite loss (not saved at the epoch's end); a
 checkpoint that does not load, or is not one, is refused with a clear error
 and nothing is written; a second SIGINT while the first one's checkpoint is
 saved stops at once (exit 130, no .tmp, the last checkpoint stands).
@@ -122,6 +123,36 @@ class TestTrain(unittest.TestCase):
         ck = torch.load(self.ckpt, map_location="cpu")
         self.assertEqual((ck["epoch"], ck["step"]), (1, 4))
 
+
+    def test_nonfinite_weights_not_saved(self):
+        # a finite loss, then an inf in a query weight at the last step of epoch 1 (step 8, the optimizer's
+        # 8th step; no forward after it): the end of epoch 1 does not save it, the checkpoint of step 4 stands
+        prelude = "\n".join([
+            "import torch",
+            "real, n = torch.optim.SGD.step, [0]",
+            "def step(self, *args, **kw):",
+            "    r = real(self, *args, **kw)",
+            "    n[0] += 1",
+            "    if n[0] == 8:",
+            "        with torch.no_grad():",
+            "            self.param_groups[0]['params'][0].view(-1)[0] = float('inf')",
+            "    return r",
+            "torch.optim.SGD.step = step"])
+        rc, err = self.train(prelude=prelude)
+        self.assertEqual(rc, 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn("epoch 1 done: 4 steps", err)  # the loss stayed finite: it is the weights' check that refused
+        self.assertIn("train_moco_torch: encoder_q.conv1.weight has non-finite values at step 8: not saved; "
+                      "%s (step 4) stands" % self.ckpt, err)
+        self.assertEqual(sorted(os.listdir(self.out)), ["checkpoint_0001.pt", "checkpoint_last.pt", "metrics.jsonl"])
+        ck = torch.load(self.ckpt, map_location="cpu")
+        self.assertEqual((ck["epoch"], ck["step"]), (1, 4))
+        ep0 = torch.load(os.path.join(self.out, "checkpoint_0001.pt"), map_location="cpu")["state_dict"]
+        self.assertEqual(sorted(ck["state_dict"]), sorted(ep0))  # the weights of epoch 0's end, both
+        for k, v in ep0.items():
+            self.assertTrue(torch.equal(ck["state_dict"][k], v), k)
+        bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        self.assertEqual(bad, [])
 
 if __name__ == "__main__":
     unittest.main()
