@@ -430,6 +430,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         free_args(&v);
         if (bad) return 2;
     }
+    if (lincls) { /* the consumer's flags, before anything starts (before: an unknown one failed the started run) */
+        argvec v = {0};
+        add(&v, "lincls");
+        for (int i = 1; i < ntheirs; i++) add(&v, theirs[i]);
+        moco_opts_passed_on(&spec);
+        int bad = lincls_check_args(v.n, v.v);
+        moco_opts_passed_on(NULL);
+        free_args(&v);
+        if (bad) return 2;
+    }
     int resuming = tc.resume != NULL, overwrite = tc.overwrite;
     if (resuming) { /* before anything starts (the trainer found it missing only once the pipeline ran) */
         char rp[4200];

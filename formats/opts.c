@@ -156,10 +156,11 @@ static int unknown(const moco_optspec *s, const char *a)
     nearest(s->opts, a, &best, near, sizeof near);
     if (out) nearest(out->opts, a, &best, near, sizeof near);
     fprintf(stderr, "%s: unknown option '%s'", out ? out->cmd : s->cmd, a);
-    if (out) fprintf(stderr, " (neither a %s flag nor a %s flag)", out->cmd + (strncmp(out->cmd, "moco ", 5) ? 0 : 5),
+    int two = out && strcmp(out->cmd, s->cmd); /* moco lincls passes on to its own consumer: one name, one help */
+    if (two) fprintf(stderr, " (neither a %s flag nor a %s flag)", out->cmd + (strncmp(out->cmd, "moco ", 5) ? 0 : 5),
                      s->cmd + (strncmp(s->cmd, "moco ", 5) ? 0 : 5));
     if (*near) fprintf(stderr, "; did you mean %s?", near);
-    if (out) fprintf(stderr, "\nTry '%s --help' and '%s --help'.\n", out->cmd, s->cmd);
+    if (two) fprintf(stderr, "\nTry '%s --help' and '%s --help'.\n", out->cmd, s->cmd);
     else fprintf(stderr, "\nTry '%s --help'.\n", s->cmd);
     return MOCO_OPTS_USAGE;
 }

@@ -230,6 +230,10 @@ err=$($M knn --ckpt r13 --train db --test db -a resnet50 2>&1); rc=$?
 $M lincls --help | grep -q -- '^  -b, --batch-size N  ' && $M lincls --help | grep -q -- '^  -a, --arch X  ' \
   && $M bench augment --help | grep -q -- '^  -j, --workers N  ' \
   || fail "13: lincls --help lacks -a/-b or bench augment --help lacks -j: $($M lincls --help | grep -e '--arch ' -e '--batch-size '; $M bench augment --help | grep -e '--workers ')"
+# moco lincls checks its consumer's flags before it starts anything (before: the pipeline ran, then failed)
+err=$(timeout 60 $M lincls --ckpt r13 --train db --test db --run-dir r13l --epoch 3 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == "moco lincls: unknown option '--epoch'; did you mean --epochs?"* ]] && [ ! -e r13l ] \
+  || fail "13: moco lincls --epoch: rc $rc, r13l $([ -e r13l ] && echo made), '$err'"
 echo "13: main_moco.py's -a -b -j (spaced, attached, -b=V), in --help, with did-you-mean"
 # 14. bench train: --moco-k --moco-m --moco-t, and --K --m --T the same (before: --moco-k unknown)
 $M bench train --help | grep -q -- '^  --moco-k, --K N  ' && $M bench train --help | grep -q -- '^  --moco-m, --m F  ' \

@@ -275,7 +275,8 @@ static int unchanged(const resnet *m, const float *snap)
     return 0;
 }
 
-int lincls_main(int argc, char **argv)
+/* The command; check_only: parse and check the flags, then return (0 or 2) */
+static int lincls_run(int argc, char **argv, int check_only)
 {
     const char *trdb = NULL, *tedb = NULL, *schedule = "60,80", *connect = NULL, *bind = NULL, *out = NULL;
     long epochs = 100, batch = 256;
@@ -317,6 +318,7 @@ int lincls_main(int argc, char **argv)
         fprintf(stderr, "moco lincls: %s\n", !have ? "--ckpt (or --random-init), --train and --test are required" : moco_errmsg());
         return 2;
     }
+    if (check_only) return 0;
     if (!cached && (!connect || !bind)) {
         fprintf(stderr, "moco lincls: streamed training needs --connect and --bind (moco lincls without --cached-features sets them)\n");
         return 2;
@@ -385,3 +387,6 @@ out:
     free(xtr); free(xte); free(ytr); free(yte); free(snap);
     return rc ? 1 : 0;
 }
+
+int lincls_main(int argc, char **argv) { return lincls_run(argc, argv, 0); }
+int lincls_check_args(int argc, char **argv) { return lincls_run(argc, argv, 1); }

@@ -23,5 +23,8 @@ int lincls_train_eval(const float *xtr, const int32_t *ytr, int64_t ntr, const f
 /* The linear-evaluation consumer: `moco lincls --cached-features ...`, or
  * streamed with --connect/--bind as `moco lincls` (cli/run.c) starts it. */
 int lincls_main(int argc, char **argv);
+/* Its flags parsed and checked as lincls_main would, nothing run: 0, or the
+ * exit status (2; 0 too after --help) with the error said on stderr. */
+int lincls_check_args(int argc, char **argv);
 
 #endif
