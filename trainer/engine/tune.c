@@ -159,12 +159,13 @@ static int parse_line(const char *s, size_t len, line_rec *r, int *keyed)
         return MOCO_ECORRUPT;
     entry *e = &r->e;
     memset(e, 0, sizeof *e);
-    int *dims = &e->s.N;
+    int dims[8]; /* by name below: &e->s.N + k past N is out of that int's bounds (C11 6.5.6) */
     for (int k = 0, i = sh + 1; k < 8; k++, i = t[i].end) {
         uint64_t v;
         if (moco_json_u64(s, &t[i], &v) || v > (1u << 30)) return MOCO_ECORRUPT;
         dims[k] = (int)v;
     }
+    e->s = (tune_shape){dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7]};
     e->precision = !strcmp(prec, "bf16") ? NN_BF16 : !strcmp(prec, "fp32") ? NN_FP32 : -1;
     char layer[16] = "conv"; /* absent: a convolution (the files before linear layers were measured) */
     if (moco_json_get(s, t, 0, "layer") >= 0 && tok_str(s, t, 0, "layer", layer, sizeof layer)) return MOCO_ECORRUPT;
@@ -230,7 +231,7 @@ static int write_entry(FILE *f, const entry *e)
     if (e->layer == TUNE_LINEAR) moco_jw_str(&w, "layer", "linear");
     moco_jw_str(&w, "pass", pass_names[e->pass]);
     moco_jw_arr(&w, "shape");
-    const int *dims = &e->s.N;
+    const int dims[8] = {e->s.N, e->s.Ci, e->s.H, e->s.W, e->s.Co, e->s.k, e->s.stride, e->s.pad};
     for (int k = 0; k < 8; k++) moco_jw_i64(&w, NULL, dims[k]);
     moco_jw_close(&w);
     moco_jw_str(&w, "choice", nn_algo_name(e->c.algo));
