@@ -11,6 +11,7 @@
 CC      ?= cc
 PKGS    := vips libzmq lmdb openblas libturbojpeg zlib ompi-c
 SANITIZE ?=
+comma   := ,
 FLAVOR  := $(if $(SANITIZE),$(SANITIZE),release)
 BUILD   := build/$(FLAVOR)
 
@@ -30,8 +31,10 @@ CFLAGS  += -DMOCO_HAVE_DNNL
 LDLIBS  += -ldnnl -lgomp
 endif
 ifneq ($(SANITIZE),)
-CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all -DMOCO_SANITIZE='"$(SANITIZE)"'
-LDFLAGS += -fsanitize=$(SANITIZE)
+# gcc's undefined leaves out float-cast-overflow (a float too large for its int): added
+SAN_LIST := $(SANITIZE)$(if $(filter undefined,$(SANITIZE)),$(comma)float-cast-overflow)
+CFLAGS  += -fsanitize=$(SAN_LIST) -fno-omit-frame-pointer -fno-sanitize-recover=all -DMOCO_SANITIZE='"$(SANITIZE)"'
+LDFLAGS += -fsanitize=$(SAN_LIST)
 endif
 
 LIB_SRCS  := $(wildcard formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c)
