@@ -11,6 +11,7 @@
 CC      ?= cc
 PKGS    := vips libzmq lmdb openblas libturbojpeg zlib ompi-c
 SANITIZE ?=
+JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 comma   := ,
 FLAVOR  := $(if $(SANITIZE),$(SANITIZE),release)
 BUILD   := build/$(FLAVOR)
@@ -81,7 +82,7 @@ tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/qualit
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
-	@$(MAKE) --no-print-directory tests
+	@$(MAKE) --no-print-directory -j$(JOBS) tests
 	@MOCO=$(CURDIR)/$(TEST_MOCO) BUILD=$(BUILD) bash tests/run.sh $(TEST_BINS)
 
 demo: deps

@@ -3,6 +3,7 @@
 # their unit tests, with the real reference script when ../shared is beside us,
 # and bf16_error.py on this build's step_grads.
 set -u
+case ${BUILD:-build/release} in */release) ;; *) echo "skipped: a sanitizer build: these are tests of Python tools; step_grads' bf16 path runs instrumented in cli_bf16 and test_bf16"; exit 77;; esac
 cd "$(dirname "$0")/.."
 export STEP_GRADS=$PWD/${BUILD:-build/release}/tools/quality/step_grads
 [ -x "$STEP_GRADS" ] || { echo "FAIL: $STEP_GRADS is not built (make tests builds it)"; exit 1; }
