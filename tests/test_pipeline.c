@@ -450,8 +450,13 @@ static void test_slow_consumer_bounded(void **st)
     (void)st;
     setup_dirs("pipe_slow");
     make_db();
-    pid_t L = start_loader("--epochs 1 --window 16"), S = start_sink("--delay-ms 10", "sink");
+    /* 300 pairs at 15 ms: the run lasts over 4.5 s from the workers' joining; the
+     * first sample 1 s after it (before, 1 s after the start: under a slower
+     * build the workers had not joined yet, and the loader's connection buffers
+     * came between the samples: 14 -> 30 MB under UBSan) */
+    pid_t L = start_loader("--epochs 1 --window 16"), S = start_sink("--delay-ms 15", "sink");
     pid_t W[2] = {start_worker(4), start_worker(4)};
+    wait_joined(2);
     sleep(1);
     long l1 = rss_kb(L), w1 = rss_kb(W[0]);
     sleep(2);
@@ -468,7 +473,7 @@ static void test_slow_consumer_bounded(void **st)
     } /* STOP from the loader */
     check_index_log("sink", 0, 1, NULL);
     /* the loader's in-flight count never exceeded the window, in each of its
-     * once-a-second reports: at least 2 of them (the run lasts over 3 s), so
+     * once-a-second reports: at least 2 of them (the run lasts over 4.5 s), so
      * that a missing log or a renamed key fails */
     assert_int_equal(tu_sh("grep -o '\"in_flight\":[0-9]*' %s/loader.jsonl | cut -d: -f2 | awk '{n++} $1 > 16 {bad=1} END {exit bad || n < 2}'", tmp), 0);
 }
