@@ -5,7 +5,8 @@
  * parallel (read the file, check the dimensions its header claims against
  * --max-pixels before decoding anything, decode it fully with TurboJPEG or
  * libvips to prove it is a sane image, re-encode it when it must be:
- * --max-side, formats other than JPEG/PNG, non-8-bit pixels; only loaders
+ * --max-side, formats other than JPEG/PNG, non-8-bit pixels, CMYK (made
+ * RGB byte for byte as PIL's convert("RGB"), stored as PNG); only loaders
  * whose pixels match PIL's are accepted, and a TIFF's orientation is
  * applied as PIL applies it), into a
  * bounded window of result slots. The
@@ -130,6 +131,68 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
     return 0;
 }
 
+/* CMYK to RGB exactly as PIL's convert("RGB") (torchvision's loader), not
+ * through a colour profile: Pillow's cmyk2rgb (Convert.c), with its integer
+ * rounding MULDIV255, on the inks as PIL reads them: a JPEG's stored values
+ * inverted (Pillow's raw mode "CMYK;I", Adobe marker or not), a TIFF's as
+ * stored. Checked byte for byte against Pillow 9.4 in tests/cli_datasets.sh. */
+static uint8_t pil_ink(unsigned ink, unsigned nk)
+{
+    unsigned t = ink * nk + 128;
+    return (uint8_t)(nk - (((t >> 8) + t) >> 8));
+}
+
+static void pil_cmyk_to_rgb(const uint8_t *cmyk, uint8_t *rgb, size_t npix, int inverted)
+{
+    unsigned inv = inverted ? 255 : 0;
+    for (size_t i = 0; i < npix; i++, cmyk += 4, rgb += 3) {
+        unsigned nk = 255 - (cmyk[3] ^ inv);
+        for (int k = 0; k < 3; k++) rgb[k] = pil_ink(cmyk[k] ^ inv, nk);
+    }
+}
+
+/* An 8-bit RGB libvips image made from a w x h CMYK buffer as PIL converts it
+ * (the pixels are copied), or NULL with *why set. */
+static VipsImage *pil_rgb_image(const uint8_t *cmyk, int w, int h, int inverted, char **why)
+{
+    size_t np = (size_t)w * (size_t)h;
+    uint8_t *rgb = malloc(np * 3);
+    if (!rgb) return *why = reason("%s", "out of memory converting CMYK to RGB"), NULL;
+    pil_cmyk_to_rgb(cmyk, rgb, np, inverted);
+    VipsImage *im = vips_image_new_from_memory_copy(rgb, np * 3, w, h, 3, VIPS_FORMAT_UCHAR);
+    free(rgb);
+    if (!im) return *why = vips_reason("cannot convert CMYK to RGB"), NULL;
+    im->Type = VIPS_INTERPRETATION_sRGB;
+    return im;
+}
+
+/* A CMYK JPEG's pixels as PIL converts them: TurboJPEG gives the stored
+ * values (TJPF_CMYK: no colour profile, no inversion; YCCK made CMYK as
+ * libjpeg does for PIL; a recoverable warning decoded through, as PIL
+ * does). The caller has proven that the file decodes. */
+static VipsImage *pil_rgb_from_cmyk_jpeg(const uint8_t *file, size_t flen, int w, int h, char **why)
+{
+    tjhandle tj = tjInitDecompress();
+    uint8_t *cmyk = malloc((size_t)w * (size_t)h * 4);
+    VipsImage *im = NULL;
+    if (!cmyk || !tj)
+        *why = reason("%s", "out of memory decoding a CMYK JPEG");
+    else if (tjDecompress2(tj, file, (unsigned long)flen, cmyk, w, 0, h, TJPF_CMYK, 0) != 0 && tjGetErrorCode(tj) == TJERR_FATAL)
+        *why = reason("corrupt CMYK JPEG data: %s", tjGetErrorStr2(tj));
+    else
+        im = pil_rgb_image(cmyk, w, h, 1, why);
+    free(cmyk);
+    if (tj) tjDestroy(tj);
+    return im;
+}
+
+/* An image saved as lossless PNG: *out (g_free) or *why. */
+static int save_png(VipsImage *im, void **out, size_t *olen, char **why)
+{
+    if (vips_pngsave_buffer(im, out, olen, "compression", 6, NULL)) return *why = vips_reason("cannot encode PNG"), -1;
+    return 0;
+}
+
 /* JPEG fast path: decode fully with TurboJPEG (the decoder libvips uses
  * underneath, without libvips' per-image setup). Returns 1 if the JPEG is
  * sane and filled h; 0 if it is corrupt, truncated or over max_pixels (*why
@@ -140,7 +203,7 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
  * after it, so libvips decides those (it refuses a premature end wherever it
  * comes). */
 static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t max_pixels, moco_rec_header *h,
-                         char **why)
+                         uint8_t **payload, size_t *plen, char **why)
 {
     int w, hh, sub, cs;
     if (!tj || flen > 0xFFFFFFFFu) return -1;
@@ -164,10 +227,23 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t
             ok = -1; /* a recoverable warning: libvips decodes it to the end */
         }
     }
-    free(px);
-    if (ok == 1) {
+    if (ok == 1 && ch == 4) { /* CMYK: stored as PIL converts it, lossless, so no decoder sees CMYK */
+        VipsImage *rgb = pil_rgb_image(px, w, hh, 1, why);
+        void *out = NULL;
+        if (!rgb || save_png(rgb, &out, plen, why)) {
+            ok = 0;
+        } else {
+            *payload = out;
+            h->encoding = MOCO_ENC_PNG;
+            h->channels = 3;
+        }
+        if (rgb) g_object_unref(rgb);
+    } else if (ok == 1) {
         h->encoding = MOCO_ENC_JPEG;
         h->channels = (uint8_t)ch;
+    }
+    free(px);
+    if (ok == 1) {
         h->width = (uint32_t)w;
         h->height = (uint32_t)hh;
     }
@@ -235,7 +311,9 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     }
     int eightbit = vips_image_get_format(im) == VIPS_FORMAT_UCHAR;
     int shrink = max_side > 0 && (w > max_side || hh > max_side);
-    if (enc >= 0 && eightbit && !shrink) {
+    /* CMYK (a JPEG's or a TIFF's) is never stored: PIL's conversion to RGB is */
+    int cmyk = bands == 4 && vips_image_get_interpretation(im) == VIPS_INTERPRETATION_CMYK;
+    if (enc >= 0 && eightbit && !shrink && !cmyk) {
         /* stored as it is: prove the whole file decodes */
         if (vips_avg(im, &avg, NULL)) { *why = vips_reason("corrupt or truncated image data"); goto done; }
         h->encoding = (uint8_t)enc;
@@ -245,13 +323,25 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         rc = 0;
         goto done;
     }
-    /* re-encode: 8-bit, shrunk, lossless PNG unless the source was JPEG */
-    VipsImage *cur = im;
-    g_object_ref(cur);
+    /* re-encode: 8-bit, shrunk, lossless PNG unless the source was a JPEG
+     * shrunk (a CMYK JPEG at its size is stored as PNG) */
+    int as_jpeg = enc == MOCO_ENC_JPEG && (shrink || !cmyk);
+    VipsImage *cur = NULL;
+    if (cmyk && !strcmp(loader, "jpegload_buffer")) {
+        /* libvips inverts the inks only after an Adobe marker: the values come from TurboJPEG,
+         * once libvips (fail_on error) has proven that the whole file decodes */
+        if (vips_avg(im, &avg, NULL)) { *why = vips_reason("corrupt or truncated image data"); goto done; }
+        if (!(cur = pil_rgb_from_cmyk_jpeg(file, flen, w, hh, why))) goto done;
+    } else {
+        cur = im;
+        g_object_ref(cur);
+    }
     if (!eightbit) {
+        /* 16-bit CMYK (Pillow: "CMYK;16L") keeps the high byte of each ink; the rest goes through libvips */
         VipsInterpretation want = bands <= 2 ? VIPS_INTERPRETATION_B_W : VIPS_INTERPRETATION_sRGB;
-        if (vips_colourspace(cur, &t, want, NULL) || (g_object_unref(cur), cur = t, t = NULL,
-                                                      vips_cast_uchar(cur, &t, NULL))) {
+        if ((cmyk && vips_image_get_format(cur) == VIPS_FORMAT_USHORT ? vips_rshift_const1(cur, &t, 8, NULL)
+                                                                      : vips_colourspace(cur, &t, want, NULL)) ||
+            (g_object_unref(cur), cur = t, t = NULL, vips_cast_uchar(cur, &t, NULL))) {
             g_object_unref(cur);
             *why = vips_reason("cannot convert to 8-bit");
             goto done;
@@ -260,22 +350,24 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         cur = t;
         t = NULL;
     }
-    if (vips_image_get_interpretation(cur) == VIPS_INTERPRETATION_CMYK) {
-        /* to sRGB here, not inside the PNG writer: the header then gives the 3 channels saved, not 4 */
-        if (vips_colourspace(cur, &t, VIPS_INTERPRETATION_sRGB, NULL)) {
-            g_object_unref(cur);
-            *why = vips_reason("cannot convert CMYK to sRGB");
-            goto done;
-        }
-        g_object_unref(cur);
-        cur = t;
-        t = NULL;
-    }
-    if (tiff) {
+    if (tiff) { /* before the conversion below, which keeps no orientation tag */
         if (vips_autorot(cur, &t, NULL)) { g_object_unref(cur); *why = vips_reason("cannot apply the TIFF orientation"); goto done; }
         g_object_unref(cur);
         cur = t;
         t = NULL;
+    }
+    if (vips_image_get_bands(cur) == 4 && vips_image_get_interpretation(cur) == VIPS_INTERPRETATION_CMYK &&
+        vips_image_get_format(cur) == VIPS_FORMAT_UCHAR) {
+        /* a TIFF's inks, as stored (no profile), converted as PIL does; here, not inside the
+         * PNG writer: the header then gives the 3 channels saved, not 4 */
+        size_t sz = 0;
+        void *mem = vips_image_write_to_memory(cur, &sz);
+        int cw = vips_image_get_width(cur), ch = vips_image_get_height(cur);
+        g_object_unref(cur);
+        if (!mem) { *why = vips_reason("corrupt or truncated image data"); goto done; }
+        cur = pil_rgb_image(mem, cw, ch, 0, why);
+        g_free(mem);
+        if (!cur) goto done;
     }
     if (shrink) {
         double s = (double)max_side / (double)(w > hh ? w : hh);
@@ -284,14 +376,14 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         cur = t;
         t = NULL;
     }
-    int r = enc == MOCO_ENC_JPEG ? vips_jpegsave_buffer(cur, &out, &olen, "Q", 95, NULL)
-                                 : vips_pngsave_buffer(cur, &out, &olen, "compression", 6, NULL);
+    int r = as_jpeg ? vips_jpegsave_buffer(cur, &out, &olen, "Q", 95, NULL)
+                    : vips_pngsave_buffer(cur, &out, &olen, "compression", 6, NULL);
     if (r) {
         g_object_unref(cur);
         *why = vips_reason("corrupt or truncated image data");
         goto done;
     }
-    h->encoding = enc == MOCO_ENC_JPEG ? MOCO_ENC_JPEG : MOCO_ENC_PNG;
+    h->encoding = as_jpeg ? MOCO_ENC_JPEG : MOCO_ENC_PNG;
     h->channels = (uint8_t)vips_image_get_bands(cur);
     h->width = (uint32_t)vips_image_get_width(cur);
     h->height = (uint32_t)vips_image_get_height(cur);
@@ -329,7 +421,7 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
     } else {
         static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
         int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
-                       ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &s->why) : -1;
+                       ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &payload, &plen, &s->why) : -1;
         if (fast == 0 && *tj) { /* a handle is not reliable after an error: start afresh */
             tjDestroy(*tj);
             *tj = tjInitDecompress();
