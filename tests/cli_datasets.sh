@@ -152,20 +152,115 @@ PY
     [ $rc -eq 1 ] && grep -q "$T/cls/db-$split: record [0-9]*: header says 33x32, payload claims 32x32" "$T/err" || fail "embed, $split, header 33 wide: exit $rc $(cat "$T/err")"
   done
   echo "a header that gives another size than its image (PNG, JPEG): refused by embed, naming the record"
-  # a CMYK TIFF, re-saved by mkdb as PNG (sRGB): its header says the 3 channels saved (before: 4)
-  mkdir -p "$T/cls/cmyk/a"
-  /usr/bin/python3 -c 'import random, sys; from PIL import Image; r = random.Random(1)
-Image.frombytes("RGB", (40, 30), bytes(r.randrange(256) for _ in range(3600))).convert("CMYK").save(sys.argv[1])' "$T/cls/cmyk/a/c.tif" \
-    && $M mkdb "$T/cls/cmyk" "$T/cls/db-cmyk" --quiet >/dev/null || fail "mkdb of a CMYK TIFF"
-  python3 - "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "the CMYK TIFF's record"
-import struct, sys
-b = open(sys.argv[1], "rb").read()
-i = b.find(b"MOCR")
-ver, enc, ch, label, w, h = struct.unpack_from("<HBBiII", b, i + 4)
-assert (enc, ch, w, h) == (2, 3, 40, 30), (enc, ch, w, h)  # PNG, 3 channels
-assert b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n"  # the payload, after the 32-byte header
+  # CMYK as PIL's convert("RGB") gives it (torchvision's loader), byte for byte: mkdb makes a
+  # CMYK JPEG or TIFF RGB as Pillow does (a JPEG's inks inverted, Pillow's raw mode "CMYK;I",
+  # Adobe marker or not; Pillow's cmyk2rgb with its MULDIV255 rounding) and stores it as a PNG
+  # whose header says 3 channels, so no decoder ever sees CMYK. Before: the JPEGs were stored
+  # as they were (4 channels) and the TIFFs converted, both by libvips through a CMYK profile
+  # (19-28 levels apart on average per channel, at most 123). One class per file: PIL's JPEG
+  # (Adobe marker, transform 0); the same without its Adobe marker (libvips would not invert
+  # it); the same with 40 bytes of its scan zeroed (a libjpeg warning, which sends it down
+  # mkdb's libvips path; PIL decodes it through); a YCCK 4:2:0 JPEG written by TurboJPEG;
+  # TIFFs of random inks, of every (ink, black) pair, under Orientation 6, and 16-bit (Pillow
+  # keeps each ink's high byte).
+  /usr/bin/python3 - "$T/cls/cmyk" <<'PY' || fail "making the CMYK folder"
+import ctypes, ctypes.util, os, struct, sys, numpy as np
+from PIL import Image
+d, g = sys.argv[1], np.random.default_rng(7)
+def put(cls, name):
+    os.makedirs(os.path.join(d, cls))
+    return os.path.join(d, cls, name)
+a = g.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+a[:, :8, 3] = 0  # no black: the inks alone
+Image.fromarray(a, "CMYK").save(put("jpeg-adobe", "x.jpg"), quality=90)
+b = open(os.path.join(d, "jpeg-adobe", "x.jpg"), "rb").read()
+i = b.find(b"\xff\xee")
+assert i > 0 and b[i + 15] == 0, "PIL wrote no Adobe marker of transform 0"
+open(put("jpeg-noadobe", "x.jpg"), "wb").write(b[:i] + b[i + 2 + int.from_bytes(b[i + 2:i + 4], "big"):])
+s = b.find(b"\xff\xda")
+m = (s + b.rfind(b"\xff\xd9")) // 2  # 40 bytes of the scan zeroed: a warning, not a truncation
+open(put("jpeg-warn", "x.jpg"), "wb").write(b[:m] + bytes(40) + b[m + 40:])
+tj = ctypes.CDLL(ctypes.util.find_library("turbojpeg") or "libturbojpeg.so.0")
+tj.tjInitCompress.restype = tj.tjInitDecompress.restype = ctypes.c_void_p
+tj.tjGetErrorStr2.restype = ctypes.c_char_p
+w = open(os.path.join(d, "jpeg-warn", "x.jpg"), "rb").read()
+h, out = ctypes.c_void_p(tj.tjInitDecompress()), ctypes.create_string_buffer(40 * 30 * 4)
+rc = tj.tjDecompress2(h, w, ctypes.c_ulong(len(w)), out, 40, 0, 30, 11, 8192)  # TJPF_CMYK, TJFLAG_STOPONWARNING
+assert rc == -1 and tj.tjGetErrorCode(h) == 0 and b"premature end" not in tj.tjGetErrorStr2(h), (rc, tj.tjGetErrorStr2(h))
+buf, size = ctypes.POINTER(ctypes.c_ubyte)(), ctypes.c_ulong(0)
+px = np.ascontiguousarray(g.integers(0, 256, (24, 36, 4), dtype=np.uint8))
+assert tj.tjCompress2(ctypes.c_void_p(tj.tjInitCompress()), px.ctypes.data_as(ctypes.c_void_p), 36, 0, 24, 11,  # TJPF_CMYK
+                      ctypes.byref(buf), ctypes.byref(size), 2, 90, 0) == 0  # TJSAMP_420, quality 90
+y = ctypes.string_at(buf, size.value)
+k = y.find(b"\xff\xee")
+assert k > 0 and y[k + 15] == 2, "TurboJPEG wrote no YCCK"
+open(put("jpeg-ycck", "x.jpg"), "wb").write(y)
+Image.fromarray(g.integers(0, 256, (30, 40, 4), dtype=np.uint8), "CMYK").save(put("tiff", "x.tif"))
+x, yy = np.meshgrid(np.arange(256), np.arange(256))
+Image.fromarray(np.stack([x, 255 - x, (x + yy) & 255, yy], -1).astype(np.uint8), "CMYK").save(put("tiff-pairs", "x.tif"))
+Image.fromarray(g.integers(0, 256, (20, 50, 4), dtype=np.uint8), "CMYK").save(put("tiff-rot6", "x.tif"), tiffinfo={274: 6})
+# 16-bit little-endian CMYK, uncompressed (Pillow cannot write it, it reads it as "CMYK;16L")
+a16 = g.integers(0, 65536, (30, 40, 4), dtype=np.uint16)
+data = a16.astype("<u2").tobytes()
+tags = [(256, 4, 1, 40), (257, 4, 1, 30), (258, 3, 4, 8 + 2 + 10 * 12 + 4), (259, 3, 1, 1), (262, 3, 1, 5),
+        (273, 4, 1, 8 + 2 + 10 * 12 + 4 + 8), (277, 3, 1, 4), (278, 4, 1, 30), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+t = b"II*\x00" + struct.pack("<IH", 8, len(tags))
+for tag, typ, cnt, val in tags:
+    t += struct.pack("<HHI", tag, typ, cnt) + struct.pack("<HH" if typ == 3 and cnt == 1 else "<I", *((val, 0) if typ == 3 and cnt == 1 else (val,)))
+open(put("tiff16", "x.tif"), "wb").write(t + struct.pack("<I4H", 0, 16, 16, 16, 16) + data)
+im = Image.open(os.path.join(d, "tiff16", "x.tif"))
+assert im.mode == "CMYK" and (np.array(im) == a16 >> 8).all(), "the 16-bit TIFF is not read by PIL as its high bytes"
 PY
-  echo "a CMYK TIFF: stored as an sRGB PNG whose header says 3 channels"
+  $M mkdb "$T/cls/cmyk" "$T/cls/db-cmyk" --quiet >/dev/null 2>"$T/err" || fail "mkdb of the CMYK folder: $(cat "$T/err")"
+  /usr/bin/python3 - "$T/cls/cmyk" "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "CMYK stored otherwise than PIL's convert(\"RGB\")"
+import io, os, struct, sys, numpy as np
+from PIL import Image
+d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+classes = sorted(os.listdir(d))
+seen, bad, i = set(), [], b.find(b"MOCR")
+while i >= 0:
+    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+    cls = classes[label]
+    src = Image.open(os.path.join(d, cls, os.listdir(os.path.join(d, cls))[0]))
+    assert src.mode == "CMYK", (cls, src.mode)
+    want = np.array(src.convert("RGB")).astype(int)
+    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).astype(int)
+    same = (enc, ch) == (2, 3) and b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n" and got.shape == want.shape and (got == want).all()
+    if not same:
+        dd = np.abs(got - want).reshape(-1, 3) if got.shape == want.shape else None
+        bad.append("%s: encoding %d, %d channels, mean |diff| %s, max %s" % (cls, enc, ch, None if dd is None else dd.mean(0).round(1),
+                                                                             None if dd is None else dd.max()))
+    seen.add(cls)
+    i = b.find(b"MOCR", i + 32 + n)
+assert not bad, bad
+assert seen == set(classes), sorted(set(classes) - seen)
+print("  %d CMYK files stored as PNG, pixel for pixel PIL's convert(\"RGB\")" % len(seen))
+PY
+  # shrunk (--max-side 20, resampled: no longer PIL's pixels): the mean colour stays within 1.5
+  # levels per channel of PIL's convert("RGB") (measured 0.3 at most; before, through the
+  # profile: 8-24 off); a JPEG is stored as a 3-channel JPEG, a TIFF as a PNG
+  rm -rf "$T/cls/cmyk-small" && mkdir -p "$T/cls/cmyk-small" && cp -r "$T/cls/cmyk/jpeg-adobe" "$T/cls/cmyk/jpeg-ycck" "$T/cls/cmyk/tiff" \
+    "$T/cls/cmyk/tiff16" "$T/cls/cmyk-small/" || fail "copying"
+  $M mkdb "$T/cls/cmyk-small" "$T/cls/db-cmyk-small" --max-side 20 --quiet >/dev/null 2>"$T/err" || fail "mkdb --max-side of CMYK: $(cat "$T/err")"
+  /usr/bin/python3 - "$T/cls/cmyk-small" "$T/cls/db-cmyk-small/data.mdb" <<'PY' || fail "CMYK shrunk: colours off PIL's"
+import io, os, struct, sys, numpy as np
+from PIL import Image
+d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+classes = sorted(os.listdir(d))
+seen, bad, i = set(), [], b.find(b"MOCR")
+while i >= 0:
+    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+    cls = classes[label]
+    want = np.array(Image.open(os.path.join(d, cls, os.listdir(os.path.join(d, cls))[0])).convert("RGB")).reshape(-1, 3).mean(0)
+    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).reshape(-1, 3).mean(0)
+    if (enc, ch) != ((1 if cls.startswith("jpeg") else 2), 3) or max(w, h) != 20 or np.abs(got - want).max() > 1.5:
+        bad.append("%s: encoding %d, %d channels, %dx%d, mean colour off by %s" % (cls, enc, ch, w, h, np.abs(got - want).round(2)))
+    seen.add(cls)
+    i = b.find(b"MOCR", i + 32 + n)
+assert not bad, bad
+assert seen == set(classes), sorted(set(classes) - seen)
+PY
+  echo "CMYK: JPEG (Adobe marker or not, YCCK, a warning) and TIFF (8-bit, 16-bit, rotated, every ink/black pair) stored as PNG, byte for byte PIL's convert(\"RGB\"); shrunk: mean colour within 1.5 levels"
   # Formats: what mkdb stores must be what PIL (torchvision's loader) reads. One class per
   # file, so a record's label names its source. Accepted and pixel for pixel PIL's
   # convert("RGB"): a TIFF under each of the 8 Orientation tags (PIL applies it; before: stored
@@ -245,7 +340,7 @@ Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(sys.argv[2])' "$T/cls/
   rm -rf "$T/cls/big"
   echo "an image over the stream's 64 MiB record limit: skipped at import, naming it"
 else
-  echo "skipped: classes matched by name, headers of another size, CMYK TIFF, an image too big (python3-pil absent)"
+  echo "skipped: classes matched by name, headers of another size, CMYK as PIL reads it, an image too big (python3-pil absent)"
 fi
 # a full disk (a 3 MiB tmpfs, where this machine lets root mount one): LMDB's short write is its
 # EIO; mkdb says the device is full, writes nothing, and leaves no temporary directory
