@@ -4,11 +4,13 @@
  * images (tests/golden/augment/), the crop sampler's statistics against
  * torchvision's RandomResizedCrop.get_params, the centre-crop fallback,
  * determinism per (seed, epoch, index, view), grayscale inputs, JPEG / PNG /
- * raw records, DCT-scaled decoding, and bad records (CRC, truncation,
+ * raw records, DCT-scaled decoding, a CMYK JPEG record as mkdb wrote it
+ * before (decoded as then), and bad records (CRC, truncation,
  * unknown encoding, size mismatch). Fixtures are built in the test. */
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <turbojpeg.h>
 #include <vips/vips.h>
 
 #include "augment/augment.h"
@@ -521,6 +523,65 @@ static void test_encodings_and_dct(void **state)
     free(big);
 }
 
+/* A CMYK JPEG record as `moco mkdb` wrote it before it made CMYK RGB as PIL
+ * does (the file stored as it was, 4 channels in the header): a dataset of
+ * then still decodes, through libvips' CMYK profile as then, not through
+ * PIL's formula (augment/README.md, "Colour of unusual inputs"): 3 channels,
+ * each byte libvips' own sRGB conversion of the file. */
+static void test_cmyk_record_as_before(void **state)
+{
+    (void)state;
+    enum { W = 37, H = 23 };
+    uint8_t cmyk[W * H * 4];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof cmyk; i++) cmyk[i] = (uint8_t)((x = x * 1664525u + 1013904223u) >> 24);
+    tjhandle tj = tjInitCompress();
+    unsigned char *jpg = NULL;
+    unsigned long jl = 0;
+    assert_int_equal(tjCompress2(tj, cmyk, W, 0, H, TJPF_CMYK, &jpg, &jl, TJSAMP_444, 90, 0), 0);
+    tjDestroy(tj);
+    moco_rec_header hd = {MOCO_REC_VERSION, MOCO_ENC_JPEG, 4, 2, W, H, 0, 0};
+    size_t rl;
+    uint8_t *rec = moco_rec_build(&hd, jpg, (uint32_t)jl, &rl);
+    augment_ctx *c = ctx_for("v1", 32, 0, SEED);
+    const uint8_t *px;
+    int w, h, ch;
+    int32_t label;
+    assert_int_equal(augment_decode(c, rec, rl, 5, &px, &w, &h, &ch, &label), 0);
+    assert_true(w == W && h == H && ch == 3 && label == 2);
+    VipsImage *im = vips_image_new_from_buffer(jpg, jl, "", NULL), *s, *u;
+    assert_non_null(im);
+    assert_int_equal(vips_image_get_interpretation(im), VIPS_INTERPRETATION_CMYK);
+    assert_int_equal(vips_colourspace(im, &s, VIPS_INTERPRETATION_sRGB, NULL), 0);
+    assert_int_equal(vips_cast_uchar(s, &u, NULL), 0);
+    size_t n;
+    uint8_t *want = vips_image_write_to_memory(u, &n);
+    assert_int_equal(n, (size_t)W * H * 3);
+    assert_memory_equal(px, want, n);
+    /* how far that is from PIL's convert("RGB") (the inks inverted, as Pillow reads a JPEG) */
+    tjhandle td = tjInitDecompress();
+    uint8_t raw[W * H * 4];
+    assert_int_equal(tjDecompress2(td, jpg, jl, raw, W, 0, H, TJPF_CMYK, 0), 0);
+    tjDestroy(td);
+    double sum = 0;
+    for (size_t i = 0; i < (size_t)W * H; i++)
+        for (int k = 0; k < 3; k++) {
+            unsigned nk = raw[i * 4 + 3], t = (255u - raw[i * 4 + k]) * nk + 128;
+            sum += abs((int)px[i * 3 + k] - (int)(nk - (((t >> 8) + t) >> 8)));
+        }
+    printf("CMYK JPEG record of before: decoded as libvips' profile makes it, mean %.1f levels from PIL's\n",
+           sum / (W * H * 3));
+    uint8_t q[32 * 32 * 3], k[32 * 32 * 3];
+    augment_info info;
+    assert_int_equal(augment_pair(c, rec, rl, 0, 5, q, k, &info), 0);
+    assert_int_equal(info.channels, 3);
+    g_free(want);
+    g_object_unref(u), g_object_unref(s), g_object_unref(im);
+    augment_ctx_destroy(&c);
+    free(rec);
+    tjFree(jpg);
+}
+
 /* ---- bad records ---- */
 
 static void expect_fail(augment_ctx *c, const uint8_t *rec, size_t len, uint64_t index, int code)
@@ -682,7 +743,8 @@ int main(void)
         cmocka_unit_test(test_crop_stats),
         cmocka_unit_test(test_crop_fallback),   cmocka_unit_test(test_param_ranges),
         cmocka_unit_test(test_determinism),     cmocka_unit_test(test_grayscale_inputs),
-        cmocka_unit_test(test_encodings_and_dct), cmocka_unit_test(test_bad_records),
+        cmocka_unit_test(test_encodings_and_dct), cmocka_unit_test(test_cmyk_record_as_before),
+        cmocka_unit_test(test_bad_records),
         cmocka_unit_test(test_recipes),         cmocka_unit_test(test_max_pixels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
