@@ -578,6 +578,7 @@ int loader_mkdb_main(int argc, char **argv)
         "  an image folder SRC/<class>/<image>, or SRC/<split>/<class>/<image>: JPEG and\n"
         "    PNG stored as they are; WebP, TIFF (its orientation applied, as PIL does),\n"
         "    GIF (first frame), BMP, PBM/PGM/PPM and JPEG 2000 stored as lossless PNG;\n"
+        "    CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG;\n"
         "    any other file is skipped. Classes and files in byte order of their names,\n"
         "    subfolders and symbolic links followed. Unlike torchvision's ImageFolder:\n"
         "    hidden entries (.name, e.g. .ipynb_checkpoints) are skipped, an empty class\n"

@@ -260,6 +260,7 @@ while i >= 0:
 assert not bad, bad
 assert seen == set(classes), sorted(set(classes) - seen)
 PY
+  $M mkdb --help | grep -qF "CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG" || fail "mkdb --help does not say how CMYK is stored"
   echo "CMYK: JPEG (Adobe marker or not, YCCK, a warning) and TIFF (8-bit, 16-bit, rotated, every ink/black pair) stored as PNG, byte for byte PIL's convert(\"RGB\"); shrunk: mean colour within 1.5 levels"
   # Formats: what mkdb stores must be what PIL (torchvision's loader) reads. One class per
   # file, so a record's label names its source. Accepted and pixel for pixel PIL's

@@ -526,7 +526,7 @@ static void test_encodings_and_dct(void **state)
 /* A CMYK JPEG record as `moco mkdb` wrote it before it made CMYK RGB as PIL
  * does (the file stored as it was, 4 channels in the header): a dataset of
  * then still decodes, through libvips' CMYK profile as then, not through
- * PIL's formula (augment/README.md, "Colour of unusual inputs"): 3 channels,
+ * PIL's formula (augment/README.md, "CMYK"): 3 channels,
  * each byte libvips' own sRGB conversion of the file. */
 static void test_cmyk_record_as_before(void **state)
 {
