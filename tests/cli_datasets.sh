@@ -161,11 +161,11 @@ PY
   # (Adobe marker, transform 0); the same without its Adobe marker (libvips would not invert
   # it); the same with 40 bytes of its scan zeroed (a libjpeg warning, which sends it down
   # mkdb's libvips path; PIL decodes it through); a YCCK 4:2:0 JPEG written by TurboJPEG;
-  # TIFFs of random inks, of every (ink, black) pair, under Orientation 6, and 16-bit (Pillow
-  # keeps each ink's high byte).
+  # TIFFs of random inks, of every (ink, black) pair, under Orientation 6, with an embedded
+  # ICC profile (ignored, as by PIL), and 16-bit (Pillow keeps each ink's high byte).
   /usr/bin/python3 - "$T/cls/cmyk" <<'PY' || fail "making the CMYK folder"
 import ctypes, ctypes.util, os, struct, sys, numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
 d, g = sys.argv[1], np.random.default_rng(7)
 def put(cls, name):
     os.makedirs(os.path.join(d, cls))
@@ -199,6 +199,9 @@ Image.fromarray(g.integers(0, 256, (30, 40, 4), dtype=np.uint8), "CMYK").save(pu
 x, yy = np.meshgrid(np.arange(256), np.arange(256))
 Image.fromarray(np.stack([x, 255 - x, (x + yy) & 255, yy], -1).astype(np.uint8), "CMYK").save(put("tiff-pairs", "x.tif"))
 Image.fromarray(g.integers(0, 256, (20, 50, 4), dtype=np.uint8), "CMYK").save(put("tiff-rot6", "x.tif"), tiffinfo={274: 6})
+# an embedded ICC profile (sRGB's, the one Pillow can make): convert("RGB") ignores it, so must mkdb
+srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+Image.fromarray(g.integers(0, 256, (30, 40, 4), dtype=np.uint8), "CMYK").save(put("tiff-icc", "x.tif"), icc_profile=srgb)
 # 16-bit little-endian CMYK, uncompressed (Pillow cannot write it, it reads it as "CMYK;16L")
 a16 = g.integers(0, 65536, (30, 40, 4), dtype=np.uint16)
 data = a16.astype("<u2").tobytes()
@@ -261,7 +264,7 @@ assert not bad, bad
 assert seen == set(classes), sorted(set(classes) - seen)
 PY
   $M mkdb --help | grep -qF "CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG" || fail "mkdb --help does not say how CMYK is stored"
-  echo "CMYK: JPEG (Adobe marker or not, YCCK, a warning) and TIFF (8-bit, 16-bit, rotated, every ink/black pair) stored as PNG, byte for byte PIL's convert(\"RGB\"); shrunk: mean colour within 1.5 levels"
+  echo "CMYK: JPEG (Adobe marker or not, YCCK, a warning) and TIFF (8-bit, 16-bit, rotated, an ICC profile, every ink/black pair) stored as PNG, byte for byte PIL's convert(\"RGB\"); shrunk: mean colour within 1.5 levels"
   # Formats: what mkdb stores must be what PIL (torchvision's loader) reads. One class per
   # file, so a record's label names its source. Accepted and pixel for pixel PIL's
   # convert("RGB"): a TIFF under each of the 8 Orientation tags (PIL applies it; before: stored
