@@ -1,8 +1,9 @@
 /* record.h: the on-disk sample record (the value of one LMDB entry) and its
  * key. See formats/README.md, "Record format", for the byte layout.
  *
- * A record is a 32-byte header followed by the payload: the original encoded
- * image bytes (JPEG, PNG) or raw uint8 pixels (HWC, interleaved). All header
+ * A record is a 32-byte header followed by the payload: the encoded image
+ * bytes (JPEG, PNG: the original file's, or a lossless PNG that moco mkdb
+ * re-encoded) or raw uint8 pixels (HWC, interleaved). All header
  * integers are little-endian. The key of sample i is i as an 8-byte
  * big-endian integer, so LMDB's key order is index order. */
 #ifndef MOCO_RECORD_H
