@@ -101,6 +101,7 @@ class Constants(unittest.TestCase):
             "PAIRS_FRAME_MAX": "MOCO_PAIRS_FRAME_MAX",
             "REASON_MAX": "MOCO_WIRE_REASON_MAX",
             "HEARTBEAT_S": "MOCO_HEARTBEAT_S",
+            "HEARTBEAT_MIN_S": "MOCO_HEARTBEAT_MIN_S",
             "ACK_EVERY_S": "MOCO_ACK_DELAY_S",
             "HELD_MSGS_MAX": "MOCO_SERVE_SNDHWM",
         }
