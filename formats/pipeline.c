@@ -56,6 +56,13 @@ size_t moco_pipe_welcome(uint8_t *b, uint32_t epoch, uint32_t epochs, uint64_t c
     return 32;
 }
 
+double moco_pipe_heartbeat_s(uint32_t heartbeat_ms)
+{
+    double s = heartbeat_ms / 1000.0;
+    if (!heartbeat_ms || s > MOCO_HEARTBEAT_S) return MOCO_HEARTBEAT_S;
+    return s < MOCO_HEARTBEAT_MIN_S ? MOCO_HEARTBEAT_MIN_S : s;
+}
+
 size_t moco_pipe_refused(uint8_t *b, int32_t code, const char *reason)
 {
     moco_wire_prefix_pack(b, MOCO_MSG_REFUSED);

@@ -61,6 +61,7 @@
 /* Timing (formats/README.md, "Liveness"): every peer sends a HEARTBEAT (a
  * worker: READY) at least this often; the defaults of the timeouts. */
 #define MOCO_HEARTBEAT_S 1.0
+#define MOCO_HEARTBEAT_MIN_S 0.1     /* the shortest interval a consumer takes from WELCOME's heartbeat_ms */
 #define MOCO_WORKER_TIMEOUT_S 5.0    /* loader: a silent worker is dead */
 #define MOCO_CONSUMER_TIMEOUT_S 10.0 /* loader: a silent consumer is gone (the stream pauses) */
 #define MOCO_LOADER_TIMEOUT_S 60.0   /* consumer: a silent loader is an error */
@@ -90,6 +91,14 @@ size_t moco_pipe_hello_ranked(uint8_t *buf, uint32_t epoch, uint64_t count, uint
  * MOCO_WIRE_REASON_MAX; buf holds 12 + MOCO_WIRE_REASON_MAX). */
 size_t moco_pipe_welcome(uint8_t *buf, uint32_t epoch, uint32_t epochs, uint64_t count, uint32_t flags, uint32_t heartbeat_ms);
 size_t moco_pipe_refused(uint8_t *buf, int32_t code, const char *reason);
+/* The heartbeat interval a consumer keeps to, in seconds, from WELCOME's
+ * heartbeat_ms: that interval within [MOCO_HEARTBEAT_MIN_S,
+ * MOCO_HEARTBEAT_S] (a peer sends at least once a second; a shorter one
+ * would have the consumer flood it and call it dead after scheduling
+ * jitter); 0 (not said): MOCO_HEARTBEAT_S. The consumer sends at it and
+ * calls the loader dead after its loader timeout scaled by it (the same
+ * number of missed heartbeats: timeout / MOCO_HEARTBEAT_S). */
+double moco_pipe_heartbeat_s(uint32_t heartbeat_ms);
 
 /* ACK: 16 + 8 n bytes; EPOCH_END: 24 + 8 nfailed bytes. Caller sizes buf. */
 size_t moco_pipe_ack(uint8_t *buf, uint32_t epoch, const uint64_t *idx, uint32_t n);

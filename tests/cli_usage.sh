@@ -34,7 +34,11 @@
 #     --help lists them; a near miss (-B, -lr) gets a did-you-mean;
 # 14. moco bench train takes main_moco.py's --moco-k --moco-m --moco-t (the
 #     documented names) and still --K --m --T: the same step either way, and
-#     not the default's.
+#     not the default's;
+# 15. moco train (and moco run, passing them on) takes --K --m --T as bench
+#     train does: --help lists them beside --moco-k --moco-m --moco-t, they
+#     set the same fields (the checkpoint's config of 13's run, the --moco-k
+#     and range messages), and a near miss (--k) gets a did-you-mean.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -205,7 +209,7 @@ $M train --help | grep -q -- '^  -a, --arch X  ' && $M train --help | grep -q --
   && $M run --help | grep -q -- '^  -j, --workers N  ' && $M train --help | grep -q -- '^  -h, --help  ' \
   || fail "13: --help does not list -a, -b, -j, -h: $($M train --help | grep -e '--arch ' -e '--batch-size ' -e '--help'; $M run --help | grep -e '--workers ')"
 rm -rf r13
-timeout 120 $M run db -j 1 --size 28 -a resnet18-cifar --width 4 -b 32 --moco-k 128 --threads 1 --epochs 1 --kernels rule \
+timeout 120 $M run db -j 1 --size 28 -a resnet18-cifar --width 4 -b 32 --K 128 --m 0.99 --T 0.2 --threads 1 --epochs 1 --kernels rule \
   --run-dir r13 >/dev/null 2>r13.err || fail "13: moco run -j 1 -a resnet18-cifar -b 32: $(tail -3 r13.err)"
 grep -q "^moco run: db: 256 samples, 1 epochs, 1 workers," r13.err || fail "13: -j 1 is not 1 worker: $(head -1 r13.err)"
 cfg=$(head -c 4000 r13/checkpoint_last.safetensors | tr -d '\\\000')  # the default arch is resnet50, the default batch 256
@@ -249,4 +253,26 @@ l_dflt=$(grep -o '"loss":[0-9.]*' <<<"$dflt")
 [ -n "$l_new" ] && [ "$l_new" = "$l_old" ] && [ -n "$l_dflt" ] && [ "$l_new" != "$l_dflt" ] \
   || fail "14: --moco-k/-m/-t 64/0.5/0.2 gave '$l_new', --K/--m/--T '$l_old' (want the same), defaults '$l_dflt' (want another): $new"
 echo "14: bench train: --moco-k --moco-m --moco-t ($l_new), --K --m --T the same, the defaults not ($l_dflt)"
+# 15. moco train's --K --m --T (before: "unknown option '--K'")
+$M train --help | grep -q -- '^  --moco-k, --K N  ' && $M train --help | grep -q -- '^  --moco-m, --m F  ' \
+  && $M train --help | grep -q -- '^  --moco-t, --T F  ' || fail "15: train --help: $($M train --help | grep -i -e moco- -e ' --[KmT] ')"
+# 13's run took --K 128 --m 0.99 --T 0.2 through moco run; the defaults are 65536, 0.999, 0.07 (the fixture r28: 128, 0.999, 0.07)
+cfg28=$(head -c 4000 $C | tr -d '\\\000')
+[[ $cfg == *'"K":128,"m":0.99,"T":0.2,'* && $cfg28 == *'"K":128,"m":0.999,"T":0.07,'* ]] \
+  || fail "15: --K 128 --m 0.99 --T 0.2 not in the checkpoint's config: $(grep -o '"K":[^,]*,"m":[^,]*,"T":[^,]*' <<<"$cfg"), fixture $(grep -o '"K":[^,]*,"m":[^,]*,"T":[^,]*' <<<"$cfg28")"
+for k in "--K 500" "--K=500" "--moco-k 500"; do
+  err=$($M train --connect ipc://x --out r15 -b 64 $k 2>&1); rc=$?
+  [ $rc -eq 2 ] && [[ $err == "moco train: --moco-k 500 must be a multiple of the keys per step (64: --batch-size 64)" ]] \
+    || fail "15: moco train $k: rc $rc, '$err'"
+done
+err=$($M train --connect ipc://x --out r15 --m 2 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == "moco train: --m: 2 is outside [0, 1]"* ]] || fail "15: moco train --m 2: rc $rc, '$err'"
+err=$($M train --connect ipc://x --out r15 --T 0 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == "moco train: --T: 0 is outside [0.0001, 100]"* ]] || fail "15: moco train --T 0: rc $rc, '$err'"
+err=$($M run db --k 4096 --run-dir r15 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"moco run: unknown option '--k' (neither a run flag nor a train flag); did you mean --K?"* ]] && [ ! -e r15 ] \
+  || fail "15: moco run --k: rc $rc, '$err'"
+err=$($M train --connect ipc://x --out r15 --moco-mm 0.9 2>&1); rc=$?
+[ $rc -eq 2 ] && [[ $err == *"moco train: unknown option '--moco-mm'; did you mean --moco-m?"* ]] || fail "15: moco train --moco-mm: rc $rc, '$err'"
+echo "15: moco train and moco run: --K --m --T as bench train's, in --help, the same fields as --moco-k --moco-m --moco-t"
 echo "cli_usage: a new user's mistakes are named, with advice that works"

@@ -16,6 +16,7 @@
 #include <math.h>
 
 #include "formats/errors.h"
+#include "formats/normalize.h"
 #include "formats/rng.h"
 #include "trainer/evalmodel.h"
 #include "trainer/evalset.h"
@@ -141,8 +142,10 @@ static void test_golden_torchvision(void **st)
         evalset_destroy(&e);
     }
     /* and the CIFAR-10 recipe's (--normalize auto at 32 px): the official
-     * MoCo CIFAR-10 demo's Normalize([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]) */
-    const float cm[3] = {0.4914f, 0.4822f, 0.4465f}, cs[3] = {0.2023f, 0.1994f, 0.2010f};
+     * MoCo CIFAR-10 demo's Normalize, formats/normalize.h's cifar constants
+     * (their one home; tools/python/tests/test_constants.py compares them
+     * with the demo's numbers in the Python tools) */
+    const float cm[3] = MOCO_NORM_CIFAR_MEAN, cs[3] = MOCO_NORM_CIFAR_STD;
     float m32[3], s32[3];
     evalmodel_norm("auto", 32, m32, s32);
     for (int c = 0; c < 3; c++) {

@@ -41,6 +41,9 @@ struct trainer_stream {
     int serve;               /* pairs come on ctl */
     const char *ctl_ep;
     double loader_timeout, loader_seen, last_hb, last_ack, last_ctl;
+    double hb_s;             /* the heartbeat interval: the loader's WELCOME's, bounded (moco_pipe_heartbeat_s) */
+    double silent_s;         /* loader silence that is an error: loader_timeout scaled by hb_s / MOCO_HEARTBEAT_S */
+    uint32_t hb_ms;          /* what WELCOME announced (0: none yet) */
     uint32_t epoch;          /* the epoch being returned */
     int have_epoch, welcomed;
     int resumed;             /* HELLO said where this consumer resumes: resume_epoch */
@@ -111,6 +114,8 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out)
     *out = NULL;
     if (!s) return moco_err(MOCO_ENOMEM, "out of memory");
     s->loader_timeout = cfg->loader_timeout > 0 ? cfg->loader_timeout : MOCO_LOADER_TIMEOUT_S;
+    s->hb_s = MOCO_HEARTBEAT_S; /* until WELCOME says */
+    s->silent_s = s->loader_timeout;
     s->serve = cfg->pairs_ep == NULL;
     s->ctl_ep = cfg->ctl_ep;
     s->zctx = zmq_ctx_new();
@@ -221,6 +226,11 @@ static int handle_ctl(trainer_stream *s, zmq_msg_t *f, int n, stream_event *ev)
         if (!rc) {
             s->welcomed = 1;
             s->busy_ok = (pm.flags & MOCO_WELCOME_BUSY) != 0;
+            /* the loader's heartbeat: sent at, and missed as many times as with the default one (0:
+             * the default; a hostile 1 ms or 4e9 ms is bounded) */
+            s->hb_ms = pm.heartbeat_ms;
+            s->hb_s = moco_pipe_heartbeat_s(pm.heartbeat_ms);
+            s->silent_s = s->loader_timeout * (s->hb_s / MOCO_HEARTBEAT_S);
             s->epoch = pm.epoch;
             s->have_epoch = 1;
         }
@@ -411,7 +421,7 @@ void stream_keepalive(trainer_stream *s)
 {
     double t = moco_now_s();
     int start = s->busy_ok && !s->busy; /* just stopped reading: say so at once */
-    if (s->ended || (!start && t - s->last_hb < MOCO_HEARTBEAT_S)) return;
+    if (s->ended || (!start && t - s->last_hb < s->hb_s)) return;
     if (s->nacks) flush_acks(s); /* before BUSY: any other message ends it */
     uint8_t hb[16];
     zmq_send(s->ctl, hb, moco_pipe_simple(hb, s->busy_ok ? MOCO_MSG_BUSY : MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
@@ -431,7 +441,7 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
     int rc = 0;
     for (;;) {
         double t = moco_now_s();
-        if (s->busy || t - s->last_hb >= MOCO_HEARTBEAT_S) { /* reading again: the loader's clock runs */
+        if (s->busy || t - s->last_hb >= s->hb_s) { /* reading again: the loader's clock runs */
             uint8_t hb[16];
             zmq_send(s->ctl, hb, moco_pipe_simple(hb, MOCO_MSG_HEARTBEAT), ZMQ_DONTWAIT);
             s->busy = 0;
@@ -488,8 +498,12 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
             s->st.waited_s += moco_now_s() - t0;
             return rc;
         }
-        if (t - s->loader_seen > s->loader_timeout) {
+        if (t - s->loader_seen > s->silent_s) {
             s->st.waited_s += moco_now_s() - t0;
+            if (s->hb_s != MOCO_HEARTBEAT_S)
+                return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.1f s (%.0f missed heartbeats of %.0f ms; "
+                                "it announced %u ms)", s->ctl_ep, t - s->loader_seen, s->silent_s / s->hb_s, s->hb_s * 1000,
+                                (unsigned)s->hb_ms);
             return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.0f s", s->ctl_ep, t - s->loader_seen);
         }
         if (t >= deadline) { /* nothing yet: ev->kind is STREAM_NONE */
@@ -503,6 +517,7 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
         zmq_pollitem_t it[2] = {{s->ctl, 0, ZMQ_POLLIN, 0}, {s->pull, 0, ZMQ_POLLIN, 0}};
         double left = deadline - t;
         if (s->nacks && s->last_ack + ACK_DELAY_S - t < left) left = s->last_ack + ACK_DELAY_S - t;
+        if (left > s->hb_s) left = s->hb_s; /* awake for the next heartbeat (at most 250 ms, below) */
         long ms = left > 0.25 ? 250 : left > 0 ? (long)(left * 1000) + 1 : 0;
         zmq_poll(it, s->serve || s->cur.nf || !s->welcomed ? 1 : 2, ms);
     }

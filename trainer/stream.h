@@ -49,7 +49,9 @@ typedef struct {
                                    * of such views */
     int classes;                  /* labels the user takes: [0, classes) (0: any); pairs of other labels are dropped
                                    * and counted (rejected_label), not acknowledged */
-    double loader_timeout;        /* seconds of loader silence that are an error (0: 60) */
+    double loader_timeout;        /* seconds of loader silence that are an error (0: 60), at the default 1 s
+                                   * heartbeat: scaled by the interval the loader's WELCOME announces (bounded to
+                                   * [0.1, 1] s, moco_pipe_heartbeat_s), at which this consumer also sends */
     int rank, ranks;              /* serve mode, one of several consumers (moco loader --consumers R): this rank of R
                                    * (0 of 0 or 1: the only one); it gets its shard, EPOCH_END when its shard is done */
 } stream_cfg;
@@ -90,7 +92,7 @@ int stream_open(const stream_cfg *cfg, trainer_stream **out);
 /* Wait up to timeout_ms (-1: until something happens) for the next event.
  * Returns 0 with *ev filled: STREAM_NONE if nothing came in time (not an
  * error: ask again), else the event; or an error: the loader silent longer
- * than loader_timeout (MOCO_ETIMEOUT, naming it), the loader refused this
+ * than loader_timeout (scaled as above; MOCO_ETIMEOUT, naming it), the loader refused this
  * consumer (MOCO_EINVAL), ... */
 int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev);
 

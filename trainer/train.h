@@ -61,11 +61,12 @@ int train_knn(resnet *m, const char *train_db, const char *test_db, int k, float
  * printed) or MOCO_OPTS_USAGE (error printed). */
 int train_parse_args(int argc, char **argv, train_cfg *c);
 
-/* The configuration as checkpoint metadata: meta[0..3] = "format",
- * "moco-checkpoint-1", "config", the JSON in buf (arch, width, mlp, dim, K,
- * m, T, batch_size, lr, momentum, wd, cos, schedule, warmup_epochs, epochs,
- * bn_splits, symmetric, size, precision, normalize with mean and std, seed,
- * count). Returns the number of pairs (2). */
+/* The configuration as checkpoint metadata (the contract, its keys and the
+ * config's fields: formats/checkpoint.h; written by its one writer,
+ * moco_ckpt_config_write): meta[0..3] = MOCO_CKPT_KEY_FORMAT,
+ * MOCO_CKPT_FORMAT, MOCO_CKPT_KEY_CONFIG, the JSON in buf[0..n). Returns
+ * the number of key/value pairs: 2; or 1 (format only, buf "") when the
+ * config would not fit buf or a reader would refuse it. */
 int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta);
 
 /* Train. Before the first step every input is checked (--knn-train and

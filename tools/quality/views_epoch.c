@@ -22,6 +22,7 @@
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/jsonw.h"
+#include "formats/normalize.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 #include "trainer/engine/moco.h"
@@ -31,8 +32,8 @@
 #define S 32
 #define VB (S * S * 3)
 
-/* CIFAR-10's mean and std, as the reference's Normalize and moco train use */
-static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2023f, 0.1994f, 0.2010f};
+/* CIFAR-10's mean and std, as the reference's Normalize and moco train use (formats/normalize.h) */
+static const float mean[3] = MOCO_NORM_CIFAR_MEAN, std[3] = MOCO_NORM_CIFAR_STD;
 
 static int fail(const char *what)
 {

@@ -24,7 +24,9 @@ mode (version 3)") alone. It promises:
 * state() describes what was YIELDED to the caller; PairStream(resume=state)
   yields exactly the rest; iterating in another process than the creating
   one (a forked DataLoader worker) raises StreamError;
-* a loader silent for `timeout` seconds (while we listen), REFUSED, or a
+* a loader silent for `timeout` seconds (while we listen; scaled by the
+  heartbeat interval its WELCOME announced, bounded to [HEARTBEAT_MIN_S,
+  HEARTBEAT_S], against HEARTBEAT_S: as many missed heartbeats), REFUSED, or a
   missing WELCOME raise StreamError from the iterator; with keys, a loader
   that refuses this consumer's key (its ZAP handler: the key is not in its
   allow list) raises at once, naming the endpoint and the key file, and
@@ -68,11 +70,21 @@ PAIRS_FRAME_MAX = 4 * 1024 * 1024 + 2 * 2048 * 2048 * 3
 REASON_MAX = 1000
 FRAMES_MAX = 3              # frames of the longest message a loader sends (PAIR)
 HEARTBEAT_S = 1.0
+HEARTBEAT_MIN_S = 0.1       # the shortest interval taken from WELCOME's heartbeat_ms
 ACK_EVERY_S = 0.02
 HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
 HELD_MSGS_MAX = 16          # ... in at most this many messages (the loader's 16 ahead)
 HELD_BYTES_MAX = 256 << 20  # ... and at most this many view bytes (as the C consumer's held bytes)
 LOG_FIRST = 20              # rejections logged per kind before only the powers of two
+
+def heartbeat_s(heartbeat_ms):
+    """The heartbeat interval (s) a consumer keeps to, from WELCOME's heartbeat_ms, as
+    formats/pipeline.c's moco_pipe_heartbeat_s: within [HEARTBEAT_MIN_S, HEARTBEAT_S]
+    (a hostile 1 ms or 4e9 ms bounded); 0 or None (not said): HEARTBEAT_S."""
+    if not heartbeat_ms or heartbeat_ms / 1000 > HEARTBEAT_S:
+        return HEARTBEAT_S
+    return max(HEARTBEAT_MIN_S, heartbeat_ms / 1000)
+
 
 logger = logging.getLogger("moco_stream")
 # re-sent pairs are routine (a loader re-issues after a timeout): INFO, not WARNING
@@ -543,7 +555,8 @@ class PairStream:
         self._held_bytes = 0                              # view bytes of the pairs held
         self._acks = []                                   # indices of self._epoch to ACK
         self._ack_since = None
-        hb_every = HEARTBEAT_S if not self.heartbeat_ms else min(HEARTBEAT_S, self.heartbeat_ms / 1000)
+        hb_every = heartbeat_s(self.heartbeat_ms)
+        silent = self.timeout * hb_every / HEARTBEAT_S  # as many missed heartbeats as timeout at HEARTBEAT_S
         now = time.monotonic()
         next_hb, heard = now, now
         busy_ok = bool(self.flags & WELCOME_BUSY)
@@ -573,8 +586,10 @@ class PairStream:
                 self._q.wait_room(min(wait, 0.1))
                 heard = time.monotonic()        # we were not listening
                 continue
-            if now - heard > self.timeout:
-                raise StreamError("moco_stream: no message from the loader for %.1f s" % self.timeout)
+            if now - heard > silent:
+                raise StreamError("moco_stream: no message from the loader for %.1f s (%.0f missed heartbeats of "
+                                  "%.0f ms; it announced %s ms)" % (silent, silent / hb_every, hb_every * 1000,
+                                                                   self.heartbeat_ms))
             if not sock.poll(max(1, int(min(wait, 0.1) * 1000)), zmq.POLLIN):
                 if self._acks:
                     self._flush_acks()

@@ -51,13 +51,14 @@ class FakeLoader(threading.Thread):
     def __init__(self, endpoint="tcp://127.0.0.1:*", count=50, epochs=2, start_epoch=0,
                  shape=(4, 4, 3), per_msg=7, dup=False, early_next=False, failed=(),
                  hostile=(), refuse=None, silent=False, curve_dir=None, resend_after=1.0,
-                 seed=1, busy_ok=False):
+                 seed=1, busy_ok=False, heartbeat_ms=1000):
         super().__init__(daemon=True)
         self.count, self.epochs, self.start_epoch = count, epochs, start_epoch
         self.shape, self.per_msg, self.dup, self.early_next = shape, per_msg, dup, early_next
         self.failed, self.hostile, self.refuse, self.silent = set(failed), list(hostile), refuse, silent
         self.resend_after, self.rng = resend_after, np.random.default_rng(seed)
         self.busy_ok, self.busy = busy_ok, []     # WELCOME flag 2; when BUSY came
+        self.heartbeat_ms = heartbeat_ms          # WELCOME's heartbeat interval
         self.words = []                           # (time, type) of every HEARTBEAT and BUSY
         self.hellos, self.acks, self.ack_sizes, self.heartbeats, self.byes = [], {}, [], [], []
         self.error, self.finished = None, threading.Event()
@@ -163,7 +164,7 @@ class FakeLoader(threading.Thread):
             done = set(np.flatnonzero(bits).tolist())
         end = self.start_epoch + self.epochs
         self.send([prefix(13, 3) + struct.pack("<IIQII", epoch, end, self.count,
-                                                           3 if self.busy_ok else 1, 1000)])
+                                                           3 if self.busy_ok else 1, self.heartbeat_ms)])
         if self.silent:
             return
         first = True

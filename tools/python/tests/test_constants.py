@@ -2,7 +2,9 @@
 formats/wire.h and formats/pipeline.h: the message types, the magic, the
 version, the WELCOME flags, the limits and the timing; and
 moco_stream.torch.MEAN_STD, the normalisation constants, against
-formats/normalize.h, decimal literal for decimal literal. The headers are
+formats/normalize.h, decimal literal for decimal literal, and so the copies in
+the Python tools (NORM_COPIES: tools/quality's PyTorch references, the golden
+generator, the torchvision benchmark). The headers are
 parsed (#define NAME value and the moco_msg_type enum; the MOCO_NORM_*
 initialisers), so a constant that changes on one side fails here instead of
 drifting silently. Run:
@@ -99,6 +101,7 @@ class Constants(unittest.TestCase):
             "PAIRS_FRAME_MAX": "MOCO_PAIRS_FRAME_MAX",
             "REASON_MAX": "MOCO_WIRE_REASON_MAX",
             "HEARTBEAT_S": "MOCO_HEARTBEAT_S",
+            "HEARTBEAT_MIN_S": "MOCO_HEARTBEAT_MIN_S",
             "ACK_EVERY_S": "MOCO_ACK_DELAY_S",
             "HELD_MSGS_MAX": "MOCO_SERVE_SNDHWM",
         }
@@ -127,6 +130,35 @@ class Constants(unittest.TestCase):
             got = tuple(tuple(Decimal(repr(float(x))) for x in part) for part in MEAN_STD[py])
             self.assertEqual(got, c[name], "moco_stream.torch.MEAN_STD[%r] = %r; formats/normalize.h %s: mean %s std %s"
                              % (py, MEAN_STD[py], name, [str(x) for x in c[name][0]], [str(x) for x in c[name][1]]))
+
+    def test_normalisation_copies(self):
+        """The tools that cannot include formats/normalize.h (PyTorch references, benchmarks, golden
+        generators) hold the same numbers: every [a, b, c] / (a, b, c) of decimal literals in each file,
+        in order, is formats/normalize.h's constant named here; a changed digit on either side, a copy
+        added or removed, or a file gone fails."""
+        c = norm_constants()
+        root = os.path.join(FORMATS, "..")
+        for path, names in sorted(NORM_COPIES.items()):
+            full = os.path.join(root, path)
+            self.assertTrue(os.path.isfile(full), "%s: the copy listed in NORM_COPIES is gone (update the list)" % path)
+            with open(full) as f:
+                found = [tuple(Decimal(x) for x in m.groups()) for m in TRIPLE.finditer(f.read())]
+            want = [c[name][0 if part == "mean" else 1] for name, part in names]
+            self.assertEqual(found, want, "%s: normalisation triples %s, formats/normalize.h's %s %s"
+                             % (path, [[str(x) for x in t] for t in found], names, [[str(x) for x in t] for t in want]))
+
+
+# Copies of formats/normalize.h's constants in files that cannot include it, relative to the repository
+# root: the constant each [a, b, c] triple of decimal literals in the file is, in order (C code includes
+# formats/normalize.h; tests/test_ckpt.c's literals are checkpoint bytes, test data)
+NORM_COPIES = {
+    "tools/quality/bf16_error.py": [("cifar", "mean"), ("cifar", "std")],
+    "tools/quality/pytorch_knn.py": [("cifar", "mean"), ("cifar", "std")],
+    "tools/quality/pytorch_views_epoch.py": [("cifar", "mean"), ("cifar", "std")],
+    "tools/gen_eval_golden.py": [("imagenet", "mean"), ("imagenet", "std")],
+    "tools/bench_torchvision_aug.py": [("imagenet", "mean"), ("imagenet", "std"), ("cifar", "mean"), ("cifar", "std")],
+}
+TRIPLE = re.compile(r"[\[(]\s*(\d+\.\d+)\s*,\s*(\d+\.\d+)\s*,\s*(\d+\.\d+)\s*[\])]")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,29 @@ class TestHandshake(Base):
             next(iter(s))
         self.assertLess(time.monotonic() - t0, 4)
 
+    def test_announced_heartbeat(self):
+        """The WELCOME's heartbeat interval sets the pace: at 100 ms a timeout of 5 s (5 missed
+        heartbeats of 1 s) is 0.5 s of silence, and the consumer beats every 100 ms; a hostile 1 ms
+        is taken as 100 ms (not dead after 5 ms, no flood), 4e9 ms and 0 as 1 s (the timeout as
+        given, not never). Before, the silence was always `timeout` and 1 ms beat every 1 ms."""
+        self.assertEqual([moco_stream.heartbeat_s(x) for x in (0, None, 1, 99, 100, 250, 1000, 1001, 0xFFFFFFFF)],
+                         [1.0, 1.0, 0.1, 0.1, 0.1, 0.25, 1.0, 1.0, 1.0])
+        for hb, timeout, lo, hi, beats in ((100, 5.0, 0.5, 1.5, (4, 16)), (1, 5.0, 0.5, 1.5, (4, 16)),
+                                           (0xFFFFFFFF, 1.0, 1.0, 2.5, (1, 3)), (0, 1.0, 1.0, 2.5, (1, 3))):
+            f = self.loader(silent=True, heartbeat_ms=hb)
+            s = self.stream(f.endpoint, timeout=timeout).wait_welcome()
+            t0 = time.monotonic()
+            with self.assertRaisesRegex(moco_stream.StreamError, "no message from the loader") as cm:
+                next(iter(s))
+            dt = time.monotonic() - t0
+            time.sleep(0.1)                       # the loader records what came
+            n = len(f.heartbeats)
+            self.assertTrue(lo <= dt + 0.1 and dt < hi, "heartbeat %d ms, timeout %g: silent after %.2f s (want %g..%g): %s"
+                            % (hb, timeout, dt, lo, hi, cm.exception))
+            self.assertTrue(beats[0] <= n <= beats[1], "heartbeat %d ms: %d heartbeats in %.2f s" % (hb, n, dt))
+            if 0 < hb < 1000:
+                self.assertIn("missed heartbeats of 100 ms; it announced %d ms" % hb, str(cm.exception))
+
     def test_tcp_needs_keys(self):
         with self.assertRaisesRegex(ValueError, r"a tcp endpoint needs keys= .* or insecure=True"):
             moco_stream.PairStream("tcp://127.0.0.1:1")
