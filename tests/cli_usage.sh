@@ -42,6 +42,7 @@
 # 16. every flag the documentation shows after `moco CMD` (README.md and
 #     the folders' READMEs) is an option of `moco CMD --help` (runs without
 #     the data).
+# 17. their links lead to files that exist, and anchors to headings.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
@@ -102,6 +103,38 @@ $rest"
 # fewer would mean the extraction broke (the documents named 135 on 2026-12-02)
 [ "$n" -ge 100 ] || fail "16: only $n flag mentions found after moco commands in the documentation"
 echo "16: the $n flags the documentation shows after moco commands are options in their --help"
+# 17. the same documents' links: every [text](target) that is no URL names a
+#     file or folder that exists (relative to the document), and a #anchor a
+#     heading of the target (GitHub's anchor: lower case, punctuation but - and
+#     _ dropped, spaces as -)
+out=$(python3 - "$ROOT" <<'PY' 2>&1
+import os, re, sys
+root = sys.argv[1]
+docs = ["README.md", "trainer/README.md", "augment/README.md", "formats/README.md", "tools/python/README.md"]
+def anchors(path):
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+n, bad = 0, []
+for doc in docs:
+    text = re.sub(r"```.*?```", "", open(f"{root}/{doc}").read(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target): continue
+        n += 1
+        path, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(root, os.path.dirname(doc), path)) if path else f"{root}/{doc}"
+        if not os.path.exists(full): bad.append(f"{doc}: link {target}: {path} does not exist")
+        elif anchor and anchor not in anchors(full): bad.append(f"{doc}: link {target}: no heading of {path or doc} has the anchor #{anchor}")
+print(n)
+for b in bad: print(b)
+PY
+)
+[ $? -eq 0 ] || fail "17: the link check did not run: $out"
+n=$(head -1 <<<"$out"); rest=$(tail -n +2 <<<"$out")
+[ -z "$rest" ] || fail "17: links in the documentation that lead nowhere:
+$rest"
+# fewer would mean the extraction broke (README.md held 10 on 2026-12-02)
+[ "$n" -ge 8 ] || fail "17: only $n links found in the documentation"
+echo "17: the $n links of the documentation lead to files that exist, and their anchors to headings"
 SRC=/usr/share/datasets/fashion-mnist
 [ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
 rm -rf "$T" && mkdir -p "$T" && T=$(cd "$T" && pwd)
