@@ -173,6 +173,15 @@ for d in fifo dangling full; do
   timeout 60 $M lincls $LJ --out "$T/lj/$d" >/dev/null 2>"$T/lj/$d.err"
   [ $? -eq 1 ] && grep -q "moco lincls: $T/lj/$d/lincls.json is .*not replacing it" "$T/lj/$d.err" || fail "lincls.json $d: $(cat "$T/lj/$d.err")"
 done
+# a missing --out directory, or a file, is refused before any feature is
+# computed (it was found only at the end, after the training): exit 2, no
+# result line
+: >"$T/lj/afile"
+for d in none afile; do
+  lo=$(timeout 60 $M lincls $LJ --out "$T/lj/$d" 2>"$T/lj/$d.err"); rc=$?
+  [ $rc -eq 2 ] && [ -z "$lo" ] && grep -q "moco lincls: --out $T/lj/$d: $([ $d = none ] && echo 'no such directory' || echo 'not a directory'); lincls.json is written into an existing directory" "$T/lj/$d.err" \
+    || fail "lincls --out $d: rc $rc, out '$lo': $(cat "$T/lj/$d.err")"
+done
 # (stderr through a pipe: the limit applies to every file the command writes)
 (trap '' XFSZ; ulimit -f 0; exec timeout 60 $M lincls $LJ --out "$T/lj/fsize" 2>&1 >/dev/null) | cat >"$T/lj/fsize.err"
 [ "${PIPESTATUS[0]}" -eq 1 ] && grep -q "moco lincls: cannot write $T/lj/fsize/lincls.json: File too large; it is left as it was" "$T/lj/fsize.err" \

@@ -19,11 +19,13 @@
  * BN buffers are compared with a copy taken before training: a change is
  * an error naming the tensor. */
 #include <cblas.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "formats/errors.h"
 #include "formats/jsonw.h"
@@ -319,6 +321,12 @@ static int lincls_run(int argc, char **argv, int check_only)
         return 2;
     }
     if (check_only) return 0;
+    struct stat ost; /* before hours of features, not after them */
+    if (out && (stat(out, &ost) || !S_ISDIR(ost.st_mode))) {
+        fprintf(stderr, "moco lincls: --out %s: %s; lincls.json is written into an existing directory\n", out,
+                errno == ENOENT ? "no such directory" : "not a directory");
+        return 2;
+    }
     if (!cached && (!connect || !bind)) {
         fprintf(stderr, "moco lincls: streamed training needs --connect and --bind (moco lincls without --cached-features sets them)\n");
         return 2;
