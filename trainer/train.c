@@ -272,8 +272,8 @@ static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, con
     if (k->batch >= 0 && k->batch != c->batch) DIFF(", --batch-size %d (checkpoint: %d)", c->batch, k->batch);
     int ranks = c->dist ? dist_size(c->dist) : 1;
     if (k->ranks >= 0 && k->ranks != ranks)
-        DIFF(", %d rank%s (checkpoint: %d; a global batch of %d against %d)", ranks, ranks == 1 ? "" : "s", k->ranks,
-             ranks * c->batch, k->ranks * (k->batch >= 0 ? k->batch : c->batch));
+        DIFF(", %d rank%s (checkpoint: %d; a global batch of %lld against %lld)", ranks, ranks == 1 ? "" : "s", k->ranks,
+             (long long)ranks * c->batch, (long long)k->ranks * (k->batch >= 0 ? k->batch : c->batch)); /* both < 2^31: no overflow */
     if (k->cos >= 0 && k->cos != c->cos) DIFF(", %s (checkpoint: %s)", c->cos ? "--cos" : "no --cos", k->cos ? "--cos" : "no --cos");
     if (k->warmup_epochs >= 0 && k->warmup_epochs != c->warmup_epochs)
         DIFF(", --warmup-epochs %d (checkpoint: %d)", c->warmup_epochs, k->warmup_epochs);
