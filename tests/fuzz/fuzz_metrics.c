@@ -3,9 +3,9 @@
  * (plot_load_check, trainer/plot.c), and what `moco train --resume` reads
  * of it (trainer/train.c): train_best_knn, then train_metrics_rewind to the
  * checkpoint's step. The first 4 input bytes are that step (u32 LE), the
- * rest is the file. The rewind keeps whole lines of the file only: its
- * result is no longer than the file, and the same file when nothing was
- * dropped. */
+ * rest is the file. The rewind keeps whole lines of the file only, in
+ * their order: its result is no longer than the file, and the same file
+ * when nothing was dropped. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +52,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *b;
         size_t n = slurp(&b);
         if (dropped < 0 || n > size || (!dropped && (n != size || memcmp(b, data, n)))) abort();
+        /* every line kept is a whole line of the file, in the file's order */
+        size_t at = 0; /* where the next kept line is looked for (a line's start) */
+        for (size_t k = 0; k < n;) {
+            const uint8_t *nl = memchr(b + k, '\n', n - k);
+            size_t l = nl ? (size_t)(nl - (b + k)) + 1 : n - k;
+            while (at < size && !(at + l <= size && !memcmp(data + at, b + k, l) && (at + l == size || data[at + l - 1] == '\n'))) {
+                const uint8_t *e = memchr(data + at, '\n', size - at);
+                at = e ? (size_t)(e - data) + 1 : size;
+            }
+            if (at >= size) abort();
+            at += l, k += l;
+        }
         free(b);
     }
     return 0;
