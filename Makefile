@@ -111,7 +111,8 @@ clean:
 #   make fuzz         build build/fuzz/fuzz_* (needs clang-14 and
 #                     libclang-rt-14-dev: apt-get install clang-14 libclang-rt-14-dev)
 #   make fuzz-smoke   run each target on its seed corpus plus 4 s of fuzzing
-# The library sources are compiled with the fuzz flags into build/fuzz/ and
+# The library sources (trainer/ too: the checkpoint, wisdom and metrics
+# readers) are compiled with the fuzz flags into build/fuzz/ and
 # archived, so that each target links only what it uses. Long runs:
 #   nice -n 19 build/fuzz/fuzz_record -max_total_time=600 tests/fuzz/corpus/fuzz_record
 FUZZ_CC     ?= clang-14
@@ -119,7 +120,7 @@ FUZZ_CC     ?= clang-14
 # its target_clones off it, which clang-14 links differently, so define it.
 FUZZ_SAN    := -D__SANITIZE_ADDRESS__=1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -ffp-contract=off -D_GNU_SOURCE -I. -pthread $(PKG_CFLAGS) $(FUZZ_SAN)
-FUZZ_LIBSRC := $(wildcard formats/*.c loader/*.c augment/*.c)
+FUZZ_LIBSRC := $(wildcard formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c)
 FUZZ_OBJS   := $(FUZZ_LIBSRC:%.c=build/fuzz/%.o)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)

@@ -10,6 +10,7 @@
 
 #include "augment/augment.h"
 
+#include "formats/checkpoint.h"
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/pipeline.h"
@@ -17,6 +18,7 @@
 #include "formats/safetensors.h"
 #include "formats/wire.h"
 #include "loader/sources.h"
+#include "trainer/train.h"
 
 /* A copy of exactly n bytes on the heap, so that ASan sees the bounds. */
 static uint8_t *dup_n(const void *p, size_t n)
@@ -306,6 +308,25 @@ static void test_lmdb_main_root_loops(void **st)
     assert_int_equal(WEXITSTATUS(s), 0);
 }
 
+/* fuzz_ckpt_config, 2026-12-02: a checkpoint config claiming ranks
+ * 2147483647 (batch_size 2) against a one-process run overflowed an int in
+ * the message of schedule_unchanged (trainer/train.c, under
+ * train_resume_matches): the global batches, ranks x batch_size, were
+ * multiplied in int (undefined behaviour; a release build printed "against
+ * -2"). Fix: multiplied and printed as long long. The input is the
+ * fuzzer's, reduced to its two fields. */
+static void test_resume_ranks_times_batch(void **st)
+{
+    (void)st;
+    moco_ckpt_config kc;
+    assert_int_equal(moco_ckpt_config_parse("{\"ranks\":2147483647,\"batch_size\":2}", "ckpt", &kc), 0);
+    train_cfg c = {.arch = "resnet18-cifar", .width = 1, .mlp = 1, .dim = 4, .K = 8, .batch = 2, .epochs = 3, .bn_splits = 1,
+                   .size = 8, .lr = 0.06, .momentum = 0.9, .wd = 5e-4, .m = 0.99, .T = 0.1, .seed = 3, .cos = 1, .count = 64};
+    assert_int_equal(train_resume_matches(&c, &kc, "ckpt"), MOCO_EINVAL);
+    if (!strstr(moco_errmsg(), "1 rank (checkpoint: 2147483647; a global batch of 2 against 4294967294)"))
+        fail_msg("message: %s", moco_errmsg());
+}
+
 int main(void)
 {
     if (augment_vips_init("test_fuzz_regress")) {
@@ -316,7 +337,7 @@ int main(void)
         cmocka_unit_test(test_record_lies),      cmocka_unit_test(test_wire_lies),
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
-        cmocka_unit_test(test_lmdb_main_root_loops),
+        cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_resume_ranks_times_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -219,6 +219,18 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
     return epochs;
 }
 
+double plot_load_check(const char *path)
+{
+    static series s[4], none; /* static: 3 MB */
+    for (int i = 0; i < 4; i++) s[i].n = 0;
+    double epochs = load(path, &s[0], &s[1], &s[2], &s[3]);
+    for (int i = 0; epochs > 0 && i < 4; i++) {
+        double a, b, st;
+        if (s[i].n && yaxis(&s[i], &none, i == 1 || i == 2, plot_panel_titles[i], &a, &b, &st)) return -1;
+    }
+    return epochs;
+}
+
 int plot_main(int argc, char **argv)
 {
     const char *out = "curves.png", *compare = NULL, *label = NULL, *clabel = NULL;

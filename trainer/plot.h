@@ -6,6 +6,13 @@
 
 int plot_main(int argc, char **argv);
 
+/* What moco plot reads of RUN_DIR/metrics.jsonl (or a --compare file) at
+ * path, for tests/fuzz/fuzz_metrics.c: the series loaded and every panel's
+ * y axis checked, as plot_main does before it draws. Returns the number of
+ * epochs (0: no epoch records), or -1 with a message naming path (and the
+ * line, for a value no axis holds). */
+double plot_load_check(const char *path);
+
 /* A readable axis for data in [lo, hi]: ticks at multiples of a step of
  * 1, 2 or 5 x 10^k, 3 to 6 intervals, the range widened to whole steps.
  * zero: the axis starts at 0 (accuracies); cap > 0: it ends at most there

@@ -272,8 +272,8 @@ static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, con
     if (k->batch >= 0 && k->batch != c->batch) DIFF(", --batch-size %d (checkpoint: %d)", c->batch, k->batch);
     int ranks = c->dist ? dist_size(c->dist) : 1;
     if (k->ranks >= 0 && k->ranks != ranks)
-        DIFF(", %d rank%s (checkpoint: %d; a global batch of %d against %d)", ranks, ranks == 1 ? "" : "s", k->ranks,
-             ranks * c->batch, k->ranks * (k->batch >= 0 ? k->batch : c->batch));
+        DIFF(", %d rank%s (checkpoint: %d; a global batch of %lld against %lld)", ranks, ranks == 1 ? "" : "s", k->ranks,
+             (long long)ranks * c->batch, (long long)k->ranks * (k->batch >= 0 ? k->batch : c->batch)); /* both < 2^31: no overflow */
     if (k->cos >= 0 && k->cos != c->cos) DIFF(", %s (checkpoint: %s)", c->cos ? "--cos" : "no --cos", k->cos ? "--cos" : "no --cos");
     if (k->warmup_epochs >= 0 && k->warmup_epochs != c->warmup_epochs)
         DIFF(", --warmup-epochs %d (checkpoint: %d)", c->warmup_epochs, k->warmup_epochs);
@@ -306,7 +306,7 @@ static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, con
 /* On resume: metrics.jsonl keeps the records up to the checkpoint's step
  * (those after it are trained again and would be duplicates; a torn last
  * line goes too), rewritten atomically when something is dropped. */
-static int metrics_rewind(const char *path, int64_t step, int *dropped)
+int train_metrics_rewind(const char *path, int64_t step, int *dropped)
 {
     *dropped = 0;
     char target[4200], tmp[4400], *line = NULL;
@@ -451,8 +451,8 @@ static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, 
 }
 
 /* The best kNN top-1 among the epoch records of metrics.jsonl (after
- * metrics_rewind: those up to the checkpoint), -1 if none. */
-static double best_knn(const char *mpath)
+ * train_metrics_rewind: those up to the checkpoint), -1 if none. */
+double train_best_knn(const char *mpath)
 {
     FILE *in = moco_fopen_regular(mpath);
     if (!in) return -1;
@@ -499,7 +499,7 @@ static int vote(const train_cfg *c, trainer_stream *s, int mine, int *epoch_done
  * model itself (another architecture shares its first tensors with this
  * one: a resnet34 checkpoint loaded as resnet18 dropped 240 tensors), the
  * --size, the dataset (count), the schedule. */
-static int resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const char *resume)
+int train_resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const char *resume)
 {
     if (kc->arch[0] && (strcmp(kc->arch, c->arch) || (kc->width >= 0 && kc->width != c->width) ||
                         (kc->mlp >= 0 && kc->mlp != c->mlp) || (kc->dim >= 0 && kc->dim != c->dim)))
@@ -569,7 +569,7 @@ int train_run(const train_cfg *cin)
     if (!rc) rc = check_inputs(c, resume);
     if (!rc && resume && !(rc = ckpt_read_config(resume, &kc))) { /* the header only: before any model is built */
         if (!cfg.count && kc.count > 0) cfg.count = (uint64_t)kc.count;
-        rc = resume_matches(c, &kc, resume);
+        rc = train_resume_matches(c, &kc, resume);
     }
     if (!rc && ranks > 1 && c->bind)
         rc = moco_err(MOCO_EINVAL, "ranks read the loader's serve mode (moco loader --pairs EP --consumers %d): give "
@@ -602,7 +602,7 @@ int train_run(const train_cfg *cin)
     tune_configure(c->kernels, c->wisdom);
     if ((rc = dist_moco_new(c->dist, &mcfg, &mc))) goto out;
     if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
-    if (resume) { /* its config was compared with the flags above (resume_matches) */
+    if (resume) { /* its config was compared with the flags above (train_resume_matches) */
         if ((rc = ckpt_load(resume, mc, &rs))) goto out;
         /* another dataset: a mid-epoch position (its bitmap of delivered indices) means nothing
          * there, and a whole run's count changes with it */
@@ -652,7 +652,7 @@ int train_run(const train_cfg *cin)
     int dropped = 0;
     if (!rank) {
         if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
-        if (resume && (rc = metrics_rewind(path, step, &dropped))) goto out;
+        if (resume && (rc = train_metrics_rewind(path, step, &dropped))) goto out;
     }
     if (!(metrics = fopen(rank ? "/dev/null" : path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
     if (resume) {
@@ -693,7 +693,7 @@ int train_run(const train_cfg *cin)
         for (size_t i = 0; i < need; i++) got += (uint64_t)__builtin_popcount(delivered[i]);
         step_in_epoch = (int64_t)(got / ((uint64_t)N * (uint64_t)ranks));
     }
-    double best = resume && !rank ? best_knn(path) : -1; /* checkpoint_best's kNN: a resume replaced it with any model */
+    double best = resume && !rank ? train_best_knn(path) : -1; /* checkpoint_best's kNN: a resume replaced it with any model */
     if (resume && !has_bits && !rank) { /* at an epoch's start: the record of the one before, if a kill took it */
         double knn = -1;
         rc = recover_record(c, path, metrics, mc->q, s, epoch, step, steps_per_epoch, ranks, &knn);
@@ -888,7 +888,7 @@ int train_run(const train_cfg *cin)
             saved_step = step;
         }
     }
-out:
+out:; /* a declaration follows: C11 puts a statement after a label (clang-14 insists; make fuzz) */
     /* SIGINT / SIGTERM: whatever stopped the loop, keep what was trained
      * (ranks: only a stop they all agreed on, at the same step); so too
      * when the loader ended the stream early or went silent (one process;

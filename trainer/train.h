@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/checkpoint.h"
 #include "trainer/engine/moco.h"
 #include "trainer/stream.h"
 
@@ -68,6 +69,18 @@ int train_parse_args(int argc, char **argv, train_cfg *c);
  * the number of key/value pairs: 2; or 1 (format only, buf "") when the
  * config would not fit buf or a reader would refuse it. */
 int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta);
+
+/* What train_run reads on --resume besides the checkpoint itself, callable
+ * alone for tests/fuzz/fuzz_ckpt.c and fuzz_metrics.c (they were static):
+ * train_resume_matches: the checkpoint's config kc (of the file resume)
+ * against this run's flags c: 0, or MOCO_EINVAL naming resume and what
+ * differs. train_metrics_rewind: metrics.jsonl at path keeps its records
+ * up to step (a torn last line goes too), rewritten atomically when
+ * something is dropped (*dropped: how many); 0, or MOCO_EIO naming path.
+ * train_best_knn: the best kNN top-1 among its epoch records, -1 if none. */
+int train_resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const char *resume);
+int train_metrics_rewind(const char *path, int64_t step, int *dropped);
+double train_best_knn(const char *mpath);
 
 /* Train. Before the first step every input is checked (--knn-train and
  * --knn-test opened, --resume loaded, --keys, --out: refused with

@@ -89,3 +89,71 @@ meta = (ent(0, u64(1)) + ent(1, u64(5)) + ent(2, u64(0)) + ent(3, u64(1000)) + e
         ent(10, struct.pack('<4I', 32, 32, 32, 32)))
 out('fuzz_meta', 'valid', meta)
 out('fuzz_meta', 'shuffled', meta + ent(11, u64(42)))
+
+# checkpoints (fuzz_ckpt): the tiny model of fuzz_ckpt.c saved by ckpt_save
+# itself (build/fuzz/fuzz_ckpt with MOCO_FUZZ_CKPT_SEEDS set: `make fuzz`
+# first), at an epoch's end and mid-epoch; then the same without the
+# CRC-32s (a file from before them: legal), so that changed bytes reach the
+# tensor checks, once with a config that has every field
+import subprocess, tempfile, shutil
+CFG = {'arch': 'resnet18-cifar', 'width': 1, 'mlp': 1, 'dim': 4, 'K': 8, 'm': 0.99, 'T': 0.1, 'batch_size': 2, 'ranks': 1,
+       'lr': 0.06, 'momentum': 0.9, 'wd': 0.0005, 'cos': 1, 'schedule': '', 'warmup_epochs': 0, 'epochs': 3, 'bn_splits': 1,
+       'symmetric': 0, 'size': 8, 'precision': 'fp32', 'seed': 3, 'count': 64}
+FULL = dict(CFG, cos=0, schedule='120,160', normalize='cifar', mean=[0.4914, 0.4822, 0.4465], std=[0.247, 0.2435, 0.2616])
+
+def st_rehead(b, meta):
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h['__metadata__'] = meta
+    j = json.dumps(h, separators=(',', ':')).encode()
+    j += b' ' * (-len(j) % 8)
+    return struct.pack('<Q', len(j)) + j + b[8 + n:]
+
+if os.path.exists('build/fuzz/fuzz_ckpt'):
+    d = tempfile.mkdtemp()
+    subprocess.run(['build/fuzz/fuzz_ckpt'], env=dict(os.environ, MOCO_FUZZ_CKPT_SEEDS=d), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for n in ('epoch', 'midepoch'):
+        out('fuzz_ckpt', n, open(f'{d}/{n}.safetensors', 'rb').read())
+    shutil.rmtree(d)
+    mid = open(f'{R}/fuzz_ckpt/midepoch', 'rb').read()
+    out('fuzz_ckpt', 'midepoch_nocrc', st_rehead(mid, {'format': 'moco-checkpoint-1', 'config': json.dumps(CFG)}))
+    out('fuzz_ckpt', 'full_config_nocrc', st_rehead(mid, {'format': 'moco-checkpoint-1', 'config': json.dumps(FULL)}))
+    out('fuzz_ckpt', 'no_metadata', st_rehead(mid, {}))
+else:
+    print('make_corpus.py: build/fuzz/fuzz_ckpt not built (make fuzz): corpus/fuzz_ckpt left as it is')
+
+# the config string alone (fuzz_ckpt_config)
+out('fuzz_ckpt_config', 'train', json.dumps(CFG, separators=(',', ':')).encode())
+out('fuzz_ckpt_config', 'full', json.dumps(FULL).encode())
+out('fuzz_ckpt_config', 'ranks', json.dumps(dict(CFG, ranks=4, batch_size=256, precision='bf16', symmetric=1)).encode())
+out('fuzz_ckpt_config', 'partial', b'{"arch":"resnet50","width":64,"epochs":200}')
+
+# wisdom lines (fuzz_wisdom): @C, @B, @T are this process's key there
+def wl(prec, layer, pas, shape, choice, ms, key=('@C', '@B', '@T')):
+    c, b, t = key
+    lay = f'"layer":"{layer}",' if layer else ''
+    m = ','.join(f'"{k}":{v}' for k, v in ms.items())
+    return (f'{{"cpu":"{c}","build":"{b}","threads":{t},"precision":"{prec}",{lay}"pass":"{pas}",'
+            f'"shape":[{",".join(map(str, shape))}],"choice":"{choice}","ms":{{{m}}}}}\n').encode()
+ours = (wl('fp32', None, 'fwd', [256, 64, 32, 32, 64, 3, 1, 1], 'direct', {'gemm': 21.3, 'direct': 9.8}) +
+        wl('fp32', None, 'bwd', [256, 64, 32, 32, 64, 3, 1, 1], 'gemm', {'gemm': 20.1, 'direct': 29.8}) +
+        wl('fp32', None, 'bwd-w', [256, 3, 32, 32, 64, 3, 1, 1], 'gemm', {'gemm': 3.5}) +
+        wl('bf16', 'linear', 'fwd', [256, 512, 1, 1, 2048, 1, 1, 0], 'bf16', {'gemm': 1.5, 'bf16': 0.7}))
+out('fuzz_wisdom', 'ours', ours)
+out('fuzz_wisdom', 'mixed', ours[:200] + wl('fp32', None, 'fwd', [8, 3, 8, 8, 4, 3, 1, 1], 'direct', {'direct': 1},
+                                          key=('AMD EPYC 9B45 (family 26, model 2)', '1234567-1764410000-Zen', '2')) +
+    b'{"cpu":"@C","build":"@B","threads":@T,"precision":"fp32","pass":"fwd"}\n' + ours[200:] + b'{"cpu":"@C","bui')
+
+# metrics.jsonl (fuzz_metrics): u32 LE the checkpoint's step, then the file
+step_r = lambda e, s, l, a: f'{{"type":"step","epoch":{e},"step":{s},"loss":{l},"acc":{a},"lr":0.06,"pairs_per_s":812.5}}\n'
+def epoch_r(e, s, knn, extra=''):
+    k = 'null' if knn is None else knn
+    return (f'{{"type":"epoch","epoch":{e},"step":{s},"loss":7.1234,"acc":12.5,"lr":0.06,"pairs":64,"dropped":0,"failed":0,'
+            f'"seconds":3.2,"pairs_per_s":20.1,"starved_pct":1.5,"knn_top1":{k},"peak_rss_mb":512{extra}}}\n')
+run = ''.join(step_r(0, s, 8 - s / 10, s) for s in (4, 8)) + epoch_r(0, 8, 31.25) + step_r(1, 12, 7.3, 14.5) + \
+      epoch_r(1, 16, None) + epoch_r(1, 16, 35.5, ',"recovered":true')
+out('fuzz_metrics', 'run', struct.pack('<I', 16) + run.encode())
+out('fuzz_metrics', 'rewind_torn', struct.pack('<I', 8) + run.encode() + b'{"type":"step","epoch":2,"st')
+out('fuzz_metrics', 'reference', struct.pack('<I', 0) +
+    b''.join(f'{{"epoch":{e},"loss":{8 - e / 3:.4f},"knn_top1":{30 + e},"pairs_per_s":900}}\n'.encode() for e in range(1, 5)))

@@ -220,6 +220,12 @@ static void load(void)
                  path, bad, bad > 1 ? "lines do" : "line does", first);
 }
 
+int tune_load(void)
+{
+    if (!loaded) load();
+    return ntab;
+}
+
 static int write_entry(FILE *f, const entry *e)
 {
     moco_jw w;

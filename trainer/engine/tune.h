@@ -95,6 +95,12 @@ int tune_save(void);
  * NULL; it is returned once. */
 const char *tune_note(void);
 
+/* Read the wisdom file now, as the first tune_conv after tune_configure
+ * does (once; TUNE_MEASURE), for tests/fuzz/fuzz_wisdom.c. Returns the
+ * number of choices of this process's key held (tune_note: the lines that
+ * did not parse). */
+int tune_load(void);
+
 /* For explanations: the pass's name ("fwd" "bwd" "bwd-w"). */
 const char *tune_pass_name(int pass);
 
