@@ -107,8 +107,9 @@ for to in sup group; do
   for i in $(seq 1200); do grep -q '"step":20,' "$T/c$to/metrics.jsonl" 2>/dev/null && break; sleep 0.05; done
   if [ $to = group ]; then kill -INT -- -$RP; else kill -INT $RP; fi
   wait $RP; rc=$?
-  sleep 1
-  left=$(pgrep -f "train .*--out $T/c$to" | tr '\n' ' ')
+  # within a second of its exit nothing of the run is left (mpirun's own command line matches
+  # too: no rank can start after the check)
+  for i in $(seq 10); do left=$(pgrep -f "train .*--out $T/c$to" | tr '\n' ' '); [ -z "$left" ] && break; sleep 0.1; done
   [ $rc -eq 130 ] && [ -z "$left" ] || fail "Ctrl-C ($to) on moco run --ranks: exit $rc, left running: '$left': $(tail -5 "$T/c$to.err")"
   grep -q "moco train: rank 0 of 2: interrupted at step [0-9]* (epoch [0-9]*): $T/c$to/checkpoint_last.safetensors holds it" "$T/c$to.err" \
     || fail "Ctrl-C ($to): no stop checkpoint at the current step: $(grep -E 'moco (train|run)' "$T/c$to.err" | tail -5)"

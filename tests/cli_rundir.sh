@@ -113,14 +113,18 @@ timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-c
 echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric / --bn-splits changed on resume, or another dataset: refused; with --allow-schedule-change: trained on"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
+# each pipeline gets its own socket directory, $S: the helpers of a stopped one may still be
+# closing (a worker's pushes to a dead trainer linger 2 s) while the next runs, and must not
+# reach its sockets
+sock() { NS=$((${NS:-0} + 1)); S=$T/s$NS; mkdir -p "$S"; }
 pipeline() { # $1: run directory, rest: trainer flags
   local d=$1; shift
-  rm -rf s && mkdir -p s
-  $M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs "${EPOCHS:-2}" --seed 1 --quiet &
+  sock
+  $M loader --db db --bind ipc://$S/w --ctl ipc://$S/c --epochs "${EPOCHS:-2}" --seed 1 --quiet &
   LP=$!
-  $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
+  $M augment --connect ipc://$S/w --push ipc://$S/p --recipe cifar --size 28 --seed 1 --quiet &
   WP=$!
-  $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out "$d" --epochs "${EPOCHS:-2}" --seed 1 --size 28 --count 512 $MODEL --lr 0.06 \
+  $M train --connect ipc://$S/c --bind ipc://$S/p --out "$d" --epochs "${EPOCHS:-2}" --seed 1 --size 28 --count 512 $MODEL --lr 0.06 \
     --log-every 1 "$@" 2>>"$d.err" &
   TP=$!
 }
@@ -129,6 +133,9 @@ wait_step() { # $1: metrics file, $2: step
   return 1
 }
 helpers() { kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null; }
+# the same, not waited for here (their sockets are not used again): all are waited for at the end
+LEFT=
+release() { kill $LP $WP 2>/dev/null; LEFT="$LEFT $LP $WP"; }
 
 # 3a. SIGTERM during the kNN evaluation after epoch 0 (16 steps): its bank is
 # the whole Fashion-MNIST test set (10,000), a few seconds at width 4. The
@@ -146,9 +153,9 @@ grep -q "kNN top-1" k.err && fail "the kNN evaluation ended before SIGTERM came:
 grep -q '"type":"epoch"' k/metrics.jsonl && fail "an epoch record without its kNN: $(grep '"type":"epoch"' k/metrics.jsonl)"
 cmd=$(grep -A1 "moco train: resume with:" k.err | tail -1)
 echo "$cmd" | grep -q -- "--resume k$" || fail "no resume command printed: $(tail -3 k.err)"
-rm -rf s && mkdir -p s
-$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet & LP=$!
-$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
+rm -f "$S"/* # the printed command's endpoints, those of the pipeline stopped (its helpers waited for)
+$M loader --db db --bind ipc://$S/w --ctl ipc://$S/c --epochs 2 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$S/w --push ipc://$S/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
 eval "timeout 300 $cmd" 2>k2.err || { helpers; fail "the printed command did not resume: $(tail -3 k2.err)"; }
 wait $LP $WP
 grep -q "epoch 0: kNN top-1 .* evaluated on resume" k2.err || fail "the resume did not evaluate epoch 0: $(tail -5 k2.err)"
@@ -168,7 +175,7 @@ echo "3a: SIGTERM during kNN: exit 130, checkpoint_epoch_0001 written first; the
 pipeline kk --knn-train big --knn-test db --save-every 8
 wait_file kk/checkpoint_epoch_0001.safetensors || fail "epoch 0 never ended: $(tail -3 kk.err)"
 kill -KILL $TP; wait $TP 2>/dev/null
-helpers
+release
 grep -q "kNN top-1" kk.err && fail "the kNN evaluation ended before SIGKILL came: $(grep kNN kk.err)"
 pipeline kk --knn-train big --knn-test db --save-every 8 --resume kk
 wait $TP || { helpers; fail "resume after SIGKILL during kNN: $(tail -3 kk.err)"; }
@@ -193,7 +200,7 @@ echo "3c: SIGKILL during kNN, resumed: $(grep -o '"type":"resume","epoch":[0-9]*
 EPOCHS=10 pipeline cut
 wait_step cut/metrics.jsonl 17 || fail "no step 17: $(tail -3 cut.err)"
 kill -KILL $TP; wait $TP 2>/dev/null
-helpers
+release
 last=$(steps cut/metrics.jsonl | tail -1)
 [ "$last" -lt 160 ] || fail "the trainer ended its 10 epochs before SIGKILL"
 ck=$((last / 16 * 16)) # the last epoch checkpoint at or before it
@@ -313,7 +320,7 @@ WU="--warmup-epochs 2 --save-every 2"
 pipeline wref $WU; wait $TP || { helpers; fail "7j: the reference run: $(tail -3 wref.err)"; }; wait $LP $WP
 pipeline wcut $WU
 wait_step wcut/metrics.jsonl 3 || { helpers; fail "7j: no step 3: $(tail -3 wcut.err)"; }
-kill -KILL $TP; wait $TP 2>/dev/null; helpers
+kill -KILL $TP; wait $TP 2>/dev/null; release
 pipeline wcut $WU --resume wcut; wait $TP || { helpers; fail "7j: the resume: $(tail -3 wcut.err)"; }; wait $LP $WP
 from=$(grep -o '"type":"resume","epoch":[0-9]*,"step":[0-9]*' wcut/metrics.jsonl | grep -o '[0-9]*$')
 [ -n "$from" ] && [ $((from % 16)) -ne 0 ] || fail "7j: not resumed mid-epoch: $(grep resume wcut/metrics.jsonl)"
@@ -338,11 +345,11 @@ echo "7l: moco run --start-epoch 1 --epochs 2: one epoch, recorded as epoch 1, c
 # 7m. workers that make another --size than the trainer's: their pairs are dropped (a stray
 #     peer's would be, unacknowledged), and when nothing else comes the trainer stops, saying why
 #     (a run that dropped them for ever would loop on the loader's re-issues)
-rm -rf s wsz && mkdir -p s
-$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 1 --seed 1 --quiet & LP=$!
-$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 32 --seed 1 --quiet & WP=$!
-timeout 60 $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out wsz --epochs 1 --size 28 --count 512 $MODEL >/dev/null 2>wsz.err; rc=$?
-helpers
+rm -rf wsz && sock
+$M loader --db db --bind ipc://$S/w --ctl ipc://$S/c --epochs 1 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$S/w --push ipc://$S/p --recipe cifar --size 32 --seed 1 --quiet & WP=$!
+timeout 60 $M train --connect ipc://$S/c --bind ipc://$S/p --out wsz --epochs 1 --size 28 --count 512 $MODEL >/dev/null 2>wsz.err; rc=$?
+release
 [ $rc -eq 1 ] && grep -q "256 pairs of 32x32 views and 0 of the right size: the workers make another --size than this consumer's 28" wsz.err \
   || fail "7m: workers at --size 32, trainer at 28: exit $rc (124: looped): $(tail -3 wsz.err)"
 echo "7m: workers at --size 32 for a trainer at 28: exit 1 after 256 pairs dropped, saying why"
@@ -350,12 +357,12 @@ echo "7m: workers at --size 32 for a trainer at 28: exit 1 after 256 pairs dropp
 # 7n. a write to metrics.jsonl that fails (the file-size limit, 1 KiB, with SIGXFSZ ignored: the write
 #     fails with EFBIG as on a full disk with ENOSPC) stops the run, naming the file (before: the
 #     records were lost, a torn line stayed mid-file, and the run went on to exit 0)
-rm -rf s mf && mkdir -p s
-$M loader --db db --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs 2 --seed 1 --quiet & LP=$!
-$M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
-( trap '' XFSZ; ulimit -f 1; exec timeout 60 $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out mf --epochs 2 --size 28 \
+rm -rf mf && sock
+$M loader --db db --bind ipc://$S/w --ctl ipc://$S/c --epochs 2 --seed 1 --quiet & LP=$!
+$M augment --connect ipc://$S/w --push ipc://$S/p --recipe cifar --size 28 --seed 1 --quiet & WP=$!
+( trap '' XFSZ; ulimit -f 1; exec timeout 60 $M train --connect ipc://$S/c --bind ipc://$S/p --out mf --epochs 2 --size 28 \
     --count 512 $MODEL --log-every 1 --kernels rule ) >/dev/null 2>mf.err; rc=$?
-helpers
+release
 [ $rc -eq 1 ] && grep -q "mf/metrics.jsonl: cannot write a JSON line: File too large; the run stops here" mf.err \
   || fail "7n: metrics.jsonl over the file-size limit: exit $rc: $(tail -3 mf.err)"
 # every line but a torn last one (which a resume drops) is whole JSON; the file goes, so that
@@ -399,4 +406,5 @@ for pr in "--preset moco-v2:v2" "--preset cifar:cifar" "--aug-plus:v2"; do
   grep -q "augment .*--recipe $want " "$T/preset.err" || fail "moco run $flag: the workers did not get --recipe $want: $(grep augment "$T/preset.err")"
 done
 echo "8b: presets: moco-v2 and --aug-plus give the workers recipe v2, cifar the cifar recipe"
+wait $LEFT 2>/dev/null # the helpers released above
 echo "run directories: inputs checked first, used directories refused, schedule kept, interruptions resumable"

@@ -208,15 +208,20 @@ MOCO_TEST_LINCLS_TOUCH=1 $M lincls $L --cached-features >/dev/null 2>"$T/lin3.er
 # of 16 steps, 20 ms each here) that the kill, aimed at step 10, lands
 # before its end on a loaded machine too; where it lands is checked (a kill
 # after the last step would make the comparison trivially true)
+# each pipeline has its own socket directory, $S: the helpers of a stopped one are released
+# (release: not waited for until the end; a worker's pushes to a dead trainer linger 2 s) and
+# must not reach the next one's sockets
+LEFT=
+release() { kill "$@" 2>/dev/null; LEFT="$LEFT $*"; }
 pipeline() { # $1: dir, rest: trainer flags
   local d=$1; shift
-  rm -f "$T/s/"*
-  mkdir -p "$T/s" "$d"
-  $M loader --db "$T/db" --bind ipc://$T/s/w --ctl ipc://$T/s/c --epochs "${EP:-2}" --seed 1 --quiet &
+  NS=$((${NS:-0} + 1)); S=$T/s$NS
+  mkdir -p "$S" "$d"
+  $M loader --db "$T/db" --bind ipc://$S/w --ctl ipc://$S/c --epochs "${EP:-2}" --seed 1 --quiet &
   LP=$!
-  $M augment --connect ipc://$T/s/w --push ipc://$T/s/p --recipe cifar --size 28 --seed 1 --quiet &
+  $M augment --connect ipc://$S/w --push ipc://$S/p --recipe cifar --size 28 --seed 1 --quiet &
   WP=$!
-  $M train --connect ipc://$T/s/c --bind ipc://$T/s/p --out "$d" --epochs "${EP:-2}" --seed 1 --size 28 --count 512 $MODEL "$@" 2>>"$d.err" &
+  $M train --connect ipc://$S/c --bind ipc://$S/p --out "$d" --epochs "${EP:-2}" --seed 1 --size 28 --count 512 $MODEL "$@" 2>>"$d.err" &
   TP=$!
 }
 EP=8 pipeline "$T/full"
@@ -228,7 +233,7 @@ for i in $(seq 600); do
   sleep 0.05
 done
 kill -KILL $TP; wait $TP 2>/dev/null
-kill $LP $WP; wait $LP $WP 2>/dev/null
+release $LP $WP
 step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
 echo "killed the trainer at $step (checkpoint every 5 steps)"
 [ "${step#*:}" -lt 128 ] || fail "the kill landed after the last step ($step): the run was too short"
@@ -266,7 +271,7 @@ for how in TERM KILL; do
   done
   kill -$how $LP; wait $LP 2>/dev/null
   wait $TP; rc=$?
-  kill $WP 2>/dev/null; wait $WP 2>/dev/null
+  release $WP
   step=$(grep -o '"step":[0-9]*' "$d/metrics.jsonl" | tail -1)
   echo "loader killed with SIG$how at $step: $(tail -1 "$d.err")"
   [ "${step#*:}" -lt 128 ] || fail "SIG$how: the loader's end came after the last step ($step): the run was too short"
@@ -297,7 +302,8 @@ done
 head -c 100000 "$T/resume.safetensors" > "$T/trunc.safetensors"
 pipeline "$T/bad" --resume "$T/trunc.safetensors"
 wait $TP; rc=$?
-kill $LP $WP 2>/dev/null; wait $LP $WP 2>/dev/null
+release $LP $WP
 [ $rc -eq 1 ] || fail "a truncated checkpoint should exit 1, got $rc"
 grep -q "trunc.safetensors" "$T/bad.err" || fail "the error does not name the file: $(cat "$T/bad.err")"
+wait $LEFT 2>/dev/null # the helpers released above
 echo "training: 2 epochs with kNN; resume mid-epoch is byte-identical to an uninterrupted run, also after the loader stopped or died"

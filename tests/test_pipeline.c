@@ -39,9 +39,18 @@ static void be32(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
-/* An IDX dataset of N 8x8 images (pixel 0..3 = index) packed by mkdb. */
+/* An IDX dataset of N 8x8 images (pixel 0..3 = index) packed by mkdb into
+ * tmp/db: packed once (in pipe_db), then copied for each test. */
 static void make_db(void)
 {
+    static char shared[1400]; /* the packed dataset; empty until packed */
+    if (shared[0]) {
+        assert_int_equal(tu_sh("cp -r %s %s/db", shared, tmp), 0);
+        return;
+    }
+    char test_tmp[1024];
+    snprintf(test_tmp, sizeof test_tmp, "%s", tmp);
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("pipe_db"));
     char p[1400];
     snprintf(p, sizeof p, "%s/src", tmp);
     tu_sh("mkdir -p %s", p);
@@ -62,6 +71,9 @@ static void make_db(void)
     fwrite(lb, 1, sizeof lb, f);
     fclose(f);
     assert_int_equal(tu_sh("%s mkdb %s/src %s/db --quiet >/dev/null", tu_moco(), tmp, tmp), 0);
+    snprintf(shared, sizeof shared, "%s/db", tmp);
+    snprintf(tmp, sizeof tmp, "%s", test_tmp);
+    make_db();
 }
 
 /* ---- processes ---- */
