@@ -862,8 +862,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 }
         }
     }
-    /* loader and consumer are done: workers got STOP; give them a moment */
-    double t = moco_now_s();
+    /* loader and consumer are done: workers got STOP; give them a moment.
+     * After a failure (a refused run: the trainer may exit before a worker
+     * has joined, and then no STOP reaches it) there is nothing of theirs to
+     * wait for: they are stopped at once, not after 5 s */
+    double t = moco_now_s(), grace = status ? 0 : 5;
     for (;;) {
         int left = 0;
         for (int i = 0; i < workers; i++)
@@ -872,7 +875,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 else left++;
             }
         if (!left) break;
-        if (moco_now_s() - t > 5)
+        if (moco_now_s() - t >= grace)
             for (int i = 0; i < workers; i++) if (wp[i] > 0) sig(wp[i], moco_now_s() - t > 10 ? SIGKILL : SIGTERM);
         usleep(50000);
     }
