@@ -172,3 +172,10 @@ out('fuzz_zsec', 'keygen_public', b'\0' + kg_pub)
 out('fuzz_zsec', 'pyzmq_secret_crlf', b'\1' + f"metadata\r\n    user-id = 'x'\r\ncurve\r\n    public-key = '{KG_PUB}'\r\n"
     f"    secret-key = '{KG_SEC}'  # comment\r\n".encode())
 out('fuzz_zsec', 'bare_public', b'\0' + f'curve\n\tpublic-key={KG_PUB}\n'.encode())
+
+# CIFAR with batches.meta.txt (fuzz_sources layout 3: u16 LE meta length, meta, test_batch.bin)
+def cifar_meta(m, batch=c): return b'\3' + struct.pack('<H', len(m)) + m + batch
+NAMES = b'airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n'
+out('fuzz_sources', 'cifar_meta', cifar_meta(NAMES))
+out('fuzz_sources', 'cifar_meta_crlf', cifar_meta(NAMES.replace(b'\n', b'\r\n') + b'\n\n'))
+out('fuzz_sources', 'cifar_meta_nine', cifar_meta(b'a\nb\nc\nd\ne\nf\ng\nh\ni'))
