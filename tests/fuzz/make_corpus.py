@@ -179,3 +179,9 @@ NAMES = b'airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n
 out('fuzz_sources', 'cifar_meta', cifar_meta(NAMES))
 out('fuzz_sources', 'cifar_meta_crlf', cifar_meta(NAMES.replace(b'\n', b'\r\n') + b'\n\n'))
 out('fuzz_sources', 'cifar_meta_nine', cifar_meta(b'a\nb\nc\nd\ne\nf\ng\nh\ni'))
+
+# `moco sink --resume-indices` files (fuzz_sink): u16 LE count - 1, then the file
+out('fuzz_sink', 'lines', struct.pack('<H', 99) + b'0\n7\n8\n99\n42\n')
+out('fuzz_sink', 'spaces', struct.pack('<H', 15) + b'  3 1\t4 1\r\n5 9 2 6 15\n')
+out('fuzz_sink', 'empty', struct.pack('<H', 0))
+out('fuzz_sink', 'too_big', struct.pack('<H', 9) + b'1\n10\n')
