@@ -72,7 +72,7 @@ img = struct.pack('>IIII', 0x803, 2, 3, 2) + bytes(range(12))
 lab = struct.pack('>II', 0x801, 2) + bytes([1, 7])
 out('fuzz_sources', 'idx', b'\1' + struct.pack('<H', len(img)) + img + lab)
 out('fuzz_sources', 'idx_gz', b'\2' + struct.pack('<H', len(gz := zlib.compress(b'', 9)) * 0 + len(img)) + img + lab)
-gi = __import__('gzip').compress(img); gl = __import__('gzip').compress(lab)
+gi = __import__('gzip').compress(img, mtime=0); gl = __import__('gzip').compress(lab, mtime=0)  # mtime 0: the same bytes every run
 out('fuzz_sources', 'idx_gzreal', b'\2' + struct.pack('<H', len(gi)) + gi + gl)
 
 # augment: 8 bytes (encoding, channels, label, u16 w, u16 h, flags) + payload
