@@ -111,7 +111,7 @@ clean:
 #   make fuzz         build build/fuzz/fuzz_* (needs clang-14 and
 #                     libclang-rt-14-dev: apt-get install clang-14 libclang-rt-14-dev)
 #   make fuzz-smoke   run each target on its seed corpus plus 4 s of fuzzing
-# The library sources (trainer/ too: the checkpoint, wisdom and metrics
+# The library sources (trainer/ too: the checkpoint, wisdom, metrics and sink-index
 # readers) are compiled with the fuzz flags into build/fuzz/ and
 # archived, so that each target links only what it uses. Long runs:
 #   nice -n 19 build/fuzz/fuzz_record -max_total_time=600 tests/fuzz/corpus/fuzz_record

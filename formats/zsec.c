@@ -36,10 +36,7 @@
 #define FAIL_EVENTS (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | \
                      ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
-typedef struct {
-    uint8_t pub[32], sec[32];
-    int has_sec;
-} cert;
+typedef moco_sec_cert cert;
 
 struct moco_sec {
     void *zctx;
@@ -244,7 +241,7 @@ static int check_owner(const char *path, const struct stat *st)
 
 /* Read and parse one certificate file: a regular file of at most 64 KiB,
  * owned by this user or root, mode 0600 or stricter. */
-static int load_cert(const char *path, int need_secret, cert *c)
+int moco_sec_load_cert(const char *path, int need_secret, moco_sec_cert *c)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) return moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
@@ -286,13 +283,13 @@ static int load_dir(moco_sec *s, const char *dir)
     if ((rc = check_owner(dir, &st))) return rc;
     if (st.st_mode & 022) return moco_err(MOCO_EIO, "%s is writable by group or others: chmod 700 %s", dir, dir);
     snprintf(path, sizeof path, "%s/server.key_secret", dir);
-    if ((rc = load_cert(path, 1, &c))) return rc;
+    if ((rc = moco_sec_load_cert(path, 1, &c))) return rc;
     memcpy(s->server_pub, c.pub, 32), memcpy(s->server_sec, c.sec, 32);
     snprintf(path, sizeof path, "%s/client.key_secret", dir);
-    if ((rc = load_cert(path, 1, &c))) return rc;
+    if ((rc = moco_sec_load_cert(path, 1, &c))) return rc;
     memcpy(s->client_pub, c.pub, 32), memcpy(s->client_sec, c.sec, 32);
     snprintf(path, sizeof path, "%s/server.key", dir);
-    if ((rc = load_cert(path, 0, &c))) return rc;
+    if ((rc = moco_sec_load_cert(path, 0, &c))) return rc;
     if (memcmp(c.pub, s->server_pub, 32))
         return moco_err(MOCO_ECORRUPT, "%s does not match %s/server.key_secret (keys of two deployments?)", path, dir);
     explicit_bzero(&c, sizeof c);
@@ -309,7 +306,7 @@ static int load_dir(moco_sec *s, const char *dir)
         if (de->d_name[0] == '.') continue;
         if (s->nallowed == ALLOW_MAX) rc = moco_err(MOCO_EINVAL, "%s/allowed: more than %d certificates", dir, ALLOW_MAX);
         snprintf(path, sizeof path, "%s/allowed/%s", dir, de->d_name);
-        if (!rc && !(rc = load_cert(path, 0, &c))) memcpy(s->allowed[s->nallowed++], c.pub, 32);
+        if (!rc && !(rc = moco_sec_load_cert(path, 0, &c))) memcpy(s->allowed[s->nallowed++], c.pub, 32);
     }
     closedir(d);
     explicit_bzero(&c, sizeof c);

@@ -81,4 +81,17 @@ void moco_sec_destroy(moco_sec **s);
  * allowed/ stay). Each file is written to FILE.tmp, fsync'ed and renamed. */
 int moco_keygen(const char *dir, int force);
 
+/* One key file's keys (moco_sec_new reads each file with this; exposed for
+ * tests/fuzz/fuzz_zsec.c). */
+typedef struct {
+    uint8_t pub[32], sec[32];
+    int has_sec;
+} moco_sec_cert;
+/* Read and parse one ZPL certificate: a regular file of at most 64 KiB, owned
+ * by this user or root, mode 0600 or stricter, with a public-key (and, if
+ * need_secret, a secret-key that the public-key belongs to) in its curve
+ * section. 0, or MOCO_EIO / MOCO_ECORRUPT / MOCO_ENOMEM with a message naming
+ * path (and the line). */
+int moco_sec_load_cert(const char *path, int need_secret, moco_sec_cert *c);
+
 #endif

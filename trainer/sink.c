@@ -27,8 +27,8 @@
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
 
-/* Read "index" lines into a bitmap of count bits. */
-static int load_indices(const char *path, uint64_t count, uint8_t **bm)
+/* Read "index" lines into a bitmap of count bits (stream.h). */
+int sink_load_indices(const char *path, uint64_t count, uint8_t **bm)
 {
     FILE *f = moco_fopen_regular(path); /* a FIFO is refused, not waited on; the message names path */
     if (!f) return MOCO_EIO;
@@ -89,7 +89,7 @@ int trainer_sink_main(int argc, char **argv)
         return 2;
     }
     uint8_t *bm = NULL;
-    if (resume_file && (rc = load_indices(resume_file, count, &bm))) {
+    if (resume_file && (rc = sink_load_indices(resume_file, count, &bm))) {
         fprintf(stderr, "moco sink: %s\n", moco_errmsg());
         return 2;
     }

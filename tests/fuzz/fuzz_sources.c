@@ -6,7 +6,11 @@
  *              2 bytes give the length of the image file, the rest is labels
  *   2: IDX, the same, gzipped names (files written raw: gzread passes them
  *              through), to reach the .gz path
- * Every item returned must have its pixels inside an owned blob. */
+ *   3: CIFAR   with class names: the next 2 bytes (u16 LE) give the length of
+ *              batches.meta.txt (cifar_classes), the rest is test_batch.bin
+ * Every item returned must have its pixels inside an owned blob; a CIFAR
+ * source opened has 10 class names, each a non-empty line without its
+ * line end. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,13 +44,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!mkdtemp(dir)) abort();
     }
     static const char *all[] = {"test_batch.bin", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-                                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
+                                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "batches.meta.txt"};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) rm(all[i]);
     if (size < 1) return 0;
-    int kind = data[0] % 3;
+    int kind = data[0] % 4;
     data++, size--;
     const char *fmt;
-    if (kind == 0) {
+    if (kind == 0 || kind == 3) {
+        if (kind == 3) {
+            if (size < 2) return 0;
+            size_t ml = (size_t)data[0] | (size_t)data[1] << 8;
+            data += 2, size -= 2;
+            if (ml > size) ml = size;
+            put("batches.meta.txt", data, ml);
+            data += ml, size -= ml;
+        }
         put("test_batch.bin", data, size);
         fmt = "cifar10";
     } else {
@@ -68,6 +80,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t b = 0; b < px; b++) x ^= it->pixels[b];
         }
         (void)x;
+        if (!strcmp(fmt, "cifar10")) {
+            if (s.nclasses != 10) abort();
+            for (uint32_t i = 0; i < s.nclasses; i++)
+                if (!s.classes[i][0] || strpbrk(s.classes[i], "\r\n")) abort();
+        }
     }
     mk_source_free(&s);
     return 0;
