@@ -18,6 +18,7 @@
 #include "formats/safetensors.h"
 #include "formats/wire.h"
 #include "loader/sources.h"
+#include "trainer/stream.h"
 #include "trainer/train.h"
 
 /* A copy of exactly n bytes on the heap, so that ASan sees the bounds. */
@@ -327,6 +328,36 @@ static void test_resume_ranks_times_batch(void **st)
         fail_msg("message: %s", moco_errmsg());
 }
 
+/* moco sink --resume-indices on a damaged file (found reading fuzz_sink's
+ * reader, not by the fuzzer): it stopped at the first word that is not a
+ * number and returned 0, so "1 2 x 3 9" resumed with 1 and 2 only. Now
+ * refused naming the file and how far it got; a whole file still loads. */
+static void test_sink_indices_damaged(void **st)
+{
+    (void)st;
+    char path[512];
+    snprintf(path, sizeof path, "%s/indices", tu_tmpdir("fuzz_regress_sink"));
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("1 2 x 3 9\n", f);
+    fclose(f);
+    uint8_t *bm = NULL;
+    assert_int_equal(sink_load_indices(path, 10, &bm), MOCO_EINVAL);
+    char want[600];
+    snprintf(want, sizeof want, "%s: after 2 indices, a word that is not an index", path);
+    if (!strstr(moco_errmsg(), want)) fail_msg("message: %s", moco_errmsg());
+    free(bm);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("1 2\n3\t9\n", f);
+    fclose(f);
+    bm = NULL;
+    assert_int_equal(sink_load_indices(path, 10, &bm), 0);
+    assert_int_equal(bm[0], 0x0E);
+    assert_int_equal(bm[1], 0x02);
+    free(bm);
+}
+
 int main(void)
 {
     if (augment_vips_init("test_fuzz_regress")) {
@@ -338,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
         cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_resume_ranks_times_batch),
+        cmocka_unit_test(test_sink_indices_damaged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,11 +34,18 @@ int sink_load_indices(const char *path, uint64_t count, uint8_t **bm)
     if (!f) return MOCO_EIO;
     *bm = calloc((size_t)((count + 7) / 8), 1);
     unsigned long long i;
-    int rc = 0;
-    while (*bm && fscanf(f, "%llu", &i) == 1) {
+    uint64_t nread = 0;
+    int rc = 0, got = EOF;
+    while (*bm && (got = fscanf(f, "%llu", &i)) == 1) {
         if (i >= count) { rc = moco_err(MOCO_EINVAL, "%s: index %llu >= --count %" PRIu64, path, i, count); break; }
         (*bm)[i >> 3] |= (uint8_t)(1u << (i & 7));
+        nread++;
     }
+    /* a damaged file is refused, not read up to the damage (it was: "1 2 x 3" gave 1 and 2) */
+    if (!rc && *bm && ferror(f)) rc = moco_err(MOCO_EIO, "%s: read error after %" PRIu64 " indices", path, nread);
+    else if (!rc && *bm && got != EOF)
+        rc = moco_err(MOCO_EINVAL, "%s: after %" PRIu64 " indices, a word that is not an index (decimal numbers separated by "
+                      "white space)", path, nread);
     fclose(f);
     if (!*bm) return moco_err(MOCO_ENOMEM, "out of memory");
     return rc;

@@ -126,8 +126,9 @@ int trainer_sink_main(int argc, char **argv);
  * by white space) into *bm, a calloc'ed bitmap of count bits (bit i of byte
  * i / 8), which the caller frees (set on every return but MOCO_EIO). 0, or MOCO_EIO (PATH
  * missing or not a regular file), MOCO_EINVAL (an index >= count),
- * MOCO_ENOMEM; the message names PATH. Reading stops at the first word that
- * is not a number. Exposed for tests/fuzz/fuzz_sink.c. */
+ * MOCO_ENOMEM; the message names PATH. A word that is not a number is
+ * MOCO_EINVAL too (a damaged file), a read error MOCO_EIO. Exposed for
+ * tests/fuzz/fuzz_sink.c. */
 int sink_load_indices(const char *path, uint64_t count, uint8_t **bm);
 
 #endif
