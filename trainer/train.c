@@ -418,6 +418,19 @@ static int write_epoch_record(FILE *metrics, const char *mpath, const epoch_reco
     return put_record(&ew, metrics, mpath);
 }
 
+int train_epoch_recorded(const char *mpath, int64_t epoch, int *have)
+{
+    *have = 0;
+    FILE *in = moco_fopen_regular(mpath); /* a FIFO is refused, not waited on */
+    if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
+    char want[96], *line = NULL;
+    size_t cap = 0, wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%lld,", (long long)epoch);
+    while (!*have && getline(&line, &cap, in) > 0) *have = !strncmp(line, want, wl);
+    free(line);
+    fclose(in);
+    return 0;
+}
+
 /* Resumed at the start of an epoch (an epoch's checkpoint): if the epoch
  * before has no record (a kill or a stop during its kNN, which comes after
  * the checkpoint), evaluate the same weights now and write the record,
@@ -427,15 +440,8 @@ static int recover_record(const train_cfg *c, const char *mpath, FILE *metrics, 
 {
     *knn_out = -1;
     if (epoch < 1) return 0;
-    FILE *in = moco_fopen_regular(mpath); /* a FIFO is refused, not waited on */
-    if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
-    char want[96], *line = NULL;
-    size_t cap = 0, wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%lld,", (long long)(epoch - 1));
-    int have = 0;
-    while (!have && getline(&line, &cap, in) > 0) have = !strncmp(line, want, wl);
-    free(line);
-    fclose(in);
-    if (have) return 0;
+    int have, rc = train_epoch_recorded(mpath, epoch - 1, &have);
+    if (rc || have) return rc;
     double knn = -1;
     if (knn_due(c, epoch - 1)) {
         double tk = moco_now_s();

@@ -81,6 +81,11 @@ int train_config_meta(const train_cfg *c, char *buf, size_t n, const char **meta
 int train_resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const char *resume);
 int train_metrics_rewind(const char *path, int64_t step, int *dropped);
 double train_best_knn(const char *mpath);
+/* recover_record's reader, callable alone for tests/fuzz/fuzz_recover.c:
+ * whether metrics.jsonl at mpath holds the record of epoch (a line that
+ * begins {"type":"epoch","epoch":E, as the trainer writes it): *have 1 or
+ * 0. Returns 0, or MOCO_EIO naming mpath (a FIFO is refused, not waited on). */
+int train_epoch_recorded(const char *mpath, int64_t epoch, int *have);
 
 /* Train. Before the first step every input is checked (--knn-train and
  * --knn-test opened, --resume loaded, --keys, --out: refused with

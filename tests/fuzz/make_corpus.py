@@ -185,3 +185,9 @@ out('fuzz_sink', 'lines', struct.pack('<H', 99) + b'0\n7\n8\n99\n42\n')
 out('fuzz_sink', 'spaces', struct.pack('<H', 15) + b'  3 1\t4 1\r\n5 9 2 6 15\n')
 out('fuzz_sink', 'empty', struct.pack('<H', 0))
 out('fuzz_sink', 'too_big', struct.pack('<H', 9) + b'1\n10\n')
+
+# metrics.jsonl on resume (fuzz_recover): u32 LE the epoch whose record is looked for, then the file
+out('fuzz_recover', 'present', struct.pack('<I', 1) + run.encode())
+out('fuzz_recover', 'absent', struct.pack('<I', 2) + run.encode() + b'{"type":"resume","epoch":2,"step":24,"from":"x","dropped_records":0}\n')
+out('fuzz_recover', 'torn', struct.pack('<I', 2) + run.encode() + b'{"type":"epoch","epoch":2,"st')
+out('fuzz_recover', 'crlf', struct.pack('<I', 0) + run.replace('\n', '\r\n').encode())
