@@ -18,6 +18,7 @@
 #include "formats/safetensors.h"
 #include "formats/wire.h"
 #include "loader/sources.h"
+#include "trainer/evalmodel.h"
 #include "trainer/stream.h"
 #include "trainer/train.h"
 
@@ -358,6 +359,44 @@ static void test_sink_indices_damaged(void **st)
     free(bm);
 }
 
+/* fuzz_evalmodel, 2026-12-02: a checkpoint config whose arch is
+ * "resnet18resnet50" (the fuzzer's: "resnet18" put before a seed's
+ * "resnet50") passed evalmodel_describe (trainer/evalmodel.c, under
+ * evalmodel_open) and became the encoder's arch; so did a width, dim or
+ * size above what --width, --moco-dim and --size take (hand-made, the same
+ * kind). rn_new then refused it without naming the file (a dim of 2^31 - 1:
+ * "out of memory for 8389833 MB of activations"). Fix: such a config is
+ * MOCO_ECORRUPT naming the file and the field; the largest values the flags
+ * take still load. */
+static void test_evalmodel_config_lies(void **st)
+{
+    (void)st;
+    static const char *const bad[][2] = {
+        {"{\"arch\":\"resnet18resnet50\",\"width\":64,\"dim\":128}", "arch \"resnet18resnet50\" is none of resnet18|"},
+        {"{\"arch\":\"resnet18\",\"width\":1025}", "width 1025 is above 1024"},
+        {"{\"arch\":\"resnet50\",\"dim\":2147483647}", "dim 2147483647 is above 65536"},
+        {"{\"size\":4097}", "size 4097 is above 4096"},
+    };
+    moco_ckpt_config c;
+    for (int i = 0; i < 4; i++) {
+        evalmodel_flags f = {.ckpt = "x.safetensors", .norm = "auto", .init_seed = -1};
+        assert_int_equal(moco_ckpt_config_parse(bad[i][0], "x.safetensors", &c), 0);
+        assert_int_equal(evalmodel_describe(&f, &c), MOCO_ECORRUPT);
+        if (!strstr(moco_errmsg(), "x.safetensors: its config's ") || !strstr(moco_errmsg(), bad[i][1]))
+            fail_msg("%s: message %s", bad[i][0], moco_errmsg());
+        assert_null(f.arch);
+    }
+    evalmodel_flags f = {.ckpt = "x.safetensors", .norm = "auto", .init_seed = -1};
+    assert_int_equal(moco_ckpt_config_parse("{\"arch\":\"resnet50-cifar\",\"width\":1024,\"dim\":65536,\"size\":4096,\"mlp\":1}",
+                                            "x.safetensors", &c), 0);
+    if (evalmodel_describe(&f, &c)) fail_msg("%s", moco_errmsg());
+    assert_string_equal(f.arch, "resnet50-cifar");
+    assert_int_equal(f.width, 1024);
+    assert_int_equal(f.dim, 65536);
+    assert_int_equal(f.size, 4096);
+    assert_int_equal(f.mlp, 1);
+}
+
 int main(void)
 {
     if (augment_vips_init("test_fuzz_regress")) {
@@ -369,7 +408,7 @@ int main(void)
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
         cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_resume_ranks_times_batch),
-        cmocka_unit_test(test_sink_indices_damaged),
+        cmocka_unit_test(test_sink_indices_damaged), cmocka_unit_test(test_evalmodel_config_lies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,17 +13,24 @@
 #include "trainer/engine/par.h"
 #include "trainer/evalset.h"
 
+/* the encoders, and the largest width, dim and input side, the flags take:
+ * a checkpoint's config is held to the same */
+#define ARCHS "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"
+#define WIDTH_MAX 1024
+#define DIM_MAX 65536
+#define SIZE_MAX_SIDE 4096
+
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
     *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch|-a", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
-                        "resnet18|resnet34|resnet50|resnet18-cifar|resnet50-cifar"};
-    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 0, 1024, NULL};
+                        ARCHS};
+    o[n++] = (moco_opt){"width", MOCO_OPT_INT, &f->width, "its base width; 0: the checkpoint's (64 without one)", 0, WIDTH_MAX, NULL};
     o[n++] = (moco_opt){"mlp", MOCO_OPT_FLAG, &f->mlp, "it has the MLP head (default: as the checkpoint says)", 0, 0, NULL};
-    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 0, 65536, NULL};
-    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 0, 4096, NULL};
+    o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 0, DIM_MAX, NULL};
+    o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 0, SIZE_MAX_SIDE, NULL};
     o[n++] = (moco_opt){"normalize", MOCO_OPT_CHOICE, &f->norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"};
     o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward", 1, 65536, NULL};
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
@@ -68,10 +75,31 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
     }
 }
 
-/* f's description of the encoder against the checkpoint's config */
-static int describe(evalmodel_flags *f, const moco_ckpt_config *c)
+/* arch is one of ARCHS */
+static int known_arch(const char *arch)
+{
+    size_t n = strlen(arch);
+    for (const char *a = ARCHS; *a;) {
+        size_t l = strcspn(a, "|");
+        if (l == n && !strncmp(a, arch, n)) return 1;
+        a += l + (a[l] == '|');
+    }
+    return 0;
+}
+
+int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c)
 {
     const char *p = f->ckpt;
+    /* an encoder the flags could describe: rn_new refuses another with a
+     * message that names no file (a dim of 2^31 - 1: "out of memory for
+     * 8389833 MB of activations") */
+    if (c->arch[0] && !known_arch(c->arch))
+        return moco_err(MOCO_ECORRUPT, "%s: its config's arch \"%s\" is none of %s", p, c->arch, ARCHS);
+    const int got[3] = {c->width, c->dim, c->size}, max[3] = {WIDTH_MAX, DIM_MAX, SIZE_MAX_SIDE};
+    static const char *const field[3] = {"width", "dim", "size"};
+    for (int i = 0; i < 3; i++)
+        if (got[i] > max[i])
+            return moco_err(MOCO_ECORRUPT, "%s: its config's %s %d is above %d, the largest the flags take", p, field[i], got[i], max[i]);
     if (f->arch && c->arch[0] && strcmp(f->arch, c->arch))
         return moco_err(MOCO_EINVAL, "%s holds a %s encoder; --arch %s contradicts it", p, c->arch, f->arch);
     if (f->width && c->width > 0 && f->width != c->width)
@@ -119,7 +147,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     if (!f->ckpt == (f->init_seed < 0)) return moco_err(MOCO_EINVAL, "give one of --ckpt and --random-init");
     moco_ckpt_config cc;
     int rc;
-    if (f->ckpt && ((rc = evalmodel_resolve(f)) || (rc = ckpt_read_config(f->ckpt, &cc)) || (rc = describe(f, &cc)))) return rc;
+    if (f->ckpt && ((rc = evalmodel_resolve(f)) || (rc = ckpt_read_config(f->ckpt, &cc)) || (rc = evalmodel_describe(f, &cc)))) return rc;
     if (!f->arch) f->arch = "resnet18-cifar";
     if (!f->width) f->width = 64;
     if (!f->dim) f->dim = 128;

@@ -15,6 +15,7 @@
 #ifndef TRAINER_EVALMODEL_H
 #define TRAINER_EVALMODEL_H
 
+#include "formats/checkpoint.h"
 #include "formats/opts.h"
 #include "trainer/engine/resnet.h"
 
@@ -53,6 +54,16 @@ int evalmodel_resolve(evalmodel_flags *f);
 /* The training size ckpt (a file or a run directory) records; 32 when it
  * records none. 0, or an error naming the file. */
 int evalmodel_ckpt_size(const char *ckpt, long *size);
+
+/* The encoder's description in f resolved against the config c of the
+ * checkpoint f->ckpt (evalmodel_open's first step, after ckpt_read_config):
+ * a flag that contradicts c is MOCO_EINVAL; an encoder the flags could not
+ * describe (an arch not among --arch's, a width, dim or size above
+ * --width's, --moco-dim's or --size's largest) or a normalize c does not
+ * know MOCO_ECORRUPT; its mean and std not this build's MOCO_EFORMAT, each naming
+ * f->ckpt; else what f leaves open (arch, width, mlp, dim, size) is taken
+ * from c and f->norm becomes c's normalize (when c has one). */
+int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c);
 
 /* Set the BLAS threads, start libvips, resolve the encoder's description
  * into f (see above; MOCO_EINVAL when a flag contradicts the checkpoint),

@@ -186,6 +186,17 @@ out('fuzz_sink', 'spaces', struct.pack('<H', 15) + b'  3 1\t4 1\r\n5 9 2 6 15\n'
 out('fuzz_sink', 'empty', struct.pack('<H', 0))
 out('fuzz_sink', 'too_big', struct.pack('<H', 9) + b'1\n10\n')
 
+# evalmodel_describe (fuzz_evalmodel): 2 bytes of flags (see fuzz_evalmodel.c), then the config string
+def ev_flags(arch=0, mlp=0, norm=0, width=0, dim=0, size=0):
+    return bytes([arch | mlp << 3 | norm << 4, width | dim << 2 | size << 4])
+out('fuzz_evalmodel', 'train', ev_flags() + json.dumps(CFG, separators=(',', ':')).encode())
+out('fuzz_evalmodel', 'full', ev_flags() + json.dumps(FULL).encode())
+out('fuzz_evalmodel', 'full_flags_agree', ev_flags(arch=4, mlp=1, norm=1, width=1, size=2) + json.dumps(FULL).encode())
+out('fuzz_evalmodel', 'flags_contradict', ev_flags(arch=1, norm=2, width=2, dim=2) + json.dumps(FULL).encode())
+out('fuzz_evalmodel', 'imagenet', ev_flags(norm=2) + json.dumps(dict(CFG, arch='resnet50', width=64, dim=128, size=224,
+    normalize='imagenet', mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])).encode())
+out('fuzz_evalmodel', 'no_config', ev_flags(arch=3, dim=3, size=3))
+
 # metrics.jsonl on resume (fuzz_recover): u32 LE the epoch whose record is looked for, then the file
 out('fuzz_recover', 'present', struct.pack('<I', 1) + run.encode())
 out('fuzz_recover', 'absent', struct.pack('<I', 2) + run.encode() + b'{"type":"resume","epoch":2,"step":24,"from":"x","dropped_records":0}\n')
