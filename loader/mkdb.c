@@ -6,7 +6,8 @@
  * --max-pixels before decoding anything, decode it fully with TurboJPEG or
  * libvips to prove it is a sane image, re-encode it when it must be:
  * --max-side, formats other than JPEG/PNG, non-8-bit pixels, CMYK (made
- * RGB byte for byte as PIL's convert("RGB"), stored as PNG); only loaders
+ * RGB byte for byte as PIL's convert("RGB"), stored as PNG), a JPEG whose
+ * header has a recoverable warning (stored as PNG); only loaders
  * whose pixels match PIL's are accepted, and a TIFF's orientation is
  * applied as PIL applies it), into a
  * bounded window of result slots. The
@@ -105,6 +106,31 @@ static char *too_many_pixels(int w, int h, uint64_t max_pixels)
 /* Does a libjpeg warning mean missing data (a truncated file or segment)? */
 static int truncation_warning(const char *msg) { return strcasestr(msg, "premature end") != NULL; }
 
+/* Did tjDecompressHeader3, which failed, read the whole header with only a
+ * recoverable warning (junk bytes before a marker, say)? TurboJPEG sets the
+ * size only once libjpeg has read the header to its end: an error stops it
+ * before (and then tjGetErrorCode may still say TJERR_WARNING, when a
+ * warning came first: a file cut in its header warns "premature end" and
+ * fails on the marker the cut left). The message is the first warning's
+ * only; a truncation after it fails the header or comes later, in the data,
+ * where libvips (fail_on error) refuses it. */
+static int header_warning_only(tjhandle tj, const char *msg, int w, int h)
+{
+    return w >= 1 && h >= 1 && tjGetErrorCode(tj) == TJERR_WARNING && !truncation_warning(msg);
+}
+
+/* 1 if a JPEG's header reads only with a recoverable warning: it is then
+ * stored as a PNG of its pixels (check_image), so that no decoder
+ * downstream meets the warning (TurboJPEG refuses such a header: the
+ * workers and the evaluation reader would fall back to libvips, which logs
+ * the warning at every decode). */
+static int jpeg_header_warns(tjhandle tj, const uint8_t *file, size_t flen)
+{
+    int w = 0, h = 0, sub, cs;
+    if (!tj || flen > 0xFFFFFFFFu || tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &h, &sub, &cs) == 0) return 0;
+    return header_warning_only(tj, tjGetErrorStr2(tj), w, h);
+}
+
 static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
 {
     FILE *f = fopen(path, "rb");
@@ -196,19 +222,24 @@ static int save_png(VipsImage *im, void **out, size_t *olen, char **why)
 /* JPEG fast path: decode fully with TurboJPEG (the decoder libvips uses
  * underneath, without libvips' per-image setup). Returns 1 if the JPEG is
  * sane and filled h; 0 if it is corrupt, truncated or over max_pixels (*why
- * set); -1 if this path does not apply (libvips decides). The decode stops
- * at the first warning: missing data (a premature end of the file or of a
- * segment) is refused; any other warning is recoverable, as in libvips, but
- * TurboJPEG reports only the first warning, which could hide a truncation
- * after it, so libvips decides those (it refuses a premature end wherever it
- * comes). */
+ * set); -1 if this path does not apply (libvips decides, as for a header
+ * read with a recoverable warning). The decode stops at the first warning:
+ * missing data (a premature end of the file or of a segment) is refused;
+ * any other warning is recoverable, as in libvips, but TurboJPEG reports
+ * only the first warning, which could hide a truncation after it, so
+ * libvips decides those (it refuses a premature end wherever it comes). */
 static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t max_pixels, moco_rec_header *h,
                          uint8_t **payload, size_t *plen, char **why)
 {
-    int w, hh, sub, cs;
+    int w = 0, hh = 0, sub, cs;
     if (!tj || flen > 0xFFFFFFFFu) return -1;
-    if (tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &hh, &sub, &cs) != 0 || w < 1 || hh < 1)
-        return *why = reason("corrupt or truncated JPEG header: %s", tjGetErrorStr2(tj)), 0;
+    if (tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &hh, &sub, &cs) != 0) {
+        const char *msg = tjGetErrorStr2(tj);
+        if (header_warning_only(tj, msg, w, hh)) return -1;
+        return *why = reason("corrupt or truncated JPEG header: %s", msg), 0;
+    }
+    if (w < 1 || hh < 1) /* tables only: the file ends before its frame */
+        return *why = reason("corrupt or truncated JPEG header: no image in it (%s)", tjGetErrorStr2(tj)), 0;
     if (w < 1 || hh < 1 || w > (int)MOCO_MAX_SIDE || hh > (int)MOCO_MAX_SIDE)
         return *why = reason("image size out of range (%s)", "1..65535"), 0;
     if ((*why = too_many_pixels(w, hh, max_pixels))) return 0;
@@ -278,12 +309,15 @@ static const char *verified_loader(const uint8_t *file, size_t flen, char **why)
 }
 
 /* Decode fully, check dimensions, re-encode if needed. On success returns 0
- * with *payload (maybe == file) and the header fields filled. */
-static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, moco_rec_header *h,
-                       uint8_t **payload, size_t *plen, char **why)
+ * with *payload (maybe == file) and the header fields filled. tj: the
+ * thread's TurboJPEG handle (or NULL), to look for header warnings. */
+static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, tjhandle tj,
+                       moco_rec_header *h, uint8_t **payload, size_t *plen, char **why)
 {
     static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF}, PNGSIG[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
     int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
+    /* a JPEG whose header warns (junk bytes before a marker) is not stored as it is */
+    int hdr_warn = enc == MOCO_ENC_JPEG && jpeg_header_warns(tj, file, flen);
     const char *loader = verified_loader(file, flen, why);
     if (!loader) return -1;
     /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
@@ -313,7 +347,7 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     int shrink = max_side > 0 && (w > max_side || hh > max_side);
     /* CMYK (a JPEG's or a TIFF's) is never stored: PIL's conversion to RGB is */
     int cmyk = bands == 4 && vips_image_get_interpretation(im) == VIPS_INTERPRETATION_CMYK;
-    if (enc >= 0 && eightbit && !shrink && !cmyk) {
+    if (enc >= 0 && eightbit && !shrink && !cmyk && !hdr_warn) {
         /* stored as it is: prove the whole file decodes */
         if (vips_avg(im, &avg, NULL)) { *why = vips_reason("corrupt or truncated image data"); goto done; }
         h->encoding = (uint8_t)enc;
@@ -324,8 +358,9 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         goto done;
     }
     /* re-encode: 8-bit, shrunk, lossless PNG unless the source was a JPEG
-     * shrunk (a CMYK JPEG at its size is stored as PNG) */
-    int as_jpeg = enc == MOCO_ENC_JPEG && (shrink || !cmyk);
+     * shrunk (a CMYK JPEG or one whose header warns, at its size, is stored
+     * as PNG: libvips' pixels, which are PIL's, tests/cli_datasets.sh) */
+    int as_jpeg = enc == MOCO_ENC_JPEG && (shrink || (!cmyk && !hdr_warn));
     VipsImage *cur = NULL;
     if (cmyk && !strcmp(loader, "jpegload_buffer")) {
         /* libvips inverts the inks only after an Adobe marker: the values come from TurboJPEG,
@@ -427,7 +462,7 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
             *tj = tjInitDecompress();
         }
         int ok = fast == 1 ||
-                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, &h, &payload, &plen, &s->why) == 0);
+                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, &h, &payload, &plen, &s->why) == 0);
         if (ok) {
         const uint8_t *p = payload ? payload : file;
         size_t n = payload ? plen : flen;
@@ -579,6 +614,7 @@ int loader_mkdb_main(int argc, char **argv)
         "    PNG stored as they are; WebP, TIFF (its orientation applied, as PIL does),\n"
         "    GIF (first frame), BMP, PBM/PGM/PPM and JPEG 2000 stored as lossless PNG;\n"
         "    CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG;\n"
+        "    a JPEG whose header warns (junk bytes before a marker) stored as PNG too;\n"
         "    any other file is skipped. Classes and files in byte order of their names,\n"
         "    subfolders and symbolic links followed. Unlike torchvision's ImageFolder:\n"
         "    hidden entries (.name, e.g. .ipynb_checkpoints) are skipped, an empty class\n"
