@@ -8,8 +8,9 @@
  * --max-side, formats other than JPEG/PNG, non-8-bit pixels, CMYK (made
  * RGB byte for byte as PIL's convert("RGB"), stored as PNG), a JPEG whose
  * header has a recoverable warning (stored as PNG); only loaders
- * whose pixels match PIL's are accepted, and a TIFF's orientation is
- * applied as PIL applies it), into a
+ * whose pixels match PIL's are accepted, a TIFF's orientation is applied
+ * as PIL applies it, and a GIF's transparency as PIL's convert("RGB")
+ * gives it), into a
  * bounded window of result slots. The
  * main thread consumes the slots in item order, gives the valid records
  * consecutive indices, and commits them in batches through loader/dbwriter.c,
@@ -281,6 +282,92 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t
     return ok;
 }
 
+/* What PIL reads from a GIF's first frame and libvips does not give: the
+ * colour table (the frame's own, else the global one), the transparent
+ * index (-1: none) and the frame's rectangle on the screen. */
+typedef struct {
+    const uint8_t *table; /* ncolours RGB triplets, or NULL */
+    int ncolours, trans, x, y, w, h;
+} gif_frame0;
+
+static int le16(const uint8_t *p) { return p[0] | p[1] << 8; }
+
+/* Parse a GIF up to its first image descriptor: 0, or -1 if it ends or
+ * breaks before. As Pillow 9.4: a graphic control extension's transparent
+ * index counts when its flag is set, the last such before the image wins. */
+static int gif_first_frame(const uint8_t *f, size_t n, gif_frame0 *g)
+{
+    *g = (gif_frame0){.trans = -1};
+    if (n < 13 || memcmp(f, "GIF8", 4)) return -1;
+    size_t p = 13;
+    if (f[10] & 0x80) {
+        g->ncolours = 2 << (f[10] & 7);
+        if (n - p < (size_t)g->ncolours * 3) return -1;
+        g->table = f + p;
+        p += (size_t)g->ncolours * 3;
+    }
+    while (p < n) {
+        uint8_t b = f[p++];
+        if (b == 0x21) { /* an extension: its label, then sub-blocks up to an empty one */
+            if (p >= n) return -1;
+            if (f[p++] == 0xF9 && p < n && f[p] >= 4 && n - p > 4 && (f[p + 1] & 1)) g->trans = f[p + 4];
+            while (p < n && f[p]) p += 1 + (size_t)f[p];
+            if (p++ >= n) return -1;
+        } else if (b == 0x2C) { /* the first image: its rectangle, its own colour table */
+            if (n - p < 9) return -1;
+            g->x = le16(f + p), g->y = le16(f + p + 2), g->w = le16(f + p + 4), g->h = le16(f + p + 6);
+            if (f[p + 8] & 0x80) {
+                int nc = 2 << (f[p + 8] & 7);
+                if (n - p - 9 < (size_t)nc * 3) return -1;
+                g->table = f + p + 9, g->ncolours = nc;
+            }
+            return 0;
+        } else {
+            return -1;
+        }
+    }
+    return -1;
+}
+
+/* A GIF's first frame (cur: 8-bit, 3 or 4 bands, from libvips) as PIL's
+ * convert("RGB") gives it, or NULL with *why set. libvips makes a
+ * transparent pixel (0, 0, 0, 0), and the screen outside the frame
+ * transparent or black; PIL gives there the colour of an index: the
+ * transparent one, or 0 without one (Pillow fills the first frame's canvas
+ * with it); an index past the colour table is grey (i, i, i), as Pillow pads
+ * its palette. Alpha is dropped, as by convert("RGB"). */
+static VipsImage *gif_as_pil(VipsImage *cur, const gif_frame0 *g, char **why)
+{
+    int w = vips_image_get_width(cur), h = vips_image_get_height(cur), bands = vips_image_get_bands(cur);
+    int k = g->trans >= 0 ? g->trans : 0;
+    uint8_t fill[3] = {(uint8_t)k, (uint8_t)k, (uint8_t)k};
+    if (k < g->ncolours) memcpy(fill, g->table + 3 * k, 3);
+    if ((bands != 3 && bands != 4) || vips_image_get_format(cur) != VIPS_FORMAT_UCHAR)
+        return *why = reason("%s", "a GIF libvips decodes to other than 8-bit RGB or RGBA"), NULL;
+    size_t sz = 0;
+    uint8_t *mem = vips_image_write_to_memory(cur, &sz), *rgb = mem ? malloc((size_t)w * h * 3) : NULL;
+    VipsImage *im = NULL;
+    if (!mem) {
+        *why = vips_reason("corrupt or truncated image data");
+    } else if (!rgb) {
+        *why = reason("%s", "out of memory");
+    } else {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                const uint8_t *s = mem + ((size_t)y * w + x) * bands;
+                int inside = x >= g->x && x - g->x < g->w && y >= g->y && y - g->y < g->h;
+                memcpy(rgb + ((size_t)y * w + x) * 3, !inside || (bands == 4 && s[3] == 0) ? fill : s, 3);
+            }
+        if ((im = vips_image_new_from_memory_copy(rgb, (size_t)w * h * 3, w, h, 3, VIPS_FORMAT_UCHAR)))
+            im->Type = VIPS_INTERPRETATION_sRGB;
+        else
+            *why = vips_reason("cannot convert the GIF to RGB");
+    }
+    free(rgb);
+    g_free(mem);
+    return im;
+}
+
 /* The libvips loader (nickname) for file if its decoded pixels are known to
  * match PIL's (torchvision's loader), else NULL with *why set. Through
  * ImageMagick only BMP and Netpbm (PBM/PGM/PPM), which were compared; it
@@ -322,7 +409,11 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     if (!loader) return -1;
     /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
      * so does mkdb, with vips_autorot, which needs random access. */
-    int tiff = !strcmp(loader, "tiffload_buffer");
+    int tiff = !strcmp(loader, "tiffload_buffer"), gif = !strcmp(loader, "gifload_buffer");
+    gif_frame0 g0 = {.trans = -1};
+    if (gif && gif_first_frame(file, flen, &g0)) return *why = reason("%s", "corrupt or truncated GIF header"), -1;
+    if (gif && !g0.table) /* PIL reads its indices as grey levels; libvips through a palette of its own */
+        return *why = reason("%s", "a GIF without a colour table (its colours are not defined)"), -1;
     /* fail_on error (which includes truncated): a file cut short is refused,
      * not padded with grey. Opening reads only the header, so the pixel
      * limit comes before any decoding. */
@@ -390,6 +481,11 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         g_object_unref(cur);
         cur = t;
         t = NULL;
+    }
+    if (gif) { /* transparency and the screen outside the frame as PIL gives them */
+        VipsImage *rgb = gif_as_pil(cur, &g0, why);
+        g_object_unref(cur);
+        if (!(cur = rgb)) goto done;
     }
     if (vips_image_get_bands(cur) == 4 && vips_image_get_interpretation(cur) == VIPS_INTERPRETATION_CMYK &&
         vips_image_get_format(cur) == VIPS_FORMAT_UCHAR) {
