@@ -553,12 +553,12 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
         static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
         int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
                        ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &payload, &plen, &s->why) : -1;
-        if (fast == 0 && *tj) { /* a handle is not reliable after an error: start afresh */
+        int ok = fast == 1 ||
+                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, &h, &payload, &plen, &s->why) == 0);
+        if (!ok && *tj) { /* a handle is not reliable after an error (check_image reads JPEG headers too): start afresh */
             tjDestroy(*tj);
             *tj = tjInitDecompress();
         }
-        int ok = fast == 1 ||
-                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, &h, &payload, &plen, &s->why) == 0);
         if (ok) {
         const uint8_t *p = payload ? payload : file;
         size_t n = payload ? plen : flen;
