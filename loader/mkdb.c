@@ -524,6 +524,10 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     rc = 0;
 done:
     g_object_unref(im);
+    /* libvips leaves a recoverable JPEG warning in its error buffer, which is
+     * global: cleared once the file is stored, it does not become part of the
+     * next refused file's reason (in this thread, or most likely another) */
+    if (rc == 0) vips_error_clear();
     return rc;
 }
 

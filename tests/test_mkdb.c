@@ -854,6 +854,48 @@ static void test_jpeg_header_warnings_decoded_as_pil(void **st)
     moco_db_destroy(&db);
 }
 
+/* libvips keeps a recoverable JPEG warning in its (global) error buffer: a
+ * JPEG with junk before its DQT marker, stored, then a PNG that cannot be
+ * read (one thread, in this order): the PNG's reason is its own, one line.
+ * Before: "not a readable image: VipsJpeg: Corrupt JPEG data: 3 extraneous
+ * bytes before marker 0xdb" and a second line, the JPEG's warning again. */
+static void test_warning_not_in_next_reason(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_warnleak"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    snprintf(p, sizeof p, "%s/src/c/1.jpg", tmp);
+    make_image(p, 40, 30, 3, 3);
+    size_t n;
+    uint8_t *b = tu_read_file(p, &n), *j = malloc(n + 3);
+    size_t at = 2;
+    while (at + 1 < n && !(b[at] == 0xFF && b[at + 1] == 0xDB)) at++;
+    assert_true(at + 1 < n);
+    memcpy(j, b, at), memcpy(j + at, "\x00\x11\x22", 3), memcpy(j + at + 3, b + at, n - at);
+    write_bytes(p, j, n + 3);
+    free(b), free(j);
+    snprintf(p, sizeof p, "%s/src/c/2.png", tmp);
+    make_image(p, 40, 30, 3, 4);
+    b = tu_read_file(p, &n);
+    memset(b + n / 2, 0, n - n / 2);
+    write_bytes(p, b, n);
+    free(b);
+    snprintf(args, sizeof args, "%s/src %s/db --threads 1 --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/err.txt", tmp);
+    char *e = (char *)tu_read_file(p, &n), want[4400];
+    e[n] = 0;
+    snprintf(want, sizeof want, "moco mkdb: skipping %s/src/c/2.png: ", tmp);
+    if (strncmp(e, want, strlen(want)) || !strchr(e, '\n') || strchr(e, '\n')[1] || strstr(e, "VipsJpeg"))
+        fail_msg("want one line, the PNG's own reason:\n%s", e);
+    free(e);
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 1);
+    moco_db_destroy(&db);
+}
+
 int main(void)
 {
     if (VIPS_INIT("test_mkdb")) return 1;
@@ -871,6 +913,7 @@ int main(void)
         cmocka_unit_test(test_links_and_fifos_named),
         cmocka_unit_test(test_tiff_orientation),
         cmocka_unit_test(test_jpeg_header_warnings_decoded_as_pil),
+        cmocka_unit_test(test_warning_not_in_next_reason),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     vips_shutdown();
