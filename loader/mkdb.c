@@ -6,9 +6,11 @@
  * --max-pixels before decoding anything, decode it fully with TurboJPEG or
  * libvips to prove it is a sane image, re-encode it when it must be:
  * --max-side, formats other than JPEG/PNG, non-8-bit pixels, CMYK (made
- * RGB byte for byte as PIL's convert("RGB"), stored as PNG); only loaders
- * whose pixels match PIL's are accepted, and a TIFF's orientation is
- * applied as PIL applies it), into a
+ * RGB byte for byte as PIL's convert("RGB"), stored as PNG), a JPEG whose
+ * header has a recoverable warning (stored as PNG); only loaders
+ * whose pixels match PIL's are accepted, a TIFF's orientation is applied
+ * as PIL applies it, and a GIF's transparency as PIL's convert("RGB")
+ * gives it), into a
  * bounded window of result slots. The
  * main thread consumes the slots in item order, gives the valid records
  * consecutive indices, and commits them in batches through loader/dbwriter.c,
@@ -105,6 +107,31 @@ static char *too_many_pixels(int w, int h, uint64_t max_pixels)
 /* Does a libjpeg warning mean missing data (a truncated file or segment)? */
 static int truncation_warning(const char *msg) { return strcasestr(msg, "premature end") != NULL; }
 
+/* Did tjDecompressHeader3, which failed, read the whole header with only a
+ * recoverable warning (junk bytes before a marker, say)? TurboJPEG sets the
+ * size only once libjpeg has read the header to its end: an error stops it
+ * before (and then tjGetErrorCode may still say TJERR_WARNING, when a
+ * warning came first: a file cut in its header warns "premature end" and
+ * fails on the marker the cut left). The message is the first warning's
+ * only; a truncation after it fails the header or comes later, in the data,
+ * where libvips (fail_on error) refuses it. */
+static int header_warning_only(tjhandle tj, const char *msg, int w, int h)
+{
+    return w >= 1 && h >= 1 && tjGetErrorCode(tj) == TJERR_WARNING && !truncation_warning(msg);
+}
+
+/* 1 if a JPEG's header reads only with a recoverable warning: it is then
+ * stored as a PNG of its pixels (check_image), so that no decoder
+ * downstream meets the warning (TurboJPEG refuses such a header: the
+ * workers and the evaluation reader would fall back to libvips, which logs
+ * the warning at every decode). */
+static int jpeg_header_warns(tjhandle tj, const uint8_t *file, size_t flen)
+{
+    int w = 0, h = 0, sub, cs;
+    if (!tj || flen > 0xFFFFFFFFu || tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &h, &sub, &cs) == 0) return 0;
+    return header_warning_only(tj, tjGetErrorStr2(tj), w, h);
+}
+
 static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
 {
     FILE *f = fopen(path, "rb");
@@ -196,19 +223,24 @@ static int save_png(VipsImage *im, void **out, size_t *olen, char **why)
 /* JPEG fast path: decode fully with TurboJPEG (the decoder libvips uses
  * underneath, without libvips' per-image setup). Returns 1 if the JPEG is
  * sane and filled h; 0 if it is corrupt, truncated or over max_pixels (*why
- * set); -1 if this path does not apply (libvips decides). The decode stops
- * at the first warning: missing data (a premature end of the file or of a
- * segment) is refused; any other warning is recoverable, as in libvips, but
- * TurboJPEG reports only the first warning, which could hide a truncation
- * after it, so libvips decides those (it refuses a premature end wherever it
- * comes). */
+ * set); -1 if this path does not apply (libvips decides, as for a header
+ * read with a recoverable warning). The decode stops at the first warning:
+ * missing data (a premature end of the file or of a segment) is refused;
+ * any other warning is recoverable, as in libvips, but TurboJPEG reports
+ * only the first warning, which could hide a truncation after it, so
+ * libvips decides those (it refuses a premature end wherever it comes). */
 static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t max_pixels, moco_rec_header *h,
                          uint8_t **payload, size_t *plen, char **why)
 {
-    int w, hh, sub, cs;
+    int w = 0, hh = 0, sub, cs;
     if (!tj || flen > 0xFFFFFFFFu) return -1;
-    if (tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &hh, &sub, &cs) != 0 || w < 1 || hh < 1)
-        return *why = reason("corrupt or truncated JPEG header: %s", tjGetErrorStr2(tj)), 0;
+    if (tjDecompressHeader3(tj, file, (unsigned long)flen, &w, &hh, &sub, &cs) != 0) {
+        const char *msg = tjGetErrorStr2(tj);
+        if (header_warning_only(tj, msg, w, hh)) return -1;
+        return *why = reason("corrupt or truncated JPEG header: %s", msg), 0;
+    }
+    if (w < 1 || hh < 1) /* tables only: the file ends before its frame */
+        return *why = reason("corrupt or truncated JPEG header: no image in it (%s)", tjGetErrorStr2(tj)), 0;
     if (w < 1 || hh < 1 || w > (int)MOCO_MAX_SIDE || hh > (int)MOCO_MAX_SIDE)
         return *why = reason("image size out of range (%s)", "1..65535"), 0;
     if ((*why = too_many_pixels(w, hh, max_pixels))) return 0;
@@ -250,6 +282,92 @@ static int check_jpeg_tj(tjhandle tj, const uint8_t *file, size_t flen, uint64_t
     return ok;
 }
 
+/* What PIL reads from a GIF's first frame and libvips does not give: the
+ * colour table (the frame's own, else the global one), the transparent
+ * index (-1: none) and the frame's rectangle on the screen. */
+typedef struct {
+    const uint8_t *table; /* ncolours RGB triplets, or NULL */
+    int ncolours, trans, x, y, w, h;
+} gif_frame0;
+
+static int le16(const uint8_t *p) { return p[0] | p[1] << 8; }
+
+/* Parse a GIF up to its first image descriptor: 0, or -1 if it ends or
+ * breaks before. As Pillow 9.4: a graphic control extension's transparent
+ * index counts when its flag is set, the last such before the image wins. */
+static int gif_first_frame(const uint8_t *f, size_t n, gif_frame0 *g)
+{
+    *g = (gif_frame0){.trans = -1};
+    if (n < 13 || memcmp(f, "GIF8", 4)) return -1;
+    size_t p = 13;
+    if (f[10] & 0x80) {
+        g->ncolours = 2 << (f[10] & 7);
+        if (n - p < (size_t)g->ncolours * 3) return -1;
+        g->table = f + p;
+        p += (size_t)g->ncolours * 3;
+    }
+    while (p < n) {
+        uint8_t b = f[p++];
+        if (b == 0x21) { /* an extension: its label, then sub-blocks up to an empty one */
+            if (p >= n) return -1;
+            if (f[p++] == 0xF9 && p < n && f[p] >= 4 && n - p > 4 && (f[p + 1] & 1)) g->trans = f[p + 4];
+            while (p < n && f[p]) p += 1 + (size_t)f[p];
+            if (p++ >= n) return -1;
+        } else if (b == 0x2C) { /* the first image: its rectangle, its own colour table */
+            if (n - p < 9) return -1;
+            g->x = le16(f + p), g->y = le16(f + p + 2), g->w = le16(f + p + 4), g->h = le16(f + p + 6);
+            if (f[p + 8] & 0x80) {
+                int nc = 2 << (f[p + 8] & 7);
+                if (n - p - 9 < (size_t)nc * 3) return -1;
+                g->table = f + p + 9, g->ncolours = nc;
+            }
+            return 0;
+        } else {
+            return -1;
+        }
+    }
+    return -1;
+}
+
+/* A GIF's first frame (cur: 8-bit, 3 or 4 bands, from libvips) as PIL's
+ * convert("RGB") gives it, or NULL with *why set. libvips makes a
+ * transparent pixel (0, 0, 0, 0), and the screen outside the frame
+ * transparent or black; PIL gives there the colour of an index: the
+ * transparent one, or 0 without one (Pillow fills the first frame's canvas
+ * with it); an index past the colour table is grey (i, i, i), as Pillow pads
+ * its palette. Alpha is dropped, as by convert("RGB"). */
+static VipsImage *gif_as_pil(VipsImage *cur, const gif_frame0 *g, char **why)
+{
+    int w = vips_image_get_width(cur), h = vips_image_get_height(cur), bands = vips_image_get_bands(cur);
+    int k = g->trans >= 0 ? g->trans : 0;
+    uint8_t fill[3] = {(uint8_t)k, (uint8_t)k, (uint8_t)k};
+    if (k < g->ncolours) memcpy(fill, g->table + 3 * k, 3);
+    if ((bands != 3 && bands != 4) || vips_image_get_format(cur) != VIPS_FORMAT_UCHAR)
+        return *why = reason("%s", "a GIF libvips decodes to other than 8-bit RGB or RGBA"), NULL;
+    size_t sz = 0;
+    uint8_t *mem = vips_image_write_to_memory(cur, &sz), *rgb = mem ? malloc((size_t)w * h * 3) : NULL;
+    VipsImage *im = NULL;
+    if (!mem) {
+        *why = vips_reason("corrupt or truncated image data");
+    } else if (!rgb) {
+        *why = reason("%s", "out of memory");
+    } else {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                const uint8_t *s = mem + ((size_t)y * w + x) * bands;
+                int inside = x >= g->x && x - g->x < g->w && y >= g->y && y - g->y < g->h;
+                memcpy(rgb + ((size_t)y * w + x) * 3, !inside || (bands == 4 && s[3] == 0) ? fill : s, 3);
+            }
+        if ((im = vips_image_new_from_memory_copy(rgb, (size_t)w * h * 3, w, h, 3, VIPS_FORMAT_UCHAR)))
+            im->Type = VIPS_INTERPRETATION_sRGB;
+        else
+            *why = vips_reason("cannot convert the GIF to RGB");
+    }
+    free(rgb);
+    g_free(mem);
+    return im;
+}
+
 /* The libvips loader (nickname) for file if its decoded pixels are known to
  * match PIL's (torchvision's loader), else NULL with *why set. Through
  * ImageMagick only BMP and Netpbm (PBM/PGM/PPM), which were compared; it
@@ -278,17 +396,24 @@ static const char *verified_loader(const uint8_t *file, size_t flen, char **why)
 }
 
 /* Decode fully, check dimensions, re-encode if needed. On success returns 0
- * with *payload (maybe == file) and the header fields filled. */
-static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, moco_rec_header *h,
-                       uint8_t **payload, size_t *plen, char **why)
+ * with *payload (maybe == file) and the header fields filled. tj: the
+ * thread's TurboJPEG handle (or NULL), to look for header warnings. */
+static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t max_pixels, tjhandle tj,
+                       moco_rec_header *h, uint8_t **payload, size_t *plen, char **why)
 {
     static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF}, PNGSIG[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
     int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
+    /* a JPEG whose header warns (junk bytes before a marker) is not stored as it is */
+    int hdr_warn = enc == MOCO_ENC_JPEG && jpeg_header_warns(tj, file, flen);
     const char *loader = verified_loader(file, flen, why);
     if (!loader) return -1;
     /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
      * so does mkdb, with vips_autorot, which needs random access. */
-    int tiff = !strcmp(loader, "tiffload_buffer");
+    int tiff = !strcmp(loader, "tiffload_buffer"), gif = !strcmp(loader, "gifload_buffer");
+    gif_frame0 g0 = {.trans = -1};
+    if (gif && gif_first_frame(file, flen, &g0)) return *why = reason("%s", "corrupt or truncated GIF header"), -1;
+    if (gif && !g0.table) /* PIL reads its indices as grey levels; libvips through a palette of its own */
+        return *why = reason("%s", "a GIF without a colour table (its colours are not defined)"), -1;
     /* fail_on error (which includes truncated): a file cut short is refused,
      * not padded with grey. Opening reads only the header, so the pixel
      * limit comes before any decoding. */
@@ -313,7 +438,7 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     int shrink = max_side > 0 && (w > max_side || hh > max_side);
     /* CMYK (a JPEG's or a TIFF's) is never stored: PIL's conversion to RGB is */
     int cmyk = bands == 4 && vips_image_get_interpretation(im) == VIPS_INTERPRETATION_CMYK;
-    if (enc >= 0 && eightbit && !shrink && !cmyk) {
+    if (enc >= 0 && eightbit && !shrink && !cmyk && !hdr_warn) {
         /* stored as it is: prove the whole file decodes */
         if (vips_avg(im, &avg, NULL)) { *why = vips_reason("corrupt or truncated image data"); goto done; }
         h->encoding = (uint8_t)enc;
@@ -324,8 +449,9 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         goto done;
     }
     /* re-encode: 8-bit, shrunk, lossless PNG unless the source was a JPEG
-     * shrunk (a CMYK JPEG at its size is stored as PNG) */
-    int as_jpeg = enc == MOCO_ENC_JPEG && (shrink || !cmyk);
+     * shrunk (a CMYK JPEG or one whose header warns, at its size, is stored
+     * as PNG: libvips' pixels, which are PIL's, tests/cli_datasets.sh) */
+    int as_jpeg = enc == MOCO_ENC_JPEG && (shrink || (!cmyk && !hdr_warn));
     VipsImage *cur = NULL;
     if (cmyk && !strcmp(loader, "jpegload_buffer")) {
         /* libvips inverts the inks only after an Adobe marker: the values come from TurboJPEG,
@@ -355,6 +481,11 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
         g_object_unref(cur);
         cur = t;
         t = NULL;
+    }
+    if (gif) { /* transparency and the screen outside the frame as PIL gives them */
+        VipsImage *rgb = gif_as_pil(cur, &g0, why);
+        g_object_unref(cur);
+        if (!(cur = rgb)) goto done;
     }
     if (vips_image_get_bands(cur) == 4 && vips_image_get_interpretation(cur) == VIPS_INTERPRETATION_CMYK &&
         vips_image_get_format(cur) == VIPS_FORMAT_UCHAR) {
@@ -393,6 +524,10 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     rc = 0;
 done:
     g_object_unref(im);
+    /* libvips leaves a recoverable JPEG warning in its error buffer, which is
+     * global: cleared once the file is stored, it does not become part of the
+     * next refused file's reason (in this thread, or most likely another) */
+    if (rc == 0) vips_error_clear();
     return rc;
 }
 
@@ -422,12 +557,12 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
         static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
         int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
                        ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &payload, &plen, &s->why) : -1;
-        if (fast == 0 && *tj) { /* a handle is not reliable after an error: start afresh */
+        int ok = fast == 1 ||
+                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, &h, &payload, &plen, &s->why) == 0);
+        if (!ok && *tj) { /* a handle is not reliable after an error (check_image reads JPEG headers too): start afresh */
             tjDestroy(*tj);
             *tj = tjInitDecompress();
         }
-        int ok = fast == 1 ||
-                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, &h, &payload, &plen, &s->why) == 0);
         if (ok) {
         const uint8_t *p = payload ? payload : file;
         size_t n = payload ? plen : flen;
@@ -579,6 +714,7 @@ int loader_mkdb_main(int argc, char **argv)
         "    PNG stored as they are; WebP, TIFF (its orientation applied, as PIL does),\n"
         "    GIF (first frame), BMP, PBM/PGM/PPM and JPEG 2000 stored as lossless PNG;\n"
         "    CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG;\n"
+        "    a JPEG whose header warns (junk bytes before a marker) stored as PNG too;\n"
         "    any other file is skipped. Classes and files in byte order of their names,\n"
         "    subfolders and symbolic links followed. Unlike torchvision's ImageFolder:\n"
         "    hidden entries (.name, e.g. .ipynb_checkpoints) are skipped, an empty class\n"

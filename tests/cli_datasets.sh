@@ -265,6 +265,176 @@ assert seen == set(classes), sorted(set(classes) - seen)
 PY
   $M mkdb --help | grep -qF "CMYK (JPEG, TIFF) made RGB as PIL's convert(\"RGB\") does, stored as PNG" || fail "mkdb --help does not say how CMYK is stored"
   echo "CMYK: JPEG (Adobe marker or not, YCCK, a warning) and TIFF (8-bit, 16-bit, rotated, an ICC profile, every ink/black pair) stored as PNG, byte for byte PIL's convert(\"RGB\"); shrunk: mean colour within 1.5 levels"
+  # JPEGs whose header gives libjpeg a recoverable warning: 3 junk bytes before a marker (DQT,
+  # SOF, DHT, SOS of an RGB 4:2:0 JPEG; DQT of a grey and of a CMYK one). PIL (torchvision's
+  # loader) decodes them to the clean file's pixels; mkdb stores them as PNG (no decoder
+  # downstream meets the warning), pixel for pixel PIL's convert("RGB"), with --max-side too
+  # (not shrunk). Junk before EOI: stored as it is, a JPEG. Before: "corrupt or truncated JPEG
+  # header", skipped (with --max-side: stored as they were, JPEGs). Still refused, named and
+  # counted, as PIL refuses them: a header cut short (with junk or without), and a junk header
+  # whose scan is cut short.
+  /usr/bin/python3 - "$T/cls/jwarn" <<'PY' || fail "making the JPEG-warning folder"
+import io, os, sys, numpy as np
+from PIL import Image
+d, g = sys.argv[1], np.random.default_rng(11)
+def jpeg(a, mode):
+    b = io.BytesIO()
+    Image.fromarray(a, mode).save(b, "JPEG", quality=90)
+    return b.getvalue()
+def junk(b, marker, last=False):
+    i = b.rfind(marker) if last else b.find(marker)
+    assert i > 0, marker
+    return b[:i] + b"\x00\x11\x22" + b[i:]
+def put(cls, name, data):
+    os.makedirs(os.path.join(d, cls), exist_ok=True)
+    open(os.path.join(d, cls, name), "wb").write(data)
+rgb = jpeg(g.integers(0, 256, (64, 80, 3), dtype=np.uint8), "RGB")
+cases = {"dqt": junk(rgb, b"\xff\xdb"), "sof": junk(rgb, b"\xff\xc0"), "dht": junk(rgb, b"\xff\xc4"),
+         "sos": junk(rgb, b"\xff\xda"), "grey": junk(jpeg(g.integers(0, 256, (48, 40), dtype=np.uint8), "L"), b"\xff\xdb"),
+         "cmyk": junk(jpeg(g.integers(0, 256, (30, 40, 4), dtype=np.uint8), "CMYK"), b"\xff\xdb"),
+         "eoi": junk(rgb, b"\xff\xd9", last=True)}
+clean = np.array(Image.open(io.BytesIO(rgb)).convert("RGB"))
+for cls, b in cases.items():
+    put(cls, "x.jpg", b)
+    if cls in ("dqt", "sof", "dht", "sos", "eoi"):
+        assert (np.array(Image.open(io.BytesIO(b)).convert("RGB")) == clean).all(), cls + ": PIL reads other pixels than the clean file's"
+s, h = rgb.find(b"\xff\xda"), junk(rgb, b"\xff\xdb")
+bad = {"cut-header.jpg": rgb[:s - 20], "junk-cut-header.jpg": h[:h.find(b"\xff\xc4") + 10], "junk-cut-scan.jpg": h[:len(h) - 1500]}
+for name, b in bad.items():
+    put("z-bad", name, b)
+    try:
+        Image.open(io.BytesIO(b)).convert("RGB")
+        sys.exit(name + ": PIL decodes it")
+    except (OSError, SyntaxError):
+        pass
+PY
+  for ms in "" "--max-side 4096"; do
+    rm -rf "$T/cls/db-jwarn"
+    $M mkdb "$T/cls/jwarn" "$T/cls/db-jwarn" $ms >"$T/out" 2>"$T/err" || fail "mkdb $ms of the JPEG-warning folder: $(cat "$T/err")"
+    for f in cut-header junk-cut-header junk-cut-scan; do
+      grep -q "skipping $T/cls/jwarn/z-bad/$f.jpg: \(corrupt or truncated\|not a readable image\)" "$T/err" || fail "mkdb $ms: $f.jpg not refused: $(cat "$T/err")"
+    done
+    grep -q "; skipped 3; " "$T/out" && [ "$(grep -c "^moco mkdb: skipping " "$T/err")" = 3 ] || fail "mkdb $ms: want 3 skipped: $(cat "$T/out" "$T/err")"
+    /usr/bin/python3 - "$T/cls/jwarn" "$T/cls/db-jwarn/data.mdb" <<'PY' || fail "mkdb $ms: JPEGs with a header warning stored otherwise than PIL's convert(\"RGB\")"
+import io, os, struct, sys, numpy as np
+from PIL import Image
+d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+classes = sorted(os.listdir(d))
+want_enc = {"eoi": (1, 3), "grey": (2, 1)}
+seen, bad, i = set(), [], b.find(b"MOCR")
+while i >= 0:
+    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+    cls = classes[label]
+    want = np.array(Image.open(os.path.join(d, cls, "x.jpg")).convert("RGB"))
+    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB"))
+    if (enc, ch) != want_enc.get(cls, (2, 3)) or got.shape != want.shape or (got != want).any():
+        bad.append("%s: encoding %d, %d channels, %s" % (cls, enc, ch, got.shape if got.shape != want.shape else
+                                                         "max |diff| %d" % np.abs(got.astype(int) - want).max()))
+    seen.add(cls)
+    i = b.find(b"MOCR", i + 32 + n)
+assert not bad, bad
+assert seen == set(classes) - {"z-bad"}, sorted(set(classes) - seen)
+PY
+  done
+  echo "JPEG header warnings (junk before DQT, SOF, DHT, SOS; RGB, grey, CMYK): stored as PNG, pixel for pixel PIL's convert(\"RGB\"), --max-side too; junk before EOI: stored as it is; a header or scan cut short: refused, named, counted"
+  # GIF, first frame, as PIL's convert("RGB") gives it: PIL opens it as mode P, and a
+  # transparent pixel is the colour of the transparent index in the palette (alpha dropped);
+  # outside a first frame smaller than the screen, Pillow 9.4 fills with the transparent index,
+  # or index 0 without one; an index past the colour table is grey (i, i, i). libvips gives
+  # RGBA, (0, 0, 0, 0) at a transparent pixel and black or transparent outside the frame,
+  # which mkdb stored as a 4-channel PNG (the workers then saw black). Now 3 channels, PIL's
+  # pixels: GIFs saved by PIL (a transparent index; two frames; an RGBA image, quantised) and
+  # written here (a local colour table; a frame smaller than the screen, with a transparent
+  # index, without one, with one past the table). A GIF without any colour table (PIL reads
+  # its indices as grey levels, libvips through a palette of its own) is refused, named.
+  /usr/bin/python3 - "$T/cls/gif" <<'PY' || fail "making the GIF folder"
+import os, struct, sys, numpy as np
+from PIL import Image
+d, g = sys.argv[1], np.random.default_rng(13)
+def path(cls, name="x.gif"):
+    os.makedirs(os.path.join(d, cls), exist_ok=True)
+    return os.path.join(d, cls, name)
+def pim(seed_shape=(30, 40)):
+    im = Image.fromarray(g.integers(0, 16, seed_shape, dtype=np.uint8), "P")
+    im.putpalette([int(v) for v in g.integers(0, 256, 48)])
+    return im
+pim().save(path("pil-trans"), transparency=3)
+pim().save(path("pil-anim"), save_all=True, append_images=[pim()], transparency=5, disposal=2)
+rgba = g.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+rgba[..., 3] = np.where(g.random((30, 40)) < 0.3, 0, 255)
+Image.fromarray(rgba, "RGBA").save(path("pil-rgba"))
+def gif(sw, sh, x, y, w, h, idx, trans=None, gct=None, lct=None):
+    """A GIF89a of one frame; LZW codes one index each, a clear code before the table grows"""
+    def table(t):
+        n = max(0, (len(t) - 1).bit_length() - 1)
+        return n, b"".join(bytes(c) for c in t) + bytes(3 * ((2 << n) - len(t)))
+    out = b"GIF89a" + struct.pack("<HH", sw, sh)
+    if gct:
+        n, t = table(gct)
+        out += bytes([0x80 | n, 1, 0]) + t
+    else:
+        out += bytes([0, 1, 0])
+    if trans is not None:
+        out += b"\x21\xf9\x04\x01\x00\x00" + bytes([trans]) + b"\x00"
+    n, t = table(lct) if lct else (0, b"")
+    out += b"\x2c" + struct.pack("<HHHH", x, y, w, h) + bytes([0x80 | n if lct else 0]) + t
+    mcs = max(2, int(max(idx)).bit_length())
+    codes, run = [1 << mcs], 0
+    for v in idx:
+        if run == (1 << mcs) - 2:
+            codes.append(1 << mcs)
+            run = 0
+        codes.append(int(v))
+        run += 1
+    codes.append((1 << mcs) + 1)
+    acc = bits = 0
+    data = bytearray()
+    for c in codes:
+        acc |= c << bits
+        bits += mcs + 1
+        while bits >= 8:
+            data.append(acc & 255)
+            acc >>= 8
+            bits -= 8
+    if bits:
+        data.append(acc)
+    blocks = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255] for i in range(0, len(data), 255))
+    return out + bytes([mcs]) + blocks + b"\x00\x3b"
+pal = [tuple(int(v) for v in g.integers(0, 256, 3)) for _ in range(16)]
+idx = g.integers(0, 16, 40 * 30)
+open(path("lct-trans"), "wb").write(gif(40, 30, 0, 0, 40, 30, idx, trans=5, gct=pal[::-1], lct=pal))
+open(path("frame-trans"), "wb").write(gif(50, 40, 5, 4, 40, 30, idx, trans=3, gct=pal))
+open(path("frame-opaque"), "wb").write(gif(50, 40, 5, 4, 40, 30, idx, gct=pal))
+open(path("frame-past-table"), "wb").write(gif(50, 40, 5, 4, 40, 30, idx % 4, trans=9, gct=pal[:4]))
+open(path("z-bad", "no-table.gif"), "wb").write(gif(40, 30, 0, 0, 40, 30, idx % 4, trans=2))
+for cls in sorted(os.listdir(d)):
+    for f in os.listdir(os.path.join(d, cls)):
+        im = Image.open(os.path.join(d, cls, f))
+        assert im.mode == ("L" if cls == "z-bad" else "P"), (cls, f, im.mode)
+PY
+  $M mkdb "$T/cls/gif" "$T/cls/db-gif" >"$T/out" 2>"$T/err" || fail "mkdb of the GIF folder: $(cat "$T/err")"
+  grep -q "skipping $T/cls/gif/z-bad/no-table.gif: a GIF without a colour table" "$T/err" && grep -q "; skipped 1; " "$T/out" ||
+    fail "a GIF without a colour table not refused, named and counted: $(cat "$T/out" "$T/err")"
+  /usr/bin/python3 - "$T/cls/gif" "$T/cls/db-gif/data.mdb" <<'PY' || fail "GIFs stored otherwise than PIL's convert(\"RGB\")"
+import io, os, struct, sys, numpy as np
+from PIL import Image
+d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+classes = sorted(os.listdir(d))
+seen, bad, i = set(), [], b.find(b"MOCR")
+while i >= 0:
+    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+    cls = classes[label]
+    want = np.array(Image.open(os.path.join(d, cls, "x.gif")).convert("RGB")).astype(int)
+    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).astype(int)
+    if (enc, ch) != (2, 3) or got.shape != want.shape or (got != want).any():
+        bad.append("%s: encoding %d, %d channels, %s" % (cls, enc, ch, got.shape if got.shape != want.shape else
+                                                         "%d pixels differ" % (got != want).any(-1).sum()))
+    seen.add(cls)
+    i = b.find(b"MOCR", i + 32 + n)
+assert not bad, bad
+assert seen == set(classes) - {"z-bad"}, sorted(set(classes) - seen)
+PY
+  echo "GIF: transparent pixels, the screen outside a smaller first frame, a local colour table: 3 channels, pixel for pixel PIL's convert(\"RGB\"); a GIF without a colour table refused, named"
   # Formats: what mkdb stores must be what PIL (torchvision's loader) reads. One class per
   # file, so a record's label names its source. Accepted and pixel for pixel PIL's
   # convert("RGB"): a TIFF under each of the 8 Orientation tags (PIL applies it; before: stored

@@ -10,10 +10,11 @@
  * seeded random images (up- and downscaling, 1 and 3 channels), and the
  * geometry (the resize side, truncated long side, round-half-even crop
  * offsets; a 256 px image at 224 is its central 224 px, as main_lincls.py's
- * Resize(256) + CenterCrop(224) makes it). */
+ * Resize(256) + CenterCrop(224) makes it); alpha dropped, as PIL drops it. */
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <vips/vips.h>
 
 #include "formats/errors.h"
 #include "formats/normalize.h"
@@ -230,9 +231,66 @@ static void test_geometry(void **st)
     assert_int_equal(rh, 32), assert_int_equal(rw, 32), assert_int_equal(top, 0), assert_int_equal(left, 0);
 }
 
+/* Alpha is dropped, as PIL's convert("RGB") drops it (torchvision's loader;
+ * Pillow's rgba2rgb and la2rgb copy the colour, whatever the alpha): an
+ * RGBA and a grey + alpha PNG of random values, stored by mkdb as they are
+ * (4 and 2 channels), read through evalset at their own size (no resize)
+ * give their colour bytes. Checked against PIL too where python3-pil is
+ * installed. Before: flattened on black (colour * alpha / 255). */
+static void test_alpha_dropped_as_pil(void **st)
+{
+    (void)st;
+    enum { S = 32 };
+    char dir[4096], p[4300];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("evalset_alpha"));
+    uint8_t src[2][S * S * 4], want[2][S * S * 3];
+    moco_rng r;
+    moco_rng_init(&r, SEED, 7, 0, 0);
+    for (int k = 0; k < 2; k++) { /* 0: RGBA, 1: grey + alpha */
+        int bands = k ? 2 : 4;
+        for (int i = 0; i < S * S * bands; i++) src[k][i] = (uint8_t)(moco_rng_u64(&r) >> 56);
+        for (int i = 0; i < S * S; i++)
+            for (int c = 0; c < 3; c++) want[k][i * 3 + c] = src[k][i * bands + (k ? 0 : c)];
+        VipsImage *im = vips_image_new_from_memory_copy(src[k], (size_t)S * S * bands, S, S, bands, VIPS_FORMAT_UCHAR);
+        assert_non_null(im);
+        im->Type = k ? VIPS_INTERPRETATION_B_W : VIPS_INTERPRETATION_sRGB;
+        assert_int_equal(tu_sh("mkdir -p %s/src/%c", dir, 'a' + k), 0);
+        snprintf(p, sizeof p, "%s/src/%c/x.png", dir, 'a' + k);
+        if (vips_image_write_to_file(im, p, NULL)) fail_msg("cannot write %s: %s", p, vips_error_buffer());
+        g_object_unref(im);
+        if (tu_sh("/usr/bin/python3 -c 'import PIL' 2>/dev/null") == 0) { /* PIL's reading, where it is installed */
+            snprintf(p, sizeof p, "%s/pil%d.rgb", dir, k);
+            assert_int_equal(tu_sh("/usr/bin/python3 -c \"import sys; from PIL import Image; im = Image.open(sys.argv[1]); "
+                                   "assert im.mode == sys.argv[3], im.mode; open(sys.argv[2], 'wb').write(im.convert('RGB').tobytes())\" "
+                                   "%s/src/%c/x.png %s %s", dir, 'a' + k, p, k ? "LA" : "RGBA"), 0);
+            size_t n;
+            uint8_t *pil = tu_read_file(p, &n);
+            assert_int_equal(n, sizeof want[k]);
+            assert_memory_equal(pil, want[k], n);
+            free(pil);
+        }
+    }
+    if (tu_sh("%s mkdb %s/src %s/db --quiet >%s/mkdb.txt 2>&1", tu_moco(), dir, dir, dir) != 0) fail_msg("moco mkdb failed");
+    snprintf(p, sizeof p, "%s/db", dir);
+    evalset *e = NULL;
+    const float mean[3] = {0, 0, 0}, sd[3] = {1, 1, 1};
+    if (evalset_open(p, S, mean, sd, &e)) fail_msg("evalset_open %s: %s", p, moco_errmsg());
+    uint8_t px[2][S * S * 3];
+    int32_t lab[2];
+    if (evalset_read_u8(e, 0, 2, px[0], lab)) fail_msg("evalset_read_u8: %s", moco_errmsg());
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(lab[k], k);
+        int nd = 0;
+        for (int i = 0; i < S * S * 3; i++) nd += px[k][i] != want[k][i];
+        if (nd) fail_msg("%s: %d of %d bytes are not the colour with its alpha dropped", k ? "grey + alpha" : "RGBA", nd, S * S * 3);
+    }
+    printf("alpha: an RGBA and a grey + alpha PNG read by evalset with their alpha dropped, as PIL's convert(\"RGB\")\n");
+    evalset_destroy(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_geometry), cmocka_unit_test(test_kernel_vs_reference),
-                                       cmocka_unit_test(test_golden_torchvision)};
+                                       cmocka_unit_test(test_golden_torchvision), cmocka_unit_test(test_alpha_dropped_as_pil)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,16 +4,18 @@
  * map growth from a tiny map; atomic output under SIGKILL; --shuffle;
  * decompression bombs and --max-pixels; what --force may replace; class
  * names the dataset cannot hold; broken links and FIFOs; a TIFF's
- * orientation. */
+ * orientation; JPEGs whose header warns, decoded downstream as PIL does. */
 #include "tests/testutil.h"
 
 #include <turbojpeg.h>
 #include <vips/vips.h>
 #include <zlib.h>
 
+#include "augment/augment.h"
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/record.h"
+#include "trainer/evalset.h"
 
 static char tmp[4096];
 
@@ -764,6 +766,136 @@ static void test_tiff_orientation(void **st)
     moco_db_destroy(&db);
 }
 
+/* JPEGs whose header gives libjpeg a recoverable warning (3 junk bytes
+ * before DQT, SOF or SOS; a grey and a CMYK one) are stored (as PNG) and
+ * decoded by an augmentation worker (augment_decode) and by the evaluation
+ * reader (evalset_read_u8, at the image's size: no resize) to PIL's
+ * convert("RGB") pixels, byte for byte; so is junk before EOI (stored as a
+ * JPEG). PIL writes the fixtures and its pixels; skipped without it.
+ * Before: all but the EOI one refused, "corrupt or truncated JPEG header". */
+static void test_jpeg_header_warnings_decoded_as_pil(void **st)
+{
+    (void)st;
+    enum { S = 48, NCLS = 6 };
+    static const char *const cls[NCLS] = {"cmyk", "dqt", "eoi", "grey", "sof", "sos"}; /* label order */
+    static const int want_enc[NCLS] = {MOCO_ENC_PNG, MOCO_ENC_PNG, MOCO_ENC_JPEG, MOCO_ENC_PNG, MOCO_ENC_PNG, MOCO_ENC_PNG};
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_jwarn"));
+    if (tu_sh("/usr/bin/python3 -c 'import PIL, numpy' 2>/dev/null") != 0) {
+        fprintf(stderr, "note: python3-pil missing, JPEG header warnings not compared with PIL\n");
+        return;
+    }
+    static const char py[] =
+        "import io, os, sys, numpy as np\n"
+        "from PIL import Image\n"
+        "d, g = sys.argv[1], np.random.default_rng(5)\n"
+        "def jpeg(a, mode):\n"
+        "    b = io.BytesIO()\n"
+        "    Image.fromarray(a, mode).save(b, 'JPEG', quality=90)\n"
+        "    return b.getvalue()\n"
+        "def junk(b, m):\n"
+        "    i = b.rfind(m) if m == b'\\xff\\xd9' else b.find(m)\n"
+        "    return b[:i] + b'\\x00\\x11\\x22' + b[i:]\n"
+        "rgb = jpeg(g.integers(0, 256, (48, 48, 3), dtype=np.uint8), 'RGB')\n"
+        "cases = {'dqt': junk(rgb, b'\\xff\\xdb'), 'sof': junk(rgb, b'\\xff\\xc0'), 'sos': junk(rgb, b'\\xff\\xda'),\n"
+        "         'eoi': junk(rgb, b'\\xff\\xd9'),\n"
+        "         'grey': junk(jpeg(g.integers(0, 256, (48, 48), dtype=np.uint8), 'L'), b'\\xff\\xdb'),\n"
+        "         'cmyk': junk(jpeg(g.integers(0, 256, (48, 48, 4), dtype=np.uint8), 'CMYK'), b'\\xff\\xdb')}\n"
+        "for c, b in cases.items():\n"
+        "    os.makedirs(os.path.join(d, 'src', c))\n"
+        "    open(os.path.join(d, 'src', c, 'x.jpg'), 'wb').write(b)\n"
+        "    open(os.path.join(d, c + '.rgb'), 'wb').write(np.array(Image.open(io.BytesIO(b)).convert('RGB')).tobytes())\n";
+    snprintf(p, sizeof p, "%s/make.py", tmp);
+    write_bytes(p, py, sizeof py - 1);
+    assert_int_equal(tu_sh("/usr/bin/python3 %s/make.py %s", tmp, tmp), 0);
+    snprintf(args, sizeof args, "%s/src %s/db --quiet", tmp, tmp);
+    if (run_mkdb(args) != 0) fail_msg("mkdb failed");
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, NCLS);
+    augment_recipe r;
+    assert_int_equal(augment_recipe_init(&r, "v2", S), 0);
+    augment_ctx *c;
+    assert_int_equal(augment_ctx_new(&r, &c), 0);
+    evalset *e;
+    const float mean[3] = {0, 0, 0}, sd[3] = {1, 1, 1};
+    if (evalset_open(p, S, mean, sd, &e)) fail_msg("evalset_open: %s", moco_errmsg());
+    uint8_t *buf = NULL, ev[S * S * 3];
+    size_t cap = 0, len;
+    for (uint64_t i = 0; i < NCLS; i++) {
+        moco_rec_header h;
+        get_rec(db, i, &h, &buf, &cap);
+        assert_int_equal(moco_db_get(db, i, &buf, &cap, &len), 0);
+        snprintf(p, sizeof p, "%s/%s.rgb", tmp, cls[h.label]);
+        size_t n;
+        uint8_t *pil = tu_read_file(p, &n);
+        assert_int_equal(n, S * S * 3);
+        if (h.encoding != want_enc[h.label]) fail_msg("%s: stored with encoding %d", cls[h.label], h.encoding);
+        const uint8_t *px;
+        int w, hh, ch;
+        int32_t lab, lab2;
+        if (augment_decode(c, buf, len, i, &px, &w, &hh, &ch, &lab)) fail_msg("%s: %s", cls[h.label], moco_errmsg());
+        assert_int_equal(w, S);
+        assert_int_equal(hh, S);
+        assert_int_equal(ch, h.label == 3 ? 1 : 3); /* grey stays grey; PIL's RGB of it has R = G = B */
+        for (int k = 0; k < S * S * 3; k++)
+            if (px[k / 3 * ch + (ch == 3 ? k % 3 : 0)] != pil[k])
+                fail_msg("%s: worker pixel %d: %d, PIL's %d", cls[h.label], k, px[k / 3 * ch + (ch == 3 ? k % 3 : 0)], pil[k]);
+        if (evalset_read_u8(e, (int64_t)i, 1, ev, &lab2)) fail_msg("%s: %s", cls[h.label], moco_errmsg());
+        for (int k = 0; k < S * S * 3; k++)
+            if (ev[k] != pil[k]) fail_msg("%s: evaluation pixel %d: %d, PIL's %d", cls[h.label], k, ev[k], pil[k]);
+        free(pil);
+    }
+    printf("JPEG header warnings: %d files (junk before DQT, SOF, SOS, EOI; grey, CMYK) decoded by the worker and the "
+           "evaluation reader to PIL's pixels\n", NCLS);
+    free(buf);
+    evalset_destroy(&e);
+    augment_ctx_destroy(&c);
+    moco_db_destroy(&db);
+}
+
+/* libvips keeps a recoverable JPEG warning in its (global) error buffer: a
+ * JPEG with junk before its DQT marker, stored, then a PNG that cannot be
+ * read (one thread, in this order): the PNG's reason is its own, one line.
+ * Before: "not a readable image: VipsJpeg: Corrupt JPEG data: 3 extraneous
+ * bytes before marker 0xdb" and a second line, the JPEG's warning again. */
+static void test_warning_not_in_next_reason(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_warnleak"));
+    tu_sh("mkdir -p %s/src/c", tmp);
+    snprintf(p, sizeof p, "%s/src/c/1.jpg", tmp);
+    make_image(p, 40, 30, 3, 3);
+    size_t n;
+    uint8_t *b = tu_read_file(p, &n), *j = malloc(n + 3);
+    size_t at = 2;
+    while (at + 1 < n && !(b[at] == 0xFF && b[at + 1] == 0xDB)) at++;
+    assert_true(at + 1 < n);
+    memcpy(j, b, at), memcpy(j + at, "\x00\x11\x22", 3), memcpy(j + at + 3, b + at, n - at);
+    write_bytes(p, j, n + 3);
+    free(b), free(j);
+    snprintf(p, sizeof p, "%s/src/c/2.png", tmp);
+    make_image(p, 40, 30, 3, 4);
+    b = tu_read_file(p, &n);
+    memset(b + n / 2, 0, n - n / 2);
+    write_bytes(p, b, n);
+    free(b);
+    snprintf(args, sizeof args, "%s/src %s/db --threads 1 --quiet", tmp, tmp);
+    assert_int_equal(run_mkdb(args), 0);
+    snprintf(p, sizeof p, "%s/err.txt", tmp);
+    char *e = (char *)tu_read_file(p, &n), want[4400];
+    e[n] = 0;
+    snprintf(want, sizeof want, "moco mkdb: skipping %s/src/c/2.png: ", tmp);
+    if (strncmp(e, want, strlen(want)) || !strchr(e, '\n') || strchr(e, '\n')[1] || strstr(e, "VipsJpeg"))
+        fail_msg("want one line, the PNG's own reason:\n%s", e);
+    free(e);
+    snprintf(p, sizeof p, "%s/db", tmp);
+    moco_db *db = open_db(p);
+    assert_int_equal(moco_db_get_meta(db)->count, 1);
+    moco_db_destroy(&db);
+}
+
 int main(void)
 {
     if (VIPS_INIT("test_mkdb")) return 1;
@@ -780,6 +912,8 @@ int main(void)
         cmocka_unit_test(test_class_names_refused),
         cmocka_unit_test(test_links_and_fifos_named),
         cmocka_unit_test(test_tiff_orientation),
+        cmocka_unit_test(test_jpeg_header_warnings_decoded_as_pil),
+        cmocka_unit_test(test_warning_not_in_next_reason),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     vips_shutdown();

@@ -158,7 +158,7 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
             tjGetErrorCode(e->tj) == TJERR_WARNING)
             return 0;
     }
-    /* anything else: libvips, flattened to 8-bit sRGB or grey */
+    /* anything else: libvips, made 8-bit sRGB or grey */
     VipsImage *im = vips_image_new_from_buffer(pl, h->payload_len, "", NULL), *t = NULL;
     if (!im) goto bad;
     if (vips_image_get_width(im) != *w || vips_image_get_height(im) != *hh) {
@@ -166,8 +166,8 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
         g_object_unref(im);
         return rc;
     }
-    if (vips_image_hasalpha(im)) {
-        if (vips_flatten(im, &t, NULL)) goto bad;
+    if (vips_image_hasalpha(im)) { /* dropped, as PIL's convert("RGB") drops it (not flattened on black) */
+        if (vips_extract_band(im, &t, 0, "n", vips_image_get_bands(im) - 1, NULL)) goto bad;
         g_object_unref(im); im = t; t = NULL;
     }
     int bands = vips_image_get_bands(im);

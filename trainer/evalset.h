@@ -18,8 +18,9 @@
  * (antialiased when shrinking, 22-bit fixed point, uint8 after each pass),
  * the long side int(size * long / short), the crop offsets
  * int(round((len - size) / 2.0)) (half to even), uint8 / 255 in float32.
- * Not covered: images with alpha (flattened here, premultiplied by PIL),
- * palette, 16-bit and CMYK images (converted by libvips here). */
+ * Alpha (RGBA, grey + alpha) is dropped, as PIL's convert("RGB") drops it
+ * (tests/test_evalset.c). Not covered: palette, 16-bit and CMYK images
+ * (converted by libvips here). */
 #ifndef TRAINER_EVALSET_H
 #define TRAINER_EVALSET_H
 
