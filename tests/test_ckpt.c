@@ -20,7 +20,9 @@
  *    config_crc32), a checkpoint carrying them loads, every field survives
  *    writer -> reader at its range's edges, the writer refuses what the
  *    reader would, and the reader refuses each malformed field with
- *    MOCO_ECORRUPT naming the file and the field.
+ *    MOCO_ECORRUPT naming the file and the field;
+ *  - the training size moco lincls reads before it starts its workers is
+ *    held to the flags' range, as evalmodel_open holds the config.
  * Small models: resnet18-cifar width 4, 8x8 inputs, batch 4, K 16. */
 #include "tests/testutil.h"
 
@@ -796,6 +798,29 @@ static void test_config_ranges(void **state)
     moco_destroy(&mc);
 }
 
+/* moco lincls reads the training size before it starts its workers
+ * (evalmodel_ckpt_size): a config no flags could describe is refused there
+ * as evalmodel_open refuses it, naming the file and the field, not passed
+ * to the workers as --size 4097 */
+static void test_ckpt_size_in_range(void **st)
+{
+    (void)st;
+    const char *dir = tu_tmpdir("test_ckpt_size");
+    train_cfg tc;
+    moco *mc = tiny(&tc);
+    long size = -1;
+    const char *p = save(dir, "ok.safetensors", mc, &tc);
+    if (evalmodel_ckpt_size(p, &size)) fail_msg("%s", moco_errmsg());
+    assert_int_equal(size, 8);
+    tc.size = 4097;
+    p = save(dir, "big.safetensors", mc, &tc);
+    size = -1;
+    assert_int_equal(evalmodel_ckpt_size(p, &size), MOCO_ECORRUPT);
+    assert_int_equal(size, -1);
+    if (!strstr(moco_errmsg(), "big.safetensors: its config's size 4097 is above 4096")) fail_msg("%s", moco_errmsg());
+    moco_destroy(&mc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -810,6 +835,7 @@ int main(void)
         cmocka_unit_test(test_config_golden),
         cmocka_unit_test(test_config_fields),
         cmocka_unit_test(test_config_ranges),
+        cmocka_unit_test(test_ckpt_size_in_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

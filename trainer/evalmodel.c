@@ -53,12 +53,40 @@ int evalmodel_resolve(evalmodel_flags *f)
     return rc;
 }
 
+/* arch is one of ARCHS */
+static int known_arch(const char *arch)
+{
+    size_t n = strlen(arch);
+    for (const char *a = ARCHS; *a;) {
+        size_t l = strcspn(a, "|");
+        if (l == n && !strncmp(a, arch, n)) return 1;
+        a += l + (a[l] == '|');
+    }
+    return 0;
+}
+
+/* c describes an encoder the flags could describe: rn_new refuses another
+ * with a message that names no file (a dim of 2^31 - 1: "out of memory for
+ * 8389833 MB of activations"), and moco lincls would start its workers at a
+ * size they refuse. 0, or MOCO_ECORRUPT naming path and the field. */
+static int config_in_range(const char *p, const moco_ckpt_config *c)
+{
+    if (c->arch[0] && !known_arch(c->arch))
+        return moco_err(MOCO_ECORRUPT, "%s: its config's arch \"%s\" is none of %s", p, c->arch, ARCHS);
+    const int got[3] = {c->width, c->dim, c->size}, max[3] = {WIDTH_MAX, DIM_MAX, SIZE_MAX_SIDE};
+    static const char *const field[3] = {"width", "dim", "size"};
+    for (int i = 0; i < 3; i++)
+        if (got[i] > max[i])
+            return moco_err(MOCO_ECORRUPT, "%s: its config's %s %d is above %d, the largest the flags take", p, field[i], got[i], max[i]);
+    return 0;
+}
+
 int evalmodel_ckpt_size(const char *ckpt, long *size)
 {
     char path[4200];
     moco_ckpt_config cc;
     int rc = moco_rundir_ckpt("--ckpt", ckpt, path, sizeof path);
-    if (!rc && !(rc = ckpt_read_config(path, &cc))) *size = cc.size > 0 ? cc.size : 32;
+    if (!rc && !(rc = ckpt_read_config(path, &cc)) && !(rc = config_in_range(path, &cc))) *size = cc.size > 0 ? cc.size : 32;
     return rc;
 }
 
@@ -75,31 +103,11 @@ void evalmodel_norm(const char *norm, int size, float mean[3], float std[3])
     }
 }
 
-/* arch is one of ARCHS */
-static int known_arch(const char *arch)
-{
-    size_t n = strlen(arch);
-    for (const char *a = ARCHS; *a;) {
-        size_t l = strcspn(a, "|");
-        if (l == n && !strncmp(a, arch, n)) return 1;
-        a += l + (a[l] == '|');
-    }
-    return 0;
-}
-
 int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c)
 {
     const char *p = f->ckpt;
-    /* an encoder the flags could describe: rn_new refuses another with a
-     * message that names no file (a dim of 2^31 - 1: "out of memory for
-     * 8389833 MB of activations") */
-    if (c->arch[0] && !known_arch(c->arch))
-        return moco_err(MOCO_ECORRUPT, "%s: its config's arch \"%s\" is none of %s", p, c->arch, ARCHS);
-    const int got[3] = {c->width, c->dim, c->size}, max[3] = {WIDTH_MAX, DIM_MAX, SIZE_MAX_SIDE};
-    static const char *const field[3] = {"width", "dim", "size"};
-    for (int i = 0; i < 3; i++)
-        if (got[i] > max[i])
-            return moco_err(MOCO_ECORRUPT, "%s: its config's %s %d is above %d, the largest the flags take", p, field[i], got[i], max[i]);
+    int rc = config_in_range(p, c);
+    if (rc) return rc;
     if (f->arch && c->arch[0] && strcmp(f->arch, c->arch))
         return moco_err(MOCO_EINVAL, "%s holds a %s encoder; --arch %s contradicts it", p, c->arch, f->arch);
     if (f->width && c->width > 0 && f->width != c->width)

@@ -52,7 +52,8 @@ const char *evalmodel_norm_name(const char *norm, int size);
 int evalmodel_resolve(evalmodel_flags *f);
 
 /* The training size ckpt (a file or a run directory) records; 32 when it
- * records none. 0, or an error naming the file. */
+ * records none. 0, or an error naming the file (MOCO_ECORRUPT for a config
+ * evalmodel_describe refuses as one no flags could describe). */
 int evalmodel_ckpt_size(const char *ckpt, long *size);
 
 /* The encoder's description in f resolved against the config c of the
