@@ -89,7 +89,10 @@ start() {
   free_lanes=("${free_lanes[@]:1}")
   local argv=("$w")
   case $w in
-    tests/cli_mpi*) argv=("${mpi_env[@]}" bash "$w");;
+    # with a test beside them, ranks that wait for each other (MPI_Wait in
+    # each step's gradient exchange) yield the core instead of spinning on it
+    tests/cli_mpi*) argv=("${mpi_env[@]}" bash "$w")
+       [ "$jobs_n" -gt 1 ] && argv=(env OMPI_MCA_mpi_yield_when_idle=1 "${argv[@]}");;
     *.sh) argv=(bash "$w");;
   esac
   mkdir -p "$top/$name"
