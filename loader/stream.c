@@ -512,22 +512,49 @@ static void heartbeats(loader *L)
         if (L->c[r].connected) loader_send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
 }
 
+/* Does worker k hold up the run: nothing can be issued (the epoch's last
+ * samples are out, or the window is full), no other worker holds a sample,
+ * another live one asks for work, and a sample k holds has waited
+ * --stall-timeout of its consumer's reading (BUSY time does not count, so a
+ * slow trainer is no stall)? There the others cannot deliver 2 x --window
+ * while k holds what is left: without this, a peer that heart-beats and
+ * claims credit kept the epoch's tail, or a whole window, until
+ * --reissue-after, and could take it again once re-issued. */
+static int holds_up_the_run(loader *L, int k, double t)
+{
+    int idle = 0;
+    for (int r = 0; r < L->R; r++)
+        if (shard_room(L, r) > 0) return 0;
+    for (int j = 0; j < L->nw; j++) {
+        if (j == k || !L->w[j].alive || L->w[j].banned) continue;
+        if (L->w[j].holding) return 0;
+        idle |= credit(&L->w[j]) > 0;
+    }
+    if (!idle) return 0;
+    for (int r = 0; r < L->R; r++) loader_age(L, r, t);
+    for (uint64_t i = 0; i < L->n; i++)
+        if (L->st[i] == ISSUED && L->owner[i] == k && L->c[L->shard[i]].age - L->t_issued[i] > L->stall_timeout) return 1;
+    return 0;
+}
+
 static void check_timeouts(loader *L, double t)
 {
     for (int k = 0; k < L->nw; k++)
         if (L->w[k].alive && t - L->w[k].last_seen > L->worker_timeout) worker_dead(L, k, "went silent");
     /* a worker that holds samples and returns none of them, while the
-     * consumer acknowledges plenty from the others, is stuck or lying: its
-     * samples go to the others, and it gets no more work */
+     * consumer acknowledges plenty from the others (or while the others
+     * stand idle because it holds all that can be issued), is stuck
+     * or lying: its samples go to the others, and it gets no more work */
     for (int k = 0; L->started && L->stall_timeout > 0 && k < L->nw; k++) {
         worker *w = &L->w[k];
-        if (!w->alive || w->banned || !w->holding || t - w->progress <= L->stall_timeout ||
-            L->acked - w->acked_at_progress <= 2 * (uint64_t)L->window)
-            continue;
+        if (!w->alive || w->banned || !w->holding || t - w->progress <= L->stall_timeout) continue;
+        int tail = 0;
+        if (L->acked - w->acked_at_progress <= 2 * (uint64_t)L->window && !(tail = holds_up_the_run(L, k, t))) continue;
         char hb[40];
-        fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %" PRIu64
+        fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %s%" PRIu64
                         " others were delivered; it gets no more work\n", k, loader_hexid(w->id, w->idlen, hb), w->holding,
-                t - w->progress, L->acked - w->acked_at_progress);
+                t - w->progress, tail ? "the other workers stood idle (nothing more could be issued) and " : "",
+                L->acked - w->acked_at_progress);
         moco_jw j;
         loader_ev_begin(L, &j, "stalled_worker");
         moco_jw_i64(&j, "worker", k);
@@ -834,7 +861,8 @@ int loader_stream_main(int argc, char **argv)
         {"linger", MOCO_OPT_DOUBLE, &L->linger, "serve mode: after the last epoch, wait this long without a consumer "
                                                 "(one killed before it got everything resumes here) unless it says BYE", 0, 1e6, NULL},
         {"stall-timeout", MOCO_OPT_DOUBLE, &L->stall_timeout, "a worker that returns none of its samples this long, while "
-                                                              "2 x --window others are delivered, gets no more work (0: never)", 0, 1e6, NULL},
+                                                              "2 x --window others are delivered (or while the others stand idle, "
+                                                              "as it holds all that can be issued), gets no more work (0: never)", 0, 1e6, NULL},
         {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},
         {"log", MOCO_OPT_STR, &L->log_path, "write JSON lines of statistics here, once a second", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},

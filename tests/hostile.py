@@ -475,6 +475,66 @@ def slots(moco, db, n, keys, out, port):
     print("slots: %d epochs x %d exact; --max-workers 2: stalled_workers %d, reclaimed_slots %d, refused_workers %d"
           % (epochs, n, ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
 
+
+def window(moco, db, n, keys, out, port):
+    """An allowed peer that takes the whole --window (READY with credit for
+    all of it, heart-beats, returns nothing) before the real worker joins:
+    nothing more can be issued, so the real worker stands idle and no
+    delivery can prove the peer stuck. The loader must ban it once a sample
+    it holds has waited --stall-timeout of the consumer's reading, and the
+    epoch must end exactly once. Before, the run waited for --reissue-after
+    (120 s), and the peer could take the re-issued samples again."""
+    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
+    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs", "1",
+                               "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "0.5", "--window", "64"],
+                              stderr=open(lerr_path, "w"))]
+    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
+                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
+    ctx = zmq.Context()
+    socks = []
+    try:
+        if not wait_line(lerr_path, "consumer connected", 20):
+            fail("the sink did not connect: %s" % open(lerr_path).read()[-400:])
+        s = curve_client(ctx, zmq.DEALER, keys)
+        s.connect(work)
+        socks.append(s)
+        received, t0 = 0, time.time()
+        while received < 64:
+            if time.time() - t0 > 20:
+                fail("the peer got %d of the window's 64 samples" % received)
+            s.send(prefix(2, 4) + struct.pack("<IQI", 64, received, 8))
+            while s.poll(100):
+                f = s.recv_multipart()
+                if f[0][6:8] == struct.pack("<H", 12):
+                    received += struct.unpack("<I", f[0][8:12])[0]
+        procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe",
+                                       "cifar", "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+        t0 = time.time()
+        while sink.poll() is None:  # the peer goes on heart-beating, credit and all, as a stuck one would
+            if time.time() - t0 > 60:
+                fail("the run did not end in 60 s with the peer holding the window: %s" % open(lerr_path).read()[-600:])
+            s.send(prefix(2, 4) + struct.pack("<IQI", 64, received, 8))
+            while s.poll(100):
+                s.recv_multipart()
+        rc = sink.wait(timeout=10)
+        socks.remove(s)
+        s.close(0)
+        lrc = procs[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        teardown(ctx, socks, procs + [sink])
+    if rc != 0 or lrc != 0:
+        fail("sink exited %s, loader %s" % (rc, lrc))
+    check_index_log(os.path.join(out, "index.log"), n, 1)
+    ls = last_stats(loader_log)
+    lerr = open(lerr_path).read()
+    if ls["stalled_workers"] != 1 or "the other workers stood idle (nothing more could be issued)" not in lerr:
+        fail("stalled_workers %s, expected 1 for the peer holding the window: %s" % (ls["stalled_workers"], lerr[-600:]))
+    print("window: 1 epoch x %d exact; the peer that held the whole window banned (stalled_workers 1)" % n)
+
 def loader_peak_mb(run_pid):
     """VmHWM (MB) of the loader under `moco run` (its child whose command line names loader), or None."""
     for k in os.listdir("/proc"):
@@ -578,4 +638,4 @@ def repeat(moco, db, n, keys, out, port):
 if __name__ == "__main__":
     mode, moco, db, n, keys, out, port = sys.argv[1:8]
     os.makedirs(out, exist_ok=True)
-    {"direct": direct, "serve": serve, "slots": slots, "repeat": repeat}[mode](moco, db, int(n), keys, out, int(port))
+    {"direct": direct, "serve": serve, "slots": slots, "repeat": repeat, "window": window}[mode](moco, db, int(n), keys, out, int(port))
