@@ -215,26 +215,25 @@ im = Image.open(os.path.join(d, "tiff16", "x.tif"))
 assert im.mode == "CMYK" and (np.array(im) == a16 >> 8).all(), "the 16-bit TIFF is not read by PIL as its high bytes"
 PY
   $M mkdb "$T/cls/cmyk" "$T/cls/db-cmyk" --quiet >/dev/null 2>"$T/err" || fail "mkdb of the CMYK folder: $(cat "$T/err")"
-  /usr/bin/python3 - "$T/cls/cmyk" "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "CMYK stored otherwise than PIL's convert(\"RGB\")"
+  PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/cmyk" "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "CMYK stored otherwise than PIL's convert(\"RGB\")"
 import io, os, struct, sys, numpy as np
 from PIL import Image
-d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+from dbrecords import records
+d = sys.argv[1]
 classes = sorted(os.listdir(d))
-seen, bad, i = set(), [], b.find(b"MOCR")
-while i >= 0:
-    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+seen, bad = set(), []
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
     cls = classes[label]
     src = Image.open(os.path.join(d, cls, os.listdir(os.path.join(d, cls))[0]))
     assert src.mode == "CMYK", (cls, src.mode)
     want = np.array(src.convert("RGB")).astype(int)
-    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).astype(int)
-    same = (enc, ch) == (2, 3) and b[i + 32:i + 40] == b"\x89PNG\r\n\x1a\n" and got.shape == want.shape and (got == want).all()
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).astype(int)
+    same = (enc, ch) == (2, 3) and payload[:8] == b"\x89PNG\r\n\x1a\n" and got.shape == want.shape and (got == want).all()
     if not same:
         dd = np.abs(got - want).reshape(-1, 3) if got.shape == want.shape else None
         bad.append("%s: encoding %d, %d channels, mean |diff| %s, max %s" % (cls, enc, ch, None if dd is None else dd.mean(0).round(1),
                                                                              None if dd is None else dd.max()))
     seen.add(cls)
-    i = b.find(b"MOCR", i + 32 + n)
 assert not bad, bad
 assert seen == set(classes), sorted(set(classes) - seen)
 print("  %d CMYK files stored as PNG, pixel for pixel PIL's convert(\"RGB\")" % len(seen))
@@ -245,21 +244,20 @@ PY
   rm -rf "$T/cls/cmyk-small" && mkdir -p "$T/cls/cmyk-small" && cp -r "$T/cls/cmyk/jpeg-adobe" "$T/cls/cmyk/jpeg-ycck" "$T/cls/cmyk/tiff" \
     "$T/cls/cmyk/tiff16" "$T/cls/cmyk-small/" || fail "copying"
   $M mkdb "$T/cls/cmyk-small" "$T/cls/db-cmyk-small" --max-side 20 --quiet >/dev/null 2>"$T/err" || fail "mkdb --max-side of CMYK: $(cat "$T/err")"
-  /usr/bin/python3 - "$T/cls/cmyk-small" "$T/cls/db-cmyk-small/data.mdb" <<'PY' || fail "CMYK shrunk: colours off PIL's"
+  PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/cmyk-small" "$T/cls/db-cmyk-small/data.mdb" <<'PY' || fail "CMYK shrunk: colours off PIL's"
 import io, os, struct, sys, numpy as np
 from PIL import Image
-d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+from dbrecords import records
+d = sys.argv[1]
 classes = sorted(os.listdir(d))
-seen, bad, i = set(), [], b.find(b"MOCR")
-while i >= 0:
-    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+seen, bad = set(), []
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
     cls = classes[label]
     want = np.array(Image.open(os.path.join(d, cls, os.listdir(os.path.join(d, cls))[0])).convert("RGB")).reshape(-1, 3).mean(0)
-    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).reshape(-1, 3).mean(0)
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).reshape(-1, 3).mean(0)
     if (enc, ch) != ((1 if cls.startswith("jpeg") else 2), 3) or max(w, h) != 20 or np.abs(got - want).max() > 1.5:
         bad.append("%s: encoding %d, %d channels, %dx%d, mean colour off by %s" % (cls, enc, ch, w, h, np.abs(got - want).round(2)))
     seen.add(cls)
-    i = b.find(b"MOCR", i + 32 + n)
 assert not bad, bad
 assert seen == set(classes), sorted(set(classes) - seen)
 PY
@@ -315,23 +313,22 @@ PY
       grep -q "skipping $T/cls/jwarn/z-bad/$f.jpg: \(corrupt or truncated\|not a readable image\)" "$T/err" || fail "mkdb $ms: $f.jpg not refused: $(cat "$T/err")"
     done
     grep -q "; skipped 3; " "$T/out" && [ "$(grep -c "^moco mkdb: skipping " "$T/err")" = 3 ] || fail "mkdb $ms: want 3 skipped: $(cat "$T/out" "$T/err")"
-    /usr/bin/python3 - "$T/cls/jwarn" "$T/cls/db-jwarn/data.mdb" <<'PY' || fail "mkdb $ms: JPEGs with a header warning stored otherwise than PIL's convert(\"RGB\")"
+    PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/jwarn" "$T/cls/db-jwarn/data.mdb" <<'PY' || fail "mkdb $ms: JPEGs with a header warning stored otherwise than PIL's convert(\"RGB\")"
 import io, os, struct, sys, numpy as np
 from PIL import Image
-d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+from dbrecords import records
+d = sys.argv[1]
 classes = sorted(os.listdir(d))
 want_enc = {"eoi": (1, 3), "grey": (2, 1)}
-seen, bad, i = set(), [], b.find(b"MOCR")
-while i >= 0:
-    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+seen, bad = set(), []
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
     cls = classes[label]
     want = np.array(Image.open(os.path.join(d, cls, "x.jpg")).convert("RGB"))
-    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB"))
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB"))
     if (enc, ch) != want_enc.get(cls, (2, 3)) or got.shape != want.shape or (got != want).any():
         bad.append("%s: encoding %d, %d channels, %s" % (cls, enc, ch, got.shape if got.shape != want.shape else
                                                          "max |diff| %d" % np.abs(got.astype(int) - want).max()))
     seen.add(cls)
-    i = b.find(b"MOCR", i + 32 + n)
 assert not bad, bad
 assert seen == set(classes) - {"z-bad"}, sorted(set(classes) - seen)
 PY
@@ -415,22 +412,21 @@ PY
   $M mkdb "$T/cls/gif" "$T/cls/db-gif" >"$T/out" 2>"$T/err" || fail "mkdb of the GIF folder: $(cat "$T/err")"
   grep -q "skipping $T/cls/gif/z-bad/no-table.gif: a GIF without a colour table" "$T/err" && grep -q "; skipped 1; " "$T/out" ||
     fail "a GIF without a colour table not refused, named and counted: $(cat "$T/out" "$T/err")"
-  /usr/bin/python3 - "$T/cls/gif" "$T/cls/db-gif/data.mdb" <<'PY' || fail "GIFs stored otherwise than PIL's convert(\"RGB\")"
+  PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/gif" "$T/cls/db-gif/data.mdb" <<'PY' || fail "GIFs stored otherwise than PIL's convert(\"RGB\")"
 import io, os, struct, sys, numpy as np
 from PIL import Image
-d, b = sys.argv[1], open(sys.argv[2], "rb").read()
+from dbrecords import records
+d = sys.argv[1]
 classes = sorted(os.listdir(d))
-seen, bad, i = set(), [], b.find(b"MOCR")
-while i >= 0:
-    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+seen, bad = set(), []
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
     cls = classes[label]
     want = np.array(Image.open(os.path.join(d, cls, "x.gif")).convert("RGB")).astype(int)
-    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB")).astype(int)
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).astype(int)
     if (enc, ch) != (2, 3) or got.shape != want.shape or (got != want).any():
         bad.append("%s: encoding %d, %d channels, %s" % (cls, enc, ch, got.shape if got.shape != want.shape else
                                                          "%d pixels differ" % (got != want).any(-1).sum()))
     seen.add(cls)
-    i = b.find(b"MOCR", i + 32 + n)
 assert not bad, bad
 assert seen == set(classes) - {"z-bad"}, sorted(set(classes) - seen)
 PY
@@ -472,21 +468,20 @@ PY
       || fail "${f%%:*} not refused with its loader: $(cat "$T/err")"
   done
   grep -q "; skipped $((6 + 1 - jp2)); " "$T/out" || fail "format folder: skipped count: $(cat "$T/out")"
-  /usr/bin/python3 - "$T/cls/fmt" "$T/cls/db-fmt/data.mdb" $jp2 <<'PY' || fail "the stored formats differ from PIL's reading"
+  PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/fmt" "$T/cls/db-fmt/data.mdb" $jp2 <<'PY' || fail "the stored formats differ from PIL's reading"
 import io, os, struct, sys, numpy as np
 from PIL import Image
-d, b, jp2 = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3] == "1"
+from dbrecords import records
+d, jp2 = sys.argv[1], sys.argv[3] == "1"
 classes = sorted(os.listdir(d))
-seen, i = set(), b.find(b"MOCR")
-while i >= 0:
-    enc, ch, label, w, h, n = struct.unpack_from("<BBiIII", b, i + 6)
+seen = set()
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
     cls = classes[label]
     src = os.path.join(d, cls, sorted(os.listdir(os.path.join(d, cls)))[0])
     want = np.array(Image.open(src).convert("RGB"))
-    got = np.array(Image.open(io.BytesIO(b[i + 32:i + 32 + n])).convert("RGB"))
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB"))
     assert got.shape == want.shape and (got == want).all(), (cls, got.shape, want.shape)
     seen.add(cls)
-    i = b.find(b"MOCR", i + 32 + n)
 expect = set(classes) - {"z-bad"} - (set() if jp2 else {"jp2"})
 assert seen == expect, sorted(expect - seen)
 print("  %d formats stored as PIL reads them" % len(seen))
