@@ -36,6 +36,10 @@ typedef struct {
     uint64_t acked_at_progress; /* the loader's acknowledged count then */
     int alive, banned;       /* banned: it held samples without progress while others made some; its slot
                               * is reclaimed, oldest first, when every other slot is taken */
+    int bans;                /* times banned: each ban lasts --readmit-after x 2^(bans - 1), at most 64 x */
+    double banned_at, ban_until; /* its latest ban, and when it is given work again if it still says READY */
+    double useful_at;        /* when it last held a sample or asked for work (credit): a slot idle
+                              * for --worker-timeout goes to a new worker that asks for one */
 } worker;
 
 /* A pair message waiting for room towards its consumer. */
@@ -78,6 +82,7 @@ typedef struct {
     int quiet, insecure;
     int R;                           /* consumers (ranks), each served its shard of every epoch */
     long max_workers;                /* worker slots, at most MAX_WORKERS */
+    double readmit_after;            /* seconds of a first ban (doubling with each later one); 0: bans are for good */
     /* resources */
     moco_db *db;
     uint64_t n;
@@ -115,6 +120,8 @@ typedef struct {
     uint64_t split_msgs;             /* pair messages of several shards, split */
     uint64_t refused_workers;        /* READYs of new peers while every slot was taken by a live worker */
     uint64_t reclaimed_slots;        /* slots of banned workers given to new peers */
+    uint64_t idle_reclaimed;         /* slots of live workers that held nothing and asked for no work, given to new peers */
+    uint64_t readmitted_workers;     /* banned workers given work again after their ban */
     size_t held_bytes_max;           /* serve mode: LOADER_HELD_BYTES_MAX, or lower ($MOCO_LOADER_HELD_BYTES) */
     size_t held_bytes_peak;          /* the most bytes that waited for one consumer */
     uint64_t held_full;              /* times a consumer's queue went over held_bytes_max (reading stopped) */

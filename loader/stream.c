@@ -385,25 +385,62 @@ static int find_worker(loader *L, const uint8_t *id, size_t idlen)
 /* A slot for a new worker: a free one (never used, or its worker dead),
  * else the banned worker's seen least recently (its samples were re-issued
  * when it was banned; it only loses the memory of its ban, and a peer can
- * shed that anyway by reconnecting under a new routing id). Before, banned
- * slots were kept for good, and a peer that stalled and reconnected
- * --max-workers times locked every later worker out. -1: all live. */
-static int free_slot(loader *L)
+ * shed that anyway by reconnecting under a new routing id), else the live
+ * worker that has held nothing and asked for no work the longest, once that
+ * is --worker-timeout (it says READY, but as good as silent: an honest
+ * worker that holds nothing has room, so credit). Before, banned slots were
+ * kept for good, and a peer that stalled and reconnected --max-workers
+ * times locked every later worker out; and peers that said READY with no
+ * credit held the slots for good. -1: all live and in use. */
+static int free_slot(loader *L, double now)
 {
-    int k, old = -1;
+    int k, old = -1, idle = -1;
     for (k = 0; k < L->nw; k++) {
-        if (!L->w[k].alive && !L->w[k].banned) return k;
-        if (L->w[k].banned && (old < 0 || L->w[k].last_seen < L->w[old].last_seen)) old = k;
+        const worker *w = &L->w[k];
+        if (!w->alive && !w->banned) return k;
+        if (w->banned && (old < 0 || w->last_seen < L->w[old].last_seen)) old = k;
+        if (w->alive && !w->banned && !w->holding && credit(w) <= 0 && now - w->useful_at > L->worker_timeout &&
+            (idle < 0 || w->useful_at < L->w[idle].useful_at))
+            idle = k;
     }
     if (L->nw < L->max_workers) return L->nw++;
+    char hb[40];
+    if (old < 0 && idle >= 0) {
+        L->idle_reclaimed++;
+        fprintf(stderr, "moco loader: slot %d of worker %s, which held nothing and asked for no work for %.0f s, goes to a "
+                        "new worker (all %ld slots taken)\n", idle, loader_hexid(L->w[idle].id, L->w[idle].idlen, hb),
+                now - L->w[idle].useful_at, L->max_workers);
+        return idle;
+    }
     if (old < 0) return -1;
     for (uint64_t i = 0; i < L->n; i++) /* none should be: worker_dead re-issued them */
         if (L->st[i] == ISSUED && L->owner[i] == old) reissue(L, i);
     L->reclaimed_slots++;
-    char hb[40];
     fprintf(stderr, "moco loader: slot %d of the banned worker %s goes to a new worker (all %ld slots taken)\n", old,
             loader_hexid(L->w[old].id, L->w[old].idlen, hb), L->max_workers);
     return old;
+}
+
+/* A banned worker that still says READY gets work again once its ban is
+ * over: a worker stuck for a while (a huge image, a paused host) is not
+ * lost to the run for good, and one that stalls again is banned for twice
+ * as long. */
+static void readmit(loader *L, int k, double now)
+{
+    worker *w = &L->w[k];
+    char hb[40];
+    w->banned = 0;
+    w->useful_at = now;
+    L->readmitted_workers++;
+    fprintf(stderr, "moco loader: worker %d (%s) gets work again, %.1f s after its ban (%d so far)\n", k,
+            loader_hexid(w->id, w->idlen, hb), now - w->banned_at, w->bans);
+    moco_jw j;
+    loader_ev_begin(L, &j, "readmitted_worker");
+    moco_jw_i64(&j, "worker", k);
+    moco_jw_str(&j, "peer", hb);
+    moco_jw_i64(&j, "bans", w->bans);
+    moco_jw_num(&j, "after_s", now - w->banned_at, 3);
+    loader_ev_end(L, &j);
 }
 
 static void on_worker_msg(loader *L, inmsg *m)
@@ -416,8 +453,9 @@ static void on_worker_msg(loader *L, inmsg *m)
     if (type == MOCO_MSG_READY) {
         moco_pipe_msg pm;
         if (m->nf != 1 || moco_pipe_parse(p, n, &pm)) { L->dropped++; return; }
+        double now = moco_now_s();
         if (k < 0) {
-            if ((k = free_slot(L)) < 0) {
+            if ((k = free_slot(L, now)) < 0) {
                 L->refused_workers++;
                 if (L->refused_workers <= 20 || !(L->refused_workers & (L->refused_workers - 1))) {
                     char hb[40];
@@ -431,6 +469,7 @@ static void on_worker_msg(loader *L, inmsg *m)
             memcpy(L->w[k].id, m->id, m->idlen);
             L->w[k].idlen = m->idlen;
             L->w[k].sent = pm.received;
+            L->w[k].useful_at = now;
             if (!L->quiet) fprintf(stderr, "moco loader: worker %d joined\n", k);
         } else if (!L->w[k].alive && !L->w[k].banned) {
             /* back from the dead: what it had was re-issued. Its counts stand (the same
@@ -442,10 +481,12 @@ static void on_worker_msg(loader *L, inmsg *m)
         }
         worker *w = &L->w[k];
         w->alive = 1;
-        w->last_seen = moco_now_s();
+        w->last_seen = now;
         w->free_slots = pm.credits;
         w->batch = pm.batch;
         if (pm.received <= w->sent) w->received = pm.received;
+        if (w->banned && L->readmit_after > 0 && now >= w->ban_until) readmit(L, k, now);
+        if (credit(w) > 0 || w->holding) w->useful_at = now;
         return;
     }
     if (k < 0) { L->dropped++; return; } /* unknown peer: say READY first */
@@ -544,26 +585,34 @@ static void check_timeouts(loader *L, double t)
     /* a worker that holds samples and returns none of them, while the
      * consumer acknowledges plenty from the others (or while the others
      * stand idle because it holds all that can be issued), is stuck
-     * or lying: its samples go to the others, and it gets no more work */
+     * or lying: its samples go to the others, and it gets no more work
+     * until its ban is over (readmit) */
     for (int k = 0; L->started && L->stall_timeout > 0 && k < L->nw; k++) {
         worker *w = &L->w[k];
         if (!w->alive || w->banned || !w->holding || t - w->progress <= L->stall_timeout) continue;
         int tail = 0;
         if (L->acked - w->acked_at_progress <= 2 * (uint64_t)L->window && !(tail = holds_up_the_run(L, k, t))) continue;
-        char hb[40];
+        char hb[40], until[48] = " for good (--readmit-after 0)";
+        uint64_t held = w->holding;
+        w->bans++;
+        double ban = L->readmit_after * (double)(1u << (w->bans - 1 < 6 ? w->bans - 1 : 6));
+        if (ban > 0) snprintf(until, sizeof until, " for %.0f s (ban %d)", ban, w->bans);
         fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %s%" PRIu64
-                        " others were delivered; it gets no more work\n", k, loader_hexid(w->id, w->idlen, hb), w->holding,
+                        " others were delivered; it gets no more work%s\n", k, loader_hexid(w->id, w->idlen, hb), held,
                 t - w->progress, tail ? "the other workers stood idle (nothing more could be issued) and " : "",
-                L->acked - w->acked_at_progress);
+                L->acked - w->acked_at_progress, until);
+        L->stalled_workers++;
+        worker_dead(L, k, "stalled");
+        w->banned = 1;
+        w->banned_at = t;
+        w->ban_until = t + ban;
         moco_jw j;
         loader_ev_begin(L, &j, "stalled_worker");
         moco_jw_i64(&j, "worker", k);
         moco_jw_str(&j, "peer", hb);
-        moco_jw_u64(&j, "held", w->holding);
+        moco_jw_u64(&j, "held", held);
+        moco_jw_num(&j, "ban_s", ban, 3); /* 0: for good (--readmit-after 0) */
         loader_ev_end(L, &j);
-        L->stalled_workers++;
-        worker_dead(L, k, "stalled");
-        w->banned = 1;
     }
     if (!L->started || L->reissue_after <= 0) return;
     uint64_t late = 0;
@@ -621,6 +670,8 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
         moco_jw_u64(&w, "stalled_workers", L->stalled_workers);
         moco_jw_u64(&w, "refused_workers", L->refused_workers);
         moco_jw_u64(&w, "reclaimed_slots", L->reclaimed_slots);
+        moco_jw_u64(&w, "idle_reclaimed", L->idle_reclaimed);
+        moco_jw_u64(&w, "readmitted_workers", L->readmitted_workers);
         moco_jw_u64(&w, "auth_rejected", moco_sec_rejected(L->sec));
         moco_jw_u64(&w, "handshake_dropped", moco_sec_dropped(L->sec));
         moco_jw_u64(&w, "forwarded_msgs", L->forwarded);
@@ -834,6 +885,7 @@ int loader_stream_main(int argc, char **argv)
     L->consumer_timeout = MOCO_CONSUMER_TIMEOUT_S;
     L->consumer_wait = 300;
     L->stall_timeout = 10;
+    L->readmit_after = 60;
     L->linger = MOCO_LINGER_S;
     L->max_workers = MAX_WORKERS;
     long consumers = 1;
@@ -852,7 +904,8 @@ int loader_stream_main(int argc, char **argv)
         {"keys", MOCO_OPT_STR, &L->keys, "key directory (moco keygen): CURVE on every tcp endpoint", 0, 0, NULL},
         {"insecure", MOCO_OPT_FLAG, &L->insecure, "allow tcp endpoints without --keys (anyone who can connect is trusted)", 0, 0, NULL},
         {"max-workers", MOCO_OPT_INT, &L->max_workers, "worker slots: a new worker is refused while every slot holds a live "
-                                                         "one; a banned (stalled) worker's slot is reclaimed", 1, MAX_WORKERS, NULL},
+                                                         "one in use; the slot of a banned (stalled) worker, or of one that held "
+                                                         "nothing and asked for no work for --worker-timeout, is reclaimed", 1, MAX_WORKERS, NULL},
         {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
         {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY), "
@@ -863,6 +916,9 @@ int loader_stream_main(int argc, char **argv)
         {"stall-timeout", MOCO_OPT_DOUBLE, &L->stall_timeout, "a worker that returns none of its samples this long, while "
                                                               "2 x --window others are delivered (or while the others stand idle, "
                                                               "as it holds all that can be issued), gets no more work (0: never)", 0, 1e6, NULL},
+        {"readmit-after", MOCO_OPT_DOUBLE, &L->readmit_after, "a banned worker that still says READY gets work again after "
+                                                              "this many seconds, twice as long after each later ban "
+                                                              "(at most 64 x; 0: bans are for good)", 0, 1e6, NULL},
         {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},
         {"log", MOCO_OPT_STR, &L->log_path, "write JSON lines of statistics here, once a second", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},

@@ -15,10 +15,11 @@ SRC=/usr/share/datasets/fashion-mnist
 rm -rf "$T" && mkdir -p "$T"
 $M mkdb $SRC "$T/db" --split test --quiet >/dev/null || fail mkdb
 $M keygen "$T/keys" >/dev/null || fail keygen
-base=$(port_block 17)
+base=$(port_block 20)
 timeout 240 /usr/bin/python3 tests/hostile.py direct "$M" "$T/db" 10000 "$T/keys" "$T/direct" $base || fail "direct mode"
 timeout 240 /usr/bin/python3 tests/hostile.py serve "$M" "$T/db" 10000 "$T/keys" "$T/serve" $((base + 5)) || fail "serve mode"
 timeout 300 /usr/bin/python3 tests/hostile.py slots "$M" "$T/db" 10000 "$T/keys" "$T/slots" $((base + 8)) || fail "worker slots"
 timeout 300 /usr/bin/python3 tests/hostile.py repeat "$M" "$T/db" 10000 "$T/keys" "$T/repeat" $((base + 11)) || fail "a repeated pair"
 timeout 120 /usr/bin/python3 tests/hostile.py window "$M" "$T/db" 10000 "$T/keys" "$T/window" $((base + 14)) || fail "a peer holding the window"
+timeout 200 /usr/bin/python3 tests/hostile.py readmit "$M" "$T/db" 10000 "$T/keys" "$T/readmit" $((base + 17)) || fail "a banned peer given work again"
 echo "cli_hostile: ok"

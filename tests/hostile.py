@@ -209,7 +209,8 @@ def direct(moco, db, n, keys, out, port):
     procs = []
     lerr = open(os.path.join(out, "loader.err"), "w")
     procs.append(subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
-                                   str(epochs), "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "2"], stderr=lerr))
+                                   str(epochs), "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "2",
+                                   "--readmit-after", "0"], stderr=lerr))
     serr = open(os.path.join(out, "sink.err"), "w")
     sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
                              "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
@@ -395,15 +396,17 @@ def slots(moco, db, n, keys, out, port):
     times, against a loader with --max-workers 2 and one real worker. Each
     time it must get a slot (the banned one's, reclaimed) and be banned again;
     then a quiet peer (READY with no credit, heart-beating) takes the slot,
-    and one more new peer is refused while it lives. Before, banned slots
-    were kept for good: the second round got no slot, and so would every
-    later worker."""
+    and one more new peer is refused while it lives; once it has held
+    nothing and asked for no work for --worker-timeout, its slot goes to the
+    next new peer. Before, banned slots were kept for good: the second round
+    got no slot, and so would every later worker; and quiet peers kept
+    theirs for good."""
     epochs = 60
     work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
     loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
     lerr = open(lerr_path, "w")
     procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
-                               str(epochs), "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "0.5",
+                               str(epochs), "--log", loader_log, "--worker-timeout", "5", "--stall-timeout", "0.5",
                                "--max-workers", "2"], stderr=lerr)]
     sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
                              "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
@@ -456,6 +459,13 @@ def slots(moco, db, n, keys, out, port):
         until("goes to a new worker", 3, "the quiet peer got no reclaimed slot", (quiet, 0))
         extra = peer()
         until("refused a new worker", 1, "a peer beyond --max-workers was not refused", (quiet, 0), (extra, 8))
+        socks.remove(extra)
+        extra.close(0)
+        # the quiet peer holds nothing and asks for no work: after --worker-timeout (5 s) of that, its slot
+        # goes to a new peer that asks for one (before, quiet peers held every slot for good)
+        late = peer()
+        until("held nothing and asked for no work", 1, "the idle peer's slot did not go to a new peer",
+              (quiet, 0), (late, 0))
         for s in socks:
             s.close(0)
         socks = []
@@ -469,11 +479,14 @@ def slots(moco, db, n, keys, out, port):
         fail("sink exited %s, loader %s (did the run end before the rounds?)" % (rc, lrc))
     check_index_log(os.path.join(out, "index.log"), n, epochs)
     ls = last_stats(loader_log)
-    if ls["stalled_workers"] != 3 or ls["reclaimed_slots"] != 3 or ls["refused_workers"] < 1:
-        fail("loader stalled_workers %s reclaimed_slots %s refused_workers %s, expected 3, 3 and at least 1"
-             % (ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
-    print("slots: %d epochs x %d exact; --max-workers 2: stalled_workers %d, reclaimed_slots %d, refused_workers %d"
-          % (epochs, n, ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"]))
+    if (ls["stalled_workers"] != 3 or ls["reclaimed_slots"] != 3 or ls["refused_workers"] < 1
+            or ls["idle_reclaimed"] != 1):
+        fail("loader stalled_workers %s reclaimed_slots %s refused_workers %s idle_reclaimed %s, expected 3, 3, at "
+             "least 1 and 1" % (ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"],
+                               ls.get("idle_reclaimed")))
+    print("slots: %d epochs x %d exact; --max-workers 2: stalled_workers %d, reclaimed_slots %d, refused_workers %d, "
+          "idle_reclaimed %d" % (epochs, n, ls["stalled_workers"], ls["reclaimed_slots"], ls["refused_workers"],
+                                 ls["idle_reclaimed"]))
 
 
 def window(moco, db, n, keys, out, port):
@@ -534,6 +547,67 @@ def window(moco, db, n, keys, out, port):
     if ls["stalled_workers"] != 1 or "the other workers stood idle (nothing more could be issued)" not in lerr:
         fail("stalled_workers %s, expected 1 for the peer holding the window: %s" % (ls["stalled_workers"], lerr[-600:]))
     print("window: 1 epoch x %d exact; the peer that held the whole window banned (stalled_workers 1)" % n)
+
+def readmit(moco, db, n, keys, out, port):
+    """A peer stalls (takes samples, returns none, says READY) and is banned;
+    with --readmit-after 1 it gets work again after 1 s, stalls again and is
+    banned for 2 s (twice as long). The run stays exact. Before, a ban was
+    for good: an honest worker stuck for a while (a huge image, a paused
+    host) was lost to the run."""
+    epochs = 60
+    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
+    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
+                               str(epochs), "--log", loader_log, "--stall-timeout", "0.5", "--readmit-after", "1"],
+                              stderr=open(lerr_path, "w"))]
+    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
+                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
+    procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
+                                   "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+    ctx = zmq.Context()
+    socks = []
+    try:
+        if not wait_line(lerr_path, "worker 0 joined", 20) or not wait_line(lerr_path, "consumer connected", 20):
+            fail("the worker or the sink did not connect: %s" % open(lerr_path).read()[-400:])
+        s = curve_client(ctx, zmq.DEALER, keys)
+        s.connect(work)
+        socks.append(s)
+        received, after, t0 = 0, 0, time.time()
+        while count_lines(lerr_path, "gets no more work") < 2:
+            if time.time() - t0 > 60:
+                fail("the peer was not banned twice in 60 s: %s" % open(lerr_path).read()[-600:])
+            s.send(prefix(2, 4) + struct.pack("<IQI", 8, received, 8))
+            while s.poll(100):
+                f = s.recv_multipart()
+                if f[0][6:8] == struct.pack("<H", 12):
+                    k = struct.unpack("<I", f[0][8:12])[0]
+                    received += k
+                    after += k if count_lines(lerr_path, "gets work again") else 0
+        socks.remove(s)
+        s.close(0)
+        rc = sink.wait(timeout=240)
+        lrc = procs[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        fail("the run hung")
+    finally:
+        teardown(ctx, socks, procs + [sink])
+    if rc != 0 or lrc != 0:
+        fail("sink exited %s, loader %s" % (rc, lrc))
+    check_index_log(os.path.join(out, "index.log"), n, epochs)
+    ls = last_stats(loader_log)
+    ev = [json.loads(l) for l in open(loader_log) if '"event":"stalled_worker"' in l or '"event":"readmitted_worker"' in l]
+    kinds = [(e["event"], e.get("ban_s", e.get("bans"))) for e in ev]
+    if kinds != [("stalled_worker", 1), ("readmitted_worker", 1), ("stalled_worker", 2)]:
+        fail("events %s, expected a ban of 1 s, work again, a ban of 2 s" % kinds)
+    if ev[1]["after_s"] < 1.0:
+        fail("given work again %.3f s after its 1 s ban" % ev[1]["after_s"])
+    if ls["stalled_workers"] != 2 or ls["readmitted_workers"] != 1 or not after:
+        fail("loader stalled_workers %s readmitted_workers %s, samples taken after the ban %d: expected 2, 1 and some"
+             % (ls["stalled_workers"], ls["readmitted_workers"], after))
+    print("readmit: %d epochs x %d exact; banned for 1 s, given work again after %.2f s (%d samples), banned for 2 s"
+          % (epochs, n, ev[1]["after_s"], after))
+
 
 def loader_peak_mb(run_pid):
     """VmHWM (MB) of the loader under `moco run` (its child whose command line names loader), or None."""
@@ -638,4 +712,5 @@ def repeat(moco, db, n, keys, out, port):
 if __name__ == "__main__":
     mode, moco, db, n, keys, out, port = sys.argv[1:8]
     os.makedirs(out, exist_ok=True)
-    {"direct": direct, "serve": serve, "slots": slots, "repeat": repeat, "window": window}[mode](moco, db, int(n), keys, out, int(port))
+    {"direct": direct, "serve": serve, "slots": slots, "repeat": repeat, "window": window,
+     "readmit": readmit}[mode](moco, db, int(n), keys, out, int(port))
