@@ -531,6 +531,39 @@ done:
     return rc;
 }
 
+/* libvips' error buffer is one for the whole process: a thread whose decode
+ * failed read it while others appended to it or cleared it, and a skipped
+ * file's reason carried another file's text (a second line), or none.
+ * Decodes share this lock; a failed one is decoded again holding it alone,
+ * from a clear buffer, and its reason is its own. Writers go first, so the
+ * retry does not wait behind a stream of decodes. */
+static pthread_rwlock_t vips_lock;
+static pthread_once_t vips_lock_once = PTHREAD_ONCE_INIT;
+
+static void vips_lock_init(void)
+{
+    pthread_rwlockattr_t la;
+    pthread_rwlockattr_init(&la);
+    pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&vips_lock, &la);
+    pthread_rwlockattr_destroy(&la);
+}
+
+/* 1 if the file is taken (h, *payload or the file itself), else 0 with *why. */
+static int decode(const job *j, const uint8_t *file, size_t flen, tjhandle *tj, moco_rec_header *h, uint8_t **payload,
+                  size_t *plen, char **why)
+{
+    static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
+    int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
+                   ? check_jpeg_tj(*tj, file, flen, j->max_pixels, h, payload, plen, why) : -1;
+    int ok = fast == 1 || (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, h, payload, plen, why) == 0);
+    if (!ok && *tj) { /* a handle is not reliable after an error (check_image reads JPEG headers too): start afresh */
+        tjDestroy(*tj);
+        *tj = tjInitDecompress();
+    }
+    return ok;
+}
+
 static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
 {
     const mk_item *it = &j->src->items[j->order[i]];
@@ -554,14 +587,20 @@ static void prepare(const job *j, size_t i, slot *s, tjhandle *tj)
     if (flen == 0) {
         s->why = reason("%s", "empty file");
     } else {
-        static const uint8_t JPG[3] = {0xFF, 0xD8, 0xFF};
-        int fast = j->max_side == 0 && flen >= 3 && !memcmp(file, JPG, 3)
-                       ? check_jpeg_tj(*tj, file, flen, j->max_pixels, &h, &payload, &plen, &s->why) : -1;
-        int ok = fast == 1 ||
-                 (fast < 0 && check_image(file, flen, j->max_side, j->max_pixels, *tj, &h, &payload, &plen, &s->why) == 0);
-        if (!ok && *tj) { /* a handle is not reliable after an error (check_image reads JPEG headers too): start afresh */
-            tjDestroy(*tj);
-            *tj = tjInitDecompress();
+        const moco_rec_header h0 = h;
+        pthread_rwlock_rdlock(&vips_lock);
+        int ok = decode(j, file, flen, tj, &h, &payload, &plen, &s->why);
+        pthread_rwlock_unlock(&vips_lock);
+        if (!ok) { /* again, alone: the reason read from libvips is this file's */
+            free(s->why);
+            s->why = NULL;
+            if (payload) g_free(payload);
+            payload = NULL, plen = 0, h = h0;
+            pthread_rwlock_wrlock(&vips_lock);
+            vips_error_clear();
+            ok = decode(j, file, flen, tj, &h, &payload, &plen, &s->why);
+            vips_error_clear();
+            pthread_rwlock_unlock(&vips_lock);
         }
         if (ok) {
         const uint8_t *p = payload ? payload : file;
@@ -741,6 +780,7 @@ int loader_mkdb_main(int argc, char **argv)
     vips_cache_set_max(0);
     vips_concurrency_set(1);
     g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING, quiet_log, NULL);
+    pthread_once(&vips_lock_once, vips_lock_init);
 
     mk_source src;
     moco_db_meta m = {0};

@@ -508,6 +508,21 @@ Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(sys.argv[2])' "$T/cls/
   [ "$(count "$T/cls/db-big")" = '"count":1,"num_classes":1' ] || fail "mkdb with one image too big: $(count "$T/cls/db-big")"
   rm -rf "$T/cls/big"
   echo "an image over the stream's 64 MiB record limit: skipped at import, naming it"
+  # many broken files at once, on 4 threads: each refusal says its own libvips reason on one
+  # line (before: libvips' error buffer is one for the process, and 14-18 of 60 truncated PNGs
+  # got no reason while others got a second line, another file's)
+  mkdir -p "$T/cls/trunc/a" "$T/cls/trunc/b"
+  /usr/bin/python3 -c 'import io, sys, numpy as np; from PIL import Image
+for i in range(60):
+    b = io.BytesIO()
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(b, "PNG")
+    open("%s/a/p%02d.png" % (sys.argv[1], i), "wb").write(b.getvalue()[:b.tell() // 2])
+Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(sys.argv[1] + "/b/ok.png")' "$T/cls/trunc" || fail "making the truncated PNGs"
+  $M mkdb "$T/cls/trunc" "$T/cls/db-trunc" --threads 4 >"$T/out" 2>"$T/err" || fail "mkdb with 60 truncated PNGs: $(cat "$T/err")"
+  [ "$(grep -c "^moco mkdb: skipping $T/cls/trunc/a/p[0-9]*.png: corrupt or truncated image data: vipspng: libpng read error\$" "$T/err")" = 60 ] \
+    && [ "$(wc -l < "$T/err")" = 60 ] || fail "60 truncated PNGs on 4 threads: not one line each with its reason: $(head -c 1500 "$T/err")"
+  rm -rf "$T/cls/trunc" "$T/cls/db-trunc"
+  echo "60 truncated PNGs on 4 threads: each skipped with its own libvips reason, one line each"
 else
   echo "skipped: classes matched by name, headers of another size, CMYK as PIL reads it, an image too big (python3-pil absent)"
 fi
