@@ -397,6 +397,34 @@ static void test_evalmodel_config_lies(void **st)
     assert_int_equal(f.mlp, 1);
 }
 
+/* fuzz_recover, 2026-12-02 (found reading it, not by a crash): a torn last
+ * line of metrics.jsonl (a kill mid-write) that began with the epoch
+ * record's prefix counted as the epoch's record (train_epoch_recorded,
+ * trainer/train.c). Harmless where resume drops torn lines first; now a
+ * record is only a whole line. */
+static void test_epoch_record_torn(void **st)
+{
+    (void)st;
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", tu_tmpdir("epoch_record_torn"));
+    static const char *const body[] = {
+        "{\"type\":\"config\"}\n{\"type\":\"epoch\",\"epoch\":3,\"knn_top1\":4", /* torn */
+        "{\"type\":\"config\"}\n{\"type\":\"epoch\",\"epoch\":3,\"knn_top1\":40.0}\n", /* whole */
+    };
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(body[i], f);
+        fclose(f);
+        int have = -1;
+        assert_int_equal(train_epoch_recorded(path, 3, &have), 0);
+        assert_int_equal(have, i);
+        assert_int_equal(train_epoch_recorded(path, 2, &have), 0);
+        assert_int_equal(have, 0);
+    }
+    unlink(path);
+}
+
 int main(void)
 {
     if (augment_vips_init("test_fuzz_regress")) {
@@ -409,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
         cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_resume_ranks_times_batch),
         cmocka_unit_test(test_sink_indices_damaged), cmocka_unit_test(test_evalmodel_config_lies),
+        cmocka_unit_test(test_epoch_record_torn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

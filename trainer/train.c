@@ -425,7 +425,9 @@ int train_epoch_recorded(const char *mpath, int64_t epoch, int *have)
     if (!in) return moco_err(MOCO_EIO, "cannot read %s: %s", mpath, strerror(errno));
     char want[96], *line = NULL;
     size_t cap = 0, wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%lld,", (long long)epoch);
-    while (!*have && getline(&line, &cap, in) > 0) *have = !strncmp(line, want, wl);
+    ssize_t n;
+    /* a record is a whole line: a torn last one (a kill mid-write) is not the epoch's record */
+    while (!*have && (n = getline(&line, &cap, in)) > 0) *have = line[n - 1] == '\n' && !strncmp(line, want, wl);
     free(line);
     fclose(in);
     return 0;
