@@ -192,6 +192,41 @@ def wait_line(path, needle, seconds):
     return False
 
 
+def direct_run(moco, db, n, keys, out, port, epochs, flags, worker=True):
+    """A loader (direct mode, CURVE, `flags` added), the sink and, with
+    worker, one real worker: (work, pairs, loader_log, lerr_path, procs, sink),
+    procs[0] the loader."""
+    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
+    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
+    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
+                               str(epochs), "--log", loader_log] + flags, stderr=open(lerr_path, "w"))]
+    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
+                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
+    if worker:
+        procs.append(real_worker(moco, keys, work, pairs, out))
+    return work, pairs, loader_log, lerr_path, procs, sink
+
+
+def real_worker(moco, keys, work, pairs, out):
+    return subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
+                             "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w"))
+
+
+def run_end(sink, procs, seconds):
+    """Waits for the sink (at most `seconds`), then for the loader: (sink's, loader's exit status)."""
+    rc = sink.wait(timeout=seconds)
+    return rc, procs[0].wait(timeout=30)
+
+
+def exact_end(rcs, out, n, epochs, loader_log):
+    """Both exited 0 and the sink got every sample once per epoch: the loader's last statistics."""
+    if rcs != (0, 0):
+        fail("sink exited %s, loader %s" % rcs)
+    check_index_log(os.path.join(out, "index.log"), n, epochs)
+    return last_stats(loader_log)
+
+
 def teardown(ctx, socks, procs):
     """Closes the sockets (ctx.term() waits for every one), then kills what still runs."""
     for s in socks:
@@ -402,17 +437,8 @@ def slots(moco, db, n, keys, out, port):
     got no slot, and so would every later worker; and quiet peers kept
     theirs for good."""
     epochs = 60
-    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
-    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
-    lerr = open(lerr_path, "w")
-    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
-                               str(epochs), "--log", loader_log, "--worker-timeout", "5", "--stall-timeout", "0.5",
-                               "--max-workers", "2"], stderr=lerr)]
-    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
-                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
-    procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
-                                   "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+    work, pairs, loader_log, lerr_path, procs, sink = direct_run(
+        moco, db, n, keys, out, port, epochs, ["--worker-timeout", "5", "--stall-timeout", "0.5", "--max-workers", "2"])
     ctx = zmq.Context()
     socks = []
 
@@ -469,16 +495,12 @@ def slots(moco, db, n, keys, out, port):
         for s in socks:
             s.close(0)
         socks = []
-        rc = sink.wait(timeout=180)
-        lrc = procs[0].wait(timeout=30)
+        rcs = run_end(sink, procs, 180)
     except subprocess.TimeoutExpired:
         fail("the run hung")
     finally:
         teardown(ctx, socks, procs + [sink])
-    if rc != 0 or lrc != 0:
-        fail("sink exited %s, loader %s (did the run end before the rounds?)" % (rc, lrc))
-    check_index_log(os.path.join(out, "index.log"), n, epochs)
-    ls = last_stats(loader_log)
+    ls = exact_end(rcs, out, n, epochs, loader_log)
     if (ls["stalled_workers"] != 3 or ls["reclaimed_slots"] != 3 or ls["refused_workers"] < 1
             or ls["idle_reclaimed"] != 1):
         fail("loader stalled_workers %s reclaimed_slots %s refused_workers %s idle_reclaimed %s, expected 3, 3, at "
@@ -497,14 +519,8 @@ def window(moco, db, n, keys, out, port):
     it holds has waited --stall-timeout of the consumer's reading, and the
     epoch must end exactly once. Before, the run waited for --reissue-after
     (120 s), and the peer could take the re-issued samples again."""
-    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
-    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
-    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs", "1",
-                               "--log", loader_log, "--worker-timeout", "2", "--stall-timeout", "0.5", "--window", "64"],
-                              stderr=open(lerr_path, "w"))]
-    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
-                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
+    work, pairs, loader_log, lerr_path, procs, sink = direct_run(
+        moco, db, n, keys, out, port, 1, ["--worker-timeout", "2", "--stall-timeout", "0.5", "--window", "64"], worker=False)
     ctx = zmq.Context()
     socks = []
     try:
@@ -522,8 +538,7 @@ def window(moco, db, n, keys, out, port):
                 f = s.recv_multipart()
                 if f[0][6:8] == struct.pack("<H", 12):
                     received += struct.unpack("<I", f[0][8:12])[0]
-        procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe",
-                                       "cifar", "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+        procs.append(real_worker(moco, keys, work, pairs, out))
         t0 = time.time()
         while sink.poll() is None:  # the peer goes on heart-beating, credit and all, as a stuck one would
             if time.time() - t0 > 60:
@@ -531,18 +546,14 @@ def window(moco, db, n, keys, out, port):
             s.send(prefix(2, 4) + struct.pack("<IQI", 64, received, 8))
             while s.poll(100):
                 s.recv_multipart()
-        rc = sink.wait(timeout=10)
         socks.remove(s)
         s.close(0)
-        lrc = procs[0].wait(timeout=30)
+        rcs = run_end(sink, procs, 10)
     except subprocess.TimeoutExpired:
         fail("the run hung")
     finally:
         teardown(ctx, socks, procs + [sink])
-    if rc != 0 or lrc != 0:
-        fail("sink exited %s, loader %s" % (rc, lrc))
-    check_index_log(os.path.join(out, "index.log"), n, 1)
-    ls = last_stats(loader_log)
+    ls = exact_end(rcs, out, n, 1, loader_log)
     lerr = open(lerr_path).read()
     if ls["stalled_workers"] != 1 or "the other workers stood idle (nothing more could be issued)" not in lerr:
         fail("stalled_workers %s, expected 1 for the peer holding the window: %s" % (ls["stalled_workers"], lerr[-600:]))
@@ -555,16 +566,8 @@ def readmit(moco, db, n, keys, out, port):
     for good: an honest worker stuck for a while (a huge image, a paused
     host) was lost to the run."""
     epochs = 60
-    work, ctl, pairs = ["tcp://127.0.0.1:%d" % (port + i) for i in range(3)]
-    loader_log, lerr_path = os.path.join(out, "loader.jsonl"), os.path.join(out, "loader.err")
-    procs = [subprocess.Popen([moco, "loader", "--db", db, "--bind", work, "--ctl", ctl, "--keys", keys, "--epochs",
-                               str(epochs), "--log", loader_log, "--stall-timeout", "0.5", "--readmit-after", "1"],
-                              stderr=open(lerr_path, "w"))]
-    sink = subprocess.Popen([moco, "sink", "--bind", pairs, "--connect", ctl, "--keys", keys, "--count", str(n),
-                             "--index-log", os.path.join(out, "index.log"), "--json", os.path.join(out, "sink.json"),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "sink.err"), "w"))
-    procs.append(subprocess.Popen([moco, "augment", "--connect", work, "--push", pairs, "--keys", keys, "--recipe", "cifar",
-                                   "--size", "28"], stderr=open(os.path.join(out, "worker.err"), "w")))
+    work, pairs, loader_log, lerr_path, procs, sink = direct_run(
+        moco, db, n, keys, out, port, epochs, ["--stall-timeout", "0.5", "--readmit-after", "1"])
     ctx = zmq.Context()
     socks = []
     try:
@@ -586,16 +589,12 @@ def readmit(moco, db, n, keys, out, port):
                     after += k if count_lines(lerr_path, "gets work again") else 0
         socks.remove(s)
         s.close(0)
-        rc = sink.wait(timeout=240)
-        lrc = procs[0].wait(timeout=30)
+        rcs = run_end(sink, procs, 240)
     except subprocess.TimeoutExpired:
         fail("the run hung")
     finally:
         teardown(ctx, socks, procs + [sink])
-    if rc != 0 or lrc != 0:
-        fail("sink exited %s, loader %s" % (rc, lrc))
-    check_index_log(os.path.join(out, "index.log"), n, epochs)
-    ls = last_stats(loader_log)
+    ls = exact_end(rcs, out, n, epochs, loader_log)
     ev = [json.loads(l) for l in open(loader_log) if '"event":"stalled_worker"' in l or '"event":"readmitted_worker"' in l]
     kinds = [(e["event"], e.get("ban_s", e.get("bans"))) for e in ev]
     if kinds != [("stalled_worker", 1), ("readmitted_worker", 1), ("stalled_worker", 2)]:
