@@ -281,8 +281,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
     const char *run_dir = NULL, *out_dir = NULL, *dbflag = NULL, *serve = NULL, *bind = NULL, *keys = NULL;
     double worker_timeout = MOCO_WORKER_TIMEOUT_S, seconds = 10, warmup = 1;
+    double stall_timeout = MOCO_STALL_TIMEOUT_S, readmit_after = MOCO_READMIT_AFTER_S;
+    long max_workers = MOCO_MAX_WORKERS;
     augment_flags af;
-    moco_opt opts[AUGMENT_FLAGS_NOPTS + 24];
+    moco_opt opts[AUGMENT_FLAGS_NOPTS + 28];
     int n = augment_flags_opts(&af, opts);
     int seed_at = -1;
     for (int i = 0; i < n; i++) {
@@ -308,6 +310,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
     opts[n++] = (moco_opt){"worker-timeout", MOCO_OPT_DOUBLE, &worker_timeout, "loader: seconds of silence that make a worker dead", 0.2, 3600, NULL};
+    opts[n++] = (moco_opt){"max-workers", MOCO_OPT_INT, &max_workers, "loader: worker slots, for workers here and from other hosts",
+                           1, MOCO_MAX_WORKERS, NULL};
+    opts[n++] = (moco_opt){"stall-timeout", MOCO_OPT_DOUBLE, &stall_timeout, "loader: seconds a worker may hold samples and return none "
+                                                                             "while others deliver before it is banned (0: never)", 0, 1e6, NULL};
+    opts[n++] = (moco_opt){"readmit-after", MOCO_OPT_DOUBLE, &readmit_after, "loader: seconds of a first ban, twice as long after each "
+                                                                             "later one (0: bans are for good)", 0, 1e6, NULL};
     if (bench) {
         opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &dbflag, "dataset LMDB", 0, 0, NULL};
         opts[n++] = (moco_opt){"seconds", MOCO_OPT_DOUBLE, &seconds, "measure this long", 0.5, 1e6, NULL};
@@ -691,6 +699,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     addf(&la, "--seed", "%llu", (unsigned long long)seed);
     addf(&la, "--window", "%ld", window);
     addf(&la, "--worker-timeout", "%g", worker_timeout);
+    addf(&la, "--max-workers", "%ld", max_workers);
+    addf(&la, "--stall-timeout", "%g", stall_timeout);
+    addf(&la, "--readmit-after", "%g", readmit_after);
     addf(&la, "--log", "%s/loader.jsonl", run_dir);
     if (serve || ranks) addf(&la, "--pairs", "%s", pairs);
     if (ranks || consumers > 1) addf(&la, "--consumers", "%ld", ranks ? ranks : consumers);

@@ -66,6 +66,9 @@
 #define MOCO_CONSUMER_TIMEOUT_S 10.0 /* loader: a silent consumer is gone (the stream pauses) */
 #define MOCO_LOADER_TIMEOUT_S 60.0   /* consumer: a silent loader is an error */
 #define MOCO_REISSUE_AFTER_S 120.0   /* loader: a pair not acknowledged this long goes out again */
+#define MOCO_STALL_TIMEOUT_S 10.0    /* loader: a worker returning none of its samples this long (while others deliver) is banned */
+#define MOCO_READMIT_AFTER_S 60.0    /* loader: a first ban's length (each later one twice the last, at most 64 x) */
+#define MOCO_MAX_WORKERS 1024        /* loader: worker slots, the most and the default */
 #define MOCO_LINGER_S 30.0           /* loader, serve mode: after END, seconds without a consumer before exiting */
 #define MOCO_WORKER_LOADER_TIMEOUT_S 30.0 /* worker (moco augment): a silent loader ends it */
 #define MOCO_ACK_DELAY_S 0.02        /* consumer: an acknowledgement waits at most this long */

@@ -15,7 +15,7 @@
 #include "formats/pipeline.h"
 #include "formats/zsec.h"
 
-#define MAX_WORKERS 1024
+#define MAX_WORKERS MOCO_MAX_WORKERS
 #define MAX_ID 255
 #define NO_EPOCH 0xFFFFFFFFu
 #define LOADER_HELD_MAX 4096 /* pair messages waiting for all consumers together (several consumers); more: stop reading */

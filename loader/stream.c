@@ -884,8 +884,8 @@ int loader_stream_main(int argc, char **argv)
     L->reissue_after = MOCO_REISSUE_AFTER_S;
     L->consumer_timeout = MOCO_CONSUMER_TIMEOUT_S;
     L->consumer_wait = 300;
-    L->stall_timeout = 10;
-    L->readmit_after = 60;
+    L->stall_timeout = MOCO_STALL_TIMEOUT_S;
+    L->readmit_after = MOCO_READMIT_AFTER_S;
     L->linger = MOCO_LINGER_S;
     L->max_workers = MAX_WORKERS;
     long consumers = 1;

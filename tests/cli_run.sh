@@ -20,6 +20,24 @@ timeout 120 $M run "$T/db" --sink --workers 2 --epochs 2 --recipe cifar --size 2
   || { rc=$?; cat "$T/r1.err"; fail "moco run exited $rc"; }
 grep -q "\"pairs\":$((2 * N)),\"epochs\":2" "$T/r1/sink.json" || fail "r1: $(cat "$T/r1/sink.json")"
 grep -q '"ok":true' "$T/r1/sink.json" || fail "r1 not ok"
+# the loader's flags for workers from other hosts go through moco run: --max-workers 1 with two
+# workers here refuses the second (the run is exact on the first), and --stall-timeout and
+# --readmit-after reach the loader's command line
+timeout 120 $M run "$T/db" --sink --workers 2 --max-workers 1 --stall-timeout 7 --readmit-after 9 --epochs 3 --recipe cifar \
+  --size 28 --run-dir "$T/rmax" --quiet >/dev/null 2>"$T/rmax.err" &
+run=$!
+lcmd=
+for i in $(seq 200); do
+  for c in $(pgrep -P $run); do for p in $c $(pgrep -P $c); do # timeout's child is moco run, the loader its child
+    tr '\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -q ' loader ' && lcmd=$(tr '\0' ' ' </proc/$p/cmdline); done; done
+  [ -n "$lcmd" ] && break; sleep 0.05
+done
+wait $run || fail "moco run --max-workers 1: $(cat "$T/rmax.err")"
+grep -q "\"pairs\":$((3 * N)),\"epochs\":3" "$T/rmax/sink.json" || fail "rmax: $(cat "$T/rmax/sink.json")"
+refused=$(grep '^{"t"' "$T/rmax/loader.jsonl" | tail -1 | sed 's/.*"refused_workers":\([0-9]*\).*/\1/')
+[ "${refused:-0}" -ge 1 ] 2>/dev/null || fail "moco run --workers 2 --max-workers 1: refused_workers '$refused'"
+case "$lcmd" in *"--max-workers 1 --stall-timeout 7 --readmit-after 9 "*) ;; *) fail "the loader's command line: '$lcmd'";; esac
+echo "moco run --max-workers 1 --stall-timeout 7 --readmit-after 9: the loader has them; the second worker refused ($refused READYs), 3 epochs exact"
 # grey and colour images in one dataset (grey inputs stay one channel by design; the trainer
 # replicates it): the sink passes them, checking height and width only, and counts each kind
 # (before: "1 pairs had another view size", moco run FAILED)
