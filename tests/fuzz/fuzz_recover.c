@@ -3,8 +3,9 @@
  * (train_epoch_recorded, trainer/train.c, under recover_record): whether the
  * file holds the record of an epoch. Input: u32 LE the epoch, then the
  * file. Checked against a scan of the bytes: the record is there exactly
- * when a line of the file begins {"type":"epoch","epoch":E, (the writer's
- * form), and the file is left as it was. */
+ * when a whole line of the file (ending in a newline) begins
+ * {"type":"epoch","epoch":E, (the writer's form), and the file is left as
+ * it was. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,9 +35,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char want[64];
     size_t wl = (size_t)snprintf(want, sizeof want, "{\"type\":\"epoch\",\"epoch\":%" PRId64 ",", epoch);
     int expect = 0;
-    for (size_t at = 0; at < size && !expect;) {
-        expect = size - at >= wl && !memcmp(data + at, want, wl);
+    for (size_t at = 0; at < size && !expect;) { /* a whole line: a torn last one is no record */
         const uint8_t *nl = memchr(data + at, '\n', size - at);
+        expect = nl && (size_t)(nl - data) - at >= wl && !memcmp(data + at, want, wl);
         at = nl ? (size_t)(nl - data) + 1 : size;
     }
     if (have != expect) abort();
