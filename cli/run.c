@@ -513,6 +513,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: --hostfile needs --ranks and --bind tcp://HOST:PORT (ranks on other hosts reach the stream over tcp)\n");
         return 2;
     }
+    if (workers > max_workers) {
+        fprintf(stderr, "moco run: --workers %ld here is more than --max-workers %ld (the loader's worker slots): %ld of them "
+                        "would be refused; give --max-workers %ld or more\n", workers, max_workers, workers - max_workers, workers);
+        return 2;
+    }
     if (workers == 0 && !bind) {
         fprintf(stderr, "moco run: --workers 0 needs --bind (workers on other hosts)\n");
         return 2;
