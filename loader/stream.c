@@ -866,9 +866,16 @@ static int run(loader *L)
     report(L, moco_now_s(), t0, &last_sent, &last_rep);
     say_goodbye(L);
     if (stop_flag) return moco_err(MOCO_EINTR, "interrupted");
-    if (!L->quiet)
+    if (!L->quiet) {
+        char bans[160] = "";
+        if (L->stalled_workers || L->idle_reclaimed || L->refused_workers)
+            snprintf(bans, sizeof bans,
+                     "; %" PRIu64 " bans of stalling workers (%" PRIu64 " given work again), %" PRIu64 " idle slots reclaimed, %" PRIu64
+                     " new workers refused (all slots taken)", L->stalled_workers, L->readmitted_workers, L->idle_reclaimed,
+                     L->refused_workers);
         fprintf(stderr, "moco loader: done: %" PRIu64 " samples sent, %" PRIu64 " re-issued, %" PRIu64 " failed, %" PRIu64
-                        " malformed messages dropped\n", L->sent, L->reissued, L->failed_total, L->dropped);
+                        " malformed messages dropped%s\n", L->sent, L->reissued, L->failed_total, L->dropped, bans);
+    }
     return 0;
 }
 

@@ -601,6 +601,8 @@ def readmit(moco, db, n, keys, out, port):
         fail("events %s, expected a ban of 1 s, work again, a ban of 2 s" % kinds)
     if ev[1]["after_s"] < 1.0:
         fail("given work again %.3f s after its 1 s ban" % ev[1]["after_s"])
+    if "; 2 bans of stalling workers (1 given work again)," not in open(lerr_path).read():
+        fail("the loader's last line does not count the bans: %s" % open(lerr_path).read()[-400:])
     if ls["stalled_workers"] != 2 or ls["readmitted_workers"] != 1 or not after:
         fail("loader stalled_workers %s readmitted_workers %s, samples taken after the ban %d: expected 2, 1 and some"
              % (ls["stalled_workers"], ls["readmitted_workers"], after))
