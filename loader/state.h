@@ -147,6 +147,19 @@ typedef struct {
  * hands of its worker; start epoch e (bitmap: already delivered, or NULL). */
 int loader_send_to(void *sock, const uint8_t *id, size_t idlen, const void *a, size_t alen, const void *b, size_t blen);
 void loader_retire(loader *L, uint64_t idx);
+/* A sample issued and not done goes back to be issued again. */
+void loader_reissue(loader *L, uint64_t idx);
+/* Worker k is dead (why: for the log line): what it holds goes out again. */
+void loader_worker_dead(loader *L, int k, const char *why);
+/* Records worker w may be sent now (0 when dead or banned). */
+int64_t loader_credit(const worker *w);
+/* Room in shard r's window, if it has samples left to issue; else 0. */
+int64_t loader_shard_room(const loader *L, int r);
+/* slots.c: a slot for a new worker (-1: none may be taken), a banned
+ * worker given work again, and the bans of stalling workers at time t. */
+int loader_free_slot(loader *L, double now);
+void loader_readmit(loader *L, int k, double now);
+void loader_check_stalls(loader *L, double t);
 void loader_unhold(loader *L, uint64_t idx);
 void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap);
 /* Consumer r's ageing clock at now: the seconds it has been connected and

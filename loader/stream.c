@@ -117,7 +117,7 @@ void loader_unhold(loader *L, uint64_t idx)
     if (w->holding) w->holding--;
 }
 
-static void reissue(loader *L, uint64_t idx)
+void loader_reissue(loader *L, uint64_t idx)
 {
     loader_unhold(L, idx);
     L->st[idx] = PENDING;
@@ -126,14 +126,14 @@ static void reissue(loader *L, uint64_t idx)
     queue_push(L, idx);
 }
 
-static void worker_dead(loader *L, int k, const char *why)
+void loader_worker_dead(loader *L, int k, const char *why)
 {
     worker *w = &L->w[k];
     w->alive = 0;
     L->dead_workers++;
     uint64_t back = 0;
     for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->owner[i] == k) { reissue(L, i); back++; }
+        if (L->st[i] == ISSUED && L->owner[i] == k) { loader_reissue(L, i); back++; }
     fprintf(stderr, "moco loader: worker %d %s; re-issuing its %" PRIu64 " samples\n", k, why, back);
 }
 
@@ -192,7 +192,7 @@ static void fail_sample(loader *L, uint64_t i)
     L->failed_total++;
 }
 
-static int64_t credit(const worker *w)
+int64_t loader_credit(const worker *w)
 {
     int64_t inflight = (int64_t)(w->sent - w->received);
     return w->alive && !w->banned ? (int64_t)w->free_slots - inflight : 0;
@@ -210,7 +210,7 @@ static void free_batch(void *data, void *hint)
  * one buffer that ZeroMQ frees once sent. Returns the number of samples
  * sent (0: none pending), or a MOCO_E* code on a database failure. The
  * samples are marked issued to k as they are read, so that a failed send
- * is simply the worker's death: worker_dead() takes them all back. */
+ * is simply the worker's death: loader_worker_dead() takes them all back. */
 static int64_t send_batch(loader *L, int k, uint32_t max, int r)
 {
     worker *w = &L->w[k];
@@ -278,7 +278,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
     if (zmq_send(L->work, w->id, w->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(L->work, hdr, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&data);
-        worker_dead(L, k, errno == EHOSTUNREACH ? "disconnected" : "is not accepting work");
+        loader_worker_dead(L, k, errno == EHOSTUNREACH ? "disconnected" : "is not accepting work");
         return n;
     }
     if (zmq_msg_send(&data, L->work, ZMQ_DONTWAIT) < 0) zmq_msg_close(&data); /* not expected once the first frames went */
@@ -290,7 +290,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
 
 /* Room in shard r's window (--window split over the consumers), if it has
  * samples left to issue; else 0. */
-static int64_t shard_room(const loader *L, int r)
+int64_t loader_shard_room(const loader *L, int r)
 {
     const consumer *c = &L->c[r];
     int64_t win = L->window / L->R > 0 ? L->window / L->R : 1;
@@ -310,12 +310,12 @@ static int dispatch(loader *L)
         int64_t room = 0;
         for (int j = 0; j < L->R && room <= 0; j++) {
             r = (L->crr + j) % L->R;
-            room = shard_room(L, r);
+            room = loader_shard_room(L, r);
         }
         if (room <= 0) return 0; /* every window full, or nothing pending */
         worker *w = &L->w[k];
         L->rr = (L->rr + 1) % L->nw;
-        int64_t c = credit(w);
+        int64_t c = loader_credit(w);
         if (c <= 0) { tries++; continue; }
         int64_t max = w->batch ? w->batch : 1;
         if (max > c) max = c;
@@ -382,67 +382,6 @@ static int find_worker(loader *L, const uint8_t *id, size_t idlen)
     return -1;
 }
 
-/* A slot for a new worker: a free one (never used, or its worker dead),
- * else the banned worker's seen least recently (its samples were re-issued
- * when it was banned; it only loses the memory of its ban, and a peer can
- * shed that anyway by reconnecting under a new routing id), else the live
- * worker that has held nothing and asked for no work the longest, once that
- * is --worker-timeout (it says READY, but as good as silent: an honest
- * worker that holds nothing has room, so credit). Before, banned slots were
- * kept for good, and a peer that stalled and reconnected --max-workers
- * times locked every later worker out; and peers that said READY with no
- * credit held the slots for good. -1: all live and in use. */
-static int free_slot(loader *L, double now)
-{
-    int k, old = -1, idle = -1;
-    for (k = 0; k < L->nw; k++) {
-        const worker *w = &L->w[k];
-        if (!w->alive && !w->banned) return k;
-        if (w->banned && (old < 0 || w->last_seen < L->w[old].last_seen)) old = k;
-        if (w->alive && !w->banned && !w->holding && credit(w) <= 0 && now - w->useful_at > L->worker_timeout &&
-            (idle < 0 || w->useful_at < L->w[idle].useful_at))
-            idle = k;
-    }
-    if (L->nw < L->max_workers) return L->nw++;
-    char hb[40];
-    if (old < 0 && idle >= 0) {
-        L->idle_reclaimed++;
-        fprintf(stderr, "moco loader: slot %d of worker %s, which held nothing and asked for no work for %.0f s, goes to a "
-                        "new worker (all %ld slots taken)\n", idle, loader_hexid(L->w[idle].id, L->w[idle].idlen, hb),
-                now - L->w[idle].useful_at, L->max_workers);
-        return idle;
-    }
-    if (old < 0) return -1;
-    for (uint64_t i = 0; i < L->n; i++) /* none should be: worker_dead re-issued them */
-        if (L->st[i] == ISSUED && L->owner[i] == old) reissue(L, i);
-    L->reclaimed_slots++;
-    fprintf(stderr, "moco loader: slot %d of the banned worker %s goes to a new worker (all %ld slots taken)\n", old,
-            loader_hexid(L->w[old].id, L->w[old].idlen, hb), L->max_workers);
-    return old;
-}
-
-/* A banned worker that still says READY gets work again once its ban is
- * over: a worker stuck for a while (a huge image, a paused host) is not
- * lost to the run for good, and one that stalls again is banned for twice
- * as long. */
-static void readmit(loader *L, int k, double now)
-{
-    worker *w = &L->w[k];
-    char hb[40];
-    w->banned = 0;
-    w->useful_at = now;
-    L->readmitted_workers++;
-    fprintf(stderr, "moco loader: worker %d (%s) gets work again, %.1f s after its ban (%d so far)\n", k,
-            loader_hexid(w->id, w->idlen, hb), now - w->banned_at, w->bans);
-    moco_jw j;
-    loader_ev_begin(L, &j, "readmitted_worker");
-    moco_jw_i64(&j, "worker", k);
-    moco_jw_str(&j, "peer", hb);
-    moco_jw_i64(&j, "bans", w->bans);
-    moco_jw_num(&j, "after_s", now - w->banned_at, 3);
-    loader_ev_end(L, &j);
-}
-
 static void on_worker_msg(loader *L, inmsg *m)
 {
     const uint8_t *p = zmq_msg_data(&m->f[0]);
@@ -455,7 +394,7 @@ static void on_worker_msg(loader *L, inmsg *m)
         if (m->nf != 1 || moco_pipe_parse(p, n, &pm)) { L->dropped++; return; }
         double now = moco_now_s();
         if (k < 0) {
-            if ((k = free_slot(L, now)) < 0) {
+            if ((k = loader_free_slot(L, now)) < 0) {
                 L->refused_workers++;
                 if (L->refused_workers <= 20 || !(L->refused_workers & (L->refused_workers - 1))) {
                     char hb[40];
@@ -485,8 +424,8 @@ static void on_worker_msg(loader *L, inmsg *m)
         w->free_slots = pm.credits;
         w->batch = pm.batch;
         if (pm.received <= w->sent) w->received = pm.received;
-        if (w->banned && L->readmit_after > 0 && now >= w->ban_until) readmit(L, k, now);
-        if (credit(w) > 0 || w->holding) w->useful_at = now;
+        if (w->banned && L->readmit_after > 0 && now >= w->ban_until) loader_readmit(L, k, now);
+        if (loader_credit(w) > 0 || w->holding) w->useful_at = now;
         return;
     }
     if (k < 0) { L->dropped++; return; } /* unknown peer: say READY first */
@@ -553,67 +492,11 @@ static void heartbeats(loader *L)
         if (L->c[r].connected) loader_send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
 }
 
-/* Does worker k hold up the run: nothing can be issued (the epoch's last
- * samples are out, or the window is full), no other worker holds a sample,
- * another live one asks for work, and a sample k holds has waited
- * --stall-timeout of its consumer's reading (BUSY time does not count, so a
- * slow trainer is no stall)? There the others cannot deliver 2 x --window
- * while k holds what is left: without this, a peer that heart-beats and
- * claims credit kept the epoch's tail, or a whole window, until
- * --reissue-after, and could take it again once re-issued. */
-static int holds_up_the_run(loader *L, int k, double t)
-{
-    int idle = 0;
-    for (int r = 0; r < L->R; r++)
-        if (shard_room(L, r) > 0) return 0;
-    for (int j = 0; j < L->nw; j++) {
-        if (j == k || !L->w[j].alive || L->w[j].banned) continue;
-        if (L->w[j].holding) return 0;
-        idle |= credit(&L->w[j]) > 0;
-    }
-    if (!idle) return 0;
-    for (int r = 0; r < L->R; r++) loader_age(L, r, t);
-    for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->owner[i] == k && L->c[L->shard[i]].age - L->t_issued[i] > L->stall_timeout) return 1;
-    return 0;
-}
-
 static void check_timeouts(loader *L, double t)
 {
     for (int k = 0; k < L->nw; k++)
-        if (L->w[k].alive && t - L->w[k].last_seen > L->worker_timeout) worker_dead(L, k, "went silent");
-    /* a worker that holds samples and returns none of them, while the
-     * consumer acknowledges plenty from the others (or while the others
-     * stand idle because it holds all that can be issued), is stuck
-     * or lying: its samples go to the others, and it gets no more work
-     * until its ban is over (readmit) */
-    for (int k = 0; L->started && L->stall_timeout > 0 && k < L->nw; k++) {
-        worker *w = &L->w[k];
-        if (!w->alive || w->banned || !w->holding || t - w->progress <= L->stall_timeout) continue;
-        int tail = 0;
-        if (L->acked - w->acked_at_progress <= 2 * (uint64_t)L->window && !(tail = holds_up_the_run(L, k, t))) continue;
-        char hb[40], until[48] = " for good (--readmit-after 0)";
-        uint64_t held = w->holding;
-        w->bans++;
-        double ban = L->readmit_after * (double)(1u << (w->bans - 1 < 6 ? w->bans - 1 : 6));
-        if (ban > 0) snprintf(until, sizeof until, " for %.0f s (ban %d)", ban, w->bans);
-        fprintf(stderr, "moco loader: worker %d (%s) held %" PRIu64 " samples for %.0f s without returning one, while %s%" PRIu64
-                        " others were delivered; it gets no more work%s\n", k, loader_hexid(w->id, w->idlen, hb), held,
-                t - w->progress, tail ? "the other workers stood idle (nothing more could be issued) and " : "",
-                L->acked - w->acked_at_progress, until);
-        L->stalled_workers++;
-        worker_dead(L, k, "stalled");
-        w->banned = 1;
-        w->banned_at = t;
-        w->ban_until = t + ban;
-        moco_jw j;
-        loader_ev_begin(L, &j, "stalled_worker");
-        moco_jw_i64(&j, "worker", k);
-        moco_jw_str(&j, "peer", hb);
-        moco_jw_u64(&j, "held", held);
-        moco_jw_num(&j, "ban_s", ban, 3); /* 0: for good (--readmit-after 0) */
-        loader_ev_end(L, &j);
-    }
+        if (L->w[k].alive && t - L->w[k].last_seen > L->worker_timeout) loader_worker_dead(L, k, "went silent");
+    loader_check_stalls(L, t);
     if (!L->started || L->reissue_after <= 0) return;
     uint64_t late = 0;
     /* late: unacknowledged for --reissue-after, or for twice the pipeline's
@@ -624,7 +507,7 @@ static void check_timeouts(loader *L, double t)
         after[r] = 2 * L->c[r].depth_s > L->reissue_after ? 2 * L->c[r].depth_s : L->reissue_after;
     }
     for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->c[L->shard[i]].age - L->t_issued[i] > after[L->shard[i]]) { reissue(L, i); late++; }
+        if (L->st[i] == ISSUED && L->c[L->shard[i]].age - L->t_issued[i] > after[L->shard[i]]) { loader_reissue(L, i); late++; }
     if (late) fprintf(stderr, "moco loader: re-issuing %" PRIu64 " samples unacknowledged for %.0f s of their consumer's reading\n", late,
                       after[0]);
 }

@@ -24,7 +24,11 @@
  * - resume: the consumer's HELLO carries (epoch, delivered bitmap); the
  *   loader delivers exactly the rest of that epoch, then the next ones.
  * - bounds: at most --window samples issued and unacknowledged; every
- *   socket has an explicit high-water mark. */
+ *   socket has an explicit high-water mark.
+ * - slots and bans (slots.c): at most --max-workers workers; one that holds
+ *   samples and returns none is banned for --readmit-after (doubling), its
+ *   samples re-issued; a slot held by a banned worker, or by one that holds
+ *   nothing and asks for no work, goes to a new worker. */
 #ifndef LOADER_STREAM_H
 #define LOADER_STREAM_H
 
