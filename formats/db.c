@@ -324,7 +324,18 @@ static int check_file(const char *dir, uint64_t *data_end, uint64_t *ino)
             goto out;
         }
     }
-    const lm_meta *cur = m[1].txnid > m[0].txnid ? &m[1] : &m[0]; /* the one LMDB reads (mdb_env_pick_meta) */
+    /* The meta page LMDB reads: the newest transaction number T (mdb_env_pick_meta:
+     * meta 0 on a tie) goes into the lock file, and a read transaction reads meta
+     * page T & 1 (mdb_txn_renew0). LMDB writes transaction T to page T & 1, so in a
+     * file it wrote the two are one page; if not, the walk below would check one
+     * tree while LMDB searches the other (a loop found by fuzz_lmdb). */
+    const unsigned newest = m[1].txnid > m[0].txnid, used = (unsigned)(m[newest].txnid & 1);
+    if (used != newest) {
+        rc = moco_err(MOCO_ECORRUPT, "%s: damaged: meta page %u holds the newest transaction (%llu), which belongs in meta page %u",
+                      f, newest, (unsigned long long)m[newest].txnid, used);
+        goto out;
+    }
+    const lm_meta *cur = &m[used];
     if ((rc = check_trees(fd, f, cur))) goto out;
     *data_end = (cur->last_pg + 1) * cur->psize;
     *ino = (uint64_t)st.st_ino;
