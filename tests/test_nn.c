@@ -312,8 +312,9 @@ static void test_conv3_vs_ref(void **st)
 }
 
 /* bn_forward_keep: y and the statistics exactly bn_forward's, and the bf16
- * copies of x and y exactly nn_to_bf16's, with BN splits (runs of HW) and
- * without (the whole channel one run) */
+ * copies exactly nn_to_bf16's: of y, and of x centred by its split's mean
+ * (x - mean, computed in fp32), with BN splits (runs of HW: image n is in
+ * split n % S) and without (the whole channel one run) */
 static void test_bn_keep(void **st)
 {
     (void)st;
@@ -335,13 +336,71 @@ static void test_bn_keep(void **st)
             assert_memory_equal(is, is2, (size_t)S * C * 4);
             assert_memory_equal(rm, rm2, sizeof rm);
             assert_memory_equal(rv, rv2, sizeof rv);
-            nn_to_bf16(xw, x, n), nn_to_bf16(yw, y, n);
+            float *xc = fz(n);
+            for (int c = 0; c < C; c++)
+                for (int i = 0; i < N; i++)
+                    for (int p = 0; p < HW; p++) {
+                        const size_t at = ((size_t)c * N + i) * HW + p;
+                        xc[at] = x[at] - mean[(i % S) * C + c];
+                    }
+            nn_to_bf16(xw, xc, n), nn_to_bf16(yw, y, n);
+            test_free(xc);
             assert_memory_equal(xh, xw, n * 2); /* every element written: 0xffff would differ */
             assert_memory_equal(yh, yw, n * 2);
         }
         bn_forward_keep(y2, NULL, mean2, is2, rm2, rv2, x, NULL, NULL, g, b, 0, 1, &d); /* no copies asked: fine */
         test_free(x), test_free(res), test_free(y), test_free(y2);
         free(xh), free(yh), free(xw), free(yw);
+    }
+}
+
+/* bn_backward_h on the copies bn_forward_keep keeps (x in bf16, centred;
+ * y in bf16 for the ReLU mask) against bn_backward on fp32 x and y, for
+ * channels whose mean is many standard deviations (a conv output's mean
+ * can be 2-3 sigma in training): x - mean keeps 8 bits of x-hat, where x
+ * itself rounded to bf16 would lose log2(mean/sigma) of them before the
+ * mean is taken off. dy is made to follow x-hat, so that dx depends on
+ * x-hat strongly (B x in dx = A dy + B x + C). Bound: 2^-7 of the largest
+ * |dx| (the rounding 2^-9 of x-hat times |x-hat| up to ~4); storing x
+ * itself misses it by 10x at a mean of 40 sigma. */
+static void test_bn_keep_backward(void **st)
+{
+    (void)st;
+    const int N = 8, C = 3, HW = 49, S = 2;
+    const size_t n = (size_t)N * C * HW;
+    for (int relu = 0; relu < 2; relu++) {
+        nn_bn d = {N, C, HW, S, 1e-5f, 0.1f, 0, 0};
+        float *x = fz(n), *y = fz(n), *y2 = fz(n), *dy = fz(n), *dy2 = fz(n), *dx = fz(n), *dx2 = fz(n), *noise = fz(n);
+        float *xtmp = fz((size_t)N * HW * (size_t)par_threads());
+        uint16_t *xh = calloc(n, 2), *yh = calloc(n, 2);
+        float g[3] = {1.1f, -0.8f, 0.6f}, b[3] = {0.2f, 0.1f, -0.3f}, rm[3] = {0}, rv[3] = {1, 1, 1}, mean[6], is[6],
+              dg[3] = {0}, db[3] = {0}, dg2[3] = {0}, db2[3] = {0};
+        const float mu[3] = {40.0f, -25.0f, 3.0f}, sd[3] = {1.0f, 0.5f, 2.0f};
+        randn(x, n, 21), randn(noise, n, 22);
+        for (int c = 0; c < C; c++)
+            for (size_t i = 0; i < (size_t)N * HW; i++) {
+                const size_t at = (size_t)c * N * HW + i;
+                x[at] = mu[c] + sd[c] * x[at];
+                dy[at] = 0.9f * (x[at] - mu[c]) / sd[c] + 0.5f * noise[at];
+            }
+        memcpy(dy2, dy, n * 4);
+        bn_forward(y, mean, is, rm, rv, x, NULL, g, b, relu, 1, &d);
+        bn_forward_keep(y2, yh, mean, is, rm, rv, x, xh, NULL, g, b, relu, 1, &d);
+        bn_backward(dx, NULL, dg, db, dy, y, x, mean, is, g, relu, &d);
+        bn_backward_h(dx2, NULL, dg2, db2, dy2, NULL, yh, NULL, xh, xtmp, mean, is, g, relu, &d);
+        float big = 0;
+        for (size_t i = 0; i < n; i++) big = fabsf(dx[i]) > big ? fabsf(dx[i]) : big;
+        for (size_t i = 0; i < n; i++)
+            if (!(fabsf(dx2[i] - dx[i]) <= 0x1p-7f * big))
+                fail_msg("relu %d, dx[%zu] from the bf16 copies %g against %g from fp32 (bound %g)", relu, i, dx2[i], dx[i],
+                         0x1p-7 * big);
+        for (int c = 0; c < C; c++) {
+            if (!(fabsf(db2[c] - db[c]) <= 1e-4f * (fabsf(db[c]) + 1))) fail_msg("dbeta[%d] %g against %g", c, db2[c], db[c]);
+            if (!(fabsf(dg2[c] - dg[c]) <= 0x1p-7f * (fabsf(dg[c]) + 1))) fail_msg("dgamma[%d] %g against %g", c, dg2[c], dg[c]);
+        }
+        test_free(x), test_free(y), test_free(y2), test_free(dy), test_free(dy2), test_free(dx), test_free(dx2), test_free(noise),
+            test_free(xtmp);
+        free(xh), free(yh);
     }
 }
 
@@ -601,7 +660,7 @@ int main(void)
         cmocka_unit_test(test_conv_golden),        cmocka_unit_test(test_conv_vs_ref),
         cmocka_unit_test(test_conv3_vs_ref),       cmocka_unit_test(test_bf16_convert),
         cmocka_unit_test(test_bn_golden),
-        cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_bn_keep),           cmocka_unit_test(test_small_layers_golden),
+        cmocka_unit_test(test_bn_fused),           cmocka_unit_test(test_bn_keep), cmocka_unit_test(test_bn_keep_backward),           cmocka_unit_test(test_small_layers_golden),
         cmocka_unit_test(test_softmax_rows),
         cmocka_unit_test(test_finite_differences),
     };

@@ -155,7 +155,8 @@ typedef struct {
 /* y,x,res (C,N,HW); gamma,beta,rmean,rvar (C); mean,invstd (S,C). res may be NULL. */
 void bn_forward(float *y, float *mean, float *invstd, float *rmean, float *rvar, const float *x, const float *res,
                 const float *gamma, const float *beta, int relu, int train, const nn_bn *d);
-/* The same, also writing bf16 copies (nn_to_bf16, bit for bit) of x into xh
+/* The same, also writing bf16 copies (nn_to_bf16, bit for bit) of x
+ * centred by its split's mean (x - mean, in fp32, then rounded) into xh
  * and of y into yh (either may be NULL) while each run is in cache: the
  * kept activations of bf16 training, without a pass of their own. */
 void bn_forward_keep(float *y, uint16_t *yh, float *mean, float *invstd, float *rmean, float *rvar, const float *x, uint16_t *xh,
@@ -166,8 +167,9 @@ void bn_forward_keep(float *y, uint16_t *yh, float *mean, float *invstd, float *
  * y is the forward output (for the mask), x the input. Train mode only. */
 void bn_backward(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const float *x,
                  const float *mean, const float *invstd, const float *gamma, int relu, const nn_bn *d);
-/* bn_backward with x kept in bf16 (xh, same layout; each channel is
- * restored into xtmp, N*HW floats per compute thread, par.h) and/or the
+/* bn_backward with x kept in bf16 (xh, centred as bn_forward_keep writes
+ * it, same layout; each channel is restored into xtmp, N*HW floats per
+ * compute thread, par.h) and/or the
  * output y kept in bf16 (yh: only its sign is read, for the ReLU mask);
  * a NULL xh or yh reads x or y. */
 void bn_backward_h(float *dx, float *dres, float *dgamma, float *dbeta, float *dout, const float *y, const uint16_t *yh,

@@ -397,8 +397,8 @@ static int plan(resnet *m, rn_arena *a, int grads)
      * slots are unused then), from the op that writes it to its last
      * reader; the bf16 copy in the arena serves the backward:
      * - a conv output read only by the BN right after it: that BN
-     *   normalises the fp32 output, and its backward restores x from the
-     *   bf16 copy, one channel at a time (xtmp);
+     *   normalises the fp32 output, and its backward restores x - mean
+     *   from the bf16 copy (centred: nn.h), one channel at a time (xtmp);
      * - a BN output whose readers are convs whose backward runs on oneDNN
      *   or, 1x1 stride 1, on GEMM (the copy serves their weight gradient;
      *   nn.h: in_half): in bf16 (it rounds its
