@@ -199,13 +199,17 @@ int train_main(int argc, char **argv)
         fflush(NULL);
         dist_abort(d, 1);
     }
-    int ranks = dist_size(d);
+    if (rc == MOCO_EINTR && !rank) {
+        /* before dist_finalize, whose fence holds the other ranks: once one of
+         * them exits 130, mpirun ends the job, rank 0 included, and the
+         * command could go unprinted (cli_mpi 2c saw it) */
+        char last[4200];
+        snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", c.out);
+        if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out, dist_size(d));
+        fflush(NULL);
+    }
     dist_finalize(&d);
     if (rc != MOCO_EINTR) return rc ? 1 : 0;
-    if (rank) { fflush(NULL); exit(130); }
-    char last[4200];
-    snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", c.out);
-    if (!getenv("MOCO_RUN_SUPERVISED") && access(last, R_OK) == 0) print_resume(argc, argv, c.out, ranks);
     /* 130, as a shell reports SIGINT; exit here because cli/moco.c turns
      * command statuses above 125 into 1 */
     fflush(NULL);
