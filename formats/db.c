@@ -826,8 +826,8 @@ static int get_body(void *arg)
     if (!in_file(db, val.mv_data, val.mv_size))
         return moco_err(MOCO_ECORRUPT, "%s/data.mdb: damaged: record %llu lies outside the file", db->path,
                         (unsigned long long)a->index);
-    if (*a->cap < val.mv_size) {
-        uint8_t *nb = realloc(*a->buf, val.mv_size);
+    if (*a->cap < val.mv_size || !*a->buf) { /* an empty record too gets a buffer: never memcpy into NULL */
+        uint8_t *nb = realloc(*a->buf, val.mv_size ? val.mv_size : 1);
         if (!nb)
             return moco_err(MOCO_ENOMEM, "%s: record %llu: out of memory", db->path, (unsigned long long)a->index);
         *a->buf = nb;

@@ -328,6 +328,37 @@ static void test_lmdb_meta_parity(void **st)
     lmdb_refused_in_time("fuzz_lmdb-meta-parity", "belongs in meta page 1");
 }
 
+/* fuzz_lmdb, 2026-12-02: a data.mdb holding a record of 0 bytes.
+ * moco_db_get into an empty buffer (NULL, capacity 0) copied it with
+ * memcpy(NULL, p, 0), undefined behaviour (UBSan in the fuzz build), and
+ * returned success with *buf still NULL. Fix (formats/db.c, get_body): an
+ * empty record gets a buffer too, as moco_db_foreach's copy did. Each
+ * record is read into a fresh, empty buffer; the empty one must come back
+ * with a buffer and length 0, and the record parser then refuses it. */
+static void test_lmdb_empty_record(void **st)
+{
+    (void)st;
+    const char *d = tu_tmpdir("fuzz_regress_lmdb_empty");
+    assert_int_equal(tu_sh("cp tests/fuzz/regress/fuzz_lmdb-empty-record '%s/data.mdb' && rm -f '%s/lock.mdb'", d, d), 0);
+    moco_db *db = NULL;
+    if (moco_db_open(d, &db)) fail_msg("moco_db_open: %s", moco_errmsg());
+    int empty = 0;
+    for (uint64_t i = 0; i < moco_db_get_meta(db)->count && i < 64; i++) {
+        uint8_t *buf = NULL;
+        size_t cap = 0, len = 99;
+        if (moco_db_get(db, i, &buf, &cap, &len) == 0 && len == 0) {
+            empty++;
+            if (!buf) fail_msg("record %llu: 0 bytes read, and no buffer", (unsigned long long)i);
+            moco_rec_header h;
+            const uint8_t *pl;
+            assert_int_not_equal(moco_rec_parse(buf, len, 1, "empty", &h, &pl), 0);
+        }
+        free(buf);
+    }
+    moco_db_destroy(&db);
+    assert_int_equal(empty, 1);
+}
+
 /* fuzz_ckpt_config, 2026-12-02: a checkpoint config claiming ranks
  * 2147483647 (batch_size 2) against a one-process run overflowed an int in
  * the message of schedule_unchanged (trainer/train.c, under
@@ -453,7 +484,7 @@ int main(void)
         cmocka_unit_test(test_record_lies),      cmocka_unit_test(test_wire_lies),
         cmocka_unit_test(test_control_lies),     cmocka_unit_test(test_safetensors_lies),
         cmocka_unit_test(test_idx_lies),         cmocka_unit_test(test_augment_jpeg_claims_huge),
-        cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_lmdb_meta_parity), cmocka_unit_test(test_resume_ranks_times_batch),
+        cmocka_unit_test(test_lmdb_main_root_loops), cmocka_unit_test(test_lmdb_meta_parity), cmocka_unit_test(test_lmdb_empty_record), cmocka_unit_test(test_resume_ranks_times_batch),
         cmocka_unit_test(test_sink_indices_damaged), cmocka_unit_test(test_evalmodel_config_lies),
         cmocka_unit_test(test_epoch_record_torn),
     };
