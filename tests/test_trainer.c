@@ -601,6 +601,62 @@ static void test_moco_repeatable(void **s)
     par_set_threads(1);
 }
 
+/* A step remembers nothing of the step before it but the state it hands on
+ * (weights, queue): from the same state and batch, a step run after a step
+ * on other data gives the same loss and gradient, bit for bit, in fp32 and
+ * in bf16 (small bf16 chunks, a short last one: no scratch, padding or kept
+ * copy left from before is read). lr 0, and the state put back in between. */
+static void test_step_no_memory(void **s)
+{
+    (void)s;
+    enum { N = 44, D = 16, K = 176, S = 16 };
+    par_set_threads(2);
+    setenv("MOCO_BF16_CHUNK_KB", "1", 1);
+    for (int precision = NN_FP32; precision <= NN_BF16; precision++) {
+        if (precision == NN_BF16 && nn_bf16_available()) {
+            printf("bf16: %s; skipped\n", moco_errmsg());
+            continue;
+        }
+        moco_cfg cfg = {.enc = {.arch = "resnet18-cifar", .width = 8, .dim = D, .bn_splits = 4, .batch = N, .size = S, .precision = precision},
+                        .K = K, .m = 0.99f, .T = 0.2f, .lr = 0.0f, .sgd_momentum = 0.9f, .weight_decay = 0.0f, .seed = 23};
+        moco *mc;
+        assert_int_equal(moco_new(&cfg, &mc), 0);
+        const size_t nx = (size_t)N * 3 * S * S, nq = mc->q->nparams, nk = mc->k->nparams, ng = mc->q->nparams;
+        float *x = malloc(sizeof(float) * 4 * nx), *q0 = malloc(sizeof(float) * nq), *k0 = malloc(sizeof(float) * nk);
+        float *queue0 = malloc(sizeof(float) * D * K), *g[3];
+        moco_rng r;
+        moco_rng_init(&r, 23, 97, 0, 0);
+        for (size_t i = 0; i < 4 * nx; i++) x[i] = (float)(moco_rng_uniform(&r) * 2 - 1);
+        uint64_t perm[2][N];
+        moco_rng_permutation(&r, perm[0], N), moco_rng_permutation(&r, perm[1], N);
+        memcpy(q0, mc->q->params, sizeof(float) * nq), memcpy(k0, mc->k->params, sizeof(float) * nk);
+        memcpy(queue0, mc->queue, sizeof(float) * D * K);
+        const int64_t ptr0 = mc->ptr;
+        float loss[3];
+        for (int run = 0; run < 3; run++) { /* batch A, batch B, batch A again */
+            const float *xa = x + (run == 1 ? 2 * nx : 0);
+            memcpy(mc->q->params, q0, sizeof(float) * nq), memcpy(mc->k->params, k0, sizeof(float) * nk);
+            memcpy(mc->queue, queue0, sizeof(float) * D * K), mc->ptr = ptr0;
+            moco_stats ms;
+            assert_int_equal(moco_step(mc, xa, xa + nx, perm[run == 1], 0.0f, &ms), 0);
+            loss[run] = ms.loss;
+            g[run] = malloc(sizeof(float) * ng);
+            memcpy(g[run], mc->q->grads, sizeof(float) * ng);
+        }
+        const char *pn = precision ? "bf16" : "fp32";
+        printf("%s: losses A %.9g, B %.9g, A again %.9g\n", pn, (double)loss[0], (double)loss[1], (double)loss[2]);
+        if (loss[1] == loss[0] || !memcmp(g[1], g[0], sizeof(float) * ng)) fail_msg("%s: batch B gave batch A's step", pn);
+        if (loss[2] != loss[0]) fail_msg("%s: batch A's loss after batch B: %.9g, from the start %.9g", pn, (double)loss[2], (double)loss[0]);
+        for (size_t i = 0; i < ng; i++)
+            if (g[2][i] != g[0][i]) fail_msg("%s: gradient %zu of batch A after batch B: %.9g, from the start %.9g", pn, i, (double)g[2][i], (double)g[0][i]);
+        for (int run = 0; run < 3; run++) free(g[run]);
+        free(x), free(q0), free(k0), free(queue0);
+        moco_destroy(&mc);
+    }
+    unsetenv("MOCO_BF16_CHUNK_KB");
+    par_set_threads(1);
+}
+
 static void test_step_accuracy(void **s)
 {
     (void)s;
@@ -748,7 +804,7 @@ int main(void)
         cmocka_unit_test(test_torchvision_shapes), cmocka_unit_test(test_save_load), cmocka_unit_test(test_init_kinds),
         cmocka_unit_test(test_nan_loss),          cmocka_unit_test(test_bench_cli),
         cmocka_unit_test(test_step_accuracy),     cmocka_unit_test(test_backward_hooked),
-        cmocka_unit_test(test_moco_repeatable),   cmocka_unit_test(test_compact_forward),
+        cmocka_unit_test(test_moco_repeatable),   cmocka_unit_test(test_step_no_memory),   cmocka_unit_test(test_compact_forward),
         cmocka_unit_test(test_arena_huge_pages),
     };
     par_set_threads(2); /* chunks of images side by side, as the benchmark runs */

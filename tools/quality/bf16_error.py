@@ -5,7 +5,8 @@ the same weights, images, key permutation and queue.
 
     /usr/bin/python3 tools/quality/bf16_error.py [--ckpt CKPT] [--width 16]
         [--batch 256] [--K 4096] [--splits 8] [--images CIFAR_TAR | --random-images]
-        [--seed 0] [--step-grads build/release/tools/quality/step_grads]
+        [--seed 0] [--batches 1] [--key-equal | --key-seed S]
+        [--step-grads build/release/tools/quality/step_grads]
 
 The exact gradient is PyTorch's in float64. Beside it, each in its own
 precision from the same start:
@@ -32,12 +33,17 @@ stem's forward, on AMD EPYC family 26 model 2).
 For each, the relative error of the query encoder's gradient,
 ||g - g64|| / ||g64||, over all parameters together ("all") and per
 tensor (the median and the worst), and of the loss. The weights are
---ckpt's query encoder (a `moco train` checkpoint of resnet18-cifar, its
-queue too) or a seeded torchvision initialisation; the images are two
-views of --batch CIFAR-10 training images made by the official demo's
-torchvision recipe (or Gaussian noise with --random-images). The key
-encoder equals the query encoder (as after a momentum update of equal
-weights). The last line is one JSON object.
+--ckpt's encoders (a `moco train` checkpoint of resnet18-cifar, its queue
+too) or a seeded torchvision initialisation; the images are two views of
+--batch CIFAR-10 training images made by the official demo's torchvision
+recipe (or Gaussian noise with --random-images). The key encoder is the
+checkpoint's (or --key-seed's initialisation), moved by the step's
+momentum update (m = 0.99) as in training; with --key-equal (and without
+--ckpt or --key-seed) it equals the query encoder, an easier task than
+training's (a loss of about 2 against training's 6 at epoch 3), as the
+tool measured before 2026-12-02. With --batches B, B batches at the same
+weights, and bf16's error set against the minibatch noise of SGD itself
+(noise() below). The last line is one JSON object.
 
 The float32 errors (1e-6 - 1e-3) are set by chance: one ReLU input within
 rounding of zero that lands on the other side of it in the float32 run
@@ -84,11 +90,16 @@ def views(tar, n, seed):
     return torch.stack([aug(im) for im in imgs]), torch.stack([aug(im) for im in imgs])
 
 
-def torch_step(base, x1, x2, perms, queue, T, mode):
+def torch_step(base, x1, x2, perms, queue, T, mode, base_k=None):
     """The loss and {name: grad (float64)} of one step in mode f64 / fp32 /
-    bf16_enc / bf16_all."""
+    bf16_enc / bf16_all; the key encoder is base_k after the momentum
+    update towards base (m = 0.99, as step_grads), else base."""
     dt = torch.float64 if mode == "f64" else torch.float32
-    fq, fk = copy.deepcopy(base).to(dt), copy.deepcopy(base).to(dt)
+    fq, fk = copy.deepcopy(base).to(dt), copy.deepcopy(base_k if base_k is not None else base).to(dt)
+    if base_k is not None:
+        with torch.no_grad():
+            for pk, pq in zip(fk.parameters(), fq.parameters()):
+                pk.mul_(0.99).add_(pq, alpha=1 - 0.99)
     fq.train(), fk.train()
     for p in fk.parameters():
         p.requires_grad = False
@@ -137,6 +148,11 @@ def main():
     ap.add_argument("--images", default=os.path.join(HERE, "..", "..", "..", "shared", "data", "cifar10-jpeg.tar.gz"))
     ap.add_argument("--random-images", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batches", type=int, default=1,
+                    help="batches (seeds seed, seed+1, ...) at the same weights; with 2 or more, bf16's error against "
+                         "the minibatch noise of SGD itself")
+    ap.add_argument("--key-equal", action="store_true", help="the key encoder equal to the query encoder, not --ckpt's")
+    ap.add_argument("--key-seed", type=int, help="without --ckpt: the key encoder a seeded initialisation of its own")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decompose", action="store_true",
                     help="also ours in bf16 with parts on fp32 kernels ($MOCO_BF16_FP32: the forward, the backward, "
@@ -149,27 +165,61 @@ def main():
     torch.manual_seed(a.seed)
     base = make("resnet18-cifar", width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.splits)
     queue = F.normalize(torch.randn(a.dim, a.K), dim=0)
+    base_k = None
     if a.ckpt:
-        st = load_st(a.ckpt, lambda k: k.startswith("encoder_q.") or k == "queue")
+        st = load_st(a.ckpt, lambda k: k.startswith("encoder_q.") or k.startswith("encoder_k.") or k == "queue")
         queue = st.pop("queue")
-        base.load_state_dict({k[len("encoder_q."):]: v for k, v in st.items()}, strict=True)
+        base.load_state_dict({k[len("encoder_q."):]: v for k, v in st.items() if k.startswith("encoder_q.")}, strict=True)
+        if not a.key_equal:
+            base_k = copy.deepcopy(base)
+            base_k.load_state_dict({k[len("encoder_k."):]: v for k, v in st.items() if k.startswith("encoder_k.")}, strict=True)
         a.dim, a.K = queue.shape
+    elif a.key_seed is not None:  # a key encoder of its own without a checkpoint (the tool's test)
+        torch.manual_seed(a.key_seed)
+        base_k = make("resnet18-cifar", width=a.width, mlp=a.mlp, dim=a.dim, bn_splits=a.splits)
+    N = a.batch
+    print(f"bf16_error: resnet18-cifar width {a.width}{' mlp' if a.mlp else ''}, batch {N}, K {a.K}, dim {a.dim}, "
+          f"{a.splits} BN splits{', symmetric' if a.symmetric else ''}; weights: {a.ckpt or f'seeded init {a.seed}'}"
+          f"{'' if base_k is not None else ', key encoder = query encoder'}; "
+          f"images: {'Gaussian' if a.random_images else 'CIFAR-10 train, the demo recipe'}; CPU: {cpu_model()}", flush=True)
+    out, grads = [], []
+    for b in range(a.batches):
+        seed = a.seed + b
+        if a.batches > 1:
+            print(f"batch {b + 1} of {a.batches} (seed {seed})", flush=True)
+        res, g = one_batch(a, base, base_k, queue, seed)
+        out.append(res)
+        grads.append(g)
+    summary = noise(grads) if a.batches > 1 else {}
+    for k, v in summary.items():
+        print(f"{k}: error {v['error']:.4f} of the gradient (mean over batches), errors' mean cosine across batches "
+              f"{v['error_cos']:+.3f}; minibatch noise {v['noise']:.3f} of the mean gradient; the largest error / noise "
+              f"of a tensor {v['worst_over_noise']:.4f} ({v['worst_tensor']})")
+    print(json.dumps({"cpu": cpu_model(), "width": a.width, "batch": N, "ckpt": a.ckpt, "key_equal": base_k is None,
+                      "random_images": a.random_images, "seed": a.seed, "batches": out if a.batches > 1 else None,
+                      **({} if a.batches > 1 else out[0]), "noise": summary}))
+
+
+def one_batch(a, base, base_k, queue, seed):
+    """One batch (seed's images and key permutation): the table of errors,
+    and {"f64": grads, name: grads} for noise()."""
     N = a.batch
     if a.random_images:
+        torch.manual_seed(seed)
         x1, x2 = torch.randn(N, 3, 32, 32), torch.randn(N, 3, 32, 32)
     else:
-        x1, x2 = views(a.images, N, a.seed)
+        x1, x2 = views(a.images, N, seed)
     perms = [torch.randperm(N)] + ([torch.randperm(N)] if a.symmetric else [])
-    print(f"bf16_error: resnet18-cifar width {a.width}{' mlp' if a.mlp else ''}, batch {N}, K {a.K}, dim {a.dim}, "
-          f"{a.splits} BN splits{', symmetric' if a.symmetric else ''}; weights: {a.ckpt or f'seeded init {a.seed}'}; "
-          f"images: {'Gaussian' if a.random_images else 'CIFAR-10 train, the demo recipe'}; CPU: {cpu_model()}", flush=True)
-    loss64, g64 = torch_step(base, x1, x2, perms, queue, a.T, "f64")
-    res = {}
+    loss64, g64 = torch_step(base, x1, x2, perms, queue, a.T, "f64", base_k)
+    res, grads = {"loss_f64": loss64}, {"f64": g64}
     for mode in ("fp32", "bf16_enc", "bf16_all"):
-        loss, g = torch_step(base, x1, x2, perms, queue, a.T, mode)
+        loss, g = torch_step(base, x1, x2, perms, queue, a.T, mode, base_k)
         res["torch_" + mode] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+        grads["torch_" + mode] = g
     with tempfile.TemporaryDirectory() as d:
         case = {f"init.{k}": v for k, v in base.state_dict().items()}
+        if base_k is not None:
+            case.update({f"initk.{k}": v for k, v in base_k.state_dict().items()})
         case.update({"x1": x1, "x2": x2, "perm": torch.cat(perms), "queue": queue.contiguous(),
                      "cfg": torch.tensor([N, 32, a.K, a.dim, a.splits, int(a.symmetric), int(a.mlp), a.width], dtype=torch.int64),
                      "cfgf": torch.tensor([a.T], dtype=torch.float32)})
@@ -189,14 +239,48 @@ def main():
             g = {k: v.double() for k, v in load_st(out, lambda k: True).items()}
             loss = float(g.pop("loss")[0])
             name = "ours_" + prec + ("" if store == "all" or prec == "fp32" else "_store_" + store)
-            res[name + ("_fp32_" + keep.replace(",", "+") if keep else "")] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+            name += "_fp32_" + keep.replace(",", "+") if keep else ""
+            res[name] = dict(errors(g, g64), loss=abs(loss - loss64) / abs(loss64))
+            grads[name] = g
     print(f"{'':34} {'gradient, all':>14} {'per-tensor median':>18} {'worst':>9}  {'loss':>9}")
     for k, v in res.items():
-        print(f"{k:34} {v['all']:14.3e} {v['median']:18.3e} {v['worst']:9.3e}  {v['loss']:9.2e}   worst at {v['worst_tensor']}")
-    ratio = res["ours_bf16"]["all"] / res["torch_bf16_enc"]["all"]
-    print(f"ours bf16 / PyTorch bf16 autocast (encoders), gradient error: {ratio:.3f}")
-    print(json.dumps({"cpu": cpu_model(), "width": a.width, "batch": N, "ckpt": a.ckpt, "random_images": a.random_images,
-                      "loss_f64": loss64, "ours_bf16_over_torch_bf16_enc": ratio, **res}))
+        if k != "loss_f64":
+            print(f"{k:34} {v['all']:14.3e} {v['median']:18.3e} {v['worst']:9.3e}  {v['loss']:9.2e}   worst at {v['worst_tensor']}")
+    res["ours_bf16_over_torch_bf16_enc"] = res["ours_bf16"]["all"] / res["torch_bf16_enc"]["all"]
+    print(f"ours bf16 / PyTorch bf16 autocast (encoders), gradient error: {res['ours_bf16_over_torch_bf16_enc']:.3f}", flush=True)
+    return res, grads
+
+
+def noise(grads):
+    """bf16's error against SGD's own noise, over batches at the same
+    weights: per precision, the error's size (relative to each batch's
+    gradient, all parameters), how alike the errors of different batches
+    are (mean pairwise cosine: near 0 when independent, as rounding is;
+    near 1 when a bias repeats), the minibatch noise (the batches'
+    gradients about their mean, relative to the mean), and the tensor where
+    the error is largest against that tensor's minibatch noise."""
+    B = len(grads)
+    names = sorted(grads[0]["f64"])
+    flat = lambda d: torch.cat([d[n].flatten() for n in names])
+    G = [flat(x["f64"]) for x in grads]
+    Gm = torch.stack(G).mean(0)
+    corr = (B / (B - 1)) ** 0.5  # the spread about the sample mean, for the spread about the true one
+    noise_all = sum(float((g - Gm).norm()) for g in G) / B * corr / float(Gm.norm())
+    out = {}
+    for k in ("ours_bf16", "torch_bf16_enc"):
+        E = [flat(x[k]) - g for x, g in zip(grads, G)]
+        cos = [float(E[i] @ E[j] / (E[i].norm() * E[j].norm())) for i in range(B) for j in range(i + 1, B)]
+        worst, wt = 0.0, ""
+        for n in names:
+            gs = torch.stack([x["f64"][n].flatten() for x in grads])
+            es = torch.stack([x[k][n].flatten() for x in grads]) - gs
+            nz = float((gs - gs.mean(0)).norm(dim=1).mean()) * corr
+            r = float(es.norm(dim=1).mean()) / nz if nz > 0 else 0.0
+            if r > worst:
+                worst, wt = r, n
+        out[k] = {"error": sum(float(e.norm() / g.norm()) for e, g in zip(E, G)) / B, "error_cos": sum(cos) / len(cos),
+                  "noise": noise_all, "worst_over_noise": worst, "worst_tensor": wt}
+    return out
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@
  * picks them; measured where the wisdom has no answer, and saved).
  * CASE (safetensors): cfg int64 [N, size, K, dim, bn_splits, symmetric,
  * mlp, width], cfgf f32 [T], init.<name> (a resnet18-cifar state_dict,
- * torchvision names), x1, x2 (N,3,size,size) f32, perm int64 (N per
- * direction), queue (dim,K) f32.
+ * torchvision names), optionally initk.<name> (the key encoder's, else it
+ * starts equal to the query encoder), x1, x2 (N,3,size,size) f32, perm
+ * int64 (N per direction), queue (dim,K) f32.
  * OUT (safetensors): <name> = d loss / d parameter for every query-encoder
  * parameter, and loss (1). The step runs with lr 0 and weight decay 0, so
- * the gradient is the loss's alone; the key encoder starts equal to the
- * query encoder, as after any momentum update of equal weights.
+ * the gradient is the loss's alone; a key encoder given as initk.* is
+ * moved by the step's momentum update (by (1 - 0.99) of its distance from
+ * the query encoder) before it computes the keys, as in training.
  * Exit status 0, 1 on an error, 2 on bad usage, 77 for bf16 where this CPU
  * has no bf16 path. */
 #include <stdio.h>
@@ -37,13 +39,13 @@ static int fail(const char *what)
     return 1;
 }
 
-/* Copy every "init.<name>" tensor of st into m, checking its size. */
-static int load_init(const moco_st *st, resnet *m)
+/* Copy every "<prefix><name>" tensor of st into m, checking its size. */
+static int load_init(const moco_st *st, resnet *m, const char *prefix)
 {
     for (int i = 0; i < m->ntensors; i++) {
         const rn_tensor *t = &m->tensors[i];
         char nm[96];
-        snprintf(nm, sizeof nm, "init.%s", t->name);
+        snprintf(nm, sizeof nm, "%s%s", prefix, t->name);
         moco_st_dtype dt = t->kind == RN_COUNT ? MOCO_ST_I64 : MOCO_ST_F32;
         if (moco_st_read(st, nm, dt, t->ndim, t->shape, rn_data(m, t))) return fail(nm);
     }
@@ -84,7 +86,8 @@ int main(int argc, char **argv)
     const int64_t xs[4] = {N, 3, S, S}, qs[2] = {D, K}, ps[1] = {(int64_t)N * dirs};
     int rc = !x1 || !x2 || !perm;
     if (rc) fprintf(stderr, "step_grads: out of memory\n");
-    rc = rc || load_init(st, mc->q) || load_init(st, mc->k);
+    rc = rc || load_init(st, mc->q, "init.") ||
+         load_init(st, mc->k, moco_st_find(st, "initk.conv1.weight") ? "initk." : "init.");
     if (!rc && (moco_st_read(st, "x1", MOCO_ST_F32, 4, xs, x1) || moco_st_read(st, "x2", MOCO_ST_F32, 4, xs, x2) ||
                 moco_st_read(st, "perm", MOCO_ST_I64, 1, ps, perm) || moco_st_read(st, "queue", MOCO_ST_F32, 2, qs, mc->queue)))
         rc = fail(argv[1]);

@@ -194,6 +194,32 @@ class Bf16Error(unittest.TestCase):
         self.assertGreater(one, j["ours_bf16_fp32_fwd"]["all"])
         self.assertEqual(j["ours_bf16_fp32_fwd8+fwd16+fwd32+fwd64"]["all"], j["ours_bf16_fp32_fwd"]["all"])
 
+    @unittest.skipUnless(os.path.exists(STEP_GRADS), "no step_grads program (make quality-tools)")
+    def test_own_key_encoder_and_noise(self):
+        r = subprocess.run([sys.executable, os.path.join(TOOLS, "bf16_error.py"), "--width", "8", "--batch", "64", "--K", "512",
+                            "--splits", "2", "--random-images", "--key-seed", "5", "--batches", "3", "--step-grads", STEP_GRADS],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode == 77:
+            self.skipTest("no bf16 on this CPU: " + r.stderr.strip()[-300:])
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        j = json.loads(r.stdout.splitlines()[-1])
+        self.assertFalse(j["key_equal"])
+        self.assertEqual(len(j["batches"]), 3)
+        for b in j["batches"]:
+            # step_grads read the key encoder (initk.*) and moved it as PyTorch did: fp32 agrees with float64 (a key
+            # encoder equal to the query encoder instead gives other keys, and a gradient off by far more than this)
+            self.assertLess(b["ours_fp32"]["all"], 1e-3)
+            self.assertGreater(b["ours_bf16"]["all"], 10 * b["ours_fp32"]["all"])
+        self.assertNotEqual(j["batches"][0]["loss_f64"], j["batches"][1]["loss_f64"])  # other images, other loss
+        n = j["noise"]["ours_bf16"]
+        print("\n" + "\n".join(r.stdout.splitlines()[-3:-1]), file=sys.stderr)
+        # bf16's rounding: a small error, unlike from batch to batch (the same error in every batch would be a bias);
+        # the batches' gradients differ (0 if every batch were the same one). Gaussian images at initialisation
+        # differ far less from batch to batch than CIFAR-10 in training (docs/measurements.md: 1.36 there)
+        self.assertLess(n["error"], 0.2)
+        self.assertLess(abs(n["error_cos"]), 0.5)
+        self.assertGreater(n["noise"], 0.02)
+
 
 if __name__ == "__main__":
     unittest.main()
