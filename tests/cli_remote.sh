@@ -40,7 +40,7 @@ echo "ws:// and ipc://@ refused: $(cut -c1-100 "$T/ws.err")"
 timeout 120 $M run "$T/db" --sink --bind tcp://127.0.0.1:$port --keys "$T/keys" --workers 0 --epochs 2 --recipe cifar --size 28 \
   --run-dir "$T/r1" 2>"$T/r1.err" &
 run=$!
-for i in $(seq 100); do grep -q " augment --connect tcp://" "$T/r1.err" && break; sleep 0.05; done
+for i in $(seq 600); do grep -q " augment --connect tcp://" "$T/r1.err" && break; sleep 0.05; done
 cmd=$(grep " augment --connect tcp://" "$T/r1.err" | head -1)
 [ -n "$cmd" ] || { kill $run; fail "no worker command printed: $(cat "$T/r1.err")"; }
 echo "pasting:$cmd"
@@ -69,7 +69,7 @@ host=$(uname -n)
 timeout 120 $M run "$T/db" --sink --bind tcp://0.0.0.0:$((port + 5)) --keys "$T/keys" --workers 0 --epochs 1 --recipe cifar \
   --size 28 --run-dir "$T/r2" 2>"$T/r2.err" &
 run=$!
-for i in $(seq 100); do grep -q " augment --connect tcp://" "$T/r2.err" && break; sleep 0.05; done
+for i in $(seq 600); do grep -q " augment --connect tcp://" "$T/r2.err" && break; sleep 0.05; done
 cmd=$(grep " augment --connect tcp://" "$T/r2.err" | head -1)
 echo "$cmd" | grep -q -- "--connect tcp://$host:$((port + 5)) --push tcp://$host:$((port + 6)) " \
   || { kill $run; fail "--bind tcp://0.0.0.0: the printed command does not name this host ($host): $cmd"; }

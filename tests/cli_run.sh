@@ -58,7 +58,7 @@ run=$!
 # only a worker of this run: a child of its `moco run` whose command is `moco augment`
 mine() { for c in $(pgrep -P $run); do for p in $c $(pgrep -P $c); do
   grep -q 'augment' /proc/$p/cmdline 2>/dev/null && echo $p; done; done | head -1; }
-for i in $(seq 100); do [ -n "$(mine)" ] && break; sleep 0.05; done
+for i in $(seq 600); do [ -n "$(mine)" ] && break; sleep 0.05; done
 sleep 0.3
 victim=$(mine)
 [ -n "$victim" ] && kill -KILL "$victim"
@@ -103,7 +103,7 @@ for mode in sink train; do
   if [ $mode = sink ]; then what="--sink"; else what="--arch resnet18-cifar --width 4 --batch-size 16 --moco-k 256 --threads 1"; fi
   $M run "$T/db" $what --workers 1 --epochs 500 --recipe cifar --size 28 --run-dir "$T/k$mode" >/dev/null 2>"$T/k.err" &
   kp=$!
-  for i in $(seq 100); do grep -q "ipc:///tmp/moco-run-" "$T/k.err" && break; sleep 0.05; done
+  for i in $(seq 600); do grep -q "ipc:///tmp/moco-run-" "$T/k.err" && break; sleep 0.05; done
   sd=$(grep -o "ipc:///tmp/moco-run-[A-Za-z0-9]*" "$T/k.err" | head -1 | cut -c7-)
   [ -n "$sd" ] && [ -d "$sd" ] || fail "$mode: no socket directory named: $(cat "$T/k.err")"
   sleep 1
