@@ -284,6 +284,8 @@ int trainer_bench_main(int argc, char **argv)
         if (R > 1) printf(" (%d ranks x %ld)", R, batch);
         printf(", %ldx%ld, K %ld, dim %ld, bn splits %ld%s, %ld threads%s, %s\n", size, size, K, dim, splits, sym ? ", symmetric" : "",
                threads, R > 1 ? " per rank" : "", precision);
+        if (nn_bf16_emulated() && !strcmp(precision, "bf16"))
+            printf("  bf16 on oneDNN's emulation (MOCO_BF16_EMULATE=1, no AVX512_BF16 here): for tests, slower than fp32\n");
         printf("  %.1f M parameters, %.2f GFLOP per step, activations %.0f MB%s\n", (double)mc->q->nparams / 1e6, flop / 1e9,
                (double)rn_arena_bytes(mc->q) / 1048576.0, R > 1 ? " per rank" : "");
     }
@@ -355,6 +357,7 @@ int trainer_bench_main(int argc, char **argv)
         moco_jw_i64(&w, "bn_splits", splits);
         moco_jw_bool(&w, "symmetric", sym);
         moco_jw_str(&w, "precision", precision);
+        if (nn_bf16_emulated() && !strcmp(precision, "bf16")) moco_jw_bool(&w, "bf16_emulated", 1);
         moco_jw_i64(&w, "ranks", R);
         moco_jw_i64(&w, "threads", threads);
         moco_jw_i64(&w, "steps", steps);

@@ -61,11 +61,30 @@ static dnnl_status_t engine_status = dnnl_success;
 
 static void engine_init(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
 
+/* MOCO_BF16_EMULATE=1 (a test and measurement knob, not a training option):
+ * on an AVX-512 CPU without AVX512_BF16, bf16 runs anyway, on oneDNN's
+ * emulation of its bf16 kernels and on the integer form of
+ * vcvtneps2bf16's rounding below (cvt16_emu), so that the bf16 path is
+ * exercised and tested there (tests/test_bf16.c, tests/cli_bf16.sh). It is
+ * slower than fp32 (README, "Measured"): users get the refusal. */
+static int emulated;
+
+static int emulate_asked(void)
+{
+    const char *e = getenv("MOCO_BF16_EMULATE");
+    return e && !strcmp(e, "1");
+}
+
+int nn_bf16_emulated(void) { return emulated; }
+
 int nn_bf16_available(void)
 {
     /* MOCO_CONV3=0|1 makes the engine act as on a CPU without AVX-512: bf16 too */
     const char *capped = conv3_simd() < 2 && __builtin_cpu_supports("avx512f") ? getenv("MOCO_CONV3") : NULL;
-    if (!__builtin_cpu_supports("avx512bf16") || conv3_simd() < 2)
+    const int x512 = conv3_simd() == 2 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                     __builtin_cpu_supports("avx512dq");
+    emulated = x512 && !__builtin_cpu_supports("avx512bf16") && emulate_asked();
+    if (!(__builtin_cpu_supports("avx512bf16") && x512) && !emulated)
         return moco_err(MOCO_EINVAL, "--precision bf16 needs a CPU with AVX512_BF16 (Intel Cooper Lake, Sapphire Rapids or "
                                      "later; AMD Zen 4 or later); this one has none%s%s%s, and oneDNN's emulation is slower "
                                      "than our fp32 kernels: use --precision fp32", capped ? " (MOCO_CONV3=" : "",
@@ -93,24 +112,56 @@ static int need_streams(int n)
 /* 16 fp32 -> 16 bf16, round to nearest even (the hardware rule) */
 BF16_TARGET static inline __m256i cvt16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
-BF16_TARGET static void to_bf16(uint16_t *dst, const float *src, size_t n)
+/* The same rule in integer operations (MOCO_BF16_EMULATE), as vcvtneps2bf16
+ * defines it: a NaN stays a quiet NaN, a subnormal becomes a zero of its
+ * sign, any other value is rounded to nearest even. */
+F32_TARGET static inline __m256i cvt16_emu(__m512 v)
 {
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), cvt16(_mm512_loadu_ps(src + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm256_mask_storeu_epi16(dst + i, m, cvt16(_mm512_maskz_loadu_ps(m, src + i)));
-    }
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16), exp = _mm512_set1_epi32(0x7F800000);
+    const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(hi, _mm512_set1_epi32(1)));
+    r = _mm512_srli_epi32(r, 16);
+    r = _mm512_mask_or_epi32(r, _mm512_cmpgt_epu32_mask(mag, exp), hi, _mm512_set1_epi32(0x40));
+    r = _mm512_mask_and_epi32(r, _mm512_testn_epi32_mask(u, exp), hi, _mm512_set1_epi32(0x8000));
+    return _mm512_cvtepi32_epi16(r);
 }
 
-BF16_TARGET void nn_bf16_round(float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i += 16) {
-        size_t k = n - i < 16 ? n - i : 16;
-        __mmask16 m = (__mmask16)((1u << k) - 1);
-        __m512i b = _mm512_cvtepu16_epi32(cvt16(_mm512_maskz_loadu_ps(m, x + i)));
-        _mm512_mask_storeu_ps(x + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
+#define TO_BF16(name, target, cvt)                                                                                    \
+    target static void name(uint16_t *dst, const float *src, size_t n)                                               \
+    {                                                                                                                  \
+        size_t i = 0;                                                                                                  \
+        for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), cvt(_mm512_loadu_ps(src + i)));        \
+        if (i < n) {                                                                                                   \
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);                                                            \
+            _mm256_mask_storeu_epi16(dst + i, m, cvt(_mm512_maskz_loadu_ps(m, src + i)));                              \
+        }                                                                                                              \
     }
+TO_BF16(to_bf16_hw, BF16_TARGET, cvt16)
+TO_BF16(to_bf16_emu, F32_TARGET, cvt16_emu)
+
+static void to_bf16(uint16_t *dst, const float *src, size_t n)
+{
+    if (emulated) to_bf16_emu(dst, src, n);
+    else to_bf16_hw(dst, src, n);
+}
+
+#define BF16_ROUND(name, target, cvt)                                                                                 \
+    target static void name(float *x, size_t n)                                                                        \
+    {                                                                                                                  \
+        for (size_t i = 0; i < n; i += 16) {                                                                           \
+            size_t k = n - i < 16 ? n - i : 16;                                                                        \
+            __mmask16 m = (__mmask16)((1u << k) - 1);                                                                  \
+            __m512i b = _mm512_cvtepu16_epi32(cvt(_mm512_maskz_loadu_ps(m, x + i)));                                   \
+            _mm512_mask_storeu_ps(x + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));                            \
+        }                                                                                                              \
+    }
+BF16_ROUND(round_hw, BF16_TARGET, cvt16)
+BF16_ROUND(round_emu, F32_TARGET, cvt16_emu)
+
+void nn_bf16_round(float *x, size_t n)
+{
+    if (emulated) round_emu(x, n);
+    else round_hw(x, n);
 }
 
 /* In-register transpose of the 16x16 block r[row][col] -> r[col][row]. */
@@ -195,8 +246,10 @@ static inline size_t row_at(size_t p, int c0, int C, size_t bhw)
         if (Ppad > P) memset(dst + P * C, 0, sizeof(T) * (Ppad - P) * C);                                              \
     }
 #define ST_BF16(p, m, v) _mm256_mask_storeu_epi16(p, m, cvt16(v))
+#define ST_BF16_EMU(p, m, v) _mm256_mask_storeu_epi16(p, m, cvt16_emu(v))
 #define ST_F32(p, m, v) _mm512_mask_storeu_ps(p, m, v)
 PACK_NHWC(pack_nhwc, BF16_TARGET, uint16_t, ST_BF16)
+PACK_NHWC(pack_nhwc_emu, F32_TARGET, uint16_t, ST_BF16_EMU)
 PACK_NHWC(pack_nhwc_f32, F32_TARGET, float, ST_F32)
 
 /* dst (C, ldc) fp32, P values per row, = (add: +=) src (P, C) fp32 (bhw > 0: nChw16c, as above) */
@@ -680,6 +733,7 @@ static void pack_any(const nn_lowp *lp, void *dst, const void *src, int half, in
 {
     if (!lp->x512) nhwc_pack_f32_avx2(dst, src, half, C, ldc, P, Ppad);
     else if (lp->f32) pack_nhwc_f32(dst, src, half, C, ldc, P, Ppad, bhw);
+    else if (emulated) pack_nhwc_emu(dst, src, half, C, ldc, P, Ppad, bhw);
     else pack_nhwc(dst, src, half, C, ldc, P, Ppad, bhw);
 }
 

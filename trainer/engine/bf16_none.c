@@ -22,6 +22,8 @@ int nn_bf16_available(void)
                                  "(tools/install-deps.sh does), rebuild, or use --precision fp32");
 }
 
+int nn_bf16_emulated(void) { return 0; }
+
 void nn_bf16_round(float *x, size_t n)
 {
     (void)x, (void)n;

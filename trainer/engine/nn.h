@@ -106,13 +106,16 @@ void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv 
 void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const nn_conv *d, float *work);
 /* bf16 mixed precision (trainer/bf16.c). nn_bf16_available: 0, or
  * MOCO_EINVAL with a message saying why not (built without oneDNN, or no
- * AVX512_BF16 in this CPU). nn_conv_bf16, after nn_conv_init: make the
+ * AVX512_BF16 in this CPU; MOCO_BF16_EMULATE=1, a test knob, allows
+ * oneDNN's emulation on an AVX-512 CPU without it, and nn_bf16_emulated()
+ * is then 1). nn_conv_bf16, after nn_conv_init: make the
  * oneDNN primitives of this convolution, so that conv2d_forward and
  * conv2d_backward take bf16 operands and accumulate in fp32 (same buffers,
  * same add-into semantics); it sets the chunking and returns in
  * *work_floats the scratch the calls then need (instead of nn_conv_init's).
  * nn_conv_free releases them (nn_conv_init would forget them). */
 int nn_bf16_available(void);
+int nn_bf16_emulated(void);
 int nn_conv_bf16(nn_conv *d, size_t *work_floats);
 /* The same on oneDNN in fp32 (operands and sums in fp32, as the other fp32
  * kernels). nn_onednn_available: 0, or MOCO_EINVAL and why not (built
