@@ -108,9 +108,9 @@ for mode in sink train; do
   [ -n "$sd" ] && [ -d "$sd" ] || fail "$mode: no socket directory named: $(cat "$T/k.err")"
   sleep 1
   kill -KILL $kp
-  for i in $(seq 100); do [ -d "$sd" ] || break; sleep 0.1; done
+  for i in $(seq 300); do [ -d "$sd" ] || break; sleep 0.1; done
   [ -d "$sd" ] && fail "$mode: the socket directory $sd survived the supervisor ($(ls "$sd"))"
-  for i in $(seq 50); do pgrep -f "$sd" >/dev/null || break; sleep 0.1; done
+  for i in $(seq 150); do pgrep -f "$sd" >/dev/null || break; sleep 0.1; done
   pgrep -f "$sd" >/dev/null && fail "$mode: processes of the killed run are still there: $(pgrep -af "$sd")"
 done
 

@@ -289,7 +289,7 @@ echo "7g: the trainer killed under moco run: exit 1, a resume command; resumed t
 #     lock goes with its process (SIGKILL), and the directory is usable again
 $M train $TR --out lk >/dev/null 2>lk1.err &
 LK=$!
-for _ in $(seq 1000); do [ -s lk/.lock ] && break; sleep 0.01; done
+for _ in $(seq 3000); do [ -s lk/.lock ] && break; sleep 0.01; done
 timeout 20 $M train $TR --out lk >/dev/null 2>lk2.err; rc=$?
 [ $rc -eq 1 ] && grep -q "lk is in use by another run (pid $LK)" lk2.err || { kill $LK; fail "7h: a second trainer on lk: exit $rc: $(tail -2 lk2.err)"; }
 timeout 60 $M run db $RUN --epochs 1 --run-dir lk --overwrite >/dev/null 2>lk3.err; rc=$?

@@ -194,7 +194,7 @@ err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir new3 --resume 
 # a live run's directory (its lock held; it holds logs by now): "in use", not "not empty"
 mkdir -p live && : >live/workers.log
 flock live/.lock sleep 30 & LK=$!
-for _ in $(seq 50); do flock -n live/.lock true 2>/dev/null || break; sleep 0.1; done
+for _ in $(seq 300); do flock -n live/.lock true 2>/dev/null || break; sleep 0.1; done
 err=$($M run db --workers 1 --size 28 $MODEL --epochs 1 --run-dir live 2>&1); rc=$?
 kill $LK 2>/dev/null; wait $LK 2>/dev/null
 [ $rc -eq 1 ] && [[ $err == *"live is in use by another run"* ]] || fail "3: a live run's directory: rc $rc, '$err'"
