@@ -285,7 +285,7 @@ int trainer_bench_main(int argc, char **argv)
         printf(", %ldx%ld, K %ld, dim %ld, bn splits %ld%s, %ld threads%s, %s\n", size, size, K, dim, splits, sym ? ", symmetric" : "",
                threads, R > 1 ? " per rank" : "", precision);
         if (nn_bf16_emulated() && !strcmp(precision, "bf16"))
-            printf("  bf16 on oneDNN's emulation (MOCO_BF16_EMULATE=1, no AVX512_BF16 here): for tests, slower than fp32\n");
+            printf("  bf16 on oneDNN's emulation (MOCO_BF16_EMULATE=1, a test knob: this CPU has no AVX512_BF16)\n");
         printf("  %.1f M parameters, %.2f GFLOP per step, activations %.0f MB%s\n", (double)mc->q->nparams / 1e6, flop / 1e9,
                (double)rn_arena_bytes(mc->q) / 1048576.0, R > 1 ? " per rank" : "");
     }

@@ -650,6 +650,8 @@ int train_run(const train_cfg *cin)
         goto out;
     }
     if (resume && !rank) fprintf(stderr, "moco train: resumed %s: epoch %lld, step %lld\n", resume, (long long)epoch, (long long)step);
+    if (c->precision == NN_BF16 && nn_bf16_emulated() && !rank) /* the test knob, said: it is not the product's bf16 */
+        fprintf(stderr, "moco train: bf16 on oneDNN's emulation (MOCO_BF16_EMULATE=1, a test knob: this CPU has no AVX512_BF16)\n");
     if (c->count && c->count < (uint64_t)N * (uint64_t)ranks) { /* every epoch would end without a step, "trained" and
                                                                   * checkpointed; said before metrics.jsonl is made */
         rc = moco_err(MOCO_EINVAL, "the dataset's %" PRIu64 " samples make no batch of %d pairs%s: lower --batch-size", c->count,

@@ -65,8 +65,10 @@ static void engine_init(void) { engine_status = dnnl_engine_create(&engine, dnnl
  * on an AVX-512 CPU without AVX512_BF16, bf16 runs anyway, on oneDNN's
  * emulation of its bf16 kernels and on the integer form of
  * vcvtneps2bf16's rounding below (cvt16_emu), so that the bf16 path is
- * exercised and tested there (tests/test_bf16.c, tests/cli_bf16.sh). It is
- * slower than fp32 (README, "Measured"): users get the refusal. */
+ * exercised and tested there (tests/test_bf16.c, tests/cli_bf16.sh). The
+ * emulated kernels are slower than fp32's (an Ice Lake at width 16: 209
+ * against about 500 pairs/s; docs/measurements.md, "The Ice Lake again"),
+ * and with measured kernels the step is fp32's: users get the refusal. */
 static int emulated;
 
 static int emulate_asked(void)
