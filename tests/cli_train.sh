@@ -53,6 +53,25 @@ $M plot "$T/r1" --compare "$T/ref.jsonl" --out "$T/cmp.png" >/dev/null && $M plo
 cmp -s "$T/curves.png" "$T/cmp.png" && fail "moco plot --compare drew nothing more"
 $M plot "$T/r1" --compare "$T/nothing.jsonl" --out "$T/cmp3.png" >/dev/null 2>"$T/cmp3.err"; rc=$?
 [ $rc -eq 1 ] && grep -q "moco plot: cannot open $T/nothing.jsonl" "$T/cmp3.err" || fail "--compare of a missing file: exit $rc, $(cat "$T/cmp3.err")"
+# groups of runs (seeds): each group drawn as its mean, and the kNN curves' largest gap printed:
+# blue (20+22)/2 = 21 and (30+34)/2 = 32 against orange 20 and 30.5 (epoch 3 is in one run only: left out)
+printf '{"epoch": 1, "loss": 5.5, "knn_top1": 20.0}\n{"epoch": 2, "loss": 5.0, "knn_top1": 30.0}\n{"epoch": 3, "knn_top1": 90.0}\n' >"$T/ga1.jsonl"
+printf '{"epoch": 1, "loss": 5.4, "knn_top1": 22.0}\n{"epoch": 2, "loss": 5.1, "knn_top1": 34.0}\n' >"$T/ga2.jsonl"
+printf '{"epoch": 1, "loss": 5.6, "knn_top1": 20.0}\n{"epoch": 2, "loss": 5.2, "knn_top1": 30.5}\n' >"$T/gb1.jsonl"
+$M plot "$T/ga1.jsonl" "$T/ga2.jsonl" --label ours --compare "$T/gb1.jsonl,$T/gb1.jsonl" --compare-label ref --out "$T/grp.png" >"$T/grp.out" 2>&1 \
+  || fail "moco plot of two groups: $(cat "$T/grp.out")"
+grep -qxF "moco plot: kNN top-1, ours, the mean of 2 runs minus ref, the mean of 2 runs, at the 2 epochs both have: largest difference +1.50 points at epoch 2; within 1 point at 1 of 2" "$T/grp.out" \
+  || fail "moco plot of two groups: $(cat "$T/grp.out")"
+$M plot "$T/ga1.jsonl" --compare "$T/ga2.jsonl" --out "$T/grp1.png" >"$T/grp.out" 2>&1 || fail "moco plot, one run against one: $(cat "$T/grp.out")"
+grep -qxF "moco plot: kNN top-1, $T/ga1.jsonl minus $T/ga2.jsonl, at the 2 epochs both have: largest difference -4.00 points at epoch 2; within 1 point at 0 of 2" "$T/grp.out" \
+  || fail "moco plot, one run against one: $(cat "$T/grp.out")"
+cmp -s "$T/grp.png" "$T/grp1.png" && fail "moco plot of two groups drew what one run against one draws"
+many=$(for i in $(seq 17); do printf '%s,' "$T/gb1.jsonl"; done)
+$M plot "$T/ga1.jsonl" --compare "$many" --out "$T/grp2.png" >/dev/null 2>"$T/grp.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "more than 16 runs" "$T/grp.err" || fail "--compare of 17 runs: exit $rc, $(cat "$T/grp.err")"
+$M plot "$T/ga1.jsonl" --compare "$T/gb1.jsonl,$T/nothing2.jsonl" --out "$T/grp2.png" >/dev/null 2>"$T/grp.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "moco plot: cannot open $T/nothing2.jsonl" "$T/grp.err" || fail "--compare naming a missing run: exit $rc, $(cat "$T/grp.err")"
+[ -e "$T/grp2.png" ] && fail "moco plot wrote a PNG after a refused --compare"
 # metrics a plot cannot hang on or draw: two values 2e-12 apart (a hang before: the tick
 # step fell below the spacing of doubles), and an epoch of 1e999 (inf: refused, naming the line)
 mkdir -p "$T/pclose" "$T/pinf"

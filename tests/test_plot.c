@@ -1,7 +1,8 @@
 /* test_plot.c: the axes of `moco plot`: 1-2-5 steps, whole-step ranges,
  * zero-based and capped percentages, labels without exponents or noise
  * digits (1.35e+03 and -0.641 were printed before); extreme values refused
- * or drawn clamped; the PNG written whole or not at all. */
+ * or drawn clamped; the PNG written whole or not at all; the mean curve of
+ * a group of runs. */
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -160,9 +161,38 @@ static void test_extremes_and_output(void **state)
     assert_int_not_equal(tu_sh("ls '%s' | grep -q 'tmp$'", dir), 0);
 }
 
+/* A group's mean curve: only at the x every run holds, each run's own
+ * mean first (run 0 holds epoch 2 twice, as a resumed run's file may), in
+ * increasing x whatever the order read; cap bounds what is written; no
+ * runs, or more than PLOT_MAX_RUNS, is refused. */
+static void test_mean_curve(void **state)
+{
+    (void)state;
+    const double x0[] = {3, 1, 2, 2}, y0[] = {50, 10, 20, 30};
+    const double x1[] = {1, 2, 3, 4}, y1[] = {14, 40, 56, 70};
+    const double x2[] = {2, 1, 3}, y2[] = {31, 12, 47};
+    const double *xs[] = {x0, x1, x2}, *ys[] = {y0, y1, y2};
+    const int len[] = {4, 4, 3};
+    double mx[8], my[8];
+    int n = plot_mean_curve(3, xs, ys, len, mx, my, 8);
+    assert_int_equal(n, 3);
+    const double wx[] = {1, 2, 3}, wy[] = {12, 32, 51}; /* (10+14+12)/3, (25+40+31)/3, (50+56+47)/3 */
+    for (int i = 0; i < 3; i++) {
+        print_message("  x %g: mean %g (want %g)\n", mx[i], my[i], wy[i]);
+        assert_true(mx[i] == wx[i] && fabs(my[i] - wy[i]) < 1e-12);
+    }
+    assert_int_equal(plot_mean_curve(3, xs, ys, len, mx, my, 2), 2);
+    assert_true(mx[1] == 2 && fabs(my[1] - 32) < 1e-12);
+    assert_int_equal(plot_mean_curve(1, xs + 1, ys + 1, len + 1, mx, my, 8), 4); /* one run: itself */
+    assert_true(mx[3] == 4 && my[3] == 70);
+    assert_int_equal(plot_mean_curve(0, xs, ys, len, mx, my, 8), MOCO_EINVAL);
+    assert_int_equal(plot_mean_curve(PLOT_MAX_RUNS + 1, xs, ys, len, mx, my, 8), MOCO_EINVAL);
+    assert_string_equal(moco_errmsg(), "a mean curve of 17 series (1 to 16)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels), cmocka_unit_test(test_units),
-                                       cmocka_unit_test(test_extremes_and_output)};
+                                       cmocka_unit_test(test_extremes_and_output), cmocka_unit_test(test_mean_curve)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

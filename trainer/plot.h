@@ -1,10 +1,22 @@
-/* plot.h: `moco plot` (trainer/plot.c), and the axis rule it draws with. */
+/* plot.h: `moco plot` (trainer/plot.c), the axis rule it draws with, and
+ * the mean curve of a group of runs. */
 #ifndef TRAINER_PLOT_H
 #define TRAINER_PLOT_H
 
 #include <stddef.h>
 
 int plot_main(int argc, char **argv);
+
+/* At most this many runs in each group of a plot (RUN_DIRs; --compare's). */
+#define PLOT_MAX_RUNS 16
+
+/* The mean curve of n series (1 to PLOT_MAX_RUNS; series i holds len[i]
+ * points x[i][k], y[i][k] in any order): at each x that every series
+ * holds, the mean over the series of each one's mean there (a resumed run
+ * may hold an epoch twice); an x that some series lacks is left out.
+ * Writes at most cap points to mx, my, in increasing x; returns their
+ * count, or MOCO_EINVAL / MOCO_ENOMEM with a message. */
+int plot_mean_curve(int n, const double *const *x, const double *const *y, const int *len, double *mx, double *my, int cap);
 
 /* What moco plot reads of RUN_DIR/metrics.jsonl (or a --compare file) at
  * path, for tests/fuzz/fuzz_metrics.c: the series loaded and every panel's
