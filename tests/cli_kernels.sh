@@ -208,3 +208,31 @@ assert bwd <= p["query_backward"] + 0.05, "encoder backward parts %.2f > the bac
 assert p["conv_forward"] > 0 and p["conv_backward"] > 0 and p["bn_forward"] > 0 and p["bn_backward"] > 0, p
 print("profile: the parts cover %.0f%% of the step; convolutions %.1f ms, BN %.1f ms" % (100 * s / step, p["conv_forward"] + p["conv_backward"], p["bn_forward"] + p["bn_backward"]))
 ' || fail "--profile JSON: $(tail -1 "$T/7.out" | cut -c1-400)"
+
+# the evaluation commands (moco knn here; lincls and embed share the flags):
+# --kernels measure times each convolution's forward at the command's batch
+# (no backward pass: nothing is trained), keeps the choices in the wisdom
+# file, and a second run reads them (the file unchanged); the default, rule,
+# times nothing and writes no file
+SRC=/usr/share/datasets/fashion-mnist
+if [ -d $SRC ]; then
+  $M mkdb $SRC "$T/db" --split test --limit 64 --shuffle --seed 3 --quiet >/dev/null 2>"$T/mkdb.err" || fail "mkdb: $(cat "$T/mkdb.err")"
+  EW="$T/ew/wisdom.jsonl"
+  K="knn --random-init 1 --width 4 --size 28 --batch 24 --threads 2 --train $T/db --test $T/db"
+  $M $K --kernels measure --wisdom "$EW" >"$T/k1.out" 2>"$T/k1.err" || fail "knn --kernels measure: $(tail -3 "$T/k1.err")"
+  grep -q '"kernels":"measure"' "$T/k1.out" || fail "knn --kernels measure: not in its JSON line: $(cat "$T/k1.out")"
+  [ -s "$EW" ] || fail "knn --kernels measure wrote no wisdom file"
+  lines=$(wc -l <"$EW")
+  fwd=$(grep -c '"pass":"fwd","shape":\[24,' "$EW")
+  [ "$lines" -ge 8 ] && [ "$fwd" = "$lines" ] \
+    || fail "knn --kernels measure: want only forward choices at batch 24 (8 or more), got $fwd of $lines lines: $(cut -c1-160 "$EW" | head -3)"
+  cp "$EW" "$T/ew1.jsonl"
+  $M $K --kernels measure --wisdom "$EW" >"$T/k2.out" 2>"$T/k2.err" || fail "knn --kernels measure, again: $(tail -3 "$T/k2.err")"
+  cmp -s "$EW" "$T/ew1.jsonl" || fail "a second knn --kernels measure changed the wisdom file (it should have found every choice there)"
+  $M $K --wisdom "$T/ew/rule.jsonl" >"$T/k3.out" 2>"$T/k3.err" || fail "knn (rule): $(tail -3 "$T/k3.err")"
+  grep -q '"kernels":"rule"' "$T/k3.out" || fail "knn: the default is not the rule: $(cat "$T/k3.out")"
+  [ -e "$T/ew/rule.jsonl" ] && fail "knn --kernels rule wrote a wisdom file"
+  echo "knn --kernels measure: $lines forward choices at its batch, none for a backward; read back the second time; rule writes none"
+else
+  echo "skipped: the evaluation commands' --kernels ($SRC absent)"
+fi

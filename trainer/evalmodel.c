@@ -11,6 +11,7 @@
 #include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/tune.h"
 #include "trainer/evalset.h"
 
 /* the encoders, and the largest width, dim and input side, the flags take:
@@ -22,7 +23,7 @@
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
-    *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1};
+    *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1, .kernels = "rule"};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch|-a", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
@@ -36,6 +37,12 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
     o[n++] = (moco_opt){"random-init", MOCO_OPT_INT, &f->init_seed,
                         "no checkpoint: the encoder as moco train --seed S initialises it (a baseline)", 0, 1e15, NULL};
+    o[n++] = (moco_opt){"kernels", MOCO_OPT_CHOICE, &f->kernels,
+                        "rule: the fixed rule, nothing timed (a run trained with --kernels rule gets its monitor's figures to the "
+                        "digit); measure: each convolution's forward on the kernel timed fastest here, kept in the wisdom file "
+                        "(faster; the kernels round differently)", 0, 0, "rule|measure"};
+    o[n++] = (moco_opt){"wisdom", MOCO_OPT_STR, &f->wisdom,
+                        "the wisdom file of --kernels measure (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL};
     return n;
 }
 
@@ -164,9 +171,16 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     par_set_threads((int)f->threads);
     if (VIPS_INIT("moco")) return moco_err(MOCO_EVIPS, "cannot start libvips");
     vips_cache_set_max(0);
+    int measure = f->kernels && !strcmp(f->kernels, "measure");
+    tune_configure(measure ? TUNE_MEASURE : TUNE_RULE, f->wisdom);
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
                 .batch = (int)f->batch, .size = (int)f->size};
     rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
+    if (!rc && measure) { /* the choices are made as the model is built: keep them now */
+        const char *note = tune_note();
+        if (note) fprintf(stderr, "moco: warning: %s\n", note);
+        if (tune_save()) fprintf(stderr, "moco: warning: %s; the kernels will be timed again next run\n", moco_errmsg());
+    }
     if (!rc && f->ckpt && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
     return rc;
 }

@@ -21,6 +21,7 @@
 
 typedef struct {
     const char *ckpt, *arch, *norm;
+    const char *kernels, *wisdom; /* --kernels rule|measure, --wisdom FILE (trainer/engine/tune.h) */
     long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt */
     int mlp;
     char arch_buf[32]; /* the checkpoint's arch, when f->arch comes from it */
@@ -29,11 +30,11 @@ typedef struct {
      * fills them in (from the checkpoint, else resnet18-cifar, 64, 128, 32) */
 } evalmodel_flags;
 
-#define EVALMODEL_NOPTS 11
+#define EVALMODEL_NOPTS 13
 
 /* Set defaults in f and write its option entries (--ckpt, --arch, --width,
  * --mlp, --moco-dim, --size, --normalize, batch_flag, --threads,
- * --random-init) into opts;
+ * --random-init, --kernels, --wisdom) into opts;
  * returns how many. */
 int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 
@@ -68,8 +69,11 @@ int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c);
 
 /* Set the BLAS threads, start libvips, resolve the encoder's description
  * into f (see above; MOCO_EINVAL when a flag contradicts the checkpoint),
- * build it (no gradients) and load encoder_q from f->ckpt (or keep the
- * seeded initialisation). Returns 0 or an error naming the file and the
+ * build it (no gradients: the forward's kernels on the fixed rule, or,
+ * under --kernels measure, timed here or read from the wisdom file, and the
+ * new choices saved there; a wisdom file that cannot be written is a
+ * warning) and load encoder_q from f->ckpt (or keep the seeded
+ * initialisation). Returns 0 or an error naming the file and the
  * tensor (MOCO_ECORRUPT: checksum; MOCO_ENUMERIC: NaN or infinite weights);
  * *m NULL on failure. */
 int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3]);

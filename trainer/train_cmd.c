@@ -260,6 +260,7 @@ int train_knn_main(int argc, char **argv)
     moco_jw_i64(&w, "k", k_used); /* the effective k */
     moco_jw_num(&w, "t", t, 4);
     moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
+    moco_jw_str(&w, "kernels", ef.kernels);
     moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);
     moco_jw_line(&w, stdout);
     return 0;
