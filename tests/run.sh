@@ -64,7 +64,12 @@ report() {
     124|137) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name: still running after ${MOCO_TEST_TIMEOUT:-1200} s, killed; last lines of $log:"
        tail -n 25 "$log" | sed 's/^/    /';;
     77) skip=$((skip+1)); echo "SKIP  $name: $(tail -n 1 "$log")";;
-    *) fail=$((fail+1)); failed+=("$name"); echo "FAIL  $name (exit $rc), last lines of $log:"; tail -n 25 "$log" | sed 's/^/    /';;
+    *) fail=$((fail+1)); failed+=("$name")
+       # a unit-test program's failed assertions (cmocka's ERROR and LINE), wherever they are in its log:
+       # the tail alone showed a later test's output and only the failing test's name
+       local why; why=$(grep -aE '^\[  ERROR   \]|^\[   LINE   \]' "$log" | head -n 20)
+       if [ -n "$why" ]; then echo "FAIL  $name (exit $rc), its failed assertions:"; echo "$why" | sed 's/^/    /'; fi
+       echo "FAIL  $name (exit $rc), last lines of $log:"; tail -n 25 "$log" | sed 's/^/    /';;
   esac
 }
 # the tests in today's order: each a name and what runs it (a program, or a script)

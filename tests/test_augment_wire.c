@@ -7,6 +7,7 @@
  * bytes of the in-process augment_pair(). */
 #include "tests/testutil.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <vips/vips.h>
 #include <zmq.h>
@@ -200,7 +201,11 @@ static void run_workers(int nw)
         snprintf(log, sizeof log, "%s/worker%d.log", dir, i);
         pids[i] = fork();
         if (pids[i] == 0) {
-            if (!freopen(log, "w", stderr)) _exit(126);
+            /* open and dup2, not freopen: between fork and exec only async-signal-safe calls (ZeroMQ's
+             * threads run in this process, and one may hold the allocator's lock) */
+            int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+            close(fd);
             execl(tu_moco(), "moco", "augment", "--pull", in, "--push", out, "--failed", fail, "--recipe", "cifar",
                   "--size", "24", "--seed", "7", (char *)NULL);
             _exit(127);

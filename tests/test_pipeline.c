@@ -1,7 +1,8 @@
 /* test_pipeline.c: the streaming pipeline end to end, with real processes:
- * `moco loader` and `moco sink` from bin/moco, and workers that are forked
- * children running augment_pipe_run() with a trivial augmentation (so that
- * these tests check the plumbing, not the image code). Every test is bounded
+ * `moco loader` and `moco sink` from bin/moco, and workers that are this
+ * program started again (--as-worker) to run augment_pipe_run() with a
+ * trivial augmentation (so that these tests check the plumbing, not the
+ * image code). Every test is bounded
  * in time and checks the sink's per-epoch index sets: exactly the dataset,
  * once per epoch, whatever is done to the workers. In serve mode with two
  * consumers (played in-process through trainer/stream.h), a consumer that
@@ -9,6 +10,7 @@
 #include "tests/testutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <time.h>
 #include <zmq.h>
@@ -101,9 +103,9 @@ static pid_t spawn(char *const argv[], const char *log)
 {
     pid_t pid = fork();
     if (pid == 0) {
-        if (log) {
-            FILE *f = freopen(log, "w", stderr);
-            (void)f;
+        if (log) { /* open and dup2, not freopen: async-signal-safe (see start_worker) */
+            int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd >= 0) dup2(fd, STDERR_FILENO), close(fd);
         }
         execv(argv[0], argv);
         _exit(127);
@@ -169,21 +171,40 @@ static void on_term(int s)
     augment_pipe_stop = 1;
 }
 
-/* A worker process: the real pipeline loop with the fake augmentation. */
+/* A worker process: the real pipeline loop with the fake augmentation, in
+ * this program started afresh (main's --as-worker). Not a bare fork: this
+ * process has ZeroMQ's threads by then, and a child forked while one of them
+ * held the allocator's lock (AddressSanitizer's has no fork handler) waited
+ * on it for ever, a worker that never said READY (a CI failure, 2026-12-04).
+ * Between fork and exec the child calls only async-signal-safe functions. */
 static pid_t start_worker(int queue)
 {
+    char q[16], side[16], hang[16], slow[16];
+    snprintf(q, sizeof q, "%d", queue);
+    snprintf(side, sizeof side, "%d", view_side);
+    snprintf(hang, sizeof hang, "%d", hang_at);
+    snprintf(slow, sizeof slow, "%d", slow_ms);
+    char *argv[] = {"test_pipeline", "--as-worker", work_ep, pairs_ep, q, side, hang, slow, NULL};
     pid_t pid = fork();
     if (pid == 0) {
-        struct sigaction sa = {.sa_handler = on_term};
-        sigaction(SIGTERM, &sa, NULL);
-        augment_pipe_cfg cfg = {.loader_ep = work_ep, .push_ep = pairs_ep, .view_bytes = view_side ? (size_t)view_side * (size_t)view_side : 64, .queue = queue, .sndhwm = 2,
-                                .loader_timeout = 10};
-        augment_pipe_stats st;
-        int rc = augment_pipe_run(&cfg, fake_pair, NULL, &st);
-        if (rc) fprintf(stderr, "worker %d: %s\n", (int)getpid(), moco_errmsg());
-        _exit(rc ? 1 : 0);
+        execv("/proc/self/exe", argv);
+        _exit(127);
     }
     return track(pid);
+}
+
+/* main's --as-worker LOADER_EP PAIRS_EP QUEUE VIEW_SIDE HANG_AT SLOW_MS: the worker's life. */
+static int worker_main(char **argv)
+{
+    struct sigaction sa = {.sa_handler = on_term};
+    sigaction(SIGTERM, &sa, NULL);
+    view_side = atoi(argv[3]), hang_at = atoi(argv[4]), slow_ms = atoi(argv[5]);
+    augment_pipe_cfg cfg = {.loader_ep = argv[0], .push_ep = argv[1], .view_bytes = view_side ? (size_t)view_side * (size_t)view_side : 64,
+                            .queue = atoi(argv[2]), .sndhwm = 2, .loader_timeout = 10};
+    augment_pipe_stats st;
+    int rc = augment_pipe_run(&cfg, fake_pair, NULL, &st);
+    if (rc) fprintf(stderr, "worker %d: %s\n", (int)getpid(), moco_errmsg());
+    return rc ? 1 : 0;
 }
 
 static pid_t start_loader(const char *extra)
@@ -945,9 +966,10 @@ static void test_serve_held_bytes_cap(void **st)
                                i ? "268435457" : "0", tu_moco(), tmp, work_ep, pairs_ep, tmp, i ? "268435457" : "0", tmp), 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    if (argc == 8 && !strcmp(argv[1], "--as-worker")) return worker_main(argv + 2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epoch_order),
         cmocka_unit_test_teardown(test_worker_speaks_both, teardown),
