@@ -459,9 +459,7 @@ int dist_moco_new(dist *d, const moco_cfg *cfg, moco **out)
     int rc = 0;
     if (rank && (rc = dist_sum_d(d, &go, 1))) return rc; /* after rank 0's model */
     if ((rc = moco_new(cfg, out))) return rc;              /* a failing rank aborts the job (dist_abort) */
-    const char *note = tune_note();
-    if (note) fprintf(stderr, "moco: warning: %s\n", note);
-    if (tune_save()) fprintf(stderr, "moco: warning: %s; the kernels will be timed again next run\n", moco_errmsg());
+    tune_keep();
     if (!rank && R > 1) rc = dist_sum_d(d, &go, 1);
     return rc;
 }

@@ -176,11 +176,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
                 .batch = (int)f->batch, .size = (int)f->size};
     rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
-    if (!rc && measure) { /* the choices are made as the model is built: keep them now */
-        const char *note = tune_note();
-        if (note) fprintf(stderr, "moco: warning: %s\n", note);
-        if (tune_save()) fprintf(stderr, "moco: warning: %s; the kernels will be timed again next run\n", moco_errmsg());
-    }
+    if (!rc && measure) tune_keep(); /* the choices are made as the model is built: keep them now */
     if (!rc && f->ckpt && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
     return rc;
 }

@@ -324,6 +324,13 @@ out:
     return rc;
 }
 
+void tune_keep(void)
+{
+    const char *n = tune_note();
+    if (n) fprintf(stderr, "moco: warning: %s\n", n);
+    if (tune_save()) fprintf(stderr, "moco: warning: %s; the kernels will be timed again next run\n", moco_errmsg());
+}
+
 /* ------------------------------------------------------- measurement */
 
 typedef struct {

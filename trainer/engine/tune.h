@@ -95,6 +95,12 @@ int tune_save(void);
  * NULL; it is returned once. */
 const char *tune_note(void);
 
+/* What a command does once its model is built: tune_note's warning, and
+ * tune_save with its failure as a warning ("the kernels will be timed
+ * again next run"), both on stderr as "moco: warning: ..."; the run goes on
+ * either way. */
+void tune_keep(void);
+
 /* Read the wisdom file now, as the first tune_conv after tune_configure
  * does (once; TUNE_MEASURE), for tests/fuzz/fuzz_wisdom.c. Returns the
  * number of choices of this process's key held (tune_note: the lines that
