@@ -27,6 +27,15 @@
 #define MOCO_CKPT_KEY_CONFIG "config"             /* the JSON object below, as a string */
 #define MOCO_CKPT_KEY_DATA_CRC32 "data_crc32"     /* zlib CRC-32 of the data section, 8 hex digits */
 #define MOCO_CKPT_KEY_CONFIG_CRC32 "config_crc32" /* that of the config string */
+/* optional: the kernels the run chose by measurement (moco train --kernels
+ * measure), one line of the wisdom file's format each (trainer/engine/tune.h);
+ * a resume runs on them, so that it ends byte-identical to an uninterrupted
+ * run whatever the wisdom file says by then. Not checksummed: a damaged
+ * line is ignored (and measured), and any choice rounds only as a tested
+ * kernel does. */
+#define MOCO_CKPT_KEY_KERNELS "kernels"
+/* the longest kernels string a reader takes (bytes, the NUL included) */
+#define MOCO_CKPT_KERNELS_MAX 65536
 /* the longest config string a reader takes (bytes, the NUL included) */
 #define MOCO_CKPT_CONFIG_MAX 4096
 

@@ -320,6 +320,53 @@ for how in TERM KILL; do
     || fail "SIG$how: the resumed run's final checkpoint differs from the uninterrupted run's"
 done
 
+# 2d. the kernels a run measured go into its checkpoints, and a resume runs
+# on them whatever the wisdom file holds by then (other runs on the machine
+# write it too): the file rewritten to choose "gemm" (the lowering, timed
+# for every shape) everywhere changes nothing, and is not rewritten back.
+# A copy of the checkpoint without its kernels (the key renamed) resumed the
+# same way ends elsewhere: the check can fail
+W=$T/pin.jsonl
+EP=8 pipeline "$T/pfull" --wisdom "$W"
+wait $TP || fail "2d: uninterrupted training failed: $(tail -3 "$T/pfull.err")"
+wait $LP $WP
+if grep -v '"choice":"gemm"' "$W" | grep -q '"choice"'; then
+  EP=8 pipeline "$T/pcut" --wisdom "$W" --save-every 5
+  for i in $(seq 600); do
+    grep -q '"step":10,' "$T/pcut/metrics.jsonl" 2>/dev/null && break
+    sleep 0.05
+  done
+  kill -KILL $TP; wait $TP 2>/dev/null
+  release $LP $WP
+  step=$(grep -o '"step":[0-9]*' "$T/pcut/metrics.jsonl" | tail -1)
+  [ "${step#*:}" -lt 128 ] || fail "2d: the kill landed after the last step ($step)"
+  cp "$T/pcut/checkpoint_last.safetensors" "$T/pres.safetensors"
+  /usr/bin/python3 - "$T/pres.safetensors" "$T/pnok.safetensors" <<'PY' || fail "2d: the checkpoint has no kernels key"
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = b[8:8 + n]
+assert h.count(b'"kernels":') == 1 and h.count(b'\\"choice\\":') >= 10  # the lines, inside a JSON string
+open(sys.argv[2], 'wb').write(b[:8] + h.replace(b'"kernels":', b'"kernelx":') + b[8 + n:])
+PY
+  sed -i 's/"choice":"[^"]*"/"choice":"gemm"/' "$W"
+  EP=8 pipeline "$T/pcut" --wisdom "$W" --resume "$T/pres.safetensors"
+  wait $TP || fail "2d: the resumed training failed: $(tail -3 "$T/pcut.err")"
+  wait $LP $WP
+  grep -q "kernel choices saved" "$T/pcut.err" && fail "2d: the resume did not take all its kernels: $(grep 'kernel choices' "$T/pcut.err")"
+  cmp "$T/pfull/checkpoint_last.safetensors" "$T/pcut/checkpoint_last.safetensors" \
+    || fail "2d: resumed at $step after the wisdom file changed, the final checkpoint differs from the uninterrupted run's"
+  grep -v '"choice":"gemm"' "$W" | grep -q '"choice"' && fail "2d: the resume rewrote the wisdom file with its kernels"
+  EP=8 pipeline "$T/pnok" --wisdom "$W" --resume "$T/pnok.safetensors"
+  wait $TP || fail "2d: the resume without kernels failed: $(tail -3 "$T/pnok.err")"
+  wait $LP $WP
+  cmp -s "$T/pfull/checkpoint_last.safetensors" "$T/pnok/checkpoint_last.safetensors" \
+    && fail "2d: without its kernels the resume on other kernels ended byte-identical too: the check shows nothing"
+  echo "2d: killed at $step, resumed after the wisdom file changed: byte-identical on the checkpoint's kernels; without them it differs"
+else
+  echo "skipped: 2d: every layer chose gemm here, so a wisdom file of gemm changes no kernel"
+fi
+
 # 3. a truncated checkpoint is refused
 head -c 100000 "$T/resume.safetensors" > "$T/trunc.safetensors"
 pipeline "$T/bad" --resume "$T/trunc.safetensors"

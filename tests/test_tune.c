@@ -462,9 +462,81 @@ static void test_wisdom_kept(void **st)
     par_set_threads(1);
 }
 
+/* A checkpoint's choices (tune_used_lines) taken over the wisdom file's by
+ * tune_pin, as a resume does: the file says one algorithm, the pin another,
+ * and the pin runs; the file is not rewritten for it; lines of another CPU
+ * and lines that do not parse are passed over, and counted. */
+static void test_pin(void **st)
+{
+    (void)st;
+    par_set_threads(2);
+    const char *dir = tu_tmpdir("tune_pin");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/wisdom.jsonl", dir);
+    const tune_shape s1 = {16, 8, 8, 8, 16, 3, 1, 1};
+    tune_choice c, p;
+    int lines = -1;
+    tune_configure(TUNE_RULE, path);
+    assert_null(tune_used_lines());
+    assert_int_equal(tune_pin("{}\n", &lines), 0);
+    assert_int_equal(lines, 0);
+
+    tune_configure(TUNE_MEASURE, path);
+    assert_null(tune_used_lines()); /* nothing asked yet */
+    assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &c), 0);
+    assert_int_equal(c.measured, 1);
+    char *used = tune_used_lines();
+    assert_non_null(used);
+    assert_int_equal(count_lines(used), 1);
+    char want[64];
+    snprintf(want, sizeof want, "\"choice\":\"%s\"", nn_algo_name(c.algo));
+    assert_non_null(strstr(used, want));
+    free(used);
+    assert_int_equal(tune_save(), 0);
+    char *file = slurp(path);
+    assert_non_null(file);
+    /* another candidate the file does not name */
+    int other = -1;
+    for (int a = NN_ALGO_GEMM; a < NN_ALGO_COUNT && other < 0; a++)
+        if (a != c.algo && c.ms[a] >= 0) other = a;
+    assert_true(other >= 0);
+    char text[2048];
+    snprintf(text, sizeof text,
+             "{\"cpu\":\"%s\",\"build\":\"an older build\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"fwd\","
+             "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"%s\",\"ms\":{\"%s\":9.0}}\n"
+             "{\"cpu\":\"Other CPU\",\"build\":\"x\",\"threads\":2,\"precision\":\"fp32\",\"pass\":\"bwd\","
+             "\"shape\":[16,8,8,8,16,3,1,1],\"choice\":\"gemm\",\"ms\":{\"gemm\":1.0}}\n"
+             "{\"cpu\": not json\n",
+             tune_cpu(), nn_algo_name(other), nn_algo_name(other));
+    tune_configure(TUNE_MEASURE, path); /* a fresh process, resuming */
+    assert_int_equal(tune_pin(text, &lines), 1);
+    assert_int_equal(lines, 3);
+    assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &p), 0);
+    assert_int_equal(p.algo, other); /* the pin, not the file's choice */
+    assert_int_equal(p.measured, 0);
+    assert_int_equal(tune_conv(&s1, TUNE_BWD, NN_FP32, 1 << 16, &p), 0); /* the other CPU's line: not taken */
+    assert_int_equal(p.measured, 1);
+    used = tune_used_lines(); /* what this run's checkpoints keep: the pin, and the measured backward */
+    assert_non_null(used);
+    assert_int_equal(count_lines(used), 2);
+    snprintf(want, sizeof want, "\"choice\":\"%s\"", nn_algo_name(other));
+    assert_non_null(strstr(used, want));
+    free(used);
+    assert_int_equal(tune_save(), 0); /* the backward is added; the forward's line stays the file's */
+    char *after = slurp(path);
+    assert_non_null(after);
+    assert_int_equal(count_lines(after), 2);
+    assert_memory_equal(after, file, strlen(file));
+    test_free(after);
+    test_free(file);
+    tune_configure(TUNE_RULE, NULL);
+    par_set_threads(1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pin),
         cmocka_unit_test(test_plan_every_algo),
         cmocka_unit_test(test_measure_and_wisdom),
         cmocka_unit_test(test_wisdom_kept),

@@ -558,8 +558,9 @@ int train_run(const train_cfg *cin)
     uint8_t *delivered = NULL;
     ckpt_state rs = {0};
     char path[4200], cfgjson[2048];
-    const char *meta[4];
+    const char *meta[6];
     int nmeta = 0, nb = 0;
+    char *kernels = NULL; /* the kernels this run chose (tune_used_lines), kept in its checkpoints */
     int64_t epoch = c->start_epoch, step = 0, saved_step = -1; /* saved: the step of checkpoint_last in --out */
     const int rank = c->dist ? dist_rank(c->dist) : 0, ranks = c->dist ? dist_size(c->dist) : 1;
     int draining = 0, stop_after_epoch = 0, agreed_stop = 0; /* ranks: see vote() */
@@ -608,7 +609,19 @@ int train_run(const train_cfg *cin)
                      .K = c->K, .m = (float)c->m, .T = (float)c->T, .symmetric = c->symmetric, .lr = (float)c->lr,
                      .sgd_momentum = (float)c->momentum, .weight_decay = (float)c->wd, .seed = c->seed};
     tune_configure(c->kernels, c->wisdom);
+    if (resume && c->kernels == TUNE_MEASURE) { /* the kernels of the run's first part, over the wisdom file's */
+        int lines = 0, taken = 0;
+        if ((rc = ckpt_read_kernels(resume, &kernels))) goto out;
+        if (kernels) taken = tune_pin(kernels, &lines);
+        if (taken < lines && !rank)
+            fprintf(stderr, "moco train: warning: %d of the %d kernel choices saved in %s apply here (the others were made on "
+                            "another CPU model or thread count, or do not parse): the resumed run may round differently from "
+                            "an uninterrupted one\n", taken, lines, resume);
+        free(kernels);
+        kernels = NULL;
+    }
     if ((rc = dist_moco_new(c->dist, &mcfg, &mc))) goto out;
+    if ((kernels = tune_used_lines()) && strlen(kernels) >= MOCO_CKPT_KERNELS_MAX) free(kernels), kernels = NULL; /* a reader would pass over it */
     if (c->dist && (rc = moco_set_comm(mc, dist_comm(c->dist)))) goto out;
     if (resume) { /* its config was compared with the flags above (train_resume_matches) */
         if ((rc = ckpt_load(resume, mc, &rs))) goto out;
@@ -627,6 +640,7 @@ int train_run(const train_cfg *cin)
         resume_epoch = (uint32_t)rs.pipe_epoch;
     }
     nmeta = train_config_meta(c, cfgjson, sizeof cfgjson, meta);
+    if (kernels) meta[2 * nmeta] = MOCO_CKPT_KEY_KERNELS, meta[2 * nmeta + 1] = kernels, nmeta++;
     /* ranks: the same configuration and the same starting weights everywhere */
     /* and the flags that decide which collectives a rank calls when, or what its inputs are: a
      * difference there hung the job in mismatched collectives, or trained on other inputs unseen */
@@ -940,6 +954,7 @@ out:; /* a declaration follows: C11 puts a statement after a label (clang-14 ins
     free(batch_idx);
     free(delivered);
     free((void *)rs.delivered);
+    free(kernels);
     return rc;
 }
 

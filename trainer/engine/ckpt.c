@@ -95,10 +95,11 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
 /* The header of the file open as fd: its "config" (decoded, "" if none)
  * and "data_crc32" ("" if none) metadata strings; "config_crc32", where the
  * file has it, checked against the config. */
-static int read_meta(int fd, const char *path, char *config, size_t ccap, char *crc, size_t crccap)
+static int read_meta(int fd, const char *path, char *config, size_t ccap, char *crc, size_t crccap, char *kern, size_t kcap)
 {
     char ccrc[32] = "";
     config[0] = crc[0] = 0;
+    if (kern) kern[0] = 0;
     uint8_t b8[9];
     struct stat sb;
     if (fstat(fd, &sb)) return moco_err(MOCO_EIO, "%s: %s", path, strerror(errno));
@@ -136,6 +137,8 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
         rc = moco_err(MOCO_ECORRUPT, "%s: __metadata__ config, data_crc32 or config_crc32 malformed", path);
         goto out;
     }
+    int kk = kern ? moco_json_get(h, tk, md, MOCO_CKPT_KEY_KERNELS) : -1;
+    if (kk >= 0 && (tk[kk].type != MOCO_JSON_STR || moco_json_str(h, &tk[kk], kern, kcap))) kern[0] = 0; /* a hint: ignored */
     if (kc >= 0) { /* files written before it existed have none */
         char got[16];
         moco_ckpt_crc32_hex(config, strlen(config), got, sizeof got);
@@ -154,9 +157,27 @@ int ckpt_read_config(const char *path, moco_ckpt_config *cfg)
     char config[MOCO_CKPT_CONFIG_MAX], crc[32];
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO: refused by read_meta, not waited on */
     if (fd < 0) return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
-    int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
+    int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc, NULL, 0);
     close(fd);
     return rc ? rc : moco_ckpt_config_parse(config, path, cfg);
+}
+
+int ckpt_read_kernels(const char *path, char **out)
+{
+    char config[MOCO_CKPT_CONFIG_MAX], crc[32];
+    *out = NULL;
+    char *k = malloc(MOCO_CKPT_KERNELS_MAX);
+    if (!k) return moco_err(MOCO_ENOMEM, "%s: out of memory", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        free(k);
+        return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EIO, "cannot open %s: %s", path, strerror(errno));
+    }
+    int rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc, k, MOCO_CKPT_KERNELS_MAX);
+    close(fd);
+    if (rc || !k[0]) free(k);
+    else *out = k;
+    return rc;
 }
 
 /* the CRC-32 of the data section, and every F32 tensor finite */
@@ -213,7 +234,7 @@ int ckpt_open(const char *path, moco_st **out, moco_ckpt_config *cfg)
         if ((rc = moco_st_open(path, &f))) return rc;
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0) { rc = moco_err(MOCO_EIO, "cannot open %s: %s", path, strerror(errno)); goto fail; }
-        rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc);
+        rc = read_meta(fd, path, config, sizeof config, crc, sizeof crc, NULL, 0);
         int same = !fstat(fd, &b) && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
         close(fd);
         if (rc) goto fail;

@@ -56,6 +56,12 @@ int ckpt_open(const char *path, moco_st **f, moco_ckpt_config *cfg);
  * MOCO_ECORRUPT naming the file. */
 int ckpt_read_config(const char *path, moco_ckpt_config *cfg);
 
+/* The kernel choices saved with the run (MOCO_CKPT_KEY_KERNELS): *out
+ * malloc'd (free it), or NULL when it has none (or one too long or not a
+ * string: a hint, ignored). Returns 0, or MOCO_EIO / MOCO_ECORRUPT naming
+ * the file. */
+int ckpt_read_kernels(const char *path, char **out);
+
 /* Restore mc (built with the same configuration) and fill *st (its
  * delivered bitmap malloc'd, to free()). Returns 0 or an error naming the
  * file and the tensor; mc is unchanged on failure. */

@@ -29,6 +29,7 @@ typedef struct {
     tune_shape s;
     int layer;                  /* TUNE_CONV or TUNE_LINEAR */
     int pass, precision, fresh; /* fresh: measured here, not yet saved */
+    int used;                   /* returned by tune_conv or tune_linear (tune_used_lines) */
     tune_choice c;
 } entry;
 
@@ -324,6 +325,46 @@ out:
     return rc;
 }
 
+char *tune_used_lines(void)
+{
+    if (mode != TUNE_MEASURE) return NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    int n = 0, bad = 0;
+    for (int i = 0; i < ntab; i++)
+        if (tab[i].used) bad |= write_entry(f, &tab[i]), n++;
+    if (fclose(f) || bad || !n) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int tune_pin(const char *text, int *lines)
+{
+    *lines = 0;
+    if (mode != TUNE_MEASURE || !text) return 0;
+    if (!loaded) load();
+    int n = 0;
+    for (const char *s = text; *s;) {
+        const char *nl = strchr(s, '\n');
+        size_t len = nl ? (size_t)(nl - s) + 1 : strlen(s);
+        line_rec r;
+        int keyed;
+        ++*lines;
+        /* another CPU's or thread count's choices were made for other kernels' speeds: measured here instead */
+        if (!parse_line(s, len, &r, &keyed) && !strcmp(r.cpu, cpu) && r.threads == (uint64_t)par_threads()) {
+            entry *e = find(r.e.layer, &r.e.s, r.e.pass, r.e.precision);
+            if (!e) e = add();
+            if (e) *e = r.e, n++; /* neither fresh (the file is not rewritten for it) nor used yet */
+        }
+        s += len;
+    }
+    return n;
+}
+
 void tune_keep(void)
 {
     const char *n = tune_note();
@@ -450,13 +491,14 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
         nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
         *out = e->c;
         out->measured = e->fresh;
+        e->used = 1;
         return 0;
     }
     tune_choice c;
     int rc = measure(s, pass, precision, budget, &c);
     if (rc) return rc;
     if (!e) e = add();
-    if (e) e->s = *s, e->layer = TUNE_CONV, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
+    if (e) e->s = *s, e->layer = TUNE_CONV, e->pass = pass, e->precision = precision, e->fresh = 1, e->used = 1, e->c = c;
     *out = c;
     return 0;
 }
@@ -503,6 +545,7 @@ int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
     if (e && (e->c.algo == NN_ALGO_GEMM || e->c.algo == NN_ALGO_BF16)) {
         *out = e->c;
         out->measured = e->fresh;
+        e->used = 1;
         return 0;
     }
     moco_rng r;
@@ -521,7 +564,7 @@ int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
     unmap(b.x), unmap(b.w), unmap(b.y), unmap(b.dx), unmap(b.dw), unmap(b.work);
     if (rc) return rc;
     if (!e) e = add();
-    if (e) e->s = s, e->layer = TUNE_LINEAR, e->pass = pass, e->precision = precision, e->fresh = 1, e->c = c;
+    if (e) e->s = s, e->layer = TUNE_LINEAR, e->pass = pass, e->precision = precision, e->fresh = 1, e->used = 1, e->c = c;
     *out = c;
     return 0;
 }

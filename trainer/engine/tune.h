@@ -101,6 +101,23 @@ const char *tune_note(void);
  * either way. */
 void tune_keep(void);
 
+/* The choices tune_conv and tune_linear have returned so far (TUNE_MEASURE),
+ * as lines of the wisdom file: malloc'd (free it), NULL under TUNE_RULE or
+ * with none. A checkpoint keeps them (formats/checkpoint.h
+ * MOCO_CKPT_KEY_KERNELS) for tune_pin. */
+char *tune_used_lines(void);
+
+/* Before the models are made (TUNE_MEASURE; under TUNE_RULE nothing): take
+ * the choices in text (tune_used_lines' lines) over the wisdom file's, so
+ * that a resumed run runs the kernels its first part ran and ends
+ * byte-identical to an uninterrupted run, whatever the file holds by then.
+ * A line of another CPU model or thread count, or one that does not parse,
+ * is passed over (that layer takes the file's choice, or is measured); a
+ * choice that cannot run its shape here is measured. The file is not
+ * rewritten for them. Returns how many were taken over; *lines: how many
+ * text holds. */
+int tune_pin(const char *text, int *lines);
+
 /* Read the wisdom file now, as the first tune_conv after tune_configure
  * does (once; TUNE_MEASURE), for tests/fuzz/fuzz_wisdom.c. Returns the
  * number of choices of this process's key held (tune_note: the lines that
