@@ -229,10 +229,14 @@ if [ -d $SRC ]; then
   cp "$EW" "$T/ew1.jsonl"
   $M $K --kernels measure --wisdom "$EW" >"$T/k2.out" 2>"$T/k2.err" || fail "knn --kernels measure, again: $(tail -3 "$T/k2.err")"
   cmp -s "$EW" "$T/ew1.jsonl" || fail "a second knn --kernels measure changed the wisdom file (it should have found every choice there)"
-  $M $K --wisdom "$T/ew/rule.jsonl" >"$T/k3.out" 2>"$T/k3.err" || fail "knn (rule): $(tail -3 "$T/k3.err")"
-  grep -q '"kernels":"rule"' "$T/k3.out" || fail "knn: the default is not the rule: $(cat "$T/k3.out")"
+  $M $K --wisdom "$T/ew/rule.jsonl" >"$T/k3.out" 2>"$T/k3.err" || fail "knn (default): $(tail -3 "$T/k3.err")"
+  grep -q '"kernels":"checkpoint","kernels_from_ckpt":0' "$T/k3.out" \
+    || fail "knn: the default is not the checkpoint's kernels (none here: --random-init), else the rule: $(cat "$T/k3.out")"
+  [ -e "$T/ew/rule.jsonl" ] && fail "knn's default (no checkpoint: the rule) wrote a wisdom file"
+  $M $K --kernels rule --wisdom "$T/ew/rule.jsonl" >"$T/k4.out" 2>"$T/k4.err" || fail "knn --kernels rule: $(tail -3 "$T/k4.err")"
+  grep -q '"kernels":"rule"' "$T/k4.out" || fail "knn --kernels rule: not in its JSON line: $(cat "$T/k4.out")"
   [ -e "$T/ew/rule.jsonl" ] && fail "knn --kernels rule wrote a wisdom file"
-  echo "knn --kernels measure: $lines forward choices at its batch, none for a backward; read back the second time; rule writes none"
+  echo "knn --kernels measure: $lines forward choices at its batch, none for a backward; read back the second time; the default and rule write none"
 else
   echo "skipped: the evaluation commands' --kernels ($SRC absent)"
 fi

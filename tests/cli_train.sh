@@ -24,11 +24,11 @@ rm -rf "$T" && mkdir -p "$T"
 $M mkdb $SRC "$T/db" --split test --limit 512 --shuffle --seed 3 --quiet >/dev/null || fail mkdb
 MODEL="--arch resnet18-cifar --width 4 --batch-size 32 --moco-k 256 --moco-m 0.99 --moco-t 0.1 --lr 0.06 --cos --bn-splits 4 --threads 1"
 
-# 1. moco run, 2 epochs, kNN every epoch; on the fixed kernel rule, as moco knn runs, so
-# that moco knn on its checkpoint must give the monitor's figure to the last digit (under
-# --kernels measure the monitor ran the kernels timed fastest, which round differently:
-# a CI run saw 37.50 against 37.70, one test image of 512)
-timeout 300 $M run "$T/db" --workers 2 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL --kernels rule \
+# 1. moco run, 2 epochs, kNN every epoch, on the kernels timed fastest (the default); its
+# checkpoints keep them, and moco knn on one runs them (its default, --kernels checkpoint),
+# so it must give the monitor's figure to the last digit (on other kernels it may not: a
+# CI run saw 37.50 against 37.70, one test image of 512)
+timeout 300 $M run "$T/db" --workers 2 --epochs 2 --recipe cifar --size 28 --seed 1 $MODEL \
   --knn-train "$T/db" --knn-test "$T/db" --run-dir "$T/r1" --quiet >"$T/r1.out" 2>"$T/r1.err" \
   || { tail "$T/r1.err"; fail "moco run (training) exited non-zero"; }
 n=$(grep -c '"type":"epoch"' "$T/r1/metrics.jsonl")
@@ -84,11 +84,18 @@ printf '{"epoch":1,"loss":5}\n{"epoch":1e999,"loss":4}\n' >"$T/pinf/metrics.json
 timeout 30 $M plot "$T/pinf" --out "$T/pinf.png" >/dev/null 2>"$T/plot.err"; rc=$?
 [ $rc -eq 1 ] && grep -q "$T/pinf/metrics.jsonl: line 2: epoch inf is not an epoch number" "$T/plot.err" || fail "moco plot, epoch 1e999: exit $rc $(cat "$T/plot.err")"
 
-# moco knn on the final checkpoint reproduces the monitor's last figure
+# moco knn on the final checkpoint reproduces the monitor's last figure, on the checkpoint's kernels
 want=$(grep '"type":"epoch"' "$T/r1/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
-got=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
-      --size 28 --threads 1 | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
+kj=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 \
+      --size 28 --threads 1 2>"$T/knn1.err" | tail -1)
+got=$(echo "$kj" | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "moco knn says $got, the training monitor said $want"
+echo "$kj" | grep -qE '"kernels":"checkpoint","kernels_from_ckpt":[1-9]' || fail "moco knn did not run the checkpoint's kernels: $kj"
+grep -q "kernels saved" "$T/knn1.err" && fail "moco knn: $(cat "$T/knn1.err")"
+# at another thread count the checkpoint's choices do not apply: the rule runs, and knn says so
+kj=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 --size 28 --threads 2 2>"$T/knn2.err" | tail -1)
+echo "$kj" | grep -q '"kernels_from_ckpt":0' && grep -q "chosen at another batch or thread count: the fixed rule ran" "$T/knn2.err" \
+  || fail "moco knn at --threads 2 on a --threads 1 run's kernels: $kj $(cat "$T/knn2.err")"
 # its last line is JSON also for a path with a quote in it
 Q="$T/q\"uote"; mkdir -p "$Q" && cp "$T/r1/checkpoint_last.safetensors" "$Q/c.safetensors"
 $M knn --ckpt "$Q/c.safetensors" --train "$T/db" --test "$T/db" --size 28 --threads 1 | tail -1 \

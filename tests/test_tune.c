@@ -527,6 +527,27 @@ static void test_pin(void **st)
     assert_non_null(after);
     assert_int_equal(count_lines(after), 2);
     assert_memory_equal(after, file, strlen(file));
+
+    /* the evaluation commands' mode: the pin where there is one, else the
+     * rule (not the file's line: nothing read, nothing timed, nothing written) */
+    tune_configure(TUNE_CHECKPOINT, path);
+    assert_int_equal(tune_pin(text, &lines), 1);
+    assert_int_equal(tune_conv(&s1, TUNE_FWD, NN_FP32, 1 << 16, &p), 0);
+    assert_int_equal(p.algo, other);
+    assert_int_equal(p.measured, 0);
+    assert_int_equal(tune_conv(&s1, TUNE_BWD, NN_FP32, 1 << 16, &p), 0);
+    assert_int_equal(p.algo, nn_conv_rule(8, 8, 8, 16, 3, 1, 1));
+    assert_int_equal(p.measured, 0);
+    for (int a = 0; a < NN_ALGO_COUNT; a++) assert_true(p.ms[a] < 0); /* the rule's: no times (the file's line has them) */
+    used = tune_used_lines(); /* the pins that ran */
+    assert_non_null(used);
+    assert_int_equal(count_lines(used), 1);
+    free(used);
+    assert_int_equal(tune_save(), 0);
+    char *last = slurp(path);
+    assert_non_null(last);
+    assert_string_equal(last, after);
+    test_free(last);
     test_free(after);
     test_free(file);
     tune_configure(TUNE_RULE, NULL);

@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <vips/vips.h>
 
@@ -23,7 +24,7 @@
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
-    *f = (evalmodel_flags){.norm = "auto", .batch = 256, .threads = 2, .init_seed = -1, .kernels = "rule"};
+    *f = (evalmodel_flags){.norm = "auto", .threads = 2, .init_seed = -1, .kernels = "checkpoint"};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch|-a", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
@@ -33,14 +34,15 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
     o[n++] = (moco_opt){"moco-dim", MOCO_OPT_INT, &f->dim, "its feature dimension; 0: the checkpoint's (128 without one)", 0, DIM_MAX, NULL};
     o[n++] = (moco_opt){"size", MOCO_OPT_INT, &f->size, "input side, resize + centre crop; 0: the checkpoint's training size (32 without one)", 0, SIZE_MAX_SIDE, NULL};
     o[n++] = (moco_opt){"normalize", MOCO_OPT_CHOICE, &f->norm, "mean/std of the inputs", 0, 0, "auto|cifar|imagenet|none"};
-    o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward", 1, 65536, NULL};
+    o[n++] = (moco_opt){batch_flag, MOCO_OPT_INT, &f->batch, "images per forward (default: the checkpoint's training batch, else 256)", 1, 65536, NULL};
     o[n++] = (moco_opt){"threads", MOCO_OPT_INT, &f->threads, "compute threads", 1, 256, NULL};
     o[n++] = (moco_opt){"random-init", MOCO_OPT_INT, &f->init_seed,
                         "no checkpoint: the encoder as moco train --seed S initialises it (a baseline)", 0, 1e15, NULL};
     o[n++] = (moco_opt){"kernels", MOCO_OPT_CHOICE, &f->kernels,
-                        "rule: the fixed rule, nothing timed (a run trained with --kernels rule gets its monitor's figures to the "
-                        "digit); measure: each convolution's forward on the kernel timed fastest here, kept in the wisdom file "
-                        "(faster; the kernels round differently)", 0, 0, "rule|measure"};
+                        "checkpoint: the kernels the checkpoint's run chose, where it kept them for this batch and --threads "
+                        "(its monitor's figures to the digit), else the fixed rule; rule: the fixed rule; measure: each "
+                        "convolution's forward on the kernel timed fastest here, kept in the wisdom file (nothing timed by the "
+                        "other two)", 0, 0, "checkpoint|rule|measure"};
     o[n++] = (moco_opt){"wisdom", MOCO_OPT_STR, &f->wisdom,
                         "the wisdom file of --kernels measure (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL};
     return n;
@@ -171,12 +173,25 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     par_set_threads((int)f->threads);
     if (VIPS_INIT("moco")) return moco_err(MOCO_EVIPS, "cannot start libvips");
     vips_cache_set_max(0);
-    int measure = f->kernels && !strcmp(f->kernels, "measure");
-    tune_configure(measure ? TUNE_MEASURE : TUNE_RULE, f->wisdom);
+    int measure = f->kernels && !strcmp(f->kernels, "measure"), pin = !f->kernels || !strcmp(f->kernels, "checkpoint");
+    if (!f->batch) f->batch = f->ckpt && cc.batch > 0 ? cc.batch : 256; /* the monitor's forwards ran at the training batch */
+    tune_configure(measure ? TUNE_MEASURE : pin ? TUNE_CHECKPOINT : TUNE_RULE, f->wisdom);
+    f->pinned = f->pins = 0;
+    if (pin && f->ckpt) {
+        char *k = NULL;
+        if ((rc = ckpt_read_kernels(f->ckpt, &k))) return rc;
+        tune_pin(k, &f->pins);
+        free(k);
+    }
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
                 .batch = (int)f->batch, .size = (int)f->size};
     rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
     if (!rc && measure) tune_keep(); /* the choices are made as the model is built: keep them now */
+    if (!rc && f->pins) { /* how many of the model's convolutions run on the checkpoint's kernels */
+        char *u = tune_used_lines();
+        for (const char *p = u; p && (p = strchr(p, '\n')); p++) f->pinned++;
+        free(u);
+    }
     if (!rc && f->ckpt && (rc = ckpt_load_encoder(f->ckpt, *m))) rn_destroy(m);
     return rc;
 }

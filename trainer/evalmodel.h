@@ -21,9 +21,10 @@
 
 typedef struct {
     const char *ckpt, *arch, *norm;
-    const char *kernels, *wisdom; /* --kernels rule|measure, --wisdom FILE (trainer/engine/tune.h) */
-    long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt */
+    const char *kernels, *wisdom; /* --kernels checkpoint|rule|measure, --wisdom FILE (trainer/engine/tune.h) */
+    long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt; batch 0: the checkpoint's, else 256 */
     int mlp;
+    int pinned, pins; /* --kernels checkpoint: the convolution passes run on the checkpoint's kernels; the lines it holds */
     char arch_buf[32]; /* the checkpoint's arch, when f->arch comes from it */
     char ckpt_buf[4200]; /* --ckpt resolved (a run directory: its checkpoint_last), when f->ckpt points here */
     /* not given: arch NULL, width / dim / size 0, mlp 0; evalmodel_open
@@ -69,10 +70,12 @@ int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c);
 
 /* Set the BLAS threads, start libvips, resolve the encoder's description
  * into f (see above; MOCO_EINVAL when a flag contradicts the checkpoint),
- * build it (no gradients: the forward's kernels on the fixed rule, or,
- * under --kernels measure, timed here or read from the wisdom file, and the
- * new choices saved there; a wisdom file that cannot be written is a
- * warning) and load encoder_q from f->ckpt (or keep the seeded
+ * build it (no gradients: the forward's kernels as the checkpoint's run
+ * chose them where it kept them for this batch and thread count (--kernels
+ * checkpoint, the default: the training monitor's kNN to the digit), else
+ * on the fixed rule; under --kernels rule the rule; under --kernels measure
+ * timed here or read from the wisdom file, and the new choices saved
+ * there; a wisdom file that cannot be written is a warning) and load encoder_q from f->ckpt (or keep the seeded
  * initialisation). Returns 0 or an error naming the file and the
  * tensor (MOCO_ECORRUPT: checksum; MOCO_ENUMERIC: NaN or infinite weights);
  * *m NULL on failure. */

@@ -85,7 +85,7 @@ int export_main(int argc, char **argv)
     evalmodel_flags ef;
     moco_opt eo[EVALMODEL_NOPTS + 1];
     evalmodel_opts(&ef, eo, "batch");
-    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1; /* 2: BN needs two samples */
+    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1, ef.kernels = "rule"; /* 2: BN needs two samples; the rule: a check, not a figure */
     resnet *m = NULL;
     char pfx[16];
     float mean[3], sd[3];

@@ -250,6 +250,10 @@ int train_knn_main(int argc, char **argv)
         return 1;
     }
     rn_destroy(&m);
+    if (ef.pins && !ef.pinned)
+        fprintf(stderr, "moco knn: the kernels saved in %s were chosen at another batch or thread count: the fixed rule ran, "
+                        "and the figure may differ from the training monitor's by an image or so (--batch and --threads as in "
+                        "training take them)\n", ef.ckpt);
     if (k_used < k) /* the official knn_predict's topk would raise; the whole bank votes here */
         fprintf(stderr, "moco knn: --k %ld exceeds the %d samples of --train %s: k %d used\n", k, k_used, trdb, k_used);
     char what[64];
@@ -261,6 +265,7 @@ int train_knn_main(int argc, char **argv)
     moco_jw_num(&w, "t", t, 4);
     moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
     moco_jw_str(&w, "kernels", ef.kernels);
+    if (!strcmp(ef.kernels, "checkpoint")) moco_jw_i64(&w, "kernels_from_ckpt", ef.pinned); /* convolution passes; 0: the rule */
     moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);
     moco_jw_line(&w, stdout);
     return 0;

@@ -327,7 +327,7 @@ out:
 
 char *tune_used_lines(void)
 {
-    if (mode != TUNE_MEASURE) return NULL;
+    if (mode == TUNE_RULE) return NULL;
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -345,8 +345,9 @@ char *tune_used_lines(void)
 int tune_pin(const char *text, int *lines)
 {
     *lines = 0;
-    if (mode != TUNE_MEASURE || !text) return 0;
-    if (!loaded) load();
+    if (mode == TUNE_RULE || !text) return 0;
+    if (mode == TUNE_CHECKPOINT) identify(); /* the key only: the wisdom file is not read */
+    else if (!loaded) load();
     int n = 0;
     for (const char *s = text; *s;) {
         const char *nl = strchr(s, '\n');
@@ -474,21 +475,33 @@ static int measure(const tune_shape *s, int pass, int precision, size_t budget, 
     return rc;
 }
 
+/* A line's choice is taken only where it is a candidate: one that can run
+ * the shape here, and bf16 only under bf16 (an fp32 line that says bf16,
+ * hand-edited or damaged, would otherwise round an fp32 run's operands). */
+static int takes(const entry *e, const tune_shape *s, int precision)
+{
+    return e && (precision == NN_BF16 || e->c.algo != NN_ALGO_BF16) &&
+           nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad);
+}
+
 int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *out)
 {
-    if (mode == TUNE_RULE) {
+    entry *e = mode == TUNE_CHECKPOINT ? find(TUNE_CONV, s, pass, precision) : NULL;
+    if (takes(e, s, precision)) { /* a checkpoint's choice (tune_pin) */
+        *out = e->c;
+        out->measured = 0;
+        e->used = 1;
+        return 0;
+    }
+    if (mode != TUNE_MEASURE) {
         out->algo = precision == NN_BF16 ? NN_ALGO_BF16 : nn_conv_rule(s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad);
         out->measured = 0;
         for (int a = 0; a < NN_ALGO_COUNT; a++) out->ms[a] = -1;
         return 0;
     }
     if (!loaded) load();
-    entry *e = find(TUNE_CONV, s, pass, precision);
-    /* a line's choice is taken only where it is a candidate: one that can run
-     * the shape here, and bf16 only under bf16 (an fp32 line that says bf16,
-     * hand-edited or damaged, would otherwise round an fp32 run's operands) */
-    if (e && (precision == NN_BF16 || e->c.algo != NN_ALGO_BF16) &&
-        nn_conv_algo_ok(e->c.algo, s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad)) {
+    e = find(TUNE_CONV, s, pass, precision);
+    if (takes(e, s, precision)) {
         *out = e->c;
         out->measured = e->fresh;
         e->used = 1;
@@ -538,7 +551,7 @@ int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
     out->measured = 0;
     out->algo = precision == NN_BF16 ? NN_ALGO_BF16 : NN_ALGO_GEMM;
     if (mode == TUNE_RULE || precision != NN_BF16) return 0; /* fp32: OpenBLAS, the only candidate */
-    if (!loaded) load();
+    if (mode == TUNE_MEASURE && !loaded) load();
     const tune_shape s = {N, F, 1, 1, O, 1, 1, 0};
     const int pass = grads ? TUNE_BWD : TUNE_FWD;
     entry *e = find(TUNE_LINEAR, &s, pass, precision);
@@ -548,6 +561,7 @@ int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
         e->used = 1;
         return 0;
     }
+    if (mode == TUNE_CHECKPOINT) return 0; /* no choice kept for it: the rule's */
     moco_rng r;
     moco_rng_init(&r, 0x6c69, (uint64_t)N, (uint64_t)F, (uint64_t)O);
     const size_t nx = (size_t)N * F, nw = (size_t)O * F, ny = (size_t)N * O;

@@ -42,7 +42,7 @@
 
 #include "trainer/engine/nn.h"
 
-enum { TUNE_RULE = 0, TUNE_MEASURE = 1 };
+enum { TUNE_RULE = 0, TUNE_MEASURE = 1, TUNE_CHECKPOINT = 2 };
 enum { TUNE_CONV = 0, TUNE_LINEAR = 1 };
 enum { TUNE_FWD = 0, TUNE_BWD = 1, TUNE_BWD_W = 2, TUNE_PASSES = 3 };
 
@@ -50,7 +50,9 @@ enum { TUNE_FWD = 0, TUNE_BWD = 1, TUNE_BWD_W = 2, TUNE_PASSES = 3 };
  * under bf16 precision; nothing is timed or read. TUNE_MEASURE: the wisdom
  * at path (NULL: $MOCO_WISDOM, else $XDG_CACHE_HOME/moco/wisdom.jsonl, else
  * $HOME/.cache/moco/wisdom.jsonl), measured where it has no answer.
- * Call before the models are made. Returns 0. */
+ * TUNE_CHECKPOINT (the evaluation commands): the choices tune_pin took from
+ * a checkpoint, else the rule; nothing timed, the file neither read nor
+ * written. Call before the models are made. Returns 0. */
 int tune_configure(int mode, const char *path);
 int tune_mode(void);
 const char *tune_path(void);
@@ -101,14 +103,15 @@ const char *tune_note(void);
  * either way. */
 void tune_keep(void);
 
-/* The choices tune_conv and tune_linear have returned so far (TUNE_MEASURE),
- * as lines of the wisdom file: malloc'd (free it), NULL under TUNE_RULE or
- * with none. A checkpoint keeps them (formats/checkpoint.h
+/* The choices tune_conv and tune_linear have returned so far (TUNE_MEASURE;
+ * under TUNE_CHECKPOINT those of tune_pin's that ran), as lines of the
+ * wisdom file: malloc'd (free it), NULL under TUNE_RULE or with none. A checkpoint keeps them (formats/checkpoint.h
  * MOCO_CKPT_KEY_KERNELS) for tune_pin. */
 char *tune_used_lines(void);
 
-/* Before the models are made (TUNE_MEASURE; under TUNE_RULE nothing): take
- * the choices in text (tune_used_lines' lines) over the wisdom file's, so
+/* Before the models are made (TUNE_MEASURE, TUNE_CHECKPOINT; under
+ * TUNE_RULE nothing): take the choices in text (tune_used_lines' lines) over
+ * the wisdom file's (or the rule's), so
  * that a resumed run runs the kernels its first part ran and ends
  * byte-identical to an uninterrupted run, whatever the file holds by then.
  * A line of another CPU model or thread count, or one that does not parse,
