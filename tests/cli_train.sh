@@ -256,16 +256,21 @@ pipeline() { # $1: dir, rest: trainer flags
 EP=8 pipeline "$T/full"
 wait $TP || fail "uninterrupted training failed: $(tail -3 "$T/full.err")"
 wait $LP $WP
+# kill_at DIR: the trainer of the pipeline writing DIR killed once it logged step 10 (it saves
+# every 5 steps); $step: the last step it logged, which must be before the run's end (128)
+kill_at() {
+  for i in $(seq 600); do
+    grep -q '"step":10,' "$1/metrics.jsonl" 2>/dev/null && break
+    sleep 0.05
+  done
+  kill -KILL $TP; wait $TP 2>/dev/null
+  release $LP $WP
+  step=$(grep -o '"step":[0-9]*' "$1/metrics.jsonl" | tail -1)
+  [ "${step#*:}" -lt 128 ] || fail "$1: the kill landed after the last step ($step): the run was too short"
+}
 EP=8 pipeline "$T/cut" --save-every 5
-for i in $(seq 600); do
-  grep -q '"step":10,' "$T/cut/metrics.jsonl" 2>/dev/null && break
-  sleep 0.05
-done
-kill -KILL $TP; wait $TP 2>/dev/null
-release $LP $WP
-step=$(grep -o '"step":[0-9]*' "$T/cut/metrics.jsonl" | tail -1)
+kill_at "$T/cut"
 echo "killed the trainer at $step (checkpoint every 5 steps)"
-[ "${step#*:}" -lt 128 ] || fail "the kill landed after the last step ($step): the run was too short"
 cp "$T/cut/checkpoint_last.safetensors" "$T/resume.safetensors"
 EP=8 pipeline "$T/cut" --resume "$T/resume.safetensors"
 wait $TP || fail "resumed training failed: $(tail -3 "$T/cut.err")"
@@ -339,14 +344,7 @@ wait $TP || fail "2d: uninterrupted training failed: $(tail -3 "$T/pfull.err")"
 wait $LP $WP
 if grep -v '"choice":"gemm"' "$W" | grep -q '"choice"'; then
   EP=8 pipeline "$T/pcut" --wisdom "$W" --save-every 5
-  for i in $(seq 600); do
-    grep -q '"step":10,' "$T/pcut/metrics.jsonl" 2>/dev/null && break
-    sleep 0.05
-  done
-  kill -KILL $TP; wait $TP 2>/dev/null
-  release $LP $WP
-  step=$(grep -o '"step":[0-9]*' "$T/pcut/metrics.jsonl" | tail -1)
-  [ "${step#*:}" -lt 128 ] || fail "2d: the kill landed after the last step ($step)"
+  kill_at "$T/pcut"
   cp "$T/pcut/checkpoint_last.safetensors" "$T/pres.safetensors"
   /usr/bin/python3 - "$T/pres.safetensors" "$T/pnok.safetensors" <<'PY' || fail "2d: the checkpoint has no kernels key"
 import struct, sys
