@@ -15,8 +15,15 @@ cd "$(dirname "$0")/.."
 $PY -c 'import zmq, numpy' 2>/dev/null || { echo "skipped: python3-zmq or python3-numpy absent"; exit 77; }
 rm -rf "$T" && mkdir -p "$T"
 export PYTHONPATH=$PWD/tools/python:$PWD/tools/python/tests
-timeout 120 $PY -m unittest discover -s tools/python/tests -p 'test_*.py' 2>&1 | tail -n 4
-[ "${PIPESTATUS[0]}" -eq 0 ] || fail "moco_stream unit tests"
+# the whole report kept: a failure shows its test's name and traceback (the last 4 lines
+# alone said "FAILED (failures=1)" and no more, a CI failure that could not be read)
+timeout 120 $PY -m unittest discover -s tools/python/tests -p 'test_*.py' >"$T/unit.log" 2>&1
+rc=$?
+tail -n 4 "$T/unit.log"
+if [ $rc -ne 0 ]; then
+  grep -aE -A30 '^(FAIL|ERROR): ' "$T/unit.log" | head -n 120
+  fail "moco_stream unit tests (exit $rc)"
+fi
 timeout 120 $PY tools/python/tests/e2e_shards.py "$M" "$T/shards" || fail "several consumers (--consumers 2): shards"
 timeout 150 $PY tools/python/tests/e2e_serve.py "$M" "$T/e2e"
 rc=$?
