@@ -24,7 +24,7 @@ typedef struct {
     const char *kernels, *wisdom; /* --kernels checkpoint|rule|measure, --wisdom FILE (trainer/engine/tune.h) */
     long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt; batch 0: the checkpoint's, else 256 */
     int mlp;
-    int pinned, pins; /* --kernels checkpoint: the convolution passes run on the checkpoint's kernels; the lines it holds */
+    int pinned, pins; /* --kernels checkpoint: the checkpoint's choices (shape and pass) that ran; the lines it holds */
     char arch_buf[32]; /* the checkpoint's arch, when f->arch comes from it */
     char ckpt_buf[4200]; /* --ckpt resolved (a run directory: its checkpoint_last), when f->ckpt points here */
     /* not given: arch NULL, width / dim / size 0, mlp 0; evalmodel_open

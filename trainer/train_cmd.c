@@ -265,7 +265,7 @@ int train_knn_main(int argc, char **argv)
     moco_jw_num(&w, "t", t, 4);
     moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
     moco_jw_str(&w, "kernels", ef.kernels);
-    if (!strcmp(ef.kernels, "checkpoint")) moco_jw_i64(&w, "kernels_from_ckpt", ef.pinned); /* convolution passes; 0: the rule */
+    if (!strcmp(ef.kernels, "checkpoint")) moco_jw_i64(&w, "kernels_from_ckpt", ef.pinned); /* choices (shape and pass) that ran; 0: the rule */
     moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);
     moco_jw_line(&w, stdout);
     return 0;
