@@ -486,10 +486,12 @@ static int takes(const entry *e, const tune_shape *s, int precision)
 
 int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_choice *out)
 {
-    entry *e = mode == TUNE_CHECKPOINT ? find(TUNE_CONV, s, pass, precision) : NULL;
-    if (takes(e, s, precision)) { /* a checkpoint's choice (tune_pin) */
+    if (mode == TUNE_MEASURE && !loaded) load();
+    /* the file's choice or the one measured here (TUNE_MEASURE), or a checkpoint's (tune_pin) */
+    entry *e = mode != TUNE_RULE ? find(TUNE_CONV, s, pass, precision) : NULL;
+    if (takes(e, s, precision)) {
         *out = e->c;
-        out->measured = 0;
+        out->measured = e->fresh;
         e->used = 1;
         return 0;
     }
@@ -497,14 +499,6 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
         out->algo = precision == NN_BF16 ? NN_ALGO_BF16 : nn_conv_rule(s->Ci, s->H, s->W, s->Co, s->k, s->stride, s->pad);
         out->measured = 0;
         for (int a = 0; a < NN_ALGO_COUNT; a++) out->ms[a] = -1;
-        return 0;
-    }
-    if (!loaded) load();
-    e = find(TUNE_CONV, s, pass, precision);
-    if (takes(e, s, precision)) {
-        *out = e->c;
-        out->measured = e->fresh;
-        e->used = 1;
         return 0;
     }
     tune_choice c;
