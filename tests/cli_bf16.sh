@@ -66,3 +66,35 @@ rows=$(grep -cE '^  .* fwd +(gemm|direct|direct-avx2|lanes|onednn|onednn-wino) '
 grep -q 'convolutions of one step (2 forwards, 1 backward), as timed one by one: [0-9.]* ms on the choices' "$T/f32fwd.out" \
   && tail -n 1 "$T/f32fwd.out" | grep -q '"conv_ms_chosen":[0-9]' || fail "MOCO_BF16_FP32=fwd: no step sums: $(tail -n 1 "$T/f32fwd.out" | cut -c1-200)"
 echo "ok: MOCO_BF16_FP32=fwd: the forwards on the rule's fp32 kernels, named, with the step's sums"
+
+# the evaluation commands run a checkpoint in the precision it was trained in (--precision
+# checkpoint, their default): moco knn gives a bf16 run's monitor figure to the digit, and
+# moco embed's default features are bf16's, not fp32's; where bf16 cannot run (MOCO_CONV3=1)
+# a bf16 checkpoint is evaluated in fp32 with a note, and an explicit --precision bf16 is refused
+SRC=/usr/share/datasets/fashion-mnist
+if [ -d $SRC ]; then
+  $M mkdb $SRC "$T/db" --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail mkdb
+  timeout 300 $M run "$T/db" --workers 1 --epochs 1 --recipe cifar --size 28 --seed 1 --arch resnet18-cifar --width 4 \
+    --batch-size 32 --moco-k 128 --bn-splits 4 --threads 1 --precision bf16 --knn-train "$T/db" --knn-test "$T/db" \
+    --run-dir "$T/r" --quiet >/dev/null 2>"$T/r.err" || { tail "$T/r.err"; fail "moco run --precision bf16 exited non-zero"; }
+  want=$(grep '"type":"epoch"' "$T/r/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
+  EV="--ckpt $T/r/checkpoint_last.safetensors --threads 1"
+  kj=$($M knn $EV --train "$T/db" --test "$T/db" 2>"$T/knn.err" | tail -1)
+  echo "$kj" | grep -q '"precision":"bf16","kernels":"checkpoint","kernels_from_ckpt":[1-9]' || fail "moco knn of a bf16 checkpoint: $kj $(cat "$T/knn.err")"
+  [ -n "$want" ] && [ "$(echo "$kj" | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)" = "$want" ] \
+    || fail "moco knn of a bf16 checkpoint: $kj, the training monitor said $want"
+  for p in checkpoint bf16 fp32; do
+    $M embed $EV --db "$T/db" --out "$T/e-$p.npy" --precision $p >/dev/null 2>"$T/e.err" || fail "moco embed --precision $p: $(cat "$T/e.err")"
+  done
+  cmp -s "$T/e-checkpoint.npy" "$T/e-bf16.npy" && ! cmp -s "$T/e-checkpoint.npy" "$T/e-fp32.npy" \
+    || fail "moco embed of a bf16 checkpoint: its default features are not bf16's alone"
+  kj=$(MOCO_CONV3=1 $M knn $EV --train "$T/db" --test "$T/db" 2>"$T/knn.err" | tail -1)
+  echo "$kj" | grep -q '"precision":"fp32"' && grep -q "was trained in bf16, and bf16 cannot run here. Its forward runs in fp32" "$T/knn.err" \
+    && ! grep -q "kernels saved" "$T/knn.err" || fail "moco knn of a bf16 checkpoint without bf16: $kj $(cat "$T/knn.err")"
+  MOCO_CONV3=1 $M knn $EV --train "$T/db" --test "$T/db" --precision bf16 >"$T/knn.out" 2>"$T/knn.err"; rc=$?
+  [ $rc = 1 ] && grep -q "moco knn: --precision bf16 needs a CPU with AVX512_BF16" "$T/knn.err" && [ ! -s "$T/knn.out" ] \
+    || fail "moco knn --precision bf16 without bf16: exit $rc, $(cat "$T/knn.err")"
+  echo "ok: moco knn of a bf16 run: $want, its monitor's; embed's default is bf16; fp32 with a note where bf16 cannot run"
+else
+  echo "note: $SRC absent: the evaluation of a bf16 checkpoint not checked"
+fi

@@ -94,7 +94,7 @@ echo "$kj" | grep -qE '"kernels":"checkpoint","kernels_from_ckpt":[1-9]' || fail
 grep -q "kernels saved" "$T/knn1.err" && fail "moco knn: $(cat "$T/knn1.err")"
 # at another thread count the checkpoint's choices do not apply: the rule runs, and knn says so
 kj=$($M knn --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 --size 28 --threads 2 2>"$T/knn2.err" | tail -1)
-echo "$kj" | grep -q '"kernels_from_ckpt":0' && grep -q "chosen at another batch or thread count: the fixed rule ran" "$T/knn2.err" \
+echo "$kj" | grep -q '"kernels_from_ckpt":0' && grep -q "chosen for another batch, thread count or precision: the fixed" "$T/knn2.err" \
   || fail "moco knn at --threads 2 on a --threads 1 run's kernels: $kj $(cat "$T/knn2.err")"
 # its last line is JSON also for a path with a quote in it
 Q="$T/q\"uote"; mkdir -p "$Q" && cp "$T/r1/checkpoint_last.safetensors" "$Q/c.safetensors"

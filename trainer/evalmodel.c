@@ -24,7 +24,7 @@
 
 int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
 {
-    *f = (evalmodel_flags){.norm = "auto", .threads = 2, .init_seed = -1, .kernels = "checkpoint"};
+    *f = (evalmodel_flags){.norm = "auto", .threads = 2, .init_seed = -1, .kernels = "checkpoint", .precision = "checkpoint"};
     int n = 0;
     o[n++] = (moco_opt){"ckpt", MOCO_OPT_STR, &f->ckpt, "checkpoint written by moco train (its encoder_q is used), or a run directory (its checkpoint_last)", 0, 0, NULL};
     o[n++] = (moco_opt){"arch|-a", MOCO_OPT_CHOICE, &f->arch, "encoder; none: the checkpoint's (resnet18-cifar without one)", 0, 0,
@@ -45,6 +45,9 @@ int evalmodel_opts(evalmodel_flags *f, moco_opt *o, const char *batch_flag)
                         "other two)", 0, 0, "checkpoint|rule|measure"};
     o[n++] = (moco_opt){"wisdom", MOCO_OPT_STR, &f->wisdom,
                         "the wisdom file of --kernels measure (default $MOCO_WISDOM, else ~/.cache/moco/wisdom.jsonl)", 0, 0, NULL};
+    o[n++] = (moco_opt){"precision", MOCO_OPT_CHOICE, &f->precision,
+                        "the forward's precision; checkpoint: the one its run trained in (its monitor's figures to the digit; "
+                        "a bf16 one runs in fp32 where this CPU or build has no bf16, and says so)", 0, 0, "checkpoint|fp32|bf16"};
     return n;
 }
 
@@ -158,6 +161,26 @@ int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c)
     return 0;
 }
 
+/* f->bf16 from --precision and the checkpoint's (trained) precision: a
+ * bf16 checkpoint where bf16 cannot run is put on fp32 with f->note saying
+ * why; --precision bf16 there is the engine's refusal. */
+static int pick_precision(evalmodel_flags *f, const char *trained)
+{
+    const char *p = f->precision ? f->precision : "checkpoint";
+    int want = !strcmp(p, "bf16") || (!strcmp(p, "checkpoint") && !strcmp(trained, "bf16"));
+    f->bf16 = 0, f->note[0] = 0;
+    if (!want) return 0;
+    int rc = nn_bf16_available();
+    if (rc && !strcmp(p, "bf16")) return rc; /* its message says why */
+    if (rc) {
+        snprintf(f->note, sizeof f->note, "%s was trained in bf16, and bf16 cannot run here. Its forward runs in fp32, and its "
+                 "figures may differ from its run's monitor by an image or so. Why: %s", f->ckpt, moco_errmsg());
+        return 0;
+    }
+    f->bf16 = 1;
+    return 0;
+}
+
 int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
 {
     *m = NULL;
@@ -175,6 +198,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
     vips_cache_set_max(0);
     int measure = f->kernels && !strcmp(f->kernels, "measure"), pin = !f->kernels || !strcmp(f->kernels, "checkpoint");
     if (!f->batch) f->batch = f->ckpt && cc.batch > 0 ? cc.batch : 256; /* the monitor's forwards ran at the training batch */
+    if ((rc = pick_precision(f, f->ckpt ? cc.precision : ""))) return rc;
     tune_configure(measure ? TUNE_MEASURE : pin ? TUNE_CHECKPOINT : TUNE_RULE, f->wisdom);
     f->pinned = f->pins = 0;
     if (pin && f->ckpt) {
@@ -184,7 +208,7 @@ int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3])
         free(k);
     }
     rn_cfg c = {.arch = f->arch, .width = (int)f->width, .mlp = f->mlp, .dim = (int)f->dim, .bn_splits = 1,
-                .batch = (int)f->batch, .size = (int)f->size};
+                .batch = (int)f->batch, .size = (int)f->size, .precision = f->bf16 ? NN_BF16 : NN_FP32};
     rc = rn_new(&c, f->init_seed < 0 ? 0 : (uint64_t)f->init_seed, 0, NULL, m);
     if (!rc && measure) tune_keep(); /* the choices are made as the model is built: keep them now */
     if (!rc && f->pins) { /* how many of the model's convolutions run on the checkpoint's kernels */

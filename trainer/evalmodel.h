@@ -22,6 +22,9 @@
 typedef struct {
     const char *ckpt, *arch, *norm;
     const char *kernels, *wisdom; /* --kernels checkpoint|rule|measure, --wisdom FILE (trainer/engine/tune.h) */
+    const char *precision;        /* --precision checkpoint|fp32|bf16 */
+    int bf16;                     /* evalmodel_open: the forward runs in bf16 */
+    char note[600];               /* evalmodel_open: a bf16 checkpoint's forward put on fp32 here, and why ("": none) */
     long width, dim, size, batch, threads, init_seed; /* init_seed < 0: load f->ckpt; batch 0: the checkpoint's, else 256 */
     int mlp;
     int pinned, pins; /* --kernels checkpoint: the checkpoint's choices (shape and pass) that ran; the lines it holds */
@@ -31,11 +34,11 @@ typedef struct {
      * fills them in (from the checkpoint, else resnet18-cifar, 64, 128, 32) */
 } evalmodel_flags;
 
-#define EVALMODEL_NOPTS 13
+#define EVALMODEL_NOPTS 14
 
 /* Set defaults in f and write its option entries (--ckpt, --arch, --width,
  * --mlp, --moco-dim, --size, --normalize, batch_flag, --threads,
- * --random-init, --kernels, --wisdom) into opts;
+ * --random-init, --kernels, --wisdom, --precision) into opts;
  * returns how many. */
 int evalmodel_opts(evalmodel_flags *f, moco_opt *opts, const char *batch_flag);
 
@@ -75,8 +78,12 @@ int evalmodel_describe(evalmodel_flags *f, const moco_ckpt_config *c);
  * checkpoint, the default: the training monitor's kNN to the digit), else
  * on the fixed rule; under --kernels rule the rule; under --kernels measure
  * timed here or read from the wisdom file, and the new choices saved
- * there; a wisdom file that cannot be written is a warning) and load encoder_q from f->ckpt (or keep the seeded
- * initialisation). Returns 0 or an error naming the file and the
+ * there; a wisdom file that cannot be written is a warning), in the precision
+ * --precision names (checkpoint, the default: the one the checkpoint's run
+ * trained in, so that its monitor's figures come out to the digit; a bf16
+ * checkpoint on a CPU or build without bf16 runs in fp32, and f->note says
+ * so; bf16 asked for there is an error saying why), and load encoder_q from
+ * f->ckpt (or keep the seeded initialisation). Returns 0 or an error naming the file and the
  * tensor (MOCO_ECORRUPT: checksum; MOCO_ENUMERIC: NaN or infinite weights);
  * *m NULL on failure. */
 int evalmodel_open(evalmodel_flags *f, resnet **m, float mean[3], float std[3]);

@@ -85,7 +85,8 @@ int export_main(int argc, char **argv)
     evalmodel_flags ef;
     moco_opt eo[EVALMODEL_NOPTS + 1];
     evalmodel_opts(&ef, eo, "batch");
-    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1, ef.kernels = "rule"; /* 2: BN needs two samples; the rule: a check, not a figure */
+    ef.ckpt = ckpt, ef.batch = 2, ef.threads = 1; /* 2: BN needs two samples */
+    ef.kernels = "rule", ef.precision = "fp32";   /* a check, not a figure */
     resnet *m = NULL;
     char pfx[16];
     float mean[3], sd[3];
@@ -230,6 +231,7 @@ int embed_main(int argc, char **argv)
     npy_tmp fo = {0}, lo = {0};
     if ((rc = evalmodel_resolve(&ef)) || (rc = not_the_ckpt(out, ef.ckpt)) || (npy && (rc = not_the_ckpt(lp, ef.ckpt)))) goto out;
     if ((rc = evalmodel_open(&ef, &m, mean, std))) goto out; /* resolves ef from the checkpoint */
+    if (ef.note[0]) fprintf(stderr, "moco embed: %s\n", ef.note);
     B = (int)ef.batch, S = (int)ef.size;
     if ((rc = evalset_open_any(db, S, mean, std, &es))) goto out;
     D = head ? (int)ef.dim : m->features;

@@ -345,6 +345,7 @@ static int lincls_run(int argc, char **argv, int check_only)
     if ((rc = evalmodel_open(&ef, &m, mean, std)) || (rc = evalset_open(trdb, (int)ef.size, mean, std, &tr)) ||
         (rc = evalset_open(tedb, (int)ef.size, mean, std, &te)) || (rc = evalset_classes_of(te, tr)))
         goto out;
+    if (ef.note[0]) fprintf(stderr, "moco lincls: %s\n", ef.note);
     if (!(snap = snapshot(m))) { rc = moco_err(MOCO_ENOMEM, "out of memory"); goto out; }
     int C = evalset_classes(tr); /* the test set's labels are the training set's indices (evalset_classes_of) */
     if (cached) {
@@ -376,6 +377,7 @@ out:
         moco_jw_bool(&w, "encoder_unchanged", 1);
         moco_jw_i64(&w, "size", ef.size); /* the input side of both sets (the checkpoint's training size unless --size) */
         moco_jw_str(&w, "normalize", evalmodel_norm_name(ef.norm, (int)ef.size));
+        moco_jw_str(&w, "precision", ef.bf16 ? "bf16" : "fp32"); /* the frozen encoder's forward */
         const char *js = moco_jw_end(&w);
         char line[512];
         snprintf(line, sizeof line, "%s\n", js ? js : "{}");

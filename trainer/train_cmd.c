@@ -250,10 +250,11 @@ int train_knn_main(int argc, char **argv)
         return 1;
     }
     rn_destroy(&m);
-    if (ef.pins && !ef.pinned)
-        fprintf(stderr, "moco knn: the kernels saved in %s were chosen at another batch or thread count: the fixed rule ran, "
-                        "and the figure may differ from the training monitor's by an image or so (--batch and --threads as in "
-                        "training take them)\n", ef.ckpt);
+    if (ef.note[0]) fprintf(stderr, "moco knn: %s\n", ef.note);
+    if (ef.pins && !ef.pinned && !ef.note[0]) /* the note above says it for a bf16 checkpoint run in fp32 */
+        fprintf(stderr, "moco knn: the kernels saved in %s were chosen for another batch, thread count or precision: the fixed "
+                        "rule ran, and the figure may differ from the training monitor's by an image or so (--batch, --threads "
+                        "and --precision as in training take them)\n", ef.ckpt);
     if (k_used < k) /* the official knn_predict's topk would raise; the whole bank votes here */
         fprintf(stderr, "moco knn: --k %ld exceeds the %d samples of --train %s: k %d used\n", k, k_used, trdb, k_used);
     char what[64];
@@ -264,6 +265,7 @@ int train_knn_main(int argc, char **argv)
     moco_jw_i64(&w, "k", k_used); /* the effective k */
     moco_jw_num(&w, "t", t, 4);
     moco_jw_str(&w, "ckpt", ef.ckpt ? ef.ckpt : what);
+    moco_jw_str(&w, "precision", ef.bf16 ? "bf16" : "fp32");
     moco_jw_str(&w, "kernels", ef.kernels);
     if (!strcmp(ef.kernels, "checkpoint")) moco_jw_i64(&w, "kernels_from_ckpt", ef.pinned); /* choices (shape and pass) that ran; 0: the rule */
     moco_jw_num(&w, "seconds", moco_now_s() - t0, 1);
