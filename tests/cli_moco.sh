@@ -43,10 +43,11 @@ out=$(timeout 10 $M augment --pull tcp://127.0.0.1:$port --push tcp://127.0.0.1:
 [ $rc -eq 2 ] || fail "moco augment --pull tcp:// without --keys exited $rc, want 2: $out"
 echo "$out" | grep -q -- "needs --keys" || fail "moco augment --pull tcp:// without --keys: no hint: $out"
 # no leak check at its exit: under load LeakSanitizer's stop-the-world spun for ever after
-# the TERM (a CI run, 2026-12-04), and timeout sends TERM alone
-out=$(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 2 $M augment --pull tcp://127.0.0.1:$port \
+# the TERM (a CI run, 2026-12-04); -k: a worker that outlives the TERM by 20 s is killed and
+# fails here by name (exit 137) instead of hanging the run
+out=$(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout -k 20 2 $M augment --pull tcp://127.0.0.1:$port \
   --push tcp://127.0.0.1:$((port + 1)) --recipe cifar --insecure 2>&1); rc=$?
-[ $rc -eq 124 ] || fail "moco augment --pull tcp:// --insecure should run until stopped (exit 124), exited $rc: $out"
+[ $rc -eq 124 ] || fail "moco augment --pull tcp:// --insecure should run until stopped by TERM (exit 124; 137: it ignored the TERM for 20 s), exited $rc: $out"
 echo "$out" | grep -q "ready" || fail "moco augment --insecure did not say it is ready: $out"
 $M info >/dev/null 2>&1; [ $? -eq 2 ] || fail "info without DB should exit 2"
 $M info /nonexistent/db >/dev/null 2>&1; [ $? -eq 1 ] || fail "info on a missing DB should exit 1"
