@@ -7,6 +7,10 @@ With --equivalence M, the two groups' means are tested for equivalence within M 
 claim "within a margin" is tested when single runs scatter more than the margin: two one-sided tests at 5% each
 (TOST), i.e. the 90% confidence interval of the difference of the means (Welch: unequal variances, the
 Welch-Satterthwaite degrees of freedom) must lie inside (-M, M).
+With --matched and --window A-B, each matched pair's difference is averaged over epochs A to B, and those pair
+means are summarised as a paired comparison: their mean, standard deviation and standard error, the 90% interval
+of their mean (Student's t, n - 1 degrees of freedom) and how many pairs fall below and above 0. Pairing by
+seed holds whatever the pair shares (the same batches, or only the same initial weights) fixed.
 
 What it promises: only arithmetic on the files given. It reads our metrics.jsonl (records with "type":"epoch",
 epochs counted from 0) and moco_ref.py's logs (records with "epoch" counted from 1) alike, and compares the
@@ -14,10 +18,10 @@ epochs that every run of both groups holds.
 
 Usage:
   python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ...
-      [--matched] [--equivalence 1]
+      [--matched [--window 12-20]] [--equivalence 1]
 The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference; per kind
 of pair: how many pairs, how many within 1 point at every epoch, each pair's largest difference; with
---equivalence, each epoch's interval and how many epochs are equivalent).
+--equivalence, each epoch's interval and how many epochs are equivalent; with --window, the pairs' means over it).
 """
 import argparse
 import json
@@ -92,15 +96,42 @@ def pair_band(pairs, epochs, band=1.0):
             "largest_diffs": sorted(round(w, 2) for w in worst)}
 
 
+def parse_window(text, epochs):
+    """'A-B' -> the epochs of every run from A to B; an error names what is wrong."""
+    try:
+        lo, hi = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise SystemExit(f"seed_spread: --window {text!r}: give two epochs, as 12-20")
+    span = [e for e in epochs if lo <= e <= hi]
+    if lo > hi or lo not in epochs or hi not in epochs:
+        raise SystemExit(f"seed_spread: --window {text}: the epochs every run holds are {epochs[0]}-{epochs[-1]}")
+    return span
+
+
+def window_pairs(pairs, span):
+    """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs."""
+    d = [sum(b[e] - a[e] for e in span) / len(span) for b, a in pairs]
+    m, sd = stats(d)[:2]
+    se = sd / math.sqrt(len(d))
+    q = t_quantile(0.95, len(d) - 1) * se
+    return {"epochs": [span[0], span[-1]], "pair_means": [round(x, 3) for x in d], "mean": round(m, 3),
+            "sd": round(sd, 3), "se": round(se, 3), "lo": round(m - q, 3), "hi": round(m + q, 3),
+            "below": sum(x < 0 for x in d), "above": sum(x > 0 for x in d)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"))
     p.add_argument("--matched", action="store_true", help="also pair the i-th run of each group (equal counts)")
     p.add_argument("--equivalence", type=float, metavar="M",
                    help="test the means for equivalence within M points at each epoch (TOST, 5%% each side)")
+    p.add_argument("--window", metavar="A-B",
+                   help="with --matched: each pair's mean difference over epochs A to B, and their paired summary")
     a = p.parse_args()
     if len(a.group) != 2 or any(len(g) < 2 for g in a.group):
         raise SystemExit("seed_spread: give two groups, each a name and at least one file")
+    if a.window is not None and (not a.matched or len(a.group[0]) < 3):
+        raise SystemExit("seed_spread: --window needs --matched and at least two pairs")
     if a.equivalence is not None and (not a.equivalence > 0 or any(len(g) < 3 for g in a.group)):
         raise SystemExit("seed_spread: --equivalence needs a margin above 0 and at least two runs in each group")
     groups = [(g[0], [knn_curve(f) for f in g[1:]]) for g in a.group]
@@ -148,6 +179,12 @@ def main():
         print(f"pairs, {name}: {pb['within_all_epochs']} of {pb['pairs']} within 1 point at every epoch; "
               f"largest differences {', '.join(f'{w:.2f}' for w in pb['largest_diffs'])}")
     result["pairs"] = pairs
+    if a.window is not None:
+        w = result["window"] = window_pairs(list(zip(rb, ra)), parse_window(a.window, epochs))
+        print(f"matched pairs, {nb} - {na} averaged over epochs {w['epochs'][0]}-{w['epochs'][1]}: "
+              f"{', '.join(f'{x:+.2f}' for x in w['pair_means'])}; mean {w['mean']:+.2f} (sd {w['sd']:.2f}, "
+              f"se {w['se']:.2f}), 90% interval [{w['lo']:+.2f}, {w['hi']:+.2f}]; below 0 in {w['below']} "
+              f"of {len(w['pair_means'])}, above in {w['above']}")
     print(json.dumps(result))
     return 0
 

@@ -100,6 +100,36 @@ class SeedSpread(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("at least two runs", r.stderr)
 
+    def test_window_of_matched_pairs(self):
+        with tempfile.TemporaryDirectory() as d:
+            # over epochs 2-3 the pairs' means of b - a are +1, -1, +0.5: mean 0.1667, sd 1.0408, se 0.6009,
+            # 90% interval 0.1667 +- 2.9200 * 0.6009 = [-1.588, +1.921]; epoch 1 (all +5) lies outside the window
+            A = [[10, 20, 30]] * 3
+            B = [[15, 21, 31], [15, 19, 29], [15, 20.5, 30.5]]
+            fa = [write(d, f"a{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(A)]
+            fb = [write(d, f"b{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(B)]
+            r = self.run_tool("--matched", "--window", "2-3", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            w = json.loads(r.stdout.strip().splitlines()[-1])["window"]
+            self.assertEqual(w["epochs"], [2, 3])
+            self.assertEqual(w["pair_means"], [1.0, -1.0, 0.5])
+            self.assertAlmostEqual(w["mean"], 0.167, places=3)
+            self.assertAlmostEqual(w["sd"], 1.041, places=3)
+            self.assertAlmostEqual(w["se"], 0.601, places=3)
+            self.assertAlmostEqual(w["lo"], -1.588, places=2)
+            self.assertAlmostEqual(w["hi"], 1.921, places=2)
+            self.assertEqual((w["below"], w["above"]), (1, 2))
+            self.assertIn("below 0 in 1 of 3, above in 2", r.stdout)
+            r = self.run_tool("--matched", "--window", "1-3", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertAlmostEqual(json.loads(r.stdout.strip().splitlines()[-1])["window"]["mean"], 1.778, places=3)
+            for args, err in [(["--window", "2-3"], "--window needs --matched"),
+                              (["--matched", "--window", "2-4"], "the epochs every run holds are 1-3"),
+                              (["--matched", "--window", "3-2"], "the epochs every run holds are 1-3"),
+                              (["--matched", "--window", "two"], "give two epochs, as 12-20")]:
+                r = self.run_tool(*args, "--group", "a", *fa, "--group", "b", *fb)
+                self.assertEqual(r.returncode, 1, args)
+                self.assertIn(err, r.stderr)
+
     def test_errors_name_the_file(self):
         with tempfile.TemporaryDirectory() as d:
             good = write(d, "good", [{"epoch": 1, "knn_top1": 5}])
