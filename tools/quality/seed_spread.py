@@ -7,6 +7,9 @@ With --equivalence M, the two groups' means are tested for equivalence within M 
 claim "within a margin" is tested when single runs scatter more than the margin: two one-sided tests at 5% each
 (TOST), i.e. the 90% confidence interval of the difference of the means (Welch: unequal variances, the
 Welch-Satterthwaite degrees of freedom) must lie inside (-M, M).
+With --matched and --equivalence M, also the paired test at each epoch: the 90% interval of the matched pairs'
+mean difference (Student's t, n - 1 degrees of freedom) must lie inside (-M, M); pairing removes what a pair
+shares, so this is the sharper test where it applies.
 With --matched and --window A-B, each matched pair's difference is averaged over epochs A to B, and those pair
 means are summarised as a paired comparison: their mean, standard deviation and standard error, the 90% interval
 of their mean (Student's t, n - 1 degrees of freedom) and how many pairs fall below and above 0. Pairing by
@@ -108,14 +111,20 @@ def parse_window(text, epochs):
     return span
 
 
-def window_pairs(pairs, span):
-    """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs."""
-    d = [sum(b[e] - a[e] for e in span) / len(span) for b, a in pairs]
+def paired_interval(d):
+    """Of paired differences d (two or more): their mean, sd, standard error and 90% interval (Student's t, n - 1)."""
     m, sd = stats(d)[:2]
     se = sd / math.sqrt(len(d))
     q = t_quantile(0.95, len(d) - 1) * se
+    return m, sd, se, m - q, m + q
+
+
+def window_pairs(pairs, span):
+    """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs."""
+    d = [sum(b[e] - a[e] for e in span) / len(span) for b, a in pairs]
+    m, sd, se, lo, hi = paired_interval(d)
     return {"epochs": [span[0], span[-1]], "pair_means": [round(x, 3) for x in d], "mean": round(m, 3),
-            "sd": round(sd, 3), "se": round(se, 3), "lo": round(m - q, 3), "hi": round(m + q, 3),
+            "sd": round(sd, 3), "se": round(se, 3), "lo": round(lo, 3), "hi": round(hi, 3),
             "below": sum(x < 0 for x in d), "above": sum(x > 0 for x in d)}
 
 
@@ -171,6 +180,16 @@ def main():
               f"inside (-{m:g}, {m:g})): {sum(q['equivalent'] for q in eq)} of {len(eq)} epochs; intervals "
               + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in eq))
         result["equivalence"] = {"margin": m, "epochs_equivalent": sum(q["equivalent"] for q in eq), "per_epoch": eq}
+        if a.matched:
+            pe = []
+            for e in epochs:
+                d, _, _, lo, hi = paired_interval([b[e] - x[e] for b, x in zip(rb, ra)])
+                pe.append({"epoch": e, "mean": round(d, 3), "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
+            print(f"paired equivalence within {m:g} point{'' if m == 1 else 's'} (the 90% interval of the matched pairs' mean "
+                  f"{nb} - {na}, Student's t, {len(ra) - 1} degrees of freedom, inside (-{m:g}, {m:g})): "
+                  f"{sum(q['equivalent'] for q in pe)} of {len(pe)} epochs; intervals "
+                  + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in pe))
+            result["equivalence"]["paired"] = {"epochs_equivalent": sum(q["equivalent"] for q in pe), "per_epoch": pe}
     pairs = {}
     for name, pl in kinds:
         if not pl:

@@ -100,6 +100,33 @@ class SeedSpread(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("at least two runs", r.stderr)
 
+    def test_paired_equivalence(self):
+        with tempfile.TemporaryDirectory() as d:
+            # runs far apart from each other, pairs close: epoch 1's differences +0.2, +0.3, +0.1 (mean 0.2, se 0.0577,
+            # 90% interval 0.2 +- 2.9200 * 0.0577 = [+0.031, +0.369]) pass paired, while the groups' spread (sd 4)
+            # fails Welch's test; epoch 2's +1.5, +1.4, +1.6 ([+1.331, +1.669]) fail both
+            A = [(10, 20), (14, 24), (18, 28)]
+            B = [(10.2, 21.5), (14.3, 25.4), (18.1, 29.6)]
+            fa = [write(d, f"a{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(A)]
+            fb = [write(d, f"b{i}", [{"epoch": e + 1, "knn_top1": v} for e, v in enumerate(c)]) for i, c in enumerate(B)]
+            r = self.run_tool("--matched", "--equivalence", "1", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            eq = json.loads(r.stdout.strip().splitlines()[-1])["equivalence"]
+            self.assertEqual([q["equivalent"] for q in eq["per_epoch"]], [False, False])
+            pe = eq["paired"]["per_epoch"]
+            self.assertEqual([q["equivalent"] for q in pe], [True, False])
+            self.assertEqual(eq["paired"]["epochs_equivalent"], 1)
+            self.assertAlmostEqual(pe[0]["mean"], 0.2, places=3)
+            self.assertAlmostEqual(pe[0]["lo"], 0.031, places=2)
+            self.assertAlmostEqual(pe[0]["hi"], 0.369, places=2)
+            self.assertAlmostEqual(pe[1]["lo"], 1.331, places=2)
+            self.assertAlmostEqual(pe[1]["hi"], 1.669, places=2)
+            self.assertIn("paired equivalence within 1 point", r.stdout)
+            self.assertIn("1 of 2 epochs; intervals 1: [+0.03, +0.37], 2: [+1.33, +1.67]", r.stdout)
+            # without --matched there is no pairing to test
+            r = self.run_tool("--equivalence", "1", "--group", "a", *fa, "--group", "b", *fb)
+            self.assertNotIn("paired", json.loads(r.stdout.strip().splitlines()[-1])["equivalence"])
+
     def test_window_of_matched_pairs(self):
         with tempfile.TemporaryDirectory() as d:
             # over epochs 2-3 the pairs' means of b - a are +1, -1, +0.5: mean 0.1667, sd 1.0408, se 0.6009,
