@@ -119,6 +119,12 @@ def paired_interval(d):
     return m, sd, se, m - q, m + q
 
 
+def equivalence_line(label, per_epoch):
+    """One printed line of an equivalence test: how many epochs pass, then each epoch's interval."""
+    return (f"{label}: {sum(q['equivalent'] for q in per_epoch)} of {len(per_epoch)} epochs; intervals "
+            + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in per_epoch))
+
+
 def window_pairs(pairs, span):
     """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs."""
     d = [sum(b[e] - a[e] for e in span) / len(span) for b, a in pairs]
@@ -176,19 +182,16 @@ def main():
         for r, e in zip(out, epochs):
             lo, hi = welch_interval([c[e] for c in ra], [c[e] for c in rb])
             eq.append({"epoch": e, "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
-        print(f"equivalence of the means within {m:g} point{'' if m == 1 else 's'} (TOST, 5% each side: the 90% interval of {nb} - {na} "
-              f"inside (-{m:g}, {m:g})): {sum(q['equivalent'] for q in eq)} of {len(eq)} epochs; intervals "
-              + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in eq))
+        print(equivalence_line(f"equivalence of the means within {m:g} point{'' if m == 1 else 's'} (TOST, 5% each side: the 90% "
+                               f"interval of {nb} - {na} inside (-{m:g}, {m:g}))", eq))
         result["equivalence"] = {"margin": m, "epochs_equivalent": sum(q["equivalent"] for q in eq), "per_epoch": eq}
         if a.matched:
             pe = []
             for e in epochs:
                 d, _, _, lo, hi = paired_interval([b[e] - x[e] for b, x in zip(rb, ra)])
                 pe.append({"epoch": e, "mean": round(d, 3), "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
-            print(f"paired equivalence within {m:g} point{'' if m == 1 else 's'} (the 90% interval of the matched pairs' mean "
-                  f"{nb} - {na}, Student's t, {len(ra) - 1} degrees of freedom, inside (-{m:g}, {m:g})): "
-                  f"{sum(q['equivalent'] for q in pe)} of {len(pe)} epochs; intervals "
-                  + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in pe))
+            print(equivalence_line(f"paired equivalence within {m:g} point{'' if m == 1 else 's'} (the 90% interval of the matched "
+                                   f"pairs' mean {nb} - {na}, Student's t, {len(ra) - 1} degrees of freedom, inside (-{m:g}, {m:g}))", pe))
             result["equivalence"]["paired"] = {"epochs_equivalent": sum(q["equivalent"] for q in pe), "per_epoch": pe}
     pairs = {}
     for name, pl in kinds:
