@@ -14,6 +14,8 @@ With --matched and --window A-B, each matched pair's difference is averaged over
 means are summarised as a paired comparison: their mean, standard deviation and standard error, the 90% interval
 of their mean (Student's t, n - 1 degrees of freedom) and how many pairs fall below and above 0. Pairing by
 seed holds whatever the pair shares (the same batches, or only the same initial weights) fixed.
+With --metric loss, all of this is done on the epochs' mean training loss instead of kNN top-1 (margins in
+loss units then; the "within 1 point" counts of single pairs, a kNN test, are left out).
 
 What it promises: only arithmetic on the files given. It reads our metrics.jsonl (records with "type":"epoch",
 epochs counted from 0) and moco_ref.py's logs (records with "epoch" counted from 1) alike, and compares the
@@ -21,7 +23,7 @@ epochs that every run of both groups holds.
 
 Usage:
   python3 tools/quality/seed_spread.py --group pytorch A.jsonl B.jsonl ... --group ours C.jsonl D.jsonl ...
-      [--matched [--window 12-20]] [--equivalence 1]
+      [--matched [--window 12-20]] [--equivalence 1] [--metric knn_top1|loss]
 The last line printed is one JSON object (per epoch: the means, the standard deviations, the difference; per kind
 of pair: how many pairs, how many within 1 point at every epoch, each pair's largest difference; with
 --equivalence, each epoch's interval and how many epochs are equivalent; with --window, the pairs' means over it).
@@ -32,8 +34,11 @@ import math
 import sys
 
 
-def knn_curve(path):
-    """{epoch (from 1): kNN top-1} of one run."""
+METRICS = {"knn_top1": "a kNN figure", "loss": "a loss figure"}
+
+
+def knn_curve(path, key="knn_top1"):
+    """{epoch (from 1): kNN top-1, or the epoch's other figure `key`} of one run."""
     curve = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -44,14 +49,14 @@ def knn_curve(path):
                 r = json.loads(line)
             except ValueError as e:
                 raise SystemExit(f"seed_spread: {path}:{n}: not JSON ({e})")
-            if "knn_top1" not in r:
+            if key not in r:
                 continue
             if r.get("type") == "epoch":
-                curve[int(r["epoch"]) + 1] = float(r["knn_top1"])
+                curve[int(r["epoch"]) + 1] = float(r[key])
             elif "type" not in r:
-                curve[int(r["epoch"])] = float(r["knn_top1"])
+                curve[int(r["epoch"])] = float(r[key])
     if not curve:
-        raise SystemExit(f"seed_spread: {path}: no epoch with a kNN figure")
+        raise SystemExit(f"seed_spread: {path}: no epoch with {METRICS[key]}")
     return curve
 
 
@@ -119,18 +124,19 @@ def paired_interval(d):
     return m, sd, se, m - q, m + q
 
 
-def equivalence_line(label, per_epoch):
-    """One printed line of an equivalence test: how many epochs pass, then each epoch's interval."""
+def equivalence_line(label, per_epoch, nd=2):
+    """One printed line of an equivalence test: how many epochs pass, then each epoch's interval (nd decimals)."""
     return (f"{label}: {sum(q['equivalent'] for q in per_epoch)} of {len(per_epoch)} epochs; intervals "
-            + ", ".join(f"{q['epoch']}: [{q['lo']:+.2f}, {q['hi']:+.2f}]" for q in per_epoch))
+            + ", ".join(f"{q['epoch']}: [{q['lo']:+.{nd}f}, {q['hi']:+.{nd}f}]" for q in per_epoch))
 
 
-def window_pairs(pairs, span):
-    """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs."""
+def window_pairs(pairs, span, nd=3):
+    """Each (b, a) pair's mean of b - a over span, then their mean, sd, se, 90% paired-t interval and signs
+    (rounded to nd decimals)."""
     d = [sum(b[e] - a[e] for e in span) / len(span) for b, a in pairs]
     m, sd, se, lo, hi = paired_interval(d)
-    return {"epochs": [span[0], span[-1]], "pair_means": [round(x, 3) for x in d], "mean": round(m, 3),
-            "sd": round(sd, 3), "se": round(se, 3), "lo": round(lo, 3), "hi": round(hi, 3),
+    return {"epochs": [span[0], span[-1]], "pair_means": [round(x, nd) for x in d], "mean": round(m, nd),
+            "sd": round(sd, nd), "se": round(se, nd), "lo": round(lo, nd), "hi": round(hi, nd),
             "below": sum(x < 0 for x in d), "above": sum(x > 0 for x in d)}
 
 
@@ -142,6 +148,8 @@ def main():
                    help="test the means for equivalence within M points at each epoch (TOST, 5%% each side)")
     p.add_argument("--window", metavar="A-B",
                    help="with --matched: each pair's mean difference over epochs A to B, and their paired summary")
+    p.add_argument("--metric", choices=sorted(METRICS), default="knn_top1",
+                   help="the figure compared: kNN top-1 (default) or the epoch's mean training loss")
     a = p.parse_args()
     if len(a.group) != 2 or any(len(g) < 2 for g in a.group):
         raise SystemExit("seed_spread: give two groups, each a name and at least one file")
@@ -149,11 +157,13 @@ def main():
         raise SystemExit("seed_spread: --window needs --matched and at least two pairs")
     if a.equivalence is not None and (not a.equivalence > 0 or any(len(g) < 3 for g in a.group)):
         raise SystemExit("seed_spread: --equivalence needs a margin above 0 and at least two runs in each group")
-    groups = [(g[0], [knn_curve(f) for f in g[1:]]) for g in a.group]
+    groups = [(g[0], [knn_curve(f, a.metric) for f in g[1:]]) for g in a.group]
     epochs = sorted(set.intersection(*[set(c) for _, runs in groups for c in runs]))
     if not epochs:
         raise SystemExit("seed_spread: no epoch is in every run")
     (na, ra), (nb, rb) = groups
+    knn = a.metric == "knn_top1"
+    nd = 2 if knn else 4  # decimals printed: kNN points, or loss
     print(f"| epoch | {na}: mean (sd) [min, max], {len(ra)} runs | {nb}: mean (sd) [min, max], {len(rb)} runs "
           f"| {nb} - {na} | {nb} runs inside {na}'s range |")
     print("|---|---|---|---|---|")
@@ -162,13 +172,13 @@ def main():
         ma, sa, lo_a, hi_a = stats([c[e] for c in ra])
         mb, sb, lo_b, hi_b = stats([c[e] for c in rb])
         inside = sum(lo_a <= c[e] <= hi_a for c in rb)
-        print(f"| {e} | {ma:.2f} ({sa:.2f}) [{lo_a:.2f}, {hi_a:.2f}] | {mb:.2f} ({sb:.2f}) [{lo_b:.2f}, {hi_b:.2f}] "
-              f"| {mb - ma:+.2f} | {inside} of {len(rb)} |")
-        out.append({"epoch": e, "mean_" + na: round(ma, 3), "sd_" + na: round(sa, 3), "mean_" + nb: round(mb, 3),
-                    "sd_" + nb: round(sb, 3), "diff": round(mb - ma, 3), "inside": inside})
+        print(f"| {e} | {ma:.{nd}f} ({sa:.{nd}f}) [{lo_a:.{nd}f}, {hi_a:.{nd}f}] | {mb:.{nd}f} ({sb:.{nd}f}) "
+              f"[{lo_b:.{nd}f}, {hi_b:.{nd}f}] | {mb - ma:+.{nd}f} | {inside} of {len(rb)} |")
+        out.append({"epoch": e, "mean_" + na: round(ma, nd + 1), "sd_" + na: round(sa, nd + 1), "mean_" + nb: round(mb, nd + 1),
+                    "sd_" + nb: round(sb, nd + 1), "diff": round(mb - ma, nd + 1), "inside": inside})
     worst = max(out, key=lambda r: abs(r["diff"]))
-    print(f"largest |difference of means|: {abs(worst['diff']):.2f} at epoch {worst['epoch']}; "
-          f"within 1 point at {sum(abs(r['diff']) <= 1 for r in out)} of {len(out)} epochs")
+    print(f"largest |difference of means|: {abs(worst['diff']):.{nd}f} at epoch {worst['epoch']}"
+          + (f"; within 1 point at {sum(abs(r['diff']) <= 1 for r in out)} of {len(out)} epochs" if knn else ""))
     kinds = [(f"{na} against {na}", [(x, y) for i, x in enumerate(ra) for y in ra[i + 1:]]),
              (f"{nb} against {nb}", [(x, y) for i, x in enumerate(rb) for y in rb[i + 1:]]),
              (f"{nb} against {na}, every run", [(x, y) for x in rb for y in ra])]
@@ -179,33 +189,36 @@ def main():
     result = {"groups": {na: len(ra), nb: len(rb)}, "epochs": out}
     if a.equivalence is not None:
         m, eq = a.equivalence, []
+        unit = (" point" if m == 1 else " points") if knn else ""  # a loss margin has no unit
         for r, e in zip(out, epochs):
             lo, hi = welch_interval([c[e] for c in ra], [c[e] for c in rb])
-            eq.append({"epoch": e, "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
-        print(equivalence_line(f"equivalence of the means within {m:g} point{'' if m == 1 else 's'} (TOST, 5% each side: the 90% "
-                               f"interval of {nb} - {na} inside (-{m:g}, {m:g}))", eq))
+            eq.append({"epoch": e, "lo": round(lo, nd + 1), "hi": round(hi, nd + 1), "equivalent": -m < lo and hi < m})
+        print(equivalence_line(f"equivalence of the means within {m:g}{unit} (TOST, 5% each side: the 90% "
+                               f"interval of {nb} - {na} inside (-{m:g}, {m:g}))", eq, nd))
         result["equivalence"] = {"margin": m, "epochs_equivalent": sum(q["equivalent"] for q in eq), "per_epoch": eq}
         if a.matched:
             pe = []
             for e in epochs:
                 d, _, _, lo, hi = paired_interval([b[e] - x[e] for b, x in zip(rb, ra)])
-                pe.append({"epoch": e, "mean": round(d, 3), "lo": round(lo, 3), "hi": round(hi, 3), "equivalent": -m < lo and hi < m})
-            print(equivalence_line(f"paired equivalence within {m:g} point{'' if m == 1 else 's'} (the 90% interval of the matched "
-                                   f"pairs' mean {nb} - {na}, Student's t, {len(ra) - 1} degrees of freedom, inside (-{m:g}, {m:g}))", pe))
+                pe.append({"epoch": e, "mean": round(d, nd + 1), "lo": round(lo, nd + 1), "hi": round(hi, nd + 1),
+                           "equivalent": -m < lo and hi < m})
+            print(equivalence_line(f"paired equivalence within {m:g}{unit} (the 90% interval of the matched "
+                                   f"pairs' mean {nb} - {na}, Student's t, {len(ra) - 1} degrees of freedom, inside (-{m:g}, {m:g}))", pe, nd))
             result["equivalence"]["paired"] = {"epochs_equivalent": sum(q["equivalent"] for q in pe), "per_epoch": pe}
     pairs = {}
-    for name, pl in kinds:
+    for name, pl in kinds if knn else []:
         if not pl:
             continue
         pb = pairs[name] = pair_band(pl, epochs)
         print(f"pairs, {name}: {pb['within_all_epochs']} of {pb['pairs']} within 1 point at every epoch; "
               f"largest differences {', '.join(f'{w:.2f}' for w in pb['largest_diffs'])}")
-    result["pairs"] = pairs
+    if knn:
+        result["pairs"] = pairs
     if a.window is not None:
-        w = result["window"] = window_pairs(list(zip(rb, ra)), parse_window(a.window, epochs))
+        w = result["window"] = window_pairs(list(zip(rb, ra)), parse_window(a.window, epochs), nd + 1)
         print(f"matched pairs, {nb} - {na} averaged over epochs {w['epochs'][0]}-{w['epochs'][1]}: "
-              f"{', '.join(f'{x:+.2f}' for x in w['pair_means'])}; mean {w['mean']:+.2f} (sd {w['sd']:.2f}, "
-              f"se {w['se']:.2f}), 90% interval [{w['lo']:+.2f}, {w['hi']:+.2f}]; below 0 in {w['below']} "
+              f"{', '.join(f'{x:+.{nd}f}' for x in w['pair_means'])}; mean {w['mean']:+.{nd}f} (sd {w['sd']:.{nd}f}, "
+              f"se {w['se']:.{nd}f}), 90% interval [{w['lo']:+.{nd}f}, {w['hi']:+.{nd}f}]; below 0 in {w['below']} "
               f"of {len(w['pair_means'])}, above in {w['above']}")
     print(json.dumps(result))
     return 0

@@ -157,6 +157,37 @@ class SeedSpread(unittest.TestCase):
                 self.assertEqual(r.returncode, 1, args)
                 self.assertIn(err, r.stderr)
 
+    def test_metric_loss(self):
+        with tempfile.TemporaryDirectory() as d:
+            # the same tests on the epochs' mean loss, step records ignored: over epochs 1-2 the pairs' loss
+            # differences average +0.03, +0.05, +0.01 (mean 0.03, sd 0.02, se 0.011547; 90% interval
+            # 0.03 +- 2.9200 * 0.011547 = [-0.0037, +0.0637]); the kNN figures (all 10 apart) are not read
+            A = [(6.0, 5.0), (6.2, 5.2), (6.4, 5.4)]
+            B = [(6.02, 5.04), (6.25, 5.25), (6.41, 5.41)]
+            fa = [write(d, f"a{i}", [{"type": "step", "epoch": 0, "loss": 9.0}] +
+                        [{"type": "epoch", "epoch": e, "loss": v, "knn_top1": 40} for e, v in enumerate(c)])
+                  for i, c in enumerate(A)]
+            fb = [write(d, f"b{i}", [{"epoch": e + 1, "loss": v, "knn_top1": 50} for e, v in enumerate(c)])
+                  for i, c in enumerate(B)]
+            r = self.run_tool("--metric", "loss", "--matched", "--window", "1-2", "--equivalence", "0.1",
+                              "--group", "a", *fa, "--group", "b", *fb)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            last = json.loads(r.stdout.strip().splitlines()[-1])
+            self.assertEqual([x["diff"] for x in last["epochs"]], [0.02667, 0.03333])
+            self.assertEqual(last["window"]["pair_means"], [0.03, 0.05, 0.01])
+            self.assertAlmostEqual(last["window"]["se"], 0.0115, places=4)
+            self.assertAlmostEqual(last["window"]["lo"], -0.0037, places=4)
+            self.assertAlmostEqual(last["window"]["hi"], 0.0637, places=4)
+            self.assertEqual(last["equivalence"]["paired"]["epochs_equivalent"], 2)
+            self.assertNotIn("pairs", last)  # "within 1 point" is a kNN test
+            self.assertIn("mean +0.0300 (sd 0.0200, se 0.0115), 90% interval [-0.0037, +0.0637]", r.stdout)
+            self.assertIn("paired equivalence within 0.1 (the 90%", r.stdout)
+            self.assertNotIn("within 1 point", r.stdout)
+            empty = write(d, "empty", [{"epoch": 1, "knn_top1": 5}])
+            r = self.run_tool("--metric", "loss", "--group", "a", fa[0], "--group", "b", empty)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(empty + ": no epoch with a loss figure", r.stderr)
+
     def test_errors_name_the_file(self):
         with tempfile.TemporaryDirectory() as d:
             good = write(d, "good", [{"epoch": 1, "knn_top1": 5}])
