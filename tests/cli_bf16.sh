@@ -96,5 +96,5 @@ if [ -d $SRC ]; then
     || fail "moco knn --precision bf16 without bf16: exit $rc, $(cat "$T/knn.err")"
   echo "ok: moco knn of a bf16 run: $want, its monitor's; embed's default is bf16; fp32 with a note where bf16 cannot run"
 else
-  echo "note: $SRC absent: the evaluation of a bf16 checkpoint not checked"
+  echo "skipped: $SRC absent: the evaluation of a bf16 checkpoint not checked"
 fi

@@ -536,7 +536,7 @@ if [ -d /usr/share/datasets/fashion-mnist ] && mkdir -p "$T/full" && mount -t tm
     && [ -z "$left" ] || fail "mkdb on a full disk: exit $rc, left '$left': $(cat "$T/err")"
   echo "mkdb on a full disk: the device is full, said; nothing written, nothing left"
 else
-  echo "note: no tmpfs could be mounted here; the full-disk check of mkdb was not run"
+  echo "skipped: no tmpfs could be mounted here; the full-disk check of mkdb was not run"
 fi
 tgz=../shared/data/cifar10-jpeg.tar.gz
 [ -f "$tgz" ] || { echo "skipped: $tgz absent"; exit 77; }

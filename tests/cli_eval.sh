@@ -106,10 +106,22 @@ for r in "$CK" emptyf txt; do
   [ $rc -eq 1 ] && grep -q "$want" ri.err || fail "train --resume $r: exit $rc after $((SECONDS - t0)) s: $(tail -2 ri.err)"
   [ -e ri ] && fail "train --resume $r left --out ri: $(ls -A ri)"
 done
-mkdir ri2
-timeout -s KILL 30 $M train --connect ipc://$T/none --out ri2 --resume txt >/dev/null 2>&1
-[ -d ri2 ] || fail "a refused run removed an --out it had not made"
-echo "i: --resume of another model, an empty file, a text file: refused at once, no --out left"
+# a run that fails after making --out (no loader answers: it waits --loader-timeout, then stops) removes the
+# --out it made (lock and empty metrics.jsonl with it), and keeps one it had not made
+for o in ri3 ri2; do
+  [ $o = ri2 ] && mkdir ri2
+  timeout -s KILL 30 $M train --connect ipc://$T/none --out $o --loader-timeout 1 --arch resnet18-cifar --width 4 \
+    --kernels rule >/dev/null 2>ri.err; rc=$?
+  [ $rc -eq 1 ] && grep -q "the loader at ipc://$T/none has been silent for 1 s" ri.err || fail "train --out $o, no loader: exit $rc: $(tail -2 ri.err)"
+done
+[ -e ri3 ] && fail "a run that failed before its first checkpoint left the --out it made: $(ls -A ri3)"
+[ -d ri2 ] || fail "a failed run removed an --out it had not made"
+[ "$(ls -A ri2)" = .lock ] || fail "a failed run left more than its lock in --out ri2: $(ls -A ri2)"
+# ... which the next run takes again (a lock alone is no earlier run's output)
+timeout -s KILL 30 $M train --connect ipc://$T/none --out ri2 --loader-timeout 1 --arch resnet18-cifar --width 4 \
+  --kernels rule >/dev/null 2>ri.err
+grep -q "has been silent for 1 s" ri.err || fail "train --out ri2 again: $(tail -2 ri.err)"
+echo "i: --resume of another model, an empty file, a text file: refused at once, no --out left; a run without a loader removes the --out it made only"
 
 # e. --out naming the checkpoint
 cp $CK keep.st; cp $CK c.st; ln -s c.st link.st
@@ -174,7 +186,7 @@ int main(int argc, char **argv)
 }
 EOF
 if ! $CC -o edit edit.c -llmdb 2>cc.err; then
-  echo "c, d (unlabelled): skipped: no C compiler with LMDB here: $(head -2 cc.err)"
+  echo "skipped: c, d (unlabelled): no C compiler with LMDB here: $(head -2 cc.err)"
   exit 0
 fi
 cp -r db empty && ./edit empty empty && cp -r db unl && ./edit unl unlabel || fail "editing the datasets"

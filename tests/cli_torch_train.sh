@@ -143,6 +143,9 @@ SRV=$!
 timeout 150 $PY "$TRAIN" --stream "$EP" $MODEL --epochs 2 --print-freq 2 --out "$T/part" --resume "$T/part/checkpoint_last.pt" \
   >"$T/part2.out" 2>"$T/part2.err" || { tail -3 "$T/part2.err"; kill $SRV; fail "the resumed run failed"; }
 wait $SRV || { tail -5 "$T/serve3.err"; fail "the server of the resumed run exited non-zero"; }
+# it resumed mid-run from step 12 (not "ends the run": had --max-steps not stopped part 1, both would match trivially)
+grep -q "resuming from $T/part/checkpoint_last.pt: epoch 1, step 12\$" "$T/part2.err" ||
+  fail "the second part did not resume from step 12: $(grep -m1 'resuming\|ends the run' "$T/part2.err")"
 $PY - "$T/run" "$T/part" <<'EOF' || fail "the resumed run differs from the uninterrupted one"
 import json, os, re, sys, torch
 def metrics(d):

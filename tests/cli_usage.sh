@@ -219,9 +219,15 @@ err=$($M train --connect ipc://x --out r6 --batch-size 64 --moco-k 500 2>&1); rc
 echo "6: --moco-k and --bn-splits: a message each, with the values"
 
 # 7. 0: the checkpoint's
+# (the same figure and the same features as without the flags)
+$M knn --ckpt $C --train db --test db --threads 1 >k7a.out 2>k7.err || fail "7: knn: $(cat k7.err)"
 $M knn --ckpt $C --train db --test db --size 0 --width 0 --moco-dim 0 --threads 1 >k7.out 2>k7.err \
-  && tail -1 k7.out | grep -q '"knn_top1"' || fail "7: knn --size 0 --width 0 --moco-dim 0: $(cat k7.err)"
+  || fail "7: knn --size 0 --width 0 --moco-dim 0: $(cat k7.err)"
+k7a=$(tail -1 k7a.out | grep -o '"knn_top1":[0-9.]*'); k7=$(tail -1 k7.out | grep -o '"knn_top1":[0-9.]*')
+[ -n "$k7a" ] && [ "$k7" = "$k7a" ] || fail "7: knn with 0s gave '$k7', without '$k7a'"
+$M embed --ckpt $C --db db --out e7a.npy --threads 1 >/dev/null 2>e7.err || fail "7: embed: $(cat e7.err)"
 $M embed --ckpt $C --db db --out e7.npy --moco-dim 0 --width 0 --size 0 --threads 1 >/dev/null 2>e7.err || fail "7: embed 0s: $(cat e7.err)"
+cmp -s e7.npy e7a.npy || fail "7: embed with 0s wrote other features than without"
 err=$($M knn --ckpt $C --train db --test db --size -1 2>&1); [[ $err == *"--size: -1 is outside [0, 4096]"*"Try 'moco knn --help'."* ]] \
   || fail "7: knn --size -1: '$err'"
 echo "7: knn and embed take 0 for the checkpoint's --size, --width, --moco-dim"
@@ -262,7 +268,13 @@ $M --help | grep -q "^  embed .*F\.npy" || fail "11a: moco --help on embed: $($M
 $M knn --ckpt r28 --train db --test db --threads 1 2>&1 | tail -1 | grep -q '"ckpt":"r28/checkpoint_last.safetensors"' \
   || fail "11c: knn --ckpt r28: $($M knn --ckpt r28 --train db --test db 2>&1 | tail -1)"
 $M embed --ckpt r28 --db db --out e11.npy --threads 1 >/dev/null 2>e11.err || fail "11c: embed --ckpt r28: $(cat e11.err)"
+$M embed --ckpt r28/checkpoint_last.safetensors --db db --out e11a.npy --threads 1 >/dev/null 2>e11.err \
+  || fail "11c: embed --ckpt r28/checkpoint_last.safetensors: $(cat e11.err)"
+cmp -s e11.npy e11a.npy || fail "11c: embed --ckpt r28 wrote other features than of r28/checkpoint_last.safetensors"
 $M export --ckpt r28 --out x11.safetensors >/dev/null 2>x11.err || fail "11c: export --ckpt r28: $(cat x11.err)"
+$M export --ckpt r28/checkpoint_last.safetensors --out x11a.safetensors >/dev/null 2>x11.err \
+  || fail "11c: export --ckpt r28/checkpoint_last.safetensors: $(cat x11.err)"
+cmp -s x11.safetensors x11a.safetensors || fail "11c: export --ckpt r28 wrote another file than of r28/checkpoint_last.safetensors"
 timeout 120 $M lincls --ckpt r28 $LC --out lc11 >/dev/null 2>lc11.err && grep -q '"size":28' lc11/lincls.json \
   || fail "11c: lincls --ckpt r28: $(tail -3 lc11.err)"
 err=$($M knn --ckpt early --train db --test db 2>&1); [[ $err == *"--ckpt early: a directory without checkpoint_last.safetensors"* ]] \

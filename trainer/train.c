@@ -568,6 +568,7 @@ int train_run(const train_cfg *cin)
     int cut = 0; /* the stream ended before the run's last epoch (the loader stopped, or given fewer --epochs) */
     int lock_fd = -1; /* --out's lock (formats/rundir.h) */
     int made_out = 0; /* --out made here (removed again if the run fails before its first checkpoint) */
+    int made_metrics = 0; /* metrics.jsonl made here (removed again, if still empty, when the run fails before then) */
     moco_ckpt_config kc;
 
     uint32_t resume_epoch = STREAM_NO_EPOCH;
@@ -678,6 +679,7 @@ int train_run(const train_cfg *cin)
         if (mkdir(c->out, 0755) && errno != EEXIST) { rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno)); goto out; }
         if (resume && (rc = train_metrics_rewind(path, step, &dropped))) goto out;
     }
+    made_metrics = !rank && access(path, F_OK) != 0;
     if (!(metrics = fopen(rank ? "/dev/null" : path, "a"))) { rc = moco_err(MOCO_EIO, "cannot write %s: %s", path, strerror(errno)); goto out; }
     if (resume) {
         moco_jw w; /* the path is the user's: escaped */
@@ -945,6 +947,12 @@ out:; /* a declaration follows: C11 puts a statement after a label (clang-14 ins
                       (long long)epoch, c->epochs, (long long)step, c->out);
     }
     if (metrics) fclose(metrics);
+    if (rc && saved_step < 0 && made_metrics) { /* failed before its first checkpoint: a metrics.jsonl this run made */
+        char mp[4200];                           /* and left empty is no output (and would refuse the next run) */
+        struct stat st;
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->out);
+        if (stat(mp, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) unlink(mp);
+    }
     if (rc && made_out && saved_step < 0) drop_made_out(c->out, &lock_fd); /* only if it holds nothing but the lock */
     if (lock_fd >= 0) close(lock_fd); /* after the last write */
     stream_destroy(&s);

@@ -380,7 +380,9 @@ class TestBackpressure(Base):
         time.sleep(2.6)                 # the caller does not read
         hb = len(f.heartbeats)
         self.assertGreaterEqual(hb, 2)
-        self.assertLess(len(f.acks.get(0, [])), 400)   # the loader was held back
+        # the loader was held back: ACKed on receipt, so only the prefetch queue (2), the message the reader holds and
+        # at most one batch of ACKs in flight; not the 400
+        self.assertLessEqual(len(f.acks.get(0, [])), 16, len(f.acks.get(0, [])))
         self.assertExact(collect(s), [0], 400)
         self.assertEqual(f.busy, [])    # this loader's WELCOME does not know BUSY
 
