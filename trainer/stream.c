@@ -500,6 +500,10 @@ int stream_next(trainer_stream *s, int timeout_ms, stream_event *ev)
         }
         if (t - s->loader_seen > s->silent_s) {
             s->st.waited_s += moco_now_s() - t0;
+            if (!s->welcomed) /* never answered: most often nothing listens there, or another endpoint */
+                return moco_err(MOCO_ETIMEOUT, "no loader answered at %s in %.0f s (no WELCOME to this consumer's HELLO): is the "
+                                "loader running, and is this its control endpoint (moco loader --ctl)?", s->ctl_ep,
+                                t - s->loader_seen);
             if (s->hb_s != MOCO_HEARTBEAT_S)
                 return moco_err(MOCO_ETIMEOUT, "the loader at %s has been silent for %.1f s (%.0f missed heartbeats of %.0f ms; "
                                 "it announced %u ms)", s->ctl_ep, t - s->loader_seen, s->silent_s / s->hb_s, s->hb_s * 1000,
