@@ -37,8 +37,8 @@ import sys
 METRICS = {"knn_top1": "a kNN figure", "loss": "a loss figure"}
 
 
-def knn_curve(path, key="knn_top1"):
-    """{epoch (from 1): kNN top-1, or the epoch's other figure `key`} of one run."""
+def epoch_curve(path, key="knn_top1"):
+    """{epoch (from 1): the figure `key` (kNN top-1, or the mean loss)} of one run."""
     curve = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -157,7 +157,7 @@ def main():
         raise SystemExit("seed_spread: --window needs --matched and at least two pairs")
     if a.equivalence is not None and (not a.equivalence > 0 or any(len(g) < 3 for g in a.group)):
         raise SystemExit("seed_spread: --equivalence needs a margin above 0 and at least two runs in each group")
-    groups = [(g[0], [knn_curve(f, a.metric) for f in g[1:]]) for g in a.group]
+    groups = [(g[0], [epoch_curve(f, a.metric) for f in g[1:]]) for g in a.group]
     epochs = sorted(set.intersection(*[set(c) for _, runs in groups for c in runs]))
     if not epochs:
         raise SystemExit("seed_spread: no epoch is in every run")
