@@ -29,12 +29,14 @@ static void refuse(loader *L, const inmsg *m, int32_t code, const char *fmt, ...
     va_end(ap);
     L->refused_hellos++;
     loader_send_to(L->ctl, m->id, m->idlen, b, moco_pipe_refused(b, code, why), NULL, 0);
+    if (!loader_quota_ok(&L->q_refused, LOADER_QUOTA_BURST)) return;
     fprintf(stderr, "moco loader: refused a HELLO from %s: %s (%" PRIu64 " refused so far)\n", loader_hexid(m->id, m->idlen, hb), why,
             L->refused_hellos);
     moco_jw w;
     loader_ev_begin(L, &w, "refused_hello");
     moco_jw_str(&w, "peer", hb);
     moco_jw_str(&w, "reason", why);
+    loader_quota_used(&L->q_refused, &w);
     loader_ev_end(L, &w);
 }
 
@@ -201,7 +203,11 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
         return 0;
     }
     if (pm.type != MOCO_MSG_ACK) { L->dropped++; return 0; }
-    if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch */
+    if (pm.epoch > L->max_epoch) { /* of an epoch not begun: none of it was handed out */
+        L->rejected_acks += pm.n;
+        return 0;
+    }
+    if (pm.epoch != L->epoch) return 0; /* late acks of a finished epoch (or of one before a resume) */
     double now = moco_now_s(), age = loader_age(L, r, now);
     for (uint32_t j = 0; j < pm.n; j++) {
         uint64_t i = moco_get_le64(pm.idx + 8 * (size_t)j);

@@ -241,14 +241,15 @@ void loader_serve_pairs(loader *L)
         for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
         if (r >= 0) continue;
         L->rejected_pairs += np;
-        if (L->rejected_pairs <= 20 || !(L->rejected_pairs & (L->rejected_pairs - 1)))
-            fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "
-                            "or never handed out; %" PRIu64 " pairs rejected so far)\n", np, L->rejected_pairs);
+        if (!loader_quota_ok(&L->q_rejected, LOADER_QUOTA_BURST)) continue;
+        fprintf(stderr, "moco loader: rejected a pair message of %u pairs (malformed, another epoch, an index out of range "
+                        "or never handed out; %" PRIu64 " pairs rejected so far)\n", np, L->rejected_pairs);
         moco_jw w;
         loader_ev_begin(L, &w, "rejected");
         moco_jw_str(&w, "what", "pairs");
         moco_jw_u64(&w, "pairs", np);
         moco_jw_u64(&w, "total", L->rejected_pairs);
+        loader_quota_used(&L->q_rejected, &w);
         loader_ev_end(L, &w);
     }
 }

@@ -72,8 +72,8 @@ void loader_readmit(loader *L, int k, double now)
 }
 
 /* Does worker k hold up the run: nothing can be issued (the epoch's last
- * samples are out, or the window is full), no other worker holds a sample,
- * another live one asks for work, and a sample k holds has waited
+ * samples are out, or the window is full), no other worker holds a sample
+ * and makes progress, another live one asks for work, and a sample k holds has waited
  * --stall-timeout of its consumer's reading (BUSY time does not count, so a
  * slow trainer is no stall)? There the others cannot deliver 2 x --window
  * while k holds what is left: without this, a peer that heart-beats and
@@ -86,7 +86,10 @@ static int holds_up_the_run(loader *L, int k, double t)
         if (loader_shard_room(L, r) > 0) return 0;
     for (int j = 0; j < L->nw; j++) {
         if (j == k || !L->w[j].alive || L->w[j].banned) continue;
-        if (L->w[j].holding) return 0;
+        /* another worker that holds samples and makes progress; one that
+         * is stalled itself does not count (two stuck peers, or one peer
+         * with two sockets, each kept the other from being banned) */
+        if (L->w[j].holding && t - L->w[j].progress <= L->stall_timeout) return 0;
         idle |= loader_credit(&L->w[j]) > 0;
     }
     if (!idle) return 0;

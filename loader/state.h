@@ -24,6 +24,18 @@
 
 enum { PENDING = 0, ISSUED = 1, DONE = 2, FAILED = 3 };
 
+/* A limit on the lines a peer's messages make (the first burst, then at
+ * most one per LOADER_QUOTA_EVERY s): a flood of refused HELLOs or rejected
+ * messages wrote MBs a second to stderr and the log. The lines left out
+ * are counted, for the next line's "suppressed"; the totals are the
+ * loader's counters. */
+#define LOADER_QUOTA_BURST 20
+#define LOADER_QUOTA_EVERY 10.0
+typedef struct {
+    uint64_t lines, skipped;
+    double at;
+} loader_quota;
+
 typedef struct {
     uint8_t id[MAX_ID];
     size_t idlen;
@@ -38,6 +50,7 @@ typedef struct {
                               * is reclaimed, oldest first, when every other slot is taken */
     int bans;                /* times banned: each ban lasts --readmit-after x 2^(bans - 1), at most 64 x */
     double banned_at, ban_until; /* its latest ban, and when it is given work again if it still says READY */
+    loader_quota q_failed;   /* lines of its rejected FAILED reports (each worker its own: they name it) */
     double useful_at;        /* when it last held a sample or asked for work (credit): a slot idle
                               * for --worker-timeout goes to a new worker that asks for one */
 } worker;
@@ -125,11 +138,18 @@ typedef struct {
     size_t held_bytes_max;           /* serve mode: LOADER_HELD_BYTES_MAX, or lower ($MOCO_LOADER_HELD_BYTES) */
     size_t held_bytes_peak;          /* the most bytes that waited for one consumer */
     uint64_t held_full;              /* times a consumer's queue went over held_bytes_max (reading stopped) */
+    loader_quota q_refused, q_rejected; /* lines of refused HELLOs; of rejected pair messages */
+    loader_quota q_failed;           /* lines of rejected FAILED reports, all workers' (each has its own too) */
 } loader;
 
 /* An event line of the log: loader_ev_begin, the fields (moco_jw_*), loader_ev_end. */
 moco_jw *loader_ev_begin(const loader *L, moco_jw *w, const char *event);
 void loader_ev_end(const loader *L, moco_jw *w);
+/* Whether the next line under q may be written (else it is counted as
+ * left out); after writing it, loader_quota_used (its "suppressed" field
+ * into w, when lines were left out before it). */
+int loader_quota_ok(loader_quota *q, uint64_t burst);
+void loader_quota_used(loader_quota *q, moco_jw *w);
 
 /* A peer's routing id as hex (at most 16 bytes of it), in buf (33 bytes). */
 const char *loader_hexid(const uint8_t *id, size_t n, char *buf);

@@ -48,6 +48,24 @@ void loader_ev_end(const loader *L, moco_jw *w)
     else moco_jw_free(w);
 }
 
+int loader_quota_ok(loader_quota *q, uint64_t burst)
+{
+    double now = moco_now_s();
+    if (q->lines >= burst && now - q->at < LOADER_QUOTA_EVERY) {
+        q->skipped++;
+        return 0;
+    }
+    q->lines++;
+    q->at = now;
+    return 1;
+}
+
+void loader_quota_used(loader_quota *q, moco_jw *w)
+{
+    if (q->skipped) moco_jw_u64(w, "suppressed", q->skipped);
+    q->skipped = 0;
+}
+
 /* A peer's routing id as hex, for messages. */
 const char *loader_hexid(const uint8_t *id, size_t n, char *buf)
 {
@@ -441,10 +459,15 @@ static void on_worker_msg(loader *L, inmsg *m)
             char hb[40];
             loader_hexid(m->id, m->idlen, hb); /* for the log line and the event, whether or not the line is printed */
             L->rejected_failed++;
-            if (L->rejected_failed <= 20 || !(L->rejected_failed & (L->rejected_failed - 1)))
-                fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
-                                "which does not hold it (%" PRIu64 " rejected so far)\n",
-                        f.index, f.epoch, k, hb, L->rejected_failed);
+            /* lines: each worker's first LOADER_QUOTA_BURST, and all workers' first 5 x that */
+            if (!loader_quota_ok(&L->w[k].q_failed, LOADER_QUOTA_BURST)) return;
+            if (!loader_quota_ok(&L->q_failed, 5 * LOADER_QUOTA_BURST)) {
+                L->w[k].q_failed.skipped++;
+                return;
+            }
+            fprintf(stderr, "moco loader: rejected a FAILED report of sample %" PRIu64 " (epoch %u) from worker %d (%s), "
+                            "which does not hold it (%" PRIu64 " rejected so far)\n",
+                    f.index, f.epoch, k, hb, L->rejected_failed);
             moco_jw w;
             loader_ev_begin(L, &w, "rejected");
             moco_jw_str(&w, "what", "FAILED");
@@ -452,6 +475,7 @@ static void on_worker_msg(loader *L, inmsg *m)
             moco_jw_u64(&w, "claimed_epoch", f.epoch);
             moco_jw_i64(&w, "worker", k);
             moco_jw_str(&w, "peer", hb);
+            loader_quota_used(&L->w[k].q_failed, &w);
             loader_ev_end(L, &w);
             return;
         }
@@ -633,11 +657,13 @@ static void say_goodbye(loader *L)
         if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
 }
 
-/* A socket of ours bound at ep: type, send HWM, largest frame accepted. */
-static void *open_bound(loader *L, int type, const char *ep, int sndhwm, int64_t maxmsg, int *rc)
+/* A socket of ours bound at ep: type, send and receive HWMs, largest frame
+ * accepted (set before the bind: libzmq applies them to the pipes of
+ * later binds and connections only). */
+static void *open_bound(loader *L, int type, const char *ep, int sndhwm, int hwm, int64_t maxmsg, int *rc)
 {
     void *s = zmq_socket(L->zctx, type);
-    int one = 1, hwm = 1000, linger = 1000;
+    int one = 1, linger = 1000;
     if (!s || (type == ZMQ_ROUTER && zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one)) ||
         zmq_setsockopt(s, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger)) {
@@ -659,14 +685,12 @@ static int run(loader *L)
     int64_t ctl_max = (int64_t)((L->n + 7) / 8 + 64);
     if (ctl_max < MOCO_CTL_FRAME_MAX) ctl_max = MOCO_CTL_FRAME_MAX;
     if ((rc = moco_sec_new(L->zctx, L->keys, L->insecure, "moco loader", L->log, &L->sec))) return rc;
-    if (!(L->work = open_bound(L, ZMQ_ROUTER, L->work_ep, 1000, MOCO_CTL_FRAME_MAX, &rc)) ||
-        !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? MOCO_SERVE_SNDHWM : 1000, ctl_max, &rc)) ||
-        (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
+    /* the pairs: a few messages wait here at most (for each worker's
+     * connection): the workers feel the consumer's pace */
+    if (!(L->work = open_bound(L, ZMQ_ROUTER, L->work_ep, 1000, 1000, MOCO_CTL_FRAME_MAX, &rc)) ||
+        !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? MOCO_SERVE_SNDHWM : 1000, 1000, ctl_max, &rc)) ||
+        (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, 4, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
         return rc;
-    if (L->pairs) { /* a few pair messages wait here at most: the workers feel the consumer's pace */
-        int hwm = 4;
-        zmq_setsockopt(L->pairs, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    }
     if (!L->quiet)
         fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s%s%s; consumer: %s%s\n", L->db_path, L->n, L->work_ep,
                 L->pairs ? ", their pairs: " : "", L->pairs ? L->pairs_ep : "", L->ctl_ep, L->pairs ? " (serve mode)" : "");
@@ -675,11 +699,14 @@ static int run(loader *L)
     int finished = 0;
     while (!stop_flag && !finished) {
         /* serve mode: new pairs when none waits for room, else room towards the consumer */
-        int held = L->pairs ? loader_forward_pending(L) : 0;
+        int held = L->pairs ? loader_forward_pending(L) : 0, any = 0, bye = 1;
+        for (int r = 0; r < L->R; r++) any |= L->c[r].connected;
         zmq_pollitem_t items[3] = {{L->work, 0, ZMQ_POLLIN, 0},
                                    {L->ctl, 0, (short)(ZMQ_POLLIN | (held ? ZMQ_POLLOUT : 0)), 0},
                                    {L->pairs, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, L->pairs && held <= (L->R > 1 ? LOADER_HELD_MAX : 0) ? 3 : 2, held ? 20 : 100) < 0) {
+        /* the pairs are read only while a consumer is connected: polled
+         * without one, a waiting message woke the poll at once, forever */
+        if (zmq_poll(items, L->pairs && any && held <= (L->R > 1 ? LOADER_HELD_MAX : 0) ? 3 : 2, held ? 20 : 100) < 0) {
             if (errno == EINTR) continue;
             return moco_err(MOCO_EZMQ, "poll: %s", zmq_strerror(errno));
         }
@@ -699,7 +726,7 @@ static int run(loader *L)
             on_worker_msg(L, &m);
             close_msg(&m);
         }
-        int any = 0, bye = 1;
+        any = 0;
         for (int r = 0; r < L->R; r++) any |= L->c[r].connected, bye &= L->c[r].bye;
         if (L->pairs && any) loader_serve_pairs(L);
         double t = moco_now_s();
