@@ -79,3 +79,18 @@ int moco_rundir_check_new(const char *dir, const char *flag, int logs_ok)
                     "its first checkpoint): give --overwrite to start afresh there, or another %s", flag, dir, held,
                     MOCO_RUNDIR_LAST, flag);
 }
+
+int moco_rundir_resumes_in(const char *dir, const char *resume)
+{
+    struct stat sd, sr;
+    char parent[4200];
+    if (stat(dir, &sd) || stat(resume, &sr)) return 0;
+    if (!S_ISDIR(sr.st_mode)) { /* a checkpoint: its directory */
+        const char *slash = strrchr(resume, '/');
+        if (!slash) snprintf(parent, sizeof parent, ".");
+        else if ((size_t)(slash - resume) >= sizeof parent) return 0;
+        else snprintf(parent, sizeof parent, "%.*s", slash == resume ? 1 : (int)(slash - resume), resume);
+        if (stat(parent, &sr)) return 0;
+    }
+    return sd.st_dev == sr.st_dev && sd.st_ino == sr.st_ino;
+}

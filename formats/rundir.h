@@ -45,4 +45,12 @@ int moco_rundir_ckpt(const char *flag, const char *path, char *buf, size_t cap);
  * read. */
 int moco_rundir_check_new(const char *dir, const char *flag, int logs_ok);
 
+/* Whether a --resume value (a checkpoint, or a run directory) continues
+ * the run in dir: the checkpoint lies in dir itself (or names dir). A run
+ * resumed from elsewhere starts a new directory: dir must then pass
+ * moco_rundir_check_new (resumed into another run's directory, it replaced
+ * that run's checkpoints and rewound its metrics). 0 when either cannot be
+ * read. */
+int moco_rundir_resumes_in(const char *dir, const char *resume);
+
 #endif

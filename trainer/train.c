@@ -238,7 +238,7 @@ static int check_inputs(const train_cfg *c, const char *resume)
     return rc;
 }
 
-/* --out without --resume: refused when it holds anything but the logs moco
+/* --out without --resume (or resuming another directory's run): refused when it holds anything but the logs moco
  * run writes there (loader.*, workers.*), with the advice of
  * formats/rundir.h; with --overwrite, the old run's metrics.jsonl and
  * checkpoint_*.safetensors are removed. */
@@ -594,7 +594,13 @@ int train_run(const train_cfg *cin)
         else if (errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
         if (!rc) rc = moco_lock_dir(c->out, &lock_fd);
     }
-    if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
+    /* a run resumed from another directory starts a new one (as a run without --resume does) */
+    if (!rc && !rank && (!resume || !moco_rundir_resumes_in(c->out, resume)) && (rc = check_out_dir(c->out, c->overwrite)) &&
+        resume) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", moco_errmsg());
+        rc = moco_err(rc, "--resume %s continues another directory's run, in a new --out: %s", resume, why);
+    }
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
         double bad = rc != 0;
         int r2 = dist_sum_d(c->dist, &bad, 1);
