@@ -56,6 +56,16 @@ int moco_fsync_dir(const char *path);
  * message naming name (the path the user gave) and tmp removed: target is
  * then as it was (unless only the directory's fsync failed). */
 int moco_commit_tmp(FILE *f, const char *tmp, const char *target, const char *name);
+/* moco_commit_tmp in two halves, for several files that go together: all
+ * finished first (written, fsync'ed, closed: where the disk is full, this
+ * is where it says so), then all renamed. moco_finish_tmp: 0, or MOCO_EIO
+ * naming name with tmp removed; f is closed either way. moco_rename_tmp:
+ * the rename and the directory's fsync; 0, or MOCO_EIO naming name (tmp
+ * removed when the rename failed). Test hook: $MOCO_TEST_FAIL_FSYNC, a
+ * suffix: moco_finish_tmp of a tmp whose name ends with it fails with
+ * ENOSPC, as a full disk's fsync does. */
+int moco_finish_tmp(FILE *f, const char *tmp, const char *name);
+int moco_rename_tmp(const char *tmp, const char *target, const char *name);
 
 /* path made to hold exactly data[0..len) that way: the target checked
  * (moco_replace_target: never a FIFO, a device, a dangling link), a

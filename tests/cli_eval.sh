@@ -9,7 +9,8 @@
 #  c. an empty --train / --test set: "holds no samples", exit 1 (knn,
 #     lincls) and refused by the training monitor before the first step;
 #  d. embed: an unlabelled dataset removes an old OUT.labels.npy; a labels
-#     file that cannot be written leaves no features file;
+#     file that cannot be written leaves no features file; a failed fsync
+#     of either new file leaves the old pair as it was;
 #  e. export / embed --out naming the --ckpt file (or a link to it):
 #     refused, the checkpoint intact;
 #  f. batch 1 in the evaluation commands (BN in eval mode): the same kNN as
@@ -139,7 +140,15 @@ rm -rf z.npy z.labels.npy; mkdir z.labels.npy
 $M embed --ckpt $CK --db db --out z.npy >/dev/null 2>z.err; rc=$?
 [ $rc -eq 1 ] && grep -q "z.labels.npy is a directory" z.err && [ ! -e z.npy ] && [ -z "$(ls | grep 'z\..*tmp')" ] \
   || fail "embed with a labels path that cannot be written: exit $rc, $(ls -d z* | tr '\n' ' '): $(cat z.err)"
-echo "d: a labels file that cannot be written leaves no features file"
+# the features' write failing at their fsync (a full disk: MOCO_TEST_FAIL_FSYNC), over an old pair: both
+# files stay as they were (before: the new labels had replaced the old ones, and were then removed)
+$M embed --ckpt $CK --db db --out y.npy >/dev/null 2>y.err && md5sum y.npy y.labels.npy >y.md5 || fail "embed y.npy: $(cat y.err)"
+for sfx in y.npy.tmp y.labels.npy.tmp; do
+  MOCO_TEST_FAIL_FSYNC=$sfx $M embed --ckpt $CK --db db --out y.npy --batch 8 >/dev/null 2>y.err; rc=$?
+  [ $rc -eq 1 ] && grep -q "cannot write .*${sfx%.tmp}: No space left on device; it is left as it was" y.err && md5sum -c --quiet y.md5 \
+    && [ -z "$(ls | grep 'y\..*tmp')" ] || fail "embed over an old pair, the fsync of $sfx failing: exit $rc, $(ls y.* | tr '\n' ' '): $(cat y.err)"
+done
+echo "d: a labels file that cannot be written leaves no features file; a features or labels file whose fsync fails leaves the old pair as it was"
 
 CC=${CC:-cc}
 cat >edit.c <<'EOF'

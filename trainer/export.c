@@ -137,18 +137,19 @@ int export_main(int argc, char **argv)
 /* a NumPy .npy file being written: its temporary file, not yet renamed */
 typedef struct {
     FILE *f;
+    int finished; /* written, fsync'ed and closed: only the rename is left */
     const char *path;
     char target[1100], tmp[1200];
 } npy_tmp;
 
 /* a NumPy .npy file (format 1.0): dtype "<f4" or "<i8", C order, 2-D
  * (rows, cols) or 1-D (cols 0), written whole to path.tmp (o->f open);
- * npy_commit fsyncs and renames it (and fsyncs the directory), npy_abort
- * removes it */
+ * npy_finish fsyncs and closes it, npy_commit renames it (and fsyncs the
+ * directory), npy_abort removes it */
 static int write_npy(npy_tmp *o, const char *path, const void *data, const char *descr, size_t elem, int64_t rows, int64_t cols)
 {
     char hdr[256], *target = o->target, *tmp = o->tmp;
-    o->f = NULL, o->path = path;
+    o->f = NULL, o->finished = 0, o->path = path;
     int rc = moco_replace_target(path, target, sizeof o->target); /* never renamed onto /dev/null or a directory */
     if (rc) return rc;
     int n = cols ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }", descr,
@@ -174,19 +175,27 @@ static int write_npy(npy_tmp *o, const char *path, const void *data, const char 
     return 0;
 }
 
-static int npy_commit(npy_tmp *o)
+static int npy_finish(npy_tmp *o)
 {
     FILE *f = o->f;
     o->f = NULL;
-    return f ? moco_commit_tmp(f, o->tmp, o->target, o->path) : 0; /* fsync, rename, fsync of the directory */
+    int rc = f ? moco_finish_tmp(f, o->tmp, o->path) : 0;
+    o->finished = f && !rc;
+    return rc;
+}
+
+static int npy_commit(npy_tmp *o)
+{
+    int rc = o->finished ? moco_rename_tmp(o->tmp, o->target, o->path) : 0;
+    o->finished = 0;
+    return rc;
 }
 
 static void npy_abort(npy_tmp *o)
 {
-    if (!o->f) return;
-    fclose(o->f);
-    unlink(o->tmp);
-    o->f = NULL;
+    if (o->f) fclose(o->f);
+    if (o->f || o->finished) unlink(o->tmp);
+    o->f = NULL, o->finished = 0;
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -250,11 +259,14 @@ int embed_main(int argc, char **argv)
         memcpy(feat + (size_t)s * D, head ? o : rn_pooled(m), sizeof *feat * (size_t)k * D);
     }
     for (int64_t i = 0; i < cnt; i++) lab64[i] = lab[i];
-    if (npy) { /* both temporaries first; the labels renamed before the features, which go last */
+    if (npy) { /* both temporaries written and fsync'ed first (a full disk says so there, and nothing is replaced);
+                * then the labels renamed, and the features last */
         char lt[1100];
-        if ((rc = write_npy(&fo, out, feat, "<f4", sizeof *feat, cnt, D))) goto out;
+        if ((rc = write_npy(&fo, out, feat, "<f4", sizeof *feat, cnt, D)) || (rc = npy_finish(&fo))) goto out;
         if (labelled) {
-            if ((rc = write_npy(&lo, lp, lab64, "<i8", sizeof *lab64, cnt, 0)) || (rc = npy_commit(&lo))) goto out;
+            if ((rc = write_npy(&lo, lp, lab64, "<i8", sizeof *lab64, cnt, 0)) || (rc = npy_finish(&lo)) ||
+                (rc = npy_commit(&lo)))
+                goto out;
         } else if (!(rc = moco_replace_target(lp, lt, sizeof lt)) && unlink(lt) == 0) { /* no stale labels beside new features */
             fprintf(stderr, "moco embed: %s is unlabelled: removed the old %s\n", db, lp);
         } else if (!rc && errno != ENOENT) {
