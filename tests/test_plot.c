@@ -2,7 +2,9 @@
  * zero-based and capped percentages, labels without exponents or noise
  * digits (1.35e+03 and -0.641 were printed before); extreme values refused
  * or drawn clamped; the PNG written whole or not at all; the mean curve of
- * a group of runs. */
+ * a group of runs; a run's epoch means drawn when its step records are
+ * fewer than its epochs; a checkpoint or a directory without metrics.jsonl
+ * refused saying so. */
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -78,8 +80,8 @@ static void test_units(void **state)
     assert_string_equal(plot_x_label, "epoch");
 }
 
-/* dir/metrics.jsonl holds text; moco plot dir --out out: its exit status */
-static int plot(const char *dir, const char *text, const char *out)
+/* dir/metrics.jsonl holds text */
+static void write_metrics(const char *dir, const char *text)
 {
     char p[4200];
     snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
@@ -87,6 +89,12 @@ static int plot(const char *dir, const char *text, const char *out)
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
+}
+
+/* dir/metrics.jsonl holds text; moco plot dir --out out: its exit status */
+static int plot(const char *dir, const char *text, const char *out)
+{
+    write_metrics(dir, text);
     char *argv[] = {"plot", (char *)dir, "--out", (char *)out, NULL};
     return plot_main(4, argv);
 }
@@ -190,9 +198,96 @@ static void test_mean_curve(void **state)
     assert_string_equal(moco_errmsg(), "a mean curve of 17 series (1 to 16)");
 }
 
+/* panel i of the run at path draws the n points (x[k], y[k]), on axes that hold every one */
+static void panel_is(const char *path, int i, int n, const double *x, const double *y)
+{
+    double px[64], py[64];
+    plot_panel_info in = {0};
+    double epochs = plot_panel_points(path, i, px, py, 64, &in);
+    print_message("  panel \"%s\": %g epochs, %d points, y axis [%g, %g], x axis [0, %g]\n", plot_panel_titles[i], epochs, in.n,
+                  in.ylo, in.yhi, in.xhi);
+    for (int k = 0; k < in.n && k < 64; k++) print_message("    (%g, %g)\n", px[k], py[k]);
+    assert_true(epochs > 0);
+    assert_int_equal(in.n, n);
+    for (int k = 0; k < n; k++) {
+        assert_true(fabs(px[k] - x[k]) < 1e-12 && fabs(py[k] - y[k]) < 1e-12);
+        assert_true(py[k] >= in.ylo && py[k] <= in.yhi);
+        assert_true(px[k] >= 0 && px[k] <= in.xhi);
+    }
+}
+
+/* A run with fewer steps per epoch than --log-every: its epoch records
+ * hold loss and acc (the epoch means), its step records few or none. The
+ * loss and accuracy panels draw the epoch means against epochs, on axes
+ * that hold them (before: "no data" with no step record; with one, that
+ * one point, the axis around it and the means outside). With more step
+ * records than epochs, the step records are drawn as before. A checkpoint
+ * and a directory without metrics.jsonl are refused saying so. */
+static void test_epoch_means(void **state)
+{
+    (void)state;
+    char dir[4200], path[4300], out[4300], msg[9000];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("test_plot_means"));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    snprintf(out, sizeof out, "%s/p.png", dir);
+    const char *epochs = "{\"type\":\"epoch\",\"epoch\":0,\"step\":4,\"loss\":6.5,\"acc\":10,\"knn_top1\":20,\"pairs_per_s\":100}\n"
+                         "{\"type\":\"epoch\",\"epoch\":1,\"step\":8,\"loss\":6,\"acc\":20,\"knn_top1\":25,\"pairs_per_s\":110}\n"
+                         "{\"type\":\"epoch\",\"epoch\":2,\"step\":12,\"loss\":5.5,\"acc\":30,\"knn_top1\":30,\"pairs_per_s\":120}\n";
+    const double ex[] = {1, 2, 3}, eloss[] = {6.5, 6, 5.5}, eacc[] = {10, 20, 30};
+    /* epoch records only */
+    write_metrics(dir, epochs);
+    panel_is(path, 0, 3, ex, eloss);
+    panel_is(path, 1, 3, ex, eacc);
+    const double knn[] = {20, 25, 30};
+    panel_is(path, 2, 3, ex, knn);
+    assert_int_equal(plot(dir, epochs, out), 0);
+    assert_true(is_png(out));
+    /* one step record (step 10 of 12, --log-every 10): the epoch means still */
+    char text[2000];
+    snprintf(text, sizeof text, "%s{\"type\":\"step\",\"epoch\":2,\"step\":10,\"loss\":7.25,\"acc\":4}\n", epochs);
+    write_metrics(dir, text);
+    panel_is(path, 0, 3, ex, eloss);
+    panel_is(path, 1, 3, ex, eacc);
+    /* more step records than epochs (4 steps an epoch, --log-every 2): the step records */
+    const char *steps = "{\"type\":\"step\",\"epoch\":0,\"step\":2,\"loss\":7,\"acc\":5}\n"
+                        "{\"type\":\"step\",\"epoch\":0,\"step\":4,\"loss\":6.75,\"acc\":6}\n"
+                        "{\"type\":\"epoch\",\"epoch\":0,\"step\":4,\"loss\":6.9,\"acc\":5.5}\n"
+                        "{\"type\":\"step\",\"epoch\":1,\"step\":6,\"loss\":6.5,\"acc\":8}\n"
+                        "{\"type\":\"step\",\"epoch\":1,\"step\":8,\"loss\":6.25,\"acc\":9}\n"
+                        "{\"type\":\"epoch\",\"epoch\":1,\"step\":8,\"loss\":6.4,\"acc\":8.5}\n";
+    write_metrics(dir, steps);
+    const double sx[] = {0.5, 1, 1.5, 2}, sloss[] = {7, 6.75, 6.5, 6.25}, sacc[] = {5, 6, 8, 9};
+    panel_is(path, 0, 4, sx, sloss);
+    panel_is(path, 1, 4, sx, sacc);
+    /* a checkpoint: 8 bytes of header length (LE), its JSON header, the tensor's 8 bytes */
+    const char hdr[] = "{\"queue_ptr\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}";
+    char ckpt[4300];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint_last.safetensors", dir);
+    FILE *f = fopen(ckpt, "wb");
+    assert_non_null(f);
+    uint8_t len[8] = {sizeof hdr - 1}, zero[8] = {0};
+    assert_true(fwrite(len, 8, 1, f) == 1 && fwrite(hdr, sizeof hdr - 1, 1, f) == 1 && fwrite(zero, 8, 1, f) == 1);
+    fclose(f);
+    char *argv[] = {"plot", ckpt, "--out", out, NULL};
+    assert_int_equal(plot_main(4, argv), 1);
+    snprintf(msg, sizeof msg, "%s is a safetensors checkpoint, not a run directory or its metrics.jsonl", ckpt);
+    print_message("  %s\n", moco_errmsg());
+    assert_string_equal(moco_errmsg(), msg);
+    /* a directory without metrics.jsonl */
+    char empty[4300];
+    snprintf(empty, sizeof empty, "%s/empty", dir);
+    assert_int_equal(mkdir(empty, 0755), 0);
+    argv[1] = empty;
+    assert_int_equal(plot_main(4, argv), 1);
+    snprintf(msg, sizeof msg, "%s holds no metrics.jsonl: not a run directory of moco train", empty);
+    print_message("  %s\n", moco_errmsg());
+    assert_string_equal(moco_errmsg(), msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_axes), cmocka_unit_test(test_labels), cmocka_unit_test(test_units),
-                                       cmocka_unit_test(test_extremes_and_output), cmocka_unit_test(test_mean_curve)};
+                                       cmocka_unit_test(test_extremes_and_output), cmocka_unit_test(test_mean_curve),
+                                       cmocka_unit_test(test_epoch_means)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,17 +1,21 @@
 /* plot.c: `moco plot RUN_DIR [RUN_DIR ...] --out curves.png`: four panels
  * drawn with libvips from each RUN_DIR/metrics.jsonl: loss, contrastive
  * top-1 accuracy, kNN top-1 accuracy and throughput (pairs/s), against
- * epochs (the epoch records; the step records fill in the loss and accuracy
- * between them). --compare adds a second group in orange: RUN_DIRs, or
+ * epochs (the epoch records; the loss and accuracy from the step records
+ * where there are more of them than epochs, else the epoch means).
+ * --compare adds a second group in orange: RUN_DIRs, or
  * JSON-lines files of per-epoch records {"epoch": 1-based, "loss",
  * "knn_top1", "pairs_per_s"} such as ../shared/reference's PyTorch run,
  * comma-separated. A group of several runs (seeds) is drawn as its mean
  * curve, each run pale behind it; with --compare, the kNN curves' largest
  * gap is printed. */
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <vips/vips.h>
 
 #include "formats/errors.h"
@@ -81,14 +85,17 @@ static int add(series *s, double x, double y, long no)
     return 0;
 }
 
+static void series_free(series *s)
+{
+    free(s->x);
+    free(s->y);
+    free(s->line);
+    memset(s, 0, sizeof *s);
+}
+
 static void run_free(run *r)
 {
-    for (int i = 0; i < 4; i++) {
-        free(r->s[i].x);
-        free(r->s[i].y);
-        free(r->s[i].line);
-        memset(&r->s[i], 0, sizeof r->s[i]);
-    }
+    for (int i = 0; i < 4; i++) series_free(&r->s[i]);
 }
 
 static void group_free(group *g)
@@ -252,6 +259,14 @@ static void draw_group(VipsImage *im, const group *g, int i, const double *ink, 
     draw(im, &g->mean.s[i], ink, x0, y0, w, h, lo, hi, xmax, 1);
 }
 
+/* the x axis of every panel: 0 to *hi epochs (at least 1), ticks *step apart (whole epochs) */
+static void xaxis(double epochs, double *hi, double *step)
+{
+    double lo;
+    plot_axis(0, epochs > 0 ? epochs : 1, 1, 0, &lo, hi, step);
+    if (*step < 1) *step = 1, *hi = ceil(*hi); /* whole epochs */
+}
+
 /* panel i: group a in blue, b (may be empty) in orange, on a y range that holds both (yaxis checked it) */
 static int panel(VipsImage *im, int ox, int oy, int i, const group *a, const group *b, double epochs)
 {
@@ -265,7 +280,7 @@ static int panel(VipsImage *im, int ox, int oy, int i, const group *a, const gro
         text(im, "no data", x0 + w / 2 - 30, y0 - h / 2, 12);
         return 0;
     }
-    double lo, hi, step, xlo, xhi, xstep;
+    double lo, hi, step, xhi, xstep;
     const group *gs[2] = {a, b};
     if (yaxis(gs, 2, i, &lo, &hi, &step)) return MOCO_ECORRUPT;
     char lab[64];
@@ -278,8 +293,7 @@ static int panel(VipsImage *im, int ox, int oy, int i, const group *a, const gro
         plot_tick_label(v, step, lab, sizeof lab);
         text(im, lab, ox + 5, y - 7, 10);
     }
-    plot_axis(0, epochs > 0 ? epochs : 1, 1, 0, &xlo, &xhi, &xstep);
-    if (xstep < 1) xstep = 1, xhi = ceil(xhi); /* whole epochs */
+    xaxis(epochs, &xhi, &xstep);
     double xmax = xhi;
     int nx = (int)fmin(floor(xhi / xstep + 1e-9), 50) + 1;
     for (int t = 0; t < nx; t++) {
@@ -293,16 +307,48 @@ static int panel(VipsImage *im, int ox, int oy, int i, const group *a, const gro
     return 0;
 }
 
+/* the points of src in place of dst's (src left empty) */
+static void series_take(series *dst, series *src)
+{
+    series_free(dst);
+    *dst = *src;
+    memset(src, 0, sizeof *src);
+}
+
+/* a safetensors file (a checkpoint) rather than text: 8 bytes of header
+ * length (little-endian) that fits the file, then its JSON's '{' */
+static int is_safetensors(FILE *f)
+{
+    uint8_t b[9];
+    long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    rewind(f);
+    if (size < 9 || fread(b, 1, 9, f) != 9) return 0;
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--) h = h << 8 | b[i];
+    return h >= 2 && h <= (uint64_t)size - 8 && b[8] == '{';
+}
+
 /* a run's series from its metrics.jsonl (0-based epoch records, step
  * records), or from a file of 1-based per-epoch records without "type";
- * returns the number of epochs, -1 with a message naming path */
+ * returns the number of epochs, -1 with a message naming path. Loss and
+ * accuracy: the step records where there are more of them than epoch
+ * records with that value (they show the curve within epochs), else the
+ * epoch records' means at each epoch's end (a run with fewer steps an
+ * epoch than --log-every has few step records or none). */
 static double load(const char *path, series *loss, series *acc, series *knn, series *speed)
 {
     FILE *f = moco_fopen_regular(path); /* a FIFO is refused, not waited on */
     if (!f) return -1;
+    if (is_safetensors(f)) {
+        fclose(f);
+        moco_err(MOCO_EFORMAT, "%s is a safetensors checkpoint, not a run directory or its metrics.jsonl", path);
+        return -1;
+    }
+    rewind(f);
     double epochs = 0, spe = 0; /* steps per epoch, from the epoch records */
     loss->path = acc->path = knn->path = speed->path = path;
     loss->key = "loss", acc->key = "acc", knn->key = "knn_top1", speed->key = "pairs_per_s";
+    series eloss = *loss, eacc = *acc; /* the epoch records' means */
     char line[8192];
     long no = 0;
     int rc = 0;
@@ -320,7 +366,8 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
         if (plain) e -= 1; /* 1-based */
         if (e + 1 > epochs) epochs = e + 1;
         if (ours && field(line, "step", &st) && e >= 0 && st > 0) spe = st / (e + 1);
-        if (plain && field(line, "loss", &v)) rc = add(loss, e + 1, v, no);
+        if (field(line, "loss", &v)) rc = add(&eloss, e + 1, v, no);
+        if (!rc && field(line, "acc", &v)) rc = add(&eacc, e + 1, v, no);
         if (!rc && field(line, "knn_top1", &v)) rc = add(knn, e + 1, v, no);
         if (!rc && field(line, "pairs_per_s", &v)) rc = add(speed, e + 1, v, no);
     }
@@ -334,6 +381,10 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
         if (!rc && field(line, "acc", &v)) rc = add(acc, st / spe, v, no);
     }
     fclose(f);
+    if (!rc && loss->n <= eloss.n) series_take(loss, &eloss);
+    if (!rc && acc->n <= eacc.n) series_take(acc, &eacc);
+    series_free(&eloss); /* what was not taken */
+    series_free(&eacc);
     return rc ? -1 : epochs;
 }
 
@@ -353,15 +404,42 @@ double plot_load_check(const char *path)
     return epochs;
 }
 
-/* run r of a group from arg: arg/metrics.jsonl where it opens, else the
- * file arg; its epochs, or -1 with a message (0: no epoch records) */
+double plot_panel_points(const char *path, int i, double *x, double *y, int cap, plot_panel_info *info)
+{
+    if (i < 0 || i > 3 || cap < 0) return moco_err(MOCO_EINVAL, "panel %d, cap %d (panels 0 to 3, cap >= 0)", i, cap), -1;
+    static group g;
+    group_free(&g);
+    g.n = 1;
+    run *r = &g.r[0];
+    double epochs = load(path, &r->s[0], &r->s[1], &r->s[2], &r->s[3]);
+    const group *gs[1] = {&g};
+    const series *s = &r->s[i];
+    if (epochs > 0 && s->n && yaxis(gs, 1, i, &info->ylo, &info->yhi, &info->ystep)) epochs = -1;
+    if (epochs >= 0) {
+        info->n = s->n;
+        for (int k = 0; k < s->n && k < cap; k++) x[k] = s->x[k], y[k] = s->y[k];
+        xaxis(epochs, &info->xhi, &info->xstep);
+    }
+    group_free(&g);
+    return epochs;
+}
+
+/* run r of a group from arg: arg/metrics.jsonl where arg is a directory,
+ * else the file arg; its epochs, or -1 with a message (0: no epoch
+ * records) */
 static double load_run(run *r, const char *arg)
 {
     r->arg = arg;
-    snprintf(r->path, sizeof r->path, "%s/metrics.jsonl", arg);
-    FILE *d = moco_fopen_regular(r->path);
-    if (d) fclose(d);
-    else snprintf(r->path, sizeof r->path, "%s", arg);
+    struct stat st;
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(r->path, sizeof r->path, "%s/metrics.jsonl", arg);
+        if (stat(r->path, &st) != 0 && errno == ENOENT) {
+            moco_err(MOCO_ENOTFOUND, "%s holds no metrics.jsonl: not a run directory of moco train", arg);
+            return -1;
+        }
+    } else {
+        snprintf(r->path, sizeof r->path, "%s", arg);
+    }
     return load(r->path, &r->s[0], &r->s[1], &r->s[2], &r->s[3]);
 }
 

@@ -25,6 +25,21 @@ int plot_mean_curve(int n, const double *const *x, const double *const *y, const
  * line, for a value no axis holds). */
 double plot_load_check(const char *path);
 
+/* What panel i (0 to 3, as plot_panel_titles) of `moco plot` draws for
+ * the one run at path (a metrics.jsonl, or a file of per-epoch records),
+ * for tests: info->n points (0: the panel says "no data"), the first cap
+ * of them written to x (epochs) and y in drawing order; the y axis from
+ * info->ylo to info->yhi, ticks info->ystep apart (set only when n > 0);
+ * the x axis from 0 to info->xhi epochs, ticks info->xstep apart. Returns
+ * the number of epochs (0: no epoch records, which moco plot refuses), or
+ * -1 with a message naming path (MOCO_EINVAL: i or cap out of range). */
+typedef struct {
+    int n;
+    double ylo, yhi, ystep;
+    double xhi, xstep;
+} plot_panel_info;
+double plot_panel_points(const char *path, int i, double *x, double *y, int cap, plot_panel_info *info);
+
 /* A readable axis for data in [lo, hi]: ticks at multiples of a step of
  * 1, 2 or 5 x 10^k, 3 to 6 intervals, the range widened to whole steps.
  * zero: the axis starts at 0 (accuracies); cap > 0: it ends at most there
