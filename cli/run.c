@@ -609,7 +609,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         close(lock_fd);
         return 2;
     }
-    time_t t_start = time(NULL);
+    /* the checkpoint the run starts with, if any: a trainer that failed after saving one gets the resume command
+     * (a save renames a new file into place; before, an mtime within the starting second counted as saved) */
+    char last[1200];
+    snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
+    struct stat ck0;
+    int had_ckpt = stat(last, &ck0) == 0;
     if (!mkdtemp(sockdir)) { /* mode 0700 */
         fprintf(stderr, "moco run: cannot create a socket directory: %s\n", strerror(errno));
         return 1;
@@ -919,14 +924,14 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status == 130 ? "interrupted" : status ? "FAILED" : "finished",
                 respawned, respawned == 1 ? "" : "s");
     }
-    char last[1200];
-    snprintf(last, sizeof last, "%s/checkpoint_last.safetensors", run_dir);
     /* interrupted, a trainer stopped because the loader failed, a trainer
      * killed by a signal, or (ranks) a rank that died: the last checkpoint
      * holds every rank's position */
     /* ... or a trainer that failed after it saved a checkpoint in this run (a full disk) */
     struct stat ckst;
-    int saved_now = stat(last, &ckst) == 0 && ckst.st_mtime >= t_start;
+    int saved_now = stat(last, &ckst) == 0 &&
+                    (!had_ckpt || ckst.st_ino != ck0.st_ino || ckst.st_dev != ck0.st_dev ||
+                     ckst.st_mtim.tv_sec != ck0.st_mtim.tv_sec || ckst.st_mtim.tv_nsec != ck0.st_mtim.tv_nsec);
     if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed || saved_now))) && !bench && !sink &&
         !lincls && !serve && access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);

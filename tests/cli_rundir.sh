@@ -107,9 +107,11 @@ BF16=; grep -q avx512_bf16 /proc/cpuinfo && BF16="--epochs 1 --precision bf16"
 for change in "--epochs 2" "--epochs 1 --lr 0.1" "--epochs 1 --moco-t 0.2" "--epochs 1 --moco-m 0.5" "--epochs 1 --wd 0.01" \
               "--epochs 1 --momentum 0.5" $([ -n "$BF16" ] && echo "BF16"); do
   [ "$change" = BF16 ] && change=$BF16
+  touch o1/checkpoint_last.safetensors # as if saved a moment ago: a refused resume saves nothing, so no resume command
   timeout 60 $M run db $RUN --run-dir o1 --resume o1 $change >/dev/null 2>o1e.err; rc=$?
   flag=${change##*--}; flag=--${flag%% *}
   [ $rc -eq 1 ] && grep -q "another schedule: $flag" o1e.err || fail "resume with $change: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+  grep -q "resume with" o1e.err && fail "a refused resume ($change), which saved nothing, printed a resume command: $(grep 'resume with' o1e.err)"
 done
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --symmetric >/dev/null 2>o1e.err; rc=$?
 [ $rc -eq 1 ] && grep -q "another schedule: --symmetric (checkpoint: no --symmetric)" o1e.err || fail "resume with --symmetric: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
