@@ -3,8 +3,9 @@
 # against a fake loader (protocol, hostile messages, resume, CURVE) and, with
 # torch, train_moco_torch.py's failure paths (test_train_torch.py), then, when
 # `moco run` has --serve, end to end against the real pipeline (exactly once,
-# kill and resume), two ranks reading their shards (e2e_shards.py) and a
-# 2-second run of tools/python/bench_stream.py.
+# kill and resume), two ranks reading their shards (e2e_shards.py), over tcp
+# with keys (e2e_keys.py: the README example ends the run at once; a wrong
+# server.key is named) and a 2-second run of tools/python/bench_stream.py.
 # Skipped (77) when Debian's python3-zmq or python3-numpy is absent.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -25,6 +26,11 @@ if [ $rc -ne 0 ]; then
   fail "moco_stream unit tests (exit $rc)"
 fi
 timeout 120 $PY tools/python/tests/e2e_shards.py "$M" "$T/shards" || fail "several consumers (--consumers 2): shards"
+timeout 120 $PY tools/python/tests/e2e_keys.py "$M" "$T/keys"
+case $? in
+  0|77) ;;
+  *) fail "end to end over tcp with keys: the README example ends moco run at once; a wrong server.key named";;
+esac
 timeout 150 $PY tools/python/tests/e2e_serve.py "$M" "$T/e2e"
 rc=$?
 case $rc in

@@ -12,7 +12,10 @@ mode (version 3)") alone. It promises:
   has left the queue full for a second (it evaluates, say), BUSY instead, to
   a loader whose WELCOME says it knows BUSY (flag 2), so that the loader
   does not re-send the pairs waiting here, and HEARTBEAT again as soon as
-  there is room; close() sends BYE;
+  there is room; close() sends BYE, and so does the iterator's end (END
+  reached and everything yielded: the loader, which waits for BYE after END,
+  ends at once, not after --consumer-timeout and --linger) and interpreter
+  exit for a stream not closed;
 * every index of every epoch is yielded exactly once: duplicates (re-sent
   pairs) are dropped and ACKed again; a pair of the next epoch is held
   (bounded) until EPOCH_END of the current one; any other epoch or an index
@@ -30,7 +33,10 @@ mode (version 3)") alone. It promises:
   missing WELCOME raise StreamError from the iterator; with keys, a loader
   that refuses this consumer's key (its ZAP handler: the key is not in its
   allow list) raises at once, naming the endpoint and the key file, and
-  counts stats["auth_rejected"];
+  counts stats["auth_rejected"]; so does a loader that closes HANDSHAKE_CLOSED_MAX
+  connections before any CURVE handshake succeeded (its server key is not our
+  server.key: it cannot decrypt our HELLO), naming server.key; a loader not
+  listening yet (connection refused) is waited for, up to `timeout`;
 * every rejection (stats: malformed, unknown, rejected_epoch, rejected_index,
   rejected_epoch_end, held_dropped, stale, duplicates) is logged on the
   logger "moco_stream", rate-limited per kind as the C loader does (the
@@ -40,12 +46,14 @@ mode (version 3)") alone. It promises:
   (re-sent pairs: routine). Without a logging configuration Python prints
   WARNING records to stderr.
 """
+import atexit
 import collections
 import logging
 import os
 import struct
 import threading
 import time
+import weakref
 
 import numpy as np
 import zmq
@@ -76,6 +84,7 @@ HELD_MAX = 1 << 16          # pairs of the next epoch held before EPOCH_END
 HELD_MSGS_MAX = 16          # ... in at most this many messages (the loader's 16 ahead)
 HELD_BYTES_MAX = 256 << 20  # ... and at most this many view bytes (as the C consumer's held bytes)
 LOG_FIRST = 20              # rejections logged per kind before only the powers of two
+HANDSHAKE_CLOSED_MAX = 3    # connections closed before any CURVE handshake succeeded: the wrong server.key
 
 def heartbeat_s(heartbeat_ms):
     """The heartbeat interval (s) a consumer keeps to, from WELCOME's heartbeat_ms, as
@@ -96,6 +105,17 @@ PAIR_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("type", "<u2"),
                        ("height", "<u2"), ("width", "<u2"), ("channels", "u1"),
                        ("layout", "u1"), ("reserved", "<u2")])
 assert PAIR_DTYPE.itemsize == 32
+
+
+_open = weakref.WeakSet()   # streams not closed yet
+
+
+@atexit.register
+def _close_open():
+    """At interpreter exit: close (BYE) the streams left open, of this process only."""
+    for s in list(_open):
+        if s._pid == os.getpid():
+            s.close()
 
 
 def state_union(states):
@@ -247,8 +267,9 @@ class PairStream:
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._mon = None                   # with keys: the socket's failed handshakes
-        self._key_file = None
+        self._mon = None                   # with keys: the socket's connections and handshakes
+        self._key_file = self._server_key_file = None
+        self._shaken, self._closed_unshaken = False, 0   # a handshake succeeded; connections closed before
         try:
             self._setup_socket(keys)
         except Exception as e:
@@ -263,6 +284,7 @@ class PairStream:
             raise
         self._thread = threading.Thread(target=self._run, name="moco_stream", daemon=True)
         self._thread.start()
+        _open.add(self)                    # BYE at interpreter exit unless closed before
 
     # ---- setup --------------------------------------------------------------
     def _check_resume(self, r):
@@ -292,10 +314,13 @@ class PairStream:
             pub, sec = zauth.load_certificate(os.path.join(keys, "client.key_secret"))
             if sec is None:
                 raise ValueError("%s: no secret key" % os.path.join(keys, "client.key_secret"))
-            server = zauth.load_certificate(os.path.join(keys, "server.key"))[0]
+            self._server_key_file = os.path.join(keys, "server.key")
+            server = zauth.load_certificate(self._server_key_file)[0]
             s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, server
             self._key_file = os.path.join(keys, "client.key")
-            self._mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            # DISCONNECTED: a connection (CONNECTED) closed; a refused one (no loader yet) is only CLOSED
+            self._mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+                                             | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         s.connect(self.endpoint)
 
     # ---- caller side --------------------------------------------------------
@@ -307,6 +332,10 @@ class PairStream:
         while True:
             while not self._out:
                 if self._done:
+                    # END (or an error) taken and everything yielded: BYE now, so that the loader,
+                    # which waits for it after END, ends at once (not after --consumer-timeout
+                    # and --linger) also for a caller that never calls close()
+                    self.close()
                     raise StopIteration
                 item = self._q.get(0.5)
                 if item is None:
@@ -409,6 +438,13 @@ class PairStream:
         if not self._thread.is_alive() and not self._ctx.closed:
             self._sock.close(0)
             self._ctx.term()
+        _open.discard(self)
+
+    def __del__(self):
+        # collected: its thread has ended (the thread holds the stream while it runs); never
+        # blocks, never in another process (a forked copy: the context is the parent's)
+        if getattr(self, "_pid", None) == os.getpid() and hasattr(self, "_thread"):
+            self.close()
 
     def __enter__(self):
         return self
@@ -492,9 +528,22 @@ class PairStream:
         return frames
 
     def _handshake_failed(self):
-        """A monitor event: the loader's ZAP handler refused our key."""
+        """A monitor event: the loader's ZAP handler refused our key, or it closed HANDSHAKE_CLOSED_MAX
+        connections before any handshake succeeded (it could not decrypt our HELLO: its server key is
+        not our server.key; the loader logs a cryptographic error). A loader not listening yet refuses
+        the connection: CLOSED, not CONNECTED, not counted."""
         from zmq.utils.monitor import recv_monitor_message
         ev = recv_monitor_message(self._mon)
+        if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._shaken = True
+        elif ev["event"] == zmq.EVENT_DISCONNECTED and not self._shaken:
+            self._closed_unshaken += 1
+            if self._closed_unshaken >= HANDSHAKE_CLOSED_MAX:
+                self.stats["auth_rejected"] += 1
+                raise StreamError("moco_stream: %s closed %d connections during the CURVE handshake: %s is "
+                                  "probably not that loader's server key (copy the loader's key directory to "
+                                  "this host; do not run moco keygen per host)"
+                                  % (self.endpoint, self._closed_unshaken, self._server_key_file))
         if ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return
         self.stats["auth_rejected"] += 1

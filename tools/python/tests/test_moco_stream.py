@@ -575,6 +575,98 @@ class TestCurve(Base):
         self.assertEqual(s.stats["auth_rejected"], 1)
         self.assertEqual(f.hellos, [])
 
+    def test_curve_wrong_server_key(self):
+        # the loader cannot decrypt a HELLO sealed for another server key: it closes every connection
+        # during the handshake and logs a cryptographic error; the client saw only reconnections and
+        # said "no WELCOME" after its whole timeout. (a) a key directory of another keygen (its client
+        # key is not allowed either), (b) the allowed client key with another server.key
+        other = tempfile.mkdtemp()
+        try:
+            import zmq.auth as zauth
+            zauth.create_certificates(other, "server")
+            zauth.create_certificates(other, "client")
+            wrong = tempfile.mkdtemp(dir=other)
+            for name in ("client.key", "client.key_secret"):
+                shutil.copy(os.path.join(self.dir, name), wrong)
+            shutil.copy(os.path.join(other, "server.key"), wrong)
+            f = self.loader(count=40, epochs=1, curve_dir=self.dir)
+            for keys in (other, wrong):
+                s = self.stream(f.endpoint, keys=keys, timeout=20.0)
+                t0 = time.monotonic()
+                with self.assertRaises(moco_stream.StreamError) as e:
+                    next(iter(s))
+                self.assertLess(time.monotonic() - t0, 10.0, keys)
+                self.assertIn("%s closed 3 connections during the CURVE handshake: %s is probably not that "
+                              "loader's server key" % (f.endpoint, os.path.join(keys, "server.key")),
+                              str(e.exception))
+                self.assertEqual(s.stats["auth_rejected"], 1)
+            self.assertEqual(f.hellos, [])
+            # the right keys still work
+            self.assertExact(collect(self.stream(f.endpoint, keys=self.dir)), [0], 40)
+        finally:
+            shutil.rmtree(other)
+
+    def test_curve_loader_starts_late(self):
+        # started before the loader binds: refused connections are not taken for a wrong server key
+        import socket
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        s = self.stream("tcp://127.0.0.1:%d" % port, keys=self.dir, timeout=20.0)
+        time.sleep(2.0)
+        self.loader(endpoint="tcp://127.0.0.1:%d" % port, count=40, epochs=1, curve_dir=self.dir)
+        self.assertExact(collect(s), [0], 40)
+        self.assertEqual(s.stats["auth_rejected"], 0)
+
+
+class TestBye(Base):
+    def test_bye_at_end_without_close(self):
+        # iterated to the end, never closed (tools/python/README.md's example): BYE at once, so that
+        # `moco run --serve`, which waits for it after END, ends (before: only after close(), or
+        # --consumer-timeout and --linger after the process was gone)
+        f = self.loader(count=40, epochs=2)
+        s = moco_stream.PairStream(f.endpoint, timeout=10.0, insecure=True)
+        self.assertExact(collect(s), [0, 1], 40)
+        deadline = time.monotonic() + 2.0
+        while not f.byes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(len(f.byes), 1)
+        self.assertTrue(s._ctx.closed)
+
+    def test_bye_at_exit(self):
+        # a stream left open at interpreter exit (mid-run, and after the last pair but before the
+        # iterator's end): the process exits at once, with BYE (a successor is taken at once)
+        for code in ("next(iter(s))", "[next(it) for it in [iter(s)] for _ in range(40)]"):
+            f = self.loader(count=40, epochs=1, per_msg=1)
+            prog = ("import moco_stream\n"
+                    "s = moco_stream.PairStream(%r, insecure=True, timeout=10.0, prefetch=1)\n"
+                    "%s\n" % (f.endpoint, code))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+            t0 = time.monotonic()
+            r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=20, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertLess(time.monotonic() - t0, 8.0, code)
+            deadline = time.monotonic() + 2.0
+            while not f.byes and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertEqual(len(f.byes), 1, code)
+
+    def test_collected(self):
+        # a stream whose thread ended (here: REFUSED), dropped without close(): collected, context freed
+        import gc
+        import warnings
+        f = self.loader(refuse=(3, "busy"))
+        s = moco_stream.PairStream(f.endpoint, timeout=10.0, insecure=True)
+        with self.assertRaises(moco_stream.StreamError):
+            next(iter(s))
+        s._thread.join(5)
+        ctx = s._ctx
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            del s
+            gc.collect()
+        self.assertTrue(ctx.closed)
+
 
 if __name__ == "__main__":
     unittest.main()
