@@ -12,6 +12,7 @@
 #include <vips/vips.h>
 
 #include "formats/errors.h"
+#include "formats/payload.h"
 #include "formats/record.h"
 #include "formats/rng.h"
 
@@ -253,20 +254,23 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* Decode through libvips: sRGB or B_W, 8 bits, alpha dropped. *w, *h hold
- * the record header's size on entry; a payload of another size is refused. */
-static int decode_vips(augment_ctx *c, const uint8_t *pl, size_t n, const uint8_t **px, int *w, int *h, int *ch)
+/* Decode through libvips: sRGB or B_W, 8 bits, alpha dropped. A payload
+ * whose own header differs from the record header hd (size, channels,
+ * encoding) is refused. */
+static int decode_vips(augment_ctx *c, const moco_rec_header *hd, const uint8_t *pl, const uint8_t **px, int *w, int *h,
+                       int *ch)
 {
+    size_t n = hd->payload_len;
     VipsImage *im = vips_image_new_from_buffer(pl, n, "", "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
                                                VIPS_FAIL_ON_TRUNCATED, NULL);
     if (!im) goto fail;
-    /* the size the payload claims, checked before anything is allocated for it:
+    /* what the payload claims, checked before anything is allocated for it:
      * a few hundred bytes can claim gigapixels (found by fuzz_augment) */
-    if (im->Xsize != *w || im->Ysize != *h) {
-        int rc = moco_err(MOCO_ECORRUPT, "%s: header says %dx%d, payload claims %dx%d", c->what, *w, *h, im->Xsize,
-                          im->Ysize);
+    moco_payload_info claim = {moco_payload_encoding(pl, n), im->Xsize, im->Ysize, im->Bands};
+    int bad = moco_rec_check_claims(hd, &claim, c->what);
+    if (bad) {
         g_object_unref(im);
-        return rc;
+        return bad;
     }
     int colour = im->Bands - vips_image_hasalpha(im) >= 3;
     VipsImage *t = NULL;
@@ -299,13 +303,15 @@ fail:;
 
 /* Decode a JPEG with TurboJPEG at scale num/den into c->dec; falls back to
  * libvips (full scale: *num = *den = 1) when TurboJPEG refuses it. */
-static int decode_jpeg(augment_ctx *c, const uint8_t *pl, size_t n, int *num, int *den, const uint8_t **px, int *w,
-                       int *h, int *ch)
+static int decode_jpeg(augment_ctx *c, const moco_rec_header *hd, const uint8_t *pl, int *num, int *den,
+                       const uint8_t **px, int *w, int *h, int *ch)
 {
     int jw, jh, ss, cs;
+    size_t n = hd->payload_len;
     if (tjDecompressHeader3(c->tj, pl, (unsigned long)n, &jw, &jh, &ss, &cs) == 0 && cs != TJCS_CMYK && cs != TJCS_YCCK) {
-        if (jw != *w || jh != *h) /* before allocating: see decode_vips */
-            return moco_err(MOCO_ECORRUPT, "%s: header says %dx%d, payload claims %dx%d", c->what, *w, *h, jw, jh);
+        moco_payload_info claim = {moco_payload_encoding(pl, n), jw, jh, moco_payload_jpeg_channels(cs)};
+        int rc = moco_rec_check_claims(hd, &claim, c->what); /* before allocating: see decode_vips */
+        if (rc) return rc;
         tjscalingfactor sf = {*num, *den};
         int sw = TJSCALED(jw, sf), sh = TJSCALED(jh, sf), pc = cs == TJCS_GRAY ? 1 : 3;
         if (grow((void **)&c->dec, &c->dec_cap, (size_t)sw * sh * pc, 1)) return moco_err(MOCO_ENOMEM, "%s: out of memory", c->what);
@@ -315,7 +321,7 @@ static int decode_jpeg(augment_ctx *c, const uint8_t *pl, size_t n, int *num, in
         }
     }
     *num = *den = 1; /* CMYK, a warning (e.g. truncated) or an error: let libvips judge */
-    return decode_vips(c, pl, n, px, w, h, ch);
+    return decode_vips(c, hd, pl, px, w, h, ch);
 }
 
 /* Raw: 1 or 3 channels in place; 2 and 4 lose their alpha. */
@@ -340,10 +346,10 @@ static int decode(augment_ctx *c, const moco_rec_header *hd, const uint8_t *pl, 
     int rc;
     *w = (int)hd->width, *h = (int)hd->height;
     if (hd->encoding == MOCO_ENC_RAW) return decode_raw(c, hd, pl, px, ch);
-    if (hd->encoding == MOCO_ENC_JPEG) rc = decode_jpeg(c, pl, hd->payload_len, num, den, px, w, h, ch);
+    if (hd->encoding == MOCO_ENC_JPEG) rc = decode_jpeg(c, hd, pl, num, den, px, w, h, ch);
     else {
         *num = *den = 1;
-        rc = decode_vips(c, pl, hd->payload_len, px, w, h, ch);
+        rc = decode_vips(c, hd, pl, px, w, h, ch);
     }
     if (rc) return rc;
     int ew = (int)(((uint64_t)hd->width * *num + *den - 1) / *den), eh = (int)(((uint64_t)hd->height * *num + *den - 1) / *den);

@@ -1,16 +1,21 @@
 /* info.c: `moco info DB`: describe a dataset from its metadata (no cursor
  * walk), or with --verify also read every record and check its header, its
- * CRC, its label (one of the classes) and, over all records, the label counts
- * against the metadata's. --json prints the same as one JSON object. */
+ * CRC, its header against its payload's own (encoding, size, channels:
+ * formats/payload.h; the CRC covers only the payload), its label (one of the
+ * classes) and, over all records, the label counts against the metadata's.
+ * --json prints the same as one JSON object. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <turbojpeg.h>
+#include <vips/vips.h>
 
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/jsonw.h"
 #include "formats/opts.h"
+#include "formats/payload.h"
 #include "loader/cmd.h"
 
 typedef struct {
@@ -18,6 +23,7 @@ typedef struct {
     const char *path;
     const moco_db_meta *m;
     uint64_t *seen; /* records per class, then the unlabelled ones (nclasses + 1) */
+    tjhandle tj;    /* reads JPEG headers */
 } verify_ctx;
 
 static int verify_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
@@ -41,6 +47,10 @@ static int verify_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
         v->bad++;
     } else {
         v->seen[h.label < 0 ? v->m->nclasses : (uint32_t)h.label]++;
+        if (moco_rec_check_payload(v->tj, &h, pl, what)) { /* the header against the payload's own */
+            fprintf(stderr, "%s: %s\n", v->path, moco_errmsg());
+            v->bad++;
+        }
     }
     v->n++;
     return 0;
@@ -51,7 +61,7 @@ int loader_info_main(int argc, char **argv)
     int json = 0, verify = 0;
     const moco_opt opts[] = {
         {"json", MOCO_OPT_FLAG, &json, "print one JSON object", 0, 0, NULL},
-        {"verify", MOCO_OPT_FLAG, &verify, "also read every record and check its header, CRC and label, and the label counts against the metadata", 0, 0, NULL},
+        {"verify", MOCO_OPT_FLAG, &verify, "also read every record and check its header, CRC and label, the header against the image's own (encoding, size, channels), and the label counts against the metadata", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     const moco_optspec spec = {"moco info", "DB [options]",
@@ -68,18 +78,26 @@ int loader_info_main(int argc, char **argv)
         return 1;
     }
     const moco_db_meta *m = moco_db_get_meta(db);
-    verify_ctx v = {0, 0, 0, pos[0], m, NULL};
-    if (verify && !(v.seen = calloc((size_t)m->nclasses + 1, sizeof *v.seen))) {
+    verify_ctx v = {0, 0, 0, pos[0], m, NULL, NULL};
+    if (verify && VIPS_INIT("moco")) { /* reads the headers of PNGs (and of JPEGs TurboJPEG refuses) */
+        fprintf(stderr, "moco info: cannot start libvips: %s\n", vips_error_buffer());
+        moco_db_destroy(&db);
+        return 1;
+    }
+    if (verify && (!(v.seen = calloc((size_t)m->nclasses + 1, sizeof *v.seen)) || !(v.tj = tjInitDecompress()))) {
         fprintf(stderr, "moco info: out of memory\n");
+        free(v.seen);
         moco_db_destroy(&db);
         return 1;
     }
     if (verify && (rc = moco_db_foreach(db, verify_one, &v))) {
         fprintf(stderr, "moco info: %s\n", moco_errmsg());
         free(v.seen);
+        tjDestroy(v.tj);
         moco_db_destroy(&db);
         return 1;
     }
+    if (v.tj) tjDestroy(v.tj);
     /* the records' labels against the counts the metadata gives (a label changed within range) */
     uint64_t miscounted = 0;
     for (uint32_t i = 0; verify && i <= m->nclasses; i++) {

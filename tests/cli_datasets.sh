@@ -136,6 +136,39 @@ PY
   rc=$?
   [ $rc -eq 1 ] && grep -q "^moco train: --knn-test: $T/cls/db-odd has class 'wasps'" "$T/err" || fail "train, a kNN class missing: exit $rc: $(cat "$T/err")"
   echo "classes matched by name: kNN 100% on a one-class test set (class 0 there, 1 in training); a class the training set lacks refused (by moco train before its first step)"
+  # info --verify checks each record's header against its image's own header (the CRC covers
+  # only the payload): a copy with one field of one record's header changed (width, height,
+  # channels, encoding) is a bad record, named with the reason, exit 1 (before: "0 bad", exit
+  # 0, and knn refused the dataset). A channels field that lies is refused by embed too (before:
+  # a colour JPEG was read grey, exit 0). A label moved to another valid class is not found in
+  # the record (the format has no check for it): only the class counts differ (above).
+  for split in train jpeg; do
+    for f in "12 33 header says 33x32, payload claims 32x32" "16 96 header says 32x96, payload claims 32x32" \
+             "7 1 header says 1 channels, payload claims 3" "6 x header says ENC, payload is PAYLOAD"; do
+      set -- $f; off=$1 val=$2; shift 2; want="$*"
+      enc=png payload=png; [ $split = jpeg ] && enc=jpeg payload=jpeg
+      [ "$val" = x ] && { if [ $split = jpeg ]; then val=2 enc=png; else val=1 enc=jpeg; fi; }
+      want=${want/ENC/$enc}; want=${want/PAYLOAD/$payload}
+      rm -rf "$T/cls/hdr" && cp -r "$T/cls/db-$split" "$T/cls/hdr" || fail "copying db-$split"
+      python3 - "$T/cls/hdr/data.mdb" "$off" "$val" <<'PY' || fail "patching the header of $split's first record"
+import struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+i, off, val = b.find(b"MOCR"), int(sys.argv[2]), int(sys.argv[3])
+if off >= 12: struct.pack_into("<I", b, i + off, val)
+else: b[i + off] = val
+open(sys.argv[1], "wb").write(b)
+PY
+      $M info --verify "$T/cls/hdr" >"$T/out" 2>"$T/err"; rc=$?
+      [ $rc -eq 1 ] && grep -q "^$T/cls/hdr: record [0-9]*: $want\$" "$T/err" && grep -q "verified  [0-9]* records, 1 bad" "$T/out" ||
+        fail "info --verify, $split, header offset $off set to $val: exit $rc, want '$want': $(cat "$T/out" "$T/err")"
+      if [ $off = 7 ]; then
+        timeout 60 $M embed $K --db "$T/cls/hdr" --out "$T/cls/e.npy" >/dev/null 2>"$T/err"; rc=$?
+        [ $rc -eq 1 ] && grep -q "$T/cls/hdr: record [0-9]*: $want" "$T/err" || fail "embed, $split, header 1 channel: exit $rc $(cat "$T/err")"
+      fi
+    done
+    $M info --verify "$T/cls/db-$split" >/dev/null 2>"$T/err" || fail "the undamaged db-$split does not verify: $(cat "$T/err")"
+  done
+  echo "a record header's width, height, channels or encoding changed (PNG, JPEG): a bad record for info --verify, named with the reason"
   # a record whose header gives another size than its image (JPEG: TurboJPEG scaled to the
   # header's size, and the rows were read at the wrong width, exit 0; PNG: libvips), refused
   # by the evaluation reader as by the augmentation workers

@@ -20,6 +20,7 @@
 
 #include "formats/db.h"
 #include "formats/errors.h"
+#include "formats/payload.h"
 #include "formats/record.h"
 
 struct evalset {
@@ -130,10 +131,13 @@ static int grow(evalset *e, size_t n)
     return 0;
 }
 
-static int mismatch(const evalset *e, int64_t i, const moco_rec_header *h, int pw, int ph)
+/* The header against what the payload claims of itself (formats/payload.h), before anything is allocated for it. */
+static int check_claims(const evalset *e, int64_t i, const moco_rec_header *h, const uint8_t *pl, int pw, int ph, int pc)
 {
-    return moco_err(MOCO_ECORRUPT, "%s: record %" PRId64 ": header says %ux%u, payload claims %dx%d", moco_db_path(e->db), i,
-                    h->width, h->height, pw, ph);
+    char what[4200];
+    moco_payload_info p = {moco_payload_encoding(pl, h->payload_len), pw, ph, pc};
+    snprintf(what, sizeof what, "%s: record %" PRId64, moco_db_path(e->db), i);
+    return moco_rec_check_claims(h, &p, what);
 }
 
 /* Decode record i into e->px (h, w, c uint8), c = 1 or 3; the payload's size must be the header's. */
@@ -150,8 +154,10 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
     int jw, jh, ss, cs;
     if (h->encoding == MOCO_ENC_JPEG && e->tj && (h->channels == 1 || h->channels == 3) &&
         tjDecompressHeader3(e->tj, pl, h->payload_len, &jw, &jh, &ss, &cs) == 0 && cs != TJCS_CMYK && cs != TJCS_YCCK) {
-        /* TurboJPEG scales to the size it is given: a header that lies about it must not pass */
-        if (jw != *w || jh != *hh) return mismatch(e, i, h, jw, jh);
+        /* TurboJPEG scales to the size it is given, and decodes grey or colour as it is asked: a
+         * header that lies about either must not pass */
+        int rc = check_claims(e, i, h, pl, jw, jh, moco_payload_jpeg_channels(cs));
+        if (rc) return rc;
         *c = h->channels;
         if (grow(e, (size_t)*w * *hh * 3)) return MOCO_ENOMEM;
         if (tjDecompress2(e->tj, pl, h->payload_len, e->px, *w, 0, *hh, *c == 1 ? TJPF_GRAY : TJPF_RGB, 0) == 0 ||
@@ -161,10 +167,10 @@ static int decode(evalset *e, int64_t i, const moco_rec_header *h, const uint8_t
     /* anything else: libvips, made 8-bit sRGB or grey */
     VipsImage *im = vips_image_new_from_buffer(pl, h->payload_len, "", NULL), *t = NULL;
     if (!im) goto bad;
-    if (vips_image_get_width(im) != *w || vips_image_get_height(im) != *hh) {
-        int rc = mismatch(e, i, h, vips_image_get_width(im), vips_image_get_height(im));
+    int lie = check_claims(e, i, h, pl, vips_image_get_width(im), vips_image_get_height(im), vips_image_get_bands(im));
+    if (lie) {
         g_object_unref(im);
-        return rc;
+        return lie;
     }
     if (vips_image_hasalpha(im)) { /* dropped, as PIL's convert("RGB") drops it (not flattened on black) */
         if (vips_extract_band(im, &t, 0, "n", vips_image_get_bands(im) - 1, NULL)) goto bad;
