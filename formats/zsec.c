@@ -53,6 +53,8 @@ struct moco_sec {
     unsigned nmon;      /* monitors started, for unique names */
     char ctl_ep[64];
     _Atomic uint64_t rejected, refused, dropped;
+    _Atomic uint64_t closed_early; /* connecting sockets: connections closed while no handshake had succeeded */
+    _Atomic int handshaken;        /* connecting sockets: a handshake succeeded */
     /* handler thread only */
     void *mons[MON_MAX];
     unsigned char mon_client[MON_MAX]; /* 1: the monitor of a connecting socket */
@@ -434,6 +436,8 @@ static int handle_mon(moco_sec *s, void *mon, int client)
     if (ev == ZMQ_EVENT_MONITOR_STOPPED) return 1;
     if (client) {
         if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) atomic_fetch_add(&s->refused, 1);
+        else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) atomic_store(&s->handshaken, 1);
+        else if (ev == ZMQ_EVENT_DISCONNECTED && !atomic_load(&s->handshaken)) atomic_fetch_add(&s->closed_early, 1);
         return 0;
     }
     if (!(ev & FAIL_EVENTS)) return 0;
@@ -572,6 +576,8 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
     pthread_mutex_init(&s->mu, NULL);
     atomic_init(&s->rejected, 0);
     atomic_init(&s->refused, 0);
+    atomic_init(&s->closed_early, 0);
+    atomic_init(&s->handshaken, 0);
     atomic_init(&s->dropped, 0);
     if (!keys_dir) {
         *out = s;
@@ -690,17 +696,37 @@ int moco_sec_connect(moco_sec *s, void *sock, const char *endpoint)
         (rc = setopt(sock, ZMQ_CURVE_PUBLICKEY, s->client_pub, 32, "ZMQ_CURVE_PUBLICKEY", endpoint)) ||
         (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->client_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)))
         return rc;
-    return start_monitor(s, sock, endpoint, 'C', ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+    return start_monitor(s, sock, endpoint, 'C',
+                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED);
+}
+
+/* A server that cannot read our HELLO (its key is not the server.key we
+ * use) closes the connection without a word (libzmq: the client sees
+ * CONNECTED, HANDSHAKE_FAILED_NO_DETAIL, DISCONNECTED, again every 0.1 s):
+ * taken as such after this many, while no handshake has succeeded. A
+ * server not yet listening gives no DISCONNECTED (the TCP connect fails). */
+#define CLOSED_EARLY_MAX 3
+
+static int wrong_server_key(const moco_sec *s)
+{
+    moco_sec *m = (moco_sec *)s;
+    return s && !atomic_load(&m->handshaken) && atomic_load(&m->closed_early) >= CLOSED_EARLY_MAX;
 }
 
 uint64_t moco_sec_refused(const moco_sec *s)
 {
-    return s ? atomic_load(&((moco_sec *)s)->refused) : 0;
+    return s ? atomic_load(&((moco_sec *)s)->refused) + (uint64_t)wrong_server_key(s) : 0;
 }
 
 int moco_sec_check_refused(const moco_sec *s, const char *endpoint)
 {
     if (!moco_sec_refused(s)) return 0;
+    if (!atomic_load(&((moco_sec *)s)->refused))
+        return moco_err(MOCO_EINVAL,
+                        "%s closed %d connections during the CURVE handshake, and none succeeded: %s/server.key is "
+                        "probably not that server's key (copy the key directory of the loader's host, moco keygen "
+                        "there once, to every host; or %s is not a moco endpoint)",
+                        endpoint, CLOSED_EARLY_MAX, s->dir ? s->dir : "?", endpoint);
     return moco_err(MOCO_EINVAL,
                     "%s refused this process's key %s/client.key (CURVE authentication failed): add that file to the "
                     "allow list, DIR/allowed/, of the key directory the other side uses (moco keygen)",

@@ -65,10 +65,13 @@ uint64_t moco_sec_rejected(const moco_sec *s);
 uint64_t moco_sec_dropped(const moco_sec *s);
 /* Handshakes in which a server refused this context's key (its ZAP handler
  * said no: the key is not in its allow list), on sockets moco_sec_connect
- * prepared (thread-safe read). */
+ * prepared (thread-safe read); plus 1 once 3 connections closed during the
+ * handshake while none had succeeded (the server could not read our HELLO:
+ * our server.key is not its key). */
 uint64_t moco_sec_refused(const moco_sec *s);
 /* 0 while moco_sec_refused(s) is 0; then MOCO_EINVAL with a message that
- * names endpoint and this process's key file, and says what to do. */
+ * names endpoint and this process's key file (client.key, or server.key
+ * for the second case), and says what to do. */
 int moco_sec_check_refused(const moco_sec *s, const char *endpoint);
 
 /* Stop the thread, close its sockets, free. Call after closing your own sockets and

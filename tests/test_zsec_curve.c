@@ -376,6 +376,57 @@ static void test_added_client_admitted(void **st)
     assert_int_equal(unlink(p), 0);
 }
 
+/* ---- 4. a client whose server.key is not the server's is told so ----
+ * The server cannot read its HELLO and closes the connection without a
+ * word: the client names its server.key after 3 such connections, instead
+ * of waiting out its timeout (a key directory made by a moco keygen per
+ * host; or the right client key beside another server.key). Nothing
+ * listening yet (connection refused) is not that. */
+static void test_client_wrong_server_key_named(void **st)
+{
+    (void)st;
+    char other[1200], mixed[1200], want[1400];
+    snprintf(other, sizeof other, "%s/keygen2", base);
+    snprintf(mixed, sizeof mixed, "%s/mixed", base);
+    assert_int_equal(moco_keygen(other, 0), 0);
+    /* the allowed client keypair beside another deployment's server keypair (a mismatched pair is refused at once) */
+    assert_int_equal(tu_sh("cp -rp '%s' '%s' && cp -p '%s'/server.key '%s'/server.key_secret '%s'/", keys, mixed, other, other, mixed), 0);
+    server sv;
+    server_start(&sv, keys);
+    const char *dirs[2] = {other, mixed};
+    for (int i = 0; i < 2; i++) {
+        void *cctx = zmq_ctx_new(), *cl = client(cctx, 0);
+        moco_sec *cs = NULL;
+        assert_int_equal(moco_sec_new(cctx, dirs[i], 0, "client", NULL, &cs), 0);
+        assert_int_equal(moco_sec_connect(cs, cl, sv.ep), 0);
+        assert_int_equal(zmq_connect(cl, sv.ep), 0);
+        double t0 = now_ms();
+        for (double end = t0 + 5000; !moco_sec_refused(cs) && now_ms() < end;) usleep(10000);
+        assert_int_equal(moco_sec_refused(cs), 1);
+        assert_int_equal(moco_sec_check_refused(cs, sv.ep), MOCO_EINVAL);
+        snprintf(want, sizeof want, "%s closed 3 connections during the CURVE handshake, and none succeeded: %s/server.key is "
+                 "probably not that server's key", sv.ep, dirs[i]);
+        if (!strstr(moco_errmsg(), want)) fail_msg("message: %s", moco_errmsg());
+        fprintf(stderr, "note: %s: told after %.0f ms\n", i ? "another server.key" : "another keygen", now_ms() - t0);
+        zmq_close(cl);
+        moco_sec_destroy(&cs);
+        zmq_ctx_term(cctx);
+    }
+    server_stop(&sv);
+    /* nothing listens there now: connections refused, for 1.5 s, are no wrong key */
+    void *cctx = zmq_ctx_new(), *cl = client(cctx, 0);
+    moco_sec *cs = NULL;
+    assert_int_equal(moco_sec_new(cctx, keys, 0, "client", NULL, &cs), 0);
+    assert_int_equal(moco_sec_connect(cs, cl, sv.ep), 0);
+    assert_int_equal(zmq_connect(cl, sv.ep), 0);
+    usleep(1500 * 1000);
+    assert_int_equal(moco_sec_refused(cs), 0);
+    assert_int_equal(moco_sec_check_refused(cs, sv.ep), 0);
+    zmq_close(cl);
+    moco_sec_destroy(&cs);
+    zmq_ctx_term(cctx);
+}
+
 int main(void)
 {
     rng = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
@@ -389,6 +440,7 @@ int main(void)
         cmocka_unit_test(test_retrying_client_rejected),
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_added_client_admitted),
+        cmocka_unit_test(test_client_wrong_server_key_named),
         cmocka_unit_test(test_handshake_flood_summary),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
