@@ -119,7 +119,15 @@ done
 [ -e ri3 ] && fail "a run that failed before its first checkpoint left the --out it made: $(ls -A ri3)"
 [ -d ri2 ] || fail "a failed run removed an --out it had not made"
 [ "$(ls -A ri2)" = .lock ] || fail "failed runs left more than their lock in --out ri2: $(ls -A ri2)"
-echo "i: --resume of another model, an empty file, a text file: refused at once, no --out left; a run without a loader removes the --out it made only"
+# stopped (SIGINT) while it waits for its loader: nothing trained, so no checkpoint and no --out left (before: a
+# checkpoint of the initial weights, and the advice to resume it)
+$M train --connect ipc://$T/none --out ri4 --arch resnet18-cifar --width 4 --kernels rule >/dev/null 2>ri.err & p=$!
+for _ in $(seq 100); do [ -e ri4/metrics.jsonl ] && break; sleep 0.1; done
+sleep 0.5; kill -INT $p; wait $p; rc=$?
+[ $rc -ne 0 ] && grep -q "interrupted before the first step" ri.err && ! grep -q "resume" ri.err \
+  || fail "train stopped while waiting for its loader: exit $rc: $(tail -2 ri.err)"
+[ -e ri4 ] && fail "train stopped before its first step left --out ri4: $(ls -A ri4)"
+echo "i: --resume of another model, an empty file, a text file: refused at once, no --out left; a run without a loader, failed or stopped, removes the --out it made only"
 
 # e. --out naming the checkpoint
 cp $CK keep.st; cp $CK c.st; ln -s c.st link.st

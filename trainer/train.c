@@ -930,7 +930,10 @@ out:; /* a declaration follows: C11 puts a statement after a label (clang-14 ins
         char why[512];
         snprintf(why, sizeof why, "%s", rc == MOCO_ETIMEOUT ? moco_errmsg() : "");
         int r2 = 0;
-        if (s && saved_step != step && (stopped || step > 0) &&
+        /* nothing trained (a fresh run stopped before its first step, e.g. while it waited for its loader):
+         * no checkpoint, and the --out it made goes (before: a checkpoint of the initial weights, and
+         * the advice to resume it) */
+        if (s && saved_step != step && step > 0 &&
             !(r2 = save_midepoch(c, s, mc, epoch, step, batch_idx, nb, &delivered, meta, nmeta)))
             saved_step = step;
         if (r2) rc = r2;
