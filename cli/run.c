@@ -599,13 +599,11 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         return 1;
     }
     /* a training run's directory starts empty; the advice names --resume only where a checkpoint is */
-    /* resumed from another directory's checkpoint, it starts a new run here */
-    int elsewhere = resuming && !moco_rundir_resumes_in(run_dir, resume_arg);
-    if (!sink && !lincls && !serve && (!resuming || elsewhere) && !overwrite && moco_rundir_check_new(run_dir, "--run-dir", 0)) {
-        if (elsewhere)
-            fprintf(stderr, "moco run: --resume %s continues another directory's run, in a new run directory: %s\n", resume_arg,
-                    moco_errmsg());
-        else fprintf(stderr, "moco run: %s\n", moco_errmsg());
+    char rck[4200]; /* resumed from elsewhere: never into another run's directory */
+    if (!sink && !lincls && !serve && ((!resuming && !overwrite && moco_rundir_check_new(run_dir, "--run-dir", 0)) ||
+                                       (resuming && (moco_rundir_ckpt("--resume", resume_arg, rck, sizeof rck) ||
+                                                     train_resume_into(run_dir, rck, "--run-dir"))))) {
+        fprintf(stderr, "moco run: %s\n", moco_errmsg());
         close(lock_fd);
         return 2;
     }

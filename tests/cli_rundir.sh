@@ -10,7 +10,8 @@
 #      refused, not silently overridden;
 #  7a. a run directory that holds something is refused without --resume or
 #      --overwrite (moco run and moco train); --overwrite starts afresh; a
-#      --resume of another directory's run needs a new one too;
+#      --resume of another directory's run into one holding another run is
+#      refused;
 #  7c. a resume with another --epochs / --lr is refused without
 #      --allow-schedule-change;
 #  3a. the epoch's checkpoint is written before its kNN evaluation: SIGTERM
@@ -84,21 +85,22 @@ timeout 20 $M train $TR --out o1 >/dev/null 2>o1c.err; rc=$?
 [ $rc -eq 1 ] && grep -q "not empty" o1c.err || fail "moco train --out of a used directory: exit $rc: $(tail -2 o1c.err)"
 timeout 60 $M run db $RUN --epochs 1 --run-dir o1 --overwrite >/dev/null 2>o1d.err || fail "--overwrite: $(tail -3 o1d.err)"
 [ "$(epochs o1/metrics.jsonl)" = 1 ] && ! grep -q '"type":"resume"' o1/metrics.jsonl || fail "--overwrite did not start afresh"
-# resumed from another directory's run: a new run directory, so one holding a run is refused and left as it was
+# resumed from another directory's run: into a new run directory, or its own run's; one holding another run is refused
+# and left as it was (a copy of a run's own checkpoint resumes into it: cli_train, cli_mpi)
 # (before: o5's checkpoints were replaced by o1's run and its metrics rewound into a mix of both runs)
 timeout 60 $M run db ${RUN/--seed 1/--seed 2} --epochs 1 --run-dir o5 >/dev/null 2>o5.err || fail "run o5: $(tail -3 o5.err)"
 md5sum o5/* > o5.md5 || fail "o5 holds nothing"
 timeout 60 $M run db $RUN --epochs 1 --run-dir o5 --resume o1 >/dev/null 2>o5b.err; rc=$?
-[ $rc -eq 2 ] && grep -q "resume o1 continues another directory's run, in a new run directory: --run-dir o5 is not empty" o5b.err \
+[ $rc -eq 2 ] && grep -q "run-dir o5 holds another run (checkpoint_last.safetensors: seed 2, resnet18-cifar width 4 dim 128, 512 samples; --resume o1/checkpoint_last.safetensors: seed 1," o5b.err \
   || fail "moco run --resume o1 into the used o5: exit $rc: $(tail -2 o5b.err)"
 timeout 20 $M train $TR --lr 0.06 --out o5 --resume o1 >/dev/null 2>o5c.err; rc=$?
-[ $rc -eq 1 ] && grep -q "continues another directory's run, in a new --out: --out o5 is not empty" o5c.err \
+[ $rc -eq 1 ] && grep -q -- "--out o5 holds another run (checkpoint_last.safetensors: seed 2" o5c.err \
   || fail "moco train --resume o1 --out o5 (used): exit $rc: $(tail -2 o5c.err)"
 md5sum -c --quiet o5.md5 || fail "a refused resume from o1 changed o5"
 timeout 60 $M run db $RUN --epochs 2 --allow-schedule-change --run-dir o6 --resume o1 >/dev/null 2>o6.err || fail "resume o1 into a new o6: $(tail -3 o6.err)"
 grep -q '"type":"resume","epoch":1,"step":16,"from":"o1/checkpoint_last.safetensors"' o6/metrics.jsonl && grep -q '"type":"epoch","epoch":1,"step":32,"loss":[0-9]' o6/metrics.jsonl \
   || fail "resume o1 into a new o6: $(cat o6/metrics.jsonl | head -3)"
-echo "7a: a used run directory is refused (moco run: exit 2, moco train: exit 1); --overwrite starts afresh; a run resumed from another directory's goes on in a new one, and a used one is refused and left unchanged"
+echo "7a: a used run directory is refused (moco run: exit 2, moco train: exit 1); --overwrite starts afresh; a run resumed from another directory's goes on in a new one, and one holding another run is refused and left unchanged"
 
 # 7c. the schedule is kept on resume
 # (the loss's and optimiser's settings too: a resume took them and the checkpoint then claimed them for the whole run)

@@ -238,7 +238,7 @@ static int check_inputs(const train_cfg *c, const char *resume)
     return rc;
 }
 
-/* --out without --resume (or resuming another directory's run): refused when it holds anything but the logs moco
+/* --out without --resume: refused when it holds anything but the logs moco
  * run writes there (loader.*, workers.*), with the advice of
  * formats/rundir.h; with --overwrite, the old run's metrics.jsonl and
  * checkpoint_*.safetensors are removed. */
@@ -524,6 +524,33 @@ int train_resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const c
     return c->allow_schedule_change ? 0 : schedule_unchanged(c, kc, resume);
 }
 
+/* a run's identity in its checkpoint's config: "seed S, ARCH width W dim D[ mlp], N samples" */
+static void run_identity(const moco_ckpt_config *k, char *buf, size_t cap)
+{
+    char seed[32] = "no seed";
+    if (k->has_seed) snprintf(seed, sizeof seed, "seed %" PRIu64, k->seed);
+    snprintf(buf, cap, "%s, %s width %d dim %d%s, %" PRId64 " samples", seed, k->arch[0] ? k->arch : "?", k->width, k->dim,
+             k->mlp > 0 ? " mlp" : "", k->count);
+}
+
+int train_resume_into(const char *dir, const char *resume, const char *flag)
+{
+    char last[4200], a[160], b[160];
+    struct stat st;
+    moco_ckpt_config kr, kd;
+    if (moco_rundir_resumes_in(dir, resume)) return 0;
+    snprintf(last, sizeof last, "%s/%s", dir, MOCO_RUNDIR_LAST);
+    if (stat(last, &st)) return 0; /* no checkpoint of a run of its own there */
+    int rc = ckpt_read_config(resume, &kr);
+    if (rc) return rc;
+    if (ckpt_read_config(last, &kd) || !kd.has_config) return 0; /* unreadable: nothing to tell apart (it is replaced) */
+    run_identity(&kr, a, sizeof a);
+    run_identity(&kd, b, sizeof b);
+    if (!strcmp(a, b)) return 0; /* a copy of its own run's checkpoint (an earlier one, say) */
+    return moco_err(MOCO_EEXIST, "%s %s holds another run (%s: %s; --resume %s: %s): a run resumed from elsewhere goes on in a "
+                    "new %s (or give --resume %s to continue the run there)", flag, dir, MOCO_RUNDIR_LAST, b, resume, a, flag, dir);
+}
+
 /* A run directory this process made (mkdir) for a run that failed before
  * its first checkpoint: removed when it holds nothing but the lock (and
  * the lock closed), so that no empty --out is left behind. */
@@ -594,13 +621,8 @@ int train_run(const train_cfg *cin)
         else if (errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
         if (!rc) rc = moco_lock_dir(c->out, &lock_fd);
     }
-    /* a run resumed from another directory starts a new one (as a run without --resume does) */
-    if (!rc && !rank && (!resume || !moco_rundir_resumes_in(c->out, resume)) && (rc = check_out_dir(c->out, c->overwrite)) &&
-        resume) {
-        char why[1024];
-        snprintf(why, sizeof why, "%s", moco_errmsg());
-        rc = moco_err(rc, "--resume %s continues another directory's run, in a new --out: %s", resume, why);
-    }
+    if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
+    if (!rc && resume && !rank) rc = train_resume_into(c->out, resume, "--out"); /* never into another run's directory */
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
         double bad = rc != 0;
         int r2 = dist_sum_d(c->dist, &bad, 1);

@@ -103,6 +103,15 @@ int train_run(const train_cfg *c);
  * command is printed, unless MOCO_RUN_SUPERVISED is set: moco run prints
  * its own). */
 int train_main(int argc, char **argv);
+
+/* A --resume of a checkpoint from outside dir (moco_rundir_resumes_in),
+ * into a dir that holds a checkpoint_last of another run (another seed,
+ * model or dataset): MOCO_EEXIST, the message naming flag ("--out",
+ * "--run-dir"), dir and how the two runs differ (before, such a resume
+ * replaced that run's checkpoints and rewound its metrics.jsonl into a mix
+ * of the two). 0 otherwise: a copy of dir's own run's checkpoint, or a dir
+ * without a checkpoint. Or the error reading resume's header. */
+int train_resume_into(const char *dir, const char *resume, const char *flag);
 /* SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to the ranks) set the
  * flag train_run stops on, before its next step. */
 void train_catch_signals(void);
