@@ -67,6 +67,18 @@ class Base(unittest.TestCase):
         self.assertEqual(sorted(got), sorted(epochs))
 
 
+class TestBitmap(unittest.TestCase):
+    def test_bits_count(self):
+        # the count of delivered samples at EPOCH_END, a chunk at a time (no temporary 8x the bitmap):
+        # the same as np.unpackbits' on every length and chunk boundary
+        rng = np.random.default_rng(5)
+        for n in (0, 1, 7, 8, 9, 1000, 65537):
+            b = rng.integers(0, 256, size=n, dtype=np.uint8)
+            for chunk in (1, 3, 4096, 1 << 22):
+                self.assertEqual(moco_stream._bits_count(b, chunk), int(np.unpackbits(b).sum()), (n, chunk))
+        self.assertEqual(moco_stream._bits_count(np.full(1 << 20, 255, dtype=np.uint8)), 8 << 20)
+
+
 class TestHandshake(Base):
     def test_welcome(self):
         f = self.loader(count=30, epochs=1, start_epoch=4)
