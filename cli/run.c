@@ -607,6 +607,20 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         close(lock_fd);
         return 2;
     }
+    /* streamed lincls writes its pipeline's logs (loader.*, workers.*) into --out: never a training run's */
+    if (lincls) {
+        char held[1200];
+        struct stat hs;
+        for (int i = 0; i < 2; i++) {
+            snprintf(held, sizeof held, "%s/%s", run_dir, i ? MOCO_RUNDIR_LAST : "metrics.jsonl");
+            if (stat(held, &hs) == 0) {
+                fprintf(stderr, "moco lincls: --out %s holds a training run (%s): its logs (loader.jsonl, workers.jsonl) "
+                                "would be replaced by this evaluation's; give another --out\n", run_dir, held);
+                close(lock_fd);
+                return 2;
+            }
+        }
+    }
     /* the checkpoint the run starts with, if any: a trainer that failed after saving one gets the resume command
      * (a save renames a new file into place; before, an mtime within the starting second counted as saved) */
     char last[1200];

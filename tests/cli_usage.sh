@@ -277,6 +277,12 @@ $M export --ckpt r28/checkpoint_last.safetensors --out x11a.safetensors >/dev/nu
 cmp -s x11.safetensors x11a.safetensors || fail "11c: export --ckpt r28 wrote another file than of r28/checkpoint_last.safetensors"
 timeout 120 $M lincls --ckpt r28 $LC --out lc11 >/dev/null 2>lc11.err && grep -q '"size":28' lc11/lincls.json \
   || fail "11c: lincls --ckpt r28: $(tail -3 lc11.err)"
+# streamed lincls into the training run's own directory: refused, the run's files as they were (before: its
+# loader.jsonl and workers.jsonl were replaced by the evaluation's)
+md5sum r28/* >r28.md5
+timeout 120 $M lincls --ckpt r28 $LC --out r28 >/dev/null 2>lc12.err; rc=$?
+[ $rc -eq 2 ] && grep -q "moco lincls: --out r28 holds a training run (r28/metrics.jsonl): its logs" lc12.err && md5sum -c --quiet r28.md5 \
+  && [ ! -e r28/lincls.json ] || fail "11c: lincls --out r28 (a training run): exit $rc: $(tail -3 lc12.err)"
 err=$($M knn --ckpt early --train db --test db 2>&1); [[ $err == *"--ckpt early: a directory without checkpoint_last.safetensors"* ]] \
   || fail "11c: knn --ckpt of a directory without a checkpoint: '$err'"
 # 11d. not a safetensors file
