@@ -104,6 +104,9 @@ assert c["arch"] == "resnet18-cifar" and c["width"] == 4 and c["lr"] == 0.06 and
 e = meta(W + "/e.safetensors")
 assert e["source"] == W + "/r/checkpoint_last.safetensors", e
 d = json.loads(e["moco.encoder"])
-assert d == {"arch": "resnet18-cifar", "width": 4, "mlp": 0, "dim": 128, "head": 0}, d
+# with the inputs' normalisation (CIFAR's: 28 px, --normalize auto), as the config says it
+assert d == {"arch": "resnet18-cifar", "width": 4, "mlp": 0, "dim": 128, "head": 0, "normalize": c["normalize"],
+             "mean": c["mean"], "std": c["std"]}, d
+assert c["normalize"] == "cifar" and [round(v, 4) for v in d["mean"]] == [0.4914, 0.4822, 0.4465], d
 EOF
 echo "metrics.jsonl (resume record: the checkpoint's path back), the checkpoint's config, the export's metadata: parse"

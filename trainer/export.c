@@ -61,7 +61,9 @@ int export_main(int argc, char **argv)
     const moco_optspec spec = {"moco export", "--ckpt CKPT --out FILE [options]",
                                "Write the backbone of a checkpoint's encoder (the projection head dropped) with torchvision's\n"
                                "state_dict names, e.g. for torchvision.models.resnet50().load_state_dict(\n"
-                               "safetensors.torch.load_file(FILE), strict=False); --with-head keeps fc.* too.",
+                               "moco_stream.torch.load_safetensors(FILE), strict=False) (tools/python; or the safetensors\n"
+                               "package's safetensors.torch.load_file where it is installed); --with-head keeps fc.* too.\n"
+                               "Feed it inputs normalised as its metadata's moco.encoder says (normalize, mean, std).",
                                opts, 0, 0, "ckpt out"};
     char *pos[1];
     int np, rc = 0, opt_exit;
@@ -121,6 +123,17 @@ int export_main(int argc, char **argv)
     moco_jw_i64(&dj, "mlp", cc.mlp);
     moco_jw_i64(&dj, "dim", cc.dim);
     moco_jw_i64(&dj, "head", with_head);
+    /* the inputs' normalisation it was trained with (a user of the file must feed it so: features off by
+     * several units otherwise; "auto" is CIFAR's at 64 px and less) */
+    if (cc.normalize[0]) moco_jw_str(&dj, "normalize", cc.normalize);
+    if (cc.has_mean_std) {
+        const char *k[2] = {"mean", "std"};
+        for (int j = 0; j < 2; j++) {
+            moco_jw_arr(&dj, k[j]);
+            for (int c = 0; c < 3; c++) moco_jw_g(&dj, NULL, j ? cc.std[c] : cc.mean[c], 9);
+            moco_jw_close(&dj);
+        }
+    }
     const char *desc = moco_jw_end(&dj);
     const char *meta[] = {"format", "pt", "source", ckpt, "moco.arch", cc.arch, "moco.encoder", desc};
     rc = !e || !desc ? moco_err(MOCO_ENOMEM, "out of memory")

@@ -76,3 +76,35 @@ class PairDataset(_torch.utils.data.IterableDataset):
 
     def close(self):
         self.stream.close()
+
+
+_ST_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file (`moco export`'s, a checkpoint) as a
+    dict of torch tensors, and its __metadata__ as load_safetensors.metadata:
+    for model.load_state_dict(load_safetensors(FILE), strict=False) where the
+    safetensors package is not installed (Debian has none). A file that is not
+    one, or is cut short, raises ValueError naming it."""
+    with open(path, "rb") as f:
+        b = f.read()
+    n = int.from_bytes(b[:8], "little") if len(b) >= 8 else -1
+    if n < 2 or 8 + n > len(b):
+        raise ValueError("%s: not a safetensors file (header length %d, file %d bytes)" % (path, n, len(b)))
+    try:
+        import json
+        h = json.loads(b[8:8 + n])
+    except ValueError as e:
+        raise ValueError("%s: not a safetensors file (its header: %s)" % (path, e)) from None
+    load_safetensors.metadata = h.pop("__metadata__", {})
+    out, data = {}, memoryview(b)[8 + n:]
+    for k, v in h.items():
+        dt = _ST_DTYPES.get(v.get("dtype"))
+        lo, hi = v.get("data_offsets", (0, -1))
+        count = int(np.prod(v.get("shape", []), dtype=np.int64))
+        if dt is None or not 0 <= lo <= hi <= len(data) or hi - lo != count * np.dtype(dt).itemsize:
+            raise ValueError("%s: tensor %s: dtype %s, shape %s, bytes %s-%s of %d: not readable"
+                             % (path, k, v.get("dtype"), v.get("shape"), lo, hi, len(data)))
+        out[k] = _torch.from_numpy(np.frombuffer(data[lo:hi], dt).reshape(v["shape"]).copy())
+    return out

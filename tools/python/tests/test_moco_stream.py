@@ -422,6 +422,33 @@ class TestBackpressure(Base):
         self.assertEqual(s.stats["busy_sent"], busy)
 
 
+class TestSafetensors(unittest.TestCase):
+    def test_load(self):
+        # moco_stream.torch.load_safetensors: what `moco export` writes, read without the safetensors package
+        import json
+        import moco_stream.torch as mt
+        a = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+        b = np.array([5, -1], dtype=np.int64)
+        h = {"__metadata__": {"format": "pt"}, "conv.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+             "labels": {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]}}
+        hj = json.dumps(h).encode()
+        hj += b" " * (-len(hj) % 8)
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "e.safetensors")
+            with open(p, "wb") as f:
+                f.write(struct.pack("<Q", len(hj)) + hj + a.tobytes() + b.tobytes())
+            t = mt.load_safetensors(p)
+            self.assertEqual(sorted(t), ["conv.weight", "labels"])
+            self.assertTrue(np.array_equal(t["conv.weight"].numpy(), a) and np.array_equal(t["labels"].numpy(), b))
+            self.assertEqual(mt.load_safetensors.metadata, {"format": "pt"})
+            whole = open(p, "rb").read()
+            for cut in (4, 8 + len(hj) - 1, len(whole) - 1):  # cut short: in the length, the header, the data
+                with open(p, "wb") as f:
+                    f.write(whole[:cut])
+                with self.assertRaisesRegex(ValueError, "^" + p + ": "):
+                    mt.load_safetensors(p)
+
+
 class TestTorch(Base):
     def test_dataset(self):
         try:
