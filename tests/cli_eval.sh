@@ -213,11 +213,16 @@ for c in "knn --ckpt $CK --train bank --test empty" "knn --ckpt $CK --train empt
   $M $c --threads 1 >c.out 2>c.err; rc=$?
   [ $rc -eq 1 ] && grep -q "empty holds no samples" c.err && [ ! -s c.out ] || fail "$c: exit $rc: $(cat c.out c.err)"
 done
+# streamed lincls: its datasets checked before its pipeline starts (before: the started run failed, exit 1, and left
+# a run directory of its logs under runs/)
+mkdir -p sl && (cd sl && timeout 60 $M lincls --ckpt ../$CK --train ../db --test ../empty --epochs 1 --threads 1 >../c.out 2>../c.err); rc=$?
+[ $rc -eq 2 ] && grep -q "moco lincls: ../empty holds no samples" c.err && ! grep -q "moco loader" c.err && [ -z "$(ls -A sl)" ] \
+  || fail "streamed lincls with an empty --test: exit $rc, sl holds '$(ls -A sl)': $(cat c.err)"
 rm -rf rc
 timeout 60 $M run db $RUN --epochs 1 --run-dir rc --knn-train bank --knn-test empty >/dev/null 2>rc.err; rc=$?
 [ $rc -eq 1 ] && grep -q -- "moco train: --knn-test empty: empty holds no samples" rc.err && [ ! -e rc/checkpoint_last.safetensors ] \
   || fail "the monitor with an empty --knn-test: exit $rc: $(grep moco rc.err | tail -2)"
-echo "c: an empty kNN / lincls set: 'holds no samples', exit 1; the training monitor refuses it before the first step"
+echo "c: an empty kNN / lincls set: 'holds no samples', exit 1 (streamed lincls: exit 2, before its pipeline starts); the training monitor refuses it before the first step"
 
 # d. an unlabelled dataset removes an old labels file
 $M embed --ckpt $CK --db db --out st.npy >/dev/null && [ -s st.labels.npy ] || fail "embed of a labelled set: no labels file"

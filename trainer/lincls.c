@@ -320,7 +320,18 @@ static int lincls_run(int argc, char **argv, int check_only)
         fprintf(stderr, "moco lincls: %s\n", !have ? "--ckpt (or --random-init), --train and --test are required" : moco_errmsg());
         return 2;
     }
-    if (check_only) return 0;
+    if (check_only) { /* the datasets too, before moco lincls starts a pipeline (before: a test set of other
+                       * classes failed the started run, and left a run directory of its logs) */
+        evalset *a = NULL, *b = NULL;
+        const float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};
+        rc = evalset_open(trdb, 32, mean, std, &a);
+        if (!rc) rc = evalset_open(tedb, 32, mean, std, &b);
+        if (!rc) rc = evalset_classes_of(b, a);
+        if (rc) fprintf(stderr, "moco lincls: %s\n", moco_errmsg());
+        evalset_destroy(&a);
+        evalset_destroy(&b);
+        return rc ? 2 : 0;
+    }
     struct stat ost; /* before hours of features, not after them */
     if (out && (stat(out, &ost) || !S_ISDIR(ost.st_mode))) {
         fprintf(stderr, "moco lincls: --out %s: %s; lincls.json is written into an existing directory\n", out,
