@@ -513,7 +513,11 @@ static int detect(const char *src)
 int mk_source_open(const char *src, const char *format, const char *split, mk_source *s)
 {
     memset(s, 0, sizeof *s);
-    if (!is_dir(src)) return moco_err(MOCO_ENOTFOUND, "%s: not a directory", src);
+    struct stat sst;
+    if (!is_dir(src)) /* a mistyped path says so (it said "not a directory" for that too) */
+        return moco_err(MOCO_ENOTFOUND, "%s: %s", src,
+                        stat(src, &sst) ? strerror(errno) : "not a directory (a source is an image folder, CIFAR-10 batches "
+                                                              "or IDX files)");
     char mdb[4200];
     snprintf(mdb, sizeof mdb, "%s/data.mdb", src);
     if (!access(mdb, F_OK)) /* moco mkdb DB NEW: the arguments swapped? */

@@ -15,6 +15,7 @@
 #include "formats/db.h"
 #include "formats/errors.h"
 #include "formats/record.h"
+#include "loader/sources.h"
 #include "trainer/evalset.h"
 
 static char tmp[4096];
@@ -896,6 +897,22 @@ static void test_warning_not_in_next_reason(void **st)
     moco_db_destroy(&db);
 }
 
+/* A source that is not there says so; one that is a file says what a source is (both said "not a directory") */
+static void test_source_path_named(void **st)
+{
+    (void)st;
+    mk_source s;
+    char f[1100];
+    assert_int_equal(mk_source_open("/nonexistent-moco/trian", NULL, NULL, &s), MOCO_ENOTFOUND);
+    assert_string_equal(moco_errmsg(), "/nonexistent-moco/trian: No such file or directory");
+    snprintf(f, sizeof f, "%s/a-file", tmp);
+    FILE *fp = fopen(f, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(mk_source_open(f, NULL, NULL, &s), MOCO_ENOTFOUND);
+    assert_non_null(strstr(moco_errmsg(), "a-file: not a directory (a source is an image folder, CIFAR-10 batches or IDX files)"));
+}
+
 int main(void)
 {
     if (VIPS_INIT("test_mkdb")) return 1;
@@ -914,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_tiff_orientation),
         cmocka_unit_test(test_jpeg_header_warnings_decoded_as_pil),
         cmocka_unit_test(test_warning_not_in_next_reason),
+        cmocka_unit_test(test_source_path_named),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     vips_shutdown();
