@@ -114,6 +114,16 @@ def oversized(ctx, keys, pairs, work):
     return [big, big2]
 
 
+def take_credit(s, received, credit):
+    """READY with `credit` of room from peer socket s; reads what came for 0.1 s: the samples received so far."""
+    s.send(prefix(2, 4) + struct.pack("<IQI", credit, received, 8))
+    while s.poll(100):
+        f = s.recv_multipart()
+        if f[0][6:8] == struct.pack("<H", 12):
+            received += struct.unpack("<I", f[0][8:12])[0]
+    return received
+
+
 def fake_worker(ctx, keys, ep, stop, n=None, spoof=0):
     """Takes samples (READY with credit, heart-beating) and returns none.
     With spoof > 0: once it holds samples, it sends FAILED for `spoof`
@@ -534,11 +544,7 @@ def window(moco, db, n, keys, out, port):
         while received < 64:
             if time.time() - t0 > 20:
                 fail("the peer got %d of the window's 64 samples" % received)
-            s.send(prefix(2, 4) + struct.pack("<IQI", 64, received, 8))
-            while s.poll(100):
-                f = s.recv_multipart()
-                if f[0][6:8] == struct.pack("<H", 12):
-                    received += struct.unpack("<I", f[0][8:12])[0]
+            received = take_credit(s, received, 64)
         procs.append(real_worker(moco, keys, work, pairs, out))
         t0 = time.time()
         while sink.poll() is None:  # the peer goes on heart-beating, credit and all, as a stuck one would

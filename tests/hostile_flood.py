@@ -24,20 +24,8 @@ import time
 import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostile import (curve_client, direct_run, exact_end, fail, last_stats, prefix, real_worker, run_end, teardown,  # noqa: E402
-                     wait_line)
-
-SAMPLES = struct.pack("<H", 12)
-
-
-def take_credit(s, received, credit):
-    """READY with `credit` of room; reads what came for 0.1 s: the samples received so far."""
-    s.send(prefix(2, 4) + struct.pack("<IQI", credit, received, 8))
-    while s.poll(100):
-        f = s.recv_multipart()
-        if f[0][6:8] == SAMPLES:
-            received += struct.unpack("<I", f[0][8:12])[0]
-    return received
+from hostile import (curve_client, direct_run, exact_end, fail, last_stats, prefix, real_worker, run_end,  # noqa: E402
+                     take_credit, teardown, wait_line)
 
 
 def pair(moco, db, n, keys, out, port):

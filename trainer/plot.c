@@ -388,13 +388,19 @@ static double load(const char *path, series *loss, series *acc, series *knn, ser
     return rc ? -1 : epochs;
 }
 
+/* g emptied, then one run in it, loaded from path: its epochs (load's) */
+static double load_alone(group *g, const char *path)
+{
+    group_free(g);
+    g->n = 1;
+    run *r = &g->r[0];
+    return load(path, &r->s[0], &r->s[1], &r->s[2], &r->s[3]);
+}
+
 double plot_load_check(const char *path)
 {
     static group g;
-    group_free(&g);
-    g.n = 1;
-    run *r = &g.r[0];
-    double epochs = load(path, &r->s[0], &r->s[1], &r->s[2], &r->s[3]);
+    double epochs = load_alone(&g, path);
     const group *gs[1] = {&g};
     for (int i = 0; epochs > 0 && i < 4; i++) {
         double a, b, st;
@@ -408,12 +414,9 @@ double plot_panel_points(const char *path, int i, double *x, double *y, int cap,
 {
     if (i < 0 || i > 3 || cap < 0) return moco_err(MOCO_EINVAL, "panel %d, cap %d (panels 0 to 3, cap >= 0)", i, cap), -1;
     static group g;
-    group_free(&g);
-    g.n = 1;
-    run *r = &g.r[0];
-    double epochs = load(path, &r->s[0], &r->s[1], &r->s[2], &r->s[3]);
+    double epochs = load_alone(&g, path);
     const group *gs[1] = {&g};
-    const series *s = &r->s[i];
+    const series *s = &g.r[0].s[i];
     if (epochs > 0 && s->n && yaxis(gs, 1, i, &info->ylo, &info->yhi, &info->ystep)) epochs = -1;
     if (epochs >= 0) {
         info->n = s->n;

@@ -22,8 +22,7 @@ import time
 
 import moco_stream
 
-SRC = "/usr/share/datasets/fashion-mnist"
-N = 300
+from e2e_data import N, fresh_db
 
 
 def consume(endpoint, keys):
@@ -69,14 +68,9 @@ def main(moco, tmp):
     if "--serve" not in subprocess.run([moco, "run", "--help"], capture_output=True, text=True).stdout:
         print("skipped: `moco run` has no --serve")
         return 77
-    if not os.path.isdir(SRC):
-        print("skipped: %s absent" % SRC)
+    db = fresh_db(moco, tmp)
+    if db is None:
         return 77
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp, mode=0o700)
-    db = os.path.join(tmp, "db")
-    subprocess.run([moco, "mkdb", SRC, db, "--split", "test", "--limit", str(N), "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
     keys, other = os.path.join(tmp, "keys"), os.path.join(tmp, "other")
     for d in (keys, other):
         subprocess.run([moco, "keygen", d], check=True, stdout=subprocess.DEVNULL)

@@ -10,7 +10,6 @@ too. Until `moco run` has --serve, the same pipeline is started by hand
 """
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +17,7 @@ import time
 
 import moco_stream
 
-SRC = "/usr/share/datasets/fashion-mnist"
-N = 300
+from e2e_data import N, fresh_db
 
 
 def save(path, obj):
@@ -103,14 +101,9 @@ def main(moco, tmp):
     if not serve:
         print("FAIL: `moco run --help` has no --serve")
         return 1
-    if not os.path.isdir(SRC):
-        print("skipped: %s absent" % SRC)
+    db = fresh_db(moco, tmp)
+    if db is None:
         return 77
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp, mode=0o700)
-    db = os.path.join(tmp, "db")
-    subprocess.run([moco, "mkdb", SRC, db, "--split", "test", "--limit", str(N), "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
     extra = ["--consumer-timeout", "2"] if "--consumer-timeout" in helptext else []
     ok = True
 

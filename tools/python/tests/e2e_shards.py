@@ -10,7 +10,6 @@ Exit 0 pass, 1 fail, 77 skipped.
     e2e_shards.py MOCO TMPDIR
 """
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,8 +17,7 @@ import time
 
 import moco_stream
 
-SRC = "/usr/share/datasets/fashion-mnist"
-N = 300
+from e2e_data import N, fresh_db
 
 
 def start(moco, db, ep, rundir):
@@ -74,14 +72,9 @@ def check(name, logs, epochs=(0, 1)):
 
 
 def main(moco, tmp):
-    if not os.path.isdir(SRC):
-        print("skipped: %s absent" % SRC)
+    db = fresh_db(moco, tmp)
+    if db is None:
         return 77
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp, mode=0o700)
-    db = os.path.join(tmp, "db")
-    subprocess.run([moco, "mkdb", SRC, db, "--split", "test", "--limit", str(N), "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
     ok = True
 
     # 1. two ranks, two epochs: disjoint shards, every index once per epoch
