@@ -14,6 +14,7 @@
 #include "formats/errors.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
+#include "formats/wire.h"
 #include "loader/state.h"
 
 /* Answer a HELLO we do not accept: REFUSED with the reason, logged and
@@ -65,6 +66,14 @@ static void consumer_gone(loader *L, int r)
     c->present = c->connected = 0;
     c->idlen = 0;
     loader_drop_held(L, r);
+    /* serve mode: the samples whose pairs went (or waited here) for it and were never acknowledged go out
+     * again now, for its successor; before, they waited --reissue-after (120 s of reading) */
+    uint64_t back = 0;
+    for (uint64_t i = 0; L->pairs && L->started && i < L->n; i++)
+        if (L->st[i] == ISSUED && L->touched[i] == 2 && L->shard[i] == r) loader_reissue(L, i), back++;
+    if (back)
+        fprintf(stderr, "moco loader: re-issuing the %" PRIu64 " samples whose pairs went to the consumer%s that left, "
+                        "unacknowledged\n", back, L->R > 1 ? " of a rank" : "");
 }
 
 static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
@@ -143,6 +152,18 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         /* samples it has not got go out again: also those acknowledged by a previous consumer */
         L->session_hash = h;
         loader_begin_epoch(L, e, bm);
+    } else if (c->ndone && L->started) {
+        /* a rank's successor in a session under way: what its predecessor acknowledged stays delivered (the
+         * other ranks go on), and what that one had not yet handed to its caller is lost to this epoch;
+         * said, not silent (every rank restarted from its state() gets it all) */
+        fprintf(stderr, "moco loader: the consumer of rank %d joins a session under way: the %" PRIu64 " samples of its shard "
+                        "its predecessor acknowledged in epoch %u are not sent again (restart every rank from its state() "
+                        "to be given what that one did not train on)\n", r, c->ndone, L->epoch);
+        moco_jw w;
+        loader_ev_begin(L, &w, "rank_replaced");
+        moco_jw_i64(&w, "rank", r);
+        moco_jw_u64(&w, "acknowledged", c->ndone);
+        loader_ev_end(L, &w);
     }
     uint8_t b[32];
     loader_send_to(L->ctl, c->id, c->idlen, b,
@@ -169,7 +190,16 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
     const uint8_t *p = zmq_msg_data(&m->f[0]);
     size_t n = zmq_msg_size(&m->f[0]);
     moco_pipe_msg pm;
-    if (moco_pipe_parse(p, n, &pm)) { L->dropped++; return 0; }
+    uint16_t type = 0;
+    if (moco_pipe_parse(p, n, &pm)) {
+        /* a HELLO we cannot take is answered, as every refused one is (one of rank 2 of 2, say, waited for its
+         * WELCOME in silence); other messages that do not parse are only counted */
+        char why[256];
+        snprintf(why, sizeof why, "a malformed HELLO: %s", moco_errmsg());
+        if (!moco_wire_peek(p, n, &type) && type == MOCO_MSG_HELLO) refuse(L, m, MOCO_EINVAL, "%s", why);
+        else L->dropped++;
+        return 0;
+    }
     if (pm.type == MOCO_MSG_HELLO) {
         on_hello(L, m, &pm);
         return 0;

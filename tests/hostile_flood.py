@@ -8,7 +8,8 @@ or fill its pair socket (tests/cli_hostile.sh; the helpers are hostile.py's).
          leaves the loader idle (before, its poll woke at once, forever: a
          core at 100%); 40 frames of 8 MiB from one connection stay bounded
          by the socket's high-water mark of 4 (before, it was set after the
-         bind and did not apply: 1,000 frames); ACKs of an epoch not begun
+         bind and did not apply: 1,000 frames); a HELLO of a rank out of
+         range is REFUSED (before, no answer); ACKs of an epoch not begun
          are counted as rejected (before, ignored and not counted).
   flood: a consumer connected; for 3 s an allowed peer floods HELLOs,
          malformed pair messages and FAILED reports of samples it does not
@@ -112,6 +113,13 @@ def idle(moco, db, n, keys, out, port):
         c = curve_client(ctx, zmq.DEALER, keys)
         c.connect(ctl)
         socks.append(c)
+        # a HELLO of rank 2 of 2 (the loader serves 1): REFUSED with the reason (before: no answer at all)
+        c.send(prefix(4, 8) + struct.pack("<IQII", 0xFFFFFFFF, 0, 2, 2))
+        if not c.poll(5000):
+            fail("no answer to a HELLO of rank 2 of 2")
+        a = c.recv()
+        if a[6:8] != struct.pack("<H", 14) or b"a malformed HELLO: HELLO of rank 2 of 2 ranks" not in a:
+            fail("a HELLO of rank 2 of 2 was answered %r" % a[:80])
         c.send(prefix(1, 8) + struct.pack("<IQ", 0xFFFFFFFF, 0))
         if not c.poll(5000) or c.recv()[6:8] != struct.pack("<H", 13):
             fail("no WELCOME to the consumer's HELLO")

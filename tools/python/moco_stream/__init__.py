@@ -440,7 +440,15 @@ class PairStream:
 
     def close(self):
         """Stop: the last ACKs and a BYE go out (the loader takes a successor's
-        HELLO at once); then the socket closes."""
+        HELLO at once); then the socket closes. Pairs received (and so
+        acknowledged) but not yet yielded count as delivered at the loader:
+        closing with some says how many (state() leaves them out: a resume from
+        it is given them again; a successor without it is not)."""
+        if not self._stop.is_set() and self.stats["pairs"] > self.stats["yielded"]:
+            logger.warning("moco_stream: %s: closing rank %d with %d pairs received and acknowledged but not yielded: "
+                           "the loader counts them as delivered; a resume from this stream's state() is given them "
+                           "again, a successor without it is not", self.endpoint, self.rank,
+                           self.stats["pairs"] - self.stats["yielded"])
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
@@ -757,8 +765,15 @@ class PairStream:
         self._flush_acks()
         self._acks = []                     # unsent ACKs of a finished epoch are moot
         seen = _bits_count(self._seen)
-        # what the loader counts as delivered (of this rank's shard with ranks > 1) but never came
-        self.stats["missing"] += max(0, delivered + nfailed - seen)
+        # what the loader counts as delivered (of this rank's shard with ranks > 1) but never came: said, not
+        # only counted (a predecessor of this rank, closed or killed, had them acknowledged)
+        missing = max(0, delivered + nfailed - seen)
+        self.stats["missing"] += missing
+        if missing:
+            logger.warning("moco_stream: %s: epoch %d: %d samples the loader counts as delivered to rank %d never came "
+                           "to this consumer (a predecessor of this rank, closed or killed, took them): restart every "
+                           "rank from its state() (moco_stream.state_union) to be given them", self.endpoint, epoch,
+                           missing, self.rank)
         self.epoch_ends.append((epoch, delivered, failed.tolist()))
         self._q.put(("epoch_end", epoch, delivered, failed), 0)
         # the next epoch begins: release what was held
