@@ -33,7 +33,6 @@
  * The command line (flags, presets, `moco train` and `moco knn`) is
  * train_cmd.c. */
 #include <cblas.h>
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -238,30 +237,6 @@ static int check_inputs(const train_cfg *c, const char *resume)
     return rc;
 }
 
-/* --out without --resume: refused when it holds anything but the logs moco
- * run writes there (loader.*, workers.*), with the advice of
- * formats/rundir.h; with --overwrite, the old run's metrics.jsonl and
- * checkpoint_*.safetensors are removed. */
-static int check_out_dir(const char *out, int overwrite)
-{
-    if (!overwrite) return moco_rundir_check_new(out, "--out", 1);
-    DIR *d = opendir(out);
-    if (!d) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "--out %s: %s", out, strerror(errno));
-    struct dirent *de;
-    char path[4400];
-    int rc = 0;
-    while ((de = readdir(d))) {
-        const char *n = de->d_name;
-        size_t l = strlen(n);
-        int ours = !strcmp(n, "metrics.jsonl") || (!strncmp(n, "checkpoint_", 11) && l > 12 && !strcmp(n + l - 12, ".safetensors"));
-        if (!ours) continue;
-        snprintf(path, sizeof path, "%s/%s", out, n);
-        if (unlink(path) && errno != ENOENT) { rc = moco_err(MOCO_EIO, "cannot remove %s: %s", path, strerror(errno)); break; }
-    }
-    closedir(d);
-    return rc;
-}
-
 /* A resume keeps the schedule the checkpoint was trained with. */
 static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, const char *path)
 {
@@ -301,36 +276,6 @@ static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, con
     if (!at) return 0;
     return moco_err(MOCO_EINVAL, "%s was trained with another schedule: %s. Give the flags it was trained with, or "
                     "--allow-schedule-change to change them in a run under way", path, diff + 2);
-}
-
-/* On resume: metrics.jsonl keeps the records up to the checkpoint's step
- * (those after it are trained again and would be duplicates; a torn last
- * line goes too), rewritten atomically when something is dropped. */
-int train_metrics_rewind(const char *path, int64_t step, int *dropped)
-{
-    *dropped = 0;
-    char target[4200], tmp[4400], *line = NULL;
-    int rc = moco_replace_target(path, target, sizeof target); /* a FIFO there would block the read */
-    if (rc) return rc;
-    FILE *in = fopen(target, "r");
-    if (!in) return errno == ENOENT ? 0 : moco_err(MOCO_EIO, "cannot read %s: %s", path, strerror(errno));
-    size_t cap = 0;
-    ssize_t len;
-    snprintf(tmp, sizeof tmp, "%s.tmp", target);
-    FILE *out = moco_create_tmp(tmp, path);
-    if (!out) { fclose(in); return MOCO_EIO; }
-    while ((len = getline(&line, &cap, in)) > 0) {
-        const char *p = strstr(line, "\"step\":");
-        if (line[len - 1] != '\n' || (p && strtoll(p + 7, NULL, 10) > step)) { (*dropped)++; continue; }
-        fwrite(line, 1, (size_t)len, out);
-    }
-    free(line);
-    fclose(in);
-    int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
-    ok = fclose(out) == 0 && ok;
-    if (!*dropped) { unlink(tmp); return 0; }
-    if (!ok || rename(tmp, target)) { unlink(tmp); return moco_err(MOCO_EIO, "cannot rewrite %s: %s", path, strerror(errno)); }
-    return 0;
 }
 
 /* checkpoint_last at a step inside an epoch: the stream position, minus
@@ -524,54 +469,6 @@ int train_resume_matches(const train_cfg *c, const moco_ckpt_config *kc, const c
     return c->allow_schedule_change ? 0 : schedule_unchanged(c, kc, resume);
 }
 
-/* a run's identity in its checkpoint's config: "seed S, ARCH width W dim D[ mlp], N samples" */
-static void run_identity(const moco_ckpt_config *k, char *buf, size_t cap)
-{
-    char seed[32] = "no seed";
-    if (k->has_seed) snprintf(seed, sizeof seed, "seed %" PRIu64, k->seed);
-    snprintf(buf, cap, "%s, %s width %d dim %d%s, %" PRId64 " samples", seed, k->arch[0] ? k->arch : "?", k->width, k->dim,
-             k->mlp > 0 ? " mlp" : "", k->count);
-}
-
-int train_resume_into(const char *dir, const char *resume, const char *flag)
-{
-    char last[4200], a[160], b[160];
-    struct stat st;
-    moco_ckpt_config kr, kd;
-    if (moco_rundir_resumes_in(dir, resume)) return 0;
-    snprintf(last, sizeof last, "%s/%s", dir, MOCO_RUNDIR_LAST);
-    if (stat(last, &st)) return 0; /* no checkpoint of a run of its own there */
-    int rc = ckpt_read_config(resume, &kr);
-    if (rc) return rc;
-    if (ckpt_read_config(last, &kd) || !kd.has_config) return 0; /* unreadable: nothing to tell apart (it is replaced) */
-    run_identity(&kr, a, sizeof a);
-    run_identity(&kd, b, sizeof b);
-    if (!strcmp(a, b)) return 0; /* a copy of its own run's checkpoint (an earlier one, say) */
-    return moco_err(MOCO_EEXIST, "%s %s holds another run (%s: %s; --resume %s: %s): a run resumed from elsewhere goes on in a "
-                    "new %s (or give --resume %s to continue the run there)", flag, dir, MOCO_RUNDIR_LAST, b, resume, a, flag, dir);
-}
-
-/* A run directory this process made (mkdir) for a run that failed before
- * its first checkpoint: removed when it holds nothing but the lock (and
- * the lock closed), so that no empty --out is left behind. */
-static void drop_made_out(const char *out, int *lock_fd)
-{
-    DIR *d = opendir(out);
-    if (!d) return;
-    struct dirent *de;
-    int other = 0;
-    while ((de = readdir(d)))
-        other |= strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, MOCO_RUNDIR_LOCK);
-    closedir(d);
-    if (other) return;
-    char lock[4200];
-    snprintf(lock, sizeof lock, "%s/%s", out, MOCO_RUNDIR_LOCK);
-    unlink(lock);
-    if (*lock_fd >= 0) close(*lock_fd);
-    *lock_fd = -1;
-    rmdir(out);
-}
-
 int train_run(const train_cfg *cin)
 {
     train_cfg cfg = *cin; /* --count may come from the checkpoint */
@@ -621,7 +518,7 @@ int train_run(const train_cfg *cin)
         else if (errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
         if (!rc) rc = moco_lock_dir(c->out, &lock_fd);
     }
-    if (!rc && !resume && !rank) rc = check_out_dir(c->out, c->overwrite);
+    if (!rc && !resume && !rank) rc = train_check_out_dir(c->out, c->overwrite);
     if (!rc && resume && !rank) rc = train_resume_into(c->out, resume, "--out"); /* never into another run's directory */
     if (c->dist) { /* every rank learns whether all could start; each says why it could not */
         double bad = rc != 0;
@@ -629,7 +526,7 @@ int train_run(const train_cfg *cin)
         if (!rc && (r2 || bad > 0)) rc = r2 ? r2 : moco_err(MOCO_EINVAL, "another rank could not start (see its message)");
     }
     if (rc) {
-        if (made_out) drop_made_out(c->out, &lock_fd);
+        if (made_out) train_drop_made_out(c->out, &lock_fd);
         if (lock_fd >= 0) close(lock_fd);
         return rc;
     }
@@ -984,7 +881,7 @@ out:; /* a declaration follows: C11 puts a statement after a label (clang-14 ins
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->out);
         if (stat(mp, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) unlink(mp);
     }
-    if (rc && made_out && saved_step < 0) drop_made_out(c->out, &lock_fd); /* only if it holds nothing but the lock */
+    if (rc && made_out && saved_step < 0) train_drop_made_out(c->out, &lock_fd); /* only if it holds nothing but the lock */
     if (lock_fd >= 0) close(lock_fd); /* after the last write */
     stream_destroy(&s);
     moco_destroy(&mc);

@@ -112,6 +112,14 @@ int train_main(int argc, char **argv);
  * of the two). 0 otherwise: a copy of dir's own run's checkpoint, or a dir
  * without a checkpoint. Or the error reading resume's header. */
 int train_resume_into(const char *dir, const char *resume, const char *flag);
+/* --out without --resume: 0 when it is new, or (overwrite) once its run
+ * files (metrics.jsonl, checkpoint_*.safetensors) are removed; else
+ * MOCO_EEXIST with moco_rundir_check_new's advice, or MOCO_EIO. */
+int train_check_out_dir(const char *out, int overwrite);
+/* The --out this process made, for a run that failed before its first
+ * checkpoint: removed when it holds nothing but the lock (*lock_fd closed
+ * and set to -1 then). */
+void train_drop_made_out(const char *out, int *lock_fd);
 /* SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to the ranks) set the
  * flag train_run stops on, before its next step. */
 void train_catch_signals(void);
