@@ -37,6 +37,7 @@
 #include "formats/opts.h"
 #include "formats/pipeline.h"
 #include "formats/record.h"
+#include "formats/replace.h"
 #include "formats/rng.h"
 #include "loader/cmd.h"
 #include "loader/dbwriter.h"
@@ -134,8 +135,10 @@ static int jpeg_header_warns(tjhandle tj, const uint8_t *file, size_t flen)
 
 static int read_file(const char *path, uint8_t **buf, size_t *len, char **why)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return *why = reason("cannot open: %s", strerror(errno)), -1;
+    /* never blocking in the open: a file that became a FIFO since the folder was listed hung mkdb for good */
+    FILE *f = moco_fopen_regular(path);
+    if (!f) return *why = errno == EINVAL ? reason("%s", "not a regular file (it changed since the folder was listed)")
+                                          : reason("cannot open: %s", strerror(errno)), -1;
     size_t cap = 1 << 16, n = 0;
     uint8_t *b = malloc(cap);
     while (b) {
@@ -683,9 +686,11 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
         }
         const mk_item *it = &j->src->items[j->order[i]];
         if (!s.rec) {
+            char ep[8192]; /* the path escaped: a newline in a name printed a line of its own */
+            mk_escape_name(it->path, ep, sizeof ep);
             if (show) fputc('\n', stderr);
-            if (it->pixels) fprintf(stderr, "moco mkdb: skipping %s at offset %" PRIu64 ": %s\n", it->path, it->offset, s.why ? s.why : "?");
-            else fprintf(stderr, "moco mkdb: skipping %s: %s\n", it->path, s.why ? s.why : "?");
+            if (it->pixels) fprintf(stderr, "moco mkdb: skipping %s at offset %" PRIu64 ": %s\n", ep, it->offset, s.why ? s.why : "?");
+            else fprintf(stderr, "moco mkdb: skipping %s: %s\n", ep, s.why ? s.why : "?");
             m->skipped++;
             if (o->strict) rc = moco_err(MOCO_ECORRUPT, "%s: %s (--strict stops at the first bad input)", it->path, s.why ? s.why : "?");
             free(s.why);

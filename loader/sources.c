@@ -180,8 +180,7 @@ static const char *bad_class_name(const char *name)
     return NULL;
 }
 
-/* name with control bytes and bytes that are not UTF-8 written as \n, \xHH. */
-static void escape_name(const char *name, char *out, size_t cap)
+void mk_escape_name(const char *name, char *out, size_t cap)
 {
     size_t o = 0, n = strlen(name);
     for (size_t i = 0; i < n && o + 5 < cap;) {
@@ -241,7 +240,7 @@ static int open_folder(const char *src, const char *split, mk_source *s)
         const char *bad = is_dir(p) ? bad_class_name(l[i]->d_name) : NULL;
         if (bad) {
             char esc[4096];
-            escape_name(p, esc, sizeof esc);
+            mk_escape_name(p, esc, sizeof esc);
             rc = moco_err(MOCO_EINVAL, "class directory '%s': its name %s; rename it", esc, bad);
         } else if (is_dir(p)) {
             if (!(rc = add_class(s, l[i]->d_name))) rc = walk_files(s, &cap, p, (int32_t)(s->nclasses - 1), 0);

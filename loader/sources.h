@@ -43,5 +43,9 @@ int mk_source_open(const char *src, const char *format, const char *split, mk_so
 
 /* Free everything s owns; safe on a zeroed or already-freed source. */
 void mk_source_free(mk_source *s);
+/* name (a path: any bytes) for a message, into out (cap bytes): control
+ * bytes and bytes that are not UTF-8 written as \n, \xHH (a file named
+ * with a newline printed a line of its own). */
+void mk_escape_name(const char *name, char *out, size_t cap);
 
 #endif
