@@ -30,7 +30,7 @@ void moco_rec_header_pack(const moco_rec_header *h, uint8_t o[MOCO_REC_HEADER_SI
     moco_put_le32(o + 16, h->height);
     moco_put_le32(o + 20, h->payload_len);
     moco_put_le32(o + 24, h->crc32);
-    moco_put_le32(o + 28, 0); /* reserved, must be 0 in version 1 */
+    moco_put_le32(o + 28, h->version >= 2 ? moco_crc32(o, 28) : 0); /* version 1: reserved, 0 */
 }
 
 int moco_rec_parse(const void *val, size_t len, int check_crc, const char *what,
@@ -49,10 +49,15 @@ int moco_rec_parse(const void *val, size_t len, int check_crc, const char *what,
     h->height = moco_get_le32(p + 16);
     h->payload_len = moco_get_le32(p + 20);
     h->crc32 = moco_get_le32(p + 24);
-    if (h->version != MOCO_REC_VERSION)
-        return moco_err(MOCO_EFORMAT, "%s: record version %u, this build reads version %d", what, h->version, MOCO_REC_VERSION);
-    if (moco_get_le32(p + 28) != 0)
+    if (h->version < MOCO_REC_VERSION_MIN || h->version > MOCO_REC_VERSION)
+        return moco_err(MOCO_EFORMAT, "%s: record version %u, this build reads versions %d to %d", what, h->version,
+                        MOCO_REC_VERSION_MIN, MOCO_REC_VERSION);
+    if (h->version == 1 && moco_get_le32(p + 28) != 0)
         return moco_err(MOCO_ECORRUPT, "%s: reserved header field is not zero", what);
+    if (h->version >= 2 && moco_crc32(p, 28) != moco_get_le32(p + 28))
+        return moco_err(MOCO_ECORRUPT, "%s: header CRC mismatch (a header field is damaged: label %d, size %ux%u, "
+                        "%u channels, payload %u bytes as read)", what, h->label, h->width, h->height, h->channels,
+                        h->payload_len);
     if (h->encoding >= MOCO_ENC_COUNT)
         return moco_err(MOCO_EFORMAT, "%s: unknown encoding %u", what, h->encoding);
     if (h->channels < 1 || h->channels > 4)

@@ -5,7 +5,12 @@
  * bytes (JPEG, PNG: the original file's, or a lossless PNG that moco mkdb
  * re-encoded) or raw uint8 pixels (HWC, interleaved). All header
  * integers are little-endian. The key of sample i is i as an 8-byte
- * big-endian integer, so LMDB's key order is index order. */
+ * big-endian integer, so LMDB's key order is index order.
+ *
+ * Version 2 (written since 2026-12-05) puts a CRC-32 of the header's first
+ * 28 bytes in the last 4, which version 1 reserved as 0: a damaged label,
+ * size or CRC field is found, not only a damaged payload. Version 1 records
+ * are still read; their headers are checked field by field only. */
 #ifndef MOCO_RECORD_H
 #define MOCO_RECORD_H
 
@@ -13,7 +18,8 @@
 #include <stdint.h>
 
 #define MOCO_REC_MAGIC "MOCR"
-#define MOCO_REC_VERSION 1
+#define MOCO_REC_VERSION 2          /* written; versions 1 and 2 are read */
+#define MOCO_REC_VERSION_MIN 1
 #define MOCO_REC_HEADER_SIZE 32
 #define MOCO_KEY_SIZE 8
 #define MOCO_MAX_SIDE 65535u        /* largest width or height accepted */
@@ -36,19 +42,23 @@ typedef struct {
     uint32_t crc32;       /* CRC-32 (zlib / IEEE 802.3) of the payload */
 } moco_rec_header;
 
-/* Write the header of hdr into out[0..32). Never fails. */
+/* Write the header of hdr into out[0..32): bytes 28..31 are 0 for version
+ * 1 and the CRC-32 of bytes 0..27 for version 2. Never fails. */
+
 void moco_rec_header_pack(const moco_rec_header *hdr, uint8_t out[MOCO_REC_HEADER_SIZE]);
 
 /* Parse and validate a whole record value of `len` bytes: magic, version,
- * encoding, channels, dimensions, payload length == len - 32, and (if
- * check_crc) the payload CRC. On success fills *hdr and *payload (pointing
+ * the header's CRC (version 2, always: 28 bytes), encoding, channels,
+ * dimensions, payload length == len - 32, and (if check_crc) the payload
+ * CRC. On success fills *hdr and *payload (pointing
  * into val). Returns 0, MOCO_ECORRUPT or MOCO_EFORMAT (newer version or
  * unknown encoding), with a message naming `what` (e.g. "record 17"). */
 int moco_rec_parse(const void *val, size_t len, int check_crc, const char *what,
                    moco_rec_header *hdr, const uint8_t **payload);
 
-/* Build a whole record in a new malloc'd buffer of 32 + payload_len bytes,
- * computing the CRC. hdr->payload_len and hdr->crc32 are filled in.
+/* Build a whole record of the current version in a new malloc'd buffer of
+ * 32 + payload_len bytes, computing the CRCs. hdr->version,
+ * hdr->payload_len and hdr->crc32 are filled in.
  * Returns NULL if out of memory. */
 uint8_t *moco_rec_build(moco_rec_header *hdr, const void *payload, uint32_t payload_len, size_t *out_len);
 

@@ -20,6 +20,7 @@
 
 typedef struct {
     uint64_t n, bad, expect;
+    uint64_t v1; /* records of version 1: their headers carry no CRC */
     const char *path;
     const moco_db_meta *m;
     uint64_t *seen; /* records per class, then the unlabelled ones (nclasses + 1) */
@@ -41,11 +42,12 @@ static int verify_one(void *ctx, uint64_t index, const uint8_t *val, size_t len)
     if (moco_rec_parse(val, len, 1, what, &h, &pl)) {
         fprintf(stderr, "%s: %s\n", v->path, moco_errmsg());
         v->bad++;
-    } else if (h.label >= 0 && (uint64_t)h.label >= v->m->nclasses) { /* the CRC covers the payload, not the header */
+    } else if (h.label >= 0 && (uint64_t)h.label >= v->m->nclasses) { /* consistent but false, or version 1 */
         fprintf(stderr, "%s: record %" PRIu64 " has label %d, not one of the dataset's %u classes\n", v->path, index, (int)h.label,
                 v->m->nclasses);
         v->bad++;
     } else {
+        v->v1 += h.version == 1;
         v->seen[h.label < 0 ? v->m->nclasses : (uint32_t)h.label]++;
         if (moco_rec_check_payload(v->tj, &h, pl, what)) { /* the header against the payload's own */
             fprintf(stderr, "%s: %s\n", v->path, moco_errmsg());
@@ -78,7 +80,7 @@ int loader_info_main(int argc, char **argv)
         return 1;
     }
     const moco_db_meta *m = moco_db_get_meta(db);
-    verify_ctx v = {0, 0, 0, pos[0], m, NULL, NULL};
+    verify_ctx v = {.path = pos[0], .m = m};
     if (verify && VIPS_INIT("moco")) { /* reads the headers of PNGs (and of JPEGs TurboJPEG refuses) */
         fprintf(stderr, "moco info: cannot start libvips: %s\n", vips_error_buffer());
         moco_db_destroy(&db);
@@ -150,6 +152,7 @@ int loader_info_main(int argc, char **argv)
             moco_jw_u64(&w, "verified", v.n);
             moco_jw_u64(&w, "bad_records", v.bad);
             moco_jw_u64(&w, "miscounted_classes", miscounted);
+            moco_jw_u64(&w, "version1_records", v.v1);
         }
         if (moco_jw_line(&w, stdout)) {
             fprintf(stderr, "moco info: %s\n", moco_errmsg());
@@ -173,6 +176,10 @@ int loader_info_main(int argc, char **argv)
         if (verify)
             printf("verified  %" PRIu64 " records, %" PRIu64 " bad; %" PRIu64 " label counts differ from the metadata\n", v.n, v.bad,
                    miscounted);
+        if (verify && v.v1)
+            printf("          %" PRIu64 " records of version 1 (written before 2026-12-05): their headers carry no CRC, so a "
+                   "label moved to another class by damage shows only in the class counts (a dataset written again by `moco mkdb` has version 2)\n",
+                   v.v1);
     }
     int bad = verify && (v.bad || miscounted || v.n != m->count);
     moco_db_destroy(&db);

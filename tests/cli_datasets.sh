@@ -67,15 +67,16 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
   $M mkdb /usr/share/datasets/fashion-mnist "$T/slash/" --split test --limit 8 --quiet >/dev/null 2>"$T/err" || fail "mkdb OUT/: $(cat "$T/err")"
   $M mkdb /usr/share/datasets/fashion-mnist "$T/slash/" --split test --limit 16 --quiet --force >/dev/null 2>"$T/err" || fail "mkdb OUT/ --force: $(cat "$T/err")"
   [ "$(count "$T/slash")" = '"count":16,"num_classes":10' ] && [ "$(ls -A "$T/slash" | tr '\n' ' ')" = "data.mdb lock.mdb " ] || fail "mkdb OUT/: $(count "$T/slash"), $(ls -A "$T/slash")"
-  relabel() { # $1: dataset, $2: new label or "next" (the next class): the first record's label in data.mdb
-    python3 - "$1/data.mdb" "$2" <<'PY'
+  relabel() { # $1: dataset, $2: new label or "next" (the next class): the first record's label in data.mdb,
+              # its header CRC recomputed (a false header, consistent) unless $3 is "damage"
+    PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$1/data.mdb" "$2" "${3:-}" <<'PY'
 import struct, sys
-p, want = sys.argv[1], sys.argv[2]
-b = bytearray(open(p, "rb").read())
+from dbrecords import patch_first
+p, want, how = sys.argv[1:4]
+b = open(p, "rb").read()
 i = b.find(b"MOCR")
 old = struct.unpack_from("<i", b, i + 8)[0]
-struct.pack_into("<i", b, i + 8, (old + 1) % 10 if want == "next" else int(want))
-open(p, "wb").write(b)
+patch_first(p, 8, "<i", (old + 1) % 10 if want == "next" else int(want), crc=how != "damage")
 PY
   }
   for bad in 10 -2 2000000000; do
@@ -95,8 +96,16 @@ PY
   $M info --verify --json "$T/lab" >"$T/out" 2>"$T/err" && fail "info --verify passed a label moved to another class"
   grep -q '"bad_records":0,"miscounted_classes":2' "$T/out" || fail "info --verify --json, a label moved: $(cat "$T/out")"
   [ "$(grep -c "$T/lab: class [0-9] (.*): [0-9]* records carry its label, the metadata says [0-9]*" "$T/err")" = 2 ] || fail "want the two classes named: $(cat "$T/err")"
+  # the same label moved by a damaged byte (the header CRC not recomputed): the record itself is
+  # found bad, by info --verify and by knn (before record version 2: bad_records 0, knn exit 0)
+  rm -rf "$T/lab" && cp -r "$T/small" "$T/lab" && relabel "$T/lab" next damage || fail "relabelling"
+  $M info --verify --json "$T/lab" >"$T/out" 2>"$T/err" && fail "info --verify passed a damaged label"
+  grep -q '"bad_records":1,' "$T/out" && grep -q '"version1_records":0}' "$T/out" && grep -q "$T/lab: record [0-9]*: header CRC mismatch (a header field is damaged: label [0-9]" "$T/err" \
+    || fail "info --verify --json, a damaged label: $(cat "$T/out" "$T/err")"
+  timeout 60 $M knn --random-init 1 --width 4 --size 28 --threads 1 --train "$T/lab" --test "$T/small" >/dev/null 2>"$T/err"
+  [ $? -eq 1 ] && grep -q "$T/lab: record [0-9]*: header CRC mismatch" "$T/err" || fail "knn, a damaged label: $(cat "$T/err")"
   $M info --verify "$T/small" >/dev/null 2>"$T/err" || fail "the undamaged copy does not verify: $(cat "$T/err")"
-  echo "a damaged label: a bad record for info --verify, an error naming the record for knn and lincls; a label moved within the classes: two class counts named"
+  echo "a damaged label: a bad record for info --verify, an error naming the record for knn and lincls; a label moved within the classes: two class counts named, or, damaged (its header CRC not rewritten), the record named"
   rm -rf "$T"
 else
   echo "skipped: damaged datasets and labels (/usr/share/datasets/fashion-mnist absent)"
@@ -150,13 +159,11 @@ PY
       [ "$val" = x ] && { if [ $split = jpeg ]; then val=2 enc=png; else val=1 enc=jpeg; fi; }
       want=${want/ENC/$enc}; want=${want/PAYLOAD/$payload}
       rm -rf "$T/cls/hdr" && cp -r "$T/cls/db-$split" "$T/cls/hdr" || fail "copying db-$split"
-      python3 - "$T/cls/hdr/data.mdb" "$off" "$val" <<'PY' || fail "patching the header of $split's first record"
-import struct, sys
-b = bytearray(open(sys.argv[1], "rb").read())
-i, off, val = b.find(b"MOCR"), int(sys.argv[2]), int(sys.argv[3])
-if off >= 12: struct.pack_into("<I", b, i + off, val)
-else: b[i + off] = val
-open(sys.argv[1], "wb").write(b)
+      PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/hdr/data.mdb" "$off" "$val" <<'PY' || fail "patching the header of $split's first record"
+import sys
+from dbrecords import patch_first
+off, val = int(sys.argv[2]), int(sys.argv[3])
+patch_first(sys.argv[1], off, "<I" if off >= 12 else "<B", val)
 PY
       $M info --verify "$T/cls/hdr" >"$T/out" 2>"$T/err"; rc=$?
       [ $rc -eq 1 ] && grep -q "^$T/cls/hdr: record [0-9]*: $want\$" "$T/err" && grep -q "verified  [0-9]* records, 1 bad" "$T/out" ||
@@ -173,13 +180,10 @@ PY
   # header's size, and the rows were read at the wrong width, exit 0; PNG: libvips), refused
   # by the evaluation reader as by the augmentation workers
   for split in train jpeg; do
-    python3 - "$T/cls/db-$split/data.mdb" <<'PY' || fail "patching the header of $split's first record"
-import struct, sys
-b = bytearray(open(sys.argv[1], "rb").read())
-i = b.find(b"MOCR")
-assert struct.unpack_from("<I", b, i + 12)[0] == 32
-struct.pack_into("<I", b, i + 12, 33)
-open(sys.argv[1], "wb").write(b)
+    PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/db-$split/data.mdb" <<'PY' || fail "patching the header of $split's first record"
+import sys
+from dbrecords import patch_first
+assert patch_first(sys.argv[1], 12, "<I", 33) == 32
 PY
     timeout 60 $M embed $K --db "$T/cls/db-$split" --out "$T/cls/e.npy" >/dev/null 2>"$T/err"; rc=$?
     [ $rc -eq 1 ] && grep -q "$T/cls/db-$split: record [0-9]*: header says 33x32, payload claims 32x32" "$T/err" || fail "embed, $split, header 33 wide: exit $rc $(cat "$T/err")"

@@ -30,6 +30,7 @@
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 M=${MOCO:?}
+HERE=$(cd "$(dirname "$0")" && pwd) # tests/, for dbrecords.py (the script cds into $T)
 T=${MOCO_TEST_TMP:?}/rundir
 SRC=/usr/share/datasets/fashion-mnist
 [ -d $SRC ] || { echo "skipped: $SRC absent"; exit 77; }
@@ -400,12 +401,10 @@ echo "7n: a failed write to metrics.jsonl: exit 1, naming the file and the error
 # 7o. a trainer that fails after it saved a checkpoint (here the kNN evaluation after epoch 0,
 #     on a --knn-train whose first record's label was damaged to 10 after the start's checks):
 #     moco run says FAILED and prints the command that resumes (before: nothing to resume with)
-rm -rf lab ko && cp -r db lab && python3 - lab/data.mdb <<'PY' || fail "7o: relabelling"
-import struct, sys
-b = bytearray(open(sys.argv[1], "rb").read())
-i = b.find(b"MOCR")
-struct.pack_into("<i", b, i + 8, 10)
-open(sys.argv[1], "wb").write(b)
+rm -rf lab ko && cp -r db lab && PYTHONPATH="$HERE" /usr/bin/python3 - lab/data.mdb <<'PY' || fail "7o: relabelling"
+import sys
+from dbrecords import patch_first
+patch_first(sys.argv[1], 8, "<i", 10)
 PY
 timeout 120 $M run db $RUN --epochs 2 --run-dir ko --knn-train lab --knn-test db >/dev/null 2>ko.err; rc=$?
 [ $rc -eq 1 ] && grep -q "lab: record [0-9]* has label 10, not one of the dataset's 10 classes" ko.err \

@@ -611,7 +611,9 @@ static void test_bad_records(void **state)
     expect_fail(c, rec, 20, 102, MOCO_ECORRUPT);       /* shorter than a header */
     expect_fail(c, rec, 0, 103, MOCO_ECORRUPT);
     memcpy(bad, rec, len);
-    bad[6] = 9; /* unknown encoding */
+    bad[6] = 9; /* a damaged encoding byte: the header's CRC (record version 2) */
+    expect_fail(c, bad, len, 104, MOCO_ECORRUPT);
+    moco_put_le32(bad + 28, moco_crc32(bad, 28)); /* written so: an encoding this build does not know */
     expect_fail(c, bad, len, 104, MOCO_EFORMAT);
 
     /* a truncated JPEG with a valid header and CRC */

@@ -57,8 +57,9 @@ static void test_header_little_endian_layout(void **st)
     moco_rec_header h = {.encoding = MOCO_ENC_RAW, .channels = 1, .label = 0x01020304, .width = 1, .height = 1};
     size_t len;
     uint8_t *r = moco_rec_build(&h, px, 1, &len);
-    const uint8_t want[] = {'M', 'O', 'C', 'R', 1, 0, 0, 1, 4, 3, 2, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0};
+    const uint8_t want[] = {'M', 'O', 'C', 'R', 2, 0, 0, 1, 4, 3, 2, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0};
     assert_memory_equal(r, want, sizeof want);
+    assert_int_equal(moco_get_le32(r + 28), moco_crc32(r, 28)); /* version 2: the header's CRC */
     free(r);
 }
 
@@ -81,6 +82,10 @@ static void expect_refused(uint8_t *r, size_t len, int crc, int code, const char
     assert_non_null(strstr(moco_errmsg(), needle));
 }
 
+/* Rewrite a version 2 record's header CRC after a test changed a field, so
+ * that the field's own check is what refuses it. */
+static void reseal(uint8_t *r) { moco_put_le32(r + 28, moco_crc32(r, 28)); }
+
 static void test_parse_refuses_malformed(void **st)
 {
     (void)st;
@@ -89,22 +94,74 @@ static void test_parse_refuses_malformed(void **st)
     expect_refused(r, 10, 1, MOCO_ECORRUPT, "shorter");
     expect_refused(NULL, 0, 1, MOCO_ECORRUPT, "shorter");
     r[0] = 'X'; expect_refused(r, len, 1, MOCO_ECORRUPT, "magic"); r[0] = 'M';
-    r[4] = 2; expect_refused(r, len, 1, MOCO_EFORMAT, "version"); r[4] = 1;
-    r[6] = 3; expect_refused(r, len, 1, MOCO_EFORMAT, "encoding"); r[6] = 0;
-    r[7] = 0; expect_refused(r, len, 1, MOCO_ECORRUPT, "channels"); r[7] = 5;
-    expect_refused(r, len, 1, MOCO_ECORRUPT, "channels"); r[7] = 3;
-    r[12] = 0; expect_refused(r, len, 1, MOCO_ECORRUPT, "size"); r[12] = 2;
-    r[8] = 0xFE; r[9] = r[10] = r[11] = 0xFF; expect_refused(r, len, 1, MOCO_ECORRUPT, "label"); r[8] = 1; r[9] = r[10] = r[11] = 0;
+    r[4] = 3; reseal(r); expect_refused(r, len, 1, MOCO_EFORMAT, "version"); r[4] = 2;
+    r[4] = 0; reseal(r); expect_refused(r, len, 1, MOCO_EFORMAT, "version"); r[4] = 2;
+    r[6] = 3; reseal(r); expect_refused(r, len, 1, MOCO_EFORMAT, "encoding"); r[6] = 0;
+    r[7] = 0; reseal(r); expect_refused(r, len, 1, MOCO_ECORRUPT, "channels"); r[7] = 5;
+    reseal(r); expect_refused(r, len, 1, MOCO_ECORRUPT, "channels"); r[7] = 3;
+    r[12] = 0; reseal(r); expect_refused(r, len, 1, MOCO_ECORRUPT, "size"); r[12] = 2;
+    r[8] = 0xFE; r[9] = r[10] = r[11] = 0xFF; reseal(r); expect_refused(r, len, 1, MOCO_ECORRUPT, "label");
+    r[8] = 1; r[9] = r[10] = r[11] = 0; reseal(r);
     expect_refused(r, len - 1, 1, MOCO_ECORRUPT, "payload bytes");
-    r[16] = 3; r[20] = 18; /* 2x3x3 pixels do not fit 12 bytes */
+    r[16] = 3; r[20] = 18; reseal(r); /* 2x3x3 pixels do not fit 12 bytes */
     expect_refused(r, MOCO_REC_HEADER_SIZE + 18, 1, MOCO_ECORRUPT, "payload");
-    r[16] = 2; r[20] = 12;
-    r[28] = 1; expect_refused(r, len, 1, MOCO_ECORRUPT, "reserved"); r[28] = 0;
+    r[16] = 2; r[20] = 12; reseal(r);
     r[MOCO_REC_HEADER_SIZE + 5] ^= 0x40;
-    expect_refused(r, len, 1, MOCO_ECORRUPT, "CRC");
+    expect_refused(r, len, 1, MOCO_ECORRUPT, "payload CRC");
     moco_rec_header h;
     const uint8_t *pl;
-    assert_int_equal(moco_rec_parse(r, len, 0, "record 42", &h, &pl), 0); /* CRC not asked for */
+    assert_int_equal(moco_rec_parse(r, len, 0, "record 42", &h, &pl), 0); /* payload CRC not asked for */
+    free(r);
+}
+
+/* Version 2: any bit flipped in the header is found, also with the payload
+ * CRC not asked for; a label moved to another valid class above all (in
+ * version 1 it parsed as a valid record of the wrong class). */
+static void test_header_crc_finds_any_flip(void **st)
+{
+    (void)st;
+    size_t len;
+    uint8_t *r = good(&len);
+    for (int byte = 0; byte < MOCO_REC_HEADER_SIZE; byte++)
+        for (int bit = 0; bit < 8; bit++) {
+            r[byte] ^= (uint8_t)(1 << bit);
+            moco_rec_header h;
+            const uint8_t *pl;
+            int rc = moco_rec_parse(r, len, 0, "record 42", &h, &pl);
+            if (rc == 0) fail_msg("byte %d bit %d flipped: parsed", byte, bit);
+            r[byte] ^= (uint8_t)(1 << bit);
+        }
+    r[8] = 2; /* label 1 -> 2 */
+    expect_refused(r, len, 0, MOCO_ECORRUPT, "header CRC mismatch (a header field is damaged: label 2, size 2x2, 3 channels");
+    r[8] = 1;
+    moco_rec_header h;
+    const uint8_t *pl;
+    assert_int_equal(moco_rec_parse(r, len, 1, "record 42", &h, &pl), 0);
+    assert_int_equal(h.version, 2);
+    free(r);
+}
+
+/* Version 1 records (datasets written before 2026-12-05) are still read:
+ * bytes 28..31 reserved, 0, and no header CRC. */
+static void test_version1_still_read(void **st)
+{
+    (void)st;
+    size_t len;
+    uint8_t *r = good(&len);
+    moco_rec_header h = {.version = 1, .encoding = MOCO_ENC_RAW, .channels = 3, .label = 1, .width = 2, .height = 2,
+                         .payload_len = 12, .crc32 = moco_crc32(r + MOCO_REC_HEADER_SIZE, 12)};
+    moco_rec_header_pack(&h, r);
+    const uint8_t zero[4] = {0};
+    assert_memory_equal(r + 28, zero, 4);
+    moco_rec_header g;
+    const uint8_t *pl;
+    assert_int_equal(moco_rec_parse(r, len, 1, "record 42", &g, &pl), 0);
+    assert_int_equal(g.version, 1);
+    assert_int_equal(g.label, 1);
+    r[8] = 2; /* what version 2 exists for: a label moved within the classes is not seen here */
+    assert_int_equal(moco_rec_parse(r, len, 1, "record 42", &g, &pl), 0);
+    assert_int_equal(g.label, 2);
+    r[28] = 1; expect_refused(r, len, 1, MOCO_ECORRUPT, "reserved");
     free(r);
 }
 
@@ -303,6 +360,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc32_known_value),   cmocka_unit_test(test_header_round_trip),
         cmocka_unit_test(test_header_little_endian_layout), cmocka_unit_test(test_parse_refuses_malformed),
+        cmocka_unit_test(test_header_crc_finds_any_flip),
+        cmocka_unit_test(test_version1_still_read),
         cmocka_unit_test(test_key_order_is_index_order), cmocka_unit_test(test_rng_streams),
         cmocka_unit_test(test_meta_round_trip),    cmocka_unit_test(test_meta_refuses_unreadable_names),    cmocka_unit_test(test_options),
     };
