@@ -27,12 +27,16 @@
 #define MOCO_CKPT_KEY_CONFIG "config"             /* the JSON object below, as a string */
 #define MOCO_CKPT_KEY_DATA_CRC32 "data_crc32"     /* zlib CRC-32 of the data section, 8 hex digits */
 #define MOCO_CKPT_KEY_CONFIG_CRC32 "config_crc32" /* that of the config string */
+/* since 2026-12-05: the CRC-32 of the whole header (tensor names, dtypes,
+ * shapes, offsets and every metadata string), 8 hex digits, computed with
+ * its own digits as '0' (formats/safetensors.h, MOCO_ST_HEADER_CRC): two
+ * tensors' offsets swapped left data_crc32 right and loaded each as the other */
+#define MOCO_CKPT_KEY_HEADER_CRC32 "header_crc32"
 /* optional: the kernels the run chose by measurement (moco train --kernels
  * measure), one line of the wisdom file's format each (trainer/engine/tune.h);
  * a resume runs on them, so that it ends byte-identical to an uninterrupted
- * run whatever the wisdom file says by then. Not checksummed: a damaged
- * line is ignored (and measured), and any choice rounds only as a tested
- * kernel does. */
+ * run whatever the wisdom file says by then. Covered by header_crc32 (in
+ * files written before it, a damaged line is ignored and measured). */
 #define MOCO_CKPT_KEY_KERNELS "kernels"
 /* the longest kernels string a reader takes (bytes, the NUL included) */
 #define MOCO_CKPT_KERNELS_MAX 65536

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "formats/errors.h"
 #include "formats/json.h"
@@ -304,11 +305,24 @@ static void sb_str(sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
+const char MOCO_ST_HEADER_CRC[] = "00000000";
+
+uint32_t moco_st_header_crc(const char *h, size_t hl, size_t at)
+{
+    static const char zeros[8] = "00000000";
+    uLong c = crc32_z(0L, Z_NULL, 0);
+    c = crc32_z(c, (const Bytef *)h, at);
+    c = crc32_z(c, (const Bytef *)zeros, 8);
+    c = crc32_z(c, (const Bytef *)h + at + 8, hl - at - 8);
+    return (uint32_t)c;
+}
+
 int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *const *meta, int nmeta)
 {
     sbuf h = {0};
     char num[96];
     uint64_t off = 0;
+    size_t self_crc = 0; /* where the header's own CRC goes (0: none) */
     sb_put(&h, "{", 1);
     if (nmeta > 0) {
         sb_str(&h, "__metadata__");
@@ -317,6 +331,7 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
             if (i) sb_put(&h, ",", 1);
             sb_str(&h, meta[2 * i]);
             sb_put(&h, ":", 1);
+            if (meta[2 * i + 1] == MOCO_ST_HEADER_CRC && !self_crc) self_crc = h.n + 1; /* after the quote */
             sb_str(&h, meta[2 * i + 1]);
         }
         sb_put(&h, "}", 1);
@@ -350,6 +365,11 @@ int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *c
     if (h.oom) {
         free(h.p);
         return moco_err(MOCO_ENOMEM, "%s: out of memory for the header", path);
+    }
+    if (self_crc) {
+        char hex[9];
+        snprintf(hex, sizeof hex, "%08x", (unsigned)moco_st_header_crc(h.p, h.n, self_crc));
+        memcpy(h.p + self_crc, hex, 8);
     }
     char target[4096], tmp[4200];
     int trc = moco_replace_target(path, target, sizeof target); /* never renamed onto /dev/null or a directory */

@@ -81,8 +81,16 @@ typedef struct {
 
 /* Write e[0..n) to path atomically (path.tmp, fsync, rename), header padded
  * with spaces to a multiple of 8 bytes. meta (may be NULL) is a list of
- * nmeta key/value string pairs for "__metadata__". Returns 0, MOCO_EINVAL
- * (a bad name or shape) or MOCO_EIO. */
+ * nmeta key/value string pairs for "__metadata__". A value that is the
+ * pointer MOCO_ST_HEADER_CRC (at most one) is written as the header's own
+ * CRC-32: 8 lower-case hex digits, of the whole header (padding included)
+ * as it reads with those 8 digits written as '0' (moco_st_header_crc).
+ * Returns 0, MOCO_EINVAL (a bad name or shape) or MOCO_EIO. */
+extern const char MOCO_ST_HEADER_CRC[];
 int moco_st_write(const char *path, const moco_st_entry *e, int n, const char *const *meta, int nmeta);
+
+/* The CRC-32 of header h[0..hl) with the 8 bytes at h + at read as '0'
+ * (at + 8 <= hl): what a header CRC written as above must equal. */
+uint32_t moco_st_header_crc(const char *h, size_t hl, size_t at);
 
 #endif

@@ -160,8 +160,10 @@ echo "d: a labels file that cannot be written leaves no features file; a feature
 
 CC=${CC:-cc}
 cat >edit.c <<'EOF'
-/* edit.c DB empty|unlabel: an empty dataset (no samples, consistent metadata) or an unlabelled one (labels -1, 0 classes) */
+/* edit.c DB empty|unlabel: an empty dataset (no samples, consistent metadata) or an unlabelled one (labels -1, 0 classes;
+ * a version 2 record's header CRC, bytes 28..31, rewritten: formats/README.md) */
 #include <lmdb.h>
+#include <zlib.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +191,7 @@ int main(int argc, char **argv)
         while (!mdb_cursor_get(cu, &k, &x, MDB_NEXT)) {
             char *b = malloc(x.mv_size); int32_t l = -1;
             memcpy(b, x.mv_data, x.mv_size); memcpy(b + 8, &l, 4);
+            if (b[4] >= 2) { uint32_t c = (uint32_t)crc32(0L, (const Bytef *)b, 28); memcpy(b + 28, &c, 4); } /* little-endian host */
             MDB_val y = {x.mv_size, b};
             mdb_cursor_put(cu, &k, &y, MDB_CURRENT);
             free(b);
@@ -199,7 +202,7 @@ int main(int argc, char **argv)
     return rc != 0;
 }
 EOF
-if ! $CC -o edit edit.c -llmdb 2>cc.err; then
+if ! $CC -o edit edit.c -llmdb -lz 2>cc.err; then
   echo "skipped: c, d (unlabelled): no C compiler with LMDB here: $(head -2 cc.err)"
   exit 0
 fi

@@ -347,12 +347,16 @@ if grep -v '"choice":"gemm"' "$W" | grep -q '"choice"'; then
   kill_at "$T/pcut"
   cp "$T/pcut/checkpoint_last.safetensors" "$T/pres.safetensors"
   /usr/bin/python3 - "$T/pres.safetensors" "$T/pnok.safetensors" <<'PY' || fail "2d: the checkpoint has no kernels key"
-import struct, sys
+import struct, sys, zlib
 b = open(sys.argv[1], 'rb').read()
 n = struct.unpack('<Q', b[:8])[0]
 h = b[8:8 + n]
 assert h.count(b'"kernels":') == 1 and h.count(b'\\"choice\\":') >= 10  # the lines, inside a JSON string
-open(sys.argv[2], 'wb').write(b[:8] + h.replace(b'"kernels":', b'"kernelx":') + b[8 + n:])
+h = bytearray(h.replace(b'"kernels":', b'"kernelx":'))
+i = h.index(b'"header_crc32":"') + len(b'"header_crc32":"')  # rewritten: the key is renamed, not damaged
+h[i:i + 8] = b'00000000'
+h[i:i + 8] = b'%08x' % zlib.crc32(bytes(h))
+open(sys.argv[2], 'wb').write(b[:8] + bytes(h) + b[8 + n:])
 PY
   sed -i 's/"choice":"[^"]*"/"choice":"gemm"/' "$W"
   EP=8 pipeline "$T/pcut" --wisdom "$W" --resume "$T/pres.safetensors"

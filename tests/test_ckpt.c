@@ -86,6 +86,42 @@ static void flip_byte(const char *path, long off)
     assert_int_equal(fclose(f), 0);
 }
 
+/* The whole header of path (from byte 8, hl bytes; NUL-terminated copy),
+ * and its writing back in place (the same length). */
+static char *read_header(const char *path, size_t *hl)
+{
+    *hl = (size_t)data_offset(path) - 8;
+    char *h = calloc(*hl + 1, 1);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(h);
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 8, SEEK_SET), 0);
+    assert_int_equal(fread(h, 1, *hl, f), *hl);
+    fclose(f);
+    return h;
+}
+
+static void write_header(const char *path, const char *h, size_t hl)
+{
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 8, SEEK_SET), 0);
+    assert_int_equal(fwrite(h, 1, hl, f), hl);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Rewrite the header CRC of a header changed on purpose, so that what stands
+ * behind it (config_crc32, the model checks) is what a test sees. */
+static void reseal_header(char *h, size_t hl)
+{
+    char *at = strstr(h, "\"" MOCO_CKPT_KEY_HEADER_CRC32 "\":\"");
+    assert_non_null(at);
+    at += strlen("\"" MOCO_CKPT_KEY_HEADER_CRC32 "\":\"");
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08x", (unsigned)moco_st_header_crc(h, hl, (size_t)(at - h)));
+    memcpy(at, hex, 8);
+}
+
 static void test_checksum(void **state)
 {
     (void)state;
@@ -121,6 +157,40 @@ static void test_checksum(void **state)
     assert_int_equal(ckpt_load(path, mc2, &st), MOCO_ECORRUPT);
     flip_byte(path, (long)sb.st_size - 1);
     assert_int_equal(ckpt_read_config(path, &(moco_ckpt_config){0}), 0);
+    /* two tensors of one shape with their data_offsets swapped: the data, so data_crc32, unchanged
+     * and the tensors still tiling the data; before header_crc32 it loaded, the query encoder's
+     * first convolution taking the key encoder's weights and the other way round */
+    size_t hl;
+    char *h = read_header(path, &hl);
+    char *q = strstr(h, "\"encoder_q.conv1.weight\""), *k = strstr(h, "\"encoder_k.conv1.weight\"");
+    assert_non_null(q);
+    assert_non_null(k);
+    q = strstr(q, "\"data_offsets\":["), k = strstr(k, "\"data_offsets\":[");
+    assert_non_null(q);
+    assert_non_null(k);
+    q += strlen("\"data_offsets\":"), k += strlen("\"data_offsets\":");
+    size_t ql = (size_t)(strchr(q, ']') + 1 - q), kl = (size_t)(strchr(k, ']') + 1 - k);
+    assert_true(q < k);
+    char *sw = malloc(hl + 1); /* [..q) k-offsets (q+ql..k) q-offsets (k+kl..] */
+    assert_non_null(sw);
+    size_t o = 0;
+    memcpy(sw + o, h, (size_t)(q - h)), o += (size_t)(q - h);
+    memcpy(sw + o, k, kl), o += kl;
+    memcpy(sw + o, q + ql, (size_t)(k - (q + ql))), o += (size_t)(k - (q + ql));
+    memcpy(sw + o, q, ql), o += ql;
+    memcpy(sw + o, k + kl, hl - (size_t)(k + kl - h)), o += hl - (size_t)(k + kl - h);
+    assert_int_equal(o, hl);
+    assert_memory_not_equal(sw, h, hl);
+    write_header(path, sw, hl);
+    int lrc = ckpt_load(path, mc2, &st);
+    printf("two tensors' offsets swapped in the header: %s\n", moco_errmsg());
+    assert_int_equal(lrc, MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), "the header (tensor names, shapes, offsets, metadata) fails its checksum"));
+    assert_int_equal(ckpt_load_encoder(path, m), MOCO_ECORRUPT);
+    write_header(path, h, hl);
+    assert_int_equal(ckpt_load(path, mc2, &st), 0); /* restored: loads */
+    free((void *)st.delivered);
+    free(sw), free(h);
     /* the config: "size":8 made "size":9 in the header (the evaluation commands build their
      * model and preprocessing from it; before config_crc32 the change went unseen) */
     char *hdr = malloc((size_t)data_offset(path));
@@ -138,11 +208,22 @@ static void test_checksum(void **state)
     assert_int_equal(ckpt_read_config(path, &cc), MOCO_ECORRUPT);
     printf("the config's size changed in the header: %s\n", moco_errmsg());
     assert_non_null(strstr(moco_errmsg(), path));
-    assert_non_null(strstr(moco_errmsg(), "config metadata fails its checksum"));
+    assert_non_null(strstr(moco_errmsg(), "the header (tensor names, shapes, offsets, metadata) fails its checksum"));
     assert_int_equal(ckpt_load_encoder(path, m), MOCO_ECORRUPT);
+    /* the header CRC rewritten to match: config_crc32 behind it still finds the change */
+    h = read_header(path, &hl);
+    reseal_header(h, hl);
+    write_header(path, h, hl);
+    assert_int_equal(ckpt_read_config(path, &cc), MOCO_ECORRUPT);
+    assert_non_null(strstr(moco_errmsg(), "config metadata fails its checksum"));
     flip_byte(path, soff);
+    free(h);
+    h = read_header(path, &hl);
+    reseal_header(h, hl);
+    write_header(path, h, hl);
     assert_int_equal(ckpt_read_config(path, &cc), 0);
     assert_int_equal(cc.size, 8);
+    free(h);
     rn_destroy(&m);
     moco_destroy(&mc);
     moco_destroy(&mc2);

@@ -39,7 +39,7 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
     int cap = 3 * mc->q->ntensors + 16;
     moco_st_entry *e = calloc((size_t)cap, sizeof *e);
     char (*names)[MOCO_ST_MAX_NAME + 1] = calloc((size_t)cap, sizeof *names);
-    const char **meta2 = calloc((size_t)(2 * nmeta + 4), sizeof *meta2);
+    const char **meta2 = calloc((size_t)(2 * nmeta + 6), sizeof *meta2);
     if (!e || !names || !meta2) {
         free(e);
         free(names);
@@ -83,6 +83,8 @@ int ckpt_save(const char *path, const moco *mc, const ckpt_state *st, const char
             meta2[2 * nm++ + 1] = ccrcs;
             break;
         }
+    meta2[2 * nm] = MOCO_CKPT_KEY_HEADER_CRC32; /* last: every other byte of the header is under it */
+    meta2[2 * nm++ + 1] = MOCO_ST_HEADER_CRC;
     int rc = moco_st_write(path, e, n, meta2, nm);
     free(e);
     free(names);
@@ -118,6 +120,21 @@ static int read_meta(int fd, const char *path, char *config, size_t ccap, char *
     if (tk[0].type != MOCO_JSON_OBJ) { rc = moco_err(MOCO_ECORRUPT, "%s: header is not a JSON object", path); goto out; }
     int md = moco_json_get(h, tk, 0, "__metadata__");
     if (md < 0 || tk[md].type != MOCO_JSON_OBJ) goto out;
+    int hc = moco_json_get(h, tk, md, MOCO_CKPT_KEY_HEADER_CRC32);
+    if (hc >= 0) { /* files written before it have none */
+        char want[9] = "", got[9];
+        if (tk[hc].type != MOCO_JSON_STR || tk[hc].len != 8) {
+            rc = moco_err(MOCO_ECORRUPT, "%s: __metadata__ " MOCO_CKPT_KEY_HEADER_CRC32 " is not 8 hex digits: the file is damaged", path);
+            goto out;
+        }
+        memcpy(want, h + tk[hc].start, 8);
+        snprintf(got, sizeof got, "%08x", (unsigned)moco_st_header_crc(h, hl, tk[hc].start));
+        if (strcmp(got, want)) {
+            rc = moco_err(MOCO_ECORRUPT, "%s: the header (tensor names, shapes, offsets, metadata) fails its checksum (CRC-32 %s, "
+                          "the header says %s): the file is damaged", path, got, want);
+            goto out;
+        }
+    }
     int c = moco_json_get(h, tk, md, MOCO_CKPT_KEY_CONFIG), k = moco_json_get(h, tk, md, MOCO_CKPT_KEY_DATA_CRC32),
         kc = moco_json_get(h, tk, md, MOCO_CKPT_KEY_CONFIG_CRC32), fm = moco_json_get(h, tk, md, MOCO_CKPT_KEY_FORMAT);
     if (fm >= 0) { /* absent in files saved without metadata: legal */
