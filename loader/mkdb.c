@@ -8,7 +8,8 @@
  * --max-side, formats other than JPEG/PNG, non-8-bit pixels, CMYK (made
  * RGB byte for byte as PIL's convert("RGB"), stored as PNG), a JPEG whose
  * header has a recoverable warning (stored as PNG); only loaders
- * whose pixels match PIL's are accepted, a TIFF's orientation is applied
+ * whose pixels match PIL's are accepted, a PNG PIL refuses (an iCCP or
+ * text chunk past its limits: loader/pilrules.c) is refused, a TIFF's orientation is applied
  * as PIL applies it, and a GIF's transparency as PIL's convert("RGB")
  * gives it), into a
  * bounded window of result slots. The
@@ -41,6 +42,7 @@
 #include "formats/rng.h"
 #include "loader/cmd.h"
 #include "loader/dbwriter.h"
+#include "loader/pilrules.h"
 #include "loader/sources.h"
 
 #define WINDOW 2048 /* items prepared ahead of the writer */
@@ -408,6 +410,8 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     int enc = flen >= 3 && !memcmp(file, JPG, 3) ? MOCO_ENC_JPEG : flen >= 8 && !memcmp(file, PNGSIG, 8) ? MOCO_ENC_PNG : -1;
     /* a JPEG whose header warns (junk bytes before a marker) is not stored as it is */
     int hdr_warn = enc == MOCO_ENC_JPEG && jpeg_header_warns(tj, file, flen);
+    /* a PNG whose iCCP, zTXt or iTXt chunk PIL refuses (libvips warns and reads it) */
+    if (enc == MOCO_ENC_PNG && (*why = pil_png_refusal(file, flen))) return -1;
     const char *loader = verified_loader(file, flen, why);
     if (!loader) return -1;
     /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
@@ -768,6 +772,7 @@ int loader_mkdb_main(int argc, char **argv)
         "  an IDX directory (MNIST / Fashion-MNIST, plain or .gz), e.g.\n"
         "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
         "Bad inputs (unreadable, corrupt, truncated, over --max-pixels, another format,\n"
+        "files PIL refuses such as a PNG whose iCCP or text chunk inflates past 1 MiB,\n"
         "broken links, FIFOs) are named on stderr with the reason, skipped and counted.\n"
         "OUT appears only when complete.",
         opts, 2, 2, NULL};
