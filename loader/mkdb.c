@@ -10,8 +10,8 @@
  * header has a recoverable warning (stored as PNG); only loaders
  * whose pixels match PIL's are accepted, a PNG PIL refuses (an iCCP or
  * text chunk past its limits: loader/pilrules.c) is refused, a TIFF's orientation is applied
- * as PIL applies it, and a GIF's transparency as PIL's convert("RGB")
- * gives it), into a
+ * as PIL applies it, a GIF's transparency as PIL's convert("RGB")
+ * gives it, and a PGM's or PPM's samples as PIL scales them), into a
  * bounded window of result slots. The
  * main thread consumes the slots in item order, gives the valid records
  * consecutive indices, and commits them in batches through loader/dbwriter.c,
@@ -375,7 +375,8 @@ static VipsImage *gif_as_pil(VipsImage *cur, const gif_frame0 *g, char **why)
 
 /* The libvips loader (nickname) for file if its decoded pixels are known to
  * match PIL's (torchvision's loader), else NULL with *why set. Through
- * ImageMagick only BMP and Netpbm (PBM/PGM/PPM), which were compared; it
+ * ImageMagick only BMP, which was compared, and Netpbm (PBM/PGM/PPM),
+ * which check_image then reads with libvips' ppmload (pil_pnm_load); it
  * flips bottom-up TGA, inverts XBM and takes an ICO's first size, and
  * pdfload/svgload rasterise documents: those are refused, named. */
 static const char *verified_loader(const uint8_t *file, size_t flen, char **why)
@@ -417,6 +418,7 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     /* PIL applies a TIFF's Orientation tag (not JPEG's, PNG's or WebP's):
      * so does mkdb, with vips_autorot, which needs random access. */
     int tiff = !strcmp(loader, "tiffload_buffer"), gif = !strcmp(loader, "gifload_buffer");
+    int pnm = !strcmp(loader, "magickload_buffer") && file[0] == 'P' && file[1] >= '1' && file[1] <= '6';
     gif_frame0 g0 = {.trans = -1};
     if (gif && gif_first_frame(file, flen, &g0)) return *why = reason("%s", "corrupt or truncated GIF header"), -1;
     if (gif && !g0.table) /* PIL reads its indices as grey levels; libvips through a palette of its own */
@@ -424,9 +426,13 @@ static int check_image(const uint8_t *file, size_t flen, long max_side, uint64_t
     /* fail_on error (which includes truncated): a file cut short is refused,
      * not padded with grey. Opening reads only the header, so the pixel
      * limit comes before any decoding. */
-    VipsImage *im = vips_image_new_from_buffer(file, flen, "", "fail_on", VIPS_FAIL_ON_ERROR, "access",
-                                               tiff ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL, NULL);
-    if (!im) return *why = vips_reason("not a readable image"), -1;
+    VipsImage *im = NULL;
+    if (pnm) { /* libvips' own loader, PIL's scaling of a maxval other than 255 */
+        if (pil_pnm_load(file, flen, &im, why)) return -1;
+    } else if (!(im = vips_image_new_from_buffer(file, flen, "", "fail_on", VIPS_FAIL_ON_ERROR, "access",
+                                                 tiff ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL, NULL))) {
+        return *why = vips_reason("not a readable image"), -1;
+    }
     int rc = -1, w = vips_image_get_width(im), hh = vips_image_get_height(im), bands = vips_image_get_bands(im);
     VipsImage *t = NULL;
     double avg;

@@ -1,12 +1,14 @@
-/* pilrules.c: files PIL refuses and libvips reads (see pilrules.h), so that
- * `moco mkdb` refuses them too. Measured against Pillow 9.4 by
- * tests/cli_mkdb_pil.sh; zlib inflates, as it does for PIL. */
+/* pilrules.c: files PIL refuses and libvips reads, and Netpbm samples as
+ * PIL scales them (see pilrules.h), for `moco mkdb`. Measured against
+ * Pillow 9.4 by tests/cli_mkdb_pil.sh; zlib inflates, as it does for PIL,
+ * and libvips decodes. */
 #include "loader/pilrules.h"
 #include "formats/json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <zlib.h>
 
 static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
@@ -125,4 +127,77 @@ char *pil_png_refusal(const uint8_t *f, size_t n)
     }
     free(buf);
     return m;
+}
+
+static char *vips_why(const char *what)
+{
+    char *e = vips_error_buffer_copy(), *m = NULL;
+    size_t l = e ? strlen(e) : 0;
+    while (l && (e[l - 1] == '\n' || e[l - 1] == ' ')) e[--l] = 0;
+    if (asprintf(&m, "%s%s%s", what, l ? ": " : "", l ? e : "") < 0) m = NULL;
+    g_free(e);
+    return m;
+}
+
+/* round(q) as Python rounds a float: half to even (the default rounding mode) */
+static double py_round(double q) { return nearbyint(q); }
+
+int pil_pnm_load(const uint8_t *file, size_t n, VipsImage **out, char **why)
+{
+    char kind = file[1];
+    int plain = kind >= '1' && kind <= '3', bitonal = kind == '1' || kind == '4';
+    VipsSource *src = vips_source_new_from_memory(file, n);
+    VipsImage *raw = NULL, *lut = NULL;
+    int maxval = 0, rc = -1;
+    *out = NULL;
+    if (!src) return *why = vips_why("not a readable image"), -1;
+    if (vips_ppmload_source(src, &raw, "fail_on", VIPS_FAIL_ON_ERROR, NULL)) {
+        *why = vips_why("not a readable image");
+        goto done;
+    }
+    if (bitonal) { /* 0 and 255 already, as PIL's mode "1" converts */
+        *out = raw, raw = NULL, rc = 0;
+        goto done;
+    }
+    int bands = vips_image_get_bands(raw), grey = bands == 1;
+    VipsBandFormat fmt = vips_image_get_format(raw);
+    if (vips_image_get_int(raw, "ppm-max-value", &maxval) || maxval < 1 || maxval > 65535 || (bands != 1 && bands != 3) ||
+        (fmt != VIPS_FORMAT_UCHAR && fmt != VIPS_FORMAT_USHORT)) {
+        *why = vips_why("a PGM or PPM libvips reads otherwise than as 8- or 16-bit samples under a maxval of 1..65535");
+        goto done;
+    }
+    if (plain) { /* PIL's plain decoder: "Channel value too large for this mode" */
+        double mx = 0;
+        if (vips_max(raw, &mx, NULL)) { *why = vips_why("corrupt or truncated image data"); goto done; }
+        if (mx > maxval) {
+            if (asprintf(why, "a sample %.0f over the maxval %d: PIL refuses it (Channel value too large)", mx, maxval) < 0)
+                *why = strdup("a sample over the maxval: PIL refuses it");
+            goto done;
+        }
+    }
+    size_t entries = fmt == VIPS_FORMAT_UCHAR ? 256 : 65536;
+    uint8_t *t = malloc(entries);
+    if (!t) { *why = strdup("out of memory"); goto done; }
+    /* PIL: mode "I" (a PGM over 255) holds 0..65535, clipped by convert(); else 0..255 */
+    double top = grey && maxval > 255 ? 65535.0 : 255.0;
+    for (size_t v = 0; v < entries; v++) {
+        double q = py_round((double)v / (double)maxval * top);
+        t[v] = (uint8_t)(q > 255.0 ? 255.0 : q);
+    }
+    lut = vips_image_new_from_memory_copy(t, entries, (int)entries, 1, 1, VIPS_FORMAT_UCHAR);
+    free(t);
+    VipsImage *mapped = NULL;
+    if (!lut || vips_maplut(raw, &mapped, lut, NULL) ||
+        vips_copy(mapped, out, "interpretation", grey ? VIPS_INTERPRETATION_B_W : VIPS_INTERPRETATION_sRGB, NULL)) {
+        *why = vips_why("cannot scale the samples as PIL does");
+        if (mapped) g_object_unref(mapped);
+        goto done;
+    }
+    g_object_unref(mapped);
+    rc = 0;
+done:
+    if (lut) g_object_unref(lut);
+    if (raw) g_object_unref(raw);
+    g_object_unref(src);
+    return rc;
 }

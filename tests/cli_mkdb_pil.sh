@@ -81,3 +81,67 @@ got = sorted(classes[r[2]] for r in records(sys.argv[1]))
 assert got == want, (got, want)
 PY
 echo "PNG chunks: the 11 PNGs PIL refuses (iCCP/zTXt/iTXt past 1 MiB, before or after IDAT; unknown compression; text past 64 MiB) skipped with PIL's reason; the 8 it opens stored"
+
+# 2. Netpbm samples as PIL reads them (Pillow's PpmDecoder): a PGM or PPM whose
+# maxval is not 255 gives min(255, round(v / maxval * 255)), half to even; a
+# PGM of maxval over 255 is PIL's mode "I" (v scaled to 65535), which
+# convert("RGB") clips to 255. Binary and plain (ASCII), grey and colour, every
+# sample value 0..maxval (at 65535: all 65536) and, binary, values over the
+# maxval (PIL clamps); a plain sample over the maxval PIL refuses, and so does
+# mkdb; PBM, plain and binary. Before (ImageMagick through libvips): a level
+# apart at maxval 100, 1000, 4095, 65535, and a PGM over 255 scaled where PIL
+# clips (up to 252 levels apart).
+/usr/bin/python3 - "$T/pnm" <<'PY' || fail "making the Netpbm folder"
+import os, sys, numpy as np
+from PIL import Image
+d, g = sys.argv[1], np.random.default_rng(17)
+def put(cls, data):
+    os.makedirs(os.path.join(d, cls))
+    open(os.path.join(d, cls, "x.pnm"), "wb").write(data)
+for mv in (1, 2, 15, 100, 255, 256, 1000, 4095, 65535):
+    for ch in (1, 3):
+        n = mv + 1 + (0 if mv > 255 else 256 - mv - 1)  # every value; binary 8-bit: up to 255, over the maxval too
+        w = 256
+        vals = np.arange(n * ch) % n
+        vals = np.concatenate([vals, g.integers(0, n, (-len(vals)) % (w * ch) + w * ch)])
+        a = vals.reshape(-1, w, ch)
+        body = a.astype(">u2" if mv > 255 else "u1").tobytes()
+        put("P%d-%d" % (5 if ch == 1 else 6, mv), b"P%d\n%d %d\n%d\n" % (5 if ch == 1 else 6, w, a.shape[0], mv) + body)
+        a = np.minimum(a, mv)[:64]  # plain: within the maxval
+        put("P%d-%d" % (2 if ch == 1 else 3, mv), b"P%d\n%d %d\n%d\n" % (2 if ch == 1 else 3, w, a.shape[0], mv) +
+            "\n".join(" ".join(str(int(v)) for v in row.ravel()) for row in a).encode() + b"\n")
+put("z-plain-over-maxval", b"P2\n3 1\n15\n0 16 3\n")
+bits = g.integers(0, 2, (5, 13))
+put("pbm-plain", b"P1\n13 5\n" + " ".join(str(int(v)) for v in bits.ravel()).encode() + b"\n")
+put("pbm-raw", b"P4\n13 5\n" + np.packbits(bits, axis=1).tobytes())
+try:
+    Image.open(os.path.join(d, "z-plain-over-maxval", "x.pnm")).convert("RGB")
+    sys.exit("PIL reads a plain sample over the maxval")
+except ValueError:
+    pass
+PY
+$M mkdb "$T/pnm" "$T/db-pnm" --quiet >"$T/out" 2>"$T/err" || fail "mkdb of the Netpbm folder: $(cat "$T/err")"
+grep -q "skipping $T/pnm/z-plain-over-maxval/x.pnm: a sample 16 over the maxval 15: PIL refuses it" "$T/err" &&
+  [ "$(grep -c '^moco mkdb: skipping ' "$T/err")" = 1 ] || fail "Netpbm: want the plain sample over the maxval skipped, only it: $(cat "$T/err")"
+PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/pnm" "$T/db-pnm/data.mdb" <<'PY' || fail "Netpbm stored otherwise than PIL reads it"
+import io, os, sys, numpy as np
+from PIL import Image
+from dbrecords import records
+d = sys.argv[1]
+classes = sorted(os.listdir(d))
+seen, bad = set(), []
+for enc, ch, label, w, h, payload in records(sys.argv[2]):
+    cls = classes[label]
+    if cls in seen:
+        continue
+    want = np.array(Image.open(os.path.join(d, cls, "x.pnm")).convert("RGB")).astype(int)
+    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).astype(int)
+    if enc != 2 or got.shape != want.shape or (got != want).any():
+        bad.append("%s: encoding %d, %s" % (cls, enc, got.shape if got.shape != want.shape else "max |diff| %d, %d of %d values" %
+                                            (np.abs(got - want).max(), (got != want).sum(), got.size)))
+    seen.add(cls)
+assert not bad, bad
+assert seen == set(classes) - {"z-plain-over-maxval"}, sorted(set(classes) - seen)
+print("  %d Netpbm files stored as PNG, pixel for pixel PIL's convert(\"RGB\")" % len(seen))
+PY
+echo "Netpbm: PGM/PPM of maxval 1, 2, 15, 100, 255, 256, 1000, 4095, 65535 (binary, plain; every sample value) and PBM stored as PIL's convert(\"RGB\"), byte for byte; a plain sample over the maxval refused"
