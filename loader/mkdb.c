@@ -773,7 +773,8 @@ int loader_mkdb_main(int argc, char **argv)
         "    subfolders and symbolic links followed. Unlike torchvision's ImageFolder:\n"
         "    hidden entries (.name, e.g. .ipynb_checkpoints) are skipped, an empty class\n"
         "    folder is kept as a class of 0 samples, files are chosen by content, not by\n"
-        "    extension. A class name must be UTF-8 without a newline (else exit 2);\n"
+        "    extension. A class name must be UTF-8 without a newline (else exit 2).\n"
+        "    OUT inside SRC (and mkdb's OUT.tmp-PID beside it) is never an input;\n"
         "  a CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin);\n"
         "  an IDX directory (MNIST / Fashion-MNIST, plain or .gz), e.g.\n"
         "    /usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist.\n"
@@ -807,7 +808,7 @@ int loader_mkdb_main(int argc, char **argv)
     long started = 0;
     double t0 = moco_now_s();
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
-    if ((rc = mk_source_open(srcp, o.format, o.split, &src))) {
+    if ((rc = mk_source_open_out(srcp, o.format, o.split, out, &src))) {
         fprintf(stderr, "moco mkdb: %s\n", moco_errmsg());
         return rc == MOCO_EINVAL ? 2 : 1;
     }

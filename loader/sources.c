@@ -14,7 +14,9 @@
  * 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32), converted to HWC.
  * IDX: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], big-endian header.
  * A SRC holding data.mdb (a moco dataset: moco mkdb's arguments swapped) is
- * refused before any of these. */
+ * refused before any of these. OUT inside SRC (mk_source_open_out), and
+ * mkdb's OUT.tmp-PID and OUT.old-PID beside it, are never classes or files
+ * of the folder: they are left out, named. */
 #include "loader/sources.h"
 #include "formats/errors.h"
 #include "formats/json.h"
@@ -95,6 +97,31 @@ static int add_class(mk_source *s, const char *name)
     return 0;
 }
 
+/* Is the entry name of directory dir (path p, a directory: callers ask
+ * only for those, so a file costs no stat more) the output or one of
+ * mkdb's directories beside it (see mk_source_open_out)? Then, unless
+ * quiet, it is named on stderr, and left out. */
+static int is_output(const mk_source *s, const char *dir, const char *name, const char *p, int quiet)
+{
+    struct stat st;
+    if (!s->out_base) return 0;
+    int ours = 0;
+    if (s->out_exists && stat(p, &st) == 0 && (uint64_t)st.st_dev == s->out_dev && (uint64_t)st.st_ino == s->out_ino) {
+        ours = 1;
+    } else {
+        size_t bl = strlen(s->out_base);
+        const char *tail = !strncmp(name, s->out_base, bl) ? name + bl : NULL;
+        const char *digits = tail && !strncmp(tail, ".tmp-", 5) ? tail + 5 : tail && !strncmp(tail, ".old-", 5) ? tail + 5 : NULL;
+        if (digits && *digits && strspn(digits, "0123456789") == strlen(digits) && s->out_parent_known && stat(dir, &st) == 0 &&
+            (uint64_t)st.st_dev == s->parent_dev && (uint64_t)st.st_ino == s->parent_ino)
+            ours = 2;
+    }
+    if (ours && !quiet)
+        fprintf(stderr, "moco mkdb: ignoring %s: %s, not an input\n", p,
+                ours == 1 ? "it is OUT, the dataset being written" : "a directory of mkdb's beside OUT (OUT.tmp-PID, OUT.old-PID)");
+    return ours;
+}
+
 static int cmp_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
 static int not_hidden(const struct dirent *d) { return d->d_name[0] != '.'; }
 
@@ -152,7 +179,7 @@ static int walk_files(mk_source *s, size_t *cap, const char *dir, int32_t label,
         char *p = join(dir, l[i]->d_name);
         if (!p) { rc = moco_err(MOCO_ENOMEM, "out of memory"); break; }
         if (is_dir(p)) {
-            rc = walk_files(s, cap, p, label, depth + 1);
+            if (!is_output(s, dir, l[i]->d_name, p, 0)) rc = walk_files(s, cap, p, label, depth + 1);
             free(p);
         } else {
             int reg = is_file(p);
@@ -216,7 +243,7 @@ static int open_folder(const char *src, const char *split, mk_source *s)
         char names[256] = "";
         for (int i = 0; i < n; i++) {
             char *p = join(src, l[i]->d_name);
-            if (p && is_dir(p)) {
+            if (p && is_dir(p) && !is_output(s, src, l[i]->d_name, p, 1)) {
                 dirs++;
                 if (is_split_name(l[i]->d_name)) {
                     splits++;
@@ -237,12 +264,15 @@ static int open_folder(const char *src, const char *split, mk_source *s)
     for (int i = 0; i < n && !rc; i++) {
         char *p = join(s->root, l[i]->d_name);
         if (!p) { rc = moco_err(MOCO_ENOMEM, "out of memory"); break; }
-        const char *bad = is_dir(p) ? bad_class_name(l[i]->d_name) : NULL;
-        if (bad) {
+        int dir = is_dir(p);
+        const char *bad = dir ? bad_class_name(l[i]->d_name) : NULL;
+        if (dir && is_output(s, s->root, l[i]->d_name, p, 0)) {
+            /* named, left out */
+        } else if (bad) {
             char esc[4096];
             mk_escape_name(p, esc, sizeof esc);
             rc = moco_err(MOCO_EINVAL, "class directory '%s': its name %s; rename it", esc, bad);
-        } else if (is_dir(p)) {
+        } else if (dir) {
             if (!(rc = add_class(s, l[i]->d_name))) rc = walk_files(s, &cap, p, (int32_t)(s->nclasses - 1), 0);
         } else {
             fprintf(stderr, "moco mkdb: ignoring %s: not inside a class directory\n", p);
@@ -511,7 +541,27 @@ static int detect(const char *src)
 
 int mk_source_open(const char *src, const char *format, const char *split, mk_source *s)
 {
+    return mk_source_open_out(src, format, split, NULL, s);
+}
+
+int mk_source_open_out(const char *src, const char *format, const char *split, const char *out, mk_source *s)
+{
     memset(s, 0, sizeof *s);
+    char ob[4096], par[4096];
+    if (out && strlen(out) < sizeof ob) { /* OUT without trailing slashes, as dbw_open takes it */
+        struct stat st;
+        size_t ol = strlen(out);
+        memcpy(ob, out, ol + 1);
+        while (ol > 1 && ob[ol - 1] == '/') ob[--ol] = 0;
+        char *sl = strrchr(ob, '/');
+        s->out_base = sl ? sl + 1 : ob;
+        if (!sl) snprintf(par, sizeof par, ".");
+        else if (sl == ob) snprintf(par, sizeof par, "/");
+        else snprintf(par, sizeof par, "%.*s", (int)(sl - ob), ob);
+        if (stat(ob, &st) == 0) s->out_exists = 1, s->out_dev = (uint64_t)st.st_dev, s->out_ino = (uint64_t)st.st_ino;
+        if (stat(par, &st) == 0) s->out_parent_known = 1, s->parent_dev = (uint64_t)st.st_dev, s->parent_ino = (uint64_t)st.st_ino;
+        if (!*s->out_base) s->out_base = NULL; /* OUT is "/" */
+    }
     struct stat sst;
     if (!is_dir(src)) /* a mistyped path says so (it said "not a directory" for that too) */
         return moco_err(MOCO_ENOTFOUND, "%s: %s", src,
@@ -524,6 +574,7 @@ int mk_source_open(const char *src, const char *format, const char *split, mk_so
                         "(the arguments swapped?)", src);
     int kind = !format || !strcmp(format, "auto") ? detect(src) : !strcmp(format, "cifar10") ? 1 : !strcmp(format, "idx") ? 2 : 0;
     int rc = kind == 1 ? open_cifar(src, split, s) : kind == 2 ? open_idx(src, split, s) : open_folder(src, split, s);
+    s->out_base = NULL; /* it pointed into ob */
     if (rc) mk_source_free(s);
     return rc;
 }

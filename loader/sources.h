@@ -31,6 +31,10 @@ typedef struct {
     char *root;            /* the directory actually read (after --split) */
     uint8_t **blobs;       /* raw sources: owned pixel memory */
     size_t nblobs;
+    /* private to sources.c: the output never to be taken as an input */
+    const char *out_base;  /* OUT's last component, or NULL */
+    int out_exists, out_parent_known;
+    uint64_t out_dev, out_ino, parent_dev, parent_ino;
 } mk_source;
 
 /* Detect the format of src ("auto") or use the one given ("folder",
@@ -40,6 +44,13 @@ typedef struct {
  * MOCO_ENOTFOUND, MOCO_ECORRUPT (truncated or malformed file, naming it and
  * the offset), MOCO_EIO or MOCO_ENOMEM. On failure *s is empty. */
 int mk_source_open(const char *src, const char *format, const char *split, mk_source *s);
+
+/* mk_source_open for `moco mkdb SRC OUT`: an image folder's walk also
+ * leaves out, naming it on stderr, the dataset at out (the directory itself,
+ * or a link to it, wherever it sits under src) and mkdb's temporary and
+ * set-aside directories beside it (OUT.tmp-PID, OUT.old-PID): an OUT inside
+ * SRC is never a class, nor its files inputs. out may be NULL. */
+int mk_source_open_out(const char *src, const char *format, const char *split, const char *out, mk_source *s);
 
 /* Free everything s owns; safe on a zeroed or already-freed source. */
 void mk_source_free(mk_source *s);

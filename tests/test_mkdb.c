@@ -3,10 +3,11 @@
  * files mixed in; CIFAR-10 and IDX files, whole, truncated and malformed;
  * map growth from a tiny map; atomic output under SIGKILL; --shuffle;
  * decompression bombs and --max-pixels; what --force may replace; class
- * names the dataset cannot hold; broken links and FIFOs; a TIFF's
+ * names the dataset cannot hold; OUT inside SRC; broken links and FIFOs; a TIFF's
  * orientation; JPEGs whose header warns, decoded downstream as PIL does. */
 #include "tests/testutil.h"
 
+#include <inttypes.h>
 #include <turbojpeg.h>
 #include <vips/vips.h>
 #include <zlib.h>
@@ -647,6 +648,45 @@ static void test_force_replaces_only_a_dataset(void **st)
     assert_int_equal(run_mkdb(args), 0);
 }
 
+/* OUT inside SRC: never a class, nor its files inputs, wherever it sits
+ * (a class of SRC, inside a class, through a link), nor mkdb's OUT.tmp-PID
+ * beside it (a stale one, of a process that is gone). Before: the second
+ * run with --force listed the old OUT as a class "db" of 0 samples and
+ * skipped its data.mdb and lock.mdb as 2 bad inputs. */
+static void test_out_inside_src_not_an_input(void **st)
+{
+    (void)st;
+    char p[4300], args[9000];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("mkdb_out_in_src"));
+    tu_sh("mkdir -p %s/src/a %s/src/b", tmp, tmp);
+    snprintf(p, sizeof p, "%s/src/a/1.png", tmp); make_image(p, 8, 8, 3, 1);
+    snprintf(p, sizeof p, "%s/src/b/1.png", tmp); make_image(p, 8, 8, 3, 2);
+    const char *outs[] = {"db", "a/db"};
+    for (int k = 0; k < 2; k++) {
+        for (int force = 0; force < 2; force++) {
+            if (force) tu_sh("mkdir -p %s/src/%s.tmp-2147483646 && ln -sfn %s/src/%s %s/src/b/link", tmp, outs[k], tmp, outs[k], tmp);
+            snprintf(args, sizeof args, "%s/src %s/src/%s --quiet%s", tmp, tmp, outs[k], force ? " --force" : "");
+            assert_int_equal(run_mkdb(args), 0);
+            snprintf(p, sizeof p, "%s/src/%s", tmp, outs[k]);
+            moco_db *db = open_db(p);
+            const moco_db_meta *m = moco_db_get_meta(db);
+            if (m->nclasses != 2 || m->count != 2 || m->skipped != 0 || strcmp(m->class_names[0], "a") || strcmp(m->class_names[1], "b"))
+                fail_msg("OUT %s%s: %u classes (the last %s), %" PRIu64 " samples, %" PRIu64 " skipped; want a, b: 2, 0 skipped",
+                         outs[k], force ? " --force" : "", m->nclasses, m->class_names[m->nclasses - 1], m->count, m->skipped);
+            moco_db_destroy(&db);
+            if (force) {
+                snprintf(p, sizeof p, "ignoring %s/src/%s: it is OUT, the dataset being written", tmp, outs[k]);
+                assert_true(err_has(p));
+                snprintf(p, sizeof p, "ignoring %s/src/b/link: it is OUT", tmp);
+                assert_true(err_has(p));
+                snprintf(p, sizeof p, "ignoring %s/src/%s.tmp-2147483646: a directory of mkdb's beside OUT", tmp, outs[k]);
+                assert_true(err_has(p));
+                tu_sh("rm -rf %s/src/%s %s/src/b/link", tmp, outs[k], tmp);
+            }
+        }
+    }
+}
+
 /* Class folders whose names the dataset cannot hold: refused before any
  * conversion, exit 2, the folder named with its bytes escaped, nothing
  * written (before: "cl\nass" was written as two names, and every reader
@@ -926,6 +966,7 @@ int main(void)
         cmocka_unit_test(test_fashion_mnist_package),
         cmocka_unit_test(test_bombs_and_truncated_jpegs),
         cmocka_unit_test(test_force_replaces_only_a_dataset),
+        cmocka_unit_test(test_out_inside_src_not_an_input),
         cmocka_unit_test(test_class_names_refused),
         cmocka_unit_test(test_links_and_fifos_named),
         cmocka_unit_test(test_tiff_orientation),
