@@ -20,7 +20,9 @@
  * Promises: the output is complete or absent; the indices are dense; every
  * rejected input is named on stderr and counted; the run fails only when
  * nothing valid was found, or on the first bad input with --strict; memory
- * is bounded by the window, not by the dataset size. */
+ * is bounded by the window, not by the dataset size; SIGINT or SIGTERM
+ * ends it within about a second (status 1, nothing at OUT), even with a
+ * thread stuck in a read that never returns (a hung file system). */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -76,6 +78,18 @@ static void quiet_log(const gchar *dom, GLogLevelFlags lvl, const gchar *msg, gp
     (void)dom; (void)lvl; (void)msg; (void)u;
 }
 static void on_signal(int sig) { (void)sig; interrupted = 1; }
+
+/* Wait on cv for at most 100 ms: a signal handler cannot signal a condition
+ * variable, and glibc resumes the wait after it, so a writer waiting for a
+ * worker stuck in a read (a hung file system) never saw the interrupt. */
+static void wait_tick(pthread_cond_t *cv, pthread_mutex_t *mu)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_nsec += 100000000L;
+    if (t.tv_nsec >= 1000000000L) t.tv_sec++, t.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &t);
+}
 
 static char *vips_reason(const char *what)
 {
@@ -633,8 +647,8 @@ static void *worker(void *arg)
     tjhandle tj = tjInitDecompress();
     for (;;) {
         pthread_mutex_lock(&j->mu);
-        while (!j->stop && j->next < j->n && j->next >= j->consumed + WINDOW) pthread_cond_wait(&j->space_cv, &j->mu);
-        if (j->stop || j->next >= j->n) {
+        while (!j->stop && !interrupted && j->next < j->n && j->next >= j->consumed + WINDOW) wait_tick(&j->space_cv, &j->mu);
+        if (j->stop || interrupted || j->next >= j->n) {
             pthread_mutex_unlock(&j->mu);
             break;
         }
@@ -682,7 +696,7 @@ static int write_all(job *j, dbw *w, const mk_opts *o, moco_db_meta *m, int show
     if (!recs || !lens) rc = moco_err(MOCO_ENOMEM, "out of memory");
     for (size_t i = 0; i < j->n && !rc; i++) {
         pthread_mutex_lock(&j->mu);
-        while (!j->slots[i % WINDOW].ready && !interrupted) pthread_cond_wait(&j->ready_cv, &j->mu);
+        while (!j->slots[i % WINDOW].ready && !interrupted) wait_tick(&j->ready_cv, &j->mu);
         slot s = j->slots[i % WINDOW];
         memset(&j->slots[i % WINDOW], 0, sizeof s);
         if (s.ready) j->consumed = i + 1;
@@ -805,7 +819,7 @@ int loader_mkdb_main(int argc, char **argv)
     size_t *order = NULL;
     job *j = NULL;
     pthread_t *th = NULL;
-    long started = 0;
+    long started = 0, stuck = 0;
     double t0 = moco_now_s();
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
     if ((rc = mk_source_open_out(srcp, o.format, o.split, out, &src))) {
@@ -854,7 +868,18 @@ int loader_mkdb_main(int argc, char **argv)
     j->stop = 1;
     pthread_cond_broadcast(&j->space_cv);
     pthread_mutex_unlock(&j->mu);
-    for (long t = 0; t < started; t++) pthread_join(th[t], NULL);
+    /* interrupted: the threads still inside a read or a decode get 1 s, then
+     * are left to the process's exit, with what they use (not freed) */
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 1;
+    for (long t = 0; t < started; t++)
+        if (interrupted ? pthread_timedjoin_np(th[t], NULL, &dl) != 0 : pthread_join(th[t], NULL) != 0) stuck++;
+    if (stuck) {
+        fprintf(stderr, "moco mkdb: %ld thread%s still reading or decoding an input: not waited for\n", stuck, stuck > 1 ? "s" : "");
+        if (!rc) rc = moco_err(MOCO_EINTR, "interrupted");
+        goto done;
+    }
     for (size_t i = 0; i < WINDOW; i++) { free(j->slots[i].rec); free(j->slots[i].why); }
     if (!rc && m.count == 0) rc = moco_err(MOCO_ECORRUPT, "%s: no valid images among %zu inputs", src.root, src.n);
     if (!rc) {
@@ -878,6 +903,9 @@ int loader_mkdb_main(int argc, char **argv)
 done:
     if (rc) fprintf(stderr, "moco mkdb: %s; nothing written to %s\n", moco_errmsg(), out);
     dbw_abort(&w);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (stuck) return 1; /* the threads left use j, src, order and libvips: not freed, the exit ends them */
     if (j) {
         pthread_mutex_destroy(&j->mu);
         pthread_cond_destroy(&j->ready_cv);
@@ -889,8 +917,6 @@ done:
     free(m.class_counts);
     m.class_names = NULL;
     mk_source_free(&src);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
     vips_shutdown();
     return rc ? 1 : 0;
 }
