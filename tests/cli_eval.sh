@@ -12,7 +12,9 @@
 #     file that cannot be written leaves no features file; a failed fsync
 #     of either new file leaves the old pair as it was;
 #  e. export / embed --out naming the --ckpt file (or a link to it):
-#     refused, the checkpoint intact;
+#     refused, the checkpoint intact; an --out whose extension is not a
+#     format the command writes (export: .safetensors, .st; embed: also
+#     .npy): refused, naming them, nothing written;
 #  f. batch 1 in the evaluation commands (BN in eval mode): the same kNN as
 #     batch 256 (it was refused as training BN's "2 samples per split");
 #  g. --k beyond the bank: the effective k reported, and said on stderr
@@ -142,6 +144,21 @@ $M embed --ckpt c.labels.npy --db db --out c.npy >/dev/null 2>e.err; rc=$?
 [ $rc -eq 1 ] && grep -q "is the checkpoint" e.err && [ ! -e c.npy ] && cmp -s c.labels.npy keep.st \
   || fail "embed --out c.npy, its labels file the checkpoint: exit $rc: $(cat e.err)"
 echo "e: export / embed --out naming the checkpoint (or a link to it) refused, the checkpoint intact"
+# ... and an --out whose extension names a format the command does not write (before: features.bin
+# and encoder.pt held safetensors, silently, that np.fromfile and torch.load then misread or refused)
+for c in "export --ckpt c.st --out enc.pt" "export --ckpt c.st --out enc.npy" "embed --ckpt c.st --db db --out feat.bin" \
+         "embed --ckpt c.st --db db --out feat"; do
+  $M $c >/dev/null 2>e.err; rc=$?
+  o=${c##* }
+  case $c in
+    export*) want="moco export: --out $o: moco export writes safetensors only: give FILE.safetensors (or FILE.st)" ;;
+    *) want="moco embed: --out $o: moco embed writes FILE.npy (NumPy; labels in FILE.labels.npy) or FILE.safetensors (or FILE.st)" ;;
+  esac
+  [ $rc -eq 2 ] && grep -qF "$want" e.err && [ ! -e "$o" ] && [ -z "$(ls | grep "^${o%.*}\.")" ] \
+    || fail "$c: exit $rc (want 2, nothing written): $(cat e.err); $(ls | grep "^${o%.*}")"
+done
+$M embed --ckpt c.st --db db --out feat.SafeTensors >/dev/null 2>e.err && [ -s feat.SafeTensors ] || fail "embed --out feat.SafeTensors: $(cat e.err)"
+echo "e: export / embed --out of another extension (.pt, .npy for export, .bin or none for embed): exit 2 naming the supported ones, nothing written"
 
 # d. embed writes a consistent pair
 rm -rf z.npy z.labels.npy; mkdir z.labels.npy

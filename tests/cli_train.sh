@@ -158,8 +158,8 @@ head -c 65536 "$T/bb.st" | grep -aq '"fc.weight"' && fail "export: the head shou
 head -c 65536 "$T/wh.st" | grep -aq '"fc.weight"' || fail "export --with-head: no fc.weight"
 # an output that is not a regular file (a FIFO here, as /dev/null would be
 # for root) is refused by name and left as it is: export's safetensors, embed's .npy
-mkfifo "$T/out.fifo" "$T/out.npy"
-for c in "export $CK --out $T/out.fifo" "embed $CK $E --out $T/out.npy"; do
+mkfifo "$T/out.st" "$T/out.npy"
+for c in "export $CK --out $T/out.st" "embed $CK $E --out $T/out.npy"; do
   o=${c##* }
   err=$($M $c 2>&1 >/dev/null); rc=$?
   [ $rc -eq 1 ] && [[ $err == *"$o is a FIFO, not a regular file"* ]] && [ -p "$o" ] \
@@ -168,12 +168,12 @@ done
 [ "$(ls "$T" | grep -c '^out\.')" -eq 2 ] || fail "export onto a FIFO left files: $(ls "$T" | grep '^out\.')"
 # and read from a FIFO: refused by name at once, not waited on for a writer
 mkdir -p "$T/fifo-run" "$T/fifo-db" && mkfifo "$T/fifo-run/metrics.jsonl" "$T/fifo-db/data.mdb"
-for c in "knn --ckpt $T/out.fifo --train $T/db --test $T/db --width 4" "knn --random-init 1 --train $T/fifo-db --test $T/db --width 4" \
+for c in "knn --ckpt $T/out.st --train $T/db --test $T/db --width 4" "knn --random-init 1 --train $T/fifo-db --test $T/db --width 4" \
          "plot $T/fifo-run --out $T/fifo.png"; do
   err=$(timeout 60 $M $c 2>&1 >/dev/null); rc=$?
   [ $rc -eq 1 ] && [[ $err == *"not a regular file"* ]] || fail "moco $c (a FIFO): rc $rc (124: it waited), '$err'"
 done
-rm -f "$T/out.fifo" "$T/out.npy" "$T/fifo-run/metrics.jsonl" "$T/fifo-db/data.mdb" # nothing that waits is left for later readers
+rm -f "$T/out.st" "$T/out.npy" "$T/fifo-run/metrics.jsonl" "$T/fifo-db/data.mdb" # nothing that waits is left for later readers
 $M knn --random-init 1 --train "$T/db" --test "$T/db" --arch resnet18-cifar --width 4 --size 28 --threads 1 | tail -1 \
   | grep -q '"knn_top1":[0-9].*"ckpt":"random-init 1"' || fail "moco knn --random-init"
 $M knn --random-init 1 --ckpt "$T/r1/checkpoint_last.safetensors" --train "$T/db" --test "$T/db" --width 4 >/dev/null 2>"$T/both.err"; rc=$?

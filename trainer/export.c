@@ -11,8 +11,9 @@
  * embed: the pooled backbone features (or, with --head, the head's
  *   outputs) of every sample of a dataset in index order, not normalised:
  *   a NumPy .npy file (float32 (N, F); labels, when the dataset has them,
- *   in OUT-without-.npy.labels.npy as int64 (N)) or, for any other name,
- *   safetensors (features F32 (N, F), labels I64 (N)). Written atomically;
+ *   in OUT-without-.npy.labels.npy as int64 (N)) or, for OUT.safetensors
+ *   (or .st), safetensors (features F32 (N, F), labels I64 (N)); another
+ *   extension is refused, as export refuses any but those two. Written atomically;
  *   the .npy pair is consistent: both files are written to temporaries
  *   first (nothing replaced when either fails), and an unlabelled dataset
  *   removes an old OUT.labels.npy (said on stderr).
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,13 +49,37 @@ static int not_the_ckpt(const char *out, const char *ckpt)
                     "give another --out", out, ckpt);
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcasecmp(s + a - b, suffix);
+}
+
+/* The format --out's extension names: OUT_NPY (.npy, embed only) or OUT_ST
+ * (.safetensors, .st); any other name is refused (0, said naming the
+ * supported ones): a features.bin or encoder.pt held safetensors that
+ * np.fromfile or torch.load then misread or refused. */
+enum { OUT_NPY = 1, OUT_ST = 2 };
+static int out_format(const char *cmd, const char *out, int npy_ok)
+{
+    if (npy_ok && ends_with(out, ".npy")) return OUT_NPY;
+    if (ends_with(out, ".safetensors") || ends_with(out, ".st")) return OUT_ST;
+    if (npy_ok)
+        fprintf(stderr, "moco %s: --out %s: moco %s writes FILE.npy (NumPy; labels in FILE.labels.npy) or FILE.safetensors "
+                        "(or FILE.st): give one of those\n", cmd, out, cmd);
+    else
+        fprintf(stderr, "moco %s: --out %s: moco %s writes safetensors only: give FILE.safetensors (or FILE.st), and load it "
+                        "with safetensors.torch.load_file or moco_stream.torch.load_safetensors, not torch.load\n", cmd, out, cmd);
+    return 0;
+}
+
 int export_main(int argc, char **argv)
 {
     const char *ckpt = NULL, *out = NULL, *which = "encoder_q";
     int with_head = 0;
     const moco_opt opts[] = {
         {"ckpt", MOCO_OPT_STR, &ckpt, "checkpoint written by moco train, or a run directory (its checkpoint_last)", 0, 0, NULL},
-        {"out", MOCO_OPT_STR, &out, "safetensors file to write", 0, 0, NULL},
+        {"out", MOCO_OPT_STR, &out, "safetensors file to write: FILE.safetensors (or .st)", 0, 0, NULL},
         {"encoder", MOCO_OPT_CHOICE, &which, "which encoder", 0, 0, "encoder_q|encoder_k"},
         {"with-head", MOCO_OPT_FLAG, &with_head, "keep the projection head (fc.*); without it, the backbone only", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
@@ -68,6 +94,7 @@ int export_main(int argc, char **argv)
     char *pos[1];
     int np, rc = 0, opt_exit;
     if (!moco_opts_run(&spec, argc, argv, pos, &np, &opt_exit)) return opt_exit;
+    if (!out_format("export", out, 0)) return 2;
     moco_st *f;
     moco_ckpt_config cc;
     char ckpt_path[4200]; /* a run directory: its checkpoint_last */
@@ -211,11 +238,6 @@ static void npy_abort(npy_tmp *o)
     o->f = NULL, o->finished = 0;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
 
 int embed_main(int argc, char **argv)
 {
@@ -225,7 +247,7 @@ int embed_main(int argc, char **argv)
     moco_opt opts[EVALMODEL_NOPTS + 5];
     int n = evalmodel_opts(&ef, opts, "batch");
     opts[n++] = (moco_opt){"db", MOCO_OPT_STR, &db, "dataset LMDB to embed (labelled or not)", 0, 0, NULL};
-    opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out, "FILE.npy (labels to FILE.labels.npy) or a safetensors file", 0, 0, NULL};
+    opts[n++] = (moco_opt){"out", MOCO_OPT_STR, &out, "FILE.npy (labels to FILE.labels.npy) or FILE.safetensors (or .st); other names are refused", 0, 0, NULL};
     opts[n++] = (moco_opt){"head", MOCO_OPT_FLAG, &head, "the projection head's outputs instead of the pooled features", 0, 0, NULL};
     opts[n] = (moco_opt){NULL, 0, NULL, NULL, 0, 0, NULL};
     const moco_optspec spec = {"moco embed", "--ckpt CKPT --db DB --out FILE [options]",
@@ -240,7 +262,8 @@ int embed_main(int argc, char **argv)
         fprintf(stderr, "moco embed: --ckpt (or --random-init), --db and --out are required\n");
         return 2;
     }
-    const int npy = ends_with(out, ".npy");
+    const int fmt = out_format("embed", out, 1), npy = fmt == OUT_NPY;
+    if (!fmt) return 2;
     char lp[1200] = ""; /* OUT.labels.npy beside OUT.npy */
     if (npy) snprintf(lp, sizeof lp, "%.*s.labels.npy", (int)(strlen(out) - 4), out);
     int B = 0, S = 0;
