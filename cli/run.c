@@ -275,7 +275,7 @@ static void remove_logs(const char *dir)
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
 {
     int lincls = !strcmp(consumer, "lincls");
-    long workers = 2, epochs = 1, start_epoch = 0, window = 1024, max_respawn = 100, ranks = 0, consumers = 1;
+    long workers = 2, epochs = bench || lincls ? 1 : TRAIN_EPOCHS, start_epoch = 0, window = 1024, max_respawn = 100, ranks = 0, consumers = 1;
     const char *hostfile = NULL;
     uint64_t seed = 0;
     int sink = 0, quiet = 0, insecure = 0, via_tcp = 0;
@@ -305,7 +305,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     opts[n++] = (moco_opt){"workers|-j", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones; 1, none remote: training repeatable bit for bit)", 0, MAX_WORKERS, NULL};
     opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs,
-                           "epochs to stream (with --preset: the preset's; lincls: 100; bench pipeline: until --seconds)", 1, 1e6,
+                           "epochs to stream; training: moco train's (main_moco.py's 200, or the preset's); --sink, --serve: 1; "
+                           "lincls: 100; bench pipeline: until --seconds", 1, 1e6,
                            NULL};
     opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
@@ -422,7 +423,6 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
      * a preset's augmentation and epochs, --resume, --overwrite */
     train_cfg tc;
     char resume_arg[4096] = "";
-    int has_preset = 0; /* tc.preset points into the argument copy, freed below */
     memset(&tc, 0, sizeof tc);
     if (!sink && !lincls && !serve) {
         argvec v = {0};
@@ -434,7 +434,6 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         int bad = train_parse_args(v.n, v.v, &tc);
         moco_opts_passed_on(NULL);
         if (!bad && tc.resume) snprintf(resume_arg, sizeof resume_arg, "%s", tc.resume); /* tc's strings are v's */
-        has_preset = !bad && tc.preset;
         free_args(&v);
         if (bad) return 2;
     }
@@ -472,7 +471,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             return 1;
         }
     }
-    if (has_preset && !moco_opts_seen(&spec, "epochs")) epochs = tc.epochs; /* the preset's */
+    /* training here: moco train's own (200 as main_moco.py's, or the preset's; before, 1: a run without --epochs
+     * trained one epoch, on a schedule of one); a stream with no trainer here: 1 */
+    if (!bench && !lincls && !moco_opts_seen(&spec, "epochs")) epochs = sink || serve ? 1 : tc.epochs;
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
     if (lincls) recipe.size = (int)lincls_size; /* the workers' and the consumer's */
     moco_db *d;

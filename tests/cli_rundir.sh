@@ -26,6 +26,7 @@
 #  7f. the loader killed under `moco run`: exit 1, FAILED, a checkpoint, the
 #      command that resumes, which finishes the run;
 #  7o. a trainer that fails after saving a checkpoint: the resume command;
+#  7p. moco run without --epochs trains moco train's 200 (main_moco.py's);
 #  8b. a preset's augmentation reaches the workers (the trainer's preset table).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -361,6 +362,17 @@ timeout 60 $M run db $RUN --epochs 2 --start-epoch 1 --run-dir se >/dev/null 2>s
 [ "$(grep -c '"type":"epoch"' se/metrics.jsonl)" = 1 ] && grep -q '"type":"epoch","epoch":1,' se/metrics.jsonl \
   && [ -e se/checkpoint_epoch_0002.safetensors ] || fail "7l: --start-epoch 1 of 2: $(grep '"type":"epoch"' se/metrics.jsonl | cut -c1-60) $(ls se)"
 echo "7l: moco run --start-epoch 1 --epochs 2: one epoch, recorded as epoch 1, checkpoint_epoch_0002"
+# 7p. moco run without --epochs trains moco train's --epochs, main_moco.py's 200 (before: 1, a run of one
+#     epoch on a schedule of one, where moco train alone took 200); --sink streams 1
+timeout 60 $M run db $RUN --start-epoch 200 --run-dir ep >/dev/null 2>ep.err; rc=$?
+[ $rc -eq 2 ] && grep -q "^moco run: --start-epoch 200 leaves nothing to run of --epochs 200 " ep.err && [ ! -e ep ] \
+  || fail "7p: --start-epoch 200 without --epochs: exit $rc: $(tail -2 ep.err)"
+timeout 60 $M run db $RUN --start-epoch 199 --run-dir ep >/dev/null 2>ep.err || fail "7p: --start-epoch 199 without --epochs: $(tail -3 ep.err)"
+[ "$(epochs ep/metrics.jsonl)" = 1 ] && grep -q '"type":"epoch","epoch":199,"step":16,' ep/metrics.jsonl \
+  && grep -aq '"epochs\\":200,' ep/checkpoint_last.safetensors || fail "7p: $(grep '"type":"epoch"' ep/metrics.jsonl | cut -c1-80)"
+timeout 60 $M run db --sink --workers 1 --start-epoch 1 --run-dir eps >/dev/null 2>ep.err; rc=$?
+[ $rc -eq 2 ] && grep -q "^moco run: --start-epoch 1 leaves nothing to run of --epochs 1 " ep.err || fail "7p: --sink: exit $rc: $(tail -2 ep.err)"
+echo "7p: moco run without --epochs: moco train's 200 (--start-epoch 199 trains epoch 199 of 200); --sink: 1"
 
 # 7m. workers that make another --size than the trainer's: their pairs are dropped (a stray
 #     peer's would be, unacknowledged), and when nothing else comes the trainer stops, saying why

@@ -56,9 +56,9 @@ static void preset(train_cfg *c, const char *name, const moco_optspec *spec)
 int train_parse_args(int argc, char **argv, train_cfg *out)
 {
     train_cfg c = {.arch = "resnet50", .width = 64, .dim = 128, .K = 65536, .m = 0.999, .T = 0.07, .batch = 256, .lr = 0.03,
-                   .momentum = 0.9, .wd = 1e-4, .epochs = 200, .bn_splits = 1, .size = 224, .knn_every = 1, .knn_k = 200,
+                   .momentum = 0.9, .wd = 1e-4, .epochs = TRAIN_EPOCHS, .bn_splits = 1, .size = 224, .knn_every = 1, .knn_k = 200,
                    .knn_t = 0.1, .log_every = 10, .keep = 3, .loader_timeout = 120, .threads = 2};
-    long width = 64, dim = 128, K = 65536, batch = 256, epochs = 200, splits = 1, size = 224, warm = 0, knn_every = 1,
+    long width = 64, dim = 128, K = 65536, batch = 256, epochs = TRAIN_EPOCHS, splits = 1, size = 224, warm = 0, knn_every = 1,
          knn_k = 200, log_every = 10, keep = 3, save_every = 0, start_epoch = 0, threads = 2;
     uint64_t seed = 0, count = 0;
     const char *schedule = "120,160", *presetname = NULL, *norm = "auto", *precision = "fp32", *kernels = "measure";
