@@ -20,6 +20,8 @@
  * before anything starts (formats/rundir.h). Without --recipe, a --preset or
  * --aug-plus, training uses MoCo v1's augmentation, as main_moco.py does.
  * A flag neither moco run's nor moco train's is reported as moco run's.
+ * A --serve ipc://PATH is checked before anything is made; a run whose
+ * loader failed before it served leaves no directory it made with nothing in.
  * moco lincls: the workers and the evaluation at --size, or the checkpoint's
  * training size. moco bench pipeline: logs in a temporary directory, removed
  * after a successful run, unless --run-dir. */
@@ -42,6 +44,7 @@
 #include "cli/run.h"
 #include "formats/db.h"
 #include "formats/clock.h"
+#include "formats/endpoints.h"
 #include "formats/errors.h"
 #include "formats/rundir.h"
 #include "formats/jsonw.h"
@@ -532,6 +535,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                         "ipc://PATH in a private directory or, to let anyone on this host in, --insecure\n", serve);
         return 2;
     }
+    if (serve && moco_ipc_check("--serve", serve)) { /* before: the loader failed to bind it, the run directory left */
+        fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        return 2;
+    }
     if ((bind || (serve && !strncmp(serve, "tcp://", 6))) && !keys && !insecure) {
         fprintf(stderr, "moco run: %s is a tcp endpoint: give --keys DIR (make one with moco keygen DIR) or, to let anyone "
                         "who can reach it in, --insecure\n", bind ? bind : serve);
@@ -559,8 +566,17 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         free_args(&v);
         if (bad) return 2;
     }
+    if (serve && !bench && ntheirs > 1) { /* before anything is created (before: the run directory was left) */
+        fprintf(stderr, "moco run: with --serve there is no trainer here; '%s' means nothing\n", theirs[1]);
+        return 2;
+    }
+    if (sink && !bench && ntheirs > 1) {
+        fprintf(stderr, "moco run: with --sink, '%s' means nothing\n", theirs[1]);
+        return 2;
+    }
     char rdir[1024], sockdir[] = "/tmp/moco-run-XXXXXX";
     int bench_tmp = 0; /* bench pipeline without --run-dir: its logs in a temporary directory, removed at the end */
+    int made_runs = 0; /* runs/, made for the default run directory */
     if (!run_dir && bench) {
         const char *td = getenv("TMPDIR");
         snprintf(rdir, sizeof rdir, "%s/moco-bench-XXXXXX", td && *td ? td : "/tmp");
@@ -575,13 +591,14 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         time_t t = time(NULL);
         struct tm tm;
         localtime_r(&t, &tm);
-        mkdir("runs", 0755);
+        made_runs = mkdir("runs", 0755) == 0;
         snprintf(rdir, sizeof rdir, "runs/run-%04d%02d%02d-%02d%02d%02d-%d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                  tm.tm_hour, tm.tm_min, tm.tm_sec, (int)getpid());
         run_dir = rdir;
     }
     struct stat rst;
-    if (mkdir(run_dir, 0755) && errno != EEXIST) {
+    int made_dir = !bench_tmp && mkdir(run_dir, 0755) == 0; /* removed again if the run fails before writing a byte */
+    if (!made_dir && !bench_tmp && errno != EEXIST) {
         fprintf(stderr, "moco run: cannot create %s: %s\n", run_dir, strerror(errno));
         return 1;
     }
@@ -706,16 +723,6 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
             rmdir(sockdir);
             return 2;
         }
-    }
-    if (serve && !bench && ntheirs > 1) {
-        fprintf(stderr, "moco run: with --serve there is no trainer here; '%s' means nothing\n", theirs[1]);
-        rmdir(sockdir);
-        return 2;
-    }
-    if (sink && ntheirs > 1) {
-        fprintf(stderr, "moco run: with --sink, '%s' means nothing\n", theirs[1]);
-        rmdir(sockdir);
-        return 2;
     }
     add(&la, "moco");
     add(&la, "loader");
@@ -857,7 +864,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
              * top stops everything as an interruption */
             if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !consumer_done && !got_signal) {
                 if (!stopping) {
-                    fprintf(stderr, "moco run: the loader failed (%s)\n", describe(st, why, sizeof why));
+                    fprintf(stderr, "moco run: the loader failed (%s)%s%s%s\n", describe(st, why, sizeof why),
+                            quiet ? "; its messages are in " : "", quiet ? run_dir : "", quiet ? "/loader.log" : "");
                     loader_failed = 1; /* the trainer's 130 below is our stop, not an interruption */
                 }
                 status = 1;
@@ -948,6 +956,10 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed || saved_now))) && !bench && !sink &&
         !lincls && !serve && access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);
-    close(lock_fd);
+    /* a loader that failed before it served (its log empty; a --serve port in use): no directory of the run is left
+     * (before: runs/run-* with empty logs); the workers, never given work, only said they made 0 pairs */
+    static const char *const idle_logs[] = {"workers.jsonl", "workers.log", NULL};
+    if (loader_failed && made_dir && moco_rundir_drop_empty(run_dir, idle_logs, &lock_fd) && made_runs) rmdir("runs");
+    if (lock_fd >= 0) close(lock_fd);
     return status;
 }

@@ -1,10 +1,13 @@
-/* endpoints.c: bind a socket to a list of endpoints (endpoints.h). */
+/* endpoints.c: bind a socket to a list of endpoints, and check an ipc
+ * path before anything is bound there (endpoints.h). */
 #include "formats/endpoints.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -67,4 +70,25 @@ int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n
             return 0;
         }
     return MOCO_ENOTFOUND;
+}
+
+int moco_ipc_check(const char *flag, const char *endpoint)
+{
+    if (strncmp(endpoint, "ipc://", 6) || endpoint[6] == '@') return 0;
+    const char *path = endpoint + 6, *slash = strrchr(path, '/');
+    if (strlen(path) >= sizeof ((struct sockaddr_un *)0)->sun_path)
+        return moco_err(MOCO_EINVAL, "%s %s: the path is %zu bytes, more than a socket's %zu: give a shorter one", flag, endpoint,
+                        strlen(path), sizeof ((struct sockaddr_un *)0)->sun_path - 1);
+    char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
+    if (!*path || (slash && !slash[1])) return moco_err(MOCO_EINVAL, "%s %s: no socket file named (ipc://DIR/NAME)", flag, endpoint);
+    if (slash) snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path); /* "/s": the root */
+    else snprintf(dir, sizeof dir, ".");
+    struct stat st;
+    if (stat(dir, &st))
+        return moco_err(errno == ENOENT ? MOCO_ENOTFOUND : MOCO_EINVAL, "%s %s: its directory %s: %s%s", flag, endpoint, dir,
+                        strerror(errno), errno == ENOENT ? " (create it first: mkdir -p, mode 0700 keeps other users out)" : "");
+    if (!S_ISDIR(st.st_mode)) return moco_err(MOCO_EINVAL, "%s %s: %s is not a directory", flag, endpoint, dir);
+    if (access(dir, W_OK | X_OK))
+        return moco_err(MOCO_EINVAL, "%s %s: cannot create the socket in %s: %s", flag, endpoint, dir, strerror(errno));
+    return 0;
 }

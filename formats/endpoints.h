@@ -26,6 +26,15 @@ int moco_bind_endpoints(moco_sec *sec, void *sock, const char *list);
  * copied into out (size n); 0 if there is one, MOCO_ENOTFOUND if not. */
 int moco_endpoint_pick(const char *list, const char *scheme, char *out, size_t n);
 
+/* Whether an ipc:// endpoint that names a path (ipc://PATH; not ipc://@NAME)
+ * can be bound, checked without binding: the path fits a socket address
+ * (107 bytes) and its directory exists, is a directory and may take a new
+ * file. 0 (other transports too: a tcp bind is checked by binding), or
+ * MOCO_EINVAL / MOCO_ENOTFOUND naming flag, the endpoint and what to do.
+ * For moco run's --serve, before it creates anything (the loader found a
+ * missing directory only once the run had started). */
+int moco_ipc_check(const char *flag, const char *endpoint);
+
 /* moco run's private socket directory (environment MOCO_RUN_SOCKDIR, set
  * by the supervisor for its children): remove its sockets (work, ctl,
  * pairs; nothing else) and the directory. Each child that binds there calls

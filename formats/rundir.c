@@ -1,6 +1,6 @@
 /* rundir.c: the run directory's lock of rundir.h, on flock(2); a
  * checkpoint flag's run directory; the check that a new run's directory is
- * empty. */
+ * empty; the removal of one a failed run made and left empty. */
 #include "formats/rundir.h"
 
 #include <dirent.h>
@@ -93,4 +93,34 @@ int moco_rundir_resumes_in(const char *dir, const char *resume)
         if (stat(parent, &sr)) return 0;
     }
     return sd.st_dev == sr.st_dev && sd.st_ino == sr.st_ino;
+}
+
+int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd)
+{
+    char p[4400];
+    struct stat st;
+    struct dirent *de;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int other = 0;
+    while (!other && (de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, MOCO_RUNDIR_LOCK)) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        int spared = 0;
+        for (int i = 0; spare && spare[i]; i++) spared |= !strcmp(de->d_name, spare[i]);
+        other = lstat(p, &st) || !S_ISREG(st.st_mode) || (st.st_size && !spared);
+    }
+    if (other) { closedir(d); return 0; }
+    rewinddir(d);
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, MOCO_RUNDIR_LOCK)) {
+            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    snprintf(p, sizeof p, "%s/%s", dir, MOCO_RUNDIR_LOCK);
+    unlink(p);
+    if (*lock_fd >= 0) close(*lock_fd);
+    *lock_fd = -1;
+    return rmdir(dir) == 0;
 }

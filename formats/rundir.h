@@ -53,4 +53,14 @@ int moco_rundir_check_new(const char *dir, const char *flag, int logs_ok);
  * read. */
 int moco_rundir_resumes_in(const char *dir, const char *resume);
 
+/* A run directory this process made, after a run that failed before any
+ * of its processes wrote a result (a --serve endpoint the loader could not
+ * bind, say): removed, with its lock (*lock_fd closed and set to -1), when
+ * it holds nothing but the lock, empty files and the files named in
+ * spare (a NULL-ended list of names whose content the caller knows to say
+ * nothing then, such as the workers' summaries of 0 pairs); then 1. 0 when
+ * it holds anything else or cannot be read: a log with a line in it, which
+ * may be the only record of why, is kept. */
+int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd);
+
 #endif

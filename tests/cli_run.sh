@@ -114,6 +114,32 @@ for mode in sink train; do
   pgrep -f "$sd" >/dev/null && fail "$mode: processes of the killed run are still there: $(pgrep -af "$sd")"
 done
 
+# --serve where the loader cannot bind: an ipc path in a missing directory, or under a file, is
+# refused before anything is made, exit 2, naming it (before: the loader failed once started, exit 1,
+# and runs/run-* was left behind); a tcp port in use fails in the loader, and the run directory made
+# for it, holding only empty logs, goes, runs/ with it; with --quiet its loader.log says why: kept, named
+mkdir -p "$T/sv" && cd "$T/sv" || fail "cd $T/sv"
+for ep in "ipc://$T/sv/missing/s" "ipc://$T/db/data.mdb/s"; do
+  timeout 60 $M run "$T/db" --serve "$ep" --workers 1 >/dev/null 2>"$T/sv.err"; rc=$?
+  case $ep in *missing*) want="its directory $T/sv/missing: No such file or directory" ;; *) want="$T/db/data.mdb is not a directory" ;; esac
+  [ $rc -eq 2 ] && grep -qF "moco run: --serve $ep: $want" "$T/sv.err" && [ -z "$(ls -A)" ] \
+    || fail "--serve $ep: exit $rc, $(cat "$T/sv.err"); left: $(ls -AR)"
+done
+port=$(port_block 1)
+/usr/bin/python3 -c 'import socket, sys, time; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' $port &
+holder=$!
+for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+timeout 60 $M run "$T/db" --serve tcp://127.0.0.1:$port --insecure --workers 1 >/dev/null 2>"$T/sv.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "moco loader: cannot bind tcp://127.0.0.1:$port: Address already in use" "$T/sv.err" && [ -z "$(ls -A)" ] \
+  || { kill $holder; fail "--serve on a port in use: exit $rc, $(tail -3 "$T/sv.err"); left: $(ls -AR)"; }
+timeout 60 $M run "$T/db" --serve tcp://127.0.0.1:$port --insecure --workers 1 --quiet >/dev/null 2>"$T/sv.err"; rc=$?
+kill $holder
+d=$(ls -d runs/run-* 2>/dev/null)
+[ $rc -eq 1 ] && grep -q "moco run: the loader failed (exit status 1); its messages are in $d/loader.log" "$T/sv.err" \
+  && grep -q "Address already in use" "$d/loader.log" || fail "--serve on a port in use, --quiet: exit $rc, $(tail -3 "$T/sv.err"); $(ls -AR)"
+cd "$T" || fail "cd $T"
+echo "--serve into a missing directory or under a file: exit 2 before anything is made; a port in use: no empty run directory left (--quiet: kept, its loader.log named)"
+
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>"$T/usage.err"; rc=$?
 [ $rc -eq 2 ] && grep -q "moco run: --workers 0 needs --bind" "$T/usage.err" || fail "--workers 0 without --bind: exit $rc, $(cat "$T/usage.err")"
