@@ -17,7 +17,8 @@
  * A training run's --run-dir (--out is the same flag) must be empty unless
  * --resume or --overwrite (trainer flags) is given; its lock is taken first
  * (a live run's directory is "in use"), and a --resume checkpoint must exist
- * before anything starts (formats/rundir.h). Without --recipe, a --preset or
+ * and match the trainer's flags (model, size, dataset, schedule) before
+ * anything starts (formats/rundir.h). Without --recipe, a --preset or
  * --aug-plus, training uses MoCo v1's augmentation, as main_moco.py does.
  * A flag neither moco run's nor moco train's is reported as moco run's.
  * A --serve ipc://PATH is checked before anything is made; a run whose
@@ -50,6 +51,7 @@
 #include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/pipeline.h"
+#include "trainer/engine/ckpt.h"
 #include "trainer/evalmodel.h"
 #include "trainer/lincls.h"
 #include "trainer/train.h"
@@ -563,6 +565,16 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         moco_opts_passed_on(&spec);
         int bad = train_parse_args(v.n, v.v, &tc);
         moco_opts_passed_on(NULL);
+        /* a --resume against these flags, as the trainer compares them (model, size, dataset, schedule), before
+         * anything starts (before: refused by the trainer once the loader and workers ran) */
+        char rp[4200];
+        moco_ckpt_config kc;
+        tc.count = count, tc.ranks = (int)ranks;
+        if (!bad && !serve && tc.resume &&
+            (moco_rundir_ckpt("--resume", tc.resume, rp, sizeof rp) || ckpt_read_config(rp, &kc) || train_resume_matches(&tc, &kc, rp))) {
+            fprintf(stderr, "moco run: %s\n", moco_errmsg());
+            bad = 1;
+        }
         free_args(&v);
         if (bad) return 2;
     }

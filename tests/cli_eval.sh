@@ -92,7 +92,7 @@ $M knn --ckpt $CK $EV --normalize cifar >/dev/null 2>kh.err; rc=$?
 $M embed --ckpt $CK --db db --out h.npy --normalize none >/dev/null 2>eh.err; rc=$?
 [ $rc -eq 1 ] && grep -q "contradicts it" eh.err && [ ! -e h.npy ] || fail "embed --normalize none: exit $rc: $(cat eh.err)"
 timeout 60 $M run db $RUN --epochs 1 --run-dir r --resume r >/dev/null 2>rh.err; rc=$?
-[ $rc -eq 1 ] && grep -q "another schedule: --normalize cifar (checkpoint: imagenet)" rh.err \
+[ $rc -eq 2 ] && grep -q "^moco run: .*another schedule: --normalize cifar (checkpoint: imagenet)" rh.err \
   || fail "resume with another --normalize: exit $rc: $(grep 'moco train' rh.err | tail -2)"
 echo "h: the checkpoint's normalisation (imagenet at 28 px) is knn's auto; --normalize cifar refused; a resume with another refused"
 

@@ -13,7 +13,7 @@
 #      --resume of another directory's run into one holding another run is
 #      refused;
 #  7c. a resume with another --epochs / --lr is refused without
-#      --allow-schedule-change;
+#      --allow-schedule-change, by moco run before it starts anything;
 #  3a. the epoch's checkpoint is written before its kNN evaluation: SIGTERM
 #      as it appears stops the kNN, exit 130, and the printed command
 #      resumes the run, evaluates epoch 0 and writes its record;
@@ -112,26 +112,29 @@ for change in "--epochs 2" "--epochs 1 --lr 0.1" "--epochs 1 --moco-t 0.2" "--ep
               "--epochs 1 --momentum 0.5" $([ -n "$BF16" ] && echo "BF16"); do
   [ "$change" = BF16 ] && change=$BF16
   touch o1/checkpoint_last.safetensors # as if saved a moment ago: a refused resume saves nothing, so no resume command
+  md5sum o1/loader.jsonl o1/workers.jsonl >o1e.md5
   timeout 60 $M run db $RUN --run-dir o1 --resume o1 $change >/dev/null 2>o1e.err; rc=$?
   flag=${change##*--}; flag=--${flag%% *}
-  [ $rc -eq 1 ] && grep -q "another schedule: $flag" o1e.err || fail "resume with $change: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+  # refused by moco run before the loader and workers start (before: by the trainer, exit 1, once they ran)
+  [ $rc -eq 2 ] && grep -q "^moco run: o1/checkpoint_last.safetensors was trained with another schedule: $flag" o1e.err \
+    && md5sum -c --quiet o1e.md5 && ! grep -q "moco train" o1e.err || fail "resume with $change: exit $rc: $(tail -2 o1e.err)"
   grep -q "resume with" o1e.err && fail "a refused resume ($change), which saved nothing, printed a resume command: $(grep 'resume with' o1e.err)"
 done
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --symmetric >/dev/null 2>o1e.err; rc=$?
-[ $rc -eq 1 ] && grep -q "another schedule: --symmetric (checkpoint: no --symmetric)" o1e.err || fail "resume with --symmetric: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+[ $rc -eq 2 ] && grep -q "^moco run: .*another schedule: --symmetric (checkpoint: no --symmetric)" o1e.err || fail "resume with --symmetric: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 # --bn-splits, a training-behaviour flag as --symmetric is (before: a resume with another one went on unseen)
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 1 --bn-splits 2 >/dev/null 2>o1e.err; rc=$?
-[ $rc -eq 1 ] && grep -q "another schedule: --bn-splits 2 (checkpoint: 4)" o1e.err || fail "resume with --bn-splits 2: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+[ $rc -eq 2 ] && grep -q "^moco run: .*another schedule: --bn-splits 2 (checkpoint: 4)" o1e.err || fail "resume with --bn-splits 2: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 # another dataset (512 samples in the checkpoint, 256 now): refused, naming both counts
 $M mkdb $SRC db256 --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail "mkdb db256"
 timeout 60 $M run db256 $RUN --run-dir o1 --resume o1 --epochs 2 >/dev/null 2>o1e.err; rc=$?
-[ $rc -eq 1 ] && grep -q "was trained on a dataset of 512 samples, this stream has 256" o1e.err || fail "resume on another dataset: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
+[ $rc -eq 2 ] && grep -q "^moco run: .*was trained on a dataset of 512 samples, this stream has 256" o1e.err || fail "resume on another dataset: exit $rc: $(grep 'moco train' o1e.err | tail -2)"
 [ "$(epochs o1/metrics.jsonl)" = 1 ] || fail "a refused resume trained"
 timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-change >/dev/null 2>o1f.err \
   || fail "--allow-schedule-change: $(tail -3 o1f.err)"
 [ "$(epochs o1/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' o1/metrics.jsonl \
   || fail "--allow-schedule-change did not resume and train epoch 2"
-echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric / --bn-splits changed on resume, or another dataset: refused; with --allow-schedule-change: trained on"
+echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric / --bn-splits changed on resume, or another dataset: refused by moco run before it starts anything; with --allow-schedule-change: trained on"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
 # each pipeline gets its own socket directory, $S: the helpers of a stopped one may still be
@@ -352,7 +355,7 @@ echo "7j: resumed mid-epoch at step $from with --warmup-epochs 2: the 32 steps' 
 # 7k. a resume with another model is refused before anything is loaded, naming both (before:
 #     another architecture that shares its first tensors was loaded and the rest dropped)
 timeout 60 $M run db $RUN --run-dir b1 --resume b1 --epochs 2 --width 8 >/dev/null 2>b3.err; rc=$?
-[ $rc -eq 1 ] && grep -q "holds a resnet18-cifar of width 4, dim 128; this run builds a resnet18-cifar of width 8, dim 128" b3.err \
+[ $rc -eq 2 ] && grep -q "^moco run: .*holds a resnet18-cifar of width 4, dim 128; this run builds a resnet18-cifar of width 8, dim 128" b3.err \
   || fail "7k: resume with --width 8: exit $rc: $(grep 'moco train' b3.err | tail -2)"
 echo "7k: a resume with another model (--width 8 for 4): refused, naming both"
 

@@ -245,7 +245,7 @@ static int schedule_unchanged(const train_cfg *c, const moco_ckpt_config *k, con
 #define DIFF(...) (at < sizeof diff ? (void)(at += (size_t)snprintf(diff + at, sizeof diff - at, __VA_ARGS__)) : (void)0)
     if (k->epochs >= 0 && k->epochs != c->epochs) DIFF(", --epochs %d (checkpoint: %d)", c->epochs, k->epochs);
     if (k->batch >= 0 && k->batch != c->batch) DIFF(", --batch-size %d (checkpoint: %d)", c->batch, k->batch);
-    int ranks = c->dist ? dist_size(c->dist) : 1;
+    int ranks = c->dist ? dist_size(c->dist) : c->ranks > 1 ? c->ranks : 1;
     if (k->ranks >= 0 && k->ranks != ranks)
         DIFF(", %d rank%s (checkpoint: %d; a global batch of %lld against %lld)", ranks, ranks == 1 ? "" : "s", k->ranks,
              (long long)ranks * c->batch, (long long)k->ranks * (k->batch >= 0 ? k->batch : c->batch)); /* both < 2^31: no overflow */

@@ -35,6 +35,8 @@ typedef struct {
     float mean[3], std[3];
     const char *norm;  /* the --normalize that mean and std came from, resolved: "cifar", "imagenet", "none" (NULL: not said) */
     dist *dist;        /* the ranks (mpirun -np R moco train), or NULL: one process */
+    int ranks;         /* without dist: the ranks the run will have (moco run --ranks checks a resume before mpirun
+                        * starts them); 0: one */
 } train_cfg;
 
 /* The learning rate at (epoch, step within it): the official schedule (x0.1
