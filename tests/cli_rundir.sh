@@ -19,6 +19,8 @@
 #      resumes the run, evaluates epoch 0 and writes its record;
 #  3c. SIGKILL during that evaluation: the resumed run has every epoch's
 #      record once, kNN included (epoch 0's evaluated on resume);
+#  3d. SIGTERM after an epoch's last step, before its end: the resume's
+#      record of that epoch is marked recovered, not one of 0 pairs;
 #  7d. a trainer killed (SIGKILL) steps after its last checkpoint and
 #      resumed: metrics.jsonl has a "resume" record and no step twice;
 #  7b. Ctrl-C to `moco run` mid-epoch: exit 130, a checkpoint, the command
@@ -214,6 +216,26 @@ done
 dup=$(steps kk/metrics.jsonl | sort -n | uniq -d | tr '\n' ' ')
 [ -z "$dup" ] || fail "steps recorded twice after SIGKILL during kNN: $dup"
 echo "3c: SIGKILL during kNN, resumed: $(grep -o '"type":"resume","epoch":[0-9]*,"step":[0-9]*' kk/metrics.jsonl); each epoch's record once, with its kNN"
+
+# 3d. SIGTERM after epoch 0's last step (16) and before its end: the loader is stopped (SIGSTOP) at
+# step 4, when it has issued the whole epoch, so the worker's pairs still reach step 16 but the end
+# never comes. The checkpoint holds step 16 mid-epoch; the resume trains no step of epoch 0, only
+# meets its end: its record is marked recovered, the figures of the stopped run null, the kNN
+# evaluated (before: "pairs":0, "dropped":0, "seconds":0.00, "stream" and no mark)
+pipeline ls --knn-train db --knn-test db
+wait_step ls/metrics.jsonl 4 || { helpers; fail "3d: no step 4: $(tail -3 ls.err)"; }
+kill -STOP $LP
+wait_step ls/metrics.jsonl 16; got=$?
+kill -TERM $TP; wait $TP; rc=$?
+kill -CONT $LP; helpers
+[ $got -eq 0 ] && ! grep -q '"type":"epoch"' ls/metrics.jsonl || fail "3d: the stop did not land between step 16 and epoch 0's end: $(grep -v '"type":"step"' ls/metrics.jsonl | cut -c1-80; tail -2 ls.err)"
+[ $rc -eq 130 ] && grep -q "interrupted at step 16 (epoch 0)" ls.err || fail "3d: SIGTERM at step 16: exit $rc: $(tail -2 ls.err)"
+pipeline ls --knn-train db --knn-test db --resume ls; wait $TP || { helpers; fail "3d: the resume: $(tail -3 ls.err)"; }; wait $LP $WP
+grep -q '"type":"resume","epoch":0,"step":16,' ls/metrics.jsonl || fail "3d: not resumed at step 16 of epoch 0: $(grep resume ls/metrics.jsonl)"
+grep -q '"type":"epoch","epoch":0,"step":16,"loss":null,"acc":null,"lr":0.06,"pairs":null,"dropped":null,"failed":null,"seconds":null,"pairs_per_s":null,"starved_pct":null,"knn_top1":[0-9][0-9.]*,"peak_rss_mb":[0-9]*,"recovered":true}$' ls/metrics.jsonl \
+  && [ "$(epochs ls/metrics.jsonl)" = 2 ] && grep -q '"type":"epoch","epoch":1,"step":32,"loss":[0-9].*"pairs":512,' ls/metrics.jsonl \
+  || fail "3d: epoch 0's record after a resume at its last step: $(grep '"type":"epoch"' ls/metrics.jsonl | cut -c1-230)"
+echo "3d: SIGTERM between epoch 0's last step and its end: resumed at step 16, epoch 0's record marked recovered (figures null, kNN evaluated)"
 
 # 7d. SIGKILL in epoch 1 or later, after its first steps: the checkpoint is
 # the last epoch's (a multiple of 16 steps), so the records of the steps

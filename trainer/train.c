@@ -736,11 +736,15 @@ int train_run(const train_cfg *cin)
             epoch_record e_rec = {.epoch = epoch, .step = step, .e_steps = e_steps, .loss = e_loss, .acc = e_acc,
                                   .lr = train_lr(c, epoch, 0, steps_per_epoch), .pairs = pairs_epoch, .dropped = dropped_pairs,
                                   .failed = failed_epoch, .seconds = el, .pairs_per_s = el > 0 && e_steps ? (double)(e_steps * N * ranks) / el : NAN,
-                                  .starved_pct = el > 0 ? 100 * (st.waited_s - waited0) / el : 0, .knn = knn, .ranks = ranks, .st = &st};
+                                  .starved_pct = el > 0 ? 100 * (st.waited_s - waited0) / el : 0, .knn = knn, .ranks = ranks, .st = &st,
+                                  /* resumed at its last step (a stop there): every step was the stopped run's, whose figures
+                                   * went with it; said so, as recover_record does (before: "pairs":0, unmarked) */
+                                  .recovered = e_steps == 0 && step_in_epoch > 0};
+            if (e_rec.recovered) e_rec.pairs_per_s = e_rec.starved_pct = NAN, e_rec.st = NULL;
             char mpath[4200];
             snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
             if ((rc = write_epoch_record(metrics, mpath, &e_rec))) goto out;
-            if (!tty && !rank) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
+            if (!tty && !rank && !e_rec.recovered) fprintf(stderr, "moco train: epoch %lld: loss %.4f, acc %.1f%%, %.1f pairs/s\n", (long long)epoch,
                               e_steps ? e_loss / e_steps : 0, e_steps ? e_acc / e_steps : 0, el > 0 ? (double)(e_steps * N * ranks) / el : 0);
             if (knn >= 0 && knn > best) {
                 best = knn;
