@@ -80,6 +80,9 @@
 /* WELCOME flags */
 #define MOCO_WELCOME_SERVE 1u /* pairs come on this (control) socket: serve mode */
 #define MOCO_WELCOME_BUSY 2u  /* the loader understands BUSY (an older one: send HEARTBEAT) */
+#define MOCO_WELCOME_YIELD_ACK 4u /* serve mode: EPOCH_END once the shard's pairs are all sent (not yet all acknowledged),
+                                  * and pairs sent take no room in the window: a consumer may acknowledge a pair when
+                                  * its user takes it (an older loader: on receipt, else its batches' tails deadlock) */
 
 /* Small fixed messages. buf must hold 32 bytes; returns the length. READY
  * is written in its version-2 form (24 bytes, with batch). */

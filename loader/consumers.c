@@ -67,10 +67,11 @@ static void consumer_gone(loader *L, int r)
     c->idlen = 0;
     loader_drop_held(L, r);
     /* serve mode: the samples whose pairs went (or waited here) for it and were never acknowledged go out
-     * again now, for its successor; before, they waited --reissue-after (120 s of reading) */
+     * again now, for its successor; before, they waited --reissue-after (120 s of reading). A consumer
+     * acknowledges a pair when its user takes it: these are all its user did not get */
     uint64_t back = 0;
     for (uint64_t i = 0; L->pairs && L->started && i < L->n; i++)
-        if (L->st[i] == ISSUED && L->touched[i] == 2 && L->shard[i] == r) loader_reissue(L, i), back++;
+        if (L->st[i] == ISSUED && L->touched[i] >= 2 && L->shard[i] == r) loader_reissue(L, i), back++;
     if (back)
         fprintf(stderr, "moco loader: re-issuing the %" PRIu64 " samples whose pairs went to the consumer%s that left, "
                         "unacknowledged\n", back, L->R > 1 ? " of a rank" : "");
@@ -140,6 +141,7 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         return;
     }
     if (c->present && me != r) consumer_gone(L, r); /* its silent predecessor */
+    if (me != r) c->end_sent = 0; /* a new consumer: the EPOCH_END its predecessor got is due to it too */
     memcpy(c->id, m->id, m->idlen);
     c->idlen = m->idlen;
     loader_age(L, r, now);
@@ -166,10 +168,9 @@ static void on_hello(loader *L, inmsg *m, const moco_pipe_msg *pm)
         loader_ev_end(L, &w);
     }
     uint8_t b[32];
+    uint32_t flags = (L->pairs ? MOCO_WELCOME_SERVE | MOCO_WELCOME_YIELD_ACK : 0) | MOCO_WELCOME_BUSY;
     loader_send_to(L->ctl, c->id, c->idlen, b,
-            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, (L->pairs ? MOCO_WELCOME_SERVE : 0) | MOCO_WELCOME_BUSY,
-                              (uint32_t)(MOCO_HEARTBEAT_S * 1000)),
-            NULL, 0);
+            moco_pipe_welcome(b, L->epoch, (uint32_t)L->epochs, L->n, flags, (uint32_t)(MOCO_HEARTBEAT_S * 1000)), NULL, 0);
     if (!L->quiet) {
         if (L->R == 1)
             fprintf(stderr, "moco loader: consumer connected; epoch %u, %" PRIu64 " of %" PRIu64 " samples already delivered\n",

@@ -9,16 +9,47 @@
  * copied), over that consumer's control socket, while it has room: so the
  * consumers' pace reaches the workers. Each issue of a sample has its pair
  * forwarded once: more copies (a late worker's, a peer's repeats) are
- * dropped as stale. Rejected messages are counted and logged. */
+ * dropped as stale. Rejected messages are counted and logged. A sample whose
+ * pair came back is out of its worker's hands (no stall, no re-issue when
+ * the worker dies); once sent on the consumer's socket it waits for the
+ * consumer's user, who acknowledges it, and takes no room in the window. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
+#include "formats/clock.h"
 #include "formats/pipeline.h"
 #include "formats/wire.h"
 #include "loader/state.h"
+
+/* The pairs of message m go out to consumer r now: those of samples issued
+ * in this epoch and forwarded (touched 2) are with it (touched 3, counted in
+ * its `sent`) until it acknowledges them. */
+static void mark_sent(loader *L, int r, const heldmsg *m)
+{
+    const uint8_t *h = zmq_msg_data((zmq_msg_t *)&m->f[0]);
+    size_t hl = zmq_msg_size((zmq_msg_t *)&m->f[0]);
+    uint16_t type;
+    uint32_t cnt = 1;
+    moco_wire_pair one;
+    if (moco_wire_peek(h, hl, &type)) return;
+    if (type == MOCO_MSG_PAIRS) {
+        if (moco_pipe_pairs_parse(h, hl, zmq_msg_size((zmq_msg_t *)&m->f[1]), &cnt)) return;
+    } else if (moco_wire_pair_parse(h, hl, &one)) {
+        return;
+    }
+    for (uint32_t i = 0; i < cnt; i++) {
+        moco_wire_pair p = one;
+        if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
+        if (!L->started || p.epoch != L->epoch || p.index >= L->n || L->st[p.index] != ISSUED || L->touched[p.index] != 2 ||
+            L->shard[p.index] != r)
+            continue;
+        L->touched[p.index] = 3;
+        L->c[r].sent++;
+    }
+}
 
 /* Check a pair message from a worker (frames f, nf) against the epoch's
  * state. Returns -1 to reject it (malformed; a pair of another epoch, of an
@@ -63,6 +94,10 @@ static int check_pairs(loader *L, zmq_msg_t *f, int nf, uint32_t *npairs, int *d
         if (type == MOCO_MSG_PAIRS) moco_pipe_pairs_at(h, i, &p);
         keep[i] = p.epoch == L->epoch && L->started && L->touched[p.index] == 1;
         if (!keep[i]) { (*nstale)++; continue; }
+        if (L->st[p.index] == ISSUED) { /* back from its worker: out of its hands (no longer its to stall on or lose) */
+            loader_unhold(L, p.index);
+            L->w[L->owner[p.index]].progress = moco_now_s(), L->w[L->owner[p.index]].acked_at_progress = L->acked;
+        }
         L->touched[p.index] = 2;
         int r = L->shard[p.index];
         *dest = !fwd || *dest == r ? r : -2;
@@ -117,6 +152,7 @@ int loader_forward_pending(loader *L)
         while (c->nheld && c->connected) {
             heldmsg *m = &c->held[c->hhead];
             if (zmq_send(L->ctl, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) break; /* full, or gone: later */
+            mark_sent(L, r, m); /* the identity went: the rest of the message goes too */
             for (int i = 0; i < m->nf; i++)
                 if (zmq_msg_send(&m->f[i], L->ctl, i + 1 < m->nf ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&m->f[i]);
             c->heldbytes -= m->bytes;

@@ -42,7 +42,7 @@ int loader_free_slot(loader *L, double now)
     }
     if (old < 0) return -1;
     for (uint64_t i = 0; i < L->n; i++) /* none should be: worker_dead re-issued them */
-        if (L->st[i] == ISSUED && L->owner[i] == old) loader_reissue(L, i);
+        if (loader_in_hands(L, i, old)) loader_reissue(L, i);
     L->reclaimed_slots++;
     fprintf(stderr, "moco loader: slot %d of the banned worker %s goes to a new worker (all %ld slots taken)\n", old,
             loader_hexid(L->w[old].id, L->w[old].idlen, hb), L->max_workers);
@@ -95,7 +95,7 @@ static int holds_up_the_run(loader *L, int k, double t)
     if (!idle) return 0;
     for (int r = 0; r < L->R; r++) loader_age(L, r, t);
     for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->owner[i] == k && L->c[L->shard[i]].age - L->t_issued[i] > L->stall_timeout) return 1;
+        if (loader_in_hands(L, i, k) && L->c[L->shard[i]].age - L->t_issued[i] > L->stall_timeout) return 1;
     return 0;
 }
 

@@ -43,7 +43,8 @@ typedef struct {
     uint32_t free_slots;
     uint32_t batch;          /* most records per SAMPLES message; 0: single SAMPLEs (a version-1 worker) */
     uint64_t sent, received; /* records sent to it / it says it received */
-    uint64_t holding;        /* samples issued to it and not yet acknowledged or failed */
+    uint64_t holding;        /* samples issued to it and not yet returned (serve mode: their pairs checked),
+                              * acknowledged or failed */
     double progress;         /* when one of its samples was last acknowledged (or it was first given work) */
     uint64_t acked_at_progress; /* the loader's acknowledged count then */
     int alive, banned;       /* banned: it held samples without progress while others made some; its slot
@@ -76,6 +77,9 @@ typedef struct {
     double busy_s;             /* seconds it was connected and busy, as of age_at */
     double depth_s;            /* recent longest time from issue to acknowledgement, on its clock */
     uint64_t n, ndone, nfailed, outstanding; /* its shard: size, delivered, failed, issued and unacknowledged */
+    uint64_t sent;             /* serve mode: of those outstanding, the ones whose pairs were sent to it (touched 3):
+                                * they wait for its user (it acknowledges a pair when its user takes it) and take no
+                                * room in its window; once all the rest is done or failed, EPOCH_END goes out */
     uint64_t cursor;           /* the next position of the epoch's order in its shard */
     uint64_t *ring;            /* re-issues of its shard (capacity: the shard's size) */
     size_t rhead, rlen, rcap;
@@ -115,7 +119,8 @@ typedef struct {
     int started;
     uint8_t *st;
     uint8_t *touched;                /* 0: never issued in this epoch; 1: issued (every issue sets 1); serve mode: 2,
-                                      * its pair forwarded since its latest issue (more copies are dropped) */
+                                      * its pair forwarded since its latest issue (more copies are dropped), out of
+                                      * its worker's hands; 3: that pair sent on the consumer's socket */
     uint16_t *owner;
     uint16_t *shard;                 /* the consumer whose shard a sample is in, this epoch */
     float *t_issued;                 /* the ageing clock of the sample's consumer when it was issued */
@@ -180,7 +185,11 @@ int64_t loader_shard_room(const loader *L, int r);
 int loader_free_slot(loader *L, double now);
 void loader_readmit(loader *L, int k, double now);
 void loader_check_stalls(loader *L, double t);
+/* Sample idx leaves the hands of its worker (its pair is back, or it is
+ * acknowledged, failed or re-issued); once only, whichever comes first. */
 void loader_unhold(loader *L, uint64_t idx);
+/* Sample idx is in worker k's hands: issued to it, its pair not back. */
+int loader_in_hands(const loader *L, uint64_t idx, int k);
 void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap);
 /* Consumer r's ageing clock at now: the seconds it has been connected and
  * not BUSY. Call before its connected or busy state changes. Samples age

@@ -108,8 +108,10 @@ static void queue_push(loader *L, uint64_t idx)
 /* Sample idx leaves the issued state (acknowledged, failed or re-issued). */
 void loader_retire(loader *L, uint64_t idx)
 {
+    consumer *c = &L->c[L->shard[idx]];
     L->outstanding--;
-    L->c[L->shard[idx]].outstanding--;
+    c->outstanding--;
+    if (L->touched[idx] == 3) c->sent--;
 }
 
 double loader_age(loader *L, int r, double now)
@@ -127,12 +129,16 @@ int loader_all_connected(const loader *L)
     return 1;
 }
 
-/* Take a sample back from whoever had it. */
-/* Sample idx (ISSUED) leaves the hands of its worker. */
 void loader_unhold(loader *L, uint64_t idx)
 {
     worker *w = &L->w[L->owner[idx]];
+    if (L->touched[idx] >= 2) return; /* its pair came back: it left the worker's hands then (serve.c) */
     if (w->holding) w->holding--;
+}
+
+int loader_in_hands(const loader *L, uint64_t idx, int k)
+{
+    return L->st[idx] == ISSUED && L->owner[idx] == k && L->touched[idx] < 2;
 }
 
 void loader_reissue(loader *L, uint64_t idx)
@@ -150,8 +156,8 @@ void loader_worker_dead(loader *L, int k, const char *why)
     w->alive = 0;
     L->dead_workers++;
     uint64_t back = 0;
-    for (uint64_t i = 0; i < L->n; i++)
-        if (L->st[i] == ISSUED && L->owner[i] == k) { loader_reissue(L, i); back++; }
+    for (uint64_t i = 0; i < L->n; i++) /* serve mode: a pair it returned is not its to lose */
+        if (loader_in_hands(L, i, k)) { loader_reissue(L, i); back++; }
     fprintf(stderr, "moco loader: worker %d %s; re-issuing its %" PRIu64 " samples\n", k, why, back);
 }
 
@@ -173,7 +179,7 @@ void loader_begin_epoch(loader *L, uint32_t e, const uint8_t *bitmap)
         c->n = L->n / (uint64_t)L->R + ((uint64_t)r < L->n % (uint64_t)L->R);
         c->cursor = (uint64_t)r;
         c->rhead = c->rlen = 0;
-        c->ndone = c->nfailed = c->outstanding = 0;
+        c->ndone = c->nfailed = c->outstanding = c->sent = 0;
         c->end_sent = 0;
     }
     for (uint64_t p = 0; p < L->n; p++) L->shard[L->perm[p]] = (uint16_t)(p % (uint64_t)L->R);
@@ -307,13 +313,16 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
 }
 
 /* Room in shard r's window (--window split over the consumers), if it has
- * samples left to issue; else 0. */
+ * samples left to issue; else 0. Serve mode: samples whose pairs were sent
+ * to the consumer take no room (they wait for its user, who may need a
+ * batch of more than the window before it acknowledges any; its socket and
+ * queue bound them). */
 int64_t loader_shard_room(const loader *L, int r)
 {
     const consumer *c = &L->c[r];
     int64_t win = L->window / L->R > 0 ? L->window / L->R : 1;
     if (!c->rlen && c->cursor >= L->n) return 0;
-    return win - (int64_t)c->outstanding;
+    return win - (int64_t)(c->outstanding - c->sent);
 }
 
 /* Hand out samples while workers have credit and the windows allow: to
@@ -455,7 +464,7 @@ static void on_worker_msg(loader *L, inmsg *m)
         /* only the worker that holds a sample may say it failed; every
          * report not applied is counted (also a late one about a finished
          * epoch, which a real worker may send after a re-issue) */
-        if (f.epoch != L->epoch || f.index >= L->n || L->st[f.index] != ISSUED || L->owner[f.index] != k) {
+        if (f.epoch != L->epoch || f.index >= L->n || !loader_in_hands(L, f.index, k)) {
             char hb[40];
             loader_hexid(m->id, m->idlen, hb); /* for the log line and the event, whether or not the line is printed */
             L->rejected_failed++;
@@ -594,23 +603,27 @@ static void report(loader *L, double t, double t0, uint64_t *last_sent, double *
 }
 
 /* EPOCH_END to each consumer whose shard of the epoch is complete (once it
- * has room); when every shard is, the next epoch begins. Returns 1 when the
- * last epoch is complete, 0, or an error. */
+ * has room): every sample acknowledged, failed, or (serve mode) its pair
+ * sent to it, so that a consumer that acknowledges what its user takes can
+ * hand over the epoch's last, short batch; `delivered` counts those sent
+ * too. When every shard is acknowledged or failed, the next epoch begins.
+ * Returns 1 when the last epoch is complete, 0, or an error. */
 static int epoch_complete(loader *L)
 {
     if (!L->started) return 0;
     int all = 1;
     for (int r = 0; r < L->R; r++) {
         consumer *c = &L->c[r];
+        if (c->ndone + c->nfailed < c->n) all = 0; /* the next epoch waits for its acknowledgements */
         if (c->end_sent) continue;
-        if (c->ndone + c->nfailed < c->n) { all = 0; continue; }
+        if (c->ndone + c->nfailed + c->sent < c->n) { all = 0; continue; }
         if (L->nfailed > MOCO_EPOCH_FAILED_MAX)
             return moco_err(MOCO_ECORRUPT, "%" PRIu64 " records of %s failed in epoch %u (more than %u): the dataset is damaged",
                             L->nfailed, L->db_path, L->epoch, MOCO_EPOCH_FAILED_MAX);
         size_t len = 24 + 8 * c->nfailed;
         uint8_t *b = malloc(len);
         if (!b) return moco_err(MOCO_ENOMEM, "out of memory");
-        moco_pipe_epoch_end(b, L->epoch, c->ndone, c->failed, (uint32_t)c->nfailed);
+        moco_pipe_epoch_end(b, L->epoch, c->ndone + c->sent, c->failed, (uint32_t)c->nfailed);
         int rc = c->connected ? loader_send_to(L->ctl, c->id, c->idlen, b, len, NULL, 0) : -1;
         free(b);
         if (rc) { all = 0; continue; } /* no room towards it (serve mode), or it is gone: try again on the next turn */
@@ -823,7 +836,8 @@ int loader_stream_main(int argc, char **argv)
         {"max-workers", MOCO_OPT_INT, &L->max_workers, "worker slots: a new worker is refused while every slot holds a live "
                                                          "one in use; the slot of a banned (stalled) worker, or of one that held "
                                                          "nothing and asked for no work for --worker-timeout, is reclaimed", 1, MAX_WORKERS, NULL},
-        {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged", 1, 1e7, NULL},
+        {"window", MOCO_OPT_INT, &L->window, "most samples issued and not yet acknowledged (serve mode: nor sent to "
+                                             "the consumer)", 1, 1e7, NULL},
         {"worker-timeout", MOCO_OPT_DOUBLE, &L->worker_timeout, "seconds of silence after which a worker is dead", 0.2, 3600, NULL},
         {"reissue-after", MOCO_OPT_DOUBLE, &L->reissue_after, "re-issue a sample unacknowledged for this many seconds of its consumer's reading (connected, not BUSY), "
                                                                    "or twice the pipeline's depth if longer (0: never)", 0, 1e6, NULL},

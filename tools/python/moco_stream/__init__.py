@@ -6,18 +6,25 @@ mode (version 3)") alone. It promises:
 * one ZeroMQ DEALER, owned by one background thread, which sends HELLO (with
   the resume state), waits for WELCOME or REFUSED, checks every frame strictly
   (magic, version 1..3, type, exact lengths, n ranges, views filling frame 2
-  exactly), drops and counts whatever fails, ACKs every accepted pair on
-  receipt (at most 4096 indices per ACK, at least every 20 ms), and sends a
+  exactly), drops and counts whatever fails, ACKs a pair once it has been
+  YIELDED to the caller (the iterator hands the indices it yields to the
+  thread; at most 4096 indices per ACK, at least every 20 ms), so that what
+  a rank received but never yielded (closed, killed) is not acknowledged and
+  the loader gives it to the rank's successor; to a loader whose WELCOME
+  lacks flag 4 (it would hold EPOCH_END until every pair is acknowledged:
+  an epoch's short last batch would never fill), on receipt as before; sends a
   HEARTBEAT every second, also while the caller is slow; once the caller
-  has left the queue full for a second (it evaluates, say), BUSY instead, to
-  a loader whose WELCOME says it knows BUSY (flag 2), so that the loader
-  does not re-send the pairs waiting here, and HEARTBEAT again as soon as
-  there is room; close() sends BYE, and so does the iterator's end (END
+  has left the queue full for a second, or has been away from the iterator
+  for a second while pairs wait for it (it trains a long step, evaluates),
+  BUSY instead, to a loader whose WELCOME says it knows BUSY (flag 2), so
+  that the loader does not re-send the pairs waiting here, and HEARTBEAT
+  again as soon as it reads; close() sends BYE, and so does the iterator's end (END
   reached and everything yielded: the loader, which waits for BYE after END,
   ends at once, not after --consumer-timeout and --linger) and interpreter
   exit for a stream not closed;
 * every index of every epoch is yielded exactly once: duplicates (re-sent
-  pairs) are dropped and ACKed again; a pair of the next epoch is held
+  pairs) are dropped, and ACKed again when the first was yielded (not before
+  it is); a pair of the next epoch is held
   (bounded) until EPOCH_END of the current one; any other epoch or an index
   >= count is dropped; nothing is allocated by a number a peer sent;
 * backpressure: at most `prefetch` messages wait for the caller; when they
@@ -58,16 +65,18 @@ import weakref
 import numpy as np
 import zmq
 
+from ._arrays import (Batch, _new_bitmap, _bits_count, _bits_test, _bits_set,  # noqa: F401
+                      _first_occurrence, _build_batches, _root_nbytes, _compact, _concat)
+
 __all__ = ["PairStream", "StreamError", "Batch", "MAGIC", "PAIRS_FRAME_MAX"]
 
-Batch = collections.namedtuple("Batch", "xq xk labels indices epoch")
 
 # formats/README.md, "Wire messages", "Pipeline protocol", "Limits"
 MAGIC = b"MOCW"
 VERSION_MAX = 5             # MOCO_WIRE_VERSION (formats/wire.h): versions 1..5 are read
 T_PAIR, T_HEARTBEAT, T_EPOCH_END, T_HELLO, T_ACK, T_END, T_PAIRS = 2, 5, 6, 8, 9, 10, 11
 T_WELCOME, T_REFUSED, T_BYE, T_BUSY = 13, 14, 15, 16
-WELCOME_SERVE, WELCOME_BUSY = 1, 2
+WELCOME_SERVE, WELCOME_BUSY, WELCOME_YIELD_ACK = 1, 2, 4
 EPOCH_ANY = 0xFFFFFFFF
 VIEW_SIDE_MAX = 2048
 PAIRS_N_MAX = 4096
@@ -161,28 +170,6 @@ def pack_ack(epoch, indices):
         np.asarray(indices, dtype="<u8").tobytes()
 
 
-def _new_bitmap(count):
-    # np.zeros is calloc'd: pages are touched only when bits are set
-    return np.zeros((count + 7) // 8, dtype=np.uint8)
-
-
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _bits_count(bitmap, chunk=1 << 22):
-    # set bits, a chunk at a time: np.unpackbits made a temporary 8 times the
-    # bitmap (8 bytes a sample: 64 GiB at the largest count a WELCOME may say)
-    return sum(int(_POPCOUNT8[bitmap[i:i + chunk]].sum(dtype=np.int64)) for i in range(0, len(bitmap), chunk))
-
-
-def _bits_test(bitmap, idx):
-    return (bitmap[idx >> 3] >> (idx & 7).astype(np.uint8)) & 1
-
-
-def _bits_set(bitmap, idx):
-    np.bitwise_or.at(bitmap, idx >> 3, (np.uint8(1) << (idx & 7).astype(np.uint8)))
-
-
 class _Queue:
     """Bounded (in pair messages) queue; control items always fit."""
 
@@ -272,6 +259,9 @@ class PairStream:
         self._out = collections.deque()
         self._done = False
         self._welcomed = threading.Event()
+        self._ack_on_yield = False         # WELCOME flag 4: ACK what was yielded (else on receipt)
+        self._yields = collections.deque()  # (epoch, indices) yielded, for the thread to ACK
+        self._in_next, self._left_next = False, time.monotonic()  # the caller waits in __next__; left it at
         self._q = _Queue(max(1, int(prefetch)))
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -338,6 +328,13 @@ class PairStream:
 
     def __next__(self):
         self.check_process()
+        self._in_next = True
+        try:
+            return self._next()
+        finally:
+            self._in_next, self._left_next = False, time.monotonic()
+
+    def _next(self):
         while True:
             while not self._out:
                 if self._done:
@@ -410,6 +407,8 @@ class PairStream:
         if self._y_bitmap is None:
             self._y_bitmap = _new_bitmap(self.count)
         _bits_set(self._y_bitmap, b.indices.astype(np.uint64))
+        if self._ack_on_yield:
+            self._yields.append((b.epoch, b.indices))   # the thread ACKs them (it alone owns the socket)
         self.stats["yielded"] += len(b.indices)
 
     def wait_welcome(self, timeout=None):
@@ -439,16 +438,22 @@ class PairStream:
         return {"version": 1, "epoch": int(epoch), "count": int(count), "delivered": bm.tobytes()}
 
     def close(self):
-        """Stop: the last ACKs and a BYE go out (the loader takes a successor's
-        HELLO at once); then the socket closes. Pairs received (and so
-        acknowledged) but not yet yielded count as delivered at the loader:
-        closing with some says how many (state() leaves them out: a resume from
-        it is given them again; a successor without it is not)."""
-        if not self._stop.is_set() and self.stats["pairs"] > self.stats["yielded"]:
-            logger.warning("moco_stream: %s: closing rank %d with %d pairs received and acknowledged but not yielded: "
-                           "the loader counts them as delivered; a resume from this stream's state() is given them "
-                           "again, a successor without it is not", self.endpoint, self.rank,
-                           self.stats["pairs"] - self.stats["yielded"])
+        """Stop: the last ACKs (of what was yielded) and a BYE go out (the loader
+        takes a successor's HELLO at once); then the socket closes. Pairs
+        received but not yet yielded are not acknowledged: the loader gives them
+        to this rank's next consumer, with or without this stream's state()
+        (to a loader without WELCOME flag 4 they were acknowledged on receipt:
+        closing with some says how many, as only a resume from state() is given
+        them again)."""
+        left = self.stats["pairs"] - self.stats["yielded"]
+        if not self._stop.is_set() and left > 0 and self._welcomed.is_set() and not self._ack_on_yield:
+            logger.warning("moco_stream: %s: closing rank %d with %d pairs received and acknowledged but not yielded "
+                           "(this loader takes ACKs on receipt: no WELCOME flag 4): the loader counts them as "
+                           "delivered; a resume from this stream's state() is given them again, a successor without "
+                           "it is not", self.endpoint, self.rank, left)
+        elif not self._stop.is_set() and left > 0:
+            logger.info("moco_stream: %s: closing rank %d with %d pairs received but not yielded, not acknowledged: "
+                        "the loader sends them to this rank's next consumer", self.endpoint, self.rank, left)
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
@@ -604,6 +609,7 @@ class PairStream:
             if not flags & WELCOME_SERVE:
                 raise StreamError("moco_stream: the loader is not in serve mode (flags %#x)" % flags)
             self.count, self.epochs, self.flags, self.heartbeat_ms = count, epochs, flags, hb
+            self._ack_on_yield = bool(flags & WELCOME_YIELD_ACK)
             self._epoch = self._welcome_epoch = epoch
             self._welcomed.set()
             return
@@ -616,10 +622,12 @@ class PairStream:
         self._seen = _new_bitmap(count)                   # accepted in self._epoch
         if self._hello_bitmap is not None:
             self._seen[:] = np.frombuffer(self._hello_bitmap, np.uint8)
+        self._acked = self._seen.copy()                   # ... and ACKed (yielded, or delivered before the resume)
         self._held = []                                   # (Batch) of self._epoch + 1
         self._held_idx = set()
         self._held_bytes = 0                              # view bytes of the pairs held
-        self._acks = []                                   # indices of self._epoch to ACK
+        self._acks = []                                   # [epoch, [indices]] to ACK, oldest first
+        self._nacks = 0                                   # indices in self._acks
         self._ack_since = None
         hb_every = heartbeat_s(self.heartbeat_ms)
         silent = self.timeout * hb_every / HEARTBEAT_S  # as many missed heartbeats as timeout at HEARTBEAT_S
@@ -629,25 +637,32 @@ class PairStream:
         full_since, busy = None, False          # the caller left the queue full since; BUSY said
         sock = self._sock
         while not self._stop.is_set():
+            self._take_yields()
             now = time.monotonic()
             if self._q.full():
                 full_since = now if full_since is None else full_since
-                if busy_ok and not busy and now - full_since >= hb_every:
-                    self._flush_acks()          # before BUSY: any other message ends it
-                    busy, next_hb = True, now
-            elif full_since is not None:
+            else:
                 full_since = None
-                if busy:                        # reading again: at once
-                    busy, next_hb = False, now
+            # the caller does not read: it left the queue full, or pairs wait for it while it is away from the
+            # iterator (a long step, an evaluation); they are not acknowledged yet (ack on yield) and must not age
+            away = not self._in_next and self.stats["pairs"] > self.stats["yielded"] and \
+                now - self._left_next >= hb_every
+            if busy_ok and not busy and ((full_since is not None and now - full_since >= hb_every) or away):
+                self._flush_acks()              # before BUSY: any other message ends it
+                busy, next_hb = True, now
+            elif busy and full_since is None and not away:
+                busy, next_hb = False, now      # reading again: at once
             if now >= next_hb:
                 if self._send([prefix(T_BUSY, 5) if busy else prefix(T_HEARTBEAT)]):
                     self.stats["busy_sent" if busy else "heartbeats_sent"] += 1
                 next_hb = now + hb_every
-            if self._acks and (len(self._acks) >= ACK_MAX or now - self._ack_since >= ACK_EVERY_S):
+            if self._acks and (self._nacks >= ACK_MAX or now - self._ack_since >= ACK_EVERY_S):
                 self._flush_acks()
             wait = next_hb - now
             if self._acks:
                 wait = min(wait, max(0.0, self._ack_since + ACK_EVERY_S - now))
+            if self.stats["pairs"] > self.stats["yielded"]:
+                wait = min(wait, ACK_EVERY_S)   # the caller's yields are ACKed within about 20 ms
             if self._q.full():                  # backpressure: do not read, keep beating
                 self._q.wait_room(min(wait, 0.1))
                 heard = time.monotonic()        # we were not listening
@@ -664,6 +679,7 @@ class PairStream:
             heard = time.monotonic()
             self.stats["messages"] += 1
             if frames is not None and self._message(frames) == "end":
+                self._take_yields()
                 self._flush_acks()
                 # the loader waits for BYE (close()) after END: a consumer
                 # killed before it yielded everything may still resume from
@@ -671,6 +687,7 @@ class PairStream:
                 while not self._stop.wait(hb_every):
                     self._send([prefix(T_HEARTBEAT)])
                 return
+        self._take_yields()                     # close(): what the caller got is acknowledged before BYE
         self._flush_acks()
 
     def _reject(self, kind, n=1, epochs=None, indices=None, what=None):
@@ -703,18 +720,46 @@ class PairStream:
 
     def _flush_acks(self):
         while self._acks:
-            chunk = self._acks[:ACK_MAX]
-            if not self._send([pack_ack(self._epoch, chunk)]):
+            epoch, idx = self._acks[0]
+            chunk = idx[:ACK_MAX]
+            if not self._send([pack_ack(epoch, chunk)]):
                 return                          # HWM: retry on the next round
-            del self._acks[:ACK_MAX]
+            del idx[:ACK_MAX]
+            if not idx:
+                self._acks.pop(0)
+            self._nacks -= len(chunk)
             self.stats["acks_sent"] += 1
             self.stats["acked"] += len(chunk)
         self._ack_since = None
 
-    def _ack(self, idx):
+    def _ack(self, epoch, idx):
+        """Indices (an array) of epoch to ACK, in the next ACK of that epoch."""
+        if not len(idx):
+            return
         if not self._acks:
             self._ack_since = time.monotonic()
-        self._acks.extend(idx.tolist())
+        if not self._acks or self._acks[-1][0] != epoch:
+            self._acks.append([epoch, []])
+        self._acks[-1][1].extend(idx.tolist())
+        self._nacks += len(idx)
+
+    def _take_yields(self):
+        """ACK what the iterator yielded (ack on yield); of the current epoch, a
+        re-sent copy of it is ACKed again from now on."""
+        while self._yields:
+            epoch, idx = self._yields.popleft()
+            idx = idx.astype(np.uint64)
+            if epoch == self._epoch:
+                _bits_set(self._acked, idx)
+            self._ack(epoch, idx)
+
+    def _accepted(self, idx):
+        """Pairs (indices of self._epoch) accepted for the caller; to a loader without
+        WELCOME flag 4, ACKed now (on receipt)."""
+        self.stats["pairs"] += len(idx)
+        if not self._ack_on_yield:
+            _bits_set(self._acked, idx)
+            self._ack(self._epoch, idx)
 
     def _message(self, frames):
         hd = self._header(frames)
@@ -762,29 +807,34 @@ class PairStream:
             self._reject("rejected_epoch_end", epochs=epoch, what="an EPOCH_END")
             return None
         failed = np.frombuffer(h, dtype="<u8", count=nfailed, offset=24).astype(np.int64)
-        self._flush_acks()
-        self._acks = []                     # unsent ACKs of a finished epoch are moot
+        self._take_yields()                 # of this epoch, before it ends here
+        self._flush_acks()                  # (ACKs of it that wait go out later: the loader waits for them)
         seen = _bits_count(self._seen)
         # what the loader counts as delivered (of this rank's shard with ranks > 1) but never came: said, not
-        # only counted (a predecessor of this rank, closed or killed, had them acknowledged)
+        # only counted. A predecessor of this rank (closed or killed) acknowledged them: it yielded them to its
+        # caller (nothing lost); from a loader without flag 4, it received them (lost, unless the ranks restart)
         missing = max(0, delivered + nfailed - seen)
         self.stats["missing"] += missing
-        if missing:
+        if missing and self._ack_on_yield:
+            logger.info("moco_stream: %s: epoch %d: %d samples the loader counts as delivered to rank %d never came to "
+                        "this consumer: a predecessor of this rank (closed or killed) yielded them to its caller",
+                        self.endpoint, epoch, missing, self.rank)
+        elif missing:
             logger.warning("moco_stream: %s: epoch %d: %d samples the loader counts as delivered to rank %d never came "
-                           "to this consumer (a predecessor of this rank, closed or killed, took them): restart every "
-                           "rank from its state() (moco_stream.state_union) to be given them", self.endpoint, epoch,
-                           missing, self.rank)
+                           "to this consumer (a predecessor of this rank, closed or killed, received them; this loader "
+                           "takes ACKs on receipt): restart every rank from its state() (moco_stream.state_union) to "
+                           "be given them", self.endpoint, epoch, missing, self.rank)
         self.epoch_ends.append((epoch, delivered, failed.tolist()))
         self._q.put(("epoch_end", epoch, delivered, failed), 0)
         # the next epoch begins: release what was held
         self._epoch += 1
         self._seen = _new_bitmap(self.count)
+        self._acked = _new_bitmap(self.count)
         held, self._held, self._held_idx, self._held_bytes = self._held, [], set(), 0
         for hb in held:
             idx = hb.indices.astype(np.uint64)
-            self._ack(idx)
+            self._accepted(idx)
             _bits_set(self._seen, idx)
-            self.stats["pairs"] += len(idx)
             self._q.put(("batch", hb), 1)
         return None
 
@@ -848,13 +898,15 @@ class PairStream:
             dup = (_bits_test(self._seen, idx) == 1) | ~first
             if dup.any():
                 self._reject("duplicates", int(dup.sum()), self._epoch, idx[dup])
-                self._ack(idx[dup])                    # acknowledge again
+                # acknowledge again what was acknowledged (yielded); a copy of a pair that waits for the caller
+                # is not: its ACK follows its yield
+                again = idx[dup][_bits_test(self._acked, idx[dup]) == 1]
+                self._ack(self._epoch, again)
             keep_cur[pos[dup]] = False
             acc = idx[~dup]
             if len(acc):
                 _bits_set(self._seen, acc)
-                self._ack(acc)
-                self.stats["pairs"] += len(acc)
+                self._accepted(acc)
         if keep_nxt.any() and len(self._held) >= HELD_MSGS_MAX:
             p = np.flatnonzero(keep_nxt)
             self._reject("held_dropped", len(p), epoch[p], index[p],
@@ -888,75 +940,3 @@ class PairStream:
                     else:
                         self._held.append(b)
         return None
-
-
-def _first_occurrence(idx):
-    """True where idx[i] did not occur before i."""
-    if len(idx) < 2:
-        return np.ones(len(idx), dtype=bool)
-    _, first = np.unique(idx, return_index=True)
-    m = np.zeros(len(idx), dtype=bool)
-    m[first] = True
-    return m
-
-
-def _build_batches(hdr, size, views, sel, single):
-    """Batches (one per run of equal shape) of the selected pairs, as views
-    of the frame where possible."""
-    n = len(hdr)
-    if single:
-        h, w, c = int(hdr["height"][0]), int(hdr["width"][0]), int(hdr["channels"][0])
-        xq = np.frombuffer(views[0], np.uint8).reshape(1, h, w, c)
-        xk = np.frombuffer(views[1], np.uint8).reshape(1, h, w, c)
-        return [Batch(xq, xk, hdr["label"].astype(np.int64), hdr["index"].astype(np.int64),
-                      int(hdr["epoch"][0]))]
-    buf = np.frombuffer(views[0], np.uint8)
-    shp = np.stack([hdr["height"], hdr["width"], hdr["channels"]], 1).astype(np.int64)
-    out = []
-    if (shp == shp[0]).all():
-        groups = [(0, n)]
-    else:      # runs of one shape
-        change = np.flatnonzero((shp[1:] != shp[:-1]).any(1)) + 1
-        bounds = [0] + change.tolist() + [n]
-        groups = list(zip(bounds[:-1], bounds[1:]))
-    offs = np.concatenate([[0], np.cumsum(2 * size)])
-    epoch = int(hdr["epoch"][np.flatnonzero(sel)[0]])
-    for a, b in groups:
-        s = sel[a:b]
-        if not s.any():
-            continue
-        h, w, c = (int(v) for v in shp[a])
-        blk = buf[offs[a]:offs[b]].reshape(b - a, 2, h, w, c)
-        if not s.all():
-            blk = blk[s]                       # a copy of the kept pairs only
-        out.append(Batch(blk[:, 0], blk[:, 1], hdr["label"][a:b][s].astype(np.int64),
-                         hdr["index"][a:b][s].astype(np.int64), epoch))
-    return out
-
-
-def _root_nbytes(a):
-    """The size of the buffer (a received frame, say) under an array view."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    if isinstance(a, np.ndarray):
-        return a.nbytes
-    try:
-        return memoryview(a).nbytes
-    except TypeError:
-        return 0
-
-
-def _compact(b):
-    """b, or a copy of its views when one is under a quarter of the buffer it keeps alive (so a big
-    message cut into batches is copied a bounded number of times, not at every cut)."""
-    if all(4 * x.nbytes >= _root_nbytes(x) for x in (b.xq, b.xk)):
-        return b
-    return Batch(np.array(b.xq), np.array(b.xk), b.labels, b.indices, b.epoch)
-
-
-def _concat(parts):
-    if len(parts) == 1:
-        return parts[0]
-    return Batch(np.concatenate([p.xq for p in parts]), np.concatenate([p.xk for p in parts]),
-                 np.concatenate([p.labels for p in parts]),
-                 np.concatenate([p.indices for p in parts]), parts[0].epoch)

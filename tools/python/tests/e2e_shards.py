@@ -6,11 +6,13 @@ hold every index exactly once. Then the guards: a HELLO of the wrong rank
 count and a second consumer for a taken rank are refused. Then a stop
 mid-epoch (both ranks BYE), the union of their states (state_union) as the
 resume state of two new ranks: over both sessions every index exactly once.
+Then ranks closed and killed mid-epoch, replaced without a state (replaced()).
 Exit 0 pass, 1 fail, 77 skipped.
-    e2e_shards.py MOCO TMPDIR
+    e2e_shards.py MOCO TMPDIR [replaced]   (replaced: that case alone)
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,10 +23,10 @@ import moco_stream
 from e2e_data import N, fresh_db
 
 
-def start(moco, db, ep, rundir):
+def start(moco, db, ep, rundir, *extra):
     err = open(rundir + ".err", "w")
     cmd = [moco, "run", db, "--serve", ep, "--consumers", "2", "--workers", "1", "--epochs", "2",
-           "--run-dir", rundir, "--recipe", "cifar", "--size", "28", "--quiet"]
+           "--run-dir", rundir, "--recipe", "cifar", "--size", "28", "--quiet"] + list(extra)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), rundir + ".err"
 
 
@@ -72,11 +74,13 @@ def check(name, logs, epochs=(0, 1)):
     return ok
 
 
-def main(moco, tmp):
+def main(moco, tmp, only=None):
     db = fresh_db(moco, tmp)
     if db is None:
         return 77
     ok = True
+    if only == "replaced":
+        return 0 if replaced(moco, db, tmp) else 1
 
     # 1. two ranks, two epochs: disjoint shards, every index once per epoch
     ep = "ipc://%s/s1" % tmp
@@ -159,49 +163,168 @@ def main(moco, tmp):
     return 0 if ok else 1
 
 
+# rank 1 of 2 as a process of its own, to be killed (SIGKILL): it writes each batch's indices to FILE as
+# it yields them ("e i i ..."), and after 3 batches, once what it yielded is acknowledged, "ready PAIRS
+# YIELDED" (pairs received, yielded); then it reads no more, its queue full, until killed
+RANK_PROC = r"""
+import sys, time, moco_stream
+ep, path = sys.argv[1], sys.argv[2]
+with open(path, "w") as f, moco_stream.PairStream(ep, rank=1, ranks=2, batch_size=10, prefetch=2, timeout=30) as s:
+    for k, b in enumerate(s):
+        f.write("%d %s\n" % (b.epoch, " ".join(map(str, b.indices.tolist()))))
+        f.flush()
+        if k == 2:
+            break
+    while s.stats["acked"] < s.stats["yielded"]:
+        time.sleep(0.01)
+    time.sleep(0.5)  # the loader fills the queue
+    f.write("ready %d %d\n" % (s.stats["pairs"], s.stats["yielded"]))
+    f.flush()
+    time.sleep(600)
+"""
+
+
+def successor(ep, out, deadline):
+    """Rank 1 without a state, read to the end; a HELLO refused while its predecessor (killed, so
+    silent) still counts as connected (--consumer-timeout) is said again."""
+    while True:
+        out.clear()
+        read(ep, 1, out)
+        errs = out.get("errors", [])
+        if not errs or "another consumer is connected as rank 1" not in str(errs) or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
+
+
+def once(name, logs, epochs=(0, 1)):
+    """Every index of each epoch yielded exactly once over all the logs ({epoch: [indices]})."""
+    ok = True
+    for e in epochs:
+        got = sorted(i for log in logs for i in log.get(e, []))
+        if got != list(range(N)):
+            have = set(got)
+            print("FAIL: %s epoch %d: %d indices yielded, %d distinct, %d missing (of %d), e.g. %s" %
+                  (name, e, len(got), len(have), N - len(have), N, sorted(set(range(N)) - have)[:8]))
+            ok = False
+    return ok
+
+
+def finish(proc, threads, within=40):
+    """The readers' threads joined within `within` s, then moco run's exit status; None where a reader
+    hangs (moco run is stopped: the stream never ended)."""
+    end = time.monotonic() + within
+    for th in threads:
+        th.join(max(0.0, end - time.monotonic()))
+    if any(th.is_alive() for th in threads):
+        proc.terminate()
+        proc.wait(30)
+        return None
+    return proc.wait(60)
+
+
 def replaced(moco, db, tmp):
-    """3. rank 1 closes mid-epoch while rank 0 reads on, and a new rank 1 joins
-    without a state: what the first one had received (and so acknowledged)
-    but not yielded is not sent again. It says so as it closes (before:
-    silent, the loader's log clean); and where the successor joins the same
-    epoch, the loader's rank_replaced event and the successor's warning
-    (stats["missing"]) say it too."""
+    """3. rank 1 leaves mid-epoch while rank 0 reads on, and a new rank 1
+    joins without a state, twice: (a) it closes after 30 pairs, (b) it is
+    killed (SIGKILL, a process of its own) after 3 batches, once the queue
+    holds more. A pair is acknowledged when it is yielded: what the first
+    rank 1 received and never yielded goes to the new one, so the three
+    readers' yields hold every index of each epoch exactly once (before:
+    those pairs were acknowledged on receipt and lost; a close warned of
+    them). (b) runs with --window 8, 4 samples a rank, below the batch of 10:
+    pairs sent and not yielded take no room in the window, and an epoch's
+    last, short batch gets its EPOCH_END: no deadlock."""
     import logging
-    ep = "ipc://%s/s3" % tmp
-    proc, errf = start(moco, db, ep, os.path.join(tmp, "r3"))
-    out, warned = {}, []
+    import signal
+    ok = True
+    warned = []
 
     class Catch(logging.Handler):
         def emit(self, rec):
             warned.append(rec.getMessage())
-    h = Catch(level=logging.WARNING)
-    logging.getLogger("moco_stream").addHandler(h)
+    h = Catch(level=logging.INFO)
+    lg = logging.getLogger("moco_stream")
+    level = lg.level
+    lg.setLevel(logging.INFO)
+    lg.addHandler(h)
     try:
-        t = threading.Thread(target=read, args=(ep, 0, out), kwargs={"stop_after": 10 ** 9})  # slow, to the end
+        # (a) closed
+        ep = "ipc://%s/s3" % tmp
+        proc, errf = start(moco, db, ep, os.path.join(tmp, "r3"))
+        out, first, later = {}, {}, {}
+        t = threading.Thread(target=read, args=(ep, 0, out), kwargs={"stop_after": 10 ** 9}, daemon=True)  # slow
         t.start()
-        read(ep, 1, out, stop_after=30)
-        later = {}
-        read(ep, 1, later)
-        t.join(120)
+        read(ep, 1, first, stop_after=30)
+        t1 = threading.Thread(target=successor, args=(ep, later, time.monotonic() + 30), daemon=True)
+        t1.start()
+        rc = finish(proc, (t, t1))
+        ev = [json.loads(line) for line in open(os.path.join(tmp, "r3", "loader.jsonl")) if '"rank_replaced"' in line]
+        logs = [out.get(0, {}), first.get(1, {}), later.get(1, {})]
+        print("(a) rank 1 closed after %d pairs of epoch 0; its successor yielded %s, rank 0 %s; rank_replaced %s"
+              % (len(first.get(1, {}).get(0, [])), [len(later.get(1, {}).get(e, [])) for e in (0, 1)],
+                 [len(out.get(0, {}).get(e, [])) for e in (0, 1)], ev))
+        if rc != 0 or out.get("errors") or first.get("errors") or later.get("errors") or t.is_alive() or t1.is_alive():
+            print("FAIL: (a) moco run %s, errors %s %s %s, hung %s: %s" % (rc, out.get("errors"), first.get("errors"),
+                  later.get("errors"), t.is_alive() or t1.is_alive(), open(errf).read()[-800:]))
+            ok = False
+        ok &= once("(a) a rank closed mid-epoch and replaced without a state", logs)
+        # what the loader kept of the closed rank is what it yielded: its acknowledgements
+        if [e["acknowledged"] for e in ev] != [len(first.get(1, {}).get(0, []))]:
+            print("FAIL: (a) rank_replaced %s: the closed rank yielded %d" % (ev, len(first.get(1, {}).get(0, []))))
+            ok = False
+
+        # (b) killed
+        ep = "ipc://%s/s4" % tmp
+        proc, errf = start(moco, db, ep, os.path.join(tmp, "r4"), "--window", "8")
+        out, later = {}, {}
+        rec = os.path.join(tmp, "rank1.yields")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        victim = subprocess.Popen([sys.executable, "-c", RANK_PROC, ep, rec], env=env)
+        t = threading.Thread(target=read, args=(ep, 0, out), kwargs={"stop_after": 10 ** 9}, daemon=True)
+        t.start()
+        deadline, ready = time.monotonic() + 60, None
+        while ready is None and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.05)
+            if os.path.exists(rec):
+                ready = next((ln.split() for ln in open(rec) if ln.startswith("ready")), None)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        killed = {}
+        for ln in open(rec) if os.path.exists(rec) else ():
+            f = ln.split()
+            if f and f[0] != "ready":
+                killed.setdefault(int(f[0]), []).extend(int(i) for i in f[1:])
+        t1 = threading.Thread(target=successor, args=(ep, later, time.monotonic() + 40), daemon=True)
+        t1.start()
+        rc = finish(proc, (t, t1))
+        print("(b) rank 1 killed after yielding %d pairs of epoch 0 (%s received; pairs yielded by it: %s); its "
+              "successor yielded %s, rank 0 %s" % (len(killed.get(0, [])), ready and ready[1], ready and ready[2],
+                                                   [len(later.get(1, {}).get(e, [])) for e in (0, 1)],
+                                                   [len(out.get(0, {}).get(e, [])) for e in (0, 1)]))
+        if ready is None or int(ready[1]) <= int(ready[2]):
+            print("FAIL: (b) the rank to kill did not get ready with pairs received and not yielded: %s" % ready)
+            ok = False
+        if rc != 0 or out.get("errors") or later.get("errors") or t.is_alive() or t1.is_alive():
+            print("FAIL: (b) moco run %s, errors %s %s, hung %s: %s" % (rc, out.get("errors"), later.get("errors"),
+                  t.is_alive() or t1.is_alive(), open(errf).read()[-800:]))
+            ok = False
+        ok &= once("(b) a rank killed mid-epoch and replaced without a state (--window 8)",
+                   [out.get(0, {}), killed, later.get(1, {})])
     finally:
-        logging.getLogger("moco_stream").removeHandler(h)
-    ok = proc.wait(60) == 0
-    ev = [json.loads(line) for line in open(os.path.join(tmp, "r3", "loader.jsonl")) if '"rank_replaced"' in line]
-    got = [set(out.get(0, {}).get(e, []) + out.get(1, {}).get(e, []) + later.get(1, {}).get(e, [])) for e in (0, 1)]
-    gone = [N - len(g) for g in got]
-    said = [w for w in warned if "pairs received and acknowledged but not yielded" in w]
-    told = int(said[0].split(" with ")[1].split()[0]) if said else -1
-    # every sample not yielded is one the closing rank said it left: nothing lost in silence
-    if not ok or out.get("errors") or later.get("errors") or len(said) != 1 or sum(gone) != told or \
-            any(e["rank"] != 1 for e in ev):
-        print("FAIL: a rank replaced mid-epoch: moco run %s, errors %s %s, not yielded %s, rank_replaced %s, "
-              "warnings %s: %s" % (proc.returncode, out.get("errors"), later.get("errors"), gone, ev, warned,
-                                   open(errf).read()[-800:]))
-        return False
-    print("a rank closed mid-epoch and replaced without a state: %s samples of epochs 0, 1 not yielded, as its close "
-          "said (%d); the loader's rank_replaced events: %s" % (gone, told, ev))
-    return True
+        lg.removeHandler(h)
+        lg.setLevel(level)
+    # nothing received and not yielded is acknowledged: no close warns of pairs lost; each successor is told
+    # (INFO) of what its predecessor yielded, no more
+    lost = [w for w in warned if "acknowledged but not yielded" in w or "restart every rank" in w]
+    told = [int(re.search(r"epoch \d+: (\d+) samples", w).group(1)) for w in warned
+            if "yielded them to its caller" in w]
+    if lost or told != [len(first.get(1, {}).get(0, [])), len(killed.get(0, []))]:
+        print("FAIL: warnings of lost pairs %s; of pairs that never came to a successor: %s" % (lost, told))
+        ok = False
+    if ok:
+        print("ranks closed and killed mid-epoch, replaced without a state: every index of each epoch yielded "
+              "exactly once")
+    return ok
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:4]))

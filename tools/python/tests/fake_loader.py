@@ -51,7 +51,7 @@ class FakeLoader(threading.Thread):
     def __init__(self, endpoint="tcp://127.0.0.1:*", count=50, epochs=2, start_epoch=0,
                  shape=(4, 4, 3), per_msg=7, dup=False, early_next=False, failed=(),
                  hostile=(), refuse=None, silent=False, curve_dir=None, resend_after=1.0,
-                 seed=1, busy_ok=False, heartbeat_ms=1000):
+                 seed=1, busy_ok=False, heartbeat_ms=1000, yield_ack=False):
         super().__init__(daemon=True)
         self.count, self.epochs, self.start_epoch = count, epochs, start_epoch
         self.shape, self.per_msg, self.dup, self.early_next = shape, per_msg, dup, early_next
@@ -59,6 +59,8 @@ class FakeLoader(threading.Thread):
         self.resend_after, self.rng = resend_after, np.random.default_rng(seed)
         self.busy_ok, self.busy = busy_ok, []     # WELCOME flag 2; when BUSY came
         self.heartbeat_ms = heartbeat_ms          # WELCOME's heartbeat interval
+        # WELCOME flag 4, as the loader: EPOCH_END once the epoch's pairs are sent, then the ACKs awaited
+        self.yield_ack = yield_ack
         self.words = []                           # (time, type) of every HEARTBEAT and BUSY
         self.hellos, self.acks, self.ack_sizes, self.heartbeats, self.byes = [], {}, [], [], []
         self.error, self.finished = None, threading.Event()
@@ -163,8 +165,8 @@ class FakeLoader(threading.Thread):
             bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
             done = set(np.flatnonzero(bits).tolist())
         end = self.start_epoch + self.epochs
-        self.send([prefix(13, 3) + struct.pack("<IIQII", epoch, end, self.count,
-                                                           3 if self.busy_ok else 1, self.heartbeat_ms)])
+        flags = (3 if self.busy_ok else 1) | (4 if self.yield_ack else 0)
+        self.send([prefix(13, 3) + struct.pack("<IIQII", epoch, end, self.count, flags, self.heartbeat_ms)])
         if self.silent:
             return
         first = True
@@ -188,6 +190,10 @@ class FakeLoader(threading.Thread):
                 self.service(0)
             if self.early_next and e + 1 < end:
                 self.send(pairs_msg([(e + 1, todo[0], self.shape)]))
+            fl = sorted(self.failed)
+            epoch_end = [prefix(6) + struct.pack("<IQI", e, self.count - len(fl), len(fl)) + np.asarray(fl, "<u8").tobytes()]
+            if self.yield_ack:
+                self.send(epoch_end)
             # wait for the ACKs of the whole epoch; re-send what is missing
             t0 = last = time.monotonic()
             need = set(todo)
@@ -197,12 +203,11 @@ class FakeLoader(threading.Thread):
                 if time.monotonic() - t0 > 30:
                     raise AssertionError("epoch %d: ACKs missing: %d" % (
                         e, len(need - set(self.acks.get(e, ())))))
-                if time.monotonic() - last > self.resend_after:
+                if time.monotonic() - last > self.resend_after and not self.yield_ack:
                     miss = sorted(need - set(self.acks.get(e, ())))[:self.per_msg]
                     self.send(pairs_msg([(e, i, self.shape) for i in miss]))
                     last = time.monotonic()
                 self.service(10)
-            fl = sorted(self.failed)
-            self.send([prefix(6) + struct.pack("<IQI", e, self.count - len(fl), len(fl))
-                       + np.asarray(fl, "<u8").tobytes()])
+            if not self.yield_ack:
+                self.send(epoch_end)
         self.send([prefix(10) + struct.pack("<I", end)])

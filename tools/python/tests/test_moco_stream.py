@@ -422,6 +422,68 @@ class TestBackpressure(Base):
         self.assertEqual(s.stats["busy_sent"], busy)
 
 
+class TestAckOnYield(Base):
+    """To a loader whose WELCOME has flag 4, a pair is acknowledged once it is yielded (before: on receipt)."""
+
+    def test_ack_follows_yield(self):
+        # 50 pairs an epoch in messages of 7, each but the first with a re-sent pair and a twin
+        f = self.loader(count=50, epochs=2, per_msg=7, dup=True, yield_ack=True)
+        s = self.stream(f.endpoint, batch_size=8, prefetch=16)
+        it = iter(s)
+        got = [int(i) for _ in range(2) for i in next(it).indices]
+        t0 = time.monotonic()       # all 50 come (the queue holds them); the ACKs of the 16 yielded follow
+        while (s.stats["pairs"] < 50 or len(f.acks.get(0, ())) < 16) and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        time.sleep(0.3)             # any ACK of a pair not yielded would come by now
+        # ACKed: what was yielded, no more (the 34 waiting and their re-sent copies are not)
+        self.assertEqual(sorted(set(f.acks.get(0, []))), sorted(got))
+        self.assertEqual(s.stats["pairs"], 50)
+        self.assertGreater(s.stats["duplicates"], 0)
+        rest = collect(s)
+        rest.setdefault(0, [])[:0] = got
+        self.assertExact(rest, [0, 1], 50)
+        # the epoch's last batch, 2 pairs, came after EPOCH_END: the loader sent it before all were acknowledged
+        for e in (0, 1):
+            self.assertEqual(sorted(set(f.acks[e])), list(range(50)), "epoch %d" % e)
+        self.assertEqual(s.state()["epoch"], 2)
+
+    def test_busy_while_caller_is_away(self):
+        # the queue never fills (5 messages of 4, prefetch 16); the caller takes one batch and goes away for
+        # 2.5 s: the 16 pairs that wait for it, unacknowledged, must not age towards a re-send: BUSY
+        f = self.loader(count=20, epochs=1, per_msg=4, yield_ack=True, busy_ok=True)
+        s = self.stream(f.endpoint, batch_size=4, prefetch=16)
+        it = iter(s)
+        first = next(it)
+        time.sleep(2.5)
+        self.assertFalse(s._q.full())
+        self.assertGreaterEqual(s.stats["busy_sent"], 1)
+        got = collect(s)
+        got[0][:0] = first.indices.tolist()
+        self.assertExact(got, [0], 20)
+        for _ in range(60):
+            if len(f.busy) >= 1:
+                break
+            time.sleep(0.05)
+        self.assertGreaterEqual(len(f.busy), 1)
+
+    def test_close_leaves_unyielded_unacknowledged(self):
+        f = self.loader(count=50, epochs=1, per_msg=10, yield_ack=True)
+        s = self.stream(f.endpoint, batch_size=10, prefetch=16)
+        got = next(iter(s)).indices.tolist()
+        t0 = time.monotonic()
+        while s.stats["pairs"] < 50 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        with self.assertLogs("moco_stream", "INFO") as cm:
+            s.close()
+        t0 = time.monotonic()
+        while not f.byes and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        self.assertEqual(len(f.byes), 1)
+        self.assertEqual(sorted(set(f.acks.get(0, []))), sorted(got))   # the 40 not yielded: not acknowledged
+        self.assertEqual([r.levelname for r in cm.records], ["INFO"])
+        self.assertIn("with 40 pairs received but not yielded, not acknowledged", cm.output[0])
+
+
 class TestSafetensors(unittest.TestCase):
     def test_load(self):
         # moco_stream.torch.load_safetensors: what `moco export` writes, read without the safetensors package
