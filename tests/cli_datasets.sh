@@ -253,26 +253,10 @@ assert im.mode == "CMYK" and (np.array(im) == a16 >> 8).all(), "the 16-bit TIFF 
 PY
   $M mkdb "$T/cls/cmyk" "$T/cls/db-cmyk" --quiet >/dev/null 2>"$T/err" || fail "mkdb of the CMYK folder: $(cat "$T/err")"
   PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/cls/cmyk" "$T/cls/db-cmyk/data.mdb" <<'PY' || fail "CMYK stored otherwise than PIL's convert(\"RGB\")"
-import io, os, struct, sys, numpy as np
-from PIL import Image
-from dbrecords import records
-d = sys.argv[1]
-classes = sorted(os.listdir(d))
-seen, bad = set(), []
-for enc, ch, label, w, h, payload in records(sys.argv[2]):
-    cls = classes[label]
-    src = Image.open(os.path.join(d, cls, os.listdir(os.path.join(d, cls))[0]))
-    assert src.mode == "CMYK", (cls, src.mode)
-    want = np.array(src.convert("RGB")).astype(int)
-    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).astype(int)
-    same = (enc, ch) == (2, 3) and payload[:8] == b"\x89PNG\r\n\x1a\n" and got.shape == want.shape and (got == want).all()
-    if not same:
-        dd = np.abs(got - want).reshape(-1, 3) if got.shape == want.shape else None
-        bad.append("%s: encoding %d, %d channels, mean |diff| %s, max %s" % (cls, enc, ch, None if dd is None else dd.mean(0).round(1),
-                                                                             None if dd is None else dd.max()))
-    seen.add(cls)
+import sys
+from dbrecords import against_pil
+seen, bad = against_pil(sys.argv[1], sys.argv[2], mode="CMYK", channels=3)
 assert not bad, bad
-assert seen == set(classes), sorted(set(classes) - seen)
 print("  %d CMYK files stored as PNG, pixel for pixel PIL's convert(\"RGB\")" % len(seen))
 PY
   # shrunk (--max-side 20, resampled: no longer PIL's pixels): the mean colour stays within 1.5

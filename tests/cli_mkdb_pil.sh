@@ -124,24 +124,10 @@ $M mkdb "$T/pnm" "$T/db-pnm" --quiet >"$T/out" 2>"$T/err" || fail "mkdb of the N
 grep -q "skipping $T/pnm/z-plain-over-maxval/x.pnm: a sample 16 over the maxval 15: PIL refuses it" "$T/err" &&
   [ "$(grep -c '^moco mkdb: skipping ' "$T/err")" = 1 ] || fail "Netpbm: want the plain sample over the maxval skipped, only it: $(cat "$T/err")"
 PYTHONPATH="$(dirname "$0")" /usr/bin/python3 - "$T/pnm" "$T/db-pnm/data.mdb" <<'PY' || fail "Netpbm stored otherwise than PIL reads it"
-import io, os, sys, numpy as np
-from PIL import Image
-from dbrecords import records
-d = sys.argv[1]
-classes = sorted(os.listdir(d))
-seen, bad = set(), []
-for enc, ch, label, w, h, payload in records(sys.argv[2]):
-    cls = classes[label]
-    if cls in seen:
-        continue
-    want = np.array(Image.open(os.path.join(d, cls, "x.pnm")).convert("RGB")).astype(int)
-    got = np.array(Image.open(io.BytesIO(payload)).convert("RGB")).astype(int)
-    if enc != 2 or got.shape != want.shape or (got != want).any():
-        bad.append("%s: encoding %d, %s" % (cls, enc, got.shape if got.shape != want.shape else "max |diff| %d, %d of %d values" %
-                                            (np.abs(got - want).max(), (got != want).sum(), got.size)))
-    seen.add(cls)
+import sys
+from dbrecords import against_pil
+seen, bad = against_pil(sys.argv[1], sys.argv[2], skip={"z-plain-over-maxval"})
 assert not bad, bad
-assert seen == set(classes) - {"z-plain-over-maxval"}, sorted(set(classes) - seen)
 print("  %d Netpbm files stored as PNG, pixel for pixel PIL's convert(\"RGB\")" % len(seen))
 PY
 echo "Netpbm: PGM/PPM of maxval 1, 2, 15, 100, 255, 256, 1000, 4095, 65535 (binary, plain; every sample value) and PBM stored as PIL's convert(\"RGB\"), byte for byte; a plain sample over the maxval refused"
