@@ -26,7 +26,9 @@
  * they should; a handler installed later for SIGBUS or SIGSEGV is put
  * behind ours by the next guard (one that itself passes faults back to
  * ours gets the default action instead of a loop). Each guard costs two
- * sigaction calls. A fault
+ * sigaction calls and one pthread_sigmask (two more when the caller had
+ * SIGBUS or SIGSEGV blocked, or after a fault: the thread's mask is the
+ * caller's again after every guard). A fault
  * in the middle of an LMDB call leaves that read transaction unusable, hence
  * the damaged mark; memory LMDB allocated inside the interrupted call may
  * leak (once per damaged handle; the calls here are ordered so that the
@@ -394,8 +396,8 @@ static void install_handler(int sig, struct sigaction *prev)
     if (sigaction(sig, NULL, &cur) != 0 || is_ours(&cur)) return;
     pthread_mutex_lock(&install_mu);
     if (sigaction(sig, NULL, &cur) == 0 && !is_ours(&cur)) {
-        /* SA_NODEFER: the guard's sigsetjmp does not save the signal mask,
-         * so the handler must not leave the signal blocked behind it */
+        /* SA_NODEFER: the signal is not blocked while the handler runs
+         * (run_guarded restores the thread's mask after a jump anyway) */
         struct sigaction sa = {.sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
         sigemptyset(&sa.sa_mask);
         *prev = cur;
@@ -419,15 +421,32 @@ static void on_assert(MDB_env *env, const char *msg)
 
 #define GUARD_FAULT 1 /* run_guarded: body faulted, g says how */
 
-/* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT. */
+/* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT.
+ * The thread's signal mask: SIGBUS and SIGSEGV are unblocked inside (a
+ * fault while they are blocked is not delivered to a handler: the kernel
+ * kills the process, as it did in threads that block every signal), and
+ * the mask is the caller's again on return, after a fault too: the jump
+ * out of the handler leaves the mask the handler ran with, which blocks
+ * whatever the handler's sa_mask named (ThreadSanitizer's wrapper fills
+ * it: every signal stayed blocked, so a second fault in that thread would
+ * kill the process). */
 static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
 {
+    static const int faults[] = {SIGBUS, SIGSEGV};
+    sigset_t unblock, old;
     install_handler(SIGBUS, &prev_bus);
     install_handler(SIGSEGV, &prev_segv);
-    if (sigsetjmp(g->jb, 0)) return GUARD_FAULT;
+    sigemptyset(&unblock);
+    for (size_t i = 0; i < sizeof faults / sizeof *faults; i++) sigaddset(&unblock, faults[i]);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, &old); /* old is not changed after sigsetjmp: valid after the jump */
+    if (sigsetjmp(g->jb, 0)) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return GUARD_FAULT;
+    }
     cur_guard = g;
     int rc = body(arg);
     cur_guard = NULL;
+    if (sigismember(&old, SIGBUS) || sigismember(&old, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
 }
 

@@ -6,10 +6,12 @@
  * read must end in success or a clean error whose message names the file,
  * never a signal or an abort: each case runs in a forked child, so a crash
  * fails the test instead of killing it. Forged metadata: counts that wrap
- * around, a NUL in the class list. */
+ * around, a NUL in the class list. The guard caught twice in one thread,
+ * signals blocked or not: the thread's signal mask is the same after. */
 #include "tests/testutil.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 
 #include "formats/db.h"
@@ -309,6 +311,87 @@ static void test_shrinks_while_reading(void **st)
     assert_true(WIFSIGNALED(s) && WTERMSIG(s) == SIGBUS);
 }
 
+/* The guard twice in one thread (an audit: the jump out of the fault
+ * handler left the thread's mask as the handler ran with it, so that a
+ * second SIGBUS could kill the process; and a thread that blocks every
+ * signal, as augment/pipe.c's beat thread does, was killed by the first).
+ * Two handles are opened, the file is cut, each handle's walk faults: both
+ * are reported, and the mask (signals 1 to 64) is the caller's after each.
+ * Returns 0, or a code that says what went wrong (and stderr why). */
+static int mask_changed(const sigset_t *before)
+{
+    sigset_t now;
+    sigemptyset(&now);
+    pthread_sigmask(SIG_SETMASK, NULL, &now);
+    for (int s = 1; s <= 64; s++)
+        if (sigismember(&now, s) != sigismember(before, s)) return s;
+    return 0;
+}
+
+static int fault_twice(void)
+{
+    sigset_t before;
+    sigemptyset(&before);
+    pthread_sigmask(SIG_SETMASK, NULL, &before);
+    moco_db *db[2];
+    if (moco_db_open(work, &db[0]) || moco_db_open(work, &db[1])) return 20;
+    if (truncate(data_mdb(), PSIZE * 2) != 0) return 21;
+    int r = 0;
+    for (int k = 0; k < 2 && !r; k++) {
+        walk_ctx w = {0, 0};
+        int rc = moco_db_foreach(db[k], walk_one, &w), s;
+        if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), "bus error")) {
+            fprintf(stderr, "fault %d: rc %d: %s\n", k + 1, rc, moco_errmsg());
+            r = 22 + k;
+        } else if ((s = mask_changed(&before))) {
+            fprintf(stderr, "fault %d: signal %d (%s) is %s blocked after the guard\n", k + 1, s, strsignal(s),
+                    sigismember(&before, s) ? "no longer" : "now");
+            r = 24 + k;
+        }
+    }
+    moco_db_destroy(&db[0]);
+    moco_db_destroy(&db[1]);
+    return r;
+}
+
+static void *fault_twice_blocked(void *arg)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    *(int *)arg = fault_twice();
+    return NULL;
+}
+
+static void test_guard_twice(void **st)
+{
+    (void)st;
+    for (int blocked = 0; blocked < 2; blocked++) {
+        fresh_copy();
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            child_signals();
+            alarm(20);
+            int r = 30;
+            pthread_t t;
+            if (!blocked) r = fault_twice();
+            else if (pthread_create(&t, NULL, fault_twice_blocked, &r) == 0) pthread_join(t, NULL);
+            _exit(r);
+        }
+        int s;
+        const char *how = blocked ? "in a thread that blocks every signal" : "in a thread that blocks none";
+        assert_int_equal(waitpid(pid, &s, 0), pid);
+        if (!WIFEXITED(s)) fail_msg("two faults %s: the reader died of signal %d (%s)", how, WTERMSIG(s), strsignal(WTERMSIG(s)));
+        if (WEXITSTATUS(s)) fail_msg("two faults %s: exit %d (see above)", how, WEXITSTATUS(s));
+        print_message("  two faults %s: both reported, the mask as it was\n", how);
+    }
+    /* in-process too, under cmocka's handlers */
+    fresh_copy();
+    assert_int_equal(fault_twice(), 0);
+}
+
 /* ---- pages LMDB loops on (issue 15, item 1: found by tests/fuzz/fuzz_lmdb) ---- */
 
 static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -466,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_zeroed_pages),
         cmocka_unit_test(test_meta_bytes_flipped),
         cmocka_unit_test(test_shrinks_while_reading),
+        cmocka_unit_test(test_guard_twice),
         cmocka_unit_test(test_looping_pages),
         cmocka_unit_test(test_probe),
         cmocka_unit_test(test_meta_forged),
