@@ -33,6 +33,15 @@ export MOCO_JSON_AUDIT=$MOCO_TEST_TMP/json-audit.jsonl
 rm -f "$MOCO_JSON_AUDIT"
 # sanitizer builds: leaks inside system libraries only (see tests/lsan.supp)
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
+# SANITIZE=undefined: a report names its stack (the build stops at the first, -fno-sanitize-recover)
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# SANITIZE=thread: what uninstrumented libraries (libzmq, glib/libvips,
+# OpenBLAS, oneDNN) do is not tracked, their hand-offs would read as races;
+# tests/tsan.supp for what that leaves inside them (never our code); the
+# first report ends the process (exit 66), so that the test that ran it fails
+if ldd "$MOCO" 2>/dev/null | grep -q libtsan; then
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp:ignore_noninstrumented_modules=1:halt_on_error=1:exitcode=66:second_deadlock_stack=1:print_suppressions=0}
+fi
 # sanitizer builds, the MPI tests (cli_mpi*): Open MPI dlcloses its components
 # at MPI_Finalize; LeakSanitizer (gcc 12's) then re-reads the module list
 # (/proc/self/maps) for each of their frames in every stack it matches against
