@@ -310,8 +310,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     opts[n++] = (moco_opt){"workers|-j", MOCO_OPT_INT, &workers, "augmentation worker processes here (0 with --bind: only remote ones; 1, none remote: training repeatable bit for bit)", 0, MAX_WORKERS, NULL};
     opts[n++] = (moco_opt){"epochs", MOCO_OPT_INT, &epochs,
-                           "epochs to stream; training: moco train's (main_moco.py's 200, or the preset's); --sink, --serve: 1; "
-                           "lincls: 100; bench pipeline: until --seconds", 1, 1e6,
+                           "epochs to stream; training: moco train's (main_moco.py's 200, or the preset's); --serve: 200 too "
+                           "(the external trainer's run); --sink: 1; lincls: 100; bench pipeline: until --seconds", 1, 1e6,
                            NULL};
     opts[n++] = (moco_opt){"start-epoch", MOCO_OPT_INT, &start_epoch, "first epoch", 0, 1e6, NULL};
     opts[n++] = (moco_opt){"window", MOCO_OPT_INT, &window, "loader: most samples in flight", 1, 1e7, NULL};
@@ -477,8 +477,9 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         }
     }
     /* training here: moco train's own (200 as main_moco.py's, or the preset's; before, 1: a run without --epochs
-     * trained one epoch, on a schedule of one); a stream with no trainer here: 1 */
-    if (!bench && !lincls && !moco_opts_seen(&spec, "epochs")) epochs = sink || serve ? 1 : tc.epochs;
+     * trained one epoch, on a schedule of one); --serve feeds a training elsewhere, of the same length: 200 too
+     * (before: 1, and a main_moco.py-length consumer met END after its first epoch); the counting sink: 1 */
+    if (!bench && !lincls && !moco_opts_seen(&spec, "epochs")) epochs = sink ? 1 : serve ? TRAIN_EPOCHS : tc.epochs;
     if (augment_flags_recipe(&af, &spec, &recipe)) return 2;
     if (lincls) recipe.size = (int)lincls_size; /* the workers' and the consumer's */
     moco_db *d;

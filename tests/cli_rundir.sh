@@ -28,7 +28,8 @@
 #  7f. the loader killed under `moco run`: exit 1, FAILED, a checkpoint, the
 #      command that resumes, which finishes the run;
 #  7o. a trainer that fails after saving a checkpoint: the resume command;
-#  7p. moco run without --epochs trains moco train's 200 (main_moco.py's);
+#  7p. moco run without --epochs trains moco train's 200 (main_moco.py's),
+#      and --serve streams 200 as well;
 #  8b. a preset's augmentation reaches the workers (the trainer's preset table).
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
@@ -397,7 +398,17 @@ timeout 60 $M run db $RUN --start-epoch 199 --run-dir ep >/dev/null 2>ep.err || 
   && grep -aq '"epochs\\":200,' ep/checkpoint_last.safetensors || fail "7p: $(grep '"type":"epoch"' ep/metrics.jsonl | cut -c1-80)"
 timeout 60 $M run db --sink --workers 1 --start-epoch 1 --run-dir eps >/dev/null 2>ep.err; rc=$?
 [ $rc -eq 2 ] && grep -q "^moco run: --start-epoch 1 leaves nothing to run of --epochs 1 " ep.err || fail "7p: --sink: exit $rc: $(tail -2 ep.err)"
-echo "7p: moco run without --epochs: moco train's 200 (--start-epoch 199 trains epoch 199 of 200); --sink: 1"
+# --serve feeds a training elsewhere, of the same length: 200 too (before: 1; --start-epoch 199 was refused
+# as 'of --epochs 1'); the loader's own count, in its end event, and the consumer gets epoch 199 and END
+sock
+timeout 60 $M run db --serve ipc://$S/sv --workers 1 --recipe cifar --size 28 --start-epoch 199 --run-dir epv --quiet >/dev/null 2>epv.err &
+sv=$!
+timeout 30 $M sink --connect ipc://$S/sv --loader-timeout 10 --json epv.json >/dev/null 2>epv-sink.err; src=$?
+wait $sv; rc=$?
+[ $rc -eq 0 ] && [ $src -eq 0 ] && grep -q '^{"event":"end","epoch":199,"epochs":200}$' epv/loader.jsonl \
+  && grep -q '"pairs":512,"epochs":1,"per_epoch":\[{"epoch":199,"pairs":512,"failed":0,"ok":true}\]' epv.json \
+  || fail "7p: --serve without --epochs: exit $rc, sink $src: $(tail -2 epv.err) $(tail -1 epv-sink.err); $(grep '"event":"end"' epv/loader.jsonl)"
+echo "7p: moco run without --epochs: moco train's 200 (--start-epoch 199 trains epoch 199 of 200); --serve: 200 (the loader's end event); --sink: 1"
 
 # 7m. workers that make another --size than the trainer's: their pairs are dropped (a stray
 #     peer's would be, unacknowledged), and when nothing else comes the trainer stops, saying why

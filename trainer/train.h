@@ -13,7 +13,7 @@ typedef struct dist dist; /* trainer/dist.h: the ranks of an MPI job */
 
 #define TRAIN_MAX_SCHEDULE 16
 #define TRAIN_MAX_EPOCHS 1000000 /* --epochs (train, lincls); --schedule epochs too */
-#define TRAIN_EPOCHS 200 /* --epochs by default (train, and moco run when it trains): main_moco.py's */
+#define TRAIN_EPOCHS 200 /* --epochs by default (train, and moco run when it trains or serves): main_moco.py's */
 
 typedef struct {
     const char *connect, *bind, *out, *resume, *knn_train, *knn_test, *arch;
