@@ -18,7 +18,8 @@
  * --resume or --overwrite (trainer flags) is given; its lock is taken first
  * (a live run's directory is "in use"), and a --resume checkpoint must exist
  * and match the trainer's flags (model, size, dataset, schedule) before
- * anything starts (formats/rundir.h). Without --recipe, a --preset or
+ * anything starts (formats/rundir.h); one that ends the run is said to,
+ * exit 0, and nothing starts. Without --recipe, a --preset or
  * --aug-plus, training uses MoCo v1's augmentation, as main_moco.py does.
  * A flag neither moco run's nor moco train's is reported as moco run's.
  * A --serve ipc://PATH is checked before anything is made; a run whose
@@ -637,6 +638,17 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
         close(lock_fd);
         return 2;
+    }
+    /* a checkpoint that ends the run: said as moco train says it, exit 0, before the loader and workers start (before:
+     * they started, appended to its loader.jsonl and workers.jsonl, and only the trainer found nothing to train) */
+    int64_t ck_epoch = 0;
+    int bad = resuming && !sink && !lincls && !serve ? ckpt_read_epoch(rck, &ck_epoch) != 0 : 0;
+    if (bad || (resuming && !sink && !lincls && !serve && ck_epoch >= epochs)) {
+        if (bad) fprintf(stderr, "moco run: %s\n", moco_errmsg());
+        else fprintf(stderr, "moco run: %s ends the run (epoch %lld of %ld): nothing left to train\n", rck, (long long)ck_epoch, epochs);
+        if (made_dir && moco_rundir_drop_empty(run_dir, NULL, &lock_fd) && made_runs) rmdir("runs"); /* resumed from elsewhere */
+        if (lock_fd >= 0) close(lock_fd);
+        return bad ? 2 : 0;
     }
     /* streamed lincls writes its pipeline's logs (loader.*, workers.*) into --out: never a training run's */
     if (lincls) {

@@ -14,6 +14,7 @@
 #      refused;
 #  7c. a resume with another --epochs / --lr is refused without
 #      --allow-schedule-change, by moco run before it starts anything;
+#  7q. a resume of a run already complete says so and starts nothing;
 #  3a. the epoch's checkpoint is written before its kNN evaluation: SIGTERM
 #      as it appears stops the kNN, exit 130, and the printed command
 #      resumes the run, evaluates epoch 0 and writes its record;
@@ -138,6 +139,20 @@ timeout 60 $M run db $RUN --run-dir o1 --resume o1 --epochs 2 --allow-schedule-c
 [ "$(epochs o1/metrics.jsonl)" = 2 ] && grep -q '"type":"resume","epoch":1,"step":16' o1/metrics.jsonl \
   || fail "--allow-schedule-change did not resume and train epoch 2"
 echo "7c: --epochs / --lr / --moco-t / --moco-m / --wd / --momentum / --symmetric / --bn-splits changed on resume, or another dataset: refused by moco run before it starts anything; with --allow-schedule-change: trained on"
+
+# 7q. a resume whose checkpoint ends the run (o1: epoch 2 of 2) is said to be complete, exit 0, as moco
+#     train says it, and nothing starts (before: the loader and the worker ran and appended to o1's logs,
+#     then the trainer found nothing to train); resumed from there into a new directory: none is left
+md5sum o1/* >o1q.md5
+timeout 60 $M run db $RUN --epochs 2 --run-dir o1 --resume o1 >/dev/null 2>o1q.err; rc=$?
+[ $rc -eq 0 ] && grep -qx "moco run: o1/checkpoint_last.safetensors ends the run (epoch 2 of 2): nothing left to train" o1q.err \
+  && [ -d o1 ] && md5sum -c --quiet o1q.md5 && ! grep -q "^moco \(loader\|augment\|train\)" o1q.err \
+  || fail "7q: resume of a complete run: exit $rc: $(tail -3 o1q.err); $(md5sum -c --quiet o1q.md5 2>&1)"
+timeout 60 $M run db ${RUN/--quiet/} --epochs 2 --allow-schedule-change --run-dir o7 --resume o1 >/dev/null 2>o7q.err; rc=$?
+[ $rc -eq 0 ] && grep -qx "moco run: o1/checkpoint_last.safetensors ends the run (epoch 2 of 2): nothing left to train" o7q.err \
+  && [ ! -e o7 ] && ! grep -q "^moco \(loader\|augment\|train\)\|^moco run: db: 512 samples" o7q.err \
+  || fail "7q: resume of a complete run into o7: exit $rc: $(tail -3 o7q.err); o7: $(ls -A o7 2>&1)"
+echo "7q: a resume of a complete run: said so, exit 0, no loader or worker started, o1's logs unchanged, no new directory left"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
 # each pipeline gets its own socket directory, $S: the helpers of a stopped one may still be

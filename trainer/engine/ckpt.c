@@ -386,6 +386,17 @@ out:
     return rc;
 }
 
+int ckpt_read_epoch(const char *path, int64_t *epoch)
+{
+    moco_st *f;
+    int rc = ckpt_open(path, &f, NULL);
+    if (rc) return rc;
+    if (!(rc = read_i64(f, "train.epoch", epoch)) && (*epoch < 0 || *epoch >= (int64_t)UINT32_MAX))
+        rc = moco_err(MOCO_ECORRUPT, "%s: tensor train.epoch out of range (%lld; epochs are below 2^32 - 1)", path, (long long)*epoch);
+    moco_st_destroy(&f);
+    return rc;
+}
+
 int ckpt_check_encoder(const moco_st *f, const char *path, resnet *m, const char *prefix)
 {
     int rc = read_model(f, m, prefix, 0, 1, path);

@@ -67,6 +67,12 @@ int ckpt_read_kernels(const char *path, char **out);
  * file and the tensor; mc is unchanged on failure. */
 int ckpt_load(const char *path, moco *mc, ckpt_state *st);
 
+/* Where the run stands: train.epoch, the next epoch to train (what
+ * ckpt_load would restore), after the checks of ckpt_open and its range's
+ * (MOCO_ECORRUPT naming the file). No model is built: moco run compares it
+ * with --epochs before it starts anything. */
+int ckpt_read_epoch(const char *path, int64_t *epoch);
+
 /* Load only the query encoder (encoder_q.*) into m, for evaluation. */
 int ckpt_load_encoder(const char *path, resnet *m);
 
