@@ -18,17 +18,17 @@
  * --resume or --overwrite (trainer flags) is given; its lock is taken first
  * (a live run's directory is "in use"), and a --resume checkpoint must exist
  * and match the trainer's flags (model, size, dataset, schedule) before
- * anything starts (formats/rundir.h); one that ends the run is said to,
- * exit 0, and nothing starts. Without --recipe, a --preset or
- * --aug-plus, training uses MoCo v1's augmentation, as main_moco.py does.
+ * anything starts (formats/rundir.h); one that ends the run is said to, exit
+ * 0, and nothing starts. Without --recipe, a --preset or --aug-plus,
+ * training uses MoCo v1's augmentation, as main_moco.py does.
  * A flag neither moco run's nor moco train's is reported as moco run's.
  * A --serve ipc://PATH is checked before anything is made; a run whose
- * loader failed before it served leaves no directory it made with nothing in.
- * moco lincls: the workers and the evaluation at --size, or the checkpoint's
- * training size. moco bench pipeline: logs in a temporary directory, removed
- * after a successful run, unless --run-dir. */
+ * loader failed before it served, or whose trainer failed before it read a
+ * sample, leaves no directory it made with nothing of the run's in. moco
+ * lincls: the workers and the evaluation at --size, or the checkpoint's
+ * training size. moco bench pipeline: logs in a temporary directory,
+ * removed after a successful run, unless --run-dir. */
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -49,7 +49,6 @@
 #include "formats/endpoints.h"
 #include "formats/errors.h"
 #include "formats/rundir.h"
-#include "formats/jsonw.h"
 #include "formats/opts.h"
 #include "formats/pipeline.h"
 #include "trainer/engine/ckpt.h"
@@ -217,38 +216,6 @@ int cli_lincls_main(int argc, char **argv)
 }
 int cli_bench_pipeline_main(int argc, char **argv) { return run_pipeline(argc, argv, 1, "sink"); }
 
-/* Print the benchmark's JSON line: the sink's summary and the loader's
- * last statistics, per stage. */
-static void bench_summary(const char *run_dir, long workers)
-{
-    char p[1200], sinkj[8192] = "", loadj[4096] = "", line[4096];
-    snprintf(p, sizeof p, "%s/sink.json", run_dir);
-    FILE *f = fopen(p, "r");
-    if (f) { if (!fgets(sinkj, sizeof sinkj, f)) sinkj[0] = 0; fclose(f); }
-    snprintf(p, sizeof p, "%s/loader.jsonl", run_dir);
-    f = fopen(p, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "{\"t\"", 4)) snprintf(loadj, sizeof loadj, "%s", line);
-    if (f) fclose(f);
-    sinkj[strcspn(sinkj, "\n")] = 0;
-    loadj[strcspn(loadj, "\n")] = 0;
-    double pps = 0, starved = 0;
-    const char *x = strstr(sinkj, "\"pairs_per_s\":");
-    if (x) pps = atof(x + 14);
-    x = strstr(sinkj, "\"starved_pct\":");
-    if (x) starved = atof(x + 14);
-    moco_jw w; /* the last line; the sink's and the loader's lines nested as they are (null unless each parses) */
-    moco_jw_begin(&w);
-    moco_jw_str(&w, "bench", "pipeline");
-    moco_jw_i64(&w, "workers", workers);
-    moco_jw_num(&w, "pairs_per_s", pps, 1);
-    moco_jw_num(&w, "pairs_per_s_per_worker", workers ? pps / (double)workers : 0, 1);
-    moco_jw_num(&w, "starved_pct", starved, 1);
-    moco_jw_json(&w, "sink", sinkj);
-    moco_jw_json(&w, "loader", loadj);
-    if (moco_jw_line(&w, stdout)) fprintf(stderr, "moco bench pipeline: %s\n", moco_errmsg());
-}
-
 /* moco lincls --size 0 (or none): the training size of the checkpoint
  * among the consumer's flags (--ckpt FILE or run directory); 32 without one
  * (--random-init). */
@@ -261,21 +228,6 @@ static int lincls_ckpt_size(int n, char **flags, long *size)
     }
     *size = 32;
     return ckpt ? evalmodel_ckpt_size(ckpt, size) : 0;
-}
-
-/* Remove a benchmark's temporary log directory: its files, then itself. */
-static void remove_logs(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    char p[4400];
-    while (d && (de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(dir);
 }
 
 static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
@@ -627,7 +579,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int lock_fd; /* held to the end (formats/rundir.h); not inherited: the trainer we start knows it is supervised */
     if (moco_lock_dir(run_dir, &lock_fd)) { /* first: a live run's directory is "in use", not "not empty" */
         fprintf(stderr, "moco run: %s\n", moco_errmsg());
-        if (bench_tmp) remove_logs(run_dir);
+        if (bench_tmp) run_remove_logs(run_dir);
         return 1;
     }
     /* a training run's directory starts empty; the advice names --resume only where a checkpoint is */
@@ -641,12 +593,12 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     }
     /* a checkpoint that ends the run: said as moco train says it, exit 0, before the loader and workers start (before:
      * they started, appended to its loader.jsonl and workers.jsonl, and only the trainer found nothing to train) */
-    int64_t ck_epoch = 0;
-    int bad = resuming && !sink && !lincls && !serve ? ckpt_read_epoch(rck, &ck_epoch) != 0 : 0;
-    if (bad || (resuming && !sink && !lincls && !serve && ck_epoch >= epochs)) {
+    int64_t ck_epoch = 0; /* resuming: a training run, rck its checkpoint (checked above) */
+    int bad = resuming && ckpt_read_epoch(rck, &ck_epoch);
+    if (bad || (resuming && ck_epoch >= epochs)) {
         if (bad) fprintf(stderr, "moco run: %s\n", moco_errmsg());
         else fprintf(stderr, "moco run: %s ends the run (epoch %lld of %ld): nothing left to train\n", rck, (long long)ck_epoch, epochs);
-        if (made_dir && moco_rundir_drop_empty(run_dir, NULL, &lock_fd) && made_runs) rmdir("runs"); /* resumed from elsewhere */
+        if (made_dir && moco_rundir_drop_empty(run_dir, NULL, &lock_fd, 0) && made_runs) rmdir("runs"); /* resumed from elsewhere */
         if (lock_fd >= 0) close(lock_fd);
         return bad ? 2 : 0;
     }
@@ -843,6 +795,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     int lst = -1, cst = cp > 0 ? -1 : 0, status = 0, respawned = 0, stopping = 0, consumer_done = 0, interrupted = 0;
     int loader_failed = 0, kept = 0; /* kept: the trainer stopped on our SIGTERM and kept its position */
     int consumer_killed = 0;         /* the trainer died of a signal (SIGKILL, the OOM killer): its last checkpoint stands */
+    int consumer_failed = 0;         /* ... or failed of itself (refused its flags, its inputs, the stream), not stopped */
     double stop_at = 0, rest_at = 0; /* rest_at: when the loader and workers were told to stop */
     while (lst < 0 || cst < 0) {
         if (got_signal && !stopping) {
@@ -912,6 +865,7 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
                 if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
             } else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
                 consumer_killed = WIFSIGNALED(st);
+                consumer_failed = !stopping;
                 if (!stopping) fprintf(stderr, "moco run: the consumer failed (%s)\n", describe(st, why, sizeof why));
                 status = 1;
                 if (!stopping) { stopping = 1; stop_at = rest_at = moco_now_s(); sig(lp, SIGTERM); }
@@ -963,8 +917,8 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     free_args(&wa);
     if (interrupted) status = 130; /* whatever the others said while stopping */
     if (bench) {
-        bench_summary(run_dir, workers);
-        if (bench_tmp && !status) remove_logs(run_dir);
+        run_bench_summary(run_dir, workers);
+        if (bench_tmp && !status) run_remove_logs(run_dir);
         else if (bench_tmp) fprintf(stderr, "moco bench pipeline: its logs are kept in %s\n", run_dir);
     } else {
         fprintf(stderr, "moco run: %s; %d worker%s replaced\n", status == 130 ? "interrupted" : status ? "FAILED" : "finished",
@@ -981,10 +935,18 @@ static int run_pipeline(int argc, char **argv, int bench, const char *consumer)
     if ((status == 130 || (loader_failed && kept) || (status && (ranks || consumer_killed || saved_now))) && !bench && !sink &&
         !lincls && !serve && access(last, R_OK) == 0)
         print_resume(argc, argv, run_dir);
-    /* a loader that failed before it served (its log empty; a --serve port in use): no directory of the run is left
-     * (before: runs/run-* with empty logs); the workers, never given work, only said they made 0 pairs */
-    static const char *const idle_logs[] = {"workers.jsonl", "workers.log", NULL};
-    if (loader_failed && made_dir && moco_rundir_drop_empty(run_dir, idle_logs, &lock_fd) && made_runs) rmdir("runs");
+    /* a loader that failed before it served (a --serve port in use), or a trainer that failed before it read a sample
+     * (refused its flags or a --knn-train; its reason on stderr): the directory made for the run goes, with the workers'
+     * summaries of 0 pairs and, after the trainer's failure, the loader's logs of a run that sent nothing; a --run-dir
+     * that was there, empty, is left empty (before: left with those logs, and the corrected command refused it). A
+     * loader's log that records more (records that failed in the workers: why no step was trained) stays */
+    static const char *const idle_logs[] = {"workers.jsonl", "workers.log", NULL},
+                             *const pipe_logs[] = {"loader.jsonl", "loader.log", "workers.jsonl", "workers.log", NULL};
+    int trainer_failed = consumer_failed && !loader_failed && !bench && !sink && !lincls && !serve && run_nothing_sent(run_dir);
+    int was_empty = !made_dir && !bench_tmp && !sink && !lincls && !serve && !resuming && !overwrite;
+    if ((made_dir || was_empty) && (loader_failed || trainer_failed) &&
+        moco_rundir_drop_empty(run_dir, trainer_failed ? pipe_logs : idle_logs, &lock_fd, was_empty) && made_runs)
+        rmdir("runs");
     if (lock_fd >= 0) close(lock_fd);
     return status;
 }

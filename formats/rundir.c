@@ -95,7 +95,7 @@ int moco_rundir_resumes_in(const char *dir, const char *resume)
     return sd.st_dev == sr.st_dev && sd.st_ino == sr.st_ino;
 }
 
-int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd)
+int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd, int keep_dir)
 {
     char p[4400];
     struct stat st;
@@ -118,6 +118,7 @@ int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_
             unlink(p);
         }
     closedir(d);
+    if (keep_dir) return 1;
     snprintf(p, sizeof p, "%s/%s", dir, MOCO_RUNDIR_LOCK);
     unlink(p);
     if (*lock_fd >= 0) close(*lock_fd);

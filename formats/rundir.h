@@ -55,12 +55,15 @@ int moco_rundir_resumes_in(const char *dir, const char *resume);
 
 /* A run directory this process made, after a run that failed before any
  * of its processes wrote a result (a --serve endpoint the loader could not
- * bind, say): removed, with its lock (*lock_fd closed and set to -1), when
- * it holds nothing but the lock, empty files and the files named in
- * spare (a NULL-ended list of names whose content the caller knows to say
- * nothing then, such as the workers' summaries of 0 pairs); then 1. 0 when
- * it holds anything else or cannot be read: a log with a line in it, which
- * may be the only record of why, is kept. */
-int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd);
+ * bind, a trainer that refused its flags, say): removed, with its lock
+ * (*lock_fd closed and set to -1), when it holds nothing but the lock,
+ * empty files and the files named in spare (a NULL-ended list of names
+ * whose content the caller knows to say nothing then, such as the workers'
+ * summaries of 0 pairs, or the pipeline's logs of a run that trained
+ * nothing); then 1. 0 when it holds anything else or cannot be read: a log
+ * with a line in it, which may be the only record of why, is kept. With
+ * keep_dir (a directory that was there, empty, before the run): the same
+ * files go, the directory and its lock stay (*lock_fd untouched). */
+int moco_rundir_drop_empty(const char *dir, const char *const *spare, int *lock_fd, int keep_dir);
 
 #endif

@@ -4,7 +4,8 @@
 # absent) with a tiny ResNet, so that each run takes a second or two:
 #  3b. every input is checked before the first step: a missing --knn-train,
 #      --knn-test, --resume or --keys fails at once, naming it (before: after
-#      the first epoch, or never without a loader);
+#      the first epoch, or never without a loader); a run directory moco run
+#      made for a trainer that failed so is removed;
 #  7e. `moco run DB --out DIR` trains into DIR (--out is --run-dir); a
 #      trainer flag that moco run sets itself (--count, --connect) is
 #      refused, not silently overridden;
@@ -58,6 +59,17 @@ t0=$SECONDS
 timeout 60 $M run db $RUN --epochs 1 --run-dir r3b --knn-train "$T/missing" --knn-test db >/dev/null 2>r3b.err; rc=$?
 [ $rc -eq 1 ] && grep -q "$T/missing" r3b.err || fail "moco run with a missing --knn-train: exit $rc: $(tail -2 r3b.err)"
 [ -e r3b/metrics.jsonl ] && fail "moco run with a missing --knn-train trained first: $(head -c 300 r3b/metrics.jsonl)"
+# the run directory moco run made for it goes, as after a loader that cannot bind (before: r3b was left
+# with .lock, loader.jsonl, loader.log, workers.jsonl and workers.log, and the corrected command was
+# refused it as 'not empty'); so does runs/ made for the default one; an empty one given stays, empty
+mkdir r3bd && cd r3bd || fail "cd r3bd"
+timeout 60 $M run ../db $RUN --epochs 1 --knn-train "$T/missing" --knn-test ../db >/dev/null 2>../r3bd.err; rc=$?
+cd "$T" || fail "cd $T"
+mkdir r3be
+timeout 60 $M run db $RUN --epochs 1 --run-dir r3be --knn-train "$T/missing" --knn-test db >/dev/null 2>r3be.err
+[ $rc -eq 1 ] && grep -q "moco train: --knn-train $T/missing" r3bd.err && grep -q "moco run: the consumer failed" r3bd.err \
+  && [ -d r3bd ] && [ -z "$(ls -A r3bd)" ] && [ ! -e r3b ] && grep -q "moco train: --knn-train $T/missing" r3be.err && [ -d r3be ] && [ -z "$(ls r3be)" ] \
+  || fail "3b: a trainer that refused its --knn-train left: $(ls -AR r3b r3bd 2>&1 | tr '\n' ' '); r3be: $(ls -A r3be 2>&1)"
 # ... and what only the trainer used to find once the pipeline ran (leaving the directory behind,
 # which the corrected command was then refused): a batch larger than the dataset, a
 # --start-epoch past --epochs
