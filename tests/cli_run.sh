@@ -4,7 +4,8 @@
 # exactly 2 x N pairs, also when a worker is SIGKILLed midway and replaced;
 # over tcp only with keys; a SIGKILLed supervisor (with the sink, and with a
 # trainer) leaves neither processes nor its socket directory behind; grey
-# and colour views in one run pass the sink.
+# and colour views in one run pass the sink; the sink's refusal is in its
+# --log (sink.jsonl) too.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 . "$(dirname "$0")/ports.sh"
@@ -139,6 +140,35 @@ d=$(ls -d runs/run-* 2>/dev/null)
   && grep -q "Address already in use" "$d/loader.log" || fail "--serve on a port in use, --quiet: exit $rc, $(tail -3 "$T/sv.err"); $(ls -AR)"
 cd "$T" || fail "cd $T"
 echo "--serve into a missing directory or under a file: exit 2 before anything is made; a port in use: no empty run directory left (--quiet: kept, its loader.log named)"
+
+# the sink's refusal (here the loader's REFUSED of an epoch past its --epochs) is also in its --log, the
+# sink.jsonl of a moco run --sink run directory, read afterwards (before: on stderr only)
+mkdir -p "$T/sr"
+$M loader --db "$T/db" --bind "ipc://$T/sr/w" --ctl "ipc://$T/sr/c" --epochs 1 --quiet 2>/dev/null &
+LP=$!
+echo 3 >"$T/sr/idx"
+timeout 30 $M sink --connect "ipc://$T/sr/c" --resume-epoch 5 --resume-indices "$T/sr/idx" --count $N --log "$T/sr/sink.jsonl" \
+  --loader-timeout 10 >/dev/null 2>"$T/sr.err"; rc=$?
+kill $LP; wait $LP 2>/dev/null
+msg=$(sed -n 's/^moco sink: \(.*refused this consumer: .*epoch 5.*\)$/\1/p' "$T/sr.err")
+[ $rc -eq 1 ] && [ -n "$msg" ] && [ "$(sed 's/^{"t":[0-9.]*,/{/' "$T/sr/sink.jsonl" | tail -1)" = "{\"event\":\"failed\",\"error\":\"$msg\"}" ] \
+  || fail "the sink's refusal: exit $rc: $(cat "$T/sr.err"); sink.jsonl: $(cat "$T/sr/sink.jsonl")"
+# ... and under moco run --sink: two workers from elsewhere (--workers 0 --bind), at --size 28 and 32,
+# make the sink refuse the views of one of the sizes at the end of the epoch; its reason is the last
+# line of the run directory's sink.jsonl
+P=$(port_block 2)
+$M augment --connect tcp://127.0.0.1:$P --push tcp://127.0.0.1:$((P + 1)) --insecure --recipe cifar --size 28 --quiet 2>/dev/null &
+W1=$!
+$M augment --connect tcp://127.0.0.1:$P --push tcp://127.0.0.1:$((P + 1)) --insecure --recipe cifar --size 32 --quiet 2>/dev/null &
+W2=$!
+timeout 60 $M run "$T/db" --sink --workers 0 --bind tcp://127.0.0.1:$P --insecure --recipe cifar --size 28 --epochs 1 \
+  --run-dir "$T/rsz" --quiet >/dev/null 2>"$T/rsz.err"; rc=$?
+kill $W1 $W2 2>/dev/null; wait $W1 $W2 2>/dev/null
+msg=$(sed -n 's/^moco sink: \([0-9]* pairs had another view size than .*\)$/\1/p' "$T/rsz.err")
+[ $rc -eq 1 ] && [ -n "$msg" ] && grep -q "^moco run: FAILED" "$T/rsz.err" \
+  && [ "$(sed 's/^{"t":[0-9.]*,/{/' "$T/rsz/sink.jsonl" | tail -1)" = "{\"event\":\"failed\",\"error\":\"$msg\"}" ] \
+  || fail "moco run --sink, views of two sizes: exit $rc: $(cat "$T/rsz.err"); sink.jsonl ends: $(tail -1 "$T/rsz/sink.jsonl")"
+echo "the sink's refusal: also in its --log (sink.jsonl; under moco run --sink: $msg)"
 
 # usage errors
 $M run "$T/db" --workers 0 --sink >/dev/null 2>"$T/usage.err"; rc=$?

@@ -16,6 +16,7 @@
 #  7c. a resume with another --epochs / --lr is refused without
 #      --allow-schedule-change, by moco run before it starts anything;
 #  7q. a resume of a run already complete says so and starts nothing;
+#  7r. a trainer's refusal is recorded in metrics.jsonl too;
 #  3a. the epoch's checkpoint is written before its kNN evaluation: SIGTERM
 #      as it appears stops the kNN, exit 130, and the printed command
 #      resumes the run, evaluates epoch 0 and writes its record;
@@ -165,6 +166,21 @@ timeout 60 $M run db ${RUN/--quiet/} --epochs 2 --allow-schedule-change --run-di
   && [ ! -e o7 ] && ! grep -q "^moco \(loader\|augment\|train\)\|^moco run: db: 512 samples" o7q.err \
   || fail "7q: resume of a complete run into o7: exit $rc: $(tail -3 o7q.err); o7: $(ls -A o7 2>&1)"
 echo "7q: a resume of a complete run: said so, exit 0, no loader or worker started, o1's logs unchanged, no new directory left"
+
+# 7r. a trainer's refusal is also recorded in metrics.jsonl, where the run's records are read afterwards
+#     (before: on stderr only): under moco run (a resume whose --knn-train is missing, refused by the
+#     trainer once started), and by moco train on its own (no loader answers), with the epoch it stood at
+timeout 60 $M run db $RUN --epochs 3 --allow-schedule-change --run-dir o1 --resume o1 --knn-train "$T/missing" --knn-test db \
+  >/dev/null 2>o1r.err; rc=$?
+msg=$(sed -n 's/^moco train: \(--knn-train .*\)$/\1/p' o1r.err)
+[ $rc -eq 1 ] && [ -n "$msg" ] && grep -q "^moco run: FAILED" o1r.err && [ "$(tail -1 o1/metrics.jsonl)" = "{\"type\":\"failed\",\"error\":\"$msg\"}" ] \
+  || fail "7r: a resume whose --knn-train is missing: exit $rc: $(tail -3 o1r.err); metrics.jsonl ends: $(tail -1 o1/metrics.jsonl)"
+timeout 30 $M train --connect ipc://$T/nothing-c --bind ipc://$T/nothing-p --size 28 --epochs 3 --allow-schedule-change $MODEL \
+  --lr 0.06 --seed 1 --count 512 --out o1 --resume o1 --loader-timeout 1 >/dev/null 2>o1t.err; rc=$?
+msg=$(sed -n 's/^moco train: \(no loader answered .*\)$/\1/p' o1t.err)
+[ $rc -eq 1 ] && [ -n "$msg" ] && [ "$(tail -1 o1/metrics.jsonl)" = "{\"type\":\"failed\",\"epoch\":2,\"error\":\"$msg\"}" ] \
+  || fail "7r: moco train with no loader: exit $rc: $(tail -3 o1t.err); metrics.jsonl ends: $(tail -1 o1/metrics.jsonl)"
+echo "7r: a trainer's refusal, under moco run and alone: its message also in metrics.jsonl's last record"
 
 # the pipeline by hand, as moco run starts it, so that the trainer can be signalled
 # each pipeline gets its own socket directory, $S: the helpers of a stopped one may still be

@@ -27,6 +27,20 @@
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int s) { (void)s; stop_flag = 1; }
 
+/* A refusal, also in the --log (sink.jsonl of a run directory, which is
+ * read afterwards; moco run prints the sink's stderr only):
+ * {"t":T,"event":"failed","error":MSG}. */
+static void log_failure(FILE *stats, const char *path, double t, const char *msg, int *warned)
+{
+    if (!stats) return;
+    moco_jw j;
+    moco_jw_begin(&j);
+    moco_jw_num(&j, "t", t, 3);
+    moco_jw_str(&j, "event", "failed");
+    moco_jw_str(&j, "error", msg);
+    moco_jw_log(&j, stats, "moco sink", path, warned);
+}
+
 /* Read "index" lines into a bitmap of count bits (stream.h). */
 int sink_load_indices(const char *path, uint64_t count, uint8_t **bm)
 {
@@ -146,6 +160,7 @@ int trainer_sink_main(int argc, char **argv)
         }
         if (rc) {
             fprintf(stderr, "\nmoco sink: %s\n", moco_errmsg());
+            log_failure(stats, stats_path, moco_now_s() - t0, moco_errmsg(), &stats_warned);
             status = 1;
             break;
         }
@@ -177,8 +192,11 @@ int trainer_sink_main(int argc, char **argv)
             uint64_t here = in_epoch + (epochs == 0 ? resumed : 0);
             int ok = here == ev.delivered && (!count || ev.delivered + ev.nfailed == count);
             if (!ok) {
-                fprintf(stderr, "\nmoco sink: epoch %u: received %" PRIu64 ", loader delivered %" PRIu64 ", failed %u, count %" PRIu64 "\n",
-                        ev.epoch, here, ev.delivered, ev.nfailed, count);
+                char why[200];
+                snprintf(why, sizeof why, "epoch %u: received %" PRIu64 ", loader delivered %" PRIu64 ", failed %u, count %" PRIu64,
+                         ev.epoch, here, ev.delivered, ev.nfailed, count);
+                fprintf(stderr, "\nmoco sink: %s\n", why);
+                log_failure(stats, stats_path, moco_now_s() - t0, why, &stats_warned);
                 status = 1;
             }
             for (uint32_t j = 0; j < ev.nfailed; j++)
@@ -235,13 +253,16 @@ int trainer_sink_main(int argc, char **argv)
     stream_stats st;
     stream_get_stats(s, &st);
     stream_destroy(&s);
+    if (bad) {
+        char why[200];
+        snprintf(why, sizeof why, "%" PRIu64 " pairs had another view size than %ux%u, or channels other than 1 or 3", bad, h, w);
+        fprintf(stderr, "moco sink: %s\n", why);
+        log_failure(stats, stats_path, moco_now_s() - t0, why, &stats_warned);
+        status = 1;
+    }
     if (log) fclose(log);
     if (stats) fclose(stats);
     free(bm);
-    if (bad) {
-        fprintf(stderr, "moco sink: %" PRIu64 " pairs had another view size than %ux%u, or channels other than 1 or 3\n", bad, h, w);
-        status = 1;
-    }
     moco_jw j;
     moco_jw_begin(&j);
     moco_jw_u64(&j, "pairs", total);

@@ -513,7 +513,8 @@ int train_run(const train_cfg *cin)
                       "their own rank, so each rank needs --bn-splits 2 or more (with one group the shuffle changes nothing, "
                       "and a query's BN group would be its key's)", c->bn_splits, ranks);
     /* one writer per directory (moco run holds the lock of the trainer it starts) */
-    if (!rc && !rank && !getenv("MOCO_RUN_SUPERVISED")) {
+    const int supervised = getenv("MOCO_RUN_SUPERVISED") != NULL;
+    if (!rc && !rank && !supervised) {
         if (mkdir(c->out, 0755) == 0) made_out = 1;
         else if (errno != EEXIST) rc = moco_err(MOCO_EIO, "cannot create %s: %s", c->out, strerror(errno));
         if (!rc) rc = moco_lock_dir(c->out, &lock_fd);
@@ -525,7 +526,10 @@ int train_run(const train_cfg *cin)
         int r2 = dist_sum_d(c->dist, &bad, 1);
         if (!rc && (r2 || bad > 0)) rc = r2 ? r2 : moco_err(MOCO_EINVAL, "another rank could not start (see its message)");
     }
+    /* a failure is also recorded in metrics.jsonl, where the run's records are read afterwards: from here on, in
+     * an --out whose checks passed; before, under moco run, which checked it (a resume refused its --knn-train) */
     if (rc) {
+        if (!rank && supervised) train_note_failure(c->out, -1, moco_errmsg());
         if (made_out) train_drop_made_out(c->out, &lock_fd);
         if (lock_fd >= 0) close(lock_fd);
         return rc;
@@ -885,6 +889,7 @@ out:; /* a declaration follows: C11 puts a statement after a label (clang-14 ins
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->out);
         if (stat(mp, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) unlink(mp);
     }
+    if (rc && rc != MOCO_EINTR && !rank) train_note_failure(c->out, epoch, moco_errmsg()); /* a metrics.jsonl left */
     if (rc && made_out && saved_step < 0) train_drop_made_out(c->out, &lock_fd); /* only if it holds nothing but the lock */
     if (lock_fd >= 0) close(lock_fd); /* after the last write */
     stream_destroy(&s);

@@ -123,6 +123,13 @@ int train_check_out_dir(const char *out, int overwrite);
  * checkpoint: removed when it holds nothing but the lock (*lock_fd closed
  * and set to -1 then). */
 void train_drop_made_out(const char *out, int *lock_fd);
+/* A run that failed (not a stop): its reason appended to out/metrics.jsonl
+ * as {"type":"failed","epoch":E,"error":msg} (no "epoch" when epoch < 0:
+ * not known yet), where the run's records are read afterwards (moco run
+ * prints it on stderr only). Only into a metrics.jsonl that exists and ends
+ * with a whole line (never after a torn one); the caller's moco_errmsg()
+ * is kept. Best effort: a write that fails says nothing more. */
+void train_note_failure(const char *out, int64_t epoch, const char *msg);
 /* SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to the ranks) set the
  * flag train_run stops on, before its next step. */
 void train_catch_signals(void);

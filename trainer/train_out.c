@@ -1,10 +1,12 @@
 /* train_out.c: what a training run may find in its --out and resume from:
  * a new run's --out is empty (or --overwrite clears its run files); a
  * resume from another directory's checkpoint never goes into a directory
- * holding another run; metrics.jsonl is rewound to the checkpoint's step; a
- * --out the run made and left empty goes again. Split from train.c. */
+ * holding another run; metrics.jsonl is rewound to the checkpoint's step,
+ * and takes the reason of a run that failed; a --out the run made and left
+ * empty goes again. Split from train.c. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "formats/errors.h"
+#include "formats/jsonw.h"
 #include "formats/replace.h"
 #include "formats/rundir.h"
 #include "trainer/engine/ckpt.h"
@@ -118,4 +121,29 @@ void train_drop_made_out(const char *out, int *lock_fd)
     if (*lock_fd >= 0) close(*lock_fd);
     *lock_fd = -1;
     rmdir(out);
+}
+
+void train_note_failure(const char *out, int64_t epoch, const char *msg)
+{
+    char path[4200], saved[1024], last = '\n';
+    struct stat st;
+    snprintf(saved, sizeof saved, "%s", moco_errmsg()); /* msg may be it: a failed write below would replace it */
+    msg = msg == moco_errmsg() ? saved : msg;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC | O_NONBLOCK); /* never created here; a FIFO not waited on */
+    if (fd < 0) return;
+    FILE *f = NULL;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1) || last != '\n' ||
+        !(f = fdopen(fd, "a"))) {
+        close(fd);
+        return;
+    }
+    moco_jw w;
+    moco_jw_begin(&w);
+    moco_jw_str(&w, "type", "failed");
+    if (epoch >= 0) moco_jw_i64(&w, "epoch", epoch);
+    moco_jw_str(&w, "error", msg);
+    moco_jw_line(&w, f);
+    fclose(f);
+    moco_err(0, "%s", saved);
 }
