@@ -679,9 +679,10 @@ static int start_monitor(moco_sec *s, void *sock, const char *endpoint, char kin
 
 int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint)
 {
-    int rc = precheck(s, sock, endpoint, "bind"), one = 1;
+    int rc = precheck(s, sock, endpoint, "bind"), one = 1, hs = MOCO_SEC_HANDSHAKE_MS;
     if (rc <= 0) return rc;
     if ((rc = setopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one, "ZMQ_CURVE_SERVER", endpoint)) ||
+        (rc = setopt(sock, ZMQ_HANDSHAKE_IVL, &hs, sizeof hs, "ZMQ_HANDSHAKE_IVL", endpoint)) ||
         (rc = setopt(sock, ZMQ_CURVE_SECRETKEY, s->server_sec, 32, "ZMQ_CURVE_SECRETKEY", endpoint)) ||
         (rc = setopt(sock, ZMQ_ZAP_DOMAIN, "moco", 4, "ZMQ_ZAP_DOMAIN", endpoint)))
         return rc;

@@ -19,6 +19,13 @@
 
 typedef struct moco_sec moco_sec;
 
+/* A connection to a bound CURVE socket that has not finished its handshake
+ * (a stranger's silent or half-open TCP connection) is closed after this
+ * long (ZMQ_HANDSHAKE_IVL; libzmq's default, 30 s, let a stranger hold
+ * hundreds of descriptors for half a minute each). Loopback and LAN
+ * handshakes take milliseconds. */
+#define MOCO_SEC_HANDSHAKE_MS 3000
+
 /* One per ZeroMQ context (process). keys_dir may be NULL (then only ipc/inproc endpoints,
  * or tcp with insecure=1, are allowed; with keys, insecure changes nothing). With keys_dir: loads DIR/server.key_secret,
  * DIR/client.key_secret, DIR/server.key and every public certificate in DIR/allowed/
@@ -37,7 +44,7 @@ int moco_sec_new(void *zctx, const char *keys_dir, int insecure, const char *who
 /* Call before zmq_bind(sock, endpoint), in the thread that owns sock. tcp:// without keys
  * and without insecure -> MOCO_EINVAL ("tcp://... needs --keys DIR (see moco keygen) or
  * --insecure"). tcp with keys: ZMQ_CURVE_SERVER=1, the server secret key, ZMQ_ZAP_DOMAIN
- * "moco", and a socket monitor that counts failed handshakes. ipc://PATH, inproc://: nothing to
+ * "moco", ZMQ_HANDSHAKE_IVL MOCO_SEC_HANDSHAKE_MS, and a socket monitor that counts failed handshakes. ipc://PATH, inproc://: nothing to
  * do, returns 0. ipc://@NAME without insecure, any other transport: MOCO_EINVAL
  * (moco_sec_check_endpoint). s may be NULL (= no keys, not insecure). */
 int moco_sec_bind(moco_sec *s, void *sock, const char *endpoint);
