@@ -52,6 +52,14 @@
 #define MOCO_VIEW_SIDE_MAX 2048              /* largest view side (recipes: 1..2048) */
 #define MOCO_VIEW_BYTES_MAX ((size_t)MOCO_VIEW_SIDE_MAX * MOCO_VIEW_SIDE_MAX * 3)
 #define MOCO_PAIRS_FRAME_MAX (MOCO_BATCH_BYTES + 2 * MOCO_VIEW_BYTES_MAX) /* any frame of PAIR / PAIRS */
+/* PAIR / PAIRS messages the loader queues per connection at its pair socket
+ * (ZMQ_RCVHWM). Each frame may be up to MOCO_PAIRS_FRAME_MAX (28 MiB), so a
+ * mark of 4 let an allowed peer's every extra connection fill 112 MB of the
+ * loader's memory; 2 halves that and keeps the stream at full rate (1 stalled
+ * it: libzmq 4.3.4, serve mode, nothing delivered). libzmq does not bound
+ * the frames of one message: a peer holding a valid key can still make one
+ * connection hold a message of many such frames (formats/README.md, Limits). */
+#define MOCO_PAIRS_RCVHWM 2
 #define MOCO_RECORD_WIRE_MAX ((size_t)64 << 20) /* a longer record is reported failed, never sent */
 #define MOCO_SAMPLES_FRAME_MAX (MOCO_BATCH_BYTES + MOCO_RECORD_WIRE_MAX)
 #define MOCO_CTL_FRAME_MAX 65536             /* READY, FAILED, HEARTBEAT, ACK, HELLO, WELCOME, REFUSED, END */

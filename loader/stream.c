@@ -702,7 +702,7 @@ static int run(loader *L)
      * connection): the workers feel the consumer's pace */
     if (!(L->work = open_bound(L, ZMQ_ROUTER, L->work_ep, 1000, 1000, MOCO_CTL_FRAME_MAX, &rc)) ||
         !(L->ctl = open_bound(L, ZMQ_ROUTER, L->ctl_ep, L->pairs_ep ? MOCO_SERVE_SNDHWM : 1000, 1000, ctl_max, &rc)) ||
-        (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, 4, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
+        (L->pairs_ep && !(L->pairs = open_bound(L, ZMQ_PULL, L->pairs_ep, 1000, MOCO_PAIRS_RCVHWM, (int64_t)MOCO_PAIRS_FRAME_MAX, &rc))))
         return rc;
     if (!L->quiet)
         fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s%s%s; consumer: %s%s\n", L->db_path, L->n, L->work_ep,

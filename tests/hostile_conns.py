@@ -1,6 +1,12 @@
 """hostile_conns.py: many connections against a serve-mode loader over tcp
 with CURVE (tests/cli_hostile.sh; the helpers are hostile.py's).
 
+  memory:    an allowed peer opens 3 connections to the pair socket and
+             sends frames of 27 MiB (just under MOCO_PAIRS_FRAME_MAX) with
+             no consumer to read them: the loader's RSS grows at most 80 MB
+             per connection (MOCO_PAIRS_RCVHWM 2: two such messages wait per
+             connection, 54 MB). Before, a high-water mark of 4 let each
+             connection fill 108-112 MB (20 connections: 2.2 GB).
   halfopen:  a consumer and a real worker run; strangers open 150 TCP
              connections to the three endpoints and never finish (or start)
              the CURVE handshake: the loader closes them within 8 s
@@ -16,7 +22,14 @@ import time
 import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostile import fail, last_stats, real_worker, teardown, wait_line  # noqa: E402
+from hostile import curve_client, fail, last_stats, real_worker, teardown, wait_line  # noqa: E402
+
+
+def rss_mb(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def nfds(pid):
@@ -29,6 +42,46 @@ def loader(moco, db, keys, out, port, extra=()):
     p = subprocess.Popen([moco, "loader", "--db", db, "--bind", eps[0], "--ctl", eps[1], "--pairs", eps[2], "--keys", keys,
                           "--log", log] + list(extra), stderr=open(lerr, "w"))
     return p, eps, log, lerr
+
+
+def memory(moco, db, n, keys, out, port):
+    ld, (work, ctl, pairs), log, lerr = loader(moco, db, keys, out, port)
+    ctx = zmq.Context()
+    socks, conns = [], 3
+    try:
+        if not wait_line(lerr, "serve mode", 10):
+            fail("the loader did not start: %s" % open(lerr).read()[-400:])
+        time.sleep(0.5)
+        r0 = rss_mb(ld.pid)
+        frame = b"\0" * (27 << 20)
+        for _ in range(conns):
+            s = curve_client(ctx, zmq.PUSH, keys)
+            s.setsockopt(zmq.SNDHWM, 8)
+            s.connect(pairs)
+            socks.append(s)
+            for _ in range(6):
+                try:
+                    s.send(frame, zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass
+        # until the growth settles (each connection's frames are in or refused)
+        last, t0 = -1.0, time.time()
+        while time.time() - t0 < 15:
+            time.sleep(1.0)
+            now = rss_mb(ld.pid)
+            if now - last < 5 and now - r0 > 20:
+                break
+            last = now
+        grew = rss_mb(ld.pid) - r0
+    finally:
+        teardown(ctx, socks, [ld])
+    if grew < 20:  # not one frame arrived: the measurement measured nothing
+        fail("the loader's RSS grew %.0f MB: the frames of 27 MiB did not reach it" % grew)
+    if grew / conns > 80:
+        fail("the loader's RSS grew %.0f MB per connection of one allowed key (%d connections, frames of 27 MiB; "
+             "expected at most 80)" % (grew / conns, conns))
+    print("memory: %d connections of one key, frames of 27 MiB: loader RSS +%.0f MB (%.0f MB per connection)"
+          % (conns, grew, grew / conns))
 
 
 def delivered(log, n):
@@ -87,4 +140,4 @@ def halfopen(moco, db, n, keys, out, port):
 if __name__ == "__main__":
     mode, moco, db, n, keys, out, port = sys.argv[1:8]
     os.makedirs(out, exist_ok=True)
-    {"halfopen": halfopen}[mode](moco, db, int(n), keys, out, int(port))
+    {"memory": memory, "halfopen": halfopen}[mode](moco, db, int(n), keys, out, int(port))
