@@ -12,7 +12,8 @@ with CURVE (tests/cli_hostile.sh; the helpers are hostile.py's).
              the CURVE handshake: the loader closes them within 8 s
              (MOCO_SEC_HANDSHAKE_MS, 3 s; before, libzmq's default 30 s kept
              each descriptor that long) and the consumer keeps receiving
-             pairs meanwhile at no less than a third of its rate before."""
+             pairs meanwhile at no less than a fifth of its rate before (a third
+             held in every run here; a fifth leaves room for a busy CI host)."""
 import os
 import socket
 import subprocess
@@ -131,7 +132,7 @@ def halfopen(moco, db, n, keys, out, port):
     if left > 3:
         fail("the loader still held %d of the strangers' %d descriptors %.0f s after they connected without a "
              "handshake" % (left, opened, closed_after))
-    if during < before / 3:
+    if during < before / 5:
         fail("the consumer got %.0f pairs/s while 150 strangers held connections, %.0f before" % (during, before))
     print("halfopen: 150 strangers' connections (+%d descriptors) closed in %.1f s; pairs/s %.0f before, %.0f during"
           % (opened, closed_after, before, during))
