@@ -65,12 +65,25 @@ int moco_new(const moco_cfg *cfg, moco **out)
         double u1 = moco_rng_uniform(&r), u2 = moco_rng_uniform(&r);
         mc->queue[i] = (float)(sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2));
     }
-    for (int j = 0; j < cfg->K; j++) {
-        double s = 0;
-        for (int d = 0; d < D; d++) s += (double)mc->queue[(size_t)d * cfg->K + j] * mc->queue[(size_t)d * cfg->K + j];
-        float inv = (float)(1.0 / fmax(sqrt(s), 1e-12));
-        for (int d = 0; d < D; d++) mc->queue[(size_t)d * cfg->K + j] *= inv;
+    /* Row by row (the queue is D x K, row-major): each column's sum of
+     * squares gathers in the order d = 0..D-1, as a column walk would, but
+     * memory is read in sequence (a column walk strides K floats, one page
+     * per read: 74 s under ASan for K = 65536). */
+    double *ss = calloc((size_t)cfg->K, sizeof *ss);
+    if (!ss) {
+        rc = moco_err(MOCO_ENOMEM, "out of memory for the queue's norms (%d columns)", cfg->K);
+        goto fail;
     }
+    for (int d = 0; d < D; d++) {
+        const float *row = mc->queue + (size_t)d * cfg->K;
+        for (int j = 0; j < cfg->K; j++) ss[j] += (double)row[j] * row[j];
+    }
+    for (int j = 0; j < cfg->K; j++) ss[j] = (float)(1.0 / fmax(sqrt(ss[j]), 1e-12));
+    for (int d = 0; d < D; d++) {
+        float *row = mc->queue + (size_t)d * cfg->K;
+        for (int j = 0; j < cfg->K; j++) row[j] *= (float)ss[j];
+    }
+    free(ss);
     *out = mc;
     return 0;
 fail:
