@@ -139,10 +139,10 @@ static void child_signals(void)
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], SIG_DFL);
 }
 
-/* Run exercise() in a child. Returns its result bits; fails the test if
- * the child died of a signal (SIGBUS, SIGSEGV, SIGABRT from LMDB, or
- * SIGALRM: it ran for 20 s, a hang). */
-static int in_child(const char *what)
+/* Run fn() in a child and return its exit code; fails the test if the
+ * child died of a signal (SIGBUS, SIGSEGV, SIGABRT from LMDB, or SIGALRM:
+ * it ran for 20 s, a hang). */
+static int forked(int (*fn)(void), const char *what)
 {
     fflush(NULL);
     pid_t pid = fork();
@@ -151,12 +151,18 @@ static int in_child(const char *what)
         /* _exit: no cmocka, no atexit (leaks are checked in-process below) */
         child_signals();
         alarm(20); /* LMDB looping on a damaged page must fail the test, not block it */
-        _exit(exercise());
+        _exit(fn());
     }
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     if (!WIFEXITED(st)) fail_msg("%s: the reader died of signal %d (%s)", what, WTERMSIG(st), strsignal(WTERMSIG(st)));
-    int r = WEXITSTATUS(st);
+    return WEXITSTATUS(st);
+}
+
+/* Run exercise() in a child. Returns its result bits. */
+static int in_child(const char *what)
+{
+    int r = forked(exercise, what);
     if (r & 1) fail_msg("%s: an error without the file name (see above)", what);
     return r;
 }
@@ -277,17 +283,7 @@ static void test_shrinks_while_reading(void **st)
 {
     (void)st;
     fresh_copy();
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        child_signals();
-        _exit(shrink_while_open());
-    }
-    int s;
-    assert_int_equal(waitpid(pid, &s, 0), pid);
-    if (!WIFEXITED(s)) fail_msg("shrunk while open: the reader died of signal %d (%s)", WTERMSIG(s), strsignal(WTERMSIG(s)));
-    assert_int_equal(WEXITSTATUS(s), 0);
+    assert_int_equal(forked(shrink_while_open, "shrunk while open"), 0);
     /* in-process too (cmocka's own SIGBUS handler is in place: the guard
      * goes in front of it) */
     fresh_copy();
@@ -297,7 +293,8 @@ static void test_shrinks_while_reading(void **st)
      * must die of SIGBUS */
     fresh_copy();
     fflush(NULL);
-    pid = fork();
+    pid_t pid = fork();
+    int s;
     assert_true(pid >= 0);
     if (pid == 0) {
         moco_db *db;
@@ -354,7 +351,7 @@ static int fault_twice(void)
     return r;
 }
 
-static void *fault_twice_blocked(void *arg)
+static void *fault_twice_thread(void *arg)
 {
     sigset_t all;
     sigfillset(&all);
@@ -363,28 +360,24 @@ static void *fault_twice_blocked(void *arg)
     return NULL;
 }
 
+static int fault_twice_blocked(void)
+{
+    int r = 30;
+    pthread_t t;
+    if (pthread_create(&t, NULL, fault_twice_thread, &r) == 0) pthread_join(t, NULL);
+    return r;
+}
+
 static void test_guard_twice(void **st)
 {
     (void)st;
     for (int blocked = 0; blocked < 2; blocked++) {
-        fresh_copy();
-        fflush(NULL);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            child_signals();
-            alarm(20);
-            int r = 30;
-            pthread_t t;
-            if (!blocked) r = fault_twice();
-            else if (pthread_create(&t, NULL, fault_twice_blocked, &r) == 0) pthread_join(t, NULL);
-            _exit(r);
-        }
-        int s;
         const char *how = blocked ? "in a thread that blocks every signal" : "in a thread that blocks none";
-        assert_int_equal(waitpid(pid, &s, 0), pid);
-        if (!WIFEXITED(s)) fail_msg("two faults %s: the reader died of signal %d (%s)", how, WTERMSIG(s), strsignal(WTERMSIG(s)));
-        if (WEXITSTATUS(s)) fail_msg("two faults %s: exit %d (see above)", how, WEXITSTATUS(s));
+        char what[96];
+        snprintf(what, sizeof what, "two faults %s", how);
+        fresh_copy();
+        int r = forked(blocked ? fault_twice_blocked : fault_twice, what);
+        if (r) fail_msg("%s: exit %d (see above)", what, r);
         print_message("  two faults %s: both reported, the mask as it was\n", how);
     }
     /* in-process too, under cmocka's handlers */
