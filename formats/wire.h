@@ -46,7 +46,7 @@ typedef enum {
     MOCO_MSG_PAIRS = 11,    /* worker -> consumer: a batch of PAIRs in two frames */
     MOCO_MSG_SAMPLES = 12,  /* loader -> worker (version 2): a batch of records in two frames */
     MOCO_MSG_WELCOME = 13,  /* loader -> consumer (version 3): HELLO accepted; count, epochs, mode */
-    MOCO_MSG_REFUSED = 14,  /* loader -> a peer (version 3): HELLO refused, with the reason */
+    MOCO_MSG_REFUSED = 14,  /* loader -> a peer (version 3): HELLO refused, or (after WELCOME) no longer served, with the reason */
     MOCO_MSG_BYE = 15,      /* consumer -> loader (version 3): I am leaving; another may say HELLO now */
     MOCO_MSG_BUSY = 16,     /* consumer -> loader (version 5): alive, not reading pairs now (a heartbeat) */
     MOCO_MSG_TYPE_MAX = 64  /* types >= this are invalid */

@@ -515,6 +515,17 @@ static void on_worker_msg(loader *L, inmsg *m)
 
 /* ---- periodic work ---- */
 
+/* STOP to every live worker: the loader is done (or gives up), so they
+ * stop now rather than at their loader timeout. */
+static void loader_stop_workers(loader *L)
+{
+    uint8_t b[16];
+    size_t l = moco_pipe_simple(b, MOCO_MSG_STOP);
+    for (int k = 0; k < L->nw; k++)
+        if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
+}
+
+
 static void heartbeats(loader *L)
 {
     uint8_t hb[16];
@@ -523,6 +534,39 @@ static void heartbeats(loader *L)
         if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
     for (int r = 0; r < L->R; r++)
         if (L->c[r].connected) loader_send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
+}
+
+/* Several consumers (--consumers R): one rank away (it never came, left, or
+ * went silent) while others are connected holds them for ever at its shard's
+ * end of the epoch. Once it has been away --consumer-wait seconds (counted
+ * from its last word, or from when a consumer last came after none), the run
+ * stops: the connected ranks get REFUSED with the reason (they stop with it,
+ * not at their --loader-timeout), and the loader returns the error naming
+ * the rank (its workers get STOP). Returns 0, or that error. */
+static int check_ranks_away(loader *L, double t, double any_since)
+{
+    for (int r = 0; r < L->R; r++) {
+        const consumer *c = &L->c[r];
+        double since = c->seen > any_since ? c->seen : any_since;
+        if (c->connected || t - since <= L->consumer_wait) continue;
+        char why[400];
+        snprintf(why, sizeof why, "the consumer of rank %d of %d has been away for %.0f s (--consumer-wait %g) while other "
+                 "ranks read: they would wait for its shard of epoch %u for ever; the run stops (restart every rank from "
+                 "its last checkpoint)", r, L->R, t - since, L->consumer_wait, L->epoch);
+        uint8_t b[12 + MOCO_WIRE_REASON_MAX];
+        size_t bl = moco_pipe_refused(b, MOCO_ETIMEOUT, why);
+        for (int j = 0; j < L->R; j++)
+            if (L->c[j].connected) loader_send_to(L->ctl, L->c[j].id, L->c[j].idlen, b, bl, NULL, 0);
+        moco_jw w;
+        loader_ev_begin(L, &w, "rank_away");
+        moco_jw_i64(&w, "rank", r);
+        moco_jw_num(&w, "away_s", t - since, 1);
+        moco_jw_u64(&w, "epoch", L->epoch);
+        loader_ev_end(L, &w);
+        loader_stop_workers(L);
+        return moco_err(MOCO_ETIMEOUT, "%s", why);
+    }
+    return 0;
 }
 
 static void check_timeouts(loader *L, double t)
@@ -662,12 +706,8 @@ static void send_end(loader *L)
 
 static void say_goodbye(loader *L)
 {
-    uint8_t b[16];
-    size_t l;
     if (!L->ended) send_end(L);
-    l = moco_pipe_simple(b, MOCO_MSG_STOP);
-    for (int k = 0; k < L->nw; k++)
-        if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
+    loader_stop_workers(L);
 }
 
 /* A socket of ours bound at ep: type, send and receive HWMs, largest frame
@@ -707,7 +747,8 @@ static int run(loader *L)
     if (!L->quiet)
         fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s%s%s; consumer: %s%s\n", L->db_path, L->n, L->work_ep,
                 L->pairs ? ", their pairs: " : "", L->pairs ? L->pairs_ep : "", L->ctl_ep, L->pairs ? " (serve mode)" : "");
-    double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0;
+    double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0, any_since = t0;
+    int any_before = 0;
     uint64_t last_sent = 0;
     int finished = 0;
     while (!stop_flag && !finished) {
@@ -760,9 +801,14 @@ static int run(loader *L)
             loader_age(L, r, t);
             c->connected = 0;
         }
+        if (any && !any_before) any_since = t;
+        any_before = any;
+        if (L->R > 1 && any && !L->ended && (rc = check_ranks_away(L, t, any_since))) return rc;
         if (any) waited_since = t;
-        else if (t - waited_since > L->consumer_wait)
+        else if (t - waited_since > L->consumer_wait) {
+            loader_stop_workers(L);
             return moco_err(MOCO_ETIMEOUT, "no consumer on %s for %.0f s (--consumer-wait)", L->ctl_ep, t - waited_since);
+        }
         if (any && !L->ended) {
             int r = epoch_complete(L);
             if (r < 0) return r;
@@ -850,7 +896,7 @@ int loader_stream_main(int argc, char **argv)
         {"readmit-after", MOCO_OPT_DOUBLE, &L->readmit_after, "a banned worker that still says READY gets work again after "
                                                               "this many seconds, twice as long after each later ban "
                                                               "(at most 64 x; 0: bans are for good)", 0, 1e6, NULL},
-        {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up", 1, 1e7, NULL},
+        {"consumer-wait", MOCO_OPT_DOUBLE, &L->consumer_wait, "seconds to wait for a consumer before giving up (with --consumers R: for each rank, while others read)", 1, 1e7, NULL},
         {"log", MOCO_OPT_STR, &L->log_path, "write JSON lines of statistics here, once a second", 0, 0, NULL},
         {"quiet", MOCO_OPT_FLAG, &L->quiet, "no progress on stderr", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},

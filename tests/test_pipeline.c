@@ -966,6 +966,63 @@ static void test_serve_held_bytes_cap(void **st)
                                i ? "268435457" : "0", tu_moco(), tmp, work_ep, pairs_ep, tmp, i ? "268435457" : "0", tmp), 0);
 }
 
+/* Serve mode, 2 consumers: rank 1 reads a little and leaves (BYE) and no
+ * successor comes, while rank 0 reads on. Rank 0 would wait for rank 1's
+ * shard of the epoch for ever (before: it did, the loader heartbeating it).
+ * Once rank 1 has been away --consumer-wait (3 s), the loader stops the run:
+ * rank 0 gets REFUSED naming rank 1 and the flag, and the loader exits 1
+ * with the same reason (a rank_away event in its log). */
+static void test_serve_rank_away(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_away");
+    make_db();
+    char extra[1400];
+    snprintf(extra, sizeof extra, "--epochs 1 --seed 5 --pairs %s --consumers 2 --window 64 --consumer-timeout 30 "
+             "--consumer-wait 3 --linger 0", pairs_ep);
+    pid_t L = start_loader(extra);
+    pid_t W = start_worker(4);
+    trainer_stream *s[2];
+    for (int r = 0; r < 2; r++) {
+        stream_cfg cfg = {.ctl_ep = ctl_ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 60, .rank = r, .ranks = 2};
+        assert_int_equal(stream_open(&cfg, &s[r]), 0);
+    }
+    int got[2] = {0, 0}, rc = 0;
+    double t0 = moco_now_s(), left = 0;
+    while (!rc) {
+        if (moco_now_s() - t0 > 40) fail_msg("rank 0 still waits 40 s after its start (%d pairs; rank 1 left with %d)", got[0], got[1]);
+        if (s[1] && got[1] >= 5) { /* rank 1 leaves: BYE, and no successor */
+            stream_destroy(&s[1]);
+            s[1] = NULL;
+            left = moco_now_s();
+        }
+        for (int r = 0; r < 2 && !rc; r++) {
+            if (!s[r]) continue;
+            stream_event ev;
+            if ((rc = stream_next(s[r], 50, &ev))) {
+                if (r != 0) fail_msg("rank %d: %s", r, moco_errmsg());
+                break;
+            }
+            if (ev.kind == STREAM_PAIR) got[r]++;
+            else if (ev.kind == STREAM_EPOCH_END || ev.kind == STREAM_END) fail_msg("rank %d: the epoch ended without rank 1's shard", r);
+        }
+    }
+    double waited = moco_now_s() - left;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", moco_errmsg());
+    print_message("  rank 0 stopped %.1f s after rank 1 left (%d + %d pairs): %s\n", waited, got[0], got[1], msg);
+    stream_destroy(&s[0]);
+    assert_true(left > 0);
+    assert_non_null(strstr(msg, "refused this consumer: the consumer of rank 1 of 2 has been away for"));
+    assert_non_null(strstr(msg, "(--consumer-wait 3)"));
+    assert_true(waited >= 2.5 && waited < 15);
+    assert_int_equal(got[0] + got[1] < N, 1);
+    assert_int_equal(wait_for(L, 20), 1);
+    wait_for(W, 10);
+    assert_int_equal(tu_sh("grep -q 'moco loader: the consumer of rank 1 of 2 has been away for .* the run stops' %s/loader.err", tmp), 0);
+    assert_int_equal(tu_sh("grep -q '\"rank_away\".*\"rank\":1' %s/loader.jsonl", tmp), 0);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -987,6 +1044,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_paused_consumer, teardown),
         cmocka_unit_test_teardown(test_slow_consumer_deep, teardown),
         cmocka_unit_test_teardown(test_serve_held_bytes_cap, teardown),
+        cmocka_unit_test_teardown(test_serve_rank_away, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

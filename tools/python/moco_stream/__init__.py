@@ -785,7 +785,14 @@ class PairStream:
             self.ended = struct.unpack_from("<I", h, 8)[0]
             self._q.put(("end", self.ended), 0)
             return "end"
-        elif mtype in (T_WELCOME, T_REFUSED):    # a second answer to one HELLO
+        elif mtype == T_REFUSED and 12 <= len(h) <= 12 + REASON_MAX:
+            # after WELCOME: the loader stops serving this consumer (another rank
+            # stayed away past its --consumer-wait), and says why
+            code = struct.unpack_from("<i", h, 8)[0]
+            self.stats["refused"] += 1
+            raise StreamError("moco_stream: the loader stopped serving this consumer: %s (%d)"
+                              % (h[12:].decode("utf-8", "replace"), code), code)
+        elif mtype in (T_WELCOME, T_REFUSED):    # a second WELCOME, or a REFUSED out of bounds
             self._reject("malformed", what=what)
         elif mtype <= 14:                        # known types a loader does not send
             self._reject("malformed", what=what)

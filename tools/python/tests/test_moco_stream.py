@@ -99,6 +99,24 @@ class TestHandshake(Base):
         self.assertEqual(cm.exception.code, -33007)
         self.assertEqual(s.stats["refused"], 1)
 
+    def test_refused_after_welcome(self):
+        # the loader stops serving this consumer (another rank stayed away past
+        # its --consumer-wait): an error with its reason and code, not a wait
+        # for the rest of the epoch; a REFUSED longer than 12 + REASON_MAX
+        # bytes stays malformed (counted, dropped)
+        reason = "the consumer of rank 1 of 2 has been away for 3 s (--consumer-wait 3)"
+        hostile = [[prefix(14, 3) + struct.pack("<i", -33006) + b"x" * (moco_stream.REASON_MAX + 1)],
+                   [prefix(14, 3) + struct.pack("<i", -33006) + reason.encode()]]
+        f = self.loader(count=50, epochs=1, hostile=hostile)
+        s = self.stream(f.endpoint)
+        t0 = time.monotonic()
+        with self.assertRaises(moco_stream.StreamError) as cm:
+            collect(s)
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertIn("the loader stopped serving this consumer: " + reason, str(cm.exception))
+        self.assertEqual(cm.exception.code, -33006)
+        self.assertEqual((s.stats["refused"], s.stats["malformed"]), (1, 1), dict(s.stats))
+
     def test_no_welcome(self):
         d = tempfile.mkdtemp()
         try:
