@@ -265,3 +265,34 @@ int loader_on_consumer_msg(loader *L, inmsg *m)
     return 0;
 }
 
+/* Several consumers (--consumers R): one rank away (it never came, left, or
+ * went silent) while others are connected holds them for ever at its shard's
+ * end of the epoch. Once it has been away --consumer-wait seconds (counted
+ * from its last word, or from none_since, the last time no consumer was
+ * connected), the run stops: the connected ranks get REFUSED with the reason
+ * (they stop with it, not at their --loader-timeout), and the error naming
+ * the rank is returned (the caller stops the workers). Returns 0, or it. */
+int loader_check_ranks_away(loader *L, double t, double none_since)
+{
+    for (int r = 0; r < L->R; r++) {
+        const consumer *c = &L->c[r];
+        double since = c->seen > none_since ? c->seen : none_since;
+        if (c->connected || t - since <= L->consumer_wait) continue;
+        char why[400];
+        snprintf(why, sizeof why, "the consumer of rank %d of %d has been away for %.0f s (--consumer-wait %g) while other "
+                 "ranks read: they would wait for its shard of epoch %u for ever; the run stops (restart every rank from "
+                 "its last checkpoint)", r, L->R, t - since, L->consumer_wait, L->epoch);
+        uint8_t b[12 + MOCO_WIRE_REASON_MAX];
+        size_t bl = moco_pipe_refused(b, MOCO_ETIMEOUT, why);
+        for (int j = 0; j < L->R; j++)
+            if (L->c[j].connected) loader_send_to(L->ctl, L->c[j].id, L->c[j].idlen, b, bl, NULL, 0);
+        moco_jw w;
+        loader_ev_begin(L, &w, "rank_away");
+        moco_jw_i64(&w, "rank", r);
+        moco_jw_num(&w, "away_s", t - since, 1);
+        moco_jw_u64(&w, "epoch", L->epoch);
+        loader_ev_end(L, &w);
+        return moco_err(MOCO_ETIMEOUT, "%s", why);
+    }
+    return 0;
+}

@@ -201,6 +201,11 @@ double loader_age(loader *L, int r, double now);
  * ACK). Returns 0 (what it cannot use is dropped and counted). */
 int loader_on_consumer_msg(loader *L, inmsg *m);
 
+/* consumers.c: several consumers, one rank away for --consumer-wait while
+ * others read: REFUSED to those, a rank_away event, and the error naming it
+ * (0 when none is); none_since: the last time no consumer was connected. */
+int loader_check_ranks_away(loader *L, double t, double none_since);
+
 /* All R consumers connected: the stream runs only then. */
 int loader_all_connected(const loader *L);
 

@@ -525,7 +525,6 @@ static void loader_stop_workers(loader *L)
         if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, b, l, NULL, 0);
 }
 
-
 static void heartbeats(loader *L)
 {
     uint8_t hb[16];
@@ -534,39 +533,6 @@ static void heartbeats(loader *L)
         if (L->w[k].alive) loader_send_to(L->work, L->w[k].id, L->w[k].idlen, hb, hl, NULL, 0);
     for (int r = 0; r < L->R; r++)
         if (L->c[r].connected) loader_send_to(L->ctl, L->c[r].id, L->c[r].idlen, hb, hl, NULL, 0);
-}
-
-/* Several consumers (--consumers R): one rank away (it never came, left, or
- * went silent) while others are connected holds them for ever at its shard's
- * end of the epoch. Once it has been away --consumer-wait seconds (counted
- * from its last word, or from when a consumer last came after none), the run
- * stops: the connected ranks get REFUSED with the reason (they stop with it,
- * not at their --loader-timeout), and the loader returns the error naming
- * the rank (its workers get STOP). Returns 0, or that error. */
-static int check_ranks_away(loader *L, double t, double any_since)
-{
-    for (int r = 0; r < L->R; r++) {
-        const consumer *c = &L->c[r];
-        double since = c->seen > any_since ? c->seen : any_since;
-        if (c->connected || t - since <= L->consumer_wait) continue;
-        char why[400];
-        snprintf(why, sizeof why, "the consumer of rank %d of %d has been away for %.0f s (--consumer-wait %g) while other "
-                 "ranks read: they would wait for its shard of epoch %u for ever; the run stops (restart every rank from "
-                 "its last checkpoint)", r, L->R, t - since, L->consumer_wait, L->epoch);
-        uint8_t b[12 + MOCO_WIRE_REASON_MAX];
-        size_t bl = moco_pipe_refused(b, MOCO_ETIMEOUT, why);
-        for (int j = 0; j < L->R; j++)
-            if (L->c[j].connected) loader_send_to(L->ctl, L->c[j].id, L->c[j].idlen, b, bl, NULL, 0);
-        moco_jw w;
-        loader_ev_begin(L, &w, "rank_away");
-        moco_jw_i64(&w, "rank", r);
-        moco_jw_num(&w, "away_s", t - since, 1);
-        moco_jw_u64(&w, "epoch", L->epoch);
-        loader_ev_end(L, &w);
-        loader_stop_workers(L);
-        return moco_err(MOCO_ETIMEOUT, "%s", why);
-    }
-    return 0;
 }
 
 static void check_timeouts(loader *L, double t)
@@ -747,8 +713,7 @@ static int run(loader *L)
     if (!L->quiet)
         fprintf(stderr, "moco loader: %s, %" PRIu64 " samples; workers: %s%s%s; consumer: %s%s\n", L->db_path, L->n, L->work_ep,
                 L->pairs ? ", their pairs: " : "", L->pairs ? L->pairs_ep : "", L->ctl_ep, L->pairs ? " (serve mode)" : "");
-    double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0, any_since = t0;
-    int any_before = 0;
+    double t0 = moco_now_s(), last_hb = 0, last_rep = t0, waited_since = t0, none_since = t0;
     uint64_t last_sent = 0;
     int finished = 0;
     while (!stop_flag && !finished) {
@@ -801,9 +766,11 @@ static int run(loader *L)
             loader_age(L, r, t);
             c->connected = 0;
         }
-        if (any && !any_before) any_since = t;
-        any_before = any;
-        if (L->R > 1 && any && !L->ended && (rc = check_ranks_away(L, t, any_since))) return rc;
+        if (!any) none_since = t;
+        if (L->R > 1 && any && !L->ended && (rc = loader_check_ranks_away(L, t, none_since))) {
+            loader_stop_workers(L);
+            return rc;
+        }
         if (any) waited_since = t;
         else if (t - waited_since > L->consumer_wait) {
             loader_stop_workers(L);
