@@ -6,6 +6,7 @@
 #include "formats/errors.h"
 #include "trainer/engine/conv3.h"
 #include "trainer/engine/par.h"
+#include "trainer/engine/wino.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -200,6 +201,7 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
     case NN_ALGO_ONEDNN: return k > 1 && nn_onednn_available() == 0;
     case NN_ALGO_WINO:
         return k == 3 && stride == 1 && pad == 1 && Ci % 16 == 0 && Co % 16 == 0 && nn_onednn_wino_available() == 0;
+    case NN_ALGO_OWN_WINO: return wino_ok(Ci, H, W, Co, k, stride, pad);
     }
     return 0;
 }
@@ -213,14 +215,14 @@ int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad)
 
 const char *nn_algo_name(int algo)
 {
-    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn", "onednn-wino"};
+    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn", "onednn-wino", "wino"};
     return algo >= 0 && algo < NN_ALGO_COUNT ? names[algo] : "?";
 }
 
 static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int stride, int pad, int algo, size_t work_floats)
 {
     int T = par_threads();
-    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL, 0, 0};
+    *d = (nn_conv){N, Ci, H, W, Co, k, stride, pad, (H + 2 * pad - k) / stride + 1, (W + 2 * pad - k) / stride + 1, 1, T, 0, 0, 0, 0, NULL, 0, 0, 0};
     size_t per = (size_t)Ci * k * k * (size_t)(d->Ho > 0 ? d->Ho : 0) * (size_t)(d->Wo > 0 ? d->Wo : 0);
     int most = (N + T - 1) / T; /* at least one chunk per thread */
     if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(Ci, H, W, Co, k, stride, pad);
@@ -234,6 +236,16 @@ static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, 
         conv_lanes_lds(d, &ldx, &ldy, &ldyp);
         d->work_per = 2 * (size_t)Ci * ldx + (size_t)Co * (ldy + ldyp) + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
+    }
+    if (algo == NN_ALGO_OWN_WINO) {
+        /* chunks whose 16 transformed planes fill about 32 K floats each
+         * (measured fastest on the resnet18-cifar shapes), within the budget */
+        size_t c = (size_t)32768 / ((size_t)H * W * (Ci > Co ? Ci : Co)), fit = work_floats / wino_chunk_floats(1, H, W, Ci, Co);
+        c = c < fit ? c : fit;
+        d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
+        d->wino = 1;
+        d->work_per = wino_chunk_floats(d->chunk, H, W, Ci, Co) + wino_filter_floats(Ci, Co); /* and a private dU */
+        return d->work_per * (size_t)T + wino_filter_floats(Ci, Co);
     }
     if (algo == NN_ALGO_DIRECT || algo == NN_ALGO_DIRECT_AVX2) {
         /* per image: padded input, output gradient and input gradient, in
@@ -434,6 +446,11 @@ static void conv_fwd_task(void *ctx, int t, int th)
         conv3l_unpack(j->out, y, ldy, d->Co, d->N, n0, n, d->Ho, d->Wo, 0, 0);
         return;
     }
+    if (d->wino) {
+        const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
+        wino_forward(j->out, j->inp, 0, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, 0, j->work + (size_t)th * d->work_per);
+        return;
+    }
     if (d->direct) {
         const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
         float *x = j->work + (size_t)th * d->work_per, *y = x + (size_t)d->Ci * d->ld;
@@ -466,6 +483,11 @@ void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv 
         float *wr = work + (size_t)d->nthreads * d->work_per;
         conv3_weights_fwd(wr, w, d->Co, d->Ci);
         j.wr = wr;
+    }
+    if (d->wino) {
+        float *U = work + (size_t)d->nthreads * d->work_per;
+        wino_filters(U, w, d->Co, d->Ci, 0);
+        j.wr = U;
     }
     par_for_max(j.tasks, d->nthreads, conv_fwd_task, &j);
 }
@@ -502,6 +524,11 @@ static void conv_bwd_task(void *ctx, int t, int th)
             conv3l_dinput(dx, ldx, y, ldy, j->wr, d->Co, d->Ci, G, d->Ho, d->Wo, d->H + 2, d->W + 2, s);
             conv3l_unpack(j->dinp, dx, ldx, d->Ci, d->N, n0, n, d->H, d->W, 1, 1);
         }
+        return;
+    }
+    if (d->wino) {
+        float *dU = col + d->work_per - wino_filter_floats(d->Ci, d->Co);
+        wino_backward(j->dinp, 0, j->dw ? dU : NULL, j->dout, j->inp, d->in_half, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, col);
         return;
     }
     if (d->direct) {
@@ -556,8 +583,22 @@ void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp
         conv3_weights_bwd(wr, w, d->Co, d->Ci, d->direct || d->stride == 1);
         j.wr = wr;
     }
+    if (d->wino && dinp) {
+        float *Uf = work + (size_t)d->nthreads * d->work_per;
+        wino_filters(Uf, w, d->Co, d->Ci, 1);
+        j.wr = Uf;
+    }
     int T = d->nthreads < j.tasks ? d->nthreads : j.tasks;
     if (T > par_threads()) T = par_threads();
+    if (d->wino) { /* every thread, the first too, sums its transformed dW (dU), transformed back in thread order */
+        const size_t nu = wino_filter_floats(d->Ci, d->Co);
+        if (dw)
+            for (int t = 0; t < T; t++) memset(work + (size_t)(t + 1) * d->work_per - nu, 0, sizeof(float) * nu);
+        par_for_fixed(j.tasks, T, conv_bwd_task, &j);
+        if (dw)
+            for (int t = 0; t < T; t++) wino_dweight(dw, work + (size_t)(t + 1) * d->work_per - nu, d->Co, d->Ci);
+        return;
+    }
     if (dw)
         for (int t = 1; t < T; t++) memset(work + (size_t)(t + 1) * d->work_per - nw, 0, sizeof(float) * nw);
     par_for_fixed(j.tasks, T, conv_bwd_task, &j); /* per-thread dW sums: the same in every run */
