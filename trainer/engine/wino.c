@@ -12,6 +12,7 @@
 
 #include "trainer/engine/conv3.h"
 #include "trainer/engine/nhwc.h"
+#include "trainer/engine/par.h"
 
 #define AVX2 __attribute__((target("avx2,fma")))
 
@@ -37,22 +38,38 @@ size_t wino_chunk_floats(int n, int H, int W, int Ci, int Co)
 /* G (4x3) = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] */
 static const float Gm[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 
-void wino_filters(float *U, const float *w, int Co, int Ci, int flip)
+typedef struct {
+    float *U;
+    const float *w;
+    int Co, Ci, flip;
+} filters_job;
+
+/* the filters of output channels 8t..8t+7 */
+static void filters_task(void *ctx, int t, int th)
 {
-    const int in = flip ? Co : Ci, out = flip ? Ci : Co;
-    for (int co = 0; co < Co; co++)
+    (void)th;
+    const filters_job *j = ctx;
+    const int Co = j->Co, Ci = j->Ci, flip = j->flip, in = flip ? Co : Ci, out = flip ? Ci : Co;
+    float *U = j->U;
+    for (int co = 8 * t; co < Co && co < 8 * t + 8; co++)
         for (int ci = 0; ci < Ci; ci++) {
-            const float *g = w + ((size_t)co * Ci + ci) * 9;
-            float f[3][3], t[4][3];
+            const float *g = j->w + ((size_t)co * Ci + ci) * 9;
+            float f[3][3], tt[4][3];
             for (int r = 0; r < 3; r++)
                 for (int s = 0; s < 3; s++) f[r][s] = flip ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
             for (int i = 0; i < 4; i++)
-                for (int s = 0; s < 3; s++) t[i][s] = Gm[i][0] * f[0][s] + Gm[i][1] * f[1][s] + Gm[i][2] * f[2][s];
+                for (int s = 0; s < 3; s++) tt[i][s] = Gm[i][0] * f[0][s] + Gm[i][1] * f[1][s] + Gm[i][2] * f[2][s];
             const size_t a = flip ? (size_t)co * out + ci : (size_t)ci * out + co;
             for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++)
-                    U[(size_t)(4 * i + j) * in * out + a] = t[i][0] * Gm[j][0] + t[i][1] * Gm[j][1] + t[i][2] * Gm[j][2];
+                for (int k = 0; k < 4; k++)
+                    U[(size_t)(4 * i + k) * in * out + a] = tt[i][0] * Gm[k][0] + tt[i][1] * Gm[k][1] + tt[i][2] * Gm[k][2];
         }
+}
+
+void wino_filters(float *U, const float *w, int Co, int Ci, int flip)
+{
+    filters_job j = {U, w, Co, Ci, flip};
+    par_for((Co + 7) / 8, filters_task, &j);
 }
 
 /* x (n, H+2, W+2, C): images n0..n0+n of src (C, ldc) in NHWC with a
