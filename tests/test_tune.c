@@ -109,7 +109,7 @@ static void plan_every_algo(void)
             }
             /* the input kept in bf16 (in_half: bf16 precision's storage), where the kernels can read it
              * (oneDNN, the 1x1 stride-1 GEMM): the weight gradient of the input rounded to bf16 */
-            if (onednn || a == NN_ALGO_OWN_WINO || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
+            if (onednn || a == NN_ALGO_OWN_WINO || a == NN_ALGO_OWN_WINO4 || (a == NN_ALGO_GEMM && q[5] == 1 && q[6] == 1 && q[7] == 0)) {
                 uint16_t *xh = test_calloc(nx, sizeof(uint16_t));
                 float *xr = fz(nx), *dwh = fz(nw);
                 nn_to_bf16(xh, x, nx);
@@ -132,21 +132,24 @@ static void plan_every_algo(void)
                 test_free(dwr), test_free(wk);
         }
     assert_int_equal(ran[NN_ALGO_GEMM], 8); /* every shape */
-    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d, onednn %d, onednn-wino %d, wino %d\n", ran[NN_ALGO_GEMM],
-           ran[NN_ALGO_DIRECT], ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN], ran[NN_ALGO_WINO],
-           ran[NN_ALGO_OWN_WINO]);
+    printf("ran: gemm %d, direct %d, direct-avx2 %d, lanes %d, bf16 %d, onednn %d, onednn-wino %d, wino %d, wino4 %d\n",
+           ran[NN_ALGO_GEMM], ran[NN_ALGO_DIRECT], ran[NN_ALGO_DIRECT_AVX2], ran[NN_ALGO_LANES], ran[NN_ALGO_BF16], ran[NN_ALGO_ONEDNN],
+           ran[NN_ALGO_WINO], ran[NN_ALGO_OWN_WINO], ran[NN_ALGO_OWN_WINO4]);
     /* oneDNN's fp32 kernels run every shape of kernel size > 1 (six above) where they are candidates, and
      * its Winograd kernels the two 3x3 stride-1 ones of 16 and 32 channels (6x6 planes: 16 positions
      * straddle two images in the blocked layout; 4x4: they do not) */
     assert_int_equal(ran[NN_ALGO_ONEDNN], nn_onednn_available() == 0 ? 6 : 0);
     assert_int_equal(ran[NN_ALGO_WINO], nn_onednn_available() == 0 && conv3_simd() == 2 ? 2 : 0); /* nChw16c: AVX-512 */
-    /* our Winograd: the 3x3 stride-1 shapes of even planes and channels multiples of 8 (all but the stem) */
+    /* our Winograd: the 3x3 stride-1 shapes of even planes and channels multiples of 8 (all but the
+     * stem); F(4x4, 3x3): those whose sides are multiples of 4 (not 6x6) */
     assert_int_equal(ran[NN_ALGO_OWN_WINO], conv3_simd() >= 1 ? 4 : 0);
+    assert_int_equal(ran[NN_ALGO_OWN_WINO4], conv3_simd() >= 1 ? 3 : 0);
     /* dinp_set honoured by the oneDNN convolutions, fp32 and bf16, but for the 1x1 stride-1 matmuls */
     assert_int_equal(ran_set, want_set);
     if (nn_onednn_available() == 0) assert_true(ran_set >= 3);
     /* in_half: the 1x1 stride-1 GEMM, every oneDNN run, and our Winograd */
-    assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN] + ran[NN_ALGO_WINO] + ran[NN_ALGO_OWN_WINO]);
+    assert_int_equal(ran_half, 1 + ran[NN_ALGO_BF16] + ran[NN_ALGO_ONEDNN] + ran[NN_ALGO_WINO] + ran[NN_ALGO_OWN_WINO] +
+                               ran[NN_ALGO_OWN_WINO4]);
     /* on an AVX-512 CPU both builds of the direct kernels are candidates
      * (the three 3x3 stride-1 shapes above on 8x8 and 6x6: the stem, 8->16, 16->32) */
     if (conv3_simd() == 2) assert_int_equal(ran[NN_ALGO_DIRECT_AVX2], 3);
@@ -557,29 +560,29 @@ static void test_pin(void **st)
     par_set_threads(1);
 }
 
-/* Our Winograd on the planes and channel counts of resnet18-cifar's
- * stages (32x32 with 16 channels to 4x4 with 128), over several chunks
- * and a short last one, against the plain references; on a CPU without
- * AVX2 it is no candidate. */
+/* Our Winograd, F(2x2, 3x3) and F(4x4, 3x3), on the planes and channel
+ * counts of resnet18-cifar's stages (32x32 with 16 channels to 4x4 with
+ * 128), over several chunks and a short last one, against the plain
+ * references; on a CPU without AVX2 neither is a candidate. */
 static void test_own_wino_shapes(void **st)
 {
     (void)st;
     par_set_threads(2);
     const int sh[][5] = {{9, 16, 32, 32, 16}, {11, 32, 16, 16, 32}, {13, 64, 8, 8, 64}, {37, 128, 4, 4, 128}, {7, 16, 10, 6, 24}};
     int ran = 0;
-    for (size_t c = 0; c < sizeof sh / sizeof *sh; c++) {
-        const int *q = sh[c];
-        if (!nn_conv_algo_ok(NN_ALGO_OWN_WINO, q[1], q[2], q[3], q[4], 3, 1, 1)) continue;
+    for (size_t c = 0; c < 2 * sizeof sh / sizeof *sh; c++) {
+        const int *q = sh[c % 5], algo = c < 5 ? NN_ALGO_OWN_WINO : NN_ALGO_OWN_WINO4;
+        if (!nn_conv_algo_ok(algo, q[1], q[2], q[3], q[4], 3, 1, 1)) continue;
         nn_conv d;
         size_t work = 0;
         memset(&d, 0, sizeof d);
-        assert_int_equal(nn_conv_plan(&d, q[0], q[1], q[2], q[3], q[4], 3, 1, 1, NN_ALGO_OWN_WINO, 1 << 20, &work), 0);
-        assert_int_equal(d.wino, 1);
+        assert_int_equal(nn_conv_plan(&d, q[0], q[1], q[2], q[3], q[4], 3, 1, 1, algo, 1 << 20, &work), 0);
+        assert_int_equal(d.wino, algo == NN_ALGO_OWN_WINO ? 2 : 4);
         const size_t nx = (size_t)q[0] * q[1] * q[2] * q[3], ny = (size_t)q[0] * q[4] * q[2] * q[3], nw = (size_t)q[4] * q[1] * 9;
         float *x = fz(nx), *w = fz(nw), *y = fz(ny), *yr = fz(ny), *dy = fz(ny), *dx = fz(nx), *dxr = fz(nx), *dw = fz(nw),
               *dwr = fz(nw), *wk = fz(work);
         randu(x, nx, 31 + c), randu(w, nw, 32 + c), randu(dy, ny, 33 + c);
-        printf("wino: N %d Ci %d %dx%d Co %d, chunks of %d\n", q[0], q[1], q[2], q[3], q[4], d.chunk);
+        printf("%s: N %d Ci %d %dx%d Co %d, chunks of %d\n", nn_algo_name(algo), q[0], q[1], q[2], q[3], q[4], d.chunk);
         assert_true(d.chunk < q[0]); /* more than one chunk */
         conv2d_forward(y, x, w, &d, wk);
         conv2d_forward_ref(yr, x, w, &d);
@@ -593,7 +596,7 @@ static void test_own_wino_shapes(void **st)
         test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
             test_free(dwr), test_free(wk);
     }
-    assert_int_equal(ran, conv3_simd() >= 1 ? 5 : 0);
+    assert_int_equal(ran, conv3_simd() >= 1 ? 9 : 0); /* 10x6: not F(4x4, 3x3) */
 }
 
 int main(void)

@@ -201,7 +201,8 @@ int nn_conv_algo_ok(int algo, int Ci, int H, int W, int Co, int k, int stride, i
     case NN_ALGO_ONEDNN: return k > 1 && nn_onednn_available() == 0;
     case NN_ALGO_WINO:
         return k == 3 && stride == 1 && pad == 1 && Ci % 16 == 0 && Co % 16 == 0 && nn_onednn_wino_available() == 0;
-    case NN_ALGO_OWN_WINO: return wino_ok(Ci, H, W, Co, k, stride, pad);
+    case NN_ALGO_OWN_WINO: return wino_ok(2, Ci, H, W, Co, k, stride, pad);
+    case NN_ALGO_OWN_WINO4: return wino_ok(4, Ci, H, W, Co, k, stride, pad);
     }
     return 0;
 }
@@ -215,7 +216,7 @@ int nn_conv_rule(int Ci, int H, int W, int Co, int k, int stride, int pad)
 
 const char *nn_algo_name(int algo)
 {
-    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn", "onednn-wino", "wino"};
+    static const char *const names[NN_ALGO_COUNT] = {"auto", "gemm", "direct", "direct-avx2", "lanes", "bf16", "onednn", "onednn-wino", "wino", "wino4"};
     return algo >= 0 && algo < NN_ALGO_COUNT ? names[algo] : "?";
 }
 
@@ -237,15 +238,17 @@ static size_t init_algo(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, 
         d->work_per = 2 * (size_t)Ci * ldx + (size_t)Co * (ldy + ldyp) + (size_t)Co * Ci * 9;
         return d->work_per * (size_t)T + (size_t)Co * Ci * 9;
     }
-    if (algo == NN_ALGO_OWN_WINO) {
-        /* chunks whose 16 transformed planes fill about 32 K floats each
-         * (measured fastest on the resnet18-cifar shapes), within the budget */
-        size_t c = (size_t)32768 / ((size_t)H * W * (Ci > Co ? Ci : Co)), fit = work_floats / wino_chunk_floats(1, H, W, Ci, Co);
+    if (algo == NN_ALGO_OWN_WINO || algo == NN_ALGO_OWN_WINO4) {
+        /* chunks of about 32 K (m 2) or 64 K (m 4) input floats (measured
+         * fastest on the resnet18-cifar shapes), within the budget */
+        const int m = algo == NN_ALGO_OWN_WINO ? 2 : 4;
+        size_t c = (size_t)(m == 2 ? 32768 : 65536) / ((size_t)H * W * (Ci > Co ? Ci : Co)),
+               fit = work_floats / wino_chunk_floats(m, 1, H, W, Ci, Co);
         c = c < fit ? c : fit;
         d->chunk = c < 1 ? 1 : c > (size_t)most ? most : (int)c;
-        d->wino = 1;
-        d->work_per = wino_chunk_floats(d->chunk, H, W, Ci, Co) + wino_filter_floats(Ci, Co); /* and a private dU */
-        return d->work_per * (size_t)T + wino_filter_floats(Ci, Co);
+        d->wino = m;
+        d->work_per = wino_chunk_floats(m, d->chunk, H, W, Ci, Co) + wino_filter_floats(m, Ci, Co); /* and a private dU */
+        return d->work_per * (size_t)T + wino_filter_floats(m, Ci, Co);
     }
     if (algo == NN_ALGO_DIRECT || algo == NN_ALGO_DIRECT_AVX2) {
         /* per image: padded input, output gradient and input gradient, in
@@ -448,7 +451,7 @@ static void conv_fwd_task(void *ctx, int t, int th)
     }
     if (d->wino) {
         const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
-        wino_forward(j->out, j->inp, 0, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, 0, j->work + (size_t)th * d->work_per);
+        wino_forward(d->wino, j->out, j->inp, 0, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, 0, j->work + (size_t)th * d->work_per);
         return;
     }
     if (d->direct) {
@@ -486,7 +489,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const nn_conv 
     }
     if (d->wino) {
         float *U = work + (size_t)d->nthreads * d->work_per;
-        wino_filters(U, w, d->Co, d->Ci, 0);
+        wino_filters(d->wino, U, w, d->Co, d->Ci, 0);
         j.wr = U;
     }
     par_for_max(j.tasks, d->nthreads, conv_fwd_task, &j);
@@ -527,8 +530,8 @@ static void conv_bwd_task(void *ctx, int t, int th)
         return;
     }
     if (d->wino) {
-        float *dU = col + d->work_per - wino_filter_floats(d->Ci, d->Co);
-        wino_backward(j->dinp, 0, j->dw ? dU : NULL, j->dout, j->inp, d->in_half, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, col);
+        float *dU = col + d->work_per - wino_filter_floats(d->wino, d->Ci, d->Co);
+        wino_backward(d->wino, j->dinp, 0, j->dw ? dU : NULL, j->dout, j->inp, d->in_half, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, col);
         return;
     }
     if (d->direct) {
@@ -585,18 +588,18 @@ void conv2d_backward(float *dinp, float *dw, const float *dout, const float *inp
     }
     if (d->wino && dinp) {
         float *Uf = work + (size_t)d->nthreads * d->work_per;
-        wino_filters(Uf, w, d->Co, d->Ci, 1);
+        wino_filters(d->wino, Uf, w, d->Co, d->Ci, 1);
         j.wr = Uf;
     }
     int T = d->nthreads < j.tasks ? d->nthreads : j.tasks;
     if (T > par_threads()) T = par_threads();
     if (d->wino) { /* every thread, the first too, sums its transformed dW (dU), transformed back in thread order */
-        const size_t nu = wino_filter_floats(d->Ci, d->Co);
+        const size_t nu = wino_filter_floats(d->wino, d->Ci, d->Co);
         if (dw)
             for (int t = 0; t < T; t++) memset(work + (size_t)(t + 1) * d->work_per - nu, 0, sizeof(float) * nu);
         par_for_fixed(j.tasks, T, conv_bwd_task, &j);
         if (dw)
-            for (int t = 0; t < T; t++) wino_dweight(dw, work + (size_t)(t + 1) * d->work_per - nu, d->Co, d->Ci);
+            for (int t = 0; t < T; t++) wino_dweight(d->wino, dw, work + (size_t)(t + 1) * d->work_per - nu, d->Co, d->Ci);
         return;
     }
     if (dw)

@@ -49,7 +49,7 @@ typedef struct {
                        * the oneDNN kernels and the 1x1 stride-1 GEMM read it so */
     int dinp_set;     /* conv2d_backward writes dinp instead of adding into it (the caller's first
                        * writer of that gradient; only where nn_conv_sets_dinp) */
-    int wino;         /* 3x3 stride 1 pad 1 on our Winograd F(2x2, 3x3) kernels (wino.h) */
+    int wino;         /* 3x3 stride 1 pad 1 on our Winograd kernels (wino.h): their output tile, 2 or 4; else 0 */
 } nn_conv;
 
 /* Fill Ho, Wo, chunk and the threading; work_floats is the im2col budget
@@ -74,11 +74,12 @@ size_t nn_conv_init(nn_conv *d, int N, int Ci, int H, int W, int Co, int k, int 
  * convolutions of kernel size > 1 on AVX-512 CPUs; oneDNN's fp32 kernels,
  * the ones PyTorch runs, beat ours on some CPUs). */
 enum { NN_ALGO_AUTO = 0, NN_ALGO_GEMM, NN_ALGO_DIRECT, NN_ALGO_DIRECT_AVX2, NN_ALGO_LANES, NN_ALGO_BF16, NN_ALGO_ONEDNN,
-       NN_ALGO_WINO, NN_ALGO_OWN_WINO, NN_ALGO_COUNT };
-/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn" "onednn-wino" "wino".
- * wino: our own Winograd F(2x2, 3x3) in AVX2 (wino.h): 3x3 stride-1 pad-1
- * convolutions of even planes and channel counts multiples of 8, on any
- * CPU with AVX2 and FMA (where oneDNN has no Winograd of its own).
+       NN_ALGO_WINO, NN_ALGO_OWN_WINO, NN_ALGO_OWN_WINO4, NN_ALGO_COUNT };
+/* "auto" "gemm" "direct" "direct-avx2" "lanes" "bf16" "onednn" "onednn-wino" "wino" "wino4".
+ * wino, wino4: our own Winograd F(2x2, 3x3) and F(4x4, 3x3) in AVX2
+ * (wino.h): 3x3 stride-1 pad-1 convolutions of planes whose sides are
+ * multiples of 2 (4) and channel counts multiples of 8, on any CPU with
+ * AVX2 and FMA (where oneDNN has no Winograd of its own).
  * onednn-wino: fp32 on oneDNN's Winograd F(4x4, 3x3) (nn_conv_onednn_wino),
  * 3x3 stride-1 pad-1 convolutions with channel counts multiples of 16, on
  * an AVX-512 CPU (nn_onednn_wino_available); it rounds differently from a direct sum (the transforms:

@@ -313,7 +313,7 @@ static void fp32_override(const resnet *m, rn_op *o, int i, int grads)
 static int reads_half(const nn_conv *d, int algo)
 {
     if (algo == NN_ALGO_AUTO) algo = nn_conv_rule(d->Ci, d->H, d->W, d->Co, d->k, d->stride, d->pad);
-    return algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN || algo == NN_ALGO_WINO || algo == NN_ALGO_OWN_WINO || (algo == NN_ALGO_GEMM && d->k == 1 && d->stride == 1 && d->pad == 0);
+    return algo == NN_ALGO_BF16 || algo == NN_ALGO_ONEDNN || algo == NN_ALGO_WINO || algo == NN_ALGO_OWN_WINO || algo == NN_ALGO_OWN_WINO4 || (algo == NN_ALGO_GEMM && d->k == 1 && d->stride == 1 && d->pad == 0);
 }
 
 /* The arena on transparent huge pages where the kernel gives them on

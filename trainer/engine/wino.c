@@ -1,8 +1,9 @@
-/* wino.c: the Winograd F(2x2, 3x3) convolutions of wino.h. The transforms
- * run on 8 channels at a time in AVX2 registers over NHWC chunks; the
- * products over the channels are OpenBLAS GEMMs, one per each of the 16
- * transformed positions. Sums are in float, in an order fixed by the shape
- * and chunk (no dependence on the thread count). */
+/* wino.c: the Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions of
+ * wino.h. The transforms run on 8 channels at a time in AVX2 registers
+ * over NHWC chunks with a border of zeros; the products over the channels
+ * are OpenBLAS GEMMs, one per transformed position (16 or 36). Sums are in
+ * float, in an order fixed by the shape and chunk (not by the thread
+ * count). The matrices are Lavin and Gray's (arXiv:1509.09308). */
 #include "trainer/engine/wino.h"
 
 #include <cblas.h>
@@ -15,61 +16,93 @@
 #include "trainer/engine/par.h"
 
 #define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE __attribute__((always_inline)) static inline
 
-int wino_ok(int Ci, int H, int W, int Co, int k, int stride, int pad)
+int wino_ok(int m, int Ci, int H, int W, int Co, int k, int stride, int pad)
 {
-    return k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && H % 2 == 0 && W % 2 == 0 && Ci % 8 == 0 && Co % 8 == 0 &&
-           conv3_simd() >= 1;
+    return (m == 2 || m == 4) && k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && H % m == 0 && W % m == 0 &&
+           Ci % 8 == 0 && Co % 8 == 0 && conv3_simd() >= 1;
 }
 
-size_t wino_filter_floats(int Ci, int Co) { return (size_t)16 * Ci * Co; }
+size_t wino_filter_floats(int m, int Ci, int Co) { return (size_t)(m + 2) * (m + 2) * Ci * Co; }
 
-/* Floats between the 16 planes of a transformed chunk (T tiles of C
- * channels): one cache line more than a plane, so that the 16 streams of
- * a transform do not fall on the same L1 sets. */
+/* Floats between the transformed planes of a chunk (T tiles of C
+ * channels): one cache line more than a plane, so that the streams of a
+ * transform do not all fall on the same L1 sets. */
 static size_t plane(size_t T, int C) { return T * C + 16; }
 
-size_t wino_chunk_floats(int n, int H, int W, int Ci, int Co)
+size_t wino_chunk_floats(int m, int n, int H, int W, int Ci, int Co)
 {
-    const size_t P = (size_t)n * H * W, Pp = (size_t)n * (H + 2) * (W + 2);
-    return Pp * ((size_t)Ci + Co) + P * (size_t)Ci + 16 * (plane(P / 4, Ci) + plane(P / 4, Co));
+    const size_t P = (size_t)n * H * W, Pp = (size_t)n * (H + 2) * (W + 2), T = P / ((size_t)m * m), np = (size_t)(m + 2) * (m + 2);
+    return Pp * ((size_t)Ci + Co) + P * (size_t)Ci + np * (plane(T, Ci) + plane(T, Co));
 }
 
-/* G (4x3) = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] */
-static const float Gm[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+/* G, (m+2) x 3, for m = 2 and 4 */
+static const float G2[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+static const float G4[6][3] = {{0.25f, 0, 0},
+                               {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                               {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                               {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                               {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                               {0, 0, 1}};
+
+static float gm(int m, int i, int k) { return m == 2 ? G2[i][k] : G4[i][k]; }
 
 typedef struct {
     float *U;
     const float *w;
-    int Co, Ci, flip;
+    int m, Co, Ci, flip;
 } filters_job;
 
-/* the filters of output channels 8t..8t+7 */
+/* the filters of output channels 8t..8t+7: U = G g G' */
 static void filters_task(void *ctx, int t, int th)
 {
     (void)th;
     const filters_job *j = ctx;
-    const int Co = j->Co, Ci = j->Ci, flip = j->flip, in = flip ? Co : Ci, out = flip ? Ci : Co;
-    float *U = j->U;
+    const int m = j->m, a = m + 2, Co = j->Co, Ci = j->Ci, flip = j->flip, in = flip ? Co : Ci, out = flip ? Ci : Co;
     for (int co = 8 * t; co < Co && co < 8 * t + 8; co++)
         for (int ci = 0; ci < Ci; ci++) {
             const float *g = j->w + ((size_t)co * Ci + ci) * 9;
-            float f[3][3], tt[4][3];
+            float f[3][3], tt[6][3];
             for (int r = 0; r < 3; r++)
                 for (int s = 0; s < 3; s++) f[r][s] = flip ? g[(2 - r) * 3 + 2 - s] : g[r * 3 + s];
-            for (int i = 0; i < 4; i++)
-                for (int s = 0; s < 3; s++) tt[i][s] = Gm[i][0] * f[0][s] + Gm[i][1] * f[1][s] + Gm[i][2] * f[2][s];
-            const size_t a = flip ? (size_t)co * out + ci : (size_t)ci * out + co;
-            for (int i = 0; i < 4; i++)
-                for (int k = 0; k < 4; k++)
-                    U[(size_t)(4 * i + k) * in * out + a] = tt[i][0] * Gm[k][0] + tt[i][1] * Gm[k][1] + tt[i][2] * Gm[k][2];
+            for (int i = 0; i < a; i++)
+                for (int s = 0; s < 3; s++) tt[i][s] = gm(m, i, 0) * f[0][s] + gm(m, i, 1) * f[1][s] + gm(m, i, 2) * f[2][s];
+            const size_t at = flip ? (size_t)co * out + ci : (size_t)ci * out + co;
+            for (int i = 0; i < a; i++)
+                for (int k = 0; k < a; k++)
+                    j->U[(size_t)(a * i + k) * in * out + at] = tt[i][0] * gm(m, k, 0) + tt[i][1] * gm(m, k, 1) + tt[i][2] * gm(m, k, 2);
         }
 }
 
-void wino_filters(float *U, const float *w, int Co, int Ci, int flip)
+void wino_filters(int m, float *U, const float *w, int Co, int Ci, int flip)
 {
-    filters_job j = {U, w, Co, Ci, flip};
+    filters_job j = {U, w, m, Co, Ci, flip};
     par_for((Co + 7) / 8, filters_task, &j);
+}
+
+void wino_dweight(int m, float *dw, const float *dU, int Co, int Ci)
+{
+    const int a = m + 2;
+    const size_t cc = (size_t)Ci * Co;
+    for (int ci = 0; ci < Ci; ci++)
+        for (int co = 0; co < Co; co++) {
+            const size_t at = (size_t)ci * Co + co;
+            float t[3][6];
+            for (int k = 0; k < 3; k++)
+                for (int jj = 0; jj < a; jj++) {
+                    float s = 0;
+                    for (int i = 0; i < a; i++) s += gm(m, i, k) * dU[(size_t)(a * i + jj) * cc + at];
+                    t[k][jj] = s;
+                }
+            float *g = dw + ((size_t)co * Ci + ci) * 9;
+            for (int k = 0; k < 3; k++)
+                for (int l = 0; l < 3; l++) {
+                    float s = 0;
+                    for (int jj = 0; jj < a; jj++) s += t[k][jj] * gm(m, jj, l);
+                    g[k * 3 + l] += s;
+                }
+        }
 }
 
 /* x (n, H+2, W+2, C): images n0..n0+n of src (C, ldc) in NHWC with a
@@ -91,153 +124,186 @@ static void pack_padded(float *x, float *tmp, const void *src, int half, int C, 
     }
 }
 
-/* V (16, T, C) = B'dB of every 4x4 tile of x (n, H+2, W+2, C) */
-AVX2 static void input_tf(float *V, const float *x, int n, int H, int W, int C)
+/* ---- the 1-D transforms, on vectors of 8 channels ---- */
+
+/* B'd: 4 -> 4 (m 2), 6 -> 6 (m 4) */
+AVX2 INLINE void in1d(int m, const __m256 *d, __m256 *t)
 {
-    const size_t T = (size_t)n * H * W / 4, sx = plane(T, C), rs = (size_t)(W + 2) * C;
+    if (m == 2) {
+        t[0] = _mm256_sub_ps(d[0], d[2]), t[1] = _mm256_add_ps(d[1], d[2]);
+        t[2] = _mm256_sub_ps(d[2], d[1]), t[3] = _mm256_sub_ps(d[1], d[3]);
+        return;
+    }
+    const __m256 four = _mm256_set1_ps(4), five = _mm256_set1_ps(5), two = _mm256_set1_ps(2);
+    const __m256 p = _mm256_sub_ps(d[4], d[2]), q = _mm256_sub_ps(d[3], d[1]); /* d4 - d2, d3 - d1 */
+    t[0] = _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4]));
+    t[1] = _mm256_fnmadd_ps(four, _mm256_add_ps(d[1], d[2]), _mm256_add_ps(d[3], d[4]));
+    t[2] = _mm256_fmadd_ps(four, _mm256_sub_ps(d[1], d[2]), _mm256_sub_ps(d[4], d[3]));
+    t[3] = _mm256_fmadd_ps(two, q, p);
+    t[4] = _mm256_fnmadd_ps(two, q, p);
+    t[5] = _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5]));
+}
+
+/* A'M: 4 -> 2, 6 -> 4 */
+AVX2 INLINE void out1d(int m, const __m256 *x, __m256 *y)
+{
+    if (m == 2) {
+        y[0] = _mm256_add_ps(_mm256_add_ps(x[0], x[1]), x[2]);
+        y[1] = _mm256_sub_ps(_mm256_sub_ps(x[1], x[2]), x[3]);
+        return;
+    }
+    const __m256 a = _mm256_add_ps(x[1], x[2]), b = _mm256_sub_ps(x[1], x[2]), c = _mm256_add_ps(x[3], x[4]),
+                 d = _mm256_sub_ps(x[3], x[4]);
+    y[0] = _mm256_add_ps(_mm256_add_ps(x[0], a), c);
+    y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2), d, b);
+    y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4), c, a);
+    y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8), d, b), x[5]);
+}
+
+/* A y, the adjoint of out1d: 2 -> 4, 4 -> 6 */
+AVX2 INLINE void adj1d(int m, const __m256 *y, __m256 *z)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    if (m == 2) {
+        z[0] = y[0], z[1] = _mm256_add_ps(y[0], y[1]), z[2] = _mm256_sub_ps(y[0], y[1]), z[3] = _mm256_sub_ps(zero, y[1]);
+        return;
+    }
+    const __m256 e = _mm256_add_ps(y[0], y[2]), o = _mm256_add_ps(y[1], y[3]), e4 = _mm256_fmadd_ps(_mm256_set1_ps(4), y[2], y[0]),
+                 o8 = _mm256_fmadd_ps(_mm256_set1_ps(8), y[3], _mm256_add_ps(y[1], y[1]));
+    z[0] = y[0], z[1] = _mm256_add_ps(e, o), z[2] = _mm256_sub_ps(e, o);
+    z[3] = _mm256_add_ps(e4, o8), z[4] = _mm256_sub_ps(e4, o8), z[5] = y[3];
+}
+
+/* ---- the 2-D transforms of a chunk ---- */
+
+/* V (a*a planes of T x C) = B'dB of every (m+2)^2 tile of x (n, H+2, W+2, C) */
+AVX2 INLINE void input_tf(int m, float *V, const float *x, int n, int H, int W, int C)
+{
+    const int a = m + 2;
+    const size_t T = (size_t)n * H * W / (m * m), sx = plane(T, C), rs = (size_t)(W + 2) * C;
     size_t t = 0;
     for (int img = 0; img < n; img++)
-        for (int th = 0; th < H / 2; th++)
-            for (int tw = 0; tw < W / 2; tw++, t++) {
-                const float *p = x + (((size_t)img * (H + 2) + 2 * th) * (W + 2) + 2 * tw) * C;
+        for (int th = 0; th < H / m; th++)
+            for (int tw = 0; tw < W / m; tw++, t++) {
+                const float *p = x + (((size_t)img * (H + 2) + m * th) * (W + 2) + m * tw) * C;
                 float *v = V + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    __m256 b[4][4];
-                    for (int s = 0; s < 4; s++) {
-                        const float *q = p + (size_t)s * C + c;
-                        const __m256 d0 = _mm256_loadu_ps(q), d1 = _mm256_loadu_ps(q + rs), d2 = _mm256_loadu_ps(q + 2 * rs),
-                                     d3 = _mm256_loadu_ps(q + 3 * rs);
-                        b[0][s] = _mm256_sub_ps(d0, d2), b[1][s] = _mm256_add_ps(d1, d2);
-                        b[2][s] = _mm256_sub_ps(d2, d1), b[3][s] = _mm256_sub_ps(d1, d3);
+                    __m256 b[6][6], d[6], col[6], row[6], o[6];
+                    for (int s = 0; s < a; s++) { /* B'd, column by column */
+                        for (int r = 0; r < a; r++) d[r] = _mm256_loadu_ps(p + (size_t)r * rs + (size_t)s * C + c);
+                        in1d(m, d, col);
+                        for (int i = 0; i < a; i++) b[i][s] = col[i];
                     }
-                    for (int i = 0; i < 4; i++) {
-                        float *o = v + (size_t)(4 * i) * sx + c;
-                        _mm256_storeu_ps(o, _mm256_sub_ps(b[i][0], b[i][2]));
-                        _mm256_storeu_ps(o + sx, _mm256_add_ps(b[i][1], b[i][2]));
-                        _mm256_storeu_ps(o + 2 * sx, _mm256_sub_ps(b[i][2], b[i][1]));
-                        _mm256_storeu_ps(o + 3 * sx, _mm256_sub_ps(b[i][1], b[i][3]));
+                    for (int i = 0; i < a; i++) { /* (B'd)B, row by row */
+                        for (int s = 0; s < a; s++) row[s] = b[i][s];
+                        in1d(m, row, o);
+                        for (int k = 0; k < a; k++) _mm256_storeu_ps(v + (size_t)(a * i + k) * sx + c, o[k]);
                     }
                 }
             }
 }
 
-/* y (n, H, W, C) = A'MA of every tile's M (16, T, C) */
-AVX2 static void output_tf(float *y, const float *M, int n, int H, int W, int C)
+/* y (n, H, W, C) = A'MA of every tile's M (a*a planes of T x C) */
+AVX2 INLINE void output_tf(int m, float *y, const float *M, int n, int H, int W, int C)
 {
-    const size_t T = (size_t)n * H * W / 4, sm = plane(T, C);
+    const int a = m + 2;
+    const size_t T = (size_t)n * H * W / (m * m), sm = plane(T, C);
     size_t t = 0;
     for (int img = 0; img < n; img++)
-        for (int th = 0; th < H / 2; th++)
-            for (int tw = 0; tw < W / 2; tw++, t++) {
-                float *y0 = y + (((size_t)img * H + 2 * th) * W + 2 * tw) * C, *y1 = y0 + (size_t)W * C;
-                const float *m = M + t * C;
+        for (int th = 0; th < H / m; th++)
+            for (int tw = 0; tw < W / m; tw++, t++) {
+                float *yo = y + (((size_t)img * H + m * th) * W + m * tw) * C;
+                const float *mp = M + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    __m256 r0[4], r1[4];
-                    for (int j = 0; j < 4; j++) {
-                        const __m256 m0 = _mm256_loadu_ps(m + (size_t)j * sm + c), m1 = _mm256_loadu_ps(m + (size_t)(4 + j) * sm + c),
-                                     m2 = _mm256_loadu_ps(m + (size_t)(8 + j) * sm + c), m3 = _mm256_loadu_ps(m + (size_t)(12 + j) * sm + c);
-                        r0[j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-                        r1[j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+                    __m256 r[4][6], x[6], o[4];
+                    for (int j = 0; j < a; j++) { /* A'M, column by column */
+                        for (int i = 0; i < a; i++) x[i] = _mm256_loadu_ps(mp + (size_t)(a * i + j) * sm + c);
+                        out1d(m, x, o);
+                        for (int q = 0; q < m; q++) r[q][j] = o[q];
                     }
-                    _mm256_storeu_ps(y0 + c, _mm256_add_ps(_mm256_add_ps(r0[0], r0[1]), r0[2]));
-                    _mm256_storeu_ps(y0 + C + c, _mm256_sub_ps(_mm256_sub_ps(r0[1], r0[2]), r0[3]));
-                    _mm256_storeu_ps(y1 + c, _mm256_add_ps(_mm256_add_ps(r1[0], r1[1]), r1[2]));
-                    _mm256_storeu_ps(y1 + C + c, _mm256_sub_ps(_mm256_sub_ps(r1[1], r1[2]), r1[3]));
+                    for (int q = 0; q < m; q++) { /* (A'M)A, row by row */
+                        out1d(m, r[q], o);
+                        for (int s = 0; s < m; s++) _mm256_storeu_ps(yo + ((size_t)q * W + s) * C + c, o[s]);
+                    }
                 }
             }
 }
 
-/* dM (16, T, C) = A dY A' of every 2x2 tile of dy (n, H+2, W+2, C; the
- * border is not read): the adjoint of output_tf */
-AVX2 static void output_adj(float *dM, const float *dy, int n, int H, int W, int C)
+/* dM (a*a planes of T x C) = A dY A' of every m x m tile of dy (n, H+2,
+ * W+2, C; the border is not read): the adjoint of output_tf */
+AVX2 INLINE void output_adj(int m, float *dM, const float *dy, int n, int H, int W, int C)
 {
-    const size_t T = (size_t)n * H * W / 4, sm = plane(T, C);
+    const int a = m + 2;
+    const size_t T = (size_t)n * H * W / (m * m), sm = plane(T, C), rs = (size_t)(W + 2) * C;
     size_t t = 0;
     for (int img = 0; img < n; img++)
-        for (int th = 0; th < H / 2; th++)
-            for (int tw = 0; tw < W / 2; tw++, t++) {
-                const float *y0 = dy + (((size_t)img * (H + 2) + 2 * th + 1) * (W + 2) + 2 * tw + 1) * C, *y1 = y0 + (size_t)(W + 2) * C;
-                float *m = dM + t * C;
+        for (int th = 0; th < H / m; th++)
+            for (int tw = 0; tw < W / m; tw++, t++) {
+                const float *yp = dy + (((size_t)img * (H + 2) + m * th + 1) * (W + 2) + m * tw + 1) * C;
+                float *mp = dM + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    const __m256 a = _mm256_loadu_ps(y0 + c), b = _mm256_loadu_ps(y0 + C + c), e = _mm256_loadu_ps(y1 + c),
-                                 f = _mm256_loadu_ps(y1 + C + c), zero = _mm256_setzero_ps();
-                    /* rows of A dY: (a b), (a+e b+f), (a-e b-f), (-e -f) */
-                    const __m256 z[4][2] = {{a, b},
-                                            {_mm256_add_ps(a, e), _mm256_add_ps(b, f)},
-                                            {_mm256_sub_ps(a, e), _mm256_sub_ps(b, f)},
-                                            {_mm256_sub_ps(zero, e), _mm256_sub_ps(zero, f)}};
-                    for (int i = 0; i < 4; i++) {
-                        float *o = m + (size_t)(4 * i) * sm + c;
-                        _mm256_storeu_ps(o, z[i][0]);
-                        _mm256_storeu_ps(o + sm, _mm256_add_ps(z[i][0], z[i][1]));
-                        _mm256_storeu_ps(o + 2 * sm, _mm256_sub_ps(z[i][0], z[i][1]));
-                        _mm256_storeu_ps(o + 3 * sm, _mm256_sub_ps(zero, z[i][1]));
+                    __m256 z[6][4], y[4], o[6];
+                    for (int s = 0; s < m; s++) { /* A dY, column by column */
+                        for (int q = 0; q < m; q++) y[q] = _mm256_loadu_ps(yp + (size_t)q * rs + (size_t)s * C + c);
+                        adj1d(m, y, o);
+                        for (int i = 0; i < a; i++) z[i][s] = o[i];
+                    }
+                    for (int i = 0; i < a; i++) { /* (A dY)A', row by row */
+                        adj1d(m, z[i], o);
+                        for (int k = 0; k < a; k++) _mm256_storeu_ps(mp + (size_t)(a * i + k) * sm + c, o[k]);
                     }
                 }
             }
 }
 
-/* M (16, T, out) = V (16, T, in) x U (16, in, out), position by position */
-static void products(float *M, const float *V, const float *U, size_t T, int in, int out)
+/* the transforms for m = 2 and 4, each compiled with its m constant */
+AVX2 static void input_tf2(float *V, const float *x, int n, int H, int W, int C) { input_tf(2, V, x, n, H, W, C); }
+AVX2 static void input_tf4(float *V, const float *x, int n, int H, int W, int C) { input_tf(4, V, x, n, H, W, C); }
+AVX2 static void output_tf2(float *y, const float *M, int n, int H, int W, int C) { output_tf(2, y, M, n, H, W, C); }
+AVX2 static void output_tf4(float *y, const float *M, int n, int H, int W, int C) { output_tf(4, y, M, n, H, W, C); }
+AVX2 static void output_adj2(float *dM, const float *dy, int n, int H, int W, int C) { output_adj(2, dM, dy, n, H, W, C); }
+AVX2 static void output_adj4(float *dM, const float *dy, int n, int H, int W, int C) { output_adj(4, dM, dy, n, H, W, C); }
+
+/* y (n,H,W,out) = the convolution of x (n,H+2,W+2,in) with U */
+static void conv_chunk(int m, float *y, const float *x, const float *U, int n, int H, int W, int in, int out, float *V, float *M)
 {
-    for (int k = 0; k < 16; k++)
+    const int np = (m + 2) * (m + 2);
+    const size_t T = (size_t)n * H * W / (m * m);
+    (m == 2 ? input_tf2 : input_tf4)(V, x, n, H, W, in);
+    for (int k = 0; k < np; k++) /* M = V U, position by position */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, out, in, 1.0f, V + (size_t)k * plane(T, in), in,
                     U + (size_t)k * in * out, out, 0.0f, M + (size_t)k * plane(T, out), out);
+    (m == 2 ? output_tf2 : output_tf4)(y, M, n, H, W, out);
 }
 
-/* the common part: transform x (n,H+2,W+2,in) with U to y (n,H,W,out) */
-static void conv_chunk(float *y, const float *x, const float *U, int n, int H, int W, int in, int out, float *V, float *M)
-{
-    const size_t T = (size_t)n * H * W / 4;
-    input_tf(V, x, n, H, W, in);
-    products(M, V, U, T, in, out);
-    output_tf(y, M, n, H, W, out);
-}
-
-void wino_forward(float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
+void wino_forward(int m, float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
                   int add, float *work)
 {
-    const size_t HW = (size_t)H * W, P = (size_t)n * HW, T = P / 4, Pp = (size_t)n * (H + 2) * (W + 2);
-    float *x = work, *V = x + Pp * Ci, *M = V + 16 * plane(T, Ci), *y = M + 16 * plane(T, Co);
+    const int np = (m + 2) * (m + 2);
+    const size_t HW = (size_t)H * W, P = (size_t)n * HW, T = P / (m * m), Pp = (size_t)n * (H + 2) * (W + 2);
+    float *x = work, *V = x + Pp * Ci, *M = V + np * plane(T, Ci), *y = M + np * plane(T, Co);
     pack_padded(x, V, inp, half, Ci, (size_t)N * HW, n0, n, H, W);
-    conv_chunk(y, x, U, n, H, W, Ci, Co, V, M);
+    conv_chunk(m, y, x, U, n, H, W, Ci, Co, V, M);
     nhwc_unpack_avx2(out + (size_t)n0 * HW, y, Co, (size_t)N * HW, P, add);
 }
 
-void wino_backward(float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N, int n0,
-                   int n, int H, int W, int Ci, int Co, float *work)
+void wino_backward(int m, float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
+                   int n0, int n, int H, int W, int Ci, int Co, float *work)
 {
-    const size_t HW = (size_t)H * W, P = (size_t)n * HW, T = P / 4, ldc = (size_t)N * HW, Pp = (size_t)n * (H + 2) * (W + 2);
-    float *x = work, *V = x + Pp * Ci, *dy = V + 16 * plane(T, Ci), *Vd = dy + Pp * Co, *dx = Vd + 16 * plane(T, Co);
+    const int np = (m + 2) * (m + 2);
+    const size_t HW = (size_t)H * W, P = (size_t)n * HW, T = P / (m * m), ldc = (size_t)N * HW, Pp = (size_t)n * (H + 2) * (W + 2);
+    float *x = work, *V = x + Pp * Ci, *dy = V + np * plane(T, Ci), *Vd = dy + Pp * Co, *dx = Vd + np * plane(T, Co);
     pack_padded(dy, Vd, dout, 0, Co, ldc, n0, n, H, W);
     if (dU) {
         pack_padded(x, V, inp, half, Ci, ldc, n0, n, H, W);
-        input_tf(V, x, n, H, W, Ci);
-        output_adj(Vd, dy, n, H, W, Co);
-        /* dU (16, Ci, Co) += V' dM, position by position */
-        for (int k = 0; k < 16; k++)
+        (m == 2 ? input_tf2 : input_tf4)(V, x, n, H, W, Ci);
+        (m == 2 ? output_adj2 : output_adj4)(Vd, dy, n, H, W, Co);
+        for (int k = 0; k < np; k++) /* dU += V' dM, position by position */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ci, Co, (int)T, 1.0f, V + (size_t)k * plane(T, Ci), Ci,
                         Vd + (size_t)k * plane(T, Co), Co, 1.0f, dU + (size_t)k * Ci * Co, Co);
     }
     if (dinp) {
-        conv_chunk(dx, dy, Uf, n, H, W, Co, Ci, Vd, V);
+        conv_chunk(m, dx, dy, Uf, n, H, W, Co, Ci, Vd, V);
         nhwc_unpack_avx2(dinp + (size_t)n0 * HW, dx, Ci, ldc, P, !set);
     }
-}
-
-void wino_dweight(float *dw, const float *dU, int Co, int Ci)
-{
-    const size_t cc = (size_t)Ci * Co;
-    for (int ci = 0; ci < Ci; ci++)
-        for (int co = 0; co < Co; co++) {
-            const size_t a = (size_t)ci * Co + co;
-            float t[3][4];
-            for (int k = 0; k < 3; k++)
-                for (int j = 0; j < 4; j++)
-                    t[k][j] = Gm[0][k] * dU[(size_t)j * cc + a] + Gm[1][k] * dU[(size_t)(4 + j) * cc + a] +
-                              Gm[2][k] * dU[(size_t)(8 + j) * cc + a] + Gm[3][k] * dU[(size_t)(12 + j) * cc + a];
-            float *g = dw + ((size_t)co * Ci + ci) * 9;
-            for (int k = 0; k < 3; k++)
-                for (int l = 0; l < 3; l++) g[k * 3 + l] += t[k][0] * Gm[0][l] + t[k][1] * Gm[1][l] + t[k][2] * Gm[2][l] + t[k][3] * Gm[3][l];
-        }
 }

@@ -1,48 +1,50 @@
-/* wino.h: 3x3 stride-1 pad-1 convolutions on our own Winograd F(2x2, 3x3)
- * kernels, in AVX2 + FMA (so also on CPUs without AVX-512, where oneDNN
- * has no Winograd), for the engine's (C,N,H,W) activations. A chunk of n
- * images is transposed to NHWC (nhwc.h); each 4x4 input tile becomes
- * B'dB, each 3x3 filter GgG' (16 values); the 16 products over the
- * channels are 16 GEMMs (OpenBLAS, one thread per chunk); A'MA gives each
- * 2x2 output tile. 2.25x fewer multiply-adds than a direct sum; the
- * transforms round differently from a direct sum (2-5e-7 of the largest
- * output on the resnet18-cifar shapes; tests/test_tune.c holds every
- * kernel, this one too, to 2e-5 against the plain references).
+/* wino.h: 3x3 stride-1 pad-1 convolutions on our own Winograd kernels,
+ * F(2x2, 3x3) and F(4x4, 3x3) (m = 2, 4: the output tile), in AVX2 + FMA
+ * (so also on CPUs without AVX-512, where oneDNN has no Winograd), for the
+ * engine's (C,N,H,W) activations. A chunk of n images is transposed to
+ * NHWC with a border of zeros (nhwc.h); each (m+2)^2 input tile becomes
+ * B'dB, each 3x3 filter GgG'; the (m+2)^2 products over the channels are
+ * as many GEMMs (OpenBLAS, one thread per chunk); A'MA gives each m x m
+ * output tile. 2.25x (m 2) or 4x (m 4) fewer multiply-adds than a direct
+ * sum; the transforms round differently from a direct sum, m 4 more than
+ * m 2 (tests/test_tune.c holds every kernel, these too, to 2e-5 of the
+ * largest value against the plain references).
  *
  * The backward runs the data gradient as the same forward on the output
  * gradient with the flipped, transposed filters, and the weight gradient
  * as the forward's adjoint: dU = sum over tiles of (A dY A') x (B'xB),
  * dW = G' dU G.
  *
- * Needs H and W even, Ci and Co multiples of 8, and a CPU with AVX2 and
- * FMA (wino_ok). */
+ * Needs H and W multiples of m, Ci and Co multiples of 8, and a CPU with
+ * AVX2 and FMA (wino_ok). */
 #ifndef MOCO_ENGINE_WINO_H
 #define MOCO_ENGINE_WINO_H
 
 #include <stddef.h>
 
-int wino_ok(int Ci, int H, int W, int Co, int k, int stride, int pad);
+int wino_ok(int m, int Ci, int H, int W, int Co, int k, int stride, int pad);
 
 /* Scratch floats one chunk of n images needs (per thread; without dU). */
-size_t wino_chunk_floats(int n, int H, int W, int Ci, int Co);
-/* Floats of the transformed filters: 16 * Ci * Co. */
-size_t wino_filter_floats(int Ci, int Co);
+size_t wino_chunk_floats(int m, int n, int H, int W, int Ci, int Co);
+/* Floats of the transformed filters, and of dU: (m+2)^2 * Ci * Co. */
+size_t wino_filter_floats(int m, int Ci, int Co);
 
-/* U (16, in, out) = G g G' of w (Co,Ci,3,3): in = Ci, out = Co; flip: the
- * data gradient's filters, in = Co, out = Ci, each flipped. */
-void wino_filters(float *U, const float *w, int Co, int Ci, int flip);
+/* U ((m+2)^2, in, out) = G g G' of w (Co,Ci,3,3): in = Ci, out = Co; flip:
+ * the data gradient's filters, in = Co, out = Ci, each flipped. Runs on
+ * the compute pool (par.h). */
+void wino_filters(int m, float *U, const float *w, int Co, int Ci, int flip);
 
 /* out (Co, N*H*W) images n0..n0+n = (add: +=) conv(inp (Ci, N*H*W)) with the
  * filters U (wino_filters, flip 0); inp in bf16 when half. */
-void wino_forward(float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
+void wino_forward(int m, float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
                   int add, float *work);
 
 /* For images n0..n0+n of dout (Co, N*H*W): dinp (Ci, ...) += (set: =) the
  * data gradient (Uf: wino_filters flip 1; dinp NULL: skipped), and dU
- * (16, Ci, Co) += the transformed weight gradient (dU NULL: skipped) from
- * inp (bf16 when half); wino_dweight then adds it to dw (Co,Ci,3,3). */
-void wino_backward(float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N, int n0,
-                   int n, int H, int W, int Ci, int Co, float *work);
-void wino_dweight(float *dw, const float *dU, int Co, int Ci);
+ * ((m+2)^2, Ci, Co) += the transformed weight gradient (dU NULL: skipped)
+ * from inp (bf16 when half); wino_dweight then adds it to dw (Co,Ci,3,3). */
+void wino_backward(int m, float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
+                   int n0, int n, int H, int W, int Ci, int Co, float *work);
+void wino_dweight(int m, float *dw, const float *dU, int Co, int Ci);
 
 #endif
