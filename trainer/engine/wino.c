@@ -176,28 +176,29 @@ AVX2 INLINE void adj1d(int m, const __m256 *y, __m256 *z)
 
 /* ---- the 2-D transforms of a chunk ---- */
 
-/* V (a*a planes of T x C) = B'dB of every (m+2)^2 tile of x (n, H+2, W+2, C) */
-AVX2 INLINE void input_tf(int m, float *V, const float *x, int n, int H, int W, int C)
+/* The a*a planes of T x C (a = m + 2) of every tile of x (n, H+2, W+2,
+ * C): B'dB of its (m+2)^2 inputs, or (adj) A dY A' of its m x m output
+ * gradient (the border not read: the adjoint of output_tf). */
+AVX2 INLINE void to_planes(int m, int adj, float *V, const float *x, int n, int H, int W, int C)
 {
-    const int a = m + 2;
+    const int a = m + 2, sd = adj ? m : a, off = adj;
     const size_t T = (size_t)n * H * W / (m * m), sx = plane(T, C), rs = (size_t)(W + 2) * C;
     size_t t = 0;
     for (int img = 0; img < n; img++)
         for (int th = 0; th < H / m; th++)
             for (int tw = 0; tw < W / m; tw++, t++) {
-                const float *p = x + (((size_t)img * (H + 2) + m * th) * (W + 2) + m * tw) * C;
+                const float *p = x + (((size_t)img * (H + 2) + m * th + off) * (W + 2) + m * tw + off) * C;
                 float *v = V + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    __m256 b[6][6], d[6], col[6], row[6], o[6];
-                    for (int s = 0; s < a; s++) { /* B'd, column by column */
-                        for (int r = 0; r < a; r++) d[r] = _mm256_loadu_ps(p + (size_t)r * rs + (size_t)s * C + c);
-                        in1d(m, d, col);
-                        for (int i = 0; i < a; i++) b[i][s] = col[i];
+                    __m256 b[6][6], d[6], o[6];
+                    for (int s = 0; s < sd; s++) { /* down the columns */
+                        for (int r = 0; r < sd; r++) d[r] = _mm256_loadu_ps(p + (size_t)r * rs + (size_t)s * C + c);
+                        adj ? adj1d(m, d, o) : in1d(m, d, o);
+                        for (int q = 0; q < a; q++) b[q][s] = o[q];
                     }
-                    for (int i = 0; i < a; i++) { /* (B'd)B, row by row */
-                        for (int s = 0; s < a; s++) row[s] = b[i][s];
-                        in1d(m, row, o);
-                        for (int k = 0; k < a; k++) _mm256_storeu_ps(v + (size_t)(a * i + k) * sx + c, o[k]);
+                    for (int q = 0; q < a; q++) { /* along the rows */
+                        adj ? adj1d(m, b[q], o) : in1d(m, b[q], o);
+                        for (int k = 0; k < a; k++) _mm256_storeu_ps(v + (size_t)(a * q + k) * sx + c, o[k]);
                     }
                 }
             }
@@ -229,40 +230,13 @@ AVX2 INLINE void output_tf(int m, float *y, const float *M, int n, int H, int W,
             }
 }
 
-/* dM (a*a planes of T x C) = A dY A' of every m x m tile of dy (n, H+2,
- * W+2, C; the border is not read): the adjoint of output_tf */
-AVX2 INLINE void output_adj(int m, float *dM, const float *dy, int n, int H, int W, int C)
-{
-    const int a = m + 2;
-    const size_t T = (size_t)n * H * W / (m * m), sm = plane(T, C), rs = (size_t)(W + 2) * C;
-    size_t t = 0;
-    for (int img = 0; img < n; img++)
-        for (int th = 0; th < H / m; th++)
-            for (int tw = 0; tw < W / m; tw++, t++) {
-                const float *yp = dy + (((size_t)img * (H + 2) + m * th + 1) * (W + 2) + m * tw + 1) * C;
-                float *mp = dM + t * C;
-                for (int c = 0; c < C; c += 8) {
-                    __m256 z[6][4], y[4], o[6];
-                    for (int s = 0; s < m; s++) { /* A dY, column by column */
-                        for (int q = 0; q < m; q++) y[q] = _mm256_loadu_ps(yp + (size_t)q * rs + (size_t)s * C + c);
-                        adj1d(m, y, o);
-                        for (int i = 0; i < a; i++) z[i][s] = o[i];
-                    }
-                    for (int i = 0; i < a; i++) { /* (A dY)A', row by row */
-                        adj1d(m, z[i], o);
-                        for (int k = 0; k < a; k++) _mm256_storeu_ps(mp + (size_t)(a * i + k) * sm + c, o[k]);
-                    }
-                }
-            }
-}
-
 /* the transforms for m = 2 and 4, each compiled with its m constant */
-AVX2 static void input_tf2(float *V, const float *x, int n, int H, int W, int C) { input_tf(2, V, x, n, H, W, C); }
-AVX2 static void input_tf4(float *V, const float *x, int n, int H, int W, int C) { input_tf(4, V, x, n, H, W, C); }
+AVX2 static void input_tf2(float *V, const float *x, int n, int H, int W, int C) { to_planes(2, 0, V, x, n, H, W, C); }
+AVX2 static void input_tf4(float *V, const float *x, int n, int H, int W, int C) { to_planes(4, 0, V, x, n, H, W, C); }
 AVX2 static void output_tf2(float *y, const float *M, int n, int H, int W, int C) { output_tf(2, y, M, n, H, W, C); }
 AVX2 static void output_tf4(float *y, const float *M, int n, int H, int W, int C) { output_tf(4, y, M, n, H, W, C); }
-AVX2 static void output_adj2(float *dM, const float *dy, int n, int H, int W, int C) { output_adj(2, dM, dy, n, H, W, C); }
-AVX2 static void output_adj4(float *dM, const float *dy, int n, int H, int W, int C) { output_adj(4, dM, dy, n, H, W, C); }
+AVX2 static void output_adj2(float *dM, const float *dy, int n, int H, int W, int C) { to_planes(2, 1, dM, dy, n, H, W, C); }
+AVX2 static void output_adj4(float *dM, const float *dy, int n, int H, int W, int C) { to_planes(4, 1, dM, dy, n, H, W, C); }
 
 /* y (n,H,W,out) = the convolution of x (n,H+2,W+2,in) with U */
 static void conv_chunk(int m, float *y, const float *x, const float *U, int n, int H, int W, int in, int out, float *V, float *M)
