@@ -60,7 +60,7 @@ echo "ok: $(tail -n 1 "$T/bf16.out" | grep -o '"precision":"bf16".*"loss":[0-9.]
 # convolution sums stay (before: "auto" with a *, and "conv_ms_chosen":null)
 MOCO_BF16_FP32=fwd $M bench train $SMALL --precision bf16 --explain --wisdom "$T/w.jsonl" >"$T/f32fwd.out" 2>"$T/f32fwd.err" \
   || fail "MOCO_BF16_FP32=fwd: $(tail -3 "$T/f32fwd.err")"
-rows=$(grep -cE '^  .* fwd +(gemm|direct|direct-avx2|lanes|onednn|onednn-wino) ' "$T/f32fwd.out")
+rows=$(grep -cE '^  .* fwd +(gemm|direct|direct-avx2|lanes|onednn|onednn-wino|wino|wino4) ' "$T/f32fwd.out")
 [ "$rows" = 20 ] && ! grep -qE '^  .* fwd +auto ' "$T/f32fwd.out" && ! grep -qE '^  .* fwd +.*\*$' "$T/f32fwd.out" \
   || fail "MOCO_BF16_FP32=fwd: want 20 forward rows on fp32 kernels, none timed: $(grep -E ' fwd ' "$T/f32fwd.out" | head -3)"
 grep -q 'convolutions of one step (2 forwards, 1 backward), as timed one by one: [0-9.]* ms on the choices' "$T/f32fwd.out" \

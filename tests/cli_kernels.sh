@@ -21,7 +21,7 @@ T=${MOCO_TEST_TMP:?}/kernels
 rm -rf "$T" && mkdir -p "$T"
 B="bench train --arch resnet18-cifar --width 8 --batch-size 16 --size 16 --K 64 --bn-splits 2 --steps 1 --warmup 0 --threads 2 --explain"
 W="$T/w/wisdom.jsonl"
-ALG='gemm|direct|direct-avx2|lanes|bf16|onednn|onednn-wino' # the columns of the table, in order
+ALG='gemm|direct|direct-avx2|lanes|bf16|onednn|onednn-wino|wino|wino4' # the columns of the table, in order
 
 $M $B --wisdom "$W" >"$T/1.out" 2>"$T/1.err" || fail "bench --explain: $(tail -3 "$T/1.err")"
 # the JSON names the build; a sanitizer build says on stderr that its figures are not the product's
@@ -59,6 +59,19 @@ if grep -qw fma /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo; then
 fi
 rows=$(grep -cE "^  .* (fwd|bwd|bwd-w) +($ALG) " "$T/1.out")
 [ "$rows" = 40 ] || fail "want 40 rows (20 convolutions x 2 passes), got $rows: $(cat "$T/1.out")"
+# our Winograd kernels (wino.h) timed on exactly the passes they can run: 3x3 stride 1, channels multiples
+# of 8, plane sides multiples of 2 (wino) or 4 (wino4), on a CPU with AVX2 and FMA
+if grep -qw fma /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo; then
+  read -r bad t2 t4 < <(awk -v alg="$ALG" '$0 ~ " (fwd|bwd|bwd-w) +(" alg ") " {
+    for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, ks, "/"); split($(i - 3), sh, "x")
+      ok = ks[1] == 3 && ks[2] == 1 && sh[2] % 8 == 0 && $(i - 1) % 8 == 0; ok2 = ok && sh[3] % 2 == 0 && sh[4] % 2 == 0; ok4 = ok && sh[3] % 4 == 0 && sh[4] % 4 == 0 }
+    for (i = 1; i <= NF; i++) if ($i == "fwd" || $i == "bwd" || $i == "bwd-w") { w2 = $(i + 9) != "-"; w4 = $(i + 10) != "-"
+      if (w2 != ok2 || w4 != ok4) bad++; t2 += w2; t4 += w4; break }
+  } END { print bad + 0, t2 + 0, t4 + 0 }' "$T/1.out")
+  [ "$bad" = 0 ] && [ "$t2" = 26 ] && [ "$t4" = 20 ] ||
+    fail "want wino timed on the 26 passes of 3x3 stride-1 convolutions of 8k channels, wino4 on the 20 of them with planes of 4k, no others; got $bad misplaced, $t2 and $t4"
+  echo "wino timed on $t2 passes, wino4 on $t4, exactly where they can run"
+fi
 [ "$(grep -cE "(fwd|bwd|bwd-w) +($ALG) .*[*]$" "$T/1.out")" = 40 ] || fail "the first run did not time every row"
 grep -q "bwd-w" "$T/1.out" || fail "the stem's backward has no input gradient: want pass bwd-w"
 # on each row, the choice is the smallest time shown (times print to 3
