@@ -451,7 +451,7 @@ static void conv_fwd_task(void *ctx, int t, int th)
     }
     if (d->wino) {
         const int n0 = t * d->chunk, n = d->N - n0 < d->chunk ? d->N - n0 : d->chunk;
-        wino_forward(d->wino, j->out, j->inp, 0, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, 0, j->work + (size_t)th * d->work_per);
+        wino_forward(d->wino, j->out, j->inp, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, j->work + (size_t)th * d->work_per);
         return;
     }
     if (d->direct) {
@@ -531,7 +531,7 @@ static void conv_bwd_task(void *ctx, int t, int th)
     }
     if (d->wino) {
         float *dU = col + d->work_per - wino_filter_floats(d->wino, d->Ci, d->Co);
-        wino_backward(d->wino, j->dinp, 0, j->dw ? dU : NULL, j->dout, j->inp, d->in_half, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, col);
+        wino_backward(d->wino, j->dinp, j->dw ? dU : NULL, j->dout, j->inp, d->in_half, j->wr, d->N, n0, n, d->H, d->W, d->Ci, d->Co, col);
         return;
     }
     if (d->direct) {

@@ -250,18 +250,17 @@ static void conv_chunk(int m, float *y, const float *x, const float *U, int n, i
     (m == 2 ? output_tf2 : output_tf4)(y, M, n, H, W, out);
 }
 
-void wino_forward(int m, float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
-                  int add, float *work)
+void wino_forward(int m, float *out, const float *inp, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co, float *work)
 {
     const int np = (m + 2) * (m + 2);
     const size_t HW = (size_t)H * W, P = (size_t)n * HW, T = P / (m * m), Pp = (size_t)n * (H + 2) * (W + 2);
     float *x = work, *V = x + Pp * Ci, *M = V + np * plane(T, Ci), *y = M + np * plane(T, Co);
-    pack_padded(x, V, inp, half, Ci, (size_t)N * HW, n0, n, H, W);
+    pack_padded(x, V, inp, 0, Ci, (size_t)N * HW, n0, n, H, W);
     conv_chunk(m, y, x, U, n, H, W, Ci, Co, V, M);
-    nhwc_unpack_avx2(out + (size_t)n0 * HW, y, Co, (size_t)N * HW, P, add);
+    nhwc_unpack_avx2(out + (size_t)n0 * HW, y, Co, (size_t)N * HW, P, 0);
 }
 
-void wino_backward(int m, float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
+void wino_backward(int m, float *dinp, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
                    int n0, int n, int H, int W, int Ci, int Co, float *work)
 {
     const int np = (m + 2) * (m + 2);
@@ -278,6 +277,6 @@ void wino_backward(int m, float *dinp, int set, float *dU, const float *dout, co
     }
     if (dinp) {
         conv_chunk(m, dx, dy, Uf, n, H, W, Co, Ci, Vd, V);
-        nhwc_unpack_avx2(dinp + (size_t)n0 * HW, dx, Ci, ldc, P, !set);
+        nhwc_unpack_avx2(dinp + (size_t)n0 * HW, dx, Ci, ldc, P, 1);
     }
 }

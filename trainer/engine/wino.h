@@ -34,16 +34,15 @@ size_t wino_filter_floats(int m, int Ci, int Co);
  * the compute pool (par.h). */
 void wino_filters(int m, float *U, const float *w, int Co, int Ci, int flip);
 
-/* out (Co, N*H*W) images n0..n0+n = (add: +=) conv(inp (Ci, N*H*W)) with the
- * filters U (wino_filters, flip 0); inp in bf16 when half. */
-void wino_forward(int m, float *out, const void *inp, int half, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co,
-                  int add, float *work);
+/* out (Co, N*H*W) images n0..n0+n = conv(inp (Ci, N*H*W)) with the filters
+ * U (wino_filters, flip 0). */
+void wino_forward(int m, float *out, const float *inp, const float *U, int N, int n0, int n, int H, int W, int Ci, int Co, float *work);
 
-/* For images n0..n0+n of dout (Co, N*H*W): dinp (Ci, ...) += (set: =) the
+/* For images n0..n0+n of dout (Co, N*H*W): dinp (Ci, ...) += the
  * data gradient (Uf: wino_filters flip 1; dinp NULL: skipped), and dU
  * ((m+2)^2, Ci, Co) += the transformed weight gradient (dU NULL: skipped)
  * from inp (bf16 when half); wino_dweight then adds it to dw (Co,Ci,3,3). */
-void wino_backward(int m, float *dinp, int set, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
+void wino_backward(int m, float *dinp, float *dU, const float *dout, const void *inp, int half, const float *Uf, int N,
                    int n0, int n, int H, int W, int Ci, int Co, float *work);
 void wino_dweight(int m, float *dw, const float *dU, int Co, int Ci);
 
