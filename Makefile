@@ -3,6 +3,8 @@
 #   make SANITIZE=address   the same, instrumented (also: undefined, thread)
 #   make test               install missing Debian packages, build, run every test
 #   make demo               install missing packages, then the main job on Fashion-MNIST
+#   make check-arm64        every file compiled for 64-bit Arm, the engine's tests run
+#                           there under qemu-user (tools/check-arm64.sh; minutes)
 #   make clean
 # Sources are found by wildcard: every .c in formats/ loader/ augment/ trainer/
 # goes into the program and the tests; cli/ holds main(); tests/test_*.c are
@@ -22,11 +24,15 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fast-math
 CFLAGS  := $(CFLAGS_BASE) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := $(PKG_LIBS) -lm -lmvec -pthread
+# the target's instruction set: x86-64 gets glibc's libmvec (trainer/engine/loss.c)
+# and, by default, oneDNN; elsewhere (Arm) the engine's portable paths
+X86_64  := $(if $(filter x86_64-%,$(shell $(CC) -dumpmachine 2>/dev/null)),1,0)
+LDLIBS  := $(PKG_LIBS) -lm $(if $(filter 1,$(X86_64)),-lmvec) -pthread
 # oneDNN (Debian's libdnnl-dev) for --precision bf16 (trainer/engine/bf16.c), used
-# when its header is there; the build and the fp32 path work without it, and
+# when its header is there (on x86-64: bf16*.c hold AVX-512 code); the build
+# and the fp32 path work without it, and
 # bf16 then says what is missing. DNNL=0 builds without it anyway.
-DNNL    ?= $(if $(wildcard /usr/include/dnnl.h),1,0)
+DNNL    ?= $(if $(and $(wildcard /usr/include/dnnl.h),$(filter 1,$(X86_64))),1,0)
 ifeq ($(DNNL),1)
 CFLAGS  += -DMOCO_HAVE_DNNL
 LDLIBS  += -ldnnl -lgomp
@@ -50,7 +56,7 @@ MPI_TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/mpi_*.c)
 # bin/moco is the last flavour built: relink when the flavour changes.
 $(shell mkdir -p build; echo $(FLAVOR) | cmp -s - build/flavor || echo $(FLAVOR) > build/flavor)
 
-.PHONY: all test demo clean deps tests unit-tests quality-tools
+.PHONY: all test demo clean deps tests unit-tests quality-tools check-arm64
 all: bin/moco
 
 # The tests run their own copy, build/FLAVOR/moco: bin/moco may be relinked
@@ -88,6 +94,9 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory bin/moco
 	@bash tools/demo.sh
+
+check-arm64:
+	@bash tools/check-arm64.sh
 
 # The quality experiment (tools/quality/README.md): not part of bin/moco.
 quality-tools: $(BUILD)/tools/quality/views_epoch $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms

@@ -31,6 +31,7 @@
 #include "trainer/engine/nn.h"
 #include "trainer/engine/par.h"
 #include "trainer/engine/tune.h"
+#include "trainer/engine/wino.h"
 
 static float *fz(size_t n) { return test_calloc(n ? n : 1, sizeof(float)); }
 
@@ -142,8 +143,8 @@ static void plan_every_algo(void)
     assert_int_equal(ran[NN_ALGO_WINO], nn_onednn_available() == 0 && conv3_simd() == 2 ? 2 : 0); /* nChw16c: AVX-512 */
     /* our Winograd: the 3x3 stride-1 shapes of even planes and channels multiples of 8 (all but the
      * stem); F(4x4, 3x3): those whose sides are multiples of 4 (not 6x6) */
-    assert_int_equal(ran[NN_ALGO_OWN_WINO], conv3_simd() >= 1 ? 4 : 0);
-    assert_int_equal(ran[NN_ALGO_OWN_WINO4], conv3_simd() >= 1 ? 3 : 0);
+    assert_int_equal(ran[NN_ALGO_OWN_WINO], wino_cpu() ? 4 : 0);
+    assert_int_equal(ran[NN_ALGO_OWN_WINO4], wino_cpu() ? 3 : 0);
     /* dinp_set honoured by the oneDNN convolutions, fp32 and bf16, but for the 1x1 stride-1 matmuls */
     assert_int_equal(ran_set, want_set);
     if (nn_onednn_available() == 0) assert_true(ran_set >= 3);
@@ -596,7 +597,7 @@ static void test_own_wino_shapes(void **st)
         test_free(x), test_free(w), test_free(y), test_free(yr), test_free(dy), test_free(dx), test_free(dxr), test_free(dw),
             test_free(dwr), test_free(wk);
     }
-    assert_int_equal(ran, conv3_simd() >= 1 ? 9 : 0); /* 10x6: not F(4x4, 3x3) */
+    assert_int_equal(ran, wino_cpu() ? 9 : 0); /* 10x6: not F(4x4, 3x3) */
 }
 
 int main(void)

@@ -24,10 +24,13 @@ PKGS=(
   python3-pil           # PIL: the picture tests, torchvision's image path
 )
 
+# installed for this machine's architecture (or for all): a package of another
+# one beside it (tools/check-arm64.sh's) does not count
+arch=$(dpkg --print-architecture)
 missing=()
 for p in "${PKGS[@]}"; do
-  s=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-  [ "$s" = "installed" ] || missing+=("$p")
+  s=$(dpkg-query -W -f='${db:Status-Status} ${Architecture}\n' "$p" 2>/dev/null || true)
+  grep -qxE "installed ($arch|all)" <<<"$s" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

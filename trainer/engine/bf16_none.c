@@ -18,8 +18,13 @@ int nn_conv_sets_dinp(const nn_conv *d)
 
 int nn_bf16_available(void)
 {
+#if defined(__x86_64__)
     return moco_err(MOCO_EINVAL, "--precision bf16 needs oneDNN, and this moco was built without it: install libdnnl-dev "
                                  "(tools/install-deps.sh does), rebuild, or use --precision fp32");
+#else /* the Makefile builds with oneDNN on x86-64 only: bf16.c and bf16_pack.c hold AVX-512 code */
+    return moco_err(MOCO_EINVAL, "--precision bf16 runs on x86-64 CPUs only (oneDNN with our AVX-512 code): this moco was built "
+                                 "for another CPU; use --precision fp32");
+#endif
 }
 
 int nn_bf16_emulated(void) { return 0; }

@@ -34,6 +34,7 @@ const char *blas_core_wanted(void)
     if (getenv("OPENBLAS_CORETYPE")) return NULL;
     const char *want = NULL;
     int level = 0;
+#if defined(__x86_64__) && defined(__GNUC__) /* elsewhere OpenBLAS's own choice stands */
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
@@ -41,6 +42,7 @@ const char *blas_core_wanted(void)
     } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         want = "Haswell", level = 2;
     }
+#endif
     return want && level_of(blas_core()) < level ? want : NULL;
 }
 

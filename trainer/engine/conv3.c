@@ -174,7 +174,6 @@ __attribute__((target("avx512f"))) static void unpack16(float *const *d, int m, 
     for (int l = 0; l < m; l++)
         _mm512_storeu_ps(d[l] + i0, add ? _mm512_add_ps(_mm512_loadu_ps(d[l] + i0), r[l]) : r[l]);
 }
-#endif
 
 /* Offsets (floats) of the lanes vectors of plane positions i0..i0+15. */
 static void lane_offsets(long *off, size_t i0, int W, int Ws, int p)
@@ -184,6 +183,7 @@ static void lane_offsets(long *off, size_t i0, int W, int Ws, int p)
         off[k] = ((long)(i / W + p) * Ws + (long)(i % W) + p) * 16;
     }
 }
+#endif
 
 void conv3l_pack(float *dst, size_t ld, const float *src, int C, int N, int n0, int n, int H, int W, int p)
 {
@@ -581,6 +581,8 @@ void conv3_forward(int simd, float *out, const float *in, const float *wr, int C
 #if CONV3_X86
     if (simd == 2) return fwd512(out, in, wr, Cin, Cout, ld, Q, off);
     if (simd == 1) return fwd256(out, in, wr, Cin, Cout, ld, Q, off);
+#else
+    (void)simd;
 #endif
     for (int co = 0; co < Cout; co++) /* plain C, for completeness */
         for (size_t q = 0; q < Q; q++) {
@@ -610,6 +612,8 @@ void conv3_dweight(int simd, float *dw, const float *dy, const float *x, int Co,
         if (cb < Ci) dw256_tail(dw, dy, x, Co, Ci, cb, ld, Q, off);
         return;
     }
+#else
+    (void)simd;
 #endif
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++)

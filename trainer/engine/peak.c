@@ -17,10 +17,10 @@
 #define PEAK_X86 0
 #endif
 
+#if PEAK_X86
 enum { CHAINS = 12, ROUNDS = 7 };
 static const long ITERS = 1L << 22; /* per round and thread: 12 x 16 x 2 x 2^22 = 1.6 GFLOP in AVX-512 fp32, a few ms */
 
-#if PEAK_X86
 #define STEP12(op) \
     op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)
 
@@ -69,7 +69,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static float runbf16(long
     for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, a[i]);
     return _mm512_reduce_add_ps(s);
 }
-#endif
 
 typedef struct {
     float (*fn)(long);
@@ -107,6 +106,7 @@ static void measure(float (*fn)(long), double flop_per_iter, int threads, double
     *one = flop_per_iter * (double)ITERS / best1 / 1e9;
     *all = threads > 1 ? flop_per_iter * (double)ITERS * threads / bestn / 1e9 : *one;
 }
+#endif /* PEAK_X86: elsewhere no peak is measured (isa "none") */
 
 void nn_peak_measure(nn_peak *p)
 {

@@ -3,11 +3,12 @@
  * over NHWC chunks with a border of zeros; the products over the channels
  * are OpenBLAS GEMMs, one per transformed position (16 or 36). Sums are in
  * float, in an order fixed by the shape and chunk (not by the thread
- * count). The matrices are Lavin and Gray's (arXiv:1509.09308). */
+ * count). The matrices are Lavin and Gray's (arXiv:1509.09308). On CPUs
+ * other than x86-64 the same code runs on GCC's generic vectors (8 floats,
+ * so two NEON registers on Arm), products and sums rounded one by one. */
 #include "trainer/engine/wino.h"
 
 #include <cblas.h>
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -15,13 +16,47 @@
 #include "trainer/engine/nhwc.h"
 #include "trainer/engine/par.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
+
+/* 8 floats in a register: AVX2 + FMA on x86-64, generic vectors elsewhere */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define WINO_X86 1
+#define AVX2 __attribute__((target("avx2,fma")))
+typedef __m256 v8;
+AVX2 INLINE v8 vload(const float *p) { return _mm256_loadu_ps(p); }
+AVX2 INLINE void vstore(float *p, v8 x) { _mm256_storeu_ps(p, x); }
+AVX2 INLINE v8 vset1(float f) { return _mm256_set1_ps(f); }
+AVX2 INLINE v8 vzero(void) { return _mm256_setzero_ps(); }
+AVX2 INLINE v8 vadd(v8 a, v8 b) { return _mm256_add_ps(a, b); }
+AVX2 INLINE v8 vsub(v8 a, v8 b) { return _mm256_sub_ps(a, b); }
+AVX2 INLINE v8 vfma(v8 a, v8 b, v8 c) { return _mm256_fmadd_ps(a, b, c); }   /* a b + c */
+AVX2 INLINE v8 vfnma(v8 a, v8 b, v8 c) { return _mm256_fnmadd_ps(a, b, c); } /* c - a b */
+#else
+#define WINO_X86 0
+#define AVX2
+typedef float v8 __attribute__((vector_size(32)));
+INLINE v8 vload(const float *p)
+{
+    v8 x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+INLINE void vstore(float *p, v8 x) { memcpy(p, &x, sizeof x); }
+INLINE v8 vset1(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+INLINE v8 vzero(void) { return vset1(0.0f); }
+INLINE v8 vadd(v8 a, v8 b) { return a + b; }
+INLINE v8 vsub(v8 a, v8 b) { return a - b; }
+INLINE v8 vfma(v8 a, v8 b, v8 c) { return a * b + c; }
+INLINE v8 vfnma(v8 a, v8 b, v8 c) { return c - a * b; }
+#endif
+
+int wino_cpu(void) { return !WINO_X86 || conv3_simd() >= 1; }
 
 int wino_ok(int m, int Ci, int H, int W, int Co, int k, int stride, int pad)
 {
     return (m == 2 || m == 4) && k == 3 && stride == 1 && pad == 1 && H > 0 && W > 0 && H % m == 0 && W % m == 0 &&
-           Ci % 8 == 0 && Co % 8 == 0 && conv3_simd() >= 1;
+           Ci % 8 == 0 && Co % 8 == 0 && wino_cpu();
 }
 
 size_t wino_filter_floats(int m, int Ci, int Co) { return (size_t)(m + 2) * (m + 2) * Ci * Co; }
@@ -127,51 +162,51 @@ static void pack_padded(float *x, float *tmp, const void *src, int half, int C, 
 /* ---- the 1-D transforms, on vectors of 8 channels ---- */
 
 /* B'd: 4 -> 4 (m 2), 6 -> 6 (m 4) */
-AVX2 INLINE void in1d(int m, const __m256 *d, __m256 *t)
+AVX2 INLINE void in1d(int m, const v8 *d, v8 *t)
 {
     if (m == 2) {
-        t[0] = _mm256_sub_ps(d[0], d[2]), t[1] = _mm256_add_ps(d[1], d[2]);
-        t[2] = _mm256_sub_ps(d[2], d[1]), t[3] = _mm256_sub_ps(d[1], d[3]);
+        t[0] = vsub(d[0], d[2]), t[1] = vadd(d[1], d[2]);
+        t[2] = vsub(d[2], d[1]), t[3] = vsub(d[1], d[3]);
         return;
     }
-    const __m256 four = _mm256_set1_ps(4), five = _mm256_set1_ps(5), two = _mm256_set1_ps(2);
-    const __m256 p = _mm256_sub_ps(d[4], d[2]), q = _mm256_sub_ps(d[3], d[1]); /* d4 - d2, d3 - d1 */
-    t[0] = _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4]));
-    t[1] = _mm256_fnmadd_ps(four, _mm256_add_ps(d[1], d[2]), _mm256_add_ps(d[3], d[4]));
-    t[2] = _mm256_fmadd_ps(four, _mm256_sub_ps(d[1], d[2]), _mm256_sub_ps(d[4], d[3]));
-    t[3] = _mm256_fmadd_ps(two, q, p);
-    t[4] = _mm256_fnmadd_ps(two, q, p);
-    t[5] = _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5]));
+    const v8 four = vset1(4), five = vset1(5), two = vset1(2);
+    const v8 p = vsub(d[4], d[2]), q = vsub(d[3], d[1]); /* d4 - d2, d3 - d1 */
+    t[0] = vfma(four, d[0], vfnma(five, d[2], d[4]));
+    t[1] = vfnma(four, vadd(d[1], d[2]), vadd(d[3], d[4]));
+    t[2] = vfma(four, vsub(d[1], d[2]), vsub(d[4], d[3]));
+    t[3] = vfma(two, q, p);
+    t[4] = vfnma(two, q, p);
+    t[5] = vfma(four, d[1], vfnma(five, d[3], d[5]));
 }
 
 /* A'M: 4 -> 2, 6 -> 4 */
-AVX2 INLINE void out1d(int m, const __m256 *x, __m256 *y)
+AVX2 INLINE void out1d(int m, const v8 *x, v8 *y)
 {
     if (m == 2) {
-        y[0] = _mm256_add_ps(_mm256_add_ps(x[0], x[1]), x[2]);
-        y[1] = _mm256_sub_ps(_mm256_sub_ps(x[1], x[2]), x[3]);
+        y[0] = vadd(vadd(x[0], x[1]), x[2]);
+        y[1] = vsub(vsub(x[1], x[2]), x[3]);
         return;
     }
-    const __m256 a = _mm256_add_ps(x[1], x[2]), b = _mm256_sub_ps(x[1], x[2]), c = _mm256_add_ps(x[3], x[4]),
-                 d = _mm256_sub_ps(x[3], x[4]);
-    y[0] = _mm256_add_ps(_mm256_add_ps(x[0], a), c);
-    y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2), d, b);
-    y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4), c, a);
-    y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8), d, b), x[5]);
+    const v8 a = vadd(x[1], x[2]), b = vsub(x[1], x[2]), c = vadd(x[3], x[4]),
+                 d = vsub(x[3], x[4]);
+    y[0] = vadd(vadd(x[0], a), c);
+    y[1] = vfma(vset1(2), d, b);
+    y[2] = vfma(vset1(4), c, a);
+    y[3] = vadd(vfma(vset1(8), d, b), x[5]);
 }
 
 /* A y, the adjoint of out1d: 2 -> 4, 4 -> 6 */
-AVX2 INLINE void adj1d(int m, const __m256 *y, __m256 *z)
+AVX2 INLINE void adj1d(int m, const v8 *y, v8 *z)
 {
-    const __m256 zero = _mm256_setzero_ps();
+    const v8 zero = vzero();
     if (m == 2) {
-        z[0] = y[0], z[1] = _mm256_add_ps(y[0], y[1]), z[2] = _mm256_sub_ps(y[0], y[1]), z[3] = _mm256_sub_ps(zero, y[1]);
+        z[0] = y[0], z[1] = vadd(y[0], y[1]), z[2] = vsub(y[0], y[1]), z[3] = vsub(zero, y[1]);
         return;
     }
-    const __m256 e = _mm256_add_ps(y[0], y[2]), o = _mm256_add_ps(y[1], y[3]), e4 = _mm256_fmadd_ps(_mm256_set1_ps(4), y[2], y[0]),
-                 o8 = _mm256_fmadd_ps(_mm256_set1_ps(8), y[3], _mm256_add_ps(y[1], y[1]));
-    z[0] = y[0], z[1] = _mm256_add_ps(e, o), z[2] = _mm256_sub_ps(e, o);
-    z[3] = _mm256_add_ps(e4, o8), z[4] = _mm256_sub_ps(e4, o8), z[5] = y[3];
+    const v8 e = vadd(y[0], y[2]), o = vadd(y[1], y[3]), e4 = vfma(vset1(4), y[2], y[0]),
+                 o8 = vfma(vset1(8), y[3], vadd(y[1], y[1]));
+    z[0] = y[0], z[1] = vadd(e, o), z[2] = vsub(e, o);
+    z[3] = vadd(e4, o8), z[4] = vsub(e4, o8), z[5] = y[3];
 }
 
 /* ---- the 2-D transforms of a chunk ---- */
@@ -190,15 +225,15 @@ AVX2 INLINE void to_planes(int m, int adj, float *V, const float *x, int n, int 
                 const float *p = x + (((size_t)img * (H + 2) + m * th + off) * (W + 2) + m * tw + off) * C;
                 float *v = V + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    __m256 b[6][6], d[6], o[6];
+                    v8 b[6][6], d[6], o[6];
                     for (int s = 0; s < sd; s++) { /* down the columns */
-                        for (int r = 0; r < sd; r++) d[r] = _mm256_loadu_ps(p + (size_t)r * rs + (size_t)s * C + c);
+                        for (int r = 0; r < sd; r++) d[r] = vload(p + (size_t)r * rs + (size_t)s * C + c);
                         adj ? adj1d(m, d, o) : in1d(m, d, o);
                         for (int q = 0; q < a; q++) b[q][s] = o[q];
                     }
                     for (int q = 0; q < a; q++) { /* along the rows */
                         adj ? adj1d(m, b[q], o) : in1d(m, b[q], o);
-                        for (int k = 0; k < a; k++) _mm256_storeu_ps(v + (size_t)(a * q + k) * sx + c, o[k]);
+                        for (int k = 0; k < a; k++) vstore(v + (size_t)(a * q + k) * sx + c, o[k]);
                     }
                 }
             }
@@ -216,15 +251,15 @@ AVX2 INLINE void output_tf(int m, float *y, const float *M, int n, int H, int W,
                 float *yo = y + (((size_t)img * H + m * th) * W + m * tw) * C;
                 const float *mp = M + t * C;
                 for (int c = 0; c < C; c += 8) {
-                    __m256 r[4][6], x[6], o[4];
+                    v8 r[4][6], x[6], o[4];
                     for (int j = 0; j < a; j++) { /* A'M, column by column */
-                        for (int i = 0; i < a; i++) x[i] = _mm256_loadu_ps(mp + (size_t)(a * i + j) * sm + c);
+                        for (int i = 0; i < a; i++) x[i] = vload(mp + (size_t)(a * i + j) * sm + c);
                         out1d(m, x, o);
                         for (int q = 0; q < m; q++) r[q][j] = o[q];
                     }
                     for (int q = 0; q < m; q++) { /* (A'M)A, row by row */
                         out1d(m, r[q], o);
-                        for (int s = 0; s < m; s++) _mm256_storeu_ps(yo + ((size_t)q * W + s) * C + c, o[s]);
+                        for (int s = 0; s < m; s++) vstore(yo + ((size_t)q * W + s) * C + c, o[s]);
                     }
                 }
             }

@@ -15,13 +15,17 @@
  * as the forward's adjoint: dU = sum over tiles of (A dY A') x (B'xB),
  * dW = G' dU G.
  *
- * Needs H and W multiples of m, Ci and Co multiples of 8, and a CPU with
- * AVX2 and FMA (wino_ok). */
+ * Needs H and W multiples of m, Ci and Co multiples of 8 (wino_ok), and on
+ * x86-64 AVX2 and FMA (wino_cpu); other CPUs (Arm) run the transforms on
+ * GCC's generic vectors. */
 #ifndef MOCO_ENGINE_WINO_H
 #define MOCO_ENGINE_WINO_H
 
 #include <stddef.h>
 
+/* 1 where this CPU runs the kernels: x86-64 with AVX2 and FMA (and not
+ * capped below them: MOCO_CONV3=0), or a CPU of another kind */
+int wino_cpu(void);
 int wino_ok(int m, int Ci, int H, int W, int Co, int k, int stride, int pad);
 
 /* Scratch floats one chunk of n images needs (per thread; without dU). */

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# check-arm64.sh (make check-arm64): the engine on a CPU that is not x86-64.
+# Compiles every C file of the project for 64-bit Arm (Debian's
+# gcc-aarch64-linux-gnu, with the real build's -Werror), then links the
+# engine (trainer/engine/, formats/) into its unit tests and runs them
+# under qemu-user: there the engine has no AVX, so the plain loops, the
+# generic-vector Winograd transforms and OpenBLAS's Arm kernels are what
+# runs. Promise: exit 0 only when every file compiled and every test
+# listed ran and passed; a test's log is in build/arm64/.
+#
+# Not part of `make test`: under emulation the tests take minutes. The Arm
+# libraries are Debian's arm64 packages beside the x86-64 ones (multiarch);
+# only those that sit beside them cleanly are installed (libvips-dev:arm64
+# and libopenmpi-dev:arm64 would replace the machine's own: the files that
+# use them are compiled against the x86-64 headers, which do not differ
+# for these, and not linked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TESTS=(${ARM_TESTS:-test_errors test_nhwc test_safetensors test_nn test_tune test_trainer test_replace})
+OUT=build/arm64
+ARCH_PKGS=(libopenblas-dev:arm64 libcmocka-dev:arm64 liblmdb-dev:arm64 libzmq3-dev:arm64 zlib1g-dev:arm64
+           libglib2.0-dev:arm64) # glib: its glibconfig.h, for libvips's headers
+HOST_PKGS=(gcc-aarch64-linux-gnu qemu-user-static)
+
+missing=()
+for p in "${HOST_PKGS[@]}" "${ARCH_PKGS[@]}"; do
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "check-arm64: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+CC=aarch64-linux-gnu-gcc
+CFLAGS=(-std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fast-math
+        -I/usr/include/aarch64-linux-gnu/openblas-pthread)
+LIBS=(-L/usr/lib/aarch64-linux-gnu/openblas-pthread -lopenblas -lcmocka -llmdb -lzmq -lz -lm -pthread)
+mkdir -p "$OUT/obj"
+rm -f "$OUT"/obj/*.o "$OUT/libmoco.a"
+
+# every file, compiled (the objects of those outside the engine are not kept)
+VIPS_I=$(pkg-config --cflags-only-I vips ompi-c libturbojpeg |
+         sed 's|/usr/lib/x86_64-linux-gnu/glib-2.0/include|/usr/lib/aarch64-linux-gnu/glib-2.0/include|; s|-I/usr/include/x86_64-linux-gnu||')
+n=0
+for f in formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c cli/*.c tools/*.c tools/quality/*.c tests/*.c; do
+  # shellcheck disable=SC2086
+  if ! "$CC" "${CFLAGS[@]}" $VIPS_I -c "$f" -o "$OUT/any.o" 2>"$OUT/cc.log"; then
+    cat "$OUT/cc.log" >&2
+    echo "check-arm64: $f does not compile for aarch64" >&2
+    exit 1
+  fi
+  n=$((n + 1))
+done
+rm -f "$OUT/any.o"
+echo "check-arm64: $n files compile for aarch64"
+
+# the engine's library; formats/payload.c decodes images with libvips: left out
+for f in trainer/engine/*.c formats/*.c; do
+  [ "$f" = formats/payload.c ] && continue
+  o="$OUT/obj/$(echo "${f%.c}" | tr / _).o"
+  if ! "$CC" "${CFLAGS[@]}" -c "$f" -o "$o" 2>"$OUT/cc.log"; then
+    cat "$OUT/cc.log" >&2
+    echo "check-arm64: $f does not compile for aarch64" >&2
+    exit 1
+  fi
+done
+aarch64-linux-gnu-ar rcs "$OUT/libmoco.a" "$OUT"/obj/*.o
+
+failed=0
+for t in "${TESTS[@]}"; do
+  "$CC" "${CFLAGS[@]}" "tests/$t.c" -o "$OUT/$t" "$OUT/libmoco.a" "${LIBS[@]}"
+  start=$(date +%s)
+  rc=0
+  # the Arm libc is the multiarch one (/lib/ld-linux-aarch64.so.1 with
+  # /usr/lib/aarch64-linux-gnu): with the cross toolchain's loader beside
+  # it (-L /usr/aarch64-linux-gnu), pthread_create never returned
+  qemu-aarch64-static "$OUT/$t" >"$OUT/$t.log" 2>&1 || rc=$?
+  secs=$(($(date +%s) - start))
+  case $rc in
+    0) echo "PASS  $t (${secs}s, aarch64 under qemu$(grep -q '^\[  SKIPPED \]' "$OUT/$t.log" && echo ", with parts skipped: see its log"))" ;;
+    77) echo "FAIL  $t (${secs}s): skipped as a whole: $(tail -1 "$OUT/$t.log")"; failed=1 ;; # a listed test must run
+    *) echo "FAIL  $t (${secs}s, exit $rc): see $OUT/$t.log"; grep -E '^\[  (ERROR|FAILED) |error:|Error' "$OUT/$t.log" | head -5 || true; failed=1 ;;
+  esac
+done
+exit $failed
