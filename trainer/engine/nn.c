@@ -19,9 +19,12 @@
 
 /* Hot element-wise loops: restrict pointers, GCC's dynamic vectoriser cost
  * model (-O2 only vectorises loops of known trip count), and an AVX2 clone
- * picked at load time (no FMA, so results do not depend on it). */
+ * picked at load time (no FMA, so results do not depend on it). On other
+ * CPUs (Arm: NEON is in every aarch64 CPU) the vectoriser alone. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) /* its ifunc resolvers run before TSan starts */
 #define NN_HOT __attribute__((optimize("vect-cost-model=dynamic"), target_clones("avx2", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && !defined(__x86_64__)
+#define NN_HOT __attribute__((optimize("vect-cost-model=dynamic")))
 #else
 #define NN_HOT
 #endif
