@@ -6,7 +6,8 @@
 # under qemu-user: there the engine has no AVX, so the plain loops, the
 # generic-vector Winograd transforms and OpenBLAS's Arm kernels are what
 # runs. Promise: exit 0 only when every file compiled and every test
-# listed ran and passed; a test's log is in build/arm64/.
+# listed ran and passed (1: a file or test failed; 2: the packages it needs
+# could not be installed, nothing checked); a test's log is in build/arm64/.
 #
 # Not part of `make test`: under emulation the tests take minutes. The Arm
 # libraries are Debian's arm64 packages beside the x86-64 ones (multiarch);
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 TESTS=(${ARM_TESTS:-test_errors test_nhwc test_safetensors test_nn test_tune test_trainer test_replace})
 OUT=build/arm64
+mkdir -p build
 ARCH_PKGS=(libopenblas-dev:arm64 libcmocka-dev:arm64 liblmdb-dev:arm64 libzmq3-dev:arm64 zlib1g-dev:arm64
            libglib2.0-dev:arm64) # glib: its glibconfig.h, for libvips's headers
 HOST_PKGS=(gcc-aarch64-linux-gnu qemu-user-static)
@@ -31,9 +33,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "check-arm64: installing ${missing[*]}" >&2
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # --no-remove: an Arm package that would replace one of the machine's own
+  # is refused, not installed (apt would otherwise remove, say, libvips-dev)
+  if ! { { dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64; } &&
+         $SUDO apt-get update -qq &&
+         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove --no-install-recommends "${missing[@]}" >"$OUT.apt.log" 2>&1; }; then
+    tail -5 "$OUT.apt.log" >&2 || true
+    echo "check-arm64: could not install ${missing[*]} (see $OUT.apt.log): nothing checked" >&2
+    exit 2
+  fi
 fi
 
 CC=aarch64-linux-gnu-gcc
