@@ -49,35 +49,28 @@ CFLAGS=(-std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread -fno-fa
         -I/usr/include/aarch64-linux-gnu/openblas-pthread)
 LIBS=(-L/usr/lib/aarch64-linux-gnu/openblas-pthread -lopenblas -lcmocka -llmdb -lzmq -lz -lm -pthread)
 mkdir -p "$OUT/obj"
-rm -f "$OUT"/obj/*.o "$OUT/libmoco.a"
+rm -f "$OUT"/obj/*.o "$OUT"/obj/*.log "$OUT/libmoco.a"
 
-# every file, compiled (the objects of those outside the engine are not kept)
+# every file, compiled, as many at a time as there are cores; the engine's
+# objects (trainer/engine/, formats/ but for payload.c, which decodes images
+# with libvips) then make its library
 VIPS_I=$(pkg-config --cflags-only-I vips ompi-c libturbojpeg |
          sed 's|/usr/lib/x86_64-linux-gnu/glib-2.0/include|/usr/lib/aarch64-linux-gnu/glib-2.0/include|; s|-I/usr/include/x86_64-linux-gnu||')
-n=0
-for f in formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c cli/*.c tools/*.c tools/quality/*.c tests/*.c; do
+export CC OUT VIPS_I CFLAGS_S="${CFLAGS[*]}"
+compile() { # FILE: its object, or its log and a line naming it
+  local o="$OUT/obj/$(echo "${1%.c}" | tr / _).o"
   # shellcheck disable=SC2086
-  if ! "$CC" "${CFLAGS[@]}" $VIPS_I -c "$f" -o "$OUT/any.o" 2>"$OUT/cc.log"; then
-    cat "$OUT/cc.log" >&2
-    echo "check-arm64: $f does not compile for aarch64" >&2
-    exit 1
-  fi
-  n=$((n + 1))
-done
-rm -f "$OUT/any.o"
-echo "check-arm64: $n files compile for aarch64"
-
-# the engine's library; formats/payload.c decodes images with libvips: left out
+  $CC $CFLAGS_S $VIPS_I -c "$1" -o "$o" 2>"$o.log" || { cat "$o.log"; echo "check-arm64: $1 does not compile for aarch64"; return 1; }
+}
+export -f compile
+SRCS=(formats/*.c loader/*.c augment/*.c trainer/*.c trainer/engine/*.c cli/*.c tools/*.c tools/quality/*.c tests/*.c)
+printf '%s\n' "${SRCS[@]}" | xargs -P "$(nproc)" -I{} bash -c 'compile {}' >&2 || exit 1
+echo "check-arm64: ${#SRCS[@]} files compile for aarch64"
+lib=()
 for f in trainer/engine/*.c formats/*.c; do
-  [ "$f" = formats/payload.c ] && continue
-  o="$OUT/obj/$(echo "${f%.c}" | tr / _).o"
-  if ! "$CC" "${CFLAGS[@]}" -c "$f" -o "$o" 2>"$OUT/cc.log"; then
-    cat "$OUT/cc.log" >&2
-    echo "check-arm64: $f does not compile for aarch64" >&2
-    exit 1
-  fi
+  [ "$f" = formats/payload.c ] || lib+=("$OUT/obj/$(echo "${f%.c}" | tr / _).o")
 done
-aarch64-linux-gnu-ar rcs "$OUT/libmoco.a" "$OUT"/obj/*.o
+aarch64-linux-gnu-ar rcs "$OUT/libmoco.a" "${lib[@]}"
 
 failed=0
 for t in "${TESTS[@]}"; do
