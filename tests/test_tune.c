@@ -550,6 +550,25 @@ static void test_pin(void **st)
     assert_non_null(used);
     assert_int_equal(count_lines(used), 1);
     free(used);
+    /* a linear layer's training choice (forward and backward, "bwd") is
+     * what an evaluation's forward alone runs on, also where it is not the
+     * rule's (bf16 under bf16); with neither line pinned, the rule's */
+    char lin[1024];
+    snprintf(lin, sizeof lin,
+             "{\"cpu\":\"%s\",\"build\":\"x\",\"threads\":2,\"precision\":\"bf16\",\"layer\":\"linear\",\"pass\":\"bwd\","
+             "\"shape\":[16,64,1,1,32,1,1,0],\"choice\":\"gemm\",\"ms\":{\"gemm\":0.1,\"bf16\":0.2}}\n",
+             tune_cpu());
+    tune_configure(TUNE_CHECKPOINT, path);
+    assert_int_equal(tune_pin(lin, &lines), 1);
+    assert_int_equal(tune_linear(16, 64, 32, 0, NN_BF16, &p), 0);
+    assert_int_equal(p.algo, NN_ALGO_GEMM);
+    assert_int_equal(p.measured, 0);
+    used = tune_used_lines();
+    assert_non_null(used);
+    assert_non_null(strstr(used, "\"layer\":\"linear\",\"pass\":\"bwd\""));
+    free(used);
+    assert_int_equal(tune_linear(16, 64, 48, 0, NN_BF16, &p), 0); /* another shape: the rule */
+    assert_int_equal(p.algo, NN_ALGO_BF16);
     assert_int_equal(tune_save(), 0);
     char *last = slurp(path);
     assert_non_null(last);

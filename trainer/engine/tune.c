@@ -549,6 +549,10 @@ int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out)
     const tune_shape s = {N, F, 1, 1, O, 1, 1, 0};
     const int pass = grads ? TUNE_BWD : TUNE_FWD;
     entry *e = find(TUNE_LINEAR, &s, pass, precision);
+    /* a forward alone (the evaluation commands) on a checkpoint that keeps
+     * the layer's training choice: that line's, which its forwards ran on
+     * (the monitor's figure; before, the rule's, which rounds otherwise) */
+    if (!e && !grads && mode == TUNE_CHECKPOINT) e = find(TUNE_LINEAR, &s, TUNE_BWD, precision);
     if (e && (e->c.algo == NN_ALGO_GEMM || e->c.algo == NN_ALGO_BF16)) {
         *out = e->c;
         out->measured = e->fresh;

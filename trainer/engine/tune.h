@@ -82,7 +82,9 @@ int tune_conv(const tune_shape *s, int pass, int precision, size_t budget, tune_
  * on synthetic data and kept in the wisdom file as a line with
  * "layer":"linear", shape [N,F,1,1,O,1,1,0] and pass "fwd" (grads 0) or
  * "bwd" (grads 1); under fp32 OpenBLAS, the only candidate, untimed; under
- * TUNE_RULE bf16 under bf16. Returns 0, MOCO_ENOMEM, or nn_linear_bf16's
+ * TUNE_RULE bf16 under bf16; under TUNE_CHECKPOINT a forward alone with
+ * no "fwd" line pinned takes the layer's "bwd" line (a training run's
+ * choice, which its forwards ran on). Returns 0, MOCO_ENOMEM, or nn_linear_bf16's
  * error. */
 int tune_linear(int N, int F, int O, int grads, int precision, tune_choice *out);
 
