@@ -74,28 +74,36 @@ echo "ok: MOCO_BF16_FP32=fwd: the forwards on the rule's fp32 kernels, named, wi
 SRC=/usr/share/datasets/fashion-mnist
 if [ -d $SRC ]; then
   $M mkdb $SRC "$T/db" --split test --limit 256 --shuffle --seed 3 --quiet >/dev/null || fail mkdb
-  timeout 300 $M run "$T/db" --workers 1 --epochs 1 --recipe cifar --size 28 --seed 1 --arch resnet18-cifar --width 4 \
-    --batch-size 32 --moco-k 128 --bn-splits 4 --threads 1 --precision bf16 --knn-train "$T/db" --knn-test "$T/db" \
-    --run-dir "$T/r" --quiet >/dev/null 2>"$T/r.err" || { tail "$T/r.err"; fail "moco run --precision bf16 exited non-zero"; }
-  want=$(grep '"type":"epoch"' "$T/r/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
+  # run_bf16 DIR: one epoch in bf16 with the kNN monitor, into DIR (its stderr in DIR.err)
+  run_bf16() {
+    timeout 300 $M run "$T/db" --workers 1 --epochs 1 --recipe cifar --size 28 --seed 1 --arch resnet18-cifar --width 4 \
+      --batch-size 32 --moco-k 128 --bn-splits 4 --threads 1 --precision bf16 --knn-train "$T/db" --knn-test "$T/db" \
+      --run-dir "$1" --quiet >/dev/null 2>"$1.err" || { tail "$1.err"; fail "moco run --precision bf16 into $1 exited non-zero"; }
+  }
+  # forwards(DIR): the checkpoint's choices an evaluation's forwards run on: one per convolution
+  # shape ("fwd") and per linear layer (its training line, forward and backward: "bwd")
+  forwards() { tr -d '\\' <"$1/checkpoint_last.safetensors" | grep -aoE '"pass":"fwd"|"layer":"linear","pass":"bwd"' | wc -l; }
+  monitor() { grep '"type":"epoch"' "$1/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2; }
+  run_bf16 "$T/r"
+  want=$(monitor "$T/r")
   EV="--ckpt $T/r/checkpoint_last.safetensors --threads 1"
   kj=$($M knn $EV --train "$T/db" --test "$T/db" 2>"$T/knn.err" | tail -1)
   echo "$kj" | grep -q '"precision":"bf16","kernels":"checkpoint","kernels_from_ckpt":[1-9]' || fail "moco knn of a bf16 checkpoint: $kj $(cat "$T/knn.err")"
   [ -n "$want" ] && [ "$(echo "$kj" | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)" = "$want" ] \
     || fail "moco knn of a bf16 checkpoint: $kj, the training monitor said $want"
+  echo "$kj" | grep -q "\"kernels_from_ckpt\":$(forwards "$T/r")," || fail "moco knn ran $kj, not the checkpoint's $(forwards "$T/r") forward choices"
   # the head on OpenBLAS, off the rule (bf16), as the tuner picks it where it is faster (the
   # wisdom file says so): moco knn runs the checkpoint's choice for it and still gives the
   # monitor's figure (before, it ran the rule's bf16 there: 34.38 against 33.98 in a CI run)
   sed '/"layer":"linear"/s/"choice":"bf16"/"choice":"gemm"/' "$MOCO_WISDOM" >"$T/wz.jsonl"
-  MOCO_WISDOM="$T/wz.jsonl" timeout 300 $M run "$T/db" --workers 1 --epochs 1 --recipe cifar --size 28 --seed 1 --arch resnet18-cifar \
-    --width 4 --batch-size 32 --moco-k 128 --bn-splits 4 --threads 1 --precision bf16 --knn-train "$T/db" --knn-test "$T/db" \
-    --run-dir "$T/r2" --quiet >/dev/null 2>"$T/r2.err" || { tail "$T/r2.err"; fail "moco run --precision bf16, the head on OpenBLAS"; }
+  MOCO_WISDOM="$T/wz.jsonl" run_bf16 "$T/r2"
   head=$(tr -d '\\' <"$T/r2/checkpoint_last.safetensors" | grep -ao '"layer":"linear","pass":"bwd","shape":\[32,32,1,1,128,1,1,0\],"choice":"[a-z0-9-]*"')
   [ "${head##*:}" = '"gemm"' ] || fail "the run with the head on OpenBLAS kept another choice: $head"
-  want2=$(grep '"type":"epoch"' "$T/r2/metrics.jsonl" | tail -1 | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)
+  want2=$(monitor "$T/r2")
   kj2=$($M knn --ckpt "$T/r2/checkpoint_last.safetensors" --threads 1 --train "$T/db" --test "$T/db" 2>"$T/knn2.err" | tail -1)
   [ -n "$want2" ] && [ "$(echo "$kj2" | grep -o '"knn_top1":[0-9.]*' | cut -d: -f2)" = "$want2" ] \
     || fail "moco knn of a bf16 checkpoint whose head ran on OpenBLAS: $kj2, the training monitor said $want2"
+  echo "$kj2" | grep -q "\"kernels_from_ckpt\":$(forwards "$T/r2")," || fail "moco knn ran $kj2, not the checkpoint's $(forwards "$T/r2") forward choices"
   for p in checkpoint bf16 fp32; do
     $M embed $EV --db "$T/db" --out "$T/e-$p.npy" --precision $p >/dev/null 2>"$T/e.err" || fail "moco embed --precision $p: $(cat "$T/e.err")"
   done
