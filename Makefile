@@ -84,7 +84,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS) tests/testutil.h
 deps:
 	@bash tools/install-deps.sh
 
-tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms
+tests: bin/moco $(TEST_MOCO) $(TEST_BINS) $(MPI_TEST_BINS) $(BUILD)/tools/quality/step_grads $(BUILD)/tools/quality/exp_terms $(BUILD)/tools/bench_dbread
 
 # Every unit-test program, then the command-line tests; one summary line.
 test: deps
@@ -107,6 +107,12 @@ $(BUILD)/tools/quality/%: tools/quality/%.c $(LIB_OBJS)
 
 # tools/bench_mpi.sh's all-reduce timing (run under mpirun): not part of bin/moco.
 $(BUILD)/tools/bench_allreduce: tools/bench_allreduce.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD   $@"
+	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
+
+# the loader's read, with and without a bracket of reads (tools/bench_dbread.c): not part of bin/moco.
+$(BUILD)/tools/bench_dbread: tools/bench_dbread.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)

@@ -28,7 +28,8 @@
  * ours gets the default action instead of a loop). Each guard costs two
  * sigaction calls and one pthread_sigmask (two more when the caller had
  * SIGBUS or SIGSEGV blocked, or after a fault: the thread's mask is the
- * caller's again after every guard). A fault
+ * caller's again after every guard); inside moco_db_reads_begin/end those
+ * are made once for the bracket, and a guard is a sigsetjmp alone. A fault
  * in the middle of an LMDB call leaves that read transaction unusable, hence
  * the damaged mark; memory LMDB allocated inside the interrupted call may
  * leak (once per damaged handle; the calls here are ordered so that the
@@ -430,21 +431,62 @@ static void on_assert(MDB_env *env, const char *msg)
  * whatever the handler's sa_mask named (ThreadSanitizer's wrapper fills
  * it: every signal stayed blocked, so a second fault in that thread would
  * kill the process). */
+static void fault_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGBUS);
+    sigaddset(set, SIGSEGV);
+}
+
+/* moco_db_reads_begin's nesting depth in this thread, the thread's mask
+ * before the outermost one, and that mask with SIGBUS and SIGSEGV
+ * unblocked (the one its guards run under) */
+static _Thread_local int reads_depth;
+static _Thread_local sigset_t reads_before, reads_mask;
+
+void moco_db_reads_begin(void)
+{
+    if (reads_depth++) return;
+    sigset_t unblock;
+    install_handler(SIGBUS, &prev_bus);
+    install_handler(SIGSEGV, &prev_segv);
+    fault_signals(&unblock);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, &reads_before);
+    reads_mask = reads_before;
+    sigdelset(&reads_mask, SIGBUS);
+    sigdelset(&reads_mask, SIGSEGV);
+}
+
+void moco_db_reads_end(void)
+{
+    if (reads_depth <= 0 || --reads_depth) return;
+    if (sigismember(&reads_before, SIGBUS) || sigismember(&reads_before, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &reads_before, NULL);
+}
+
 static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
 {
-    static const int faults[] = {SIGBUS, SIGSEGV};
+    int rc;
+    if (reads_depth) { /* the handler and the mask were set by moco_db_reads_begin */
+        if (sigsetjmp(g->jb, 0)) {
+            pthread_sigmask(SIG_SETMASK, &reads_mask, NULL); /* the handler's mask, left by the jump: the bracket's again */
+            return GUARD_FAULT;
+        }
+        cur_guard = g;
+        rc = body(arg);
+        cur_guard = NULL;
+        return rc;
+    }
     sigset_t unblock, old;
     install_handler(SIGBUS, &prev_bus);
     install_handler(SIGSEGV, &prev_segv);
-    sigemptyset(&unblock);
-    for (size_t i = 0; i < sizeof faults / sizeof *faults; i++) sigaddset(&unblock, faults[i]);
+    fault_signals(&unblock);
     pthread_sigmask(SIG_UNBLOCK, &unblock, &old); /* old is not changed after sigsetjmp: valid after the jump */
     if (sigsetjmp(g->jb, 0)) {
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return GUARD_FAULT;
     }
     cur_guard = g;
-    int rc = body(arg);
+    rc = body(arg);
     cur_guard = NULL;
     if (sigismember(&old, SIGBUS) || sigismember(&old, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;

@@ -89,6 +89,16 @@ const char *moco_db_path(const moco_db *db);
  * MOCO_ENOMEM. */
 int moco_db_get(moco_db *db, uint64_t index, uint8_t **buf, size_t *cap, size_t *len);
 
+/* Bracket a run of moco_db_get calls in this thread (the loader's batch):
+ * the fault guard's set-up, two sigaction calls and a pthread_sigmask that
+ * each read otherwise makes, is done once at begin, and the thread's
+ * signal mask is restored at end. Between them the thread must not block
+ * SIGBUS or SIGSEGV, nor install handlers for them that it relies on
+ * (neither is seen until the next begin). Brackets nest; an end without a
+ * begin does nothing. */
+void moco_db_reads_begin(void);
+void moco_db_reads_end(void);
+
 /* Call fn(ctx, index, value, len) for every sample in key order, inside one
  * read transaction (value: a copy, valid only during the call). Stops early
  * and returns fn's value if it returns non-zero; else 0 or an error as

@@ -242,6 +242,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
     uint8_t *buf = NULL;
     uint32_t n = 0;
     double now = moco_now_s();
+    moco_db_reads_begin(); /* one guard set-up for the batch's reads, not one per read */
     while (n < max && used < MOCO_BATCH_BYTES) {
         int64_t i = next_sample(L, r);
         if (i < 0) break;
@@ -267,6 +268,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
             else { buf = nb; cap = nc; }
         }
         if (rc) { /* an LMDB failure is fatal: the database is ours */
+            moco_db_reads_end();
             free(buf);
             return rc;
         }
@@ -282,6 +284,7 @@ static int64_t send_batch(loader *L, int k, uint32_t max, int r)
         L->bent[n] = (moco_pipe_sample){.epoch = L->epoch, .len = (uint32_t)len, .index = (uint64_t)i};
         n++;
     }
+    moco_db_reads_end();
     if (n == 0) { free(buf); return 0; }
     uint8_t hdr[16 + MOCO_SAMPLES_ENTRY * MOCO_SAMPLES_MAX];
     size_t hl;

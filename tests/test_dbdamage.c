@@ -368,6 +368,68 @@ static int fault_twice_blocked(void)
     return r;
 }
 
+/* The same with moco_db_get inside moco_db_reads_begin/end (the loader's
+ * batches, whose reads skip the guard's set-up): both faults reported, the
+ * mask inside the bracket the caller's with SIGBUS and SIGSEGV unblocked,
+ * after it the caller's. Returns 0, or a code as fault_twice's. */
+static int fault_twice_bracketed(void)
+{
+    sigset_t before, inside;
+    sigemptyset(&before);
+    pthread_sigmask(SIG_SETMASK, NULL, &before);
+    inside = before;
+    sigdelset(&inside, SIGBUS);
+    sigdelset(&inside, SIGSEGV);
+    moco_db *db[2];
+    if (moco_db_open(work, &db[0]) || moco_db_open(work, &db[1])) return 40;
+    if (truncate(data_mdb(), PSIZE * 2) != 0) return 41;
+    int r = 0, s;
+    uint8_t *buf = NULL;
+    size_t cap = 0, len = 0;
+    moco_db_reads_begin();
+    moco_db_reads_begin(); /* nested: the inner end changes nothing */
+    for (int k = 0; k < 2 && !r; k++) {
+        int rc = moco_db_get(db[k], 0, &buf, &cap, &len);
+        if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), "bus error")) {
+            fprintf(stderr, "bracketed fault %d: rc %d: %s\n", k + 1, rc, moco_errmsg());
+            r = 42 + k;
+        } else if ((s = mask_changed(&inside))) {
+            fprintf(stderr, "bracketed fault %d: signal %d (%s) is %s blocked inside the bracket\n", k + 1, s, strsignal(s),
+                    sigismember(&inside, s) ? "no longer" : "now");
+            r = 44 + k;
+        }
+        if (k == 0) moco_db_reads_end();
+    }
+    moco_db_reads_end();
+    if (!r && (s = mask_changed(&before))) {
+        fprintf(stderr, "after the bracket: signal %d (%s) is %s blocked\n", s, strsignal(s), sigismember(&before, s) ? "no longer" : "now");
+        r = 46;
+    }
+    moco_db_reads_end(); /* one too many: nothing */
+    if (!r && (s = mask_changed(&before))) r = 47;
+    free(buf);
+    moco_db_destroy(&db[0]);
+    moco_db_destroy(&db[1]);
+    return r;
+}
+
+static void *fault_twice_bracketed_thread(void *arg)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    *(int *)arg = fault_twice_bracketed();
+    return NULL;
+}
+
+static int fault_twice_bracketed_blocked(void)
+{
+    int r = 30;
+    pthread_t t;
+    if (pthread_create(&t, NULL, fault_twice_bracketed_thread, &r) == 0) pthread_join(t, NULL);
+    return r;
+}
+
 static void test_guard_twice(void **st)
 {
     (void)st;
@@ -380,9 +442,20 @@ static void test_guard_twice(void **st)
         if (r) fail_msg("%s: exit %d (see above)", what, r);
         print_message("  two faults %s: both reported, the mask as it was\n", how);
     }
+    for (int blocked = 0; blocked < 2; blocked++) {
+        const char *how = blocked ? "in a thread that blocks every signal" : "in a thread that blocks none";
+        char what[128];
+        snprintf(what, sizeof what, "two faults in a bracket of reads %s", how);
+        fresh_copy();
+        int r = forked(blocked ? fault_twice_bracketed_blocked : fault_twice_bracketed, what);
+        if (r) fail_msg("%s: exit %d (see above)", what, r);
+        print_message("  %s: both reported, the mask as it was\n", what);
+    }
     /* in-process too, under cmocka's handlers */
     fresh_copy();
     assert_int_equal(fault_twice(), 0);
+    fresh_copy();
+    assert_int_equal(fault_twice_bracketed(), 0);
 }
 
 /* ---- pages LMDB loops on (issue 15, item 1: found by tests/fuzz/fuzz_lmdb) ---- */
