@@ -72,16 +72,26 @@ for f in trainer/engine/*.c formats/*.c; do
 done
 aarch64-linux-gnu-ar rcs "$OUT/libmoco.a" "${lib[@]}"
 
-failed=0
-for t in "${TESTS[@]}"; do
-  "$CC" "${CFLAGS[@]}" "tests/$t.c" -o "$OUT/$t" "$OUT/libmoco.a" "${LIBS[@]}"
+# the tests linked, then run as many at a time as there are cores (test_trainer
+# alone takes about 90 s under qemu), each reported in the list's order
+run_one() { # TEST: runs it, leaves its exit status and seconds in $OUT/TEST.rc
+  local start rc=0
   start=$(date +%s)
-  rc=0
   # the Arm libc is the multiarch one (/lib/ld-linux-aarch64.so.1 with
   # /usr/lib/aarch64-linux-gnu): with the cross toolchain's loader beside
   # it (-L /usr/aarch64-linux-gnu), pthread_create never returned
-  qemu-aarch64-static "$OUT/$t" >"$OUT/$t.log" 2>&1 || rc=$?
-  secs=$(($(date +%s) - start))
+  qemu-aarch64-static "$OUT/$1" >"$OUT/$1.log" 2>&1 || rc=$?
+  echo "$rc $(($(date +%s) - start))" >"$OUT/$1.rc"
+}
+export -f run_one
+for t in "${TESTS[@]}"; do
+  rm -f "$OUT/$t.rc"
+  "$CC" "${CFLAGS[@]}" "tests/$t.c" -o "$OUT/$t" "$OUT/libmoco.a" "${LIBS[@]}"
+done
+printf '%s\n' "${TESTS[@]}" | tac | xargs -P "$(nproc)" -I{} bash -c 'run_one {}' # the list's end first: test_trainer starts at once
+failed=0
+for t in "${TESTS[@]}"; do
+  read -r rc secs <"$OUT/$t.rc" || { rc=1 secs=?; }
   case $rc in
     0) echo "PASS  $t (${secs}s, aarch64 under qemu$(grep -q '^\[  SKIPPED \]' "$OUT/$t.log" && echo ", with parts skipped: see its log"))" ;;
     77) echo "FAIL  $t (${secs}s): skipped as a whole: $(tail -1 "$OUT/$t.log")"; failed=1 ;; # a listed test must run
