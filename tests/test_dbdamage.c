@@ -312,9 +312,13 @@ static void test_shrinks_while_reading(void **st)
  * handler left the thread's mask as the handler ran with it, so that a
  * second SIGBUS could kill the process; and a thread that blocks every
  * signal, as augment/pipe.c's beat thread does, was killed by the first).
- * Two handles are opened, the file is cut, each handle's walk faults: both
+ * Two handles are opened, the file is cut, each handle's read faults: both
  * are reported, and the mask (signals 1 to 64) is the caller's after each.
- * Returns 0, or a code that says what went wrong (and stderr why). */
+ * bracket 0: each handle's walk (moco_db_foreach); 1: moco_db_get inside
+ * moco_db_reads_begin/end (the loader's batches, whose reads skip the
+ * guard's set-up), nested once, then one end too many: inside the bracket
+ * the mask is the caller's with SIGBUS and SIGSEGV unblocked, after it the
+ * caller's. Returns 0, or a code that says what went wrong (and stderr why). */
 static int mask_changed(const sigset_t *before)
 {
     sigset_t now;
@@ -325,131 +329,98 @@ static int mask_changed(const sigset_t *before)
     return 0;
 }
 
-static int fault_twice(void)
+static int fault_twice_in(int bracket)
 {
-    sigset_t before;
+    const int base = bracket ? 40 : 20;
+    const char *where = bracket ? "inside the bracket" : "after the guard";
+    sigset_t before, want;
     sigemptyset(&before);
     pthread_sigmask(SIG_SETMASK, NULL, &before);
+    want = before;
+    if (bracket) sigdelset(&want, SIGBUS), sigdelset(&want, SIGSEGV);
     moco_db *db[2];
-    if (moco_db_open(work, &db[0]) || moco_db_open(work, &db[1])) return 20;
-    if (truncate(data_mdb(), PSIZE * 2) != 0) return 21;
-    int r = 0;
-    for (int k = 0; k < 2 && !r; k++) {
-        walk_ctx w = {0, 0};
-        int rc = moco_db_foreach(db[k], walk_one, &w), s;
-        if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), "bus error")) {
-            fprintf(stderr, "fault %d: rc %d: %s\n", k + 1, rc, moco_errmsg());
-            r = 22 + k;
-        } else if ((s = mask_changed(&before))) {
-            fprintf(stderr, "fault %d: signal %d (%s) is %s blocked after the guard\n", k + 1, s, strsignal(s),
-                    sigismember(&before, s) ? "no longer" : "now");
-            r = 24 + k;
-        }
-    }
-    moco_db_destroy(&db[0]);
-    moco_db_destroy(&db[1]);
-    return r;
-}
-
-static void *fault_twice_thread(void *arg)
-{
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    *(int *)arg = fault_twice();
-    return NULL;
-}
-
-static int fault_twice_blocked(void)
-{
-    int r = 30;
-    pthread_t t;
-    if (pthread_create(&t, NULL, fault_twice_thread, &r) == 0) pthread_join(t, NULL);
-    return r;
-}
-
-/* The same with moco_db_get inside moco_db_reads_begin/end (the loader's
- * batches, whose reads skip the guard's set-up): both faults reported, the
- * mask inside the bracket the caller's with SIGBUS and SIGSEGV unblocked,
- * after it the caller's. Returns 0, or a code as fault_twice's. */
-static int fault_twice_bracketed(void)
-{
-    sigset_t before, inside;
-    sigemptyset(&before);
-    pthread_sigmask(SIG_SETMASK, NULL, &before);
-    inside = before;
-    sigdelset(&inside, SIGBUS);
-    sigdelset(&inside, SIGSEGV);
-    moco_db *db[2];
-    if (moco_db_open(work, &db[0]) || moco_db_open(work, &db[1])) return 40;
-    if (truncate(data_mdb(), PSIZE * 2) != 0) return 41;
+    if (moco_db_open(work, &db[0]) || moco_db_open(work, &db[1])) return base;
+    if (truncate(data_mdb(), PSIZE * 2) != 0) return base + 1;
     int r = 0, s;
     uint8_t *buf = NULL;
     size_t cap = 0, len = 0;
-    moco_db_reads_begin();
-    moco_db_reads_begin(); /* nested: the inner end changes nothing */
+    if (bracket) moco_db_reads_begin(), moco_db_reads_begin(); /* nested: the inner end changes nothing */
     for (int k = 0; k < 2 && !r; k++) {
-        int rc = moco_db_get(db[k], 0, &buf, &cap, &len);
+        walk_ctx w = {0, 0};
+        int rc = bracket ? moco_db_get(db[k], 0, &buf, &cap, &len) : moco_db_foreach(db[k], walk_one, &w);
         if (rc != MOCO_ECORRUPT || !strstr(moco_errmsg(), "bus error")) {
-            fprintf(stderr, "bracketed fault %d: rc %d: %s\n", k + 1, rc, moco_errmsg());
-            r = 42 + k;
-        } else if ((s = mask_changed(&inside))) {
-            fprintf(stderr, "bracketed fault %d: signal %d (%s) is %s blocked inside the bracket\n", k + 1, s, strsignal(s),
-                    sigismember(&inside, s) ? "no longer" : "now");
-            r = 44 + k;
+            fprintf(stderr, "fault %d: rc %d: %s\n", k + 1, rc, moco_errmsg());
+            r = base + 2 + k;
+        } else if ((s = mask_changed(&want))) {
+            fprintf(stderr, "fault %d: signal %d (%s) is %s blocked %s\n", k + 1, s, strsignal(s),
+                    sigismember(&want, s) ? "no longer" : "now", where);
+            r = base + 4 + k;
         }
-        if (k == 0) moco_db_reads_end();
+        if (bracket && k == 0) moco_db_reads_end();
     }
-    moco_db_reads_end();
-    if (!r && (s = mask_changed(&before))) {
-        fprintf(stderr, "after the bracket: signal %d (%s) is %s blocked\n", s, strsignal(s), sigismember(&before, s) ? "no longer" : "now");
-        r = 46;
+    if (bracket) {
+        moco_db_reads_end();
+        if (!r && (s = mask_changed(&before))) {
+            fprintf(stderr, "after the bracket: signal %d (%s) is %s blocked\n", s, strsignal(s),
+                    sigismember(&before, s) ? "no longer" : "now");
+            r = base + 6;
+        }
+        moco_db_reads_end(); /* one too many: nothing */
+        if (!r && mask_changed(&before)) r = base + 7;
     }
-    moco_db_reads_end(); /* one too many: nothing */
-    if (!r && (s = mask_changed(&before))) r = 47;
     free(buf);
     moco_db_destroy(&db[0]);
     moco_db_destroy(&db[1]);
     return r;
 }
 
-static void *fault_twice_bracketed_thread(void *arg)
+static int fault_twice(void) { return fault_twice_in(0); }
+static int fault_twice_bracketed(void) { return fault_twice_in(1); }
+
+/* fn's result, run in a thread that blocks every signal (30: no thread) */
+typedef struct {
+    int (*fn)(void);
+    int r;
+} blocked_run;
+
+static void *blocked_thread(void *arg)
 {
+    blocked_run *b = arg;
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    *(int *)arg = fault_twice_bracketed();
+    b->r = b->fn();
     return NULL;
 }
 
-static int fault_twice_bracketed_blocked(void)
+static int in_blocked_thread(int (*fn)(void))
 {
-    int r = 30;
+    blocked_run b = {fn, 30};
     pthread_t t;
-    if (pthread_create(&t, NULL, fault_twice_bracketed_thread, &r) == 0) pthread_join(t, NULL);
-    return r;
+    if (pthread_create(&t, NULL, blocked_thread, &b) == 0) pthread_join(t, NULL);
+    return b.r;
 }
+
+static int fault_twice_blocked(void) { return in_blocked_thread(fault_twice); }
+static int fault_twice_bracketed_blocked(void) { return in_blocked_thread(fault_twice_bracketed); }
 
 static void test_guard_twice(void **st)
 {
     (void)st;
-    for (int blocked = 0; blocked < 2; blocked++) {
-        const char *how = blocked ? "in a thread that blocks every signal" : "in a thread that blocks none";
-        char what[96];
-        snprintf(what, sizeof what, "two faults %s", how);
+    static const struct {
+        int (*fn)(void);
+        const char *what;
+    } runs[] = {
+        {fault_twice, "two faults in a thread that blocks none"},
+        {fault_twice_blocked, "two faults in a thread that blocks every signal"},
+        {fault_twice_bracketed, "two faults in a bracket of reads in a thread that blocks none"},
+        {fault_twice_bracketed_blocked, "two faults in a bracket of reads in a thread that blocks every signal"},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
         fresh_copy();
-        int r = forked(blocked ? fault_twice_blocked : fault_twice, what);
-        if (r) fail_msg("%s: exit %d (see above)", what, r);
-        print_message("  two faults %s: both reported, the mask as it was\n", how);
-    }
-    for (int blocked = 0; blocked < 2; blocked++) {
-        const char *how = blocked ? "in a thread that blocks every signal" : "in a thread that blocks none";
-        char what[128];
-        snprintf(what, sizeof what, "two faults in a bracket of reads %s", how);
-        fresh_copy();
-        int r = forked(blocked ? fault_twice_bracketed_blocked : fault_twice_bracketed, what);
-        if (r) fail_msg("%s: exit %d (see above)", what, r);
-        print_message("  %s: both reported, the mask as it was\n", what);
+        int r = forked(runs[i].fn, runs[i].what);
+        if (r) fail_msg("%s: exit %d (see above)", runs[i].what, r);
+        print_message("  %s: both reported, the mask as it was\n", runs[i].what);
     }
     /* in-process too, under cmocka's handlers */
     fresh_copy();
