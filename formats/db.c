@@ -422,15 +422,6 @@ static void on_assert(MDB_env *env, const char *msg)
 
 #define GUARD_FAULT 1 /* run_guarded: body faulted, g says how */
 
-/* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT.
- * The thread's signal mask: SIGBUS and SIGSEGV are unblocked inside (a
- * fault while they are blocked is not delivered to a handler: the kernel
- * kills the process, as it did in threads that block every signal), and
- * the mask is the caller's again on return, after a fault too: the jump
- * out of the handler leaves the mask the handler ran with, which blocks
- * whatever the handler's sa_mask named (ThreadSanitizer's wrapper fills
- * it: every signal stayed blocked, so a second fault in that thread would
- * kill the process). */
 static void fault_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -463,6 +454,17 @@ void moco_db_reads_end(void)
     if (sigismember(&reads_before, SIGBUS) || sigismember(&reads_before, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &reads_before, NULL);
 }
 
+/* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT.
+ * The thread's signal mask: SIGBUS and SIGSEGV are unblocked inside (a
+ * fault while they are blocked is not delivered to a handler: the kernel
+ * kills the process, as it did in threads that block every signal), and
+ * the mask is the caller's again on return, after a fault too: the jump
+ * out of the handler leaves the mask the handler ran with, which blocks
+ * whatever the handler's sa_mask named (ThreadSanitizer's wrapper fills
+ * it: every signal stayed blocked, so a second fault in that thread would
+ * kill the process). Inside moco_db_reads_begin/end the handler and the
+ * unblocking are the bracket's, and after a fault the mask is the
+ * bracket's again. */
 static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
 {
     int rc;
