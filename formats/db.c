@@ -141,11 +141,23 @@ static void on_assert(MDB_env *env, const char *msg)
 
 #define GUARD_FAULT 1 /* run_guarded: body faulted, g says how */
 
-static void fault_signals(sigset_t *set)
+/* A guard's set-up: our handler in front for SIGBUS and SIGSEGV, both
+ * unblocked in this thread; the thread's mask before in *old. */
+static void guard_setup(sigset_t *old)
 {
-    sigemptyset(set);
-    sigaddset(set, SIGBUS);
-    sigaddset(set, SIGSEGV);
+    sigset_t unblock;
+    install_handler(SIGBUS, &prev_bus);
+    install_handler(SIGSEGV, &prev_segv);
+    sigemptyset(&unblock);
+    sigaddset(&unblock, SIGBUS);
+    sigaddset(&unblock, SIGSEGV);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, old);
+}
+
+/* The thread's mask as guard_setup found it (a call only where it differs) */
+static void guard_restore(const sigset_t *old)
+{
+    if (sigismember(old, SIGBUS) || sigismember(old, SIGSEGV)) pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
 /* moco_db_reads_begin's nesting depth in this thread, the thread's mask
@@ -157,11 +169,7 @@ static _Thread_local sigset_t reads_before, reads_mask;
 void moco_db_reads_begin(void)
 {
     if (reads_depth++) return;
-    sigset_t unblock;
-    install_handler(SIGBUS, &prev_bus);
-    install_handler(SIGSEGV, &prev_segv);
-    fault_signals(&unblock);
-    pthread_sigmask(SIG_UNBLOCK, &unblock, &reads_before);
+    guard_setup(&reads_before);
     reads_mask = reads_before;
     sigdelset(&reads_mask, SIGBUS);
     sigdelset(&reads_mask, SIGSEGV);
@@ -170,7 +178,7 @@ void moco_db_reads_begin(void)
 void moco_db_reads_end(void)
 {
     if (reads_depth <= 0 || --reads_depth) return;
-    if (sigismember(&reads_before, SIGBUS) || sigismember(&reads_before, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &reads_before, NULL);
+    guard_restore(&reads_before);
 }
 
 /* Run body(arg) under the guard. Returns body's value, or GUARD_FAULT.
@@ -197,11 +205,8 @@ static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
         cur_guard = NULL;
         return rc;
     }
-    sigset_t unblock, old;
-    install_handler(SIGBUS, &prev_bus);
-    install_handler(SIGSEGV, &prev_segv);
-    fault_signals(&unblock);
-    pthread_sigmask(SIG_UNBLOCK, &unblock, &old); /* old is not changed after sigsetjmp: valid after the jump */
+    sigset_t old;
+    guard_setup(&old); /* old is not changed after sigsetjmp: valid after the jump */
     if (sigsetjmp(g->jb, 0)) {
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return GUARD_FAULT;
@@ -209,7 +214,7 @@ static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
     cur_guard = g;
     rc = body(arg);
     cur_guard = NULL;
-    if (sigismember(&old, SIGBUS) || sigismember(&old, SIGSEGV)) pthread_sigmask(SIG_SETMASK, &old, NULL);
+    guard_restore(&old);
     return rc;
 }
 
