@@ -105,14 +105,10 @@ $(BUILD)/tools/quality/%: tools/quality/%.c $(LIB_OBJS)
 	@echo "  LD   $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
 
-# tools/bench_mpi.sh's all-reduce timing (run under mpirun): not part of bin/moco.
-$(BUILD)/tools/bench_allreduce: tools/bench_allreduce.c $(LIB_OBJS)
-	@mkdir -p $(dir $@)
-	@echo "  LD   $@"
-	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
-
-# the loader's read, with and without a bracket of reads (tools/bench_dbread.c): not part of bin/moco.
-$(BUILD)/tools/bench_dbread: tools/bench_dbread.c $(LIB_OBJS)
+# Benchmarks that are not part of bin/moco: tools/bench_allreduce.c (tools/bench_mpi.sh's
+# all-reduce timing, run under mpirun) and tools/bench_dbread.c (the loader's read, with and
+# without a bracket of reads).
+$(BUILD)/tools/bench_%: tools/bench_%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)

@@ -194,27 +194,18 @@ void moco_db_reads_end(void)
  * bracket's again. */
 static int run_guarded(db_guard *g, int (*body)(void *), void *arg)
 {
-    int rc;
-    if (reads_depth) { /* the handler and the mask were set by moco_db_reads_begin */
-        if (sigsetjmp(g->jb, 0)) {
-            pthread_sigmask(SIG_SETMASK, &reads_mask, NULL); /* the handler's mask, left by the jump: the bracket's again */
-            return GUARD_FAULT;
-        }
-        cur_guard = g;
-        rc = body(arg);
-        cur_guard = NULL;
-        return rc;
-    }
+    /* own: not inside a bracket. Neither own nor old changes after sigsetjmp: valid after the jump */
+    const int own = !reads_depth;
     sigset_t old;
-    guard_setup(&old); /* old is not changed after sigsetjmp: valid after the jump */
+    if (own) guard_setup(&old);
     if (sigsetjmp(g->jb, 0)) {
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_sigmask(SIG_SETMASK, own ? &old : &reads_mask, NULL); /* the jump left the handler's mask */
         return GUARD_FAULT;
     }
     cur_guard = g;
-    rc = body(arg);
+    int rc = body(arg);
     cur_guard = NULL;
-    guard_restore(&old);
+    if (own) guard_restore(&old);
     return rc;
 }
 
