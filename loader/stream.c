@@ -779,7 +779,10 @@ static int run(loader *L)
             loader_stop_workers(L);
             return moco_err(MOCO_ETIMEOUT, "no consumer on %s for %.0f s (--consumer-wait)", L->ctl_ep, t - waited_since);
         }
-        if (any && !L->ended) {
+        /* even with no consumer connected: the last acknowledgements and
+         * the BYEs of every rank can come in one turn, and the epoch they
+         * completed must still end (before: the loader waited, then failed) */
+        if (!L->ended) {
             int r = epoch_complete(L);
             if (r < 0) return r;
             if (r && L->pairs) { /* serve mode: END, then wait for BYE, or for a successor that resumes */
@@ -793,7 +796,7 @@ static int run(loader *L)
             } else {
                 finished = r;
             }
-            if (!r && (rc = dispatch(L))) return rc;
+            if (!r && any && (rc = dispatch(L))) return rc;
         }
         if (L->ended && (bye || (!any && t - waited_since > L->linger))) finished = 1;
         if (t - last_rep >= 1.0) report(L, t, t0, &last_sent, &last_rep);

@@ -5,7 +5,8 @@
  * trainer/stream.h. A consumer that does not read holds at most the loader's
  * byte cap, and nothing is lost; a rank that leaves for good, with no
  * successor, stops the run instead of leaving the others waiting for its
- * shard. Every test is bounded in time. */
+ * shard; the last acknowledgements coming with every rank's BYE still end
+ * the run. Every test is bounded in time. */
 #include "tests/pipeline_util.h"
 
 #include "formats/clock.h"
@@ -154,6 +155,51 @@ static void test_serve_rank_away(void **st)
     assert_int_equal(tu_sh("grep -q '\"rank_away\".*\"rank\":1' %s/loader.jsonl", tmp), 0);
 }
 
+/* Serve mode, 2 consumers, the last epoch read to its EPOCH_END by both;
+ * then the loader is stopped (SIGSTOP) while both ranks close, so that it
+ * finds their last ACKs and both BYEs in one turn. Every sample is
+ * acknowledged: the epoch, and the run, must end (END, exit 0). Before, the
+ * loader checked for a complete epoch only while a consumer was connected,
+ * and waited (here for ever; by default --consumer-wait, then failed). */
+static void test_serve_last_acks_with_bye(void **st)
+{
+    (void)st;
+    setup_dirs("pipe_bye");
+    make_db();
+    char extra[1400];
+    snprintf(extra, sizeof extra, "--epochs 1 --seed 5 --pairs %s --consumers 2 --window 64 --consumer-timeout 60 "
+             "--consumer-wait 600 --linger 0", pairs_ep);
+    pid_t L = start_loader(extra);
+    pid_t W = start_worker(4);
+    trainer_stream *s[2];
+    for (int r = 0; r < 2; r++) {
+        stream_cfg cfg = {.ctl_ep = ctl_ep, .resume_epoch = STREAM_NO_EPOCH, .loader_timeout = 60, .rank = r, .ranks = 2};
+        assert_int_equal(stream_open(&cfg, &s[r]), 0);
+    }
+    int ended[2] = {0, 0}, got[2] = {0, 0};
+    double t0 = moco_now_s();
+    while (!(ended[0] && ended[1])) {
+        if (moco_now_s() - t0 > 60) fail_msg("the epoch did not end in 60 s: ranks got %d and %d pairs", got[0], got[1]);
+        for (int r = 0; r < 2; r++) {
+            stream_event ev;
+            if (ended[r]) continue;
+            if (stream_next(s[r], 5, &ev)) fail_msg("rank %d: %s", r, moco_errmsg());
+            if (ev.kind == STREAM_PAIR) got[r]++;
+            else if (ev.kind == STREAM_EPOCH_END) ended[r] = 1;
+            else if (ev.kind == STREAM_END) fail_msg("rank %d: END before the epoch's last acknowledgements", r);
+        }
+    }
+    assert_int_equal(got[0] + got[1], N);
+    assert_int_equal(kill(L, SIGSTOP), 0);
+    for (int r = 0; r < 2; r++) stream_destroy(&s[r]); /* the last ACKs, then BYE */
+    usleep(300000);
+    assert_int_equal(kill(L, SIGCONT), 0);
+    assert_int_equal(wait_for(L, 20), 0);
+    wait_for(W, 10);
+    assert_int_equal(tu_sh("grep -q '\"event\":\"end\"' %s/loader.jsonl", tmp), 0);
+    assert_int_equal(tu_sh("grep -q 'moco loader: epoch 0 complete: %d delivered, 0 failed' %s/loader.err", N, tmp), 0);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -161,6 +207,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_serve_held_bytes_cap, teardown),
         cmocka_unit_test_teardown(test_serve_rank_away, teardown),
+        cmocka_unit_test_teardown(test_serve_last_acks_with_bye, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
